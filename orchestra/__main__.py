@@ -1,0 +1,3 @@
+from orchestra.cli import app
+
+app(prog_name="orchestra")

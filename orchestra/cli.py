@@ -1,0 +1,131 @@
+"""The ``orchestra`` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from orchestra.coordination.topology import Edge, PatternConfig, Topology
+from orchestra.errors import TopologyError
+
+app = typer.Typer(
+    help="Orchestra: durable, fast, observable multi-agent workflows.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+
+def _roles_table(topology: Topology) -> Table:
+    summary = topology.analyze().summary()
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    for key, value in summary.items():
+        items = [f"({', '.join(v)})" if isinstance(v, list) else str(v) for v in value]
+        shown = ", ".join(items) if items else "-"
+        table.add_row(f"[bold]{key.replace('_', ' ')}[/bold]", shown)
+    return table
+
+
+def show_topology(title: str, topology: Topology) -> None:
+    """Print a topology's roles and its Mermaid diagram."""
+    console.print(Panel.fit(_roles_table(topology), title=title))
+    console.print(topology.to_mermaid(), highlight=False)
+    console.print()
+
+
+def _demo_topologies() -> dict[str, Topology]:
+    """The topologies of the API page's examples, each in the form the page writes it."""
+    return {
+        "One node (dict form)": Topology.from_dict({"nodes": ["Summarizer"], "edges": []}),
+        "Hub and spoke, parallel spokes": PatternConfig.hub_and_spoke(
+            hub="Coordinator",
+            spokes=["TechAnalyst", "FinanceAnalyst", "Reporter"],
+            parallel_spokes=True,
+        ),
+        "Pipeline (ETL)": PatternConfig.pipeline(
+            stages=[
+                {"name": "extract", "agents": ["Extractor"]},
+                {"name": "transform", "agents": ["Transformer"]},
+                {"name": "load", "agents": ["Loader"]},
+            ]
+        ),
+        "Pattern 1: conditional execution": Topology(
+            nodes=["Validator", "ProcessorA", "ProcessorB", "Finalizer"],
+            edges=[
+                "Validator -> ProcessorA",
+                "Validator -> ProcessorB",
+                Edge("ProcessorA", "Finalizer", metadata={"condition": "valid"}),
+                Edge("ProcessorB", "Finalizer", metadata={"condition": "invalid"}),
+            ],
+        ),
+        "Pattern 4: error recovery": Topology.from_dict(
+            {
+                "nodes": ["User", "MainProcessor", "ErrorHandler", "Fallback"],
+                "edges": [
+                    "User -> MainProcessor",
+                    "MainProcessor -> User",
+                    "MainProcessor -> ErrorHandler",
+                    "ErrorHandler -> User",
+                    "ErrorHandler -> Fallback",
+                    "Fallback -> User",
+                ],
+            }
+        ),
+    }
+
+
+@app.command()
+def demo() -> None:
+    """Parse, validate, analyse and draw the API page's topologies, then show a rejected one."""
+    for title, topology in _demo_topologies().items():
+        show_topology(title, topology)
+    broken = {"nodes": ["Planner", "Writer"], "edges": ["Planner -> Writer", "Writer -> Editor"]}
+    try:
+        Topology.from_dict(broken).validate()
+    except TopologyError as error:
+        console.print(Panel.fit(str(error), title="A broken topology is rejected", style="red"))
+
+
+def _load_topology_file(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise typer.BadParameter(f"cannot read {path}: {error.strerror}") from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise typer.BadParameter(
+            f"{path} is not valid {path.suffix.lstrip('.')}: {error}"
+        ) from None
+
+
+@app.command("topology")
+def topology_command(
+    path: Annotated[Path, typer.Argument(help="A topology as JSON or YAML (the dict form).")],
+    mermaid_only: Annotated[
+        bool, typer.Option("--mermaid", help="Print only the Mermaid diagram.")
+    ] = False,
+) -> None:
+    """Validate a topology file, then print its roles and diagram (exit code 1 if invalid)."""
+    data = _load_topology_file(path)
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path} must hold a mapping with 'nodes' and 'edges'")
+    try:
+        topology = Topology.from_dict(data)
+        topology.validate()
+    except TopologyError as error:
+        console.print(f"[red]{path}:[/red] {error}", highlight=False)
+        raise typer.Exit(1) from None
+    if mermaid_only:
+        typer.echo(topology.to_mermaid())
+    else:
+        show_topology(str(path), topology)

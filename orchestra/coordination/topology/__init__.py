@@ -1,0 +1,27 @@
+"""Topologies: which agent may hand work to which, in what shape, under which rules."""
+
+from .analysis import TopologyAnalysis
+from .conditions import Condition, Labeled, labels_of
+from .model import USER, Edge, NamedAgent, Node
+from .patterns import PatternConfig
+from .rules import MaxAgents, MaxSteps, Parallel, Rule, Timeout, parse_rule
+from .topology import Topology
+
+__all__ = [
+    "USER",
+    "Condition",
+    "Edge",
+    "Labeled",
+    "MaxAgents",
+    "MaxSteps",
+    "NamedAgent",
+    "Node",
+    "Parallel",
+    "PatternConfig",
+    "Rule",
+    "Timeout",
+    "Topology",
+    "TopologyAnalysis",
+    "labels_of",
+    "parse_rule",
+]

@@ -1,0 +1,213 @@
+"""What the engine asks of a topology, computed once so every question is a dictionary lookup.
+
+Built by :meth:`Topology.analyze` from a valid topology. Nothing here changes after
+construction: the engine may share one analysis between any number of concurrent runs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestra.errors import TopologyError
+
+from .model import USER, Edge, Node
+from .rules import MaxAgents, MaxSteps, Parallel, Timeout
+from .topology import Topology
+from .validation import Structure, inspect_structure
+
+
+@dataclass(frozen=True)
+class TopologyAnalysis:
+    """Roles and relations of a valid topology.
+
+    * ``entries``: the agents that receive the task (several only through ``User -> X`` edges,
+      in which case the task fans out to all of them in parallel).
+    * ``exits``: the agents whose ``final_response`` may end the workflow.
+    * ``convergence_points``: agents where parallel branches from one fan-out meet; such an
+      agent runs once, on the aggregate of the branches that reach it.
+    * a *call* is an invocation whose target has an edge back to the caller: the callee's
+      final response returns to the caller instead of ending the branch.
+    """
+
+    agents: tuple[str, ...]
+    entries: tuple[str, ...]
+    exits: frozenset[str]
+    convergence_points: Mapping[str, frozenset[str]]
+    parallel_groups: tuple[tuple[str, ...], ...]
+    max_steps: int | None
+    timeout: float | None
+    max_agents: int | None
+    _nodes: Mapping[str, Node]
+    _edges: Mapping[tuple[str, str], Edge]
+    _successors: Mapping[str, tuple[str, ...]]
+    _predecessors: Mapping[str, tuple[str, ...]]
+    _out_edges: Mapping[str, tuple[Edge, ...]]
+    _user_facing: frozenset[str]
+    _parallel_membership: Mapping[str, frozenset[int]]
+
+    @classmethod
+    def build(cls, topology: Topology) -> TopologyAnalysis:
+        structure = inspect_structure(topology)
+        if structure.problems:
+            raise TopologyError(structure.problems)
+        groups = tuple(rule.agents for rule in topology.rules if isinstance(rule, Parallel))
+        membership: dict[str, set[int]] = {}
+        for number, group in enumerate(groups):
+            for name in group:
+                membership.setdefault(name, set()).add(number)
+        singles = {type(rule): rule for rule in topology.rules if not isinstance(rule, Parallel)}
+        max_steps, timeout, max_agents = (
+            singles.get(MaxSteps),
+            singles.get(Timeout),
+            singles.get(MaxAgents),
+        )
+        out_edges: dict[str, list[Edge]] = {name: [] for name in topology.node_names}
+        for edge in structure.edges.values():
+            out_edges[edge.source].append(edge)
+        return cls(
+            agents=structure.agents,
+            entries=structure.entries,
+            exits=structure.exits,
+            convergence_points=_convergence_points(structure),
+            parallel_groups=groups,
+            max_steps=max_steps.steps if isinstance(max_steps, MaxSteps) else None,
+            timeout=timeout.seconds if isinstance(timeout, Timeout) else None,
+            max_agents=max_agents.agents if isinstance(max_agents, MaxAgents) else None,
+            _nodes={node.name: node for node in topology.nodes},
+            _edges=dict(structure.edges),
+            _successors={k: tuple(v) for k, v in structure.successors.items()},
+            _predecessors={k: tuple(v) for k, v in structure.predecessors.items()},
+            _out_edges={k: tuple(v) for k, v in out_edges.items()},
+            _user_facing=frozenset(structure.user_sources),
+            _parallel_membership={k: frozenset(v) for k, v in membership.items()},
+        )
+
+    # ---- single-node questions ---------------------------------------------------------------
+
+    @property
+    def entry(self) -> str:
+        """The entry agent; when the task fans out to several, the first of them."""
+        return self.entries[0]
+
+    def node(self, name: str) -> Node:
+        return self._nodes[name]
+
+    def has_node(self, name: str) -> bool:
+        return name in self._nodes
+
+    def successors(self, name: str) -> tuple[str, ...]:
+        """Agents ``name`` may invoke (``User`` excluded: see :meth:`talks_to_user`)."""
+        return self._successors[name]
+
+    def predecessors(self, name: str) -> tuple[str, ...]:
+        return self._predecessors[name]
+
+    def out_edges(self, name: str) -> tuple[Edge, ...]:
+        """Every edge leaving ``name``, including one to ``User``."""
+        return self._out_edges[name]
+
+    def edge(self, source: str, target: str) -> Edge | None:
+        return self._edges.get((source, target))
+
+    def is_entry(self, name: str) -> bool:
+        return name in self.entries
+
+    def is_exit(self, name: str) -> bool:
+        return name in self.exits
+
+    def talks_to_user(self, name: str) -> bool:
+        """Whether ``name`` has an edge to ``User``: it may ask the user and answer them."""
+        return name in self._user_facing
+
+    def is_call(self, caller: str, callee: str) -> bool:
+        """Whether invoking ``callee`` from ``caller`` is a call (the answer comes back)."""
+        if caller == callee or USER in (caller, callee):
+            return False
+        return (callee, caller) in self._edges
+
+    def is_convergence_point(self, name: str) -> bool:
+        return name in self.convergence_points
+
+    # ---- group questions ---------------------------------------------------------------------
+
+    def may_invoke_in_parallel(self, targets: Iterable[str]) -> bool:
+        """Whether one ``parallel(...)`` rule lists every one of ``targets``."""
+        common: frozenset[int] | None = None
+        for target in targets:
+            groups = self._parallel_membership.get(target, frozenset())
+            common = groups if common is None else common & groups
+            if not common:
+                return False
+        return common is not None
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data describing the roles, for display and debugging."""
+        return {
+            "entries": list(self.entries),
+            "exits": sorted(self.exits),
+            "convergence_points": sorted(self.convergence_points),
+            "talks_to_user": sorted(self._user_facing),
+            "parallel_groups": [list(group) for group in self.parallel_groups],
+            "calls": sorted(f"{s} -> {t}" for (s, t) in self._edges if self.is_call(s, t)),
+        }
+
+
+def _convergence_points(structure: Structure) -> dict[str, frozenset[str]]:
+    """Map each convergence point to the fan-out sources whose branches meet there.
+
+    For a fan-out source F with successors S1..Sk, every node reachable from Si (without
+    passing back through F) is tagged with up to two branch labels. A node N is a convergence
+    point of F when two of its forward predecessors carry different labels. Edges that return
+    a call (``N -> P`` with ``P -> N``) are not forward: a caller collecting its callees'
+    answers is not a convergence point. Each fan-out costs O(V + E).
+    """
+    forward_preds = {
+        name: [p for p in preds if (name, p) not in structure.edges]
+        for name, preds in structure.predecessors.items()
+    }
+    fan_outs: list[tuple[str, tuple[str, ...]]] = [
+        (name, tuple(succ)) for name, succ in structure.successors.items() if len(succ) > 1
+    ]
+    if len(structure.entries) > 1:
+        fan_outs.append((USER, structure.entries))
+    points: dict[str, set[str]] = {}
+    for source, branches in fan_outs:
+        labels = _branch_labels(source, branches, structure.successors)
+        for name, preds in forward_preds.items():
+            if name != source and len(preds) > 1 and _meets(preds, labels):
+                points.setdefault(name, set()).add(source)
+    return {name: frozenset(sources) for name, sources in points.items()}
+
+
+def _branch_labels(
+    source: str, branches: tuple[str, ...], successors: Mapping[str, list[str]]
+) -> dict[str, set[int]]:
+    labels: dict[str, set[int]] = {source: {-1}}
+    queue: deque[tuple[str, int]] = deque()
+    for label, start in enumerate(branches):
+        labels.setdefault(start, set()).add(label)
+        queue.append((start, label))
+    while queue:
+        node, label = queue.popleft()
+        for nxt in successors[node]:
+            held = labels.setdefault(nxt, set())
+            if nxt != source and label not in held and len(held) < 2:
+                held.add(label)
+                queue.append((nxt, label))
+    return labels
+
+
+def _meets(preds: list[str], labels: Mapping[str, set[int]]) -> bool:
+    """Whether two different predecessors carry two different branch labels."""
+    seen: set[int] = set()
+    for pred in preds:
+        held = labels.get(pred)
+        if not held:
+            continue
+        if seen and not (len(seen) == 1 and held == seen):
+            return True
+        seen |= held
+    return False

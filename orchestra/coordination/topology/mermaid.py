@@ -1,0 +1,60 @@
+"""Mermaid flowcharts of topologies, for docs, notebooks and the CLI."""
+
+from __future__ import annotations
+
+from orchestra.errors import TopologyError
+
+from .conditions import describe_condition
+from .model import USER, Edge
+from .topology import Topology
+
+
+def _label(text: str) -> str:
+    return text.replace('"', "#quot;")
+
+
+def _arrow(edge: Edge, both_ways: bool) -> str:
+    condition = describe_condition(edge.condition)
+    arrow = "<-->" if both_ways else "-->"
+    return f'{arrow}|"{_label(condition)}"|' if condition else arrow
+
+
+def render_mermaid(topology: Topology) -> str:
+    """Draw ``topology``. Node ids are generated, so any node name draws safely.
+
+    When the topology is valid, entries are drawn as rounded boxes with a bold border, exits
+    as stadiums, convergence points as hexagons and ``User`` as a circle. A pair of edges
+    with equal metadata in both directions is drawn once, as ``<-->``.
+    """
+    try:
+        analysis = topology.analyze()
+    except TopologyError:
+        analysis = None
+    ids = {name: f"n{index}" for index, name in enumerate(topology.node_names)}
+    lines = ["flowchart TD"]
+    for name, node_id in ids.items():
+        text = _label(name)
+        if name == USER:
+            lines.append(f'    {node_id}(("{text}"))')
+        elif analysis and analysis.is_convergence_point(name):
+            lines.append(f'    {node_id}{{{{"{text}"}}}}')
+        elif analysis and analysis.is_exit(name):
+            lines.append(f'    {node_id}(["{text}"])')
+        else:
+            lines.append(f'    {node_id}["{text}"]')
+    drawn: set[tuple[str, str]] = set()
+    for edge in topology.edges:
+        if edge.key in drawn:
+            continue
+        reverse = topology.edge(edge.target, edge.source)
+        both_ways = reverse is not None and reverse.metadata == edge.metadata
+        drawn.add(edge.key)
+        if both_ways:
+            drawn.add((edge.target, edge.source))
+        source, target = ids.get(edge.source), ids.get(edge.target)
+        if source and target:
+            lines.append(f"    {source} {_arrow(edge, both_ways)} {target}")
+    if analysis:
+        lines.append("    classDef entry stroke-width:3px")
+        lines.append(f"    class {','.join(ids[name] for name in analysis.entries)} entry")
+    return "\n".join(lines)
