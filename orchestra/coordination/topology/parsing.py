@@ -140,9 +140,9 @@ def split_topology_dict(data: Mapping[str, Any]) -> dict[str, Any]:
         raise TopologyError(problems)
     return {
         "nodes": data.get("nodes", data.get("agents")),
-        "edges": data.get("edges", data.get("flows")) or [],
-        "rules": data.get("rules") or [],
-        "metadata": data.get("metadata") or {},
+        "edges": data.get("edges", data.get("flows")),
+        "rules": data.get("rules"),
+        "metadata": data.get("metadata"),
         "entry_point": data.get("entry_point"),
         "exit_points": data.get("exit_points"),
     }

@@ -7,6 +7,7 @@ The engine enforces them; this module only defines and parses them.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,11 +57,14 @@ class Timeout(Rule):
             raise _rule_error(
                 self.keyword, f"timeout needs a number of seconds, got {self.seconds!r}"
             )
-        if not self.seconds > 0:
-            raise _rule_error(self.keyword, f"timeout must be positive, got {self.seconds!r}")
+        if not 0 < self.seconds < math.inf:
+            raise _rule_error(
+                self.keyword, f"timeout must be positive and finite, got {self.seconds!r}"
+            )
 
     def to_text(self) -> str:
-        return f"timeout({self.seconds:g})"
+        seconds = self.seconds
+        return f"timeout({int(seconds) if float(seconds).is_integer() else repr(float(seconds))})"
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,10 @@ class Parallel(Rule):
     keyword: ClassVar[str] = "parallel"
 
     def __post_init__(self) -> None:
+        if isinstance(self.agents, str):
+            raise _rule_error(
+                self.keyword, f"Parallel needs a sequence of agent names, got {self.agents!r}"
+            )
         agents = tuple(self.agents)
         object.__setattr__(self, "agents", agents)
         for agent in agents:

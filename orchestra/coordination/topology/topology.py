@@ -54,13 +54,16 @@ class Topology:
         self._edges: dict[tuple[str, str], Edge] = {}
         self._rules: list[Rule] = []
         self._analysis: TopologyAnalysis | None = None
-        self.metadata: dict[str, Any] = dict(metadata or {})
         problems: list[TopologyProblem] = []
-        for index, node in enumerate(_as_list(nodes, "nodes")):
+        self.metadata: dict[str, Any] = _collect(problems, partial(_metadata, metadata)) or {}
+        node_items = _collect(problems, partial(_as_list, nodes, "nodes")) or []
+        edge_items = _collect(problems, partial(_as_list, edges, "edges")) or []
+        rule_items = _collect(problems, partial(_as_list, rules, "rules")) or []
+        for index, node in enumerate(node_items):
             _collect(problems, partial(self._insert_node, node, f"nodes[{index}]"))
-        for index, edge in enumerate(_as_list(edges, "edges")):
+        for index, edge in enumerate(edge_items):
             _collect(problems, partial(self._insert_edge, edge, f"edges[{index}]"))
-        for rule in _as_list(rules, "rules"):
+        for rule in rule_items:
             parsed = _collect(problems, partial(coerce_rule, rule))
             if parsed is not None:
                 self._rules.append(parsed)
@@ -268,11 +271,23 @@ class Topology:
 def _as_list(items: Iterable[T] | None, field: str) -> list[T]:
     if items is None:
         return []
-    if isinstance(items, str | bytes | Mapping):
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
         raise TopologyError.single(
             "invalid_field", field, f"{field!r} must be a list, got {type(items).__name__}"
         )
     return list(items)
+
+
+def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TopologyError.single(
+            "invalid_field",
+            "metadata",
+            f"'metadata' must be a mapping, got {type(metadata).__name__}",
+        )
+    return dict(metadata)
 
 
 def _optional_name(name: str | None, field: str) -> str | None:

@@ -1,0 +1,152 @@
+"""Run configuration: execution limits, convergence, status output, error handling, user channel.
+
+All configs are pydantic models: a wrong value is rejected at construction with an error that
+names the field, and every config serialises to plain data (for logs and durable sessions).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class VerbosityLevel(IntEnum):
+    """How much a run prints while it works."""
+
+    QUIET = 0
+    NORMAL = 1
+    VERBOSE = 2
+
+
+class StatusConfig(_Config):
+    """What the run prints while it works (the live display arrives in a later release).
+
+    QUIET prints nothing; NORMAL prints one line per agent step; VERBOSE adds each action's
+    details (targets, final responses, questions, steering messages).
+    """
+
+    enabled: bool = True
+    verbosity: VerbosityLevel = VerbosityLevel.NORMAL
+    show_actions: bool = False
+
+    @classmethod
+    def from_verbosity(cls, level: int | VerbosityLevel) -> StatusConfig:
+        verbosity = VerbosityLevel(level)
+        return cls(
+            enabled=verbosity > VerbosityLevel.QUIET,
+            verbosity=verbosity,
+            show_actions=verbosity >= VerbosityLevel.VERBOSE,
+        )
+
+
+class ConvergencePolicy(_Config):
+    """When the branches of one fan-out count as converged.
+
+    The waiting agent resumes once ``k`` branches (or ``min_ratio`` of them) have succeeded;
+    with neither set, all must succeed. If that becomes impossible (too many failures) or
+    ``convergence_timeout`` passes first, ``on_insufficient`` decides: ``"fail"`` fails the
+    waiting branch, ``"proceed"`` resumes it on whatever arrived. Failed siblings' results are
+    never discarded: they stay in ``branch_results``.
+    """
+
+    min_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
+    k: int | None = Field(default=None, ge=1)
+    on_insufficient: Literal["fail", "proceed"] = "fail"
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> ConvergencePolicy:
+        if self.min_ratio is not None and self.k is not None:
+            raise ValueError("give min_ratio or k, not both")
+        return self
+
+    @classmethod
+    def coerce(cls, value: ConvergencePolicyLike) -> ConvergencePolicy:
+        """``"all"``, ``"any"``, a ratio in (0, 1], or a ConvergencePolicy."""
+        if isinstance(value, ConvergencePolicy):
+            return value
+        if value == "all":
+            return cls()
+        if value == "any":
+            return cls(k=1)
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            return cls(min_ratio=float(value))
+        raise ValueError(
+            f"convergence policy must be 'all', 'any', a ratio in (0, 1] or a "
+            f"ConvergencePolicy, got {value!r}"
+        )
+
+    def required(self, total: int) -> int:
+        """How many of ``total`` branches must succeed."""
+        if self.k is not None:
+            return min(self.k, total)
+        if self.min_ratio is not None:
+            return max(1, min(total, -int(-self.min_ratio * total // 1)))
+        return total
+
+
+ConvergencePolicyLike = ConvergencePolicy | Literal["all", "any"] | float
+
+
+class ExecutionConfig(_Config):
+    """Limits and behaviour of one run.
+
+    Timeouts are in seconds and ``None`` means no limit:
+
+    * ``step_timeout`` bounds one agent step (one model call or one function-agent run);
+    * ``branch_timeout`` bounds one branch, from its creation to its end;
+    * ``convergence_timeout`` bounds how long a fan-out waits for its branches.
+
+    ``steering_mode`` decides when the engine injects guidance into an agent's conversation:
+    ``"auto"`` after an invalid reply, ``"always"`` also before every step (helps small
+    models), ``"never"`` not at all (the first invalid reply fails the branch).
+    ``max_steering_retries`` bounds the corrective retries for one step.
+    """
+
+    convergence_timeout: float | None = Field(default=None, gt=0)
+    branch_timeout: float | None = Field(default=None, gt=0)
+    step_timeout: float | None = Field(default=None, gt=0)
+    convergence_policy: ConvergencePolicy = Field(default_factory=ConvergencePolicy)
+    dynamic_convergence_enabled: bool = True
+    steering_mode: Literal["auto", "always", "never"] = "auto"
+    max_steering_retries: int = Field(default=3, ge=0)
+    status: StatusConfig = Field(default_factory=StatusConfig)
+
+    @field_validator("convergence_policy", mode="before")
+    @classmethod
+    def _coerce_policy(cls, value: Any) -> ConvergencePolicy:
+        return ConvergencePolicy.coerce(value)
+
+
+class ErrorHandlingConfig(_Config):
+    """How failures are handled.
+
+    ``enable_error_routing``: when an agent's step fails (its model or function raises), and
+    the agent has outgoing edges to other agents, the failure is routed to them as an error
+    report instead of failing the branch (the spec's error-recovery pattern). With
+    ``preserve_error_context`` the report includes the error type, message and the input the
+    agent was working on. Retries of model calls (added with the provider adapters) are
+    configured here too.
+    """
+
+    enable_error_routing: bool = False
+    preserve_error_context: bool = True
+    max_retries: int = Field(default=3, ge=0)
+    retry_initial_delay: float = Field(default=0.5, ge=0)
+    retry_max_delay: float = Field(default=30.0, ge=0)
+
+
+class CommunicationConfig(_Config):
+    """How the ``User`` node is reached.
+
+    ``channel`` answers ``ask_user`` questions; by default a programmatic channel that code and
+    tests answer. ``user_timeout`` bounds how long a branch waits for an answer.
+    """
+
+    channel: Any = None
+    user_timeout: float | None = Field(default=None, gt=0)
