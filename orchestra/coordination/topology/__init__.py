@@ -4,7 +4,7 @@ from .analysis import TopologyAnalysis
 from .conditions import Condition, Labeled, labels_of
 from .model import USER, Edge, NamedAgent, Node
 from .patterns import PatternConfig
-from .rules import MaxAgents, MaxSteps, Parallel, Rule, Timeout, parse_rule
+from .rules import MaxAgents, MaxSteps, Parallel, PingPong, Rule, Timeout, parse_rule
 from .topology import Topology
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Node",
     "Parallel",
     "PatternConfig",
+    "PingPong",
     "Rule",
     "Timeout",
     "Topology",

@@ -14,7 +14,7 @@ from typing import Any
 from orchestra.errors import TopologyError
 
 from .model import USER, Edge, Node
-from .rules import MaxAgents, MaxSteps, Parallel, Timeout
+from .rules import MaxAgents, MaxSteps, Parallel, PingPong, Timeout
 from .topology import Topology
 from .validation import Structure, inspect_structure
 
@@ -40,6 +40,7 @@ class TopologyAnalysis:
     max_steps: int | None
     timeout: float | None
     max_agents: int | None
+    ping_pong_rounds: int | None
     _nodes: Mapping[str, Node]
     _edges: Mapping[tuple[str, str], Edge]
     _successors: Mapping[str, tuple[str, ...]]
@@ -59,11 +60,8 @@ class TopologyAnalysis:
             for name in group:
                 membership.setdefault(name, set()).add(number)
         singles = {type(rule): rule for rule in topology.rules if not isinstance(rule, Parallel)}
-        max_steps, timeout, max_agents = (
-            singles.get(MaxSteps),
-            singles.get(Timeout),
-            singles.get(MaxAgents),
-        )
+        max_steps, timeout = singles.get(MaxSteps), singles.get(Timeout)
+        max_agents, ping_pong = singles.get(MaxAgents), singles.get(PingPong)
         out_edges: dict[str, list[Edge]] = {name: [] for name in topology.node_names}
         for edge in structure.edges.values():
             out_edges[edge.source].append(edge)
@@ -76,6 +74,7 @@ class TopologyAnalysis:
             max_steps=max_steps.steps if isinstance(max_steps, MaxSteps) else None,
             timeout=timeout.seconds if isinstance(timeout, Timeout) else None,
             max_agents=max_agents.agents if isinstance(max_agents, MaxAgents) else None,
+            ping_pong_rounds=ping_pong.rounds if isinstance(ping_pong, PingPong) else None,
             _nodes={node.name: node for node in topology.nodes},
             _edges=dict(structure.edges),
             _successors={k: tuple(v) for k, v in structure.successors.items()},
@@ -123,10 +122,11 @@ class TopologyAnalysis:
         return name in self._user_facing
 
     def is_call(self, caller: str, callee: str) -> bool:
-        """Whether invoking ``callee`` from ``caller`` is a call (the answer comes back)."""
+        """Whether ``caller`` may invoke ``callee`` as a call: both edges exist, so the answer
+        comes back to the caller."""
         if caller == callee or USER in (caller, callee):
             return False
-        return (callee, caller) in self._edges
+        return (caller, callee) in self._edges and (callee, caller) in self._edges
 
     def is_convergence_point(self, name: str) -> bool:
         return name in self.convergence_points

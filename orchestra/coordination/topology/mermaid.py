@@ -47,7 +47,9 @@ def render_mermaid(topology: Topology) -> str:
         if edge.key in drawn:
             continue
         reverse = topology.edge(edge.target, edge.source)
-        both_ways = reverse is not None and reverse.metadata == edge.metadata
+        both_ways = (
+            edge.source != edge.target and reverse is not None and reverse.metadata == edge.metadata
+        )
         drawn.add(edge.key)
         if both_ways:
             drawn.add((edge.target, edge.source))

@@ -114,6 +114,25 @@ class Parallel(Rule):
         return f"parallel({', '.join(self.agents)})"
 
 
+@dataclass(frozen=True)
+class PingPong(Rule):
+    """Stop a branch where two agents hand the same work back and forth ``rounds`` times.
+
+    A round is one hand-over from A to B and one back from B to A. Rounds only count while
+    nothing changes: the same two requests, word for word, each time. A Writer and a Critic
+    exchanging new drafts are making progress and are never stopped by this rule.
+    """
+
+    rounds: int
+    keyword: ClassVar[str] = "ping_pong"
+
+    def __post_init__(self) -> None:
+        _require_positive_int(self.keyword, self.rounds)
+
+    def to_text(self) -> str:
+        return f"ping_pong({self.rounds})"
+
+
 _RULE_TEXT = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$", re.DOTALL)
 
 
@@ -151,6 +170,7 @@ _PARSERS: dict[str, Callable[[list[str], str], Rule]] = {
     "timeout": lambda args, text: Timeout(_number(_single_argument(args, text), text)),
     "max_agents": lambda args, text: MaxAgents(_integer(_single_argument(args, text), text)),
     "parallel": lambda args, text: Parallel(tuple(args)),
+    "ping_pong": lambda args, text: PingPong(_integer(_single_argument(args, text), text)),
 }
 RULE_KEYWORDS = tuple(_PARSERS)
 

@@ -67,8 +67,8 @@ class Topology:
             parsed = _collect(problems, partial(coerce_rule, rule))
             if parsed is not None:
                 self._rules.append(parsed)
-        self.entry_point = _collect(problems, partial(_optional_name, entry_point, "entry_point"))
-        self.exit_points = _collect(problems, partial(_exit_names, exit_points)) or ()
+        self._entry_point = _collect(problems, partial(_optional_name, entry_point, "entry_point"))
+        self._exit_points = _collect(problems, partial(_exit_names, exit_points)) or ()
         if problems:
             raise TopologyError(problems)
 
@@ -117,6 +117,26 @@ class Topology:
         return data
 
     # ---- reading -----------------------------------------------------------------------------
+
+    @property
+    def entry_point(self) -> str | None:
+        """The agent that receives the task, when set explicitly (see docs: Entry)."""
+        return self._entry_point
+
+    @entry_point.setter
+    def entry_point(self, name: str | None) -> None:
+        self._entry_point = _optional_name(name, "entry_point")
+        self._analysis = None
+
+    @property
+    def exit_points(self) -> tuple[str, ...]:
+        """The agents that may finish, when set explicitly (see docs: Exits)."""
+        return self._exit_points
+
+    @exit_points.setter
+    def exit_points(self, names: Iterable[str] | None) -> None:
+        self._exit_points = _exit_names(names)
+        self._analysis = None
 
     @property
     def nodes(self) -> tuple[Node, ...]:

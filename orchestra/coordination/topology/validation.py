@@ -32,6 +32,7 @@ class Structure:
     entries: tuple[str, ...] = ()
     exits: frozenset[str] = frozenset()
     problems: list[TopologyProblem] = field(default_factory=list)
+    paths_checkable: bool = True
 
     def add(self, kind: str, subject: str, message: str) -> None:
         self.problems.append(TopologyProblem(kind, subject, message))
@@ -55,7 +56,7 @@ def inspect_structure(topology: Topology) -> Structure:
     _find_entries(topology, structure)
     _find_exits(topology, structure)
     _check_rules(topology, structure)
-    if structure.entries:
+    if structure.entries and structure.paths_checkable:
         _check_paths(structure)
     return structure
 
@@ -99,7 +100,7 @@ def _find_entries(topology: Topology, structure: Structure) -> None:
                 entry,
                 f"entry_point {entry!r} is not an agent node (nodes: {_names(structure.agents)})",
             )
-        elif structure.user_targets and entry not in structure.user_targets:
+        elif structure.user_targets and set(structure.user_targets) != {entry}:
             structure.add(
                 "entry_conflict",
                 entry,
@@ -141,6 +142,7 @@ def _find_exits(topology: Topology, structure: Structure) -> None:
                 f"exit point {name!r} is not an agent node (nodes: {_names(structure.agents)})",
             )
         structure.exits = frozenset(topology.exit_points) - set(unknown)
+        structure.paths_checkable = bool(structure.exits)
         return
     sinks = {name for name in structure.agents if not structure.successors[name]}
     exits = sinks | set(structure.user_sources)
