@@ -59,3 +59,71 @@ class TopologyError(OrchestraError):
 
 class ConditionError(OrchestraError):
     """An edge condition could not be evaluated; the message names the edge."""
+
+
+class ConfigurationError(OrchestraError):
+    """A configuration value or public API argument cannot be used; the message names it."""
+
+
+class AgentNotFoundError(OrchestraError):
+    """A topology node names an agent that no registry holds when the run starts."""
+
+
+class ModelError(OrchestraError):
+    """A model could not produce a reply (the message names the agent and model)."""
+
+
+class ScriptExhaustedError(ModelError):
+    """A ScriptedModel was asked for more replies than it was given."""
+
+
+class ActionError(OrchestraError):
+    """An agent kept replying with actions it may not take, past the steering retries."""
+
+
+class LimitExceededError(OrchestraError):
+    """A run, branch or step went past one of its limits; ``limit`` names which."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        self.limit = limit
+        super().__init__(message)
+
+
+class StepLimitError(LimitExceededError):
+    """The run used up its ``max_steps`` budget."""
+
+
+class RunTimeoutError(LimitExceededError):
+    """The whole run exceeded its ``timeout(...)`` rule."""
+
+
+class BranchTimeoutError(LimitExceededError):
+    """A branch exceeded ``branch_timeout``."""
+
+
+class StepTimeoutError(LimitExceededError):
+    """One agent step exceeded ``step_timeout``."""
+
+
+class ConvergenceTimeoutError(LimitExceededError):
+    """A fan-out's branches did not converge within ``convergence_timeout``."""
+
+
+class PingPongError(LimitExceededError):
+    """Two agents kept handing the same work back and forth (a ``ping_pong(n)`` rule)."""
+
+
+class ConvergenceError(OrchestraError):
+    """Too few branches of a fan-out succeeded for its convergence policy."""
+
+
+class AgentStepError(OrchestraError):
+    """An agent's step raised; the message names the agent and the original error."""
+
+
+class InternalError(OrchestraError):
+    """Orchestra itself failed (a bug): the run stops and reports it instead of hanging."""
+
+
+class UserInputError(OrchestraError):
+    """A question to the user could not be answered (no channel, or it timed out)."""

@@ -1,0 +1,48 @@
+"""A plain Python function as a node of the topology."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from orchestra.coordination.engine.actions import Action
+
+from .base import BaseAgent, StepOutcome, StepRequest
+from .registry import register_by_default
+
+NodeFunction = Callable[[Any, Mapping[str, Any]], Any | Awaitable[Any]]
+
+
+class FunctionAgent(BaseAgent):
+    """``fn(input, context)``, sync or async, as an agent.
+
+    Routing is code-decided: unless ``fn`` returns an :class:`Action`, its value is handed
+    along the agent's outgoing edges whose conditions hold (one: a hand-off or call; several:
+    parallel branches), returned to the agent that called it, or — at an exit — becomes the
+    final response. Return ``Labeled(value, "label")`` to satisfy label conditions, or an
+    ``Action`` (``Action.final(v)``, ``Action.invoke("B", v)``) to decide explicitly.
+
+    A sync ``fn`` runs on the event loop: keep it quick, or make it async.
+    """
+
+    def __init__(self, name: str, fn: NodeFunction, *, register: bool = True) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"FunctionAgent name must be a non-empty string, got {name!r}")
+        if not callable(fn):
+            raise TypeError(f"FunctionAgent {name!r}: fn must be callable, got {fn!r}")
+        self.name = name
+        self.fn = fn
+        if register:
+            register_by_default(self)
+
+    def __repr__(self) -> str:
+        return f"FunctionAgent(name={self.name!r}, fn={getattr(self.fn, '__name__', self.fn)!r})"
+
+    async def step(self, request: StepRequest) -> StepOutcome:
+        value = self.fn(request.input.content, request.context)
+        if inspect.isawaitable(value):
+            value = await value
+        if isinstance(value, Action):
+            return StepOutcome(action=value, by_code=True)
+        return StepOutcome(value=value, by_code=True)

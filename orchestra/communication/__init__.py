@@ -1,0 +1,5 @@
+"""How the ``User`` node is reached: channels that answer agents' questions."""
+
+from .channels import CommunicationManager, ProgrammaticChannel, Question, ScriptedUser, UserChannel
+
+__all__ = ["CommunicationManager", "ProgrammaticChannel", "Question", "ScriptedUser", "UserChannel"]

@@ -1,0 +1,112 @@
+"""Channels to the user. Only the asking branch waits for an answer; the rest run on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from orchestra.errors import UserInputError
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """An agent's question to the user. ``id`` is unique across runs sharing a channel."""
+
+    id: str
+    run_id: str
+    branch_id: str
+    agent: str
+    text: str
+
+
+@runtime_checkable
+class UserChannel(Protocol):
+    async def ask(self, question: Question) -> Any: ...
+
+
+class ProgrammaticChannel:
+    """A queue-backed channel that code (a UI, a test, another service) answers.
+
+    ``await channel.next_question()`` yields each question as it is asked;
+    ``channel.answer(question.id, text)`` resumes the branch that asked it.
+    """
+
+    def __init__(self) -> None:
+        self._questions: asyncio.Queue[Question] | None = None
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+
+    def _queue(self) -> asyncio.Queue[Question]:
+        if self._questions is None:
+            self._questions = asyncio.Queue()
+        return self._questions
+
+    async def ask(self, question: Question) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[question.id] = future
+        self._queue().put_nowait(question)
+        try:
+            return await future
+        finally:
+            self._waiting.pop(question.id, None)
+
+    async def next_question(self) -> Question:
+        return await self._queue().get()
+
+    @property
+    def pending(self) -> list[str]:
+        """Ids of the questions asked and not yet answered."""
+        return list(self._waiting)
+
+    def answer(self, question_id: str, answer: Any) -> None:
+        future = self._waiting.get(question_id)
+        if future is None or future.done():
+            raise UserInputError(
+                f"no pending question {question_id!r}; pending: {', '.join(self._waiting) or 'none'}"
+            )
+        future.set_result(answer)
+
+
+class ScriptedUser:
+    """A user who answers from a script, in order (part of the test kit)."""
+
+    def __init__(self, answers: Iterable[Any]) -> None:
+        self._answers = list(answers)
+        self.questions: list[Question] = []
+
+    async def ask(self, question: Question) -> Any:
+        self.questions.append(question)
+        if not self._answers:
+            raise UserInputError(
+                f"ScriptedUser has no answer left for {question.agent!r}'s question "
+                f"{question.text!r}"
+            )
+        return self._answers.pop(0)
+
+
+class CommunicationManager:
+    """Routes questions to the configured channel, with an optional time limit."""
+
+    def __init__(
+        self, channel: UserChannel | None = None, user_timeout: float | None = None
+    ) -> None:
+        if channel is not None and not isinstance(channel, UserChannel):
+            raise TypeError(f"channel must have an async ask(question) method, got {channel!r}")
+        self.channel = channel
+        self.user_timeout = user_timeout
+
+    async def ask(self, question: Question) -> Any:
+        if self.channel is None:
+            raise UserInputError(
+                f"agent {question.agent!r} asked the user {question.text!r}, but the run has no "
+                "user channel; pass communication_config=CommunicationConfig(channel=...)"
+            )
+        try:
+            async with asyncio.timeout(self.user_timeout):
+                return await self.channel.ask(question)
+        except TimeoutError:
+            raise UserInputError(
+                f"the user did not answer {question.agent!r}'s question within "
+                f"{self.user_timeout}s: {question.text!r}"
+            ) from None

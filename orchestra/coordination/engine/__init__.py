@@ -1,0 +1,1 @@
+"""The engine: deterministic transitions on run state, driven by an async runner."""

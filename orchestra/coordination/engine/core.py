@@ -1,0 +1,729 @@
+"""The engine core: every state transition of a run, with no I/O.
+
+The runner calls one method per thing that happened (a step finished, a tool returned, the
+user answered, a timer fired). Each method changes the run state, emits events, and appends
+*effects* — what the runner must do next (start or cancel a branch's task, arm a timer) — to
+``self.effects``. Nothing here awaits, sleeps or reads a clock except to timestamp, so the
+same inputs always give the same run: that is what makes replay, resume and tests cheap.
+State is changed in place rather than copied: a step must cost microseconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from orchestra.agents.base import InputKind, StepInput, StepOutcome, StepRequest
+from orchestra.coordination.config import ConvergencePolicy, ErrorHandlingConfig, ExecutionConfig
+from orchestra.coordination.topology import USER, TopologyAnalysis
+from orchestra.errors import (
+    ActionError,
+    AgentStepError,
+    ConditionError,
+    ConfigurationError,
+    ConvergenceError,
+    ConvergenceTimeoutError,
+    LimitExceededError,
+    OrchestraError,
+    PingPongError,
+    StepLimitError,
+)
+from orchestra.models.base import Message, StepInfo
+
+from . import events as ev
+from .actions import PROTOCOL_HINT, Action, ActionKind, Invocation
+from .convergence import collect_results, policy_for, settle_outcome
+from .routing import Permissions, action_problem, permissions, route_value
+from .state import Branch, BranchStatus, FanOut, Frame
+
+Effect = tuple[Literal["spawn", "cancel", "arm_branch", "arm_fan_out", "done"], Any]
+_NO_SOURCES: frozenset[str] = frozenset()
+
+
+class Engine:
+    """One run's state machine."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        analysis: TopologyAnalysis,
+        tools: Mapping[str, tuple[str, ...]],
+        context: Mapping[str, Any],
+        config: ExecutionConfig,
+        error_config: ErrorHandlingConfig,
+        max_steps: int,
+        stream: ev.EventStream,
+        clock: Any,
+    ) -> None:
+        self.run_id = run_id
+        self.analysis = analysis
+        self.context = context
+        self.config = config
+        self.error_config = error_config
+        self.max_steps = max_steps
+        self.stream = stream
+        self.clock = clock
+        self.effects: list[Effect] = []
+        self.branches: dict[str, Branch] = {}
+        self.steps = 0
+        self.invocations: Counter[str] = Counter()
+        self.finished = False
+        self.error: OrchestraError | None = None
+        self.started_at = clock()
+        self._tools = tools
+        self._allowed: dict[tuple[str, bool], Permissions] = {}
+        self._policies = {
+            name: policy_for(analysis, name, config.convergence_policy) for name in analysis.agents
+        }
+        self._policies[USER] = config.convergence_policy
+        self._fan_outs = 0
+        self._questions = 0
+        self.root: Branch | None = None
+
+    # ---- starting ----------------------------------------------------------------------------
+
+    def start(self, task: Any) -> Branch:
+        entries = self.analysis.entries
+        self._emit(
+            ev.RunStarted(run_id=self.run_id, task=task, entries=entries, max_steps=self.max_steps)
+        )
+        if len(entries) == 1:
+            root = self._new_branch(entries[0], StepInput(InputKind.TASK, task, USER))
+            self.invocations[entries[0]] += 1
+        else:
+            root = self._new_branch(USER, None)
+            self._fan_out(
+                root,
+                USER,
+                frozenset({USER}),
+                [(entry, StepInput(InputKind.TASK, task, USER), False) for entry in entries],
+            )
+        self.root = root
+        return root
+
+    def _new_branch(
+        self,
+        agent: str,
+        step_input: StepInput | None,
+        fan_out: FanOut | None = None,
+        parent: Branch | None = None,
+        call_stack: list[Frame] | None = None,
+    ) -> Branch:
+        branch = Branch(
+            id=f"b{len(self.branches)}",
+            agent=agent,
+            input=step_input,
+            created_at=self.clock(),
+            fan_out=fan_out,
+            parent=parent,
+            call_stack=call_stack or [],
+        )
+        if agent != USER:
+            branch.visited.append(agent)
+        self.branches[branch.id] = branch
+        self._emit(
+            ev.BranchCreated(
+                run_id=self.run_id,
+                branch_id=branch.id,
+                agent=agent,
+                parent_branch_id=parent.id if parent else None,
+                fan_out_id=fan_out.id if fan_out else None,
+            )
+        )
+        self.effects.append(("arm_branch", branch))
+        if agent != USER:
+            self.effects.append(("spawn", branch))
+        return branch
+
+    # ---- one agent step ----------------------------------------------------------------------
+
+    def begin_step(self, branch: Branch) -> StepRequest | None:
+        """The request for the branch's next step, or None when it has none to take."""
+        if self.finished or branch.status is not BranchStatus.RUNNING or branch.input is None:
+            return None
+        if self.steps >= self.max_steps:
+            self.abort(
+                StepLimitError(
+                    "max_steps",
+                    f"the run reached max_steps={self.max_steps} (every agent step of every "
+                    f"branch counts, steering retries included); branch {branch.id} was about "
+                    f"to run {branch.agent!r}",
+                ),
+                branch,
+            )
+            return None
+        self.steps += 1
+        branch.steps += 1
+        agent = branch.agent
+        can_finish = bool(branch.call_stack) or self.analysis.is_exit(agent)
+        allowed = self._allowed.get((agent, can_finish))
+        if allowed is None:
+            allowed = permissions(self.analysis, agent, can_finish, self._tools.get(agent, ()))
+            self._allowed[(agent, can_finish)] = allowed
+        branch.allowed = allowed
+        messages = branch.conversations.get(agent)
+        if messages is None:
+            messages = branch.conversations[agent] = []
+        if self.config.steering_mode == "always" and branch.steps > 1:
+            messages.append(Message("user", f"[Orchestra] You may now: {allowed.menu()}."))
+        info = StepInfo(
+            agent,
+            branch.id,
+            self.steps,
+            allowed.actions,
+            allowed.peers,
+            allowed.parallel_groups,
+            can_finish,
+            allowed.can_ask_user,
+            allowed.tools,
+            self.context,
+        )
+        self._emit(
+            ev.StepStarted(
+                run_id=self.run_id,
+                branch_id=branch.id,
+                agent=agent,
+                step=self.steps,
+                branch_step=branch.steps,
+            )
+        )
+        return StepRequest(branch.input, messages, info, self.context)
+
+    def step_completed(self, branch: Branch, outcome: StepOutcome, duration: float) -> None:
+        if self.finished or branch.status is not BranchStatus.RUNNING:
+            return  # cancelled or failed while the step ran: its result is not needed
+        agent = branch.agent
+        allowed = branch.allowed
+        assert allowed is not None
+        if outcome.problem is not None:
+            self._steer(branch, outcome.problem, outcome.reply)
+            return
+        action = outcome.action
+        try:
+            if action is None and outcome.by_code:
+                action = route_value(
+                    self.analysis, agent, outcome.value, bool(branch.call_stack), self.context
+                )
+                if action is None:
+                    self._fail(branch, self._no_route_error(agent, outcome.value))
+                    return
+            elif action is None:
+                if not allowed.can_finish:
+                    self._steer(branch, f"the reply has no action; {PROTOCOL_HINT}", outcome.reply)
+                    return
+                action = Action.final(outcome.reply)
+            problem = action_problem(
+                self.analysis, agent, action, allowed, self.context, not outcome.by_code
+            )
+        except ConditionError as error:
+            self._fail(branch, error)
+            return
+        if problem is not None:
+            if outcome.by_code:
+                self._fail(
+                    branch,
+                    ActionError(f"agent {agent!r} returned an action it may not take: {problem}"),
+                )
+            else:
+                self._steer(branch, problem, outcome.reply)
+            return
+        branch.retries = 0
+        usage = outcome.usage
+        self._emit(
+            ev.StepCompleted(
+                run_id=self.run_id,
+                branch_id=branch.id,
+                agent=agent,
+                step=self.steps,
+                duration=duration,
+                action=action,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+            )
+        )
+        self._apply(branch, action)
+
+    def step_failed(self, branch: Branch, error: BaseException) -> None:
+        """The agent's step raised (or timed out): route the error or fail the branch."""
+        if self.finished or branch.ended:
+            return
+        agent = branch.agent
+        if not isinstance(error, OrchestraError):
+            error = AgentStepError(f"agent {agent!r} raised {type(error).__name__}: {error}")
+        if self.error_config.enable_error_routing and not isinstance(error, LimitExceededError):
+            target = self._error_route(agent)
+            if target is not None:
+                report: dict[str, Any] = {"failed_agent": agent, "error": str(error)}
+                if self.error_config.preserve_error_context:
+                    report["error_type"] = type(error).__name__
+                    report["input"] = branch.input.content if branch.input else None
+                self._hand_over(branch, Invocation(target, report))
+                return
+        self._fail(branch, error)
+
+    # ---- other things that happen ------------------------------------------------------------
+
+    def tools_completed(self, branch: Branch, results: list[dict[str, Any]]) -> None:
+        if self.finished or branch.ended:
+            return
+        branch.pending_tools = ()
+        for item in results:
+            self._emit(
+                ev.ToolCallCompleted(
+                    run_id=self.run_id,
+                    branch_id=branch.id,
+                    agent=branch.agent,
+                    tool=item["name"],
+                    call_id=item["call_id"],
+                    ok=item["ok"],
+                    duration=item.pop("duration", 0.0),
+                )
+            )
+        branch.input = StepInput(InputKind.TOOL_RESULTS, results, branch.agent)
+
+    def user_answered(self, branch: Branch, answer: Any) -> None:
+        if self.finished or branch.status is not BranchStatus.WAITING_USER:
+            return
+        question_id = branch.question[0] if branch.question else ""
+        branch.question = None
+        branch.status = BranchStatus.RUNNING
+        branch.input = StepInput(InputKind.USER_ANSWER, answer, USER)
+        self._emit(
+            ev.UserInputReceived(
+                run_id=self.run_id, branch_id=branch.id, question_id=question_id, answer=answer
+            )
+        )
+
+    def branch_failed(self, branch: Branch, error: OrchestraError) -> None:
+        """Something outside a step failed the branch (its timeout, the user channel)."""
+        if not self.finished:
+            self._fail(branch, error)
+
+    def convergence_timed_out(self, fan_out: FanOut) -> None:
+        if not self.finished and not fan_out.settled:
+            self._settle(fan_out, timed_out=True)
+
+    def abort(self, error: OrchestraError, culprit: Branch | None = None) -> None:
+        """End the whole run now (a run-wide limit): ``culprit`` fails, the rest is cancelled."""
+        if self.finished:
+            return
+        self.error = error
+        if culprit is not None and not culprit.ended:
+            self._mark_failed(culprit, error)
+        self._finish_run()
+
+    # ---- applying actions --------------------------------------------------------------------
+
+    def _apply(self, branch: Branch, action: Action) -> None:
+        kind = action.kind
+        if kind is ActionKind.INVOKE:
+            invocations = action.invocations
+            if self._arrives(branch, invocations):
+                self._arrive(branch, invocations)
+            elif len(invocations) == 1:
+                self._hand_over(branch, invocations[0])
+            else:
+                source = branch.agent
+                self._fan_out(
+                    branch,
+                    source,
+                    frozenset({source}),
+                    [
+                        (
+                            item.agent_name,
+                            StepInput(InputKind.REQUEST, item.request, source),
+                            self.analysis.is_call(source, item.agent_name),
+                        )
+                        for item in invocations
+                    ],
+                )
+        elif kind is ActionKind.FINAL:
+            self._answer(branch, action.response)
+        elif kind is ActionKind.ASK_USER:
+            self._questions += 1
+            question_id = f"q{self._questions}"
+            branch.question = (question_id, action.question)
+            branch.status = BranchStatus.WAITING_USER
+            self._emit(
+                ev.UserInputRequested(
+                    run_id=self.run_id,
+                    branch_id=branch.id,
+                    agent=branch.agent,
+                    question_id=question_id,
+                    question=action.question,
+                )
+            )
+        else:
+            branch.pending_tools = action.tool_calls
+
+    def _hand_over(self, branch: Branch, item: Invocation) -> None:
+        source, target = branch.agent, item.agent_name
+        if self.analysis.is_call(source, target):
+            branch.call_stack.append(Frame(source))
+            kind = "call"
+        else:
+            kind = "handoff"
+        if self._ping_pong(branch, source, target, item.request):
+            return
+        self._emit(
+            ev.WorkHandedOver(
+                run_id=self.run_id, branch_id=branch.id, source=source, target=target, kind=kind
+            )
+        )
+        self._enter(branch, target, StepInput(InputKind.REQUEST, item.request, source))
+
+    def _enter(self, branch: Branch, agent: str, step_input: StepInput) -> None:
+        branch.agent = agent
+        branch.input = step_input
+        branch.visited.append(agent)
+        self.invocations[agent] += 1
+
+    def _answer(self, branch: Branch, response: Any) -> None:
+        """A final response: back to the caller if there is one, else the branch ends."""
+        if not branch.call_stack:
+            self._end(branch, BranchStatus.COMPLETED, "finished", response)
+            return
+        frame = branch.call_stack.pop()
+        if frame.returns_to_fan_out:
+            self._end(branch, BranchStatus.COMPLETED, "returned", response)
+            return
+        callee = branch.agent
+        if self._ping_pong(branch, callee, frame.caller, response):
+            return
+        self._emit(
+            ev.WorkHandedOver(
+                run_id=self.run_id,
+                branch_id=branch.id,
+                source=callee,
+                target=frame.caller,
+                kind="return",
+            )
+        )
+        branch.agent = frame.caller
+        branch.input = StepInput(InputKind.RESPONSE, response, callee)
+
+    def _steer(self, branch: Branch, problem: str, reply: str) -> None:
+        branch.retries += 1
+        self._emit(
+            ev.ActionRejected(
+                run_id=self.run_id,
+                branch_id=branch.id,
+                agent=branch.agent,
+                step=self.steps,
+                problem=problem,
+                reply=reply,
+                attempt=branch.retries,
+            )
+        )
+        if (
+            self.config.steering_mode == "never"
+            or branch.retries > self.config.max_steering_retries
+        ):
+            self._fail(
+                branch,
+                ActionError(
+                    f"agent {branch.agent!r} gave no usable action after {branch.retries} "
+                    f"attempt(s): {problem}. Last reply: {reply[:500]!r}"
+                ),
+            )
+            return
+        allowed = branch.allowed
+        menu = allowed.menu() if allowed else ""
+        branch.input = StepInput(
+            InputKind.STEERING, f"Your last reply could not be used: {problem}. You may: {menu}."
+        )
+
+    # ---- fan-out and convergence -------------------------------------------------------------
+
+    def _fan_out(
+        self,
+        parent: Branch,
+        source: str,
+        sources: frozenset[str],
+        items: list[tuple[str, StepInput, bool]],
+    ) -> None:
+        self._fan_outs += 1
+        policy: ConvergencePolicy = self._policies[source]
+        fan_out = FanOut(
+            id=f"f{self._fan_outs}",
+            parent=parent,
+            source=source,
+            sources=sources,
+            children=[],
+            policy=policy,
+            required=policy.required(len(items)),
+            pending=len(items),
+            created_at=self.clock(),
+        )
+        parent.status = BranchStatus.WAITING
+        parent.waiting_on = fan_out
+        for target, step_input, is_call in items:
+            stack = [Frame(source, returns_to_fan_out=True)] if is_call else None
+            child = self._new_branch(target, step_input, fan_out, parent, stack)
+            self.invocations[target] += 1
+            fan_out.children.append(child)
+        self._emit(
+            ev.FanOutStarted(
+                run_id=self.run_id,
+                fan_out_id=fan_out.id,
+                branch_id=parent.id,
+                source=source,
+                child_branch_ids=tuple(child.id for child in fan_out.children),
+                targets=tuple(item[0] for item in items),
+            )
+        )
+        self.effects.append(("arm_fan_out", fan_out))
+
+    def _arrives(self, branch: Branch, invocations: tuple[Invocation, ...]) -> bool:
+        """Whether handing to these targets means reaching a convergence point of the
+        branch's own fan-out (so the branch stops there and waits for its siblings)."""
+        fan_out = branch.fan_out
+        if fan_out is None or branch.call_stack:
+            return False
+        points = self.analysis.convergence_points
+        return all(
+            points.get(item.agent_name, _NO_SOURCES) & fan_out.sources for item in invocations
+        )
+
+    def _arrive(self, branch: Branch, invocations: tuple[Invocation, ...]) -> None:
+        branch.arrivals = {item.agent_name: item.request for item in invocations}
+        assert branch.fan_out is not None
+        self._emit(
+            ev.BranchArrived(
+                run_id=self.run_id,
+                branch_id=branch.id,
+                fan_out_id=branch.fan_out.id,
+                nodes=tuple(branch.arrivals),
+            )
+        )
+        self._end(branch, BranchStatus.ARRIVED, "arrived", invocations[0].request)
+
+    def _child_ended(self, child: Branch) -> None:
+        fan_out = child.fan_out
+        assert fan_out is not None
+        if fan_out.settled:
+            return
+        fan_out.pending -= 1
+        if child.status is BranchStatus.FAILED:
+            fan_out.failed += 1
+        else:
+            fan_out.succeeded += 1
+        self._settle(fan_out, timed_out=False)
+
+    def _settle(self, fan_out: FanOut, timed_out: bool) -> None:
+        outcome = settle_outcome(fan_out, timed_out)
+        if outcome is None:
+            return
+        fan_out.settled = True
+        cancelled = 0
+        for child in fan_out.children:
+            if not child.ended:
+                self._cancel(child)
+                cancelled += 1
+        by_node, items, returned = collect_results(fan_out)
+        parent = fan_out.parent
+        resumes_at: tuple[str, ...] = ()
+        if outcome != "failed":
+            resumes_at = tuple(by_node) or ((parent.agent,) if returned else ())
+        self._emit(
+            ev.ConvergenceReached(
+                run_id=self.run_id,
+                fan_out_id=fan_out.id,
+                branch_id=parent.id,
+                succeeded=fan_out.succeeded,
+                failed=fan_out.failed,
+                cancelled=cancelled,
+                outcome=outcome,
+                resumes_at=resumes_at,
+            )
+        )
+        if parent.ended:
+            return
+        parent.waiting_on = None
+        if outcome == "failed":
+            self._fail(parent, self._convergence_error(fan_out, timed_out, items))
+            return
+        parent.status = BranchStatus.RUNNING
+        if len(by_node) > 1:
+            self._fan_out(
+                parent,
+                fan_out.source,
+                fan_out.sources | {child.agent for child in fan_out.children},
+                [
+                    (node, StepInput(InputKind.RESULTS, node_items, fan_out.source), False)
+                    for node, node_items in by_node.items()
+                ],
+            )
+            return
+        if by_node:
+            node, node_items = next(iter(by_node.items()))
+            self._enter(parent, node, StepInput(InputKind.RESULTS, node_items, fan_out.source))
+        elif returned:
+            parent.input = StepInput(InputKind.RESULTS, items, fan_out.source)
+        else:
+            self._answer(parent, items)
+        if parent.status is BranchStatus.RUNNING:
+            self.effects.append(("spawn", parent))
+
+    def _convergence_error(
+        self, fan_out: FanOut, timed_out: bool, items: list[dict[str, Any]]
+    ) -> OrchestraError:
+        failures = "; ".join(
+            f"{item['branch_id']} ({item['agent']}): {item['error']}"
+            for item in items
+            if item["status"] == "failed"
+        )
+        total = len(fan_out.children)
+        summary = (
+            f"the fan-out from {fan_out.source!r} ({fan_out.id}) had {fan_out.succeeded} of "
+            f"{total} branches succeed, {fan_out.required} required"
+        )
+        if failures:
+            summary += f"; failures: {failures}"
+        if timed_out:
+            return ConvergenceTimeoutError(
+                "convergence_timeout",
+                f"{summary}; convergence_timeout={self.config.convergence_timeout}s passed",
+            )
+        return ConvergenceError(summary)
+
+    # ---- ending branches and the run ---------------------------------------------------------
+
+    def _end(self, branch: Branch, status: BranchStatus, outcome: str, result: Any) -> None:
+        branch.status = status
+        branch.outcome = outcome
+        branch.result = result
+        branch.ended_at = self.clock()
+        self._emit(
+            ev.BranchCompleted(
+                run_id=self.run_id, branch_id=branch.id, agent=branch.agent, outcome=outcome
+            )
+        )
+        self._after_end(branch)
+
+    def _fail(self, branch: Branch, error: OrchestraError) -> None:
+        if branch.ended:
+            return
+        self._mark_failed(branch, error)
+        self._after_end(branch)
+
+    def _mark_failed(self, branch: Branch, error: OrchestraError) -> None:
+        branch.status = BranchStatus.FAILED
+        branch.outcome = "failed"
+        branch.error = error
+        branch.ended_at = self.clock()
+        self._cancel_children(branch)
+        self.effects.append(("cancel", branch))
+        self._emit(
+            ev.BranchFailed(
+                run_id=self.run_id,
+                branch_id=branch.id,
+                agent=branch.agent,
+                error_type=type(error).__name__,
+                error=str(error),
+            )
+        )
+
+    def _after_end(self, branch: Branch) -> None:
+        if branch.fan_out is not None:
+            self._child_ended(branch)
+        elif branch is self.root:
+            self._finish_run()
+
+    def _cancel(self, branch: Branch) -> None:
+        branch.status = BranchStatus.CANCELLED
+        branch.outcome = "cancelled"
+        branch.ended_at = self.clock()
+        self._cancel_children(branch)
+        self.effects.append(("cancel", branch))
+        self._emit(
+            ev.BranchCompleted(
+                run_id=self.run_id, branch_id=branch.id, agent=branch.agent, outcome="cancelled"
+            )
+        )
+
+    def _cancel_children(self, branch: Branch) -> None:
+        fan_out = branch.waiting_on
+        if fan_out is not None and not fan_out.settled:
+            fan_out.settled = True
+            for child in fan_out.children:
+                if not child.ended:
+                    self._cancel(child)
+
+    def _finish_run(self) -> None:
+        self.finished = True
+        for branch in self.branches.values():
+            if not branch.ended:
+                self._cancel(branch)
+        root = self.root
+        if self.error is None and root is not None and root.status is BranchStatus.FAILED:
+            self.error = root.error
+        self.effects.append(("done", None))
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def _emit(self, event: ev.Event) -> None:
+        self.stream.emit(event)
+
+    def _ping_pong(self, branch: Branch, source: str, target: str, payload: Any) -> bool:
+        """Record a transfer; fail the branch and return True when it completes a ping-pong."""
+        rounds = self.analysis.ping_pong_rounds
+        if rounds is None:
+            return False
+        if branch.transfers is None:
+            branch.transfers = deque(maxlen=2 * rounds)
+        transfers = branch.transfers
+        transfers.append((source, target, _fingerprint(payload)))
+        if len(transfers) < 2 * rounds:
+            return False
+        first, second = transfers[0], transfers[1]
+        if first[0] != second[1] or first[1] != second[0]:
+            return False
+        if all(transfers[i] == (first if i % 2 == 0 else second) for i in range(2 * rounds)):
+            self._fail(
+                branch,
+                PingPongError(
+                    "ping_pong",
+                    f"{first[0]!r} and {first[1]!r} handed the same work back and forth "
+                    f"{rounds} times with no progress (rule ping_pong({rounds}))",
+                ),
+            )
+            return True
+        return False
+
+    def _error_route(self, agent: str) -> str | None:
+        """Where a failed step's error goes: an ``on_error`` edge, else the only peer."""
+        peers = [edge for edge in self.analysis.out_edges(agent) if edge.target != USER]
+        marked = [edge.target for edge in peers if edge.metadata.get("on_error")]
+        if marked:
+            return marked[0]
+        return peers[0].target if len(peers) == 1 else None
+
+    def _no_route_error(self, agent: str, value: Any) -> OrchestraError:
+        edges = [edge.arrow for edge in self.analysis.out_edges(agent) if edge.target != USER]
+        return ActionError(
+            f"function agent {agent!r} returned {str(value)[:200]!r}, which none of its edges "
+            f"({', '.join(edges) or 'none'}) accepts, and {agent!r} is not an exit; return "
+            "Labeled(value, <label>) or an Action"
+        )
+
+
+def _fingerprint(payload: Any) -> int:
+    try:
+        return hash(payload)
+    except TypeError:
+        return hash(repr(payload))
+
+
+def check_node_policies(analysis: TopologyAnalysis) -> None:
+    """Reject a node whose ``convergence_policy`` metadata is not a policy, naming the node."""
+    for name in analysis.agents:
+        value = analysis.node(name).metadata.get("convergence_policy")
+        if value is None:
+            continue
+        try:
+            ConvergencePolicy.coerce(value)
+        except ValueError as error:
+            raise ConfigurationError(f"node {name!r}: convergence_policy: {error}") from None

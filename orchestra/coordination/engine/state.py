@@ -1,0 +1,89 @@
+"""The run's state: branches, fan-outs and counters. Plain data, changed only by the core."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from orchestra.agents.base import BaseAgent, StepInput
+from orchestra.coordination.config import ConvergencePolicy
+from orchestra.coordination.engine.actions import ToolCall
+from orchestra.coordination.engine.routing import Permissions
+from orchestra.errors import OrchestraError
+from orchestra.models.base import Message
+
+
+class BranchStatus(StrEnum):
+    RUNNING = "running"  # has a step to take (or is taking it)
+    WAITING = "waiting"  # waits for the branches of its fan-out
+    WAITING_USER = "waiting_user"  # waits for the user's answer
+    ARRIVED = "arrived"  # delivered its work to a convergence point: done
+    COMPLETED = "completed"  # ended with a result (a final response or an answer returned)
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped because its outcome was no longer needed
+
+
+ENDED = frozenset(
+    {BranchStatus.ARRIVED, BranchStatus.COMPLETED, BranchStatus.FAILED, BranchStatus.CANCELLED}
+)
+SUCCEEDED = frozenset({BranchStatus.ARRIVED, BranchStatus.COMPLETED})
+
+
+@dataclass(slots=True)
+class Frame:
+    """A call in progress: ``caller`` waits for the answer. The bottom frame of a branch
+    started by a parallel *call* returns to the fan-out instead of to an agent."""
+
+    caller: str
+    returns_to_fan_out: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Branch:
+    id: str
+    agent: str
+    input: StepInput | None
+    created_at: float
+    fan_out: FanOut | None = None
+    parent: Branch | None = None
+    call_stack: list[Frame] = field(default_factory=list)
+    status: BranchStatus = BranchStatus.RUNNING
+    steps: int = 0
+    retries: int = 0
+    visited: list[str] = field(default_factory=list)
+    result: Any = None
+    error: OrchestraError | None = None
+    ended_at: float | None = None
+    waiting_on: FanOut | None = None
+    allowed: Permissions | None = None
+    conversations: dict[str, list[Message]] = field(default_factory=dict)
+    outcome: str = ""  # how it ended: finished, returned, arrived, failed, cancelled
+    arrivals: dict[str, Any] = field(default_factory=dict)
+    pending_tools: tuple[ToolCall, ...] = ()
+    question: tuple[str, str] | None = None
+    transfers: deque[tuple[str, str, int]] | None = None
+    leases: dict[str, BaseAgent] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+
+@dataclass(slots=True, eq=False)
+class FanOut:
+    """Parallel branches started by one action, and how far they have converged."""
+
+    id: str
+    parent: Branch
+    source: str
+    sources: frozenset[str]
+    children: list[Branch]
+    policy: ConvergencePolicy
+    required: int
+    pending: int
+    created_at: float
+    succeeded: int = 0
+    failed: int = 0
+    settled: bool = False

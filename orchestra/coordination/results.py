@@ -1,0 +1,166 @@
+"""What a run returns: OrchestraResult and its BranchResults, exactly as the API page lists."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .engine.actions import Action
+from .engine.events import ActionRejected, BranchFailed, Event, StepCompleted, StepStarted
+
+
+@dataclass
+class BranchResult:
+    """One branch: a line of work that ran on its own (the root, or one of a fan-out).
+
+    ``status`` is completed, arrived (delivered to a convergence point), failed or cancelled
+    (no longer needed); ``agents`` the agents it ran, in order; ``result`` what it produced.
+    """
+
+    branch_id: str
+    status: str
+    step_count: int
+    duration: float
+    error: str | None = None
+    agents: list[str] = field(default_factory=list)
+    result: Any = None
+    parent_branch_id: str | None = None
+    error_type: str | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.status in ("completed", "arrived")
+
+
+@dataclass
+class OrchestraResult:
+    """The outcome of a run."""
+
+    success: bool
+    final_response: Any
+    branch_results: list[BranchResult]
+    total_steps: int
+    total_duration: float
+    metadata: dict[str, Any]
+    error: str | None = None
+    session_id: str | None = None
+    checkpoint_ids: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list, repr=False, compare=False)
+
+    def get_branch_by_id(self, branch_id: str) -> BranchResult | None:
+        return next((b for b in self.branch_results if b.branch_id == branch_id), None)
+
+    def get_successful_branches(self) -> list[BranchResult]:
+        return [b for b in self.branch_results if b.success]
+
+    def get_failed_branches(self) -> list[BranchResult]:
+        return [b for b in self.branch_results if b.status == "failed"]
+
+    def get_final_response_as_text(self) -> str:
+        """The final response as text: strings as they are, anything else as indented JSON."""
+        response = self.final_response
+        if response is None:
+            return ""
+        if isinstance(response, str):
+            return response
+        return json.dumps(response, indent=2, ensure_ascii=False, default=str)
+
+    def was_agent_invoked(self, agent_name: str) -> bool:
+        return self.get_agent_invocation_count(agent_name) > 0
+
+    def get_agent_invocation_count(self, agent_name: str) -> int:
+        """How many times work was handed to the agent (the task, a request, a fan-out branch,
+        or converged results). Steering retries and tool follow-ups are not invocations."""
+        counts: dict[str, int] = self.metadata.get("invocations", {})
+        return counts.get(agent_name, 0)
+
+    def get_execution_trace(self) -> list[dict[str, Any]]:
+        """Every agent step in order: who, in which branch, what it decided, how long it took."""
+        trace: list[dict[str, Any]] = []
+        for event in self.events:
+            if isinstance(event, StepCompleted):
+                trace.append(
+                    {
+                        "step": event.step,
+                        "branch_id": event.branch_id,
+                        "agent": event.agent,
+                        "action": event.action.describe()
+                        if isinstance(event.action, Action)
+                        else str(event.action),
+                        "duration": event.duration,
+                    }
+                )
+            elif isinstance(event, ActionRejected):
+                trace.append(
+                    {
+                        "step": event.step,
+                        "branch_id": event.branch_id,
+                        "agent": event.agent,
+                        "action": "rejected",
+                        "problem": event.problem,
+                    }
+                )
+            elif isinstance(event, BranchFailed):
+                trace.append(
+                    {
+                        "branch_id": event.branch_id,
+                        "agent": event.agent,
+                        "action": "failed",
+                        "error": event.error,
+                    }
+                )
+        return trace
+
+    def get_metrics(self) -> dict[str, Any]:
+        """Counts and timings of the run, overall and per agent."""
+        steps: Counter[str] = Counter()
+        time_in_agent: dict[str, float] = {}
+        prompt: Counter[str] = Counter()
+        completion: Counter[str] = Counter()
+        rejected = 0
+        for event in self.events:
+            if isinstance(event, StepCompleted):
+                time_in_agent[event.agent] = time_in_agent.get(event.agent, 0.0) + event.duration
+                prompt[event.agent] += event.prompt_tokens
+                completion[event.agent] += event.completion_tokens
+            elif isinstance(event, StepStarted):
+                steps[event.agent] += 1
+            elif isinstance(event, ActionRejected):
+                rejected += 1
+        agents = {
+            name: {
+                "steps": steps[name],
+                "invocations": self.get_agent_invocation_count(name),
+                "time_in_agent": time_in_agent.get(name, 0.0),
+                "prompt_tokens": prompt[name],
+                "completion_tokens": completion[name],
+                "total_tokens": prompt[name] + completion[name],
+            }
+            for name in steps
+        }
+        return {
+            "total_steps": self.total_steps,
+            "total_duration": self.total_duration,
+            "branches": len(self.branch_results),
+            "failed_branches": len(self.get_failed_branches()),
+            "rejected_actions": rejected,
+            "prompt_tokens": sum(prompt.values()),
+            "completion_tokens": sum(completion.values()),
+            "total_tokens": sum(prompt.values()) + sum(completion.values()),
+            "agents": agents,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable data; :meth:`from_json` reads it back into an equal result."""
+        data = asdict(self)
+        data.pop("events")
+        plain: dict[str, Any] = json.loads(json.dumps(data, default=str))
+        return plain
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OrchestraResult:
+        fields = dict(data)
+        fields["branch_results"] = [BranchResult(**b) for b in data["branch_results"]]
+        return cls(**fields)

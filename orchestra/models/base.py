@@ -1,0 +1,87 @@
+"""The one interface every model speaks, and the types that cross it.
+
+A model receives the agent's conversation (``messages``) and a :class:`StepInfo` describing
+what the agent may do right now, and returns a :class:`ModelReply`: text, or a structured action
+in the JSON action protocol. Provider adapters, the offline model and the test models all
+implement this; provider quirks stay inside the adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(slots=True)
+class Message:
+    """One entry of an agent's conversation. ``name`` is the sender (agent, tool or user)."""
+
+    role: Role
+    content: str
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    """Tokens (and cost, where known) spent by one model call."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class ModelReply:
+    """What a model returned: ``content`` text and/or a structured ``action`` mapping."""
+
+    content: str | None = None
+    action: Mapping[str, Any] | None = None
+    usage: Usage | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class PeerInfo:
+    """A peer the agent may invoke now; ``label`` is the label the edge's condition needs."""
+
+    name: str
+    is_call: bool
+    label: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class StepInfo:
+    """What the agent is and may do at this step (the ``info`` a FunctionModel receives).
+
+    ``actions`` lists the ``next_action`` values allowed now; ``peers`` the agents it may
+    invoke; ``parallel_groups`` the sets of peers it may invoke together in one action.
+    """
+
+    agent_name: str
+    branch_id: str
+    step: int
+    actions: tuple[str, ...]
+    peers: tuple[PeerInfo, ...]
+    parallel_groups: tuple[tuple[str, ...], ...]
+    can_finish: bool
+    can_ask_user: bool
+    tools: tuple[str, ...] = ()
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def peer_names(self) -> tuple[str, ...]:
+        return tuple(peer.name for peer in self.peers)
+
+
+@runtime_checkable
+class Model(Protocol):
+    """Anything that can take a conversation and produce a reply."""
+
+    async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply: ...

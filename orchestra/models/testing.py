@@ -1,0 +1,94 @@
+"""The test kit's models: drive agents offline, deterministically, with no API key.
+
+``ScriptedModel`` replays a list of replies; ``FunctionModel`` computes each reply with your
+function. Both accept the same reply forms an LLM produces: plain text, or an action in the
+JSON action protocol (a dict, or its JSON text).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestra.errors import ScriptExhaustedError
+
+from .base import Message, ModelReply, StepInfo
+
+Reply = str | Mapping[str, Any] | ModelReply
+ReplyFunction = Callable[[Sequence[Message], StepInfo], Reply | Awaitable[Reply]]
+
+
+def as_reply(value: object, source: str) -> ModelReply:
+    if isinstance(value, ModelReply):
+        return value
+    if isinstance(value, str):
+        return ModelReply(content=value)
+    if isinstance(value, Mapping):
+        return ModelReply(action=value)
+    raise TypeError(
+        f"{source} must produce a str, an action dict or a ModelReply, got {type(value).__name__}"
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class RecordedCall:
+    """One call a test model received: a copy of the conversation and the step info."""
+
+    messages: tuple[Message, ...]
+    info: StepInfo
+
+
+class ScriptedModel:
+    """Replies consumed in order, one per model call.
+
+    A reply may be text, an action dict, a ModelReply, or an exception instance, which the call
+    raises (to script failures). Running out of replies is a :class:`ScriptExhaustedError`
+    naming the agent. ``calls`` records what the model was asked, for assertions.
+    """
+
+    def __init__(self, replies: Iterable[Reply | BaseException], *, record: bool = True) -> None:
+        self._replies = list(replies)
+        self._next = 0
+        self._record = record
+        self.calls: list[RecordedCall] = []
+
+    @property
+    def remaining(self) -> int:
+        return len(self._replies) - self._next
+
+    async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply:
+        if self._record:
+            self.calls.append(RecordedCall(tuple(messages), info))
+        if self._next >= len(self._replies):
+            raise ScriptExhaustedError(
+                f"the ScriptedModel of agent {info.agent_name!r} ran out of replies after "
+                f"{len(self._replies)}; add replies to its script"
+            )
+        reply = self._replies[self._next]
+        self._next += 1
+        if isinstance(reply, BaseException):
+            raise reply
+        return as_reply(reply, "a ScriptedModel reply")
+
+
+class FunctionModel:
+    """Each reply computed by ``fn(messages, info)``, sync or async.
+
+    ``info`` (a :class:`StepInfo`) tells the agent's name, the actions and peers allowed now,
+    so one function can play a whole team's models in a test.
+    """
+
+    def __init__(self, fn: ReplyFunction) -> None:
+        if not callable(fn):
+            raise TypeError(f"FunctionModel needs a callable, got {fn!r}")
+        self._fn = fn
+        self.call_count = 0
+
+    async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply:
+        self.call_count += 1
+        value = self._fn(messages, info)
+        if inspect.isawaitable(value):
+            value = await value
+        return as_reply(value, "a FunctionModel function")
