@@ -1,0 +1,204 @@
+"""Engine overhead: µs per agent step, 1000-way fan-out wall time, ping-pong scaling.
+
+Run: ``.venv/bin/python bench/engine.py`` (after ``python3 dev.py test`` or ``demo`` made the
+venv). Prints a table and rewrites the "Engine" section of ``bench/results.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestra.agents import Agent, AgentRegistry, FunctionAgent
+from orchestra.coordination.config import ExecutionConfig, StatusConfig
+from orchestra.coordination.orchestra import Orchestra
+from orchestra.coordination.topology import Topology
+from orchestra.models import FunctionModel, Message, StepInfo
+
+QUIET = ExecutionConfig(status=StatusConfig.from_verbosity(0))
+CHAIN = 10
+
+
+def ring_topology(names: list[str]) -> Topology:
+    edges = [f"{a} -> {b}" for a, b in zip(names, names[1:] + names[:1], strict=True)]
+    return Topology(nodes=names, edges=edges, entry_point=names[0])
+
+
+async def chain_run(steps: int) -> tuple[float, int]:
+    """A ring of 10 LLM agents on zero-latency models, handing work on ``steps`` times."""
+    names = [f"A{i}" for i in range(CHAIN)]
+    successor = dict(zip(names, names[1:] + names[:1], strict=True))
+    budget = {"left": steps}
+    hand_over: dict[str, dict[str, Any]] = {
+        name: {
+            "next_action": "invoke_agent",
+            "action_input": [{"agent_name": successor[name], "request": "go"}],
+        }
+        for name in names
+    }
+    finish = {"next_action": "final_response", "action_input": {"response": "done"}}
+
+    def decide(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+        budget["left"] -= 1
+        if budget["left"] <= 0 and info.can_finish:
+            return finish
+        return hand_over[info.agent_name]
+
+    model = FunctionModel(decide)
+    registry = AgentRegistry([Agent(n, model, register=False) for n in names])
+    started = time.perf_counter()
+    result = await Orchestra.run(
+        "bench",
+        ring_topology(names),
+        agent_registry=registry,
+        execution_config=QUIET,
+        max_steps=steps + CHAIN + 1,
+    )
+    elapsed = time.perf_counter() - started
+    assert result.success, result.error
+    return elapsed, result.total_steps
+
+
+async def function_chain_run(steps: int) -> tuple[float, int]:
+    """The same ring with function agents (no prompt or conversation at all)."""
+    names = [f"F{i}" for i in range(CHAIN)]
+    registry = AgentRegistry([FunctionAgent(n, lambda x, c: x, register=False) for n in names])
+    started = time.perf_counter()
+    result = await Orchestra.run(
+        "bench",
+        ring_topology(names),
+        agent_registry=registry,
+        execution_config=QUIET,
+        max_steps=steps,
+    )
+    elapsed = time.perf_counter() - started
+    assert not result.success and result.metadata["error_type"] == "StepLimitError"
+    return elapsed, result.total_steps
+
+
+async def fan_out_run(children: int, delay: float) -> float:
+    """A hub fans out to ``children`` branches of one worker that each await ``delay``."""
+
+    async def work(item: Any, context: Any) -> str:
+        await asyncio.sleep(delay)
+        return f"done {item}"
+
+    def hub(item: Any, context: Any) -> Any:
+        from orchestra.coordination.engine.actions import Action
+
+        if isinstance(item, list):
+            return Action.final(len(item))
+        return Action.invoke_parallel(("Worker", i) for i in range(children))
+
+    registry = AgentRegistry(
+        [FunctionAgent("Hub", hub, register=False), FunctionAgent("Worker", work, register=False)]
+    )
+    topology = Topology(nodes=["Hub", "Worker"], edges=["Hub <-> Worker"], entry_point="Hub")
+    started = time.perf_counter()
+    result = await Orchestra.run(
+        "bench", topology, agent_registry=registry, execution_config=QUIET, max_steps=children + 2
+    )
+    elapsed = time.perf_counter() - started
+    assert result.success and result.final_response == children, result.error
+    return elapsed
+
+
+async def ping_pong_run(steps: int) -> float:
+    """Ping calls Pong, Pong answers, for ``steps`` steps: both conversations keep growing."""
+    budget = {"left": steps}
+
+    def decide(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+        budget["left"] -= 1
+        if info.agent_name == "Pong" or budget["left"] <= 0:
+            return {"next_action": "final_response", "action_input": {"response": budget["left"]}}
+        return {
+            "next_action": "invoke_agent",
+            "action_input": [{"agent_name": "Pong", "request": budget["left"]}],
+        }
+
+    model = FunctionModel(decide)
+    registry = AgentRegistry(
+        [Agent("Ping", model, register=False), Agent("Pong", model, register=False)]
+    )
+    topology = Topology(
+        nodes=["Ping", "Pong"], edges=["Ping -> Pong", "Pong -> Ping"], entry_point="Ping"
+    )
+    started = time.perf_counter()
+    result = await Orchestra.run(
+        "bench", topology, agent_registry=registry, execution_config=QUIET, max_steps=steps + 4
+    )
+    elapsed = time.perf_counter() - started
+    assert result.success, result.error
+    return elapsed / result.total_steps
+
+
+def best_of(runs: int, make: Any) -> Any:
+    samples = []
+    for _ in range(runs):
+        gc.collect()
+        samples.append(asyncio.run(make()))
+    return samples
+
+
+def main() -> None:
+    rows: list[tuple[str, str]] = []
+    steps = 20_000
+    chain = best_of(5, lambda: chain_run(steps))
+    per_step = min(elapsed / count for elapsed, count in chain) * 1e6
+    rows.append(
+        (f"10-agent LLM chain, zero-latency models, {steps} steps", f"{per_step:.1f} µs/step")
+    )
+    functions = best_of(5, lambda: function_chain_run(steps))
+    per_step_fn = min(elapsed / count for elapsed, count in functions) * 1e6
+    rows.append((f"10-agent function chain, {steps} steps", f"{per_step_fn:.1f} µs/step"))
+    fan = best_of(5, lambda: fan_out_run(1000, 0.1))
+    rows.append(
+        (
+            "1000-way fan-out, each child awaits 100 ms (wall)",
+            f"{min(fan):.3f} s (median {statistics.median(fan):.3f} s)",
+        )
+    )
+    for n in (50, 200, 800):
+        pp = best_of(5, lambda n=n: ping_pong_run(n))
+        rows.append((f"ping-pong, N = {n} steps", f"{min(pp) * 1e6:.1f} µs/step"))
+    machine = f"{platform.python_implementation()} {platform.python_version()} on {platform.machine()}, {platform.system()}"
+    width = max(len(name) for name, _ in rows)
+    print(f"Engine benchmark ({machine})")
+    for name, value in rows:
+        print(f"  {name.ljust(width)}  {value}")
+    write_results("Engine", machine, rows)
+
+
+def write_results(section: str, machine: str, rows: list[tuple[str, str]]) -> None:
+    """Replace this benchmark's section of bench/results.md, keeping the others."""
+    path = Path(__file__).with_name("results.md")
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    body = [
+        f"## {section}",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} with {machine}.",
+        "",
+        "| measurement | result |",
+        "|---|---|",
+    ]
+    body += [f"| {name} | {value} |" for name, value in rows]
+    block = "\n".join(body) + "\n"
+    parts = text.split(f"## {section}\n")
+    if len(parts) == 2:
+        rest = parts[1].split("\n## ", 1)
+        tail = "\n## " + rest[1] if len(rest) == 2 else ""
+        text = parts[0] + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
