@@ -4,32 +4,64 @@ The everyday names are importable from here; everything else lives in the subpac
 out as on the API page (``orchestra.coordination``, ``orchestra.coordination.topology``, ...).
 """
 
-from .coordination.topology import (
-    USER,
+from .agents import Agent, AgentPool, AgentRegistry, BaseAgent, FunctionAgent
+from .communication import ProgrammaticChannel, ScriptedUser
+from .coordination import (
+    Action,
+    BranchResult,
+    CommunicationConfig,
+    ConvergencePolicy,
     Edge,
+    ErrorHandlingConfig,
+    ExecutionConfig,
+    Invocation,
     Labeled,
     Node,
+    Orchestra,
+    OrchestraResult,
     PatternConfig,
-    Rule,
+    StatusConfig,
     Topology,
-    TopologyAnalysis,
+    VerbosityLevel,
 )
+from .coordination.topology import USER, Rule, TopologyAnalysis
 from .errors import ConditionError, OrchestraError, TopologyError, TopologyProblem
+from .models import FunctionModel, ScriptedModel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "USER",
+    "Action",
+    "Agent",
+    "AgentPool",
+    "AgentRegistry",
+    "BaseAgent",
+    "BranchResult",
+    "CommunicationConfig",
     "ConditionError",
+    "ConvergencePolicy",
     "Edge",
+    "ErrorHandlingConfig",
+    "ExecutionConfig",
+    "FunctionAgent",
+    "FunctionModel",
+    "Invocation",
     "Labeled",
     "Node",
+    "Orchestra",
     "OrchestraError",
+    "OrchestraResult",
     "PatternConfig",
+    "ProgrammaticChannel",
     "Rule",
+    "ScriptedModel",
+    "ScriptedUser",
+    "StatusConfig",
     "Topology",
     "TopologyAnalysis",
     "TopologyError",
     "TopologyProblem",
+    "VerbosityLevel",
     "__version__",
 ]

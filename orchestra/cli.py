@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +13,9 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.topology import Edge, PatternConfig, Topology
+from orchestra.demo import DEMO_TOPOLOGY, run_demo
 from orchestra.errors import TopologyError
 
 app = typer.Typer(
@@ -81,16 +84,55 @@ def _demo_topologies() -> dict[str, Topology]:
     }
 
 
+def _print_result(result: OrchestraResult) -> None:
+    if result.success:
+        console.print(Panel(result.get_final_response_as_text(), title="Final response"))
+    else:
+        console.print(Panel(str(result.error), title="The run failed", style="red"))
+    metrics = result.get_metrics()
+    table = Table(title="Per agent")
+    for column in ("agent", "steps", "invocations", "time in agent (ms)", "tokens"):
+        table.add_column(column)
+    for name, row in metrics["agents"].items():
+        table.add_row(
+            name,
+            str(row["steps"]),
+            str(row["invocations"]),
+            f"{row['time_in_agent'] * 1000:.2f}",
+            str(row["total_tokens"]),
+        )
+    console.print(table)
+    branches = Table(title="Branches")
+    for column in ("branch", "status", "steps", "agents"):
+        branches.add_column(column)
+    for branch in result.branch_results:
+        branches.add_row(
+            branch.branch_id, branch.status, str(branch.step_count), " -> ".join(branch.agents)
+        )
+    console.print(branches)
+    console.print(
+        f"{result.total_steps} steps in {result.total_duration * 1000:.1f} ms, session {result.session_id}"
+    )
+
+
 @app.command()
-def demo() -> None:
-    """Parse, validate, analyse and draw the API page's topologies, then show a rejected one."""
-    for title, topology in _demo_topologies().items():
-        show_topology(title, topology)
-    broken = {"nodes": ["Planner", "Writer"], "edges": ["Planner -> Writer", "Writer -> Editor"]}
-    try:
-        Topology.from_dict(broken).validate()
-    except TopologyError as error:
-        console.print(Panel.fit(str(error), title="A broken topology is rejected", style="red"))
+def demo(
+    task: Annotated[str, typer.Option(help="What the team should research.")] = (
+        "multi-agent LLM frameworks"
+    ),
+    topologies: Annotated[
+        bool, typer.Option("--topologies", help="Also draw the API page's example topologies.")
+    ] = False,
+) -> None:
+    """Run the bundled research-and-report workflow: parallel research, then a writer."""
+    show_topology("The demo workflow", Topology.from_dict(DEMO_TOPOLOGY))
+    result = asyncio.run(run_demo(task))
+    _print_result(result)
+    if topologies:
+        for title, topology in _demo_topologies().items():
+            show_topology(title, topology)
+    if not result.success:
+        raise typer.Exit(1)
 
 
 def _load_topology_file(path: Path) -> Any:

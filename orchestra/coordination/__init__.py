@@ -1,5 +1,33 @@
-"""The coordination layer: topologies now; the engine and the public run API as they land."""
+"""The coordination layer: topologies, the engine and the public run API."""
 
+from .config import (
+    CommunicationConfig,
+    ConvergencePolicy,
+    ErrorHandlingConfig,
+    ExecutionConfig,
+    StatusConfig,
+    VerbosityLevel,
+)
+from .engine.actions import Action, Invocation, ToolCall
+from .orchestra import BranchResult, Orchestra, OrchestraResult
 from .topology import Edge, Labeled, Node, PatternConfig, Topology
 
-__all__ = ["Edge", "Labeled", "Node", "PatternConfig", "Topology"]
+__all__ = [
+    "Action",
+    "BranchResult",
+    "CommunicationConfig",
+    "ConvergencePolicy",
+    "Edge",
+    "ErrorHandlingConfig",
+    "ExecutionConfig",
+    "Invocation",
+    "Labeled",
+    "Node",
+    "Orchestra",
+    "OrchestraResult",
+    "PatternConfig",
+    "StatusConfig",
+    "ToolCall",
+    "Topology",
+    "VerbosityLevel",
+]
