@@ -15,14 +15,16 @@ def policy_for(
 ) -> ConvergencePolicy:
     """The policy of a fan-out from ``source``.
 
-    The ``convergence_policy`` in the metadata of the node where the branches meet wins: the
-    source itself when its branches answer back to it, else a convergence point fed by this
-    source. Without one, the run's ``ExecutionConfig.convergence_policy`` applies.
+    The ``convergence_policy`` in the metadata of the node where the branches meet wins: a
+    convergence point fed by this source, else the source itself (where branches that were
+    called answer back). Without one, the run's ``ExecutionConfig.convergence_policy`` applies.
     """
-    candidates = [source] + [
+    candidates = [
         node for node, sources in analysis.convergence_points.items() if source in sources
-    ]
+    ] + [source]
     for node in candidates:
+        if not analysis.has_node(node):
+            continue  # the User source of a topology that has no User node
         value = analysis.node(node).metadata.get("convergence_policy")
         if value is not None:
             return ConvergencePolicy.coerce(value)

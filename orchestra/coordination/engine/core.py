@@ -77,7 +77,7 @@ class Engine:
         self._policies = {
             name: policy_for(analysis, name, config.convergence_policy) for name in analysis.agents
         }
-        self._policies[USER] = config.convergence_policy
+        self._policies[USER] = policy_for(analysis, USER, config.convergence_policy)
         self._fan_outs = 0
         self._questions = 0
         self.root: Branch | None = None
