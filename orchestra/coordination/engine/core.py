@@ -259,7 +259,10 @@ class Engine:
                 if self.error_config.preserve_error_context:
                     report["error_type"] = type(error).__name__
                     report["input"] = branch.input.content if branch.input else None
-                self._hand_over(branch, Invocation(target, report))
+                if branch.call_stack and branch.call_stack[-1].caller == target:
+                    self._answer(branch, report)  # the report is the callee's answer
+                else:
+                    self._hand_over(branch, Invocation(target, report))
                 return
         self._fail(branch, error)
 

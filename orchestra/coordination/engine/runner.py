@@ -146,16 +146,7 @@ class Runner:
                 agent = await self._agent_for(branch)
                 started = time.perf_counter()
                 try:
-                    outcome = await self._step(agent, request)
-                except TimeoutError:
-                    engine.step_failed(
-                        branch,
-                        StepTimeoutError(
-                            "step_timeout",
-                            f"agent {branch.agent!r} (branch {branch.id}) took longer than "
-                            f"step_timeout={self.step_timeout:g}s",
-                        ),
-                    )
+                    outcome = await self._step(branch, agent, request)
                 except Exception as error:
                     engine.step_failed(branch, error)
                 else:
@@ -182,14 +173,25 @@ class Runner:
             if branch.ended:
                 self._release(branch)
 
-    async def _step(self, agent: BaseAgent, request: Any) -> Any:
-        if self._slots is None:
-            if self.step_timeout is None:
-                return await agent.step(request)
-            async with asyncio.timeout(self.step_timeout):
-                return await agent.step(request)
-        async with self._slots, asyncio.timeout(self.step_timeout):
+    async def _step(self, branch: Branch, agent: BaseAgent, request: Any) -> Any:
+        slots = self._slots
+        if slots is None and self.step_timeout is None:
             return await agent.step(request)
+        limit = asyncio.timeout(self.step_timeout)
+        try:
+            if slots is None:
+                async with limit:
+                    return await agent.step(request)
+            async with slots, limit:
+                return await agent.step(request)
+        except TimeoutError:
+            if not limit.expired():
+                raise  # the agent's own timeout (an HTTP client's, say): its failure
+            raise StepTimeoutError(
+                "step_timeout",
+                f"agent {branch.agent!r} (branch {branch.id}) took longer than "
+                f"step_timeout={self.step_timeout:g}s",
+            ) from None
 
     async def _agent_for(self, branch: Branch) -> BaseAgent:
         name = branch.agent
