@@ -107,8 +107,10 @@ class Agent(BaseAgent):
         self.description = description
         self.tools: dict[str, Callable[..., Any]] = {}
         for tool in tools or ():
+            if not callable(tool):
+                raise TypeError(f"Agent {name!r}: tools must be callables, got {tool!r}")
             self.tools[getattr(tool, "__name__", repr(tool))] = tool
-        self._prompts: dict[tuple[Any, ...], str] = {}
+        self._prompts: dict[tuple[Any, ...], tuple[Mapping[str, Any], str]] = {}
         if register:
             register_by_default(self)
 
@@ -120,15 +122,20 @@ class Agent(BaseAgent):
         return tuple(self.tools)
 
     def system_prompt(self, info: StepInfo, context: Mapping[str, Any]) -> str:
-        """Built once per distinct situation and cached: steps reuse it."""
-        key = (info.peers, info.parallel_groups, info.can_finish, info.can_ask_user, id(context))
-        prompt = self._prompts.get(key)
-        if prompt is None:
-            parts = [f"You are {self.name}.", self.instruction, protocol_prompt(info)]
-            if context:
-                parts.append(f"Shared context:\n{render(dict(context))}")
-            prompt = "\n\n".join(part for part in parts if part)
-            self._prompts[key] = prompt
+        """Built once per situation and run, then reused by every step of that run.
+
+        The cache holds the run's context object itself, so a later run (a different context)
+        rebuilds the prompt, and at most one run's prompts are kept per situation.
+        """
+        key = (info.peers, info.parallel_groups, info.can_finish, info.can_ask_user, info.tools)
+        cached = self._prompts.get(key)
+        if cached is not None and cached[0] is context:
+            return cached[1]
+        parts = [f"You are {self.name}.", self.instruction, protocol_prompt(info)]
+        if context:
+            parts.append(f"Shared context:\n{render(dict(context))}")
+        prompt = "\n\n".join(part for part in parts if part)
+        self._prompts[key] = (context, prompt)
         return prompt
 
     async def step(self, request: StepRequest) -> StepOutcome:

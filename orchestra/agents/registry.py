@@ -35,7 +35,7 @@ class AgentRegistry:
     def __init__(self, agents: Iterable[Registrable] = ()) -> None:
         self._agents: dict[str, Registrable] = {}
         for agent in agents:
-            self.register(agent)
+            self._add(agent, stacklevel=4)
 
     @classmethod
     def default(cls) -> AgentRegistry:
@@ -44,6 +44,10 @@ class AgentRegistry:
         return cls._default
 
     def register(self, agent: Registrable) -> None:
+        self._add(agent, stacklevel=3)
+
+    def _add(self, agent: Registrable, stacklevel: int) -> None:
+        """``stacklevel`` points the replacement warning at the user's line."""
         name = getattr(agent, "name", None)
         if not isinstance(name, str) or not name:
             raise TypeError(f"cannot register {agent!r}: it has no name")
@@ -52,7 +56,7 @@ class AgentRegistry:
             warnings.warn(
                 f"agent {name!r} replaces an earlier agent of the same name in the registry",
                 AgentReplacedWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         self._agents[name] = agent
 
@@ -78,7 +82,8 @@ class AgentRegistry:
 def register_by_default(agent: Registrable) -> None:
     """Put a newly built agent in the global registry, unless a pool is building it."""
     if _auto_register.get():
-        AgentRegistry.default().register(agent)
+        # user code -> Agent.__init__ -> register_by_default -> _add -> warnings.warn
+        AgentRegistry.default()._add(agent, stacklevel=4)
 
 
 @contextmanager

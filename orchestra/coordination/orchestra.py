@@ -77,7 +77,8 @@ class Orchestra:
             topo = Topology.coerce(topology)
             analysis = topo.analyze()
             check_node_policies(analysis)
-            agents = _resolve_agents(topo, analysis, agent_registry or AgentRegistry.default())
+            registry = agent_registry if agent_registry is not None else AgentRegistry.default()
+            agents = _resolve_agents(topo, analysis, registry)
         except OrchestraError as error:
             return _failed_before_start(error, session_id, started)
         communication = communication_config or CommunicationConfig()
@@ -120,6 +121,10 @@ def _resolve_agents(
     missing = []
     for name in analysis.agents:
         found = topology.node(name).agent or registry.get(name)
+        if isinstance(found, AgentPool) and found.closed:
+            raise ConfigurationError(
+                f"the AgentPool for node {name!r} was cleaned up; build a new pool for this run"
+            )
         if isinstance(found, BaseAgent | AgentPool):
             agents[name] = found
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .engine.actions import Action
@@ -154,13 +154,16 @@ class OrchestraResult:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable data; :meth:`from_json` reads it back into an equal result."""
-        data = asdict(self)
-        data.pop("events")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "events"}
+        data["branch_results"] = [
+            {f.name: getattr(branch, f.name) for f in fields(branch)}
+            for branch in self.branch_results
+        ]
         plain: dict[str, Any] = json.loads(json.dumps(data, default=str))
         return plain
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OrchestraResult:
-        fields = dict(data)
-        fields["branch_results"] = [BranchResult(**b) for b in data["branch_results"]]
-        return cls(**fields)
+        values = dict(data)
+        values["branch_results"] = [BranchResult(**b) for b in data["branch_results"]]
+        return cls(**values)

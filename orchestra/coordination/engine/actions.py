@@ -101,7 +101,14 @@ class Action:
         elif self.kind is ActionKind.ASK_USER:
             body = {"question": self.question}
         else:
-            body = [{"name": c.name, "arguments": dict(c.arguments)} for c in self.tool_calls]
+            body = [
+                {
+                    "name": c.name,
+                    "arguments": dict(c.arguments),
+                    **({"id": c.call_id} if c.call_id else {}),
+                }
+                for c in self.tool_calls
+            ]
         return {"next_action": self.kind.value, "action_input": body}
 
     def describe(self) -> str:

@@ -201,22 +201,27 @@ class Engine:
             self._steer(branch, outcome.problem, outcome.reply)
             return
         action = outcome.action
+        problem: str | None = None
         try:
             if action is None and outcome.by_code:
+                # route_value only takes edges whose conditions it has checked
                 action = route_value(
                     self.analysis, agent, outcome.value, bool(branch.call_stack), self.context
                 )
                 if action is None:
                     self._fail(branch, self._no_route_error(agent, outcome.value))
                     return
-            elif action is None:
-                if not allowed.can_finish:
-                    self._steer(branch, f"the reply has no action; {PROTOCOL_HINT}", outcome.reply)
-                    return
-                action = Action.final(outcome.reply)
-            problem = action_problem(
-                self.analysis, agent, action, allowed, self.context, not outcome.by_code
-            )
+            else:
+                if action is None:
+                    if not allowed.can_finish:
+                        self._steer(
+                            branch, f"the reply has no action; {PROTOCOL_HINT}", outcome.reply
+                        )
+                        return
+                    action = Action.final(outcome.reply)
+                problem = action_problem(
+                    self.analysis, agent, action, allowed, self.context, not outcome.by_code
+                )
         except ConditionError as error:
             self._fail(branch, error)
             return

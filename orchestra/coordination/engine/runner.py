@@ -143,9 +143,9 @@ class Runner:
                 request = engine.begin_step(branch)
                 if request is None:
                     break
-                agent = await self._agent_for(branch)
                 started = time.perf_counter()
                 try:
+                    agent = await self._agent_for(branch)
                     outcome = await self._step(branch, agent, request)
                 except Exception as error:
                     engine.step_failed(branch, error)
