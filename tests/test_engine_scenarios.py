@@ -994,3 +994,35 @@ async def test_dict_task_reaches_an_llm_entry_agent_as_json_and_context_in_its_p
     assert "Shared context:\n" + json.dumps(CONTEXT) in system.content
     assert dict(call.info.context) == CONTEXT
     assert result.session_id == "market-2024"
+
+
+async def test_without_dynamic_convergence_each_branch_runs_through_the_meeting_node() -> None:
+    seen: list[object] = []
+
+    def finalizer(value: object, context: object) -> str:
+        seen.append(value)
+        return f"final({value})"
+
+    registry = AgentRegistry(
+        [
+            FunctionAgent("A", lambda value, context: value, register=False),
+            FunctionAgent("B", lambda value, context: "from B", register=False),
+            FunctionAgent("C", lambda value, context: "from C", register=False),
+            FunctionAgent("D", finalizer, register=False),
+        ]
+    )
+    result = await Orchestra.run(
+        "go",
+        {"nodes": ["A", "B", "C", "D"], "edges": ["A -> B", "A -> C", "B -> D", "C -> D"]},
+        agent_registry=registry,
+        execution_config=ExecutionConfig(
+            dynamic_convergence_enabled=False, status=StatusConfig.from_verbosity(0)
+        ),
+    )
+    assert result.success, result.error
+    assert sorted(map(str, seen)) == ["from B", "from C"]
+    assert sorted(item["response"] for item in result.final_response) == [
+        "final(from B)",
+        "final(from C)",
+    ]
+    assert result.get_agent_invocation_count("D") == 2

@@ -106,6 +106,9 @@ class ExecutionConfig(_Config):
     ``"auto"`` after an invalid reply, ``"always"`` also before every step (helps small
     models), ``"never"`` not at all (the first invalid reply fails the branch).
     ``max_steering_retries`` bounds the corrective retries for one step.
+    ``dynamic_convergence_enabled`` (default) makes parallel branches that reach a
+    convergence point of their fan-out stop there, so the point runs once on all of them;
+    when False, every branch runs through the point on its own.
     """
 
     convergence_timeout: float | None = Field(default=None, gt=0)

@@ -488,7 +488,7 @@ class Engine:
         """Whether handing to these targets means reaching a convergence point of the
         branch's own fan-out (so the branch stops there and waits for its siblings)."""
         fan_out = branch.fan_out
-        if fan_out is None or branch.call_stack:
+        if fan_out is None or branch.call_stack or not self.config.dynamic_convergence_enabled:
             return False
         points = self.analysis.convergence_points
         return all(
