@@ -15,7 +15,8 @@ from orchestra.errors import AgentNotFoundError, ConfigurationError, OrchestraEr
 
 from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig
 from .engine import events as ev
-from .engine.core import Engine, check_node_policies
+from .engine.convergence import check_node_policies
+from .engine.core import Engine
 from .engine.runner import Runner
 from .engine.state import Branch
 from .monitoring.status import StatusPrinter

@@ -6,6 +6,12 @@ from typing import Any
 
 from orchestra.coordination.config import ConvergencePolicy
 from orchestra.coordination.topology import TopologyAnalysis
+from orchestra.errors import (
+    ConfigurationError,
+    ConvergenceError,
+    ConvergenceTimeoutError,
+    OrchestraError,
+)
 
 from .state import BranchStatus, FanOut
 
@@ -82,3 +88,37 @@ def collect_results(
 
 def _success(agent: str, branch_id: str, response: Any) -> dict[str, Any]:
     return {"agent": agent, "branch_id": branch_id, "status": "completed", "response": response}
+
+
+def convergence_error(
+    fan_out: FanOut, items: list[dict[str, Any]], timeout: float | None
+) -> OrchestraError:
+    """The error of a fan-out that could not converge; ``timeout`` set when it timed out."""
+    failures = "; ".join(
+        f"{item['branch_id']} ({item['agent']}): {item['error']}"
+        for item in items
+        if item["status"] == "failed"
+    )
+    summary = (
+        f"the fan-out from {fan_out.source!r} ({fan_out.id}) had {fan_out.succeeded} of "
+        f"{len(fan_out.children)} branches succeed, {fan_out.required} required"
+    )
+    if failures:
+        summary += f"; failures: {failures}"
+    if timeout is not None:
+        return ConvergenceTimeoutError(
+            "convergence_timeout", f"{summary}; convergence_timeout={timeout}s passed"
+        )
+    return ConvergenceError(summary)
+
+
+def check_node_policies(analysis: TopologyAnalysis) -> None:
+    """Reject a node whose ``convergence_policy`` metadata is not a policy, naming the node."""
+    for name in analysis.agents:
+        value = analysis.node(name).metadata.get("convergence_policy")
+        if value is None:
+            continue
+        try:
+            ConvergencePolicy.coerce(value)
+        except ValueError as error:
+            raise ConfigurationError(f"node {name!r}: convergence_policy: {error}") from None

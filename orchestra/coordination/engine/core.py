@@ -10,9 +10,9 @@ State is changed in place rather than copied: a step must cost microseconds.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from orchestra.agents.base import InputKind, StepInput, StepOutcome, StepRequest
 from orchestra.coordination.config import ConvergencePolicy, ErrorHandlingConfig, ExecutionConfig
@@ -21,28 +21,32 @@ from orchestra.errors import (
     ActionError,
     AgentStepError,
     ConditionError,
-    ConfigurationError,
-    ConvergenceError,
-    ConvergenceTimeoutError,
     LimitExceededError,
     OrchestraError,
-    PingPongError,
     StepLimitError,
 )
 from orchestra.models.base import Message, StepInfo
 
 from . import events as ev
 from .actions import PROTOCOL_HINT, Action, ActionKind, Invocation
-from .convergence import collect_results, policy_for, settle_outcome
-from .routing import Permissions, action_problem, permissions, route_value
+from .convergence import collect_results, convergence_error, policy_for, settle_outcome
+from .lifecycle import BranchLifecycle
+from .limits import record_transfer
+from .routing import (
+    Permissions,
+    action_problem,
+    error_route,
+    no_route_error,
+    permissions,
+    route_value,
+)
 from .state import Branch, BranchStatus, FanOut, Frame
 
-Effect = tuple[Literal["spawn", "cancel", "arm_branch", "arm_fan_out", "done"], Any]
 _NO_SOURCES: frozenset[str] = frozenset()
 
 
-class Engine:
-    """One run's state machine."""
+class Engine(BranchLifecycle):
+    """One run's state machine: decisions, hand-overs, fan-outs and convergence."""
 
     def __init__(
         self,
@@ -57,16 +61,12 @@ class Engine:
         stream: ev.EventStream,
         clock: Any,
     ) -> None:
-        self.run_id = run_id
+        super().__init__(run_id, stream, clock)
         self.analysis = analysis
         self.context = context
         self.config = config
         self.error_config = error_config
         self.max_steps = max_steps
-        self.stream = stream
-        self.clock = clock
-        self.effects: list[Effect] = []
-        self.branches: dict[str, Branch] = {}
         self.steps = 0
         self.invocations: Counter[str] = Counter()
         self.finished = False
@@ -80,7 +80,6 @@ class Engine:
         self._policies[USER] = policy_for(analysis, USER, config.convergence_policy)
         self._fan_outs = 0
         self._questions = 0
-        self.root: Branch | None = None
 
     # ---- starting ----------------------------------------------------------------------------
 
@@ -102,40 +101,6 @@ class Engine:
             )
         self.root = root
         return root
-
-    def _new_branch(
-        self,
-        agent: str,
-        step_input: StepInput | None,
-        fan_out: FanOut | None = None,
-        parent: Branch | None = None,
-        call_stack: list[Frame] | None = None,
-    ) -> Branch:
-        branch = Branch(
-            id=f"b{len(self.branches)}",
-            agent=agent,
-            input=step_input,
-            created_at=self.clock(),
-            fan_out=fan_out,
-            parent=parent,
-            call_stack=call_stack or [],
-        )
-        if agent != USER:
-            branch.visited.append(agent)
-        self.branches[branch.id] = branch
-        self._emit(
-            ev.BranchCreated(
-                run_id=self.run_id,
-                branch_id=branch.id,
-                agent=agent,
-                parent_branch_id=parent.id if parent else None,
-                fan_out_id=fan_out.id if fan_out else None,
-            )
-        )
-        self.effects.append(("arm_branch", branch))
-        if agent != USER:
-            self.effects.append(("spawn", branch))
-        return branch
 
     # ---- one agent step ----------------------------------------------------------------------
 
@@ -209,7 +174,7 @@ class Engine:
                     self.analysis, agent, outcome.value, bool(branch.call_stack), self.context
                 )
                 if action is None:
-                    self._fail(branch, self._no_route_error(agent, outcome.value))
+                    self._fail(branch, no_route_error(self.analysis, agent, outcome.value))
                     return
             else:
                 if action is None:
@@ -258,7 +223,7 @@ class Engine:
         if not isinstance(error, OrchestraError):
             error = AgentStepError(f"agent {agent!r} raised {type(error).__name__}: {error}")
         if self.error_config.enable_error_routing and not isinstance(error, LimitExceededError):
-            target = self._error_route(agent)
+            target = error_route(self.analysis, agent)
             if target is not None:
                 report: dict[str, Any] = {"failed_agent": agent, "error": str(error)}
                 if self.error_config.preserve_error_context:
@@ -551,7 +516,12 @@ class Engine:
             return
         parent.waiting_on = None
         if outcome == "failed":
-            self._fail(parent, self._convergence_error(fan_out, timed_out, items))
+            self._fail(
+                parent,
+                convergence_error(
+                    fan_out, items, self.config.convergence_timeout if timed_out else None
+                ),
+            )
             return
         parent.status = BranchStatus.RUNNING
         if len(by_node) > 1:
@@ -575,90 +545,7 @@ class Engine:
         if parent.status is BranchStatus.RUNNING:
             self.effects.append(("spawn", parent))
 
-    def _convergence_error(
-        self, fan_out: FanOut, timed_out: bool, items: list[dict[str, Any]]
-    ) -> OrchestraError:
-        failures = "; ".join(
-            f"{item['branch_id']} ({item['agent']}): {item['error']}"
-            for item in items
-            if item["status"] == "failed"
-        )
-        total = len(fan_out.children)
-        summary = (
-            f"the fan-out from {fan_out.source!r} ({fan_out.id}) had {fan_out.succeeded} of "
-            f"{total} branches succeed, {fan_out.required} required"
-        )
-        if failures:
-            summary += f"; failures: {failures}"
-        if timed_out:
-            return ConvergenceTimeoutError(
-                "convergence_timeout",
-                f"{summary}; convergence_timeout={self.config.convergence_timeout}s passed",
-            )
-        return ConvergenceError(summary)
-
-    # ---- ending branches and the run ---------------------------------------------------------
-
-    def _end(self, branch: Branch, status: BranchStatus, outcome: str, result: Any) -> None:
-        branch.status = status
-        branch.outcome = outcome
-        branch.result = result
-        branch.ended_at = self.clock()
-        self._emit(
-            ev.BranchCompleted(
-                run_id=self.run_id, branch_id=branch.id, agent=branch.agent, outcome=outcome
-            )
-        )
-        self._after_end(branch)
-
-    def _fail(self, branch: Branch, error: OrchestraError) -> None:
-        if branch.ended:
-            return
-        self._mark_failed(branch, error)
-        self._after_end(branch)
-
-    def _mark_failed(self, branch: Branch, error: OrchestraError) -> None:
-        branch.status = BranchStatus.FAILED
-        branch.outcome = "failed"
-        branch.error = error
-        branch.ended_at = self.clock()
-        self._cancel_children(branch)
-        self.effects.append(("cancel", branch))
-        self._emit(
-            ev.BranchFailed(
-                run_id=self.run_id,
-                branch_id=branch.id,
-                agent=branch.agent,
-                error_type=type(error).__name__,
-                error=str(error),
-            )
-        )
-
-    def _after_end(self, branch: Branch) -> None:
-        if branch.fan_out is not None:
-            self._child_ended(branch)
-        elif branch is self.root:
-            self._finish_run()
-
-    def _cancel(self, branch: Branch) -> None:
-        branch.status = BranchStatus.CANCELLED
-        branch.outcome = "cancelled"
-        branch.ended_at = self.clock()
-        self._cancel_children(branch)
-        self.effects.append(("cancel", branch))
-        self._emit(
-            ev.BranchCompleted(
-                run_id=self.run_id, branch_id=branch.id, agent=branch.agent, outcome="cancelled"
-            )
-        )
-
-    def _cancel_children(self, branch: Branch) -> None:
-        fan_out = branch.waiting_on
-        if fan_out is not None and not fan_out.settled:
-            fan_out.settled = True
-            for child in fan_out.children:
-                if not child.ended:
-                    self._cancel(child)
+    # ---- ending the run ----------------------------------------------------------------------
 
     def _finish_run(self) -> None:
         self.finished = True
@@ -672,66 +559,13 @@ class Engine:
 
     # ---- helpers -----------------------------------------------------------------------------
 
-    def _emit(self, event: ev.Event) -> None:
-        self.stream.emit(event)
-
     def _ping_pong(self, branch: Branch, source: str, target: str, payload: Any) -> bool:
         """Record a transfer; fail the branch and return True when it completes a ping-pong."""
         rounds = self.analysis.ping_pong_rounds
         if rounds is None:
             return False
-        if branch.transfers is None:
-            branch.transfers = deque(maxlen=2 * rounds)
-        transfers = branch.transfers
-        transfers.append((source, target, _fingerprint(payload)))
-        if len(transfers) < 2 * rounds:
+        error = record_transfer(branch, rounds, source, target, payload)
+        if error is None:
             return False
-        first, second = transfers[0], transfers[1]
-        if first[0] != second[1] or first[1] != second[0]:
-            return False
-        if all(transfers[i] == (first if i % 2 == 0 else second) for i in range(2 * rounds)):
-            self._fail(
-                branch,
-                PingPongError(
-                    "ping_pong",
-                    f"{first[0]!r} and {first[1]!r} handed the same work back and forth "
-                    f"{rounds} times with no progress (rule ping_pong({rounds}))",
-                ),
-            )
-            return True
-        return False
-
-    def _error_route(self, agent: str) -> str | None:
-        """Where a failed step's error goes: an ``on_error`` edge, else the only peer."""
-        peers = [edge for edge in self.analysis.out_edges(agent) if edge.target != USER]
-        marked = [edge.target for edge in peers if edge.metadata.get("on_error")]
-        if marked:
-            return marked[0]
-        return peers[0].target if len(peers) == 1 else None
-
-    def _no_route_error(self, agent: str, value: Any) -> OrchestraError:
-        edges = [edge.arrow for edge in self.analysis.out_edges(agent) if edge.target != USER]
-        return ActionError(
-            f"function agent {agent!r} returned {str(value)[:200]!r}, which none of its edges "
-            f"({', '.join(edges) or 'none'}) accepts, and {agent!r} is not an exit; return "
-            "Labeled(value, <label>) or an Action"
-        )
-
-
-def _fingerprint(payload: Any) -> int:
-    try:
-        return hash(payload)
-    except TypeError:
-        return hash(repr(payload))
-
-
-def check_node_policies(analysis: TopologyAnalysis) -> None:
-    """Reject a node whose ``convergence_policy`` metadata is not a policy, naming the node."""
-    for name in analysis.agents:
-        value = analysis.node(name).metadata.get("convergence_policy")
-        if value is None:
-            continue
-        try:
-            ConvergencePolicy.coerce(value)
-        except ValueError as error:
-            raise ConfigurationError(f"node {name!r}: convergence_policy: {error}") from None
+        self._fail(branch, error)
+        return True

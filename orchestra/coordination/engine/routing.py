@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestra.coordination.topology import USER, Labeled, TopologyAnalysis
 from orchestra.coordination.topology.conditions import condition_holds
+from orchestra.errors import ActionError
 from orchestra.models.base import PeerInfo
 
 from .actions import Action, ActionKind, Invocation
@@ -165,3 +166,21 @@ def route_value(
 
 def _unwrap(value: Any) -> Any:
     return value.value if isinstance(value, Labeled) else value
+
+
+def error_route(analysis: TopologyAnalysis, agent: str) -> str | None:
+    """Where a failed step's error report goes: an ``on_error`` edge, else the only peer."""
+    peers = [edge for edge in analysis.out_edges(agent) if edge.target != USER]
+    marked = [edge.target for edge in peers if edge.metadata.get("on_error")]
+    if marked:
+        return marked[0]
+    return peers[0].target if len(peers) == 1 else None
+
+
+def no_route_error(analysis: TopologyAnalysis, agent: str, value: Any) -> ActionError:
+    edges = [edge.arrow for edge in analysis.out_edges(agent) if edge.target != USER]
+    return ActionError(
+        f"function agent {agent!r} returned {str(value)[:200]!r}, which none of its edges "
+        f"({', '.join(edges) or 'none'}) accepts, and {agent!r} is not an exit; return "
+        "Labeled(value, <label>) or an Action"
+    )
