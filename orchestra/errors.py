@@ -77,6 +77,36 @@ class ScriptExhaustedError(ModelError):
     """A ScriptedModel was asked for more replies than it was given."""
 
 
+class ModelAPIError(ModelError):
+    """A provider's API refused or failed a call.
+
+    ``retryable`` says whether trying again may help (429, 5xx, timeouts, connection errors);
+    ``retry_after`` is the provider's requested wait in seconds, when it gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        model: str,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        where = f"{provider} model {model!r}" + (f" (HTTP {status})" if status else "")
+        super().__init__(f"{where}: {message}")
+
+
+class ToolError(OrchestraError):
+    """A tool call could not be made or failed; the message names the tool."""
+
+
 class ActionError(OrchestraError):
     """An agent kept replying with actions it may not take, past the steering retries."""
 

@@ -477,12 +477,11 @@ async def test_tools_run_and_results_come_back_as_a_tool_message() -> None:
     )
     assert result.success, result.error
     assert result.final_response == "the sum is 5"
-    message = model.calls[1].messages[-1]
-    assert message.role == "tool"
-    assert message.content.splitlines() == [
-        'add (call_0): ok: {"sum": 5, "in_main_thread": false}',  # a sync tool runs in a thread
-        "shout (call_1): ok: HI",
-    ]
+    first, second = model.calls[1].messages[-2:]
+    assert (first.role, first.name, first.tool_call_id) == ("tool", "add", "call_0")
+    assert first.content == 'ok: {"sum": 5, "in_main_thread": false}'  # sync tools run in a thread
+    assert (second.role, second.name, second.tool_call_id) == ("tool", "shout", "call_1")
+    assert second.content == "ok: HI"
     completed = [e for e in result.events if isinstance(e, ev.ToolCallCompleted)]
     assert [(e.tool, e.call_id, e.ok) for e in completed] == [
         ("add", "call_0", True),
@@ -499,9 +498,10 @@ async def test_a_raising_tool_is_reported_to_the_model_not_a_crash() -> None:
     )
     assert result.success, result.error
     assert result.final_response == "recovered"
-    lines = model.calls[1].messages[-1].content.splitlines()
-    assert lines[0] == "broken (call_0): error: ValueError: tool broke: disk full"
-    assert lines[1].startswith("add (call_1): ok:")
+    broken, added = model.calls[1].messages[-2:]
+    assert (broken.name, broken.content) == ("broken", "error: ValueError: tool broke: disk full")
+    assert (added.name, added.tool_call_id) == ("add", "call_1")
+    assert added.content.startswith("ok:")
     completed = [e for e in result.events if isinstance(e, ev.ToolCallCompleted)]
     assert [e.ok for e in completed] == [False, True]
 
@@ -509,8 +509,9 @@ async def test_a_raising_tool_is_reported_to_the_model_not_a_crash() -> None:
 async def test_a_tool_called_with_wrong_arguments_is_reported_to_the_model() -> None:
     result, model = await run_tools_agent([tool_call(("add", {"a": 1})), "ok"])
     assert result.success, result.error
-    content = model.calls[1].messages[-1].content
-    assert content.startswith("add (call_0): error: TypeError")
+    message = model.calls[1].messages[-1]
+    assert (message.name, message.tool_call_id) == ("add", "call_0")
+    assert message.content == "error: ToolError: invalid arguments for tool 'add': b: Field required"
 
 
 async def test_an_unknown_tool_steers_the_model() -> None:
@@ -524,9 +525,9 @@ async def test_an_unknown_tool_steers_the_model() -> None:
 
 def test_tools_are_named_by_function_name() -> None:
     agent = Agent("T", ScriptedModel([]), tools=[add, shout], register=False)
-    assert agent.tool_names == ("add", "shout")
-    assert Agent("U", ScriptedModel([]), register=False).tool_names == ()
-    assert echo("F").tool_names == ()
+    assert [spec.name for spec in agent.tool_specs] == ["add", "shout"]
+    assert Agent("U", ScriptedModel([]), register=False).tool_specs == ()
+    assert echo("F").tool_specs == ()
 
 
 # ---- constructor checks -----------------------------------------------------------------------

@@ -216,7 +216,8 @@ async def test_a_failing_tool_is_reported_to_the_model_not_fatal() -> None:
     assert result.success, result.error
     tool_message = model.calls[1].messages[-1]
     assert tool_message.role == "tool"
-    assert "lookup (call_0): error: TypeError" in tool_message.content
+    assert (tool_message.name, tool_message.tool_call_id) == ("lookup", "call_0")
+    assert tool_message.content.startswith("error: ToolError: invalid arguments for tool 'lookup'")
     assert "city" in tool_message.content
     [completed] = [e for e in result.events if isinstance(e, ev.ToolCallCompleted)]
     assert completed.ok is False

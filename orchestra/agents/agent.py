@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import json
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from orchestra.coordination.engine.actions import ActionParseError, ToolCall, parse_reply
-from orchestra.models.base import Message, Model, StepInfo
+from orchestra.coordination.config import ErrorHandlingConfig
+from orchestra.coordination.engine.actions import (
+    Action,
+    ActionParseError,
+    parse_action,
+    parse_reply,
+)
+from orchestra.errors import ModelAPIError, ToolError
+from orchestra.models.base import Message, Model, ModelReply, StepInfo, ToolCall, ToolSpec
+from orchestra.models.config import ModelConfig
+from orchestra.models.retry import complete_with_retries
+from orchestra.tools.tool import Tool, as_tool
 
-from .base import BaseAgent, InputKind, StepInput, StepOutcome, StepRequest
+from .base import (
+    BaseAgent,
+    InputKind,
+    StepInput,
+    StepOutcome,
+    StepRequest,
+    render,
+    tool_result_messages,
+)
 from .registry import register_by_default
 
-
-def render(value: Any) -> str:
-    """Text for a model: strings as they are, anything else as JSON."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, default=str)
+_NO_RETRIES = ErrorHandlingConfig(max_retries=0)
 
 
 _INPUT_HEADINGS = {
@@ -32,21 +43,22 @@ _INPUT_HEADINGS = {
 }
 
 
-def input_message(step_input: StepInput) -> Message:
-    """How an input appears in the conversation."""
+def input_messages(step_input: StepInput) -> list[Message]:
+    """How an input appears in the conversation (tool results: one message per call)."""
     if step_input.kind is InputKind.TOOL_RESULTS:
-        lines = [
-            f"{item['name']} ({item['call_id']}): {'ok' if item['ok'] else 'error'}: "
-            f"{render(item['result'])}"
-            for item in step_input.content
-        ]
-        return Message("tool", "\n".join(lines), name="tools")
+        return tool_result_messages(step_input.content)
     heading = _INPUT_HEADINGS[step_input.kind].format(sender=step_input.sender)
-    return Message("user", f"[{heading}]\n{render(step_input.content)}", name=step_input.sender)
+    return [Message("user", f"[{heading}]\n{render(step_input.content)}", name=step_input.sender)]
 
 
-def protocol_prompt(info: StepInfo) -> str:
+def protocol_prompt(info: StepInfo, native_tools: bool) -> str:
     """The part of the system prompt that says what the agent may do now."""
+    if native_tools:
+        return (
+            "Act by calling tools: invoke_agent to hand work to a peer, final_response to "
+            "answer, ask_user to ask the user, or your own tools. Call at most one of "
+            "invoke_agent, final_response and ask_user per reply."
+        )
     lines = [
         "Reply with exactly one JSON object: "
         '{"next_action": <action>, "action_input": <input>}. Actions available now:'
@@ -71,7 +83,7 @@ def protocol_prompt(info: StepInfo) -> str:
     if info.tools:
         lines.append(
             '- call_tool: [{"name": <tool>, "arguments": {...}}]. '
-            f"Tools: {', '.join(info.tools)}."
+            f"Tools: {', '.join(info.tool_names)}."
         )
     return "\n".join(lines)
 
@@ -79,47 +91,53 @@ def protocol_prompt(info: StepInfo) -> str:
 class Agent(BaseAgent):
     """An agent whose decisions come from a model.
 
-    ``model`` is any object with the model interface (``ScriptedModel``, ``FunctionModel``, or
-    a provider adapter). ``tools`` are Python callables the model may call by name. The agent
-    registers itself in the global registry unless ``register=False``.
+    ``model`` is a :class:`ModelConfig` (an adapter is built from it) or any object with the
+    model interface (``ScriptedModel``, ``FunctionModel``, your own). ``tools`` are Python
+    callables or :class:`~orchestra.tools.Tool` objects the model may call. The agent registers
+    itself in the global registry unless ``register=False``.
     """
 
     def __init__(
         self,
         name: str,
-        model: Model,
+        model: Model | ModelConfig,
         instruction: str = "",
-        tools: Iterable[Callable[..., Any]] | None = None,
+        tools: Iterable[Tool | Callable[..., Any]] | None = None,
         *,
         description: str = "",
         register: bool = True,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"Agent name must be a non-empty string, got {name!r}")
+        if isinstance(model, ModelConfig):
+            model = model.build()
         if not callable(getattr(model, "complete", None)):
             raise TypeError(
-                f"Agent {name!r}: model must have an async complete(messages, info) method, "
-                f"got {type(model).__name__}"
+                f"Agent {name!r}: model must be a ModelConfig or have an async "
+                f"complete(messages, info) method, got {type(model).__name__}"
             )
         self.name = name
-        self.model = model
+        self.model: Model = model
         self.instruction = instruction
         self.description = description
-        self.tools: dict[str, Callable[..., Any]] = {}
-        for tool in tools or ():
-            if not callable(tool):
-                raise TypeError(f"Agent {name!r}: tools must be callables, got {tool!r}")
-            self.tools[getattr(tool, "__name__", repr(tool))] = tool
+        self.tools: dict[str, Tool] = {}
+        for item in tools or ():
+            if not callable(item):
+                raise TypeError(f"Agent {name!r}: tools must be callables, got {item!r}")
+            converted: Tool = as_tool(item)
+            self.tools[converted.name] = converted
+        self._tool_specs = tuple(t.spec for t in self.tools.values())
+        self._native_tools = bool(getattr(model, "uses_native_tools", False))
         self._prompts: dict[tuple[Any, ...], tuple[Mapping[str, Any], str]] = {}
         if register:
             register_by_default(self)
 
     def __repr__(self) -> str:
-        return f"Agent(name={self.name!r}, model={type(self.model).__name__})"
+        return f"Agent(name={self.name!r}, model={self.model!r})"
 
     @property
-    def tool_names(self) -> tuple[str, ...]:
-        return tuple(self.tools)
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        return self._tool_specs
 
     def system_prompt(self, info: StepInfo, context: Mapping[str, Any]) -> str:
         """Built once per situation and run, then reused by every step of that run.
@@ -127,11 +145,15 @@ class Agent(BaseAgent):
         The cache holds the run's context object itself, so a later run (a different context)
         rebuilds the prompt, and at most one run's prompts are kept per situation.
         """
-        key = (info.peers, info.parallel_groups, info.can_finish, info.can_ask_user, info.tools)
+        key = (info.peers, info.parallel_groups, info.can_finish, info.can_ask_user)
         cached = self._prompts.get(key)
         if cached is not None and cached[0] is context:
             return cached[1]
-        parts = [f"You are {self.name}.", self.instruction, protocol_prompt(info)]
+        parts = [
+            f"You are {self.name}.",
+            self.instruction,
+            protocol_prompt(info, self._native_tools),
+        ]
         if context:
             parts.append(f"Shared context:\n{render(dict(context))}")
         prompt = "\n\n".join(part for part in parts if part)
@@ -145,22 +167,55 @@ class Agent(BaseAgent):
             messages[0] = system
         else:
             messages.insert(0, system)
-        messages.append(input_message(request.input))
-        reply = await self.model.complete(messages, request.info)
+        messages.extend(input_messages(request.input))
+        reply = await self._complete(request)
         text = reply.content if reply.content is not None else render(reply.action)
-        messages.append(Message("assistant", text, name=self.name))
+        messages.append(
+            Message("assistant", reply.content or "", name=self.name, tool_calls=reply.native_calls)
+            if reply.native_calls
+            else Message("assistant", text, name=self.name)
+        )
+        if reply.problem is not None:
+            return StepOutcome(reply=text, problem=reply.problem, usage=reply.usage)
         try:
-            action = parse_reply(reply.content, reply.action)
+            action = _action_of(reply)
         except ActionParseError as error:
             return StepOutcome(reply=text, problem=str(error), usage=reply.usage)
         return StepOutcome(action=action, reply=text, usage=reply.usage)
 
+    async def _complete(self, request: StepRequest) -> ModelReply:
+        report = request.report_retry
+        branch, agent = request.info.branch_id, self.name
+
+        def on_retry(attempt: int, delay: float, error: ModelAPIError) -> None:
+            if report is not None:
+                report(branch, agent, attempt, delay, str(error))
+
+        return await complete_with_retries(
+            self.model,
+            request.messages,
+            request.info,
+            request.error_config or _NO_RETRIES,
+            on_retry,
+        )
+
     async def call_tool(self, call: ToolCall) -> Any:
         tool = self.tools.get(call.name)
         if tool is None:
-            raise LookupError(
+            raise ToolError(
                 f"agent {self.name!r} has no tool {call.name!r}; tools: {', '.join(self.tools)}"
             )
-        if inspect.iscoroutinefunction(tool):
-            return await tool(**call.arguments)
-        return await asyncio.to_thread(tool, **call.arguments)
+        return await tool.run(call.arguments)
+
+
+def _action_of(reply: ModelReply) -> Action | None:
+    """The reply's action, with its own tool calls attached (they run before the action)."""
+    if reply.action is not None:
+        action: Action | None = parse_action(reply.action)
+    else:
+        action = parse_reply(reply.content, None) if not reply.tool_calls else None
+    if not reply.tool_calls:
+        return action
+    if action is None:
+        return Action.call_tools(reply.tool_calls)
+    return dataclasses.replace(action, tool_calls=reply.tool_calls)

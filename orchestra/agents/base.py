@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from orchestra.coordination.engine.actions import Action, ToolCall
-from orchestra.models.base import Message, StepInfo, Usage
+from orchestra.coordination.config import ErrorHandlingConfig
+from orchestra.coordination.engine.actions import Action
+from orchestra.models.base import Message, StepInfo, ToolCall, ToolSpec, Usage
+
+
+def render(value: Any) -> str:
+    """Text for a model: strings as they are, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def tool_result_messages(results: list[dict[str, Any]]) -> list[Message]:
+    """Tool results as conversation entries, one per call, answering the call's id."""
+    return [
+        Message(
+            "tool",
+            f"{'ok' if item['ok'] else 'error'}: {render(item['result'])}",
+            name=item["name"],
+            tool_call_id=item["call_id"],
+        )
+        for item in results
+    ]
 
 
 class InputKind(StrEnum):
@@ -37,18 +59,25 @@ class StepInput:
     sender: str | None = None
 
 
+RetryReporter = Callable[[str, str, int, float, str], None]
+
+
 @dataclass(slots=True)
 class StepRequest:
     """Everything an agent gets for one step.
 
     ``messages`` is this agent's conversation in this branch, owned by the engine: an LLM agent
     appends what it says and hears, so later steps (and resumed sessions) see the history.
+    ``error_config`` sets how model calls are retried; ``report_retry(branch_id, agent,
+    attempt, delay, error)`` turns each retry into an event.
     """
 
     input: StepInput
     messages: list[Message]
     info: StepInfo
     context: Mapping[str, Any]
+    error_config: ErrorHandlingConfig | None = None
+    report_retry: RetryReporter | None = None
 
 
 @dataclass(slots=True)
@@ -79,7 +108,8 @@ class BaseAgent(ABC):
         """Take one step: read the input (and conversation), decide what to do."""
 
     @property
-    def tool_names(self) -> tuple[str, ...]:
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        """The tools this agent offers its model (name, description, argument schema)."""
         return ()
 
     async def call_tool(self, call: ToolCall) -> Any:

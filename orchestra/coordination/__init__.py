@@ -1,5 +1,6 @@
 """The coordination layer: topologies, the engine and the public run API."""
 
+from ..models.base import ToolCall
 from .config import (
     CommunicationConfig,
     ConvergencePolicy,
@@ -8,7 +9,7 @@ from .config import (
     StatusConfig,
     VerbosityLevel,
 )
-from .engine.actions import Action, Invocation, ToolCall
+from .engine.actions import Action, Invocation
 from .orchestra import BranchResult, Orchestra, OrchestraResult
 from .topology import Edge, Labeled, Node, PatternConfig, Topology
 

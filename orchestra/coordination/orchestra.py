@@ -153,7 +153,7 @@ def _build(
     if config.status.enabled:
         stream.subscribe(StatusPrinter(config.status))
     tools = {
-        name: (agent.instances[0] if isinstance(agent, AgentPool) else agent).tool_names
+        name: (agent.instances[0] if isinstance(agent, AgentPool) else agent).tool_specs
         for name, agent in agents.items()
     }
     engine = Engine(

@@ -15,14 +15,37 @@ from typing import Any, Literal, Protocol, runtime_checkable
 Role = Literal["system", "user", "assistant", "tool"]
 
 
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """What a model is told about a tool: name, description and JSON schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCall:
+    """A model's request to call a tool (its own, or a coordination tool such as invoke_agent)."""
+
+    name: str
+    arguments: Mapping[str, Any]
+    call_id: str = ""
+
+
 @dataclass(slots=True)
 class Message:
-    """One entry of an agent's conversation. ``name`` is the sender (agent, tool or user)."""
+    """One entry of an agent's conversation. ``name`` is the sender (agent, tool or user).
+
+    An assistant message made of native tool calls lists them in ``tool_calls``; a tool
+    result answers one of them through ``tool_call_id``.
+    """
 
     role: Role
     content: str
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -40,11 +63,20 @@ class Usage:
 
 @dataclass(slots=True)
 class ModelReply:
-    """What a model returned: ``content`` text and/or a structured ``action`` mapping."""
+    """What a model returned.
+
+    ``content`` is text; ``action`` a structured action in the JSON action protocol;
+    ``tool_calls`` the agent's own tools to run first; ``native_calls`` every native tool call
+    of the reply as the provider made it (kept in the conversation); ``problem`` says why an
+    adapter already knows the reply is unusable.
+    """
 
     content: str | None = None
     action: Mapping[str, Any] | None = None
     usage: Usage | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    native_calls: tuple[ToolCall, ...] = ()
+    problem: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -72,12 +104,16 @@ class StepInfo:
     parallel_groups: tuple[tuple[str, ...], ...]
     can_finish: bool
     can_ask_user: bool
-    tools: tuple[str, ...] = ()
+    tools: tuple[ToolSpec, ...] = ()
     context: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def peer_names(self) -> tuple[str, ...]:
         return tuple(peer.name for peer in self.peers)
+
+    @property
+    def tool_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.tools)
 
 
 @runtime_checkable

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from orchestra.models.base import ToolCall
+
 
 class ActionKind(StrEnum):
     INVOKE = "invoke_agent"
@@ -43,13 +45,6 @@ class Invocation:
         if self.label is not None:
             item["label"] = self.label
         return item
-
-
-@dataclass(slots=True, frozen=True)
-class ToolCall:
-    name: str
-    arguments: Mapping[str, Any]
-    call_id: str = ""
 
 
 @dataclass(slots=True, frozen=True)

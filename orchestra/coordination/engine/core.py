@@ -10,11 +10,18 @@ State is changed in place rather than copied: a step must cost microseconds.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from orchestra.agents.base import InputKind, StepInput, StepOutcome, StepRequest
+from orchestra.agents.base import (
+    InputKind,
+    StepInput,
+    StepOutcome,
+    StepRequest,
+    tool_result_messages,
+)
 from orchestra.coordination.config import ConvergencePolicy, ErrorHandlingConfig, ExecutionConfig
 from orchestra.coordination.topology import USER, TopologyAnalysis
 from orchestra.errors import (
@@ -25,7 +32,7 @@ from orchestra.errors import (
     OrchestraError,
     StepLimitError,
 )
-from orchestra.models.base import Message, StepInfo
+from orchestra.models.base import Message, StepInfo, ToolSpec
 
 from . import events as ev
 from .actions import PROTOCOL_HINT, Action, ActionKind, Invocation
@@ -53,7 +60,7 @@ class Engine(BranchLifecycle):
         *,
         run_id: str,
         analysis: TopologyAnalysis,
-        tools: Mapping[str, tuple[str, ...]],
+        tools: Mapping[str, tuple[ToolSpec, ...]],
         context: Mapping[str, Any],
         config: ExecutionConfig,
         error_config: ErrorHandlingConfig,
@@ -73,7 +80,7 @@ class Engine(BranchLifecycle):
         self.error: OrchestraError | None = None
         self.started_at = clock()
         self._tools = tools
-        self._allowed: dict[tuple[str, bool], Permissions] = {}
+        self._allowed: dict[tuple[str, bool, str | None], Permissions] = {}
         self._policies = {
             name: policy_for(analysis, name, config.convergence_policy) for name in analysis.agents
         }
@@ -122,11 +129,16 @@ class Engine(BranchLifecycle):
         self.steps += 1
         branch.steps += 1
         agent = branch.agent
-        can_finish = bool(branch.call_stack) or self.analysis.is_exit(agent)
-        allowed = self._allowed.get((agent, can_finish))
+        stack = branch.call_stack
+        caller = stack[-1].caller if stack else None
+        can_finish = bool(stack) or self.analysis.is_exit(agent)
+        key = (agent, can_finish, caller)
+        allowed = self._allowed.get(key)
         if allowed is None:
-            allowed = permissions(self.analysis, agent, can_finish, self._tools.get(agent, ()))
-            self._allowed[(agent, can_finish)] = allowed
+            allowed = permissions(
+                self.analysis, agent, can_finish, self._tools.get(agent, ()), caller
+            )
+            self._allowed[key] = allowed
         branch.allowed = allowed
         messages = branch.conversations.get(agent)
         if messages is None:
@@ -154,7 +166,9 @@ class Engine(BranchLifecycle):
                 branch_step=branch.steps,
             )
         )
-        return StepRequest(branch.input, messages, info, self.context)
+        return StepRequest(
+            branch.input, messages, info, self.context, self.error_config, self.model_retried
+        )
 
     def step_completed(self, branch: Branch, outcome: StepOutcome, duration: float) -> None:
         if self.finished or branch.status is not BranchStatus.RUNNING:
@@ -211,6 +225,7 @@ class Engine(BranchLifecycle):
                 action=action,
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,
+                cost_usd=usage.cost_usd if usage else None,
             )
         )
         self._apply(branch, action)
@@ -238,6 +253,21 @@ class Engine(BranchLifecycle):
 
     # ---- other things that happen ------------------------------------------------------------
 
+    def model_retried(
+        self, branch_id: str, agent: str, attempt: int, delay: float, error: str
+    ) -> None:
+        """A model call failed in a way that passes and will be retried after ``delay``."""
+        self._emit(
+            ev.ModelCallRetried(
+                run_id=self.run_id,
+                branch_id=branch_id,
+                agent=agent,
+                attempt=attempt,
+                delay=delay,
+                error=error,
+            )
+        )
+
     def tools_completed(self, branch: Branch, results: list[dict[str, Any]]) -> None:
         if self.finished or branch.ended:
             return
@@ -254,7 +284,13 @@ class Engine(BranchLifecycle):
                     duration=item.pop("duration", 0.0),
                 )
             )
-        branch.input = StepInput(InputKind.TOOL_RESULTS, results, branch.agent)
+        deferred = branch.after_tools
+        if deferred is None:
+            branch.input = StepInput(InputKind.TOOL_RESULTS, results, branch.agent)
+            return
+        branch.after_tools = None
+        branch.conversations[branch.agent].extend(tool_result_messages(results))
+        self._apply(branch, deferred)
 
     def user_answered(self, branch: Branch, answer: Any) -> None:
         if self.finished or branch.status is not BranchStatus.WAITING_USER:
@@ -291,6 +327,10 @@ class Engine(BranchLifecycle):
 
     def _apply(self, branch: Branch, action: Action) -> None:
         kind = action.kind
+        if action.tool_calls and kind is not ActionKind.CALL_TOOL:
+            branch.pending_tools = action.tool_calls  # tools first, then the action itself
+            branch.after_tools = dataclasses.replace(action, tool_calls=())
+            return
         if kind is ActionKind.INVOKE:
             invocations = action.invocations
             if self._arrives(branch, invocations):

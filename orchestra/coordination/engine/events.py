@@ -56,6 +56,18 @@ class StepCompleted(Event):
     action: Any
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float | None = None
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class ModelCallRetried(Event):
+    """A model call failed in a way that passes (rate limit, 5xx, timeout) and is retried."""
+
+    branch_id: str
+    agent: str
+    attempt: int
+    delay: float
+    error: str
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)

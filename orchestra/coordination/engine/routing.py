@@ -12,7 +12,7 @@ from typing import Any
 from orchestra.coordination.topology import USER, Labeled, TopologyAnalysis
 from orchestra.coordination.topology.conditions import condition_holds
 from orchestra.errors import ActionError
-from orchestra.models.base import PeerInfo
+from orchestra.models.base import PeerInfo, ToolSpec
 
 from .actions import Action, ActionKind, Invocation
 
@@ -26,7 +26,8 @@ class Permissions:
     parallel_groups: tuple[tuple[str, ...], ...]
     can_finish: bool
     can_ask_user: bool
-    tools: tuple[str, ...]
+    tools: tuple[ToolSpec, ...]
+    tool_names: frozenset[str]
 
     def menu(self) -> str:
         """A one-line reminder of the allowed actions, for steering messages."""
@@ -38,13 +39,19 @@ class Permissions:
         if self.can_ask_user:
             parts.append("ask_user")
         if self.tools:
-            parts.append(f"call_tool with one of: {', '.join(self.tools)}")
+            parts.append(f"call_tool with one of: {', '.join(t.name for t in self.tools)}")
         return "; ".join(parts) or "nothing (this agent has no way to continue)"
 
 
 def permissions(
-    analysis: TopologyAnalysis, agent: str, can_finish: bool, tools: tuple[str, ...]
+    analysis: TopologyAnalysis,
+    agent: str,
+    can_finish: bool,
+    tools: tuple[ToolSpec, ...],
+    caller: str | None,
 ) -> Permissions:
+    """What ``agent`` may do. The agent that is waiting for its answer (``caller``) is not a
+    peer: a callee answers it with a final response rather than calling it back."""
     peers = tuple(
         PeerInfo(
             name=edge.target,
@@ -52,7 +59,7 @@ def permissions(
             label=edge.condition if isinstance(edge.condition, str) else None,
         )
         for edge in analysis.out_edges(agent)
-        if edge.target != USER
+        if edge.target != USER and edge.target != caller
     )
     names = {peer.name for peer in peers}
     groups = tuple(
@@ -68,7 +75,9 @@ def permissions(
         actions.append(ActionKind.ASK_USER.value)
     if tools:
         actions.append(ActionKind.CALL_TOOL.value)
-    return Permissions(tuple(actions), peers, groups, can_finish, can_ask, tools)
+    return Permissions(
+        tuple(actions), peers, groups, can_finish, can_ask, tools, frozenset(t.name for t in tools)
+    )
 
 
 def action_problem(
@@ -85,6 +94,9 @@ def action_problem(
     edges it has. A predicate condition that raises propagates as ConditionError.
     """
     kind = action.kind
+    unknown = [call.name for call in action.tool_calls if call.name not in allowed.tool_names]
+    if unknown:
+        return f"{agent} has no tool {', '.join(map(repr, unknown))}"
     if kind is ActionKind.INVOKE:
         return _invocation_problem(analysis, agent, action, allowed, context, decided_by_model)
     if kind is ActionKind.FINAL and not allowed.can_finish:
@@ -94,10 +106,6 @@ def action_problem(
         )
     if kind is ActionKind.ASK_USER and not allowed.can_ask_user:
         return f"{agent} may not ask the user: the topology has no edge '{agent} -> User'"
-    if kind is ActionKind.CALL_TOOL:
-        unknown = [call.name for call in action.tool_calls if call.name not in allowed.tools]
-        if unknown:
-            return f"{agent} has no tool {', '.join(map(repr, unknown))}"
     return None
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from orchestra.agents.base import BaseAgent, StepInput
 from orchestra.coordination.config import ConvergencePolicy
-from orchestra.coordination.engine.actions import ToolCall
+from orchestra.coordination.engine.actions import Action
 from orchestra.coordination.engine.routing import Permissions
 from orchestra.errors import OrchestraError
-from orchestra.models.base import Message
+from orchestra.models.base import Message, ToolCall
 
 
 class BranchStatus(StrEnum):
@@ -62,6 +62,7 @@ class Branch:
     outcome: str = ""  # how it ended: finished, returned, arrived, failed, cancelled
     arrivals: dict[str, Any] = field(default_factory=dict)
     pending_tools: tuple[ToolCall, ...] = ()
+    after_tools: Action | None = None
     question: tuple[str, str] | None = None
     transfers: deque[tuple[str, str, int]] | None = None
     leases: dict[str, BaseAgent] = field(default_factory=dict)

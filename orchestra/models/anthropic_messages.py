@@ -1,0 +1,169 @@
+"""The Anthropic Messages API through the official ``anthropic`` SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from orchestra.errors import ModelAPIError
+
+from .base import Message, ModelReply, StepInfo, ToolCall, Usage
+from .config import ModelConfig, missing_extra
+from .openai_chat import is_retryable, retry_after_seconds
+from .pricing import cost_usd
+from .protocol import coordination_tools, reply_from_tool_calls
+
+DEFAULT_MAX_TOKENS = 1024
+
+
+def to_anthropic(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
+    """``(system, messages)`` in the Messages API's shape.
+
+    System messages become the ``system`` parameter; turns of one role are merged (the API
+    wants them alternating, starting with the user); every ``tool_use`` is answered by a
+    ``tool_result`` in the next user turn — coordination calls get a short one.
+    """
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    pending: list[str] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+
+    for message in messages:
+        if message.role == "system":
+            system.append(message.content)
+            continue
+        if message.role == "tool" and message.tool_call_id in pending:
+            pending.remove(message.tool_call_id)
+            add("user", [_result(message.tool_call_id, message.content)])
+            continue
+        if pending:
+            add("user", [_result(call_id, "accepted") for call_id in pending])
+            pending = []
+        if message.role == "assistant":
+            blocks: list[dict[str, Any]] = (
+                [{"type": "text", "text": message.content}] if message.content else []
+            )
+            blocks += [
+                {"type": "tool_use", "id": c.call_id, "name": c.name, "input": dict(c.arguments)}
+                for c in message.tool_calls
+            ]
+            add("assistant", blocks or [{"type": "text", "text": "(no reply)"}])
+            pending = [call.call_id for call in message.tool_calls]
+        else:
+            text = (
+                f"[Tool result]\n{message.content}" if message.role == "tool" else message.content
+            )
+            add("user", [{"type": "text", "text": text}])
+    if not turns or turns[0]["role"] != "user":
+        turns.insert(0, {"role": "user", "content": [{"type": "text", "text": "(begin)"}]})
+    return "\n\n".join(system), turns
+
+
+def _result(call_id: str | None, content: str) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": call_id, "content": content}
+
+
+class AnthropicModel:
+    """An adapter for ``POST /v1/messages``. Coordination is offered as native tools unless
+    ``action_format="text"``; the SDK's own retries are off (Orchestra retries)."""
+
+    provider = "anthropic"
+
+    def __init__(self, config: ModelConfig) -> None:
+        try:
+            import anthropic
+        except ImportError:
+            raise missing_extra("anthropic", "anthropic") from None
+        self.config = config
+        self.uses_native_tools = config.format == "tools"
+        self._anthropic = anthropic
+        self._client = anthropic.AsyncAnthropic(
+            api_key=config.resolved_api_key(),
+            base_url=config.base_url,
+            timeout=config.timeout,
+            max_retries=0,
+        )
+
+    def __repr__(self) -> str:
+        return f"AnthropicModel({self.config.name!r})"
+
+    def request(self, messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+        system, turns = to_anthropic(messages)
+        body: dict[str, Any] = {
+            "model": self.config.name,
+            "messages": turns,
+            "max_tokens": self.config.max_tokens or DEFAULT_MAX_TOKENS,
+        }
+        if system:
+            body["system"] = system
+        if self.config.temperature is not None:
+            body["temperature"] = self.config.temperature
+        if self.uses_native_tools:
+            body["tools"] = [
+                {"name": s.name, "description": s.description, "input_schema": dict(s.parameters)}
+                for s in [*coordination_tools(info), *info.tools]
+            ]
+        return body
+
+    async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply:
+        errors = self._anthropic
+        try:
+            response = await self._client.messages.create(**self.request(messages, info))
+        except errors.APIStatusError as error:
+            raise ModelAPIError(
+                _error_text(error),
+                provider=self.provider,
+                model=self.config.name,
+                status=error.status_code,
+                retryable=is_retryable(error.status_code) or error.status_code == 529,
+                retry_after=retry_after_seconds(error.response.headers),
+            ) from None
+        except errors.APITimeoutError:
+            raise self._error(f"no answer within {self.config.timeout}s", retryable=True) from None
+        except errors.APIConnectionError as error:
+            where = self.config.base_url or "the Anthropic API"
+            raise self._error(
+                f"cannot reach {where}: {error.__cause__ or error}", retryable=True
+            ) from None
+        except (errors.APIError, ValueError) as error:
+            raise self._error(f"malformed response: {error}", retryable=False) from None
+        try:
+            return self._reply(response)
+        except (AttributeError, TypeError, KeyError) as error:
+            raise self._error(f"malformed response: {error}", retryable=False) from None
+
+    def _reply(self, response: Any) -> ModelReply:
+        texts, calls = [], []
+        for block in response.content:
+            if block.type == "text":
+                texts.append(block.text)
+            elif block.type == "tool_use":
+                arguments = block.input if isinstance(block.input, dict) else {}
+                calls.append(ToolCall(block.name, arguments, block.id))
+        prompt, completion = response.usage.input_tokens, response.usage.output_tokens
+        usage = Usage(
+            prompt, completion, cost_usd("anthropic", self.config.name, prompt, completion)
+        )
+        content = "".join(texts) or None
+        if not calls:
+            return ModelReply(content=content, usage=usage)
+        return reply_from_tool_calls(content, calls, usage)
+
+    def _error(self, message: str, retryable: bool) -> ModelAPIError:
+        return ModelAPIError(
+            message, provider=self.provider, model=self.config.name, retryable=retryable
+        )
+
+
+def _error_text(error: Any) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        detail = body.get("error", body)
+        if isinstance(detail, dict) and "message" in detail:
+            return f"{detail.get('type', 'error')}: {detail['message']}"
+    return str(getattr(error, "message", error))[:500]

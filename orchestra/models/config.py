@@ -1,0 +1,91 @@
+"""``ModelConfig``: which model an agent uses, and the adapter built from it."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestra.errors import ConfigurationError
+
+from .base import Model
+
+ActionFormat = Literal["tools", "json_schema", "json_object", "text"]
+
+_KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+_DEFAULT_FORMATS: dict[str, ActionFormat] = {
+    "openai": "tools",
+    "anthropic": "tools",
+    "local": "json_object",
+}
+
+
+class ModelConfig(BaseModel):
+    """A model to use, by provider and name.
+
+    * ``provider="openai"``: the OpenAI Chat Completions protocol — OpenAI itself, or any
+      compatible server (vLLM, Ollama, llama.cpp's server, OpenRouter, Groq, Together,
+      LM Studio) through ``base_url``. Needs ``pip install 'orchestra[openai]'``.
+    * ``provider="anthropic"``: the Anthropic Messages API. Needs ``orchestra[anthropic]``.
+    * ``provider="local"``: a GGUF model run in-process by llama.cpp; ``name="smollm2"`` is the
+      bundled SmolLM2-135M-Instruct, any other name is a path to a ``.gguf`` file. Needs
+      ``orchestra[local]``.
+
+    ``api_key`` defaults to ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``; a server given by
+    ``base_url`` may need none. ``action_format`` says how the model states its decision:
+    ``"tools"`` (native tool calls), ``"json_schema"`` (OpenAI-style structured output),
+    ``"json_object"`` (a JSON object constrained by a schema, as llama.cpp's servers take it)
+    or ``"text"`` (the JSON protocol in plain text, unconstrained). The default suits the
+    provider: tools for openai and anthropic, json_object for local.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Literal["openai", "anthropic", "local"]
+    name: str = Field(min_length=1)
+    base_url: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    timeout: float = Field(default=60.0, gt=0)
+    action_format: ActionFormat | None = None
+
+    @property
+    def format(self) -> ActionFormat:
+        return self.action_format or _DEFAULT_FORMATS[self.provider]
+
+    def resolved_api_key(self) -> str:
+        """The key to send; a ConfigurationError naming the variable when none is available."""
+        if self.api_key:
+            return self.api_key
+        variable = _KEY_VARIABLES.get(self.provider)
+        found = os.environ.get(variable) if variable else None
+        if found:
+            return found
+        if self.base_url:
+            return "no-key-needed"
+        raise ConfigurationError(
+            f"{self.provider} model {self.name!r} has no API key: set {variable} or pass "
+            "ModelConfig(api_key=...), or point base_url at a server that needs none"
+        )
+
+    def build(self) -> Model:
+        """The adapter for this model (imports the provider's SDK only now)."""
+        if self.provider == "openai":
+            from .openai_chat import OpenAIChatModel
+
+            return OpenAIChatModel(self)
+        if self.provider == "anthropic":
+            from .anthropic_messages import AnthropicModel
+
+            return AnthropicModel(self)
+        from .local import LocalModel
+
+        return LocalModel(self)
+
+
+def missing_extra(provider: str, package: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"the {provider} provider needs the {package!r} package: pip install 'orchestra[{provider}]'"
+    )

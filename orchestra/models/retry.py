@@ -1,0 +1,52 @@
+"""Retrying model calls that failed for reasons that pass: rate limits, 5xx, timeouts, network."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+
+from orchestra.coordination.config import ErrorHandlingConfig
+from orchestra.errors import ModelAPIError
+
+from .base import Message, Model, ModelReply, StepInfo
+
+RetryReport = Callable[[int, float, ModelAPIError], None]
+
+
+def retry_delay(attempt: int, error: ModelAPIError, policy: ErrorHandlingConfig) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based).
+
+    The provider's Retry-After wins when given; otherwise exponential backoff from
+    ``retry_initial_delay`` with equal jitter (half fixed, half random), so parallel branches
+    hitting the same rate limit do not retry in lockstep. Never more than ``retry_max_delay``.
+    """
+    if error.retry_after is not None:
+        return min(max(error.retry_after, 0.0), policy.retry_max_delay)
+    base = min(policy.retry_initial_delay * 2 ** (attempt - 1), policy.retry_max_delay)
+    return float(base / 2 + random.uniform(0, base / 2))
+
+
+async def complete_with_retries(
+    model: Model,
+    messages: Sequence[Message],
+    info: StepInfo,
+    policy: ErrorHandlingConfig,
+    report: RetryReport | None = None,
+) -> ModelReply:
+    """Call the model; retry retryable API errors up to ``policy.max_retries`` times.
+
+    A non-retryable error (bad request, authentication, context too long) is raised at once.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await model.complete(messages, info)
+        except ModelAPIError as error:
+            if not error.retryable or attempt >= policy.max_retries:
+                raise
+            attempt += 1
+            delay = retry_delay(attempt, error, policy)
+            if report is not None:
+                report(attempt, delay, error)
+            await asyncio.sleep(delay)
