@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import venv
@@ -19,6 +20,11 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+WHEELS = Path(
+    os.environ.get("ORCHESTRA_WHEEL_CACHE", Path.home() / ".cache" / "orchestra" / "wheels")
+)
+COMPILED = "llama-cpp-python"  # builds from source (minutes): its wheel is built once and kept
 
 USAGE = """usage: python3 dev.py demo [ARGS...]   run the Orchestra demo
        python3 dev.py test [PYTEST ARGS...]   run the whole test suite"""
@@ -44,10 +50,40 @@ def ensure_environment(extras: str) -> None:
         return
     target = f".[{extras}]" if extras else "."
     print(f"[dev] installing {target} into .venv", flush=True)
-    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "--upgrade", "pip"], check=True, cwd=ROOT)
-    subprocess.run([*pip, "-e", target], check=True, cwd=ROOT)
+    pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--upgrade", "pip"], check=True, cwd=ROOT)
+    build_compiled_wheel(pip)
+    subprocess.run(
+        [*pip, "install", "--find-links", str(WHEELS), "-e", target], check=True, cwd=ROOT
+    )
     stamp_file.write_text(stamp)
+
+
+def build_compiled_wheel(pip: list[str]) -> None:
+    """Build the pinned llama-cpp-python wheel into the cache unless it is there already."""
+    pin = _pinned(COMPILED)
+    prefix = f"{COMPILED.replace('-', '_')}-{pin}-"
+    if WHEELS.is_dir() and any(p.name.startswith(prefix) for p in WHEELS.glob("*.whl")):
+        return
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    print(f"[dev] building {COMPILED} {pin} once into {WHEELS} (takes minutes)", flush=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "-w", str(WHEELS), f"{COMPILED}=={pin}"], check=True, cwd=ROOT
+    )
+
+
+def _pinned(package: str) -> str:
+    """The exact version pyproject.toml pins for ``package`` (one source of truth)."""
+    import tomllib  # here, so Python < 3.11 still reaches the version message
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for requirement in (r for group in extras.values() for r in group):
+        match = re.fullmatch(rf"{re.escape(package)}(\[[^]]*\])?==(\S+)", requirement)
+        if match:
+            return match.group(2)
+    raise SystemExit(f"pyproject.toml must pin {package} with '=='")
 
 
 def main(argv: list[str]) -> int:

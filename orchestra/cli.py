@@ -13,10 +13,14 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from orchestra.coordination.config import StatusConfig
+from orchestra.coordination.orchestra import Orchestra
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.topology import Edge, PatternConfig, Topology
-from orchestra.demo import DEMO_TOPOLOGY, run_demo
-from orchestra.errors import TopologyError
+from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS
+from orchestra.errors import OrchestraError, TopologyError
+from orchestra.models.defaults import default_model_config
+from orchestra.workflow import load_workflow
 
 app = typer.Typer(
     help="Orchestra: durable, fast, observable multi-agent workflows.",
@@ -91,15 +95,17 @@ def _print_result(result: OrchestraResult) -> None:
         console.print(Panel(str(result.error), title="The run failed", style="red"))
     metrics = result.get_metrics()
     table = Table(title="Per agent")
-    for column in ("agent", "steps", "invocations", "time in agent (ms)", "tokens"):
+    for column in ("agent", "steps", "invocations", "time (ms)", "prompt", "completion", "cost"):
         table.add_column(column)
     for name, row in metrics["agents"].items():
         table.add_row(
             name,
             str(row["steps"]),
             str(row["invocations"]),
-            f"{row['time_in_agent'] * 1000:.2f}",
-            str(row["total_tokens"]),
+            f"{row['time_in_agent'] * 1000:.1f}",
+            str(row["prompt_tokens"]),
+            str(row["completion_tokens"]),
+            "-" if row["cost_usd"] is None else f"${row['cost_usd']:.6f}",
         )
     console.print(table)
     branches = Table(title="Branches")
@@ -115,24 +121,59 @@ def _print_result(result: OrchestraResult) -> None:
     )
 
 
+def _execute(workflow_path: Path, task: str | None, verbosity: int, max_tokens: int | None) -> None:
+    try:
+        workflow = load_workflow(workflow_path, max_tokens=max_tokens)
+    except OrchestraError as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    chosen = task if task is not None else workflow.task
+    if chosen is None:
+        raise typer.BadParameter("no task: pass --task or give the workflow a 'task'")
+    result = asyncio.run(
+        Orchestra.run(
+            chosen,
+            workflow.topology,
+            agent_registry=workflow.registry,
+            context=workflow.context,
+            execution_config=workflow.execution.model_copy(
+                update={"status": StatusConfig.from_verbosity(verbosity)}
+            ),
+            error_config=workflow.error_handling,
+            max_steps=workflow.max_steps,
+        )
+    )
+    _print_result(result)
+    if not result.success:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    workflow: Annotated[Path, typer.Argument(help="A workflow file (YAML or JSON).")],
+    task: Annotated[str | None, typer.Option(help="The task (default: the file's 'task').")] = None,
+    verbosity: Annotated[int, typer.Option("--verbosity", "-v", min=0, max=2)] = 1,
+) -> None:
+    """Run a workflow file: its agents, topology and execution settings."""
+    _execute(workflow, task, verbosity, None)
+
+
 @app.command()
 def demo(
-    task: Annotated[str, typer.Option(help="What the team should research.")] = (
-        "multi-agent LLM frameworks"
-    ),
+    task: Annotated[str | None, typer.Option(help="What the team should research.")] = None,
+    verbosity: Annotated[int, typer.Option("--verbosity", "-v", min=0, max=2)] = 2,
     topologies: Annotated[
         bool, typer.Option("--topologies", help="Also draw the API page's example topologies.")
     ] = False,
 ) -> None:
-    """Run the bundled research-and-report workflow: parallel research, then a writer."""
-    show_topology("The demo workflow", Topology.from_dict(DEMO_TOPOLOGY))
-    result = asyncio.run(run_demo(task))
-    _print_result(result)
+    """Run the bundled research-and-report workflow on the default model (offline unless
+    ORCHESTRA_MODEL, OPENAI_API_KEY, ANTHROPIC_API_KEY or ORCHESTRA_BASE_URL say otherwise)."""
+    model = default_model_config()
+    console.print(f"Default model: {model.provider}:{model.name}", highlight=False)
     if topologies:
         for title, topology in _demo_topologies().items():
             show_topology(title, topology)
-    if not result.success:
-        raise typer.Exit(1)
+    _execute(DEMO_FLOW, task, verbosity, DEMO_MAX_TOKENS)
 
 
 def _load_topology_file(path: Path) -> Any:

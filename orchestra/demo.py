@@ -1,102 +1,31 @@
-"""The bundled demo: research in parallel, then write a report.
+"""The bundled demo workflow (``orchestra demo``): parallel research, then a report.
 
-Until the offline language model lands, the agents' "models" are small functions that play
-their parts through the same interface a real model uses (``FunctionModel``), so the demo shows
-the real engine — parallel branches, convergence, hand-off, status lines — with no network.
+The workflow itself is ``flows/research.yaml``, loaded like any user workflow; this module
+holds its one piece of code, the coordinator's routing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from orchestra.agents import Agent, AgentRegistry
-from orchestra.coordination.config import ExecutionConfig, StatusConfig, VerbosityLevel
-from orchestra.coordination.orchestra import Orchestra
-from orchestra.coordination.results import OrchestraResult
-from orchestra.coordination.topology import Topology
-from orchestra.models import FunctionModel, Message, StepInfo
+from orchestra.coordination.engine.actions import Action
 
-DEMO_TOPOLOGY = {
-    "nodes": ["User", "Coordinator", "WebResearcher", "PaperResearcher", "Writer"],
-    "edges": [
-        "User -> Coordinator",
-        "Coordinator <-> WebResearcher",
-        "Coordinator <-> PaperResearcher",
-        "Coordinator -> Writer",
-        "Writer -> User",
-    ],
-    "rules": ["parallel(WebResearcher, PaperResearcher)", "max_steps(20)"],
-}
+DEMO_FLOW = Path(__file__).with_name("flows") / "research.yaml"
+DEMO_MAX_TOKENS = 160  # keeps the offline model's demo to seconds
 
 
-def _last_input(messages: Sequence[Message]) -> str:
-    return next((m.content for m in reversed(messages) if m.role == "user"), "")
-
-
-def _coordinator(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
-    last = _last_input(messages)
-    if last.startswith("[Results of the parallel branches"):
-        return {
-            "next_action": "invoke_agent",
-            "action_input": [{"agent_name": "Writer", "request": last.split("\n", 1)[1]}],
-        }
-    topic = last.split("\n", 1)[-1]
-    return {
-        "next_action": "invoke_agent",
-        "action_input": [
-            {"agent_name": "WebResearcher", "request": f"Recent developments in: {topic}"},
-            {"agent_name": "PaperResearcher", "request": f"Key papers on: {topic}"},
-        ],
-    }
-
-
-def _researcher(findings: list[str]) -> FunctionModel:
-    def reply(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
-        return {"next_action": "final_response", "action_input": {"response": findings}}
-
-    return FunctionModel(reply)
-
-
-def _writer(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
-    import json
-
-    results = json.loads(_last_input(messages).split("\n", 1)[1])
-    lines = ["# Report", ""]
-    for item in results:
-        lines.append(f"## From {item['agent']}")
-        lines += [f"- {finding}" for finding in item.get("response", [])]
-        lines.append("")
-    return {"next_action": "final_response", "action_input": {"response": "\n".join(lines)}}
-
-
-def demo_registry() -> AgentRegistry:
-    return AgentRegistry(
+def coordinate(work: Any, context: Mapping[str, Any]) -> Action:
+    """Send the topic to both researchers at once; send their converged notes to the writer."""
+    if isinstance(work, list):
+        notes = "\n\n".join(
+            f"{item['agent']}:\n{item.get('response') or item.get('error')}" for item in work
+        )
+        return Action.invoke("Writer", f"Write the report from these notes:\n\n{notes}")
+    return Action.invoke_parallel(
         [
-            Agent("Coordinator", FunctionModel(_coordinator), register=False),
-            Agent(
-                "WebResearcher",
-                _researcher(
-                    ["Agents coordinate through typed actions", "Evaluation moves offline"]
-                ),
-                register=False,
-            ),
-            Agent(
-                "PaperResearcher",
-                _researcher(["Parallel branches cut latency", "Durable logs make runs resumable"]),
-                register=False,
-            ),
-            Agent("Writer", FunctionModel(_writer), register=False),
+            ("WebResearcher", f"Research recent developments: {work}"),
+            ("PaperResearcher", f"Research academic findings: {work}"),
         ]
-    )
-
-
-async def run_demo(
-    task: str, verbosity: VerbosityLevel = VerbosityLevel.VERBOSE
-) -> OrchestraResult:
-    return await Orchestra.run(
-        task=task,
-        topology=Topology.from_dict(DEMO_TOPOLOGY),
-        agent_registry=demo_registry(),
-        execution_config=ExecutionConfig(status=StatusConfig.from_verbosity(verbosity)),
     )

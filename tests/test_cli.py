@@ -14,15 +14,17 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "120", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
     )
 
 
-def test_demo_runs_the_research_workflow() -> None:
+def test_demo_runs_the_research_workflow_offline_on_the_bundled_model() -> None:
     result = run_cli("demo", "--task", "solar power")
-    assert result.returncode == 0, result.stderr
-    assert "# Report" in result.stdout and "From WebResearcher" in result.stdout
-    assert "fan-out f1 from Coordinator" in result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Default model: local:smollm2" in result.stdout
+    assert "Final response" in result.stdout
+    assert "fan-out f1 from Coordinator: WebResearcher, PaperResearcher" in result.stderr
+    assert "run succeeded" in result.stderr
     for agent in ("Coordinator", "WebResearcher", "PaperResearcher", "Writer"):
         assert agent in result.stdout
 

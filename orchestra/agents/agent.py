@@ -16,6 +16,7 @@ from orchestra.coordination.engine.actions import (
 from orchestra.errors import ModelAPIError, ToolError
 from orchestra.models.base import Message, Model, ModelReply, StepInfo, ToolCall, ToolSpec
 from orchestra.models.config import ModelConfig
+from orchestra.models.protocol import answer_only
 from orchestra.models.retry import complete_with_retries
 from orchestra.tools.tool import Tool, as_tool
 
@@ -53,6 +54,8 @@ def input_messages(step_input: StepInput) -> list[Message]:
 
 def protocol_prompt(info: StepInfo, native_tools: bool) -> str:
     """The part of the system prompt that says what the agent may do now."""
+    if answer_only(info):
+        return "Answer in plain text."
     if native_tools:
         return (
             "Act by calling tools: invoke_agent to hand work to a peer, final_response to "

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .engine.actions import Action
-from .engine.events import ActionRejected, BranchFailed, Event, StepCompleted, StepStarted
+from .engine.events import (
+    ActionRejected,
+    BranchFailed,
+    Event,
+    ModelCallRetried,
+    StepCompleted,
+    StepStarted,
+)
 
 
 @dataclass
@@ -32,6 +38,30 @@ class BranchResult:
     @property
     def success(self) -> bool:
         return self.status in ("completed", "arrived")
+
+
+@dataclass
+class _Tally:
+    steps: int = 0
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+    def add(self, step: StepCompleted) -> None:
+        self.seconds += step.duration
+        self.prompt_tokens += step.prompt_tokens
+        self.completion_tokens += step.completion_tokens
+        if step.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + step.cost_usd
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "cost_usd": self.cost_usd,
+        }
 
 
 @dataclass
@@ -114,42 +144,47 @@ class OrchestraResult:
         return trace
 
     def get_metrics(self) -> dict[str, Any]:
-        """Counts and timings of the run, overall and per agent."""
-        steps: Counter[str] = Counter()
-        time_in_agent: dict[str, float] = {}
-        prompt: Counter[str] = Counter()
-        completion: Counter[str] = Counter()
-        rejected = 0
+        """Counts, timings, tokens and cost: for the run, per agent and per branch.
+
+        ``cost_usd`` sums the calls whose price is known (None when none is: scripted and
+        local models cost nothing that a price table knows).
+        """
+        agents: dict[str, _Tally] = {}
+        branches: dict[str, _Tally] = {}
+        run = _Tally()
+        rejected = retries = 0
         for event in self.events:
-            if isinstance(event, StepCompleted):
-                time_in_agent[event.agent] = time_in_agent.get(event.agent, 0.0) + event.duration
-                prompt[event.agent] += event.prompt_tokens
-                completion[event.agent] += event.completion_tokens
-            elif isinstance(event, StepStarted):
-                steps[event.agent] += 1
+            if isinstance(event, StepStarted):
+                agents.setdefault(event.agent, _Tally()).steps += 1
+                branches.setdefault(event.branch_id, _Tally()).steps += 1
+            elif isinstance(event, StepCompleted):
+                for tally in (agents[event.agent], branches[event.branch_id], run):
+                    tally.add(event)
             elif isinstance(event, ActionRejected):
                 rejected += 1
-        agents = {
-            name: {
-                "steps": steps[name],
-                "invocations": self.get_agent_invocation_count(name),
-                "time_in_agent": time_in_agent.get(name, 0.0),
-                "prompt_tokens": prompt[name],
-                "completion_tokens": completion[name],
-                "total_tokens": prompt[name] + completion[name],
-            }
-            for name in steps
-        }
+            elif isinstance(event, ModelCallRetried):
+                retries += 1
         return {
             "total_steps": self.total_steps,
             "total_duration": self.total_duration,
             "branches": len(self.branch_results),
             "failed_branches": len(self.get_failed_branches()),
             "rejected_actions": rejected,
-            "prompt_tokens": sum(prompt.values()),
-            "completion_tokens": sum(completion.values()),
-            "total_tokens": sum(prompt.values()) + sum(completion.values()),
-            "agents": agents,
+            "model_retries": retries,
+            **run.usage(),
+            "agents": {
+                name: {
+                    "steps": tally.steps,
+                    "invocations": self.get_agent_invocation_count(name),
+                    "time_in_agent": tally.seconds,
+                    **tally.usage(),
+                }
+                for name, tally in agents.items()
+            },
+            "usage_by_branch": {
+                branch_id: {"steps": tally.steps, **tally.usage()}
+                for branch_id, tally in branches.items()
+            },
         }
 
     def to_json(self) -> dict[str, Any]:

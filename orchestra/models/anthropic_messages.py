@@ -11,7 +11,7 @@ from .base import Message, ModelReply, StepInfo, ToolCall, Usage
 from .config import ModelConfig, missing_extra
 from .openai_chat import is_retryable, retry_after_seconds
 from .pricing import cost_usd
-from .protocol import coordination_tools, reply_from_tool_calls
+from .protocol import answer_only, coordination_tools, reply_from_tool_calls
 
 DEFAULT_MAX_TOKENS = 1024
 
@@ -103,7 +103,7 @@ class AnthropicModel:
             body["system"] = system
         if self.config.temperature is not None:
             body["temperature"] = self.config.temperature
-        if self.uses_native_tools:
+        if self.uses_native_tools and not answer_only(info):
             body["tools"] = [
                 {"name": s.name, "description": s.description, "input_schema": dict(s.parameters)}
                 for s in [*coordination_tools(info), *info.tools]

@@ -20,14 +20,14 @@ from orchestra.errors import ConfigurationError, ModelAPIError
 from .base import Message, ModelReply, StepInfo, Usage
 from .config import ModelConfig, missing_extra
 from .openai_chat import to_chat_messages
-from .protocol import action_schema
+from .protocol import action_schema, answer_only
 
 BUNDLED = "smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MAX_TOKENS = 256
 CONTEXT_TOKENS = 4096
 
-_loaded: dict[Path, Any] = {}
+_loaded: dict[Path, tuple[Any, threading.Lock]] = {}
 _loading = threading.Lock()
 
 
@@ -49,23 +49,34 @@ def model_path(config: ModelConfig) -> Path:
     return path
 
 
-def load(path: Path) -> Any:
-    """The llama.cpp model for ``path``, loaded once per process and shared by every agent."""
+def load(path: Path) -> tuple[Any, threading.Lock]:
+    """The llama.cpp model for ``path`` and the lock that serialises its use: loaded once
+    per process and shared by every agent (a llama.cpp context is not thread-safe)."""
     with _loading:
-        model = _loaded.get(path)
-        if model is None:
+        entry = _loaded.get(path)
+        if entry is None:
             try:
                 from llama_cpp import Llama
             except ImportError:
                 raise missing_extra("local", "llama-cpp-python") from None
-            model = Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, verbose=False)
-            _loaded[path] = model
-        return model
+            entry = (
+                Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, verbose=False),
+                threading.Lock(),
+            )
+            _loaded[path] = entry
+        return entry
+
+
+def _generate(path: Path, body: dict[str, Any]) -> Any:
+    """One completion, in a worker thread, holding the model's lock."""
+    model, lock = load(path)
+    with lock:
+        return model.create_chat_completion(**body)
 
 
 class LocalModel:
     """An in-process llama.cpp model. Calls run in a worker thread, one at a time per model
-    file (llama.cpp contexts are not thread-safe), so the event loop never blocks."""
+    file however many agents share it, so the event loop never blocks."""
 
     provider = "local"
     uses_native_tools = False
@@ -73,7 +84,6 @@ class LocalModel:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.path = model_path(config)
-        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"LocalModel({self.config.name!r})"
@@ -84,20 +94,18 @@ class LocalModel:
             "max_tokens": self.config.max_tokens or DEFAULT_MAX_TOKENS,
             "temperature": 0.2 if self.config.temperature is None else self.config.temperature,
         }
-        if self.config.format in ("json_object", "json_schema"):
+        if self.config.format in ("json_object", "json_schema") and not answer_only(info):
             body["response_format"] = {"type": "json_object", "schema": action_schema(info)}
         return body
 
     async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply:
         body = self.request(messages, info)
-        async with self._lock:
-            model = await asyncio.to_thread(load, self.path)
-            try:
-                result = await asyncio.to_thread(model.create_chat_completion, **body)
-            except ValueError as error:  # e.g. the prompt no longer fits the context window
-                raise ModelAPIError(
-                    str(error), provider=self.provider, model=self.config.name
-                ) from None
+        try:
+            result = await asyncio.to_thread(_generate, self.path, body)
+        except (ValueError, RuntimeError) as error:  # e.g. the prompt outgrew the context
+            raise ModelAPIError(
+                str(error), provider=self.provider, model=self.config.name
+            ) from None
         usage = result.get("usage") or {}
         return ModelReply(
             content=result["choices"][0]["message"]["content"],

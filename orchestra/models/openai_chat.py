@@ -11,7 +11,7 @@ from orchestra.errors import ModelAPIError
 from .base import Message, ModelReply, StepInfo, ToolCall, ToolSpec, Usage
 from .config import ModelConfig, missing_extra
 from .pricing import cost_usd
-from .protocol import action_schema, coordination_tools, reply_from_tool_calls
+from .protocol import action_schema, answer_only, coordination_tools, reply_from_tool_calls
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 
@@ -132,7 +132,7 @@ class OpenAIChatModel:
             body["temperature"] = self.config.temperature
         if self.config.max_tokens is not None:
             body["max_tokens"] = self.config.max_tokens
-        fmt = self.config.format
+        fmt = "text" if answer_only(info) else self.config.format
         if fmt == "tools":
             body["tools"] = function_tools([*coordination_tools(info), *info.tools])
         elif fmt == "json_schema":

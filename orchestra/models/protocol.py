@@ -23,6 +23,15 @@ INVOKE, FINAL, ASK, CALL = "invoke_agent", "final_response", "ask_user", "call_t
 COORDINATION_TOOLS = frozenset({INVOKE, FINAL, ASK})
 
 
+def answer_only(info: StepInfo) -> bool:
+    """Whether the only thing the agent may do now is answer.
+
+    Then a plain-text reply *is* the final response, so adapters send no tools and no schema:
+    the model writes in its natural mode (which matters most for small models).
+    """
+    return info.actions == (FINAL,)
+
+
 def _invocation_item(info: StepInfo) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "agent_name": {"type": "string", "enum": list(info.peer_names)},

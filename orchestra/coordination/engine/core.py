@@ -128,6 +128,7 @@ class Engine(BranchLifecycle):
             return None
         self.steps += 1
         branch.steps += 1
+        branch.step_number = self.steps
         agent = branch.agent
         stack = branch.call_stack
         caller = stack[-1].caller if stack else None
@@ -220,7 +221,7 @@ class Engine(BranchLifecycle):
                 run_id=self.run_id,
                 branch_id=branch.id,
                 agent=agent,
-                step=self.steps,
+                step=branch.step_number,
                 duration=duration,
                 action=action,
                 prompt_tokens=usage.prompt_tokens if usage else 0,
@@ -424,7 +425,7 @@ class Engine(BranchLifecycle):
                 run_id=self.run_id,
                 branch_id=branch.id,
                 agent=branch.agent,
-                step=self.steps,
+                step=branch.step_number,
                 problem=problem,
                 reply=reply,
                 attempt=branch.retries,

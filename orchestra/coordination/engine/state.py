@@ -51,6 +51,7 @@ class Branch:
     call_stack: list[Frame] = field(default_factory=list)
     status: BranchStatus = BranchStatus.RUNNING
     steps: int = 0
+    step_number: int = 0  # the run-wide number of the branch's current step
     retries: int = 0
     visited: list[str] = field(default_factory=list)
     result: Any = None
