@@ -511,7 +511,9 @@ async def test_a_tool_called_with_wrong_arguments_is_reported_to_the_model() -> 
     assert result.success, result.error
     message = model.calls[1].messages[-1]
     assert (message.name, message.tool_call_id) == ("add", "call_0")
-    assert message.content == "error: ToolError: invalid arguments for tool 'add': b: Field required"
+    assert (
+        message.content == "error: ToolError: invalid arguments for tool 'add': b: Field required"
+    )
 
 
 async def test_an_unknown_tool_steers_the_model() -> None:

@@ -38,6 +38,8 @@ class AgentPool:
         self.size = size
         self.instances: tuple[BaseAgent, ...] = tuple(instances)
         self._free: asyncio.Queue[BaseAgent] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._leased: set[int] = set()
         self.closed = False
         if register:
             register_by_default(self)
@@ -46,24 +48,33 @@ class AgentPool:
         return f"AgentPool(name={self.name!r}, size={self.size}, available={self.available})"
 
     def _queue(self) -> asyncio.Queue[BaseAgent]:
-        if self._free is None:
-            self._free = asyncio.Queue()
+        """The free instances, as a queue of the running event loop (a pool outlives loops:
+        each ``asyncio.run`` gets a fresh queue of the instances not on loan)."""
+        loop = asyncio.get_running_loop()
+        if self._free is None or self._loop is not loop:
+            self._free, self._loop = asyncio.Queue(), loop
             for instance in self.instances:
-                self._free.put_nowait(instance)
+                if id(instance) not in self._leased:
+                    self._free.put_nowait(instance)
         return self._free
 
     @property
     def available(self) -> int:
-        return self.size if self._free is None else self._free.qsize()
+        return self.size - len(self._leased)
 
     async def acquire(self) -> BaseAgent:
         if self.closed:
             raise ConfigurationError(f"AgentPool {self.name!r} was cleaned up and cannot lend")
-        return await self._queue().get()
+        instance = await self._queue().get()
+        self._leased.add(id(instance))
+        return instance
 
     def release(self, instance: BaseAgent) -> None:
         if instance not in self.instances:
             raise ConfigurationError(f"{instance!r} does not belong to AgentPool {self.name!r}")
+        if id(instance) not in self._leased:
+            raise ConfigurationError(f"{instance!r} is not on loan from AgentPool {self.name!r}")
+        self._leased.discard(id(instance))
         self._queue().put_nowait(instance)
 
     async def cleanup(self) -> None:

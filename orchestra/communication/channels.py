@@ -36,6 +36,7 @@ class ProgrammaticChannel:
     def __init__(self) -> None:
         self._questions: asyncio.Queue[Question] | None = None
         self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._withdrawn: set[str] = set()
 
     def _queue(self) -> asyncio.Queue[Question]:
         if self._questions is None:
@@ -50,9 +51,17 @@ class ProgrammaticChannel:
             return await future
         finally:
             self._waiting.pop(question.id, None)
+            if future.cancelled() or not future.done():
+                self._withdrawn.add(question.id)  # its branch stopped waiting: don't hand it out
 
     async def next_question(self) -> Question:
-        return await self._queue().get()
+        """The next question still waiting for an answer (withdrawn ones are skipped)."""
+        while True:
+            question = await self._queue().get()
+            if question.id in self._withdrawn:
+                self._withdrawn.discard(question.id)
+                continue
+            return question
 
     @property
     def pending(self) -> list[str]:
@@ -102,10 +111,13 @@ class CommunicationManager:
                 f"agent {question.agent!r} asked the user {question.text!r}, but the run has no "
                 "user channel; pass communication_config=CommunicationConfig(channel=...)"
             )
+        limit = asyncio.timeout(self.user_timeout)
         try:
-            async with asyncio.timeout(self.user_timeout):
+            async with limit:
                 return await self.channel.ask(question)
         except TimeoutError:
+            if not limit.expired():
+                raise  # the channel's own timeout: its failure, reported by the caller
             raise UserInputError(
                 f"the user did not answer {question.agent!r}'s question within "
                 f"{self.user_timeout}s: {question.text!r}"

@@ -6,6 +6,7 @@ names the field, and every config serialises to plain data (for logs and durable
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal
 
@@ -67,9 +68,12 @@ class ConvergencePolicy(_Config):
 
     @classmethod
     def coerce(cls, value: ConvergencePolicyLike) -> ConvergencePolicy:
-        """``"all"``, ``"any"``, a ratio in (0, 1], or a ConvergencePolicy."""
+        """``"all"``, ``"any"``, a ratio in (0, 1], a ConvergencePolicy or its mapping form
+        (``{"k": 2, "on_insufficient": "proceed"}``, as written in YAML and node metadata)."""
         if isinstance(value, ConvergencePolicy):
             return value
+        if isinstance(value, Mapping):
+            return cls.model_validate(dict(value))
         if value == "all":
             return cls()
         if value == "any":
@@ -90,7 +94,7 @@ class ConvergencePolicy(_Config):
         return total
 
 
-ConvergencePolicyLike = ConvergencePolicy | Literal["all", "any"] | float
+ConvergencePolicyLike = ConvergencePolicy | Literal["all", "any"] | float | Mapping[str, Any]
 
 
 class ExecutionConfig(_Config):

@@ -102,7 +102,8 @@ class AnthropicModel:
         if system:
             body["system"] = system
         if self.config.temperature is not None:
-            body["temperature"] = self.config.temperature
+            # through extra_body: SDK releases differ on whether create() names it
+            body["extra_body"] = {"temperature": self.config.temperature}
         if self.uses_native_tools and not answer_only(info):
             body["tools"] = [
                 {"name": s.name, "description": s.description, "input_schema": dict(s.parameters)}

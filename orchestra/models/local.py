@@ -9,6 +9,7 @@ validates each decoded action (the grammar does not enforce every schema keyword
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import threading
 from collections.abc import Sequence
@@ -65,6 +66,14 @@ def load(path: Path) -> tuple[Any, threading.Lock]:
             )
             _loaded[path] = entry
         return entry
+
+
+@atexit.register
+def _close_all() -> None:
+    """Free the models while the interpreter still can (llama.cpp's finaliser cannot)."""
+    for model, _ in _loaded.values():
+        model.close()
+    _loaded.clear()
 
 
 def _generate(path: Path, body: dict[str, Any]) -> Any:

@@ -185,8 +185,9 @@ class OpenAIChatModel:
             try:
                 arguments = json.loads(call.function.arguments or "{}")
             except json.JSONDecodeError:
+                raw = f"{call.function.name}({call.function.arguments})"
                 return ModelReply(
-                    content=message.content,
+                    content=message.content or raw,
                     usage=usage,
                     problem=f"the arguments of tool call {call.function.name!r} are not valid JSON",
                 )

@@ -17,17 +17,20 @@ from .state import BranchStatus, FanOut
 
 
 def policy_for(
-    analysis: TopologyAnalysis, source: str, default: ConvergencePolicy
+    analysis: TopologyAnalysis, source: str, calls: bool, default: ConvergencePolicy
 ) -> ConvergencePolicy:
-    """The policy of a fan-out from ``source``.
+    """The policy of a fan-out from ``source``: the ``convergence_policy`` in the metadata of
+    the node where its branches meet.
 
-    The ``convergence_policy`` in the metadata of the node where the branches meet wins: a
-    convergence point fed by this source, else the source itself (where branches that were
-    called answer back). Without one, the run's ``ExecutionConfig.convergence_policy`` applies.
+    Called branches meet where they answer, at the source itself; handed-off branches meet at
+    the convergence points this source feeds. Without one, the run's
+    ``ExecutionConfig.convergence_policy`` applies.
     """
-    candidates = [
-        node for node, sources in analysis.convergence_points.items() if source in sources
-    ] + [source]
+    candidates = (
+        [source]
+        if calls
+        else [node for node, sources in analysis.convergence_points.items() if source in sources]
+    )
     for node in candidates:
         if not analysis.has_node(node):
             continue  # the User source of a topology that has no User node
@@ -51,17 +54,17 @@ def settle_outcome(fan_out: FanOut, timed_out: bool) -> str | None:
 
 def collect_results(
     fan_out: FanOut,
-) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]], bool]:
+) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
     """What the branches produced, each item labelled by agent and branch.
 
-    Returns the items per convergence node (for branches that arrived at one), all items,
-    and whether any branch answered back to the fan-out's source. Failed branches are
-    reported to every receiver with their error; cancelled ones are left out.
+    Returns the items per convergence node (for branches that arrived at one) and all items.
+    A convergence node also receives every item that did not arrive (failures with their
+    error, answers of branches that ended elsewhere), so nothing a sibling did is lost;
+    cancelled branches are left out.
     """
     by_node: dict[str, list[dict[str, Any]]] = {}
     items: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
-    returned = False
+    elsewhere: list[dict[str, Any]] = []
     for child in fan_out.children:
         status = child.status
         if status is BranchStatus.CANCELLED:
@@ -73,17 +76,22 @@ def collect_results(
                 "status": "failed",
                 "error": str(child.error),
             }
-            failures.append(item)
+            elsewhere.append(item)
             items.append(item)
             continue
         if status is BranchStatus.ARRIVED:
             for node, payload in child.arrivals.items():
-                by_node.setdefault(node, []).append(_success(child.agent, child.id, payload))
-        returned = returned or child.outcome == "returned"
+                received = by_node.setdefault(node, [])
+                if child.forwards_results:
+                    received.extend(payload)  # a nested fan-out's items meet here as peers
+                else:
+                    received.append(_success(child.agent, child.id, payload))
+        else:
+            elsewhere.append(_success(child.agent, child.id, child.result))
         items.append(_success(child.agent, child.id, child.result))
     for node_items in by_node.values():
-        node_items.extend(failures)
-    return by_node, items, returned
+        node_items.extend(elsewhere)
+    return by_node, items
 
 
 def _success(agent: str, branch_id: str, response: Any) -> dict[str, Any]:

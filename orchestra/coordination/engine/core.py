@@ -82,9 +82,10 @@ class Engine(BranchLifecycle):
         self._tools = tools
         self._allowed: dict[tuple[str, bool, str | None], Permissions] = {}
         self._policies = {
-            name: policy_for(analysis, name, config.convergence_policy) for name in analysis.agents
+            (name, calls): policy_for(analysis, name, calls, config.convergence_policy)
+            for name in (*analysis.agents, USER)
+            for calls in (False, True)
         }
-        self._policies[USER] = policy_for(analysis, USER, config.convergence_policy)
         self._fan_outs = 0
         self._questions = 0
 
@@ -248,7 +249,7 @@ class Engine(BranchLifecycle):
                 if branch.call_stack and branch.call_stack[-1].caller == target:
                     self._answer(branch, report)  # the report is the callee's answer
                 else:
-                    self._hand_over(branch, Invocation(target, report))
+                    self._invoke(branch, (Invocation(target, report),))
                 return
         self._fail(branch, error)
 
@@ -333,26 +334,7 @@ class Engine(BranchLifecycle):
             branch.after_tools = dataclasses.replace(action, tool_calls=())
             return
         if kind is ActionKind.INVOKE:
-            invocations = action.invocations
-            if self._arrives(branch, invocations):
-                self._arrive(branch, invocations)
-            elif len(invocations) == 1:
-                self._hand_over(branch, invocations[0])
-            else:
-                source = branch.agent
-                self._fan_out(
-                    branch,
-                    source,
-                    frozenset({source}),
-                    [
-                        (
-                            item.agent_name,
-                            StepInput(InputKind.REQUEST, item.request, source),
-                            self.analysis.is_call(source, item.agent_name),
-                        )
-                        for item in invocations
-                    ],
-                )
+            self._invoke(branch, action.invocations)
         elif kind is ActionKind.FINAL:
             self._answer(branch, action.response)
         elif kind is ActionKind.ASK_USER:
@@ -371,6 +353,28 @@ class Engine(BranchLifecycle):
             )
         else:
             branch.pending_tools = action.tool_calls
+
+    def _invoke(self, branch: Branch, invocations: tuple[Invocation, ...]) -> None:
+        """Arrive at a convergence point, hand over to one agent, or fan out to several."""
+        if self._arrives(branch, invocations):
+            self._arrive(branch, invocations)
+        elif len(invocations) == 1:
+            self._hand_over(branch, invocations[0])
+        else:
+            source = branch.agent
+            self._fan_out(
+                branch,
+                source,
+                frozenset({source}),
+                [
+                    (
+                        item.agent_name,
+                        StepInput(InputKind.REQUEST, item.request, source),
+                        self.analysis.is_call(source, item.agent_name),
+                    )
+                    for item in invocations
+                ],
+            )
 
     def _hand_over(self, branch: Branch, item: Invocation) -> None:
         source, target = branch.agent, item.agent_name
@@ -459,7 +463,8 @@ class Engine(BranchLifecycle):
         items: list[tuple[str, StepInput, bool]],
     ) -> None:
         self._fan_outs += 1
-        policy: ConvergencePolicy = self._policies[source]
+        calls = any(item[2] for item in items)
+        policy: ConvergencePolicy = self._policies[(source, calls)]
         fan_out = FanOut(
             id=f"f{self._fan_outs}",
             parent=parent,
@@ -470,6 +475,7 @@ class Engine(BranchLifecycle):
             required=policy.required(len(items)),
             pending=len(items),
             created_at=self.clock(),
+            calls=calls,
         )
         parent.status = BranchStatus.WAITING
         parent.waiting_on = fan_out
@@ -530,17 +536,17 @@ class Engine(BranchLifecycle):
         outcome = settle_outcome(fan_out, timed_out)
         if outcome is None:
             return
-        fan_out.settled = True
+        self._mark_settled(fan_out)
         cancelled = 0
         for child in fan_out.children:
             if not child.ended:
                 self._cancel(child)
                 cancelled += 1
-        by_node, items, returned = collect_results(fan_out)
+        by_node, items = collect_results(fan_out)
         parent = fan_out.parent
         resumes_at: tuple[str, ...] = ()
         if outcome != "failed":
-            resumes_at = tuple(by_node) or ((parent.agent,) if returned else ())
+            resumes_at = tuple(by_node) or ((parent.agent,) if fan_out.calls else ())
         self._emit(
             ev.ConvergenceReached(
                 run_id=self.run_id,
@@ -565,21 +571,30 @@ class Engine(BranchLifecycle):
             )
             return
         parent.status = BranchStatus.RUNNING
-        if len(by_node) > 1:
+        deliveries = tuple(Invocation(node, node_items) for node, node_items in by_node.items())
+        if deliveries and self._arrives(parent, deliveries):
+            parent.forwards_results = True  # its siblings' receiver gets these items, not a list
+            self._arrive(parent, deliveries)  # the nodes are convergence points of its own fan-out
+            return
+        if len(deliveries) > 1:
             self._fan_out(
                 parent,
                 fan_out.source,
                 fan_out.sources | {child.agent for child in fan_out.children},
                 [
-                    (node, StepInput(InputKind.RESULTS, node_items, fan_out.source), False)
-                    for node, node_items in by_node.items()
+                    (
+                        item.agent_name,
+                        StepInput(InputKind.RESULTS, item.request, fan_out.source),
+                        False,
+                    )
+                    for item in deliveries
                 ],
             )
             return
-        if by_node:
-            node, node_items = next(iter(by_node.items()))
+        if deliveries:
+            node, node_items = deliveries[0].agent_name, deliveries[0].request
             self._enter(parent, node, StepInput(InputKind.RESULTS, node_items, fan_out.source))
-        elif returned:
+        elif fan_out.calls:
             parent.input = StepInput(InputKind.RESULTS, items, fan_out.source)
         else:
             self._answer(parent, items)

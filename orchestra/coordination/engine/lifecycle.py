@@ -16,7 +16,11 @@ from orchestra.errors import OrchestraError
 from . import events as ev
 from .state import Branch, BranchStatus, FanOut, Frame
 
-Effect = tuple[Literal["spawn", "cancel", "arm_branch", "arm_fan_out", "done"], Any]
+Effect = tuple[
+    Literal["spawn", "cancel", "ended", "arm_branch", "arm_fan_out", "settled", "done"], Any
+]
+"""What the runner must do: start or cancel a branch's task, let go of what an ended branch
+held (its timer, its pooled agents), arm or disarm a timer, finish the run."""
 
 
 class BranchLifecycle:
@@ -76,6 +80,7 @@ class BranchLifecycle:
         branch.outcome = outcome
         branch.result = result
         branch.ended_at = self.clock()
+        self.effects.append(("ended", branch))
         self._emit(
             ev.BranchCompleted(
                 run_id=self.run_id, branch_id=branch.id, agent=branch.agent, outcome=outcome
@@ -124,10 +129,14 @@ class BranchLifecycle:
             )
         )
 
+    def _mark_settled(self, fan_out: FanOut) -> None:
+        fan_out.settled = True
+        self.effects.append(("settled", fan_out))
+
     def _cancel_children(self, branch: Branch) -> None:
         fan_out = branch.waiting_on
         if fan_out is not None and not fan_out.settled:
-            fan_out.settled = True
+            self._mark_settled(fan_out)
             for child in fan_out.children:
                 if not child.ended:
                     self._cancel(child)

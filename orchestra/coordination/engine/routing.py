@@ -28,6 +28,7 @@ class Permissions:
     can_ask_user: bool
     tools: tuple[ToolSpec, ...]
     tool_names: frozenset[str]
+    peer_names: frozenset[str]
 
     def menu(self) -> str:
         """A one-line reminder of the allowed actions, for steering messages."""
@@ -76,7 +77,14 @@ def permissions(
     if tools:
         actions.append(ActionKind.CALL_TOOL.value)
     return Permissions(
-        tuple(actions), peers, groups, can_finish, can_ask, tools, frozenset(t.name for t in tools)
+        tuple(actions),
+        peers,
+        groups,
+        can_finish,
+        can_ask,
+        tools,
+        frozenset(t.name for t in tools),
+        frozenset(names),
     )
 
 
@@ -94,6 +102,10 @@ def action_problem(
     edges it has. A predicate condition that raises propagates as ConditionError.
     """
     kind = action.kind
+    if kind is ActionKind.INVOKE and not action.invocations:
+        return "invoke_agent needs at least one invocation"
+    if kind is ActionKind.CALL_TOOL and not action.tool_calls:
+        return "call_tool needs at least one tool call"
     unknown = [call.name for call in action.tool_calls if call.name not in allowed.tool_names]
     if unknown:
         return f"{agent} has no tool {', '.join(map(repr, unknown))}"
@@ -125,6 +137,8 @@ def _invocation_problem(
         if edge is None:
             known = "is not an agent" if not analysis.has_node(target) else "is not your peer"
             return f"{target!r} {known}; {agent} may invoke only its peers"
+        if target not in allowed.peer_names:
+            return f"{target!r} is waiting for your answer: reply with final_response instead"
         if not condition_holds(edge.condition, item.payload(), context, edge.arrow):
             if isinstance(edge.condition, str):
                 return f'invoking {target!r} needs "label": "{edge.condition}" in the item'

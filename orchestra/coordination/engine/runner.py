@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,11 +18,13 @@ from orchestra.agents.base import BaseAgent
 from orchestra.agents.pool import AgentPool
 from orchestra.communication.channels import CommunicationManager, Question
 from orchestra.errors import (
+    AgentStepError,
     BranchTimeoutError,
     InternalError,
     OrchestraError,
     RunTimeoutError,
     StepTimeoutError,
+    UserInputError,
 )
 
 from .core import Engine
@@ -52,6 +55,7 @@ class Runner:
         self._tasks: dict[Branch, asyncio.Task[None]] = {}
         self._timers: dict[object, asyncio.TimerHandle] = {}
         self._done: asyncio.Future[None] | None = None
+        self._token = uuid.uuid4().hex[:12]  # question ids stay unique across runs
 
     async def run(self, task: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -82,12 +86,17 @@ class Runner:
                 self._spawn(target)
             elif kind == "cancel":
                 self._cancel(target)
+                self._let_go(target)
+            elif kind == "ended":
+                self._let_go(target)
             elif kind == "arm_branch":
                 if self.branch_timeout is not None:
                     self._arm(target, self.branch_timeout, self._branch_timed_out, target)
             elif kind == "arm_fan_out":
                 if self.convergence_timeout is not None:
                     self._arm(target, self.convergence_timeout, self._fan_out_timed_out, target)
+            elif kind == "settled":
+                self._disarm(target)
             elif self._done is not None and not self._done.done():
                 self._done.set_result(None)
         effects.clear()
@@ -101,19 +110,22 @@ class Runner:
         )
 
     def _cancel(self, branch: Branch) -> None:
-        timer = self._timers.pop(branch, None)
-        if timer is not None:
-            timer.cancel()
         task = self._tasks.get(branch)
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
-        if branch.waiting_on is not None:
-            timer = self._timers.pop(branch.waiting_on, None)
-            if timer is not None:
-                timer.cancel()
+
+    def _let_go(self, branch: Branch) -> None:
+        """An ended branch holds nothing: no timer, no pooled agent."""
+        self._disarm(branch)
+        self._release(branch)
 
     def _arm(self, key: object, delay: float, callback: Any, target: Any) -> None:
         self._timers[key] = asyncio.get_running_loop().call_later(delay, callback, target)
+
+    def _disarm(self, key: object) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
 
     def _branch_timed_out(self, branch: Branch) -> None:
         self._timers.pop(branch, None)
@@ -139,14 +151,24 @@ class Runner:
     async def _drive(self, branch: Branch) -> None:
         engine = self.engine
         try:
-            while True:
+            while branch.status is BranchStatus.RUNNING and not engine.finished:
+                try:
+                    agent = await self._agent_for(branch)
+                except OrchestraError as error:
+                    engine.branch_failed(branch, error)
+                    break
                 request = engine.begin_step(branch)
                 if request is None:
                     break
                 started = time.perf_counter()
                 try:
-                    agent = await self._agent_for(branch)
                     outcome = await self._step(branch, agent, request)
+                except asyncio.CancelledError:
+                    if _really_cancelled():
+                        raise
+                    engine.step_failed(
+                        branch, AgentStepError(f"agent {branch.agent!r} raised CancelledError")
+                    )
                 except Exception as error:
                     engine.step_failed(branch, error)
                 else:
@@ -155,7 +177,8 @@ class Runner:
                 if branch.pending_tools:
                     results = await self._run_tools(branch, agent)
                     engine.tools_completed(branch, results)
-                elif branch.status is BranchStatus.WAITING_USER:
+                    self._apply_effects()
+                if branch.question is not None:  # it asked the user (set while it waits)
                     await self._ask_user(branch)
             self._apply_effects()
         except asyncio.CancelledError:
@@ -170,19 +193,23 @@ class Runner:
             engine.abort(failure, branch)
             self._apply_effects()
         finally:
-            if branch.ended:
-                self._release(branch)
+            self._release(branch)  # a branch that stops working (waits, ends) lends nothing
+            if self._tasks.get(branch) is asyncio.current_task():
+                del self._tasks[branch]
 
     async def _step(self, branch: Branch, agent: BaseAgent, request: Any) -> Any:
         slots = self._slots
         if slots is None and self.step_timeout is None:
             return await agent.step(request)
+        if slots is None:
+            return await self._timed_step(branch, agent, request)
+        async with slots:  # the step's time limit starts once it has a slot
+            return await self._timed_step(branch, agent, request)
+
+    async def _timed_step(self, branch: Branch, agent: BaseAgent, request: Any) -> Any:
         limit = asyncio.timeout(self.step_timeout)
         try:
-            if slots is None:
-                async with limit:
-                    return await agent.step(request)
-            async with slots, limit:
+            async with limit:
                 return await agent.step(request)
         except TimeoutError:
             if not limit.expired():
@@ -194,7 +221,11 @@ class Runner:
             ) from None
 
     async def _agent_for(self, branch: Branch) -> BaseAgent:
+        """The agent for the branch's next step; a pooled one is leased while the branch works
+        at that node (a lease for any other node is returned first)."""
         name = branch.agent
+        for held in [other for other in branch.leases if other != name]:
+            self._return_lease(branch, held)
         found = self.agents[name]
         if not isinstance(found, AgentPool):
             return found
@@ -203,12 +234,15 @@ class Runner:
             lease = branch.leases[name] = await found.acquire()
         return lease
 
+    def _return_lease(self, branch: Branch, name: str) -> None:
+        pool = self.agents[name]
+        instance = branch.leases.pop(name)
+        if isinstance(pool, AgentPool):
+            pool.release(instance)
+
     def _release(self, branch: Branch) -> None:
-        for name, instance in branch.leases.items():
-            pool = self.agents[name]
-            if isinstance(pool, AgentPool):
-                pool.release(instance)
-        branch.leases.clear()
+        for name in list(branch.leases):
+            self._return_lease(branch, name)
 
     async def _run_tools(self, branch: Branch, agent: BaseAgent) -> list[dict[str, Any]]:
         async def one(call: Any) -> dict[str, Any]:
@@ -231,7 +265,7 @@ class Runner:
         assert branch.question is not None
         question_id, text = branch.question
         question = Question(
-            id=f"{self.engine.run_id}:{question_id}",
+            id=f"{self.engine.run_id}:{self._token}:{question_id}",
             run_id=self.engine.run_id,
             branch_id=branch.id,
             agent=branch.agent,
@@ -241,6 +275,14 @@ class Runner:
             answer = await self.communication.ask(question)
         except OrchestraError as error:
             self.engine.branch_failed(branch, error)
+        except Exception as error:
+            self.engine.branch_failed(
+                branch,
+                UserInputError(
+                    f"the user channel failed on {branch.agent!r}'s question {text!r}: "
+                    f"{type(error).__name__}: {error}"
+                ),
+            )
         else:
             self.engine.user_answered(branch, answer)
         self._apply_effects()
@@ -258,3 +300,10 @@ class Runner:
             await asyncio.gather(*pending, return_exceptions=True)
         for branch in self.engine.branches.values():
             self._release(branch)
+
+
+def _really_cancelled() -> bool:
+    """Whether the current task is being cancelled (not just handed a CancelledError by the
+    code it ran, which is that code's failure)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -62,10 +62,11 @@ class Branch:
     conversations: dict[str, list[Message]] = field(default_factory=dict)
     outcome: str = ""  # how it ended: finished, returned, arrived, failed, cancelled
     arrivals: dict[str, Any] = field(default_factory=dict)
+    forwards_results: bool = False  # it arrived carrying its own fan-out's result items
     pending_tools: tuple[ToolCall, ...] = ()
     after_tools: Action | None = None
     question: tuple[str, str] | None = None
-    transfers: deque[tuple[str, str, int]] | None = None
+    transfers: deque[tuple[str, str, str]] | None = None
     leases: dict[str, BaseAgent] = field(default_factory=dict)
 
     @property
@@ -86,6 +87,7 @@ class FanOut:
     required: int
     pending: int
     created_at: float
+    calls: bool = False  # its branches were called: their answers go back to the source
     succeeded: int = 0
     failed: int = 0
     settled: bool = False

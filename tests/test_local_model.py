@@ -1,0 +1,353 @@
+"""The in-process llama.cpp model, ModelConfig, retry delays and the action schemas.
+
+The local model runs the bundled SmolLM2 for real, at temperature 0; topologies leave the model
+one legal action where an action is needed. The rest are direct unit checks.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from orchestra import (
+    Agent,
+    AgentRegistry,
+    ExecutionConfig,
+    FunctionAgent,
+    Orchestra,
+    OrchestraResult,
+    StatusConfig,
+    Topology,
+)
+from orchestra.agents.base import BaseAgent
+from orchestra.coordination.config import ErrorHandlingConfig
+from orchestra.coordination.engine import events as ev
+from orchestra.errors import ConfigurationError, ModelAPIError
+from orchestra.models import local
+from orchestra.models.base import PeerInfo, StepInfo, ToolSpec
+from orchestra.models.config import ModelConfig
+from orchestra.models.local import LocalModel, bundled_model_path
+from orchestra.models.protocol import action_schema, coordination_tools
+from orchestra.models.retry import retry_delay
+
+SOLO = Topology(nodes=["Solo"], edges=[])
+HANDOFF = Topology(nodes=["Hub", "Worker"], edges=["Hub -> Worker"])
+
+
+async def run(task: Any, topology: Topology, agents: Sequence[BaseAgent]) -> OrchestraResult:
+    return await Orchestra.run(
+        task,
+        topology,
+        agent_registry=AgentRegistry(agents),
+        execution_config=ExecutionConfig(status=StatusConfig.from_verbosity(0)),
+    )
+
+
+def smollm(max_tokens: int = 96) -> ModelConfig:
+    """The bundled model; max_tokens only bounds the run time (an action takes about 40)."""
+    return ModelConfig(provider="local", name="smollm2", temperature=0, max_tokens=max_tokens)
+
+
+def of(result: OrchestraResult, kind: type[ev.Event]) -> list[Any]:
+    return [event for event in result.events if isinstance(event, kind)]
+
+
+# ---- 1. the in-process model ---------------------------------------------------------------
+
+
+async def test_local_one_node_run_finishes_with_a_string() -> None:
+    agent = Agent("Solo", smollm(max_tokens=32), register=False)
+    assert isinstance(agent.model, LocalModel)
+    result = await run("What is the capital of France?", SOLO, [agent])
+    assert result.success, result.error
+    assert isinstance(result.final_response, str)
+    metrics = result.get_metrics()
+    assert metrics["prompt_tokens"] > 0 and metrics["completion_tokens"] > 0
+
+
+async def test_local_hub_is_forced_to_invoke_its_only_peer() -> None:
+    received: list[Any] = []
+
+    def worker(value: Any, context: Any) -> str:
+        received.append(value)
+        return "worker finished"
+
+    result = await run(
+        "Summarise the latest sales report.",
+        HANDOFF,
+        [Agent("Hub", smollm(), register=False), FunctionAgent("Worker", worker, register=False)],
+    )
+    assert result.success, result.error
+    assert result.final_response == "worker finished"
+    assert [(e.source, e.target, e.kind) for e in of(result, ev.WorkHandedOver)] == [
+        ("Hub", "Worker", "handoff")
+    ]
+    hub_step = next(e for e in of(result, ev.StepCompleted) if e.agent == "Hub")
+    assert hub_step.action.targets == ("Worker",)
+    assert received == [hub_step.action.invocations[0].request]
+
+
+async def test_the_llama_model_is_loaded_once_and_shared() -> None:
+    path = bundled_model_path()
+    first = Agent("Solo", smollm(max_tokens=8), register=False)
+    result = await run("Say hi.", SOLO, [first])
+    assert result.success, result.error
+    loaded = local._loaded[path]
+    second = Agent("Solo", smollm(max_tokens=8), register=False)
+    other = Agent(
+        "Solo", ModelConfig(provider="local", name=str(path), max_tokens=8), register=False
+    )
+    for agent in (second, other):
+        assert isinstance(agent.model, LocalModel)
+        assert agent.model.path == path
+        result = await run("Say hi.", SOLO, [agent])
+        assert result.success, result.error
+        assert local._loaded[path] is loaded
+    assert list(local._loaded).count(path) == 1
+
+
+def test_a_bad_model_path_is_a_configuration_error_naming_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model.gguf"
+    with pytest.raises(ConfigurationError, match=re.escape("no-such-model.gguf")) as caught:
+        ModelConfig(provider="local", name=str(missing)).build()
+    assert str(missing) in str(caught.value)
+    with pytest.raises(ConfigurationError, match=re.escape("no-such-model.gguf")):
+        Agent("A", ModelConfig(provider="local", name=str(missing)), register=False)
+
+
+# ---- 2. ModelConfig ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"provider": "mistral", "name": "m"}, "provider"),
+        ({"provider": "openai", "name": ""}, "name"),
+        ({"provider": "openai", "name": "m", "temperature": 5}, "temperature"),
+        ({"provider": "openai", "name": "m", "max_tokens": 0}, "max_tokens"),
+        ({"provider": "openai", "name": "m", "action_format": "xml"}, "action_format"),
+        ({"provider": "openai", "name": "m", "color": "red"}, "color"),
+    ],
+)
+def test_model_config_validation_names_the_field(options: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        ModelConfig(**options)
+    assert [error["loc"] for error in caught.value.errors()] == [(field,)]
+    assert field in str(caught.value)
+
+
+def test_a_missing_api_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    openai_config = ModelConfig(provider="openai", name="gpt-4o-mini")
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        openai_config.resolved_api_key()
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        openai_config.build()
+    with pytest.raises(ConfigurationError, match="ANTHROPIC_API_KEY"):
+        ModelConfig(provider="anthropic", name="claude-3-5-haiku-latest").build()
+
+
+def test_a_base_url_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = ModelConfig(provider="openai", name="smollm2", base_url="http://127.0.0.1:9/v1")
+    config.build()  # no ConfigurationError
+    assert config.resolved_api_key()
+
+
+def test_the_key_comes_from_the_argument_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    assert ModelConfig(provider="openai", name="m").resolved_api_key() == "sk-from-env"
+    given = ModelConfig(provider="openai", name="m", api_key="sk-given")
+    assert given.resolved_api_key() == "sk-given"
+    assert "sk-given" not in repr(given)
+
+
+def test_default_action_formats() -> None:
+    assert ModelConfig(provider="openai", name="m").format == "tools"
+    assert ModelConfig(provider="anthropic", name="m").format == "tools"
+    assert ModelConfig(provider="local", name="smollm2").format == "json_object"
+    assert ModelConfig(provider="openai", name="m", action_format="text").format == "text"
+
+
+# ---- 3. retry_delay ------------------------------------------------------------------------
+
+
+def api_error(retry_after: float | None = None) -> ModelAPIError:
+    return ModelAPIError(
+        "rate limited",
+        provider="openai",
+        model="m",
+        status=429,
+        retryable=True,
+        retry_after=retry_after,
+    )
+
+
+def test_retry_after_is_honoured() -> None:
+    policy = ErrorHandlingConfig(retry_initial_delay=0.5, retry_max_delay=30)
+    assert retry_delay(1, api_error(2.0), policy) == 2.0
+    assert retry_delay(5, api_error(0.0), policy) == 0.0
+
+
+def test_retry_after_is_capped_at_retry_max_delay() -> None:
+    policy = ErrorHandlingConfig(retry_initial_delay=0.5, retry_max_delay=5)
+    assert retry_delay(1, api_error(120.0), policy) == 5
+    assert retry_delay(1, api_error(-3.0), policy) == 0
+
+
+def test_backoff_grows_exponentially_with_jitter_within_bounds() -> None:
+    policy = ErrorHandlingConfig(retry_initial_delay=1, retry_max_delay=100)
+    random.seed(1234)
+    for attempt in range(1, 7):
+        base = 2 ** (attempt - 1)
+        delays = [retry_delay(attempt, api_error(), policy) for _ in range(50)]
+        assert all(base / 2 <= delay <= base for delay in delays), (attempt, delays)
+        assert len(set(delays)) > 1  # jitter: retries do not run in lockstep
+
+
+def test_backoff_bounds_are_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = ErrorHandlingConfig(retry_initial_delay=0.5, retry_max_delay=100)
+    monkeypatch.setattr(random, "uniform", lambda low, high: low)
+    assert [retry_delay(n, api_error(), policy) for n in (1, 2, 3, 4)] == [0.25, 0.5, 1, 2]
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    assert [retry_delay(n, api_error(), policy) for n in (1, 2, 3, 4)] == [0.5, 1, 2, 4]
+
+
+def test_backoff_is_capped_at_retry_max_delay() -> None:
+    policy = ErrorHandlingConfig(retry_initial_delay=1, retry_max_delay=5)
+    random.seed(99)
+    delays = [retry_delay(20, api_error(), policy) for _ in range(50)]
+    assert all(2.5 <= delay <= 5 for delay in delays)
+    zero = ErrorHandlingConfig(retry_initial_delay=0, retry_max_delay=0)
+    assert retry_delay(3, api_error(), zero) == 0
+
+
+# ---- 4. action_schema and coordination_tools -----------------------------------------------
+
+
+def info(
+    peers: Sequence[PeerInfo] = (),
+    *,
+    can_finish: bool = False,
+    can_ask_user: bool = False,
+    parallel_groups: tuple[tuple[str, ...], ...] = (),
+    tools: tuple[ToolSpec, ...] = (),
+) -> StepInfo:
+    actions = [
+        action
+        for action, allowed in (
+            ("invoke_agent", bool(peers)),
+            ("final_response", can_finish),
+            ("ask_user", can_ask_user),
+            ("call_tool", bool(tools)),
+        )
+        if allowed
+    ]
+    return StepInfo(
+        agent_name="A",
+        branch_id="b0",
+        step=1,
+        actions=tuple(actions),
+        peers=tuple(peers),
+        parallel_groups=parallel_groups,
+        can_finish=can_finish,
+        can_ask_user=can_ask_user,
+        tools=tools,
+    )
+
+
+def variants(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        v["properties"]["next_action"]["enum"][0]: v["properties"]["action_input"]
+        for v in schema.get("anyOf", [schema])
+    }
+
+
+LOOKUP = ToolSpec("lookup", "Look up.", {"type": "object", "properties": {"key": {}}})
+
+
+def test_schema_without_finishing_offers_only_the_invocation() -> None:
+    schema = action_schema(info([PeerInfo("W", is_call=False)]))
+    assert "anyOf" not in schema  # one legal action: the schema is that action
+    assert list(variants(schema)) == ["invoke_agent"]
+    invocations = variants(schema)["invoke_agent"]
+    assert invocations["items"]["properties"]["agent_name"]["enum"] == ["W"]
+    assert (invocations["minItems"], invocations["maxItems"]) == (1, 1)
+    assert "label" not in invocations["items"]["properties"]
+    assert schema["required"] == ["next_action", "action_input"]
+
+
+def test_schema_lists_every_allowed_action() -> None:
+    schema = action_schema(
+        info(
+            [PeerInfo("W1", is_call=True), PeerInfo("W2", is_call=True)],
+            can_finish=True,
+            can_ask_user=True,
+            tools=(LOOKUP,),
+        )
+    )
+    found = variants(schema)
+    assert sorted(found) == ["ask_user", "call_tool", "final_response", "invoke_agent"]
+    assert found["invoke_agent"]["items"]["properties"]["agent_name"]["enum"] == ["W1", "W2"]
+    assert found["call_tool"]["items"]["properties"]["name"]["enum"] == ["lookup"]
+    assert found["final_response"]["required"] == ["response"]
+    assert found["ask_user"]["required"] == ["question"]
+
+
+def test_schema_of_an_agent_that_may_only_finish() -> None:
+    assert list(variants(action_schema(info(can_finish=True)))) == ["final_response"]
+
+
+def test_parallel_groups_lift_the_one_invocation_limit() -> None:
+    peers = [PeerInfo("W1", is_call=True), PeerInfo("W2", is_call=True)]
+    schema = action_schema(info(peers, parallel_groups=(("W1", "W2"),)))
+    invocations = variants(schema)["invoke_agent"]
+    assert "maxItems" not in invocations
+    assert invocations["minItems"] == 1
+    (tool,) = coordination_tools(info(peers, parallel_groups=(("W1", "W2"),)))
+    assert "maxItems" not in tool.parameters["properties"]["invocations"]
+    assert "W1, W2" in tool.description
+
+
+def test_a_peer_needing_a_label_adds_a_label_enum() -> None:
+    peers = [
+        PeerInfo("Approver", is_call=False, label="approved"),
+        PeerInfo("Fixer", is_call=False, label="rejected"),
+        PeerInfo("Logger", is_call=False),
+    ]
+    item = variants(action_schema(info(peers)))["invoke_agent"]["items"]
+    assert item["properties"]["label"] == {"type": "string", "enum": ["approved", "rejected"]}
+    assert item["required"] == ["agent_name", "request"]
+    (tool,) = coordination_tools(info(peers))
+    tool_item = tool.parameters["properties"]["invocations"]["items"]
+    assert tool_item["properties"]["label"]["enum"] == ["approved", "rejected"]
+    assert 'Approver (needs label "approved")' in tool.description
+
+
+def test_coordination_tools_shrink_to_what_is_allowed() -> None:
+    assert [t.name for t in coordination_tools(info([PeerInfo("W", is_call=False)]))] == [
+        "invoke_agent"
+    ]
+    assert [t.name for t in coordination_tools(info(can_finish=True))] == ["final_response"]
+    everything = info([PeerInfo("W", is_call=True)], can_finish=True, can_ask_user=True)
+    assert [t.name for t in coordination_tools(everything)] == [
+        "invoke_agent",
+        "final_response",
+        "ask_user",
+    ]
+    (invoke, *_) = coordination_tools(everything)
+    invocations = invoke.parameters["properties"]["invocations"]
+    assert invocations["items"]["properties"]["agent_name"]["enum"] == ["W"]
+    assert invocations["maxItems"] == 1
+    assert "W (answers back to you)" in invoke.description
+    assert "One invocation at a time." in invoke.description
+    assert coordination_tools(info()) == []
