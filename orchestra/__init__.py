@@ -26,7 +26,8 @@ from .coordination import (
 )
 from .coordination.topology import USER, Rule, TopologyAnalysis
 from .errors import ConditionError, OrchestraError, TopologyError, TopologyProblem
-from .models import FunctionModel, ScriptedModel
+from .models import FunctionModel, ModelConfig, ScriptedModel
+from .tools import Tool, tool
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,7 @@ __all__ = [
     "FunctionModel",
     "Invocation",
     "Labeled",
+    "ModelConfig",
     "Node",
     "Orchestra",
     "OrchestraError",
@@ -58,10 +60,12 @@ __all__ = [
     "ScriptedModel",
     "ScriptedUser",
     "StatusConfig",
+    "Tool",
     "Topology",
     "TopologyAnalysis",
     "TopologyError",
     "TopologyProblem",
     "VerbosityLevel",
     "__version__",
+    "tool",
 ]
