@@ -157,3 +157,28 @@ class InternalError(OrchestraError):
 
 class UserInputError(OrchestraError):
     """A question to the user could not be answered (no channel, or it timed out)."""
+
+
+class ToolInDoubtError(ToolError):
+    """A non-idempotent tool call started before a crash and has no recorded result: running it
+    again might do its work twice, so the branch stops and the user decides."""
+
+
+class SessionError(OrchestraError):
+    """A durable session cannot be used as asked; the message names the session."""
+
+
+class InvalidSessionIdError(SessionError):
+    """A session id that could escape its storage or inject anything is refused."""
+
+
+class SessionNotFoundError(SessionError):
+    """No session (or checkpoint) by that id exists in the storage."""
+
+
+class SessionCorruptedError(SessionError):
+    """A session's log or snapshot is damaged; other sessions are unaffected."""
+
+
+class SessionFormatError(SessionError):
+    """A session was written in a log format this release cannot read or migrate."""

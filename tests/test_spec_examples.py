@@ -236,7 +236,7 @@ async def test_complex_execution(capsys: pytest.CaptureFixture[str]) -> None:
 async def test_features_of_later_releases_are_refused_clearly() -> None:
     Agent("Summarizer", ScriptedModel([]))
 
-    with pytest.raises(ConfigurationError, match="state_manager"):
+    with pytest.raises(ConfigurationError, match="allow_follow_ups"):
         await Orchestra.run(
             task="t", topology={"nodes": ["Summarizer"], "edges": []}, allow_follow_ups=True
         )

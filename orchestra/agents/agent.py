@@ -202,6 +202,10 @@ class Agent(BaseAgent):
             on_retry,
         )
 
+    def is_idempotent(self, tool: str) -> bool:
+        found = self.tools.get(tool)
+        return found is not None and found.idempotent
+
     async def call_tool(self, call: ToolCall) -> Any:
         tool = self.tools.get(call.name)
         if tool is None:

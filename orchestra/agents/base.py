@@ -112,6 +112,10 @@ class BaseAgent(ABC):
         """The tools this agent offers its model (name, description, argument schema)."""
         return ()
 
+    def is_idempotent(self, tool: str) -> bool:
+        """Whether running ``tool`` twice with the same arguments is harmless."""
+        return False
+
     async def call_tool(self, call: ToolCall) -> Any:
         """Run one of this agent's tools; raise to report a tool error to the model."""
         raise LookupError(f"agent {self.name!r} has no tool {call.name!r}")

@@ -1,4 +1,4 @@
-"""The public entry point: ``await Orchestra.run(task, topology, ...)``."""
+"""The public entry points: ``Orchestra.run`` for one call, ``OrchestraInstance`` for sessions."""
 
 from __future__ import annotations
 
@@ -7,23 +7,17 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from orchestra.agents.base import BaseAgent
-from orchestra.agents.pool import AgentPool
 from orchestra.agents.registry import AgentRegistry
 from orchestra.communication.channels import CommunicationManager
-from orchestra.errors import AgentNotFoundError, ConfigurationError, OrchestraError
+from orchestra.errors import ConfigurationError, OrchestraError, SessionError
 
+from . import execution
 from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig
-from .engine import events as ev
-from .engine.convergence import check_node_policies
-from .engine.core import Engine
-from .engine.runner import Runner
-from .engine.state import Branch
-from .monitoring.status import StatusPrinter
 from .results import BranchResult, OrchestraResult
-from .topology import Topology, TopologyAnalysis
+from .state.manager import SessionWriter, StateManager, parse_checkpoint_id
+from .topology import Topology
 
-__all__ = ["BranchResult", "Orchestra", "OrchestraResult"]
+__all__ = ["BranchResult", "Orchestra", "OrchestraInstance", "OrchestraResult"]
 
 
 def _require(value: object, kind: type | tuple[type, ...], name: str) -> None:
@@ -32,6 +26,29 @@ def _require(value: object, kind: type | tuple[type, ...], name: str) -> None:
             kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         )
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+
+
+def _check_run_arguments(
+    task: object, context: object, max_steps: object, execution_config: object
+) -> None:
+    if not isinstance(task, str | dict):
+        raise TypeError(f"task must be a string or a dict, got {type(task).__name__}")
+    _require(context, dict, "context")
+    _require(execution_config, ExecutionConfig, "execution_config")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ConfigurationError(f"max_steps must be a positive integer, got {max_steps!r}")
+
+
+def _check_topology(topology: object) -> None:
+    if not isinstance(topology, Topology | Mapping):
+        raise TypeError(
+            f"topology must be a Topology or a dict with 'nodes' and 'edges', "
+            f"got {type(topology).__name__}"
+        )
+
+
+def _session_id(context: Mapping[str, Any]) -> str:
+    return str(context.get("session_id") or uuid.uuid4().hex)
 
 
 class Orchestra:
@@ -47,7 +64,7 @@ class Orchestra:
         execution_config: ExecutionConfig | None = None,
         communication_config: CommunicationConfig | None = None,
         error_config: ErrorHandlingConfig | None = None,
-        state_manager: Any = None,
+        state_manager: StateManager | None = None,
         max_steps: int = 100,
         allow_follow_ups: bool = False,
         follow_up_timeout: float = 60.0,
@@ -58,186 +75,160 @@ class Orchestra:
 
         Never raises for a workflow problem (invalid topology, missing agent, a failed branch,
         a limit reached): the result has ``success=False`` and an ``error`` naming the cause.
-        Raises TypeError / ConfigurationError for misuse of the API itself.
+        Raises TypeError / ConfigurationError for misuse of the API itself. With a
+        ``state_manager`` the run is a durable session, ``context["session_id"]`` naming it.
         """
-        _check_arguments(task, topology, context, max_steps, kwargs)
+        if kwargs:
+            raise TypeError(
+                f"Orchestra.run() got unexpected keyword argument(s): {', '.join(kwargs)}"
+            )
+        _check_run_arguments(task, context, max_steps, execution_config)
+        _check_topology(topology)
         _require(agent_registry, AgentRegistry, "agent_registry")
-        _require(execution_config, ExecutionConfig, "execution_config")
         _require(communication_config, CommunicationConfig, "communication_config")
         _require(error_config, ErrorHandlingConfig, "error_config")
-        if state_manager is not None or metrics_collector is not None or allow_follow_ups:
+        _require(state_manager, StateManager, "state_manager")
+        if metrics_collector is not None or allow_follow_ups:
             raise ConfigurationError(
-                "state_manager, metrics_collector and allow_follow_ups are not available in "
-                "this release of Orchestra yet"
+                "metrics_collector and allow_follow_ups are not available in this release yet"
             )
         context = dict(context or {})
-        session_id = str(context.get("session_id") or uuid.uuid4().hex)
-        config = execution_config or ExecutionConfig()
+        session_id = _session_id(context)
+        communication = communication_config or CommunicationConfig()
         started = time.perf_counter()
         try:
-            topo = Topology.coerce(topology)
-            analysis = topo.analyze()
-            check_node_policies(analysis)
-            registry = agent_registry if agent_registry is not None else AgentRegistry.default()
-            agents = _resolve_agents(topo, analysis, registry)
+            setup = execution.prepare(
+                topology,
+                agent_registry,
+                execution_config or ExecutionConfig(),
+                error_config or ErrorHandlingConfig(),
+                CommunicationManager(communication.channel, communication.user_timeout),
+                max_steps,
+            )
         except OrchestraError as error:
-            return _failed_before_start(error, session_id, started)
-        communication = communication_config or CommunicationConfig()
-        engine, runner = _build(
-            session_id,
-            analysis,
-            agents,
-            context,
-            config,
-            error_config or ErrorHandlingConfig(),
-            communication,
+            return execution.failed_before_start(error, session_id, started)
+        return await execution.execute(setup, task, context, session_id, state_manager)
+
+
+class OrchestraInstance:
+    """A topology with its agents and settings, running durable sessions.
+
+    ``execute`` starts a run (a session, with a ``state_manager``); ``pause_session`` stops a
+    running one at the next step boundary; ``resume_session`` continues a paused or crashed
+    one — in this process or a new one, from its log; checkpoints name positions in a session's
+    log, and restoring one sends the session back there (the abandoned future is kept).
+    """
+
+    def __init__(
+        self,
+        topology: dict[str, Any] | Topology,
+        agent_registry: AgentRegistry | None = None,
+        initial_config: ExecutionConfig | None = None,
+        communication_manager: CommunicationManager | None = None,
+        state_manager: StateManager | None = None,
+    ) -> None:
+        _check_topology(topology)
+        _require(agent_registry, AgentRegistry, "agent_registry")
+        _require(initial_config, ExecutionConfig, "initial_config")
+        _require(communication_manager, CommunicationManager, "communication_manager")
+        _require(state_manager, StateManager, "state_manager")
+        self.topology = Topology.coerce(topology)
+        self.agent_registry = agent_registry
+        self.config = initial_config or ExecutionConfig()
+        self.communication = communication_manager or CommunicationManager()
+        self.state_manager = state_manager
+
+    def _setup(self, config: ExecutionConfig | None, max_steps: int) -> execution.Setup:
+        return execution.prepare(
+            self.topology,
+            self.agent_registry,
+            config or self.config,
+            ErrorHandlingConfig(),
+            self.communication,
             max_steps,
         )
-        await runner.run(task)
-        return _result(engine, session_id, time.perf_counter() - started)
 
-
-def _check_arguments(
-    task: object, topology: object, context: object, max_steps: object, extra: Mapping[str, Any]
-) -> None:
-    if extra:
-        raise TypeError(f"Orchestra.run() got unexpected keyword argument(s): {', '.join(extra)}")
-    _require(task, (str, dict), "task")
-    if task is None:
-        raise TypeError("task must be a string or a dict, got None")
-    if not isinstance(topology, Topology | Mapping):
-        raise TypeError(
-            f"topology must be a Topology or a dict with 'nodes' and 'edges', "
-            f"got {type(topology).__name__}"
-        )
-    _require(context, dict, "context")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ConfigurationError(f"max_steps must be a positive integer, got {max_steps!r}")
-
-
-def _resolve_agents(
-    topology: Topology, analysis: TopologyAnalysis, registry: AgentRegistry
-) -> dict[str, BaseAgent | AgentPool]:
-    agents: dict[str, BaseAgent | AgentPool] = {}
-    missing = []
-    for name in analysis.agents:
-        found = topology.node(name).agent or registry.get(name)
-        if isinstance(found, AgentPool) and found.closed:
+    def _sessions(self) -> StateManager:
+        if self.state_manager is None:
             raise ConfigurationError(
-                f"the AgentPool for node {name!r} was cleaned up; build a new pool for this run"
+                "sessions need a state_manager: OrchestraInstance(..., state_manager=StateManager(...))"
             )
-        if isinstance(found, BaseAgent | AgentPool):
-            agents[name] = found
-        else:
-            missing.append(name)
-    if missing:
-        raise AgentNotFoundError(
-            f"no agent is registered for node(s) {', '.join(map(repr, missing))}; create the "
-            "agents (Agent, FunctionAgent, AgentPool) before the run or pass "
-            "agent_registry=AgentRegistry([...])"
-        )
-    return agents
+        return self.state_manager
 
+    async def execute(
+        self,
+        task: str | dict[str, Any],
+        context: dict[str, Any] | None = None,
+        max_steps: int = 100,
+        execution_config: ExecutionConfig | None = None,
+    ) -> OrchestraResult:
+        """Run ``task``; ``context["session_id"]`` names the session (else one is made up)."""
+        _check_run_arguments(task, context, max_steps, execution_config)
+        context = dict(context or {})
+        session_id = _session_id(context)
+        started = time.perf_counter()
+        try:
+            setup = self._setup(execution_config, max_steps)
+        except OrchestraError as error:
+            return execution.failed_before_start(error, session_id, started)
+        return await execution.execute(setup, task, context, session_id, self.state_manager)
 
-def _build(
-    session_id: str,
-    analysis: TopologyAnalysis,
-    agents: dict[str, BaseAgent | AgentPool],
-    context: dict[str, Any],
-    config: ExecutionConfig,
-    error_config: ErrorHandlingConfig,
-    communication: CommunicationConfig,
-    max_steps: int,
-) -> tuple[Engine, Runner]:
-    stream = ev.EventStream()
-    if config.status.enabled:
-        stream.subscribe(StatusPrinter(config.status))
-    tools = {
-        name: (agent.instances[0] if isinstance(agent, AgentPool) else agent).tool_specs
-        for name, agent in agents.items()
-    }
-    engine = Engine(
-        run_id=session_id,
-        analysis=analysis,
-        tools=tools,
-        context=context,
-        config=config,
-        error_config=error_config,
-        max_steps=min(max_steps, analysis.max_steps or max_steps),
-        stream=stream,
-        clock=time.perf_counter,
-    )
-    runner = Runner(
-        engine,
-        agents,
-        CommunicationManager(communication.channel, communication.user_timeout),
-        step_timeout=config.step_timeout,
-        branch_timeout=config.branch_timeout,
-        convergence_timeout=config.convergence_timeout,
-        run_timeout=analysis.timeout,
-        max_agents=analysis.max_agents,
-    )
-    return engine, runner
+    async def pause_session(self, session_id: str, reason: str | None = None) -> bool:
+        """Ask a running session to stop at the next step boundary. Steps in flight finish and
+        are kept; the pending ``execute`` returns with ``metadata["paused"] = True``. False
+        when no run of that session is in progress here."""
+        live = execution.LIVE.get(session_id)
+        if live is None:
+            return False
+        if live.writer is not None:
+            live.writer.record({"t": "pause", "reason": reason})
+        live.runner.pause()
+        return True
 
+    async def resume_session(
+        self, session_id: str, additional_context: dict[str, Any] | None = None
+    ) -> OrchestraResult:
+        """Continue a paused or interrupted session from its log (agents' conversations
+        included); ``additional_context`` is added to what every agent sees."""
+        _require(additional_context, dict, "additional_context")
+        setup = self._setup(None, 100)
+        return await execution.resume(setup, session_id, self._sessions(), additional_context)
 
-def _branch_result(branch: Branch, now: float) -> BranchResult:
-    end = branch.ended_at if branch.ended_at is not None else now
-    return BranchResult(
-        branch_id=branch.id,
-        status=branch.status.value,
-        step_count=branch.steps,
-        duration=end - branch.created_at,
-        error=str(branch.error) if branch.error else None,
-        agents=list(branch.visited),
-        result=branch.result,
-        parent_branch_id=branch.parent.id if branch.parent else None,
-        error_type=type(branch.error).__name__ if branch.error else None,
-    )
+    async def create_checkpoint(self, session_id: str, checkpoint_name: str | None = None) -> str:
+        """Name the session's current position; returns the id ``restore_checkpoint`` takes."""
+        manager = self._sessions()
+        live = execution.LIVE.get(session_id)
+        writer = live.writer if live is not None and live.writer is not None else None
+        if writer is None:
+            writer, log = await manager.open(session_id)
+            if log is None:
+                raise SessionError(f"no session {session_id!r} to checkpoint")
+        name = checkpoint_name or f"checkpoint-{writer.length + 1}"
+        checkpoint_id = f"{session_id}@{name}"
+        writer.record({"t": "checkpoint", "id": checkpoint_id, "name": name, "at": writer.length})
+        await writer.flush()
+        if live is not None:
+            live.checkpoint_ids.append(checkpoint_id)
+        return checkpoint_id
 
+    async def restore_checkpoint(self, checkpoint_id: str) -> bool:
+        """Send the session back to the checkpoint; the next ``resume_session`` continues from
+        there. What happened after it stays in the log as an abandoned branch of history."""
+        manager = self._sessions()
+        session_id, _ = parse_checkpoint_id(checkpoint_id)
+        if session_id in execution.LIVE:
+            raise SessionError(f"session {session_id!r} is running; pause it before restoring")
+        log = await manager.load(session_id)
+        checkpoint = log.checkpoints.get(checkpoint_id)
+        if checkpoint is None:
+            return False
+        writer = SessionWriter(manager, session_id, log.length)
+        writer.record({"t": "restore", "to": checkpoint["at"], "checkpoint": checkpoint_id})
+        await writer.flush()
+        return True
 
-def _result(engine: Engine, session_id: str, duration: float) -> OrchestraResult:
-    root = engine.root
-    success = engine.error is None and root is not None and root.status.value == "completed"
-    error = engine.error
-    engine.stream.emit(
-        ev.RunCompleted(
-            run_id=session_id,
-            success=success,
-            total_steps=engine.steps,
-            duration=duration,
-            error=str(error) if error else None,
-        )
-    )
-    now = engine.clock()
-    metadata: dict[str, Any] = {
-        "invocations": dict(engine.invocations),
-        "entries": list(engine.analysis.entries),
-    }
-    if error is not None:
-        metadata["error_type"] = type(error).__name__
-    if engine.stream.observer_errors:
-        metadata["observer_errors"] = list(engine.stream.observer_errors)
-    return OrchestraResult(
-        success=success,
-        final_response=root.result if success and root is not None else None,
-        branch_results=[_branch_result(b, now) for b in engine.branches.values()],
-        total_steps=engine.steps,
-        total_duration=duration,
-        metadata=metadata,
-        error=str(error) if error else None,
-        session_id=session_id,
-        events=engine.stream.events,
-    )
+    async def list_sessions(self) -> list[str]:
+        return await self._sessions().list_sessions()
 
-
-def _failed_before_start(error: OrchestraError, session_id: str, started: float) -> OrchestraResult:
-    return OrchestraResult(
-        success=False,
-        final_response=None,
-        branch_results=[],
-        total_steps=0,
-        total_duration=time.perf_counter() - started,
-        metadata={"error_type": type(error).__name__, "invocations": {}},
-        error=str(error),
-        session_id=session_id,
-    )
+    async def delete_session(self, session_id: str) -> bool:
+        return await self._sessions().delete_session(session_id)

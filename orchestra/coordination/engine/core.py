@@ -61,7 +61,7 @@ class Engine(BranchLifecycle):
         run_id: str,
         analysis: TopologyAnalysis,
         tools: Mapping[str, tuple[ToolSpec, ...]],
-        context: Mapping[str, Any],
+        context: dict[str, Any],
         config: ExecutionConfig,
         error_config: ErrorHandlingConfig,
         max_steps: int,
@@ -86,7 +86,7 @@ class Engine(BranchLifecycle):
             for name in (*analysis.agents, USER)
             for calls in (False, True)
         }
-        self._fan_outs = 0
+        self.fan_outs: dict[str, FanOut] = {}
         self._questions = 0
 
     # ---- starting ----------------------------------------------------------------------------
@@ -462,11 +462,10 @@ class Engine(BranchLifecycle):
         sources: frozenset[str],
         items: list[tuple[str, StepInput, bool]],
     ) -> None:
-        self._fan_outs += 1
         calls = any(item[2] for item in items)
         policy: ConvergencePolicy = self._policies[(source, calls)]
         fan_out = FanOut(
-            id=f"f{self._fan_outs}",
+            id=f"f{len(self.fan_outs) + 1}",
             parent=parent,
             source=source,
             sources=sources,
@@ -477,6 +476,7 @@ class Engine(BranchLifecycle):
             created_at=self.clock(),
             calls=calls,
         )
+        self.fan_outs[fan_out.id] = fan_out
         parent.status = BranchStatus.WAITING
         parent.waiting_on = fan_out
         for target, step_input, is_call in items:

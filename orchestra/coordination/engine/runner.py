@@ -12,11 +12,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestra.agents.base import BaseAgent
 from orchestra.agents.pool import AgentPool
 from orchestra.communication.channels import CommunicationManager, Question
+from orchestra.coordination.state.records import decode
+from orchestra.coordination.topology import USER
 from orchestra.errors import (
     AgentStepError,
     BranchTimeoutError,
@@ -24,11 +26,15 @@ from orchestra.errors import (
     OrchestraError,
     RunTimeoutError,
     StepTimeoutError,
+    ToolInDoubtError,
     UserInputError,
 )
 
 from .core import Engine
 from .state import Branch, BranchStatus, FanOut
+
+if TYPE_CHECKING:
+    from orchestra.coordination.state.journal import Journal
 
 
 class Runner:
@@ -43,6 +49,7 @@ class Runner:
         convergence_timeout: float | None,
         run_timeout: float | None,
         max_agents: int | None,
+        journal: Journal | None = None,
     ) -> None:
         self.engine = engine
         self.agents = agents
@@ -56,21 +63,62 @@ class Runner:
         self._timers: dict[object, asyncio.TimerHandle] = {}
         self._done: asyncio.Future[None] | None = None
         self._token = uuid.uuid4().hex[:12]  # question ids stay unique across runs
+        self.journal = journal
+        self.pausing = False
+        self._asking: dict[Branch, asyncio.Task[None]] = {}
 
     async def run(self, task: Any) -> None:
-        loop = asyncio.get_running_loop()
-        self._done = loop.create_future()
+        """Start the run and drive it until it ends (or pauses)."""
+        self._done = asyncio.get_running_loop().create_future()
         self.engine.start(task)
         self._apply_effects()
+        await self._until_done()
+
+    async def resume(self) -> None:
+        """Drive a run whose engine state was rebuilt from its log: restart every branch that
+        has something to do, re-arm timers (they start afresh), re-ask open questions."""
+        self._done = asyncio.get_running_loop().create_future()
+        engine = self.engine
+        if engine.finished:
+            self._done.set_result(None)
+        for branch in engine.branches.values():
+            if branch.ended:
+                continue
+            if self.branch_timeout is not None:
+                self._arm(branch, self.branch_timeout, self._branch_timed_out, branch)
+            if branch.status is not BranchStatus.WAITING and branch.agent != USER:
+                self._spawn(branch)
+        for fan_out in engine.fan_outs.values():
+            if not fan_out.settled and self.convergence_timeout is not None:
+                self._arm(fan_out, self.convergence_timeout, self._fan_out_timed_out, fan_out)
+        await self._until_done()
+
+    def pause(self) -> None:
+        """Stop at the next step boundary: steps in flight finish (their results are kept),
+        no new step starts, open questions are withdrawn (they are asked again on resume)."""
+        self.pausing = True
+        for task in self._asking.values():
+            task.cancel()
+        self._maybe_paused()
+
+    def _maybe_paused(self) -> None:
+        current = asyncio.current_task()
+        busy = any(not t.done() and t is not current for t in self._tasks.values())
+        if self.pausing and not busy and self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    async def _until_done(self) -> None:
+        assert self._done is not None
         try:
             async with asyncio.timeout(self.run_timeout):
                 await self._done
         except TimeoutError:
-            self.engine.abort(
-                RunTimeoutError(
-                    "timeout", f"the run exceeded its timeout({self.run_timeout:g}) rule"
-                )
+            error = RunTimeoutError(
+                "timeout", f"the run exceeded its timeout({self.run_timeout:g}) rule"
             )
+            if self.journal is not None:
+                self.journal.abort(error, None)
+            self.engine.abort(error)
             self._apply_effects()
         finally:
             await self._shutdown()
@@ -129,9 +177,9 @@ class Runner:
 
     def _branch_timed_out(self, branch: Branch) -> None:
         self._timers.pop(branch, None)
-        if branch.ended:
+        if branch.ended or self.engine.finished:
             return
-        self.engine.branch_failed(
+        self._fail_branch(
             branch,
             BranchTimeoutError(
                 "branch_timeout",
@@ -143,46 +191,36 @@ class Runner:
 
     def _fan_out_timed_out(self, fan_out: FanOut) -> None:
         self._timers.pop(fan_out, None)
+        if fan_out.settled or self.engine.finished:
+            return
+        if self.journal is not None:
+            self.journal.convergence_timed_out(fan_out)
         self.engine.convergence_timed_out(fan_out)
         self._apply_effects()
+
+    def _fail_branch(self, branch: Branch, error: OrchestraError) -> None:
+        if self.journal is not None:
+            self.journal.branch_failed(branch, error)
+        self.engine.branch_failed(branch, error)
 
     # ---- driving a branch --------------------------------------------------------------------
 
     async def _drive(self, branch: Branch) -> None:
         engine = self.engine
         try:
-            while branch.status is BranchStatus.RUNNING and not engine.finished:
-                try:
-                    agent = await self._agent_for(branch)
-                except OrchestraError as error:
-                    engine.branch_failed(branch, error)
-                    break
-                request = engine.begin_step(branch)
-                if request is None:
-                    break
-                started = time.perf_counter()
-                try:
-                    outcome = await self._step(branch, agent, request)
-                except asyncio.CancelledError:
-                    if _really_cancelled():
-                        raise
-                    engine.step_failed(
-                        branch, AgentStepError(f"agent {branch.agent!r} raised CancelledError")
-                    )
-                except Exception as error:
-                    engine.step_failed(branch, error)
-                else:
-                    engine.step_completed(branch, outcome, time.perf_counter() - started)
-                self._apply_effects()
+            while not engine.finished and not self.pausing and not branch.ended:
                 if branch.pending_tools:
-                    results = await self._run_tools(branch, agent)
-                    engine.tools_completed(branch, results)
-                    self._apply_effects()
-                if branch.question is not None:  # it asked the user (set while it waits)
+                    await self._tools_then_continue(branch)
+                elif branch.question is not None:  # it asked the user and waits for the answer
                     await self._ask_user(branch)
+                elif branch.status is BranchStatus.RUNNING:
+                    if not await self._one_step(branch):
+                        break
+                else:
+                    break
             self._apply_effects()
         except asyncio.CancelledError:
-            if not branch.ended:
+            if not branch.ended and not self.pausing:
                 raise
         except Exception as error:
             failure = InternalError(
@@ -196,6 +234,57 @@ class Runner:
             self._release(branch)  # a branch that stops working (waits, ends) lends nothing
             if self._tasks.get(branch) is asyncio.current_task():
                 del self._tasks[branch]
+            self._maybe_paused()
+
+    async def _one_step(self, branch: Branch) -> bool:
+        """Take the branch's next step; False when it had none to take."""
+        engine, journal = self.engine, self.journal
+        try:
+            agent = await self._agent_for(branch)
+        except OrchestraError as error:
+            self._fail_branch(branch, error)
+            return False
+        request = engine.begin_step(branch)
+        if request is None:
+            return False
+        before = len(request.messages)
+        started = time.perf_counter()
+        failure: BaseException | None = None
+        try:
+            outcome = await self._step(branch, agent, request)
+        except asyncio.CancelledError:
+            if _really_cancelled():
+                raise
+            failure = AgentStepError(f"agent {branch.agent!r} raised CancelledError")
+        except Exception as error:
+            failure = error
+        if journal is not None:
+            added = request.messages[before:]
+            if failure is None:
+                journal.step(branch, outcome, added, time.perf_counter() - started)
+            else:
+                journal.step_failed(branch, failure, added)
+            await journal.sync()
+        if failure is None:
+            engine.step_completed(branch, outcome, time.perf_counter() - started)
+        else:
+            engine.step_failed(branch, failure)
+        self._apply_effects()
+        return True
+
+    async def _tools_then_continue(self, branch: Branch) -> None:
+        agent = self.agents[branch.agent]
+        runner = branch.leases.get(branch.agent) if isinstance(agent, AgentPool) else agent
+        if runner is None:
+            runner = await self._agent_for(branch)
+        results = await self._run_tools(branch, runner)
+        if results is None:
+            return  # the branch stopped: a call it cannot safely repeat was in doubt
+        if self.journal is not None:
+            self.journal.tools_completed(branch, results)
+            await self.journal.sync()
+        self.engine.tools_completed(branch, results)
+        self._apply_effects()
 
     async def _step(self, branch: Branch, agent: BaseAgent, request: Any) -> Any:
         slots = self._slots
@@ -244,20 +333,53 @@ class Runner:
         for name in list(branch.leases):
             self._return_lease(branch, name)
 
-    async def _run_tools(self, branch: Branch, agent: BaseAgent) -> list[dict[str, Any]]:
+    async def _run_tools(self, branch: Branch, agent: BaseAgent) -> list[dict[str, Any]] | None:
+        """Run the branch's pending tool calls (concurrently). With a journal, a call whose
+        result is recorded is not run again, and one that started without a recorded result is
+        re-run only if its tool is idempotent; otherwise the branch fails as in doubt."""
+        journal = self.journal
+        if journal is not None:
+            for call in branch.pending_tools:
+                known = journal.recorded_tool(branch, call)
+                if (
+                    known is not None
+                    and known["t"] == "tool_started"
+                    and not agent.is_idempotent(call.name)
+                ):
+                    self._fail_branch(
+                        branch,
+                        ToolInDoubtError(
+                            f"tool {call.name!r} with arguments {dict(call.arguments)!r} (branch "
+                            f"{branch.id}, call {call.call_id}) started before the run stopped and "
+                            "has no recorded result; it is not idempotent, so it is not run again. "
+                            "Check its effect, then continue the workflow yourself"
+                        ),
+                    )
+                    self._apply_effects()
+                    return None
+
         async def one(call: Any) -> dict[str, Any]:
+            known = journal.recorded_tool(branch, call) if journal is not None else None
+            if known is not None and known["t"] == "tool_done":
+                return dict(decode(known["item"]))
+            if journal is not None:
+                journal.tool_started(branch, call)
+                await journal.sync()
             started = time.perf_counter()
             try:
                 result, ok = await agent.call_tool(call), True
             except Exception as error:
                 result, ok = f"{type(error).__name__}: {error}", False
-            return {
+            item = {
                 "name": call.name,
                 "call_id": call.call_id,
                 "ok": ok,
                 "result": result,
                 "duration": time.perf_counter() - started,
             }
+            if journal is not None:
+                journal.tool_done(branch, call, item)
+            return item
 
         return list(await asyncio.gather(*(one(call) for call in branch.pending_tools)))
 
@@ -271,12 +393,15 @@ class Runner:
             agent=branch.agent,
             text=text,
         )
+        asking = asyncio.current_task()
+        assert asking is not None
+        self._asking[branch] = asking
         try:
             answer = await self.communication.ask(question)
         except OrchestraError as error:
-            self.engine.branch_failed(branch, error)
+            self._fail_branch(branch, error)
         except Exception as error:
-            self.engine.branch_failed(
+            self._fail_branch(
                 branch,
                 UserInputError(
                     f"the user channel failed on {branch.agent!r}'s question {text!r}: "
@@ -284,7 +409,12 @@ class Runner:
                 ),
             )
         else:
+            if self.journal is not None:
+                self.journal.user_answered(branch, answer)
+                await self.journal.sync()
             self.engine.user_answered(branch, answer)
+        finally:
+            self._asking.pop(branch, None)
         self._apply_effects()
 
     # ---- the end -----------------------------------------------------------------------------

@@ -1,0 +1,266 @@
+"""Where session logs live: one small async protocol, and the file and SQLite backends.
+
+A backend stores, per session, an append-only sequence of text records. Appends may be made
+durable (fsync'd) before they return. Each stored line carries a CRC, so a damaged log is
+reported as such; a torn last line (a crash in the middle of an append) is ignored, since the
+record it held was never acknowledged as durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sqlite3
+import threading
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from orchestra.errors import InvalidSessionIdError, SessionCorruptedError, SessionNotFoundError
+
+_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+SEGMENT_BYTES = 4 * 1024 * 1024
+
+
+def check_session_id(session_id: object) -> str:
+    """The id, if it is safe as a file or key name; InvalidSessionIdError otherwise."""
+    if not isinstance(session_id, str) or not _SESSION_ID.match(session_id) or ".." in session_id:
+        raise InvalidSessionIdError(
+            f"session id {session_id!r} is not allowed: use 1-128 letters, digits, '_', '-' or "
+            "'.', starting with a letter or digit, without '..'"
+        )
+    return session_id
+
+
+def frame(record: str) -> str:
+    return f"{zlib.crc32(record.encode()):08x} {record}\n"
+
+
+def unframe(session_id: str, where: str, line: str) -> str:
+    checksum, _, record = line.partition(" ")
+    if len(checksum) != 8 or f"{zlib.crc32(record.encode()):08x}" != checksum:
+        raise SessionCorruptedError(
+            f"session {session_id!r}: the log is damaged at {where} (checksum mismatch)"
+        )
+    return record
+
+
+@runtime_checkable
+class StorageBackend(Protocol):
+    async def append(self, session_id: str, records: Sequence[str], durable: bool) -> None: ...
+
+    async def read(self, session_id: str) -> list[str]: ...
+
+    async def exists(self, session_id: str) -> bool: ...
+
+    async def list_sessions(self) -> list[str]: ...
+
+    async def delete(self, session_id: str) -> bool: ...
+
+
+class FileStorageBackend:
+    """Sessions as folders of append-only segment files (``log-000001.seg``, ...) under
+    ``directory``. Appends go through a worker thread; durable appends are fsync'd (the file and,
+    for a new segment, its folder)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._checked: set[Path] = set()
+
+    def __repr__(self) -> str:
+        return f"FileStorageBackend({str(self.directory)!r})"
+
+    def _folder(self, session_id: str) -> Path:
+        return self.directory / check_session_id(session_id)
+
+    def _lock(self, session_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(session_id, threading.Lock())
+
+    async def append(self, session_id: str, records: Sequence[str], durable: bool) -> None:
+        folder = self._folder(session_id)
+        await asyncio.to_thread(self._append, session_id, folder, records, durable)
+
+    def _append(self, session_id: str, folder: Path, records: Sequence[str], durable: bool) -> None:
+        data = "".join(frame(record) for record in records).encode()
+        with self._lock(session_id):
+            created = not folder.exists()
+            folder.mkdir(parents=True, exist_ok=True)
+            segments = sorted(folder.glob("log-*.seg"))
+            segment = segments[-1] if segments else folder / "log-000001.seg"
+            if segments and segment.stat().st_size + len(data) > SEGMENT_BYTES:
+                segment = folder / f"log-{len(segments) + 1:06d}.seg"
+            new_file = not segment.exists()
+            if not new_file and segment not in self._checked:
+                _cut_torn_tail(segment)
+            self._checked.add(segment)
+            with open(segment, "ab") as handle:
+                handle.write(data)
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            if durable and (new_file or created):
+                _fsync_directory(folder)
+                if created:
+                    _fsync_directory(self.directory)
+
+    async def read(self, session_id: str) -> list[str]:
+        folder = self._folder(session_id)
+        return await asyncio.to_thread(self._read, session_id, folder)
+
+    def _read(self, session_id: str, folder: Path) -> list[str]:
+        segments = sorted(folder.glob("log-*.seg")) if folder.is_dir() else []
+        if not segments:
+            raise SessionNotFoundError(f"no session {session_id!r} in {self.directory}")
+        records: list[str] = []
+        for number, segment in enumerate(segments):
+            text = segment.read_bytes().decode("utf-8", errors="replace")
+            lines = text.split("\n")
+            last = lines.pop()  # "" when the segment ends with a newline; else a torn write
+            if last and number != len(segments) - 1:
+                raise SessionCorruptedError(
+                    f"session {session_id!r}: segment {segment.name} ends in an incomplete record"
+                )
+            for index, line in enumerate(lines):
+                records.append(unframe(session_id, f"{segment.name} line {index + 1}", line))
+        return records
+
+    async def exists(self, session_id: str) -> bool:
+        folder = self._folder(session_id)
+        return await asyncio.to_thread(lambda: any(folder.glob("log-*.seg")))
+
+    async def list_sessions(self) -> list[str]:
+        def names() -> list[str]:
+            if not self.directory.is_dir():
+                return []
+            return sorted(p.name for p in self.directory.iterdir() if any(p.glob("log-*.seg")))
+
+        return await asyncio.to_thread(names)
+
+    async def delete(self, session_id: str) -> bool:
+        folder = self._folder(session_id)
+
+        def remove() -> bool:
+            if not folder.is_dir():
+                return False
+            with self._lock(session_id):
+                for path in folder.iterdir():
+                    path.unlink()
+                folder.rmdir()
+            return True
+
+        return await asyncio.to_thread(remove)
+
+
+def _cut_torn_tail(segment: Path) -> None:
+    """Drop an incomplete last line (a crash mid-append) before appending after it."""
+    with open(segment, "r+b") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class SQLiteStorageBackend:
+    """Sessions in one SQLite database file (the embedded default of the command line).
+
+    WAL journal; a durable append commits with ``synchronous=FULL``. Calls run in a worker
+    thread, one at a time per backend."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorageBackend({str(self.path)!r})"
+
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS log (session TEXT NOT NULL, seq INTEGER NOT NULL, "
+                "line TEXT NOT NULL, PRIMARY KEY (session, seq))"
+            )
+            self._connection = connection
+        return self._connection
+
+    async def _run(self, work: object, *args: object) -> object:
+        def locked() -> object:
+            with self._lock:
+                return work(self._db(), *args)  # type: ignore[operator]
+
+        return await asyncio.to_thread(locked)
+
+    async def append(self, session_id: str, records: Sequence[str], durable: bool) -> None:
+        check_session_id(session_id)
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM log WHERE session = ?", (session_id,)
+            )
+            start = row.fetchone()[0]
+            db.executemany(
+                "INSERT INTO log (session, seq, line) VALUES (?, ?, ?)",
+                [(session_id, start + n + 1, frame(r)[:-1]) for n, r in enumerate(records)],
+            )
+            db.execute("COMMIT")
+
+        await self._run(write)
+
+    async def read(self, session_id: str) -> list[str]:
+        check_session_id(session_id)
+
+        def rows(db: sqlite3.Connection) -> list[str]:
+            found = db.execute(
+                "SELECT seq, line FROM log WHERE session = ? ORDER BY seq", (session_id,)
+            ).fetchall()
+            if not found:
+                raise SessionNotFoundError(f"no session {session_id!r} in {self.path}")
+            return [unframe(session_id, f"record {seq}", line) for seq, line in found]
+
+        return await self._run(rows)  # type: ignore[return-value]
+
+    async def exists(self, session_id: str) -> bool:
+        check_session_id(session_id)
+        found = await self._run(
+            lambda db: db.execute(
+                "SELECT 1 FROM log WHERE session = ? LIMIT 1", (session_id,)
+            ).fetchone()
+        )
+        return found is not None
+
+    async def list_sessions(self) -> list[str]:
+        rows = await self._run(
+            lambda db: db.execute("SELECT DISTINCT session FROM log ORDER BY session").fetchall()
+        )
+        return [row[0] for row in rows]  # type: ignore[attr-defined]
+
+    async def delete(self, session_id: str) -> bool:
+        check_session_id(session_id)
+        count = await self._run(
+            lambda db: db.execute("DELETE FROM log WHERE session = ?", (session_id,)).rowcount
+        )
+        return bool(count)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

@@ -1,0 +1,210 @@
+"""``StateManager``: durable sessions as append-only logs of the engine's inputs.
+
+A session's log holds, per run, a ``run`` header, every input the engine consumed in the order
+it consumed them (step outcomes with the messages they added, tool calls started and finished,
+user answers, timeouts), and an ``end`` record. Because the engine is deterministic, replaying
+those inputs rebuilds the run exactly: the state is a fold over the log.
+
+Durability: with ``auto_save_interval=0`` every record is written and fsync'd before the engine
+acts on it, so each completed step is durable before the next starts. With a positive interval,
+records are buffered and flushed (and fsync'd) every ``auto_save_interval`` seconds and when a
+run ends or pauses: at most that many seconds of work can be lost in a crash.
+
+Checkpoints are named positions in the log (O(1): one record). Restoring one appends a
+``restore`` record: the session's history continues from that position, and the abandoned
+future stays in the log as its own branch of history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestra.errors import SessionCorruptedError, SessionError, SessionNotFoundError
+
+from .backends import StorageBackend, check_session_id
+from .records import FORMAT, dumps, upgrade
+
+
+@dataclass
+class RunLog:
+    """One run of a session, as found in the (effective) log."""
+
+    header: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    end: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.end is not None and not self.end.get("paused", False)
+
+
+@dataclass
+class SessionLog:
+    """A session's effective history: the runs, the checkpoints, the tool journal."""
+
+    session_id: str
+    length: int
+    runs: list[RunLog]
+    checkpoints: dict[str, dict[str, Any]]
+    tools: dict[tuple[str, int, str], dict[str, Any]]
+
+    @property
+    def last_run(self) -> RunLog | None:
+        return self.runs[-1] if self.runs else None
+
+
+class SessionWriter:
+    """Appends one session's records, durably at once or in timed batches."""
+
+    def __init__(self, manager: StateManager, session_id: str, length: int) -> None:
+        self.manager = manager
+        self.session_id = session_id
+        self.length = length
+        self._buffer: list[str] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def record(self, record: dict[str, Any]) -> int:
+        """Queue a record; returns its position (1-based) in the session log."""
+        self.length += 1
+        record["s"] = self.length
+        self._buffer.append(dumps(record))
+        return self.length
+
+    async def sync(self) -> None:
+        """Make queued records durable now when the policy is 'every step'."""
+        if self.manager.auto_save_interval == 0:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._buffer:
+            lines, self._buffer = self._buffer, []
+            await self.manager.storage.append(self.session_id, lines, durable=True)
+
+    def start(self) -> None:
+        interval = self.manager.auto_save_interval
+        if interval > 0 and self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_every(interval))
+
+    async def _flush_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush()
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self.flush()
+
+
+class StateManager:
+    """Persists sessions in ``storage``.
+
+    ``auto_save_interval`` (seconds) sets how often buffered records are made durable; 0 makes
+    every step durable before the next starts. ``compression`` compresses snapshots; snapshots
+    are a cache that later releases add — today a session is rebuilt from its log, which is
+    always the source of truth.
+    """
+
+    def __init__(
+        self,
+        storage: StorageBackend,
+        auto_save_interval: float = 30.0,
+        compression: bool = True,
+    ) -> None:
+        if not isinstance(storage, StorageBackend):
+            raise TypeError(f"storage must be a storage backend, got {type(storage).__name__}")
+        if auto_save_interval < 0:
+            raise ValueError(f"auto_save_interval must be >= 0, got {auto_save_interval!r}")
+        self.storage = storage
+        self.auto_save_interval = float(auto_save_interval)
+        self.compression = compression
+
+    def __repr__(self) -> str:
+        return f"StateManager({self.storage!r}, auto_save_interval={self.auto_save_interval:g})"
+
+    async def open(self, session_id: str) -> tuple[SessionWriter, SessionLog | None]:
+        """A writer positioned after the session's existing records, and those records."""
+        check_session_id(session_id)
+        log = await self.load(session_id) if await self.storage.exists(session_id) else None
+        return SessionWriter(self, session_id, log.length if log else 0), log
+
+    async def load(self, session_id: str) -> SessionLog:
+        """Read and check a session's log; SessionNotFoundError / SessionCorruptedError."""
+        lines = await self.storage.read(check_session_id(session_id))
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise SessionCorruptedError(
+                    f"session {session_id!r}: record {number} is not valid JSON"
+                ) from None
+            if not isinstance(record, dict) or record.get("s") != number:
+                raise SessionCorruptedError(
+                    f"session {session_id!r}: record {number} is out of sequence"
+                )
+            records.append(record)
+        return _fold(session_id, records)
+
+    async def list_sessions(self) -> list[str]:
+        return await self.storage.list_sessions()
+
+    async def delete_session(self, session_id: str) -> bool:
+        return await self.storage.delete(check_session_id(session_id))
+
+    @staticmethod
+    def new_session_id() -> str:
+        return uuid.uuid4().hex
+
+
+def _fold(session_id: str, records: list[dict[str, Any]]) -> SessionLog:
+    """The effective history: restores cut the lineage back to their checkpoint."""
+    effective: list[dict[str, Any]] = []
+    checkpoints: dict[str, dict[str, Any]] = {}
+    found_format = FORMAT
+    for record in records:
+        kind = record.get("t")
+        if kind == "run":
+            found_format = int(record.get("format", 0))
+        record = upgrade(record, found_format, session_id) if found_format != FORMAT else record
+        if kind == "checkpoint":
+            checkpoints[record["id"]] = record
+        if kind == "restore":
+            effective = [r for r in effective if r["s"] <= record["to"]]
+        effective.append(record)
+    runs: list[RunLog] = []
+    tools: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for record in effective:
+        kind = record.get("t")
+        if kind == "run":
+            runs.append(RunLog(record))
+        elif not runs:
+            if kind not in ("checkpoint", "restore"):
+                raise SessionCorruptedError(f"session {session_id!r}: records before its first run")
+        elif kind == "end":
+            runs[-1].end = record
+        elif kind in ("tool_started", "tool_done"):
+            key = (record["branch"], record["step"], record["call"])
+            tools[key] = record
+        elif kind not in ("checkpoint", "restore"):
+            if runs[-1].end is not None and runs[-1].end.get("paused"):
+                runs[-1].end = None  # the run was resumed after its pause
+            runs[-1].records.append(record)
+    return SessionLog(session_id, len(records), runs, checkpoints, tools)
+
+
+def parse_checkpoint_id(checkpoint_id: str) -> tuple[str, str]:
+    """``session@name`` ids name their session, so a checkpoint can be restored by id alone."""
+    session_id, separator, _ = checkpoint_id.rpartition("@")
+    if not separator:
+        raise SessionNotFoundError(f"{checkpoint_id!r} is not a checkpoint id (session@checkpoint)")
+    return check_session_id(session_id), checkpoint_id
+
+
+__all__ = ["RunLog", "SessionError", "SessionLog", "SessionWriter", "StateManager"]
