@@ -691,7 +691,9 @@ async def test_bad_node_convergence_policy_is_configuration_error_naming_node() 
     ("arguments", "error", "message"),
     [
         pytest.param({"task": None}, TypeError, "task must be", id="task-none"),
-        pytest.param({"task": 42}, TypeError, "task must be a string or a dict, got int", id="task-int"),
+        pytest.param(
+            {"task": 42}, TypeError, "task must be a string or a dict, got int", id="task-int"
+        ),
         pytest.param({"topology": ["A"]}, TypeError, "got list", id="topology-list"),
         pytest.param({"max_steps": 0}, ConfigurationError, "max_steps", id="max-steps-0"),
         pytest.param({"max_steps": True}, ConfigurationError, "max_steps", id="max-steps-bool"),
