@@ -54,6 +54,10 @@ class Tool:
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """A decorated function stays an ordinary function when called directly."""
+        return self.fn(*args, **kwargs)
+
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments as the function will receive them; ToolError naming what is wrong."""
         try:

@@ -1,0 +1,131 @@
+"""A durable workflow run in a subprocess by the crash test: parallel branches and a tool.
+
+Usage: python crash_workflow.py BACKEND STATE_PATH COUNT_FILE KILL_AT {run|resume}
+
+With KILL_AT > 0 the process SIGKILLs itself right after its KILL_AT-th completed step — a
+step boundary — so the resume starts from whatever the log holds. On success it prints the
+final response as JSON. The tool appends one line per execution to COUNT_FILE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from orchestra import Agent, AgentRegistry, ExecutionConfig, FunctionAgent, StatusConfig
+from orchestra.coordination.engine import events as ev
+from orchestra.coordination.orchestra import OrchestraInstance
+from orchestra.coordination.state import FileStorageBackend, SQLiteStorageBackend, StateManager
+from orchestra.models import FunctionModel, Message, StepInfo
+from orchestra.tools import tool
+
+BACKEND, STATE, COUNTS, KILL_AT, MODE = sys.argv[1:6]
+SESSION = "crash-test"
+
+
+@tool(idempotent=False)
+def log_call(key: str) -> str:
+    """Record that the workflow reached a point.
+
+    Args:
+        key: which point
+    """
+    with open(COUNTS, "a") as handle:
+        handle.write(key + "\n")
+    return f"logged {key}"
+
+
+def planner(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+    """Decides from the conversation alone, so a repeated call decides the same."""
+    last = messages[-1]
+    if last.role == "tool" and "logged plan" in last.content:
+        return {
+            "next_action": "invoke_agent",
+            "action_input": [{"agent_name": w, "request": w.lower()} for w in ("W1", "W2", "W3")],
+        }
+    if last.role == "tool" and "logged report" in last.content:
+        results = json.loads(messages[-3].content.split("\n", 1)[1])
+        summary = sorted(item["response"] for item in results)
+        return {"next_action": "final_response", "action_input": {"response": summary}}
+    if last.content.startswith("[Results"):
+        return {
+            "next_action": "call_tool",
+            "action_input": [{"name": "log_call", "arguments": {"key": "report"}}],
+        }
+    return {
+        "next_action": "call_tool",
+        "action_input": [{"name": "log_call", "arguments": {"key": "plan"}}],
+    }
+
+
+def worker(delay: float) -> Any:
+    async def work(request: Any, context: Any) -> str:
+        await asyncio.sleep(delay)  # interleave the branches
+        return f"{request}-done"
+
+    return work
+
+
+def instance() -> OrchestraInstance:
+    storage = FileStorageBackend(STATE) if BACKEND == "file" else SQLiteStorageBackend(STATE)
+    registry = AgentRegistry(
+        [
+            Agent("Planner", FunctionModel(planner), tools=[log_call], register=False),
+            FunctionAgent("W1", worker(0.003), register=False),
+            FunctionAgent("W2", worker(0.001), register=False),
+            FunctionAgent("W3", worker(0.002), register=False),
+        ]
+    )
+    return OrchestraInstance(
+        {
+            "nodes": ["User", "Planner", "W1", "W2", "W3"],
+            "edges": [
+                "User -> Planner",
+                "Planner <-> W1",
+                "Planner <-> W2",
+                "Planner <-> W3",
+                "Planner -> User",
+            ],
+            "rules": ["parallel(W1, W2, W3)"],
+        },
+        agent_registry=registry,
+        initial_config=ExecutionConfig(status=StatusConfig.from_verbosity(0)),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+
+
+async def main() -> None:
+    kill_at = int(KILL_AT)
+    seen = {"steps": 0}
+
+    def kill_at_step(event: ev.Event) -> None:
+        if isinstance(event, ev.StepCompleted):
+            seen["steps"] += 1
+            if seen["steps"] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    original = ev.EventStream.__init__
+
+    def subscribed(self: ev.EventStream) -> None:
+        original(self)
+        if kill_at:
+            self.subscribe(kill_at_step)
+
+    ev.EventStream.__init__ = subscribed  # type: ignore[method-assign]
+    orchestra = instance()
+    if MODE == "run":
+        result = await orchestra.execute("plan the work", context={"session_id": SESSION})
+    else:
+        result = await orchestra.resume_session(SESSION)
+    if not result.success:
+        print(json.dumps({"error": result.error}))
+        sys.exit(1)
+    print(json.dumps({"final": result.final_response, "steps": result.total_steps}))
+
+
+asyncio.run(main())
