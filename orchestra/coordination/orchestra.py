@@ -14,6 +14,7 @@ from orchestra.errors import ConfigurationError, OrchestraError, SessionError
 from . import execution
 from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig
 from .results import BranchResult, OrchestraResult
+from .state.backends import check_session_id
 from .state.manager import SessionWriter, StateManager, parse_checkpoint_id
 from .topology import Topology
 
@@ -48,7 +49,10 @@ def _check_topology(topology: object) -> None:
 
 
 def _session_id(context: Mapping[str, Any]) -> str:
-    return str(context.get("session_id") or uuid.uuid4().hex)
+    """``context["session_id"]`` when given (it must be a valid id), else a new one."""
+    if "session_id" in context:
+        return check_session_id(context["session_id"])
+    return uuid.uuid4().hex
 
 
 class Orchestra:

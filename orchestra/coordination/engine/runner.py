@@ -99,11 +99,12 @@ class Runner:
         self.pausing = True
         for task in self._asking.values():
             task.cancel()
-        self._maybe_paused()
+        self._maybe_paused(ending=None)
 
-    def _maybe_paused(self) -> None:
-        current = asyncio.current_task()
-        busy = any(not t.done() and t is not current for t in self._tasks.values())
+    def _maybe_paused(self, ending: asyncio.Task[None] | None) -> None:
+        """When pausing and no branch task but ``ending`` (the one finishing now) is working,
+        the run has reached its step boundary."""
+        busy = any(not t.done() and t is not ending for t in self._tasks.values())
         if self.pausing and not busy and self._done is not None and not self._done.done():
             self._done.set_result(None)
 
@@ -232,9 +233,10 @@ class Runner:
             self._apply_effects()
         finally:
             self._release(branch)  # a branch that stops working (waits, ends) lends nothing
-            if self._tasks.get(branch) is asyncio.current_task():
+            current = asyncio.current_task()
+            if self._tasks.get(branch) is current:
                 del self._tasks[branch]
-            self._maybe_paused()
+            self._maybe_paused(ending=current)
 
     async def _one_step(self, branch: Branch) -> bool:
         """Take the branch's next step; False when it had none to take."""

@@ -98,11 +98,15 @@ class FileStorageBackend:
             if not new_file and segment not in self._checked:
                 _cut_torn_tail(segment)
             self._checked.add(segment)
-            with open(segment, "ab") as handle:
-                handle.write(data)
-                if durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            try:
+                with open(segment, "ab") as handle:
+                    handle.write(data)
+                    if durable:
+                        handle.flush()
+                        os.fsync(handle.fileno())
+            except OSError:
+                self._checked.discard(segment)  # a partial write: trim it before the next one
+                raise
             if durable and (new_file or created):
                 _fsync_directory(folder)
                 if created:

@@ -66,6 +66,7 @@ class SessionWriter:
         self.length = length
         self._buffer: list[str] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._writing: asyncio.Task[None] | None = None
 
     def record(self, record: dict[str, Any]) -> int:
         """Queue a record; returns its position (1-based) in the session log."""
@@ -80,9 +81,17 @@ class SessionWriter:
             await self.flush()
 
     async def flush(self) -> None:
-        if self._buffer:
-            lines, self._buffer = self._buffer, []
-            await self.manager.storage.append(self.session_id, lines, durable=True)
+        """Write what is queued, in order. A write already started finishes even if the
+        caller is cancelled (shielded), so records are never lost or reordered."""
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
+        if not self._buffer:
+            return
+        lines, self._buffer = self._buffer, []
+        self._writing = asyncio.get_running_loop().create_task(
+            self.manager.storage.append(self.session_id, lines, durable=True)
+        )
+        await asyncio.shield(self._writing)
 
     def start(self) -> None:
         interval = self.manager.auto_save_interval
@@ -100,6 +109,8 @@ class SessionWriter:
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         await self.flush()
+        if self._writing is not None:
+            await self._writing
 
 
 class StateManager:

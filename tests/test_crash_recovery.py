@@ -1,0 +1,89 @@
+"""Kill -9 at a random step boundary, resume in a new process: nothing completed is lost.
+
+For each seed, a workflow with parallel branches and a (non-idempotent) tool runs in a
+subprocess that SIGKILLs itself right after its n-th completed step; a second process resumes
+the session from its log. The final result must equal an uninterrupted run's, and the tool —
+which counts its executions in a file — must have run exactly once per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+WORKFLOW = Path(__file__).with_name("crash_workflow.py")
+SEEDS = 50
+CONCURRENCY = 4
+
+
+async def run_workflow(
+    backend: str, state: Path, counts: Path, kill_at: int, mode: str
+) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WORKFLOW),
+        backend,
+        str(state),
+        str(counts),
+        str(kill_at),
+        mode,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    return process.returncode or 0, output.decode()
+
+
+def storage_path(backend: str, folder: Path) -> Path:
+    return folder / ("state" if backend == "file" else "state.db")
+
+
+async def crash_and_resume(seed: int, folder: Path, steps: int) -> tuple[int, str, dict[str, int]]:
+    backend = "file" if seed % 2 == 0 else "sqlite"
+    folder.mkdir()
+    state, counts = storage_path(backend, folder), folder / "counts"
+    kill_at = 1 + seed % steps
+    code, output = await run_workflow(backend, state, counts, kill_at, "run")
+    assert code == -signal.SIGKILL, (
+        f"seed {seed}: the run was not killed at step {kill_at}: {output}"
+    )
+    code, output = await run_workflow(backend, state, counts, 0, "resume")
+    assert code == 0, f"seed {seed} ({backend}, killed after step {kill_at}): {output}"
+    executions = Counter(counts.read_text().split()) if counts.exists() else Counter()
+    return kill_at, output.strip().splitlines()[-1], dict(executions)
+
+
+@pytest.mark.parametrize("backend", ["file", "sqlite"])
+async def test_an_uninterrupted_run_is_the_reference(tmp_path: Path, backend: str) -> None:
+    code, output = await run_workflow(
+        backend, storage_path(backend, tmp_path), tmp_path / "c", 0, "run"
+    )
+    assert code == 0, output
+    assert json.loads(output)["final"] == ["w1-done", "w2-done", "w3-done"]
+
+
+async def test_kill_9_at_any_step_boundary_then_resume_loses_nothing(tmp_path: Path) -> None:
+    code, output = await run_workflow("file", tmp_path / "reference", tmp_path / "rc", 0, "run")
+    assert code == 0, output
+    reference = json.loads(output)
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(seed: int) -> tuple[int, str, dict[str, int]]:
+        async with gate:
+            return await crash_and_resume(seed, tmp_path / f"seed{seed}", reference["steps"])
+
+    outcomes = await asyncio.gather(*(one(seed) for seed in range(SEEDS)))
+    assert {kill_at for kill_at, _, _ in outcomes} == set(range(1, reference["steps"] + 1))
+    for seed, (kill_at, final, executions) in enumerate(outcomes):
+        assert json.loads(final)["final"] == reference["final"], (
+            f"seed {seed}, killed after step {kill_at}"
+        )
+        assert executions == {"plan": 1, "report": 1}, (
+            f"seed {seed}: a tool call ran twice: {executions}"
+        )
