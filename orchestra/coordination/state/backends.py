@@ -16,7 +16,7 @@ import threading
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from orchestra.errors import InvalidSessionIdError, SessionCorruptedError, SessionNotFoundError
 
@@ -62,14 +62,14 @@ class StorageBackend(Protocol):
 
 class FileStorageBackend:
     """Sessions as folders of append-only segment files (``log-000001.seg``, ...) under
-    ``directory``. Appends go through a worker thread; durable appends are fsync'd (the file and,
-    for a new segment, its folder)."""
+    ``directory``. Appends go through a worker thread into a segment file kept open per
+    session; durable appends are fsync'd (the file and, for a new segment, its folder)."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        self._checked: set[Path] = set()
+        self._open: dict[str, tuple[Path, BinaryIO, int]] = {}
 
     def __repr__(self) -> str:
         return f"FileStorageBackend({str(self.directory)!r})"
@@ -88,29 +88,53 @@ class FileStorageBackend:
     def _append(self, session_id: str, folder: Path, records: Sequence[str], durable: bool) -> None:
         data = "".join(frame(record) for record in records).encode()
         with self._lock(session_id):
-            created = not folder.exists()
-            folder.mkdir(parents=True, exist_ok=True)
-            segments = sorted(folder.glob("log-*.seg"))
-            segment = segments[-1] if segments else folder / "log-000001.seg"
-            if segments and segment.stat().st_size + len(data) > SEGMENT_BYTES:
-                segment = folder / f"log-{len(segments) + 1:06d}.seg"
-            new_file = not segment.exists()
-            if not new_file and segment not in self._checked:
-                _cut_torn_tail(segment)
-            self._checked.add(segment)
+            segment, handle, size = self._segment(session_id, folder, len(data), durable)
             try:
-                with open(segment, "ab") as handle:
-                    handle.write(data)
-                    if durable:
-                        handle.flush()
-                        os.fsync(handle.fileno())
+                handle.write(data)
+                handle.flush()
+                if durable:
+                    os.fsync(handle.fileno())
             except OSError:
-                self._checked.discard(segment)  # a partial write: trim it before the next one
+                self._close(session_id)  # a partial write: the next append trims it first
                 raise
-            if durable and (new_file or created):
-                _fsync_directory(folder)
-                if created:
-                    _fsync_directory(self.directory)
+            self._open[session_id] = (segment, handle, size + len(data))
+
+    def _segment(
+        self, session_id: str, folder: Path, incoming: int, durable: bool
+    ) -> tuple[Path, BinaryIO, int]:
+        """The open segment to append to: the last one, or a new one when it is full."""
+        current = self._open.get(session_id)
+        if current is not None and current[2] + incoming <= SEGMENT_BYTES:
+            return current
+        self._close(session_id)
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        segments = sorted(folder.glob("log-*.seg"))
+        if segments and (
+            current is not None or segments[-1].stat().st_size + incoming > SEGMENT_BYTES
+        ):
+            segment = folder / f"log-{len(segments) + 1:06d}.seg"
+        else:
+            segment = segments[-1] if segments else folder / "log-000001.seg"
+        new_file = not segment.exists()
+        if not new_file:
+            _cut_torn_tail(segment)
+        handle = open(segment, "ab")  # noqa: SIM115 - kept open across appends, closed in _close
+        if durable and new_file:
+            _fsync_directory(folder)
+            if created:
+                _fsync_directory(self.directory)
+        return segment, handle, handle.tell()
+
+    def _close(self, session_id: str) -> None:
+        current = self._open.pop(session_id, None)
+        if current is not None:
+            current[1].close()
+
+    def close(self) -> None:
+        """Close the open segment files (appending reopens them)."""
+        for session_id in list(self._open):
+            self._close(session_id)
 
     async def read(self, session_id: str) -> list[str]:
         folder = self._folder(session_id)
@@ -152,6 +176,7 @@ class FileStorageBackend:
             if not folder.is_dir():
                 return False
             with self._lock(session_id):
+                self._close(session_id)
                 for path in folder.iterdir():
                     path.unlink()
                 folder.rmdir()
@@ -188,6 +213,8 @@ class SQLiteStorageBackend:
         self.path = Path(path)
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._next: dict[str, int] = {}
+        self._synchronous = ""
 
     def __repr__(self) -> str:
         return f"SQLiteStorageBackend({str(self.path)!r})"
@@ -259,6 +286,7 @@ class SQLiteStorageBackend:
 
     async def delete(self, session_id: str) -> bool:
         check_session_id(session_id)
+        self._next.pop(session_id, None)
         count = await self._run(
             lambda db: db.execute("DELETE FROM log WHERE session = ?", (session_id,)).rowcount
         )

@@ -1,0 +1,125 @@
+"""Durable sessions: time added per step by each backend and durability setting, and storage
+bytes per step as runs grow (flat: the log grows linearly, state is never rewritten).
+
+Run: ``.venv/bin/python bench/state.py``. Prints a table and rewrites the "Sessions" section of
+``bench/results.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import platform
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine import QUIET, ring_topology, write_results  # type: ignore[import-not-found]
+
+from orchestra.agents import Agent, AgentRegistry
+from orchestra.coordination.orchestra import Orchestra
+from orchestra.coordination.state import FileStorageBackend, SQLiteStorageBackend, StateManager
+from orchestra.models import FunctionModel, Message, StepInfo
+
+STEPS = 2000
+NAMES = [f"A{i}" for i in range(10)]
+
+
+def ring_registry(steps: int) -> AgentRegistry:
+    successor = dict(zip(NAMES, NAMES[1:] + NAMES[:1], strict=True))
+    budget = {"left": steps}
+
+    def decide(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+        budget["left"] -= 1
+        if budget["left"] <= 0 and info.can_finish:
+            return {"next_action": "final_response", "action_input": {"response": "done"}}
+        return {
+            "next_action": "invoke_agent",
+            "action_input": [{"agent_name": successor[info.agent_name], "request": "go on"}],
+        }
+
+    model = FunctionModel(decide)
+    return AgentRegistry([Agent(name, model, register=False) for name in NAMES])
+
+
+async def timed_run(steps: int, manager: StateManager | None, session: str) -> float:
+    started = time.perf_counter()
+    result = await Orchestra.run(
+        "bench",
+        ring_topology(NAMES),
+        agent_registry=ring_registry(steps),
+        context={"session_id": session},
+        execution_config=QUIET,
+        state_manager=manager,
+        max_steps=steps + len(NAMES) + 1,
+    )
+    assert result.success, result.error
+    return (time.perf_counter() - started) / result.total_steps
+
+
+def backends(folder: Path) -> dict[str, Any]:
+    return {
+        "file": lambda: FileStorageBackend(folder / "files"),
+        "sqlite": lambda: SQLiteStorageBackend(folder / "state.db"),
+    }
+
+
+def stored_bytes(kind: str, folder: Path, session: str) -> int:
+    if kind == "file":
+        return sum(p.stat().st_size for p in (folder / "files" / session).glob("*.seg"))
+    with sqlite3.connect(folder / "state.db") as db:
+        row = db.execute("SELECT SUM(LENGTH(line)) FROM log WHERE session = ?", (session,))
+        return int(row.fetchone()[0])
+
+
+def best(samples: list[float]) -> float:
+    return min(samples)
+
+
+def main() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="orchestra-bench-"))
+    rows: list[tuple[str, str]] = []
+    try:
+        baseline = best([asyncio.run(timed_run(STEPS, None, f"none{i}")) for i in range(3)])
+        rows.append(("no persistence", f"{baseline * 1e6:.1f} µs/step"))
+        for kind, make in backends(folder).items():
+            for interval, label in ((0.0, "durable every step"), (30.0, "flushed every 30 s")):
+                gc.collect()
+                samples = [
+                    asyncio.run(
+                        timed_run(STEPS, StateManager(make(), interval), f"{kind}{interval}{i}")
+                    )
+                    for i in range(3)
+                ]
+                added = (best(samples) - baseline) * 1e6
+                rows.append(
+                    (f"{kind}, {label}", f"{best(samples) * 1e6:.1f} µs/step (+{added:.1f} µs)")
+                )
+        for kind, make in backends(folder).items():
+            sizes = []
+            for steps in (10, 100, 1000):
+                session = f"size-{kind}-{steps}"
+                asyncio.run(timed_run(steps, StateManager(make(), 30.0), session))
+                sizes.append(f"{stored_bytes(kind, folder, session) / steps:.0f}")
+            rows.append(
+                (f"{kind}: stored bytes per step at 10 / 100 / 1000 steps", " / ".join(sizes))
+            )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    machine = f"{platform.python_implementation()} {platform.python_version()} on {platform.machine()}, {platform.system()}"
+    width = max(len(name) for name, _ in rows)
+    print(f"Sessions benchmark ({machine}), 10-agent ring, {STEPS} steps")
+    for name, value in rows:
+        print(f"  {name.ljust(width)}  {value}")
+    write_results("Sessions", machine, rows)
+
+
+if __name__ == "__main__":
+    main()
