@@ -8,9 +8,11 @@ so repeated runs start in well under a second.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -95,7 +97,38 @@ def main(argv: list[str]) -> int:
     ensure_environment("test")
     if command == "demo":
         return subprocess.call([str(PYTHON), "-m", "orchestra", "demo", *rest], cwd=ROOT)
+    ensure_test_servers()
     return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
+
+
+def ensure_test_servers() -> None:
+    """The session tests run real Redis and PostgreSQL servers (started by the tests on
+    loopback); install the Debian packages when they are missing."""
+    have_redis = shutil.which("redis-server") is not None
+    have_postgres = bool(glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb"))
+    if have_redis and have_postgres:
+        return
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        sys.exit(
+            "[dev] the tests need redis-server and PostgreSQL; install them (Debian: "
+            "apt-get install redis-server postgresql) or run as root to let dev.py do it"
+        )
+    print("[dev] installing redis-server and postgresql (Debian packages)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        [
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "redis-server",
+            "postgresql",
+        ],
+        check=True,
+        env=env,
+    )
 
 
 if __name__ == "__main__":

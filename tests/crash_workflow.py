@@ -1,6 +1,9 @@
 """A durable workflow run in a subprocess by the crash test: parallel branches and a tool.
 
-Usage: python crash_workflow.py BACKEND STATE_PATH COUNT_FILE KILL_AT {run|resume}
+Usage: python crash_workflow.py BACKEND STATE COUNT_FILE KILL_AT {run|resume}
+
+BACKEND is file, sqlite, redis or postgres; STATE is a path for the first two and a namespace
+for the servers (found through ORCHESTRA_TEST_REDIS_URL / ORCHESTRA_TEST_POSTGRES_DSN).
 
 With KILL_AT > 0 the process SIGKILLs itself right after its KILL_AT-th completed step — a
 step boundary — so the resume starts from whatever the log holds. On success it prints the
@@ -20,7 +23,13 @@ from typing import Any
 from orchestra import Agent, AgentRegistry, ExecutionConfig, FunctionAgent, StatusConfig
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.orchestra import OrchestraInstance
-from orchestra.coordination.state import FileStorageBackend, SQLiteStorageBackend, StateManager
+from orchestra.coordination.state import (
+    FileStorageBackend,
+    PostgresStorageBackend,
+    RedisStorageBackend,
+    SQLiteStorageBackend,
+    StateManager,
+)
 from orchestra.models import FunctionModel, Message, StepInfo
 from orchestra.tools import tool
 
@@ -72,7 +81,15 @@ def worker(delay: float) -> Any:
 
 
 def instance() -> OrchestraInstance:
-    storage = FileStorageBackend(STATE) if BACKEND == "file" else SQLiteStorageBackend(STATE)
+    storage: Any
+    if BACKEND == "file":
+        storage = FileStorageBackend(STATE)
+    elif BACKEND == "sqlite":
+        storage = SQLiteStorageBackend(STATE)
+    elif BACKEND == "redis":
+        storage = RedisStorageBackend(os.environ["ORCHESTRA_TEST_REDIS_URL"], namespace=STATE)
+    else:
+        storage = PostgresStorageBackend(os.environ["ORCHESTRA_TEST_POSTGRES_DSN"], namespace=STATE)
     registry = AgentRegistry(
         [
             Agent("Planner", FunctionModel(planner), tools=[log_call], register=False),

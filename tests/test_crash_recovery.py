@@ -23,29 +23,36 @@ CONCURRENCY = 4
 
 
 async def run_workflow(
-    backend: str, state: Path, counts: Path, kill_at: int, mode: str
+    backend: str, state: str, counts: Path, kill_at: int, mode: str
 ) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(WORKFLOW),
         backend,
-        str(state),
+        state,
         str(counts),
         str(kill_at),
         mode,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
     return process.returncode or 0, output.decode()
 
 
-def storage_path(backend: str, folder: Path) -> Path:
-    return folder / ("state" if backend == "file" else "state.db")
+BACKENDS = ["file", "sqlite", "redis", "postgres"]
+
+
+def storage_path(backend: str, folder: Path) -> str:
+    if backend == "file":
+        return str(folder / "state")
+    if backend == "sqlite":
+        return str(folder / "state.db")
+    return "crash_" + folder.name.lower()  # a namespace on the server
 
 
 async def crash_and_resume(seed: int, folder: Path, steps: int) -> tuple[int, str, dict[str, int]]:
-    backend = "file" if seed % 2 == 0 else "sqlite"
+    backend = BACKENDS[seed % len(BACKENDS)]
     folder.mkdir()
     state, counts = storage_path(backend, folder), folder / "counts"
     kill_at = 1 + seed % steps
@@ -59,8 +66,15 @@ async def crash_and_resume(seed: int, folder: Path, steps: int) -> tuple[int, st
     return kill_at, output.strip().splitlines()[-1], dict(executions)
 
 
-@pytest.mark.parametrize("backend", ["file", "sqlite"])
-async def test_an_uninterrupted_run_is_the_reference(tmp_path: Path, backend: str) -> None:
+@pytest.fixture
+def servers(redis_server: str, postgres_server: str) -> None:
+    """Both database servers are up (their addresses are in the environment)."""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_uninterrupted_run_is_the_reference(
+    tmp_path: Path, backend: str, servers: None
+) -> None:
     code, output = await run_workflow(
         backend, storage_path(backend, tmp_path), tmp_path / "c", 0, "run"
     )
@@ -68,8 +82,12 @@ async def test_an_uninterrupted_run_is_the_reference(tmp_path: Path, backend: st
     assert json.loads(output)["final"] == ["w1-done", "w2-done", "w3-done"]
 
 
-async def test_kill_9_at_any_step_boundary_then_resume_loses_nothing(tmp_path: Path) -> None:
-    code, output = await run_workflow("file", tmp_path / "reference", tmp_path / "rc", 0, "run")
+async def test_kill_9_at_any_step_boundary_then_resume_loses_nothing(
+    tmp_path: Path, servers: None
+) -> None:
+    code, output = await run_workflow(
+        "file", str(tmp_path / "reference"), tmp_path / "rc", 0, "run"
+    )
     assert code == 0, output
     reference = json.loads(output)
     gate = asyncio.Semaphore(CONCURRENCY)

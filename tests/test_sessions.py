@@ -1,7 +1,9 @@
 """Durable sessions: OrchestraInstance's execute / pause / resume / checkpoints, Orchestra.run
 with a state manager, the durability policy, damaged and foreign logs, and tool calls in doubt.
 
-Every test runs against both storage backends (a folder of segment files and a SQLite file).
+Every test runs against all four storage backends: a folder of segment files, a SQLite file,
+and real Redis and PostgreSQL servers on loopback (started once per test session, see
+conftest.py), each test in its own namespace.
 Steps are held in flight with asyncio events, never with sleeps; a run that must die mid-way
 runs in a subprocess (this module, imported there: see ``subprocess_main``) and SIGKILLs itself.
 """
@@ -9,6 +11,7 @@ runs in a subprocess (this module, imported there: see ``subprocess_main``) and 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -33,7 +36,13 @@ from orchestra import (
     tool,
 )
 from orchestra.coordination.orchestra import OrchestraInstance
-from orchestra.coordination.state import FileStorageBackend, SQLiteStorageBackend, StateManager
+from orchestra.coordination.state import (
+    FileStorageBackend,
+    PostgresStorageBackend,
+    RedisStorageBackend,
+    SQLiteStorageBackend,
+    StateManager,
+)
 from orchestra.errors import (
     ConfigurationError,
     InvalidSessionIdError,
@@ -48,15 +57,25 @@ QUIET = ExecutionConfig(status=StatusConfig.from_verbosity(0))
 TESTS = Path(__file__).parent
 T = TypeVar("T")
 
-Storage = FileStorageBackend | SQLiteStorageBackend
+Storage = FileStorageBackend | SQLiteStorageBackend | RedisStorageBackend | PostgresStorageBackend
+BACKENDS = ["file", "sqlite", "redis", "postgres"]
 
 
 # ---- storage -------------------------------------------------------------------------------
 
 
+def namespace(root: Path) -> str:
+    """One namespace per test (stable across the test's subprocesses and reopenings)."""
+    return "t" + hashlib.sha1(str(root).encode()).hexdigest()[:16]
+
+
 def open_backend(kind: str, root: Path) -> Storage:
     if kind == "file":
         return FileStorageBackend(root / "state")
+    if kind == "redis":
+        return RedisStorageBackend(os.environ["ORCHESTRA_TEST_REDIS_URL"], namespace(root))
+    if kind == "postgres":
+        return PostgresStorageBackend(os.environ["ORCHESTRA_TEST_POSTGRES_DSN"], namespace(root))
     return SQLiteStorageBackend(root / "state.db")
 
 
@@ -65,8 +84,10 @@ def close_backend(storage: Storage) -> None:
         storage.close()
 
 
-@pytest.fixture(params=["file", "sqlite"])
+@pytest.fixture(params=BACKENDS)
 def backend_kind(request: pytest.FixtureRequest) -> str:
+    if request.param in ("redis", "postgres"):
+        request.getfixturevalue(f"{request.param}_server")
     return str(request.param)
 
 
@@ -85,7 +106,7 @@ async def records(storage: Storage, session_id: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in await storage.read(session_id)]
 
 
-def flip_byte(storage: Storage, session_id: str, number: int) -> None:
+async def flip_byte(storage: Storage, session_id: str, number: int) -> None:
     """Flip one bit of one byte in the middle of the session's ``number``-th stored record."""
 
     def flipped(line: str) -> str:
@@ -97,6 +118,23 @@ def flip_byte(storage: Storage, session_id: str, number: int) -> None:
         lines = segment.read_text().split("\n")
         lines[number - 1] = flipped(lines[number - 1])
         segment.write_text("\n".join(lines))
+        return
+    if isinstance(storage, RedisStorageBackend):
+        client = storage._client()
+        key = storage._key(session_id)
+        await client.lset(key, number - 1, flipped(await client.lindex(key, number - 1)))
+        return
+    if isinstance(storage, PostgresStorageBackend):
+        pool = await storage._pool()
+        line = await pool.fetchval(
+            f"SELECT line FROM {storage.table} WHERE session = $1 AND seq = $2", session_id, number
+        )
+        await pool.execute(
+            f"UPDATE {storage.table} SET line = $1 WHERE session = $2 AND seq = $3",
+            flipped(line),
+            session_id,
+            number,
+        )
         return
     with sqlite3.connect(storage.path) as db:
         (line,) = db.execute(
@@ -629,7 +667,7 @@ async def test_a_damaged_record_is_reported_and_other_sessions_still_load(
     for session_id in ("damaged", "healthy"):
         await pipeline.paused(session_id)
 
-    flip_byte(storage, "damaged", 2)
+    await flip_byte(storage, "damaged", 2)
     with pytest.raises(SessionCorruptedError, match="damaged"):
         await orchestra.state_manager.load("damaged")  # type: ignore[union-attr]
     with pytest.raises(SessionCorruptedError, match="damaged"):
@@ -644,6 +682,7 @@ async def test_a_damaged_record_is_reported_and_other_sessions_still_load(
     assert sorted(await orchestra.list_sessions()) == ["damaged", "healthy"]
 
 
+@pytest.mark.parametrize("backend_kind", ["file", "sqlite"])  # the servers append atomically
 async def test_a_torn_last_record_is_ignored_and_appends_continue(
     backend_kind: str, tmp_path: Path
 ) -> None:

@@ -2,9 +2,12 @@
 
 from .backends import FileStorageBackend, SQLiteStorageBackend, StorageBackend
 from .manager import SessionLog, StateManager
+from .servers import PostgresStorageBackend, RedisStorageBackend
 
 __all__ = [
     "FileStorageBackend",
+    "PostgresStorageBackend",
+    "RedisStorageBackend",
     "SQLiteStorageBackend",
     "SessionLog",
     "StateManager",

@@ -1,0 +1,172 @@
+"""Session logs on database servers: Redis and PostgreSQL (same protocol as the embedded ones).
+
+Both take a ``namespace`` so several applications (or tests) can share one server. Clients are
+created per event loop: a backend object may serve runs on different loops. Durability is the
+server's: an append returns once the server acknowledged it (Redis with ``appendonly yes`` and
+``appendfsync always`` fsyncs before acknowledging; PostgreSQL commits with its configured
+``synchronous_commit``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from orchestra.errors import ConfigurationError, SessionNotFoundError
+
+from .backends import check_session_id, frame, unframe
+
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+def _check_namespace(namespace: str) -> str:
+    if not _NAMESPACE.match(namespace):
+        raise ConfigurationError(
+            f"namespace {namespace!r} must be lower-case letters, digits and '_' (max 41)"
+        )
+    return namespace
+
+
+class _PerLoop:
+    """One client per running event loop (drivers bind their connections to a loop)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    def get(self) -> Any:
+        return self._clients.get(asyncio.get_running_loop())
+
+    def put(self, client: Any) -> Any:
+        self._clients[asyncio.get_running_loop()] = client
+        return client
+
+
+class RedisStorageBackend:
+    """Each session a Redis list of checksummed records (``{namespace}:log:{session}``), and
+    a set of session ids. Needs ``pip install 'orchestra[redis]'``."""
+
+    def __init__(self, url: str, namespace: str = "orchestra") -> None:
+        try:
+            import redis.asyncio  # noqa: F401 - fail here, not at the first append
+        except ImportError:
+            raise ConfigurationError(
+                "RedisStorageBackend needs the 'redis' package: pip install 'orchestra[redis]'"
+            ) from None
+        self.url = url
+        self.namespace = _check_namespace(namespace)
+        self._clients = _PerLoop()
+
+    def __repr__(self) -> str:
+        return f"RedisStorageBackend({self.url!r}, namespace={self.namespace!r})"
+
+    def _client(self) -> Any:
+        client = self._clients.get()
+        if client is None:
+            import redis.asyncio
+
+            client = self._clients.put(redis.asyncio.from_url(self.url, decode_responses=True))
+        return client
+
+    def _key(self, session_id: str) -> str:
+        return f"{self.namespace}:log:{check_session_id(session_id)}"
+
+    async def append(self, session_id: str, records: Sequence[str], durable: bool) -> None:
+        key = self._key(session_id)
+        async with self._client().pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *(frame(record)[:-1] for record in records))
+            pipe.sadd(f"{self.namespace}:sessions", session_id)
+            await pipe.execute()
+
+    async def read(self, session_id: str) -> list[str]:
+        lines = await self._client().lrange(self._key(session_id), 0, -1)
+        if not lines:
+            raise SessionNotFoundError(f"no session {session_id!r} in {self!r}")
+        return [unframe(session_id, f"record {n}", line) for n, line in enumerate(lines, start=1)]
+
+    async def exists(self, session_id: str) -> bool:
+        return bool(await self._client().exists(self._key(session_id)))
+
+    async def list_sessions(self) -> list[str]:
+        return sorted(await self._client().smembers(f"{self.namespace}:sessions"))
+
+    async def delete(self, session_id: str) -> bool:
+        client = self._client()
+        removed = await client.delete(self._key(session_id))
+        await client.srem(f"{self.namespace}:sessions", session_id)
+        return bool(removed)
+
+
+class PostgresStorageBackend:
+    """Sessions in a PostgreSQL table ``{namespace}_log`` (created on first use).
+    Needs ``pip install 'orchestra[postgres]'`` (asyncpg)."""
+
+    def __init__(self, dsn: str, namespace: str = "orchestra") -> None:
+        try:
+            import asyncpg  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                "PostgresStorageBackend needs 'asyncpg': pip install 'orchestra[postgres]'"
+            ) from None
+        self.dsn = dsn
+        self.table = f"{_check_namespace(namespace)}_log"
+        self._pools = _PerLoop()
+
+    def __repr__(self) -> str:
+        return f"PostgresStorageBackend(table={self.table!r})"
+
+    async def _pool(self) -> Any:
+        pool = self._pools.get()
+        if pool is None:
+            import asyncpg
+
+            pool = self._pools.put(await asyncpg.create_pool(self.dsn, min_size=1, max_size=4))
+            async with pool.acquire() as connection:
+                await connection.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self.table} (session TEXT NOT NULL, "
+                    "seq BIGINT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (session, seq))"
+                )
+        return pool
+
+    async def append(self, session_id: str, records: Sequence[str], durable: bool) -> None:
+        check_session_id(session_id)
+        pool = await self._pool()
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
+            start = await connection.fetchval(
+                f"SELECT COALESCE(MAX(seq), 0) FROM {self.table} WHERE session = $1", session_id
+            )
+            await connection.executemany(
+                f"INSERT INTO {self.table} (session, seq, line) VALUES ($1, $2, $3)",
+                [(session_id, start + n + 1, frame(r)[:-1]) for n, r in enumerate(records)],
+            )
+
+    async def read(self, session_id: str) -> list[str]:
+        check_session_id(session_id)
+        pool = await self._pool()
+        rows = await pool.fetch(
+            f"SELECT seq, line FROM {self.table} WHERE session = $1 ORDER BY seq", session_id
+        )
+        if not rows:
+            raise SessionNotFoundError(f"no session {session_id!r} in {self!r}")
+        return [unframe(session_id, f"record {row['seq']}", row["line"]) for row in rows]
+
+    async def exists(self, session_id: str) -> bool:
+        check_session_id(session_id)
+        pool = await self._pool()
+        found = await pool.fetchval(
+            f"SELECT 1 FROM {self.table} WHERE session = $1 LIMIT 1", session_id
+        )
+        return found is not None
+
+    async def list_sessions(self) -> list[str]:
+        pool = await self._pool()
+        rows = await pool.fetch(f"SELECT DISTINCT session FROM {self.table} ORDER BY session")
+        return [row["session"] for row in rows]
+
+    async def delete(self, session_id: str) -> bool:
+        check_session_id(session_id)
+        pool = await self._pool()
+        status = await pool.execute(f"DELETE FROM {self.table} WHERE session = $1", session_id)
+        return not status.endswith(" 0")

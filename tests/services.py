@@ -1,0 +1,114 @@
+"""Real Redis and PostgreSQL servers on loopback for the session tests.
+
+``python3 dev.py test`` installs the Debian packages when they are missing; these helpers start
+private, throw-away servers in a temporary folder and read their readiness from their own logs.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from servers import free_port
+
+
+def _wait_for(process: subprocess.Popen[str], ready: str, name: str) -> None:
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:  # blocks until the server logs that it is ready
+        seen.append(line)
+        if ready in line:
+            return
+    raise RuntimeError(f"{name} exited before it was ready:\n" + "".join(seen[-20:]))
+
+
+def start_redis() -> tuple[subprocess.Popen[str], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed; `python3 dev.py test` installs it")
+    folder = tempfile.mkdtemp(prefix="orchestra-redis-")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            folder,
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for(process, "Ready to accept connections", "redis-server")
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def _postgres_binary(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
+    if not found[-1]:
+        raise RuntimeError(
+            f"PostgreSQL's {name} is not installed; `python3 dev.py test` installs it"
+        )
+    return found[-1]
+
+
+def start_postgres() -> tuple[subprocess.Popen[str], str, str]:
+    """A private cluster (trust auth on loopback); run as the 'postgres' user when root."""
+    folder = tempfile.mkdtemp(prefix="orchestra-pg-")
+    data = os.path.join(folder, "data")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_user, _postgres_binary("initdb"), "-D", data, "--auth=trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *as_user,
+            _postgres_binary("postgres"),
+            "-D",
+            data,
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            folder,
+            "-c",
+            "fsync=on",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for(process, "database system is ready to accept connections", "postgres")
+    return process, f"postgresql://postgres@127.0.0.1:{port}/postgres", folder
+
+
+def stop(process: subprocess.Popen[str], folder: str | None = None) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    if folder:
+        shutil.rmtree(Path(folder), ignore_errors=True)
