@@ -608,7 +608,7 @@ async def test_system_prompt_names_peers_actions_labels_and_context() -> None:
     assert "You are Boss." in prompt
     assert "You run the team." in prompt
     assert "Helper (answers back to you)" in prompt
-    assert 'Guarded (add "label": "approved")' in prompt
+    assert 'Guarded (needs "label": "approved")' in prompt
     assert "in parallel: Helper, Guarded" in prompt
     for action in ("invoke_agent", "final_response", "ask_user", "call_tool"):
         assert f"- {action}" in prompt

@@ -330,7 +330,7 @@ def test_a_peer_needing_a_label_adds_a_label_enum() -> None:
     (tool,) = coordination_tools(info(peers))
     tool_item = tool.parameters["properties"]["invocations"]["items"]
     assert tool_item["properties"]["label"]["enum"] == ["approved", "rejected"]
-    assert 'Approver (needs label "approved")' in tool.description
+    assert 'Approver (needs "label": "approved")' in tool.description
 
 
 def test_coordination_tools_shrink_to_what_is_allowed() -> None:

@@ -32,7 +32,8 @@ from orchestra.coordination.engine import events as ev
 from orchestra.models.base import Message, PeerInfo, StepInfo
 from orchestra.models.config import ModelConfig
 from orchestra.models.local import bundled_model_path
-from orchestra.models.openai_chat import OpenAIChatModel, is_retryable, retry_after_seconds
+from orchestra.models.openai_chat import OpenAIChatModel
+from orchestra.models.sdk_calls import is_retryable, retry_after_seconds
 
 MODEL = "test-model"
 FAST = ErrorHandlingConfig(max_retries=2, retry_initial_delay=0, retry_max_delay=0)

@@ -346,7 +346,7 @@ async def test_pattern_1_conditional_execution_with_llm_agents() -> None:
     assert result.was_agent_invoked("ProcessorA")
     assert not result.was_agent_invoked("ProcessorB")
     assert result.branch_results[0].agents == ["Validator", "ProcessorA", "Finalizer"]
-    assert 'Finalizer (add "label": "valid")' in processor_a.calls[0].messages[0].content
+    assert 'Finalizer (needs "label": "valid")' in processor_a.calls[0].messages[0].content
     steering = processor_a.calls[1].messages[-1].content
     assert 'needs "label": "valid"' in steering
     assert result.get_metrics()["rejected_actions"] == 1

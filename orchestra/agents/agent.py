@@ -16,7 +16,7 @@ from orchestra.coordination.engine.actions import (
 from orchestra.errors import ModelAPIError, ToolError
 from orchestra.models.base import Message, Model, ModelReply, StepInfo, ToolCall, ToolSpec
 from orchestra.models.config import ModelConfig
-from orchestra.models.protocol import answer_only
+from orchestra.models.protocol import answer_only, describe_peers
 from orchestra.models.retry import complete_with_retries
 from orchestra.tools.tool import Tool, as_tool
 
@@ -67,12 +67,7 @@ def protocol_prompt(info: StepInfo, native_tools: bool) -> str:
         '{"next_action": <action>, "action_input": <input>}. Actions available now:'
     ]
     if info.peers:
-        peers = ", ".join(
-            peer.name
-            + (" (answers back to you)" if peer.is_call else "")
-            + (f' (add "label": "{peer.label}")' if peer.label else "")
-            for peer in info.peers
-        )
+        peers = describe_peers(info)
         lines.append(
             '- invoke_agent: [{"agent_name": <peer>, "request": <what they should do>}]. '
             f"Peers: {peers}."

@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from orchestra.errors import ModelAPIError
-
 from .base import Message, ModelReply, StepInfo, ToolCall, Usage
 from .config import ModelConfig, missing_extra
-from .openai_chat import is_retryable, retry_after_seconds
 from .pricing import cost_usd
 from .protocol import answer_only, coordination_tools, reply_from_tool_calls
+from .sdk_calls import call_sdk
 
 DEFAULT_MAX_TOKENS = 1024
 
@@ -112,31 +110,14 @@ class AnthropicModel:
         return body
 
     async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply:
-        errors = self._anthropic
-        try:
-            response = await self._client.messages.create(**self.request(messages, info))
-        except errors.APIStatusError as error:
-            raise ModelAPIError(
-                _error_text(error),
-                provider=self.provider,
-                model=self.config.name,
-                status=error.status_code,
-                retryable=is_retryable(error.status_code) or error.status_code == 529,
-                retry_after=retry_after_seconds(error.response.headers),
-            ) from None
-        except errors.APITimeoutError:
-            raise self._error(f"no answer within {self.config.timeout}s", retryable=True) from None
-        except errors.APIConnectionError as error:
-            where = self.config.base_url or "the Anthropic API"
-            raise self._error(
-                f"cannot reach {where}: {error.__cause__ or error}", retryable=True
-            ) from None
-        except (errors.APIError, ValueError) as error:
-            raise self._error(f"malformed response: {error}", retryable=False) from None
-        try:
-            return self._reply(response)
-        except (AttributeError, TypeError, KeyError) as error:
-            raise self._error(f"malformed response: {error}", retryable=False) from None
+        body = self.request(messages, info)
+        return await call_sdk(
+            self._anthropic,
+            self.provider,
+            self.config,
+            lambda: self._client.messages.create(**body),
+            self._reply,
+        )
 
     def _reply(self, response: Any) -> ModelReply:
         texts, calls = [], []
@@ -154,17 +135,3 @@ class AnthropicModel:
         if not calls:
             return ModelReply(content=content, usage=usage)
         return reply_from_tool_calls(content, calls, usage)
-
-    def _error(self, message: str, retryable: bool) -> ModelAPIError:
-        return ModelAPIError(
-            message, provider=self.provider, model=self.config.name, retryable=retryable
-        )
-
-
-def _error_text(error: Any) -> str:
-    body = getattr(error, "body", None)
-    if isinstance(body, dict):
-        detail = body.get("error", body)
-        if isinstance(detail, dict) and "message" in detail:
-            return f"{detail.get('type', 'error')}: {detail['message']}"
-    return str(getattr(error, "message", error))[:500]

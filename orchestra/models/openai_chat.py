@@ -6,35 +6,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from orchestra.errors import ModelAPIError
-
 from .base import Message, ModelReply, StepInfo, ToolCall, ToolSpec, Usage
 from .config import ModelConfig, missing_extra
 from .pricing import cost_usd
 from .protocol import action_schema, answer_only, coordination_tools, reply_from_tool_calls
-
-RETRYABLE_STATUS = frozenset({408, 409, 429})
-
-
-def retry_after_seconds(headers: Any) -> float | None:
-    """Seconds from a ``Retry-After`` (or ``retry-after-ms``) header, when present and numeric."""
-    if headers is None:
-        return None
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds is not None:
-        try:
-            return float(milliseconds) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: fall back to backoff
-
-
-def is_retryable(status: int) -> bool:
-    return status in RETRYABLE_STATUS or status >= 500
+from .sdk_calls import call_sdk
 
 
 def to_chat_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -145,30 +121,14 @@ class OpenAIChatModel:
         return body
 
     async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply:
-        try:
-            response = await self._client.chat.completions.create(**self.request(messages, info))
-        except self._openai.APIStatusError as error:
-            raise ModelAPIError(
-                _error_text(error),
-                provider=self.provider,
-                model=self.config.name,
-                status=error.status_code,
-                retryable=is_retryable(error.status_code),
-                retry_after=retry_after_seconds(error.response.headers),
-            ) from None
-        except self._openai.APITimeoutError:
-            raise self._error(f"no answer within {self.config.timeout}s", retryable=True) from None
-        except self._openai.APIConnectionError as error:
-            where = self.config.base_url or "the OpenAI API"
-            raise self._error(
-                f"cannot reach {where}: {error.__cause__ or error}", retryable=True
-            ) from None
-        except (self._openai.APIError, ValueError) as error:
-            raise self._error(f"malformed response: {error}", retryable=False) from None
-        try:
-            return self._reply(response)
-        except (AttributeError, IndexError, TypeError, KeyError) as error:
-            raise self._error(f"malformed response: {error}", retryable=False) from None
+        body = self.request(messages, info)
+        return await call_sdk(
+            self._openai,
+            self.provider,
+            self.config,
+            lambda: self._client.chat.completions.create(**body),
+            self._reply,
+        )
 
     def _reply(self, response: Any) -> ModelReply:
         message = response.choices[0].message
@@ -197,18 +157,3 @@ class OpenAIChatModel:
                 )
             )
         return reply_from_tool_calls(message.content, calls, usage)
-
-    def _error(self, message: str, retryable: bool) -> ModelAPIError:
-        return ModelAPIError(
-            message, provider=self.provider, model=self.config.name, retryable=retryable
-        )
-
-
-def _error_text(error: Any) -> str:
-    body = getattr(error, "body", None)
-    if isinstance(body, dict):
-        detail = body.get("error", body)
-        if isinstance(detail, dict) and "message" in detail:
-            return str(detail["message"])
-        return json.dumps(detail)[:500]
-    return str(getattr(error, "message", error))[:500]

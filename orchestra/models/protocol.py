@@ -82,16 +82,21 @@ def _variant(action: str, action_input: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
+def describe_peers(info: StepInfo, separator: str = ", ") -> str:
+    """The peers an agent may invoke now, each with what the model must know about it."""
+    return separator.join(
+        peer.name
+        + (" (answers back to you)" if peer.is_call else "")
+        + (f' (needs "label": "{peer.label}")' if peer.label else "")
+        for peer in info.peers
+    )
+
+
 def coordination_tools(info: StepInfo) -> list[ToolSpec]:
     """The coordination actions allowed now, as tools a tool-calling model can call."""
     tools = []
     if info.peers:
-        peers = "; ".join(
-            peer.name
-            + (" (answers back to you)" if peer.is_call else "")
-            + (f' (needs label "{peer.label}")' if peer.label else "")
-            for peer in info.peers
-        )
+        peers = describe_peers(info, "; ")
         parallel = (
             " Several invocations run in parallel; allowed together: "
             + "; ".join(", ".join(group) for group in info.parallel_groups)

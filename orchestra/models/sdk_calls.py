@@ -1,0 +1,90 @@
+"""One translation of the official SDKs' errors into ModelAPIError, for every adapter.
+
+The ``openai`` and ``anthropic`` SDKs share their error classes' shape (``APIStatusError`` with
+``status_code`` and ``response``, ``APITimeoutError``, ``APIConnectionError``, ``APIError``), so
+one function calls a request and one parser, and says what failed in the caller's terms.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from types import ModuleType
+from typing import Any, TypeVar
+
+from orchestra.errors import ModelAPIError
+
+from .config import ModelConfig
+
+T = TypeVar("T")
+RETRYABLE_STATUS = frozenset({408, 409, 429, 529})  # 529: Anthropic's "overloaded"
+
+
+def is_retryable(status: int) -> bool:
+    return status in RETRYABLE_STATUS or status >= 500
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds from a ``Retry-After`` (or ``retry-after-ms``) header, when present and numeric."""
+    if headers is None:
+        return None
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            return float(milliseconds) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to backoff
+
+
+def error_text(error: Any) -> str:
+    """The provider's own explanation from an error body, else the SDK's message."""
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        detail = body.get("error", body)
+        if isinstance(detail, dict) and "message" in detail:
+            kind = detail.get("type")
+            return f"{kind}: {detail['message']}" if kind else str(detail["message"])
+        return json.dumps(detail)[:500]
+    return str(getattr(error, "message", error))[:500]
+
+
+async def call_sdk(
+    sdk: ModuleType,
+    provider: str,
+    config: ModelConfig,
+    request: Callable[[], Awaitable[Any]],
+    parse: Callable[[Any], T],
+) -> T:
+    """``parse(await request())``, with every failure a ModelAPIError naming provider, model
+    and status, marked retryable when trying again may help."""
+
+    def failure(message: str, retryable: bool, **extra: Any) -> ModelAPIError:
+        return ModelAPIError(
+            message, provider=provider, model=config.name, retryable=retryable, **extra
+        )
+
+    try:
+        response = await request()
+    except sdk.APIStatusError as error:
+        raise failure(
+            error_text(error),
+            is_retryable(error.status_code),
+            status=error.status_code,
+            retry_after=retry_after_seconds(error.response.headers),
+        ) from None
+    except sdk.APITimeoutError:
+        raise failure(f"no answer within {config.timeout}s", True) from None
+    except sdk.APIConnectionError as error:
+        where = config.base_url or f"the {provider} API"
+        raise failure(f"cannot reach {where}: {error.__cause__ or error}", True) from None
+    except (sdk.APIError, ValueError) as error:
+        raise failure(f"malformed response: {error}", False) from None
+    try:
+        return parse(response)
+    except (AttributeError, IndexError, TypeError, KeyError) as error:
+        raise failure(f"malformed response: {error}", False) from None
