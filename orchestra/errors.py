@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 class OrchestraError(Exception):
@@ -47,6 +48,9 @@ class TopologyError(OrchestraError):
             lines = "\n".join(f"  - {p.message}" for p in self.problems)
             text = f"Invalid topology ({len(self.problems)} problems):\n{lines}"
         super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
 
     @property
     def kinds(self) -> set[str]:
@@ -100,7 +104,18 @@ class ModelAPIError(ModelError):
         self.retryable = retryable
         self.retry_after = retry_after
         where = f"{provider} model {model!r}" + (f" (HTTP {status})" if status else "")
+        self.detail = message
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        keywords = {
+            "provider": self.provider,
+            "model": self.model,
+            "status": self.status,
+            "retryable": self.retryable,
+            "retry_after": self.retry_after,
+        }
+        return (_rebuild_model_error, (self.detail, keywords))
 
 
 class ToolError(OrchestraError):
@@ -117,6 +132,9 @@ class LimitExceededError(OrchestraError):
     def __init__(self, limit: str, message: str) -> None:
         self.limit = limit
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.limit, str(self)))
 
 
 class StepLimitError(LimitExceededError):
@@ -182,3 +200,7 @@ class SessionCorruptedError(SessionError):
 
 class SessionFormatError(SessionError):
     """A session was written in a log format this release cannot read or migrate."""
+
+
+def _rebuild_model_error(message: str, keywords: dict[str, Any]) -> ModelAPIError:
+    return ModelAPIError(message, **keywords)

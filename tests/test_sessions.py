@@ -11,18 +11,18 @@ runs in a subprocess (this module, imported there: see ``subprocess_main``) and 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
 import sqlite3
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from storage_backends import Storage, close_backend, open_backend
 
 from orchestra import (
     Agent,
@@ -40,7 +40,6 @@ from orchestra.coordination.state import (
     FileStorageBackend,
     PostgresStorageBackend,
     RedisStorageBackend,
-    SQLiteStorageBackend,
     StateManager,
 )
 from orchestra.errors import (
@@ -56,46 +55,6 @@ from orchestra.models import Message, StepInfo
 QUIET = ExecutionConfig(status=StatusConfig.from_verbosity(0))
 TESTS = Path(__file__).parent
 T = TypeVar("T")
-
-Storage = FileStorageBackend | SQLiteStorageBackend | RedisStorageBackend | PostgresStorageBackend
-BACKENDS = ["file", "sqlite", "redis", "postgres"]
-
-
-# ---- storage -------------------------------------------------------------------------------
-
-
-def namespace(root: Path) -> str:
-    """One namespace per test (stable across the test's subprocesses and reopenings)."""
-    return "t" + hashlib.sha1(str(root).encode()).hexdigest()[:16]
-
-
-def open_backend(kind: str, root: Path) -> Storage:
-    if kind == "file":
-        return FileStorageBackend(root / "state")
-    if kind == "redis":
-        return RedisStorageBackend(os.environ["ORCHESTRA_TEST_REDIS_URL"], namespace(root))
-    if kind == "postgres":
-        return PostgresStorageBackend(os.environ["ORCHESTRA_TEST_POSTGRES_DSN"], namespace(root))
-    return SQLiteStorageBackend(root / "state.db")
-
-
-def close_backend(storage: Storage) -> None:
-    if isinstance(storage, SQLiteStorageBackend):
-        storage.close()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend_kind(request: pytest.FixtureRequest) -> str:
-    if request.param in ("redis", "postgres"):
-        request.getfixturevalue(f"{request.param}_server")
-    return str(request.param)
-
-
-@pytest.fixture
-def storage(backend_kind: str, tmp_path: Path) -> Iterator[Storage]:
-    backend = open_backend(backend_kind, tmp_path)
-    yield backend
-    close_backend(backend)
 
 
 async def wait(awaitable: Awaitable[T]) -> T:

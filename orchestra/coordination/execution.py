@@ -35,6 +35,8 @@ from .results import BranchResult, OrchestraResult
 from .state.journal import Journal, replay
 from .state.manager import SessionWriter, StateManager
 from .state.records import FORMAT, decode, encode
+from .state.snapshots import capture as capture_snapshot
+from .state.snapshots import restore as restore_snapshot
 from .topology import Topology, TopologyAnalysis
 
 
@@ -148,9 +150,17 @@ async def resume(
     setup.max_steps = header["max_steps"]
     context = decode(header["context"])
     engine, runner = build(setup, session_id, context)
-    engine.start(decode(header["task"]))
-    engine.effects.clear()
-    replay(engine, run.records, session_id)
+    snapshot = await state_manager.read_snapshot(session_id)
+    positions = [record["s"] for record in run.records]
+    if snapshot is not None and (
+        snapshot.position in positions or snapshot.position == header["s"]
+    ):
+        restore_snapshot(engine, snapshot)  # then replay only what came after it
+        replay(engine, [r for r in run.records if r["s"] > snapshot.position], session_id)
+    else:
+        engine.start(decode(header["task"]))
+        engine.effects.clear()
+        replay(engine, run.records, session_id)
     writer = SessionWriter(state_manager, session_id, log.length)
     extra = dict(additional_context or {})
     writer.record({"t": "resume", "context": encode(extra)})
@@ -165,17 +175,21 @@ async def _drive(
 ) -> OrchestraResult:
     live = LiveRun(session_id, runner, writer)
     LIVE[session_id] = live
+    engine = runner.engine
     if writer is not None:
+        compress = writer.manager.compression
+        writer.snapshot_source = lambda position: capture_snapshot(engine, position, compress)
         writer.start()
     try:
         await go()
     finally:
         LIVE.pop(session_id, None)
-    engine = runner.engine
     paused = runner.pausing and not engine.finished
     result = _result(engine, session_id, time.perf_counter() - started, paused)
     result.checkpoint_ids = list(live.checkpoint_ids)
     if writer is not None:
+        if paused:
+            await writer.snapshot()
         writer.record(
             {"t": "end", "paused": paused, "success": result.success, "error": result.error}
         )

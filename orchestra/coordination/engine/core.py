@@ -87,7 +87,7 @@ class Engine(BranchLifecycle):
             for calls in (False, True)
         }
         self.fan_outs: dict[str, FanOut] = {}
-        self._questions = 0
+        self.questions_asked = 0
 
     # ---- starting ----------------------------------------------------------------------------
 
@@ -338,8 +338,8 @@ class Engine(BranchLifecycle):
         elif kind is ActionKind.FINAL:
             self._answer(branch, action.response)
         elif kind is ActionKind.ASK_USER:
-            self._questions += 1
-            question_id = f"q{self._questions}"
+            self.questions_asked += 1
+            question_id = f"q{self.questions_asked}"
             branch.question = (question_id, action.question)
             branch.status = BranchStatus.WAITING_USER
             self._emit(

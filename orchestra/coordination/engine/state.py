@@ -73,6 +73,18 @@ class Branch:
     def ended(self) -> bool:
         return self.status in ENDED
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for snapshots without what belongs to a live process: the pooled agents it
+        holds and its cached permissions (both are taken anew when it next steps)."""
+        state = {name: getattr(self, name) for name in self.__slots__}
+        state["leases"] = {}
+        state["allowed"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+
 
 @dataclass(slots=True, eq=False)
 class FanOut:

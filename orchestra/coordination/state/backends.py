@@ -59,6 +59,10 @@ class StorageBackend(Protocol):
 
     async def delete(self, session_id: str) -> bool: ...
 
+    async def write_snapshot(self, session_id: str, data: bytes) -> None: ...
+
+    async def read_snapshot(self, session_id: str) -> bytes | None: ...
+
 
 class FileStorageBackend:
     """Sessions as folders of append-only segment files (``log-000001.seg``, ...) under
@@ -125,6 +129,25 @@ class FileStorageBackend:
             if created:
                 _fsync_directory(self.directory)
         return segment, handle, handle.tell()
+
+    async def write_snapshot(self, session_id: str, data: bytes) -> None:
+        folder = self._folder(session_id)
+
+        def write() -> None:  # atomic: a temporary file, fsync'd, renamed over the old one
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = folder / "snapshot.tmp"
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, folder / "snapshot.bin")
+            _fsync_directory(folder)
+
+        await asyncio.to_thread(write)
+
+    async def read_snapshot(self, session_id: str) -> bytes | None:
+        path = self._folder(session_id) / "snapshot.bin"
+        return await asyncio.to_thread(lambda: path.read_bytes() if path.exists() else None)
 
     def _close(self, session_id: str) -> None:
         current = self._open.pop(session_id, None)
@@ -228,6 +251,9 @@ class SQLiteStorageBackend:
                 "CREATE TABLE IF NOT EXISTS log (session TEXT NOT NULL, seq INTEGER NOT NULL, "
                 "line TEXT NOT NULL, PRIMARY KEY (session, seq))"
             )
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS snapshot (session TEXT PRIMARY KEY, data BLOB NOT NULL)"
+            )
             self._connection = connection
         return self._connection
 
@@ -287,10 +313,29 @@ class SQLiteStorageBackend:
     async def delete(self, session_id: str) -> bool:
         check_session_id(session_id)
         self._next.pop(session_id, None)
-        count = await self._run(
-            lambda db: db.execute("DELETE FROM log WHERE session = ?", (session_id,)).rowcount
+
+        def remove(db: sqlite3.Connection) -> int:
+            db.execute("DELETE FROM snapshot WHERE session = ?", (session_id,))
+            return db.execute("DELETE FROM log WHERE session = ?", (session_id,)).rowcount
+
+        return bool(await self._run(remove))
+
+    async def write_snapshot(self, session_id: str, data: bytes) -> None:
+        check_session_id(session_id)
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO snapshot (session, data) VALUES (?, ?)", (session_id, data)
+            )
         )
-        return bool(count)
+
+    async def read_snapshot(self, session_id: str) -> bytes | None:
+        check_session_id(session_id)
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT data FROM snapshot WHERE session = ?", (session_id,)
+            ).fetchone()
+        )
+        return bytes(row[0]) if row else None  # type: ignore[index]
 
     def close(self) -> None:
         if self._connection is not None:

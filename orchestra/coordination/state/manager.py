@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ from orchestra.errors import SessionCorruptedError, SessionError, SessionNotFoun
 
 from .backends import StorageBackend, check_session_id
 from .records import FORMAT, dumps, upgrade
+from .snapshots import Snapshot
+from .snapshots import read as read_snapshot
 
 
 @dataclass
@@ -67,6 +70,7 @@ class SessionWriter:
         self._buffer: list[str] = []
         self._flusher: asyncio.Task[None] | None = None
         self._writing: asyncio.Task[None] | None = None
+        self.snapshot_source: Callable[[int], bytes | None] | None = None
 
     def record(self, record: dict[str, Any]) -> int:
         """Queue a record; returns its position (1-based) in the session log."""
@@ -102,6 +106,15 @@ class SessionWriter:
         while True:
             await asyncio.sleep(interval)
             await self.flush()
+            await self.snapshot()
+
+    async def snapshot(self) -> None:
+        """Store the run's folded state as of the last durable record (a cache for resume)."""
+        await self.flush()
+        if self.snapshot_source is not None:
+            data = self.snapshot_source(self.length)
+            if data is not None:
+                await self.manager.storage.write_snapshot(self.session_id, data)
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -116,10 +129,10 @@ class SessionWriter:
 class StateManager:
     """Persists sessions in ``storage``.
 
-    ``auto_save_interval`` (seconds) sets how often buffered records are made durable; 0 makes
-    every step durable before the next starts. ``compression`` compresses snapshots; snapshots
-    are a cache that later releases add — today a session is rebuilt from its log, which is
-    always the source of truth.
+    ``auto_save_interval`` (seconds) sets how often buffered records are made durable (0: every
+    step, before the next starts) and how often a snapshot of the run's state is stored (0: when
+    a run pauses). Snapshots are a cache that spares a resume most of its replay; the log is
+    always the source of truth. ``compression`` compresses them (zstd).
     """
 
     def __init__(
@@ -162,6 +175,11 @@ class StateManager:
                 )
             records.append(record)
         return _fold(session_id, records)
+
+    async def read_snapshot(self, session_id: str) -> Snapshot | None:
+        """The session's snapshot (SessionCorruptedError when it is damaged), if it has one."""
+        data = await self.storage.read_snapshot(check_session_id(session_id))
+        return read_snapshot(data, session_id) if data is not None else None
 
     async def list_sessions(self) -> list[str]:
         return await self.storage.list_sessions()

@@ -4,7 +4,8 @@ A record is a JSON object ``{"t": <type>, ...}``. The first record of a session 
 carrying ``FORMAT``; a log of another format is migrated when a migration exists and refused
 with a clear error otherwise. Orchestra's own types (actions, messages, tool calls, usage,
 errors) are written as plain JSON; any other Python value a function agent produced is written
-as JSON when it is JSON, else pickled (tagged), so nothing a run produced is lost.
+as JSON when it is JSON, else pickled (tagged); a value that cannot even be pickled (a lock, an
+open file) is kept as its ``repr`` text, which is what a resumed run then sees.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def encode(value: Any) -> Any:
         return {"__o__": "labeled", "v": encode(value.value), "l": sorted(value.labels)}
     if isinstance(value, Action):
         return {"__o__": "action", "v": encode_action(value)}
-    return {"__o__": "pickle", "v": base64.b64encode(pickle.dumps(value)).decode("ascii")}
+    try:
+        return {"__o__": "pickle", "v": base64.b64encode(pickle.dumps(value)).decode("ascii")}
+    except Exception:
+        return {"__o__": "repr", "v": repr(value)}  # kept as its text: all that can be kept
 
 
 def decode(value: Any) -> Any:
@@ -67,6 +71,8 @@ def decode(value: Any) -> Any:
         return Labeled(decode(value["v"]), *value["l"])
     if tag == "action":
         return decode_action(value["v"])
+    if tag == "repr":
+        return value["v"]
     return pickle.loads(base64.b64decode(value["v"]))
 
 

@@ -10,6 +10,7 @@ server's: an append returns once the server acknowledged it (Redis with ``append
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -94,8 +95,19 @@ class RedisStorageBackend:
     async def delete(self, session_id: str) -> bool:
         client = self._client()
         removed = await client.delete(self._key(session_id))
+        await client.delete(self._snapshot_key(session_id))
         await client.srem(f"{self.namespace}:sessions", session_id)
         return bool(removed)
+
+    def _snapshot_key(self, session_id: str) -> str:
+        return f"{self.namespace}:snapshot:{check_session_id(session_id)}"
+
+    async def write_snapshot(self, session_id: str, data: bytes) -> None:
+        await self._client().set(self._snapshot_key(session_id), base64.b64encode(data).decode())
+
+    async def read_snapshot(self, session_id: str) -> bytes | None:
+        stored = await self._client().get(self._snapshot_key(session_id))
+        return base64.b64decode(stored) if stored is not None else None
 
 
 class PostgresStorageBackend:
@@ -111,6 +123,7 @@ class PostgresStorageBackend:
             ) from None
         self.dsn = dsn
         self.table = f"{_check_namespace(namespace)}_log"
+        self.snapshots = f"{namespace}_snapshot"
         self._pools = _PerLoop()
 
     def __repr__(self) -> str:
@@ -126,6 +139,10 @@ class PostgresStorageBackend:
                 await connection.execute(
                     f"CREATE TABLE IF NOT EXISTS {self.table} (session TEXT NOT NULL, "
                     "seq BIGINT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (session, seq))"
+                )
+                await connection.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self.snapshots} "
+                    "(session TEXT PRIMARY KEY, data BYTEA NOT NULL)"
                 )
         return pool
 
@@ -168,5 +185,24 @@ class PostgresStorageBackend:
     async def delete(self, session_id: str) -> bool:
         check_session_id(session_id)
         pool = await self._pool()
+        await pool.execute(f"DELETE FROM {self.snapshots} WHERE session = $1", session_id)
         status = await pool.execute(f"DELETE FROM {self.table} WHERE session = $1", session_id)
         return not status.endswith(" 0")
+
+    async def write_snapshot(self, session_id: str, data: bytes) -> None:
+        check_session_id(session_id)
+        pool = await self._pool()
+        await pool.execute(
+            f"INSERT INTO {self.snapshots} (session, data) VALUES ($1, $2) "
+            "ON CONFLICT (session) DO UPDATE SET data = EXCLUDED.data",
+            session_id,
+            data,
+        )
+
+    async def read_snapshot(self, session_id: str) -> bytes | None:
+        check_session_id(session_id)
+        pool = await self._pool()
+        data = await pool.fetchval(
+            f"SELECT data FROM {self.snapshots} WHERE session = $1", session_id
+        )
+        return bytes(data) if data is not None else None

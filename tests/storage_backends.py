@@ -1,0 +1,37 @@
+"""The four storage backends as the session tests open them: one namespace per test."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from orchestra.coordination.state import (
+    FileStorageBackend,
+    PostgresStorageBackend,
+    RedisStorageBackend,
+    SQLiteStorageBackend,
+)
+
+Storage = FileStorageBackend | SQLiteStorageBackend | RedisStorageBackend | PostgresStorageBackend
+BACKENDS = ["file", "sqlite", "redis", "postgres"]
+
+
+def namespace(root: Path) -> str:
+    """One namespace per test (stable across the test's subprocesses and reopenings)."""
+    return "t" + hashlib.sha1(str(root).encode()).hexdigest()[:16]
+
+
+def open_backend(kind: str, root: Path) -> Storage:
+    if kind == "file":
+        return FileStorageBackend(root / "state")
+    if kind == "redis":
+        return RedisStorageBackend(os.environ["ORCHESTRA_TEST_REDIS_URL"], namespace(root))
+    if kind == "postgres":
+        return PostgresStorageBackend(os.environ["ORCHESTRA_TEST_POSTGRES_DSN"], namespace(root))
+    return SQLiteStorageBackend(root / "state.db")
+
+
+def close_backend(storage: Storage) -> None:
+    if isinstance(storage, SQLiteStorageBackend | FileStorageBackend):
+        storage.close()

@@ -1,0 +1,136 @@
+"""Snapshots: a cache of a run's folded state that spares a resume its replay, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from storage_backends import Storage
+from test_sessions import Hold, PausablePipeline, pipeline_instance, wait
+
+from orchestra.coordination import execution
+from orchestra.coordination.state import FileStorageBackend, StateManager
+from orchestra.coordination.state.snapshots import read as read_snapshot
+from orchestra.errors import SessionCorruptedError
+
+
+@pytest.fixture
+def replayed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many log records each resume replayed."""
+    counts: list[int] = []
+    original = execution.replay
+
+    def counting(engine: Any, records: list[dict[str, Any]], session_id: str) -> None:
+        counts.append(len(records))
+        original(engine, records, session_id)
+
+    monkeypatch.setattr(execution, "replay", counting)
+    return counts
+
+
+async def test_a_paused_run_leaves_a_snapshot_and_resume_replays_nothing(
+    storage: Storage, replayed: list[int]
+) -> None:
+    pipeline = PausablePipeline(storage)
+    await pipeline.paused("snap")
+    manager = pipeline.orchestra.state_manager
+    assert manager is not None
+    snapshot = await manager.read_snapshot("snap")
+    assert snapshot is not None
+    log = await manager.load("snap")
+    assert snapshot.position == log.length - 1  # everything but the 'end (paused)' record
+    resumed = await wait(pipeline.orchestra.resume_session("snap"))
+    assert resumed.success, resumed.error
+    assert resumed.final_response == "job+first+second"
+    assert replayed == [0]
+    assert dict(pipeline.calls) == {"First": 1, "Second": 1}
+
+
+async def test_a_damaged_snapshot_is_named_and_other_sessions_resume(storage: Storage) -> None:
+    pipeline = PausablePipeline(storage)
+    for session_id in ("broken", "fine"):
+        await pipeline.paused(session_id)
+    data = await storage.read_snapshot("broken")
+    assert data is not None
+    await storage.write_snapshot("broken", data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(SessionCorruptedError, match="'broken': its snapshot is damaged"):
+        await pipeline.orchestra.resume_session("broken")
+    resumed = await wait(pipeline.orchestra.resume_session("fine"))
+    assert resumed.success, resumed.error
+
+
+async def test_a_snapshot_past_a_restored_checkpoint_is_not_used(
+    storage: Storage, replayed: list[int]
+) -> None:
+    pipeline = PausablePipeline(storage)
+    orchestra = pipeline.orchestra
+    hold = pipeline.holds["cut"] = Hold()
+    running = asyncio.create_task(orchestra.execute("job", context={"session_id": "cut"}))
+    await wait(hold.entered.wait())
+    checkpoint = await orchestra.create_checkpoint("cut", "before-first")
+    assert await orchestra.pause_session("cut")
+    hold.release.set()
+    assert (await wait(running)).metadata.get("paused") is True
+    assert await orchestra.restore_checkpoint(checkpoint)
+    del pipeline.holds["cut"]
+    resumed = await wait(orchestra.resume_session("cut"))
+    assert resumed.success, resumed.error
+    assert resumed.final_response == "job+first+second"
+    assert pipeline.calls["First"] == 2  # the step after the checkpoint ran again
+    assert replayed == [0]  # the full replay (of no step records) rather than the snapshot
+
+
+async def test_snapshots_are_taken_periodically_while_a_run_works(tmp_path: Path) -> None:
+    written = threading.Event()
+
+    class Watched(FileStorageBackend):
+        async def write_snapshot(self, session_id: str, data: bytes) -> None:
+            await super().write_snapshot(session_id, data)
+            written.set()
+
+    storage = Watched(tmp_path / "state")
+    release = asyncio.Event()
+
+    async def first(task: Any, context: Any) -> str:
+        await asyncio.wait_for(asyncio.to_thread(written.wait), 5)  # a snapshot while it works
+        await release.wait()
+        return f"{task}+first"
+
+    def second(data: Any, context: Any) -> str:
+        return f"{data}+second"
+
+    orchestra = pipeline_instance(storage, {"First": first, "Second": second})
+    orchestra.state_manager = StateManager(storage, auto_save_interval=0.01, compression=False)
+    running = asyncio.create_task(orchestra.execute("job", context={"session_id": "tick"}))
+    await wait(asyncio.to_thread(written.wait))
+    release.set()
+    result = await wait(running)
+    assert result.success, result.error
+    data = await storage.read_snapshot("tick")
+    assert data is not None and read_snapshot(data, "tick").position >= 1
+
+
+async def test_state_that_cannot_be_pickled_means_no_snapshot_not_a_failure(
+    storage: Storage,
+) -> None:
+    hold = Hold()
+
+    async def first(task: Any, context: Any) -> Any:
+        await hold()
+        return threading.Lock()  # no pickle for this
+
+    def second(data: Any, context: Any) -> str:
+        return "done"
+
+    orchestra = pipeline_instance(storage, {"First": first, "Second": second})
+    running = asyncio.create_task(orchestra.execute("job", context={"session_id": "lock"}))
+    await wait(hold.entered.wait())
+    await orchestra.pause_session("lock")
+    hold.release.set()
+    await wait(running)
+    assert await storage.read_snapshot("lock") is None
+    resumed = await wait(orchestra.resume_session("lock"))
+    assert resumed.success and resumed.final_response == "done", resumed.error
