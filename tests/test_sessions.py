@@ -417,7 +417,7 @@ async def test_an_agent_can_pause_its_own_session(storage: Storage) -> None:
 
     stored = await records(storage, "self-paused")
     assert [r["s"] for r in stored] == list(range(1, len(stored) + 1))  # no record lost
-    assert [r["t"] for r in stored] == ["run", "pause", "step", "end"]
+    assert [r["t"] for r in stored] == ["run", "begin", "pause", "step", "end"]
     resumed = await wait(orchestra.resume_session("self-paused"))
     assert resumed.success, resumed.error
     assert resumed.final_response == "doc+reviewed+published"
@@ -604,14 +604,14 @@ async def test_durability_policy(storage: Storage, interval: float) -> None:
 
     (mid_run,) = seen_mid_run
     if interval == 0:
-        assert [r["t"] for r in mid_run] == ["run", "step"]
-        assert mid_run[1]["branch"] == "b0"
-        assert mid_run[1]["outcome"]["value"] == {"made_by": "First", "task": "keep it"}
+        assert [r["t"] for r in mid_run] == ["run", "begin", "step"]
+        assert mid_run[2]["branch"] == "b0"
+        assert mid_run[2]["outcome"]["value"] == {"made_by": "First", "task": "keep it"}
     else:
         assert [r["t"] for r in mid_run] == ["run"]
     after = await records(storage, "durable")
-    assert [r["t"] for r in after] == ["run", "step", "step", "end"]
-    assert after[2]["outcome"]["value"] == "stored"
+    assert [r["t"] for r in after] == ["run", "begin", "step", "begin", "step", "end"]
+    assert after[4]["outcome"]["value"] == "stored"
     assert after[-1]["success"] is True
 
 

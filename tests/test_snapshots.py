@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,14 @@ import pytest
 from storage_backends import Storage
 from test_sessions import Hold, PausablePipeline, pipeline_instance, wait
 
+from orchestra import Agent, AgentRegistry, ExecutionConfig, FunctionModel, StatusConfig
+from orchestra.communication import CommunicationManager, ProgrammaticChannel
 from orchestra.coordination import execution
+from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import FileStorageBackend, StateManager
 from orchestra.coordination.state.snapshots import read as read_snapshot
 from orchestra.errors import SessionCorruptedError
+from orchestra.models import Message, StepInfo
 
 
 @pytest.fixture
@@ -80,11 +85,13 @@ async def test_a_snapshot_past_a_restored_checkpoint_is_not_used(
     assert resumed.success, resumed.error
     assert resumed.final_response == "job+first+second"
     assert pipeline.calls["First"] == 2  # the step after the checkpoint ran again
-    assert replayed == [0]  # the full replay (of no step records) rather than the snapshot
+    assert replayed == [1]  # a full replay (First's "begin" only), not the later snapshot
 
 
-async def test_snapshots_are_taken_periodically_while_a_run_works(tmp_path: Path) -> None:
-    written = threading.Event()
+async def test_snapshots_are_taken_periodically_while_a_run_waits(tmp_path: Path) -> None:
+    """Between steps (here: while the run waits for the user) the periodic flusher stores a
+    snapshot; while a step is in flight it does not (see test_sessions_review)."""
+    written = asyncio.Event()
 
     class Watched(FileStorageBackend):
         async def write_snapshot(self, session_id: str, data: bytes) -> None:
@@ -92,25 +99,28 @@ async def test_snapshots_are_taken_periodically_while_a_run_works(tmp_path: Path
             written.set()
 
     storage = Watched(tmp_path / "state")
-    release = asyncio.Event()
+    channel = ProgrammaticChannel()
 
-    async def first(task: Any, context: Any) -> str:
-        await asyncio.wait_for(asyncio.to_thread(written.wait), 5)  # a snapshot while it works
-        await release.wait()
-        return f"{task}+first"
+    def asker(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+        if messages[-1].content.startswith("[Task]"):
+            return {"next_action": "ask_user", "action_input": {"question": "go on?"}}
+        return {"next_action": "final_response", "action_input": {"response": "went on"}}
 
-    def second(data: Any, context: Any) -> str:
-        return f"{data}+second"
-
-    orchestra = pipeline_instance(storage, {"First": first, "Second": second})
-    orchestra.state_manager = StateManager(storage, auto_save_interval=0.01, compression=False)
+    orchestra = OrchestraInstance(
+        {"nodes": ["User", "Asker"], "edges": ["User -> Asker", "Asker -> User"]},
+        agent_registry=AgentRegistry([Agent("Asker", FunctionModel(asker), register=False)]),
+        initial_config=ExecutionConfig(status=StatusConfig.from_verbosity(0)),
+        communication_manager=CommunicationManager(channel),
+        state_manager=StateManager(storage, auto_save_interval=0.01, compression=False),
+    )
     running = asyncio.create_task(orchestra.execute("job", context={"session_id": "tick"}))
-    await wait(asyncio.to_thread(written.wait))
-    release.set()
+    question = await wait(channel.next_question())
+    await wait(written.wait())
+    channel.answer(question.id, "yes")
     result = await wait(running)
     assert result.success, result.error
     data = await storage.read_snapshot("tick")
-    assert data is not None and read_snapshot(data, "tick").position >= 1
+    assert data is not None and read_snapshot(data, "tick").position >= 2
 
 
 async def test_state_that_cannot_be_pickled_means_no_snapshot_not_a_failure(

@@ -7,6 +7,7 @@ crashed run is rebuilt from its log and continued (see ``state/manager.py``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,16 @@ class LiveRun:
 
 
 LIVE: dict[str, LiveRun] = {}
+CLAIMED: set[str] = set()
+"""Sessions with a run starting or in progress in this process: one run per session at once."""
+
+
+def _claim(session_id: str) -> None:
+    if session_id in CLAIMED:
+        raise SessionError(
+            f"session {session_id!r} already has a run in progress; pause it or wait for it"
+        )
+    CLAIMED.add(session_id)
 
 
 def prepare(
@@ -100,7 +111,10 @@ async def execute(
     started = time.perf_counter()
     _, runner = build(setup, session_id, context)
     writer = None
-    if state_manager is not None:
+    if state_manager is None:
+        return await _drive(runner, None, session_id, started, lambda: runner.run(task))
+    _claim(session_id)
+    try:
         writer, _ = await state_manager.open(session_id)
         writer.record(
             {
@@ -116,6 +130,9 @@ async def execute(
         )
         runner.journal = Journal(writer, None)
         await writer.flush()
+    except BaseException:
+        CLAIMED.discard(session_id)
+        raise
     return await _drive(runner, writer, session_id, started, lambda: runner.run(task))
 
 
@@ -127,8 +144,21 @@ async def resume(
 ) -> OrchestraResult:
     """Rebuild the session's last run from its log and continue it."""
     started = time.perf_counter()
-    if session_id in LIVE:
-        raise SessionError(f"session {session_id!r} is running; pause it before resuming it")
+    _claim(session_id)
+    try:
+        runner, writer = await _rebuild(setup, session_id, state_manager, additional_context)
+    except BaseException:
+        CLAIMED.discard(session_id)
+        raise
+    return await _drive(runner, writer, session_id, started, runner.resume)
+
+
+async def _rebuild(
+    setup: Setup,
+    session_id: str,
+    state_manager: StateManager,
+    additional_context: Mapping[str, Any] | None,
+) -> tuple[Runner, SessionWriter]:
     log = await state_manager.load(session_id)
     run = log.last_run
     if run is None:
@@ -167,7 +197,7 @@ async def resume(
     engine.context.update(extra)
     runner.journal = Journal(writer, log)
     await writer.flush()
-    return await _drive(runner, writer, session_id, started, runner.resume)
+    return runner, writer
 
 
 async def _drive(
@@ -178,23 +208,36 @@ async def _drive(
     engine = runner.engine
     if writer is not None:
         compress = writer.manager.compression
-        writer.snapshot_source = lambda position: capture_snapshot(engine, position, compress)
+
+        def snapshot(position: int) -> bytes | None:
+            # only between steps: a step in flight has changed state that no record explains
+            if runner.steps_in_flight:
+                return None
+            return capture_snapshot(engine, position, compress)
+
+        writer.snapshot_source = snapshot
         writer.start()
     try:
-        await go()
+        try:
+            await go()
+        finally:
+            LIVE.pop(session_id, None)
+        paused = runner.pausing and not engine.finished
+        result = _result(engine, session_id, time.perf_counter() - started, paused)
+        result.checkpoint_ids = list(live.checkpoint_ids)
+        if writer is not None:
+            if paused:
+                await writer.snapshot()
+            writer.record(
+                {"t": "end", "paused": paused, "success": result.success, "error": result.error}
+            )
+        return result
     finally:
-        LIVE.pop(session_id, None)
-    paused = runner.pausing and not engine.finished
-    result = _result(engine, session_id, time.perf_counter() - started, paused)
-    result.checkpoint_ids = list(live.checkpoint_ids)
-    if writer is not None:
-        if paused:
-            await writer.snapshot()
-        writer.record(
-            {"t": "end", "paused": paused, "success": result.success, "error": result.error}
-        )
-        await writer.close()
-    return result
+        try:
+            if writer is not None:  # also when cancelled: nothing keeps writing behind our back
+                await asyncio.shield(writer.close())
+        finally:
+            CLAIMED.discard(session_id)
 
 
 def build(setup: Setup, session_id: str, context: dict[str, Any]) -> tuple[Engine, Runner]:

@@ -217,15 +217,16 @@ class OrchestraInstance:
 
     async def restore_checkpoint(self, checkpoint_id: str) -> bool:
         """Send the session back to the checkpoint; the next ``resume_session`` continues from
-        there. What happened after it stays in the log as an abandoned branch of history."""
+        there. What happened after it stays in the log as an abandoned branch of history.
+        False for an unknown checkpoint, or one on such an abandoned branch."""
         manager = self._sessions()
         session_id, _ = parse_checkpoint_id(checkpoint_id)
         if session_id in execution.LIVE:
             raise SessionError(f"session {session_id!r} is running; pause it before restoring")
         log = await manager.load(session_id)
         checkpoint = log.checkpoints.get(checkpoint_id)
-        if checkpoint is None:
-            return False
+        if checkpoint is None or (checkpoint["at"] and checkpoint["at"] not in log.positions):
+            return False  # unknown, or on a branch of history a restore abandoned
         writer = SessionWriter(manager, session_id, log.length)
         writer.record({"t": "restore", "to": checkpoint["at"], "checkpoint": checkpoint_id})
         await writer.flush()

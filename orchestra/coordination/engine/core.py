@@ -113,10 +113,17 @@ class Engine(BranchLifecycle):
     # ---- one agent step ----------------------------------------------------------------------
 
     def begin_step(self, branch: Branch) -> StepRequest | None:
-        """The request for the branch's next step, or None when it has none to take."""
+        """The request for the branch's next step, or None when it has none to take.
+
+        A step begun and never finished (the run stopped while it was in flight) is taken
+        again as the same step: it is not counted twice.
+        """
         if self.finished or branch.status is not BranchStatus.RUNNING or branch.input is None:
             return None
-        if self.steps >= self.max_steps:
+        reopened = branch.step_open
+        if reopened:
+            pass
+        elif self.steps >= self.max_steps:
             self.abort(
                 StepLimitError(
                     "max_steps",
@@ -127,9 +134,11 @@ class Engine(BranchLifecycle):
                 branch,
             )
             return None
-        self.steps += 1
-        branch.steps += 1
-        branch.step_number = self.steps
+        else:
+            self.steps += 1
+            branch.steps += 1
+            branch.step_number = self.steps
+            branch.step_open = True
         agent = branch.agent
         stack = branch.call_stack
         caller = stack[-1].caller if stack else None
@@ -145,7 +154,7 @@ class Engine(BranchLifecycle):
         messages = branch.conversations.get(agent)
         if messages is None:
             messages = branch.conversations[agent] = []
-        if self.config.steering_mode == "always" and branch.steps > 1:
+        if self.config.steering_mode == "always" and branch.steps > 1 and not reopened:
             messages.append(Message("user", f"[Orchestra] You may now: {allowed.menu()}."))
         info = StepInfo(
             agent,
@@ -173,6 +182,7 @@ class Engine(BranchLifecycle):
         )
 
     def step_completed(self, branch: Branch, outcome: StepOutcome, duration: float) -> None:
+        branch.step_open = False
         if self.finished or branch.status is not BranchStatus.RUNNING:
             return  # cancelled or failed while the step ran: its result is not needed
         agent = branch.agent
@@ -234,6 +244,7 @@ class Engine(BranchLifecycle):
 
     def step_failed(self, branch: Branch, error: BaseException) -> None:
         """The agent's step raised (or timed out): route the error or fail the branch."""
+        branch.step_open = False
         if self.finished or branch.ended:
             return
         agent = branch.agent

@@ -65,6 +65,7 @@ class Runner:
         self._token = uuid.uuid4().hex[:12]  # question ids stay unique across runs
         self.journal = journal
         self.pausing = False
+        self.steps_in_flight = 0
         self._asking: dict[Branch, asyncio.Task[None]] = {}
 
     async def run(self, task: Any) -> None:
@@ -249,13 +250,17 @@ class Runner:
         request = engine.begin_step(branch)
         if request is None:
             return False
+        if journal is not None:
+            journal.step_begun(branch)  # durable with the next record that is
         before = len(request.messages)
         started = time.perf_counter()
         failure: BaseException | None = None
+        self.steps_in_flight += 1
         try:
             outcome = await self._step(branch, agent, request)
         except asyncio.CancelledError:
             if _really_cancelled():
+                self.steps_in_flight -= 1
                 raise
             failure = AgentStepError(f"agent {branch.agent!r} raised CancelledError")
         except Exception as error:
@@ -267,6 +272,7 @@ class Runner:
             else:
                 journal.step_failed(branch, failure, added)
             await journal.sync()
+        self.steps_in_flight -= 1
         if failure is None:
             engine.step_completed(branch, outcome, time.perf_counter() - started)
         else:
@@ -411,6 +417,7 @@ class Runner:
                 ),
             )
         else:
+            self._asking.pop(branch, None)  # answered: a pause must not lose the answer now
             if self.journal is not None:
                 self.journal.user_answered(branch, answer)
                 await self.journal.sync()

@@ -52,6 +52,7 @@ class Branch:
     status: BranchStatus = BranchStatus.RUNNING
     steps: int = 0
     step_number: int = 0  # the run-wide number of the branch's current step
+    step_open: bool = False  # its current step has begun and not finished
     retries: int = 0
     visited: list[str] = field(default_factory=list)
     result: Any = None

@@ -117,6 +117,7 @@ class FileStorageBackend:
         if segments and (
             current is not None or segments[-1].stat().st_size + incoming > SEGMENT_BYTES
         ):
+            _cut_torn_tail(segments[-1])  # only the last segment may end mid-record
             segment = folder / f"log-{len(segments) + 1:06d}.seg"
         else:
             segment = segments[-1] if segments else folder / "log-000001.seg"

@@ -63,6 +63,9 @@ class Journal:
             }
         )
 
+    def step_begun(self, branch: Branch) -> None:
+        self.writer.record({"t": "begin", "branch": branch.id, "step": branch.step_number})
+
     def tool_started(self, branch: Branch, call: ToolCall) -> None:
         record = {
             "t": "tool_started",
@@ -139,12 +142,14 @@ def _apply(engine: Engine, kind: str, record: dict[str, Any]) -> None:
         engine.convergence_timed_out(engine.fan_outs[record["fan_out"]])
         return
     branch = engine.branches[record["branch"]]
-    if kind in ("step", "step_failed"):
-        request = engine.begin_step(branch)
-        if request is None:
+    if kind == "begin":
+        if engine.begin_step(branch) is None:
             raise ValueError(f"branch {branch.id} had no step to take")
         branch.step_number = record["step"]
-        request.messages.extend(decode_message(m) for m in record["messages"])
+        return
+    if kind in ("step", "step_failed"):
+        conversation = branch.conversations.setdefault(branch.agent, [])
+        conversation.extend(decode_message(m) for m in record["messages"])
         if kind == "step":
             engine.step_completed(branch, decode_outcome(record["outcome"]), record["duration"])
         else:

@@ -54,6 +54,7 @@ class SessionLog:
     runs: list[RunLog]
     checkpoints: dict[str, dict[str, Any]]
     tools: dict[tuple[str, int, str], dict[str, Any]]
+    positions: frozenset[int]  # of the records on the current history
 
     @property
     def last_run(self) -> RunLog | None:
@@ -68,9 +69,11 @@ class SessionWriter:
         self.session_id = session_id
         self.length = length
         self._buffer: list[str] = []
+        self._written = length
         self._flusher: asyncio.Task[None] | None = None
         self._writing: asyncio.Task[None] | None = None
         self.snapshot_source: Callable[[int], bytes | None] | None = None
+        self.flush_error: BaseException | None = None
 
     def record(self, record: dict[str, Any]) -> int:
         """Queue a record; returns its position (1-based) in the session log."""
@@ -85,17 +88,31 @@ class SessionWriter:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write what is queued, in order. A write already started finishes even if the
-        caller is cancelled (shielded), so records are never lost or reordered."""
-        if self._writing is not None:
+        """Return once every record queued before this call is durable.
+
+        One append is in flight at a time, so records reach storage in order. An append
+        finishes even if the caller is cancelled (it is shielded); a failed one puts its
+        records back, to be written by the next flush.
+        """
+        target = self.length
+        while self._written < target:
+            if self._writing is None:
+                lines, self._buffer = self._buffer, []
+                self._writing = asyncio.get_running_loop().create_task(
+                    self._append(lines, self.length)
+                )
             await asyncio.shield(self._writing)
-        if not self._buffer:
-            return
-        lines, self._buffer = self._buffer, []
-        self._writing = asyncio.get_running_loop().create_task(
-            self.manager.storage.append(self.session_id, lines, durable=True)
-        )
-        await asyncio.shield(self._writing)
+
+    async def _append(self, lines: list[str], upto: int) -> None:
+        try:
+            await self.manager.storage.append(self.session_id, lines, durable=True)
+        except BaseException:
+            self._buffer = lines + self._buffer
+            raise
+        else:
+            self._written = upto
+        finally:
+            self._writing = None
 
     def start(self) -> None:
         interval = self.manager.auto_save_interval
@@ -103,10 +120,16 @@ class SessionWriter:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_every(interval))
 
     async def _flush_every(self, interval: float) -> None:
+        """Every ``interval``: flush, then snapshot. A failure (a lost connection, say) is kept
+        in ``flush_error`` and retried at the next tick; closing the writer raises it."""
         while True:
             await asyncio.sleep(interval)
-            await self.flush()
-            await self.snapshot()
+            try:
+                await self.snapshot()
+            except Exception as error:
+                self.flush_error = error
+            else:
+                self.flush_error = None
 
     async def snapshot(self) -> None:
         """Store the run's folded state as of the last durable record (a cache for resume)."""
@@ -117,13 +140,12 @@ class SessionWriter:
                 await self.manager.storage.write_snapshot(self.session_id, data)
 
     async def close(self) -> None:
+        """Stop the periodic flusher and write everything still queued."""
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         await self.flush()
-        if self._writing is not None:
-            await self._writing
 
 
 class StateManager:
@@ -213,6 +235,7 @@ def _fold(session_id: str, records: list[dict[str, Any]]) -> SessionLog:
         kind = record.get("t")
         if kind == "run":
             runs.append(RunLog(record))
+            tools = {}  # tool calls are keyed within a run: a new run starts a new journal
         elif not runs:
             if kind not in ("checkpoint", "restore"):
                 raise SessionCorruptedError(f"session {session_id!r}: records before its first run")
@@ -225,7 +248,8 @@ def _fold(session_id: str, records: list[dict[str, Any]]) -> SessionLog:
             if runs[-1].end is not None and runs[-1].end.get("paused"):
                 runs[-1].end = None  # the run was resumed after its pause
             runs[-1].records.append(record)
-    return SessionLog(session_id, len(records), runs, checkpoints, tools)
+    positions = frozenset(record["s"] for record in effective)
+    return SessionLog(session_id, len(records), runs, checkpoints, tools, positions)
 
 
 def parse_checkpoint_id(checkpoint_id: str) -> tuple[str, str]:
