@@ -20,12 +20,20 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from engine import QUIET, ring_topology, write_results  # type: ignore[import-not-found]
+from services import start_postgres, start_redis, stop  # type: ignore[import-not-found]
 
 from orchestra.agents import Agent, AgentRegistry
 from orchestra.coordination.orchestra import Orchestra
-from orchestra.coordination.state import FileStorageBackend, SQLiteStorageBackend, StateManager
+from orchestra.coordination.state import (
+    FileStorageBackend,
+    PostgresStorageBackend,
+    RedisStorageBackend,
+    SQLiteStorageBackend,
+    StateManager,
+)
 from orchestra.models import FunctionModel, Message, StepInfo
 
 STEPS = 2000
@@ -64,10 +72,12 @@ async def timed_run(steps: int, manager: StateManager | None, session: str) -> f
     return (time.perf_counter() - started) / result.total_steps
 
 
-def backends(folder: Path) -> dict[str, Any]:
+def backends(folder: Path, redis_url: str, postgres_dsn: str) -> dict[str, Any]:
     return {
         "file": lambda: FileStorageBackend(folder / "files"),
         "sqlite": lambda: SQLiteStorageBackend(folder / "state.db"),
+        "redis": lambda: RedisStorageBackend(redis_url, "bench"),
+        "postgres": lambda: PostgresStorageBackend(postgres_dsn, "bench"),
     }
 
 
@@ -86,10 +96,12 @@ def best(samples: list[float]) -> float:
 def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="orchestra-bench-"))
     rows: list[tuple[str, str]] = []
+    redis, redis_url = start_redis()
+    postgres, postgres_dsn, postgres_folder = start_postgres()
     try:
         baseline = best([asyncio.run(timed_run(STEPS, None, f"none{i}")) for i in range(3)])
         rows.append(("no persistence", f"{baseline * 1e6:.1f} µs/step"))
-        for kind, make in backends(folder).items():
+        for kind, make in backends(folder, redis_url, postgres_dsn).items():
             for interval, label in ((0.0, "durable every step"), (30.0, "flushed every 30 s")):
                 gc.collect()
                 samples = [
@@ -102,7 +114,7 @@ def main() -> None:
                 rows.append(
                     (f"{kind}, {label}", f"{best(samples) * 1e6:.1f} µs/step (+{added:.1f} µs)")
                 )
-        for kind, make in backends(folder).items():
+        for kind, make in list(backends(folder, redis_url, postgres_dsn).items())[:2]:
             sizes = []
             for steps in (10, 100, 1000):
                 session = f"size-{kind}-{steps}"
@@ -112,6 +124,8 @@ def main() -> None:
                 (f"{kind}: stored bytes per step at 10 / 100 / 1000 steps", " / ".join(sizes))
             )
     finally:
+        stop(redis)
+        stop(postgres, postgres_folder)
         shutil.rmtree(folder, ignore_errors=True)
     machine = f"{platform.python_implementation()} {platform.python_version()} on {platform.machine()}, {platform.system()}"
     width = max(len(name) for name, _ in rows)
