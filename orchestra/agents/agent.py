@@ -13,7 +13,7 @@ from orchestra.coordination.engine.actions import (
     parse_action,
     parse_reply,
 )
-from orchestra.errors import ModelAPIError, ToolError
+from orchestra.errors import ToolError
 from orchestra.models.base import Message, Model, ModelReply, StepInfo, ToolCall, ToolSpec
 from orchestra.models.config import ModelConfig
 from orchestra.models.protocol import answer_only, describe_peers
@@ -166,7 +166,13 @@ class Agent(BaseAgent):
         else:
             messages.insert(0, system)
         messages.extend(input_messages(request.input))
-        reply = await self._complete(request)
+        reply = await complete_with_retries(
+            self.model,
+            messages,
+            request.info,
+            request.error_config or _NO_RETRIES,
+            request.report_retry,
+        )
         text = reply.content if reply.content is not None else render(reply.action)
         messages.append(
             Message("assistant", reply.content or "", name=self.name, tool_calls=reply.native_calls)
@@ -180,22 +186,6 @@ class Agent(BaseAgent):
         except ActionParseError as error:
             return StepOutcome(reply=text, problem=str(error), usage=reply.usage)
         return StepOutcome(action=action, reply=text, usage=reply.usage)
-
-    async def _complete(self, request: StepRequest) -> ModelReply:
-        report = request.report_retry
-        branch, agent = request.info.branch_id, self.name
-
-        def on_retry(attempt: int, delay: float, error: ModelAPIError) -> None:
-            if report is not None:
-                report(branch, agent, attempt, delay, str(error))
-
-        return await complete_with_retries(
-            self.model,
-            request.messages,
-            request.info,
-            request.error_config or _NO_RETRIES,
-            on_retry,
-        )
 
     def is_idempotent(self, tool: str) -> bool:
         found = self.tools.get(tool)

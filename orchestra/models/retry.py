@@ -11,7 +11,8 @@ from orchestra.errors import ModelAPIError
 
 from .base import Message, Model, ModelReply, StepInfo
 
-RetryReport = Callable[[int, float, ModelAPIError], None]
+RetryReport = Callable[[str, str, int, float, str], None]
+"""(branch_id, agent, attempt, delay, error) -> None: how a retry is reported."""
 
 
 def retry_delay(attempt: int, error: ModelAPIError, policy: ErrorHandlingConfig) -> float:
@@ -48,5 +49,5 @@ async def complete_with_retries(
             attempt += 1
             delay = retry_delay(attempt, error, policy)
             if report is not None:
-                report(attempt, delay, error)
+                report(info.branch_id, info.agent_name, attempt, delay, str(error))
             await asyncio.sleep(delay)
