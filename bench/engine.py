@@ -168,12 +168,20 @@ def main() -> None:
     for n in (50, 200, 800):
         pp = best_of(5, lambda n=n: ping_pong_run(n))
         rows.append((f"ping-pong, N = {n} steps", f"{min(pp) * 1e6:.1f} µs/step"))
-    machine = f"{platform.python_implementation()} {platform.python_version()} on {platform.machine()}, {platform.system()}"
+    report("Engine", "", rows)
+
+
+def report(section: str, note: str, rows: list[tuple[str, str]]) -> None:
+    """Print a benchmark's table and rewrite its section of bench/results.md."""
+    machine = (
+        f"{platform.python_implementation()} {platform.python_version()} on "
+        f"{platform.machine()}, {platform.system()}"
+    )
     width = max(len(name) for name, _ in rows)
-    print(f"Engine benchmark ({machine})")
+    print(f"{section} benchmark ({machine}){note}")
     for name, value in rows:
         print(f"  {name.ljust(width)}  {value}")
-    write_results("Engine", machine, rows)
+    write_results(section, machine, rows)
 
 
 def write_results(section: str, machine: str, rows: list[tuple[str, str]]) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import httpx2 as httpx  # the HTTP client the SDKs themselves use here
-from engine import write_results  # type: ignore[import-not-found]
+from engine import report  # type: ignore[import-not-found]
 from servers import Scripted, ScriptedHTTPServer  # type: ignore[import-not-found]
 
 from orchestra.agents.base import InputKind, StepInput, StepRequest
@@ -143,15 +143,7 @@ async def adapters() -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    import platform
-
-    rows = asyncio.run(adapters()) + offline_model()
-    machine = f"{platform.python_implementation()} {platform.python_version()} on {platform.machine()}, {platform.system()}"
-    width = max(len(name) for name, _ in rows)
-    print(f"Models benchmark ({machine})")
-    for name, value in rows:
-        print(f"  {name.ljust(width)}  {value}")
-    write_results("Models", machine, rows)
+    report("Models", "", asyncio.run(adapters()) + offline_model())
 
 
 if __name__ == "__main__":

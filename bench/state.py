@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import platform
 import shutil
 import sqlite3
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from engine import QUIET, ring_topology, write_results  # type: ignore[import-not-found]
+from engine import QUIET, report, ring_topology  # type: ignore[import-not-found]
 from services import start_postgres, start_redis, stop  # type: ignore[import-not-found]
 
 from orchestra.agents import Agent, AgentRegistry
@@ -127,12 +126,7 @@ def main() -> None:
         stop(redis)
         stop(postgres, postgres_folder)
         shutil.rmtree(folder, ignore_errors=True)
-    machine = f"{platform.python_implementation()} {platform.python_version()} on {platform.machine()}, {platform.system()}"
-    width = max(len(name) for name, _ in rows)
-    print(f"Sessions benchmark ({machine}), 10-agent ring, {STEPS} steps")
-    for name, value in rows:
-        print(f"  {name.ljust(width)}  {value}")
-    write_results("Sessions", machine, rows)
+    report("Sessions", f", 10-agent ring, {STEPS} steps", rows)
 
 
 if __name__ == "__main__":
