@@ -81,10 +81,13 @@ def backends(folder: Path, redis_url: str, postgres_dsn: str) -> dict[str, Any]:
 
 
 def stored_bytes(kind: str, folder: Path, session: str) -> int:
+    """The log's bytes: segment files without the zero padding grown ahead of the records
+    (at most ``GROWTH_MAX`` per session), or the SQLite rows' text."""
     if kind == "file":
-        return sum(p.stat().st_size for p in (folder / "files" / session).glob("*.seg"))
+        segments = (folder / "files" / session).glob("*.seg")
+        return sum(len(p.read_bytes().rstrip(b"\0")) for p in segments)
     with sqlite3.connect(folder / "state.db") as db:
-        row = db.execute("SELECT SUM(LENGTH(line)) FROM log WHERE session = ?", (session,))
+        row = db.execute("SELECT SUM(LENGTH(records)) FROM appends WHERE session = ?", (session,))
         return int(row.fetchone()[0])
 
 

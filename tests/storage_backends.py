@@ -35,3 +35,13 @@ def open_backend(kind: str, root: Path) -> Storage:
 def close_backend(storage: Storage) -> None:
     if isinstance(storage, SQLiteStorageBackend | FileStorageBackend):
         storage.close()
+
+
+def tear(segment: Path, text: str, gap: int = 0) -> None:
+    """What a crash in the middle of an append leaves in a segment: ``text`` written where the
+    next record would go (``gap`` bytes further when a part of the write never reached disk),
+    inside the zero padding the file backend keeps after its records."""
+    end = len(segment.read_bytes().rstrip(b"\0"))
+    with open(segment, "r+b") as handle:
+        handle.seek(end + gap)
+        handle.write(text.encode())

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from storage_backends import Storage, close_backend, open_backend
+from storage_backends import Storage, close_backend, open_backend, tear
 
 from orchestra import (
     Agent,
@@ -95,14 +95,20 @@ async def flip_byte(storage: Storage, session_id: str, number: int) -> None:
             number,
         )
         return
-    with sqlite3.connect(storage.path) as db:
-        (line,) = db.execute(
-            "SELECT line FROM log WHERE session = ? AND seq = ?", (session_id, number)
-        ).fetchone()
-        db.execute(
-            "UPDATE log SET line = ? WHERE session = ? AND seq = ?",
-            (flipped(line), session_id, number),
-        )
+    with sqlite3.connect(storage.path) as db:  # one row per append, a JSON list of records
+        rows = db.execute(
+            "SELECT seq, records FROM appends WHERE session = ? ORDER BY seq", (session_id,)
+        ).fetchall()
+        for seq, lines in rows:
+            batch = json.loads(lines)
+            if number <= len(batch):
+                batch[number - 1] = flipped(batch[number - 1])
+                db.execute(
+                    "UPDATE appends SET records = ? WHERE session = ? AND seq = ?",
+                    (json.dumps(batch), session_id, seq),
+                )
+                break
+            number -= len(batch)
     db.close()
 
 
@@ -653,13 +659,12 @@ async def test_a_torn_last_record_is_ignored_and_appends_continue(
     # a crash in the middle of an append: half a record, never acknowledged
     half = '0badc0de {"t":"step","branch":"b0","st'
     if backend_kind == "file":
-        segment = tmp_path / "state" / "torn" / "log-000001.seg"
-        with open(segment, "a") as handle:
-            handle.write(half)
+        tear(tmp_path / "state" / "torn" / "log-000001.seg", half)
     else:
         db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
-        db.execute("INSERT INTO log VALUES ('torn', ?, ?)", (len(intact) + 1, half))
+        (last,) = db.execute("SELECT MAX(seq) FROM appends WHERE session = 'torn'").fetchone()
+        db.execute("INSERT INTO appends VALUES ('torn', ?, ?)", (last + 1, json.dumps([half])))
         db.close()  # never committed
 
     storage = open_backend(backend_kind, tmp_path)  # a new process after the crash

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from storage_backends import Storage
+from storage_backends import Storage, tear
 from test_sessions import Hold, PausablePipeline, pipeline_instance, wait
 
 from orchestra import (
@@ -32,7 +32,7 @@ from orchestra import (
 )
 from orchestra.communication import CommunicationManager
 from orchestra.coordination.orchestra import OrchestraInstance
-from orchestra.coordination.state import FileStorageBackend, StateManager, backends
+from orchestra.coordination.state import FileStorageBackend, StateManager, files
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.errors import SessionError
 from orchestra.models import Message, StepInfo
@@ -555,13 +555,12 @@ async def test_a_torn_tail_is_trimmed_before_a_new_segment_starts(
     """FileStorageBackend trims a torn last line only when it appends to that segment; when the
     next append starts a new segment, the torn line stays at the end of a segment that is no
     longer the last, and the session can no longer be read."""
-    monkeypatch.setattr(backends, "SEGMENT_BYTES", 256)
+    monkeypatch.setattr(files, "SEGMENT_BYTES", 256)
     folder = tmp_path / "state"
     storage = FileStorageBackend(folder)
     await storage.append("torn", ['{"t":"run","s":1}'], durable=True)
     storage.close()
-    with open(folder / "torn" / "log-000001.seg", "a") as handle:
-        handle.write('0badc0de {"t":"step","s":2,"pad')  # a crash mid-append
+    tear(folder / "torn" / "log-000001.seg", '0badc0de {"t":"step","s":2,"pad')
     storage = FileStorageBackend(folder)  # a new process
     try:
         big = json.dumps({"t": "step", "s": 2, "pad": "x" * 200})
@@ -569,3 +568,86 @@ async def test_a_torn_tail_is_trimmed_before_a_new_segment_starts(
         assert await storage.read("torn") == ['{"t":"run","s":1}', big]
     finally:
         storage.close()
+
+
+async def test_a_write_torn_with_a_hole_leaves_nothing_behind_later_records(
+    tmp_path: Path,
+) -> None:
+    """A crash can persist a later part of an append without its start: bytes inside the zero
+    padding, after a gap. Reopening zeroes them, so records appended later never run into the
+    leftovers (which would read as a damaged record)."""
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    await storage.append("holes", ['{"t":"run","s":1}'], durable=True)
+    storage.close()
+    tear(folder / "holes" / "log-000001.seg", 'tail of a record","s":2}\n', gap=40)
+    storage = FileStorageBackend(folder)  # a new process
+    try:
+        assert await storage.read("holes") == ['{"t":"run","s":1}']
+        short = '{"t":"step","s":2,"pad":"' + "x" * 14 + '"}'  # ends inside the leftovers
+        later = [short, '{"t":"end","s":3}']
+        for record in later:
+            await storage.append("holes", [record], durable=True)
+        assert await storage.read("holes") == ['{"t":"run","s":1}', *later]
+    finally:
+        storage.close()
+
+
+async def test_segments_grow_ahead_of_their_records_and_stay_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appends go into zero-filled space grown ahead of them; a full segment is cut to its
+    records before the next one starts, and only the last one carries padding."""
+    monkeypatch.setattr(files, "SEGMENT_BYTES", 4096)
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    records = [json.dumps({"t": "step", "s": n, "pad": "y" * 300}) for n in range(1, 41)]
+    try:
+        for record in records:
+            await storage.append("grow", [record], durable=n_durable(record))
+        assert await storage.read("grow") == records
+        segments = sorted((folder / "grow").glob("log-*.seg"))
+        assert len(segments) > 2
+        for sealed in segments[:-1]:
+            data = sealed.read_bytes()
+            assert data.endswith(b"\n") and b"\0" not in data and len(data) <= 4096
+        assert segments[-1].stat().st_size >= files.GROWTH_MIN  # grown ahead of its records
+    finally:
+        storage.close()
+    reopened = FileStorageBackend(folder)
+    try:
+        assert await reopened.read("grow") == records
+        await reopened.append("grow", ['{"t":"end"}'], durable=True)
+        assert (await reopened.read("grow"))[-1] == '{"t":"end"}'
+    finally:
+        reopened.close()
+
+
+async def test_zero_bytes_inside_a_committed_record_are_damage_not_a_torn_tail(
+    tmp_path: Path,
+) -> None:
+    """Zeros inside a record followed by intact records cannot be a torn append (those end
+    the log), so the session is reported damaged rather than silently cut short."""
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    records = [json.dumps({"t": "step", "s": n}) for n in range(1, 4)]
+    await storage.append("zeroed", records, durable=True)
+    storage.close()
+    segment = folder / "zeroed" / "log-000001.seg"
+    data = bytearray(segment.read_bytes())
+    second = data.index(b"\n") + 12  # inside the second record
+    data[second : second + 3] = b"\0\0\0"
+    segment.write_bytes(bytes(data))
+    storage = FileStorageBackend(folder)
+    try:
+        with pytest.raises(SessionError, match=r"'zeroed'.*damaged"):
+            await storage.read("zeroed")
+        with pytest.raises(SessionError, match=r"'zeroed'.*damaged"):
+            await storage.append("zeroed", ['{"t":"end"}'], durable=True)
+    finally:
+        storage.close()
+
+
+def n_durable(record: str) -> bool:
+    """Alternate durable and buffered appends (both write into the same grown space)."""
+    return json.loads(record)["s"] % 2 == 0

@@ -242,6 +242,8 @@ class Runner:
     async def _one_step(self, branch: Branch) -> bool:
         """Take the branch's next step; False when it had none to take."""
         engine, journal = self.engine, self.journal
+        if journal is not None and not await self._gate(branch, journal):
+            return False
         try:
             agent = await self._agent_for(branch)
         except OrchestraError as error:
@@ -271,7 +273,7 @@ class Runner:
                 journal.step(branch, outcome, added, time.perf_counter() - started)
             else:
                 journal.step_failed(branch, failure, added)
-            await journal.sync()
+            journal.commit()
         self.steps_in_flight -= 1
         if failure is None:
             engine.step_completed(branch, outcome, time.perf_counter() - started)
@@ -290,7 +292,7 @@ class Runner:
             return  # the branch stopped: a call it cannot safely repeat was in doubt
         if self.journal is not None:
             self.journal.tools_completed(branch, results)
-            await self.journal.sync()
+            self.journal.commit()
         self.engine.tools_completed(branch, results)
         self._apply_effects()
 
@@ -372,7 +374,11 @@ class Runner:
                 return dict(decode(known["item"]))
             if journal is not None:
                 journal.tool_started(branch, call)
-                await journal.sync()
+                if agent.is_idempotent(call.name):
+                    journal.commit()
+                    await journal.gate()
+                else:  # whatever the policy: a lost start record would let it run twice
+                    await journal.flush()
             started = time.perf_counter()
             try:
                 result, ok = await agent.call_tool(call), True
@@ -391,7 +397,15 @@ class Runner:
 
         return list(await asyncio.gather(*(one(call) for call in branch.pending_tools)))
 
+    async def _gate(self, branch: Branch, journal: Journal) -> bool:
+        """Before an effect on the world: wait until what it depends on is durable. False when,
+        meanwhile, the branch should stop (the run ended or is pausing, the branch ended)."""
+        await journal.gate()
+        return not (self.engine.finished or self.pausing or branch.ended)
+
     async def _ask_user(self, branch: Branch) -> None:
+        if self.journal is not None and not await self._gate(branch, self.journal):
+            return
         assert branch.question is not None
         question_id, text = branch.question
         question = Question(
@@ -420,7 +434,7 @@ class Runner:
             self._asking.pop(branch, None)  # answered: a pause must not lose the answer now
             if self.journal is not None:
                 self.journal.user_answered(branch, answer)
-                await self.journal.sync()
+                self.journal.commit()
             self.engine.user_answered(branch, answer)
         finally:
             self._asking.pop(branch, None)

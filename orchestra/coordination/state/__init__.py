@@ -1,8 +1,10 @@
 """Durable sessions: an append-only log per session, storage backends, the state manager."""
 
-from .backends import FileStorageBackend, SQLiteStorageBackend, StorageBackend
+from .backends import StorageBackend
+from .files import FileStorageBackend
 from .manager import SessionLog, StateManager
 from .servers import PostgresStorageBackend, RedisStorageBackend
+from .sqlite import SQLiteStorageBackend
 
 __all__ = [
     "FileStorageBackend",

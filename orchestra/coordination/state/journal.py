@@ -35,8 +35,19 @@ class Journal:
         self.writer = writer
         self.tools = dict(log.tools) if log else {}
 
-    async def sync(self) -> None:
-        await self.writer.sync()
+    async def flush(self) -> None:
+        """Everything recorded so far is durable (whatever the policy) when this returns."""
+        await self.writer.flush()
+
+    def commit(self) -> None:
+        """What is recorded so far must be durable before the run's next effect (see gate)."""
+        self.writer.commit()
+
+    async def gate(self) -> None:
+        """Wait, before an effect on the world (a model call, a tool, a question), until the
+        records it depends on are durable ('every step' policy; otherwise returns at once)."""
+        if self.writer.unsettled:
+            await self.writer.settled()
 
     def step(
         self, branch: Branch, outcome: StepOutcome, added: list[Message], duration: float

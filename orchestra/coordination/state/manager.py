@@ -18,6 +18,7 @@ future stays in the log as its own branch of history.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -70,8 +71,9 @@ class SessionWriter:
         self.length = length
         self._buffer: list[str] = []
         self._written = length
+        self._due = length
         self._flusher: asyncio.Task[None] | None = None
-        self._writing: asyncio.Task[None] | None = None
+        self._writing: asyncio.Future[None] | None = None
         self.snapshot_source: Callable[[int], bytes | None] | None = None
         self.flush_error: BaseException | None = None
 
@@ -82,37 +84,56 @@ class SessionWriter:
         self._buffer.append(dumps(record))
         return self.length
 
-    async def sync(self) -> None:
-        """Make queued records durable now when the policy is 'every step'."""
+    def commit(self) -> None:
+        """Mark everything queued so far as due before the next effect the run has on the
+        world, and start writing it. With the 'every step' policy the gate (``settled``) then
+        waits for it; meanwhile the engine goes on folding the step in memory, which needs no
+        durability: only its effects do."""
         if self.manager.auto_save_interval == 0:
-            await self.flush()
+            self._due = self.length
+            if self._writing is None and self._written < self._due:
+                self._start_append()
+
+    @property
+    def unsettled(self) -> bool:
+        return self._written < self._due
+
+    async def settled(self) -> None:
+        """Return once every record marked by ``commit`` is durable."""
+        await self._write_through(self._due)
 
     async def flush(self) -> None:
-        """Return once every record queued before this call is durable.
+        """Return once every record queued before this call is durable."""
+        await self._write_through(self.length)
 
-        One append is in flight at a time, so records reach storage in order. An append
+    async def _write_through(self, target: int) -> None:
+        """One append is in flight at a time, so records reach storage in order. An append
         finishes even if the caller is cancelled (it is shielded); a failed one puts its
-        records back, to be written by the next flush.
-        """
-        target = self.length
+        records back, to be written by the next call."""
         while self._written < target:
-            if self._writing is None:
-                lines, self._buffer = self._buffer, []
-                self._writing = asyncio.get_running_loop().create_task(
-                    self._append(lines, self.length)
-                )
-            await asyncio.shield(self._writing)
+            writing = self._writing or self._start_append()
+            await asyncio.shield(writing)
 
-    async def _append(self, lines: list[str], upto: int) -> None:
+    def _start_append(self) -> asyncio.Future[None]:
+        lines, self._buffer = self._buffer, []
         try:
-            await self.manager.storage.append(self.session_id, lines, durable=True)
+            writing = asyncio.ensure_future(
+                self.manager.storage.append(self.session_id, lines, durable=True)
+            )
         except BaseException:
             self._buffer = lines + self._buffer
             raise
+        writing.add_done_callback(functools.partial(self._appended, lines, self.length))
+        self._writing = writing
+        return writing
+
+    def _appended(self, lines: list[str], upto: int, writing: asyncio.Future[None]) -> None:
+        """Runs before anyone waiting for the append resumes (callbacks run in order)."""
+        self._writing = None
+        if writing.cancelled() or writing.exception() is not None:
+            self._buffer = lines + self._buffer
         else:
             self._written = upto
-        finally:
-            self._writing = None
 
     def start(self) -> None:
         interval = self.manager.auto_save_interval

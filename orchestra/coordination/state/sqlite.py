@@ -1,0 +1,157 @@
+"""``SQLiteStorageBackend``: sessions in one SQLite database file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from orchestra.errors import SessionCorruptedError, SessionNotFoundError
+
+from .backends import check_session_id, frame, unframe
+from .worker import BlockingWorker
+
+T = TypeVar("T")
+
+_APPEND = (
+    "INSERT INTO appends (session, seq, records) "
+    "SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2 FROM appends WHERE session = ?1"
+)
+
+
+class SQLiteStorageBackend:
+    """Sessions in one SQLite database file (the embedded default of the command line).
+
+    Each append is one row of table ``appends``: the session, its number within the session,
+    and its checksummed records as a JSON array. WAL journal; a durable append commits with
+    ``synchronous=FULL``. Calls run one at a time on the backend's own thread (see ``worker``)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._worker = BlockingWorker(f"orchestra-sqlite-{self.path.name}")
+        self._synchronous = ""
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorageBackend({str(self.path)!r})"
+
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS appends (session TEXT NOT NULL, seq INTEGER NOT NULL, "
+                "records TEXT NOT NULL, PRIMARY KEY (session, seq))"
+            )
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS snapshot (session TEXT PRIMARY KEY, data BLOB NOT NULL)"
+            )
+            self._connection = connection
+        return self._connection
+
+    async def _run(self, work: Callable[..., T], *args: object) -> T:
+        return await self._worker.call(self._locked, work, args)
+
+    def _locked(self, work: Callable[..., T], args: tuple[object, ...]) -> T:
+        with self._lock:  # against close() from another thread
+            return work(self._db(), *args)
+
+    def _synchronous_mode(self, db: sqlite3.Connection, durable: bool) -> None:
+        mode = "FULL" if durable else "NORMAL"
+        if mode != self._synchronous:
+            db.execute(f"PRAGMA synchronous={mode}")
+            self._synchronous = mode
+
+    def append(self, session_id: str, records: Sequence[str], durable: bool) -> Awaitable[None]:
+        check_session_id(session_id)
+        lines = json.dumps([frame(record)[:-1] for record in records])
+        return self._worker.submit(self._locked, self._append, (session_id, lines, durable))
+
+    def _append(self, db: sqlite3.Connection, session_id: str, lines: str, durable: bool) -> None:
+        """One row, one statement: one transaction, one B-tree insert, and one call into SQLite,
+        so the worker thread does not wait for the GIL between statements."""
+        self._synchronous_mode(db, durable)
+        db.execute(_APPEND, (session_id, lines))
+
+    async def read(self, session_id: str) -> list[str]:
+        check_session_id(session_id)
+
+        def rows(db: sqlite3.Connection) -> list[tuple[int, str]]:
+            return db.execute(
+                "SELECT seq, records FROM appends WHERE session = ? ORDER BY seq", (session_id,)
+            ).fetchall()
+
+        found = await self._run(rows)
+        if not found:
+            raise SessionNotFoundError(f"no session {session_id!r} in {self.path}")
+        return [record for seq, lines in found for record in _unbatch(session_id, seq, lines)]
+
+    async def exists(self, session_id: str) -> bool:
+        check_session_id(session_id)
+        found = await self._run(
+            lambda db: db.execute(
+                "SELECT 1 FROM appends WHERE session = ? LIMIT 1", (session_id,)
+            ).fetchone()
+        )
+        return found is not None
+
+    async def list_sessions(self) -> list[str]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT DISTINCT session FROM appends ORDER BY session"
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
+
+    async def delete(self, session_id: str) -> bool:
+        check_session_id(session_id)
+
+        def remove(db: sqlite3.Connection) -> int:
+            db.execute("DELETE FROM snapshot WHERE session = ?", (session_id,))
+            return db.execute("DELETE FROM appends WHERE session = ?", (session_id,)).rowcount
+
+        return bool(await self._run(remove))
+
+    async def write_snapshot(self, session_id: str, data: bytes) -> None:
+        check_session_id(session_id)
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO snapshot (session, data) VALUES (?, ?)", (session_id, data)
+            )
+        )
+
+    async def read_snapshot(self, session_id: str) -> bytes | None:
+        check_session_id(session_id)
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT data FROM snapshot WHERE session = ?", (session_id,)
+            ).fetchone()
+        )
+        return bytes(row[0]) if row else None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+                self._synchronous = ""
+
+
+def _unbatch(session_id: str, seq: int, lines: str) -> list[str]:
+    """The records of one stored append (a JSON array of framed records)."""
+    try:
+        framed = json.loads(lines)
+    except json.JSONDecodeError:
+        framed = None
+    if not isinstance(framed, list) or not all(isinstance(line, str) for line in framed):
+        raise SessionCorruptedError(f"session {session_id!r}: append {seq} is damaged (not a list)")
+    return [
+        unframe(session_id, f"append {seq} record {number}", line)
+        for number, line in enumerate(framed, start=1)
+    ]
