@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -651,3 +652,34 @@ async def test_zero_bytes_inside_a_committed_record_are_damage_not_a_torn_tail(
 def n_durable(record: str) -> bool:
     """Alternate durable and buffered appends (both write into the same grown space)."""
     return json.loads(record)["s"] % 2 == 0
+
+
+def test_a_wait_that_meets_a_finished_append_before_its_callback_ran_returns(
+    tmp_path: Path,
+) -> None:
+    """An append can finish in the loop iteration in which another branch reaches its gate,
+    before the append's done callback has run. The gate accounts for it there and then, instead
+    of awaiting the finished future over and over without ever yielding (which hung a run)."""
+    appends: list[asyncio.Future[None]] = []
+
+    class Controlled(FileStorageBackend):
+        def append(
+            self, session_id: str, records: Sequence[str], durable: bool
+        ) -> asyncio.Future[None]:
+            appends.append(asyncio.get_running_loop().create_future())
+            return appends[-1]
+
+    async def scenario() -> int:
+        writer = SessionWriter(StateManager(Controlled(tmp_path), 0), "s", 0)
+        writer.record({"t": "step"})
+        writer.commit()
+        appends[0].set_result(None)  # finished; its callback is only scheduled
+        await writer.settled()
+        return writer.length
+
+    outcome: list[int] = []
+    thread = threading.Thread(target=lambda: outcome.append(asyncio.run(scenario())))
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the writer spun on a finished append"
+    assert outcome == [1] and len(appends) == 1

@@ -18,7 +18,6 @@ future stays in the log as its own branch of history.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from .backends import StorageBackend, check_session_id
 from .records import FORMAT, dumps, upgrade
 from .snapshots import Snapshot
 from .snapshots import read as read_snapshot
+from .worker import Completion
 
 
 @dataclass
@@ -74,6 +74,7 @@ class SessionWriter:
         self._due = length
         self._flusher: asyncio.Task[None] | None = None
         self._writing: asyncio.Future[None] | None = None
+        self._in_flight: tuple[list[str], int] = ([], length)
         self.snapshot_source: Callable[[int], bytes | None] | None = None
         self.flush_error: BaseException | None = None
 
@@ -108,11 +109,16 @@ class SessionWriter:
 
     async def _write_through(self, target: int) -> None:
         """One append is in flight at a time, so records reach storage in order. An append
-        finishes even if the caller is cancelled (it is shielded); a failed one puts its
-        records back, to be written by the next call."""
+        finishes even if the caller is cancelled (it is shielded, or cannot be cancelled); a
+        failed one puts its records back, to be written by the next call."""
         while self._written < target:
-            writing = self._writing or self._start_append()
-            await asyncio.shield(writing)
+            writing = self._writing
+            if writing is None:
+                writing = self._start_append()
+            elif writing.done():  # finished, but its callback has not run yet: account now
+                self._appended(writing)
+                continue
+            await (writing if isinstance(writing, Completion) else asyncio.shield(writing))
 
     def _start_append(self) -> asyncio.Future[None]:
         lines, self._buffer = self._buffer, []
@@ -123,13 +129,17 @@ class SessionWriter:
         except BaseException:
             self._buffer = lines + self._buffer
             raise
-        writing.add_done_callback(functools.partial(self._appended, lines, self.length))
-        self._writing = writing
+        self._writing, self._in_flight = writing, (lines, self.length)
+        writing.add_done_callback(self._appended)
         return writing
 
-    def _appended(self, lines: list[str], upto: int, writing: asyncio.Future[None]) -> None:
-        """Runs before anyone waiting for the append resumes (callbacks run in order)."""
+    def _appended(self, writing: asyncio.Future[None]) -> None:
+        """Account for a finished append, once: from its done callback or from whoever meets
+        it finished first."""
+        if self._writing is not writing:
+            return
         self._writing = None
+        lines, upto = self._in_flight
         if writing.cancelled() or writing.exception() is not None:
             self._buffer = lines + self._buffer
         else:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 IDLE_SECONDS = 5.0
 
-_Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, asyncio.Future[Any]]
+_Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, "Completion[Any]"]
 
 
 class BlockingWorker:
@@ -33,14 +33,12 @@ class BlockingWorker:
         self._guard = threading.Lock()
         self._running = False
 
-    def submit(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Queue ``function(*args)`` now; the future (of the running loop) gets its result.
-
-        The call is queued before this returns, so the thread wakes while the caller goes on
-        with its own work. Cancelling the future does not stop a call that has started:
-        blocking I/O cannot be interrupted, and a later call must not overtake it."""
+    def submit(self, function: Callable[..., T], *args: Any) -> Completion[T]:
+        """Queue ``function(*args)`` now; the returned future (of the running loop) gets its
+        result. The call is queued before this returns, so the thread wakes while the caller
+        goes on with its own work."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        future: Completion[T] = Completion(loop=loop)
         with self._guard:
             self._jobs.put((function, args, loop, future))
             if not self._running:
@@ -67,6 +65,17 @@ class BlockingWorker:
                 _settle_soon(loop, future, None, error)
             else:
                 _settle_soon(loop, future, result, None)
+
+
+class Completion(asyncio.Future[T]):
+    """The outcome of a call handed to a worker thread. It cannot be cancelled: the call runs
+    anyway (blocking I/O cannot be interrupted, and a later call must not overtake it), so a
+    task cancelled while awaiting it is cancelled once the call is over, and knows its outcome
+    until then. Awaiting it therefore needs no ``asyncio.shield`` (and its extra turn of the
+    event loop)."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
 
 
 def _settle_soon(
