@@ -1,4 +1,4 @@
-"""Real Redis and PostgreSQL servers on loopback for the session tests.
+"""Real Redis and PostgreSQL servers on loopback for the session tests, and subprocesses.
 
 ``python3 dev.py test`` installs the Debian packages when they are missing; these helpers start
 private, throw-away servers in a temporary folder and read their readiness from their own logs.
@@ -6,6 +6,7 @@ private, throw-away servers in a temporary folder and read their readiness from 
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import shutil
@@ -112,3 +113,15 @@ def stop(process: subprocess.Popen[str], folder: str | None = None) -> None:
         process.kill()
     if folder:
         shutil.rmtree(Path(folder), ignore_errors=True)
+
+
+async def output_of(process: asyncio.subprocess.Process, timeout: float) -> str:
+    """The output of a process started with ``stdout=PIPE``, once it exits. One that runs past
+    ``timeout`` is killed (a hung run must not outlive its test and eat the CPUs)."""
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    return output.decode()

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from services import output_of
 
 WORKFLOW = Path(__file__).with_name("crash_workflow.py")
 SEEDS = 50
@@ -36,8 +37,8 @@ async def run_workflow(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), 60)
-    return process.returncode or 0, output.decode()
+    output = await output_of(process, 60)
+    return process.returncode or 0, output
 
 
 BACKENDS = ["file", "sqlite", "redis", "postgres"]

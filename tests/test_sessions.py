@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from services import output_of
 from storage_backends import Storage, close_backend, open_backend, tear
 
 from orchestra import (
@@ -332,9 +333,9 @@ async def in_subprocess(scenario: str, kind: str, root: Path, mode: str) -> tupl
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    output = await output_of(process, 30)
     assert process.returncode is not None
-    return process.returncode, output.decode()
+    return process.returncode, output
 
 
 # ---- 1. the OrchestraInstance example: pause, resume with more context, checkpoints --------
