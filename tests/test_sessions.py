@@ -96,17 +96,17 @@ async def flip_byte(storage: Storage, session_id: str, number: int) -> None:
             number,
         )
         return
-    with sqlite3.connect(storage.path) as db:  # one row per append, a JSON list of records
+    with sqlite3.connect(storage.path) as db:  # one row per append, one line per record
         rows = db.execute(
             "SELECT seq, records FROM appends WHERE session = ? ORDER BY seq", (session_id,)
         ).fetchall()
-        for seq, lines in rows:
-            batch = json.loads(lines)
+        for seq, text in rows:
+            batch = text.split("\n")[:-1]
             if number <= len(batch):
                 batch[number - 1] = flipped(batch[number - 1])
                 db.execute(
                     "UPDATE appends SET records = ? WHERE session = ? AND seq = ?",
-                    (json.dumps(batch), session_id, seq),
+                    ("".join(line + "\n" for line in batch), session_id, seq),
                 )
                 break
             number -= len(batch)
@@ -665,7 +665,7 @@ async def test_a_torn_last_record_is_ignored_and_appends_continue(
         db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
         (last,) = db.execute("SELECT MAX(seq) FROM appends WHERE session = 'torn'").fetchone()
-        db.execute("INSERT INTO appends VALUES ('torn', ?, ?)", (last + 1, json.dumps([half])))
+        db.execute("INSERT INTO appends VALUES ('torn', ?, ?)", (last + 1, half))
         db.close()  # never committed
 
     storage = open_backend(backend_kind, tmp_path)  # a new process after the crash

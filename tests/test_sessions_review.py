@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,7 +34,12 @@ from orchestra import (
 )
 from orchestra.communication import CommunicationManager
 from orchestra.coordination.orchestra import OrchestraInstance
-from orchestra.coordination.state import FileStorageBackend, StateManager, files
+from orchestra.coordination.state import (
+    FileStorageBackend,
+    SQLiteStorageBackend,
+    StateManager,
+    files,
+)
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.errors import SessionError
 from orchestra.models import Message, StepInfo
@@ -683,3 +689,20 @@ def test_a_wait_that_meets_a_finished_append_before_its_callback_ran_returns(
     thread.join(timeout=10)
     assert not thread.is_alive(), "the writer spun on a finished append"
     assert outcome == [1] and len(appends) == 1
+
+
+async def test_a_sqlite_append_cut_short_is_reported_for_its_session(tmp_path: Path) -> None:
+    """SQLite commits an append whole or not at all, so a stored append that ends mid-record
+    was damaged after the fact: the session says so; another session still reads."""
+    storage = SQLiteStorageBackend(tmp_path / "state.db")
+    try:
+        await storage.append("cut", ['{"t":"run","s":1}'], durable=True)
+        await storage.append("whole", ['{"t":"run","s":1}'], durable=True)
+        with sqlite3.connect(tmp_path / "state.db") as db:
+            db.execute("UPDATE appends SET records = substr(records, 1, 12) WHERE session = 'cut'")
+        db.close()
+        with pytest.raises(SessionError, match=r"'cut'.*append 1 ends in an incomplete record"):
+            await storage.read("cut")
+        assert await storage.read("whole") == ['{"t":"run","s":1}']
+    finally:
+        storage.close()
