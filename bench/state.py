@@ -153,21 +153,28 @@ def main() -> None:
     redis, redis_url = start_redis()
     postgres, postgres_dsn, postgres_folder = start_postgres()
     try:
-        baseline = best([asyncio.run(timed_run(STEPS, None, f"none{i}")) for i in range(RUNS)])
-        rows.append(("no persistence", f"{baseline * 1e6:.1f} µs/step"))
-        for kind, make in backends(folder, redis_url, postgres_dsn).items():
-            for interval, label in ((0.0, "durable every step"), (30.0, "flushed every 30 s")):
-                gc.collect()
-                samples = [
-                    asyncio.run(
-                        timed_run(STEPS, StateManager(make(), interval), f"{kind}{interval}{i}")
-                    )
-                    for i in range(RUNS)
-                ]
-                added = (best(samples) - baseline) * 1e6
-                rows.append(
-                    (f"{kind}, {label}", f"{best(samples) * 1e6:.1f} µs/step (+{added:.1f} µs)")
+        settings = [
+            (kind, make, interval, label)
+            for kind, make in backends(folder, redis_url, postgres_dsn).items()
+            for interval, label in ((0.0, "durable every step"), (30.0, "flushed every 30 s"))
+        ]
+        samples: dict[str, list[float]] = {}
+        for round_number in range(RUNS):  # interleaved, so drift on the VM hits all alike
+            gc.collect()
+            samples.setdefault("none", []).append(
+                asyncio.run(timed_run(STEPS, None, f"none{round_number}"))
+            )
+            for kind, make, interval, label in settings:
+                manager = StateManager(make(), interval)
+                session = f"{kind}{interval}-{round_number}"
+                samples.setdefault(f"{kind}, {label}", []).append(
+                    asyncio.run(timed_run(STEPS, manager, session))
                 )
+        baseline = best(samples.pop("none"))
+        rows.append(("no persistence", f"{baseline * 1e6:.1f} µs/step"))
+        for name, times in samples.items():
+            added = (best(times) - baseline) * 1e6
+            rows.append((name, f"{best(times) * 1e6:.1f} µs/step (+{added:.1f} µs)"))
         for kind, make in list(backends(folder, redis_url, postgres_dsn).items())[:2]:
             sizes = []
             for steps in (10, 100, 1000):

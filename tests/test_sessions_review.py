@@ -706,3 +706,32 @@ async def test_a_sqlite_append_cut_short_is_reported_for_its_session(tmp_path: P
         assert await storage.read("whole") == ['{"t":"run","s":1}']
     finally:
         storage.close()
+
+
+async def test_sqlite_refuses_a_second_writer_of_a_session_but_not_a_later_one(
+    tmp_path: Path,
+) -> None:
+    """Two backends on one database file stand for two processes. Handing a session over (the
+    other one reads it first, as every run does) works; writing it at the same time is refused
+    with an error naming the session, instead of interleaving two runs' records."""
+    first = SQLiteStorageBackend(tmp_path / "state.db")
+    second = SQLiteStorageBackend(tmp_path / "state.db")
+    try:
+        await first.append("shared", ['{"n":1}'], durable=True)
+        await second.read("shared")
+        await second.append("shared", ['{"n":2}'], durable=True)  # handed over
+        await first.read("shared")
+        await first.append("shared", ['{"n":3}'], durable=True)  # and back
+        await second.append("shared", ['{"n":4}'], durable=True)  # without reading: concurrent
+    except SessionError as error:
+        assert "'shared'" in str(error) and "another writer" in str(error)
+    else:
+        raise AssertionError("the concurrent append was accepted")
+    finally:
+        first.close()
+        second.close()
+    reader = SQLiteStorageBackend(tmp_path / "state.db")
+    try:
+        assert await reader.read("shared") == ['{"n":1}', '{"n":2}', '{"n":3}']
+    finally:
+        reader.close()

@@ -9,26 +9,25 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from orchestra.errors import SessionCorruptedError, SessionNotFoundError
+from orchestra.errors import SessionCorruptedError, SessionError, SessionNotFoundError
 
 from .backends import check_session_id, frame, unframe
 from .worker import BlockingWorker
 
 T = TypeVar("T")
 
-_APPEND = (
-    "INSERT INTO appends (session, seq, records) "
-    "SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2 FROM appends WHERE session = ?1"
-)
-
 
 class SQLiteStorageBackend:
     """Sessions in one SQLite database file (the embedded default of the command line).
 
-    Each append is one row of table ``appends``: the session, its number within the session,
-    and its checksummed records as lines of text (as in a segment file). The table is clustered on (session, number)
-    (``WITHOUT ROWID``), so an append touches one B-tree, not a table and an index. WAL journal; a durable append commits with
-    ``synchronous=FULL``. Calls run one at a time on the backend's own thread (see ``worker``)."""
+    Each append is one row of table ``appends``: the session, the append's number within the
+    session, and its checksummed records as lines of text (as in a segment file). The table is
+    clustered on (session, number) (``WITHOUT ROWID``), so an append is one insert into one
+    B-tree, in one statement. The next number of a session is looked up once (again after each
+    read of the session, which every run starts with) and then counted here, so a second writer
+    appending to the same session at the same time (another process) is refused by the key, not
+    interleaved. WAL journal; a durable append commits with ``synchronous=FULL``. Calls
+    run one at a time on the backend's own thread (see ``worker``)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -36,6 +35,7 @@ class SQLiteStorageBackend:
         self._lock = threading.Lock()
         self._worker = BlockingWorker(f"orchestra-sqlite-{self.path.name}")
         self._synchronous = ""
+        self._next: dict[str, int] = {}  # session -> the number of its next append
 
     def __repr__(self) -> str:
         return f"SQLiteStorageBackend({str(self.path)!r})"
@@ -74,18 +74,31 @@ class SQLiteStorageBackend:
         return self._worker.submit(self._locked, self._append, (session_id, lines, durable))
 
     def _append(self, db: sqlite3.Connection, session_id: str, lines: str, durable: bool) -> None:
-        """One row, one statement: one transaction, one B-tree insert, and one call into SQLite,
-        so the worker thread does not wait for the GIL between statements."""
         self._synchronous_mode(db, durable)
-        db.execute(_APPEND, (session_id, lines))
+        number = self._next.get(session_id)
+        if number is None:
+            (number,) = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM appends WHERE session = ?", (session_id,)
+            ).fetchone()
+        try:
+            db.execute("INSERT INTO appends VALUES (?, ?, ?)", (session_id, number, lines))
+        except sqlite3.IntegrityError:
+            self._next.pop(session_id, None)
+            raise SessionError(
+                f"session {session_id!r} was appended to by another writer (another process?) "
+                f"while this one wrote it; a session takes one run at a time"
+            ) from None
+        self._next[session_id] = number + 1
 
     async def read(self, session_id: str) -> list[str]:
         check_session_id(session_id)
 
         def rows(db: sqlite3.Connection) -> list[tuple[int, str]]:
-            return db.execute(
+            found: list[tuple[int, str]] = db.execute(
                 "SELECT seq, records FROM appends WHERE session = ? ORDER BY seq", (session_id,)
             ).fetchall()
+            self._next.pop(session_id, None)  # a run reads its session first: count afresh
+            return found
 
         found = await self._run(rows)
         if not found:
@@ -113,6 +126,7 @@ class SQLiteStorageBackend:
         check_session_id(session_id)
 
         def remove(db: sqlite3.Connection) -> int:
+            self._next.pop(session_id, None)
             db.execute("DELETE FROM snapshot WHERE session = ?", (session_id,))
             return db.execute("DELETE FROM appends WHERE session = ?", (session_id,)).rowcount
 
