@@ -37,10 +37,14 @@ def close_backend(storage: Storage) -> None:
         storage.close()
 
 
+def first_segment(folder: Path) -> Path:
+    return sorted(folder.glob("log-*.seg"))[0]
+
+
 def tear(segment: Path, text: str, gap: int = 0) -> None:
     """What a crash in the middle of an append leaves in a segment: ``text`` written where the
-    next record would go (``gap`` bytes further when a part of the write never reached disk),
-    inside the zero padding the file backend keeps after its records."""
+    next append would go (``gap`` bytes further when its start never reached the disk), inside
+    the zero padding the file backend keeps after its appends."""
     end = len(segment.read_bytes().rstrip(b"\0"))
     with open(segment, "r+b") as handle:
         handle.seek(end + gap)

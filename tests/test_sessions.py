@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 from services import output_of
-from storage_backends import Storage, close_backend, open_backend, tear
+from storage_backends import Storage, close_backend, first_segment, open_backend, tear
 
 from orchestra import (
     Agent,
@@ -73,10 +73,11 @@ async def flip_byte(storage: Storage, session_id: str, number: int) -> None:
         middle = len(line) // 2
         return line[:middle] + chr(ord(line[middle]) ^ 0x01) + line[middle + 1 :]
 
-    if isinstance(storage, FileStorageBackend):
-        segment = storage.directory / session_id / "log-000001.seg"
+    if isinstance(storage, FileStorageBackend):  # "@<length>" append headers, then records
+        segment = first_segment(storage.directory / session_id)
         lines = segment.read_text().split("\n")
-        lines[number - 1] = flipped(lines[number - 1])
+        records = [index for index, line in enumerate(lines) if line[:1] not in ("@", "\0", "")]
+        lines[records[number - 1]] = flipped(lines[records[number - 1]])
         segment.write_text("\n".join(lines))
         return
     if isinstance(storage, RedisStorageBackend):
@@ -97,19 +98,17 @@ async def flip_byte(storage: Storage, session_id: str, number: int) -> None:
         )
         return
     with sqlite3.connect(storage.path) as db:  # one row per append, one line per record
-        rows = db.execute(
-            "SELECT seq, records FROM appends WHERE session = ? ORDER BY seq", (session_id,)
-        ).fetchall()
-        for seq, text in rows:
-            batch = text.split("\n")[:-1]
-            if number <= len(batch):
-                batch[number - 1] = flipped(batch[number - 1])
-                db.execute(
-                    "UPDATE appends SET records = ? WHERE session = ? AND seq = ?",
-                    ("".join(line + "\n" for line in batch), session_id, seq),
-                )
-                break
-            number -= len(batch)
+        first, text = db.execute(
+            "SELECT first, records FROM appends WHERE session = ? AND first <= ? "
+            "ORDER BY first DESC LIMIT 1",
+            (session_id, number),
+        ).fetchone()
+        batch = text.split("\n")
+        batch[number - first] = flipped(batch[number - first])
+        db.execute(
+            "UPDATE appends SET records = ? WHERE session = ? AND first = ?",
+            ("\n".join(batch), session_id, first),
+        )
     db.close()
 
 
@@ -660,12 +659,11 @@ async def test_a_torn_last_record_is_ignored_and_appends_continue(
     # a crash in the middle of an append: half a record, never acknowledged
     half = '0badc0de {"t":"step","branch":"b0","st'
     if backend_kind == "file":
-        tear(tmp_path / "state" / "torn" / "log-000001.seg", half)
+        tear(first_segment(tmp_path / "state" / "torn"), half)
     else:
         db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
-        (last,) = db.execute("SELECT MAX(seq) FROM appends WHERE session = 'torn'").fetchone()
-        db.execute("INSERT INTO appends VALUES ('torn', ?, ?)", (last + 1, half))
+        db.execute("INSERT INTO appends VALUES ('torn', ?, 1, ?)", (len(intact) + 1, half))
         db.close()  # never committed
 
     storage = open_backend(backend_kind, tmp_path)  # a new process after the crash
@@ -692,7 +690,7 @@ async def test_a_log_of_an_unknown_format_is_refused(storage: Storage) -> None:
     lines = await records(storage, "today")
     lines[0]["format"] = 99  # written by a later release
     await storage.append(
-        "tomorrow", [json.dumps(r, separators=(",", ":")) for r in lines], durable=True
+        "tomorrow", [json.dumps(r, separators=(",", ":")) for r in lines], durable=True, after=0
     )
 
     with pytest.raises(SessionFormatError, match="tomorrow") as raised:

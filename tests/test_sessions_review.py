@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
-import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
-from storage_backends import Storage, tear
+from storage_backends import Storage
 from test_sessions import Hold, PausablePipeline, pipeline_instance, wait
 
 from orchestra import (
@@ -35,10 +32,7 @@ from orchestra import (
 from orchestra.communication import CommunicationManager
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import (
-    FileStorageBackend,
-    SQLiteStorageBackend,
     StateManager,
-    files,
 )
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.errors import SessionError
@@ -65,7 +59,9 @@ class Watched:
         self.keep_snapshot: Callable[[], bool] = lambda: False
         self.snapshot_kept = asyncio.Event()
 
-    async def append(self, session_id: str, records: Sequence[str], durable: bool) -> None:
+    async def append(
+        self, session_id: str, records: Sequence[str], durable: bool, after: int
+    ) -> None:
         parsed = [json.loads(record) for record in records]
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -77,7 +73,7 @@ class Watched:
                 self.hold_when = None
                 self.held.set()
                 await self.release.wait()
-            await self.inner.append(session_id, records, durable)
+            await self.inner.append(session_id, records, durable, after)
             self.durable.extend(parsed)
             self.appended.set()
         finally:
@@ -107,7 +103,7 @@ class Watched:
 
 async def crash_copy(storage: Storage, source: str, target: str, keep: int) -> None:
     """``target`` as ``source`` would have been left by a crash after its ``keep``-th record."""
-    await storage.append(target, (await storage.read(source))[:keep], durable=True)
+    await storage.append(target, (await storage.read(source))[:keep], durable=True, after=0)
 
 
 def kinds(lines: list[str]) -> list[str]:
@@ -551,187 +547,3 @@ async def test_restoring_a_checkpoint_of_an_abandoned_history(storage: Storage) 
         resumed = await wait(orchestra.resume_session("cps"))
         assert resumed.success, resumed.error
         assert dict(calls) == {"X": 1, "Y": 1, "Z": 1}  # after-y: only Z was left to run
-
-
-# ---- the file backend --------------------------------------------------------------------------
-
-
-async def test_a_torn_tail_is_trimmed_before_a_new_segment_starts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """FileStorageBackend trims a torn last line only when it appends to that segment; when the
-    next append starts a new segment, the torn line stays at the end of a segment that is no
-    longer the last, and the session can no longer be read."""
-    monkeypatch.setattr(files, "SEGMENT_BYTES", 256)
-    folder = tmp_path / "state"
-    storage = FileStorageBackend(folder)
-    await storage.append("torn", ['{"t":"run","s":1}'], durable=True)
-    storage.close()
-    tear(folder / "torn" / "log-000001.seg", '0badc0de {"t":"step","s":2,"pad')
-    storage = FileStorageBackend(folder)  # a new process
-    try:
-        big = json.dumps({"t": "step", "s": 2, "pad": "x" * 200})
-        await storage.append("torn", [big], durable=True)
-        assert await storage.read("torn") == ['{"t":"run","s":1}', big]
-    finally:
-        storage.close()
-
-
-async def test_a_write_torn_with_a_hole_leaves_nothing_behind_later_records(
-    tmp_path: Path,
-) -> None:
-    """A crash can persist a later part of an append without its start: bytes inside the zero
-    padding, after a gap. Reopening zeroes them, so records appended later never run into the
-    leftovers (which would read as a damaged record)."""
-    folder = tmp_path / "state"
-    storage = FileStorageBackend(folder)
-    await storage.append("holes", ['{"t":"run","s":1}'], durable=True)
-    storage.close()
-    tear(folder / "holes" / "log-000001.seg", 'tail of a record","s":2}\n', gap=40)
-    storage = FileStorageBackend(folder)  # a new process
-    try:
-        assert await storage.read("holes") == ['{"t":"run","s":1}']
-        short = '{"t":"step","s":2,"pad":"' + "x" * 14 + '"}'  # ends inside the leftovers
-        later = [short, '{"t":"end","s":3}']
-        for record in later:
-            await storage.append("holes", [record], durable=True)
-        assert await storage.read("holes") == ['{"t":"run","s":1}', *later]
-    finally:
-        storage.close()
-
-
-async def test_segments_grow_ahead_of_their_records_and_stay_readable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Appends go into zero-filled space grown ahead of them; a full segment is cut to its
-    records before the next one starts, and only the last one carries padding."""
-    monkeypatch.setattr(files, "SEGMENT_BYTES", 4096)
-    folder = tmp_path / "state"
-    storage = FileStorageBackend(folder)
-    records = [json.dumps({"t": "step", "s": n, "pad": "y" * 300}) for n in range(1, 41)]
-    try:
-        for record in records:
-            await storage.append("grow", [record], durable=n_durable(record))
-        assert await storage.read("grow") == records
-        segments = sorted((folder / "grow").glob("log-*.seg"))
-        assert len(segments) > 2
-        for sealed in segments[:-1]:
-            data = sealed.read_bytes()
-            assert data.endswith(b"\n") and b"\0" not in data and len(data) <= 4096
-        assert segments[-1].stat().st_size >= files.GROWTH_MIN  # grown ahead of its records
-    finally:
-        storage.close()
-    reopened = FileStorageBackend(folder)
-    try:
-        assert await reopened.read("grow") == records
-        await reopened.append("grow", ['{"t":"end"}'], durable=True)
-        assert (await reopened.read("grow"))[-1] == '{"t":"end"}'
-    finally:
-        reopened.close()
-
-
-async def test_zero_bytes_inside_a_committed_record_are_damage_not_a_torn_tail(
-    tmp_path: Path,
-) -> None:
-    """Zeros inside a record followed by intact records cannot be a torn append (those end
-    the log), so the session is reported damaged rather than silently cut short."""
-    folder = tmp_path / "state"
-    storage = FileStorageBackend(folder)
-    records = [json.dumps({"t": "step", "s": n}) for n in range(1, 4)]
-    await storage.append("zeroed", records, durable=True)
-    storage.close()
-    segment = folder / "zeroed" / "log-000001.seg"
-    data = bytearray(segment.read_bytes())
-    second = data.index(b"\n") + 12  # inside the second record
-    data[second : second + 3] = b"\0\0\0"
-    segment.write_bytes(bytes(data))
-    storage = FileStorageBackend(folder)
-    try:
-        with pytest.raises(SessionError, match=r"'zeroed'.*damaged"):
-            await storage.read("zeroed")
-        with pytest.raises(SessionError, match=r"'zeroed'.*damaged"):
-            await storage.append("zeroed", ['{"t":"end"}'], durable=True)
-    finally:
-        storage.close()
-
-
-def n_durable(record: str) -> bool:
-    """Alternate durable and buffered appends (both write into the same grown space)."""
-    return json.loads(record)["s"] % 2 == 0
-
-
-def test_a_wait_that_meets_a_finished_append_before_its_callback_ran_returns(
-    tmp_path: Path,
-) -> None:
-    """An append can finish in the loop iteration in which another branch reaches its gate,
-    before the append's done callback has run. The gate accounts for it there and then, instead
-    of awaiting the finished future over and over without ever yielding (which hung a run)."""
-    appends: list[asyncio.Future[None]] = []
-
-    class Controlled(FileStorageBackend):
-        def append(
-            self, session_id: str, records: Sequence[str], durable: bool
-        ) -> asyncio.Future[None]:
-            appends.append(asyncio.get_running_loop().create_future())
-            return appends[-1]
-
-    async def scenario() -> int:
-        writer = SessionWriter(StateManager(Controlled(tmp_path), 0), "s", 0)
-        writer.record({"t": "step"})
-        writer.commit()
-        appends[0].set_result(None)  # finished; its callback is only scheduled
-        await writer.settled()
-        return writer.length
-
-    outcome: list[int] = []
-    thread = threading.Thread(target=lambda: outcome.append(asyncio.run(scenario())))
-    thread.start()
-    thread.join(timeout=10)
-    assert not thread.is_alive(), "the writer spun on a finished append"
-    assert outcome == [1] and len(appends) == 1
-
-
-async def test_a_sqlite_append_cut_short_is_reported_for_its_session(tmp_path: Path) -> None:
-    """SQLite commits an append whole or not at all, so a stored append that ends mid-record
-    was damaged after the fact: the session says so; another session still reads."""
-    storage = SQLiteStorageBackend(tmp_path / "state.db")
-    try:
-        await storage.append("cut", ['{"t":"run","s":1}'], durable=True)
-        await storage.append("whole", ['{"t":"run","s":1}'], durable=True)
-        with sqlite3.connect(tmp_path / "state.db") as db:
-            db.execute("UPDATE appends SET records = substr(records, 1, 12) WHERE session = 'cut'")
-        db.close()
-        with pytest.raises(SessionError, match=r"'cut'.*append 1 ends in an incomplete record"):
-            await storage.read("cut")
-        assert await storage.read("whole") == ['{"t":"run","s":1}']
-    finally:
-        storage.close()
-
-
-async def test_sqlite_refuses_a_second_writer_of_a_session_but_not_a_later_one(
-    tmp_path: Path,
-) -> None:
-    """Two backends on one database file stand for two processes. Handing a session over (the
-    other one reads it first, as every run does) works; writing it at the same time is refused
-    with an error naming the session, instead of interleaving two runs' records."""
-    first = SQLiteStorageBackend(tmp_path / "state.db")
-    second = SQLiteStorageBackend(tmp_path / "state.db")
-    try:
-        await first.append("shared", ['{"n":1}'], durable=True)
-        await second.read("shared")
-        await second.append("shared", ['{"n":2}'], durable=True)  # handed over
-        await first.read("shared")
-        await first.append("shared", ['{"n":3}'], durable=True)  # and back
-        await second.append("shared", ['{"n":4}'], durable=True)  # without reading: concurrent
-    except SessionError as error:
-        assert "'shared'" in str(error) and "another writer" in str(error)
-    else:
-        raise AssertionError("the concurrent append was accepted")
-    finally:
-        first.close()
-        second.close()
-    reader = SQLiteStorageBackend(tmp_path / "state.db")
-    try:
-        assert await reader.read("shared") == ['{"n":1}', '{"n":2}', '{"n":3}']
-    finally:
-        reader.close()

@@ -273,7 +273,6 @@ class Runner:
                 journal.step(branch, outcome, added, time.perf_counter() - started)
             else:
                 journal.step_failed(branch, failure, added)
-            journal.commit()
         self.steps_in_flight -= 1
         if failure is None:
             engine.step_completed(branch, outcome, time.perf_counter() - started)
@@ -292,7 +291,6 @@ class Runner:
             return  # the branch stopped: a call it cannot safely repeat was in doubt
         if self.journal is not None:
             self.journal.tools_completed(branch, results)
-            self.journal.commit()
         self.engine.tools_completed(branch, results)
         self._apply_effects()
 
@@ -375,7 +373,6 @@ class Runner:
             if journal is not None:
                 journal.tool_started(branch, call)
                 if agent.is_idempotent(call.name):
-                    journal.commit()
                     await journal.gate()
                 else:  # whatever the policy: a lost start record would let it run twice
                     await journal.flush()
@@ -434,7 +431,6 @@ class Runner:
             self._asking.pop(branch, None)  # answered: a pause must not lose the answer now
             if self.journal is not None:
                 self.journal.user_answered(branch, answer)
-                self.journal.commit()
             self.engine.user_answered(branch, answer)
         finally:
             self._asking.pop(branch, None)

@@ -52,11 +52,19 @@ def intact(line: str) -> bool:
 
 @runtime_checkable
 class StorageBackend(Protocol):
-    """What ``StateManager`` needs of a store. ``append`` may be a coroutine function, or
-    return any awaitable: a backend that writes on a thread of its own starts the write before
-    returning, so the run goes on with its in-memory work while the write is under way."""
+    """What ``StateManager`` needs of a store.
 
-    def append(self, session_id: str, records: Sequence[str], durable: bool) -> Awaitable[None]: ...
+    ``append`` stores ``records`` as the session's records number ``after + 1`` onwards. It is
+    a compare-and-append: when the session does not hold exactly ``after`` records, it raises
+    ``SessionError`` (another writer got there first) and stores nothing; an append whose
+    records are all already stored at those positions (a retry after an answer was lost)
+    succeeds without storing them twice. It may be a coroutine function, or return any
+    awaitable: a backend that writes on a thread of its own starts the write before returning,
+    so the run goes on with its in-memory work while the write is under way."""
+
+    def append(
+        self, session_id: str, records: Sequence[str], durable: bool, after: int
+    ) -> Awaitable[None]: ...
 
     async def read(self, session_id: str) -> list[str]: ...
 

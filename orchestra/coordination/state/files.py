@@ -4,36 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from orchestra.errors import SessionCorruptedError, SessionNotFoundError
+from orchestra.errors import SessionCorruptedError, SessionError, SessionNotFoundError
 
-from .backends import check_session_id, frame, intact, unframe
+from .backends import check_session_id
+from .segments import Segment, encode_append, first_position, parse, segment_name
 from .worker import BlockingWorker
 
-SEGMENT_BYTES = 4 * 1024 * 1024  # a segment takes no more records once it holds this much
-GROWTH_MIN = 64 * 1024  # a segment grows by its size, within these bounds
-GROWTH_MAX = 1024 * 1024
+SEGMENT_BYTES = 4 * 1024 * 1024  # a segment takes no more appends once it holds this much
+SHARDS = 8  # threads doing the blocking work of one backend
+OPEN_SEGMENTS = 256  # segment files kept open (the least recently used one is closed)
 T = TypeVar("T")
-_WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux: a write that is durable when it returns
 
 
 class FileStorageBackend:
-    """Sessions as folders of append-only segment files (``log-000001.seg``, ...) under
-    ``directory``.
+    """Sessions as folders of append-only segment files under ``directory`` (format: see
+    ``segments``), plus a snapshot file each.
 
-    A segment is grown ahead of its records in zero-filled chunks, and records are written into
-    that space: a durable append is then one ``pwrite`` and one ``fdatasync`` that has no file
-    size to update, which on ext4 spares a journal commit (about 40% of the fsync). The zero
-    padding after the last record is not part of the log. Each session's calls run in order on
-    a thread of its own (see ``worker``), so sessions do not wait for each other's fsyncs."""
+    A durable append is one ``pwrite`` into space grown ahead of it and one sync of that range,
+    with no file size to update. The blocking work runs on a small set of threads: each session
+    always on the same one (its appends stay in order), and sessions on different ones do not
+    wait for each other's fsyncs. At most ``OPEN_SEGMENTS`` segment files stay open."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        self._workers: dict[str, tuple[Path, BlockingWorker]] = {}
-        self._open: dict[str, _Segment] = {}
+        self._workers = [BlockingWorker(f"orchestra-files-{n}") for n in range(SHARDS)]
+        self._open: OrderedDict[str, Segment] = OrderedDict()
+        self._guard = threading.Lock()  # of _open, which every worker thread uses
 
     def __repr__(self) -> str:
         return f"FileStorageBackend({str(self.directory)!r})"
@@ -42,54 +44,106 @@ class FileStorageBackend:
         return self.directory / check_session_id(session_id)
 
     def _submit(self, session_id: str, work: Callable[..., T], *args: object) -> asyncio.Future[T]:
-        known = self._workers.get(session_id)
-        if known is None:
-            folder = self._folder(session_id)
-            known = self._workers[session_id] = (folder, BlockingWorker(f"orchestra-{folder.name}"))
-        folder, worker = known
+        folder = self._folder(session_id)
+        worker = self._workers[hash(session_id) % SHARDS]
         return worker.submit(work, session_id, folder, *args)
 
     async def _call(self, session_id: str, work: Callable[..., T], *args: object) -> T:
         return await self._submit(session_id, work, *args)
 
-    def append(self, session_id: str, records: Sequence[str], durable: bool) -> Awaitable[None]:
-        data = "".join(frame(record) for record in records).encode()
-        return self._submit(session_id, self._append, data, durable)
+    def append(
+        self, session_id: str, records: Sequence[str], durable: bool, after: int
+    ) -> Awaitable[None]:
+        return self._submit(session_id, self._append, list(records), durable, after)
 
-    def _append(self, session_id: str, folder: Path, data: bytes, durable: bool) -> None:
+    def _append(
+        self, session_id: str, folder: Path, records: list[str], durable: bool, after: int
+    ) -> None:
+        data = encode_append(records)
         segment = self._segment(session_id, folder, len(data), durable)
-        try:
-            segment.write(data, durable)
-        except OSError:
-            self._close(session_id)  # a partial write: reopening zeroes it first
-            raise
+        with segment.lock:
+            if segment.closed:  # closed by close(), or to keep the number of open files down
+                return self._append(session_id, folder, records, durable, after)
+            if segment.records != after:
+                stored = self._read(session_id, folder)[after : after + len(records)]
+                if stored == records:
+                    return None  # a retry of an append that was stored
+                raise SessionError(
+                    f"session {session_id!r} holds {segment.records} records where its writer "
+                    f"expected {after}: another writer appended to it, or it was deleted"
+                )
+            if segment.append(data, len(records), durable):
+                return None
+        self._forget(session_id)
+        raise SessionError(
+            f"session {session_id!r}: an append failed and could not be undone; resume the "
+            "session to go on from what its log holds"
+        )
 
-    def _segment(self, session_id: str, folder: Path, incoming: int, durable: bool) -> _Segment:
-        """The open segment to append to: the last one, or a new one when it is full."""
-        current = self._open.get(session_id)
-        if current is not None and (current.end == 0 or current.end + incoming <= SEGMENT_BYTES):
-            return current
-        if current is not None:
-            current.seal(durable)
-            self._close(session_id)
+    def _segment(self, session_id: str, folder: Path, incoming: int, durable: bool) -> Segment:
+        """The open segment to append to: the last one, or a new one when that is full."""
+        with self._guard:
+            segment = self._open.get(session_id)
+            if segment is not None:
+                self._open.move_to_end(session_id)
+        if segment is None or segment.closed:
+            segment = self._last_segment(session_id, folder, durable)
+        if segment.end > 0 and segment.end + incoming > SEGMENT_BYTES:
+            with segment.lock:
+                evicted = segment.closed  # meanwhile, to keep the number of open files down
+                if not evicted:
+                    segment.seal(durable)
+            if evicted:
+                return self._segment(session_id, folder, incoming, durable)
+            segment.close()
+            segment = self._new_segment(session_id, folder, segment.records + 1, durable)
+        return segment
+
+    def _last_segment(self, session_id: str, folder: Path, durable: bool) -> Segment:
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         segments = sorted(folder.glob("log-*.seg"))
-        if segments and current is None:
-            last = _Segment.reopen(session_id, segments[-1])
-            if last.end == 0 or last.end + incoming <= SEGMENT_BYTES:
-                self._open[session_id] = last
-                return last
-            last.seal(durable)
-            last.close()
-        number = int(segments[-1].name[4:10]) + 1 if segments else 1
-        segment = _Segment.create(folder / f"log-{number:06d}.seg")
-        if durable:
-            _fsync_directory(folder)
-            if created:
-                _fsync_directory(self.directory)
-        self._open[session_id] = segment
+        if not segments:
+            return self._new_segment(session_id, folder, 1, durable, created)
+        segment = Segment.reopen(session_id, segments[-1])
+        self._remember(session_id, segment)
         return segment
+
+    def _new_segment(
+        self, session_id: str, folder: Path, first: int, durable: bool, created: bool = False
+    ) -> Segment:
+        """A new, empty segment, its name durable in the folder before any record goes in
+        (if that fails, the segment is removed again and the next append tries anew)."""
+        segment = Segment.create(session_id, folder / segment_name(first), first)
+        try:
+            if durable:
+                _fsync_directory(folder)
+                if created:
+                    _fsync_directory(self.directory)
+        except BaseException:
+            segment.close()
+            segment.path.unlink(missing_ok=True)
+            raise
+        self._remember(session_id, segment)
+        return segment
+
+    def _remember(self, session_id: str, segment: Segment) -> None:
+        """Closing happens under the guard: a segment is closed (its file lock released)
+        before it leaves ``_open``, so its session never finds itself locked out by it."""
+        with self._guard:
+            self._open[session_id] = segment
+            self._open.move_to_end(session_id)
+            if len(self._open) > OPEN_SEGMENTS:
+                oldest = next(iter(self._open))
+                self._open[oldest].close()  # waits for a write in flight on its own thread
+                del self._open[oldest]
+
+    def _forget(self, session_id: str) -> None:
+        with self._guard:
+            segment = self._open.get(session_id)
+            if segment is not None:
+                segment.close()
+                del self._open[session_id]
 
     async def write_snapshot(self, session_id: str, data: bytes) -> None:
         await self._call(session_id, _write_snapshot, data)
@@ -97,16 +151,13 @@ class FileStorageBackend:
     async def read_snapshot(self, session_id: str) -> bytes | None:
         return await self._call(session_id, _read_snapshot)
 
-    def _close(self, session_id: str) -> None:
-        segment = self._open.pop(session_id, None)
-        if segment is not None:
-            segment.close()
-
     def close(self) -> None:
-        """Close the open segment files (appending reopens them). Call it when no operation
-        is in flight."""
-        for session_id in list(self._open):
-            self._close(session_id)
+        """Close the open segment files (a later append opens its segment again); a write in
+        flight finishes first."""
+        with self._guard:
+            for segment in self._open.values():
+                segment.close()
+            self._open.clear()
 
     async def read(self, session_id: str) -> list[str]:
         return await self._call(session_id, self._read)
@@ -116,17 +167,14 @@ class FileStorageBackend:
         if not segments:
             raise SessionNotFoundError(f"no session {session_id!r} in {self.directory}")
         records: list[str] = []
-        for number, segment in enumerate(segments):
-            content = _content(segment.read_bytes())
-            if number == len(segments) - 1:  # only the last one may end in a torn append
-                content = content[: _intact_end(session_id, segment.name, content)]
-            lines = content.decode("utf-8", errors="replace").split("\n")
-            if lines.pop():  # "" when the segment ends with a newline
+        for number, path in enumerate(segments):
+            if first_position(path) != len(records) + 1:
                 raise SessionCorruptedError(
-                    f"session {session_id!r}: segment {segment.name} ends in an incomplete record"
+                    f"session {session_id!r}: segment {path.name} should start at record "
+                    f"{len(records) + 1}; a segment is missing or misnamed"
                 )
-            for index, line in enumerate(lines):
-                records.append(unframe(session_id, f"{segment.name} line {index + 1}", line))
+            last = number == len(segments) - 1
+            records.extend(parse(session_id, path.name, path.read_bytes(), last).records)
         return records
 
     async def exists(self, session_id: str) -> bool:
@@ -145,91 +193,13 @@ class FileStorageBackend:
         return await self._call(session_id, self._delete)
 
     def _delete(self, session_id: str, folder: Path) -> bool:
+        self._forget(session_id)
         if not folder.is_dir():
             return False
-        self._close(session_id)
         for path in folder.iterdir():
             path.unlink()
         folder.rmdir()
         return True
-
-
-class _Segment:
-    """An open segment file: records up to ``end``, zeros from there to ``allocated``."""
-
-    def __init__(self, path: Path, descriptor: int, end: int, allocated: int) -> None:
-        self.path = path
-        self.descriptor = descriptor
-        self.end = end
-        self.allocated = allocated
-
-    @classmethod
-    def create(cls, path: Path) -> _Segment:
-        return cls(path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), 0, 0)
-
-    @classmethod
-    def reopen(cls, session_id: str, path: Path) -> _Segment:
-        """Open the last segment after a stop. What follows its intact records is an append
-        that never finished (never acknowledged as durable): zero it, so the next append
-        cannot leave it behind its own records."""
-        data = path.read_bytes()
-        content = _content(data)
-        end = _intact_end(session_id, path.name, content)
-        descriptor = os.open(path, os.O_RDWR)
-        if end < len(content):
-            os.pwrite(descriptor, bytes(len(content) - end), end)
-            os.fdatasync(descriptor)
-        return cls(path, descriptor, end, len(data))
-
-    def write(self, data: bytes, durable: bool) -> None:
-        needed = self.end + len(data)
-        grew = needed > self.allocated
-        if grew:
-            chunk = min(max(self.allocated, GROWTH_MIN), GROWTH_MAX)
-            grown = max(needed, self.allocated + chunk)
-            os.pwrite(self.descriptor, bytes(grown - self.allocated), self.allocated)
-            self.allocated = grown
-        if durable and not grew and _WRITE_DSYNC:  # write and sync the range: one call
-            os.pwritev(self.descriptor, [data], self.end, _WRITE_DSYNC)
-        else:  # the new zeros and the file size are made durable along with the records
-            os.pwrite(self.descriptor, data, self.end)
-            if durable:
-                os.fdatasync(self.descriptor)
-        self.end = needed
-
-    def seal(self, durable: bool) -> None:
-        """A full segment loses its padding before the next one starts."""
-        os.ftruncate(self.descriptor, self.end)
-        if durable:
-            os.fdatasync(self.descriptor)
-
-    def close(self) -> None:
-        os.close(self.descriptor)
-
-
-def _content(data: bytes) -> bytes:
-    """A segment's bytes without its zero padding (a record never ends in a zero byte)."""
-    return data.rstrip(b"\0")
-
-
-def _intact_end(session_id: str, name: str, content: bytes) -> int:
-    """Where the last segment's intact records end. A crash mid-append leaves a last line
-    without its newline, or, when only later parts of the write reached the disk, a stretch
-    of zero bytes (which no record contains) inside a line. That line and all after it were
-    never acknowledged. But an intact record after such a stretch means committed records were
-    damaged: that is reported, not cut off."""
-    end = content.rfind(b"\n") + 1
-    hole = content.find(b"\0", 0, end)
-    if hole < 0:
-        return end
-    end = content.rfind(b"\n", 0, hole) + 1
-    after = content[end:].decode("utf-8", errors="replace").split("\n")
-    if any(line and "\0" not in line and intact(line) for line in after):
-        raise SessionCorruptedError(
-            f"session {session_id!r}: segment {name} holds zero bytes inside a record that is "
-            "followed by intact ones; the log is damaged"
-        )
-    return end
 
 
 def _write_snapshot(session_id: str, folder: Path, data: bytes) -> None:

@@ -39,9 +39,13 @@ class Journal:
         """Everything recorded so far is durable (whatever the policy) when this returns."""
         await self.writer.flush()
 
-    def commit(self) -> None:
-        """What is recorded so far must be durable before the run's next effect (see gate)."""
-        self.writer.commit()
+    def _record(self, record: dict[str, Any], due: bool = True) -> None:
+        """Record an input; a due one must be durable before the run's next effect on the
+        world (see ``gate``), and its write starts now. Only a step's beginning is not due by
+        itself: it travels with the next record that is."""
+        self.writer.record(record)
+        if due:
+            self.writer.commit()
 
     async def gate(self) -> None:
         """Wait, before an effect on the world (a model call, a tool, a question), until the
@@ -52,7 +56,7 @@ class Journal:
     def step(
         self, branch: Branch, outcome: StepOutcome, added: list[Message], duration: float
     ) -> None:
-        self.writer.record(
+        self._record(
             {
                 "t": "step",
                 "branch": branch.id,
@@ -64,7 +68,7 @@ class Journal:
         )
 
     def step_failed(self, branch: Branch, error: BaseException, added: list[Message]) -> None:
-        self.writer.record(
+        self._record(
             {
                 "t": "step_failed",
                 "branch": branch.id,
@@ -75,7 +79,7 @@ class Journal:
         )
 
     def step_begun(self, branch: Branch) -> None:
-        self.writer.record({"t": "begin", "branch": branch.id, "step": branch.step_number})
+        self._record({"t": "begin", "branch": branch.id, "step": branch.step_number}, due=False)
 
     def tool_started(self, branch: Branch, call: ToolCall) -> None:
         record = {
@@ -85,7 +89,7 @@ class Journal:
             "call": call.call_id,
             "name": call.name,
         }
-        self.writer.record(record)
+        self._record(record)
         self.tools[(branch.id, branch.step_number, call.call_id)] = record
 
     def tool_done(self, branch: Branch, call: ToolCall, item: dict[str, Any]) -> None:
@@ -96,7 +100,7 @@ class Journal:
             "call": call.call_id,
             "item": encode(item),
         }
-        self.writer.record(record)
+        self._record(record)
         self.tools[(branch.id, branch.step_number, call.call_id)] = record
 
     def recorded_tool(self, branch: Branch, call: ToolCall) -> dict[str, Any] | None:
@@ -104,21 +108,19 @@ class Journal:
         return self.tools.get((branch.id, branch.step_number, call.call_id))
 
     def tools_completed(self, branch: Branch, results: list[dict[str, Any]]) -> None:
-        self.writer.record({"t": "tools", "branch": branch.id, "results": encode(results)})
+        self._record({"t": "tools", "branch": branch.id, "results": encode(results)})
 
     def user_answered(self, branch: Branch, answer: Any) -> None:
-        self.writer.record({"t": "answer", "branch": branch.id, "answer": encode(answer)})
+        self._record({"t": "answer", "branch": branch.id, "answer": encode(answer)})
 
     def branch_failed(self, branch: Branch, error: OrchestraError) -> None:
-        self.writer.record(
-            {"t": "branch_failed", "branch": branch.id, "error": encode_error(error)}
-        )
+        self._record({"t": "branch_failed", "branch": branch.id, "error": encode_error(error)})
 
     def convergence_timed_out(self, fan_out: FanOut) -> None:
-        self.writer.record({"t": "convergence_timeout", "fan_out": fan_out.id})
+        self._record({"t": "convergence_timeout", "fan_out": fan_out.id})
 
     def abort(self, error: OrchestraError, branch: Branch | None) -> None:
-        self.writer.record(
+        self._record(
             {"t": "abort", "error": encode_error(error), "branch": branch.id if branch else None}
         )
 

@@ -75,6 +75,7 @@ class SessionWriter:
         self._flusher: asyncio.Task[None] | None = None
         self._writing: asyncio.Future[None] | None = None
         self._in_flight: tuple[list[str], int] = ([], length)
+        self._refused: SessionError | None = None
         self.snapshot_source: Callable[[int], bytes | None] | None = None
         self.flush_error: BaseException | None = None
 
@@ -92,7 +93,7 @@ class SessionWriter:
         durability: only its effects do."""
         if self.manager.auto_save_interval == 0:
             self._due = self.length
-            if self._writing is None and self._written < self._due:
+            if self._writing is None and self._written < self._due and self._refused is None:
                 self._start_append()
 
     @property
@@ -109,9 +110,12 @@ class SessionWriter:
 
     async def _write_through(self, target: int) -> None:
         """One append is in flight at a time, so records reach storage in order. An append
-        finishes even if the caller is cancelled (it is shielded, or cannot be cancelled); a
-        failed one puts its records back, to be written by the next call."""
+        finishes even if the caller is cancelled (it is shielded, or cannot be cancelled). A
+        failed one puts its records back, to be written by the next call; but once storage has
+        refused the session (``SessionError``: another writer), every later call raises that."""
         while self._written < target:
+            if self._refused is not None:
+                raise self._refused
             writing = self._writing
             if writing is None:
                 writing = self._start_append()
@@ -124,7 +128,9 @@ class SessionWriter:
         lines, self._buffer = self._buffer, []
         try:
             writing = asyncio.ensure_future(
-                self.manager.storage.append(self.session_id, lines, durable=True)
+                self.manager.storage.append(
+                    self.session_id, lines, durable=True, after=self._written
+                )
             )
         except BaseException:
             self._buffer = lines + self._buffer
@@ -140,8 +146,11 @@ class SessionWriter:
             return
         self._writing = None
         lines, upto = self._in_flight
-        if writing.cancelled() or writing.exception() is not None:
+        error = None if writing.cancelled() else writing.exception()
+        if writing.cancelled() or error is not None:
             self._buffer = lines + self._buffer
+            if isinstance(error, SessionError):
+                self._refused = error
         else:
             self._written = upto
 
@@ -163,9 +172,11 @@ class SessionWriter:
                 self.flush_error = None
 
     async def snapshot(self) -> None:
-        """Store the run's folded state as of the last durable record (a cache for resume)."""
+        """Store the run's folded state as of the last durable record (a cache for resume).
+        Skipped when records came in after the flush: the state would include records that
+        a crash could still lose, at a position a resumed run would number anew."""
         await self.flush()
-        if self.snapshot_source is not None:
+        if self.snapshot_source is not None and self.length == self._written:
             data = self.snapshot_source(self.length)
             if data is not None:
                 await self.manager.storage.write_snapshot(self.session_id, data)

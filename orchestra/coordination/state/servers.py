@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from orchestra.errors import ConfigurationError, SessionNotFoundError
+from orchestra.errors import ConfigurationError, SessionError, SessionNotFoundError
 
 from .backends import check_session_id, frame, unframe
 
@@ -44,6 +44,32 @@ class _PerLoop:
         return client
 
 
+_APPEND = """
+local held = redis.call('LLEN', KEYS[1])
+local after = tonumber(ARGV[2])
+local count = #ARGV - 2
+if held == after then
+  for first = 3, #ARGV, 1000 do
+    redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+  end
+  redis.call('SADD', KEYS[2], ARGV[1])
+  return 1
+end
+if held < after + count then
+  return 0
+end
+local stored = redis.call('LRANGE', KEYS[1], after, after + count - 1)
+for i = 1, count do
+  if stored[i] ~= ARGV[i + 2] then
+    return 0
+  end
+end
+return 1
+"""
+"""Compare-and-append, atomic on the server: the records go in only when the list holds
+exactly ``after`` of them; a retry finding them stored already succeeds."""
+
+
 class RedisStorageBackend:
     """Each session a Redis list of checksummed records (``{namespace}:log:{session}``), and
     a set of session ids. Needs ``pip install 'orchestra[redis]'``."""
@@ -58,6 +84,7 @@ class RedisStorageBackend:
         self.url = url
         self.namespace = _check_namespace(namespace)
         self._clients = _PerLoop()
+        self._scripts = _PerLoop()
 
     def __repr__(self) -> str:
         return f"RedisStorageBackend({self.url!r}, namespace={self.namespace!r})"
@@ -73,12 +100,18 @@ class RedisStorageBackend:
     def _key(self, session_id: str) -> str:
         return f"{self.namespace}:log:{check_session_id(session_id)}"
 
-    async def append(self, session_id: str, records: Sequence[str], durable: bool) -> None:
-        key = self._key(session_id)
-        async with self._client().pipeline(transaction=True) as pipe:
-            pipe.rpush(key, *(frame(record)[:-1] for record in records))
-            pipe.sadd(f"{self.namespace}:sessions", session_id)
-            await pipe.execute()
+    async def append(
+        self, session_id: str, records: Sequence[str], durable: bool, after: int
+    ) -> None:
+        keys = [self._key(session_id), f"{self.namespace}:sessions"]
+        lines = [frame(record)[:-1] for record in records]
+        client = self._client()
+        script = self._scripts.get() or self._scripts.put(client.register_script(_APPEND))
+        if not await script(keys=keys, args=[session_id, after, *lines], client=client):
+            raise SessionError(
+                f"session {session_id!r} does not hold the {after} records its writer expected: "
+                "another writer appended to it, or it was deleted"
+            )
 
     async def read(self, session_id: str) -> list[str]:
         lines = await self._client().lrange(self._key(session_id), 0, -1)
@@ -146,18 +179,35 @@ class PostgresStorageBackend:
                 )
         return pool
 
-    async def append(self, session_id: str, records: Sequence[str], durable: bool) -> None:
+    async def append(
+        self, session_id: str, records: Sequence[str], durable: bool, after: int
+    ) -> None:
         check_session_id(session_id)
+        lines = [frame(record)[:-1] for record in records]
         pool = await self._pool()
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
-            start = await connection.fetchval(
+            held = await connection.fetchval(
                 f"SELECT COALESCE(MAX(seq), 0) FROM {self.table} WHERE session = $1", session_id
             )
-            await connection.executemany(
-                f"INSERT INTO {self.table} (session, seq, line) VALUES ($1, $2, $3)",
-                [(session_id, start + n + 1, frame(r)[:-1]) for n, r in enumerate(records)],
+            if held == after:
+                await connection.executemany(
+                    f"INSERT INTO {self.table} (session, seq, line) VALUES ($1, $2, $3)",
+                    [(session_id, after + n, line) for n, line in enumerate(lines, start=1)],
+                )
+                return
+            stored = await connection.fetch(
+                f"SELECT line FROM {self.table} WHERE session = $1 AND seq > $2 AND seq <= $3 "
+                "ORDER BY seq",
+                session_id,
+                after,
+                after + len(lines),
             )
+            if [row["line"] for row in stored] != lines:  # else: a retry of a stored append
+                raise SessionError(
+                    f"session {session_id!r} does not hold the {after} records its writer "
+                    "expected: another writer appended to it, or it was deleted"
+                )
 
     async def read(self, session_id: str) -> list[str]:
         check_session_id(session_id)

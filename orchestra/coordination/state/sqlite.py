@@ -17,17 +17,22 @@ from .worker import BlockingWorker
 T = TypeVar("T")
 
 
+_APPEND = (  # one statement: only when the session holds exactly `after` records
+    "INSERT INTO appends (session, first, count, records) SELECT ?1, ?2 + 1, ?3, ?4 WHERE "
+    "COALESCE((SELECT first + count - 1 FROM appends WHERE session = ?1 "
+    "ORDER BY first DESC LIMIT 1), 0) = ?2"
+)
+
+
 class SQLiteStorageBackend:
     """Sessions in one SQLite database file (the embedded default of the command line).
 
-    Each append is one row of table ``appends``: the session, the append's number within the
-    session, and its checksummed records as lines of text (as in a segment file). The table is
-    clustered on (session, number) (``WITHOUT ROWID``), so an append is one insert into one
-    B-tree, in one statement. The next number of a session is looked up once (again after each
-    read of the session, which every run starts with) and then counted here, so a second writer
-    appending to the same session at the same time (another process) is refused by the key, not
-    interleaved. WAL journal; a durable append commits with ``synchronous=FULL``. Calls
-    run one at a time on the backend's own thread (see ``worker``)."""
+    Each append is one row of table ``appends``: the session, the position of its first record
+    in the session's log, how many records it holds, and the records, checksummed lines of text
+    as in a segment file. The table is clustered on (session, first) (``WITHOUT ROWID``), so an
+    append is one insert into one B-tree, by one statement that also checks the session holds
+    the records its writer expects. WAL journal; a durable append commits with
+    ``synchronous=FULL``. Calls run one at a time on the backend's own thread (see ``worker``)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -35,7 +40,6 @@ class SQLiteStorageBackend:
         self._lock = threading.Lock()
         self._worker = BlockingWorker(f"orchestra-sqlite-{self.path.name}")
         self._synchronous = ""
-        self._next: dict[str, int] = {}  # session -> the number of its next append
 
     def __repr__(self) -> str:
         return f"SQLiteStorageBackend({str(self.path)!r})"
@@ -46,8 +50,9 @@ class SQLiteStorageBackend:
             connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(
-                "CREATE TABLE IF NOT EXISTS appends (session TEXT NOT NULL, seq INTEGER NOT NULL, "
-                "records TEXT NOT NULL, PRIMARY KEY (session, seq)) WITHOUT ROWID"
+                "CREATE TABLE IF NOT EXISTS appends (session TEXT NOT NULL, first INTEGER NOT "
+                "NULL, count INTEGER NOT NULL, records TEXT NOT NULL, PRIMARY KEY (session, first)) "
+                "WITHOUT ROWID"
             )
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS snapshot (session TEXT PRIMARY KEY, data BLOB NOT NULL)"
@@ -68,42 +73,57 @@ class SQLiteStorageBackend:
             db.execute(f"PRAGMA synchronous={mode}")
             self._synchronous = mode
 
-    def append(self, session_id: str, records: Sequence[str], durable: bool) -> Awaitable[None]:
+    def append(
+        self, session_id: str, records: Sequence[str], durable: bool, after: int
+    ) -> Awaitable[None]:
         check_session_id(session_id)
         lines = "".join(frame(record) for record in records)
-        return self._worker.submit(self._locked, self._append, (session_id, lines, durable))
+        work = (session_id, after, len(records), lines, durable)
+        return self._worker.submit(self._locked, self._append, work)
 
-    def _append(self, db: sqlite3.Connection, session_id: str, lines: str, durable: bool) -> None:
+    def _append(
+        self,
+        db: sqlite3.Connection,
+        session_id: str,
+        after: int,
+        count: int,
+        lines: str,
+        durable: bool,
+    ) -> None:
         self._synchronous_mode(db, durable)
-        number = self._next.get(session_id)
-        if number is None:
-            (number,) = db.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM appends WHERE session = ?", (session_id,)
-            ).fetchone()
-        try:
-            db.execute("INSERT INTO appends VALUES (?, ?, ?)", (session_id, number, lines))
-        except sqlite3.IntegrityError:
-            self._next.pop(session_id, None)
+        if db.execute(_APPEND, (session_id, after, count, lines)).rowcount == 1:
+            return
+        stored = db.execute(
+            "SELECT records FROM appends WHERE session = ? AND first = ?", (session_id, after + 1)
+        ).fetchone()
+        if stored is None or stored[0] != lines:  # else: a retry of an append that was stored
             raise SessionError(
-                f"session {session_id!r} was appended to by another writer (another process?) "
-                f"while this one wrote it; a session takes one run at a time"
-            ) from None
-        self._next[session_id] = number + 1
+                f"session {session_id!r} does not hold the {after} records its writer expected: "
+                "another writer appended to it, or it was deleted"
+            )
 
     async def read(self, session_id: str) -> list[str]:
         check_session_id(session_id)
 
         def rows(db: sqlite3.Connection) -> list[tuple[int, str]]:
             found: list[tuple[int, str]] = db.execute(
-                "SELECT seq, records FROM appends WHERE session = ? ORDER BY seq", (session_id,)
+                "SELECT first, records FROM appends WHERE session = ? ORDER BY first",
+                (session_id,),
             ).fetchall()
-            self._next.pop(session_id, None)  # a run reads its session first: count afresh
             return found
 
         found = await self._run(rows)
         if not found:
             raise SessionNotFoundError(f"no session {session_id!r} in {self.path}")
-        return [record for seq, lines in found for record in _unbatch(session_id, seq, lines)]
+        records: list[str] = []
+        for first, lines in found:
+            if first != len(records) + 1:
+                raise SessionCorruptedError(
+                    f"session {session_id!r}: the append at record {first} should start at "
+                    f"record {len(records) + 1}; the log is damaged"
+                )
+            records.extend(_unbatch(session_id, first, lines))
+        return records
 
     async def exists(self, session_id: str) -> bool:
         check_session_id(session_id)
@@ -126,7 +146,6 @@ class SQLiteStorageBackend:
         check_session_id(session_id)
 
         def remove(db: sqlite3.Connection) -> int:
-            self._next.pop(session_id, None)
             db.execute("DELETE FROM snapshot WHERE session = ?", (session_id,))
             return db.execute("DELETE FROM appends WHERE session = ?", (session_id,)).rowcount
 
@@ -157,14 +176,13 @@ class SQLiteStorageBackend:
                 self._synchronous = ""
 
 
-def _unbatch(session_id: str, seq: int, text: str) -> list[str]:
+def _unbatch(session_id: str, first: int, text: str) -> list[str]:
     """The records of one stored append: checksummed lines, as in a segment file."""
     lines = text.split("\n")
     if lines.pop():
         raise SessionCorruptedError(
-            f"session {session_id!r}: append {seq} ends in an incomplete record"
+            f"session {session_id!r}: the append at record {first} ends in an incomplete record"
         )
     return [
-        unframe(session_id, f"append {seq} record {number}", line)
-        for number, line in enumerate(lines, start=1)
+        unframe(session_id, f"record {first + number}", line) for number, line in enumerate(lines)
     ]

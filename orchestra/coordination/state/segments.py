@@ -1,0 +1,213 @@
+"""The segment files of ``FileStorageBackend``: their format, and a segment open for appending.
+
+A segment holds appends, each a header line ``@<length of its body in hex>`` followed by the
+body: its records, one checksummed line each (see ``backends.frame``). After the last append
+comes zero padding, grown ahead of the records so that writing one does not change the file's
+size (a durable write then has no metadata to commit). A segment is named after the position
+of its first record in the session's log: ``log-000000000001.seg``, ``log-000000004711.seg``.
+
+Reading tells a torn append from damage. A crash in the middle of an append (never acknowledged
+as durable) can leave it incomplete, or with holes where parts of it never reached the disk;
+it is then the last append of the last segment, and it is not part of the log. A bad append
+followed by another one means that records already acknowledged were damaged: that is a
+``SessionCorruptedError``, never a silent cut.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestra.errors import SessionCorruptedError, SessionError
+
+from .backends import frame, intact
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no guard against a second writer process
+    fcntl = None  # type: ignore[assignment]
+
+GROWTH_MIN = 64 * 1024  # a segment grows by its size, within these bounds
+GROWTH_MAX = 1024 * 1024
+_WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux: a write that is durable when it returns
+_HEADER = re.compile(rb"\n@[0-9a-f]+\n")
+
+
+def encode_append(records: Sequence[str]) -> bytes:
+    body = "".join(frame(record) for record in records).encode()
+    return b"@%x\n" % len(body) + body
+
+
+def segment_name(first: int) -> str:
+    return f"log-{first:012d}.seg"
+
+
+def first_position(path: Path) -> int:
+    return int(path.name[4:16])
+
+
+@dataclass
+class Parsed:
+    records: list[str]
+    end: int  # where the last intact append ends
+    content_end: int  # where the bytes before the zero padding end
+
+
+def parse(session_id: str, name: str, data: bytes, last: bool) -> Parsed:
+    """The records of a segment's intact appends. In the last segment, a bad append that
+    nothing follows is a torn write and ends the log; anywhere else it is damage."""
+    content = data.rstrip(b"\0")  # an append never ends in a zero byte
+    records: list[str] = []
+    offset = 0
+    while offset < len(content):
+        problem, end, lines = _one_append(content, offset)
+        if problem is None:
+            records.extend(lines)
+            offset = end
+        elif last and _HEADER.search(content, offset) is None:
+            break
+        else:
+            raise SessionCorruptedError(
+                f"session {session_id!r}: segment {name} is damaged at byte {offset} ({problem})"
+            )
+    return Parsed(records, offset, len(content))
+
+
+def _one_append(content: bytes, offset: int) -> tuple[str | None, int, list[str]]:
+    newline = content.find(b"\n", offset)
+    header = content[offset:newline] if newline >= 0 else b""
+    if not header.startswith(b"@"):
+        return "no append header", offset, []
+    try:
+        length = int(header[1:], 16)
+    except ValueError:
+        return "a damaged append header", offset, []
+    end = newline + 1 + length
+    if end > len(content):
+        return "an incomplete append", offset, []
+    lines = content[newline + 1 : end].decode("utf-8", errors="replace").split("\n")
+    if lines.pop() or not all(intact(line) for line in lines):
+        return "a damaged record", offset, []
+    return None, end, [line.partition(" ")[2] for line in lines]
+
+
+class Segment:
+    """The segment a session appends to: appends up to ``end``, zeros up to ``allocated``;
+    ``records`` counts the session's records up to ``end``. ``lock`` is held while it is
+    written or closed, so any thread may close it."""
+
+    def __init__(self, path: Path, descriptor: int, end: int, allocated: int, records: int) -> None:
+        self.path = path
+        self.descriptor = descriptor
+        self.end = end
+        self.allocated = allocated
+        self.records = records
+        self.lock = threading.Lock()
+        self.closed = False
+
+    @classmethod
+    def create(cls, session_id: str, path: Path, first: int) -> Segment:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        return cls._locked(session_id, path, descriptor, 0, 0, first - 1)
+
+    @classmethod
+    def reopen(cls, session_id: str, path: Path) -> Segment:
+        """Open the last segment of a session. A torn append at its end is zeroed, so the
+        next append cannot leave pieces of it behind its own records."""
+        descriptor = os.open(path, os.O_RDWR)
+        try:
+            _lock_file(session_id, descriptor)
+            data = path.read_bytes()
+            parsed = parse(session_id, path.name, data, last=True)
+            if parsed.end < parsed.content_end:
+                _fill_zeros(descriptor, parsed.end, parsed.content_end - parsed.end)
+                os.fdatasync(descriptor)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        records = first_position(path) - 1 + len(parsed.records)
+        return cls(path, descriptor, parsed.end, len(data), records)
+
+    @classmethod
+    def _locked(
+        cls, session_id: str, path: Path, descriptor: int, end: int, size: int, records: int
+    ) -> Segment:
+        try:
+            _lock_file(session_id, descriptor)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return cls(path, descriptor, end, size, records)
+
+    def append(self, data: bytes, count: int, durable: bool) -> bool:
+        """Write one encoded append of ``count`` records. When the write fails, it is undone
+        (zeroed again) so that nothing of it can be read or written twice; False when even
+        that failed, and the segment must be read again before anything more is appended."""
+        try:
+            self._write(data, durable)
+        except OSError:
+            try:
+                _fill_zeros(self.descriptor, self.end, len(data))
+                os.fdatasync(self.descriptor)
+            except OSError:
+                return False
+            raise
+        self.end += len(data)
+        self.records += count
+        return True
+
+    def _write(self, data: bytes, durable: bool) -> None:
+        needed = self.end + len(data)
+        grew = needed > self.allocated
+        if grew:
+            chunk = min(max(self.allocated, GROWTH_MIN), GROWTH_MAX)
+            grown = max(needed, self.allocated + chunk)
+            _fill_zeros(self.descriptor, self.allocated, grown - self.allocated)
+            self.allocated = grown
+        if durable and not grew and _WRITE_DSYNC:  # write and sync the range: one call
+            _check_written(os.pwritev(self.descriptor, [data], self.end, _WRITE_DSYNC), data)
+        else:  # the new zeros and the file size become durable along with the records
+            _check_written(os.pwrite(self.descriptor, data, self.end), data)
+            if durable:
+                os.fdatasync(self.descriptor)
+
+    def seal(self, durable: bool) -> None:
+        """A full segment loses its padding before the next one starts."""
+        os.ftruncate(self.descriptor, self.end)
+        if durable:
+            os.fdatasync(self.descriptor)
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self.descriptor)  # releases the file lock too
+
+
+def _lock_file(session_id: str, descriptor: int) -> None:
+    """One writer per session: a second process (or a second backend object) appending to
+    the same session would interleave its records with this one's."""
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SessionError(
+            f"session {session_id!r} is being written by another process (or another "
+            "FileStorageBackend object); a session takes one writer at a time"
+        ) from None
+
+
+def _fill_zeros(descriptor: int, offset: int, length: int) -> None:
+    zeros = bytes(length)
+    _check_written(os.pwrite(descriptor, zeros, offset), zeros)
+
+
+def _check_written(written: int, data: bytes) -> None:
+    if written != len(data):
+        raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")

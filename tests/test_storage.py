@@ -1,0 +1,391 @@
+"""The storage backends below the state manager: compare-and-append on all four, the segment
+format of the file backend (torn appends versus damage, growth, sealing, failed writes), its
+limits on threads and open files, and the SQLite rows.
+
+Crashes are simulated by writing into the files what a crash leaves there; a failing disk by
+an ``os`` write function that fails the way a disk does (after or without writing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from storage_backends import Storage, first_segment, tear
+
+from orchestra.coordination.state import (
+    FileStorageBackend,
+    SQLiteStorageBackend,
+    StateManager,
+    files,
+    segments,
+)
+from orchestra.coordination.state.manager import SessionWriter
+from orchestra.errors import SessionCorruptedError, SessionError
+
+
+def step(number: int, pad: int = 0) -> str:
+    return json.dumps({"t": "step", "s": number, "pad": "x" * pad})
+
+
+# ---- every backend: one writer's records, in order, never twice ------------------------------
+
+
+async def test_an_append_goes_in_only_after_the_records_its_writer_counted(
+    storage: Storage,
+) -> None:
+    await storage.append("cas", [step(1), step(2)], durable=True, after=0)
+    with pytest.raises(SessionError, match=r"'cas'.*another writer"):
+        await storage.append("cas", [step(9)], durable=True, after=0)  # a stale writer
+    with pytest.raises(SessionError, match="'cas'"):
+        await storage.append("cas", [step(9)], durable=True, after=5)  # a gap
+    await storage.append("cas", [step(3)], durable=False, after=2)
+    assert await storage.read("cas") == [step(1), step(2), step(3)]
+
+
+async def test_a_retried_append_that_was_stored_is_not_stored_twice(storage: Storage) -> None:
+    """An append whose answer was lost (a dropped connection) is retried; finding its records
+    stored already, the retry succeeds without storing them again."""
+    await storage.append("retry", [step(1), step(2)], durable=True, after=0)
+    await storage.append("retry", [step(1), step(2)], durable=True, after=0)
+    assert await storage.read("retry") == [step(1), step(2)]
+
+
+async def test_a_writer_refused_by_storage_stays_refused(storage: Storage) -> None:
+    """Once storage refuses a session's writer (another writer got there first), every later
+    flush raises that refusal instead of retrying, and nothing of this writer is stored."""
+    manager = StateManager(storage, auto_save_interval=0)
+    first = SessionWriter(manager, "two", 0)
+    second = SessionWriter(manager, "two", 0)
+    first.record({"t": "run"})
+    await first.flush()
+    second.record({"t": "run", "by": "second"})
+    second.commit()
+    for _ in range(2):
+        with pytest.raises(SessionError, match="'two'"):
+            await second.flush()
+    first.record({"t": "end"})
+    await first.flush()
+    assert [json.loads(line).get("by") for line in await storage.read("two")] == [None, None]
+
+
+# ---- the file backend: segment format ---------------------------------------------------------
+
+
+async def test_a_torn_append_is_ignored_and_zeroed_before_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also when the next append starts a new segment: the torn one must not stay behind at
+    the end of a segment that is no longer the last."""
+    monkeypatch.setattr(files, "SEGMENT_BYTES", 256)
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    await storage.append("torn", [step(1)], durable=True, after=0)
+    storage.close()
+    tear(first_segment(folder / "torn"), '@40\n0badc0de {"t":"step","s":2,"pad')
+    storage = FileStorageBackend(folder)  # a new process
+    try:
+        assert await storage.read("torn") == [step(1)]
+        await storage.append("torn", [step(2, pad=300)], durable=True, after=1)
+        assert await storage.read("torn") == [step(1), step(2, pad=300)]
+        assert len(list((folder / "torn").glob("log-*.seg"))) == 2
+    finally:
+        storage.close()
+
+
+async def test_an_append_torn_with_a_hole_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A crash can persist the end of an append without its start: bytes after a stretch of
+    zeros. Reopening zeroes them, so later appends never run into the leftovers."""
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    await storage.append("holes", [step(1)], durable=True, after=0)
+    storage.close()
+    tear(first_segment(folder / "holes"), 'tail of a record","s":2}\n', gap=40)
+    storage = FileStorageBackend(folder)
+    try:
+        assert await storage.read("holes") == [step(1)]
+        for number in (2, 3):  # the first ends inside the leftovers
+            await storage.append("holes", [step(number)], durable=True, after=number - 1)
+        assert await storage.read("holes") == [step(1), step(2), step(3)]
+    finally:
+        storage.close()
+
+
+async def test_an_append_torn_before_its_last_records_is_still_a_torn_append(
+    tmp_path: Path,
+) -> None:
+    """One append with a large record and a small one; the crash persisted the later page but
+    not the first. The intact small record belongs to the torn append: the whole append is
+    ignored (it was never acknowledged), and the session stays usable."""
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    await storage.append("pages", [step(1)], durable=True, after=0)
+    storage.close()
+    torn = segments.encode_append([step(2, pad=9000), step(3)])
+    segment = first_segment(folder / "pages")
+    end = len(segment.read_bytes().rstrip(b"\0"))
+    with open(segment, "r+b") as handle:
+        handle.seek(end + 4096)
+        handle.write(torn[4096:])  # the first page never reached the disk
+    storage = FileStorageBackend(folder)
+    try:
+        assert await storage.read("pages") == [step(1)]
+        await storage.append("pages", [step(2)], durable=True, after=1)
+        assert await storage.read("pages") == [step(1), step(2)]
+    finally:
+        storage.close()
+
+
+async def test_a_damaged_append_followed_by_another_is_damage(tmp_path: Path) -> None:
+    """Zeros inside an append that another append follows cannot be a torn write (that would
+    end the log): the session is reported damaged, never silently cut short."""
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    for number in (1, 2, 3):
+        await storage.append("zeroed", [step(number)], durable=True, after=number - 1)
+    storage.close()
+    segment = first_segment(folder / "zeroed")
+    data = bytearray(segment.read_bytes())
+    second = data.index(b"@", 1) + 20  # inside the second append
+    data[second : second + 3] = b"\0\0\0"
+    segment.write_bytes(bytes(data))
+    storage = FileStorageBackend(folder)
+    try:
+        with pytest.raises(SessionCorruptedError, match=r"'zeroed'.*damaged"):
+            await storage.read("zeroed")
+        with pytest.raises(SessionCorruptedError, match=r"'zeroed'.*damaged"):
+            await storage.append("zeroed", [step(4)], durable=True, after=3)
+    finally:
+        storage.close()
+
+
+async def test_segments_grow_ahead_are_sealed_when_full_and_named_by_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "SEGMENT_BYTES", 4096)
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    records = [step(number, pad=300) for number in range(1, 41)]
+    try:
+        for number, record in enumerate(records):  # durable and buffered appends alternate
+            await storage.append("grow", [record], durable=number % 2 == 0, after=number)
+        assert await storage.read("grow") == records
+        paths = sorted((folder / "grow").glob("log-*.seg"))
+        assert len(paths) > 2 and paths[0].name == "log-000000000001.seg"
+        position = 1
+        for sealed in paths[:-1]:
+            assert segments.first_position(sealed) == position
+            data = sealed.read_bytes()
+            assert data.endswith(b"\n") and b"\0" not in data and len(data) <= 4096
+            position += len(segments.parse("grow", sealed.name, data, last=False).records)
+        assert paths[-1].stat().st_size >= segments.GROWTH_MIN  # grown ahead of its records
+    finally:
+        storage.close()
+    reopened = FileStorageBackend(folder)
+    try:
+        await reopened.append("grow", [step(41)], durable=True, after=40)
+        assert await reopened.read("grow") == [*records, step(41)]
+    finally:
+        reopened.close()
+
+
+async def test_a_missing_segment_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "SEGMENT_BYTES", 512)
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    for number in range(6):
+        await storage.append("gap", [step(number, pad=200)], durable=True, after=number)
+    storage.close()
+    sorted((folder / "gap").glob("log-*.seg"))[1].unlink()
+    with pytest.raises(SessionCorruptedError, match=r"'gap'.*missing"):
+        await FileStorageBackend(folder).read("gap")
+
+
+# ---- the file backend: failing writes ---------------------------------------------------------
+
+
+def failing_write(
+    monkeypatch: pytest.MonkeyPatch, *, undo_fails: bool = False
+) -> Callable[[], int]:
+    """The next durable append writes its bytes and then fails to sync them (EIO); with
+    ``undo_fails``, zeroing them again fails too. Returns how many writes failed."""
+    failures = {"count": 0}
+    write_and_sync, write = os.pwritev, os.pwrite
+
+    def pwritev(descriptor: int, buffers: Sequence[bytes], offset: int, flags: int = 0) -> int:
+        if failures["count"] == 0:
+            failures["count"] += 1
+            write_and_sync(descriptor, buffers, offset)
+            raise OSError(errno.EIO, "simulated: the sync failed")
+        return write_and_sync(descriptor, buffers, offset, flags)
+
+    def pwrite(descriptor: int, data: Any, offset: int) -> int:
+        if undo_fails and failures["count"] == 1 and not any(data):
+            raise OSError(errno.EIO, "simulated: the undo failed too")
+        return write(descriptor, data, offset)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    return lambda: failures["count"]
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_DSYNC"), reason="durable writes use pwritev on Linux")
+async def test_a_failed_write_is_undone_so_its_retry_stores_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorageBackend(tmp_path / "state")
+    try:
+        await storage.append("eio", [step(1)], durable=True, after=0)
+        failed = failing_write(monkeypatch)
+        with pytest.raises(OSError, match="sync failed"):
+            await storage.append("eio", [step(2)], durable=True, after=1)
+        assert failed() == 1
+        await storage.append("eio", [step(2)], durable=True, after=1)
+        assert await storage.read("eio") == [step(1), step(2)]
+    finally:
+        storage.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_DSYNC"), reason="durable writes use pwritev on Linux")
+async def test_a_failed_write_that_cannot_be_undone_stops_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytes may be on disk: the writer must not write them again. A run that reads the
+    session afresh (a resume) goes on from whatever the log holds."""
+    storage = FileStorageBackend(tmp_path / "state")
+    try:
+        await storage.append("stuck", [step(1)], durable=True, after=0)
+        failing_write(monkeypatch, undo_fails=True)
+        with pytest.raises(SessionError, match=r"'stuck'.*could not be undone"):
+            await storage.append("stuck", [step(2)], durable=True, after=1)
+        monkeypatch.undo()
+        held = await storage.read("stuck")
+        await storage.append("stuck", [step(3)], durable=True, after=len(held))
+        assert (await storage.read("stuck"))[-1] == step(3)
+    finally:
+        storage.close()
+
+
+# ---- the file backend: one writer, bounded resources --------------------------------------------
+
+
+async def test_a_second_backend_object_cannot_write_a_session_the_first_holds(
+    tmp_path: Path,
+) -> None:
+    first = FileStorageBackend(tmp_path / "state")
+    second = FileStorageBackend(tmp_path / "state")  # or another process
+    try:
+        await first.append("held", [step(1)], durable=True, after=0)
+        with pytest.raises(SessionError, match=r"'held'.*another process"):
+            await second.append("held", [step(2)], durable=True, after=1)
+        first.close()
+        await second.append("held", [step(2)], durable=True, after=1)
+        assert await second.read("held") == [step(1), step(2)]
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_closing_while_appends_are_in_flight_loses_and_misplaces_nothing(
+    tmp_path: Path,
+) -> None:
+    """close() waits for a write in flight, and a later append opens its segment again: no
+    descriptor is closed under a write (which could then land in another session's file)."""
+    storage = FileStorageBackend(tmp_path / "state")
+    try:
+        for round_number in range(5):
+            appends = [
+                storage.append(name, [step(n)], durable=True, after=round_number * 10 + n - 1)
+                for n in range(1, 11)
+                for name in ("left", "right")
+            ]
+            asyncio.get_running_loop().call_soon(storage.close)
+            await asyncio.gather(*appends)
+        expected = [step(n) for _ in range(5) for n in range(1, 11)]
+        assert await storage.read("left") == expected
+        assert await storage.read("right") == expected
+    finally:
+        storage.close()
+
+
+async def test_threads_and_open_files_stay_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "OPEN_SEGMENTS", 3)
+    storage = FileStorageBackend(tmp_path / "state")
+    names = [f"s{number}" for number in range(12)]
+    before = threading.active_count()
+    try:
+        for rounds in range(2):
+            for name in names:
+                await storage.append(name, [step(rounds + 1)], durable=True, after=rounds)
+                assert len(storage._open) <= 3
+        assert threading.active_count() - before <= files.SHARDS
+        for name in names:
+            assert await storage.read(name) == [step(1), step(2)]
+    finally:
+        storage.close()
+
+
+# ---- SQLite rows ------------------------------------------------------------------------------
+
+
+async def test_a_sqlite_append_cut_short_is_reported_for_its_session(tmp_path: Path) -> None:
+    """SQLite commits an append whole or not at all, so a stored append that ends mid-record
+    was damaged after the fact: the session says so; another session still reads."""
+    storage = SQLiteStorageBackend(tmp_path / "state.db")
+    try:
+        await storage.append("cut", [step(1)], durable=True, after=0)
+        await storage.append("whole", [step(1)], durable=True, after=0)
+        with sqlite3.connect(tmp_path / "state.db") as db:
+            db.execute("UPDATE appends SET records = substr(records, 1, 12) WHERE session = 'cut'")
+        db.close()
+        with pytest.raises(SessionCorruptedError, match=r"'cut'.*record 1 ends in an incomplete"):
+            await storage.read("cut")
+        assert await storage.read("whole") == [step(1)]
+    finally:
+        storage.close()
+
+
+# ---- the writer ---------------------------------------------------------------------------------
+
+
+def test_a_wait_that_meets_a_finished_append_before_its_callback_ran_returns(
+    tmp_path: Path,
+) -> None:
+    """An append can finish in the loop iteration in which another branch reaches its gate,
+    before the append's done callback has run. The gate accounts for it there and then, instead
+    of awaiting the finished future over and over without ever yielding (which hung a run)."""
+    appends: list[asyncio.Future[None]] = []
+
+    class Controlled(FileStorageBackend):
+        def append(
+            self, session_id: str, records: Sequence[str], durable: bool, after: int
+        ) -> asyncio.Future[None]:
+            appends.append(asyncio.get_running_loop().create_future())
+            return appends[-1]
+
+    async def scenario() -> int:
+        writer = SessionWriter(StateManager(Controlled(tmp_path), 0), "s", 0)
+        writer.record({"t": "step"})
+        writer.commit()
+        appends[0].set_result(None)  # finished; its callback is only scheduled
+        await writer.settled()
+        return writer.length
+
+    outcome: list[int] = []
+    thread = threading.Thread(target=lambda: outcome.append(asyncio.run(scenario())))
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the writer spun on a finished append"
+    assert outcome == [1] and len(appends) == 1
