@@ -1,4 +1,5 @@
-"""Shared test fixtures: the database servers the session tests need, started once."""
+"""Shared test fixtures: the database servers the session tests need, started once; the
+scripted HTTP server the model adapter tests talk to; a clean global registry."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import ScriptedHTTPServer
 from services import start_postgres, start_redis, stop
 from storage_backends import BACKENDS, Storage, close_backend, open_backend
+
+from orchestra import AgentRegistry
+
+# helpers.py asserts on behalf of its callers: rewrite its asserts so failures show the values.
+pytest.register_assert_rewrite("helpers")
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +47,28 @@ def storage(backend_kind: str, tmp_path: Path) -> Iterator[Storage]:
     backend = open_backend(backend_kind, tmp_path)
     yield backend
     close_backend(backend)
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[ScriptedHTTPServer]:
+    """One scripted server per module (its shutdown waits out a poll interval)."""
+    with ScriptedHTTPServer() as scripted:
+        yield scripted
+
+
+@pytest.fixture
+def server(shared_server: ScriptedHTTPServer) -> ScriptedHTTPServer:
+    """The scripted server with no responses queued and no requests recorded."""
+    shared_server.responses.clear()
+    shared_server.requests.clear()
+    shared_server.paths.clear()
+    return shared_server
+
+
+@pytest.fixture
+def clean_global_registry() -> Iterator[None]:
+    """An empty global registry, emptied again after the test: agents created with the default
+    ``register=True`` land there, and one test's agents must not reach the next test."""
+    AgentRegistry.default().clear()
+    yield
+    AgentRegistry.default().clear()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from helpers import fn, invoke, llm, of, quiet, run
 
 from orchestra import (
     Agent,
@@ -16,14 +17,12 @@ from orchestra import (
     AgentRegistry,
     BaseAgent,
     Edge,
-    ExecutionConfig,
     FunctionAgent,
     FunctionModel,
     Orchestra,
     OrchestraResult,
     PatternConfig,
     ScriptedModel,
-    StatusConfig,
     Topology,
 )
 from orchestra.agents import AgentReplacedWarning, StepOutcome, StepRequest
@@ -32,27 +31,11 @@ from orchestra.coordination.engine.actions import Action
 from orchestra.errors import ConfigurationError
 from orchestra.models import Message, StepInfo
 
-QUIET = ExecutionConfig(status=StatusConfig.from_verbosity(0))
-# bounds every step, so a test that would otherwise hang fails instead
-GUARDED = ExecutionConfig(status=StatusConfig.from_verbosity(0), step_timeout=10.0)
-
-
-@pytest.fixture(autouse=True)
-def clean_global_registry() -> Iterator[None]:
-    AgentRegistry.default().clear()
-    yield
-    AgentRegistry.default().clear()
-
-
-def invoke(*targets: tuple[str, Any]) -> dict[str, Any]:
-    return {
-        "next_action": "invoke_agent",
-        "action_input": [{"agent_name": name, "request": request} for name, request in targets],
-    }
+pytestmark = pytest.mark.usefixtures("clean_global_registry")  # agents register by default
 
 
 def echo(name: str) -> FunctionAgent:
-    return FunctionAgent(name, lambda request, context: request, register=False)
+    return fn(name, lambda request, context: request)
 
 
 # ---- AgentRegistry ----------------------------------------------------------------------------
@@ -142,14 +125,14 @@ def test_default_registry_is_one_shared_instance() -> None:
 def test_agents_register_globally_by_default() -> None:
     agent = Agent("Writer", ScriptedModel([]))
     function = FunctionAgent("Shaper", lambda request, context: request)
-    quiet = Agent("Hidden", ScriptedModel([]), register=False)
-    quiet_function = FunctionAgent("HiddenFn", lambda request, context: request, register=False)
+    hidden = Agent("Hidden", ScriptedModel([]), register=False)
+    hidden_function = FunctionAgent("HiddenFn", lambda request, context: request, register=False)
     registry = AgentRegistry.default()
     assert registry.get("Writer") is agent
     assert registry.get("Shaper") is function
     assert "Hidden" not in registry
     assert "HiddenFn" not in registry
-    assert quiet.name == "Hidden" and quiet_function.name == "HiddenFn"
+    assert hidden.name == "Hidden" and hidden_function.name == "HiddenFn"
 
 
 def test_global_reregistration_warns_and_replaces() -> None:
@@ -165,7 +148,7 @@ async def test_run_without_agent_registry_uses_the_global_registry() -> None:
     result = await Orchestra.run(
         "write",
         {"nodes": ["Planner", "Writer"], "edges": ["Planner -> Writer"]},
-        execution_config=QUIET,
+        execution_config=quiet(),
     )
     assert result.success, result.error
     assert result.final_response == "text for outline"
@@ -176,7 +159,7 @@ async def test_run_without_agent_registry_reports_missing_agents() -> None:
     result = await Orchestra.run(
         "write",
         {"nodes": ["Planner", "Writer"], "edges": ["Planner -> Writer"]},
-        execution_config=QUIET,
+        execution_config=quiet(),
     )
     assert not result.success
     assert result.metadata["error_type"] == "AgentNotFoundError"
@@ -191,7 +174,7 @@ async def test_an_explicit_registry_wins_over_the_global_one() -> None:
         "t",
         {"nodes": ["Solo"], "edges": []},
         agent_registry=AgentRegistry([local]),
-        execution_config=QUIET,
+        execution_config=quiet(),
     )
     assert result.final_response == "local"
 
@@ -201,7 +184,7 @@ async def test_an_explicit_registry_lacking_an_agent_does_not_fall_back_to_the_g
     other = FunctionAgent("Other", lambda request, context: "other", register=False)
     topology = {"nodes": ["Solo"], "edges": []}
     missing = await Orchestra.run(
-        "t", topology, agent_registry=AgentRegistry([other]), execution_config=QUIET
+        "t", topology, agent_registry=AgentRegistry([other]), execution_config=quiet()
     )
     assert missing.metadata["error_type"] == "AgentNotFoundError"
 
@@ -212,7 +195,7 @@ async def test_an_explicit_empty_registry_does_not_fall_back_to_the_global_one()
         "t",
         {"nodes": ["Solo"], "edges": []},
         agent_registry=AgentRegistry(),
-        execution_config=QUIET,
+        execution_config=quiet(),
     )
     assert empty.final_response != "global"
     assert empty.success is False
@@ -254,20 +237,18 @@ def reset_worker() -> None:
 
 
 def dispatcher(items: Sequence[Any]) -> FunctionAgent:
-    return FunctionAgent(
+    return fn(
         "Dispatch",
         lambda request, context: Action.invoke_parallel([("W", item) for item in items]),
-        register=False,
     )
 
 
-async def run_pool(pool: AgentPool, items: Sequence[Any], **kwargs: Any) -> OrchestraResult:
-    return await Orchestra.run(
+async def run_pool(pool: AgentPool, items: Sequence[Any], **options: Any) -> OrchestraResult:
+    return await run(
         "go",
         {"nodes": ["Dispatch", "W"], "edges": ["Dispatch -> W"]},
-        agent_registry=AgentRegistry([dispatcher(items), pool]),
-        execution_config=GUARDED,
-        **kwargs,
+        [dispatcher(items), pool],
+        **options,
     )
 
 
@@ -371,23 +352,14 @@ async def test_pool_of_llm_agents_in_a_hub_and_spoke() -> None:
         return Agent("Analyst", FunctionModel(lambda messages, info: f"seen by {info.branch_id}"))
 
     pool = AgentPool(analyst, 2, register=False)
-    hub = Agent(
-        "Hub",
-        ScriptedModel([invoke(("Analyst", "x"), ("Analyst", "y")), "summary"]),
-        register=False,
-    )
+    hub = llm("Hub", ScriptedModel([invoke(("Analyst", "x"), ("Analyst", "y")), "summary"]))
     topology = Topology(
         nodes=["Hub", "Analyst", "Other"],
         edges=["Hub <-> Analyst", "Hub <-> Other"],
         rules=["parallel(Analyst, Other)"],
         entry_point="Hub",
     )
-    result = await Orchestra.run(
-        "t",
-        topology,
-        agent_registry=AgentRegistry([hub, pool, echo("Other")]),
-        execution_config=GUARDED,
-    )
+    result = await run("t", topology, [hub, pool, echo("Other")])
     assert result.success, result.error
     assert result.final_response == "summary"
     assert pool.available == 2
@@ -461,13 +433,8 @@ def tool_call(*calls: tuple[str, dict[str, Any]]) -> dict[str, Any]:
 
 async def run_tools_agent(replies: list[Any]) -> tuple[OrchestraResult, ScriptedModel]:
     model = ScriptedModel(replies)
-    agent = Agent("Tooler", model, tools=[add, shout, broken], register=False)
-    result = await Orchestra.run(
-        "compute",
-        {"nodes": ["Tooler"], "edges": []},
-        agent_registry=AgentRegistry([agent]),
-        execution_config=GUARDED,
-    )
+    agent = llm("Tooler", model, tools=[add, shout, broken])
+    result = await run("compute", {"nodes": ["Tooler"], "edges": []}, [agent])
     return result, model
 
 
@@ -482,7 +449,7 @@ async def test_tools_run_and_results_come_back_as_a_tool_message() -> None:
     assert first.content == 'ok: {"sum": 5, "in_main_thread": false}'  # sync tools run in a thread
     assert (second.role, second.name, second.tool_call_id) == ("tool", "shout", "call_1")
     assert second.content == "ok: HI"
-    completed = [e for e in result.events if isinstance(e, ev.ToolCallCompleted)]
+    completed = of(result, ev.ToolCallCompleted)
     assert [(e.tool, e.call_id, e.ok) for e in completed] == [
         ("add", "call_0", True),
         ("shout", "call_1", True),
@@ -502,7 +469,7 @@ async def test_a_raising_tool_is_reported_to_the_model_not_a_crash() -> None:
     assert (broken.name, broken.content) == ("broken", "error: ValueError: tool broke: disk full")
     assert (added.name, added.tool_call_id) == ("add", "call_1")
     assert added.content.startswith("ok:")
-    completed = [e for e in result.events if isinstance(e, ev.ToolCallCompleted)]
+    completed = of(result, ev.ToolCallCompleted)
     assert [e.ok for e in completed] == [False, True]
 
 
@@ -594,12 +561,11 @@ async def test_system_prompt_names_peers_actions_labels_and_context() -> None:
         ],
         rules=["parallel(Helper, Guarded)"],
     )
-    result = await Orchestra.run(
+    result = await run(
         "plan the launch",
         topology,
-        agent_registry=AgentRegistry([boss, echo("Helper"), echo("Guarded")]),
+        [boss, echo("Helper"), echo("Guarded")],
         context={"deadline": "friday", "budget": 10},
-        execution_config=QUIET,
     )
     assert result.success, result.error
     system = boss_model.calls[0].messages[0]
@@ -622,12 +588,9 @@ async def test_system_prompt_names_peers_actions_labels_and_context() -> None:
 
 async def test_system_prompt_leaves_out_what_the_agent_may_not_do() -> None:
     model = ScriptedModel([invoke(("Next", "x"))])
-    first = Agent("First", model, register=False)
-    result = await Orchestra.run(
-        "t",
-        {"nodes": ["First", "Next"], "edges": ["First -> Next"]},
-        agent_registry=AgentRegistry([first, echo("Next")]),
-        execution_config=QUIET,
+    first = llm("First", model)
+    result = await run(
+        "t", {"nodes": ["First", "Next"], "edges": ["First -> Next"]}, [first, echo("Next")]
     )
     assert result.success, result.error
     prompt = model.calls[0].messages[0].content
@@ -641,26 +604,17 @@ async def test_system_prompt_leaves_out_what_the_agent_may_not_do() -> None:
 
 async def test_system_prompt_shows_each_runs_own_context() -> None:
     model = FunctionModel(lambda messages, info: messages[0].content)
-    agent = Agent("Solo", model, register=False)
-    for run in range(50):
-        result = await Orchestra.run(
-            "t",
-            {"nodes": ["Solo"], "edges": []},
-            agent_registry=AgentRegistry([agent]),
-            context={"run": run},
-            execution_config=QUIET,
-        )
-        assert f'{{"run": {run}}}' in result.final_response, f"run {run}"
+    agent = llm("Solo", model)
+    for number in range(50):
+        result = await run("t", {"nodes": ["Solo"], "edges": []}, [agent], context={"run": number})
+        assert f'{{"run": {number}}}' in result.final_response, f"run {number}"
 
 
 async def test_a_dict_task_reaches_an_llm_agent_as_json_text() -> None:
     model = ScriptedModel(["ok"])
-    agent = Agent("Solo", model, register=False)
-    await Orchestra.run(
-        {"request": "analyse", "sectors": ["tech"]},
-        {"nodes": ["Solo"], "edges": []},
-        agent_registry=AgentRegistry([agent]),
-        execution_config=QUIET,
+    agent = llm("Solo", model)
+    await run(
+        {"request": "analyse", "sectors": ["tech"]}, {"nodes": ["Solo"], "edges": []}, [agent]
     )
     assert model.calls[0].messages[1].content == (
         '[Task]\n{"request": "analyse", "sectors": ["tech"]}'
@@ -682,12 +636,11 @@ async def test_an_agent_called_twice_in_a_branch_remembers() -> None:
         return f"answer {len(seen)}"
 
     hub_model = ScriptedModel([invoke(("Spoke", "first")), invoke(("Spoke", "second")), "done"])
-    hub = Agent("Hub", hub_model, register=False)
-    result = await Orchestra.run(
+    hub = llm("Hub", hub_model)
+    result = await run(
         "t",
         PatternConfig.hub_and_spoke("Hub", ["Spoke"]),
-        agent_registry=AgentRegistry([hub, Agent("Spoke", FunctionModel(spoke), register=False)]),
-        execution_config=QUIET,
+        [hub, llm("Spoke", FunctionModel(spoke))],
     )
     assert result.success, result.error
     assert seen == [
@@ -718,12 +671,11 @@ async def test_the_same_agent_in_parallel_branches_has_separate_conversations() 
         seen.setdefault(info.branch_id, []).append(conversation(messages))
         return f"answer in {info.branch_id}"
 
-    hub = Agent(
+    hub = llm(
         "Hub",
         ScriptedModel(
             [invoke(("Spoke", "warm-up")), invoke(("Spoke", "p1"), ("Spoke", "p2")), "done"]
         ),
-        register=False,
     )
     topology = Topology(
         nodes=["Hub", "Spoke", "Other"],
@@ -731,14 +683,7 @@ async def test_the_same_agent_in_parallel_branches_has_separate_conversations() 
         rules=["parallel(Spoke, Other)"],
         entry_point="Hub",
     )
-    result = await Orchestra.run(
-        "t",
-        topology,
-        agent_registry=AgentRegistry(
-            [hub, Agent("Spoke", FunctionModel(spoke), register=False), echo("Other")]
-        ),
-        execution_config=QUIET,
-    )
+    result = await run("t", topology, [hub, llm("Spoke", FunctionModel(spoke)), echo("Other")])
     assert result.success, result.error
     assert seen == {
         "b0": [[("user", "[Request from Hub]\nwarm-up")]],

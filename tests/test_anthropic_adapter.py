@@ -10,24 +10,14 @@ conversion) directly on small conversations.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
+import helpers
 import pytest
+from helpers import CALL, FAST, HANDOFF, SOLO, fn, llm, of
 from servers import Scripted, ScriptedHTTPServer
 
-from orchestra import (
-    Agent,
-    AgentRegistry,
-    ExecutionConfig,
-    FunctionAgent,
-    Orchestra,
-    OrchestraResult,
-    StatusConfig,
-    Topology,
-)
-from orchestra.agents.base import BaseAgent
-from orchestra.coordination.config import ErrorHandlingConfig
 from orchestra.coordination.engine import events as ev
 from orchestra.models.anthropic_messages import DEFAULT_MAX_TOKENS, to_anthropic
 from orchestra.models.base import Message, ToolCall
@@ -35,28 +25,10 @@ from orchestra.models.config import ModelConfig
 from orchestra.models.openai_chat import to_chat_messages
 
 MODEL = "claude-test"
-FAST = ErrorHandlingConfig(max_retries=2, retry_initial_delay=0, retry_max_delay=0)
-
-SOLO = Topology(nodes=["Solo"], edges=[])
-HANDOFF = Topology(nodes=["Hub", "Worker"], edges=["Hub -> Worker"])
-CALL = Topology(nodes=["Hub", "Worker"], edges=["Hub <-> Worker"], entry_point="Hub")
+WAIT = 30.0  # real sockets and the SDK's first import: only a hang should reach it
+run = partial(helpers.run, error_config=FAST, wait=WAIT)
 
 # ---- helpers -------------------------------------------------------------------------------
-
-
-async def run(
-    task: Any,
-    topology: Topology,
-    agents: Sequence[BaseAgent],
-    error_config: ErrorHandlingConfig = FAST,
-) -> OrchestraResult:
-    return await Orchestra.run(
-        task,
-        topology,
-        agent_registry=AgentRegistry(agents),
-        execution_config=ExecutionConfig(status=StatusConfig.from_verbosity(0)),
-        error_config=error_config,
-    )
 
 
 def reply(*blocks: dict[str, Any], stop_reason: str | None = None) -> Scripted:
@@ -106,18 +78,6 @@ def config(server: ScriptedHTTPServer, name: str = MODEL, **options: Any) -> Mod
     )
 
 
-def llm(name: str, model: ModelConfig, tools: Any = None) -> Agent:
-    return Agent(name, model, tools=tools, register=False)
-
-
-def code(name: str, function: Any) -> FunctionAgent:
-    return FunctionAgent(name, function, register=False)
-
-
-def of(result: OrchestraResult, kind: type[ev.Event]) -> list[Any]:
-    return [event for event in result.events if isinstance(event, kind)]
-
-
 def assert_valid_turns(turns: list[dict[str, Any]]) -> None:
     """The Messages API's rules: alternating roles starting with the user, and every tool_use
     answered by a tool_result in the very next (user) turn, results before any text."""
@@ -136,22 +96,6 @@ def assert_valid_turns(turns: list[dict[str, Any]]) -> None:
         assert results == uses, turns
         kinds = [b["type"] for b in following]
         assert kinds[: len(uses)] == ["tool_result"] * len(uses), turns
-
-
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[ScriptedHTTPServer]:
-    """One scripted server per module (its shutdown waits out a poll interval)."""
-    with ScriptedHTTPServer() as scripted:
-        yield scripted
-
-
-@pytest.fixture
-def server(shared_server: ScriptedHTTPServer) -> ScriptedHTTPServer:
-    """The scripted server with no responses queued and no requests recorded."""
-    shared_server.responses.clear()
-    shared_server.requests.clear()
-    shared_server.paths.clear()
-    return shared_server
 
 
 # ---- 1. replies ----------------------------------------------------------------------------
@@ -191,7 +135,7 @@ async def test_tool_use_invoke_agent_hands_off(server: ScriptedHTTPServer) -> No
     result = await run(
         "task",
         HANDOFF,
-        [llm("Hub", config(server)), code("Worker", lambda x, c: received.append(x) or "done")],
+        [llm("Hub", config(server)), fn("Worker", lambda x, c: received.append(x) or "done")],
     )
     assert result.success, result.error
     assert result.final_response == "done"
@@ -253,7 +197,7 @@ async def test_follow_up_request_answers_every_tool_use_in_the_next_user_turn(
     result = await run(
         "task",
         CALL,
-        [llm("Hub", config(server), tools=[lookup]), code("Worker", lambda x, c: f"W:{x}")],
+        [llm("Hub", config(server), tools=[lookup]), fn("Worker", lambda x, c: f"W:{x}")],
     )
     assert result.success, result.error
     assert result.final_response == "all done"
@@ -280,7 +224,7 @@ async def test_two_coordination_tool_uses_are_steered(server: ScriptedHTTPServer
         reply(invoke_use("toolu_1", "Worker", "x"), final_use("toolu_2", "early")),
         reply(final_use("toolu_3", "done")),
     )
-    result = await run("task", CALL, [llm("Hub", config(server)), code("Worker", lambda x, c: x)])
+    result = await run("task", CALL, [llm("Hub", config(server)), fn("Worker", lambda x, c: x)])
     assert result.success, result.error
     assert result.final_response == "done"
     (rejected,) = of(result, ev.ActionRejected)

@@ -14,7 +14,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import helpers
 import pytest
+from helpers import ask, final, fn, llm, of, quiet, run
 from pydantic import ValidationError
 
 from orchestra import (
@@ -35,7 +37,6 @@ from orchestra import (
     ProgrammaticChannel,
     ScriptedModel,
     ScriptedUser,
-    StatusConfig,
     Topology,
 )
 from orchestra.coordination.engine import events as ev
@@ -45,51 +46,22 @@ from orchestra.models import Message, StepInfo
 
 # ---- helpers ------------------------------------------------------------------------------------
 
-QUIET = StatusConfig.from_verbosity(0)
 TINY = 0.05  # seconds: every timeout in this file
 
 
-def config(**options: Any) -> ExecutionConfig:
-    return ExecutionConfig(status=QUIET, **options)
-
-
-async def run(task: Any, topology: Any, *agents: Any, **options: Any) -> OrchestraResult:
-    """Run with only ``agents`` registered and no status output."""
-    options.setdefault("execution_config", config())
-    return await Orchestra.run(task, topology, agent_registry=AgentRegistry(agents), **options)
-
-
 def scripted(name: str, *replies: Any, tools: Any = None) -> tuple[Agent, ScriptedModel]:
+    """A model agent replying ``replies`` in turn, and its model (to inspect its calls)."""
     model = ScriptedModel(list(replies))
-    return Agent(name, model, tools=tools, register=False), model
-
-
-def function(name: str, fn: Any) -> FunctionAgent:
-    return FunctionAgent(name, fn, register=False)
+    return llm(name, model, tools=tools), model
 
 
 def invoke(*targets: str, request: Any = "work", label: str | None = None) -> dict[str, Any]:
-    items: list[dict[str, Any]] = [{"agent_name": t, "request": request} for t in targets]
-    if label is not None:
-        for item in items:
-            item["label"] = label
-    return {"next_action": "invoke_agent", "action_input": items}
-
-
-def final(response: Any) -> dict[str, Any]:
-    return {"next_action": "final_response", "action_input": {"response": response}}
-
-
-def ask(question: str) -> dict[str, Any]:
-    return {"next_action": "ask_user", "action_input": {"question": question}}
+    """invoke_agent for ``targets``, all with one request: these tests care who is called."""
+    return helpers.invoke(*((target, request) for target in targets), label=label)
 
 
 def call_tool(name: str, **arguments: Any) -> dict[str, Any]:
     return {"next_action": "call_tool", "action_input": [{"name": name, "arguments": arguments}]}
-
-
-def rejections(result: OrchestraResult) -> list[ev.ActionRejected]:
-    return [e for e in result.events if isinstance(e, ev.ActionRejected)]
 
 
 def steering_input(model: ScriptedModel, call: int) -> str:
@@ -141,7 +113,7 @@ TALKER = {"nodes": ["A"], "edges": ["User -> A", "A -> User"]}
 
 def line_agents(*replies: Any) -> tuple[ScriptedModel, list[Any]]:
     a, model = scripted("A", *replies, tools=[lookup])
-    return model, [a, function("B", echo("B")), function("C", echo("C"))]
+    return model, [a, fn("B", echo("B")), fn("C", echo("C"))]
 
 
 def lookup(city: str) -> str:
@@ -149,7 +121,12 @@ def lookup(city: str) -> str:
 
 
 def scatter_agents(slow: Any) -> list[FunctionAgent]:
-    return [function("S", echo("S")), function("Fast", echo("Fast")), function("Slow", slow)]
+    return [fn("S", echo("S")), fn("Fast", echo("Fast")), fn("Slow", slow)]
+
+
+def hanging_line() -> list[FunctionAgent]:
+    """LINE in code, with B never finishing: only a timeout ends the run."""
+    return [fn("A", echo("A")), fn("B", hang), fn("C", echo("C"))]
 
 
 def assert_fast_branch_kept(result: OrchestraResult) -> None:
@@ -176,11 +153,11 @@ STEERING_CASES = [
 @pytest.mark.parametrize(("bad_reply", "problem"), STEERING_CASES)
 async def test_invalid_reply_is_steered_then_corrected(bad_reply: Any, problem: str) -> None:
     model, agents = line_agents(bad_reply, invoke("B", request="go"))
-    result = await run("task", LINE, *agents)
+    result = await run("task", LINE, agents)
 
     assert result.success, result.error
     assert result.final_response == "C(B(go))"
-    [rejected] = rejections(result)
+    [rejected] = of(result, ev.ActionRejected)
     assert rejected.agent == "A"
     assert rejected.branch_id == "b0"
     assert rejected.attempt == 1
@@ -200,7 +177,7 @@ async def test_unknown_tool_steered_then_real_tool_used() -> None:
     model, agents = line_agents(
         call_tool("teleport", to="Mars"), call_tool("lookup", city="Oslo"), invoke("B")
     )
-    result = await run("task", LINE, *agents)
+    result = await run("task", LINE, agents)
 
     assert result.success, result.error
     assert "A has no tool 'teleport'" in steering_input(model, 1)
@@ -211,7 +188,7 @@ async def test_unknown_tool_steered_then_real_tool_used() -> None:
 
 async def test_a_failing_tool_is_reported_to_the_model_not_fatal() -> None:
     model, agents = line_agents(call_tool("lookup"), invoke("B", request="go"))
-    result = await run("task", LINE, *agents)
+    result = await run("task", LINE, agents)
 
     assert result.success, result.error
     tool_message = model.calls[1].messages[-1]
@@ -219,7 +196,7 @@ async def test_a_failing_tool_is_reported_to_the_model_not_fatal() -> None:
     assert (tool_message.name, tool_message.tool_call_id) == ("lookup", "call_0")
     assert tool_message.content.startswith("error: ToolError: invalid arguments for tool 'lookup'")
     assert "city" in tool_message.content
-    [completed] = [e for e in result.events if isinstance(e, ev.ToolCallCompleted)]
+    [completed] = of(result, ev.ToolCallCompleted)
     assert completed.ok is False
 
 
@@ -229,11 +206,11 @@ async def test_unmet_label_condition_is_steered_then_label_accepted() -> None:
     )
     a, model = scripted("A", invoke("B"), invoke("B", label="approved"))
     b, _ = scripted("B", "all good")
-    result = await run("task", topology, a, b)
+    result = await run("task", topology, [a, b])
 
     assert result.success, result.error
     assert result.final_response == "all good"
-    [rejected] = rejections(result)
+    [rejected] = of(result, ev.ActionRejected)
     assert 'invoking \'B\' needs "label": "approved"' in rejected.problem
     assert 'needs "label": "approved"' in steering_input(model, 1)
     # The model was told the label up front, too.
@@ -256,12 +233,12 @@ async def test_parallel_invocation_without_parallel_rule_is_steered() -> None:
     topology = PatternConfig.hub_and_spoke(hub="H", spokes=["W1", "W2"])
     w1, _ = scripted("W1", "w1 answer")
     w2, w2_model = scripted("W2")
-    h = Agent("H", FunctionModel(hub), register=False)
-    result = await run("task", topology, h, w1, w2)
+    h = llm("H", FunctionModel(hub))
+    result = await run("task", topology, [h, w1, w2])
 
     assert result.success, result.error
     assert result.final_response == "summary"
-    [rejected] = rejections(result)
+    [rejected] = of(result, ev.ActionRejected)
     assert rejected.agent == "H"
     assert "W1, W2 may not be invoked together (parallel groups you may use: none)" in (
         rejected.problem
@@ -277,10 +254,10 @@ async def test_parallel_invocation_allowed_with_parallel_rule() -> None:
     h, _ = scripted("H", invoke("W1", "W2"), final("both"))
     w1, _ = scripted("W1", "one")
     w2, _ = scripted("W2", "two")
-    result = await run("task", topology, h, w1, w2)
+    result = await run("task", topology, [h, w1, w2])
 
     assert result.success, result.error
-    assert rejections(result) == []
+    assert of(result, ev.ActionRejected) == []
 
 
 # ---- steering limits and modes -------------------------------------------------------------------
@@ -288,7 +265,7 @@ async def test_parallel_invocation_allowed_with_parallel_rule() -> None:
 
 async def test_past_max_steering_retries_the_branch_fails_quoting_last_reply() -> None:
     model, agents = line_agents("first chat", "second chat", "third chat", "fourth chat")
-    result = await run("task", LINE, *agents)
+    result = await run("task", LINE, agents)
 
     assert_failed(
         result,
@@ -297,7 +274,7 @@ async def test_past_max_steering_retries_the_branch_fails_quoting_last_reply() -
         "the reply has no action",
         "Last reply: 'fourth chat'",
     )
-    assert [r.attempt for r in rejections(result)] == [1, 2, 3, 4]
+    assert [r.attempt for r in of(result, ev.ActionRejected)] == [1, 2, 3, 4]
     assert len(model.calls) == 4  # the default max_steering_retries=3 allows 3 retries
     root = branch(result, "b0")
     assert root.status == "failed"
@@ -307,7 +284,7 @@ async def test_past_max_steering_retries_the_branch_fails_quoting_last_reply() -
 
 async def test_max_steering_retries_is_configurable() -> None:
     model, agents = line_agents("chat", "more chat", invoke("B"))
-    result = await run("task", LINE, *agents, execution_config=config(max_steering_retries=1))
+    result = await run("task", LINE, agents, config=quiet(max_steering_retries=1))
 
     assert_failed(result, "ActionError", "after 2 attempt(s)", "Last reply: 'more chat'")
     assert model.remaining == 1
@@ -318,22 +295,22 @@ async def test_steering_retries_are_counted_per_step() -> None:
     topology = PatternConfig.hub_and_spoke(hub="H", spokes=["W"])
     h, _ = scripted("H", invoke("Ghost"), invoke("W"), "{not json", final("done"))
     w, _ = scripted("W", "w answer")
-    result = await run("task", topology, h, w, execution_config=config(max_steering_retries=1))
+    result = await run("task", topology, [h, w], config=quiet(max_steering_retries=1))
 
     assert result.success, result.error
     assert result.final_response == "done"
-    assert [r.attempt for r in rejections(result)] == [1, 1]
+    assert [r.attempt for r in of(result, ev.ActionRejected)] == [1, 1]
 
 
 async def test_steering_mode_never_fails_on_first_invalid_reply() -> None:
     model, agents = line_agents(invoke("Ghost"), invoke("B"))
-    result = await run("task", LINE, *agents, execution_config=config(steering_mode="never"))
+    result = await run("task", LINE, agents, config=quiet(steering_mode="never"))
 
     assert_failed(
         result, "ActionError", "agent 'A' gave no usable action after 1 attempt(s)", "'Ghost'"
     )
     assert len(model.calls) == 1
-    assert len(rejections(result)) == 1
+    assert len(of(result, ev.ActionRejected)) == 1
 
 
 @pytest.mark.parametrize("mode", ["auto", "always"])
@@ -341,7 +318,7 @@ async def test_steering_mode_always_adds_a_reminder_before_later_steps(mode: str
     topology = PatternConfig.hub_and_spoke(hub="H", spokes=["W"])
     h, model = scripted("H", invoke("W"), final("done"))
     w, _ = scripted("W", "w answer")
-    result = await run("task", topology, h, w, execution_config=config(steering_mode=mode))
+    result = await run("task", topology, [h, w], config=quiet(steering_mode=mode))
 
     assert result.success, result.error
     reminder = "[Orchestra] You may now: invoke_agent with one of: W; final_response."
@@ -358,9 +335,9 @@ async def test_function_agent_value_no_edge_accepts_fails_naming_agent() -> None
     topology = Topology(
         nodes=["A", "B"], edges=[Edge("A", "B", metadata={"condition": "approved"})]
     )
-    a = function("A", lambda value, _c: "not labelled")
+    a = fn("A", lambda value, _c: "not labelled")
     b, b_model = scripted("B", "unused")
-    result = await run("task", topology, a, b)
+    result = await run("task", topology, [a, b])
 
     assert_failed(
         result,
@@ -370,7 +347,7 @@ async def test_function_agent_value_no_edge_accepts_fails_naming_agent() -> None
         "'A' is not an exit",
     )
     assert b_model.calls == []
-    assert rejections(result) == []  # code is not steered
+    assert of(result, ev.ActionRejected) == []  # code is not steered
 
 
 @pytest.mark.parametrize(
@@ -383,11 +360,11 @@ async def test_function_agent_value_no_edge_accepts_fails_naming_agent() -> None
     ],
 )
 async def test_function_agent_forbidden_action_fails_at_once(action: Action, problem: str) -> None:
-    a = function("A", lambda value, _c: action)
-    result = await run("task", LINE, a, function("B", echo("B")), function("C", echo("C")))
+    a = fn("A", lambda value, _c: action)
+    result = await run("task", LINE, [a, fn("B", echo("B")), fn("C", echo("C"))])
 
     assert_failed(result, "ActionError", "agent 'A' returned an action it may not take", problem)
-    assert rejections(result) == []
+    assert of(result, ev.ActionRejected) == []
     assert result.total_steps == 1
 
 
@@ -401,11 +378,11 @@ async def test_edge_predicate_raising_is_condition_error_naming_edge(decided_by:
         nodes=["A", "B"], edges=[Edge("A", "B", metadata={"condition": _raising_predicate})]
     )
     if decided_by == "code":
-        a: Any = function("A", lambda value, _c: "payload")
+        a: Any = fn("A", lambda value, _c: "payload")
     else:
         a, _ = scripted("A", invoke("B"))
     b, b_model = scripted("B", "unused")
-    result = await run("task", topology, a, b)
+    result = await run("task", topology, [a, b])
 
     assert_failed(result, "ConditionError", "the condition on edge 'A -> B' raised KeyError")
     assert b_model.calls == []
@@ -413,7 +390,7 @@ async def test_edge_predicate_raising_is_condition_error_naming_edge(decided_by:
 
 async def test_function_agent_raising_is_agent_step_error_naming_agent() -> None:
     a, _ = scripted("A", invoke("B"))
-    result = await run("task", LINE, a, function("B", echo("B")), function("C", boom))
+    result = await run("task", LINE, [a, fn("B", echo("B")), fn("C", boom)])
 
     assert_failed(result, "AgentStepError", "agent 'C' raised RuntimeError: disk on fire")
     root = branch(result, "b0")
@@ -423,7 +400,7 @@ async def test_function_agent_raising_is_agent_step_error_naming_agent() -> None
 
 async def test_model_raising_is_agent_step_error_naming_agent() -> None:
     a, model = scripted("A", ConnectionError("provider unreachable"))
-    result = await run("task", LINE, a, function("B", echo("B")), function("C", echo("C")))
+    result = await run("task", LINE, [a, fn("B", echo("B")), fn("C", echo("C"))])
 
     assert_failed(
         result, "AgentStepError", "agent 'A' raised ConnectionError: provider unreachable"
@@ -438,8 +415,8 @@ async def test_agent_raising_timeout_error_is_its_own_failure(step_timeout: floa
     def upstream(_input: Any, _context: Any) -> None:
         raise TimeoutError("upstream HTTP timeout")
 
-    agents = [function("A", upstream), function("B", echo("B")), function("C", echo("C"))]
-    result = await run("go", LINE, *agents, execution_config=config(step_timeout=step_timeout))
+    agents = [fn("A", upstream), fn("B", echo("B")), fn("C", echo("C"))]
+    result = await run("go", LINE, agents, config=quiet(step_timeout=step_timeout))
 
     assert_failed(result, "AgentStepError", "agent 'A' raised TimeoutError: upstream HTTP timeout")
 
@@ -448,7 +425,7 @@ async def test_scripted_model_running_out_names_agent() -> None:
     topology = PatternConfig.hub_and_spoke(hub="H", spokes=["W"])
     h, _ = scripted("H", invoke("W", request="one"), invoke("W", request="two"), final("x"))
     w, _ = scripted("W", "first answer")
-    result = await run("task", topology, h, w)
+    result = await run("task", topology, [h, w])
 
     assert_failed(
         result,
@@ -459,7 +436,7 @@ async def test_scripted_model_running_out_names_agent() -> None:
 
 
 async def test_failure_in_one_parallel_branch_keeps_the_others_work() -> None:
-    result = await run("go", SCATTER, *scatter_agents(boom))
+    result = await run("go", SCATTER, scatter_agents(boom))
 
     assert_failed(
         result,
@@ -478,14 +455,7 @@ async def test_failure_in_one_parallel_branch_keeps_the_others_work() -> None:
 
 
 async def test_step_timeout_fails_the_branch_naming_agent() -> None:
-    result = await run(
-        "go",
-        LINE,
-        function("A", echo("A")),
-        function("B", hang),
-        function("C", echo("C")),
-        execution_config=config(step_timeout=TINY),
-    )
+    result = await run("go", LINE, hanging_line(), config=quiet(step_timeout=TINY))
 
     assert_failed(
         result, "StepTimeoutError", "agent 'B' (branch b0) took longer than step_timeout=0.05s"
@@ -493,9 +463,7 @@ async def test_step_timeout_fails_the_branch_naming_agent() -> None:
 
 
 async def test_step_timeout_in_a_fan_out_keeps_finished_branch() -> None:
-    result = await run(
-        "go", SCATTER, *scatter_agents(hang), execution_config=config(step_timeout=TINY)
-    )
+    result = await run("go", SCATTER, scatter_agents(hang), config=quiet(step_timeout=TINY))
 
     assert_failed(result, "ConvergenceError", "b2 (Slow)", "step_timeout=0.05s")
     assert_fast_branch_kept(result)
@@ -503,23 +471,14 @@ async def test_step_timeout_in_a_fan_out_keeps_finished_branch() -> None:
 
 
 async def test_branch_timeout_fails_the_branch() -> None:
-    result = await run(
-        "go",
-        LINE,
-        function("A", echo("A")),
-        function("B", hang),
-        function("C", echo("C")),
-        execution_config=config(branch_timeout=TINY),
-    )
+    result = await run("go", LINE, hanging_line(), config=quiet(branch_timeout=TINY))
 
     assert_failed(result, "BranchTimeoutError", "branch b0 (at 'B') exceeded branch_timeout=0.05s")
     assert branch(result, "b0").agents == ["A", "B"]
 
 
 async def test_convergence_timeout_with_fail_policy() -> None:
-    result = await run(
-        "go", SCATTER, *scatter_agents(hang), execution_config=config(convergence_timeout=TINY)
-    )
+    result = await run("go", SCATTER, scatter_agents(hang), config=quiet(convergence_timeout=TINY))
 
     assert_failed(
         result,
@@ -536,8 +495,8 @@ async def test_convergence_timeout_with_proceed_policy_resumes_with_what_arrived
     result = await run(
         "go",
         SCATTER,
-        *scatter_agents(hang),
-        execution_config=config(convergence_timeout=TINY, convergence_policy=policy),
+        scatter_agents(hang),
+        config=quiet(convergence_timeout=TINY, convergence_policy=policy),
     )
 
     assert result.success, result.error
@@ -549,9 +508,7 @@ async def test_convergence_timeout_with_proceed_policy_resumes_with_what_arrived
 
 async def test_insufficient_branches_with_proceed_policy_include_the_failure() -> None:
     policy = ConvergencePolicy(on_insufficient="proceed")
-    result = await run(
-        "go", SCATTER, *scatter_agents(boom), execution_config=config(convergence_policy=policy)
-    )
+    result = await run("go", SCATTER, scatter_agents(boom), config=quiet(convergence_policy=policy))
 
     assert result.success, result.error
     fast, slow = result.final_response
@@ -562,7 +519,7 @@ async def test_insufficient_branches_with_proceed_policy_include_the_failure() -
 
 async def test_run_timeout_rule_ends_the_run_keeping_finished_work() -> None:
     topology = {**SCATTER, "rules": ["timeout(0.05)"]}
-    result = await run("go", topology, *scatter_agents(hang))
+    result = await run("go", topology, scatter_agents(hang))
 
     assert_failed(result, "RunTimeoutError", "the run exceeded its timeout(0.05) rule")
     assert_fast_branch_kept(result)
@@ -587,8 +544,8 @@ async def test_max_agents_rule_bounds_concurrent_steps(rules: list[str], peak: i
         "edges": ["S -> W1", "S -> W2", "S -> W3"],
         "rules": rules,
     }
-    workers = [function(name, work) for name in ("W1", "W2", "W3")]
-    result = await run("go", topology, function("S", echo("S")), *workers)
+    workers = [fn(name, work) for name in ("W1", "W2", "W3")]
+    result = await run("go", topology, [fn("S", echo("S")), *workers])
 
     assert result.success, result.error
     assert [item["response"] for item in result.final_response] == ["done S(go)"] * 3
@@ -598,8 +555,8 @@ async def test_max_agents_rule_bounds_concurrent_steps(rules: list[str], peak: i
 def _endless_caller() -> tuple[FunctionAgent, FunctionAgent]:
     """A calls B with a new request every time, forever."""
     rounds = itertools.count()
-    a = function("A", lambda value, _c: Action.invoke("B", f"round {next(rounds)}"))
-    return a, function("B", echo("B"))
+    a = fn("A", lambda value, _c: Action.invoke("B", f"round {next(rounds)}"))
+    return a, fn("B", echo("B"))
 
 
 @pytest.mark.parametrize(("rule", "max_steps", "limit"), [(5, 100, 5), (50, 3, 3)])
@@ -607,7 +564,7 @@ async def test_the_smaller_of_max_steps_and_its_rule_wins(
     rule: int, max_steps: int, limit: int
 ) -> None:
     topology = {**CALLER, "rules": [f"max_steps({rule})"]}
-    result = await run("go", topology, *_endless_caller(), max_steps=max_steps)
+    result = await run("go", topology, _endless_caller(), max_steps=max_steps)
 
     assert_failed(result, "StepLimitError", f"the run reached max_steps={limit}")
     assert result.total_steps == limit
@@ -616,9 +573,9 @@ async def test_the_smaller_of_max_steps_and_its_rule_wins(
 
 async def test_ping_pong_rule_stops_same_payloads() -> None:
     topology = {**CALLER, "rules": ["ping_pong(2)"]}
-    a = function("A", lambda value, _c: Action.invoke("B", "same request"))
-    b = function("B", lambda value, _c: "same answer")
-    result = await run("go", topology, a, b)
+    a = fn("A", lambda value, _c: Action.invoke("B", "same request"))
+    b = fn("B", lambda value, _c: "same answer")
+    result = await run("go", topology, [a, b])
 
     assert_failed(
         result,
@@ -636,7 +593,7 @@ async def test_ping_pong_rule_lets_changing_payloads_run() -> None:
     def a_fn(value: Any, _context: Any) -> Action:
         return Action.invoke("B", value) if next(rounds) < 5 else Action.final(value)
 
-    result = await run("go", topology, function("A", a_fn), function("B", echo("B")))
+    result = await run("go", topology, [fn("A", a_fn), fn("B", echo("B"))])
 
     assert result.success, result.error
     assert result.final_response == "B(B(B(B(B(go)))))"
@@ -647,7 +604,7 @@ async def test_ping_pong_rule_lets_changing_payloads_run() -> None:
 
 async def test_invalid_topology_returns_topology_error_text() -> None:
     a, model = scripted("A", "x")
-    result = await run("task", {"nodes": ["A"], "edges": ["A -> Z"]}, a)
+    result = await run("task", {"nodes": ["A"], "edges": ["A -> Z"]}, [a])
 
     error = assert_failed(result, "TopologyError", "Invalid topology", "'Z'", "A -> Z")
     assert "not a node" in error
@@ -657,14 +614,14 @@ async def test_invalid_topology_returns_topology_error_text() -> None:
 
 async def test_unknown_topology_key_returns_topology_error() -> None:
     a, _ = scripted("A", "x")
-    result = await run("task", {"nodes": ["A"], "edge": []}, a)
+    result = await run("task", {"nodes": ["A"], "edge": []}, [a])
 
     assert_failed(result, "TopologyError", "unknown topology key 'edge'")
 
 
 async def test_missing_agents_are_named_at_run_start() -> None:
     a, model = scripted("A", invoke("B"))
-    result = await run("task", {"nodes": ["A", "B", "C"], "edges": ["A -> B", "A -> C"]}, a)
+    result = await run("task", {"nodes": ["A", "B", "C"], "edges": ["A -> B", "A -> C"]}, [a])
 
     assert_failed(result, "AgentNotFoundError", "node(s) 'B', 'C'", "agent_registry")
     assert model.calls == []
@@ -677,8 +634,8 @@ async def test_bad_node_convergence_policy_is_configuration_error_naming_node() 
         nodes=[Node("S", metadata={"convergence_policy": "most"}), "Fast", "Slow"],
         edges=["S -> Fast", "S -> Slow"],
     )
-    s = function("S", boom)
-    result = await run("go", topology, s, function("Fast", echo("F")), function("Slow", echo("S")))
+    s = fn("S", boom)
+    result = await run("go", topology, [s, fn("Fast", echo("F")), fn("Slow", echo("S"))])
 
     assert_failed(result, "ConfigurationError", "node 'S': convergence_policy", "'most'")
     assert result.total_steps == 0
@@ -752,7 +709,7 @@ def test_config_validation_names_the_field(build: Any, field: str) -> None:
 
 async def test_ask_user_without_channel_is_user_input_error() -> None:
     a, model = scripted("A", ask("Which city?"), final("unused"))
-    result = await run("task", TALKER, a)
+    result = await run("task", TALKER, [a])
 
     assert_failed(
         result, "UserInputError", "agent 'A' asked the user 'Which city?'", "no user channel"
@@ -763,7 +720,7 @@ async def test_ask_user_without_channel_is_user_input_error() -> None:
 async def test_scripted_user_out_of_answers() -> None:
     a, model = scripted("A", ask("Which city?"), ask("Which day?"), final("unused"))
     user = ScriptedUser(["Paris"])
-    result = await run("task", TALKER, a, communication_config=CommunicationConfig(channel=user))
+    result = await run("task", TALKER, [a], communication_config=CommunicationConfig(channel=user))
 
     assert_failed(
         result, "UserInputError", "ScriptedUser has no answer left for 'A'", "'Which day?'"
@@ -776,7 +733,7 @@ async def test_programmatic_channel_rejects_an_unknown_question_id() -> None:
     channel = ProgrammaticChannel()
     a, model = scripted("A", ask("Which city?"), final("done"))
     communication = CommunicationConfig(channel=channel)
-    running = asyncio.create_task(run("task", TALKER, a, communication_config=communication))
+    running = asyncio.create_task(run("task", TALKER, [a], communication_config=communication))
     question = await channel.next_question()
     with pytest.raises(UserInputError, match="no pending question 'nope'"):
         channel.answer("nope", "Rome")
@@ -793,7 +750,7 @@ async def test_user_timeout_is_user_input_error() -> None:
     channel = ProgrammaticChannel()
     a, _ = scripted("A", ask("Which city?"), final("unused"))
     communication = CommunicationConfig(channel=channel, user_timeout=TINY)
-    result = await run("task", TALKER, a, communication_config=communication)
+    result = await run("task", TALKER, [a], communication_config=communication)
 
     assert_failed(
         result, "UserInputError", "did not answer 'A''s question within 0.05s", "Which city?"
@@ -824,9 +781,9 @@ def _pattern_4_agents() -> tuple[list[Any], list[Any], ScriptedModel]:
         reports.append(report)
         return final(f"recovered from {report['error_type']}")
 
-    main = function("MainProcessor", boom)
+    main = fn("MainProcessor", boom)
     fallback, fallback_model = scripted("Fallback")
-    agents = [main, Agent("ErrorHandler", FunctionModel(handler), register=False), fallback]
+    agents = [main, llm("ErrorHandler", FunctionModel(handler)), fallback]
     return agents, reports, fallback_model
 
 
@@ -835,7 +792,7 @@ async def test_error_routing_hands_the_error_report_to_the_error_handler() -> No
     result = await run(
         "Process with error recovery",
         PATTERN_4,
-        *agents,
+        agents,
         error_config=ErrorHandlingConfig(enable_error_routing=True, preserve_error_context=True),
     )
 
@@ -855,7 +812,7 @@ async def test_error_routing_hands_the_error_report_to_the_error_handler() -> No
 
 async def test_without_error_routing_the_pattern_4_run_fails() -> None:
     agents, reports, _ = _pattern_4_agents()
-    result = await run("Process with error recovery", PATTERN_4, *agents)
+    result = await run("Process with error recovery", PATTERN_4, agents)
 
     assert_failed(result, "AgentStepError", "agent 'MainProcessor' raised RuntimeError")
     assert reports == []
@@ -882,9 +839,7 @@ async def test_error_routing_prefers_the_on_error_edge() -> None:
     result = await run(
         "task",
         topology,
-        function("Main", boom),
-        helper,
-        function("Handler", handle),
+        [fn("Main", boom), helper, fn("Handler", handle)],
         error_config=ErrorHandlingConfig(enable_error_routing=True, preserve_error_context=False),
     )
 
@@ -913,8 +868,7 @@ async def test_error_routing_from_a_called_agent_reports_to_its_caller() -> None
     result = await run(
         "task",
         topology,
-        Agent("H", FunctionModel(hub), register=False),
-        Agent("W", w_model, register=False),
+        [llm("H", FunctionModel(hub)), llm("W", w_model)],
         error_config=ErrorHandlingConfig(enable_error_routing=True),
         max_steps=20,
     )
@@ -928,12 +882,12 @@ async def test_error_routing_from_a_called_agent_reports_to_its_caller() -> None
 
 async def test_error_routing_does_not_route_limits() -> None:
     agents, reports, _ = _pattern_4_agents()
-    agents[0] = function("MainProcessor", hang)
+    agents[0] = fn("MainProcessor", hang)
     result = await run(
         "task",
         PATTERN_4,
-        *agents,
-        execution_config=config(step_timeout=TINY),
+        agents,
+        config=quiet(step_timeout=TINY),
         error_config=ErrorHandlingConfig(enable_error_routing=True),
     )
 

@@ -10,90 +10,36 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import helpers
 import pytest
+from helpers import ask, final, fn, invoke, llm, of, quiet, spokes, statuses
 
 from orchestra import (
     Action,
-    Agent,
     AgentPool,
-    AgentRegistry,
     CommunicationConfig,
     ConvergencePolicy,
     ErrorHandlingConfig,
     ExecutionConfig,
-    FunctionAgent,
     Node,
-    Orchestra,
     OrchestraResult,
     PatternConfig,
     ProgrammaticChannel,
     ScriptedModel,
     ScriptedUser,
-    StatusConfig,
     Topology,
 )
-from orchestra.agents.base import BaseAgent
 from orchestra.communication.channels import Question
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine.runner import Runner
 from orchestra.models.base import ModelReply, ToolCall
 
 WAIT = 3.0  # every run here takes well under a second; a hang fails after WAIT
-
-
-def quiet(**settings: Any) -> ExecutionConfig:
-    return ExecutionConfig(status=StatusConfig.from_verbosity(0), **settings)
-
-
-def fn(name: str, function: Any) -> FunctionAgent:
-    return FunctionAgent(name, function, register=False)
-
-
-async def run(
-    task: Any,
-    topology: Any,
-    agents: Sequence[BaseAgent | AgentPool],
-    *,
-    config: ExecutionConfig | None = None,
-    **options: Any,
-) -> OrchestraResult:
-    """Orchestra.run with an isolated registry and a quiet config, bounded by WAIT seconds."""
-    return await asyncio.wait_for(
-        Orchestra.run(
-            task,
-            topology,
-            agent_registry=AgentRegistry(agents),
-            execution_config=config or quiet(),
-            **options,
-        ),
-        WAIT,
-    )
-
-
-def invoke(*items: tuple[str, Any]) -> dict[str, Any]:
-    return {
-        "next_action": "invoke_agent",
-        "action_input": [{"agent_name": agent, "request": request} for agent, request in items],
-    }
-
-
-def final(response: Any) -> dict[str, Any]:
-    return {"next_action": "final_response", "action_input": {"response": response}}
-
-
-def ask(question: str) -> dict[str, Any]:
-    return {"next_action": "ask_user", "action_input": {"question": question}}
-
-
-def statuses(result: OrchestraResult) -> dict[str, str]:
-    return {branch.branch_id: branch.status for branch in result.branch_results}
-
-
-def spokes(*names: str) -> Topology:
-    return PatternConfig.hub_and_spoke("Hub", list(names), parallel_spokes=True)
+run = partial(helpers.run, wait=WAIT)
 
 
 # ---- runs that hang instead of ending --------------------------------------------------------
@@ -228,7 +174,7 @@ async def test_proceed_with_every_called_branch_failed_resumes_the_caller() -> N
     result = await run(
         "job",
         spokes("W1", "W2"),
-        [Agent("Hub", hub, register=False), fn("W1", boom), fn("W2", boom)],
+        [llm("Hub", hub), fn("W1", boom), fn("W2", boom)],
         config=quiet(convergence_policy=ConvergencePolicy(on_insufficient="proceed")),
     )
     assert len(hub.calls) == 2, result.final_response
@@ -364,8 +310,8 @@ async def test_step_events_carry_the_number_of_their_own_step() -> None:
         "task", spokes("W1", "W2"), [fn("Hub", hub), fn("W1", worker), fn("W2", worker)]
     )
     assert result.success, result.error
-    started = [(e.branch_id, e.step) for e in result.events if isinstance(e, ev.StepStarted)]
-    done = [(e.branch_id, e.step) for e in result.events if isinstance(e, ev.StepCompleted)]
+    started = [(e.branch_id, e.step) for e in of(result, ev.StepStarted)]
+    done = [(e.branch_id, e.step) for e in of(result, ev.StepCompleted)]
     assert sorted(done) == sorted(started)
     steps = [entry["step"] for entry in result.get_execution_trace()]
     assert len(steps) == len(set(steps)), steps
@@ -410,6 +356,28 @@ async def test_timers_of_ended_branches_and_settled_fan_outs_are_cancelled(
 # ---- the user channel ------------------------------------------------------------------------
 
 
+async def run_asker_beside(
+    sibling: str, work: Callable[[Any, Any], Any], channel: Any
+) -> OrchestraResult:
+    """Hub calls Asker, who asks the user through ``channel``, and ``sibling`` (code doing
+    ``work``) in parallel; under the 'any' policy the sibling alone can carry the run."""
+    hub = ScriptedModel([invoke(("Asker", "q"), (sibling, "work")), final("hub done")])
+    topology = Topology(
+        nodes=["Hub", "Asker", sibling],
+        edges=["Hub <-> Asker", f"Hub <-> {sibling}", "Asker -> User"],
+        rules=[f"parallel(Asker, {sibling})"],
+        entry_point="Hub",
+        exit_points=["Hub"],
+    )
+    return await run(
+        "task",
+        topology,
+        [llm("Hub", hub), llm("Asker", ScriptedModel([ask("which one?")])), fn(sibling, work)],
+        config=quiet(convergence_policy="any"),
+        communication_config=CommunicationConfig(channel=channel),
+    )
+
+
 async def test_a_cancelled_question_is_withdrawn_from_the_channel() -> None:
     """'any' cancels the branch waiting for the user; its question leaves channel.pending but
     stays in the queue, so the next reader of next_question() gets a question that can no
@@ -426,25 +394,7 @@ async def test_a_cancelled_question_is_withdrawn_from_the_channel() -> None:
         await asyncio.wait_for(asked.wait(), WAIT)
         return "fast"
 
-    hub = ScriptedModel([invoke(("Asker", "q"), ("Fast", "f")), final("hub done")])
-    topology = Topology(
-        nodes=["Hub", "Asker", "Fast"],
-        edges=["Hub <-> Asker", "Hub <-> Fast", "Asker -> User"],
-        rules=["parallel(Asker, Fast)"],
-        entry_point="Hub",
-        exit_points=["Hub"],
-    )
-    result = await run(
-        "task",
-        topology,
-        [
-            Agent("Hub", hub, register=False),
-            Agent("Asker", ScriptedModel([ask("which one?")]), register=False),
-            fn("Fast", fast),
-        ],
-        config=quiet(convergence_policy="any"),
-        communication_config=CommunicationConfig(channel=Recording()),
-    )
+    result = await run_asker_beside("Fast", fast, Recording())
     assert result.success, result.error
     assert statuses(result)["b1"] == "cancelled"
     assert channel.pending == []
@@ -462,12 +412,11 @@ async def test_questions_of_concurrent_runs_sharing_a_channel_have_distinct_ids(
 
     def one_run(answer_prefix: str) -> Any:
         model = ScriptedModel([ask("name?"), final(f"{answer_prefix} done")])
-        return Orchestra.run(
+        return run(
             "task",
             topology,
-            agent_registry=AgentRegistry([Agent("A", model, register=False)]),
+            [llm("A", model)],
             context={"session_id": "s"},
-            execution_config=quiet(),
             communication_config=CommunicationConfig(channel=channel),
         )
 
@@ -499,25 +448,7 @@ async def test_a_channel_raising_fails_only_the_asking_branch() -> None:
         await asyncio.sleep(0.05)
         return "slow but fine"
 
-    hub = ScriptedModel([invoke(("Asker", "q"), ("Slow", "s")), final("hub done")])
-    topology = Topology(
-        nodes=["Hub", "Asker", "Slow"],
-        edges=["Hub <-> Asker", "Hub <-> Slow", "Asker -> User"],
-        rules=["parallel(Asker, Slow)"],
-        entry_point="Hub",
-        exit_points=["Hub"],
-    )
-    result = await run(
-        "task",
-        topology,
-        [
-            Agent("Hub", hub, register=False),
-            Agent("Asker", ScriptedModel([ask("which one?")]), register=False),
-            fn("Slow", slow),
-        ],
-        config=quiet(convergence_policy="any"),
-        communication_config=CommunicationConfig(channel=Broken()),
-    )
+    result = await run_asker_beside("Slow", slow, Broken())
     assert result.metadata.get("error_type") != "InternalError", result.error
     assert result.success, result.error
     assert statuses(result)["b1"] == "failed"
@@ -553,7 +484,7 @@ async def test_tools_then_ask_user_asks_the_user() -> None:
         return f"found {q}"
 
     first = ModelReply(action=ask("which one?"), tool_calls=(ToolCall("lookup", {"q": "x"}, "c1"),))
-    agent = Agent("A", ScriptedModel([first, final("done")]), tools=[lookup], register=False)
+    agent = llm("A", ScriptedModel([first, final("done")]), tools=[lookup])
     user = ScriptedUser(["the first"])
     result = await run(
         "task",
@@ -578,10 +509,10 @@ async def test_a_callee_may_not_call_its_waiting_caller_back() -> None:
     result = await run(
         "task",
         PatternConfig.hub_and_spoke("Hub", ["W"]),
-        [Agent("Hub", hub, register=False), Agent("W", w, register=False)],
+        [llm("Hub", hub), llm("W", w)],
     )
     assert w.calls[0].info.peer_names == ()  # W is told it may not invoke Hub
-    rejected = [e for e in result.events if isinstance(e, ev.ActionRejected)]
+    rejected = of(result, ev.ActionRejected)
     assert [e.agent for e in rejected] == ["W"], result.get_execution_trace()
     assert result.success, result.error
 
@@ -665,7 +596,7 @@ async def test_a_fan_out_inside_a_call_converges_and_answers_the_caller() -> Non
     assert result.success, result.error
     assert seen == ["job", ["x", "y"]]
     assert result.final_response == ["x", "y"]
-    returned = [e for e in result.events if isinstance(e, ev.WorkHandedOver) and e.kind == "return"]
+    returned = [e for e in of(result, ev.WorkHandedOver) if e.kind == "return"]
     assert [(e.source, e.target) for e in returned] == [("C", "Top")]
 
 
@@ -720,9 +651,7 @@ async def test_any_cancels_a_sibling_together_with_its_own_children() -> None:
         "b3": "cancelled",
         "b4": "cancelled",
     }
-    reached = [
-        (e.fan_out_id, e.outcome) for e in result.events if isinstance(e, ev.ConvergenceReached)
-    ]
+    reached = [(e.fan_out_id, e.outcome) for e in of(result, ev.ConvergenceReached)]
     assert reached == [("f1", "met")]
 
 

@@ -14,24 +14,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from helpers import WAIT, ask, final, fn, invoke, llm, of, quiet, run, spokes, statuses
 
 from orchestra import (
     Action,
-    Agent,
-    AgentRegistry,
     CommunicationConfig,
     ConvergencePolicy,
-    ExecutionConfig,
-    FunctionAgent,
     FunctionModel,
     Node,
-    Orchestra,
     OrchestraResult,
     PatternConfig,
     ProgrammaticChannel,
     ScriptedModel,
     ScriptedUser,
-    StatusConfig,
     Topology,
 )
 from orchestra.agents.base import BaseAgent
@@ -40,63 +35,11 @@ from orchestra.models import Message, StepInfo
 
 # ---- helpers -------------------------------------------------------------------------------
 
-WAIT = 5.0  # upper bound for event waits, so a broken engine fails a test instead of hanging
-
-
-def quiet(**settings: Any) -> ExecutionConfig:
-    """An ExecutionConfig that prints nothing."""
-    return ExecutionConfig(status=StatusConfig.from_verbosity(0), **settings)
-
-
-def fn(name: str, function: Callable[[Any, Any], Any]) -> FunctionAgent:
-    return FunctionAgent(name, function, register=False)
-
-
-def llm(name: str, model: Any) -> Agent:
-    return Agent(name, model, register=False)
-
-
-async def run(
-    task: Any,
-    topology: Any,
-    agents: Sequence[BaseAgent],
-    *,
-    config: ExecutionConfig | None = None,
-    **options: Any,
-) -> OrchestraResult:
-    """Orchestra.run with an isolated registry and a quiet config."""
-    return await Orchestra.run(
-        task,
-        topology,
-        agent_registry=AgentRegistry(agents),
-        execution_config=config or quiet(),
-        **options,
-    )
-
-
-def invoke(*items: tuple[str, Any]) -> dict[str, Any]:
-    return {
-        "next_action": "invoke_agent",
-        "action_input": [{"agent_name": agent, "request": request} for agent, request in items],
-    }
-
-
-def final(response: Any) -> dict[str, Any]:
-    return {"next_action": "final_response", "action_input": {"response": response}}
-
-
-def ask(question: str) -> dict[str, Any]:
-    return {"next_action": "ask_user", "action_input": {"question": question}}
-
 
 def heading_and_body(message: Message) -> tuple[str, str]:
     """Split an input message into its "[heading]" line and its body."""
     heading, _, body = message.content.partition("\n")
     return heading, body
-
-
-def statuses(result: OrchestraResult) -> dict[str, str]:
-    return {branch.branch_id: branch.status for branch in result.branch_results}
 
 
 def completed(agent: str, branch_id: str, response: Any) -> dict[str, Any]:
@@ -128,10 +71,6 @@ def fan_out_hub(targets: Sequence[str]) -> Callable[[Any, Any], Any]:
         return Action.invoke_parallel([(target, value) for target in targets])
 
     return hub
-
-
-def spokes(*names: str) -> Topology:
-    return PatternConfig.hub_and_spoke("Hub", list(names), parallel_spokes=True)
 
 
 # ---- 1. pipeline ---------------------------------------------------------------------------
@@ -169,9 +108,7 @@ async def test_pipeline_of_llm_agents_hands_off_stage_to_stage() -> None:
         "[Request from Transformer]",
         "rows: 2, 4",
     )
-    handoffs = [
-        (e.source, e.target, e.kind) for e in result.events if isinstance(e, ev.WorkHandedOver)
-    ]
+    handoffs = [(e.source, e.target, e.kind) for e in of(result, ev.WorkHandedOver)]
     assert handoffs == [
         ("Extractor", "Transformer", "handoff"),
         ("Transformer", "Loader", "handoff"),
@@ -229,9 +166,7 @@ async def test_hub_and_spoke_sequential_calls_each_spoke_and_gets_its_answer() -
             f"[Response from {spoke}]",
             f"{spoke}: q{index}",
         )
-    moves = [
-        (e.source, e.target, e.kind) for e in result.events if isinstance(e, ev.WorkHandedOver)
-    ]
+    moves = [(e.source, e.target, e.kind) for e in of(result, ev.WorkHandedOver)]
     assert moves == [
         ("Hub", "S1", "call"),
         ("S1", "Hub", "return"),
@@ -312,7 +247,7 @@ async def test_three_level_hierarchy_with_nested_fan_outs() -> None:
             assert by_agent[worker].parent_branch_id == by_agent[manager].branch_id
             assert by_agent[worker].result == f"{worker} did plan/{manager}/{worker}"
     assert model.call_count == 2 + 2 * 2 + 4  # root and managers twice each, workers once
-    fan_outs = [e for e in result.events if isinstance(e, ev.FanOutStarted)]
+    fan_outs = of(result, ev.FanOutStarted)
     assert sorted(e.targets for e in fan_outs) == [
         ("Acc1", "Acc2"),
         ("CTO", "CFO"),
@@ -444,6 +379,28 @@ def boom(value: Any, ctx: Any) -> Any:
     raise RuntimeError(f"W2 cannot handle {value!r}")
 
 
+def w2_failing() -> list[BaseAgent]:
+    """Hub fans out to W1, W2 and W3: W1 and W3 answer at once, W2 raises."""
+    return three_workers(w1=lambda x, c: "W1 ok", w2=boom, w3=lambda x, c: "W3 ok")
+
+
+def assert_w2_failure_tolerated(result: OrchestraResult) -> None:
+    """The policy let the hub go on with all three items, W2's as the failed one; only W2's
+    branch failed."""
+    assert result.success, result.error
+    assert result.final_response == [
+        completed("W1", "b1", "W1 ok"),
+        failed_item(result, "W2", "b2"),
+        completed("W3", "b3", "W3 ok"),
+    ]
+    assert statuses(result) == {
+        "b0": "completed",
+        "b1": "completed",
+        "b2": "failed",
+        "b3": "completed",
+    }
+
+
 async def test_policy_all_one_failure_fails_the_parent_and_keeps_the_siblings() -> None:
     others_done = asyncio.Event()
     done: list[str] = []
@@ -506,7 +463,7 @@ async def test_policy_all_failure_cancels_siblings_still_running() -> None:
         "b2": "failed",
         "b3": "cancelled",
     }
-    reached = [e for e in result.events if isinstance(e, ev.ConvergenceReached)]
+    reached = of(result, ev.ConvergenceReached)
     assert [(e.outcome, e.succeeded, e.failed, e.cancelled) for e in reached] == [
         ("failed", 1, 1, 1)
     ]
@@ -545,53 +502,22 @@ async def test_policy_any_one_failure_still_succeeds() -> None:
         "b2": "failed",
         "b3": "cancelled",
     }
-    reached = [e for e in result.events if isinstance(e, ev.ConvergenceReached)]
+    reached = of(result, ev.ConvergenceReached)
     assert [(e.outcome, e.succeeded, e.failed, e.cancelled) for e in reached] == [("met", 1, 1, 1)]
 
 
 async def test_policy_ratio_half_with_one_of_three_failing_succeeds() -> None:
-    result = await run(
-        "job",
-        spokes("W1", "W2", "W3"),
-        three_workers(w1=lambda x, c: "W1 ok", w2=boom, w3=lambda x, c: "W3 ok"),
-        config=quiet(convergence_policy=0.5),
-    )
-    assert result.success, result.error
-    assert result.final_response == [
-        completed("W1", "b1", "W1 ok"),
-        failed_item(result, "W2", "b2"),
-        completed("W3", "b3", "W3 ok"),
-    ]
-    assert statuses(result) == {
-        "b0": "completed",
-        "b1": "completed",
-        "b2": "failed",
-        "b3": "completed",
-    }
+    config = quiet(convergence_policy=0.5)
+    result = await run("job", spokes("W1", "W2", "W3"), w2_failing(), config=config)
+    assert_w2_failure_tolerated(result)
 
 
 async def test_policy_k3_proceed_resumes_the_parent_with_the_failed_item() -> None:
-    result = await run(
-        "job",
-        spokes("W1", "W2", "W3"),
-        three_workers(w1=lambda x, c: "W1 ok", w2=boom, w3=lambda x, c: "W3 ok"),
-        config=quiet(convergence_policy=ConvergencePolicy(k=3, on_insufficient="proceed")),
-    )
-    assert result.success, result.error
-    assert result.final_response == [
-        completed("W1", "b1", "W1 ok"),
-        failed_item(result, "W2", "b2"),
-        completed("W3", "b3", "W3 ok"),
-    ]
+    config = quiet(convergence_policy=ConvergencePolicy(k=3, on_insufficient="proceed"))
+    result = await run("job", spokes("W1", "W2", "W3"), w2_failing(), config=config)
+    assert_w2_failure_tolerated(result)
     assert "W2 cannot handle 'job'" in result.final_response[1]["error"]
-    assert statuses(result) == {
-        "b0": "completed",
-        "b1": "completed",
-        "b2": "failed",
-        "b3": "completed",
-    }
-    reached = [e for e in result.events if isinstance(e, ev.ConvergenceReached)]
-    assert [e.outcome for e in reached] == ["proceed"]
+    assert [e.outcome for e in of(result, ev.ConvergenceReached)] == ["proceed"]
 
 
 async def test_policy_from_the_callers_node_metadata_overrides_the_run_default() -> None:
@@ -600,24 +526,8 @@ async def test_policy_from_the_callers_node_metadata_overrides_the_run_default()
         edges=["Hub <-> W1", "Hub <-> W2", "Hub <-> W3"],
         entry_point="Hub",
     )
-    result = await run(
-        "job",
-        topology,
-        three_workers(w1=lambda x, c: "W1 ok", w2=boom, w3=lambda x, c: "W3 ok"),
-        config=quiet(convergence_policy="all"),
-    )
-    assert result.success, result.error
-    assert result.final_response == [
-        completed("W1", "b1", "W1 ok"),
-        failed_item(result, "W2", "b2"),
-        completed("W3", "b3", "W3 ok"),
-    ]
-    assert statuses(result) == {
-        "b0": "completed",
-        "b1": "completed",
-        "b2": "failed",
-        "b3": "completed",
-    }
+    result = await run("job", topology, w2_failing(), config=quiet(convergence_policy="all"))
+    assert_w2_failure_tolerated(result)
 
 
 async def test_policy_from_a_convergence_points_node_metadata() -> None:
@@ -787,7 +697,7 @@ async def test_ask_user_answered_through_a_programmatic_channel() -> None:
         "What is your name?",
     )
     assert channel.pending == []
-    received = [e for e in result.events if isinstance(e, ev.UserInputReceived)]
+    received = of(result, ev.UserInputReceived)
     assert [(e.branch_id, e.answer) for e in received] == [("b0", "Ada")]
 
 
@@ -1003,21 +913,16 @@ async def test_without_dynamic_convergence_each_branch_runs_through_the_meeting_
         seen.append(value)
         return f"final({value})"
 
-    registry = AgentRegistry(
-        [
-            FunctionAgent("A", lambda value, context: value, register=False),
-            FunctionAgent("B", lambda value, context: "from B", register=False),
-            FunctionAgent("C", lambda value, context: "from C", register=False),
-            FunctionAgent("D", finalizer, register=False),
-        ]
-    )
-    result = await Orchestra.run(
+    result = await run(
         "go",
         {"nodes": ["A", "B", "C", "D"], "edges": ["A -> B", "A -> C", "B -> D", "C -> D"]},
-        agent_registry=registry,
-        execution_config=ExecutionConfig(
-            dynamic_convergence_enabled=False, status=StatusConfig.from_verbosity(0)
-        ),
+        [
+            fn("A", lambda value, context: value),
+            fn("B", lambda value, context: "from B"),
+            fn("C", lambda value, context: "from C"),
+            fn("D", finalizer),
+        ],
+        config=quiet(dynamic_convergence_enabled=False),
     )
     assert result.success, result.error
     assert sorted(map(str, seen)) == ["from B", "from C"]

@@ -9,25 +9,16 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
+from helpers import SOLO, llm, run_forced_handoff
 from pydantic import ValidationError
 
-from orchestra import (
-    Agent,
-    AgentRegistry,
-    ExecutionConfig,
-    FunctionAgent,
-    Orchestra,
-    OrchestraResult,
-    StatusConfig,
-    Topology,
-)
-from orchestra.agents.base import BaseAgent
 from orchestra.coordination.config import ErrorHandlingConfig
-from orchestra.coordination.engine import events as ev
 from orchestra.errors import ConfigurationError, ModelAPIError
 from orchestra.models import local
 from orchestra.models.base import PeerInfo, StepInfo, ToolSpec
@@ -36,17 +27,8 @@ from orchestra.models.local import LocalModel, bundled_model_path
 from orchestra.models.protocol import action_schema, coordination_tools
 from orchestra.models.retry import retry_delay
 
-SOLO = Topology(nodes=["Solo"], edges=[])
-HANDOFF = Topology(nodes=["Hub", "Worker"], edges=["Hub -> Worker"])
-
-
-async def run(task: Any, topology: Topology, agents: Sequence[BaseAgent]) -> OrchestraResult:
-    return await Orchestra.run(
-        task,
-        topology,
-        agent_registry=AgentRegistry(agents),
-        execution_config=ExecutionConfig(status=StatusConfig.from_verbosity(0)),
-    )
+WAIT = 60.0  # a real model on the CPU, loaded by the first run: only a hang should reach it
+run = partial(helpers.run, wait=WAIT)
 
 
 def smollm(max_tokens: int = 96) -> ModelConfig:
@@ -54,15 +36,11 @@ def smollm(max_tokens: int = 96) -> ModelConfig:
     return ModelConfig(provider="local", name="smollm2", temperature=0, max_tokens=max_tokens)
 
 
-def of(result: OrchestraResult, kind: type[ev.Event]) -> list[Any]:
-    return [event for event in result.events if isinstance(event, kind)]
-
-
 # ---- 1. the in-process model ---------------------------------------------------------------
 
 
 async def test_local_one_node_run_finishes_with_a_string() -> None:
-    agent = Agent("Solo", smollm(max_tokens=32), register=False)
+    agent = llm("Solo", smollm(max_tokens=32))
     assert isinstance(agent.model, LocalModel)
     result = await run("What is the capital of France?", SOLO, [agent])
     assert result.success, result.error
@@ -72,37 +50,17 @@ async def test_local_one_node_run_finishes_with_a_string() -> None:
 
 
 async def test_local_hub_is_forced_to_invoke_its_only_peer() -> None:
-    received: list[Any] = []
-
-    def worker(value: Any, context: Any) -> str:
-        received.append(value)
-        return "worker finished"
-
-    result = await run(
-        "Summarise the latest sales report.",
-        HANDOFF,
-        [Agent("Hub", smollm(), register=False), FunctionAgent("Worker", worker, register=False)],
-    )
-    assert result.success, result.error
-    assert result.final_response == "worker finished"
-    assert [(e.source, e.target, e.kind) for e in of(result, ev.WorkHandedOver)] == [
-        ("Hub", "Worker", "handoff")
-    ]
-    hub_step = next(e for e in of(result, ev.StepCompleted) if e.agent == "Hub")
-    assert hub_step.action.targets == ("Worker",)
-    assert received == [hub_step.action.invocations[0].request]
+    await run_forced_handoff(smollm(), wait=WAIT)
 
 
 async def test_the_llama_model_is_loaded_once_and_shared() -> None:
     path = bundled_model_path()
-    first = Agent("Solo", smollm(max_tokens=8), register=False)
+    first = llm("Solo", smollm(max_tokens=8))
     result = await run("Say hi.", SOLO, [first])
     assert result.success, result.error
     loaded = local._loaded[path]
-    second = Agent("Solo", smollm(max_tokens=8), register=False)
-    other = Agent(
-        "Solo", ModelConfig(provider="local", name=str(path), max_tokens=8), register=False
-    )
+    second = llm("Solo", smollm(max_tokens=8))
+    other = llm("Solo", ModelConfig(provider="local", name=str(path), max_tokens=8))
     for agent in (second, other):
         assert isinstance(agent.model, LocalModel)
         assert agent.model.path == path
@@ -118,7 +76,7 @@ def test_a_bad_model_path_is_a_configuration_error_naming_the_path(tmp_path: Pat
         ModelConfig(provider="local", name=str(missing)).build()
     assert str(missing) in str(caught.value)
     with pytest.raises(ConfigurationError, match=re.escape("no-such-model.gguf")):
-        Agent("A", ModelConfig(provider="local", name=str(missing)), register=False)
+        llm("A", ModelConfig(provider="local", name=str(missing)))
 
 
 # ---- 2. ModelConfig ------------------------------------------------------------------------

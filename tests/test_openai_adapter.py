@@ -10,23 +10,16 @@ is mocked; every exchange crosses a socket.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
+import helpers
 import pytest
+from helpers import CALL, FAST, HANDOFF, SOLO, fn, llm, of, run_forced_handoff
 from servers import Scripted, ScriptedHTTPServer, free_port, start_llama_server
 
-from orchestra import (
-    Agent,
-    AgentRegistry,
-    ExecutionConfig,
-    FunctionAgent,
-    Orchestra,
-    OrchestraResult,
-    StatusConfig,
-    Topology,
-)
-from orchestra.agents.base import BaseAgent
+from orchestra import Topology
 from orchestra.coordination.config import ErrorHandlingConfig
 from orchestra.coordination.engine import events as ev
 from orchestra.models.base import Message, PeerInfo, StepInfo
@@ -36,28 +29,10 @@ from orchestra.models.openai_chat import OpenAIChatModel
 from orchestra.models.sdk_calls import is_retryable, retry_after_seconds
 
 MODEL = "test-model"
-FAST = ErrorHandlingConfig(max_retries=2, retry_initial_delay=0, retry_max_delay=0)
+WAIT = 60.0  # real sockets, SDK imports and a real model on the CPU: only a hang should reach it
+run = partial(helpers.run, error_config=FAST, wait=WAIT)
 
 # ---- helpers -------------------------------------------------------------------------------
-
-
-def quiet() -> ExecutionConfig:
-    return ExecutionConfig(status=StatusConfig.from_verbosity(0))
-
-
-async def run(
-    task: Any,
-    topology: Topology,
-    agents: Sequence[BaseAgent],
-    error_config: ErrorHandlingConfig = FAST,
-) -> OrchestraResult:
-    return await Orchestra.run(
-        task,
-        topology,
-        agent_registry=AgentRegistry(agents),
-        execution_config=quiet(),
-        error_config=error_config,
-    )
 
 
 def chat(
@@ -114,18 +89,6 @@ def config(server: ScriptedHTTPServer, name: str = MODEL, **options: Any) -> Mod
     )
 
 
-def llm(name: str, model: ModelConfig, tools: Any = None) -> Agent:
-    return Agent(name, model, tools=tools, register=False)
-
-
-def code(name: str, function: Any) -> FunctionAgent:
-    return FunctionAgent(name, function, register=False)
-
-
-def of(result: OrchestraResult, kind: type[ev.Event]) -> list[Any]:
-    return [event for event in result.events if isinstance(event, kind)]
-
-
 def tools_by_name(request: dict[str, Any]) -> dict[str, dict[str, Any]]:
     assert all(item["type"] == "function" for item in request["tools"])
     return {item["function"]["name"]: item["function"] for item in request["tools"]}
@@ -159,22 +122,6 @@ def assert_tool_calls_answered(messages: list[dict[str, Any]]) -> None:
         assert [a["tool_call_id"] for a in answers] == ids, messages
 
 
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[ScriptedHTTPServer]:
-    """One scripted server per module (its shutdown waits out a poll interval)."""
-    with ScriptedHTTPServer() as scripted:
-        yield scripted
-
-
-@pytest.fixture
-def server(shared_server: ScriptedHTTPServer) -> ScriptedHTTPServer:
-    """The scripted server with no responses queued and no requests recorded."""
-    shared_server.responses.clear()
-    shared_server.requests.clear()
-    shared_server.paths.clear()
-    return shared_server
-
-
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator[str]:
     """llama.cpp's OpenAI-compatible server with the bundled SmolLM2, once per session."""
@@ -198,11 +145,6 @@ def smollm(url: str, max_tokens: int = 96) -> ModelConfig:
     )
 
 
-SOLO = Topology(nodes=["Solo"], edges=[])
-HANDOFF = Topology(nodes=["Hub", "Worker"], edges=["Hub -> Worker"])
-CALL = Topology(nodes=["Hub", "Worker"], edges=["Hub <-> Worker"], entry_point="Hub")
-
-
 # ---- 1. the real model behind llama.cpp's server -------------------------------------------
 
 
@@ -223,24 +165,9 @@ async def test_llama_server_one_node_run_gives_a_string_answer_and_counts_tokens
 
 
 async def test_llama_server_hub_is_forced_to_hand_off_to_its_only_peer(llama_server: str) -> None:
-    received: list[Any] = []
-
-    def worker(value: Any, context: Any) -> str:
-        received.append(value)
-        return "worker finished"
-
-    result = await run(
-        "Summarise the latest sales report.",
-        HANDOFF,
-        [llm("Hub", smollm(llama_server)), code("Worker", worker)],
+    hub_step, received = await run_forced_handoff(
+        smollm(llama_server), error_config=FAST, wait=WAIT
     )
-    assert result.success, result.error
-    assert result.final_response == "worker finished"
-    handoffs = [(e.source, e.target, e.kind) for e in of(result, ev.WorkHandedOver)]
-    assert handoffs == [("Hub", "Worker", "handoff")]
-    hub_step = next(e for e in of(result, ev.StepCompleted) if e.agent == "Hub")
-    assert hub_step.action.targets == ("Worker",)
-    assert received == [hub_step.action.invocations[0].request]
     assert isinstance(received[0], str)
     assert hub_step.prompt_tokens > 0
 
@@ -289,8 +216,8 @@ async def test_json_object_request_on_the_wire_lists_exactly_the_allowed_peers(
         topology,
         [
             llm("Hub", config(server, action_format="json_object", temperature=0)),
-            code("A", lambda x, c: f"A:{x}"),
-            code("B", lambda x, c: f"B:{x}"),
+            fn("A", lambda x, c: f"A:{x}"),
+            fn("B", lambda x, c: f"B:{x}"),
         ],
     )
     assert result.success, result.error
@@ -317,7 +244,7 @@ async def test_invoke_agent_tool_call_hands_off(server: ScriptedHTTPServer) -> N
     result = await run(
         "task",
         HANDOFF,
-        [llm("Hub", config(server)), code("Worker", lambda x, c: received.append(x) or "done")],
+        [llm("Hub", config(server)), fn("Worker", lambda x, c: received.append(x) or "done")],
     )
     assert result.success, result.error
     assert result.final_response == "done"
@@ -347,7 +274,7 @@ async def test_tools_sent_list_coordination_tools_allowed_now_and_the_agents_own
     server.script(tool_calls(invoke_call("call_1", "A", "x")))
     hub = llm("Hub", config(server), tools=[lookup])
     result = await run(
-        "task", topology, [hub, code("A", lambda x, c: "a"), code("B", lambda x, c: "b")]
+        "task", topology, [hub, fn("A", lambda x, c: "a"), fn("B", lambda x, c: "b")]
     )
     assert result.success, result.error
     (request,) = server.requests
@@ -450,7 +377,7 @@ async def test_own_tool_with_a_call_answers_every_tool_call_id_in_the_follow_up(
     result = await run(
         "task",
         CALL,
-        [llm("Hub", config(server), tools=[lookup]), code("Worker", lambda x, c: f"W:{x}")],
+        [llm("Hub", config(server), tools=[lookup]), fn("Worker", lambda x, c: f"W:{x}")],
     )
     assert result.success, result.error
     assert result.final_response == "all done"
@@ -473,7 +400,7 @@ async def test_two_coordination_calls_in_one_reply_are_steered(
         tool_calls(invoke_call("call_1", "Worker", "x"), final_call("call_2", "early")),
         tool_calls(final_call("call_3", "done")),
     )
-    result = await run("task", CALL, [llm("Hub", config(server)), code("Worker", lambda x, c: x)])
+    result = await run("task", CALL, [llm("Hub", config(server)), fn("Worker", lambda x, c: x)])
     assert result.success, result.error
     assert result.final_response == "done"
     (rejected,) = of(result, ev.ActionRejected)
@@ -497,7 +424,7 @@ async def test_invalid_json_in_tool_call_arguments_is_steered(
         tool_calls(call("call_1", "final_response", '{"response": "unterminated')),
         tool_calls(final_call("call_2", "fixed")),
     )
-    result = await run("task", CALL, [llm("Hub", config(server)), code("Worker", lambda x, c: x)])
+    result = await run("task", CALL, [llm("Hub", config(server)), fn("Worker", lambda x, c: x)])
     assert result.success, result.error
     assert result.final_response == "fixed"
     (rejected,) = of(result, ev.ActionRejected)
@@ -516,7 +443,7 @@ async def test_text_format_sends_no_tools_and_reads_the_json_protocol_from_text(
     choice = {"next_action": "invoke_agent", "action_input": [{"agent_name": "Worker"}]}
     server.script(text("```json\n" + json.dumps(choice) + "\n```"))
     model = config(server, action_format="text")
-    result = await run("task", HANDOFF, [llm("Hub", model), code("Worker", lambda x, c: "w")])
+    result = await run("task", HANDOFF, [llm("Hub", model), fn("Worker", lambda x, c: "w")])
     assert result.success, result.error
     assert result.final_response == "w"
     (request,) = server.requests
@@ -542,7 +469,7 @@ async def test_429_with_retry_after_is_retried_then_succeeds(server: ScriptedHTT
         error(429, "slow down", {"retry-after": "0.01"}), tool_calls(final_call("call_1", "ok"))
     )
     policy = ErrorHandlingConfig(max_retries=2, retry_initial_delay=0, retry_max_delay=1)
-    result = await run("task", SOLO, [llm("Solo", config(server))], policy)
+    result = await run("task", SOLO, [llm("Solo", config(server))], error_config=policy)
     assert result.success, result.error
     assert result.final_response == "ok"
     assert len(server.requests) == 2
@@ -612,7 +539,7 @@ async def test_connection_refused_is_retried_then_reported_as_cannot_reach() -> 
     url = f"http://127.0.0.1:{free_port()}/v1"
     model = ModelConfig(provider="openai", name=MODEL, base_url=url, api_key="sk-test")
     policy = ErrorHandlingConfig(max_retries=1, retry_initial_delay=0, retry_max_delay=0)
-    result = await run("task", SOLO, [llm("Solo", model)], policy)
+    result = await run("task", SOLO, [llm("Solo", model)], error_config=policy)
     assert not result.success
     assert result.error is not None
     assert "cannot reach" in result.error and url in result.error

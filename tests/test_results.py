@@ -7,35 +7,17 @@ import threading
 from typing import Any
 
 import pytest
+from helpers import final, fn, invoke, llm, quiet, run
 
 from orchestra import (
-    Agent,
-    AgentRegistry,
     BranchResult,
     ConvergencePolicy,
-    ExecutionConfig,
-    FunctionAgent,
-    Orchestra,
     OrchestraResult,
     PatternConfig,
     ScriptedModel,
-    StatusConfig,
 )
 from orchestra.coordination.engine import events as ev
 from orchestra.models import ModelReply, Usage
-
-QUIET = ExecutionConfig(status=StatusConfig.from_verbosity(0))
-
-
-def invoke(*targets: tuple[str, Any]) -> dict[str, Any]:
-    return {
-        "next_action": "invoke_agent",
-        "action_input": [{"agent_name": name, "request": request} for name, request in targets],
-    }
-
-
-def final(response: Any) -> dict[str, Any]:
-    return {"next_action": "final_response", "action_input": {"response": response}}
 
 
 def boom(request: Any, context: Any) -> Any:
@@ -48,7 +30,7 @@ async def fan_out_run(context: dict[str, Any] | None = None) -> OrchestraResult:
     Hub's first reply invokes an unknown agent (rejected, steered); its model reports tokens.
     ``Idle`` is a spoke that is never consulted.
     """
-    hub = Agent(
+    hub = llm(
         "Hub",
         ScriptedModel(
             [
@@ -60,38 +42,23 @@ async def fan_out_run(context: dict[str, Any] | None = None) -> OrchestraResult:
                 ModelReply(content="all done", usage=Usage(prompt_tokens=50, completion_tokens=5)),
             ]
         ),
-        register=False,
     )
-    s1 = Agent(
-        "S1",
-        ScriptedModel([ModelReply(action=final("r1"), usage=Usage(7, 3))]),
-        register=False,
-    )
-    s2 = FunctionAgent("S2", boom, register=False)
-    s3 = FunctionAgent("S3", lambda request, context: {"echo": request}, register=False)
-    idle = Agent("Idle", ScriptedModel([]), register=False)
+    s1 = llm("S1", ScriptedModel([ModelReply(action=final("r1"), usage=Usage(7, 3))]))
+    s2 = fn("S2", boom)
+    s3 = fn("S3", lambda request, context: {"echo": request})
+    idle = llm("Idle", ScriptedModel([]))
     topology = PatternConfig.hub_and_spoke("Hub", ["S1", "S2", "S3", "Idle"], parallel_spokes=True)
-    return await Orchestra.run(
+    return await run(
         "investigate",
         topology,
-        agent_registry=AgentRegistry([hub, s1, s2, s3, idle]),
+        [hub, s1, s2, s3, idle],
         context=context,
-        execution_config=ExecutionConfig(
-            status=StatusConfig.from_verbosity(0),
-            convergence_policy=ConvergencePolicy(on_insufficient="proceed"),
-        ),
+        config=quiet(convergence_policy=ConvergencePolicy(on_insufficient="proceed")),
     )
 
 
-async def single(fn: Any, task: Any = "task", **kwargs: Any) -> OrchestraResult:
-    agent = FunctionAgent("Solo", fn, register=False)
-    return await Orchestra.run(
-        task,
-        {"nodes": ["Solo"], "edges": []},
-        agent_registry=AgentRegistry([agent]),
-        execution_config=QUIET,
-        **kwargs,
-    )
+async def single(function: Any, task: Any = "task", **options: Any) -> OrchestraResult:
+    return await run(task, {"nodes": ["Solo"], "edges": []}, [fn("Solo", function)], **options)
 
 
 @pytest.fixture
@@ -180,17 +147,8 @@ async def test_invocations(result: OrchestraResult) -> None:
 
 
 async def test_steering_retries_are_not_invocations() -> None:
-    agent = Agent(
-        "Writer",
-        ScriptedModel(["{broken json", invoke(("Ghost", 1)), "final text"]),
-        register=False,
-    )
-    result = await Orchestra.run(
-        "t",
-        {"nodes": ["Writer"], "edges": []},
-        agent_registry=AgentRegistry([agent]),
-        execution_config=QUIET,
-    )
+    agent = llm("Writer", ScriptedModel(["{broken json", invoke(("Ghost", 1)), "final text"]))
+    result = await run("t", {"nodes": ["Writer"], "edges": []}, [agent])
     assert result.success
     assert result.final_response == "final text"
     assert result.total_steps == 3
@@ -200,18 +158,9 @@ async def test_steering_retries_are_not_invocations() -> None:
 
 
 async def test_repeated_calls_count_each_invocation() -> None:
-    hub = Agent(
-        "Hub",
-        ScriptedModel([invoke(("W", "a")), invoke(("W", "b")), "done"]),
-        register=False,
-    )
-    worker = FunctionAgent("W", lambda request, context: request.upper(), register=False)
-    result = await Orchestra.run(
-        "t",
-        PatternConfig.hub_and_spoke("Hub", ["W"]),
-        agent_registry=AgentRegistry([hub, worker]),
-        execution_config=QUIET,
-    )
+    hub = llm("Hub", ScriptedModel([invoke(("W", "a")), invoke(("W", "b")), "done"]))
+    worker = fn("W", lambda request, context: request.upper())
+    result = await run("t", PatternConfig.hub_and_spoke("Hub", ["W"]), [hub, worker])
     assert result.success
     assert result.get_agent_invocation_count("W") == 2
     assert result.get_agent_invocation_count("Hub") == 1
@@ -330,12 +279,7 @@ async def test_to_json_of_a_failed_run_round_trips() -> None:
 
 
 async def test_to_json_of_a_run_that_failed_before_starting_round_trips() -> None:
-    result = await Orchestra.run(
-        "t",
-        {"nodes": ["Missing"], "edges": []},
-        agent_registry=AgentRegistry([FunctionAgent("Other", boom, register=False)]),
-        execution_config=QUIET,
-    )
+    result = await run("t", {"nodes": ["Missing"], "edges": []}, [fn("Other", boom)])
     assert not result.success
     assert result.metadata["error_type"] == "AgentNotFoundError"
     data = result.to_json()
@@ -389,11 +333,11 @@ async def test_context_session_id_is_visible_to_agents_and_context_not_mutated()
     seen: list[dict[str, Any]] = []
     context = {"session_id": "s-1"}
 
-    def fn(request: Any, ctx: Any) -> str:
+    def solo(request: Any, ctx: Any) -> str:
         seen.append(dict(ctx))
         return "ok"
 
-    result = await single(fn, context=context)
+    result = await single(solo, context=context)
     assert result.session_id == "s-1"
     assert seen == [{"session_id": "s-1"}]
     assert context == {"session_id": "s-1"}

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import final, invoke
 
-from orchestra import Action, Agent, AgentRegistry, FunctionAgent, ScriptedModel
+from orchestra import Action, Agent, FunctionAgent, ScriptedModel
 from orchestra.coordination import Orchestra
 from orchestra.coordination.config import (
     ErrorHandlingConfig,
@@ -31,25 +31,7 @@ from orchestra.errors import ConfigurationError
 logger = logging.getLogger("orchestra.spec_examples")
 
 
-@pytest.fixture(autouse=True)
-def clean_global_registry() -> Iterator[None]:
-    AgentRegistry.default().clear()
-    yield
-    AgentRegistry.default().clear()
-
-
-def invoke(*targets: tuple[str, Any], label: str | None = None) -> dict[str, Any]:
-    items: list[dict[str, Any]] = []
-    for name, request in targets:
-        item = {"agent_name": name, "request": request}
-        if label is not None:
-            item["label"] = label
-        items.append(item)
-    return {"next_action": "invoke_agent", "action_input": items}
-
-
-def final(response: Any) -> dict[str, Any]:
-    return {"next_action": "final_response", "action_input": {"response": response}}
+pytestmark = pytest.mark.usefixtures("clean_global_registry")  # the page registers globally
 
 
 # A topology for the examples that use one without defining it.
@@ -269,11 +251,11 @@ def handle(result: OrchestraResult) -> None:
         json.dump(result.to_json(), f, indent=2)
 
 
-async def test_example_result_handling_on_success(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    research_team()
+async def run_and_handle(
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[OrchestraResult, str, dict[str, Any]]:
+    """Run the page's task through the globally registered agents, then its result-handling
+    block; returns the result, what the block printed and the JSON it saved."""
     task = "Research AI trends and write a report"
 
     result = await Orchestra.run(task, topology)
@@ -281,10 +263,19 @@ async def test_example_result_handling_on_success(
     handle(result)
 
     out = capsys.readouterr().out
+    return result, out, json.loads(Path("execution_result.json").read_text())
+
+
+async def test_example_result_handling_on_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    research_team()
+    result, out, saved = await run_and_handle(capsys)
+
     assert out.startswith("✅ Success in ")
     assert "Final response: # Report" in out
     assert "Branch b0: completed\n  Steps: 2\n  Duration: " in out
-    saved = json.loads((tmp_path / "execution_result.json").read_text())
     assert saved == result.to_json()
     assert OrchestraResult.from_json(saved).to_json() == saved
 
@@ -295,17 +286,11 @@ async def test_example_result_handling_on_failure(
     monkeypatch.chdir(tmp_path)
     Agent("Researcher", ScriptedModel([invoke(("Writer", "findings"))]))
     Agent("Writer", ScriptedModel([RuntimeError("model overloaded")]))
-    task = "Research AI trends and write a report"
+    result, out, saved = await run_and_handle(capsys)
 
-    result = await Orchestra.run(task, topology)
-    capsys.readouterr()
-    handle(result)
-
-    out = capsys.readouterr().out
     assert out.startswith("❌ Failed: ")
     assert "model overloaded" in out
     assert "Failed branch: b0\n  Error: " in out
-    saved = json.loads((tmp_path / "execution_result.json").read_text())
     assert saved["success"] is False
     assert saved == result.to_json()
 

@@ -1,0 +1,155 @@
+"""Helpers shared by the tests that drive whole runs: engine, results, agents, model adapters.
+
+They all need the same few things: a config that prints nothing, agents kept out of the global
+registry (so one test never sees another's agents), runs bounded in time (so a broken engine
+fails a test instead of hanging the suite), the action dicts a scripted model replies with,
+and ways to read a result. Test modules import this as a sibling module, like ``servers``:
+``from helpers import final, run``. What is specific to one protocol (Chat Completions bodies,
+Anthropic blocks) stays in its test module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from orchestra import (
+    Agent,
+    AgentPool,
+    AgentRegistry,
+    BaseAgent,
+    ErrorHandlingConfig,
+    ExecutionConfig,
+    FunctionAgent,
+    Orchestra,
+    OrchestraResult,
+    PatternConfig,
+    StatusConfig,
+    Topology,
+)
+from orchestra.coordination.engine import events as ev
+from orchestra.models.config import ModelConfig
+
+E = TypeVar("E", bound=ev.Event)
+
+# Seconds a run (or an event a test awaits) may take before the test fails: the engine's runs
+# take well under a second, so only a hang reaches it. A module whose runs need another bound
+# (a real model, a tighter check) passes its own ``wait``.
+WAIT = 5.0
+
+# Model calls retried at once: the adapter tests check retries, not the backoff between them.
+FAST = ErrorHandlingConfig(max_retries=2, retry_initial_delay=0, retry_max_delay=0)
+
+# The smallest topologies a model adapter is tried on: one agent, a handoff, a call.
+SOLO = Topology(nodes=["Solo"], edges=[])
+HANDOFF = Topology(nodes=["Hub", "Worker"], edges=["Hub -> Worker"])
+CALL = Topology(nodes=["Hub", "Worker"], edges=["Hub <-> Worker"], entry_point="Hub")
+
+
+def quiet(**settings: Any) -> ExecutionConfig:
+    """An ExecutionConfig with ``settings`` that prints nothing, so test output stays readable."""
+    return ExecutionConfig(status=StatusConfig.from_verbosity(0), **settings)
+
+
+def fn(name: str, function: Callable[..., Any]) -> FunctionAgent:
+    """A code agent kept out of the global registry."""
+    return FunctionAgent(name, function, register=False)
+
+
+def llm(name: str, model: Any, tools: Iterable[Any] | None = None) -> Agent:
+    """A model agent kept out of the global registry."""
+    return Agent(name, model, tools=tools, register=False)
+
+
+async def run(
+    task: Any,
+    topology: dict[str, Any] | Topology,
+    agents: Iterable[BaseAgent | AgentPool],
+    *,
+    config: ExecutionConfig | None = None,
+    wait: float = WAIT,
+    **options: Any,
+) -> OrchestraResult:
+    """Orchestra.run with only ``agents`` registered and ``config`` (by default quiet).
+
+    ``options`` go to Orchestra.run as they are. The run is bounded by ``wait`` seconds, so a
+    broken engine fails the test with a TimeoutError instead of hanging it.
+    """
+    return await asyncio.wait_for(
+        Orchestra.run(
+            task,
+            topology,
+            agent_registry=AgentRegistry(agents),
+            execution_config=quiet() if config is None else config,
+            **options,
+        ),
+        wait,
+    )
+
+
+def invoke(*items: tuple[str, Any], label: str | None = None) -> dict[str, Any]:
+    """An invoke_agent reply calling each ``(agent, request)``; ``label`` tags every item."""
+    labelled = {} if label is None else {"label": label}
+    return {
+        "next_action": "invoke_agent",
+        "action_input": [
+            {"agent_name": agent, "request": request, **labelled} for agent, request in items
+        ],
+    }
+
+
+def final(response: Any) -> dict[str, Any]:
+    """A final_response reply."""
+    return {"next_action": "final_response", "action_input": {"response": response}}
+
+
+def ask(question: str) -> dict[str, Any]:
+    """An ask_user reply."""
+    return {"next_action": "ask_user", "action_input": {"question": question}}
+
+
+def spokes(*names: str) -> Topology:
+    """Hub calling ``names`` in parallel: the smallest topology with a fan-out."""
+    return PatternConfig.hub_and_spoke("Hub", list(names), parallel_spokes=True)
+
+
+def statuses(result: OrchestraResult) -> dict[str, str]:
+    """Every branch's status by branch id: one comparison checks the whole run's outcome."""
+    return {branch.branch_id: branch.status for branch in result.branch_results}
+
+
+def of(result: OrchestraResult, kind: type[E]) -> list[E]:
+    """The run's events of ``kind``, in order."""
+    return [event for event in result.events if isinstance(event, kind)]
+
+
+async def run_forced_handoff(
+    hub_model: ModelConfig, **options: Any
+) -> tuple[ev.StepCompleted, list[Any]]:
+    """Run a real model as a hub whose only peer is Worker, and check that it handed over.
+
+    The action schema leaves the model one legal action, so the run is deterministic whatever
+    the model is. Returns the hub's step and what Worker received, for the caller's own checks;
+    ``options`` go to :func:`run`.
+    """
+    received: list[Any] = []
+
+    def worker(value: Any, context: Any) -> str:
+        received.append(value)
+        return "worker finished"
+
+    result = await run(
+        "Summarise the latest sales report.",
+        HANDOFF,
+        [llm("Hub", hub_model), fn("Worker", worker)],
+        **options,
+    )
+    assert result.success, result.error
+    assert result.final_response == "worker finished"
+    handoffs = [(e.source, e.target, e.kind) for e in of(result, ev.WorkHandedOver)]
+    assert handoffs == [("Hub", "Worker", "handoff")]
+    hub_step = next(e for e in of(result, ev.StepCompleted) if e.agent == "Hub")
+    assert hub_step.action.targets == ("Worker",)
+    assert received == [hub_step.action.invocations[0].request]
+    return hub_step, received
