@@ -5,9 +5,13 @@ Usage: python crash_workflow.py BACKEND STATE COUNT_FILE KILL_AT {run|resume}
 BACKEND is file, sqlite, redis or postgres; STATE is a path for the first two and a namespace
 for the servers (found through ORCHESTRA_TEST_REDIS_URL / ORCHESTRA_TEST_POSTGRES_DSN).
 
-With KILL_AT > 0 the process SIGKILLs itself right after its KILL_AT-th completed step — a
-step boundary — so the resume starts from whatever the log holds. On success it prints the
-final response as JSON. The tool appends one line per execution to COUNT_FILE.
+With KILL_AT = n > 0 the process SIGKILLs itself right after its n-th completed step — a step
+boundary — before that step's record is necessarily durable, so the resume starts from whatever
+the log holds. With KILL_AT = "n+" it dies at the first step that starts after that (in a
+branch that has completed a step): by then the branch's completed steps must be durable, and
+it writes "BRANCH COUNT" to COUNT_FILE.durable first, for the test to check against the log.
+On success it prints the final response as JSON. The tool appends one line per execution to
+COUNT_FILE.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -117,14 +122,24 @@ def instance() -> OrchestraInstance:
 
 
 async def main() -> None:
-    kill_at = int(KILL_AT)
-    seen = {"steps": 0}
+    kill_at = int(KILL_AT.rstrip("+"))
+    after_durable = KILL_AT.endswith("+")
+    completed: Counter[str] = Counter()
 
     def kill_at_step(event: ev.Event) -> None:
         if isinstance(event, ev.StepCompleted):
-            seen["steps"] += 1
-            if seen["steps"] == kill_at:
+            completed[event.branch_id] += 1
+            if not after_durable and completed.total() == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
+        elif (
+            isinstance(event, ev.StepStarted)
+            and after_durable
+            and completed.total() >= kill_at
+            and completed[event.branch_id]
+        ):
+            with open(COUNTS + ".durable", "w") as handle:
+                handle.write(f"{event.branch_id} {completed[event.branch_id]}")
+            os.kill(os.getpid(), signal.SIGKILL)
 
     original = ev.EventStream.__init__
 

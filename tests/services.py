@@ -117,11 +117,12 @@ def stop(process: subprocess.Popen[str], folder: str | None = None) -> None:
 
 async def output_of(process: asyncio.subprocess.Process, timeout: float) -> str:
     """The output of a process started with ``stdout=PIPE``, once it exits. One that runs past
-    ``timeout`` is killed (a hung run must not outlive its test and eat the CPUs)."""
+    ``timeout``, or whose test fails meanwhile, is killed: it must not outlive its test."""
     try:
         output, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
+    except BaseException:  # a timeout, or the test failing elsewhere and cancelling this
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
         raise
     return output.decode()

@@ -12,6 +12,7 @@ from orchestra.coordination.state import (
     RedisStorageBackend,
     SQLiteStorageBackend,
 )
+from orchestra.coordination.state.segments import encode_append
 
 Storage = FileStorageBackend | SQLiteStorageBackend | RedisStorageBackend | PostgresStorageBackend
 BACKENDS = ["file", "sqlite", "redis", "postgres"]
@@ -41,11 +42,16 @@ def first_segment(folder: Path) -> Path:
     return sorted(folder.glob("log-*.seg"))[0]
 
 
-def tear(segment: Path, text: str, gap: int = 0) -> None:
-    """What a crash in the middle of an append leaves in a segment: ``text`` written where the
-    next append would go (``gap`` bytes further when its start never reached the disk), inside
+def tear(segment: Path, data: bytes, gap: int = 0) -> None:
+    """What a crash in the middle of an append leaves in a segment: part of it, written where
+    the next append goes (``gap`` bytes further when its start never reached the disk), into
     the zero padding the file backend keeps after its appends."""
     end = len(segment.read_bytes().rstrip(b"\0"))
     with open(segment, "r+b") as handle:
         handle.seek(end + gap)
-        handle.write(text.encode())
+        handle.write(data)
+
+
+def torn_append(records: list[str], keep: int) -> bytes:
+    """The first ``keep`` bytes of the append the file backend would write for ``records``."""
+    return encode_append(records)[:keep]

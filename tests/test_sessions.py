@@ -23,7 +23,14 @@ from typing import Any, TypeVar
 
 import pytest
 from services import output_of
-from storage_backends import Storage, close_backend, first_segment, open_backend, tear
+from storage_backends import (
+    Storage,
+    close_backend,
+    first_segment,
+    open_backend,
+    tear,
+    torn_append,
+)
 
 from orchestra import (
     Agent,
@@ -657,13 +664,13 @@ async def test_a_torn_last_record_is_ignored_and_appends_continue(
     close_backend(storage)
 
     # a crash in the middle of an append: half a record, never acknowledged
-    half = '0badc0de {"t":"step","branch":"b0","st'
+    record = '{"t":"step","branch":"b0","step":9}'
     if backend_kind == "file":
-        tear(first_segment(tmp_path / "state" / "torn"), half)
+        tear(first_segment(tmp_path / "state" / "torn"), torn_append([record], 40))
     else:
         db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
-        db.execute("INSERT INTO appends VALUES ('torn', ?, 1, ?)", (len(intact) + 1, half))
+        db.execute("INSERT INTO appends VALUES ('torn', ?, 1, ?)", (len(intact) + 1, record))
         db.close()  # never committed
 
     storage = open_backend(backend_kind, tmp_path)  # a new process after the crash

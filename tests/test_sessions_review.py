@@ -53,7 +53,7 @@ class Watched:
         self.most_in_flight = 0
         self.hold_when: Callable[[list[dict[str, Any]]], bool] | None = None
         self.held = asyncio.Event()
-        self.release = asyncio.Event()
+        self.let_go = asyncio.Event()
         self.fail_when: Callable[[list[dict[str, Any]]], bool] | None = None
         self.snapshots: list[tuple[list[str], bytes]] = []
         self.keep_snapshot: Callable[[], bool] = lambda: False
@@ -72,12 +72,15 @@ class Watched:
             if self.hold_when is not None and self.hold_when(parsed):
                 self.hold_when = None
                 self.held.set()
-                await self.release.wait()
+                await self.let_go.wait()
             await self.inner.append(session_id, records, durable, after)
             self.durable.extend(parsed)
             self.appended.set()
         finally:
             self.in_flight -= 1
+
+    async def release(self, session_id: str) -> None:
+        await self.inner.release(session_id)
 
     async def read(self, session_id: str) -> list[str]:
         return await self.inner.read(session_id)
@@ -279,7 +282,7 @@ async def test_a_pause_while_an_answer_is_written_keeps_the_answer(storage: Stor
     running = asyncio.create_task(orchestra.execute("greet", context={"session_id": "hello"}))
     await wait(watched.held.wait())  # the answer arrived and is being written
     assert await orchestra.pause_session("hello")
-    watched.release.set()
+    watched.let_go.set()
     paused = await wait(running)
     assert paused.metadata.get("paused") is True, paused.error
 
@@ -479,7 +482,7 @@ async def test_a_cancelled_execute_leaves_no_write_in_flight(storage: Storage) -
     running = asyncio.create_task(orchestra.execute("job", context={"session_id": "cut"}))
     await wait(watched.held.wait())
     running.cancel()
-    watched.release.set()  # the write can finish: execute may wait for it
+    watched.let_go.set()  # the write can finish: execute may wait for it
     with pytest.raises(asyncio.CancelledError):
         await wait(running)
     assert watched.in_flight == 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from storage_backends import Storage, first_segment, tear
+from storage_backends import Storage, first_segment, tear, torn_append
 
 from orchestra.coordination.state import (
     FileStorageBackend,
@@ -29,6 +29,7 @@ from orchestra.coordination.state import (
     segments,
 )
 from orchestra.coordination.state.manager import SessionWriter
+from orchestra.coordination.state.records import FORMAT
 from orchestra.errors import SessionCorruptedError, SessionError
 
 
@@ -77,6 +78,63 @@ async def test_a_writer_refused_by_storage_stays_refused(storage: Storage) -> No
     assert [json.loads(line).get("by") for line in await storage.read("two")] == [None, None]
 
 
+async def test_a_lost_answer_is_retried_alone_before_newer_records(storage: Storage) -> None:
+    """The first append is stored but its answer is lost; meanwhile another record came in.
+    The writer sends the lost append again as it was (storage recognises it), then the new one:
+    each record is stored once, in order."""
+
+    class LosesAnAnswer:
+        lost = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(storage, name)
+
+        async def append(
+            self, session_id: str, records: Sequence[str], durable: bool, after: int
+        ) -> None:
+            await storage.append(session_id, records, durable, after)
+            if not self.lost:
+                self.lost = True
+                raise ConnectionError("simulated: the connection dropped before the answer")
+
+    lossy = LosesAnAnswer()
+    writer = SessionWriter(StateManager(storage, 0), "lost", 0)
+    writer.manager.storage = lossy  # type: ignore[assignment]
+    writer.record({"t": "run"})
+    with pytest.raises(ConnectionError):
+        await writer.flush()
+    writer.record({"t": "step"})
+    await writer.flush()
+    assert [json.loads(line)["t"] for line in await storage.read("lost")] == ["run", "step"]
+
+
+async def test_a_record_that_cannot_be_written_takes_no_position(storage: Storage) -> None:
+    writer = SessionWriter(StateManager(storage, 0), "odd", 0)
+    with pytest.raises(TypeError):
+        writer.record({"t": "answer", "answer": object()})  # encode() never lets this through
+    writer.record({"t": "answer", "answer": "\ud800 a lone surrogate, as JSON can carry it"})
+    await writer.flush()
+    (line,) = await storage.read("odd")
+    assert json.loads(line) == {
+        "t": "answer",
+        "answer": "\ud800 a lone surrogate, as JSON can carry it",
+        "s": 1,
+    }
+
+
+async def test_an_empty_append_stores_nothing_and_a_stale_one_recreates_nothing(
+    storage: Storage,
+) -> None:
+    await storage.append("empty", [], durable=True, after=0)
+    assert not await storage.exists("empty")
+    await storage.append("gone", [step(1)], durable=True, after=0)
+    await storage.delete("gone")
+    with pytest.raises(SessionError, match="'gone'"):
+        await storage.append("gone", [step(2)], durable=True, after=1)
+    assert not await storage.exists("gone")
+    assert "gone" not in await storage.list_sessions()
+
+
 # ---- the file backend: segment format ---------------------------------------------------------
 
 
@@ -90,7 +148,7 @@ async def test_a_torn_append_is_ignored_and_zeroed_before_the_next_one(
     storage = FileStorageBackend(folder)
     await storage.append("torn", [step(1)], durable=True, after=0)
     storage.close()
-    tear(first_segment(folder / "torn"), '@40\n0badc0de {"t":"step","s":2,"pad')
+    tear(first_segment(folder / "torn"), torn_append([step(2, pad=100)], 60))
     storage = FileStorageBackend(folder)  # a new process
     try:
         assert await storage.read("torn") == [step(1)]
@@ -108,7 +166,7 @@ async def test_an_append_torn_with_a_hole_leaves_nothing_behind(tmp_path: Path) 
     storage = FileStorageBackend(folder)
     await storage.append("holes", [step(1)], durable=True, after=0)
     storage.close()
-    tear(first_segment(folder / "holes"), 'tail of a record","s":2}\n', gap=40)
+    tear(first_segment(folder / "holes"), b'tail of a record","s":2}\n', gap=40)
     storage = FileStorageBackend(folder)
     try:
         assert await storage.read("holes") == [step(1)]
@@ -165,6 +223,24 @@ async def test_a_damaged_append_followed_by_another_is_damage(tmp_path: Path) ->
             await storage.append("zeroed", [step(4)], durable=True, after=3)
     finally:
         storage.close()
+
+
+async def test_a_changed_byte_in_the_last_append_is_damage_not_a_torn_write(
+    tmp_path: Path,
+) -> None:
+    """Appends are written into zeros, so a crash can only leave an append short or with zero
+    holes. Other wrong bytes, even in the last append, are damage."""
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    for number in (1, 2):
+        await storage.append("flip", [step(number)], durable=True, after=number - 1)
+    storage.close()
+    segment = first_segment(folder / "flip")
+    data = bytearray(segment.read_bytes())
+    data[data.rindex(b'"pad"') + 2] ^= 0x01  # in the last append's record
+    segment.write_bytes(bytes(data))
+    with pytest.raises(SessionCorruptedError, match=r"'flip'.*damaged"):
+        await FileStorageBackend(folder).read("flip")
 
 
 async def test_segments_grow_ahead_are_sealed_when_full_and_named_by_position(
@@ -276,6 +352,31 @@ async def test_a_failed_write_that_cannot_be_undone_stops_the_writer(
         storage.close()
 
 
+async def test_a_full_disk_while_growing_a_segment_is_a_passing_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Growing the file fails before any byte of the append is written: once space is back,
+    the same append goes in (the writer is not stopped for good)."""
+    storage = FileStorageBackend(tmp_path / "state")
+    write = os.pwrite
+    full = {"disk": True}
+
+    def pwrite(descriptor: int, data: Any, offset: int) -> int:
+        if full["disk"] and not any(data):
+            raise OSError(errno.ENOSPC, "simulated: no space left on device")
+        return write(descriptor, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    try:
+        with pytest.raises(OSError, match="no space"):
+            await storage.append("full", [step(1)], durable=True, after=0)
+        full["disk"] = False
+        await storage.append("full", [step(1)], durable=True, after=0)
+        assert await storage.read("full") == [step(1)]
+    finally:
+        storage.close()
+
+
 # ---- the file backend: one writer, bounded resources --------------------------------------------
 
 
@@ -294,6 +395,21 @@ async def test_a_second_backend_object_cannot_write_a_session_the_first_holds(
     finally:
         first.close()
         second.close()
+
+
+async def test_a_closed_writer_lets_another_process_write_the_session(tmp_path: Path) -> None:
+    """The segment's lock is held while a writer writes, and let go when it closes: a run in
+    one process, then a checkpoint or a resume in another, both work."""
+    here = StateManager(FileStorageBackend(tmp_path / "state"), 0)
+    there = StateManager(FileStorageBackend(tmp_path / "state"), 0)  # another process
+    writer, _ = await here.open("handed")
+    writer.record({"t": "run", "format": FORMAT})
+    await writer.close()
+    other, log = await there.open("handed")
+    assert log is not None and log.length == 1
+    other.record({"t": "checkpoint", "id": "handed@x", "name": "x", "at": 1})
+    await other.close()
+    assert len(await there.storage.read("handed")) == 2
 
 
 async def test_closing_while_appends_are_in_flight_loses_and_misplaces_nothing(

@@ -8,6 +8,7 @@ crashed run is rebuilt from its log and continued (see ``state/manager.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ async def execute(
     if state_manager is None:
         return await _drive(runner, None, session_id, started, lambda: runner.run(task))
     _claim(session_id)
+    writer = None
     try:
         writer, _ = await state_manager.open(session_id)
         writer.record(
@@ -131,7 +133,7 @@ async def execute(
         runner.journal = Journal(writer, None)
         await writer.flush()
     except BaseException:
-        CLAIMED.discard(session_id)
+        await _abandon(writer, session_id)
         raise
     return await _drive(runner, writer, session_id, started, lambda: runner.run(task))
 
@@ -148,9 +150,19 @@ async def resume(
     try:
         runner, writer = await _rebuild(setup, session_id, state_manager, additional_context)
     except BaseException:
-        CLAIMED.discard(session_id)
+        await _abandon(None, session_id)
         raise
     return await _drive(runner, writer, session_id, started, runner.resume)
+
+
+async def _abandon(writer: SessionWriter | None, session_id: str) -> None:
+    """A run that failed to start: storage lets go of the session, which is free again."""
+    try:
+        if writer is not None:
+            with contextlib.suppress(Exception):  # the error being raised says what went wrong
+                await writer.close()
+    finally:
+        CLAIMED.discard(session_id)
 
 
 async def _rebuild(
@@ -196,7 +208,12 @@ async def _rebuild(
     writer.record({"t": "resume", "context": encode(extra)})
     engine.context.update(extra)
     runner.journal = Journal(writer, log)
-    await writer.flush()
+    try:
+        await writer.flush()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await writer.close()
+        raise
     return runner, writer
 
 

@@ -203,14 +203,20 @@ class OrchestraInstance:
         manager = self._sessions()
         live = execution.LIVE.get(session_id)
         writer = live.writer if live is not None and live.writer is not None else None
+        if writer is None and session_id in execution.CLAIMED:
+            raise SessionError(
+                f"session {session_id!r} is starting or finishing a run; try again in a moment"
+            )
+        own = writer is None
         if writer is None:
             writer, log = await manager.open(session_id)
             if log is None:
+                await writer.close()
                 raise SessionError(f"no session {session_id!r} to checkpoint")
         name = checkpoint_name or f"checkpoint-{writer.length + 1}"
         checkpoint_id = f"{session_id}@{name}"
         writer.record({"t": "checkpoint", "id": checkpoint_id, "name": name, "at": writer.length})
-        await writer.flush()
+        await (writer.close() if own else writer.flush())
         if live is not None:
             live.checkpoint_ids.append(checkpoint_id)
         return checkpoint_id
@@ -221,7 +227,7 @@ class OrchestraInstance:
         False for an unknown checkpoint, or one on such an abandoned branch."""
         manager = self._sessions()
         session_id, _ = parse_checkpoint_id(checkpoint_id)
-        if session_id in execution.LIVE:
+        if session_id in execution.CLAIMED:
             raise SessionError(f"session {session_id!r} is running; pause it before restoring")
         log = await manager.load(session_id)
         checkpoint = log.checkpoints.get(checkpoint_id)
@@ -229,7 +235,7 @@ class OrchestraInstance:
             return False  # unknown, or on a branch of history a restore abandoned
         writer = SessionWriter(manager, session_id, log.length)
         writer.record({"t": "restore", "to": checkpoint["at"], "checkpoint": checkpoint_id})
-        await writer.flush()
+        await writer.close()
         return True
 
     async def list_sessions(self) -> list[str]:

@@ -66,6 +66,10 @@ class StorageBackend(Protocol):
         self, session_id: str, records: Sequence[str], durable: bool, after: int
     ) -> Awaitable[None]: ...
 
+    async def release(self, session_id: str) -> None:
+        """The session's writer is done for now: let go of what was held for it (an open
+        file, a lock on it), so another process may write the session next."""
+
     async def read(self, session_id: str) -> list[str]: ...
 
     async def exists(self, session_id: str) -> bool: ...

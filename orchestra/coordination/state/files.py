@@ -59,51 +59,68 @@ class FileStorageBackend:
     def _append(
         self, session_id: str, folder: Path, records: list[str], durable: bool, after: int
     ) -> None:
+        if not records:
+            return
         data = encode_append(records)
-        segment = self._segment(session_id, folder, len(data), durable)
-        with segment.lock:
-            if segment.closed:  # closed by close(), or to keep the number of open files down
-                return self._append(session_id, folder, records, durable, after)
-            if segment.records != after:
-                stored = self._read(session_id, folder)[after : after + len(records)]
-                if stored == records:
-                    return None  # a retry of an append that was stored
-                raise SessionError(
-                    f"session {session_id!r} holds {segment.records} records where its writer "
-                    f"expected {after}: another writer appended to it, or it was deleted"
-                )
-            if segment.append(data, len(records), durable):
-                return None
+        while True:
+            segment = self._segment(session_id, folder, len(data), durable, after)
+            with segment.lock:
+                if segment.closed:  # by close(), or to keep the number of open files down
+                    continue
+                if segment.records != after:
+                    self._compare(session_id, folder, records, after, segment.records)
+                    return
+                if segment.append(data, len(records), durable):
+                    return
+            break
         self._forget(session_id)
         raise SessionError(
             f"session {session_id!r}: an append failed and could not be undone; resume the "
             "session to go on from what its log holds"
         )
 
-    def _segment(self, session_id: str, folder: Path, incoming: int, durable: bool) -> Segment:
+    def _compare(
+        self, session_id: str, folder: Path, records: list[str], after: int, held: int
+    ) -> None:
+        """The session does not hold ``after`` records: fine for a retry of an append that
+        was stored, else another writer got there first."""
+        if self._read(session_id, folder)[after : after + len(records)] != records:
+            raise SessionError(
+                f"session {session_id!r} holds {held} records where its writer expected "
+                f"{after}: another writer appended to it, or it was deleted"
+            )
+
+    def _segment(
+        self, session_id: str, folder: Path, incoming: int, durable: bool, after: int
+    ) -> Segment:
         """The open segment to append to: the last one, or a new one when that is full."""
         with self._guard:
             segment = self._open.get(session_id)
             if segment is not None:
                 self._open.move_to_end(session_id)
         if segment is None or segment.closed:
-            segment = self._last_segment(session_id, folder, durable)
+            segment = self._last_segment(session_id, folder, durable, after)
         if segment.end > 0 and segment.end + incoming > SEGMENT_BYTES:
             with segment.lock:
                 evicted = segment.closed  # meanwhile, to keep the number of open files down
                 if not evicted:
                     segment.seal(durable)
             if evicted:
-                return self._segment(session_id, folder, incoming, durable)
+                return self._segment(session_id, folder, incoming, durable, after)
             segment.close()
             segment = self._new_segment(session_id, folder, segment.records + 1, durable)
         return segment
 
-    def _last_segment(self, session_id: str, folder: Path, durable: bool) -> Segment:
-        created = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        segments = sorted(folder.glob("log-*.seg"))
+    def _last_segment(self, session_id: str, folder: Path, durable: bool, after: int) -> Segment:
+        segments = sorted(folder.glob("log-*.seg")) if folder.is_dir() else []
         if not segments:
+            if after:  # nothing is created for a writer whose session is gone
+                raise SessionError(
+                    f"session {session_id!r} holds no records where its writer expected "
+                    f"{after}: it was deleted"
+                )
+            created = not folder.exists()
+            folder.mkdir(parents=True, exist_ok=True)
             return self._new_segment(session_id, folder, 1, durable, created)
         segment = Segment.reopen(session_id, segments[-1])
         self._remember(session_id, segment)
@@ -134,9 +151,19 @@ class FileStorageBackend:
             self._open[session_id] = segment
             self._open.move_to_end(session_id)
             if len(self._open) > OPEN_SEGMENTS:
-                oldest = next(iter(self._open))
-                self._open[oldest].close()  # waits for a write in flight on its own thread
-                del self._open[oldest]
+                self._close_one_idle(keep=session_id)
+
+    def _close_one_idle(self, keep: str) -> None:
+        """Close the least recently used segment that is not being written (never waiting
+        for another session's fsync); when all are busy, the limit is passed for a moment."""
+        for name, segment in self._open.items():
+            if name != keep and segment.lock.acquire(blocking=False):
+                try:
+                    segment.close_locked()
+                finally:
+                    segment.lock.release()
+                del self._open[name]
+                return
 
     def _forget(self, session_id: str) -> None:
         with self._guard:
@@ -158,6 +185,10 @@ class FileStorageBackend:
             for segment in self._open.values():
                 segment.close()
             self._open.clear()
+
+    async def release(self, session_id: str) -> None:
+        """Close the session's segment, so its lock no longer keeps other writers out."""
+        await self._call(session_id, lambda session_id, folder: self._forget(session_id))
 
     async def read(self, session_id: str) -> list[str]:
         return await self._call(session_id, self._read)

@@ -76,14 +76,16 @@ class SessionWriter:
         self._writing: asyncio.Future[None] | None = None
         self._in_flight: tuple[list[str], int] = ([], length)
         self._refused: SessionError | None = None
+        self._retry: list[str] | None = None  # a failed append, to be sent again as it was
         self.snapshot_source: Callable[[int], bytes | None] | None = None
         self.flush_error: BaseException | None = None
 
     def record(self, record: dict[str, Any]) -> int:
-        """Queue a record; returns its position (1-based) in the session log."""
-        self.length += 1
-        record["s"] = self.length
+        """Queue a record; returns its position (1-based) in the session log. A record that
+        cannot be written raises here and takes no position."""
+        record["s"] = self.length + 1
         self._buffer.append(dumps(record))
+        self.length += 1
         return self.length
 
     def commit(self) -> None:
@@ -111,8 +113,8 @@ class SessionWriter:
     async def _write_through(self, target: int) -> None:
         """One append is in flight at a time, so records reach storage in order. An append
         finishes even if the caller is cancelled (it is shielded, or cannot be cancelled). A
-        failed one puts its records back, to be written by the next call; but once storage has
-        refused the session (``SessionError``: another writer), every later call raises that."""
+        failed one is sent again, as it was, by the next call; but once storage has refused
+        the session (``SessionError``: another writer), every later call raises that."""
         while self._written < target:
             if self._refused is not None:
                 raise self._refused
@@ -125,7 +127,11 @@ class SessionWriter:
             await (writing if isinstance(writing, Completion) else asyncio.shield(writing))
 
     def _start_append(self) -> asyncio.Future[None]:
-        lines, self._buffer = self._buffer, []
+        """Send the failed append again, alone and as it was (it may have been stored, with
+        only the answer lost: storage recognises an exact repeat), else all that is queued."""
+        lines, self._retry = self._retry, None
+        if lines is None:
+            lines, self._buffer = self._buffer, []
         try:
             writing = asyncio.ensure_future(
                 self.manager.storage.append(
@@ -133,9 +139,9 @@ class SessionWriter:
                 )
             )
         except BaseException:
-            self._buffer = lines + self._buffer
+            self._retry = lines
             raise
-        self._writing, self._in_flight = writing, (lines, self.length)
+        self._writing, self._in_flight = writing, (lines, self._written + len(lines))
         writing.add_done_callback(self._appended)
         return writing
 
@@ -148,7 +154,7 @@ class SessionWriter:
         lines, upto = self._in_flight
         error = None if writing.cancelled() else writing.exception()
         if writing.cancelled() or error is not None:
-            self._buffer = lines + self._buffer
+            self._retry = lines
             if isinstance(error, SessionError):
                 self._refused = error
         else:
@@ -182,12 +188,16 @@ class SessionWriter:
                 await self.manager.storage.write_snapshot(self.session_id, data)
 
     async def close(self) -> None:
-        """Stop the periodic flusher and write everything still queued."""
+        """Stop the periodic flusher, write everything still queued, and let storage release
+        what it held for this writer (a file backend's open segment and its lock)."""
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
-        await self.flush()
+        try:
+            await self.flush()
+        finally:
+            await self.manager.storage.release(self.session_id)
 
 
 class StateManager:

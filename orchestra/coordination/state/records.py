@@ -11,10 +11,11 @@ open file) is kept as its ``repr`` text, which is what a resumed run then sees.
 from __future__ import annotations
 
 import base64
+import json
 import pickle
 from typing import Any
 
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 
 from orchestra import errors as error_types
 from orchestra.agents.base import InputKind, StepInput, StepOutcome
@@ -186,8 +187,13 @@ def decode_error(data: dict[str, Any]) -> OrchestraError:
 def dumps(record: dict[str, Any]) -> str:
     """One record as compact JSON text. pydantic-core's serializer (already a dependency)
     writes it four times faster than ``json.dumps``, and ``json.loads`` reads it back exactly
-    (NaN and the infinities included); a record holds only what :func:`encode` produced."""
-    return to_json(record).decode()
+    (NaN and the infinities included); a record holds only what :func:`encode` produced. Text
+    that is not valid Unicode (a lone surrogate, which ``json.loads`` makes of model output
+    such as ``"\\ud800"``) cannot be UTF-8: such a record is written with escapes instead."""
+    try:
+        return to_json(record).decode()
+    except PydanticSerializationError:
+        return json.dumps(record, separators=(",", ":"))
 
 
 def upgrade(record: dict[str, Any], found_format: int, session_id: str) -> dict[str, Any]:

@@ -1,16 +1,17 @@
 """The segment files of ``FileStorageBackend``: their format, and a segment open for appending.
 
-A segment holds appends, each a header line ``@<length of its body in hex>`` followed by the
-body: its records, one checksummed line each (see ``backends.frame``). After the last append
+A segment holds appends, each a header line ``@<length of its body in hex> <checksum of that
+length>`` followed by the body: its records, one checksummed line each (see ``backends.frame``). After the last append
 comes zero padding, grown ahead of the records so that writing one does not change the file's
 size (a durable write then has no metadata to commit). A segment is named after the position
 of its first record in the session's log: ``log-000000000001.seg``, ``log-000000004711.seg``.
 
-Reading tells a torn append from damage. A crash in the middle of an append (never acknowledged
-as durable) can leave it incomplete, or with holes where parts of it never reached the disk;
-it is then the last append of the last segment, and it is not part of the log. A bad append
-followed by another one means that records already acknowledged were damaged: that is a
-``SessionCorruptedError``, never a silent cut.
+Reading tells a torn append from damage. An append is written into zeros, so a crash in the
+middle of one (never acknowledged as durable) can leave it incomplete, or with zero-filled holes
+where parts of it never reached the disk, and nothing after it; such an append is not part of
+the log. Anything else that is wrong (a checksum that does not match bytes that are not zero, a
+bad append that another append follows) means that acknowledged records were damaged: that is
+a ``SessionCorruptedError``, never a silent cut.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import errno
 import os
 import re
 import threading
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +37,17 @@ except ImportError:  # not POSIX: no guard against a second writer process
 GROWTH_MIN = 64 * 1024  # a segment grows by its size, within these bounds
 GROWTH_MAX = 1024 * 1024
 _WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux: a write that is durable when it returns
-_HEADER = re.compile(rb"\n@[0-9a-f]+\n")
+_HEADER = re.compile(rb"\n@([0-9a-f]+) ([0-9a-f]{8})\n")
 
 
 def encode_append(records: Sequence[str]) -> bytes:
     body = "".join(frame(record) for record in records).encode()
-    return b"@%x\n" % len(body) + body
+    return _header(len(body)) + body
+
+
+def _header(length: int) -> bytes:
+    size = b"%x" % length
+    return b"@%s %08x\n" % (size, zlib.crc32(size))
 
 
 def segment_name(first: int) -> str:
@@ -59,17 +66,17 @@ class Parsed:
 
 
 def parse(session_id: str, name: str, data: bytes, last: bool) -> Parsed:
-    """The records of a segment's intact appends. In the last segment, a bad append that
-    nothing follows is a torn write and ends the log; anywhere else it is damage."""
+    """The records of a segment's intact appends. In the last segment, an append that is torn
+    (see the module's docstring) ends the log; any other bad append is damage."""
     content = data.rstrip(b"\0")  # an append never ends in a zero byte
     records: list[str] = []
     offset = 0
     while offset < len(content):
         problem, end, lines = _one_append(content, offset)
-        if problem is None:
+        if problem is None and end is not None:
             records.extend(lines)
             offset = end
-        elif last and _HEADER.search(content, offset) is None:
+        elif last and _torn(content, offset, end):
             break
         else:
             raise SessionCorruptedError(
@@ -78,22 +85,31 @@ def parse(session_id: str, name: str, data: bytes, last: bool) -> Parsed:
     return Parsed(records, offset, len(content))
 
 
-def _one_append(content: bytes, offset: int) -> tuple[str | None, int, list[str]]:
+def _one_append(content: bytes, offset: int) -> tuple[str | None, int | None, list[str]]:
+    """(problem, where the append ends if its header says so, its records)."""
     newline = content.find(b"\n", offset)
-    header = content[offset:newline] if newline >= 0 else b""
-    if not header.startswith(b"@"):
-        return "no append header", offset, []
-    try:
-        length = int(header[1:], 16)
-    except ValueError:
-        return "a damaged append header", offset, []
-    end = newline + 1 + length
+    found = _HEADER.fullmatch(b"\n" + content[offset : newline + 1]) if newline >= 0 else None
+    if found is None or b"%08x" % zlib.crc32(found[1]) != found[2]:
+        return "no intact append header", None, []
+    end = newline + 1 + int(found[1], 16)
     if end > len(content):
-        return "an incomplete append", offset, []
+        return "an incomplete append", end, []
     lines = content[newline + 1 : end].decode("utf-8", errors="replace").split("\n")
     if lines.pop() or not all(intact(line) for line in lines):
-        return "a damaged record", offset, []
+        return "a record that does not match its checksum", end, []
     return None, end, [line.partition(" ")[2] for line in lines]
+
+
+def _torn(content: bytes, offset: int, end: int | None) -> bool:
+    """Whether the bad append at ``offset`` can be one a crash cut short: written into zeros,
+    it may be short or hold zeros, and nothing may follow it."""
+    if end is None:  # its header is not intact: only a hole (zeros) there, and no later append
+        header = content[offset : content.find(b"\n", offset) + 1 or len(content)]
+        return b"\0" in header and not any(
+            b"%08x" % zlib.crc32(later[1]) == later[2]
+            for later in _HEADER.finditer(content, offset)
+        )
+    return end > len(content) or (b"\0" in content[offset:end] and not content[end:].strip(b"\0"))
 
 
 class Segment:
@@ -147,9 +163,11 @@ class Segment:
     def append(self, data: bytes, count: int, durable: bool) -> bool:
         """Write one encoded append of ``count`` records. When the write fails, it is undone
         (zeroed again) so that nothing of it can be read or written twice; False when even
-        that failed, and the segment must be read again before anything more is appended."""
+        that failed, and the segment must be read again before anything more is appended.
+        A failure to grow the file first (a full disk) has written nothing of the append."""
+        grew = self._grow(self.end + len(data))
         try:
-            self._write(data, durable)
+            self._write(data, durable, grew)
         except OSError:
             try:
                 _fill_zeros(self.descriptor, self.end, len(data))
@@ -161,14 +179,16 @@ class Segment:
         self.records += count
         return True
 
-    def _write(self, data: bytes, durable: bool) -> None:
-        needed = self.end + len(data)
-        grew = needed > self.allocated
-        if grew:
-            chunk = min(max(self.allocated, GROWTH_MIN), GROWTH_MAX)
-            grown = max(needed, self.allocated + chunk)
-            _fill_zeros(self.descriptor, self.allocated, grown - self.allocated)
-            self.allocated = grown
+    def _grow(self, needed: int) -> bool:
+        if needed <= self.allocated:
+            return False
+        chunk = min(max(self.allocated, GROWTH_MIN), GROWTH_MAX)
+        grown = max(needed, self.allocated + chunk)
+        _fill_zeros(self.descriptor, self.allocated, grown - self.allocated)
+        self.allocated = grown
+        return True
+
+    def _write(self, data: bytes, durable: bool, grew: bool) -> None:
         if durable and not grew and _WRITE_DSYNC:  # write and sync the range: one call
             _check_written(os.pwritev(self.descriptor, [data], self.end, _WRITE_DSYNC), data)
         else:  # the new zeros and the file size become durable along with the records
@@ -184,9 +204,12 @@ class Segment:
 
     def close(self) -> None:
         with self.lock:
-            if not self.closed:
-                self.closed = True
-                os.close(self.descriptor)  # releases the file lock too
+            self.close_locked()
+
+    def close_locked(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.descriptor)  # releases the file lock too
 
 
 def _lock_file(session_id: str, descriptor: int) -> None:

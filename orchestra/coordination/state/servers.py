@@ -104,6 +104,8 @@ class RedisStorageBackend:
         self, session_id: str, records: Sequence[str], durable: bool, after: int
     ) -> None:
         keys = [self._key(session_id), f"{self.namespace}:sessions"]
+        if not records:
+            return
         lines = [frame(record)[:-1] for record in records]
         client = self._client()
         script = self._scripts.get() or self._scripts.put(client.register_script(_APPEND))
@@ -112,6 +114,9 @@ class RedisStorageBackend:
                 f"session {session_id!r} does not hold the {after} records its writer expected: "
                 "another writer appended to it, or it was deleted"
             )
+
+    async def release(self, session_id: str) -> None:
+        """Nothing is held per session: each append is one atomic script."""
 
     async def read(self, session_id: str) -> list[str]:
         lines = await self._client().lrange(self._key(session_id), 0, -1)
@@ -183,6 +188,8 @@ class PostgresStorageBackend:
         self, session_id: str, records: Sequence[str], durable: bool, after: int
     ) -> None:
         check_session_id(session_id)
+        if not records:
+            return
         lines = [frame(record)[:-1] for record in records]
         pool = await self._pool()
         async with pool.acquire() as connection, connection.transaction():
@@ -208,6 +215,9 @@ class PostgresStorageBackend:
                     f"session {session_id!r} does not hold the {after} records its writer "
                     "expected: another writer appended to it, or it was deleted"
                 )
+
+    async def release(self, session_id: str) -> None:
+        """Nothing is held per session: each append is its own transaction."""
 
     async def read(self, session_id: str) -> list[str]:
         check_session_id(session_id)

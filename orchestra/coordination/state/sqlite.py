@@ -90,6 +90,8 @@ class SQLiteStorageBackend:
         lines: str,
         durable: bool,
     ) -> None:
+        if not count:
+            return
         self._synchronous_mode(db, durable)
         if db.execute(_APPEND, (session_id, after, count, lines)).rowcount == 1:
             return
@@ -101,6 +103,9 @@ class SQLiteStorageBackend:
                 f"session {session_id!r} does not hold the {after} records its writer expected: "
                 "another writer appended to it, or it was deleted"
             )
+
+    async def release(self, session_id: str) -> None:
+        """Nothing is held per session: each append is its own transaction."""
 
     async def read(self, session_id: str) -> list[str]:
         check_session_id(session_id)
