@@ -83,8 +83,9 @@ async def function_chain_run(steps: int) -> tuple[float, int]:
     return elapsed, result.total_steps
 
 
-async def fan_out_run(children: int, delay: float) -> float:
-    """A hub fans out to ``children`` branches of one worker that each await ``delay``."""
+async def fan_out_run(children: int, delay: float, state_manager: Any = None) -> float:
+    """A hub fans out to ``children`` branches of one worker that each await ``delay``
+    (persisted by ``state_manager`` when one is given)."""
 
     async def work(item: Any, context: Any) -> str:
         await asyncio.sleep(delay)
@@ -103,7 +104,12 @@ async def fan_out_run(children: int, delay: float) -> float:
     topology = Topology(nodes=["Hub", "Worker"], edges=["Hub <-> Worker"], entry_point="Hub")
     started = time.perf_counter()
     result = await Orchestra.run(
-        "bench", topology, agent_registry=registry, execution_config=QUIET, max_steps=children + 2
+        "bench",
+        topology,
+        agent_registry=registry,
+        execution_config=QUIET,
+        max_steps=children + 2,
+        state_manager=state_manager,
     )
     elapsed = time.perf_counter() - started
     assert result.success and result.final_response == children, result.error
