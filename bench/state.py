@@ -188,11 +188,19 @@ def main() -> None:
                 samples.setdefault(f"{kind}, {label}", []).append(
                     asyncio.run(timed_run(STEPS, manager, session))
                 )
-        baseline = best(samples.pop("none"))
+        baselines = samples.pop("none")
+        baseline, typical = best(baselines), statistics.median(baselines)
         rows.append(("no persistence", f"{baseline * 1e6:.1f} µs/step"))
         for name, times in samples.items():
             added = (best(times) - baseline) * 1e6
-            rows.append((name, f"{best(times) * 1e6:.1f} µs/step (+{added:.1f} µs)"))
+            usually = (statistics.median(times) - typical) * 1e6
+            rows.append(
+                (
+                    name,
+                    f"{best(times) * 1e6:.1f} µs/step (+{added:.1f} µs; "
+                    f"median of {RUNS} runs +{usually:.0f} µs)",
+                )
+            )
         for kind, make in list(backends(folder, redis_url, postgres_dsn).items())[:2]:
             sizes = []
             for steps in (10, 100, 1000):

@@ -29,8 +29,9 @@ class SQLiteStorageBackend:
 
     Each append is one row of table ``appends``: the session, the position of its first record
     in the session's log, how many records it holds, and the records, checksummed lines of text
-    as in a segment file. The table is clustered on (session, first) (``WITHOUT ROWID``), so an
-    append is one insert into one B-tree, by one statement that also checks the session holds
+    as in a segment file. Rows go in at the end of the table, found by a small index on (session,
+    first): measured, that commits faster than a table clustered on the key, whose pages of
+    large rows split often. One statement inserts the row and checks that the session holds
     the records its writer expects. WAL journal; a durable append commits with
     ``synchronous=FULL``. Calls run one at a time on the backend's own thread (see ``worker``)."""
 
@@ -51,8 +52,7 @@ class SQLiteStorageBackend:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS appends (session TEXT NOT NULL, first INTEGER NOT "
-                "NULL, count INTEGER NOT NULL, records TEXT NOT NULL, PRIMARY KEY (session, first)) "
-                "WITHOUT ROWID"
+                "NULL, count INTEGER NOT NULL, records TEXT NOT NULL, PRIMARY KEY (session, first))"
             )
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS snapshot (session TEXT PRIMARY KEY, data BLOB NOT NULL)"
