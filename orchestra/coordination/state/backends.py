@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 from orchestra.errors import (
     InvalidSessionIdError,
     SessionCorruptedError,
+    SessionError,
 )
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -42,6 +43,14 @@ def unframe(session_id: str, where: str, line: str) -> str:
             f"session {session_id!r}: the log is damaged at {where} (checksum mismatch)"
         )
     return line.partition(" ")[2]
+
+
+def stale_writer(session_id: str, after: int) -> SessionError:
+    """The refusal of a compare-and-append (see ``StorageBackend.append``)."""
+    return SessionError(
+        f"session {session_id!r} does not hold the {after} records its writer expected: another "
+        "writer appended to it, or it was deleted"
+    )
 
 
 def intact(line: str) -> bool:

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from orchestra.errors import SessionCorruptedError, SessionError, SessionNotFoundError
 
-from .backends import check_session_id
+from .backends import check_session_id, stale_writer
 from .segments import Segment, encode_append, first_position, parse, segment_name
 from .worker import BlockingWorker
 
@@ -68,7 +68,7 @@ class FileStorageBackend:
                 if segment.closed:  # by close(), or to keep the number of open files down
                     continue
                 if segment.records != after:
-                    self._compare(session_id, folder, records, after, segment.records)
+                    self._compare(session_id, folder, records, after)
                     return
                 if segment.append(data, len(records), durable):
                     return
@@ -79,16 +79,11 @@ class FileStorageBackend:
             "session to go on from what its log holds"
         )
 
-    def _compare(
-        self, session_id: str, folder: Path, records: list[str], after: int, held: int
-    ) -> None:
+    def _compare(self, session_id: str, folder: Path, records: list[str], after: int) -> None:
         """The session does not hold ``after`` records: fine for a retry of an append that
         was stored, else another writer got there first."""
         if self._read(session_id, folder)[after : after + len(records)] != records:
-            raise SessionError(
-                f"session {session_id!r} holds {held} records where its writer expected "
-                f"{after}: another writer appended to it, or it was deleted"
-            )
+            raise stale_writer(session_id, after)
 
     def _segment(
         self, session_id: str, folder: Path, incoming: int, durable: bool, after: int
@@ -115,10 +110,7 @@ class FileStorageBackend:
         segments = sorted(folder.glob("log-*.seg")) if folder.is_dir() else []
         if not segments:
             if after:  # nothing is created for a writer whose session is gone
-                raise SessionError(
-                    f"session {session_id!r} holds no records where its writer expected "
-                    f"{after}: it was deleted"
-                )
+                raise stale_writer(session_id, after)
             created = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
             return self._new_segment(session_id, folder, 1, durable, created)

@@ -15,9 +15,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from orchestra.errors import ConfigurationError, SessionError, SessionNotFoundError
+from orchestra.errors import ConfigurationError, SessionNotFoundError
 
-from .backends import check_session_id, frame, unframe
+from .backends import check_session_id, frame, stale_writer, unframe
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
@@ -110,10 +110,7 @@ class RedisStorageBackend:
         client = self._client()
         script = self._scripts.get() or self._scripts.put(client.register_script(_APPEND))
         if not await script(keys=keys, args=[session_id, after, *lines], client=client):
-            raise SessionError(
-                f"session {session_id!r} does not hold the {after} records its writer expected: "
-                "another writer appended to it, or it was deleted"
-            )
+            raise stale_writer(session_id, after)
 
     async def release(self, session_id: str) -> None:
         """Nothing is held per session: each append is one atomic script."""
@@ -211,10 +208,7 @@ class PostgresStorageBackend:
                 after + len(lines),
             )
             if [row["line"] for row in stored] != lines:  # else: a retry of a stored append
-                raise SessionError(
-                    f"session {session_id!r} does not hold the {after} records its writer "
-                    "expected: another writer appended to it, or it was deleted"
-                )
+                raise stale_writer(session_id, after)
 
     async def release(self, session_id: str) -> None:
         """Nothing is held per session: each append is its own transaction."""

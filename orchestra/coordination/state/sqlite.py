@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from orchestra.errors import SessionCorruptedError, SessionError, SessionNotFoundError
+from orchestra.errors import SessionCorruptedError, SessionNotFoundError
 
-from .backends import check_session_id, frame, unframe
+from .backends import check_session_id, frame, stale_writer, unframe
 from .worker import BlockingWorker
 
 T = TypeVar("T")
@@ -99,10 +99,7 @@ class SQLiteStorageBackend:
             "SELECT records FROM appends WHERE session = ? AND first = ?", (session_id, after + 1)
         ).fetchone()
         if stored is None or stored[0] != lines:  # else: a retry of an append that was stored
-            raise SessionError(
-                f"session {session_id!r} does not hold the {after} records its writer expected: "
-                "another writer appended to it, or it was deleted"
-            )
+            raise stale_writer(session_id, after)
 
     async def release(self, session_id: str) -> None:
         """Nothing is held per session: each append is its own transaction."""
