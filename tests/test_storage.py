@@ -293,29 +293,42 @@ async def test_a_missing_segment_is_reported(
 def failing_write(
     monkeypatch: pytest.MonkeyPatch, *, undo_fails: bool = False
 ) -> Callable[[], int]:
-    """The next durable append writes its bytes and then fails to sync them (EIO); with
-    ``undo_fails``, zeroing them again fails too. Returns how many writes failed."""
+    """The next durable append writes its bytes and then fails to sync them (EIO), whichever
+    way the platform syncs (``pwritev`` with ``RWF_DSYNC`` on Linux, else ``fdatasync``); with
+    ``undo_fails``, zeroing them again fails too. Returns how many syncs failed."""
     failures = {"count": 0}
-    write_and_sync, write = os.pwritev, os.pwrite
+    write, sync = os.pwrite, os.fdatasync
 
-    def pwritev(descriptor: int, buffers: Sequence[bytes], offset: int, flags: int = 0) -> int:
+    def fail_once() -> None:
         if failures["count"] == 0:
             failures["count"] += 1
-            write_and_sync(descriptor, buffers, offset)
             raise OSError(errno.EIO, "simulated: the sync failed")
-        return write_and_sync(descriptor, buffers, offset, flags)
+
+    if hasattr(os, "pwritev"):
+        write_all = os.pwritev
+
+        def pwritev(descriptor: int, buffers: Sequence[bytes], offset: int, flags: int = 0) -> int:
+            written = write_all(descriptor, buffers, offset)
+            if flags:  # written, and to be made durable
+                fail_once()
+            return written
+
+        monkeypatch.setattr(os, "pwritev", pwritev)
+
+    def fdatasync(descriptor: int) -> None:
+        fail_once()
+        sync(descriptor)
 
     def pwrite(descriptor: int, data: Any, offset: int) -> int:
         if undo_fails and failures["count"] == 1 and not any(data):
             raise OSError(errno.EIO, "simulated: the undo failed too")
         return write(descriptor, data, offset)
 
-    monkeypatch.setattr(os, "pwritev", pwritev)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     monkeypatch.setattr(os, "pwrite", pwrite)
     return lambda: failures["count"]
 
 
-@pytest.mark.skipif(not hasattr(os, "RWF_DSYNC"), reason="durable writes use pwritev on Linux")
 async def test_a_failed_write_is_undone_so_its_retry_stores_it_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -332,7 +345,6 @@ async def test_a_failed_write_is_undone_so_its_retry_stores_it_once(
         storage.close()
 
 
-@pytest.mark.skipif(not hasattr(os, "RWF_DSYNC"), reason="durable writes use pwritev on Linux")
 async def test_a_failed_write_that_cannot_be_undone_stops_the_writer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
