@@ -550,3 +550,53 @@ async def test_restoring_a_checkpoint_of_an_abandoned_history(storage: Storage) 
         resumed = await wait(orchestra.resume_session("cps"))
         assert resumed.success, resumed.error
         assert dict(calls) == {"X": 1, "Y": 1, "Z": 1}  # after-y: only Z was left to run
+
+
+async def test_every_effect_waits_until_the_steps_before_it_are_durable(storage: Storage) -> None:
+    """With auto_save_interval=0 the engine folds a step while its record is being written,
+    but no model call and no question to the user happens before the records of the steps
+    that led to it are durable."""
+    watched = Watched(storage)
+    too_early: list[str] = []
+
+    def durable_steps() -> int:
+        return sum(1 for record in watched.durable if record["t"] == "step")
+
+    def agent(name: str, successor: str | None) -> Agent:
+        calls = Counter[str]()
+
+        def decide(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+            calls[name] += 1
+            earlier = {"A": 0, "B": 1, "C": 2}[name] + calls[name] - 1
+            if durable_steps() < earlier:
+                too_early.append(f"{name} called with {durable_steps()} of {earlier} durable")
+            if successor is None:
+                if calls[name] > 1:  # the user answered
+                    return {"next_action": "final_response", "action_input": {"response": "ok"}}
+                return {"next_action": "ask_user", "action_input": {"question": "fine?"}}
+            return {
+                "next_action": "invoke_agent",
+                "action_input": [{"agent_name": successor, "request": "go on"}],
+            }
+
+        return Agent(name, FunctionModel(decide), register=False)
+
+    class Checking(ScriptedUser):
+        async def ask(self, question: Any) -> Any:
+            if durable_steps() < 3:  # A's, B's and the asking step of C
+                too_early.append(f"asked with {durable_steps()} of 3 durable")
+            return await super().ask(question)
+
+    orchestra = OrchestraInstance(
+        {
+            "nodes": ["User", "A", "B", "C"],
+            "edges": ["User -> A", "A -> B", "B -> C", "C -> User"],
+        },
+        agent_registry=AgentRegistry([agent("A", "B"), agent("B", "C"), agent("C", None)]),
+        initial_config=QUIET,
+        communication_manager=CommunicationManager(Checking(["yes"])),
+        state_manager=StateManager(watched, auto_save_interval=0),
+    )
+    result = await wait(orchestra.execute("go", context={"session_id": "effects"}))
+    assert result.success, result.error
+    assert too_early == []
