@@ -600,3 +600,24 @@ async def test_every_effect_waits_until_the_steps_before_it_are_durable(storage:
     result = await wait(orchestra.execute("go", context={"session_id": "effects"}))
     assert result.success, result.error
     assert too_early == []
+
+
+async def test_a_run_that_fails_to_start_leaves_no_run_to_resume(storage: Storage) -> None:
+    """The run's header could not be written (a dropped connection, say): execute raises, and
+    nothing is left in the log that a later resume_session would run after all."""
+    watched = Watched(storage)
+    watched.fail_when = lambda records: any(record["t"] == "run" for record in records)
+    orchestra = pipeline_instance(watched, {"First": lambda task, context: task})
+    with pytest.raises(ConnectionError):
+        await wait(orchestra.execute("pay the invoice", context={"session_id": "unborn"}))
+    assert not await storage.exists("unborn")
+    with pytest.raises(SessionError):
+        await orchestra.resume_session("unborn")
+
+
+async def test_a_checkpoint_name_may_hold_an_at_sign(storage: Storage) -> None:
+    pipeline = PausablePipeline(storage)
+    await pipeline.paused("named")
+    checkpoint_id = await pipeline.orchestra.create_checkpoint("named", "before@noon")
+    assert checkpoint_id == "named@before@noon"
+    assert await pipeline.orchestra.restore_checkpoint(checkpoint_id)

@@ -159,6 +159,22 @@ async def test_a_torn_append_is_ignored_and_zeroed_before_the_next_one(
         storage.close()
 
 
+@pytest.mark.parametrize("keep", range(1, 14))
+async def test_an_append_cut_inside_its_header_is_a_torn_append(tmp_path: Path, keep: int) -> None:
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    await storage.append("header", [step(1)], durable=True, after=0)
+    storage.close()
+    tear(first_segment(folder / "header"), torn_append([step(2)], keep))
+    storage = FileStorageBackend(folder)
+    try:
+        assert await storage.read("header") == [step(1)]
+        await storage.append("header", [step(2)], durable=True, after=1)
+        assert await storage.read("header") == [step(1), step(2)]
+    finally:
+        storage.close()
+
+
 async def test_an_append_torn_with_a_hole_leaves_nothing_behind(tmp_path: Path) -> None:
     """A crash can persist the end of an append without its start: bytes after a stretch of
     zeros. Reopening zeroes them, so later appends never run into the leftovers."""
@@ -422,6 +438,24 @@ async def test_a_closed_writer_lets_another_process_write_the_session(tmp_path: 
     other.record({"t": "checkpoint", "id": "handed@x", "name": "x", "at": 1})
     await other.close()
     assert len(await there.storage.read("handed")) == 2
+
+
+async def test_a_session_is_not_deleted_under_another_writer(tmp_path: Path) -> None:
+    """Its writer would go on appending to files no longer there, and lose what it wrote."""
+    writing = FileStorageBackend(tmp_path / "state")
+    deleting = FileStorageBackend(tmp_path / "state")  # or another process
+    try:
+        await writing.append("busy", [step(1)], durable=True, after=0)
+        with pytest.raises(SessionError, match=r"'busy'.*another process"):
+            await deleting.delete("busy")
+        await writing.release("busy")
+        assert await deleting.delete("busy")
+        with pytest.raises(SessionError, match="'busy'"):
+            await writing.append("busy", [step(2)], durable=True, after=1)
+        assert not await writing.exists("busy")
+    finally:
+        writing.close()
+        deleting.close()
 
 
 async def test_closing_while_appends_are_in_flight_loses_and_misplaces_nothing(

@@ -156,11 +156,12 @@ async def resume(
 
 
 async def _abandon(writer: SessionWriter | None, session_id: str) -> None:
-    """A run that failed to start: storage lets go of the session, which is free again."""
+    """A run that failed to start leaves no run in the log (it would be resumed later), and
+    the session is free again."""
     try:
         if writer is not None:
             with contextlib.suppress(Exception):  # the error being raised says what went wrong
-                await writer.close()
+                await writer.abandon()
     finally:
         CLAIMED.discard(session_id)
 
@@ -212,7 +213,7 @@ async def _rebuild(
         await writer.flush()
     except BaseException:
         with contextlib.suppress(Exception):
-            await writer.close()
+            await writer.abandon()
         raise
     return runner, writer
 

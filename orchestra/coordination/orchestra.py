@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from orchestra.agents.registry import AgentRegistry
@@ -199,27 +200,22 @@ class OrchestraInstance:
         return await execution.resume(setup, session_id, self._sessions(), additional_context)
 
     async def create_checkpoint(self, session_id: str, checkpoint_name: str | None = None) -> str:
-        """Name the session's current position; returns the id ``restore_checkpoint`` takes."""
-        manager = self._sessions()
+        """Name the session's current position; returns the id ``restore_checkpoint`` takes.
+        A running session gets the checkpoint from its own writer."""
         live = execution.LIVE.get(session_id)
-        writer = live.writer if live is not None and live.writer is not None else None
-        if writer is None and session_id in execution.CLAIMED:
-            raise SessionError(
-                f"session {session_id!r} is starting or finishing a run; try again in a moment"
-            )
-        own = writer is None
-        if writer is None:
-            writer, log = await manager.open(session_id)
-            if log is None:
-                await writer.close()
-                raise SessionError(f"no session {session_id!r} to checkpoint")
-        name = checkpoint_name or f"checkpoint-{writer.length + 1}"
-        checkpoint_id = f"{session_id}@{name}"
-        writer.record({"t": "checkpoint", "id": checkpoint_id, "name": name, "at": writer.length})
-        await (writer.close() if own else writer.flush())
-        if live is not None:
+        name = checkpoint_name
+        if live is not None and live.writer is not None:
+            checkpoint_id = await _checkpoint(live.writer, session_id, name)
             live.checkpoint_ids.append(checkpoint_id)
-        return checkpoint_id
+            return checkpoint_id
+        async with self._claimed(session_id):
+            writer, log = await self._sessions().open(session_id)
+            try:
+                if log is None:
+                    raise SessionError(f"no session {session_id!r} to checkpoint")
+                return await _checkpoint(writer, session_id, name)
+            finally:
+                await writer.close()
 
     async def restore_checkpoint(self, checkpoint_id: str) -> bool:
         """Send the session back to the checkpoint; the next ``resume_session`` continues from
@@ -227,19 +223,40 @@ class OrchestraInstance:
         False for an unknown checkpoint, or one on such an abandoned branch."""
         manager = self._sessions()
         session_id, _ = parse_checkpoint_id(checkpoint_id)
+        async with self._claimed(session_id):
+            log = await manager.load(session_id)
+            checkpoint = log.checkpoints.get(checkpoint_id)
+            if checkpoint is None or (checkpoint["at"] and checkpoint["at"] not in log.positions):
+                return False  # unknown, or on a branch of history a restore abandoned
+            writer = SessionWriter(manager, session_id, log.length)
+            writer.record({"t": "restore", "to": checkpoint["at"], "checkpoint": checkpoint_id})
+            await writer.close()
+            return True
+
+    @contextlib.asynccontextmanager
+    async def _claimed(self, session_id: str) -> AsyncIterator[None]:
+        """The session, held against runs starting meanwhile (one writer at a time)."""
         if session_id in execution.CLAIMED:
-            raise SessionError(f"session {session_id!r} is running; pause it before restoring")
-        log = await manager.load(session_id)
-        checkpoint = log.checkpoints.get(checkpoint_id)
-        if checkpoint is None or (checkpoint["at"] and checkpoint["at"] not in log.positions):
-            return False  # unknown, or on a branch of history a restore abandoned
-        writer = SessionWriter(manager, session_id, log.length)
-        writer.record({"t": "restore", "to": checkpoint["at"], "checkpoint": checkpoint_id})
-        await writer.close()
-        return True
+            raise SessionError(
+                f"session {session_id!r} has a run starting, running or finishing; pause it "
+                "or wait for it"
+            )
+        execution.CLAIMED.add(session_id)
+        try:
+            yield
+        finally:
+            execution.CLAIMED.discard(session_id)
 
     async def list_sessions(self) -> list[str]:
         return await self._sessions().list_sessions()
 
     async def delete_session(self, session_id: str) -> bool:
         return await self._sessions().delete_session(session_id)
+
+
+async def _checkpoint(writer: SessionWriter, session_id: str, name: str | None) -> str:
+    name = name or f"checkpoint-{writer.length + 1}"
+    checkpoint_id = f"{session_id}@{name}"
+    writer.record({"t": "checkpoint", "id": checkpoint_id, "name": name, "at": writer.length})
+    await writer.flush()
+    return checkpoint_id

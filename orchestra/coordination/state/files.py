@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -13,7 +14,14 @@ from typing import TypeVar
 from orchestra.errors import SessionCorruptedError, SessionError, SessionNotFoundError
 
 from .backends import check_session_id, stale_writer
-from .segments import Segment, encode_append, first_position, parse, segment_name
+from .segments import (
+    Segment,
+    encode_append,
+    first_position,
+    hold_segment,
+    parse,
+    segment_name,
+)
 from .worker import BlockingWorker
 
 SEGMENT_BYTES = 4 * 1024 * 1024  # a segment takes no more appends once it holds this much
@@ -111,23 +119,21 @@ class FileStorageBackend:
         if not segments:
             if after:  # nothing is created for a writer whose session is gone
                 raise stale_writer(session_id, after)
-            created = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
-            return self._new_segment(session_id, folder, 1, durable, created)
+            return self._new_segment(session_id, folder, 1, durable)
         segment = Segment.reopen(session_id, segments[-1])
         self._remember(session_id, segment)
         return segment
 
-    def _new_segment(
-        self, session_id: str, folder: Path, first: int, durable: bool, created: bool = False
-    ) -> Segment:
-        """A new, empty segment, its name durable in the folder before any record goes in
-        (if that fails, the segment is removed again and the next append tries anew)."""
+    def _new_segment(self, session_id: str, folder: Path, first: int, durable: bool) -> Segment:
+        """A new, empty segment, its name durable in the folder (and, for a session's first,
+        the folder's in the directory) before any record goes in. If that fails, the segment
+        is removed again and the next append tries anew."""
         segment = Segment.create(session_id, folder / segment_name(first), first)
         try:
             if durable:
                 _fsync_directory(folder)
-                if created:
+                if first == 1:
                     _fsync_directory(self.directory)
         except BaseException:
             segment.close()
@@ -216,12 +222,16 @@ class FileStorageBackend:
         return await self._call(session_id, self._delete)
 
     def _delete(self, session_id: str, folder: Path) -> bool:
+        """Refused while another writer holds the session (its lock on the last segment):
+        that writer would go on appending to files no longer there."""
         self._forget(session_id)
         if not folder.is_dir():
             return False
-        for path in folder.iterdir():
-            path.unlink()
-        folder.rmdir()
+        segments = sorted(folder.glob("log-*.seg"))
+        with hold_segment(session_id, segments[-1]) if segments else contextlib.nullcontext():
+            for path in folder.iterdir():
+                path.unlink()
+            folder.rmdir()
         return True
 
 

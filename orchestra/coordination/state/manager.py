@@ -187,13 +187,24 @@ class SessionWriter:
             if data is not None:
                 await self.manager.storage.write_snapshot(self.session_id, data)
 
-    async def close(self) -> None:
-        """Stop the periodic flusher, write everything still queued, and let storage release
-        what it held for this writer (a file backend's open segment and its lock)."""
+    async def abandon(self) -> None:
+        """Drop what is queued, unwritten, and let storage release what it held: for a run
+        that failed to start, which must not be found in the log and resumed later."""
+        await self._stop_flusher()
+        self._buffer.clear()
+        self._retry = None
+        await self.manager.storage.release(self.session_id)
+
+    async def _stop_flusher(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
+
+    async def close(self) -> None:
+        """Stop the periodic flusher, write everything still queued, and let storage release
+        what it held for this writer (a file backend's open segment and its lock)."""
+        await self._stop_flusher()
         try:
             await self.flush()
         finally:
@@ -306,7 +317,7 @@ def _fold(session_id: str, records: list[dict[str, Any]]) -> SessionLog:
 
 def parse_checkpoint_id(checkpoint_id: str) -> tuple[str, str]:
     """``session@name`` ids name their session, so a checkpoint can be restored by id alone."""
-    session_id, separator, _ = checkpoint_id.rpartition("@")
+    session_id, separator, _ = checkpoint_id.partition("@")  # a session id holds no "@"
     if not separator:
         raise SessionNotFoundError(f"{checkpoint_id!r} is not a checkpoint id (session@checkpoint)")
     return check_session_id(session_id), checkpoint_id

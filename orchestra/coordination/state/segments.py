@@ -16,12 +16,13 @@ a ``SessionCorruptedError``, never a silent cut.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ GROWTH_MIN = 64 * 1024  # a segment grows by its size, within these bounds
 GROWTH_MAX = 1024 * 1024
 _WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux: a write that is durable when it returns
 _HEADER = re.compile(rb"\n@([0-9a-f]+) ([0-9a-f]{8})\n")
+_HEADER_START = re.compile(rb"@[0-9a-f]*(?: [0-9a-f]{0,8})?")  # a header cut short
 
 
 def encode_append(records: Sequence[str]) -> bytes:
@@ -103,9 +105,12 @@ def _one_append(content: bytes, offset: int) -> tuple[str | None, int | None, li
 def _torn(content: bytes, offset: int, end: int | None) -> bool:
     """Whether the bad append at ``offset`` can be one a crash cut short: written into zeros,
     it may be short or hold zeros, and nothing may follow it."""
-    if end is None:  # its header is not intact: only a hole (zeros) there, and no later append
-        header = content[offset : content.find(b"\n", offset) + 1 or len(content)]
-        return b"\0" in header and not any(
+    if end is None:  # its header is not intact
+        newline = content.find(b"\n", offset)
+        if newline < 0:  # the log ends inside it: cut short, or with holes
+            rest = content[offset:]
+            return _HEADER_START.fullmatch(rest) is not None or b"\0" in rest
+        return b"\0" in content[offset:newline] and not any(  # a hole, and no later append
             b"%08x" % zlib.crc32(later[1]) == later[2]
             for later in _HEADER.finditer(content, offset)
         )
@@ -210,6 +215,17 @@ class Segment:
         if not self.closed:
             self.closed = True
             os.close(self.descriptor)  # releases the file lock too
+
+
+@contextlib.contextmanager
+def hold_segment(session_id: str, path: Path) -> Iterator[None]:
+    """Hold a segment's writer lock (SessionError when a writer has it) for a moment."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        _lock_file(session_id, descriptor)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _lock_file(session_id: str, descriptor: int) -> None:

@@ -237,10 +237,16 @@ class PostgresStorageBackend:
         return [row["session"] for row in rows]
 
     async def delete(self, session_id: str) -> bool:
+        """Under the session's advisory lock, so an append in progress is either all before
+        the delete or all after it (then refused: its writer expected records)."""
         check_session_id(session_id)
         pool = await self._pool()
-        await pool.execute(f"DELETE FROM {self.snapshots} WHERE session = $1", session_id)
-        status = await pool.execute(f"DELETE FROM {self.table} WHERE session = $1", session_id)
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
+            await connection.execute(f"DELETE FROM {self.snapshots} WHERE session = $1", session_id)
+            status = await connection.execute(
+                f"DELETE FROM {self.table} WHERE session = $1", session_id
+            )
         return not status.endswith(" 0")
 
     async def write_snapshot(self, session_id: str, data: bytes) -> None:
