@@ -30,6 +30,8 @@ from orchestra import (
     tool,
 )
 from orchestra.communication import CommunicationManager
+from orchestra.coordination.engine import runner as runner_module
+from orchestra.coordination.engine.actions import Action
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import (
     StateManager,
@@ -621,3 +623,103 @@ async def test_a_checkpoint_name_may_hold_an_at_sign(storage: Storage) -> None:
     checkpoint_id = await pipeline.orchestra.create_checkpoint("named", "before@noon")
     assert checkpoint_id == "named@before@noon"
     assert await pipeline.orchestra.restore_checkpoint(checkpoint_id)
+
+
+class Unreachable(Watched):
+    """Storage that is down (every append fails) while ``down`` is set."""
+
+    down = False
+
+    async def append(
+        self, session_id: str, records: Sequence[str], durable: bool, after: int
+    ) -> None:
+        if self.down and any(json.loads(record)["t"] == "step" for record in records):
+            raise ConnectionError("the storage server is down")
+        await super().append(session_id, records, durable, after)
+
+
+async def test_a_passing_storage_failure_is_retried_and_the_run_goes_on(storage: Storage) -> None:
+    watched = Watched(storage)
+    watched.fail_when = lambda records: any(record["t"] == "step" for record in records)
+    orchestra = pipeline_instance(
+        watched, {"First": lambda task, context: f"{task}+1", "Second": lambda d, c: f"{d}+2"}
+    )
+    result = await wait(orchestra.execute("job", context={"session_id": "blip"}))
+    assert result.success, result.error
+    assert result.final_response == "job+1+2"
+
+
+async def test_storage_that_stays_down_halts_the_run_like_a_crash_and_resume_goes_on(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is recorded as failed (the workflow did not fail): execute raises an error
+    naming the session, the log ends at the last durable step, and once storage is back the
+    session resumes from there."""
+    monkeypatch.setattr(runner_module, "STORAGE_RETRY_DELAYS", (0.0, 0.0))
+    unreachable = Unreachable(storage)
+    calls: Counter[str] = Counter()
+
+    def stage(name: str) -> Callable[[Any, Any], Any]:
+        def work(data: Any, context: Any) -> str:
+            calls[name] += 1
+            unreachable.down = name == "First" and calls[name] == 1
+            return f"{data}+{name}"
+
+        return work
+
+    orchestra = pipeline_instance(unreachable, {"First": stage("First"), "Second": stage("Second")})
+    with pytest.raises(SessionError, match=r"'down'.*storage failed.*resume it"):
+        await wait(orchestra.execute("job", context={"session_id": "down"}))
+    kinds = [json.loads(line)["t"] for line in await storage.read("down")]
+    assert "end" not in kinds and "step" not in kinds
+    unreachable.down = False
+    resumed = await wait(orchestra.resume_session("down"))
+    assert resumed.success, resumed.error
+    assert resumed.final_response == "job+First+Second"
+    assert calls == {"First": 2, "Second": 1}  # the step that was never durable ran again
+
+
+async def test_a_pause_stops_steps_still_waiting_for_an_agent_slot(storage: Storage) -> None:
+    hold = Hold()
+    started: list[str] = []
+
+    def worker(name: str) -> Callable[[Any, Any], Any]:
+        async def work(data: Any, context: Any) -> str:
+            started.append(name)
+            if name == "W1":
+                await hold()
+            return f"{name} done"
+
+        return work
+
+    orchestra = OrchestraInstance(
+        {
+            "nodes": ["S", "W1", "W2", "W3"],
+            "edges": ["S -> W1", "S -> W2", "S -> W3"],
+            "rules": ["max_agents(1)"],
+        },
+        agent_registry=AgentRegistry(
+            [
+                FunctionAgent(
+                    "S",
+                    lambda task, context: Action.invoke_parallel(
+                        (name, task) for name in ("W1", "W2", "W3")
+                    ),
+                    register=False,
+                ),
+                *(FunctionAgent(name, worker(name), register=False) for name in ("W1", "W2", "W3")),
+            ]
+        ),
+        initial_config=QUIET,
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    running = asyncio.create_task(orchestra.execute("go", context={"session_id": "queued"}))
+    await wait(hold.entered.wait())
+    assert await orchestra.pause_session("queued")
+    hold.release.set()
+    result = await wait(running)
+    assert result.metadata.get("paused") is True, result.error
+    assert started == ["W1"]  # W2 and W3 waited for the slot, and stayed put
+    resumed = await wait(orchestra.resume_session("queued"))
+    assert resumed.success, resumed.error
+    assert sorted(started) == ["W1", "W2", "W3"]

@@ -240,6 +240,8 @@ async def _drive(
             await go()
         finally:
             LIVE.pop(session_id, None)
+        if runner.halted is not None:
+            raise _halted(session_id, runner.halted)
         paused = runner.pausing and not engine.finished
         result = _result(engine, session_id, time.perf_counter() - started, paused)
         result.checkpoint_ids = list(live.checkpoint_ids)
@@ -249,13 +251,29 @@ async def _drive(
             writer.record(
                 {"t": "end", "paused": paused, "success": result.success, "error": result.error}
             )
+            closing, writer = writer, None
+            await asyncio.shield(closing.close())  # durable before anyone hears of the result
+        _announce(engine, result)
         return result
     finally:
         try:
             if writer is not None:  # also when cancelled: nothing keeps writing behind our back
-                await asyncio.shield(writer.close())
+                ending = writer.close() if runner.halted is None else writer.abandon()
+                await asyncio.shield(ending)
         finally:
             CLAIMED.discard(session_id)
+
+
+def _halted(session_id: str, error: Exception) -> SessionError:
+    """What a run that storage failed raises: it stopped as a crash would have."""
+    if isinstance(error, SessionError):
+        return error
+    halted = SessionError(
+        f"session {session_id!r}: its storage failed ({type(error).__name__}: {error}), so the "
+        "run stopped at its last durable step; resume it once the storage works again"
+    )
+    halted.__cause__ = error
+    return halted
 
 
 def build(setup: Setup, session_id: str, context: dict[str, Any]) -> tuple[Engine, Runner]:
@@ -331,6 +349,19 @@ def _branch_result(branch: Branch, now: float) -> BranchResult:
     )
 
 
+def _announce(engine: Engine, result: OrchestraResult) -> None:
+    """The run's last event, once its result is final (and, with sessions, durable)."""
+    engine.stream.emit(
+        ev.RunCompleted(
+            run_id=result.session_id or engine.run_id,
+            success=result.success,
+            total_steps=result.total_steps,
+            duration=result.total_duration,
+            error=result.error,
+        )
+    )
+
+
 def _result(engine: Engine, session_id: str, duration: float, paused: bool) -> OrchestraResult:
     root = engine.root
     success = (
@@ -340,15 +371,6 @@ def _result(engine: Engine, session_id: str, duration: float, paused: bool) -> O
         and root.status.value == "completed"
     )
     error = engine.error
-    engine.stream.emit(
-        ev.RunCompleted(
-            run_id=session_id,
-            success=success,
-            total_steps=engine.steps,
-            duration=duration,
-            error=str(error) if error else None,
-        )
-    )
     now = engine.clock()
     metadata: dict[str, Any] = {
         "invocations": dict(engine.invocations),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchestra.agents.base import BaseAgent
@@ -25,6 +25,7 @@ from orchestra.errors import (
     InternalError,
     OrchestraError,
     RunTimeoutError,
+    SessionError,
     StepTimeoutError,
     ToolInDoubtError,
     UserInputError,
@@ -65,6 +66,7 @@ class Runner:
         self._token = uuid.uuid4().hex[:12]  # question ids stay unique across runs
         self.journal = journal
         self.pausing = False
+        self.halted: Exception | None = None  # storage failed: the run stopped as if it crashed
         self.steps_in_flight = 0
         self._asking: dict[Branch, asyncio.Task[None]] = {}
 
@@ -249,37 +251,49 @@ class Runner:
         except OrchestraError as error:
             self._fail_branch(branch, error)
             return False
-        request = engine.begin_step(branch)
-        if request is None:
-            return False
-        if journal is not None:
-            journal.step_begun(branch)  # durable with the next record that is
-        before = len(request.messages)
-        started = time.perf_counter()
-        failure: BaseException | None = None
-        self.steps_in_flight += 1
+        slots = self._slots
+        if slots is not None:  # taken before the step begins, so a pause meanwhile stops it
+            await slots.acquire()
         try:
-            outcome = await self._step(branch, agent, request)
-        except asyncio.CancelledError:
-            if _really_cancelled():
-                self.steps_in_flight -= 1
-                raise
-            failure = AgentStepError(f"agent {branch.agent!r} raised CancelledError")
-        except Exception as error:
-            failure = error
-        if journal is not None:
-            added = request.messages[before:]
+            if self.pausing or engine.finished or branch.ended:
+                return False
+            request = engine.begin_step(branch)
+            if request is None:
+                return False
+            if journal is not None:
+                journal.step_begun(branch)  # durable with the next record that is
+            before = len(request.messages)
+            started = time.perf_counter()
+            failure: BaseException | None = None
+            self.steps_in_flight += 1
+            try:
+                if self.step_timeout is None:
+                    outcome = await agent.step(request)
+                else:
+                    outcome = await self._timed_step(branch, agent, request)
+            except asyncio.CancelledError:
+                if _really_cancelled():
+                    self.steps_in_flight -= 1
+                    raise
+                failure = AgentStepError(f"agent {branch.agent!r} raised CancelledError")
+            except Exception as error:
+                failure = error
+            if journal is not None:
+                added = request.messages[before:]
+                if failure is None:
+                    journal.step(branch, outcome, added, time.perf_counter() - started)
+                else:
+                    journal.step_failed(branch, failure, added)
+            self.steps_in_flight -= 1
             if failure is None:
-                journal.step(branch, outcome, added, time.perf_counter() - started)
+                engine.step_completed(branch, outcome, time.perf_counter() - started)
             else:
-                journal.step_failed(branch, failure, added)
-        self.steps_in_flight -= 1
-        if failure is None:
-            engine.step_completed(branch, outcome, time.perf_counter() - started)
-        else:
-            engine.step_failed(branch, failure)
-        self._apply_effects()
-        return True
+                engine.step_failed(branch, failure)
+            self._apply_effects()
+            return True
+        finally:
+            if slots is not None:
+                slots.release()
 
     async def _tools_then_continue(self, branch: Branch) -> None:
         agent = self.agents[branch.agent]
@@ -293,15 +307,6 @@ class Runner:
             self.journal.tools_completed(branch, results)
         self.engine.tools_completed(branch, results)
         self._apply_effects()
-
-    async def _step(self, branch: Branch, agent: BaseAgent, request: Any) -> Any:
-        slots = self._slots
-        if slots is None and self.step_timeout is None:
-            return await agent.step(request)
-        if slots is None:
-            return await self._timed_step(branch, agent, request)
-        async with slots:  # the step's time limit starts once it has a slot
-            return await self._timed_step(branch, agent, request)
 
     async def _timed_step(self, branch: Branch, agent: BaseAgent, request: Any) -> Any:
         limit = asyncio.timeout(self.step_timeout)
@@ -366,16 +371,17 @@ class Runner:
                     self._apply_effects()
                     return None
 
-        async def one(call: Any) -> dict[str, Any]:
+        async def one(call: Any) -> dict[str, Any] | None:
             known = journal.recorded_tool(branch, call) if journal is not None else None
             if known is not None and known["t"] == "tool_done":
                 return dict(decode(known["item"]))
             if journal is not None:
                 journal.tool_started(branch, call)
-                if agent.is_idempotent(call.name):
-                    await journal.gate()
-                else:  # whatever the policy: a lost start record would let it run twice
-                    await journal.flush()
+                # whatever the policy, a non-idempotent tool's start must be durable first:
+                # a lost start record would let it run twice
+                wait = journal.gate if agent.is_idempotent(call.name) else journal.flush
+                if not await self._durable(wait):
+                    return None
             started = time.perf_counter()
             try:
                 result, ok = await agent.call_tool(call), True
@@ -392,13 +398,39 @@ class Runner:
                 journal.tool_done(branch, call, item)
             return item
 
-        return list(await asyncio.gather(*(one(call) for call in branch.pending_tools)))
+        results = await asyncio.gather(*(one(call) for call in branch.pending_tools))
+        if any(result is None for result in results):
+            return None  # the run halted: storage failed
+        return [result for result in results if result is not None]
 
     async def _gate(self, branch: Branch, journal: Journal) -> bool:
         """Before an effect on the world: wait until what it depends on is durable. False when,
-        meanwhile, the branch should stop (the run ended or is pausing, the branch ended)."""
-        await journal.gate()
+        meanwhile, the branch should stop (the run ended, halted or is pausing, the branch
+        ended)."""
+        if not await self._durable(journal.gate):
+            return False
         return not (self.engine.finished or self.pausing or branch.ended)
+
+    async def _durable(self, wait: Callable[[], Awaitable[None]]) -> bool:
+        """``wait`` for records to be durable. A storage failure is retried a few times; if it
+        persists, or storage refuses the session (another writer), the run halts as a crash
+        would: nothing more happens, and the log keeps every durable step for a resume."""
+        for delay in (*STORAGE_RETRY_DELAYS, None):
+            try:
+                await wait()
+                return True
+            except Exception as error:
+                if delay is None or isinstance(error, SessionError):
+                    self._halt(error)
+                    return False
+            await asyncio.sleep(delay)
+        return False
+
+    def _halt(self, error: Exception) -> None:
+        if self.halted is None:
+            self.halted = error
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
     async def _ask_user(self, branch: Branch) -> None:
         if self.journal is not None and not await self._gate(branch, self.journal):
@@ -449,6 +481,11 @@ class Runner:
             await asyncio.gather(*pending, return_exceptions=True)
         for branch in self.engine.branches.values():
             self._release(branch)
+
+
+STORAGE_RETRY_DELAYS = (0.05, 0.25, 1.0)
+"""Seconds between retries of a write that storage failed (a dropped connection, a busy
+database) before a durable run gives up and halts."""
 
 
 def _really_cancelled() -> bool:
