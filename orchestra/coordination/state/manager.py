@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -271,10 +270,6 @@ class StateManager:
 
     async def delete_session(self, session_id: str) -> bool:
         return await self.storage.delete(check_session_id(session_id))
-
-    @staticmethod
-    def new_session_id() -> str:
-        return uuid.uuid4().hex
 
 
 def _fold(session_id: str, records: list[dict[str, Any]]) -> SessionLog:

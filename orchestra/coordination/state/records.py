@@ -18,7 +18,7 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_json
 
 from orchestra import errors as error_types
-from orchestra.agents.base import InputKind, StepInput, StepOutcome
+from orchestra.agents.base import StepOutcome
 from orchestra.coordination.engine.actions import Action, ActionKind, Invocation
 from orchestra.coordination.topology import Labeled
 from orchestra.errors import (
@@ -149,18 +149,6 @@ def decode_outcome(data: dict[str, Any]) -> StepOutcome:
         usage=Usage(*usage) if usage else None,
         by_code=data["by_code"],
     )
-
-
-def encode_input(step_input: StepInput | None) -> Any:
-    if step_input is None:
-        return None
-    return [step_input.kind.value, encode(step_input.content), step_input.sender]
-
-
-def decode_input(data: Any) -> StepInput | None:
-    if data is None:
-        return None
-    return StepInput(InputKind(data[0]), decode(data[1]), data[2])
 
 
 def encode_error(error: BaseException) -> dict[str, Any]:
