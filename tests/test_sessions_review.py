@@ -30,6 +30,7 @@ from orchestra import (
     tool,
 )
 from orchestra.communication import CommunicationManager
+from orchestra.coordination import execution
 from orchestra.coordination.engine import runner as runner_module
 from orchestra.coordination.engine.actions import Action
 from orchestra.coordination.orchestra import OrchestraInstance
@@ -723,3 +724,56 @@ async def test_a_pause_stops_steps_still_waiting_for_an_agent_slot(storage: Stor
     resumed = await wait(orchestra.resume_session("queued"))
     assert resumed.success, resumed.error
     assert sorted(started) == ["W1", "W2", "W3"]
+
+
+# ---- who holds a session ----------------------------------------------------------------------
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0)
+
+
+async def test_a_cancelled_execute_holds_its_session_until_its_last_write_is_over(
+    storage: Storage,
+) -> None:
+    """Cancelled while its final records were being written, execute used to free the session
+    at once: a run started meanwhile wrote under the writer still writing."""
+    watched = Watched(storage)
+    watched.hold_when = lambda records: any(r["t"] == "end" for r in records)
+    orchestra = pipeline_instance(watched, {"First": lambda t, c: t, "Second": lambda d, c: d})
+    running = asyncio.create_task(orchestra.execute("job", context={"session_id": "ending"}))
+    await wait(watched.held.wait())
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await wait(running)
+    with pytest.raises(SessionError, match="'ending' has a run starting, running or finishing"):
+        await orchestra.execute("again", context={"session_id": "ending"})
+    with pytest.raises(SessionError, match="'ending' has a run starting, running or finishing"):
+        await orchestra.create_checkpoint("ending", "too-soon")
+    watched.let_go.set()
+    await wait(until(lambda: "ending" not in execution.CLAIMED))
+    assert [r["t"] for r in watched.durable][-1] == "end"
+    again = await wait(orchestra.execute("again", context={"session_id": "ending"}))
+    assert again.success, again.error
+
+
+async def test_a_run_without_a_state_manager_leaves_a_durable_runs_session_held(
+    storage: Storage,
+) -> None:
+    pipeline = PausablePipeline(storage)
+    hold = pipeline.holds["shared"] = Hold()
+    running = asyncio.create_task(
+        pipeline.orchestra.execute("one", context={"session_id": "shared"})
+    )
+    await wait(hold.entered.wait())
+    unsaved = OrchestraInstance(
+        {"nodes": ["Echo"], "edges": [], "entry_point": "Echo"},
+        agent_registry=AgentRegistry([FunctionAgent("Echo", lambda t, c: t, register=False)]),
+        initial_config=QUIET,
+    )
+    assert (await wait(unsaved.execute("two", context={"session_id": "shared"}))).success
+    with pytest.raises(SessionError, match="'shared' has a run starting"):
+        await pipeline.orchestra.execute("three", context={"session_id": "shared"})
+    hold.release.set()
+    assert (await wait(running)).success

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,12 +71,33 @@ CLAIMED: set[str] = set()
 """Sessions with a run starting or in progress in this process: one run per session at once."""
 
 
-def _claim(session_id: str) -> None:
+def claim(session_id: str) -> None:
+    """Hold the session for one writer (a run, a checkpoint, a restore) in this process."""
     if session_id in CLAIMED:
         raise SessionError(
-            f"session {session_id!r} already has a run in progress; pause it or wait for it"
+            f"session {session_id!r} has a run starting, running or finishing; pause it or "
+            "wait for it"
         )
     CLAIMED.add(session_id)
+
+
+async def let_go(session_id: str, ending: Awaitable[None] | None) -> None:
+    """Free a claimed session once ``ending`` (its writer closing or abandoning) is over.
+
+    The ending is finished even if the caller is cancelled meanwhile, and the session stays
+    claimed until it is: a run started sooner would write under a writer still writing."""
+    if ending is None:
+        CLAIMED.discard(session_id)
+        return
+    finishing = asyncio.ensure_future(ending)
+    finishing.add_done_callback(functools.partial(_freed, session_id))
+    await asyncio.shield(finishing)
+
+
+def _freed(session_id: str, finishing: asyncio.Future[None]) -> None:
+    CLAIMED.discard(session_id)
+    if not finishing.cancelled():
+        finishing.exception()  # retrieved here; a caller still awaiting it raises it
 
 
 def prepare(
@@ -114,7 +136,7 @@ async def execute(
     writer = None
     if state_manager is None:
         return await _drive(runner, None, session_id, started, lambda: runner.run(task))
-    _claim(session_id)
+    claim(session_id)
     writer = None
     try:
         writer, _ = await state_manager.open(session_id)
@@ -146,7 +168,7 @@ async def resume(
 ) -> OrchestraResult:
     """Rebuild the session's last run from its log and continue it."""
     started = time.perf_counter()
-    _claim(session_id)
+    claim(session_id)
     try:
         runner, writer = await _rebuild(setup, session_id, state_manager, additional_context)
     except BaseException:
@@ -158,12 +180,8 @@ async def resume(
 async def _abandon(writer: SessionWriter | None, session_id: str) -> None:
     """A run that failed to start leaves no run in the log (it would be resumed later), and
     the session is free again."""
-    try:
-        if writer is not None:
-            with contextlib.suppress(Exception):  # the error being raised says what went wrong
-                await writer.abandon()
-    finally:
-        CLAIMED.discard(session_id)
+    with contextlib.suppress(Exception):  # the error being raised says what went wrong
+        await let_go(session_id, writer.abandon() if writer is not None else None)
 
 
 async def _rebuild(
@@ -252,16 +270,12 @@ async def _drive(
                 {"t": "end", "paused": paused, "success": result.success, "error": result.error}
             )
             closing, writer = writer, None
-            await asyncio.shield(closing.close())  # durable before anyone hears of the result
+            await let_go(session_id, closing.close())  # durable before anyone hears of it
         _announce(engine, result)
         return result
     finally:
-        try:
-            if writer is not None:  # also when cancelled: nothing keeps writing behind our back
-                ending = writer.close() if runner.halted is None else writer.abandon()
-                await asyncio.shield(ending)
-        finally:
-            CLAIMED.discard(session_id)
+        if writer is not None:  # an error or a cancel: the writer is closed all the same
+            await let_go(session_id, writer.close() if runner.halted is None else writer.abandon())
 
 
 def _halted(session_id: str, error: Exception) -> SessionError:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from orchestra.agents.registry import AgentRegistry
@@ -208,14 +207,15 @@ class OrchestraInstance:
             checkpoint_id = await _checkpoint(live.writer, session_id, name)
             live.checkpoint_ids.append(checkpoint_id)
             return checkpoint_id
-        async with self._claimed(session_id):
+        execution.claim(session_id)
+        writer = None
+        try:
             writer, log = await self._sessions().open(session_id)
-            try:
-                if log is None:
-                    raise SessionError(f"no session {session_id!r} to checkpoint")
-                return await _checkpoint(writer, session_id, name)
-            finally:
-                await writer.close()
+            if log is None:
+                raise SessionError(f"no session {session_id!r} to checkpoint")
+            return await _checkpoint(writer, session_id, name)
+        finally:
+            await execution.let_go(session_id, writer.close() if writer is not None else None)
 
     async def restore_checkpoint(self, checkpoint_id: str) -> bool:
         """Send the session back to the checkpoint; the next ``resume_session`` continues from
@@ -223,29 +223,18 @@ class OrchestraInstance:
         False for an unknown checkpoint, or one on such an abandoned branch."""
         manager = self._sessions()
         session_id, _ = parse_checkpoint_id(checkpoint_id)
-        async with self._claimed(session_id):
+        execution.claim(session_id)
+        writer = None
+        try:
             log = await manager.load(session_id)
             checkpoint = log.checkpoints.get(checkpoint_id)
             if checkpoint is None or (checkpoint["at"] and checkpoint["at"] not in log.positions):
                 return False  # unknown, or on a branch of history a restore abandoned
             writer = SessionWriter(manager, session_id, log.length)
             writer.record({"t": "restore", "to": checkpoint["at"], "checkpoint": checkpoint_id})
-            await writer.close()
             return True
-
-    @contextlib.asynccontextmanager
-    async def _claimed(self, session_id: str) -> AsyncIterator[None]:
-        """The session, held against runs starting meanwhile (one writer at a time)."""
-        if session_id in execution.CLAIMED:
-            raise SessionError(
-                f"session {session_id!r} has a run starting, running or finishing; pause it "
-                "or wait for it"
-            )
-        execution.CLAIMED.add(session_id)
-        try:
-            yield
         finally:
-            execution.CLAIMED.discard(session_id)
+            await execution.let_go(session_id, writer.close() if writer is not None else None)
 
     async def list_sessions(self) -> list[str]:
         return await self._sessions().list_sessions()
