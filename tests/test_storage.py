@@ -30,7 +30,7 @@ from orchestra.coordination.state import (
 )
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.coordination.state.records import FORMAT
-from orchestra.errors import SessionCorruptedError, SessionError
+from orchestra.errors import ConfigurationError, SessionCorruptedError, SessionError
 
 
 def step(number: int, pad: int = 0) -> str:
@@ -497,6 +497,77 @@ async def test_threads_and_open_files_stay_bounded(
             assert await storage.read(name) == [step(1), step(2)]
     finally:
         storage.close()
+
+
+async def test_a_segment_closed_to_save_files_is_taken_up_where_it_was_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more sessions appending than segments kept open, each append used to read its
+    session's last segment whole again (up to 4 MiB) to find where it ends."""
+    monkeypatch.setattr(files, "OPEN_SEGMENTS", 3)
+    read_whole: list[str] = []
+    reopen = files.Segment.reopen
+
+    def counted(session_id: str, path: Path) -> files.Segment:
+        read_whole.append(session_id)
+        return reopen(session_id, path)
+
+    monkeypatch.setattr(files.Segment, "reopen", counted)
+    storage = FileStorageBackend(tmp_path / "state")
+    names = [f"s{number}" for number in range(12)]
+    try:
+        for rounds in range(3):
+            for name in names:
+                await storage.append(name, [step(rounds + 1)], durable=True, after=rounds)
+        assert read_whole == []
+        for name in names:
+            assert await storage.read(name) == [step(1), step(2), step(3)]
+    finally:
+        storage.close()
+
+
+async def test_a_segment_another_writer_appended_to_meanwhile_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "OPEN_SEGMENTS", 1)
+    storage, other = FileStorageBackend(tmp_path / "state"), FileStorageBackend(tmp_path / "state")
+    try:
+        await storage.append("left", [step(1)], durable=True, after=0)
+        await storage.append("right", [step(1)], durable=True, after=0)  # closes left's segment
+        await other.append("left", [step(2)], durable=True, after=1)
+        other.close()
+        with pytest.raises(SessionError, match="'left'"):
+            await storage.append("left", [step(3)], durable=True, after=1)
+        assert await storage.read("left") == [step(1), step(2)]
+        await storage.append("left", [step(3)], durable=True, after=2)
+        assert await storage.read("left") == [step(1), step(2), step(3)]
+    finally:
+        storage.close()
+        other.close()
+
+
+async def test_durable_files_where_there_is_no_fdatasync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS has no ``os.fdatasync`` (its durable sync is ``F_FULLFSYNC``); the backend syncs
+    with what the platform has instead of failing."""
+    monkeypatch.delattr(os, "fdatasync")
+    storage = FileStorageBackend(tmp_path / "state")
+    try:
+        await storage.append("mac", [step(1)], durable=True, after=0)
+        await storage.write_snapshot("mac", b"state")
+        assert await storage.read("mac") == [step(1)]
+        assert await storage.read_snapshot("mac") == b"state"
+    finally:
+        storage.close()
+
+
+def test_a_platform_without_positional_writes_is_told_to_use_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "pwrite")
+    with pytest.raises(ConfigurationError, match="use SQLiteStorageBackend"):
+        FileStorageBackend(tmp_path / "state")
 
 
 # ---- SQLite rows ------------------------------------------------------------------------------

@@ -121,20 +121,18 @@ class Engine(BranchLifecycle):
         if self.finished or branch.status is not BranchStatus.RUNNING or branch.input is None:
             return None
         reopened = branch.step_open
-        if reopened:
-            pass
-        elif self.steps >= self.max_steps:
-            self.abort(
-                StepLimitError(
-                    "max_steps",
-                    f"the run reached max_steps={self.max_steps} (every agent step of every "
-                    f"branch counts, steering retries included); branch {branch.id} was about "
-                    f"to run {branch.agent!r}",
-                ),
-                branch,
-            )
-            return None
-        else:
+        if not reopened:
+            if self.steps >= self.max_steps:
+                self.abort(
+                    StepLimitError(
+                        "max_steps",
+                        f"the run reached max_steps={self.max_steps} (every agent step of every "
+                        f"branch counts, steering retries included); branch {branch.id} was "
+                        f"about to run {branch.agent!r}",
+                    ),
+                    branch,
+                )
+                return None
             self.steps += 1
             branch.steps += 1
             branch.step_number = self.steps

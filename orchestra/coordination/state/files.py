@@ -11,22 +11,30 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from orchestra.errors import SessionCorruptedError, SessionError, SessionNotFoundError
+from orchestra.errors import (
+    ConfigurationError,
+    SessionCorruptedError,
+    SessionError,
+    SessionNotFoundError,
+)
 
 from .backends import check_session_id, stale_writer
 from .segments import (
+    Mark,
     Segment,
     encode_append,
     first_position,
     hold_segment,
     parse,
     segment_name,
+    sync_data,
 )
 from .worker import BlockingWorker
 
 SEGMENT_BYTES = 4 * 1024 * 1024  # a segment takes no more appends once it holds this much
 SHARDS = 8  # threads doing the blocking work of one backend
 OPEN_SEGMENTS = 256  # segment files kept open (the least recently used one is closed)
+MARKS = 4096  # closed segments remembered, to be taken up again without reading them whole
 T = TypeVar("T")
 
 
@@ -37,13 +45,20 @@ class FileStorageBackend:
     A durable append is one ``pwrite`` into space grown ahead of it and one sync of that range,
     with no file size to update. The blocking work runs on a small set of threads: each session
     always on the same one (its appends stay in order), and sessions on different ones do not
-    wait for each other's fsyncs. At most ``OPEN_SEGMENTS`` segment files stay open."""
+    wait for each other's fsyncs. At most ``OPEN_SEGMENTS`` segment files stay open; one closed
+    to stay within that is taken up again where it was left, without being read whole."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
+        if not hasattr(os, "pwrite"):
+            raise ConfigurationError(
+                "FileStorageBackend needs positional file writes (os.pwrite), which this "
+                "platform lacks; use SQLiteStorageBackend instead"
+            )
         self.directory = Path(directory)
         self._workers = [BlockingWorker(f"orchestra-files-{n}") for n in range(SHARDS)]
         self._open: OrderedDict[str, Segment] = OrderedDict()
-        self._guard = threading.Lock()  # of _open, which every worker thread uses
+        self._marks: OrderedDict[str, Mark] = OrderedDict()
+        self._guard = threading.Lock()  # of _open and _marks, which every worker thread uses
 
     def __repr__(self) -> str:
         return f"FileStorageBackend({str(self.directory)!r})"
@@ -121,7 +136,13 @@ class FileStorageBackend:
                 raise stale_writer(session_id, after)
             folder.mkdir(parents=True, exist_ok=True)
             return self._new_segment(session_id, folder, 1, durable)
-        segment = Segment.reopen(session_id, segments[-1])
+        with self._guard:
+            mark = self._marks.pop(session_id, None)
+        segment = None
+        if mark is not None and mark.path == segments[-1]:
+            segment = Segment.resume(session_id, mark)
+        if segment is None:
+            segment = Segment.reopen(session_id, segments[-1])
         self._remember(session_id, segment)
         return segment
 
@@ -157,6 +178,10 @@ class FileStorageBackend:
         for name, segment in self._open.items():
             if name != keep and segment.lock.acquire(blocking=False):
                 try:
+                    if not segment.closed:
+                        self._marks[name] = segment.mark()
+                        if len(self._marks) > MARKS:
+                            self._marks.popitem(last=False)
                     segment.close_locked()
                 finally:
                     segment.lock.release()
@@ -165,6 +190,7 @@ class FileStorageBackend:
 
     def _forget(self, session_id: str) -> None:
         with self._guard:
+            self._marks.pop(session_id, None)
             segment = self._open.get(session_id)
             if segment is not None:
                 segment.close()
@@ -183,6 +209,7 @@ class FileStorageBackend:
             for segment in self._open.values():
                 segment.close()
             self._open.clear()
+            self._marks.clear()
 
     async def release(self, session_id: str) -> None:
         """Close the session's segment, so its lock no longer keeps other writers out."""
@@ -242,7 +269,7 @@ def _write_snapshot(session_id: str, folder: Path, data: bytes) -> None:
     with open(temporary, "wb") as handle:
         handle.write(data)
         handle.flush()
-        os.fsync(handle.fileno())
+        sync_data(handle.fileno())
     os.replace(temporary, folder / "snapshot.bin")
     _fsync_directory(folder)
 

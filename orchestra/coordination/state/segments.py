@@ -38,6 +38,7 @@ except ImportError:  # not POSIX: no guard against a second writer process
 GROWTH_MIN = 64 * 1024  # a segment grows by its size, within these bounds
 GROWTH_MAX = 1024 * 1024
 _WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux: a write that is durable when it returns
+_FULL_FSYNC = getattr(fcntl, "F_FULLFSYNC", None)  # macOS: fsync leaves data in the drive's cache
 _HEADER = re.compile(rb"\n@([0-9a-f]+) ([0-9a-f]{8})\n")
 _HEADER_START = re.compile(rb"@[0-9a-f]*(?: [0-9a-f]{0,8})?")  # a header cut short
 
@@ -117,6 +118,18 @@ def _torn(content: bytes, offset: int, end: int | None) -> bool:
     return end > len(content) or (b"\0" in content[offset:end] and not content[end:].strip(b"\0"))
 
 
+@dataclass(frozen=True)
+class Mark:
+    """Where a segment closed only to keep the number of open files down left off: enough to
+    take it up again without reading it whole, unless another writer has been there since."""
+
+    path: Path
+    inode: int
+    end: int
+    allocated: int
+    records: int
+
+
 class Segment:
     """The segment a session appends to: appends up to ``end``, zeros up to ``allocated``;
     ``records`` counts the session's records up to ``end``. ``lock`` is held while it is
@@ -147,12 +160,33 @@ class Segment:
             parsed = parse(session_id, path.name, data, last=True)
             if parsed.end < parsed.content_end:
                 _fill_zeros(descriptor, parsed.end, parsed.content_end - parsed.end)
-                os.fdatasync(descriptor)
+                sync_data(descriptor)
         except BaseException:
             os.close(descriptor)
             raise
         records = first_position(path) - 1 + len(parsed.records)
         return cls(path, descriptor, parsed.end, len(data), records)
+
+    @classmethod
+    def resume(cls, session_id: str, mark: Mark) -> Segment | None:
+        """Open the segment where ``mark`` left off; None when it is not as it was left (another
+        writer appended to it, or cut it, or replaced it): it must then be read whole."""
+        descriptor = os.open(mark.path, os.O_RDWR)
+        try:
+            _lock_file(session_id, descriptor)
+            status = os.fstat(descriptor)
+            following = os.pread(descriptor, 1, mark.end)  # any append would have begun here
+        except BaseException:
+            os.close(descriptor)
+            raise
+        if (
+            status.st_ino != mark.inode
+            or status.st_size != mark.allocated
+            or following.strip(b"\0")
+        ):
+            os.close(descriptor)
+            return None
+        return cls(mark.path, descriptor, mark.end, mark.allocated, mark.records)
 
     @classmethod
     def _locked(
@@ -176,7 +210,7 @@ class Segment:
         except OSError:
             try:
                 _fill_zeros(self.descriptor, self.end, len(data))
-                os.fdatasync(self.descriptor)
+                sync_data(self.descriptor)
             except OSError:
                 return False
             raise
@@ -199,13 +233,17 @@ class Segment:
         else:  # the new zeros and the file size become durable along with the records
             _check_written(os.pwrite(self.descriptor, data, self.end), data)
             if durable:
-                os.fdatasync(self.descriptor)
+                sync_data(self.descriptor)
 
     def seal(self, durable: bool) -> None:
         """A full segment loses its padding before the next one starts."""
         os.ftruncate(self.descriptor, self.end)
         if durable:
-            os.fdatasync(self.descriptor)
+            sync_data(self.descriptor)
+
+    def mark(self) -> Mark:
+        inode = os.fstat(self.descriptor).st_ino
+        return Mark(self.path, inode, self.end, self.allocated, self.records)
 
     def close(self) -> None:
         with self.lock:
@@ -240,6 +278,15 @@ def _lock_file(session_id: str, descriptor: int) -> None:
             f"session {session_id!r} is being written by another process (or another "
             "FileStorageBackend object); a session takes one writer at a time"
         ) from None
+
+
+def sync_data(descriptor: int) -> None:
+    """Make what was written to a file durable: ``fdatasync`` where there is one; on macOS
+    ``F_FULLFSYNC``, since its ``fsync`` returns before the drive has stored the data."""
+    if _FULL_FSYNC is not None:
+        fcntl.fcntl(descriptor, _FULL_FSYNC)
+    else:
+        getattr(os, "fdatasync", os.fsync)(descriptor)
 
 
 def _fill_zeros(descriptor: int, offset: int, length: int) -> None:

@@ -51,6 +51,9 @@ class SQLiteStorageBackend:
             connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(
+                "PRAGMA fullfsync=ON"
+            )  # macOS: a sync reaches the drive (else no-op)
+            connection.execute(
                 "CREATE TABLE IF NOT EXISTS appends (session TEXT NOT NULL, first INTEGER NOT "
                 "NULL, count INTEGER NOT NULL, records TEXT NOT NULL, PRIMARY KEY (session, first))"
             )
