@@ -61,6 +61,7 @@ class Watched:
         self.snapshots: list[tuple[list[str], bytes]] = []
         self.keep_snapshot: Callable[[], bool] = lambda: False
         self.snapshot_kept = asyncio.Event()
+        self.released_while_writing: list[int] = []  # appends in flight at each release
 
     async def append(
         self, session_id: str, records: Sequence[str], durable: bool, after: int
@@ -83,6 +84,7 @@ class Watched:
             self.in_flight -= 1
 
     async def release(self, session_id: str) -> None:
+        self.released_while_writing.append(self.in_flight)
         await self.inner.release(session_id)
 
     async def read(self, session_id: str) -> list[str]:
@@ -775,5 +777,77 @@ async def test_a_run_without_a_state_manager_leaves_a_durable_runs_session_held(
     assert (await wait(unsaved.execute("two", context={"session_id": "shared"}))).success
     with pytest.raises(SessionError, match="'shared' has a run starting"):
         await pipeline.orchestra.execute("three", context={"session_id": "shared"})
+    assert await pipeline.orchestra.pause_session("shared")  # still reachable
     hold.release.set()
-    assert (await wait(running)).success
+    assert (await wait(running)).metadata["paused"] is True
+
+
+async def test_a_start_cancelled_while_its_first_record_is_written_holds_the_session(
+    storage: Storage,
+) -> None:
+    """The write of a new run's first record goes on after a cancel (it cannot be taken
+    back); until it is over the session stays held, and then the run is an interrupted one."""
+    watched = Watched(storage)
+    watched.hold_when = lambda records: any(r["t"] == "run" for r in records)
+    orchestra = pipeline_instance(watched, {"First": lambda t, c: t, "Second": lambda d, c: d})
+    running = asyncio.create_task(orchestra.execute("job", context={"session_id": "early"}))
+    await wait(watched.held.wait())
+    running.cancel()
+    with pytest.raises(SessionError, match="'early' has a run starting"):
+        await orchestra.execute("again", context={"session_id": "early"})
+    watched.let_go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await wait(running)
+    assert "early" not in execution.CLAIMED
+    resumed = await wait(orchestra.resume_session("early"))
+    assert resumed.success and resumed.final_response == "job"
+
+
+async def test_an_abandoned_writer_lets_go_only_once_its_append_is_over(
+    storage: Storage,
+) -> None:
+    """Abandoning (a run that failed to start, or that storage failed) used to release the
+    session with an append still in flight: whoever took the session next wrote under it."""
+    watched = Watched(storage)
+    watched.hold_when = lambda records: True
+    writer = SessionWriter(StateManager(watched, auto_save_interval=0), "abandoned", 0)
+    writer.record({"t": "run"})
+    writer.commit()
+    abandoning = asyncio.create_task(writer.abandon())
+    await wait(watched.held.wait())
+    watched.let_go.set()
+    await wait(abandoning)
+    assert watched.released_while_writing == [0]
+
+
+class LosesTheEnd(Watched):
+    """Holds the append of a run's ``end`` record, then fails it."""
+
+    async def append(
+        self, session_id: str, records: Sequence[str], durable: bool, after: int
+    ) -> None:
+        if any(json.loads(record)["t"] == "end" for record in records):
+            self.held.set()
+            await self.let_go.wait()
+            raise ConnectionError("the storage server went away")
+        await super().append(session_id, records, durable, after)
+
+
+async def test_a_last_write_that_fails_after_a_cancel_is_reported(storage: Storage) -> None:
+    reported: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+    losing = LosesTheEnd(storage)
+    orchestra = pipeline_instance(losing, {"First": lambda t, c: t, "Second": lambda d, c: d})
+    running = asyncio.create_task(orchestra.execute("job", context={"session_id": "lost"}))
+    await wait(losing.held.wait())
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await wait(running)
+    losing.let_go.set()
+    await wait(until(lambda: "lost" not in execution.CLAIMED))
+    await asyncio.sleep(0)  # the report is made by a callback of the write that failed
+    assert [context["message"] for context in reported] == [
+        "session 'lost': its last records could not be written after its run was cancelled; "
+        "a resume goes on from its last durable step"
+    ]
+    assert isinstance(reported[0]["exception"], ConnectionError)

@@ -546,6 +546,60 @@ async def test_a_segment_another_writer_appended_to_meanwhile_is_read_again(
         other.close()
 
 
+async def test_a_session_started_anew_by_another_writer_refuses_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new segment file may get the old one's inode and size: what the closed segment's
+    mark remembers of its last append tells them apart."""
+    monkeypatch.setattr(files, "OPEN_SEGMENTS", 1)
+    storage, other = FileStorageBackend(tmp_path / "state"), FileStorageBackend(tmp_path / "state")
+    try:
+        await storage.append("anew", [step(1), step(2), step(3)], durable=True, after=0)
+        await storage.append("aside", [step(1)], durable=True, after=0)  # closes anew's segment
+        assert await other.delete("anew")
+        await other.append("anew", [step(7)], durable=True, after=0)
+        other.close()
+        with pytest.raises(SessionError, match="'anew'"):
+            await storage.append("anew", [step(4)], durable=True, after=3)
+        assert await storage.read("anew") == [step(7)]
+    finally:
+        storage.close()
+        other.close()
+
+
+async def test_an_append_torn_by_another_writer_behind_a_closed_segment_is_cleared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "OPEN_SEGMENTS", 1)
+    storage = FileStorageBackend(tmp_path / "state")
+    try:
+        await storage.append("torn", [step(1), step(2)], durable=True, after=0)
+        await storage.append("aside", [step(1)], durable=True, after=0)  # closes torn's segment
+        never_acknowledged = torn_append([step(9, pad=200)] * 3, 400)[100:]
+        tear(
+            first_segment(tmp_path / "state" / "torn"), never_acknowledged, gap=100
+        )  # its start: a hole
+        for number in range(3, 8):
+            await storage.append("torn", [step(number)], durable=True, after=number - 1)
+        assert await storage.read("torn") == [step(n) for n in range(1, 8)]
+    finally:
+        storage.close()
+
+
+async def test_a_file_system_that_refuses_a_full_fsync_gets_an_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS network and FUSE file systems refuse ``F_FULLFSYNC``; here a command Linux
+    refuses stands in for it."""
+    monkeypatch.setattr(segments, "_FULL_FSYNC", 0x7FFF)
+    storage = FileStorageBackend(tmp_path / "state")
+    try:
+        await storage.append("remote", [step(1)], durable=True, after=0)
+        assert await storage.read("remote") == [step(1)]
+    finally:
+        storage.close()
+
+
 async def test_durable_files_where_there_is_no_fdatasync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

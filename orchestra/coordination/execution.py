@@ -91,13 +91,30 @@ async def let_go(session_id: str, ending: Awaitable[None] | None) -> None:
         return
     finishing = asyncio.ensure_future(ending)
     finishing.add_done_callback(functools.partial(_freed, session_id))
-    await asyncio.shield(finishing)
+    try:
+        await asyncio.shield(finishing)
+    except asyncio.CancelledError:
+        if not finishing.done():  # nobody is left to hear how it ends: a failure is reported
+            finishing.add_done_callback(functools.partial(_unheard, session_id))
+        raise
 
 
 def _freed(session_id: str, finishing: asyncio.Future[None]) -> None:
     CLAIMED.discard(session_id)
     if not finishing.cancelled():
         finishing.exception()  # retrieved here; a caller still awaiting it raises it
+
+
+def _unheard(session_id: str, finishing: asyncio.Future[None]) -> None:
+    error = None if finishing.cancelled() else finishing.exception()
+    if error is not None:
+        asyncio.get_running_loop().call_exception_handler(
+            {
+                "message": f"session {session_id!r}: its last records could not be written "
+                "after its run was cancelled; a resume goes on from its last durable step",
+                "exception": error,
+            }
+        )
 
 
 def prepare(
@@ -169,10 +186,12 @@ async def resume(
     """Rebuild the session's last run from its log and continue it."""
     started = time.perf_counter()
     claim(session_id)
+    writer = None
     try:
         runner, writer = await _rebuild(setup, session_id, state_manager, additional_context)
+        await writer.flush()
     except BaseException:
-        await _abandon(None, session_id)
+        await _abandon(writer, session_id)
         raise
     return await _drive(runner, writer, session_id, started, runner.resume)
 
@@ -227,12 +246,6 @@ async def _rebuild(
     writer.record({"t": "resume", "context": encode(extra)})
     engine.context.update(extra)
     runner.journal = Journal(writer, log)
-    try:
-        await writer.flush()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await writer.abandon()
-        raise
     return runner, writer
 
 
@@ -240,7 +253,8 @@ async def _drive(
     runner: Runner, writer: SessionWriter | None, session_id: str, started: float, go: Any
 ) -> OrchestraResult:
     live = LiveRun(session_id, runner, writer)
-    LIVE[session_id] = live
+    if writer is not None or session_id not in LIVE:  # a durable run's entry is never taken
+        LIVE[session_id] = live
     engine = runner.engine
     if writer is not None:
         compress = writer.manager.compression
@@ -257,7 +271,8 @@ async def _drive(
         try:
             await go()
         finally:
-            LIVE.pop(session_id, None)
+            if LIVE.get(session_id) is live:
+                del LIVE[session_id]
         if runner.halted is not None:
             raise _halted(session_id, runner.halted)
         paused = runner.pausing and not engine.finished

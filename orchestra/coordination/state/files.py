@@ -178,7 +178,8 @@ class FileStorageBackend:
         for name, segment in self._open.items():
             if name != keep and segment.lock.acquire(blocking=False):
                 try:
-                    if not segment.closed:
+                    if not segment.closed and segment.end > 0:
+                        self._marks.pop(name, None)
                         self._marks[name] = segment.mark()
                         if len(self._marks) > MARKS:
                             self._marks.popitem(last=False)

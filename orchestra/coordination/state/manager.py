@@ -18,6 +18,7 @@ future stays in the log as its own branch of history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -188,10 +189,16 @@ class SessionWriter:
 
     async def abandon(self) -> None:
         """Drop what is queued, unwritten, and let storage release what it held: for a run
-        that failed to start, which must not be found in the log and resumed later."""
+        that failed to start (it must not be found in the log and resumed later) or that
+        storage failed. An append already in flight is waited for first, whatever its outcome:
+        until it is over, another writer would write under it."""
         await self._stop_flusher()
         self._buffer.clear()
         self._retry = None
+        writing = self._writing
+        if writing is not None:
+            with contextlib.suppress(Exception):
+                await (writing if isinstance(writing, Completion) else asyncio.shield(writing))
         await self.manager.storage.release(self.session_id)
 
     async def _stop_flusher(self) -> None:

@@ -37,6 +37,7 @@ except ImportError:  # not POSIX: no guard against a second writer process
 
 GROWTH_MIN = 64 * 1024  # a segment grows by its size, within these bounds
 GROWTH_MAX = 1024 * 1024
+MARK_BYTES = 64  # of a segment's last append, kept to recognise the segment when taking it up
 _WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux: a write that is durable when it returns
 _FULL_FSYNC = getattr(fcntl, "F_FULLFSYNC", None)  # macOS: fsync leaves data in the drive's cache
 _HEADER = re.compile(rb"\n@([0-9a-f]+) ([0-9a-f]{8})\n")
@@ -124,10 +125,10 @@ class Mark:
     take it up again without reading it whole, unless another writer has been there since."""
 
     path: Path
-    inode: int
+    identity: tuple[int, int, int, int, int]  # inode, size, mtime, ctime (ns), device
     end: int
-    allocated: int
     records: int
+    last_bytes: bytes  # the end of its last append
 
 
 class Segment:
@@ -170,23 +171,26 @@ class Segment:
     @classmethod
     def resume(cls, session_id: str, mark: Mark) -> Segment | None:
         """Open the segment where ``mark`` left off; None when it is not as it was left (another
-        writer appended to it, or cut it, or replaced it): it must then be read whole."""
+        writer appended to it, tore an append into it, cut it, or replaced it with a new file):
+        it must then be read whole."""
         descriptor = os.open(mark.path, os.O_RDWR)
         try:
             _lock_file(session_id, descriptor)
-            status = os.fstat(descriptor)
-            following = os.pread(descriptor, 1, mark.end)  # any append would have begun here
+            identity = _identity(descriptor)
+            start = mark.end - len(mark.last_bytes)
+            found = (
+                os.pread(descriptor, identity[1] - start, start)
+                if identity == mark.identity
+                else b""
+            )
         except BaseException:
             os.close(descriptor)
             raise
-        if (
-            status.st_ino != mark.inode
-            or status.st_size != mark.allocated
-            or following.strip(b"\0")
-        ):
+        ahead = found[len(mark.last_bytes) :]
+        if not found.startswith(mark.last_bytes) or ahead.count(0) != len(ahead):
             os.close(descriptor)
             return None
-        return cls(mark.path, descriptor, mark.end, mark.allocated, mark.records)
+        return cls(mark.path, descriptor, mark.end, identity[1], mark.records)
 
     @classmethod
     def _locked(
@@ -238,12 +242,14 @@ class Segment:
     def seal(self, durable: bool) -> None:
         """A full segment loses its padding before the next one starts."""
         os.ftruncate(self.descriptor, self.end)
+        self.allocated = self.end
         if durable:
             sync_data(self.descriptor)
 
     def mark(self) -> Mark:
-        inode = os.fstat(self.descriptor).st_ino
-        return Mark(self.path, inode, self.end, self.allocated, self.records)
+        start = max(0, self.end - MARK_BYTES)
+        last_bytes = os.pread(self.descriptor, self.end - start, start)
+        return Mark(self.path, _identity(self.descriptor), self.end, self.records, last_bytes)
 
     def close(self) -> None:
         with self.lock:
@@ -282,11 +288,20 @@ def _lock_file(session_id: str, descriptor: int) -> None:
 
 def sync_data(descriptor: int) -> None:
     """Make what was written to a file durable: ``fdatasync`` where there is one; on macOS
-    ``F_FULLFSYNC``, since its ``fsync`` returns before the drive has stored the data."""
+    ``F_FULLFSYNC``, since its ``fsync`` returns before the drive has stored the data (a file
+    system that refuses it, a network one say, gets the best it offers: ``fsync``)."""
     if _FULL_FSYNC is not None:
-        fcntl.fcntl(descriptor, _FULL_FSYNC)
-    else:
-        getattr(os, "fdatasync", os.fsync)(descriptor)
+        try:
+            fcntl.fcntl(descriptor, _FULL_FSYNC)
+            return
+        except OSError:
+            pass
+    getattr(os, "fdatasync", os.fsync)(descriptor)
+
+
+def _identity(descriptor: int) -> tuple[int, int, int, int, int]:
+    found = os.fstat(descriptor)
+    return (found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_dev)
 
 
 def _fill_zeros(descriptor: int, offset: int, length: int) -> None:
