@@ -38,6 +38,7 @@ except ImportError:  # not POSIX: no guard against a second writer process
 GROWTH_MIN = 64 * 1024  # a segment grows by its size, within these bounds
 GROWTH_MAX = 1024 * 1024
 MARK_BYTES = 64  # of a segment's last append, kept to recognise the segment when taking it up
+CHECKED_AHEAD = 64 * 1024  # zeros after the mark checked to be zeros still, when taking it up
 _WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux: a write that is durable when it returns
 _FULL_FSYNC = getattr(fcntl, "F_FULLFSYNC", None)  # macOS: fsync leaves data in the drive's cache
 _HEADER = re.compile(rb"\n@([0-9a-f]+) ([0-9a-f]{8})\n")
@@ -172,17 +173,15 @@ class Segment:
     def resume(cls, session_id: str, mark: Mark) -> Segment | None:
         """Open the segment where ``mark`` left off; None when it is not as it was left (another
         writer appended to it, tore an append into it, cut it, or replaced it with a new file):
-        it must then be read whole."""
+        it must then be read whole. Any write changes the file's times; the bytes around the
+        mark are checked as well, for file systems whose clock ticks slower than writes come."""
         descriptor = os.open(mark.path, os.O_RDWR)
         try:
             _lock_file(session_id, descriptor)
             identity = _identity(descriptor)
             start = mark.end - len(mark.last_bytes)
-            found = (
-                os.pread(descriptor, identity[1] - start, start)
-                if identity == mark.identity
-                else b""
-            )
+            around = len(mark.last_bytes) + CHECKED_AHEAD
+            found = os.pread(descriptor, around, start) if identity == mark.identity else b""
         except BaseException:
             os.close(descriptor)
             raise
