@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,14 +15,16 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from orchestra.coordination.config import StatusConfig
-from orchestra.coordination.orchestra import Orchestra
+from orchestra.coordination.config import ExecutionConfig, StatusConfig
+from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_session_id
 from orchestra.coordination.results import OrchestraResult
+from orchestra.coordination.state import SQLiteStorageBackend, StateManager
+from orchestra.coordination.state.records import decode
 from orchestra.coordination.topology import Edge, PatternConfig, Topology
 from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS
-from orchestra.errors import OrchestraError, TopologyError
+from orchestra.errors import OrchestraError, SessionError, TopologyError
 from orchestra.models.defaults import default_model_config
-from orchestra.workflow import load_workflow
+from orchestra.workflow import Workflow, load_workflow
 
 app = typer.Typer(
     help="Orchestra: durable, fast, observable multi-agent workflows.",
@@ -121,50 +125,193 @@ def _print_result(result: OrchestraResult) -> None:
     )
 
 
-def _execute(workflow_path: Path, task: str | None, verbosity: int, max_tokens: int | None) -> None:
+DEFAULT_STORE = Path(".orchestra") / "sessions.db"
+Store = Annotated[
+    Path,
+    typer.Option(
+        "--store",
+        envvar="ORCHESTRA_STORE",
+        help="The SQLite file that keeps sessions; every step is durable in it.",
+    ),
+]
+NoStore = Annotated[
+    bool, typer.Option("--no-store", help="Keep no session: the run cannot be resumed.")
+]
+Verbosity = Annotated[int, typer.Option("--verbosity", "-v", min=0, max=2)]
+
+
+def _load(workflow_path: Path, max_tokens: int | None) -> Workflow:
     try:
-        workflow = load_workflow(workflow_path, max_tokens=max_tokens)
+        return load_workflow(workflow_path, max_tokens=max_tokens)
     except OrchestraError as error:
         console.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _kept_in(store: Path | None) -> Iterator[StateManager | None]:
+    """Sessions kept durably, step by step: a run the command line starts is a process that
+    can be killed, and ``orchestra resume`` goes on from its last completed step."""
+    if store is None:
+        yield None
+        return
+    backend = SQLiteStorageBackend(store)
+    try:
+        yield StateManager(backend, auto_save_interval=0)
+    finally:
+        backend.close()
+
+
+def _status(workflow: Workflow, verbosity: int) -> ExecutionConfig:
+    return workflow.execution.model_copy(update={"status": StatusConfig.from_verbosity(verbosity)})
+
+
+def _finish(
+    run: Coroutine[Any, Any, OrchestraResult], manager: StateManager | None, again: str
+) -> None:
+    """Run to the end and report; when the run can be taken up again, say how."""
+    try:
+        result = asyncio.run(run)
+    except KeyboardInterrupt:
+        console.print(f"Interrupted. {again}" if manager else "Interrupted.", highlight=False)
+        raise typer.Exit(130) from None
+    except OrchestraError as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    _print_result(result)
+    if result.metadata.get("paused") and manager is not None:
+        console.print(f"Paused. {again}", highlight=False)
+    if not result.success:
+        raise typer.Exit(1)
+
+
+def _execute(
+    workflow_path: Path,
+    task: str | None,
+    verbosity: int,
+    max_tokens: int | None,
+    store: Path | None,
+    session: str | None,
+    resume_with: str,
+) -> None:
+    workflow = _load(workflow_path, max_tokens)
     chosen = task if task is not None else workflow.task
     if chosen is None:
         raise typer.BadParameter("no task: pass --task or give the workflow a 'task'")
-    result = asyncio.run(
-        Orchestra.run(
-            chosen,
+    context = dict(workflow.context)
+    if store is not None or session is not None:
+        context["session_id"] = session or new_session_id()
+    again = _again(resume_with, context.get("session_id"), store)
+    if store is not None:
+        console.print(f"Session {context['session_id']}, kept in {store}", highlight=False)
+    with _kept_in(store) as manager:
+        _finish(
+            Orchestra.run(
+                chosen,
+                workflow.topology,
+                agent_registry=workflow.registry,
+                context=context,
+                execution_config=_status(workflow, verbosity),
+                error_config=workflow.error_handling,
+                max_steps=workflow.max_steps,
+                state_manager=manager,
+            ),
+            manager,
+            again,
+        )
+
+
+def _resume(
+    workflow_path: Path,
+    session: str,
+    context: str | None,
+    verbosity: int,
+    max_tokens: int | None,
+    store: Path,
+    resume_with: str,
+) -> None:
+    extra = _json_object(context, "--context") if context is not None else None
+    workflow = _load(workflow_path, max_tokens)
+    if not store.exists():
+        console.print(f"[red]no session store at {store}[/red]", highlight=False)
+        raise typer.Exit(1)
+    with _kept_in(store) as manager:
+        instance = OrchestraInstance(
             workflow.topology,
             agent_registry=workflow.registry,
-            context=workflow.context,
-            execution_config=workflow.execution.model_copy(
-                update={"status": StatusConfig.from_verbosity(verbosity)}
-            ),
-            error_config=workflow.error_handling,
-            max_steps=workflow.max_steps,
+            initial_config=_status(workflow, verbosity),
+            state_manager=manager,
         )
-    )
-    _print_result(result)
-    if not result.success:
-        raise typer.Exit(1)
+        again = _again(resume_with, session, store)
+        _finish(instance.resume_session(session, extra), manager, again)
+
+
+def _again(resume_with: str, session: str | None, store: Path | None) -> str:
+    elsewhere = f" --store {store}" if store is not None and store != DEFAULT_STORE else ""
+    return f"Resume with: {resume_with} {session}{elsewhere}"
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise typer.BadParameter(f"{option} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"{option} must be a JSON object, got {text!r}")
+    return value
 
 
 @app.command()
 def run(
     workflow: Annotated[Path, typer.Argument(help="A workflow file (YAML or JSON).")],
     task: Annotated[str | None, typer.Option(help="The task (default: the file's 'task').")] = None,
-    verbosity: Annotated[int, typer.Option("--verbosity", "-v", min=0, max=2)] = 1,
+    verbosity: Verbosity = 1,
+    session: Annotated[
+        str | None, typer.Option(help="The session id (default: a new one).")
+    ] = None,
+    store: Store = DEFAULT_STORE,
+    no_store: NoStore = False,
 ) -> None:
-    """Run a workflow file: its agents, topology and execution settings."""
-    _execute(workflow, task, verbosity, None)
+    """Run a workflow file: its agents, topology and execution settings. The run is a durable
+    session (see --store): if it is interrupted, `orchestra resume` goes on from its last step."""
+    _execute(
+        workflow,
+        task,
+        verbosity,
+        None,
+        None if no_store else store,
+        session,
+        f"orchestra resume {workflow}",
+    )
+
+
+@app.command()
+def resume(
+    workflow: Annotated[Path, typer.Argument(help="The workflow file the session was run with.")],
+    session: Annotated[str, typer.Argument(help="The session id.")],
+    context: Annotated[
+        str | None,
+        typer.Option(help="A JSON object added to what every agent sees from now on."),
+    ] = None,
+    verbosity: Verbosity = 1,
+    store: Store = DEFAULT_STORE,
+) -> None:
+    """Go on with an interrupted or paused session from its last completed step."""
+    _resume(workflow, session, context, verbosity, None, store, f"orchestra resume {workflow}")
 
 
 @app.command()
 def demo(
     task: Annotated[str | None, typer.Option(help="What the team should research.")] = None,
-    verbosity: Annotated[int, typer.Option("--verbosity", "-v", min=0, max=2)] = 2,
+    verbosity: Verbosity = 2,
     topologies: Annotated[
         bool, typer.Option("--topologies", help="Also draw the API page's example topologies.")
     ] = False,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Go on with an interrupted demo session.")
+    ] = None,
+    store: Store = DEFAULT_STORE,
+    no_store: NoStore = False,
 ) -> None:
     """Run the bundled research-and-report workflow on the default model (offline unless
     ORCHESTRA_MODEL, OPENAI_API_KEY, ANTHROPIC_API_KEY or ORCHESTRA_BASE_URL say otherwise)."""
@@ -173,7 +320,96 @@ def demo(
     if topologies:
         for title, topology in _demo_topologies().items():
             show_topology(title, topology)
-    _execute(DEMO_FLOW, task, verbosity, DEMO_MAX_TOKENS)
+    if resume is not None:
+        _resume(
+            DEMO_FLOW, resume, None, verbosity, DEMO_MAX_TOKENS, store, "orchestra demo --resume"
+        )
+    else:
+        kept = None if no_store else store
+        _execute(DEMO_FLOW, task, verbosity, DEMO_MAX_TOKENS, kept, None, "orchestra demo --resume")
+
+
+sessions_app = typer.Typer(help="The sessions kept in a store: list them, delete them.")
+app.add_typer(sessions_app, name="sessions")
+
+
+@sessions_app.command("list")
+def list_sessions(store: Store = DEFAULT_STORE) -> None:
+    """Each session with the state of its last run: finished, failed, paused, or interrupted
+    (the last two can be resumed)."""
+    if not store.exists():
+        console.print(f"No sessions: no store at {store}", highlight=False)
+        return
+    with _kept_in(store) as manager:
+        assert manager is not None
+        rows = asyncio.run(_session_rows(manager))
+    table = Table(title=f"Sessions in {store}")
+    for column in ("session", "state", "runs", "steps", "task"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+async def _session_rows(manager: StateManager) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for session_id in await manager.list_sessions():
+        try:
+            log = await manager.load(session_id)
+        except SessionError as error:
+            rows.append((session_id, f"unreadable: {error}", "", "", ""))
+            continue
+        run = log.last_run
+        if run is None:
+            rows.append((session_id, "no run", "0", "0", ""))
+            continue
+        steps = sum(record["t"] in ("step", "step_failed") for record in run.records)
+        task = str(decode(run.header["task"]))
+        rows.append(
+            (
+                session_id,
+                _run_state(run.end),
+                str(len(log.runs)),
+                str(steps),
+                task if len(task) <= 48 else task[:47] + "…",
+            )
+        )
+    return rows
+
+
+def _run_state(end: dict[str, Any] | None) -> str:
+    if end is None:
+        return "interrupted"
+    if end.get("paused"):
+        return "paused"
+    return "finished" if end.get("success") else "failed"
+
+
+@sessions_app.command("delete")
+def delete_sessions(
+    sessions: Annotated[list[str], typer.Argument(help="The session ids.")],
+    store: Store = DEFAULT_STORE,
+) -> None:
+    """Delete sessions, their logs and snapshots (exit code 1 if one was not there)."""
+    with _kept_in(store) as manager:
+        assert manager is not None
+        missing = asyncio.run(_delete(manager, sessions))
+    if missing:
+        raise typer.Exit(1)
+
+
+async def _delete(manager: StateManager, sessions: list[str]) -> bool:
+    """Delete each session, saying so; True when one of them was not there."""
+    missing = False
+    for session_id in sessions:
+        try:
+            deleted = await manager.delete_session(session_id)
+        except OrchestraError as error:
+            console.print(f"[red]{error}[/red]", highlight=False)
+            deleted = False
+        console.print(f"{session_id}: {'deleted' if deleted else 'no such session'}")
+        missing = missing or not deleted
+    return missing
 
 
 def _load_topology_file(path: Path) -> Any:

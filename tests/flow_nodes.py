@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -17,3 +21,37 @@ def word_count(text: str) -> int:
         text: the text to count
     """
     return len(text.split())
+
+
+def intake(data: Any, context: Mapping[str, Any]) -> str:
+    return _tally("Intake", data, context)
+
+
+def publish(data: Any, context: Mapping[str, Any]) -> str:
+    return _tally("Publish", data, context)
+
+
+def _tally(name: str, data: Any, context: Mapping[str, Any]) -> str:
+    """Counts the node's steps, one line each, in the file ``context["tally"]``."""
+    with open(context["tally"], "a") as steps:
+        steps.write(f"{name}\n")
+    return f"{data}+{name}"
+
+
+def die_the_first_time(data: Any, context: Mapping[str, Any]) -> str:
+    """Kills its process (SIGKILL: nothing is cleaned up) the first time it runs."""
+    marker = Path(context["marker"])
+    if not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return f"{data}+Review"
+
+
+async def interrupt_the_first_time(data: Any, context: Mapping[str, Any]) -> str:
+    """Presses Ctrl-C on its own process (SIGINT) the first time it runs, and waits."""
+    marker = Path(context["marker"])
+    if not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(60)  # cancelled: the command line stops the run
+    return f"{data}+Review"

@@ -11,7 +11,11 @@ Anthropic blocks) stays in its test module.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestra import (
@@ -153,3 +157,26 @@ async def run_forced_handoff(
     assert hub_step.action.targets == ("Worker",)
     assert received == [hub_step.action.invocations[0].request]
     return hub_step, received
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``orchestra ARGS`` as a user runs it: a real subprocess, which finds the function nodes
+    of ``flow_nodes``. It runs in ``cwd`` (default: an empty folder of its own), where the
+    command line keeps its sessions (``.orchestra/sessions.db``)."""
+    with tempfile.TemporaryDirectory() as empty:
+        return subprocess.run(
+            [sys.executable, "-m", "orchestra", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=cwd or empty,
+            env={
+                "COLUMNS": "150",
+                "PATH": "/usr/bin:/bin",
+                "PYTHONPATH": str(TESTS),
+                "HOME": str(Path.home()),
+            },
+        )

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import textwrap
 from pathlib import Path
 
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestra", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"COLUMNS": "120", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
-    )
+from helpers import run_cli
 
 
 def test_demo_runs_the_research_workflow_offline_on_the_bundled_model() -> None:
@@ -70,3 +61,107 @@ def test_topology_command_reports_unreadable_and_malformed_files(tmp_path: Path)
     bad.write_text("{not json")
     malformed = run_cli("topology", str(bad))
     assert malformed.returncode != 0 and "not valid json" in malformed.stderr
+
+
+# ---- sessions --------------------------------------------------------------------------------
+
+KILLED_ONCE = """
+agents:
+  - {name: Intake, function: "flow_nodes:intake"}
+  - {name: Review, function: "flow_nodes:die_the_first_time"}
+  - {name: Publish, function: "flow_nodes:publish"}
+topology:
+  nodes: [Intake, Review, Publish]
+  edges: [Intake -> Review, Review -> Publish]
+task: draft
+"""
+
+
+def killed_once(folder: Path) -> Path:
+    """Intake -> Review -> Publish; Review kills its process the first time it runs, and
+    Intake and Publish count their steps in ``tally.txt``."""
+    flow = folder / "flow.yaml"
+    flow.write_text(
+        textwrap.dedent(KILLED_ONCE).lstrip()
+        + f"context: {{tally: '{folder / 'tally.txt'}', marker: '{folder / 'died'}'}}\n"
+    )
+    return flow
+
+
+def session_line(output: str) -> str:
+    """The session id from the line ``Session <id>, kept in <store>``."""
+    line = next(line for line in output.splitlines() if line.startswith("Session "))
+    return line.split()[1].rstrip(",")
+
+
+def test_a_run_killed_mid_way_is_resumed_from_its_last_step(tmp_path: Path) -> None:
+    flow = killed_once(tmp_path)
+    killed = run_cli("run", str(flow), "-v", "0", cwd=tmp_path)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    session = session_line(killed.stdout)
+    assert f"kept in {Path('.orchestra') / 'sessions.db'}" in killed.stdout
+    assert (tmp_path / ".orchestra" / "sessions.db").exists()
+    listed = run_cli("sessions", "list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert session in listed.stdout and "interrupted" in listed.stdout
+
+    resumed = run_cli("resume", str(flow), session, "-v", "0", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "draft+Intake+Review+Publish" in resumed.stdout
+    assert (tmp_path / "tally.txt").read_text().split() == ["Intake", "Publish"]
+    assert "finished" in run_cli("sessions", "list", cwd=tmp_path).stdout
+
+    deleted = run_cli("sessions", "delete", session, cwd=tmp_path)
+    assert deleted.returncode == 0 and f"{session}: deleted" in deleted.stdout
+    assert session not in run_cli("sessions", "list", cwd=tmp_path).stdout
+
+
+def test_ctrl_c_stops_a_run_that_resume_then_finishes(tmp_path: Path) -> None:
+    flow = killed_once(tmp_path)
+    flow.write_text(flow.read_text().replace("die_the_first_time", "interrupt_the_first_time"))
+    stopped = run_cli("run", str(flow), "-v", "0", cwd=tmp_path)
+    assert stopped.returncode == 130, stopped.stdout + stopped.stderr
+    session = session_line(stopped.stdout)
+    assert f"Interrupted. Resume with: orchestra resume {flow} {session}" in stopped.stdout
+    resumed = run_cli("resume", str(flow), session, "-v", "0", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert (tmp_path / "tally.txt").read_text().split() == ["Intake", "Publish"]
+
+
+def test_a_session_can_be_named_and_kept_elsewhere(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("agents: [{name: A, function: 'flow_nodes:shout'}]\ntopology: {nodes: [A]}\n")
+    store = tmp_path / "kept" / "mine.db"
+    done = run_cli("run", str(flow), "--task", "hi", "--session", "weekly", "--store", str(store))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Session weekly, kept in" in done.stdout
+    listed = run_cli("sessions", "list", "--store", str(store))
+    assert "weekly" in listed.stdout and "finished" in listed.stdout
+    finished = run_cli("resume", str(flow), "weekly", "--store", str(store))
+    assert finished.returncode == 1 and "'weekly' already finished" in finished.stdout
+
+
+def test_without_a_store_nothing_is_kept(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("agents: [{name: A, function: 'flow_nodes:shout'}]\ntopology: {nodes: [A]}\n")
+    done = run_cli("run", str(flow), "--task", "hi", "--no-store", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (tmp_path / ".orchestra").exists() and "Session " not in done.stdout
+
+
+def test_resume_names_what_it_cannot_find(tmp_path: Path) -> None:
+    flow = killed_once(tmp_path)
+    no_store = run_cli("resume", str(flow), "nope", cwd=tmp_path)
+    assert (
+        no_store.returncode == 1 and "no session store at .orchestra/sessions.db" in no_store.stdout
+    )
+    assert run_cli("run", str(flow), "-v", "0", cwd=tmp_path).returncode == -9
+    unknown = run_cli("resume", str(flow), "nope", cwd=tmp_path)
+    assert unknown.returncode == 1 and "no session 'nope'" in unknown.stdout
+    bad = run_cli("resume", str(flow), "nope", "--context", "[1]", cwd=tmp_path)
+    assert bad.returncode == 2 and "--context must be a JSON object" in bad.stderr
+    gone = run_cli("sessions", "delete", "nope", cwd=tmp_path)
+    assert gone.returncode == 1 and "nope: no such session" in gone.stdout
+    assert "No sessions: no store at" in run_cli("sessions", "list").stdout
+    demo = run_cli("demo", "--resume", "nope", cwd=tmp_path)
+    assert demo.returncode == 1 and "no session 'nope'" in demo.stdout

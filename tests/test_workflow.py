@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import TESTS, run_cli
 from servers import Scripted, ScriptedHTTPServer, free_port
 
 from orchestra.errors import ConfigurationError
 from orchestra.workflow import WorkflowError, load_workflow
-
-TESTS = Path(__file__).resolve().parent
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "COLUMNS": "150",
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(TESTS),
-        "HOME": str(Path.home()),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "orchestra", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
 
 
 def write(tmp_path: Path, text: str, name: str = "flow.yaml") -> Path:

@@ -48,11 +48,15 @@ def _check_topology(topology: object) -> None:
         )
 
 
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
 def _session_id(context: Mapping[str, Any]) -> str:
     """``context["session_id"]`` when given (it must be a valid id), else a new one."""
     if "session_id" in context:
         return check_session_id(context["session_id"])
-    return uuid.uuid4().hex
+    return new_session_id()
 
 
 class Orchestra:
