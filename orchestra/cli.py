@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import shlex
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple, NoReturn
 
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -19,10 +22,17 @@ from orchestra.coordination.config import ExecutionConfig, StatusConfig
 from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_session_id
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
+from orchestra.coordination.state.backends import check_session_id
 from orchestra.coordination.state.records import decode
 from orchestra.coordination.topology import Edge, PatternConfig, Topology
 from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS
-from orchestra.errors import OrchestraError, SessionError, TopologyError
+from orchestra.errors import (
+    ConfigurationError,
+    InvalidSessionIdError,
+    OrchestraError,
+    SessionNotFoundError,
+    TopologyError,
+)
 from orchestra.models.defaults import default_model_config
 from orchestra.workflow import Workflow, load_workflow
 
@@ -95,8 +105,11 @@ def _demo_topologies() -> dict[str, Topology]:
 def _print_result(result: OrchestraResult) -> None:
     if result.success:
         console.print(Panel(result.get_final_response_as_text(), title="Final response"))
+    elif result.metadata.get("paused"):
+        reason = result.metadata.get("pause_reason") or "no reason given"
+        console.print(Panel(escape(str(reason)), title="Paused", style="yellow"))
     else:
-        console.print(Panel(str(result.error), title="The run failed", style="red"))
+        console.print(Panel(escape(str(result.error)), title="The run failed", style="red"))
     metrics = result.get_metrics()
     table = Table(title="Per agent")
     for column in ("agent", "steps", "invocations", "time (ms)", "prompt", "completion", "cost"):
@@ -126,11 +139,12 @@ def _print_result(result: OrchestraResult) -> None:
 
 
 DEFAULT_STORE = Path(".orchestra") / "sessions.db"
+ENV_STORE = "ORCHESTRA_STORE"
 Store = Annotated[
     Path,
     typer.Option(
         "--store",
-        envvar="ORCHESTRA_STORE",
+        envvar=ENV_STORE,
         help="The SQLite file that keeps sessions; every step is durable in it.",
     ),
 ]
@@ -138,51 +152,113 @@ NoStore = Annotated[
     bool, typer.Option("--no-store", help="Keep no session: the run cannot be resumed.")
 ]
 Verbosity = Annotated[int, typer.Option("--verbosity", "-v", min=0, max=2)]
+PAUSED = 3  # the exit code of a run that paused (resume it)
+INTERRUPTED = 130
+
+
+def _fail(message: object, code: int) -> NoReturn:
+    _say(f"[red]{escape(str(message))}[/red]")
+    raise typer.Exit(code)
+
+
+def _say(text: str) -> None:
+    """A line as it is: never wrapped, so a command in it can be copied."""
+    console.print(text, highlight=False, soft_wrap=True)
 
 
 def _load(workflow_path: Path, max_tokens: int | None) -> Workflow:
     try:
         return load_workflow(workflow_path, max_tokens=max_tokens)
     except OrchestraError as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
-        raise typer.Exit(2) from None
+        _fail(error, 2)
+
+
+def _checked_session(session: str) -> str:
+    try:
+        return check_session_id(session)
+    except InvalidSessionIdError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 @contextlib.contextmanager
-def _kept_in(store: Path | None) -> Iterator[StateManager | None]:
+def _store(path: Path) -> Iterator[tuple[StateManager, SQLiteStorageBackend]]:
     """Sessions kept durably, step by step: a run the command line starts is a process that
-    can be killed, and ``orchestra resume`` goes on from its last completed step."""
-    if store is None:
-        yield None
-        return
-    backend = SQLiteStorageBackend(store)
+    can be killed, and ``orchestra resume`` goes on from its last completed step. A path that
+    cannot be a store is the command line's mistake (exit code 2)."""
+    backend = SQLiteStorageBackend(path)
     try:
-        yield StateManager(backend, auto_save_interval=0)
+        yield StateManager(backend, auto_save_interval=0), backend
+    except ConfigurationError as error:
+        _fail(error, 2)
     finally:
         backend.close()
+
+
+async def _state_of(manager: StateManager, session: str) -> str | None:
+    """How the session's last run stands: finished, failed, paused or interrupted (None: no
+    such session)."""
+    try:
+        log = await manager.load(session)
+    except SessionNotFoundError:
+        return None
+    run = log.last_run
+    if run is None:
+        return "without a run"
+    if run.end is None:
+        return "interrupted"
+    if run.end.get("paused"):
+        return "paused"
+    return "finished" if run.end.get("success") else "failed"
+
+
+def _resume_command(base: list[str], session: str, store: Path) -> str:
+    """The command that takes the session up again, ready to copy."""
+    named = ["--store", str(store)] if store != DEFAULT_STORE or ENV_STORE in os.environ else []
+    return shlex.join([*base, session, *named])
 
 
 def _status(workflow: Workflow, verbosity: int) -> ExecutionConfig:
     return workflow.execution.model_copy(update={"status": StatusConfig.from_verbosity(verbosity)})
 
 
-def _finish(
-    run: Coroutine[Any, Any, OrchestraResult], manager: StateManager | None, again: str
-) -> None:
+class Kept(NamedTuple):
+    """A run's session: where it is kept, and the command that takes it up again."""
+
+    manager: StateManager
+    session: str
+    resume: str
+
+
+def _finish(run: Coroutine[Any, Any, OrchestraResult], kept: Kept | None) -> None:
     """Run to the end and report; when the run can be taken up again, say how."""
     try:
         result = asyncio.run(run)
     except KeyboardInterrupt:
-        console.print(f"Interrupted. {again}" if manager else "Interrupted.", highlight=False)
-        raise typer.Exit(130) from None
+        _interrupted(kept)
     except OrchestraError as error:
-        console.print(f"[red]{error}[/red]", highlight=False)
-        raise typer.Exit(1) from None
+        _fail(error, 1)
     _print_result(result)
-    if result.metadata.get("paused") and manager is not None:
-        console.print(f"Paused. {again}", highlight=False)
+    if result.metadata.get("paused"):
+        if kept is not None:
+            _say(f"Resume with: {escape(kept.resume)}")
+        raise typer.Exit(PAUSED)
     if not result.success:
         raise typer.Exit(1)
+
+
+def _interrupted(kept: Kept | None) -> NoReturn:
+    """Ctrl-C: say what the log holds, so the advice fits (the run may have been stopped
+    before its first record, or after its last)."""
+    state = asyncio.run(_state_of(kept.manager, kept.session)) if kept is not None else None
+    if kept is None:
+        _say("Interrupted.")
+    elif state is None:
+        _say("Interrupted before the run was recorded: there is nothing to resume.")
+    elif state in ("finished", "failed"):
+        _say(f"Interrupted as the run ended: it {state} (see `orchestra sessions list`).")
+    else:
+        _say(f"Interrupted. Resume with: {escape(kept.resume)}")
+    raise typer.Exit(INTERRUPTED)
 
 
 def _execute(
@@ -192,33 +268,43 @@ def _execute(
     max_tokens: int | None,
     store: Path | None,
     session: str | None,
-    resume_with: str,
+    resume_with: list[str],
 ) -> None:
     workflow = _load(workflow_path, max_tokens)
     chosen = task if task is not None else workflow.task
     if chosen is None:
         raise typer.BadParameter("no task: pass --task or give the workflow a 'task'")
     context = dict(workflow.context)
-    if store is not None or session is not None:
-        context["session_id"] = session or new_session_id()
-    again = _again(resume_with, context.get("session_id"), store)
-    if store is not None:
-        console.print(f"Session {context['session_id']}, kept in {store}", highlight=False)
-    with _kept_in(store) as manager:
-        _finish(
-            Orchestra.run(
-                chosen,
-                workflow.topology,
-                agent_registry=workflow.registry,
-                context=context,
-                execution_config=_status(workflow, verbosity),
-                error_config=workflow.error_handling,
-                max_steps=workflow.max_steps,
-                state_manager=manager,
-            ),
-            manager,
-            again,
+    if session is not None:
+        context["session_id"] = _checked_session(session)
+
+    def run(manager: StateManager | None) -> Coroutine[Any, Any, OrchestraResult]:
+        return Orchestra.run(
+            chosen,
+            workflow.topology,
+            agent_registry=workflow.registry,
+            context=context,
+            execution_config=_status(workflow, verbosity),
+            error_config=workflow.error_handling,
+            max_steps=workflow.max_steps,
+            state_manager=manager,
         )
+
+    if store is None:
+        _finish(run(None), None)
+        return
+    session_id = context.setdefault("session_id", new_session_id())
+    again = _resume_command(resume_with, session_id, store)
+    with _store(store) as (manager, _):
+        state = asyncio.run(_state_of(manager, session_id))
+        if state in ("interrupted", "paused"):
+            _fail(
+                f"session {session_id!r} has a run {state} on the way; go on with it: {again} "
+                f"(or start afresh: orchestra sessions delete {session_id})",
+                1,
+            )
+        _say(f"Session {session_id}, kept in {escape(str(store))}")
+        _finish(run(manager), Kept(manager, session_id, again))
 
 
 def _resume(
@@ -228,27 +314,32 @@ def _resume(
     verbosity: int,
     max_tokens: int | None,
     store: Path,
-    resume_with: str,
+    resume_with: list[str],
 ) -> None:
     extra = _json_object(context, "--context") if context is not None else None
+    session = _checked_session(session)
     workflow = _load(workflow_path, max_tokens)
     if not store.exists():
-        console.print(f"[red]no session store at {store}[/red]", highlight=False)
-        raise typer.Exit(1)
-    with _kept_in(store) as manager:
+        _fail(f"no session store at {store}", 1)
+    with _store(store) as (manager, _):
+        state = asyncio.run(_state_of(manager, session))
+        if state is None:
+            _fail(f"no session {session!r} in {store}", 1)
+        if state in ("finished", "failed", "without a run"):
+            _fail(
+                f"session {session!r} has no run to resume: its last run {state}; start a new "
+                f"run in it with: orchestra run {shlex.quote(str(workflow_path))} --session "
+                f"{session}",
+                1,
+            )
         instance = OrchestraInstance(
             workflow.topology,
             agent_registry=workflow.registry,
             initial_config=_status(workflow, verbosity),
             state_manager=manager,
         )
-        again = _again(resume_with, session, store)
-        _finish(instance.resume_session(session, extra), manager, again)
-
-
-def _again(resume_with: str, session: str | None, store: Path | None) -> str:
-    elsewhere = f" --store {store}" if store is not None and store != DEFAULT_STORE else ""
-    return f"Resume with: {resume_with} {session}{elsewhere}"
+        again = _resume_command(resume_with, session, store)
+        _finish(instance.resume_session(session, extra), Kept(manager, session, again))
 
 
 def _json_object(text: str, option: str) -> dict[str, Any]:
@@ -274,15 +365,8 @@ def run(
 ) -> None:
     """Run a workflow file: its agents, topology and execution settings. The run is a durable
     session (see --store): if it is interrupted, `orchestra resume` goes on from its last step."""
-    _execute(
-        workflow,
-        task,
-        verbosity,
-        None,
-        None if no_store else store,
-        session,
-        f"orchestra resume {workflow}",
-    )
+    command = ["orchestra", "resume", str(workflow)]
+    _execute(workflow, task, verbosity, None, None if no_store else store, session, command)
 
 
 @app.command()
@@ -297,7 +381,8 @@ def resume(
     store: Store = DEFAULT_STORE,
 ) -> None:
     """Go on with an interrupted or paused session from its last completed step."""
-    _resume(workflow, session, context, verbosity, None, store, f"orchestra resume {workflow}")
+    command = ["orchestra", "resume", str(workflow)]
+    _resume(workflow, session, context, verbosity, None, store, command)
 
 
 @app.command()
@@ -315,18 +400,21 @@ def demo(
 ) -> None:
     """Run the bundled research-and-report workflow on the default model (offline unless
     ORCHESTRA_MODEL, OPENAI_API_KEY, ANTHROPIC_API_KEY or ORCHESTRA_BASE_URL say otherwise)."""
+    if resume is not None and (task is not None or no_store):
+        raise typer.BadParameter(
+            "--resume goes on with a session: --task and --no-store do not apply"
+        )
     model = default_model_config()
     console.print(f"Default model: {model.provider}:{model.name}", highlight=False)
     if topologies:
         for title, topology in _demo_topologies().items():
             show_topology(title, topology)
+    command = ["orchestra", "demo", "--resume"]
     if resume is not None:
-        _resume(
-            DEMO_FLOW, resume, None, verbosity, DEMO_MAX_TOKENS, store, "orchestra demo --resume"
-        )
+        _resume(DEMO_FLOW, resume, None, verbosity, DEMO_MAX_TOKENS, store, command)
     else:
         kept = None if no_store else store
-        _execute(DEMO_FLOW, task, verbosity, DEMO_MAX_TOKENS, kept, None, "orchestra demo --resume")
+        _execute(DEMO_FLOW, task, verbosity, DEMO_MAX_TOKENS, kept, None, command)
 
 
 sessions_app = typer.Typer(help="The sessions kept in a store: list them, delete them.")
@@ -335,14 +423,13 @@ app.add_typer(sessions_app, name="sessions")
 
 @sessions_app.command("list")
 def list_sessions(store: Store = DEFAULT_STORE) -> None:
-    """Each session with the state of its last run: finished, failed, paused, or interrupted
-    (the last two can be resumed)."""
+    """Each session with the state of its last run: running (here or in another process),
+    interrupted or paused (these two can be resumed), finished or failed."""
     if not store.exists():
         console.print(f"No sessions: no store at {store}", highlight=False)
         return
-    with _kept_in(store) as manager:
-        assert manager is not None
-        rows = asyncio.run(_session_rows(manager))
+    with _store(store) as (manager, backend):
+        rows = asyncio.run(_session_rows(manager, backend))
     table = Table(title=f"Sessions in {store}")
     for column in ("session", "state", "runs", "steps", "task"):
         table.add_column(column)
@@ -351,38 +438,32 @@ def list_sessions(store: Store = DEFAULT_STORE) -> None:
     console.print(table)
 
 
-async def _session_rows(manager: StateManager) -> list[tuple[str, str, str, str, str]]:
+async def _session_rows(
+    manager: StateManager, backend: SQLiteStorageBackend
+) -> list[tuple[str, str, str, str, str]]:
     rows = []
     for session_id in await manager.list_sessions():
         try:
             log = await manager.load(session_id)
-        except SessionError as error:
-            rows.append((session_id, f"unreadable: {error}", "", "", ""))
+            run = log.last_run
+            steps = sum(r["t"] in ("step", "step_failed") for r in run.records) if run else 0
+            task = str(decode(run.header["task"])) if run else ""
+        except (OrchestraError, KeyError, TypeError, ValueError) as error:
+            rows.append((session_id, escape(f"unreadable: {error}"), "", "", ""))
             continue
-        run = log.last_run
-        if run is None:
-            rows.append((session_id, "no run", "0", "0", ""))
-            continue
-        steps = sum(record["t"] in ("step", "step_failed") for record in run.records)
-        task = str(decode(run.header["task"]))
+        state = (
+            "running" if await backend.held(session_id) else await _state_of(manager, session_id)
+        )
         rows.append(
             (
                 session_id,
-                _run_state(run.end),
+                str(state),
                 str(len(log.runs)),
                 str(steps),
-                task if len(task) <= 48 else task[:47] + "…",
+                escape(task if len(task) <= 48 else task[:47] + "…"),
             )
         )
     return rows
-
-
-def _run_state(end: dict[str, Any] | None) -> str:
-    if end is None:
-        return "interrupted"
-    if end.get("paused"):
-        return "paused"
-    return "finished" if end.get("success") else "failed"
 
 
 @sessions_app.command("delete")
@@ -390,26 +471,27 @@ def delete_sessions(
     sessions: Annotated[list[str], typer.Argument(help="The session ids.")],
     store: Store = DEFAULT_STORE,
 ) -> None:
-    """Delete sessions, their logs and snapshots (exit code 1 if one was not there)."""
-    with _kept_in(store) as manager:
-        assert manager is not None
-        missing = asyncio.run(_delete(manager, sessions))
-    if missing:
-        raise typer.Exit(1)
+    """Delete sessions, their logs and snapshots (exit code 1 if one could not be)."""
+    if not store.exists():
+        _fail(f"no session store at {store}", 1)
+    with _store(store) as (manager, _):
+        if not asyncio.run(_delete(manager, sessions)):
+            raise typer.Exit(1)
 
 
 async def _delete(manager: StateManager, sessions: list[str]) -> bool:
-    """Delete each session, saying so; True when one of them was not there."""
-    missing = False
+    """Delete each session, saying so; False when one could not be (not there, being run)."""
+    done = True
     for session_id in sessions:
         try:
             deleted = await manager.delete_session(session_id)
         except OrchestraError as error:
-            console.print(f"[red]{error}[/red]", highlight=False)
-            deleted = False
+            _say(f"[red]{escape(str(error))}[/red]")
+            done = False
+            continue
         console.print(f"{session_id}: {'deleted' if deleted else 'no such session'}")
-        missing = missing or not deleted
-    return missing
+        done = done and deleted
+    return done
 
 
 def _load_topology_file(path: Path) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,4 +55,23 @@ async def interrupt_the_first_time(data: Any, context: Mapping[str, Any]) -> str
         marker.touch()
         os.kill(os.getpid(), signal.SIGINT)
         await asyncio.sleep(60)  # cancelled: the command line stops the run
+    return f"{data}+Review"
+
+
+async def pause_the_first_time(data: Any, context: Mapping[str, Any]) -> str:
+    """Pauses its own session the first time it runs (its step finishes and is kept)."""
+    from orchestra.coordination.orchestra import OrchestraInstance
+
+    marker = Path(context["marker"])
+    if not marker.exists():
+        marker.touch()
+        anyone = OrchestraInstance({"nodes": ["Anyone"], "edges": []})
+        assert await anyone.pause_session(context["session_id"], "needs a human")
+    return f"{data}+Review"
+
+
+def wait_for_a_line(data: Any, context: Mapping[str, Any]) -> str:
+    """Says so on stdout, then waits for a line on stdin: the test decides when it ends."""
+    print("waiting for a line", flush=True)
+    sys.stdin.readline()
     return f"{data}+Review"

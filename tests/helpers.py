@@ -168,15 +168,35 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     command line keeps its sessions (``.orchestra/sessions.db``)."""
     with tempfile.TemporaryDirectory() as empty:
         return subprocess.run(
-            [sys.executable, "-m", "orchestra", *args],
+            _cli(args),
             capture_output=True,
             text=True,
             timeout=120,
             cwd=cwd or empty,
-            env={
-                "COLUMNS": "150",
-                "PATH": "/usr/bin:/bin",
-                "PYTHONPATH": str(TESTS),
-                "HOME": str(Path.home()),
-            },
+            env=_CLI_ENV,
         )
+
+
+def start_cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    """``orchestra ARGS`` started, with pipes to its stdin and stdout (stderr: discarded)."""
+    return subprocess.Popen(
+        _cli(args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=cwd,
+        env=_CLI_ENV,
+    )
+
+
+def _cli(args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, "-m", "orchestra", *args]
+
+
+_CLI_ENV = {
+    "COLUMNS": "150",
+    "PATH": "/usr/bin:/bin",
+    "PYTHONPATH": str(TESTS),
+    "HOME": str(Path.home()),
+}

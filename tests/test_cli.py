@@ -6,7 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from helpers import run_cli
+from helpers import run_cli, start_cli
 
 
 def test_demo_runs_the_research_workflow_offline_on_the_bundled_model() -> None:
@@ -138,7 +138,9 @@ def test_a_session_can_be_named_and_kept_elsewhere(tmp_path: Path) -> None:
     listed = run_cli("sessions", "list", "--store", str(store))
     assert "weekly" in listed.stdout and "finished" in listed.stdout
     finished = run_cli("resume", str(flow), "weekly", "--store", str(store))
-    assert finished.returncode == 1 and "'weekly' already finished" in finished.stdout
+    assert finished.returncode == 1
+    assert "'weekly' has no run to resume: its last run finished" in finished.stdout
+    assert f"orchestra run {flow} --session weekly" in finished.stdout
 
 
 def test_without_a_store_nothing_is_kept(tmp_path: Path) -> None:
@@ -165,3 +167,53 @@ def test_resume_names_what_it_cannot_find(tmp_path: Path) -> None:
     assert "No sessions: no store at" in run_cli("sessions", "list").stdout
     demo = run_cli("demo", "--resume", "nope", cwd=tmp_path)
     assert demo.returncode == 1 and "no session 'nope'" in demo.stdout
+    invalid = run_cli("run", str(flow), "--session", "../up", cwd=tmp_path)
+    assert invalid.returncode == 2 and "session id '../up' is not allowed" in invalid.stderr
+    assert "Session " not in invalid.stdout
+    notes = tmp_path / "notes.db"
+    notes.write_text("shopping list\n" * 100)
+    for command in (("sessions", "list"), ("run", str(flow)), ("resume", str(flow), "x")):
+        refused = run_cli(*command, "--store", str(notes))
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "as a session store" in refused.stdout.replace("\n", "")
+    missing = tmp_path / "not" / "there.db"
+    assert run_cli("sessions", "delete", "x", "--store", str(missing)).returncode == 1
+    assert not missing.parent.exists()
+
+
+def test_a_paused_run_says_so_and_how_to_go_on(tmp_path: Path) -> None:
+    flow = killed_once(tmp_path)
+    flow.write_text(flow.read_text().replace("die_the_first_time", "pause_the_first_time"))
+    paused = run_cli("run", str(flow), "--session", "held", "-v", "0", cwd=tmp_path)
+    assert paused.returncode == 3, paused.stdout + paused.stderr
+    assert "Paused" in paused.stdout and "needs a human" in paused.stdout
+    assert "The run failed" not in paused.stdout
+    assert f"Resume with: orchestra resume {flow} held" in paused.stdout
+    again = run_cli("run", str(flow), "--session", "held", cwd=tmp_path)
+    assert again.returncode == 1 and "'held' has a run paused on the way" in again.stdout
+    resumed = run_cli("resume", str(flow), "held", "-v", "0", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "draft+Intake+Review+Publish" in resumed.stdout
+
+
+def test_a_running_session_is_not_taken_up_by_another_process(tmp_path: Path) -> None:
+    flow = killed_once(tmp_path)
+    flow.write_text(flow.read_text().replace("die_the_first_time", "wait_for_a_line"))
+    running = start_cli("run", str(flow), "--session", "busy", "-v", "0", cwd=tmp_path)
+    try:
+        assert running.stdin is not None and running.stdout is not None
+        assert any("waiting for a line" in line for line in running.stdout)  # Review's step
+        taken = run_cli("resume", str(flow), "busy", "-v", "0", cwd=tmp_path)
+        assert (
+            taken.returncode == 1 and "'busy' is being written by another process" in taken.stdout
+        )
+        assert "running" in run_cli("sessions", "list", cwd=tmp_path).stdout
+        deleting = run_cli("sessions", "delete", "busy", cwd=tmp_path)
+        assert deleting.returncode == 1 and "another process" in deleting.stdout
+        running.stdin.write("go on\n")
+        running.stdin.flush()
+        assert running.wait(timeout=60) == 0
+        assert (tmp_path / "tally.txt").read_text().split() == ["Intake", "Publish"]
+    finally:
+        running.kill()
+        running.communicate()

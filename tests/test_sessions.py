@@ -385,6 +385,7 @@ async def test_pause_keeps_the_step_in_flight_and_resume_adds_context(storage: S
     assert paused.success is False
     assert paused.error is None
     assert paused.metadata["paused"] is True
+    assert paused.metadata["pause_reason"] == "Manual review required"
     assert paused.final_response is None
     assert paused.session_id == "session_123"
     assert checkpoint_id in paused.checkpoint_ids

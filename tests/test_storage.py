@@ -405,14 +405,24 @@ async def test_a_full_disk_while_growing_a_segment_is_a_passing_failure(
         storage.close()
 
 
-# ---- the file backend: one writer, bounded resources --------------------------------------------
+# ---- the embedded backends: one writer at a time -------------------------------------------
+
+Embedded = Callable[[Path], "FileStorageBackend | SQLiteStorageBackend"]
+EMBEDDED = pytest.mark.parametrize(
+    "embedded",
+    [
+        lambda folder: FileStorageBackend(folder / "state"),
+        lambda folder: SQLiteStorageBackend(folder / "state.db"),
+    ],
+    ids=["file", "sqlite"],
+)
 
 
+@EMBEDDED
 async def test_a_second_backend_object_cannot_write_a_session_the_first_holds(
-    tmp_path: Path,
+    tmp_path: Path, embedded: Embedded
 ) -> None:
-    first = FileStorageBackend(tmp_path / "state")
-    second = FileStorageBackend(tmp_path / "state")  # or another process
+    first, second = embedded(tmp_path), embedded(tmp_path)  # the second: or another process
     try:
         await first.append("held", [step(1)], durable=True, after=0)
         with pytest.raises(SessionError, match=r"'held'.*another process"):
@@ -425,11 +435,14 @@ async def test_a_second_backend_object_cannot_write_a_session_the_first_holds(
         second.close()
 
 
-async def test_a_closed_writer_lets_another_process_write_the_session(tmp_path: Path) -> None:
-    """The segment's lock is held while a writer writes, and let go when it closes: a run in
+@EMBEDDED
+async def test_a_closed_writer_lets_another_process_write_the_session(
+    tmp_path: Path, embedded: Embedded
+) -> None:
+    """The session's lock is held while a writer writes, and let go when it closes: a run in
     one process, then a checkpoint or a resume in another, both work."""
-    here = StateManager(FileStorageBackend(tmp_path / "state"), 0)
-    there = StateManager(FileStorageBackend(tmp_path / "state"), 0)  # another process
+    here = StateManager(embedded(tmp_path), 0)
+    there = StateManager(embedded(tmp_path), 0)  # another process
     writer, _ = await here.open("handed")
     writer.record({"t": "run", "format": FORMAT})
     await writer.close()
@@ -440,10 +453,12 @@ async def test_a_closed_writer_lets_another_process_write_the_session(tmp_path: 
     assert len(await there.storage.read("handed")) == 2
 
 
-async def test_a_session_is_not_deleted_under_another_writer(tmp_path: Path) -> None:
-    """Its writer would go on appending to files no longer there, and lose what it wrote."""
-    writing = FileStorageBackend(tmp_path / "state")
-    deleting = FileStorageBackend(tmp_path / "state")  # or another process
+@EMBEDDED
+async def test_a_session_is_not_deleted_under_another_writer(
+    tmp_path: Path, embedded: Embedded
+) -> None:
+    """Its writer would go on appending to a log no longer there, and lose what it wrote."""
+    writing, deleting = embedded(tmp_path), embedded(tmp_path)  # the second: or another process
     try:
         await writing.append("busy", [step(1)], durable=True, after=0)
         with pytest.raises(SessionError, match=r"'busy'.*another process"):
@@ -456,6 +471,9 @@ async def test_a_session_is_not_deleted_under_another_writer(tmp_path: Path) -> 
     finally:
         writing.close()
         deleting.close()
+
+
+# ---- the file backend: bounded resources --------------------------------------------------------
 
 
 async def test_closing_while_appends_are_in_flight_loses_and_misplaces_nothing(
@@ -625,6 +643,35 @@ def test_a_platform_without_positional_writes_is_told_to_use_sqlite(
 
 
 # ---- SQLite rows ------------------------------------------------------------------------------
+
+
+async def test_a_sqlite_file_of_something_else_is_refused_and_left_alone(tmp_path: Path) -> None:
+    other = tmp_path / "inventory.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE parts (name TEXT)")
+    db.close()
+    storage = SQLiteStorageBackend(other)
+    try:
+        with pytest.raises(ConfigurationError, match=r"inventory.db is not a session store.*parts"):
+            await storage.list_sessions()
+    finally:
+        storage.close()
+    with sqlite3.connect(other) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert [row[0] for row in db.execute("SELECT name FROM sqlite_master")] == ["parts"]
+    db.close()
+
+
+async def test_a_path_that_cannot_be_a_database_is_named(tmp_path: Path) -> None:
+    (tmp_path / "folder.db").mkdir()
+    (tmp_path / "notes.db").write_text("shopping list\n" * 100)
+    for name in ("folder.db", "notes.db"):
+        storage = SQLiteStorageBackend(tmp_path / name)
+        try:
+            with pytest.raises(ConfigurationError, match=f"cannot use .*{name} as a session store"):
+                await storage.append("s", [step(1)], durable=True, after=0)
+        finally:
+            storage.close()
 
 
 async def test_a_sqlite_append_cut_short_is_reported_for_its_session(tmp_path: Path) -> None:

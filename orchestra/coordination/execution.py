@@ -64,6 +64,7 @@ class LiveRun:
     runner: Runner
     writer: SessionWriter | None
     checkpoint_ids: list[str] = field(default_factory=list)
+    pause_reason: str | None = None
 
 
 LIVE: dict[str, LiveRun] = {}
@@ -278,6 +279,8 @@ async def _drive(
         paused = runner.pausing and not engine.finished
         result = _result(engine, session_id, time.perf_counter() - started, paused)
         result.checkpoint_ids = list(live.checkpoint_ids)
+        if paused:
+            result.metadata["pause_reason"] = live.pause_reason
         if writer is not None:
             if paused:
                 await writer.snapshot()

@@ -183,11 +183,13 @@ class OrchestraInstance:
 
     async def pause_session(self, session_id: str, reason: str | None = None) -> bool:
         """Ask a running session to stop at the next step boundary. Steps in flight finish and
-        are kept; the pending ``execute`` returns with ``metadata["paused"] = True``. False
-        when no run of that session is in progress here."""
+        are kept; the pending ``execute`` returns with ``metadata["paused"] = True`` (and
+        ``metadata["pause_reason"] = reason``). False when no run of that session is in
+        progress here."""
         live = execution.LIVE.get(session_id)
         if live is None:
             return False
+        live.pause_reason = reason
         if live.writer is not None:
             live.writer.record({"t": "pause", "reason": reason})
         live.runner.pause()

@@ -14,6 +14,11 @@ import zlib
 from collections.abc import Awaitable, Sequence
 from typing import Protocol, runtime_checkable
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no guard against a second writer process
+    fcntl = None  # type: ignore[assignment]
+
 from orchestra.errors import (
     InvalidSessionIdError,
     SessionCorruptedError,
@@ -51,6 +56,33 @@ def stale_writer(session_id: str, after: int) -> SessionError:
         f"session {session_id!r} does not hold the {after} records its writer expected: another "
         "writer appended to it, or it was deleted"
     )
+
+
+def lock_writer(session_id: str, descriptor: int) -> None:
+    """Take the session's writer lock on an open file (``flock``, released when the file is
+    closed or its process dies): a second process, or a second backend object, appending to
+    the same session would run its steps again and be refused at its next append."""
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SessionError(
+            f"session {session_id!r} is being written by another process (or another backend "
+            "object); a session takes one writer at a time"
+        ) from None
+
+
+def try_shared_lock(descriptor: int) -> bool:
+    """Whether no writer holds the lock (a shared lock, taken and kept until the file is
+    closed, shows it); True where there are no such locks."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def intact(line: str) -> bool:

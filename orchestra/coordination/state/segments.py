@@ -26,13 +26,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestra.errors import SessionCorruptedError, SessionError
+from orchestra.errors import SessionCorruptedError
 
-from .backends import frame, intact
+from .backends import frame, intact, lock_writer
 
 try:
     import fcntl
-except ImportError:  # not POSIX: no guard against a second writer process
+except ImportError:  # not POSIX
     fcntl = None  # type: ignore[assignment]
 
 GROWTH_MIN = 64 * 1024  # a segment grows by its size, within these bounds
@@ -157,7 +157,7 @@ class Segment:
         next append cannot leave pieces of it behind its own records."""
         descriptor = os.open(path, os.O_RDWR)
         try:
-            _lock_file(session_id, descriptor)
+            lock_writer(session_id, descriptor)
             data = path.read_bytes()
             parsed = parse(session_id, path.name, data, last=True)
             if parsed.end < parsed.content_end:
@@ -177,7 +177,7 @@ class Segment:
         mark are checked as well, for file systems whose clock ticks slower than writes come."""
         descriptor = os.open(mark.path, os.O_RDWR)
         try:
-            _lock_file(session_id, descriptor)
+            lock_writer(session_id, descriptor)
             identity = _identity(descriptor)
             start = mark.end - len(mark.last_bytes)
             around = len(mark.last_bytes) + CHECKED_AHEAD
@@ -196,7 +196,7 @@ class Segment:
         cls, session_id: str, path: Path, descriptor: int, end: int, size: int, records: int
     ) -> Segment:
         try:
-            _lock_file(session_id, descriptor)
+            lock_writer(session_id, descriptor)
         except BaseException:
             os.close(descriptor)
             raise
@@ -265,24 +265,10 @@ def hold_segment(session_id: str, path: Path) -> Iterator[None]:
     """Hold a segment's writer lock (SessionError when a writer has it) for a moment."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
-        _lock_file(session_id, descriptor)
+        lock_writer(session_id, descriptor)
         yield
     finally:
         os.close(descriptor)
-
-
-def _lock_file(session_id: str, descriptor: int) -> None:
-    """One writer per session: a second process (or a second backend object) appending to
-    the same session would interleave its records with this one's."""
-    if fcntl is None:
-        return
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SessionError(
-            f"session {session_id!r} is being written by another process (or another "
-            "FileStorageBackend object); a session takes one writer at a time"
-        ) from None
 
 
 def sync_data(descriptor: int) -> None:

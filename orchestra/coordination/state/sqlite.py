@@ -9,14 +9,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from orchestra.errors import SessionCorruptedError, SessionNotFoundError
+from orchestra.errors import ConfigurationError, SessionCorruptedError, SessionNotFoundError
 
-from .backends import check_session_id, frame, stale_writer, unframe
+from .backends import (
+    check_session_id,
+    frame,
+    lock_writer,
+    stale_writer,
+    try_shared_lock,
+    unframe,
+)
 from .worker import BlockingWorker
 
 T = TypeVar("T")
 
 
+_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
 _APPEND = (  # one statement: only when the session holds exactly `after` records
     "INSERT INTO appends (session, first, count, records) SELECT ?1, ?2 + 1, ?3, ?4 WHERE "
     "COALESCE((SELECT first + count - 1 FROM appends WHERE session = ?1 "
@@ -33,7 +41,11 @@ class SQLiteStorageBackend:
     first): measured, that commits faster than a table clustered on the key, whose pages of
     large rows split often. One statement inserts the row and checks that the session holds
     the records its writer expects. WAL journal; a durable append commits with
-    ``synchronous=FULL``. Calls run one at a time on the backend's own thread (see ``worker``)."""
+    ``synchronous=FULL``. Calls run one at a time on the backend's own thread (see ``worker``).
+
+    A session's writer holds a lock file (``<database>.locks/<session>``) from its first append
+    until it is released, so a second process cannot take up a session that is running. A file
+    that holds other tables is refused, never changed."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -41,14 +53,32 @@ class SQLiteStorageBackend:
         self._lock = threading.Lock()
         self._worker = BlockingWorker(f"orchestra-sqlite-{self.path.name}")
         self._synchronous = ""
+        self._writing: dict[str, int] = {}  # session -> its locked lock file, while written here
 
     def __repr__(self) -> str:
         return f"SQLiteStorageBackend({str(self.path)!r})"
 
     def _db(self) -> sqlite3.Connection:
         if self._connection is None:
+            self._connection = self._open()
+        return self._connection
+
+    def _open(self) -> sqlite3.Connection:
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            tables = {row[0] for row in connection.execute(_TABLES)}
+        except (OSError, sqlite3.Error) as error:
+            raise ConfigurationError(
+                f"cannot use {self.path} as a session store: {error}"
+            ) from None
+        if tables and "appends" not in tables:
+            connection.close()
+            raise ConfigurationError(
+                f"{self.path} is not a session store: it is a SQLite database with other tables "
+                f"({', '.join(sorted(tables))}); choose another file"
+            )
+        try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(
                 "PRAGMA fullfsync=ON"
@@ -60,8 +90,12 @@ class SQLiteStorageBackend:
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS snapshot (session TEXT PRIMARY KEY, data BLOB NOT NULL)"
             )
-            self._connection = connection
-        return self._connection
+        except sqlite3.Error as error:
+            connection.close()
+            raise ConfigurationError(
+                f"cannot use {self.path} as a session store: {error}"
+            ) from None
+        return connection
 
     async def _run(self, work: Callable[..., T], *args: object) -> T:
         return await self._worker.call(self._locked, work, args)
@@ -95,6 +129,7 @@ class SQLiteStorageBackend:
     ) -> None:
         if not count:
             return
+        self._hold(session_id)
         self._synchronous_mode(db, durable)
         if db.execute(_APPEND, (session_id, after, count, lines)).rowcount == 1:
             return
@@ -104,8 +139,53 @@ class SQLiteStorageBackend:
         if stored is None or stored[0] != lines:  # else: a retry of an append that was stored
             raise stale_writer(session_id, after)
 
+    def _hold(self, session_id: str) -> None:
+        """Take the session's writer lock, unless this backend holds it already. The lock file
+        found locked must still be the one at its path (a delete removes it)."""
+        if session_id in self._writing:
+            return
+        path = self._lock_path(session_id)
+        path.parent.mkdir(exist_ok=True)
+        while True:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                lock_writer(session_id, descriptor)
+                if _same_file(descriptor, path):
+                    self._writing[session_id] = descriptor
+                    return
+            except BaseException:
+                os.close(descriptor)
+                raise
+            os.close(descriptor)  # deleted meanwhile: lock the new one
+
+    def _lock_path(self, session_id: str) -> Path:
+        return self.path.with_name(self.path.name + ".locks") / session_id
+
+    def _let_go(self, session_id: str) -> None:
+        descriptor = self._writing.pop(session_id, None)
+        if descriptor is not None:
+            os.close(descriptor)
+
     async def release(self, session_id: str) -> None:
-        """Nothing is held per session: each append is its own transaction."""
+        """Let go of the session's writer lock."""
+        await self._worker.call(self._let_go, session_id)
+
+    async def held(self, session_id: str) -> bool:
+        """Whether a writer holds the session now: a run in progress, here or elsewhere."""
+        check_session_id(session_id)
+        return await self._worker.call(self._held, session_id)
+
+    def _held(self, session_id: str) -> bool:
+        if session_id in self._writing:
+            return True
+        try:
+            descriptor = os.open(self._lock_path(session_id), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            return not try_shared_lock(descriptor)
+        finally:
+            os.close(descriptor)
 
     async def read(self, session_id: str) -> list[str]:
         check_session_id(session_id)
@@ -151,8 +231,15 @@ class SQLiteStorageBackend:
         check_session_id(session_id)
 
         def remove(db: sqlite3.Connection) -> int:
-            db.execute("DELETE FROM snapshot WHERE session = ?", (session_id,))
-            return db.execute("DELETE FROM appends WHERE session = ?", (session_id,)).rowcount
+            """Under the session's writer lock: refused while another writer has it."""
+            self._let_go(session_id)
+            self._hold(session_id)
+            try:
+                db.execute("DELETE FROM snapshot WHERE session = ?", (session_id,))
+                return db.execute("DELETE FROM appends WHERE session = ?", (session_id,)).rowcount
+            finally:
+                self._lock_path(session_id).unlink()
+                self._let_go(session_id)
 
         return bool(await self._run(remove))
 
@@ -175,10 +262,19 @@ class SQLiteStorageBackend:
 
     def close(self) -> None:
         with self._lock:
+            for session_id in list(self._writing):
+                self._let_go(session_id)
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
                 self._synchronous = ""
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _unbatch(session_id: str, first: int, text: str) -> list[str]:
