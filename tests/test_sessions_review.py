@@ -109,6 +109,19 @@ class Watched:
         return await self.inner.read_snapshot(session_id)
 
 
+async def held_at(
+    storage: Storage, kind: str, session_id: str, watching: type[Watched] = Watched
+) -> tuple[Watched, OrchestraInstance, asyncio.Task[Any]]:
+    """A run of a two-stage pipeline in session ``session_id``, started, and held where it
+    appends a ``kind`` record (released by ``watched.let_go``)."""
+    watched = watching(storage)
+    watched.hold_when = lambda records: any(r["t"] == kind for r in records)
+    orchestra = pipeline_instance(watched, {"First": lambda t, c: t, "Second": lambda d, c: d})
+    running = asyncio.create_task(orchestra.execute("job", context={"session_id": session_id}))
+    await wait(watched.held.wait())
+    return watched, orchestra, running
+
+
 async def crash_copy(storage: Storage, source: str, target: str, keep: int) -> None:
     """``target`` as ``source`` would have been left by a crash after its ``keep``-th record."""
     await storage.append(target, (await storage.read(source))[:keep], durable=True, after=0)
@@ -481,11 +494,7 @@ async def test_a_cancelled_execute_leaves_no_write_in_flight(storage: Storage) -
     step was journaling goes on (shielded) after execute has returned and the session is free
     again; a resume started meanwhile writes the same positions and the late write then breaks
     the log."""
-    watched = Watched(storage)
-    watched.hold_when = lambda records: any(r["t"] == "step" for r in records)
-    orchestra = pipeline_instance(watched, {"First": lambda t, c: t, "Second": lambda d, c: d})
-    running = asyncio.create_task(orchestra.execute("job", context={"session_id": "cut"}))
-    await wait(watched.held.wait())
+    watched, _, running = await held_at(storage, "step", "cut")
     running.cancel()
     watched.let_go.set()  # the write can finish: execute may wait for it
     with pytest.raises(asyncio.CancelledError):
@@ -741,11 +750,7 @@ async def test_a_cancelled_execute_holds_its_session_until_its_last_write_is_ove
 ) -> None:
     """Cancelled while its final records were being written, execute used to free the session
     at once: a run started meanwhile wrote under the writer still writing."""
-    watched = Watched(storage)
-    watched.hold_when = lambda records: any(r["t"] == "end" for r in records)
-    orchestra = pipeline_instance(watched, {"First": lambda t, c: t, "Second": lambda d, c: d})
-    running = asyncio.create_task(orchestra.execute("job", context={"session_id": "ending"}))
-    await wait(watched.held.wait())
+    watched, orchestra, running = await held_at(storage, "end", "ending")
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await wait(running)
@@ -787,11 +792,7 @@ async def test_a_start_cancelled_while_its_first_record_is_written_holds_the_ses
 ) -> None:
     """The write of a new run's first record goes on after a cancel (it cannot be taken
     back); until it is over the session stays held, and then the run is an interrupted one."""
-    watched = Watched(storage)
-    watched.hold_when = lambda records: any(r["t"] == "run" for r in records)
-    orchestra = pipeline_instance(watched, {"First": lambda t, c: t, "Second": lambda d, c: d})
-    running = asyncio.create_task(orchestra.execute("job", context={"session_id": "early"}))
-    await wait(watched.held.wait())
+    watched, orchestra, running = await held_at(storage, "run", "early")
     running.cancel()
     with pytest.raises(SessionError, match="'early' has a run starting"):
         await orchestra.execute("again", context={"session_id": "early"})
@@ -836,10 +837,7 @@ class LosesTheEnd(Watched):
 async def test_a_last_write_that_fails_after_a_cancel_is_reported(storage: Storage) -> None:
     reported: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
-    losing = LosesTheEnd(storage)
-    orchestra = pipeline_instance(losing, {"First": lambda t, c: t, "Second": lambda d, c: d})
-    running = asyncio.create_task(orchestra.execute("job", context={"session_id": "lost"}))
-    await wait(losing.held.wait())
+    losing, _, running = await held_at(storage, "end", "lost", LosesTheEnd)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await wait(running)
