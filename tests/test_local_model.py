@@ -6,6 +6,7 @@ one legal action where an action is needed. The rest are direct unit checks.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 from orchestra.coordination.config import ErrorHandlingConfig
 from orchestra.errors import ConfigurationError, ModelAPIError
 from orchestra.models import local
-from orchestra.models.base import PeerInfo, StepInfo, ToolSpec
+from orchestra.models.base import Message, PeerInfo, StepInfo, ToolSpec
 from orchestra.models.config import ModelConfig
 from orchestra.models.local import LocalModel, bundled_model_path
 from orchestra.models.protocol import action_schema, coordination_tools
@@ -68,6 +69,21 @@ async def test_the_llama_model_is_loaded_once_and_shared() -> None:
         assert result.success, result.error
         assert local._loaded[path] is loaded
     assert list(local._loaded).count(path) == 1
+
+
+async def test_a_reply_that_would_outrun_max_tokens_is_cut_inside_its_text() -> None:
+    """A small model asked for a long answer, in JSON, with few tokens: unbounded, this reply
+    is cut off mid-string (484 characters in 112 tokens) and does not parse; a demo run failed
+    so, every retry cut off again."""
+    model = LocalModel(smollm(max_tokens=112))
+    messages = [
+        Message("system", "Answer with one JSON object."),
+        Message("user", "List twenty facts about the ocean."),
+    ]
+    reply = await model.complete(messages, info(can_finish=True, can_ask_user=True))
+    action = json.loads(reply.content or "")
+    text = action["action_input"].get("response") or action["action_input"].get("question")
+    assert 0 < len(text) <= local._chars_within(112)
 
 
 def test_a_bad_model_path_is_a_configuration_error_naming_the_path(tmp_path: Path) -> None:
@@ -289,6 +305,17 @@ def test_a_peer_needing_a_label_adds_a_label_enum() -> None:
     tool_item = tool.parameters["properties"]["invocations"]["items"]
     assert tool_item["properties"]["label"]["enum"] == ["approved", "rejected"]
     assert 'Approver (needs "label": "approved")' in tool.description
+
+
+def test_a_local_schema_caps_free_text_only() -> None:
+    schema = local.bounded(action_schema(info([PeerInfo("W", is_call=True)], can_finish=True)), 99)
+    found = variants(schema)
+    assert found["final_response"]["properties"]["response"]["maxLength"] == 99
+    assert found["invoke_agent"]["items"]["properties"]["request"]["maxLength"] == 99
+    assert "maxLength" not in found["invoke_agent"]["items"]["properties"]["agent_name"]
+    body = LocalModel(smollm(max_tokens=160)).request([], info(can_finish=True, can_ask_user=True))
+    capped = variants(body["response_format"]["schema"])["ask_user"]["properties"]["question"]
+    assert capped["maxLength"] == (160 - local.JSON_TOKENS) * 3
 
 
 def test_coordination_tools_shrink_to_what_is_allowed() -> None:

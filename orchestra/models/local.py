@@ -104,7 +104,8 @@ class LocalModel:
             "temperature": 0.2 if self.config.temperature is None else self.config.temperature,
         }
         if self.config.format in ("json_object", "json_schema") and not answer_only(info):
-            body["response_format"] = {"type": "json_object", "schema": action_schema(info)}
+            schema = bounded(action_schema(info), _chars_within(body["max_tokens"]))
+            body["response_format"] = {"type": "json_object", "schema": schema}
         return body
 
     async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply:
@@ -120,6 +121,32 @@ class LocalModel:
             content=result["choices"][0]["message"]["content"],
             usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), 0.0),
         )
+
+
+def bounded(schema: Any, max_chars: int) -> Any:
+    """``schema`` with every free-text string capped at ``max_chars``. Generation constrained
+    by it closes its strings, and so the JSON, before the token budget runs out; a small model
+    that rambles is cut short inside its answer instead of leaving a reply that does not parse
+    (which no retry would mend)."""
+    if isinstance(schema, list):
+        return [bounded(item, max_chars) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    capped = {key: bounded(value, max_chars) for key, value in schema.items()}
+    if capped.get("type") == "string" and "enum" not in capped:
+        capped["maxLength"] = min(capped.get("maxLength", max_chars), max_chars)
+    return capped
+
+
+def _chars_within(max_tokens: int) -> int:
+    """Characters of answer that fit in a reply of ``max_tokens``, with room for the JSON
+    around it: English averages about four characters a token in SmolLM2's vocabulary, and
+    three leaves a margin (text that tokenizes worse can still overrun)."""
+    return max(16, (max_tokens - JSON_TOKENS) * 3)
+
+
+JSON_TOKENS = 64  # the keys, quotes and braces of an action around its text: constrained
+# generation spells them in short tokens (about 50 for a final response)
 
 
 def _trim(messages: list[dict[str, Any]], keep: int = 12) -> list[dict[str, Any]]:

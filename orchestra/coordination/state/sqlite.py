@@ -80,9 +80,8 @@ class SQLiteStorageBackend:
             )
         try:
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(
-                "PRAGMA fullfsync=ON"
-            )  # macOS: a sync reaches the drive (else no-op)
+            # macOS: a sync reaches the drive (a no-op elsewhere)
+            connection.execute("PRAGMA fullfsync=ON")
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS appends (session TEXT NOT NULL, first INTEGER NOT "
                 "NULL, count INTEGER NOT NULL, records TEXT NOT NULL, PRIMARY KEY (session, first))"
