@@ -23,6 +23,7 @@ from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_s
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.backends import check_session_id
+from orchestra.coordination.state.manager import SessionLog
 from orchestra.coordination.state.records import decode
 from orchestra.coordination.topology import Edge, PatternConfig, Topology
 from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS
@@ -195,12 +196,15 @@ def _store(path: Path) -> Iterator[tuple[StateManager, SQLiteStorageBackend]]:
 
 
 async def _state_of(manager: StateManager, session: str) -> str | None:
-    """How the session's last run stands: finished, failed, paused or interrupted (None: no
-    such session)."""
+    """How the session's last run stands (None: no such session)."""
     try:
-        log = await manager.load(session)
+        return _run_state(await manager.load(session))
     except SessionNotFoundError:
         return None
+
+
+def _run_state(log: SessionLog) -> str:
+    """Finished, failed, paused or interrupted: how the last run in a session's log stands."""
     run = log.last_run
     if run is None:
         return "without a run"
@@ -451,9 +455,7 @@ async def _session_rows(
         except (OrchestraError, KeyError, TypeError, ValueError) as error:
             rows.append((session_id, escape(f"unreadable: {error}"), "", "", ""))
             continue
-        state = (
-            "running" if await backend.held(session_id) else await _state_of(manager, session_id)
-        )
+        state = "running" if await backend.held(session_id) else _run_state(log)
         rows.append(
             (
                 session_id,
