@@ -13,20 +13,32 @@ import errno
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from storage_backends import Storage, first_segment, tear, torn_append
+from storage_backends import (
+    Storage,
+    close_backend,
+    first_segment,
+    open_backend,
+    tear,
+    torn_append,
+)
 
 from orchestra.coordination.state import (
     FileStorageBackend,
+    PostgresStorageBackend,
+    RedisStorageBackend,
     SQLiteStorageBackend,
     StateManager,
     files,
     segments,
+    servers,
 )
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.coordination.state.records import FORMAT
@@ -405,61 +417,54 @@ async def test_a_full_disk_while_growing_a_segment_is_a_passing_failure(
         storage.close()
 
 
-# ---- the embedded backends: one writer at a time -------------------------------------------
-
-Embedded = Callable[[Path], "FileStorageBackend | SQLiteStorageBackend"]
-EMBEDDED = pytest.mark.parametrize(
-    "embedded",
-    [
-        lambda folder: FileStorageBackend(folder / "state"),
-        lambda folder: SQLiteStorageBackend(folder / "state.db"),
-    ],
-    ids=["file", "sqlite"],
-)
+# ---- one writer at a time -----------------------------------------------------------------------
 
 
-@EMBEDDED
-async def test_a_second_backend_object_cannot_write_a_session_the_first_holds(
-    tmp_path: Path, embedded: Embedded
+async def test_a_second_writer_is_refused_while_the_first_holds_the_session(
+    backend_kind: str, tmp_path: Path
 ) -> None:
-    first, second = embedded(tmp_path), embedded(tmp_path)  # the second: or another process
-    try:
+    first, second = open_backend(backend_kind, tmp_path), open_backend(backend_kind, tmp_path)
+    try:  # the second: another process, or another backend object
         await first.append("held", [step(1)], durable=True, after=0)
         with pytest.raises(SessionError, match=r"'held'.*another process"):
             await second.append("held", [step(2)], durable=True, after=1)
-        first.close()
+        await first.release("held")
         await second.append("held", [step(2)], durable=True, after=1)
         assert await second.read("held") == [step(1), step(2)]
+        with pytest.raises(SessionError, match=r"'held'.*another process"):
+            await first.append("held", [step(3)], durable=True, after=2)
     finally:
-        first.close()
-        second.close()
+        close_backend(first)
+        close_backend(second)
 
 
-@EMBEDDED
 async def test_a_closed_writer_lets_another_process_write_the_session(
-    tmp_path: Path, embedded: Embedded
+    backend_kind: str, tmp_path: Path
 ) -> None:
-    """The session's lock is held while a writer writes, and let go when it closes: a run in
-    one process, then a checkpoint or a resume in another, both work."""
-    here = StateManager(embedded(tmp_path), 0)
-    there = StateManager(embedded(tmp_path), 0)  # another process
-    writer, _ = await here.open("handed")
-    writer.record({"t": "run", "format": FORMAT})
-    await writer.close()
-    other, log = await there.open("handed")
-    assert log is not None and log.length == 1
-    other.record({"t": "checkpoint", "id": "handed@x", "name": "x", "at": 1})
-    await other.close()
-    assert len(await there.storage.read("handed")) == 2
+    """The session is held while a writer writes, and let go when it closes: a run in one
+    process, then a checkpoint or a resume in another, both work."""
+    here = StateManager(open_backend(backend_kind, tmp_path), 0)
+    there = StateManager(open_backend(backend_kind, tmp_path), 0)  # another process
+    try:
+        writer, _ = await here.open("handed")
+        writer.record({"t": "run", "format": FORMAT})
+        await writer.close()
+        other, log = await there.open("handed")
+        assert log is not None and log.length == 1
+        other.record({"t": "checkpoint", "id": "handed@x", "name": "x", "at": 1})
+        await other.close()
+        assert len(await there.storage.read("handed")) == 2
+    finally:
+        close_backend(here.storage)
+        close_backend(there.storage)
 
 
-@EMBEDDED
 async def test_a_session_is_not_deleted_under_another_writer(
-    tmp_path: Path, embedded: Embedded
+    backend_kind: str, tmp_path: Path
 ) -> None:
     """Its writer would go on appending to a log no longer there, and lose what it wrote."""
-    writing, deleting = embedded(tmp_path), embedded(tmp_path)  # the second: or another process
-    try:
+    writing, deleting = open_backend(backend_kind, tmp_path), open_backend(backend_kind, tmp_path)
+    try:  # the second: another process, or another backend object
         await writing.append("busy", [step(1)], durable=True, after=0)
         with pytest.raises(SessionError, match=r"'busy'.*another process"):
             await deleting.delete("busy")
@@ -469,8 +474,64 @@ async def test_a_session_is_not_deleted_under_another_writer(
             await writing.append("busy", [step(2)], durable=True, after=1)
         assert not await writing.exists("busy")
     finally:
-        writing.close()
-        deleting.close()
+        close_backend(writing)
+        close_backend(deleting)
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+async def test_a_server_lease_is_kept_renewed_and_lost_only_to_a_dead_or_silent_holder(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Leases on a server: renewing keeps one; a holder on another machine is honoured until
+    its lease expires; one whose process is gone from this machine is replaced at once."""
+    request.getfixturevalue(f"{kind}_server")
+    holder, other = open_backend(kind, tmp_path), open_backend(kind, tmp_path)
+    await holder.append("leased", [step(1)], durable=True, after=0)
+    assert await holder._renew("leased") and not await other._renew("leased")
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = f"x {servers._HOST} {finished.stdout.strip()}"
+    elsewhere = f"x another-machine {os.getpid()}"
+    for lease, expires_in, taken in (
+        (elsewhere, 60, False),
+        (dead, 60, True),
+        (elsewhere, -1, True),
+    ):
+        await plant_lease(holder, "leased", lease, expires_in)
+        if taken:
+            await other.append("leased", [step(2)], durable=True, after=1)
+            await other.release("leased")
+            await other.delete("leased")
+            await holder.release("leased")
+            await holder.append("leased", [step(1)], durable=True, after=0)
+        else:
+            with pytest.raises(SessionError, match="another process"):
+                await other.append("leased", [step(2)], durable=True, after=1)
+    await holder.release("leased")
+
+
+async def plant_lease(storage: Storage, session_id: str, holder: str, expires_in: float) -> None:
+    """As if ``holder`` held the session's lease, for ``expires_in`` seconds (or expired)."""
+    if isinstance(storage, RedisStorageBackend):
+        key = storage._lease_key(session_id)
+        if expires_in > 0:
+            await storage._client().set(key, holder, px=int(expires_in * 1000))
+        else:
+            await storage._client().delete(key)
+        return
+    assert isinstance(storage, PostgresStorageBackend)
+    pool = await storage._pool()
+    await pool.execute(
+        f"UPDATE {storage.writers} SET holder = $2, expires = now() + make_interval(secs => $3) "
+        "WHERE session = $1",
+        session_id,
+        holder,
+        float(expires_in),
+    )
 
 
 # ---- the file backend: bounded resources --------------------------------------------------------

@@ -67,10 +67,15 @@ def lock_writer(session_id: str, descriptor: int) -> None:
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise SessionError(
-            f"session {session_id!r} is being written by another process (or another backend "
-            "object); a session takes one writer at a time"
-        ) from None
+        raise another_writer(session_id) from None
+
+
+def another_writer(session_id: str) -> SessionError:
+    """The refusal of a writer while another holds the session."""
+    return SessionError(
+        f"session {session_id!r} is being written by another process (or another backend "
+        "object); a session takes one writer at a time"
+    )
 
 
 def try_shared_lock(descriptor: int) -> bool:

@@ -5,19 +5,33 @@ created per event loop: a backend object may serve runs on different loops. Dura
 server's: an append returns once the server acknowledged it (Redis with ``appendonly yes`` and
 ``appendfsync always`` fsyncs before acknowledging; PostgreSQL commits with its configured
 ``synchronous_commit``).
+
+One writer at a time, across processes and machines: a session's writer holds a *lease* on the
+server, taken by its first append and renewed by each append and by a background task every
+third of ``lease_seconds``, until ``release``. Another writer is refused while the lease is
+live. A holder whose process died loses its lease at once to a writer on the same machine (the
+lease names its holder's host and process), and after ``lease_seconds`` (30 by default) to any
+other. Every append checks the lease in the same atomic step as the records, so a writer that
+lost its lease cannot append.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
 import re
-from collections.abc import Sequence
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from orchestra.errors import ConfigurationError, SessionNotFoundError
 
-from .backends import check_session_id, frame, stale_writer, unframe
+from .backends import another_writer, check_session_id, frame, stale_writer, unframe
+
+LEASE_SECONDS = 30.0
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
@@ -28,6 +42,12 @@ def _check_namespace(namespace: str) -> str:
             f"namespace {namespace!r} must be lower-case letters, digits and '_' (max 41)"
         )
     return namespace
+
+
+def _check_lease(seconds: float) -> float:
+    if not seconds > 0:
+        raise ConfigurationError(f"lease_seconds must be positive, got {seconds!r}")
+    return float(seconds)
 
 
 class _PerLoop:
@@ -44,37 +64,142 @@ class _PerLoop:
         return client
 
 
+class _Leases:
+    """The sessions a backend object writes, each with a task that renews its lease."""
+
+    def __init__(self, seconds: float, renew: Callable[[str], Awaitable[bool]]) -> None:
+        self.seconds = seconds
+        self._id = uuid.uuid4().hex
+        self._renew = renew
+        self._renewing: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def token(self) -> str:
+        """This backend object in this process, as a lease holder: ``id host pid``."""
+        return f"{self._id} {_HOST} {os.getpid()}"
+
+    @property
+    def milliseconds(self) -> int:
+        return int(self.seconds * 1000)
+
+    def hold(self, session_id: str) -> None:
+        """After an append: the lease is held; keep it renewed until ``stop``."""
+        task = self._renewing.get(session_id)
+        if task is None or task.done():
+            self._renewing[session_id] = asyncio.get_running_loop().create_task(
+                self._keep(session_id), name=f"orchestra-lease-{session_id}"
+            )
+
+    async def _keep(self, session_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.seconds / 3)
+            with contextlib.suppress(Exception):  # unreachable for now: the next tick tries
+                if not await self._renew(session_id):
+                    return  # lost (expired and taken): the next append is refused
+
+    async def stop(self, session_id: str) -> None:
+        task = self._renewing.pop(session_id, None)
+        if task is None:
+            return
+        with contextlib.suppress(RuntimeError):  # its event loop is closed: it runs no more
+            task.cancel()
+        if task.get_loop() is asyncio.get_running_loop():
+            await asyncio.gather(task, return_exceptions=True)
+
+
+_HOST = socket.gethostname()
+
+
+def abandoned(holder: str | None) -> bool:
+    """Whether a lease's holder is a process of this machine that no longer runs: its lease
+    may be taken at once rather than once it expires."""
+    parts = (holder or "").split(" ")
+    if len(parts) != 3 or parts[1] != _HOST or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, but not ours to signal
+        return False
+    return False
+
+
 _APPEND = """
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[3] then
+  return -1
+end
 local held = redis.call('LLEN', KEYS[1])
 local after = tonumber(ARGV[2])
-local count = #ARGV - 2
+local count = #ARGV - 4
+local ok = 1
 if held == after then
-  for first = 3, #ARGV, 1000 do
+  for first = 5, #ARGV, 1000 do
     redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
   end
   redis.call('SADD', KEYS[2], ARGV[1])
-  return 1
-end
-if held < after + count then
-  return 0
-end
-local stored = redis.call('LRANGE', KEYS[1], after, after + count - 1)
-for i = 1, count do
-  if stored[i] ~= ARGV[i + 2] then
-    return 0
+elseif held < after + count then
+  ok = 0
+else
+  local stored = redis.call('LRANGE', KEYS[1], after, after + count - 1)
+  for i = 1, count do
+    if stored[i] ~= ARGV[i + 4] then
+      ok = 0
+      break
+    end
   end
 end
-return 1
+if ok == 1 then
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+end
+return ok
 """
 """Compare-and-append, atomic on the server: the records go in only when the list holds
-exactly ``after`` of them; a retry finding them stored already succeeds."""
+exactly ``after`` of them (a retry finding them stored already succeeds), and only for the
+holder of the session's lease (or when nobody holds it), which it takes or renews."""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) and 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_DELETE = """
+local holder = redis.call('GET', KEYS[4])
+if holder and holder ~= ARGV[2] and holder ~= ARGV[3] then
+  return -1
+end
+local removed = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2], KEYS[4])
+redis.call('SREM', KEYS[3], ARGV[1])
+return removed
+"""
 
 
 class RedisStorageBackend:
-    """Each session a Redis list of checksummed records (``{namespace}:log:{session}``), and
-    a set of session ids. Needs ``pip install 'orchestra[redis]'``."""
+    """Each session a Redis list of checksummed records (``{namespace}:log:{session}``), its
+    writer's lease (``{namespace}:writer:{session}``), and a set of session ids. Needs
+    ``pip install 'orchestra[redis]'``."""
 
-    def __init__(self, url: str, namespace: str = "orchestra") -> None:
+    def __init__(
+        self, url: str, namespace: str = "orchestra", lease_seconds: float = LEASE_SECONDS
+    ) -> None:
         try:
             import redis.asyncio  # noqa: F401 - fail here, not at the first append
         except ImportError:
@@ -85,6 +210,7 @@ class RedisStorageBackend:
         self.namespace = _check_namespace(namespace)
         self._clients = _PerLoop()
         self._scripts = _PerLoop()
+        self._leases = _Leases(_check_lease(lease_seconds), self._renew)
 
     def __repr__(self) -> str:
         return f"RedisStorageBackend({self.url!r}, namespace={self.namespace!r})"
@@ -100,20 +226,50 @@ class RedisStorageBackend:
     def _key(self, session_id: str) -> str:
         return f"{self.namespace}:log:{check_session_id(session_id)}"
 
+    def _lease_key(self, session_id: str) -> str:
+        return f"{self.namespace}:writer:{check_session_id(session_id)}"
+
+    async def _run(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        client = self._client()
+        scripts = self._scripts.get() or self._scripts.put({})
+        script = scripts.get(source) or scripts.setdefault(source, client.register_script(source))
+        return await script(keys=keys, args=args, client=client)
+
     async def append(
         self, session_id: str, records: Sequence[str], durable: bool, after: int
     ) -> None:
-        keys = [self._key(session_id), f"{self.namespace}:sessions"]
+        keys = [self._key(session_id), f"{self.namespace}:sessions", self._lease_key(session_id)]
         if not records:
             return
         lines = [frame(record)[:-1] for record in records]
-        client = self._client()
-        script = self._scripts.get() or self._scripts.put(client.register_script(_APPEND))
-        if not await script(keys=keys, args=[session_id, after, *lines], client=client):
+        leases = self._leases
+        args = [session_id, after, leases.token, leases.milliseconds, *lines]
+        done = await self._run(_APPEND, keys, args)
+        if done == -1 and await self._take_over(session_id):
+            done = await self._run(_APPEND, keys, args)
+        if done == -1:
+            raise another_writer(session_id)
+        if not done:
             raise stale_writer(session_id, after)
+        leases.hold(session_id)
+
+    async def _take_over(self, session_id: str) -> bool:
+        """Take the lease of a holder that died on this machine."""
+        key = self._lease_key(session_id)
+        holder = await self._client().get(key)
+        if not abandoned(holder):
+            return False
+        leases = self._leases
+        return bool(await self._run(_TAKE_OVER, [key], [holder, leases.token, leases.milliseconds]))
+
+    async def _renew(self, session_id: str) -> bool:
+        keys = [self._lease_key(session_id)]
+        return bool(await self._run(_RENEW, keys, [self._leases.token, self._leases.milliseconds]))
 
     async def release(self, session_id: str) -> None:
-        """Nothing is held per session: each append is one atomic script."""
+        """Give up the session's lease: another writer may take the session up at once."""
+        await self._leases.stop(session_id)
+        await self._run(_RELEASE, [self._lease_key(session_id)], [self._leases.token])
 
     async def read(self, session_id: str) -> list[str]:
         lines = await self._client().lrange(self._key(session_id), 0, -1)
@@ -128,10 +284,19 @@ class RedisStorageBackend:
         return sorted(await self._client().smembers(f"{self.namespace}:sessions"))
 
     async def delete(self, session_id: str) -> bool:
-        client = self._client()
-        removed = await client.delete(self._key(session_id))
-        await client.delete(self._snapshot_key(session_id))
-        await client.srem(f"{self.namespace}:sessions", session_id)
+        """Refused while another writer holds the session's lease."""
+        keys = [
+            self._key(session_id),
+            self._snapshot_key(session_id),
+            f"{self.namespace}:sessions",
+            self._lease_key(session_id),
+        ]
+        await self._leases.stop(session_id)
+        holder = await self._client().get(self._lease_key(session_id))
+        gone = holder if abandoned(holder) else ""
+        removed = await self._run(_DELETE, keys, [session_id, self._leases.token, gone])
+        if removed == -1:
+            raise another_writer(session_id)
         return bool(removed)
 
     def _snapshot_key(self, session_id: str) -> str:
@@ -146,10 +311,13 @@ class RedisStorageBackend:
 
 
 class PostgresStorageBackend:
-    """Sessions in a PostgreSQL table ``{namespace}_log`` (created on first use).
-    Needs ``pip install 'orchestra[postgres]'`` (asyncpg)."""
+    """Sessions in a PostgreSQL table ``{namespace}_log``, their writers' leases in
+    ``{namespace}_writer`` (created on first use). Needs ``pip install 'orchestra[postgres]'``
+    (asyncpg)."""
 
-    def __init__(self, dsn: str, namespace: str = "orchestra") -> None:
+    def __init__(
+        self, dsn: str, namespace: str = "orchestra", lease_seconds: float = LEASE_SECONDS
+    ) -> None:
         try:
             import asyncpg  # noqa: F401
         except ImportError:
@@ -159,7 +327,9 @@ class PostgresStorageBackend:
         self.dsn = dsn
         self.table = f"{_check_namespace(namespace)}_log"
         self.snapshots = f"{namespace}_snapshot"
+        self.writers = f"{namespace}_writer"
         self._pools = _PerLoop()
+        self._leases = _Leases(_check_lease(lease_seconds), self._renew)
 
     def __repr__(self) -> str:
         return f"PostgresStorageBackend(table={self.table!r})"
@@ -179,6 +349,10 @@ class PostgresStorageBackend:
                     f"CREATE TABLE IF NOT EXISTS {self.snapshots} "
                     "(session TEXT PRIMARY KEY, data BYTEA NOT NULL)"
                 )
+                await connection.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self.writers} (session TEXT PRIMARY KEY, "
+                    "holder TEXT NOT NULL, expires TIMESTAMPTZ NOT NULL)"
+                )
         return pool
 
     async def append(
@@ -189,8 +363,29 @@ class PostgresStorageBackend:
             return
         lines = [frame(record)[:-1] for record in records]
         pool = await self._pool()
+        if not await self._append(pool, session_id, lines, after):
+            if not await self._take_over(pool, session_id):
+                raise another_writer(session_id)
+            if not await self._append(pool, session_id, lines, after):
+                raise another_writer(session_id)
+        self._leases.hold(session_id)
+
+    async def _append(self, pool: Any, session_id: str, lines: list[str], after: int) -> bool:
+        """One compare-and-append under the session's lease; False when another holds it."""
+        leases = self._leases
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
+            claimed = await connection.fetchval(
+                f"INSERT INTO {self.writers} AS held (session, holder, expires) "
+                "VALUES ($1, $2, now() + make_interval(secs => $3)) ON CONFLICT (session) DO "
+                "UPDATE SET holder = EXCLUDED.holder, expires = EXCLUDED.expires "
+                "WHERE held.holder = EXCLUDED.holder OR held.expires < now() RETURNING 1",
+                session_id,
+                leases.token,
+                leases.seconds,
+            )
+            if claimed is None:
+                return False
             held = await connection.fetchval(
                 f"SELECT COALESCE(MAX(seq), 0) FROM {self.table} WHERE session = $1", session_id
             )
@@ -199,7 +394,7 @@ class PostgresStorageBackend:
                     f"INSERT INTO {self.table} (session, seq, line) VALUES ($1, $2, $3)",
                     [(session_id, after + n, line) for n, line in enumerate(lines, start=1)],
                 )
-                return
+                return True
             stored = await connection.fetch(
                 f"SELECT line FROM {self.table} WHERE session = $1 AND seq > $2 AND seq <= $3 "
                 "ORDER BY seq",
@@ -209,9 +404,46 @@ class PostgresStorageBackend:
             )
             if [row["line"] for row in stored] != lines:  # else: a retry of a stored append
                 raise stale_writer(session_id, after)
+            return True
+
+    async def _take_over(self, pool: Any, session_id: str) -> bool:
+        """Take the lease of a holder that died on this machine."""
+        holder = await pool.fetchval(
+            f"SELECT holder FROM {self.writers} WHERE session = $1", session_id
+        )
+        if not abandoned(holder):
+            return False
+        status = await pool.execute(
+            f"UPDATE {self.writers} SET holder = $3, expires = now() + make_interval(secs => $4) "
+            "WHERE session = $1 AND holder = $2",
+            session_id,
+            holder,
+            self._leases.token,
+            self._leases.seconds,
+        )
+        return str(status) == "UPDATE 1"
+
+    async def _renew(self, session_id: str) -> bool:
+        pool = await self._pool()
+        status = await pool.execute(
+            f"UPDATE {self.writers} SET expires = now() + make_interval(secs => $3) "
+            "WHERE session = $1 AND holder = $2",
+            session_id,
+            self._leases.token,
+            self._leases.seconds,
+        )
+        return str(status) == "UPDATE 1"
 
     async def release(self, session_id: str) -> None:
-        """Nothing is held per session: each append is its own transaction."""
+        """Give up the session's lease: another writer may take the session up at once."""
+        check_session_id(session_id)
+        await self._leases.stop(session_id)
+        pool = await self._pool()
+        await pool.execute(
+            f"DELETE FROM {self.writers} WHERE session = $1 AND holder = $2",
+            session_id,
+            self._leases.token,
+        )
 
     async def read(self, session_id: str) -> list[str]:
         check_session_id(session_id)
@@ -238,11 +470,20 @@ class PostgresStorageBackend:
 
     async def delete(self, session_id: str) -> bool:
         """Under the session's advisory lock, so an append in progress is either all before
-        the delete or all after it (then refused: its writer expected records)."""
+        the delete or all after it (then refused: its writer expected records); refused while
+        another writer holds the session's lease."""
         check_session_id(session_id)
+        await self._leases.stop(session_id)
         pool = await self._pool()
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
+            holder = await connection.fetchval(
+                f"SELECT holder FROM {self.writers} WHERE session = $1 AND expires > now()",
+                session_id,
+            )
+            if holder is not None and holder != self._leases.token and not abandoned(holder):
+                raise another_writer(session_id)
+            await connection.execute(f"DELETE FROM {self.writers} WHERE session = $1", session_id)
             await connection.execute(f"DELETE FROM {self.snapshots} WHERE session = $1", session_id)
             status = await connection.execute(
                 f"DELETE FROM {self.table} WHERE session = $1", session_id
