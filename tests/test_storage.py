@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import json
 import os
 import sqlite3
@@ -37,8 +38,8 @@ from orchestra.coordination.state import (
     SQLiteStorageBackend,
     StateManager,
     files,
+    leases,
     segments,
-    servers,
 )
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.coordination.state.records import FORMAT
@@ -494,8 +495,9 @@ async def test_a_server_lease_is_kept_renewed_and_lost_only_to_a_dead_or_silent_
         text=True,
         check=True,
     )
-    dead = f"x {servers._HOST} {finished.stdout.strip()}"
-    elsewhere = f"x another-machine {os.getpid()}"
+    pid = finished.stdout.strip()
+    dead = f"x {leases._SPACE} {pid} 1"
+    elsewhere = f"x another-machine {os.getpid()} 1"
     for lease, expires_in, taken in (
         (elsewhere, 60, False),
         (dead, 60, True),
@@ -512,6 +514,41 @@ async def test_a_server_lease_is_kept_renewed_and_lost_only_to_a_dead_or_silent_
             with pytest.raises(SessionError, match="another process"):
                 await other.append("leased", [step(2)], durable=True, after=1)
     await holder.release("leased")
+
+
+def test_a_lease_holder_is_dead_only_when_this_machine_can_tell() -> None:
+    def holder(pid: int, started: str, space: str = leases._SPACE, identity: str = "x") -> str:
+        return f"{identity} {space} {pid} {started}"
+
+    alive = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        started = leases._started(alive.pid)
+        assert not leases.abandoned(holder(alive.pid, started))
+        assert leases.abandoned(holder(alive.pid, "1"))  # its id, reused by another process
+        assert not leases.abandoned(holder(alive.pid, started, space="another-machine"))
+        assert not leases.abandoned("not a holder")
+        assert alive.stdin is not None
+        alive.stdin.close()
+        os.waitid(os.P_PID, alive.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
+        assert leases.abandoned(holder(alive.pid, started))
+    finally:
+        alive.wait()
+    assert leases.abandoned(holder(alive.pid, started))  # gone
+
+    async def renew(session_id: str) -> bool:
+        return True
+
+    mine = leases.Leases(1.0, renew)
+    here = mine.token
+    assert not leases.abandoned(here)  # a live backend object of this process
+    del mine
+    gc.collect()
+    assert leases.abandoned(here)  # dropped without giving its leases up
+    with pytest.raises(ConfigurationError, match=r"lease_seconds must be at least 0\.001"):
+        leases.Leases(0.0001, renew)
+    assert leases.Leases(0.0015, renew).milliseconds == 2
 
 
 async def plant_lease(storage: Storage, session_id: str, holder: str, expires_in: float) -> None:

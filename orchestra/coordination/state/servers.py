@@ -9,29 +9,24 @@ server's: an append returns once the server acknowledged it (Redis with ``append
 One writer at a time, across processes and machines: a session's writer holds a *lease* on the
 server, taken by its first append and renewed by each append and by a background task every
 third of ``lease_seconds``, until ``release``. Another writer is refused while the lease is
-live. A holder whose process died loses its lease at once to a writer on the same machine (the
-lease names its holder's host and process), and after ``lease_seconds`` (30 by default) to any
-other. Every append checks the lease in the same atomic step as the records, so a writer that
-lost its lease cannot append.
+live. A holder whose process died loses its lease at once to a writer that can see that
+process (see ``leases``), and after ``lease_seconds`` (30 by default) to any other. Every append
+checks the lease in the same atomic step as the records, so a writer that lost its lease cannot
+append.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import os
 import re
-import socket
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from orchestra.errors import ConfigurationError, SessionNotFoundError
 
 from .backends import another_writer, check_session_id, frame, stale_writer, unframe
-
-LEASE_SECONDS = 30.0
+from .leases import LEASE_SECONDS, Leases, abandoned
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
@@ -42,12 +37,6 @@ def _check_namespace(namespace: str) -> str:
             f"namespace {namespace!r} must be lower-case letters, digits and '_' (max 41)"
         )
     return namespace
-
-
-def _check_lease(seconds: float) -> float:
-    if not seconds > 0:
-        raise ConfigurationError(f"lease_seconds must be positive, got {seconds!r}")
-    return float(seconds)
 
 
 class _PerLoop:
@@ -62,67 +51,6 @@ class _PerLoop:
     def put(self, client: Any) -> Any:
         self._clients[asyncio.get_running_loop()] = client
         return client
-
-
-class _Leases:
-    """The sessions a backend object writes, each with a task that renews its lease."""
-
-    def __init__(self, seconds: float, renew: Callable[[str], Awaitable[bool]]) -> None:
-        self.seconds = seconds
-        self._id = uuid.uuid4().hex
-        self._renew = renew
-        self._renewing: dict[str, asyncio.Task[None]] = {}
-
-    @property
-    def token(self) -> str:
-        """This backend object in this process, as a lease holder: ``id host pid``."""
-        return f"{self._id} {_HOST} {os.getpid()}"
-
-    @property
-    def milliseconds(self) -> int:
-        return int(self.seconds * 1000)
-
-    def hold(self, session_id: str) -> None:
-        """After an append: the lease is held; keep it renewed until ``stop``."""
-        task = self._renewing.get(session_id)
-        if task is None or task.done():
-            self._renewing[session_id] = asyncio.get_running_loop().create_task(
-                self._keep(session_id), name=f"orchestra-lease-{session_id}"
-            )
-
-    async def _keep(self, session_id: str) -> None:
-        while True:
-            await asyncio.sleep(self.seconds / 3)
-            with contextlib.suppress(Exception):  # unreachable for now: the next tick tries
-                if not await self._renew(session_id):
-                    return  # lost (expired and taken): the next append is refused
-
-    async def stop(self, session_id: str) -> None:
-        task = self._renewing.pop(session_id, None)
-        if task is None:
-            return
-        with contextlib.suppress(RuntimeError):  # its event loop is closed: it runs no more
-            task.cancel()
-        if task.get_loop() is asyncio.get_running_loop():
-            await asyncio.gather(task, return_exceptions=True)
-
-
-_HOST = socket.gethostname()
-
-
-def abandoned(holder: str | None) -> bool:
-    """Whether a lease's holder is a process of this machine that no longer runs: its lease
-    may be taken at once rather than once it expires."""
-    parts = (holder or "").split(" ")
-    if len(parts) != 3 or parts[1] != _HOST or not parts[2].isdigit():
-        return False
-    try:
-        os.kill(int(parts[2]), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive, but not ours to signal
-        return False
-    return False
 
 
 _APPEND = """
@@ -210,7 +138,7 @@ class RedisStorageBackend:
         self.namespace = _check_namespace(namespace)
         self._clients = _PerLoop()
         self._scripts = _PerLoop()
-        self._leases = _Leases(_check_lease(lease_seconds), self._renew)
+        self._leases = Leases(lease_seconds, self._renew)
 
     def __repr__(self) -> str:
         return f"RedisStorageBackend({self.url!r}, namespace={self.namespace!r})"
@@ -329,7 +257,7 @@ class PostgresStorageBackend:
         self.snapshots = f"{namespace}_snapshot"
         self.writers = f"{namespace}_writer"
         self._pools = _PerLoop()
-        self._leases = _Leases(_check_lease(lease_seconds), self._renew)
+        self._leases = Leases(lease_seconds, self._renew)
 
     def __repr__(self) -> str:
         return f"PostgresStorageBackend(table={self.table!r})"
@@ -377,9 +305,9 @@ class PostgresStorageBackend:
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
             claimed = await connection.fetchval(
                 f"INSERT INTO {self.writers} AS held (session, holder, expires) "
-                "VALUES ($1, $2, now() + make_interval(secs => $3)) ON CONFLICT (session) DO "
+                "VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) ON CONFLICT (session) DO "
                 "UPDATE SET holder = EXCLUDED.holder, expires = EXCLUDED.expires "
-                "WHERE held.holder = EXCLUDED.holder OR held.expires < now() RETURNING 1",
+                "WHERE held.holder = EXCLUDED.holder OR held.expires < clock_timestamp() RETURNING 1",
                 session_id,
                 leases.token,
                 leases.seconds,
@@ -414,7 +342,7 @@ class PostgresStorageBackend:
         if not abandoned(holder):
             return False
         status = await pool.execute(
-            f"UPDATE {self.writers} SET holder = $3, expires = now() + make_interval(secs => $4) "
+            f"UPDATE {self.writers} SET holder = $3, expires = clock_timestamp() + make_interval(secs => $4) "
             "WHERE session = $1 AND holder = $2",
             session_id,
             holder,
@@ -426,7 +354,7 @@ class PostgresStorageBackend:
     async def _renew(self, session_id: str) -> bool:
         pool = await self._pool()
         status = await pool.execute(
-            f"UPDATE {self.writers} SET expires = now() + make_interval(secs => $3) "
+            f"UPDATE {self.writers} SET expires = clock_timestamp() + make_interval(secs => $3) "
             "WHERE session = $1 AND holder = $2",
             session_id,
             self._leases.token,
@@ -478,7 +406,7 @@ class PostgresStorageBackend:
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
             holder = await connection.fetchval(
-                f"SELECT holder FROM {self.writers} WHERE session = $1 AND expires > now()",
+                f"SELECT holder FROM {self.writers} WHERE session = $1 AND expires > clock_timestamp()",
                 session_id,
             )
             if holder is not None and holder != self._leases.token and not abandoned(holder):

@@ -1,0 +1,151 @@
+"""Writer leases on a server: who holds a session, keeping the lease renewed, and telling a
+holder that died from one that is merely quiet.
+
+A holder names itself ``<id> <process space> <pid> <start>``: a random id per backend object,
+the set of process ids its process lives in (the kernel's boot id and the process's pid
+namespace on Linux; the host name elsewhere), its process id, and when that process started
+(so a reused process id is not taken for the holder). A writer that finds a lease held by a
+process of its own space that no longer runs (gone, a zombie, or another process under the
+same id) takes the lease at once; a holder it cannot see (another machine, container, or
+platform) keeps its lease until it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from orchestra.errors import ConfigurationError
+
+LEASE_SECONDS = 30.0
+
+
+class Leases:
+    """The sessions a backend object writes, each with a task that renews its lease."""
+
+    def __init__(self, seconds: float, renew: Callable[[str], Awaitable[bool]]) -> None:
+        if not seconds >= 0.001:
+            raise ConfigurationError(f"lease_seconds must be at least 0.001, got {seconds!r}")
+        self.seconds = float(seconds)
+        self._id = uuid.uuid4().hex
+        self._renew = renew
+        self._renewing: dict[str, asyncio.Task[None]] = {}
+        self._token = (0, "")
+        _LIVE[self._id] = self
+
+    @property
+    def token(self) -> str:
+        """This backend object, in this process, as a lease holder."""
+        pid, token = self._token
+        if pid != os.getpid():  # first use, or a forked process: not its parent's holder
+            pid = os.getpid()
+            token = f"{self._id} {_SPACE} {pid} {_started(pid)}"
+            self._token = (pid, token)
+        return token
+
+    @property
+    def milliseconds(self) -> int:
+        return max(1, math.ceil(self.seconds * 1000))
+
+    def hold(self, session_id: str) -> None:
+        """After an append: the lease is held; keep it renewed (on the running event loop)
+        until ``stop``."""
+        task = self._renewing.get(session_id)
+        loop = asyncio.get_running_loop()
+        if task is None or task.done() or task.get_loop() is not loop:
+            if task is not None:
+                _cancel(task)
+            self._renewing[session_id] = loop.create_task(
+                self._keep(session_id), name=f"orchestra-lease-{session_id}"
+            )
+
+    async def _keep(self, session_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.seconds / 3)
+            with contextlib.suppress(Exception):  # unreachable for now: the next tick tries
+                if not await self._renew(session_id):
+                    return  # lost (expired and taken): the next append is refused
+
+    async def stop(self, session_id: str) -> None:
+        task = self._renewing.pop(session_id, None)
+        if task is None:
+            return
+        _cancel(task)
+        if task.get_loop() is asyncio.get_running_loop():
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def abandoned(holder: str | None) -> bool:
+    """Whether a lease's holder is a process of this process space that no longer runs, or a
+    backend object of this very process that is gone: its lease may be taken at once."""
+    parts = (holder or "").split(" ")
+    if len(parts) != 4 or parts[1] != _SPACE or not parts[2].isdigit():
+        return False
+    identity, _, pid, started = parts
+    if int(pid) == os.getpid() and started == _started(os.getpid()):
+        return identity not in _LIVE
+    return not _running(int(pid), started)
+
+
+_LIVE: weakref.WeakValueDictionary[str, Leases] = weakref.WeakValueDictionary()
+"""The lease holders of this process that still exist."""
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    loop = task.get_loop()
+    with contextlib.suppress(RuntimeError):  # its event loop is closed: it runs no more
+        if loop is asyncio.get_running_loop():
+            task.cancel()
+        else:
+            loop.call_soon_threadsafe(task.cancel)
+
+
+def _process_space() -> str:
+    """What names the process ids this process can see: the boot and the pid namespace."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return socket.gethostname() or "unknown"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name; None where there is none."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _started(pid: int) -> str:
+    """When the process started (clock ticks since boot), or "-" where that is not known."""
+    fields = _stat(pid)
+    return fields[19] if fields else "-"
+
+
+def _running(pid: int, started: str) -> bool:
+    """Whether the process that took the lease still runs: alive, not a zombie, and not
+    another process under the same id."""
+    fields = _stat(pid)
+    if fields is not None:
+        return fields[0] != "Z" and started in ("-", fields[19])
+    if Path("/proc/self/stat").exists():
+        return False  # /proc shows every process of this space: it has none by that id
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, but not ours to signal
+        return True
+    return True
+
+
+_SPACE = _process_space()
