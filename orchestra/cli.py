@@ -134,8 +134,9 @@ def _print_result(result: OrchestraResult) -> None:
             branch.branch_id, branch.status, str(branch.step_count), " -> ".join(branch.agents)
         )
     console.print(branches)
+    milliseconds = result.total_duration * 1000
     console.print(
-        f"{result.total_steps} steps in {result.total_duration * 1000:.1f} ms, session {result.session_id}"
+        f"{result.total_steps} steps in {milliseconds:.1f} ms, session {result.session_id}"
     )
 
 

@@ -1,17 +1,18 @@
 """The segment files of ``FileStorageBackend``: their format, and a segment open for appending.
 
 A segment holds appends, each a header line ``@<length of its body in hex> <checksum of that
-length>`` followed by the body: its records, one checksummed line each (see ``backends.frame``). After the last append
-comes zero padding, grown ahead of the records so that writing one does not change the file's
-size (a durable write then has no metadata to commit). A segment is named after the position
-of its first record in the session's log: ``log-000000000001.seg``, ``log-000000004711.seg``.
+length>`` followed by the body: its records, one checksummed line each (see ``backends.frame``).
+After the last append comes zero padding, grown ahead of the records so that writing one does
+not change the file's size (a durable write then has no metadata to commit). A segment is named
+after the position of its first record in the session's log: ``log-000000000001.seg``,
+``log-000000004711.seg``.
 
 Reading tells a torn append from damage. An append is written into zeros, so a crash in the
 middle of one (never acknowledged as durable) can leave it incomplete, or with zero-filled holes
 where parts of it never reached the disk, and nothing after it; such an append is not part of
 the log. Anything else that is wrong (a checksum that does not match bytes that are not zero, a
-bad append that another append follows) means that acknowledged records were damaged: that is
-a ``SessionCorruptedError``, never a silent cut.
+bad append that another append follows) means that acknowledged records were damaged: that is a
+``SessionCorruptedError``, never a silent cut.
 """
 
 from __future__ import annotations

@@ -303,20 +303,20 @@ class PostgresStorageBackend:
         leases = self._leases
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
-            claimed = await connection.fetchval(
-                f"INSERT INTO {self.writers} AS held (session, holder, expires) "
-                "VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) ON CONFLICT (session) DO "
-                "UPDATE SET holder = EXCLUDED.holder, expires = EXCLUDED.expires "
-                "WHERE held.holder = EXCLUDED.holder OR held.expires < clock_timestamp() RETURNING 1",
+            claimed, held = await connection.fetchrow(
+                f"WITH claim AS (INSERT INTO {self.writers} AS held (session, holder, expires) "
+                "VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) "
+                "ON CONFLICT (session) DO UPDATE SET holder = EXCLUDED.holder, "
+                "expires = EXCLUDED.expires WHERE held.holder = EXCLUDED.holder "
+                "OR held.expires < clock_timestamp() RETURNING 1) "
+                "SELECT EXISTS (SELECT 1 FROM claim), "
+                f"(SELECT COALESCE(MAX(seq), 0) FROM {self.table} WHERE session = $1)",
                 session_id,
                 leases.token,
                 leases.seconds,
-            )
-            if claimed is None:
+            )  # one round trip: the lease taken or renewed, and the records held
+            if not claimed:
                 return False
-            held = await connection.fetchval(
-                f"SELECT COALESCE(MAX(seq), 0) FROM {self.table} WHERE session = $1", session_id
-            )
             if held == after:
                 await connection.executemany(
                     f"INSERT INTO {self.table} (session, seq, line) VALUES ($1, $2, $3)",
@@ -342,7 +342,8 @@ class PostgresStorageBackend:
         if not abandoned(holder):
             return False
         status = await pool.execute(
-            f"UPDATE {self.writers} SET holder = $3, expires = clock_timestamp() + make_interval(secs => $4) "
+            f"UPDATE {self.writers} SET holder = $3, "
+            "expires = clock_timestamp() + make_interval(secs => $4) "
             "WHERE session = $1 AND holder = $2",
             session_id,
             holder,
@@ -354,7 +355,8 @@ class PostgresStorageBackend:
     async def _renew(self, session_id: str) -> bool:
         pool = await self._pool()
         status = await pool.execute(
-            f"UPDATE {self.writers} SET expires = clock_timestamp() + make_interval(secs => $3) "
+            f"UPDATE {self.writers} "
+            "SET expires = clock_timestamp() + make_interval(secs => $3) "
             "WHERE session = $1 AND holder = $2",
             session_id,
             self._leases.token,
@@ -406,7 +408,8 @@ class PostgresStorageBackend:
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
             holder = await connection.fetchval(
-                f"SELECT holder FROM {self.writers} WHERE session = $1 AND expires > clock_timestamp()",
+                f"SELECT holder FROM {self.writers} "
+                "WHERE session = $1 AND expires > clock_timestamp()",
                 session_id,
             )
             if holder is not None and holder != self._leases.token and not abandoned(holder):
