@@ -71,19 +71,58 @@ async def test_the_llama_model_is_loaded_once_and_shared() -> None:
     assert list(local._loaded).count(path) == 1
 
 
+OCEAN = [  # unconstrained in length, SmolLM2 answers this with 484 characters in 112 tokens
+    Message("system", "Answer with one JSON object."),
+    Message("user", "List twenty facts about the ocean."),
+]
+
+
+def asking() -> StepInfo:
+    """A step that may answer or ask the user: a constrained JSON reply, not plain text."""
+    return info(can_finish=True, can_ask_user=True)
+
+
 async def test_a_reply_that_would_outrun_max_tokens_is_cut_inside_its_text() -> None:
-    """A small model asked for a long answer, in JSON, with few tokens: unbounded, this reply
-    is cut off mid-string (484 characters in 112 tokens) and does not parse; a demo run failed
-    so, every retry cut off again."""
-    model = LocalModel(smollm(max_tokens=112))
-    messages = [
-        Message("system", "Answer with one JSON object."),
-        Message("user", "List twenty facts about the ocean."),
-    ]
-    reply = await model.complete(messages, info(can_finish=True, can_ask_user=True))
-    action = json.loads(reply.content or "")
-    text = action["action_input"].get("response") or action["action_input"].get("question")
+    """Unbounded, this reply is cut off mid-string and does not parse; a demo run failed so,
+    every retry cut off again. Its text is capped instead, so the model closes it itself."""
+    reply = await LocalModel(smollm(max_tokens=112)).complete(OCEAN, asking())
+    answer = json.loads(reply.content or "")["action_input"]
+    text = answer.get("response") or answer.get("question")
     assert 0 < len(text) <= local._chars_within(112)
+
+
+async def test_a_reply_cut_off_inside_its_text_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the cap is not enough (digits cost a token each, and a demo run once repeated
+    "2023-" until its tokens ran out), the cut reply is completed: the grammar made it a valid
+    prefix."""
+    monkeypatch.setattr(local, "bounded", lambda schema, max_chars: schema)
+    reply = await LocalModel(smollm(max_tokens=112)).complete(OCEAN, asking())
+    assert reply.usage.completion_tokens == 112  # it ran out
+    answer = json.loads(reply.content or "")["action_input"]
+    assert answer.get("response") or answer.get("question")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "completed"),
+    [
+        (
+            '{"next_action": "final_response", "action_input": {"response": "The rep',
+            '{"next_action": "final_response", "action_input": {"response": "The rep"}}',
+        ),
+        ('{"a": ["x", "y', '{"a": ["x", "y"]}'),
+        ('{"a": "x\\', '{"a": "x"}'),  # a lone backslash: an escape cut short
+        ('{"a": "x\\u00', '{"a": "x"}'),
+        ('{"a": "x\\u00e9', '{"a": "x\\u00e9"}'),
+        ('{"a": "x\\\\', '{"a": "x\\\\"}'),  # an escaped backslash is whole
+        ('{"a": "q\\"uote', '{"a": "q\\"uote"}'),
+        ('{"next_act', None),  # cut inside a key: nothing to complete
+        ('{"a": tr', None),
+    ],
+)
+def test_a_cut_reply_is_completed_only_where_it_was_cut_inside_a_value(
+    prefix: str, completed: str | None
+) -> None:
+    assert local.closed(prefix) == completed
 
 
 def test_a_bad_model_path_is_a_configuration_error_naming_the_path(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import importlib.util
+import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,10 +118,50 @@ class LocalModel:
                 str(error), provider=self.provider, model=self.config.name
             ) from None
         usage = result.get("usage") or {}
+        choice = result["choices"][0]
+        content = choice["message"]["content"]
+        if "response_format" in body and choice.get("finish_reason") == "length" and content:
+            content = closed(content) or content
         return ModelReply(
-            content=result["choices"][0]["message"]["content"],
+            content=content,
             usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), 0.0),
         )
+
+
+def closed(prefix: str) -> str | None:
+    """A constrained reply that ran out of tokens, completed: the grammar made it a valid
+    JSON prefix, so closing its open string and containers completes it when it was cut inside
+    a value (an answer cut short); None when it was cut anywhere else (a key, a number)."""
+    closers: list[str] = []
+    in_string = escaped = False
+    unfinished = 0  # characters of an escape the cut left unfinished
+    for char in prefix:
+        if not in_string:
+            if char == '"':
+                in_string = True
+            elif char in "{[":
+                closers.append("}" if char == "{" else "]")
+            elif char in "}]" and closers:
+                closers.pop()
+        elif unfinished:
+            unfinished = unfinished + 1 if unfinished < 5 else 0  # \u and four hex digits
+        elif escaped:
+            escaped = False
+            unfinished = 2 if char == "u" else 0
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            in_string = False
+    text = prefix
+    if in_string:
+        cut = unfinished or int(escaped)
+        text = (text[:-cut] if cut else text) + '"'
+    candidate = text + "".join(reversed(closers))
+    try:
+        json.loads(candidate)
+    except ValueError:
+        return None
+    return candidate
 
 
 def bounded(schema: Any, max_chars: int) -> Any:
