@@ -17,6 +17,8 @@ from typing import Any
 import helpers
 import pytest
 from helpers import SOLO, llm, run_forced_handoff
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from orchestra.coordination.config import ErrorHandlingConfig
@@ -102,6 +104,70 @@ async def test_a_reply_cut_off_inside_its_text_is_closed(monkeypatch: pytest.Mon
     assert answer.get("response") or answer.get("question")
 
 
+TEXT = st.text(max_size=12) | st.sampled_from(['a"b', "\\", "\n\t", "é", "😀x", "}]", "\\u0041"])
+SCALAR = (
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False) | TEXT
+)
+ANY_JSON = st.recursive(
+    SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3)
+)
+ACTIONS = st.fixed_dictionaries(
+    {
+        "next_action": st.just("final_response"),
+        "action_input": st.fixed_dictionaries({"response": TEXT}),
+    }
+) | st.fixed_dictionaries(
+    {
+        "next_action": st.just("call_tool"),
+        "action_input": st.lists(
+            st.fixed_dictionaries({"name": TEXT, "arguments": st.dictionaries(TEXT, ANY_JSON)}),
+            min_size=1,
+            max_size=2,
+        ),
+    }
+)
+STYLES = st.sampled_from(
+    [{}, {"ensure_ascii": False}, {"indent": 2}, {"separators": (" ,  ", " :\n ")}]
+)
+
+
+def begins(completed: Any, original: Any) -> bool:
+    """Whether ``completed`` is ``original`` cut short: whole parts equal, the last one begun."""
+    if isinstance(original, dict):
+        keys = list(completed) if isinstance(completed, dict) else None
+        return (
+            keys is not None
+            and keys == list(original)[: len(keys)]
+            and all(completed[key] == original[key] for key in keys[:-1])
+            and (not keys or begins(completed[keys[-1]], original[keys[-1]]))
+        )
+    if isinstance(original, list):
+        return (
+            isinstance(completed, list)
+            and len(completed) <= len(original)
+            and completed[:-1] == original[: max(len(completed) - 1, 0)]
+            and (not completed or begins(completed[-1], original[len(completed) - 1]))
+        )
+    if isinstance(original, str):
+        return isinstance(completed, str) and original.startswith(completed)
+    return type(completed) is type(original) and completed == original
+
+
+@settings(max_examples=80, deadline=None)
+@given(ACTIONS, STYLES)
+def test_a_reply_cut_anywhere_is_completed_as_what_it_began_or_not_at_all(
+    action: dict[str, Any], style: dict[str, Any]
+) -> None:
+    reply = json.dumps(action, **style)
+    assert json.loads(local.closed(reply) or "") == action
+    for cut in range(len(reply)):
+        completed = local.closed(reply[:cut])
+        if completed is not None:
+            value = json.loads(completed)
+            assert begins(value, action), (reply[:cut], completed)
+            json.dumps(value, ensure_ascii=False).encode()  # no half of a character left
+
+
 @pytest.mark.parametrize(
     ("prefix", "completed"),
     [
@@ -117,6 +183,9 @@ async def test_a_reply_cut_off_inside_its_text_is_closed(monkeypatch: pytest.Mon
         ('{"a": "q\\"uote', '{"a": "q\\"uote"}'),
         ('{"next_act', None),  # cut inside a key: nothing to complete
         ('{"a": tr', None),
+        ('{"a": 12', None),  # a number that may have had more digits
+        ('{"a": [1.5 ', '{"a": [1.5 ]}'),
+        ('{"a": "x\\ud83d\\ude', '{"a": "x"}'),  # half of a character: dropped
     ],
 )
 def test_a_cut_reply_is_completed_only_where_it_was_cut_inside_a_value(
@@ -355,6 +424,7 @@ def test_a_local_schema_caps_free_text_only() -> None:
     body = LocalModel(smollm(max_tokens=160)).request([], info(can_finish=True, can_ask_user=True))
     capped = variants(body["response_format"]["schema"])["ask_user"]["properties"]["question"]
     assert capped["maxLength"] == (160 - local.JSON_TOKENS) * 3
+    assert local._chars_within(4096) == 1000  # more, and llama.cpp crashes on the grammar
 
 
 def test_coordination_tools_shrink_to_what_is_allowed() -> None:

@@ -551,6 +551,44 @@ def test_a_lease_holder_is_dead_only_when_this_machine_can_tell() -> None:
     assert leases.Leases(0.0015, renew).milliseconds == 2
 
 
+def test_a_lease_holder_with_an_odd_command_name_or_hidden_from_proc_is_still_judged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel cuts command names at 15 bytes, even inside a character; where /proc hides
+    another user's processes (hidepid), a signal probe decides."""
+    odd = tmp_path / ("é" * 9)
+    odd.symlink_to(sys.executable)
+    alive = subprocess.Popen(
+        [str(odd), "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        holder = f"x {leases._SPACE} {alive.pid} {leases._started(alive.pid)}"
+        assert not leases.abandoned(holder)
+        monkeypatch.setattr(leases, "_stat", lambda pid: None)  # as under hidepid
+        assert not leases.abandoned(holder)
+    finally:
+        assert alive.stdin is not None
+        alive.stdin.close()
+        alive.wait()
+    assert leases.abandoned(holder)  # the probe finds no such process
+
+
+async def test_a_dropped_backend_stops_renewing_its_leases() -> None:
+    """Else its leases would never expire, for anyone, while its event loop runs."""
+    renewed: list[str] = []
+
+    async def renew(session_id: str) -> bool:
+        renewed.append(session_id)
+        return True
+
+    dropped = leases.Leases(0.003, renew)
+    dropped.hold("s")
+    keeping = dropped._renewing["s"]
+    del dropped
+    gc.collect()
+    await asyncio.wait_for(keeping, 5)
+
+
 async def plant_lease(storage: Storage, session_id: str, holder: str, expires_in: float) -> None:
     """As if ``holder`` held the session's lease, for ``expires_in`` seconds (or expired)."""
     if isinstance(storage, RedisStorageBackend):

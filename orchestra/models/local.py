@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import importlib.util
 import json
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,11 +132,13 @@ class LocalModel:
 def closed(prefix: str) -> str | None:
     """A constrained reply that ran out of tokens, completed: the grammar made it a valid
     JSON prefix, so closing its open string and containers completes it when it was cut inside
-    a value (an answer cut short); None when it was cut anywhere else (a key, a number)."""
+    a string value (an answer cut short); None when it was cut anywhere else (a key, a number
+    that may have had more digits)."""
     closers: list[str] = []
     in_string = escaped = False
-    unfinished = 0  # characters of an escape the cut left unfinished
-    for char in prefix:
+    unfinished = 0  # characters of a \u escape the cut may leave unfinished
+    high_surrogate_end = -1  # where a \uD800-\uDBFF escape ends: half a character
+    for index, char in enumerate(prefix):
         if not in_string:
             if char == '"':
                 in_string = True
@@ -145,6 +148,8 @@ def closed(prefix: str) -> str | None:
                 closers.pop()
         elif unfinished:
             unfinished = unfinished + 1 if unfinished < 5 else 0  # \u and four hex digits
+            if not unfinished and prefix[index - 3 : index - 1].lower() in _HIGH_SURROGATES:
+                high_surrogate_end = index + 1
         elif escaped:
             escaped = False
             unfinished = 2 if char == "u" else 0
@@ -152,16 +157,24 @@ def closed(prefix: str) -> str | None:
             escaped = True
         elif char == '"':
             in_string = False
+    if not in_string and _CUT_NUMBER.search(prefix):
+        return None
     text = prefix
     if in_string:
-        cut = unfinished or int(escaped)
-        text = (text[:-cut] if cut else text) + '"'
+        end = len(prefix) - (unfinished or int(escaped))
+        if high_surrogate_end == end:  # its other half is cut off
+            end -= 6
+        text = text[:end] + '"'
     candidate = text + "".join(reversed(closers))
     try:
         json.loads(candidate)
     except ValueError:
         return None
     return candidate
+
+
+_CUT_NUMBER = re.compile(r"(?<![A-Za-z])[-0-9][-+0-9.eE]*$")  # it may have had more digits
+_HIGH_SURROGATES = {"d8", "d9", "da", "db"}
 
 
 def bounded(schema: Any, max_chars: int) -> Any:
@@ -182,8 +195,9 @@ def bounded(schema: Any, max_chars: int) -> Any:
 def _chars_within(max_tokens: int) -> int:
     """Characters of answer that fit in a reply of ``max_tokens``, with room for the JSON
     around it: English averages about four characters a token in SmolLM2's vocabulary, and
-    three leaves a margin (text that tokenizes worse can still overrun)."""
-    return max(16, (max_tokens - JSON_TOKENS) * 3)
+    three leaves a margin (text that tokenizes worse can still overrun). llama.cpp refuses (and
+    then crashes on) a grammar that repeats a character more than 1000 times."""
+    return min(1000, max(16, (max_tokens - JSON_TOKENS) * 3))
 
 
 JSON_TOKENS = 64  # the keys, quotes and braces of an action around its text: constrained

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import socket
 import uuid
 import weakref
@@ -56,22 +57,15 @@ class Leases:
 
     def hold(self, session_id: str) -> None:
         """After an append: the lease is held; keep it renewed (on the running event loop)
-        until ``stop``."""
+        until ``stop``, or until this object is dropped."""
         task = self._renewing.get(session_id)
         loop = asyncio.get_running_loop()
         if task is None or task.done() or task.get_loop() is not loop:
             if task is not None:
                 _cancel(task)
             self._renewing[session_id] = loop.create_task(
-                self._keep(session_id), name=f"orchestra-lease-{session_id}"
+                _keep(weakref.ref(self), session_id), name=f"orchestra-lease-{session_id}"
             )
-
-    async def _keep(self, session_id: str) -> None:
-        while True:
-            await asyncio.sleep(self.seconds / 3)
-            with contextlib.suppress(Exception):  # unreachable for now: the next tick tries
-                if not await self._renew(session_id):
-                    return  # lost (expired and taken): the next append is refused
 
     async def stop(self, session_id: str) -> None:
         task = self._renewing.pop(session_id, None)
@@ -82,16 +76,37 @@ class Leases:
             await asyncio.gather(task, return_exceptions=True)
 
 
+async def _keep(leases: weakref.ref[Leases], session_id: str) -> None:
+    """Renew a lease every third of its time; held weakly, so that a backend dropped without
+    releasing its sessions stops renewing (its leases then expire)."""
+    while True:
+        found = leases()
+        if found is None:
+            return
+        seconds, renew = found.seconds, found._renew
+        del found
+        await asyncio.sleep(seconds / 3)
+        if leases() is None:
+            return
+        with contextlib.suppress(Exception):  # unreachable for now: the next tick tries
+            if not await renew(session_id):
+                return  # lost (expired and taken): the next append is refused
+
+
 def abandoned(holder: str | None) -> bool:
     """Whether a lease's holder is a process of this process space that no longer runs, or a
     backend object of this very process that is gone: its lease may be taken at once."""
     parts = (holder or "").split(" ")
-    if len(parts) != 4 or parts[1] != _SPACE or not parts[2].isdigit():
+    if len(parts) != 4 or parts[1] != _SPACE or not _ASCII_NUMBER.fullmatch(parts[2]):
         return False
-    identity, _, pid, started = parts
-    if int(pid) == os.getpid() and started == _started(os.getpid()):
+    identity, _, number, started = parts
+    pid = int(number)
+    if pid == os.getpid() and started == _started(pid):
         return identity not in _LIVE
-    return not _running(int(pid), started)
+    return not _running(pid, started)
+
+
+_ASCII_NUMBER = re.compile(r"[0-9]{1,10}")
 
 
 _LIVE: weakref.WeakValueDictionary[str, Leases] = weakref.WeakValueDictionary()
@@ -108,21 +123,23 @@ def _cancel(task: asyncio.Task[None]) -> None:
 
 
 def _process_space() -> str:
-    """What names the process ids this process can see: the boot and the pid namespace."""
+    """What names the process ids this process can see: the boot and the pid namespace (or,
+    without /proc, the machine: its host name and hardware address)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
     except OSError:
-        return socket.gethostname() or "unknown"
+        return f"{socket.gethostname() or 'unknown'}/{uuid.getnode():x}".replace(" ", "_")
 
 
 def _stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name; None where there is none."""
+    """The fields of ``/proc/<pid>/stat`` after the command name (which may hold anything,
+    even half a character); None where there is none to read."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        data = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    return text[text.rindex(")") + 2 :].split()
+    return data[data.rindex(b")") + 2 :].decode("ascii", "replace").split()
 
 
 def _started(pid: int) -> str:
@@ -133,17 +150,18 @@ def _started(pid: int) -> str:
 
 def _running(pid: int, started: str) -> bool:
     """Whether the process that took the lease still runs: alive, not a zombie, and not
-    another process under the same id."""
+    another process under the same id. When that cannot be told (no /proc entry to read, as
+    under ``hidepid``, and no signal to probe with), it is taken to run."""
     fields = _stat(pid)
     if fields is not None:
         return fields[0] != "Z" and started in ("-", fields[19])
-    if Path("/proc/self/stat").exists():
-        return False  # /proc shows every process of this space: it has none by that id
+    if os.name != "posix":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # alive, but not ours to signal
+    except (OSError, OverflowError):  # alive, but not ours to signal; or no such id at all
         return True
     return True
 
