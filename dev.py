@@ -25,8 +25,13 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
 WHEELS = Path(
     os.environ.get("ORCHESTRA_WHEEL_CACHE", Path.home() / ".cache" / "orchestra" / "wheels")
-)
+) / "portable"  # wheels of an earlier, machine-specific build (a sibling folder) are not reused
 COMPILED = "llama-cpp-python"  # builds from source (minutes): its wheel is built once and kept
+# llama.cpp tunes itself to the building CPU by default; such a build crashed (SIGSEGV) on a VM
+# whose CPU lists instructions it does not grant, and its arithmetic, so the bundled model's
+# greedy replies, differs from machine to machine. The portable build (AVX2 on x86-64) runs
+# alike wherever it is built. A CMAKE_ARGS of your own (a GPU build, say) replaces this.
+PORTABLE_BUILD = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"}
 
 USAGE = """usage: python3 dev.py demo [ARGS...]   run the Orchestra demo
        python3 dev.py test [PYTEST ARGS...]   run the whole test suite"""
@@ -70,7 +75,10 @@ def build_compiled_wheel(pip: list[str]) -> None:
     WHEELS.mkdir(parents=True, exist_ok=True)
     print(f"[dev] building {COMPILED} {pin} once into {WHEELS} (takes minutes)", flush=True)
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "-w", str(WHEELS), f"{COMPILED}=={pin}"], check=True, cwd=ROOT
+        [*pip, "wheel", "--no-deps", "--no-cache-dir", "-w", str(WHEELS), f"{COMPILED}=={pin}"],
+        check=True,
+        cwd=ROOT,
+        env={**PORTABLE_BUILD, **os.environ},
     )
 
 
