@@ -1,4 +1,5 @@
-"""Helpers shared by the tests that drive whole runs: engine, results, agents, model adapters.
+"""Helpers shared by the tests that drive whole runs: engine, results, agents, model adapters,
+and durable sessions.
 
 They all need the same few things: a config that prints nothing, agents kept out of the global
 registry (so one test never sees another's agents), runs bounded in time (so a broken engine
@@ -11,10 +12,11 @@ Anthropic blocks) stays in its test module.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,13 +28,18 @@ from orchestra import (
     ErrorHandlingConfig,
     ExecutionConfig,
     FunctionAgent,
+    FunctionModel,
     Orchestra,
     OrchestraResult,
     PatternConfig,
     StatusConfig,
     Topology,
+    tool,
 )
 from orchestra.coordination.engine import events as ev
+from orchestra.coordination.orchestra import OrchestraInstance
+from orchestra.coordination.state import StateManager
+from orchestra.models import Message, StepInfo
 from orchestra.models.config import ModelConfig
 
 E = TypeVar("E", bound=ev.Event)
@@ -200,3 +207,122 @@ _CLI_ENV = {
     "PYTHONPATH": str(TESTS),
     "HOME": str(Path.home()),
 }
+
+
+# ---- durable sessions seen from the storage side ----------------------------------------------
+
+
+class Watched:
+    """A storage backend seen from the outside: which records are durable, how many appends
+    are in flight at once, and (``hold_when``) an append held until ``let_go`` is set;
+    (``fail_when``) one append that fails as a dropped connection does; (``keep_snapshot``)
+    the snapshots stored, each with the log as it stood then."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.durable: list[dict[str, Any]] = []
+        self.appended = asyncio.Event()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.hold_when: Callable[[list[dict[str, Any]]], bool] | None = None
+        self.held = asyncio.Event()
+        self.let_go = asyncio.Event()
+        self.fail_when: Callable[[list[dict[str, Any]]], bool] | None = None
+        self.snapshots: list[tuple[list[str], bytes]] = []
+        self.keep_snapshot: Callable[[], bool] = lambda: False
+        self.snapshot_kept = asyncio.Event()
+        self.released_while_writing: list[int] = []  # appends in flight at each release
+
+    async def append(
+        self, session_id: str, records: Sequence[str], durable: bool, after: int
+    ) -> None:
+        parsed = [json.loads(record) for record in records]
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.fail_when is not None and self.fail_when(parsed):
+                self.fail_when = None
+                raise ConnectionError("the storage server went away for a moment")
+            if self.hold_when is not None and self.hold_when(parsed):
+                self.hold_when = None
+                self.held.set()
+                await self.let_go.wait()
+            await self.inner.append(session_id, records, durable, after)
+            self.durable.extend(parsed)
+            self.appended.set()
+        finally:
+            self.in_flight -= 1
+
+    async def release(self, session_id: str) -> None:
+        self.released_while_writing.append(self.in_flight)
+        await self.inner.release(session_id)
+
+    async def read(self, session_id: str) -> list[str]:
+        return await self.inner.read(session_id)
+
+    async def exists(self, session_id: str) -> bool:
+        return await self.inner.exists(session_id)
+
+    async def list_sessions(self) -> list[str]:
+        return await self.inner.list_sessions()
+
+    async def delete(self, session_id: str) -> bool:
+        return await self.inner.delete(session_id)
+
+    async def write_snapshot(self, session_id: str, data: bytes) -> None:
+        await self.inner.write_snapshot(session_id, data)
+        if self.keep_snapshot():
+            self.snapshots.append((await self.inner.read(session_id), data))
+            self.snapshot_kept.set()
+
+    async def read_snapshot(self, session_id: str) -> bytes | None:
+        return await self.inner.read_snapshot(session_id)
+
+
+async def crash_copy(storage: Any, source: str, target: str, keep: int) -> None:
+    """``target`` as ``source`` would have been left by a crash after its ``keep``-th record
+    (with ``auto_save_interval=0`` the stored log is, at every moment, a prefix of the final
+    one)."""
+    await storage.append(target, (await storage.read(source))[:keep], durable=True, after=0)
+
+
+def kinds(lines: list[str]) -> list[str]:
+    """The kind (``"t"``) of each stored record."""
+    return [json.loads(line)["t"] for line in lines]
+
+
+def stamping_instance(
+    storage: Any, tools: int, executed: list[str], check: Callable[[], None]
+) -> OrchestraInstance:
+    """Clerk calls ``tools`` (non-idempotent) tools at once, then answers. Each call appends
+    its key to ``executed``, then calls ``check``."""
+
+    @tool
+    async def stamp(key: str) -> str:
+        """Stamp a document.
+
+        Args:
+            key: which document
+        """
+        executed.append(key)
+        check()
+        return f"stamped {key}"
+
+    def clerk(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+        if messages[-1].role == "tool":
+            return final("done")
+        return {
+            "next_action": "call_tool",
+            "action_input": [
+                {"name": "stamp", "arguments": {"key": f"d{n}"}} for n in range(tools)
+            ],
+        }
+
+    return OrchestraInstance(
+        {"nodes": ["User", "Clerk"], "edges": ["User -> Clerk", "Clerk -> User"]},
+        agent_registry=AgentRegistry(
+            [Agent("Clerk", FunctionModel(clerk), tools=[stamp], register=False)]
+        ),
+        initial_config=quiet(),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )

@@ -543,6 +543,57 @@ async def test_restore_checkpoint_continues_from_there_and_keeps_the_abandoned_f
         await orchestra.restore_checkpoint("no-such-session@checkpoint-1")
 
 
+async def test_restoring_a_checkpoint_of_an_abandoned_history(storage: Storage) -> None:
+    """A checkpoint on a history that a later restore abandoned stays in the log, but restoring
+    it is refused (False, nothing recorded). Restoring it used to keep only the records of the
+    *current* history up to its position, so the session silently went back to another state
+    (here: before Y's step, which then ran again). The session stays where the last restore
+    (to after-x) put it."""
+    calls: Counter[str] = Counter()
+    holds: dict[str, Hold] = {}
+
+    def stage(name: str) -> Callable[[Any, Any], Any]:
+        async def work(data: Any, context: Any) -> str:
+            calls[name] += 1
+            hold = holds.pop(name, None)
+            if hold is not None:
+                await hold()
+            return f"{data}>{name.lower()}"
+
+        return work
+
+    orchestra = pipeline_instance(storage, {name: stage(name) for name in ("X", "Y", "Z")})
+
+    async def paused_in(name: str, go: Callable[[], Any]) -> None:
+        hold = holds[name] = Hold()
+        running = asyncio.create_task(go())
+        await wait(hold.entered.wait())
+        assert await orchestra.pause_session("cps")
+        hold.release.set()
+        assert (await wait(running)).metadata.get("paused") is True
+
+    await paused_in("X", lambda: orchestra.execute("go", context={"session_id": "cps"}))
+    after_x = await orchestra.create_checkpoint("cps", "after-x")
+    await paused_in("Y", lambda: orchestra.resume_session("cps"))
+    after_y = await orchestra.create_checkpoint("cps", "after-y")
+    assert await orchestra.restore_checkpoint(after_x)
+    before = await storage.read("cps")
+    assert await orchestra.restore_checkpoint(after_y) is False  # on the abandoned history
+    assert await storage.read("cps") == before
+    resumed = await wait(orchestra.resume_session("cps"))
+    assert resumed.success, resumed.error
+    assert resumed.final_response == "go>x>y>z"
+    assert dict(calls) == {"X": 1, "Y": 2, "Z": 1}  # from after-x: Y's step ran again
+
+
+async def test_a_checkpoint_name_may_hold_an_at_sign(storage: Storage) -> None:
+    pipeline = PausablePipeline(storage)
+    await pipeline.paused("named")
+    checkpoint_id = await pipeline.orchestra.create_checkpoint("named", "before@noon")
+    assert checkpoint_id == "named@before@noon"
+    assert await pipeline.orchestra.restore_checkpoint(checkpoint_id)
+
+
 # ---- 4. Orchestra.run with a state manager -------------------------------------------------
 
 
