@@ -29,7 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from orchestra.agents import Agent, AgentRegistry, BaseAgent, FunctionAgent
 from orchestra.coordination.config import ErrorHandlingConfig, ExecutionConfig
@@ -53,6 +62,18 @@ class AgentSpec(_Spec):
     instruction: str = ""
     tools: list[str] = Field(default_factory=list)
     function: str | None = None
+
+    @field_validator("model", mode="wrap")
+    @classmethod
+    def _model_settings(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A setting ModelConfig refuses with a ConfigurationError (a seed for a provider that
+        takes none) is reported like any other mistake: with its file, line and field."""
+        try:
+            return handler(value)
+        except ConfigurationError as error:
+            raise PydanticCustomError(
+                "model_setting", "{message}", {"message": str(error)}
+            ) from None
 
     @model_validator(mode="after")
     def _one_kind(self) -> AgentSpec:

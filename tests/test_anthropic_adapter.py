@@ -19,6 +19,7 @@ from helpers import CALL, FAST, HANDOFF, SOLO, fn, llm, of
 from servers import Scripted, ScriptedHTTPServer
 
 from orchestra.coordination.engine import events as ev
+from orchestra.errors import ConfigurationError
 from orchestra.models.anthropic_messages import DEFAULT_MAX_TOKENS, to_anthropic
 from orchestra.models.base import Message, ToolCall
 from orchestra.models.config import ModelConfig
@@ -127,6 +128,14 @@ async def test_temperature_and_max_tokens_are_sent(server: ScriptedHTTPServer) -
     assert result.success, result.error
     (request,) = server.requests
     assert (request["temperature"], request["max_tokens"]) == (0, 77)
+
+
+def test_a_seed_never_reaches_the_messages_api(server: ScriptedHTTPServer) -> None:
+    """ModelConfig refuses it (tests/test_local_model.py); a copy that skipped validation is
+    refused by the adapter, rather than a seed silently doing nothing."""
+    with pytest.raises(ConfigurationError, match=r"ModelConfig\.seed: .*temperature=0"):
+        config(server).model_copy(update={"seed": 7}).build()
+    assert server.requests == []
 
 
 async def test_tool_use_invoke_agent_hands_off(server: ScriptedHTTPServer) -> None:

@@ -1,11 +1,13 @@
 """The in-process llama.cpp model, ModelConfig, retry delays and the action schemas.
 
-The local model runs the bundled SmolLM2 for real, at temperature 0; topologies leave the model
-one legal action where an action is needed. The rest are direct unit checks.
+The local model runs the bundled SmolLM2 for real, at temperature 0 (its default, with a fixed
+seed); topologies leave the model one legal action where an action is needed. The rest are
+direct unit checks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -25,7 +27,8 @@ from orchestra.coordination.config import ErrorHandlingConfig
 from orchestra.errors import ConfigurationError, ModelAPIError
 from orchestra.models import local
 from orchestra.models.base import Message, PeerInfo, StepInfo, ToolSpec
-from orchestra.models.config import ModelConfig
+from orchestra.models.config import MAX_SEED, ModelConfig
+from orchestra.models.defaults import default_model_config
 from orchestra.models.local import LocalModel, bundled_model_path
 from orchestra.models.protocol import action_schema, coordination_tools
 from orchestra.models.retry import retry_delay
@@ -71,6 +74,51 @@ async def test_the_llama_model_is_loaded_once_and_shared() -> None:
         assert result.success, result.error
         assert local._loaded[path] is loaded
     assert list(local._loaded).count(path) == 1
+
+
+def test_the_bundled_model_decodes_greedily_with_a_fixed_seed_unless_told_otherwise() -> None:
+    """The demo's model (the default with no key and no ORCHESTRA_MODEL) sets neither; what it
+    sends llama.cpp is temperature 0 and seed 42 (docs/models.md). Given values win, 0 too."""
+    demo = default_model_config({})
+    assert (demo.provider, demo.name) == ("local", "smollm2")
+    assert demo.temperature is None and demo.seed is None
+    hello = [Message("user", "hi")]
+    body = demo.build().request(hello, info(can_finish=True))
+    assert (body["temperature"], body["seed"]) == (0, 42) == (0, local.DEFAULT_SEED)
+    given = ModelConfig(provider="local", name="smollm2", temperature=0.7, seed=0)
+    body = LocalModel(given).request(hello, info(can_finish=True))
+    assert (body["temperature"], body["seed"]) == (0.7, 0)
+
+
+async def test_the_bundled_model_gives_the_same_reply_to_the_same_prompt() -> None:
+    """By default, with another prompt in between (llama.cpp keeps the previous prompt's
+    cache and reuses what it shares): a plain answer and a constrained action."""
+    model = LocalModel(ModelConfig(provider="local", name="smollm2", max_tokens=32))
+    solar = [Message("user", "Tell me about solar power.")]
+    replies = [
+        (await model.complete(solar, info(can_finish=True))).content,
+        (await model.complete(OCEAN, asking())).content,
+        (await model.complete(solar, info(can_finish=True))).content,
+        (await model.complete(OCEAN, asking())).content,
+    ]
+    assert all(replies), replies
+    assert replies[0] == replies[2] and replies[1] == replies[3], replies
+    assert replies[0] != replies[1]
+
+
+async def test_parallel_calls_take_the_model_in_the_order_they_were_made() -> None:
+    """Left to the worker threads' race for the model, about one gather of six in five came
+    back out of order, and parallel agents' steps with it (the demo's researchers)."""
+    model = LocalModel(ModelConfig(provider="local", name="smollm2", max_tokens=4))
+
+    async def ask(n: int, finished: list[int]) -> None:
+        await model.complete([Message("user", f"Count to {n}.")], info(can_finish=True))
+        finished.append(n)
+
+    for _ in range(2):
+        finished: list[int] = []
+        await asyncio.gather(*(ask(n, finished) for n in range(6)))
+        assert finished == list(range(6))
 
 
 OCEAN = [  # unconstrained in length, SmolLM2 answers this with 484 characters in 112 tokens
@@ -215,6 +263,11 @@ def test_a_bad_model_path_is_a_configuration_error_naming_the_path(tmp_path: Pat
         ({"provider": "openai", "name": "m", "max_tokens": 0}, "max_tokens"),
         ({"provider": "openai", "name": "m", "action_format": "xml"}, "action_format"),
         ({"provider": "openai", "name": "m", "color": "red"}, "color"),
+        ({"provider": "openai", "name": "m", "seed": -1}, "seed"),
+        ({"provider": "local", "name": "smollm2", "seed": MAX_SEED + 1}, "seed"),  # "random"
+        ({"provider": "openai", "name": "m", "seed": "7"}, "seed"),
+        ({"provider": "openai", "name": "m", "seed": 7.0}, "seed"),
+        ({"provider": "openai", "name": "m", "seed": True}, "seed"),
     ],
 )
 def test_model_config_validation_names_the_field(options: dict[str, Any], field: str) -> None:
@@ -222,6 +275,20 @@ def test_model_config_validation_names_the_field(options: dict[str, Any], field:
         ModelConfig(**options)
     assert [error["loc"] for error in caught.value.errors()] == [(field,)]
     assert field in str(caught.value)
+
+
+def test_a_seed_is_refused_for_anthropic_naming_the_field() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ModelConfig(seed=7, provider="anthropic", name="claude-3-5-haiku-latest")
+    message = str(caught.value)
+    assert message.startswith("ModelConfig.seed: ")
+    assert "takes no seed" in message and "temperature=0" in message
+    for provider in ("openai", "local"):
+        assert ModelConfig(provider=provider, name="smollm2", seed=0).seed == 0
+        assert ModelConfig(provider=provider, name="smollm2", seed=MAX_SEED).seed == MAX_SEED
+    with pytest.raises(ValidationError) as invalid:  # a bad provider is the one error reported
+        ModelConfig(provider="mistral", name="m", seed=7)
+    assert [error["loc"] for error in invalid.value.errors()] == [("provider",)]
 
 
 def test_a_missing_api_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -316,6 +316,16 @@ async def test_an_agent_that_may_only_answer_gets_no_tools_and_its_text_is_the_a
     assert "tools" not in request and "response_format" not in request
 
 
+async def test_a_seed_is_sent_when_given_and_only_then(server: ScriptedHTTPServer) -> None:
+    server.script(text("Paris"), text("Paris"))
+    for model in (config(server, seed=1234), config(server)):
+        result = await run("capital of France?", SOLO, [llm("Solo", model)])
+        assert result.success, result.error
+    seeded, unseeded = server.requests
+    assert seeded["seed"] == 1234
+    assert "seed" not in unseeded
+
+
 async def test_own_tool_and_final_response_in_one_reply_runs_the_tool_then_finishes(
     server: ScriptedHTTPServer,
 ) -> None:

@@ -139,6 +139,18 @@ def test_a_missing_api_key_names_the_variable(tmp_path: Path) -> None:
             "flow.yaml:6: execution.step_timeout",
             "greater than 0",
         ),
+        (
+            "agents:\n  - name: A\n    model: {provider: anthropic, name: c, seed: 7}\n"
+            "topology: {nodes: [A]}\n",
+            "flow.yaml:3: agents[0].model: ModelConfig.seed:",
+            "the Anthropic Messages API takes no seed",
+        ),
+        (
+            "agents:\n  - name: A\n    model: {provider: local, name: smollm2, seed: -1}\n"
+            "topology: {nodes: [A]}\n",
+            "flow.yaml:3: agents[0].model.ModelConfig.seed",
+            "greater than or equal to 0",
+        ),
         ("agents: [\n", "flow.yaml", "not valid YAML"),
     ],
 )

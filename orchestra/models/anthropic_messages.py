@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .base import Message, ModelReply, StepInfo, ToolCall, Usage
-from .config import ModelConfig, missing_extra
+from .config import ModelConfig, missing_extra, seed_refused
 from .pricing import cost_usd
 from .protocol import answer_only, coordination_tools, reply_from_tool_calls
 from .sdk_calls import call_sdk
@@ -77,6 +77,8 @@ class AnthropicModel:
             import anthropic
         except ImportError:
             raise missing_extra("anthropic", "anthropic") from None
+        if config.seed is not None:  # ModelConfig refuses it; a model_copy() skips that check
+            raise seed_refused(self.provider)
         self.config = config
         self.uses_native_tools = config.format == "tools"
         self._anthropic = anthropic

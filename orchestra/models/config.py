@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from orchestra.errors import ConfigurationError
 
@@ -19,6 +19,8 @@ _DEFAULT_FORMATS: dict[str, ActionFormat] = {
     "anthropic": "tools",
     "local": "json_object",
 }
+_NO_SEED = {"anthropic": "the Anthropic Messages API"}
+MAX_SEED = 2**32 - 2
 
 
 class ModelConfig(BaseModel):
@@ -50,6 +52,16 @@ class ModelConfig(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     timeout: float = Field(default=60.0, gt=0)
     action_format: ActionFormat | None = None
+    # strict: 7.0, "7" and True are mistakes, not seeds; 4294967295 is llama.cpp's "random"
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_is_taken(cls, seed: int | None, info: ValidationInfo) -> int | None:
+        provider = info.data.get("provider")  # absent when it was itself invalid
+        if seed is not None and provider in _NO_SEED:
+            raise seed_refused(provider)
+        return seed
 
     @property
     def format(self) -> ActionFormat:
@@ -88,4 +100,13 @@ class ModelConfig(BaseModel):
 def missing_extra(provider: str, package: str) -> ConfigurationError:
     return ConfigurationError(
         f"the {provider} provider needs the {package!r} package: pip install 'orchestra[{provider}]'"
+    )
+
+
+def seed_refused(provider: str) -> ConfigurationError:
+    """A seed given to a provider whose API takes none: said, rather than silently ignored."""
+    return ConfigurationError(
+        f"ModelConfig.seed: {_NO_SEED[provider]} takes no seed, so provider={provider!r} "
+        "cannot make its sampling repeatable with one; leave seed unset (temperature=0 gives "
+        "the most repeatable replies it offers)"
     )

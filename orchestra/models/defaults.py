@@ -4,7 +4,9 @@ In order: ``ORCHESTRA_MODEL`` (``provider:name``, e.g. ``openai:gpt-4o-mini``,
 ``anthropic:claude-3-5-haiku-latest``, ``local:smollm2`` or ``local:/path/model.gguf``) with
 ``ORCHESTRA_BASE_URL`` for an OpenAI-compatible server; else OpenAI when ``OPENAI_API_KEY`` is
 set; else Anthropic when ``ANTHROPIC_API_KEY`` is set; else the bundled offline model — so a
-fresh checkout runs with no network and no key.
+fresh checkout runs with no network and no key. The configs set no temperature and no seed: the
+provider's own defaults apply, which for a ``local`` model are temperature 0 and seed 42
+(``orchestra.models.local``), so the demo on the bundled model repeats itself exactly.
 """
 
 from __future__ import annotations

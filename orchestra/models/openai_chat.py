@@ -108,6 +108,8 @@ class OpenAIChatModel:
             body["temperature"] = self.config.temperature
         if self.config.max_tokens is not None:
             body["max_tokens"] = self.config.max_tokens
+        if self.config.seed is not None:
+            body["seed"] = self.config.seed  # OpenAI (best effort), llama.cpp's server, vLLM
         fmt = "text" if answer_only(info) else self.config.format
         if fmt == "tools":
             body["tools"] = function_tools([*coordination_tools(info), *info.tools])
