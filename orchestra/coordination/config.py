@@ -2,10 +2,30 @@
 
 All configs are pydantic models: a wrong value is rejected at construction with an error that
 names the field, and every config serialises to plain data (for logs and durable sessions).
+
+Types are strict (``strict=True`` on every model): a number field takes a number, not the text
+of one (``convergence_timeout="300"`` is an error, not 300.0), an integer field takes an
+integer (not ``3.0`` or ``True``), a flag takes ``True`` or ``False`` (not ``"yes"`` or ``1``).
+An integer is accepted where a float is expected (``convergence_timeout=300``). The few
+conversions that are part of the API stay: ``verbosity`` takes a ``VerbosityLevel`` or its
+number (0, 1, 2), and ``convergence_policy`` takes whatever ``ConvergencePolicy.coerce``
+documents (``"all"``, ``"any"``, a ratio, a mapping).
+
+Stored configs are read back through the same strict validation, with no lax path: a session
+keeps ``model_dump(mode="json")`` of its configs and validates it again with ``model_validate``
+on resume. That data holds only what strict validation accepts (numbers, booleans, strings,
+``None``, nested mappings), except the one enum, which JSON holds as its number, and
+``verbosity`` takes its number anyway. So ``model_validate(config.model_dump(mode="json"))``
+and ``model_validate_json(config.model_dump_json())`` give back an equal config, and a stored
+config cannot hold anything a constructor would have refused (a lax path for stored data, such
+as ``model_validate(data, strict=False)``, would let a hand-edited log turn ``"300"`` into 300.0
+again, and is not needed). Durations are finite numbers (``None``, not infinity, means no
+limit), so JSON can always hold them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal
@@ -14,7 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    # strict: see the module's docstring
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True
+    )
 
 
 class VerbosityLevel(IntEnum):
@@ -36,9 +59,26 @@ class StatusConfig(_Config):
     verbosity: VerbosityLevel = VerbosityLevel.NORMAL
     show_actions: bool = False
 
+    @field_validator("verbosity", mode="before")
+    @classmethod
+    def _verbosity_level(cls, value: Any) -> VerbosityLevel:
+        """A VerbosityLevel, or its number (as written by hand and as JSON stores it); not a
+        bool, a float or text."""
+        if isinstance(value, VerbosityLevel):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            with contextlib.suppress(ValueError):
+                return VerbosityLevel(value)
+        raise ValueError(
+            "verbosity must be a VerbosityLevel or 0 (quiet), 1 (normal), 2 (verbose), "
+            f"got {value!r}"
+        )
+
     @classmethod
     def from_verbosity(cls, level: int | VerbosityLevel) -> StatusConfig:
-        verbosity = VerbosityLevel(level)
+        """The settings of one verbosity level; a ValidationError naming ``verbosity`` for
+        anything but a VerbosityLevel or 0, 1, 2."""
+        verbosity = cls.model_validate({"verbosity": level}).verbosity
         return cls(
             enabled=verbosity > VerbosityLevel.QUIET,
             verbosity=verbosity,
@@ -115,9 +155,9 @@ class ExecutionConfig(_Config):
     when False, every branch runs through the point on its own.
     """
 
-    convergence_timeout: float | None = Field(default=None, gt=0)
-    branch_timeout: float | None = Field(default=None, gt=0)
-    step_timeout: float | None = Field(default=None, gt=0)
+    convergence_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    branch_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    step_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     convergence_policy: ConvergencePolicy = Field(default_factory=ConvergencePolicy)
     dynamic_convergence_enabled: bool = True
     steering_mode: Literal["auto", "always", "never"] = "auto"
@@ -138,14 +178,17 @@ class ErrorHandlingConfig(_Config):
     report instead of failing the branch (the spec's error-recovery pattern). With
     ``preserve_error_context`` the report includes the error type, message and the input the
     agent was working on. Retries of model calls (added with the provider adapters) are
-    configured here too.
+    configured here too: up to ``max_retries`` of them, after waits growing exponentially from
+    ``retry_initial_delay`` seconds. ``retry_max_delay`` caps every wait (a ``Retry-After``
+    included), so a cap below the initial delay is allowed rather than refused: it then bounds
+    the first wait too (``0``: retry at once).
     """
 
     enable_error_routing: bool = False
     preserve_error_context: bool = True
     max_retries: int = Field(default=3, ge=0)
-    retry_initial_delay: float = Field(default=0.5, ge=0)
-    retry_max_delay: float = Field(default=30.0, ge=0)
+    retry_initial_delay: float = Field(default=0.5, ge=0, allow_inf_nan=False)
+    retry_max_delay: float = Field(default=30.0, ge=0, allow_inf_nan=False)
 
 
 class CommunicationConfig(_Config):
@@ -156,4 +199,4 @@ class CommunicationConfig(_Config):
     """
 
     channel: Any = None
-    user_timeout: float | None = Field(default=None, gt=0)
+    user_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)

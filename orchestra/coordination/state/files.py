@@ -1,10 +1,16 @@
-"""``FileStorageBackend``: sessions as folders of append-only segment files."""
+"""``FileStorageBackend``: sessions as folders of append-only segment files.
+
+Its directory must be a directory, or a path where one can be made: a path that is a file, or
+lies under one, is a ``ConfigurationError`` naming it, at construction when it already is, else
+from the first write (of the session whose folder is in the way, when that is a file).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,6 +61,9 @@ class FileStorageBackend:
                 "platform lacks; use SQLiteStorageBackend instead"
             )
         self.directory = Path(directory)
+        in_the_way = _not_a_directory(self.directory)
+        if in_the_way is not None:
+            raise _not_a_directory_error(self.directory, in_the_way)
         self._workers = [BlockingWorker(f"orchestra-files-{n}") for n in range(SHARDS)]
         self._open: OrderedDict[str, Segment] = OrderedDict()
         self._marks: OrderedDict[str, Mark] = OrderedDict()
@@ -134,7 +143,7 @@ class FileStorageBackend:
         if not segments:
             if after:  # nothing is created for a writer whose session is gone
                 raise stale_writer(session_id, after)
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_folder(session_id, folder)
             return self._new_segment(session_id, folder, 1, durable)
         with self._guard:
             mark = self._marks.pop(session_id, None)
@@ -265,7 +274,7 @@ class FileStorageBackend:
 
 def _write_snapshot(session_id: str, folder: Path, data: bytes) -> None:
     """Atomically: a temporary file, fsync'd, renamed over the old one."""
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(session_id, folder)
     temporary = folder / "snapshot.tmp"
     with open(temporary, "wb") as handle:
         handle.write(data)
@@ -273,6 +282,47 @@ def _write_snapshot(session_id: str, folder: Path, data: bytes) -> None:
         sync_data(handle.fileno())
     os.replace(temporary, folder / "snapshot.bin")
     _fsync_directory(folder)
+
+
+def _make_folder(session_id: str, folder: Path) -> None:
+    """Create the session's folder (and the backend's directory, if missing); a
+    ConfigurationError naming the path in the way when that is a file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError) as error:
+        # else what mkdir found in the way: a dangling symbolic link, say
+        in_the_way = _not_a_directory(folder) or Path(error.filename or folder)
+        if in_the_way == folder:
+            raise ConfigurationError(
+                f"cannot store session {session_id!r} in {folder}: that path exists and is "
+                "not a directory (FileStorageBackend keeps each session in a folder named "
+                "after it); move it away or use another directory or session id"
+            ) from None
+        raise _not_a_directory_error(folder.parent, in_the_way) from None
+
+
+def _not_a_directory(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a directory (a symbolic
+    link counts as what it points to); None when there is none, or it cannot be told (no
+    permission to look): then the first write says what is wrong."""
+    for candidate in (path, *path.parents):
+        try:
+            found = candidate.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # missing (to be created), or under a file: that is found further up
+        except OSError:
+            return None
+        return None if stat.S_ISDIR(found.st_mode) else candidate
+    return None
+
+
+def _not_a_directory_error(directory: Path, in_the_way: Path) -> ConfigurationError:
+    where = "is" if in_the_way == directory else f"lies under {in_the_way}, which is"
+    return ConfigurationError(
+        f"FileStorageBackend cannot keep sessions in {directory}: it {where} not a directory. "
+        "Give it a directory (a missing one is created); to keep sessions in one file, use "
+        "SQLiteStorageBackend"
+    )
 
 
 def _read_snapshot(session_id: str, folder: Path) -> bytes | None:
