@@ -23,9 +23,10 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
-WHEELS = Path(
-    os.environ.get("ORCHESTRA_WHEEL_CACHE", Path.home() / ".cache" / "orchestra" / "wheels")
-) / "portable"  # wheels of an earlier, machine-specific build (a sibling folder) are not reused
+WHEELS = (
+    Path(os.environ.get("ORCHESTRA_WHEEL_CACHE", Path.home() / ".cache" / "orchestra" / "wheels"))
+    / "portable"
+)  # wheels of an earlier, machine-specific build (a sibling folder) are not reused
 COMPILED = "llama-cpp-python"  # builds from source (minutes): its wheel is built once and kept
 # llama.cpp tunes itself to the building CPU by default; such a build crashed (SIGSEGV) on a VM
 # whose CPU lists instructions it does not grant, and its arithmetic, so the bundled model's

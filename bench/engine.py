@@ -92,7 +92,7 @@ async def fan_out_run(children: int, delay: float, state_manager: Any = None) ->
         return f"done {item}"
 
     def hub(item: Any, context: Any) -> Any:
-        from orchestra.coordination.engine.actions import Action
+        from orchestra.agents.contract import Action
 
         if isinstance(item, list):
             return Action.final(len(item))

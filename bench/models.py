@@ -25,7 +25,7 @@ import httpx2 as httpx  # the HTTP client the SDKs themselves use here
 from engine import report  # type: ignore[import-not-found]
 from servers import Scripted, ScriptedHTTPServer  # type: ignore[import-not-found]
 
-from orchestra.agents.base import InputKind, StepInput, StepRequest
+from orchestra.agents.contract import InputKind, StepInput, StepRequest
 from orchestra.models import StepInfo
 from orchestra.models.config import ModelConfig
 from orchestra.models.local import bundled_model_path, load

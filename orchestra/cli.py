@@ -24,7 +24,6 @@ from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.backends import check_session_id
 from orchestra.coordination.state.manager import SessionLog
-from orchestra.coordination.state.records import decode
 from orchestra.coordination.topology import Edge, PatternConfig, Topology
 from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS
 from orchestra.errors import (
@@ -211,9 +210,9 @@ def _run_state(log: SessionLog) -> str:
         return "without a run"
     if run.end is None:
         return "interrupted"
-    if run.end.get("paused"):
+    if run.end.paused:
         return "paused"
-    return "finished" if run.end.get("success") else "failed"
+    return "finished" if run.end.success else "failed"
 
 
 def _resume_command(base: list[str], session: str, store: Path) -> str:
@@ -338,13 +337,13 @@ def _resume(
                 1,
             )
         instance = OrchestraInstance(
-            workflow.topology,
-            agent_registry=workflow.registry,
-            initial_config=_status(workflow, verbosity),
-            state_manager=manager,
+            workflow.topology, agent_registry=workflow.registry, state_manager=manager
         )
         again = _resume_command(resume_with, session, store)
-        _finish(instance.resume_session(session, extra), Kept(manager, session, again))
+        status = StatusConfig.from_verbosity(verbosity)
+        _finish(
+            instance.resume_session(session, extra, status=status), Kept(manager, session, again)
+        )
 
 
 def _json_object(text: str, option: str) -> dict[str, Any]:
@@ -451,8 +450,8 @@ async def _session_rows(
         try:
             log = await manager.load(session_id)
             run = log.last_run
-            steps = sum(r["t"] in ("step", "step_failed") for r in run.records) if run else 0
-            task = str(decode(run.header["task"])) if run else ""
+            steps = run.steps if run else 0
+            task = str(run.start.task) if run else ""
         except (OrchestraError, KeyError, TypeError, ValueError) as error:
             rows.append((session_id, escape(f"unreadable: {error}"), "", "", ""))
             continue

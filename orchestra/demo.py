@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestra.coordination.engine.actions import Action
+from orchestra.agents.contract import Action
 
 DEMO_FLOW = Path(__file__).with_name("flows") / "research.yaml"
 DEMO_MAX_TOKENS = 160  # keeps the offline model's demo to seconds

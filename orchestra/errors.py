@@ -202,5 +202,10 @@ class SessionFormatError(SessionError):
     """A session was written in a log format this release cannot read or migrate."""
 
 
+class UnstorableValueError(SessionError):
+    """A value a durable run produced has no stored form (its type has no codec), so it is
+    refused where it was produced, before anything is lost; the message names the type."""
+
+
 def _rebuild_model_error(message: str, keywords: dict[str, Any]) -> ModelAPIError:
     return ModelAPIError(message, **keywords)

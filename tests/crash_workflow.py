@@ -10,8 +10,9 @@ boundary — before that step's record is necessarily durable, so the resume sta
 the log holds. With KILL_AT = "n+" it dies at the first step that starts after that (in a
 branch that has completed a step): by then the branch's completed steps must be durable, and
 it writes "BRANCH COUNT" to COUNT_FILE.durable first, for the test to check against the log.
-On success it prints the final response as JSON. The tool appends one line per execution to
-COUNT_FILE.
+On success it prints, as JSON, the final response and a summary of the result that does not
+depend on timing (see ``summary``): a resumed run must give the summary an uninterrupted run
+gives. The tool appends one line per execution to COUNT_FILE.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from orchestra import Agent, AgentRegistry, ExecutionConfig, FunctionAgent, StatusConfig
+from orchestra import (
+    Agent,
+    AgentRegistry,
+    ExecutionConfig,
+    FunctionAgent,
+    OrchestraResult,
+    StatusConfig,
+)
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import (
@@ -121,6 +129,39 @@ def instance() -> OrchestraInstance:
     )
 
 
+def summary(result: OrchestraResult) -> dict[str, Any]:
+    """What the run did, in a form that does not depend on timing: steps and invocations per
+    agent, each branch's outcome, and each branch's decisions (the branches interleave, so
+    the trace is compared per branch)."""
+    metrics = result.get_metrics()
+    trace = [(t["branch_id"], t["agent"], t["action"]) for t in result.get_execution_trace()]
+    return {
+        "steps": result.total_steps,
+        "agents": {
+            name: [row["steps"], row["invocations"]] for name, row in metrics["agents"].items()
+        },
+        "branches": sorted(
+            [b.branch_id, b.status, b.step_count, b.agents, b.parent_branch_id]
+            for b in result.branch_results
+        ),
+        "trace": sorted(trace),
+        "tools": sorted(
+            (e.branch_id, e.tool, e.ok)
+            for e in result.events
+            if isinstance(e, ev.ToolCallCompleted)
+        ),
+        "events": sorted(type(event).__name__ for event in result.events if news(event)),
+    }
+
+
+def news(event: ev.Event) -> bool:
+    """An event an uninterrupted run has too: not the resume itself, nor a step a crash cut
+    short begun again (the run made its effect again; the step is the same one)."""
+    if isinstance(event, ev.StepStarted):
+        return not event.retaken
+    return not isinstance(event, ev.RunResumed)
+
+
 async def main() -> None:
     kill_at = int(KILL_AT.rstrip("+"))
     after_durable = KILL_AT.endswith("+")
@@ -157,7 +198,9 @@ async def main() -> None:
     if not result.success:
         print(json.dumps({"error": result.error}))
         sys.exit(1)
-    print(json.dumps({"final": result.final_response, "steps": result.total_steps}))
+    print(
+        json.dumps({"final": result.final_response, "steps": result.total_steps, **summary(result)})
+    )
 
 
 asyncio.run(main())

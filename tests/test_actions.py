@@ -7,18 +7,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from orchestra.coordination.engine.actions import (
-    Action,
-    ActionKind,
-    ActionParseError,
-    Invocation,
-    ToolCall,
-    parse_action,
-    parse_reply,
-)
+from orchestra.agents.contract import Action, ActionKind, Invocation
+from orchestra.agents.replies import ActionParseError, parse_action, parse_reply
 from orchestra.errors import ScriptExhaustedError
 from orchestra.models import FunctionModel, Message, ModelReply, PeerInfo, ScriptedModel, StepInfo
-from orchestra.models.base import Usage
+from orchestra.models.base import ToolCall, Usage
 
 
 def info(agent: str = "A", **overrides: object) -> StepInfo:

@@ -26,8 +26,8 @@ from orchestra import (
     Topology,
 )
 from orchestra.agents import AgentReplacedWarning, StepOutcome, StepRequest
+from orchestra.agents.contract import Action
 from orchestra.coordination.engine import events as ev
-from orchestra.coordination.engine.actions import Action
 from orchestra.errors import ConfigurationError
 from orchestra.models import Message, StepInfo
 
@@ -449,8 +449,11 @@ async def test_tools_run_and_results_come_back_as_a_tool_message() -> None:
     assert first.content == 'ok: {"sum": 5, "in_main_thread": false}'  # sync tools run in a thread
     assert (second.role, second.name, second.tool_call_id) == ("tool", "shout", "call_1")
     assert second.content == "ok: HI"
+    # each call's events come as it starts and as it finishes (the calls run concurrently)
+    started = [(e.tool, e.call_id) for e in of(result, ev.ToolCallStarted)]
+    assert started == [("add", "call_0"), ("shout", "call_1")]
     completed = of(result, ev.ToolCallCompleted)
-    assert [(e.tool, e.call_id, e.ok) for e in completed] == [
+    assert sorted((e.tool, e.call_id, e.ok) for e in completed) == [
         ("add", "call_0", True),
         ("shout", "call_1", True),
     ]

@@ -910,8 +910,10 @@ def test_a_faulty_subscriber_is_removed_and_reported() -> None:
 
     stream.subscribe(faulty)
     stream.subscribe(good.append)
-    first = ev.RunStarted(run_id="r", task="t", entries=("A",), max_steps=1)
-    second = ev.RunCompleted(run_id="r", success=True, total_steps=1, duration=0.0, error=None)
+    first = ev.RunStarted(run_id="r", at=1.0, task="t", entries=("A",), max_steps=1)
+    second = ev.RunCompleted(
+        run_id="r", at=2.0, success=True, total_steps=1, duration=0.0, error=None
+    )
     stream.emit(first)
     stream.emit(second)
 
@@ -927,9 +929,11 @@ def test_unsubscribe_stops_delivery() -> None:
     stream = ev.EventStream()
     seen: list[ev.Event] = []
     unsubscribe = stream.subscribe(seen.append)
-    stream.emit(ev.RunStarted(run_id="r", task="t", entries=("A",), max_steps=1))
+    stream.emit(ev.RunStarted(run_id="r", at=1.0, task="t", entries=("A",), max_steps=1))
     unsubscribe()
-    stream.emit(ev.RunCompleted(run_id="r", success=True, total_steps=1, duration=0, error=None))
+    stream.emit(
+        ev.RunCompleted(run_id="r", at=2.0, success=True, total_steps=1, duration=0, error=None)
+    )
 
     assert len(seen) == 1
     assert len(stream.events) == 2

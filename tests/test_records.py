@@ -1,5 +1,6 @@
 """Log records survive the trip to storage: whatever a function agent returned is read back as
-the same value (or, for what cannot be kept, as its text), and the stored line is one line."""
+the same value of the same type (what has no stored form is refused, never kept as something
+else), and the stored line is one line."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import math
 import threading
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestra.coordination.engine.actions import Action, ActionKind, Invocation
+from orchestra.agents.contract import Action, ActionKind, Invocation
+from orchestra.coordination.engine.inputs import UserAnswer
 from orchestra.coordination.state.backends import frame, unframe
-from orchestra.coordination.state.records import decode, dumps, encode
+from orchestra.coordination.state.records import decode, encode
 from orchestra.coordination.topology import Labeled
+from orchestra.errors import UnstorableValueError
 
 scalars = (
     st.none()
@@ -49,9 +53,11 @@ def same(left: Any, right: Any) -> bool:
 
 def stored(value: Any) -> Any:
     """Through a record, its framed line, and back."""
-    line = frame(dumps({"t": "answer", "answer": encode(value), "s": 1}))
+    line = frame(encode(UserAnswer(at=1.0, branch_id="b0", answer=value), 1))
     assert line.count("\n") == 1 and line.endswith("\n")  # one record, one line
-    return decode(json.loads(unframe("s", "here", line[:-1]))["answer"])
+    record = decode(json.loads(unframe("s", "here", line[:-1])))
+    assert isinstance(record, UserAnswer)
+    return record.answer
 
 
 @given(values)
@@ -68,5 +74,6 @@ def test_labels_actions_and_other_objects_come_back() -> None:
     action = Action(ActionKind.INVOKE, invocations=(Invocation("B", {"q": 1}, None),))
     assert stored(Labeled("text", "approved")) == Labeled("text", "approved")
     assert stored(action) == action
-    assert stored({1, 2}) == {1, 2}  # pickled
-    assert stored(threading.Lock()).startswith("<unlocked _thread.lock")  # kept as its text
+    assert stored({1, 2}) == {1, 2}
+    with pytest.raises(UnstorableValueError, match=r"_thread\.lock .* in field answer"):
+        stored(threading.Lock())  # refused: never kept as something it is not

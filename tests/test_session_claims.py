@@ -20,7 +20,8 @@ from storage_backends import Storage
 from test_sessions import Hold, PausablePipeline, pipeline_instance, wait
 
 from orchestra import AgentRegistry, FunctionAgent
-from orchestra.coordination import execution
+from orchestra.coordination import sessions
+from orchestra.coordination.engine.inputs import PauseRequest
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
 from orchestra.coordination.state.manager import SessionWriter
@@ -135,7 +136,7 @@ async def test_a_cancelled_execute_leaves_no_write_in_flight(storage: Storage) -
     with pytest.raises(asyncio.CancelledError):
         await wait(running)
     assert watched.in_flight == 0
-    assert "cut" not in execution.CLAIMED
+    assert "cut" not in sessions.CLAIMED
     stored = [json.loads(line)["t"] for line in await storage.read("cut")]
     assert stored[-1] == "step"  # the held record went in, and nothing after it
     log = await StateManager(storage).load("cut")
@@ -179,7 +180,7 @@ async def test_a_cancelled_execute_holds_its_session_until_its_last_write_is_ove
     with pytest.raises(SessionError, match="'ending' has a run starting, running or finishing"):
         await orchestra.create_checkpoint("ending", "too-soon")
     watched.let_go.set()
-    await wait(until(lambda: "ending" not in execution.CLAIMED))
+    await wait(until(lambda: "ending" not in sessions.CLAIMED))
     assert [r["t"] for r in watched.durable][-1] == "end"
     again = await wait(orchestra.execute("again", context={"session_id": "ending"}))
     assert again.success, again.error
@@ -197,7 +198,7 @@ async def test_a_start_cancelled_while_its_first_record_is_written_holds_the_ses
     watched.let_go.set()
     with pytest.raises(asyncio.CancelledError):
         await wait(running)
-    assert "early" not in execution.CLAIMED
+    assert "early" not in sessions.CLAIMED
     resumed = await wait(orchestra.resume_session("early"))
     assert resumed.success and resumed.final_response == "job"
 
@@ -213,7 +214,7 @@ async def test_an_abandoned_writer_lets_go_only_once_its_append_is_over(
     watched = Watched(storage)
     watched.hold_when = lambda records: True
     writer = SessionWriter(StateManager(watched, auto_save_interval=0), "abandoned", 0)
-    writer.record({"t": "run"})
+    writer.record(PauseRequest(at=1.0, reason=None))
     writer.commit()
     abandoning = asyncio.create_task(writer.abandon())
     await wait(watched.held.wait())
@@ -245,7 +246,7 @@ async def test_a_last_write_that_fails_after_a_cancel_is_reported(storage: Stora
     with pytest.raises(asyncio.CancelledError):
         await wait(running)
     losing.let_go.set()
-    await wait(until(lambda: "lost" not in execution.CLAIMED))
+    await wait(until(lambda: "lost" not in sessions.CLAIMED))
     await asyncio.sleep(0)  # the report is made by a callback of the write that failed
     assert [context["message"] for context in reported] == [
         "session 'lost': its last records could not be written after its run was cancelled; "

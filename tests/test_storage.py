@@ -31,6 +31,14 @@ from storage_backends import (
     torn_append,
 )
 
+from orchestra.coordination.config import ErrorHandlingConfig, ExecutionConfig
+from orchestra.coordination.engine.inputs import (
+    Checkpoint,
+    PauseRequest,
+    RunResume,
+    RunStart,
+    UserAnswer,
+)
 from orchestra.coordination.state import (
     FileStorageBackend,
     PostgresStorageBackend,
@@ -42,8 +50,12 @@ from orchestra.coordination.state import (
     segments,
 )
 from orchestra.coordination.state.manager import SessionWriter
-from orchestra.coordination.state.records import FORMAT
-from orchestra.errors import ConfigurationError, SessionCorruptedError, SessionError
+from orchestra.errors import (
+    ConfigurationError,
+    SessionCorruptedError,
+    SessionError,
+    UnstorableValueError,
+)
 
 
 def step(number: int, pad: int = 0) -> str:
@@ -79,16 +91,17 @@ async def test_a_writer_refused_by_storage_stays_refused(storage: Storage) -> No
     manager = StateManager(storage, auto_save_interval=0)
     first = SessionWriter(manager, "two", 0)
     second = SessionWriter(manager, "two", 0)
-    first.record({"t": "run"})
+    first.record(PauseRequest(at=1.0, reason="first"))
     await first.flush()
-    second.record({"t": "run", "by": "second"})
+    second.record(PauseRequest(at=1.0, reason="second"))
     second.commit()
     for _ in range(2):
         with pytest.raises(SessionError, match="'two'"):
             await second.flush()
-    first.record({"t": "end"})
+    first.record(PauseRequest(at=2.0, reason="first"))
     await first.flush()
-    assert [json.loads(line).get("by") for line in await storage.read("two")] == [None, None]
+    reasons = [json.loads(line)["reason"] for line in await storage.read("two")]
+    assert reasons == ["first", "first"]
 
 
 async def test_a_lost_answer_is_retried_alone_before_newer_records(storage: Storage) -> None:
@@ -113,26 +126,23 @@ async def test_a_lost_answer_is_retried_alone_before_newer_records(storage: Stor
     lossy = LosesAnAnswer()
     writer = SessionWriter(StateManager(storage, 0), "lost", 0)
     writer.manager.storage = lossy  # type: ignore[assignment]
-    writer.record({"t": "run"})
+    writer.record(PauseRequest(at=1.0, reason="lost"))
     with pytest.raises(ConnectionError):
         await writer.flush()
-    writer.record({"t": "step"})
+    writer.record(RunResume(at=2.0, context={}))
     await writer.flush()
-    assert [json.loads(line)["t"] for line in await storage.read("lost")] == ["run", "step"]
+    assert [json.loads(line)["t"] for line in await storage.read("lost")] == ["pause", "resume"]
 
 
 async def test_a_record_that_cannot_be_written_takes_no_position(storage: Storage) -> None:
     writer = SessionWriter(StateManager(storage, 0), "odd", 0)
-    with pytest.raises(TypeError):
-        writer.record({"t": "answer", "answer": object()})  # encode() never lets this through
-    writer.record({"t": "answer", "answer": "\ud800 a lone surrogate, as JSON can carry it"})
+    with pytest.raises(UnstorableValueError, match=r"builtins\.object"):
+        writer.record(UserAnswer(at=1.0, branch_id="b0", answer=object()))
+    text = "\ud800 a lone surrogate, as JSON can carry it"
+    writer.record(UserAnswer(at=1.0, branch_id="b0", answer=text))
     await writer.flush()
     (line,) = await storage.read("odd")
-    assert json.loads(line) == {
-        "t": "answer",
-        "answer": "\ud800 a lone surrogate, as JSON can carry it",
-        "s": 1,
-    }
+    assert json.loads(line) == {"t": "answer", "s": 1, "at": 1.0, "branch_id": "b0", "answer": text}
 
 
 async def test_an_empty_append_stores_nothing_and_a_stale_one_recreates_nothing(
@@ -448,11 +458,21 @@ async def test_a_closed_writer_lets_another_process_write_the_session(
     there = StateManager(open_backend(backend_kind, tmp_path), 0)  # another process
     try:
         writer, _ = await here.open("handed")
-        writer.record({"t": "run", "format": FORMAT})
+        writer.record(
+            RunStart(
+                at=1.0,
+                task="t",
+                context={},
+                max_steps=1,
+                config=ExecutionConfig(),
+                error_config=ErrorHandlingConfig(),
+                topology=("A",),
+            )
+        )
         await writer.close()
         other, log = await there.open("handed")
         assert log is not None and log.length == 1
-        other.record({"t": "checkpoint", "id": "handed@x", "name": "x", "at": 1})
+        other.record(Checkpoint(at=2.0, checkpoint_id="handed@x", name="x", position=1))
         await other.close()
         assert len(await there.storage.read("handed")) == 2
     finally:
@@ -847,7 +867,7 @@ def test_a_wait_that_meets_a_finished_append_before_its_callback_ran_returns(
 
     async def scenario() -> int:
         writer = SessionWriter(StateManager(Controlled(tmp_path), 0), "s", 0)
-        writer.record({"t": "step"})
+        writer.record(PauseRequest(at=1.0, reason=None))
         writer.commit()
         appends[0].set_result(None)  # finished; its callback is only scheduled
         await writer.settled()

@@ -54,13 +54,13 @@ async def test_timers_of_ended_branches_and_settled_fan_outs_are_cancelled(
     that completes (or a fan-out that settles) must cancel its timer, or live timers grow
     with every fan-out of a run until they fire or the run ends."""
     runners: list[Runner] = []
-    original_run = Runner.run
+    original_drive = Runner.drive
 
-    async def capture(self: Runner, task: Any) -> None:
+    async def capture(self: Runner) -> None:
         runners.append(self)
-        await original_run(self, task)
+        await original_drive(self)
 
-    monkeypatch.setattr(Runner, "run", capture)
+    monkeypatch.setattr(Runner, "drive", capture)
     live: list[int] = []
 
     def hub(value: Any, ctx: Any) -> Any:

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, overload
 
-from orchestra.coordination.config import ErrorHandlingConfig
-from orchestra.coordination.engine.actions import (
-    Action,
-    ActionParseError,
-    parse_action,
-    parse_reply,
-)
 from orchestra.errors import ToolError
 from orchestra.models.base import Message, Model, ModelReply, StepInfo, ToolCall, ToolSpec
 from orchestra.models.config import ModelConfig
@@ -20,8 +13,9 @@ from orchestra.models.protocol import answer_only, describe_peers
 from orchestra.models.retry import complete_with_retries
 from orchestra.tools.tool import Tool, as_tool
 
-from .base import (
-    BaseAgent,
+from .base import BaseAgent
+from .contract import (
+    Action,
     InputKind,
     StepInput,
     StepOutcome,
@@ -30,8 +24,16 @@ from .base import (
     tool_result_messages,
 )
 from .registry import register_by_default
+from .replies import ActionParseError, parse_action, parse_reply
 
-_NO_RETRIES = ErrorHandlingConfig(max_retries=0)
+
+class _NoRetries:
+    max_retries = 0
+    retry_initial_delay = 0.0
+    retry_max_delay = 0.0
+
+
+_NO_RETRIES = _NoRetries()
 
 
 _INPUT_HEADINGS = {
@@ -161,16 +163,12 @@ class Agent(BaseAgent):
     async def step(self, request: StepRequest) -> StepOutcome:
         messages = request.messages
         system = Message("system", self.system_prompt(request.info, request.context))
-        if messages and messages[0].role == "system":
-            messages[0] = system
-        else:
-            messages.insert(0, system)
         messages.extend(input_messages(request.input))
         reply = await complete_with_retries(
             self.model,
-            messages,
+            Prompt(system, messages),
             request.info,
-            request.error_config or _NO_RETRIES,
+            request.retry or _NO_RETRIES,
             request.report_retry,
         )
         text = reply.content if reply.content is not None else render(reply.action)
@@ -198,6 +196,41 @@ class Agent(BaseAgent):
                 f"agent {self.name!r} has no tool {call.name!r}; tools: {', '.join(self.tools)}"
             )
         return await tool.run(call.arguments)
+
+
+class Prompt(Sequence[Message]):
+    """What the model is shown: the system prompt, then the conversation. A view, not a copy
+    (a long conversation costs nothing to show): the system prompt is made afresh each step
+    from what the agent may do now and the run's context, and is never stored with the
+    conversation, which only ever grows."""
+
+    __slots__ = ("_conversation", "_system")
+
+    def __init__(self, system: Message, conversation: list[Message]) -> None:
+        self._system = system
+        self._conversation = conversation
+
+    def __len__(self) -> int:
+        return len(self._conversation) + 1
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Message]: ...
+
+    def __getitem__(self, index: int | slice) -> Message | list[Message]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        if index == 0 or index == -len(self):
+            return self._system
+        if index < 0:
+            return self._conversation[index]
+        return self._conversation[index - 1]
+
+    def __iter__(self) -> Iterator[Message]:
+        yield self._system
+        yield from self._conversation
 
 
 def _action_of(reply: ModelReply) -> Action | None:

@@ -6,9 +6,8 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from orchestra.coordination.engine.actions import Action
-
-from .base import BaseAgent, StepOutcome, StepRequest
+from .base import BaseAgent
+from .contract import Action, StepOutcome, StepRequest
 from .registry import register_by_default
 
 NodeFunction = Callable[[Any, Mapping[str, Any]], Any | Awaitable[Any]]

@@ -1,5 +1,6 @@
 """The coordination layer: topologies, the engine and the public run API."""
 
+from ..agents.contract import Action, Invocation
 from ..models.base import ToolCall
 from .config import (
     CommunicationConfig,
@@ -9,7 +10,6 @@ from .config import (
     StatusConfig,
     VerbosityLevel,
 )
-from .engine.actions import Action, Invocation
 from .orchestra import BranchResult, Orchestra, OrchestraResult
 from .topology import Edge, Labeled, Node, PatternConfig, Topology
 

@@ -1,144 +1,36 @@
-"""How a run is carried out: preparing agents, building the engine, sessions, results.
+"""Carrying out runs: a new one, a resumed one, and a stored one's result.
 
 ``Orchestra.run`` and ``OrchestraInstance`` are thin layers over this module. With a state
-manager, every run is a session: its inputs are journaled as they happen, and a paused or
-crashed run is rebuilt from its log and continued (see ``state/manager.py``).
+manager every run is a session: its inputs are journaled as they happen (``Runner.feed``), and
+a paused or crashed run is rebuilt from its log (``state/replay.py``) and continued.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
-import time
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
-from orchestra.agents.base import BaseAgent
-from orchestra.agents.pool import AgentPool
-from orchestra.agents.registry import AgentRegistry
-from orchestra.communication.channels import CommunicationManager
 from orchestra.errors import (
-    AgentNotFoundError,
     ConfigurationError,
-    OrchestraError,
     SessionError,
     SessionNotFoundError,
+    UnstorableValueError,
 )
 
-from .config import ErrorHandlingConfig, ExecutionConfig
-from .engine import events as ev
-from .engine.convergence import check_node_policies
+from .config import StatusConfig, VerbosityLevel
+from .engine import inputs as inp
 from .engine.core import Engine
-from .engine.runner import Runner
-from .engine.state import Branch
-from .monitoring.status import StatusPrinter
-from .results import BranchResult, OrchestraResult
-from .state.journal import Journal, replay
-from .state.manager import SessionWriter, StateManager
-from .state.records import FORMAT, decode, encode
+from .engine.runner import Runner, now
+from .results import OrchestraResult, result_of
+from .sessions import LIVE, LiveRun, claim, let_go
+from .state.journal import Journal
+from .state.manager import RunLog, SessionLog, SessionWriter, StateManager
+from .state.replay import rebuild
 from .state.snapshots import capture as capture_snapshot
-from .state.snapshots import restore as restore_snapshot
-from .topology import Topology, TopologyAnalysis
+from .wiring import Setup, build, first_input, topology_fingerprint
 
-
-@dataclass
-class Setup:
-    """Everything a run needs besides its task."""
-
-    topology: Topology
-    analysis: TopologyAnalysis
-    agents: dict[str, BaseAgent | AgentPool]
-    config: ExecutionConfig
-    error_config: ErrorHandlingConfig
-    communication: CommunicationManager
-    max_steps: int
-
-
-@dataclass
-class LiveRun:
-    """A run in progress, reachable by session id (to pause it or checkpoint it)."""
-
-    session_id: str
-    runner: Runner
-    writer: SessionWriter | None
-    checkpoint_ids: list[str] = field(default_factory=list)
-    pause_reason: str | None = None
-
-
-LIVE: dict[str, LiveRun] = {}
-CLAIMED: set[str] = set()
-"""Sessions with a run starting or in progress in this process: one run per session at once."""
-
-
-def claim(session_id: str) -> None:
-    """Hold the session for one writer (a run, a checkpoint, a restore) in this process."""
-    if session_id in CLAIMED:
-        raise SessionError(
-            f"session {session_id!r} has a run starting, running or finishing; pause it or "
-            "wait for it"
-        )
-    CLAIMED.add(session_id)
-
-
-async def let_go(session_id: str, ending: Awaitable[None] | None) -> None:
-    """Free a claimed session once ``ending`` (its writer closing or abandoning) is over.
-
-    The ending is finished even if the caller is cancelled meanwhile, and the session stays
-    claimed until it is: a run started sooner would write under a writer still writing."""
-    if ending is None:
-        CLAIMED.discard(session_id)
-        return
-    finishing = asyncio.ensure_future(ending)
-    finishing.add_done_callback(functools.partial(_freed, session_id))
-    try:
-        await asyncio.shield(finishing)
-    except asyncio.CancelledError:
-        if not finishing.done():  # nobody is left to hear how it ends: a failure is reported
-            finishing.add_done_callback(functools.partial(_unheard, session_id))
-        raise
-
-
-def _freed(session_id: str, finishing: asyncio.Future[None]) -> None:
-    CLAIMED.discard(session_id)
-    if not finishing.cancelled():
-        finishing.exception()  # retrieved here; a caller still awaiting it raises it
-
-
-def _unheard(session_id: str, finishing: asyncio.Future[None]) -> None:
-    error = None if finishing.cancelled() else finishing.exception()
-    if error is not None:
-        asyncio.get_running_loop().call_exception_handler(
-            {
-                "message": f"session {session_id!r}: its last records could not be written "
-                "after its run was cancelled; a resume goes on from its last durable step",
-                "exception": error,
-            }
-        )
-
-
-def prepare(
-    topology: Topology | Mapping[str, Any],
-    registry: AgentRegistry | None,
-    config: ExecutionConfig,
-    error_config: ErrorHandlingConfig,
-    communication: CommunicationManager,
-    max_steps: int,
-) -> Setup:
-    """Check the topology and find every agent (OrchestraError naming what is wrong)."""
-    topo = Topology.coerce(topology)
-    analysis = topo.analyze()
-    check_node_policies(analysis)
-    agents = _resolve_agents(
-        topo, analysis, registry if registry is not None else AgentRegistry.default()
-    )
-    return Setup(topo, analysis, agents, config, error_config, communication, max_steps)
-
-
-def topology_fingerprint(topology: Topology) -> list[str]:
-    """What a resumed session checks it is run with the same graph as before."""
-    return sorted(node.name for node in topology.nodes) + sorted(e.arrow for e in topology.edges)
+_SILENT = StatusConfig.from_verbosity(VerbosityLevel.QUIET)
 
 
 async def execute(
@@ -149,33 +41,29 @@ async def execute(
     state_manager: StateManager | None,
 ) -> OrchestraResult:
     """A new run; with a state manager, a new run of the session ``session_id``."""
-    started = time.perf_counter()
-    _, runner = build(setup, session_id, context)
-    writer = None
+    _, runner = build(setup, session_id, setup.config.status)
+    first = first_input(setup, task, context)
     if state_manager is None:
-        return await _drive(runner, None, session_id, started, lambda: runner.run(task))
+        runner.start(first)
+        return await _drive(runner, None, session_id)
     claim(session_id)
     writer = None
     try:
         writer, _ = await state_manager.open(session_id)
-        writer.record(
-            {
-                "t": "run",
-                "format": FORMAT,
-                "task": encode(task),
-                "context": encode(context),
-                "max_steps": setup.max_steps,
-                "config": setup.config.model_dump(mode="json"),
-                "error_config": setup.error_config.model_dump(mode="json"),
-                "topology": topology_fingerprint(setup.topology),
-            }
-        )
-        runner.journal = Journal(writer, None)
+        runner.journal = Journal(writer)
+        try:
+            runner.start(first)  # nothing runs until the header is durable
+        except UnstorableValueError as error:
+            raise ConfigurationError(
+                f"session {session_id!r}: the task or context holds {error}, which a session "
+                "cannot store; pass JSON-compatible data or register the type "
+                "(orchestra.coordination.state.register_type)"
+            ) from None
         await writer.flush()
     except BaseException:
         await _abandon(writer, session_id)
         raise
-    return await _drive(runner, writer, session_id, started, lambda: runner.run(task))
+    return await _drive(runner, writer, session_id)
 
 
 async def resume(
@@ -183,18 +71,78 @@ async def resume(
     session_id: str,
     state_manager: StateManager,
     additional_context: Mapping[str, Any] | None,
+    status: StatusConfig | None = None,
 ) -> OrchestraResult:
-    """Rebuild the session's last run from its log and continue it."""
-    started = time.perf_counter()
+    """Rebuild the session's last run from its log and continue it (printing as the run was
+    started to, unless ``status`` says otherwise); a run that already finished is not run
+    again: its result is returned as it was."""
     claim(session_id)
     writer = None
     try:
-        runner, writer = await _rebuild(setup, session_id, state_manager, additional_context)
+        log = await state_manager.load(session_id)
+        engine, runner = await _rebuilt(setup, log, state_manager, status)
+        if log.last_run is not None and log.last_run.finished:
+            await let_go(session_id, None)
+            return result_of(engine, session_id)
+        writer = SessionWriter(state_manager, session_id, log.length)
+        runner.journal = Journal(writer)
+        extra = dict(additional_context or {})
+        try:
+            runner.resume(inp.RunResume(at=now(), context=extra))
+        except UnstorableValueError as error:
+            raise ConfigurationError(
+                f"session {session_id!r}: additional_context holds {error}, which a session "
+                "cannot store"
+            ) from None
         await writer.flush()
     except BaseException:
         await _abandon(writer, session_id)
         raise
-    return await _drive(runner, writer, session_id, started, runner.resume)
+    return await _drive(runner, writer, session_id)
+
+
+async def stored_result(
+    setup: Setup, session_id: str, state_manager: StateManager
+) -> OrchestraResult | None:
+    """The result of the session's last run, rebuilt from its log: None when the session has
+    no run that stopped (none at all, or one in progress or cut off by a crash)."""
+    if not await state_manager.storage.exists(session_id):
+        return None
+    log = await state_manager.load(session_id)
+    if log.last_run is None or not log.last_run.ended:
+        return None
+    engine, _ = await _rebuilt(setup, log, state_manager, _SILENT)
+    return result_of(engine, session_id)
+
+
+async def _rebuilt(
+    setup: Setup, log: SessionLog, state_manager: StateManager, status: StatusConfig | None
+) -> tuple[Engine, Runner]:
+    """The session's last run, rebuilt with the settings it was started with (its printed
+    status too, unless ``status`` is given)."""
+    session_id = log.session_id
+    run = log.last_run
+    if run is None:
+        raise SessionNotFoundError(f"session {session_id!r} has no run to resume")
+    _check_topology(setup, run, session_id)
+    start = run.start
+    setup.config, setup.error_config, setup.max_steps = (
+        start.config,
+        start.error_config,
+        start.max_steps,
+    )
+    engine, runner = build(setup, session_id, status or start.config.status)
+    rebuild(engine, run, await state_manager.read_snapshot(session_id), session_id)
+    return engine, runner
+
+
+def _check_topology(setup: Setup, run: RunLog, session_id: str) -> None:
+    recorded = run.start.topology
+    if recorded != topology_fingerprint(setup.topology):
+        raise SessionError(
+            f"session {session_id!r} was recorded with a different topology "
+            f"({', '.join(recorded)}); resume it with the same one"
+        )
 
 
 async def _abandon(writer: SessionWriter | None, session_id: str) -> None:
@@ -204,55 +152,7 @@ async def _abandon(writer: SessionWriter | None, session_id: str) -> None:
         await let_go(session_id, writer.abandon() if writer is not None else None)
 
 
-async def _rebuild(
-    setup: Setup,
-    session_id: str,
-    state_manager: StateManager,
-    additional_context: Mapping[str, Any] | None,
-) -> tuple[Runner, SessionWriter]:
-    log = await state_manager.load(session_id)
-    run = log.last_run
-    if run is None:
-        raise SessionNotFoundError(f"session {session_id!r} has no run to resume")
-    if run.finished:
-        raise SessionError(
-            f"session {session_id!r} already finished; start a new run in it with execute()"
-        )
-    header = run.header
-    if header.get("topology") != topology_fingerprint(setup.topology):
-        raise SessionError(
-            f"session {session_id!r} was recorded with a different topology "
-            f"({', '.join(header.get('topology', []))}); resume it with the same one"
-        )
-    setup.config = ExecutionConfig.model_validate(header["config"]).model_copy(
-        update={"status": setup.config.status}
-    )
-    setup.error_config = ErrorHandlingConfig.model_validate(header["error_config"])
-    setup.max_steps = header["max_steps"]
-    context = decode(header["context"])
-    engine, runner = build(setup, session_id, context)
-    snapshot = await state_manager.read_snapshot(session_id)
-    positions = [record["s"] for record in run.records]
-    if snapshot is not None and (
-        snapshot.position in positions or snapshot.position == header["s"]
-    ):
-        restore_snapshot(engine, snapshot)  # then replay only what came after it
-        replay(engine, [r for r in run.records if r["s"] > snapshot.position], session_id)
-    else:
-        engine.start(decode(header["task"]))
-        engine.effects.clear()
-        replay(engine, run.records, session_id)
-    writer = SessionWriter(state_manager, session_id, log.length)
-    extra = dict(additional_context or {})
-    writer.record({"t": "resume", "context": encode(extra)})
-    engine.context.update(extra)
-    runner.journal = Journal(writer, log)
-    return runner, writer
-
-
-async def _drive(
-    runner: Runner, writer: SessionWriter | None, session_id: str, started: float, go: Any
-) -> OrchestraResult:
+async def _drive(runner: Runner, writer: SessionWriter | None, session_id: str) -> OrchestraResult:
     live = LiveRun(session_id, runner, writer)
     if writer is not None or session_id not in LIVE:  # a durable run's entry is never taken
         LIVE[session_id] = live
@@ -270,27 +170,22 @@ async def _drive(
         writer.start()
     try:
         try:
-            await go()
+            await runner.drive()
         finally:
             if LIVE.get(session_id) is live:
                 del LIVE[session_id]
         if runner.halted is not None:
             raise _halted(session_id, runner.halted)
         paused = runner.pausing and not engine.finished
-        result = _result(engine, session_id, time.perf_counter() - started, paused)
-        result.checkpoint_ids = list(live.checkpoint_ids)
-        if paused:
-            result.metadata["pause_reason"] = live.pause_reason
-        if writer is not None:
+        if writer is None:
+            await runner.end(paused, None)
+        else:
             if paused:
                 await writer.snapshot()
-            writer.record(
-                {"t": "end", "paused": paused, "success": result.success, "error": result.error}
-            )
             closing, writer = writer, None
-            await let_go(session_id, closing.close())  # durable before anyone hears of it
-        _announce(engine, result)
-        return result
+            # the end is durable before anyone hears of it
+            await runner.end(paused, lambda: let_go(session_id, closing.close()))
+        return result_of(engine, session_id)
     finally:
         if writer is not None:  # an error or a cancel: the writer is closed all the same
             await let_go(session_id, writer.close() if runner.halted is None else writer.abandon())
@@ -308,133 +203,4 @@ def _halted(session_id: str, error: Exception) -> SessionError:
     return halted
 
 
-def build(setup: Setup, session_id: str, context: dict[str, Any]) -> tuple[Engine, Runner]:
-    stream = ev.EventStream()
-    config = setup.config
-    if config.status.enabled:
-        stream.subscribe(StatusPrinter(config.status))
-    tools = {
-        name: (agent.instances[0] if isinstance(agent, AgentPool) else agent).tool_specs
-        for name, agent in setup.agents.items()
-    }
-    analysis = setup.analysis
-    engine = Engine(
-        run_id=session_id,
-        analysis=analysis,
-        tools=tools,
-        context=context,
-        config=config,
-        error_config=setup.error_config,
-        max_steps=min(setup.max_steps, analysis.max_steps or setup.max_steps),
-        stream=stream,
-        clock=time.perf_counter,
-    )
-    runner = Runner(
-        engine,
-        setup.agents,
-        setup.communication,
-        step_timeout=config.step_timeout,
-        branch_timeout=config.branch_timeout,
-        convergence_timeout=config.convergence_timeout,
-        run_timeout=analysis.timeout,
-        max_agents=analysis.max_agents,
-    )
-    return engine, runner
-
-
-def _resolve_agents(
-    topology: Topology, analysis: TopologyAnalysis, registry: AgentRegistry
-) -> dict[str, BaseAgent | AgentPool]:
-    agents: dict[str, BaseAgent | AgentPool] = {}
-    missing = []
-    for name in analysis.agents:
-        found = topology.node(name).agent or registry.get(name)
-        if isinstance(found, AgentPool) and found.closed:
-            raise ConfigurationError(
-                f"the AgentPool for node {name!r} was cleaned up; build a new pool for this run"
-            )
-        if isinstance(found, BaseAgent | AgentPool):
-            agents[name] = found
-        else:
-            missing.append(name)
-    if missing:
-        raise AgentNotFoundError(
-            f"no agent is registered for node(s) {', '.join(map(repr, missing))}; create the "
-            "agents (Agent, FunctionAgent, AgentPool) before the run or pass "
-            "agent_registry=AgentRegistry([...])"
-        )
-    return agents
-
-
-def _branch_result(branch: Branch, now: float) -> BranchResult:
-    end = branch.ended_at if branch.ended_at is not None else now
-    return BranchResult(
-        branch_id=branch.id,
-        status=branch.status.value,
-        step_count=branch.steps,
-        duration=end - branch.created_at,
-        error=str(branch.error) if branch.error else None,
-        agents=list(branch.visited),
-        result=branch.result,
-        parent_branch_id=branch.parent.id if branch.parent else None,
-        error_type=type(branch.error).__name__ if branch.error else None,
-    )
-
-
-def _announce(engine: Engine, result: OrchestraResult) -> None:
-    """The run's last event, once its result is final (and, with sessions, durable)."""
-    engine.stream.emit(
-        ev.RunCompleted(
-            run_id=result.session_id or engine.run_id,
-            success=result.success,
-            total_steps=result.total_steps,
-            duration=result.total_duration,
-            error=result.error,
-        )
-    )
-
-
-def _result(engine: Engine, session_id: str, duration: float, paused: bool) -> OrchestraResult:
-    root = engine.root
-    success = (
-        not paused
-        and engine.error is None
-        and root is not None
-        and root.status.value == "completed"
-    )
-    error = engine.error
-    now = engine.clock()
-    metadata: dict[str, Any] = {
-        "invocations": dict(engine.invocations),
-        "entries": list(engine.analysis.entries),
-    }
-    if paused:
-        metadata["paused"] = True
-    if error is not None:
-        metadata["error_type"] = type(error).__name__
-    if engine.stream.observer_errors:
-        metadata["observer_errors"] = list(engine.stream.observer_errors)
-    return OrchestraResult(
-        success=success,
-        final_response=root.result if success and root is not None else None,
-        branch_results=[_branch_result(b, now) for b in engine.branches.values()],
-        total_steps=engine.steps,
-        total_duration=duration,
-        metadata=metadata,
-        error=str(error) if error else None,
-        session_id=session_id,
-        events=engine.stream.events,
-    )
-
-
-def failed_before_start(error: OrchestraError, session_id: str, started: float) -> OrchestraResult:
-    return OrchestraResult(
-        success=False,
-        final_response=None,
-        branch_results=[],
-        total_steps=0,
-        total_duration=time.perf_counter() - started,
-        metadata={"error_type": type(error).__name__, "invocations": {}},
-        error=str(error),
-        session_id=session_id,
-    )
+__all__ = ["execute", "resume", "stored_result"]

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestra.agents.registry import AgentRegistry
 from orchestra.communication.channels import CommunicationManager
 from orchestra.errors import ConfigurationError, OrchestraError, SessionError
 
-from . import execution
-from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig
-from .results import BranchResult, OrchestraResult
+from . import execution, wiring
+from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig, StatusConfig
+from .engine import inputs as inp
+from .engine.runner import now
+from .results import BranchResult, OrchestraResult, failed_before_start
+from .sessions import LIVE, claim, let_go
 from .state.backends import check_session_id
 from .state.manager import SessionWriter, StateManager, parse_checkpoint_id
 from .topology import Topology
@@ -96,6 +99,7 @@ class Orchestra:
         _require(communication_config, CommunicationConfig, "communication_config")
         _require(error_config, ErrorHandlingConfig, "error_config")
         _require(state_manager, StateManager, "state_manager")
+        _check_follow_ups(allow_follow_ups, follow_up_timeout)
         if metrics_collector is not None or allow_follow_ups:
             raise ConfigurationError(
                 "metrics_collector and allow_follow_ups are not available in this release yet"
@@ -105,7 +109,7 @@ class Orchestra:
         communication = communication_config or CommunicationConfig()
         started = time.perf_counter()
         try:
-            setup = execution.prepare(
+            setup = wiring.prepare(
                 topology,
                 agent_registry,
                 execution_config or ExecutionConfig(),
@@ -114,7 +118,7 @@ class Orchestra:
                 max_steps,
             )
         except OrchestraError as error:
-            return execution.failed_before_start(error, session_id, started)
+            return failed_before_start(error, session_id, time.perf_counter() - started)
         return await execution.execute(setup, task, context, session_id, state_manager)
 
 
@@ -146,8 +150,8 @@ class OrchestraInstance:
         self.communication = communication_manager or CommunicationManager()
         self.state_manager = state_manager
 
-    def _setup(self, config: ExecutionConfig | None, max_steps: int) -> execution.Setup:
-        return execution.prepare(
+    def _setup(self, config: ExecutionConfig | None, max_steps: int) -> wiring.Setup:
+        return wiring.prepare(
             self.topology,
             self.agent_registry,
             config or self.config,
@@ -178,7 +182,7 @@ class OrchestraInstance:
         try:
             setup = self._setup(execution_config, max_steps)
         except OrchestraError as error:
-            return execution.failed_before_start(error, session_id, started)
+            return failed_before_start(error, session_id, time.perf_counter() - started)
         return await execution.execute(setup, task, context, session_id, self.state_manager)
 
     async def pause_session(self, session_id: str, reason: str | None = None) -> bool:
@@ -186,61 +190,88 @@ class OrchestraInstance:
         are kept; the pending ``execute`` returns with ``metadata["paused"] = True`` (and
         ``metadata["pause_reason"] = reason``). False when no run of that session is in
         progress here."""
-        live = execution.LIVE.get(session_id)
+        _require(reason, str, "reason")
+        live = LIVE.get(session_id)
         if live is None:
             return False
-        live.pause_reason = reason
-        if live.writer is not None:
-            live.writer.record({"t": "pause", "reason": reason})
-        live.runner.pause()
+        live.runner.pause(reason)
         return True
 
     async def resume_session(
-        self, session_id: str, additional_context: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        additional_context: dict[str, Any] | None = None,
+        *,
+        status: StatusConfig | None = None,
     ) -> OrchestraResult:
         """Continue a paused or interrupted session from its log (agents' conversations
-        included); ``additional_context`` is added to what every agent sees."""
+        included), with the settings it was started with; ``additional_context`` is added to
+        what every agent sees, ``status`` (default: the run's own) says what is printed. A
+        session whose last run already finished is not run again: its result is returned as
+        it was (the caller may have crashed before it saw it)."""
         _require(additional_context, dict, "additional_context")
+        _require(status, StatusConfig, "status")
         setup = self._setup(None, 100)
-        return await execution.resume(setup, session_id, self._sessions(), additional_context)
+        sessions = self._sessions()
+        return await execution.resume(setup, session_id, sessions, additional_context, status)
+
+    async def get_result(self, session_id: str) -> OrchestraResult | None:
+        """The result of the session's last run, as its log records it (the result that run
+        returned, or would have: a paused run's included), rebuilt without running anything.
+        None when the session has no run that stopped: none at all, or one still in progress
+        or cut off by a crash (``resume_session`` continues it)."""
+        check_session_id(session_id)
+        setup = self._setup(None, 100)
+        return await execution.stored_result(setup, session_id, self._sessions())
 
     async def create_checkpoint(self, session_id: str, checkpoint_name: str | None = None) -> str:
         """Name the session's current position; returns the id ``restore_checkpoint`` takes.
-        A running session gets the checkpoint from its own writer."""
-        live = execution.LIVE.get(session_id)
-        name = checkpoint_name
+        A running session gets the checkpoint from its own writer (and its result lists it)."""
+        _require(checkpoint_name, str, "checkpoint_name")
+        live = LIVE.get(session_id)
         if live is not None and live.writer is not None:
-            checkpoint_id = await _checkpoint(live.writer, session_id, name)
-            live.checkpoint_ids.append(checkpoint_id)
-            return checkpoint_id
-        execution.claim(session_id)
+            return await _checkpoint(
+                live.writer, session_id, checkpoint_name, live.runner.checkpoint
+            )
+        claim(session_id)
         writer = None
         try:
             writer, log = await self._sessions().open(session_id)
             if log is None:
                 raise SessionError(f"no session {session_id!r} to checkpoint")
-            return await _checkpoint(writer, session_id, name)
+            return await _checkpoint(writer, session_id, checkpoint_name, None)
         finally:
-            await execution.let_go(session_id, writer.close() if writer is not None else None)
+            await let_go(session_id, writer.close() if writer is not None else None)
 
     async def restore_checkpoint(self, checkpoint_id: str) -> bool:
         """Send the session back to the checkpoint; the next ``resume_session`` continues from
         there. What happened after it stays in the log as an abandoned branch of history.
-        False for an unknown checkpoint, or one on such an abandoned branch."""
+        False for an id that names no checkpoint (unknown, malformed, or of a session that
+        does not exist) or one on such an abandoned branch."""
         manager = self._sessions()
-        session_id, _ = parse_checkpoint_id(checkpoint_id)
-        execution.claim(session_id)
+        try:
+            session_id, _ = parse_checkpoint_id(checkpoint_id)
+        except OrchestraError:
+            return False
+        claim(session_id)
         writer = None
         try:
+            if not await manager.storage.exists(session_id):
+                return False
             log = await manager.load(session_id)
-            checkpoint = log.checkpoints.get(checkpoint_id)
-            if checkpoint is None or (checkpoint["at"] and checkpoint["at"] not in log.positions):
-                return False  # unknown, or on a branch of history a restore abandoned
+            entry = log.checkpoints.get(checkpoint_id)
+            if entry is None:
+                return False
+            checkpoint: inp.Checkpoint = entry.record  # type: ignore[assignment]
+            if checkpoint.position and checkpoint.position not in log.positions:
+                return False  # on a branch of history a restore abandoned
             writer = SessionWriter(manager, session_id, log.length)
-            writer.record({"t": "restore", "to": checkpoint["at"], "checkpoint": checkpoint_id})
+            writer.record(
+                inp.Restore(at=now(), position=checkpoint.position, checkpoint_id=checkpoint_id)
+            )
             return True
         finally:
-            await execution.let_go(session_id, writer.close() if writer is not None else None)
+            await let_go(session_id, writer.close() if writer is not None else None)
 
     async def list_sessions(self) -> list[str]:
         return await self._sessions().list_sessions()
@@ -249,9 +280,34 @@ class OrchestraInstance:
         return await self._sessions().delete_session(session_id)
 
 
-async def _checkpoint(writer: SessionWriter, session_id: str, name: str | None) -> str:
+async def _checkpoint(
+    writer: SessionWriter,
+    session_id: str,
+    name: str | None,
+    record: Callable[[str, str, int], None] | None,
+) -> str:
+    """Record a checkpoint at the writer's position: through the live run (``record``), so it
+    is one of its inputs, or directly into a session at rest."""
     name = name or f"checkpoint-{writer.length + 1}"
     checkpoint_id = f"{session_id}@{name}"
-    writer.record({"t": "checkpoint", "id": checkpoint_id, "name": name, "at": writer.length})
+    if record is not None:
+        record(checkpoint_id, name, writer.length)
+    else:
+        writer.record(
+            inp.Checkpoint(at=now(), checkpoint_id=checkpoint_id, name=name, position=writer.length)
+        )
     await writer.flush()
     return checkpoint_id
+
+
+def _check_follow_ups(allow_follow_ups: object, follow_up_timeout: object) -> None:
+    if not isinstance(allow_follow_ups, bool):
+        raise TypeError(f"allow_follow_ups must be a bool, got {type(allow_follow_ups).__name__}")
+    if (
+        isinstance(follow_up_timeout, bool)
+        or not isinstance(follow_up_timeout, int | float)
+        or not follow_up_timeout > 0
+    ):
+        raise ConfigurationError(
+            f"follow_up_timeout must be a positive number of seconds, got {follow_up_timeout!r}"
+        )

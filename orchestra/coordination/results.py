@@ -1,4 +1,8 @@
-"""What a run returns: OrchestraResult and its BranchResults, exactly as the API page lists."""
+"""What a run returns: OrchestraResult and its BranchResults, exactly as the API page lists.
+
+A result is built from the engine's state alone (:func:`result_of`), never from a clock or the
+process that ran it: a run rebuilt from its session log gives the result the live run gave.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .engine.actions import Action
+from orchestra.errors import OrchestraError
+
+from .engine.branches import Branch, BranchStatus
+from .engine.core import Engine
 from .engine.events import (
     ActionRejected,
     BranchFailed,
@@ -116,9 +123,7 @@ class OrchestraResult:
                         "step": event.step,
                         "branch_id": event.branch_id,
                         "agent": event.agent,
-                        "action": event.action.describe()
-                        if isinstance(event.action, Action)
-                        else str(event.action),
+                        "action": event.action.describe(),
                         "duration": event.duration,
                     }
                 )
@@ -154,7 +159,7 @@ class OrchestraResult:
         run = _Tally()
         rejected = retries = 0
         for event in self.events:
-            if isinstance(event, StepStarted):
+            if isinstance(event, StepStarted) and not event.retaken:
                 agents.setdefault(event.agent, _Tally()).steps += 1
                 branches.setdefault(event.branch_id, _Tally()).steps += 1
             elif isinstance(event, StepCompleted):
@@ -202,3 +207,64 @@ class OrchestraResult:
         values = dict(data)
         values["branch_results"] = [BranchResult(**b) for b in data["branch_results"]]
         return cls(**values)
+
+
+def result_of(engine: Engine, session_id: str) -> OrchestraResult:
+    """The result of the run ``engine`` holds, as of the last input it applied."""
+    root = engine.root
+    success, error = engine.outcome()
+    metadata: dict[str, Any] = {
+        "invocations": dict(engine.invocations),
+        "entries": list(engine.analysis.entries),
+    }
+    if engine.paused:
+        metadata["paused"] = True
+        metadata["pause_reason"] = engine.pause_reason
+    if engine.error is not None:
+        metadata["error_type"] = type(engine.error).__name__
+    if engine.stream.observer_errors:
+        metadata["observer_errors"] = list(engine.stream.observer_errors)
+    return OrchestraResult(
+        success=success,
+        final_response=root.result if success and root is not None else None,
+        branch_results=[_branch_result(b, engine.now) for b in engine.branches.values()],
+        total_steps=engine.steps,
+        total_duration=engine.elapsed,
+        metadata=metadata,
+        error=error,
+        session_id=session_id,
+        checkpoint_ids=list(engine.checkpoint_ids),
+        events=engine.stream.events,
+    )
+
+
+def _branch_result(branch: Branch, now: float) -> BranchResult:
+    end = branch.ended_at if branch.ended_at is not None else now
+    return BranchResult(
+        branch_id=branch.id,
+        status=branch.status.value,
+        step_count=branch.steps,
+        duration=end - branch.created_at,
+        error=str(branch.error) if branch.error else None,
+        agents=list(branch.visited),
+        result=branch.result,
+        parent_branch_id=branch.parent.id if branch.parent else None,
+        error_type=type(branch.error).__name__ if branch.error else None,
+    )
+
+
+def failed_before_start(error: OrchestraError, session_id: str, duration: float) -> OrchestraResult:
+    """The result of a run that could not start (its topology or agents are wrong)."""
+    return OrchestraResult(
+        success=False,
+        final_response=None,
+        branch_results=[],
+        total_steps=0,
+        total_duration=duration,
+        metadata={"error_type": type(error).__name__, "invocations": {}},
+        error=str(error),
+        session_id=session_id,
+    )
+
+
+__all__ = ["BranchResult", "BranchStatus", "OrchestraResult", "failed_before_start", "result_of"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from orchestra.coordination.config import ErrorHandlingConfig
 from orchestra.errors import ModelAPIError
 
 from .base import Message, Model, ModelReply, StepInfo
@@ -15,7 +15,24 @@ RetryReport = Callable[[str, str, int, float, str], None]
 """(branch_id, agent, attempt, delay, error) -> None: how a retry is reported."""
 
 
-def retry_delay(attempt: int, error: ModelAPIError, policy: ErrorHandlingConfig) -> float:
+class RetryPolicy(Protocol):
+    """How often and how patiently a model call that failed in passing is tried again.
+
+    ``ErrorHandlingConfig`` is the policy a run configures; any object with these three
+    attributes serves (a custom agent may bring its own).
+    """
+
+    @property
+    def max_retries(self) -> int: ...
+
+    @property
+    def retry_initial_delay(self) -> float: ...
+
+    @property
+    def retry_max_delay(self) -> float: ...
+
+
+def retry_delay(attempt: int, error: ModelAPIError, policy: RetryPolicy) -> float:
     """Seconds to wait before retry number ``attempt`` (1-based).
 
     The provider's Retry-After wins when given; otherwise exponential backoff from
@@ -32,7 +49,7 @@ async def complete_with_retries(
     model: Model,
     messages: Sequence[Message],
     info: StepInfo,
-    policy: ErrorHandlingConfig,
+    policy: RetryPolicy,
     report: RetryReport | None = None,
 ) -> ModelReply:
     """Call the model; retry retryable API errors up to ``policy.max_retries`` times.

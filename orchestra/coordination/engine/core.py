@@ -1,32 +1,36 @@
 """The engine core: every state transition of a run, with no I/O.
 
-The runner calls one method per thing that happened (a step finished, a tool returned, the
-user answered, a timer fired). Each method changes the run state, emits events, and appends
-*effects* — what the runner must do next (start or cancel a branch's task, arm a timer) — to
-``self.effects``. Nothing here awaits, sleeps or reads a clock except to timestamp, so the
-same inputs always give the same run: that is what makes replay, resume and tests cheap.
-State is changed in place rather than copied: a step must cost microseconds.
+One entry point, :meth:`Engine.apply`, takes an input (:mod:`.inputs`: a step began, a step
+returned, a tool finished, the user answered, a timer fired, ...) and returns the effects the
+runner must carry out (:mod:`.effects`: start or cancel a branch's task, arm a timer, run a
+step). Nothing here awaits, sleeps or reads a clock: time comes with each input. So the same
+inputs always give the same run, with the same events — which is what makes replay, resume and
+tests exact and cheap. State is changed in place rather than copied: a step must cost
+microseconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from orchestra.agents.base import (
+from orchestra.agents.contract import (
+    Action,
+    ActionKind,
     InputKind,
+    Invocation,
     StepInput,
     StepOutcome,
     StepRequest,
     tool_result_messages,
 )
+from orchestra.agents.replies import PROTOCOL_HINT
 from orchestra.coordination.config import ConvergencePolicy, ErrorHandlingConfig, ExecutionConfig
 from orchestra.coordination.topology import USER, TopologyAnalysis
 from orchestra.errors import (
     ActionError,
-    AgentStepError,
     ConditionError,
     LimitExceededError,
     OrchestraError,
@@ -34,10 +38,12 @@ from orchestra.errors import (
 )
 from orchestra.models.base import Message, StepInfo, ToolSpec
 
+from . import convergence, lifecycle
 from . import events as ev
-from .actions import PROTOCOL_HINT, Action, ActionKind, Invocation
-from .convergence import collect_results, convergence_error, policy_for, settle_outcome
-from .lifecycle import BranchLifecycle
+from . import inputs as inp
+from .branches import Branch, BranchStatus, FanOut, Frame
+from .convergence import policy_for
+from .effects import Effect, RunFinished, TakeStep
 from .limits import record_transfer
 from .routing import (
     Permissions,
@@ -47,12 +53,9 @@ from .routing import (
     permissions,
     route_value,
 )
-from .state import Branch, BranchStatus, FanOut, Frame
-
-_NO_SOURCES: frozenset[str] = frozenset()
 
 
-class Engine(BranchLifecycle):
+class Engine:
     """One run's state machine: decisions, hand-overs, fan-outs and convergence."""
 
     def __init__(
@@ -61,78 +64,205 @@ class Engine(BranchLifecycle):
         run_id: str,
         analysis: TopologyAnalysis,
         tools: Mapping[str, tuple[ToolSpec, ...]],
-        context: dict[str, Any],
-        config: ExecutionConfig,
-        error_config: ErrorHandlingConfig,
-        max_steps: int,
         stream: ev.EventStream,
-        clock: Any,
     ) -> None:
-        super().__init__(run_id, stream, clock)
+        self.run_id = run_id
         self.analysis = analysis
-        self.context = context
-        self.config = config
-        self.error_config = error_config
-        self.max_steps = max_steps
+        self.stream = stream
+        self.effects: list[Effect] = []
+        self.branches: dict[str, Branch] = {}
+        self.fan_outs: dict[str, FanOut] = {}
+        self.root: Branch | None = None
+        # set by the run's first input (RunStart)
+        self.context: dict[str, Any] = {}
+        self.config = ExecutionConfig()
+        self.error_config = ErrorHandlingConfig()
+        self.max_steps = 0
         self.steps = 0
         self.invocations: Counter[str] = Counter()
+        self.questions_asked = 0
         self.finished = False
         self.error: OrchestraError | None = None
-        self.started_at = clock()
+        self.checkpoint_ids: list[str] = []
+        self.pause_reason: str | None = None
+        self.paused = False  # stopped at a step boundary (and not resumed since)
+        # time: that of the input being applied, and the run's working time so far
+        self.now = 0.0
+        self.last_at = 0.0  # the time of the input applied before this one
+        self.started_at = 0.0
+        self.active_since: float | None = None  # when the current working stretch began
+        self.worked = 0.0  # the working stretches before it, summed
+        self.replaying = False  # the inputs applied now are the log's: events say so
         self._tools = tools
         self._allowed: dict[tuple[str, bool, str | None], Permissions] = {}
-        self._policies = {
-            (name, calls): policy_for(analysis, name, calls, config.convergence_policy)
-            for name in (*analysis.agents, USER)
-            for calls in (False, True)
+        self._policies: dict[tuple[str, bool], ConvergencePolicy] = {}
+        self._handlers: dict[type[inp.Record], Callable[[Any], None]] = {
+            inp.RunStart: self._start,
+            inp.StepBegin: self._begin_step,
+            inp.StepResult: self._step_result,
+            inp.StepError: self._step_error,
+            inp.ModelRetry: self._model_retry,
+            inp.ToolStart: self._tool_start,
+            inp.ToolResult: self._tool_result,
+            inp.ToolsDone: self._tools_done,
+            inp.UserAnswer: self._user_answer,
+            inp.BranchFailure: self._branch_failure,
+            inp.ConvergenceTimeout: self._convergence_timeout,
+            inp.RunAbort: self._abort,
+            inp.PauseRequest: self._pause_request,
+            inp.RunEnd: self._end,
+            inp.RunResume: self._resume,
+            inp.Checkpoint: self._checkpoint,
         }
-        self.fan_outs: dict[str, FanOut] = {}
-        self.questions_asked = 0
 
-    # ---- starting ----------------------------------------------------------------------------
+    def apply(self, item: inp.Input) -> list[Effect]:
+        """Apply one input; the effects the runner must carry out (in order)."""
+        if item.at > self.now:
+            self.last_at, self.now = self.now, item.at
+        else:
+            self.last_at = self.now  # a clock that stepped back never makes time run backwards
+        self._handlers[type(item)](item)
+        effects, self.effects = self.effects, []
+        return effects
 
-    def start(self, task: Any) -> Branch:
+    @property
+    def elapsed(self) -> float:
+        """The run's working time: from its start to now, less the time it spent paused (or
+        stopped by a crash, until it was resumed)."""
+        active = self.now - self.active_since if self.active_since is not None else 0.0
+        return self.worked + active
+
+    def emit(self, event_type: type[ev.Event], /, **fields: Any) -> None:
+        event = event_type(run_id=self.run_id, at=self.now, replayed=self.replaying, **fields)
+        self.stream.emit(event)
+
+    def policy(self, source: str, calls: bool) -> ConvergencePolicy:
+        """The convergence policy of a fan-out from ``source`` (calls: its branches answer it)."""
+        key = (source, calls)
+        found = self._policies.get(key)
+        if found is None:
+            found = policy_for(self.analysis, source, calls, self.config.convergence_policy)
+            self._policies[key] = found
+        return found
+
+    # ---- the run: start, pause, resume, end --------------------------------------------------
+
+    def _start(self, item: inp.RunStart) -> None:
+        self.context = dict(item.context)
+        self.config = item.config
+        self.error_config = item.error_config
+        self.max_steps = item.max_steps
+        self.started_at = self.active_since = item.at
         entries = self.analysis.entries
-        self._emit(
-            ev.RunStarted(run_id=self.run_id, task=task, entries=entries, max_steps=self.max_steps)
-        )
+        self.emit(ev.RunStarted, task=item.task, entries=entries, max_steps=self.max_steps)
+        task_input = StepInput(InputKind.TASK, item.task, USER)
         if len(entries) == 1:
-            root = self._new_branch(entries[0], StepInput(InputKind.TASK, task, USER))
+            self.root = lifecycle.new_branch(self, entries[0], task_input)
             self.invocations[entries[0]] += 1
         else:
-            root = self._new_branch(USER, None)
-            self._fan_out(
-                root,
-                USER,
-                frozenset({USER}),
-                [(entry, StepInput(InputKind.TASK, task, USER), False) for entry in entries],
+            self.root = lifecycle.new_branch(self, USER, None)
+            items = [(entry, task_input, False) for entry in entries]
+            convergence.fan_out(self, self.root, USER, frozenset({USER}), items)
+
+    def _pause_request(self, item: inp.PauseRequest) -> None:
+        self.pause_reason = item.reason
+        self.emit(ev.PauseRequested, reason=item.reason)
+
+    def _end(self, item: inp.RunEnd) -> None:
+        if self.active_since is not None:
+            self.worked += self.now - self.active_since
+            self.active_since = None
+        if item.paused:
+            self.paused = True
+            self.emit(
+                ev.RunPaused,
+                reason=self.pause_reason,
+                total_steps=self.steps,
+                duration=self.worked,
             )
-        self.root = root
-        return root
+            return
+        success, error = self.outcome()
+        self.emit(
+            ev.RunCompleted,
+            success=success,
+            total_steps=self.steps,
+            duration=self.worked,
+            error=error,
+        )
+
+    def _resume(self, item: inp.RunResume) -> None:
+        if self.active_since is not None:  # stopped by a crash: it worked until its last input
+            self.worked += self.last_at - self.active_since
+        self.active_since = item.at
+        self.paused = False
+        self.pause_reason = None
+        self.context.update(item.context)
+        self.emit(ev.RunResumed, context_keys=tuple(item.context))
+
+    def _checkpoint(self, item: inp.Checkpoint) -> None:
+        self.checkpoint_ids.append(item.checkpoint_id)
+        self.emit(ev.CheckpointCreated, checkpoint_id=item.checkpoint_id, name=item.name)
+
+    def outcome(self) -> tuple[bool, str | None]:
+        """Whether the run succeeded, and its error (None for a success or a pause)."""
+        root = self.root
+        success = (
+            not self.paused
+            and self.finished
+            and self.error is None
+            and root is not None
+            and root.status is BranchStatus.COMPLETED
+        )
+        return success, str(self.error) if self.error is not None else None
+
+    def _abort(self, item: inp.RunAbort) -> None:
+        culprit = self.branches[item.branch_id] if item.branch_id is not None else None
+        self._stop(item.error, culprit)
+
+    def _stop(self, error: OrchestraError, culprit: Branch | None) -> None:
+        """End the whole run now: ``culprit`` fails, the rest is cancelled."""
+        if self.finished:
+            return
+        self.error = error
+        if culprit is not None and not culprit.ended:
+            lifecycle.mark_failed(self, culprit, error)
+        self._finish_run()
+
+    def _finish_run(self) -> None:
+        self.finished = True
+        for branch in self.branches.values():
+            if not branch.ended:
+                lifecycle.cancel(self, branch)
+        root = self.root
+        if self.error is None and root is not None and root.status is BranchStatus.FAILED:
+            self.error = root.error
+        self.effects.append(RunFinished())
+
+    def branch_ended(self, branch: Branch) -> None:
+        if branch.fan_out is not None:
+            convergence.child_ended(self, branch)
+        elif branch is self.root:
+            self._finish_run()
 
     # ---- one agent step ----------------------------------------------------------------------
 
-    def begin_step(self, branch: Branch) -> StepRequest | None:
-        """The request for the branch's next step, or None when it has none to take.
-
-        A step begun and never finished (the run stopped while it was in flight) is taken
-        again as the same step: it is not counted twice.
-        """
+    def _begin_step(self, item: inp.StepBegin) -> None:
+        """The branch's next step begins; a step begun and never finished (the run stopped
+        while it was in flight) is taken again as the same step: it is not counted twice."""
+        branch = self.branches[item.branch_id]
         if self.finished or branch.status is not BranchStatus.RUNNING or branch.input is None:
-            return None
+            return
         reopened = branch.step_open
         if not reopened:
             if self.steps >= self.max_steps:
-                self.abort(
-                    StepLimitError(
-                        "max_steps",
-                        f"the run reached max_steps={self.max_steps} (every agent step of every "
-                        f"branch counts, steering retries included); branch {branch.id} was "
-                        f"about to run {branch.agent!r}",
-                    ),
-                    branch,
+                error = StepLimitError(
+                    "max_steps",
+                    f"the run reached max_steps={self.max_steps} (every agent step of every "
+                    f"branch counts, steering retries included); branch {branch.id} was about "
+                    f"to run {branch.agent!r}",
                 )
-                return None
+                self._stop(error, branch)
+                return
             self.steps += 1
             branch.steps += 1
             branch.step_number = self.steps
@@ -141,23 +271,18 @@ class Engine(BranchLifecycle):
         stack = branch.call_stack
         caller = stack[-1].caller if stack else None
         can_finish = bool(stack) or self.analysis.is_exit(agent)
-        key = (agent, can_finish, caller)
-        allowed = self._allowed.get(key)
-        if allowed is None:
-            allowed = permissions(
-                self.analysis, agent, can_finish, self._tools.get(agent, ()), caller
-            )
-            self._allowed[key] = allowed
+        allowed = self._permissions(agent, can_finish, caller)
         branch.allowed = allowed
         messages = branch.conversations.get(agent)
         if messages is None:
             messages = branch.conversations[agent] = []
         if self.config.steering_mode == "always" and branch.steps > 1 and not reopened:
             messages.append(Message("user", f"[Orchestra] You may now: {allowed.menu()}."))
+        branch.step_base = len(messages)
         info = StepInfo(
             agent,
             branch.id,
-            self.steps,
+            branch.step_number,
             allowed.actions,
             allowed.peers,
             allowed.parallel_groups,
@@ -166,88 +291,105 @@ class Engine(BranchLifecycle):
             allowed.tools,
             self.context,
         )
-        self._emit(
-            ev.StepStarted(
-                run_id=self.run_id,
-                branch_id=branch.id,
-                agent=agent,
-                step=self.steps,
-                branch_step=branch.steps,
-            )
+        self.emit(
+            ev.StepStarted,
+            branch_id=branch.id,
+            agent=agent,
+            step=branch.step_number,
+            branch_step=branch.steps,
+            retaken=reopened,
         )
-        return StepRequest(
-            branch.input, messages, info, self.context, self.error_config, self.model_retried
-        )
+        request = StepRequest(branch.input, messages, info, self.context, self.error_config)
+        self.effects.append(TakeStep(branch.id, request))
 
-    def step_completed(self, branch: Branch, outcome: StepOutcome, duration: float) -> None:
+    def _permissions(self, agent: str, can_finish: bool, caller: str | None) -> Permissions:
+        key = (agent, can_finish, caller)
+        allowed = self._allowed.get(key)
+        if allowed is None:
+            tools = self._tools.get(agent, ())
+            allowed = self._allowed[key] = permissions(
+                self.analysis, agent, can_finish, tools, caller
+            )
+        return allowed
+
+    def _step_finished(self, branch: Branch, messages: tuple[Message, ...]) -> bool:
+        """Close the branch's step: its agent's conversation is what it was when the step
+        began plus what the step added (live, the agent appended those already; replayed, they
+        come from the log). False when the step's result is no longer needed."""
+        conversation = branch.conversations.setdefault(branch.agent, [])
+        del conversation[branch.step_base :]
+        conversation.extend(messages)
         branch.step_open = False
-        if self.finished or branch.status is not BranchStatus.RUNNING:
-            return  # cancelled or failed while the step ran: its result is not needed
+        return not self.finished and branch.status is BranchStatus.RUNNING
+
+    def _step_result(self, item: inp.StepResult) -> None:
+        branch = self.branches[item.branch_id]
+        if not self._step_finished(branch, item.messages):
+            return  # cancelled or failed while the step ran
+        outcome = item.outcome
+        action = self._decided(branch, outcome)
+        if action is None:
+            return
+        branch.retries = 0
+        usage = outcome.usage
+        self.emit(
+            ev.StepCompleted,
+            branch_id=branch.id,
+            agent=branch.agent,
+            step=branch.step_number,
+            duration=item.duration,
+            action=action,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cost_usd=usage.cost_usd if usage else None,
+        )
+        self._take(branch, action)
+
+    def _decided(self, branch: Branch, outcome: StepOutcome) -> Action | None:
+        """The action the step decided, or None when it was unusable (the agent is steered,
+        or its branch failed)."""
         agent = branch.agent
         allowed = branch.allowed
         assert allowed is not None
         if outcome.problem is not None:
             self._steer(branch, outcome.problem, outcome.reply)
-            return
+            return None
         action = outcome.action
-        problem: str | None = None
         try:
             if action is None and outcome.by_code:
                 # route_value only takes edges whose conditions it has checked
-                action = route_value(
-                    self.analysis, agent, outcome.value, bool(branch.call_stack), self.context
-                )
+                in_call = bool(branch.call_stack)
+                action = route_value(self.analysis, agent, outcome.value, in_call, self.context)
                 if action is None:
-                    self._fail(branch, no_route_error(self.analysis, agent, outcome.value))
-                    return
-            else:
-                if action is None:
-                    if not allowed.can_finish:
-                        self._steer(
-                            branch, f"the reply has no action; {PROTOCOL_HINT}", outcome.reply
-                        )
-                        return
-                    action = Action.final(outcome.reply)
-                problem = action_problem(
-                    self.analysis, agent, action, allowed, self.context, not outcome.by_code
-                )
+                    lifecycle.fail(
+                        self, branch, no_route_error(self.analysis, agent, outcome.value)
+                    )
+                return action
+            if action is None:
+                if not allowed.can_finish:
+                    self._steer(branch, f"the reply has no action; {PROTOCOL_HINT}", outcome.reply)
+                    return None
+                action = Action.final(outcome.reply)
+            by_model = not outcome.by_code
+            problem = action_problem(self.analysis, agent, action, allowed, self.context, by_model)
         except ConditionError as error:
-            self._fail(branch, error)
-            return
-        if problem is not None:
-            if outcome.by_code:
-                self._fail(
-                    branch,
-                    ActionError(f"agent {agent!r} returned an action it may not take: {problem}"),
-                )
-            else:
-                self._steer(branch, problem, outcome.reply)
-            return
-        branch.retries = 0
-        usage = outcome.usage
-        self._emit(
-            ev.StepCompleted(
-                run_id=self.run_id,
-                branch_id=branch.id,
-                agent=agent,
-                step=branch.step_number,
-                duration=duration,
-                action=action,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                cost_usd=usage.cost_usd if usage else None,
-            )
-        )
-        self._apply(branch, action)
+            lifecycle.fail(self, branch, error)
+            return None
+        if problem is None:
+            return action
+        if outcome.by_code:
+            refused = ActionError(f"agent {agent!r} returned an action it may not take: {problem}")
+            lifecycle.fail(self, branch, refused)
+        else:
+            self._steer(branch, problem, outcome.reply)
+        return None
 
-    def step_failed(self, branch: Branch, error: BaseException) -> None:
+    def _step_error(self, item: inp.StepError) -> None:
         """The agent's step raised (or timed out): route the error or fail the branch."""
-        branch.step_open = False
-        if self.finished or branch.ended:
+        branch = self.branches[item.branch_id]
+        if not self._step_finished(branch, item.messages):
             return
-        agent = branch.agent
-        if not isinstance(error, OrchestraError):
-            error = AgentStepError(f"agent {agent!r} raised {type(error).__name__}: {error}")
+        error, agent = item.error, branch.agent
         if self.error_config.enable_error_routing and not isinstance(error, LimitExceededError):
             target = error_route(self.analysis, agent)
             if target is not None:
@@ -256,87 +398,97 @@ class Engine(BranchLifecycle):
                     report["error_type"] = type(error).__name__
                     report["input"] = branch.input.content if branch.input else None
                 if branch.call_stack and branch.call_stack[-1].caller == target:
-                    self._answer(branch, report)  # the report is the callee's answer
+                    self.answer(branch, report)  # the report is the callee's answer
                 else:
                     self._invoke(branch, (Invocation(target, report),))
                 return
-        self._fail(branch, error)
+        lifecycle.fail(self, branch, error)
 
-    # ---- other things that happen ------------------------------------------------------------
-
-    def model_retried(
-        self, branch_id: str, agent: str, attempt: int, delay: float, error: str
-    ) -> None:
-        """A model call failed in a way that passes and will be retried after ``delay``."""
-        self._emit(
-            ev.ModelCallRetried(
-                run_id=self.run_id,
-                branch_id=branch_id,
-                agent=agent,
-                attempt=attempt,
-                delay=delay,
-                error=error,
-            )
+    def _model_retry(self, item: inp.ModelRetry) -> None:
+        branch = self.branches[item.branch_id]
+        self.emit(
+            ev.ModelCallRetried,
+            branch_id=branch.id,
+            agent=branch.agent,
+            attempt=item.attempt,
+            delay=item.delay,
+            error=item.error,
         )
 
-    def tools_completed(self, branch: Branch, results: list[dict[str, Any]]) -> None:
+    # ---- tools, answers, failures, timeouts --------------------------------------------------
+
+    def _tool_start(self, item: inp.ToolStart) -> None:
+        branch = self.branches[item.branch_id]
+        branch.tool_results.setdefault(item.call_id, None)
+        self.emit(
+            ev.ToolCallStarted,
+            branch_id=branch.id,
+            agent=branch.agent,
+            tool=item.name,
+            call_id=item.call_id,
+        )
+
+    def _tool_result(self, item: inp.ToolResult) -> None:
+        branch = self.branches[item.branch_id]
+        branch.tool_results[item.call_id] = {
+            "name": item.name,
+            "call_id": item.call_id,
+            "ok": item.ok,
+            "result": item.result,
+        }
+        self.emit(
+            ev.ToolCallCompleted,
+            branch_id=branch.id,
+            agent=branch.agent,
+            tool=item.name,
+            call_id=item.call_id,
+            ok=item.ok,
+            duration=item.duration,
+        )
+
+    def _tools_done(self, item: inp.ToolsDone) -> None:
+        branch = self.branches[item.branch_id]
         if self.finished or branch.ended:
             return
+        found = branch.tool_results
+        results = [found[call.call_id] for call in branch.pending_tools]
+        if any(result is None for result in results):
+            raise ValueError(f"branch {branch.id}: a tool call finished with no result")
         branch.pending_tools = ()
-        for item in results:
-            self._emit(
-                ev.ToolCallCompleted(
-                    run_id=self.run_id,
-                    branch_id=branch.id,
-                    agent=branch.agent,
-                    tool=item["name"],
-                    call_id=item["call_id"],
-                    ok=item["ok"],
-                    duration=item.pop("duration", 0.0),
-                )
-            )
+        branch.tool_results = {}
+        done: list[dict[str, Any]] = results  # type: ignore[assignment]
         deferred = branch.after_tools
         if deferred is None:
-            branch.input = StepInput(InputKind.TOOL_RESULTS, results, branch.agent)
+            branch.input = StepInput(InputKind.TOOL_RESULTS, done, branch.agent)
             return
         branch.after_tools = None
-        branch.conversations[branch.agent].extend(tool_result_messages(results))
-        self._apply(branch, deferred)
+        branch.conversations[branch.agent].extend(tool_result_messages(done))
+        self._take(branch, deferred)
 
-    def user_answered(self, branch: Branch, answer: Any) -> None:
+    def _user_answer(self, item: inp.UserAnswer) -> None:
+        branch = self.branches[item.branch_id]
         if self.finished or branch.status is not BranchStatus.WAITING_USER:
             return
         question_id = branch.question[0] if branch.question else ""
         branch.question = None
         branch.status = BranchStatus.RUNNING
-        branch.input = StepInput(InputKind.USER_ANSWER, answer, USER)
-        self._emit(
-            ev.UserInputReceived(
-                run_id=self.run_id, branch_id=branch.id, question_id=question_id, answer=answer
-            )
+        branch.input = StepInput(InputKind.USER_ANSWER, item.answer, USER)
+        self.emit(
+            ev.UserInputReceived, branch_id=branch.id, question_id=question_id, answer=item.answer
         )
 
-    def branch_failed(self, branch: Branch, error: OrchestraError) -> None:
-        """Something outside a step failed the branch (its timeout, the user channel)."""
+    def _branch_failure(self, item: inp.BranchFailure) -> None:
         if not self.finished:
-            self._fail(branch, error)
+            lifecycle.fail(self, self.branches[item.branch_id], item.error)
 
-    def convergence_timed_out(self, fan_out: FanOut) -> None:
+    def _convergence_timeout(self, item: inp.ConvergenceTimeout) -> None:
+        fan_out = self.fan_outs[item.fan_out_id]
         if not self.finished and not fan_out.settled:
-            self._settle(fan_out, timed_out=True)
+            convergence.settle(self, fan_out, timed_out=True)
 
-    def abort(self, error: OrchestraError, culprit: Branch | None = None) -> None:
-        """End the whole run now (a run-wide limit): ``culprit`` fails, the rest is cancelled."""
-        if self.finished:
-            return
-        self.error = error
-        if culprit is not None and not culprit.ended:
-            self._mark_failed(culprit, error)
-        self._finish_run()
+    # ---- taking actions ----------------------------------------------------------------------
 
-    # ---- applying actions --------------------------------------------------------------------
-
-    def _apply(self, branch: Branch, action: Action) -> None:
+    def _take(self, branch: Branch, action: Action) -> None:
         kind = action.kind
         if action.tool_calls and kind is not ActionKind.CALL_TOOL:
             branch.pending_tools = action.tool_calls  # tools first, then the action itself
@@ -345,45 +497,39 @@ class Engine(BranchLifecycle):
         if kind is ActionKind.INVOKE:
             self._invoke(branch, action.invocations)
         elif kind is ActionKind.FINAL:
-            self._answer(branch, action.response)
+            self.answer(branch, action.response)
         elif kind is ActionKind.ASK_USER:
             self.questions_asked += 1
             question_id = f"q{self.questions_asked}"
             branch.question = (question_id, action.question)
             branch.status = BranchStatus.WAITING_USER
-            self._emit(
-                ev.UserInputRequested(
-                    run_id=self.run_id,
-                    branch_id=branch.id,
-                    agent=branch.agent,
-                    question_id=question_id,
-                    question=action.question,
-                )
+            self.emit(
+                ev.UserInputRequested,
+                branch_id=branch.id,
+                agent=branch.agent,
+                question_id=question_id,
+                question=action.question,
             )
         else:
             branch.pending_tools = action.tool_calls
 
     def _invoke(self, branch: Branch, invocations: tuple[Invocation, ...]) -> None:
         """Arrive at a convergence point, hand over to one agent, or fan out to several."""
-        if self._arrives(branch, invocations):
-            self._arrive(branch, invocations)
+        if convergence.arrives(self, branch, invocations):
+            convergence.arrive(self, branch, invocations)
         elif len(invocations) == 1:
             self._hand_over(branch, invocations[0])
         else:
             source = branch.agent
-            self._fan_out(
-                branch,
-                source,
-                frozenset({source}),
-                [
-                    (
-                        item.agent_name,
-                        StepInput(InputKind.REQUEST, item.request, source),
-                        self.analysis.is_call(source, item.agent_name),
-                    )
-                    for item in invocations
-                ],
-            )
+            items = [
+                (
+                    item.agent_name,
+                    StepInput(InputKind.REQUEST, item.request, source),
+                    self.analysis.is_call(source, item.agent_name),
+                )
+                for item in invocations
+            ]
+            convergence.fan_out(self, branch, source, frozenset({source}), items)
 
     def _hand_over(self, branch: Branch, item: Invocation) -> None:
         source, target = branch.agent, item.agent_name
@@ -394,235 +540,62 @@ class Engine(BranchLifecycle):
             kind = "handoff"
         if self._ping_pong(branch, source, target, item.request):
             return
-        self._emit(
-            ev.WorkHandedOver(
-                run_id=self.run_id, branch_id=branch.id, source=source, target=target, kind=kind
-            )
-        )
-        self._enter(branch, target, StepInput(InputKind.REQUEST, item.request, source))
+        self.emit(ev.WorkHandedOver, branch_id=branch.id, source=source, target=target, kind=kind)
+        self.enter(branch, target, StepInput(InputKind.REQUEST, item.request, source))
 
-    def _enter(self, branch: Branch, agent: str, step_input: StepInput) -> None:
+    def enter(self, branch: Branch, agent: str, step_input: StepInput) -> None:
         branch.agent = agent
         branch.input = step_input
         branch.visited.append(agent)
         self.invocations[agent] += 1
 
-    def _answer(self, branch: Branch, response: Any) -> None:
+    def answer(self, branch: Branch, response: Any) -> None:
         """A final response: back to the caller if there is one, else the branch ends."""
         if not branch.call_stack:
-            self._end(branch, BranchStatus.COMPLETED, "finished", response)
+            lifecycle.end(self, branch, BranchStatus.COMPLETED, "finished", response)
             return
         frame = branch.call_stack.pop()
         if frame.returns_to_fan_out:
-            self._end(branch, BranchStatus.COMPLETED, "returned", response)
+            lifecycle.end(self, branch, BranchStatus.COMPLETED, "returned", response)
             return
         callee = branch.agent
         if self._ping_pong(branch, callee, frame.caller, response):
             return
-        self._emit(
-            ev.WorkHandedOver(
-                run_id=self.run_id,
-                branch_id=branch.id,
-                source=callee,
-                target=frame.caller,
-                kind="return",
-            )
+        self.emit(
+            ev.WorkHandedOver,
+            branch_id=branch.id,
+            source=callee,
+            target=frame.caller,
+            kind="return",
         )
         branch.agent = frame.caller
         branch.input = StepInput(InputKind.RESPONSE, response, callee)
 
     def _steer(self, branch: Branch, problem: str, reply: str) -> None:
         branch.retries += 1
-        self._emit(
-            ev.ActionRejected(
-                run_id=self.run_id,
-                branch_id=branch.id,
-                agent=branch.agent,
-                step=branch.step_number,
-                problem=problem,
-                reply=reply,
-                attempt=branch.retries,
-            )
+        self.emit(
+            ev.ActionRejected,
+            branch_id=branch.id,
+            agent=branch.agent,
+            step=branch.step_number,
+            problem=problem,
+            reply=reply,
+            attempt=branch.retries,
         )
         if (
             self.config.steering_mode == "never"
             or branch.retries > self.config.max_steering_retries
         ):
-            self._fail(
-                branch,
-                ActionError(
-                    f"agent {branch.agent!r} gave no usable action after {branch.retries} "
-                    f"attempt(s): {problem}. Last reply: {reply[:500]!r}"
-                ),
+            error = ActionError(
+                f"agent {branch.agent!r} gave no usable action after {branch.retries} "
+                f"attempt(s): {problem}. Last reply: {reply[:500]!r}"
             )
+            lifecycle.fail(self, branch, error)
             return
-        allowed = branch.allowed
-        menu = allowed.menu() if allowed else ""
+        menu = branch.allowed.menu() if branch.allowed else ""
         branch.input = StepInput(
             InputKind.STEERING, f"Your last reply could not be used: {problem}. You may: {menu}."
         )
-
-    # ---- fan-out and convergence -------------------------------------------------------------
-
-    def _fan_out(
-        self,
-        parent: Branch,
-        source: str,
-        sources: frozenset[str],
-        items: list[tuple[str, StepInput, bool]],
-    ) -> None:
-        calls = any(item[2] for item in items)
-        policy: ConvergencePolicy = self._policies[(source, calls)]
-        fan_out = FanOut(
-            id=f"f{len(self.fan_outs) + 1}",
-            parent=parent,
-            source=source,
-            sources=sources,
-            children=[],
-            policy=policy,
-            required=policy.required(len(items)),
-            pending=len(items),
-            created_at=self.clock(),
-            calls=calls,
-        )
-        self.fan_outs[fan_out.id] = fan_out
-        parent.status = BranchStatus.WAITING
-        parent.waiting_on = fan_out
-        for target, step_input, is_call in items:
-            stack = [Frame(source, returns_to_fan_out=True)] if is_call else None
-            child = self._new_branch(target, step_input, fan_out, parent, stack)
-            self.invocations[target] += 1
-            fan_out.children.append(child)
-        self._emit(
-            ev.FanOutStarted(
-                run_id=self.run_id,
-                fan_out_id=fan_out.id,
-                branch_id=parent.id,
-                source=source,
-                child_branch_ids=tuple(child.id for child in fan_out.children),
-                targets=tuple(item[0] for item in items),
-            )
-        )
-        self.effects.append(("arm_fan_out", fan_out))
-
-    def _arrives(self, branch: Branch, invocations: tuple[Invocation, ...]) -> bool:
-        """Whether handing to these targets means reaching a convergence point of the
-        branch's own fan-out (so the branch stops there and waits for its siblings)."""
-        fan_out = branch.fan_out
-        if fan_out is None or branch.call_stack or not self.config.dynamic_convergence_enabled:
-            return False
-        points = self.analysis.convergence_points
-        return all(
-            points.get(item.agent_name, _NO_SOURCES) & fan_out.sources for item in invocations
-        )
-
-    def _arrive(self, branch: Branch, invocations: tuple[Invocation, ...]) -> None:
-        branch.arrivals = {item.agent_name: item.request for item in invocations}
-        assert branch.fan_out is not None
-        self._emit(
-            ev.BranchArrived(
-                run_id=self.run_id,
-                branch_id=branch.id,
-                fan_out_id=branch.fan_out.id,
-                nodes=tuple(branch.arrivals),
-            )
-        )
-        self._end(branch, BranchStatus.ARRIVED, "arrived", invocations[0].request)
-
-    def _child_ended(self, child: Branch) -> None:
-        fan_out = child.fan_out
-        assert fan_out is not None
-        if fan_out.settled:
-            return
-        fan_out.pending -= 1
-        if child.status is BranchStatus.FAILED:
-            fan_out.failed += 1
-        else:
-            fan_out.succeeded += 1
-        self._settle(fan_out, timed_out=False)
-
-    def _settle(self, fan_out: FanOut, timed_out: bool) -> None:
-        outcome = settle_outcome(fan_out, timed_out)
-        if outcome is None:
-            return
-        self._mark_settled(fan_out)
-        cancelled = 0
-        for child in fan_out.children:
-            if not child.ended:
-                self._cancel(child)
-                cancelled += 1
-        by_node, items = collect_results(fan_out)
-        parent = fan_out.parent
-        resumes_at: tuple[str, ...] = ()
-        if outcome != "failed":
-            resumes_at = tuple(by_node) or ((parent.agent,) if fan_out.calls else ())
-        self._emit(
-            ev.ConvergenceReached(
-                run_id=self.run_id,
-                fan_out_id=fan_out.id,
-                branch_id=parent.id,
-                succeeded=fan_out.succeeded,
-                failed=fan_out.failed,
-                cancelled=cancelled,
-                outcome=outcome,
-                resumes_at=resumes_at,
-            )
-        )
-        if parent.ended:
-            return
-        parent.waiting_on = None
-        if outcome == "failed":
-            self._fail(
-                parent,
-                convergence_error(
-                    fan_out, items, self.config.convergence_timeout if timed_out else None
-                ),
-            )
-            return
-        parent.status = BranchStatus.RUNNING
-        deliveries = tuple(Invocation(node, node_items) for node, node_items in by_node.items())
-        if deliveries and self._arrives(parent, deliveries):
-            parent.forwards_results = True  # its siblings' receiver gets these items, not a list
-            self._arrive(parent, deliveries)  # the nodes are convergence points of its own fan-out
-            return
-        if len(deliveries) > 1:
-            self._fan_out(
-                parent,
-                fan_out.source,
-                fan_out.sources | {child.agent for child in fan_out.children},
-                [
-                    (
-                        item.agent_name,
-                        StepInput(InputKind.RESULTS, item.request, fan_out.source),
-                        False,
-                    )
-                    for item in deliveries
-                ],
-            )
-            return
-        if deliveries:
-            node, node_items = deliveries[0].agent_name, deliveries[0].request
-            self._enter(parent, node, StepInput(InputKind.RESULTS, node_items, fan_out.source))
-        elif fan_out.calls:
-            parent.input = StepInput(InputKind.RESULTS, items, fan_out.source)
-        else:
-            self._answer(parent, items)
-        if parent.status is BranchStatus.RUNNING:
-            self.effects.append(("spawn", parent))
-
-    # ---- ending the run ----------------------------------------------------------------------
-
-    def _finish_run(self) -> None:
-        self.finished = True
-        for branch in self.branches.values():
-            if not branch.ended:
-                self._cancel(branch)
-        root = self.root
-        if self.error is None and root is not None and root.status is BranchStatus.FAILED:
-            self.error = root.error
-        self.effects.append(("done", None))
-
-    # ---- helpers -----------------------------------------------------------------------------
 
     def _ping_pong(self, branch: Branch, source: str, target: str, payload: Any) -> bool:
         """Record a transfer; fail the branch and return True when it completes a ping-pong."""
@@ -632,5 +605,5 @@ class Engine(BranchLifecycle):
         error = record_transfer(branch, rounds, source, target, payload)
         if error is None:
             return False
-        self._fail(branch, error)
+        lifecycle.fail(self, branch, error)
         return True

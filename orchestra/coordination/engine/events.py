@@ -1,22 +1,27 @@
 """Everything the engine does, as typed events on one stream.
 
-The result's trace, the status display, and (in later releases) the durable session log,
-metrics and traces all read this stream. Events are small frozen records; ``to_dict`` gives
-their plain-data form with a ``type`` tag.
+The result's trace, the status display, and later metrics, traces and the web inspector all
+read this stream. Events are small frozen records; ``to_dict`` gives their plain-data form with
+a ``type`` tag. An event's ``at`` is the time of the input that caused it, never the time it
+was emitted, so a run rebuilt from its log emits the very events the live run did. Those
+carry ``replayed=True`` (a field equality ignores): a subscriber that acts on news (prints it,
+counts it) skips them; one that mirrors the run's history takes them.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from orchestra.agents.contract import Action
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
 class Event:
     run_id: str
-    at: float = field(default_factory=time.time)
+    at: float
+    replayed: bool = field(default=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": type(self).__name__, **asdict(self)}
@@ -39,10 +44,14 @@ class BranchCreated(Event):
 
 @dataclass(slots=True, frozen=True, kw_only=True)
 class StepStarted(Event):
+    """A step began; ``retaken`` when it is a step a crash cut short, begun again (it is not
+    counted twice)."""
+
     branch_id: str
     agent: str
     step: int
     branch_step: int
+    retaken: bool = False
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -53,7 +62,7 @@ class StepCompleted(Event):
     agent: str
     step: int
     duration: float
-    action: Any
+    action: Action
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
@@ -124,6 +133,14 @@ class ConvergenceReached(Event):
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
+class ToolCallStarted(Event):
+    branch_id: str
+    agent: str
+    tool: str
+    call_id: str
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
 class ToolCallCompleted(Event):
     branch_id: str
     agent: str
@@ -164,7 +181,38 @@ class BranchFailed(Event):
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
+class CheckpointCreated(Event):
+    checkpoint_id: str
+    name: str
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class PauseRequested(Event):
+    """The run will stop at its next step boundary (steps in flight finish first)."""
+
+    reason: str | None
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class RunPaused(Event):
+    """The run stopped at a step boundary; ``resume_session`` goes on from here."""
+
+    reason: str | None
+    total_steps: int
+    duration: float
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class RunResumed(Event):
+    """A paused or interrupted run goes on; ``context_keys`` were added to its context."""
+
+    context_keys: tuple[str, ...]
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
 class RunCompleted(Event):
+    """The run is over and its result is final (with a session: durable)."""
+
     success: bool
     total_steps: int
     duration: float
@@ -172,6 +220,32 @@ class RunCompleted(Event):
 
 
 Subscriber = Callable[[Event], None]
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    RunStarted,
+    BranchCreated,
+    StepStarted,
+    StepCompleted,
+    ModelCallRetried,
+    ActionRejected,
+    WorkHandedOver,
+    FanOutStarted,
+    BranchArrived,
+    ConvergenceReached,
+    ToolCallStarted,
+    ToolCallCompleted,
+    UserInputRequested,
+    UserInputReceived,
+    BranchCompleted,
+    BranchFailed,
+    CheckpointCreated,
+    PauseRequested,
+    RunPaused,
+    RunResumed,
+    RunCompleted,
+)
+"""Every kind of event (a snapshot stores a run's events by these names)."""
 
 
 class EventStream:

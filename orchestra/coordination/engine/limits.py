@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestra.errors import PingPongError
 
-from .state import Branch
+from .branches import Branch
 
 
 def record_transfer(

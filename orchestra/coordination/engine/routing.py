@@ -9,12 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orchestra.agents.contract import Action, ActionKind, Invocation
 from orchestra.coordination.topology import USER, Labeled, TopologyAnalysis
 from orchestra.coordination.topology.conditions import condition_holds
 from orchestra.errors import ActionError
 from orchestra.models.base import PeerInfo, ToolSpec
-
-from .actions import Action, ActionKind, Invocation
 
 
 @dataclass(slots=True, frozen=True)

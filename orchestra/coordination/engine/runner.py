@@ -2,22 +2,25 @@
 
 Each branch is driven by its own task, which loops over that branch's steps. There is no
 global barrier: a branch waits only for what it asked for (its fan-out, its user answer), so a
-slow branch never delays an unrelated one. The runner feeds what happened to the core and
-carries out the effects the core asks for.
+slow branch never delays an unrelated one. Whatever happens becomes an input (:mod:`.inputs`),
+stamped with the time it happened, and goes through one function, :meth:`Runner.feed`: it is
+journaled (with a session) and applied to the core, and the runner carries out the effects
+the core returns. A replayed log is those same inputs applied again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from orchestra.agents.base import BaseAgent
+from orchestra.agents.contract import StepOutcome, StepRequest
 from orchestra.agents.pool import AgentPool
 from orchestra.communication.channels import CommunicationManager, Question
-from orchestra.coordination.state.records import decode
 from orchestra.coordination.topology import USER
 from orchestra.errors import (
     AgentStepError,
@@ -28,14 +31,47 @@ from orchestra.errors import (
     SessionError,
     StepTimeoutError,
     ToolInDoubtError,
+    UnstorableValueError,
     UserInputError,
 )
+from orchestra.models.base import Message, ToolCall
 
+from . import inputs as inp
+from .branches import Branch, BranchStatus
 from .core import Engine
-from .state import Branch, BranchStatus, FanOut
+from .effects import (
+    ArmBranchTimer,
+    ArmConvergenceTimer,
+    Cancel,
+    Disarm,
+    Effect,
+    LetGo,
+    RunFinished,
+    Spawn,
+    TakeStep,
+)
 
-if TYPE_CHECKING:
-    from orchestra.coordination.state.journal import Journal
+_WALL_AT_START = time.time() - time.perf_counter()
+
+
+def now() -> float:
+    """The time an input happened: wall-clock seconds that never step back within a process
+    (the wall clock read once, then advanced by the monotonic clock)."""
+    return _WALL_AT_START + time.perf_counter()
+
+
+class Journal(Protocol):
+    """Where a durable run records its inputs (``orchestra.coordination.state.journal``)."""
+
+    def record(self, item: inp.Record, due: bool) -> None:
+        """Record ``item``; raise (``UnstorableValueError``) if it cannot be stored. A due
+        record must be durable before the run's next effect on the world."""
+
+    async def gate(self) -> None:
+        """Return once the due records are durable."""
+
+    async def flush(self) -> None:
+        """Return once every record so far is durable."""
 
 
 class Runner:
@@ -60,8 +96,8 @@ class Runner:
         self.convergence_timeout = convergence_timeout
         self.run_timeout = run_timeout
         self._slots = asyncio.Semaphore(max_agents) if max_agents else None
-        self._tasks: dict[Branch, asyncio.Task[None]] = {}
-        self._timers: dict[object, asyncio.TimerHandle] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # by branch id
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # by branch or fan-out id
         self._done: asyncio.Future[None] | None = None
         self._token = uuid.uuid4().hex[:12]  # question ids stay unique across runs
         self.journal = journal
@@ -69,18 +105,34 @@ class Runner:
         self.halted: Exception | None = None  # storage failed: the run stopped as if it crashed
         self.steps_in_flight = 0
         self._asking: dict[Branch, asyncio.Task[None]] = {}
+        self._held: list[str] | None = None  # branches to start once the run is driven
 
-    async def run(self, task: Any) -> None:
-        """Start the run and drive it until it ends (or pauses)."""
-        self._done = asyncio.get_running_loop().create_future()
-        self.engine.start(task)
-        self._apply_effects()
-        await self._until_done()
+    def feed(self, item: inp.Input, due: bool = True) -> list[Effect]:
+        """What happened: journal it (a session's log), apply it, carry out its effects.
 
-    async def resume(self) -> None:
-        """Drive a run whose engine state was rebuilt from its log: restart every branch that
-        has something to do, re-arm timers (they start afresh), re-ask open questions."""
+        Raises ``UnstorableValueError`` (and applies nothing) when the journal cannot store
+        it. A record that is not ``due`` (a step's beginning, a retry) need not be durable by
+        itself: it travels with the next one that is."""
+        if self.journal is not None:
+            self.journal.record(item, due)
+        effects = self.engine.apply(item)
+        self._carry_out(effects)
+        return effects
+
+    def start(self, first: inp.RunStart) -> None:
+        """Begin a new run: its header is its first input. No branch works until ``drive``
+        (by then a session has made the header durable)."""
         self._done = asyncio.get_running_loop().create_future()
+        self._held = []
+        self.feed(first)
+
+    def resume(self, item: inp.RunResume) -> None:
+        """Go on with a run whose engine was rebuilt from its log: every branch that has
+        something to do works again once ``drive`` is called; timers start afresh, open
+        questions are asked again."""
+        self._done = asyncio.get_running_loop().create_future()
+        self._held = []
+        self.feed(item)
         engine = self.engine
         if engine.finished:
             self._done.set_result(None)
@@ -88,21 +140,45 @@ class Runner:
             if branch.ended:
                 continue
             if self.branch_timeout is not None:
-                self._arm(branch, self.branch_timeout, self._branch_timed_out, branch)
+                self._arm(branch.id, self.branch_timeout, self._branch_timed_out, branch.id)
             if branch.status is not BranchStatus.WAITING and branch.agent != USER:
-                self._spawn(branch)
+                self._spawn(branch.id)
         for fan_out in engine.fan_outs.values():
             if not fan_out.settled and self.convergence_timeout is not None:
-                self._arm(fan_out, self.convergence_timeout, self._fan_out_timed_out, fan_out)
+                self._arm(fan_out.id, self.convergence_timeout, self._fan_out_timed_out, fan_out.id)
+
+    async def drive(self) -> None:
+        """Run until the run ends (or pauses, or storage halts it)."""
+        held, self._held = self._held or [], None
+        for branch_id in held:
+            self._spawn(branch_id)
         await self._until_done()
 
-    def pause(self) -> None:
+    async def end(self, paused: bool, durable: Callable[[], Awaitable[None]] | None) -> None:
+        """The run stopped (paused, or over): its last input. With a session, ``durable``
+        waits until the log holds it, and only then is it applied (and ``RunCompleted`` or
+        ``RunPaused`` emitted): nobody hears of an end a crash could still undo."""
+        success, error = self.engine.outcome()
+        item = inp.RunEnd(at=now(), paused=paused, success=success, error=error)
+        if self.journal is not None:
+            self.journal.record(item, due=True)
+        if durable is not None:
+            await durable()
+        self._carry_out(self.engine.apply(item))
+
+    def pause(self, reason: str | None) -> None:
         """Stop at the next step boundary: steps in flight finish (their results are kept),
         no new step starts, open questions are withdrawn (they are asked again on resume)."""
+        self.feed(inp.PauseRequest(at=now(), reason=reason), due=False)
         self.pausing = True
         for task in self._asking.values():
             task.cancel()
         self._maybe_paused(ending=None)
+
+    def checkpoint(self, checkpoint_id: str, name: str, position: int) -> None:
+        self.feed(
+            inp.Checkpoint(at=now(), checkpoint_id=checkpoint_id, name=name, position=position)
+        )
 
     def _maybe_paused(self, ending: asyncio.Task[None] | None) -> None:
         """When pausing and no branch task but ``ending`` (the one finishing now) is working,
@@ -120,67 +196,72 @@ class Runner:
             error = RunTimeoutError(
                 "timeout", f"the run exceeded its timeout({self.run_timeout:g}) rule"
             )
-            if self.journal is not None:
-                self.journal.abort(error, None)
-            self.engine.abort(error)
-            self._apply_effects()
+            self._abort(error, None)
         finally:
             await self._shutdown()
 
     # ---- effects -----------------------------------------------------------------------------
 
-    def _apply_effects(self) -> None:
-        effects = self.engine.effects
-        if not effects:
-            return
-        for kind, target in effects:
-            if kind == "spawn":
-                self._spawn(target)
-            elif kind == "cancel":
-                self._cancel(target)
-                self._let_go(target)
-            elif kind == "ended":
-                self._let_go(target)
-            elif kind == "arm_branch":
+    def _carry_out(self, effects: list[Effect]) -> None:
+        branches = self.engine.branches
+        for effect in effects:
+            if isinstance(effect, Spawn):
+                self._spawn(effect.branch_id)
+            elif isinstance(effect, ArmBranchTimer):
                 if self.branch_timeout is not None:
-                    self._arm(target, self.branch_timeout, self._branch_timed_out, target)
-            elif kind == "arm_fan_out":
+                    branch_id = effect.branch_id
+                    self._arm(branch_id, self.branch_timeout, self._branch_timed_out, branch_id)
+            elif isinstance(effect, LetGo):
+                self._let_go(branches[effect.branch_id])
+            elif isinstance(effect, Cancel):
+                self._cancel(effect.branch_id)
+                self._let_go(branches[effect.branch_id])
+            elif isinstance(effect, ArmConvergenceTimer):
                 if self.convergence_timeout is not None:
-                    self._arm(target, self.convergence_timeout, self._fan_out_timed_out, target)
-            elif kind == "settled":
-                self._disarm(target)
-            elif self._done is not None and not self._done.done():
+                    fan_out_id = effect.fan_out_id
+                    timeout = self.convergence_timeout
+                    self._arm(fan_out_id, timeout, self._fan_out_timed_out, fan_out_id)
+            elif isinstance(effect, Disarm):
+                self._disarm(effect.fan_out_id)
+            elif (
+                isinstance(effect, RunFinished) and self._done is not None and not self._done.done()
+            ):
                 self._done.set_result(None)
-        effects.clear()
+            # TakeStep is for the caller that began the step
 
-    def _spawn(self, branch: Branch) -> None:
-        running = self._tasks.get(branch)
+    def _spawn(self, branch_id: str) -> None:
+        if self._held is not None:
+            self._held.append(branch_id)
+            return
+        running = self._tasks.get(branch_id)
         if running is not None and not running.done():
             return
-        self._tasks[branch] = asyncio.get_running_loop().create_task(
-            self._drive(branch), name=f"orchestra-{self.engine.run_id}-{branch.id}"
+        self._tasks[branch_id] = asyncio.get_running_loop().create_task(
+            self._drive(self.engine.branches[branch_id]),
+            name=f"orchestra-{self.engine.run_id}-{branch_id}",
         )
 
-    def _cancel(self, branch: Branch) -> None:
-        task = self._tasks.get(branch)
+    def _cancel(self, branch_id: str) -> None:
+        task = self._tasks.get(branch_id)
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
 
     def _let_go(self, branch: Branch) -> None:
         """An ended branch holds nothing: no timer, no pooled agent."""
-        self._disarm(branch)
+        self._disarm(branch.id)
         self._release(branch)
 
-    def _arm(self, key: object, delay: float, callback: Any, target: Any) -> None:
+    def _arm(self, key: str, delay: float, callback: Callable[[str], None], target: str) -> None:
         self._timers[key] = asyncio.get_running_loop().call_later(delay, callback, target)
 
-    def _disarm(self, key: object) -> None:
+    def _disarm(self, key: str) -> None:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
 
-    def _branch_timed_out(self, branch: Branch) -> None:
-        self._timers.pop(branch, None)
+    def _branch_timed_out(self, branch_id: str) -> None:
+        self._timers.pop(branch_id, None)
+        branch = self.engine.branches[branch_id]
         if branch.ended or self.engine.finished:
             return
         self._fail_branch(
@@ -191,21 +272,22 @@ class Runner:
                 f"branch_timeout={self.branch_timeout:g}s",
             ),
         )
-        self._apply_effects()
 
-    def _fan_out_timed_out(self, fan_out: FanOut) -> None:
-        self._timers.pop(fan_out, None)
-        if fan_out.settled or self.engine.finished:
+    def _fan_out_timed_out(self, fan_out_id: str) -> None:
+        self._timers.pop(fan_out_id, None)
+        if self.engine.fan_outs[fan_out_id].settled or self.engine.finished:
             return
-        if self.journal is not None:
-            self.journal.convergence_timed_out(fan_out)
-        self.engine.convergence_timed_out(fan_out)
-        self._apply_effects()
+        self.feed(inp.ConvergenceTimeout(at=now(), fan_out_id=fan_out_id))
 
     def _fail_branch(self, branch: Branch, error: OrchestraError) -> None:
-        if self.journal is not None:
-            self.journal.branch_failed(branch, error)
-        self.engine.branch_failed(branch, error)
+        self.feed(inp.BranchFailure(at=now(), branch_id=branch.id, error=error))
+
+    def _abort(self, error: OrchestraError, branch: Branch | None) -> None:
+        item = inp.RunAbort(at=now(), error=error, branch_id=branch.id if branch else None)
+        try:
+            self.feed(item)
+        except Exception:  # the journal itself failed: stop all the same (storage halts it)
+            self._carry_out(self.engine.apply(item))
 
     # ---- driving a branch --------------------------------------------------------------------
 
@@ -222,7 +304,6 @@ class Runner:
                         break
                 else:
                     break
-            self._apply_effects()
         except asyncio.CancelledError:
             if not branch.ended and not self.pausing:
                 raise
@@ -232,13 +313,12 @@ class Runner:
                 f"{type(error).__name__}: {error}"
             )
             failure.__cause__ = error
-            engine.abort(failure, branch)
-            self._apply_effects()
+            self._abort(failure, branch)
         finally:
             self._release(branch)  # a branch that stops working (waits, ends) lends nothing
             current = asyncio.current_task()
-            if self._tasks.get(branch) is current:
-                del self._tasks[branch]
+            if self._tasks.get(branch.id) is current:
+                del self._tasks[branch.id]
             self._maybe_paused(ending=current)
 
     async def _one_step(self, branch: Branch) -> bool:
@@ -257,56 +337,93 @@ class Runner:
         try:
             if self.pausing or engine.finished or branch.ended:
                 return False
-            request = engine.begin_step(branch)
+            effects = self.feed(inp.StepBegin(at=now(), branch_id=branch.id), due=False)
+            request = _request_of(effects)
             if request is None:
                 return False
-            if journal is not None:
-                journal.step_begun(branch)  # durable with the next record that is
+            request.report_retry = self._report_retry
             before = len(request.messages)
-            started = time.perf_counter()
-            failure: BaseException | None = None
             self.steps_in_flight += 1
             try:
-                if self.step_timeout is None:
-                    outcome = await agent.step(request)
-                else:
-                    outcome = await self._timed_step(branch, agent, request)
-            except asyncio.CancelledError:
-                if _really_cancelled():
-                    self.steps_in_flight -= 1
-                    raise
-                failure = AgentStepError(f"agent {branch.agent!r} raised CancelledError")
-            except Exception as error:
-                failure = error
-            if journal is not None:
-                added = request.messages[before:]
-                if failure is None:
-                    journal.step(branch, outcome, added, time.perf_counter() - started)
-                else:
-                    journal.step_failed(branch, failure, added)
-            self.steps_in_flight -= 1
+                outcome, failure, duration = await self._take_step(branch, agent, request)
+            finally:
+                self.steps_in_flight -= 1
+            added = tuple(request.messages[before:])
             if failure is None:
-                engine.step_completed(branch, outcome, time.perf_counter() - started)
+                self._step_done(branch, outcome, added, duration)
             else:
-                engine.step_failed(branch, failure)
-            self._apply_effects()
+                self._step_failed(branch, failure, added, duration)
             return True
         finally:
             if slots is not None:
                 slots.release()
+
+    async def _take_step(
+        self, branch: Branch, agent: BaseAgent, request: StepRequest
+    ) -> tuple[Any, OrchestraError | None, float]:
+        """(outcome, None, duration) when the step returned; (None, error, duration) when it
+        raised or timed out. Only a cancel of the branch's own task propagates."""
+        started = time.perf_counter()
+        try:
+            if self.step_timeout is None:
+                outcome = await agent.step(request)
+            else:
+                outcome = await self._timed_step(branch, agent, request)
+        except asyncio.CancelledError:
+            if _really_cancelled():
+                raise
+            error = AgentStepError(f"agent {branch.agent!r} raised CancelledError")
+            return None, error, time.perf_counter() - started
+        except OrchestraError as error:
+            return None, error, time.perf_counter() - started
+        except Exception as error:
+            failure = AgentStepError(
+                f"agent {branch.agent!r} raised {type(error).__name__}: {error}"
+            )
+            failure.__cause__ = error
+            return None, failure, time.perf_counter() - started
+        return outcome, None, time.perf_counter() - started
+
+    def _step_done(
+        self, branch: Branch, outcome: StepOutcome, added: tuple[Message, ...], duration: float
+    ) -> None:
+        item = inp.StepResult(
+            at=now(), branch_id=branch.id, outcome=outcome, messages=added, duration=duration
+        )
+        try:
+            self.feed(item)
+        except UnstorableValueError as error:
+            refused = UnstorableValueError(
+                f"agent {branch.agent!r} (branch {branch.id}) returned {error}; the session log "
+                "cannot store it, so the step is refused. Return JSON-compatible data, or "
+                "register the type: orchestra.coordination.state.register_type(...)"
+            )
+            self._step_failed(branch, refused, added, duration)
+
+    def _step_failed(
+        self, branch: Branch, error: OrchestraError, added: tuple[Message, ...], duration: float
+    ) -> None:
+        self.feed(
+            inp.StepError(
+                at=now(), branch_id=branch.id, error=error, messages=added, duration=duration
+            )
+        )
+
+    def _report_retry(
+        self, branch_id: str, agent: str, attempt: int, delay: float, error: str
+    ) -> None:
+        item = inp.ModelRetry(
+            at=now(), branch_id=branch_id, attempt=attempt, delay=delay, error=error
+        )
+        self.feed(item, due=False)
 
     async def _tools_then_continue(self, branch: Branch) -> None:
         agent = self.agents[branch.agent]
         runner = branch.leases.get(branch.agent) if isinstance(agent, AgentPool) else agent
         if runner is None:
             runner = await self._agent_for(branch)
-        results = await self._run_tools(branch, runner)
-        if results is None:
-            return  # the branch stopped: a call it cannot safely repeat was in doubt
-        if self.journal is not None:
-            self.journal.tools_completed(branch, results)
-        self.engine.tools_completed(branch, results)
-        self._apply_effects()
+        if await self._run_tools(branch, runner):
+            self.feed(inp.ToolsDone(at=now(), branch_id=branch.id))
 
     async def _timed_step(self, branch: Branch, agent: BaseAgent, request: Any) -> Any:
         limit = asyncio.timeout(self.step_timeout)
@@ -346,62 +463,52 @@ class Runner:
         for name in list(branch.leases):
             self._return_lease(branch, name)
 
-    async def _run_tools(self, branch: Branch, agent: BaseAgent) -> list[dict[str, Any]] | None:
-        """Run the branch's pending tool calls (concurrently). With a journal, a call whose
-        result is recorded is not run again, and one that started without a recorded result is
-        re-run only if its tool is idempotent; otherwise the branch fails as in doubt."""
+    async def _run_tools(self, branch: Branch, agent: BaseAgent) -> bool:
+        """Run the branch's pending tool calls (concurrently); False when the branch stopped
+        (a call in doubt) or storage halted the run. A call whose result the run has (a
+        resumed run replayed it) is not run again, and one that started without a result is
+        run again only if its tool is idempotent; otherwise the branch fails as in doubt."""
+        known = branch.tool_results
+        for call in branch.pending_tools:
+            started = call.call_id in known and known[call.call_id] is None
+            if started and not agent.is_idempotent(call.name):
+                self._fail_branch(branch, _in_doubt(branch, call))
+                return False
+        calls = [call for call in branch.pending_tools if known.get(call.call_id) is None]
+        done = await asyncio.gather(*(self._run_tool(branch, agent, call) for call in calls))
+        return all(done)
+
+    async def _run_tool(self, branch: Branch, agent: BaseAgent, call: ToolCall) -> bool:
+        self.feed(
+            inp.ToolStart(at=now(), branch_id=branch.id, call_id=call.call_id, name=call.name)
+        )
         journal = self.journal
         if journal is not None:
-            for call in branch.pending_tools:
-                known = journal.recorded_tool(branch, call)
-                if (
-                    known is not None
-                    and known["t"] == "tool_started"
-                    and not agent.is_idempotent(call.name)
-                ):
-                    self._fail_branch(
-                        branch,
-                        ToolInDoubtError(
-                            f"tool {call.name!r} with arguments {dict(call.arguments)!r} (branch "
-                            f"{branch.id}, call {call.call_id}) started before the run stopped and "
-                            "has no recorded result; it is not idempotent, so it is not run again. "
-                            "Check its effect, then continue the workflow yourself"
-                        ),
-                    )
-                    self._apply_effects()
-                    return None
-
-        async def one(call: Any) -> dict[str, Any] | None:
-            known = journal.recorded_tool(branch, call) if journal is not None else None
-            if known is not None and known["t"] == "tool_done":
-                return dict(decode(known["item"]))
-            if journal is not None:
-                journal.tool_started(branch, call)
-                # whatever the policy, a non-idempotent tool's start must be durable first:
-                # a lost start record would let it run twice
-                wait = journal.gate if agent.is_idempotent(call.name) else journal.flush
-                if not await self._durable(wait):
-                    return None
-            started = time.perf_counter()
-            try:
-                result, ok = await agent.call_tool(call), True
-            except Exception as error:
-                result, ok = f"{type(error).__name__}: {error}", False
-            item = {
-                "name": call.name,
-                "call_id": call.call_id,
-                "ok": ok,
-                "result": result,
-                "duration": time.perf_counter() - started,
-            }
-            if journal is not None:
-                journal.tool_done(branch, call, item)
-            return item
-
-        results = await asyncio.gather(*(one(call) for call in branch.pending_tools))
-        if any(result is None for result in results):
-            return None  # the run halted: storage failed
-        return [result for result in results if result is not None]
+            # whatever the policy, a non-idempotent tool's start must be durable first: a
+            # lost start record would let it run twice
+            wait = journal.gate if agent.is_idempotent(call.name) else journal.flush
+            if not await self._durable(wait):
+                return False
+        started = time.perf_counter()
+        try:
+            result, ok = await agent.call_tool(call), True
+        except Exception as error:
+            result, ok = f"{type(error).__name__}: {error}", False
+        item = inp.ToolResult(
+            at=now(),
+            branch_id=branch.id,
+            call_id=call.call_id,
+            name=call.name,
+            ok=ok,
+            result=result,
+            duration=time.perf_counter() - started,
+        )
+        try:
+            self.feed(item)
+        except UnstorableValueError as error:
+            refused = f"the tool returned {error}, which the session log cannot store"
+            self.feed(dataclasses.replace(item, ok=False, result=refused))
+        return True
 
     async def _gate(self, branch: Branch, journal: Journal) -> bool:
         """Before an effect on the world: wait until what it depends on is durable. False when,
@@ -461,12 +568,16 @@ class Runner:
             )
         else:
             self._asking.pop(branch, None)  # answered: a pause must not lose the answer now
-            if self.journal is not None:
-                self.journal.user_answered(branch, answer)
-            self.engine.user_answered(branch, answer)
+            try:
+                self.feed(inp.UserAnswer(at=now(), branch_id=branch.id, answer=answer))
+            except UnstorableValueError as error:
+                refused = UserInputError(
+                    f"the answer to {branch.agent!r}'s question {text!r} is {error}, which the "
+                    "session log cannot store"
+                )
+                self._fail_branch(branch, refused)
         finally:
             self._asking.pop(branch, None)
-        self._apply_effects()
 
     # ---- the end -----------------------------------------------------------------------------
 
@@ -486,6 +597,22 @@ class Runner:
 STORAGE_RETRY_DELAYS = (0.05, 0.25, 1.0)
 """Seconds between retries of a write that storage failed (a dropped connection, a busy
 database) before a durable run gives up and halts."""
+
+
+def _request_of(effects: list[Effect]) -> StepRequest | None:
+    for effect in effects:
+        if isinstance(effect, TakeStep):
+            return effect.request
+    return None
+
+
+def _in_doubt(branch: Branch, call: ToolCall) -> ToolInDoubtError:
+    return ToolInDoubtError(
+        f"tool {call.name!r} with arguments {dict(call.arguments)!r} (branch {branch.id}, call "
+        f"{call.call_id}) started before the run stopped and has no recorded result; it is not "
+        "idempotent, so it is not run again. Check its effect, then continue the workflow "
+        "yourself"
+    )
 
 
 def _really_cancelled() -> bool:

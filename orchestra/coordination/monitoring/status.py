@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
+from orchestra.agents.contract import Action, ActionKind
 from orchestra.coordination.config import StatusConfig, VerbosityLevel
 from orchestra.coordination.engine import events as ev
-from orchestra.coordination.engine.actions import Action
+
+PREVIEW = 200
+"""Characters of an action's content shown with ``show_actions`` (the rest is cut)."""
 
 
 class StatusPrinter:
     """Prints what a run does: at NORMAL a line per step and per branch end; at VERBOSE also
-    rejected replies, fan-outs, convergence and questions. QUIET prints nothing."""
+    rejected replies, fan-outs, convergence and questions. QUIET prints nothing.
+
+    ``show_actions`` adds, under each step, what the action carried: the requests handed to
+    each peer, the final response, the question, each tool call's arguments (``PREVIEW``
+    characters of each). Events replayed from a session's log (a resumed run catching up) are
+    not printed: they were printed when they happened.
+    """
 
     def __init__(self, config: StatusConfig, stream: TextIO | None = None) -> None:
         self.config = config
         self.out = stream or sys.stderr
 
     def __call__(self, event: ev.Event) -> None:
-        if not self.config.enabled or self.config.verbosity is VerbosityLevel.QUIET:
+        if (
+            event.replayed
+            or not self.config.enabled
+            or self.config.verbosity is VerbosityLevel.QUIET
+        ):
             return
         line = self._line(event)
         if line:
@@ -28,9 +41,13 @@ class StatusPrinter:
     def _line(self, event: ev.Event) -> str | None:
         verbose = self.config.verbosity >= VerbosityLevel.VERBOSE
         if isinstance(event, ev.StepCompleted):
-            action = event.action
-            text = action.describe() if isinstance(action, Action) else str(action)
-            return f"[{event.run_id}] step {event.step:>4} {event.branch_id:>6} {event.agent}: {text} ({event.duration * 1000:.1f} ms)"
+            line = (
+                f"[{event.run_id}] step {event.step:>4} {event.branch_id:>6} {event.agent}: "
+                f"{event.action.describe()} ({event.duration * 1000:.1f} ms)"
+            )
+            if self.config.show_actions:
+                line += "".join(f"\n{' ' * 8}{detail}" for detail in details(event.action))
+            return line
         if isinstance(event, ev.BranchFailed):
             return (
                 f"[{event.run_id}] branch {event.branch_id} failed at {event.agent}: {event.error}"
@@ -38,6 +55,11 @@ class StatusPrinter:
         if isinstance(event, ev.RunCompleted):
             outcome = "succeeded" if event.success else f"failed: {event.error}"
             return f"[{event.run_id}] run {outcome} in {event.duration:.2f}s, {event.total_steps} steps"
+        if isinstance(event, ev.RunPaused):
+            reason = f": {event.reason}" if event.reason else ""
+            return f"[{event.run_id}] run paused{reason} after {event.total_steps} steps"
+        if isinstance(event, ev.RunResumed):
+            return f"[{event.run_id}] run resumed"
         if not verbose:
             return None
         if isinstance(event, ev.ActionRejected):
@@ -49,3 +71,20 @@ class StatusPrinter:
         if isinstance(event, ev.UserInputRequested):
             return f"[{event.run_id}] {event.agent} asks the user: {event.question}"
         return None
+
+
+def details(action: Action) -> list[str]:
+    """What an action carries, a line per item, each cut to ``PREVIEW`` characters."""
+    lines = [f"-> {item.agent_name}: {_preview(item.request)}" for item in action.invocations]
+    lines += [f"tool {call.name}({_preview(dict(call.arguments))})" for call in action.tool_calls]
+    if action.kind is ActionKind.FINAL:
+        lines.append(f"response: {_preview(action.response)}")
+    elif action.kind is ActionKind.ASK_USER:
+        lines.append(f"question: {_preview(action.question)}")
+    return lines
+
+
+def _preview(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    text = " ".join(text[: PREVIEW * 2].split())
+    return text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"

@@ -1,6 +1,7 @@
 """Durable sessions: an append-only log per session, storage backends, the state manager."""
 
 from .backends import StorageBackend
+from .codec import register_type
 from .files import FileStorageBackend
 from .manager import SessionLog, StateManager
 from .servers import PostgresStorageBackend, RedisStorageBackend
@@ -14,4 +15,5 @@ __all__ = [
     "SessionLog",
     "StateManager",
     "StorageBackend",
+    "register_type",
 ]

@@ -2,8 +2,10 @@
 
 A session's log holds, per run, a ``run`` header, every input the engine consumed in the order
 it consumed them (step outcomes with the messages they added, tool calls started and finished,
-user answers, timeouts), and an ``end`` record. Because the engine is deterministic, replaying
-those inputs rebuilds the run exactly: the state is a fold over the log.
+user answers, timeouts, pauses, checkpoints), and an ``end`` record: the typed records of
+:mod:`orchestra.coordination.engine.inputs`, written by :mod:`.records`. Because the engine is
+deterministic and every input carries its own time, replaying those inputs rebuilds the run
+exactly: the state is a fold over the log.
 
 Durability: with ``auto_save_interval=0`` every record is written and fsync'd before the engine
 acts on it, so each completed step is durable before the next starts. With a positive interval,
@@ -24,10 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestra.coordination.engine import inputs as inp
 from orchestra.errors import SessionCorruptedError, SessionError, SessionNotFoundError
 
+from . import records
 from .backends import StorageBackend, check_session_id
-from .records import FORMAT, dumps, upgrade
+from .codec import Unreadable
+from .records import FORMAT, Entry
 from .snapshots import Snapshot
 from .snapshots import read as read_snapshot
 from .worker import Completion
@@ -35,26 +40,41 @@ from .worker import Completion
 
 @dataclass
 class RunLog:
-    """One run of a session, as found in the (effective) log."""
+    """One run of a session, as found in the (effective) log: its header, then every input it
+    applied after it, in order (its ``end`` records among them)."""
 
-    header: dict[str, Any]
-    records: list[dict[str, Any]] = field(default_factory=list)
-    end: dict[str, Any] | None = None
+    header: Entry
+    entries: list[Entry] = field(default_factory=list)
+    end: inp.RunEnd | None = None  # how it last stopped, unless it went on after that
+
+    @property
+    def start(self) -> inp.RunStart:
+        return self.header.record  # type: ignore[return-value]
 
     @property
     def finished(self) -> bool:
-        return self.end is not None and not self.end.get("paused", False)
+        return self.end is not None and not self.end.paused
+
+    @property
+    def ended(self) -> bool:
+        """Whether it stopped (finished or paused) rather than being cut off by a crash."""
+        return self.end is not None
+
+    @property
+    def steps(self) -> int:
+        """The steps it took (a step begun again after a crash counts once)."""
+        results = (inp.StepResult, inp.StepError)
+        return sum(type(entry.record) in results for entry in self.entries)
 
 
 @dataclass
 class SessionLog:
-    """A session's effective history: the runs, the checkpoints, the tool journal."""
+    """A session's effective history: its runs and its checkpoints."""
 
     session_id: str
     length: int
     runs: list[RunLog]
-    checkpoints: dict[str, dict[str, Any]]
-    tools: dict[tuple[str, int, str], dict[str, Any]]
+    checkpoints: dict[str, Entry]
     positions: frozenset[int]  # of the records on the current history
 
     @property
@@ -80,11 +100,10 @@ class SessionWriter:
         self.snapshot_source: Callable[[int], bytes | None] | None = None
         self.flush_error: BaseException | None = None
 
-    def record(self, record: dict[str, Any]) -> int:
+    def record(self, item: inp.Record) -> int:
         """Queue a record; returns its position (1-based) in the session log. A record that
-        cannot be written raises here and takes no position."""
-        record["s"] = self.length + 1
-        self._buffer.append(dumps(record))
+        cannot be written (``UnstorableValueError``) raises here and takes no position."""
+        self._buffer.append(records.encode(item, self.length + 1))
         self.length += 1
         return self.length
 
@@ -252,20 +271,7 @@ class StateManager:
     async def load(self, session_id: str) -> SessionLog:
         """Read and check a session's log; SessionNotFoundError / SessionCorruptedError."""
         lines = await self.storage.read(check_session_id(session_id))
-        records = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise SessionCorruptedError(
-                    f"session {session_id!r}: record {number} is not valid JSON"
-                ) from None
-            if not isinstance(record, dict) or record.get("s") != number:
-                raise SessionCorruptedError(
-                    f"session {session_id!r}: record {number} is out of sequence"
-                )
-            records.append(record)
-        return _fold(session_id, records)
+        return _fold(session_id, _read_records(session_id, lines))
 
     async def read_snapshot(self, session_id: str) -> Snapshot | None:
         """The session's snapshot (SessionCorruptedError when it is damaged), if it has one."""
@@ -279,42 +285,70 @@ class StateManager:
         return await self.storage.delete(check_session_id(session_id))
 
 
-def _fold(session_id: str, records: list[dict[str, Any]]) -> SessionLog:
-    """The effective history: restores cut the lineage back to their checkpoint."""
-    effective: list[dict[str, Any]] = []
-    checkpoints: dict[str, dict[str, Any]] = {}
+def _read_records(session_id: str, lines: list[str]) -> list[Entry]:
+    """Every line as its typed record, older formats lifted to this one; a line that is not
+    a record of its kind is damage, named by its position."""
+    entries = []
     found_format = FORMAT
-    for record in records:
-        kind = record.get("t")
-        if kind == "run":
-            found_format = int(record.get("format", 0))
-        record = upgrade(record, found_format, session_id) if found_format != FORMAT else record
-        if kind == "checkpoint":
-            checkpoints[record["id"]] = record
-        if kind == "restore":
-            effective = [r for r in effective if r["s"] <= record["to"]]
-        effective.append(record)
+    for number, line in enumerate(lines, start=1):
+        where = f"session {session_id!r}: record {number}"
+        try:
+            data = json.loads(line)
+        except (ValueError, RecursionError):
+            raise SessionCorruptedError(f"{where} is not valid JSON") from None
+        if not isinstance(data, dict) or data.get("s") != number:
+            raise SessionCorruptedError(f"{where} is out of sequence")
+        kind = str(data.get("t"))[:40]
+        try:
+            if kind == "run":
+                found_format = _format_of(data, where)
+            if found_format != FORMAT:
+                data = records.upgrade(data, found_format, session_id)
+            entries.append(Entry(number, records.decode(data)))
+        except (Unreadable, RecursionError) as error:
+            raise SessionCorruptedError(f"{where} ({kind}) cannot be read: {error}") from None
+    return entries
+
+
+def _format_of(header: dict[str, Any], where: str) -> int:
+    found = header.get("format", 0)
+    if type(found) is not int:
+        raise SessionCorruptedError(f"{where}: its log format {str(found)[:20]!r} is no number")
+    return found
+
+
+def _fold(session_id: str, entries: list[Entry]) -> SessionLog:
+    """The effective history: restores cut the lineage back to their checkpoint."""
+    effective: list[Entry] = []
+    checkpoints: dict[str, Entry] = {}
+    for entry in entries:
+        record = entry.record
+        if type(record) is inp.Checkpoint:
+            checkpoints[record.checkpoint_id] = entry
+        elif type(record) is inp.Restore:
+            effective = [e for e in effective if e.position <= record.position]
+        effective.append(entry)
     runs: list[RunLog] = []
-    tools: dict[tuple[str, int, str], dict[str, Any]] = {}
-    for record in effective:
-        kind = record.get("t")
-        if kind == "run":
-            runs.append(RunLog(record))
-            tools = {}  # tool calls are keyed within a run: a new run starts a new journal
+    for entry in effective:
+        record = entry.record
+        if type(record) is inp.RunStart:
+            runs.append(RunLog(entry))
         elif not runs:
-            if kind not in ("checkpoint", "restore"):
+            if type(record) not in (inp.Checkpoint, inp.Restore):
                 raise SessionCorruptedError(f"session {session_id!r}: records before its first run")
-        elif kind == "end":
-            runs[-1].end = record
-        elif kind in ("tool_started", "tool_done"):
-            key = (record["branch"], record["step"], record["call"])
-            tools[key] = record
-        elif kind not in ("checkpoint", "restore"):
-            if runs[-1].end is not None and runs[-1].end.get("paused"):
-                runs[-1].end = None  # the run was resumed after its pause
-            runs[-1].records.append(record)
-    positions = frozenset(record["s"] for record in effective)
-    return SessionLog(session_id, len(records), runs, checkpoints, tools, positions)
+        elif type(record) is inp.Restore:
+            continue
+        elif runs[-1].end is not None and type(record) is inp.Checkpoint:
+            continue  # taken while the session was at rest: a name, not part of the run
+        else:
+            run = runs[-1]
+            if type(record) is inp.RunEnd:
+                run.end = record
+            elif run.end is not None:
+                run.end = None  # the run went on after its pause
+            run.entries.append(entry)
+    positions = frozenset(entry.position for entry in effective)
+    return SessionLog(session_id, len(entries), runs, checkpoints, positions)
 
 
 def parse_checkpoint_id(checkpoint_id: str) -> tuple[str, str]:

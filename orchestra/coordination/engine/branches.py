@@ -1,4 +1,5 @@
-"""The run's state: branches, fan-outs and counters. Plain data, changed only by the core."""
+"""The branches of a run and the fan-outs that join them: plain data, changed only by the
+engine core (and rebuilt from a session's log or snapshot)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from orchestra.agents.base import BaseAgent, StepInput
+from orchestra.agents.base import BaseAgent
+from orchestra.agents.contract import Action, StepInput
 from orchestra.coordination.config import ConvergencePolicy
-from orchestra.coordination.engine.actions import Action
-from orchestra.coordination.engine.routing import Permissions
 from orchestra.errors import OrchestraError
 from orchestra.models.base import Message, ToolCall
+
+from .routing import Permissions
 
 
 class BranchStatus(StrEnum):
@@ -53,6 +55,7 @@ class Branch:
     steps: int = 0
     step_number: int = 0  # the run-wide number of the branch's current step
     step_open: bool = False  # its current step has begun and not finished
+    step_base: int = 0  # its agent's conversation length when the current step began
     retries: int = 0
     visited: list[str] = field(default_factory=list)
     result: Any = None
@@ -65,26 +68,19 @@ class Branch:
     arrivals: dict[str, Any] = field(default_factory=dict)
     forwards_results: bool = False  # it arrived carrying its own fan-out's result items
     pending_tools: tuple[ToolCall, ...] = ()
+    # the pending tool calls the run has started, by call id, with their result once it is in
+    # (None until then): what a resumed run must not run twice
+    tool_results: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     after_tools: Action | None = None
     question: tuple[str, str] | None = None
     transfers: deque[tuple[str, str, str]] | None = None
+    # what belongs to this process, not to the run (never stored): the pooled agents it holds
+    # and its agent's permissions at the current step, both taken anew when it next steps
     leases: dict[str, BaseAgent] = field(default_factory=dict)
 
     @property
     def ended(self) -> bool:
         return self.status in ENDED
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled for snapshots without what belongs to a live process: the pooled agents it
-        holds and its cached permissions (both are taken anew when it next steps)."""
-        state = {name: getattr(self, name) for name in self.__slots__}
-        state["leases"] = {}
-        state["allowed"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            object.__setattr__(self, name, value)
 
 
 @dataclass(slots=True, eq=False)

@@ -1,4 +1,4 @@
-"""The one internal action type, and the single place replies are turned into actions.
+"""Turning a model's reply into an :class:`~orchestra.agents.contract.Action`.
 
 Models speak the JSON action protocol::
 
@@ -16,102 +16,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Mapping
 from typing import Any
 
 from orchestra.models.base import ToolCall
 
-
-class ActionKind(StrEnum):
-    INVOKE = "invoke_agent"
-    FINAL = "final_response"
-    ASK_USER = "ask_user"
-    CALL_TOOL = "call_tool"
-
-
-@dataclass(slots=True, frozen=True)
-class Invocation:
-    """Hand ``request`` to ``agent_name``; ``label`` satisfies a label condition on the edge."""
-
-    agent_name: str
-    request: Any = None
-    label: str | None = None
-
-    def payload(self) -> dict[str, Any]:
-        """What edge conditions see: the invocation item as the protocol writes it."""
-        item: dict[str, Any] = {"agent_name": self.agent_name, "request": self.request}
-        if self.label is not None:
-            item["label"] = self.label
-        return item
-
-
-@dataclass(slots=True, frozen=True)
-class Action:
-    """What an agent decided: invoke peers, answer, ask the user, or call tools."""
-
-    kind: ActionKind
-    invocations: tuple[Invocation, ...] = ()
-    response: Any = None
-    question: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()
-
-    @classmethod
-    def invoke(cls, agent_name: str, request: Any = None, *, label: str | None = None) -> Action:
-        """Hand the work to one agent (a call if it has an edge back, else a hand-off)."""
-        return cls(ActionKind.INVOKE, invocations=(Invocation(agent_name, request, label),))
-
-    @classmethod
-    def invoke_parallel(cls, invocations: Iterable[Invocation | tuple[str, Any]]) -> Action:
-        """Run several invocations as parallel branches."""
-        items = tuple(
-            item if isinstance(item, Invocation) else Invocation(item[0], item[1])
-            for item in invocations
-        )
-        return cls(ActionKind.INVOKE, invocations=items)
-
-    @classmethod
-    def final(cls, response: Any) -> Action:
-        return cls(ActionKind.FINAL, response=response)
-
-    @classmethod
-    def ask_user(cls, question: str) -> Action:
-        return cls(ActionKind.ASK_USER, question=question)
-
-    @classmethod
-    def call_tools(cls, calls: Iterable[ToolCall]) -> Action:
-        return cls(ActionKind.CALL_TOOL, tool_calls=tuple(calls))
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        return tuple(item.agent_name for item in self.invocations)
-
-    def to_protocol(self) -> dict[str, Any]:
-        """The JSON action protocol form (what an LLM would have written)."""
-        if self.kind is ActionKind.INVOKE:
-            body: Any = [item.payload() for item in self.invocations]
-        elif self.kind is ActionKind.FINAL:
-            body = {"response": self.response}
-        elif self.kind is ActionKind.ASK_USER:
-            body = {"question": self.question}
-        else:
-            body = [
-                {
-                    "name": c.name,
-                    "arguments": dict(c.arguments),
-                    **({"id": c.call_id} if c.call_id else {}),
-                }
-                for c in self.tool_calls
-            ]
-        return {"next_action": self.kind.value, "action_input": body}
-
-    def describe(self) -> str:
-        if self.kind is ActionKind.INVOKE:
-            return f"invoke_agent({', '.join(self.targets)})"
-        if self.kind is ActionKind.CALL_TOOL:
-            return f"call_tool({', '.join(c.name for c in self.tool_calls)})"
-        return self.kind.value
+from .contract import Action, ActionKind, Invocation
 
 
 class ActionParseError(ValueError):

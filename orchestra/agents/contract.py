@@ -1,0 +1,191 @@
+"""The contract between the engine and every agent: what a step gets, what it decides.
+
+An agent's step receives a :class:`StepRequest` (its input, its conversation, what it may do)
+and returns a :class:`StepOutcome`: an :class:`Action` (hand work to peers, answer, ask the
+user, call tools) or, for code, a plain value the engine routes. These types sit below both
+the engine and the agents, so neither imports the other's internals.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from orchestra.models.base import Message, StepInfo, ToolCall, Usage
+from orchestra.models.retry import RetryPolicy, RetryReport
+
+
+class ActionKind(StrEnum):
+    INVOKE = "invoke_agent"
+    FINAL = "final_response"
+    ASK_USER = "ask_user"
+    CALL_TOOL = "call_tool"
+
+
+@dataclass(slots=True, frozen=True)
+class Invocation:
+    """Hand ``request`` to ``agent_name``; ``label`` satisfies a label condition on the edge."""
+
+    agent_name: str
+    request: Any = None
+    label: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """What edge conditions see: the invocation item as the protocol writes it."""
+        item: dict[str, Any] = {"agent_name": self.agent_name, "request": self.request}
+        if self.label is not None:
+            item["label"] = self.label
+        return item
+
+
+@dataclass(slots=True, frozen=True)
+class Action:
+    """What an agent decided: invoke peers, answer, ask the user, or call tools."""
+
+    kind: ActionKind
+    invocations: tuple[Invocation, ...] = ()
+    response: Any = None
+    question: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    @classmethod
+    def invoke(cls, agent_name: str, request: Any = None, *, label: str | None = None) -> Action:
+        """Hand the work to one agent (a call if it has an edge back, else a hand-off)."""
+        return cls(ActionKind.INVOKE, invocations=(Invocation(agent_name, request, label),))
+
+    @classmethod
+    def invoke_parallel(cls, invocations: Iterable[Invocation | tuple[str, Any]]) -> Action:
+        """Run several invocations as parallel branches."""
+        items = tuple(
+            item if isinstance(item, Invocation) else Invocation(item[0], item[1])
+            for item in invocations
+        )
+        return cls(ActionKind.INVOKE, invocations=items)
+
+    @classmethod
+    def final(cls, response: Any) -> Action:
+        return cls(ActionKind.FINAL, response=response)
+
+    @classmethod
+    def ask_user(cls, question: str) -> Action:
+        return cls(ActionKind.ASK_USER, question=question)
+
+    @classmethod
+    def call_tools(cls, calls: Iterable[ToolCall]) -> Action:
+        return cls(ActionKind.CALL_TOOL, tool_calls=tuple(calls))
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(item.agent_name for item in self.invocations)
+
+    def to_protocol(self) -> dict[str, Any]:
+        """The JSON action protocol form (what an LLM would have written)."""
+        if self.kind is ActionKind.INVOKE:
+            body: Any = [item.payload() for item in self.invocations]
+        elif self.kind is ActionKind.FINAL:
+            body = {"response": self.response}
+        elif self.kind is ActionKind.ASK_USER:
+            body = {"question": self.question}
+        else:
+            body = [
+                {
+                    "name": c.name,
+                    "arguments": dict(c.arguments),
+                    **({"id": c.call_id} if c.call_id else {}),
+                }
+                for c in self.tool_calls
+            ]
+        return {"next_action": self.kind.value, "action_input": body}
+
+    def describe(self) -> str:
+        if self.kind is ActionKind.INVOKE:
+            return f"invoke_agent({', '.join(self.targets)})"
+        if self.kind is ActionKind.CALL_TOOL:
+            return f"call_tool({', '.join(c.name for c in self.tool_calls)})"
+        return self.kind.value
+
+
+def render(value: Any) -> str:
+    """Text for a model: strings as they are, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def tool_result_messages(results: list[dict[str, Any]]) -> list[Message]:
+    """Tool results as conversation entries, one per call, answering the call's id."""
+    return [
+        Message(
+            "tool",
+            f"{'ok' if item['ok'] else 'error'}: {render(item['result'])}",
+            name=item["name"],
+            tool_call_id=item["call_id"],
+        )
+        for item in results
+    ]
+
+
+class InputKind(StrEnum):
+    """Why an agent is stepping: what its ``input`` is."""
+
+    TASK = "task"  # the run's task (entry agents)
+    REQUEST = "request"  # another agent invoked it
+    RESPONSE = "response"  # a callee answered it
+    RESULTS = "results"  # parallel branches it waited for converged
+    USER_ANSWER = "user_answer"  # the user answered its question
+    TOOL_RESULTS = "tool_results"  # its tool calls finished
+    STEERING = "steering"  # its last reply could not be used
+
+
+@dataclass(slots=True)
+class StepInput:
+    """The input of one agent step. ``sender`` is the agent (or "User") it came from.
+
+    For ``RESULTS`` the content is a list of ``{"agent", "branch_id", "status", "response"
+    | "error"}`` dicts; for ``TOOL_RESULTS`` a list of ``{"name", "call_id", "ok", "result"}``.
+    """
+
+    kind: InputKind
+    content: Any
+    sender: str | None = None
+
+
+@dataclass(slots=True)
+class StepRequest:
+    """Everything an agent gets for one step.
+
+    ``messages`` is this agent's conversation in this branch, owned by the engine: an LLM agent
+    *appends* what it says and hears (never changes what is there: the system prompt is not
+    part of it), so later steps, and resumed sessions, see the history. What a step appended is
+    journaled with its outcome and replayed from there. ``retry`` says how model calls are
+    retried; ``report_retry(branch_id, agent, attempt, delay, error)`` turns each retry into an
+    event.
+    """
+
+    input: StepInput
+    messages: list[Message]
+    info: StepInfo
+    context: Mapping[str, Any]
+    retry: RetryPolicy | None = None
+    report_retry: RetryReport | None = None
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    """What one step produced.
+
+    An LLM agent sets ``action`` (or ``problem`` when its reply was unusable, with ``reply`` the
+    text to quote). Code (``by_code``) either sets ``action`` explicitly or leaves it None and
+    sets ``value``: the engine then routes ``value`` along the agent's edges. Code's actions
+    are not steered: an action code may not take fails its branch at once.
+    """
+
+    action: Action | None = None
+    value: Any = None
+    reply: str = ""
+    problem: str | None = None
+    usage: Usage | None = None
+    by_code: bool = False

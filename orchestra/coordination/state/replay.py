@@ -1,0 +1,41 @@
+"""Rebuilding a run from its session log: ``engine.apply(record)`` for each record, in order.
+
+The live run applied exactly these inputs (the runner journals each one before applying it),
+and every input carries its own time, so the rebuilt engine is the live one: the same
+branches, conversations, counters and events, the events marked as replayed. A snapshot only
+shortens the way: restoring it and applying the records after it gives the same engine.
+"""
+
+from __future__ import annotations
+
+from orchestra.coordination.engine.core import Engine
+from orchestra.errors import SessionCorruptedError
+
+from .manager import RunLog
+from .records import Entry
+from .snapshots import Snapshot, restore
+
+
+def rebuild(engine: Engine, run: RunLog, snapshot: Snapshot | None, session_id: str) -> None:
+    """Bring a freshly built engine to where the run's log leaves it."""
+    entries = [run.header, *run.entries]
+    engine.replaying = True
+    try:
+        if snapshot is not None and snapshot.position in {e.position for e in entries}:
+            restore(engine, snapshot, session_id)
+            entries = [entry for entry in entries if entry.position > snapshot.position]
+        for entry in entries:
+            _apply(engine, entry, session_id)
+    finally:
+        engine.replaying = False
+
+
+def _apply(engine: Engine, entry: Entry, session_id: str) -> None:
+    try:
+        engine.apply(entry.record)  # type: ignore[arg-type]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        raise SessionCorruptedError(
+            f"session {session_id!r}: record {entry.position} ({entry.record.KIND}) does not "
+            f"fit the run being rebuilt ({type(error).__name__}: {error}); was the topology "
+            "or the agents' code changed?"
+        ) from None
