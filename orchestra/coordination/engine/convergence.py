@@ -60,13 +60,16 @@ def fan_out(
         child = lifecycle.new_branch(engine, target, step_input, started, parent, stack)
         engine.invocations[target] += 1
         started.children.append(child)
-    engine.emit(
-        ev.FanOutStarted,
-        fan_out_id=started.id,
-        branch_id=parent.id,
-        source=source,
-        child_branch_ids=tuple(child.id for child in started.children),
-        targets=tuple(item[0] for item in items),
+    engine.stream.emit(
+        ev.FanOutStarted(
+            run_id=engine.run_id,
+            at=engine.now,
+            fan_out_id=started.id,
+            branch_id=parent.id,
+            source=source,
+            child_branch_ids=tuple(child.id for child in started.children),
+            targets=tuple(item[0] for item in items),
+        )
     )
     engine.effects.append(ArmConvergenceTimer(started.id))
 
@@ -84,11 +87,14 @@ def arrives(engine: Engine, branch: Branch, invocations: tuple[Invocation, ...])
 def arrive(engine: Engine, branch: Branch, invocations: tuple[Invocation, ...]) -> None:
     branch.arrivals = {item.agent_name: item.request for item in invocations}
     assert branch.fan_out is not None
-    engine.emit(
-        ev.BranchArrived,
-        branch_id=branch.id,
-        fan_out_id=branch.fan_out.id,
-        nodes=tuple(branch.arrivals),
+    engine.stream.emit(
+        ev.BranchArrived(
+            run_id=engine.run_id,
+            at=engine.now,
+            branch_id=branch.id,
+            fan_out_id=branch.fan_out.id,
+            nodes=tuple(branch.arrivals),
+        )
     )
     lifecycle.end(engine, branch, BranchStatus.ARRIVED, "arrived", invocations[0].request)
 
@@ -123,15 +129,18 @@ def settle(engine: Engine, settling: FanOut, timed_out: bool) -> None:
     resumes_at: tuple[str, ...] = ()
     if outcome != "failed":
         resumes_at = tuple(by_node) or ((parent.agent,) if settling.calls else ())
-    engine.emit(
-        ev.ConvergenceReached,
-        fan_out_id=settling.id,
-        branch_id=parent.id,
-        succeeded=settling.succeeded,
-        failed=settling.failed,
-        cancelled=cancelled,
-        outcome=outcome,
-        resumes_at=resumes_at,
+    engine.stream.emit(
+        ev.ConvergenceReached(
+            run_id=engine.run_id,
+            at=engine.now,
+            fan_out_id=settling.id,
+            branch_id=parent.id,
+            succeeded=settling.succeeded,
+            failed=settling.failed,
+            cancelled=cancelled,
+            outcome=outcome,
+            resumes_at=resumes_at,
+        )
     )
     if parent.ended:
         return

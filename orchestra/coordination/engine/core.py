@@ -92,7 +92,6 @@ class Engine:
         self.started_at = 0.0
         self.active_since: float | None = None  # when the current working stretch began
         self.worked = 0.0  # the working stretches before it, summed
-        self.replaying = False  # the inputs applied now are the log's: events say so
         self._tools = tools
         self._allowed: dict[tuple[str, bool, str | None], Permissions] = {}
         self._policies: dict[tuple[str, bool], ConvergencePolicy] = {}
@@ -132,10 +131,6 @@ class Engine:
         active = self.now - self.active_since if self.active_since is not None else 0.0
         return self.worked + active
 
-    def emit(self, event_type: type[ev.Event], /, **fields: Any) -> None:
-        event = event_type(run_id=self.run_id, at=self.now, replayed=self.replaying, **fields)
-        self.stream.emit(event)
-
     def policy(self, source: str, calls: bool) -> ConvergencePolicy:
         """The convergence policy of a fan-out from ``source`` (calls: its branches answer it)."""
         key = (source, calls)
@@ -154,7 +149,15 @@ class Engine:
         self.max_steps = item.max_steps
         self.started_at = self.active_since = item.at
         entries = self.analysis.entries
-        self.emit(ev.RunStarted, task=item.task, entries=entries, max_steps=self.max_steps)
+        self.stream.emit(
+            ev.RunStarted(
+                run_id=self.run_id,
+                at=self.now,
+                task=item.task,
+                entries=entries,
+                max_steps=self.max_steps,
+            )
+        )
         task_input = StepInput(InputKind.TASK, item.task, USER)
         if len(entries) == 1:
             self.root = lifecycle.new_branch(self, entries[0], task_input)
@@ -166,7 +169,7 @@ class Engine:
 
     def _pause_request(self, item: inp.PauseRequest) -> None:
         self.pause_reason = item.reason
-        self.emit(ev.PauseRequested, reason=item.reason)
+        self.stream.emit(ev.PauseRequested(run_id=self.run_id, at=self.now, reason=item.reason))
 
     def _end(self, item: inp.RunEnd) -> None:
         if self.active_since is not None:
@@ -174,20 +177,26 @@ class Engine:
             self.active_since = None
         if item.paused:
             self.paused = True
-            self.emit(
-                ev.RunPaused,
-                reason=self.pause_reason,
-                total_steps=self.steps,
-                duration=self.worked,
+            self.stream.emit(
+                ev.RunPaused(
+                    run_id=self.run_id,
+                    at=self.now,
+                    reason=self.pause_reason,
+                    total_steps=self.steps,
+                    duration=self.worked,
+                )
             )
             return
         success, error = self.outcome()
-        self.emit(
-            ev.RunCompleted,
-            success=success,
-            total_steps=self.steps,
-            duration=self.worked,
-            error=error,
+        self.stream.emit(
+            ev.RunCompleted(
+                run_id=self.run_id,
+                at=self.now,
+                success=success,
+                total_steps=self.steps,
+                duration=self.worked,
+                error=error,
+            )
         )
 
     def _resume(self, item: inp.RunResume) -> None:
@@ -197,11 +206,17 @@ class Engine:
         self.paused = False
         self.pause_reason = None
         self.context.update(item.context)
-        self.emit(ev.RunResumed, context_keys=tuple(item.context))
+        self.stream.emit(
+            ev.RunResumed(run_id=self.run_id, at=self.now, context_keys=tuple(item.context))
+        )
 
     def _checkpoint(self, item: inp.Checkpoint) -> None:
         self.checkpoint_ids.append(item.checkpoint_id)
-        self.emit(ev.CheckpointCreated, checkpoint_id=item.checkpoint_id, name=item.name)
+        self.stream.emit(
+            ev.CheckpointCreated(
+                run_id=self.run_id, at=self.now, checkpoint_id=item.checkpoint_id, name=item.name
+            )
+        )
 
     def outcome(self) -> tuple[bool, str | None]:
         """Whether the run succeeded, and its error (None for a success or a pause)."""
@@ -291,13 +306,16 @@ class Engine:
             allowed.tools,
             self.context,
         )
-        self.emit(
-            ev.StepStarted,
-            branch_id=branch.id,
-            agent=agent,
-            step=branch.step_number,
-            branch_step=branch.steps,
-            retaken=reopened,
+        self.stream.emit(
+            ev.StepStarted(
+                run_id=self.run_id,
+                at=self.now,
+                branch_id=branch.id,
+                agent=agent,
+                step=branch.step_number,
+                branch_step=branch.steps,
+                retaken=reopened,
+            )
         )
         request = StepRequest(branch.input, messages, info, self.context, self.error_config)
         self.effects.append(TakeStep(branch.id, request))
@@ -332,16 +350,19 @@ class Engine:
             return
         branch.retries = 0
         usage = outcome.usage
-        self.emit(
-            ev.StepCompleted,
-            branch_id=branch.id,
-            agent=branch.agent,
-            step=branch.step_number,
-            duration=item.duration,
-            action=action,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            cost_usd=usage.cost_usd if usage else None,
+        self.stream.emit(
+            ev.StepCompleted(
+                run_id=self.run_id,
+                at=self.now,
+                branch_id=branch.id,
+                agent=branch.agent,
+                step=branch.step_number,
+                duration=item.duration,
+                action=action,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                cost_usd=usage.cost_usd if usage else None,
+            )
         )
         self._take(branch, action)
 
@@ -406,13 +427,16 @@ class Engine:
 
     def _model_retry(self, item: inp.ModelRetry) -> None:
         branch = self.branches[item.branch_id]
-        self.emit(
-            ev.ModelCallRetried,
-            branch_id=branch.id,
-            agent=branch.agent,
-            attempt=item.attempt,
-            delay=item.delay,
-            error=item.error,
+        self.stream.emit(
+            ev.ModelCallRetried(
+                run_id=self.run_id,
+                at=self.now,
+                branch_id=branch.id,
+                agent=branch.agent,
+                attempt=item.attempt,
+                delay=item.delay,
+                error=item.error,
+            )
         )
 
     # ---- tools, answers, failures, timeouts --------------------------------------------------
@@ -420,12 +444,15 @@ class Engine:
     def _tool_start(self, item: inp.ToolStart) -> None:
         branch = self.branches[item.branch_id]
         branch.tool_results.setdefault(item.call_id, None)
-        self.emit(
-            ev.ToolCallStarted,
-            branch_id=branch.id,
-            agent=branch.agent,
-            tool=item.name,
-            call_id=item.call_id,
+        self.stream.emit(
+            ev.ToolCallStarted(
+                run_id=self.run_id,
+                at=self.now,
+                branch_id=branch.id,
+                agent=branch.agent,
+                tool=item.name,
+                call_id=item.call_id,
+            )
         )
 
     def _tool_result(self, item: inp.ToolResult) -> None:
@@ -436,14 +463,17 @@ class Engine:
             "ok": item.ok,
             "result": item.result,
         }
-        self.emit(
-            ev.ToolCallCompleted,
-            branch_id=branch.id,
-            agent=branch.agent,
-            tool=item.name,
-            call_id=item.call_id,
-            ok=item.ok,
-            duration=item.duration,
+        self.stream.emit(
+            ev.ToolCallCompleted(
+                run_id=self.run_id,
+                at=self.now,
+                branch_id=branch.id,
+                agent=branch.agent,
+                tool=item.name,
+                call_id=item.call_id,
+                ok=item.ok,
+                duration=item.duration,
+            )
         )
 
     def _tools_done(self, item: inp.ToolsDone) -> None:
@@ -473,8 +503,14 @@ class Engine:
         branch.question = None
         branch.status = BranchStatus.RUNNING
         branch.input = StepInput(InputKind.USER_ANSWER, item.answer, USER)
-        self.emit(
-            ev.UserInputReceived, branch_id=branch.id, question_id=question_id, answer=item.answer
+        self.stream.emit(
+            ev.UserInputReceived(
+                run_id=self.run_id,
+                at=self.now,
+                branch_id=branch.id,
+                question_id=question_id,
+                answer=item.answer,
+            )
         )
 
     def _branch_failure(self, item: inp.BranchFailure) -> None:
@@ -503,12 +539,15 @@ class Engine:
             question_id = f"q{self.questions_asked}"
             branch.question = (question_id, action.question)
             branch.status = BranchStatus.WAITING_USER
-            self.emit(
-                ev.UserInputRequested,
-                branch_id=branch.id,
-                agent=branch.agent,
-                question_id=question_id,
-                question=action.question,
+            self.stream.emit(
+                ev.UserInputRequested(
+                    run_id=self.run_id,
+                    at=self.now,
+                    branch_id=branch.id,
+                    agent=branch.agent,
+                    question_id=question_id,
+                    question=action.question,
+                )
             )
         else:
             branch.pending_tools = action.tool_calls
@@ -540,7 +579,16 @@ class Engine:
             kind = "handoff"
         if self._ping_pong(branch, source, target, item.request):
             return
-        self.emit(ev.WorkHandedOver, branch_id=branch.id, source=source, target=target, kind=kind)
+        self.stream.emit(
+            ev.WorkHandedOver(
+                run_id=self.run_id,
+                at=self.now,
+                branch_id=branch.id,
+                source=source,
+                target=target,
+                kind=kind,
+            )
+        )
         self.enter(branch, target, StepInput(InputKind.REQUEST, item.request, source))
 
     def enter(self, branch: Branch, agent: str, step_input: StepInput) -> None:
@@ -561,26 +609,32 @@ class Engine:
         callee = branch.agent
         if self._ping_pong(branch, callee, frame.caller, response):
             return
-        self.emit(
-            ev.WorkHandedOver,
-            branch_id=branch.id,
-            source=callee,
-            target=frame.caller,
-            kind="return",
+        self.stream.emit(
+            ev.WorkHandedOver(
+                run_id=self.run_id,
+                at=self.now,
+                branch_id=branch.id,
+                source=callee,
+                target=frame.caller,
+                kind="return",
+            )
         )
         branch.agent = frame.caller
         branch.input = StepInput(InputKind.RESPONSE, response, callee)
 
     def _steer(self, branch: Branch, problem: str, reply: str) -> None:
         branch.retries += 1
-        self.emit(
-            ev.ActionRejected,
-            branch_id=branch.id,
-            agent=branch.agent,
-            step=branch.step_number,
-            problem=problem,
-            reply=reply,
-            attempt=branch.retries,
+        self.stream.emit(
+            ev.ActionRejected(
+                run_id=self.run_id,
+                at=self.now,
+                branch_id=branch.id,
+                agent=branch.agent,
+                step=branch.step_number,
+                problem=problem,
+                reply=reply,
+                attempt=branch.retries,
+            )
         )
         if (
             self.config.steering_mode == "never"

@@ -14,8 +14,9 @@ back to a checkpoint) and is read where logs are folded, never applied.
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import msgspec
 
 from orchestra.agents.contract import StepOutcome
 from orchestra.coordination.config import ErrorHandlingConfig, ExecutionConfig
@@ -23,19 +24,18 @@ from orchestra.errors import OrchestraError
 from orchestra.models.base import Message
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Record:
-    """Something that happened, and when."""
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """Something that happened, and when. (A frozen ``msgspec.Struct``: built in about a tenth
+    of a frozen dataclass's time, and the engine builds two per step.)"""
 
     KIND: ClassVar[str]
     at: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunStart(Record):
+class RunStart(Record, frozen=True, kw_only=True):
     """A run began: its task and everything it was started with (the log's run header)."""
 
-    KIND = "run"
+    KIND: ClassVar[str] = "run"
     task: Any
     context: dict[str, Any]
     max_steps: int
@@ -44,62 +44,56 @@ class RunStart(Record):
     topology: tuple[str, ...]  # a fingerprint: the nodes and edges it was run with
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepBegin(Record):
+class StepBegin(Record, frozen=True, kw_only=True):
     """A branch's next step began (or a step cut short by a crash began again)."""
 
-    KIND = "begin"
+    KIND: ClassVar[str] = "begin"
     branch_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepResult(Record):
+class StepResult(Record, frozen=True, kw_only=True):
     """A step returned: what it decided, the messages it added to its agent's conversation."""
 
-    KIND = "step"
+    KIND: ClassVar[str] = "step"
     branch_id: str
     outcome: StepOutcome
     messages: tuple[Message, ...]
     duration: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepError(Record):
+class StepError(Record, frozen=True, kw_only=True):
     """A step raised, timed out, or produced what the log cannot store."""
 
-    KIND = "step_failed"
+    KIND: ClassVar[str] = "step_failed"
     branch_id: str
     error: OrchestraError
     messages: tuple[Message, ...]
     duration: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelRetry(Record):
+class ModelRetry(Record, frozen=True, kw_only=True):
     """A model call of a step in progress failed in passing and is tried again."""
 
-    KIND = "retry"
+    KIND: ClassVar[str] = "retry"
     branch_id: str
     attempt: int
     delay: float
     error: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ToolStart(Record):
+class ToolStart(Record, frozen=True, kw_only=True):
     """One of a branch's pending tool calls is about to run."""
 
-    KIND = "tool_started"
+    KIND: ClassVar[str] = "tool_started"
     branch_id: str
     call_id: str
     name: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ToolResult(Record):
+class ToolResult(Record, frozen=True, kw_only=True):
     """One tool call returned (``ok``) or raised (``result`` is then the error's text)."""
 
-    KIND = "tool_done"
+    KIND: ClassVar[str] = "tool_done"
     branch_id: str
     call_id: str
     name: str
@@ -108,91 +102,81 @@ class ToolResult(Record):
     duration: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ToolsDone(Record):
+class ToolsDone(Record, frozen=True, kw_only=True):
     """Every pending tool call of the branch has its result: the branch goes on."""
 
-    KIND = "tools"
+    KIND: ClassVar[str] = "tools"
     branch_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UserAnswer(Record):
+class UserAnswer(Record, frozen=True, kw_only=True):
     """The user answered the branch's question."""
 
-    KIND = "answer"
+    KIND: ClassVar[str] = "answer"
     branch_id: str
     answer: Any
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BranchFailure(Record):
+class BranchFailure(Record, frozen=True, kw_only=True):
     """Something outside a step failed the branch: its timeout, the user channel, its agent."""
 
-    KIND = "branch_failed"
+    KIND: ClassVar[str] = "branch_failed"
     branch_id: str
     error: OrchestraError
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConvergenceTimeout(Record):
+class ConvergenceTimeout(Record, frozen=True, kw_only=True):
     """A fan-out's branches did not converge within ``convergence_timeout``."""
 
-    KIND = "convergence_timeout"
+    KIND: ClassVar[str] = "convergence_timeout"
     fan_out_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunAbort(Record):
+class RunAbort(Record, frozen=True, kw_only=True):
     """The whole run stops now (its timeout, an internal error); ``branch_id`` is to blame."""
 
-    KIND = "abort"
+    KIND: ClassVar[str] = "abort"
     error: OrchestraError
     branch_id: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PauseRequest(Record):
+class PauseRequest(Record, frozen=True, kw_only=True):
     """Someone asked the run to pause at its next step boundary."""
 
-    KIND = "pause"
+    KIND: ClassVar[str] = "pause"
     reason: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunEnd(Record):
+class RunEnd(Record, frozen=True, kw_only=True):
     """The run stopped: paused, or over. ``success`` and ``error`` summarise it for listings
     (the engine derives both itself when it applies the record)."""
 
-    KIND = "end"
+    KIND: ClassVar[str] = "end"
     paused: bool
     success: bool
     error: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunResume(Record):
+class RunResume(Record, frozen=True, kw_only=True):
     """A paused or interrupted run goes on, with ``context`` added to what agents see."""
 
-    KIND = "resume"
+    KIND: ClassVar[str] = "resume"
     context: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Checkpoint(Record):
+class Checkpoint(Record, frozen=True, kw_only=True):
     """A name for a position in the session's log (``position``: the last record it keeps)."""
 
-    KIND = "checkpoint"
+    KIND: ClassVar[str] = "checkpoint"
     checkpoint_id: str
     name: str
     position: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Restore(Record):
+class Restore(Record, frozen=True, kw_only=True):
     """The session went back to a checkpoint: its history continues from ``position``."""
 
-    KIND = "restore"
+    KIND: ClassVar[str] = "restore"
     position: int
     checkpoint_id: str
 

@@ -41,12 +41,15 @@ def new_branch(
     if agent != USER:
         branch.visited.append(agent)
     engine.branches[branch.id] = branch
-    engine.emit(
-        ev.BranchCreated,
-        branch_id=branch.id,
-        agent=agent,
-        parent_branch_id=parent.id if parent else None,
-        fan_out_id=fan_out.id if fan_out else None,
+    engine.stream.emit(
+        ev.BranchCreated(
+            run_id=engine.run_id,
+            at=engine.now,
+            branch_id=branch.id,
+            agent=agent,
+            parent_branch_id=parent.id if parent else None,
+            fan_out_id=fan_out.id if fan_out else None,
+        )
     )
     engine.effects.append(ArmBranchTimer(branch.id))
     if agent != USER:
@@ -60,7 +63,15 @@ def end(engine: Engine, branch: Branch, status: BranchStatus, outcome: str, resu
     branch.result = result
     branch.ended_at = engine.now
     engine.effects.append(LetGo(branch.id))
-    engine.emit(ev.BranchCompleted, branch_id=branch.id, agent=branch.agent, outcome=outcome)
+    engine.stream.emit(
+        ev.BranchCompleted(
+            run_id=engine.run_id,
+            at=engine.now,
+            branch_id=branch.id,
+            agent=branch.agent,
+            outcome=outcome,
+        )
+    )
     engine.branch_ended(branch)
 
 
@@ -78,12 +89,15 @@ def mark_failed(engine: Engine, branch: Branch, error: OrchestraError) -> None:
     branch.ended_at = engine.now
     cancel_children(engine, branch)
     engine.effects.append(Cancel(branch.id))
-    engine.emit(
-        ev.BranchFailed,
-        branch_id=branch.id,
-        agent=branch.agent,
-        error_type=type(error).__name__,
-        error=str(error),
+    engine.stream.emit(
+        ev.BranchFailed(
+            run_id=engine.run_id,
+            at=engine.now,
+            branch_id=branch.id,
+            agent=branch.agent,
+            error_type=type(error).__name__,
+            error=str(error),
+        )
     )
 
 
@@ -93,7 +107,15 @@ def cancel(engine: Engine, branch: Branch) -> None:
     branch.ended_at = engine.now
     cancel_children(engine, branch)
     engine.effects.append(Cancel(branch.id))
-    engine.emit(ev.BranchCompleted, branch_id=branch.id, agent=branch.agent, outcome="cancelled")
+    engine.stream.emit(
+        ev.BranchCompleted(
+            run_id=engine.run_id,
+            at=engine.now,
+            branch_id=branch.id,
+            agent=branch.agent,
+            outcome="cancelled",
+        )
+    )
 
 
 def mark_settled(engine: Engine, fan_out: FanOut) -> None:

@@ -11,14 +11,15 @@ the core returns. A replayed log is those same inputs applied again.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+import msgspec
+
 from orchestra.agents.base import BaseAgent
-from orchestra.agents.contract import StepOutcome, StepRequest
+from orchestra.agents.contract import StepOutcome
 from orchestra.agents.pool import AgentPool
 from orchestra.communication.channels import CommunicationManager, Question
 from orchestra.coordination.topology import USER
@@ -106,6 +107,16 @@ class Runner:
         self.steps_in_flight = 0
         self._asking: dict[Branch, asyncio.Task[None]] = {}
         self._held: list[str] | None = None  # branches to start once the run is driven
+        self._effect_handlers: dict[type, Callable[[Any], None] | None] = {
+            Spawn: self._on_spawn,
+            ArmBranchTimer: self._on_arm_branch,
+            LetGo: self._on_let_go,
+            Cancel: self._on_cancel,
+            ArmConvergenceTimer: self._on_arm_fan_out,
+            Disarm: self._on_disarm,
+            RunFinished: self._on_finished,
+            TakeStep: None,  # the step is run by the caller that began it (_one_step)
+        }
 
     def feed(self, item: inp.Input, due: bool = True) -> list[Effect]:
         """What happened: journal it (a session's log), apply it, carry out its effects.
@@ -203,31 +214,38 @@ class Runner:
     # ---- effects -----------------------------------------------------------------------------
 
     def _carry_out(self, effects: list[Effect]) -> None:
-        branches = self.engine.branches
+        handlers = self._effect_handlers
         for effect in effects:
-            if isinstance(effect, Spawn):
-                self._spawn(effect.branch_id)
-            elif isinstance(effect, ArmBranchTimer):
-                if self.branch_timeout is not None:
-                    branch_id = effect.branch_id
-                    self._arm(branch_id, self.branch_timeout, self._branch_timed_out, branch_id)
-            elif isinstance(effect, LetGo):
-                self._let_go(branches[effect.branch_id])
-            elif isinstance(effect, Cancel):
-                self._cancel(effect.branch_id)
-                self._let_go(branches[effect.branch_id])
-            elif isinstance(effect, ArmConvergenceTimer):
-                if self.convergence_timeout is not None:
-                    fan_out_id = effect.fan_out_id
-                    timeout = self.convergence_timeout
-                    self._arm(fan_out_id, timeout, self._fan_out_timed_out, fan_out_id)
-            elif isinstance(effect, Disarm):
-                self._disarm(effect.fan_out_id)
-            elif (
-                isinstance(effect, RunFinished) and self._done is not None and not self._done.done()
-            ):
-                self._done.set_result(None)
-            # TakeStep is for the caller that began the step
+            handler = handlers[type(effect)]
+            if handler is not None:
+                handler(effect)
+
+    def _on_spawn(self, effect: Spawn) -> None:
+        self._spawn(effect.branch_id)
+
+    def _on_arm_branch(self, effect: ArmBranchTimer) -> None:
+        if self.branch_timeout is not None:
+            branch_id = effect.branch_id
+            self._arm(branch_id, self.branch_timeout, self._branch_timed_out, branch_id)
+
+    def _on_let_go(self, effect: LetGo) -> None:
+        self._let_go(self.engine.branches[effect.branch_id])
+
+    def _on_cancel(self, effect: Cancel) -> None:
+        self._cancel(effect.branch_id)
+        self._let_go(self.engine.branches[effect.branch_id])
+
+    def _on_arm_fan_out(self, effect: ArmConvergenceTimer) -> None:
+        if self.convergence_timeout is not None:
+            fan_out_id = effect.fan_out_id
+            self._arm(fan_out_id, self.convergence_timeout, self._fan_out_timed_out, fan_out_id)
+
+    def _on_disarm(self, effect: Disarm) -> None:
+        self._disarm(effect.fan_out_id)
+
+    def _on_finished(self, effect: RunFinished) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
     def _spawn(self, branch_id: str) -> None:
         if self._held is not None:
@@ -338,16 +356,29 @@ class Runner:
             if self.pausing or engine.finished or branch.ended:
                 return False
             effects = self.feed(inp.StepBegin(at=now(), branch_id=branch.id), due=False)
-            request = _request_of(effects)
-            if request is None:
+            begun = effects[-1] if effects else None  # the engine's last effect: take the step
+            if type(begun) is not TakeStep:
                 return False
+            request = begun.request
             request.report_retry = self._report_retry
             before = len(request.messages)
+            failure: OrchestraError | None = None
             self.steps_in_flight += 1
+            started = time.perf_counter()
             try:
-                outcome, failure, duration = await self._take_step(branch, agent, request)
+                if self.step_timeout is None:
+                    outcome = await agent.step(request)
+                else:
+                    outcome = await self._timed_step(branch, agent, request)
+            except asyncio.CancelledError:
+                if _really_cancelled():
+                    raise  # only a cancel of the branch's own task stops it
+                failure = AgentStepError(f"agent {branch.agent!r} raised CancelledError")
+            except Exception as error:
+                failure = _as_step_error(branch.agent, error)
             finally:
                 self.steps_in_flight -= 1
+            duration = time.perf_counter() - started
             added = tuple(request.messages[before:])
             if failure is None:
                 self._step_done(branch, outcome, added, duration)
@@ -357,32 +388,6 @@ class Runner:
         finally:
             if slots is not None:
                 slots.release()
-
-    async def _take_step(
-        self, branch: Branch, agent: BaseAgent, request: StepRequest
-    ) -> tuple[Any, OrchestraError | None, float]:
-        """(outcome, None, duration) when the step returned; (None, error, duration) when it
-        raised or timed out. Only a cancel of the branch's own task propagates."""
-        started = time.perf_counter()
-        try:
-            if self.step_timeout is None:
-                outcome = await agent.step(request)
-            else:
-                outcome = await self._timed_step(branch, agent, request)
-        except asyncio.CancelledError:
-            if _really_cancelled():
-                raise
-            error = AgentStepError(f"agent {branch.agent!r} raised CancelledError")
-            return None, error, time.perf_counter() - started
-        except OrchestraError as error:
-            return None, error, time.perf_counter() - started
-        except Exception as error:
-            failure = AgentStepError(
-                f"agent {branch.agent!r} raised {type(error).__name__}: {error}"
-            )
-            failure.__cause__ = error
-            return None, failure, time.perf_counter() - started
-        return outcome, None, time.perf_counter() - started
 
     def _step_done(
         self, branch: Branch, outcome: StepOutcome, added: tuple[Message, ...], duration: float
@@ -507,7 +512,7 @@ class Runner:
             self.feed(item)
         except UnstorableValueError as error:
             refused = f"the tool returned {error}, which the session log cannot store"
-            self.feed(dataclasses.replace(item, ok=False, result=refused))
+            self.feed(msgspec.structs.replace(item, ok=False, result=refused))
         return True
 
     async def _gate(self, branch: Branch, journal: Journal) -> bool:
@@ -599,11 +604,13 @@ STORAGE_RETRY_DELAYS = (0.05, 0.25, 1.0)
 database) before a durable run gives up and halts."""
 
 
-def _request_of(effects: list[Effect]) -> StepRequest | None:
-    for effect in effects:
-        if isinstance(effect, TakeStep):
-            return effect.request
-    return None
+def _as_step_error(agent: str, error: Exception) -> OrchestraError:
+    """What a step that raised failed with: Orchestra's own errors as they are."""
+    if isinstance(error, OrchestraError):
+        return error
+    failure = AgentStepError(f"agent {agent!r} raised {type(error).__name__}: {error}")
+    failure.__cause__ = error
+    return failure
 
 
 def _in_doubt(branch: Branch, call: ToolCall) -> ToolInDoubtError:

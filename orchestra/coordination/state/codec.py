@@ -32,6 +32,7 @@ from decimal import Decimal
 from types import NoneType, UnionType
 from typing import Any, TypeVar
 
+import msgspec
 from pydantic import BaseModel, ValidationError
 
 from orchestra import errors as error_types
@@ -262,20 +263,14 @@ Decoder = Callable[[Any], Any]
 
 
 class Shape:
-    """How one dataclass of Orchestra's is written: each field as its annotation says."""
+    """How one of Orchestra's record types (a dataclass or a ``msgspec.Struct``) is written:
+    each field as its annotation says."""
 
     def __init__(self, cls: type) -> None:
         self.cls = cls
-        hints = typing.get_type_hints(cls)
-        self.fields: list[tuple[str, Encoder, Decoder, Any]] = []
-        for field in dataclasses.fields(cls):
-            if not field.init:
-                continue
-            encode, decode = converter(hints[field.name])
-            default = field.default
-            if field.default_factory is not dataclasses.MISSING:
-                default = field.default_factory()
-            self.fields.append((field.name, encode, decode, default))
+        self.fields: list[tuple[str, Encoder, Decoder, Any]] = [
+            (name, *converter(annotation), default) for name, annotation, default in _fields_of(cls)
+        ]
         self.names = frozenset(name for name, *_ in self.fields)
 
     def encode(self, value: Any) -> dict[str, Any]:
@@ -307,6 +302,37 @@ class Shape:
             return self.cls(**values)
         except (TypeError, ValueError) as error:
             raise Unreadable(str(error)) from None
+
+
+def _fields_of(cls: type) -> list[tuple[str, Any, Any]]:
+    """(name, annotation, default or MISSING) of each field its constructor takes."""
+    if issubclass(cls, msgspec.Struct):
+        return [
+            (
+                field.name,
+                field.type,
+                field.default
+                if field.default is not msgspec.NODEFAULT
+                else field.default_factory()
+                if field.default_factory is not msgspec.NODEFAULT
+                else dataclasses.MISSING,
+            )
+            for field in msgspec.structs.fields(cls)
+        ]
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__qualname__} is no dataclass or msgspec.Struct")
+    hints = typing.get_type_hints(cls)
+    return [
+        (
+            field.name,
+            hints[field.name],
+            field.default_factory()
+            if field.default_factory is not dataclasses.MISSING
+            else field.default,
+        )
+        for field in dataclasses.fields(cls)
+        if field.init
+    ]
 
 
 _SHAPES: dict[type, Shape] = {}
@@ -349,7 +375,7 @@ def converter(annotation: Any) -> tuple[Encoder, Decoder]:
             return _model(annotation)
         if issubclass(annotation, OrchestraError):
             return encode_error, decode_error
-        if dataclasses.is_dataclass(annotation):
+        if dataclasses.is_dataclass(annotation) or issubclass(annotation, msgspec.Struct):
             nested = shape(annotation)
             return nested.encode, nested.decode
     raise TypeError(f"no stored form for {annotation!r}")

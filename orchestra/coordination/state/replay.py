@@ -19,7 +19,7 @@ from .snapshots import Snapshot, restore
 def rebuild(engine: Engine, run: RunLog, snapshot: Snapshot | None, session_id: str) -> None:
     """Bring a freshly built engine to where the run's log leaves it."""
     entries = [run.header, *run.entries]
-    engine.replaying = True
+    engine.stream.replaying = True
     try:
         if snapshot is not None and snapshot.position in {e.position for e in entries}:
             restore(engine, snapshot, session_id)
@@ -27,7 +27,7 @@ def rebuild(engine: Engine, run: RunLog, snapshot: Snapshot | None, session_id: 
         for entry in entries:
             _apply(engine, entry, session_id)
     finally:
-        engine.replaying = False
+        engine.stream.replaying = False
 
 
 def _apply(engine: Engine, entry: Entry, session_id: str) -> None:

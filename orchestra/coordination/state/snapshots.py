@@ -14,7 +14,6 @@ with.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import struct
 import zlib
@@ -225,8 +224,7 @@ def _restore(engine: Engine, state: dict[str, Any]) -> None:
     engine.root = branches[run["root"]] if run["root"] else None
     for data in state["events"]:
         kind = _EVENTS[data.pop("type")]
-        event = shape(kind).decode(data)
-        engine.stream.emit(dataclasses.replace(event, replayed=True))
+        engine.stream.emit(shape(kind).decode(data))  # the stream marks it replayed
 
 
 def _branch(data: dict[str, Any]) -> Branch:
