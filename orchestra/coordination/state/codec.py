@@ -272,17 +272,7 @@ class Shape:
             (name, *converter(annotation), default) for name, annotation, default in _fields_of(cls)
         ]
         self.names = frozenset(name for name, *_ in self.fields)
-
-    def encode(self, value: Any) -> dict[str, Any]:
-        data = {}
-        for name, encode, _, default in self.fields:
-            item = getattr(value, name)
-            if default is dataclasses.MISSING or item != default:
-                try:
-                    data[name] = encode(item)
-                except Unstorable as error:
-                    raise Unstorable(error.what, (name, *error.where)) from None
-        return data
+        self.encode: Callable[[Any], dict[str, Any]] = _compiled_encoder(self.fields)
 
     def decode(self, data: Any) -> Any:
         found = _object(data)
@@ -302,6 +292,37 @@ class Shape:
             return self.cls(**values)
         except (TypeError, ValueError) as error:
             raise Unreadable(str(error)) from None
+
+
+def _compiled_encoder(fields: list[tuple[str, Encoder, Decoder, Any]]) -> Encoder:
+    """The encoder of one shape as a function of its own, its fields spelled out, as dataclasses
+    spell out ``__init__``: a record is encoded at every step of a durable run, and a loop over
+    the fields costs twice as much. A field holding its default is left out; scalars are
+    written as they are; a value with no stored form is reported with the field it was in."""
+    lines = ["def encode(value):", "    data = {}", "    name = ''", "    try:"]
+    namespace: dict[str, Any] = {"Unstorable": Unstorable}
+    for index, (name, encode, _, default) in enumerate(fields):
+        if not name.isidentifier():
+            raise TypeError(f"field name {name!r} is no identifier")
+        lines.append(f"        name = {name!r}; item = value.{name}")
+        indent = "        "
+        if default is not _MISSING:
+            namespace[f"d{index}"] = default
+            lines.append(f"        if not (item is d{index} or item == d{index}):")
+            indent += "    "
+        if encode is _identity:
+            lines.append(f"{indent}data[{name!r}] = item")
+        else:
+            namespace[f"e{index}"] = encode
+            lines.append(f"{indent}data[{name!r}] = e{index}(item)")
+    lines += [
+        "    except Unstorable as error:",
+        "        raise Unstorable(error.what, (name, *error.where)) from None",
+        "    return data",
+    ]
+    exec("\n".join(lines), namespace)
+    encoder: Encoder = namespace["encode"]
+    return encoder
 
 
 def _fields_of(cls: type) -> list[tuple[str, Any, Any]]:
@@ -336,6 +357,7 @@ def _fields_of(cls: type) -> list[tuple[str, Any, Any]]:
 
 
 _SHAPES: dict[type, Shape] = {}
+_MISSING: Any = dataclasses.MISSING
 
 
 def shape(cls: type) -> Shape:
@@ -441,7 +463,7 @@ def _enum(kind: type[enum.Enum]) -> tuple[Encoder, Decoder]:
         except ValueError:
             raise Unreadable(f"{str(data)[:40]!r} is no {kind.__name__}") from None
 
-    return (lambda value: value.value), decode
+    return (lambda value: value._value_), decode
 
 
 def _model(kind: type[BaseModel]) -> tuple[Encoder, Decoder]:

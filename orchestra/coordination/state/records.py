@@ -71,11 +71,9 @@ def encode(item: inp.Record, position: int) -> str:
         fields = _SHAPES[type(item)].encode(item)
     except Unstorable as error:
         raise error.error() from None
-    data: dict[str, Any] = {"t": item.KIND, "s": position}
     if type(item) is inp.RunStart:
-        data["format"] = FORMAT
-    data.update(fields)
-    return dumps(data)
+        return dumps({"t": item.KIND, "s": position, "format": FORMAT, **fields})
+    return dumps({"t": item.KIND, "s": position, **fields})
 
 
 def decode(data: dict[str, Any]) -> inp.Record:
