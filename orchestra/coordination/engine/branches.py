@@ -56,6 +56,7 @@ class Branch:
     step_number: int = 0  # the run-wide number of the branch's current step
     step_open: bool = False  # its current step has begun and not finished
     step_base: int = 0  # its agent's conversation length when the current step began
+    ready: int = 0  # when it last got work: the run's count of branches given work by then
     retries: int = 0
     visited: list[str] = field(default_factory=list)
     result: Any = None

@@ -22,7 +22,7 @@ from orchestra.errors import (
 from . import events as ev
 from . import lifecycle
 from .branches import Branch, BranchStatus, FanOut, Frame
-from .effects import ArmConvergenceTimer, Spawn
+from .effects import ArmConvergenceTimer
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -152,7 +152,7 @@ def settle(engine: Engine, settling: FanOut, timed_out: bool) -> None:
     parent.status = BranchStatus.RUNNING
     _deliver(engine, settling, parent, by_node, items)
     if parent.status is BranchStatus.RUNNING:
-        engine.effects.append(Spawn(parent.id))
+        lifecycle.spawn(engine, parent)
 
 
 def _deliver(

@@ -81,6 +81,7 @@ class Engine:
         self.steps = 0
         self.invocations: Counter[str] = Counter()
         self.questions_asked = 0
+        self.spawned = 0  # how many times a branch was given work (see Branch.ready)
         self.finished = False
         self.error: OrchestraError | None = None
         self.checkpoint_ids: list[str] = []

@@ -53,8 +53,16 @@ def new_branch(
     )
     engine.effects.append(ArmBranchTimer(branch.id))
     if agent != USER:
-        engine.effects.append(Spawn(branch.id))
+        spawn(engine, branch)
     return branch
+
+
+def spawn(engine: Engine, branch: Branch) -> None:
+    """The branch has work: its task starts (behind those started before it). A resumed run
+    starts its branches in this order again, so they take their turns as they would have."""
+    engine.spawned += 1
+    branch.ready = engine.spawned
+    engine.effects.append(Spawn(branch.id))
 
 
 def end(engine: Engine, branch: Branch, status: BranchStatus, outcome: str, result: Any) -> None:

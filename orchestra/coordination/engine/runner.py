@@ -147,9 +147,11 @@ class Runner:
         engine = self.engine
         if engine.finished:
             self._done.set_result(None)
-        for branch in engine.branches.values():
-            if branch.ended:
-                continue
+        working = sorted(
+            (branch for branch in engine.branches.values() if not branch.ended),
+            key=lambda branch: branch.ready,
+        )
+        for branch in working:  # in the order they got their work, as in the live run
             if self.branch_timeout is not None:
                 self._arm(branch.id, self.branch_timeout, self._branch_timed_out, branch.id)
             if branch.status is not BranchStatus.WAITING and branch.agent != USER:

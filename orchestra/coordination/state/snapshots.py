@@ -101,6 +101,7 @@ def restore(engine: Engine, snapshot: Snapshot, session_id: str) -> None:
 _RUN_FIELDS = (
     "steps",
     "questions_asked",
+    "spawned",
     "finished",
     "max_steps",
     "pause_reason",
@@ -157,6 +158,7 @@ def _branch_state(branch: Branch) -> dict[str, Any]:
         "step_number": branch.step_number,
         "step_open": branch.step_open,
         "step_base": branch.step_base,
+        "ready": branch.ready,
         "retries": branch.retries,
         "visited": list(branch.visited),
         "result": to_plain(branch.result),
@@ -241,6 +243,7 @@ def _branch(data: dict[str, Any]) -> Branch:
         step_number=data["step_number"],
         step_open=data["step_open"],
         step_base=data["step_base"],
+        ready=data["ready"],
         retries=data["retries"],
         visited=list(data["visited"]),
         result=from_plain(data["result"]),
