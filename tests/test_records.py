@@ -4,21 +4,31 @@ else), and the stored line is one line."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import decimal
+import enum
 import json
 import math
+import re
 import threading
+import uuid
 from typing import Any
 
+import pydantic
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestra.agents.contract import Action, ActionKind, Invocation
-from orchestra.coordination.engine.inputs import UserAnswer
+from orchestra.agents.contract import Action, ActionKind, Invocation, StepOutcome
+from orchestra.coordination.engine.inputs import StepResult, UserAnswer
+from orchestra.coordination.state import register_type
 from orchestra.coordination.state.backends import frame, unframe
+from orchestra.coordination.state.codec import Unreadable
 from orchestra.coordination.state.records import decode, encode
 from orchestra.coordination.topology import Labeled
 from orchestra.errors import UnstorableValueError
+from orchestra.models.base import Message, ToolCall
 
 scalars = (
     st.none()
@@ -77,3 +87,142 @@ def test_labels_actions_and_other_objects_come_back() -> None:
     assert stored({1, 2}) == {1, 2}
     with pytest.raises(UnstorableValueError, match=r"_thread\.lock .* in field answer"):
         stored(threading.Lock())  # refused: never kept as something it is not
+
+
+# ---- the types a value may have ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        (1, "two", (3.0, None)),
+        {1, 2, 3},
+        frozenset({"a", "b"}),
+        b"\x00\xffbytes",
+        datetime.datetime(2026, 12, 6, 4, 30, 5, 123456),
+        datetime.datetime(
+            2026, 12, 6, 4, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+        ),
+        datetime.date(2026, 12, 6),
+        datetime.time(23, 59, 1, 5),
+        datetime.timedelta(days=-2, seconds=5, microseconds=7),
+        decimal.Decimal("3.14159265358979323846264338327950288"),
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        {1: "one", (2, 3): "pair", None: "none"},
+        {"__o__": "looks like a tag", "v": 1},
+        [float("inf"), -float("inf"), 10**40, -(2**70)],
+        "\ud800 a lone surrogate",
+        Labeled({"rows": (1, 2)}, "valid", "checked"),
+        ToolCall("search", {"q": ("a", "b")}, "call_7"),
+        Message("assistant", "hi", name="A", tool_calls=(ToolCall("t", {}, "c1"),)),
+    ],
+    ids=repr,
+)
+def test_values_json_has_no_type_for_come_back_as_themselves(value: Any) -> None:
+    back = stored(value)
+    assert back == value and type(back) is type(value)
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = (0, 0, 255)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    sensor: str
+    values: tuple[float, ...]
+    taken: datetime.datetime
+
+
+class Report(pydantic.BaseModel):
+    title: str
+    readings: list[Reading]
+    colour: Colour
+    tags: frozenset[str] = frozenset()
+
+
+class Point:
+    """Neither a dataclass nor a model: it needs an encode/decode pair."""
+
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+register_type(Colour)
+register_type(Reading)
+register_type(Report)
+register_type(Point, name="tests.point", encode=lambda p: [p.x, p.y], decode=lambda d: Point(*d))
+
+
+def test_registered_types_come_back_as_themselves() -> None:
+    reading = Reading("t1", (1.5, 2.0), datetime.datetime(2026, 1, 2, 3, 4))
+    report = Report(title="q1", readings=[reading], colour=Colour.BLUE, tags=frozenset({"x"}))
+    for value in (Colour.RED, Colour.BLUE, reading, report, Point(3, 4), {"p": [Point(1, 2)]}):
+        back = stored(value)
+        assert back == value and type(back) is type(value)
+    assert stored(report).readings[0].values == (1.5, 2.0)  # nested: a tuple, not a list
+
+
+def test_registering_a_name_taken_by_another_type_is_refused() -> None:
+    class Other:
+        pass
+
+    with pytest.raises(ValueError, match=r"tests\.point"):
+        register_type(Other, name="tests.point", encode=lambda o: 0, decode=lambda d: Other())
+    with pytest.raises(TypeError, match="encode= and decode="):
+        register_type(Other)
+
+
+def test_a_value_with_no_stored_form_is_refused_naming_its_type_and_field() -> None:
+    class Unknown:
+        pass
+
+    step = StepResult(
+        at=1.0,
+        branch_id="b0",
+        outcome=StepOutcome(value={"rows": [1, Unknown()]}, by_code=True),
+        messages=(),
+        duration=0.1,
+    )
+    with pytest.raises(UnstorableValueError, match=r"Unknown .* in field outcome\.value"):
+        encode(step, 1)
+    with pytest.raises(UnstorableValueError, match=r"Unknown .* in field answer"):
+        stored(Unknown())
+
+
+# ---- records that are not what they claim -----------------------------------------------------
+
+
+def line(**fields: Any) -> str:
+    return json.dumps({"t": "answer", "s": 1, "at": 1.0, "branch_id": "b0", **fields})
+
+
+@pytest.mark.parametrize(
+    ("data", "complaint"),
+    [
+        ({"answer": {"__o__": "posix.system", "v": "touch /tmp/x"}}, "posix.system"),
+        ({"answer": {"__o__": "tuple", "v": [1], "extra": 2}}, "tuple"),
+        ({"answer": {"__o__": "bytes", "v": "not base64!"}}, "bytes"),
+        ({"answer": {"__o__": "datetime", "v": 17}}, "datetime"),
+        ({"branch_id": 5}, "field 'branch_id': expected str, found int"),
+        ({"at": "noon"}, "field 'at': expected float, found str"),
+        ({"sneaky": 1}, "unknown field"),
+        ({"t": "os.system"}, "unknown record type"),
+    ],
+)
+def test_a_record_that_is_not_a_record_of_its_kind_is_refused(
+    data: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(Unreadable, match=re.escape(complaint)):
+        decode(json.loads(line(**data)))
+
+
+def test_a_missing_field_is_refused() -> None:
+    with pytest.raises(Unreadable, match="field 'answer' is missing"):
+        decode({"t": "answer", "s": 1, "at": 1.0, "branch_id": "b0"})

@@ -1,7 +1,8 @@
 """One codec for everything a session stores: its log records and its snapshots.
 
-Nothing stored is ever unpickled or evaluated: whoever can write to a shared store must not be
-able to run code in the processes that read it. Everything is JSON, written and read by explicit
+Nothing stored is ever run: no stored bytes are handed to a decoder that can build arbitrary
+objects, and nothing is evaluated. Whoever can write to a shared store must not be able to run
+code in the processes that read it. Everything is JSON, written and read by explicit
 rules:
 
 * **Typed shapes.** Orchestra's own dataclasses (the engine's inputs, events, actions, messages,
@@ -162,9 +163,7 @@ def from_plain(data: Any) -> Any:
         raise Unreadable(f"a value tagged {str(tag)[:80]!r}, which is no type this process knows")
     try:
         return value_type.decode(data["v"])
-    except Unreadable:
-        raise
-    except (TypeError, ValueError, KeyError, ValidationError) as error:
+    except (TypeError, ValueError, KeyError, ValidationError) as error:  # Unreadable included
         raise Unreadable(f"a {tag} value that does not read back: {error}") from None
 
 

@@ -2,10 +2,11 @@
 
 Format 1 (releases before the typed inputs) stored no times, numbered each step in its
 records, kept the agent's system prompt in its conversation, wrote actions, messages and usage
-in short forms of their own, and fell back to ``pickle`` for values JSON has no type for. Its
-records are lifted field by field; their time becomes 0 (unknown), so durations in a run's
-format-1 part read as 0. A pickled value is never loaded: a record holding one is refused (the
-session is then reported damaged), and a value format 1 kept as its text stays that text.
+in short forms of their own, and fell back to Python's own object serialisation for values
+JSON has no type for. Its records are lifted field by field; their time becomes 0 (unknown),
+so durations in a run's format-1 part read as 0. A value stored in that serialised form is
+never loaded (loading it could run code): a record holding one is refused, and the session is
+reported damaged. A value format 1 kept as its text stays that text.
 """
 
 from __future__ import annotations
@@ -50,12 +51,10 @@ def _value(data: Any) -> Any:
         return {TAG: "action", "v": _action(data["v"])}
     if tag == "repr":
         return data["v"]  # format 1 kept only the text, and gave the text back
-    if tag == "pickle":
-        raise Unreadable(
-            "a value stored with pickle by an older release: pickled data is never loaded, "
-            "as it could run code"
-        )
-    raise Unreadable(f"a value tagged {str(tag)[:40]!r}, which format 1 never wrote")
+    raise Unreadable(
+        f"a value tagged {str(tag)[:40]!r}: an object serialised by an older release, which "
+        "this one never loads (loading it could run code)"
+    )
 
 
 def _action(data: dict[str, Any]) -> dict[str, Any]:
