@@ -20,8 +20,9 @@ from orchestra.errors import (
 
 from .config import StatusConfig, VerbosityLevel
 from .engine import inputs as inp
+from .engine.clock import now
 from .engine.core import Engine
-from .engine.runner import Runner, now
+from .engine.runner import Runner
 from .results import OrchestraResult, result_of
 from .sessions import LIVE, LiveRun, claim, let_go
 from .state.journal import Journal

@@ -14,7 +14,7 @@ from orchestra.errors import ConfigurationError, OrchestraError, SessionError
 from . import execution, wiring
 from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig, StatusConfig
 from .engine import inputs as inp
-from .engine.runner import now
+from .engine.clock import now
 from .results import BranchResult, OrchestraResult, failed_before_start
 from .sessions import LIVE, claim, let_go
 from .state.backends import check_session_id

@@ -15,9 +15,10 @@ from orchestra.communication.channels import CommunicationManager
 from .config import ErrorHandlingConfig, ExecutionConfig, StatusConfig
 from .engine import events as ev
 from .engine import inputs as inp
+from .engine.clock import now
 from .engine.convergence import check_node_policies
 from .engine.core import Engine
-from .engine.runner import Runner, now
+from .engine.runner import Runner
 from .monitoring.status import StatusPrinter
 from .topology import Topology, TopologyAnalysis
 

@@ -183,11 +183,11 @@ def _deliver(
         )
     elif deliveries:
         node, node_items = deliveries[0].agent_name, deliveries[0].request
-        engine.enter(parent, node, StepInput(InputKind.RESULTS, node_items, source))
+        lifecycle.enter(engine, parent, node, StepInput(InputKind.RESULTS, node_items, source))
     elif settled.calls:
         parent.input = StepInput(InputKind.RESULTS, items, source)
     else:
-        engine.answer(parent, items)
+        lifecycle.answer(engine, parent, items)
 
 
 def policy_for(

@@ -11,14 +11,12 @@ microseconds.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestra.agents.contract import (
     Action,
-    ActionKind,
     InputKind,
     Invocation,
     StepInput,
@@ -38,13 +36,12 @@ from orchestra.errors import (
 )
 from orchestra.models.base import Message, StepInfo, ToolSpec
 
-from . import convergence, lifecycle
+from . import convergence, lifecycle, moves
 from . import events as ev
 from . import inputs as inp
-from .branches import Branch, BranchStatus, FanOut, Frame
+from .branches import Branch, BranchStatus, FanOut
 from .convergence import policy_for
 from .effects import Effect, RunFinished, TakeStep
-from .limits import record_transfer
 from .routing import (
     Permissions,
     action_problem,
@@ -365,7 +362,7 @@ class Engine:
                 cost_usd=usage.cost_usd if usage else None,
             )
         )
-        self._take(branch, action)
+        moves.take(self, branch, action)
 
     def _decided(self, branch: Branch, outcome: StepOutcome) -> Action | None:
         """The action the step decided, or None when it was unusable (the agent is steered,
@@ -420,9 +417,9 @@ class Engine:
                     report["error_type"] = type(error).__name__
                     report["input"] = branch.input.content if branch.input else None
                 if branch.call_stack and branch.call_stack[-1].caller == target:
-                    self.answer(branch, report)  # the report is the callee's answer
+                    lifecycle.answer(self, branch, report)  # the callee's answer
                 else:
-                    self._invoke(branch, (Invocation(target, report),))
+                    moves.invoke(self, branch, (Invocation(target, report),))
                 return
         lifecycle.fail(self, branch, error)
 
@@ -494,7 +491,7 @@ class Engine:
             return
         branch.after_tools = None
         branch.conversations[branch.agent].extend(tool_result_messages(done))
-        self._take(branch, deferred)
+        moves.take(self, branch, deferred)
 
     def _user_answer(self, item: inp.UserAnswer) -> None:
         branch = self.branches[item.branch_id]
@@ -523,105 +520,7 @@ class Engine:
         if not self.finished and not fan_out.settled:
             convergence.settle(self, fan_out, timed_out=True)
 
-    # ---- taking actions ----------------------------------------------------------------------
-
-    def _take(self, branch: Branch, action: Action) -> None:
-        kind = action.kind
-        if action.tool_calls and kind is not ActionKind.CALL_TOOL:
-            branch.pending_tools = action.tool_calls  # tools first, then the action itself
-            branch.after_tools = dataclasses.replace(action, tool_calls=())
-            return
-        if kind is ActionKind.INVOKE:
-            self._invoke(branch, action.invocations)
-        elif kind is ActionKind.FINAL:
-            self.answer(branch, action.response)
-        elif kind is ActionKind.ASK_USER:
-            self.questions_asked += 1
-            question_id = f"q{self.questions_asked}"
-            branch.question = (question_id, action.question)
-            branch.status = BranchStatus.WAITING_USER
-            self.stream.emit(
-                ev.UserInputRequested(
-                    run_id=self.run_id,
-                    at=self.now,
-                    branch_id=branch.id,
-                    agent=branch.agent,
-                    question_id=question_id,
-                    question=action.question,
-                )
-            )
-        else:
-            branch.pending_tools = action.tool_calls
-
-    def _invoke(self, branch: Branch, invocations: tuple[Invocation, ...]) -> None:
-        """Arrive at a convergence point, hand over to one agent, or fan out to several."""
-        if convergence.arrives(self, branch, invocations):
-            convergence.arrive(self, branch, invocations)
-        elif len(invocations) == 1:
-            self._hand_over(branch, invocations[0])
-        else:
-            source = branch.agent
-            items = [
-                (
-                    item.agent_name,
-                    StepInput(InputKind.REQUEST, item.request, source),
-                    self.analysis.is_call(source, item.agent_name),
-                )
-                for item in invocations
-            ]
-            convergence.fan_out(self, branch, source, frozenset({source}), items)
-
-    def _hand_over(self, branch: Branch, item: Invocation) -> None:
-        source, target = branch.agent, item.agent_name
-        if self.analysis.is_call(source, target):
-            branch.call_stack.append(Frame(source))
-            kind = "call"
-        else:
-            kind = "handoff"
-        if self._ping_pong(branch, source, target, item.request):
-            return
-        self.stream.emit(
-            ev.WorkHandedOver(
-                run_id=self.run_id,
-                at=self.now,
-                branch_id=branch.id,
-                source=source,
-                target=target,
-                kind=kind,
-            )
-        )
-        self.enter(branch, target, StepInput(InputKind.REQUEST, item.request, source))
-
-    def enter(self, branch: Branch, agent: str, step_input: StepInput) -> None:
-        branch.agent = agent
-        branch.input = step_input
-        branch.visited.append(agent)
-        self.invocations[agent] += 1
-
-    def answer(self, branch: Branch, response: Any) -> None:
-        """A final response: back to the caller if there is one, else the branch ends."""
-        if not branch.call_stack:
-            lifecycle.end(self, branch, BranchStatus.COMPLETED, "finished", response)
-            return
-        frame = branch.call_stack.pop()
-        if frame.returns_to_fan_out:
-            lifecycle.end(self, branch, BranchStatus.COMPLETED, "returned", response)
-            return
-        callee = branch.agent
-        if self._ping_pong(branch, callee, frame.caller, response):
-            return
-        self.stream.emit(
-            ev.WorkHandedOver(
-                run_id=self.run_id,
-                at=self.now,
-                branch_id=branch.id,
-                source=callee,
-                target=frame.caller,
-                kind="return",
-            )
-        )
-        branch.agent = frame.caller
-        branch.input = StepInput(InputKind.RESPONSE, response, callee)
+    # ---- steering -----------------------------------------------------------------------------
 
     def _steer(self, branch: Branch, problem: str, reply: str) -> None:
         branch.retries += 1
@@ -651,14 +550,3 @@ class Engine:
         branch.input = StepInput(
             InputKind.STEERING, f"Your last reply could not be used: {problem}. You may: {menu}."
         )
-
-    def _ping_pong(self, branch: Branch, source: str, target: str, payload: Any) -> bool:
-        """Record a transfer; fail the branch and return True when it completes a ping-pong."""
-        rounds = self.analysis.ping_pong_rounds
-        if rounds is None:
-            return False
-        error = record_transfer(branch, rounds, source, target, payload)
-        if error is None:
-            return False
-        lifecycle.fail(self, branch, error)
-        return True

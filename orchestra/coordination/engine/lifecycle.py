@@ -1,4 +1,5 @@
-"""Branch bookkeeping shared by every transition: creating, ending, failing, cancelling.
+"""A branch's life, shared by every transition: created, given work, moved to an agent,
+answering, ended, failed, cancelled.
 
 Functions of the :class:`~orchestra.coordination.engine.core.Engine` they change. What happens
 *after* a branch ends (a fan-out settles, the run finishes) is the engine's decision, reached
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from orchestra.agents.contract import StepInput
+from orchestra.agents.contract import InputKind, StepInput
 from orchestra.coordination.topology import USER
 from orchestra.errors import OrchestraError
 
 from . import events as ev
 from .branches import Branch, BranchStatus, FanOut, Frame
 from .effects import ArmBranchTimer, Cancel, Disarm, LetGo, Spawn
+from .limits import record_transfer
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -63,6 +65,55 @@ def spawn(engine: Engine, branch: Branch) -> None:
     engine.spawned += 1
     branch.ready = engine.spawned
     engine.effects.append(Spawn(branch.id))
+
+
+def enter(engine: Engine, branch: Branch, agent: str, step_input: StepInput) -> None:
+    """The branch's work moves on to ``agent``."""
+    branch.agent = agent
+    branch.input = step_input
+    branch.visited.append(agent)
+    engine.invocations[agent] += 1
+
+
+def answer(engine: Engine, branch: Branch, response: Any) -> None:
+    """A final response: back to the caller if there is one, else the branch ends."""
+    if not branch.call_stack:
+        end(engine, branch, BranchStatus.COMPLETED, "finished", response)
+        return
+    frame = branch.call_stack.pop()
+    if frame.returns_to_fan_out:
+        end(engine, branch, BranchStatus.COMPLETED, "returned", response)
+        return
+    callee = branch.agent
+    if transfer_refused(engine, branch, callee, frame.caller, response):
+        return
+    engine.stream.emit(
+        ev.WorkHandedOver(
+            run_id=engine.run_id,
+            at=engine.now,
+            branch_id=branch.id,
+            source=callee,
+            target=frame.caller,
+            kind="return",
+        )
+    )
+    branch.agent = frame.caller
+    branch.input = StepInput(InputKind.RESPONSE, response, callee)
+
+
+def transfer_refused(
+    engine: Engine, branch: Branch, source: str, target: str, payload: Any
+) -> bool:
+    """Note that work moves ``source -> target``; when that completes a ping-pong the
+    topology's ``ping_pong`` rule forbids, fail the branch and return True."""
+    rounds = engine.analysis.ping_pong_rounds
+    if rounds is None:
+        return False
+    error = record_transfer(branch, rounds, source, target, payload)
+    if error is None:
+        return False
+    fail(engine, branch, error)
+    return True
 
 
 def end(engine: Engine, branch: Branch, status: BranchStatus, outcome: str, result: Any) -> None:

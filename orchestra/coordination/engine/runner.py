@@ -16,8 +16,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-import msgspec
-
 from orchestra.agents.base import BaseAgent
 from orchestra.agents.contract import StepOutcome
 from orchestra.agents.pool import AgentPool
@@ -31,14 +29,15 @@ from orchestra.errors import (
     RunTimeoutError,
     SessionError,
     StepTimeoutError,
-    ToolInDoubtError,
     UnstorableValueError,
     UserInputError,
 )
-from orchestra.models.base import Message, ToolCall
+from orchestra.models.base import Message
 
 from . import inputs as inp
+from . import tool_calls
 from .branches import Branch, BranchStatus
+from .clock import now
 from .core import Engine
 from .effects import (
     ArmBranchTimer,
@@ -51,14 +50,6 @@ from .effects import (
     Spawn,
     TakeStep,
 )
-
-_WALL_AT_START = time.time() - time.perf_counter()
-
-
-def now() -> float:
-    """The time an input happened: wall-clock seconds that never step back within a process
-    (the wall clock read once, then advanced by the monotonic clock)."""
-    return _WALL_AT_START + time.perf_counter()
 
 
 class Journal(Protocol):
@@ -284,7 +275,7 @@ class Runner:
         branch = self.engine.branches[branch_id]
         if branch.ended or self.engine.finished:
             return
-        self._fail_branch(
+        self.fail_branch(
             branch,
             BranchTimeoutError(
                 "branch_timeout",
@@ -299,7 +290,7 @@ class Runner:
             return
         self.feed(inp.ConvergenceTimeout(at=now(), fan_out_id=fan_out_id))
 
-    def _fail_branch(self, branch: Branch, error: OrchestraError) -> None:
+    def fail_branch(self, branch: Branch, error: OrchestraError) -> None:
         self.feed(inp.BranchFailure(at=now(), branch_id=branch.id, error=error))
 
     def _abort(self, error: OrchestraError, branch: Branch | None) -> None:
@@ -316,7 +307,7 @@ class Runner:
         try:
             while not engine.finished and not self.pausing and not branch.ended:
                 if branch.pending_tools:
-                    await self._tools_then_continue(branch)
+                    await tool_calls.run_pending(self, branch)
                 elif branch.question is not None:  # it asked the user and waits for the answer
                     await self._ask_user(branch)
                 elif branch.status is BranchStatus.RUNNING:
@@ -347,9 +338,9 @@ class Runner:
         if journal is not None and not await self._gate(branch, journal):
             return False
         try:
-            agent = await self._agent_for(branch)
+            agent = await self.agent_for(branch)
         except OrchestraError as error:
-            self._fail_branch(branch, error)
+            self.fail_branch(branch, error)
             return False
         slots = self._slots
         if slots is not None:  # taken before the step begins, so a pause meanwhile stops it
@@ -424,14 +415,6 @@ class Runner:
         )
         self.feed(item, due=False)
 
-    async def _tools_then_continue(self, branch: Branch) -> None:
-        agent = self.agents[branch.agent]
-        runner = branch.leases.get(branch.agent) if isinstance(agent, AgentPool) else agent
-        if runner is None:
-            runner = await self._agent_for(branch)
-        if await self._run_tools(branch, runner):
-            self.feed(inp.ToolsDone(at=now(), branch_id=branch.id))
-
     async def _timed_step(self, branch: Branch, agent: BaseAgent, request: Any) -> Any:
         limit = asyncio.timeout(self.step_timeout)
         try:
@@ -446,7 +429,7 @@ class Runner:
                 f"step_timeout={self.step_timeout:g}s",
             ) from None
 
-    async def _agent_for(self, branch: Branch) -> BaseAgent:
+    async def agent_for(self, branch: Branch) -> BaseAgent:
         """The agent for the branch's next step; a pooled one is leased while the branch works
         at that node (a lease for any other node is returned first)."""
         name = branch.agent
@@ -470,62 +453,15 @@ class Runner:
         for name in list(branch.leases):
             self._return_lease(branch, name)
 
-    async def _run_tools(self, branch: Branch, agent: BaseAgent) -> bool:
-        """Run the branch's pending tool calls (concurrently); False when the branch stopped
-        (a call in doubt) or storage halted the run. A call whose result the run has (a
-        resumed run replayed it) is not run again, and one that started without a result is
-        run again only if its tool is idempotent; otherwise the branch fails as in doubt."""
-        known = branch.tool_results
-        for call in branch.pending_tools:
-            started = call.call_id in known and known[call.call_id] is None
-            if started and not agent.is_idempotent(call.name):
-                self._fail_branch(branch, _in_doubt(branch, call))
-                return False
-        calls = [call for call in branch.pending_tools if known.get(call.call_id) is None]
-        done = await asyncio.gather(*(self._run_tool(branch, agent, call) for call in calls))
-        return all(done)
-
-    async def _run_tool(self, branch: Branch, agent: BaseAgent, call: ToolCall) -> bool:
-        self.feed(
-            inp.ToolStart(at=now(), branch_id=branch.id, call_id=call.call_id, name=call.name)
-        )
-        journal = self.journal
-        if journal is not None:
-            # whatever the policy, a non-idempotent tool's start must be durable first: a
-            # lost start record would let it run twice
-            wait = journal.gate if agent.is_idempotent(call.name) else journal.flush
-            if not await self._durable(wait):
-                return False
-        started = time.perf_counter()
-        try:
-            result, ok = await agent.call_tool(call), True
-        except Exception as error:
-            result, ok = f"{type(error).__name__}: {error}", False
-        item = inp.ToolResult(
-            at=now(),
-            branch_id=branch.id,
-            call_id=call.call_id,
-            name=call.name,
-            ok=ok,
-            result=result,
-            duration=time.perf_counter() - started,
-        )
-        try:
-            self.feed(item)
-        except UnstorableValueError as error:
-            refused = f"the tool returned {error}, which the session log cannot store"
-            self.feed(msgspec.structs.replace(item, ok=False, result=refused))
-        return True
-
     async def _gate(self, branch: Branch, journal: Journal) -> bool:
         """Before an effect on the world: wait until what it depends on is durable. False when,
         meanwhile, the branch should stop (the run ended, halted or is pausing, the branch
         ended)."""
-        if not await self._durable(journal.gate):
+        if not await self.durable(journal.gate):
             return False
         return not (self.engine.finished or self.pausing or branch.ended)
 
-    async def _durable(self, wait: Callable[[], Awaitable[None]]) -> bool:
+    async def durable(self, wait: Callable[[], Awaitable[None]]) -> bool:
         """``wait`` for records to be durable. A storage failure is retried a few times; if it
         persists, or storage refuses the session (another writer), the run halts as a crash
         would: nothing more happens, and the log keeps every durable step for a resume."""
@@ -564,9 +500,9 @@ class Runner:
         try:
             answer = await self.communication.ask(question)
         except OrchestraError as error:
-            self._fail_branch(branch, error)
+            self.fail_branch(branch, error)
         except Exception as error:
-            self._fail_branch(
+            self.fail_branch(
                 branch,
                 UserInputError(
                     f"the user channel failed on {branch.agent!r}'s question {text!r}: "
@@ -582,7 +518,7 @@ class Runner:
                     f"the answer to {branch.agent!r}'s question {text!r} is {error}, which the "
                     "session log cannot store"
                 )
-                self._fail_branch(branch, refused)
+                self.fail_branch(branch, refused)
         finally:
             self._asking.pop(branch, None)
 
@@ -613,15 +549,6 @@ def _as_step_error(agent: str, error: Exception) -> OrchestraError:
     failure = AgentStepError(f"agent {agent!r} raised {type(error).__name__}: {error}")
     failure.__cause__ = error
     return failure
-
-
-def _in_doubt(branch: Branch, call: ToolCall) -> ToolInDoubtError:
-    return ToolInDoubtError(
-        f"tool {call.name!r} with arguments {dict(call.arguments)!r} (branch {branch.id}, call "
-        f"{call.call_id}) started before the run stopped and has no recorded result; it is not "
-        "idempotent, so it is not run again. Check its effect, then continue the workflow "
-        "yourself"
-    )
 
 
 def _really_cancelled() -> bool:

@@ -4,7 +4,8 @@ from .backends import StorageBackend
 from .codec import register_type
 from .files import FileStorageBackend
 from .manager import SessionLog, StateManager
-from .servers import PostgresStorageBackend, RedisStorageBackend
+from .postgres import PostgresStorageBackend
+from .redis import RedisStorageBackend
 from .sqlite import SQLiteStorageBackend
 
 __all__ = [

@@ -9,10 +9,11 @@ records it held were never acknowledged as durable. The backends: ``files`` and 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import zlib
 from collections.abc import Awaitable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 try:
     import fcntl
@@ -20,6 +21,7 @@ except ImportError:  # not POSIX: no guard against a second writer process
     fcntl = None  # type: ignore[assignment]
 
 from orchestra.errors import (
+    ConfigurationError,
     InvalidSessionIdError,
     SessionCorruptedError,
     SessionError,
@@ -127,3 +129,30 @@ class StorageBackend(Protocol):
     async def write_snapshot(self, session_id: str, data: bytes) -> None: ...
 
     async def read_snapshot(self, session_id: str) -> bytes | None: ...
+
+
+# ---- shared by the server backends (Redis, PostgreSQL) ----------------------------------------
+
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+def check_namespace(namespace: str) -> str:
+    if not _NAMESPACE.match(namespace):
+        raise ConfigurationError(
+            f"namespace {namespace!r} must be lower-case letters, digits and '_' (max 41)"
+        )
+    return namespace
+
+
+class PerLoop:
+    """One client per running event loop (drivers bind their connections to a loop)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    def get(self) -> Any:
+        return self._clients.get(asyncio.get_running_loop())
+
+    def put(self, client: Any) -> Any:
+        self._clients[asyncio.get_running_loop()] = client
+        return client

@@ -1,0 +1,89 @@
+"""Running a branch's pending tool calls, for the runner: each call journaled as it starts
+and as it returns, a call already journaled never run twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from orchestra.agents.base import BaseAgent
+from orchestra.agents.pool import AgentPool
+from orchestra.errors import ToolInDoubtError, UnstorableValueError
+from orchestra.models.base import ToolCall
+
+from . import inputs as inp
+from .branches import Branch
+from .clock import now
+
+if TYPE_CHECKING:
+    from .runner import Runner
+
+
+async def run_pending(runner: Runner, branch: Branch) -> None:
+    """Run the branch's pending calls, then let it go on (unless it stopped meanwhile)."""
+    pooled = runner.agents[branch.agent]
+    agent = branch.leases.get(branch.agent) if isinstance(pooled, AgentPool) else pooled
+    if agent is None:
+        agent = await runner.agent_for(branch)
+    if await _run_all(runner, branch, agent):
+        runner.feed(inp.ToolsDone(at=now(), branch_id=branch.id))
+
+
+async def _run_all(runner: Runner, branch: Branch, agent: BaseAgent) -> bool:
+    """Run the calls (concurrently); False when the branch stopped (a call in doubt) or
+    storage halted the run. A call whose result the run has (a resumed run replayed it) is not
+    run again, and one that started without a result is run again only if its tool is
+    idempotent; otherwise the branch fails as in doubt."""
+    known = branch.tool_results
+    for call in branch.pending_tools:
+        started = call.call_id in known and known[call.call_id] is None
+        if started and not agent.is_idempotent(call.name):
+            runner.fail_branch(branch, _in_doubt(branch, call))
+            return False
+    calls = [call for call in branch.pending_tools if known.get(call.call_id) is None]
+    done = await asyncio.gather(*(_run_one(runner, branch, agent, call) for call in calls))
+    return all(done)
+
+
+async def _run_one(runner: Runner, branch: Branch, agent: BaseAgent, call: ToolCall) -> bool:
+    runner.feed(inp.ToolStart(at=now(), branch_id=branch.id, call_id=call.call_id, name=call.name))
+    journal = runner.journal
+    if journal is not None:
+        # whatever the policy, a non-idempotent tool's start must be durable first: a lost
+        # start record would let it run twice
+        wait = journal.gate if agent.is_idempotent(call.name) else journal.flush
+        if not await runner.durable(wait):
+            return False
+    started = time.perf_counter()
+    try:
+        result, ok = await agent.call_tool(call), True
+    except Exception as error:
+        result, ok = f"{type(error).__name__}: {error}", False
+    item = inp.ToolResult(
+        at=now(),
+        branch_id=branch.id,
+        call_id=call.call_id,
+        name=call.name,
+        ok=ok,
+        result=result,
+        duration=time.perf_counter() - started,
+    )
+    try:
+        runner.feed(item)
+    except UnstorableValueError as error:
+        refused = f"the tool returned {error}, which the session log cannot store"
+        runner.feed(msgspec.structs.replace(item, ok=False, result=refused))
+    return True
+
+
+def _in_doubt(branch: Branch, call: ToolCall) -> ToolInDoubtError:
+    return ToolInDoubtError(
+        f"tool {call.name!r} with arguments {dict(call.arguments)!r} (branch {branch.id}, call "
+        f"{call.call_id}) started before the run stopped and has no recorded result; it is not "
+        "idempotent, so it is not run again. Check its effect, then continue the workflow "
+        "yourself"
+    )
