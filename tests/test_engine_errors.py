@@ -674,6 +674,27 @@ async def test_bad_node_convergence_policy_is_configuration_error_naming_node() 
         pytest.param(
             {"error_config": ExecutionConfig()}, TypeError, "error_config", id="error-config"
         ),
+        pytest.param(
+            {"follow_up_timeout": -5},
+            ConfigurationError,
+            "follow_up_timeout must be a positive number of seconds, got -5",
+            id="follow-up-timeout-negative",
+        ),
+        pytest.param(
+            {"follow_up_timeout": "60"},
+            ConfigurationError,
+            "follow_up_timeout",
+            id="follow-up-timeout-str",
+        ),
+        pytest.param(
+            {"follow_up_timeout": float("nan")},
+            ConfigurationError,
+            "follow_up_timeout",
+            id="follow-up-timeout-nan",
+        ),
+        pytest.param(
+            {"allow_follow_ups": "yes"}, TypeError, "allow_follow_ups", id="follow-ups-str"
+        ),
     ],
 )
 async def test_api_misuse_raises(arguments: dict[str, Any], error: type, message: str) -> None:

@@ -17,22 +17,26 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import crash_copy, quiet
+from helpers import crash_copy, final, quiet
 from services import output_of
 from storage_backends import Storage, close_backend, open_backend
 from test_sessions import Hold, wait
 
 from orchestra import (
     Action,
+    Agent,
     AgentRegistry,
     ExecutionConfig,
     FunctionAgent,
     OrchestraResult,
+    ScriptedModel,
     StatusConfig,
+    tool,
 )
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
+from orchestra.errors import ModelAPIError
 
 TESTS = Path(__file__).parent
 
@@ -320,3 +324,41 @@ def print_stored_result(kind: str, root: str) -> None:
     result = asyncio.run(read())
     assert result is not None
     print(json.dumps(portable(result)))
+
+
+async def test_model_retries_and_tool_calls_are_replayed_too(storage: Storage) -> None:
+    """Everything a step did is in the log: a model call retried after a passing failure, and
+    each tool call, started and completed, come back as the live run's events."""
+
+    @tool
+    def measure(what: str) -> int:
+        """Measure something.
+
+        Args:
+            what: the thing
+        """
+        return len(what)
+
+    model = ScriptedModel(
+        [
+            ModelAPIError("busy", provider="test", model="m", status=503, retryable=True),
+            {
+                "next_action": "call_tool",
+                "action_input": [{"name": "measure", "arguments": {"what": "rope"}}],
+            },
+            final("4 long"),
+        ]
+    )
+    orchestra = OrchestraInstance(
+        {"nodes": ["Measurer"], "edges": []},
+        agent_registry=AgentRegistry([Agent("Measurer", model, tools=[measure], register=False)]),
+        initial_config=quiet(),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    live = await wait(orchestra.execute("how long?", context={"session_id": "retried"}))
+    assert live.success, live.error
+    assert live.get_metrics()["model_retries"] == 1
+    kinds = [type(e).__name__ for e in live.events]
+    assert kinds.count("ModelCallRetried") == 1 and kinds.count("ToolCallStarted") == 1
+    stored = await orchestra.get_result("retried")
+    assert stored is not None and exactly(stored) == exactly(live)

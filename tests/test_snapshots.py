@@ -17,7 +17,7 @@ from orchestra.coordination import execution
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import FileStorageBackend, StateManager, replay
 from orchestra.coordination.state.snapshots import read as read_snapshot
-from orchestra.errors import SessionCorruptedError
+from orchestra.errors import ConfigurationError, SessionCorruptedError
 from orchestra.models import Message, StepInfo
 
 
@@ -125,3 +125,23 @@ async def test_snapshots_are_taken_periodically_while_a_run_waits(tmp_path: Path
     assert result.success, result.error
     data = await storage.read_snapshot("tick")
     assert data is not None and read_snapshot(data, "tick").position >= 2
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"compression": "gzip"}, "compression must be True or False"),
+        ({"compression": 1}, "compression must be True or False"),
+        ({"auto_save_interval": -1}, "auto_save_interval must be a number of seconds, 0 or more"),
+        ({"auto_save_interval": "30"}, "auto_save_interval"),
+        ({"auto_save_interval": True}, "auto_save_interval"),
+        ({"auto_save_interval": float("nan")}, "auto_save_interval"),
+        ({"auto_save_interval": float("inf")}, "auto_save_interval"),
+    ],
+)
+def test_state_manager_settings_of_the_wrong_kind_are_refused(
+    tmp_path: Path, options: dict[str, Any], complaint: str
+) -> None:
+    """``compression='gzip'`` used to be taken (as true), a string interval failed later."""
+    with pytest.raises(ConfigurationError, match=complaint):
+        StateManager(FileStorageBackend(tmp_path), **options)

@@ -22,12 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestra.coordination.engine import inputs as inp
-from orchestra.errors import SessionCorruptedError, SessionError, SessionNotFoundError
+from orchestra.errors import (
+    ConfigurationError,
+    SessionCorruptedError,
+    SessionError,
+    SessionNotFoundError,
+)
 
 from . import records
 from .backends import StorageBackend, check_session_id
@@ -253,8 +259,19 @@ class StateManager:
     ) -> None:
         if not isinstance(storage, StorageBackend):
             raise TypeError(f"storage must be a storage backend, got {type(storage).__name__}")
-        if auto_save_interval < 0:
-            raise ValueError(f"auto_save_interval must be >= 0, got {auto_save_interval!r}")
+        if (
+            isinstance(auto_save_interval, bool)
+            or not isinstance(auto_save_interval, int | float)
+            or not 0 <= auto_save_interval < math.inf
+        ):
+            raise ConfigurationError(
+                "auto_save_interval must be a number of seconds, 0 or more (0: every step is "
+                f"durable before the next), got {auto_save_interval!r}"
+            )
+        if not isinstance(compression, bool):
+            raise ConfigurationError(
+                f"compression must be True or False (zstd, or none), got {compression!r}"
+            )
         self.storage = storage
         self.auto_save_interval = float(auto_save_interval)
         self.compression = compression

@@ -1,0 +1,78 @@
+"""The status display: a line per step and per branch end, read from the event stream;
+``show_actions`` adds what each action carried; replayed events are never printed."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from helpers import final, invoke, llm, run, spokes
+
+from orchestra import ExecutionConfig, ScriptedModel, StatusConfig
+from orchestra.agents.contract import Action
+from orchestra.coordination.engine import events as ev
+from orchestra.coordination.monitoring.status import PREVIEW, StatusPrinter
+from orchestra.models.base import ToolCall
+
+
+async def printed(status: StatusConfig, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    hub = ScriptedModel(
+        [
+            invoke(("A", "look at the " + "long " * 80 + "list"), ("B", {"k": [1, 2]})),
+            final("both done"),
+        ]
+    )
+    agents = [llm("Hub", hub), llm("A", ScriptedModel(["a"])), llm("B", ScriptedModel(["b"]))]
+    result = await run("task", spokes("A", "B"), agents, config=ExecutionConfig(status=status))
+    assert result.success, result.error
+    lines = capsys.readouterr().err.splitlines()
+    return [line.split("] ", 1)[1] if line.startswith("[") else line for line in lines]
+
+
+async def test_show_actions_prints_what_each_action_carried(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It used to be accepted and change nothing."""
+    lines = await printed(StatusConfig(verbosity=1, show_actions=True), capsys)
+    hub_step = next(i for i, line in enumerate(lines) if "Hub: invoke_agent(A, B)" in line)
+    request_a, request_b = lines[hub_step + 1 : hub_step + 3]
+    assert request_a.strip().startswith("-> A: look at the long long")
+    assert request_a.strip().endswith("…") and len(request_a.strip()) == len("-> A: ") + PREVIEW
+    assert request_b.strip() == "-> B: {'k': [1, 2]}"
+    assert any(line.strip() == "response: both done" for line in lines)
+
+
+async def test_without_show_actions_a_step_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = await printed(StatusConfig(verbosity=1, show_actions=False), capsys)
+    assert not any(line.startswith(" ") for line in lines)
+    assert sum(line.startswith("step") for line in lines) == 4
+
+
+async def test_verbose_shows_actions_and_quiet_shows_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert StatusConfig.from_verbosity(2).show_actions is True
+    verbose = await printed(StatusConfig.from_verbosity(2), capsys)
+    assert any(line.startswith("fan-out f1 from Hub: A, B") for line in verbose)
+    assert any(line.strip().startswith("-> A:") for line in verbose)
+    assert await printed(StatusConfig.from_verbosity(0), capsys) == []
+
+
+@pytest.mark.parametrize(
+    ("action", "detail"),
+    [
+        (Action.ask_user("which one?"), ["question: which one?"]),
+        (Action.call_tools([ToolCall("search", {"q": "x"}, "c1")]), ["tool search({'q': 'x'})"]),
+        (Action.final({"a": "b\n  c"}), ["response: {'a': 'b\\n c'}"]),
+    ],
+)
+def test_each_kind_of_action_shows_what_it_carries(action: Action, detail: list[str]) -> None:
+    out = io.StringIO()
+    printer = StatusPrinter(StatusConfig(verbosity=1, show_actions=True), out)
+    step: dict[str, Any] = {"run_id": "r", "at": 1.0, "branch_id": "b0", "agent": "A", "step": 1}
+    printer(ev.StepCompleted(**step, duration=0.001, action=action))
+    printer(ev.StepCompleted(**step, duration=0.001, action=action, replayed=True))
+    first, *rest = out.getvalue().splitlines()
+    assert first.startswith("[r] step    1     b0 A: ")
+    assert [line.strip() for line in rest] == detail  # the replayed one printed nothing
