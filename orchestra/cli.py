@@ -30,6 +30,7 @@ from orchestra.errors import (
     ConfigurationError,
     InvalidSessionIdError,
     OrchestraError,
+    SessionError,
     SessionNotFoundError,
     TopologyError,
 )
@@ -153,6 +154,10 @@ NoStore = Annotated[
     bool, typer.Option("--no-store", help="Keep no session: the run cannot be resumed.")
 ]
 Verbosity = Annotated[int, typer.Option("--verbosity", "-v", min=0, max=2)]
+ResumedVerbosity = Annotated[
+    int | None,
+    typer.Option("--verbosity", "-v", min=0, max=2, help="Default: as the run was started with."),
+]
 PAUSED = 3  # the exit code of a run that paused (resume it)
 INTERRUPTED = 130
 
@@ -196,11 +201,14 @@ def _store(path: Path) -> Iterator[tuple[StateManager, SQLiteStorageBackend]]:
 
 
 async def _state_of(manager: StateManager, session: str) -> str | None:
-    """How the session's last run stands (None: no such session)."""
+    """How the session's last run stands (None: no such session); a session that cannot be
+    read (damaged, or of a log format this release cannot read) is reported and exits 1."""
     try:
         return _run_state(await manager.load(session))
     except SessionNotFoundError:
         return None
+    except SessionError as error:
+        _fail(error, 1)
 
 
 def _run_state(log: SessionLog) -> str:
@@ -315,7 +323,7 @@ def _resume(
     workflow_path: Path,
     session: str,
     context: str | None,
-    verbosity: int,
+    verbosity: int | None,
     max_tokens: int | None,
     store: Path,
     resume_with: list[str],
@@ -329,18 +337,15 @@ def _resume(
         state = asyncio.run(_state_of(manager, session))
         if state is None:
             _fail(f"no session {session!r} in {store}", 1)
-        if state in ("finished", "failed", "without a run"):
-            _fail(
-                f"session {session!r} has no run to resume: its last run {state}; start a new "
-                f"run in it with: orchestra run {shlex.quote(str(workflow_path))} --session "
-                f"{session}",
-                1,
-            )
+        if state == "without a run":
+            _fail(f"session {session!r} has no run to resume", 1)
+        if state in ("finished", "failed"):  # its result is shown again, nothing is run
+            _say(f"Session {session}'s last run {state}: its result, as stored (nothing is run)")
         instance = OrchestraInstance(
             workflow.topology, agent_registry=workflow.registry, state_manager=manager
         )
         again = _resume_command(resume_with, session, store)
-        status = StatusConfig.from_verbosity(verbosity)
+        status = None if verbosity is None else StatusConfig.from_verbosity(verbosity)
         _finish(
             instance.resume_session(session, extra, status=status), Kept(manager, session, again)
         )
@@ -381,10 +386,11 @@ def resume(
         str | None,
         typer.Option(help="A JSON object added to what every agent sees from now on."),
     ] = None,
-    verbosity: Verbosity = 1,
+    verbosity: ResumedVerbosity = None,
     store: Store = DEFAULT_STORE,
 ) -> None:
-    """Go on with an interrupted or paused session from its last completed step."""
+    """Go on with an interrupted or paused session from its last completed step (a session
+    whose last run ended shows its stored result)."""
     command = ["orchestra", "resume", str(workflow)]
     _resume(workflow, session, context, verbosity, None, store, command)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import sqlite3
 import textwrap
 from pathlib import Path
 
 from helpers import run_cli, start_cli
+
+from orchestra.coordination.state import SQLiteStorageBackend
 
 
 def test_demo_runs_the_research_workflow_offline_on_the_bundled_model() -> None:
@@ -164,10 +168,46 @@ def test_a_session_can_be_named_and_kept_elsewhere(tmp_path: Path) -> None:
     assert "Session weekly, kept in" in done.stdout
     listed = run_cli("sessions", "list", "--store", str(store))
     assert "weekly" in listed.stdout and "finished" in listed.stdout
+    # a finished session is not run again: its stored result is shown (a process killed as
+    # its run ended could not show it), and the exit code is the run's
     finished = run_cli("resume", str(flow), "weekly", "--store", str(store))
-    assert finished.returncode == 1
-    assert "'weekly' has no run to resume: its last run finished" in finished.stdout
-    assert f"orchestra run {flow} --session weekly" in finished.stdout
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "Session weekly's last run finished: its result, as stored" in finished.stdout
+    assert "HI" in finished.stdout and "1 steps" in finished.stdout
+    assert "run succeeded" not in finished.stderr  # nothing ran, nothing printed as news
+
+
+def test_a_damaged_or_unreadable_session_is_named_not_a_traceback(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("agents: [{name: A, function: 'flow_nodes:shout'}]\ntopology: {nodes: [A]}\n")
+    store = tmp_path / "s.db"
+    done = run_cli("run", str(flow), "--task", "hi", "--session", "ok", "--store", str(store))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    async def copy_as_a_later_release_would_write_it() -> None:
+        backend = SQLiteStorageBackend(store)
+        try:
+            lines = await backend.read("ok")
+            later = [lines[0].replace('"format":2', '"format":9'), *lines[1:]]
+            await backend.append("later", later, durable=True, after=0)
+        finally:
+            backend.close()
+
+    asyncio.run(copy_as_a_later_release_would_write_it())
+    with sqlite3.connect(store) as db:
+        db.execute(
+            "INSERT INTO appends SELECT 'broken', first, count, replace(records, 'hi', 'ho') "
+            "FROM appends WHERE session = 'ok'"
+        )
+    for session, complaint in (
+        ("later", "session 'later' was written in log format 9"),
+        ("broken", "session 'broken': the log is damaged at record 1"),
+    ):
+        for command in (("resume", str(flow)), ("run", str(flow), "--task", "t", "--session")):
+            refused = run_cli(*command, session, "--store", str(store))
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            assert complaint in refused.stdout
+            assert "Traceback" not in refused.stdout + refused.stderr
 
 
 def test_without_a_store_nothing_is_kept(tmp_path: Path) -> None:

@@ -67,19 +67,19 @@ def part_of(module: str) -> str:
 
 
 def imports_of(path: Path, module: str, known: dict[str, Path]) -> Iterator[str]:
-    """The Orchestra modules ``module`` imports when it is loaded (not the ones only a type
-    checker reads, nor those imported inside functions)."""
+    """The Orchestra modules ``module`` imports: when it is loaded, and inside its functions
+    (an import put off to a call hides a cycle, it does not remove it); not the ones only a
+    type checker reads."""
     is_package = path.name == "__init__.py"
 
     def visit(body: list[ast.stmt]) -> Iterator[str]:
         for node in body:
             if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
                 continue
-            if isinstance(node, ast.If | ast.Try):
-                yield from visit(node.body)
-                yield from visit(node.orelse)
-                for handler in getattr(node, "handlers", []):
-                    yield from visit(handler.body)
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                yield from visit(
+                    [child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt)]
+                )
             elif isinstance(node, ast.Import):
                 yield from (a.name for a in node.names if a.name.split(".")[0] == "orchestra")
             elif isinstance(node, ast.ImportFrom):

@@ -226,3 +226,111 @@ def test_a_record_that_is_not_a_record_of_its_kind_is_refused(
 def test_a_missing_field_is_refused() -> None:
     with pytest.raises(Unreadable, match="field 'answer' is missing"):
         decode({"t": "answer", "s": 1, "at": 1.0, "branch_id": "b0"})
+
+
+def test_an_integer_longer_than_json_readers_take_comes_back() -> None:
+    """A 5000-digit integer was written as JSON that the reader then refused (over 4300
+    digits): the run succeeded and its log could not be read."""
+    for value in (10**5000, -(7**9000), [2**20000]):
+        assert stored(value) == value
+
+
+class Aliased(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    user_name: str = pydantic.Field(alias="userName")
+    nested: Any = None
+
+    @pydantic.computed_field  # type: ignore[prop-decorator]
+    @property
+    def shout(self) -> str:
+        return self.user_name.upper()
+
+
+register_type(Aliased)
+
+
+def test_a_model_with_aliases_and_computed_fields_comes_back() -> None:
+    """Written by model_dump() (field names, computed fields included) and read by
+    model_validate (aliases, extra fields forbidden), such a model did not read back; a
+    registered value held in a field typed Any came back as a dict."""
+    model = Aliased(userName="ada", nested=Reading("r", (1.0,), datetime.datetime(2026, 1, 1)))
+    back = stored(model)
+    assert back == model and type(back.nested) is Reading
+
+
+def test_a_custom_codec_may_return_any_storable_value() -> None:
+    """The output of a codec's ``encode`` is stored by the same rules (the docs' own Money
+    example lost its Decimal to a str)."""
+
+    class Money:
+        def __init__(self, amount: decimal.Decimal, currency: str) -> None:
+            self.amount, self.currency = amount, currency
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Money) and (self.amount, self.currency) == (
+                other.amount,
+                other.currency,
+            )
+
+        __hash__ = None  # type: ignore[assignment]
+
+    register_type(
+        Money,
+        name="tests.money",
+        encode=lambda m: [m.amount, m.currency],
+        decode=lambda data: Money(*data),
+    )
+    back = stored(Money(decimal.Decimal("12.50"), "EUR"))
+    assert back == Money(decimal.Decimal("12.50"), "EUR") and type(back.amount) is decimal.Decimal
+
+
+class Grid:
+    """Like a numpy array: ``==`` gives something that is no bool."""
+
+    def __eq__(self, other: object) -> Any:
+        return _Ambiguous()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Ambiguous:
+    def __bool__(self) -> bool:
+        raise ValueError("the truth value of a grid is ambiguous")
+
+
+register_type(Grid, name="tests.grid", encode=lambda g: 0, decode=lambda d: Grid())
+
+
+def test_values_that_compare_oddly_or_hold_themselves_are_handled() -> None:
+    """A registered value whose ``==`` gives no bool used to fail the encoder's default check
+    (an internal error); a value equal to a field's default by its own ``==`` was dropped; a
+    value holding itself overflowed the stack."""
+    step = StepResult(
+        at=1.0,
+        branch_id="b0",
+        outcome=StepOutcome(value=Grid(), by_code=True),
+        messages=(),
+        duration=0.1,
+    )
+    assert isinstance(decode(json.loads(encode(step, 1))).outcome.value, Grid)  # type: ignore[attr-defined]
+    looping: list[Any] = []
+    looping.append(looping)
+    with pytest.raises(UnstorableValueError, match="holds itself"):
+        stored(looping)
+
+
+def test_a_field_of_the_wrong_type_is_refused_when_written_not_when_read() -> None:
+    """A function agent's ``Action.invoke("B", label=7)`` was written as it was, and the
+    session could then not be read."""
+    bad = StepResult(
+        at=1.0,
+        branch_id="b0",
+        outcome=StepOutcome(action=Action.invoke("B", "x", label=7), by_code=True),  # type: ignore[arg-type]
+        messages=(),
+        duration=0.1,
+    )
+    with pytest.raises(UnstorableValueError, match=r"int where a str belongs.*outcome\.action"):
+        encode(bad, 1)
+    keyed = UserAnswer(at=1.0, branch_id=5, answer="x")  # type: ignore[arg-type]
+    with pytest.raises(UnstorableValueError, match="field branch_id"):
+        encode(keyed, 1)

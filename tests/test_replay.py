@@ -26,8 +26,10 @@ from orchestra import (
     Action,
     Agent,
     AgentRegistry,
+    ErrorHandlingConfig,
     ExecutionConfig,
     FunctionAgent,
+    Orchestra,
     OrchestraResult,
     ScriptedModel,
     StatusConfig,
@@ -36,7 +38,7 @@ from orchestra import (
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
-from orchestra.errors import ModelAPIError
+from orchestra.errors import LimitExceededError, ModelAPIError, OrchestraError, SessionError
 
 TESTS = Path(__file__).parent
 
@@ -362,3 +364,101 @@ async def test_model_retries_and_tool_calls_are_replayed_too(storage: Storage) -
     assert kinds.count("ModelCallRetried") == 1 and kinds.count("ToolCallStarted") == 1
     stored = await orchestra.get_result("retried")
     assert stored is not None and exactly(stored) == exactly(live)
+
+
+class QuotaError(OrchestraError):
+    """An error class of the user's, not Orchestra's."""
+
+
+async def test_an_error_class_of_the_users_is_reported_as_itself_when_rebuilt(
+    storage: Storage,
+) -> None:
+    """A rebuilt run used to report a user's error class as a plain OrchestraError."""
+
+    def over_quota(task: Any, context: Any) -> str:
+        raise QuotaError("the monthly quota is spent")
+
+    orchestra = OrchestraInstance(
+        {"nodes": ["Spender"], "edges": []},
+        agent_registry=AgentRegistry([FunctionAgent("Spender", over_quota, register=False)]),
+        initial_config=quiet(),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    live = await wait(orchestra.execute("spend", context={"session_id": "quota"}))
+    assert live.metadata["error_type"] == "QuotaError"
+    stored = await orchestra.get_result("quota")
+    assert stored is not None and exactly(stored) == exactly(live)
+    assert stored.branch_results[0].error_type == "QuotaError"
+
+
+class OutOfBudget(LimitExceededError):
+    """A limit of the user's: like Orchestra's limits, not routed as an error report."""
+
+
+async def test_a_users_limit_is_treated_alike_when_rebuilt(storage: Storage) -> None:
+    """With error routing on, a step raising a user's subclass of LimitExceededError fails its
+    branch (limits are not routed). Rebuilt from the log it used to be a plain OrchestraError,
+    routed to the error handler: a different run."""
+
+    def spend(task: Any, context: Any) -> str:
+        raise OutOfBudget("budget", "the monthly budget is spent")
+
+    topology = {"nodes": ["Spender", "Handler"], "edges": ["Spender -> Handler"]}
+    agents = [
+        FunctionAgent("Spender", spend, register=False),
+        FunctionAgent("Handler", lambda report, context: f"handled {report}", register=False),
+    ]
+    live = await wait(
+        Orchestra.run(
+            "spend",
+            topology,
+            agent_registry=AgentRegistry(agents),
+            context={"session_id": "budget"},
+            execution_config=quiet(),
+            error_config=ErrorHandlingConfig(enable_error_routing=True),
+            state_manager=StateManager(storage, auto_save_interval=0),
+        )
+    )
+    assert not live.success and live.metadata["error_type"] == "OutOfBudget"
+    orchestra = OrchestraInstance(
+        topology,
+        agent_registry=AgentRegistry(agents),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    stored = await orchestra.get_result("budget")
+    assert stored is not None and exactly(stored) == exactly(live)
+    assert not stored.was_agent_invoked("Handler")
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"rules": ["parallel(W1, W2)"]},
+        {"nodes": [{"name": "Lead", "metadata": {"convergence_policy": "any"}}, "W1", "W2", "W3"]},
+        {
+            "edges": [
+                *FAN_OUT["edges"][:2],
+                {"source": "Lead", "target": "W3", "metadata": {"condition": "urgent"}},
+                "W3 -> Lead",
+            ]
+        },
+        {"entry_point": "W1"},
+    ],
+    ids=["rules", "policy", "condition", "entry"],
+)
+async def test_a_session_is_rebuilt_only_with_the_settings_its_topology_had(
+    storage: Storage, changed: dict[str, Any]
+) -> None:
+    """The check used to cover node names and edge arrows only: a changed policy, rule,
+    condition or entry rebuilt a different run from the same log."""
+    done = await wait(fan_out_instance(storage).execute("x", context={"session_id": "shape"}))
+    assert done.success
+    other = OrchestraInstance(
+        {**FAN_OUT, **changed},
+        agent_registry=AgentRegistry(
+            [FunctionAgent("Lead", lead, register=False), *map(worker, ("W1", "W2", "W3"))]
+        ),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    with pytest.raises(SessionError, match="'shape' was recorded with a different topology"):
+        await other.get_result("shape")

@@ -9,6 +9,7 @@ lost. On all four storage backends.
 from __future__ import annotations
 
 import ast
+import asyncio
 import base64
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 from helpers import final, quiet
 from storage_backends import Storage
 from test_sessions import wait
@@ -33,9 +35,10 @@ from orchestra import (
     ScriptedUser,
     tool,
 )
-from orchestra.communication.channels import CommunicationManager
+from orchestra.communication.channels import CommunicationManager, ProgrammaticChannel
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
+from orchestra.coordination.state.snapshots import MAX_BYTES
 from orchestra.errors import (
     ConfigurationError,
     SessionCorruptedError,
@@ -110,6 +113,10 @@ async def test_a_log_written_in_format_1_loads_and_resumes(storage: Storage) -> 
     assert seen[3].content == 'ok: {"topic": "solar", "hits": 3}'
     assert '"response": ["web", "solar news"]' in seen[5].content
     assert result.get_agent_invocation_count("Web") == 1
+    # format 1 kept no times (they read as 0); the gap up to the resume takes them out again,
+    # so no duration counts the years since 1970
+    assert 0 <= result.total_duration < 60
+    assert all(0 <= branch.duration < 60 for branch in result.branch_results)
 
 
 # ---- stored data that would run code -------------------------------------------------------------
@@ -354,3 +361,170 @@ def test_no_module_can_load_stored_objects() -> None:
                 if node.func.id == "exec":
                     execs.append(path.relative_to(ORCHESTRA).as_posix())
     assert execs == ["coordination/state/codec.py"]
+
+
+async def test_a_format_1_session_stays_readable_after_this_release_writes_to_it(
+    storage: Storage,
+) -> None:
+    """The records this release appended after a format-1 log (its resume, a checkpoint) were
+    read as format 1, and the session could no longer be read at all."""
+    lines = (DATA / "format1-paused.jsonl").read_text().splitlines()
+    await storage.append("mixed", lines, durable=True, after=0)
+    replies = [{"next_action": "ask_user", "action_input": {"question": "?"}}, final("done")]
+    orchestra = format_1_instance(storage, replies)
+    checkpoint = await orchestra.create_checkpoint("mixed", "before")
+    result = await wait(orchestra.resume_session("mixed"))
+    assert result.success, result.error
+    again = await orchestra.get_result("mixed")
+    assert again is not None and again.final_response == "done"
+    assert await orchestra.restore_checkpoint(checkpoint) is True
+    log = await orchestra.state_manager.load("mixed")  # type: ignore[union-attr]
+    run = log.last_run  # back where the checkpoint was taken: paused, before the resume
+    assert run is not None and run.end is not None and run.end.paused
+
+
+@pytest.mark.parametrize(
+    ("record", "change"),
+    [
+        (0, {"task": {"__o__": "decimal", "v": "not a number"}}),
+        (0, {"task": {"__o__": "timedelta", "v": [10**20, 0, 0]}}),
+        (0, {"at": 10**400}),
+        (0, {"config": {"convergence_timeout": 10**400}}),
+        (0, {"t": []}),
+        (
+            1,
+            {
+                "t": "step",
+                "outcome": {"value": "x", "by_code": True},
+                "messages": [],
+                "duration": 0.0,
+            },
+        ),
+    ],
+    ids=["decimal", "timedelta", "huge-time", "huge-config", "kind-not-text", "step-not-begun"],
+)
+async def test_a_crafted_record_is_damage_not_a_raw_exception(
+    storage: Storage, record: int, change: dict[str, Any]
+) -> None:
+    """Each of these escaped as a raw InvalidOperation, OverflowError, TypeError or
+    AssertionError from load, get_result or resume."""
+    orchestra = OrchestraInstance(
+        {"nodes": ["Echo"], "edges": []},
+        agent_registry=AgentRegistry([FunctionAgent("Echo", lambda t, c: t, register=False)]),
+        initial_config=quiet(),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    await wait(orchestra.execute("hi", context={"session_id": "plain"}))
+    lines = await storage.read("plain")
+    crafted = json.loads(lines[record])
+    crafted.update(change)
+    lines[record] = json.dumps(crafted)
+    await storage.append("crafted", lines, durable=True, after=0)
+    for rebuild in (orchestra.get_result("crafted"), orchestra.resume_session("crafted")):
+        with pytest.raises(SessionCorruptedError, match="'crafted'"):
+            await rebuild
+
+
+async def snapshot_of(storage: Storage, session_id: str) -> dict[str, Any]:
+    data = await storage.read_snapshot(session_id)
+    assert data is not None
+    header, payload = data[:18], data[18:]
+    if header[5] & 1:
+        payload = zstandard.ZstdDecompressor().decompress(payload)
+    return json.loads(payload)
+
+
+async def plant_snapshot(storage: Storage, session_id: str, state: dict[str, Any]) -> None:
+    """A snapshot written by whoever can write to the store: its checksum is right (a
+    checksum is no signature)."""
+    data = await storage.read_snapshot(session_id)
+    assert data is not None
+    position = struct.unpack_from(">4sBBQI", data)[3]
+    payload = json.dumps(state).encode()
+    header = struct.pack(">4sBBQI", b"ORCS", 2, 0, position, zlib.crc32(payload))
+    await storage.write_snapshot(session_id, header + payload)
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda s: s["run"].update(steps="zz"),
+        lambda s: s["run"].update(root=None),
+        lambda s: s["run"].update(context=[1]),
+        lambda s: s["branches"][0].update(status="completed"),
+        lambda s: s["branches"][0].update(question=[1]),
+        lambda s: s["branches"][0].update(parent="b99"),
+        lambda s: s["events"].append({"type": "os.system"}),
+    ],
+    ids=["steps", "no-root", "context", "done-but-not", "question", "parent", "event"],
+)
+async def test_a_crafted_snapshot_is_damage_never_a_hang_or_a_wrong_run(
+    storage: Storage, spoil: Any
+) -> None:
+    """A snapshot's fields were taken unchecked: a wrong type surfaced as a raw error or a
+    silently wrong result (total_steps 'zz'), and a root marked done made resume wait forever."""
+    orchestra = format_1_instance(storage, [])
+    lines = (DATA / "format1-paused.jsonl").read_text().splitlines()
+    await storage.append("snap", lines, durable=True, after=0)
+    replies = [{"next_action": "ask_user", "action_input": {"question": "?"}}]
+    asked = format_1_instance(storage, replies)
+    asked.communication = CommunicationManager(ProgrammaticChannel())
+    running = asyncio.create_task(asked.resume_session("snap"))
+    channel = asked.communication.channel
+    await wait(channel.next_question())  # type: ignore[union-attr]
+    await asked.pause_session("snap")
+    await wait(running)
+    state = await snapshot_of(storage, "snap")
+    spoil(state)
+    await plant_snapshot(storage, "snap", state)
+    for rebuild in (orchestra.get_result("snap"), orchestra.resume_session("snap")):
+        with pytest.raises(SessionCorruptedError, match="'snap'"):
+            await wait(rebuild)
+
+
+async def test_a_snapshot_that_would_expand_past_the_limit_is_refused(storage: Storage) -> None:
+    """A 32 KiB snapshot could expand to gigabytes; a frame claiming 2**40 bytes raised a raw
+    MemoryError."""
+    orchestra = format_1_instance(storage, [])
+    lines = (DATA / "format1-paused.jsonl").read_text().splitlines()
+    await storage.append("bomb", lines, durable=True, after=0)
+    payload = zstandard.ZstdCompressor().compress(b" " * (MAX_BYTES + 1))
+    header = struct.pack(">4sBBQI", b"ORCS", 2, 1, len(lines), zlib.crc32(payload))
+    await storage.write_snapshot("bomb", header + payload)
+    with pytest.raises(SessionCorruptedError, match=r"'bomb': its snapshot cannot be read"):
+        await orchestra.get_result("bomb")
+
+
+async def test_format_1_step_errors_and_tagged_contexts_read_as_the_old_run_reported(
+    storage: Storage,
+) -> None:
+    """Format 1 stored what a step raised as it was (the engine then reported it as an
+    AgentStepError), and tagged a context holding the tag key: both are lifted to what the
+    old release reported and held."""
+    lines = (DATA / "format1-paused.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
+    header["context"] = {"__o__": "dict", "v": {"__o__": "kept", "session_id": "v1"}}
+    papers = json.loads(lines[12])
+    failed = {
+        "t": "step_failed",
+        "branch": papers["branch"],
+        "step": papers["step"],
+        "error": {"type": "RuntimeError", "message": "papers broke"},
+        "messages": [],
+        "s": papers["s"],
+    }
+    await storage.append(
+        "old-failure",
+        [json.dumps(header), *lines[1:12], json.dumps(failed), lines[13]],
+        durable=True,
+        after=0,
+    )
+    orchestra = format_1_instance(storage, [])
+    log = await orchestra.state_manager.load("old-failure")  # type: ignore[union-attr]
+    assert log.last_run is not None
+    assert log.last_run.start.context == {"__o__": "kept", "session_id": "v1"}
+    paused = await orchestra.get_result("old-failure")
+    assert paused is not None
+    papers_branch = paused.get_branch_by_id("b2")
+    assert papers_branch is not None and papers_branch.error_type == "AgentStepError"
+    assert papers_branch.error == "raised RuntimeError: papers broke"

@@ -542,6 +542,8 @@ async def test_restore_checkpoint_continues_from_there_and_keeps_the_abandoned_f
     assert await orchestra.restore_checkpoint("no-such-session@checkpoint-1") is False
     assert await orchestra.restore_checkpoint("../escape@checkpoint-1") is False
     assert await orchestra.list_sessions() == ["cp"]  # none of them created anything
+    with pytest.raises(TypeError, match="checkpoint_id must be str"):
+        await orchestra.restore_checkpoint(None)  # type: ignore[arg-type]
 
 
 async def test_restoring_a_checkpoint_of_an_abandoned_history(storage: Storage) -> None:
@@ -858,3 +860,35 @@ async def test_an_instance_without_state_manager_has_no_sessions(storage: Storag
     with pytest.raises(ConfigurationError, match="state_manager"):
         await orchestra.list_sessions()
     assert await storage.list_sessions() == []  # nothing was stored anywhere
+
+
+async def test_a_session_running_here_is_not_deleted(storage: Storage) -> None:
+    """Another process's delete was refused, but a delete from the same process wiped the log
+    of a run in progress, which then failed on its next append."""
+    pipeline = PausablePipeline(storage)
+    hold = pipeline.holds["busy"] = Hold()
+    running = asyncio.create_task(pipeline.orchestra.execute("job", context={"session_id": "busy"}))
+    await wait(hold.entered.wait())
+    with pytest.raises(SessionError, match="'busy'"):
+        await pipeline.orchestra.delete_session("busy")
+    hold.release.set()
+    result = await wait(running)
+    assert result.success and result.final_response == "job+first+second", result.error
+    assert await pipeline.orchestra.delete_session("busy") is True
+
+
+async def test_a_session_is_rebuilt_only_with_the_topology_it_was_run_with(
+    storage: Storage,
+) -> None:
+    pipeline = PausablePipeline(storage)
+    await pipeline.paused("shaped")
+    other = pipeline_instance(storage, {"First": lambda t, c: t, "Other": lambda t, c: t})
+    for rebuild in (other.resume_session("shaped"), other.get_result("shaped")):
+        with pytest.raises(SessionError, match=r"'shaped' was recorded with a different topology"):
+            await rebuild
+    nobody = OrchestraInstance(  # no agent at all: a session that does not exist has no result
+        PatternConfig.pipeline(stages=[{"name": "only", "agents": ["Nobody"]}]),
+        agent_registry=AgentRegistry([]),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    assert await nobody.get_result("no-such-session") is None

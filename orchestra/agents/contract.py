@@ -17,6 +17,12 @@ from typing import Any
 from orchestra.models.base import Message, StepInfo, ToolCall, Usage
 from orchestra.models.retry import RetryPolicy, RetryReport
 
+PROTOCOL_HINT = (
+    'reply with one JSON object {"next_action": ..., "action_input": ...} where next_action is '
+    "invoke_agent, final_response, ask_user or call_tool"
+)
+"""How a reply must look, said to an agent whose reply could not be used."""
+
 
 class ActionKind(StrEnum):
     INVOKE = "invoke_agent"

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Union
-
-from orchestra.errors import AgentNotFoundError, ConfigurationError
-
-from .base import BaseAgent
+from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
+    from .base import BaseAgent
     from .pool import AgentPool
 
 Registrable = Union["BaseAgent", "AgentPool"]
@@ -74,34 +71,6 @@ class AgentRegistry:
 
     def names(self) -> list[str]:
         return list(self._agents)
-
-    def resolve(
-        self, names: Iterable[str], attached: Mapping[str, Any]
-    ) -> dict[str, BaseAgent | AgentPool]:
-        """The agent of every node named: the one ``attached`` to the node (a topology may
-        carry its agents), else the one registered here. Raises AgentNotFoundError listing
-        every node with none, ConfigurationError for a pool already cleaned up."""
-        from .pool import AgentPool  # the pool module registers its agents through this one
-
-        agents: dict[str, BaseAgent | AgentPool] = {}
-        missing = []
-        for name in names:
-            found = attached.get(name) or self.get(name)
-            if isinstance(found, AgentPool) and found.closed:
-                raise ConfigurationError(
-                    f"the AgentPool for node {name!r} was cleaned up; build a new pool for this run"
-                )
-            if isinstance(found, BaseAgent | AgentPool):
-                agents[name] = found
-            else:
-                missing.append(name)
-        if missing:
-            raise AgentNotFoundError(
-                f"no agent is registered for node(s) {', '.join(map(repr, missing))}; create "
-                "the agents (Agent, FunctionAgent, AgentPool) before the run or pass "
-                "agent_registry=AgentRegistry([...])"
-            )
-        return agents
 
     def __contains__(self, name: object) -> bool:
         return name in self._agents

@@ -21,7 +21,7 @@ from typing import Any
 
 from orchestra.models.base import ToolCall
 
-from .contract import Action, ActionKind, Invocation
+from .contract import PROTOCOL_HINT, Action, ActionKind, Invocation
 
 
 class ActionParseError(ValueError):
@@ -29,10 +29,6 @@ class ActionParseError(ValueError):
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.DOTALL)
-PROTOCOL_HINT = (
-    'reply with one JSON object {"next_action": ..., "action_input": ...} where next_action is '
-    "invoke_agent, final_response, ask_user or call_tool"
-)
 
 
 def parse_reply(content: str | None, structured: Mapping[str, Any] | None) -> Action | None:

@@ -29,7 +29,7 @@ from .state.journal import Journal
 from .state.manager import RunLog, SessionLog, SessionWriter, StateManager
 from .state.replay import rebuild
 from .state.snapshots import capture as capture_snapshot
-from .wiring import Setup, build, first_input, topology_fingerprint
+from .wiring import FINGERPRINT, Setup, build, fingerprint_matches, first_input
 
 _SILENT = StatusConfig.from_verbosity(VerbosityLevel.QUIET)
 
@@ -106,9 +106,8 @@ async def stored_result(
     setup: Setup, session_id: str, state_manager: StateManager
 ) -> OrchestraResult | None:
     """The result of the session's last run, rebuilt from its log: None when the session has
-    no run that stopped (none at all, or one in progress or cut off by a crash)."""
-    if not await state_manager.storage.exists(session_id):
-        return None
+    no run that stopped (one in progress or cut off by a crash); SessionNotFoundError when
+    there is no such session."""
     log = await state_manager.load(session_id)
     if log.last_run is None or not log.last_run.ended:
         return None
@@ -139,10 +138,11 @@ async def _rebuilt(
 
 def _check_topology(setup: Setup, run: RunLog, session_id: str) -> None:
     recorded = run.start.topology
-    if recorded != topology_fingerprint(setup.topology):
+    if not fingerprint_matches(recorded, setup.topology):
         raise SessionError(
             f"session {session_id!r} was recorded with a different topology "
-            f"({', '.join(recorded)}); resume it with the same one"
+            f"({'; '.join(line for line in recorded if line != FINGERPRINT)}); rebuild it (to "
+            "resume it or read its result) with the topology it was run with"
         )
 
 
@@ -175,21 +175,42 @@ async def _drive(runner: Runner, writer: SessionWriter | None, session_id: str) 
         finally:
             if LIVE.get(session_id) is live:
                 del LIVE[session_id]
+        paused = runner.pausing and not engine.finished
+        if writer is not None and paused and runner.halted is None:
+            await _snapshot(runner, writer)
+        if runner.halted is None and writer is None:
+            await runner.end(paused, None)
+        elif runner.halted is None and writer is not None:
+            closing: SessionWriter = writer
+            writer = None
+            # the end is durable (its write retried as any other) before anyone hears of it
+            await runner.end(paused, lambda: let_go(session_id, _closed(runner, closing)))
         if runner.halted is not None:
             raise _halted(session_id, runner.halted)
-        paused = runner.pausing and not engine.finished
-        if writer is None:
-            await runner.end(paused, None)
-        else:
-            if paused:
-                await writer.snapshot()
-            closing, writer = writer, None
-            # the end is durable before anyone hears of it
-            await runner.end(paused, lambda: let_go(session_id, closing.close()))
         return result_of(engine, session_id)
     finally:
         if writer is not None:  # an error or a cancel: the writer is closed all the same
             await let_go(session_id, writer.close() if runner.halted is None else writer.abandon())
+
+
+async def _closed(runner: Runner, writer: SessionWriter) -> None:
+    """The writer's last records made durable (a failing write retried as any other), then
+    what storage held for it let go. If storage fails for good, the run halts, as a crash
+    would have: SessionError (reported to the event loop when nobody is left to hear it)."""
+    if await runner.durable(writer.flush):
+        await writer.close()
+        return
+    await writer.abandon()
+    assert runner.halted is not None
+    raise _halted(writer.session_id, runner.halted)
+
+
+async def _snapshot(runner: Runner, writer: SessionWriter) -> None:
+    """A paused run's snapshot, once its records are durable. Only a cache: storing it may
+    fail without failing the pause (a resume then replays the log)."""
+    if await runner.durable(writer.flush):
+        with contextlib.suppress(Exception):
+            await writer.snapshot()
 
 
 def _halted(session_id: str, error: Exception) -> SessionError:

@@ -220,9 +220,11 @@ class OrchestraInstance:
         returned, or would have: a paused run's included), rebuilt without running anything.
         None when the session has no run that stopped: none at all, or one still in progress
         or cut off by a crash (``resume_session`` continues it)."""
-        check_session_id(session_id)
+        manager = self._sessions()
+        if not await manager.storage.exists(check_session_id(session_id)):
+            return None
         setup = self._setup(None, 100)
-        return await execution.stored_result(setup, session_id, self._sessions())
+        return await execution.stored_result(setup, session_id, manager)
 
     async def create_checkpoint(self, session_id: str, checkpoint_name: str | None = None) -> str:
         """Name the session's current position; returns the id ``restore_checkpoint`` takes.
@@ -248,6 +250,8 @@ class OrchestraInstance:
         there. What happened after it stays in the log as an abandoned branch of history.
         False for an id that names no checkpoint (unknown, malformed, or of a session that
         does not exist) or one on such an abandoned branch."""
+        if not isinstance(checkpoint_id, str):
+            raise TypeError(f"checkpoint_id must be str, got {type(checkpoint_id).__name__}")
         manager = self._sessions()
         try:
             session_id, _ = parse_checkpoint_id(checkpoint_id)
@@ -277,7 +281,14 @@ class OrchestraInstance:
         return await self._sessions().list_sessions()
 
     async def delete_session(self, session_id: str) -> bool:
-        return await self._sessions().delete_session(session_id)
+        """Remove the session's log and snapshot; False when there is none. A session being run
+        (here, or by another process) is not deleted: ``SessionError``."""
+        manager = self._sessions()
+        claim(check_session_id(session_id))
+        try:
+            return await manager.delete_session(session_id)
+        finally:
+            await let_go(session_id, None)
 
 
 async def _checkpoint(

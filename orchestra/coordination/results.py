@@ -227,7 +227,7 @@ def result_of(engine: Engine, session_id: str) -> OrchestraResult:
     return OrchestraResult(
         success=success,
         final_response=root.result if success and root is not None else None,
-        branch_results=[_branch_result(b, engine.now) for b in engine.branches.values()],
+        branch_results=[_branch_result(b, engine) for b in engine.branches.values()],
         total_steps=engine.steps,
         total_duration=engine.elapsed,
         metadata=metadata,
@@ -238,13 +238,12 @@ def result_of(engine: Engine, session_id: str) -> OrchestraResult:
     )
 
 
-def _branch_result(branch: Branch, now: float) -> BranchResult:
-    end = branch.ended_at if branch.ended_at is not None else now
+def _branch_result(branch: Branch, engine: Engine) -> BranchResult:
     return BranchResult(
         branch_id=branch.id,
         status=branch.status.value,
         step_count=branch.steps,
-        duration=end - branch.created_at,
+        duration=engine.working_time(branch.created_at, branch.ended_at),
         error=str(branch.error) if branch.error else None,
         agents=list(branch.visited),
         result=branch.result,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestra.agents.base import BaseAgent
+from orchestra.agents.lookup import find_agents
 from orchestra.agents.pool import AgentPool
 from orchestra.agents.registry import AgentRegistry
 from orchestra.communication.channels import CommunicationManager
@@ -49,16 +50,59 @@ def prepare(
     analysis = topo.analyze()
     check_node_policies(analysis)
     attached = {name: topo.node(name).agent for name in analysis.agents}
-    found = (registry if registry is not None else AgentRegistry.default()).resolve(
-        analysis.agents, {name: agent for name, agent in attached.items() if agent is not None}
+    found = find_agents(
+        registry if registry is not None else AgentRegistry.default(),
+        analysis.agents,
+        {name: agent for name, agent in attached.items() if agent is not None},
     )
     effective = min(max_steps, analysis.max_steps or max_steps)
     return Setup(topo, analysis, found, config, error_config, communication, effective)
 
 
+FINGERPRINT = "fingerprint 2"
+"""The first line of a topology's fingerprint (logs of format 1 kept a shorter one)."""
+
+
 def topology_fingerprint(topology: Topology) -> tuple[str, ...]:
-    """What a resumed session checks it is run with the same graph as before."""
-    return (*sorted(node.name for node in topology.nodes), *sorted(e.arrow for e in topology.edges))
+    """What a rebuilt run checks it is run with the topology it was recorded with: everything
+    that decides where work goes and when branches settle — its nodes and edges, the
+    conditions and error routes of its edges (a predicate by its qualified name), its nodes'
+    convergence policies, its rules, entry and exits. (Other metadata, free for users, may
+    change.)"""
+    lines = [f"node {node.name}" for node in topology.nodes]
+    lines += [
+        f"policy {node.name} {_plain(node.metadata['convergence_policy'])}"
+        for node in topology.nodes
+        if "convergence_policy" in node.metadata
+    ]
+    for edge in topology.edges:
+        lines.append(f"edge {edge.arrow}")
+        lines += [
+            f"{key} {edge.arrow} {_plain(edge.metadata[key])}"
+            for key in ("condition", "on_error")
+            if key in edge.metadata
+        ]
+    lines += [f"rule {rule.to_text()}" for rule in topology.rules]
+    if topology.entry_point is not None:
+        lines.append(f"entry {topology.entry_point}")
+    lines += [f"exit {name}" for name in topology.exit_points]
+    return (FINGERPRINT, *sorted(lines))
+
+
+def fingerprint_matches(recorded: tuple[str, ...], topology: Topology) -> bool:
+    """Whether ``topology`` is the one a run was recorded with (for a log of format 1, which
+    recorded only node names and edge arrows, whether those match)."""
+    if recorded[:1] == (FINGERPRINT,):
+        return recorded == topology_fingerprint(topology)
+    old = (*sorted(node.name for node in topology.nodes), *sorted(e.arrow for e in topology.edges))
+    return recorded == old
+
+
+def _plain(value: Any) -> str:
+    """A stable text for a setting: a function by its module and qualified name."""
+    if callable(value):
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', '?')}"
+    return repr(value)
 
 
 def first_input(setup: Setup, task: Any, context: dict[str, Any]) -> inp.RunStart:

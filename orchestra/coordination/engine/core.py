@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestra.agents.contract import (
+    PROTOCOL_HINT,
     Action,
     InputKind,
     Invocation,
@@ -24,7 +26,6 @@ from orchestra.agents.contract import (
     StepRequest,
     tool_result_messages,
 )
-from orchestra.agents.replies import PROTOCOL_HINT
 from orchestra.coordination.config import ConvergencePolicy, ErrorHandlingConfig, ExecutionConfig
 from orchestra.coordination.topology import USER, TopologyAnalysis
 from orchestra.errors import (
@@ -72,6 +73,8 @@ class Engine:
         self.root: Branch | None = None
         # set by the run's first input (RunStart)
         self.context: dict[str, Any] = {}
+        # what agents see of it: a read-only view (an agent's change would not be in the log)
+        self.shared_context: Mapping[str, Any] = MappingProxyType(self.context)
         self.config = ExecutionConfig()
         self.error_config = ErrorHandlingConfig()
         self.max_steps = 0
@@ -88,8 +91,9 @@ class Engine:
         self.now = 0.0
         self.last_at = 0.0  # the time of the input applied before this one
         self.started_at = 0.0
-        self.active_since: float | None = None  # when the current working stretch began
-        self.worked = 0.0  # the working stretches before it, summed
+        self.stopped_at: float | None = None  # when it last stopped (paused, or over)
+        # the times it was not working: stopped (paused, or cut off by a crash) until resumed
+        self.gaps: list[tuple[float, float]] = []
         self._tools = tools
         self._allowed: dict[tuple[str, bool, str | None], Permissions] = {}
         self._policies: dict[tuple[str, bool], ConvergencePolicy] = {}
@@ -124,10 +128,18 @@ class Engine:
 
     @property
     def elapsed(self) -> float:
-        """The run's working time: from its start to now, less the time it spent paused (or
-        stopped by a crash, until it was resumed)."""
-        active = self.now - self.active_since if self.active_since is not None else 0.0
-        return self.worked + active
+        """The run's working time: from its start until now (or until it stopped), less the
+        time it spent paused or cut off by a crash before it was resumed."""
+        return self.working_time(self.started_at, self.stopped_at)
+
+    def working_time(self, start: float, end: float | None) -> float:
+        """The run's working time from ``start`` to ``end`` (None: now, or when it stopped):
+        the span less its gaps. A time a log of format 1 did not keep reads as 0, and the gap
+        up to its resume takes it out again."""
+        if end is None:
+            end = self.stopped_at if self.stopped_at is not None else self.now
+        idle = sum(max(0.0, min(end, until) - max(start, since)) for since, until in self.gaps)
+        return end - start - idle
 
     def policy(self, source: str, calls: bool) -> ConvergencePolicy:
         """The convergence policy of a fan-out from ``source`` (calls: its branches answer it)."""
@@ -141,11 +153,11 @@ class Engine:
     # ---- the run: start, pause, resume, end --------------------------------------------------
 
     def _start(self, item: inp.RunStart) -> None:
-        self.context = dict(item.context)
+        self.context.update(item.context)
         self.config = item.config
         self.error_config = item.error_config
         self.max_steps = item.max_steps
-        self.started_at = self.active_since = item.at
+        self.started_at = item.at
         entries = self.analysis.entries
         self.stream.emit(
             ev.RunStarted(
@@ -170,9 +182,7 @@ class Engine:
         self.stream.emit(ev.PauseRequested(run_id=self.run_id, at=self.now, reason=item.reason))
 
     def _end(self, item: inp.RunEnd) -> None:
-        if self.active_since is not None:
-            self.worked += self.now - self.active_since
-            self.active_since = None
+        self.stopped_at = self.now
         if item.paused:
             self.paused = True
             self.stream.emit(
@@ -181,7 +191,7 @@ class Engine:
                     at=self.now,
                     reason=self.pause_reason,
                     total_steps=self.steps,
-                    duration=self.worked,
+                    duration=self.elapsed,
                 )
             )
             return
@@ -192,15 +202,16 @@ class Engine:
                 at=self.now,
                 success=success,
                 total_steps=self.steps,
-                duration=self.worked,
+                duration=self.elapsed,
                 error=error,
             )
         )
 
     def _resume(self, item: inp.RunResume) -> None:
-        if self.active_since is not None:  # stopped by a crash: it worked until its last input
-            self.worked += self.last_at - self.active_since
-        self.active_since = item.at
+        # a crash stopped it after its last input; a pause, where it ended
+        stopped = self.stopped_at if self.stopped_at is not None else self.last_at
+        self.gaps.append((stopped, self.now))
+        self.stopped_at = None
         self.paused = False
         self.pause_reason = None
         self.context.update(item.context)
@@ -302,7 +313,7 @@ class Engine:
             can_finish,
             allowed.can_ask_user,
             allowed.tools,
-            self.context,
+            self.shared_context,
         )
         self.stream.emit(
             ev.StepStarted(
@@ -315,7 +326,7 @@ class Engine:
                 retaken=reopened,
             )
         )
-        request = StepRequest(branch.input, messages, info, self.context, self.error_config)
+        request = StepRequest(branch.input, messages, info, self.shared_context, self.error_config)
         self.effects.append(TakeStep(branch.id, request))
 
     def _permissions(self, agent: str, can_finish: bool, caller: str | None) -> Permissions:

@@ -27,6 +27,7 @@ from orchestra.errors import (
     InternalError,
     OrchestraError,
     RunTimeoutError,
+    SessionCorruptedError,
     SessionError,
     StepTimeoutError,
     UnstorableValueError,
@@ -96,7 +97,7 @@ class Runner:
         self.pausing = False
         self.halted: Exception | None = None  # storage failed: the run stopped as if it crashed
         self.steps_in_flight = 0
-        self._asking: dict[Branch, asyncio.Task[None]] = {}
+        self._asking: dict[Branch, asyncio.Future[Any]] = {}  # questions waiting for answers
         self._held: list[str] | None = None  # branches to start once the run is driven
         self._effect_handlers: dict[type, Callable[[Any], None] | None] = {
             Spawn: self._on_spawn,
@@ -147,6 +148,11 @@ class Runner:
                 self._arm(branch.id, self.branch_timeout, self._branch_timed_out, branch.id)
             if branch.status is not BranchStatus.WAITING and branch.agent != USER:
                 self._spawn(branch.id)
+        if not engine.finished and not self._held:
+            raise SessionCorruptedError(
+                f"session {engine.run_id!r} was rebuilt with work left but no branch to do it: "
+                "its log (or snapshot) does not describe a run Orchestra made"
+            )
         for fan_out in engine.fan_outs.values():
             if not fan_out.settled and self.convergence_timeout is not None:
                 self._arm(fan_out.id, self.convergence_timeout, self._fan_out_timed_out, fan_out.id)
@@ -161,22 +167,27 @@ class Runner:
     async def end(self, paused: bool, durable: Callable[[], Awaitable[None]] | None) -> None:
         """The run stopped (paused, or over): its last input. With a session, ``durable``
         waits until the log holds it, and only then is it applied (and ``RunCompleted`` or
-        ``RunPaused`` emitted): nobody hears of an end a crash could still undo."""
+        ``RunPaused`` emitted): nobody hears of an end a crash could still undo. Not applied
+        when storage failed for good meanwhile (the run halted, as a crash would have)."""
         success, error = self.engine.outcome()
         item = inp.RunEnd(at=now(), paused=paused, success=success, error=error)
         if self.journal is not None:
             self.journal.record(item, due=True)
         if durable is not None:
             await durable()
-        self._carry_out(self.engine.apply(item))
+        if self.halted is None:
+            self._carry_out(self.engine.apply(item))
 
     def pause(self, reason: str | None) -> None:
         """Stop at the next step boundary: steps in flight finish (their results are kept),
         no new step starts, open questions are withdrawn (they are asked again on resume)."""
         self.feed(inp.PauseRequest(at=now(), reason=reason), due=False)
         self.pausing = True
-        for task in self._asking.values():
-            task.cancel()
+        loop = asyncio.get_running_loop()
+        for waiting in self._asking.values():
+            # withdrawn after whatever is already on its way: an answer given before the pause
+            # (its delivery queued in the loop) is taken in, not lost
+            loop.call_soon(_withdraw, waiting)
         self._maybe_paused(ending=None)
 
     def checkpoint(self, checkpoint_id: str, name: str, position: int) -> None:
@@ -303,17 +314,19 @@ class Runner:
     # ---- driving a branch --------------------------------------------------------------------
 
     async def _drive(self, branch: Branch) -> None:
-        engine = self.engine
         try:
-            while not engine.finished and not self.pausing and not branch.ended:
+            while self._may_go_on(branch):
                 if branch.pending_tools:
-                    await tool_calls.run_pending(self, branch)
+                    went_on = await tool_calls.run_pending(self, branch)
                 elif branch.question is not None:  # it asked the user and waits for the answer
-                    await self._ask_user(branch)
+                    went_on = await self._ask_user(branch)
                 elif branch.status is BranchStatus.RUNNING:
-                    if not await self._one_step(branch):
-                        break
+                    went_on = await self._one_step(branch)
+                    if went_on and branch.steps % TURN_EVERY == 0:
+                        await asyncio.sleep(0)  # let the loop breathe between quick steps
                 else:
+                    break
+                if not went_on:
                     break
         except asyncio.CancelledError:
             if not branch.ended and not self.pausing:
@@ -331,6 +344,9 @@ class Runner:
             if self._tasks.get(branch.id) is current:
                 del self._tasks[branch.id]
             self._maybe_paused(ending=current)
+
+    def _may_go_on(self, branch: Branch) -> bool:
+        return not (self.engine.finished or self.pausing or self.halted is not None or branch.ended)
 
     async def _one_step(self, branch: Branch) -> bool:
         """Take the branch's next step; False when it had none to take."""
@@ -457,9 +473,7 @@ class Runner:
         """Before an effect on the world: wait until what it depends on is durable. False when,
         meanwhile, the branch should stop (the run ended, halted or is pausing, the branch
         ended)."""
-        if not await self.durable(journal.gate):
-            return False
-        return not (self.engine.finished or self.pausing or branch.ended)
+        return await self.durable(journal.gate) and self._may_go_on(branch)
 
     async def durable(self, wait: Callable[[], Awaitable[None]]) -> bool:
         """``wait`` for records to be durable. A storage failure is retried a few times; if it
@@ -482,9 +496,11 @@ class Runner:
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
-    async def _ask_user(self, branch: Branch) -> None:
+    async def _ask_user(self, branch: Branch) -> bool:
+        """Ask the branch's question and take the answer in; False when it was not asked (the
+        branch should stop) or a pause withdrew it (it is asked again on resume)."""
         if self.journal is not None and not await self._gate(branch, self.journal):
-            return
+            return False
         assert branch.question is not None
         question_id, text = branch.question
         question = Question(
@@ -494,11 +510,14 @@ class Runner:
             agent=branch.agent,
             text=text,
         )
-        asking = asyncio.current_task()
-        assert asking is not None
-        self._asking[branch] = asking
+        waiting = asyncio.ensure_future(self.communication.ask(question))
+        self._asking[branch] = waiting
         try:
-            answer = await self.communication.ask(question)
+            answer = await waiting
+        except asyncio.CancelledError:
+            if waiting.cancelled() and not _really_cancelled():
+                return False  # withdrawn by a pause
+            raise
         except OrchestraError as error:
             self.fail_branch(branch, error)
         except Exception as error:
@@ -510,7 +529,6 @@ class Runner:
                 ),
             )
         else:
-            self._asking.pop(branch, None)  # answered: a pause must not lose the answer now
             try:
                 self.feed(inp.UserAnswer(at=now(), branch_id=branch.id, answer=answer))
             except UnstorableValueError as error:
@@ -521,6 +539,7 @@ class Runner:
                 self.fail_branch(branch, refused)
         finally:
             self._asking.pop(branch, None)
+        return True
 
     # ---- the end -----------------------------------------------------------------------------
 
@@ -537,6 +556,11 @@ class Runner:
             self._release(branch)
 
 
+TURN_EVERY = 32
+"""A branch lets other work run (timers, other branches, a pause) at least every this many of
+its steps, even when its steps never wait (quick code). Counted by the branch's own steps, so
+a resumed run takes its turns where the live run did."""
+
 STORAGE_RETRY_DELAYS = (0.05, 0.25, 1.0)
 """Seconds between retries of a write that storage failed (a dropped connection, a busy
 database) before a durable run gives up and halts."""
@@ -549,6 +573,11 @@ def _as_step_error(agent: str, error: Exception) -> OrchestraError:
     failure = AgentStepError(f"agent {agent!r} raised {type(error).__name__}: {error}")
     failure.__cause__ = error
     return failure
+
+
+def _withdraw(waiting: asyncio.Future[Any]) -> None:
+    if not waiting.done():
+        waiting.cancel()
 
 
 def _really_cancelled() -> bool:

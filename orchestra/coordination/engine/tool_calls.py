@@ -23,14 +23,17 @@ if TYPE_CHECKING:
     from .runner import Runner
 
 
-async def run_pending(runner: Runner, branch: Branch) -> None:
-    """Run the branch's pending calls, then let it go on (unless it stopped meanwhile)."""
+async def run_pending(runner: Runner, branch: Branch) -> bool:
+    """Run the branch's pending calls, then let it go on; False when it stopped meanwhile (a
+    call in doubt, storage halted the run)."""
     pooled = runner.agents[branch.agent]
     agent = branch.leases.get(branch.agent) if isinstance(pooled, AgentPool) else pooled
     if agent is None:
         agent = await runner.agent_for(branch)
-    if await _run_all(runner, branch, agent):
-        runner.feed(inp.ToolsDone(at=now(), branch_id=branch.id))
+    if not await _run_all(runner, branch, agent):
+        return False
+    runner.feed(inp.ToolsDone(at=now(), branch_id=branch.id))
+    return True
 
 
 async def _run_all(runner: Runner, branch: Branch, agent: BaseAgent) -> bool:

@@ -73,6 +73,8 @@ class _ValueType:
 
 _BY_NAME: dict[str, _ValueType] = {}
 _BY_TYPE: dict[type, _ValueType] = {}
+_JSON_INT = 10**4000
+"""Integers from here on are written in hex: JSON readers refuse more than 4300 digits."""
 
 
 def register_type(
@@ -94,21 +96,27 @@ def register_type(
     """
     tag = name or f"{cls.__module__}.{cls.__qualname__}"
     if encode is None or decode is None:
-        encode, decode = _codec_of(cls)
+        register_plain(cls, tag, *_codec_of(cls))
+    else:
+        encoder, decoder = encode, decode
+        register_plain(cls, tag, lambda v: to_plain(encoder(v)), lambda d: decoder(from_plain(d)))
+    return cls
+
+
+def register_plain(cls: type, tag: str, encode: Encoder, decode: Decoder) -> None:
+    """Register a codec whose ``encode`` gives stored data itself (its values already
+    through :func:`to_plain`) and whose ``decode`` reads it (Orchestra's own types)."""
     known = _BY_NAME.get(tag)
     if known is not None and _BY_TYPE.get(cls) is not known:
         raise ValueError(f"the name {tag!r} is registered for another type already")
     value_type = _ValueType(tag, encode, decode)
     _BY_NAME[tag] = value_type
     _BY_TYPE[cls] = value_type
-    return cls
 
 
 def _codec_of(cls: type) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return (lambda value: to_plain(value.model_dump())), (
-            lambda data: cls.model_validate(from_plain(data))
-        )
+        return _model_codec(cls)
     if dataclasses.is_dataclass(cls):
         names = [f.name for f in dataclasses.fields(cls) if f.init]
         return (lambda value: {n: to_plain(getattr(value, n)) for n in names}), (
@@ -122,11 +130,32 @@ def _codec_of(cls: type) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     )
 
 
+def _model_codec(cls: type[BaseModel]) -> tuple[Encoder, Decoder]:
+    """A pydantic model by its fields' names (not their aliases; computed fields left out,
+    extra fields kept), each value stored by these rules, so a nested value keeps its type;
+    read back through the model's own validation."""
+    names = list(cls.model_fields)
+
+    def encode(value: BaseModel) -> Any:
+        fields = {name: to_plain(getattr(value, name)) for name in names}
+        for name, item in (value.__pydantic_extra__ or {}).items():
+            fields[name] = to_plain(item)
+        return fields
+
+    def decode(data: Any) -> Any:
+        fields = {key: from_plain(item) for key, item in _object(data).items()}
+        return cls.model_validate(fields, by_name=True)
+
+    return encode, decode
+
+
 def to_plain(value: Any) -> Any:
     """``value`` as JSON-compatible data (tagged where JSON has no such type)."""
     kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool or value is None:
+    if kind is str or kind is float or kind is bool or value is None:
         return value
+    if kind is int:
+        return value if -_JSON_INT < value < _JSON_INT else {TAG: "int", "v": hex(value)}
     if kind is list:
         return [to_plain(item) for item in value]
     if kind is dict:
@@ -142,6 +171,10 @@ def to_plain(value: Any) -> Any:
         return {TAG: value_type.name, "v": value_type.encode(value)}
     except Unstorable:
         raise
+    except RecursionError:
+        raise Unstorable(
+            f"a {value_type.name} value that holds itself, or nests too deep"
+        ) from None
     except Exception as error:
         raise Unstorable(
             f"a {value_type.name} value whose encoder raised {type(error).__name__}: {error}"
@@ -163,7 +196,9 @@ def from_plain(data: Any) -> Any:
         raise Unreadable(f"a value tagged {str(tag)[:80]!r}, which is no type this process knows")
     try:
         return value_type.decode(data["v"])
-    except (TypeError, ValueError, KeyError, ValidationError) as error:  # Unreadable included
+    except RecursionError:
+        raise Unreadable(f"a {tag} value nested too deeply") from None
+    except Exception as error:  # a registered decoder may raise anything: it is the data's fault
         raise Unreadable(f"a {tag} value that does not read back: {error}") from None
 
 
@@ -210,48 +245,53 @@ def _register_builtins() -> None:
     def plain_items(value: Any) -> list[Any]:
         return [to_plain(item) for item in value]
 
-    register_type(tuple, name="tuple", encode=plain_items, decode=lambda d: tuple(items(d)))
-    register_type(set, name="set", encode=plain_items, decode=lambda d: set(items(d)))
-    register_type(
-        frozenset, name="frozenset", encode=plain_items, decode=lambda d: frozenset(items(d))
-    )
-    register_type(dict, name="map", encode=lambda v: v, decode=_map_of)
-    register_type(
+    def whole(data: Any) -> int:
+        if type(data) is not int:
+            raise Unreadable(f"expected a whole number, found {type(data).__name__}")
+        return data
+
+    register_plain(tuple, "tuple", plain_items, lambda d: tuple(items(d)))
+    register_plain(set, "set", plain_items, lambda d: set(items(d)))
+    register_plain(frozenset, "frozenset", plain_items, lambda d: frozenset(items(d)))
+    register_plain(dict, "map", lambda v: v, _map_of)
+    register_plain(int, "int", hex, lambda d: int(_text(d), 16))
+    register_plain(
         bytes,
-        name="bytes",
-        encode=lambda v: base64.b64encode(v).decode("ascii"),
-        decode=lambda d: base64.b64decode(_text(d), validate=True),
+        "bytes",
+        lambda v: base64.b64encode(v).decode("ascii"),
+        lambda d: base64.b64decode(_text(d), validate=True),
     )
-    register_type(
+    register_plain(
         datetime.datetime,
-        name="datetime",
-        encode=lambda v: v.isoformat(),
-        decode=lambda d: datetime.datetime.fromisoformat(_text(d)),
+        "datetime",
+        lambda v: v.isoformat(),
+        lambda d: datetime.datetime.fromisoformat(_text(d)),
     )
-    register_type(
+    register_plain(
         datetime.date,
-        name="date",
-        encode=lambda v: v.isoformat(),
-        decode=lambda d: datetime.date.fromisoformat(_text(d)),
+        "date",
+        lambda v: v.isoformat(),
+        lambda d: datetime.date.fromisoformat(_text(d)),
     )
-    register_type(
+    register_plain(
         datetime.time,
-        name="time",
-        encode=lambda v: v.isoformat(),
-        decode=lambda d: datetime.time.fromisoformat(_text(d)),
+        "time",
+        lambda v: v.isoformat(),
+        lambda d: datetime.time.fromisoformat(_text(d)),
     )
-    register_type(
+    register_plain(
         datetime.timedelta,
-        name="timedelta",
-        encode=lambda v: [v.days, v.seconds, v.microseconds],
-        decode=lambda d: datetime.timedelta(*(int(part) for part in _items(d))),
+        "timedelta",
+        lambda v: [v.days, v.seconds, v.microseconds],
+        lambda d: datetime.timedelta(*(whole(part) for part in _items(d))),
     )
-    register_type(Decimal, name="decimal", encode=str, decode=lambda d: Decimal(_text(d)))
-    register_type(uuid.UUID, name="uuid", encode=str, decode=lambda d: uuid.UUID(_text(d)))
+    register_plain(Decimal, "decimal", str, lambda d: Decimal(_text(d)))
+    register_plain(uuid.UUID, "uuid", str, lambda d: uuid.UUID(_text(d)))
 
 
 _register_builtins()
-del _BY_TYPE[dict]  # a plain dict is written as a JSON object; "map" only reads the others
+# plain dicts and ints are written as JSON objects and numbers: their tags only read the others
+del _BY_TYPE[dict], _BY_TYPE[int]
 
 
 # ---- typed shapes ----------------------------------------------------------------------------
@@ -296,10 +336,11 @@ class Shape:
 def _compiled_encoder(fields: list[tuple[str, Encoder, Decoder, Any]]) -> Encoder:
     """The encoder of one shape as a function of its own, its fields spelled out, as dataclasses
     spell out ``__init__``: a record is encoded at every step of a durable run, and a loop over
-    the fields costs twice as much. A field holding its default is left out; scalars are
-    written as they are; a value with no stored form is reported with the field it was in."""
+    the fields costs twice as much. A field holding its default is left out; a scalar is
+    written as it is once its type is checked (what the reader would refuse is refused here,
+    before it is stored); a value with no stored form is reported with the field it was in."""
     lines = ["def encode(value):", "    data = {}", "    name = ''", "    try:"]
-    namespace: dict[str, Any] = {"Unstorable": Unstorable}
+    namespace: dict[str, Any] = {"Unstorable": Unstorable, "wrong": _wrong_type}
     for index, (name, encode, _, default) in enumerate(fields):
         if not name.isidentifier():
             raise TypeError(f"field name {name!r} is no identifier")
@@ -307,9 +348,18 @@ def _compiled_encoder(fields: list[tuple[str, Encoder, Decoder, Any]]) -> Encode
         indent = "        "
         if default is not _MISSING:
             namespace[f"d{index}"] = default
-            lines.append(f"        if not (item is d{index} or item == d{index}):")
+            lines.append(
+                f"        if not (item is d{index} or (type(item) is type(d{index}) "
+                f"and item == d{index})):"
+            )
             indent += "    "
-        if encode is _identity:
+        scalar = _SCALAR_ENCODERS.get(encode)
+        if scalar is not None:
+            namespace[f"k{index}"] = scalar
+            check = f"type(item) is not k{index}"
+            if scalar is float:
+                check += " and type(item) is not int"
+            lines.append(f"{indent}if {check}: wrong(item, k{index})")
             lines.append(f"{indent}data[{name!r}] = item")
         else:
             namespace[f"e{index}"] = encode
@@ -388,7 +438,7 @@ def converter(annotation: Any) -> tuple[Encoder, Decoder]:
             raise TypeError(f"no stored form for {annotation!r}")
         return _mapping(*converter(arguments[1]))
     if annotation in _SCALARS:
-        return _identity, _checked(annotation)
+        return _SCALAR_IDENTITIES[annotation], _checked(annotation)
     if isinstance(annotation, type):
         if issubclass(annotation, enum.Enum):
             return _enum(annotation)
@@ -405,8 +455,24 @@ def converter(annotation: Any) -> tuple[Encoder, Decoder]:
 _SCALARS = (str, int, float, bool)
 
 
-def _identity(value: Any) -> Any:
-    return value
+def _scalar_identity(kind: type) -> Encoder:
+    """A scalar's encoder: the value as it is, once its type is checked (the compiled
+    encoders check it inline, recognising these functions)."""
+
+    def encode(value: Any) -> Any:
+        if type(value) is not kind and not (kind is float and type(value) is int):
+            _wrong_type(value, kind)
+        return value
+
+    return encode
+
+
+_SCALAR_IDENTITIES = {kind: _scalar_identity(kind) for kind in _SCALARS}
+_SCALAR_ENCODERS = {encode: kind for kind, encode in _SCALAR_IDENTITIES.items()}
+
+
+def _wrong_type(value: Any, kind: type) -> None:
+    raise Unstorable(f"a value of type {type(value).__qualname__} where a {kind.__name__} belongs")
 
 
 def _checked(kind: type) -> Decoder:
@@ -417,7 +483,10 @@ def _checked(kind: type) -> Decoder:
         if found is kind:
             return data
         if kind is float and found is int:
-            return float(data)
+            try:
+                return float(data)
+            except OverflowError:
+                raise Unreadable("a number too large for a float") from None
         raise Unreadable(f"expected {name}, found {found.__name__}")
 
     return decode
@@ -430,12 +499,17 @@ def _optional(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
 
 
 def _literal(allowed: tuple[Any, ...]) -> tuple[Encoder, Decoder]:
+    def encode(value: Any) -> Any:
+        if type(value) not in _SCALARS or value not in allowed:
+            raise Unstorable(f"{_preview(value)}, not one of {allowed!r}")
+        return value
+
     def decode(data: Any) -> Any:
-        if data not in allowed or type(data) not in _SCALARS:
+        if type(data) not in _SCALARS or data not in allowed:
             raise Unreadable(f"expected one of {allowed!r}, found {str(data)[:40]!r}")
         return data
 
-    return _identity, decode
+    return encode, decode
 
 
 def _sequence(kind: type, encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
@@ -449,51 +523,103 @@ def _sequence(kind: type, encode: Encoder, decode: Decoder) -> tuple[Encoder, De
 
 
 def _mapping(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
+    def write(value: Any) -> dict[str, Any]:
+        if not all(type(key) is str for key in value):
+            raise Unstorable("a mapping whose keys are not all text, where text keys belong")
+        return {key: encode(item) for key, item in value.items()}
+
     def read(data: Any) -> dict[str, Any]:
         return {_text(key): decode(item) for key, item in _object(data).items()}
 
-    return (lambda value: {key: encode(item) for key, item in value.items()}), read
+    return write, read
 
 
 def _enum(kind: type[enum.Enum]) -> tuple[Encoder, Decoder]:
-    def decode(data: Any) -> Any:
-        try:
-            return kind(data)
-        except ValueError:
-            raise Unreadable(f"{str(data)[:40]!r} is no {kind.__name__}") from None
+    members = kind._value2member_map_
 
-    return (lambda value: value._value_), decode
+    def decode(data: Any) -> Any:
+        found = members.get(data) if type(data) in _SCALARS else None
+        if found is None:
+            raise Unreadable(f"{str(data)[:40]!r} is no {kind.__name__}")
+        return found
+
+    def encode(value: Any) -> Any:
+        if type(value) is not kind:
+            _wrong_type(value, kind)
+        return value._value_
+
+    return encode, decode
 
 
 def _model(kind: type[BaseModel]) -> tuple[Encoder, Decoder]:
     def decode(data: Any) -> Any:
         try:
             return kind.model_validate(_object(data))
-        except ValidationError as error:
+        except (ValidationError, ValueError, TypeError, OverflowError) as error:
             raise Unreadable(f"not a valid {kind.__name__}: {error}") from None
 
     return (lambda value: value.model_dump(mode="json")), decode
 
 
 def encode_error(error: OrchestraError) -> dict[str, Any]:
-    data: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
+    """An error's type name and message (and the limit it names); for a class of the user's,
+    also the nearest class Orchestra defines, which decides how the engine treats it."""
+    kind = type(error)
+    data: dict[str, Any] = {"type": kind.__name__, "message": str(error)}
+    if getattr(error_types, kind.__name__, None) is not kind:
+        data["base"] = next(k.__name__ for k in kind.__mro__ if _defined_by_orchestra(k))
     if isinstance(error, LimitExceededError):
         data["limit"] = error.limit
     return data
 
 
-def decode_error(data: Any) -> OrchestraError:
-    """The error again, as its own class when Orchestra defines it (else an OrchestraError).
+def _defined_by_orchestra(kind: type) -> bool:
+    return isinstance(kind, type) and getattr(error_types, kind.__name__, None) is kind
 
-    It is rebuilt without running any constructor: its message (and the limit it names) is all
-    a stored error keeps."""
+
+def decode_error(data: Any) -> OrchestraError:
+    """The error again: of its own class when Orchestra defines it, else of an
+    ``OrchestraError`` subclass of the same name (an error class of the user's), so a rebuilt
+    run reports the type the live run did. It is rebuilt without running any constructor: its
+    message (and the limit it names) is all a stored error keeps."""
     found = _object(data)
+    if not found.keys() <= {"type", "message", "limit", "base"}:
+        raise Unreadable(f"an error with unknown field(s) {sorted(found.keys())!r}")
     message = _text(found.get("message"))
-    kind = getattr(error_types, _text(found.get("type")), None)
-    if not (isinstance(kind, type) and issubclass(kind, OrchestraError)):
-        kind = OrchestraError
+    name = _text(found.get("type"))
+    kind = _orchestra_error(name)
+    if kind is None:
+        base = _orchestra_error(_text(found.get("base", "OrchestraError")))
+        if base is None:
+            raise Unreadable(f"an error whose base {found.get('base')!r} Orchestra does not define")
+        kind = _stand_in(name, base)
     error = kind.__new__(kind)
     Exception.__init__(error, message)
     if isinstance(error, LimitExceededError):
         error.limit = _text(found.get("limit", ""))
     return error
+
+
+def _orchestra_error(name: str) -> type[OrchestraError] | None:
+    kind = getattr(error_types, name, None)
+    if isinstance(kind, type) and issubclass(kind, OrchestraError) and _defined_by_orchestra(kind):
+        return kind
+    return None
+
+
+_STAND_INS: dict[tuple[str, type], type[OrchestraError]] = {}
+_STAND_INS_KEPT = 256
+
+
+def _stand_in(name: str, base: type[OrchestraError]) -> type[OrchestraError]:
+    """A subclass of ``base`` called ``name``: an error class of the user's, as the engine saw
+    it (no code of the stored data's choosing runs: the class has no body). The first few
+    hundred are kept, so one class stands for each name."""
+    if not name.isidentifier():
+        raise Unreadable(f"an error type named {name[:40]!r}")
+    found = _STAND_INS.get((name, base))
+    if found is None:
+        found = type(name, (base,), {"__module__": __name__})
+        if len(_STAND_INS) < _STAND_INS_KEPT:
+            _STAND_INS[(name, base)] = found
+    return found

@@ -32,6 +32,7 @@ from orchestra.errors import (
     ConfigurationError,
     SessionCorruptedError,
     SessionError,
+    SessionFormatError,
     SessionNotFoundError,
 )
 
@@ -313,17 +314,23 @@ def _read_records(session_id: str, lines: list[str]) -> list[Entry]:
             data = json.loads(line)
         except (ValueError, RecursionError):
             raise SessionCorruptedError(f"{where} is not valid JSON") from None
-        if not isinstance(data, dict) or data.get("s") != number:
+        if not isinstance(data, dict) or type(data.get("s")) is not int or data["s"] != number:
             raise SessionCorruptedError(f"{where} is out of sequence")
         kind = str(data.get("t"))[:40]
         try:
-            if kind == "run":
+            if kind == inp.RunStart.KIND or "format" in data:
                 found_format = _format_of(data, where)
             if found_format != FORMAT:
                 data = records.upgrade(data, found_format, session_id)
             entries.append(Entry(number, records.decode(data)))
         except (Unreadable, RecursionError) as error:
             raise SessionCorruptedError(f"{where} ({kind}) cannot be read: {error}") from None
+        except SessionFormatError:
+            raise
+        except Exception as error:  # whatever a crafted record makes a reader raise
+            raise SessionCorruptedError(
+                f"{where} ({kind}) cannot be read: {type(error).__name__}: {error}"
+            ) from None
     return entries
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from orchestra import errors as error_types
+
 from .codec import TAG, Unreadable
 
 
 def from_format_1(record: dict[str, Any]) -> dict[str, Any]:
     kind = record.get("t")
-    lift = _FORMAT_1.get(kind)  # type: ignore[arg-type]
+    lift = _FORMAT_1.get(kind) if type(kind) is str else None
     if lift is None:
         raise Unreadable(f"unknown record type {str(kind)[:40]!r}")
     try:
@@ -72,7 +74,23 @@ def _action(data: dict[str, Any]) -> dict[str, Any]:
 
 def _tool_call(data: list[Any]) -> dict[str, Any]:
     name, arguments, call_id = data
-    return {"name": name, "arguments": _value(arguments), "call_id": call_id}
+    return {"name": name, "arguments": _mapping(arguments), "call_id": call_id}
+
+
+def _mapping(data: Any) -> Any:
+    """A format 1 value where a mapping with text keys belongs (a context, tool arguments):
+    one that held the tag key was tagged; a typed mapping needs no tag."""
+    if isinstance(data, dict) and data.get(TAG) == "dict":
+        return {key: _value(item) for key, item in data["v"].items()}
+    return _value(data)
+
+
+def _step_error(data: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 stored what a step raised as it was; the engine then reported anything but
+    Orchestra's own errors as an AgentStepError (the agent's name it did not keep)."""
+    if getattr(error_types, str(data["type"]), None) is None:
+        return {"type": "AgentStepError", "message": f"raised {data['type']}: {data['message']}"}
+    return data
 
 
 def _messages(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -123,7 +141,7 @@ def _tool_done(record: dict[str, Any]) -> dict[str, Any]:
 _FORMAT_1: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "run": lambda r: {
         "task": _value(r["task"]),
-        "context": _value(r["context"]),
+        "context": _mapping(r["context"]),
         "max_steps": r["max_steps"],
         "config": r["config"],
         "error_config": r["error_config"],
@@ -138,7 +156,7 @@ _FORMAT_1: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     },
     "step_failed": lambda r: {
         "branch_id": r["branch"],
-        "error": r["error"],
+        "error": _step_error(r["error"]),
         "messages": _messages(r["messages"]),
         "duration": 0.0,
     },
@@ -151,7 +169,7 @@ _FORMAT_1: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "abort": lambda r: {"error": r["error"], "branch_id": r["branch"]},
     "pause": lambda r: {"reason": r["reason"]},
     "end": lambda r: {"paused": r["paused"], "success": r["success"], "error": r["error"]},
-    "resume": lambda r: {"context": _value(r.get("context") or {})},
+    "resume": lambda r: {"context": _mapping(r.get("context") or {})},
     "checkpoint": lambda r: {"checkpoint_id": r["id"], "name": r["name"], "position": r["at"]},
     "restore": lambda r: {"position": r["to"], "checkpoint_id": r["checkpoint"]},
 }

@@ -21,7 +21,16 @@ from orchestra.errors import SessionFormatError
 from orchestra.models.base import Message, ToolCall, Usage
 
 from . import migrations
-from .codec import TAG, Shape, Unreadable, Unstorable, from_plain, register_type, shape, to_plain
+from .codec import (
+    TAG,
+    Shape,
+    Unreadable,
+    Unstorable,
+    from_plain,
+    register_plain,
+    shape,
+    to_plain,
+)
 
 FORMAT = 2
 """The log format this release writes. Bump it (and add a migration) when records change."""
@@ -40,14 +49,20 @@ class Entry(NamedTuple):
     record: inp.Record
 
 
+def _labeled(data: Any) -> Labeled:
+    if type(data) is not dict or data.keys() != {"value", "labels"}:
+        raise Unreadable("a labeled value that is not {value, labels}")
+    return Labeled(from_plain(data["value"]), *data["labels"])
+
+
 def _register_orchestra_values() -> None:
     """Orchestra's own types, wherever user values hold them (an Action a function returns,
     a Labeled value, the tool calls of a step's input)."""
-    register_type(
+    register_plain(
         Labeled,
-        name="labeled",
-        encode=lambda v: {"value": to_plain(v.value), "labels": sorted(v.labels)},
-        decode=lambda d: Labeled(from_plain(d["value"]), *d["labels"]),
+        "labeled",
+        lambda v: {"value": to_plain(v.value), "labels": sorted(v.labels)},
+        _labeled,
     )
     for kind, name in (
         (Action, "action"),
@@ -58,10 +73,15 @@ def _register_orchestra_values() -> None:
         (StepInput, "step_input"),
     ):
         typed = shape(kind)
-        register_type(kind, name=name, encode=typed.encode, decode=typed.decode)
+        register_plain(kind, name, typed.encode, typed.decode)
 
 
 _register_orchestra_values()
+
+
+_OPENING = (inp.RunStart, inp.RunResume, inp.Checkpoint, inp.Restore)
+"""The kinds a writer may append first to an existing log: they carry the format, so records
+this release appends after an older release's are read as its own."""
 
 
 def encode(item: inp.Record, position: int) -> str:
@@ -69,16 +89,26 @@ def encode(item: inp.Record, position: int) -> str:
     form: nothing is written then)."""
     try:
         fields = _SHAPES[type(item)].encode(item)
+        if type(item) in _OPENING:
+            return _line({"t": item.KIND, "s": position, "format": FORMAT, **fields})
+        return _line({"t": item.KIND, "s": position, **fields})
     except Unstorable as error:
         raise error.error() from None
-    if type(item) is inp.RunStart:
-        return dumps({"t": item.KIND, "s": position, "format": FORMAT, **fields})
-    return dumps({"t": item.KIND, "s": position, **fields})
+    except RecursionError:
+        raise Unstorable("a value that holds itself, or nests too deep").error() from None
+
+
+def _line(data: dict[str, Any]) -> str:
+    try:
+        return dumps(data)
+    except (TypeError, ValueError) as error:  # a value no JSON writer takes
+        raise Unstorable(f"a value JSON cannot hold ({error})") from None
 
 
 def decode(data: dict[str, Any]) -> inp.Record:
     """A parsed line back as its record (``Unreadable``, saying where, when it is not one)."""
-    kind = KINDS.get(data.get("t"))  # type: ignore[arg-type]
+    tag = data.get("t")
+    kind = KINDS.get(tag) if type(tag) is str else None
     if kind is None:
         raise Unreadable(f"unknown record type {str(data.get('t'))[:40]!r}")
     fields = {key: value for key, value in data.items() if key not in ("t", "s", "format")}

@@ -33,7 +33,7 @@ def rebuild(engine: Engine, run: RunLog, snapshot: Snapshot | None, session_id: 
 def _apply(engine: Engine, entry: Entry, session_id: str) -> None:
     try:
         engine.apply(entry.record)  # type: ignore[arg-type]
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+    except Exception as error:  # a record the live run could not have applied: the log's fault
         raise SessionCorruptedError(
             f"session {session_id!r}: record {entry.position} ({entry.record.KIND}) does not "
             f"fit the run being rebuilt ({type(error).__name__}: {error}); was the topology "

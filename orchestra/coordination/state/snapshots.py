@@ -19,7 +19,7 @@ import struct
 import zlib
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import zstandard
 
@@ -31,14 +31,17 @@ from orchestra.coordination.engine.core import Engine
 from orchestra.errors import OrchestraError, SessionCorruptedError
 from orchestra.models.base import Message, ToolCall
 
-from .codec import Unreadable, Unstorable, converter, from_plain, shape, to_plain
+from .codec import Unreadable, Unstorable, shape
 from .records import dumps
 
+MAX_BYTES = 256 * 1024 * 1024
+"""The most a snapshot may hold once expanded (a larger one is refused as damaged)."""
 MAGIC = b"ORCS"
 FORMAT = 2
 _HEADER = struct.Struct(">4sBBQI")
 _COMPRESSED = 1
-_EVENTS = {kind.__name__: kind for kind in ev.EVENT_TYPES}
+_EVENTS: dict[Any, type[ev.Event]] = {kind.__name__: kind for kind in ev.EVENT_TYPES}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def capture(engine: Engine, position: int, compress: bool) -> bytes | None:
     value the log stored cannot lack: then there is simply no snapshot)."""
     try:
         state = _state_of(engine)
-    except Unstorable:
+    except (Unstorable, RecursionError):
         return None
     payload = dumps(state).encode()
     flags = 0
@@ -74,9 +77,12 @@ def read(data: bytes, session_id: str) -> Snapshot | None:
         return None
     try:
         if flags & _COMPRESSED:
-            payload = zstandard.ZstdDecompressor().decompress(payload)
+            size = zstandard.frame_content_size(payload)
+            if size > MAX_BYTES:
+                raise ValueError(f"it would expand to {size} bytes")
+            payload = zstandard.ZstdDecompressor().decompress(payload, max_output_size=MAX_BYTES)
         state = json.loads(payload)
-    except (zstandard.ZstdError, ValueError, RecursionError) as error:
+    except (zstandard.ZstdError, ValueError, RecursionError, MemoryError) as error:
         raise SessionCorruptedError(
             f"session {session_id!r}: its snapshot cannot be read ({type(error).__name__})"
         ) from None
@@ -87,199 +93,299 @@ def read(data: bytes, session_id: str) -> Snapshot | None:
 
 def restore(engine: Engine, snapshot: Snapshot, session_id: str) -> None:
     """Put a snapshot's state into a freshly built engine (instead of replaying up to it); the
-    run's events so far are emitted again, marked as replayed, as a replay would emit them."""
+    run's events so far are emitted again, marked as replayed, as a replay would emit them.
+    Every field is checked as a log record's are: a snapshot that does not hold a run's state
+    is damage (SessionCorruptedError naming the session)."""
     try:
         _restore(engine, snapshot.state)
-    except (Unreadable, KeyError, TypeError, ValueError, AttributeError) as error:
+    except (Unreadable, RecursionError) as error:
         raise SessionCorruptedError(
-            f"session {session_id!r}: its snapshot does not hold a run's state ({error!r})"
+            f"session {session_id!r}: its snapshot does not hold a run's state ({error})"
         ) from None
 
 
-# ---- what is stored --------------------------------------------------------------------------
+# ---- what is stored: typed, so a snapshot is read back checked field by field -------------------
 
-_RUN_FIELDS = (
-    "steps",
-    "questions_asked",
-    "spawned",
-    "finished",
-    "max_steps",
-    "pause_reason",
-    "paused",
-    "now",
-    "last_at",
-    "started_at",
-    "active_since",
-    "worked",
-)
 
-_value_of_action = converter(Action | None)
-_errors = converter(OrchestraError | None)
-_messages = converter(tuple[Message, ...])
-_tool_calls = converter(tuple[ToolCall, ...])
-_step_input = converter(StepInput | None)
-_frames = converter(tuple[Frame, ...])
+@dataclass(frozen=True)
+class _Run:
+    steps: int
+    questions_asked: int
+    spawned: int
+    finished: bool
+    max_steps: int
+    pause_reason: str | None
+    paused: bool
+    now: float
+    last_at: float
+    started_at: float
+    stopped_at: float | None
+    gaps: tuple[tuple[float, ...], ...]
+    context: dict[str, Any]
+    invocations: dict[str, int]
+    error: OrchestraError | None
+    checkpoint_ids: tuple[str, ...]
+    config: ExecutionConfig
+    error_config: ErrorHandlingConfig
+    root: str | None
+
+
+@dataclass(frozen=True)
+class _Branch:
+    id: str
+    agent: str
+    input: StepInput | None
+    created_at: float
+    fan_out: str | None
+    parent: str | None
+    call_stack: tuple[Frame, ...]
+    status: BranchStatus
+    steps: int
+    step_number: int
+    step_open: bool
+    step_base: int
+    ready: int
+    retries: int
+    visited: tuple[str, ...]
+    result: Any
+    error: OrchestraError | None
+    ended_at: float | None
+    waiting_on: str | None
+    conversations: dict[str, tuple[Message, ...]]
+    outcome: str
+    arrivals: dict[str, Any]
+    forwards_results: bool
+    pending_tools: tuple[ToolCall, ...]
+    tool_results: dict[str, Any]
+    after_tools: Action | None
+    question: tuple[str, ...] | None
+    transfers: tuple[tuple[str, ...], ...] | None
+    transfers_kept: int | None
+
+
+@dataclass(frozen=True)
+class _FanOut:
+    id: str
+    parent: str
+    source: str
+    sources: frozenset[str]
+    children: tuple[str, ...]
+    policy: ConvergencePolicy
+    required: int
+    pending: int
+    created_at: float
+    calls: bool
+    succeeded: int
+    failed: int
+    settled: bool
+
+
+@dataclass(frozen=True)
+class _State:
+    """The state (the events beside it, each with its type's name, read by its own shape)."""
+
+    run: _Run
+    branches: tuple[_Branch, ...]
+    fan_outs: tuple[_FanOut, ...]
+
+
+_STATE = shape(_State)
 
 
 def _state_of(engine: Engine) -> dict[str, Any]:
-    run = {name: getattr(engine, name) for name in _RUN_FIELDS}
-    run.update(
-        context=to_plain(engine.context),
+    run = _Run(
+        steps=engine.steps,
+        questions_asked=engine.questions_asked,
+        spawned=engine.spawned,
+        finished=engine.finished,
+        max_steps=engine.max_steps,
+        pause_reason=engine.pause_reason,
+        paused=engine.paused,
+        now=engine.now,
+        last_at=engine.last_at,
+        started_at=engine.started_at,
+        stopped_at=engine.stopped_at,
+        gaps=tuple(engine.gaps),
+        context=engine.context,
         invocations=dict(engine.invocations),
-        error=_errors[0](engine.error),
-        checkpoint_ids=list(engine.checkpoint_ids),
-        config=engine.config.model_dump(mode="json"),
-        error_config=engine.error_config.model_dump(mode="json"),
+        error=engine.error,
+        checkpoint_ids=tuple(engine.checkpoint_ids),
+        config=engine.config,
+        error_config=engine.error_config,
         root=engine.root.id if engine.root else None,
     )
-    return {
-        "run": run,
-        "branches": [_branch_state(branch) for branch in engine.branches.values()],
-        "fan_outs": [_fan_out_state(fan_out) for fan_out in engine.fan_outs.values()],
-        "events": [
-            {"type": type(event).__name__, **shape(type(event)).encode(event)}
-            for event in engine.stream.events
-        ],
-    }
+    events = tuple(
+        {"type": type(event).__name__, **shape(type(event)).encode(event)}
+        for event in engine.stream.events
+    )
+    state = _State(
+        run,
+        tuple(_branch_state(branch) for branch in engine.branches.values()),
+        tuple(_fan_out_state(fan_out) for fan_out in engine.fan_outs.values()),
+    )
+    return {**_STATE.encode(state), "events": list(events)}
 
 
-def _branch_state(branch: Branch) -> dict[str, Any]:
+def _branch_state(branch: Branch) -> _Branch:
     transfers = branch.transfers
-    return {
-        "id": branch.id,
-        "agent": branch.agent,
-        "input": _step_input[0](branch.input),
-        "created_at": branch.created_at,
-        "fan_out": branch.fan_out.id if branch.fan_out else None,
-        "parent": branch.parent.id if branch.parent else None,
-        "call_stack": _frames[0](branch.call_stack),
-        "status": branch.status.value,
-        "steps": branch.steps,
-        "step_number": branch.step_number,
-        "step_open": branch.step_open,
-        "step_base": branch.step_base,
-        "ready": branch.ready,
-        "retries": branch.retries,
-        "visited": list(branch.visited),
-        "result": to_plain(branch.result),
-        "error": _errors[0](branch.error),
-        "ended_at": branch.ended_at,
-        "waiting_on": branch.waiting_on.id if branch.waiting_on else None,
-        "conversations": {
-            agent: _messages[0](messages) for agent, messages in branch.conversations.items()
-        },
-        "outcome": branch.outcome,
-        "arrivals": to_plain(branch.arrivals),
-        "forwards_results": branch.forwards_results,
-        "pending_tools": _tool_calls[0](branch.pending_tools),
-        "tool_results": to_plain(branch.tool_results),
-        "after_tools": _value_of_action[0](branch.after_tools),
-        "question": list(branch.question) if branch.question else None,
-        "transfers": (
-            None if transfers is None else {"max": transfers.maxlen, "items": list(transfers)}
-        ),
-    }
+    return _Branch(
+        id=branch.id,
+        agent=branch.agent,
+        input=branch.input,
+        created_at=branch.created_at,
+        fan_out=branch.fan_out.id if branch.fan_out else None,
+        parent=branch.parent.id if branch.parent else None,
+        call_stack=tuple(branch.call_stack),
+        status=branch.status,
+        steps=branch.steps,
+        step_number=branch.step_number,
+        step_open=branch.step_open,
+        step_base=branch.step_base,
+        ready=branch.ready,
+        retries=branch.retries,
+        visited=tuple(branch.visited),
+        result=branch.result,
+        error=branch.error,
+        ended_at=branch.ended_at,
+        waiting_on=branch.waiting_on.id if branch.waiting_on else None,
+        conversations={agent: tuple(messages) for agent, messages in branch.conversations.items()},
+        outcome=branch.outcome,
+        arrivals=branch.arrivals,
+        forwards_results=branch.forwards_results,
+        pending_tools=branch.pending_tools,
+        tool_results=branch.tool_results,
+        after_tools=branch.after_tools,
+        question=branch.question,
+        transfers=None if transfers is None else tuple(transfers),
+        transfers_kept=None if transfers is None else transfers.maxlen,
+    )
 
 
-def _fan_out_state(fan_out: FanOut) -> dict[str, Any]:
-    return {
-        "id": fan_out.id,
-        "parent": fan_out.parent.id,
-        "source": fan_out.source,
-        "sources": sorted(fan_out.sources),
-        "children": [child.id for child in fan_out.children],
-        "policy": fan_out.policy.model_dump(mode="json"),
-        "required": fan_out.required,
-        "pending": fan_out.pending,
-        "created_at": fan_out.created_at,
-        "calls": fan_out.calls,
-        "succeeded": fan_out.succeeded,
-        "failed": fan_out.failed,
-        "settled": fan_out.settled,
-    }
+def _fan_out_state(fan_out: FanOut) -> _FanOut:
+    return _FanOut(
+        id=fan_out.id,
+        parent=fan_out.parent.id,
+        source=fan_out.source,
+        sources=fan_out.sources,
+        children=tuple(child.id for child in fan_out.children),
+        policy=fan_out.policy,
+        required=fan_out.required,
+        pending=fan_out.pending,
+        created_at=fan_out.created_at,
+        calls=fan_out.calls,
+        succeeded=fan_out.succeeded,
+        failed=fan_out.failed,
+        settled=fan_out.settled,
+    )
 
 
 # ---- reading it back -------------------------------------------------------------------------
 
 
-def _restore(engine: Engine, state: dict[str, Any]) -> None:
-    run = state["run"]
-    for name in _RUN_FIELDS:
-        setattr(engine, name, run[name])
-    engine.context = from_plain(run["context"])
-    engine.invocations = Counter(run["invocations"])
-    engine.error = _errors[1](run["error"])
-    engine.checkpoint_ids = list(run["checkpoint_ids"])
-    engine.config = ExecutionConfig.model_validate(run["config"])
-    engine.error_config = ErrorHandlingConfig.model_validate(run["error_config"])
-    branches = {data["id"]: _branch(data) for data in state["branches"]}
+def _restore(engine: Engine, data: dict[str, Any]) -> None:
+    state: _State = _STATE.decode({key: value for key, value in data.items() if key != "events"})
+    run = state.run
+    branches = {entry.id: _branch(entry) for entry in state.branches}
     fan_outs = {
-        data["id"]: _fan_out(data, branches[data["parent"]], branches) for data in state["fan_outs"]
+        entry.id: _fan_out(entry, _known(branches, entry.parent), branches)
+        for entry in state.fan_outs
     }
-    for data in state["branches"]:
-        branch = branches[data["id"]]
-        branch.fan_out = fan_outs[data["fan_out"]] if data["fan_out"] else None
-        branch.parent = branches[data["parent"]] if data["parent"] else None
-        branch.waiting_on = fan_outs[data["waiting_on"]] if data["waiting_on"] else None
+    for entry in state.branches:
+        branch = branches[entry.id]
+        branch.fan_out = _known(fan_outs, entry.fan_out) if entry.fan_out else None
+        branch.parent = _known(branches, entry.parent) if entry.parent else None
+        branch.waiting_on = _known(fan_outs, entry.waiting_on) if entry.waiting_on else None
+    if run.root is None or any(len(gap) != 2 for gap in run.gaps):
+        raise Unreadable("a run with no root branch, or a gap that is no pair of times")
+    for name in ("steps", "questions_asked", "spawned", "finished", "max_steps", "paused"):
+        setattr(engine, name, getattr(run, name))
+    engine.pause_reason = run.pause_reason
+    engine.now, engine.last_at = run.now, run.last_at
+    engine.started_at, engine.stopped_at = run.started_at, run.stopped_at
+    engine.gaps = [(since, until) for since, until in run.gaps]
+    engine.context.update(run.context)
+    engine.invocations = Counter(run.invocations)
+    engine.error = run.error
+    engine.checkpoint_ids = list(run.checkpoint_ids)
+    engine.config, engine.error_config = run.config, run.error_config
     engine.branches = branches
     engine.fan_outs = fan_outs
-    engine.root = branches[run["root"]] if run["root"] else None
-    for data in state["events"]:
-        kind = _EVENTS[data.pop("type")]
-        engine.stream.emit(shape(kind).decode(data))  # the stream marks it replayed
+    engine.root = _known(branches, run.root)
+    if engine.root.ended != engine.finished:
+        raise Unreadable("a run whose root branch ended while the run did not, or the reverse")
+    events = data.get("events")
+    if type(events) is not list:
+        raise Unreadable("no list of events")
+    for item in events:
+        kind = _EVENTS.get(item.get("type")) if type(item) is dict else None
+        if kind is None:
+            raise Unreadable("an event of no known type")
+        fields = {key: value for key, value in item.items() if key != "type"}
+        engine.stream.emit(shape(kind).decode(fields))  # the stream marks it replayed
 
 
-def _branch(data: dict[str, Any]) -> Branch:
-    transfers = data["transfers"]
-    question = data["question"]
+def _known(found: dict[str, T], key: str) -> T:
+    if key not in found:
+        raise Unreadable(f"a reference to {key[:40]!r}, which the snapshot does not hold")
+    return found[key]
+
+
+def _branch(entry: _Branch) -> Branch:
+    transfers = entry.transfers
+    if transfers is not None and (
+        entry.transfers_kept is None or any(len(item) != 3 for item in transfers)
+    ):
+        raise Unreadable(f"branch {entry.id}: transfers that are not (source, target, work)")
+    if entry.question is not None and len(entry.question) != 2:
+        raise Unreadable(f"branch {entry.id}: a question that is not (id, text)")
     return Branch(
-        id=data["id"],
-        agent=data["agent"],
-        input=_step_input[1](data["input"]),
-        created_at=data["created_at"],
-        call_stack=list(_frames[1](data["call_stack"])),
-        status=BranchStatus(data["status"]),
-        steps=data["steps"],
-        step_number=data["step_number"],
-        step_open=data["step_open"],
-        step_base=data["step_base"],
-        ready=data["ready"],
-        retries=data["retries"],
-        visited=list(data["visited"]),
-        result=from_plain(data["result"]),
-        error=_errors[1](data["error"]),
-        ended_at=data["ended_at"],
-        conversations={
-            agent: list(_messages[1](messages)) for agent, messages in data["conversations"].items()
-        },
-        outcome=data["outcome"],
-        arrivals=from_plain(data["arrivals"]),
-        forwards_results=data["forwards_results"],
-        pending_tools=_tool_calls[1](data["pending_tools"]),
-        tool_results=from_plain(data["tool_results"]),
-        after_tools=_value_of_action[1](data["after_tools"]),
-        question=(question[0], question[1]) if question else None,
+        id=entry.id,
+        agent=entry.agent,
+        input=entry.input,
+        created_at=entry.created_at,
+        call_stack=list(entry.call_stack),
+        status=entry.status,
+        steps=entry.steps,
+        step_number=entry.step_number,
+        step_open=entry.step_open,
+        step_base=entry.step_base,
+        ready=entry.ready,
+        retries=entry.retries,
+        visited=list(entry.visited),
+        result=entry.result,
+        error=entry.error,
+        ended_at=entry.ended_at,
+        conversations={agent: list(messages) for agent, messages in entry.conversations.items()},
+        outcome=entry.outcome,
+        arrivals=dict(entry.arrivals),
+        forwards_results=entry.forwards_results,
+        pending_tools=entry.pending_tools,
+        tool_results=dict(entry.tool_results),
+        after_tools=entry.after_tools,
+        question=(entry.question[0], entry.question[1]) if entry.question else None,
         transfers=(
             None
             if transfers is None
-            else deque((tuple(item) for item in transfers["items"]), maxlen=transfers["max"])
+            else deque(
+                ((item[0], item[1], item[2]) for item in transfers), maxlen=entry.transfers_kept
+            )
         ),
     )
 
 
-def _fan_out(data: dict[str, Any], parent: Branch, branches: dict[str, Branch]) -> FanOut:
+def _fan_out(entry: _FanOut, parent: Branch, branches: dict[str, Branch]) -> FanOut:
     return FanOut(
-        id=data["id"],
+        id=entry.id,
         parent=parent,
-        source=data["source"],
-        sources=frozenset(data["sources"]),
-        children=[branches[child] for child in data["children"]],
-        policy=ConvergencePolicy.model_validate(data["policy"]),
-        required=data["required"],
-        pending=data["pending"],
-        created_at=data["created_at"],
-        calls=data["calls"],
-        succeeded=data["succeeded"],
-        failed=data["failed"],
-        settled=data["settled"],
+        source=entry.source,
+        sources=entry.sources,
+        children=[_known(branches, child) for child in entry.children],
+        policy=entry.policy,
+        required=entry.required,
+        pending=entry.pending,
+        created_at=entry.created_at,
+        calls=entry.calls,
+        succeeded=entry.succeeded,
+        failed=entry.failed,
+        settled=entry.settled,
     )
