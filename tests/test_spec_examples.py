@@ -2,8 +2,8 @@
 
 Each example names agents it never defines: the tests build them with scripted models and let
 them register in the global registry, as the page's ``Orchestra.run(task, topology)`` expects.
-Examples that need persistence (StateManager), metrics collection, follow-up questions or a
-human (OrchestraInstance, Pattern 3 sessions, best practices 3 and 5) are not covered here.
+The OrchestraInstance example (pause, resume, checkpoints) and Pattern 3's sessions run in
+tests/test_sessions.py; metrics collection and follow-up questions arrive in later releases.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from orchestra.coordination.config import (
     VerbosityLevel,
 )
 from orchestra.coordination.orchestra import OrchestraResult
+from orchestra.coordination.state import FileStorageBackend, StateManager
 from orchestra.coordination.topology import Edge, Labeled, PatternConfig, Topology
 from orchestra.errors import ConfigurationError
 
@@ -133,7 +134,10 @@ async def test_simple_execution() -> None:
     assert summarizer.calls[0].messages[1].content == "[Task]\nSummarize this article"
 
 
-async def test_complex_execution(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_complex_execution(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the example keeps its state in ./state
     coordinator = ScriptedModel(
         [
             invoke(("TechAnalyst", "tech trends"), ("FinanceAnalyst", "finance trends")),
@@ -146,9 +150,8 @@ async def test_complex_execution(capsys: pytest.CaptureFixture[str]) -> None:
     Agent("FinanceAnalyst", ScriptedModel([final("finance: rates fall")]))
     Agent("Reporter", ScriptedModel(["markets are up"]))
 
-    # Complex execution with all options. state_manager, allow_follow_ups (and the follow-ups
-    # they enable) arrive in a later release, so they are left out here; follow_up_timeout is
-    # accepted already.
+    # Complex execution with all options. allow_follow_ups (and the follow-ups it enables)
+    # arrives in a later release, so it is left out here; follow_up_timeout is accepted already.
     result = await Orchestra.run(
         task={
             "request": "Analyze market trends",
@@ -169,12 +172,14 @@ async def test_complex_execution(capsys: pytest.CaptureFixture[str]) -> None:
             branch_timeout=1200.0,
             status=StatusConfig.from_verbosity(2),
         ),
+        state_manager=StateManager(FileStorageBackend("./state")),
         max_steps=100,
         follow_up_timeout=120.0,
     )
 
     assert result.success, result.error
     assert result.session_id == "market_analysis_2024"
+    assert (tmp_path / "state" / "market_analysis_2024").is_dir()  # a durable session
     assert result.final_response == {
         "report": "markets are up",
         "sectors": ["tech", "finance"],

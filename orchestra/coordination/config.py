@@ -51,8 +51,10 @@ class VerbosityLevel(IntEnum):
 class StatusConfig(_Config):
     """What the run prints while it works (the live display arrives in a later release).
 
-    QUIET prints nothing; NORMAL prints one line per agent step; VERBOSE adds each action's
-    details (targets, final responses, questions, steering messages).
+    QUIET prints nothing; NORMAL prints a line per agent step and per failure, and when the
+    run pauses, resumes or ends; VERBOSE adds rejected replies, fan-outs, convergence and
+    questions. ``show_actions`` (on at VERBOSE) adds under each step what its action carried:
+    the requests, the final response, the question, the tool calls' arguments.
     """
 
     enabled: bool = True

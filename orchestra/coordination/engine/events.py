@@ -4,8 +4,9 @@ The result's trace, the status display, and later metrics, traces and the web in
 read this stream. Events are small frozen records; ``to_dict`` gives their plain-data form with
 a ``type`` tag. An event's ``at`` is the time of the input that caused it, never the time it
 was emitted, so a run rebuilt from its log emits the very events the live run did. Those
-carry ``replayed=True`` (a field equality ignores): a subscriber that acts on news (prints it,
-counts it) skips them; one that mirrors the run's history takes them.
+carry ``replayed=True`` (equality compares that field too: set it aside to compare a rebuilt
+run's events with the live run's): a subscriber that acts on news (prints it, counts it) skips
+them; one that mirrors the run's history takes them.
 """
 
 from __future__ import annotations
