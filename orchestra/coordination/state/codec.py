@@ -28,7 +28,7 @@ import datetime
 import enum
 import typing
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from types import NoneType, UnionType
 from typing import Any, TypeVar
@@ -312,25 +312,7 @@ class Shape:
         ]
         self.names = frozenset(name for name, *_ in self.fields)
         self.encode: Callable[[Any], dict[str, Any]] = _compiled_encoder(self.fields)
-
-    def decode(self, data: Any) -> Any:
-        found = _object(data)
-        unknown = found.keys() - self.names
-        if unknown:
-            raise Unreadable(f"unknown field(s) {', '.join(sorted(map(repr, unknown)))}")
-        values = {}
-        for name, _, decode, default in self.fields:
-            if name in found:
-                try:
-                    values[name] = decode(found[name])
-                except Unreadable as error:
-                    raise Unreadable(f"field {name!r}: {error}") from None
-            elif default is dataclasses.MISSING:
-                raise Unreadable(f"field {name!r} is missing")
-        try:
-            return self.cls(**values)
-        except (TypeError, ValueError) as error:
-            raise Unreadable(str(error)) from None
+        self.decode: Decoder = _compiled_decoder(cls, self.fields, self.names)
 
 
 def _compiled_encoder(fields: list[tuple[str, Encoder, Decoder, Any]]) -> Encoder:
@@ -372,6 +354,62 @@ def _compiled_encoder(fields: list[tuple[str, Encoder, Decoder, Any]]) -> Encode
     exec("\n".join(lines), namespace)
     encoder: Encoder = namespace["encode"]
     return encoder
+
+
+def _compiled_decoder(
+    cls: type, fields: list[tuple[str, Encoder, Decoder, Any]], names: frozenset[str]
+) -> Decoder:
+    """The reader of one shape, spelled out like its encoder (a long log is read record by
+    record, a snapshot event by event): each field checked as its type says — a scalar's type
+    inline — unknown fields refused, a missing one named, a field left out given its
+    default by the constructor."""
+    lines = [
+        "def decode(data):",
+        "    if type(data) is not dict: raise Unreadable(f'expected an object, found "
+        "{type(data).__name__}')",
+        "    if not data.keys() <= names: unknown(data.keys() - names)",
+        "    values = {}",
+        "    name = ''",
+        "    try:",
+    ]
+    namespace: dict[str, Any] = {
+        "Unreadable": Unreadable,
+        "names": names,
+        "unknown": _unknown_fields,
+        "cls": cls,
+    }
+    for index, (name, _, decode, default) in enumerate(fields):
+        indent = "        "
+        lines.append(f"        name = {name!r}")
+        if default is not _MISSING:
+            lines.append(f"        if {name!r} in data:")
+            indent += "    "
+        lines.append(f"{indent}item = data[{name!r}]")
+        namespace[f"d{index}"] = decode
+        scalar = _SCALAR_DECODERS.get(decode)
+        if scalar is not None:
+            namespace[f"k{index}"] = scalar
+            lines.append(f"{indent}if type(item) is not k{index}: item = d{index}(item)")
+            lines.append(f"{indent}values[{name!r}] = item")
+        else:
+            lines.append(f"{indent}values[{name!r}] = d{index}(item)")
+    lines += [
+        "    except KeyError:",
+        "        raise Unreadable(f'field {name!r} is missing') from None",
+        "    except Unreadable as error:",
+        "        raise Unreadable(f'field {name!r}: {error}') from None",
+        "    try:",
+        "        return cls(**values)",
+        "    except (TypeError, ValueError) as error:",
+        "        raise Unreadable(str(error)) from None",
+    ]
+    exec("\n".join(lines), namespace)
+    decoder: Decoder = namespace["decode"]
+    return decoder
+
+
+def _unknown_fields(unknown: Iterable[str]) -> None:
+    raise Unreadable(f"unknown field(s) {', '.join(sorted(map(repr, map(str, unknown))))}")
 
 
 def _fields_of(cls: type) -> list[tuple[str, Any, Any]]:
@@ -438,7 +476,7 @@ def converter(annotation: Any) -> tuple[Encoder, Decoder]:
             raise TypeError(f"no stored form for {annotation!r}")
         return _mapping(*converter(arguments[1]))
     if annotation in _SCALARS:
-        return _SCALAR_IDENTITIES[annotation], _checked(annotation)
+        return _SCALAR_IDENTITIES[annotation], _SCALAR_CHECKS[annotation]
     if isinstance(annotation, type):
         if issubclass(annotation, enum.Enum):
             return _enum(annotation)
@@ -492,6 +530,10 @@ def _checked(kind: type) -> Decoder:
     return decode
 
 
+_SCALAR_CHECKS = {kind: _checked(kind) for kind in _SCALARS}
+_SCALAR_DECODERS = {decode: kind for kind, decode in _SCALAR_CHECKS.items()}
+
+
 def _optional(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
     return (lambda value: None if value is None else encode(value)), (
         lambda data: None if data is None else decode(data)
@@ -518,7 +560,7 @@ def _sequence(kind: type, encode: Encoder, decode: Decoder) -> tuple[Encoder, De
             lambda data: frozenset(decode(item) for item in _items(data))
         )
     return (lambda value: [encode(item) for item in value]), (
-        lambda data: kind(decode(item) for item in _items(data))
+        lambda data: kind([decode(item) for item in _items(data)])
     )
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,8 +69,8 @@ class RunLog:
     @property
     def steps(self) -> int:
         """The steps it took (a step begun again after a crash counts once)."""
-        results = (inp.StepResult, inp.StepError)
-        return sum(type(entry.record) in results for entry in self.entries)
+        results = (inp.StepResult.KIND, inp.StepError.KIND)
+        return sum(entry.kind in results for entry in self.entries)
 
 
 @dataclass
@@ -311,7 +310,7 @@ def _read_records(session_id: str, lines: list[str]) -> list[Entry]:
     for number, line in enumerate(lines, start=1):
         where = f"session {session_id!r}: record {number}"
         try:
-            data = json.loads(line)
+            data = records.loads(line)
         except (ValueError, RecursionError):
             raise SessionCorruptedError(f"{where} is not valid JSON") from None
         if not isinstance(data, dict) or type(data.get("s")) is not int or data["s"] != number:
@@ -322,7 +321,7 @@ def _read_records(session_id: str, lines: list[str]) -> list[Entry]:
                 found_format = _format_of(data, where)
             if found_format != FORMAT:
                 data = records.upgrade(data, found_format, session_id)
-            entries.append(Entry(number, records.decode(data)))
+            entries.append(Entry(number, kind, data))
         except (Unreadable, RecursionError) as error:
             raise SessionCorruptedError(f"{where} ({kind}) cannot be read: {error}") from None
         except SessionFormatError:
@@ -346,28 +345,28 @@ def _fold(session_id: str, entries: list[Entry]) -> SessionLog:
     effective: list[Entry] = []
     checkpoints: dict[str, Entry] = {}
     for entry in entries:
-        record = entry.record
-        if type(record) is inp.Checkpoint:
-            checkpoints[record.checkpoint_id] = entry
-        elif type(record) is inp.Restore:
-            effective = [e for e in effective if e.position <= record.position]
+        if entry.kind == inp.Checkpoint.KIND:
+            checkpoints[entry.record.checkpoint_id] = entry  # type: ignore[attr-defined]
+        elif entry.kind == inp.Restore.KIND:
+            cut = entry.record.position  # type: ignore[attr-defined]
+            effective = [e for e in effective if e.position <= cut]
         effective.append(entry)
     runs: list[RunLog] = []
     for entry in effective:
-        record = entry.record
-        if type(record) is inp.RunStart:
+        kind = entry.kind
+        if kind == inp.RunStart.KIND:
             runs.append(RunLog(entry))
         elif not runs:
-            if type(record) not in (inp.Checkpoint, inp.Restore):
+            if kind not in (inp.Checkpoint.KIND, inp.Restore.KIND):
                 raise SessionCorruptedError(f"session {session_id!r}: records before its first run")
-        elif type(record) is inp.Restore:
+        elif kind == inp.Restore.KIND:
             continue
-        elif runs[-1].end is not None and type(record) is inp.Checkpoint:
+        elif runs[-1].end is not None and kind == inp.Checkpoint.KIND:
             continue  # taken while the session was at rest: a name, not part of the run
         else:
             run = runs[-1]
-            if type(record) is inp.RunEnd:
-                run.end = record
+            if kind == inp.RunEnd.KIND:
+                run.end = entry.record  # type: ignore[assignment]
             elif run.end is not None:
                 run.end = None  # the run went on after its pause
             run.entries.append(entry)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from orchestra.coordination.engine.core import Engine
 from orchestra.errors import SessionCorruptedError
 
+from .codec import Unreadable
 from .manager import RunLog
 from .records import Entry
 from .snapshots import Snapshot, restore
@@ -32,10 +33,17 @@ def rebuild(engine: Engine, run: RunLog, snapshot: Snapshot | None, session_id: 
 
 def _apply(engine: Engine, entry: Entry, session_id: str) -> None:
     try:
-        engine.apply(entry.record)  # type: ignore[arg-type]
+        record = entry.record
+    except (Unreadable, RecursionError) as error:
+        raise SessionCorruptedError(
+            f"session {session_id!r}: record {entry.position} ({entry.kind[:40]}) cannot be "
+            f"read: {error}"
+        ) from None
+    try:
+        engine.apply(record)  # type: ignore[arg-type]
     except Exception as error:  # a record the live run could not have applied: the log's fault
         raise SessionCorruptedError(
-            f"session {session_id!r}: record {entry.position} ({entry.record.KIND}) does not "
+            f"session {session_id!r}: record {entry.position} ({entry.kind}) does not "
             f"fit the run being rebuilt ({type(error).__name__}: {error}); was the topology "
             "or the agents' code changed?"
         ) from None

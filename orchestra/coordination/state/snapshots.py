@@ -14,7 +14,6 @@ with.
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from collections import Counter, deque
@@ -32,7 +31,7 @@ from orchestra.errors import OrchestraError, SessionCorruptedError
 from orchestra.models.base import Message, ToolCall
 
 from .codec import Unreadable, Unstorable, shape
-from .records import dumps
+from .records import dumps, loads
 
 MAX_BYTES = 256 * 1024 * 1024
 """The most a snapshot may hold once expanded (a larger one is refused as damaged)."""
@@ -41,6 +40,7 @@ FORMAT = 2
 _HEADER = struct.Struct(">4sBBQI")
 _COMPRESSED = 1
 _EVENTS: dict[Any, type[ev.Event]] = {kind.__name__: kind for kind in ev.EVENT_TYPES}
+_EVENT_SHAPES = {kind: shape(kind) for kind in ev.EVENT_TYPES}
 T = TypeVar("T")
 
 
@@ -81,7 +81,7 @@ def read(data: bytes, session_id: str) -> Snapshot | None:
             if size > MAX_BYTES:
                 raise ValueError(f"it would expand to {size} bytes")
             payload = zstandard.ZstdDecompressor().decompress(payload, max_output_size=MAX_BYTES)
-        state = json.loads(payload)
+        state = loads(payload)
     except (zstandard.ZstdError, ValueError, RecursionError, MemoryError) as error:
         raise SessionCorruptedError(
             f"session {session_id!r}: its snapshot cannot be read ({type(error).__name__})"
@@ -316,12 +316,13 @@ def _restore(engine: Engine, data: dict[str, Any]) -> None:
     events = data.get("events")
     if type(events) is not list:
         raise Unreadable("no list of events")
+    emit = engine.stream.emit
     for item in events:
-        kind = _EVENTS.get(item.get("type")) if type(item) is dict else None
+        kind = _EVENTS.get(item.pop("type", None)) if type(item) is dict else None
         if kind is None:
             raise Unreadable("an event of no known type")
-        fields = {key: value for key, value in item.items() if key != "type"}
-        engine.stream.emit(shape(kind).decode(fields))  # the stream marks it replayed
+        item["replayed"] = True
+        emit(_EVENT_SHAPES[kind].decode(item))
 
 
 def _known(found: dict[str, T], key: str) -> T:
