@@ -53,7 +53,7 @@ def normalised(output: str) -> str:
 
 def test_demo_can_draw_the_spec_topologies() -> None:
     result = run_cli("demo", "--topologies")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     for name in ("Summarizer", "Extractor", "Finalizer", "MainProcessor"):
         assert name in result.stdout
 

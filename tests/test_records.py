@@ -24,8 +24,8 @@ from orchestra.agents.contract import Action, ActionKind, Invocation, StepOutcom
 from orchestra.coordination.engine.inputs import StepResult, UserAnswer
 from orchestra.coordination.state import register_type
 from orchestra.coordination.state.backends import frame, unframe
-from orchestra.coordination.state.codec import Unreadable
 from orchestra.coordination.state.records import decode, encode
+from orchestra.coordination.state.values import Unreadable
 from orchestra.coordination.topology import Labeled
 from orchestra.errors import UnstorableValueError
 from orchestra.models.base import Message, ToolCall

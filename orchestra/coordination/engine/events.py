@@ -20,9 +20,10 @@ import msgspec
 from orchestra.agents.contract import Action
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Something the engine did. (A frozen ``msgspec.Struct``: built in about a tenth of a
-    frozen dataclass's time, and a step emits several.)"""
+    frozen dataclass's time, and a step emits several. A run keeps all its events, so they are
+    left out of the garbage collector's rounds: nothing an event holds refers back to it.)"""
 
     run_id: str
     at: float

@@ -37,10 +37,10 @@ from orchestra.errors import (
 
 from . import records
 from .backends import StorageBackend, check_session_id
-from .codec import Unreadable
 from .records import FORMAT, Entry
 from .snapshots import Snapshot
 from .snapshots import read as read_snapshot
+from .values import Unreadable
 from .worker import Completion
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestra import errors as error_types
 
-from .codec import TAG, Unreadable
+from .values import TAG, Unreadable
 
 
 def from_format_1(record: dict[str, Any]) -> dict[str, Any]:

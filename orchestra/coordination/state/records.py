@@ -21,16 +21,8 @@ from orchestra.errors import SessionFormatError
 from orchestra.models.base import Message, ToolCall, Usage
 
 from . import migrations
-from .codec import (
-    TAG,
-    Shape,
-    Unreadable,
-    Unstorable,
-    from_plain,
-    register_plain,
-    shape,
-    to_plain,
-)
+from .codec import Shape, shape
+from .values import TAG, Unreadable, Unstorable, from_plain, register_plain, to_plain
 
 FORMAT = 2
 """The log format this release writes. Bump it (and add a migration) when records change."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 from orchestra.coordination.engine.core import Engine
 from orchestra.errors import SessionCorruptedError
 
-from .codec import Unreadable
 from .manager import RunLog
 from .records import Entry
 from .snapshots import Snapshot, restore
+from .values import Unreadable
 
 
 def rebuild(engine: Engine, run: RunLog, snapshot: Snapshot | None, session_id: str) -> None:

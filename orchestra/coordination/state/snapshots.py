@@ -30,8 +30,9 @@ from orchestra.coordination.engine.core import Engine
 from orchestra.errors import OrchestraError, SessionCorruptedError
 from orchestra.models.base import Message, ToolCall
 
-from .codec import Unreadable, Unstorable, shape
+from .codec import shape
 from .records import dumps, loads
+from .values import Unreadable, Unstorable
 
 MAX_BYTES = 256 * 1024 * 1024
 """The most a snapshot may hold once expanded (a larger one is refused as damaged)."""
