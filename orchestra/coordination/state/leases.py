@@ -1,6 +1,14 @@
 """Writer leases on a server: who holds a session, keeping the lease renewed, and telling a
 holder that died from one that is merely quiet.
 
+One writer at a time, across processes and machines: a session's writer holds a *lease* on the
+server (Redis, PostgreSQL), taken by its first append and renewed by each append and by a
+background task every third of ``lease_seconds``, until ``release``. Another writer is refused
+while the lease is live. A holder whose process died loses its lease at once to a writer that
+can see that process (below), and after ``lease_seconds`` (30 by default) to any other. Every
+append checks the lease in the same atomic step as the records, so a writer that lost its lease
+cannot append.
+
 A holder names itself ``<id> <process space> <pid> <start>``: a random id per backend object,
 the set of process ids its process lives in (the kernel's boot id and the process's pid
 namespace on Linux; the host name elsewhere), its process id, and when that process started

@@ -5,13 +5,8 @@ created per event loop: a backend object may serve runs on different loops. Dura
 server's: an append returns once it committed, as durable as the server's
 ``synchronous_commit`` makes it.
 
-One writer at a time, across processes and machines: a session's writer holds a *lease* on the
-server, taken by its first append and renewed by each append and by a background task every
-third of ``lease_seconds``, until ``release``. Another writer is refused while the lease is
-live. A holder whose process died loses its lease at once to a writer that can see that
-process (see ``leases``), and after ``lease_seconds`` (30 by default) to any other. Every append
-checks the lease in the same atomic step as the records, so a writer that lost its lease cannot
-append.
+One writer at a time, across processes and machines: a session's writer holds a lease on the
+server, checked in the same atomic step as each append (see :mod:`.leases`).
 """
 
 from __future__ import annotations
