@@ -461,6 +461,37 @@ async def test_text_format_sends_no_tools_and_reads_the_json_protocol_from_text(
     assert "invoke_agent" in request["messages"][0]["content"]  # the protocol is in the prompt
 
 
+async def test_tool_calls_with_no_id_or_one_id_twice_are_each_run_and_answered(
+    server: ScriptedHTTPServer,
+) -> None:
+    """Some OpenAI-compatible servers send tool calls without ids (or reuse one) and null
+    token counts. The calls' results were matched by id, so the second call was never run
+    and got the first one's result; with a session the run aborted (an id of None cannot be
+    stored); the null counts raised a TypeError."""
+
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        return f"value-{key}"
+
+    nameless = call("", "lookup", {"key": "x"})
+    del nameless["id"]
+    reply = tool_calls(
+        nameless, call("dup", "lookup", {"key": "y"}), call("dup", "lookup", {"key": "z"})
+    )
+    reply.body["usage"] = {"prompt_tokens": None, "completion_tokens": None}
+    server.script(reply, text("all done"))
+    result = await run("task", SOLO, [llm("Solo", config(server), tools=[lookup])])
+    assert result.success, result.error
+    messages = server.requests[1]["messages"]
+    assert_tool_calls_answered(messages)
+    assert [item["id"] for item in messages[2]["tool_calls"]] == ["call_0", "dup", "call_2"]
+    assert [m["content"] for m in messages[3:6]] == [
+        "ok: value-x",
+        "ok: value-y",
+        "ok: value-z",
+    ]
+
+
 async def test_a_reply_without_usage_counts_no_tokens(server: ScriptedHTTPServer) -> None:
     answer = text("ok")
     del answer.body["usage"]

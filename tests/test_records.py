@@ -210,8 +210,8 @@ def line(**fields: Any) -> str:
         ({"answer": {"__o__": "tuple", "v": [1], "extra": 2}}, "tuple"),
         ({"answer": {"__o__": "bytes", "v": "not base64!"}}, "bytes"),
         ({"answer": {"__o__": "datetime", "v": 17}}, "datetime"),
-        ({"branch_id": 5}, "field 'branch_id': expected str, found int"),
-        ({"at": "noon"}, "field 'at': expected float, found str"),
+        ({"branch_id": 5, "answer": 1}, "field 'branch_id': expected str, found int"),
+        ({"at": "noon", "answer": 1}, "field 'at': expected float, found str"),
         ({"sneaky": 1}, "unknown field"),
         ({"t": "os.system"}, "unknown record type"),
     ],
@@ -226,6 +226,8 @@ def test_a_record_that_is_not_a_record_of_its_kind_is_refused(
 def test_a_missing_field_is_refused() -> None:
     with pytest.raises(Unreadable, match="field 'answer' is missing"):
         decode({"t": "answer", "s": 1, "at": 1.0, "branch_id": "b0"})
+    with pytest.raises(Unreadable, match="fields 'answer', 'branch_id' are missing"):
+        decode({"t": "answer", "s": 1, "at": 1.0})
 
 
 def test_an_integer_longer_than_json_readers_take_comes_back() -> None:

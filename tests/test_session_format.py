@@ -38,7 +38,7 @@ from orchestra import (
 from orchestra.communication.channels import CommunicationManager, ProgrammaticChannel
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
-from orchestra.coordination.state.snapshots import MAX_BYTES
+from orchestra.coordination.state.snapshots import FORMAT, HEADER, MAX_BYTES
 from orchestra.errors import (
     ConfigurationError,
     SessionCorruptedError,
@@ -429,7 +429,7 @@ async def test_a_crafted_record_is_damage_not_a_raw_exception(
 async def snapshot_of(storage: Storage, session_id: str) -> dict[str, Any]:
     data = await storage.read_snapshot(session_id)
     assert data is not None
-    header, payload = data[:18], data[18:]
+    header, payload = data[: HEADER.size], data[HEADER.size :]
     if header[5] & 1:
         payload = zstandard.ZstdDecompressor().decompress(payload)
     return json.loads(payload)
@@ -440,9 +440,9 @@ async def plant_snapshot(storage: Storage, session_id: str, state: dict[str, Any
     checksum is no signature)."""
     data = await storage.read_snapshot(session_id)
     assert data is not None
-    position = struct.unpack_from(">4sBBQI", data)[3]
+    _, version, _, position, at, _ = HEADER.unpack_from(data)
     payload = json.dumps(state).encode()
-    header = struct.pack(">4sBBQI", b"ORCS", 2, 0, position, zlib.crc32(payload))
+    header = HEADER.pack(b"ORCS", version, 0, position, at, zlib.crc32(payload))
     await storage.write_snapshot(session_id, header + payload)
 
 
@@ -456,14 +456,42 @@ async def plant_snapshot(storage: Storage, session_id: str, state: dict[str, Any
         lambda s: s["branches"][0].update(question=[1]),
         lambda s: s["branches"][0].update(parent="b99"),
         lambda s: s["events"].append({"type": "os.system"}),
+        lambda s: s["events"].append({"type": []}),
+        lambda s: s["branches"][0].update(transfers=[], transfers_kept=-1),
+        lambda s: s["branches"][0].update(input=None),
+        lambda s: s["branches"][0].update(question=None),
+        lambda s: s["branches"][0].update(status="waiting"),
+        lambda s: s["branches"][0].update(agent="Ghost"),
+        lambda s: s["branches"].append(dict(s["branches"][1])),
+        lambda s: s["branches"][1].pop("fan_out"),
+        lambda s: s["fan_outs"][0].update(pending=-5),
     ],
-    ids=["steps", "no-root", "context", "done-but-not", "question", "parent", "event"],
+    ids=[
+        "steps",
+        "no-root",
+        "context",
+        "done-but-not",
+        "question",
+        "parent",
+        "event",
+        "event-type-not-text",
+        "transfers-kept",
+        "running-with-no-input",
+        "asking-no-question",
+        "waiting-on-nothing",
+        "no-such-node",
+        "one-id-twice",
+        "child-of-no-fan-out",
+        "pending",
+    ],
 )
 async def test_a_crafted_snapshot_is_damage_never_a_hang_or_a_wrong_run(
     storage: Storage, spoil: Any
 ) -> None:
     """A snapshot's fields were taken unchecked: a wrong type surfaced as a raw error or a
-    silently wrong result (total_steps 'zz'), and a root marked done made resume wait forever."""
+    silently wrong result (total_steps 'zz'), and a root marked done made resume wait forever,
+    as did a branch asking no question; an event type that is no text, or a negative count
+    kept, raised a raw TypeError or ValueError; an unknown node, an InternalError."""
     orchestra = format_1_instance(storage, [])
     lines = (DATA / "format1-paused.jsonl").read_text().splitlines()
     await storage.append("snap", lines, durable=True, after=0)
@@ -483,14 +511,21 @@ async def test_a_crafted_snapshot_is_damage_never_a_hang_or_a_wrong_run(
             await wait(rebuild)
 
 
-async def test_a_snapshot_that_would_expand_past_the_limit_is_refused(storage: Storage) -> None:
+@pytest.mark.parametrize(
+    "expanded",
+    [b" " * (MAX_BYTES + 1), b"[" + b"[]," * (4 * 1024 * 1024) + b"[]]"],
+    ids=["past-the-cap", "a-thousandfold"],
+)
+async def test_a_snapshot_that_would_expand_past_the_limit_is_refused(
+    storage: Storage, expanded: bytes
+) -> None:
     """A 32 KiB snapshot could expand to gigabytes; a frame claiming 2**40 bytes raised a raw
-    MemoryError."""
+    MemoryError; 6 KiB of empty lists under the cap took 1.8 GB to read."""
     orchestra = format_1_instance(storage, [])
     lines = (DATA / "format1-paused.jsonl").read_text().splitlines()
     await storage.append("bomb", lines, durable=True, after=0)
-    payload = zstandard.ZstdCompressor().compress(b" " * (MAX_BYTES + 1))
-    header = struct.pack(">4sBBQI", b"ORCS", 2, 1, len(lines), zlib.crc32(payload))
+    payload = zstandard.ZstdCompressor().compress(expanded)
+    header = HEADER.pack(b"ORCS", FORMAT, 1, len(lines), 0.0, zlib.crc32(payload))
     await storage.write_snapshot("bomb", header + payload)
     with pytest.raises(SessionCorruptedError, match=r"'bomb': its snapshot cannot be read"):
         await orchestra.get_result("bomb")

@@ -15,7 +15,7 @@ from orchestra import Agent, AgentRegistry, ExecutionConfig, FunctionModel, Stat
 from orchestra.communication import CommunicationManager, ProgrammaticChannel
 from orchestra.coordination import execution
 from orchestra.coordination.orchestra import OrchestraInstance
-from orchestra.coordination.state import FileStorageBackend, StateManager, replay
+from orchestra.coordination.state import FileStorageBackend, StateManager, replay, snapshots
 from orchestra.coordination.state.snapshots import read as read_snapshot
 from orchestra.errors import ConfigurationError, SessionCorruptedError
 from orchestra.models import Message, StepInfo
@@ -69,6 +69,37 @@ async def test_a_damaged_snapshot_is_named_and_other_sessions_resume(storage: St
         await pipeline.orchestra.resume_session("broken")
     resumed = await wait(pipeline.orchestra.resume_session("fine"))
     assert resumed.success, resumed.error
+
+
+async def test_a_snapshot_left_by_another_log_under_the_same_id_is_not_used(
+    storage: Storage, replayed: list[int]
+) -> None:
+    """A log can go while its snapshot stays (evicted from Redis, deleted by hand); a new log
+    under the same id then had the old run's state restored wherever its position matched."""
+    pipeline = PausablePipeline(storage)
+    for session_id in ("old", "new"):
+        await pipeline.paused(session_id)
+    old = await storage.read_snapshot("old")
+    assert old is not None
+    await storage.write_snapshot("new", old)
+    paused = await storage.read("new")
+    resumed = await wait(pipeline.orchestra.resume_session("new"))
+    assert resumed.success, resumed.error
+    assert replayed == [len(paused)]  # the whole log
+
+
+async def test_a_run_whose_state_is_over_the_limit_has_no_snapshot_and_resumes_by_replay(
+    storage: Storage, replayed: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was stored, and then refused as damage by the reader: the session was lost."""
+    monkeypatch.setattr(snapshots, "MAX_BYTES", 64)
+    pipeline = PausablePipeline(storage)
+    await pipeline.paused("big")
+    assert await storage.read_snapshot("big") is None
+    paused = await storage.read("big")
+    resumed = await wait(pipeline.orchestra.resume_session("big"))
+    assert resumed.success and resumed.final_response == "job+first+second", resumed.error
+    assert replayed == [len(paused)]
 
 
 async def test_a_snapshot_past_a_restored_checkpoint_is_not_used(

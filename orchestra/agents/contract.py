@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from orchestra.models.base import Message, StepInfo, ToolCall, Usage
+from orchestra.models.base import Message, StepInfo, ToolCall, Usage, with_unique_ids
 from orchestra.models.retry import RetryPolicy, RetryReport
 
 PROTOCOL_HINT = (
@@ -56,6 +56,10 @@ class Action:
     response: Any = None
     question: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.tool_calls:  # each result is matched to its call by id
+            object.__setattr__(self, "tool_calls", with_unique_ids(self.tool_calls))
 
     @classmethod
     def invoke(cls, agent_name: str, request: Any = None, *, label: str | None = None) -> Action:

@@ -161,11 +161,11 @@ async def _drive(runner: Runner, writer: SessionWriter | None, session_id: str) 
     if writer is not None:
         compress = writer.manager.compression
 
-        def snapshot(position: int) -> bytes | None:
+        def snapshot(position: int, at: float) -> bytes | None:
             # only between steps: a step in flight has changed state that no record explains
             if runner.steps_in_flight:
                 return None
-            return capture_snapshot(engine, position, compress)
+            return capture_snapshot(engine, position, at, compress)
 
         writer.snapshot_source = snapshot
         writer.start()

@@ -33,6 +33,24 @@ class ToolCall:
     call_id: str = ""
 
 
+def with_unique_ids(calls: Sequence[ToolCall]) -> tuple[ToolCall, ...]:
+    """The calls, each with an id no other one has: a tool's result is matched to its call by
+    id, and some OpenAI-compatible servers send none (or the same one twice), as does an agent
+    that builds its calls by hand. A missing or repeated id becomes ``call_<position>``."""
+    seen: set[str] = set()
+    unique = []
+    for index, call in enumerate(calls):
+        call_id = call.call_id
+        if not call_id or call_id in seen:
+            call_id = f"call_{index}"
+            while call_id in seen:
+                call_id += "_"
+            call = ToolCall(call.name, call.arguments, call_id)
+        seen.add(call_id)
+        unique.append(call)
+    return tuple(unique)
+
+
 @dataclass(slots=True)
 class Message:
     """One entry of an agent's conversation. ``name`` is the sender (agent, tool or user).
@@ -77,6 +95,22 @@ class ModelReply:
     tool_calls: tuple[ToolCall, ...] = ()
     native_calls: tuple[ToolCall, ...] = ()
     problem: str | None = None
+
+    def __post_init__(self) -> None:
+        """Native calls with no id, or a repeated one, get one of their own (see
+        :func:`with_unique_ids`), and so do the same calls in ``tool_calls``: the conversation
+        then names each tool result by the id its call has there."""
+        unique = with_unique_ids(self.native_calls)
+        if unique == self.native_calls:
+            return
+        renamed = list(zip(self.native_calls, unique, strict=True))
+        own = []
+        for call in self.tool_calls:
+            found = next((pair for pair in renamed if pair[0] == call), None)
+            if found is not None:
+                renamed.remove(found)
+            own.append(call if found is None else found[1])
+        self.native_calls, self.tool_calls = unique, tuple(own)
 
 
 @dataclass(slots=True, frozen=True)

@@ -136,7 +136,9 @@ class OpenAIChatModel:
         message = response.choices[0].message
         usage = None
         if response.usage is not None:
-            prompt, completion = response.usage.prompt_tokens, response.usage.completion_tokens
+            # some OpenAI-compatible servers send null counts
+            prompt = response.usage.prompt_tokens or 0
+            completion = response.usage.completion_tokens or 0
             usage = Usage(
                 prompt, completion, cost_usd("openai", self.config.name, prompt, completion)
             )

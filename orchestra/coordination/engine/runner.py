@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+import msgspec
+
 from orchestra.agents.base import BaseAgent
 from orchestra.agents.contract import StepOutcome
 from orchestra.agents.pool import AgentPool
@@ -417,11 +419,17 @@ class Runner:
     def _step_failed(
         self, branch: Branch, error: OrchestraError, added: tuple[Message, ...], duration: float
     ) -> None:
-        self.feed(
-            inp.StepError(
-                at=now(), branch_id=branch.id, error=error, messages=added, duration=duration
-            )
+        """The step failed: recorded with the messages it added to the conversation, or
+        without them when they hold what the log cannot store (its error says what)."""
+        item = inp.StepError(
+            at=now(), branch_id=branch.id, error=error, messages=added, duration=duration
         )
+        try:
+            self.feed(item)
+        except UnstorableValueError:
+            if not added:
+                raise
+            self.feed(msgspec.structs.replace(item, messages=()))
 
     def _report_retry(
         self, branch_id: str, agent: str, attempt: int, delay: float, error: str

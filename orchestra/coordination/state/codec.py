@@ -60,9 +60,10 @@ def _compiled_encoder(fields: list[tuple[str, Encoder, Decoder, Any]]) -> Encode
     spell out ``__init__``: a record is encoded at every step of a durable run, and a loop over
     the fields costs twice as much. A field holding its default is left out; a scalar is
     written as it is once its type is checked (what the reader would refuse is refused here,
-    before it is stored); a value with no stored form is reported with the field it was in."""
+    before it is stored; a subclass's value, a ``StrEnum`` member say, is written as the plain
+    scalar); a value with no stored form is reported with the field it was in."""
     lines = ["def encode(value):", "    data = {}", "    name = ''", "    try:"]
-    namespace: dict[str, Any] = {"Unstorable": Unstorable, "wrong": _wrong_type}
+    namespace: dict[str, Any] = {"Unstorable": Unstorable, "exact": _exact}
     for index, (name, encode, _, default) in enumerate(fields):
         if not name.isidentifier():
             raise TypeError(f"field name {name!r} is no identifier")
@@ -78,10 +79,7 @@ def _compiled_encoder(fields: list[tuple[str, Encoder, Decoder, Any]]) -> Encode
         scalar = _SCALAR_ENCODERS.get(encode)
         if scalar is not None:
             namespace[f"k{index}"] = scalar
-            check = f"type(item) is not k{index}"
-            if scalar is float:
-                check += " and type(item) is not int"
-            lines.append(f"{indent}if {check}: wrong(item, k{index})")
+            lines.append(f"{indent}if type(item) is not k{index}: item = exact(item, k{index})")
             lines.append(f"{indent}data[{name!r}] = item")
         else:
             namespace[f"e{index}"] = encode
@@ -108,14 +106,18 @@ def _compiled_decoder(
         "    if type(data) is not dict: raise Unreadable(f'expected an object, found "
         "{type(data).__name__}')",
         "    if not data.keys() <= names: unknown(data.keys() - names)",
+        "    if not required <= data.keys(): missing(required - data.keys())",
         "    values = {}",
         "    name = ''",
         "    try:",
+        "        pass",
     ]
     namespace: dict[str, Any] = {
         "Unreadable": Unreadable,
         "names": names,
+        "required": frozenset(name for name, _, _, default in fields if default is _MISSING),
         "unknown": _unknown_fields,
+        "missing": _missing_fields,
         "cls": cls,
     }
     for index, (name, _, decode, default) in enumerate(fields):
@@ -134,8 +136,6 @@ def _compiled_decoder(
         else:
             lines.append(f"{indent}values[{name!r}] = d{index}(item)")
     lines += [
-        "    except KeyError:",
-        "        raise Unreadable(f'field {name!r} is missing') from None",
         "    except Unreadable as error:",
         "        raise Unreadable(f'field {name!r}: {error}') from None",
         "    try:",
@@ -150,6 +150,13 @@ def _compiled_decoder(
 
 def _unknown_fields(unknown: Iterable[str]) -> None:
     raise Unreadable(f"unknown field(s) {', '.join(sorted(map(repr, map(str, unknown))))}")
+
+
+def _missing_fields(missing: Iterable[str]) -> None:
+    names = sorted(map(repr, missing))
+    if len(names) == 1:
+        raise Unreadable(f"field {names[0]} is missing")
+    raise Unreadable(f"fields {', '.join(names)} are missing")
 
 
 def _fields_of(cls: type) -> list[tuple[str, Any, Any]]:
@@ -238,9 +245,7 @@ def _scalar_identity(kind: type) -> Encoder:
     encoders check it inline, recognising these functions)."""
 
     def encode(value: Any) -> Any:
-        if type(value) is not kind and not (kind is float and type(value) is int):
-            _wrong_type(value, kind)
-        return value
+        return value if type(value) is kind else _exact(value, kind)
 
     return encode
 
@@ -249,7 +254,31 @@ _SCALAR_IDENTITIES = {kind: _scalar_identity(kind) for kind in _SCALARS}
 _SCALAR_ENCODERS = {encode: kind for kind, encode in _SCALAR_IDENTITIES.items()}
 
 
-def _wrong_type(value: Any, kind: type) -> None:
+def _exact(value: Any, kind: type) -> Any:
+    """``value`` as exactly a ``kind`` (the type the reader gives back and checks for): a
+    subclass's value (a ``StrEnum`` or ``IntEnum`` member) as the plain scalar it is, an int
+    where a float belongs as it is; a value of any other type (a bool where a number belongs
+    included) is refused here, where it is produced, not when the log is read."""
+    if kind is float and type(value) is int:
+        return value
+    if isinstance(value, bool) and kind is not bool:
+        _wrong_type(value, kind)
+    if isinstance(value, kind):
+        return _PLAIN[kind](value)
+    if kind is float and isinstance(value, int):
+        return int.__int__(value)
+    _wrong_type(value, kind)
+
+
+_PLAIN: dict[type, Callable[[Any], Any]] = {
+    str: str.__str__,
+    int: int.__int__,
+    float: float.__float__,
+    bool: bool,
+}
+
+
+def _wrong_type(value: Any, kind: type) -> typing.NoReturn:
     raise Unstorable(f"a value of type {type(value).__qualname__} where a {kind.__name__} belongs")
 
 
@@ -282,9 +311,10 @@ def _optional(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
 
 def _literal(allowed: tuple[Any, ...]) -> tuple[Encoder, Decoder]:
     def encode(value: Any) -> Any:
-        if type(value) not in _SCALARS or value not in allowed:
+        plain = _as_scalar(value)
+        if plain is None or plain not in allowed:
             raise Unstorable(f"{preview(value)}, not one of {allowed!r}")
-        return value
+        return plain
 
     def decode(data: Any) -> Any:
         if type(data) not in _SCALARS or data not in allowed:
@@ -292,6 +322,14 @@ def _literal(allowed: tuple[Any, ...]) -> tuple[Encoder, Decoder]:
         return data
 
     return encode, decode
+
+
+def _as_scalar(value: Any) -> Any:
+    """``value`` as a plain scalar (a ``StrEnum`` member as its text), or None."""
+    if type(value) in _SCALARS:
+        return value
+    kind = next((k for k in _SCALARS if isinstance(value, k)), None)
+    return None if kind is None else _PLAIN[kind](value)
 
 
 def _sequence(kind: type, encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
@@ -306,9 +344,11 @@ def _sequence(kind: type, encode: Encoder, decode: Decoder) -> tuple[Encoder, De
 
 def _mapping(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
     def write(value: Any) -> dict[str, Any]:
-        if not all(type(key) is str for key in value):
+        if all(type(key) is str for key in value):
+            return {key: encode(item) for key, item in value.items()}
+        if not all(isinstance(key, str) for key in value):
             raise Unstorable("a mapping whose keys are not all text, where text keys belong")
-        return {key: encode(item) for key, item in value.items()}
+        return {str.__str__(key): encode(item) for key, item in value.items()}
 
     def read(data: Any) -> dict[str, Any]:
         return {as_text(key): decode(item) for key, item in as_object(data).items()}

@@ -103,7 +103,8 @@ class SessionWriter:
         self._in_flight: tuple[list[str], int] = ([], length)
         self._refused: SessionError | None = None
         self._retry: list[str] | None = None  # a failed append, to be sent again as it was
-        self.snapshot_source: Callable[[int], bytes | None] | None = None
+        self.snapshot_source: Callable[[int, float], bytes | None] | None = None
+        self._last_at: float | None = None  # the time of the last record this writer queued
         self.flush_error: BaseException | None = None
 
     def record(self, item: inp.Record) -> int:
@@ -111,6 +112,7 @@ class SessionWriter:
         cannot be written (``UnstorableValueError``) raises here and takes no position."""
         self._buffer.append(records.encode(item, self.length + 1))
         self.length += 1
+        self._last_at = item.at
         return self.length
 
     def commit(self) -> None:
@@ -207,8 +209,9 @@ class SessionWriter:
         Skipped when records came in after the flush: the state would include records that
         a crash could still lose, at a position a resumed run would number anew."""
         await self.flush()
-        if self.snapshot_source is not None and self.length == self._written:
-            data = self.snapshot_source(self.length)
+        source = self.snapshot_source
+        if source is not None and self._last_at is not None and self.length == self._written:
+            data = source(self.length, self._last_at)
             if data is not None:
                 await self.manager.storage.write_snapshot(self.session_id, data)
 

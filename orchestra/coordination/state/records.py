@@ -53,6 +53,11 @@ class Entry:
             self._data = None
 
     @property
+    def at(self) -> Any:
+        """The record's time, as its line has it (the record itself not decoded)."""
+        return self._data.get("at") if self._data is not None else self.record.at
+
+    @property
     def record(self) -> inp.Record:
         """The typed record (``Unreadable`` when the line is not a record of its kind)."""
         if self._record is None:

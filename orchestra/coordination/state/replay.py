@@ -22,13 +22,20 @@ def rebuild(engine: Engine, run: RunLog, snapshot: Snapshot | None, session_id: 
     entries = [run.header, *run.entries]
     engine.stream.replaying = True
     try:
-        if snapshot is not None and snapshot.position in {e.position for e in entries}:
+        if snapshot is not None and _stands_for(snapshot, entries):
             restore(engine, snapshot, session_id)
             entries = [entry for entry in entries if entry.position > snapshot.position]
         for entry in entries:
             _apply(engine, entry, session_id)
     finally:
         engine.stream.replaying = False
+
+
+def _stands_for(snapshot: Snapshot, entries: list[Entry]) -> bool:
+    """Whether the snapshot was taken of this run of this log: at a position in the run's
+    history (a restore may have cut it off), where the record has the time the snapshot says."""
+    taken_at = next((entry for entry in entries if entry.position == snapshot.position), None)
+    return taken_at is not None and taken_at.at == snapshot.at
 
 
 def _apply(engine: Engine, entry: Entry, session_id: str) -> None:

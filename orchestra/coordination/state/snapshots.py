@@ -3,13 +3,16 @@ after it. A cache, never the source of truth: the log alone can always rebuild t
 restoring a snapshot then replaying the rest gives exactly what replaying the whole log gives —
 the same state, the same events.
 
-A snapshot is ``MAGIC | format | flags | position | crc32 | payload``, the payload the run's
-state as JSON written by the shared codec (zstd-compressed when the state manager's
-``compression`` is on): its counters and context, every branch and fan-out (which refer to
-each other by id), and every event the run emitted. A damaged snapshot is a
-SessionCorruptedError naming the session, like a damaged log; one of another format is ignored
-(the log is replayed instead), so no older snapshot is ever decoded by rules it was not written
-with.
+A snapshot is ``MAGIC | format | flags | position | at | crc32 | payload``: ``at`` is the time
+of the log record at ``position``, which binds the snapshot to the log it was taken from (one
+left behind by a log that is gone, say evicted from Redis, never stands for a new log under
+the same session id); the payload is the run's state as JSON written by the shared codec
+(zstd-compressed when the state manager's ``compression`` is on): its counters and context,
+every branch and fan-out (which refer to each other by id), and every event the run emitted.
+A damaged snapshot is a SessionCorruptedError naming the session, like a damaged log, and so is
+one whose parts do not hold together (a branch running with nothing to do would wait forever);
+one of another format, or of another log, is ignored (the log is replayed instead), so no older
+snapshot is ever decoded by rules it was not written with.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from orchestra.coordination.config import ConvergencePolicy, ErrorHandlingConfig
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine.branches import Branch, BranchStatus, FanOut, Frame
 from orchestra.coordination.engine.core import Engine
+from orchestra.coordination.topology import USER
 from orchestra.errors import OrchestraError, SessionCorruptedError
 from orchestra.models.base import Message, ToolCall
 
@@ -35,10 +39,16 @@ from .records import dumps, loads
 from .values import Unreadable, Unstorable
 
 MAX_BYTES = 256 * 1024 * 1024
-"""The most a snapshot may hold once expanded (a larger one is refused as damaged)."""
+"""The most a snapshot may hold once expanded: a run whose state is larger has no snapshot
+(resume replays its log), and a larger one is refused as damaged."""
+MAX_RATIO = 1000
+"""How many times its stored size a compressed snapshot may expand (beyond its first MiB):
+real ones expand 10 to 20 times; a few KiB that expand to hundreds of MiB are a bomb."""
 MAGIC = b"ORCS"
-FORMAT = 2
-_HEADER = struct.Struct(">4sBBQI")
+FORMAT = 3
+HEADER = struct.Struct(">4sBBQdI")
+"""magic, format, flags, position, at, crc32 of the payload that follows."""
+_MIB = 1024 * 1024
 _COMPRESSED = 1
 _EVENTS: dict[Any, type[ev.Event]] = {kind.__name__: kind for kind in ev.EVENT_TYPES}
 _EVENT_SHAPES = {kind: shape(kind) for kind in ev.EVENT_TYPES}
@@ -48,40 +58,55 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Snapshot:
     position: int  # the last log record the state includes
+    at: float  # that record's time
     state: dict[str, Any]
 
 
-def capture(engine: Engine, position: int, compress: bool) -> bytes | None:
-    """The engine's state as snapshot bytes (None if some value has no stored form, which a
-    value the log stored cannot lack: then there is simply no snapshot)."""
+def capture(engine: Engine, position: int, at: float, compress: bool) -> bytes | None:
+    """The engine's state as snapshot bytes, as of the record at ``position`` (whose time is
+    ``at``). None when there is to be no snapshot: some value has no stored form (which a value
+    the log stored cannot lack), or the state is over :data:`MAX_BYTES`."""
     try:
         state = _state_of(engine)
     except (Unstorable, RecursionError):
         return None
     payload = dumps(state).encode()
+    if len(payload) > MAX_BYTES:
+        return None
     flags = 0
     if compress:
-        payload = zstandard.ZstdCompressor(level=3).compress(payload)
-        flags |= _COMPRESSED
-    return _HEADER.pack(MAGIC, FORMAT, flags, position, zlib.crc32(payload)) + payload
+        packed = zstandard.ZstdCompressor(level=3).compress(payload)
+        if len(payload) <= _expansion_limit(len(packed)):  # else stored as it is
+            payload = packed
+            flags |= _COMPRESSED
+    return HEADER.pack(MAGIC, FORMAT, flags, position, at, zlib.crc32(payload)) + payload
+
+
+def _expansion_limit(stored: int) -> int:
+    return min(MAX_BYTES, max(_MIB, stored * MAX_RATIO))
 
 
 def read(data: bytes, session_id: str) -> Snapshot | None:
     """The snapshot in ``data``; None when it is of another format (replay the log instead)."""
-    if len(data) < _HEADER.size:
-        raise SessionCorruptedError(f"session {session_id!r}: its snapshot is truncated")
-    magic, version, flags, position, checksum = _HEADER.unpack_from(data)
-    payload = data[_HEADER.size :]
-    if magic != MAGIC or zlib.crc32(payload) != checksum:
+    if data[:4] != MAGIC or len(data) < 5:
         raise SessionCorruptedError(f"session {session_id!r}: its snapshot is damaged")
-    if version != FORMAT:
+    if data[4] != FORMAT:
         return None
+    if len(data) < HEADER.size:
+        raise SessionCorruptedError(f"session {session_id!r}: its snapshot is truncated")
+    _, _, flags, position, at, checksum = HEADER.unpack_from(data)
+    payload = data[HEADER.size :]
+    if zlib.crc32(payload) != checksum:
+        raise SessionCorruptedError(f"session {session_id!r}: its snapshot is damaged")
     try:
         if flags & _COMPRESSED:
+            limit = _expansion_limit(len(payload))
             size = zstandard.frame_content_size(payload)
-            if size > MAX_BYTES:
+            if size > limit:
                 raise ValueError(f"it would expand to {size} bytes")
-            payload = zstandard.ZstdDecompressor().decompress(payload, max_output_size=MAX_BYTES)
+            payload = zstandard.ZstdDecompressor().decompress(payload, max_output_size=limit)
+        elif len(payload) > MAX_BYTES:
+            raise ValueError(f"it holds {len(payload)} bytes")
         state = loads(payload)
     except (zstandard.ZstdError, ValueError, RecursionError, MemoryError) as error:
         raise SessionCorruptedError(
@@ -89,7 +114,7 @@ def read(data: bytes, session_id: str) -> Snapshot | None:
         ) from None
     if not isinstance(state, dict):
         raise SessionCorruptedError(f"session {session_id!r}: its snapshot holds no state")
-    return Snapshot(position, state)
+    return Snapshot(position, at, state)
 
 
 def restore(engine: Engine, snapshot: Snapshot, session_id: str) -> None:
@@ -102,6 +127,11 @@ def restore(engine: Engine, snapshot: Snapshot, session_id: str) -> None:
     except (Unreadable, RecursionError) as error:
         raise SessionCorruptedError(
             f"session {session_id!r}: its snapshot does not hold a run's state ({error})"
+        ) from None
+    except Exception as error:  # whatever crafted data makes a constructor raise
+        raise SessionCorruptedError(
+            f"session {session_id!r}: its snapshot does not hold a run's state "
+            f"({type(error).__name__}: {error})"
         ) from None
 
 
@@ -314,16 +344,54 @@ def _restore(engine: Engine, data: dict[str, Any]) -> None:
     engine.root = _known(branches, run.root)
     if engine.root.ended != engine.finished:
         raise Unreadable("a run whose root branch ended while the run did not, or the reverse")
+    _check_branches(engine, state)
     events = data.get("events")
     if type(events) is not list:
         raise Unreadable("no list of events")
     emit = engine.stream.emit
     for item in events:
-        kind = _EVENTS.get(item.pop("type", None)) if type(item) is dict else None
+        found = item.pop("type", None) if type(item) is dict else None
+        kind = _EVENTS.get(found) if type(found) is str else None
         if kind is None:
             raise Unreadable("an event of no known type")
         item["replayed"] = True
         emit(_EVENT_SHAPES[kind].decode(item))
+
+
+def _check_branches(engine: Engine, state: _State) -> None:
+    """What the engine's own transitions keep true, and the runner relies on: each branch at a
+    node of the topology, with work when it is to work (one running with no input, or waiting
+    for an answer to no question, would wait forever), fan-outs and their branches pointing at
+    each other, and a fan-out's counts agreeing with its branches."""
+    if len(engine.branches) != len(state.branches) or len(engine.fan_outs) != len(state.fan_outs):
+        raise Unreadable("two branches, or two fan-outs, with one id")
+    nodes = set(engine.analysis.agents) | {USER}
+    for branch in engine.branches.values():
+        where = f"branch {branch.id[:40]}"
+        if branch.agent not in nodes:
+            raise Unreadable(f"{where} at {branch.agent[:40]!r}, no node of the topology")
+        if branch.ended:
+            continue
+        status = branch.status
+        if branch.input is None:
+            raise Unreadable(f"{where} has work left but no input")
+        if (status is BranchStatus.WAITING_USER) != (branch.question is not None):
+            raise Unreadable(f"{where} is {status} with question {branch.question!r}")
+        waits = branch.waiting_on
+        if (status is BranchStatus.WAITING) != (waits is not None and not waits.settled):
+            raise Unreadable(f"{where} is {status} but waits on no open fan-out, or the reverse")
+        if waits is not None and waits.parent is not branch:
+            raise Unreadable(f"{where} waits on a fan-out of another branch")
+    for fan_out in engine.fan_outs.values():
+        where = f"fan-out {fan_out.id[:40]}"
+        if any(child.fan_out is not fan_out for child in fan_out.children):
+            raise Unreadable(f"{where} holds a branch that is not of it")
+        working = sum(not child.ended for child in fan_out.children)
+        counted = fan_out.pending + fan_out.succeeded + fan_out.failed
+        if min(fan_out.pending, fan_out.succeeded, fan_out.failed) < 0 or (
+            not fan_out.settled and (fan_out.pending != working or counted != len(fan_out.children))
+        ):
+            raise Unreadable(f"{where} counts branches it does not have")
 
 
 def _known(found: dict[str, T], key: str) -> T:
@@ -335,7 +403,9 @@ def _known(found: dict[str, T], key: str) -> T:
 def _branch(entry: _Branch) -> Branch:
     transfers = entry.transfers
     if transfers is not None and (
-        entry.transfers_kept is None or any(len(item) != 3 for item in transfers)
+        entry.transfers_kept is None
+        or entry.transfers_kept < 0
+        or any(len(item) != 3 for item in transfers)
     ):
         raise Unreadable(f"branch {entry.id}: transfers that are not (source, target, work)")
     if entry.question is not None and len(entry.question) != 2:

@@ -17,6 +17,7 @@ import base64
 import dataclasses
 import datetime
 import enum
+import inspect
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -105,6 +106,7 @@ def _codec_of(cls: type) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
         return _model_codec(cls)
     if dataclasses.is_dataclass(cls):
         names = [f.name for f in dataclasses.fields(cls) if f.init]
+        _check_constructor(cls, names)
         return (lambda value: {n: to_plain(getattr(value, n)) for n in names}), (
             lambda data: cls(**{key: from_plain(item) for key, item in as_object(data).items()})
         )
@@ -114,6 +116,26 @@ def _codec_of(cls: type) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
         f"{cls.__qualname__} is not a pydantic model, a dataclass or an enum: give "
         "register_type encode= and decode= functions for it"
     )
+
+
+def _check_constructor(cls: type, names: list[str]) -> None:
+    """A dataclass is read back by calling it with its fields by name: refused here, where it
+    is registered, when its constructor takes something else (an ``InitVar`` with no default, a
+    hand-written ``__init__``), not when a log that holds one is read."""
+    parameters = inspect.signature(cls).parameters.values()
+    taken = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    required = {
+        p.name
+        for p in parameters
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    if not required <= set(names) or not (takes_any or set(names) <= taken):
+        raise TypeError(
+            f"{cls.__qualname__}({', '.join(sorted(required))}) does not take exactly its "
+            f"fields ({', '.join(names)}), so a stored one cannot be rebuilt from them: give "
+            "register_type encode= and decode= functions for it"
+        )
 
 
 def _model_codec(cls: type[BaseModel]) -> tuple[Encoder, Decoder]:
