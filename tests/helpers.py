@@ -279,6 +279,21 @@ class Watched:
         return await self.inner.read_snapshot(session_id)
 
 
+class Down(Watched):
+    """Storage that cannot take records of one kind: it is down whenever they come."""
+
+    def __init__(self, inner: Any, kind: str) -> None:
+        super().__init__(inner)
+        self.kind = kind
+
+    async def append(
+        self, session_id: str, records: Sequence[str], durable: bool, after: int
+    ) -> None:
+        if json.loads(records[0])["t"] == self.kind:
+            raise ConnectionError("the storage server is down")
+        await super().append(session_id, records, durable, after)
+
+
 async def crash_copy(storage: Any, source: str, target: str, keep: int) -> None:
     """``target`` as ``source`` would have been left by a crash after its ``keep``-th record
     (with ``auto_save_interval=0`` the stored log is, at every moment, a prefix of the final

@@ -10,15 +10,18 @@ held with events.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
 from helpers import Watched, crash_copy, final, kinds, quiet
 from storage_backends import Storage
 from test_sessions import Hold, wait
 
 from orchestra import Action, Agent, AgentRegistry, FunctionAgent, FunctionModel, ScriptedUser
 from orchestra.communication import CommunicationManager
+from orchestra.coordination import orchestra as orchestra_module
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
 from orchestra.models import Message, StepInfo
@@ -187,3 +190,33 @@ async def test_replay_counts_the_steps_the_live_run_counted(storage: Storage) ->
     assert seen[1] == seen[0]  # Lead's second step: step 4 live, not step 3 after the crash
     assert seen == [4, 4]  # Lead, Fast, Slow (cancelled in flight), Lead
     assert resumed.total_steps == live.total_steps
+
+
+async def test_a_checkpoint_taken_while_a_crashed_run_lies_stopped_is_no_part_of_the_run(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint taken at rest after a crash was applied as one of the run's inputs: it
+    moved the run's clock to when it was taken, so the time the run lay stopped counted as
+    working time (a format-1 log, whose times are 0, came back 56 years long), and the resumed
+    run listed it, though one taken at rest after a pause is not listed."""
+    orchestra = OrchestraInstance(
+        {"nodes": ["A", "B"], "edges": ["A -> B"]},
+        agent_registry=AgentRegistry(
+            [
+                FunctionAgent("A", lambda task, context: "b", register=False),
+                FunctionAgent("B", lambda work, context: "ok", register=False),
+            ]
+        ),
+        initial_config=quiet(),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    live = await wait(orchestra.execute("t", context={"session_id": "whole"}))
+    await crash_copy(storage, "whole", "crashed", 3)  # cut off after A's step
+    later = time.time() + 3600  # the checkpoint is taken an hour after the crash
+    monkeypatch.setattr(orchestra_module, "now", lambda: later)
+    checkpoint = await orchestra.create_checkpoint("crashed", "after-the-crash")
+    monkeypatch.undo()
+    resumed = await wait(orchestra.resume_session("crashed"))
+    assert resumed.success and resumed.final_response == live.final_response, resumed.error
+    assert resumed.total_duration < 60 and resumed.checkpoint_ids == []
+    assert await orchestra.restore_checkpoint(checkpoint)  # it still names its position

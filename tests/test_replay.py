@@ -13,7 +13,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import pytest
@@ -462,3 +462,79 @@ async def test_a_session_is_rebuilt_only_with_the_settings_its_topology_had(
     )
     with pytest.raises(SessionError, match="'shape' was recorded with a different topology"):
         await other.get_result("shape")
+
+
+WORKERS = ["W1", "W2", "T1", "T2"]
+
+
+class Race:
+    """Lead starts W1 and W2 at once (policy 'any': the first to finish wins). Each worker
+    hands its count to its own counter and back until it reaches its goal, every step quick
+    code that never waits, so a branch takes many steps per turn. ``order`` is every step
+    taken; ``pause_at`` pauses the session from inside that step."""
+
+    TOPOLOGY: ClassVar[dict[str, Any]] = {
+        "nodes": [{"name": "Lead", "metadata": {"convergence_policy": "any"}}, *WORKERS],
+        "edges": ["Lead <-> W1", "Lead <-> W2", "W1 <-> T1", "W2 <-> T2"],
+        "rules": ["parallel(W1, W2)"],
+        "entry_point": "Lead",
+    }
+
+    def __init__(self, storage: Storage | None = None, pause_at: int = 0) -> None:
+        self.order: list[str] = []
+        self.pause_at = pause_at
+        goals = {"W1": 50, "W2": 40}
+
+        def lead(work: Any, context: Any) -> Action:
+            if isinstance(work, list):
+                return Action.final([item["agent"] for item in work])
+            return Action.invoke_parallel([("W1", 0), ("W2", 0)])
+
+        def working(name: str) -> Any:
+            async def step(count: Any, context: Any) -> Action:
+                await self.took(name)
+                if count >= goals[name]:
+                    return Action.final(f"{name} done")
+                return Action.invoke(f"T{name[1]}", count)
+
+            return step
+
+        def counting(name: str) -> Any:
+            async def step(count: int, context: Any) -> int:
+                await self.took(name)
+                return count + 1
+
+            return step
+
+        agents = [FunctionAgent("Lead", lead, register=False)]
+        agents += [FunctionAgent(n, working(n), register=False) for n in ("W1", "W2")]
+        agents += [FunctionAgent(n, counting(n), register=False) for n in ("T1", "T2")]
+        self.orchestra = OrchestraInstance(
+            self.TOPOLOGY,
+            agent_registry=AgentRegistry(agents),
+            initial_config=quiet(),
+            state_manager=None if storage is None else StateManager(storage, 3600),
+        )
+
+    async def took(self, name: str) -> None:
+        self.order.append(name)
+        if len(self.order) == self.pause_at:
+            await self.orchestra.pause_session("race", "mid-turn")
+
+
+@pytest.mark.parametrize("pause_at", [40, 70, 100])
+async def test_a_run_paused_mid_turn_resumes_to_the_same_winner(
+    storage: Storage, pause_at: int
+) -> None:
+    """A branch of quick steps yields to the others every 32 of its steps (behind them in the
+    event loop), but a resumed run started its branches in the order they first got work:
+    paused during W2's turn, the resumed run let W1 finish first, and W1 won instead of W2."""
+    live = Race()
+    uninterrupted = await wait(live.orchestra.execute("go", {"session_id": "race"}, 1000))
+    assert uninterrupted.success, uninterrupted.error
+    race = Race(storage, pause_at)
+    paused = await wait(race.orchestra.execute("go", {"session_id": "race"}, 1000))
+    assert paused.metadata.get("paused") is True
+    resumed = await wait(race.orchestra.resume_session("race"))
+    assert resumed.final_response == uninterrupted.final_response == ["W2"]
+    assert race.order == live.order and resumed.total_steps == uninterrupted.total_steps

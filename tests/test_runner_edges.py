@@ -9,7 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from helpers import Watched, final, kinds, quiet
+import pytest
+from helpers import Down, Watched, final, kinds, quiet
 from storage_backends import Storage
 from test_sessions import wait
 
@@ -23,10 +24,12 @@ from orchestra import (
     ScriptedModel,
     ScriptedUser,
 )
-from orchestra.communication.channels import CommunicationManager, ProgrammaticChannel
+from orchestra.communication.channels import CommunicationManager, ProgrammaticChannel, Question
+from orchestra.coordination.config import CommunicationConfig
+from orchestra.coordination.engine import runner
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
-from orchestra.errors import SessionError
+from orchestra.errors import SessionError, UserInputError
 
 ASKER = {"nodes": ["User", "A"], "edges": ["User -> A", "A -> User"]}
 
@@ -165,3 +168,116 @@ async def test_quick_steps_that_never_wait_still_let_the_run_timeout_fire() -> N
     assert result.metadata["error_type"] == "RunTimeoutError", result.error
     assert took < 1.0 and result.total_steps < 1000
     assert ticks > 5
+
+
+async def after_every_timer_due_by(seconds: float) -> None:
+    """Return once every timer due within ``seconds`` has fired, and what it started has had
+    its first turn: timers fire in the order they are due, so one of ours due later fires
+    after them."""
+    due = asyncio.Event()
+    asyncio.get_running_loop().call_later(seconds, due.set)
+    await due.wait()
+    await asyncio.sleep(0)
+
+
+async def test_a_run_that_fails_to_start_leaves_no_timer_behind(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its branch timer was armed with the header: it fired after execute had raised and the
+    session was let go, and wrote a record at position 2 of an empty log, leaving the session
+    unreadable for good."""
+    monkeypatch.setattr(runner, "STORAGE_RETRY_DELAYS", (0.0,))
+    down = Down(storage, "run")
+    orchestra = OrchestraInstance(
+        {"nodes": ["A"], "edges": []},
+        agent_registry=AgentRegistry([FunctionAgent("A", lambda t, c: t, register=False)]),
+        initial_config=quiet(branch_timeout=0.001),
+        state_manager=StateManager(down, auto_save_interval=0),
+    )
+    with pytest.raises(SessionError, match="'unborn': its storage failed"):
+        await wait(orchestra.execute("t", context={"session_id": "unborn"}))
+    await after_every_timer_due_by(0.05)
+    assert down.durable == [] and not await storage.exists("unborn")
+
+
+async def test_a_hiccup_on_the_first_write_is_retried_like_any_other(storage: Storage) -> None:
+    """It made execute raise the raw ConnectionError."""
+    watched = Watched(storage)
+    watched.fail_when = lambda records: records[0]["t"] == "run"
+    orchestra = OrchestraInstance(
+        {"nodes": ["A"], "edges": []},
+        agent_registry=AgentRegistry([FunctionAgent("A", lambda t, c: t, register=False)]),
+        initial_config=quiet(),
+        state_manager=StateManager(watched, auto_save_interval=0),
+    )
+    result = await wait(orchestra.execute("t", context={"session_id": "hiccup"}))
+    assert result.success and watched.fail_when is None, result.error
+
+
+async def test_an_answer_given_just_after_a_pause_is_refused_not_lost(storage: Storage) -> None:
+    """The channel took it (answer() returned), the pause then cancelled the asking branch:
+    no answer was recorded and the question was asked again on resume, as if never answered."""
+    channel = ProgrammaticChannel()
+    orchestra = asker(storage, channel)
+    running = asyncio.create_task(orchestra.execute("t", context={"session_id": "late"}))
+    question = await wait(channel.next_question())
+    await orchestra.pause_session("late")
+    with pytest.raises(UserInputError, match="no pending question"):
+        channel.answer(question.id, "blue")
+    assert (await wait(running)).metadata.get("paused") is True
+    assert "answer" not in kinds(await storage.read("late"))
+
+
+async def test_a_channel_that_cancels_its_own_question_fails_the_branch_not_the_run() -> None:
+    """Outside a pause, a question the channel itself cancelled (a UI dismissed it) was taken
+    for a pause's withdrawal: the branch stopped, nothing ended the run, and it hung."""
+
+    class Dismissing:
+        async def ask(self, question: Question) -> Any:
+            dismissed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            dismissed.cancel()
+            return await dismissed
+
+    model = ScriptedModel([{"next_action": "ask_user", "action_input": {"question": "?"}}])
+    result = await wait(
+        Orchestra.run(
+            "t",
+            ASKER,
+            agent_registry=AgentRegistry([Agent("A", model, register=False)]),
+            execution_config=quiet(),
+            communication_config=CommunicationConfig(channel=Dismissing()),
+        )
+    )
+    assert not result.success and result.metadata["error_type"] == "UserInputError"
+    assert "cancelled 'A''s question '?' itself" in (result.error or "")
+
+
+async def test_storage_failing_to_let_go_after_a_complete_log_does_not_fail_the_run(
+    storage: Storage,
+) -> None:
+    """execute raised the raw ConnectionError of the release, though the run's end was
+    durable (get_result gave it), and RunCompleted was never emitted."""
+
+    class FailsToRelease(Watched):
+        async def release(self, session_id: str) -> None:
+            await self.inner.release(session_id)
+            raise ConnectionError("connection lost while letting go")
+
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        orchestra = OrchestraInstance(
+            {"nodes": ["A"], "edges": []},
+            agent_registry=AgentRegistry([FunctionAgent("A", lambda t, c: "ok", register=False)]),
+            initial_config=quiet(),
+            state_manager=StateManager(FailsToRelease(storage), auto_save_interval=0),
+        )
+        result = await wait(orchestra.execute("t", context={"session_id": "kept"}))
+    finally:
+        loop.set_exception_handler(None)
+    assert result.success and result.final_response == "ok", result.error
+    assert [type(e).__name__ for e in result.events][-1] == "RunCompleted"
+    (report,) = reported
+    assert "'kept': its run ended and its log is complete" in report["message"]
+    assert isinstance(report["exception"], ConnectionError)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from helpers import Watched, quiet, stamping_instance
+from helpers import Down, Watched, quiet, stamping_instance
 from storage_backends import Storage
 from test_sessions import Hold, pipeline_instance, wait
 
@@ -95,16 +95,19 @@ async def test_every_effect_waits_until_the_steps_before_it_are_durable(storage:
     assert too_early == []
 
 
-async def test_a_run_that_fails_to_start_leaves_no_run_to_resume(storage: Storage) -> None:
-    """The run's header could not be written (a dropped connection, say): execute raises, and
-    nothing is left in the log that a later resume_session would run after all."""
-    watched = Watched(storage)
-    watched.fail_when = lambda records: any(record["t"] == "run" for record in records)
-    orchestra = pipeline_instance(watched, {"First": lambda task, context: task})
-    with pytest.raises(ConnectionError, match="the storage server went away for a moment"):
+async def test_a_run_that_fails_to_start_leaves_no_run_to_resume(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's header could not be written (the storage server is down, and stays down
+    through the retries): execute raises a SessionError saying so, and nothing is left in the
+    log that a later resume_session would run after all."""
+    monkeypatch.setattr(runner_module, "STORAGE_RETRY_DELAYS", (0.0, 0.0))
+    down = Down(storage, "run")
+    orchestra = pipeline_instance(down, {"First": lambda task, context: task})
+    with pytest.raises(SessionError, match=r"'unborn': its storage failed \(ConnectionError"):
         await wait(orchestra.execute("pay the invoice", context={"session_id": "unborn"}))
     assert not await storage.exists("unborn")
-    assert watched.durable == []
+    assert down.durable == []
     with pytest.raises(SessionNotFoundError, match="'unborn'"):
         await orchestra.resume_session("unborn")
 

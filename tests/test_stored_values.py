@@ -1,9 +1,11 @@
 """Values the API accepts are stored by a durable run exactly as a run without a session takes
 them: a subclass of a scalar where text or a number belongs, a step whose messages the log
-cannot hold, dataclasses registered for storage. (Tool call ids: test_openai_adapter.py.)"""
+cannot hold, dataclasses registered for storage, the run's context as agents get it. (Tool
+call ids: test_openai_adapter.py.)"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import json
@@ -172,3 +174,41 @@ def test_a_dataclass_that_cannot_be_rebuilt_from_its_fields_is_refused_when_regi
 
 def test_a_dataclass_whose_extra_parameters_have_defaults_is_taken() -> None:
     assert register_type(Counted) is Counted
+
+
+async def test_the_context_is_a_dict_agents_can_read_copy_dump_and_return(tmp_path: Path) -> None:
+    """It was a mappingproxy: json.dumps and copy.deepcopy raised, and returning it from a
+    step failed the step in a durable run (a type the log cannot store)."""
+
+    def reader(task: Any, context: Any) -> Any:
+        copied = copy.deepcopy(context)
+        copied["mine"] = True  # a copy is the agent's own
+        return Action.final({"dumped": json.loads(json.dumps(context)), "context": context})
+
+    orchestra = OrchestraInstance(
+        {"nodes": ["Reader"], "edges": []},
+        agent_registry=AgentRegistry([FunctionAgent("Reader", reader, register=False)]),
+        initial_config=quiet(),
+        state_manager=StateManager(FileStorageBackend(tmp_path), auto_save_interval=0),
+    )
+    context = {"session_id": "read", "region": {"name": "eu"}}
+    result = await wait(orchestra.execute("go", context=context))
+    assert result.success, result.error
+    assert result.final_response == {"dumped": context, "context": context}
+    stored = await orchestra.get_result("read")
+    assert stored is not None and stored.final_response == result.final_response
+    assert type(stored.final_response["context"]) is dict
+
+
+async def test_an_agent_that_changes_the_context_fails_naming_why(tmp_path: Path) -> None:
+    def writer(task: Any, context: Any) -> Any:
+        context["seen"] = True
+        return Action.final("wrote")
+
+    result = await wait(
+        instance(tmp_path, [FunctionAgent("Hub", writer, register=False), web()]).execute(
+            "go", context={"session_id": "changed"}
+        )
+    )
+    assert not result.success
+    assert "the run's context is read-only" in (result.error or "")

@@ -8,11 +8,12 @@ the engine and the agents, so neither imports the other's internals.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 
 from orchestra.models.base import Message, StepInfo, ToolCall, Usage, with_unique_ids
 from orchestra.models.retry import RetryPolicy, RetryReport
@@ -22,6 +23,34 @@ PROTOCOL_HINT = (
     "invoke_agent, final_response, ask_user or call_tool"
 )
 """How a reply must look, said to an agent whose reply could not be used."""
+
+
+class SharedContext(dict[str, Any]):
+    """The run's context as agents and edge conditions see it: a dict (``json.dumps``, copies,
+    ``dict(context)`` and returning it from a step work as with any dict) that cannot be
+    changed. A change made in place would be journaled nowhere, so a resumed or replayed run
+    would not see it; ``resume_session(additional_context=...)`` adds to it, the engine alone
+    writes it. Nested values are the engine's too: read them, never change them."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(
+            "the run's context is read-only (a change would not survive a resume): keep what "
+            "changes in what the step returns, or pass additional_context to resume_session"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(dict(self), memo)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
 
 
 class ActionKind(StrEnum):

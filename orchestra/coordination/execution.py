@@ -7,12 +7,14 @@ a paused or crashed run is rebuilt from its log (``state/replay.py``) and contin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 from orchestra.errors import (
     ConfigurationError,
+    OrchestraError,
     SessionError,
     SessionNotFoundError,
     UnstorableValueError,
@@ -60,7 +62,7 @@ async def execute(
                 "cannot store; pass JSON-compatible data or register the type "
                 "(orchestra.coordination.state.register_type)"
             ) from None
-        await writer.flush()
+        await _started(runner, writer)
     except BaseException:
         await _abandon(writer, session_id)
         raise
@@ -95,7 +97,7 @@ async def resume(
                 f"session {session_id!r}: additional_context holds {error}, which a session "
                 "cannot store"
             ) from None
-        await writer.flush()
+        await _started(runner, writer)
     except BaseException:
         await _abandon(writer, session_id)
         raise
@@ -138,7 +140,7 @@ async def _rebuilt(
 
 def _check_topology(setup: Setup, run: RunLog, session_id: str) -> None:
     recorded = run.start.topology
-    if not fingerprint_matches(recorded, setup.topology):
+    if not fingerprint_matches(recorded, setup.analysis):
         raise SessionError(
             f"session {session_id!r} was recorded with a different topology "
             f"({'; '.join(line for line in recorded if line != FINGERPRINT)}); rebuild it (to "
@@ -193,12 +195,29 @@ async def _drive(runner: Runner, writer: SessionWriter | None, session_id: str) 
             await let_go(session_id, writer.close() if runner.halted is None else writer.abandon())
 
 
+async def _started(runner: Runner, writer: SessionWriter) -> None:
+    """The run's first record made durable before any branch works (a failing write retried
+    as any other); SessionError when storage fails for good."""
+    if not await runner.durable(writer.flush):
+        assert runner.halted is not None
+        raise _halted(writer.session_id, runner.halted)
+
+
 async def _closed(runner: Runner, writer: SessionWriter) -> None:
     """The writer's last records made durable (a failing write retried as any other), then
     what storage held for it let go. If storage fails for good, the run halts, as a crash
     would have: SessionError (reported to the event loop when nobody is left to hear it)."""
     if await runner.durable(writer.flush):
-        await writer.close()
+        try:
+            await writer.close()
+        except Exception as error:  # all is durable: the run's outcome stands
+            asyncio.get_running_loop().call_exception_handler(
+                {
+                    "message": f"session {writer.session_id!r}: its run ended and its log is "
+                    "complete, but storage failed to let go of what it held for it",
+                    "exception": error,
+                }
+            )
         return
     await writer.abandon()
     assert runner.halted is not None
@@ -213,9 +232,10 @@ async def _snapshot(runner: Runner, writer: SessionWriter) -> None:
             await writer.snapshot()
 
 
-def _halted(session_id: str, error: Exception) -> SessionError:
-    """What a run that storage failed raises: it stopped as a crash would have."""
-    if isinstance(error, SessionError):
+def _halted(session_id: str, error: Exception) -> OrchestraError:
+    """What a run that storage failed raises: it stopped as a crash would have. Storage's own
+    errors (a session taken by another writer, a path that cannot hold it) as they are."""
+    if isinstance(error, OrchestraError):
         return error
     halted = SessionError(
         f"session {session_id!r}: its storage failed ({type(error).__name__}: {error}), so the "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -189,12 +190,16 @@ class OrchestraInstance:
         """Ask a running session to stop at the next step boundary. Steps in flight finish and
         are kept; the pending ``execute`` returns with ``metadata["paused"] = True`` (and
         ``metadata["pause_reason"] = reason``). False when no run of that session is in
-        progress here."""
+        progress here. Open questions to the user are withdrawn before it returns: an answer
+        given after it is refused by the channel (the question is asked again on resume)."""
         _require(reason, str, "reason")
         live = LIVE.get(session_id)
         if live is None:
             return False
-        live.runner.pause(reason)
+        here = asyncio.current_task()  # a channel may pause while it asks: not waited for
+        withdrawn = [question for question in live.runner.pause(reason) if question is not here]
+        if withdrawn:
+            await asyncio.wait(withdrawn)
         return True
 
     async def resume_session(
@@ -305,7 +310,13 @@ async def _checkpoint(
         record(checkpoint_id, name, writer.length)
     else:
         writer.record(
-            inp.Checkpoint(at=now(), checkpoint_id=checkpoint_id, name=name, position=writer.length)
+            inp.Checkpoint(
+                at=now(),
+                checkpoint_id=checkpoint_id,
+                name=name,
+                position=writer.length,
+                at_rest=True,
+            )
         )
     await writer.flush()
     return checkpoint_id

@@ -13,7 +13,7 @@ from orchestra.agents.pool import AgentPool
 from orchestra.agents.registry import AgentRegistry
 from orchestra.communication.channels import CommunicationManager
 
-from .config import ErrorHandlingConfig, ExecutionConfig, StatusConfig
+from .config import ConvergencePolicy, ErrorHandlingConfig, ExecutionConfig, StatusConfig
 from .engine import events as ev
 from .engine import inputs as inp
 from .engine.clock import now
@@ -63,45 +63,64 @@ FINGERPRINT = "fingerprint 2"
 """The first line of a topology's fingerprint (logs of format 1 kept a shorter one)."""
 
 
-def topology_fingerprint(topology: Topology) -> tuple[str, ...]:
+def topology_fingerprint(analysis: TopologyAnalysis) -> tuple[str, ...]:
     """What a rebuilt run checks it is run with the topology it was recorded with: everything
-    that decides where work goes and when branches settle — its nodes and edges, the
-    conditions and error routes of its edges (a predicate by its qualified name), its nodes'
-    convergence policies, its rules, entry and exits. (Other metadata, free for users, may
-    change.)"""
-    lines = [f"node {node.name}" for node in topology.nodes]
-    lines += [
-        f"policy {node.name} {_plain(node.metadata['convergence_policy'])}"
-        for node in topology.nodes
-        if "convergence_policy" in node.metadata
-    ]
-    for edge in topology.edges:
-        lines.append(f"edge {edge.arrow}")
-        lines += [
-            f"{key} {edge.arrow} {_plain(edge.metadata[key])}"
-            for key in ("condition", "on_error")
-            if key in edge.metadata
-        ]
-    lines += [f"rule {rule.to_text()}" for rule in topology.rules]
-    if topology.entry_point is not None:
-        lines.append(f"entry {topology.entry_point}")
-    lines += [f"exit {name}" for name in topology.exit_points]
-    return (FINGERPRINT, *sorted(lines))
+    that decides where work goes and when branches settle, in the form the engine reads it —
+    its nodes, each node's edges out in the order routing tries them, their conditions and
+    error routes (a predicate by its qualified name: a script run as ``__main__`` and the
+    worker that imports it name it alike), convergence policies as the policy they mean, rules,
+    the entries in order and the exits. Two topologies written differently that the engine
+    reads alike (a policy as ``"any"`` or ``{"k": 1}``, ``parallel`` agents in another order,
+    an entry point given or inferred) have one fingerprint. (Other metadata, free for users,
+    may change.)"""
+    lines = [f"node {name}" for name in analysis.node_names]
+    for name in analysis.node_names:
+        node = analysis.node(name)
+        if "convergence_policy" in node.metadata:
+            lines.append(f"policy {name} {_policy(node.metadata['convergence_policy'])}")
+        edges = analysis.out_edges(name)
+        if edges:
+            lines.append(f"edges {name} -> {', '.join(edge.target for edge in edges)}")
+        for edge in edges:
+            if edge.condition is not None:
+                lines.append(f"condition {edge.arrow} {_plain(edge.condition)}")
+            if edge.metadata.get("on_error"):
+                lines.append(f"on_error {edge.arrow}")
+    lines += [f"parallel {', '.join(sorted(group))}" for group in analysis.parallel_groups]
+    limits = {
+        "max_steps": analysis.max_steps,
+        "timeout": None if analysis.timeout is None else float(analysis.timeout),
+        "max_agents": analysis.max_agents,
+        "ping_pong": analysis.ping_pong_rounds,
+    }
+    lines += [f"{name} {value!r}" for name, value in limits.items() if value is not None]
+    lines.append(f"entries {', '.join(analysis.entries)}")
+    lines += [f"exit {name}" for name in analysis.exits]
+    return (FINGERPRINT, *sorted(set(lines)))
 
 
-def fingerprint_matches(recorded: tuple[str, ...], topology: Topology) -> bool:
-    """Whether ``topology`` is the one a run was recorded with (for a log of format 1, which
-    recorded only node names and edge arrows, whether those match)."""
+def fingerprint_matches(recorded: tuple[str, ...], analysis: TopologyAnalysis) -> bool:
+    """Whether ``analysis`` is of the topology a run was recorded with (for a log of format 1,
+    which recorded only node names and edge arrows, whether those match)."""
     if recorded[:1] == (FINGERPRINT,):
-        return recorded == topology_fingerprint(topology)
-    old = (*sorted(node.name for node in topology.nodes), *sorted(e.arrow for e in topology.edges))
-    return recorded == old
+        return recorded == topology_fingerprint(analysis)
+    names = analysis.node_names
+    arrows = [edge.arrow for name in names for edge in analysis.out_edges(name)]
+    return recorded == (*sorted(names), *sorted(arrows))
+
+
+def _policy(value: Any) -> str:
+    try:
+        policy = ConvergencePolicy.coerce(value)
+    except (ValueError, TypeError):
+        return repr(value)
+    return repr(sorted(policy.model_dump().items()))
 
 
 def _plain(value: Any) -> str:
-    """A stable text for a setting: a function by its module and qualified name."""
+    """A stable text for a condition: a function by its qualified name."""
     if callable(value):
-        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', '?')}"
+        return f"function {getattr(value, '__qualname__', '?')}"
     return repr(value)
 
 
@@ -114,7 +133,7 @@ def first_input(setup: Setup, task: Any, context: dict[str, Any]) -> inp.RunStar
         max_steps=setup.max_steps,
         config=setup.config,
         error_config=setup.error_config,
-        topology=topology_fingerprint(setup.topology),
+        topology=topology_fingerprint(setup.analysis),
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 from orchestra.agents.contract import (
@@ -21,6 +20,7 @@ from orchestra.agents.contract import (
     Action,
     InputKind,
     Invocation,
+    SharedContext,
     StepInput,
     StepOutcome,
     StepRequest,
@@ -73,8 +73,8 @@ class Engine:
         self.root: Branch | None = None
         # set by the run's first input (RunStart)
         self.context: dict[str, Any] = {}
-        # what agents see of it: a read-only view (an agent's change would not be in the log)
-        self.shared_context: Mapping[str, Any] = MappingProxyType(self.context)
+        # what agents and edge conditions see of it: a read-only copy (see SharedContext)
+        self.shared_context = SharedContext()
         self.config = ExecutionConfig()
         self.error_config = ErrorHandlingConfig()
         self.max_steps = 0
@@ -152,8 +152,14 @@ class Engine:
 
     # ---- the run: start, pause, resume, end --------------------------------------------------
 
+    def add_context(self, values: Mapping[str, Any]) -> None:
+        """Add to the run's context (at its start, or a resume): agents and edge conditions
+        see a read-only copy, made again here, so nothing else ever changes it."""
+        self.context.update(values)
+        self.shared_context = SharedContext(self.context)
+
     def _start(self, item: inp.RunStart) -> None:
-        self.context.update(item.context)
+        self.add_context(item.context)
         self.config = item.config
         self.error_config = item.error_config
         self.max_steps = item.max_steps
@@ -214,7 +220,7 @@ class Engine:
         self.stopped_at = None
         self.paused = False
         self.pause_reason = None
-        self.context.update(item.context)
+        self.add_context(item.context)
         self.stream.emit(
             ev.RunResumed(run_id=self.run_id, at=self.now, context_keys=tuple(item.context))
         )
@@ -355,25 +361,25 @@ class Engine:
             return  # cancelled or failed while the step ran
         outcome = item.outcome
         action = self._decided(branch, outcome)
-        if action is None:
-            return
-        branch.retries = 0
-        usage = outcome.usage
-        self.stream.emit(
-            ev.StepCompleted(
-                run_id=self.run_id,
-                at=self.now,
-                branch_id=branch.id,
-                agent=branch.agent,
-                step=branch.step_number,
-                duration=item.duration,
-                action=action,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                cost_usd=usage.cost_usd if usage else None,
+        if action is not None:
+            branch.retries = 0
+            usage = outcome.usage
+            self.stream.emit(
+                ev.StepCompleted(
+                    run_id=self.run_id,
+                    at=self.now,
+                    branch_id=branch.id,
+                    agent=branch.agent,
+                    step=branch.step_number,
+                    duration=item.duration,
+                    action=action,
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    completion_tokens=usage.completion_tokens if usage else 0,
+                    cost_usd=usage.cost_usd if usage else None,
+                )
             )
-        )
-        moves.take(self, branch, action)
+            moves.take(self, branch, action)
+        lifecycle.step_taken(self, branch)
 
     def _decided(self, branch: Branch, outcome: StepOutcome) -> Action | None:
         """The action the step decided, or None when it was unusable (the agent is steered,
@@ -389,7 +395,9 @@ class Engine:
             if action is None and outcome.by_code:
                 # route_value only takes edges whose conditions it has checked
                 in_call = bool(branch.call_stack)
-                action = route_value(self.analysis, agent, outcome.value, in_call, self.context)
+                action = route_value(
+                    self.analysis, agent, outcome.value, in_call, self.shared_context
+                )
                 if action is None:
                     lifecycle.fail(
                         self, branch, no_route_error(self.analysis, agent, outcome.value)
@@ -401,7 +409,9 @@ class Engine:
                     return None
                 action = Action.final(outcome.reply)
             by_model = not outcome.by_code
-            problem = action_problem(self.analysis, agent, action, allowed, self.context, by_model)
+            problem = action_problem(
+                self.analysis, agent, action, allowed, self.shared_context, by_model
+            )
         except ConditionError as error:
             lifecycle.fail(self, branch, error)
             return None
@@ -419,7 +429,11 @@ class Engine:
         branch = self.branches[item.branch_id]
         if not self._step_finished(branch, item.messages):
             return
-        error, agent = item.error, branch.agent
+        self._route_error(branch, item.error)
+        lifecycle.step_taken(self, branch)
+
+    def _route_error(self, branch: Branch, error: OrchestraError) -> None:
+        agent = branch.agent
         if self.error_config.enable_error_routing and not isinstance(error, LimitExceededError):
             target = error_route(self.analysis, agent)
             if target is not None:

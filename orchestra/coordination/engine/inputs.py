@@ -165,12 +165,15 @@ class RunResume(Record, frozen=True, kw_only=True):
 
 
 class Checkpoint(Record, frozen=True, kw_only=True):
-    """A name for a position in the session's log (``position``: the last record it keeps)."""
+    """A name for a position in the session's log (``position``: the last record it keeps).
+    ``at_rest``: taken while no run of the session was in progress (after a pause, or a
+    crash), so it is no input of the run: a rebuilt run never applies it."""
 
     KIND: ClassVar[str] = "checkpoint"
     checkpoint_id: str
     name: str
     position: int
+    at_rest: bool = False
 
 
 class Restore(Record, frozen=True, kw_only=True):

@@ -67,6 +67,21 @@ def spawn(engine: Engine, branch: Branch) -> None:
     engine.effects.append(Spawn(branch.id))
 
 
+TURN_EVERY = 32
+"""A branch lets other work run (timers, other branches, a pause) at least every this many of
+its steps, even when its steps never wait (quick code): the runner yields to the event loop
+there, which puts the branch behind the others ready to go."""
+
+
+def step_taken(engine: Engine, branch: Branch) -> None:
+    """A branch whose turn is over (see :data:`TURN_EVERY`) goes behind the branches ready,
+    as in the event loop: a run resumed after a pause mid-turn of another branch starts them
+    in the order the live run would have taken them."""
+    if branch.steps % TURN_EVERY == 0 and not branch.ended:
+        engine.spawned += 1
+        branch.ready = engine.spawned
+
+
 def enter(engine: Engine, branch: Branch, agent: str, step_input: StepInput) -> None:
     """The branch's work moves on to ``agent``."""
     branch.agent = agent

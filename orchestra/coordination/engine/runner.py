@@ -30,7 +30,6 @@ from orchestra.errors import (
     OrchestraError,
     RunTimeoutError,
     SessionCorruptedError,
-    SessionError,
     StepTimeoutError,
     UnstorableValueError,
     UserInputError,
@@ -53,6 +52,7 @@ from .effects import (
     Spawn,
     TakeStep,
 )
+from .lifecycle import TURN_EVERY
 
 
 class Journal(Protocol):
@@ -101,6 +101,7 @@ class Runner:
         self.steps_in_flight = 0
         self._asking: dict[Branch, asyncio.Future[Any]] = {}  # questions waiting for answers
         self._held: list[str] | None = None  # branches to start once the run is driven
+        self._held_timers: list[tuple[str, float, Callable[[str], None], str]] = []
         self._effect_handlers: dict[type, Callable[[Any], None] | None] = {
             Spawn: self._on_spawn,
             ArmBranchTimer: self._on_arm_branch,
@@ -125,8 +126,9 @@ class Runner:
         return effects
 
     def start(self, first: inp.RunStart) -> None:
-        """Begin a new run: its header is its first input. No branch works until ``drive``
-        (by then a session has made the header durable)."""
+        """Begin a new run: its header is its first input. No branch works, and no timer
+        runs, until ``drive`` (by then a session has made the header durable; a run that
+        never gets there leaves nothing behind that could write to its session)."""
         self._done = asyncio.get_running_loop().create_future()
         self._held = []
         self.feed(first)
@@ -134,27 +136,29 @@ class Runner:
     def resume(self, item: inp.RunResume) -> None:
         """Go on with a run whose engine was rebuilt from its log: every branch that has
         something to do works again once ``drive`` is called; timers start afresh, open
-        questions are asked again."""
-        self._done = asyncio.get_running_loop().create_future()
-        self._held = []
-        self.feed(item)
+        questions are asked again. A run that has work left and no branch to do it is damage,
+        found before anything is written."""
         engine = self.engine
-        if engine.finished:
-            self._done.set_result(None)
         working = sorted(
             (branch for branch in engine.branches.values() if not branch.ended),
             key=lambda branch: branch.ready,
         )
-        for branch in working:  # in the order they got their work, as in the live run
-            if self.branch_timeout is not None:
-                self._arm(branch.id, self.branch_timeout, self._branch_timed_out, branch.id)
-            if branch.status is not BranchStatus.WAITING and branch.agent != USER:
-                self._spawn(branch.id)
-        if not engine.finished and not self._held:
+        starting = [b for b in working if b.status is not BranchStatus.WAITING and b.agent != USER]
+        if not engine.finished and not starting:
             raise SessionCorruptedError(
                 f"session {engine.run_id!r} was rebuilt with work left but no branch to do it: "
                 "its log (or snapshot) does not describe a run Orchestra made"
             )
+        self._done = asyncio.get_running_loop().create_future()
+        self._held = []
+        self.feed(item)
+        if engine.finished:
+            self._done.set_result(None)
+        for branch in working:  # in the order they got their work, as in the live run
+            if self.branch_timeout is not None:
+                self._arm(branch.id, self.branch_timeout, self._branch_timed_out, branch.id)
+        for branch in starting:
+            self._spawn(branch.id)
         for fan_out in engine.fan_outs.values():
             if not fan_out.settled and self.convergence_timeout is not None:
                 self._arm(fan_out.id, self.convergence_timeout, self._fan_out_timed_out, fan_out.id)
@@ -164,6 +168,9 @@ class Runner:
         held, self._held = self._held or [], None
         for branch_id in held:
             self._spawn(branch_id)
+        timers, self._held_timers = self._held_timers, []
+        for timer in timers:
+            self._arm(*timer)
         await self._until_done()
 
     async def end(self, paused: bool, durable: Callable[[], Awaitable[None]] | None) -> None:
@@ -180,17 +187,21 @@ class Runner:
         if self.halted is None:
             self._carry_out(self.engine.apply(item))
 
-    def pause(self, reason: str | None) -> None:
+    def pause(self, reason: str | None) -> list[asyncio.Future[Any]]:
         """Stop at the next step boundary: steps in flight finish (their results are kept),
-        no new step starts, open questions are withdrawn (they are asked again on resume)."""
+        no new step starts, open questions are withdrawn (they are asked again on resume).
+        Returns the questions being withdrawn: once they are done, the channel has let go of
+        them (an answer given after that is refused, not taken and then lost)."""
         self.feed(inp.PauseRequest(at=now(), reason=reason), due=False)
         self.pausing = True
         loop = asyncio.get_running_loop()
-        for waiting in self._asking.values():
+        withdrawn = list(self._asking.values())
+        for waiting in withdrawn:
             # withdrawn after whatever is already on its way: an answer given before the pause
             # (its delivery queued in the loop) is taken in, not lost
             loop.call_soon(_withdraw, waiting)
         self._maybe_paused(ending=None)
+        return withdrawn
 
     def checkpoint(self, checkpoint_id: str, name: str, position: int) -> None:
         self.feed(
@@ -276,6 +287,9 @@ class Runner:
         self._release(branch)
 
     def _arm(self, key: str, delay: float, callback: Callable[[str], None], target: str) -> None:
+        if self._held is not None:
+            self._held_timers.append((key, delay, callback, target))
+            return
         self._timers[key] = asyncio.get_running_loop().call_later(delay, callback, target)
 
     def _disarm(self, key: str) -> None:
@@ -325,7 +339,7 @@ class Runner:
                 elif branch.status is BranchStatus.RUNNING:
                     went_on = await self._one_step(branch)
                     if went_on and branch.steps % TURN_EVERY == 0:
-                        await asyncio.sleep(0)  # let the loop breathe between quick steps
+                        await asyncio.sleep(0)  # the turn is over: behind the others ready
                 else:
                     break
                 if not went_on:
@@ -485,14 +499,15 @@ class Runner:
 
     async def durable(self, wait: Callable[[], Awaitable[None]]) -> bool:
         """``wait`` for records to be durable. A storage failure is retried a few times; if it
-        persists, or storage refuses the session (another writer), the run halts as a crash
-        would: nothing more happens, and the log keeps every durable step for a resume."""
+        persists, or storage refuses the session (another writer) or its setting (an
+        OrchestraError: no retry changes those), the run halts as a crash would: nothing more
+        happens, and the log keeps every durable step for a resume."""
         for delay in (*STORAGE_RETRY_DELAYS, None):
             try:
                 await wait()
                 return True
             except Exception as error:
-                if delay is None or isinstance(error, SessionError):
+                if delay is None or isinstance(error, OrchestraError):
                     self._halt(error)
                     return False
             await asyncio.sleep(delay)
@@ -523,9 +538,16 @@ class Runner:
         try:
             answer = await waiting
         except asyncio.CancelledError:
-            if waiting.cancelled() and not _really_cancelled():
-                return False  # withdrawn by a pause
-            raise
+            if not waiting.cancelled() or _really_cancelled():
+                raise
+            if self.pausing:
+                return False  # withdrawn by the pause
+            self.fail_branch(
+                branch,
+                UserInputError(
+                    f"the user channel cancelled {branch.agent!r}'s question {text!r} itself"
+                ),
+            )
         except OrchestraError as error:
             self.fail_branch(branch, error)
         except Exception as error:
@@ -563,11 +585,6 @@ class Runner:
         for branch in self.engine.branches.values():
             self._release(branch)
 
-
-TURN_EVERY = 32
-"""A branch lets other work run (timers, other branches, a pause) at least every this many of
-its steps, even when its steps never wait (quick code). Counted by the branch's own steps, so
-a resumed run takes its turns where the live run did."""
 
 STORAGE_RETRY_DELAYS = (0.05, 0.25, 1.0)
 """Seconds between retries of a write that storage failed (a dropped connection, a busy

@@ -364,7 +364,9 @@ def _fold(session_id: str, entries: list[Entry]) -> SessionLog:
                 raise SessionCorruptedError(f"session {session_id!r}: records before its first run")
         elif kind == inp.Restore.KIND:
             continue
-        elif runs[-1].end is not None and kind == inp.Checkpoint.KIND:
+        elif kind == inp.Checkpoint.KIND and (
+            runs[-1].end is not None or entry.record.at_rest  # type: ignore[attr-defined]
+        ):
             continue  # taken while the session was at rest: a name, not part of the run
         else:
             run = runs[-1]

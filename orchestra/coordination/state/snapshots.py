@@ -334,7 +334,7 @@ def _restore(engine: Engine, data: dict[str, Any]) -> None:
     engine.now, engine.last_at = run.now, run.last_at
     engine.started_at, engine.stopped_at = run.started_at, run.stopped_at
     engine.gaps = [(since, until) for since, until in run.gaps]
-    engine.context.update(run.context)
+    engine.add_context(run.context)
     engine.invocations = Counter(run.invocations)
     engine.error = run.error
     engine.checkpoint_ids = list(run.checkpoint_ids)

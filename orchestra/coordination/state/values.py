@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from orchestra.agents.contract import SharedContext
 from orchestra.errors import UnstorableValueError
 
 TAG = "__o__"
@@ -166,7 +167,7 @@ def to_plain(value: Any) -> Any:
         return value if -_JSON_INT < value < _JSON_INT else {TAG: "int", "v": hex(value)}
     if kind is list:
         return [to_plain(item) for item in value]
-    if kind is dict:
+    if kind is dict or kind is SharedContext:  # the run's context, as an agent returned it
         if TAG not in value and all(type(key) is str for key in value):
             return {key: to_plain(item) for key, item in value.items()}
         return {TAG: "map", "v": [[to_plain(k), to_plain(v)] for k, v in value.items()]}

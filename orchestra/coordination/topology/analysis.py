@@ -94,6 +94,11 @@ class TopologyAnalysis:
     def node(self, name: str) -> Node:
         return self._nodes[name]
 
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        """Every node, ``User`` included where the topology has it."""
+        return tuple(self._nodes)
+
     def has_node(self, name: str) -> bool:
         return name in self._nodes
 
