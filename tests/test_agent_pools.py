@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import helpers
 from helpers import fn, quiet, spokes, statuses
+from test_sessions import Hold, wait
 
-from orchestra import Action, AgentPool, PatternConfig
+from orchestra import Action, AgentPool, AgentRegistry, FunctionAgent, PatternConfig
+from orchestra.coordination.orchestra import OrchestraInstance
+from orchestra.coordination.state import FileStorageBackend, StateManager
 
 WAIT = 3.0  # every run here takes well under a second; a hang fails after WAIT
 run = partial(helpers.run, wait=WAIT)
@@ -141,4 +145,43 @@ def test_an_agent_pool_serves_runs_on_different_event_loops() -> None:
     outcomes = [asyncio.run(run("task", spokes("W"), [fn("Hub", hub), pool])) for _ in range(2)]
     assert [r.error for r in outcomes] == [None, None]
     assert [r.final_response for r in outcomes] == [["completed", "completed"]] * 2
+    assert pool.available == 1
+
+
+async def test_a_pause_does_not_wait_for_an_instance_another_session_holds(
+    tmp_path: Path,
+) -> None:
+    """Session y waited for the pool's one instance, held by session x's long step: pausing y
+    waited until x's step was over."""
+    holds = {"x": Hold(), "y": Hold()}
+
+    async def slow(task: Any, context: Any) -> str:
+        await holds[context["session_id"]]()
+        return "done"
+
+    pool = AgentPool(lambda: FunctionAgent("P", slow, register=False), size=1, register=False)
+    orchestra = OrchestraInstance(
+        {"nodes": ["P"], "edges": []},
+        agent_registry=AgentRegistry([pool]),
+        initial_config=quiet(),
+        state_manager=StateManager(FileStorageBackend(tmp_path), auto_save_interval=0),
+    )
+    x = asyncio.create_task(orchestra.execute("t", context={"session_id": "x"}))
+    await wait(holds["x"].entered.wait())  # x's step holds the instance
+    y = asyncio.create_task(orchestra.execute("t", context={"session_id": "y"}))
+
+    async def until_y_waits() -> None:
+        while not pool.waiting:
+            await asyncio.sleep(0)
+
+    await wait(until_y_waits())
+    assert await orchestra.pause_session("y")
+    paused = await wait(y)
+    assert paused.metadata.get("paused") is True and not holds["y"].entered.is_set()
+    assert pool.available == 0  # x still holds it: y gave up its place in the queue
+    holds["x"].release.set()
+    assert (await wait(x)).success
+    holds["y"].release.set()
+    resumed = await wait(orchestra.resume_session("y"))
+    assert resumed.success and resumed.final_response == "done", resumed.error
     assert pool.available == 1

@@ -40,12 +40,16 @@ class AgentPool:
         self._free: asyncio.Queue[BaseAgent] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._leased: set[int] = set()
+        self.waiting = 0  # branches waiting for an instance (a measure of the pool's pressure)
         self.closed = False
         if register:
             register_by_default(self)
 
     def __repr__(self) -> str:
-        return f"AgentPool(name={self.name!r}, size={self.size}, available={self.available})"
+        return (
+            f"AgentPool(name={self.name!r}, size={self.size}, available={self.available}, "
+            f"waiting={self.waiting})"
+        )
 
     def _queue(self) -> asyncio.Queue[BaseAgent]:
         """The free instances, as a queue of the running event loop (a pool outlives loops:
@@ -65,7 +69,11 @@ class AgentPool:
     async def acquire(self) -> BaseAgent:
         if self.closed:
             raise ConfigurationError(f"AgentPool {self.name!r} was cleaned up and cannot lend")
-        instance = await self._queue().get()
+        self.waiting += 1
+        try:
+            instance = await self._queue().get()
+        finally:
+            self.waiting -= 1
         self._leased.add(id(instance))
         return instance
 

@@ -11,6 +11,7 @@ the core returns. A replayed log is those same inputs applied again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -97,6 +98,7 @@ class Runner:
         self._token = uuid.uuid4().hex[:12]  # question ids stay unique across runs
         self.journal = journal
         self.pausing = False
+        self._pause_requested = asyncio.Event()  # wakes what waits on others (a pooled agent)
         self.halted: Exception | None = None  # storage failed: the run stopped as if it crashed
         self.steps_in_flight = 0
         self._asking: dict[Branch, asyncio.Future[Any]] = {}  # questions waiting for answers
@@ -194,6 +196,7 @@ class Runner:
         them (an answer given after that is refused, not taken and then lost)."""
         self.feed(inp.PauseRequest(at=now(), reason=reason), due=False)
         self.pausing = True
+        self._pause_requested.set()
         loop = asyncio.get_running_loop()
         withdrawn = list(self._asking.values())
         for waiting in withdrawn:
@@ -369,10 +372,8 @@ class Runner:
         engine, journal = self.engine, self.journal
         if journal is not None and not await self._gate(branch, journal):
             return False
-        try:
-            agent = await self.agent_for(branch)
-        except OrchestraError as error:
-            self.fail_branch(branch, error)
+        agent = await self.agent_for(branch)
+        if agent is None:
             return False
         slots = self._slots
         if slots is not None:  # taken before the step begins, so a pause meanwhile stops it
@@ -467,9 +468,12 @@ class Runner:
                 f"step_timeout={self.step_timeout:g}s",
             ) from None
 
-    async def agent_for(self, branch: Branch) -> BaseAgent:
+    async def agent_for(self, branch: Branch) -> BaseAgent | None:
         """The agent for the branch's next step; a pooled one is leased while the branch works
-        at that node (a lease for any other node is returned first)."""
+        at that node (a lease for any other node is returned first). None when the branch is
+        to stop: the run paused while it waited for an instance others hold (maybe another
+        session's steps: a pause does not wait for them), or the pool cannot lend (the branch
+        fails)."""
         name = branch.agent
         for held in [other for other in branch.leases if other != name]:
             self._return_lease(branch, held)
@@ -478,8 +482,35 @@ class Runner:
             return found
         lease = branch.leases.get(name)
         if lease is None:
-            lease = branch.leases[name] = await found.acquire()
+            try:
+                lease = await self._lease(found)
+            except OrchestraError as error:
+                self.fail_branch(branch, error)
+                return None
+            if lease is not None:
+                branch.leases[name] = lease
         return lease
+
+    async def _lease(self, pool: AgentPool) -> BaseAgent | None:
+        """An instance of the pool, or None if the run pauses first."""
+        if self.pausing:
+            return None
+        if pool.available:
+            return await pool.acquire()
+        leasing = asyncio.ensure_future(pool.acquire())
+        pausing = asyncio.ensure_future(self._pause_requested.wait())
+        try:
+            await asyncio.wait((leasing, pausing), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the branch was cancelled: an instance it got goes back
+            leasing.add_done_callback(functools.partial(_give_back, pool))
+            leasing.cancel()
+            raise
+        finally:
+            pausing.cancel()
+        if leasing.done():
+            return leasing.result()
+        leasing.cancel()  # a queue's get gives up its place, taking nothing
+        return None
 
     def _return_lease(self, branch: Branch, name: str) -> None:
         pool = self.agents[name]
@@ -598,6 +629,11 @@ def _as_step_error(agent: str, error: Exception) -> OrchestraError:
     failure = AgentStepError(f"agent {agent!r} raised {type(error).__name__}: {error}")
     failure.__cause__ = error
     return failure
+
+
+def _give_back(pool: AgentPool, leasing: asyncio.Future[BaseAgent]) -> None:
+    if not leasing.cancelled() and leasing.exception() is None:
+        pool.release(leasing.result())
 
 
 def _withdraw(waiting: asyncio.Future[Any]) -> None:

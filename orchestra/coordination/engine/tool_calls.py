@@ -25,12 +25,12 @@ if TYPE_CHECKING:
 
 async def run_pending(runner: Runner, branch: Branch) -> bool:
     """Run the branch's pending calls, then let it go on; False when it stopped meanwhile (a
-    call in doubt, storage halted the run)."""
+    call in doubt, storage halted the run, a pause came while it waited for a pooled agent)."""
     pooled = runner.agents[branch.agent]
     agent = branch.leases.get(branch.agent) if isinstance(pooled, AgentPool) else pooled
     if agent is None:
         agent = await runner.agent_for(branch)
-    if not await _run_all(runner, branch, agent):
+    if agent is None or not await _run_all(runner, branch, agent):
         return False
     runner.feed(inp.ToolsDone(at=now(), branch_id=branch.id))
     return True
