@@ -100,6 +100,8 @@ class ModelReply:
         """Native calls with no id, or a repeated one, get one of their own (see
         :func:`with_unique_ids`), and so do the same calls in ``tool_calls``: the conversation
         then names each tool result by the id its call has there."""
+        if not self.native_calls:
+            return
         unique = with_unique_ids(self.native_calls)
         if unique == self.native_calls:
             return
