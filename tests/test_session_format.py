@@ -119,6 +119,22 @@ async def test_a_log_written_in_format_1_loads_and_resumes(storage: Storage) -> 
     assert all(0 <= branch.duration < 60 for branch in result.branch_results)
 
 
+async def test_a_log_whose_tool_call_has_the_default_empty_id_still_resumes(
+    storage: Storage,
+) -> None:
+    """A code agent's ``ToolCall(name, args)`` is stored with the id "" (format 1 did the
+    same). Ids were once made unique whenever an Action was built, decoding included: the
+    stored action's call became "call_0" while its result was stored under "", and the log
+    was reported damaged."""
+    text = (DATA / "format1-paused.jsonl").read_text().replace('"call_0"', '""')
+    await storage.append("empty-id", text.splitlines(), durable=True, after=0)
+    replies = [{"next_action": "ask_user", "action_input": {"question": "?"}}, final("done")]
+    orchestra = format_1_instance(storage, replies)
+    assert await orchestra.get_result("empty-id") is not None
+    result = await wait(orchestra.resume_session("empty-id"))
+    assert result.success and result.final_response == "done", result.error
+
+
 # ---- stored data that would run code -------------------------------------------------------------
 
 

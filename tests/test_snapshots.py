@@ -11,7 +11,14 @@ import pytest
 from storage_backends import Storage
 from test_sessions import Hold, PausablePipeline, wait
 
-from orchestra import Agent, AgentRegistry, ExecutionConfig, FunctionModel, StatusConfig
+from orchestra import (
+    Agent,
+    AgentRegistry,
+    ExecutionConfig,
+    FunctionAgent,
+    FunctionModel,
+    StatusConfig,
+)
 from orchestra.communication import CommunicationManager, ProgrammaticChannel
 from orchestra.coordination import execution
 from orchestra.coordination.orchestra import OrchestraInstance
@@ -176,3 +183,39 @@ def test_state_manager_settings_of_the_wrong_kind_are_refused(
     """``compression='gzip'`` used to be taken (as true), a string interval failed later."""
     with pytest.raises(ConfigurationError, match=complaint):
         StateManager(FileStorageBackend(tmp_path), **options)
+
+
+JOINS = ["A1 -> Join", "A2 -> Join"]
+
+
+async def test_a_run_with_several_entries_resumes_from_its_snapshot(
+    storage: Storage, replayed: list[int]
+) -> None:
+    """Its root branch waits at User, with no input, for the entries' fan-out: the snapshot
+    check took that for damage, and the session could be neither resumed nor read."""
+
+    async def first(task: Any, context: Any) -> str:
+        if context.get("pause"):  # before A2 takes its step: the fan-out stays open
+            await orchestra.pause_session("entries")
+        return "one"
+
+    orchestra = OrchestraInstance(
+        {"nodes": ["A1", "A2", "Join"], "edges": ["User -> A1", "User -> A2", *JOINS]},
+        agent_registry=AgentRegistry(
+            [
+                FunctionAgent("A1", first, register=False),
+                FunctionAgent("A2", lambda task, context: "two", register=False),
+                FunctionAgent("Join", lambda work, context: len(work), register=False),
+            ]
+        ),
+        initial_config=ExecutionConfig(status=StatusConfig.from_verbosity(0)),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    context = {"session_id": "entries", "pause": True}
+    assert (await wait(orchestra.execute("t", context=context))).metadata.get("paused") is True
+    assert await storage.read_snapshot("entries") is not None
+    paused = await orchestra.get_result("entries")
+    assert paused is not None and paused.metadata["paused"] is True
+    resumed = await wait(orchestra.resume_session("entries"))
+    assert resumed.success and resumed.final_response == 2, resumed.error
+    assert replayed == [1, 1]  # get_result, then the resume: the 'end' after the snapshot

@@ -212,3 +212,39 @@ async def test_an_agent_that_changes_the_context_fails_naming_why(tmp_path: Path
     )
     assert not result.success
     assert "the run's context is read-only" in (result.error or "")
+
+
+@pytest.mark.parametrize("pause", [False, True], ids=["live", "paused-between"])
+async def test_the_context_handed_on_by_a_step_is_the_next_agents_own(
+    tmp_path: Path, pause: bool
+) -> None:
+    """Live, the next agent got the run's read-only context itself and failed to change its
+    input; paused and resumed between the two steps, it got the plain dict the log gave back,
+    and the run succeeded: the resumed run was not the live one."""
+
+    async def hand_on(task: Any, context: Any) -> Any:
+        if pause:
+            await orchestra.pause_session("handed", "between")
+        return context
+
+    def change(work: Any, context: Any) -> Any:
+        work["seen"] = True
+        return Action.final(work)
+
+    orchestra = OrchestraInstance(
+        {"nodes": ["A", "B"], "edges": ["A -> B", "B -> User"]},
+        agent_registry=AgentRegistry(
+            [
+                FunctionAgent("A", hand_on, register=False),
+                FunctionAgent("B", change, register=False),
+            ]
+        ),
+        initial_config=quiet(),
+        state_manager=StateManager(FileStorageBackend(tmp_path), auto_save_interval=0),
+    )
+    result = await wait(orchestra.execute("go", context={"session_id": "handed", "k": 1}))
+    if pause:
+        assert result.metadata.get("paused") is True
+        result = await wait(orchestra.resume_session("handed"))
+    assert result.success, result.error
+    assert result.final_response == {"session_id": "handed", "k": 1, "seen": True}

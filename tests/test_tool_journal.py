@@ -14,10 +14,12 @@ from helpers import Watched, crash_copy, final, kinds, quiet, stamping_instance
 from storage_backends import Storage
 from test_sessions import wait
 
-from orchestra import Agent, AgentRegistry, FunctionModel, tool
+from orchestra import Action, Agent, AgentRegistry, BaseAgent, FunctionModel, tool
+from orchestra.agents.contract import InputKind, StepOutcome, StepRequest
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
 from orchestra.models import Message, StepInfo
+from orchestra.models.base import ToolCall, ToolSpec
 
 
 async def test_a_tool_runs_only_after_its_start_is_durable(storage: Storage) -> None:
@@ -92,3 +94,55 @@ async def test_a_resumed_run_does_not_take_an_earlier_runs_tool_result(storage: 
     assert resumed.success, resumed.error
     assert charged == [7]
     assert "charged 7" in str(resumed.final_response)
+
+
+class HandBuilt(BaseAgent):
+    """An agent of code that builds its tool calls by hand, with no ids (ToolCall's default),
+    or one id twice."""
+
+    def __init__(self) -> None:
+        self.name = "Clerk"
+        self.ran: list[str] = []
+
+    async def step(self, request: StepRequest) -> StepOutcome:
+        if request.input.kind is InputKind.TOOL_RESULTS:
+            results = [(item["call_id"], item["result"]) for item in request.input.content]
+            return StepOutcome(action=Action.final(results), by_code=True)
+        calls = [
+            ToolCall("a", {}),
+            ToolCall("b", {}),
+            ToolCall("c", {}, "x"),
+            ToolCall("d", {}, "x"),
+        ]
+        return StepOutcome(action=Action.call_tools(calls), by_code=True)
+
+    @property
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        return tuple(ToolSpec(name, f"tool {name}", {"type": "object"}) for name in "abcd")
+
+    async def call_tool(self, call: ToolCall) -> Any:
+        self.ran.append(call.name)
+        return f"{call.name} done"
+
+
+async def test_calls_built_with_no_id_or_one_id_twice_are_each_run_once(storage: Storage) -> None:
+    """Calls sharing an id were one call to the engine: the first ran, the others never did and
+    were given its result."""
+    clerk = HandBuilt()
+    orchestra = OrchestraInstance(
+        {"nodes": ["Clerk"], "edges": []},
+        agent_registry=AgentRegistry([clerk]),
+        initial_config=quiet(),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    result = await wait(orchestra.execute("go", context={"session_id": "by-hand"}))
+    assert result.success, result.error
+    assert sorted(clerk.ran) == ["a", "b", "c", "d"]
+    assert result.final_response == [
+        ("call_0", "a done"),
+        ("call_1", "b done"),
+        ("x", "c done"),
+        ("call_3", "d done"),
+    ]
+    stored = await orchestra.get_result("by-hand")
+    assert stored is not None and stored.final_response == result.final_response

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, NoReturn
 
@@ -85,10 +85,6 @@ class Action:
     response: Any = None
     question: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.tool_calls:  # each result is matched to its call by id
-            object.__setattr__(self, "tool_calls", with_unique_ids(self.tool_calls))
 
     @classmethod
     def invoke(cls, agent_name: str, request: Any = None, *, label: str | None = None) -> Action:
@@ -228,3 +224,32 @@ class StepOutcome:
     problem: str | None = None
     usage: Usage | None = None
     by_code: bool = False
+
+
+def as_taken(outcome: StepOutcome) -> StepOutcome:
+    """The outcome as the run records and takes it: each tool call with an id of its own (a
+    result is matched to its call by id; an agent building calls by hand may give none, or one
+    twice), and the run's context, where the step hands it on as it got it, as the plain dict
+    a rebuilt run reads back from the log (the next agent may change its input)."""
+    if type(outcome.value) is SharedContext:
+        outcome.value = dict(outcome.value)
+    action = outcome.action
+    if action is None:
+        return outcome
+    changes: dict[str, Any] = {}
+    if action.tool_calls:
+        unique = with_unique_ids(action.tool_calls)
+        if unique != action.tool_calls:
+            changes["tool_calls"] = unique
+    if type(action.response) is SharedContext:
+        changes["response"] = dict(action.response)
+    if any(type(item.request) is SharedContext for item in action.invocations):
+        changes["invocations"] = tuple(
+            replace(item, request=dict(item.request))
+            if type(item.request) is SharedContext
+            else item
+            for item in action.invocations
+        )
+    if changes:
+        outcome.action = replace(action, **changes)
+    return outcome

@@ -480,12 +480,15 @@ class Engine:
 
     def _tool_result(self, item: inp.ToolResult) -> None:
         branch = self.branches[item.branch_id]
-        branch.tool_results[item.call_id] = {
+        found = branch.tool_results
+        found[item.call_id] = {
             "name": item.name,
             "call_id": item.call_id,
             "ok": item.ok,
             "result": item.result,
         }
+        if all(found.get(call.call_id) is not None for call in branch.pending_tools):
+            lifecycle.behind_the_others(self, branch)  # its task wakes when its last tool is done
         self.stream.emit(
             ev.ToolCallCompleted(
                 run_id=self.run_id,

@@ -62,9 +62,16 @@ def new_branch(
 def spawn(engine: Engine, branch: Branch) -> None:
     """The branch has work: its task starts (behind those started before it). A resumed run
     starts its branches in this order again, so they take their turns as they would have."""
+    behind_the_others(engine, branch)
+    engine.effects.append(Spawn(branch.id))
+
+
+def behind_the_others(engine: Engine, branch: Branch) -> None:
+    """The branch is ready again, behind the branches ready before it: as its task is in the
+    event loop, when it is started, or wakes after giving way (see :func:`step_taken`) or
+    after its tools (the last one done)."""
     engine.spawned += 1
     branch.ready = engine.spawned
-    engine.effects.append(Spawn(branch.id))
 
 
 TURN_EVERY = 32
@@ -78,8 +85,7 @@ def step_taken(engine: Engine, branch: Branch) -> None:
     as in the event loop: a run resumed after a pause mid-turn of another branch starts them
     in the order the live run would have taken them."""
     if branch.steps % TURN_EVERY == 0 and not branch.ended:
-        engine.spawned += 1
-        branch.ready = engine.spawned
+        behind_the_others(engine, branch)
 
 
 def enter(engine: Engine, branch: Branch, agent: str, step_input: StepInput) -> None:

@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import msgspec
 
 from orchestra.agents.base import BaseAgent
-from orchestra.agents.contract import StepOutcome
+from orchestra.agents.contract import StepOutcome, as_taken
 from orchestra.agents.pool import AgentPool
-from orchestra.communication.channels import CommunicationManager, Question
+from orchestra.communication.channels import CommunicationManager
 from orchestra.coordination.topology import USER
 from orchestra.errors import (
     AgentStepError,
@@ -33,7 +32,6 @@ from orchestra.errors import (
     SessionCorruptedError,
     StepTimeoutError,
     UnstorableValueError,
-    UserInputError,
 )
 from orchestra.models.base import Message
 
@@ -54,6 +52,7 @@ from .effects import (
     TakeStep,
 )
 from .lifecycle import TURN_EVERY
+from .questions import OpenQuestions, really_cancelled
 
 
 class Journal(Protocol):
@@ -95,13 +94,12 @@ class Runner:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # by branch id
         self._timers: dict[str, asyncio.TimerHandle] = {}  # by branch or fan-out id
         self._done: asyncio.Future[None] | None = None
-        self._token = uuid.uuid4().hex[:12]  # question ids stay unique across runs
         self.journal = journal
         self.pausing = False
         self._pause_requested = asyncio.Event()  # wakes what waits on others (a pooled agent)
         self.halted: Exception | None = None  # storage failed: the run stopped as if it crashed
         self.steps_in_flight = 0
-        self._asking: dict[Branch, asyncio.Future[Any]] = {}  # questions waiting for answers
+        self.questions = OpenQuestions()
         self._held: list[str] | None = None  # branches to start once the run is driven
         self._held_timers: list[tuple[str, float, Callable[[str], None], str]] = []
         self._effect_handlers: dict[type, Callable[[Any], None] | None] = {
@@ -197,12 +195,7 @@ class Runner:
         self.feed(inp.PauseRequest(at=now(), reason=reason), due=False)
         self.pausing = True
         self._pause_requested.set()
-        loop = asyncio.get_running_loop()
-        withdrawn = list(self._asking.values())
-        for waiting in withdrawn:
-            # withdrawn after whatever is already on its way: an answer given before the pause
-            # (its delivery queued in the loop) is taken in, not lost
-            loop.call_soon(_withdraw, waiting)
+        withdrawn = self.questions.withdraw()
         self._maybe_paused(ending=None)
         return withdrawn
 
@@ -338,7 +331,7 @@ class Runner:
                 if branch.pending_tools:
                     went_on = await tool_calls.run_pending(self, branch)
                 elif branch.question is not None:  # it asked the user and waits for the answer
-                    went_on = await self._ask_user(branch)
+                    went_on = await self.questions.ask(self, branch)
                 elif branch.status is BranchStatus.RUNNING:
                     went_on = await self._one_step(branch)
                     if went_on and branch.steps % TURN_EVERY == 0:
@@ -370,7 +363,7 @@ class Runner:
     async def _one_step(self, branch: Branch) -> bool:
         """Take the branch's next step; False when it had none to take."""
         engine, journal = self.engine, self.journal
-        if journal is not None and not await self._gate(branch, journal):
+        if journal is not None and not await self.gate(branch, journal):
             return False
         agent = await self.agent_for(branch)
         if agent is None:
@@ -397,7 +390,7 @@ class Runner:
                 else:
                     outcome = await self._timed_step(branch, agent, request)
             except asyncio.CancelledError:
-                if _really_cancelled():
+                if really_cancelled():
                     raise  # only a cancel of the branch's own task stops it
                 failure = AgentStepError(f"agent {branch.agent!r} raised CancelledError")
             except Exception as error:
@@ -419,7 +412,11 @@ class Runner:
         self, branch: Branch, outcome: StepOutcome, added: tuple[Message, ...], duration: float
     ) -> None:
         item = inp.StepResult(
-            at=now(), branch_id=branch.id, outcome=outcome, messages=added, duration=duration
+            at=now(),
+            branch_id=branch.id,
+            outcome=as_taken(outcome),
+            messages=added,
+            duration=duration,
         )
         try:
             self.feed(item)
@@ -522,7 +519,7 @@ class Runner:
         for name in list(branch.leases):
             self._return_lease(branch, name)
 
-    async def _gate(self, branch: Branch, journal: Journal) -> bool:
+    async def gate(self, branch: Branch, journal: Journal) -> bool:
         """Before an effect on the world: wait until what it depends on is durable. False when,
         meanwhile, the branch should stop (the run ended, halted or is pausing, the branch
         ended)."""
@@ -549,58 +546,6 @@ class Runner:
             self.halted = error
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
-
-    async def _ask_user(self, branch: Branch) -> bool:
-        """Ask the branch's question and take the answer in; False when it was not asked (the
-        branch should stop) or a pause withdrew it (it is asked again on resume)."""
-        if self.journal is not None and not await self._gate(branch, self.journal):
-            return False
-        assert branch.question is not None
-        question_id, text = branch.question
-        question = Question(
-            id=f"{self.engine.run_id}:{self._token}:{question_id}",
-            run_id=self.engine.run_id,
-            branch_id=branch.id,
-            agent=branch.agent,
-            text=text,
-        )
-        waiting = asyncio.ensure_future(self.communication.ask(question))
-        self._asking[branch] = waiting
-        try:
-            answer = await waiting
-        except asyncio.CancelledError:
-            if not waiting.cancelled() or _really_cancelled():
-                raise
-            if self.pausing:
-                return False  # withdrawn by the pause
-            self.fail_branch(
-                branch,
-                UserInputError(
-                    f"the user channel cancelled {branch.agent!r}'s question {text!r} itself"
-                ),
-            )
-        except OrchestraError as error:
-            self.fail_branch(branch, error)
-        except Exception as error:
-            self.fail_branch(
-                branch,
-                UserInputError(
-                    f"the user channel failed on {branch.agent!r}'s question {text!r}: "
-                    f"{type(error).__name__}: {error}"
-                ),
-            )
-        else:
-            try:
-                self.feed(inp.UserAnswer(at=now(), branch_id=branch.id, answer=answer))
-            except UnstorableValueError as error:
-                refused = UserInputError(
-                    f"the answer to {branch.agent!r}'s question {text!r} is {error}, which the "
-                    "session log cannot store"
-                )
-                self.fail_branch(branch, refused)
-        finally:
-            self._asking.pop(branch, None)
-        return True
 
     # ---- the end -----------------------------------------------------------------------------
 
@@ -634,15 +579,3 @@ def _as_step_error(agent: str, error: Exception) -> OrchestraError:
 def _give_back(pool: AgentPool, leasing: asyncio.Future[BaseAgent]) -> None:
     if not leasing.cancelled() and leasing.exception() is None:
         pool.release(leasing.result())
-
-
-def _withdraw(waiting: asyncio.Future[Any]) -> None:
-    if not waiting.done():
-        waiting.cancel()
-
-
-def _really_cancelled() -> bool:
-    """Whether the current task is being cancelled (not just handed a CancelledError by the
-    code it ran, which is that code's failure)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

@@ -361,7 +361,8 @@ def _restore(engine: Engine, data: dict[str, Any]) -> None:
 def _check_branches(engine: Engine, state: _State) -> None:
     """What the engine's own transitions keep true, and the runner relies on: each branch at a
     node of the topology, with work when it is to work (one running with no input, or waiting
-    for an answer to no question, would wait forever), fan-outs and their branches pointing at
+    for an answer to no question, would wait forever; the root of a run with several entries
+    waits at ``User`` for their fan-out, with none), fan-outs and their branches pointing at
     each other, and a fan-out's counts agreeing with its branches."""
     if len(engine.branches) != len(state.branches) or len(engine.fan_outs) != len(state.fan_outs):
         raise Unreadable("two branches, or two fan-outs, with one id")
@@ -373,7 +374,7 @@ def _check_branches(engine: Engine, state: _State) -> None:
         if branch.ended:
             continue
         status = branch.status
-        if branch.input is None:
+        if branch.input is None and status is not BranchStatus.WAITING and branch.agent != USER:
             raise Unreadable(f"{where} has work left but no input")
         if (status is BranchStatus.WAITING_USER) != (branch.question is not None):
             raise Unreadable(f"{where} is {status} with question {branch.question!r}")

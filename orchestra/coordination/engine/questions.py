@@ -1,0 +1,99 @@
+"""Asking the user, for the runner: a branch's question goes to the run's channel and its
+answer is journaled as it arrives; a pause withdraws the questions still open (they are asked
+again on resume), and a channel that fails, or cancels a question itself, fails only the
+asking branch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from orchestra.communication.channels import Question
+from orchestra.errors import OrchestraError, UnstorableValueError, UserInputError
+
+from . import inputs as inp
+from .branches import Branch
+from .clock import now
+
+if TYPE_CHECKING:
+    from .runner import Runner
+
+
+class OpenQuestions:
+    """The questions of one run waiting for answers, by the branch that asked."""
+
+    def __init__(self) -> None:
+        self._token = uuid.uuid4().hex[:12]  # question ids stay unique across runs
+        self._asking: dict[Branch, asyncio.Future[Any]] = {}
+
+    def withdraw(self) -> list[asyncio.Future[Any]]:
+        """Withdraw every open question, after whatever is already on its way (an answer
+        given before, its delivery queued in the loop, is taken in, not lost); the questions
+        withdrawn, done once their channel has let go of them."""
+        withdrawn = list(self._asking.values())
+        loop = asyncio.get_running_loop()
+        for waiting in withdrawn:
+            loop.call_soon(_withdraw, waiting)
+        return withdrawn
+
+    async def ask(self, runner: Runner, branch: Branch) -> bool:
+        """Ask the branch's question and take the answer in; False when it was not asked (the
+        branch should stop) or a pause withdrew it (it is asked again on resume)."""
+        if runner.journal is not None and not await runner.gate(branch, runner.journal):
+            return False
+        assert branch.question is not None
+        question_id, text = branch.question
+        run_id = runner.engine.run_id
+        question = Question(
+            id=f"{run_id}:{self._token}:{question_id}",
+            run_id=run_id,
+            branch_id=branch.id,
+            agent=branch.agent,
+            text=text,
+        )
+        waiting = asyncio.ensure_future(runner.communication.ask(question))
+        self._asking[branch] = waiting
+        try:
+            answer = await waiting
+        except asyncio.CancelledError:
+            if not waiting.cancelled() or really_cancelled():
+                raise
+            if runner.pausing:
+                return False  # withdrawn by the pause
+            failure: OrchestraError = UserInputError(
+                f"the user channel cancelled {branch.agent!r}'s question {text!r} itself"
+            )
+        except OrchestraError as error:
+            failure = error
+        except Exception as error:
+            failure = UserInputError(
+                f"the user channel failed on {branch.agent!r}'s question {text!r}: "
+                f"{type(error).__name__}: {error}"
+            )
+        else:
+            try:
+                runner.feed(inp.UserAnswer(at=now(), branch_id=branch.id, answer=answer))
+                return True
+            except UnstorableValueError as error:
+                failure = UserInputError(
+                    f"the answer to {branch.agent!r}'s question {text!r} is {error}, which the "
+                    "session log cannot store"
+                )
+        finally:
+            self._asking.pop(branch, None)
+        runner.fail_branch(branch, failure)
+        return True
+
+
+def _withdraw(waiting: asyncio.Future[Any]) -> None:
+    if not waiting.done():
+        waiting.cancel()
+
+
+def really_cancelled() -> bool:
+    """Whether the current task is being cancelled (not just handed a CancelledError by the
+    code it ran, which is that code's failure)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
