@@ -580,3 +580,50 @@ async def test_format_1_step_errors_and_tagged_contexts_read_as_the_old_run_repo
     papers_branch = paused.get_branch_by_id("b2")
     assert papers_branch is not None and papers_branch.error_type == "AgentStepError"
     assert papers_branch.error == "raised RuntimeError: papers broke"
+
+
+HASH_MODULUS = 2**61 - 1  # every multiple of it hashes to 0
+
+
+@pytest.mark.parametrize(
+    "crafted",
+    [
+        {"__o__": "set", "v": [n * HASH_MODULUS for n in range(1000)]},
+        {"__o__": "frozenset", "v": [n * HASH_MODULUS for n in range(1000)]},
+        {"__o__": "map", "v": [[n * HASH_MODULUS, n] for n in range(1000)]},
+    ],
+    ids=["set", "frozenset", "map"],
+)
+async def test_keys_crafted_to_share_one_hash_are_damage_not_a_quadratic_read(
+    storage: Storage, crafted: dict[str, Any]
+) -> None:
+    """20,000 such keys took 1.8 s to read and 200,000 would take minutes: whoever can write
+    to the store could stall every process that reads the session."""
+    orchestra = OrchestraInstance(
+        {"nodes": ["Echo"], "edges": []},
+        agent_registry=AgentRegistry([FunctionAgent("Echo", lambda t, c: t, register=False)]),
+        initial_config=quiet(),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    await wait(orchestra.execute("hi", context={"session_id": "plain"}))
+    lines = await storage.read("plain")
+    header = json.loads(lines[0])
+    header["task"] = crafted
+    await storage.append("flood", [json.dumps(header), *lines[1:]], durable=True, after=0)
+    with pytest.raises(SessionCorruptedError, match=r"'flood'.*one hash"):
+        await orchestra.get_result("flood")
+
+
+@pytest.mark.parametrize("value", [{-1, -2, 0, 1}, frozenset(range(-50, 50)), {-1: "a", -2: "b"}])
+async def test_sets_and_maps_whose_keys_share_a_hash_by_chance_are_kept(
+    storage: Storage, value: Any
+) -> None:
+    orchestra = OrchestraInstance(
+        {"nodes": ["Make"], "edges": []},
+        agent_registry=AgentRegistry([FunctionAgent("Make", lambda t, c: value, register=False)]),
+        initial_config=quiet(),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    await wait(orchestra.execute("hi", context={"session_id": "by-chance"}))
+    result = await orchestra.get_result("by-chance")
+    assert result.final_response == value

@@ -19,6 +19,7 @@ import datetime
 import enum
 import inspect
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -237,14 +238,31 @@ def as_text(data: Any) -> str:
     return data
 
 
+SHARED_HASH_LIMIT = 32
+"""Keys of one stored set or map that may share a hash. Values that differ yet hash alike are
+rare by chance (``-1`` and ``-2``), but whoever can write to a store can craft thousands (the
+multiples of 2**61 - 1, say), and each one added then compares with all the others: reading
+20,000 such integers took 1.8 s, and the time grows with the square of their number."""
+
+
+def _unflooded(keys: list[Any], what: str) -> list[Any]:
+    """The keys, once it is certain building a set or dict of them takes linear time."""
+    shared = Counter(map(hash, keys))
+    if shared and max(shared.values()) > SHARED_HASH_LIMIT:
+        raise Unreadable(
+            f"a {what} of {len(keys)} keys, more than {SHARED_HASH_LIMIT} of them with one "
+            "hash: crafted to make reading it take quadratic time"
+        )
+    return keys
+
+
 def _map_of(data: Any) -> dict[Any, Any]:
     pairs = as_list(data)
-    result = {}
     for pair in pairs:
         if type(pair) is not list or len(pair) != 2:
             raise Unreadable("a map entry that is not a [key, value] pair")
-        result[from_plain(pair[0])] = from_plain(pair[1])
-    return result
+    keys = _unflooded([from_plain(key) for key, _ in pairs], "map")
+    return dict(zip(keys, (from_plain(value) for _, value in pairs), strict=True))
 
 
 def _register_builtins() -> None:
@@ -260,8 +278,10 @@ def _register_builtins() -> None:
         return data
 
     register_plain(tuple, "tuple", plain_items, lambda d: tuple(items(d)))
-    register_plain(set, "set", plain_items, lambda d: set(items(d)))
-    register_plain(frozenset, "frozenset", plain_items, lambda d: frozenset(items(d)))
+    register_plain(set, "set", plain_items, lambda d: set(_unflooded(items(d), "set")))
+    register_plain(
+        frozenset, "frozenset", plain_items, lambda d: frozenset(_unflooded(items(d), "frozenset"))
+    )
     register_plain(dict, "map", lambda v: v, _map_of)
     register_plain(int, "int", hex, lambda d: int(as_text(d), 16))
     register_plain(
