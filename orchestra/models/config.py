@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from orchestra.errors import ConfigurationError
 
+from . import secrets
 from .base import Model
 
 ActionFormat = Literal["tools", "json_schema", "json_object", "text"]
@@ -35,11 +36,16 @@ class ModelConfig(BaseModel):
       ``orchestra[local]``.
 
     ``api_key`` defaults to ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``; a server given by
-    ``base_url`` may need none. ``action_format`` says how the model states its decision:
-    ``"tools"`` (native tool calls), ``"json_schema"`` (OpenAI-style structured output),
-    ``"json_object"`` (a JSON object constrained by a schema, as llama.cpp's servers take it)
-    or ``"text"`` (the JSON protocol in plain text, unconstrained). The default suits the
-    provider: tools for openai and anthropic, json_object for local.
+    ``base_url`` may need none. It is taken as a plain string and kept as a ``SecretStr``, so
+    no ``str``, ``repr`` or log line shows it (``api_key.get_secret_value()`` gives it back),
+    and it is left out of ``model_dump()`` and ``model_dump_json()``: a dump stored or printed
+    holds no key, and one validated again falls back to the environment's.
+
+    ``action_format`` says how the model states its decision: ``"tools"`` (native tool
+    calls), ``"json_schema"`` (OpenAI-style structured output), ``"json_object"`` (a JSON
+    object constrained by a schema, as llama.cpp's servers take it) or ``"text"`` (the JSON
+    protocol in plain text, unconstrained). The default suits the provider: tools for openai
+    and anthropic, json_object for local.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -47,7 +53,7 @@ class ModelConfig(BaseModel):
     provider: Literal["openai", "anthropic", "local"]
     name: str = Field(min_length=1)
     base_url: str | None = None
-    api_key: str | None = Field(default=None, repr=False)
+    api_key: SecretStr | None = Field(default=None, exclude=True)
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
     timeout: float = Field(default=60.0, gt=0)
@@ -68,12 +74,15 @@ class ModelConfig(BaseModel):
         return self.action_format or _DEFAULT_FORMATS[self.provider]
 
     def resolved_api_key(self) -> str:
-        """The key to send; a ConfigurationError naming the variable when none is available."""
-        if self.api_key:
-            return self.api_key
+        """The key to send; a ConfigurationError naming the variable when none is available.
+
+        The key found is remembered, so any error text the adapter reports has it redacted.
+        """
         variable = _KEY_VARIABLES.get(self.provider)
-        found = os.environ.get(variable) if variable else None
+        given = self.api_key.get_secret_value() if self.api_key else None
+        found = given or (os.environ.get(variable) if variable else None)
         if found:
+            secrets.remember(found)
             return found
         if self.base_url:
             return "no-key-needed"

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from orchestra.errors import ModelAPIError
 
 from .config import ModelConfig
+from .secrets import redact
 
 T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 409, 429, 529})  # 529: Anthropic's "overloaded"
@@ -61,30 +62,49 @@ async def call_sdk(
     parse: Callable[[Any], T],
 ) -> T:
     """``parse(await request())``, with every failure a ModelAPIError naming provider, model
-    and status, marked retryable when trying again may help."""
+    and status, marked retryable when trying again may help.
+
+    The error is raised here, outside the handler that caught the SDK's: the SDK's exception
+    holds the request, its key header included, so it is neither cause nor context of ours.
+    """
+    outcome = await _outcome(sdk, provider, config, request, parse)
+    if isinstance(outcome, ModelAPIError):
+        raise outcome
+    return outcome
+
+
+async def _outcome(
+    sdk: ModuleType,
+    provider: str,
+    config: ModelConfig,
+    request: Callable[[], Awaitable[Any]],
+    parse: Callable[[Any], T],
+) -> T | ModelAPIError:
+    """The parsed response, or the ModelAPIError a failure becomes (its text redacted: a
+    server may echo the key it was sent)."""
 
     def failure(message: str, retryable: bool, **extra: Any) -> ModelAPIError:
         return ModelAPIError(
-            message, provider=provider, model=config.name, retryable=retryable, **extra
+            redact(message), provider=provider, model=config.name, retryable=retryable, **extra
         )
 
     try:
         response = await request()
     except sdk.APIStatusError as error:
-        raise failure(
+        return failure(
             error_text(error),
             is_retryable(error.status_code),
             status=error.status_code,
             retry_after=retry_after_seconds(error.response.headers),
-        ) from None
+        )
     except sdk.APITimeoutError:
-        raise failure(f"no answer within {config.timeout}s", True) from None
+        return failure(f"no answer within {config.timeout}s", True)
     except sdk.APIConnectionError as error:
         where = config.base_url or f"the {provider} API"
-        raise failure(f"cannot reach {where}: {error.__cause__ or error}", True) from None
+        return failure(f"cannot reach {where}: {error.__cause__ or error}", True)
     except (sdk.APIError, ValueError) as error:
-        raise failure(f"malformed response: {error}", False) from None
+        return failure(f"malformed response: {error}", False)
     try:
         return parse(response)
     except (AttributeError, IndexError, TypeError, KeyError) as error:
-        raise failure(f"malformed response: {error}", False) from None
+        return failure(f"malformed response: {error}", False)

@@ -1,0 +1,238 @@
+"""API keys never leave the process in clear text.
+
+A server that echoes the key it was sent (in a 401 or 500 body, as a JSON error's message or
+type, in a plain-text body) must not put it into anything a run leaves behind: ``result.error``,
+the events, the trace, the status lines, or the durable session log. ``ModelConfig`` keeps its
+key as a ``SecretStr`` and leaves it out of every dump. The servers are real HTTP servers on
+loopback; the SDKs and adapters run unmodified.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helpers
+import pytest
+from helpers import SOLO, llm, of
+from servers import Scripted, ScriptedHTTPServer, free_port
+
+from orchestra import ErrorHandlingConfig, OrchestraResult, StatusConfig
+from orchestra.coordination.engine import events as ev
+from orchestra.coordination.monitoring.status import StatusPrinter
+from orchestra.coordination.state import FileStorageBackend, StateManager
+from orchestra.models import Message, StepInfo, secrets
+from orchestra.models.config import ModelConfig
+from orchestra.models.secrets import REDACTED, redact
+
+MODEL = "leaky-model"
+WAIT = 60.0  # real sockets and the SDKs' first import: only a hang should reach it
+RETRIES = ErrorHandlingConfig(max_retries=1, retry_initial_delay=0, retry_max_delay=0)
+# One key shaped like a provider's, one shaped like nothing: only knowing it can hide it.
+KEYS = ["sk-proj-Zq81xLEAKEDkeyW4uTb3", "plain-team-token-0c9e6a41d7"]
+
+
+def echoed(provider: str, status: int, key: str) -> list[Scripted]:
+    """Error answers that repeat the key: as a JSON error's message and type, in a header,
+    and in a body that is no JSON at all."""
+    detail = {
+        "message": f"Incorrect API key provided: {key}. Sent: Authorization: Bearer {key}",
+        "type": f"invalid_request_error for {key}",
+    }
+    body = {"type": "error", "error": detail} if provider == "anthropic" else {"error": detail}
+    headers = {"x-echo-api-key": key}
+    plain = f"upstream refused x-api-key: {key} (Bearer {key})".encode()
+    return [Scripted(status, body, headers), Scripted(status, plain, headers)]
+
+
+def leaky_config(provider: str, server: ScriptedHTTPServer, key: str) -> ModelConfig:
+    base_url = server.url + ("/v1" if provider == "openai" else "")
+    return ModelConfig(provider=provider, name=MODEL, base_url=base_url, api_key=key)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateManager]:
+    """A file-backed store, uncompressed, so its bytes can be searched as they are."""
+    storage = FileStorageBackend(tmp_path / "state")
+    yield StateManager(storage, auto_save_interval=0, compression=False)
+    storage.close()
+
+
+async def failed_run(model: ModelConfig, store: StateManager) -> OrchestraResult:
+    result = await helpers.run(
+        "task",
+        SOLO,
+        [llm("Solo", model)],
+        error_config=RETRIES,
+        wait=WAIT,
+        state_manager=store,
+        context={"session_id": "leak"},
+    )
+    assert not result.success
+    return result
+
+
+def everything_left_behind(result: OrchestraResult, root: Path) -> str:
+    """The result's error, every event (str and repr), the trace, the status lines at the
+    most verbose level, and the raw bytes of every file of the store."""
+    out = io.StringIO()
+    printer = StatusPrinter(StatusConfig.from_verbosity(2), out)
+    for event in result.events:
+        printer(event)
+    parts = [
+        str(result.error),
+        repr(result.metadata),
+        *[f"{event}\n{event!r}" for event in result.events],
+        repr(result.get_execution_trace()),
+        out.getvalue(),
+    ]
+    files = [p.read_bytes().decode("latin-1") for p in sorted(root.rglob("*")) if p.is_file()]
+    assert files, "the run kept no session"
+    return "\n".join(parts + files)
+
+
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("status", [401, 500])
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_key_the_server_echoes_is_redacted_everywhere_a_run_leaves_it(
+    server: ScriptedHTTPServer,
+    store: StateManager,
+    tmp_path: Path,
+    provider: str,
+    status: int,
+    key: str,
+) -> None:
+    json_error, plain_error = echoed(provider, status, key)
+    for scripted in (json_error, plain_error):
+        server.script(scripted, scripted)  # a 500 is retried once
+        result = await failed_run(leaky_config(provider, server, key), store)
+        assert f"HTTP {status}" in str(result.error)
+        assert REDACTED in str(result.error) or scripted is plain_error  # an SDK may drop it
+        left = everything_left_behind(result, tmp_path)
+        assert key not in left
+        assert "Bearer" not in left.replace(f"Bearer {REDACTED}", "")
+        if status == 500:
+            (retried,) = of(result, ev.ModelCallRetried)
+            assert key not in retried.error
+        server.requests.clear()
+
+
+async def test_the_environment_key_is_redacted_too(
+    server: ScriptedHTTPServer,
+    store: StateManager,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = "env-held-secret-5f2b7c91"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    model = ModelConfig(provider="openai", name=MODEL, base_url=server.url + "/v1")
+    server.script(echoed("openai", 401, key)[0])
+    result = await failed_run(model, store)
+    assert key not in everything_left_behind(result, tmp_path)
+
+
+async def test_credentials_in_an_unreachable_base_url_are_redacted(
+    store: StateManager, tmp_path: Path
+) -> None:
+    url = f"http://team:hunter2-password@127.0.0.1:{free_port()}/v1"
+    model = ModelConfig(provider="openai", name=MODEL, base_url=url, api_key="sk-unused-1234567")
+    result = await failed_run(model, store)
+    assert "cannot reach" in str(result.error)
+    assert "hunter2-password" not in everything_left_behind(result, tmp_path)
+
+
+async def test_a_model_api_error_keeps_no_sdk_exception_that_holds_the_request(
+    server: ScriptedHTTPServer,
+) -> None:
+    """The SDK's exception holds the request, Authorization header included: the error the
+    adapter raises has neither cause nor context, so no traceback or handler reaches it."""
+    key = KEYS[0]
+    server.script(echoed("openai", 401, key)[0])
+    model = leaky_config("openai", server, key).build()
+    info = StepInfo("Solo", "b0", 1, ("final_response",), (), (), True, False)
+    with pytest.raises(Exception) as caught:
+        await model.complete([Message("user", "hi")], info)
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+    assert key not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("key sk-ant-api03-AbCdEf0123456789_xyz was refused", "key [REDACTED] was refused"),
+        ("bad key sk-proj-AbC_dEf-0123456789.", "bad key [REDACTED]."),
+        ("Authorization: Bearer abc.def-ghi_123", "Authorization: Bearer [REDACTED]"),
+        ("got x-api-key: not-a-pattern-key", "got x-api-key: [REDACTED]"),
+        ('{"x-api-key": "quoted-key-1"}', '{"x-api-key": "[REDACTED]"}'),
+        ("cannot reach https://me:pw@host/v1", "cannot reach https://[REDACTED]@host/v1"),
+        ("ask-me-anything, task-42, risk-free", "ask-me-anything, task-42, risk-free"),
+        ("HTTP 500: internal", "HTTP 500: internal"),
+    ],
+)
+def test_common_key_patterns_are_redacted(text: str, kept: str) -> None:
+    assert redact(text) == kept
+
+
+def test_a_configured_key_is_redacted_however_it_is_shaped() -> None:
+    secrets.remember("Zq!9 odd key")
+    assert redact("echo: Zq!9 odd key.") == f"echo: {REDACTED}."
+    assert redact("nothing here") == "nothing here"
+
+
+# ---- ModelConfig ---------------------------------------------------------------------------
+
+KEY = "sk-proj-ConfigKey0123456789"
+
+
+def test_model_config_takes_a_plain_str_and_gives_it_back_only_on_request() -> None:
+    config = ModelConfig(provider="openai", name="gpt-4o-mini", api_key=KEY)
+    assert config.api_key is not None
+    assert config.api_key.get_secret_value() == KEY
+    assert config.resolved_api_key() == KEY
+    assert (
+        ModelConfig.model_validate({"provider": "openai", "name": "gpt-4o-mini", "api_key": KEY})
+        == config
+    )
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        str,
+        repr,
+        lambda c: f"{c}",
+        lambda c: repr(c.api_key),
+        lambda c: str(c.api_key),
+        lambda c: repr(c.model_dump()),
+        lambda c: repr(c.model_dump(mode="json")),
+        lambda c: c.model_dump_json(),
+        lambda c: repr(copy.copy(c)),
+        lambda c: repr(copy.deepcopy(c)),
+        lambda c: repr(c.model_copy(update={"temperature": 0.5})),
+        lambda c: repr(c.build()),
+    ],
+)
+def test_no_view_of_a_model_config_shows_its_key(view: Any) -> None:
+    config = ModelConfig(provider="openai", name="gpt-4o-mini", base_url="http://h/v1", api_key=KEY)
+    assert KEY not in view(config)
+
+
+def test_a_dump_leaves_the_key_out_so_validating_it_again_takes_none() -> None:
+    """A dump written somewhere and read back falls back to the environment's key (or a clear
+    ConfigurationError), never to a masked placeholder sent as if it were the key."""
+    config = ModelConfig(provider="anthropic", name="claude", api_key=KEY)
+    assert "api_key" not in config.model_dump()
+    assert "api_key" not in config.model_dump(mode="json")
+    again = ModelConfig.model_validate_json(config.model_dump_json())
+    assert again.api_key is None
+    assert again == config.model_copy(update={"api_key": None})
+
+
+def test_copies_keep_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = ModelConfig(provider="openai", name="m", api_key=KEY)
+    for copied in (copy.copy(config), copy.deepcopy(config), config.model_copy()):
+        assert copied.resolved_api_key() == KEY
