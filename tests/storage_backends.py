@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,3 +61,27 @@ def tear(segment: Path, records: list[str], lost: Callable[[int], bool]) -> None
                 len(image[sector : sector + SECTOR]), b"\0"
             )
     segment.write_bytes(bytes(image))
+
+
+def sqlite_store_damaged_at(path: Path, session_id: str, where: str) -> None:
+    """Damage a page of a SQLite store's file (WAL checkpointed into it first): zero the table
+    page that holds ``session_id``'s first rows (``where="rows"``), or change that id in the
+    index page to one no session can have (``where="index"``)."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    index = db.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_appends_1'"
+    ).fetchone()[0]
+    db.close()
+    data = bytearray(path.read_bytes())
+    pages = [data[n * size : (n + 1) * size] for n in range(len(data) // size)]
+    if where == "index":
+        page = pages[index - 1]
+        page[:] = page.replace(session_id.encode(), session_id[:-1].encode() + b"\x01")
+    else:
+        number = next(
+            n for n, page in enumerate(pages) if n != index - 1 and session_id.encode() in page
+        )
+        pages[number][:] = bytes(size)
+    path.write_bytes(b"".join(pages))

@@ -29,6 +29,7 @@ from storage_backends import (
     close_backend,
     first_segment,
     open_backend,
+    sqlite_store_damaged_at,
     tear,
 )
 
@@ -58,6 +59,7 @@ from orchestra.errors import (
     InvalidSessionIdError,
     SessionCorruptedError,
     SessionError,
+    SessionNotFoundError,
     UnstorableValueError,
 )
 
@@ -944,6 +946,61 @@ async def test_a_sqlite_append_cut_short_is_reported_for_its_session(tmp_path: P
         with pytest.raises(SessionCorruptedError, match=r"'cut'.*record 1 ends in an incomplete"):
             await storage.read("cut")
         assert await storage.read("whole") == [step(1)]
+    finally:
+        storage.close()
+
+
+async def _three_sessions(path: Path) -> None:
+    storage = SQLiteStorageBackend(path)
+    try:
+        for session_id in ("alpha", "beta", "gamma"):
+            for number in range(1, 30):
+                await storage.append(session_id, [step(number, pad=300)], True, number - 1)
+    finally:
+        storage.close()
+
+
+async def test_a_damaged_sqlite_page_is_named_and_the_rest_still_reads(tmp_path: Path) -> None:
+    """Raw ``sqlite3.DatabaseError`` no more: the session whose rows are on the page is
+    damaged, naming the store; the others read, and all three are listed."""
+    path = tmp_path / "state.db"
+    await _three_sessions(path)
+    sqlite_store_damaged_at(path, "alpha", "rows")
+    storage = SQLiteStorageBackend(path)
+    try:
+        with pytest.raises(SessionCorruptedError, match=rf"'alpha'.*store {path} is damaged"):
+            await storage.read("alpha")
+        assert await storage.read("gamma") == [step(n, pad=300) for n in range(1, 30)]
+        assert await storage.list_sessions() == ["alpha", "beta", "gamma"]
+        assert await storage.damage()
+    finally:
+        storage.close()
+
+
+async def test_a_session_behind_a_damaged_index_entry_is_damaged_not_absent(
+    tmp_path: Path,
+) -> None:
+    """The index no longer leads to alpha's rows (its page holds an id no session can have):
+    alpha is reported damaged, not missing, and listed by its rows, without the garbage id.
+    A session that is not there, in a sound file, is still simply absent."""
+    path = tmp_path / "state.db"
+    await _three_sessions(path)
+    sound = SQLiteStorageBackend(tmp_path / "sound.db")
+    try:
+        await sound.append("alpha", [step(1)], durable=True, after=0)
+        assert not await sound.exists("nobody")
+        with pytest.raises(SessionNotFoundError):
+            await sound.read("nobody")
+    finally:
+        sound.close()
+    sqlite_store_damaged_at(path, "alpha", "index")
+    storage = SQLiteStorageBackend(path)
+    try:
+        for call in (storage.read, storage.exists):
+            with pytest.raises(SessionCorruptedError, match=rf"'alpha'.*store {path} is damaged"):
+                await call("alpha")
+        assert await storage.list_sessions() == ["alpha", "beta", "gamma"]
+        assert await storage.read("beta") == [step(n, pad=300) for n in range(1, 30)]
     finally:
         storage.close()
 
