@@ -49,6 +49,7 @@ from orchestra.coordination.state import (
     RedisStorageBackend,
     StateManager,
 )
+from orchestra.coordination.state import records as records_module
 from orchestra.errors import (
     ConfigurationError,
     InvalidSessionIdError,
@@ -891,3 +892,32 @@ async def test_a_session_is_rebuilt_only_with_the_topology_it_was_run_with(
         state_manager=StateManager(storage, auto_save_interval=0),
     )
     assert await nobody.get_result("no-such-session") is None
+
+
+@pytest.mark.parametrize("backend_kind", ["file", "sqlite"])
+async def test_a_record_over_the_size_limit_is_refused_before_it_is_written(
+    backend_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A YAML alias bomb once wrote a 303 MB run header. Now the header is refused, naming
+    the session and its largest field, and nothing already stored is lost; a step whose
+    result is over the limit fails that step; a record over it found in a log is damage."""
+    monkeypatch.setattr(records_module, "MAX_RECORD_CHARS", 4000)
+    storage = open_backend(backend_kind, tmp_path)
+    try:
+        orchestra = pipeline_instance(storage, {"Only": lambda task, context: task[:10]})
+        done = await wait(orchestra.execute("small", context={"session_id": "kept"}))
+        assert done.success, done.error
+        kept = await storage.read("kept")
+        with pytest.raises(ConfigurationError, match=r"'huge'.*over the limit.*'task'"):
+            await wait(orchestra.execute("x" * 5000, context={"session_id": "huge"}))
+        assert not await storage.exists("huge") and await storage.read("kept") == kept
+
+        big = pipeline_instance(storage, {"Only": lambda task, context: "y" * 5000})
+        failed = await wait(big.execute("small", context={"session_id": "step"}))
+        assert not failed.success and "over the limit" in str(failed.error)
+
+        await storage.append("stored", ["z" * 5000], durable=True, after=0)
+        with pytest.raises(SessionCorruptedError, match=r"'stored': record 1 .*over the limit"):
+            await orchestra.state_manager.load("stored")  # type: ignore[union-attr]
+    finally:
+        close_backend(storage)
