@@ -439,18 +439,26 @@ def list_sessions(store: Store = DEFAULT_STORE) -> None:
         console.print(f"No sessions: no store at {store}", highlight=False)
         return
     with _store(store) as (manager, backend):
-        rows = asyncio.run(_session_rows(manager, backend))
+        rows, damage = asyncio.run(_session_rows(manager, backend))
     table = Table(title=f"Sessions in {store}")
     for column in ("session", "state", "runs", "steps", "task"):
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    if damage:
+        _fail(
+            f"the session store {store} is damaged ({'; '.join(damage[:3])}): the sessions "
+            "listed are those that could be read",
+            1,
+        )
 
 
 async def _session_rows(
     manager: StateManager, backend: SQLiteStorageBackend
-) -> list[tuple[str, str, str, str, str]]:
+) -> tuple[list[tuple[str, str, str, str, str]], list[str]]:
+    """The readable sessions' rows, and what is wrong with the store file (listing reads
+    every log anyway, so checking the whole file costs no more)."""
     rows = []
     for session_id in await manager.list_sessions():
         try:
@@ -471,7 +479,7 @@ async def _session_rows(
                 escape(task if len(task) <= 48 else task[:47] + "…"),
             )
         )
-    return rows
+    return rows, await backend.damage()
 
 
 @sessions_app.command("delete")

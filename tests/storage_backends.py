@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestra.coordination.state import (
@@ -12,7 +14,7 @@ from orchestra.coordination.state import (
     RedisStorageBackend,
     SQLiteStorageBackend,
 )
-from orchestra.coordination.state.segments import encode_append
+from orchestra.coordination.state.segments import SECTOR, encode_append
 
 Storage = FileStorageBackend | SQLiteStorageBackend | RedisStorageBackend | PostgresStorageBackend
 BACKENDS = ["file", "sqlite", "redis", "postgres"]
@@ -42,16 +44,44 @@ def first_segment(folder: Path) -> Path:
     return sorted(folder.glob("log-*.seg"))[0]
 
 
-def tear(segment: Path, data: bytes, gap: int = 0) -> None:
-    """What a crash in the middle of an append leaves in a segment: part of it, written where
-    the next append goes (``gap`` bytes further when its start never reached the disk), into
-    the zero padding the file backend keeps after its appends."""
-    end = len(segment.read_bytes().rstrip(b"\0"))
-    with open(segment, "r+b") as handle:
-        handle.seek(end + gap)
-        handle.write(data)
+def tear(segment: Path, records: list[str], lost: Callable[[int], bool]) -> None:
+    """What a crash in the middle of an append of ``records`` leaves in a segment: the append
+    written into the zero padding after the last one, but the file's 512-byte sectors ``n``
+    (counted from the one the append starts in) for which ``lost(n)`` holds never reached the
+    disk: they hold what they held before."""
+    before = segment.read_bytes()
+    end = len(before.rstrip(b"\0"))
+    data = encode_append(records)
+    after = before[:end] + data + before[end + len(data) :]
+    first = end - end % SECTOR
+    image = bytearray(after)
+    for n, sector in enumerate(range(first, end + len(data), SECTOR)):
+        if lost(n):
+            image[sector : sector + SECTOR] = before[sector : sector + SECTOR].ljust(
+                len(image[sector : sector + SECTOR]), b"\0"
+            )
+    segment.write_bytes(bytes(image))
 
 
-def torn_append(records: list[str], keep: int) -> bytes:
-    """The first ``keep`` bytes of the append the file backend would write for ``records``."""
-    return encode_append(records)[:keep]
+def sqlite_store_damaged_at(path: Path, session_id: str, where: str) -> None:
+    """Damage a page of a SQLite store's file (WAL checkpointed into it first): zero the table
+    page that holds ``session_id``'s first rows (``where="rows"``), or change that id in the
+    index page to one no session can have (``where="index"``)."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    index = db.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_appends_1'"
+    ).fetchone()[0]
+    db.close()
+    data = bytearray(path.read_bytes())
+    pages = [data[n * size : (n + 1) * size] for n in range(len(data) // size)]
+    if where == "index":
+        page = pages[index - 1]
+        page[:] = page.replace(session_id.encode(), session_id[:-1].encode() + b"\x01")
+    else:
+        number = next(
+            n for n, page in enumerate(pages) if n != index - 1 and session_id.encode() in page
+        )
+        pages[number][:] = bytes(size)
+    path.write_bytes(b"".join(pages))

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 from helpers import run_cli, start_cli
+from storage_backends import sqlite_store_damaged_at
 
 from orchestra.coordination.state import SQLiteStorageBackend
 
@@ -284,3 +285,27 @@ def test_a_running_session_is_not_taken_up_by_another_process(tmp_path: Path) ->
     finally:
         running.kill()
         running.communicate()
+
+
+def test_sessions_list_names_a_damaged_store_and_lists_what_it_can(tmp_path: Path) -> None:
+    """It crashed with a traceback once; now it lists what reads, says the store is damaged
+    and exits 1."""
+    path = tmp_path / "sessions.db"
+
+    async def write() -> None:
+        storage = SQLiteStorageBackend(path)
+        try:
+            for session_id in ("alpha", "beta", "gamma"):
+                for number in range(1, 30):
+                    line = json.dumps({"t": "step", "s": number, "pad": "x" * 300})
+                    await storage.append(session_id, [line], True, number - 1)
+        finally:
+            storage.close()
+
+    asyncio.run(write())
+    sqlite_store_damaged_at(path, "alpha", "index")
+    listed = run_cli("sessions", "list", "--store", str(path))
+    output = listed.stdout.replace("\n", "")
+    assert listed.returncode == 1, listed.stdout + listed.stderr
+    assert "Traceback" not in listed.stdout + listed.stderr
+    assert "is damaged" in output and all(name in output for name in ("alpha", "beta", "gamma"))

@@ -29,7 +29,6 @@ from storage_backends import (
     first_segment,
     open_backend,
     tear,
-    torn_append,
 )
 
 from orchestra import (
@@ -50,6 +49,7 @@ from orchestra.coordination.state import (
     RedisStorageBackend,
     StateManager,
 )
+from orchestra.coordination.state import records as records_module
 from orchestra.errors import (
     ConfigurationError,
     InvalidSessionIdError,
@@ -719,9 +719,9 @@ async def test_a_torn_last_record_is_ignored_and_appends_continue(
     close_backend(storage)
 
     # a crash in the middle of an append: half a record, never acknowledged
-    record = '{"t":"step","branch":"b0","step":9}'
+    record = '{"t":"step","branch":"b0","step":9,"pad":"%s"}' % ("x" * 1000)
     if backend_kind == "file":
-        tear(first_segment(tmp_path / "state" / "torn"), torn_append([record], 40))
+        tear(first_segment(tmp_path / "state" / "torn"), [record], lost=lambda n: n >= 1)
     else:
         db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
@@ -892,3 +892,32 @@ async def test_a_session_is_rebuilt_only_with_the_topology_it_was_run_with(
         state_manager=StateManager(storage, auto_save_interval=0),
     )
     assert await nobody.get_result("no-such-session") is None
+
+
+@pytest.mark.parametrize("backend_kind", ["file", "sqlite"])
+async def test_a_record_over_the_size_limit_is_refused_before_it_is_written(
+    backend_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A YAML alias bomb once wrote a 303 MB run header. Now the header is refused, naming
+    the session and its largest field, and nothing already stored is lost; a step whose
+    result is over the limit fails that step; a record over it found in a log is damage."""
+    monkeypatch.setattr(records_module, "MAX_RECORD_CHARS", 4000)
+    storage = open_backend(backend_kind, tmp_path)
+    try:
+        orchestra = pipeline_instance(storage, {"Only": lambda task, context: task[:10]})
+        done = await wait(orchestra.execute("small", context={"session_id": "kept"}))
+        assert done.success, done.error
+        kept = await storage.read("kept")
+        with pytest.raises(ConfigurationError, match=r"'huge'.*over the limit.*'task'"):
+            await wait(orchestra.execute("x" * 5000, context={"session_id": "huge"}))
+        assert not await storage.exists("huge") and await storage.read("kept") == kept
+
+        big = pipeline_instance(storage, {"Only": lambda task, context: "y" * 5000})
+        failed = await wait(big.execute("small", context={"session_id": "step"}))
+        assert not failed.success and "over the limit" in str(failed.error)
+
+        await storage.append("stored", ["z" * 5000], durable=True, after=0)
+        with pytest.raises(SessionCorruptedError, match=r"'stored': record 1 .*over the limit"):
+            await orchestra.state_manager.load("stored")  # type: ignore[union-attr]
+    finally:
+        close_backend(storage)

@@ -21,14 +21,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from storage_backends import (
     Storage,
     close_backend,
     first_segment,
     open_backend,
+    sqlite_store_damaged_at,
     tear,
-    torn_append,
 )
 
 from orchestra.coordination.config import ErrorHandlingConfig, ExecutionConfig
@@ -49,11 +51,15 @@ from orchestra.coordination.state import (
     leases,
     segments,
 )
+from orchestra.coordination.state.backends import check_session_id
 from orchestra.coordination.state.manager import SessionWriter
+from orchestra.coordination.state.segments import SECTOR, encode_append
 from orchestra.errors import (
     ConfigurationError,
+    InvalidSessionIdError,
     SessionCorruptedError,
     SessionError,
+    SessionNotFoundError,
     UnstorableValueError,
 )
 
@@ -158,6 +164,28 @@ async def test_an_empty_append_stores_nothing_and_a_stale_one_recreates_nothing(
     assert "gone" not in await storage.list_sessions()
 
 
+CONTROL_CHARACTERS = [chr(code) for code in (*range(32), 127)]
+
+
+async def test_a_session_id_with_a_control_character_anywhere_is_refused(
+    storage: Storage,
+) -> None:
+    """The whole id must match: a trailing newline got through once (``re.match`` with
+    ``$``), stored ``'nl\\n'``, listed as "nl" and left it impossible to delete by that name."""
+    for character in CONTROL_CHARACTERS:
+        for bad in (f"nl{character}", f"{character}nl", f"n{character}l"):
+            with pytest.raises(InvalidSessionIdError):
+                check_session_id(bad)
+            with pytest.raises(InvalidSessionIdError):
+                await storage.append(bad, [step(1)], durable=True, after=0)
+            for call in (storage.read, storage.exists, storage.delete, storage.read_snapshot):
+                with pytest.raises(InvalidSessionIdError):
+                    await call(bad)
+            with pytest.raises(InvalidSessionIdError):
+                await storage.write_snapshot(bad, b"state")
+    assert await storage.list_sessions() == []
+
+
 # ---- the file backend: segment format ---------------------------------------------------------
 
 
@@ -171,7 +199,7 @@ async def test_a_torn_append_is_ignored_and_zeroed_before_the_next_one(
     storage = FileStorageBackend(folder)
     await storage.append("torn", [step(1)], durable=True, after=0)
     storage.close()
-    tear(first_segment(folder / "torn"), torn_append([step(2, pad=100)], 60))
+    tear(first_segment(folder / "torn"), [step(2, pad=1000)], lost=lambda n: n >= 1)
     storage = FileStorageBackend(folder)  # a new process
     try:
         assert await storage.read("torn") == [step(1)]
@@ -184,16 +212,21 @@ async def test_a_torn_append_is_ignored_and_zeroed_before_the_next_one(
 
 @pytest.mark.parametrize("keep", range(1, 14))
 async def test_an_append_cut_inside_its_header_is_a_torn_append(tmp_path: Path, keep: int) -> None:
+    """The first append ends ``keep`` bytes before a sector boundary: the next one's header
+    is cut there."""
+    first = next(
+        step(1, pad) for pad in range(600) if len(encode_append([step(1, pad)])) == SECTOR - keep
+    )
     folder = tmp_path / "state"
     storage = FileStorageBackend(folder)
-    await storage.append("header", [step(1)], durable=True, after=0)
+    await storage.append("header", [first], durable=True, after=0)
     storage.close()
-    tear(first_segment(folder / "header"), torn_append([step(2)], keep))
+    tear(first_segment(folder / "header"), [step(2, pad=1000)], lost=lambda n: n >= 1)
     storage = FileStorageBackend(folder)
     try:
-        assert await storage.read("header") == [step(1)]
+        assert await storage.read("header") == [first]
         await storage.append("header", [step(2)], durable=True, after=1)
-        assert await storage.read("header") == [step(1), step(2)]
+        assert await storage.read("header") == [first, step(2)]
     finally:
         storage.close()
 
@@ -205,7 +238,7 @@ async def test_an_append_torn_with_a_hole_leaves_nothing_behind(tmp_path: Path) 
     storage = FileStorageBackend(folder)
     await storage.append("holes", [step(1)], durable=True, after=0)
     storage.close()
-    tear(first_segment(folder / "holes"), b'tail of a record","s":2}\n', gap=40)
+    tear(first_segment(folder / "holes"), [step(2, pad=1000)], lost=lambda n: n == 0)
     storage = FileStorageBackend(folder)
     try:
         assert await storage.read("holes") == [step(1)]
@@ -226,12 +259,8 @@ async def test_an_append_torn_before_its_last_records_is_still_a_torn_append(
     storage = FileStorageBackend(folder)
     await storage.append("pages", [step(1)], durable=True, after=0)
     storage.close()
-    torn = segments.encode_append([step(2, pad=9000), step(3)])
-    segment = first_segment(folder / "pages")
-    end = len(segment.read_bytes().rstrip(b"\0"))
-    with open(segment, "r+b") as handle:
-        handle.seek(end + 4096)
-        handle.write(torn[4096:])  # the first page never reached the disk
+    # the first page never reached the disk
+    tear(first_segment(folder / "pages"), [step(2, pad=9000), step(3)], lost=lambda n: n < 8)
     storage = FileStorageBackend(folder)
     try:
         assert await storage.read("pages") == [step(1)]
@@ -280,6 +309,82 @@ async def test_a_changed_byte_in_the_last_append_is_damage_not_a_torn_write(
     segment.write_bytes(bytes(data))
     with pytest.raises(SessionCorruptedError, match=r"'flip'.*damaged"):
         await FileStorageBackend(folder).read("flip")
+
+
+async def test_a_zeroed_byte_in_the_last_acknowledged_append_is_damage(tmp_path: Path) -> None:
+    """A crash loses whole sectors, never one byte of one: a finished session whose last
+    record lost a byte is reported damaged (naming segment and byte), not cut back to an
+    interrupted one that would run its last step again."""
+    folder = tmp_path / "state"
+    storage = FileStorageBackend(folder)
+    for number in (1, 2):
+        await storage.append("zeroed", [step(number, pad=100)], durable=True, after=number - 1)
+    storage.close()
+    segment = first_segment(folder / "zeroed")
+    data = bytearray(segment.read_bytes())
+    data[data.rindex(b'"pad"') + 10] = 0
+    segment.write_bytes(bytes(data))
+    storage = FileStorageBackend(folder)
+    try:
+        with pytest.raises(SessionCorruptedError, match=r"'zeroed'.*log-000000000001.seg.*byte"):
+            await storage.read("zeroed")
+        with pytest.raises(SessionCorruptedError, match="'zeroed'"):
+            await storage.append("zeroed", [step(3)], durable=True, after=2)
+    finally:
+        storage.close()
+
+
+def _segment_of(appends: list[list[str]]) -> bytes:
+    """A segment holding these appends, in its zero padding."""
+    data = b"".join(encode_append(records) for records in appends)
+    return data + bytes(SECTOR * 4)
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    sizes=st.lists(st.integers(0, 1500), min_size=1, max_size=4),
+    lost=st.sets(st.integers(0, 8), min_size=1),
+)
+def test_any_crash_of_the_last_append_is_a_torn_append(sizes: list[int], lost: set[int]) -> None:
+    """Whichever of its sectors never reached the disk, the last append is dropped and the
+    acknowledged ones are read."""
+    acknowledged = [[step(n, pad)] for n, pad in enumerate(sizes[:-1], start=1)]
+    before = _segment_of(acknowledged)
+    end = len(before.rstrip(b"\0"))
+    torn = bytearray(before[:end] + encode_append([step(99, sizes[-1])]) + bytes(SECTOR * 8))
+    first = end - end % SECTOR
+    for n in lost:
+        sector = first + n * SECTOR
+        torn[sector : sector + SECTOR] = before[sector : sector + SECTOR].ljust(SECTOR, b"\0")
+    if bytes(torn).rstrip(b"\0") == before[:end] + encode_append([step(99, sizes[-1])]):
+        return  # every lost sector lay past the append: it is whole
+    parsed = segments.parse("s", "log-000000000001.seg", bytes(torn), last=True)
+    assert parsed.records == [records[0] for records in acknowledged]
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    sizes=st.lists(st.integers(0, 1500), min_size=1, max_size=3),
+    where=st.floats(0, 1, exclude_max=True),
+    value=st.integers(0, 255),
+)
+def test_any_changed_byte_in_an_append_is_damage(
+    sizes: list[int], where: float, value: int
+) -> None:
+    """One byte changed anywhere in any append, the last included, is named damage; the one
+    exception is a zero written over the only byte an append has in a sector, which is what a
+    crash that lost that sector leaves (see ``segments``)."""
+    appends = [[step(n, pad)] for n, pad in enumerate(sizes, start=1)]
+    data = bytearray(_segment_of(appends))
+    end = len(bytes(data).rstrip(b"\0"))
+    at = int(where * end)
+    hypothesis.assume(data[at] != value)
+    last_start = end - len(encode_append(appends[-1]))
+    alone = len(range(max(at - at % SECTOR, last_start), min(at - at % SECTOR + SECTOR, end))) == 1
+    hypothesis.assume(not (value == 0 and at >= last_start and alone))
+    data[at] = value
+    with pytest.raises(SessionCorruptedError, match=r"damaged at byte \d+"):
+        segments.parse("s", "log-000000000001.seg", bytes(data), last=True)
 
 
 async def test_segments_grow_ahead_are_sealed_when_full_and_named_by_position(
@@ -749,10 +854,8 @@ async def test_an_append_torn_by_another_writer_behind_a_closed_segment_is_clear
     try:
         await storage.append("torn", [step(1), step(2)], durable=True, after=0)
         await storage.append("aside", [step(1)], durable=True, after=0)  # closes torn's segment
-        never_acknowledged = torn_append([step(9, pad=200)] * 3, 400)[100:]
-        tear(
-            first_segment(tmp_path / "state" / "torn"), never_acknowledged, gap=100
-        )  # its start: a hole
+        never_acknowledged = [step(9, pad=200)] * 3
+        tear(first_segment(tmp_path / "state" / "torn"), never_acknowledged, lambda n: n == 0)
         for number in range(3, 8):
             await storage.append("torn", [step(number)], durable=True, after=number - 1)
         assert await storage.read("torn") == [step(n) for n in range(1, 8)]
@@ -843,6 +946,61 @@ async def test_a_sqlite_append_cut_short_is_reported_for_its_session(tmp_path: P
         with pytest.raises(SessionCorruptedError, match=r"'cut'.*record 1 ends in an incomplete"):
             await storage.read("cut")
         assert await storage.read("whole") == [step(1)]
+    finally:
+        storage.close()
+
+
+async def _three_sessions(path: Path) -> None:
+    storage = SQLiteStorageBackend(path)
+    try:
+        for session_id in ("alpha", "beta", "gamma"):
+            for number in range(1, 30):
+                await storage.append(session_id, [step(number, pad=300)], True, number - 1)
+    finally:
+        storage.close()
+
+
+async def test_a_damaged_sqlite_page_is_named_and_the_rest_still_reads(tmp_path: Path) -> None:
+    """Raw ``sqlite3.DatabaseError`` no more: the session whose rows are on the page is
+    damaged, naming the store; the others read, and all three are listed."""
+    path = tmp_path / "state.db"
+    await _three_sessions(path)
+    sqlite_store_damaged_at(path, "alpha", "rows")
+    storage = SQLiteStorageBackend(path)
+    try:
+        with pytest.raises(SessionCorruptedError, match=rf"'alpha'.*store {path} is damaged"):
+            await storage.read("alpha")
+        assert await storage.read("gamma") == [step(n, pad=300) for n in range(1, 30)]
+        assert await storage.list_sessions() == ["alpha", "beta", "gamma"]
+        assert await storage.damage()
+    finally:
+        storage.close()
+
+
+async def test_a_session_behind_a_damaged_index_entry_is_damaged_not_absent(
+    tmp_path: Path,
+) -> None:
+    """The index no longer leads to alpha's rows (its page holds an id no session can have):
+    alpha is reported damaged, not missing, and listed by its rows, without the garbage id.
+    A session that is not there, in a sound file, is still simply absent."""
+    path = tmp_path / "state.db"
+    await _three_sessions(path)
+    sound = SQLiteStorageBackend(tmp_path / "sound.db")
+    try:
+        await sound.append("alpha", [step(1)], durable=True, after=0)
+        assert not await sound.exists("nobody")
+        with pytest.raises(SessionNotFoundError):
+            await sound.read("nobody")
+    finally:
+        sound.close()
+    sqlite_store_damaged_at(path, "alpha", "index")
+    storage = SQLiteStorageBackend(path)
+    try:
+        for call in (storage.read, storage.exists):
+            with pytest.raises(SessionCorruptedError, match=rf"'alpha'.*store {path} is damaged"):
+                await call("alpha")
+        assert await storage.list_sessions() == ["alpha", "beta", "gamma"]
+        assert await storage.read("beta") == [step(n, pad=300) for n in range(1, 30)]
     finally:
         storage.close()
 

@@ -27,12 +27,18 @@ from orchestra.errors import (
     SessionError,
 )
 
-_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 def check_session_id(session_id: object) -> str:
-    """The id, if it is safe as a file or key name; InvalidSessionIdError otherwise."""
-    if not isinstance(session_id, str) or not _SESSION_ID.match(session_id) or ".." in session_id:
+    """The id, if it is safe as a file or key name; InvalidSessionIdError otherwise. The whole
+    id must match (``$`` would let a trailing newline through: a session stored as ``"nl\\n"``
+    is listed as "nl" and cannot be deleted by that name)."""
+    if (
+        not isinstance(session_id, str)
+        or not _SESSION_ID.fullmatch(session_id)
+        or ".." in session_id
+    ):
         raise InvalidSessionIdError(
             f"session id {session_id!r} is not allowed: use 1-128 letters, digits, '_', '-' or "
             "'.', starting with a letter or digit, without '..'"

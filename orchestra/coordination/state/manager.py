@@ -110,7 +110,9 @@ class SessionWriter:
     def record(self, item: inp.Record) -> int:
         """Queue a record; returns its position (1-based) in the session log. A record that
         cannot be written (``UnstorableValueError``) raises here and takes no position."""
-        self._buffer.append(records.encode(item, self.length + 1))
+        line = records.encode(item, self.length + 1)
+        records.check_size(line, self.session_id, self.length + 1)
+        self._buffer.append(line)
         self.length += 1
         self._last_at = item.at
         return self.length
@@ -312,6 +314,11 @@ def _read_records(session_id: str, lines: list[str]) -> list[Entry]:
     found_format = FORMAT
     for number, line in enumerate(lines, start=1):
         where = f"session {session_id!r}: record {number}"
+        if len(line) > records.MAX_RECORD_CHARS:
+            raise SessionCorruptedError(
+                f"{where} holds {len(line)} characters, over the limit of "
+                f"{records.MAX_RECORD_CHARS}: it is not read"
+            )
         try:
             data = records.loads(line)
         except (ValueError, RecursionError):

@@ -17,7 +17,7 @@ from pydantic_core import PydanticSerializationError, from_json, to_json
 from orchestra.agents.contract import Action, Invocation, StepInput
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.topology import Labeled
-from orchestra.errors import SessionFormatError
+from orchestra.errors import SessionFormatError, UnstorableValueError
 from orchestra.models.base import Message, ToolCall, Usage
 
 from . import migrations
@@ -26,6 +26,12 @@ from .values import TAG, Unreadable, Unstorable, from_plain, register_plain, to_
 
 FORMAT = 2
 """The log format this release writes. Bump it (and add a migration) when records change."""
+
+MAX_RECORD_CHARS = 64 * 1024 * 1024
+"""The longest record (characters of its JSON line) a log takes or reads: a larger one is
+refused before it is written (``UnstorableValueError``, naming the session and the largest
+field), and one found in a log is damage, refused before it is parsed. A quarter of a
+snapshot's limit (``snapshots.MAX_BYTES``), which holds every record's content."""
 
 KINDS: dict[str, type[inp.Record]] = {kind.KIND: kind for kind in inp.RECORD_TYPES}
 _SHAPES: dict[type[inp.Record], Shape] = {kind: shape(kind) for kind in inp.RECORD_TYPES}
@@ -119,6 +125,20 @@ def encode(item: inp.Record, position: int) -> str:
         raise error.error() from None
     except RecursionError:
         raise Unstorable("a value that holds itself, or nests too deep").error() from None
+
+
+def check_size(line: str, session_id: str, position: int) -> None:
+    """Refuse (``UnstorableValueError``) a record over :data:`MAX_RECORD_CHARS`, naming its
+    largest field: a YAML alias bomb once made a 303 MB run header."""
+    if len(line) <= MAX_RECORD_CHARS:
+        return
+    data = loads(line)
+    field, value = max(data.items(), key=lambda item: len(dumps({"v": item[1]})))
+    raise UnstorableValueError(
+        f"session {session_id!r}: record {position} ({data.get('t')}) would be {len(line)} "
+        f"characters, over the limit of {MAX_RECORD_CHARS}; its largest field is {field!r} "
+        f"({len(dumps({'v': value}))} characters). Nothing of it was written"
+    )
 
 
 def _line(data: dict[str, Any]) -> str:

@@ -7,12 +7,16 @@ not change the file's size (a durable write then has no metadata to commit). A s
 after the position of its first record in the session's log: ``log-000000000001.seg``,
 ``log-000000004711.seg``.
 
-Reading tells a torn append from damage. An append is written into zeros, so a crash in the
-middle of one (never acknowledged as durable) can leave it incomplete, or with zero-filled holes
-where parts of it never reached the disk, and nothing after it; such an append is not part of
-the log. Anything else that is wrong (a checksum that does not match bytes that are not zero, a
-bad append that another append follows) means that acknowledged records were damaged: that is a
-``SessionCorruptedError``, never a silent cut.
+Reading tells a torn append from damage. An append is written into zeros, and a disk stores
+a sector (512 bytes, at file offsets that are multiples of 512) whole or not at all; the kernel
+writes whole pages of them. So a crash in the middle of an append (never acknowledged as
+durable) leaves it with some of its sectors written and the others still zero, and nothing
+after it: such an append is not part of the log. Anything else that is wrong means that
+acknowledged records were damaged, and is a ``SessionCorruptedError`` naming the segment and
+byte, never a silent cut: a checksum that does not match bytes that are not zero, a bad append
+that another append follows, or a sector that holds part of the append and zeros where the rest
+of it belongs (one zeroed byte, say). The limit: damage that zeroes whole sectors of the last
+append looks exactly like a crash, and that append is dropped.
 """
 
 from __future__ import annotations
@@ -40,10 +44,10 @@ GROWTH_MIN = 64 * 1024  # a segment grows by its size, within these bounds
 GROWTH_MAX = 1024 * 1024
 MARK_BYTES = 64  # of a segment's last append, kept to recognise the segment when taking it up
 CHECKED_AHEAD = 64 * 1024  # zeros after the mark checked to be zeros still, when taking it up
+SECTOR = 512  # the smallest unit a disk writes whole (see the module's docstring)
 _WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux: a write that is durable when it returns
 _FULL_FSYNC = getattr(fcntl, "F_FULLFSYNC", None)  # macOS: fsync leaves data in the drive's cache
 _HEADER = re.compile(rb"\n@([0-9a-f]+) ([0-9a-f]{8})\n")
-_HEADER_START = re.compile(rb"@[0-9a-f]*(?: [0-9a-f]{0,8})?")  # a header cut short
 
 
 def encode_append(records: Sequence[str]) -> bytes:
@@ -108,17 +112,34 @@ def _one_append(content: bytes, offset: int) -> tuple[str | None, int | None, li
 
 def _torn(content: bytes, offset: int, end: int | None) -> bool:
     """Whether the bad append at ``offset`` can be one a crash cut short: written into zeros,
-    it may be short or hold zeros, and nothing may follow it."""
-    if end is None:  # its header is not intact
-        newline = content.find(b"\n", offset)
-        if newline < 0:  # the log ends inside it: cut short, or with holes
-            rest = content[offset:]
-            return _HEADER_START.fullmatch(rest) is not None or b"\0" in rest
-        return b"\0" in content[offset:newline] and not any(  # a hole, and no later append
+    whole sectors of it may be missing (zero), and nothing may follow it."""
+    if end is None:  # its header is not intact: the append runs to the end of the content
+        if any(
             b"%08x" % zlib.crc32(later[1]) == later[2]
             for later in _HEADER.finditer(content, offset)
-        )
-    return end > len(content) or (b"\0" in content[offset:end] and not content[end:].strip(b"\0"))
+        ):
+            return False
+        if content.endswith(b"\n"):  # every append ends in one
+            return _sectors_whole(content, offset, len(content), lost=False)
+        # cut short: only at a sector boundary, the sectors after it lost
+        return len(content) % SECTOR == 0 and _sectors_whole(content, offset, len(content), True)
+    if content[end:].strip(b"\0"):
+        return False
+    return _sectors_whole(content, offset, end, lost=False)
+
+
+def _sectors_whole(content: bytes, start: int, stop: int, lost: bool) -> bool:
+    """Whether each sector's share of ``content[start:stop]`` (zeros past the content) is all
+    zero or holds no zero at all, and at least one is zero (or ``lost`` says one is)."""
+    for sector in range(start - start % SECTOR, stop, SECTOR):
+        share = content[max(sector, start) : min(sector + SECTOR, stop)]
+        share += bytes(min(sector + SECTOR, stop) - max(sector, start) - len(share))
+        zeros = share.count(0)
+        if zeros == len(share):
+            lost = True
+        elif zeros:
+            return False
+    return lost
 
 
 @dataclass(frozen=True)

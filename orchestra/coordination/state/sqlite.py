@@ -9,7 +9,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from orchestra.errors import ConfigurationError, SessionCorruptedError, SessionNotFoundError
+from orchestra.errors import (
+    ConfigurationError,
+    InvalidSessionIdError,
+    SessionCorruptedError,
+    SessionNotFoundError,
+)
 
 from .backends import (
     check_session_id,
@@ -30,6 +35,11 @@ _APPEND = (  # one statement: only when the session holds exactly `after` record
     "COALESCE((SELECT first + count - 1 FROM appends WHERE session = ?1 "
     "ORDER BY first DESC LIMIT 1), 0) = ?2"
 )
+_SESSIONS = (  # by the index, else (it is damaged) by the table
+    "SELECT DISTINCT session FROM appends ORDER BY session",
+    "SELECT DISTINCT session FROM appends NOT INDEXED",
+)
+_DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 
 class SQLiteStorageBackend:
@@ -45,7 +55,14 @@ class SQLiteStorageBackend:
 
     A session's writer holds a lock file (``<database>.locks/<session>``) from its first append
     until it is released, so a second process cannot take up a session that is running. A file
-    that holds other tables is refused, never changed."""
+    that holds other tables is refused, never changed.
+
+    A damaged database file (SQLite's own verdict: ``SQLITE_CORRUPT``, ``SQLITE_NOTADB``) is a
+    ``SessionCorruptedError`` naming the file and the session. A session that is not found is
+    only reported absent once ``PRAGMA integrity_check`` found the file sound (checked once per
+    backend): in a damaged one, its rows may be what is damaged. (``quick_check`` is faster
+    but does not see an index entry that no longer matches its row: the session it leads to
+    would be reported absent.)"""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -54,6 +71,7 @@ class SQLiteStorageBackend:
         self._worker = BlockingWorker(f"orchestra-sqlite-{self.path.name}")
         self._synchronous = ""
         self._writing: dict[str, int] = {}  # session -> its locked lock file, while written here
+        self._damage: list[str] | None = None  # what integrity_check found, once it ran
 
     def __repr__(self) -> str:
         return f"SQLiteStorageBackend({str(self.path)!r})"
@@ -96,12 +114,48 @@ class SQLiteStorageBackend:
             ) from None
         return connection
 
-    async def _run(self, work: Callable[..., T], *args: object) -> T:
-        return await self._worker.call(self._locked, work, args)
+    async def _run(self, work: Callable[..., T], *args: object, session: str | None = None) -> T:
+        return await self._worker.call(self._locked, work, args, session)
 
-    def _locked(self, work: Callable[..., T], args: tuple[object, ...]) -> T:
+    def _locked(self, work: Callable[..., T], args: tuple[object, ...], session: str | None) -> T:
         with self._lock:  # against close() from another thread
-            return work(self._db(), *args)
+            try:
+                return work(self._db(), *args)
+            except sqlite3.DatabaseError as error:
+                if not _is_damage(error):
+                    raise
+                raise self._damaged(session, str(error)) from None
+
+    def _damaged(self, session: str | None, what: str) -> SessionCorruptedError:
+        whose = f"session {session!r}: " if session is not None else ""
+        return SessionCorruptedError(
+            f"{whose}the session store {self.path} is damaged ({what}); sessions whose rows "
+            "are in the damaged part cannot be read (SQLite's `.recover` salvages what it can)"
+        )
+
+    def _found_sound(self, db: sqlite3.Connection, session_id: str) -> None:
+        """Called when the session is not found: raise if the file is damaged, since the
+        session's rows (or the index entries that lead to them) may be what is damaged."""
+        damage = self._integrity_check(db)
+        if damage:
+            raise self._damaged(session_id, f"not found, and {damage[0]}")
+
+    def _integrity_check(self, db: sqlite3.Connection) -> list[str]:
+        if self._damage is None:
+            try:
+                rows = db.execute("PRAGMA integrity_check(10)").fetchall()
+            except sqlite3.DatabaseError as error:  # too damaged to be checked
+                if not _is_damage(error):
+                    raise
+                rows = [(str(error),)]
+            self._damage = [str(row[0]) for row in rows if row[0] != "ok"]
+        return self._damage
+
+    async def damage(self) -> list[str]:
+        """What ``PRAGMA integrity_check`` finds wrong with the database file (up to ten
+        problems); empty when it is sound. It reads the whole file."""
+        self._damage = None
+        return await self._run(self._integrity_check)
 
     def _synchronous_mode(self, db: sqlite3.Connection, durable: bool) -> None:
         mode = "FULL" if durable else "NORMAL"
@@ -115,7 +169,7 @@ class SQLiteStorageBackend:
         check_session_id(session_id)
         lines = "".join(frame(record) for record in records)
         work = (session_id, after, len(records), lines, durable)
-        return self._worker.submit(self._locked, self._append, work)
+        return self._worker.submit(self._locked, self._append, work, session_id)
 
     def _append(
         self,
@@ -194,9 +248,11 @@ class SQLiteStorageBackend:
                 "SELECT first, records FROM appends WHERE session = ? ORDER BY first",
                 (session_id,),
             ).fetchall()
+            if not found:
+                self._found_sound(db, session_id)
             return found
 
-        found = await self._run(rows)
+        found = await self._run(rows, session=session_id)
         if not found:
             raise SessionNotFoundError(f"no session {session_id!r} in {self.path}")
         records: list[str] = []
@@ -211,20 +267,22 @@ class SQLiteStorageBackend:
 
     async def exists(self, session_id: str) -> bool:
         check_session_id(session_id)
-        found = await self._run(
-            lambda db: db.execute(
+
+        def found(db: sqlite3.Connection) -> bool:
+            row = db.execute(
                 "SELECT 1 FROM appends WHERE session = ? LIMIT 1", (session_id,)
             ).fetchone()
-        )
-        return found is not None
+            if row is None:
+                self._found_sound(db, session_id)
+            return row is not None
+
+        return await self._run(found, session=session_id)
 
     async def list_sessions(self) -> list[str]:
-        rows = await self._run(
-            lambda db: db.execute(
-                "SELECT DISTINCT session FROM appends ORDER BY session"
-            ).fetchall()
-        )
-        return [row[0] for row in rows]
+        """The sessions whose ids can be read. In a damaged file, what the index holds and,
+        when that is damaged, what the table holds: never an id no session could have (a
+        damaged page's garbage); ``damage`` says whether the file is sound."""
+        return await self._run(_readable_sessions)
 
     async def delete(self, session_id: str) -> bool:
         check_session_id(session_id)
@@ -240,14 +298,15 @@ class SQLiteStorageBackend:
                 self._lock_path(session_id).unlink()
                 self._let_go(session_id)
 
-        return bool(await self._run(remove))
+        return bool(await self._run(remove, session=session_id))
 
     async def write_snapshot(self, session_id: str, data: bytes) -> None:
         check_session_id(session_id)
         await self._run(
             lambda db: db.execute(
                 "INSERT OR REPLACE INTO snapshot (session, data) VALUES (?, ?)", (session_id, data)
-            )
+            ),
+            session=session_id,
         )
 
     async def read_snapshot(self, session_id: str) -> bytes | None:
@@ -255,7 +314,8 @@ class SQLiteStorageBackend:
         row = await self._run(
             lambda db: db.execute(
                 "SELECT data FROM snapshot WHERE session = ?", (session_id,)
-            ).fetchone()
+            ).fetchone(),
+            session=session_id,
         )
         return bytes(row[0]) if row else None
 
@@ -267,6 +327,40 @@ class SQLiteStorageBackend:
                 self._connection.close()
                 self._connection = None
                 self._synchronous = ""
+
+
+def _is_damage(error: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite found the file damaged (not busy, full or unreadable)."""
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF in _DAMAGE_CODES
+
+
+def _readable_sessions(db: sqlite3.Connection) -> list[str]:
+    """The valid session ids the index holds, and those the table holds when reading the
+    index failed or gave an id no session can have (its page is damaged)."""
+    found: set[str] = set()
+    for query in _SESSIONS:
+        sound = True
+        try:
+            for (session,) in db.execute(query):
+                if _valid_id(session):
+                    found.add(session)
+                else:
+                    sound = False
+        except sqlite3.DatabaseError as error:
+            if not _is_damage(error):
+                raise
+            sound = False
+        if sound:
+            break
+    return sorted(found)
+
+
+def _valid_id(session: object) -> bool:
+    try:
+        check_session_id(session)
+    except InvalidSessionIdError:
+        return False
+    return True
 
 
 def _same_file(descriptor: int, path: Path) -> bool:
