@@ -58,7 +58,7 @@ def _roles_table(topology: Topology) -> Table:
 def show_topology(title: str, topology: Topology) -> None:
     """Print a topology's roles and its Mermaid diagram."""
     console.print(Panel.fit(_roles_table(topology), title=title))
-    console.print(topology.to_mermaid(), highlight=False)
+    console.print(topology.to_mermaid(), highlight=False, markup=False)
     console.print()
 
 
@@ -594,7 +594,7 @@ def topology_command(
         topology = Topology.from_dict(data)
         topology.validate()
     except TopologyError as error:
-        console.print(f"[red]{path}:[/red] {error}", highlight=False)
+        console.print(f"[red]{escape(str(path))}:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     if mermaid_only:
         typer.echo(topology.to_mermaid())

@@ -344,3 +344,15 @@ def test_a_final_response_is_drawn_as_text_not_markup(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[/BOLD] [RED]X!" in done.stdout
     assert "more characters not shown" not in done.stdout  # a short response is drawn whole
+
+
+def test_topology_command_draws_a_label_as_text_not_markup(tmp_path: Path) -> None:
+    """Rich read the diagram as markup: "[/bold]" in a condition raised MarkupError."""
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(
+        "nodes: [A, B]\n"
+        "edges: [{source: A, target: B, metadata: {condition: '[/bold] ok'}}, 'B -> User']\n"
+    )
+    drawn = run_cli("topology", str(flow))
+    assert drawn.returncode == 0, drawn.stdout + drawn.stderr
+    assert 'n0 -->|"[/bold] ok"| n1' in drawn.stdout
