@@ -58,7 +58,7 @@ def _roles_table(topology: Topology) -> Table:
 def show_topology(title: str, topology: Topology) -> None:
     """Print a topology's roles and its Mermaid diagram."""
     console.print(Panel.fit(_roles_table(topology), title=title))
-    console.print(topology.to_mermaid(), highlight=False)
+    console.print(topology.to_mermaid(), highlight=False, markup=False)
     console.print()
 
 
@@ -103,9 +103,53 @@ def _demo_topologies() -> dict[str, Topology]:
     }
 
 
-def _print_result(result: OrchestraResult) -> None:
+PREVIEW_LINES = 40
+PREVIEW_CHARS = 4_000
+"""How much of a final response the command line draws. Drawing text in a panel costs rich
+time that grows faster than the text (7.5 s for 4 MB, minutes for 50 MB), and a terminal shows
+a screenful: a longer response is previewed, and a line under it says where the whole is."""
+
+
+def _preview(text: str) -> str:
+    """The opening of ``text``: at most PREVIEW_LINES lines of at most PREVIEW_CHARS in all
+    (only that much of it is read)."""
+    head = text[:PREVIEW_CHARS]
+    lines = head.split("\n", PREVIEW_LINES)
+    return "\n".join(lines[:PREVIEW_LINES]) if len(lines) > PREVIEW_LINES else head
+
+
+def _print_response(text: str, output: Path | None, again: str | None) -> None:
+    """The final response, as text (never read as rich markup), previewed when long; the whole
+    of it is written to ``output`` when one was given, else the line under it says how to get
+    it (``again``: the command that shows a kept session's result)."""
+    if output is not None:
+        _save(output, text)
+    preview = _preview(text)
+    console.print(Panel(escape(preview), title="Final response"))
+    if output is not None:
+        _say(f"The whole response ({len(text):,} characters) is in {escape(str(output))}")
+    elif len(preview) < len(text):
+        where = f"{again} --output FILE" if again else "run again with --output FILE"
+        _say(
+            f"{len(text) - len(preview):,} more characters not shown ({len(text):,} in all); "
+            f"the whole response: {escape(where)}"
+        )
+
+
+def _save(output: Path, text: str) -> None:
+    """``text`` in the file ``output``, as UTF-8 (what UTF-8 cannot hold, such as a lone
+    surrogate a model wrote as an escape, as a backslash escape)."""
+    try:
+        output.write_text(text, encoding="utf-8", errors="backslashreplace")
+    except OSError as error:
+        _fail(f"the response could not be written to {output}: {error.strerror or error}", 1)
+
+
+def _print_result(
+    result: OrchestraResult, output: Path | None = None, again: str | None = None
+) -> None:
     if result.success:
-        console.print(Panel(result.get_final_response_as_text(), title="Final response"))
+        _print_response(result.get_final_response_as_text(), output, again)
     elif result.metadata.get("paused"):
         reason = result.metadata.get("pause_reason") or "no reason given"
         console.print(Panel(escape(str(reason)), title="Paused", style="yellow"))
@@ -157,6 +201,13 @@ Verbosity = Annotated[int, typer.Option("--verbosity", "-v", min=0, max=2)]
 ResumedVerbosity = Annotated[
     int | None,
     typer.Option("--verbosity", "-v", min=0, max=2, help="Default: as the run was started with."),
+]
+Output = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        help="Write the whole final response to this file (the terminal shows its opening).",
+    ),
 ]
 PAUSED = 3  # the exit code of a run that paused (resume it)
 INTERRUPTED = 130
@@ -241,15 +292,18 @@ class Kept(NamedTuple):
     resume: str
 
 
-def _finish(run: Coroutine[Any, Any, OrchestraResult], kept: Kept | None) -> None:
-    """Run to the end and report; when the run can be taken up again, say how."""
+def _finish(
+    run: Coroutine[Any, Any, OrchestraResult], kept: Kept | None, output: Path | None
+) -> None:
+    """Run to the end and report (the whole final response written to ``output``, when one is
+    given); when the run can be taken up again, say how."""
     try:
         result = asyncio.run(run)
     except KeyboardInterrupt:
         _interrupted(kept)
     except OrchestraError as error:
         _fail(error, 1)
-    _print_result(result)
+    _print_result(result, output, None if kept is None else kept.resume)
     if result.metadata.get("paused"):
         if kept is not None:
             _say(f"Resume with: {escape(kept.resume)}")
@@ -281,6 +335,7 @@ def _execute(
     store: Path | None,
     session: str | None,
     resume_with: list[str],
+    output: Path | None,
 ) -> None:
     workflow = _load(workflow_path, max_tokens)
     chosen = task if task is not None else workflow.task
@@ -303,7 +358,7 @@ def _execute(
         )
 
     if store is None:
-        _finish(run(None), None)
+        _finish(run(None), None, output)
         return
     session_id = context.setdefault("session_id", new_session_id())
     again = _resume_command(resume_with, session_id, store)
@@ -316,7 +371,7 @@ def _execute(
                 1,
             )
         _say(f"Session {session_id}, kept in {escape(str(store))}")
-        _finish(run(manager), Kept(manager, session_id, again))
+        _finish(run(manager), Kept(manager, session_id, again), output)
 
 
 def _resume(
@@ -327,6 +382,7 @@ def _resume(
     max_tokens: int | None,
     store: Path,
     resume_with: list[str],
+    output: Path | None,
 ) -> None:
     extra = _json_object(context, "--context") if context is not None else None
     session = _checked_session(session)
@@ -347,7 +403,9 @@ def _resume(
         again = _resume_command(resume_with, session, store)
         status = None if verbosity is None else StatusConfig.from_verbosity(verbosity)
         _finish(
-            instance.resume_session(session, extra, status=status), Kept(manager, session, again)
+            instance.resume_session(session, extra, status=status),
+            Kept(manager, session, again),
+            output,
         )
 
 
@@ -371,11 +429,13 @@ def run(
     ] = None,
     store: Store = DEFAULT_STORE,
     no_store: NoStore = False,
+    output: Output = None,
 ) -> None:
     """Run a workflow file: its agents, topology and execution settings. The run is a durable
     session (see --store): if it is interrupted, `orchestra resume` goes on from its last step."""
     command = ["orchestra", "resume", str(workflow)]
-    _execute(workflow, task, verbosity, None, None if no_store else store, session, command)
+    kept = None if no_store else store
+    _execute(workflow, task, verbosity, None, kept, session, command, output)
 
 
 @app.command()
@@ -388,11 +448,12 @@ def resume(
     ] = None,
     verbosity: ResumedVerbosity = None,
     store: Store = DEFAULT_STORE,
+    output: Output = None,
 ) -> None:
     """Go on with an interrupted or paused session from its last completed step (a session
     whose last run ended shows its stored result)."""
     command = ["orchestra", "resume", str(workflow)]
-    _resume(workflow, session, context, verbosity, None, store, command)
+    _resume(workflow, session, context, verbosity, None, store, command, output)
 
 
 @app.command()
@@ -407,6 +468,7 @@ def demo(
     ] = None,
     store: Store = DEFAULT_STORE,
     no_store: NoStore = False,
+    output: Output = None,
 ) -> None:
     """Run the bundled research-and-report workflow on the default model (offline unless
     ORCHESTRA_MODEL, OPENAI_API_KEY, ANTHROPIC_API_KEY or ORCHESTRA_BASE_URL say otherwise)."""
@@ -421,10 +483,10 @@ def demo(
             show_topology(title, topology)
     command = ["orchestra", "demo", "--resume"]
     if resume is not None:
-        _resume(DEMO_FLOW, resume, None, verbosity, DEMO_MAX_TOKENS, store, command)
+        _resume(DEMO_FLOW, resume, None, verbosity, DEMO_MAX_TOKENS, store, command, output)
     else:
         kept = None if no_store else store
-        _execute(DEMO_FLOW, task, verbosity, DEMO_MAX_TOKENS, kept, None, command)
+        _execute(DEMO_FLOW, task, verbosity, DEMO_MAX_TOKENS, kept, None, command, output)
 
 
 sessions_app = typer.Typer(help="The sessions kept in a store: list them, delete them.")
@@ -540,7 +602,7 @@ def topology_command(
         topology = Topology.from_dict(data)
         topology.validate()
     except TopologyError as error:
-        console.print(f"[red]{path}:[/red] {error}", highlight=False)
+        console.print(f"[red]{escape(str(path))}:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     if mermaid_only:
         typer.echo(topology.to_mermaid())

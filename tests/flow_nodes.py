@@ -75,3 +75,8 @@ def wait_for_a_line(data: Any, context: Mapping[str, Any]) -> str:
     print("waiting for a line", flush=True)
     sys.stdin.readline()
     return f"{data}+Review"
+
+
+def repeat(text: Any, context: Mapping[str, Any]) -> str:
+    """``text`` written ``context["times"]`` times: a response as long as a test needs."""
+    return str(text) * int(context["times"])

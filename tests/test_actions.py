@@ -8,10 +8,16 @@ from collections.abc import Sequence
 import pytest
 
 from orchestra.agents.contract import Action, ActionKind, Invocation
-from orchestra.agents.replies import ActionParseError, parse_action, parse_reply
+from orchestra.agents.replies import (
+    ActionParseError,
+    checked_tool_calls,
+    parse_action,
+    parse_reply,
+)
 from orchestra.errors import ScriptExhaustedError
 from orchestra.models import FunctionModel, Message, ModelReply, PeerInfo, ScriptedModel, StepInfo
 from orchestra.models.base import ToolCall, Usage
+from orchestra.models.protocol import MAX_NESTING
 
 
 def info(agent: str = "A", **overrides: object) -> StepInfo:
@@ -188,6 +194,51 @@ def test_malformed_json_starting_with_brace_is_a_parse_error(text: str) -> None:
     with pytest.raises(ActionParseError, match="not valid JSON") as caught:
         parse_reply(text, None)
     assert "next_action" in str(caught.value)  # the hint names the protocol
+
+
+def nested(depth: int) -> str:
+    """A final response whose JSON nests ``depth`` levels in all (the action object is one)."""
+    inner = depth - 1  # under the action object, the outermost list is action_input
+    return '{"next_action": "final_response", "action_input": ' + "[" * inner + "]" * inner + "}"
+
+
+def test_a_reply_nested_past_what_python_reads_is_a_parse_error() -> None:
+    """json.loads raises RecursionError on it: a crash of the step, before."""
+    with pytest.raises(ActionParseError, match=f"nests deeper than {MAX_NESTING} levels"):
+        parse_reply(nested(100_000), None)
+
+
+def test_a_reply_nested_past_what_the_log_stores_is_a_parse_error() -> None:
+    """It parses, but the session log could not store the value, and the step would fail."""
+    parse_reply(nested(MAX_NESTING), None)
+    with pytest.raises(ActionParseError, match=f"nests deeper than {MAX_NESTING} levels"):
+        parse_reply(nested(MAX_NESTING + 1), None)
+
+
+def test_a_number_too_long_to_convert_is_a_parse_error() -> None:
+    """json.loads raises a plain ValueError (int's digit limit): a crash of the step, before."""
+    text = '{"next_action": "final_response", "action_input": ' + "9" * 5000 + "}"
+    with pytest.raises(ActionParseError, match="holds a number of more than 4300 digits") as caught:
+        parse_reply(text, None)
+    assert "next_action" in str(caught.value)  # steered like any other unusable reply
+
+
+def test_a_structured_action_nested_too_deep_is_a_parse_error() -> None:
+    value: list[object] = []
+    for _ in range(MAX_NESTING):
+        value = [value]
+    with pytest.raises(ActionParseError, match="the action nests deeper"):
+        parse_action({"next_action": "final_response", "action_input": value})
+
+
+def test_tool_call_arguments_nested_too_deep_are_a_parse_error() -> None:
+    value: list[object] = []
+    for _ in range(MAX_NESTING):
+        value = [value]
+    fine = ToolCall("search", {"q": [[["x"]]]}, "c1")
+    assert checked_tool_calls([fine]) == (fine,)
+    with pytest.raises(ActionParseError, match="the arguments of tool call 'search' nests"):
+        checked_tool_calls([fine, ToolCall("search", {"q": value}, "c2")])
 
 
 def test_parse_error_is_a_value_error() -> None:

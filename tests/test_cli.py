@@ -309,3 +309,75 @@ def test_sessions_list_names_a_damaged_store_and_lists_what_it_can(tmp_path: Pat
     assert listed.returncode == 1, listed.stdout + listed.stderr
     assert "Traceback" not in listed.stdout + listed.stderr
     assert "is damaged" in output and all(name in output for name in ("alpha", "beta", "gamma"))
+
+
+def repeating(folder: Path, times: int) -> Path:
+    """A one-node workflow whose answer is its task written ``times`` times."""
+    flow = folder / "flow.yaml"
+    flow.write_text(
+        "agents: [{name: A, function: 'flow_nodes:repeat'}]\ntopology: {nodes: [A]}\n"
+        f"context: {{times: {times}}}\n"
+    )
+    return flow
+
+
+def test_a_long_final_response_is_previewed_and_the_line_under_it_says_where_the_whole_is(
+    tmp_path: Path,
+) -> None:
+    """Drawing the whole of a 4 MB response took rich 7.5 s (16 MB: over a minute), and
+    printed all of it; now its opening is drawn, and the resume command writes the rest."""
+    flow = repeating(tmp_path, 250_000)
+    done = run_cli("run", str(flow), "--task", "fifteen chars.\n", "-v", "0", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("fifteen chars.") == 40  # the preview's lines
+    assert len(done.stdout) < 10_000
+    session = session_line(done.stdout)
+    pointer = (
+        "3,749,401 more characters not shown (3,750,000 in all); the whole response: "
+        f"orchestra resume {flow} {session} --output FILE"
+    )
+    assert pointer in done.stdout
+    whole = tmp_path / "whole.txt"
+    shown = run_cli("resume", str(flow), session, "--output", str(whole), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "its result, as stored (nothing is run)" in shown.stdout
+    assert f"The whole response (3,750,000 characters) is in {whole}" in shown.stdout
+    assert whole.read_text() == "fifteen chars.\n" * 250_000
+
+
+def test_a_run_without_a_store_writes_its_response_with_output(tmp_path: Path) -> None:
+    flow = repeating(tmp_path, 1_000)
+    cut = run_cli("run", str(flow), "--task", "0123456789", "--no-store", cwd=tmp_path)
+    assert cut.returncode == 0, cut.stdout + cut.stderr
+    assert "the whole response: run again with --output FILE" in cut.stdout
+    whole = tmp_path / "answer.txt"
+    done = run_cli("run", str(flow), "--task", "0123456789", "--no-store", "--output", str(whole))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert whole.read_text() == "0123456789" * 1_000
+    missing = tmp_path / "no" / "such" / "folder.txt"
+    refused = run_cli("run", str(flow), "--task", "x", "--no-store", "--output", str(missing))
+    assert refused.returncode == 1
+    assert f"the response could not be written to {missing}" in refused.stdout.replace("\n", "")
+    assert "Traceback" not in refused.stdout + refused.stderr
+
+
+def test_a_final_response_is_drawn_as_text_not_markup(tmp_path: Path) -> None:
+    """Rich read the response as markup: "[/bold]" raised MarkupError, a traceback."""
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("agents: [{name: A, function: 'flow_nodes:shout'}]\ntopology: {nodes: [A]}\n")
+    done = run_cli("run", str(flow), "--task", "[/bold] [red]x", "--no-store")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[/BOLD] [RED]X!" in done.stdout
+    assert "more characters not shown" not in done.stdout  # a short response is drawn whole
+
+
+def test_topology_command_draws_a_label_as_text_not_markup(tmp_path: Path) -> None:
+    """Rich read the diagram as markup: "[/bold]" in a condition raised MarkupError."""
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(
+        "nodes: [A, B]\n"
+        "edges: [{source: A, target: B, metadata: {condition: '[/bold] ok'}}, 'B -> User']\n"
+    )
+    drawn = run_cli("topology", str(flow))
+    assert drawn.returncode == 0, drawn.stdout + drawn.stderr
+    assert 'n0 -->|"[/bold] ok"| n1' in drawn.stdout

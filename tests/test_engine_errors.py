@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import helpers
@@ -40,7 +41,9 @@ from orchestra import (
     Topology,
 )
 from orchestra.coordination.engine import events as ev
+from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.results import BranchResult
+from orchestra.coordination.state import FileStorageBackend, StateManager
 from orchestra.errors import ConfigurationError, UserInputError
 from orchestra.models import Message, StepInfo
 
@@ -138,6 +141,11 @@ def assert_fast_branch_kept(result: OrchestraResult) -> None:
 
 # ---- steering: an invalid reply is rejected, the model is told, a corrected reply succeeds ----
 
+DEEP_REPLY = (
+    '{"next_action": "invoke_agent", "action_input": ' + "[" * 100_000 + "]" * 100_000 + "}"
+)
+LONG_NUMBER = '{"next_action": "invoke_agent", "action_input": ' + "9" * 5000 + "}"
+
 STEERING_CASES = [
     pytest.param(invoke("Ghost"), "'Ghost' is not an agent", id="unknown-agent"),
     pytest.param(invoke("C"), "'C' is not your peer", id="forbidden-peer"),
@@ -147,6 +155,9 @@ STEERING_CASES = [
     pytest.param(ask("Which city?"), "no edge 'A -> User'", id="ask-user-no-edge"),
     pytest.param(call_tool("teleport"), "A has no tool 'teleport'", id="unknown-tool"),
     pytest.param(invoke("User"), "the user is not invoked", id="invoke-user"),
+    # json.loads raises RecursionError and ValueError on these: they failed the branch at once
+    pytest.param(DEEP_REPLY, "the reply nests deeper than 100 levels", id="deep-json"),
+    pytest.param(LONG_NUMBER, "the reply holds a number of more than 4300", id="long-number"),
 ]
 
 
@@ -280,6 +291,43 @@ async def test_past_max_steering_retries_the_branch_fails_quoting_last_reply() -
     assert root.status == "failed"
     assert root.error_type == "ActionError"
     assert result.total_steps == 4  # steering retries count as steps
+
+
+async def test_an_unreadable_reply_past_the_retries_fails_quoting_a_bounded_prefix() -> None:
+    _, agents = line_agents(*[DEEP_REPLY] * 4)
+    result = await run("task", LINE, agents)
+
+    error = assert_failed(
+        result,
+        "ActionError",
+        "agent 'A' gave no usable action after 4 attempt(s)",
+        "nests deeper than 100 levels",
+        """Last reply: '{"next_action": "invoke_agent", "action_input": [[[""",
+    )
+    assert len(error) < 1_000  # the reply is 200,000 characters
+
+
+async def test_a_steered_unreadable_reply_is_stored_and_read_back(tmp_path: Path) -> None:
+    """The rejected reply is kept as text (the parsed value is never stored): the session log
+    writes it and reads it back."""
+    storage = FileStorageBackend(tmp_path)
+    _, agents = line_agents(DEEP_REPLY, invoke("B", request="go"))
+    instance = OrchestraInstance(
+        topology=Topology(**LINE),
+        agent_registry=AgentRegistry(agents),
+        initial_config=quiet(),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    try:
+        result = await asyncio.wait_for(instance.execute("task"), helpers.WAIT)
+        assert result.success, result.error
+        assert result.session_id is not None
+        stored = await instance.get_result(result.session_id)
+    finally:
+        storage.close()
+    assert stored is not None
+    assert stored.final_response == "C(B(go))"
+    assert of(stored, ev.ActionRejected)[0].reply == DEEP_REPLY
 
 
 async def test_max_steering_retries_is_configurable() -> None:

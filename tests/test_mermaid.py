@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from html.entities import html5
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orchestra.coordination.topology import Edge, PatternConfig, Topology
 
@@ -185,6 +188,67 @@ def test_quotes_in_labels_are_escaped() -> None:
     # every quoted piece of text is balanced on each line
     for line in chart.splitlines():
         assert line.count('"') % 2 == 0
+
+
+def shown(quoted: str) -> str:
+    """What Mermaid shows for the inside of a quoted string: ``<br>`` a line break, ``#code;``
+    and ``#name;`` the character they name (it rewrites them as HTML entities)."""
+
+    def one(match: re.Match[str]) -> str:
+        code, name = match.group(1), match.group(2)
+        if code is not None:
+            return chr(int(code))
+        return "\n" if name is None else html5[name + ";"]
+
+    return re.sub(r"#(\d+);|#(\w+);|<br>", one, quoted)
+
+
+EDGE_TEXT = re.compile(r'^    n\d+ (?:<)?-->\|"([^"]*)"\| n\d+$')
+
+
+@given(st.lists(st.text(), min_size=1, max_size=4))
+def test_any_condition_label_draws_one_line_per_edge_that_shows_the_label(
+    labels: list[str],
+) -> None:
+    """A newline in a label broke the diagram's source; so would a quote, ``|``, ``#name;``."""
+    targets = [f"T{index}" for index in range(len(labels))]
+    edges = [
+        Edge("S", target, {"condition": label} if label else {})
+        for target, label in zip(targets, labels, strict=True)
+    ]
+    chart = Topology(["S", *targets], edges).to_mermaid()
+    lines = chart.split("\n")
+    assert chart.splitlines() == lines  # no other line separator either
+    drawn = [line for line in lines if "--" in line]
+    assert len(drawn) == len(labels)
+    for line, label in zip(drawn, labels, strict=True):
+        if not label:
+            assert re.fullmatch(r"    n\d+ --> n\d+", line)
+            continue
+        match = EDGE_TEXT.match(line)
+        assert match is not None, line
+        assert shown(match.group(1)) == label
+
+
+@pytest.mark.parametrize(
+    ("label", "written"),
+    [
+        ("approved\nby legal", "approved<br>by legal"),
+        ("a|b", "a#124;b"),
+        ("#quot; <br>", "#35;quot; #lt;br#gt;"),
+        ("`md`", "#96;md#96;"),
+        ("x\r\u2028y", "x#13;#8232;y"),
+    ],
+)
+def test_characters_mermaid_reads_are_written_as_entities(label: str, written: str) -> None:
+    chart = Topology(["A", "B"], [Edge("A", "B", {"condition": label})]).to_mermaid()
+    assert f'|"{written}"|' in chart
+
+
+def test_node_names_are_escaped_as_labels_are() -> None:
+    """A node name may end in a newline (the name rule's ``$`` allows one): drawn on its line."""
+    chart = Topology(["A\n", "B"], [Edge("A\n", "B")]).to_mermaid()
+    assert '    n0["A<br>"]' in chart.split("\n")
 
 
 def test_node_names_with_quotes_are_rejected_before_drawing() -> None:

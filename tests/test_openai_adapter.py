@@ -447,6 +447,30 @@ async def test_invalid_json_in_tool_call_arguments_is_steered(
     assert "not valid JSON" in messages[-1]["content"]
 
 
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ('{"response": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests deeper than 100 levels"),
+        ('{"response": ' + "9" * 5000 + "}", "holds a number of more than 4300 digits"),
+    ],
+    ids=["deep", "long-number"],
+)
+async def test_unreadable_tool_call_arguments_are_steered(
+    server: ScriptedHTTPServer, arguments: str, problem: str
+) -> None:
+    """json.loads raised RecursionError or ValueError on these, which failed the branch."""
+    server.script(
+        tool_calls(call("call_1", "final_response", arguments)),
+        tool_calls(final_call("call_2", "fixed")),
+    )
+    result = await run("task", CALL, [llm("Hub", config(server)), fn("Worker", lambda x, c: x)])
+    assert result.success, result.error
+    assert result.final_response == "fixed"
+    (rejected,) = of(result, ev.ActionRejected)
+    assert rejected.problem == f"the arguments of tool call 'final_response' {problem}"
+    assert problem in server.requests[1]["messages"][-1]["content"]
+
+
 async def test_text_format_sends_no_tools_and_reads_the_json_protocol_from_text(
     server: ScriptedHTTPServer,
 ) -> None:

@@ -24,7 +24,7 @@ from .contract import (
     tool_result_messages,
 )
 from .registry import register_by_default
-from .replies import ActionParseError, parse_action, parse_reply
+from .replies import ActionParseError, checked_tool_calls, parse_action, parse_reply
 
 
 class _NoRetries:
@@ -241,6 +241,7 @@ def _action_of(reply: ModelReply) -> Action | None:
         action = parse_reply(reply.content, None) if not reply.tool_calls else None
     if not reply.tool_calls:
         return action
+    calls = checked_tool_calls(reply.tool_calls)
     if action is None:
-        return Action.call_tools(reply.tool_calls)
-    return dataclasses.replace(action, tool_calls=reply.tool_calls)
+        return Action.call_tools(calls)
+    return dataclasses.replace(action, tool_calls=calls)

@@ -10,16 +10,20 @@ Models speak the JSON action protocol::
 as a dict or as JSON text (optionally in a ```json fence). A little leniency that small models
 need is accepted: a single invocation or tool call not wrapped in a list, a bare string as the
 final response or question. Function agents build :class:`Action` objects directly.
+
+Whatever the text holds, reading it fails only with :class:`ActionParseError`: a reply nested
+too deep, holding a number too long to convert, or otherwise unreadable is steered like any
+other unusable reply.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from orchestra.models.base import ToolCall
+from orchestra.models.protocol import UnreadableJSON, check_nesting, read_json
 
 from .contract import PROTOCOL_HINT, Action, ActionKind, Invocation
 
@@ -34,7 +38,8 @@ _FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.DOTALL)
 def parse_reply(content: str | None, structured: Mapping[str, Any] | None) -> Action | None:
     """The action a model reply carries, or None for plain text with no action.
 
-    Raises :class:`ActionParseError` for a reply that is meant as an action but malformed.
+    Raises :class:`ActionParseError` for a reply that is meant as an action but malformed or
+    unreadable.
     """
     if structured is not None:
         return parse_action(structured)
@@ -45,18 +50,38 @@ def parse_reply(content: str | None, structured: Mapping[str, Any] | None) -> Ac
     if not text.startswith("{"):
         return None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ActionParseError(
-            f"the reply is not valid JSON ({error.msg}); {PROTOCOL_HINT}"
-        ) from None
+        data = read_json(text)
+    except UnreadableJSON as error:
+        raise ActionParseError(f"the reply {error}; {PROTOCOL_HINT}") from None
     if not isinstance(data, dict) or "next_action" not in data:
         return None
-    return parse_action(data)
+    return _action(data)
 
 
 def parse_action(data: Mapping[str, Any]) -> Action:
-    """Validate one protocol mapping into an :class:`Action`."""
+    """Validate one protocol mapping into an :class:`Action` (one nested too deep for the
+    session log to store is refused)."""
+    _check_nesting(data, "the action")
+    return _action(data)
+
+
+def checked_tool_calls(calls: Iterable[ToolCall]) -> tuple[ToolCall, ...]:
+    """A reply's own tool calls, refused (:class:`ActionParseError`) when the arguments of one
+    nest too deep for the session log to store."""
+    calls = tuple(calls)
+    for call in calls:
+        _check_nesting(call.arguments, f"the arguments of tool call {call.name!r}")
+    return calls
+
+
+def _check_nesting(value: Any, what: str) -> None:
+    try:
+        check_nesting(value)
+    except UnreadableJSON as error:
+        raise ActionParseError(f"{what} {error}") from None
+
+
+def _action(data: Mapping[str, Any]) -> Action:
     kind_text = data.get("next_action")
     try:
         kind = ActionKind(str(kind_text))

@@ -9,7 +9,14 @@ from typing import Any
 from .base import Message, ModelReply, StepInfo, ToolCall, ToolSpec, Usage
 from .config import ModelConfig, missing_extra
 from .pricing import cost_usd
-from .protocol import action_schema, answer_only, coordination_tools, reply_from_tool_calls
+from .protocol import (
+    UnreadableJSON,
+    action_schema,
+    answer_only,
+    coordination_tools,
+    read_json,
+    reply_from_tool_calls,
+)
 from .sdk_calls import call_sdk
 
 
@@ -147,13 +154,13 @@ class OpenAIChatModel:
         calls = []
         for call in message.tool_calls:
             try:
-                arguments = json.loads(call.function.arguments or "{}")
-            except json.JSONDecodeError:
+                arguments = read_json(call.function.arguments or "{}")
+            except UnreadableJSON as error:
                 raw = f"{call.function.name}({call.function.arguments})"
                 return ModelReply(
                     content=message.content or raw,
                     usage=usage,
-                    problem=f"the arguments of tool call {call.function.name!r} are not valid JSON",
+                    problem=f"the arguments of tool call {call.function.name!r} {error}",
                 )
             calls.append(
                 ToolCall(

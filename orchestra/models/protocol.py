@@ -14,6 +14,8 @@ parallel invocation is offered only when a parallel rule allows one.
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,6 +23,52 @@ from .base import ModelReply, StepInfo, ToolCall, ToolSpec, Usage
 
 INVOKE, FINAL, ASK, CALL = "invoke_agent", "final_response", "ask_user", "call_tool"
 COORDINATION_TOOLS = frozenset({INVOKE, FINAL, ASK})
+
+
+MAX_NESTING = 100
+"""How deep a reply's JSON may nest. An action needs a handful of levels; the session log stores
+a few hundred and Python's JSON reader gives up near a thousand, so a model's reply nested
+deeper is refused as unusable (the agent is steered) before anything tries to store it."""
+_TOO_DEEP = f"nests deeper than {MAX_NESTING} levels"
+
+
+class UnreadableJSON(ValueError):
+    """A model's JSON text cannot be used; the message completes "the reply ..." (or "the
+    arguments of tool call 'x' ...") in words the model is steered with."""
+
+
+def read_json(text: str) -> Any:
+    """``text`` parsed as JSON, or :class:`UnreadableJSON`. Model output is untrusted: besides
+    malformed text, Python's reader raises RecursionError on deep nesting and ValueError on a
+    number of more digits than it converts, and a value that parses may still nest deeper
+    than the log stores. All of these are a reply that cannot be used, never a crash."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UnreadableJSON(f"is not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise UnreadableJSON(_TOO_DEEP) from None
+    except ValueError:  # the only other error json.loads raises: int's digit limit
+        digits = sys.get_int_max_str_digits()
+        raise UnreadableJSON(f"holds a number of more than {digits} digits") from None
+    check_nesting(value)
+    return value
+
+
+def check_nesting(value: Any) -> None:
+    """:class:`UnreadableJSON` when ``value`` nests deeper than :data:`MAX_NESTING` (a walk
+    with a stack of its own: recursion would fail on the very values it looks for)."""
+    pending: list[tuple[Any, int]] = [(value, 1)] if _is_container(value) else []
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_NESTING:
+            raise UnreadableJSON(_TOO_DEEP)
+        children = item.values() if isinstance(item, Mapping) else item
+        pending.extend((child, depth + 1) for child in children if _is_container(child))
+
+
+def _is_container(value: Any) -> bool:
+    return isinstance(value, Mapping | list | tuple)
 
 
 def answer_only(info: StepInfo) -> bool:

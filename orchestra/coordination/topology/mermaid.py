@@ -8,9 +8,32 @@ from .conditions import describe_condition
 from .model import USER, Edge
 from .topology import Topology
 
+_ENTITIES = {
+    "#": "#35;",
+    '"': "#quot;",
+    "&": "#amp;",
+    "<": "#lt;",
+    ">": "#gt;",
+    "|": "#124;",
+    "`": "#96;",
+    "\n": "<br>",
+}
+
 
 def _label(text: str) -> str:
-    return text.replace('"', "#quot;")
+    """``text`` as the inside of a quoted Mermaid string that shows ``text``, on one line.
+
+    A quote ends the string and a line break the statement; Mermaid reads ``#name;`` and
+    ``#code;`` as entities and a label as HTML, and a backtick after the opening quote starts
+    a markdown string. So those characters, and ``|`` (which delimits edge text), are written
+    as entities, a newline as ``<br>``, and any other character that is not printable (a
+    carriage return, a line or paragraph separator, a control) as its numeric entity.
+    """
+    return "".join(_ENTITIES.get(char) or _printable(char) for char in text)
+
+
+def _printable(char: str) -> str:
+    return char if char.isprintable() else f"#{ord(char)};"
 
 
 def _arrow(edge: Edge, both_ways: bool) -> str:
