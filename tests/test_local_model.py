@@ -242,6 +242,12 @@ def test_a_cut_reply_is_completed_only_where_it_was_cut_inside_a_value(
     assert local.closed(prefix) == completed
 
 
+def test_a_cut_reply_too_deep_to_read_is_left_as_it_came() -> None:
+    """Its RecursionError escaped the model call; the reply is refused (and the agent
+    steered) when it is read."""
+    assert local.closed("[" * 100_000 + '"cut') is None
+
+
 def test_a_bad_model_path_is_a_configuration_error_naming_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model.gguf"
     with pytest.raises(ConfigurationError, match=re.escape("no-such-model.gguf")) as caught:

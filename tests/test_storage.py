@@ -51,7 +51,7 @@ from orchestra.coordination.state import (
     leases,
     segments,
 )
-from orchestra.coordination.state.backends import check_session_id
+from orchestra.coordination.state.backends import check_namespace, check_session_id
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.coordination.state.segments import SECTOR, encode_append
 from orchestra.errors import (
@@ -1037,3 +1037,10 @@ def test_a_wait_that_meets_a_finished_append_before_its_callback_ran_returns(
     thread.join(timeout=10)
     assert not thread.is_alive(), "the writer spun on a finished append"
     assert outcome == [1] and len(appends) == 1
+
+
+@pytest.mark.parametrize("namespace", ["ns\n", "ns\r\n", "ns\x00", "", "Ns", "ns-x", "n" * 42])
+def test_a_server_namespace_must_match_whole(namespace: str) -> None:
+    """``'ns\\n'`` passed ``re.match(...$)`` and named Redis keys and PostgreSQL tables."""
+    with pytest.raises(ConfigurationError, match="namespace"):
+        check_namespace(namespace)

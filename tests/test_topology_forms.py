@@ -627,7 +627,9 @@ def test_valid_node_names(name: str) -> None:
     assert Node(name).name == name
 
 
-@pytest.mark.parametrize("name", ["", " A", "A ", "A>", "a->b", "A-", "-A", "a,b", "a(b)"])
+@pytest.mark.parametrize(
+    "name", ["", " A", "A ", "A>", "a->b", "A-", "-A", "a,b", "a(b)", "A\n", "A\r\n", "A\x00"]
+)
 def test_invalid_node_names(name: str) -> None:
     with pytest.raises(TopologyError) as info:
         check_name(name, "where")

@@ -194,7 +194,7 @@ def closed(prefix: str) -> str | None:
     candidate = text + "".join(reversed(closers))
     try:
         json.loads(candidate)
-    except ValueError:
+    except (ValueError, RecursionError):  # the reply is read, and refused, as it came
         return None
     return candidate
 

@@ -143,7 +143,7 @@ _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 
 def check_namespace(namespace: str) -> str:
-    if not _NAMESPACE.match(namespace):
+    if not _NAMESPACE.fullmatch(namespace):
         raise ConfigurationError(
             f"namespace {namespace!r} must be lower-case letters, digits and '_' (max 41)"
         )

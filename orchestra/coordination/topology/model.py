@@ -38,7 +38,7 @@ def check_name(name: object, where: str) -> str:
         raise TopologyError.single(
             "invalid_name", repr(name), f"{where}: node names are strings, got {name!r}"
         )
-    if not _NAME_PATTERN.match(name):
+    if not _NAME_PATTERN.fullmatch(name):
         raise TopologyError.single(
             "invalid_name", name, f"{where}: {name!r} is not a valid node name; {NAME_RULE}"
         )
