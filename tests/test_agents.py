@@ -613,6 +613,27 @@ async def test_system_prompt_shows_each_runs_own_context() -> None:
         assert f'{{"run": {number}}}' in result.final_response, f"run {number}"
 
 
+async def test_the_session_id_is_not_in_the_prompt_so_sessions_run_alike() -> None:
+    """The demo's writer saw its generated session id in the prompt and, in one session of
+    ten, asked the user instead of writing its report."""
+    seen: list[Any] = []
+
+    def answer(messages: Sequence[Message], info: Any) -> str:
+        seen.append(dict(info.context))
+        return messages[0].content
+
+    agent = llm("Solo", FunctionModel(answer))
+    prompts = []
+    for session in ("first", "second"):
+        context = {"session_id": session, "phase": "draft"}
+        result = await run("t", {"nodes": ["Solo"], "edges": []}, [agent], context=context)
+        assert result.session_id == session
+        assert seen[-1] == context  # agents' code still sees it
+        prompts.append(result.final_response)
+    assert prompts[0] == prompts[1]
+    assert 'Shared context:\n{"phase": "draft"}' in prompts[0]
+
+
 async def test_a_dict_task_reaches_an_llm_agent_as_json_text() -> None:
     model = ScriptedModel(["ok"])
     agent = llm("Solo", model)

@@ -901,7 +901,8 @@ async def test_dict_task_reaches_an_llm_entry_agent_as_json_and_context_in_its_p
     assert json.loads(body) == TASK
     system = call.messages[0]
     assert system.role == "system"
-    assert "Shared context:\n" + json.dumps(CONTEXT) in system.content
+    shown = {key: value for key, value in CONTEXT.items() if key != "session_id"}
+    assert "Shared context:\n" + json.dumps(shown) in system.content
     assert dict(call.info.context) == CONTEXT
     assert result.session_id == "market-2024"
 

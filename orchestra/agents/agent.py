@@ -26,6 +26,12 @@ from .contract import (
 from .registry import register_by_default
 from .replies import ActionParseError, checked_tool_calls, parse_action, parse_reply
 
+NOT_SHOWN = frozenset({"session_id"})
+"""Context keys that address the run rather than describe its work, left out of the system
+prompt: a model shown a generated session id answered differently in each session, so the
+same workflow on the same task was no longer repeatable (the bundled demo asked the user in
+one run of ten)."""
+
 
 class _NoRetries:
     max_retries = 0
@@ -154,8 +160,9 @@ class Agent(BaseAgent):
             self.instruction,
             protocol_prompt(info, self._native_tools),
         ]
-        if context:
-            parts.append(f"Shared context:\n{render(dict(context))}")
+        shown = {key: value for key, value in context.items() if key not in NOT_SHOWN}
+        if shown:
+            parts.append(f"Shared context:\n{render(shown)}")
         prompt = "\n\n".join(part for part in parts if part)
         self._prompts[key] = (context, prompt)
         return prompt
