@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,9 @@ def wait_for_a_line(data: Any, context: Mapping[str, Any]) -> str:
     print("waiting for a line", flush=True)
     sys.stdin.readline()
     return f"{data}+Review"
+
+
+def sleep_a_minute(data: Any, context: Mapping[str, Any]) -> str:
+    """A sync node far slower than any step_timeout the tests give it."""
+    time.sleep(60)
+    return f"{data}+Slept"
