@@ -24,6 +24,7 @@ from helpers import fn, llm, of, quiet, run_cli, spokes, statuses
 from orchestra import Action, FunctionModel, tool
 from orchestra.coordination.engine import events as ev
 from orchestra.models import Message, StepInfo
+from orchestra.threads import MAX_THREADS, DaemonThreads
 from orchestra.tools import Tool
 
 WAIT = 5.0  # a run here takes under a second once its timeouts apply; a hang fails after WAIT
@@ -148,6 +149,28 @@ async def test_an_abandoned_sync_call_holds_no_thread_the_next_call_needs(
     given_up = await asyncio.gather(*(stuck.run({}) for _ in range(40)), return_exceptions=True)
     assert {type(error).__name__ for error in given_up} == {"ToolError"}
     assert await quick.run({}) == "quick"
+
+
+async def test_calls_beyond_max_threads_wait_and_one_given_up_frees_its_place(
+    release: threading.Event,
+) -> None:
+    """A 1000-way fan-out of sync steps takes turns on MAX_THREADS threads, not 1000 of them;
+    a call given up on while it runs stops counting, so a call waiting gets a thread."""
+    pool = DaemonThreads("capped")
+
+    def running() -> int:
+        return sum(thread.name == "capped" for thread in threading.enumerate())
+
+    blocked = [asyncio.ensure_future(pool.call(release.wait, BLOCK)) for _ in range(MAX_THREADS)]
+    ran = threading.Event()
+    extra = asyncio.ensure_future(pool.call(ran.set))
+    await asyncio.sleep(0)  # every call is handed to the pool
+    assert running() == MAX_THREADS and not ran.is_set()
+    blocked[0].cancel()
+    await asyncio.wait_for(extra, WAIT)
+    assert ran.is_set() and running() == MAX_THREADS + 1
+    for call in blocked:
+        call.cancel()
 
 
 async def test_sync_code_sees_the_callers_context_variables() -> None:
