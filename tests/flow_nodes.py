@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,9 @@ def wait_for_a_line(data: Any, context: Mapping[str, Any]) -> str:
 def repeat(text: Any, context: Mapping[str, Any]) -> str:
     """``text`` written ``context["times"]`` times: a response as long as a test needs."""
     return str(text) * int(context["times"])
+
+
+def sleep_a_minute(data: Any, context: Mapping[str, Any]) -> str:
+    """A sync node far slower than any step_timeout the tests give it."""
+    time.sleep(60)
+    return f"{data}+Slept"

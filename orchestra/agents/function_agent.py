@@ -6,6 +6,8 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from orchestra.threads import USER_CODE
+
 from .base import BaseAgent
 from .contract import Action, StepOutcome, StepRequest
 from .registry import register_by_default
@@ -22,7 +24,8 @@ class FunctionAgent(BaseAgent):
     final response. Return ``Labeled(value, "label")`` to satisfy label conditions, or an
     ``Action`` (``Action.final(v)``, ``Action.invoke("B", v)``) to decide explicitly.
 
-    A sync ``fn`` runs on the event loop: keep it quick, or make it async.
+    A sync ``fn`` runs in a daemon thread (:mod:`orchestra.threads`), so it holds no other
+    branch and every timeout applies to it; a coroutine function runs on the event loop.
     """
 
     def __init__(self, name: str, fn: NodeFunction, *, register: bool = True) -> None:
@@ -32,6 +35,7 @@ class FunctionAgent(BaseAgent):
             raise TypeError(f"FunctionAgent {name!r}: fn must be callable, got {fn!r}")
         self.name = name
         self.fn = fn
+        self._is_async = inspect.iscoroutinefunction(fn)
         if register:
             register_by_default(self)
 
@@ -39,8 +43,11 @@ class FunctionAgent(BaseAgent):
         return f"FunctionAgent(name={self.name!r}, fn={getattr(self.fn, '__name__', self.fn)!r})"
 
     async def step(self, request: StepRequest) -> StepOutcome:
-        value = self.fn(request.input.content, request.context)
-        if inspect.isawaitable(value):
+        if self._is_async:
+            value = self.fn(request.input.content, request.context)
+        else:
+            value = await USER_CODE.call(self.fn, request.input.content, request.context)
+        if inspect.isawaitable(value):  # a sync fn that returned one: awaited on the loop
             value = await value
         if isinstance(value, Action):
             return StepOutcome(action=value, by_code=True)

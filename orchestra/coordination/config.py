@@ -144,7 +144,8 @@ class ExecutionConfig(_Config):
 
     Timeouts are in seconds and ``None`` means no limit:
 
-    * ``step_timeout`` bounds one agent step (one model call or one function-agent run);
+    * ``step_timeout`` bounds one agent step (one model call or one function-agent run), and
+      each tool call;
     * ``branch_timeout`` bounds one branch, from its creation to its end;
     * ``convergence_timeout`` bounds how long a fan-out waits for its branches.
 

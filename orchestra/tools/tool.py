@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from orchestra.errors import ConfigurationError, ToolError
 from orchestra.models.base import ToolSpec
+from orchestra.threads import USER_CODE
 
 
 class Tool:
@@ -70,13 +71,14 @@ class Tool:
         return {name: getattr(parsed, name) for name in type(parsed).model_fields}
 
     async def run(self, arguments: Mapping[str, Any]) -> Any:
-        """Validate, then call (sync functions in a thread), within the tool's time limit."""
+        """Validate, then call (sync functions in a daemon thread: see :mod:`orchestra.threads`),
+        within the tool's time limit."""
         values = self.validate(arguments)
         try:
             async with asyncio.timeout(self.timeout):
                 if self.is_async:
                     return await self.fn(**values)
-                return await asyncio.to_thread(self.fn, **values)
+                return await USER_CODE.call(self.fn, **values)
         except TimeoutError:
             raise ToolError(
                 f"tool {self.name!r} took longer than its timeout of {self.timeout}s"

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from orchestra.agents.base import BaseAgent
 from orchestra.agents.pool import AgentPool
-from orchestra.errors import ToolInDoubtError, UnstorableValueError
+from orchestra.errors import ToolError, ToolInDoubtError, UnstorableValueError
 from orchestra.models.base import ToolCall
 
 from . import inputs as inp
 from .branches import Branch
 from .clock import now
+from .questions import really_cancelled
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -63,7 +64,7 @@ async def _run_one(runner: Runner, branch: Branch, agent: BaseAgent, call: ToolC
             return False
     started = time.perf_counter()
     try:
-        result, ok = await agent.call_tool(call), True
+        result, ok = await _call(runner, agent, call), True
     except Exception as error:
         result, ok = f"{type(error).__name__}: {error}", False
     item = inp.ToolResult(
@@ -81,6 +82,29 @@ async def _run_one(runner: Runner, branch: Branch, agent: BaseAgent, call: ToolC
         refused = f"the tool returned {error}, which the session log cannot store"
         runner.feed(msgspec.structs.replace(item, ok=False, result=refused))
     return True
+
+
+async def _call(runner: Runner, agent: BaseAgent, call: ToolCall) -> Any:
+    """The tool's result, within ``step_timeout`` too (a tool's own ``timeout`` may be shorter).
+    A CancelledError the tool raised itself, not a cancel of this task, is its failure: let
+    through, it would end the branch's task and leave the run waiting for it forever."""
+    limit = asyncio.timeout(runner.step_timeout)
+    try:
+        async with limit:
+            return await agent.call_tool(call)
+    except TimeoutError:
+        if not limit.expired():
+            raise  # the tool's own timeout, or one inside the tool: its failure as it is
+        raise ToolError(
+            f"tool {call.name!r} (agent {agent.name!r}) took longer than "
+            f"step_timeout={runner.step_timeout:g}s"
+        ) from None
+    except asyncio.CancelledError:
+        if really_cancelled():
+            raise
+        raise ToolError(
+            f"tool {call.name!r} (agent {agent.name!r}) raised CancelledError"
+        ) from None
 
 
 def _in_doubt(branch: Branch, call: ToolCall) -> ToolInDoubtError:

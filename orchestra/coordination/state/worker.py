@@ -12,11 +12,12 @@ holds no thread, and one backend may serve several event loops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from orchestra.threads import settle_soon
 
 T = TypeVar("T")
 IDLE_SECONDS = 5.0
@@ -62,9 +63,9 @@ class BlockingWorker:
             try:
                 result = function(*args)
             except BaseException as error:  # handed to the awaiting coroutine
-                _settle_soon(loop, future, None, error)
+                settle_soon(loop, future, None, error)
             else:
-                _settle_soon(loop, future, result, None)
+                settle_soon(loop, future, result, None)
 
 
 class Completion(asyncio.Future[T]):
@@ -76,22 +77,3 @@ class Completion(asyncio.Future[T]):
 
     def cancel(self, msg: Any = None) -> bool:
         return False
-
-
-def _settle_soon(
-    loop: asyncio.AbstractEventLoop,
-    future: asyncio.Future[Any],
-    result: Any,
-    error: BaseException | None,
-) -> None:
-    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for this result
-        loop.call_soon_threadsafe(_settle, future, result, error)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # the caller was cancelled
-        return
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
