@@ -245,12 +245,6 @@ def test_characters_mermaid_reads_are_written_as_entities(label: str, written: s
     assert f'|"{written}"|' in chart
 
 
-def test_node_names_are_escaped_as_labels_are() -> None:
-    """A node name may end in a newline (the name rule's ``$`` allows one): drawn on its line."""
-    chart = Topology(["A\n", "B"], [Edge("A\n", "B")]).to_mermaid()
-    assert '    n0["A<br>"]' in chart.split("\n")
-
-
 def test_node_names_with_quotes_are_rejected_before_drawing() -> None:
     from orchestra.errors import TopologyError
 
