@@ -158,6 +158,14 @@ ResumedVerbosity = Annotated[
     int | None,
     typer.Option("--verbosity", "-v", min=0, max=2, help="Default: as the run was started with."),
 ]
+AllowModule = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-module",
+        help="Import only from this module and the modules below it (repeatable): for a "
+        "workflow file you do not trust, whose function and tools name code that will run.",
+    ),
+]
 PAUSED = 3  # the exit code of a run that paused (resume it)
 INTERRUPTED = 130
 
@@ -172,9 +180,13 @@ def _say(text: str) -> None:
     console.print(text, highlight=False, soft_wrap=True)
 
 
-def _load(workflow_path: Path, max_tokens: int | None) -> Workflow:
+def _load(
+    workflow_path: Path, max_tokens: int | None, allowed_modules: list[str] | None = None
+) -> Workflow:
     try:
-        return load_workflow(workflow_path, max_tokens=max_tokens)
+        return load_workflow(
+            workflow_path, max_tokens=max_tokens, allowed_modules=allowed_modules or None
+        )
     except OrchestraError as error:
         _fail(error, 2)
 
@@ -281,8 +293,9 @@ def _execute(
     store: Path | None,
     session: str | None,
     resume_with: list[str],
+    allowed_modules: list[str] | None = None,
 ) -> None:
-    workflow = _load(workflow_path, max_tokens)
+    workflow = _load(workflow_path, max_tokens, allowed_modules)
     chosen = task if task is not None else workflow.task
     if chosen is None:
         raise typer.BadParameter("no task: pass --task or give the workflow a 'task'")
@@ -327,10 +340,11 @@ def _resume(
     max_tokens: int | None,
     store: Path,
     resume_with: list[str],
+    allowed_modules: list[str] | None = None,
 ) -> None:
     extra = _json_object(context, "--context") if context is not None else None
     session = _checked_session(session)
-    workflow = _load(workflow_path, max_tokens)
+    workflow = _load(workflow_path, max_tokens, allowed_modules)
     if not store.exists():
         _fail(f"no session store at {store}", 1)
     with _store(store) as (manager, _):
@@ -371,11 +385,13 @@ def run(
     ] = None,
     store: Store = DEFAULT_STORE,
     no_store: NoStore = False,
+    allow_module: AllowModule = None,
 ) -> None:
     """Run a workflow file: its agents, topology and execution settings. The run is a durable
     session (see --store): if it is interrupted, `orchestra resume` goes on from its last step."""
-    command = ["orchestra", "resume", str(workflow)]
-    _execute(workflow, task, verbosity, None, None if no_store else store, session, command)
+    command = ["orchestra", "resume", str(workflow), *_allow_options(allow_module)]
+    kept = None if no_store else store
+    _execute(workflow, task, verbosity, None, kept, session, command, allow_module)
 
 
 @app.command()
@@ -388,11 +404,17 @@ def resume(
     ] = None,
     verbosity: ResumedVerbosity = None,
     store: Store = DEFAULT_STORE,
+    allow_module: AllowModule = None,
 ) -> None:
     """Go on with an interrupted or paused session from its last completed step (a session
     whose last run ended shows its stored result)."""
-    command = ["orchestra", "resume", str(workflow)]
-    _resume(workflow, session, context, verbosity, None, store, command)
+    command = ["orchestra", "resume", str(workflow), *_allow_options(allow_module)]
+    _resume(workflow, session, context, verbosity, None, store, command, allow_module)
+
+
+def _allow_options(modules: list[str] | None) -> list[str]:
+    """The --allow-module options again, for the command that resumes the session."""
+    return [option for module in modules or [] for option in ("--allow-module", module)]
 
 
 @app.command()

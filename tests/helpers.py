@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -204,7 +205,8 @@ def _cli(args: tuple[str, ...]) -> list[str]:
 _CLI_ENV = {
     "COLUMNS": "150",
     "PATH": "/usr/bin:/bin",
-    "PYTHONPATH": str(TESTS),
+    # the checkout under test first: an installed (or editable) orchestra may be another one
+    "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
     "HOME": str(Path.home()),
 }
 
