@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, NamedTuple, NoReturn
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -36,6 +35,7 @@ from orchestra.errors import (
 )
 from orchestra.models.defaults import default_model_config
 from orchestra.workflow import Workflow, load_workflow
+from orchestra.workflow_source import WorkflowError, read_source
 
 app = typer.Typer(
     help="Orchestra: durable, fast, observable multi-agent workflows.",
@@ -525,18 +525,11 @@ async def _delete(manager: StateManager, sessions: list[str]) -> bool:
 
 
 def _load_topology_file(path: Path) -> Any:
+    """The file's data, read within the limits of a workflow file (it may be as hostile)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise typer.BadParameter(f"cannot read {path}: {error.strerror}") from None
-    try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise typer.BadParameter(
-            f"{path} is not valid {path.suffix.lstrip('.')}: {error}"
-        ) from None
+        return read_source(path).data
+    except WorkflowError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 @app.command("topology")

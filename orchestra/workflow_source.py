@@ -45,7 +45,8 @@ class Source:
 
 
 def read_source(path: Path) -> Source:
-    """The parsed contents of ``path`` (JSON for ``.json``, YAML otherwise), within the limits."""
+    """The parsed contents of ``path`` (JSON for ``.json``, YAML otherwise), within the limits:
+    a workflow file, or a topology file for ``orchestra topology``."""
     text = _text(path)
     if path.suffix == ".json":
         data = _json(path, text)
@@ -60,7 +61,7 @@ def _text(path: Path) -> str:
         with path.open("rb") as file:
             raw = file.read(MAX_BYTES + 1)
     except OSError as error:
-        raise WorkflowError(f"cannot read workflow {path}: {error.strerror}") from None
+        raise WorkflowError(f"cannot read {path}: {error.strerror}") from None
     if len(raw) > MAX_BYTES:
         raise WorkflowError(
             f"{path}: larger than {MAX_BYTES} bytes, the most a workflow file may be"
