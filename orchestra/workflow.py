@@ -17,7 +17,10 @@ task: What should we research?           # default for --task
 context: {audience: engineers}
 ```
 
-Every mistake is reported with the file, the line and the field at fault.
+Every mistake is reported with the file, the line and the field at fault, before any session
+is made. A workflow file is code: ``function`` and ``tools`` name Python that is imported and
+run; ``allowed_modules`` (``--allow-module``) limits them for a file from someone else. The
+text itself is read within limits (see ``workflow_source``).
 """
 
 from __future__ import annotations
