@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, NamedTuple, NoReturn
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -36,6 +35,7 @@ from orchestra.errors import (
 )
 from orchestra.models.defaults import default_model_config
 from orchestra.workflow import Workflow, load_workflow
+from orchestra.workflow_source import WorkflowError, read_source
 
 app = typer.Typer(
     help="Orchestra: durable, fast, observable multi-agent workflows.",
@@ -209,6 +209,14 @@ Output = Annotated[
         help="Write the whole final response to this file (the terminal shows its opening).",
     ),
 ]
+AllowModule = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-module",
+        help="Import only from this module and the modules below it (repeatable): for a "
+        "workflow file you do not trust, whose function and tools name code that will run.",
+    ),
+]
 PAUSED = 3  # the exit code of a run that paused (resume it)
 INTERRUPTED = 130
 
@@ -223,9 +231,13 @@ def _say(text: str) -> None:
     console.print(text, highlight=False, soft_wrap=True)
 
 
-def _load(workflow_path: Path, max_tokens: int | None) -> Workflow:
+def _load(
+    workflow_path: Path, max_tokens: int | None, allowed_modules: list[str] | None = None
+) -> Workflow:
     try:
-        return load_workflow(workflow_path, max_tokens=max_tokens)
+        return load_workflow(
+            workflow_path, max_tokens=max_tokens, allowed_modules=allowed_modules or None
+        )
     except OrchestraError as error:
         _fail(error, 2)
 
@@ -336,8 +348,9 @@ def _execute(
     session: str | None,
     resume_with: list[str],
     output: Path | None,
+    allowed_modules: list[str] | None = None,
 ) -> None:
-    workflow = _load(workflow_path, max_tokens)
+    workflow = _load(workflow_path, max_tokens, allowed_modules)
     chosen = task if task is not None else workflow.task
     if chosen is None:
         raise typer.BadParameter("no task: pass --task or give the workflow a 'task'")
@@ -383,10 +396,11 @@ def _resume(
     store: Path,
     resume_with: list[str],
     output: Path | None,
+    allowed_modules: list[str] | None = None,
 ) -> None:
     extra = _json_object(context, "--context") if context is not None else None
     session = _checked_session(session)
-    workflow = _load(workflow_path, max_tokens)
+    workflow = _load(workflow_path, max_tokens, allowed_modules)
     if not store.exists():
         _fail(f"no session store at {store}", 1)
     with _store(store) as (manager, _):
@@ -430,12 +444,13 @@ def run(
     store: Store = DEFAULT_STORE,
     no_store: NoStore = False,
     output: Output = None,
+    allow_module: AllowModule = None,
 ) -> None:
     """Run a workflow file: its agents, topology and execution settings. The run is a durable
     session (see --store): if it is interrupted, `orchestra resume` goes on from its last step."""
-    command = ["orchestra", "resume", str(workflow)]
+    command = ["orchestra", "resume", str(workflow), *_allow_options(allow_module)]
     kept = None if no_store else store
-    _execute(workflow, task, verbosity, None, kept, session, command, output)
+    _execute(workflow, task, verbosity, None, kept, session, command, output, allow_module)
 
 
 @app.command()
@@ -449,11 +464,17 @@ def resume(
     verbosity: ResumedVerbosity = None,
     store: Store = DEFAULT_STORE,
     output: Output = None,
+    allow_module: AllowModule = None,
 ) -> None:
     """Go on with an interrupted or paused session from its last completed step (a session
     whose last run ended shows its stored result)."""
-    command = ["orchestra", "resume", str(workflow)]
-    _resume(workflow, session, context, verbosity, None, store, command, output)
+    command = ["orchestra", "resume", str(workflow), *_allow_options(allow_module)]
+    _resume(workflow, session, context, verbosity, None, store, command, output, allow_module)
+
+
+def _allow_options(modules: list[str] | None) -> list[str]:
+    """The --allow-module options again, for the command that resumes the session."""
+    return [option for module in modules or [] for option in ("--allow-module", module)]
 
 
 @app.command()
@@ -573,18 +594,11 @@ async def _delete(manager: StateManager, sessions: list[str]) -> bool:
 
 
 def _load_topology_file(path: Path) -> Any:
+    """The file's data, read within the limits of a workflow file (it may be as hostile)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise typer.BadParameter(f"cannot read {path}: {error.strerror}") from None
-    try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise typer.BadParameter(
-            f"{path} is not valid {path.suffix.lstrip('.')}: {error}"
-        ) from None
+        return read_source(path).data
+    except WorkflowError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 @app.command("topology")

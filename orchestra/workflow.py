@@ -17,22 +17,26 @@ task: What should we research?           # default for --task
 context: {audience: engineers}
 ```
 
-Every mistake is reported with the file, the line and the field at fault.
+Every mistake is reported with the file, the line and the field at fault, before any session
+is made. A workflow file is code: ``function`` and ``tools`` name Python that is imported and
+run; ``allowed_modules`` (``--allow-module``) limits them for a file from someone else. The
+text itself is read within limits (see ``workflow_source``).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
+import re
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
@@ -46,10 +50,9 @@ from orchestra.coordination.topology import Topology
 from orchestra.errors import ConfigurationError, OrchestraError, TopologyError
 from orchestra.models.config import ModelConfig
 from orchestra.models.defaults import default_model_config
+from orchestra.workflow_source import Locator, WorkflowError, read_source
 
-
-class WorkflowError(ConfigurationError):
-    """A workflow file cannot be used; the message gives file, line and field."""
+__all__ = ["Workflow", "WorkflowError", "load_workflow"]
 
 
 class _Spec(BaseModel):
@@ -104,39 +107,49 @@ class Workflow:
     context: dict[str, Any] = field(default_factory=dict)
 
 
-def load_workflow(path: Path, max_tokens: int | None = None) -> Workflow:
-    """Read, check and build a workflow file. Raises WorkflowError naming file, line, field."""
+DEFAULT_MAX_STEPS = 100
+_MAX_STEPS: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(strict=True, gt=0)])
+
+
+def load_workflow(
+    path: Path, max_tokens: int | None = None, allowed_modules: Collection[str] | None = None
+) -> Workflow:
+    """Read, check and build a workflow file. Raises WorkflowError naming file, line, field.
+
+    A workflow file is code: its ``function`` and ``tools`` name Python that is imported and
+    run. With ``allowed_modules``, every such name is checked first, and one outside those
+    modules (each name allows the module and the modules below it) refuses the whole file
+    before anything is imported."""
+    allowed = None if allowed_modules is None else _allowed(allowed_modules)
+    source = read_source(path)
+    locate = source.locate
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise WorkflowError(f"cannot read workflow {path}: {error.strerror}") from None
-    locate = _Locator(path, text)
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise WorkflowError(
-            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}"
-        ) from None
-    try:
-        spec = WorkflowSpec.model_validate(data)
+        spec = WorkflowSpec.model_validate(source.data)
     except ValidationError as error:
         raise WorkflowError(locate.validation(error)) from None
+    _check_names(spec, locate)
     try:
         topology = Topology.coerce(spec.topology)
         topology.validate()
     except TopologyError as error:
         raise WorkflowError(f"{locate.at(('topology',))}: {error}") from None
     execution = dict(spec.execution)
-    max_steps = execution.pop("max_steps", 100)
+    try:
+        max_steps = _MAX_STEPS.validate_python(execution.pop("max_steps", DEFAULT_MAX_STEPS))
+    except ValidationError as error:
+        raise WorkflowError(locate.validation(error, prefix=("execution", "max_steps"))) from None
     try:
         config = ExecutionConfig(**execution)
         errors = ErrorHandlingConfig(**spec.error_handling)
     except ValidationError as error:
         section = "execution" if "ExecutionConfig" in error.title else "error_handling"
         raise WorkflowError(locate.validation(error, prefix=(section,))) from None
+    if allowed is not None:
+        for where, reference in _references(spec):
+            _check_allowed(reference, allowed, locate.at(where))
+    _check_nodes(spec, topology, locate)
     agents = [
-        _build_agent(spec, index, agent, locate, max_tokens)
-        for index, agent in enumerate(spec.agents)
+        _build_agent(index, agent, locate, max_tokens) for index, agent in enumerate(spec.agents)
     ]
     return Workflow(
         registry=AgentRegistry(agents),
@@ -149,13 +162,51 @@ def load_workflow(path: Path, max_tokens: int | None = None) -> Workflow:
     )
 
 
+def _check_names(spec: WorkflowSpec, locate: Locator) -> None:
+    """Two agents of one name in a file are a mistake: the later one would silently win."""
+    first: dict[str, int] = {}
+    for index, agent in enumerate(spec.agents):
+        if agent.name in first:
+            earlier = locate.at(("agents", first[agent.name], "name"))
+            raise WorkflowError(
+                f"{locate.at(('agents', index, 'name'))}: agent {agent.name!r} is already "
+                f"defined (at {earlier}); each agent needs a name of its own"
+            )
+        first[agent.name] = index
+
+
+def _check_nodes(spec: WorkflowSpec, topology: Topology, locate: Locator) -> None:
+    """The file's agents are all a run from it has: a node none of them fills is its mistake,
+    found before any session is made for the run."""
+    names = {agent.name for agent in spec.agents}
+    missing = [node for node in topology.analyze().agents if node not in names]
+    if missing:
+        raise WorkflowError(
+            f"{locate.at(('topology', 'nodes'))}: no agent in this file for node(s) "
+            f"{', '.join(map(repr, missing))} (the agents are {', '.join(sorted(names))})"
+        )
+
+
+def _references(spec: WorkflowSpec) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Every import path the file names, with its field: all a workflow file can import."""
+    for index, agent in enumerate(spec.agents):
+        if agent.function:
+            yield ("agents", index, "function"), agent.function
+        for n, tool in enumerate(agent.tools):
+            yield ("agents", index, "tools", n), tool
+
+
 def _build_agent(
-    spec: WorkflowSpec, index: int, agent: AgentSpec, locate: _Locator, max_tokens: int | None
+    index: int, agent: AgentSpec, locate: Locator, max_tokens: int | None
 ) -> BaseAgent:
     where = ("agents", index)
     if agent.function:
-        fn = _import(agent.function, locate.at((*where, "function")))
-        return FunctionAgent(agent.name, fn, register=False)
+        at = locate.at((*where, "function"))
+        fn = _import(agent.function, at)
+        try:
+            return FunctionAgent(agent.name, fn, register=False)
+        except (OrchestraError, ValueError, TypeError) as error:
+            raise WorkflowError(f"{at}: {error}") from None
     tools = [_import(tool, locate.at((*where, "tools", n))) for n, tool in enumerate(agent.tools)]
     try:
         model = _model_config(agent.model, max_tokens)
@@ -174,45 +225,52 @@ def _model_config(model: ModelConfig | str | None, max_tokens: int | None) -> Mo
     return default_model_config({"ORCHESTRA_MODEL": model}, max_tokens=max_tokens)
 
 
-def _import(path: str, where: str) -> Any:
+def _module_of(path: str) -> tuple[str, str]:
+    """``module:attribute`` or ``module.attribute``, split."""
     module_name, _, attribute = path.partition(":")
     if not attribute:
         module_name, _, attribute = path.rpartition(".")
+    return module_name, attribute
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _allowed(modules: Collection[str]) -> frozenset[str]:
+    for name in modules:
+        if not _MODULE_NAME.fullmatch(name):
+            raise ConfigurationError(f"allowed module {name!r} is not a module name (a.b.c)")
+    return frozenset(modules)
+
+
+def _check_allowed(path: str, allowed: frozenset[str], where: str) -> None:
+    """A module is allowed when it, or a package above it, is named: ``pkg`` allows ``pkg``
+    and ``pkg.sub``, never ``pkgx``."""
+    module_name = _module_of(path)[0]
+    parts = module_name.split(".")
+    if not any(".".join(parts[:n]) in allowed for n in range(1, len(parts) + 1)):
+        raise WorkflowError(
+            f"{where}: {path!r} is not in an allowed module ({', '.join(sorted(allowed))}); "
+            "nothing was imported"
+        )
+
+
+def _import(path: str, where: str) -> Any:
+    """The object at ``path``, which must be callable. Whatever importing the module raises
+    is reported at its field: the module is the workflow's code, not Orchestra's."""
+    module_name, attribute = _module_of(path)
+    if not _MODULE_NAME.fullmatch(module_name) or not attribute.isidentifier():
+        raise WorkflowError(f"{where}: {path!r} is not an import path (module:attribute)")
     try:
-        return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as error:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
         raise WorkflowError(f"{where}: cannot import {path!r}: {error}") from None
-
-
-class _Locator:
-    """Maps a field path to ``file:line`` using the YAML node tree (JSON is YAML too)."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        try:
-            self.root: Any = yaml.compose(text)
-        except yaml.YAMLError:
-            self.root = None
-
-    def at(self, location: tuple[Any, ...]) -> str:
-        node, line = self.root, 1
-        for key in location:
-            if isinstance(node, yaml.MappingNode):
-                node = next((v for k, v in node.value if k.value == key), None)
-            elif (
-                isinstance(node, yaml.SequenceNode)
-                and isinstance(key, int)
-                and key < len(node.value)
-            ):
-                node = node.value[key]
-            else:
-                break
-            if node is None:
-                break
-            line = node.start_mark.line + 1
-        field_path = ".".join(str(k) if not isinstance(k, int) else f"[{k}]" for k in location)
-        return f"{self.path}:{line}: {field_path.replace('.[', '[')}"
-
-    def validation(self, error: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
-        lines = [f"{self.at((*prefix, *e['loc']))}: {e['msg']}" for e in error.errors()]
-        return "\n".join(lines)
+    except Exception as error:
+        raise WorkflowError(
+            f"{where}: importing {path!r} failed: {type(error).__name__}: {error}"
+        ) from None
+    if not callable(found):
+        raise WorkflowError(
+            f"{where}: {path!r} is a {type(found).__name__}, not a function or a tool"
+        )
+    return found

@@ -92,7 +92,18 @@ def test_topology_command_reports_unreadable_and_malformed_files(tmp_path: Path)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     malformed = run_cli("topology", str(bad))
-    assert malformed.returncode != 0 and "not valid json" in malformed.stderr
+    assert malformed.returncode != 0 and "bad.json:1: not valid JSON" in malformed.stderr
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(
+        "nodes: [A]\nx: &a0 [a, a, a, a, a, a, a, a, a]\n"
+        + "".join(f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]\n" for n in range(1, 9))
+    )
+    expanding = run_cli("topology", str(bomb))
+    assert expanding.returncode == 2 and "bomb.yaml:7: expands to more than" in expanding.stderr
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("nodes: [A]\nx: " + "[" * 500 + "]" * 500 + "\n")
+    nested = run_cli("topology", str(deep))
+    assert nested.returncode == 2 and "deep.yaml:2: nests deeper than" in nested.stderr
 
 
 # ---- sessions --------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ def test_the_cli_reports_a_bad_file_and_a_missing_one(tmp_path: Path) -> None:
     bad = run_cli("run", str(write(tmp_path, "agents: []\ntopology: {nodes: [A]}\n")))
     assert bad.returncode == 2 and "flow.yaml:1: agents" in bad.stdout
     missing = run_cli("run", str(tmp_path / "nope.yaml"))
-    assert missing.returncode == 2 and "cannot read workflow" in missing.stdout
+    assert missing.returncode == 2 and "cannot read" in missing.stdout
 
 
 def test_a_workflow_without_a_task_needs_one_on_the_command_line(tmp_path: Path) -> None:
