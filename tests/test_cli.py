@@ -392,3 +392,18 @@ def test_topology_command_draws_a_label_as_text_not_markup(tmp_path: Path) -> No
     drawn = run_cli("topology", str(flow))
     assert drawn.returncode == 0, drawn.stdout + drawn.stderr
     assert 'n0 -->|"[/bold] ok"| n1' in drawn.stdout
+
+
+def test_paths_are_printed_as_text_not_markup(tmp_path: Path) -> None:
+    """Rich read paths as markup: "[red]" in a folder's name vanished from the topology
+    panel's title and the sessions listing (and a closing tag would raise MarkupError)."""
+    folder = tmp_path / "[red]x"
+    folder.mkdir()
+    flow = folder / "flow.yaml"
+    flow.write_text("nodes: [A, B]\nedges: ['A -> B']\n")
+    drawn = run_cli("topology", str(flow))
+    assert drawn.returncode == 0, drawn.stdout + drawn.stderr
+    assert "[red]x" in drawn.stdout
+    listed = run_cli("sessions", "list", "--store", str(folder / "sessions.db"))
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "[red]x" in listed.stdout

@@ -1,0 +1,126 @@
+"""What the command line prints: results, topologies, lines to copy. Text that comes from a
+run (a model's response, an error, a path) is printed as text, never read as rich markup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from orchestra.coordination.results import OrchestraResult
+from orchestra.coordination.topology import Topology
+
+console = Console()
+
+
+def _roles_table(topology: Topology) -> Table:
+    summary = topology.analyze().summary()
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    for key, value in summary.items():
+        items = [f"({', '.join(v)})" if isinstance(v, list) else str(v) for v in value]
+        shown = ", ".join(items) if items else "-"
+        table.add_row(f"[bold]{key.replace('_', ' ')}[/bold]", shown)
+    return table
+
+
+def show_topology(title: str, topology: Topology) -> None:
+    """Print a topology's roles and its Mermaid diagram."""
+    console.print(Panel.fit(_roles_table(topology), title=escape(title)))
+    console.print(topology.to_mermaid(), highlight=False, markup=False)
+    console.print()
+
+
+PREVIEW_LINES = 40
+PREVIEW_CHARS = 4_000
+"""How much of a final response the command line draws. Drawing text in a panel costs rich
+time that grows faster than the text (7.5 s for 4 MB, minutes for 50 MB), and a terminal shows
+a screenful: a longer response is previewed, and a line under it says where the whole is."""
+
+
+def _preview(text: str) -> str:
+    """The opening of ``text``: at most PREVIEW_LINES lines of at most PREVIEW_CHARS in all
+    (only that much of it is read)."""
+    head = text[:PREVIEW_CHARS]
+    lines = head.split("\n", PREVIEW_LINES)
+    return "\n".join(lines[:PREVIEW_LINES]) if len(lines) > PREVIEW_LINES else head
+
+
+def _print_response(text: str, output: Path | None, again: str | None) -> None:
+    """The final response, as text (never read as rich markup), previewed when long; the whole
+    of it is written to ``output`` when one was given, else the line under it says how to get
+    it (``again``: the command that shows a kept session's result)."""
+    if output is not None:
+        _save(output, text)
+    preview = _preview(text)
+    console.print(Panel(escape(preview), title="Final response"))
+    if output is not None:
+        say(f"The whole response ({len(text):,} characters) is in {escape(str(output))}")
+    elif len(preview) < len(text):
+        where = f"{again} --output FILE" if again else "run again with --output FILE"
+        say(
+            f"{len(text) - len(preview):,} more characters not shown ({len(text):,} in all); "
+            f"the whole response: {escape(where)}"
+        )
+
+
+def _save(output: Path, text: str) -> None:
+    """``text`` in the file ``output``, as UTF-8 (what UTF-8 cannot hold, such as a lone
+    surrogate a model wrote as an escape, as a backslash escape)."""
+    try:
+        output.write_text(text, encoding="utf-8", errors="backslashreplace")
+    except OSError as error:
+        fail(f"the response could not be written to {output}: {error.strerror or error}", 1)
+
+
+def print_result(
+    result: OrchestraResult, output: Path | None = None, again: str | None = None
+) -> None:
+    if result.success:
+        _print_response(result.get_final_response_as_text(), output, again)
+    elif result.metadata.get("paused"):
+        reason = result.metadata.get("pause_reason") or "no reason given"
+        console.print(Panel(escape(str(reason)), title="Paused", style="yellow"))
+    else:
+        console.print(Panel(escape(str(result.error)), title="The run failed", style="red"))
+    metrics = result.get_metrics()
+    table = Table(title="Per agent")
+    for column in ("agent", "steps", "invocations", "time (ms)", "prompt", "completion", "cost"):
+        table.add_column(column)
+    for name, row in metrics["agents"].items():
+        table.add_row(
+            name,
+            str(row["steps"]),
+            str(row["invocations"]),
+            f"{row['time_in_agent'] * 1000:.1f}",
+            str(row["prompt_tokens"]),
+            str(row["completion_tokens"]),
+            "-" if row["cost_usd"] is None else f"${row['cost_usd']:.6f}",
+        )
+    console.print(table)
+    branches = Table(title="Branches")
+    for column in ("branch", "status", "steps", "agents"):
+        branches.add_column(column)
+    for branch in result.branch_results:
+        branches.add_row(
+            branch.branch_id, branch.status, str(branch.step_count), " -> ".join(branch.agents)
+        )
+    console.print(branches)
+    milliseconds = result.total_duration * 1000
+    console.print(
+        f"{result.total_steps} steps in {milliseconds:.1f} ms, session {result.session_id}"
+    )
+
+
+def fail(message: object, code: int) -> NoReturn:
+    say(f"[red]{escape(str(message))}[/red]")
+    raise typer.Exit(code)
+
+
+def say(text: str) -> None:
+    """A line as it is: never wrapped, so a command in it can be copied."""
+    console.print(text, highlight=False, soft_wrap=True)
