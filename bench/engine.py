@@ -66,10 +66,15 @@ async def chain_run(steps: int) -> tuple[float, int]:
     return elapsed, result.total_steps
 
 
-async def function_chain_run(steps: int) -> tuple[float, int]:
-    """The same ring with function agents (no prompt or conversation at all)."""
+async def same(item: Any, context: Any) -> Any:
+    return item
+
+
+async def function_chain_run(steps: int, function: Any = same) -> tuple[float, int]:
+    """The same ring with function agents (no prompt or conversation at all): coroutine
+    functions run on the event loop, plain ones each on a thread (so timeouts can stop them)."""
     names = [f"F{i}" for i in range(CHAIN)]
-    registry = AgentRegistry([FunctionAgent(n, lambda x, c: x, register=False) for n in names])
+    registry = AgentRegistry([FunctionAgent(n, function, register=False) for n in names])
     started = time.perf_counter()
     result = await Orchestra.run(
         "bench",
@@ -164,6 +169,14 @@ def main() -> None:
     functions = best_of(5, lambda: function_chain_run(steps))
     per_step_fn = min(elapsed / count for elapsed, count in functions) * 1e6
     rows.append((f"10-agent function chain, {steps} steps", f"{per_step_fn:.1f} µs/step"))
+    threaded = best_of(5, lambda: function_chain_run(steps // 4, lambda item, context: item))
+    per_step_sync = min(elapsed / count for elapsed, count in threaded) * 1e6
+    rows.append(
+        (
+            f"the same with sync functions (each step on a thread), {steps // 4} steps",
+            f"{per_step_sync:.1f} µs/step",
+        )
+    )
     fan = best_of(5, lambda: fan_out_run(1000, 0.1))
     rows.append(
         (

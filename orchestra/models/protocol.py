@@ -56,19 +56,36 @@ def read_json(text: str) -> Any:
 
 
 def check_nesting(value: Any) -> None:
-    """:class:`UnreadableJSON` when ``value`` nests deeper than :data:`MAX_NESTING` (a walk
-    with a stack of its own: recursion would fail on the very values it looks for)."""
-    pending: list[tuple[Any, int]] = [(value, 1)] if _is_container(value) else []
-    while pending:
-        item, depth = pending.pop()
-        if depth > MAX_NESTING:
-            raise UnreadableJSON(_TOO_DEEP)
-        children = item.values() if isinstance(item, Mapping) else item
-        pending.extend((child, depth + 1) for child in children if _is_container(child))
+    """:class:`UnreadableJSON` when ``value`` nests deeper than :data:`MAX_NESTING`. It runs on
+    every reply, so the usual shallow one costs a few type checks; the recursion stops at
+    :data:`MAX_NESTING` levels, however deep the value goes."""
+    if _deeper_than(value, MAX_NESTING):
+        raise UnreadableJSON(_TOO_DEEP)
 
 
-def _is_container(value: Any) -> bool:
-    return isinstance(value, Mapping | list | tuple)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _deeper_than(value: Any, levels: int) -> bool:
+    kind = type(value)
+    if kind is dict:
+        children: Iterable[Any] = value.values()
+    elif kind is list or kind is tuple:
+        children = value
+    elif kind in _SCALARS:
+        return False
+    elif isinstance(value, Mapping):
+        children = value.values()
+    elif isinstance(value, list | tuple):
+        children = value
+    else:
+        return False
+    if levels == 0:
+        return True
+    for child in children:
+        if type(child) not in _SCALARS and _deeper_than(child, levels - 1):
+            return True
+    return False
 
 
 def answer_only(info: StepInfo) -> bool:
