@@ -207,5 +207,10 @@ class UnstorableValueError(SessionError):
     refused where it was produced, before anything is lost; the message names the type."""
 
 
+class RecordTooLargeError(UnstorableValueError):
+    """A record would be larger than a session stores (``records.MAX_RECORD_CHARS``): refused
+    before it is written; the message names the session, the record and its largest field."""
+
+
 def _rebuild_model_error(message: str, keywords: dict[str, Any]) -> ModelAPIError:
     return ModelAPIError(message, **keywords)

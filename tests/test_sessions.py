@@ -53,6 +53,7 @@ from orchestra.coordination.state import records as records_module
 from orchestra.errors import (
     ConfigurationError,
     InvalidSessionIdError,
+    RecordTooLargeError,
     SessionCorruptedError,
     SessionError,
     SessionFormatError,
@@ -908,13 +909,17 @@ async def test_a_record_over_the_size_limit_is_refused_before_it_is_written(
         done = await wait(orchestra.execute("small", context={"session_id": "kept"}))
         assert done.success, done.error
         kept = await storage.read("kept")
-        with pytest.raises(ConfigurationError, match=r"'huge'.*over the limit.*'task'"):
+        with pytest.raises(ConfigurationError, match=r"'huge'.*over the limit.*'task'") as info:
             await wait(orchestra.execute("x" * 5000, context={"session_id": "huge"}))
+        assert "too large to store" in str(info.value)
+        assert "register the type" not in str(info.value)  # no advice that cannot help
         assert not await storage.exists("huge") and await storage.read("kept") == kept
 
         big = pipeline_instance(storage, {"Only": lambda task, context: "y" * 5000})
         failed = await wait(big.execute("small", context={"session_id": "step"}))
         assert not failed.success and "over the limit" in str(failed.error)
+        assert failed.metadata["error_type"] == RecordTooLargeError.__name__
+        assert "register the type" not in str(failed.error)
 
         await storage.append("stored", ["z" * 5000], durable=True, after=0)
         with pytest.raises(SessionCorruptedError, match=r"'stored': record 1 .*over the limit"):

@@ -15,6 +15,7 @@ from typing import Any
 from orchestra.errors import (
     ConfigurationError,
     OrchestraError,
+    RecordTooLargeError,
     SessionError,
     SessionNotFoundError,
     UnstorableValueError,
@@ -56,6 +57,10 @@ async def execute(
         runner.journal = Journal(writer)
         try:
             runner.start(first)  # nothing runs until the header is durable
+        except RecordTooLargeError as error:
+            raise ConfigurationError(
+                f"the task or context is too large to store: {error}"
+            ) from None
         except UnstorableValueError as error:
             raise ConfigurationError(
                 f"session {session_id!r}: the task or context holds {error}, which a session "

@@ -28,6 +28,7 @@ from orchestra.errors import (
     BranchTimeoutError,
     InternalError,
     OrchestraError,
+    RecordTooLargeError,
     RunTimeoutError,
     SessionCorruptedError,
     StepTimeoutError,
@@ -421,12 +422,7 @@ class Runner:
         try:
             self.feed(item)
         except UnstorableValueError as error:
-            refused = UnstorableValueError(
-                f"agent {branch.agent!r} (branch {branch.id}) returned {error}; the session log "
-                "cannot store it, so the step is refused. Return JSON-compatible data, or "
-                "register the type: orchestra.coordination.state.register_type(...)"
-            )
-            self._step_failed(branch, refused, added, duration)
+            self._step_failed(branch, _unstorable_step(branch, error), added, duration)
 
     def _step_failed(
         self, branch: Branch, error: OrchestraError, added: tuple[Message, ...], duration: float
@@ -579,3 +575,17 @@ def _as_step_error(agent: str, error: Exception) -> OrchestraError:
 def _give_back(pool: AgentPool, leasing: asyncio.Future[BaseAgent]) -> None:
     if not leasing.cancelled() and leasing.exception() is None:
         pool.release(leasing.result())
+
+
+def _unstorable_step(branch: Branch, error: UnstorableValueError) -> UnstorableValueError:
+    """Why a step whose outcome the log cannot hold is refused, and what to do about it."""
+    if isinstance(error, RecordTooLargeError):
+        return RecordTooLargeError(
+            f"agent {branch.agent!r} (branch {branch.id}) returned too much to store, so the "
+            f"step is refused: {error}"
+        )
+    return UnstorableValueError(
+        f"agent {branch.agent!r} (branch {branch.id}) returned {error}; the session log "
+        "cannot store it, so the step is refused. Return JSON-compatible data, or "
+        "register the type: orchestra.coordination.state.register_type(...)"
+    )

@@ -17,7 +17,7 @@ from pydantic_core import PydanticSerializationError, from_json, to_json
 from orchestra.agents.contract import Action, Invocation, StepInput
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.topology import Labeled
-from orchestra.errors import SessionFormatError, UnstorableValueError
+from orchestra.errors import RecordTooLargeError, SessionFormatError
 from orchestra.models.base import Message, ToolCall, Usage
 
 from . import migrations
@@ -29,7 +29,7 @@ FORMAT = 2
 
 MAX_RECORD_CHARS = 64 * 1024 * 1024
 """The longest record (characters of its JSON line) a log takes or reads: a larger one is
-refused before it is written (``UnstorableValueError``, naming the session and the largest
+refused before it is written (``RecordTooLargeError``, naming the session and the largest
 field), and one found in a log is damage, refused before it is parsed. A quarter of a
 snapshot's limit (``snapshots.MAX_BYTES``), which holds every record's content."""
 
@@ -128,13 +128,13 @@ def encode(item: inp.Record, position: int) -> str:
 
 
 def check_size(line: str, session_id: str, position: int) -> None:
-    """Refuse (``UnstorableValueError``) a record over :data:`MAX_RECORD_CHARS`, naming its
+    """Refuse (``RecordTooLargeError``) a record over :data:`MAX_RECORD_CHARS`, naming its
     largest field: a YAML alias bomb once made a 303 MB run header."""
     if len(line) <= MAX_RECORD_CHARS:
         return
     data = loads(line)
     field, value = max(data.items(), key=lambda item: len(dumps({"v": item[1]})))
-    raise UnstorableValueError(
+    raise RecordTooLargeError(
         f"session {session_id!r}: record {position} ({data.get('t')}) would be {len(line)} "
         f"characters, over the limit of {MAX_RECORD_CHARS}; its largest field is {field!r} "
         f"({len(dumps({'v': value}))} characters). Nothing of it was written"
