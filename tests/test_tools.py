@@ -62,6 +62,16 @@ async def test_sync_tools_run_in_a_worker_thread_and_async_tools_on_the_loop() -
     assert await Tool(where_async).run({}) == threading.current_thread().name
 
 
+async def test_an_object_whose_call_is_async_is_awaited() -> None:
+    """Taken for a sync function, it ran on a thread and its result was the coroutine."""
+
+    class Lookup:
+        async def __call__(self, key: str) -> str:
+            return f"value of {key}"
+
+    assert await Tool(Lookup(), name="lookup").run({"key": "k"}) == "value of k"
+
+
 async def test_a_tool_past_its_time_limit_is_a_tool_error() -> None:
     never = asyncio.Event()
 

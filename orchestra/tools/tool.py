@@ -78,7 +78,10 @@ class Tool:
             async with asyncio.timeout(self.timeout):
                 if self.is_async:
                     return await self.fn(**values)
-                return await USER_CODE.call(self.fn, **values)
+                result = await USER_CODE.call(self.fn, **values)
+                if inspect.isawaitable(result):  # an object whose __call__ is async, say
+                    result = await result
+                return result
         except TimeoutError:
             raise ToolError(
                 f"tool {self.name!r} took longer than its timeout of {self.timeout}s"
