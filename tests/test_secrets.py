@@ -24,6 +24,7 @@ from orchestra import ErrorHandlingConfig, OrchestraResult, StatusConfig
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.monitoring.status import StatusPrinter
 from orchestra.coordination.state import FileStorageBackend, StateManager
+from orchestra.errors import ConfigurationError
 from orchestra.models import Message, StepInfo, secrets
 from orchestra.models.config import ModelConfig
 from orchestra.models.secrets import REDACTED, redact
@@ -236,3 +237,17 @@ def test_copies_keep_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     config = ModelConfig(provider="openai", name="m", api_key=KEY)
     for copied in (copy.copy(config), copy.deepcopy(config), config.model_copy()):
         assert copied.resolved_api_key() == KEY
+
+
+def test_whitespace_around_a_key_is_dropped_and_a_control_character_in_it_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key read from a file kept its newline: httpx refused the header, and the call was
+    retried as if the server could not be reached."""
+    assert ModelConfig(provider="openai", name="m", api_key=KEY + "\n").resolved_api_key() == KEY
+    monkeypatch.setenv("ANTHROPIC_API_KEY", f"  {KEY}\r\n")
+    assert ModelConfig(provider="anthropic", name="m").resolved_api_key() == KEY
+    broken = ModelConfig(provider="openai", name="m", api_key=KEY[:8] + "\n" + KEY[8:])
+    with pytest.raises(ConfigurationError, match="control character") as info:
+        broken.resolved_api_key()
+    assert KEY[8:] not in str(info.value) and KEY[:8] not in str(info.value)

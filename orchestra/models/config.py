@@ -77,13 +77,23 @@ class ModelConfig(BaseModel):
         """The key to send; a ConfigurationError naming the variable when none is available.
 
         The key found is remembered, so any error text the adapter reports has it redacted.
+        Whitespace around it (the newline of a key read from a file) is dropped; a key with
+        a control character inside cannot be sent in a header, and is refused here rather
+        than retried as a network failure.
         """
         variable = _KEY_VARIABLES.get(self.provider)
         given = self.api_key.get_secret_value() if self.api_key else None
         found = given or (os.environ.get(variable) if variable else None)
         if found:
             secrets.remember(found)
-            return found
+            key = found.strip()
+            if not key.isprintable():
+                where = "ModelConfig(api_key=...)" if given else variable
+                raise ConfigurationError(
+                    f"{self.provider} model {self.name!r}: the API key from {where} holds a "
+                    "control character, which no HTTP header can carry"
+                )
+            return key
         if self.base_url:
             return "no-key-needed"
         raise ConfigurationError(
