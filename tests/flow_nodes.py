@@ -87,3 +87,8 @@ def sleep_a_minute(data: Any, context: Mapping[str, Any]) -> str:
     """A sync node far slower than any step_timeout the tests give it."""
     time.sleep(60)
     return f"{data}+Slept"
+
+
+def fail_at_length(data: Any, context: Mapping[str, Any]) -> str:
+    """Fails with an error message ``context["length"]`` characters long."""
+    raise ValueError("e" * int(context["length"]))

@@ -9,6 +9,7 @@ import sqlite3
 import textwrap
 from pathlib import Path
 
+import pytest
 from helpers import run_cli, start_cli
 from storage_backends import sqlite_store_damaged_at
 
@@ -367,9 +368,56 @@ def test_a_run_without_a_store_writes_its_response_with_output(tmp_path: Path) -
     assert whole.read_text() == "0123456789" * 1_000
     missing = tmp_path / "no" / "such" / "folder.txt"
     refused = run_cli("run", str(flow), "--task", "x", "--no-store", "--output", str(missing))
-    assert refused.returncode == 1
-    assert f"the response could not be written to {missing}" in refused.stdout.replace("\n", "")
+    assert refused.returncode == 2  # refused before anything runs: found after, it was lost
+    assert f"{missing.parent} is no folder this process can write to" in refused.stdout.replace(
+        "\n", ""
+    )
+    assert "run succeeded" not in refused.stderr
     assert "Traceback" not in refused.stdout + refused.stderr
+
+
+@pytest.mark.parametrize("target", ["folder", "store", "workflow"])
+def test_an_output_that_would_overwrite_what_the_run_uses_is_refused_first(
+    tmp_path: Path, target: str
+) -> None:
+    """--output naming the store overwrote the open database after the run (the store was
+    damaged from then on); naming a folder lost the response after the run."""
+    flow = repeating(tmp_path, 3)
+    store = tmp_path / "kept.db"
+    output = {"folder": tmp_path, "store": store, "workflow": flow}[target]
+    before = flow.read_bytes()
+    refused = run_cli(
+        "run", str(flow), "--task", "x", "--store", str(store), "--output", str(output)
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "--output" in refused.stdout and "run succeeded" not in refused.stderr
+    assert flow.read_bytes() == before and not store.exists()
+
+
+def test_run_text_is_shown_as_text_on_the_terminal(tmp_path: Path) -> None:
+    """Rich turned ":ok:" into an emoji, and control characters reached the terminal as they
+    were: ESC [2J cleared the screen, a carriage return overwrote the line."""
+    flow = repeating(tmp_path, 1)
+    task = "ratio 1:ok: \x1b[2Jclear\rback \u202eevil"
+    done = run_cli("run", str(flow), "--task", task, "--no-store", "-v", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = done.stdout.replace("\n", "").replace("│", "")
+    assert "ratio 1:ok: \\x1b[2Jclear\\x0dback \\u202eevil" in shown
+    for stream in (done.stdout, done.stderr):
+        assert "\x1b[2J" not in stream and "\r" not in stream and "\u202e" not in stream
+
+
+def test_a_long_error_is_previewed_too(tmp_path: Path) -> None:
+    """Only a final response was previewed: a 4 MB error took 8.6 s to draw, 12 MB printed."""
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(
+        "agents: [{name: A, function: 'flow_nodes:fail_at_length'}]\ntopology: {nodes: [A]}\n"
+        "context: {length: 4000000}\nerror_handling: {max_retries: 0}\n"
+    )
+    failed = run_cli("run", str(flow), "--task", "x", "--no-store")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert len(failed.stdout) < 20_000 and len(failed.stderr) < 20_000
+    assert "more characters not shown" in failed.stdout
 
 
 def test_a_final_response_is_drawn_as_text_not_markup(tmp_path: Path) -> None:

@@ -76,3 +76,18 @@ def test_each_kind_of_action_shows_what_it_carries(action: Action, detail: list[
     first, *rest = out.getvalue().splitlines()
     assert first.startswith("[r] step    1     b0 A: ")
     assert [line.strip() for line in rest] == detail  # the replayed one printed nothing
+
+
+def test_run_text_in_a_status_line_is_escaped_and_bounded() -> None:
+    """A model's or a tool's text reached the terminal as it was (ESC [2J cleared the screen)
+    and whole (a 4 MB error printed 4 MB)."""
+    out = io.StringIO()
+    printer = StatusPrinter(StatusConfig(verbosity=1), out)
+    error = "\x1b[2Jgone\r" + "e" * 5000
+    printer(
+        ev.BranchFailed(run_id="r", at=0.0, branch_id="b0", agent="A", error_type="X", error=error)
+    )
+    line = out.getvalue()
+    assert "\x1b" not in line and "\r" not in line
+    assert "\\x1b[2Jgone\\x0d" in line and "more characters)" in line
+    assert len(line) < 1100

@@ -24,7 +24,7 @@ from orchestra.workflow import Workflow, load_workflow
 from orchestra.workflow_source import WorkflowError, read_source
 
 from .store import DEFAULT_STORE, Store, open_store, resume_command, sessions_app, state_of
-from .terminal import console, fail, print_result, say, show_topology
+from .terminal import check_output, console, fail, print_result, say, show_topology
 
 app = typer.Typer(
     help="Orchestra: durable, fast, observable multi-agent workflows.",
@@ -190,6 +190,7 @@ def _execute(
     output: Path | None,
     allowed_modules: list[str] | None = None,
 ) -> None:
+    check_output(output, workflow_path, store)
     workflow = _load(workflow_path, max_tokens, allowed_modules)
     chosen = task if task is not None else workflow.task
     if chosen is None:
@@ -240,6 +241,7 @@ def _resume(
 ) -> None:
     extra = _json_object(context, "--context") if context is not None else None
     session = _checked_session(session)
+    check_output(output, workflow_path, store)
     workflow = _load(workflow_path, max_tokens, allowed_modules)
     if not store.exists():
         fail(f"no session store at {store}", 1)

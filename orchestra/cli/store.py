@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from orchestra.coordination.monitoring.text import printable
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import SessionLog
 from orchestra.errors import ConfigurationError, OrchestraError, SessionError, SessionNotFoundError
@@ -118,7 +119,7 @@ async def _session_rows(
             steps = run.steps if run else 0
             task = str(run.start.task) if run else ""
         except (OrchestraError, KeyError, TypeError, ValueError) as error:
-            rows.append((session_id, escape(f"unreadable: {error}"), "", "", ""))
+            rows.append((session_id, escape(printable(f"unreadable: {error}", 200)), "", "", ""))
             continue
         state = "running" if await backend.held(session_id) else run_state(log)
         rows.append(
@@ -127,7 +128,7 @@ async def _session_rows(
                 str(state),
                 str(len(log.runs)),
                 str(steps),
-                escape(task if len(task) <= 48 else task[:47] + "…"),
+                escape(printable(task if len(task) <= 48 else task[:47] + "…")),
             )
         )
     return rows, await backend.damage()

@@ -1,8 +1,11 @@
 """What the command line prints: results, topologies, lines to copy. Text that comes from a
-run (a model's response, an error, a path) is printed as text, never read as rich markup."""
+run (a model's response, an error, a path) is printed as text: never read as rich markup or
+emoji codes, its control characters shown as escapes (see
+:mod:`orchestra.coordination.monitoring.text`), and bounded."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NoReturn
 
@@ -12,10 +15,11 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from orchestra.coordination.monitoring.text import printable
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.topology import Topology
 
-console = Console()
+console = Console(emoji=False)  # ":ok:" in a response or a path is text, not an emoji
 
 
 def _roles_table(topology: Topology) -> Table:
@@ -31,7 +35,7 @@ def _roles_table(topology: Topology) -> Table:
 def show_topology(title: str, topology: Topology) -> None:
     """Print a topology's roles and its Mermaid diagram."""
     console.print(Panel.fit(_roles_table(topology), title=escape(title)))
-    console.print(topology.to_mermaid(), highlight=False, markup=False)
+    console.print(topology.to_mermaid(), highlight=False, markup=False, soft_wrap=True)
     console.print()
 
 
@@ -51,21 +55,50 @@ def _preview(text: str) -> str:
 
 
 def _print_response(text: str, output: Path | None, again: str | None) -> None:
-    """The final response, as text (never read as rich markup), previewed when long; the whole
-    of it is written to ``output`` when one was given, else the line under it says how to get
-    it (``again``: the command that shows a kept session's result)."""
+    """The final response, previewed when long; the whole of it is written to ``output`` when
+    one was given, else the line under it says how to get it (``again``: the command that
+    shows a kept session's result)."""
     if output is not None:
         _save(output, text)
-    preview = _preview(text)
-    console.print(Panel(escape(preview), title="Final response"))
+    shown = _panel(text, "Final response")
     if output is not None:
         say(f"The whole response ({len(text):,} characters) is in {escape(str(output))}")
-    elif len(preview) < len(text):
+    elif shown < len(text):
         where = f"{again} --output FILE" if again else "run again with --output FILE"
         say(
-            f"{len(text) - len(preview):,} more characters not shown ({len(text):,} in all); "
+            f"{len(text) - shown:,} more characters not shown ({len(text):,} in all); "
             f"the whole response: {escape(where)}"
         )
+
+
+def _panel(text: str, title: str, style: str = "") -> int:
+    """Draw ``text`` (its preview) in a panel; how many of its characters were drawn."""
+    preview = _preview(text)
+    console.print(Panel(escape(printable(preview)), title=title, style=style))
+    return len(preview)
+
+
+def _bounded_panel(text: str, title: str, style: str) -> None:
+    shown = _panel(text, title, style)
+    if shown < len(text):
+        say(f"{len(text) - shown:,} more characters not shown ({len(text):,} in all)")
+
+
+def check_output(output: Path | None, *kept: Path | None) -> None:
+    """Refuse (exit 2), before anything runs, an ``--output`` the response could not be
+    written to, or one that would overwrite a file the run uses (``kept``: the workflow file,
+    the session store): found after the run, the response would be lost."""
+    if output is None:
+        return
+    if output.is_dir():
+        fail(f"--output {output} is a folder: name a file", 2)
+    folder = output.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        fail(f"--output {output}: {folder} is no folder this process can write to", 2)
+    target = output.resolve()
+    for path in kept:
+        if path is not None and path.resolve() == target:
+            fail(f"--output {output} is the file {path}, which the run uses", 2)
 
 
 def _save(output: Path, text: str) -> None:
@@ -83,10 +116,10 @@ def print_result(
     if result.success:
         _print_response(result.get_final_response_as_text(), output, again)
     elif result.metadata.get("paused"):
-        reason = result.metadata.get("pause_reason") or "no reason given"
-        console.print(Panel(escape(str(reason)), title="Paused", style="yellow"))
+        reason = str(result.metadata.get("pause_reason") or "no reason given")
+        _bounded_panel(reason, "Paused", "yellow")
     else:
-        console.print(Panel(escape(str(result.error)), title="The run failed", style="red"))
+        _bounded_panel(str(result.error), "The run failed", "red")
     metrics = result.get_metrics()
     table = Table(title="Per agent")
     for column in ("agent", "steps", "invocations", "time (ms)", "prompt", "completion", "cost"):
@@ -123,4 +156,4 @@ def fail(message: object, code: int) -> NoReturn:
 
 def say(text: str) -> None:
     """A line as it is: never wrapped, so a command in it can be copied."""
-    console.print(text, highlight=False, soft_wrap=True)
+    console.print(printable(text), highlight=False, soft_wrap=True)

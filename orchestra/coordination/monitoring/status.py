@@ -9,8 +9,13 @@ from orchestra.agents.contract import Action, ActionKind
 from orchestra.coordination.config import StatusConfig, VerbosityLevel
 from orchestra.coordination.engine import events as ev
 
+from .text import cut, printable
+
 PREVIEW = 200
 """Characters of an action's content shown with ``show_actions`` (the rest is cut)."""
+TEXT_LIMIT = 1000
+"""Characters of an error, a pause reason, a rejected reply's problem or a question shown in a
+status line (the rest is cut, saying how much)."""
 
 
 class StatusPrinter:
@@ -36,7 +41,7 @@ class StatusPrinter:
             return
         line = self._line(event)
         if line:
-            print(line, file=self.out, flush=True)
+            print(printable(line), file=self.out, flush=True)
 
     def _line(self, event: ev.Event) -> str | None:
         verbose = self.config.verbosity >= VerbosityLevel.VERBOSE
@@ -50,26 +55,27 @@ class StatusPrinter:
             return line
         if isinstance(event, ev.BranchFailed):
             return (
-                f"[{event.run_id}] branch {event.branch_id} failed at {event.agent}: {event.error}"
+                f"[{event.run_id}] branch {event.branch_id} failed at {event.agent}: "
+                f"{_cut(event.error)}"
             )
         if isinstance(event, ev.RunCompleted):
-            outcome = "succeeded" if event.success else f"failed: {event.error}"
+            outcome = "succeeded" if event.success else f"failed: {_cut(event.error or '')}"
             return f"[{event.run_id}] run {outcome} in {event.duration:.2f}s, {event.total_steps} steps"
         if isinstance(event, ev.RunPaused):
-            reason = f": {event.reason}" if event.reason else ""
+            reason = f": {_cut(event.reason)}" if event.reason else ""
             return f"[{event.run_id}] run paused{reason} after {event.total_steps} steps"
         if isinstance(event, ev.RunResumed):
             return f"[{event.run_id}] run resumed"
         if not verbose:
             return None
         if isinstance(event, ev.ActionRejected):
-            return f"[{event.run_id}] step {event.step:>4} {event.branch_id:>6} {event.agent}: rejected ({event.problem})"
+            return f"[{event.run_id}] step {event.step:>4} {event.branch_id:>6} {event.agent}: rejected ({_cut(event.problem)})"
         if isinstance(event, ev.FanOutStarted):
             return f"[{event.run_id}] fan-out {event.fan_out_id} from {event.source}: {', '.join(event.targets)}"
         if isinstance(event, ev.ConvergenceReached):
             return f"[{event.run_id}] fan-out {event.fan_out_id} converged ({event.outcome}): {event.succeeded} ok, {event.failed} failed"
         if isinstance(event, ev.UserInputRequested):
-            return f"[{event.run_id}] {event.agent} asks the user: {event.question}"
+            return f"[{event.run_id}] {event.agent} asks the user: {_cut(event.question)}"
         return None
 
 
@@ -88,3 +94,7 @@ def _preview(value: Any) -> str:
     text = value if isinstance(value, str) else repr(value)
     text = " ".join(text[: PREVIEW * 2].split())
     return text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"
+
+
+def _cut(text: str) -> str:
+    return cut(text, TEXT_LIMIT)
