@@ -442,6 +442,19 @@ def test_topology_command_draws_a_label_as_text_not_markup(tmp_path: Path) -> No
     assert 'n0 -->|"[/bold] ok"| n1' in drawn.stdout
 
 
+def test_the_diagram_is_printed_unwrapped_so_its_source_holds(tmp_path: Path) -> None:
+    """A condition label longer than the terminal is wide was wrapped onto two lines."""
+    label = "when " + "the reviewer approved it " * 8
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(
+        "nodes: [A, B]\n"
+        f"edges: [{{source: A, target: B, metadata: {{condition: '{label}'}}}}, 'B -> User']\n"
+    )
+    drawn = run_cli("topology", str(flow))
+    assert drawn.returncode == 0, drawn.stdout + drawn.stderr
+    assert f'    n0 -->|"{label}"| n1' in drawn.stdout.splitlines()
+
+
 def test_paths_are_printed_as_text_not_markup(tmp_path: Path) -> None:
     """Rich read paths as markup: "[red]" in a folder's name vanished from the topology
     panel's title and the sessions listing (and a closing tag would raise MarkupError)."""
