@@ -43,7 +43,7 @@ from orchestra import (
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.results import BranchResult
-from orchestra.coordination.state import FileStorageBackend, StateManager
+from orchestra.coordination.state import FileStorageBackend, StateManager, records
 from orchestra.errors import ConfigurationError, UserInputError
 from orchestra.models import Message, StepInfo
 
@@ -327,7 +327,36 @@ async def test_a_steered_unreadable_reply_is_stored_and_read_back(tmp_path: Path
         storage.close()
     assert stored is not None
     assert stored.final_response == "C(B(go))"
-    assert of(stored, ev.ActionRejected)[0].reply == DEEP_REPLY
+    [rejected] = of(stored, ev.ActionRejected)
+    assert (
+        rejected.reply == DEEP_REPLY[:10_000] + "\n[190,049 more characters of this reply were cut]"
+    )
+
+
+async def test_a_huge_unusable_reply_is_kept_cut_and_steered_in_a_durable_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rejected reply was kept whole, twice in its record: in a durable run one of 34 MB
+    failed its step as too large to store, where it should be steered; and the model was
+    shown all of it again."""
+    monkeypatch.setattr(records, "MAX_RECORD_CHARS", 30_000)
+    garbage = "{" + "not json " * 2_500  # 22,501 characters: twice that is over the limit
+    model, agents = line_agents(garbage, invoke("B", request="go"))
+    storage = FileStorageBackend(tmp_path)
+    instance = OrchestraInstance(
+        topology=Topology(**LINE),
+        agent_registry=AgentRegistry(agents),
+        initial_config=quiet(),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    try:
+        result = await asyncio.wait_for(instance.execute("task"), helpers.WAIT)
+    finally:
+        storage.close()
+    assert result.success, result.error
+    shown = model.calls[1].messages[-2]  # its bad reply, as the steered call saw it
+    assert shown.role == "assistant" and len(shown.content) < 10_100
+    assert shown.content.endswith("[12,501 more characters of this reply were cut]")
 
 
 async def test_max_steering_retries_is_configurable() -> None:

@@ -179,17 +179,21 @@ class Agent(BaseAgent):
             request.report_retry,
         )
         text = reply.content if reply.content is not None else render(reply.action)
+        problem, action = reply.problem, None
+        if problem is None:
+            try:
+                action = _action_of(reply)
+            except ActionParseError as error:
+                problem = str(error)
+        if problem is not None:
+            text = _kept_of_rejected(text)
         messages.append(
             Message("assistant", reply.content or "", name=self.name, tool_calls=reply.native_calls)
             if reply.native_calls
             else Message("assistant", text, name=self.name)
         )
-        if reply.problem is not None:
-            return StepOutcome(reply=text, problem=reply.problem, usage=reply.usage)
-        try:
-            action = _action_of(reply)
-        except ActionParseError as error:
-            return StepOutcome(reply=text, problem=str(error), usage=reply.usage)
+        if problem is not None:
+            return StepOutcome(reply=text, problem=problem, usage=reply.usage)
         return StepOutcome(action=action, reply=text, usage=reply.usage)
 
     def is_idempotent(self, tool: str) -> bool:
@@ -203,6 +207,20 @@ class Agent(BaseAgent):
                 f"agent {self.name!r} has no tool {call.name!r}; tools: {', '.join(self.tools)}"
             )
         return await tool.run(call.arguments)
+
+
+REJECTED_REPLY_KEPT = 10_000
+"""Characters of a reply that cannot be used kept in the conversation (and the session log).
+The model is shown its reply when it is steered, and a few thousand characters show what went
+wrong; a garbage reply of megabytes, kept whole, would fill the model's context and the log
+(a record holds the reply twice: a 34 MB one failed its step as too large to store)."""
+
+
+def _kept_of_rejected(text: str) -> str:
+    if len(text) <= REJECTED_REPLY_KEPT:
+        return text
+    left = len(text) - REJECTED_REPLY_KEPT
+    return f"{text[:REJECTED_REPLY_KEPT]}\n[{left:,} more characters of this reply were cut]"
 
 
 class Prompt(Sequence[Message]):
