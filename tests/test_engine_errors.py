@@ -307,17 +307,21 @@ async def test_an_unreadable_reply_past_the_retries_fails_quoting_a_bounded_pref
     assert len(error) < 1_000  # the reply is 200,000 characters
 
 
-async def test_a_steered_unreadable_reply_is_stored_and_read_back(tmp_path: Path) -> None:
-    """The rejected reply is kept as text (the parsed value is never stored): the session log
-    writes it and reads it back."""
-    storage = FileStorageBackend(tmp_path)
-    _, agents = line_agents(DEEP_REPLY, invoke("B", request="go"))
-    instance = OrchestraInstance(
+def durable_line(storage: FileStorageBackend, agents: list[Any]) -> OrchestraInstance:
+    return OrchestraInstance(
         topology=Topology(**LINE),
         agent_registry=AgentRegistry(agents),
         initial_config=quiet(),
         state_manager=StateManager(storage, auto_save_interval=0),
     )
+
+
+async def test_a_steered_unreadable_reply_is_stored_and_read_back(tmp_path: Path) -> None:
+    """The rejected reply is kept as text (the parsed value is never stored): the session log
+    writes it and reads it back."""
+    storage = FileStorageBackend(tmp_path)
+    _, agents = line_agents(DEEP_REPLY, invoke("B", request="go"))
+    instance = durable_line(storage, agents)
     try:
         result = await asyncio.wait_for(instance.execute("task"), helpers.WAIT)
         assert result.success, result.error
@@ -343,12 +347,7 @@ async def test_a_huge_unusable_reply_is_kept_cut_and_steered_in_a_durable_run(
     garbage = "{" + "not json " * 2_500  # 22,501 characters: twice that is over the limit
     model, agents = line_agents(garbage, invoke("B", request="go"))
     storage = FileStorageBackend(tmp_path)
-    instance = OrchestraInstance(
-        topology=Topology(**LINE),
-        agent_registry=AgentRegistry(agents),
-        initial_config=quiet(),
-        state_manager=StateManager(storage, auto_save_interval=0),
-    )
+    instance = durable_line(storage, agents)
     try:
         result = await asyncio.wait_for(instance.execute("task"), helpers.WAIT)
     finally:

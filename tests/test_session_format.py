@@ -193,11 +193,10 @@ async def test_a_snapshot_of_the_previous_format_is_never_decoded(
 
 
 async def test_a_tag_no_type_has_is_damage_named_by_record(storage: Storage) -> None:
-    orchestra = OrchestraInstance(
+    orchestra = durable_run(
+        storage,
+        [FunctionAgent("Echo", lambda t, c: t, register=False)],
         {"nodes": ["Echo"], "edges": []},
-        agent_registry=AgentRegistry([FunctionAgent("Echo", lambda t, c: t, register=False)]),
-        initial_config=quiet(),
-        state_manager=StateManager(storage, auto_save_interval=0),
     )
     done = await wait(orchestra.execute("hi", context={"session_id": "good"}))
     assert done.success
@@ -425,11 +424,10 @@ async def test_a_crafted_record_is_damage_not_a_raw_exception(
 ) -> None:
     """Each of these escaped as a raw InvalidOperation, OverflowError, TypeError or
     AssertionError from load, get_result or resume."""
-    orchestra = OrchestraInstance(
+    orchestra = durable_run(
+        storage,
+        [FunctionAgent("Echo", lambda t, c: t, register=False)],
         {"nodes": ["Echo"], "edges": []},
-        agent_registry=AgentRegistry([FunctionAgent("Echo", lambda t, c: t, register=False)]),
-        initial_config=quiet(),
-        state_manager=StateManager(storage, auto_save_interval=0),
     )
     await wait(orchestra.execute("hi", context={"session_id": "plain"}))
     lines = await storage.read("plain")
@@ -599,11 +597,10 @@ async def test_keys_crafted_to_share_one_hash_are_damage_not_a_quadratic_read(
 ) -> None:
     """20,000 such keys took 1.8 s to read and 200,000 would take minutes: whoever can write
     to the store could stall every process that reads the session."""
-    orchestra = OrchestraInstance(
+    orchestra = durable_run(
+        storage,
+        [FunctionAgent("Echo", lambda t, c: t, register=False)],
         {"nodes": ["Echo"], "edges": []},
-        agent_registry=AgentRegistry([FunctionAgent("Echo", lambda t, c: t, register=False)]),
-        initial_config=quiet(),
-        state_manager=StateManager(storage, auto_save_interval=0),
     )
     await wait(orchestra.execute("hi", context={"session_id": "plain"}))
     lines = await storage.read("plain")
@@ -618,11 +615,10 @@ async def test_keys_crafted_to_share_one_hash_are_damage_not_a_quadratic_read(
 async def test_sets_and_maps_whose_keys_share_a_hash_by_chance_are_kept(
     storage: Storage, value: Any
 ) -> None:
-    orchestra = OrchestraInstance(
+    orchestra = durable_run(
+        storage,
+        [FunctionAgent("Make", lambda t, c: value, register=False)],
         {"nodes": ["Make"], "edges": []},
-        agent_registry=AgentRegistry([FunctionAgent("Make", lambda t, c: value, register=False)]),
-        initial_config=quiet(),
-        state_manager=StateManager(storage, auto_save_interval=0),
     )
     await wait(orchestra.execute("hi", context={"session_id": "by-chance"}))
     result = await orchestra.get_result("by-chance")
