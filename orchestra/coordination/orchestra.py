@@ -231,11 +231,11 @@ class OrchestraInstance:
         None when the session has no run that stopped: none at all, or one still in progress
         or cut off by a crash (``resume_session`` continues it)."""
         manager = self._sessions()
-        setup = self._setup(None, 100)
         try:  # loaded, not asked: exists() can miss a session that a damaged store hides
-            return await execution.stored_result(setup, check_session_id(session_id), manager)
+            log = await manager.load(check_session_id(session_id))
         except SessionNotFoundError:
             return None
+        return await execution.stored_result(self._setup(None, 100), log, manager)
 
     async def create_checkpoint(self, session_id: str, checkpoint_name: str | None = None) -> str:
         """Name the session's current position; returns the id ``restore_checkpoint`` takes.
