@@ -65,20 +65,28 @@ def tear(segment: Path, records: list[str], lost: Callable[[int], bool]) -> None
 
 def sqlite_store_damaged_at(path: Path, session_id: str, where: str) -> None:
     """Damage a page of a SQLite store's file (WAL checkpointed into it first): zero the table
-    page that holds ``session_id``'s first rows (``where="rows"``), or change that id in the
-    index page to one no session can have (``where="index"``)."""
+    page that holds ``session_id``'s first rows (``where="rows"``), change that id in the
+    index page to one no session can have (``"index"``), zero the snapshot table's first page
+    (``"snapshot"``: every snapshot, in a small store), overwrite the file's first 16 bytes,
+    where SQLite writes its name (``"header"``), or zero the rest of page 1, which holds the
+    schema (``"schema"``)."""
     db = sqlite3.connect(path)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     size = db.execute("PRAGMA page_size").fetchone()[0]
-    index = db.execute(
-        "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_appends_1'"
-    ).fetchone()[0]
+    roots = dict(db.execute("SELECT name, rootpage FROM sqlite_master"))
     db.close()
+    index = roots["sqlite_autoindex_appends_1"]
     data = bytearray(path.read_bytes())
     pages = [data[n * size : (n + 1) * size] for n in range(len(data) // size)]
     if where == "index":
         page = pages[index - 1]
         page[:] = page.replace(session_id.encode(), session_id[:-1].encode() + b"\x01")
+    elif where == "snapshot":
+        pages[roots["snapshot"] - 1][:] = bytes(size)
+    elif where == "header":
+        pages[0][:16] = b"not SQLite, now!"
+    elif where == "schema":
+        pages[0][100:] = bytes(size - 100)
     else:
         number = next(
             n for n, page in enumerate(pages) if n != index - 1 and session_id.encode() in page

@@ -468,3 +468,35 @@ def test_paths_are_printed_as_text_not_markup(tmp_path: Path) -> None:
     listed = run_cli("sessions", "list", "--store", str(folder / "sessions.db"))
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert "[red]x" in listed.stdout
+
+
+def test_a_damaged_store_is_named_damaged_and_a_new_run_starts_beside_damage(
+    tmp_path: Path,
+) -> None:
+    """A store whose header is damaged exited 2 ("the command line is wrong") or with a
+    traceback; it is damage (exit 1). A damaged snapshot page stopped every new run in its
+    store; the logs are whole there, and a new session runs."""
+    flow = repeating(tmp_path, 2)
+
+    async def write(path: Path) -> None:
+        storage = SQLiteStorageBackend(path)
+        try:
+            for session_id in ("alpha", "beta"):
+                await storage.append(session_id, ['{"t": "step", "s": 1}'], True, 0)
+                await storage.write_snapshot(session_id, session_id.encode() * 100)
+        finally:
+            storage.close()
+
+    for where in ("header", "snapshot"):
+        asyncio.run(write(tmp_path / f"{where}.db"))
+        sqlite_store_damaged_at(tmp_path / f"{where}.db", "alpha", where)
+    for command in (("sessions", "list"), ("run", str(flow), "--task", "go.", "-v", "0")):
+        refused = run_cli(*command, "--store", str(tmp_path / "header.db"))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "Traceback" not in refused.stdout + refused.stderr
+        assert "header.db is damaged" in refused.stdout.replace("\n", "")
+    done = run_cli(
+        "run", str(flow), "--task", "go.", "-v", "0", "--store", str(tmp_path / "snapshot.db")
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "go.go." in done.stdout

@@ -17,7 +17,13 @@ from rich.table import Table
 from orchestra.coordination.monitoring.text import printable
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import SessionLog
-from orchestra.errors import ConfigurationError, OrchestraError, SessionError, SessionNotFoundError
+from orchestra.errors import (
+    ConfigurationError,
+    OrchestraError,
+    SessionCorruptedError,
+    SessionError,
+    SessionNotFoundError,
+)
 
 from .terminal import console, fail, say
 
@@ -41,12 +47,15 @@ Store = Annotated[
 def open_store(path: Path) -> Iterator[tuple[StateManager, SQLiteStorageBackend]]:
     """Sessions kept durably, step by step: a run the command line starts is a process that
     can be killed, and ``orchestra resume`` goes on from its last completed step. A path that
-    cannot be a store is the command line's mistake (exit code 2)."""
+    cannot be a store is the command line's mistake (exit code 2); a store too damaged to be
+    opened is not (exit code 1)."""
     backend = SQLiteStorageBackend(path)
     try:
         yield StateManager(backend, auto_save_interval=0), backend
     except ConfigurationError as error:
         fail(error, 2)
+    except SessionCorruptedError as error:
+        fail(error, 1)
     finally:
         backend.close()
 

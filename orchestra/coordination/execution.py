@@ -110,16 +110,14 @@ async def resume(
 
 
 async def stored_result(
-    setup: Setup, session_id: str, state_manager: StateManager
+    setup: Setup, log: SessionLog, state_manager: StateManager
 ) -> OrchestraResult | None:
     """The result of the session's last run, rebuilt from its log: None when the session has
-    no run that stopped (one in progress or cut off by a crash); SessionNotFoundError when
-    there is no such session."""
-    log = await state_manager.load(session_id)
+    no run that stopped (one in progress or cut off by a crash)."""
     if log.last_run is None or not log.last_run.ended:
         return None
     engine, _ = await _rebuilt(setup, log, state_manager, _SILENT)
-    return result_of(engine, session_id)
+    return result_of(engine, log.session_id)
 
 
 async def _rebuilt(

@@ -10,7 +10,12 @@ from typing import Any
 
 from orchestra.agents.registry import AgentRegistry
 from orchestra.communication.channels import CommunicationManager
-from orchestra.errors import ConfigurationError, OrchestraError, SessionError
+from orchestra.errors import (
+    ConfigurationError,
+    OrchestraError,
+    SessionError,
+    SessionNotFoundError,
+)
 
 from . import execution, wiring
 from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig, StatusConfig
@@ -226,10 +231,11 @@ class OrchestraInstance:
         None when the session has no run that stopped: none at all, or one still in progress
         or cut off by a crash (``resume_session`` continues it)."""
         manager = self._sessions()
-        if not await manager.storage.exists(check_session_id(session_id)):
+        try:  # loaded, not asked: exists() can miss a session that a damaged store hides
+            log = await manager.load(check_session_id(session_id))
+        except SessionNotFoundError:
             return None
-        setup = self._setup(None, 100)
-        return await execution.stored_result(setup, session_id, manager)
+        return await execution.stored_result(self._setup(None, 100), log, manager)
 
     async def create_checkpoint(self, session_id: str, checkpoint_name: str | None = None) -> str:
         """Name the session's current position; returns the id ``restore_checkpoint`` takes.
@@ -265,9 +271,10 @@ class OrchestraInstance:
         claim(session_id)
         writer = None
         try:
-            if not await manager.storage.exists(session_id):
+            try:  # loaded, not asked: exists() can miss a session that a damaged store hides
+                log = await manager.load(session_id)
+            except SessionNotFoundError:
                 return False
-            log = await manager.load(session_id)
             entry = log.checkpoints.get(checkpoint_id)
             if entry is None:
                 return False

@@ -39,7 +39,10 @@ _SESSIONS = (  # by the index, else (it is damaged) by the table
     "SELECT DISTINCT session FROM appends ORDER BY session",
     "SELECT DISTINCT session FROM appends NOT INDEXED",
 )
+_FIND = "SELECT 1 FROM appends WHERE session = ? LIMIT 1"
+_SCAN = "SELECT 1 FROM appends NOT INDEXED WHERE session = ? LIMIT 1"  # the table, not the index
 _DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_HEADER = b"SQLite format 3\x00"  # how every SQLite database file begins
 
 
 class SQLiteStorageBackend:
@@ -58,11 +61,13 @@ class SQLiteStorageBackend:
     that holds other tables is refused, never changed.
 
     A damaged database file (SQLite's own verdict: ``SQLITE_CORRUPT``, ``SQLITE_NOTADB``) is a
-    ``SessionCorruptedError`` naming the file and the session. A session that is not found is
-    only reported absent once ``PRAGMA integrity_check`` found the file sound (checked once per
-    backend): in a damaged one, its rows may be what is damaged. (``quick_check`` is faster
-    but does not see an index entry that no longer matches its row: the session it leads to
-    would be reported absent.)"""
+    ``SessionCorruptedError`` naming the file and the session, from the first call on when the
+    damage is in the file's header or first page. A session the index does not find is looked
+    for in the table itself before ``read`` reports it absent: a damaged index can hide its
+    rows. ``exists``, asked for every new session, does that only once ``PRAGMA
+    integrity_check`` (run once per connection) found the file damaged, so that a new session
+    can start in a file damaged elsewhere. (``quick_check`` is faster but does not see an
+    index entry that no longer matches its row.)"""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -71,7 +76,7 @@ class SQLiteStorageBackend:
         self._worker = BlockingWorker(f"orchestra-sqlite-{self.path.name}")
         self._synchronous = ""
         self._writing: dict[str, int] = {}  # session -> its locked lock file, while written here
-        self._damage: list[str] | None = None  # what integrity_check found, once it ran
+        self._damage: list[str] | None = None  # what integrity_check found on this connection
 
     def __repr__(self) -> str:
         return f"SQLiteStorageBackend({str(self.path)!r})"
@@ -85,34 +90,51 @@ class SQLiteStorageBackend:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            tables = {row[0] for row in connection.execute(_TABLES)}
         except (OSError, sqlite3.Error) as error:
             raise ConfigurationError(
                 f"cannot use {self.path} as a session store: {error}"
             ) from None
-        if tables and "appends" not in tables:
+        try:
+            self._initialise(connection)
+        except sqlite3.Error as error:
             connection.close()
+            if _is_damage(error) and self._was_database():
+                raise  # damage, named for the session by _locked
+            raise ConfigurationError(
+                f"cannot use {self.path} as a session store: {error}"
+            ) from None
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _was_database(self) -> bool:
+        """Whether a file SQLite cannot read is a damaged store rather than the wrong file: it
+        begins as a SQLite database does, or a session's writer once locked it (the header
+        itself may be what is damaged)."""
+        try:
+            with self.path.open("rb") as file:
+                begins = file.read(len(_HEADER))
+        except OSError:
+            return False
+        return begins == _HEADER or self._lock_path("-").parent.is_dir()
+
+    def _initialise(self, connection: sqlite3.Connection) -> None:
+        tables = {row[0] for row in connection.execute(_TABLES)}
+        if tables and "appends" not in tables:
             raise ConfigurationError(
                 f"{self.path} is not a session store: it is a SQLite database with other tables "
                 f"({', '.join(sorted(tables))}); choose another file"
             )
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            # macOS: a sync reaches the drive (a no-op elsewhere)
-            connection.execute("PRAGMA fullfsync=ON")
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS appends (session TEXT NOT NULL, first INTEGER NOT "
-                "NULL, count INTEGER NOT NULL, records TEXT NOT NULL, PRIMARY KEY (session, first))"
-            )
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS snapshot (session TEXT PRIMARY KEY, data BLOB NOT NULL)"
-            )
-        except sqlite3.Error as error:
-            connection.close()
-            raise ConfigurationError(
-                f"cannot use {self.path} as a session store: {error}"
-            ) from None
-        return connection
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA fullfsync=ON")  # macOS: a sync reaches the drive
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS appends (session TEXT NOT NULL, first INTEGER NOT "
+            "NULL, count INTEGER NOT NULL, records TEXT NOT NULL, PRIMARY KEY (session, first))"
+        )
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS snapshot (session TEXT PRIMARY KEY, data BLOB NOT NULL)"
+        )
 
     async def _run(self, work: Callable[..., T], *args: object, session: str | None = None) -> T:
         return await self._worker.call(self._locked, work, args, session)
@@ -121,7 +143,7 @@ class SQLiteStorageBackend:
         with self._lock:  # against close() from another thread
             try:
                 return work(self._db(), *args)
-            except sqlite3.DatabaseError as error:
+            except sqlite3.Error as error:
                 if not _is_damage(error):
                     raise
                 raise self._damaged(session, str(error)) from None
@@ -133,12 +155,21 @@ class SQLiteStorageBackend:
             "are in the damaged part cannot be read (SQLite's `.recover` salvages what it can)"
         )
 
-    def _found_sound(self, db: sqlite3.Connection, session_id: str) -> None:
-        """Called when the session is not found: raise if the file is damaged, since the
-        session's rows (or the index entries that lead to them) may be what is damaged."""
-        damage = self._integrity_check(db)
-        if damage:
-            raise self._damaged(session_id, f"not found, and {damage[0]}")
+    def _absent(self, db: sqlite3.Connection, session_id: str) -> None:
+        """Called when the index holds no row of the session: raise unless the table itself,
+        read whole past the index, holds none either (a damaged index can hide its rows).
+        The session's id decides, not a verdict on the whole file: a session can start in a
+        file damaged elsewhere, and damage done after a check is still seen."""
+        try:
+            found = db.execute(_SCAN, (session_id,)).fetchone()
+        except sqlite3.DatabaseError as error:
+            if not _is_damage(error):
+                raise
+            raise self._damaged(
+                session_id, f"not found, and the table is damaged: {error}"
+            ) from None
+        if found is not None:
+            raise self._damaged(session_id, "its rows are there, but the index does not find them")
 
     def _integrity_check(self, db: sqlite3.Connection) -> list[str]:
         if self._damage is None:
@@ -249,7 +280,7 @@ class SQLiteStorageBackend:
                 (session_id,),
             ).fetchall()
             if not found:
-                self._found_sound(db, session_id)
+                self._absent(db, session_id)
             return found
 
         found = await self._run(rows, session=session_id)
@@ -269,12 +300,13 @@ class SQLiteStorageBackend:
         check_session_id(session_id)
 
         def found(db: sqlite3.Connection) -> bool:
-            row = db.execute(
-                "SELECT 1 FROM appends WHERE session = ? LIMIT 1", (session_id,)
-            ).fetchone()
-            if row is None:
-                self._found_sound(db, session_id)
-            return row is not None
+            """Cheap for a sound file (asked for every new session): the table is read
+            whole only when the file is damaged."""
+            if db.execute(_FIND, (session_id,)).fetchone() is not None:
+                return True
+            if self._integrity_check(db):
+                self._absent(db, session_id)
+            return False
 
         return await self._run(found, session=session_id)
 
@@ -292,13 +324,28 @@ class SQLiteStorageBackend:
             self._let_go(session_id)
             self._hold(session_id)
             try:
-                db.execute("DELETE FROM snapshot WHERE session = ?", (session_id,))
-                return db.execute("DELETE FROM appends WHERE session = ?", (session_id,)).rowcount
+                return self._delete_rows(db, session_id)
             finally:
                 self._lock_path(session_id).unlink()
                 self._let_go(session_id)
 
         return bool(await self._run(remove, session=session_id))
+
+    def _delete_rows(self, db: sqlite3.Connection, session_id: str) -> int:
+        """Its snapshot and its log in one transaction: when a damaged page stops either, the
+        session is left whole, as it was, and the error says nothing of it was deleted."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM snapshot WHERE session = ?", (session_id,))
+            count: int = db.execute("DELETE FROM appends WHERE session = ?", (session_id,)).rowcount
+            db.execute("COMMIT")
+        except BaseException as error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(error, sqlite3.Error) and _is_damage(error):
+                raise self._damaged(session_id, f"{error}; nothing of it was deleted") from None
+            raise
+        return count
 
     async def write_snapshot(self, session_id: str, data: bytes) -> None:
         check_session_id(session_id)
@@ -327,9 +374,10 @@ class SQLiteStorageBackend:
                 self._connection.close()
                 self._connection = None
                 self._synchronous = ""
+                self._damage = None
 
 
-def _is_damage(error: sqlite3.DatabaseError) -> bool:
+def _is_damage(error: sqlite3.Error) -> bool:
     """Whether SQLite found the file damaged (not busy, full or unreadable)."""
     return getattr(error, "sqlite_errorcode", 0) & 0xFF in _DAMAGE_CODES
 
