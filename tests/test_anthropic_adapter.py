@@ -10,6 +10,7 @@ conversion) directly on small conversations.
 from __future__ import annotations
 
 import itertools
+import json
 from functools import partial
 from typing import Any
 
@@ -311,6 +312,30 @@ async def test_malformed_body_fails_without_retry(server: ScriptedHTTPServer, bo
     assert result.error is not None
     assert f"anthropic model '{MODEL}'" in result.error
     assert "malformed response" in result.error
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("[" * 3000 + "]" * 3000, "nests deeper than 100 levels"),
+        ("9" * 5000, "holds a number of more than 4300 digits"),
+    ],
+    ids=["deep", "long-number"],
+)
+async def test_a_tool_input_the_sdk_cannot_read_is_steered(
+    server: ScriptedHTTPServer, value: str, problem: str
+) -> None:
+    """A tool_use input is the model's JSON inline in the body: nested 3000 deep, the SDK's
+    reader raised RecursionError, which failed the step as an AgentStepError."""
+    unreadable = reply(final_use("toolu_1", "PLACEHOLDER"))
+    body = json.dumps(unreadable.body).replace('"PLACEHOLDER"', value)
+    server.script(Scripted(200, body.encode()), reply(final_use("toolu_2", "flat")))
+    result = await run("task", SOLO, [llm("Solo", config(server))])
+    assert result.success, result.error
+    assert result.final_response == "flat"
+    (rejected,) = of(result, ev.ActionRejected)
+    assert rejected.problem == f"the reply {problem}"
+    assert problem in json.dumps(server.requests[1]["messages"][-1])
 
 
 async def test_cost_of_a_model_genai_prices_knows(server: ScriptedHTTPServer) -> None:

@@ -471,6 +471,29 @@ async def test_unreadable_tool_call_arguments_are_steered(
     assert problem in server.requests[1]["messages"][-1]["content"]
 
 
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nests deeper than 100 levels"),
+        ("9" * 5000, "holds a number of more than 4300 digits"),
+    ],
+    ids=["deep", "long-number"],
+)
+async def test_a_body_the_sdk_cannot_read_is_steered_not_a_crash(
+    server: ScriptedHTTPServer, extra: str, problem: str
+) -> None:
+    """The SDK's own JSON reader raised RecursionError on a body nested 100,000 deep, which
+    escaped the adapter and failed the step as an AgentStepError."""
+    body = json.dumps(text("hi").body).replace('"content": "hi"', f'"content": "hi", "x": {extra}')
+    server.script(Scripted(200, body.encode()), text("fine"))
+    result = await run("task", SOLO, [llm("Solo", config(server))])
+    assert result.success, result.error
+    assert result.final_response == "fine"
+    (rejected,) = of(result, ev.ActionRejected)
+    assert rejected.problem == f"the reply {problem}"
+    assert problem in server.requests[1]["messages"][-1]["content"]
+
+
 async def test_text_format_sends_no_tools_and_reads_the_json_protocol_from_text(
     server: ScriptedHTTPServer,
 ) -> None:

@@ -17,13 +17,27 @@ from typing import Any
 
 import helpers
 import pytest
-from helpers import SOLO, llm, of
+from helpers import SOLO, ask, final, fn, llm, of
+from hypothesis import given
+from hypothesis import strategies as st
 from servers import Scripted, ScriptedHTTPServer, free_port
 
-from orchestra import ErrorHandlingConfig, OrchestraResult, StatusConfig
+from orchestra import (
+    CommunicationConfig,
+    ConditionError,
+    ErrorHandlingConfig,
+    FunctionModel,
+    OrchestraResult,
+    ScriptedModel,
+    StatusConfig,
+    Topology,
+    tool,
+)
+from orchestra.communication.channels import Question
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.monitoring.status import StatusPrinter
 from orchestra.coordination.state import FileStorageBackend, StateManager
+from orchestra.coordination.topology.conditions import condition_holds
 from orchestra.errors import ConfigurationError
 from orchestra.models import Message, StepInfo, secrets
 from orchestra.models.config import ModelConfig
@@ -177,6 +191,97 @@ def test_common_key_patterns_are_redacted(text: str, kept: str) -> None:
     assert redact(text) == kept
 
 
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (
+            "cannot reach http://127.0.0.1:9/v1?key=SECRETKEYVALUE123",
+            "cannot reach http://127.0.0.1:9/v1?key=[REDACTED]",
+        ),
+        (
+            "GET https://h/x?q=1&Access_Token=abc.def&api-version=2 -> 403",
+            "GET https://h/x?q=1&Access_Token=[REDACTED]&api-version=2 -> 403",
+        ),
+        (
+            "https://h/?apikey=a&sig=b&signature=c&password=d&secret=e&client_secret=f&token=g",
+            "https://h/?apikey=[REDACTED]&sig=[REDACTED]&signature=[REDACTED]"
+            "&password=[REDACTED]&secret=[REDACTED]&client_secret=[REDACTED]&token=[REDACTED]",
+        ),
+        ("Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "Bearer [REDACTED]"),
+        ("bearer 550e8400-e29b-41d4-a716-446655440000 expired", "bearer [REDACTED] expired"),
+        ("old key sk-" + "Ab3" * 16 + " revoked", "old key [REDACTED] revoked"),
+        ("deepseek key sk-" + "0123456789abcdef" * 2, "deepseek key [REDACTED]"),
+        # ordinary text around the same words is kept
+        ("Invalid bearer token provided", "Invalid bearer token provided"),
+        ("Bearer authentication required", "Bearer authentication required"),
+        ("model sk-learn-regression-v2 not found", "model sk-learn-regression-v2 not found"),
+        (
+            "model sk-learn-Regression-model-v12 not found",
+            "model sk-learn-Regression-model-v12 not found",
+        ),
+        (
+            "see https://docs.example/keys?topic=rotation",
+            "see https://docs.example/keys?topic=rotation",
+        ),
+    ],
+)
+def test_key_shapes_are_redacted_and_prose_around_them_is_not(text: str, kept: str) -> None:
+    """A ``base_url``'s query credentials were kept; "Invalid bearer token provided" and
+    "model sk-learn-regression-v2 not found" lost their words to ``[REDACTED]``."""
+    assert redact(text) == kept
+
+
+_PROSE = st.lists(
+    st.sampled_from(
+        [
+            "invalid",
+            "bearer",
+            "Bearer",
+            "token",
+            "provided",
+            "the",
+            "model",
+            "sk",
+            "key",
+            "api",
+            "not",
+            "found",
+            "expired",
+            "authorization",
+            "failed",
+            "for",
+            "request",
+            "learn",
+            "regression",
+            "v2",
+            "rate",
+            "limit",
+            "Please",
+            "retry",
+        ]
+    ),
+    max_size=12,
+).map(" ".join)
+
+
+@given(_PROSE)
+def test_english_error_text_is_never_changed(text: str) -> None:
+    assert redact(text) == text
+
+
+_TOKEN_CHARS = st.sampled_from("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz0123456789")
+
+
+@given(
+    st.lists(_TOKEN_CHARS, min_size=40, max_size=90)
+    .map("".join)
+    .filter(lambda k: any(c.isdigit() for c in k)),
+    st.sampled_from(["sk-", "sk-proj-", "sk-ant-api03-", "Bearer ", "Authorization: Bearer "]),
+)
+def test_keys_of_the_real_shapes_are_redacted(body: str, prefix: str) -> None:
+    assert body not in redact(f"refused {prefix}{body}: try again")
+
+
 def test_a_configured_key_is_redacted_however_it_is_shaped() -> None:
     secrets.remember("Zq!9 odd key")
     assert redact("echo: Zq!9 odd key.") == f"echo: {REDACTED}."
@@ -251,3 +356,122 @@ def test_whitespace_around_a_key_is_dropped_and_a_control_character_in_it_is_ref
     with pytest.raises(ConfigurationError, match="control character") as info:
         broken.resolved_api_key()
     assert KEY[8:] not in str(info.value) and KEY[:8] not in str(info.value)
+
+
+# ---- keys in the errors of user code ------------------------------------------------------
+
+
+@pytest.fixture(params=KEYS)
+def known_key(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A key an adapter was built with, from the environment: remembered for redaction."""
+    monkeypatch.setenv("OPENAI_API_KEY", request.param)
+    ModelConfig(provider="openai", name=MODEL).build()
+    return str(request.param)
+
+
+async def test_a_key_in_a_tool_error_reaches_neither_the_model_nor_the_log(
+    known_key: str, store: StateManager, tmp_path: Path
+) -> None:
+    """A tool's exception text is what the model sees and what the log keeps: it held the key."""
+
+    @tool
+    def search(q: str) -> str:
+        """Search the web."""
+        raise RuntimeError(f"GET https://api.example.com/s?q={q} with {known_key} -> 403")
+
+    shown: list[str] = []
+
+    def decide(messages: list[Message], info: StepInfo) -> dict[str, Any]:
+        if messages[-1].role == "tool":
+            shown.append(messages[-1].content)
+            return final("done")
+        return {
+            "next_action": "call_tool",
+            "action_input": [{"name": "search", "arguments": {"q": "x"}}],
+        }
+
+    result = await helpers.run(
+        "task",
+        SOLO,
+        [llm("Solo", FunctionModel(decide), tools=[search])],
+        state_manager=store,
+        context={"session_id": "tool"},
+    )
+    assert result.success, result.error
+    assert shown == [
+        f"error: RuntimeError: GET https://api.example.com/s?q=x with {REDACTED} -> 403"
+    ]
+    assert known_key not in everything_left_behind(result, tmp_path)
+
+
+async def test_a_key_in_a_step_error_is_redacted_everywhere_a_run_leaves_it(
+    known_key: str, store: StateManager, tmp_path: Path
+) -> None:
+    def step(value: Any, context: Any) -> Any:
+        raise PermissionError(f"upstream refused key {known_key}")
+
+    result = await helpers.run(
+        "task", SOLO, [fn("Solo", step)], state_manager=store, context={"session_id": "step"}
+    )
+    assert result.error == f"agent 'Solo' raised PermissionError: upstream refused key {REDACTED}"
+    assert known_key not in everything_left_behind(result, tmp_path)
+
+
+async def test_a_key_in_a_user_channel_error_is_redacted(known_key: str) -> None:
+    class Broken:
+        async def ask(self, question: Question) -> Any:
+            raise ConnectionError(f"UI refused token {known_key}")
+
+    result = await helpers.run(
+        "task",
+        Topology(nodes=["Solo"], edges=["Solo -> User"]),
+        [llm("Solo", ScriptedModel([ask("which one?")]))],
+        communication_config=CommunicationConfig(channel=Broken()),
+    )
+    assert result.error is not None and result.error.endswith(f"UI refused token {REDACTED}")
+    assert known_key not in "".join(f"{event!r}" for event in result.events)
+
+
+def test_a_key_in_an_edge_condition_error_is_redacted(known_key: str) -> None:
+    def check(payload: Any, context: Any) -> bool:
+        raise KeyError(f"no entry for {known_key}")
+
+    with pytest.raises(ConditionError) as info:
+        condition_holds(check, "x", {}, "A -> B")
+    assert known_key not in str(info.value) and REDACTED in str(info.value)
+
+
+# ---- base_url credentials in views of a ModelConfig ------------------------------------------
+
+CREDENTIAL_URL = (
+    "https://bob:sk-proj-SECRETpass0123456789@proxy.example/v1?api-version=2&key=Q1w2E3"
+)
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        repr,
+        str,
+        lambda c: repr(c.build()),
+        lambda c: repr(llm("A", c.build())),
+        lambda c: c.model_dump_json(),
+        lambda c: repr(c.model_dump()),
+    ],
+    ids=["repr", "str", "adapter", "agent", "dump-json", "dump"],
+)
+def test_no_view_of_a_model_config_shows_base_url_credentials(view: Any) -> None:
+    config = ModelConfig(provider="openai", name="m", base_url=CREDENTIAL_URL, api_key=KEY)
+    shown = view(config)
+    assert "bob" not in shown and "SECRETpass" not in shown and "Q1w2E3" not in shown
+    assert "proxy.example/v1" in shown and "api-version=2" in shown
+
+
+def test_reprs_mask_base_url_credentials_and_dumps_leave_them_out() -> None:
+    """A dump read back sends no placeholder as a credential; the config itself keeps them."""
+    config = ModelConfig(provider="openai", name="m", base_url=CREDENTIAL_URL, api_key=KEY)
+    assert "base_url='https://[REDACTED]@proxy.example/v1?api-version=2&key=[REDACTED]'" in repr(
+        config
+    )
+    assert config.model_dump()["base_url"] == "https://proxy.example/v1?api-version=2"
+    assert config.base_url == CREDENTIAL_URL

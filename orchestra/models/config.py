@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+)
 
 from orchestra.errors import ConfigurationError
 
@@ -39,7 +48,9 @@ class ModelConfig(BaseModel):
     ``base_url`` may need none. It is taken as a plain string and kept as a ``SecretStr``, so
     no ``str``, ``repr`` or log line shows it (``api_key.get_secret_value()`` gives it back),
     and it is left out of ``model_dump()`` and ``model_dump_json()``: a dump stored or printed
-    holds no key, and one validated again falls back to the environment's.
+    holds no key, and one validated again falls back to the environment's. Credentials written
+    into ``base_url`` (``https://user:password@host``, ``?key=...``) are shown as ``[REDACTED]``
+    by ``repr`` and left out of dumps the same way; give the key as ``api_key`` instead.
 
     ``action_format`` says how the model states its decision: ``"tools"`` (native tool
     calls), ``"json_schema"`` (OpenAI-style structured output), ``"json_object"`` (a JSON
@@ -68,6 +79,16 @@ class ModelConfig(BaseModel):
         if seed is not None and provider in _NO_SEED:
             raise seed_refused(provider)
         return seed
+
+    @field_serializer("base_url")
+    def _base_url_without_credentials(self, base_url: str | None) -> str | None:
+        """A dump keeps no credential, as it keeps no ``api_key``."""
+        return secrets.url_without_credentials(base_url) if base_url else base_url
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """``base_url`` with its credentials shown as ``[REDACTED]``."""
+        for name, value in super().__repr_args__():
+            yield name, secrets.redact(value) if name == "base_url" and value else value
 
     @property
     def format(self) -> ActionFormat:

@@ -18,6 +18,7 @@ from .protocol import (
     reply_from_tool_calls,
 )
 from .sdk_calls import call_sdk
+from .secrets import redact
 
 
 def to_chat_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -105,7 +106,8 @@ class OpenAIChatModel:
         )
 
     def __repr__(self) -> str:
-        where = f", base_url={self.config.base_url!r}" if self.config.base_url else ""
+        url = self.config.base_url
+        where = f", base_url={redact(url)!r}" if url else ""
         return f"OpenAIChatModel({self.config.name!r}{where})"
 
     def request(self, messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:

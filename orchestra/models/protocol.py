@@ -46,13 +46,18 @@ def read_json(text: str) -> Any:
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise UnreadableJSON(f"is not valid JSON ({error.msg})") from None
-    except RecursionError:
-        raise UnreadableJSON(_TOO_DEEP) from None
-    except ValueError:  # the only other error json.loads raises: int's digit limit
-        digits = sys.get_int_max_str_digits()
-        raise UnreadableJSON(f"holds a number of more than {digits} digits") from None
+    except (RecursionError, ValueError) as error:  # json.loads raises no other ValueError
+        raise beyond_reader(error) from None
     check_nesting(value)
     return value
+
+
+def beyond_reader(error: RecursionError | ValueError) -> UnreadableJSON:
+    """What Python's JSON reader raising ``error`` on well-formed JSON means: it nests too
+    deep (RecursionError), or holds a number of more digits than ``int`` converts."""
+    if isinstance(error, RecursionError):
+        return UnreadableJSON(_TOO_DEEP)
+    return UnreadableJSON(f"holds a number of more than {sys.get_int_max_str_digits()} digits")
 
 
 def check_nesting(value: Any) -> None:

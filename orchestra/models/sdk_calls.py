@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 from orchestra.errors import ModelAPIError
 
+from .base import ModelReply
 from .config import ModelConfig
+from .protocol import beyond_reader
 from .secrets import redact
 
-T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 409, 429, 529})  # 529: Anthropic's "overloaded"
 
 
@@ -59,10 +60,11 @@ async def call_sdk(
     provider: str,
     config: ModelConfig,
     request: Callable[[], Awaitable[Any]],
-    parse: Callable[[Any], T],
-) -> T:
+    parse: Callable[[Any], ModelReply],
+) -> ModelReply:
     """``parse(await request())``, with every failure a ModelAPIError naming provider, model
-    and status, marked retryable when trying again may help.
+    and status, marked retryable when trying again may help; a response the SDK could not read
+    for its size (see :func:`_unreadable`) a reply the agent is steered about.
 
     The error is raised here, outside the handler that caught the SDK's: the SDK's exception
     holds the request, its key header included, so it is neither cause nor context of ours.
@@ -78,8 +80,8 @@ async def _outcome(
     provider: str,
     config: ModelConfig,
     request: Callable[[], Awaitable[Any]],
-    parse: Callable[[Any], T],
-) -> T | ModelAPIError:
+    parse: Callable[[Any], ModelReply],
+) -> ModelReply | ModelAPIError:
     """The parsed response, or the ModelAPIError a failure becomes (its text redacted: a
     server may echo the key it was sent)."""
 
@@ -102,9 +104,31 @@ async def _outcome(
     except sdk.APIConnectionError as error:
         where = config.base_url or f"the {provider} API"
         return failure(f"cannot reach {where}: {error.__cause__ or error}", True)
-    except (sdk.APIError, ValueError) as error:
-        return failure(f"malformed response: {error}", False)
+    except (RecursionError, ValueError) as error:
+        unreadable = _unreadable(provider, error)
+        if unreadable is not None:
+            return unreadable
+        return failure(f"malformed response: {str(error)[:500]}", False)
+    except sdk.APIError as error:
+        return failure(f"malformed response: {str(error)[:500]}", False)
     try:
         return parse(response)
     except (AttributeError, IndexError, TypeError, KeyError) as error:
-        return failure(f"malformed response: {error}", False)
+        return failure(f"malformed response: {str(error)[:500]}", False)
+
+
+def _unreadable(provider: str, error: RecursionError | ValueError) -> ModelReply | None:
+    """The reply to steer about when the SDK's JSON reader gave up on a well-formed body: it
+    nests too deep (RecursionError) or holds a number of more digits than ``int`` converts.
+    Both are the model's own output (an Anthropic tool call's input is inline JSON), and are
+    what a tool call's arguments of the same shape are steered about, so the model is asked
+    again. A body that is no JSON at all (JSONDecodeError), or any other ValueError, is the
+    server's fault: None, and the caller fails the step without retrying."""
+    if not isinstance(error, RecursionError) and (
+        type(error) is not ValueError or "integer string conversion" not in str(error)
+    ):
+        return None
+    why = beyond_reader(error)
+    return ModelReply(
+        content=f"[the {provider} response, not shown: it {why}]", problem=f"the reply {why}"
+    )

@@ -1,17 +1,24 @@
-"""Keeping API keys out of the error text an adapter reports.
+"""Keeping API keys out of the error text a run records.
 
 A provider, a proxy in front of it or a misconfigured compatible server may repeat the key it
 was sent in an error body ("Incorrect API key provided: sk-..."), and the SDK's message may
-carry that body. An adapter's error text goes on into ``result.error``, events, the trace, the
+carry that body; a tool, a step or a condition may put a key into the exception it raises (a
+URL with ``&token=...``). Error text goes on into ``result.error``, events, the trace, the
 status lines and the durable session log, so it is cleaned once, where it is made: every key
 an adapter was built with (given or read from the environment) is replaced by
 :data:`REDACTED`, and so are the shapes keys commonly have, which covers keys this process
 never saw (another team's key a proxy reports, a key in a ``base_url``).
+
+Shapes are matched strictly enough to leave ordinary text alone: the token after ``Bearer``
+and the rest of an ``sk-`` key must look random (long, not made of words), so "Invalid bearer
+token provided" and "model sk-learn-regression-v2 not found" are kept as they are.
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
+from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "[REDACTED]"
 
@@ -19,7 +26,18 @@ MIN_KEY_LENGTH = 8
 """Keys shorter than this are not searched for: a short string would be cut out of ordinary
 words. Real provider keys are several times longer."""
 
+MIN_BEARER_TOKEN = 16
+"""Characters a token after ``Bearer`` has at least; "Bearer token" is prose."""
+
+MIN_SK_KEY = 20
+"""Characters after ``sk-`` an OpenAI or Anthropic key has at least (real ones have 48 and
+more); ``sk-learn-...`` model names are shorter or made of words."""
+
 _VALUE = r"[^\s\"',;&)}]+"
+_TOKEN = r"[A-Za-z0-9._~+/=-]+"
+_CREDENTIAL_PARAMETER = r"(?:[A-Za-z0-9]+[_-])*(?:key|apikey|token|sig|signature|password|secret)"
+_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+|[a-z]?\d{1,3}[a-z]?")
+
 _PATTERNS = (
     # the header or field that holds a key, with its scheme kept: x-api-key: K, "api_key": "K",
     # Authorization: Bearer K
@@ -30,11 +48,15 @@ _PATTERNS = (
         ),
         rf"\1\2\3{REDACTED}",
     ),
-    (re.compile(rf"(?i)\b(bearer\s+){_VALUE}"), rf"\1{REDACTED}"),
-    # OpenAI's sk-..., sk-proj-..., Anthropic's sk-ant-...
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), REDACTED),
+    # credentials in a URL's query: ?key=K, &access_token=K, &sig=K, &client_secret=K
+    (re.compile(rf"(?i)([?&]{_CREDENTIAL_PARAMETER}=)[^&#\s\"'<>]+"), rf"\1{REDACTED}"),
     # credentials in a URL: scheme://user:password@host
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@"), rf"\1{REDACTED}@"),
+)
+_SHAPED = (
+    (re.compile(rf"(?i)\b(bearer\s+)({_TOKEN})"), MIN_BEARER_TOKEN),
+    # OpenAI's sk-..., sk-proj-..., Anthropic's sk-ant-...
+    (re.compile(r"\b()(sk-[A-Za-z0-9_-]+)"), len("sk-") + MIN_SK_KEY),
 )
 
 _known: set[str] = set()
@@ -55,4 +77,27 @@ def redact(text: str) -> str:
         text = text.replace(key, REDACTED)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
+    for pattern, minimum in _SHAPED:
+        text = pattern.sub(partial(_if_key, minimum=minimum), text)
     return text
+
+
+def _if_key(found: re.Match[str], minimum: int) -> str:
+    """The prefix and :data:`REDACTED` when the value after it looks like a key: at least
+    ``minimum`` characters, not only words and short numbers ("regression-model-v2")."""
+    prefix, value = found.group(1), found.group(2)
+    words = all(_WORD.fullmatch(part) for part in re.split(r"[-_.~+/=]+", value) if part)
+    return found.group(0) if len(value) < minimum or words else prefix + REDACTED
+
+
+def url_without_credentials(url: str) -> str:
+    """``url`` without its ``user:password@`` and the query parameters named like credentials
+    (``key``, ``api_key``, ``access_token``, ``sig``, ``password``, ...): what a dump of a
+    ModelConfig keeps, as it keeps no ``api_key``. Removed rather than masked, so a dump read
+    back never sends a placeholder as if it were the credential."""
+    parts = urlsplit(url)
+    credential = re.compile(rf"(?i){_CREDENTIAL_PARAMETER}")
+    query = "&".join(
+        pair for pair in parts.query.split("&") if not credential.fullmatch(pair.partition("=")[0])
+    )
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=query))

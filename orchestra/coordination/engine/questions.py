@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestra.communication.channels import Question
 from orchestra.errors import OrchestraError, UnstorableValueError, UserInputError
+from orchestra.models.secrets import redact
 
 from . import inputs as inp
 from .branches import Branch
@@ -69,8 +70,10 @@ class OpenQuestions:
             failure = error
         except Exception as error:
             failure = UserInputError(
-                f"the user channel failed on {branch.agent!r}'s question {text!r}: "
-                f"{type(error).__name__}: {error}"
+                redact(
+                    f"the user channel failed on {branch.agent!r}'s question {text!r}: "
+                    f"{type(error).__name__}: {error}"
+                )
             )
         else:
             try:

@@ -35,6 +35,7 @@ from orchestra.errors import (
     UnstorableValueError,
 )
 from orchestra.models.base import Message
+from orchestra.models.secrets import redact
 
 from . import inputs as inp
 from . import tool_calls
@@ -564,10 +565,11 @@ database) before a durable run gives up and halts."""
 
 
 def _as_step_error(agent: str, error: Exception) -> OrchestraError:
-    """What a step that raised failed with: Orchestra's own errors as they are."""
+    """What a step that raised failed with: Orchestra's own errors as they are; any other's text
+    with the API keys it carries redacted (it goes into the log, the events and the result)."""
     if isinstance(error, OrchestraError):
         return error
-    failure = AgentStepError(f"agent {agent!r} raised {type(error).__name__}: {error}")
+    failure = AgentStepError(redact(f"agent {agent!r} raised {type(error).__name__}: {error}"))
     failure.__cause__ = error
     return failure
 

@@ -14,6 +14,7 @@ from orchestra.agents.base import BaseAgent
 from orchestra.agents.pool import AgentPool
 from orchestra.errors import ToolError, ToolInDoubtError, UnstorableValueError
 from orchestra.models.base import ToolCall
+from orchestra.models.secrets import redact
 
 from . import inputs as inp
 from .branches import Branch
@@ -66,7 +67,7 @@ async def _run_one(runner: Runner, branch: Branch, agent: BaseAgent, call: ToolC
     try:
         result, ok = await _call(runner, agent, call), True
     except Exception as error:
-        result, ok = f"{type(error).__name__}: {error}", False
+        result, ok = redact(f"{type(error).__name__}: {error}"), False  # a key it carries
     item = inp.ToolResult(
         at=now(),
         branch_id=branch.id,

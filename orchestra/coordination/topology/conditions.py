@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestra.errors import ConditionError
+from orchestra.models.secrets import redact
 
 Predicate = Callable[[Any, Mapping[str, Any]], bool]
 Condition = str | Predicate
@@ -109,5 +110,5 @@ def condition_holds(
         return bool(condition(payload, context))
     except Exception as exc:
         raise ConditionError(
-            f"the condition on edge {edge!r} raised {type(exc).__name__}: {exc}"
+            redact(f"the condition on edge {edge!r} raised {type(exc).__name__}: {exc}")
         ) from exc
