@@ -12,6 +12,8 @@ Anthropic blocks) stays in its test module.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import os
 import subprocess
@@ -65,8 +67,22 @@ def quiet(**settings: Any) -> ExecutionConfig:
 
 
 def fn(name: str, function: Callable[..., Any]) -> FunctionAgent:
-    """A code agent kept out of the global registry."""
-    return FunctionAgent(name, function, register=False)
+    """A code agent kept out of the global registry, run on the event loop.
+
+    A plain function given to ``FunctionAgent`` runs on a thread, and parallel branches then
+    finish in whatever order the threads do: the tests that check what a run does when one
+    branch fails while its siblings work need the order they ran in, so here a plain function
+    is wrapped in a coroutine function. Sync code on threads has tests of its own
+    (``test_sync_code.py``)."""
+    if inspect.iscoroutinefunction(function):
+        return FunctionAgent(name, function, register=False)
+
+    @functools.wraps(function)
+    async def on_the_loop(value: Any, context: Any) -> Any:
+        result = function(value, context)
+        return await result if inspect.isawaitable(result) else result
+
+    return FunctionAgent(name, on_the_loop, register=False)
 
 
 def llm(name: str, model: Any, tools: Iterable[Any] | None = None) -> Agent:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import msgspec
 import pytest
-from helpers import crash_copy, final, quiet
+from helpers import crash_copy, final, fn, quiet
 from services import output_of
 from storage_backends import Storage, close_backend, open_backend
 from test_sessions import Hold, wait
@@ -118,13 +118,15 @@ def lead(work: Any, context: Any) -> Action:
 
 
 def worker(name: str) -> FunctionAgent:
-    return FunctionAgent(name, lambda request, context: f"{name} did {request}", register=False)
+    """On the event loop (see ``helpers.fn``): the uninterrupted run and each resumed one
+    must see the workers finish in the same order."""
+    return fn(name, lambda request, context: f"{name} did {request}")
 
 
 def fan_out_instance(storage: Storage, **agents: FunctionAgent) -> OrchestraInstance:
     registry = AgentRegistry(
         [
-            FunctionAgent("Lead", lead, register=False),
+            fn("Lead", lead),
             *(agents.get(name, worker(name)) for name in ("W1", "W2", "W3")),
         ]
     )
@@ -455,9 +457,7 @@ async def test_a_session_is_rebuilt_only_with_the_settings_its_topology_had(
     assert done.success
     other = OrchestraInstance(
         {**FAN_OUT, **changed},
-        agent_registry=AgentRegistry(
-            [FunctionAgent("Lead", lead, register=False), *map(worker, ("W1", "W2", "W3"))]
-        ),
+        agent_registry=AgentRegistry([fn("Lead", lead), *map(worker, ("W1", "W2", "W3"))]),
         state_manager=StateManager(storage, auto_save_interval=0),
     )
     with pytest.raises(SessionError, match="'shape' was recorded with a different topology"):
