@@ -1,6 +1,8 @@
 """Sync user code (function agents, tools) runs off the event loop: it holds no other branch,
 every timeout applies to it, and a call given up on neither keeps the process alive nor holds a
-thread the next call needs. A CancelledError raised by user code is that code's failure.
+thread the next call needs, and one no thread can start for never runs. Whatever user code
+raises (CancelledError, StopIteration, GeneratorExit, its own TimeoutError) is that code's
+failure, never a hang; SystemExit still stops the process.
 """
 
 from __future__ import annotations
