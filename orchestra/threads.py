@@ -11,7 +11,9 @@ are joined at interpreter exit (a tool abandoned after 1 s of a 30 s sleep kept 
 alive 29 s longer) and an abandoned call holds one of its few workers. Here every thread is a
 daemon, never joined, and a call given up on stops counting against the pool's size: a call
 waiting for a thread gets a new one rather than waiting for it. An idle thread exits after a
-few seconds.
+few seconds. Calls given up on while they run are not bounded: each keeps its thread until its
+function returns. A call for which no thread can start (the OS refused one) fails at once and
+is never run.
 """
 
 from __future__ import annotations
@@ -64,13 +66,13 @@ class DaemonThreads:
         longer counted, and another thread takes the calls that wait."""
         job = _Job(functools.partial(function, *args, **kwargs), asyncio.get_running_loop())
         with self._guard:
-            self._jobs.put(job)
             if self._idle:
                 self._idle -= 1
             elif self._counted < MAX_THREADS:
-                self._start()
+                self._start_for(function)
             else:
                 self._waiting += 1
+            self._jobs.put(job)  # only once a thread is sure to take it
         try:
             return cast(T, await job.future)
         except asyncio.CancelledError:
@@ -78,8 +80,21 @@ class DaemonThreads:
             raise
 
     def _start(self) -> None:
-        self._counted += 1
+        """A new thread, counted once it runs; raises what ``Thread.start`` raised (the OS
+        refused a thread), counting nothing."""
         threading.Thread(target=self._work, name=self.name, daemon=True).start()
+        self._counted += 1
+
+    def _start_for(self, function: Callable[..., Any]) -> None:
+        """A thread for the caller's call, or a RuntimeError naming the function (the step or
+        tool call fails with it): the call is not queued, so it never runs after its caller was
+        told it failed."""
+        try:
+            self._start()
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"could not start a thread to run {_name(function)}: {error}"
+            ) from error
 
     def _give_up(self, job: _Job) -> None:
         with self._guard:
@@ -89,8 +104,14 @@ class DaemonThreads:
                 job.state = "abandoned"
                 self._counted -= 1
                 if self._waiting:
-                    self._waiting -= 1
-                    self._start()
+                    self._replace()
+
+    def _replace(self) -> None:
+        """A thread for a waiting call, in place of one given up on; if none can start, the
+        call waits for the next thread that comes free."""
+        with contextlib.suppress(RuntimeError):
+            self._start()
+            self._waiting -= 1
 
     def _work(self) -> None:
         while True:
@@ -122,10 +143,25 @@ class DaemonThreads:
 def _run(job: _Job) -> None:
     try:
         result = job.context.run(job.function)
+    except (StopIteration, StopAsyncIteration, GeneratorExit) as error:
+        # a future cannot raise these as they are: it refuses StopIteration (it would end the
+        # awaiting coroutine as if it returned), and a GeneratorExit thrown into a coroutine
+        # closes it instead. As a coroutine raising StopIteration does, the call fails with a
+        # RuntimeError that names it
+        failure = RuntimeError(f"{_name(job.function)} raised {error!r}")
+        failure.__cause__ = error
+        settle_soon(job.loop, job.future, None, failure)
     except BaseException as error:  # handed to the awaiting coroutine, whatever it is
         settle_soon(job.loop, job.future, None, error)
     else:
         settle_soon(job.loop, job.future, result, None)
+
+
+def _name(function: Callable[..., Any]) -> str:
+    """The user function's name, for errors: a partial's own function's."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    return str(getattr(function, "__name__", None) or repr(function))
 
 
 def settle_soon(
@@ -145,8 +181,13 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         return
     if error is None:
         future.set_result(result)
-    else:
+        return
+    try:
         future.set_exception(error)
+    except Exception as refused:  # no error may leave the caller waiting forever
+        failure = RuntimeError(f"{type(error).__name__} cannot be raised into a future: {refused}")
+        failure.__cause__ = error
+        future.set_exception(failure)
 
 
 USER_CODE = DaemonThreads("orchestra-sync")

@@ -1,6 +1,8 @@
 """Sync user code (function agents, tools) runs off the event loop: it holds no other branch,
 every timeout applies to it, and a call given up on neither keeps the process alive nor holds a
-thread the next call needs. A CancelledError raised by user code is that code's failure.
+thread the next call needs, and one no thread can start for never runs. Whatever user code
+raises (CancelledError, StopIteration, GeneratorExit, its own TimeoutError) is that code's
+failure, never a hang; SystemExit still stops the process.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from helpers import fn, llm, of, quiet, run_cli, spokes, statuses
 from orchestra import Action, FunctionModel, tool
 from orchestra.coordination.engine import events as ev
 from orchestra.models import Message, StepInfo
-from orchestra.threads import MAX_THREADS, DaemonThreads
+from orchestra.threads import MAX_THREADS, DaemonThreads, settle_soon
 from orchestra.tools import Tool
 
 WAIT = 5.0  # a run here takes under a second once its timeouts apply; a hang fails after WAIT
@@ -129,6 +131,25 @@ async def test_a_tools_own_timeout_is_named_when_it_is_the_shorter(
         result.final_response
         == "error: ToolError: tool 'stuck' took longer than its timeout of 0.2s"
     )
+
+
+@pytest.mark.parametrize(("timeout", "step_timeout"), [(None, None), (30, None), (None, 5)])
+async def test_a_timeout_error_a_tool_raises_is_its_failure_as_it_is(
+    timeout: float | None, step_timeout: float | None
+) -> None:
+    """Any TimeoutError was taken for the tool's own limit: "took longer than its timeout of
+    Nones" with no timeout set, "of 30s" for a tool that failed at once."""
+
+    def fetch() -> str:
+        raise TimeoutError("database lock wait exceeded")
+
+    result = await run(
+        "task",
+        SOLO,
+        [llm("A", calling("fetch"), [Tool(fetch, timeout=timeout)])],
+        config=quiet(step_timeout=step_timeout),
+    )
+    assert result.final_response == "error: TimeoutError: database lock wait exceeded"
 
 
 async def test_an_abandoned_sync_call_holds_no_thread_the_next_call_needs(
@@ -285,3 +306,131 @@ def test_the_command_line_stops_a_sync_step_at_step_timeout(tmp_path: Path) -> N
     assert time.monotonic() - started < PROCESS_BOUND
     assert done.returncode == 1, done.stdout + done.stderr
     assert "took longer than step_timeout=1s" in done.stdout + done.stderr
+
+
+def stop_iteration(value: Any = None, ctx: Any = None) -> str:
+    return str(next(iter([])))  # a common slip: StopIteration out of a plain function
+
+
+@pytest.mark.parametrize("kind", ["fn", "tool"])
+async def test_stop_iteration_from_sync_code_is_its_failure(kind: str) -> None:
+    """A future cannot raise StopIteration: the thread's result was dropped with a TypeError
+    logged on the loop, and the run waited for it forever."""
+    if kind == "fn":
+        result = await run("task", SOLO, [fn("A", stop_iteration)])
+        assert not result.success
+        assert result.error == (
+            "agent 'A' raised RuntimeError: stop_iteration raised StopIteration()"
+        )
+    else:
+        tools = [Tool(stop_iteration, name="stop")]
+        result = await run("task", SOLO, [llm("A", calling("stop"), tools)])
+        assert result.success, result.error
+        assert result.final_response == (
+            "error: RuntimeError: stop_iteration raised StopIteration()"
+        )
+
+
+async def test_an_error_a_future_refuses_still_settles_it() -> None:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    settle_soon(loop, future, None, StopIteration())
+    with pytest.raises(RuntimeError, match="StopIteration cannot be raised into a future"):
+        await asyncio.wait_for(future, WAIT)
+
+
+@pytest.mark.parametrize("where", ["sync fn", "async fn", "sync tool", "async tool"])
+async def test_generator_exit_from_user_code_is_its_failure(where: str) -> None:
+    """Only Exception was caught: a GeneratorExit (a BaseException) ended the branch's task
+    unnoticed and the run waited for it forever."""
+
+    def raises(value: Any = None, ctx: Any = None) -> str:
+        raise GeneratorExit("closed early")
+
+    async def raises_async(value: Any = None, ctx: Any = None) -> str:
+        raise GeneratorExit("closed early")
+
+    sync = where.startswith("sync")
+    # from a thread, it reaches the loop as a RuntimeError: thrown into a coroutine as it is,
+    # a GeneratorExit would close it rather than fail it
+    failure = (
+        "RuntimeError: raises raised GeneratorExit('closed early')"
+        if sync
+        else ("GeneratorExit: closed early")
+    )
+    if where.endswith("fn"):
+        result = await run("task", SOLO, [fn("A", raises if sync else raises_async)])
+        assert not result.success
+        assert result.error == f"agent 'A' raised {failure}"
+        assert result.metadata["error_type"] == "AgentStepError"
+    else:
+        tools = [Tool(raises if sync else raises_async, name="closing")]
+        result = await run("task", SOLO, [llm("A", calling("closing"), tools)])
+        assert result.success, result.error
+        assert result.final_response == f"error: {failure}"
+
+
+def test_system_exit_from_user_code_still_stops_the_process() -> None:
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from orchestra import AgentRegistry, FunctionAgent, Orchestra
+
+        def leave(value, ctx):
+            raise SystemExit(7)
+
+        agent = FunctionAgent("A", leave, register=False)
+        asyncio.run(Orchestra.run(
+            "task", {"nodes": ["A"], "edges": []}, agent_registry=AgentRegistry([agent])
+        ))
+        print("the run went on")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_BOUND,
+        cwd=helpers.TESTS.parent,
+    )
+    assert done.returncode == 7, done.stdout + done.stderr
+    assert "the run went on" not in done.stdout
+
+
+async def test_a_call_no_thread_can_start_for_fails_and_never_runs(
+    monkeypatch: pytest.MonkeyPatch, release: threading.Event
+) -> None:
+    """The call was queued before its thread failed to start: its caller was told it failed,
+    yet it ran later on another thread, and the failed start stayed counted (one thread fewer
+    for good)."""
+    pool = DaemonThreads("refused")
+    start = threading.Thread.start
+    refuse = threading.Event()
+
+    def starting(thread: threading.Thread) -> None:
+        if thread.name == "refused" and refuse.is_set():
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", starting)
+    ran: list[str] = []
+    first = threading.Event()
+    busy = asyncio.ensure_future(pool.call(first.wait, BLOCK))
+    await asyncio.sleep(0)  # the busy call holds the pool's one thread
+    refuse.set()
+    with pytest.raises(RuntimeError, match="could not start a thread to run append: can't"):
+        await pool.call(ran.append, "refused")
+    refuse.clear()
+    first.set()
+    await asyncio.wait_for(busy, WAIT)
+    await asyncio.wait_for(pool.call(ran.append, "next"), WAIT)  # same thread, after any queued
+    assert ran == ["next"]
+
+    def running() -> int:
+        return sum(thread.name == "refused" for thread in threading.enumerate())
+
+    blocked = [asyncio.ensure_future(pool.call(release.wait, BLOCK)) for _ in range(MAX_THREADS)]
+    await asyncio.sleep(0)
+    assert running() == MAX_THREADS
+    for call in blocked:
+        call.cancel()

@@ -74,8 +74,9 @@ class Tool:
         """Validate, then call (sync functions in a daemon thread: see :mod:`orchestra.threads`),
         within the tool's time limit."""
         values = self.validate(arguments)
+        limit = asyncio.timeout(self.timeout)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with limit:
                 if self.is_async:
                     return await self.fn(**values)
                 result = await USER_CODE.call(self.fn, **values)
@@ -83,8 +84,10 @@ class Tool:
                     result = await result
                 return result
         except TimeoutError:
+            if not limit.expired():
+                raise  # the tool raised it (a socket's timeout, say): its failure as it is
             raise ToolError(
-                f"tool {self.name!r} took longer than its timeout of {self.timeout}s"
+                f"tool {self.name!r} took longer than its timeout of {self.timeout:g}s"
             ) from None
 
 

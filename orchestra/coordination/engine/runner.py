@@ -395,7 +395,9 @@ class Runner:
                 if really_cancelled():
                     raise  # only a cancel of the branch's own task stops it
                 failure = AgentStepError(f"agent {branch.agent!r} raised CancelledError")
-            except Exception as error:
+            except (KeyboardInterrupt, SystemExit):
+                raise  # the process is to stop: not one step's failure
+            except BaseException as error:  # GeneratorExit too: left alone, the run would hang
                 failure = _as_step_error(branch.agent, error)
             finally:
                 self.steps_in_flight -= 1
@@ -564,7 +566,7 @@ STORAGE_RETRY_DELAYS = (0.05, 0.25, 1.0)
 database) before a durable run gives up and halts."""
 
 
-def _as_step_error(agent: str, error: Exception) -> OrchestraError:
+def _as_step_error(agent: str, error: BaseException) -> OrchestraError:
     """What a step that raised failed with: Orchestra's own errors as they are; any other's text
     with the API keys it carries redacted (it goes into the log, the events and the result)."""
     if isinstance(error, OrchestraError):

@@ -66,7 +66,9 @@ async def _run_one(runner: Runner, branch: Branch, agent: BaseAgent, call: ToolC
     started = time.perf_counter()
     try:
         result, ok = await _call(runner, agent, call), True
-    except Exception as error:
+    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+        raise  # the process is to stop, or the branch's task is cancelled (see _call)
+    except BaseException as error:  # GeneratorExit too: left alone, the run would hang
         result, ok = redact(f"{type(error).__name__}: {error}"), False  # a key it carries
     item = inp.ToolResult(
         at=now(),
