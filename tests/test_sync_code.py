@@ -21,9 +21,9 @@ from typing import Any
 
 import helpers
 import pytest
-from helpers import fn, llm, of, quiet, run_cli, spokes, statuses
+from helpers import llm, of, quiet, run_cli, spokes, statuses
 
-from orchestra import Action, FunctionModel, tool
+from orchestra import Action, FunctionAgent, FunctionModel, tool
 from orchestra.coordination.engine import events as ev
 from orchestra.models import Message, StepInfo
 from orchestra.threads import MAX_THREADS, DaemonThreads, settle_soon
@@ -33,6 +33,12 @@ WAIT = 5.0  # a run here takes under a second once its timeouts apply; a hang fa
 BLOCK = 10.0  # how long blocked user code would go on, were it not given up on
 run = partial(helpers.run, wait=WAIT)
 SOLO = {"nodes": ["A"], "edges": []}
+
+
+def code(name: str, function: Any) -> FunctionAgent:
+    """A function agent as users make one: a plain function runs on a thread (``helpers.fn``
+    would run it on the event loop)."""
+    return FunctionAgent(name, function, register=False)
 
 
 @pytest.fixture
@@ -80,7 +86,7 @@ async def test_a_sync_function_agent_holds_no_sibling_and_obeys_step_timeout(
     result = await run(
         "task",
         spokes("W1", "W2"),
-        [fn("Hub", hub), fn("W1", blocked), fn("W2", quick)],
+        [code("Hub", hub), code("W1", blocked), code("W2", quick)],
         config=quiet(step_timeout=0.5),
     )
     assert sibling_saw == [False]  # the sibling finished while the sync step was still blocked
@@ -244,7 +250,7 @@ async def test_a_function_agent_raising_cancelled_error_fails_its_step(kind: str
         async def gives_up(value: Any, ctx: Any) -> str:
             raise asyncio.CancelledError
 
-    result = await run("task", SOLO, [fn("A", gives_up)])
+    result = await run("task", SOLO, [code("A", gives_up)])
     assert not result.success
     assert result.error == "agent 'A' raised CancelledError"
     assert result.metadata["error_type"] == "AgentStepError"
@@ -317,7 +323,7 @@ async def test_stop_iteration_from_sync_code_is_its_failure(kind: str) -> None:
     """A future cannot raise StopIteration: the thread's result was dropped with a TypeError
     logged on the loop, and the run waited for it forever."""
     if kind == "fn":
-        result = await run("task", SOLO, [fn("A", stop_iteration)])
+        result = await run("task", SOLO, [code("A", stop_iteration)])
         assert not result.success
         assert result.error == (
             "agent 'A' raised RuntimeError: stop_iteration raised StopIteration()"
@@ -359,7 +365,7 @@ async def test_generator_exit_from_user_code_is_its_failure(where: str) -> None:
         else ("GeneratorExit: closed early")
     )
     if where.endswith("fn"):
-        result = await run("task", SOLO, [fn("A", raises if sync else raises_async)])
+        result = await run("task", SOLO, [code("A", raises if sync else raises_async)])
         assert not result.success
         assert result.error == f"agent 'A' raised {failure}"
         assert result.metadata["error_type"] == "AgentStepError"
