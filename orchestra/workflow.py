@@ -46,8 +46,14 @@ from pydantic_core import PydanticCustomError
 
 from orchestra.agents import Agent, AgentRegistry, BaseAgent, FunctionAgent
 from orchestra.coordination.config import ErrorHandlingConfig, ExecutionConfig
+from orchestra.coordination.state.backends import check_session_id
 from orchestra.coordination.topology import Topology
-from orchestra.errors import ConfigurationError, OrchestraError, TopologyError
+from orchestra.errors import (
+    ConfigurationError,
+    InvalidSessionIdError,
+    OrchestraError,
+    TopologyError,
+)
 from orchestra.models.config import ModelConfig
 from orchestra.models.defaults import default_model_config
 from orchestra.workflow_source import Locator, WorkflowError, read_source
@@ -123,11 +129,17 @@ def load_workflow(
     allowed = None if allowed_modules is None else _allowed(allowed_modules)
     source = read_source(path)
     locate = source.locate
+    source.require_mapping("agents, topology, ...")
     try:
         spec = WorkflowSpec.model_validate(source.data)
     except ValidationError as error:
         raise WorkflowError(locate.validation(error)) from None
     _check_names(spec, locate)
+    for where, reference in _references(spec):
+        _check_reference(reference, locate.at(where))
+    _check_session(spec, locate, untrusted=allowed is not None)
+    if allowed is not None:
+        _check_no_base_url(spec, locate)
     try:
         topology = Topology.coerce(spec.topology)
         topology.validate()
@@ -173,6 +185,39 @@ def _check_names(spec: WorkflowSpec, locate: Locator) -> None:
                 f"defined (at {earlier}); each agent needs a name of its own"
             )
         first[agent.name] = index
+
+
+def _check_session(spec: WorkflowSpec, locate: Locator, untrusted: bool) -> None:
+    """A ``session_id`` in the context names the session a run writes into, so it must be a
+    safe session id; and a file you do not trust may not choose it (it could pin every run
+    into one of your sessions): you pass ``--session`` instead."""
+    if "session_id" not in spec.context:
+        return
+    where = locate.at(("context", "session_id"))
+    if untrusted:
+        raise WorkflowError(
+            f"{where}: a workflow file run with --allow-module may not choose the session it "
+            "writes into; remove it and pass --session NAME"
+        )
+    try:
+        check_session_id(spec.context["session_id"])
+    except InvalidSessionIdError as error:
+        raise WorkflowError(f"{where}: {error}") from None
+
+
+def _check_no_base_url(spec: WorkflowSpec, locate: Locator) -> None:
+    """A file you do not trust may not choose the server a model is reached at: that server
+    would receive your API key (OPENAI_API_KEY / ANTHROPIC_API_KEY, sent when the file gives
+    none) and everything the run tells the model. Where the file names no server, the key goes
+    to its provider's own."""
+    for index, agent in enumerate(spec.agents):
+        if isinstance(agent.model, ModelConfig) and agent.model.base_url is not None:
+            raise WorkflowError(
+                f"{locate.at(('agents', index, 'model', 'base_url'))}: a workflow file run with "
+                "--allow-module may not set base_url: the server it names would receive your "
+                "API key; to use a server of your own, set ORCHESTRA_BASE_URL (and "
+                "ORCHESTRA_MODEL) in your environment and leave the agent's model out"
+            )
 
 
 def _check_nodes(spec: WorkflowSpec, topology: Topology, locate: Locator) -> None:
@@ -255,12 +300,28 @@ def _check_allowed(path: str, allowed: frozenset[str], where: str) -> None:
         )
 
 
-def _import(path: str, where: str) -> Any:
-    """The object at ``path``, which must be callable. Whatever importing the module raises
-    is reported at its field: the module is the workflow's code, not Orchestra's."""
+def _check_reference(path: str, where: str) -> None:
+    """An import path names a module and a public attribute of it. A dunder (``pkg:__class__``,
+    ``pkg.__builtins__:eval``) reaches past what the module chose to offer, and past the
+    allow-list, so none is taken."""
     module_name, attribute = _module_of(path)
     if not _MODULE_NAME.fullmatch(module_name) or not attribute.isidentifier():
         raise WorkflowError(f"{where}: {path!r} is not an import path (module:attribute)")
+    dunder = next(
+        (part for part in (*module_name.split("."), attribute) if part.startswith("__")), None
+    )
+    if dunder is not None:
+        raise WorkflowError(
+            f"{where}: {path!r} names {dunder!r}; a reference may not name a dunder attribute "
+            "or module, name the function or tool itself"
+        )
+
+
+def _import(path: str, where: str) -> Any:
+    """The object at ``path`` (checked by _check_reference), which must be callable. Whatever
+    importing the module raises is reported at its field: the module is the workflow's code,
+    not Orchestra's."""
+    module_name, attribute = _module_of(path)
     try:
         found = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:

@@ -4,17 +4,20 @@ A workflow file can come from someone else. Before anything is built from it, it
 and parsed within bounds, so that a few hundred bytes cannot cost minutes and gigabytes (YAML
 anchors nested eight deep expand to hundreds of millions of values, all of which the session
 header would then hold), nor end the loader in a traceback (nesting deeper than Python's
-recursion limit, bytes that are not UTF-8, an integer too long to convert). Each refusal names
-the file and the line. YAML is read with PyYAML's safe loader: no tag builds a Python object.
+recursion limit, bytes that are not UTF-8, an integer too long to convert, a key written
+twice), nor wait forever (a pipe no one writes to). Each refusal names the file and the line.
+YAML is read with PyYAML's safe loader: no tag builds a Python object.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import ValidationError
@@ -31,6 +34,11 @@ MAX_VALUES = 100_000
 """The most values (mappings, lists, scalars, keys included) a YAML file may hold once each
 alias is counted as the whole value it stands for."""
 
+MAX_CHARS = 4 * MAX_BYTES
+"""The most characters the scalars of a YAML file (keys included) may add up to once each alias
+is counted as the whole value it stands for: 4 Mi. Without it, one anchor of 500 KB named by
+2,000 aliases stands for a gigabyte of context, which a session would then try to store."""
+
 
 class WorkflowError(ConfigurationError):
     """A workflow file cannot be used; the message gives file, line and field."""
@@ -42,6 +50,19 @@ class Source:
 
     data: Any
     locate: Locator
+
+    def require_mapping(self, holds: str) -> None:
+        """An empty file, or one whose top level is not a mapping, said in words (pydantic
+        would name an empty field)."""
+        if self.data is None:
+            raise WorkflowError(f"{self.locate.path}:1: the file is empty; it must hold {holds}")
+        if not isinstance(self.data, dict):
+            root = self.locate.root
+            line = 1 if root is None else root.start_mark.line + 1
+            raise WorkflowError(
+                f"{self.locate.path}:{line}: the file must hold a mapping ({holds}), not a "
+                f"{type(self.data).__name__}"
+            )
 
 
 def read_source(path: Path) -> Source:
@@ -56,23 +77,47 @@ def read_source(path: Path) -> Source:
 
 
 def _text(path: Path) -> str:
-    """The file's text: at most MAX_BYTES read (a device or a pipe is never read to its end)."""
+    """The file's text, without a UTF-8 byte order mark: at most MAX_BYTES read, and only from
+    a regular file (opened without blocking, so a pipe no one writes to cannot hang the load,
+    and a device such as /dev/zero is never read)."""
     try:
-        with path.open("rb") as file:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise WorkflowError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        kind = _kind(os.fstat(descriptor).st_mode)
+        if kind is not None:
+            raise WorkflowError(f"{path}: is {kind}, not a file; a workflow file must be a file")
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
             raw = file.read(MAX_BYTES + 1)
     except OSError as error:
         raise WorkflowError(f"cannot read {path}: {error.strerror}") from None
+    finally:
+        os.close(descriptor)
     if len(raw) > MAX_BYTES:
         raise WorkflowError(
             f"{path}: larger than {MAX_BYTES} bytes, the most a workflow file may be"
         )
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         raise WorkflowError(
             f"{path}:{line}: not UTF-8 text (byte {raw[error.start]:#04x}); save the file as UTF-8"
         ) from None
+
+
+def _kind(mode: int) -> str | None:
+    """What a file that is not a regular one is, in words (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket or other special file"
 
 
 class _Refused(Exception):
@@ -84,15 +129,38 @@ class _Refused(Exception):
         self.message = message
 
 
+class _Size(NamedTuple):
+    """What a node stands for once its aliases are expanded."""
+
+    values: int
+    height: int
+    chars: int
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+_CONSTRUCT_ERRORS = (
+    ValueError,
+    TypeError,
+    AttributeError,
+    LookupError,
+    OverflowError,
+    RecursionError,
+)
+"""What PyYAML's constructors raise, unwrapped, on a scalar they cannot convert: an integer of
+more than 4300 digits, the date 2024-13-45, the timestamp ``!!timestamp garbage``, the empty
+``!!int``."""
+
+
 class _BoundedLoader(yaml.SafeLoader):
-    """The safe loader, measuring each node as it is composed: how many values it stands for
-    and how deep it nests, an alias counted as the whole node it names (memoised per node, so
-    measuring costs one pass however often a node is reused)."""
+    """The safe loader, measuring each node as it is composed: how many values and characters
+    it stands for and how deep it nests, an alias counted as the whole node it names (memoised
+    per node, so measuring costs one pass however often a node is reused)."""
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
         self._depth = 0
-        self._measured: dict[int, tuple[int, int]] = {}
+        self._measured: dict[int, _Size] = {}
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         # where the node (or the alias standing for one) is written
@@ -106,18 +174,33 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
         if node is None:
             return None
-        values, height = self._measure(node)
-        if values > MAX_VALUES:
-            raise _Refused(
-                mark,
-                f"expands to more than {MAX_VALUES} values (an alias counts as all the values "
-                "of the anchor it names, each time it is used)",
-            )
-        if self._depth + height > MAX_DEPTH:
+        size = self._measure(node)
+        if size.values > MAX_VALUES:
+            raise _Refused(mark, _expands(f"{MAX_VALUES} values", "values"))
+        if size.chars > MAX_CHARS:
+            raise _Refused(mark, _expands(f"{MAX_CHARS} characters", "characters"))
+        if self._depth + size.height > MAX_DEPTH:
             raise _Refused(mark, _too_deep())
         return node
 
-    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        """A key written twice in one mapping is refused at its second line: YAML would keep
+        the last silently (a second ``agents:`` would drop every agent of the first)."""
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], yaml.Mark] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
+                continue
+            earlier = first.setdefault((key.tag, key.value), key.start_mark)
+            if earlier is not key.start_mark:
+                raise _Refused(
+                    key.start_mark,
+                    f"the key {key.value!r} is already in this mapping (line "
+                    f"{earlier.line + 1}); YAML would keep only the last, so remove one",
+                )
+        return node
+
+    def _measure(self, node: yaml.Node) -> _Size:
         known = self._measured.get(id(node))
         if known is not None:
             return known
@@ -127,20 +210,29 @@ class _BoundedLoader(yaml.SafeLoader):
         elif isinstance(node, yaml.MappingNode):
             children = [part for pair in node.value for part in pair]
         sizes = [self._measured[id(child)] for child in children]
-        measured = (
-            1 + sum(values for values, _ in sizes),
-            1 + max((height for _, height in sizes), default=0),
+        own = len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+        measured = _Size(
+            1 + sum(size.values for size in sizes),
+            1 + max((size.height for size in sizes), default=0),
+            own + sum(size.chars for size in sizes),
         )
         self._measured[id(node)] = measured
         return measured
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        """A scalar Python cannot convert (an integer of more than 4300 digits, the date
-        2024-13-45) is refused at its line, not raised from deep inside PyYAML."""
+        """A scalar Python cannot convert is refused at its line, not raised from deep inside
+        PyYAML."""
         try:
             return super().construct_object(node, deep)
-        except ValueError as error:
+        except _CONSTRUCT_ERRORS as error:
             raise _Refused(node.start_mark, f"cannot read this value: {error}") from None
+
+
+def _expands(limit: str, what: str) -> str:
+    return (
+        f"expands to more than {limit} (an alias counts as all the {what} of the anchor it "
+        "names, each time it is used)"
+    )
 
 
 def _too_deep() -> str:
@@ -154,13 +246,22 @@ def _yaml(path: Path, text: str, construct: bool = True) -> tuple[yaml.Node | No
     except yaml.YAMLError as error:
         raise _error(path, text, error) from None
     try:
-        node: yaml.Node | None = loader.get_single_node()
+        node: yaml.Node | None = _compose(loader)
         data = loader.construct_document(node) if construct and node is not None else None
         return node, data
     except (yaml.YAMLError, _Refused) as error:
         raise _error(path, text, error) from None
     finally:
         loader.dispose()
+
+
+def _compose(loader: _BoundedLoader) -> yaml.Node | None:
+    """The node tree; a character escape beyond Unicode (``"\\U0011FFFF"``), which PyYAML's
+    scanner raises as a bare ValueError, is refused where the scanner stopped."""
+    try:
+        return loader.get_single_node()
+    except ValueError as error:
+        raise _Refused(loader.get_mark(), f"not valid YAML: {error}") from None
 
 
 def _error(path: Path, text: str, error: yaml.YAMLError | _Refused) -> WorkflowError:

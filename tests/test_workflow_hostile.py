@@ -3,16 +3,27 @@ no session; ``--allow-module`` refuses code outside the allowed modules before i
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 from helpers import TESTS, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from orchestra.errors import ConfigurationError
 from orchestra.workflow import load_workflow
-from orchestra.workflow_source import MAX_BYTES, MAX_DEPTH, MAX_VALUES, WorkflowError
+from orchestra.workflow_source import (
+    MAX_BYTES,
+    MAX_CHARS,
+    MAX_DEPTH,
+    MAX_VALUES,
+    WorkflowError,
+    read_source,
+)
 
 HEAD = "agents:\n  - name: A\n    function: flow_nodes:shout\ntopology: {nodes: [A]}\ntask: hi\n"
 
@@ -88,7 +99,16 @@ def test_anchors_an_honest_file_uses_still_work(tmp_path: Path) -> None:
         (HEAD + "context: {x: [}\n", 6, "not valid YAML"),
         (HEAD.replace("flow_nodes:shout", "os:sep"), 3, "'os:sep' is a str, not a function"),
         (HEAD.replace("flow_nodes:shout", ".flow_nodes:shout"), 3, "is not an import path"),
-        (HEAD.replace("flow_nodes:shout", "flow_nodes:__name__"), 3, "is a str, not"),
+        (HEAD.replace("flow_nodes:shout", "flow_nodes:__name__"), 3, "names '__name__'"),
+        (HEAD.replace("flow_nodes:shout", "flow_nodes.__class__"), 3, "a dunder attribute"),
+        (HEAD.replace("flow_nodes:shout", "os.__builtins__:eval"), 3, "names '__builtins__'"),
+        (HEAD + "context: {x: !!timestamp garbage}\n", 6, "cannot read this value: 'NoneType'"),
+        (HEAD + 'context: {x: "\\U0011FFFF"}\n', 6, "not valid YAML: chr() arg not in range"),
+        (HEAD + "agents: []\n", 6, "the key 'agents' is already in this mapping (line 1)"),
+        (HEAD + "context: {a: 1, 'a': 2}\n", 6, "the key 'a' is already in this mapping"),
+        (HEAD + "context: {session_id: 123}\n", 6, "context.session_id: session id 123 is not"),
+        (HEAD + "context: {session_id: ../../etc/x}\n", 6, "context.session_id: session id"),
+        (HEAD + 'context: {session_id: "nl\\n"}\n', 6, "context.session_id: session id"),
         (HEAD + "execution: {max_steps: 0}\n", 6, "execution.max_steps: Input should be greater"),
         (HEAD + 'execution: {max_steps: "1e400"}\n', 6, "execution.max_steps: Input should be"),
         (HEAD + "execution: {max_steps: true}\n", 6, "execution.max_steps: Input should be"),
@@ -113,6 +133,124 @@ def test_a_hostile_yaml_file_is_refused_at_its_line(
     assert message in found, found
 
 
+def test_a_long_string_anchor_named_by_many_aliases_is_refused(tmp_path: Path) -> None:
+    """The reviewer's file: 500 KB named 2,000 times took 7 s and 3.9 GB to fail after the
+    session was made; each alias now counts the anchor's characters, so it is refused at once."""
+    anchor = "x" * (MAX_CHARS // 40)
+    text = HEAD + f"context:\n  s: &s {anchor}\n  l: [" + ",".join(["*s"] * 41) + "]\n"
+    assert len(text) < MAX_BYTES
+    message = refused(write(tmp_path, text))
+    assert message.startswith(
+        f"{tmp_path / 'flow.yaml'}:8: expands to more than {MAX_CHARS} characters"
+    )
+    fits = HEAD + f"context:\n  s: &s {anchor}\n  l: [" + ",".join(["*s"] * 30) + "]\n"
+    assert len(load_workflow(write(tmp_path, fits)).context["l"]) == 30
+
+
+def test_an_honest_edge_a_careless_user_meets_is_said_in_words(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    for text, message in [
+        ("", f"{flow}:1: the file is empty; it must hold agents, topology, ..."),
+        ("# nothing yet\n", f"{flow}:1: the file is empty; it must hold agents, topology, ..."),
+        (
+            "just words\n",
+            f"{flow}:1: the file must hold a mapping (agents, topology, ...), not a str",
+        ),
+    ]:
+        assert refused(write(tmp_path, text)) == message
+    assert load_workflow(write(tmp_path, "\ufeff" + HEAD)).task == "hi"
+    head = (
+        '{"agents": [{"name": "A", "function": "flow_nodes:shout"}], "topology": {"nodes": ["A"]}'
+    )
+    json_flow = write(tmp_path, "\ufeff" + head + ', "task": "hi"}', "flow.json")
+    assert load_workflow(json_flow).task == "hi"
+
+
+def test_what_is_not_a_regular_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    assert (
+        refused(tmp_path)
+        == f"{tmp_path}: is a directory, not a file; a workflow file must be a file"
+    )
+    fifo = tmp_path / "flow.yaml"
+    os.mkfifo(fifo)  # no one ever writes to it: opening it for reading used to wait forever
+    messages: list[str] = []
+    loading = threading.Thread(target=lambda: messages.append(refused(fifo)), daemon=True)
+    loading.start()
+    loading.join(timeout=30)
+    if loading.is_alive():  # let the blocked open return, so the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the load waited for a writer to the pipe")
+    assert messages == [f"{fifo}: is a pipe (FIFO), not a file; a workflow file must be a file"]
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "{provider: openai, name: gpt-4o-mini, base_url: 'http://attacker.example/v1'}",
+        "{provider: anthropic, name: claude, base_url: 'http://attacker.example'}",
+        "{provider: openai, name: m, api_key: theirs, base_url: 'http://attacker.example/v1'}",
+    ],
+)
+def test_a_file_run_with_allow_module_may_not_choose_the_model_server(
+    tmp_path: Path, model: str
+) -> None:
+    flow = write(
+        tmp_path,
+        "agents:\n  - name: A\n    function: flow_nodes:shout\n  - name: B\n"
+        f"    model: {model}\ntopology: {{nodes: [A, B], edges: [A -> B]}}\n",
+    )
+    message = refused(flow, allowed=["flow_nodes"])
+    assert message.startswith(
+        f"{flow}:5: agents[1].model.base_url: a workflow file run with --allow-module may not "
+        "set base_url: the server it names would receive your API key"
+    ), message
+    assert "set ORCHESTRA_BASE_URL" in message
+    assert load_workflow(flow).registry  # a file you trust may name its server
+
+
+def test_a_file_run_with_allow_module_may_not_choose_its_session(tmp_path: Path) -> None:
+    flow = write(tmp_path, HEAD + "context: {session_id: yours, note: n}\n")
+    assert load_workflow(flow).context["session_id"] == "yours"  # a file you trust may
+    assert refused(flow, allowed=["flow_nodes"]) == (
+        f"{flow}:6: context.session_id: a workflow file run with --allow-module may not choose "
+        "the session it writes into; remove it and pass --session NAME"
+    )
+
+
+YAML_PIECES = [
+    *"{}[]:,-&*!|>'\"\\ \n\tabx019.<%?#~\ufeff",
+    "!!timestamp ",
+    "!!binary ",
+    "!!int ",
+    "!!float ",
+    "!!set ",
+    "!!omap ",
+    "&a ",
+    "*a",
+    "<<: ",
+    "\\U0011FFFF",
+    "\\x",
+    "2024-13-45",
+]
+YAML_TEXT = st.lists(st.sampled_from(YAML_PIECES)).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(YAML_TEXT, st.text(), st.binary()), st.sampled_from(["flow.yaml", "flow.json"]))
+def test_any_text_is_a_workflow_or_a_refusal(
+    tmp_path_factory: pytest.TempPathFactory, content: str | bytes, name: str
+) -> None:
+    """Whatever the file holds, the loader gives data or a WorkflowError, never a traceback (a
+    module named by the file is never imported: nothing is allowed)."""
+    path = tmp_path_factory.mktemp("any") / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    try:
+        read_source(path)
+        load_workflow(path, allowed_modules=["no_module_is_this"])
+    except WorkflowError:
+        pass
+
+
 def test_a_file_that_is_not_utf8_is_refused_at_the_line_of_the_bad_byte(tmp_path: Path) -> None:
     text = HEAD.encode() + "context: {x: caf\xe9}\n".encode("latin-1")
     message = refused(write(tmp_path, text))
@@ -124,9 +262,9 @@ def test_a_file_that_is_not_utf8_is_refused_at_the_line_of_the_bad_byte(tmp_path
 def test_a_file_is_read_only_up_to_the_limit(tmp_path: Path) -> None:
     big = HEAD + "context: {x: '" + "a" * MAX_BYTES + "'}\n"
     assert "larger than 1048576 bytes" in refused(write(tmp_path, big))
-    endless = Path("/dev/zero")  # never read to its end
+    endless = Path("/dev/zero")  # never read at all
     if endless.exists():
-        assert "larger than" in refused(endless)
+        assert "/dev/zero: is a device, not a file" in refused(endless)
 
 
 def test_a_json_file_is_bounded_too(tmp_path: Path) -> None:
@@ -223,6 +361,17 @@ def test_an_allowed_module_must_be_a_module_name(tmp_path: Path) -> None:
     ("text", "where"),
     [
         (alias_bomb(8), "flow.yaml:12: expands to more than"),
+        (
+            HEAD
+            + "context:\n  s: &s "
+            + "x" * 500_000
+            + "\n  l: ["
+            + ",".join(["*s"] * 2000)
+            + "]\n",
+            f"flow.yaml:8: expands to more than {MAX_CHARS} characters",
+        ),
+        (HEAD + "context: {x: !!timestamp garbage}\n", "flow.yaml:6: cannot read this value"),
+        (HEAD + "context: {session_id: 123}\n", "flow.yaml:6: context.session_id: session id"),
         (HEAD + "context: {x: " + "[" * 500 + "]" * 500 + "}\n", "flow.yaml:6: nests deeper"),
         (HEAD.replace("flow_nodes:shout", "os:sep"), "flow.yaml:3: agents[0].function: 'os:sep'"),
         (HEAD + "execution: {max_steps: 0}\n", "flow.yaml:6: execution.max_steps:"),
