@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -475,3 +476,15 @@ def test_reprs_mask_base_url_credentials_and_dumps_leave_them_out() -> None:
     )
     assert config.model_dump()["base_url"] == "https://proxy.example/v1?api-version=2"
     assert config.base_url == CREDENTIAL_URL
+
+
+@pytest.mark.parametrize("unit", ["sk-", "a-", "a.", "x://", "&a_", "Bearer a"])
+def test_redacting_takes_time_in_proportion_to_the_text(unit: str) -> None:
+    """An unbounded URL scheme was tried from every word of "sk-sk-sk-..." to its end: 240 KB
+    of it, the text of an exception a tool raised, took 73 s, with the event loop held. Now a
+    few hundredths of a second; the bound only catches the quadratic case."""
+    text = unit * (240_000 // len(unit))
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (redact(text), done.set()), daemon=True)
+    worker.start()
+    assert done.wait(30), f"redacting {len(text):,} characters of {unit!r} took over 30 s"
