@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import Sequence
 
 import pytest
 
+from orchestra.agents import replies
 from orchestra.agents.contract import Action, ActionKind, Invocation
 from orchestra.agents.replies import (
     ActionParseError,
@@ -567,3 +570,36 @@ async def test_function_model_exceptions_propagate() -> None:
 
     with pytest.raises(RuntimeError, match="model down"):
         await FunctionModel(reply).complete([], info())
+
+
+@pytest.mark.parametrize("unit", ["```{", "```json {", "```{ ```"])
+def test_reading_a_fenced_reply_takes_time_in_proportion_to_it(unit: str) -> None:
+    """One regex found the fence, backtracking from every fence to the end: 320 KB of them
+    took 5 s, on the event loop (1 MB would take a minute). Now milliseconds; the bound only
+    catches the quadratic case."""
+    reply = unit * (1_000_000 // len(unit))
+    done = threading.Event()
+
+    def read() -> None:
+        with contextlib.suppress(ActionParseError):
+            parse_reply(reply, None)
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert done.wait(30), f"reading {len(reply):,} characters of {unit!r} took over 30 s"
+
+
+@pytest.mark.parametrize(
+    ("reply", "body"),
+    [
+        ('pre ```json {"a": 1} ``` mid ``` end', '{"a": 1}'),
+        ('```json\n{"a": {"b": 2}}\n```', '{"a": {"b": 2}}'),
+        ('```{"a": "```"}```', '{"a": "```"}'),
+        ("```{``` no closing brace", None),
+        ("``` {x} y ```", None),
+    ],
+)
+def test_the_fenced_json_is_the_first_fence_to_the_last_closing_one_after_a_brace(
+    reply: str, body: str | None
+) -> None:
+    assert replies._fenced(reply) == body

@@ -32,7 +32,26 @@ class ActionParseError(ValueError):
     """A reply looked like an action but is not a valid one; the message says what is wrong."""
 
 
-_FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.DOTALL)
+_OPENING_FENCE = re.compile(r"```(?:json)?\s*(?=\{)")
+_FENCE = "```"
+
+
+def _fenced(text: str) -> str | None:
+    """The JSON object in a ```json fence: from the first opening fence to the last closing
+    fence that follows a ``}``, found in time linear in the reply (one regex ``(\\{.*\\})``
+    backtracked from every fence: 320 KB of fences took 5 s, on the event loop)."""
+    opening = _OPENING_FENCE.search(text)
+    if opening is None:
+        return None
+    start = opening.end()
+    end = len(text)
+    while (end := text.rfind(_FENCE, start, end)) > start:
+        last = end - 1
+        while last > start and text[last].isspace():
+            last -= 1
+        if text[last] == "}":
+            return text[start : last + 1]
+    return None
 
 
 def parse_reply(content: str | None, structured: Mapping[str, Any] | None) -> Action | None:
@@ -44,9 +63,9 @@ def parse_reply(content: str | None, structured: Mapping[str, Any] | None) -> Ac
     if structured is not None:
         return parse_action(structured)
     text = (content or "").strip()
-    fenced = _FENCE.search(text)
-    if fenced:
-        text = fenced.group(1)
+    fenced = _fenced(text)
+    if fenced is not None:
+        text = fenced
     if not text.startswith("{"):
         return None
     try:
