@@ -376,7 +376,7 @@ def test_a_run_without_a_store_writes_its_response_with_output(tmp_path: Path) -
     assert "Traceback" not in refused.stdout + refused.stderr
 
 
-@pytest.mark.parametrize("target", ["folder", "store", "workflow"])
+@pytest.mark.parametrize("target", ["folder", "store", "workflow", "wal", "shm", "lock"])
 def test_an_output_that_would_overwrite_what_the_run_uses_is_refused_first(
     tmp_path: Path, target: str
 ) -> None:
@@ -384,7 +384,15 @@ def test_an_output_that_would_overwrite_what_the_run_uses_is_refused_first(
     damaged from then on); naming a folder lost the response after the run."""
     flow = repeating(tmp_path, 3)
     store = tmp_path / "kept.db"
-    output = {"folder": tmp_path, "store": store, "workflow": flow}[target]
+    output = {
+        "folder": tmp_path,
+        "store": store,
+        "workflow": flow,
+        "wal": tmp_path / "kept.db-wal",
+        "shm": tmp_path / "kept.db-shm",
+        "lock": tmp_path / "kept.db.locks" / "x",
+    }[target]
+    output.parent.mkdir(exist_ok=True)
     before = flow.read_bytes()
     refused = run_cli(
         "run", str(flow), "--task", "x", "--store", str(store), "--output", str(output)

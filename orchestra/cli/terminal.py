@@ -97,8 +97,19 @@ def check_output(output: Path | None, *kept: Path | None) -> None:
         fail(f"--output {output}: {folder} is no folder this process can write to", 2)
     target = output.resolve()
     for path in kept:
-        if path is not None and path.resolve() == target:
-            fail(f"--output {output} is the file {path}, which the run uses", 2)
+        if path is not None and _belongs_to(target, path.resolve()):
+            fail(f"--output {output} is a file of {path}, which the run uses", 2)
+
+
+def _belongs_to(target: Path, used: Path) -> bool:
+    """Whether ``target`` is ``used`` or one of the files SQLite and the store keep beside it
+    (its write-ahead log held a finished session that an --output over it lost)."""
+    beside = (f"{used.name}-wal", f"{used.name}-shm", f"{used.name}-journal")
+    return (
+        target == used
+        or (target.parent == used.parent and target.name in beside)
+        or used.with_name(f"{used.name}.locks") in target.parents
+    )
 
 
 def _save(output: Path, text: str) -> None:
