@@ -224,6 +224,18 @@ def test_common_key_patterns_are_redacted(text: str, kept: str) -> None:
             "see https://docs.example/keys?topic=rotation",
             "see https://docs.example/keys?topic=rotation",
         ),
+        # prose a tool's or a step's error may hold, now that their text is redacted too
+        ("api_key: field required", "api_key: field required"),
+        ("authorization: denied for user bob", "authorization: denied for user bob"),
+        ("config api_key=None", "config api_key=None"),
+        ("list?page_token=CAUQAA&sort_key=name", "list?page_token=CAUQAA&sort_key=name"),
+        ("clone ssh://git@github.com/org/repo", "clone ssh://git@github.com/org/repo"),
+        ("api_key=9f2c6e0d71ab", "api_key=[REDACTED]"),
+        ("Authorization: Basic dXNlcjpwYXNz", "Authorization: Basic [REDACTED]"),
+        (
+            "clone https://ghp_a1B2c3D4e5F6g7H8i9J0@github.com/org/repo",
+            "clone https://[REDACTED]@github.com/org/repo",
+        ),
     ],
 )
 def test_key_shapes_are_redacted_and_prose_around_them_is_not(text: str, kept: str) -> None:

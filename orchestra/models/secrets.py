@@ -35,30 +35,43 @@ more); ``sk-learn-...`` model names are shorter or made of words."""
 
 _VALUE = r"[^\s\"',;&)}]+"
 _TOKEN = r"[A-Za-z0-9._~+/=-]+"
-_CREDENTIAL_PARAMETER = r"(?:[A-Za-z0-9]+[_-])*(?:key|apikey|token|sig|signature|password|secret)"
+_CREDENTIAL_PARAMETER = (
+    r"(?:key|api[_-]?key|x-api-key|(?:access|refresh|id|auth)_token|token|client_secret|secret"
+    r"|password|passwd|sig|signature)"
+)
+"""Query parameters that hold credentials by their name (not ``page_token`` or ``sort_key``,
+which hold none)."""
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+|[a-z]?\d{1,3}[a-z]?")
 
-_PATTERNS = (
-    # the header or field that holds a key, with its scheme kept: x-api-key: K, "api_key": "K",
-    # Authorization: Bearer K
+_ALWAYS = (
+    # a header that holds nothing but a key, or an authorization with its scheme named:
+    # x-api-key: K, "x-api-key": "K", Authorization: Bearer K
     (
         re.compile(
-            r"(?i)\b(x-api-key|api[_-]?key|authorization)"
-            rf"([\"']?\s*[:=]\s*[\"']?)((?:bearer|basic|token)\s+)?{_VALUE}"
+            r"(?i)\b(x-api-key[\"']?\s*[:=]\s*[\"']?"
+            rf"|authorization[\"']?\s*[:=]\s*[\"']?(?:bearer|basic|token)\s+){_VALUE}"
         ),
-        rf"\1\2\3{REDACTED}",
+        rf"\1{REDACTED}",
     ),
     # credentials in a URL's query: ?key=K, &access_token=K, &sig=K, &client_secret=K
     (re.compile(rf"(?i)([?&]{_CREDENTIAL_PARAMETER}=)[^&#\s\"'<>]+"), rf"\1{REDACTED}"),
-    # credentials in a URL: scheme://user:password@host
-    # (a scheme is short: unbounded, a long run of "sk-sk-..." was tried from each of its
-    # words to its end, and 240 KB of it took 73 s)
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,31}://)[^/\s@]+@"), rf"\1{REDACTED}@"),
+    # a user and password in a URL: scheme://user:password@host (a scheme is short: unbounded,
+    # a long run of "sk-sk-..." was tried from each of its words to its end, and 240 KB of it
+    # took 73 s)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,31}://)[^/\s@:]*:[^/\s@]*@"), rf"\1{REDACTED}@"),
 )
 _SHAPED = (
     (re.compile(rf"(?i)\b(bearer\s+)({_TOKEN})"), MIN_BEARER_TOKEN),
     # OpenAI's sk-..., sk-proj-..., Anthropic's sk-ant-...
     (re.compile(r"\b()(sk-[A-Za-z0-9_-]+)"), len("sk-") + MIN_SK_KEY),
+    # a field named for a key, or an authorization without its scheme: "api_key: field
+    # required" and "authorization: denied" are prose, "api_key=9f2c6e0d71ab" is a key
+    (
+        re.compile(r"(?i)\b((?:api[_-]?key|authorization)[\"']?\s*[:=]\s*[\"']?)([^\s\"',;&)}]+)"),
+        MIN_KEY_LENGTH,
+    ),
+    # a token as a URL's user: https://ghp_0123...@github.com (ssh://git@host is no key)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,31}://)([^/\s@:]+)(?=@)"), MIN_BEARER_TOKEN),
 )
 
 _known: set[str] = set()
@@ -77,7 +90,7 @@ def redact(text: str) -> str:
     :data:`REDACTED`. Longer keys first, so a key that contains another goes whole."""
     for key in sorted(tuple(_known), key=len, reverse=True):
         text = text.replace(key, REDACTED)
-    for pattern, replacement in _PATTERNS:
+    for pattern, replacement in _ALWAYS:
         text = pattern.sub(replacement, text)
     for pattern, minimum in _SHAPED:
         text = pattern.sub(partial(_if_key, minimum=minimum), text)
