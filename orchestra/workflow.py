@@ -303,13 +303,12 @@ def _check_allowed(path: str, allowed: frozenset[str], where: str) -> None:
 def _check_reference(path: str, where: str) -> None:
     """An import path names a module and a public attribute of it. A dunder (``pkg:__class__``,
     ``pkg.__builtins__:eval``) reaches past what the module chose to offer, and past the
-    allow-list, so none is taken."""
+    allow-list, so none is taken; a package's ``__main__`` module is a module like any other."""
     module_name, attribute = _module_of(path)
     if not _MODULE_NAME.fullmatch(module_name) or not attribute.isidentifier():
         raise WorkflowError(f"{where}: {path!r} is not an import path (module:attribute)")
-    dunder = next(
-        (part for part in (*module_name.split("."), attribute) if part.startswith("__")), None
-    )
+    modules = [part for part in module_name.split(".") if part != "__main__"]
+    dunder = next((part for part in (*modules, attribute) if part.startswith("__")), None)
     if dunder is not None:
         raise WorkflowError(
             f"{where}: {path!r} names {dunder!r}; a reference may not name a dunder attribute "

@@ -224,8 +224,11 @@ class _BoundedLoader(yaml.SafeLoader):
         PyYAML."""
         try:
             return super().construct_object(node, deep)
-        except _CONSTRUCT_ERRORS as error:
+        except (ValueError, OverflowError) as error:  # what the value is wrong in
             raise _Refused(node.start_mark, f"cannot read this value: {error}") from None
+        except _CONSTRUCT_ERRORS:  # PyYAML's own failure on it: say what was expected
+            kind = node.tag.rpartition(":")[2]
+            raise _Refused(node.start_mark, f"not a valid {kind} value") from None
 
 
 def _expands(limit: str, what: str) -> str:
