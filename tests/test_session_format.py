@@ -193,14 +193,7 @@ async def test_a_snapshot_of_the_previous_format_is_never_decoded(
 
 
 async def test_a_tag_no_type_has_is_damage_named_by_record(storage: Storage) -> None:
-    orchestra = durable_run(
-        storage,
-        [FunctionAgent("Echo", lambda t, c: t, register=False)],
-        {"nodes": ["Echo"], "edges": []},
-    )
-    done = await wait(orchestra.execute("hi", context={"session_id": "good"}))
-    assert done.success
-    lines = await storage.read("good")
+    orchestra, lines = await plain_session(storage)
     header = json.loads(lines[0])
     header["task"] = {"__o__": "builtins.eval", "v": "__import__('os').getcwd()"}
     await storage.append("bad", [json.dumps(header), *lines[1:]], durable=True, after=0)
@@ -213,6 +206,17 @@ async def test_a_tag_no_type_has_is_damage_named_by_record(storage: Storage) -> 
 
 class Opaque:
     """A value no codec knows (and none is registered for)."""
+
+
+async def plain_session(storage: Storage) -> tuple[OrchestraInstance, list[str]]:
+    """A one-step session "plain", and its log's lines to craft others from."""
+    orchestra = durable_run(
+        storage,
+        [FunctionAgent("Echo", lambda t, c: t, register=False)],
+        {"nodes": ["Echo"], "edges": []},
+    )
+    await wait(orchestra.execute("hi", context={"session_id": "plain"}))
+    return orchestra, await storage.read("plain")
 
 
 def durable_run(
@@ -424,13 +428,7 @@ async def test_a_crafted_record_is_damage_not_a_raw_exception(
 ) -> None:
     """Each of these escaped as a raw InvalidOperation, OverflowError, TypeError or
     AssertionError from load, get_result or resume."""
-    orchestra = durable_run(
-        storage,
-        [FunctionAgent("Echo", lambda t, c: t, register=False)],
-        {"nodes": ["Echo"], "edges": []},
-    )
-    await wait(orchestra.execute("hi", context={"session_id": "plain"}))
-    lines = await storage.read("plain")
+    orchestra, lines = await plain_session(storage)
     crafted = json.loads(lines[record])
     crafted.update(change)
     lines[record] = json.dumps(crafted)
@@ -597,13 +595,7 @@ async def test_keys_crafted_to_share_one_hash_are_damage_not_a_quadratic_read(
 ) -> None:
     """20,000 such keys took 1.8 s to read and 200,000 would take minutes: whoever can write
     to the store could stall every process that reads the session."""
-    orchestra = durable_run(
-        storage,
-        [FunctionAgent("Echo", lambda t, c: t, register=False)],
-        {"nodes": ["Echo"], "edges": []},
-    )
-    await wait(orchestra.execute("hi", context={"session_id": "plain"}))
-    lines = await storage.read("plain")
+    orchestra, lines = await plain_session(storage)
     header = json.loads(lines[0])
     header["task"] = crafted
     await storage.append("flood", [json.dumps(header), *lines[1:]], durable=True, after=0)
