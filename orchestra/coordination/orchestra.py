@@ -21,6 +21,7 @@ from . import execution, wiring
 from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig, StatusConfig
 from .engine import inputs as inp
 from .engine.clock import now
+from .monitoring.metrics import MetricsCollector
 from .results import BranchResult, OrchestraResult, failed_before_start
 from .sessions import LIVE, claim, let_go
 from .state.backends import check_session_id
@@ -85,7 +86,7 @@ class Orchestra:
         max_steps: int = 100,
         allow_follow_ups: bool = False,
         follow_up_timeout: float = 60.0,
-        metrics_collector: Any = None,
+        metrics_collector: MetricsCollector | None = None,
         **kwargs: Any,
     ) -> OrchestraResult:
         """Run ``task`` through ``topology`` and return what happened.
@@ -94,6 +95,7 @@ class Orchestra:
         a limit reached): the result has ``success=False`` and an ``error`` naming the cause.
         Raises TypeError / ConfigurationError for misuse of the API itself. With a
         ``state_manager`` the run is a durable session, ``context["session_id"]`` naming it.
+        A ``metrics_collector`` counts what the run does (docs/observability.md).
         """
         if kwargs:
             raise TypeError(
@@ -106,10 +108,9 @@ class Orchestra:
         _require(error_config, ErrorHandlingConfig, "error_config")
         _require(state_manager, StateManager, "state_manager")
         _check_follow_ups(allow_follow_ups, follow_up_timeout)
-        if metrics_collector is not None or allow_follow_ups:
-            raise ConfigurationError(
-                "metrics_collector and allow_follow_ups are not available in this release yet"
-            )
+        _require(metrics_collector, MetricsCollector, "metrics_collector")
+        if allow_follow_ups:
+            raise ConfigurationError("allow_follow_ups is not available in this release yet")
         context = dict(context or {})
         session_id = _session_id(context)
         communication = communication_config or CommunicationConfig()
@@ -125,6 +126,7 @@ class Orchestra:
             )
         except OrchestraError as error:
             return failed_before_start(error, session_id, time.perf_counter() - started)
+        setup.metrics = metrics_collector
         return await execution.execute(setup, task, context, session_id, state_manager)
 
 
@@ -134,7 +136,8 @@ class OrchestraInstance:
     ``execute`` starts a run (a session, with a ``state_manager``); ``pause_session`` stops a
     running one at the next step boundary; ``resume_session`` continues a paused or crashed
     one — in this process or a new one, from its log; checkpoints name positions in a session's
-    log, and restoring one sends the session back there (the abandoned future is kept).
+    log, and restoring one sends the session back there (the abandoned future is kept). A
+    ``metrics_collector`` counts what every run it starts or resumes does.
     """
 
     def __init__(
@@ -144,20 +147,23 @@ class OrchestraInstance:
         initial_config: ExecutionConfig | None = None,
         communication_manager: CommunicationManager | None = None,
         state_manager: StateManager | None = None,
+        metrics_collector: MetricsCollector | None = None,
     ) -> None:
         _check_topology(topology)
         _require(agent_registry, AgentRegistry, "agent_registry")
         _require(initial_config, ExecutionConfig, "initial_config")
         _require(communication_manager, CommunicationManager, "communication_manager")
         _require(state_manager, StateManager, "state_manager")
+        _require(metrics_collector, MetricsCollector, "metrics_collector")
         self.topology = Topology.coerce(topology)
         self.agent_registry = agent_registry
         self.config = initial_config or ExecutionConfig()
         self.communication = communication_manager or CommunicationManager()
         self.state_manager = state_manager
+        self.metrics_collector = metrics_collector
 
     def _setup(self, config: ExecutionConfig | None, max_steps: int) -> wiring.Setup:
-        return wiring.prepare(
+        setup = wiring.prepare(
             self.topology,
             self.agent_registry,
             config or self.config,
@@ -165,6 +171,8 @@ class OrchestraInstance:
             self.communication,
             max_steps,
         )
+        setup.metrics = self.metrics_collector
+        return setup
 
     def _sessions(self) -> StateManager:
         if self.state_manager is None:

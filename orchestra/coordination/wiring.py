@@ -20,6 +20,7 @@ from .engine.clock import now
 from .engine.convergence import check_node_policies
 from .engine.core import Engine
 from .engine.runner import Runner
+from .monitoring.metrics import MetricsCollector
 from .monitoring.status import StatusPrinter
 from .topology import Topology, TopologyAnalysis
 
@@ -35,6 +36,7 @@ class Setup:
     error_config: ErrorHandlingConfig
     communication: CommunicationManager
     max_steps: int
+    metrics: MetricsCollector | None = None
 
 
 def prepare(
@@ -139,10 +141,13 @@ def first_input(setup: Setup, task: Any, context: dict[str, Any]) -> inp.RunStar
 
 def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, Runner]:
     """A fresh engine for the run (empty until its first input) and the runner driving it;
-    ``status`` says what is printed (its events, replayed ones excepted)."""
+    ``status`` says what is printed (its events, replayed ones excepted); the setup's metrics
+    collector, if enabled, watches the stream too."""
     stream = ev.EventStream()
     if status.enabled:
         stream.subscribe(StatusPrinter(status))
+    if setup.metrics is not None and setup.metrics.enabled:
+        stream.subscribe(setup.metrics.watch(setup.agents))
     tools = {
         name: (agent.instances[0] if isinstance(agent, AgentPool) else agent).tool_specs
         for name, agent in setup.agents.items()

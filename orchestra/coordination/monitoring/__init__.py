@@ -1,5 +1,6 @@
-"""Watching runs: the status display (metrics and tracing arrive in later releases)."""
+"""Watching runs: the status display and metrics (tracing arrives in a later release)."""
 
+from .metrics import MetricsCollector
 from .status import StatusPrinter
 
-__all__ = ["StatusPrinter"]
+__all__ = ["MetricsCollector", "StatusPrinter"]
