@@ -3,7 +3,8 @@
 Each example names agents it never defines: the tests build them with scripted models and let
 them register in the global registry, as the page's ``Orchestra.run(task, topology)`` expects.
 The OrchestraInstance example (pause, resume, checkpoints) and Pattern 3's sessions run in
-tests/test_sessions.py; metrics collection and follow-up questions arrive in later releases.
+tests/test_sessions.py (metrics in detail: tests/test_metrics.py); follow-up questions arrive in a
+later release.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from orchestra.coordination.orchestra import OrchestraResult
 from orchestra.coordination.state import FileStorageBackend, StateManager
 from orchestra.coordination.topology import Edge, Labeled, PatternConfig, Topology
 from orchestra.errors import ConfigurationError
+from orchestra.models.base import ModelReply, Usage
 
 logger = logging.getLogger("orchestra.spec_examples")
 
@@ -528,6 +530,32 @@ async def test_execution_configuration(capsys: pytest.CaptureFixture[str]) -> No
     assert config.status.enabled and config.status.verbosity is VerbosityLevel.NORMAL
     err = capsys.readouterr().err
     assert "Writer: final_response" in err
+
+
+async def test_metrics_collection(capsys: pytest.CaptureFixture[str]) -> None:
+    """As written: the default exporters, /metrics on 127.0.0.1:9464 and a table on stderr."""
+    from orchestra.coordination.monitoring import MetricsCollector
+
+    Agent("Researcher", ScriptedModel([invoke(("Writer", "findings"))]))
+    Agent("Writer", ScriptedModel([ModelReply(content="# Report", usage=Usage(120, 30))]))
+    task = "Research AI trends and write a report"
+
+    metrics = MetricsCollector(
+        enabled=True, export_interval=60, exporters=["prometheus", "console"]
+    )
+
+    result = await Orchestra.run(task=task, topology=topology, metrics_collector=metrics)
+
+    # Access metrics
+    print(f"API calls: {metrics.get_metric('api_calls')}")
+    print(f"Token usage: {metrics.get_metric('total_tokens')}")
+
+    metrics.close()
+    assert result.success, result.error
+    assert metrics.prometheus_url is None
+    captured = capsys.readouterr()
+    assert "API calls: 2\nToken usage: 150\n" in captured.out
+    assert "Orchestra metrics" in captured.err
 
 
 # ---- Best practices ---------------------------------------------------------------------------

@@ -1,0 +1,332 @@
+"""MetricsCollector: every metric's value after real runs, the /metrics endpoint scraped over
+loopback and parsed by prometheus-client's own parser, a paused and resumed durable run counted
+once, many runs at once on one collector, the console table, and configuration errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FAST, fn, invoke, llm, quiet, run, spokes
+from prometheus_client.parser import text_string_to_metric_families
+
+from orchestra import AgentRegistry, ScriptedModel, tool
+from orchestra.coordination.monitoring import MetricsCollector
+from orchestra.coordination.orchestra import OrchestraInstance
+from orchestra.coordination.state import SQLiteStorageBackend, StateManager
+from orchestra.errors import ConfigurationError, ModelAPIError
+from orchestra.models.base import ModelReply, Usage
+
+WAIT = 5.0
+
+
+@pytest.fixture
+def metrics() -> Iterator[MetricsCollector]:
+    with MetricsCollector(exporters=["prometheus"], prometheus_port=0) as collector:
+        yield collector
+
+
+@tool
+def measure(what: str) -> int:
+    """Measure something.
+
+    Args:
+        what: the thing
+    """
+    return len(what)
+
+
+def used(content: str, prompt: int, completion: int, cost: float | None) -> ModelReply:
+    return ModelReply(content=content, usage=Usage(prompt, completion, cost))
+
+
+def measuring_hub() -> ScriptedModel:
+    """Hub: a call retried, a rejected reply, a tool call, a fan-out to A and B, an answer."""
+    return ScriptedModel(
+        [
+            ModelAPIError("busy", provider="test", model="m", status=503, retryable=True),
+            {"next_action": "no_such_action"},
+            ModelReply(
+                action={
+                    "next_action": "call_tool",
+                    "action_input": [{"name": "measure", "arguments": {"what": "rope"}}],
+                },
+                usage=Usage(100, 10, 0.25),
+            ),
+            ModelReply(action=invoke(("A", "x"), ("B", "y")), usage=Usage(200, 20, 0.5)),
+            used("4 long", 300, 30, None),
+        ]
+    )
+
+
+def failing(value: Any, context: Any) -> str:
+    raise ValueError("A broke")
+
+
+async def measured_run(metrics: MetricsCollector) -> None:
+    topology = spokes("A", "B")
+    agents = [
+        llm("Hub", measuring_hub(), tools=[measure]),
+        fn("A", lambda value, context: "a"),
+        fn("B", lambda value, context: "b"),
+    ]
+    result = await run("go", topology, agents, error_config=FAST, metrics_collector=metrics)
+    assert result.success, result.error
+
+
+async def test_every_metric_after_a_run(metrics: MetricsCollector) -> None:
+    await measured_run(metrics)
+    hub = {"agent": "Hub", "model": "ScriptedModel"}
+    expected = {
+        "api_calls": 5,  # 3 replies used, 1 rejected, 1 retried
+        "prompt_tokens": 600,
+        "completion_tokens": 60,
+        "total_tokens": 660,
+        "retries": 1,
+        "steps": 5,  # Hub 3, A 1, B 1
+        "errors": 0,
+        "tool_calls": 1,
+        "runs": 1,
+        "active_branches": 0,
+        "step_seconds": 5,
+        "tool_call_seconds": 1,
+        "convergence_wait_seconds": 1,
+    }
+    assert {name: metrics.get_metric(name) for name in expected} == expected
+    assert metrics.get_metric("cost_usd") == pytest.approx(0.75)
+    assert metrics.get_metric("api_calls", **hub) == 5
+    assert metrics.get_metric("api_calls", agent="A") == 0  # a code agent calls no model
+    assert metrics.get_metric("tool_calls", tool="measure", outcome="ok") == 1
+    assert metrics.get_metric("runs", outcome="succeeded") == 1
+    assert metrics.get_metric("convergence_wait_seconds", agent="Hub") == 1
+    snapshot = metrics.snapshot()
+    assert set(snapshot) == {*expected, "cost_usd"}
+    assert snapshot["step_seconds"]["type"] == "histogram"
+    assert {row["labels"]["agent"] for row in snapshot["step_seconds"]["values"]} >= {"Hub", "A"}
+
+
+async def test_a_failed_branch_is_counted_by_error_type(metrics: MetricsCollector) -> None:
+    hub = ScriptedModel([invoke(("A", "x"))])
+    agents = [llm("Hub", hub), fn("A", failing)]
+    result = await run("go", spokes("A"), agents, metrics_collector=metrics)
+    assert not result.success
+    assert metrics.get_metric("errors", agent="A") == 1
+    [row] = metrics.snapshot()["errors"]["values"]
+    assert row == {"labels": {"agent": "A", "type": "AgentStepError"}, "value": 1}
+    assert metrics.get_metric("runs", outcome="failed") == 1
+
+
+async def test_the_prometheus_endpoint_serves_the_registry(metrics: MetricsCollector) -> None:
+    await measured_run(metrics)
+    url = metrics.prometheus_url
+    assert url is not None and url.startswith("http://127.0.0.1:")
+    text = await asyncio.to_thread(_get, url)
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    [tokens] = [s for s in families["orchestra_total_tokens"].samples if s.name.endswith("_total")]
+    assert tokens.labels == {"agent": "Hub", "model": "ScriptedModel"} and tokens.value == 660
+    assert families["orchestra_step_seconds"].type == "histogram"
+    assert families["orchestra_active_branches"].samples[0].value == 0
+
+
+async def test_close_stops_the_endpoint() -> None:
+    collector = MetricsCollector(exporters=["prometheus"], prometheus_port=0)
+    url = collector.prometheus_url
+    assert url is not None
+    collector.close()
+    assert collector.prometheus_url is None
+    with pytest.raises(OSError):
+        await asyncio.to_thread(_get, url)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=WAIT) as response:
+        return str(response.read().decode())
+
+
+# ---- a resumed run is counted once ------------------------------------------------------------
+
+
+async def test_a_paused_and_resumed_run_counts_nothing_twice(tmp_path: Path) -> None:
+    """Pause after step 2 of a three-stage pipeline: the resume replays the first two steps
+    (marked replayed) and runs the third; the counts are those of one straight run."""
+    holding = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def second(value: Any, context: Any) -> str:
+        holding.set()
+        await go_on.wait()
+        return "two"
+
+    registry = AgentRegistry(
+        [
+            fn("One", lambda value, context: "one"),
+            fn("Two", second),
+            llm("Three", ScriptedModel([used("three", 7, 3, 0.5)])),
+        ]
+    )
+    topology = {"nodes": ["One", "Two", "Three"], "edges": ["One -> Two", "Two -> Three"]}
+    with MetricsCollector(exporters=[]) as metrics:
+        orchestra = OrchestraInstance(
+            topology,
+            agent_registry=registry,
+            initial_config=quiet(),
+            state_manager=StateManager(SQLiteStorageBackend(tmp_path / "s.db")),
+            metrics_collector=metrics,
+        )
+        running = asyncio.create_task(orchestra.execute("go", context={"session_id": "p"}))
+        await asyncio.wait_for(holding.wait(), WAIT)
+        assert await orchestra.pause_session("p")
+        go_on.set()
+        paused = await asyncio.wait_for(running, WAIT)
+        assert paused.metadata.get("paused") is True, paused.error
+        assert metrics.get_metric("steps") == 2
+        assert metrics.get_metric("active_branches") == 0
+
+        resumed = await asyncio.wait_for(orchestra.resume_session("p"), WAIT)
+        assert resumed.success, resumed.error
+        assert any(event.replayed for event in resumed.events)
+        assert metrics.get_metric("steps") == 3
+        assert metrics.get_metric("steps", agent="One") == 1
+        assert metrics.get_metric("api_calls") == 1
+        assert metrics.get_metric("total_tokens") == 10
+        assert metrics.get_metric("runs", outcome="paused") == 1
+        assert metrics.get_metric("runs", outcome="succeeded") == 1
+        assert metrics.get_metric("active_branches") == 0
+        # reading the stored result rebuilds the run from its log: nothing is counted
+        await orchestra.get_result("p")
+        assert metrics.get_metric("steps") == 3
+
+
+# ---- many runs, one collector ----------------------------------------------------------------
+
+
+async def test_many_concurrent_runs_on_one_collector() -> None:
+    """Twenty runs at once, each held until all have started: the gauge sees all their
+    branches open at once, and every count is twenty times one run's."""
+    runs = 20
+    started = 0
+    all_in = asyncio.Event()
+
+    async def work(value: Any, context: Any) -> str:
+        nonlocal started
+        started += 1
+        if started == runs:  # every run is in this step: each has its branch open
+            seen.append(metrics.get_metric("active_branches"))
+            all_in.set()
+        await all_in.wait()
+        return "done"
+
+    seen: list[int] = []
+
+    async def one(index: int) -> None:
+        model = ScriptedModel([used("ok", 1, 2, None)])
+        agents = [fn("Work", work), llm("Check", model)]
+        topology = {"nodes": ["Work", "Check"], "edges": ["Work -> Check"]}
+        result = await run(f"task {index}", topology, agents, metrics_collector=metrics)
+        assert result.success, result.error
+
+    with MetricsCollector(exporters=[]) as metrics:
+        await asyncio.wait_for(asyncio.gather(*map(one, range(runs))), WAIT)
+        assert seen == [runs]
+        assert metrics.get_metric("runs", outcome="succeeded") == runs
+        assert metrics.get_metric("steps") == 2 * runs
+        assert metrics.get_metric("total_tokens", agent="Check") == 3 * runs
+        assert metrics.get_metric("active_branches") == 0
+
+
+# ---- the console table -----------------------------------------------------------------------
+
+
+class Written(io.StringIO):
+    """A stream that says when something was written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        self.written.set()
+        return super().write(text)
+
+
+async def test_the_console_table_while_a_run_is_active_and_at_its_end() -> None:
+    """With a tiny interval the table is printed while the run waits (the agent goes on only
+    once it was), and once more when the run ends."""
+    stream = Written()
+    tables: list[str] = []
+
+    async def wait_for_a_table(value: Any, context: Any) -> str:
+        await stream.written.wait()
+        tables.append(stream.getvalue())
+        return "done"
+
+    metrics = MetricsCollector(exporters=["console"], export_interval=0.001, console_stream=stream)
+    model = ScriptedModel([used("ok", 4, 2, 0.125)])
+    agents = [fn("Wait", wait_for_a_table), llm("Ask", model)]
+    topology = {"nodes": ["Wait", "Ask"], "edges": ["Wait -> Ask"]}
+    result = await run("go", topology, agents, metrics_collector=metrics)
+    assert result.success, result.error
+    assert "Orchestra metrics" in tables[0] and "active_branches" in tables[0]
+    final = stream.getvalue()[len(tables[0]) :]
+    assert final.count("Orchestra metrics") >= 1
+    last = final[final.rindex("Orchestra metrics") :]
+    assert "runs" in last and "outcome=succeeded" in last and "0.125000" in last
+    metrics.close()
+
+
+# ---- off, and configuration errors -----------------------------------------------------------
+
+
+async def test_a_disabled_collector_collects_and_serves_nothing() -> None:
+    metrics = MetricsCollector(enabled=False, prometheus_port=0)
+    assert metrics.prometheus_url is None
+    result = await run(
+        "go", {"nodes": ["A"], "edges": []}, [fn("A", lambda v, c: "a")], metrics_collector=metrics
+    )
+    assert result.success
+    assert metrics.get_metric("steps") == 0 and metrics.get_metric("runs") == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"exporters": ["prometheus", "statsd"]}, "unknown exporter 'statsd'"),
+        ({"exporters": ["otlp"]}, "'otlp'.*not available yet"),
+        ({"exporters": "console"}, "exporters must be a list"),
+        ({"export_interval": 0}, "export_interval"),
+        ({"export_interval": -5}, "export_interval"),
+        ({"enabled": "yes"}, "enabled"),
+        ({"prometheus_port": 70000}, "prometheus_port"),
+        ({"prometheus_host": ""}, "prometheus_host"),
+    ],
+)
+def test_bad_settings_name_the_field(settings: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigurationError, match=field):
+        MetricsCollector(**settings)
+
+
+def test_a_port_in_use_names_the_field() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError, match=f"prometheus_port.*127.0.0.1:{port}"):
+            MetricsCollector(exporters=["prometheus"], prometheus_port=port)
+
+
+def test_unknown_metrics_and_labels_are_named(metrics: MetricsCollector) -> None:
+    with pytest.raises(ConfigurationError, match="no metric 'tokens'"):
+        metrics.get_metric("tokens")
+    with pytest.raises(ConfigurationError, match="'steps' has no label 'model'"):
+        metrics.get_metric("steps", model="gpt")
+
+
+async def test_the_collector_must_be_a_metrics_collector() -> None:
+    with pytest.raises(TypeError, match="metrics_collector must be MetricsCollector"):
+        await run("go", {"nodes": ["A"], "edges": []}, [], metrics_collector={"on": True})
