@@ -1,4 +1,5 @@
-"""Engine overhead: µs per agent step, 1000-way fan-out wall time, ping-pong scaling.
+"""Engine overhead: µs per agent step (with and without a MetricsCollector), 1000-way fan-out
+wall time, ping-pong scaling.
 
 Run: ``.venv/bin/python bench/engine.py`` (after ``python3 dev.py test`` or ``demo`` made the
 venv). Prints a table and rewrites the "Engine" section of ``bench/results.md``.
@@ -18,6 +19,7 @@ from typing import Any
 
 from orchestra.agents import Agent, AgentRegistry, FunctionAgent
 from orchestra.coordination.config import ExecutionConfig, StatusConfig
+from orchestra.coordination.monitoring import MetricsCollector
 from orchestra.coordination.orchestra import Orchestra
 from orchestra.coordination.topology import Topology
 from orchestra.models import FunctionModel, Message, StepInfo
@@ -31,8 +33,9 @@ def ring_topology(names: list[str]) -> Topology:
     return Topology(nodes=names, edges=edges, entry_point=names[0])
 
 
-async def chain_run(steps: int) -> tuple[float, int]:
-    """A ring of 10 LLM agents on zero-latency models, handing work on ``steps`` times."""
+async def chain_run(steps: int, metrics: MetricsCollector | None = None) -> tuple[float, int]:
+    """A ring of 10 LLM agents on zero-latency models, handing work on ``steps`` times
+    (counted by ``metrics`` when given)."""
     names = [f"A{i}" for i in range(CHAIN)]
     successor = dict(zip(names, names[1:] + names[:1], strict=True))
     budget = {"left": steps}
@@ -60,6 +63,7 @@ async def chain_run(steps: int) -> tuple[float, int]:
         agent_registry=registry,
         execution_config=QUIET,
         max_steps=steps + CHAIN + 1,
+        metrics_collector=metrics,
     )
     elapsed = time.perf_counter() - started
     assert result.success, result.error
@@ -165,6 +169,15 @@ def main() -> None:
     per_step = min(elapsed / count for elapsed, count in chain) * 1e6
     rows.append(
         (f"10-agent LLM chain, zero-latency models, {steps} steps", f"{per_step:.1f} µs/step")
+    )
+    with MetricsCollector(exporters=[]) as metrics:
+        counted = best_of(5, lambda: chain_run(steps, metrics))
+    per_step_counted = min(elapsed / count for elapsed, count in counted) * 1e6
+    rows.append(
+        (
+            "the same with a MetricsCollector attached (no exporter)",
+            f"{per_step_counted:.1f} µs/step",
+        )
     )
     functions = best_of(5, lambda: function_chain_run(steps))
     per_step_fn = min(elapsed / count for elapsed, count in functions) * 1e6
