@@ -330,3 +330,14 @@ def test_unknown_metrics_and_labels_are_named(metrics: MetricsCollector) -> None
 async def test_the_collector_must_be_a_metrics_collector() -> None:
     with pytest.raises(TypeError, match="metrics_collector must be MetricsCollector"):
         await run("go", {"nodes": ["A"], "edges": []}, [], metrics_collector={"on": True})
+
+
+def test_the_port_left_out_is_the_environments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """9464 fixed in code made a second test run on one machine fail to bind."""
+    monkeypatch.setenv("ORCHESTRA_PROMETHEUS_PORT", "0")
+    with MetricsCollector(exporters=["prometheus"]) as metrics:
+        assert metrics.prometheus_url is not None
+        assert not metrics.prometheus_url.endswith(":9464/metrics")
+    monkeypatch.setenv("ORCHESTRA_PROMETHEUS_PORT", "nine")
+    with pytest.raises(ConfigurationError, match="ORCHESTRA_PROMETHEUS_PORT='nine'"):
+        MetricsCollector(exporters=["prometheus"])

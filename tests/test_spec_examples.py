@@ -532,9 +532,15 @@ async def test_execution_configuration(capsys: pytest.CaptureFixture[str]) -> No
     assert "Writer: final_response" in err
 
 
-async def test_metrics_collection(capsys: pytest.CaptureFixture[str]) -> None:
-    """As written: the default exporters, /metrics on 127.0.0.1:9464 and a table on stderr."""
+async def test_metrics_collection(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As written: the default exporters, /metrics and a table on stderr. The port is the
+    environment's choice (ORCHESTRA_PROMETHEUS_PORT), here a free one: 9464 may be taken on the
+    machine running the tests, or by a second run of them."""
     from orchestra.coordination.monitoring import MetricsCollector
+
+    monkeypatch.setenv("ORCHESTRA_PROMETHEUS_PORT", "0")
 
     Agent("Researcher", ScriptedModel([invoke(("Writer", "findings"))]))
     Agent("Writer", ScriptedModel([ModelReply(content="# Report", usage=Usage(120, 30))]))

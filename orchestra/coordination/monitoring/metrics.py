@@ -11,6 +11,7 @@ of a resumed run are right.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -69,13 +70,31 @@ SPECS: dict[str, _Spec] = {
 _SUFFIX = {Counter: "_total", Gauge: "", Histogram: "_count"}
 
 
+DEFAULT_PORT = 9464
+PORT_VARIABLE = "ORCHESTRA_PROMETHEUS_PORT"
+
+
+def _default_port() -> int:
+    text = os.environ.get(PORT_VARIABLE)
+    if text is None:
+        return DEFAULT_PORT
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"{PORT_VARIABLE}={text!r} is not a port number (0 picks a free one)"
+        ) from None
+
+
 class MetricsCollector:
     """Counts what runs do, for any number of runs at once (pass it to ``Orchestra.run`` or
     ``OrchestraInstance`` as ``metrics_collector``).
 
     The ``"prometheus"`` exporter serves ``/metrics`` on ``prometheus_host:prometheus_port``
     from the moment the collector is made (port 0 picks a free port; ``prometheus_url`` says
-    which) until :meth:`close`. The ``"console"`` exporter prints a table to ``console_stream``
+    which) until :meth:`close`. Without a ``prometheus_port``, the port is
+    ``ORCHESTRA_PROMETHEUS_PORT`` from the environment, else 9464 (OpenTelemetry's
+    Prometheus exporter's): a deployment chooses it without changing code. The ``"console"`` exporter prints a table to ``console_stream``
     (default stderr) every ``export_interval`` seconds while runs are active, and once when a
     run ends. ``enabled=False`` collects nothing, serves nothing and is never subscribed.
     """
@@ -86,10 +105,12 @@ class MetricsCollector:
         export_interval: float = 60,
         exporters: Iterable[str] = ("prometheus", "console"),
         prometheus_host: str = "127.0.0.1",
-        prometheus_port: int = 9464,
+        prometheus_port: int | None = None,
         *,
         console_stream: TextIO | None = None,
     ) -> None:
+        if prometheus_port is None:
+            prometheus_port = _default_port()
         chosen = _check(enabled, export_interval, exporters, prometheus_host, prometheus_port)
         self.enabled = enabled
         self.export_interval = float(export_interval)
