@@ -17,6 +17,8 @@ from helpers import FAST, fn, invoke, llm, quiet, run, spokes
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestra import AgentRegistry, ScriptedModel, tool
+from orchestra.agents.base import BaseAgent
+from orchestra.agents.contract import StepOutcome, StepRequest
 from orchestra.coordination.monitoring import MetricsCollector
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
@@ -341,3 +343,44 @@ def test_the_port_left_out_is_the_environments(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("ORCHESTRA_PROMETHEUS_PORT", "nine")
     with pytest.raises(ConfigurationError, match="ORCHESTRA_PROMETHEUS_PORT='nine'"):
         MetricsCollector(exporters=["prometheus"])
+
+
+@pytest.mark.parametrize("cost", [-0.01, float("nan"), float("inf")])
+async def test_usage_no_counter_can_take_is_left_out_and_the_run_still_counted(
+    metrics: MetricsCollector, cost: float
+) -> None:
+    """A negative cost made the counter raise: the stream dropped the run's watch and nothing
+    after that step was counted (its branches stayed active for good); NaN spoiled the total."""
+    model = ScriptedModel([used("x", -3, 5, cost)])
+    agents = [llm("Hub", model)]
+    hub = {"nodes": ["Hub"], "edges": ["User -> Hub", "Hub -> User"]}
+    await run("go", hub, agents, metrics_collector=metrics)
+    assert metrics.get_metric("cost_usd") == 0.0
+    assert metrics.get_metric("prompt_tokens") == 0 and metrics.get_metric("total_tokens") == 5
+    assert metrics.get_metric("runs") == 1 and metrics.get_metric("active_branches") == 0
+
+
+async def test_usage_a_custom_agent_reports_is_counted(metrics: MetricsCollector) -> None:
+    """Only Agent's usage was counted: a BaseAgent of one's own that reports usage was taken
+    for code, its tokens and cost dropped."""
+
+    class Reporting(BaseAgent):
+        name = "Own"
+
+        async def step(self, request: StepRequest) -> StepOutcome:
+            return StepOutcome(value="done", by_code=True, usage=Usage(7, 3, 0.125))
+
+    await run("go", {"nodes": ["Own"], "edges": []}, [Reporting()], metrics_collector=metrics)
+    assert metrics.get_metric("total_tokens") == 10 and metrics.get_metric("cost_usd") == 0.125
+    assert metrics.get_metric("api_calls") == 0
+
+
+async def test_a_closed_collector_prints_no_more_tables() -> None:
+    """close() stopped the ticker, but the next run started it again."""
+    stream = io.StringIO()
+    collector = MetricsCollector(exporters=["console"], console_stream=stream)
+    collector.close()
+    await run(
+        "go", {"nodes": ["A"], "edges": []}, [fn("A", lambda v, c: v)], metrics_collector=collector
+    )
+    assert stream.getvalue() == "" and collector.get_metric("steps") == 1

@@ -11,6 +11,7 @@ of a resumed run are right.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -162,6 +163,7 @@ class MetricsCollector:
         """Stop the ``/metrics`` endpoint and the console ticker (the numbers stay readable)."""
         if self._console is not None:
             self._console.stop()
+            self._console = None  # a run after close() prints nothing
         if self._endpoint is not None:
             self._endpoint.close()
             self._endpoint = None
@@ -306,17 +308,22 @@ def _step(watch: _RunWatch, event: ev.StepCompleted) -> None:
     collector, agent = watch.collector, event.agent
     collector._count("steps", agent=agent)
     collector._observe("step_seconds", event.duration, agent=agent)
-    if watch.models.get(agent) is None:
-        return  # a code agent: no model call
     model = watch.model(agent)
-    collector._count("api_calls", agent=agent, model=model)
-    tokens = {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens}
-    tokens["total_tokens"] = event.prompt_tokens + event.completion_tokens
-    for name, amount in tokens.items():
-        if amount:
+    if watch.models.get(agent) is not None:  # code agents call no model
+        collector._count("api_calls", agent=agent, model=model)
+    # Usage is what the agent reported (a custom agent or model may report any number): only a
+    # finite amount above zero is counted. A negative one made the counter raise, and the
+    # stream then dropped this run's watch; a NaN cost would have spoiled the total for good.
+    prompt, completion = max(event.prompt_tokens, 0), max(event.completion_tokens, 0)
+    amounts = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cost_usd": event.cost_usd or 0.0,
+    }
+    for name, amount in amounts.items():
+        if math.isfinite(amount) and amount > 0:
             collector._count(name, amount, agent=agent, model=model)
-    if event.cost_usd:
-        collector._count("cost_usd", event.cost_usd, agent=agent, model=model)
 
 
 def _model_call_lost(watch: _RunWatch, event: ev.ModelCallRetried | ev.ActionRejected) -> None:
