@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestra.agents.registry import AgentRegistry
 from orchestra.communication.channels import CommunicationManager
@@ -21,12 +21,14 @@ from . import execution, wiring
 from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig, StatusConfig
 from .engine import inputs as inp
 from .engine.clock import now
-from .monitoring.metrics import MetricsCollector
 from .results import BranchResult, OrchestraResult, failed_before_start
 from .sessions import LIVE, claim, let_go
 from .state.backends import check_session_id
 from .state.manager import SessionWriter, StateManager, parse_checkpoint_id
 from .topology import Topology
+
+if TYPE_CHECKING:  # prometheus-client is imported only by those who collect metrics
+    from .monitoring.metrics import MetricsCollector
 
 __all__ = ["BranchResult", "Orchestra", "OrchestraInstance", "OrchestraResult"]
 
@@ -37,6 +39,15 @@ def _require(value: object, kind: type | tuple[type, ...], name: str) -> None:
             kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         )
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+
+
+def _require_collector(value: object) -> None:
+    """A MetricsCollector or None; its module (and prometheus-client, some 40 ms to import) is
+    loaded only when one is given."""
+    if value is not None:
+        from .monitoring.metrics import MetricsCollector
+
+        _require(value, MetricsCollector, "metrics_collector")
 
 
 def _check_run_arguments(
@@ -108,7 +119,7 @@ class Orchestra:
         _require(error_config, ErrorHandlingConfig, "error_config")
         _require(state_manager, StateManager, "state_manager")
         _check_follow_ups(allow_follow_ups, follow_up_timeout)
-        _require(metrics_collector, MetricsCollector, "metrics_collector")
+        _require_collector(metrics_collector)
         if allow_follow_ups:
             raise ConfigurationError("allow_follow_ups is not available in this release yet")
         context = dict(context or {})
@@ -154,7 +165,7 @@ class OrchestraInstance:
         _require(initial_config, ExecutionConfig, "initial_config")
         _require(communication_manager, CommunicationManager, "communication_manager")
         _require(state_manager, StateManager, "state_manager")
-        _require(metrics_collector, MetricsCollector, "metrics_collector")
+        _require_collector(metrics_collector)
         self.topology = Topology.coerce(topology)
         self.agent_registry = agent_registry
         self.config = initial_config or ExecutionConfig()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestra.agents.base import BaseAgent
 from orchestra.agents.lookup import find_agents
@@ -20,9 +20,11 @@ from .engine.clock import now
 from .engine.convergence import check_node_policies
 from .engine.core import Engine
 from .engine.runner import Runner
-from .monitoring.metrics import MetricsCollector
 from .monitoring.status import StatusPrinter
 from .topology import Topology, TopologyAnalysis
+
+if TYPE_CHECKING:  # prometheus-client is imported only by those who collect metrics
+    from .monitoring.metrics import MetricsCollector
 
 
 @dataclass
