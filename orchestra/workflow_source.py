@@ -139,17 +139,10 @@ class _Size(NamedTuple):
 
 _MERGE = "tag:yaml.org,2002:merge"
 
-_CONSTRUCT_ERRORS = (
-    ValueError,
-    TypeError,
-    AttributeError,
-    LookupError,
-    OverflowError,
-    RecursionError,
-)
-"""What PyYAML's constructors raise, unwrapped, on a scalar they cannot convert: an integer of
-more than 4300 digits, the date 2024-13-45, the timestamp ``!!timestamp garbage``, the empty
-``!!int``."""
+_CONSTRUCT_ERRORS = (TypeError, AttributeError, LookupError, RecursionError)
+"""What PyYAML's constructors raise, unwrapped, when they fail on a value themselves (the
+timestamp ``!!timestamp garbage``, the empty ``!!int``); a value wrong in itself (an integer of
+more than 4300 digits, the date 2024-13-45) raises ValueError or OverflowError, said as it is."""
 
 
 class _BoundedLoader(yaml.SafeLoader):

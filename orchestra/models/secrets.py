@@ -41,6 +41,7 @@ _CREDENTIAL_PARAMETER = (
 )
 """Query parameters that hold credentials by their name (not ``page_token`` or ``sort_key``,
 which hold none)."""
+_CREDENTIAL_NAME = re.compile(rf"(?i){_CREDENTIAL_PARAMETER}")
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+|[a-z]?\d{1,3}[a-z]?")
 
 _ALWAYS = (
@@ -111,8 +112,9 @@ def url_without_credentials(url: str) -> str:
     ModelConfig keeps, as it keeps no ``api_key``. Removed rather than masked, so a dump read
     back never sends a placeholder as if it were the credential."""
     parts = urlsplit(url)
-    credential = re.compile(rf"(?i){_CREDENTIAL_PARAMETER}")
     query = "&".join(
-        pair for pair in parts.query.split("&") if not credential.fullmatch(pair.partition("=")[0])
+        pair
+        for pair in parts.query.split("&")
+        if not _CREDENTIAL_NAME.fullmatch(pair.partition("=")[0])
     )
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=query))

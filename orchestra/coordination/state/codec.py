@@ -17,7 +17,7 @@ import enum
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from types import NoneType, UnionType
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 from pydantic import BaseModel, ValidationError
@@ -37,8 +37,6 @@ from .values import (
     preview,
     to_plain,
 )
-
-T = TypeVar("T")
 
 
 class Shape:
