@@ -80,11 +80,18 @@ its steps, even when its steps never wait (quick code): the runner yields to the
 there, which puts the branch behind the others ready to go."""
 
 
+def turn_over(branch: Branch) -> bool:
+    """Whether the branch's turn is over after its last step: the runner yields to the event
+    loop there, and the engine records the branch going behind the others. One rule for both,
+    or a resumed run would start branches in another order than the live run took them."""
+    return branch.steps % TURN_EVERY == 0 and not branch.ended
+
+
 def step_taken(engine: Engine, branch: Branch) -> None:
-    """A branch whose turn is over (see :data:`TURN_EVERY`) goes behind the branches ready,
-    as in the event loop: a run resumed after a pause mid-turn of another branch starts them
-    in the order the live run would have taken them."""
-    if branch.steps % TURN_EVERY == 0 and not branch.ended:
+    """A branch whose turn is over goes behind the branches ready, as in the event loop: a run
+    resumed after a pause mid-turn of another branch starts them in the order the live run
+    would have taken them."""
+    if turn_over(branch):
         behind_the_others(engine, branch)
 
 

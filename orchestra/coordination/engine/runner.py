@@ -53,7 +53,7 @@ from .effects import (
     Spawn,
     TakeStep,
 )
-from .lifecycle import TURN_EVERY
+from .lifecycle import turn_over
 from .questions import OpenQuestions, really_cancelled
 
 
@@ -336,7 +336,7 @@ class Runner:
                     went_on = await self.questions.ask(self, branch)
                 elif branch.status is BranchStatus.RUNNING:
                     went_on = await self._one_step(branch)
-                    if went_on and branch.steps % TURN_EVERY == 0:
+                    if went_on and turn_over(branch):
                         await asyncio.sleep(0)  # the turn is over: behind the others ready
                 else:
                     break
