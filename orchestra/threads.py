@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import inspect
 import queue
 import threading
 from collections.abc import Callable
@@ -192,3 +193,12 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 
 USER_CODE = DaemonThreads("orchestra-sync")
 """The threads that run sync agent functions and sync tools."""
+
+
+async def call_sync(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """What the sync ``function`` returns, run on :data:`USER_CODE`'s threads; an awaitable it
+    returns (an object whose ``__call__`` is async, say) awaited on the event loop."""
+    value = await USER_CODE.call(function, *args, **kwargs)
+    if inspect.isawaitable(value):
+        value = await value
+    return value

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from orchestra.threads import USER_CODE
+from orchestra.threads import call_sync
 
 from .base import BaseAgent
 from .contract import Action, StepOutcome, StepRequest
@@ -44,11 +44,9 @@ class FunctionAgent(BaseAgent):
 
     async def step(self, request: StepRequest) -> StepOutcome:
         if self._is_async:
-            value = self.fn(request.input.content, request.context)
+            value = await self.fn(request.input.content, request.context)
         else:
-            value = await USER_CODE.call(self.fn, request.input.content, request.context)
-        if inspect.isawaitable(value):  # a sync fn that returned one: awaited on the loop
-            value = await value
+            value = await call_sync(self.fn, request.input.content, request.context)
         if isinstance(value, Action):
             return StepOutcome(action=value, by_code=True)
         return StepOutcome(value=value, by_code=True)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from orchestra.errors import ConfigurationError, ToolError
 from orchestra.models.base import ToolSpec
-from orchestra.threads import USER_CODE
+from orchestra.threads import call_sync
 
 
 class Tool:
@@ -79,10 +79,7 @@ class Tool:
             async with limit:
                 if self.is_async:
                     return await self.fn(**values)
-                result = await USER_CODE.call(self.fn, **values)
-                if inspect.isawaitable(result):  # an object whose __call__ is async, say
-                    result = await result
-                return result
+                return await call_sync(self.fn, **values)
         except TimeoutError:
             if not limit.expired():
                 raise  # the tool raised it (a socket's timeout, say): its failure as it is
