@@ -355,9 +355,11 @@ def demo(
 def _load_topology_file(path: Path) -> Any:
     """The file's data, read within the limits of a workflow file (it may be as hostile)."""
     try:
-        return read_source(path).data
+        source = read_source(path)
+        source.require_mapping("'nodes' and 'edges'")
     except WorkflowError as error:
         raise typer.BadParameter(str(error)) from None
+    return source.data
 
 
 @app.command("topology")
@@ -369,8 +371,6 @@ def topology_command(
 ) -> None:
     """Validate a topology file, then print its roles and diagram (exit code 1 if invalid)."""
     data = _load_topology_file(path)
-    if not isinstance(data, dict):
-        raise typer.BadParameter(f"{path} must hold a mapping with 'nodes' and 'edges'")
     try:
         topology = Topology.from_dict(data)
         topology.validate()

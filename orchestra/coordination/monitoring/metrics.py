@@ -220,23 +220,24 @@ class MetricsCollector:
 
     def _plain(self, name: str, spec: _Spec) -> dict[str, Any]:
         kind = spec.kind.__name__.lower()
+        values: list[dict[str, Any]]
         if spec.kind is Histogram:
             sums = {_key(labels): value for labels, value in self._samples(name, "_sum")}
+            counts = self._samples(name, "_count")
             values = [
                 {"labels": labels, "count": int(count), "sum": sums.get(_key(labels), 0.0)}
-                for labels, count in self._samples(name, "_count")
+                for labels, count in counts
             ]
+            total: float = int(sum(count for _, count in counts))
         else:
+            samples = self._samples(name, _SUFFIX[spec.kind])
             values = [
                 {"labels": labels, "value": int(value) if spec.whole else value}
-                for labels, value in self._samples(name, _SUFFIX[spec.kind])
+                for labels, value in samples
             ]
-        return {
-            "type": kind,
-            "labels": list(spec.labels),
-            "total": self.get_metric(name),
-            "values": values,
-        }
+            total = sum(value for _, value in samples)
+            total = int(total) if spec.whole else total
+        return {"type": kind, "labels": list(spec.labels), "total": total, "values": values}
 
     def _rows(self) -> list[tuple[str, str, str]]:
         """The console table's rows: a row per metric and label set that has a value."""
