@@ -21,6 +21,7 @@ from .coordination import (
     OrchestraResult,
     PatternConfig,
     StatusConfig,
+    TracingConfig,
     Topology,
     VerbosityLevel,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "ScriptedModel",
     "ScriptedUser",
     "StatusConfig",
+    "TracingConfig",
     "Tool",
     "Topology",
     "TopologyAnalysis",

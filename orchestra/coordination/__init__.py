@@ -8,6 +8,7 @@ from .config import (
     ErrorHandlingConfig,
     ExecutionConfig,
     StatusConfig,
+    TracingConfig,
     VerbosityLevel,
 )
 from .orchestra import BranchResult, Orchestra, OrchestraResult
@@ -28,6 +29,7 @@ __all__ = [
     "OrchestraResult",
     "PatternConfig",
     "StatusConfig",
+    "TracingConfig",
     "ToolCall",
     "Topology",
     "VerbosityLevel",
