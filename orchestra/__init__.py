@@ -21,8 +21,8 @@ from .coordination import (
     OrchestraResult,
     PatternConfig,
     StatusConfig,
-    TracingConfig,
     Topology,
+    TracingConfig,
     VerbosityLevel,
 )
 from .coordination.topology import USER, Rule, TopologyAnalysis
@@ -61,12 +61,12 @@ __all__ = [
     "ScriptedModel",
     "ScriptedUser",
     "StatusConfig",
-    "TracingConfig",
     "Tool",
     "Topology",
     "TopologyAnalysis",
     "TopologyError",
     "TopologyProblem",
+    "TracingConfig",
     "VerbosityLevel",
     "__version__",
     "tool",

@@ -12,11 +12,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import services
 from helpers import FAST, fn, invoke, llm, quiet, run, spokes
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -453,3 +456,91 @@ def test_tracing_setting_forms_and_what_a_session_stores() -> None:
     assert ExecutionConfig(tracing=False).tracing.enabled is False
     with pytest.raises(ValueError, match="tracing must be"):
         ExecutionConfig(tracing="yes")
+
+
+# ---- a real OTLP receiver ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def phoenix() -> Iterator[str]:
+    """A Phoenix started on loopback for this module. ``python3 dev.py test`` installs it (into
+    ``.venv/phoenix``), so a missing one fails the test, saying how to get it: a receiver
+    silently skipped would let the export path go untested. Only ``ORCHESTRA_NO_PHOENIX=1``,
+    set by someone who means it, skips."""
+    binary = services.phoenix_binary()
+    if binary is None:
+        if os.environ.get(services.NO_PHOENIX_VARIABLE) == "1":
+            pytest.skip(f"{services.NO_PHOENIX_VARIABLE}=1: no OTLP receiver on purpose")
+        pytest.fail(
+            "Arize Phoenix (the OTLP receiver of this test) is not installed: run "
+            f"`python3 dev.py test`, which installs it into .venv/phoenix, or point "
+            f"{services.PHOENIX_VARIABLE} at a `phoenix` binary "
+            f"({services.NO_PHOENIX_VARIABLE}=1 skips this test on purpose)"
+        )
+    process, url, folder = services.start_phoenix(binary)
+    try:
+        yield url
+    finally:
+        services.stop(process, folder)
+
+
+def phoenix_spans(url: str, wanted: int) -> list[dict[str, Any]]:
+    """The default project's spans, read again until ``wanted`` of them are stored (Phoenix
+    stores what it receives on a task of its own, after answering the export)."""
+    found: list[dict[str, Any]] = []
+    for _ in range(100):
+        with urllib.request.urlopen(f"{url}/v1/projects/default/spans?limit=100", timeout=10) as r:
+            found = json.loads(r.read())["data"]
+        if len(found) >= wanted:
+            return found
+        time.sleep(0.1)  # not stored yet: read again
+    names = [span["name"] for span in found]
+    raise AssertionError(f"Phoenix stored {len(found)} spans ({names}), {wanted} were exported")
+
+
+async def test_spans_exported_over_otlp_http_are_read_back_from_phoenix(phoenix: str) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(f"{phoenix}/v1/traces")))
+    hub = ScriptedModel(
+        [ModelReply(action=invoke(("A", "x"), ("B", "y")), usage=Usage(9, 3, None, "stop")), "done"]
+    )
+    try:
+        result = await run(
+            "go",
+            spokes("A", "B"),
+            [llm("Hub", hub), fn("A", lambda v, c: "a"), fn("B", lambda v, c: "b")],
+            config=traced(provider),
+            wait=60,
+        )
+    finally:
+        provider.shutdown()
+    assert result.success, result.error
+
+    stored = phoenix_spans(phoenix, 10)
+    by_id = {span["context"]["span_id"]: span for span in stored}
+    assert sorted(span["name"] for span in stored) == [
+        "branch b0",
+        "branch b1",
+        "branch b2",
+        "chat ScriptedModel",
+        "chat ScriptedModel",
+        "invoke_agent A",
+        "invoke_agent B",
+        "invoke_agent Hub",
+        "invoke_agent Hub",
+        "invoke_workflow",
+    ]
+    workflow = next(span for span in stored if span["name"] == "invoke_workflow")
+    assert workflow["parent_id"] is None
+    assert workflow["attributes"]["gen_ai.operation.name"] == "invoke_workflow"
+    chats = [span for span in stored if span["name"] == "chat ScriptedModel"]
+    first_chat = next(s for s in chats if s["attributes"].get("gen_ai.usage.input_tokens") == 9)
+    step = by_id[first_chat["parent_id"]]
+    assert step["name"] == "invoke_agent Hub"
+    assert first_chat["attributes"]["gen_ai.request.model"] == "ScriptedModel"
+    assert first_chat["attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
+    child = next(span for span in stored if span["name"] == "branch b1")
+    assert by_id[child["parent_id"]] is step  # the fan-out's branch under the step
+    assert by_id[step["parent_id"]]["name"] == "branch b0"

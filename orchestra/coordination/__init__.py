@@ -29,8 +29,8 @@ __all__ = [
     "OrchestraResult",
     "PatternConfig",
     "StatusConfig",
-    "TracingConfig",
     "ToolCall",
     "Topology",
+    "TracingConfig",
     "VerbosityLevel",
 ]
