@@ -126,7 +126,10 @@ def ensure_phoenix() -> Path:
     stamp_file = PHOENIX_VENV / ".orchestra-install"
     stamp = f"{PHOENIX} {sys.version}"
     if not (stamp_file.exists() and stamp_file.read_text() == stamp):
-        print(f"[dev] installing {PHOENIX} into {PHOENIX_VENV} (the tracing test's receiver)", flush=True)
+        print(
+            f"[dev] installing {PHOENIX} into {PHOENIX_VENV} (the tracing test's receiver)",
+            flush=True,
+        )
         venv.EnvBuilder(with_pip=True, clear=True).create(PHOENIX_VENV)
         python = folder / ("python.exe" if os.name == "nt" else "python")
         pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]

@@ -14,23 +14,19 @@ from typing import Any
 
 from orchestra.errors import ScriptExhaustedError
 
-from .base import Message, ModelReply, StepInfo, Usage
+from .base import Message, ModelReply, StepInfo
 
 Reply = str | Mapping[str, Any] | ModelReply
 ReplyFunction = Callable[[Sequence[Message], StepInfo], Reply | Awaitable[Reply]]
-
-
-_STOPPED = Usage(finish_reason="stop")
-"""A test model's reply is whole, as a real model's that stopped by itself ("stop")."""
 
 
 def as_reply(value: object, source: str) -> ModelReply:
     if isinstance(value, ModelReply):
         return value
     if isinstance(value, str):
-        return ModelReply(content=value, usage=_STOPPED)
+        return ModelReply(content=value)
     if isinstance(value, Mapping):
-        return ModelReply(action=value, usage=_STOPPED)
+        return ModelReply(action=value)
     raise TypeError(
         f"{source} must produce a str, an action dict or a ModelReply, got {type(value).__name__}"
     )
