@@ -34,6 +34,13 @@ COMPILED = "llama-cpp-python"  # builds from source (minutes): its wheel is buil
 # alike wherever it is built. A CMAKE_ARGS of your own (a GPU build, say) replaces this.
 PORTABLE_BUILD = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"}
 
+PHOENIX = "arize-phoenix==20.26.1"
+"""The OTLP receiver the tracing test exports to and reads back from (``dev.py test`` only). It
+is large (~860 MB) and pins its own dependencies, so it lives in a virtual environment of its
+own, ``.venv/phoenix``, reinstalled only when this pin changes."""
+PHOENIX_VENV = VENV / "phoenix"
+PHOENIX_VARIABLE = "ORCHESTRA_PHOENIX"  # tests/services.py reads the binary's path from it
+
 USAGE = """usage: python3 dev.py demo [ARGS...]   run the Orchestra demo
        python3 dev.py test [PYTEST ARGS...]   run the whole test suite"""
 
@@ -107,7 +114,28 @@ def main(argv: list[str]) -> int:
     if command == "demo":
         return subprocess.call([str(PYTHON), "-m", "orchestra", "demo", *rest], cwd=ROOT)
     ensure_test_servers()
-    return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
+    phoenix = ensure_phoenix()
+    environment = {**os.environ, PHOENIX_VARIABLE: str(phoenix)}
+    return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=environment)
+
+
+def ensure_phoenix() -> Path:
+    """Install :data:`PHOENIX` into ``.venv/phoenix`` unless that very pin is there; its
+    ``phoenix`` binary."""
+    folder = PHOENIX_VENV / ("Scripts" if os.name == "nt" else "bin")
+    stamp_file = PHOENIX_VENV / ".orchestra-install"
+    stamp = f"{PHOENIX} {sys.version}"
+    if not (stamp_file.exists() and stamp_file.read_text() == stamp):
+        print(
+            f"[dev] installing {PHOENIX} into {PHOENIX_VENV} (the tracing test's receiver)",
+            flush=True,
+        )
+        venv.EnvBuilder(with_pip=True, clear=True).create(PHOENIX_VENV)
+        python = folder / ("python.exe" if os.name == "nt" else "python")
+        pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "install", PHOENIX], check=True, cwd=ROOT)
+        stamp_file.write_text(stamp)
+    return folder / "phoenix"
 
 
 def ensure_test_servers() -> None:

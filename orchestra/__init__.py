@@ -22,6 +22,7 @@ from .coordination import (
     PatternConfig,
     StatusConfig,
     Topology,
+    TracingConfig,
     VerbosityLevel,
 )
 from .coordination.topology import USER, Rule, TopologyAnalysis
@@ -65,6 +66,7 @@ __all__ = [
     "TopologyAnalysis",
     "TopologyError",
     "TopologyProblem",
+    "TracingConfig",
     "VerbosityLevel",
     "__version__",
     "tool",

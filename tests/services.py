@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 from servers import free_port
@@ -103,6 +105,64 @@ def start_postgres() -> tuple[subprocess.Popen[str], str, str]:
     )
     _wait_for(process, "database system is ready to accept connections", "postgres")
     return process, f"postgresql://postgres@127.0.0.1:{port}/postgres", folder
+
+
+PHOENIX_VARIABLE = "ORCHESTRA_PHOENIX"
+NO_PHOENIX_VARIABLE = "ORCHESTRA_NO_PHOENIX"
+PHOENIX_START = 180.0
+"""Seconds Phoenix may take to answer /healthz (it loads a large app and migrates its SQLite
+database on a cold start); only a broken install reaches it."""
+
+
+def phoenix_binary() -> str | None:
+    """Arize Phoenix's ``phoenix``: ``ORCHESTRA_PHOENIX``, else the one ``python3 dev.py test``
+    installs into ``.venv/phoenix``; None when neither is there."""
+    given = os.environ.get(PHOENIX_VARIABLE)
+    if given:
+        return given if os.access(given, os.X_OK) else None
+    installed = Path(__file__).resolve().parent.parent / ".venv" / "phoenix" / "bin" / "phoenix"
+    return str(installed) if os.access(installed, os.X_OK) else None
+
+
+def start_phoenix(binary: str) -> tuple[subprocess.Popen[str], str, str]:
+    """A private Phoenix (an OTLP/HTTP trace receiver with a REST API) on loopback, its data
+    in a temporary folder, its telemetry off; returns the process, its URL and the folder."""
+    folder = tempfile.mkdtemp(prefix="orchestra-phoenix-")
+    port, grpc_port = free_port(), free_port()
+    environment = {
+        **os.environ,
+        "PHOENIX_WORKING_DIR": folder,
+        "PHOENIX_HOST": "127.0.0.1",
+        "PHOENIX_PORT": str(port),
+        "PHOENIX_GRPC_PORT": str(grpc_port),
+        "PHOENIX_TELEMETRY_ENABLED": "false",
+    }
+    log = open(os.path.join(folder, "phoenix.log"), "w")  # noqa: SIM115 - the process keeps it
+    process = subprocess.Popen(
+        [binary, "serve"], stdout=log, stderr=subprocess.STDOUT, text=True, env=environment
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    _wait_for_http(process, f"{url}/healthz", os.path.join(folder, "phoenix.log"))
+    return process, url, folder
+
+
+def _wait_for_http(process: subprocess.Popen[str], url: str, log: str) -> None:
+    """Poll ``url`` until it answers 200; the server's log in the error if it exits first."""
+    deadline = time.monotonic() + PHOENIX_START
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{url} exited before it was ready:\n{Path(log).read_text()[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)  # not up yet: poll again
+    stop(process)
+    raise RuntimeError(f"{url} did not answer within {PHOENIX_START:.0f} s")
 
 
 def stop(process: subprocess.Popen[str], folder: str | None = None) -> None:

@@ -8,6 +8,7 @@ from .config import (
     ErrorHandlingConfig,
     ExecutionConfig,
     StatusConfig,
+    TracingConfig,
     VerbosityLevel,
 )
 from .orchestra import BranchResult, Orchestra, OrchestraResult
@@ -30,5 +31,6 @@ __all__ = [
     "StatusConfig",
     "ToolCall",
     "Topology",
+    "TracingConfig",
     "VerbosityLevel",
 ]

@@ -139,6 +139,36 @@ class ConvergencePolicy(_Config):
 ConvergencePolicyLike = ConvergencePolicy | Literal["all", "any"] | float | Mapping[str, Any]
 
 
+class TracingConfig(_Config):
+    """OpenTelemetry traces of a run (docs/observability.md, "Tracing").
+
+    ``enabled``: None (default) traces when an OpenTelemetry ``TracerProvider`` is configured
+    (set globally, or given here), True always (a provider that records nothing then records
+    nothing), False never. ``record_content`` puts what agents were given and answered, and
+    tools' arguments and results, on the spans (redacted of keys, cut when long); off by
+    default, as is the OpenTelemetry variable ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``
+    that also turns it on. ``tracer_provider`` sends this run's spans to a provider of its own
+    instead of the global one; it is an object, not a setting, so a session's log does not keep
+    it (a resumed run traces to the global provider).
+    """
+
+    enabled: bool | None = None
+    record_content: bool = False
+    tracer_provider: Any = Field(default=None, exclude=True)
+
+    @classmethod
+    def coerce(cls, value: TracingConfig | bool | Mapping[str, Any]) -> TracingConfig:
+        """A TracingConfig, True/False for one that is on or off, or its mapping form (as a
+        session stores it)."""
+        if isinstance(value, TracingConfig):
+            return value
+        if isinstance(value, bool):
+            return cls(enabled=value)
+        if isinstance(value, Mapping):
+            return cls.model_validate(dict(value))
+        raise ValueError(f"tracing must be a TracingConfig, True or False, got {value!r}")
+
+
 class ExecutionConfig(_Config):
     """Limits and behaviour of one run.
 
@@ -156,6 +186,7 @@ class ExecutionConfig(_Config):
     ``dynamic_convergence_enabled`` (default) makes parallel branches that reach a
     convergence point of their fan-out stop there, so the point runs once on all of them;
     when False, every branch runs through the point on its own.
+    ``tracing`` (a :class:`TracingConfig`, or True/False) says whether the run is traced.
     """
 
     convergence_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -166,11 +197,17 @@ class ExecutionConfig(_Config):
     steering_mode: Literal["auto", "always", "never"] = "auto"
     max_steering_retries: int = Field(default=3, ge=0)
     status: StatusConfig = Field(default_factory=StatusConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @field_validator("convergence_policy", mode="before")
     @classmethod
     def _coerce_policy(cls, value: Any) -> ConvergencePolicy:
         return ConvergencePolicy.coerce(value)
+
+    @field_validator("tracing", mode="before")
+    @classmethod
+    def _coerce_tracing(cls, value: Any) -> TracingConfig:
+        return TracingConfig.coerce(value)
 
 
 class ErrorHandlingConfig(_Config):

@@ -131,11 +131,15 @@ async def _rebuilt(
         raise SessionNotFoundError(f"session {session_id!r} has no run to resume")
     _check_topology(setup, run, session_id)
     start = run.start
+    provider = setup.config.tracing.tracer_provider  # an object the log does not keep
     setup.config, setup.error_config, setup.max_steps = (
         start.config,
         start.error_config,
         start.max_steps,
     )
+    if provider is not None:
+        tracing = start.config.tracing.model_copy(update={"tracer_provider": provider})
+        setup.config = start.config.model_copy(update={"tracing": tracing})
     engine, runner = build(setup, session_id, status or start.config.status)
     rebuild(engine, run, await state_manager.read_snapshot(session_id), session_id)
     return engine, runner

@@ -21,6 +21,7 @@ from .engine.convergence import check_node_policies
 from .engine.core import Engine
 from .engine.runner import Runner
 from .monitoring.status import StatusPrinter
+from .monitoring.tracing_switch import tracing_on
 from .topology import Topology, TopologyAnalysis
 
 if TYPE_CHECKING:  # prometheus-client is imported only by those who collect metrics
@@ -144,12 +145,17 @@ def first_input(setup: Setup, task: Any, context: dict[str, Any]) -> inp.RunStar
 def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, Runner]:
     """A fresh engine for the run (empty until its first input) and the runner driving it;
     ``status`` says what is printed (its events, replayed ones excepted); the setup's metrics
-    collector, if enabled, watches the stream too."""
+    collector, if enabled, watches the stream too, and so does a tracer when the run is traced
+    (``tracing_on``)."""
     stream = ev.EventStream()
     if status.enabled:
         stream.subscribe(StatusPrinter(status))
     if setup.metrics is not None and setup.metrics.enabled:
         stream.subscribe(setup.metrics.watch(setup.agents))
+    if tracing_on(setup.config.tracing):
+        from .monitoring.tracing import run_tracer  # OpenTelemetry is imported only now
+
+        stream.subscribe(run_tracer(setup.config.tracing, setup.agents))
     tools = {
         name: (agent.instances[0] if isinstance(agent, AgentPool) else agent).tool_specs
         for name, agent in setup.agents.items()

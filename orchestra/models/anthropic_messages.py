@@ -131,7 +131,10 @@ class AnthropicModel:
                 calls.append(ToolCall(block.name, arguments, block.id))
         prompt, completion = response.usage.input_tokens, response.usage.output_tokens
         usage = Usage(
-            prompt, completion, cost_usd("anthropic", self.config.name, prompt, completion)
+            prompt,
+            completion,
+            cost_usd("anthropic", self.config.name, prompt, completion),
+            response.stop_reason,
         )
         content = "".join(texts) or None
         if not calls:

@@ -68,11 +68,14 @@ class Message:
 
 @dataclass(slots=True, frozen=True)
 class Usage:
-    """Tokens (and cost, where known) spent by one model call."""
+    """Tokens (and cost, where known) spent by one model call, and why the model stopped
+    (``finish_reason`` as the provider says it: OpenAI's ``finish_reason``, Anthropic's
+    ``stop_reason``; traces report it)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
+    finish_reason: str | None = None
 
     @property
     def total_tokens(self) -> int:

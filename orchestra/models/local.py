@@ -151,7 +151,12 @@ class LocalModel:
             content = closed(content) or content
         return ModelReply(
             content=content,
-            usage=Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, 0.0),
+            usage=Usage(
+                usage.get("prompt_tokens") or 0,
+                usage.get("completion_tokens") or 0,
+                0.0,
+                choice.get("finish_reason"),
+            ),
         )
 
 

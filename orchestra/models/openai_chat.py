@@ -143,13 +143,14 @@ class OpenAIChatModel:
 
     def _reply(self, response: Any) -> ModelReply:
         message = response.choices[0].message
-        usage = None
+        finish = response.choices[0].finish_reason
+        usage = None if finish is None else Usage(finish_reason=finish)
         if response.usage is not None:
             # some OpenAI-compatible servers send null counts
             prompt = response.usage.prompt_tokens or 0
             completion = response.usage.completion_tokens or 0
             usage = Usage(
-                prompt, completion, cost_usd("openai", self.config.name, prompt, completion)
+                prompt, completion, cost_usd("openai", self.config.name, prompt, completion), finish
             )
         if not message.tool_calls:
             return ModelReply(content=message.content, usage=usage)

@@ -376,6 +376,7 @@ class Engine:
                     prompt_tokens=usage.prompt_tokens if usage else 0,
                     completion_tokens=usage.completion_tokens if usage else 0,
                     cost_usd=usage.cost_usd if usage else None,
+                    finish_reason=usage.finish_reason if usage else None,
                 )
             )
             moves.take(self, branch, action)
@@ -429,6 +430,17 @@ class Engine:
         branch = self.branches[item.branch_id]
         if not self._step_finished(branch, item.messages):
             return
+        self.stream.emit(
+            ev.StepFailed(
+                run_id=self.run_id,
+                at=self.now,
+                branch_id=branch.id,
+                agent=branch.agent,
+                step=branch.step_number,
+                error_type=type(item.error).__name__,
+                error=str(item.error),
+            )
+        )
         self._route_error(branch, item.error)
         lifecycle.step_taken(self, branch)
 

@@ -63,7 +63,9 @@ class StepStarted(Event, frozen=True, kw_only=True):
 
 
 class StepCompleted(Event, frozen=True, kw_only=True):
-    """An agent step produced a usable decision: ``action`` (an Action)."""
+    """An agent step produced a usable decision: ``action`` (an Action); ``finish_reason`` is
+    why its model stopped, as the provider said (None for code, and in logs written before it
+    was recorded)."""
 
     branch_id: str
     agent: str
@@ -73,6 +75,18 @@ class StepCompleted(Event, frozen=True, kw_only=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
+    finish_reason: str | None = None
+
+
+class StepFailed(Event, frozen=True, kw_only=True):
+    """An agent step raised (or timed out). What follows says what became of it: the error
+    routed on (a hand-over) or the branch failed (``BranchFailed``)."""
+
+    branch_id: str
+    agent: str
+    step: int
+    error_type: str
+    error: str
 
 
 class ModelCallRetried(Event, frozen=True, kw_only=True):
@@ -217,6 +231,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     BranchCreated,
     StepStarted,
     StepCompleted,
+    StepFailed,
     ModelCallRetried,
     ActionRejected,
     WorkHandedOver,

@@ -22,12 +22,12 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from orchestra.agents.agent import Agent
 from orchestra.agents.base import BaseAgent
 from orchestra.agents.pool import AgentPool
 from orchestra.coordination.engine import events as ev
 from orchestra.errors import ConfigurationError
 
+from .agent_models import model_name
 from .exporters import ConsoleTable, PrometheusEndpoint
 
 EXPORTERS = ("prometheus", "console")
@@ -182,7 +182,7 @@ class MetricsCollector:
     def watch(self, agents: Mapping[str, BaseAgent | AgentPool]) -> ev.Subscriber:
         """A subscriber for one run's event stream (``agents``: the run's, by node name, to
         label model calls with their model)."""
-        return _RunWatch(self, {name: _model_name(agent) for name, agent in agents.items()})
+        return _RunWatch(self, {name: model_name(agent) for name, agent in agents.items()})
 
     # ---- what the watches call ---------------------------------------------------------------
 
@@ -382,17 +382,6 @@ _HANDLERS: dict[type[ev.Event], Callable[[_RunWatch, Any], None]] = {
     ev.FanOutStarted: _fan_out,
     ev.ConvergenceReached: _converged,
 }
-
-
-def _model_name(agent: BaseAgent | AgentPool) -> str | None:
-    """The model an agent's calls are labelled with: its ModelConfig's name, else its model's
-    class (``ScriptedModel``); None for an agent that calls no model (code)."""
-    if isinstance(agent, AgentPool):
-        agent = agent.instances[0]
-    if not isinstance(agent, Agent):
-        return None
-    name = getattr(getattr(agent.model, "config", None), "name", None)
-    return name if isinstance(name, str) else type(agent.model).__name__
 
 
 def _spec(name: str) -> _Spec:
