@@ -158,29 +158,37 @@ def _get(url: str) -> str:
 
 
 async def test_a_paused_and_resumed_run_counts_nothing_twice(tmp_path: Path) -> None:
-    """Pause after step 2 of a three-stage pipeline: the resume replays the first two steps
-    (marked replayed) and runs the third; the counts are those of one straight run."""
+    """Hub retries a call, calls a tool and fans out to A and B; B fails, A holds until the
+    run is asked to pause. The resume replays all that (marked replayed), converges and
+    answers: every count is that of one straight run."""
     holding = asyncio.Event()
     go_on = asyncio.Event()
 
-    async def second(value: Any, context: Any) -> str:
+    async def held(value: Any, context: Any) -> str:
         holding.set()
         await go_on.wait()
-        return "two"
+        return "a"
 
-    registry = AgentRegistry(
+    hub = ScriptedModel(
         [
-            fn("One", lambda value, context: "one"),
-            fn("Two", second),
-            llm("Three", ScriptedModel([used("three", 7, 3, 0.5)])),
+            ModelAPIError("busy", provider="test", model="m", status=503, retryable=True),
+            ModelReply(
+                action={
+                    "next_action": "call_tool",
+                    "action_input": [{"name": "measure", "arguments": {"what": "rope"}}],
+                },
+                usage=Usage(100, 10, None),
+            ),
+            ModelReply(action=invoke(("A", "x"), ("B", "y")), usage=Usage(200, 20, None)),
+            used("done", 300, 30, None),
         ]
     )
-    topology = {"nodes": ["One", "Two", "Three"], "edges": ["One -> Two", "Two -> Three"]}
+    registry = AgentRegistry([llm("Hub", hub, tools=[measure]), fn("A", held), fn("B", failing)])
     with MetricsCollector(exporters=[]) as metrics:
         orchestra = OrchestraInstance(
-            topology,
+            spokes("A", "B"),
             agent_registry=registry,
-            initial_config=quiet(),
+            initial_config=quiet(convergence_policy="any"),
             state_manager=StateManager(SQLiteStorageBackend(tmp_path / "s.db")),
             metrics_collector=metrics,
         )
@@ -190,22 +198,33 @@ async def test_a_paused_and_resumed_run_counts_nothing_twice(tmp_path: Path) -> 
         go_on.set()
         paused = await asyncio.wait_for(running, WAIT)
         assert paused.metadata.get("paused") is True, paused.error
-        assert metrics.get_metric("steps") == 2
+        before = {name: metrics.get_metric(name) for name in ("steps", "tool_calls", "retries")}
+        assert before == {"steps": 3, "tool_calls": 1, "retries": 1}  # Hub 2, A 1
         assert metrics.get_metric("active_branches") == 0
 
         resumed = await asyncio.wait_for(orchestra.resume_session("p"), WAIT)
         assert resumed.success, resumed.error
         assert any(event.replayed for event in resumed.events)
-        assert metrics.get_metric("steps") == 3
-        assert metrics.get_metric("steps", agent="One") == 1
-        assert metrics.get_metric("api_calls") == 1
-        assert metrics.get_metric("total_tokens") == 10
+        once = {
+            "steps": 4,  # Hub 3, A 1 (B failed)
+            "api_calls": 4,  # Hub's 3 steps and its retry
+            "total_tokens": 660,
+            "tool_calls": 1,
+            "tool_call_seconds": 1,
+            "retries": 1,
+            "errors": 1,
+            "convergence_wait_seconds": 1,
+            "active_branches": 0,
+        }
+        assert {name: metrics.get_metric(name) for name in once} == once
+        assert metrics.get_metric("steps", agent="A") == 1
+        assert metrics.get_metric("errors", agent="B") == 1
         assert metrics.get_metric("runs", outcome="paused") == 1
         assert metrics.get_metric("runs", outcome="succeeded") == 1
-        assert metrics.get_metric("active_branches") == 0
+        assert metrics.get_metric("runs") == 2
         # reading the stored result rebuilds the run from its log: nothing is counted
         await orchestra.get_result("p")
-        assert metrics.get_metric("steps") == 3
+        assert {name: metrics.get_metric(name) for name in once} == once
 
 
 # ---- many runs, one collector ----------------------------------------------------------------
