@@ -20,8 +20,6 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from prometheus_client import Counter, Gauge
 from prometheus_client import Histogram as PrometheusHistogram
 
-import orchestra
-
 from .exporters import CLOSE_WAIT
 from .metrics import SPECS, MetricsCollector
 from .run_watch import Series
@@ -41,7 +39,7 @@ class OtlpExporter:
     def __init__(self, collector: MetricsCollector, provider: MeterProvider, own: bool) -> None:
         self._provider = provider
         self._own = own
-        meter = provider.get_meter("orchestra", orchestra.__version__)
+        meter = provider.get_meter("orchestra")
         self._histograms: dict[str, Histogram] = {}
         for name, spec in SPECS.items():
             full = NAME_PREFIX + name
