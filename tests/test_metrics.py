@@ -9,6 +9,7 @@ import io
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,29 +158,37 @@ def _get(url: str) -> str:
 
 
 async def test_a_paused_and_resumed_run_counts_nothing_twice(tmp_path: Path) -> None:
-    """Pause after step 2 of a three-stage pipeline: the resume replays the first two steps
-    (marked replayed) and runs the third; the counts are those of one straight run."""
+    """Hub retries a call, calls a tool and fans out to A and B; B fails, A holds until the
+    run is asked to pause. The resume replays all that (marked replayed), converges and
+    answers: every count is that of one straight run."""
     holding = asyncio.Event()
     go_on = asyncio.Event()
 
-    async def second(value: Any, context: Any) -> str:
+    async def held(value: Any, context: Any) -> str:
         holding.set()
         await go_on.wait()
-        return "two"
+        return "a"
 
-    registry = AgentRegistry(
+    hub = ScriptedModel(
         [
-            fn("One", lambda value, context: "one"),
-            fn("Two", second),
-            llm("Three", ScriptedModel([used("three", 7, 3, 0.5)])),
+            ModelAPIError("busy", provider="test", model="m", status=503, retryable=True),
+            ModelReply(
+                action={
+                    "next_action": "call_tool",
+                    "action_input": [{"name": "measure", "arguments": {"what": "rope"}}],
+                },
+                usage=Usage(100, 10, None),
+            ),
+            ModelReply(action=invoke(("A", "x"), ("B", "y")), usage=Usage(200, 20, None)),
+            used("done", 300, 30, None),
         ]
     )
-    topology = {"nodes": ["One", "Two", "Three"], "edges": ["One -> Two", "Two -> Three"]}
+    registry = AgentRegistry([llm("Hub", hub, tools=[measure]), fn("A", held), fn("B", failing)])
     with MetricsCollector(exporters=[]) as metrics:
         orchestra = OrchestraInstance(
-            topology,
+            spokes("A", "B"),
             agent_registry=registry,
-            initial_config=quiet(),
+            initial_config=quiet(convergence_policy="any"),
             state_manager=StateManager(SQLiteStorageBackend(tmp_path / "s.db")),
             metrics_collector=metrics,
         )
@@ -189,22 +198,33 @@ async def test_a_paused_and_resumed_run_counts_nothing_twice(tmp_path: Path) -> 
         go_on.set()
         paused = await asyncio.wait_for(running, WAIT)
         assert paused.metadata.get("paused") is True, paused.error
-        assert metrics.get_metric("steps") == 2
+        before = {name: metrics.get_metric(name) for name in ("steps", "tool_calls", "retries")}
+        assert before == {"steps": 3, "tool_calls": 1, "retries": 1}  # Hub 2, A 1
         assert metrics.get_metric("active_branches") == 0
 
         resumed = await asyncio.wait_for(orchestra.resume_session("p"), WAIT)
         assert resumed.success, resumed.error
         assert any(event.replayed for event in resumed.events)
-        assert metrics.get_metric("steps") == 3
-        assert metrics.get_metric("steps", agent="One") == 1
-        assert metrics.get_metric("api_calls") == 1
-        assert metrics.get_metric("total_tokens") == 10
+        once = {
+            "steps": 4,  # Hub 3, A 1 (B failed)
+            "api_calls": 4,  # Hub's 3 steps and its retry
+            "total_tokens": 660,
+            "tool_calls": 1,
+            "tool_call_seconds": 1,
+            "retries": 1,
+            "errors": 1,
+            "convergence_wait_seconds": 1,
+            "active_branches": 0,
+        }
+        assert {name: metrics.get_metric(name) for name in once} == once
+        assert metrics.get_metric("steps", agent="A") == 1
+        assert metrics.get_metric("errors", agent="B") == 1
         assert metrics.get_metric("runs", outcome="paused") == 1
         assert metrics.get_metric("runs", outcome="succeeded") == 1
-        assert metrics.get_metric("active_branches") == 0
+        assert metrics.get_metric("runs") == 2
         # reading the stored result rebuilds the run from its log: nothing is counted
         await orchestra.get_result("p")
-        assert metrics.get_metric("steps") == 3
+        assert {name: metrics.get_metric(name) for name in once} == once
 
 
 # ---- many runs, one collector ----------------------------------------------------------------
@@ -248,15 +268,20 @@ async def test_many_concurrent_runs_on_one_collector() -> None:
 
 
 class Written(io.StringIO):
-    """A stream that says when something was written to it."""
+    """A stream that says, on the test's event loop, when something was written to it, and
+    which threads wrote."""
 
     def __init__(self) -> None:
         super().__init__()
         self.written = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self.threads: set[int] = set()
 
     def write(self, text: str) -> int:
-        self.written.set()
-        return super().write(text)
+        self.threads.add(threading.get_ident())
+        written = super().write(text)
+        self.loop.call_soon_threadsafe(self.written.set)
+        return written
 
 
 async def test_the_console_table_while_a_run_is_active_and_at_its_end() -> None:
@@ -276,12 +301,13 @@ async def test_the_console_table_while_a_run_is_active_and_at_its_end() -> None:
     topology = {"nodes": ["Wait", "Ask"], "edges": ["Wait -> Ask"]}
     result = await run("go", topology, agents, metrics_collector=metrics)
     assert result.success, result.error
+    await asyncio.to_thread(metrics.close)  # the table the run's end asked for is printed first
     assert "Orchestra metrics" in tables[0] and "active_branches" in tables[0]
     final = stream.getvalue()[len(tables[0]) :]
     assert final.count("Orchestra metrics") >= 1
     last = final[final.rindex("Orchestra metrics") :]
     assert "runs" in last and "outcome=succeeded" in last and "0.125000" in last
-    metrics.close()
+    assert threading.get_ident() not in stream.threads  # never drawn on the event loop
 
 
 # ---- off, and configuration errors -----------------------------------------------------------
@@ -301,7 +327,9 @@ async def test_a_disabled_collector_collects_and_serves_nothing() -> None:
     ("settings", "field"),
     [
         ({"exporters": ["prometheus", "statsd"]}, "unknown exporter 'statsd'"),
-        ({"exporters": ["otlp"]}, "'otlp'.*not available yet"),
+        ({"otlp_endpoint": "http://127.0.0.1:4318/v1/metrics"}, "'otlp' is not among"),
+        ({"exporters": ["otlp"], "otlp_endpoint": "127.0.0.1:4318"}, "otlp_endpoint must be"),
+        ({"exporters": ["otlp"], "otlp_endpoint": "http://h", "meter_provider": 1}, "not both"),
         ({"exporters": "console"}, "exporters must be a list"),
         ({"export_interval": 0}, "export_interval"),
         ({"export_interval": -5}, "export_interval"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from orchestra.errors import (
@@ -45,6 +45,45 @@ async def execute(
     state_manager: StateManager | None,
 ) -> OrchestraResult:
     """A new run; with a state manager, a new run of the session ``session_id``."""
+    with _stopping(setup):
+        return await _execute(setup, task, context, session_id, state_manager)
+
+
+async def resume(
+    setup: Setup,
+    session_id: str,
+    state_manager: StateManager,
+    additional_context: Mapping[str, Any] | None,
+    status: StatusConfig | None = None,
+) -> OrchestraResult:
+    """Rebuild the session's last run from its log and continue it (printing as the run was
+    started to, unless ``status`` says otherwise); a run that already finished is not run
+    again: its result is returned as it was."""
+    with _stopping(setup):
+        return await _resume(setup, session_id, state_manager, additional_context, status)
+
+
+@contextlib.contextmanager
+def _stopping(setup: Setup) -> Iterator[None]:
+    """However the run stops here (it ends or pauses, its task is cancelled, storage halts it,
+    it fails to start), its observers hear of it: a run cancelled or halted emits no event."""
+    outcome = "halted"
+    try:
+        yield
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:
+        setup.stopped(outcome)  # nothing for an observer that saw it end or pause
+
+
+async def _execute(
+    setup: Setup,
+    task: Any,
+    context: dict[str, Any],
+    session_id: str,
+    state_manager: StateManager | None,
+) -> OrchestraResult:
     _, runner = build(setup, session_id, setup.config.status)
     first = first_input(setup, task, context)
     if state_manager is None:
@@ -74,16 +113,13 @@ async def execute(
     return await _drive(runner, writer, session_id)
 
 
-async def resume(
+async def _resume(
     setup: Setup,
     session_id: str,
     state_manager: StateManager,
     additional_context: Mapping[str, Any] | None,
-    status: StatusConfig | None = None,
+    status: StatusConfig | None,
 ) -> OrchestraResult:
-    """Rebuild the session's last run from its log and continue it (printing as the run was
-    started to, unless ``status`` says otherwise); a run that already finished is not run
-    again: its result is returned as it was."""
     claim(session_id)
     writer = None
     try:

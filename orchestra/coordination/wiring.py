@@ -3,8 +3,8 @@ built from one set of settings (a new run's, or those a session's log recorded).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestra.agents.base import BaseAgent
@@ -40,6 +40,15 @@ class Setup:
     communication: CommunicationManager
     max_steps: int
     metrics: MetricsCollector | None = None
+    # told when the run stops here for a reason no event reports (cancelled, halted): an
+    # observer that counts the run as active (a metrics watch) lets go of it
+    on_stop: list[Callable[[str], None]] = field(default_factory=list)
+
+    def stopped(self, outcome: str) -> None:
+        """The run stopped here (``outcome``: cancelled or halted, counted only by an observer
+        that has not seen it end or pause)."""
+        for stop in self.on_stop:
+            stop(outcome)
 
 
 def prepare(
@@ -146,12 +155,15 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
     """A fresh engine for the run (empty until its first input) and the runner driving it;
     ``status`` says what is printed (its events, replayed ones excepted); the setup's metrics
     collector, if enabled, watches the stream too, and so does a tracer when the run is traced
-    (``tracing_on``)."""
+    (``tracing_on``); both are told, through ``setup.stopped``, when the run stops without an
+    event saying so."""
     stream = ev.EventStream()
     if status.enabled:
         stream.subscribe(StatusPrinter(status))
     if setup.metrics is not None and setup.metrics.enabled:
-        stream.subscribe(setup.metrics.watch(setup.agents))
+        watch = setup.metrics.watch(setup.agents)
+        stream.subscribe(watch)
+        setup.on_stop.append(watch.stop)
     if tracing_on(setup.config.tracing):
         from .monitoring.tracing import run_tracer  # OpenTelemetry is imported only now
 

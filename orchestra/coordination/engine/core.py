@@ -41,6 +41,7 @@ from . import convergence, lifecycle, moves
 from . import events as ev
 from . import inputs as inp
 from .branches import Branch, BranchStatus, FanOut
+from .clock import working_time
 from .convergence import policy_for
 from .effects import Effect, RunFinished, TakeStep
 from .routing import (
@@ -138,8 +139,7 @@ class Engine:
         up to its resume takes it out again."""
         if end is None:
             end = self.stopped_at if self.stopped_at is not None else self.now
-        idle = sum(max(0.0, min(end, until) - max(start, since)) for since, until in self.gaps)
-        return end - start - idle
+        return working_time(start, end, self.gaps)
 
     def policy(self, source: str, calls: bool) -> ConvergencePolicy:
         """The convergence policy of a fan-out from ``source`` (calls: its branches answer it)."""

@@ -1,36 +1,39 @@
 """MetricsCollector: counters, a gauge and histograms read from runs' event streams.
 
 A collector never touches the engine: each run it is given to subscribes one small observer
-(:class:`_RunWatch`) to the run's event stream, as the status display does. The numbers live in
-a prometheus-client registry of the collector's own, which ``get_metric``, ``snapshot``, the
-``/metrics`` endpoint and the console table all read. Events replayed from a session's log (a
-resumed run catching up) are never counted: they were counted when they happened. They still
-tell the observer which branches and fan-outs are open, so the gauge and the convergence wait
-of a resumed run are right.
+(``run_watch.RunWatch``) to the run's event stream, as the status display does. The numbers live
+in a prometheus-client registry of the collector's own, which ``get_metric``, ``snapshot``, the
+``/metrics`` endpoint, the console table and the OTLP exporter all read. Events replayed from a
+session's log (a resumed run catching up) are never counted: they were counted when they
+happened.
 """
 
 from __future__ import annotations
 
-import math
+import asyncio
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from orchestra.agents.base import BaseAgent
 from orchestra.agents.pool import AgentPool
-from orchestra.coordination.engine import events as ev
 from orchestra.errors import ConfigurationError
 
 from .agent_models import model_name
 from .exporters import ConsoleTable, PrometheusEndpoint
+from .run_watch import RunWatch, Series
 
-EXPORTERS = ("prometheus", "console")
+if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when "otlp" is chosen
+    from .otlp import OtlpExporter
+
+EXPORTERS = ("prometheus", "console", "otlp")
 PREFIX = "orchestra_"
 """Every metric's Prometheus name starts with it (``steps`` is ``orchestra_steps_total``)."""
 
@@ -46,7 +49,7 @@ class _Spec:
 _MODEL = ("agent", "model")
 SPECS: dict[str, _Spec] = {
     "api_calls": _Spec(
-        Counter, _MODEL, "Model calls: replies used, replies rejected, calls retried"
+        Counter, _MODEL, "Model calls begun: each step of a model-backed agent, each retry"
     ),
     "prompt_tokens": _Spec(Counter, _MODEL, "Prompt tokens of the model replies used"),
     "completion_tokens": _Spec(Counter, _MODEL, "Completion tokens of the model replies used"),
@@ -58,12 +61,16 @@ SPECS: dict[str, _Spec] = {
     "tool_calls": _Spec(Counter, ("agent", "tool", "outcome"), "Tool calls finished"),
     "retries": _Spec(Counter, _MODEL, "Model calls retried after a passing failure"),
     "errors": _Spec(Counter, ("agent", "type"), "Branches failed, by error type"),
-    "runs": _Spec(Counter, ("outcome",), "Runs ended: succeeded, failed or paused"),
+    "runs": _Spec(
+        Counter, ("outcome",), "Runs stopped: succeeded, failed, paused, cancelled or halted"
+    ),
     "active_branches": _Spec(Gauge, (), "Branches open in active runs"),
     "step_seconds": _Spec(Histogram, ("agent",), "Agent step latency"),
     "tool_call_seconds": _Spec(Histogram, ("agent", "tool"), "Tool call latency"),
     "convergence_wait_seconds": _Spec(
-        Histogram, ("agent",), "Fan-out start to convergence, by the agent that fanned out"
+        Histogram,
+        ("agent",),
+        "Fan-out start to convergence (working time), by the agent that fanned out",
     ),
 }
 """The metrics, by the name ``get_metric`` takes (docs/observability.md has the table)."""
@@ -95,9 +102,14 @@ class MetricsCollector:
     from the moment the collector is made (port 0 picks a free port; ``prometheus_url`` says
     which) until :meth:`close`. Without a ``prometheus_port``, the port is
     ``ORCHESTRA_PROMETHEUS_PORT`` from the environment, else 9464 (OpenTelemetry's
-    Prometheus exporter's): a deployment chooses it without changing code. The ``"console"`` exporter prints a table to ``console_stream``
-    (default stderr) every ``export_interval`` seconds while runs are active, and once when a
-    run ends. ``enabled=False`` collects nothing, serves nothing and is never subscribed.
+    Prometheus exporter's): a deployment chooses it without changing code. The ``"console"``
+    exporter prints a table to ``console_stream`` (default stderr) every ``export_interval``
+    seconds while runs are active, and once when runs end. The ``"otlp"`` exporter (the
+    ``orchestra[otel]`` extra) sends the numbers as OpenTelemetry metrics every
+    ``export_interval`` seconds and at :meth:`close`, over OTLP/HTTP to ``otlp_endpoint`` (else
+    the standard ``OTEL_EXPORTER_OTLP_*`` variables say where), or to the readers of a
+    ``meter_provider`` of your own. ``enabled=False`` collects nothing, serves nothing and is
+    never subscribed. A ``with`` (or ``async with``) block closes it at its end.
     """
 
     def __init__(
@@ -109,10 +121,13 @@ class MetricsCollector:
         prometheus_port: int | None = None,
         *,
         console_stream: TextIO | None = None,
+        otlp_endpoint: str | None = None,
+        meter_provider: Any = None,
     ) -> None:
         if prometheus_port is None:
             prometheus_port = _default_port()
         chosen = _check(enabled, export_interval, exporters, prometheus_host, prometheus_port)
+        _check_otlp(otlp_endpoint, meter_provider, "otlp" in chosen)
         self.enabled = enabled
         self.export_interval = float(export_interval)
         self.exporters = chosen
@@ -121,19 +136,31 @@ class MetricsCollector:
             name: spec.kind(PREFIX + name, spec.doc, spec.labels, registry=self.registry)
             for name, spec in SPECS.items()
         }
-        self._active: set[_RunWatch] = set()
+        self._series: dict[tuple[str, tuple[str, ...]], Series] = {}
+        self._active: set[RunWatch] = set()
+        self._closing = threading.Lock()
         self._endpoint: PrometheusEndpoint | None = None
         self._console: ConsoleTable | None = None
-        if enabled and "console" in chosen:
+        self._otlp: OtlpExporter | None = None
+        if not enabled:
+            return
+        if "otlp" in chosen:
+            self._otlp = _otlp_exporter(self, otlp_endpoint, meter_provider)
+        if "console" in chosen:
             stream = console_stream or sys.stderr
             self._console = ConsoleTable(self._rows, self.export_interval, stream)
-        if enabled and "prometheus" in chosen:
-            self._endpoint = PrometheusEndpoint(self.registry, prometheus_host, prometheus_port)
+        if "prometheus" in chosen:
+            try:
+                self._endpoint = PrometheusEndpoint(self.registry, prometheus_host, prometheus_port)
+            except ConfigurationError:
+                self.close()
+                raise
 
     @property
     def prometheus_url(self) -> str | None:
         """The ``/metrics`` URL, or None without the prometheus exporter (or once closed)."""
-        return self._endpoint.url if self._endpoint is not None else None
+        endpoint = self._endpoint
+        return endpoint.url if endpoint is not None else None
 
     def get_metric(self, name: str, **labels: Any) -> float:
         """The current value of metric ``name``: for a labelled metric, the sum over the label
@@ -149,7 +176,7 @@ class MetricsCollector:
         wanted = {key: str(value) for key, value in labels.items()}
         total = sum(
             value
-            for sample_labels, value in self._samples(name, _SUFFIX[spec.kind])
+            for sample_labels, value in self.samples(name, _SUFFIX[spec.kind])
             if all(sample_labels.get(key) == value for key, value in wanted.items())
         )
         return int(total) if spec.whole else total
@@ -160,13 +187,20 @@ class MetricsCollector:
         return {name: self._plain(name, spec) for name, spec in SPECS.items()}
 
     def close(self) -> None:
-        """Stop the ``/metrics`` endpoint and the console ticker (the numbers stay readable)."""
-        if self._console is not None:
-            self._console.stop()
-            self._console = None  # a run after close() prints nothing
-        if self._endpoint is not None:
-            self._endpoint.close()
-            self._endpoint = None
+        """Stop the exporters: the ``/metrics`` endpoint at once, the console after the table
+        a run's end asked for, the OTLP exporter after a last export. The numbers stay
+        readable. Safe to call again and from any thread; it waits for the exporters' threads
+        (the OTLP export over the network included), so from async code use ``async with`` or
+        ``await asyncio.to_thread(metrics.close)``."""
+        with self._closing:
+            endpoint, console, otlp = self._endpoint, self._console, self._otlp
+            self._endpoint = self._console = self._otlp = None  # a run after close() sends nothing
+        if endpoint is not None:
+            endpoint.close()
+        if console is not None:
+            console.close()
+        if otlp is not None:
+            otlp.close()
 
     def __enter__(self) -> MetricsCollector:
         return self
@@ -179,37 +213,62 @@ class MetricsCollector:
     ) -> None:
         self.close()
 
-    def watch(self, agents: Mapping[str, BaseAgent | AgentPool]) -> ev.Subscriber:
+    async def __aenter__(self) -> MetricsCollector:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.close)  # it waits for threads: never on the event loop
+
+    def watch(self, agents: Mapping[str, BaseAgent | AgentPool]) -> RunWatch:
         """A subscriber for one run's event stream (``agents``: the run's, by node name, to
-        label model calls with their model)."""
-        return _RunWatch(self, {name: model_name(agent) for name, agent in agents.items()})
+        label model calls with their model); ``stop`` it when the run stops for a reason no
+        event reports (cancelled, halted)."""
+        return RunWatch(self, {name: model_name(agent) for name, agent in agents.items()})
 
     # ---- what the watches call ---------------------------------------------------------------
 
-    def _count(self, name: str, amount: float = 1, **labels: str) -> None:
-        self._metrics[name].labels(**labels).inc(amount)  # type: ignore[attr-defined]
+    def series(self, name: str, values: tuple[str, ...]) -> Series:
+        """Metric ``name``'s series for these label values, made once and kept (with the
+        OTLP exporter, a histogram's records to its OpenTelemetry histogram too)."""
+        key = (name, values)
+        found = self._series.get(key)
+        if found is None:
+            found = self._metrics[name].labels(*values)
+            otlp = self._otlp
+            if otlp is not None and SPECS[name].kind is Histogram:
+                found = otlp.mirrored(
+                    name, found, dict(zip(SPECS[name].labels, values, strict=True))
+                )
+            found = self._series.setdefault(key, found)
+        return found
 
-    def _observe(self, name: str, seconds: float, **labels: str) -> None:
-        self._metrics[name].labels(**labels).observe(seconds)  # type: ignore[attr-defined]
+    @staticmethod
+    def labelled_by_model(name: str) -> bool:
+        return SPECS[name].labels == _MODEL
 
     def _branches(self, change: int) -> None:
         self._metrics["active_branches"].inc(change)  # type: ignore[attr-defined]
 
-    def _run_active(self, watch: _RunWatch, active: bool) -> None:
+    def _run_active(self, watch: RunWatch, active: bool) -> None:
         if active:
             self._active.add(watch)
-            if self._console is not None:
-                self._console.start()
+        else:
+            self._active.discard(watch)
+        console = self._console
+        if console is None:
             return
-        self._active.discard(watch)
-        if self._console is not None:
-            if not self._active:
-                self._console.stop()
-            self._console.print()
+        console.ticking(bool(self._active))
+        if not active:
+            console.ask()  # runs ending together print one table
 
     # ---- reading the registry ----------------------------------------------------------------
 
-    def _samples(self, name: str, suffix: str) -> list[tuple[dict[str, str], float]]:
+    def samples(self, name: str, suffix: str) -> list[tuple[dict[str, str], float]]:
         full = PREFIX + name + suffix
         return [
             (sample.labels, sample.value)
@@ -222,15 +281,15 @@ class MetricsCollector:
         kind = spec.kind.__name__.lower()
         values: list[dict[str, Any]]
         if spec.kind is Histogram:
-            sums = {_key(labels): value for labels, value in self._samples(name, "_sum")}
-            counts = self._samples(name, "_count")
+            sums = {_key(labels): value for labels, value in self.samples(name, "_sum")}
+            counts = self.samples(name, "_count")
             values = [
                 {"labels": labels, "count": int(count), "sum": sums.get(_key(labels), 0.0)}
                 for labels, count in counts
             ]
             total: float = int(sum(count for _, count in counts))
         else:
-            samples = self._samples(name, _SUFFIX[spec.kind])
+            samples = self.samples(name, _SUFFIX[spec.kind])
             values = [
                 {"labels": labels, "value": int(value) if spec.whole else value}
                 for labels, value in samples
@@ -255,133 +314,18 @@ class MetricsCollector:
         return rows
 
 
-class _RunWatch:
-    """One run's observer: counts its live events, and follows its branches and fan-outs
-    (replayed events included) for the gauge and the convergence wait."""
-
-    __slots__ = ("active", "branches", "collector", "fan_outs", "models")
-
-    def __init__(self, collector: MetricsCollector, models: dict[str, str | None]) -> None:
-        self.collector = collector
-        self.models = models
-        self.active = False
-        self.branches: set[str] = set()
-        self.fan_outs: dict[str, tuple[str, float]] = {}  # id: (source agent, started at)
-
-    def __call__(self, event: ev.Event) -> None:
-        handler = _HANDLERS.get(type(event))
-        if handler is not None:
-            handler(self, event)
-
-    def model(self, agent: str) -> str:
-        return self.models.get(agent) or ""
-
-    def start(self, event: ev.Event) -> None:
-        if event.replayed or self.active:
-            return
-        self.active = True
-        self.collector._branches(len(self.branches))
-        self.collector._run_active(self, True)
-
-    def end(self, event: ev.Event, outcome: str) -> None:
-        if event.replayed or not self.active:
-            return
-        self.active = False
-        self.collector._branches(-len(self.branches))
-        self.collector._count("runs", outcome=outcome)
-        self.collector._run_active(self, False)
-
-    def branch_opened(self, event: ev.BranchCreated) -> None:
-        self.branches.add(event.branch_id)
-        if self.active:
-            self.collector._branches(1)
-
-    def branch_closed(self, event: ev.BranchCompleted | ev.BranchFailed) -> None:
-        if event.branch_id in self.branches:
-            self.branches.discard(event.branch_id)
-            if self.active:
-                self.collector._branches(-1)
-
-
-def _step(watch: _RunWatch, event: ev.StepCompleted) -> None:
-    if event.replayed:
-        return
-    collector, agent = watch.collector, event.agent
-    collector._count("steps", agent=agent)
-    collector._observe("step_seconds", event.duration, agent=agent)
-    model = watch.model(agent)
-    if watch.models.get(agent) is not None:  # code agents call no model
-        collector._count("api_calls", agent=agent, model=model)
-    # Usage is what the agent reported (a custom agent or model may report any number): only a
-    # finite amount above zero is counted. A negative one made the counter raise, and the
-    # stream then dropped this run's watch; a NaN cost would have spoiled the total for good.
-    prompt, completion = max(event.prompt_tokens, 0), max(event.completion_tokens, 0)
-    amounts = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "cost_usd": event.cost_usd or 0.0,
-    }
-    for name, amount in amounts.items():
-        if math.isfinite(amount) and amount > 0:
-            collector._count(name, amount, agent=agent, model=model)
-
-
-def _model_call_lost(watch: _RunWatch, event: ev.ModelCallRetried | ev.ActionRejected) -> None:
-    if event.replayed:
-        return
-    agent, model = event.agent, watch.model(event.agent)
-    watch.collector._count("api_calls", agent=agent, model=model)
-    if isinstance(event, ev.ModelCallRetried):
-        watch.collector._count("retries", agent=agent, model=model)
-
-
-def _tool_call(watch: _RunWatch, event: ev.ToolCallCompleted) -> None:
-    if event.replayed:
-        return
-    outcome = "ok" if event.ok else "error"
-    watch.collector._count("tool_calls", agent=event.agent, tool=event.tool, outcome=outcome)
-    watch.collector._observe(
-        "tool_call_seconds", event.duration, agent=event.agent, tool=event.tool
-    )
-
-
-def _branch_failed(watch: _RunWatch, event: ev.BranchFailed) -> None:
-    watch.branch_closed(event)
-    if not event.replayed:
-        watch.collector._count("errors", agent=event.agent, type=event.error_type)
-
-
-def _fan_out(watch: _RunWatch, event: ev.FanOutStarted) -> None:
-    watch.fan_outs[event.fan_out_id] = (event.source, event.at)
-
-
-def _converged(watch: _RunWatch, event: ev.ConvergenceReached) -> None:
-    started = watch.fan_outs.pop(event.fan_out_id, None)
-    if started is not None and not event.replayed:
-        source, at = started
-        watch.collector._observe("convergence_wait_seconds", max(event.at - at, 0.0), agent=source)
-
-
-def _run_completed(watch: _RunWatch, event: ev.RunCompleted) -> None:
-    watch.end(event, "succeeded" if event.success else "failed")
-
-
-_HANDLERS: dict[type[ev.Event], Callable[[_RunWatch, Any], None]] = {
-    ev.RunStarted: _RunWatch.start,
-    ev.RunResumed: _RunWatch.start,
-    ev.RunPaused: lambda watch, event: watch.end(event, "paused"),
-    ev.RunCompleted: _run_completed,
-    ev.BranchCreated: _RunWatch.branch_opened,
-    ev.BranchCompleted: _RunWatch.branch_closed,
-    ev.BranchFailed: _branch_failed,
-    ev.StepCompleted: _step,
-    ev.ModelCallRetried: _model_call_lost,
-    ev.ActionRejected: _model_call_lost,
-    ev.ToolCallCompleted: _tool_call,
-    ev.FanOutStarted: _fan_out,
-    ev.ConvergenceReached: _converged,
-}
+def _otlp_exporter(
+    collector: MetricsCollector, endpoint: str | None, meter_provider: Any
+) -> OtlpExporter:
+    """The OTLP exporter, its SDK imported only now (the optional extra ``orchestra[otel]``)."""
+    try:
+        from .otlp import start_otlp
+    except ImportError as error:
+        raise ConfigurationError(
+            "exporters: 'otlp' needs the OpenTelemetry SDK and its OTLP/HTTP exporter, which "
+            f"are not installed ({error}); install the extra: pip install 'orchestra[otel]'"
+        ) from None
+    return start_otlp(collector, endpoint, meter_provider)
 
 
 def _spec(name: str) -> _Spec:
@@ -409,11 +353,6 @@ def _check(
         raise ConfigurationError(f"exporters must be a list of names, got {exporters!r}")
     chosen = tuple(exporters)
     for name in chosen:
-        if name == "otlp":
-            raise ConfigurationError(
-                "exporters: 'otlp' (OpenTelemetry metrics) is not available yet; "
-                f"use {' or '.join(map(repr, EXPORTERS))}"
-            )
         if name not in EXPORTERS:
             raise ConfigurationError(
                 f"exporters: unknown exporter {name!r}; the exporters are: {', '.join(EXPORTERS)}"
@@ -425,3 +364,23 @@ def _check(
             f"prometheus_port must be a port number from 0 to 65535, got {port!r}"
         )
     return chosen
+
+
+def _check_otlp(endpoint: object, meter_provider: object, chosen: bool) -> None:
+    """ConfigurationError for an OTLP setting that is wrong or would be ignored (the URL is
+    not repeated: it may hold a credential)."""
+    if endpoint is not None and meter_provider is not None:
+        raise ConfigurationError(
+            "give otlp_endpoint or meter_provider, not both: a meter_provider's own readers "
+            "say where its metrics go"
+        )
+    if (endpoint is not None or meter_provider is not None) and not chosen:
+        field = "otlp_endpoint" if endpoint is not None else "meter_provider"
+        raise ConfigurationError(f"{field} is given but 'otlp' is not among the exporters")
+    if endpoint is not None and (
+        not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))
+    ):
+        raise ConfigurationError(
+            "otlp_endpoint must be the http:// or https:// URL metrics are posted to "
+            "(e.g. http://127.0.0.1:4318/v1/metrics)"
+        )
