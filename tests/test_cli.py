@@ -508,3 +508,19 @@ def test_a_damaged_store_is_named_damaged_and_a_new_run_starts_beside_damage(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "go.go." in done.stdout
+
+
+def test_verbose_and_quiet_choose_what_a_run_shows(tmp_path: Path) -> None:
+    """They replaced --verbosity N: one way to choose."""
+    flow = repeating(tmp_path, 1)
+    quiet = run_cli("run", str(flow), "--task", "go.", "--no-store", "--quiet")
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert quiet.stderr == ""
+    normal = run_cli("run", str(flow), "--task", "go.", "--no-store")
+    assert "A: final" in normal.stderr and "response: go." not in normal.stderr
+    verbose = run_cli("run", str(flow), "--task", "go.", "--no-store", "-v")
+    assert "response: go." in verbose.stderr
+    both = run_cli("run", str(flow), "--task", "go.", "--verbose", "--quiet")
+    assert both.returncode == 2 and "--verbose and --quiet" in both.stdout + both.stderr
+    old = run_cli("run", str(flow), "--task", "go.", "--verbosity", "2")
+    assert old.returncode == 2
