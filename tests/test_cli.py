@@ -17,7 +17,7 @@ from orchestra.coordination.state import SQLiteStorageBackend
 
 
 def test_demo_runs_the_research_workflow_offline_on_the_bundled_model() -> None:
-    result = run_cli("demo", "--task", "solar power")
+    result = run_cli("demo", "--task", "solar power", "--verbose")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Default model: local:smollm2" in result.stdout
     assert "Final response" in result.stdout
@@ -140,7 +140,7 @@ def session_line(output: str) -> str:
 
 def test_a_run_killed_mid_way_is_resumed_from_its_last_step(tmp_path: Path) -> None:
     flow = killed_once(tmp_path)
-    killed = run_cli("run", str(flow), "-v", "0", cwd=tmp_path)
+    killed = run_cli("run", str(flow), "--quiet", cwd=tmp_path)
     assert killed.returncode == -9, killed.stdout + killed.stderr
     session = session_line(killed.stdout)
     assert f"kept in {Path('.orchestra') / 'sessions.db'}" in killed.stdout
@@ -149,7 +149,7 @@ def test_a_run_killed_mid_way_is_resumed_from_its_last_step(tmp_path: Path) -> N
     assert listed.returncode == 0, listed.stderr
     assert session in listed.stdout and "interrupted" in listed.stdout
 
-    resumed = run_cli("resume", str(flow), session, "-v", "0", cwd=tmp_path)
+    resumed = run_cli("resume", str(flow), session, "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "draft+Intake+Review+Publish" in resumed.stdout
     assert (tmp_path / "tally.txt").read_text().split() == ["Intake", "Publish"]
@@ -163,11 +163,11 @@ def test_a_run_killed_mid_way_is_resumed_from_its_last_step(tmp_path: Path) -> N
 def test_ctrl_c_stops_a_run_that_resume_then_finishes(tmp_path: Path) -> None:
     flow = killed_once(tmp_path)
     flow.write_text(flow.read_text().replace("die_the_first_time", "interrupt_the_first_time"))
-    stopped = run_cli("run", str(flow), "-v", "0", cwd=tmp_path)
+    stopped = run_cli("run", str(flow), "--quiet", cwd=tmp_path)
     assert stopped.returncode == 130, stopped.stdout + stopped.stderr
     session = session_line(stopped.stdout)
     assert f"Interrupted. Resume with: orchestra resume {flow} {session}" in stopped.stdout
-    resumed = run_cli("resume", str(flow), session, "-v", "0", cwd=tmp_path)
+    resumed = run_cli("resume", str(flow), session, "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert (tmp_path / "tally.txt").read_text().split() == ["Intake", "Publish"]
 
@@ -237,7 +237,7 @@ def test_resume_names_what_it_cannot_find(tmp_path: Path) -> None:
     assert (
         no_store.returncode == 1 and "no session store at .orchestra/sessions.db" in no_store.stdout
     )
-    assert run_cli("run", str(flow), "-v", "0", cwd=tmp_path).returncode == -9
+    assert run_cli("run", str(flow), "--quiet", cwd=tmp_path).returncode == -9
     unknown = run_cli("resume", str(flow), "nope", cwd=tmp_path)
     assert unknown.returncode == 1 and "no session 'nope'" in unknown.stdout
     bad = run_cli("resume", str(flow), "nope", "--context", "[1]", cwd=tmp_path)
@@ -264,14 +264,14 @@ def test_resume_names_what_it_cannot_find(tmp_path: Path) -> None:
 def test_a_paused_run_says_so_and_how_to_go_on(tmp_path: Path) -> None:
     flow = killed_once(tmp_path)
     flow.write_text(flow.read_text().replace("die_the_first_time", "pause_the_first_time"))
-    paused = run_cli("run", str(flow), "--session", "held", "-v", "0", cwd=tmp_path)
+    paused = run_cli("run", str(flow), "--session", "held", "--quiet", cwd=tmp_path)
     assert paused.returncode == 3, paused.stdout + paused.stderr
     assert "Paused" in paused.stdout and "needs a human" in paused.stdout
     assert "The run failed" not in paused.stdout
     assert f"Resume with: orchestra resume {flow} held" in paused.stdout
     again = run_cli("run", str(flow), "--session", "held", cwd=tmp_path)
     assert again.returncode == 1 and "'held' has a run paused on the way" in again.stdout
-    resumed = run_cli("resume", str(flow), "held", "-v", "0", cwd=tmp_path)
+    resumed = run_cli("resume", str(flow), "held", "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "draft+Intake+Review+Publish" in resumed.stdout
 
@@ -279,11 +279,11 @@ def test_a_paused_run_says_so_and_how_to_go_on(tmp_path: Path) -> None:
 def test_a_running_session_is_not_taken_up_by_another_process(tmp_path: Path) -> None:
     flow = killed_once(tmp_path)
     flow.write_text(flow.read_text().replace("die_the_first_time", "wait_for_a_line"))
-    running = start_cli("run", str(flow), "--session", "busy", "-v", "0", cwd=tmp_path)
+    running = start_cli("run", str(flow), "--session", "busy", "--quiet", cwd=tmp_path)
     try:
         assert running.stdin is not None and running.stdout is not None
         assert any("waiting for a line" in line for line in running.stdout)  # Review's step
-        taken = run_cli("resume", str(flow), "busy", "-v", "0", cwd=tmp_path)
+        taken = run_cli("resume", str(flow), "busy", "--quiet", cwd=tmp_path)
         assert (
             taken.returncode == 1 and "'busy' is being written by another process" in taken.stdout
         )
@@ -339,7 +339,7 @@ def test_a_long_final_response_is_previewed_and_the_line_under_it_says_where_the
     """Drawing the whole of a 4 MB response took rich 7.5 s (16 MB: over a minute), and
     printed all of it; now its opening is drawn, and the resume command writes the rest."""
     flow = repeating(tmp_path, 250_000)
-    done = run_cli("run", str(flow), "--task", "fifteen chars.\n", "-v", "0", cwd=tmp_path)
+    done = run_cli("run", str(flow), "--task", "fifteen chars.\n", "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("fifteen chars.") == 40  # the preview's lines
     assert len(done.stdout) < 10_000
@@ -407,7 +407,7 @@ def test_run_text_is_shown_as_text_on_the_terminal(tmp_path: Path) -> None:
     were: ESC [2J cleared the screen, a carriage return overwrote the line."""
     flow = repeating(tmp_path, 1)
     task = "ratio 1:ok: \x1b[2Jclear\rback \u202eevil"
-    done = run_cli("run", str(flow), "--task", task, "--no-store", "-v", "2")
+    done = run_cli("run", str(flow), "--task", task, "--no-store", "--verbose")
     assert done.returncode == 0, done.stdout + done.stderr
     shown = done.stdout.replace("\n", "").replace("│", "")
     assert "ratio 1:ok: \\x1b[2Jclear\\x0dback \\u202eevil" in shown
@@ -498,13 +498,29 @@ def test_a_damaged_store_is_named_damaged_and_a_new_run_starts_beside_damage(
     for where in ("header", "snapshot"):
         asyncio.run(write(tmp_path / f"{where}.db"))
         sqlite_store_damaged_at(tmp_path / f"{where}.db", "alpha", where)
-    for command in (("sessions", "list"), ("run", str(flow), "--task", "go.", "-v", "0")):
+    for command in (("sessions", "list"), ("run", str(flow), "--task", "go.", "--quiet")):
         refused = run_cli(*command, "--store", str(tmp_path / "header.db"))
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert "Traceback" not in refused.stdout + refused.stderr
         assert "header.db is damaged" in refused.stdout.replace("\n", "")
     done = run_cli(
-        "run", str(flow), "--task", "go.", "-v", "0", "--store", str(tmp_path / "snapshot.db")
+        "run", str(flow), "--task", "go.", "--quiet", "--store", str(tmp_path / "snapshot.db")
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "go.go." in done.stdout
+
+
+def test_verbose_and_quiet_choose_what_a_run_shows(tmp_path: Path) -> None:
+    """They replaced --verbosity N: one way to choose."""
+    flow = repeating(tmp_path, 1)
+    quiet = run_cli("run", str(flow), "--task", "go.", "--no-store", "--quiet")
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert quiet.stderr == ""
+    normal = run_cli("run", str(flow), "--task", "go.", "--no-store")
+    assert "A: final" in normal.stderr and "response: go." not in normal.stderr
+    verbose = run_cli("run", str(flow), "--task", "go.", "--no-store", "-v")
+    assert "response: go." in verbose.stderr
+    both = run_cli("run", str(flow), "--task", "go.", "--verbose", "--quiet")
+    assert both.returncode == 2 and "--verbose and --quiet" in both.stdout + both.stderr
+    old = run_cli("run", str(flow), "--task", "go.", "--verbosity", "2")
+    assert old.returncode == 2

@@ -91,3 +91,22 @@ def test_run_text_in_a_status_line_is_escaped_and_bounded() -> None:
     assert "\x1b" not in line and "\r" not in line
     assert "\\x1b[2Jgone\\x0d" in line and "more characters)" in line
     assert len(line) < 1100
+
+
+def test_a_key_in_a_tool_calls_arguments_is_redacted() -> None:
+    """A model may echo a key into a tool call; its arguments were printed as they were."""
+    out = io.StringIO()
+    printer = StatusPrinter(StatusConfig.from_verbosity(2), out)
+    call = ToolCall("fetch", {"api_key": "sk-proj-4f9Kx2LmQ8zR7vT1nB6wY3hJ0cD5eA"}, "c1")
+    step: dict[str, Any] = {"run_id": "r", "at": 1.0, "branch_id": "b0", "agent": "A", "step": 1}
+    printer(ev.StepCompleted(**step, duration=0.001, action=Action.call_tools([call])))
+    assert "tool fetch({'api_key': '[REDACTED]'})" in out.getvalue()
+    assert "4f9Kx2" not in out.getvalue()
+
+
+def test_verbose_says_when_a_model_call_is_retried() -> None:
+    out = io.StringIO()
+    printer = StatusPrinter(StatusConfig.from_verbosity(2), out)
+    retry = {"run_id": "r", "at": 1.0, "branch_id": "b0", "agent": "A", "attempt": 1}
+    printer(ev.ModelCallRetried(**retry, delay=0.5, error="HTTP 429"))
+    assert out.getvalue() == "[r]     b0 A: model call failed (HTTP 429), retry 1 in 0.5s\n"

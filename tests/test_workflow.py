@@ -51,7 +51,7 @@ def test_a_workflow_of_functions_runs_with_its_default_task(tmp_path: Path) -> N
         task: hello
         """,
     )
-    result = run_cli("run", str(flow), "-v", "0")
+    result = run_cli("run", str(flow), "--quiet")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "HELLO!" in result.stdout
 
@@ -94,7 +94,7 @@ def test_an_unreachable_server_is_reported_by_address(tmp_path: Path) -> None:
         task: hi
         """,
     )
-    result = run_cli("run", str(flow), "-v", "0")
+    result = run_cli("run", str(flow), "--quiet")
     assert result.returncode == 1
     assert "cannot reach http://127.0.0.1:" in result.stdout
 

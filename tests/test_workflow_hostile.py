@@ -383,7 +383,7 @@ def test_the_cli_exits_2_with_the_line_and_keeps_no_session(
     tmp_path: Path, text: str, where: str
 ) -> None:
     flow = write(tmp_path, text)
-    result = run_cli("run", str(flow), "-v", "0", cwd=tmp_path)
+    result = run_cli("run", str(flow), "--quiet", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert where in result.stdout and "Traceback" not in result.stdout + result.stderr
     assert "Session" not in result.stdout and not (tmp_path / ".orchestra").exists()
@@ -393,7 +393,7 @@ def test_the_cli_runs_a_file_within_the_allowed_modules_and_refuses_one_outside(
     tmp_path: Path,
 ) -> None:
     flow = write(tmp_path, HEAD)
-    allowed = run_cli("run", str(flow), "-v", "0", "--allow-module", "flow_nodes", cwd=tmp_path)
+    allowed = run_cli("run", str(flow), "--quiet", "--allow-module", "flow_nodes", cwd=tmp_path)
     assert allowed.returncode == 0 and "HI!" in allowed.stdout, allowed.stdout + allowed.stderr
     refused_run = run_cli(
         "run", str(flow), "--allow-module", "mypkg", "--allow-module", "other", "--no-store"

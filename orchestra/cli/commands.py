@@ -11,7 +11,8 @@ from typing import Annotated, Any, NamedTuple, NoReturn
 import typer
 from rich.markup import escape
 
-from orchestra.coordination.config import ExecutionConfig, StatusConfig
+from orchestra.coordination.config import ExecutionConfig, StatusConfig, VerbosityLevel
+from orchestra.coordination.monitoring.live import close_displays
 from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_session_id
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import StateManager
@@ -80,13 +81,32 @@ NoStore = Annotated[
 ]
 
 
-Verbosity = Annotated[int, typer.Option("--verbosity", "-v", min=0, max=2)]
-
-
-ResumedVerbosity = Annotated[
-    int | None,
-    typer.Option("--verbosity", "-v", min=0, max=2, help="Default: as the run was started with."),
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Also show each step's action, tool calls with their arguments, retries, rejected "
+        "replies and convergence.",
+    ),
 ]
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show nothing while the run works.")]
+
+
+def _level(verbose: bool, quiet: bool) -> VerbosityLevel:
+    """The level the flags choose (NORMAL with neither)."""
+    if verbose and quiet:
+        raise typer.BadParameter("--verbose and --quiet: give one of them")
+    if verbose:
+        return VerbosityLevel.VERBOSE
+    return VerbosityLevel.QUIET if quiet else VerbosityLevel.NORMAL
+
+
+def _resumed_level(verbose: bool, quiet: bool) -> VerbosityLevel | None:
+    """The level the flags choose for a resumed run (None with neither: as it was started)."""
+    return _level(verbose, quiet) if verbose or quiet else None
 
 
 Output = Annotated[
@@ -132,7 +152,7 @@ def _checked_session(session: str) -> str:
         raise typer.BadParameter(str(error)) from None
 
 
-def _status(workflow: Workflow, verbosity: int) -> ExecutionConfig:
+def _status(workflow: Workflow, verbosity: VerbosityLevel) -> ExecutionConfig:
     return workflow.execution.model_copy(update={"status": StatusConfig.from_verbosity(verbosity)})
 
 
@@ -148,13 +168,17 @@ def _finish(
     run: Coroutine[Any, Any, OrchestraResult], kept: Kept | None, output: Path | None
 ) -> None:
     """Run to the end and report (the whole final response written to ``output``, when one is
-    given); when the run can be taken up again, say how."""
+    given); when the run can be taken up again, say how. The live status area is gone before
+    anything more is printed."""
     try:
         result = asyncio.run(run)
     except KeyboardInterrupt:
+        close_displays()
         _interrupted(kept)
     except OrchestraError as error:
+        close_displays()
         fail(error, 1)
+    close_displays()
     print_result(result, output, None if kept is None else kept.resume)
     if result.metadata.get("paused"):
         if kept is not None:
@@ -182,7 +206,7 @@ def _interrupted(kept: Kept | None) -> NoReturn:
 def _execute(
     workflow_path: Path,
     task: str | None,
-    verbosity: int,
+    verbosity: VerbosityLevel,
     max_tokens: int | None,
     store: Path | None,
     session: str | None,
@@ -232,7 +256,7 @@ def _resume(
     workflow_path: Path,
     session: str,
     context: str | None,
-    verbosity: int | None,
+    verbosity: VerbosityLevel | None,
     max_tokens: int | None,
     store: Path,
     resume_with: list[str],
@@ -279,7 +303,8 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
 def run(
     workflow: Annotated[Path, typer.Argument(help="A workflow file (YAML or JSON).")],
     task: Annotated[str | None, typer.Option(help="The task (default: the file's 'task').")] = None,
-    verbosity: Verbosity = 1,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
     session: Annotated[
         str | None, typer.Option(help="The session id (default: a new one).")
     ] = None,
@@ -292,7 +317,9 @@ def run(
     session (see --store): if it is interrupted, `orchestra resume` goes on from its last step."""
     command = ["orchestra", "resume", str(workflow), *_allow_options(allow_module)]
     kept = None if no_store else store
-    _execute(workflow, task, verbosity, None, kept, session, command, output, allow_module)
+    _execute(
+        workflow, task, _level(verbose, quiet), None, kept, session, command, output, allow_module
+    )
 
 
 @app.command()
@@ -303,15 +330,18 @@ def resume(
         str | None,
         typer.Option(help="A JSON object added to what every agent sees from now on."),
     ] = None,
-    verbosity: ResumedVerbosity = None,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
     store: Store = DEFAULT_STORE,
     output: Output = None,
     allow_module: AllowModule = None,
 ) -> None:
     """Go on with an interrupted or paused session from its last completed step (a session
-    whose last run ended shows its stored result)."""
+    whose last run ended shows its stored result). It shows as much as the run was started
+    with, unless --verbose or --quiet says otherwise."""
     command = ["orchestra", "resume", str(workflow), *_allow_options(allow_module)]
-    _resume(workflow, session, context, verbosity, None, store, command, output, allow_module)
+    level = _resumed_level(verbose, quiet)
+    _resume(workflow, session, context, level, None, store, command, output, allow_module)
 
 
 def _allow_options(modules: list[str] | None) -> list[str]:
@@ -322,7 +352,8 @@ def _allow_options(modules: list[str] | None) -> list[str]:
 @app.command()
 def demo(
     task: Annotated[str | None, typer.Option(help="What the team should research.")] = None,
-    verbosity: Verbosity = 2,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
     topologies: Annotated[
         bool, typer.Option("--topologies", help="Also draw the API page's example topologies.")
     ] = False,
@@ -346,10 +377,12 @@ def demo(
             show_topology(title, topology)
     command = ["orchestra", "demo", "--resume"]
     if resume is not None:
-        _resume(DEMO_FLOW, resume, None, verbosity, DEMO_MAX_TOKENS, store, command, output)
+        level = _resumed_level(verbose, quiet)
+        _resume(DEMO_FLOW, resume, None, level, DEMO_MAX_TOKENS, store, command, output)
     else:
         kept = None if no_store else store
-        _execute(DEMO_FLOW, task, verbosity, DEMO_MAX_TOKENS, kept, None, command, output)
+        level = _level(verbose, quiet)
+        _execute(DEMO_FLOW, task, level, DEMO_MAX_TOKENS, kept, None, command, output)
 
 
 def _load_topology_file(path: Path) -> Any:

@@ -49,12 +49,16 @@ class VerbosityLevel(IntEnum):
 
 
 class StatusConfig(_Config):
-    """What the run prints while it works (the live display arrives in a later release).
+    """What the run shows while it works, on stderr.
 
-    QUIET prints nothing; NORMAL prints a line per agent step and per failure, and when the
-    run pauses, resumes or ends; VERBOSE adds rejected replies, fan-outs, convergence and
-    questions. ``show_actions`` (on at VERBOSE) adds under each step what its action carried:
-    the requests, the final response, the question, the tool calls' arguments.
+    QUIET shows nothing. On an interactive terminal, NORMAL shows a live view: the branch tree
+    with each branch's agent, status, step, working time, tokens and cost (a spinner while a
+    model or tool call is in flight) under the run's state and totals; VERBOSE adds, scrolling
+    above it, the lines below. Elsewhere (CI, a pipe, a file) NORMAL prints a line per agent
+    step and per failure, and when the run pauses, resumes or ends; VERBOSE adds rejected
+    replies, retried model calls, fan-outs, convergence and questions. ``show_actions`` (on at
+    VERBOSE) adds under each step what its action carried: the requests, the final response,
+    the question, the tool calls' arguments (see docs/observability.md, "Status display").
     """
 
     enabled: bool = True

@@ -20,7 +20,7 @@ from .engine.clock import now
 from .engine.convergence import check_node_policies
 from .engine.core import Engine
 from .engine.runner import Runner
-from .monitoring.status import StatusPrinter
+from .monitoring.live import status_watch
 from .monitoring.tracing_switch import tracing_on
 from .topology import Topology, TopologyAnalysis
 
@@ -153,13 +153,14 @@ def first_input(setup: Setup, task: Any, context: dict[str, Any]) -> inp.RunStar
 
 def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, Runner]:
     """A fresh engine for the run (empty until its first input) and the runner driving it;
-    ``status`` says what is printed (its events, replayed ones excepted); the setup's metrics
-    collector, if enabled, watches the stream too, and so does a tracer when the run is traced
-    (``tracing_on``); both are told, through ``setup.stopped``, when the run stops without an
-    event saying so."""
+    ``status`` says what is shown (plain lines, or the live view on a terminal); the setup's
+    metrics collector, if enabled, watches the stream too, and so does a tracer when the run is
+    traced (``tracing_on``). The metrics are told, through ``setup.stopped``, when the run stops
+    without an event saying so."""
     stream = ev.EventStream()
-    if status.enabled:
-        stream.subscribe(StatusPrinter(status))
+    watch = status_watch(status, session_id, setup.agents)
+    if watch is not None:
+        stream.subscribe(watch)
     if setup.metrics is not None and setup.metrics.enabled:
         watch = setup.metrics.watch(setup.agents)
         stream.subscribe(watch)

@@ -1,4 +1,5 @@
-"""Plain status lines, one per agent step, read from the event stream."""
+"""The status display: plain lines, one per agent step, read from the event stream, or (on an
+interactive terminal) the live view of :mod:`.live`; :func:`status_watch` picks one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, TextIO
 from orchestra.agents.contract import Action, ActionKind
 from orchestra.coordination.config import StatusConfig, VerbosityLevel
 from orchestra.coordination.engine import events as ev
+from orchestra.models.secrets import redact
 
 from .text import cut, printable
 
@@ -20,7 +22,8 @@ status line (the rest is cut, saying how much)."""
 
 class StatusPrinter:
     """Prints what a run does: at NORMAL a line per step and per branch end; at VERBOSE also
-    rejected replies, fan-outs, convergence and questions. QUIET prints nothing.
+    rejected replies, retried model calls, fan-outs, convergence and questions. QUIET prints
+    nothing.
 
     ``show_actions`` adds, under each step, what the action carried: the requests handed to
     each peer, the final response, the question, each tool call's arguments (``PREVIEW``
@@ -39,50 +42,61 @@ class StatusPrinter:
             or self.config.verbosity is VerbosityLevel.QUIET
         ):
             return
-        line = self._line(event)
+        line = status_line(event, self.config)
         if line:
             print(printable(line), file=self.out, flush=True)
 
-    def _line(self, event: ev.Event) -> str | None:
-        verbose = self.config.verbosity >= VerbosityLevel.VERBOSE
-        if isinstance(event, ev.StepCompleted):
-            line = (
-                f"[{event.run_id}] step {event.step:>4} {event.branch_id:>6} {event.agent}: "
-                f"{event.action.describe()} ({event.duration * 1000:.1f} ms)"
-            )
-            if self.config.show_actions:
-                line += "".join(f"\n{' ' * 8}{detail}" for detail in details(event.action))
-            return line
-        if isinstance(event, ev.BranchFailed):
-            return (
-                f"[{event.run_id}] branch {event.branch_id} failed at {event.agent}: "
-                f"{_cut(event.error)}"
-            )
-        if isinstance(event, ev.RunCompleted):
-            outcome = "succeeded" if event.success else f"failed: {_cut(event.error or '')}"
-            return f"[{event.run_id}] run {outcome} in {event.duration:.2f}s, {event.total_steps} steps"
-        if isinstance(event, ev.RunPaused):
-            reason = f": {_cut(event.reason)}" if event.reason else ""
-            return f"[{event.run_id}] run paused{reason} after {event.total_steps} steps"
-        if isinstance(event, ev.RunResumed):
-            return f"[{event.run_id}] run resumed"
-        if not verbose:
-            return None
-        if isinstance(event, ev.ActionRejected):
-            return f"[{event.run_id}] step {event.step:>4} {event.branch_id:>6} {event.agent}: rejected ({_cut(event.problem)})"
-        if isinstance(event, ev.FanOutStarted):
-            return f"[{event.run_id}] fan-out {event.fan_out_id} from {event.source}: {', '.join(event.targets)}"
-        if isinstance(event, ev.ConvergenceReached):
-            return f"[{event.run_id}] fan-out {event.fan_out_id} converged ({event.outcome}): {event.succeeded} ok, {event.failed} failed"
-        if isinstance(event, ev.UserInputRequested):
-            return f"[{event.run_id}] {event.agent} asks the user: {_cut(event.question)}"
+
+def status_line(event: ev.Event, config: StatusConfig) -> str | None:
+    """The status line of ``event`` at ``config``'s verbosity (None: nothing to say)."""
+    verbose = config.verbosity >= VerbosityLevel.VERBOSE
+    if isinstance(event, ev.StepCompleted):
+        line = (
+            f"[{event.run_id}] step {event.step:>4} {event.branch_id:>6} {event.agent}: "
+            f"{event.action.describe()} ({event.duration * 1000:.1f} ms)"
+        )
+        if config.show_actions:
+            line += "".join(f"\n{' ' * 8}{detail}" for detail in details(event.action))
+        return line
+    if isinstance(event, ev.BranchFailed):
+        return (
+            f"[{event.run_id}] branch {event.branch_id} failed at {event.agent}: "
+            f"{_cut(event.error)}"
+        )
+    if isinstance(event, ev.RunCompleted):
+        outcome = "succeeded" if event.success else f"failed: {_cut(event.error or '')}"
+        return f"[{event.run_id}] run {outcome} in {event.duration:.2f}s, {event.total_steps} steps"
+    if isinstance(event, ev.RunPaused):
+        reason = f": {_cut(event.reason)}" if event.reason else ""
+        return f"[{event.run_id}] run paused{reason} after {event.total_steps} steps"
+    if isinstance(event, ev.RunResumed):
+        return f"[{event.run_id}] run resumed"
+    if not verbose:
         return None
+    if isinstance(event, ev.ActionRejected):
+        return f"[{event.run_id}] step {event.step:>4} {event.branch_id:>6} {event.agent}: rejected ({_cut(event.problem)})"
+    if isinstance(event, ev.FanOutStarted):
+        return f"[{event.run_id}] fan-out {event.fan_out_id} from {event.source}: {', '.join(event.targets)}"
+    if isinstance(event, ev.ConvergenceReached):
+        return f"[{event.run_id}] fan-out {event.fan_out_id} converged ({event.outcome}): {event.succeeded} ok, {event.failed} failed"
+    if isinstance(event, ev.ModelCallRetried):
+        return (
+            f"[{event.run_id}] {event.branch_id:>6} {event.agent}: model call failed "
+            f"({_cut(event.error)}), retry {event.attempt} in {event.delay:.1f}s"
+        )
+    if isinstance(event, ev.UserInputRequested):
+        return f"[{event.run_id}] {event.agent} asks the user: {_cut(event.question)}"
+    return None
 
 
 def details(action: Action) -> list[str]:
-    """What an action carries, a line per item, each cut to ``PREVIEW`` characters."""
+    """What an action carries, a line per item, each cut to ``PREVIEW`` characters (a tool
+    call's arguments with anything shaped like a key redacted: a model may echo one)."""
     lines = [f"-> {item.agent_name}: {_preview(item.request)}" for item in action.invocations]
-    lines += [f"tool {call.name}({_preview(dict(call.arguments))})" for call in action.tool_calls]
+    lines += [
+        f"tool {call.name}({_preview(redact(repr(dict(call.arguments))[: PREVIEW * 2]))})"
+        for call in action.tool_calls
+    ]
     if action.kind is ActionKind.FINAL:
         lines.append(f"response: {_preview(action.response)}")
     elif action.kind is ActionKind.ASK_USER:

@@ -1,0 +1,320 @@
+"""The live status display: runs drawn as they work, on an interactive terminal.
+
+The engine's path only folds events into a :class:`~.view.RunView` (under a lock, a few
+microseconds); nothing is drawn there. A :class:`LiveDisplay`, one per output stream for the
+whole process, draws every attached run's block in one rich ``Live`` area from a thread of
+its own: about eight times a second it copies the views (under the lock), then prints what
+scrolls (VERBOSE's lines, a finished run's final block) above the live area and redraws the
+area, all off the event loop. When its last run has finished it erases the area and its thread
+ends, so whatever prints next (the command line's result) starts on a clean line.
+
+:func:`status_watch` decides, from the output stream, between this and plain lines (see
+docs/observability.md, "Status display").
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import TextIO
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.spinner import Spinner
+from rich.text import Text
+from rich.tree import Tree
+
+from orchestra.agents.agent import Agent
+from orchestra.agents.base import BaseAgent
+from orchestra.agents.pool import AgentPool
+from orchestra.coordination.config import StatusConfig, VerbosityLevel
+from orchestra.coordination.engine import events as ev
+from orchestra.coordination.engine.clock import now
+
+from .status import StatusPrinter, status_line
+from .text import printable
+from .view import BUSY, BranchStatus, BranchView, FanOutView, RunState, RunView
+
+REFRESH_PER_SECOND = 8
+NOTE_LIMIT = 120
+"""Characters of an error, a pause reason or a question shown in a run's block."""
+
+_SPINNER = Spinner("dots")
+_STYLES = {
+    BranchStatus.DONE: "green",
+    BranchStatus.FAILED: "red",
+    BranchStatus.CANCELLED: "dim",
+    BranchStatus.USER: "yellow",
+    BranchStatus.CONVERGING: "blue",
+}
+_MARKS = {BranchStatus.DONE: "✓", BranchStatus.FAILED: "✗", BranchStatus.CANCELLED: "-"}
+_RUN_STYLES = {
+    RunState.SUCCEEDED: "green",
+    RunState.FAILED: "red",
+    RunState.PAUSED: "yellow",
+    RunState.PAUSING: "yellow",
+    RunState.WAITING_FOR_USER: "yellow",
+}
+
+
+def _text(text: str, style: str = "") -> Text:
+    """Run text (a name, an error, a question) as plain text: never markup, escapes shown."""
+    return Text(printable(text, NOTE_LIMIT), style=style)
+
+
+def _figures(tokens: int, cost: float | None, seconds: float) -> str:
+    shown = f"{seconds:.1f}s · {tokens:,} tokens"
+    return shown if cost is None else f"{shown} · ${cost:.4f}"
+
+
+def _spinner_frame(at: float) -> str:
+    """The spinner's frame at ``at``: it follows the clock, however often a frame is drawn."""
+    frames = _SPINNER.frames
+    return frames[int(at * 1000 / _SPINNER.interval) % len(frames)]
+
+
+def branch_label(branch: BranchView, at: float) -> Text:
+    """A branch's line: its id, agent, status (a spinner while a call is in flight), step,
+    working time, tokens and cost."""
+    status = branch.status
+    label = Text.assemble((branch.branch_id, "bold"), " ", _text(branch.agent), "  ")
+    if status in BUSY:
+        label.append(_spinner_frame(at) + " ", style="cyan")
+    elif status in _MARKS:
+        label.append(_MARKS[status] + " ", style=_STYLES[status])
+    label.append(str(status), style=_STYLES.get(status, ""))
+    figures = _figures(branch.tokens, branch.cost_usd, branch.elapsed(at))
+    label.append(f"  step {branch.step} · {figures}", style="dim")
+    if branch.retries or branch.rejected:
+        label.append(f" · {branch.retries} retried, {branch.rejected} rejected", style="yellow")
+    note = branch.error if status is BranchStatus.FAILED else branch.question
+    if note and status in (BranchStatus.FAILED, BranchStatus.USER):
+        label.append(": ")
+        label.append_text(_text(note, _STYLES[status]))
+    return label
+
+
+def _fan_out_label(fan_out: FanOutView) -> Text:
+    label = Text(f"fan-out {fan_out.fan_out_id} → ", style="dim")
+    label.append_text(_text(", ".join(fan_out.targets), "dim"))
+    if fan_out.outcome is not None:
+        label.append(
+            f": converged ({fan_out.outcome}), {fan_out.succeeded} ok, {fan_out.failed} failed",
+            style="dim",
+        )
+    return label
+
+
+def _grow(tree: Tree, view: RunView, branch: BranchView, at: float) -> None:
+    for fan_out, children in view.children(branch):
+        node = tree.add(_fan_out_label(fan_out))
+        if fan_out.outcome is not None:
+            continue  # converged: folded into its one line
+        for child in children:
+            _grow(node.add(branch_label(child, at)), view, child, at)
+
+
+def _headline(view: RunView, at: float) -> Text:
+    state = view.shown_state
+    line = Text.assemble(("run ", "bold"), _text(view.run_id, "bold"), " · ")
+    line.append(str(state), style=_RUN_STYLES.get(state, "cyan"))
+    note = view.error if state is RunState.FAILED else view.reason
+    if note and state in (RunState.FAILED, RunState.PAUSED, RunState.PAUSING):
+        line.append(": ")
+        line.append_text(_text(note, _RUN_STYLES[state]))
+    line.append(f" · {view.steps} steps · {_figures(view.tokens, view.cost_usd, view.elapsed(at))}")
+    return line
+
+
+def run_block(view: RunView, at: float) -> RenderableType:
+    """A run's block: its state and totals over its branch tree (as of ``at``)."""
+    root = view.branches.get(view.root) if view.root is not None else None
+    if root is None:
+        return Panel(Text("starting", style="dim"), title=_headline(view, at), title_align="left")
+    tree = Tree(branch_label(root, at), guide_style="dim")
+    _grow(tree, view, root, at)
+    return Panel(tree, title=_headline(view, at), title_align="left", expand=False)
+
+
+class LiveDisplay:
+    """One live area for every run in the process that prints to ``console``: runs attach
+    (:meth:`update` with their first event that is news), and a finished run's block is
+    printed once, final, above the area and taken out of it.
+
+    With ``auto_refresh`` (the default) a thread of its own redraws while runs are attached;
+    without, nothing is drawn until :meth:`refresh` is called (tests draw a frame at a chosen
+    moment)."""
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        auto_refresh: bool = True,
+        clock: Callable[[], float] = now,
+    ) -> None:
+        self.console = console
+        self.auto_refresh = auto_refresh
+        self.clock = clock
+        self._lock = threading.Lock()  # guards the views, the waiting lines and the run lists
+        self._drawing = threading.Lock()  # one frame at a time, the Live area's start and stop
+        self._views: dict[str, RunView] = {}
+        self._finished: list[RunView] = []
+        self._lines: list[str] = []
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._live: Live | None = None
+
+    def update(self, view: RunView, event: ev.Event, line: str | None = None) -> None:
+        """Fold ``event`` into ``view`` (attaching the view if it is new), with the line to
+        print above the live area (VERBOSE); the engine's path: no drawing here."""
+        with self._lock:
+            view(event)
+            if line is not None:
+                self._lines.append(line)
+            if view.run_id not in self._views and not view.ended:
+                self._views[view.run_id] = view
+            if view.ended and self._views.pop(view.run_id, None) is not None:
+                self._finished.append(view.snapshot())
+            if self.auto_refresh and self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="orchestra-live", daemon=True
+                )
+                self._thread.start()
+        if view.ended:
+            self._wake.set()
+
+    def refresh(self) -> None:
+        """Draw one frame: the waiting lines and finished blocks above the area, the attached
+        runs in it; the area is erased once no run is attached."""
+        with self._drawing:
+            with self._lock:
+                lines, self._lines = self._lines, []
+                finished, self._finished = self._finished, []
+                shown = [view.snapshot() for view in self._views.values()]
+            at = self.clock()
+            if self._live is None and not (lines or finished or shown):
+                return
+            live = self._live or self._start()
+            for line in lines:
+                live.console.print(Text(printable(line)), soft_wrap=True)
+            for view in finished:
+                live.console.print(run_block(view, at))
+            live.update(Group(*(run_block(view, at) for view in shown)), refresh=True)
+            if not shown:
+                live.stop()
+                self._live = None
+
+    def close(self) -> None:
+        """Finish every attached run's block as it stands (a run cut off with no end of its
+        own) and wait until the area is erased: call before printing anything else."""
+        with self._lock:
+            self._finished += [view.snapshot() for view in self._views.values()]
+            self._views.clear()
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join()
+        self.refresh()
+
+    def _start(self) -> Live:
+        live = Live(console=self.console, auto_refresh=False, transient=True)
+        live.start()
+        self._live = live
+        return live
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(1 / REFRESH_PER_SECOND)
+            self._wake.clear()
+            self.refresh()
+            with self._lock:
+                if not (self._views or self._lines or self._finished):
+                    self._thread = None
+                    return
+
+
+class LiveWatch:
+    """A run's subscriber: its events folded into its view on ``display``; at VERBOSE, its
+    status lines handed over to scroll above the area. Replayed events (a resumed run catching
+    up) are folded but neither printed nor shown: the run joins the display with its first
+    event that is news, so a finished session read back draws nothing."""
+
+    def __init__(
+        self, config: StatusConfig, display: LiveDisplay, run_id: str, model_agents: set[str]
+    ) -> None:
+        self.config = config
+        self.display = display
+        self.view = RunView(run_id, model_agents)
+        self.verbose = config.verbosity >= VerbosityLevel.VERBOSE
+
+    def __call__(self, event: ev.Event) -> None:
+        if event.replayed:
+            self.view(event)
+            return
+        line = status_line(event, self.config) if self.verbose else None
+        self.display.update(self.view, event, line)
+
+
+_DISPLAYS: dict[int, LiveDisplay] = {}
+_DISPLAYS_LOCK = threading.Lock()
+
+
+def shared_display(stream: TextIO) -> LiveDisplay:
+    """The process's one display on ``stream`` (closed, so its area is erased, at exit)."""
+    with _DISPLAYS_LOCK:
+        display = _DISPLAYS.get(id(stream))
+        if display is None:
+            if not _DISPLAYS:
+                atexit.register(close_displays)
+            display = _DISPLAYS[id(stream)] = LiveDisplay(Console(file=stream, emoji=False))
+        return display
+
+
+def close_displays() -> None:
+    """Close every shared display (each run's final block printed, the live areas erased)."""
+    with _DISPLAYS_LOCK:
+        displays = list(_DISPLAYS.values())
+    for display in displays:
+        display.close()
+
+
+def interactive(stream: TextIO) -> bool:
+    """Whether ``stream`` gets the live view: it is a terminal (``isatty``; ``FORCE_COLOR``,
+    which CI services set, does not make a pipe one) and rich counts it interactive (not
+    ``TERM=dumb`` or ``unknown``, not ``TTY_INTERACTIVE=0`` or ``TTY_COMPATIBLE=0``)."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+    return tty and Console(file=stream).is_interactive
+
+
+def status_watch(
+    config: StatusConfig,
+    run_id: str,
+    agents: Mapping[str, BaseAgent | AgentPool],
+    stream: TextIO | None = None,
+) -> ev.Subscriber | None:
+    """The status subscriber of a run printing to ``stream`` (default stderr): the live view
+    on an interactive terminal, plain lines elsewhere, none when QUIET or disabled."""
+    if not config.enabled or config.verbosity is VerbosityLevel.QUIET:
+        return None
+    out = stream or sys.stderr
+    if not interactive(out):
+        return StatusPrinter(config, out)
+    return LiveWatch(config, shared_display(out), run_id, _model_agents(agents))
+
+
+def _model_agents(agents: Mapping[str, BaseAgent | AgentPool]) -> set[str]:
+    """The agents whose steps are model calls (a pool's by its first instance)."""
+    return {
+        name
+        for name, agent in agents.items()
+        if isinstance(agent.instances[0] if isinstance(agent, AgentPool) else agent, Agent)
+    }
+
+
+__all__ = ["LiveDisplay", "LiveWatch", "close_displays", "run_block", "status_watch"]

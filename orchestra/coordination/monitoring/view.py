@@ -1,0 +1,346 @@
+"""A run as someone watching it sees it, folded from its events: plain data, no terminal in it.
+
+:class:`RunView` takes every event of one run, replayed ones too (a resumed run's view is right
+once it has caught up with its log), and keeps what a live display shows: the branch tree
+(fan-out children under the branch that fanned out), for each branch its agent, what it is
+doing, its step, its working time, its tokens and cost, and the run's totals and state. It
+runs on the engine's path, so each event costs a dictionary look-up and a few assignments,
+never a walk over the run. :meth:`RunView.snapshot` copies it for a reader on another thread
+(the terminal's refresh thread, later the web inspector).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from orchestra.coordination.engine import events as ev
+
+
+class BranchStatus(StrEnum):
+    """What a branch is doing, as a watcher names it."""
+
+    RUNNING = "running"  # between steps: its next step is on the way
+    MODEL = "in a model call"
+    STEP = "in a step"  # a code agent's step (it calls no model)
+    TOOL = "in a tool call"
+    CONVERGING = "waiting at convergence"  # its fan-out's branches, or their convergence point
+    USER = "waiting for the user"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+BUSY = frozenset({BranchStatus.MODEL, BranchStatus.STEP, BranchStatus.TOOL})
+"""The statuses in which a call is in flight (a display shows a spinner)."""
+ENDED = frozenset({BranchStatus.DONE, BranchStatus.CANCELLED, BranchStatus.FAILED})
+
+
+class RunState(StrEnum):
+    RUNNING = "running"
+    PAUSING = "pausing"  # a pause was asked for; steps in flight finish first
+    PAUSED = "paused"
+    WAITING_FOR_USER = "waiting for the user"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass
+class BranchView:
+    """One branch. ``working`` is the seconds it spent in steps and tool calls, not counting
+    the one in flight (which began at ``busy_since``)."""
+
+    branch_id: str
+    agent: str
+    parent: str | None
+    fan_out: str | None
+    status: BranchStatus = BranchStatus.RUNNING
+    step: int = 0  # the run's number of its latest step
+    steps: int = 0
+    working: float = 0.0
+    busy_since: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    retries: int = 0
+    rejected: int = 0
+    error: str | None = None
+    question: str | None = None
+    fan_outs: list[str] = field(default_factory=list)
+    tools_open: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def elapsed(self, now: float) -> float:
+        """Working seconds up to ``now`` (the call in flight included)."""
+        return self.working + (0.0 if self.busy_since is None else max(0.0, now - self.busy_since))
+
+
+@dataclass
+class FanOutView:
+    """A fan-out: its source branch and its children; ``outcome`` once it converged (its
+    children are then folded: a display shows one line for them)."""
+
+    fan_out_id: str
+    source: str
+    children: tuple[str, ...]
+    targets: tuple[str, ...]
+    outcome: str | None = None
+    succeeded: int = 0
+    failed: int = 0
+
+
+@dataclass
+class RunView:
+    """One run, folded from its events (feed it with ``view(event)``)."""
+
+    run_id: str
+    model_agents: Collection[str] = ()
+    """The agents that call a model: their steps are model calls (a code agent's are steps)."""
+    state: RunState = RunState.RUNNING
+    reason: str | None = None  # why it paused
+    error: str | None = None  # why it failed
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    root: str | None = None
+    branches: dict[str, BranchView] = field(default_factory=dict)
+    fan_outs: dict[str, FanOutView] = field(default_factory=dict)
+    asking: int = 0  # branches waiting for the user
+    ran: float = 0.0  # seconds run before ``running_since`` (earlier stretches of a resumed run)
+    running_since: float | None = None
+    last_at: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def ended(self) -> bool:
+        return self.state in (RunState.PAUSED, RunState.SUCCEEDED, RunState.FAILED)
+
+    @property
+    def shown_state(self) -> RunState:
+        """The state as a watcher reads it: a running run whose work all waits on the user
+        is waiting for the user."""
+        if self.state is RunState.RUNNING and self.asking:
+            return RunState.WAITING_FOR_USER
+        return self.state
+
+    def elapsed(self, now: float) -> float:
+        """The run's seconds up to ``now``, pauses and crashes left out."""
+        since = self.running_since
+        return self.ran + (0.0 if since is None else max(0.0, now - since))
+
+    def __call__(self, event: ev.Event) -> None:
+        self.last_at = event.at
+        fold = _FOLDS.get(type(event))
+        if fold is not None:
+            fold(self, event)
+
+    def snapshot(self) -> RunView:
+        """A copy that later events leave alone (for a reader on another thread)."""
+        copied = copy.copy(self)
+        copied.branches = {key: _copied(branch) for key, branch in self.branches.items()}
+        copied.fan_outs = {key: copy.copy(fan_out) for key, fan_out in self.fan_outs.items()}
+        return copied
+
+    def children(self, branch: BranchView) -> list[tuple[FanOutView, list[BranchView]]]:
+        """The branch's fan-outs, each with its child branches."""
+        found = []
+        for fan_out_id in branch.fan_outs:
+            fan_out = self.fan_outs[fan_out_id]
+            kids = [self.branches[child] for child in fan_out.children if child in self.branches]
+            found.append((fan_out, kids))
+        return found
+
+
+def _copied(branch: BranchView) -> BranchView:
+    copied = copy.copy(branch)
+    copied.fan_outs = list(branch.fan_outs)
+    return copied
+
+
+def _add_cost(total: float | None, cost: float | None) -> float | None:
+    return total if cost is None else (total or 0.0) + cost
+
+
+def _run_started(view: RunView, event: ev.RunStarted) -> None:
+    view.running_since = event.at
+
+
+def _branch_created(view: RunView, event: ev.BranchCreated) -> None:
+    view.branches[event.branch_id] = BranchView(
+        event.branch_id, event.agent, event.parent_branch_id, event.fan_out_id
+    )
+    if event.parent_branch_id is None and view.root is None:
+        view.root = event.branch_id
+
+
+def _step_started(view: RunView, event: ev.StepStarted) -> None:
+    branch = view.branches[event.branch_id]
+    branch.agent = event.agent
+    branch.step = event.step
+    branch.status = BranchStatus.MODEL if event.agent in view.model_agents else BranchStatus.STEP
+    branch.busy_since = event.at
+
+
+def _step_completed(view: RunView, event: ev.StepCompleted) -> None:
+    branch = view.branches[event.branch_id]
+    branch.status = BranchStatus.RUNNING
+    branch.busy_since = None
+    branch.working += event.duration
+    branch.steps += 1
+    branch.step = event.step
+    branch.prompt_tokens += event.prompt_tokens
+    branch.completion_tokens += event.completion_tokens
+    branch.cost_usd = _add_cost(branch.cost_usd, event.cost_usd)
+    view.steps += 1
+    view.prompt_tokens += event.prompt_tokens
+    view.completion_tokens += event.completion_tokens
+    view.cost_usd = _add_cost(view.cost_usd, event.cost_usd)
+
+
+def _retried(view: RunView, event: ev.ModelCallRetried) -> None:
+    view.branches[event.branch_id].retries += 1
+
+
+def _rejected(view: RunView, event: ev.ActionRejected) -> None:
+    view.branches[event.branch_id].rejected += 1
+
+
+def _handed_over(view: RunView, event: ev.WorkHandedOver) -> None:
+    view.branches[event.branch_id].agent = event.target
+
+
+def _fanned_out(view: RunView, event: ev.FanOutStarted) -> None:
+    view.fan_outs[event.fan_out_id] = FanOutView(
+        event.fan_out_id, event.branch_id, event.child_branch_ids, event.targets
+    )
+    source = view.branches[event.branch_id]
+    source.fan_outs.append(event.fan_out_id)
+    source.status = BranchStatus.CONVERGING
+
+
+def _arrived(view: RunView, event: ev.BranchArrived) -> None:
+    view.branches[event.branch_id].status = BranchStatus.CONVERGING
+
+
+def _converged(view: RunView, event: ev.ConvergenceReached) -> None:
+    fan_out = view.fan_outs[event.fan_out_id]
+    fan_out.outcome = event.outcome
+    fan_out.succeeded, fan_out.failed = event.succeeded, event.failed
+    source = view.branches[fan_out.source]
+    if source.status is BranchStatus.CONVERGING:
+        source.status = BranchStatus.RUNNING
+
+
+def _tool_started(view: RunView, event: ev.ToolCallStarted) -> None:
+    branch = view.branches[event.branch_id]
+    if not branch.tools_open:
+        branch.busy_since = event.at
+    branch.tools_open += 1
+    branch.status = BranchStatus.TOOL
+
+
+def _tool_completed(view: RunView, event: ev.ToolCallCompleted) -> None:
+    branch = view.branches[event.branch_id]
+    branch.tools_open = max(0, branch.tools_open - 1)
+    if branch.tools_open or branch.busy_since is None:
+        return
+    branch.working += max(0.0, event.at - branch.busy_since)
+    branch.busy_since = None
+    if branch.status is BranchStatus.TOOL:
+        branch.status = BranchStatus.RUNNING
+
+
+def _asked(view: RunView, event: ev.UserInputRequested) -> None:
+    branch = view.branches[event.branch_id]
+    branch.status, branch.question = BranchStatus.USER, event.question
+    view.asking += 1
+
+
+def _answered(view: RunView, event: ev.UserInputReceived) -> None:
+    branch = view.branches[event.branch_id]
+    if branch.status is BranchStatus.USER:
+        branch.status, branch.question = BranchStatus.RUNNING, None
+        view.asking -= 1
+
+
+def _ended(branch: BranchView, status: BranchStatus, view: RunView) -> None:
+    if branch.status is BranchStatus.USER:
+        view.asking -= 1
+    branch.status = status
+    branch.busy_since = None
+    branch.tools_open = 0
+
+
+def _branch_completed(view: RunView, event: ev.BranchCompleted) -> None:
+    branch = view.branches[event.branch_id]
+    if event.outcome == "arrived":  # it waits at the convergence point until its fan-out settles
+        branch.status = BranchStatus.CONVERGING
+        return
+    status = BranchStatus.CANCELLED if event.outcome == "cancelled" else BranchStatus.DONE
+    _ended(branch, status, view)
+
+
+def _branch_failed(view: RunView, event: ev.BranchFailed) -> None:
+    branch = view.branches[event.branch_id]
+    _ended(branch, BranchStatus.FAILED, view)
+    branch.error = event.error
+
+
+def _pause_requested(view: RunView, event: ev.PauseRequested) -> None:
+    view.state, view.reason = RunState.PAUSING, event.reason
+
+
+def _stopped(view: RunView, duration: float) -> None:
+    view.ran, view.running_since = duration, None
+
+
+def _paused(view: RunView, event: ev.RunPaused) -> None:
+    view.state, view.reason = RunState.PAUSED, event.reason
+    _stopped(view, event.duration)
+
+
+def _resumed(view: RunView, event: ev.RunResumed) -> None:
+    if view.running_since is not None:  # a crash cut it off: it ran until its last event
+        view.ran += max(0.0, view.last_at - view.running_since)
+    view.state, view.reason, view.running_since = RunState.RUNNING, None, event.at
+
+
+def _completed(view: RunView, event: ev.RunCompleted) -> None:
+    view.state = RunState.SUCCEEDED if event.success else RunState.FAILED
+    view.error = event.error
+    _stopped(view, event.duration)
+
+
+_FOLDS: dict[type[ev.Event], Callable[[RunView, Any], None]] = {
+    ev.RunStarted: _run_started,
+    ev.BranchCreated: _branch_created,
+    ev.StepStarted: _step_started,
+    ev.StepCompleted: _step_completed,
+    ev.ModelCallRetried: _retried,
+    ev.ActionRejected: _rejected,
+    ev.WorkHandedOver: _handed_over,
+    ev.FanOutStarted: _fanned_out,
+    ev.BranchArrived: _arrived,
+    ev.ConvergenceReached: _converged,
+    ev.ToolCallStarted: _tool_started,
+    ev.ToolCallCompleted: _tool_completed,
+    ev.UserInputRequested: _asked,
+    ev.UserInputReceived: _answered,
+    ev.BranchCompleted: _branch_completed,
+    ev.BranchFailed: _branch_failed,
+    ev.PauseRequested: _pause_requested,
+    ev.RunPaused: _paused,
+    ev.RunResumed: _resumed,
+    ev.RunCompleted: _completed,
+}
+"""Each kind of event's fold (it takes that kind); the other kinds change nothing shown."""
