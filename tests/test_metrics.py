@@ -100,6 +100,7 @@ async def test_every_metric_after_a_run(metrics: MetricsCollector) -> None:
         "runs": 1,
         "active_branches": 0,
         "step_seconds": 5,
+        "model_call_seconds": 5,  # each reply used, rejected or retried
         "tool_call_seconds": 1,
         "convergence_wait_seconds": 1,
     }

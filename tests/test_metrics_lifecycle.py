@@ -18,6 +18,7 @@ import pytest
 from helpers import FAST, Watched, fn, invoke, llm, quiet, run, spokes
 
 from orchestra import AgentRegistry, ScriptedModel
+from orchestra.agents.contract import Action, ActionKind
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine import runner as runner_module
 from orchestra.coordination.monitoring import MetricsCollector
@@ -123,6 +124,40 @@ async def test_the_model_call_that_fails_the_step_is_counted(
         assert metrics.get_metric("retries") == retries
         assert metrics.get_metric("errors", agent="A") == 1
         assert metrics.get_metric("total_tokens") == 0
+        assert metrics.get_metric("model_call_seconds", agent="A") == calls  # each one timed
+
+
+def test_each_model_call_attempt_is_timed_on_its_own() -> None:
+    """A step begun at 10 s whose first call fails at 11 s and is retried after a 2 s wait,
+    the second answering at 14 s: two calls of 1 s each (the step took 4 s). A rejected reply
+    ends its call too; a code agent's step is no model call; replayed events time nothing."""
+    step = {"agent": "A", "step": 1, "branch_step": 1}
+    retried = {"branch_id": "b0", "agent": "A", "attempt": 1, "delay": 2.0, "error": "429"}
+    used = {"branch_id": "b0", "agent": "A", "step": 1, "duration": 4.0, "action": FINAL}
+    rejected = {"branch_id": "b1", "agent": "A", "step": 1, "problem": "no JSON"}
+    rejected |= {"reply": "hm", "attempt": 1}
+    code = {"branch_id": "b2", "agent": "Code", "step": 1, "duration": 1.0, "action": FINAL}
+    events = _events(
+        (ev.StepStarted, 10.0, {"branch_id": "b0", **step}),
+        (ev.ModelCallRetried, 11.0, retried),
+        (ev.StepStarted, 12.0, {"branch_id": "b1", **step}),
+        (ev.StepStarted, 12.0, {"branch_id": "b2", **step, "agent": "Code"}),
+        (ev.StepCompleted, 14.0, used),
+        (ev.ActionRejected, 14.5, rejected),
+        (ev.StepCompleted, 15.0, code),
+    )
+    replayed = _events(
+        (ev.StepStarted, 20.0, {"branch_id": "b3", **step}),
+        (ev.StepCompleted, 30.0, used | {"branch_id": "b3"}),
+        replayed=True,
+    )
+    with MetricsCollector(exporters=[]) as metrics:
+        watch = metrics.watch({})
+        watch.models.update({"A": "m", "Code": None})
+        for event in events + replayed:
+            watch(event)
+        [row] = metrics.snapshot()["model_call_seconds"]["values"]
+        assert row == {"labels": {"agent": "A", "model": "m"}, "count": 3, "sum": 4.5}
 
 
 # ---- the convergence wait is working time ----------------------------------------------------
@@ -137,6 +172,7 @@ FAN_OUT |= {"targets": ("A",)}
 CONVERGED = {"fan_out_id": "f", "branch_id": "b0", "succeeded": 1, "failed": 0, "cancelled": 0}
 CONVERGED |= {"outcome": "met", "resumes_at": ("Hub",)}
 STARTED = {"task": "t", "entries": ("Hub",), "max_steps": 10}
+FINAL = Action(kind=ActionKind.FINAL, response="done")
 
 
 @pytest.mark.parametrize("crashed", [False, True], ids=["paused", "crashed"])

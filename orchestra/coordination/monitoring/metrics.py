@@ -66,6 +66,9 @@ SPECS: dict[str, _Spec] = {
     ),
     "active_branches": _Spec(Gauge, (), "Branches open in active runs"),
     "step_seconds": _Spec(Histogram, ("agent",), "Agent step latency"),
+    "model_call_seconds": _Spec(
+        Histogram, _MODEL, "Model call latency, each attempt on its own (retries apart)"
+    ),
     "tool_call_seconds": _Spec(Histogram, ("agent", "tool"), "Tool call latency"),
     "convergence_wait_seconds": _Spec(
         Histogram,

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine.clock import working_time
 
+from .model_calls import Attempt, ModelCalls
+
 if TYPE_CHECKING:
     from .metrics import MetricsCollector
 
@@ -54,6 +56,7 @@ class RunWatch:
         "active",
         "agents",
         "branches",
+        "calls",
         "collector",
         "fan_outs",
         "gaps",
@@ -68,6 +71,7 @@ class RunWatch:
         self.agents: dict[str, _AgentSeries] = {}
         self.active = False
         self.branches: set[str] = set()
+        self.calls = ModelCalls()  # the model call in flight on each branch (live events only)
         self.fan_outs: dict[str, tuple[str, float]] = {}  # id: (source agent, started at)
         # when the run stood still (paused, or cut off by a crash) until resumed, as the engine
         # reckons its working time
@@ -120,6 +124,7 @@ class RunWatch:
             self.collector._branches(1)
 
     def branch_closed(self, event: ev.BranchCompleted | ev.BranchFailed) -> None:
+        self.calls.end(event.branch_id, event.at)  # a call cut off (cancelled) is not timed
         if event.branch_id in self.branches:
             self.branches.discard(event.branch_id)
             if self.active:
@@ -131,11 +136,25 @@ def _step_started(watch: RunWatch, event: ev.StepStarted) -> None:
     here, the call whose failure fails the step included (no event after it says so)."""
     if not event.replayed and watch.models.get(event.agent) is not None:
         watch.agent(event.agent)["api_calls"].inc()
+        watch.calls.begin(event.branch_id, event.at)
+
+
+def _model_call(watch: RunWatch, agent: str, attempt: Attempt | None) -> None:
+    if attempt is not None:
+        watch.agent(agent)["model_call_seconds"].observe(attempt.ended - attempt.started)
+
+
+def _step_ended(watch: RunWatch, event: ev.ActionRejected | ev.StepFailed) -> None:
+    """The step's last model call ended with it (a reply that could not be used, or a
+    failure: the call that raised is timed too)."""
+    if not event.replayed:
+        _model_call(watch, event.agent, watch.calls.end(event.branch_id, event.at))
 
 
 def _step(watch: RunWatch, event: ev.StepCompleted) -> None:
     if event.replayed:
         return
+    _model_call(watch, event.agent, watch.calls.end(event.branch_id, event.at))
     series = watch.agent(event.agent)
     series["steps"].inc()
     series["step_seconds"].observe(event.duration)
@@ -159,6 +178,8 @@ def _retried(watch: RunWatch, event: ev.ModelCallRetried) -> None:
         series = watch.agent(event.agent)
         series["api_calls"].inc()
         series["retries"].inc()
+        attempt = watch.calls.retried(event.branch_id, event.at, event.delay, event.error)
+        _model_call(watch, event.agent, attempt)
 
 
 def _tool_call(watch: RunWatch, event: ev.ToolCallCompleted) -> None:
@@ -205,6 +226,8 @@ _HANDLERS: dict[type[ev.Event], Callable[[RunWatch, Any], None]] = {
     ev.BranchFailed: _branch_failed,
     ev.StepStarted: _step_started,
     ev.StepCompleted: _step,
+    ev.ActionRejected: _step_ended,
+    ev.StepFailed: _step_ended,
     ev.ModelCallRetried: _retried,
     ev.ToolCallCompleted: _tool_call,
     ev.FanOutStarted: _fan_out,
