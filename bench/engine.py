@@ -1,5 +1,5 @@
-"""Engine overhead: µs per agent step (with and without a MetricsCollector), 1000-way fan-out
-wall time, ping-pong scaling.
+"""Engine overhead: µs per agent step (watched in no way, by the status display, by a
+MetricsCollector, by tracing), 1000-way fan-out wall time, ping-pong scaling.
 
 Run: ``.venv/bin/python bench/engine.py`` (after ``python3 dev.py test`` or ``demo`` made the
 venv). Prints a table and rewrites the "Engine" section of ``bench/results.md``.
@@ -8,17 +8,19 @@ venv). Prints a table and rewrites the "Engine" section of ``bench/results.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestra.agents import Agent, AgentRegistry, FunctionAgent
-from orchestra.coordination.config import ExecutionConfig, StatusConfig
+from orchestra.coordination.config import ExecutionConfig, StatusConfig, TracingConfig
 from orchestra.coordination.monitoring import MetricsCollector
 from orchestra.coordination.orchestra import Orchestra
 from orchestra.coordination.topology import Topology
@@ -33,9 +35,13 @@ def ring_topology(names: list[str]) -> Topology:
     return Topology(nodes=names, edges=edges, entry_point=names[0])
 
 
-async def chain_run(steps: int, metrics: MetricsCollector | None = None) -> tuple[float, int]:
+async def chain_run(
+    steps: int,
+    metrics: MetricsCollector | None = None,
+    config: ExecutionConfig = QUIET,
+) -> tuple[float, int]:
     """A ring of 10 LLM agents on zero-latency models, handing work on ``steps`` times
-    (counted by ``metrics`` when given)."""
+    (counted by ``metrics`` when given; ``config`` says what else watches it)."""
     names = [f"A{i}" for i in range(CHAIN)]
     successor = dict(zip(names, names[1:] + names[:1], strict=True))
     budget = {"left": steps}
@@ -61,7 +67,7 @@ async def chain_run(steps: int, metrics: MetricsCollector | None = None) -> tupl
         "bench",
         ring_topology(names),
         agent_registry=registry,
-        execution_config=QUIET,
+        execution_config=config,
         max_steps=steps + CHAIN + 1,
         metrics_collector=metrics,
     )
@@ -154,6 +160,56 @@ async def ping_pong_run(steps: int) -> float:
     return elapsed / result.total_steps
 
 
+class _Terminal:
+    """A stream that says it is a terminal and throws away what is written: the live status
+    view draws to it (from its own thread, eight frames a second) as to a real one."""
+
+    def __init__(self) -> None:
+        self._sink = open(os.devnull, "w")  # noqa: SIM115 - kept for the whole bench
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return self._sink.write(text)
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    def fileno(self) -> int:
+        return self._sink.fileno()
+
+
+@contextlib.contextmanager
+def stderr_to(stream: Any) -> Iterator[None]:
+    with contextlib.redirect_stderr(stream):
+        yield
+    from orchestra.coordination.monitoring.live import close_displays
+
+    close_displays()
+
+
+def traced() -> ExecutionConfig:
+    """Tracing on, into an SDK provider whose batch processor hands spans to an exporter that
+    drops them: every span is built and ended, nothing leaves the process."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    # a queue that holds a whole run's spans: none is dropped unbuilt when the exporter's
+    # thread falls behind
+    provider.add_span_processor(BatchSpanProcessor(Dropped(), max_queue_size=200_000))
+    return QUIET.model_copy(update={"tracing": TracingConfig(tracer_provider=provider)})
+
+
+def per_step(samples: list[tuple[float, int]]) -> float:
+    return min(elapsed / count for elapsed, count in samples) * 1e6
+
+
 def best_of(runs: int, make: Any) -> Any:
     samples = []
     for _ in range(runs):
@@ -165,18 +221,40 @@ def best_of(runs: int, make: Any) -> Any:
 def main() -> None:
     rows: list[tuple[str, str]] = []
     steps = 20_000
-    chain = best_of(5, lambda: chain_run(steps))
-    per_step = min(elapsed / count for elapsed, count in chain) * 1e6
+    plain = best_of(5, lambda: chain_run(steps))
     rows.append(
-        (f"10-agent LLM chain, zero-latency models, {steps} steps", f"{per_step:.1f} µs/step")
+        (
+            f"10-agent LLM chain, zero-latency models, {steps} steps (nothing watching)",
+            f"{per_step(plain):.1f} µs/step",
+        )
+    )
+    normal = QUIET.model_copy(update={"status": StatusConfig.from_verbosity(1)})
+    with open(os.devnull, "w") as sink, stderr_to(sink):
+        lines = best_of(5, lambda: chain_run(steps, config=normal))
+    rows.append(
+        (
+            "the same, status lines printed (NORMAL, not a terminal)",
+            f"{per_step(lines):.1f} µs/step",
+        )
+    )
+    with stderr_to(_Terminal()):
+        live = best_of(5, lambda: chain_run(steps, config=normal))
+    rows.append(
+        ("the same, live status view (NORMAL, on a terminal)", f"{per_step(live):.1f} µs/step")
     )
     with MetricsCollector(exporters=[]) as metrics:
         counted = best_of(5, lambda: chain_run(steps, metrics))
-    per_step_counted = min(elapsed / count for elapsed, count in counted) * 1e6
     rows.append(
         (
             "the same with a MetricsCollector attached (no exporter)",
-            f"{per_step_counted:.1f} µs/step",
+            f"{per_step(counted):.1f} µs/step",
+        )
+    )
+    spans = best_of(5, lambda: chain_run(steps, config=traced()))
+    rows.append(
+        (
+            "the same traced (OpenTelemetry SDK, batch processor, spans dropped)",
+            f"{per_step(spans):.1f} µs/step",
         )
     )
     functions = best_of(5, lambda: function_chain_run(steps))
