@@ -333,14 +333,26 @@ async def test_content_is_recorded_only_on_opt_in(
 
     exporter.clear()
     await content_run(provider, record_content=True)
-    text = everything(list(exporter.get_finished_spans()))
+    found = list(exporter.get_finished_spans())
+    text = everything(found)
     for private in ("the private task", "secret-rope", "the answer is 11"):
         assert private in text
+    # the GenAI conventions' message form: a JSON list of messages, each with text parts
+    task = json.loads(one(found, "invoke_workflow").attributes["gen_ai.input.messages"])
+    assert task == [{"role": "user", "parts": [{"type": "text", "content": "the private task"}]}]
+    answer = json.loads(named(found, "chat ScriptedModel")[-1].attributes["gen_ai.output.messages"])
+    assert answer == [
+        {"role": "assistant", "parts": [{"type": "text", "content": "the answer is 11"}]}
+    ]
 
     exporter.clear()
     monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
     await content_run(provider)
     assert "the answer is 11" in everything(list(exporter.get_finished_spans()))
+
+    exporter.clear()  # a workflow's explicit False wins over the variable
+    await content_run(provider, record_content=False)
+    assert "the answer is 11" not in everything(list(exporter.get_finished_spans()))
 
 
 async def test_no_api_key_reaches_any_span_even_with_content(spans: Any) -> None:
@@ -456,6 +468,7 @@ def test_tracing_setting_forms_and_what_a_session_stores() -> None:
     config = ExecutionConfig(tracing=TracingConfig(tracer_provider=provider, record_content=True))
     stored = config.model_dump(mode="json")
     assert stored["tracing"] == {"enabled": None, "record_content": True}
+    assert TracingConfig().record_content is None  # the variable decides
     assert ExecutionConfig.model_validate(stored).tracing.record_content is True
     assert ExecutionConfig(tracing=True).tracing.enabled is True
     assert ExecutionConfig(tracing=False).tracing.enabled is False

@@ -311,8 +311,8 @@ class RunTracer:
 
 
 def _follow(tracer: RunTracer, event: ev.Event) -> None:
-    """A replayed event: only which branches are open, and the fan-out of each, is kept (their
-    spans are gone)."""
+    """A replayed event: only which branches are open, the fan-out of each, and a convergence
+    whose step has not started yet are kept (their spans are gone)."""
     if isinstance(event, ev.BranchCreated):
         tracer.replayed[event.branch_id] = event.agent
         if event.fan_out_id is not None:
@@ -320,6 +320,11 @@ def _follow(tracer: RunTracer, event: ev.Event) -> None:
     elif isinstance(event, ev.BranchCompleted | ev.BranchFailed):
         tracer.replayed.pop(event.branch_id, None)
         tracer.member.pop(event.branch_id, None)
+        tracer.links.pop(event.branch_id, None)
+    elif isinstance(event, ev.ConvergenceReached):  # its branches' spans are gone: no links
+        tracer.links[event.branch_id] = (event.fan_out_id, [])
+    elif isinstance(event, ev.StepStarted):
+        tracer.links.pop(event.branch_id, None)
 
 
 def _run_started(tracer: RunTracer, event: ev.RunStarted) -> None:
