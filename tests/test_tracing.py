@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -507,7 +506,7 @@ def phoenix_spans(url: str, wanted: int) -> list[dict[str, Any]]:
     stores what it receives on a task of its own, after answering the export)."""
     found: list[dict[str, Any]] = []
     for _ in range(100):
-        with urllib.request.urlopen(f"{url}/v1/projects/default/spans?limit=100", timeout=10) as r:
+        with services.LOOPBACK.open(f"{url}/v1/projects/default/spans?limit=100", timeout=10) as r:
             found = json.loads(r.read())["data"]
         if len(found) >= wanted:
             return found
@@ -517,10 +516,14 @@ def phoenix_spans(url: str, wanted: int) -> list[dict[str, Any]]:
 
 
 async def test_spans_exported_over_otlp_http_are_read_back_from_phoenix(phoenix: str) -> None:
+    import requests
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+    direct = requests.Session()
+    direct.trust_env = False  # loopback: never through an HTTP_PROXY the environment sets
+    exporter = OTLPSpanExporter(f"{phoenix}/v1/traces", session=direct)
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(f"{phoenix}/v1/traces")))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     hub = ScriptedModel(
         [ModelReply(action=invoke(("A", "x"), ("B", "y")), usage=Usage(9, 3, None, "stop")), "done"]
     )
