@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from servers import free_port
+from servers import free_port, free_ports
 
 
 def _wait_for(process: subprocess.Popen[str], ready: str, name: str) -> None:
@@ -114,21 +114,40 @@ PHOENIX_START = 180.0
 database on a cold start); only a broken install reaches it."""
 
 
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Opens loopback URLs directly: ``urlopen`` would send them to an ``HTTP_PROXY`` that the
+environment sets (a CI proxy) unless ``NO_PROXY`` lists 127.0.0.1."""
+
+
 def phoenix_binary() -> str | None:
     """Arize Phoenix's ``phoenix``: ``ORCHESTRA_PHOENIX``, else the one ``python3 dev.py test``
     installs into ``.venv/phoenix``; None when neither is there."""
     given = os.environ.get(PHOENIX_VARIABLE)
     if given:
         return given if os.access(given, os.X_OK) else None
-    installed = Path(__file__).resolve().parent.parent / ".venv" / "phoenix" / "bin" / "phoenix"
+    environment = Path(__file__).resolve().parent.parent / ".venv" / "phoenix"
+    installed = environment / ("Scripts/phoenix.exe" if os.name == "nt" else "bin/phoenix")
     return str(installed) if os.access(installed, os.X_OK) else None
 
 
 def start_phoenix(binary: str) -> tuple[subprocess.Popen[str], str, str]:
     """A private Phoenix (an OTLP/HTTP trace receiver with a REST API) on loopback, its data
-    in a temporary folder, its telemetry off; returns the process, its URL and the folder."""
+    in a temporary folder, its telemetry off; returns the process, its URL and the folder. A
+    Phoenix that exits while starting (another process took a port it was given between the
+    check and its bind) is started once more on other ports."""
+    try:
+        return _start_phoenix(binary)
+    except PhoenixExited:
+        return _start_phoenix(binary)
+
+
+class PhoenixExited(RuntimeError):
+    """Phoenix exited before it answered."""
+
+
+def _start_phoenix(binary: str) -> tuple[subprocess.Popen[str], str, str]:
     folder = tempfile.mkdtemp(prefix="orchestra-phoenix-")
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port = free_ports(2)
     environment = {
         **os.environ,
         "PHOENIX_WORKING_DIR": folder,
@@ -152,11 +171,11 @@ def _wait_for_http(process: subprocess.Popen[str], url: str, log: str) -> None:
     deadline = time.monotonic() + PHOENIX_START
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
+            raise PhoenixExited(
                 f"{url} exited before it was ready:\n{Path(log).read_text()[-3000:]}"
             )
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with LOOPBACK.open(url, timeout=5) as response:
                 if response.status == 200:
                     return
         except OSError:

@@ -148,17 +148,28 @@ class TracingConfig(_Config):
 
     ``enabled``: None (default) traces when an OpenTelemetry ``TracerProvider`` is configured
     (set globally, or given here), True always (a provider that records nothing then records
-    nothing), False never. ``record_content`` puts what agents were given and answered, and
-    tools' arguments and results, on the spans (redacted of keys, cut when long); off by
-    default, as is the OpenTelemetry variable ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``
-    that also turns it on. ``tracer_provider`` sends this run's spans to a provider of its own
-    instead of the global one; it is an object, not a setting, so a session's log does not keep
-    it (a resumed run traces to the global provider).
+    nothing), False never. ``record_content`` puts the run's task, what agents answered (or
+    handed on, or asked), tools' arguments and the messages of errors on the spans (redacted of
+    keys, cut when long); True or False decides, None (the default) leaves it to the
+    OpenTelemetry variable ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` (``true``: on;
+    else off). ``tracer_provider`` sends this run's spans to a provider of its own (an object
+    with a ``get_tracer`` method) instead of the global one; it is an object, not a setting, so
+    a session's log does not keep it (a resumed run traces to the global provider).
     """
 
     enabled: bool | None = None
-    record_content: bool = False
+    record_content: bool | None = None
     tracer_provider: Any = Field(default=None, exclude=True)
+
+    @field_validator("tracer_provider")
+    @classmethod
+    def _a_provider(cls, value: Any) -> Any:
+        if value is not None and not callable(getattr(value, "get_tracer", None)):
+            raise ValueError(
+                f"must be an OpenTelemetry TracerProvider (with a get_tracer method), got "
+                f"{type(value).__name__}"
+            )
+        return value
 
     @classmethod
     def coerce(cls, value: TracingConfig | bool | Mapping[str, Any]) -> TracingConfig:

@@ -20,7 +20,7 @@ from .engine.clock import now
 from .engine.convergence import check_node_policies
 from .engine.core import Engine
 from .engine.runner import Runner
-from .monitoring.live import status_watch
+from .monitoring.live import LiveWatch, status_watch
 from .monitoring.tracing_switch import tracing_on
 from .topology import Topology, TopologyAnalysis
 
@@ -41,7 +41,8 @@ class Setup:
     max_steps: int
     metrics: MetricsCollector | None = None
     # told when the run stops here for a reason no event reports (cancelled, halted): an
-    # observer that counts the run as active (a metrics watch) lets go of it
+    # observer that holds the run as active (a metrics watch, a tracer, a live status block)
+    # lets go of it
     on_stop: list[Callable[[str], None]] = field(default_factory=list)
 
     def stopped(self, outcome: str) -> None:
@@ -155,12 +156,15 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
     """A fresh engine for the run (empty until its first input) and the runner driving it;
     ``status`` says what is shown (plain lines, or the live view on a terminal); the setup's
     metrics collector, if enabled, watches the stream too, and so does a tracer when the run is
-    traced (``tracing_on``). The metrics are told, through ``setup.stopped``, when the run stops
-    without an event saying so."""
+    traced (``tracing_on``). Each watcher that holds the run open (the live status block, the
+    metrics, the tracer) is told, through ``setup.stopped``, when the run stops without an
+    event saying so. A tracer provider that cannot give a tracer is a ConfigurationError."""
     stream = ev.EventStream()
-    watch = status_watch(status, session_id, setup.agents)
-    if watch is not None:
-        stream.subscribe(watch)
+    status_subscriber = status_watch(status, session_id, setup.agents)
+    if status_subscriber is not None:
+        stream.subscribe(status_subscriber)
+        if isinstance(status_subscriber, LiveWatch):
+            setup.on_stop.append(status_subscriber.stop)
     if setup.metrics is not None and setup.metrics.enabled:
         watch = setup.metrics.watch(setup.agents)
         stream.subscribe(watch)
@@ -168,7 +172,9 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
     if tracing_on(setup.config.tracing):
         from .monitoring.tracing import run_tracer  # OpenTelemetry is imported only now
 
-        stream.subscribe(run_tracer(setup.config.tracing, setup.agents))
+        tracer = run_tracer(setup.config.tracing, setup.agents)
+        stream.subscribe(tracer)
+        setup.on_stop.append(tracer.stop)
     tools = {
         name: (agent.instances[0] if isinstance(agent, AgentPool) else agent).tool_specs
         for name, agent in setup.agents.items()

@@ -11,7 +11,7 @@ from orchestra.errors import ModelAPIError
 
 from .base import Message, Model, ModelReply, StepInfo
 
-RetryReport = Callable[[str, str, int, float, str], None]
+RetryReport = Callable[[str, str, int, float, ModelAPIError], None]
 """(branch_id, agent, attempt, delay, error) -> None: how a retry is reported."""
 
 
@@ -66,5 +66,5 @@ async def complete_with_retries(
             attempt += 1
             delay = retry_delay(attempt, error, policy)
             if report is not None:
-                report(info.branch_id, info.agent_name, attempt, delay, str(error))
+                report(info.branch_id, info.agent_name, attempt, delay, error)
             await asyncio.sleep(delay)

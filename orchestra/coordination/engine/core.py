@@ -471,6 +471,7 @@ class Engine:
                 attempt=item.attempt,
                 delay=item.delay,
                 error=item.error,
+                error_type=item.error_type,
             )
         )
 

@@ -90,13 +90,16 @@ class StepFailed(Event, frozen=True, kw_only=True):
 
 
 class ModelCallRetried(Event, frozen=True, kw_only=True):
-    """A model call failed in a way that passes (rate limit, 5xx, timeout) and is retried."""
+    """A model call failed in a way that passes (rate limit, 5xx, timeout) and is retried.
+    ``error_type``: the HTTP status when the provider answered one, else the error's class
+    (None in logs written before it was recorded)."""
 
     branch_id: str
     agent: str
     attempt: int
     delay: float
     error: str
+    error_type: str | None = None
 
 
 class ActionRejected(Event, frozen=True, kw_only=True):

@@ -79,6 +79,7 @@ class ModelRetry(Record, frozen=True, kw_only=True):
     attempt: int
     delay: float
     error: str
+    error_type: str | None = None  # absent from logs written before it was recorded
 
 
 class ToolStart(Record, frozen=True, kw_only=True):

@@ -27,6 +27,7 @@ from orchestra.errors import (
     AgentStepError,
     BranchTimeoutError,
     InternalError,
+    ModelAPIError,
     OrchestraError,
     RecordTooLargeError,
     RunTimeoutError,
@@ -443,10 +444,16 @@ class Runner:
             self.feed(msgspec.structs.replace(item, messages=()))
 
     def _report_retry(
-        self, branch_id: str, agent: str, attempt: int, delay: float, error: str
+        self, branch_id: str, agent: str, attempt: int, delay: float, error: ModelAPIError
     ) -> None:
+        error_type = str(error.status) if error.status is not None else type(error).__name__
         item = inp.ModelRetry(
-            at=now(), branch_id=branch_id, attempt=attempt, delay=delay, error=error
+            at=now(),
+            branch_id=branch_id,
+            attempt=attempt,
+            delay=delay,
+            error=str(error),
+            error_type=error_type,
         )
         self.feed(item, due=False)
 

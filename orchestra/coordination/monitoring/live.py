@@ -57,6 +57,8 @@ _RUN_STYLES = {
     RunState.PAUSED: "yellow",
     RunState.PAUSING: "yellow",
     RunState.WAITING_FOR_USER: "yellow",
+    RunState.CANCELLED: "red",
+    RunState.HALTED: "red",
 }
 
 
@@ -186,6 +188,16 @@ class LiveDisplay:
         if view.ended:
             self._wake.set()
 
+    def stop(self, view: RunView, outcome: str) -> None:
+        """The run stopped without an event saying so (cancelled, halted): its block is
+        finished with ``outcome`` (printed once, final, above the area) as an ended run's is."""
+        with self._lock:
+            view.stop(outcome, self.clock())
+            if self._views.pop(view.run_id, None) is None:
+                return  # never shown, or already finished
+            self._finished.append(view.snapshot())
+        self._wake.set()
+
     def refresh(self) -> None:
         """Draw one frame: the waiting lines and finished blocks above the area, the attached
         runs in it; the area is erased once no run is attached."""
@@ -256,6 +268,11 @@ class LiveWatch:
             return
         line = status_line(event, self.config) if self.verbose else None
         self.display.update(self.view, event, line)
+
+    def stop(self, outcome: str) -> None:
+        """The run stopped without an event saying so: its block ends with ``outcome``
+        (registered with the run's setup by ``wiring.build``)."""
+        self.display.stop(self.view, outcome)
 
 
 _DISPLAYS: dict[int, LiveDisplay] = {}

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One model call: its number within the step (1 for the first), when it started and
-    ended, and the error it was retried for (None for the attempt that ended the step)."""
+    ended, and the error it was retried for and that error's type (None for the attempt that
+    ended the step)."""
 
     number: int
     started: float
     ended: float
     retried_for: str | None = None
+    error_type: str | None = None
 
 
 class ModelCalls:
@@ -36,7 +38,9 @@ class ModelCalls:
         """A step began on the branch: its first call starts now."""
         self._open[branch_id] = (1, at)
 
-    def retried(self, branch_id: str, at: float, delay: float, error: str) -> Attempt | None:
+    def retried(
+        self, branch_id: str, at: float, delay: float, error: str, error_type: str | None = None
+    ) -> Attempt | None:
         """The call failed and is retried after ``delay`` seconds: the attempt that ended;
         None when no step is open on the branch."""
         found = self._open.get(branch_id)
@@ -44,7 +48,7 @@ class ModelCalls:
             return None
         number, started = found
         self._open[branch_id] = (number + 1, at + max(delay, 0.0))
-        return Attempt(number, started, max(at, started), error)
+        return Attempt(number, started, max(at, started), error, error_type)
 
     def end(self, branch_id: str, at: float) -> Attempt | None:
         """The step ended: its last attempt; None when no step is open on the branch."""

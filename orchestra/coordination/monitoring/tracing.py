@@ -8,14 +8,23 @@ happened to see them. The tree::
       branch b0                          each branch
         invoke_agent Hub                 each agent step
           chat ScriptedModel             each model call attempt (a retried one: error status)
-        execute_tool measure             each tool call, under the step that asked for it
+          execute_tool measure           each tool call, under the step that asked for it
         invoke_agent Hub                 a step after a fan-out converged: linked to its branches
       (fan-out) branch b1 under the step that fanned out
 
 Events replayed from a session's log (a resumed run catching up) make no spans: they were
-exported when they happened. They still say which branches are open, so the resumed run's
-spans carry on under a new run span. A crash loses the spans that were open then (a step, a
-branch, the run): a span is exported only when it ends.
+exported when they happened. They still say which branches are open, and which fan-out each
+belongs to, so the resumed run's spans carry on under a new run span and a fan-out that
+converges after the resume links the branches it still had open (those that ended before it
+were exported with the earlier run; the converging step's ``orchestra.fan_out.id`` finds
+them). A run cancelled or halted (no event says so) is ended by :meth:`RunTracer.stop`, which
+``wiring.build`` registers with the run's setup. A crash loses the spans that were open then (a
+step, a branch, the run): a span is exported only when it ends.
+
+Error messages often quote what an agent was given, so a span's status description holds one
+only with ``record_content``; otherwise it says which error it was (``error.type``) and no more.
+A tracer that fails on one event (a bad attribute, an SDK problem) reports it once, as a
+warning, and carries on with the next: the spans it can still end are exported.
 
 Attribute names are written here rather than imported: the GenAI conventions are still in
 development and left ``opentelemetry-semantic-conventions`` (whose ``gen_ai`` names are marked
@@ -25,6 +34,7 @@ as moved), which ships with the SDK, not with the API this module needs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +47,8 @@ from orchestra.agents.contract import Action, ActionKind
 from orchestra.agents.pool import AgentPool
 from orchestra.coordination.config import TracingConfig
 from orchestra.coordination.engine import events as ev
+from orchestra.coordination.engine.clock import now
+from orchestra.errors import ConfigurationError
 from orchestra.models.secrets import redact
 
 from .agent_models import ModelLabel, model_label
@@ -64,17 +76,30 @@ TOOL_ARGUMENTS = "gen_ai.tool.call.arguments"
 INPUT = "gen_ai.input.messages"
 OUTPUT = "gen_ai.output.messages"
 ERROR_TYPE = "error.type"
+FAN_OUT = "orchestra.fan_out.id"
+
+_log = logging.getLogger(__name__)
 
 
 def record_content_wanted(config: TracingConfig) -> bool:
-    """Content is recorded when the config or the OpenTelemetry variable opts in."""
-    return config.record_content or os.environ.get(CONTENT_VARIABLE, "").lower() == "true"
+    """Whether content is recorded: ``record_content`` when it is set (True or False), else the
+    OpenTelemetry variable."""
+    if config.record_content is not None:
+        return config.record_content
+    return os.environ.get(CONTENT_VARIABLE, "").lower() == "true"
 
 
 def run_tracer(config: TracingConfig, agents: Mapping[str, BaseAgent | AgentPool]) -> RunTracer:
-    """The subscriber that traces one run with ``agents`` (by node name)."""
+    """The subscriber that traces one run with ``agents`` (by node name); a provider that
+    cannot give a tracer is a ConfigurationError naming it, before the run starts."""
     provider = config.tracer_provider or trace.get_tracer_provider()
-    tracer = provider.get_tracer("orchestra")
+    try:
+        tracer = provider.get_tracer("orchestra")
+    except Exception as error:
+        raise ConfigurationError(
+            f"tracing.tracer_provider {type(provider).__name__}: get_tracer raised "
+            f"{type(error).__name__}: {cut(redact(str(error)), ERROR_LIMIT)}"
+        ) from error
     models = {name: model_label(agent) for name, agent in agents.items()}
     return RunTracer(tracer, models, record_content_wanted(config))
 
@@ -89,7 +114,19 @@ def _content(value: Any) -> str:
     return cut(redact(text), CONTENT_LIMIT)
 
 
+def _messages(role: str, value: Any, finish_reason: str | None = None) -> str:
+    """``value`` as the GenAI conventions' message list (``gen_ai.input.messages`` and
+    ``gen_ai.output.messages``): one message of ``role`` with one text part, the text
+    redacted and cut (so the JSON around it stays whole)."""
+    part = {"type": "text", "content": _content(value)}
+    message: dict[str, Any] = {"role": role, "parts": [part]}
+    if finish_reason is not None:
+        message["finish_reason"] = finish_reason
+    return json.dumps([message])
+
+
 def _error(span: Span, description: str, error_type: str | None = None) -> None:
+    """Mark ``span`` failed with a description the tracer wrote (no content in it)."""
     if error_type is not None:
         span.set_attribute(ERROR_TYPE, error_type)
     span.set_status(Status(StatusCode.ERROR, cut(redact(description), ERROR_LIMIT)))
@@ -120,17 +157,61 @@ class RunTracer:
         self.last_step: dict[str, SpanContext] = {}  # branch: its latest step
         self.tools: dict[tuple[str, str], Span] = {}  # (branch, call id): tool call in flight
         self.fan_outs: dict[str, list[SpanContext]] = {}  # fan-out: its branches' spans
-        self.links: dict[str, list[Link]] = {}  # branch: converged branches for its next step
+        self.member: dict[str, str] = {}  # branch of a fan-out, open in the log replayed: its id
+        # branch: the fan-out that converged on it and the links for its next step
+        self.links: dict[str, tuple[str, list[Link]]] = {}
         self.calls = ModelCalls()
-        self.actions: dict[str, Action] = {}  # branch: the action its tool calls come from
+        # branch: its last action's tool calls' arguments (kept only to record, with content)
+        self.arguments: dict[str, dict[str, Any]] = {}
+        self.failed = False  # a handler raised (reported once)
 
     def __call__(self, event: ev.Event) -> None:
         if event.replayed:
             _follow(self, event)
             return
         handler = _HANDLERS.get(type(event))
-        if handler is not None:
+        if handler is None:
+            return
+        try:
             handler(self, event)
+        except Exception as error:  # one event's spans lost, not the run's trace
+            self.report(event, error)
+
+    def report(self, event: ev.Event, error: Exception) -> None:
+        """A handler raised: said once (a warning, and an event on the run span); later events
+        are handled as usual, so the run's end still ends every span that is open."""
+        if self.failed:
+            return
+        self.failed = True
+        _log.warning(
+            "tracing run %s: handling %s raised %s; that event's spans may be missing",
+            event.run_id,
+            type(event).__name__,
+            type(error).__name__,
+        )
+        if self.run is not None:
+            self.run.add_event("orchestra.tracer_error", {ERROR_TYPE: type(error).__name__})
+
+    def stop(self, outcome: str) -> None:
+        """The run stopped without an event saying so (``outcome``: cancelled or halted):
+        every span still open ends now, in error; nothing when the run ended or paused."""
+        if self.run is None:
+            return
+
+        def stopped(span: Span) -> None:
+            span.set_attribute("orchestra.outcome", outcome)
+            _error(span, f"the run was {outcome}", outcome)
+
+        self.close_run(now(), stopped)
+
+    def failure(self, span: Span, message: str, error_type: str | None) -> None:
+        """Mark ``span`` failed with an error's ``message``, which may quote content: only its
+        type is recorded unless content is."""
+        if self.record_content:
+            _error(span, message, error_type)
+        else:
+            withheld = f"{error_type or 'error'} (message withheld; record_content is off)"
+            _error(span, withheld, error_type)
 
     # ---- spans -------------------------------------------------------------------------------
 
@@ -158,12 +239,19 @@ class RunTracer:
         if isinstance(event, ev.RunStarted):
             attributes["orchestra.run.entries"] = list(event.entries)
             if self.record_content:
-                attributes[INPUT] = _content(event.task)
+                attributes[INPUT] = _messages("user", event.task)
         self.run = self.start("invoke_workflow", event.at, None, attributes)
 
-    def open_branch(self, branch_id: str, agent: str, at: float, parent: Any) -> None:
+    def open_branch(
+        self, branch_id: str, agent: str, at: float, parent: Any, fan_out_id: str | None
+    ) -> None:
         attributes = {"orchestra.branch.id": branch_id, AGENT: agent}
-        self.branches[branch_id] = self.start(f"branch {branch_id}", at, parent, attributes)
+        if fan_out_id is not None:
+            attributes[FAN_OUT] = fan_out_id
+        span = self.start(f"branch {branch_id}", at, parent, attributes)
+        self.branches[branch_id] = span
+        if fan_out_id is not None:
+            self.fan_outs.setdefault(fan_out_id, []).append(span.get_span_context())
 
     def chat(self, agent: str, attempt: Attempt, parent: Span) -> Span | None:
         """The span of one model call attempt, ended; None for a code agent."""
@@ -180,7 +268,8 @@ class RunTracer:
             f"chat {label.name}", attempt.started, parent, attributes, SpanKind.CLIENT
         )
         if attempt.retried_for is not None:
-            _error(span, attempt.retried_for, "retried")
+            span.set_attribute("orchestra.retried", True)
+            self.failure(span, attempt.retried_for, attempt.error_type)
         return span
 
     def end_step(self, branch_id: str, at: float) -> tuple[Span | None, Span | None]:
@@ -200,6 +289,9 @@ class RunTracer:
         for span in open_spans:
             status(span)
             span.end(_ns(at))
+        self.last_step.pop(branch_id, None)
+        self.arguments.pop(branch_id, None)
+        self.links.pop(branch_id, None)
         branch = self.branches.pop(branch_id, None)
         if branch is not None:
             status(branch)
@@ -208,6 +300,7 @@ class RunTracer:
     def close_run(self, at: float, status: Callable[[Span], None]) -> None:
         for branch_id in list(self.branches):
             self.close_branch(branch_id, at, status)
+        self.fan_outs.clear()  # fan-outs that never converged
         if self.run is not None:
             status(self.run)
             self.run.end(_ns(at))
@@ -218,11 +311,20 @@ class RunTracer:
 
 
 def _follow(tracer: RunTracer, event: ev.Event) -> None:
-    """A replayed event: only which branches are open is kept (their spans are gone)."""
+    """A replayed event: only which branches are open, the fan-out of each, and a convergence
+    whose step has not started yet are kept (their spans are gone)."""
     if isinstance(event, ev.BranchCreated):
         tracer.replayed[event.branch_id] = event.agent
+        if event.fan_out_id is not None:
+            tracer.member[event.branch_id] = event.fan_out_id
     elif isinstance(event, ev.BranchCompleted | ev.BranchFailed):
         tracer.replayed.pop(event.branch_id, None)
+        tracer.member.pop(event.branch_id, None)
+        tracer.links.pop(event.branch_id, None)
+    elif isinstance(event, ev.ConvergenceReached):  # its branches' spans are gone: no links
+        tracer.links[event.branch_id] = (event.fan_out_id, [])
+    elif isinstance(event, ev.StepStarted):
+        tracer.links.pop(event.branch_id, None)
 
 
 def _run_started(tracer: RunTracer, event: ev.RunStarted) -> None:
@@ -233,19 +335,17 @@ def _run_resumed(tracer: RunTracer, event: ev.RunResumed) -> None:
     """The run goes on: a new run span, and a new span for each branch still open."""
     tracer.open_run(event, resumed=True)
     for branch_id, agent in tracer.replayed.items():
-        tracer.open_branch(branch_id, agent, event.at, tracer.run)
+        fan_out_id = tracer.member.get(branch_id)
+        tracer.open_branch(branch_id, agent, event.at, tracer.run, fan_out_id)
     tracer.replayed.clear()
+    tracer.member.clear()
 
 
 def _branch_created(tracer: RunTracer, event: ev.BranchCreated) -> None:
     parent: Span | SpanContext | None = tracer.run
     if event.parent_branch_id is not None:
         parent = tracer.last_step.get(event.parent_branch_id, parent)
-    tracer.open_branch(event.branch_id, event.agent, event.at, parent)
-    span = tracer.branches[event.branch_id]
-    if event.fan_out_id is not None:
-        span.set_attribute("orchestra.fan_out.id", event.fan_out_id)
-        tracer.fan_outs.setdefault(event.fan_out_id, []).append(span.get_span_context())
+    tracer.open_branch(event.branch_id, event.agent, event.at, parent, event.fan_out_id)
 
 
 def _step_started(tracer: RunTracer, event: ev.StepStarted) -> None:
@@ -259,7 +359,10 @@ def _step_started(tracer: RunTracer, event: ev.StepStarted) -> None:
     if label is not None:
         attributes[MODEL] = label.name
         attributes[PROVIDER] = label.provider
-    links = tracer.links.pop(event.branch_id, None)
+    converged = tracer.links.pop(event.branch_id, None)
+    links = None
+    if converged is not None:
+        attributes[FAN_OUT], links = converged
     span = tracer.start(
         f"invoke_agent {event.agent}",
         event.at,
@@ -285,15 +388,20 @@ def _step_completed(tracer: RunTracer, event: ev.StepCompleted) -> None:
             if event.finish_reason is not None:
                 span.set_attribute(FINISH_REASONS, [event.finish_reason])
         if tracer.record_content:
-            span.set_attribute(OUTPUT, _content(_output(event.action)))
+            span.set_attribute(OUTPUT, _messages("assistant", _output(event.action)))
         span.end(_ns(event.at))
-    tracer.actions[event.branch_id] = event.action
+    if tracer.record_content and event.action.tool_calls:
+        tracer.arguments[event.branch_id] = {
+            call.call_id: dict(call.arguments) for call in event.action.tool_calls
+        }
 
 
 def _retried(tracer: RunTracer, event: ev.ModelCallRetried) -> None:
     found = tracer.steps.get(event.branch_id)
     step = found[0] if found is not None else None
-    attempt = tracer.calls.retried(event.branch_id, event.at, event.delay, event.error)
+    attempt = tracer.calls.retried(
+        event.branch_id, event.at, event.delay, event.error, event.error_type
+    )
     if step is None or attempt is None:
         return
     span = tracer.chat(event.agent, attempt, step)
@@ -307,7 +415,7 @@ def _rejected(tracer: RunTracer, event: ev.ActionRejected) -> None:
         return
     step.set_attribute("orchestra.rejected", True)
     if tracer.record_content:
-        step.set_attribute(OUTPUT, _content(event.reply))
+        step.set_attribute(OUTPUT, _messages("assistant", event.reply))
         step.set_attribute("orchestra.problem", _content(event.problem))
     _error(step, "the reply could not be used", "rejected_reply")
     for span in (chat, step):
@@ -318,7 +426,7 @@ def _rejected(tracer: RunTracer, event: ev.ActionRejected) -> None:
 def _step_failed(tracer: RunTracer, event: ev.StepFailed) -> None:
     for span in tracer.end_step(event.branch_id, event.at):
         if span is not None:
-            _error(span, event.error, event.error_type)
+            tracer.failure(span, event.error, event.error_type)
             span.end(_ns(event.at))
 
 
@@ -330,11 +438,9 @@ def _tool_started(tracer: RunTracer, event: ev.ToolCallStarted) -> None:
         TOOL_TYPE: "function",
         AGENT: event.agent,
     }
-    action = tracer.actions.get(event.branch_id)
-    if tracer.record_content and action is not None:
-        for call in action.tool_calls:
-            if call.call_id == event.call_id:
-                attributes[TOOL_ARGUMENTS] = _content(dict(call.arguments))
+    arguments = tracer.arguments.get(event.branch_id, {})
+    if event.call_id in arguments:
+        attributes[TOOL_ARGUMENTS] = _content(arguments[event.call_id])
     parent = tracer.last_step.get(event.branch_id) or tracer.branches.get(event.branch_id)
     span = tracer.start(f"execute_tool {event.tool}", event.at, parent, attributes)
     tracer.tools[(event.branch_id, event.call_id)] = span
@@ -351,14 +457,13 @@ def _tool_completed(tracer: RunTracer, event: ev.ToolCallCompleted) -> None:
 
 def _converged(tracer: RunTracer, event: ev.ConvergenceReached) -> None:
     branches = tracer.fan_outs.pop(event.fan_out_id, [])
-    tracer.links[event.branch_id] = [
-        Link(context, {"orchestra.fan_out.id": event.fan_out_id}) for context in branches
-    ]
+    links = [Link(context, {FAN_OUT: event.fan_out_id}) for context in branches]
+    tracer.links[event.branch_id] = (event.fan_out_id, links)
     run = tracer.run
     if run is not None:
         run.add_event(
             "orchestra.converged",
-            {"orchestra.fan_out.id": event.fan_out_id, "orchestra.outcome": event.outcome},
+            {FAN_OUT: event.fan_out_id, "orchestra.outcome": event.outcome},
             _ns(event.at),
         )
 
@@ -373,7 +478,7 @@ def _branch_completed(tracer: RunTracer, event: ev.BranchCompleted) -> None:
 def _branch_failed(tracer: RunTracer, event: ev.BranchFailed) -> None:
     def failed(span: Span) -> None:
         span.set_attribute("orchestra.outcome", "failed")
-        _error(span, event.error, event.error_type)
+        tracer.failure(span, event.error, event.error_type)
 
     tracer.close_branch(event.branch_id, event.at, failed)
 
@@ -389,7 +494,7 @@ def _run_completed(tracer: RunTracer, event: ev.RunCompleted) -> None:
     def ended(span: Span) -> None:
         span.set_attribute("orchestra.outcome", "succeeded" if event.success else "failed")
         if not event.success:
-            _error(span, event.error or "the run failed")
+            tracer.failure(span, event.error or "the run failed", "run_failed")
 
     tracer.close_run(event.at, ended)
 

@@ -46,6 +46,13 @@ class RunState(StrEnum):
     WAITING_FOR_USER = "waiting for the user"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # its task was cancelled: no event says so
+    HALTED = "halted"  # stopped here otherwise (storage failed, say): no event says so
+
+
+_ENDED = frozenset(
+    {RunState.PAUSED, RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.HALTED}
+)
 
 
 @dataclass
@@ -123,7 +130,7 @@ class RunView:
 
     @property
     def ended(self) -> bool:
-        return self.state in (RunState.PAUSED, RunState.SUCCEEDED, RunState.FAILED)
+        return self.state in _ENDED
 
     @property
     def shown_state(self) -> RunState:
@@ -143,6 +150,15 @@ class RunView:
         fold = _FOLDS.get(type(event))
         if fold is not None:
             fold(self, event)
+
+    def stop(self, outcome: str, at: float) -> None:
+        """The run stopped at ``at`` without an event saying so (``outcome``: cancelled or
+        halted); nothing for a run that already ended or paused."""
+        if self.ended:
+            return
+        self.state = RunState.CANCELLED if outcome == "cancelled" else RunState.HALTED
+        if self.running_since is not None:
+            _stopped(self, self.ran + max(0.0, at - self.running_since))
 
     def snapshot(self) -> RunView:
         """A copy that later events leave alone (for a reader on another thread)."""
