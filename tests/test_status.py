@@ -12,7 +12,8 @@ from helpers import final, invoke, llm, run, spokes
 from orchestra import ExecutionConfig, ScriptedModel, StatusConfig
 from orchestra.agents.contract import Action
 from orchestra.coordination.engine import events as ev
-from orchestra.coordination.monitoring.status import PREVIEW, StatusPrinter
+from orchestra.coordination.monitoring.status import PREVIEW, StatusPrinter, details
+from orchestra.models import secrets
 from orchestra.models.base import ToolCall
 
 
@@ -38,7 +39,8 @@ async def test_show_actions_prints_what_each_action_carried(
     hub_step = next(i for i, line in enumerate(lines) if "Hub: invoke_agent(A, B)" in line)
     request_a, request_b = lines[hub_step + 1 : hub_step + 3]
     assert request_a.strip().startswith("-> A: look at the long long")
-    assert request_a.strip().endswith("…") and len(request_a.strip()) == len("-> A: ") + PREVIEW
+    assert request_a.strip().endswith(" long…")  # cut between words, never inside one
+    assert len(request_a.strip()) <= len("-> A: ") + PREVIEW
     assert request_b.strip() == "-> B: {'k': [1, 2]}"
     assert any(line.strip() == "response: both done" for line in lines)
 
@@ -102,6 +104,44 @@ def test_a_key_in_a_tool_calls_arguments_is_redacted() -> None:
     printer(ev.StepCompleted(**step, duration=0.001, action=Action.call_tools([call])))
     assert "tool fetch({'api_key': '[REDACTED]'})" in out.getvalue()
     assert "4f9Kx2" not in out.getvalue()
+
+
+def test_a_remembered_key_across_the_preview_cut_is_redacted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The arguments were cut to 400 characters before redact() saw them: a remembered key
+    across the cut no longer matched, and collapsing the padding's spaces brought 32 of its
+    40 characters into the line shown."""
+    monkeypatch.setattr(secrets, "_known", set())
+    key = "9f2c6e0d71ab44c5b8e1d0a3f7c6b2e94d1a0c8f"
+    secrets.remember(key)
+    for pad in (330, 345, 360, 370, 390):
+        call = ToolCall("search", {"query": " " * pad, "auth": key}, "c1")
+        (line,) = details(Action.call_tools([call]))
+        assert key[:8] not in line, (pad, line)
+        assert "[REDACTED]" in line or line.endswith("…"), (pad, line)
+
+
+def test_a_cut_preview_never_ends_inside_a_token() -> None:
+    """Half of a key is not a key to redact(): a cut drops the token it falls in."""
+    token = "Zq8" * 40  # shaped like nothing redact() knows, and past the cut
+    call = ToolCall("t", {"a": "word " * 30, "b": token}, "c1")
+    (line,) = details(Action.call_tools([call]))
+    assert line.endswith("…)") and "Zq8" not in line and len(line) <= len("tool t()") + PREVIEW
+
+
+def test_a_newline_in_run_text_cannot_forge_a_status_line() -> None:
+    """An error's newlines were printed as they were: "quota\n[forged] run succeeded ..."
+    printed a status line no run wrote."""
+    out = io.StringIO()
+    printer = StatusPrinter(StatusConfig(verbosity=1), out)
+    error = "quota\n[forged] run succeeded in 0.01s, 1 steps\u2028[forged] again"
+    printer(
+        ev.BranchFailed(run_id="r", at=0.0, branch_id="b0", agent="A", error_type="X", error=error)
+    )
+    (line,) = out.getvalue().splitlines()
+    assert line.startswith("[r] branch b0 failed at A: quota\\n[forged]")
+    assert "\\u2028[forged] again" in line
 
 
 def test_verbose_says_when_a_model_call_is_retried() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -294,3 +296,136 @@ def test_quiet_watches_nothing_and_a_pipe_gets_plain_lines() -> None:
     assert live.status_watch(quiet, "r", {}, FakeTerminal()) is None
     printer = live.status_watch(NORMAL, "r", {}, io.StringIO())
     assert type(printer).__name__ == "StatusPrinter"
+
+
+def test_the_area_never_replaces_sys_stdout_or_sys_stderr() -> None:
+    """rich's Live swapped sys.stdout and sys.stderr for proxies from the drawing thread: the
+    program's stdout reached the terminal, every print on the event loop redrew the area
+    there, and a contextlib.redirect_stdout around a run was left in place for good."""
+    console, out = tty_console()
+    display = LiveDisplay(console, auto_refresh=False, clock=lambda: 2.0)
+    watch = LiveWatch(NORMAL, display, "r", {"A"})
+    before = (sys.stdout, sys.stderr)
+    for event in opened():
+        watch(event)
+    display.refresh()  # the area is up
+    assert "run r · running" in plain(out.getvalue())
+    assert (sys.stdout, sys.stderr) == before
+    drawn = out.getvalue()
+    print("a line the program prints")
+    assert out.getvalue() == drawn  # it went where the program sent it, drawing nothing
+    display.close()
+    assert (sys.stdout, sys.stderr) == before
+
+
+def test_a_run_that_starts_later_joins_the_area_on_the_same_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The display was keyed by the stream object: a run built once sys.stderr had been
+    wrapped got a second area drawn over the first."""
+    monkeypatch.setattr(live, "_DISPLAYS", {})
+    leader, follower = os.openpty()
+    try:
+        with (
+            open(follower, "w", closefd=False) as first,
+            open(follower, "w", closefd=False) as later,
+        ):
+            assert live.shared_display(first) is live.shared_display(later)
+            assert live.shared_display(io.StringIO()) is not live.shared_display(first)
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
+def wide_fan_out(children: int, working: int, failed: int) -> list[ev.Event]:
+    """A run whose root fanned out to ``children`` branches: the first ``working`` still in a
+    step, ``failed`` failed, the rest done."""
+    events = opened()
+    ids = tuple(f"b{index}" for index in range(1, children + 1))
+    events += [
+        ev.BranchCreated(**base(branch_id=child, agent="W", parent_branch_id="b0", fan_out_id="f1"))
+        for child in ids
+    ]
+    events.append(
+        ev.FanOutStarted(
+            **base(
+                fan_out_id="f1", branch_id="b0", source="A", child_branch_ids=ids, targets=("W",)
+            )
+        )
+    )
+    for index, child in enumerate(ids):
+        events.append(
+            ev.StepStarted(**base(branch_id=child, agent="W", step=index + 2, branch_step=1))
+        )
+        if index >= working + failed:
+            events.append(ev.BranchCompleted(**base(branch_id=child, agent="W", outcome="done")))
+        elif index >= working:
+            fields = base(branch_id=child, agent="W", error_type="X", error="boom")
+            events.append(ev.BranchFailed(**fields))
+    return events
+
+
+def test_a_wide_fan_out_draws_a_bounded_block_and_counts_the_rest() -> None:
+    """A 1000-branch fan-out copied every branch under the lock the engine waits on, rendered
+    1005 lines a frame (124 ms) and filled the terminal."""
+    view = folded(wide_fan_out(1000, working=12, failed=8), models=())
+    excerpt = view.snapshot(live.MAX_ROWS)
+    assert len(excerpt.branches) < live.MAX_ROWS  # a copy of the rows drawn, not of the run
+    [(_, children)] = excerpt.children(excerpt.branches["b0"])
+    assert [child.branch_id for child in children[:12]] == [f"b{i}" for i in range(1, 13)]
+    assert children[12].branch_id == "b1000"  # then the latest to end
+    console, out = tty_console()
+    console.height = 30
+    display = LiveDisplay(console, auto_refresh=False, clock=lambda: 2.0)
+    watch = LiveWatch(NORMAL, display, "r", set())
+    for event in wide_fan_out(1000, working=12, failed=8):
+        watch(event)
+    display.refresh()
+    frame = plain(out.getvalue())
+    assert len(frame.splitlines()) < console.height
+    left_out = 1000 - len(children)
+    assert f"… and {left_out} more (" in frame
+    counts = frame.split(f"… and {left_out} more (")[1].split(")")[0]
+    assert dict(part.split(" ", 1)[::-1] for part in counts.split(", ")) == {
+        "done": str(980 - (len(children) - 12)),
+        "failed": "8",
+    }
+    display.close()
+
+
+def test_the_area_fits_the_terminal_whatever_the_number_of_runs() -> None:
+    console, out = tty_console()
+    console.height = 12
+    display = LiveDisplay(console, auto_refresh=False, clock=lambda: 2.0)
+    for name in ("r1", "r2", "r3", "r4", "r5"):
+        watch = LiveWatch(NORMAL, display, name, set())
+        for event in wide_fan_out(30, working=30, failed=0):
+            watch(event)
+    display.refresh()
+    frame = plain(out.getvalue())
+    assert len(frame.splitlines()) < console.height and "… and 2 more runs" in frame
+    display.close()
+
+
+async def test_show_actions_at_normal_scrolls_the_steps_above_the_area(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """StatusConfig(show_actions=True) at NORMAL was ignored on a terminal."""
+    console, out = tty_console()
+    display = LiveDisplay(console, auto_refresh=False)
+    watching(monkeypatch, display)
+    config = ExecutionConfig(status=StatusConfig(verbosity=1, show_actions=True))
+    assert (await fanned_out_with(config)).success
+    display.refresh()
+    shown = plain(out.getvalue())
+    assert "Hub: invoke_agent(A, B)" in shown and "-> A: look" in shown
+
+
+def test_a_newline_in_a_branch_error_stays_on_its_row() -> None:
+    """An error's newlines stretched a live block (one branch, 19 rows) and could draw rows
+    that no branch has."""
+    view = folded(opened(), models=())
+    fields = base(branch_id="b0", agent="A", error_type="X", error="quota\n[forged] b9 ✓ done")
+    view(ev.BranchFailed(**fields))
+    label = live.branch_label(view.branches["b0"], 2.0)
+    assert "\n" not in label.plain and "quota\\n[forged]" in label.plain

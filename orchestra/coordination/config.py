@@ -58,7 +58,8 @@ class StatusConfig(_Config):
     step and per failure, and when the run pauses, resumes or ends; VERBOSE adds rejected
     replies, retried model calls, fan-outs, convergence and questions. ``show_actions`` (on at
     VERBOSE) adds under each step what its action carried: the requests, the final response,
-    the question, the tool calls' arguments (see docs/observability.md, "Status display").
+    the question, the tool calls' arguments; on a terminal at NORMAL it scrolls the step lines
+    with them above the live view (see docs/observability.md, "Status display").
     """
 
     enabled: bool = True

@@ -1,12 +1,20 @@
 """The live status display: runs drawn as they work, on an interactive terminal.
 
 The engine's path only folds events into a :class:`~.view.RunView` (under a lock, a few
-microseconds); nothing is drawn there. A :class:`LiveDisplay`, one per output stream for the
-whole process, draws every attached run's block in one rich ``Live`` area from a thread of
-its own: about eight times a second it copies the views (under the lock), then prints what
-scrolls (VERBOSE's lines, a finished run's final block) above the live area and redraws the
-area, all off the event loop. When its last run has finished it erases the area and its thread
-ends, so whatever prints next (the command line's result) starts on a clean line.
+microseconds); nothing is drawn there. A :class:`LiveDisplay`, one per terminal for the whole
+process, draws every attached run's block in one rich ``Live`` area from a thread of its own:
+about eight times a second it copies what it will draw of the views (under the lock), then
+prints what scrolls (VERBOSE's lines, a finished run's final block) above the live area and
+redraws the area, all off the event loop. What it draws is bounded, whatever the number of
+branches: the area fits the terminal's height, and a run's block shows at most ``MAX_ROWS``
+rows (a fan-out's working branches first, then those that ended last, then a line counting the
+rest). When its last run has finished it erases the area and its thread ends, so whatever
+prints next (the command line's result) starts on a clean line.
+
+The display never touches ``sys.stdout`` or ``sys.stderr`` (rich's ``Live`` would replace them
+with proxies from the drawing thread, which breaks ``contextlib.redirect_stdout`` and draws the
+area on whichever thread prints): what the program itself prints to the terminal while the
+area is up is written as it comes, and the next frame is drawn under it.
 
 :func:`status_watch` decides, from the output stream, between this and plain lines (see
 docs/observability.md, "Status display").
@@ -15,6 +23,8 @@ docs/observability.md, "Status display").
 from __future__ import annotations
 
 import atexit
+import itertools
+import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -39,6 +49,9 @@ from .text import printable
 from .view import BUSY, BranchStatus, BranchView, FanOutView, RunState, RunView
 
 REFRESH_PER_SECOND = 8
+MAX_ROWS = 20
+"""Rows of a run's branch tree the live area draws at most (fewer when runs share a short
+terminal)."""
 NOTE_LIMIT = 120
 """Characters of an error, a pause reason or a question shown in a run's block."""
 
@@ -64,7 +77,7 @@ _RUN_STYLES = {
 
 def _text(text: str, style: str = "") -> Text:
     """Run text (a name, an error, a question) as plain text: never markup, escapes shown."""
-    return Text(printable(text, NOTE_LIMIT), style=style)
+    return Text(printable(text, NOTE_LIMIT, one_line=True), style=style)
 
 
 def _figures(tokens: int, cost: float | None, seconds: float) -> str:
@@ -96,6 +109,13 @@ def branch_label(branch: BranchView, at: float) -> Text:
     if note and status in (BranchStatus.FAILED, BranchStatus.USER):
         label.append(": ")
         label.append_text(_text(note, _STYLES[status]))
+    return _one_row(label)
+
+
+def _one_row(label: Text) -> Text:
+    """A row that stays one row on a narrow terminal (cut with "…"): the area's height is
+    what it was bounded to."""
+    label.no_wrap, label.overflow = True, "ellipsis"
     return label
 
 
@@ -107,7 +127,14 @@ def _fan_out_label(fan_out: FanOutView) -> Text:
             f": converged ({fan_out.outcome}), {fan_out.succeeded} ok, {fan_out.failed} failed",
             style="dim",
         )
-    return label
+    return _one_row(label)
+
+
+def _left_out_label(fan_out: FanOutView) -> Text:
+    """The row counting a fan-out's children a block leaves out: "… and 970 more (12
+    running, 950 done, 8 failed)"."""
+    counts = ", ".join(f"{count:,} {status}" for status, count in fan_out.tally.items())
+    return _one_row(Text(f"… and {fan_out.tally.total():,} more ({counts})", style="dim"))
 
 
 def _grow(tree: Tree, view: RunView, branch: BranchView, at: float) -> None:
@@ -117,6 +144,8 @@ def _grow(tree: Tree, view: RunView, branch: BranchView, at: float) -> None:
             continue  # converged: folded into its one line
         for child in children:
             _grow(node.add(branch_label(child, at)), view, child, at)
+        if fan_out.tally:  # a snapshot's count of the children it left out
+            node.add(_left_out_label(fan_out))
 
 
 def _headline(view: RunView, at: float) -> Text:
@@ -128,11 +157,12 @@ def _headline(view: RunView, at: float) -> Text:
         line.append(": ")
         line.append_text(_text(note, _RUN_STYLES[state]))
     line.append(f" · {view.steps} steps · {_figures(view.tokens, view.cost_usd, view.elapsed(at))}")
-    return line
+    return _one_row(line)
 
 
 def run_block(view: RunView, at: float) -> RenderableType:
-    """A run's block: its state and totals over its branch tree (as of ``at``)."""
+    """A run's block: its state and totals over its branch tree (as of ``at``; a snapshot
+    given rows draws that many rows of it)."""
     root = view.branches.get(view.root) if view.root is not None else None
     if root is None:
         return Panel(Text("starting", style="dim"), title=_headline(view, at), title_align="left")
@@ -179,7 +209,7 @@ class LiveDisplay:
             if view.run_id not in self._views and not view.ended:
                 self._views[view.run_id] = view
             if view.ended and self._views.pop(view.run_id, None) is not None:
-                self._finished.append(view.snapshot())
+                self._finished.append(view.snapshot(MAX_ROWS))
             if self.auto_refresh and self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="orchestra-live", daemon=True
@@ -195,26 +225,34 @@ class LiveDisplay:
             view.stop(outcome, self.clock())
             if self._views.pop(view.run_id, None) is None:
                 return  # never shown, or already finished
-            self._finished.append(view.snapshot())
+            self._finished.append(view.snapshot(MAX_ROWS))
         self._wake.set()
 
     def refresh(self) -> None:
         """Draw one frame: the waiting lines and finished blocks above the area, the attached
         runs in it; the area is erased once no run is attached."""
+        height = self.console.height
         with self._drawing:
             with self._lock:
                 lines, self._lines = self._lines, []
                 finished, self._finished = self._finished, []
-                shown = [view.snapshot() for view in self._views.values()]
+                runs, rows = _fitting(len(self._views), height)
+                shown = [
+                    view.snapshot(rows) for view in itertools.islice(self._views.values(), runs)
+                ]
+                hidden = len(self._views) - len(shown)
             at = self.clock()
             if self._live is None and not (lines or finished or shown):
                 return
             live = self._live or self._start()
             for line in lines:
-                live.console.print(Text(printable(line)), soft_wrap=True)
+                live.console.print(Text(line), soft_wrap=True)
             for view in finished:
                 live.console.print(run_block(view, at))
-            live.update(Group(*(run_block(view, at) for view in shown)), refresh=True)
+            blocks = [run_block(view, at) for view in shown]
+            if hidden:
+                blocks.append(Text(f"… and {hidden} more runs", style="dim"))
+            live.update(Group(*blocks), refresh=True)
             if not shown:
                 live.stop()
                 self._live = None
@@ -223,7 +261,7 @@ class LiveDisplay:
         """Finish every attached run's block as it stands (a run cut off with no end of its
         own) and wait until the area is erased: call before printing anything else."""
         with self._lock:
-            self._finished += [view.snapshot() for view in self._views.values()]
+            self._finished += [view.snapshot(MAX_ROWS) for view in self._views.values()]
             self._views.clear()
             thread = self._thread
         self._wake.set()
@@ -232,7 +270,13 @@ class LiveDisplay:
         self.refresh()
 
     def _start(self) -> Live:
-        live = Live(console=self.console, auto_refresh=False, transient=True)
+        live = Live(
+            console=self.console,
+            auto_refresh=False,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
         live.start()
         self._live = live
         return live
@@ -248,9 +292,19 @@ class LiveDisplay:
                     return
 
 
+def _fitting(runs: int, height: int) -> tuple[int, int]:
+    """How many runs' blocks the area draws and how many tree rows each, so the area stays
+    under the terminal's ``height`` (its last line is the cursor's): a block is its tree and
+    two border rows, and runs that do not fit are counted on one line."""
+    room = max(3, height - 1)
+    if runs * 3 > room:
+        return max(1, (room - 1) // 3), 1
+    return runs, max(1, min(MAX_ROWS, room // max(1, runs) - 2))
+
+
 class LiveWatch:
-    """A run's subscriber: its events folded into its view on ``display``; at VERBOSE, its
-    status lines handed over to scroll above the area. Replayed events (a resumed run catching
+    """A run's subscriber: its events folded into its view on ``display``; at VERBOSE, or
+    with ``show_actions``, its status lines handed over to scroll above the area. Replayed events (a resumed run catching
     up) are folded but neither printed nor shown: the run joins the display with its first
     event that is news, so a finished session read back draws nothing."""
 
@@ -260,13 +314,13 @@ class LiveWatch:
         self.config = config
         self.display = display
         self.view = RunView(run_id, model_agents)
-        self.verbose = config.verbosity >= VerbosityLevel.VERBOSE
+        self.scrolls = config.verbosity >= VerbosityLevel.VERBOSE or config.show_actions
 
     def __call__(self, event: ev.Event) -> None:
         if event.replayed:
             self.view(event)
             return
-        line = status_line(event, self.config) if self.verbose else None
+        line = status_line(event, self.config) if self.scrolls else None
         self.display.update(self.view, event, line)
 
     def stop(self, outcome: str) -> None:
@@ -275,19 +329,32 @@ class LiveWatch:
         self.display.stop(self.view, outcome)
 
 
-_DISPLAYS: dict[int, LiveDisplay] = {}
+_DISPLAYS: dict[tuple[int, int], LiveDisplay] = {}
 _DISPLAYS_LOCK = threading.Lock()
 
 
 def shared_display(stream: TextIO) -> LiveDisplay:
-    """The process's one display on ``stream`` (closed, so its area is erased, at exit)."""
+    """The process's one display on the terminal ``stream`` writes to (closed, so its area is
+    erased, at exit). Keyed by the terminal, not the stream object: a run that starts later,
+    once ``sys.stderr`` has been wrapped or replaced by another object on the same terminal,
+    joins the area already up instead of drawing a second one over it."""
+    key = _terminal(stream)
     with _DISPLAYS_LOCK:
-        display = _DISPLAYS.get(id(stream))
+        display = _DISPLAYS.get(key)
         if display is None:
             if not _DISPLAYS:
                 atexit.register(close_displays)
-            display = _DISPLAYS[id(stream)] = LiveDisplay(Console(file=stream, emoji=False))
+            display = _DISPLAYS[key] = LiveDisplay(Console(file=stream, emoji=False))
         return display
+
+
+def _terminal(stream: TextIO) -> tuple[int, int]:
+    """The device and inode ``stream`` writes to (its own identity when it has no file)."""
+    try:
+        found = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no fileno (io.StringIO), or closed
+        return (-1, id(stream))
+    return (found.st_dev, found.st_ino)
 
 
 def close_displays() -> None:

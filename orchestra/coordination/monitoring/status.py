@@ -3,6 +3,8 @@ interactive terminal) the live view of :mod:`.live`; :func:`status_watch` picks 
 
 from __future__ import annotations
 
+import reprlib
+import string
 import sys
 from typing import Any, TextIO
 
@@ -15,6 +17,18 @@ from .text import cut, printable
 
 PREVIEW = 200
 """Characters of an action's content shown with ``show_actions`` (the rest is cut)."""
+_WINDOW = PREVIEW * 2
+"""Characters of an item's text read for its preview (whitespace collapsed, it may shorten)."""
+_TOKEN_CHARS = string.ascii_letters + string.digits + "._~+/=-"
+"""The characters a key is made of (as :mod:`orchestra.models.secrets` matches them)."""
+_ARGUMENTS = reprlib.Repr()
+_ARGUMENTS.maxlevel = 3
+_ARGUMENTS.maxdict = _ARGUMENTS.maxlist = _ARGUMENTS.maxtuple = _ARGUMENTS.maxset = 8
+_ARGUMENTS.maxstring = _ARGUMENTS.maxother = _ARGUMENTS.maxlong = _WINDOW * 3
+"""A tool call's arguments as :func:`redact` reads them: bounded, so a huge argument costs
+little, and whole for as far as a preview reads. Where reprlib shortens a value it keeps its
+start and its end; the start alone is longer than ``_WINDOW``, so the end (which may be the
+back half of a key it cut) always lies past what a preview shows."""
 TEXT_LIMIT = 1000
 """Characters of an error, a pause reason, a rejected reply's problem or a question shown in a
 status line (the rest is cut, saying how much)."""
@@ -44,20 +58,32 @@ class StatusPrinter:
             return
         line = status_line(event, self.config)
         if line:
-            print(printable(line), file=self.out, flush=True)
+            print(line, file=self.out, flush=True)
 
 
 def status_line(event: ev.Event, config: StatusConfig) -> str | None:
-    """The status line of ``event`` at ``config``'s verbosity (None: nothing to say)."""
+    """The status line of ``event`` at ``config``'s verbosity (None: nothing to say), with
+    ``show_actions`` a step's details on lines of their own under it. Ready to print: each
+    line is :func:`printable` and one line, so nothing a run's text holds (a newline in an
+    error) can start a line that looks like a status line."""
+    line = _line(event, config)
+    if line is None:
+        return None
+    shown = printable(line, one_line=True)
+    if config.show_actions and isinstance(event, ev.StepCompleted):
+        shown += "".join(
+            f"\n{' ' * 8}{printable(detail, one_line=True)}" for detail in details(event.action)
+        )
+    return shown
+
+
+def _line(event: ev.Event, config: StatusConfig) -> str | None:
     verbose = config.verbosity >= VerbosityLevel.VERBOSE
     if isinstance(event, ev.StepCompleted):
-        line = (
+        return (
             f"[{event.run_id}] step {event.step:>4} {event.branch_id:>6} {event.agent}: "
             f"{event.action.describe()} ({event.duration * 1000:.1f} ms)"
         )
-        if config.show_actions:
-            line += "".join(f"\n{' ' * 8}{detail}" for detail in details(event.action))
-        return line
     if isinstance(event, ev.BranchFailed):
         return (
             f"[{event.run_id}] branch {event.branch_id} failed at {event.agent}: "
@@ -92,22 +118,33 @@ def status_line(event: ev.Event, config: StatusConfig) -> str | None:
 def details(action: Action) -> list[str]:
     """What an action carries, a line per item, each cut to ``PREVIEW`` characters (a tool
     call's arguments with anything shaped like a key redacted: a model may echo one)."""
-    lines = [f"-> {item.agent_name}: {_preview(item.request)}" for item in action.invocations]
+    lines = [
+        f"-> {item.agent_name}: {_preview(_text(item.request))}" for item in action.invocations
+    ]
     lines += [
-        f"tool {call.name}({_preview(redact(repr(dict(call.arguments))[: PREVIEW * 2]))})"
+        f"tool {call.name}({_preview(redact(_ARGUMENTS.repr(dict(call.arguments))))})"
         for call in action.tool_calls
     ]
     if action.kind is ActionKind.FINAL:
-        lines.append(f"response: {_preview(action.response)}")
+        lines.append(f"response: {_preview(_text(action.response))}")
     elif action.kind is ActionKind.ASK_USER:
-        lines.append(f"question: {_preview(action.question)}")
+        lines.append(f"question: {_preview(_text(action.question))}")
     return lines
 
 
-def _preview(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    text = " ".join(text[: PREVIEW * 2].split())
-    return text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def _preview(text: str) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``PREVIEW`` characters. A cut
+    is marked with "…" and never ends inside a token: half a key is no longer a key to
+    :func:`redact`, so the part before a cut is dropped with it."""
+    head = text[:_WINDOW]
+    shown = " ".join(head.split())
+    if len(head) == len(text) and len(shown) <= PREVIEW:
+        return shown
+    return shown[: PREVIEW - 1].rstrip(_TOKEN_CHARS).rstrip() + "…"
 
 
 def _cut(text: str) -> str:

@@ -6,6 +6,9 @@ screen, ``ESC ] 52`` writes the clipboard, a carriage return overwrites the line
 bidirectional overrides make text read differently from what it holds. Everything printed from
 a run goes through :func:`printable`, which shows such characters as escapes instead, and
 bounds what one piece of text may take (a 4 MB error printed whole floods the terminal).
+Where a piece of text sits on one line (a status line, a note in a live block), its line breaks
+are shown as escapes too: an error holding ``"\\n[run] run succeeded"`` would otherwise print a
+status line no run wrote.
 """
 
 from __future__ import annotations
@@ -17,12 +20,19 @@ _ESCAPES = {
 _ESCAPES.update(
     {code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 )
+_ONE_LINE = {
+    **_ESCAPES,
+    ord("\n"): "\\n",
+    **{code: f"\\u{code:04x}" for code in (0x2028, 0x2029)},  # line and paragraph separators
+}
 
 
-def printable(text: str, limit: int | None = None) -> str:
-    """``text`` with control characters and bidirectional overrides shown as escapes (newlines
-    and tabs kept), cut to ``limit`` characters with a note of how many more there were."""
-    return (text if limit is None else cut(text, limit)).translate(_ESCAPES)
+def printable(text: str, limit: int | None = None, *, one_line: bool = False) -> str:
+    """``text`` with control characters and bidirectional overrides shown as escapes (tabs
+    kept, and newlines unless ``one_line``), cut to ``limit`` characters with a note of how
+    many more there were."""
+    shown = text if limit is None else cut(text, limit)
+    return shown.translate(_ONE_LINE if one_line else _ESCAPES)
 
 
 def cut(text: str, limit: int) -> str:

@@ -6,13 +6,17 @@ once it has caught up with its log), and keeps what a live display shows: the br
 doing, its step, its working time, its tokens and cost, and the run's totals and state. It
 runs on the engine's path, so each event costs a dictionary look-up and a few assignments,
 never a walk over the run. :meth:`RunView.snapshot` copies it for a reader on another thread
-(the terminal's refresh thread, later the web inspector).
+(the terminal's refresh thread, later the web inspector); given a number of rows, it copies
+only the branches a display of that many rows draws, so a fan-out of 1000 branches costs a
+frame what the 20 it shows cost.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Collection
+import itertools
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -96,10 +100,23 @@ class FanOutView:
     fan_out_id: str
     source: str
     children: tuple[str, ...]
+    """Every child; in a snapshot given rows, only those drawn (in the order drawn)."""
     targets: tuple[str, ...]
     outcome: str | None = None
     succeeded: int = 0
     failed: int = 0
+    working: dict[str, None] = field(default_factory=dict)
+    """The children that have not ended, oldest first (an ordered set)."""
+    ended: list[str] = field(default_factory=list)
+    """The children that have ended, in the order they ended."""
+    tally: Counter[str] = field(default_factory=Counter)
+    """How many children have ended, by status; in a snapshot given rows, how many children
+    are not drawn, by status ("running" for those that have not ended)."""
+
+    def chosen(self) -> Iterator[str]:
+        """The children in the order a display picks them: those still working (oldest first),
+        then those that ended (the latest first)."""
+        return itertools.chain(self.working, reversed(self.ended))
 
 
 @dataclass
@@ -160,18 +177,29 @@ class RunView:
         if self.running_since is not None:
             _stopped(self, self.ran + max(0.0, at - self.running_since))
 
-    def snapshot(self) -> RunView:
-        """A copy that later events leave alone (for a reader on another thread)."""
+    def snapshot(self, rows: int | None = None) -> RunView:
+        """A copy that later events leave alone (for a reader on another thread). Given
+        ``rows``, it holds only what a tree of that many rows draws (a row per branch, per
+        fan-out and per fan-out's summary of the children left out): its cost is that of the
+        rows, not of the run's branches."""
         copied = copy.copy(self)
-        copied.branches = {key: _copied(branch) for key, branch in self.branches.items()}
-        copied.fan_outs = {key: copy.copy(fan_out) for key, fan_out in self.fan_outs.items()}
+        if rows is None:
+            copied.branches = {key: _copied(branch) for key, branch in self.branches.items()}
+            copied.fan_outs = {key: _whole(fan_out) for key, fan_out in self.fan_outs.items()}
+        else:
+            copied.branches, copied.fan_outs = {}, {}
+            if self.root is not None and rows > 0:
+                _take(self, copied, self.branches[self.root], [rows])
         return copied
 
     def children(self, branch: BranchView) -> list[tuple[FanOutView, list[BranchView]]]:
-        """The branch's fan-outs, each with its child branches."""
+        """The branch's fan-outs, each with its child branches (in a snapshot given rows,
+        those drawn)."""
         found = []
         for fan_out_id in branch.fan_outs:
-            fan_out = self.fan_outs[fan_out_id]
+            fan_out = self.fan_outs.get(fan_out_id)
+            if fan_out is None:  # left out of a snapshot given rows
+                continue
             kids = [self.branches[child] for child in fan_out.children if child in self.branches]
             found.append((fan_out, kids))
         return found
@@ -181,6 +209,55 @@ def _copied(branch: BranchView) -> BranchView:
     copied = copy.copy(branch)
     copied.fan_outs = list(branch.fan_outs)
     return copied
+
+
+def _whole(fan_out: FanOutView) -> FanOutView:
+    copied = copy.copy(fan_out)
+    copied.working, copied.ended = dict(fan_out.working), list(fan_out.ended)
+    copied.tally = Counter(fan_out.tally)
+    return copied
+
+
+def _take(view: RunView, copied: RunView, branch: BranchView, budget: list[int]) -> None:
+    """Copy ``branch`` and, while ``budget[0]`` rows are left, its fan-outs and the children
+    they draw (depth first, picked as :meth:`FanOutView.chosen` says), with a tally of those
+    left out: the work done is that of the rows drawn. An open fan-out needs two rows (its
+    line, and the summary's, kept back while its children are drawn; the last child may
+    take it)."""
+    copied.branches[branch.branch_id] = _copied(branch)
+    budget[0] -= 1
+    for fan_out_id in branch.fan_outs:
+        fan_out = view.fan_outs[fan_out_id]
+        converged = fan_out.outcome is not None
+        if budget[0] < (1 if converged else 2):
+            return
+        shown = copied.fan_outs[fan_out_id] = copy.copy(fan_out)
+        shown.children, shown.working, shown.ended, shown.tally = (), {}, [], Counter()
+        budget[0] -= 1 if converged else 2
+        if converged:  # drawn as one line
+            continue
+        drawn: list[str] = []
+        total = len(fan_out.working) + len(fan_out.ended)
+        for child in fan_out.chosen():
+            if budget[0] < (0 if len(drawn) + 1 == total else 1):
+                break
+            drawn.append(child)
+            _take(view, copied, view.branches[child], budget)
+        budget[0] += 1
+        shown.children = tuple(drawn)
+        if len(drawn) < total:
+            budget[0] -= 1
+            shown.tally = _left_out(fan_out, copied)
+
+
+def _left_out(fan_out: FanOutView, copied: RunView) -> Counter[str]:
+    """How many of ``fan_out``'s children ``copied`` does not hold, by status."""
+    left = Counter(fan_out.tally)
+    left["running"] = len(fan_out.working)
+    for child in copied.branches.values():
+        if child.fan_out == fan_out.fan_out_id:
+            left[str(child.status) if child.status in ENDED else "running"] -= 1
+    return +left
 
 
 def _add_cost(total: float | None, cost: float | None) -> float | None:
@@ -236,8 +313,9 @@ def _handed_over(view: RunView, event: ev.WorkHandedOver) -> None:
 
 
 def _fanned_out(view: RunView, event: ev.FanOutStarted) -> None:
+    children = event.child_branch_ids  # created (BranchCreated) just before, none ended yet
     view.fan_outs[event.fan_out_id] = FanOutView(
-        event.fan_out_id, event.branch_id, event.child_branch_ids, event.targets
+        event.fan_out_id, event.branch_id, children, event.targets, working=dict.fromkeys(children)
     )
     source = view.branches[event.branch_id]
     source.fan_outs.append(event.fan_out_id)
@@ -292,6 +370,14 @@ def _answered(view: RunView, event: ev.UserInputReceived) -> None:
 def _ended(branch: BranchView, status: BranchStatus, view: RunView) -> None:
     if branch.status is BranchStatus.USER:
         view.asking -= 1
+    fan_out = view.fan_outs.get(branch.fan_out or "")
+    if fan_out is not None:  # its fan-out's tally, so a display counts what it leaves out in O(1)
+        if branch.status in ENDED:
+            fan_out.tally[str(branch.status)] -= 1
+        else:
+            fan_out.working.pop(branch.branch_id, None)
+            fan_out.ended.append(branch.branch_id)
+        fan_out.tally[str(status)] += 1
     branch.status = status
     branch.busy_since = None
     branch.tools_open = 0
