@@ -19,6 +19,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from test_metrics import measured_run
 
 from orchestra.coordination.monitoring import MetricsCollector
+from orchestra.coordination.monitoring.metrics import CALL_BUCKETS
 from orchestra.errors import ConfigurationError
 
 
@@ -29,7 +30,7 @@ async def test_the_metrics_as_opentelemetry_instruments() -> None:
     provider = MeterProvider(metric_readers=[reader])
     with MetricsCollector(exporters=["otlp"], meter_provider=provider) as metrics:
         await measured_run(metrics)
-    data = reader.get_metrics_data()
+        data = reader.get_metrics_data()
     assert data is not None
     found = {
         metric.name: metric
@@ -53,7 +54,7 @@ async def test_the_metrics_as_opentelemetry_instruments() -> None:
         for p in found["orchestra.step_seconds"].data.data_points
     }
     assert steps["Hub"].count == metrics.get_metric("step_seconds", agent="Hub") == 3
-    assert steps["Hub"].explicit_bounds[0] == 0.005  # Prometheus's buckets, in seconds
+    assert tuple(steps["Hub"].explicit_bounds) == CALL_BUCKETS  # the Prometheus side's
     assert found["orchestra.cost_usd"].data.data_points[0].value == pytest.approx(0.75)
     provider.shutdown()
 

@@ -8,11 +8,12 @@ a thread of its own, never on an event loop, and stops promptly when closed.
 
 from __future__ import annotations
 
+import logging
 import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -26,12 +27,18 @@ from orchestra.errors import ConfigurationError
 
 from .text import printable
 
-LABEL_LIMIT = 80
-"""Characters of a label value (an agent's or a tool's name) shown in the console table."""
+LABEL_LIMIT = 40
+"""Characters of each label value (an agent's or a tool's name) shown in the console table:
+each value is cut on its own, so a long agent name never hides the tool or the outcome."""
 
 CLOSE_WAIT = 5.0
 """Seconds ``close`` waits at most for an exporter's thread (one printing a large table to a
 slow stream); a thread still busy then is a daemon and is left to finish."""
+
+Rows = Callable[[], list[tuple[str, Mapping[str, str], str]]]
+"""The console table's rows: metric, labels, value."""
+
+_log = logging.getLogger(__name__)
 
 
 class PrometheusEndpoint:
@@ -43,6 +50,12 @@ class PrometheusEndpoint:
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        except socket.gaierror as error:
+            raise ConfigurationError(
+                f"prometheus_host: cannot resolve {host!r} ({error.strerror or error}); "
+                "give a host name or address of this machine, e.g. 127.0.0.1"
+            ) from None
+        try:
             server_class = type("Server", (ThreadingWSGIServer,), {"address_family": family})
             self._server: WSGIServer = make_server(
                 host, port, make_wsgi_app(registry), server_class, handler_class=_Silent
@@ -94,12 +107,10 @@ class ConsoleTable:
     end). Asks that come while a table is due or being drawn are one table: many runs ending
     at once print one table, not one each. The thread starts with the first need for it."""
 
-    def __init__(
-        self, rows: Callable[[], list[tuple[str, str, str]]], interval: float, stream: TextIO
-    ) -> None:
+    def __init__(self, rows: Rows, interval: float, stream: TextIO) -> None:
         self._rows = rows
         self._interval = interval
-        self._console = Console(file=stream, highlight=False, soft_wrap=False)
+        self._console = _Console(file=stream, highlight=False, soft_wrap=False)
         self._changed = threading.Condition()
         self._asked = False
         self._next_tick: float | None = None  # when the next periodic table is due, if ticking
@@ -142,8 +153,22 @@ class ConsoleTable:
         self._changed.notify()
 
     def _print_when_due(self) -> None:
+        """Print each table when due. A table that cannot be printed (a closed pipe, a full
+        disk, a closed file) stops the console for good, said once in the log, never on the
+        stream that failed: the thread never dies silently, and the next table would fail too."""
         while self._due():
-            self._print()
+            try:
+                self._print()
+            except Exception as error:
+                with self._changed:
+                    self._closed = True
+                _log.warning(
+                    "metrics console: printing the table failed (%s: %s); no more tables are "
+                    "printed (the numbers are still collected)",
+                    type(error).__name__,
+                    error,
+                )
+                return
 
     def _due(self) -> bool:
         """Wait until a table is due: True to print one, False once closed."""
@@ -169,6 +194,18 @@ class ConsoleTable:
         table.add_column("labels")
         table.add_column("value", justify="right")
         for name, labels, value in self._rows():
+            shown = ", ".join(
+                f"{key}={printable(text, LABEL_LIMIT)}" for key, text in labels.items()
+            )
             # Text, not markup: a label is an agent's or a tool's name, which markup would read
-            table.add_row(name, Text(printable(labels, LABEL_LIMIT)), value)
+            table.add_row(name, Text(shown), value)
         self._console.print(table)
+
+
+class _Console(Console):
+    """A rich Console whose broken pipe is an ordinary error for ``ConsoleTable`` to handle:
+    rich's own ``on_broken_pipe`` points the process's fd 1 at /dev/null and raises
+    ``SystemExit``, silencing the host application's stdout from the metrics thread."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError("the console stream's reader has gone")

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -44,9 +45,17 @@ class _Spec:
     labels: tuple[str, ...]
     doc: str
     whole: bool = True  # its values are counts (get_metric gives an int)
+    buckets: tuple[float, ...] = ()  # a histogram's bucket bounds, for Prometheus and OTLP alike
 
 
 _MODEL = ("agent", "model")
+CALL_BUCKETS = tuple(0.01 * 2**power for power in range(16))
+"""Steps and model calls, 0.01 s to 327.68 s doubling (OpenTelemetry's GenAI semantic
+conventions advise these up to 81.92 s; a slow model's long answer takes minutes)."""
+TOOL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30, 60)
+"""Tool calls: Prometheus's defaults (most tools are quick), and 30 s and 60 s for slow ones."""
+WAIT_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+"""A fan-out's convergence wait: its branches' whole work, up to an hour."""
 SPECS: dict[str, _Spec] = {
     "api_calls": _Spec(
         Counter, _MODEL, "Model calls begun: each step of a model-backed agent, each retry"
@@ -60,20 +69,30 @@ SPECS: dict[str, _Spec] = {
     "steps": _Spec(Counter, ("agent",), "Agent steps completed"),
     "tool_calls": _Spec(Counter, ("agent", "tool", "outcome"), "Tool calls finished"),
     "retries": _Spec(Counter, _MODEL, "Model calls retried after a passing failure"),
-    "errors": _Spec(Counter, ("agent", "type"), "Branches failed, by error type"),
+    "errors": _Spec(
+        Counter,
+        ("agent", "type"),
+        "Failures, by error type: failed steps (routed on or not) and branches failed otherwise",
+    ),
     "runs": _Spec(
         Counter, ("outcome",), "Runs stopped: succeeded, failed, paused, cancelled or halted"
     ),
     "active_branches": _Spec(Gauge, (), "Branches open in active runs"),
-    "step_seconds": _Spec(Histogram, ("agent",), "Agent step latency"),
+    "step_seconds": _Spec(Histogram, ("agent",), "Agent step latency", buckets=CALL_BUCKETS),
     "model_call_seconds": _Spec(
-        Histogram, _MODEL, "Model call latency, each attempt on its own (retries apart)"
+        Histogram,
+        _MODEL,
+        "Model call latency, each attempt on its own (retries apart)",
+        buckets=CALL_BUCKETS,
     ),
-    "tool_call_seconds": _Spec(Histogram, ("agent", "tool"), "Tool call latency"),
+    "tool_call_seconds": _Spec(
+        Histogram, ("agent", "tool"), "Tool call latency", buckets=TOOL_BUCKETS
+    ),
     "convergence_wait_seconds": _Spec(
         Histogram,
         ("agent",),
         "Fan-out start to convergence (working time), by the agent that fanned out",
+        buckets=WAIT_BUCKETS,
     ),
 }
 """The metrics, by the name ``get_metric`` takes (docs/observability.md has the table)."""
@@ -83,18 +102,25 @@ _SUFFIX = {Counter: "_total", Gauge: "", Histogram: "_count"}
 
 DEFAULT_PORT = 9464
 PORT_VARIABLE = "ORCHESTRA_PROMETHEUS_PORT"
+MAX_INTERVAL = 86400.0
+"""The longest ``export_interval``, a day: a longer wait overflows the platform's timer."""
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 def _default_port() -> int:
+    """The port from the environment (read only when the endpoint is served), else 9464."""
     text = os.environ.get(PORT_VARIABLE)
     if text is None:
         return DEFAULT_PORT
     try:
-        return int(text)
+        port = int(text)
     except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
         raise ConfigurationError(
-            f"{PORT_VARIABLE}={text!r} is not a port number (0 picks a free one)"
-        ) from None
+            f"{PORT_VARIABLE}={text!r} is not a port number from 0 to 65535 (0 picks a free one)"
+        )
+    return port
 
 
 class MetricsCollector:
@@ -127,37 +153,40 @@ class MetricsCollector:
         otlp_endpoint: str | None = None,
         meter_provider: Any = None,
     ) -> None:
-        if prometheus_port is None:
-            prometheus_port = _default_port()
         chosen = _check(enabled, export_interval, exporters, prometheus_host, prometheus_port)
         _check_otlp(otlp_endpoint, meter_provider, "otlp" in chosen)
+        if prometheus_port is None and enabled and "prometheus" in chosen:
+            prometheus_port = _default_port()
         self.enabled = enabled
         self.export_interval = float(export_interval)
         self.exporters = chosen
         self.registry = CollectorRegistry(auto_describe=True)
         self._metrics: dict[str, MetricWrapperBase] = {
-            name: spec.kind(PREFIX + name, spec.doc, spec.labels, registry=self.registry)
-            for name, spec in SPECS.items()
+            name: _metric(name, spec, self.registry) for name, spec in SPECS.items()
         }
         self._series: dict[tuple[str, tuple[str, ...]], Series] = {}
         self._active: set[RunWatch] = set()
+        self._activity = threading.Lock()  # runs starting and ending on several loops' threads
         self._closing = threading.Lock()
         self._endpoint: PrometheusEndpoint | None = None
         self._console: ConsoleTable | None = None
         self._otlp: OtlpExporter | None = None
         if not enabled:
             return
-        if "otlp" in chosen:
-            self._otlp = _otlp_exporter(self, otlp_endpoint, meter_provider)
-        if "console" in chosen:
-            stream = console_stream or sys.stderr
-            self._console = ConsoleTable(self._rows, self.export_interval, stream)
-        if "prometheus" in chosen:
-            try:
-                self._endpoint = PrometheusEndpoint(self.registry, prometheus_host, prometheus_port)
-            except ConfigurationError:
-                self.close()
-                raise
+        try:
+            # the endpoint first: a port in use fails before an OTLP exporter is made (whose
+            # shutdown would try a last export, up to 5 s against an endpoint that is down)
+            if "prometheus" in chosen:
+                port = DEFAULT_PORT if prometheus_port is None else prometheus_port
+                self._endpoint = PrometheusEndpoint(self.registry, prometheus_host, port)
+            if "console" in chosen:
+                stream = console_stream or sys.stderr
+                self._console = ConsoleTable(self._rows, self.export_interval, stream)
+            if "otlp" in chosen:
+                self._otlp = _otlp_exporter(self, otlp_endpoint, meter_provider)
+        except ConfigurationError:
+            self.close()
+            raise
 
     @property
     def prometheus_url(self) -> str | None:
@@ -258,14 +287,18 @@ class MetricsCollector:
         self._metrics["active_branches"].inc(change)  # type: ignore[attr-defined]
 
     def _run_active(self, watch: RunWatch, active: bool) -> None:
-        if active:
-            self._active.add(watch)
-        else:
-            self._active.discard(watch)
-        console = self._console
-        if console is None:
-            return
-        console.ticking(bool(self._active))
+        """A run became active or stopped. The set and the console's ticking change together
+        under one lock: else a run ending on one thread could stop the ticking just after a run
+        starting on another had started it, and that run would get no periodic table."""
+        with self._activity:
+            if active:
+                self._active.add(watch)
+            else:
+                self._active.discard(watch)
+            console = self._console
+            if console is None:
+                return
+            console.ticking(bool(self._active))
         if not active:
             console.ask()  # runs ending together print one table
 
@@ -301,12 +334,12 @@ class MetricsCollector:
             total = int(total) if spec.whole else total
         return {"type": kind, "labels": list(spec.labels), "total": total, "values": values}
 
-    def _rows(self) -> list[tuple[str, str, str]]:
+    def _rows(self) -> list[tuple[str, Mapping[str, str], str]]:
         """The console table's rows: a row per metric and label set that has a value."""
-        rows = []
+        rows: list[tuple[str, Mapping[str, str], str]] = []
         for name, data in self.snapshot().items():
             for item in data["values"]:
-                labels = ", ".join(f"{key}={value}" for key, value in item["labels"].items())
+                labels = item["labels"]
                 if "count" in item:
                     value = f"{item['count']} ({item['sum']:.3f} s)"
                 elif name == "cost_usd":
@@ -331,6 +364,14 @@ def _otlp_exporter(
     return start_otlp(collector, endpoint, meter_provider)
 
 
+def _metric(name: str, spec: _Spec, registry: CollectorRegistry) -> MetricWrapperBase:
+    if spec.kind is Histogram:
+        return Histogram(
+            PREFIX + name, spec.doc, spec.labels, registry=registry, buckets=spec.buckets
+        )
+    return spec.kind(PREFIX + name, spec.doc, spec.labels, registry=registry)
+
+
 def _spec(name: str) -> _Spec:
     spec = SPECS.get(name)
     if spec is None:
@@ -348,9 +389,14 @@ def _check(
     """The exporters chosen; ConfigurationError naming the first field that is wrong."""
     if not isinstance(enabled, bool):
         raise ConfigurationError(f"enabled must be True or False, got {enabled!r}")
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or not interval > 0:
+    if (
+        isinstance(interval, bool)
+        or not isinstance(interval, int | float)
+        or not 0 < interval <= MAX_INTERVAL
+    ):
         raise ConfigurationError(
-            f"export_interval must be a positive number of seconds, got {interval!r}"
+            f"export_interval must be a number of seconds above 0 and at most {MAX_INTERVAL:g} "
+            f"(a day), got {interval!r}"
         )
     if isinstance(exporters, str) or not isinstance(exporters, Iterable):
         raise ConfigurationError(f"exporters must be a list of names, got {exporters!r}")
@@ -362,7 +408,9 @@ def _check(
             )
     if not isinstance(host, str) or not host:
         raise ConfigurationError(f"prometheus_host must be a host name or address, got {host!r}")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+    ):
         raise ConfigurationError(
             f"prometheus_port must be a port number from 0 to 65535, got {port!r}"
         )
@@ -386,4 +434,28 @@ def _check_otlp(endpoint: object, meter_provider: object, chosen: bool) -> None:
         raise ConfigurationError(
             "otlp_endpoint must be the http:// or https:// URL metrics are posted to "
             "(e.g. http://127.0.0.1:4318/v1/metrics)"
+        )
+    if chosen and meter_provider is None:
+        if endpoint is not None:
+            _no_credential("otlp_endpoint", endpoint)
+        for variable in OTLP_ENDPOINT_VARIABLES:
+            _no_credential(variable, os.environ.get(variable))
+
+
+def _no_credential(field: str, url: object) -> None:
+    """ConfigurationError for an OTLP URL with a user name, password or query: the SDK writes
+    the URL (its query included) into its log at every failed export, so a credential there
+    would be logged. Headers are never logged."""
+    if not isinstance(url, str):
+        return
+    try:
+        parts = urlsplit(url)
+        userinfo = "@" in parts.netloc
+    except ValueError:
+        return  # not a URL the SDK can post to either; it reports that itself, without the URL
+    if userinfo or parts.query:
+        raise ConfigurationError(
+            f"{field} must not hold a user name, password or query string (the OpenTelemetry "
+            "SDK logs the URL when an export fails); pass credentials as headers instead: "
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS or OTEL_EXPORTER_OTLP_HEADERS"
         )

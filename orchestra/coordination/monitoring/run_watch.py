@@ -58,6 +58,7 @@ class RunWatch:
         "branches",
         "calls",
         "collector",
+        "failed_steps",
         "fan_outs",
         "gaps",
         "last_at",
@@ -72,6 +73,7 @@ class RunWatch:
         self.active = False
         self.branches: set[str] = set()
         self.calls = ModelCalls()  # the model call in flight on each branch (live events only)
+        self.failed_steps: set[str] = set()  # branches whose last step failed (error counted)
         self.fan_outs: dict[str, tuple[str, float]] = {}  # id: (source agent, started at)
         # when the run stood still (paused, or cut off by a crash) until resumed, as the engine
         # reckons its working time
@@ -125,6 +127,7 @@ class RunWatch:
 
     def branch_closed(self, event: ev.BranchCompleted | ev.BranchFailed) -> None:
         self.calls.end(event.branch_id, event.at)  # a call cut off (cancelled) is not timed
+        self.failed_steps.discard(event.branch_id)
         if event.branch_id in self.branches:
             self.branches.discard(event.branch_id)
             if self.active:
@@ -134,6 +137,7 @@ class RunWatch:
 def _step_started(watch: RunWatch, event: ev.StepStarted) -> None:
     """A step of a model-backed agent is a model call begun (its retries are more): counted
     here, the call whose failure fails the step included (no event after it says so)."""
+    watch.failed_steps.discard(event.branch_id)  # the failure before was routed on
     if not event.replayed and watch.models.get(event.agent) is not None:
         watch.agent(event.agent)["api_calls"].inc()
         watch.calls.begin(event.branch_id, event.at)
@@ -149,6 +153,15 @@ def _step_ended(watch: RunWatch, event: ev.ActionRejected | ev.StepFailed) -> No
     failure: the call that raised is timed too)."""
     if not event.replayed:
         _model_call(watch, event.agent, watch.calls.end(event.branch_id, event.at))
+
+
+def _step_failed(watch: RunWatch, event: ev.StepFailed) -> None:
+    """A failed step is an error whether error routing hands it on or its branch fails; the
+    ``BranchFailed`` that may follow is the same error, not counted again."""
+    _step_ended(watch, event)
+    watch.failed_steps.add(event.branch_id)
+    if not event.replayed:
+        watch.collector.series("errors", (event.agent, event.error_type)).inc()
 
 
 def _step(watch: RunWatch, event: ev.StepCompleted) -> None:
@@ -191,8 +204,11 @@ def _tool_call(watch: RunWatch, event: ev.ToolCallCompleted) -> None:
 
 
 def _branch_failed(watch: RunWatch, event: ev.BranchFailed) -> None:
+    """A branch failed: an error unless it is its failed step's (counted with the step): a
+    timeout, steering spent, ``max_steps``..."""
+    counted = event.branch_id in watch.failed_steps
     watch.branch_closed(event)
-    if not event.replayed:
+    if not event.replayed and not counted:
         watch.collector.series("errors", (event.agent, event.error_type)).inc()
 
 
@@ -227,7 +243,7 @@ _HANDLERS: dict[type[ev.Event], Callable[[RunWatch, Any], None]] = {
     ev.StepStarted: _step_started,
     ev.StepCompleted: _step,
     ev.ActionRejected: _step_ended,
-    ev.StepFailed: _step_ended,
+    ev.StepFailed: _step_failed,
     ev.ModelCallRetried: _retried,
     ev.ToolCallCompleted: _tool_call,
     ev.FanOutStarted: _fan_out,
