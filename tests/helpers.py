@@ -307,7 +307,7 @@ class Down(Watched):
     async def append(
         self, session_id: str, records: Sequence[str], durable: bool, after: int
     ) -> None:
-        if json.loads(records[0])["t"] == self.kind:
+        if any(json.loads(record)["t"] == self.kind for record in records):
             raise ConnectionError("the storage server is down")
         await super().append(session_id, records, durable, after)
 

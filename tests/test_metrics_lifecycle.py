@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FAST, Watched, fn, invoke, llm, quiet, run, spokes
+from helpers import FAST, Down, fn, invoke, llm, quiet, run, spokes
 
 from orchestra import AgentRegistry, ScriptedModel
 from orchestra.agents.contract import Action, ActionKind
@@ -61,21 +59,6 @@ async def test_a_cancelled_run_leaves_the_gauge_to_the_runs_still_active() -> No
         assert (await asyncio.wait_for(other_run, WAIT)).success
         assert metrics.get_metric("active_branches") == 0
         assert metrics.get_metric("runs") == 2
-
-
-class Down(Watched):
-    """Storage that refuses every append holding a record of one kind."""
-
-    def __init__(self, inner: Any, kind: str) -> None:
-        super().__init__(inner)
-        self.kind = kind
-
-    async def append(
-        self, session_id: str, records: Sequence[str], durable: bool, after: int
-    ) -> None:
-        if any(json.loads(record)["t"] == self.kind for record in records):
-            raise ConnectionError("the storage server is down")
-        await super().append(session_id, records, durable, after)
 
 
 @pytest.mark.parametrize("kind", ["run", "step"])
