@@ -8,13 +8,20 @@ prints what scrolls (VERBOSE's lines, a finished run's final block) above the li
 redraws the area, all off the event loop. What it draws is bounded, whatever the number of
 branches: the area fits the terminal's height, and a run's block shows at most ``MAX_ROWS``
 rows (a fan-out's working branches first, then those that ended last, then a line counting the
-rest). When its last run has finished it erases the area and its thread ends, so whatever
-prints next (the command line's result) starts on a clean line.
+rest). When its last run has finished it erases the area and its thread ends; a run returns
+only once its final block is out (:meth:`LiveDisplay.settle`, awaited off the loop and bounded),
+so whatever the caller prints next starts on a clean line below it.
 
-The display never touches ``sys.stdout`` or ``sys.stderr`` (rich's ``Live`` would replace them
-with proxies from the drawing thread, which breaks ``contextlib.redirect_stdout`` and draws the
-area on whichever thread prints): what the program itself prints to the terminal while the
-area is up is written as it comes, and the next frame is drawn under it.
+While any attached run waits for the user, the blocks are printed once and the area is taken
+down until news for that run (the answer, its end), and its user channel is asked only then
+(:meth:`LiveDisplay.cleared`): a prompt and what the user types stay on screen. While runs are
+attached, ``sys.stdout`` and ``sys.stderr``, where they write to the display's terminal, are
+replaced (on the thread attaching a run, never the drawing thread, and put back only if still
+in place) by a :class:`_Proxy` whose lines wait for the next frame and are printed above the
+area; rich's own redirection is off, because it swaps the streams from the drawing thread and
+draws on whichever thread prints. Writes at the fd level (a subprocess, a C library) cannot be
+caught. A frame is skipped, its lines and blocks kept for the next, while the terminal's fd
+points elsewhere (a library silencing its output with ``dup2``).
 
 :func:`status_watch` decides, from the output stream, between this and plain lines (see
 docs/observability.md, "Status display").
@@ -291,7 +298,7 @@ class LiveDisplay:
             key not in self._views
             and all(finished != key for finished, _ in self._finished)
             and begun == out
-            and (bool(self._views) or self._live is None)
+            and (bool(self._views) or (self._live is None and not self._lines))
         )
 
     def refresh(self) -> None:
