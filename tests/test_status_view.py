@@ -298,10 +298,11 @@ def test_quiet_watches_nothing_and_a_pipe_gets_plain_lines() -> None:
     assert type(printer).__name__ == "StatusPrinter"
 
 
-def test_the_area_never_replaces_sys_stdout_or_sys_stderr() -> None:
+def test_the_area_leaves_streams_to_another_terminal_alone() -> None:
     """rich's Live swapped sys.stdout and sys.stderr for proxies from the drawing thread: the
     program's stdout reached the terminal, every print on the event loop redrew the area
-    there, and a contextlib.redirect_stdout around a run was left in place for good."""
+    there, and a contextlib.redirect_stdout around a run was left in place for good. Only
+    streams to the display's own terminal get a proxy (tests/test_live_display.py)."""
     console, out = tty_console()
     display = LiveDisplay(console, auto_refresh=False, clock=lambda: 2.0)
     watch = LiveWatch(NORMAL, display, "r", {"A"})

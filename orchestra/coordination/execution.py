@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from orchestra.errors import (
@@ -45,7 +45,7 @@ async def execute(
     state_manager: StateManager | None,
 ) -> OrchestraResult:
     """A new run; with a state manager, a new run of the session ``session_id``."""
-    with _stopping(setup):
+    async with _stopping(setup):
         return await _execute(setup, task, context, session_id, state_manager)
 
 
@@ -59,14 +59,16 @@ async def resume(
     """Rebuild the session's last run from its log and continue it (printing as the run was
     started to, unless ``status`` says otherwise); a run that already finished is not run
     again: its result is returned as it was."""
-    with _stopping(setup):
+    async with _stopping(setup):
         return await _resume(setup, session_id, state_manager, additional_context, status)
 
 
-@contextlib.contextmanager
-def _stopping(setup: Setup) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def _stopping(setup: Setup) -> AsyncIterator[None]:
     """However the run stops here (it ends or pauses, its task is cancelled, storage halts it,
-    it fails to start), its observers hear of it: a run cancelled or halted emits no event."""
+    it fails to start), its observers hear of it: a run cancelled or halted emits no event.
+    It returns (or raises) once they have shown its end: what the caller prints next comes
+    after the live display's final block, never under a frame that erases it."""
     outcome = "halted"
     try:
         yield
@@ -75,6 +77,7 @@ def _stopping(setup: Setup) -> Iterator[None]:
         raise
     finally:
         setup.stopped(outcome)  # nothing for an observer that saw it end or pause
+        await setup.settled()
 
 
 async def _execute(

@@ -3,6 +3,7 @@ built from one set of settings (a new run's, or those a session's log recorded).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,7 @@ from orchestra.agents.base import BaseAgent
 from orchestra.agents.lookup import find_agents
 from orchestra.agents.pool import AgentPool
 from orchestra.agents.registry import AgentRegistry
-from orchestra.communication.channels import CommunicationManager
+from orchestra.communication.channels import CommunicationManager, Question
 
 from .config import ConvergencePolicy, ErrorHandlingConfig, ExecutionConfig, StatusConfig
 from .engine import events as ev
@@ -44,12 +45,21 @@ class Setup:
     # observer that holds the run as active (a metrics watch, a tracer, a live status block)
     # lets go of it
     on_stop: list[Callable[[str], None]] = field(default_factory=list)
+    # called, off the event loop, once the run stopped and before it returns: a blocking wait
+    # (bounded) for what it shows to be out (the live status display's final block)
+    on_settle: list[Callable[[], None]] = field(default_factory=list)
 
     def stopped(self, outcome: str) -> None:
         """The run stopped here (``outcome``: cancelled or halted, counted only by an observer
         that has not seen it end or pause)."""
         for stop in self.on_stop:
             stop(outcome)
+
+    async def settled(self) -> None:
+        """Wait, off the event loop, until every observer has shown the run's end (nothing to
+        wait for, and no thread used, when none registered: plain lines, quiet)."""
+        for settle in self.on_settle:
+            await asyncio.to_thread(settle)
 
 
 def prepare(
@@ -158,13 +168,14 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
     metrics collector, if enabled, watches the stream too, and so does a tracer when the run is
     traced (``tracing_on``). Each watcher that holds the run open (the live status block, the
     metrics, the tracer) is told, through ``setup.stopped``, when the run stops without an
-    event saying so. A tracer provider that cannot give a tracer is a ConfigurationError."""
+    event saying so; the live block is waited for (``setup.settled``) before the run returns. A tracer provider that cannot give a tracer is a ConfigurationError."""
     stream = ev.EventStream()
     status_subscriber = status_watch(status, session_id, setup.agents)
     if status_subscriber is not None:
         stream.subscribe(status_subscriber)
         if isinstance(status_subscriber, LiveWatch):
             setup.on_stop.append(status_subscriber.stop)
+            setup.on_settle.append(status_subscriber.settle)
     if setup.metrics is not None and setup.metrics.enabled:
         watch = setup.metrics.watch(setup.agents)
         stream.subscribe(watch)
@@ -175,6 +186,9 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
         tracer = run_tracer(setup.config.tracing, setup.agents)
         stream.subscribe(tracer)
         setup.on_stop.append(tracer.stop)
+    communication = setup.communication
+    if isinstance(status_subscriber, LiveWatch):
+        communication = _AskWhenCleared(communication, status_subscriber.cleared)
     tools = {
         name: (agent.instances[0] if isinstance(agent, AgentPool) else agent).tool_specs
         for name, agent in setup.agents.items()
@@ -184,7 +198,7 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
     runner = Runner(
         engine,
         setup.agents,
-        setup.communication,
+        communication,
         step_timeout=config.step_timeout,
         branch_timeout=config.branch_timeout,
         convergence_timeout=config.convergence_timeout,
@@ -192,3 +206,17 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
         max_agents=setup.analysis.max_agents,
     )
     return engine, runner
+
+
+class _AskWhenCleared(CommunicationManager):
+    """A run's user channel, asked once the live status display has taken its area down for
+    the question (``cleared``, a bounded wait run off the event loop): a channel that prompts on
+    the terminal writes where no frame erases the prompt or what the user types."""
+
+    def __init__(self, manager: CommunicationManager, cleared: Callable[[], None]) -> None:
+        super().__init__(manager.channel, manager.user_timeout)
+        self.cleared = cleared
+
+    async def ask(self, question: Question) -> Any:
+        await asyncio.to_thread(self.cleared)
+        return await super().ask(question)

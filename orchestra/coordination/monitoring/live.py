@@ -8,13 +8,20 @@ prints what scrolls (VERBOSE's lines, a finished run's final block) above the li
 redraws the area, all off the event loop. What it draws is bounded, whatever the number of
 branches: the area fits the terminal's height, and a run's block shows at most ``MAX_ROWS``
 rows (a fan-out's working branches first, then those that ended last, then a line counting the
-rest). When its last run has finished it erases the area and its thread ends, so whatever
-prints next (the command line's result) starts on a clean line.
+rest). When its last run has finished it erases the area and its thread ends; a run returns
+only once its final block is out (:meth:`LiveDisplay.settle`, awaited off the loop and bounded),
+so whatever the caller prints next starts on a clean line below it.
 
-The display never touches ``sys.stdout`` or ``sys.stderr`` (rich's ``Live`` would replace them
-with proxies from the drawing thread, which breaks ``contextlib.redirect_stdout`` and draws the
-area on whichever thread prints): what the program itself prints to the terminal while the
-area is up is written as it comes, and the next frame is drawn under it.
+While any attached run waits for the user, the blocks are printed once and the area is taken
+down until news for that run (the answer, its end), and its user channel is asked only then
+(:meth:`LiveDisplay.cleared`): a prompt and what the user types stay on screen. While runs are
+attached, ``sys.stdout`` and ``sys.stderr``, where they write to the display's terminal, are
+replaced (on the thread attaching a run, never the drawing thread, and put back only if still
+in place) by a :class:`_Proxy` whose lines wait for the next frame and are printed above the
+area; rich's own redirection is off, because it swaps the streams from the drawing thread and
+draws on whichever thread prints. Writes at the fd level (a subprocess, a C library) cannot be
+caught. A frame is skipped, its lines and blocks kept for the next, while the terminal's fd
+points elsewhere (a library silencing its output with ``dup2``).
 
 :func:`status_watch` decides, from the output stream, between this and plain lines (see
 docs/observability.md, "Status display").
@@ -28,7 +35,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import TextIO
+from typing import IO, Any, TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -52,6 +59,8 @@ REFRESH_PER_SECOND = 8
 MAX_ROWS = 20
 """Rows of a run's branch tree the live area draws at most (fewer when runs share a short
 terminal)."""
+SETTLE_SECONDS = 1.0
+"""How long a run's end waits, at most, for its final block to be printed."""
 NOTE_LIMIT = 120
 """Characters of an error, a pause reason or a question shown in a run's block."""
 
@@ -60,10 +69,16 @@ _STYLES = {
     BranchStatus.DONE: "green",
     BranchStatus.FAILED: "red",
     BranchStatus.CANCELLED: "dim",
+    BranchStatus.HALTED: "red",
     BranchStatus.USER: "yellow",
     BranchStatus.CONVERGING: "blue",
 }
-_MARKS = {BranchStatus.DONE: "✓", BranchStatus.FAILED: "✗", BranchStatus.CANCELLED: "-"}
+_MARKS = {
+    BranchStatus.DONE: "✓",
+    BranchStatus.FAILED: "✗",
+    BranchStatus.CANCELLED: "-",
+    BranchStatus.HALTED: "-",
+}
 _RUN_STYLES = {
     RunState.SUCCEEDED: "green",
     RunState.FAILED: "red",
@@ -190,84 +205,190 @@ class LiveDisplay:
         self.console = console
         self.auto_refresh = auto_refresh
         self.clock = clock
-        self._lock = threading.Lock()  # guards the views, the waiting lines and the run lists
+        self.terminal = _terminal(console.file)
+        """The device and inode the display draws on (a frame is skipped while its fd points
+        elsewhere)."""
+        # guards the views, the waiting lines and text, the run lists, the area's state
+        self._lock = threading.Lock()
+        self._drawn = threading.Condition(self._lock)  # told when a frame is out
         self._drawing = threading.Lock()  # one frame at a time, the Live area's start and stop
-        self._views: dict[str, RunView] = {}
-        self._finished: list[RunView] = []
+        self._views: dict[int, RunView] = {}  # by id(view): two runs may share a session id
+        self._finished: list[tuple[int, RunView]] = []
         self._lines: list[str] = []
+        self._written = ""  # what the program wrote after its last newline while the area was up
+        self._parked: set[int] = set()  # the runs waiting for the user when the area came down
+        self._frames = [0, 0]  # frames begun, frames out
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._live: Live | None = None
+        self._proxies: list[tuple[str, _Proxy]] = []
 
     def update(self, view: RunView, event: ev.Event, line: str | None = None) -> None:
         """Fold ``event`` into ``view`` (attaching the view if it is new), with the line to
         print above the live area (VERBOSE); the engine's path: no drawing here."""
+        key = id(view)
         with self._lock:
+            asking = view.asking
             view(event)
             if line is not None:
                 self._lines.append(line)
-            if view.run_id not in self._views and not view.ended:
-                self._views[view.run_id] = view
-            if view.ended and self._views.pop(view.run_id, None) is not None:
-                self._finished.append(view.snapshot(MAX_ROWS))
+            attached = key not in self._views and not view.ended
+            if attached:
+                self._views[key] = view
+            if view.ended and self._views.pop(key, None) is not None:
+                self._finished.append((key, view.snapshot(MAX_ROWS)))
+            if key in self._parked and (view.ended or view.asking < asking):
+                self._parked.clear()  # news for a run the user answers: draw again
             if self.auto_refresh and self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="orchestra-live", daemon=True
                 )
                 self._thread.start()
-        if view.ended:
+            empty = not self._views
+        if attached:
+            self._capture()
+        if view.ended or view.asking > asking:  # drawn at once: before a prompt is written
             self._wake.set()
+        if empty:
+            self._release()
 
     def stop(self, view: RunView, outcome: str) -> None:
         """The run stopped without an event saying so (cancelled, halted): its block is
         finished with ``outcome`` (printed once, final, above the area) as an ended run's is."""
+        key = id(view)
         with self._lock:
             view.stop(outcome, self.clock())
-            if self._views.pop(view.run_id, None) is None:
-                return  # never shown, or already finished
-            self._finished.append(view.snapshot(MAX_ROWS))
+            self._parked.discard(key)
+            if self._views.pop(key, None) is not None:
+                self._finished.append((key, view.snapshot(MAX_ROWS)))
+            empty = not self._views
         self._wake.set()
+        if empty:
+            self._release()
+
+    def settle(self, view: RunView, timeout: float = SETTLE_SECONDS) -> bool:
+        """Wait (at most ``timeout`` seconds) until ``view``'s final block is printed and,
+        when no other run is attached, the area erased: a run returns only then, so what its
+        caller prints next is neither erased by a frame nor printed above its end. False when
+        it timed out (the terminal's fd pointed elsewhere, a stuck frame) or nothing draws
+        (no ``auto_refresh``)."""
+        key = id(view)
+        self._wake.set()
+        with self._drawn:
+            if self._thread is None:  # nothing would draw it
+                return self._settled(key)
+            return self._drawn.wait_for(lambda: self._settled(key), timeout)
+
+    def cleared(self, view: RunView, timeout: float = SETTLE_SECONDS) -> bool:
+        """Wait (at most ``timeout`` seconds) until the frame that took the area down for
+        ``view``'s question is out (its block printed above): a user channel asked only then
+        writes its prompt where no frame erases it. False when it timed out."""
+        key = id(view)
+        self._wake.set()
+        with self._drawn:
+            if self._thread is None:  # nothing would draw it
+                return False
+            return self._drawn.wait_for(
+                lambda: key in self._parked or not (key in self._views and view.asking), timeout
+            )
+
+    def _settled(self, key: int) -> bool:
+        begun, out = self._frames
+        return (
+            key not in self._views
+            and all(finished != key for finished, _ in self._finished)
+            and begun == out
+            and (bool(self._views) or (self._live is None and not self._lines))
+        )
 
     def refresh(self) -> None:
         """Draw one frame: the waiting lines and finished blocks above the area, the attached
-        runs in it; the area is erased once no run is attached."""
+        runs in it; the area is erased once no run is attached, and while a run waits for the
+        user (its block printed once above: the prompt and what the user types stay on
+        screen). No frame while the terminal's fd points elsewhere (a library silencing its
+        output with ``dup2``): what it would have printed waits for the next."""
         height = self.console.height
         with self._drawing:
+            if _terminal(self.console.file) != self.terminal:
+                return
             with self._lock:
+                if self._parked:
+                    return
                 lines, self._lines = self._lines, []
                 finished, self._finished = self._finished, []
                 runs, rows = _fitting(len(self._views), height)
-                shown = [
-                    view.snapshot(rows) for view in itertools.islice(self._views.values(), runs)
-                ]
+                chosen = list(itertools.islice(self._views.items(), runs))
+                shown = [view.snapshot(rows) for _, view in chosen]
                 hidden = len(self._views) - len(shown)
-            at = self.clock()
-            if self._live is None and not (lines or finished or shown):
-                return
-            live = self._live or self._start()
-            for line in lines:
-                live.console.print(Text(line), soft_wrap=True)
-            for view in finished:
-                live.console.print(run_block(view, at))
-            blocks = [run_block(view, at) for view in shown]
-            if hidden:
-                blocks.append(Text(f"… and {hidden} more runs", style="dim"))
+                waiting = {key for key, view in self._views.items() if view.asking}
+                self._frames[0] += 1
+            try:
+                self._draw(lines, [view for _, view in finished], shown, hidden, waiting)
+            finally:
+                with self._drawn:
+                    self._parked |= waiting
+                    self._frames[1] += 1
+                    self._drawn.notify_all()
+
+    def _draw(
+        self,
+        lines: list[str],
+        finished: list[RunView],
+        shown: list[RunView],
+        hidden: int,
+        waiting: set[int],
+    ) -> None:
+        if self._live is None and not (lines or finished or shown):
+            return
+        at = self.clock()
+        live = self._live or self._start()
+        for line in lines:
+            live.console.print(Text(line), soft_wrap=True)
+        for view in finished:
+            live.console.print(run_block(view, at))
+        blocks = [run_block(view, at) for view in shown]
+        if hidden:
+            blocks.append(Text(f"… and {hidden} more runs", style="dim"))
+        if not waiting and shown:
             live.update(Group(*blocks), refresh=True)
-            if not shown:
-                live.stop()
-                self._live = None
+            return
+        for block in blocks:  # printed once, final until the next news
+            live.console.print(block)
+        live.update(Group(), refresh=True)
+        live.stop()
+        with self._lock:
+            self._live = None
+            written, self._written = self._written, ""
+        if written:  # the program's unfinished line, left where it would have been
+            self.console.print(Text(written), end="", soft_wrap=True)
+
+    def take(self, text: str) -> bool:
+        """Text the program wrote to this terminal (through :class:`_Proxy`): while the area
+        is up it waits, line by line, to be printed above it by the drawing thread (True);
+        False when the area is down (the caller writes it as it is)."""
+        with self._lock:
+            if self._live is None:
+                return False
+            *complete, self._written = (self._written + text).split("\n")
+            self._lines += complete
+        if complete:
+            self._wake.set()
+        return True
 
     def close(self) -> None:
         """Finish every attached run's block as it stands (a run cut off with no end of its
-        own) and wait until the area is erased: call before printing anything else."""
+        own) and wait (bounded) until the area is erased: call before printing anything
+        else."""
         with self._lock:
-            self._finished += [view.snapshot(MAX_ROWS) for view in self._views.values()]
+            self._finished += [(key, view.snapshot(MAX_ROWS)) for key, view in self._views.items()]
             self._views.clear()
+            self._parked.clear()
             thread = self._thread
         self._wake.set()
         if thread is not None:
-            thread.join()
+            thread.join(SETTLE_SECONDS)
         self.refresh()
+        self._release()
 
     def _start(self) -> Live:
         live = Live(
@@ -278,8 +399,31 @@ class LiveDisplay:
             redirect_stderr=False,
         )
         live.start()
-        self._live = live
+        with self._lock:
+            self._live = live
         return live
+
+    def _capture(self) -> None:
+        """Put a :class:`_Proxy` in place of ``sys.stdout`` and ``sys.stderr`` where they
+        write to this display's terminal (on the thread attaching a run, never the drawing
+        thread), so that what the program prints while the area is up is printed above it
+        instead of being erased by the next frame."""
+        if self._proxies:
+            return
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if not isinstance(stream, _Proxy) and _terminal(stream) == self.terminal:
+                proxy = _Proxy(self, stream)
+                setattr(sys, name, proxy)
+                self._proxies.append((name, proxy))
+
+    def _release(self) -> None:
+        """The streams :meth:`_capture` replaced put back, each only if it is still the proxy
+        (a ``contextlib.redirect_stdout`` entered meanwhile keeps its own)."""
+        proxies, self._proxies = self._proxies, []
+        for name, proxy in proxies:
+            if getattr(sys, name) is proxy:
+                setattr(sys, name, proxy.stream)
 
     def _run(self) -> None:
         while True:
@@ -287,9 +431,29 @@ class LiveDisplay:
             self._wake.clear()
             self.refresh()
             with self._lock:
-                if not (self._views or self._lines or self._finished):
-                    self._thread = None
+                idle = not (self._lines or self._finished)
+                if not self._views and (idle or _terminal(self.console.file) != self.terminal):
+                    self._thread = None  # a later run starts it again
                     return
+
+
+class _Proxy:
+    """``sys.stdout`` or ``sys.stderr`` while runs are attached to a display on the terminal
+    it writes to: a write waits for the display's next frame while the area is up (it never
+    draws on the writer's thread) and goes straight to the stream otherwise; everything else
+    (``fileno``, ``isatty``, ``encoding``, ``flush``) is the stream's."""
+
+    def __init__(self, display: LiveDisplay, stream: TextIO) -> None:
+        self.display = display
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if self.display.take(text):
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def _fitting(runs: int, height: int) -> tuple[int, int]:
@@ -328,6 +492,16 @@ class LiveWatch:
         (registered with the run's setup by ``wiring.build``)."""
         self.display.stop(self.view, outcome)
 
+    def cleared(self) -> None:
+        """Block (bounded) until the area is down for the run's question (called off the event
+        loop before its user channel is asked; see ``wiring.build``)."""
+        self.display.cleared(self.view)
+
+    def settle(self) -> None:
+        """Block (bounded) until the run's final block is out (registered with the run's setup
+        by ``wiring.build``, called off the event loop once the run stopped)."""
+        self.display.settle(self.view)
+
 
 _DISPLAYS: dict[tuple[int, int], LiveDisplay] = {}
 _DISPLAYS_LOCK = threading.Lock()
@@ -348,7 +522,7 @@ def shared_display(stream: TextIO) -> LiveDisplay:
         return display
 
 
-def _terminal(stream: TextIO) -> tuple[int, int]:
+def _terminal(stream: IO[str]) -> tuple[int, int]:
     """The device and inode ``stream`` writes to (its own identity when it has no file)."""
     try:
         found = os.fstat(stream.fileno())

@@ -35,12 +35,15 @@ class BranchStatus(StrEnum):
     USER = "waiting for the user"
     DONE = "done"
     CANCELLED = "cancelled"
+    HALTED = "halted"  # its run stopped here otherwise (storage failed, say)
     FAILED = "failed"
 
 
 BUSY = frozenset({BranchStatus.MODEL, BranchStatus.STEP, BranchStatus.TOOL})
 """The statuses in which a call is in flight (a display shows a spinner)."""
-ENDED = frozenset({BranchStatus.DONE, BranchStatus.CANCELLED, BranchStatus.FAILED})
+ENDED = frozenset(
+    {BranchStatus.DONE, BranchStatus.CANCELLED, BranchStatus.HALTED, BranchStatus.FAILED}
+)
 
 
 class RunState(StrEnum):
@@ -163,17 +166,24 @@ class RunView:
         return self.ran + (0.0 if since is None else max(0.0, now - since))
 
     def __call__(self, event: ev.Event) -> None:
-        self.last_at = event.at
         fold = _FOLDS.get(type(event))
         if fold is not None:
             fold(self, event)
+        self.last_at = event.at  # after the fold: a resume reads the time of the event before it
 
     def stop(self, outcome: str, at: float) -> None:
         """The run stopped at ``at`` without an event saying so (``outcome``: cancelled or
-        halted); nothing for a run that already ended or paused."""
+        halted); nothing for a run that already ended or paused. Its branches that had not
+        ended stop with it: none is left drawn as busy in its final block."""
         if self.ended:
             return
-        self.state = RunState.CANCELLED if outcome == "cancelled" else RunState.HALTED
+        cancelled = outcome == "cancelled"
+        self.state = RunState.CANCELLED if cancelled else RunState.HALTED
+        status = BranchStatus.CANCELLED if cancelled else BranchStatus.HALTED
+        for branch in self.branches.values():
+            if branch.status not in ENDED:
+                branch.working = branch.elapsed(at)  # the call cut off counts up to the stop
+                _ended(branch, status, self)
         if self.running_since is not None:
             _stopped(self, self.ran + max(0.0, at - self.running_since))
 

@@ -1,0 +1,388 @@
+"""The live status display against the program around it: a run returns once its final block
+is out, a question takes the area down before the channel is asked, the program's own prints
+on the terminal are kept above the area, a frame waits while a library points the terminal's
+fd elsewhere, a resumed run's time leaves the gap out, a stopped run's branches are shown
+stopped, and two runs with one session id get a block each."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from helpers import WAIT, ask, final, fn, invoke, llm, run, spokes
+from rich.console import Console
+from rich.text import Text
+from test_status_view import NORMAL, base, opened, tty_console, watching
+
+from orchestra import (
+    Action,
+    AgentRegistry,
+    CommunicationConfig,
+    ExecutionConfig,
+    ScriptedModel,
+)
+from orchestra.communication.channels import Question
+from orchestra.coordination.engine import events as ev
+from orchestra.coordination.monitoring import live
+from orchestra.coordination.monitoring.live import LiveDisplay, LiveWatch
+from orchestra.coordination.monitoring.view import BUSY, BranchStatus, RunView
+from orchestra.coordination.orchestra import OrchestraInstance
+from orchestra.coordination.state import SQLiteStorageBackend, StateManager
+
+SHOWN = "\x1b[?25h"  # the cursor shown again: the live area is gone
+ONE = {"nodes": ["W"], "edges": []}
+
+
+def plain(text: str) -> str:
+    return Text.from_ansi(text).plain
+
+
+def erased(text: str) -> bool:
+    """Whether ``text`` ends with the live area erased (the cursor shown again)."""
+    return text.rstrip("\r").endswith(SHOWN)
+
+
+# 1. A run returns once its final block is out
+
+
+async def test_a_run_returns_once_its_final_block_is_out_and_the_area_erased(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Orchestra.run returned while the area was still up: the caller's next print landed
+    under it and the following frame erased it."""
+    console, out = tty_console()
+    display = LiveDisplay(console)  # its own drawing thread
+    watching(monkeypatch, display)
+
+    async def worker(value: Any, context: Any) -> str:
+        await asyncio.sleep(0)
+        return "RESULT-42"
+
+    result = await run("t", ONE, [fn("W", worker)], config=ExecutionConfig(status=NORMAL))
+    assert result.success
+    text = out.getvalue()
+    assert f"run {result.session_id} · succeeded" in plain(text)
+    assert erased(text)
+    assert display._thread is None or display._views == {}
+
+
+async def test_a_cancelled_run_raises_once_its_final_block_is_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    console, out = tty_console()
+    display = LiveDisplay(console)
+    watching(monkeypatch, display)
+    started = asyncio.Event()
+
+    async def worker(value: Any, context: Any) -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    running = asyncio.create_task(
+        run("t", ONE, [fn("W", worker)], config=ExecutionConfig(status=NORMAL))
+    )
+    await asyncio.wait_for(started.wait(), WAIT)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    text = out.getvalue()
+    ending = plain(text).split("cancelled ·")[-1]
+    assert "cancelled" in plain(text) and erased(text)
+    assert "b0 W  - cancelled" in ending  # finding 5: no spinner left on a stopped branch
+
+
+async def test_a_paused_run_returns_once_its_final_block_is_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    console, out = tty_console()
+    display = LiveDisplay(console)
+    watching(monkeypatch, display)
+    holding, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(value: Any, context: Any) -> str:
+        holding.set()
+        await go_on.wait()
+        return "held"
+
+    hub = ScriptedModel([invoke(("A", "x"), ("B", "y")), final("done")])
+    orchestra = OrchestraInstance(
+        spokes("A", "B"),
+        agent_registry=AgentRegistry([llm("Hub", hub), fn("A", held), fn("B", lambda v, c: "b")]),
+        initial_config=ExecutionConfig(status=NORMAL),
+        state_manager=StateManager(SQLiteStorageBackend(tmp_path / "s.db")),
+    )
+    running = asyncio.create_task(orchestra.execute("go", context={"session_id": "p"}))
+    await asyncio.wait_for(holding.wait(), WAIT)
+    assert await orchestra.pause_session("p", "lunch")
+    go_on.set()
+    paused = await asyncio.wait_for(running, WAIT)
+    assert paused.metadata.get("paused") is True
+    text = out.getvalue()
+    assert "run p · paused: lunch" in plain(text) and erased(text)
+
+
+def test_settling_never_hangs_when_nothing_draws() -> None:
+    """Without a drawing thread (or with one stuck) a run's end does not wait for good."""
+    console, _ = tty_console()
+    display = LiveDisplay(console, auto_refresh=False, clock=lambda: 2.0)
+    watch = LiveWatch(NORMAL, display, "r", {"A"})
+    for event in opened():
+        watch(event)
+    watch.stop("cancelled")
+    assert display.settle(watch.view, timeout=0.01) is False  # the block is still queued
+    display.refresh()
+    assert display.settle(watch.view, timeout=0.01) is True
+
+
+# 2. The user's prompt and the program's prints stay on screen
+
+
+def asked(question: str = "which colour?") -> ev.Event:
+    return ev.UserInputRequested(
+        **base(branch_id="b0", agent="A", question_id="q", question=question)
+    )
+
+
+def test_a_question_prints_the_blocks_once_and_takes_the_area_down() -> None:
+    """Each frame erased the prompt a terminal channel had written and the characters the
+    user typed."""
+    console, out = tty_console()
+    display = LiveDisplay(console, auto_refresh=False, clock=lambda: 2.0)
+    watch = LiveWatch(NORMAL, display, "r", {"A"})
+    for event in opened():
+        watch(event)
+    display.refresh()
+    assert "run r · running" in plain(out.getvalue())
+    watch(asked())
+    display.refresh()
+    parked = out.getvalue()
+    assert erased(parked) and "run r · waiting for the user" in plain(parked)
+    display.refresh()
+    display.refresh()
+    assert out.getvalue() == parked  # no frame over the prompt and the answer
+    watch(ev.UserInputReceived(**base(branch_id="b0", question_id="q", answer="blue")))
+    display.refresh()
+    assert "run r · running" in plain(out.getvalue()[len(parked) :])  # drawn again
+    display.close()
+
+
+async def test_the_user_channel_is_asked_once_the_area_is_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The channel was asked at once: its prompt raced the frame that took the area down."""
+    console, out = tty_console()
+    display = LiveDisplay(console)
+    watching(monkeypatch, display)
+    seen: list[str] = []
+
+    class Terminal:
+        async def ask(self, question: Question) -> Any:
+            seen.append(out.getvalue())  # what is on the terminal when the prompt is written
+            return "blue"
+
+    model = ScriptedModel([ask("Which colour?"), final("you said it")])
+    result = await run(
+        "t",
+        {"nodes": ["A"], "edges": ["A -> User"]},
+        [llm("A", model)],
+        config=ExecutionConfig(status=NORMAL),
+        communication_config=CommunicationConfig(channel=Terminal()),
+    )
+    assert result.success, result.error
+    (before_prompt,) = seen
+    assert "waiting for the user" in plain(before_prompt) and erased(before_prompt)
+
+
+@pytest.fixture
+def pipe_terminal() -> Iterator[tuple[int, int]]:
+    """A pipe standing in for the terminal: (read end, write end), the read end non-blocking."""
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    yield read, write
+    os.close(read)
+    os.close(write)
+
+
+def drain(fd: int) -> str:
+    chunks = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return chunks.decode()
+        if not chunk:
+            return chunks.decode()
+        chunks += chunk
+
+
+def terminal_console(fd: int) -> Console:
+    stream = open(fd, "w", closefd=False)  # noqa: SIM115 - closed with the pipe
+    return Console(file=stream, force_terminal=True, width=100, height=30, emoji=False)
+
+
+def test_the_programs_prints_on_the_terminal_are_kept_above_the_area(
+    monkeypatch: pytest.MonkeyPatch, pipe_terminal: tuple[int, int]
+) -> None:
+    """A line the program wrote to the terminal while the area was up was erased by the next
+    frame."""
+    read, write = pipe_terminal
+    display = LiveDisplay(terminal_console(write), auto_refresh=False, clock=lambda: 2.0)
+    program = open(write, "w", closefd=False)  # noqa: SIM115 - its own object, same terminal
+    elsewhere = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", program)
+    monkeypatch.setattr(sys, "stderr", elsewhere)
+    watch = LiveWatch(NORMAL, display, "r", {"A"})
+    for event in opened():
+        watch(event)
+    assert sys.stdout is not program and sys.stderr is elsewhere  # only the same terminal
+    assert sys.stdout.isatty() == program.isatty() and sys.stdout.fileno() == write
+    display.refresh()
+    assert "run r · running" in plain(drain(read))
+    print("a line the program prints", flush=True)
+    print("half a ", end="", flush=True)
+    assert drain(read) == ""  # nothing drawn on the program's thread
+    display.refresh()
+    frame = plain(drain(read))
+    assert frame.index("a line the program prints") < frame.index("run r · running")
+    watch(ev.RunCompleted(**base(at=3.0, success=True, error=None, total_steps=0, duration=2.0)))
+    assert sys.stdout is program  # put back with the last run
+    display.refresh()
+    ending = plain(drain(read))
+    assert ending.endswith("half a ")  # the unfinished line, left where it would have been
+    print("and the rest", flush=True)
+    assert drain(read) == "and the rest\n"
+
+
+def test_a_proxy_left_behind_writes_straight_through(
+    monkeypatch: pytest.MonkeyPatch, pipe_terminal: tuple[int, int]
+) -> None:
+    """A stream restored later (by a redirect_stdout entered while the area was up) may be the
+    proxy: once the area is down it writes as the stream it stands for."""
+    read, write = pipe_terminal
+    display = LiveDisplay(terminal_console(write), auto_refresh=False, clock=lambda: 2.0)
+    program = open(write, "w", closefd=False)  # noqa: SIM115 - closed with the pipe
+    monkeypatch.setattr(sys, "stdout", program)
+    watch = LiveWatch(NORMAL, display, "r", {"A"})
+    for event in opened():
+        watch(event)
+    proxy = sys.stdout
+    buffer = io.StringIO()
+    sys.stdout = buffer  # a redirect_stdout entered meanwhile
+    watch(ev.RunCompleted(**base(at=3.0, success=True, error=None, total_steps=0, duration=2.0)))
+    assert sys.stdout is buffer  # not put back over the redirect
+    display.refresh()
+    drain(read)
+    print("after", file=proxy, flush=True)
+    assert drain(read) == "after\n"
+
+
+# 3. A library pointing the terminal's fd elsewhere
+
+
+def test_a_frame_waits_while_the_terminals_fd_points_elsewhere(
+    pipe_terminal: tuple[int, int],
+) -> None:
+    """llama.cpp dup2s /dev/null over fds 1 and 2 while a model loads: the first frame (the
+    cursor hidden, the lines to scroll) went to /dev/null."""
+    read, write = pipe_terminal
+    display = LiveDisplay(terminal_console(write), auto_refresh=False, clock=lambda: 2.0)
+    watch = LiveWatch(NORMAL, display, "r", {"A"})
+    watch.scrolls = True
+    for event in opened():
+        watch(event)
+    watch(ev.StepCompleted(**base(branch_id="b0", agent="A", step=1, **STEP)))
+    kept = os.dup(write)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, write)
+        display.refresh()  # the fd is /dev/null now: nothing is taken for this frame
+    finally:
+        os.dup2(kept, write)
+        os.close(kept)
+        os.close(null)
+    display.refresh()
+    frame = drain(read)
+    assert "\x1b[?25l" in frame  # the area started here, cursor hidden
+    assert "step    1" in plain(frame) and "run r · running" in plain(frame)
+    display.close()
+
+
+STEP: dict[str, Any] = {"action": Action.final("done"), "duration": 0.5}
+
+
+# 4. A resumed run's elapsed time
+
+
+def test_a_resumed_runs_elapsed_time_leaves_the_gap_out() -> None:
+    """The view set its last event's time before the fold: a resume after 100 s stopped
+    counted the 100 s as running time."""
+    crashed = [
+        ev.RunStarted(**base(at=0.0, task="t", entries=("A",), max_steps=9)),
+        ev.BranchCreated(
+            **base(at=0.0, branch_id="b0", agent="A", parent_branch_id=None, fan_out_id=None)
+        ),
+        ev.StepStarted(**base(at=1.0, branch_id="b0", agent="A", step=1, branch_step=1)),
+    ]
+    view = RunView("r")
+    for event in crashed:
+        view(msgspec.structs.replace(event, replayed=True))
+    view(ev.RunResumed(**base(at=101.0, context_keys=())))
+    assert view.elapsed(101.0) == pytest.approx(1.0)  # it ran until its last event, at t=1
+    assert view.elapsed(103.0) == pytest.approx(3.0)
+
+
+# 5. Stopped runs, and two runs sharing a session id
+
+
+@pytest.mark.parametrize("outcome", ["cancelled", "halted"])
+def test_a_stopped_runs_busy_branches_are_shown_stopped(outcome: str) -> None:
+    view = RunView("r", {"A"})
+    for event in opened():
+        view(event)
+    view(ev.StepStarted(**base(at=2.0, branch_id="b0", agent="A", step=1, branch_step=1)))
+    assert view.branches["b0"].status in BUSY
+    view.stop(outcome, 3.5)
+    branch = view.branches["b0"]
+    assert branch.status is BranchStatus(outcome) and branch.elapsed(99.0) == 1.5
+    label = live.branch_label(branch, 4.0).plain
+    assert f"- {outcome}" in label and not any(frame in label for frame in live._SPINNER.frames)
+
+
+async def test_two_runs_with_one_session_id_get_a_block_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    console, out = tty_console()
+    display = LiveDisplay(console, auto_refresh=False)
+    watching(monkeypatch, display)
+    arrived = 0
+    both = asyncio.Event()
+    frames: list[str] = []
+
+    async def worker(value: Any, context: Any) -> str:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            display.refresh()
+            frames.append(plain(out.getvalue()))
+            both.set()
+        await both.wait()
+        return "done"
+
+    config = ExecutionConfig(status=NORMAL)
+    results = await asyncio.gather(
+        *(
+            run("t", ONE, [fn("W", worker)], config=config, context={"session_id": "s"})
+            for _ in "ab"
+        )
+    )
+    assert all(result.success for result in results)
+    (frame,) = frames
+    assert frame.count("run s · running") == 2
