@@ -244,3 +244,32 @@ async def test_a_failed_fan_out_counts_the_workers_error_and_the_convergence_err
         )
         assert not result.success
         assert _errors(metrics) == {("W1", "ModelAPIError"): 1, ("Hub", "ConvergenceError"): 1}
+
+
+class Requeuing:
+    """A histogram whose every record queues one more observation, as a busy event loop does
+    while the reader's thread drains."""
+
+    def __init__(self) -> None:
+        self.instruments: Any = None
+        self.records = 0
+
+    def record(self, amount: float, attributes: dict[str, str]) -> None:
+        self.records += 1
+        if self.records < 1000:
+            self.instruments.queue(self, attributes, amount)
+
+
+def test_a_collection_records_what_was_queued_when_it_began() -> None:
+    """The drain went on while appends kept coming, holding up the export behind it."""
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    metrics = MetricsCollector(exporters=["otlp"], meter_provider=provider)
+    instruments = metrics.series("step_seconds", ("A",)).instruments
+    histogram = Requeuing()
+    histogram.instruments = instruments
+    for _ in range(3):
+        instruments.queue(histogram, {"agent": "A"}, 0.5)
+    instruments._record_pending()
+    assert histogram.records == 3 and len(instruments.pending) == 3
+    metrics.close()
+    provider.shutdown()

@@ -120,10 +120,11 @@ class _Instruments:
             )
 
     def _record_pending(self, options: CallbackOptions | None = None) -> Iterable[Observation]:
-        """Record the queued histogram observations (into every reader's storage: a second
-        reader gets them at its next collection)."""
+        """Record the observations queued so far (into every reader's storage: a second
+        reader gets them at its next collection). Those queued meanwhile wait for the next
+        collection: a drain chasing a busy event loop's appends would hold up the export."""
         pending = self.pending
-        while pending:
+        for _ in range(len(pending)):
             try:
                 histogram, attributes, amount = pending.popleft()
             except IndexError:  # another reader's thread took the last one
