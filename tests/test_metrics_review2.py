@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from test_metrics_review import _points
 from orchestra import ErrorHandlingConfig, FunctionModel, ScriptedModel
 from orchestra.coordination.monitoring import MetricsCollector, otlp
 from orchestra.coordination.monitoring import metrics as metrics_module
+from orchestra.coordination.monitoring.metrics import SPECS
 from orchestra.errors import ConfigurationError, ModelAPIError
 
 DELTA = AggregationTemporality.DELTA
@@ -273,3 +276,16 @@ def test_a_collection_records_what_was_queued_when_it_began() -> None:
     assert histogram.records == 3 and len(instruments.pending) == 3
     metrics.close()
     provider.shutdown()
+
+
+# ---- 7: the docs' sample scrape ----------------------------------------------------------------
+
+
+def test_the_docs_sample_scrape_has_the_metrics_help_text() -> None:
+    """The sample's api_calls HELP line was an old text the code no longer serves."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+    helps = re.findall(r"^# HELP orchestra_(\w+) (.*)$", page, flags=re.MULTILINE)
+    assert helps
+    for name, text in helps:
+        base = name.removesuffix("_total")
+        assert text == SPECS[base].doc, name
