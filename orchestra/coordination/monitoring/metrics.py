@@ -154,7 +154,7 @@ class MetricsCollector:
         meter_provider: Any = None,
     ) -> None:
         chosen = _check(enabled, export_interval, exporters, prometheus_host, prometheus_port)
-        _check_otlp(otlp_endpoint, meter_provider, "otlp" in chosen)
+        _check_otlp(otlp_endpoint, meter_provider, "otlp" in chosen, enabled)
         if prometheus_port is None and enabled and "prometheus" in chosen:
             prometheus_port = _default_port()
         self.enabled = enabled
@@ -417,7 +417,7 @@ def _check(
     return chosen
 
 
-def _check_otlp(endpoint: object, meter_provider: object, chosen: bool) -> None:
+def _check_otlp(endpoint: object, meter_provider: object, chosen: bool, enabled: bool) -> None:
     """ConfigurationError for an OTLP setting that is wrong or would be ignored (the URL is
     not repeated: it may hold a credential)."""
     if endpoint is not None and meter_provider is not None:
@@ -435,11 +435,21 @@ def _check_otlp(endpoint: object, meter_provider: object, chosen: bool) -> None:
             "otlp_endpoint must be the http:// or https:// URL metrics are posted to "
             "(e.g. http://127.0.0.1:4318/v1/metrics)"
         )
-    if chosen and meter_provider is None:
-        if endpoint is not None:
-            _no_credential("otlp_endpoint", endpoint)
-        for variable in OTLP_ENDPOINT_VARIABLES:
-            _no_credential(variable, os.environ.get(variable))
+    if chosen and enabled and meter_provider is None:
+        _no_credential(*_otlp_url(endpoint))
+
+
+def _otlp_url(endpoint: object) -> tuple[str, object]:
+    """The URL the OTLP exporter will post to, and where it comes from, in the SDK's order:
+    the parameter, else the first endpoint variable that is not empty (None: the SDK's
+    default). Only that one is checked: the generic variable may serve traces and logs alone."""
+    if endpoint is not None:
+        return "otlp_endpoint", endpoint
+    for variable in OTLP_ENDPOINT_VARIABLES:
+        url = os.environ.get(variable)
+        if url:
+            return variable, url
+    return "otlp_endpoint", None
 
 
 def _no_credential(field: str, url: object) -> None:

@@ -5,21 +5,25 @@ A bridge, not a second count: each counter and the gauge is an OpenTelemetry *ob
 instrument whose callback reads the collector's prometheus-client registry when the SDK
 collects (every ``export_interval`` seconds, and at ``close``), so OpenTelemetry sees exactly
 what ``get_metric`` and ``/metrics`` see. OpenTelemetry has no observable histogram, so each
-histogram observation is also queued (a step pays a deque append, about 0.1 µs) and recorded
-into an OpenTelemetry histogram with the collector's bucket bounds when the SDK collects, on
-its reader's thread: recording on the step's path cost about 5 µs an observation.
+histogram observation is also queued (a step pays a deque append) and recorded into an
+OpenTelemetry histogram with the collector's bucket bounds when the SDK collects, on its
+reader's thread: recording on the step's path cost about 5 µs an observation. The queue is
+bounded (``PENDING_LIMIT``); the SDK's histogram has no bulk record, so a queue aggregated
+into bucket counts could not be handed over without inventing values.
 
-The instruments are made once per provider (the SDK hands back a second instrument of a name
-as the first, dropping the new callbacks), and read the one collector that uses the provider.
+A provider serves one collector for its whole life: the SDK keeps each counter stream's last
+value per provider, so a second collector counting from 0 would send the counters backwards,
+and the SDK would hand it the first one's instruments (same names), dropping its callbacks.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
@@ -33,24 +37,32 @@ from .exporters import CLOSE_WAIT
 from .metrics import SPECS, MetricsCollector
 from .run_watch import Series
 
+logger = logging.getLogger(__name__)
+
 NAME_PREFIX = "orchestra."
 """Every metric's OpenTelemetry name starts with it (``steps`` is ``orchestra.steps``)."""
 
-PENDING_LIMIT = 1_000_000
-"""Histogram observations held between two collections at most (about 100 MB); beyond it the
-oldest are dropped from OpenTelemetry (never from the Prometheus side). A provider whose reader
-never collects would otherwise hold every observation for good."""
+PENDING_LIMIT = 100_000
+"""Histogram observations held between two collections at most (about 7 MB; recording them
+all takes about half a second, well inside ``close``'s 5 s). Beyond it, observations are left
+out of OpenTelemetry (never out of the Prometheus side) until the next collection, with one
+WARNING: a reader that never collects (a no-op provider) would otherwise hold them all."""
 
-Pending = deque[tuple[Histogram, dict[str, str], float]]
+_USED: weakref.WeakSet[Any] = weakref.WeakSet()
+"""The providers a collector has used (closed or not)."""
+_USED_LOCK = threading.Lock()
 
 
 class _Instruments:
-    """The collector's instruments on one provider, and the collector they read (None: none,
-    and the callbacks observe nothing)."""
+    """The collector's instruments on its provider. The collector is held weakly (one dropped
+    without ``close`` is freed, its ``/metrics`` thread and registry with it): gone, or
+    released at ``close``, the callbacks observe nothing."""
 
-    def __init__(self, provider: MeterProvider) -> None:
-        self.collector: MetricsCollector | None = None
-        self.pending: Pending = deque(maxlen=PENDING_LIMIT)
+    def __init__(self, collector: MetricsCollector, provider: MeterProvider) -> None:
+        self._collector: weakref.ref[MetricsCollector] | None = weakref.ref(collector)
+        self.pending: deque[tuple[Histogram, dict[str, str], float]] = deque()
+        self.queueing = True
+        self.dropping = False  # the WARNING about a full queue was logged
         self.histograms: dict[str, Histogram] = {}
         meter = provider.get_meter("orchestra")
         for name, spec in SPECS.items():
@@ -76,11 +88,12 @@ class _Instruments:
     def _reader(
         self, name: str, suffix: str, whole: bool
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        """An observable instrument's callback: the metric's values in the registry of the
-        collector using the provider now."""
+        """An observable instrument's callback: the metric's values in the collector's
+        registry."""
 
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            collector = self.collector
+            reference = self._collector
+            collector = reference() if reference is not None else None
             if collector is None:
                 return []
             return [
@@ -90,11 +103,28 @@ class _Instruments:
 
         return observe
 
-    def _record_pending(self, options: CallbackOptions) -> Iterable[Observation]:
-        """Record the queued histogram observations (into every reader's storage: a second
-        reader gets them at its next collection)."""
+    def queue(self, histogram: Histogram, attributes: dict[str, str], amount: float) -> None:
+        """An observation for the next collection, unless the queue is full or closed."""
+        if not self.queueing:
+            return
+        if len(self.pending) < PENDING_LIMIT:
+            self.pending.append((histogram, attributes, amount))
+        elif not self.dropping:
+            self.dropping = True
+            logger.warning(
+                "OTLP metrics: %d histogram observations are waiting for the meter provider's "
+                "next collection; more are left out of OTLP until it collects (get_metric and "
+                "/metrics count them all). Collect more often (export_interval) or check that "
+                "the provider has a reader.",
+                PENDING_LIMIT,
+            )
+
+    def _record_pending(self, options: CallbackOptions | None = None) -> Iterable[Observation]:
+        """Record the observations queued so far (into every reader's storage: a second
+        reader gets them at its next collection). Those queued meanwhile wait for the next
+        collection: a drain chasing a busy event loop's appends would hold up the export."""
         pending = self.pending
-        while pending:
+        for _ in range(len(pending)):
             try:
                 histogram, attributes, amount = pending.popleft()
             except IndexError:  # another reader's thread took the last one
@@ -102,9 +132,16 @@ class _Instruments:
             histogram.record(amount, attributes)
         return []
 
+    def stop_queueing(self) -> None:
+        """No more observations; those queued are recorded now, on the caller's thread, so
+        the last collection only exports (its timeout then bounds the whole of it)."""
+        self.queueing = False
+        self._record_pending()
 
-_BY_PROVIDER: WeakKeyDictionary[Any, _Instruments] = WeakKeyDictionary()
-_BY_PROVIDER_LOCK = threading.Lock()
+    def release(self) -> None:
+        """The collector is no longer read (the provider keeps the instruments)."""
+        self._collector = None
+        self.pending.clear()
 
 
 class OtlpExporter:
@@ -112,37 +149,39 @@ class OtlpExporter:
     provider was made here (its reader exports over OTLP/HTTP), so ``close`` shuts it down."""
 
     def __init__(self, collector: MetricsCollector, provider: MeterProvider, own: bool) -> None:
-        with _BY_PROVIDER_LOCK:
-            instruments = _BY_PROVIDER.get(provider)
-            if instruments is None:
-                instruments = _BY_PROVIDER[provider] = _Instruments(provider)
-            elif instruments.collector is not None:
+        with _USED_LOCK:
+            if provider in _USED:
                 raise ConfigurationError(
-                    "meter_provider is used by another MetricsCollector that is not closed: "
-                    "close that one first, or give each collector a provider of its own (two "
-                    "collectors' instruments of one name cannot both be exported)"
+                    "meter_provider has already served a MetricsCollector (closed or not): a "
+                    "provider serves one collector for its whole life, since a new collector's "
+                    "counts, starting from 0, would send its counters backwards; give each "
+                    "collector a MeterProvider of its own"
                 )
-            instruments.collector = collector
+            _USED.add(provider)
         self._provider = provider
         self._own = own
-        self._instruments = instruments
-        self.closed = False
+        self._instruments = _Instruments(collector, provider)
 
     def mirrored(self, name: str, series: Series, attributes: dict[str, str]) -> Series:
         """A histogram series whose observations go to the OpenTelemetry histogram too."""
-        return _Mirrored(series, self, self._instruments.histograms[name], attributes)
+        return _Mirrored(series, self._instruments, self._instruments.histograms[name], attributes)
 
     def close(self) -> None:
         """A last export, then (a provider made here) its reader and exporter shut down; a
-        provider of the application's own is flushed and no longer reads this collector."""
-        self.closed = True  # an observation after this is not exported
-        if self._own and isinstance(self._provider, SdkMeterProvider):
-            # bounded: an endpoint that does not answer is retried until then, not for 10 s
-            self._provider.shutdown(timeout_millis=CLOSE_WAIT * 1000)
+        provider of the application's own is flushed and no longer reads this collector.
+        Either is bounded by ``CLOSE_WAIT`` (an endpoint that does not answer is retried until
+        then, not for the SDK's 10 s)."""
+        instruments = self._instruments
+        instruments.stop_queueing()
+        timeout = CLOSE_WAIT * 1000
+        if isinstance(self._provider, SdkMeterProvider):
+            if self._own:
+                self._provider.shutdown(timeout_millis=timeout)
+            else:
+                self._provider.force_flush(timeout_millis=timeout)
         elif hasattr(self._provider, "force_flush"):
             self._provider.force_flush()
-        with _BY_PROVIDER_LOCK:
-            self._instruments.collector = None
+        instruments.release()
 
 
 def start_otlp(
@@ -165,22 +204,20 @@ class _Mirrored:
     """A histogram series whose observations are also queued for the OpenTelemetry side (the
     step pays an append; the SDK's record is done when it collects)."""
 
-    __slots__ = ("attributes", "exporter", "histogram", "pending", "series")
+    __slots__ = ("attributes", "histogram", "instruments", "series")
 
     def __init__(
         self,
         series: Series,
-        exporter: OtlpExporter,
+        instruments: _Instruments,
         histogram: Histogram,
         attributes: dict[str, str],
     ) -> None:
         self.series = series
-        self.exporter = exporter
+        self.instruments = instruments
         self.histogram = histogram
         self.attributes = attributes
-        self.pending = exporter._instruments.pending
 
     def observe(self, amount: float) -> None:
         self.series.observe(amount)
-        if not self.exporter.closed:
-            self.pending.append((self.histogram, self.attributes, amount))
+        self.instruments.queue(self.histogram, self.attributes, amount)

@@ -73,7 +73,9 @@ class RunWatch:
         self.active = False
         self.branches: set[str] = set()
         self.calls = ModelCalls()  # the model call in flight on each branch (live events only)
-        self.failed_steps: set[str] = set()  # branches whose last step failed (error counted)
+        # each branch's last failure event, when it was a failed step (its error counted): the
+        # agent and error type, so its branch's failure for that same error is not counted again
+        self.failed_steps: dict[str, tuple[str, str]] = {}
         self.fan_outs: dict[str, tuple[str, float]] = {}  # id: (source agent, started at)
         # when the run stood still (paused, or cut off by a crash) until resumed, as the engine
         # reckons its working time
@@ -127,7 +129,7 @@ class RunWatch:
 
     def branch_closed(self, event: ev.BranchCompleted | ev.BranchFailed) -> None:
         self.calls.end(event.branch_id, event.at)  # a call cut off (cancelled) is not timed
-        self.failed_steps.discard(event.branch_id)
+        self.failed_steps.pop(event.branch_id, None)
         if event.branch_id in self.branches:
             self.branches.discard(event.branch_id)
             if self.active:
@@ -137,7 +139,7 @@ class RunWatch:
 def _step_started(watch: RunWatch, event: ev.StepStarted) -> None:
     """A step of a model-backed agent is a model call begun (its retries are more): counted
     here, the call whose failure fails the step included (no event after it says so)."""
-    watch.failed_steps.discard(event.branch_id)  # the failure before was routed on
+    watch.failed_steps.pop(event.branch_id, None)  # the failure before was routed on
     if not event.replayed and watch.models.get(event.agent) is not None:
         watch.agent(event.agent)["api_calls"].inc()
         watch.calls.begin(event.branch_id, event.at)
@@ -157,9 +159,9 @@ def _step_ended(watch: RunWatch, event: ev.ActionRejected | ev.StepFailed) -> No
 
 def _step_failed(watch: RunWatch, event: ev.StepFailed) -> None:
     """A failed step is an error whether error routing hands it on or its branch fails; the
-    ``BranchFailed`` that may follow is the same error, not counted again."""
+    ``BranchFailed`` that may follow for the same error is that failure, not counted again."""
     _step_ended(watch, event)
-    watch.failed_steps.add(event.branch_id)
+    watch.failed_steps[event.branch_id] = (event.agent, event.error_type)
     if not event.replayed:
         watch.collector.series("errors", (event.agent, event.error_type)).inc()
 
@@ -204,9 +206,11 @@ def _tool_call(watch: RunWatch, event: ev.ToolCallCompleted) -> None:
 
 
 def _branch_failed(watch: RunWatch, event: ev.BranchFailed) -> None:
-    """A branch failed: an error unless it is its failed step's (counted with the step): a
-    timeout, steering spent, ``max_steps``..."""
-    counted = event.branch_id in watch.failed_steps
+    """A branch failed: an error (a timeout, steering spent, ``max_steps``, a fan-out's
+    ``ConvergenceError``...) unless it is the failure of the step that failed last on this
+    branch, same agent and error type (counted with the step). A routed step failure followed
+    by another failure before any step starts (``max_steps`` at the fallback) is two errors."""
+    counted = watch.failed_steps.get(event.branch_id) == (event.agent, event.error_type)
     watch.branch_closed(event)
     if not event.replayed and not counted:
         watch.collector.series("errors", (event.agent, event.error_type)).inc()
