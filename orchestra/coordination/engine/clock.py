@@ -3,8 +3,14 @@ only reckons with the times inputs carry, as ``working_time`` does)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+from orchestra.errors import OrchestraError
+
+T = TypeVar("T")
 
 _WALL_AT_START = time.time() - time.perf_counter()
 
@@ -20,3 +26,19 @@ def working_time(start: float, end: float, gaps: Iterable[tuple[float, float]]) 
     run stood still: paused, or cut off by a crash, until resumed)."""
     idle = sum(max(0.0, min(end, until) - max(start, since)) for since, until in gaps)
     return end - start - idle
+
+
+async def within(
+    seconds: float | None, work: Awaitable[T], overrun: Callable[[], OrchestraError]
+) -> T:
+    """``work``'s result, unless ``seconds`` pass first: then ``overrun()``'s error. A
+    TimeoutError raised inside the work (its own limit: an HTTP client's, a tool's ``timeout``)
+    is its failure as it is, not this limit's."""
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            return await work
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise overrun() from None

@@ -11,7 +11,6 @@ the core returns. A replayed log is those same inputs applied again.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -39,9 +38,9 @@ from orchestra.models.base import Message
 from orchestra.models.secrets import redact
 
 from . import inputs as inp
-from . import tool_calls
+from . import leases, tool_calls
 from .branches import Branch, BranchStatus
-from .clock import now
+from .clock import now, within
 from .core import Engine
 from .effects import (
     ArmBranchTimer,
@@ -283,7 +282,7 @@ class Runner:
     def _let_go(self, branch: Branch) -> None:
         """An ended branch holds nothing: no timer, no pooled agent."""
         self._disarm(branch.id)
-        self._release(branch)
+        leases.give_all_back(self.agents, branch)
 
     def _arm(self, key: str, delay: float, callback: Callable[[str], None], target: str) -> None:
         if self._held is not None:
@@ -354,7 +353,9 @@ class Runner:
             failure.__cause__ = error
             self._abort(failure, branch)
         finally:
-            self._release(branch)  # a branch that stops working (waits, ends) lends nothing
+            leases.give_all_back(
+                self.agents, branch
+            )  # a branch that stops working (waits, ends) lends nothing
             current = asyncio.current_task()
             if self._tasks.get(branch.id) is current:
                 del self._tasks[branch.id]
@@ -458,18 +459,14 @@ class Runner:
         self.feed(item, due=False)
 
     async def _timed_step(self, branch: Branch, agent: BaseAgent, request: Any) -> Any:
-        limit = asyncio.timeout(self.step_timeout)
-        try:
-            async with limit:
-                return await agent.step(request)
-        except TimeoutError:
-            if not limit.expired():
-                raise  # the agent's own timeout (an HTTP client's, say): its failure
-            raise StepTimeoutError(
+        def overrun() -> StepTimeoutError:
+            return StepTimeoutError(
                 "step_timeout",
                 f"agent {branch.agent!r} (branch {branch.id}) took longer than "
                 f"step_timeout={self.step_timeout:g}s",
-            ) from None
+            )
+
+        return await within(self.step_timeout, agent.step(request), overrun)
 
     async def agent_for(self, branch: Branch) -> BaseAgent | None:
         """The agent for the branch's next step; a pooled one is leased while the branch works
@@ -479,51 +476,22 @@ class Runner:
         fails)."""
         name = branch.agent
         for held in [other for other in branch.leases if other != name]:
-            self._return_lease(branch, held)
+            leases.give_back(self.agents, branch, held)
         found = self.agents[name]
         if not isinstance(found, AgentPool):
             return found
         lease = branch.leases.get(name)
         if lease is None:
+            if self.pausing:
+                return None
             try:
-                lease = await self._lease(found)
+                lease = await leases.lease(found, self._pause_requested)
             except OrchestraError as error:
                 self.fail_branch(branch, error)
                 return None
             if lease is not None:
                 branch.leases[name] = lease
         return lease
-
-    async def _lease(self, pool: AgentPool) -> BaseAgent | None:
-        """An instance of the pool, or None if the run pauses first."""
-        if self.pausing:
-            return None
-        if pool.available:
-            return await pool.acquire()
-        leasing = asyncio.ensure_future(pool.acquire())
-        pausing = asyncio.ensure_future(self._pause_requested.wait())
-        try:
-            await asyncio.wait((leasing, pausing), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # the branch was cancelled: an instance it got goes back
-            leasing.add_done_callback(functools.partial(_give_back, pool))
-            leasing.cancel()
-            raise
-        finally:
-            pausing.cancel()
-        if leasing.done():
-            return leasing.result()
-        leasing.cancel()  # a queue's get gives up its place, taking nothing
-        return None
-
-    def _return_lease(self, branch: Branch, name: str) -> None:
-        pool = self.agents[name]
-        instance = branch.leases.pop(name)
-        if isinstance(pool, AgentPool):
-            pool.release(instance)
-
-    def _release(self, branch: Branch) -> None:
-        for name in list(branch.leases):
-            self._return_lease(branch, name)
 
     async def gate(self, branch: Branch, journal: Journal) -> bool:
         """Before an effect on the world: wait until what it depends on is durable. False when,
@@ -565,7 +533,7 @@ class Runner:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         for branch in self.engine.branches.values():
-            self._release(branch)
+            leases.give_all_back(self.agents, branch)
 
 
 STORAGE_RETRY_DELAYS = (0.05, 0.25, 1.0)
@@ -581,11 +549,6 @@ def _as_step_error(agent: str, error: BaseException) -> OrchestraError:
     failure = AgentStepError(redact(f"agent {agent!r} raised {type(error).__name__}: {error}"))
     failure.__cause__ = error
     return failure
-
-
-def _give_back(pool: AgentPool, leasing: asyncio.Future[BaseAgent]) -> None:
-    if not leasing.cancelled() and leasing.exception() is None:
-        pool.release(leasing.result())
 
 
 def _unstorable_step(branch: Branch, error: UnstorableValueError) -> UnstorableValueError:

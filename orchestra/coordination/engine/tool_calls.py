@@ -18,7 +18,7 @@ from orchestra.models.secrets import redact
 
 from . import inputs as inp
 from .branches import Branch
-from .clock import now
+from .clock import now, within
 from .questions import really_cancelled
 
 if TYPE_CHECKING:
@@ -91,17 +91,15 @@ async def _call(runner: Runner, agent: BaseAgent, call: ToolCall) -> Any:
     """The tool's result, within ``step_timeout`` too (a tool's own ``timeout`` may be shorter).
     A CancelledError the tool raised itself, not a cancel of this task, is its failure: let
     through, it would end the branch's task and leave the run waiting for it forever."""
-    limit = asyncio.timeout(runner.step_timeout)
-    try:
-        async with limit:
-            return await agent.call_tool(call)
-    except TimeoutError:
-        if not limit.expired():
-            raise  # the tool's own timeout, or one inside the tool: its failure as it is
-        raise ToolError(
+
+    def overrun() -> ToolError:
+        return ToolError(
             f"tool {call.name!r} (agent {agent.name!r}) took longer than "
             f"step_timeout={runner.step_timeout:g}s"
-        ) from None
+        )
+
+    try:
+        return await within(runner.step_timeout, agent.call_tool(call), overrun)
     except asyncio.CancelledError:
         if really_cancelled():
             raise
