@@ -28,7 +28,7 @@ from orchestra import (
     ExecutionConfig,
     ScriptedModel,
 )
-from orchestra.communication.channels import Question
+from orchestra.communication.channels import CommunicationManager, Question
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.monitoring import live
 from orchestra.coordination.monitoring.live import LiveDisplay, LiveWatch
@@ -386,3 +386,92 @@ async def test_two_runs_with_one_session_id_get_a_block_each(
     assert all(result.success for result in results)
     (frame,) = frames
     assert frame.count("run s · running") == 2
+
+
+# Round-3 review
+
+
+async def test_the_run_s_own_communication_manager_answers_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a terminal the run's manager was replaced by a plain one: a subclass's own ``ask``
+    was skipped and the run failed with no user channel (it passed piped or quiet)."""
+    console, _ = tty_console()
+    display = LiveDisplay(console)
+    watching(monkeypatch, display)
+
+    class AutoAnswer(CommunicationManager):
+        def __init__(self) -> None:
+            super().__init__(channel=None, user_timeout=None)
+            self.asked: list[str] = []
+
+        async def ask(self, question: Question) -> Any:
+            self.asked.append(question.text)
+            return "blue"
+
+    manager = AutoAnswer()
+    model = ScriptedModel([ask("Which colour?"), final("you said it")])
+    instance = OrchestraInstance(
+        {"nodes": ["A"], "edges": ["A -> User"]},
+        AgentRegistry([llm("A", model)]),
+        initial_config=ExecutionConfig(status=NORMAL),
+        communication_manager=manager,
+    )
+    result = await instance.execute("t")
+    assert result.success, result.error
+    assert manager.asked == ["Which colour?"]
+
+
+def test_while_a_run_waits_for_the_user_another_settles_and_asks_at_once() -> None:
+    """While one run's question held the area down, no frame was drawn, so another run's
+    return waited the whole settle bound for its block, and its question waited for a frame
+    that never came."""
+    console, _ = tty_console()
+    display = LiveDisplay(console, clock=lambda: 2.0)  # its own drawing thread
+    asking = LiveWatch(NORMAL, display, "r", {"A"})
+    for event in opened():
+        asking(event)
+    asking(asked())
+    assert display.cleared(asking.view, timeout=WAIT)  # parked: the prompt is on screen
+    other = LiveWatch(NORMAL, display, "s", {"A"})
+    for event in opened():
+        other(msgspec.structs.replace(event, run_id="s"))
+    other(msgspec.structs.replace(asked(), run_id="s"))
+    assert display.cleared(other.view, timeout=WAIT)  # the area is down already
+    ended = ev.RunCompleted(**base(at=3.0, success=True, error=None, total_steps=0, duration=2.0))
+    third = LiveWatch(NORMAL, display, "t", {"A"})
+    for event in [*opened(), ended]:
+        third(msgspec.structs.replace(event, run_id="t"))
+    assert display.settle(third.view, timeout=WAIT)  # its block comes after the answer
+    display.close()
+
+
+def test_a_line_rewritten_in_place_is_kept_in_its_last_state(
+    monkeypatch: pytest.MonkeyPatch, pipe_terminal: tuple[int, int]
+) -> None:
+    """A progress bar (``\\r`` rewrites) was kept whole, every state joined, and each write
+    copied the unfinished line again (quadratic); ``writelines`` went around the proxy."""
+    read, write = pipe_terminal
+    display = LiveDisplay(terminal_console(write), auto_refresh=False, clock=lambda: 2.0)
+    program = open(write, "w", closefd=False)  # noqa: SIM115 - closed with the pipe
+    monkeypatch.setattr(sys, "stdout", program)
+    watch = LiveWatch(NORMAL, display, "r", {"A"})
+    for event in opened():
+        watch(event)
+    display.refresh()
+    drain(read)
+    for percent in range(101):
+        sys.stdout.write(f"\rloading {percent}%")
+    sys.stdout.write("\n")
+    sys.stdout.write("50%\r")
+    sys.stdout.write("60%\r\n")
+    sys.stdout.writelines(["from ", "writelines\n"])
+    assert display._lines == ["loading 100%", "60%", "from writelines"]
+    for _ in range(10_000):
+        sys.stdout.write(".")
+    assert len(display._partial) == 10_000  # pieces kept as written, joined once
+    display.refresh()
+    frame = plain(drain(read))
+    assert frame.index("loading 100%") < frame.index("60%") < frame.index("from writelines")
+    assert "loading 99%" not in frame
+    display.close()

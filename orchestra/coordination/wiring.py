@@ -209,14 +209,16 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
 
 
 class _AskWhenCleared(CommunicationManager):
-    """A run's user channel, asked once the live status display has taken its area down for
-    the question (``cleared``, a bounded wait run off the event loop): a channel that prompts on
-    the terminal writes where no frame erases the prompt or what the user types."""
+    """A run's communication manager, asked once the live status display has taken its area
+    down for the question (``cleared``, a bounded wait run off the event loop): a channel that
+    prompts on the terminal writes where no frame erases the prompt or what the user types.
+    The manager the run was given answers (a subclass's own ``ask`` included)."""
 
     def __init__(self, manager: CommunicationManager, cleared: Callable[[], None]) -> None:
         super().__init__(manager.channel, manager.user_timeout)
+        self.manager = manager
         self.cleared = cleared
 
     async def ask(self, question: Question) -> Any:
         await asyncio.to_thread(self.cleared)
-        return await super().ask(question)
+        return await self.manager.ask(question)

@@ -34,7 +34,7 @@ import itertools
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any, TextIO
 
 from rich.console import Console, Group, RenderableType
@@ -215,7 +215,8 @@ class LiveDisplay:
         self._views: dict[int, RunView] = {}  # by id(view): two runs may share a session id
         self._finished: list[tuple[int, RunView]] = []
         self._lines: list[str] = []
-        self._written = ""  # what the program wrote after its last newline while the area was up
+        self._partial: list[str] = []  # what the program wrote after its last newline while
+        # the area was up, in the pieces it wrote
         self._parked: set[int] = set()  # the runs waiting for the user when the area came down
         self._frames = [0, 0]  # frames begun, frames out
         self._wake = threading.Event()
@@ -277,7 +278,9 @@ class LiveDisplay:
         with self._drawn:
             if self._thread is None:  # nothing would draw it
                 return self._settled(key)
-            return self._drawn.wait_for(lambda: self._settled(key), timeout)
+            # while a run waits for the user nothing is drawn (its prompt is on screen): the
+            # block comes out after the answer, and waiting for it would stall this run
+            return self._drawn.wait_for(lambda: self._settled(key) or bool(self._parked), timeout)
 
     def cleared(self, view: RunView, timeout: float = SETTLE_SECONDS) -> bool:
         """Wait (at most ``timeout`` seconds) until the frame that took the area down for
@@ -288,8 +291,8 @@ class LiveDisplay:
         with self._drawn:
             if self._thread is None:  # nothing would draw it
                 return False
-            return self._drawn.wait_for(
-                lambda: key in self._parked or not (key in self._views and view.asking), timeout
+            return self._drawn.wait_for(  # parked: the area is down already
+                lambda: bool(self._parked) or not (key in self._views and view.asking), timeout
             )
 
     def _settled(self, key: int) -> bool:
@@ -358,19 +361,29 @@ class LiveDisplay:
         live.stop()
         with self._lock:
             self._live = None
-            written, self._written = self._written, ""
+            written, self._partial = "".join(self._partial), []
         if written:  # the program's unfinished line, left where it would have been
             self.console.print(Text(written), end="", soft_wrap=True)
 
     def take(self, text: str) -> bool:
         """Text the program wrote to this terminal (through :class:`_Proxy`): while the area
         is up it waits, line by line, to be printed above it by the drawing thread (True);
-        False when the area is down (the caller writes it as it is)."""
+        False when the area is down (the caller writes it as it is). A line rewritten in place
+        with ``\r`` (a progress bar) is kept in its last state; each write costs its own
+        length, however long the unfinished line grows."""
         with self._lock:
             if self._live is None:
                 return False
-            *complete, self._written = (self._written + text).split("\n")
-            self._lines += complete
+            pieces = text.split("\n")
+            self._partial.append(pieces[0])
+            if "\r" in pieces[0]:
+                self._partial = [_last_state("".join(self._partial))]
+            complete: list[str] = []
+            if len(pieces) > 1:
+                ended = ["".join(self._partial), *pieces[1:-1]]
+                complete = [_last_state(line).rstrip("\r") for line in ended]
+                self._partial = [_last_state(pieces[-1])] if pieces[-1] else []
+                self._lines += complete
         if complete:
             self._wake.set()
         return True
@@ -437,6 +450,13 @@ class LiveDisplay:
                     return
 
 
+def _last_state(line: str) -> str:
+    """What a terminal shows of a line written with carriage returns: the text after the last
+    one that text follows (trailing ones are kept: what comes next overwrites the line)."""
+    body = line.rstrip("\r")
+    return body[body.rfind("\r") + 1 :] + line[len(body) :]
+
+
 class _Proxy:
     """``sys.stdout`` or ``sys.stderr`` while runs are attached to a display on the terminal
     it writes to: a write waits for the display's next frame while the area is up (it never
@@ -451,6 +471,10 @@ class _Proxy:
         if self.display.take(text):
             return len(text)
         return self.stream.write(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)

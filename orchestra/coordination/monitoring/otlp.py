@@ -54,9 +54,9 @@ _USED_LOCK = threading.Lock()
 
 
 class _Instruments:
-    """The collector's instruments on its provider. The collector is held weakly (one dropped
-    without ``close`` is freed, its ``/metrics`` thread and registry with it): gone, or
-    released at ``close``, the callbacks observe nothing."""
+    """The collector's instruments on its provider. The collector is held weakly, so the
+    provider does not keep a dropped one alive: gone, or released at ``close``, the callbacks
+    observe nothing (what it counted since the last export is not sent; close it)."""
 
     def __init__(self, collector: MetricsCollector, provider: MeterProvider) -> None:
         self._collector: weakref.ref[MetricsCollector] | None = weakref.ref(collector)
