@@ -12,14 +12,14 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 import pytest
 from helpers import WAIT, ask, final, fn, invoke, llm, run, spokes
 from rich.console import Console
 from rich.text import Text
-from test_status_view import NORMAL, base, opened, tty_console, watching
+from test_status_view import NORMAL, base, opened, tty_console, two_runs_at_once, watching
 
 from orchestra import (
     Action,
@@ -228,20 +228,27 @@ def terminal_console(fd: int) -> Console:
     return Console(file=stream, force_terminal=True, width=100, height=30, emoji=False)
 
 
+def attached(monkeypatch: pytest.MonkeyPatch, write: int) -> tuple[LiveDisplay, LiveWatch, IO[str]]:
+    """A run attached to a display on the pipe terminal ``write``, the program's ``sys.stdout``
+    a file object of its own on that same terminal."""
+    display = LiveDisplay(terminal_console(write), auto_refresh=False, clock=lambda: 2.0)
+    program = open(write, "w", closefd=False)  # noqa: SIM115 - closed with the pipe
+    monkeypatch.setattr(sys, "stdout", program)
+    watch = LiveWatch(NORMAL, display, "r", {"A"})
+    for event in opened():
+        watch(event)
+    return display, watch, program
+
+
 def test_the_programs_prints_on_the_terminal_are_kept_above_the_area(
     monkeypatch: pytest.MonkeyPatch, pipe_terminal: tuple[int, int]
 ) -> None:
     """A line the program wrote to the terminal while the area was up was erased by the next
     frame."""
     read, write = pipe_terminal
-    display = LiveDisplay(terminal_console(write), auto_refresh=False, clock=lambda: 2.0)
-    program = open(write, "w", closefd=False)  # noqa: SIM115 - its own object, same terminal
     elsewhere = io.StringIO()
-    monkeypatch.setattr(sys, "stdout", program)
     monkeypatch.setattr(sys, "stderr", elsewhere)
-    watch = LiveWatch(NORMAL, display, "r", {"A"})
-    for event in opened():
-        watch(event)
+    display, watch, program = attached(monkeypatch, write)
     assert sys.stdout is not program and sys.stderr is elsewhere  # only the same terminal
     assert sys.stdout.isatty() == program.isatty() and sys.stdout.fileno() == write
     display.refresh()
@@ -267,12 +274,7 @@ def test_a_proxy_left_behind_writes_straight_through(
     """A stream restored later (by a redirect_stdout entered while the area was up) may be the
     proxy: once the area is down it writes as the stream it stands for."""
     read, write = pipe_terminal
-    display = LiveDisplay(terminal_console(write), auto_refresh=False, clock=lambda: 2.0)
-    program = open(write, "w", closefd=False)  # noqa: SIM115 - closed with the pipe
-    monkeypatch.setattr(sys, "stdout", program)
-    watch = LiveWatch(NORMAL, display, "r", {"A"})
-    for event in opened():
-        watch(event)
+    display, watch, _ = attached(monkeypatch, write)
     proxy = sys.stdout
     buffer = io.StringIO()
     sys.stdout = buffer  # a redirect_stdout entered meanwhile
@@ -359,33 +361,8 @@ def test_a_stopped_runs_busy_branches_are_shown_stopped(outcome: str) -> None:
 async def test_two_runs_with_one_session_id_get_a_block_each(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    console, out = tty_console()
-    display = LiveDisplay(console, auto_refresh=False)
-    watching(monkeypatch, display)
-    arrived = 0
-    both = asyncio.Event()
-    frames: list[str] = []
-
-    async def worker(value: Any, context: Any) -> str:
-        nonlocal arrived
-        arrived += 1
-        if arrived == 2:
-            display.refresh()
-            frames.append(plain(out.getvalue()))
-            both.set()
-        await both.wait()
-        return "done"
-
-    config = ExecutionConfig(status=NORMAL)
-    results = await asyncio.gather(
-        *(
-            run("t", ONE, [fn("W", worker)], config=config, context={"session_id": "s"})
-            for _ in "ab"
-        )
-    )
-    assert all(result.success for result in results)
-    (frame,) = frames
-    assert frame.count("run s · running") == 2
+    frame, _, _ = await two_runs_at_once(monkeypatch, ("s", "s"))
+    assert plain(frame).count("run s · running") == 2
 
 
 # Round-3 review
@@ -452,12 +429,7 @@ def test_a_line_rewritten_in_place_is_kept_in_its_last_state(
     """A progress bar (``\\r`` rewrites) was kept whole, every state joined, and each write
     copied the unfinished line again (quadratic); ``writelines`` went around the proxy."""
     read, write = pipe_terminal
-    display = LiveDisplay(terminal_console(write), auto_refresh=False, clock=lambda: 2.0)
-    program = open(write, "w", closefd=False)  # noqa: SIM115 - closed with the pipe
-    monkeypatch.setattr(sys, "stdout", program)
-    watch = LiveWatch(NORMAL, display, "r", {"A"})
-    for event in opened():
-        watch(event)
+    display, _, _ = attached(monkeypatch, write)
     display.refresh()
     drain(read)
     for percent in range(101):

@@ -197,7 +197,11 @@ async def fanned_out_with(config: ExecutionConfig) -> OrchestraResult:
     return await run("task", spokes("A", "B"), agents, config=config)
 
 
-async def test_two_concurrent_runs_get_a_block_each(monkeypatch: pytest.MonkeyPatch) -> None:
+async def two_runs_at_once(
+    monkeypatch: pytest.MonkeyPatch, session_ids: tuple[str, str]
+) -> tuple[str, io.StringIO, LiveDisplay]:
+    """Two runs of one code agent at once, printing to one terminal display: the frame drawn
+    while both are in their step, what the terminal got, the display."""
     console, out = tty_console()
     display = LiveDisplay(console, auto_refresh=False)
     watching(monkeypatch, display)
@@ -220,11 +224,16 @@ async def test_two_concurrent_runs_get_a_block_each(monkeypatch: pytest.MonkeyPa
     results = await asyncio.gather(
         *(
             run("t", topology, [fn("W", worker)], config=config, context={"session_id": name})
-            for name in ("alpha", "beta")
+            for name in session_ids
         )
     )
     assert all(result.success for result in results)
     (frame,) = frames
+    return frame, out, display
+
+
+async def test_two_concurrent_runs_get_a_block_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    frame, out, display = await two_runs_at_once(monkeypatch, ("alpha", "beta"))
     assert "run alpha · running" in plain(frame) and "run beta · running" in plain(frame)
     display.refresh()
     ending = plain(out.getvalue()[len(frame) :])
