@@ -30,7 +30,7 @@ from orchestra import (
 )
 from orchestra.communication.channels import CommunicationManager, Question
 from orchestra.coordination.engine import events as ev
-from orchestra.coordination.monitoring import live
+from orchestra.coordination.monitoring import blocks
 from orchestra.coordination.monitoring.live import LiveDisplay, LiveWatch
 from orchestra.coordination.monitoring.view import BUSY, BranchStatus, RunView
 from orchestra.coordination.orchestra import OrchestraInstance
@@ -354,8 +354,8 @@ def test_a_stopped_runs_busy_branches_are_shown_stopped(outcome: str) -> None:
     view.stop(outcome, 3.5)
     branch = view.branches["b0"]
     assert branch.status is BranchStatus(outcome) and branch.elapsed(99.0) == 1.5
-    label = live.branch_label(branch, 4.0).plain
-    assert f"- {outcome}" in label and not any(frame in label for frame in live._SPINNER.frames)
+    label = blocks.branch_label(branch, 4.0).plain
+    assert f"- {outcome}" in label and not any(frame in label for frame in blocks._SPINNER.frames)
 
 
 async def test_two_runs_with_one_session_id_get_a_block_each(

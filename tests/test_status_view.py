@@ -19,7 +19,7 @@ from rich.text import Text
 
 from orchestra import ExecutionConfig, ScriptedModel, StatusConfig
 from orchestra.coordination.engine import events as ev
-from orchestra.coordination.monitoring import live
+from orchestra.coordination.monitoring import blocks, live
 from orchestra.coordination.monitoring.live import LiveDisplay, LiveWatch, interactive
 from orchestra.coordination.monitoring.view import BranchStatus, RunState, RunView
 from orchestra.coordination.results import OrchestraResult
@@ -437,5 +437,5 @@ def test_a_newline_in_a_branch_error_stays_on_its_row() -> None:
     view = folded(opened(), models=())
     fields = base(branch_id="b0", agent="A", error_type="X", error="quota\n[forged] b9 ✓ done")
     view(ev.BranchFailed(**fields))
-    label = live.branch_label(view.branches["b0"], 2.0)
+    label = blocks.branch_label(view.branches["b0"], 2.0)
     assert "\n" not in label.plain and "quota\\n[forged]" in label.plain
