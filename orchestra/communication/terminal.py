@@ -18,7 +18,7 @@ import os
 import sys
 from typing import TextIO
 
-from orchestra.errors import UserInputError
+from orchestra.errors import ConfigurationError, UserInputError
 from orchestra.text import printable
 
 from .channels import Question
@@ -43,7 +43,9 @@ class TerminalChannel:
         user_timeout: float | None = None,
     ) -> None:
         if user_timeout is not None and not user_timeout > 0:
-            raise UserInputError(f"TerminalChannel user_timeout must be > 0, got {user_timeout}")
+            raise ConfigurationError(
+                f"TerminalChannel user_timeout must be > 0 seconds, got {user_timeout}"
+            )
         self._fd = sys.stdin.fileno() if input_fd is None else input_fd
         self._output = output
         self.user_timeout = user_timeout
