@@ -5,7 +5,7 @@ out as on the API page (``orchestra.coordination``, ``orchestra.coordination.top
 """
 
 from .agents import Agent, AgentPool, AgentRegistry, BaseAgent, FunctionAgent
-from .communication import ProgrammaticChannel, ScriptedUser
+from .communication import ProgrammaticChannel, ScriptedUser, TerminalChannel
 from .coordination import (
     Action,
     BranchResult,
@@ -61,6 +61,7 @@ __all__ = [
     "ScriptedModel",
     "ScriptedUser",
     "StatusConfig",
+    "TerminalChannel",
     "Tool",
     "Topology",
     "TopologyAnalysis",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple, NoReturn
@@ -11,7 +12,13 @@ from typing import Annotated, Any, NamedTuple, NoReturn
 import typer
 from rich.markup import escape
 
-from orchestra.coordination.config import ExecutionConfig, StatusConfig, VerbosityLevel
+from orchestra.communication import CommunicationManager, TerminalChannel
+from orchestra.coordination.config import (
+    CommunicationConfig,
+    ExecutionConfig,
+    StatusConfig,
+    VerbosityLevel,
+)
 from orchestra.coordination.monitoring.live import close_displays
 from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_session_id
 from orchestra.coordination.results import OrchestraResult
@@ -152,6 +159,12 @@ def _checked_session(session: str) -> str:
         raise typer.BadParameter(str(error)) from None
 
 
+def _user_channel() -> TerminalChannel | None:
+    """The terminal answers the agents' questions when the command's input is one; input from
+    a pipe or a file is no one to ask (a question fails its branch, as with no channel)."""
+    return TerminalChannel() if sys.stdin.isatty() else None
+
+
 def _status(workflow: Workflow, verbosity: VerbosityLevel) -> ExecutionConfig:
     return workflow.execution.model_copy(update={"status": StatusConfig.from_verbosity(verbosity)})
 
@@ -230,6 +243,7 @@ def _execute(
             agent_registry=workflow.registry,
             context=context,
             execution_config=_status(workflow, verbosity),
+            communication_config=CommunicationConfig(channel=_user_channel()),
             error_config=workflow.error_handling,
             max_steps=workflow.max_steps,
             state_manager=manager,
@@ -278,7 +292,10 @@ def _resume(
         if state in ("finished", "failed"):  # its result is shown again, nothing is run
             say(f"Session {session}'s last run {state}: its result, as stored (nothing is run)")
         instance = OrchestraInstance(
-            workflow.topology, agent_registry=workflow.registry, state_manager=manager
+            workflow.topology,
+            agent_registry=workflow.registry,
+            communication_manager=CommunicationManager(_user_channel()),
+            state_manager=manager,
         )
         again = resume_command(resume_with, session, store)
         status = None if verbosity is None else StatusConfig.from_verbosity(verbosity)

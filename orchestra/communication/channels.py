@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from orchestra.errors import UserInputError
+from orchestra.errors import ConfigurationError, UserInputError
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +95,35 @@ class ScriptedUser:
 
 
 class CommunicationManager:
-    """Routes questions to the configured channel, with an optional time limit."""
+    """Routes questions to the configured channel, with an optional time limit: the channel's
+    own ``user_timeout`` attribute when it has one, else ``user_timeout``. On timeout the
+    question fails (``on_user_timeout="fail"``, a :class:`UserInputError` that fails the asking
+    branch) or is answered with ``default_answer``, the agent told that the user did not answer
+    (``"default"``). The runner journals either outcome like any answer or failure."""
 
     def __init__(
-        self, channel: UserChannel | None = None, user_timeout: float | None = None
+        self,
+        channel: UserChannel | None = None,
+        user_timeout: float | None = None,
+        *,
+        on_user_timeout: Literal["fail", "default"] = "fail",
+        default_answer: str = "",
     ) -> None:
         if channel is not None and not isinstance(channel, UserChannel):
             raise TypeError(f"channel must have an async ask(question) method, got {channel!r}")
+        if on_user_timeout not in ("fail", "default"):
+            raise ConfigurationError(
+                f"on_user_timeout must be 'fail' or 'default', got {on_user_timeout!r}"
+            )
         self.channel = channel
         self.user_timeout = user_timeout
+        self.on_user_timeout = on_user_timeout
+        self.default_answer = default_answer
+
+    def timeout(self) -> float | None:
+        """How long a question may wait for its answer (None: as long as it takes)."""
+        own = getattr(self.channel, "user_timeout", None)
+        return own if isinstance(own, int | float) else self.user_timeout
 
     async def ask(self, question: Question) -> Any:
         if self.channel is None:
@@ -111,14 +131,21 @@ class CommunicationManager:
                 f"agent {question.agent!r} asked the user {question.text!r}, but the run has no "
                 "user channel; pass communication_config=CommunicationConfig(channel=...)"
             )
-        limit = asyncio.timeout(self.user_timeout)
+        seconds = self.timeout()
+        limit = asyncio.timeout(seconds)
         try:
             async with limit:
                 return await self.channel.ask(question)
         except TimeoutError:
             if not limit.expired():
                 raise  # the channel's own timeout: its failure, reported by the caller
-            raise UserInputError(
-                f"the user did not answer {question.agent!r}'s question within "
-                f"{self.user_timeout}s: {question.text!r}"
-            ) from None
+        if self.on_user_timeout == "default":
+            return (
+                f"(The user did not answer within {seconds:g}s; go on with the default "
+                f"answer: {self.default_answer})"
+            )
+        raise UserInputError(
+            f"the user did not answer {question.agent!r}'s question within {seconds:g}s "
+            f"(user_timeout; question {question.id}, branch {question.branch_id}): "
+            f"{question.text!r}"
+        )

@@ -251,8 +251,15 @@ class CommunicationConfig(_Config):
     """How the ``User`` node is reached.
 
     ``channel`` answers ``ask_user`` questions; by default a programmatic channel that code and
-    tests answer. ``user_timeout`` bounds how long a branch waits for an answer.
+    tests answer. ``user_timeout`` bounds how long a branch waits for an answer (a channel's
+    own ``user_timeout`` attribute, such as :class:`TerminalChannel`'s, takes its place).
+    ``on_user_timeout`` says what an unanswered question does: ``"fail"`` fails the asking
+    branch with a :class:`UserInputError` naming the question and the time limit;
+    ``"default"`` answers it with ``default_answer``, in words that tell the agent the user
+    did not answer. Either outcome is journaled, so a resumed or replayed run decides the same.
     """
 
     channel: Any = None
     user_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    on_user_timeout: Literal["fail", "default"] = "fail"
+    default_answer: str = ""

@@ -132,7 +132,12 @@ class Orchestra:
                 agent_registry,
                 execution_config or ExecutionConfig(),
                 error_config or ErrorHandlingConfig(),
-                CommunicationManager(communication.channel, communication.user_timeout),
+                CommunicationManager(
+                    communication.channel,
+                    communication.user_timeout,
+                    on_user_timeout=communication.on_user_timeout,
+                    default_answer=communication.default_answer,
+                ),
                 max_steps,
             )
         except OrchestraError as error:

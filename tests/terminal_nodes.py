@@ -1,0 +1,44 @@
+"""Function nodes that ask the user, for the terminal channel's tests (workflow files name them
+by import path)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchestra import Action
+
+ASK = "ASK: "
+
+
+def asker(data: Any, context: Mapping[str, Any]) -> Action:
+    """Asks what follows ``ASK: `` in its request; given the answer, ends with it (repr'd, so
+    the test sees every line and character of it)."""
+    text = str(data)
+    if text.startswith(ASK):
+        return Action.ask_user(text.removeprefix(ASK))
+    return Action.final(f"answer={text!r}")
+
+
+def hub(data: Any, context: Mapping[str, Any]) -> Action:
+    """Sends Left and Right off in parallel to ask the user; ends with what they came back with."""
+    if data == "go":
+        return Action.invoke_parallel([("Left", f"{ASK}left or right?"), ("Right", f"{ASK}up?")])
+    return Action.final(f"hub got {data!r}")
+
+
+def _side(name: str, data: Any) -> Action:
+    text = str(data)
+    if text.startswith(ASK):
+        return Action.ask_user(text.removeprefix(ASK))
+    return Action.final(f"{name} heard {text!r}")
+
+
+def left(data: Any, context: Mapping[str, Any]) -> Action:
+    """Asks its question; given the answer, answers the hub with it, named."""
+    return _side("Left", data)
+
+
+def right(data: Any, context: Mapping[str, Any]) -> Action:
+    """Asks its question; given the answer, answers the hub with it, named."""
+    return _side("Right", data)

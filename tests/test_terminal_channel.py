@@ -1,0 +1,295 @@
+"""The terminal as the User node: ``orchestra run`` on a real pseudo-terminal (pexpect) asks an
+agent's question, labelled with its agent, branch and id; parallel questions are answered one
+at a time; a multi-line answer; Ctrl-C while waiting stops the run so that ``orchestra resume``
+asks the question again; the live view leaves the prompt alone. Below those, the channel itself
+on a pipe, and what a question that is not answered in time does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+from helpers import TESTS, fn, quiet
+
+from orchestra import Action, AgentRegistry, TerminalChannel
+from orchestra.communication import CommunicationManager, ProgrammaticChannel, Question
+from orchestra.coordination.orchestra import OrchestraInstance
+from orchestra.coordination.state import SQLiteStorageBackend, StateManager
+from orchestra.errors import ConfigurationError, UserInputError
+
+WAIT = 60  # pexpect's bound on each expected output: a hang fails, it never paces the test
+PROMPT = re.compile(r"\? (\w+) asks \(branch (b\d+), question (q\d+)\)")
+
+ASKER_FLOW = """\
+agents: [{name: Asker, function: 'terminal_nodes:asker'}]
+topology: {nodes: [User, Asker], edges: [User -> Asker, Asker -> User]}
+task: "ASK: What is your name?\\e[2J"
+"""
+
+PARALLEL_FLOW = """\
+agents:
+  - {name: Hub, function: 'terminal_nodes:hub'}
+  - {name: Left, function: 'terminal_nodes:left'}
+  - {name: Right, function: 'terminal_nodes:right'}
+topology:
+  nodes: [User, Hub, Left, Right]
+  edges: [Hub <-> Left, Hub <-> Right, Left -> User, Right -> User]
+  rules: ['parallel(Left, Right)']
+  entry_point: Hub
+  exit_points: [Hub]
+task: go
+"""
+
+
+def spawn(folder: Path, *args: str, term: str = "dumb") -> pexpect.spawn:
+    """``orchestra ARGS`` on a pseudo-terminal of its own, in ``folder``."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "COLUMNS": "150",
+        "LINES": "40",
+        "TERM": term,
+        "PYTHONPATH": os.pathsep.join((str(TESTS.parent), str(TESTS))),
+    }
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "orchestra", *args],
+        cwd=str(folder),
+        env=env,
+        encoding="utf-8",
+        timeout=WAIT,
+        dimensions=(40, 150),
+    )
+
+
+def flow(folder: Path, text: str) -> Path:
+    path = folder / "flow.yaml"
+    path.write_text(text)
+    return path
+
+
+def ended(child: pexpect.spawn) -> tuple[str, int]:
+    """What the command printed until it ended, and its exit code."""
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.before, child.exitstatus
+
+
+def test_an_agents_question_is_asked_and_answered_on_the_terminal(tmp_path: Path) -> None:
+    flow(tmp_path, ASKER_FLOW)
+    child = spawn(tmp_path, "run", "flow.yaml", "--quiet")
+    child.expect(PROMPT)
+    assert child.match.groups() == ("Asker", "b0", "q1")
+    child.expect("> ")
+    assert "What is your name?\\x1b[2J" in child.before  # the escape shown, not obeyed
+    assert "\x1b[2J" not in child.before
+    child.sendline("Ada Lovelace")
+    output, code = ended(child)
+    assert code == 0, output
+    assert "answer='Ada Lovelace'" in output
+
+
+def test_a_multi_line_answer_is_typed_between_triple_quotes(tmp_path: Path) -> None:
+    flow(tmp_path, ASKER_FLOW)
+    child = spawn(tmp_path, "run", "flow.yaml", "--quiet", "--no-store")
+    child.expect("> ")
+    for line in ('"""', "first line", "", "  third, indented", '"""'):
+        child.sendline(line)
+    output, code = ended(child)
+    assert code == 0, output
+    assert "answer='first line\\n\\n  third, indented'" in output
+
+
+def test_parallel_questions_are_answered_one_at_a_time_each_labelled(tmp_path: Path) -> None:
+    flow(tmp_path, PARALLEL_FLOW)
+    child = spawn(tmp_path, "run", "flow.yaml", "--quiet", "--no-store")
+    asked = []
+    for _ in range(2):
+        child.expect(PROMPT)
+        agent, branch, question = child.match.groups()
+        asked.append((agent, branch, question))
+        child.expect("> ")
+        assert PROMPT.search(child.before) is None  # one question on the screen at a time
+        child.sendline(f"for {agent}")
+    output, code = ended(child)
+    assert code == 0, output
+    assert sorted((agent, branch) for agent, branch, _ in asked) == [
+        ("Left", "b1"),
+        ("Right", "b2"),
+    ]
+    assert {question for _, _, question in asked} == {"q1", "q2"}
+    flat = " ".join(output.split())
+    assert "Left heard 'for Left'" in flat and "Right heard 'for Right'" in flat
+
+
+def test_ctrl_c_while_waiting_stops_the_run_and_resume_asks_again(tmp_path: Path) -> None:
+    flow(tmp_path, ASKER_FLOW)
+    child = spawn(tmp_path, "run", "flow.yaml", "--quiet")
+    child.expect(r"Session (\w+), kept in")
+    session = child.match.group(1)
+    child.expect("> ")
+    child.sendintr()
+    output, code = ended(child)
+    assert code == 130, output
+    assert f"Interrupted. Resume with: orchestra resume flow.yaml {session}" in output
+
+    again = spawn(tmp_path, "resume", "flow.yaml", session, "--quiet")
+    again.expect(PROMPT)
+    assert again.match.groups() == ("Asker", "b0", "q1")  # the same question, asked again
+    again.expect("> ")
+    again.sendline("Grace")
+    output, code = ended(again)
+    assert code == 0, output
+    assert "answer='Grace'" in output
+    listed = spawn(tmp_path, "sessions", "list")
+    output, code = ended(listed)
+    assert code == 0 and "finished" in output, output
+
+
+def test_the_prompt_stays_on_screen_with_the_live_view(tmp_path: Path) -> None:
+    """The live view (an interactive terminal, TERM=xterm) takes its area down before the
+    question is shown, and draws nothing over the prompt while the user types."""
+    flow(tmp_path, ASKER_FLOW)
+    child = spawn(tmp_path, "run", "flow.yaml", "--no-store", term="xterm")
+    child.expect(PROMPT)
+    assert "waiting for the user" in child.before  # the live view was drawn, then taken down
+    child.expect("> ")
+    child.sendline("Ada")
+    child.expect("Ada\r\n")
+    assert child.before == "", repr(child.before)  # nothing between the prompt and the echo
+    output, code = ended(child)
+    assert code == 0, output
+    assert "answer='Ada'" in output
+
+
+# ---- the channel itself, on a pipe ------------------------------------------------------------
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read, write = os.pipe()
+    yield read, write
+    for fd in (read, write):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+async def prompts(shown: io.StringIO, count: int) -> None:
+    """Until ``count`` prompts are shown (each written by a worker thread), within WAIT."""
+
+    async def shown_yet() -> None:
+        while shown.getvalue().count("> ") < count:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(shown_yet(), WAIT)
+
+
+def question(number: int, text: str = "Which one?", agent: str = "A") -> Question:
+    return Question(f"run:token:q{number}", "run", f"b{number}", agent, text)
+
+
+async def test_the_channel_reads_lines_without_blocking_the_loop(pipe: tuple[int, int]) -> None:
+    read, write = pipe
+    shown = io.StringIO()
+    channel = TerminalChannel(read, shown)
+    answer = asyncio.create_task(channel.ask(question(1, "Pick\x07 one")))
+    await prompts(shown, 1)  # the loop runs on while the channel waits
+    assert "A asks (branch b1, question q1)" in shown.getvalue()
+    assert "Pick\\x07 one" in shown.getvalue()
+    os.write(write, "déjà vu\n".encode())
+    assert await asyncio.wait_for(answer, WAIT) == "déjà vu"
+
+
+async def test_queued_questions_are_asked_in_turn(pipe: tuple[int, int]) -> None:
+    read, write = pipe
+    shown = io.StringIO()
+    channel = TerminalChannel(read, shown)
+    asks = [asyncio.create_task(channel.ask(question(n, agent=f"A{n}"))) for n in (1, 2, 3)]
+    await prompts(shown, 1)
+    assert "question q2" not in shown.getvalue()  # one question on the screen at a time
+    os.write(write, b"one\n")
+    assert await asyncio.wait_for(asks[0], WAIT) == "one"
+    await prompts(shown, 2)
+    assert "A2 asks (branch b2, question q2) (1 more waiting):" in shown.getvalue()
+    os.write(write, b'"""\ntwo\nlines\n"""\nthree\n')
+    assert await asyncio.wait_for(asks[1], WAIT) == "two\nlines"
+    assert await asyncio.wait_for(asks[2], WAIT) == "three"
+    assert "A3 asks (branch b3, question q3):" in shown.getvalue()
+
+
+async def test_input_that_ends_before_an_answer_is_a_user_input_error(
+    pipe: tuple[int, int],
+) -> None:
+    read, write = pipe
+    channel = TerminalChannel(read, io.StringIO())
+    os.write(write, b'"""\nunfinished')
+    os.close(write)
+    assert await asyncio.wait_for(channel.ask(question(1)), WAIT) == "unfinished"
+    with pytest.raises(UserInputError, match=r"input ended before 'A''s question 'run:token:q2'"):
+        await asyncio.wait_for(channel.ask(question(2)), WAIT)
+
+
+# ---- a question not answered in time ----------------------------------------------------------
+
+
+def asking_instance(tmp_path: Path, manager: CommunicationManager) -> OrchestraInstance:
+    def asker(data: object, context: object) -> Action:
+        return Action.ask_user("Colour?") if data == "task" else Action.final(f"got {data}")
+
+    return OrchestraInstance(
+        {"nodes": ["User", "A"], "edges": ["User -> A", "A -> User"]},
+        agent_registry=AgentRegistry([fn("A", asker)]),
+        initial_config=quiet(),
+        communication_manager=manager,
+        state_manager=StateManager(SQLiteStorageBackend(tmp_path / "state.db")),
+    )
+
+
+async def test_on_timeout_a_default_answer_is_given_journaled_and_replayed(
+    tmp_path: Path,
+) -> None:
+    manager = CommunicationManager(
+        ProgrammaticChannel(), 0.05, on_user_timeout="default", default_answer="blue"
+    )
+    instance = asking_instance(tmp_path, manager)
+    result = await asyncio.wait_for(instance.execute("task", context={"session_id": "s"}), WAIT)
+    assert result.success, result.error
+    told = "(The user did not answer within 0.05s; go on with the default answer: blue)"
+    assert result.final_response == f"got {told}"
+    rebuilt = await instance.get_result("s")  # from the log: nothing is asked again
+    assert rebuilt is not None and rebuilt.final_response == result.final_response
+
+
+async def test_a_channels_own_timeout_fails_the_branch_naming_the_question(
+    tmp_path: Path,
+) -> None:
+    read, write = os.pipe()
+    try:
+        channel = TerminalChannel(read, io.StringIO(), user_timeout=0.05)
+        instance = asking_instance(tmp_path, CommunicationManager(channel, user_timeout=3600))
+        result = await asyncio.wait_for(instance.execute("task", context={"session_id": "s"}), WAIT)
+    finally:
+        os.close(read)
+        os.close(write)
+    assert not result.success
+    assert "did not answer 'A''s question within 0.05s (user_timeout; question s:" in str(
+        result.error
+    )
+    rebuilt = await instance.get_result("s")
+    assert rebuilt is not None and str(rebuilt.error) == str(result.error)
+
+
+def test_a_timeout_choice_other_than_fail_or_default_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="on_user_timeout must be 'fail' or 'default'"):
+        CommunicationManager(ProgrammaticChannel(), on_user_timeout="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="user_timeout must be > 0 seconds, got 0"):
+        TerminalChannel(0, io.StringIO(), user_timeout=0)
