@@ -14,7 +14,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from orchestra.coordination.monitoring.text import printable
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import SessionLog
 from orchestra.errors import (
@@ -24,6 +23,7 @@ from orchestra.errors import (
     SessionError,
     SessionNotFoundError,
 )
+from orchestra.text import printable
 
 from .terminal import console, fail, say
 

@@ -1,7 +1,7 @@
 """What the command line prints: results, topologies, lines to copy. Text that comes from a
 run (a model's response, an error, a path) is printed as text: never read as rich markup or
 emoji codes, its control characters shown as escapes (see
-:mod:`orchestra.coordination.monitoring.text`), and bounded."""
+:mod:`orchestra.text`), and bounded."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from orchestra.coordination.monitoring.text import printable
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.topology import Topology
+from orchestra.text import printable
 
 console = Console(emoji=False)  # ":ok:" in a response or a path is text, not an emoji
 

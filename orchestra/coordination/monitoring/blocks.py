@@ -11,7 +11,8 @@ from rich.spinner import Spinner
 from rich.text import Text
 from rich.tree import Tree
 
-from .text import printable
+from orchestra.text import printable
+
 from .view import BUSY, BranchStatus, BranchView, FanOutView, RunState, RunView
 
 NOTE_LIMIT = 120

@@ -24,8 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestra.errors import ConfigurationError
-
-from .text import printable
+from orchestra.text import printable
 
 LABEL_LIMIT = 40
 """Characters of each label value (an agent's or a tool's name) shown in the console table:

@@ -12,8 +12,7 @@ from orchestra.agents.contract import Action, ActionKind
 from orchestra.coordination.config import StatusConfig, VerbosityLevel
 from orchestra.coordination.engine import events as ev
 from orchestra.models.secrets import redact
-
-from .text import cut, printable
+from orchestra.text import cut, printable
 
 PREVIEW = 200
 """Characters of an action's content shown with ``show_actions`` (the rest is cut)."""

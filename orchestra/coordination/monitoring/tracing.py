@@ -50,10 +50,10 @@ from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine.clock import now
 from orchestra.errors import ConfigurationError
 from orchestra.models.secrets import redact
+from orchestra.text import cut
 
 from .agent_models import ModelLabel, model_label
 from .model_calls import Attempt, ModelCalls
-from .text import cut
 
 CONTENT_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 CONTENT_LIMIT = 4000
