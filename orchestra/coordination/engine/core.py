@@ -37,7 +37,7 @@ from orchestra.errors import (
 )
 from orchestra.models.base import Message, StepInfo, ToolSpec
 
-from . import convergence, lifecycle, moves
+from . import budgets, convergence, lifecycle, moves
 from . import events as ev
 from . import inputs as inp
 from .branches import Branch, BranchStatus, FanOut
@@ -83,6 +83,7 @@ class Engine:
         self.invocations: Counter[str] = Counter()
         self.questions_asked = 0
         self.spawned = 0  # how many times a branch was given work (see Branch.ready)
+        self.budget_book: budgets.Book | None = None  # read from the events when first needed
         self.finished = False
         self.error: OrchestraError | None = None
         self.checkpoint_ids: list[str] = []
@@ -293,6 +294,12 @@ class Engine:
                 )
                 self._stop(error, branch)
                 return
+            config = self.config
+            if config.budget or config.branch_budget or config.agent_budgets:
+                overrun = budgets.overrun(self, branch)
+                if overrun is not None:
+                    budgets.ask(self, branch, overrun)
+                    return
             self.steps += 1
             branch.steps += 1
             branch.step_number = self.steps
@@ -541,7 +548,9 @@ class Engine:
         question_id = branch.question[0] if branch.question else ""
         branch.question = None
         branch.status = BranchStatus.RUNNING
-        branch.input = StepInput(InputKind.USER_ANSWER, item.answer, USER)
+        about_budget = budgets.is_question(question_id)
+        if not about_budget:  # a budget's question leaves the step it stopped to be taken
+            branch.input = StepInput(InputKind.USER_ANSWER, item.answer, USER)
         self.stream.emit(
             ev.UserInputReceived(
                 run_id=self.run_id,
@@ -551,6 +560,9 @@ class Engine:
                 answer=item.answer,
             )
         )
+        refused = budgets.answered(self, branch, item.answer) if about_budget else None
+        if refused is not None:
+            lifecycle.fail(self, branch, refused)
 
     def _branch_failure(self, item: inp.BranchFailure) -> None:
         if not self.finished:

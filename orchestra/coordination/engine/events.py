@@ -179,6 +179,17 @@ class UserInputReceived(Event, frozen=True, kw_only=True):
     answer: Any
 
 
+class BudgetRaised(Event, frozen=True, kw_only=True):
+    """The user raised a spent budget (``budget``: ``"run"``, ``"branch b2"``, ``"agent
+    'Writer'"``) by answering its question: ``limit`` (a field such as ``max_tokens``) is now
+    ``allowed``."""
+
+    branch_id: str
+    budget: str
+    limit: str
+    allowed: float
+
+
 class BranchCompleted(Event, frozen=True, kw_only=True):
     branch_id: str
     agent: str
@@ -245,6 +256,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ToolCallCompleted,
     UserInputRequested,
     UserInputReceived,
+    BudgetRaised,
     BranchCompleted,
     BranchFailed,
     CheckpointCreated,

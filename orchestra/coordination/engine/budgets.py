@@ -1,0 +1,239 @@
+"""Budgets (docs/engine.md, "Budgets"): what a run, a branch and an agent may spend, checked
+where a step would begin.
+
+Spend is read from the run's events (each step's tokens, cost and duration, as its
+``StepCompleted`` reports them from the journaled ``StepResult``), and a raised limit from its
+``BudgetRaised`` event: so a replayed log, a resumed run and a run restored from a snapshot
+(which keeps the events) reckon with the same spend and limits, and no clock is read here.
+Working time comes from the engine (``Engine.working_time``: paused time excluded).
+
+A spent budget stops its branch at the step boundary with a question to the user (its id
+starts with ``budget-``): an answer that is a number above the spend raises that limit, anything
+else fails the branch with a :class:`BudgetExceededError`. A run with no user channel fails at
+once (the runner reports the error as the branch's failure, so replay decides the same).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from orchestra.coordination.config import Budget, ExecutionConfig
+from orchestra.coordination.topology import BudgetRule, Rule
+from orchestra.errors import BudgetExceededError, ConfigurationError
+
+from . import events as ev
+from .branches import Branch, BranchStatus
+
+if TYPE_CHECKING:
+    from .core import Engine
+
+QUESTION_PREFIX = "budget-"
+
+
+@dataclass(slots=True)
+class Spend:
+    """Tokens and dollars spent, steps begun and step seconds taken, by one scope."""
+
+    tokens: int = 0
+    cost_usd: float = 0.0
+    steps: int = 0
+    duration: float = 0.0
+
+
+@dataclass(slots=True)
+class Book:
+    """The spend and raised limits read from a run's events so far (``seen`` of them)."""
+
+    seen: int = 0
+    run: Spend = field(default_factory=Spend)
+    branches: dict[str, Spend] = field(default_factory=dict)
+    agents: dict[str, Spend] = field(default_factory=dict)
+    raised: dict[tuple[str, str], float] = field(default_factory=dict)
+    agent_steps: Counter[str] = field(default_factory=Counter)
+
+    def catch_up(self, events: list[ev.Event]) -> None:
+        """Take in the events emitted since the last look."""
+        for event in events[self.seen :]:
+            if type(event) is ev.StepCompleted:
+                tokens = event.prompt_tokens + event.completion_tokens
+                cost = event.cost_usd or 0.0
+                for spend in (
+                    self.run,
+                    self.branches.setdefault(event.branch_id, Spend()),
+                    self.agents.setdefault(event.agent, Spend()),
+                ):
+                    spend.tokens += tokens
+                    spend.cost_usd += cost
+                self.agents[event.agent].duration += event.duration
+            elif type(event) is ev.StepStarted and not event.retaken:
+                self.agent_steps[event.agent] += 1
+            elif type(event) is ev.BudgetRaised:
+                self.raised[(event.budget, event.limit)] = event.allowed
+        self.seen = len(events)
+
+
+@dataclass(frozen=True, slots=True)
+class Overrun:
+    """A budget's limit that the spend has reached."""
+
+    budget: str
+    limit: str
+    allowed: float
+    spent: float
+
+    def error(self) -> BudgetExceededError:
+        return BudgetExceededError(self.budget, self.limit, self.allowed, self.spent)
+
+    def question(self, agent: str) -> str:
+        return (
+            f"The {self.budget} budget's {self.limit}={self.allowed:g} is spent "
+            f"({self.spent:g} used) before {agent!r}'s next step. Reply with a higher "
+            f"{self.limit} to go on, or 'no' to stop."
+        )
+
+
+def configured(
+    config: ExecutionConfig, rules: Iterable[Rule], agents: Iterable[str]
+) -> ExecutionConfig:
+    """The run's config with its topology's ``budget(...)`` rules added (where both set a
+    limit, the lower one holds, as for ``max_steps``); a ConfigurationError for an
+    ``agent_budgets`` entry naming no agent of the topology."""
+    known = set(agents)
+    for name in config.agent_budgets:
+        if name not in known:
+            raise ConfigurationError(
+                f"ExecutionConfig agent_budgets[{name!r}]: no agent {name!r} in the topology "
+                f"(its agents: {', '.join(sorted(known))})"
+            )
+    found = [rule for rule in rules if isinstance(rule, BudgetRule)]
+    if not found:
+        return config
+    run, branch, per_agent = config.budget, config.branch_budget, dict(config.agent_budgets)
+    for rule in found:
+        if rule.scope == "run":
+            run = _lower(run, rule.budget())
+        elif rule.scope == "branch":
+            branch = _lower(branch, rule.budget())
+        else:
+            per_agent[rule.scope] = _lower(per_agent.get(rule.scope), rule.budget())
+    return config.model_copy(
+        update={"budget": run, "branch_budget": branch, "agent_budgets": per_agent}
+    )
+
+
+def _lower(given: Budget | None, rule: Budget) -> Budget:
+    if given is None:
+        return rule
+    limits = given.limits()
+    for name, value in rule.limits().items():
+        limits[name] = min(value, limits.get(name, value))
+    return Budget.model_validate(limits)
+
+
+def overrun(engine: Engine, branch: Branch) -> Overrun | None:
+    """The first spent budget that keeps ``branch`` from taking its next step, if any."""
+    book = engine.budget_book
+    if book is None:
+        book = engine.budget_book = Book()
+    book.catch_up(engine.stream.events)
+    config = engine.config
+    agent = branch.agent
+    scopes: list[tuple[str, Budget | None, Spend, int, float]] = [
+        ("run", config.budget, book.run, engine.steps, engine.elapsed),
+        (
+            f"branch {branch.id}",
+            config.branch_budget,
+            book.branches.get(branch.id, Spend()),
+            branch.steps,
+            engine.working_time(branch.created_at, None),
+        ),
+    ]
+    agent_spend = book.agents.get(agent, Spend())
+    scopes.append(
+        (
+            f"agent {agent!r}",
+            config.agent_budgets.get(agent),
+            agent_spend,
+            book.agent_steps[agent],
+            agent_spend.duration,
+        )
+    )
+    for name, budget, spend, steps, duration in scopes:
+        if budget is None:
+            continue
+        spent = {
+            "max_tokens": spend.tokens,
+            "max_cost_usd": spend.cost_usd,
+            "max_steps": steps,
+            "max_duration": duration,
+        }
+        for limit, allowed in budget.limits().items():
+            allowed = book.raised.get((name, limit), allowed)
+            if spent[limit] >= allowed:
+                return Overrun(name, limit, allowed, spent[limit])
+    return None
+
+
+def ask(engine: Engine, branch: Branch, found: Overrun) -> None:
+    """Stop the branch at its step boundary with a question: raise the budget, or not."""
+    engine.questions_asked += 1
+    question_id = f"{QUESTION_PREFIX}q{engine.questions_asked}"
+    text = found.question(branch.agent)
+    branch.question = (question_id, text)
+    branch.status = BranchStatus.WAITING_USER
+    engine.stream.emit(
+        ev.UserInputRequested(
+            run_id=engine.run_id,
+            at=engine.now,
+            branch_id=branch.id,
+            agent=branch.agent,
+            question_id=question_id,
+            question=text,
+        )
+    )
+
+
+def is_question(question_id: str) -> bool:
+    return question_id.startswith(QUESTION_PREFIX)
+
+
+def answered(engine: Engine, branch: Branch, answer: Any) -> BudgetExceededError | None:
+    """Take the user's answer to the branch's budget question: a number above the spend
+    raises the limit asked about (the branch goes on); anything else is the error that fails
+    the branch. None also when the budget is no longer spent."""
+    found = overrun(engine, branch)
+    if found is None:
+        return None
+    allowed = _number(answer)
+    if allowed is None or allowed <= found.spent:
+        return found.error()
+    engine.stream.emit(
+        ev.BudgetRaised(
+            run_id=engine.run_id,
+            at=engine.now,
+            branch_id=branch.id,
+            budget=found.budget,
+            limit=found.limit,
+            allowed=allowed,
+        )
+    )
+    return None
+
+
+def _number(answer: Any) -> float | None:
+    """The answer as a finite number (``5000``, ``"5000"``, ``" 2.5 "``), else None."""
+    if isinstance(answer, bool):
+        return None
+    if isinstance(answer, int | float):
+        value = float(answer)
+    elif isinstance(answer, str):
+        try:
+            value = float(answer.strip().lstrip("$"))
+        except ValueError:
+            return None
+    else:
+        return None
+    return value if value == value and abs(value) != float("inf") else None

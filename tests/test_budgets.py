@@ -1,0 +1,168 @@
+"""Budgets: what a run, a branch and an agent may spend (tokens, dollars, steps, working
+time). A spent budget stops the next step before its model is called; with a user channel the
+user is asked to raise it, else the run fails with a BudgetExceededError naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from helpers import final, invoke, llm, of, quiet, run
+from pydantic import ValidationError
+
+from orchestra import (
+    CommunicationConfig,
+    ExecutionConfig,
+    FunctionModel,
+    ScriptedUser,
+)
+from orchestra.coordination.config import Budget
+from orchestra.coordination.engine import events as ev
+from orchestra.errors import BudgetExceededError, LimitExceededError
+from orchestra.models import Message, StepInfo
+from orchestra.models.base import ModelReply, Usage
+
+LOOP = {
+    "nodes": ["Writer", "Critic"],
+    "edges": ["Writer -> Critic", "Critic -> Writer"],
+    "entry_point": "Writer",
+    "exit_points": ["Writer"],
+}
+SPEND = Usage(prompt_tokens=60, completion_tokens=40, cost_usd=0.01)  # 100 tokens, $0.01
+
+
+def looping() -> FunctionModel:
+    """Writer calls Critic, Critic answers, Writer calls again, each step spending SPEND: a
+    loop only a budget ends."""
+    return finishing(after=0)
+
+
+def finishing(after: int) -> FunctionModel:
+    """Like ``looping``, but Writer's ``after``-th step gives the final response."""
+    steps = {"Writer": 0}
+
+    def reply(messages: Sequence[Message], info: StepInfo) -> ModelReply:
+        if info.agent_name == "Writer":
+            steps["Writer"] += 1
+            if steps["Writer"] == after:
+                return ModelReply(action=final("done"), usage=SPEND)
+            return ModelReply(action=invoke(("Critic", "review")), usage=SPEND)
+        return ModelReply(action=final("notes"), usage=SPEND)
+
+    return FunctionModel(reply)
+
+
+def scoped(scope: str, budget: Budget) -> ExecutionConfig:
+    if scope == "run":
+        return quiet(budget=budget)
+    if scope == "branch":
+        return quiet(branch_budget=budget)
+    return quiet(agent_budgets={"Writer": budget})
+
+
+LIMITS = {"max_tokens": 250, "max_cost_usd": 0.025, "max_steps": 3}
+SPENT = {"max_tokens": "300", "max_cost_usd": "0.03", "max_steps": "3"}
+NAMES = {"run": "run", "branch": "branch b0", "agent": "agent 'Writer'"}
+
+
+@pytest.mark.parametrize("field", list(LIMITS))
+@pytest.mark.parametrize("scope", ["run", "branch", "agent"])
+async def test_a_spent_budget_fails_the_run_before_the_next_model_call(
+    scope: str, field: str
+) -> None:
+    """No user channel: the budget is a hard one. Three steps spend 300 tokens, $0.03 and 3
+    steps (the run's and the branch's; Writer's by its third step, the loop's sixth); the step
+    after them never calls its model, and the error names the budget, limit and spend."""
+    model = looping()
+    config = scoped(scope, Budget.model_validate({field: LIMITS[field]}))
+    result = await run("draft", LOOP, [llm("Writer", model), llm("Critic", model)], config=config)
+    assert not result.success
+    assert model.call_count == (6 if scope == "agent" else 3)
+    assert result.error == (
+        f"the {NAMES[scope]} budget's {field}={LIMITS[field]:g} is spent ({SPENT[field]} used); "
+        "raise it (ExecutionConfig budget, branch_budget or agent_budgets) to go further"
+    )
+    failed = of(result, ev.BranchFailed)
+    assert [event.error_type for event in failed] == ["BudgetExceededError"]
+
+
+@pytest.mark.parametrize("scope", ["run", "branch", "agent"])
+async def test_a_duration_budget_counts_working_time(scope: str) -> None:
+    """Every step takes some time, so a budget of a nanosecond is spent by the first step
+    (or, for the run and its branch, before it): no second model call starts."""
+    model = looping()
+    config = scoped(scope, Budget(max_duration=1e-9))
+    result = await run("draft", LOOP, [llm("Writer", model), llm("Critic", model)], config=config)
+    assert not result.success and result.error is not None
+    assert f"the {NAMES[scope]} budget's max_duration=1e-09 is spent" in result.error
+    assert model.call_count <= (2 if scope == "agent" else 1)  # Critic has no budget
+
+
+def test_the_error_names_budget_limit_and_spend() -> None:
+    error = BudgetExceededError("agent 'Writer'", "max_cost_usd", 0.5, 0.52)
+    assert isinstance(error, LimitExceededError)
+    assert (error.budget, error.limit, error.allowed, error.spent) == (
+        "agent 'Writer'",
+        "max_cost_usd",
+        0.5,
+        0.52,
+    )
+    assert "agent 'Writer' budget's max_cost_usd=0.5 is spent (0.52 used)" in str(error)
+
+
+async def test_the_user_raises_a_spent_budget_and_the_run_goes_on() -> None:
+    """With a channel the user is asked; a higher number raises the limit asked about, and
+    the step the budget stopped is taken then (nothing is lost)."""
+    model = finishing(after=3)  # W C W C W: 5 steps, 500 tokens
+    user = ScriptedUser(["400", 1000])
+    result = await run(
+        "draft",
+        LOOP,
+        [llm("Writer", model), llm("Critic", model)],
+        config=quiet(budget=Budget(max_tokens=250)),
+        communication_config=CommunicationConfig(channel=user),
+    )
+    assert result.success, result.error
+    assert result.final_response == "done" and model.call_count == 5
+    assert [question.text for question in user.questions] == [
+        "The run budget's max_tokens=250 is spent (300 used) before 'Critic''s next step. "
+        "Reply with a higher max_tokens to go on, or 'no' to stop.",
+        "The run budget's max_tokens=400 is spent (400 used) before 'Writer''s next step. "
+        "Reply with a higher max_tokens to go on, or 'no' to stop.",
+    ]
+    raised = [(e.budget, e.limit, e.allowed) for e in of(result, ev.BudgetRaised)]
+    assert raised == [("run", "max_tokens", 400.0), ("run", "max_tokens", 1000.0)]
+
+
+@pytest.mark.parametrize("answer", ["no", "", 300, "250", None])
+async def test_an_answer_that_does_not_raise_the_budget_fails_the_run(answer: Any) -> None:
+    """'no', or a number not above the spend (300 tokens), keeps the budget: the run fails."""
+    model = looping()
+    result = await run(
+        "draft",
+        LOOP,
+        [llm("Writer", model), llm("Critic", model)],
+        config=quiet(budget=Budget(max_tokens=250)),
+        communication_config=CommunicationConfig(channel=ScriptedUser([answer])),
+    )
+    assert not result.success and model.call_count == 3
+    assert result.error is not None
+    assert result.error.startswith("the run budget's max_tokens=250 is spent (300 used)")
+
+
+def test_a_budget_is_checked_when_configured() -> None:
+    for bad, field in [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_cost_usd": -1.0}, "max_cost_usd"),
+        ({"max_steps": 2.5}, "max_steps"),
+        ({"max_duration": float("inf")}, "max_duration"),
+        ({"max_token": 5}, "max_token"),
+    ]:
+        with pytest.raises(ValidationError, match=field):
+            Budget.model_validate(bad)
+    with pytest.raises(ValidationError, match="at least one of max_tokens"):
+        Budget()
+    with pytest.raises(ValidationError, match=re.escape("agent_budgets.Writer.max_steps")):
+        ExecutionConfig.model_validate({"agent_budgets": {"Writer": {"max_steps": 0}}})
