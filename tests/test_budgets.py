@@ -5,24 +5,43 @@ user is asked to raise it, else the run fails with a BudgetExceededError naming 
 
 from __future__ import annotations
 
+import asyncio
+import re
+import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import final, invoke, llm, of, quiet, run
+from helpers import crash_copy, final, invoke, llm, of, quiet, run
 from pydantic import ValidationError
+from storage_backends import Storage
+from test_replay import exactly
+from test_sessions import wait
 
 from orchestra import (
+    Agent,
+    AgentRegistry,
     CommunicationConfig,
     ExecutionConfig,
     FunctionModel,
+    ProgrammaticChannel,
     ScriptedUser,
 )
+from orchestra.communication import CommunicationManager
 from orchestra.coordination.config import Budget
 from orchestra.coordination.engine import events as ev
-from orchestra.errors import BudgetExceededError, LimitExceededError
+from orchestra.coordination.orchestra import OrchestraInstance
+from orchestra.coordination.state import StateManager
+from orchestra.coordination.topology import BudgetRule, Topology, parse_rule
+from orchestra.errors import (
+    BudgetExceededError,
+    LimitExceededError,
+    TopologyError,
+)
 from orchestra.models import Message, StepInfo
 from orchestra.models.base import ModelReply, Usage
+from orchestra.workflow import WorkflowError, load_workflow
 
 LOOP = {
     "nodes": ["Writer", "Critic"],
@@ -40,13 +59,13 @@ def looping() -> FunctionModel:
 
 
 def finishing(after: int) -> FunctionModel:
-    """Like ``looping``, but Writer's ``after``-th step gives the final response."""
-    steps = {"Writer": 0}
+    """Like ``looping``, but Writer's ``after``-th step gives the final response (read from
+    its conversation, so a resumed run decides alike)."""
 
     def reply(messages: Sequence[Message], info: StepInfo) -> ModelReply:
         if info.agent_name == "Writer":
-            steps["Writer"] += 1
-            if steps["Writer"] == after:
+            notes = sum("notes" in (message.content or "") for message in messages)
+            if notes + 1 == after:
                 return ModelReply(action=final("done"), usage=SPEND)
             return ModelReply(action=invoke(("Critic", "review")), usage=SPEND)
         return ModelReply(action=final("notes"), usage=SPEND)
@@ -166,3 +185,121 @@ def test_a_budget_is_checked_when_configured() -> None:
         Budget()
     with pytest.raises(ValidationError, match=re.escape("agent_budgets.Writer.max_steps")):
         ExecutionConfig.model_validate({"agent_budgets": {"Writer": {"max_steps": 0}}})
+
+
+async def test_a_resumed_run_keeps_the_spend_and_the_raised_limit(storage: Storage) -> None:
+    """Raised to 500 tokens, then paused while asked again: resumed (from its snapshot, or
+    from its log alone), the run asks the same question (500 allowed, 500 spent), and the
+    result read back is the run that returned."""
+    channel = ProgrammaticChannel()
+    model = finishing(after=4)  # 7 steps, 700 tokens
+    orchestra = OrchestraInstance(
+        LOOP,
+        agent_registry=AgentRegistry(
+            [Agent("Writer", model, register=False), Agent("Critic", model, register=False)]
+        ),
+        initial_config=quiet(budget=Budget(max_tokens=250)),
+        communication_manager=CommunicationManager(channel),
+        state_manager=StateManager(storage, auto_save_interval=0),
+    )
+    running = asyncio.create_task(orchestra.execute("draft", context={"session_id": "b"}))
+    first = await wait(channel.next_question())
+    channel.answer(first.id, "500")
+    second = await wait(channel.next_question())
+    assert "max_tokens=500 is spent (500 used)" in second.text
+    assert await orchestra.pause_session("b")
+    paused = await wait(running)
+    assert paused.metadata.get("paused") is True, paused.error
+    await crash_copy(storage, "b", "b-copy", len(await storage.read("b")))
+    assert await storage.read_snapshot("b-copy") is None
+    for session in ("b", "b-copy"):
+        resuming = asyncio.create_task(orchestra.resume_session(session))
+        again = await wait(channel.next_question())
+        assert again.text == second.text
+        channel.answer(again.id, 800)
+        resumed = await wait(resuming)
+        assert resumed.success and resumed.final_response == "done", resumed.error
+        assert resumed.total_steps == 7
+        raised = [(e.limit, e.allowed) for e in of(resumed, ev.BudgetRaised)]
+        assert raised == [("max_tokens", 500.0), ("max_tokens", 800.0)]
+        read_back = await orchestra.get_result(session)
+        assert read_back is not None and exactly(read_back) == exactly(resumed)
+
+
+def test_a_budget_rule_reads_and_writes_its_text() -> None:
+    rule = parse_rule("budget(Writer, max_tokens=2000, max_cost_usd=0.5)")
+    assert rule == BudgetRule("Writer", (("max_tokens", 2000), ("max_cost_usd", 0.5)))
+    assert parse_rule(rule.to_text()) == rule
+    assert rule.to_text() == "budget(Writer, max_tokens=2000, max_cost_usd=0.5)"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("budget(run)", "needs both"),
+        ("budget(run, max_tokens)", "'max_tokens' is not field=limit"),
+        ("budget(run, max_tokens=0)", "max_tokens: Input should be greater than or equal to 1"),
+        ("budget(run, max_tokens=1.5)", "max_tokens: Input should be a valid integer"),
+        ("budget(run, max_dollars=3)", "max_dollars: Extra inputs are not permitted"),
+        ("budget(run, max_cost_usd=lots)", "'lots' is not a number"),
+    ],
+)
+def test_a_bad_budget_rule_names_its_field(text: str, message: str) -> None:
+    with pytest.raises(TopologyError, match=re.escape(message)):
+        parse_rule(text)
+
+
+def test_a_budget_rule_names_an_agent_once_per_scope() -> None:
+    rules = ["budget(Editor, max_steps=2)", "budget(run, max_steps=2)", "budget(run, max_steps=3)"]
+    with pytest.raises(TopologyError) as info:
+        Topology.coerce({**LOOP, "rules": rules}).validate()
+    assert "names 'Editor', which is not an agent node" in str(info.value)
+    assert "rule budget(run) is given more than once" in str(info.value)
+
+
+async def test_rules_and_config_combine_and_the_lower_limit_holds() -> None:
+    """The topology's budget for Writer (3 steps) and the config's (2 steps, 10000 tokens):
+    Writer may take 2 steps. A budget for an agent the topology lacks is refused by name."""
+    model = looping()
+    topology = {**LOOP, "rules": ["budget(Writer, max_steps=3)", "budget(branch, max_steps=50)"]}
+    config = quiet(agent_budgets={"Writer": Budget(max_steps=2, max_tokens=10000)})
+    result = await run(
+        "draft", topology, [llm("Writer", model), llm("Critic", model)], config=config
+    )
+    assert result.error is not None and "agent 'Writer' budget's max_steps=2" in result.error
+    assert model.call_count == 4
+    refused = await run(
+        "draft",
+        LOOP,
+        [llm("Writer", model), llm("Critic", model)],
+        config=quiet(agent_budgets={"Editor": Budget(max_steps=1)}),
+    )
+    assert refused.error == (
+        "ExecutionConfig agent_budgets['Editor']: no agent 'Editor' in the topology "
+        "(its agents: Critic, Writer)"
+    )
+
+
+def test_a_workflow_file_sets_budgets_under_execution(tmp_path: Path) -> None:
+    path = tmp_path / "flow.yaml"
+    text = """
+        agents:
+          - {name: A, function: flow_nodes:shout}
+        topology: {nodes: [A], edges: [], rules: ["budget(A, max_steps=1)"]}
+        execution:
+          budget: {max_tokens: 5000, max_cost_usd: 0.5}
+          branch_budget: {max_duration: 60}
+          agent_budgets:
+            A: {max_steps: %s}
+        """
+    path.write_text(textwrap.dedent(text % "4").lstrip())
+    workflow = load_workflow(path)
+    assert workflow.execution.budget == Budget(max_tokens=5000, max_cost_usd=0.5)
+    assert workflow.execution.branch_budget == Budget(max_duration=60)
+    assert workflow.execution.agent_budgets == {"A": Budget(max_steps=4)}
+    path.write_text(textwrap.dedent(text % "0").lstrip())
+    with pytest.raises(
+        WorkflowError,
+        match=r"flow.yaml:8: execution.agent_budgets.A.max_steps: Input should be greater than or equal to 1",
+    ):
+        load_workflow(path)
