@@ -119,6 +119,24 @@ async def test_a_duration_budget_counts_working_time(scope: str) -> None:
     assert model.call_count <= (2 if scope == "agent" else 1)  # Critic has no budget
 
 
+async def test_the_tokens_of_rejected_replies_count() -> None:
+    """Writer keeps naming an agent it may not invoke: each rejected reply spent 100 tokens,
+    so the fourth attempt (the steering retries allow it) never calls the model."""
+    model = FunctionModel(
+        lambda messages, info: ModelReply(action=invoke(("Nobody", "x")), usage=SPEND)
+    )
+    result = await run(
+        "draft",
+        LOOP,
+        [llm("Writer", model), llm("Critic", looping())],
+        config=quiet(budget=Budget(max_tokens=250)),
+    )
+    assert model.call_count == 3
+    assert result.error is not None
+    assert result.error.startswith("the run budget's max_tokens=250 is spent (300 used)")
+    assert [e.prompt_tokens for e in of(result, ev.ActionRejected)] == [60, 60, 60]
+
+
 def test_the_error_names_budget_limit_and_spend() -> None:
     error = BudgetExceededError("agent 'Writer'", "max_cost_usd", 0.5, 0.52)
     assert isinstance(error, LimitExceededError)

@@ -25,6 +25,7 @@ from orchestra.coordination.topology import BudgetRule, Rule
 from orchestra.errors import BudgetExceededError, ConfigurationError
 
 from . import events as ev
+from . import lifecycle
 from .branches import Branch, BranchStatus
 
 if TYPE_CHECKING:
@@ -57,22 +58,29 @@ class Book:
     def catch_up(self, events: list[ev.Event]) -> None:
         """Take in the events emitted since the last look."""
         for event in events[self.seen :]:
-            if type(event) is ev.StepCompleted:
-                tokens = event.prompt_tokens + event.completion_tokens
-                cost = event.cost_usd or 0.0
-                for spend in (
-                    self.run,
-                    self.branches.setdefault(event.branch_id, Spend()),
-                    self.agents.setdefault(event.agent, Spend()),
-                ):
-                    spend.tokens += tokens
-                    spend.cost_usd += cost
-                self.agents[event.agent].duration += event.duration
+            kind = type(event)
+            if kind is ev.StepCompleted or kind is ev.ActionRejected:
+                assert isinstance(event, ev.StepCompleted | ev.ActionRejected)
+                self._spent(event)
             elif type(event) is ev.StepStarted and not event.retaken:
                 self.agent_steps[event.agent] += 1
             elif type(event) is ev.BudgetRaised:
                 self.raised[(event.budget, event.limit)] = event.allowed
         self.seen = len(events)
+
+    def _spent(self, event: ev.StepCompleted | ev.ActionRejected) -> None:
+        """A step's usage (a rejected reply's too: its tokens were spent all the same)."""
+        tokens = event.prompt_tokens + event.completion_tokens
+        cost = event.cost_usd or 0.0
+        for spend in (
+            self.run,
+            self.branches.setdefault(event.branch_id, Spend()),
+            self.agents.setdefault(event.agent, Spend()),
+        ):
+            spend.tokens += tokens
+            spend.cost_usd += cost
+        if isinstance(event, ev.StepCompleted):
+            self.agents[event.agent].duration += event.duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +185,12 @@ def overrun(engine: Engine, branch: Branch) -> Overrun | None:
     return None
 
 
-def ask(engine: Engine, branch: Branch, found: Overrun) -> None:
-    """Stop the branch at its step boundary with a question: raise the budget, or not."""
+def stop(engine: Engine, branch: Branch) -> bool:
+    """Whether a spent budget stops the branch's next step: it then waits at the step
+    boundary for the user's answer to whether to raise it."""
+    found = overrun(engine, branch)
+    if found is None:
+        return False
     engine.questions_asked += 1
     question_id = f"{QUESTION_PREFIX}q{engine.questions_asked}"
     text = found.question(branch.agent)
@@ -194,22 +206,24 @@ def ask(engine: Engine, branch: Branch, found: Overrun) -> None:
             question=text,
         )
     )
+    return True
 
 
 def is_question(question_id: str) -> bool:
     return question_id.startswith(QUESTION_PREFIX)
 
 
-def answered(engine: Engine, branch: Branch, answer: Any) -> BudgetExceededError | None:
+def answered(engine: Engine, branch: Branch, answer: Any) -> None:
     """Take the user's answer to the branch's budget question: a number above the spend
-    raises the limit asked about (the branch goes on); anything else is the error that fails
-    the branch. None also when the budget is no longer spent."""
+    raises the limit asked about (the branch goes on, to the step it stopped); anything else
+    fails the branch with the budget's error."""
     found = overrun(engine, branch)
     if found is None:
-        return None
+        return
     allowed = _number(answer)
     if allowed is None or allowed <= found.spent:
-        return found.error()
+        lifecycle.fail(engine, branch, found.error())
+        return
     engine.stream.emit(
         ev.BudgetRaised(
             run_id=engine.run_id,
@@ -220,7 +234,6 @@ def answered(engine: Engine, branch: Branch, answer: Any) -> BudgetExceededError
             allowed=allowed,
         )
     )
-    return None
 
 
 def _number(answer: Any) -> float | None:

@@ -295,11 +295,10 @@ class Engine:
                 self._stop(error, branch)
                 return
             config = self.config
-            if config.budget or config.branch_budget or config.agent_budgets:
-                overrun = budgets.overrun(self, branch)
-                if overrun is not None:
-                    budgets.ask(self, branch, overrun)
-                    return
+            if (config.budget or config.branch_budget or config.agent_budgets) and budgets.stop(
+                self, branch
+            ):
+                return
             self.steps += 1
             branch.steps += 1
             branch.step_number = self.steps
@@ -396,7 +395,7 @@ class Engine:
         allowed = branch.allowed
         assert allowed is not None
         if outcome.problem is not None:
-            self._steer(branch, outcome.problem, outcome.reply)
+            self._steer(branch, outcome.problem, outcome)
             return None
         action = outcome.action
         try:
@@ -413,7 +412,7 @@ class Engine:
                 return action
             if action is None:
                 if not allowed.can_finish:
-                    self._steer(branch, f"the reply has no action; {PROTOCOL_HINT}", outcome.reply)
+                    self._steer(branch, f"the reply has no action; {PROTOCOL_HINT}", outcome)
                     return None
                 action = Action.final(outcome.reply)
             by_model = not outcome.by_code
@@ -429,7 +428,7 @@ class Engine:
             refused = ActionError(f"agent {agent!r} returned an action it may not take: {problem}")
             lifecycle.fail(self, branch, refused)
         else:
-            self._steer(branch, problem, outcome.reply)
+            self._steer(branch, problem, outcome)
         return None
 
     def _step_error(self, item: inp.StepError) -> None:
@@ -560,9 +559,8 @@ class Engine:
                 answer=item.answer,
             )
         )
-        refused = budgets.answered(self, branch, item.answer) if about_budget else None
-        if refused is not None:
-            lifecycle.fail(self, branch, refused)
+        if about_budget:
+            budgets.answered(self, branch, item.answer)
 
     def _branch_failure(self, item: inp.BranchFailure) -> None:
         if not self.finished:
@@ -575,8 +573,9 @@ class Engine:
 
     # ---- steering -----------------------------------------------------------------------------
 
-    def _steer(self, branch: Branch, problem: str, reply: str) -> None:
+    def _steer(self, branch: Branch, problem: str, outcome: StepOutcome) -> None:
         branch.retries += 1
+        reply, usage = outcome.reply, outcome.usage
         self.stream.emit(
             ev.ActionRejected(
                 run_id=self.run_id,
@@ -587,6 +586,9 @@ class Engine:
                 problem=problem,
                 reply=reply,
                 attempt=branch.retries,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                cost_usd=usage.cost_usd if usage else None,
             )
         )
         if (

@@ -111,6 +111,10 @@ class ActionRejected(Event, frozen=True, kw_only=True):
     problem: str
     reply: str
     attempt: int
+    # what the rejected reply cost (budgets count it)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
 
 
 class WorkHandedOver(Event, frozen=True, kw_only=True):
