@@ -117,6 +117,10 @@ async def test_a_duration_budget_counts_working_time(scope: str) -> None:
     assert not result.success and result.error is not None
     assert f"the {NAMES[scope]} budget's max_duration=1e-09 is spent" in result.error
     assert model.call_count <= (2 if scope == "agent" else 1)  # Critic has no budget
+    roomy = scoped(scope, Budget(max_duration=3600))
+    model = finishing(after=2)
+    result = await run("draft", LOOP, [llm("Writer", model), llm("Critic", model)], config=roomy)
+    assert result.success, result.error
 
 
 async def test_the_tokens_of_rejected_replies_count() -> None:

@@ -15,8 +15,7 @@ once (the runner reports the error as the branch's failure, so replay decides th
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,16 +43,33 @@ class Spend:
     duration: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A run's budgets as (field, limit) pairs, by scope: read once from its config."""
+
+    run: tuple[tuple[str, float], ...]
+    branch: tuple[tuple[str, float], ...]
+    agents: dict[str, tuple[tuple[str, float], ...]]
+
+    @classmethod
+    def of(cls, config: ExecutionConfig) -> Limits:
+        def pairs(budget: Budget | None) -> tuple[tuple[str, float], ...]:
+            return () if budget is None else tuple(budget.limits().items())
+
+        agents = {name: pairs(budget) for name, budget in config.agent_budgets.items()}
+        return cls(pairs(config.budget), pairs(config.branch_budget), agents)
+
+
 @dataclass(slots=True)
 class Book:
     """The spend and raised limits read from a run's events so far (``seen`` of them)."""
 
+    limits: Limits
     seen: int = 0
     run: Spend = field(default_factory=Spend)
     branches: dict[str, Spend] = field(default_factory=dict)
     agents: dict[str, Spend] = field(default_factory=dict)
     raised: dict[tuple[str, str], float] = field(default_factory=dict)
-    agent_steps: Counter[str] = field(default_factory=Counter)
 
     def catch_up(self, events: list[ev.Event]) -> None:
         """Take in the events emitted since the last look."""
@@ -62,9 +78,12 @@ class Book:
             if kind is ev.StepCompleted or kind is ev.ActionRejected:
                 assert isinstance(event, ev.StepCompleted | ev.ActionRejected)
                 self._spent(event)
-            elif type(event) is ev.StepStarted and not event.retaken:
-                self.agent_steps[event.agent] += 1
-            elif type(event) is ev.BudgetRaised:
+            elif kind is ev.StepStarted:
+                assert isinstance(event, ev.StepStarted)
+                if not event.retaken:
+                    self.agents.setdefault(event.agent, Spend()).steps += 1
+            elif kind is ev.BudgetRaised:
+                assert isinstance(event, ev.BudgetRaised)
                 self.raised[(event.budget, event.limit)] = event.allowed
         self.seen = len(events)
 
@@ -81,6 +100,32 @@ class Book:
             spend.cost_usd += cost
         if isinstance(event, ev.StepCompleted):
             self.agents[event.agent].duration += event.duration
+
+    def check(
+        self,
+        name: str,
+        limits: tuple[tuple[str, float], ...],
+        spend: Spend,
+        steps: int,
+        working_time: Callable[[float, float | None], float] | None,
+        since: float,
+    ) -> Overrun | None:
+        """The first of ``limits`` that ``spend`` has reached (``working_time`` from ``since``
+        is the scope's duration; None: the duration its steps took)."""
+        for limit, allowed in limits:
+            if self.raised:
+                allowed = self.raised.get((name, limit), allowed)
+            if limit == "max_tokens":
+                spent: float = spend.tokens
+            elif limit == "max_cost_usd":
+                spent = spend.cost_usd
+            elif limit == "max_steps":
+                spent = steps
+            else:
+                spent = spend.duration if working_time is None else working_time(since, None)
+            if spent >= allowed:
+                return Overrun(name, limit, allowed, spent)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,46 +187,39 @@ def _lower(given: Budget | None, rule: Budget) -> Budget:
 
 
 def overrun(engine: Engine, branch: Branch) -> Overrun | None:
-    """The first spent budget that keeps ``branch`` from taking its next step, if any."""
+    """The first spent budget that keeps ``branch`` from taking its next step, if any. (On
+    every step of a budgeted run: the limits are read once, and a working time is reckoned
+    only for a ``max_duration``.)"""
     book = engine.budget_book
     if book is None:
-        book = engine.budget_book = Book()
-    book.catch_up(engine.stream.events)
-    config = engine.config
+        book = engine.budget_book = Book(limits=Limits.of(engine.config))
+    events = engine.stream.events
+    if book.seen != len(events):
+        book.catch_up(events)
+    limits = book.limits
     agent = branch.agent
-    scopes: list[tuple[str, Budget | None, Spend, int, float]] = [
-        ("run", config.budget, book.run, engine.steps, engine.elapsed),
-        (
-            f"branch {branch.id}",
-            config.branch_budget,
-            book.branches.get(branch.id, Spend()),
-            branch.steps,
-            engine.working_time(branch.created_at, None),
-        ),
-    ]
-    agent_spend = book.agents.get(agent, Spend())
-    scopes.append(
-        (
-            f"agent {agent!r}",
-            config.agent_budgets.get(agent),
-            agent_spend,
-            book.agent_steps[agent],
-            agent_spend.duration,
+    if limits.run:
+        found = book.check(
+            "run", limits.run, book.run, engine.steps, engine.working_time, engine.started_at
         )
-    )
-    for name, budget, spend, steps, duration in scopes:
-        if budget is None:
-            continue
-        spent = {
-            "max_tokens": spend.tokens,
-            "max_cost_usd": spend.cost_usd,
-            "max_steps": steps,
-            "max_duration": duration,
-        }
-        for limit, allowed in budget.limits().items():
-            allowed = book.raised.get((name, limit), allowed)
-            if spent[limit] >= allowed:
-                return Overrun(name, limit, allowed, spent[limit])
+        if found is not None:
+            return found
+    if limits.branch:
+        spend = book.branches.get(branch.id) or Spend()
+        found = book.check(
+            f"branch {branch.id}",
+            limits.branch,
+            spend,
+            branch.steps,
+            engine.working_time,
+            branch.created_at,
+        )
+        if found is not None:
+            return found
+    own = limits.agents.get(agent)
+    if own:
+        spend = book.agents.get(agent) or Spend()
+        return book.check(f"agent {agent!r}", own, spend, spend.steps, None, 0.0)
     return None
 
 
