@@ -74,32 +74,10 @@ class Book:
     def catch_up(self, events: list[ev.Event]) -> None:
         """Take in the events emitted since the last look."""
         for event in events[self.seen :]:
-            kind = type(event)
-            if kind is ev.StepCompleted or kind is ev.ActionRejected:
-                assert isinstance(event, ev.StepCompleted | ev.ActionRejected)
-                self._spent(event)
-            elif kind is ev.StepStarted:
-                assert isinstance(event, ev.StepStarted)
-                if not event.retaken:
-                    self.agents.setdefault(event.agent, Spend()).steps += 1
-            elif kind is ev.BudgetRaised:
-                assert isinstance(event, ev.BudgetRaised)
-                self.raised[(event.budget, event.limit)] = event.allowed
+            fold = _FOLDS.get(type(event))
+            if fold is not None:
+                fold(self, event)
         self.seen = len(events)
-
-    def _spent(self, event: ev.StepCompleted | ev.ActionRejected) -> None:
-        """A step's usage (a rejected reply's too: its tokens were spent all the same)."""
-        tokens = event.prompt_tokens + event.completion_tokens
-        cost = event.cost_usd or 0.0
-        for spend in (
-            self.run,
-            self.branches.setdefault(event.branch_id, Spend()),
-            self.agents.setdefault(event.agent, Spend()),
-        ):
-            spend.tokens += tokens
-            spend.cost_usd += cost
-        if isinstance(event, ev.StepCompleted):
-            self.agents[event.agent].duration += event.duration
 
     def check(
         self,
@@ -126,6 +104,37 @@ class Book:
             if spent >= allowed:
                 return Overrun(name, limit, allowed, spent)
         return None
+
+
+def _spent(book: Book, event: Any) -> None:
+    """A step's usage, from its StepCompleted or ActionRejected (a rejected reply's tokens
+    were spent all the same); a completed step's duration counts for its agent."""
+    tokens = event.prompt_tokens + event.completion_tokens
+    cost = event.cost_usd or 0.0
+    agent = book.agents.get(event.agent) or book.agents.setdefault(event.agent, Spend())
+    for spend in (book.run, book.branches.setdefault(event.branch_id, Spend()), agent):
+        spend.tokens += tokens
+        spend.cost_usd += cost
+    if type(event) is ev.StepCompleted:
+        agent.duration += event.duration
+
+
+def _started(book: Book, event: Any) -> None:
+    if not event.retaken:
+        agent = book.agents.get(event.agent) or book.agents.setdefault(event.agent, Spend())
+        agent.steps += 1
+
+
+def _raised(book: Book, event: Any) -> None:
+    book.raised[(event.budget, event.limit)] = event.allowed
+
+
+_FOLDS: dict[type[ev.Event], Callable[[Book, Any], None]] = {
+    ev.StepCompleted: _spent,
+    ev.ActionRejected: _spent,
+    ev.StepStarted: _started,
+    ev.BudgetRaised: _raised,
+}
 
 
 @dataclass(frozen=True, slots=True)
