@@ -2,7 +2,8 @@
 where a step would begin.
 
 Spend is read from the run's events (each step's tokens, cost and duration, as its
-``StepCompleted`` reports them from the journaled ``StepResult``), and a raised limit from its
+``StepCompleted``, or a rejected reply's ``ActionRejected``, reports them from the journaled
+``StepResult``), and a raised limit from its
 ``BudgetRaised`` event: so a replayed log, a resumed run and a run restored from a snapshot
 (which keeps the events) reckon with the same spend and limits, and no clock is read here.
 Working time comes from the engine (``Engine.working_time``: paused time excluded).
