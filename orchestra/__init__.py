@@ -9,6 +9,7 @@ from .communication import ProgrammaticChannel, ScriptedUser, TerminalChannel
 from .coordination import (
     Action,
     BranchResult,
+    Budget,
     CommunicationConfig,
     ConvergencePolicy,
     Edge,
@@ -40,6 +41,7 @@ __all__ = [
     "AgentRegistry",
     "BaseAgent",
     "BranchResult",
+    "Budget",
     "CommunicationConfig",
     "ConditionError",
     "ConvergencePolicy",

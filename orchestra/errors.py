@@ -161,6 +161,25 @@ class PingPongError(LimitExceededError):
     """Two agents kept handing the same work back and forth (a ``ping_pong(n)`` rule)."""
 
 
+class BudgetExceededError(LimitExceededError):
+    """A run's, branch's or agent's budget was spent and not raised: ``budget`` names its
+    scope (``"run"``, ``"branch b2"``, ``"agent 'Writer'"``), ``limit`` the field
+    (``"max_tokens"``, ...), and ``allowed`` and ``spent`` are the limit and the spend."""
+
+    def __init__(self, budget: str, limit: str, allowed: float, spent: float) -> None:
+        self.budget = budget
+        self.allowed = allowed
+        self.spent = spent
+        super().__init__(
+            limit,
+            f"the {budget} budget's {limit}={allowed:g} is spent ({spent:g} used); "
+            "raise it (ExecutionConfig budget, branch_budget or agent_budgets) to go further",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.budget, self.limit, self.allowed, self.spent))
+
+
 class ConvergenceError(OrchestraError):
     """Too few branches of a fan-out succeeded for its convergence policy."""
 

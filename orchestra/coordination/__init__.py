@@ -3,6 +3,7 @@
 from ..agents.contract import Action, Invocation
 from ..models.base import ToolCall
 from .config import (
+    Budget,
     CommunicationConfig,
     ConvergencePolicy,
     ErrorHandlingConfig,
@@ -17,6 +18,7 @@ from .topology import Edge, Labeled, Node, PatternConfig, Topology
 __all__ = [
     "Action",
     "BranchResult",
+    "Budget",
     "CommunicationConfig",
     "ConvergencePolicy",
     "Edge",

@@ -185,6 +185,30 @@ class TracingConfig(_Config):
         raise ValueError(f"tracing must be a TracingConfig, True or False, got {value!r}")
 
 
+class Budget(_Config):
+    """How much a run, a branch or an agent may spend (docs/engine.md, "Budgets"): tokens
+    (prompt and completion), cost in US dollars (as the models report it), agent steps and
+    working time in seconds (paused time excluded). ``None`` means no limit; a step begins only
+    while every limit set is above what was spent."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_steps: int | None = Field(default=None, ge=1)
+    max_duration: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.limits() == {}:
+            raise ValueError(
+                "a budget needs at least one of max_tokens, max_cost_usd, max_steps, max_duration"
+            )
+        return self
+
+    def limits(self) -> dict[str, float]:
+        """The limits set, by field name."""
+        return {name: value for name, value in self if value is not None}
+
+
 class ExecutionConfig(_Config):
     """Limits and behaviour of one run.
 
@@ -203,6 +227,8 @@ class ExecutionConfig(_Config):
     convergence point of their fan-out stop there, so the point runs once on all of them;
     when False, every branch runs through the point on its own.
     ``tracing`` (a :class:`TracingConfig`, or True/False) says whether the run is traced.
+    Budgets (:class:`Budget`) bound what is spent: ``budget`` by the whole run,
+    ``branch_budget`` by each branch, ``agent_budgets`` by each agent named (over the run).
     """
 
     convergence_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -214,6 +240,9 @@ class ExecutionConfig(_Config):
     max_steering_retries: int = Field(default=3, ge=0)
     status: StatusConfig = Field(default_factory=StatusConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    budget: Budget | None = None
+    branch_budget: Budget | None = None
+    agent_budgets: dict[str, Budget] = Field(default_factory=dict)
 
     @field_validator("convergence_policy", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from orchestra.communication.channels import CommunicationManager, Question
 from .config import ConvergencePolicy, ErrorHandlingConfig, ExecutionConfig, StatusConfig
 from .engine import events as ev
 from .engine import inputs as inp
+from .engine.budgets import configured
 from .engine.clock import now
 from .engine.convergence import check_node_policies
 from .engine.core import Engine
@@ -81,6 +82,7 @@ def prepare(
         {name: agent for name, agent in attached.items() if agent is not None},
     )
     effective = min(max_steps, analysis.max_steps or max_steps)
+    config = configured(config, topo.rules, analysis.agents)
     return Setup(topo, analysis, found, config, error_config, communication, effective)
 
 

@@ -37,7 +37,7 @@ from orchestra.errors import (
 )
 from orchestra.models.base import Message, StepInfo, ToolSpec
 
-from . import convergence, lifecycle, moves
+from . import budgets, convergence, lifecycle, moves
 from . import events as ev
 from . import inputs as inp
 from .branches import Branch, BranchStatus, FanOut
@@ -83,6 +83,7 @@ class Engine:
         self.invocations: Counter[str] = Counter()
         self.questions_asked = 0
         self.spawned = 0  # how many times a branch was given work (see Branch.ready)
+        self.budget_book: budgets.Book | None = None  # read from the events when first needed
         self.finished = False
         self.error: OrchestraError | None = None
         self.checkpoint_ids: list[str] = []
@@ -293,6 +294,11 @@ class Engine:
                 )
                 self._stop(error, branch)
                 return
+            config = self.config
+            if (config.budget or config.branch_budget or config.agent_budgets) and budgets.stop(
+                self, branch
+            ):
+                return
             self.steps += 1
             branch.steps += 1
             branch.step_number = self.steps
@@ -389,7 +395,7 @@ class Engine:
         allowed = branch.allowed
         assert allowed is not None
         if outcome.problem is not None:
-            self._steer(branch, outcome.problem, outcome.reply)
+            self._steer(branch, outcome.problem, outcome)
             return None
         action = outcome.action
         try:
@@ -406,7 +412,7 @@ class Engine:
                 return action
             if action is None:
                 if not allowed.can_finish:
-                    self._steer(branch, f"the reply has no action; {PROTOCOL_HINT}", outcome.reply)
+                    self._steer(branch, f"the reply has no action; {PROTOCOL_HINT}", outcome)
                     return None
                 action = Action.final(outcome.reply)
             by_model = not outcome.by_code
@@ -422,7 +428,7 @@ class Engine:
             refused = ActionError(f"agent {agent!r} returned an action it may not take: {problem}")
             lifecycle.fail(self, branch, refused)
         else:
-            self._steer(branch, problem, outcome.reply)
+            self._steer(branch, problem, outcome)
         return None
 
     def _step_error(self, item: inp.StepError) -> None:
@@ -541,7 +547,9 @@ class Engine:
         question_id = branch.question[0] if branch.question else ""
         branch.question = None
         branch.status = BranchStatus.RUNNING
-        branch.input = StepInput(InputKind.USER_ANSWER, item.answer, USER)
+        about_budget = budgets.is_question(question_id)
+        if not about_budget:  # a budget's question leaves the step it stopped to be taken
+            branch.input = StepInput(InputKind.USER_ANSWER, item.answer, USER)
         self.stream.emit(
             ev.UserInputReceived(
                 run_id=self.run_id,
@@ -551,6 +559,8 @@ class Engine:
                 answer=item.answer,
             )
         )
+        if about_budget:
+            budgets.answered(self, branch, item.answer)
 
     def _branch_failure(self, item: inp.BranchFailure) -> None:
         if not self.finished:
@@ -563,8 +573,9 @@ class Engine:
 
     # ---- steering -----------------------------------------------------------------------------
 
-    def _steer(self, branch: Branch, problem: str, reply: str) -> None:
+    def _steer(self, branch: Branch, problem: str, outcome: StepOutcome) -> None:
         branch.retries += 1
+        reply, usage = outcome.reply, outcome.usage
         self.stream.emit(
             ev.ActionRejected(
                 run_id=self.run_id,
@@ -575,6 +586,9 @@ class Engine:
                 problem=problem,
                 reply=reply,
                 attempt=branch.retries,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                cost_usd=usage.cost_usd if usage else None,
             )
         )
         if (

@@ -111,6 +111,10 @@ class ActionRejected(Event, frozen=True, kw_only=True):
     problem: str
     reply: str
     attempt: int
+    # what the rejected reply cost (budgets count it)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
 
 
 class WorkHandedOver(Event, frozen=True, kw_only=True):
@@ -179,6 +183,17 @@ class UserInputReceived(Event, frozen=True, kw_only=True):
     answer: Any
 
 
+class BudgetRaised(Event, frozen=True, kw_only=True):
+    """The user raised a spent budget (``budget``: ``"run"``, ``"branch b2"``, ``"agent
+    'Writer'"``) by answering its question: ``limit`` (a field such as ``max_tokens``) is now
+    ``allowed``."""
+
+    branch_id: str
+    budget: str
+    limit: str
+    allowed: float
+
+
 class BranchCompleted(Event, frozen=True, kw_only=True):
     branch_id: str
     agent: str
@@ -245,6 +260,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ToolCallCompleted,
     UserInputRequested,
     UserInputReceived,
+    BudgetRaised,
     BranchCompleted,
     BranchFailed,
     CheckpointCreated,

@@ -14,6 +14,7 @@ from orchestra.communication.channels import Question
 from orchestra.errors import OrchestraError, UnstorableValueError, UserInputError
 from orchestra.models.secrets import redact
 
+from . import budgets
 from . import inputs as inp
 from .branches import Branch
 from .clock import now
@@ -46,6 +47,11 @@ class OpenQuestions:
             return False
         assert branch.question is not None
         question_id, text = branch.question
+        if runner.communication.channel is None and budgets.is_question(question_id):
+            spent = budgets.overrun(runner.engine, branch)
+            if spent is not None:  # no one to ask: the budget is a hard one
+                runner.fail_branch(branch, spent.error())
+                return True
         run_id = runner.engine.run_id
         question = Question(
             id=f"{run_id}:{self._token}:{question_id}",

@@ -381,7 +381,7 @@ class Runner:
             effects = self.feed(inp.StepBegin(at=now(), branch_id=branch.id), due=False)
             begun = effects[-1] if effects else None  # the engine's last effect: take the step
             if type(begun) is not TakeStep:
-                return False
+                return branch.question is not None  # a spent budget's question to ask
             request = begun.request
             request.report_retry = self._report_retry
             before = len(request.messages)

@@ -4,11 +4,12 @@ from .analysis import TopologyAnalysis
 from .conditions import Condition, Labeled, labels_of
 from .model import USER, Edge, NamedAgent, Node
 from .patterns import PatternConfig
-from .rules import MaxAgents, MaxSteps, Parallel, PingPong, Rule, Timeout, parse_rule
+from .rules import BudgetRule, MaxAgents, MaxSteps, Parallel, PingPong, Rule, Timeout, parse_rule
 from .topology import Topology
 
 __all__ = [
     "USER",
+    "BudgetRule",
     "Condition",
     "Edge",
     "Labeled",

@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from pydantic import ValidationError
+
+from orchestra.coordination.config import Budget
 from orchestra.errors import TopologyError
 
 from .model import check_name
@@ -133,6 +136,50 @@ class PingPong(Rule):
         return f"ping_pong({self.rounds})"
 
 
+@dataclass(frozen=True)
+class BudgetRule(Rule):
+    """What the run (``scope`` ``run``), each branch (``branch``) or one agent (its name) may
+    spend: ``budget(Writer, max_tokens=2000, max_cost_usd=0.5)`` (see :class:`Budget`)."""
+
+    scope: str
+    limits: tuple[tuple[str, float], ...]
+    keyword: ClassVar[str] = "budget"
+
+    def __post_init__(self) -> None:
+        if self.scope not in ("run", "branch"):
+            check_name(self.scope, "budget rule")
+        object.__setattr__(self, "limits", tuple(self.limits))
+        self.budget()
+
+    def budget(self) -> Budget:
+        """The rule's limits as a Budget (a TopologyError naming the field for a bad one)."""
+        try:
+            return Budget.model_validate(dict(self.limits))
+        except ValidationError as error:
+            problem = error.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"]) or "limits"
+            raise _rule_error(
+                self.keyword, f"budget({self.scope}, ...): {where}: {problem['msg']}"
+            ) from None
+
+    def to_text(self) -> str:
+        limits = ", ".join(f"{name}={value!r}" for name, value in self.limits)
+        return f"budget({self.scope}, {limits})"
+
+
+def _budget(args: list[str], text: str) -> BudgetRule:
+    if len(args) < 2:
+        raise _rule_error(text, f"rule {text!r}: budget(scope, field=limit, ...) needs both")
+    limits: list[tuple[str, float]] = []
+    for arg in args[1:]:
+        name, equals, value = arg.partition("=")
+        if not equals:
+            raise _rule_error(text, f"rule {text!r}: {arg!r} is not field=limit")
+        number = _integer(value, text) if value.strip().isdigit() else _number(value, text)
+        limits.append((name.strip(), number))
+    return BudgetRule(args[0], tuple(limits))
+
+
 _RULE_TEXT = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$", re.DOTALL)
 
 
@@ -171,6 +218,7 @@ _PARSERS: dict[str, Callable[[list[str], str], Rule]] = {
     "max_agents": lambda args, text: MaxAgents(_integer(_single_argument(args, text), text)),
     "parallel": lambda args, text: Parallel(tuple(args)),
     "ping_pong": lambda args, text: PingPong(_integer(_single_argument(args, text), text)),
+    "budget": _budget,
 }
 RULE_KEYWORDS = tuple(_PARSERS)
 

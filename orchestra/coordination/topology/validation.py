@@ -15,7 +15,7 @@ from orchestra.errors import TopologyProblem
 
 from .conditions import condition_problem
 from .model import USER, Edge
-from .rules import Parallel
+from .rules import BudgetRule, Parallel
 from .topology import Topology
 
 
@@ -161,6 +161,9 @@ def _check_rules(topology: Topology, structure: Structure) -> None:
                         f"rule {rule.to_text()!r} names {name!r}, which is not an agent node",
                     )
             continue
+        if isinstance(rule, BudgetRule):
+            _check_budget(topology, structure, rule, seen)
+            continue
         if rule.keyword in seen:
             structure.add(
                 "invalid_rule",
@@ -168,6 +171,25 @@ def _check_rules(topology: Topology, structure: Structure) -> None:
                 f"rule {rule.keyword}(...) is given more than once; keep one",
             )
         seen.add(rule.keyword)
+
+
+def _check_budget(
+    topology: Topology, structure: Structure, rule: BudgetRule, seen: set[str]
+) -> None:
+    """One budget rule per scope, and an agent's names an agent node."""
+    key = f"budget({rule.scope})"
+    if key in seen:
+        structure.add(
+            "invalid_rule", key, f"rule {key} is given more than once; keep one per scope"
+        )
+    seen.add(key)
+    if rule.scope not in ("run", "branch") and (rule.scope == USER or rule.scope not in topology):
+        structure.add(
+            "invalid_rule",
+            rule.to_text(),
+            f"rule {rule.to_text()!r} names {rule.scope!r}, which is not an agent node "
+            "(a budget's scope is run, branch or an agent)",
+        )
 
 
 def _reach(starts: Iterable[str], neighbours: dict[str, list[str]]) -> set[str]:
