@@ -37,7 +37,7 @@ from orchestra.errors import (
 )
 from orchestra.models.base import Message, StepInfo, ToolSpec
 
-from . import budgets, convergence, lifecycle, moves
+from . import budgets, convergence, lifecycle, moves, steering
 from . import events as ev
 from . import inputs as inp
 from .branches import Branch, BranchStatus, FanOut
@@ -395,7 +395,7 @@ class Engine:
         allowed = branch.allowed
         assert allowed is not None
         if outcome.problem is not None:
-            self._steer(branch, outcome.problem, outcome)
+            steering.steer(self, branch, outcome.problem, outcome)
             return None
         action = outcome.action
         try:
@@ -412,7 +412,9 @@ class Engine:
                 return action
             if action is None:
                 if not allowed.can_finish:
-                    self._steer(branch, f"the reply has no action; {PROTOCOL_HINT}", outcome)
+                    steering.steer(
+                        self, branch, f"the reply has no action; {PROTOCOL_HINT}", outcome
+                    )
                     return None
                 action = Action.final(outcome.reply)
             by_model = not outcome.by_code
@@ -428,7 +430,7 @@ class Engine:
             refused = ActionError(f"agent {agent!r} returned an action it may not take: {problem}")
             lifecycle.fail(self, branch, refused)
         else:
-            self._steer(branch, problem, outcome)
+            steering.steer(self, branch, problem, outcome)
         return None
 
     def _step_error(self, item: inp.StepError) -> None:
@@ -570,38 +572,3 @@ class Engine:
         fan_out = self.fan_outs[item.fan_out_id]
         if not self.finished and not fan_out.settled:
             convergence.settle(self, fan_out, timed_out=True)
-
-    # ---- steering -----------------------------------------------------------------------------
-
-    def _steer(self, branch: Branch, problem: str, outcome: StepOutcome) -> None:
-        branch.retries += 1
-        reply, usage = outcome.reply, outcome.usage
-        self.stream.emit(
-            ev.ActionRejected(
-                run_id=self.run_id,
-                at=self.now,
-                branch_id=branch.id,
-                agent=branch.agent,
-                step=branch.step_number,
-                problem=problem,
-                reply=reply,
-                attempt=branch.retries,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                cost_usd=usage.cost_usd if usage else None,
-            )
-        )
-        if (
-            self.config.steering_mode == "never"
-            or branch.retries > self.config.max_steering_retries
-        ):
-            error = ActionError(
-                f"agent {branch.agent!r} gave no usable action after {branch.retries} "
-                f"attempt(s): {problem}. Last reply: {reply[:500]!r}"
-            )
-            lifecycle.fail(self, branch, error)
-            return
-        menu = branch.allowed.menu() if branch.allowed else ""
-        branch.input = StepInput(
-            InputKind.STEERING, f"Your last reply could not be used: {problem}. You may: {menu}."
-        )
