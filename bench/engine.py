@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestra.agents import Agent, AgentRegistry, FunctionAgent
-from orchestra.coordination.config import ExecutionConfig, StatusConfig, TracingConfig
+from orchestra.coordination.config import Budget, ExecutionConfig, StatusConfig, TracingConfig
 from orchestra.coordination.monitoring import MetricsCollector
 from orchestra.coordination.orchestra import Orchestra
 from orchestra.coordination.topology import Topology
@@ -248,6 +248,16 @@ def main() -> None:
         (
             "the same with a MetricsCollector attached (no exporter)",
             f"{per_step(counted):.1f} µs/step",
+        )
+    )
+    roomy = Budget(max_tokens=10**12, max_cost_usd=1e9, max_steps=10**9, max_duration=1e9)
+    budgeted = best_of(
+        5, lambda: chain_run(steps, config=QUIET.model_copy(update={"budget": roomy}))
+    )
+    rows.append(
+        (
+            "the same with a run budget on every field (never reached)",
+            f"{per_step(budgeted):.1f} µs/step",
         )
     )
     spans = best_of(5, lambda: chain_run(steps, config=traced()))
