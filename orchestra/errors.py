@@ -164,20 +164,42 @@ class PingPongError(LimitExceededError):
 class BudgetExceededError(LimitExceededError):
     """A run's, branch's or agent's budget was spent and not raised: ``budget`` names its
     scope (``"run"``, ``"branch b2"``, ``"agent 'Writer'"``), ``limit`` the field
-    (``"max_tokens"``, ...), and ``allowed`` and ``spent`` are the limit and the spend."""
+    (``"max_tokens"``, ...), ``allowed`` and ``spent`` are the limit and the spend, and
+    ``source`` where the limit was set (what to change to go further)."""
 
-    def __init__(self, budget: str, limit: str, allowed: float, spent: float) -> None:
+    def __init__(
+        self, budget: str, limit: str, allowed: float, spent: float, source: str = ""
+    ) -> None:
         self.budget = budget
         self.allowed = allowed
         self.spent = spent
+        self.source = source
+        where = f" {source}" if source else ""
         super().__init__(
             limit,
-            f"the {budget} budget's {limit}={allowed:g} is spent ({spent:g} used); "
-            "raise it (ExecutionConfig budget, branch_budget or agent_budgets) to go further",
+            f"the {budget} budget's {limit}={budget_amount(limit, allowed)} is spent "
+            f"({budget_amount(limit, spent)} used); raise it{where} to go further",
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.budget, self.limit, self.allowed, self.spent))
+        return (type(self), (self.budget, self.limit, self.allowed, self.spent, self.source))
+
+
+def budget_amount(limit: str, value: float) -> str:
+    """A budget's amount as a person reads it: whole tokens and steps with thousands
+    separators, dollars to at most 4 decimals, seconds to at most 3 (an amount too small for
+    them in 3 significant digits)."""
+    if limit in ("max_tokens", "max_steps"):
+        return f"{int(value):,}" if float(value).is_integer() else f"{value:,}"
+    if limit == "max_cost_usd":
+        return "$" + _trimmed(value, 4)
+    return _trimmed(value, 3) + " s"
+
+
+def _trimmed(value: float, decimals: int) -> str:
+    if 0 < abs(value) < 10**-decimals:
+        return f"{value:.3g}"
+    return f"{value:,.{decimals}f}".rstrip("0").rstrip(".")
 
 
 class ConvergenceError(OrchestraError):

@@ -16,10 +16,12 @@ import pytest
 from helpers import crash_copy, final, invoke, llm, of, quiet, run
 from pydantic import ValidationError
 from storage_backends import Storage
+from test_engine_core import engine_for, step
 from test_replay import exactly
 from test_sessions import wait
 
 from orchestra import (
+    Action,
     Agent,
     AgentRegistry,
     CommunicationConfig,
@@ -29,8 +31,11 @@ from orchestra import (
     ScriptedUser,
 )
 from orchestra.communication import CommunicationManager
-from orchestra.coordination.config import Budget
+from orchestra.coordination.config import Budget, ErrorHandlingConfig
 from orchestra.coordination.engine import events as ev
+from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.engine.budgets import configured
+from orchestra.coordination.engine.core import Engine
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
 from orchestra.coordination.topology import BudgetRule, Topology, parse_rule
@@ -38,6 +43,8 @@ from orchestra.errors import (
     BudgetExceededError,
     LimitExceededError,
     TopologyError,
+    UserInputError,
+    budget_amount,
 )
 from orchestra.models import Message, StepInfo
 from orchestra.models.base import ModelReply, Usage
@@ -82,8 +89,14 @@ def scoped(scope: str, budget: Budget) -> ExecutionConfig:
 
 
 LIMITS = {"max_tokens": 250, "max_cost_usd": 0.025, "max_steps": 3}
-SPENT = {"max_tokens": "300", "max_cost_usd": "0.03", "max_steps": "3"}
+SHOWN = {"max_tokens": "250", "max_cost_usd": "$0.025", "max_steps": "3"}
+SPENT = {"max_tokens": "300", "max_cost_usd": "$0.03", "max_steps": "3"}
 NAMES = {"run": "run", "branch": "branch b0", "agent": "agent 'Writer'"}
+FIELDS = {
+    "run": "ExecutionConfig.budget",
+    "branch": "ExecutionConfig.branch_budget",
+    "agent": "ExecutionConfig.agent_budgets['Writer']",
+}
 
 
 @pytest.mark.parametrize("field", list(LIMITS))
@@ -100,8 +113,8 @@ async def test_a_spent_budget_fails_the_run_before_the_next_model_call(
     assert not result.success
     assert model.call_count == (6 if scope == "agent" else 3)
     assert result.error == (
-        f"the {NAMES[scope]} budget's {field}={LIMITS[field]:g} is spent ({SPENT[field]} used); "
-        "raise it (ExecutionConfig budget, branch_budget or agent_budgets) to go further"
+        f"the {NAMES[scope]} budget's {field}={SHOWN[field]} is spent ({SPENT[field]} used); "
+        f"raise it in {FIELDS[scope]}.{field} to go further"
     )
     failed = of(result, ev.BranchFailed)
     assert [event.error_type for event in failed] == ["BudgetExceededError"]
@@ -115,7 +128,7 @@ async def test_a_duration_budget_counts_working_time(scope: str) -> None:
     config = scoped(scope, Budget(max_duration=1e-9))
     result = await run("draft", LOOP, [llm("Writer", model), llm("Critic", model)], config=config)
     assert not result.success and result.error is not None
-    assert f"the {NAMES[scope]} budget's max_duration=1e-09 is spent" in result.error
+    assert f"the {NAMES[scope]} budget's max_duration=1e-09 s is spent" in result.error
     assert model.call_count <= (2 if scope == "agent" else 1)  # Critic has no budget
     roomy = scoped(scope, Budget(max_duration=3600))
     model = finishing(after=2)
@@ -150,7 +163,7 @@ def test_the_error_names_budget_limit_and_spend() -> None:
         0.5,
         0.52,
     )
-    assert "agent 'Writer' budget's max_cost_usd=0.5 is spent (0.52 used)" in str(error)
+    assert "agent 'Writer' budget's max_cost_usd=$0.5 is spent ($0.52 used)" in str(error)
 
 
 async def test_the_user_raises_a_spent_budget_and_the_run_goes_on() -> None:
@@ -169,17 +182,18 @@ async def test_the_user_raises_a_spent_budget_and_the_run_goes_on() -> None:
     assert result.final_response == "done" and model.call_count == 5
     assert [question.text for question in user.questions] == [
         "The run budget's max_tokens=250 is spent (300 used) before 'Critic''s next step. "
-        "Reply with a higher max_tokens to go on, or 'no' to stop.",
+        "Reply with a higher max_tokens (a whole number) to go on, or 'no' to stop.",
         "The run budget's max_tokens=400 is spent (400 used) before 'Writer''s next step. "
-        "Reply with a higher max_tokens to go on, or 'no' to stop.",
+        "Reply with a higher max_tokens (a whole number) to go on, or 'no' to stop.",
     ]
     raised = [(e.budget, e.limit, e.allowed) for e in of(result, ev.BudgetRaised)]
     assert raised == [("run", "max_tokens", 400.0), ("run", "max_tokens", 1000.0)]
 
 
-@pytest.mark.parametrize("answer", ["no", "", 300, "250", None])
+@pytest.mark.parametrize("answer", ["no", "", 300, "250", None, "400.5"])
 async def test_an_answer_that_does_not_raise_the_budget_fails_the_run(answer: Any) -> None:
-    """'no', or a number not above the spend (300 tokens), keeps the budget: the run fails."""
+    """'no', a number not above the spend (300 tokens), or not a whole one (tokens are
+    counted whole), keeps the budget: the run fails."""
     model = looping()
     result = await run(
         "draft",
@@ -325,3 +339,168 @@ def test_a_workflow_file_sets_budgets_under_execution(tmp_path: Path) -> None:
         match=r"flow.yaml:8: execution.agent_budgets.A.max_steps: Input should be greater than or equal to 1",
     ):
         load_workflow(path)
+
+
+# ---- the engine core on its own: budget questions and their answers, at times of our own ----
+
+TWO_LOOPS = {
+    "nodes": ["User", "A", "B", "X", "Y"],
+    "edges": ["User -> A", "User -> B", "A -> X", "X -> A", "B -> Y", "Y -> B"],
+    "exit_points": ["A", "B"],
+}
+
+
+def budgeted(topology: dict[str, Any], config: ExecutionConfig) -> Engine:
+    engine = engine_for(topology)
+    engine.apply(
+        inp.RunStart(
+            at=0.0,
+            task="task",
+            context={},
+            max_steps=50,
+            config=config,
+            error_config=ErrorHandlingConfig(),
+            topology=(),
+        )
+    )
+    return engine
+
+
+def asks(engine: Engine, branch: str, at: float) -> str:
+    """The branch's next step is stopped by a budget: the question's text."""
+    engine.apply(inp.StepBegin(at=at, branch_id=branch))
+    asked = engine.branches[branch].question
+    assert asked is not None, f"branch {branch} was not asked"
+    return asked[1]
+
+
+def both_asked() -> Engine:
+    """b1 (A calling X) is stopped by agent A's max_steps=1, b2 (B) by the run's max_steps=3."""
+    config = ExecutionConfig(budget=Budget(max_steps=3), agent_budgets={"A": Budget(max_steps=1)})
+    engine = budgeted(TWO_LOOPS, config)
+    step(engine, "b1", 1.0, 1.0, Action.invoke("X", "x"))
+    step(engine, "b1", 2.0, 1.0, Action.final("x done"))  # back to A
+    assert asks(engine, "b1", 3.0).startswith("The agent 'A' budget's max_steps=1 is spent")
+    step(engine, "b2", 3.0, 1.0, Action.invoke("Y", "y"))
+    assert asks(engine, "b2", 4.0).startswith("The run budget's max_steps=3 is spent (3 used)")
+    return engine
+
+
+def failures(engine: Engine) -> dict[str, tuple[str, str]]:
+    """The failed branches' error types and texts (b0's, the fan-out's, left out)."""
+    failed = (e for e in engine.stream.events if type(e) is ev.BranchFailed)
+    return {e.branch_id: (e.error_type or "", e.error or "") for e in failed if e.branch_id != "b0"}
+
+
+def raised(engine: Engine) -> list[tuple[str, str, float]]:
+    return [
+        (e.budget, e.limit, e.allowed) for e in engine.stream.events if type(e) is ev.BudgetRaised
+    ]
+
+
+def test_an_answer_raises_the_budget_it_was_asked_about_and_no_other() -> None:
+    """A's question was about A's steps: '5' raises them, not the run's (which was spent by
+    then too, and which the old code raised), and A is asked again, about the run's steps;
+    B's 'no' about the run fails B with the run's error."""
+    engine = both_asked()
+    engine.apply(inp.UserAnswer(at=5.0, branch_id="b1", answer="5"))
+    assert raised(engine) == [("agent 'A'", "max_steps", 5.0)]
+    assert asks(engine, "b1", 5.0).startswith("The run budget's max_steps=3 is spent (3 used)")
+    engine.apply(inp.UserAnswer(at=6.0, branch_id="b2", answer="no"))
+    assert failures(engine) == {
+        "b2": (
+            "BudgetExceededError",
+            "the run budget's max_steps=3 is spent (3 used); "
+            "raise it in ExecutionConfig.budget.max_steps to go further",
+        )
+    }
+
+
+def test_no_fails_the_branch_even_when_another_answer_raised_its_budget() -> None:
+    """Both asked about the run's steps: A raises them to 10 and takes its step; B's 'no'
+    fails B (the budget is no longer spent, but B's user said no: it used to go on)."""
+    engine = budgeted(TWO_LOOPS, ExecutionConfig(budget=Budget(max_steps=2)))
+    step(engine, "b1", 1.0, 1.0, Action.invoke("X", "x"))
+    step(engine, "b2", 1.0, 1.0, Action.invoke("Y", "y"))
+    asks(engine, "b1", 3.0)
+    asks(engine, "b2", 3.0)
+    engine.apply(inp.UserAnswer(at=4.0, branch_id="b1", answer=10))
+    step(engine, "b1", 4.0, 1.0, Action.final("x done"))
+    engine.apply(inp.UserAnswer(at=5.0, branch_id="b2", answer="no"))
+    assert raised(engine) == [("run", "max_steps", 10.0)]
+    assert list(failures(engine)) == ["b2"]
+
+
+@pytest.mark.parametrize("answer", ["2.5", 4.5, "lots"])
+def test_a_step_or_token_limit_is_raised_only_by_a_whole_number(answer: Any) -> None:
+    engine = both_asked()
+    engine.apply(inp.UserAnswer(at=5.0, branch_id="b1", answer=answer))
+    assert failures(engine)["b1"][1].startswith("the agent 'A' budget's max_steps=1 is spent")
+    assert raised(engine) == []
+
+
+def test_the_wait_for_a_duration_answer_is_not_working_time() -> None:
+    """The run's 0.3 s are spent by a 0.4 s step; the user takes 100 s to answer 1.0: the
+    limit is raised (the answer beats the 0.4 s shown) and the next step begins, the wait
+    being the budget's own pause. It used to fail with 100.4 s 'used'."""
+    engine = budgeted(TWO_LOOPS, ExecutionConfig(budget=Budget(max_duration=0.3)))
+    step(engine, "b1", 0.0, 0.4, Action.invoke("X", "x"))
+    text = asks(engine, "b1", 0.4)
+    assert text.startswith("The run budget's max_duration=0.3 s is spent (0.4 s used)")
+    engine.apply(inp.UserAnswer(at=100.4, branch_id="b1", answer="1.0"))
+    assert not failures(engine)
+    step(engine, "b1", 100.4, 0.6, Action.final("x done"))
+    assert asks(engine, "b1", 101.0).startswith(
+        "The run budget's max_duration=1 s is spent (1 s used)"
+    )
+
+
+@pytest.mark.parametrize("on_timeout", ["fail", "default"])
+def test_a_budget_question_nobody_answers_fails_with_the_budget_error(on_timeout: str) -> None:
+    """The channel's timeout: with 'fail' the branch fails with the budget's error, not the
+    channel's UserInputError; with 'default' the default answer (wrapped in the channel's
+    note) is no number, and it fails alike."""
+    engine = both_asked()
+    if on_timeout == "fail":
+        timed_out = UserInputError("the user did not answer 'A''s question within 5s")
+        engine.apply(inp.BranchFailure(at=5.0, branch_id="b1", error=timed_out))
+    else:
+        default = "(The user did not answer within 5s; go on with the default answer: 100)"
+        engine.apply(inp.UserAnswer(at=5.0, branch_id="b1", answer=default))
+    kind, text = failures(engine)["b1"]
+    assert kind == "BudgetExceededError"
+    assert text.startswith("the agent 'A' budget's max_steps=1 is spent (1 used)")
+
+
+def test_the_error_names_the_rule_that_set_the_limit() -> None:
+    """A ``budget(...)`` rule lower than the config holds: the error says to change the rule
+    (raising the config would do nothing)."""
+    topology = {**TWO_LOOPS, "rules": ["budget(run, max_steps=1)"]}
+    engine = engine_for(topology)
+    config = configured(
+        ExecutionConfig(budget=Budget(max_steps=5)), engine.analysis.budget_rules, ["A", "B"]
+    )
+    engine = budgeted(topology, config)
+    step(engine, "b1", 1.0, 1.0, Action.invoke("X", "x"))
+    asks(engine, "b1", 2.0)
+    engine.apply(inp.UserAnswer(at=3.0, branch_id="b1", answer="no"))
+    assert failures(engine)["b1"][1] == (
+        "the run budget's max_steps=1 is spent (1 used); "
+        "raise it in the topology rule budget(run, max_steps=1) to go further"
+    )
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "shown"),
+    [
+        ("max_tokens", 2_500_000, "2,500,000"),
+        ("max_tokens", 1_000_150.0, "1,000,150"),
+        ("max_steps", 12, "12"),
+        ("max_cost_usd", 1234.5, "$1,234.5"),
+        ("max_cost_usd", 0.123456, "$0.1235"),
+        ("max_duration", 90.0, "90 s"),
+        ("max_duration", 0.401569, "0.402 s"),
+    ],
+)
+def test_budget_amounts_read_as_a_person_writes_them(limit: str, value: float, shown: str) -> None:
+    assert budget_amount(limit, value) == shown

@@ -9,9 +9,12 @@ Spend is read from the run's events (each step's tokens, cost and duration, as i
 Working time comes from the engine (``Engine.working_time``: paused time excluded).
 
 A spent budget stops its branch at the step boundary with a question to the user (its id
-starts with ``budget-``): an answer that is a number above the spend raises that limit, anything
-else fails the branch with a :class:`BudgetExceededError`. A run with no user channel fails at
-once (the runner reports the error as the branch's failure, so replay decides the same).
+starts with ``budget-``), recorded with what it asks about in a ``BudgetSpent`` event: an answer
+that is a number above the spend shown raises exactly that limit, anything else (or no answer
+in time) fails the branch with that budget's :class:`BudgetExceededError`. A run with no user
+channel fails at once (the runner reports the error as the branch's failure, so replay decides
+the same). The wait for a budget's answer is that budget's own pause: it is not working time
+for its ``max_duration``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from orchestra.coordination.config import Budget, ExecutionConfig
 from orchestra.coordination.topology import BudgetRule, Rule
-from orchestra.errors import BudgetExceededError, ConfigurationError
+from orchestra.errors import (
+    BudgetExceededError,
+    ConfigurationError,
+    OrchestraError,
+    UserInputError,
+    budget_amount,
+)
 
 from . import events as ev
 from . import lifecycle
@@ -46,19 +55,50 @@ class Spend:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """A run's budgets as (field, limit) pairs, by scope: read once from its config."""
+    """A run's budgets as (field, limit) pairs, by scope: read once from its config (its
+    topology's ``budget(...)`` rules already in it), with where each limit was set, by
+    (budget, field) (``"branch"`` stands for every branch's): what its error tells the user
+    to change."""
 
     run: tuple[tuple[str, float], ...]
     branch: tuple[tuple[str, float], ...]
     agents: dict[str, tuple[tuple[str, float], ...]]
+    sources: dict[tuple[str, str], str]
 
     @classmethod
-    def of(cls, config: ExecutionConfig) -> Limits:
-        def pairs(budget: Budget | None) -> tuple[tuple[str, float], ...]:
-            return () if budget is None else tuple(budget.limits().items())
+    def of(cls, config: ExecutionConfig, rules: Iterable[BudgetRule]) -> Limits:
+        agents = {name: _pairs(budget) for name, budget in config.agent_budgets.items()}
+        return cls(
+            _pairs(config.budget), _pairs(config.branch_budget), agents, _sources(config, rules)
+        )
 
-        agents = {name: pairs(budget) for name, budget in config.agent_budgets.items()}
-        return cls(pairs(config.budget), pairs(config.branch_budget), agents)
+
+def _pairs(budget: Budget | None) -> tuple[tuple[str, float], ...]:
+    return () if budget is None else tuple(budget.limits().items())
+
+
+def _sources(config: ExecutionConfig, rules: Iterable[BudgetRule]) -> dict[tuple[str, str], str]:
+    """Where each limit of the config was set: the ``budget(...)`` rule whose limit holds (the
+    lower of rule and config, see :func:`configured`), else its ``ExecutionConfig`` field."""
+    found = tuple(rules)
+    scopes = [
+        ("run", "run", "ExecutionConfig.budget", config.budget),
+        ("branch", "branch", "ExecutionConfig.branch_budget", config.branch_budget),
+    ]
+    scopes += [
+        (f"agent {name!r}", name, f"ExecutionConfig.agent_budgets[{name!r}]", budget)
+        for name, budget in config.agent_budgets.items()
+    ]
+    sources: dict[tuple[str, str], str] = {}
+    for name, scope, field_name, budget in scopes:
+        for limit, allowed in _pairs(budget):
+            holding = (
+                r for r in found if r.scope == scope and dict(r.limits).get(limit) == allowed
+            )
+            rule = next(holding, None)
+            where = f"the topology rule {rule.to_text()}" if rule else f"{field_name}.{limit}"
+            sources[(name, limit)] = f"in {where}"
+    return sources
 
 
 @dataclass(slots=True)
@@ -71,6 +111,11 @@ class Book:
     branches: dict[str, Spend] = field(default_factory=dict)
     agents: dict[str, Spend] = field(default_factory=dict)
     raised: dict[tuple[str, str], float] = field(default_factory=dict)
+    asked: dict[str, Overrun] = field(default_factory=dict)  # by question id
+    # the waits for budget answers, by budget: (asked, answered; None: not yet), and the
+    # question each branch waits on
+    waits: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)
+    waiting: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def catch_up(self, events: list[ev.Event]) -> None:
         """Take in the events emitted since the last look."""
@@ -100,11 +145,42 @@ class Book:
                 spent = spend.cost_usd
             elif limit == "max_steps":
                 spent = steps
+            elif working_time is None:
+                spent = spend.duration
             else:
-                spent = spend.duration if working_time is None else working_time(since, None)
+                spent = working_time(since, None) - self.waited(name, since, working_time)
             if spent >= allowed:
-                return Overrun(name, limit, allowed, spent)
+                return Overrun(name, limit, allowed, spent, self.source(name, limit))
         return None
+
+    def waited(
+        self, name: str, since: float, working_time: Callable[[float, float | None], float]
+    ) -> float:
+        """The working time since ``since`` that the budget ``name`` stood waiting for its
+        answers (overlapping waits of several branches count once)."""
+        endless = float("inf")
+        spans = sorted(
+            (max(start, since), endless if end is None else end)
+            for start, end in self.waits.get(name, ())
+        )
+        merged: list[tuple[float, float]] = []
+        for start, end in spans:
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+            else:
+                merged.append((start, end))
+        return sum(
+            working_time(start, None if end == endless else end)
+            for start, end in merged
+            if start < end
+        )
+
+    def source(self, name: str, limit: str) -> str:
+        """Where the limit was set: what to change to go further."""
+        if (name, limit) in self.raised:
+            return "by answering its question (the user raised it before)"
+        scope = "branch" if name.startswith("branch ") else name
+        return self.limits.sources.get((scope, limit), "")
 
 
 def _spent(book: Book, event: Any) -> None:
@@ -130,11 +206,32 @@ def _raised(book: Book, event: Any) -> None:
     book.raised[(event.budget, event.limit)] = event.allowed
 
 
+def _asked(book: Book, event: Any) -> None:
+    """A budget question: what it asks about, and the start of its budget's wait."""
+    book.asked[event.question_id] = Overrun(
+        event.budget, event.limit, event.allowed, event.spent, event.source
+    )
+    waits = book.waits.setdefault(event.budget, [])
+    book.waiting[event.branch_id] = (event.budget, len(waits))
+    waits.append((event.at, None))
+
+
+def _wait_over(book: Book, event: Any) -> None:
+    """The branch's budget question was answered, or the branch failed waiting for it."""
+    found = book.waiting.pop(event.branch_id, None)
+    if found is not None:
+        budget, index = found
+        book.waits[budget][index] = (book.waits[budget][index][0], event.at)
+
+
 _FOLDS: dict[type[ev.Event], Callable[[Book, Any], None]] = {
     ev.StepCompleted: _spent,
     ev.ActionRejected: _spent,
     ev.StepStarted: _started,
     ev.BudgetRaised: _raised,
+    ev.BudgetSpent: _asked,
+    ev.UserInputReceived: _wait_over,
+    ev.BranchFailed: _wait_over,
 }
 
 
@@ -146,16 +243,22 @@ class Overrun:
     limit: str
     allowed: float
     spent: float
+    source: str = ""
 
     def error(self) -> BudgetExceededError:
-        return BudgetExceededError(self.budget, self.limit, self.allowed, self.spent)
+        return BudgetExceededError(self.budget, self.limit, self.allowed, self.spent, self.source)
 
     def question(self, agent: str) -> str:
+        whole = " (a whole number)" if self.limit in WHOLE else ""
         return (
-            f"The {self.budget} budget's {self.limit}={self.allowed:g} is spent "
-            f"({self.spent:g} used) before {agent!r}'s next step. Reply with a higher "
-            f"{self.limit} to go on, or 'no' to stop."
+            f"The {self.budget} budget's {self.limit}={budget_amount(self.limit, self.allowed)} "
+            f"is spent ({budget_amount(self.limit, self.spent)} used) before {agent!r}'s next "
+            f"step. Reply with a higher {self.limit}{whole} to go on, or 'no' to stop."
         )
+
+
+WHOLE = ("max_tokens", "max_steps")
+"""The limits only a whole number raises."""
 
 
 def configured(
@@ -200,12 +303,7 @@ def overrun(engine: Engine, branch: Branch) -> Overrun | None:
     """The first spent budget that keeps ``branch`` from taking its next step, if any. (On
     every step of a budgeted run: the limits are read once, and a working time is reckoned
     only for a ``max_duration``.)"""
-    book = engine.budget_book
-    if book is None:
-        book = engine.budget_book = Book(limits=Limits.of(engine.config))
-    events = engine.stream.events
-    if book.seen != len(events):
-        book.catch_up(events)
+    book = _book(engine)
     limits = book.limits
     agent = branch.agent
     if limits.run:
@@ -233,6 +331,19 @@ def overrun(engine: Engine, branch: Branch) -> Overrun | None:
     return None
 
 
+def _book(engine: Engine) -> Book:
+    """The engine's book, caught up with its events."""
+    book = engine.budget_book
+    if book is None:
+        book = engine.budget_book = Book(
+            limits=Limits.of(engine.config, engine.analysis.budget_rules)
+        )
+    events = engine.stream.events
+    if book.seen != len(events):
+        book.catch_up(events)
+    return book
+
+
 def stop(engine: Engine, branch: Branch) -> bool:
     """Whether a spent budget stops the branch's next step: it then waits at the step
     boundary for the user's answer to whether to raise it."""
@@ -244,6 +355,19 @@ def stop(engine: Engine, branch: Branch) -> bool:
     text = found.question(branch.agent)
     branch.question = (question_id, text)
     branch.status = BranchStatus.WAITING_USER
+    engine.stream.emit(
+        ev.BudgetSpent(
+            run_id=engine.run_id,
+            at=engine.now,
+            branch_id=branch.id,
+            question_id=question_id,
+            budget=found.budget,
+            limit=found.limit,
+            allowed=found.allowed,
+            spent=found.spent,
+            source=found.source,
+        )
+    )
     engine.stream.emit(
         ev.UserInputRequested(
             run_id=engine.run_id,
@@ -261,17 +385,27 @@ def is_question(question_id: str) -> bool:
     return question_id.startswith(QUESTION_PREFIX)
 
 
-def answered(engine: Engine, branch: Branch, answer: Any) -> None:
-    """Take the user's answer to the branch's budget question: a number above the spend
-    raises the limit asked about (the branch goes on, to the step it stopped); anything else
-    fails the branch with the budget's error."""
-    found = overrun(engine, branch)
+def asked(engine: Engine, question_id: str) -> Overrun:
+    """What the budget question ``question_id`` asked about (its ``BudgetSpent`` event)."""
+    found = _book(engine).asked.get(question_id)
     if found is None:
-        return
-    allowed = _number(answer)
+        raise ValueError(f"budget question {question_id!r} has no BudgetSpent event")
+    return found
+
+
+def answered(engine: Engine, branch: Branch, question_id: str, answer: Any) -> None:
+    """Take the user's answer to the branch's budget question: a number above the spend the
+    question showed raises the limit it asked about, and only that one (the branch goes on,
+    to the step it stopped, where every budget is checked again); anything else fails the
+    branch with that budget's error, even if another answer raised it meanwhile."""
+    found = asked(engine, question_id)
+    allowed = _number(answer, whole=found.limit in WHOLE)
     if allowed is None or allowed <= found.spent:
         lifecycle.fail(engine, branch, found.error())
         return
+    book = _book(engine)
+    if allowed <= book.raised.get((found.budget, found.limit), found.allowed):
+        return  # another answer raised it further already
     engine.stream.emit(
         ev.BudgetRaised(
             run_id=engine.run_id,
@@ -284,17 +418,29 @@ def answered(engine: Engine, branch: Branch, answer: Any) -> None:
     )
 
 
-def _number(answer: Any) -> float | None:
-    """The answer as a finite number (``5000``, ``"5000"``, ``" 2.5 "``), else None."""
+def failure(engine: Engine, branch: Branch, error: OrchestraError) -> OrchestraError:
+    """The error a branch fails with: for a budget question the user did not answer (its
+    time ran out), that budget's error, not the channel's."""
+    question = branch.question
+    if question is None or not is_question(question[0]) or not isinstance(error, UserInputError):
+        return error
+    return asked(engine, question[0]).error()
+
+
+def _number(answer: Any, whole: bool) -> float | None:
+    """The answer as a finite number (``5000``, ``"5000"``, ``" 2.5 "``, ``"$2"``), else
+    None; a whole one only where ``whole`` (``"2.5"`` does not raise a step limit)."""
     if isinstance(answer, bool):
         return None
     if isinstance(answer, int | float):
         value = float(answer)
     elif isinstance(answer, str):
         try:
-            value = float(answer.strip().lstrip("$"))
+            value = float(answer.strip().lstrip("$").replace(",", ""))
         except ValueError:
             return None
     else:
         return None
-    return value if value == value and abs(value) != float("inf") else None
+    if value != value or abs(value) == float("inf"):
+        return None
+    return None if whole and not value.is_integer() else value

@@ -562,11 +562,12 @@ class Engine:
             )
         )
         if about_budget:
-            budgets.answered(self, branch, item.answer)
+            budgets.answered(self, branch, question_id, item.answer)
 
     def _branch_failure(self, item: inp.BranchFailure) -> None:
         if not self.finished:
-            lifecycle.fail(self, self.branches[item.branch_id], item.error)
+            branch = self.branches[item.branch_id]
+            lifecycle.fail(self, branch, budgets.failure(self, branch, item.error))
 
     def _convergence_timeout(self, item: inp.ConvergenceTimeout) -> None:
         fan_out = self.fan_outs[item.fan_out_id]

@@ -183,6 +183,21 @@ class UserInputReceived(Event, frozen=True, kw_only=True):
     answer: Any
 
 
+class BudgetSpent(Event, frozen=True, kw_only=True):
+    """A spent budget stopped the branch before its next step and ``question_id`` asks the
+    user about it: ``budget`` (its scope), ``limit`` (the field), ``allowed`` and ``spent``
+    (at the question), ``source`` (where the limit was set). The answer is judged against
+    this, whatever else is spent by the time it comes."""
+
+    branch_id: str
+    question_id: str
+    budget: str
+    limit: str
+    allowed: float
+    spent: float
+    source: str
+
+
 class BudgetRaised(Event, frozen=True, kw_only=True):
     """The user raised a spent budget (``budget``: ``"run"``, ``"branch b2"``, ``"agent
     'Writer'"``) by answering its question: ``limit`` (a field such as ``max_tokens``) is now
@@ -260,6 +275,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ToolCallCompleted,
     UserInputRequested,
     UserInputReceived,
+    BudgetSpent,
     BudgetRaised,
     BranchCompleted,
     BranchFailed,

@@ -48,10 +48,9 @@ class OpenQuestions:
         assert branch.question is not None
         question_id, text = branch.question
         if runner.communication.channel is None and budgets.is_question(question_id):
-            spent = budgets.overrun(runner.engine, branch)
-            if spent is not None:  # no one to ask: the budget is a hard one
-                runner.fail_branch(branch, spent.error())
-                return True
+            # no one to ask: the budget is a hard one
+            runner.fail_branch(branch, budgets.asked(runner.engine, question_id).error())
+            return True
         run_id = runner.engine.run_id
         question = Question(
             id=f"{run_id}:{self._token}:{question_id}",

@@ -14,7 +14,7 @@ from typing import Any
 from orchestra.errors import TopologyError
 
 from .model import USER, Edge, Node
-from .rules import MaxAgents, MaxSteps, Parallel, PingPong, Timeout
+from .rules import BudgetRule, MaxAgents, MaxSteps, Parallel, PingPong, Timeout
 from .topology import Topology
 from .validation import Structure, inspect_structure
 
@@ -41,6 +41,7 @@ class TopologyAnalysis:
     timeout: float | None
     max_agents: int | None
     ping_pong_rounds: int | None
+    budget_rules: tuple[BudgetRule, ...]  # what a budget's error names as its limit's source
     _nodes: Mapping[str, Node]
     _edges: Mapping[tuple[str, str], Edge]
     _successors: Mapping[str, tuple[str, ...]]
@@ -75,6 +76,7 @@ class TopologyAnalysis:
             timeout=timeout.seconds if isinstance(timeout, Timeout) else None,
             max_agents=max_agents.agents if isinstance(max_agents, MaxAgents) else None,
             ping_pong_rounds=ping_pong.rounds if isinstance(ping_pong, PingPong) else None,
+            budget_rules=tuple(rule for rule in topology.rules if isinstance(rule, BudgetRule)),
             _nodes={node.name: node for node in topology.nodes},
             _edges=dict(structure.edges),
             _successors={k: tuple(v) for k, v in structure.successors.items()},
