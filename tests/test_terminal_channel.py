@@ -319,6 +319,30 @@ def test_a_prompt_is_shown_on_the_terminal_when_only_stderr_goes_to_a_file(tmp_p
     assert "asks" not in (tmp_path / "err.log").read_text()
 
 
+def test_ctrl_d_ends_a_block_and_the_run_asks_the_next_question(tmp_path: Path) -> None:
+    """A Ctrl-D that ended a block ended the terminal for the run: the other branch's question
+    failed at once, unasked."""
+    flow(tmp_path, PARALLEL_FLOW)
+    child = spawn(tmp_path, "run", "flow.yaml", "--quiet", "--no-store")
+    heard = {}
+    child.expect(PROMPT)
+    first = child.match.group(1)
+    child.expect("> ")
+    child.sendline('"""')
+    child.sendline("line one")
+    child.sendeof()
+    heard[first] = "line one"
+    child.expect(PROMPT)
+    second = child.match.group(1)
+    child.expect("> ")
+    child.sendline("yes")
+    heard[second] = "yes"
+    output, code = ended(child)
+    assert code == 0, output
+    flat = " ".join(output.split())
+    assert all(f"{agent} heard {answer!r}" in flat for agent, answer in heard.items()), flat
+
+
 @pytest.fixture
 def pty() -> Iterator[tuple[int, int]]:
     """A pseudo-terminal: the keyboard side (``main``) and the side a channel reads."""

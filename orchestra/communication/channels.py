@@ -106,7 +106,8 @@ class ScriptedUser:
 
 class CommunicationManager:
     """Routes questions to the configured channel, with an optional time limit: the channel's
-    own ``user_timeout`` attribute when it has one, else ``user_timeout``. On timeout the
+    own ``user_timeout`` attribute when it has one, else ``user_timeout``; a
+    :class:`TimedChannel` counts it from when its user sees the question. On timeout the
     question fails (``on_user_timeout="fail"``, a :class:`UserInputError` that fails the asking
     branch) or is answered with ``default_answer``, the agent told that the user did not answer
     (``"default"``). The runner journals either outcome like any answer or failure."""
