@@ -10,6 +10,7 @@ import asyncio
 import io
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -31,7 +32,7 @@ from orchestra import (
 from orchestra.communication.channels import CommunicationManager, Question
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.monitoring import blocks
-from orchestra.coordination.monitoring.live import LiveDisplay, LiveWatch
+from orchestra.coordination.monitoring.live import SETTLE_SECONDS, LiveDisplay, LiveWatch
 from orchestra.coordination.monitoring.view import BUSY, BranchStatus, RunView
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
@@ -409,12 +410,12 @@ def test_while_a_run_waits_for_the_user_another_settles_and_asks_at_once() -> No
     for event in opened():
         asking(event)
     asking(asked())
-    assert display.cleared(asking.view, timeout=WAIT)  # parked: the prompt is on screen
+    assert display.cleared(asking.view)  # parked: the prompt is on screen
     other = LiveWatch(NORMAL, display, "s", {"A"})
     for event in opened():
         other(msgspec.structs.replace(event, run_id="s"))
     other(msgspec.structs.replace(asked(), run_id="s"))
-    assert display.cleared(other.view, timeout=WAIT)  # the area is down already
+    assert display.cleared(other.view)  # the area is down already
     ended = ev.RunCompleted(**base(at=3.0, success=True, error=None, total_steps=0, duration=2.0))
     third = LiveWatch(NORMAL, display, "t", {"A"})
     for event in [*opened(), ended]:
@@ -446,4 +447,39 @@ def test_a_line_rewritten_in_place_is_kept_in_its_last_state(
     frame = plain(drain(read))
     assert frame.index("loading 100%") < frame.index("60%") < frame.index("from writelines")
     assert "loading 99%" not in frame
+    display.close()
+
+
+class _SlowTerminal(io.StringIO):
+    """A terminal whose writes wait while ``open`` is clear (a loaded machine, a slow link)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = threading.Event()
+        self.open.set()
+
+    def write(self, text: str) -> int:
+        self.open.wait()
+        return super().write(text)
+
+
+def test_a_question_waits_for_the_frame_that_takes_the_area_down_however_slow() -> None:
+    """The wait for that frame gave up after a second, and the prompt then came out under the
+    live area, to be erased by the frame (or the frame was printed into what the user typed)."""
+    terminal = _SlowTerminal()
+    console = Console(file=terminal, force_terminal=True, width=110, emoji=False)
+    display = LiveDisplay(console, clock=lambda: 2.0)  # its own drawing thread
+    watch = LiveWatch(NORMAL, display, "r", {"A"})
+    for event in opened():
+        watch(event)
+    terminal.open.clear()  # the next frames stall
+    watch(asked())
+    cleared: list[bool] = []
+    waiter = threading.Thread(target=lambda: cleared.append(display.cleared(watch.view)))
+    waiter.start()
+    waiter.join(SETTLE_SECONDS + 0.5)
+    assert waiter.is_alive()  # still waiting for the frame, past the old one-second bound
+    terminal.open.set()
+    waiter.join(WAIT)
+    assert cleared == [True]
     display.close()

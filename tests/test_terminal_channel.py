@@ -50,8 +50,14 @@ task: go
 """
 
 
-def spawn(folder: Path, *args: str, term: str = "dumb") -> pexpect.spawn:
-    """``orchestra ARGS`` on a pseudo-terminal of its own, in ``folder``."""
+def spawn(
+    folder: Path,
+    *args: str,
+    term: str = "dumb",
+    program: str = sys.executable,
+    argv: list[str] | None = None,
+) -> pexpect.spawn:
+    """``orchestra ARGS`` (or ``program ARGV``) on a pseudo-terminal of its own, in ``folder``."""
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(Path.home()),
@@ -61,8 +67,8 @@ def spawn(folder: Path, *args: str, term: str = "dumb") -> pexpect.spawn:
         "PYTHONPATH": os.pathsep.join((str(TESTS.parent), str(TESTS))),
     }
     return pexpect.spawn(
-        sys.executable,
-        ["-m", "orchestra", *args],
+        program,
+        ["-m", "orchestra", *args] if argv is None else argv,
         cwd=str(folder),
         env=env,
         encoding="utf-8",
@@ -293,3 +299,149 @@ def test_a_timeout_choice_other_than_fail_or_default_is_refused() -> None:
         CommunicationManager(ProgrammaticChannel(), on_user_timeout="ignore")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="user_timeout must be > 0 seconds, got 0"):
         TerminalChannel(0, io.StringIO(), user_timeout=0)
+
+
+# ---- review fixes: Ctrl-D, late input, queued time, shared input, redirected stderr -------------
+
+
+def test_a_prompt_is_shown_on_the_terminal_when_only_stderr_goes_to_a_file(tmp_path: Path) -> None:
+    """``orchestra run flow.yaml 2>err.log`` on a terminal: the prompt goes to standard output,
+    the terminal, not into the file."""
+    flow(tmp_path, ASKER_FLOW)
+    command = f"{sys.executable} -m orchestra run flow.yaml --quiet --no-store 2>err.log"
+    child = spawn(tmp_path, term="dumb", program="/bin/sh", argv=["-c", command])
+    child.expect(PROMPT)
+    child.expect("> ")
+    child.sendline("Ada")
+    output, code = ended(child)
+    assert code == 0, output + (tmp_path / "err.log").read_text()
+    assert "answer='Ada'" in output
+    assert "asks" not in (tmp_path / "err.log").read_text()
+
+
+def test_ctrl_d_ends_a_block_and_the_run_asks_the_next_question(tmp_path: Path) -> None:
+    """A Ctrl-D that ended a block ended the terminal for the run: the other branch's question
+    failed at once, unasked."""
+    flow(tmp_path, PARALLEL_FLOW)
+    child = spawn(tmp_path, "run", "flow.yaml", "--quiet", "--no-store")
+    heard = {}
+    child.expect(PROMPT)
+    first = child.match.group(1)
+    child.expect("> ")
+    child.sendline('"""')
+    child.sendline("line one")
+    child.sendeof()
+    heard[first] = "line one"
+    child.expect(PROMPT)
+    second = child.match.group(1)
+    child.expect("> ")
+    child.sendline("yes")
+    heard[second] = "yes"
+    output, code = ended(child)
+    assert code == 0, output
+    flat = " ".join(output.split())
+    assert all(f"{agent} heard {answer!r}" in flat for agent, answer in heard.items()), flat
+
+
+@pytest.fixture
+def pty() -> Iterator[tuple[int, int]]:
+    """A pseudo-terminal: the keyboard side (``main``) and the side a channel reads."""
+    main, terminal = os.openpty()
+    yield terminal, main
+    for fd in (main, terminal):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+CTRL_D = b"\x04"
+
+
+async def test_ctrl_d_ends_a_block_and_the_next_question_is_asked(pty: tuple[int, int]) -> None:
+    read, keyboard = pty
+    shown = io.StringIO()
+    channel = TerminalChannel(read, shown)
+    first = asyncio.create_task(channel.ask(question(1)))
+    await prompts(shown, 1)
+    os.write(keyboard, b'"""\nline one\n' + CTRL_D)
+    assert await asyncio.wait_for(first, WAIT) == "line one"
+    second = asyncio.create_task(channel.ask(question(2)))
+    await prompts(shown, 2)
+    os.write(keyboard, b"yes\n")
+    assert await asyncio.wait_for(second, WAIT) == "yes"
+    third = asyncio.create_task(channel.ask(question(3)))
+    await prompts(shown, 3)
+    os.write(keyboard, CTRL_D)  # at an empty prompt: this question gets no answer
+    with pytest.raises(UserInputError, match="input ended before 'A''s question 'run:token:q3'"):
+        await asyncio.wait_for(third, WAIT)
+    os.write(keyboard, CTRL_D)  # a second one in a row: the input is over
+    with pytest.raises(UserInputError, match="question 'run:token:q4'"):
+        await asyncio.wait_for(channel.ask(question(4)), WAIT)
+
+
+async def test_input_typed_for_a_timed_out_question_never_answers_the_next(
+    pipe: tuple[int, int],
+) -> None:
+    read, write = pipe
+    shown = io.StringIO()
+    channel = TerminalChannel(read, shown, user_timeout=0.05)
+    manager = CommunicationManager(channel, on_user_timeout="default", default_answer="skip")
+    os.write(write, b'"""\nDelete only the staging DB\n')  # a block begun, not ended in time
+    told = await asyncio.wait_for(manager.ask(question(1)), WAIT)
+    assert told.startswith("(The user did not answer within 0.05s")
+    assert "(no answer to question q1 within 0.05s: the agent goes on with the default" in (
+        shown.getvalue()
+    )
+    os.write(write, b'and keep backups\n"""\nno\n')  # the rest, typed after it expired
+    channel.user_timeout = None
+    second = asyncio.create_task(manager.ask(question(2, "Proceed with production?")))
+    await prompts(shown, 2)
+    os.write(write, b"fresh\n")
+    assert await asyncio.wait_for(second, WAIT) == "fresh"
+
+
+async def test_the_time_limit_counts_from_when_the_question_is_shown(
+    pipe: tuple[int, int],
+) -> None:
+    """A question queued behind another is not timed out before it is shown."""
+    read, write = pipe
+    shown = io.StringIO()
+    first = TerminalChannel(read, shown)
+    second = TerminalChannel(read, shown, user_timeout=0.05)
+    queued = CommunicationManager(second, on_user_timeout="default")
+    answers = asyncio.create_task(CommunicationManager(first).ask(question(1)))
+    later = asyncio.create_task(queued.ask(question(2)))
+    await prompts(shown, 1)
+    await asyncio.sleep(0.2)  # the clock runs past the limit while question 2 waits its turn
+    assert not later.done()
+    os.write(write, b"one\ntwo\n")
+    assert await asyncio.wait_for(answers, WAIT) == "one"
+    assert await asyncio.wait_for(later, WAIT) == "two"
+
+
+async def test_two_channels_on_one_input_ask_one_at_a_time(pipe: tuple[int, int]) -> None:
+    """Two runs' channels on one terminal share its reader and its turn: each line goes to the
+    question on the screen, and a prompt counts the questions of both that wait."""
+    read, write = pipe
+    shown = io.StringIO()
+    one, two = TerminalChannel(read, shown), TerminalChannel(read, shown)  # two runs
+    a = asyncio.create_task(one.ask(question(1, agent="A")))
+    await prompts(shown, 1)
+    b = asyncio.create_task(two.ask(question(2, agent="B")))
+    c = asyncio.create_task(one.ask(question(3, agent="C")))
+    os.write(write, b"for A\n")
+    assert await asyncio.wait_for(a, WAIT) == "for A"
+    await prompts(shown, 2)
+    assert shown.getvalue().count("asks (branch") == 2  # one question on the screen at a time
+    assert "B asks (branch b2, question q2) (1 more waiting):" in shown.getvalue()
+    os.write(write, b"for B\nfor C\n")
+    assert await asyncio.wait_for(b, WAIT) == "for B"
+    assert await asyncio.wait_for(c, WAIT) == "for C"
+
+
+async def test_with_no_channel_the_error_says_what_to_do_on_the_command_line() -> None:
+    with pytest.raises(UserInputError) as raised:
+        await CommunicationManager().ask(question(1, "Colour?"))
+    message = str(raised.value)
+    assert "(question run:token:q1, branch b1)" in message
+    assert "on the command line, run it on a terminal" in message
+    assert "communication_config=CommunicationConfig(channel=...)" in message

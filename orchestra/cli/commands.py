@@ -160,9 +160,14 @@ def _checked_session(session: str) -> str:
 
 
 def _user_channel() -> TerminalChannel | None:
-    """The terminal answers the agents' questions when the command's input is one; input from
-    a pipe or a file is no one to ask (a question fails its branch, as with no channel)."""
-    return TerminalChannel() if sys.stdin.isatty() else None
+    """The terminal answers the agents' questions when the command's input is one and so is
+    a stream to show them on (standard error, where the status display writes, else standard
+    output). Input from a pipe or a file, or a prompt that would go into a file, is no one to
+    ask: a question fails its branch, as with no channel."""
+    if not sys.stdin.isatty():
+        return None
+    screen = next((stream for stream in (sys.stderr, sys.stdout) if stream.isatty()), None)
+    return None if screen is None else TerminalChannel(output=screen)
 
 
 def _status(workflow: Workflow, verbosity: VerbosityLevel) -> ExecutionConfig:

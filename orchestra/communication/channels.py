@@ -26,6 +26,16 @@ class UserChannel(Protocol):
     async def ask(self, question: Question) -> Any: ...
 
 
+@runtime_checkable
+class TimedChannel(Protocol):
+    """A channel that applies the time limit itself, from when its user sees the question
+    (:class:`~orchestra.communication.terminal.TerminalChannel`, where questions queue for the
+    screen): ``ask_within`` raises :class:`TimeoutError` once ``seconds`` have passed since
+    then; ``outcome`` says, for the user, what happens instead of the answer."""
+
+    async def ask_within(self, question: Question, seconds: float | None, outcome: str) -> Any: ...
+
+
 class ProgrammaticChannel:
     """A queue-backed channel that code (a UI, a test, another service) answers.
 
@@ -96,7 +106,8 @@ class ScriptedUser:
 
 class CommunicationManager:
     """Routes questions to the configured channel, with an optional time limit: the channel's
-    own ``user_timeout`` attribute when it has one, else ``user_timeout``. On timeout the
+    own ``user_timeout`` attribute when it has one, else ``user_timeout``; a
+    :class:`TimedChannel` counts it from when its user sees the question. On timeout the
     question fails (``on_user_timeout="fail"``, a :class:`UserInputError` that fails the asking
     branch) or is answered with ``default_answer``, the agent told that the user did not answer
     (``"default"``). The runner journals either outcome like any answer or failure."""
@@ -128,10 +139,18 @@ class CommunicationManager:
     async def ask(self, question: Question) -> Any:
         if self.channel is None:
             raise UserInputError(
-                f"agent {question.agent!r} asked the user {question.text!r}, but the run has no "
-                "user channel; pass communication_config=CommunicationConfig(channel=...)"
+                f"agent {question.agent!r} asked the user {question.text!r} (question "
+                f"{question.id}, branch {question.branch_id}), but the run has no user channel: "
+                "on the command line, run it on a terminal (standard input, and standard error "
+                "or output) to answer; from Python, pass "
+                "communication_config=CommunicationConfig(channel=...)"
             )
         seconds = self.timeout()
+        if seconds is not None and isinstance(self.channel, TimedChannel):
+            try:
+                return await self.channel.ask_within(question, seconds, self._outcome())
+            except TimeoutError:
+                return self._timed_out(question, seconds)
         limit = asyncio.timeout(seconds)
         try:
             async with limit:
@@ -139,6 +158,17 @@ class CommunicationManager:
         except TimeoutError:
             if not limit.expired():
                 raise  # the channel's own timeout: its failure, reported by the caller
+        assert seconds is not None  # only a limit expires
+        return self._timed_out(question, seconds)
+
+    def _outcome(self) -> str:
+        """What an unanswered question does, in the user's words."""
+        if self.on_user_timeout == "default":
+            return f"the agent goes on with the default answer ({self.default_answer!r})"
+        return "the asking branch fails"
+
+    def _timed_out(self, question: Question, seconds: float) -> str:
+        """The answer given for an unanswered question, or its branch's failure."""
         if self.on_user_timeout == "default":
             return (
                 f"(The user did not answer within {seconds:g}s; go on with the default "

@@ -4,7 +4,8 @@ types the answers.
 A question is shown with the asking agent, its branch and its id; questions from parallel
 branches wait their turn and are answered one at a time. A one-line answer is sent with Enter.
 A longer one starts with a line holding only ``\"\"\"`` and ends with the next such line (or
-end of input, Ctrl-D). The keyboard is read through the event loop's reader on the input's
+Ctrl-D). Every channel on one file descriptor shares one reader and one turn, so two runs asking
+on the same terminal ask one at a time too. The keyboard is read through the event loop's reader on the input's
 file descriptor, never by a blocking read, and the prompt is written from a worker thread, so
 a slow terminal never stalls the run's other branches. The question's text comes from a model:
 it is shown as text, its control characters as escapes (:func:`orchestra.text.printable`).
@@ -15,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import codecs
 import os
+import select
 import sys
+import termios
 from typing import TextIO
 
 from orchestra.errors import ConfigurationError, UserInputError
@@ -34,7 +37,7 @@ class TerminalChannel:
     """Ask on a terminal: prompts go to ``output`` (default ``sys.stderr``, where the status
     display writes), answers are read from the file descriptor ``input_fd`` (default standard
     input). ``user_timeout`` bounds each answer on this channel, in place of the run's
-    ``CommunicationConfig.user_timeout``."""
+    ``CommunicationConfig.user_timeout``; it counts from when the question is shown."""
 
     def __init__(
         self,
@@ -49,32 +52,49 @@ class TerminalChannel:
         self._fd = sys.stdin.fileno() if input_fd is None else input_fd
         self._output = output
         self.user_timeout = user_timeout
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""  # read, not yet taken as a line
-        self._ended = False
-        self._turn: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-        self._asked = 0  # questions asked and not answered, this one included
 
     async def ask(self, question: Question) -> str:
         """The user's answer to ``question``, once the questions before it are answered."""
-        self._asked += 1
+        return await self.ask_within(question, None, "")
+
+    async def ask_within(self, question: Question, seconds: float | None, outcome: str) -> str:
+        """Like :meth:`ask`, with ``seconds`` counted from when the question is shown (time
+        spent waiting for its turn does not count). On expiry the screen says so, with
+        ``outcome`` (what happens instead), and :class:`TimeoutError` is raised; what was typed
+        for the question is dropped when the next one is shown, never taken as its answer."""
+        reader = _reader(self._fd)
+        reader.asked += 1
         try:
-            async with self._lock():
-                await self._write(self._prompt(question))
-                return await self._answer(question)
+            async with reader.turn:
+                await self._write(self._prompt(question, reader.asked))
+                reader.discard_stale()
+                return await self._answer_within(question, reader, seconds, outcome)
         finally:
-            self._asked -= 1
+            reader.asked -= 1
 
-    def _lock(self) -> asyncio.Lock:
-        """One question at a time, per event loop (a channel may serve several ``asyncio.run``)."""
-        loop = asyncio.get_running_loop()
-        if self._turn is None or self._turn[0] is not loop:
-            self._turn = (loop, asyncio.Lock())
-        return self._turn[1]
+    async def _answer_within(
+        self, question: Question, reader: _Reader, seconds: float | None, outcome: str
+    ) -> str:
+        limit = asyncio.timeout(seconds)
+        try:
+            async with limit:
+                return await self._answer(question, reader)
+        except asyncio.CancelledError:
+            reader.stale = True
+            raise
+        except TimeoutError:
+            if limit.expired():
+                reader.stale = True
+                label = question.id.rsplit(":", 1)[-1]
+                await self._write(
+                    f"\n(no answer to question {label} within {seconds:g}s: {outcome}; "
+                    "what was typed for it is not taken)\n"
+                )
+            raise
 
-    def _prompt(self, question: Question) -> str:
+    def _prompt(self, question: Question, asked: int) -> str:
         label = question.id.rsplit(":", 1)[-1]
-        queued = f" ({self._asked - 1} more waiting)" if self._asked > 1 else ""
+        queued = f" ({asked - 1} more waiting)" if asked > 1 else ""
         text = printable(question.text, QUESTION_CHARS)
         return (
             f"\n? {question.agent} asks (branch {question.branch_id}, question {label}){queued}:\n"
@@ -82,8 +102,9 @@ class TerminalChannel:
             f"  (Enter sends one line; a line of {BLOCK} starts and ends several)\n> "
         )
 
-    async def _answer(self, question: Question) -> str:
-        first = await self._line(question)
+    async def _answer(self, question: Question, reader: _Reader) -> str:
+        reader.answer_ended = False
+        first = await reader.line()
         if first is None:
             raise UserInputError(
                 f"the terminal's input ended before {question.agent!r}'s question "
@@ -92,39 +113,92 @@ class TerminalChannel:
         if first.strip() != BLOCK:
             return first
         lines: list[str] = []
-        while (line := await self._line(question)) is not None and line.strip() != BLOCK:
+        while (line := await reader.line()) is not None and line.strip() != BLOCK:
             lines.append(line)
         return "\n".join(lines)
 
-    async def _line(self, question: Question) -> str | None:
-        """The next line typed (without its newline); None at end of input."""
+    async def _write(self, text: str) -> None:
+        output = self._output or sys.stderr
+        await asyncio.to_thread(_write, output, text)
+
+
+class _Reader:
+    """The input of one file descriptor on one event loop, shared by every channel reading it:
+    one turn (a question at a time), one buffer, one loop reader (a second ``add_reader`` on
+    the fd would replace the first's callback).
+
+    End of input: on a pipe or a file, the first empty read ends it for good. On a terminal an
+    empty read is a Ctrl-D, which ends only the answer being typed (the block, or the line);
+    two in a row, with nothing typed between, end the input."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.tty = os.isatty(fd)
+        self.turn = asyncio.Lock()
+        self.asked = 0  # questions asked and not answered, on every channel of this fd
+        self.stale = False  # a question gave up while typed for: drop that input
+        self.answer_ended = False  # a Ctrl-D ended the answer being typed
+        self._ended = False
+        self._empty = False  # the last read was empty
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""  # read, not yet taken as a line
+
+    async def line(self) -> str | None:
+        """The next line typed (without its newline); None at the end of the answer's input."""
         while "\n" not in self._pending:
-            if self._ended:
+            if self._ended or self.answer_ended:
                 rest, self._pending = self._pending, ""
                 return rest or None
-            data = await self._read()
-            if not data:
-                self._ended = True
-                self._pending += self._decoder.decode(b"", final=True)
-            else:
-                self._pending += self._decoder.decode(data)
+            self._take(await self._read())
         line, self._pending = self._pending.split("\n", 1)
         return line.removesuffix("\r")
+
+    def _take(self, data: bytes) -> None:
+        if data:
+            self._empty = False
+            self._pending += self._decoder.decode(data)
+            return
+        self._pending += self._decoder.decode(b"", final=True)
+        self._ended = self._empty or not self.tty
+        self._empty = self.answer_ended = True
+
+    def discard_stale(self) -> None:
+        """Drop what was typed for a question that timed out or was withdrawn, up to the next
+        question's prompt: it must not become that question's answer."""
+        if not self.stale:
+            return
+        self.stale = False
+        self._pending = ""
+        self._decoder.reset()
+        if self.tty:
+            termios.tcflush(self.fd, termios.TCIFLUSH)
+            return
+        while not self._ended and select.select([self.fd], [], [], 0)[0]:  # only what is there
+            if not os.read(self.fd, 65_536):
+                self._ended = True
 
     async def _read(self) -> bytes:
         """What the input holds once it is readable (b"" at its end), read without blocking."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(self._fd, _set, ready)
+        loop.add_reader(self.fd, _set, ready)
         try:
             await ready
         finally:
-            loop.remove_reader(self._fd)
-        return os.read(self._fd, 65_536)
+            loop.remove_reader(self.fd)
+        return os.read(self.fd, 65_536)
 
-    async def _write(self, text: str) -> None:
-        output = self._output or sys.stderr
-        await asyncio.to_thread(_write, output, text)
+
+_READERS: dict[int, tuple[asyncio.AbstractEventLoop, _Reader]] = {}
+
+
+def _reader(fd: int) -> _Reader:
+    """The shared reader of ``fd`` on the running loop (a fresh one on a new loop)."""
+    loop = asyncio.get_running_loop()
+    known = _READERS.get(fd)
+    if known is None or known[0] is not loop:
+        known = _READERS[fd] = (loop, _Reader(fd))
+    return known[1]
 
 
 def _set(ready: asyncio.Future[None]) -> None:

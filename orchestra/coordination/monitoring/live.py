@@ -156,18 +156,23 @@ class LiveDisplay:
             # block comes out after the answer, and waiting for it would stall this run
             return self._drawn.wait_for(lambda: self._settled(key) or bool(self._parked), timeout)
 
-    def cleared(self, view: RunView, timeout: float = SETTLE_SECONDS) -> bool:
-        """Wait (at most ``timeout`` seconds) until the frame that took the area down for
-        ``view``'s question is out (its block printed above): a user channel asked only then
-        writes its prompt where no frame erases it. False when it timed out."""
+    def cleared(self, view: RunView) -> bool:
+        """Wait until the frame that took the area down for ``view``'s question is out (its
+        block printed above): a user channel asked only then writes its prompt where no frame
+        erases it. However long a frame takes (a question may wait anyway); False, at once,
+        when nothing will draw one: no drawing thread, or the terminal's fd points elsewhere."""
         key = id(view)
         self._wake.set()
         with self._drawn:
             if self._thread is None:  # nothing would draw it
                 return False
-            return self._drawn.wait_for(  # parked: the area is down already
-                lambda: bool(self._parked) or not (key in self._views and view.asking), timeout
-            )
+            while not self._drawn.wait_for(  # parked: the area is down already
+                lambda: bool(self._parked) or not (key in self._views and view.asking),
+                SETTLE_SECONDS,  # only how often the checks below are made
+            ):
+                if self._thread is None or _terminal(self.console.file) != self.terminal:
+                    return False
+            return True
 
     def _settled(self, key: int) -> bool:
         begun, out = self._frames
@@ -391,7 +396,7 @@ class LiveWatch:
         self.display.stop(self.view, outcome)
 
     def cleared(self) -> None:
-        """Block (bounded) until the area is down for the run's question (called off the event
+        """Block until the area is down for the run's question (called off the event
         loop before its user channel is asked; see ``wiring.build``)."""
         self.display.cleared(self.view)
 
