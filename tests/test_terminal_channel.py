@@ -371,11 +371,74 @@ async def test_ctrl_d_ends_a_block_and_the_next_question_is_asked(pty: tuple[int
     third = asyncio.create_task(channel.ask(question(3)))
     await prompts(shown, 3)
     os.write(keyboard, CTRL_D)  # at an empty prompt: this question gets no answer
-    with pytest.raises(UserInputError, match="input ended before 'A''s question 'run:token:q3'"):
+    with pytest.raises(UserInputError, match=r"no answer \(Ctrl-D at an empty prompt\) to 'A''s"):
         await asyncio.wait_for(third, WAIT)
-    os.write(keyboard, CTRL_D)  # a second one in a row: the input is over
+    fourth = asyncio.create_task(channel.ask(question(4)))
+    await prompts(shown, 4)
+    os.write(keyboard, CTRL_D)  # again: still only this question (a Ctrl-D ended the last)
     with pytest.raises(UserInputError, match="question 'run:token:q4'"):
-        await asyncio.wait_for(channel.ask(question(4)), WAIT)
+        await asyncio.wait_for(fourth, WAIT)
+    fifth = asyncio.create_task(channel.ask(question(5)))
+    await prompts(shown, 5)
+    os.write(keyboard, b"still here\n")  # the keyboard never ends the input
+    assert await asyncio.wait_for(fifth, WAIT) == "still here"
+
+
+async def test_one_ctrl_d_after_some_text_sends_it(pty: tuple[int, int]) -> None:
+    """Text typed and then one Ctrl-D reached the program with no newline, and the answer
+    waited for a second Ctrl-D."""
+    read, keyboard = pty
+    shown = io.StringIO()
+    channel = TerminalChannel(read, shown)
+    answer = asyncio.create_task(channel.ask(question(1)))
+    await prompts(shown, 1)
+    os.write(keyboard, b"no newline" + CTRL_D)
+    assert await asyncio.wait_for(answer, WAIT) == "no newline"
+
+
+def test_input_dropped_for_a_timed_out_question_stays_dropped_in_a_later_event_loop(
+    pipe: tuple[int, int],
+) -> None:
+    """The reader was made again for each event loop, so a second ``asyncio.run`` forgot that
+    what was typed for a question that timed out in the first must not answer the next."""
+    read, write = pipe
+    shown = io.StringIO()
+    channel = TerminalChannel(read, shown)
+
+    async def timed_out() -> None:
+        with pytest.raises(TimeoutError):
+            await channel.ask_within(question(1), 0.01, "the branch fails")
+
+    asyncio.run(timed_out())
+    os.write(write, b"typed too late\n")
+
+    async def next_one() -> str:
+        answer = asyncio.create_task(channel.ask(question(2)))
+        await prompts(shown, 2)
+        os.write(write, b"the real answer\n")
+        return await asyncio.wait_for(answer, WAIT)
+
+    assert asyncio.run(next_one()) == "the real answer"
+
+
+async def test_a_question_withdrawn_on_screen_is_said_so_with_the_next(
+    pipe: tuple[int, int],
+) -> None:
+    """A question withdrawn while shown (its branch cancelled) left no word on screen, and what
+    the user typed next vanished unexplained."""
+    read, write = pipe
+    shown = io.StringIO()
+    channel = TerminalChannel(read, shown)
+    first = asyncio.create_task(channel.ask(question(1)))
+    await prompts(shown, 1)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    second = asyncio.create_task(channel.ask(question(2)))
+    await prompts(shown, 2)
+    assert "question q1 was withdrawn; what was typed for it is not taken" in shown.getvalue()
+    os.write(write, b"two\n")
+    assert await asyncio.wait_for(second, WAIT) == "two"
 
 
 async def test_input_typed_for_a_timed_out_question_never_answers_the_next(

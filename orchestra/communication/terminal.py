@@ -19,6 +19,7 @@ import os
 import select
 import sys
 import termios
+import weakref
 from typing import TextIO
 
 from orchestra.errors import ConfigurationError, UserInputError
@@ -65,8 +66,9 @@ class TerminalChannel:
         reader = _reader(self._fd)
         reader.asked += 1
         try:
-            async with reader.turn:
-                await self._write(self._prompt(question, reader.asked))
+            async with reader.turn():
+                note = reader.withdrawn
+                await self._write(note + self._prompt(question, reader.asked))
                 reader.discard_stale()
                 return await self._answer_within(question, reader, seconds, outcome)
         finally:
@@ -80,7 +82,11 @@ class TerminalChannel:
             async with limit:
                 return await self._answer(question, reader)
         except asyncio.CancelledError:
-            reader.stale = True
+            label = question.id.rsplit(":", 1)[-1]
+            reader.stale = True  # said when the next question is shown (this task is ending)
+            reader.withdrawn = (
+                f"\n(question {label} was withdrawn; what was typed for it is not taken)\n"
+            )
             raise
         except TimeoutError:
             if limit.expired():
@@ -103,12 +109,14 @@ class TerminalChannel:
         )
 
     async def _answer(self, question: Question, reader: _Reader) -> str:
-        reader.answer_ended = False
+        reader.begin_answer()
         first = await reader.line()
         if first is None:
+            where = f"{question.agent!r}'s question {question.id!r} (branch {question.branch_id})"
             raise UserInputError(
-                f"the terminal's input ended before {question.agent!r}'s question "
-                f"{question.id!r} (branch {question.branch_id}) was answered"
+                f"the terminal's input ended before {where} was answered"
+                if reader.ended
+                else f"the user gave no answer (Ctrl-D at an empty prompt) to {where}"
             )
         if first.strip() != BLOCK:
             return first
@@ -127,21 +135,43 @@ class _Reader:
     one turn (a question at a time), one buffer, one loop reader (a second ``add_reader`` on
     the fd would replace the first's callback).
 
-    End of input: on a pipe or a file, the first empty read ends it for good. On a terminal an
-    empty read is a Ctrl-D, which ends only the answer being typed (the block, or the line);
-    two in a row, with nothing typed between, end the input."""
+    End of input: on a pipe or a file, the first empty read ends it for good. On a terminal a
+    Ctrl-D ends only the answer being typed (the block, or the line: after some text, the
+    terminal hands that text over with no newline; at an empty prompt, the read is empty and
+    the question gets no answer); the keyboard never ends the input. It lives as long as the process (one per fd, whatever the event
+    loop: what is to be dropped stays known to a later ``asyncio.run``); only the turn is per
+    loop."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.tty = os.isatty(fd)
-        self.turn = asyncio.Lock()
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self.asked = 0  # questions asked and not answered, on every channel of this fd
         self.stale = False  # a question gave up while typed for: drop that input
+        self.withdrawn = ""  # the note for a question withdrawn on screen, said with the next
         self.answer_ended = False  # a Ctrl-D ended the answer being typed
         self._ended = False
-        self._empty = False  # the last read was empty
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""  # read, not yet taken as a line
+
+    def turn(self) -> asyncio.Lock:
+        """The lock that asks one question at a time, on the running loop."""
+        loop = asyncio.get_running_loop()
+        lock = self._turns.get(loop)
+        if lock is None:
+            lock = self._turns[loop] = asyncio.Lock()
+        return lock
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def begin_answer(self) -> None:
+        """A question is shown: a Ctrl-D typed for the one before counts no more."""
+        self.answer_ended = False
+        self.withdrawn = ""
 
     async def line(self) -> str | None:
         """The next line typed (without its newline); None at the end of the answer's input."""
@@ -155,12 +185,13 @@ class _Reader:
 
     def _take(self, data: bytes) -> None:
         if data:
-            self._empty = False
             self._pending += self._decoder.decode(data)
+            if self.tty and not data.endswith(b"\n"):  # a terminal's Ctrl-D after some text
+                self.answer_ended = True
             return
         self._pending += self._decoder.decode(b"", final=True)
-        self._ended = self._empty or not self.tty
-        self._empty = self.answer_ended = True
+        self._ended = not self.tty
+        self.answer_ended = True
 
     def discard_stale(self) -> None:
         """Drop what was typed for a question that timed out or was withdrawn, up to the next
@@ -189,16 +220,18 @@ class _Reader:
         return os.read(self.fd, 65_536)
 
 
-_READERS: dict[int, tuple[asyncio.AbstractEventLoop, _Reader]] = {}
+_READERS: dict[tuple[int, int, int], _Reader] = {}
 
 
 def _reader(fd: int) -> _Reader:
-    """The shared reader of ``fd`` on the running loop (a fresh one on a new loop)."""
-    loop = asyncio.get_running_loop()
-    known = _READERS.get(fd)
-    if known is None or known[0] is not loop:
-        known = _READERS[fd] = (loop, _Reader(fd))
-    return known[1]
+    """The shared reader of ``fd``, for the file it is open on now (a number reused for
+    another file, a new pipe say, gets a reader of its own)."""
+    found = os.fstat(fd)
+    key = (fd, found.st_dev, found.st_ino)
+    reader = _READERS.get(key)
+    if reader is None:
+        reader = _READERS[key] = _Reader(fd)
+    return reader
 
 
 def _set(ready: asyncio.Future[None]) -> None:

@@ -212,7 +212,8 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
 
 class _AskWhenCleared(CommunicationManager):
     """A run's communication manager, asked once the live status display has taken its area
-    down for the question (``cleared``, a bounded wait run off the event loop): a channel that
+    down for the question (``cleared``, a wait run off the event loop that ends once that frame
+    is out, or at once when nothing draws): a channel that
     prompts on the terminal writes where no frame erases the prompt or what the user types.
     The manager the run was given answers (a subclass's own ``ask`` included)."""
 
