@@ -30,6 +30,7 @@ from orchestra import (
     ProgrammaticChannel,
     ScriptedUser,
 )
+from orchestra.agents.contract import StepOutcome
 from orchestra.communication import CommunicationManager
 from orchestra.coordination.config import Budget, ErrorHandlingConfig
 from orchestra.coordination.engine import events as ev
@@ -439,20 +440,116 @@ def test_a_step_or_token_limit_is_raised_only_by_a_whole_number(answer: Any) -> 
     assert raised(engine) == []
 
 
+ONE_LOOP = {
+    "nodes": ["A", "X"],
+    "edges": ["A -> X", "X -> A"],
+    "entry_point": "A",
+    "exit_points": ["A"],
+}
+HUB = {
+    "nodes": ["Hub", "A", "B"],
+    "edges": ["Hub -> A", "Hub -> B", "A -> Hub", "B -> Hub"],
+    "entry_point": "Hub",
+    "exit_points": ["Hub"],
+}
+
+
 def test_the_wait_for_a_duration_answer_is_not_working_time() -> None:
     """The run's 0.3 s are spent by a 0.4 s step; the user takes 100 s to answer 1.0: the
-    limit is raised (the answer beats the 0.4 s shown) and the next step begins, the wait
-    being the budget's own pause. It used to fail with 100.4 s 'used'."""
-    engine = budgeted(TWO_LOOPS, ExecutionConfig(budget=Budget(max_duration=0.3)))
-    step(engine, "b1", 0.0, 0.4, Action.invoke("X", "x"))
-    text = asks(engine, "b1", 0.4)
+    limit is raised (the answer beats the 0.4 s shown) and the next step begins, the run's
+    only branch standing at the question all that time. It used to fail with 100.4 s 'used'."""
+    engine = budgeted(ONE_LOOP, ExecutionConfig(budget=Budget(max_duration=0.3)))
+    step(engine, "b0", 0.0, 0.4, Action.invoke("X", "x"))
+    text = asks(engine, "b0", 0.4)
     assert text.startswith("The run budget's max_duration=0.3 s is spent (0.4 s used)")
-    engine.apply(inp.UserAnswer(at=100.4, branch_id="b1", answer="1.0"))
+    engine.apply(inp.UserAnswer(at=100.4, branch_id="b0", answer="1.0"))
     assert not failures(engine)
-    step(engine, "b1", 100.4, 0.6, Action.final("x done"))
-    assert asks(engine, "b1", 101.0).startswith(
+    step(engine, "b0", 100.4, 0.6, Action.final("x done"))
+    assert asks(engine, "b0", 101.0).startswith(
         "The run budget's max_duration=1 s is spent (1 s used)"
     )
+
+
+def test_the_wait_for_one_budget_is_not_working_time_for_the_branch_budget() -> None:
+    """The user takes 100 s to raise the run's steps: the branch's own max_duration=5 does not
+    count them (it used to stop the branch at once, with 103 s 'used'), and it is spent after
+    5 s of the branch's work."""
+    config = ExecutionConfig(budget=Budget(max_steps=2), branch_budget=Budget(max_duration=5))
+    engine = budgeted(ONE_LOOP, config)
+    step(engine, "b0", 0.0, 1.0, Action.invoke("X", "x"))
+    step(engine, "b0", 1.0, 1.0, Action.final("x done"))
+    assert asks(engine, "b0", 2.0).startswith("The run budget's max_steps=2 is spent")
+    engine.apply(inp.UserAnswer(at=102.0, branch_id="b0", answer="100"))
+    step(engine, "b0", 102.0, 1.0, Action.invoke("X", "x"))
+    step(engine, "b0", 103.0, 1.0, Action.final("x done"))
+    step(engine, "b0", 104.0, 1.0, Action.invoke("X", "x"))
+    assert asks(engine, "b0", 105.0).startswith(
+        "The branch b0 budget's max_duration=5 s is spent (5 s used)"
+    )
+
+
+def test_a_sibling_that_works_keeps_the_run_clock_going() -> None:
+    """b1's question about the run's steps is left open while b2's is answered: b2's work
+    counts for the run's max_duration=10 (the open question used to stop the run's clock for
+    good); only the second both stood waiting is left out."""
+    config = ExecutionConfig(budget=Budget(max_steps=2, max_duration=10))
+    engine = budgeted(TWO_LOOPS, config)
+    step(engine, "b1", 0.0, 1.0, Action.invoke("X", "x"))
+    step(engine, "b2", 0.0, 1.0, Action.invoke("Y", "y"))
+    asks(engine, "b1", 1.0)
+    asks(engine, "b2", 1.0)
+    engine.apply(inp.UserAnswer(at=2.0, branch_id="b2", answer="100"))
+    for at in range(2, 11):
+        step(engine, "b2", float(at), 1.0, Action.invoke("Y", "y") if at % 2 else Action.final("y"))
+    assert asks(engine, "b2", 11.0).startswith(
+        "The run budget's max_duration=10 s is spent (10 s used)"
+    )
+
+
+def test_a_branch_cancelled_while_it_waits_ends_its_wait() -> None:
+    """A waits on the run's steps when B's return settles the fan-out ("any") and A is
+    cancelled; Hub's own wait (100 s) is left out, and the run's max_duration=5 binds again
+    (A's wait used to stay open, and the run's clock stood still for good)."""
+    config = ExecutionConfig(budget=Budget(max_steps=2, max_duration=5), convergence_policy="any")
+    engine = budgeted(HUB, config)
+    step(engine, "b0", 0.0, 1.0, Action.invoke_parallel([("A", "a"), ("B", "b")]))
+    engine.apply(inp.StepBegin(at=1.0, branch_id="b2"))
+    assert asks(engine, "b1", 1.0).startswith("The run budget's max_steps=2 is spent")
+    engine.apply(
+        inp.StepResult(
+            at=2.0,
+            branch_id="b2",
+            outcome=StepOutcome(action=Action.final("b"), by_code=True),
+            messages=(),
+            duration=1.0,
+        )
+    )
+    assert engine.branches["b1"].outcome == "cancelled"
+    asks(engine, "b0", 2.0)
+    engine.apply(inp.UserAnswer(at=102.0, branch_id="b0", answer="100"))
+    for at in (102.0, 103.0, 104.0):
+        step(engine, "b0", at, 0.5, Action.invoke("A", "a"))
+        step(engine, "b0", at + 0.5, 0.5, Action.final("a"))
+    assert asks(engine, "b0", 105.0).startswith(
+        "The run budget's max_duration=5 s is spent (5 s used)"
+    )
+
+
+def test_an_error_after_a_raise_names_where_the_limit_was_set() -> None:
+    """The user raised the run's steps to 3, then says no: the error names the config field
+    and the raise (it used to say 'by answering its question', with no question left)."""
+    engine = budgeted(ONE_LOOP, ExecutionConfig(budget=Budget(max_steps=1)))
+    step(engine, "b0", 0.0, 1.0, Action.invoke("X", "x"))
+    asks(engine, "b0", 1.0)
+    engine.apply(inp.UserAnswer(at=2.0, branch_id="b0", answer="2"))
+    step(engine, "b0", 2.0, 1.0, Action.final("x done"))
+    asks(engine, "b0", 3.0)
+    engine.apply(inp.UserAnswer(at=4.0, branch_id="b0", answer="no"))
+    failed = [e.error for e in engine.stream.events if type(e) is ev.BranchFailed]
+    assert failed == [
+        "the run budget's max_steps=2 is spent (2 used); raise it in "
+        "ExecutionConfig.budget.max_steps (raised to 2 by the user's answer) to go further"
+    ]
 
 
 @pytest.mark.parametrize("on_timeout", ["fail", "default"])

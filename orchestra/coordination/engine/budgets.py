@@ -13,8 +13,11 @@ starts with ``budget-``), recorded with what it asks about in a ``BudgetSpent`` 
 that is a number above the spend shown raises exactly that limit, anything else (or no answer
 in time) fails the branch with that budget's :class:`BudgetExceededError`. A run with no user
 channel fails at once (the runner reports the error as the branch's failure, so replay decides
-the same). The wait for a budget's answer is that budget's own pause: it is not working time
-for its ``max_duration``.
+the same). The time a branch stands at a budget question is not its working time: it is left
+out of its branch budget's ``max_duration`` (an agent's duration is its steps' own), and out of
+the run's only while every working branch of the run stands at one (a sibling that works keeps
+the run's clock going). A wait ends with its answer, with its branch (whatever ended it) and
+with the run.
 """
 
 from __future__ import annotations
@@ -112,10 +115,14 @@ class Book:
     agents: dict[str, Spend] = field(default_factory=dict)
     raised: dict[tuple[str, str], float] = field(default_factory=dict)
     asked: dict[str, Overrun] = field(default_factory=dict)  # by question id
-    # the waits for budget answers, by budget: (asked, answered; None: not yet), and the
-    # question each branch waits on
+    # each branch's waits at budget questions, (asked, ended; None: not yet), and the spans
+    # during which every working branch waited: what duration budgets leave out
     waits: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)
-    waiting: dict[str, tuple[str, int]] = field(default_factory=dict)
+    stood: list[tuple[float, float | None]] = field(default_factory=list)
+    # the branches not ended, their parents, and how many of each one's children are not ended
+    # (a branch with such children waits for them and does no work of its own)
+    live: dict[str, str | None] = field(default_factory=dict)
+    children: dict[str, int] = field(default_factory=dict)
 
     def catch_up(self, events: list[ev.Event]) -> None:
         """Take in the events emitted since the last look."""
@@ -133,9 +140,10 @@ class Book:
         steps: int,
         working_time: Callable[[float, float | None], float] | None,
         since: float,
+        waits: Iterable[tuple[float, float | None]] = (),
     ) -> Overrun | None:
         """The first of ``limits`` that ``spend`` has reached (``working_time`` from ``since``
-        is the scope's duration; None: the duration its steps took)."""
+        less the ``waits`` is the scope's duration; None: the duration its steps took)."""
         for limit, allowed in limits:
             if self.raised:
                 allowed = self.raised.get((name, limit), allowed)
@@ -148,39 +156,19 @@ class Book:
             elif working_time is None:
                 spent = spend.duration
             else:
-                spent = working_time(since, None) - self.waited(name, since, working_time)
+                spent = working_time(since, None) - waited(waits, since, working_time)
             if spent >= allowed:
                 return Overrun(name, limit, allowed, spent, self.source(name, limit))
         return None
 
-    def waited(
-        self, name: str, since: float, working_time: Callable[[float, float | None], float]
-    ) -> float:
-        """The working time since ``since`` that the budget ``name`` stood waiting for its
-        answers (overlapping waits of several branches count once)."""
-        endless = float("inf")
-        spans = sorted(
-            (max(start, since), endless if end is None else end)
-            for start, end in self.waits.get(name, ())
-        )
-        merged: list[tuple[float, float]] = []
-        for start, end in spans:
-            if merged and start <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
-            else:
-                merged.append((start, end))
-        return sum(
-            working_time(start, None if end == endless else end)
-            for start, end in merged
-            if start < end
-        )
-
     def source(self, name: str, limit: str) -> str:
         """Where the limit was set: what to change to go further."""
-        if (name, limit) in self.raised:
-            return "by answering its question (the user raised it before)"
         scope = "branch" if name.startswith("branch ") else name
-        return self.limits.sources.get((scope, limit), "")
+        where = self.limits.sources.get((scope, limit), "")
+        raised = self.raised.get((name, limit))
+        if raised is None:
+            return where
+        return f"{where} (raised to {budget_amount(limit, raised)} by the user's answer)"
 
 
 def _spent(book: Book, event: Any) -> None:
@@ -206,22 +194,75 @@ def _raised(book: Book, event: Any) -> None:
     book.raised[(event.budget, event.limit)] = event.allowed
 
 
+def waited(
+    waits: Iterable[tuple[float, float | None]],
+    since: float,
+    working_time: Callable[[float, float | None], float],
+) -> float:
+    """The working time since ``since`` spent in ``waits`` (an open one lasts until now; the
+    waits of one list never overlap)."""
+    return sum(
+        working_time(max(start, since), end) for start, end in waits if end is None or end > since
+    )
+
+
+def _created(book: Book, event: Any) -> None:
+    parent = event.parent_branch_id
+    book.live[event.branch_id] = parent
+    if parent is not None:
+        book.children[parent] = book.children.get(parent, 0) + 1
+    _restate(book, event.at)
+
+
 def _asked(book: Book, event: Any) -> None:
-    """A budget question: what it asks about, and the start of its budget's wait."""
+    """A budget question: what it asks about, and the start of its branch's wait."""
     book.asked[event.question_id] = Overrun(
         event.budget, event.limit, event.allowed, event.spent, event.source
     )
-    waits = book.waits.setdefault(event.budget, [])
-    book.waiting[event.branch_id] = (event.budget, len(waits))
-    waits.append((event.at, None))
+    book.waits.setdefault(event.branch_id, []).append((event.at, None))
+    _restate(book, event.at)
 
 
 def _wait_over(book: Book, event: Any) -> None:
     """The branch's budget question was answered, or the branch failed waiting for it."""
-    found = book.waiting.pop(event.branch_id, None)
-    if found is not None:
-        budget, index = found
-        book.waits[budget][index] = (book.waits[budget][index][0], event.at)
+    _close(book.waits.get(event.branch_id), event.at)
+    _restate(book, event.at)
+
+
+def _ended(book: Book, event: Any) -> None:
+    """A branch ended, however (completed, returned, cancelled, failed): its wait ends."""
+    _close(book.waits.get(event.branch_id), event.at)
+    parent = book.live.pop(event.branch_id, None)
+    if parent is not None:
+        book.children[parent] -= 1
+    _restate(book, event.at)
+
+
+def _run_over(book: Book, event: Any) -> None:
+    for waits in book.waits.values():
+        _close(waits, event.at)
+    _close(book.stood, event.at)
+
+
+def _close(waits: list[tuple[float, float | None]] | None, at: float) -> None:
+    if waits and waits[-1][1] is None:
+        waits[-1] = (waits[-1][0], at)
+
+
+def _restate(book: Book, at: float) -> None:
+    """Open or close the run's standing span: whether every working branch (one not ended,
+    without children not ended) now stands at a budget question."""
+    working = [b for b in book.live if not book.children.get(b)]
+    stands = bool(working) and all(_open(book.waits.get(b)) for b in working)
+    if stands and not _open(book.stood):
+        book.stood.append((at, None))
+    elif not stands:
+        _close(book.stood, at)
+
+
+def _open(waits: list[tuple[float, float | None]] | None) -> bool:
+    """Whether the last of ``waits`` has not ended."""
+    return bool(waits and waits[-1][1] is None)
 
 
 _FOLDS: dict[type[ev.Event], Callable[[Book, Any], None]] = {
@@ -229,9 +270,12 @@ _FOLDS: dict[type[ev.Event], Callable[[Book, Any], None]] = {
     ev.ActionRejected: _spent,
     ev.StepStarted: _started,
     ev.BudgetRaised: _raised,
+    ev.BranchCreated: _created,
     ev.BudgetSpent: _asked,
     ev.UserInputReceived: _wait_over,
-    ev.BranchFailed: _wait_over,
+    ev.BranchCompleted: _ended,
+    ev.BranchFailed: _ended,
+    ev.RunCompleted: _run_over,
 }
 
 
@@ -308,7 +352,13 @@ def overrun(engine: Engine, branch: Branch) -> Overrun | None:
     agent = branch.agent
     if limits.run:
         found = book.check(
-            "run", limits.run, book.run, engine.steps, engine.working_time, engine.started_at
+            "run",
+            limits.run,
+            book.run,
+            engine.steps,
+            engine.working_time,
+            engine.started_at,
+            book.stood,
         )
         if found is not None:
             return found
@@ -321,6 +371,7 @@ def overrun(engine: Engine, branch: Branch) -> Overrun | None:
             branch.steps,
             engine.working_time,
             branch.created_at,
+            book.waits.get(branch.id, ()),
         )
         if found is not None:
             return found
