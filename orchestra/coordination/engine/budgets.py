@@ -37,8 +37,8 @@ from orchestra.errors import (
 )
 
 from . import events as ev
-from . import lifecycle
-from .branches import Branch, BranchStatus
+from . import lifecycle, moves
+from .branches import Branch
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -401,11 +401,8 @@ def stop(engine: Engine, branch: Branch) -> bool:
     found = overrun(engine, branch)
     if found is None:
         return False
-    engine.questions_asked += 1
-    question_id = f"{QUESTION_PREFIX}q{engine.questions_asked}"
+    question_id = moves.next_question_id(engine, QUESTION_PREFIX)
     text = found.question(branch.agent)
-    branch.question = (question_id, text)
-    branch.status = BranchStatus.WAITING_USER
     engine.stream.emit(
         ev.BudgetSpent(
             run_id=engine.run_id,
@@ -419,16 +416,7 @@ def stop(engine: Engine, branch: Branch) -> bool:
             source=found.source,
         )
     )
-    engine.stream.emit(
-        ev.UserInputRequested(
-            run_id=engine.run_id,
-            at=engine.now,
-            branch_id=branch.id,
-            agent=branch.agent,
-            question_id=question_id,
-            question=text,
-        )
-    )
+    moves.ask(engine, branch, question_id, text)
     return True
 
 

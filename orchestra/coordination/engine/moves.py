@@ -29,20 +29,7 @@ def take(engine: Engine, branch: Branch, action: Action) -> None:
     elif kind is ActionKind.FINAL:
         lifecycle.answer(engine, branch, action.response)
     elif kind is ActionKind.ASK_USER:
-        engine.questions_asked += 1
-        question_id = f"q{engine.questions_asked}"
-        branch.question = (question_id, action.question)
-        branch.status = BranchStatus.WAITING_USER
-        engine.stream.emit(
-            ev.UserInputRequested(
-                run_id=engine.run_id,
-                at=engine.now,
-                branch_id=branch.id,
-                agent=branch.agent,
-                question_id=question_id,
-                question=action.question,
-            )
-        )
+        ask(engine, branch, next_question_id(engine), action.question)
     else:
         branch.pending_tools = action.tool_calls
 
@@ -86,3 +73,25 @@ def hand_over(engine: Engine, branch: Branch, item: Invocation) -> None:
         )
     )
     lifecycle.enter(engine, branch, target, StepInput(InputKind.REQUEST, item.request, source))
+
+
+def next_question_id(engine: Engine, prefix: str = "") -> str:
+    """The id of the run's next question (``prefix`` marks whose: a budget's, say)."""
+    engine.questions_asked += 1
+    return f"{prefix}q{engine.questions_asked}"
+
+
+def ask(engine: Engine, branch: Branch, question_id: str, text: str) -> None:
+    """The branch waits for the user's answer to ``text``."""
+    branch.question = (question_id, text)
+    branch.status = BranchStatus.WAITING_USER
+    engine.stream.emit(
+        ev.UserInputRequested(
+            run_id=engine.run_id,
+            at=engine.now,
+            branch_id=branch.id,
+            agent=branch.agent,
+            question_id=question_id,
+            question=text,
+        )
+    )
