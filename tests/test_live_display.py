@@ -366,7 +366,7 @@ async def test_two_runs_with_one_session_id_get_a_block_each(
     assert plain(frame).count("run s · running") == 2
 
 
-# Round-3 review
+# The run's own manager, runs that end while another waits, lines rewritten in place
 
 
 async def test_the_run_s_own_communication_manager_answers_on_a_terminal(

@@ -301,7 +301,7 @@ def test_a_timeout_choice_other_than_fail_or_default_is_refused() -> None:
         TerminalChannel(0, io.StringIO(), user_timeout=0)
 
 
-# ---- review fixes: Ctrl-D, late input, queued time, shared input, redirected stderr -------------
+# ---- Ctrl-D, late input, queued time, shared input, redirected stderr ---------------------------
 
 
 def test_a_prompt_is_shown_on_the_terminal_when_only_stderr_goes_to_a_file(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""MetricsCollector second review fixes: errors counted once per failure (a routed step
+"""MetricsCollector errors and OTLP lifetimes: errors counted once per failure (a routed step
 failure and the branch failure after it are two), one collector per meter_provider for the
 provider's life, a bounded OTLP histogram queue drained before close's export, the credential
 check on the OTLP URL actually used, a dropped collector freed, and close's bound on a
@@ -17,7 +17,7 @@ import pytest
 from helpers import fn, invoke, llm, run, spokes
 from opentelemetry.sdk.metrics import MeterProvider, ObservableCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
-from test_metrics_review import _points
+from test_metrics_edges import _points
 
 from orchestra import ErrorHandlingConfig, FunctionModel, ScriptedModel
 from orchestra.coordination.monitoring import MetricsCollector, otlp

@@ -1,4 +1,4 @@
-"""MetricsCollector review fixes: a console stream that fails, export_interval's bounds, one
+"""MetricsCollector at its edges: a console stream that fails, export_interval's bounds, one
 collector per meter_provider, failed steps counted as errors, bucket bounds for LLM work, no
 credential in an OTLP URL, the console's ticking under concurrent runs, each label cut on its
 own, configuration errors that name the right thing, and OTLP histograms recorded off the
@@ -108,7 +108,7 @@ def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
 def test_one_collector_per_provider_and_a_closed_one_is_no_longer_read() -> None:
     """The SDK handed the second collector the first one's instruments, dropping its
     callbacks: it was never exported, and the closed first one went on being exported. A
-    provider now serves one collector for its life (tests/test_metrics_review2.py)."""
+    provider now serves one collector for its life (tests/test_metrics_errors_and_otlp.py)."""
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     first = MetricsCollector(exporters=["otlp"], meter_provider=provider)
