@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple, NoReturn
@@ -12,7 +11,8 @@ from typing import Annotated, Any, NamedTuple, NoReturn
 import typer
 from rich.markup import escape
 
-from orchestra.communication import CommunicationManager, TerminalChannel
+from orchestra.communication import CommunicationManager
+from orchestra.communication.terminal import user_channel
 from orchestra.coordination.config import (
     CommunicationConfig,
     ExecutionConfig,
@@ -159,17 +159,6 @@ def _checked_session(session: str) -> str:
         raise typer.BadParameter(str(error)) from None
 
 
-def _user_channel() -> TerminalChannel | None:
-    """The terminal answers the agents' questions when the command's input is one and so is
-    a stream to show them on (standard error, where the status display writes, else standard
-    output). Input from a pipe or a file, or a prompt that would go into a file, is no one to
-    ask: a question fails its branch, as with no channel."""
-    if not sys.stdin.isatty():
-        return None
-    screen = next((stream for stream in (sys.stderr, sys.stdout) if stream.isatty()), None)
-    return None if screen is None else TerminalChannel(output=screen)
-
-
 def _status(workflow: Workflow, verbosity: VerbosityLevel) -> ExecutionConfig:
     return workflow.execution.model_copy(update={"status": StatusConfig.from_verbosity(verbosity)})
 
@@ -248,7 +237,7 @@ def _execute(
             agent_registry=workflow.registry,
             context=context,
             execution_config=_status(workflow, verbosity),
-            communication_config=CommunicationConfig(channel=_user_channel()),
+            communication_config=CommunicationConfig(channel=user_channel()),
             error_config=workflow.error_handling,
             max_steps=workflow.max_steps,
             state_manager=manager,
@@ -299,7 +288,7 @@ def _resume(
         instance = OrchestraInstance(
             workflow.topology,
             agent_registry=workflow.registry,
-            communication_manager=CommunicationManager(_user_channel()),
+            communication_manager=CommunicationManager(user_channel()),
             state_manager=manager,
         )
         again = resume_command(resume_with, session, store)

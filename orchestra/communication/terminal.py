@@ -34,6 +34,17 @@ QUESTION_CHARS = 4_000
 """How much of a question is shown: a screenful, not a flood."""
 
 
+def user_channel() -> TerminalChannel | None:
+    """The terminal, when the process's input is one and so is a stream to show questions on
+    (standard error, where the status display writes, else standard output): the channel of a
+    run given none. Input from a pipe or a file, or a prompt that would go into a file, is no
+    one to ask: None (an agent's question then fails its branch; follow-ups are not offered)."""
+    if not sys.stdin.isatty():
+        return None
+    screen = next((stream for stream in (sys.stderr, sys.stdout) if stream.isatty()), None)
+    return None if screen is None else TerminalChannel(output=screen)
+
+
 class TerminalChannel:
     """Ask on a terminal: prompts go to ``output`` (default ``sys.stderr``, where the status
     display writes), answers are read from the file descriptor ``input_fd`` (default standard
