@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import crash_copy, final, fn, invoke, llm, of, quiet, run
+from helpers import crash_copy, final, fn, llm, of, quiet, run
 
 from orchestra import Action, AgentRegistry, FunctionModel
 from orchestra.communication import (
@@ -278,8 +278,9 @@ async def test_a_round_over_max_steps_fails_naming_the_round() -> None:
 
 
 async def test_a_run_budget_spans_every_round() -> None:
-    """A run budget of three steps: the first two rounds take one each, the third is stopped
-    before its second... the budget counts the conversation, not the round."""
+    """A run budget of two steps counts the conversation, not the round: the first two rounds
+    take one step each, and the third is stopped before its first (the user does not raise
+    the budget), failing the run."""
     tutor = Tutor()
 
     class User(ScriptedUser):
