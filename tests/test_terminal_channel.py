@@ -104,6 +104,34 @@ def test_an_agents_question_is_asked_and_answered_on_the_terminal(tmp_path: Path
     assert "answer='Ada Lovelace'" in output
 
 
+FOLLOW_UP_FLOW = """\
+agents: [{name: Tutor, function: 'terminal_nodes:tutor'}]
+topology: {nodes: [User, Tutor], edges: [User -> Tutor, Tutor -> User]}
+task: "explain\\e[2J"
+"""
+FOLLOW_UP = re.compile(r"\? Follow-up \((f\d+)\)")
+
+
+def test_follow_ups_show_each_answer_and_an_empty_line_ends_them(tmp_path: Path) -> None:
+    flow(tmp_path, FOLLOW_UP_FLOW)
+    child = spawn(tmp_path, "run", "flow.yaml", "--quiet", "--no-store", "--follow-ups")
+    child.expect(FOLLOW_UP)
+    assert child.match.group(1) == "f1"
+    assert "Tutor on explain\\x1b[2J" in child.before  # the response, its escape shown
+    assert "\x1b[2J" not in child.before
+    child.expect("> ")
+    child.sendline("and superposition?")
+    child.expect(FOLLOW_UP)
+    assert child.match.group(1) == "f2"
+    assert "Tutor on and superposition?" in child.before
+    child.expect("> ")
+    child.sendline("")
+    output, code = ended(child)
+    assert code == 0, output
+    assert "Tutor on and superposition?" in output  # the final response: the last round's
+    assert FOLLOW_UP.search(output) is None  # asked no more
+
+
 def test_a_multi_line_answer_is_typed_between_triple_quotes(tmp_path: Path) -> None:
     flow(tmp_path, ASKER_FLOW)
     child = spawn(tmp_path, "run", "flow.yaml", "--quiet", "--no-store")
@@ -382,6 +410,21 @@ async def test_ctrl_d_ends_a_block_and_the_next_question_is_asked(pty: tuple[int
     await prompts(shown, 5)
     os.write(keyboard, b"still here\n")  # the keyboard never ends the input
     assert await asyncio.wait_for(fifth, WAIT) == "still here"
+
+
+async def test_ctrl_d_at_a_follow_up_offer_ends_the_conversation(pty: tuple[int, int]) -> None:
+    read, keyboard = pty
+    shown = io.StringIO()
+    channel = TerminalChannel(read, shown)
+    offer = Question(
+        "run:token:f1", "run", "b0", "Tutor", "Any follow-up?", "follow_up", None, "Done\x07."
+    )
+    asked = asyncio.create_task(channel.ask(offer))
+    await prompts(shown, 1)
+    assert "Done\\x07." in shown.getvalue()  # the round's response, shown as text
+    assert "? Follow-up (f1)" in shown.getvalue()
+    os.write(keyboard, CTRL_D)
+    assert await asyncio.wait_for(asked, WAIT) is None
 
 
 async def test_one_ctrl_d_after_some_text_sends_it(pty: tuple[int, int]) -> None:
