@@ -29,6 +29,8 @@ from orchestra.communication import (
 from orchestra.coordination.config import Budget, CommunicationConfig, ErrorHandlingConfig
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.monitoring.view import BranchStatus as ViewStatus
+from orchestra.coordination.monitoring.view import RunState, RunView
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import FileStorageBackend, StateManager
@@ -169,6 +171,36 @@ async def test_the_runs_timeout_rule_counts_each_round_and_never_the_wait() -> N
 
     assert result.success, result.error
     assert result.final_response == "answer 1"
+
+
+async def test_the_live_view_shows_the_wait_for_a_follow_up_and_the_new_round() -> None:
+    result = await run(
+        "markets?",
+        TWO_ENTRIES,
+        [llm("Tech", FunctionModel(Tutor())), llm("Finance", FunctionModel(Tutor()))],
+        allow_follow_ups=True,
+        communication_config=channel_of(ScriptedUser(["bonds?"])),
+    )
+    view = RunView(result.session_id or "")
+    offered = next(n for n, e in enumerate(result.events) if isinstance(e, ev.UserInputRequested))
+    for event in result.events[: offered + 1]:
+        view(event)
+
+    assert view.shown_state is RunState.WAITING_FOR_FOLLOW_UP
+    assert view.running_since is None  # the wait is no working time
+    for event in result.events[offered + 1 :]:
+        if isinstance(event, ev.RoundStarted):
+            assert view.shown_state is RunState.RUNNING
+        view(event)
+
+    assert view.shown_state is RunState.SUCCEEDED
+    assert view.round == 2
+    root = view.branches[view.root or ""]
+    assert len(root.fan_outs) == 2  # each round's fan-out to the entries
+    assert [view.branches[b].status for b in view.fan_outs[root.fan_outs[1]].children] == [
+        ViewStatus.DONE,
+        ViewStatus.DONE,
+    ]
 
 
 async def test_a_failure_in_a_follow_up_round_fails_the_run_and_keeps_the_rounds_before() -> None:
