@@ -387,7 +387,7 @@ def _round_started(view: RunView, event: ev.RoundStarted) -> None:
 
 
 def _answered(view: RunView, event: ev.UserInputReceived) -> None:
-    if view.offered and view.branches[event.branch_id].branch_id == view.root:
+    if view.offered and event.branch_id == view.root:
         view.offered = False
         if view.state is RunState.RUNNING:
             view.running_since = event.at
