@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from helpers import TESTS, fn, quiet
+from helpers import TESTS, fn, quiet, run_cli
 
 from orchestra import Action, AgentRegistry, TerminalChannel
 from orchestra.communication import CommunicationManager, ProgrammaticChannel, Question
@@ -130,6 +130,17 @@ def test_follow_ups_show_each_answer_and_an_empty_line_ends_them(tmp_path: Path)
     assert code == 0, output
     assert "Tutor on and superposition?" in output  # the final response: the last round's
     assert FOLLOW_UP.search(output) is None  # asked no more
+
+
+def test_follow_ups_with_no_terminal_are_not_offered_and_the_run_succeeds(tmp_path: Path) -> None:
+    flow(tmp_path, FOLLOW_UP_FLOW)
+    result = run_cli("run", "flow.yaml", "--quiet", "--no-store", "--follow-ups", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Follow-ups are not offered: standard input (or the screen) is no terminal." in (
+        result.stdout
+    )
+    assert "Tutor on explain" in result.stdout
+    assert "UserWarning" not in result.stderr
 
 
 def test_a_multi_line_answer_is_typed_between_triple_quotes(tmp_path: Path) -> None:
