@@ -42,3 +42,8 @@ def left(data: Any, context: Mapping[str, Any]) -> Action:
 def right(data: Any, context: Mapping[str, Any]) -> Action:
     """Asks its question; given the answer, answers the hub with it, named."""
     return _side("Right", data)
+
+
+def tutor(data: Any, context: Mapping[str, Any]) -> Action:
+    """Answers each round (the task, then each follow-up) with what it was asked, as it is."""
+    return Action.final(f"Tutor on {data}")

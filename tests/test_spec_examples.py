@@ -3,8 +3,8 @@
 Each example names agents it never defines: the tests build them with scripted models and let
 them register in the global registry, as the page's ``Orchestra.run(task, topology)`` expects.
 The OrchestraInstance example (pause, resume, checkpoints) and Pattern 3's sessions run in
-tests/test_sessions.py (metrics in detail: tests/test_metrics.py); follow-up questions arrive in a
-later release.
+tests/test_sessions.py (metrics in detail: tests/test_metrics.py); follow-ups in detail in
+tests/test_follow_ups.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from helpers import final, invoke
 
-from orchestra import Action, Agent, FunctionAgent, ScriptedModel
+from orchestra import Action, Agent, FunctionAgent, FunctionModel, ScriptedModel
+from orchestra.communication import ScriptedUser
 from orchestra.coordination import Orchestra
 from orchestra.coordination.config import (
     ErrorHandlingConfig,
@@ -28,7 +29,6 @@ from orchestra.coordination.config import (
 from orchestra.coordination.orchestra import OrchestraResult
 from orchestra.coordination.state import FileStorageBackend, StateManager
 from orchestra.coordination.topology import Edge, Labeled, PatternConfig, Topology
-from orchestra.errors import ConfigurationError
 from orchestra.models.base import ModelReply, Usage
 
 logger = logging.getLogger("orchestra.spec_examples")
@@ -152,34 +152,14 @@ async def test_complex_execution(
     Agent("FinanceAnalyst", ScriptedModel([final("finance: rates fall")]))
     Agent("Reporter", ScriptedModel(["markets are up"]))
 
-    # Complex execution with all options. allow_follow_ups (and the follow-ups it enables)
-    # arrives in a later release, so it is left out here; follow_up_timeout is accepted already.
-    result = await Orchestra.run(
-        task={
-            "request": "Analyze market trends",
-            "sectors": ["tech", "finance"],
-            "depth": "comprehensive",
-        },
-        topology=PatternConfig.hub_and_spoke(
-            hub="Coordinator",
-            spokes=["TechAnalyst", "FinanceAnalyst", "Reporter"],
-            parallel_spokes=True,
-        ),
-        context={
-            "session_id": "market_analysis_2024",
-            "user_preferences": {"format": "detailed"},
-        },
-        execution_config=ExecutionConfig(
-            convergence_timeout=600.0,
-            branch_timeout=1200.0,
-            status=StatusConfig.from_verbosity(2),
-        ),
-        state_manager=StateManager(FileStorageBackend("./state")),
-        max_steps=100,
-        follow_up_timeout=120.0,
-    )
+    # Complex execution with all options, as written: no channel is given and the test's input
+    # is no terminal, so follow-ups are not offered (a warning says so, the result too).
+    with pytest.warns(UserWarning, match="no user channel"):
+        result = await complex_execution()
 
     assert result.success, result.error
+    assert result.metadata["follow_ups"] == "not offered: the run has no user channel"
+    assert result.follow_ups == []
     assert result.session_id == "market_analysis_2024"
     assert (tmp_path / "state" / "market_analysis_2024").is_dir()  # a durable session
     assert result.final_response == {
@@ -222,13 +202,78 @@ async def test_complex_execution(
     assert "converged (met)" in err
 
 
-async def test_features_of_later_releases_are_refused_clearly() -> None:
-    Agent("Summarizer", ScriptedModel([]))
+async def complex_execution() -> OrchestraResult:
+    """The page's "Complex execution with all options", verbatim."""
+    return await Orchestra.run(
+        task={
+            "request": "Analyze market trends",
+            "sectors": ["tech", "finance"],
+            "depth": "comprehensive",
+        },
+        topology=PatternConfig.hub_and_spoke(
+            hub="Coordinator",
+            spokes=["TechAnalyst", "FinanceAnalyst", "Reporter"],
+            parallel_spokes=True,
+        ),
+        context={
+            "session_id": "market_analysis_2024",
+            "user_preferences": {"format": "detailed"},
+        },
+        execution_config=ExecutionConfig(
+            convergence_timeout=600.0,
+            branch_timeout=1200.0,
+            status=StatusConfig.from_verbosity(2),
+        ),
+        state_manager=StateManager(FileStorageBackend("./state")),
+        max_steps=100,
+        allow_follow_ups=True,
+        follow_up_timeout=120.0,
+    )
 
-    with pytest.raises(ConfigurationError, match="allow_follow_ups"):
-        await Orchestra.run(
-            task="t", topology={"nodes": ["Summarizer"], "edges": []}, allow_follow_ups=True
+
+# ---- Follow-up Questions ----------------------------------------------------------------------
+
+
+async def test_follow_up_questions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's Follow-up section, as written, with a user at a (scripted) terminal: after
+    the answer, the user asks about superposition; an empty line ends the conversation."""
+    user = ScriptedUser(["Can you explain superposition in more detail?", ""])
+    monkeypatch.setattr("orchestra.coordination.orchestra.user_channel", lambda: user)
+    seen: list[list[str]] = []
+
+    def explainer(messages: Any, info: Any) -> str:
+        seen.append([message.content for message in messages])
+        return (
+            "Qubits hold 0 and 1 at once."
+            if len(seen) == 1
+            else "Superposition: both, until measured."
         )
+
+    Agent("Explainer", FunctionModel(explainer))
+    topology = {"nodes": ["User", "Explainer"], "edges": ["User -> Explainer", "Explainer -> User"]}
+
+    result = await Orchestra.run(
+        task="Explain quantum computing",
+        topology=topology,
+        allow_follow_ups=True,
+        follow_up_timeout=60.0,  # Wait 60s for follow-up
+    )
+
+    assert result.success, result.error
+    assert result.final_response == "Superposition: both, until measured."
+    assert [item.question for item in result.follow_ups] == [
+        "Can you explain superposition in more detail?"
+    ]
+    assert result.get_conversation()[0]["response"] == "Qubits hold 0 and 1 at once."
+    # the same context: the second round's conversation holds the first
+    assert "[Task]\nExplain quantum computing" in seen[1]
+    assert "[Follow-up from the user]\nCan you explain superposition in more detail?" in seen[1]
+    offers = [question for question in user.questions if question.kind == "follow_up"]
+    assert [offer.response for offer in offers] == [
+        "Qubits hold 0 and 1 at once.",
+        "Superposition: both, until measured.",
+    ]
+    assert {offer.timeout for offer in offers} == {60.0}
 
 
 # ---- Example Result Handling ------------------------------------------------------------------

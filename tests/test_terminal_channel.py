@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from helpers import TESTS, fn, quiet
+from helpers import TESTS, fn, quiet, run_cli
 
 from orchestra import Action, AgentRegistry, TerminalChannel
 from orchestra.communication import CommunicationManager, ProgrammaticChannel, Question
@@ -102,6 +102,45 @@ def test_an_agents_question_is_asked_and_answered_on_the_terminal(tmp_path: Path
     output, code = ended(child)
     assert code == 0, output
     assert "answer='Ada Lovelace'" in output
+
+
+FOLLOW_UP_FLOW = """\
+agents: [{name: Tutor, function: 'terminal_nodes:tutor'}]
+topology: {nodes: [User, Tutor], edges: [User -> Tutor, Tutor -> User]}
+task: "explain\\e[2J"
+"""
+FOLLOW_UP = re.compile(r"\? Follow-up \((f\d+)\)")
+
+
+def test_follow_ups_show_each_answer_and_an_empty_line_ends_them(tmp_path: Path) -> None:
+    flow(tmp_path, FOLLOW_UP_FLOW)
+    child = spawn(tmp_path, "run", "flow.yaml", "--quiet", "--no-store", "--follow-ups")
+    child.expect(FOLLOW_UP)
+    assert child.match.group(1) == "f1"
+    assert "Tutor on explain\\x1b[2J" in child.before  # the response, its escape shown
+    assert "\x1b[2J" not in child.before
+    child.expect("> ")
+    child.sendline("and superposition?")
+    child.expect(FOLLOW_UP)
+    assert child.match.group(1) == "f2"
+    assert "Tutor on and superposition?" in child.before
+    child.expect("> ")
+    child.sendline("")
+    output, code = ended(child)
+    assert code == 0, output
+    assert "Tutor on and superposition?" in output  # the final response: the last round's
+    assert FOLLOW_UP.search(output) is None  # asked no more
+
+
+def test_follow_ups_with_no_terminal_are_not_offered_and_the_run_succeeds(tmp_path: Path) -> None:
+    flow(tmp_path, FOLLOW_UP_FLOW)
+    result = run_cli("run", "flow.yaml", "--quiet", "--no-store", "--follow-ups", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Follow-ups are not offered: standard input (or the screen) is no terminal." in (
+        result.stdout
+    )
+    assert "Tutor on explain" in result.stdout
+    assert "UserWarning" not in result.stderr
 
 
 def test_a_multi_line_answer_is_typed_between_triple_quotes(tmp_path: Path) -> None:
@@ -382,6 +421,21 @@ async def test_ctrl_d_ends_a_block_and_the_next_question_is_asked(pty: tuple[int
     await prompts(shown, 5)
     os.write(keyboard, b"still here\n")  # the keyboard never ends the input
     assert await asyncio.wait_for(fifth, WAIT) == "still here"
+
+
+async def test_ctrl_d_at_a_follow_up_offer_ends_the_conversation(pty: tuple[int, int]) -> None:
+    read, keyboard = pty
+    shown = io.StringIO()
+    channel = TerminalChannel(read, shown)
+    offer = Question(
+        "run:token:f1", "run", "b0", "Tutor", "Any follow-up?", "follow_up", None, "Done\x07."
+    )
+    asked = asyncio.create_task(channel.ask(offer))
+    await prompts(shown, 1)
+    assert "Done\\x07." in shown.getvalue()  # the round's response, shown as text
+    assert "? Follow-up (f1)" in shown.getvalue()
+    os.write(keyboard, CTRL_D)
+    assert await asyncio.wait_for(asked, WAIT) is None
 
 
 async def test_one_ctrl_d_after_some_text_sends_it(pty: tuple[int, int]) -> None:

@@ -48,6 +48,7 @@ _INPUT_HEADINGS = {
     InputKind.RESPONSE: "Response from {sender}",
     InputKind.RESULTS: "Results of the parallel branches you started",
     InputKind.USER_ANSWER: "The user answered",
+    InputKind.FOLLOW_UP: "Follow-up from the user",
     InputKind.STEERING: "Orchestra",
 }
 

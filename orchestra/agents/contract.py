@@ -85,6 +85,7 @@ class Action:
     response: Any = None
     question: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    timeout: float | None = None  # ask_user: seconds the user has to answer (None: the channel's)
 
     @classmethod
     def invoke(cls, agent_name: str, request: Any = None, *, label: str | None = None) -> Action:
@@ -105,8 +106,10 @@ class Action:
         return cls(ActionKind.FINAL, response=response)
 
     @classmethod
-    def ask_user(cls, question: str) -> Action:
-        return cls(ActionKind.ASK_USER, question=question)
+    def ask_user(cls, question: str, timeout: float | None = None) -> Action:
+        """Ask the user; ``timeout`` (seconds) bounds this question in place of the channel's
+        ``user_timeout`` (what happens then is the run's ``on_user_timeout``)."""
+        return cls(ActionKind.ASK_USER, question=question, timeout=timeout)
 
     @classmethod
     def call_tools(cls, calls: Iterable[ToolCall]) -> Action:
@@ -124,6 +127,8 @@ class Action:
             body = {"response": self.response}
         elif self.kind is ActionKind.ASK_USER:
             body = {"question": self.question}
+            if self.timeout is not None:
+                body["timeout"] = self.timeout
         else:
             body = [
                 {
@@ -141,6 +146,18 @@ class Action:
         if self.kind is ActionKind.CALL_TOOL:
             return f"call_tool({', '.join(c.name for c in self.tool_calls)})"
         return self.kind.value
+
+
+def timeout_problem(timeout: object) -> str | None:
+    """What is wrong with an ask_user ``timeout`` (None when it is fine: absent, or a positive
+    finite number of seconds)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        return f"ask_user's timeout must be a positive number of seconds, got {timeout!r}"
+    if not 0 < timeout < float("inf"):
+        return f"ask_user's timeout must be a positive number of seconds, got {timeout!r}"
+    return None
 
 
 def render(value: Any) -> str:
@@ -171,6 +188,7 @@ class InputKind(StrEnum):
     RESPONSE = "response"  # a callee answered it
     RESULTS = "results"  # parallel branches it waited for converged
     USER_ANSWER = "user_answer"  # the user answered its question
+    FOLLOW_UP = "follow_up"  # the user's follow-up after the run's last final response
     TOOL_RESULTS = "tool_results"  # its tool calls finished
     STEERING = "steering"  # its last reply could not be used
 

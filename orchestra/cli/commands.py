@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple, NoReturn
@@ -12,7 +11,8 @@ from typing import Annotated, Any, NamedTuple, NoReturn
 import typer
 from rich.markup import escape
 
-from orchestra.communication import CommunicationManager, TerminalChannel
+from orchestra.communication import CommunicationManager
+from orchestra.communication.terminal import user_channel
 from orchestra.coordination.config import (
     CommunicationConfig,
     ExecutionConfig,
@@ -135,6 +135,26 @@ AllowModule = Annotated[
 ]
 
 
+FollowUps = Annotated[
+    bool,
+    typer.Option(
+        "--follow-ups",
+        help="After the answer, take follow-up questions on the terminal, each a new round in "
+        "the same conversation; an empty line (or Ctrl-D) ends it.",
+    ),
+]
+
+
+FollowUpTimeout = Annotated[
+    float,
+    typer.Option(
+        "--follow-up-timeout",
+        min=0.001,
+        help="Seconds to wait for a follow-up before the conversation ends (with --follow-ups).",
+    ),
+]
+
+
 PAUSED = 3  # the exit code of a run that paused (resume it)
 
 
@@ -157,17 +177,6 @@ def _checked_session(session: str) -> str:
         return check_session_id(session)
     except InvalidSessionIdError as error:
         raise typer.BadParameter(str(error)) from None
-
-
-def _user_channel() -> TerminalChannel | None:
-    """The terminal answers the agents' questions when the command's input is one and so is
-    a stream to show them on (standard error, where the status display writes, else standard
-    output). Input from a pipe or a file, or a prompt that would go into a file, is no one to
-    ask: a question fails its branch, as with no channel."""
-    if not sys.stdin.isatty():
-        return None
-    screen = next((stream for stream in (sys.stderr, sys.stdout) if stream.isatty()), None)
-    return None if screen is None else TerminalChannel(output=screen)
 
 
 def _status(workflow: Workflow, verbosity: VerbosityLevel) -> ExecutionConfig:
@@ -231,9 +240,15 @@ def _execute(
     resume_with: list[str],
     output: Path | None,
     allowed_modules: list[str] | None = None,
+    follow_up_timeout: float | None = None,
 ) -> None:
+    """Run the workflow; ``follow_up_timeout`` (None: no follow-ups) makes it a conversation."""
     check_output(output, workflow_path, store)
     workflow = _load(workflow_path, max_tokens, allowed_modules)
+    channel = user_channel()
+    if follow_up_timeout is not None and channel is None:
+        say("Follow-ups are not offered: standard input (or the screen) is no terminal.")
+        follow_up_timeout = None
     chosen = task if task is not None else workflow.task
     if chosen is None:
         raise typer.BadParameter("no task: pass --task or give the workflow a 'task'")
@@ -248,10 +263,12 @@ def _execute(
             agent_registry=workflow.registry,
             context=context,
             execution_config=_status(workflow, verbosity),
-            communication_config=CommunicationConfig(channel=_user_channel()),
+            communication_config=CommunicationConfig(channel=channel),
             error_config=workflow.error_handling,
             max_steps=workflow.max_steps,
             state_manager=manager,
+            allow_follow_ups=follow_up_timeout is not None,
+            follow_up_timeout=follow_up_timeout or 60.0,
         )
 
     if store is None:
@@ -299,7 +316,7 @@ def _resume(
         instance = OrchestraInstance(
             workflow.topology,
             agent_registry=workflow.registry,
-            communication_manager=CommunicationManager(_user_channel()),
+            communication_manager=CommunicationManager(user_channel()),
             state_manager=manager,
         )
         again = resume_command(resume_with, session, store)
@@ -334,13 +351,25 @@ def run(
     no_store: NoStore = False,
     output: Output = None,
     allow_module: AllowModule = None,
+    follow_ups: FollowUps = False,
+    follow_up_timeout: FollowUpTimeout = 60.0,
 ) -> None:
     """Run a workflow file: its agents, topology and execution settings. The run is a durable
-    session (see --store): if it is interrupted, `orchestra resume` goes on from its last step."""
+    session (see --store): if it is interrupted, `orchestra resume` goes on from its last step
+    (a conversation too: its follow-ups are asked again)."""
     command = ["orchestra", "resume", str(workflow), *_allow_options(allow_module)]
     kept = None if no_store else store
     _execute(
-        workflow, task, _level(verbose, quiet), None, kept, session, command, output, allow_module
+        workflow,
+        task,
+        _level(verbose, quiet),
+        None,
+        kept,
+        session,
+        command,
+        output,
+        allow_module,
+        follow_up_timeout if follow_ups else None,
     )
 
 

@@ -12,13 +12,25 @@ from orchestra.errors import ConfigurationError, UserInputError
 
 @dataclass(frozen=True, slots=True)
 class Question:
-    """An agent's question to the user. ``id`` is unique across runs sharing a channel."""
+    """A question to the user. ``id`` is unique across runs sharing a channel.
+
+    ``kind`` is ``"agent"`` (an agent asks, ``agent`` names it) or ``"follow_up"`` (a round of
+    a conversation ended with ``response``, its final response, which a channel shows before
+    asking; an answer of None or blank text ends the conversation). ``timeout``: the seconds
+    this question may wait, in place of the channel's or the run's ``user_timeout``."""
 
     id: str
     run_id: str
     branch_id: str
     agent: str
     text: str
+    kind: Literal["agent", "follow_up"] = "agent"
+    timeout: float | None = None
+    response: Any = None
+
+    @property
+    def follow_up(self) -> bool:
+        return self.kind == "follow_up"
 
 
 @runtime_checkable
@@ -95,7 +107,11 @@ class ScriptedUser:
         self.questions: list[Question] = []
 
     async def ask(self, question: Question) -> Any:
+        """The next scripted answer; with none left, a follow-up gets None (the conversation
+        ends) and an agent's question fails."""
         self.questions.append(question)
+        if not self._answers and question.follow_up:
+            return None
         if not self._answers:
             raise UserInputError(
                 f"ScriptedUser has no answer left for {question.agent!r}'s question "
@@ -110,7 +126,9 @@ class CommunicationManager:
     :class:`TimedChannel` counts it from when its user sees the question. On timeout the
     question fails (``on_user_timeout="fail"``, a :class:`UserInputError` that fails the asking
     branch) or is answered with ``default_answer``, the agent told that the user did not answer
-    (``"default"``). The runner journals either outcome like any answer or failure."""
+    (``"default"``). A question's own ``timeout`` takes the place of both. A follow-up offer
+    that times out ends the conversation (the answer None): never a failure, never the
+    default. The runner journals each outcome like any answer or failure."""
 
     def __init__(
         self,
@@ -137,6 +155,11 @@ class CommunicationManager:
         return own if isinstance(own, int | float) else self.user_timeout
 
     async def ask(self, question: Question) -> Any:
+        if self.channel is None and question.follow_up:
+            raise UserInputError(
+                f"a follow-up was to be offered (question {question.id}), but the run has no "
+                "user channel"
+            )
         if self.channel is None:
             raise UserInputError(
                 f"agent {question.agent!r} asked the user {question.text!r} (question "
@@ -145,10 +168,10 @@ class CommunicationManager:
                 "or output) to answer; from Python, pass "
                 "communication_config=CommunicationConfig(channel=...)"
             )
-        seconds = self.timeout()
+        seconds = question.timeout if question.timeout is not None else self.timeout()
         if seconds is not None and isinstance(self.channel, TimedChannel):
             try:
-                return await self.channel.ask_within(question, seconds, self._outcome())
+                return await self.channel.ask_within(question, seconds, self._outcome(question))
             except TimeoutError:
                 return self._timed_out(question, seconds)
         limit = asyncio.timeout(seconds)
@@ -161,14 +184,19 @@ class CommunicationManager:
         assert seconds is not None  # only a limit expires
         return self._timed_out(question, seconds)
 
-    def _outcome(self) -> str:
+    def _outcome(self, question: Question) -> str:
         """What an unanswered question does, in the user's words."""
+        if question.follow_up:
+            return "the conversation ends"
         if self.on_user_timeout == "default":
             return f"the agent goes on with the default answer ({self.default_answer!r})"
         return "the asking branch fails"
 
-    def _timed_out(self, question: Question, seconds: float) -> str:
-        """The answer given for an unanswered question, or its branch's failure."""
+    def _timed_out(self, question: Question, seconds: float) -> str | None:
+        """The answer given for an unanswered question (None for a follow-up: the
+        conversation ends), or its branch's failure."""
+        if question.follow_up:
+            return None
         if self.on_user_timeout == "default":
             return (
                 f"(The user did not answer within {seconds:g}s; go on with the default "

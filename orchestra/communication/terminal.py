@@ -9,6 +9,9 @@ on the same terminal ask one at a time too. The keyboard is read through the eve
 file descriptor, never by a blocking read, and the prompt is written from a worker thread, so
 a slow terminal never stalls the run's other branches. The question's text comes from a model:
 it is shown as text, its control characters as escapes (:func:`orchestra.text.printable`).
+
+A follow-up offer (a run with ``allow_follow_ups``) shows the round's response the same way,
+then asks for a follow-up: an empty line, or Ctrl-D, ends the conversation.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import termios
 import weakref
 from typing import TextIO
 
+from orchestra.agents.contract import render
 from orchestra.errors import ConfigurationError, UserInputError
 from orchestra.text import printable
 
@@ -32,6 +36,17 @@ BLOCK = '"""'
 
 QUESTION_CHARS = 4_000
 """How much of a question is shown: a screenful, not a flood."""
+
+
+def user_channel() -> TerminalChannel | None:
+    """The terminal, when the process's input is one and so is a stream to show questions on
+    (standard error, where the status display writes, else standard output): the channel of a
+    run given none. Input from a pipe or a file, or a prompt that would go into a file, is no
+    one to ask: None (an agent's question then fails its branch; follow-ups are not offered)."""
+    if not sys.stdin.isatty():
+        return None
+    screen = next((stream for stream in (sys.stderr, sys.stdout) if stream.isatty()), None)
+    return None if screen is None else TerminalChannel(output=screen)
 
 
 class TerminalChannel:
@@ -54,11 +69,14 @@ class TerminalChannel:
         self._output = output
         self.user_timeout = user_timeout
 
-    async def ask(self, question: Question) -> str:
-        """The user's answer to ``question``, once the questions before it are answered."""
+    async def ask(self, question: Question) -> str | None:
+        """The user's answer to ``question``, once the questions before it are answered (None:
+        no follow-up)."""
         return await self.ask_within(question, None, "")
 
-    async def ask_within(self, question: Question, seconds: float | None, outcome: str) -> str:
+    async def ask_within(
+        self, question: Question, seconds: float | None, outcome: str
+    ) -> str | None:
         """Like :meth:`ask`, with ``seconds`` counted from when the question is shown (time
         spent waiting for its turn does not count). On expiry the screen says so, with
         ``outcome`` (what happens instead), and :class:`TimeoutError` is raised; what was typed
@@ -76,7 +94,7 @@ class TerminalChannel:
 
     async def _answer_within(
         self, question: Question, reader: _Reader, seconds: float | None, outcome: str
-    ) -> str:
+    ) -> str | None:
         limit = asyncio.timeout(seconds)
         try:
             async with limit:
@@ -101,6 +119,12 @@ class TerminalChannel:
     def _prompt(self, question: Question, asked: int) -> str:
         label = question.id.rsplit(":", 1)[-1]
         queued = f" ({asked - 1} more waiting)" if asked > 1 else ""
+        if question.follow_up:
+            response = printable(render(question.response), QUESTION_CHARS)
+            return (
+                f"\n{response}\n\n? Follow-up ({label}){queued}: ask more, or press Enter on an "
+                f"empty line (or Ctrl-D) to finish\n> "
+            )
         text = printable(question.text, QUESTION_CHARS)
         return (
             f"\n? {question.agent} asks (branch {question.branch_id}, question {label}){queued}:\n"
@@ -108,9 +132,11 @@ class TerminalChannel:
             f"  (Enter sends one line; a line of {BLOCK} starts and ends several)\n> "
         )
 
-    async def _answer(self, question: Question, reader: _Reader) -> str:
+    async def _answer(self, question: Question, reader: _Reader) -> str | None:
         reader.begin_answer()
         first = await reader.line()
+        if first is None and question.follow_up:
+            return None  # Ctrl-D, or the input's end: no follow-up
         if first is None:
             where = f"{question.agent!r}'s question {question.id!r} (branch {question.branch_id})"
             raise UserInputError(

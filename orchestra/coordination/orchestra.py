@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchestra.agents.registry import AgentRegistry
-from orchestra.communication.channels import CommunicationManager
+from orchestra.communication.channels import CommunicationManager, UserChannel
+from orchestra.communication.terminal import user_channel
 from orchestra.errors import (
     ConfigurationError,
     OrchestraError,
@@ -120,11 +122,10 @@ class Orchestra:
         _require(state_manager, StateManager, "state_manager")
         _check_follow_ups(allow_follow_ups, follow_up_timeout)
         _require_collector(metrics_collector)
-        if allow_follow_ups:
-            raise ConfigurationError("allow_follow_ups is not available in this release yet")
         context = dict(context or {})
         session_id = _session_id(context)
         communication = communication_config or CommunicationConfig()
+        channel = communication.channel if communication.channel is not None else user_channel()
         started = time.perf_counter()
         try:
             setup = wiring.prepare(
@@ -133,7 +134,7 @@ class Orchestra:
                 execution_config or ExecutionConfig(),
                 error_config or ErrorHandlingConfig(),
                 CommunicationManager(
-                    communication.channel,
+                    channel,
                     communication.user_timeout,
                     on_user_timeout=communication.on_user_timeout,
                     default_answer=communication.default_answer,
@@ -143,6 +144,7 @@ class Orchestra:
         except OrchestraError as error:
             return failed_before_start(error, session_id, time.perf_counter() - started)
         setup.metrics = metrics_collector
+        _offer_follow_ups(setup, allow_follow_ups, follow_up_timeout)
         return await execution.execute(setup, task, context, session_id, state_manager)
 
 
@@ -174,7 +176,7 @@ class OrchestraInstance:
         self.topology = Topology.coerce(topology)
         self.agent_registry = agent_registry
         self.config = initial_config or ExecutionConfig()
-        self.communication = communication_manager or CommunicationManager()
+        self.communication = communication_manager or CommunicationManager(user_channel())
         self.state_manager = state_manager
         self.metrics_collector = metrics_collector
 
@@ -203,9 +205,14 @@ class OrchestraInstance:
         context: dict[str, Any] | None = None,
         max_steps: int = 100,
         execution_config: ExecutionConfig | None = None,
+        *,
+        allow_follow_ups: bool = False,
+        follow_up_timeout: float = 60.0,
     ) -> OrchestraResult:
-        """Run ``task``; ``context["session_id"]`` names the session (else one is made up)."""
+        """Run ``task``; ``context["session_id"]`` names the session (else one is made up).
+        With ``allow_follow_ups`` the run is a conversation, as with ``Orchestra.run``."""
         _check_run_arguments(task, context, max_steps, execution_config)
+        _check_follow_ups(allow_follow_ups, follow_up_timeout)
         context = dict(context or {})
         session_id = _session_id(context)
         started = time.perf_counter()
@@ -213,6 +220,7 @@ class OrchestraInstance:
             setup = self._setup(execution_config, max_steps)
         except OrchestraError as error:
             return failed_before_start(error, session_id, time.perf_counter() - started)
+        _offer_follow_ups(setup, allow_follow_ups, follow_up_timeout)
         return await execution.execute(setup, task, context, session_id, self.state_manager)
 
     async def pause_session(self, session_id: str, reason: str | None = None) -> bool:
@@ -351,6 +359,30 @@ async def _checkpoint(
         )
     await writer.flush()
     return checkpoint_id
+
+
+NO_CHANNEL = "not offered: the run has no user channel"
+"""``metadata["follow_ups"]`` of a run that asked for follow-ups and had nobody to offer them to."""
+
+
+def _offer_follow_ups(setup: wiring.Setup, allow: bool, timeout: float) -> None:
+    """Follow-ups for the run, when asked for: offered on its user channel, or, with none (no
+    channel given, and no terminal), not offered: the run ends after its first round, its
+    result says why, and a UserWarning says so once."""
+    if not allow:
+        return
+    channel: UserChannel | None = setup.communication.channel
+    if channel is not None:
+        setup.follow_up_timeout = float(timeout)
+        return
+    setup.follow_ups_note = NO_CHANNEL
+    warnings.warn(
+        "allow_follow_ups=True, but follow-ups are " + NO_CHANNEL + " (pass "
+        "communication_config=CommunicationConfig(channel=...), or run on a terminal): the "
+        "run ends after its first answer",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _check_follow_ups(allow_follow_ups: object, follow_up_timeout: object) -> None:

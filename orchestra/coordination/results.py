@@ -48,6 +48,20 @@ class BranchResult:
 
 
 @dataclass
+class FollowUp:
+    """One follow-up round of a conversation (``allow_follow_ups``): the user's ``question``,
+    the round's ``final_response`` (None while it is unfinished, or when it failed), its own
+    ``steps`` and working ``duration``, and whether it succeeded (``error`` says why not)."""
+
+    question: Any
+    final_response: Any
+    steps: int
+    duration: float
+    success: bool
+    error: str | None = None
+
+
+@dataclass
 class _Tally:
     steps: int = 0
     seconds: float = 0.0
@@ -84,6 +98,7 @@ class OrchestraResult:
     error: str | None = None
     session_id: str | None = None
     checkpoint_ids: list[str] = field(default_factory=list)
+    follow_ups: list[FollowUp] = field(default_factory=list)
     events: list[Event] = field(default_factory=list, repr=False, compare=False)
 
     def get_branch_by_id(self, branch_id: str) -> BranchResult | None:
@@ -103,6 +118,20 @@ class OrchestraResult:
         if isinstance(response, str):
             return response
         return json.dumps(response, indent=2, ensure_ascii=False, default=str)
+
+    def get_conversation(self) -> list[dict[str, Any]]:
+        """Every round of the run, in order: ``{"round", "question", "response"}``, the first
+        round's question being the task (its round is ``metadata["first_round"]``). A run
+        without follow-ups has one round: its task and final response."""
+        first = self.metadata.get("first_round")
+        if first is None:
+            return [{"round": 1, "question": None, "response": self.final_response}]
+        rounds = [{"round": 1, "question": first["task"], "response": first["response"]}]
+        for number, item in enumerate(self.follow_ups, start=2):
+            rounds.append(
+                {"round": number, "question": item.question, "response": item.final_response}
+            )
+        return rounds
 
     def was_agent_invoked(self, agent_name: str) -> bool:
         return self.get_agent_invocation_count(agent_name) > 0
@@ -199,6 +228,9 @@ class OrchestraResult:
             {f.name: getattr(branch, f.name) for f in fields(branch)}
             for branch in self.branch_results
         ]
+        data["follow_ups"] = [
+            {f.name: getattr(item, f.name) for f in fields(item)} for item in self.follow_ups
+        ]
         plain: dict[str, Any] = json.loads(json.dumps(data, default=str))
         return plain
 
@@ -206,6 +238,7 @@ class OrchestraResult:
     def from_json(cls, data: dict[str, Any]) -> OrchestraResult:
         values = dict(data)
         values["branch_results"] = [BranchResult(**b) for b in data["branch_results"]]
+        values["follow_ups"] = [FollowUp(**item) for item in data.get("follow_ups", [])]
         return cls(**values)
 
 
@@ -224,6 +257,9 @@ def result_of(engine: Engine, session_id: str) -> OrchestraResult:
         metadata["error_type"] = type(engine.error).__name__
     if engine.stream.observer_errors:
         metadata["observer_errors"] = list(engine.stream.observer_errors)
+    if engine.follow_ups_note is not None:
+        metadata["follow_ups"] = engine.follow_ups_note
+    follow_ups = _follow_ups(engine, metadata)
     return OrchestraResult(
         success=success,
         final_response=root.result if success and root is not None else None,
@@ -234,8 +270,45 @@ def result_of(engine: Engine, session_id: str) -> OrchestraResult:
         error=error,
         session_id=session_id,
         checkpoint_ids=list(engine.checkpoint_ids),
+        follow_ups=follow_ups,
         events=engine.stream.events,
     )
+
+
+def _follow_ups(engine: Engine, metadata: dict[str, Any]) -> list[FollowUp]:
+    """The follow-up rounds of a conversation (its first round goes into ``metadata``)."""
+    state = engine.follow_ups
+    if state is None:
+        return []
+    if state.error is not None:
+        metadata["follow_up_error"] = state.error
+    found = [
+        FollowUp(
+            question=item.question,
+            final_response=item.response,
+            steps=item.steps if item.ended_at is not None else engine.steps - item.first_step,
+            duration=engine.working_time(item.started_at, item.ended_at),
+            success=item.ended_at is not None,
+            error=None if item.ended_at is not None else _round_error(engine),
+        )
+        for item in state.rounds
+    ]
+    first = found.pop(0)
+    metadata["first_round"] = {
+        "task": first.question,
+        "response": first.final_response,
+        "steps": first.steps,
+        "duration": first.duration,
+        "success": first.success,
+        "error": first.error,
+    }
+    return found
+
+
+def _round_error(engine: Engine) -> str | None:
+    """Why a round that has no response did not finish: the run's error (None while it is
+    paused or in progress)."""
+    return str(engine.error) if engine.error is not None else None
 
 
 def _branch_result(branch: Branch, engine: Engine) -> BranchResult:
@@ -266,4 +339,11 @@ def failed_before_start(error: OrchestraError, session_id: str, duration: float)
     )
 
 
-__all__ = ["BranchResult", "BranchStatus", "OrchestraResult", "failed_before_start", "result_of"]
+__all__ = [
+    "BranchResult",
+    "BranchStatus",
+    "FollowUp",
+    "OrchestraResult",
+    "failed_before_start",
+    "result_of",
+]

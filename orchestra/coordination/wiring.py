@@ -42,6 +42,9 @@ class Setup:
     communication: CommunicationManager
     max_steps: int
     metrics: MetricsCollector | None = None
+    # follow-ups: the offer's timeout (None: not offered), and why, when asked for, they are not
+    follow_up_timeout: float | None = None
+    follow_ups_note: str | None = None
     # told when the run stops here for a reason no event reports (cancelled, halted): an
     # observer that holds the run as active (a metrics watch, a tracer, a live status block)
     # lets go of it
@@ -161,6 +164,8 @@ def first_input(setup: Setup, task: Any, context: dict[str, Any]) -> inp.RunStar
         config=setup.config,
         error_config=setup.error_config,
         topology=topology_fingerprint(setup.analysis),
+        follow_up_timeout=setup.follow_up_timeout,
+        follow_ups_note=setup.follow_ups_note,
     )
 
 

@@ -74,6 +74,7 @@ class Branch:
     tool_results: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     after_tools: Action | None = None
     question: tuple[str, str] | None = None
+    question_timeout: float | None = None  # the seconds its question may wait (None: the channel's)
     transfers: deque[tuple[str, str, str]] | None = None
     # what belongs to this process, not to the run (never stored): the pooled agents it holds
     # and its agent's permissions at the current step, both taken anew when it next steps

@@ -23,8 +23,15 @@ def now() -> float:
 
 def working_time(start: float, end: float, gaps: Iterable[tuple[float, float]]) -> float:
     """The time from ``start`` to ``end`` less the parts of it inside ``gaps`` (the spans a
-    run stood still: paused, or cut off by a crash, until resumed)."""
-    idle = sum(max(0.0, min(end, until) - max(start, since)) for since, until in gaps)
+    run stood still: paused, or cut off by a crash, until resumed; waiting for a follow-up).
+    Gaps may overlap (a pause while a follow-up is awaited): time inside several counts once."""
+    idle = 0.0
+    counted = start  # idle time before this is counted already
+    for since, until in sorted(gaps):
+        since, until = max(since, counted), min(until, end)
+        if until > since:
+            idle += until - since
+            counted = until
     return end - start - idle
 
 

@@ -37,7 +37,7 @@ from orchestra.errors import (
 )
 from orchestra.models.base import Message, StepInfo, ToolSpec
 
-from . import budgets, convergence, lifecycle, moves, steering
+from . import budgets, convergence, lifecycle, moves, rounds, steering
 from . import events as ev
 from . import inputs as inp
 from .branches import Branch, BranchStatus, FanOut
@@ -84,6 +84,8 @@ class Engine:
         self.questions_asked = 0
         self.spawned = 0  # how many times a branch was given work (see Branch.ready)
         self.budget_book: budgets.Book | None = None  # read from the events when first needed
+        self.follow_ups: rounds.Conversation | None = None  # with follow-ups on: the rounds
+        self.follow_ups_note: str | None = None  # why follow-ups asked for are not offered
         self.finished = False
         self.error: OrchestraError | None = None
         self.checkpoint_ids: list[str] = []
@@ -136,10 +138,14 @@ class Engine:
 
     def working_time(self, start: float, end: float | None) -> float:
         """The run's working time from ``start`` to ``end`` (None: now, or when it stopped):
-        the span less its gaps. A time a log of format 1 did not keep reads as 0, and the gap
-        up to its resume takes it out again."""
+        the span less its gaps (a wait for a follow-up is one, from when it began). A time a
+        log of format 1 did not keep reads as 0, and the gap up to its resume takes it out
+        again."""
         if end is None:
             end = self.stopped_at if self.stopped_at is not None else self.now
+        state = self.follow_ups
+        if state is not None and state.waiting_since is not None:
+            return working_time(start, end, (*self.gaps, (state.waiting_since, end)))
         return working_time(start, end, self.gaps)
 
     def policy(self, source: str, calls: bool) -> ConvergencePolicy:
@@ -165,6 +171,8 @@ class Engine:
         self.error_config = item.error_config
         self.max_steps = item.max_steps
         self.started_at = item.at
+        self.follow_ups_note = item.follow_ups_note
+        rounds.begin(self, item.follow_up_timeout, item.task)
         entries = self.analysis.entries
         self.stream.emit(
             ev.RunStarted(
@@ -269,6 +277,11 @@ class Engine:
             self.error = root.error
         self.effects.append(RunFinished())
 
+    def round_over(self, branch: Branch, response: Any) -> bool:
+        """The branch gave a final response with nothing above it: True when that ends a round
+        of a conversation with follow-ups (the root then waits for the user), not the branch."""
+        return rounds.round_over(self, branch, response)
+
     def branch_ended(self, branch: Branch) -> None:
         if branch.fan_out is not None:
             convergence.child_ended(self, branch)
@@ -285,14 +298,8 @@ class Engine:
             return
         reopened = branch.step_open
         if not reopened:
-            if self.steps >= self.max_steps:
-                error = StepLimitError(
-                    "max_steps",
-                    f"the run reached max_steps={self.max_steps} (every agent step of every "
-                    f"branch counts, steering retries included); branch {branch.id} was about "
-                    f"to run {branch.agent!r}",
-                )
-                self._stop(error, branch)
+            if rounds.steps_in_round(self) >= self.max_steps:
+                self._stop(self._step_limit(branch), branch)
                 return
             config = self.config
             if (config.budget or config.branch_budget or config.agent_budgets) and budgets.stop(
@@ -340,6 +347,17 @@ class Engine:
         )
         request = StepRequest(branch.input, messages, info, self.shared_context, self.error_config)
         self.effects.append(TakeStep(branch.id, request))
+
+    def _step_limit(self, branch: Branch) -> StepLimitError:
+        state = self.follow_ups
+        reached = f"round {state.current.number} of the conversation" if state else "the run"
+        return StepLimitError(
+            "max_steps",
+            f"{reached} reached max_steps={self.max_steps} (every agent step of every "
+            f"branch counts, steering retries included"
+            f"{'; each round has max_steps of its own' if state else ''}); branch "
+            f"{branch.id} was about to run {branch.agent!r}",
+        )
 
     def _permissions(self, agent: str, can_finish: bool, caller: str | None) -> Permissions:
         key = (agent, can_finish, caller)
@@ -550,7 +568,8 @@ class Engine:
         branch.question = None
         branch.status = BranchStatus.RUNNING
         about_budget = budgets.is_question(question_id)
-        if not about_budget:  # a budget's question leaves the step it stopped to be taken
+        follow_up = rounds.is_question(question_id)
+        if not (about_budget or follow_up):  # a budget's question leaves its step to be taken
             branch.input = StepInput(InputKind.USER_ANSWER, item.answer, USER)
         self.stream.emit(
             ev.UserInputReceived(
@@ -563,6 +582,8 @@ class Engine:
         )
         if about_budget:
             budgets.answered(self, branch, question_id, item.answer)
+        elif follow_up:
+            rounds.answered(self, branch, item.answer, item.error)
 
     def _branch_failure(self, item: inp.BranchFailure) -> None:
         if not self.finished:

@@ -54,6 +54,22 @@ class Disarm:
 
 
 @dataclass(frozen=True, slots=True)
+class RoundOver:
+    """A round of the conversation ended and the root branch waits for a follow-up: no time
+    limit runs while it waits (its ``branch_timeout``, the run's ``timeout`` rule)."""
+
+    branch_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoundBegun:
+    """A follow-up began a new round: the root's ``branch_timeout`` and the run's ``timeout``
+    rule count afresh."""
+
+    branch_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class TakeStep:
     """Run the agent step that just began, with this request."""
 
@@ -67,5 +83,14 @@ class RunFinished:
 
 
 Effect = (
-    Spawn | Cancel | LetGo | ArmBranchTimer | ArmConvergenceTimer | Disarm | TakeStep | RunFinished
+    Spawn
+    | Cancel
+    | LetGo
+    | ArmBranchTimer
+    | ArmConvergenceTimer
+    | Disarm
+    | RoundOver
+    | RoundBegun
+    | TakeStep
+    | RunFinished
 )

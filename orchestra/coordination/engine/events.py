@@ -183,6 +183,25 @@ class UserInputReceived(Event, frozen=True, kw_only=True):
     answer: Any
 
 
+class RoundCompleted(Event, frozen=True, kw_only=True):
+    """A round of a conversation with follow-ups ended with the root's final ``response``
+    (``steps``: the round's own, ``total_steps``: the run's so far); a follow-up is offered."""
+
+    branch_id: str
+    round: int
+    response: Any
+    steps: int
+    total_steps: int
+
+
+class RoundStarted(Event, frozen=True, kw_only=True):
+    """The user's follow-up ``question`` began round ``round`` (2 for the first follow-up)."""
+
+    branch_id: str
+    round: int
+    question: Any
+
+
 class BudgetSpent(Event, frozen=True, kw_only=True):
     """A spent budget stopped the branch before its next step and ``question_id`` asks the
     user about it: ``budget`` (its scope), ``limit`` (the field), ``allowed`` and ``spent``
@@ -275,6 +294,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ToolCallCompleted,
     UserInputRequested,
     UserInputReceived,
+    RoundCompleted,
+    RoundStarted,
     BudgetSpent,
     BudgetRaised,
     BranchCompleted,

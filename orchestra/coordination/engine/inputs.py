@@ -42,6 +42,10 @@ class RunStart(Record, frozen=True, kw_only=True):
     config: ExecutionConfig
     error_config: ErrorHandlingConfig
     topology: tuple[str, ...]  # a fingerprint: the nodes and edges it was run with
+    # follow-ups: how long the user has to ask one after each round (None: not offered), and
+    # why they were asked for and not offered (absent from logs written before follow-ups)
+    follow_up_timeout: float | None = None
+    follow_ups_note: str | None = None
 
 
 class StepBegin(Record, frozen=True, kw_only=True):
@@ -111,11 +115,13 @@ class ToolsDone(Record, frozen=True, kw_only=True):
 
 
 class UserAnswer(Record, frozen=True, kw_only=True):
-    """The user answered the branch's question."""
+    """The user answered the branch's question. ``error``: why a follow-up offer got no answer
+    (its channel failed; the conversation ends, the run stays a success)."""
 
     KIND: ClassVar[str] = "answer"
     branch_id: str
     answer: Any
+    error: str | None = None
 
 
 class BranchFailure(Record, frozen=True, kw_only=True):

@@ -106,7 +106,8 @@ def enter(engine: Engine, branch: Branch, agent: str, step_input: StepInput) -> 
 def answer(engine: Engine, branch: Branch, response: Any) -> None:
     """A final response: back to the caller if there is one, else the branch ends."""
     if not branch.call_stack:
-        end(engine, branch, BranchStatus.COMPLETED, "finished", response)
+        if not engine.round_over(branch, response):
+            end(engine, branch, BranchStatus.COMPLETED, "finished", response)
         return
     frame = branch.call_stack.pop()
     if frame.returns_to_fan_out:

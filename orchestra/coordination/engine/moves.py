@@ -30,6 +30,7 @@ def take(engine: Engine, branch: Branch, action: Action) -> None:
         lifecycle.answer(engine, branch, action.response)
     elif kind is ActionKind.ASK_USER:
         ask(engine, branch, next_question_id(engine), action.question)
+        branch.question_timeout = action.timeout
     else:
         branch.pending_tools = action.tool_calls
 
@@ -84,6 +85,7 @@ def next_question_id(engine: Engine, prefix: str = "") -> str:
 def ask(engine: Engine, branch: Branch, question_id: str, text: str) -> None:
     """The branch waits for the user's answer to ``text``."""
     branch.question = (question_id, text)
+    branch.question_timeout = None
     branch.status = BranchStatus.WAITING_USER
     engine.stream.emit(
         ev.UserInputRequested(

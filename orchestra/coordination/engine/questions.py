@@ -14,7 +14,7 @@ from orchestra.communication.channels import Question
 from orchestra.errors import OrchestraError, UnstorableValueError, UserInputError
 from orchestra.models.secrets import redact
 
-from . import budgets
+from . import budgets, rounds
 from . import inputs as inp
 from .branches import Branch
 from .clock import now
@@ -51,14 +51,7 @@ class OpenQuestions:
             # no one to ask: the budget is a hard one
             runner.fail_branch(branch, budgets.asked(runner.engine, question_id).error())
             return True
-        run_id = runner.engine.run_id
-        question = Question(
-            id=f"{run_id}:{self._token}:{question_id}",
-            run_id=run_id,
-            branch_id=branch.id,
-            agent=branch.agent,
-            text=text,
-        )
+        question = self._question(runner, branch, question_id, text)
         waiting = asyncio.ensure_future(runner.communication.ask(question))
         self._asking[branch] = waiting
         try:
@@ -91,8 +84,38 @@ class OpenQuestions:
                 )
         finally:
             self._asking.pop(branch, None)
-        runner.fail_branch(branch, failure)
+        if question.follow_up:  # no follow-up to be had: the conversation ends, successfully
+            why = redact(f"{type(failure).__name__}: {failure}")
+            runner.feed(inp.UserAnswer(at=now(), branch_id=branch.id, answer=None, error=why))
+        else:
+            runner.fail_branch(branch, failure)
         return True
+
+    def _question(self, runner: Runner, branch: Branch, question_id: str, text: str) -> Question:
+        """The question as its channel gets it: a follow-up offer with the round's response and
+        the conversation's timeout, an agent's with the timeout it asked with, if any."""
+        run_id = runner.engine.run_id
+        asked_id = f"{run_id}:{self._token}:{question_id}"
+        state = runner.engine.follow_ups
+        if state is not None and rounds.is_question(question_id):
+            return Question(
+                id=asked_id,
+                run_id=run_id,
+                branch_id=branch.id,
+                agent=branch.agent,
+                text=text,
+                kind="follow_up",
+                timeout=state.timeout,
+                response=state.current.response,
+            )
+        return Question(
+            id=asked_id,
+            run_id=run_id,
+            branch_id=branch.id,
+            agent=branch.agent,
+            text=text,
+            timeout=branch.question_timeout,
+        )
 
 
 def _withdraw(waiting: asyncio.Future[Any]) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestra.agents.contract import Action, ActionKind, Invocation
+from orchestra.agents.contract import Action, ActionKind, Invocation, timeout_problem
 from orchestra.coordination.topology import USER, Labeled, TopologyAnalysis
 from orchestra.coordination.topology.conditions import condition_holds
 from orchestra.errors import ActionError
@@ -117,6 +117,8 @@ def action_problem(
         )
     if kind is ActionKind.ASK_USER and not allowed.can_ask_user:
         return f"{agent} may not ask the user: the topology has no edge '{agent} -> User'"
+    if kind is ActionKind.ASK_USER:
+        return timeout_problem(action.timeout)
     return None
 
 

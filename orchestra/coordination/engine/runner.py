@@ -38,7 +38,7 @@ from orchestra.models.base import Message
 from orchestra.models.secrets import redact
 
 from . import inputs as inp
-from . import leases, tool_calls
+from . import leases, rounds, tool_calls
 from .branches import Branch, BranchStatus
 from .clock import now, within
 from .core import Engine
@@ -49,6 +49,8 @@ from .effects import (
     Disarm,
     Effect,
     LetGo,
+    RoundBegun,
+    RoundOver,
     RunFinished,
     Spawn,
     TakeStep,
@@ -96,6 +98,7 @@ class Runner:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # by branch id
         self._timers: dict[str, asyncio.TimerHandle] = {}  # by branch or fan-out id
         self._done: asyncio.Future[None] | None = None
+        self._run_limit: asyncio.Timeout | None = None  # the run's timeout rule, while driven
         self.journal = journal
         self.pausing = False
         self._pause_requested = asyncio.Event()  # wakes what waits on others (a pooled agent)
@@ -111,6 +114,8 @@ class Runner:
             Cancel: self._on_cancel,
             ArmConvergenceTimer: self._on_arm_fan_out,
             Disarm: self._on_disarm,
+            RoundOver: self._on_round_over,
+            RoundBegun: self._on_round_begun,
             RunFinished: self._on_finished,
             TakeStep: None,  # the step is run by the caller that began it (_one_step)
         }
@@ -145,7 +150,11 @@ class Runner:
             (branch for branch in engine.branches.values() if not branch.ended),
             key=lambda branch: branch.ready,
         )
-        starting = [b for b in working if b.status is not BranchStatus.WAITING and b.agent != USER]
+        starting = [
+            b
+            for b in working
+            if b.status is not BranchStatus.WAITING and (b.agent != USER or b.question is not None)
+        ]
         if not engine.finished and not starting:
             raise SessionCorruptedError(
                 f"session {engine.run_id!r} was rebuilt with work left but no branch to do it: "
@@ -157,7 +166,7 @@ class Runner:
         if engine.finished:
             self._done.set_result(None)
         for branch in working:  # in the order they got their work, as in the live run
-            if self.branch_timeout is not None:
+            if self.branch_timeout is not None and not rounds.waiting(engine):
                 self._arm(branch.id, self.branch_timeout, self._branch_timed_out, branch.id)
         for branch in starting:
             self._spawn(branch.id)
@@ -215,8 +224,10 @@ class Runner:
 
     async def _until_done(self) -> None:
         assert self._done is not None
-        try:
-            async with asyncio.timeout(self.run_timeout):
+        try:  # the rule counts each round of a conversation, never the wait for a follow-up
+            async with asyncio.timeout(
+                None if rounds.waiting(self.engine) else self.run_timeout
+            ) as self._run_limit:
                 await self._done
         except TimeoutError:
             error = RunTimeoutError(
@@ -224,6 +235,7 @@ class Runner:
             )
             self._abort(error, None)
         finally:
+            self._run_limit = None
             await self._shutdown()
 
     # ---- effects -----------------------------------------------------------------------------
@@ -257,6 +269,16 @@ class Runner:
 
     def _on_disarm(self, effect: Disarm) -> None:
         self._disarm(effect.fan_out_id)
+
+    def _on_round_over(self, effect: RoundOver) -> None:
+        self._disarm(effect.branch_id)
+        if self._run_limit is not None:
+            self._run_limit.reschedule(None)
+
+    def _on_round_begun(self, effect: RoundBegun) -> None:
+        self._on_arm_branch(ArmBranchTimer(effect.branch_id))
+        if self._run_limit is not None and self.run_timeout is not None:
+            self._run_limit.reschedule(asyncio.get_running_loop().time() + self.run_timeout)
 
     def _on_finished(self, effect: RunFinished) -> None:
         if self._done is not None and not self._done.done():

@@ -39,6 +39,7 @@ _RUN_STYLES = {
     RunState.PAUSED: "yellow",
     RunState.PAUSING: "yellow",
     RunState.WAITING_FOR_USER: "yellow",
+    RunState.WAITING_FOR_FOLLOW_UP: "yellow",
     RunState.CANCELLED: "red",
     RunState.HALTED: "red",
 }
@@ -125,6 +126,8 @@ def _headline(view: RunView, at: float) -> Text:
     if note and state in (RunState.FAILED, RunState.PAUSED, RunState.PAUSING):
         line.append(": ")
         line.append_text(_text(note, _RUN_STYLES[state]))
+    if view.round > 1:
+        line.append(f" · round {view.round}")
     line.append(f" · {view.steps} steps · {_figures(view.tokens, view.cost_usd, view.elapsed(at))}")
     return _one_row(line)
 

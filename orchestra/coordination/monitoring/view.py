@@ -51,6 +51,7 @@ class RunState(StrEnum):
     PAUSING = "pausing"  # a pause was asked for; steps in flight finish first
     PAUSED = "paused"
     WAITING_FOR_USER = "waiting for the user"
+    WAITING_FOR_FOLLOW_UP = "waiting for a follow-up"  # a round ended; the user may ask more
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"  # its task was cancelled: no event says so
@@ -140,6 +141,8 @@ class RunView:
     branches: dict[str, BranchView] = field(default_factory=dict)
     fan_outs: dict[str, FanOutView] = field(default_factory=dict)
     asking: int = 0  # branches waiting for the user
+    round: int = 1  # the round of a conversation with follow-ups
+    offered: bool = False  # the round ended and a follow-up is offered
     ran: float = 0.0  # seconds run before ``running_since`` (earlier stretches of a resumed run)
     running_since: float | None = None
     last_at: float = 0.0
@@ -155,7 +158,9 @@ class RunView:
     @property
     def shown_state(self) -> RunState:
         """The state as a watcher reads it: a running run whose work all waits on the user
-        is waiting for the user."""
+        is waiting for the user (for a follow-up, once a round ended)."""
+        if self.state is RunState.RUNNING and self.offered:
+            return RunState.WAITING_FOR_FOLLOW_UP
         if self.state is RunState.RUNNING and self.asking:
             return RunState.WAITING_FOR_USER
         return self.state
@@ -370,7 +375,22 @@ def _asked(view: RunView, event: ev.UserInputRequested) -> None:
     view.asking += 1
 
 
+def _round_completed(view: RunView, event: ev.RoundCompleted) -> None:
+    """The wait for a follow-up is no working time: the run's clock stops until it is answered."""
+    view.round, view.offered = event.round, True
+    if view.running_since is not None:
+        _stopped(view, view.ran + max(0.0, event.at - view.running_since))
+
+
+def _round_started(view: RunView, event: ev.RoundStarted) -> None:
+    view.round = event.round
+
+
 def _answered(view: RunView, event: ev.UserInputReceived) -> None:
+    if view.offered and event.branch_id == view.root:
+        view.offered = False
+        if view.state is RunState.RUNNING:
+            view.running_since = event.at
     branch = view.branches[event.branch_id]
     if branch.status is BranchStatus.USER:
         branch.status, branch.question = BranchStatus.RUNNING, None
@@ -448,6 +468,8 @@ _FOLDS: dict[type[ev.Event], Callable[[RunView, Any], None]] = {
     ev.ToolCallCompleted: _tool_completed,
     ev.UserInputRequested: _asked,
     ev.UserInputReceived: _answered,
+    ev.RoundCompleted: _round_completed,
+    ev.RoundStarted: _round_started,
     ev.BranchCompleted: _branch_completed,
     ev.BranchFailed: _branch_failed,
     ev.PauseRequested: _pause_requested,

@@ -30,6 +30,7 @@ from orchestra.coordination.config import ConvergencePolicy, ErrorHandlingConfig
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine.branches import Branch, BranchStatus, FanOut, Frame
 from orchestra.coordination.engine.core import Engine
+from orchestra.coordination.engine.rounds import Conversation
 from orchestra.coordination.topology import USER
 from orchestra.errors import OrchestraError, SessionCorruptedError
 from orchestra.models.base import Message, ToolCall
@@ -45,7 +46,7 @@ MAX_RATIO = 1000
 """How many times its stored size a compressed snapshot may expand (beyond its first MiB):
 real ones expand 10 to 20 times; a few KiB that expand to hundreds of MiB are a bomb."""
 MAGIC = b"ORCS"
-FORMAT = 3
+FORMAT = 4
 HEADER = struct.Struct(">4sBBQdI")
 """magic, format, flags, position, at, crc32 of the payload that follows."""
 _MIB = 1024 * 1024
@@ -159,6 +160,8 @@ class _Run:
     config: ExecutionConfig
     error_config: ErrorHandlingConfig
     root: str | None
+    follow_ups: Conversation | None = None
+    follow_ups_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,7 @@ class _Branch:
     question: tuple[str, ...] | None
     transfers: tuple[tuple[str, ...], ...] | None
     transfers_kept: int | None
+    question_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,8 @@ def _state_of(engine: Engine) -> dict[str, Any]:
         config=engine.config,
         error_config=engine.error_config,
         root=engine.root.id if engine.root else None,
+        follow_ups=engine.follow_ups,
+        follow_ups_note=engine.follow_ups_note,
     )
     events = tuple(
         {"type": type(event).__name__, **shape(type(event)).encode(event)}
@@ -289,6 +295,7 @@ def _branch_state(branch: Branch) -> _Branch:
         question=branch.question,
         transfers=None if transfers is None else tuple(transfers),
         transfers_kept=None if transfers is None else transfers.maxlen,
+        question_timeout=branch.question_timeout,
     )
 
 
@@ -339,6 +346,7 @@ def _restore(engine: Engine, data: dict[str, Any]) -> None:
     engine.error = run.error
     engine.checkpoint_ids = list(run.checkpoint_ids)
     engine.config, engine.error_config = run.config, run.error_config
+    engine.follow_ups, engine.follow_ups_note = run.follow_ups, run.follow_ups_note
     engine.branches = branches
     engine.fan_outs = fan_outs
     engine.root = _known(branches, run.root)
@@ -436,6 +444,7 @@ def _branch(entry: _Branch) -> Branch:
         tool_results=dict(entry.tool_results),
         after_tools=entry.after_tools,
         question=(entry.question[0], entry.question[1]) if entry.question else None,
+        question_timeout=entry.question_timeout,
         transfers=(
             None
             if transfers is None
