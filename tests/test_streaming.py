@@ -282,12 +282,12 @@ async def test_a_run_that_fails_is_a_failed_result_after_its_events() -> None:
 async def test_misuse_raises_at_the_call_as_run_does() -> None:
     with pytest.raises(ConfigurationError, match="max_steps"):
         Orchestra.stream("t", SOLO, max_steps=0)
-    with pytest.raises(TypeError, match="Orchestra.stream"):
+    with pytest.raises(TypeError, match=r"Orchestra\.stream"):
         Orchestra.stream("t", SOLO, bogus=1)
 
 
 async def test_events_are_iterated_inside_the_block() -> None:
-    with pytest.raises(TypeError, match="async with Orchestra.stream"):
+    with pytest.raises(TypeError, match=r"async with Orchestra\.stream"):
         async for _ in Orchestra.stream("t", SOLO):
             pass
 
