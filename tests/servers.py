@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,14 +29,16 @@ from typing import Any
 @dataclass
 class Scripted:
     """A scripted answer: ``body`` (JSON, or bytes as they are), or with ``events`` a stream
-    of server-sent events (each ``(event name or None, data)``), of which only the first
-    ``cut_after`` are sent before the connection is dropped mid-body when it is given."""
+    of server-sent events (each ``(event name or None, data)``), ``pace`` seconds apart, of
+    which only the first ``cut_after`` are sent before the connection is dropped mid-body when
+    it is given."""
 
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     events: list[tuple[str | None, Any]] | None = None
     cut_after: int | None = None
+    pace: float = 0.0  # seconds between two events (a model writing: bench/models.py's TTFT)
 
 
 def sse(name: str | None, data: Any) -> bytes:
@@ -192,6 +195,8 @@ class ScriptedHTTPServer:
                     if reply.cut_after is not None and sent >= reply.cut_after:
                         self.wfile.flush()
                         return
+                    if sent and reply.pace:
+                        time.sleep(reply.pace)  # this server's own thread
                     payload = sse(name, data)
                     self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
                     self.wfile.flush()
