@@ -84,7 +84,7 @@ async def ttft_ms(model: Any, calls: int, script: Any = None) -> tuple[float, fl
             script()
         arrived: list[float] = []
         started = time.perf_counter()
-        await model.stream(messages, INFO, lambda text: arrived.append(time.perf_counter()))
+        await model.stream(messages, INFO, lambda text, at=arrived: at.append(time.perf_counter()))
         whole.append(time.perf_counter() - started)
         first.append(arrived[0] - started)
     return statistics.median(first) * 1000, statistics.median(whole) * 1000

@@ -35,7 +35,7 @@ def as_reply(value: object, source: str) -> ModelReply:
     )
 
 
-CHUNK_SIZE = 8
+CHUNK_SIZE = 32
 """Characters of a test model's reply in each streamed piece, unless ``chunk_size`` says."""
 
 

@@ -45,11 +45,9 @@ class StepDeltas:
         self._open = False
 
 
-def listen(stream: ev.EventStream, run_id: str, request: StepRequest) -> StepDeltas | None:
-    """Set ``request.on_delta`` when someone listens for deltas (then the model streams);
-    None, and the request left as it is, when nobody does (then it does not)."""
-    if not stream.wants_deltas:
-        return None
+def listen(stream: ev.EventStream, run_id: str, request: StepRequest) -> StepDeltas:
+    """Set ``request.on_delta``: the model streams (called only when someone listens for
+    deltas; otherwise the request is left as it is, and the model does not)."""
     deltas = StepDeltas(stream, run_id, request)
     request.on_delta = deltas
     return deltas

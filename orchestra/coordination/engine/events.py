@@ -341,22 +341,26 @@ class EventStream:
         if self.replaying and not event.replayed:
             event = msgspec.structs.replace(event, replayed=True)
         self.events.append(event)
-        self._deliver(event, self._subscribers)
-
-    def emit_delta(self, delta: StepDelta) -> None:
-        """Deliver ``delta`` to the subscribers that asked for deltas (it is not stored)."""
-        self._deliver(delta, self._delta_subscribers)
-
-    def _deliver(self, event: Event, subscribers: list[Subscriber]) -> None:
-        for subscriber in tuple(subscribers):
+        for subscriber in tuple(self._subscribers):  # inline: the engine's hot path
             try:
                 subscriber(event)
             except Exception as error:
-                self._drop(subscriber)
-                self.observer_errors.append(
-                    f"event subscriber {subscriber!r} raised {type(error).__name__}: {error}; "
-                    "it was unsubscribed"
-                )
+                self._failed(subscriber, error)
+
+    def emit_delta(self, delta: StepDelta) -> None:
+        """Deliver ``delta`` to the subscribers that asked for deltas (it is not stored)."""
+        for subscriber in tuple(self._delta_subscribers):
+            try:
+                subscriber(delta)
+            except Exception as error:
+                self._failed(subscriber, error)
+
+    def _failed(self, subscriber: Subscriber, error: Exception) -> None:
+        self._drop(subscriber)
+        self.observer_errors.append(
+            f"event subscriber {subscriber!r} raised {type(error).__name__}: {error}; "
+            "it was unsubscribed"
+        )
 
     def _drop(self, subscriber: Subscriber) -> None:
         self._subscribers.remove(subscriber)

@@ -385,7 +385,8 @@ class Runner:
                 return branch.question is not None  # a spent budget's question to ask
             request = begun.request
             request.report_retry = self._report_retry
-            deltas = listen(engine.stream, engine.run_id, request)
+            stream = engine.stream
+            deltas = listen(stream, engine.run_id, request) if stream.wants_deltas else None
             before = len(request.messages)
             failure: OrchestraError | None = None
             self.steps_in_flight += 1
