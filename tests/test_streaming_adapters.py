@@ -168,6 +168,28 @@ async def test_anthropic_a_stream_cut_off_is_retried_and_its_text_starts_again(
     assert len([e for e in events if isinstance(e, ev.ModelCallRetried)]) == 1
 
 
+@pytest.mark.parametrize(
+    ("kind", "retried"), [("overloaded_error", True), ("invalid_request_error", False)]
+)
+async def test_anthropic_an_error_event_mid_stream_is_retried_when_it_passes(
+    server: ScriptedHTTPServer, kind: str, retried: bool
+) -> None:
+    """Anthropic reports overload part-way through a stream as an ``error`` event (the HTTP
+    status was already 200): retried like a 529; an error that does not pass fails the step."""
+    whole = reply(block(REPLY)).body
+    failing = messages_stream(whole, size=5)
+    assert failing.events is not None
+    failing.events[4:] = [("error", {"type": "error", "error": {"type": kind, "message": "no"}})]
+    server.script(failing, messages_stream(whole, size=5))
+    events, result = await streamed(SOLO, [llm("Solo", anthropic_config(server))])
+    assert result.success is retried
+    assert len([e for e in events if isinstance(e, ev.ModelCallRetried)]) == int(retried)
+    if retried:
+        assert result.final_response == REPLY
+    else:
+        assert "the stream failed: invalid_request_error: no" in (result.error or "")
+
+
 # ---- the local model ----------------------------------------------------------------------------
 
 
