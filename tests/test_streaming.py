@@ -2,7 +2,7 @@
 does with nobody listening (it does not stream), with the test kit's models.
 
 The adapters' streams over real sockets are in test_streaming_adapters.py; the live display's
-row for a reply being written is at the end of this module.
+row for a reply being written is at the end of this module, last on a real pseudo-terminal.
 """
 
 from __future__ import annotations
@@ -11,12 +11,16 @@ import asyncio
 import gc
 import io
 import json
+import os
+import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
-from helpers import FAST, HANDOFF, SOLO, WAIT, final, invoke, llm, quiet
+from helpers import FAST, HANDOFF, SOLO, TESTS, WAIT, final, invoke, llm, quiet
 from rich.text import Text
 from test_status_view import NORMAL, base, opened, tty_console, watching
 
@@ -395,3 +399,54 @@ def test_plain_lines_have_nothing_to_say_of_a_delta() -> None:
     out = io.StringIO()
     StatusPrinter(NORMAL, out)(delta("text"))
     assert out.getvalue() == ""
+
+
+PTY_SCRIPT = """\
+import asyncio, sys
+from orchestra import Agent, AgentRegistry, Orchestra
+from orchestra.models.base import ModelReply
+
+class Writes:
+    async def complete(self, messages, info):
+        raise AssertionError("the live view listens: the model streams")
+
+    async def stream(self, messages, info, on_delta):
+        on_delta("The capital of France ")
+        on_delta("is Paris, as every ")
+        await asyncio.to_thread(sys.stdin.readline)  # until the test saw it drawn
+        on_delta("atlas says.")
+        return ModelReply(content="The capital of France is Paris, as every atlas says.")
+
+async def main():
+    agents = AgentRegistry([Agent("Solo", Writes(), register=False)])
+    result = await Orchestra.run("t", {"nodes": ["Solo"], "edges": []}, agent_registry=agents)
+    print("RESULT:", result.final_response)
+
+asyncio.run(main())
+"""
+
+
+def test_the_reply_being_written_is_drawn_on_a_real_terminal(tmp_path: Path) -> None:
+    """On a pseudo-terminal the live view (NORMAL, the default) draws the end of the reply
+    while the model is still writing it; the run then ends as ever."""
+    child = pexpect.spawn(
+        sys.executable,
+        ["-c", PTY_SCRIPT],
+        cwd=str(tmp_path),
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(Path.home()),
+            "TERM": "xterm-256color",
+            "PYTHONPATH": os.pathsep.join((str(TESTS.parent), str(TESTS))),
+        },
+        encoding="utf-8",
+        timeout=60,  # pexpect's bound on each expected output: only a hang reaches it
+        dimensions=(40, 120),
+    )
+    child.expect("✎ The capital of France is Paris, as")
+    assert "atlas" not in child.before
+    child.sendline("")
+    child.expect("RESULT: The capital of France is Paris, as every atlas says.")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
