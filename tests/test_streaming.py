@@ -24,7 +24,14 @@ from helpers import FAST, HANDOFF, SOLO, TESTS, WAIT, final, invoke, llm, quiet
 from rich.text import Text
 from test_status_view import NORMAL, base, opened, tty_console, watching
 
-from orchestra import AgentRegistry, ExecutionConfig, Orchestra, OrchestraResult, ScriptedModel
+from orchestra import (
+    AgentRegistry,
+    ExecutionConfig,
+    FunctionModel,
+    Orchestra,
+    OrchestraResult,
+    ScriptedModel,
+)
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.monitoring import blocks
 from orchestra.coordination.monitoring.live import LiveDisplay
@@ -156,6 +163,14 @@ async def test_an_action_dict_is_streamed_as_its_json() -> None:
     events, result = await streamed("t", SOLO, [llm("Solo", ScriptedModel([final("ok")]))])
     assert result.success
     assert json.loads("".join(piece.text for piece in deltas(events))) == final("ok")
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 1.5, True, "8"])
+def test_a_test_models_chunk_size_must_be_a_positive_int(chunk_size: Any) -> None:
+    with pytest.raises(TypeError, match="chunk_size must be a positive int"):
+        ScriptedModel([], chunk_size=chunk_size)
+    with pytest.raises(TypeError, match="chunk_size must be a positive int"):
+        FunctionModel(lambda messages, info: "x", chunk_size=chunk_size)
 
 
 async def test_a_retry_starts_the_text_again_under_the_next_attempt() -> None:

@@ -48,8 +48,10 @@ def check_chunk_size(chunk_size: object) -> int:
 def stream_text(reply: ModelReply, chunk_size: int, on_delta: DeltaSink) -> ModelReply:
     """Hand ``reply``'s text (its action as JSON when it has no text) to ``on_delta`` in
     pieces of ``chunk_size`` characters, as a model writing it would; returns the reply."""
-    text = reply.content if reply.content is not None else json.dumps(reply.action, default=str)
-    for start in range(0, len(text or ""), chunk_size):
+    text = reply.content
+    if text is None:  # an action (a reply of only tool calls has no text to write)
+        text = "" if reply.action is None else json.dumps(reply.action, default=str)
+    for start in range(0, len(text), chunk_size):
         on_delta(text[start : start + chunk_size])
     return reply
 

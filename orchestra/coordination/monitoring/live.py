@@ -378,9 +378,8 @@ def _fitting(runs: int, height: int) -> tuple[int, int]:
 
 class LiveWatch:
     """A run's subscriber (deltas included: the reply being written is shown): its events
-    folded into its view on ``display``; at VERBOSE, or
-    with ``show_actions``, its status lines handed over to scroll above the area. Replayed events (a resumed run catching
-    up) are folded but neither printed nor shown: the run joins the display with its first
+    folded into its view on ``display``; at VERBOSE, or with ``show_actions``, its status
+    lines handed over to scroll above the area. Replayed events (a resumed run catching up) are folded but neither printed nor shown: the run joins the display with its first
     event that is news, so a finished session read back draws nothing."""
 
     def __init__(

@@ -309,8 +309,8 @@ def _delta(view: RunView, event: ev.StepDelta) -> None:
     """A piece of the reply being written: kept at the end of what was written, or starting
     it afresh when it is of a later attempt (the model call was retried)."""
     branch = view.branches.get(event.branch_id)
-    if branch is None or branch.step != event.step or branch.status in ENDED:
-        return
+    if branch is None or branch.step != event.step or branch.status not in BUSY:
+        return  # a piece of no step in flight
     written = branch.writing if event.attempt == branch.writing_attempt else ""
     branch.writing = (written + event.text)[-WRITING_KEPT:]
     branch.writing_attempt = event.attempt
