@@ -250,6 +250,37 @@ async def test_a_model_that_cannot_stream_still_answers_a_listening_run() -> Non
     assert not deltas(events)
 
 
+def test_deltas_reach_only_subscribers_that_ask_and_are_never_stored() -> None:
+    stream = ev.EventStream()
+    plain: list[ev.Event] = []
+    listening: list[ev.Event] = []
+    stream.subscribe(plain.append)
+    assert not stream.wants_deltas
+    unsubscribe = stream.subscribe(listening.append, deltas=True)
+    assert stream.wants_deltas
+    piece, started = delta("Par"), opened()[0]
+    stream.emit(started)
+    stream.emit_delta(piece)
+    assert plain == [started] and listening == [started, piece]
+    assert stream.events == [started]
+    unsubscribe()
+    assert not stream.wants_deltas
+
+
+def test_a_delta_subscriber_that_raises_is_unsubscribed_and_reported() -> None:
+    stream = ev.EventStream()
+
+    def broken(event: ev.Event) -> None:
+        raise ValueError("boom")
+
+    stream.subscribe(broken, deltas=True)
+    stream.emit_delta(delta("x"))
+    assert not stream.wants_deltas
+    (error,) = stream.observer_errors
+    assert "ValueError: boom" in error and "unsubscribed" in error
+    stream.emit(opened()[0])  # it hears no event any more either
+
+
 # ---- 3. Orchestra.stream: its end, early break, failures ---------------------------------------
 
 
