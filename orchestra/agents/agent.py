@@ -178,6 +178,7 @@ class Agent(BaseAgent):
             request.info,
             request.retry or _NO_RETRIES,
             request.report_retry,
+            request.on_delta,
         )
         text = reply.content if reply.content is not None else render(reply.action)
         problem, action = reply.problem, None

@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any, NoReturn
 
 from orchestra.models.base import Message, StepInfo, ToolCall, Usage, with_unique_ids
-from orchestra.models.retry import RetryPolicy, RetryReport
+from orchestra.models.retry import DeltaReport, RetryPolicy, RetryReport
 
 PROTOCOL_HINT = (
     'reply with one JSON object {"next_action": ..., "action_input": ...} where next_action is '
@@ -215,7 +215,8 @@ class StepRequest:
     part of it), so later steps, and resumed sessions, see the history. What a step appended is
     journaled with its outcome and replayed from there. ``retry`` says how model calls are
     retried; ``report_retry(branch_id, agent, attempt, delay, error)`` turns each retry into an
-    event.
+    event. ``on_delta(text, attempt)``, set only while someone listens for replies as they are
+    written, takes the reply's text piece by piece (an agent that cannot stream ignores it).
     """
 
     input: StepInput
@@ -224,6 +225,7 @@ class StepRequest:
     context: Mapping[str, Any]
     retry: RetryPolicy | None = None
     report_retry: RetryReport | None = None
+    on_delta: DeltaReport | None = None
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchestra.agents.registry import AgentRegistry
@@ -23,16 +23,18 @@ from . import execution, wiring
 from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig, StatusConfig
 from .engine import inputs as inp
 from .engine.clock import now
+from .engine.events import Subscriber
 from .results import BranchResult, OrchestraResult, failed_before_start
 from .sessions import LIVE, claim, let_go
 from .state.backends import check_session_id
 from .state.manager import SessionWriter, StateManager, parse_checkpoint_id
+from .streaming import RunStream
 from .topology import Topology
 
 if TYPE_CHECKING:  # prometheus-client is imported only by those who collect metrics
     from .monitoring.metrics import MetricsCollector
 
-__all__ = ["BranchResult", "Orchestra", "OrchestraInstance", "OrchestraResult"]
+__all__ = ["BranchResult", "Orchestra", "OrchestraInstance", "OrchestraResult", "RunStream"]
 
 
 def _require(value: object, kind: type | tuple[type, ...], name: str) -> None:
@@ -110,22 +112,105 @@ class Orchestra:
         ``state_manager`` the run is a durable session, ``context["session_id"]`` naming it.
         A ``metrics_collector`` counts what the run does (docs/observability.md).
         """
-        if kwargs:
-            raise TypeError(
-                f"Orchestra.run() got unexpected keyword argument(s): {', '.join(kwargs)}"
+        launch = _launcher(
+            "run",
+            task,
+            topology,
+            agent_registry,
+            context,
+            execution_config,
+            communication_config,
+            error_config,
+            state_manager,
+            max_steps,
+            allow_follow_ups,
+            follow_up_timeout,
+            metrics_collector,
+            kwargs,
+        )
+        return await launch(None)
+
+    @classmethod
+    def stream(
+        cls,
+        task: str | dict[str, Any],
+        topology: dict[str, Any] | Topology,
+        agent_registry: AgentRegistry | None = None,
+        context: dict[str, Any] | None = None,
+        execution_config: ExecutionConfig | None = None,
+        communication_config: CommunicationConfig | None = None,
+        error_config: ErrorHandlingConfig | None = None,
+        state_manager: StateManager | None = None,
+        max_steps: int = 100,
+        allow_follow_ups: bool = False,
+        follow_up_timeout: float = 60.0,
+        metrics_collector: MetricsCollector | None = None,
+        **kwargs: Any,
+    ) -> RunStream:
+        """The run :meth:`run` makes, as its events: ``async with Orchestra.stream(...) as
+        events: async for event in events: ...`` yields every event, each ``StepDelta`` too
+        (models stream their replies), and ends after the run ended; ``events.result`` is
+        then its :class:`OrchestraResult`, as :meth:`run` returns it (a failed run included).
+        Leaving the block early (a ``break``) cancels the run. Same arguments and checks as
+        :meth:`run` (docs/observability.md, "Streaming a run's events")."""
+        return RunStream(
+            _launcher(
+                "stream",
+                task,
+                topology,
+                agent_registry,
+                context,
+                execution_config,
+                communication_config,
+                error_config,
+                state_manager,
+                max_steps,
+                allow_follow_ups,
+                follow_up_timeout,
+                metrics_collector,
+                kwargs,
             )
-        _check_run_arguments(task, context, max_steps, execution_config)
-        _check_topology(topology)
-        _require(agent_registry, AgentRegistry, "agent_registry")
-        _require(communication_config, CommunicationConfig, "communication_config")
-        _require(error_config, ErrorHandlingConfig, "error_config")
-        _require(state_manager, StateManager, "state_manager")
-        _check_follow_ups(allow_follow_ups, follow_up_timeout)
-        _require_collector(metrics_collector)
-        context = dict(context or {})
-        session_id = _session_id(context)
-        communication = communication_config or CommunicationConfig()
-        channel = communication.channel if communication.channel is not None else user_channel()
+        )
+
+
+def _launcher(
+    method: str,
+    task: Any,
+    topology: Any,
+    agent_registry: Any,
+    context: Any,
+    execution_config: Any,
+    communication_config: Any,
+    error_config: Any,
+    state_manager: Any,
+    max_steps: Any,
+    allow_follow_ups: Any,
+    follow_up_timeout: Any,
+    metrics_collector: Any,
+    kwargs: Mapping[str, Any],
+) -> Callable[[Subscriber | None], Awaitable[OrchestraResult]]:
+    """The arguments of ``Orchestra.run`` (or ``stream``) checked now (TypeError or
+    ConfigurationError for misuse of the API), and the run they describe, to start with a
+    listener of its every event (or none)."""
+    if kwargs:
+        raise TypeError(
+            f"Orchestra.{method}() got unexpected keyword argument(s): {', '.join(kwargs)}"
+        )
+    _check_run_arguments(task, context, max_steps, execution_config)
+    _check_topology(topology)
+    _require(agent_registry, AgentRegistry, "agent_registry")
+    _require(communication_config, CommunicationConfig, "communication_config")
+    _require(error_config, ErrorHandlingConfig, "error_config")
+    _require(state_manager, StateManager, "state_manager")
+    _check_follow_ups(allow_follow_ups, follow_up_timeout)
+    _require_collector(metrics_collector)
+    context = dict(context or {})
+    session_id = _session_id(context)
+    communication = communication_config or CommunicationConfig()
+    channel = communication.channel if communication.channel is not None else user_channel()
+    _warn_if_no_follow_ups(allow_follow_ups, channel, stacklevel=3)
+
+    async def launch(listener: Subscriber | None) -> OrchestraResult:
         started = time.perf_counter()
         try:
             setup = wiring.prepare(
@@ -145,7 +230,11 @@ class Orchestra:
             return failed_before_start(error, session_id, time.perf_counter() - started)
         setup.metrics = metrics_collector
         _offer_follow_ups(setup, allow_follow_ups, follow_up_timeout)
+        if listener is not None:
+            setup.listeners.append(listener)
         return await execution.execute(setup, task, context, session_id, state_manager)
+
+    return launch
 
 
 class OrchestraInstance:
@@ -220,6 +309,7 @@ class OrchestraInstance:
             setup = self._setup(execution_config, max_steps)
         except OrchestraError as error:
             return failed_before_start(error, session_id, time.perf_counter() - started)
+        _warn_if_no_follow_ups(allow_follow_ups, setup.communication.channel, stacklevel=2)
         _offer_follow_ups(setup, allow_follow_ups, follow_up_timeout)
         return await execution.execute(setup, task, context, session_id, self.state_manager)
 
@@ -367,22 +457,28 @@ NO_CHANNEL = "not offered: the run has no user channel"
 
 def _offer_follow_ups(setup: wiring.Setup, allow: bool, timeout: float) -> None:
     """Follow-ups for the run, when asked for: offered on its user channel, or, with none (no
-    channel given, and no terminal), not offered: the run ends after its first round, its
-    result says why, and a UserWarning says so once."""
+    channel given, and no terminal), not offered: the run ends after its first round and its
+    result says why (:func:`_warn_if_no_follow_ups` has told the caller)."""
     if not allow:
         return
-    channel: UserChannel | None = setup.communication.channel
-    if channel is not None:
+    if setup.communication.channel is not None:
         setup.follow_up_timeout = float(timeout)
-        return
-    setup.follow_ups_note = NO_CHANNEL
-    warnings.warn(
-        "allow_follow_ups=True, but follow-ups are " + NO_CHANNEL + " (pass "
-        "communication_config=CommunicationConfig(channel=...), or run on a terminal): the "
-        "run ends after its first answer",
-        UserWarning,
-        stacklevel=3,
-    )
+    else:
+        setup.follow_ups_note = NO_CHANNEL
+
+
+def _warn_if_no_follow_ups(allow: bool, channel: UserChannel | None, stacklevel: int) -> None:
+    """A UserWarning, pointing at the caller's line, for follow-ups asked for with nobody to
+    offer them to. Issued where the call is made (``stacklevel`` frames up), not in the run's
+    task, where the caller's line is no longer on the stack."""
+    if allow and channel is None:
+        warnings.warn(
+            "allow_follow_ups=True, but follow-ups are " + NO_CHANNEL + " (pass "
+            "communication_config=CommunicationConfig(channel=...), or run on a terminal): "
+            "the run ends after its first answer",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def _check_follow_ups(allow_follow_ups: object, follow_up_timeout: object) -> None:

@@ -52,6 +52,8 @@ class Setup:
     # called, off the event loop, once the run stopped and before it returns: a blocking wait
     # (bounded) for what it shows to be out (the live status display's final block)
     on_settle: list[Callable[[], None]] = field(default_factory=list)
+    # told every event of the run, each StepDelta too (``Orchestra.stream``'s queue)
+    listeners: list[ev.Subscriber] = field(default_factory=list)
 
     def stopped(self, outcome: str) -> None:
         """The run stopped here (``outcome``: cancelled or halted, counted only by an observer
@@ -173,13 +175,17 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
     """A fresh engine for the run (empty until its first input) and the runner driving it;
     ``status`` says what is shown (plain lines, or the live view on a terminal); the setup's
     metrics collector, if enabled, watches the stream too, and so does a tracer when the run is
-    traced (``tracing_on``). Each watcher that holds the run open (the live status block, the
+    traced (``tracing_on``). The setup's ``listeners`` hear every event, deltas included, and so
+    does the live view: with either, models stream their replies. Each watcher that holds the run open (the live status block, the
     metrics, the tracer) is told, through ``setup.stopped``, when the run stops without an
     event saying so; the live block is waited for (``setup.settled``) before the run returns. A tracer provider that cannot give a tracer is a ConfigurationError."""
     stream = ev.EventStream()
     status_subscriber = status_watch(status, session_id, setup.agents)
+    for listener in setup.listeners:
+        stream.subscribe(listener, deltas=True)
     if status_subscriber is not None:
-        stream.subscribe(status_subscriber)
+        # the live view shows replies as they are written; plain lines never do
+        stream.subscribe(status_subscriber, deltas=isinstance(status_subscriber, LiveWatch))
         if isinstance(status_subscriber, LiveWatch):
             setup.on_stop.append(status_subscriber.stop)
             setup.on_settle.append(status_subscriber.settle)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Message, ModelReply, StepInfo, ToolCall, Usage
+from orchestra.errors import ModelAPIError
+
+from .base import DeltaSink, Message, ModelReply, StepInfo, ToolCall, Usage
 from .config import ModelConfig, missing_extra, seed_refused
 from .pricing import cost_usd
 from .protocol import answer_only, coordination_tools, reply_from_tool_calls
@@ -120,6 +122,39 @@ class AnthropicModel:
             lambda: self._client.messages.create(**body),
             self._reply,
         )
+
+    async def stream(
+        self, messages: Sequence[Message], info: StepInfo, on_delta: DeltaSink
+    ) -> ModelReply:
+        """The reply ``complete`` would give, asked for as a stream (the SDK's
+        ``messages.stream``, which puts the message together): each piece of its text goes to
+        ``on_delta`` as it arrives."""
+        body = self.request(messages, info)
+        return await call_sdk(
+            self._anthropic,
+            self.provider,
+            self.config,
+            lambda: self._streamed(body, on_delta),
+            self._reply,
+        )
+
+    async def _streamed(self, body: dict[str, Any], on_delta: DeltaSink) -> Any:
+        async with self._client.messages.stream(**body) as stream:
+            async for text in stream.text_stream:
+                on_delta(text)
+            try:
+                message = await stream.get_final_message()
+            except AssertionError:  # the SDK's way of saying no message_start came
+                message = None
+        if message is None or message.stop_reason is None:
+            raise ModelAPIError(
+                "the stream ended before the reply did (no "
+                + ("message_start)" if message is None else "stop_reason)"),
+                provider=self.provider,
+                model=self.config.name,
+                retryable=True,
+            )
+        return message
 
     def _reply(self, response: Any) -> ModelReply:
         texts, calls = [], []

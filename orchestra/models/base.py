@@ -8,7 +8,7 @@ implement this; provider quirks stay inside the adapter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -160,3 +160,19 @@ class Model(Protocol):
     """Anything that can take a conversation and produce a reply."""
 
     async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply: ...
+
+
+DeltaSink = Callable[[str], None]
+"""Told each new piece of a reply's text, in order, as the model writes it."""
+
+
+@runtime_checkable
+class StreamingModel(Model, Protocol):
+    """A model that can also hand its reply's text over as it is written: ``stream`` returns
+    the very reply ``complete`` would, and tells ``on_delta`` each new piece of its text on the
+    way (the JSON of an action too). Orchestra calls it only while someone listens for the
+    pieces (docs/models.md, "Streaming"); a model without it is called with ``complete``."""
+
+    async def stream(
+        self, messages: Sequence[Message], info: StepInfo, on_delta: DeltaSink
+    ) -> ModelReply: ...

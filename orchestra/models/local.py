@@ -20,13 +20,13 @@ import json
 import re
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestra.errors import ConfigurationError, ModelAPIError
 
-from .base import Message, ModelReply, StepInfo, Usage
+from .base import DeltaSink, Message, ModelReply, StepInfo, Usage
 from .config import ModelConfig, missing_extra
 from .openai_chat import to_chat_messages
 from .protocol import action_schema, answer_only
@@ -107,6 +107,39 @@ def _generate(path: Path, body: dict[str, Any]) -> Any:
         return model.create_chat_completion(**body)
 
 
+def _generate_streaming(
+    path: Path, body: dict[str, Any], hand_over: Callable[[str], None], stop: threading.Event
+) -> dict[str, Any]:
+    """One completion as :func:`_generate` returns it, generated as a stream whose pieces of
+    text go to ``hand_over`` (from this worker thread) as they come; ``stop`` ends it early
+    (its caller has gone). llama.cpp's stream reports no usage, so it is read from the model:
+    the prompt's tokens are those evaluated when the first piece comes (the prompt, and no
+    generated token yet); each generated token after that is evaluated, but for the one that
+    ended the reply (an end-of-generation token, not counted, or the one that reached
+    ``max_tokens``, counted)."""
+    model, lock = load(path)
+    with lock:
+        pieces: list[str] = []
+        prompt, finish = 0, None
+        for index, chunk in enumerate(model.create_chat_completion(**body, stream=True)):
+            if index == 0:
+                prompt = model.n_tokens
+            choice = chunk["choices"][0]
+            text = choice["delta"].get("content")
+            if text:
+                pieces.append(text)
+                hand_over(text)
+            finish = choice.get("finish_reason") or finish
+            if stop.is_set():
+                break
+        completion = model.n_tokens - prompt + (finish == "length")
+    message = {"role": "assistant", "content": "".join(pieces)}
+    return {
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion},
+    }
+
+
 class LocalModel:
     """An in-process llama.cpp model. Calls run in a worker thread, one at a time per model
     file however many agents share it and in the order they were made, so the event loop never
@@ -137,13 +170,44 @@ class LocalModel:
 
     async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply:
         body = self.request(messages, info)
+        return self._reply(body, await self._run(_generate, self.path, body))
+
+    async def stream(
+        self, messages: Sequence[Message], info: StepInfo, on_delta: DeltaSink
+    ) -> ModelReply:
+        """The reply ``complete`` gives, generated as a stream: each piece of text is handed
+        from the worker thread to the event loop (``call_soon_threadsafe``: in order, and all
+        of them before the reply), where ``on_delta`` is told it; the text that closes a
+        constrained reply cut short (see :func:`closed`) comes last. A step given up
+        (cancelled, timed out) stops the generation at its next token."""
+        body = self.request(messages, info)
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def hand_over(text: str) -> None:
+            loop.call_soon_threadsafe(on_delta, text)
+
+        try:
+            result = await self._run(_generate_streaming, self.path, body, hand_over, stop)
+        finally:
+            stop.set()
+        reply = self._reply(body, result)
+        streamed = result["choices"][0]["message"]["content"]
+        if reply.content and reply.content.startswith(streamed) and reply.content != streamed:
+            on_delta(reply.content[len(streamed) :])  # what closed a reply cut short
+        return reply
+
+    async def _run(self, generate: Callable[..., Any], *arguments: Any) -> Any:
+        """``generate(*arguments)`` in a worker thread, at this loop's turn for the model."""
         try:
             async with _turn(self.path):
-                result = await asyncio.to_thread(_generate, self.path, body)
+                return await asyncio.to_thread(generate, *arguments)
         except (ValueError, RuntimeError) as error:  # e.g. the prompt outgrew the context
             raise ModelAPIError(
                 str(error), provider=self.provider, model=self.config.name
             ) from None
+
+    def _reply(self, body: dict[str, Any], result: Any) -> ModelReply:
         usage = result.get("usage") or {}
         choice = result["choices"][0]
         content = choice["message"]["content"]

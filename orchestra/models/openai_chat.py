@@ -6,7 +6,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Message, ModelReply, StepInfo, ToolCall, ToolSpec, Usage
+from orchestra.errors import ModelAPIError
+
+from .base import DeltaSink, Message, ModelReply, StepInfo, ToolCall, ToolSpec, Usage
 from .config import ModelConfig, missing_extra
 from .pricing import cost_usd
 from .protocol import (
@@ -141,33 +143,129 @@ class OpenAIChatModel:
             self._reply,
         )
 
+    async def stream(
+        self, messages: Sequence[Message], info: StepInfo, on_delta: DeltaSink
+    ) -> ModelReply:
+        """The reply ``complete`` would give, asked for as a stream (with its usage in the
+        last chunk): each piece of its text goes to ``on_delta`` as it arrives."""
+        body = self.request(messages, info)
+        return await call_sdk(
+            self._openai,
+            self.provider,
+            self.config,
+            lambda: self._streamed(body, on_delta),
+            self._reply_of_stream,
+        )
+
+    async def _streamed(self, body: dict[str, Any], on_delta: DeltaSink) -> StreamedChat:
+        chunks = await self._client.chat.completions.create(
+            **body, stream=True, stream_options={"include_usage": True}
+        )
+        streamed = StreamedChat()
+        async with chunks:
+            async for chunk in chunks:
+                text = streamed.add(chunk)
+                if text:
+                    on_delta(text)
+        if streamed.finish_reason is None:
+            raise ModelAPIError(
+                "the stream ended before the reply did (no finish_reason)",
+                provider=self.provider,
+                model=self.config.name,
+                retryable=True,
+            )
+        return streamed
+
     def _reply(self, response: Any) -> ModelReply:
         message = response.choices[0].message
-        finish = response.choices[0].finish_reason
+        calls = [
+            (call.id, call.function.name, call.function.arguments)
+            for call in message.tool_calls or ()
+        ]
+        counts = response.usage
+        return self._reply_of(
+            message.content,
+            calls,
+            response.choices[0].finish_reason,
+            None if counts is None else (counts.prompt_tokens, counts.completion_tokens),
+        )
+
+    def _reply_of_stream(self, streamed: StreamedChat) -> ModelReply:
+        calls = [(call[0], call[1], "".join(call[2])) for call in streamed.calls.values()]
+        content = "".join(streamed.content) if streamed.content else None
+        return self._reply_of(content, calls, streamed.finish_reason, streamed.usage)
+
+    def _reply_of(
+        self,
+        content: str | None,
+        tool_calls: Sequence[tuple[str | None, str, str | None]],
+        finish: str | None,
+        counts: tuple[int | None, int | None] | None,
+    ) -> ModelReply:
+        """The reply, from the parts a response (or the chunks of a stream) gave."""
         usage = None if finish is None else Usage(finish_reason=finish)
-        if response.usage is not None:
+        if counts is not None:
             # some OpenAI-compatible servers send null counts
-            prompt = response.usage.prompt_tokens or 0
-            completion = response.usage.completion_tokens or 0
+            prompt, completion = counts[0] or 0, counts[1] or 0
             usage = Usage(
                 prompt, completion, cost_usd("openai", self.config.name, prompt, completion), finish
             )
-        if not message.tool_calls:
-            return ModelReply(content=message.content, usage=usage)
+        if not tool_calls:
+            return ModelReply(content=content, usage=usage)
         calls = []
-        for call in message.tool_calls:
+        for call_id, name, raw in tool_calls:
             try:
-                arguments = read_json(call.function.arguments or "{}")
+                arguments = read_json(raw or "{}")
             except UnreadableJSON as error:
-                raw = f"{call.function.name}({call.function.arguments})"
                 return ModelReply(
-                    content=message.content or raw,
+                    content=content or f"{name}({raw})",
                     usage=usage,
-                    problem=f"the arguments of tool call {call.function.name!r} {error}",
+                    problem=f"the arguments of tool call {name!r} {error}",
                 )
             calls.append(
-                ToolCall(
-                    call.function.name, arguments if isinstance(arguments, dict) else {}, call.id
-                )
+                ToolCall(name, arguments if isinstance(arguments, dict) else {}, call_id or "")
             )
-        return reply_from_tool_calls(message.content, calls, usage)
+        return reply_from_tool_calls(content, calls, usage)
+
+
+class StreamedChat:
+    """A streamed reply put together from its chunks: the text, each tool call by its index
+    (id, name, pieces of its arguments), the finish reason and the usage of the last chunk.
+    (The SDK's ``ChatCompletionStreamState`` re-dumps the whole message at every chunk, which
+    grows with the square of a long reply, and refuses a reply cut by ``max_tokens``.)"""
+
+    __slots__ = ("calls", "content", "finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.calls: dict[int, tuple[str | None, str, list[str]]] = {}
+        self.finish_reason: str | None = None
+        self.usage: tuple[int | None, int | None] | None = None
+
+    def add(self, chunk: Any) -> str:
+        """Take ``chunk`` in; returns the text it adds."""
+        if chunk.usage is not None:
+            self.usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        text = ""
+        for choice in chunk.choices:
+            if choice.index != 0:  # one choice is asked for; another is no part of the reply
+                continue
+            delta = choice.delta
+            if delta.content:
+                text = delta.content
+                self.content.append(text)
+            for call in delta.tool_calls or ():
+                self._add_call(call)
+            if choice.finish_reason is not None:
+                self.finish_reason = choice.finish_reason
+        return text
+
+    def _add_call(self, call: Any) -> None:
+        function = call.function
+        known = self.calls.get(call.index)
+        if known is None:
+            known = self.calls[call.index] = (call.id, (function and function.name) or "", [])
+        elif call.id and not known[0]:
+            known = self.calls[call.index] = (call.id, known[1], known[2])
+        if function is not None and function.arguments:
+            known[2].append(function.arguments)

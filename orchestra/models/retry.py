@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 from orchestra.errors import ModelAPIError
@@ -13,6 +14,11 @@ from .base import Message, Model, ModelReply, StepInfo
 
 RetryReport = Callable[[str, str, int, float, ModelAPIError], None]
 """(branch_id, agent, attempt, delay, error) -> None: how a retry is reported."""
+
+DeltaReport = Callable[[str, int], None]
+"""(text, attempt) -> None: a piece of the reply's text as it arrives, with the number of the
+attempt it belongs to (0 for the first call, 1 for its first retry, ...): the text of an
+earlier attempt is void once a later one's arrives."""
 
 
 class RetryPolicy(Protocol):
@@ -51,15 +57,24 @@ async def complete_with_retries(
     info: StepInfo,
     policy: RetryPolicy,
     report: RetryReport | None = None,
+    on_delta: DeltaReport | None = None,
 ) -> ModelReply:
     """Call the model; retry retryable API errors up to ``policy.max_retries`` times.
 
     A non-retryable error (bad request, authentication, context too long) is raised at once.
+    With ``on_delta``, a model that can stream (a ``stream`` method) is asked to, and each
+    piece of text is reported with its attempt's number; without, or for a model that cannot,
+    ``complete`` is called as ever.
     """
+    stream: Callable[..., Awaitable[ModelReply]] | None = (
+        getattr(model, "stream", None) if on_delta is not None else None
+    )
     attempt = 0
     while True:
         try:
-            return await model.complete(messages, info)
+            if stream is None or on_delta is None:
+                return await model.complete(messages, info)
+            return await stream(messages, info, partial(_delta, on_delta, attempt))
         except ModelAPIError as error:
             if not error.retryable or attempt >= policy.max_retries:
                 raise
@@ -68,3 +83,8 @@ async def complete_with_retries(
             if report is not None:
                 report(info.branch_id, info.agent_name, attempt, delay, error)
             await asyncio.sleep(delay)
+
+
+def _delta(report: DeltaReport, attempt: int, text: str) -> None:
+    if text:
+        report(text, attempt)

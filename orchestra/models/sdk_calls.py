@@ -20,10 +20,25 @@ from .protocol import beyond_reader
 from .secrets import redact
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 529})  # 529: Anthropic's "overloaded"
+RETRYABLE_IN_STREAM = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
+"""The error types of an error event inside a stream (Anthropic's ``event: error``) that
+trying again may help: those of the statuses above."""
 
 
 def is_retryable(status: int) -> bool:
     return status in RETRYABLE_STATUS or status >= 500
+
+
+def _in_stream(error: Any) -> bool:
+    """Whether an APIStatusError is an error event inside a stream that began well: it comes
+    with the stream's own status, a success."""
+    return bool(error.status_code < 400)
+
+
+def _retryable_in_stream(error: Any) -> bool:
+    body = getattr(error, "body", None)
+    detail = body.get("error") if isinstance(body, dict) else None
+    return isinstance(detail, dict) and detail.get("type") in RETRYABLE_IN_STREAM
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -93,6 +108,8 @@ async def _outcome(
     try:
         response = await request()
     except sdk.APIStatusError as error:
+        if _in_stream(error):  # an error event part-way through a streamed reply
+            return failure(f"the stream failed: {error_text(error)}", _retryable_in_stream(error))
         return failure(
             error_text(error),
             is_retryable(error.status_code),

@@ -2,19 +2,22 @@
 
 ``ScriptedModel`` replays a list of replies; ``FunctionModel`` computes each reply with your
 function. Both accept the same reply forms an LLM produces: plain text, or an action in the
-JSON action protocol (a dict, or its JSON text).
+JSON action protocol (a dict, or its JSON text). Both stream when a run listens for replies as
+they are written (docs/models.md, "Streaming"): the reply's text (an action as its JSON) is
+handed over in pieces of ``chunk_size`` characters, so streaming can be tested offline.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orchestra.errors import ScriptExhaustedError
 
-from .base import Message, ModelReply, StepInfo
+from .base import DeltaSink, Message, ModelReply, StepInfo
 
 Reply = str | Mapping[str, Any] | ModelReply
 ReplyFunction = Callable[[Sequence[Message], StepInfo], Reply | Awaitable[Reply]]
@@ -30,6 +33,27 @@ def as_reply(value: object, source: str) -> ModelReply:
     raise TypeError(
         f"{source} must produce a str, an action dict or a ModelReply, got {type(value).__name__}"
     )
+
+
+CHUNK_SIZE = 32
+"""Characters of a test model's reply in each streamed piece, unless ``chunk_size`` says."""
+
+
+def check_chunk_size(chunk_size: object) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise TypeError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    return chunk_size
+
+
+def stream_text(reply: ModelReply, chunk_size: int, on_delta: DeltaSink) -> ModelReply:
+    """Hand ``reply``'s text (its action as JSON when it has no text) to ``on_delta`` in
+    pieces of ``chunk_size`` characters, as a model writing it would; returns the reply."""
+    text = reply.content
+    if text is None:  # an action (a reply of only tool calls has no text to write)
+        text = "" if reply.action is None else json.dumps(reply.action, default=str)
+    for start in range(0, len(text), chunk_size):
+        on_delta(text[start : start + chunk_size])
+    return reply
 
 
 @dataclass(slots=True, frozen=True)
@@ -48,7 +72,14 @@ class ScriptedModel:
     naming the agent. ``calls`` records what the model was asked, for assertions.
     """
 
-    def __init__(self, replies: Iterable[Reply | BaseException], *, record: bool = True) -> None:
+    def __init__(
+        self,
+        replies: Iterable[Reply | BaseException],
+        *,
+        record: bool = True,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        self.chunk_size = check_chunk_size(chunk_size)
         self._replies = list(replies)
         self._next = 0
         self._record = record
@@ -72,6 +103,12 @@ class ScriptedModel:
             raise reply
         return as_reply(reply, "a ScriptedModel reply")
 
+    async def stream(
+        self, messages: Sequence[Message], info: StepInfo, on_delta: DeltaSink
+    ) -> ModelReply:
+        """The next reply, its text handed to ``on_delta`` in pieces first."""
+        return stream_text(await self.complete(messages, info), self.chunk_size, on_delta)
+
 
 class FunctionModel:
     """Each reply computed by ``fn(messages, info)``, sync or async.
@@ -80,9 +117,10 @@ class FunctionModel:
     so one function can play a whole team's models in a test.
     """
 
-    def __init__(self, fn: ReplyFunction) -> None:
+    def __init__(self, fn: ReplyFunction, *, chunk_size: int = CHUNK_SIZE) -> None:
         if not callable(fn):
             raise TypeError(f"FunctionModel needs a callable, got {fn!r}")
+        self.chunk_size = check_chunk_size(chunk_size)
         self._fn = fn
         self.call_count = 0
 
@@ -92,3 +130,9 @@ class FunctionModel:
         if inspect.isawaitable(value):
             value = await value
         return as_reply(value, "a FunctionModel function")
+
+    async def stream(
+        self, messages: Sequence[Message], info: StepInfo, on_delta: DeltaSink
+    ) -> ModelReply:
+        """The function's reply, its text handed to ``on_delta`` in pieces first."""
+        return stream_text(await self.complete(messages, info), self.chunk_size, on_delta)

@@ -102,6 +102,22 @@ class ModelCallRetried(Event, frozen=True, kw_only=True):
     error_type: str | None = None
 
 
+class StepDelta(Event, frozen=True, kw_only=True):
+    """A piece of the reply an agent's model is writing at step ``step``, as it arrives:
+    ``text`` is the new piece (untrusted model text, as the reply is), ``attempt`` the model
+    call it belongs to (0, then 1 for its first retry, ...): once a later attempt's text
+    arrives, the earlier attempt's text is void. Sent only to subscribers that asked for deltas
+    (``EventStream.subscribe(..., deltas=True)``), only while the run is live: never stored
+    with the run's events, journaled or replayed. The step's outcome is its ``StepCompleted``
+    (or ``ActionRejected``, ``StepFailed``), as without streaming."""
+
+    branch_id: str
+    agent: str
+    step: int
+    text: str
+    attempt: int = 0
+
+
 class ActionRejected(Event, frozen=True, kw_only=True):
     """A reply could not be used; the agent is steered and asked again (or the branch fails)."""
 
@@ -306,7 +322,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RunResumed,
     RunCompleted,
 )
-"""Every kind of event (a snapshot stores a run's events by these names)."""
+"""Every kind of event a run stores (a snapshot stores a run's events by these names);
+:class:`StepDelta` is not one: it is never stored."""
 
 
 class EventStream:
@@ -314,32 +331,59 @@ class EventStream:
 
     Subscribers run on the engine's path: they must be quick and must not block (hand slow
     work to a queue or a thread). A subscriber that raises is removed and reported once, so
-    a faulty observer never breaks a run.
+    a faulty observer never breaks a run. :class:`StepDelta` goes only to the subscribers that
+    asked for deltas, and is not kept in ``events``; while none asked (``wants_deltas``), the
+    runner does not stream at all.
     """
 
-    __slots__ = ("_subscribers", "events", "observer_errors", "replaying")
+    __slots__ = ("_delta_subscribers", "_subscribers", "events", "observer_errors", "replaying")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self._subscribers: list[Subscriber] = []
+        self._delta_subscribers: list[Subscriber] = []
         self.observer_errors: list[str] = []
         self.replaying = False  # what is emitted now is a run catching up with its log
 
-    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
-        """Receive every later event; returns a function that unsubscribes."""
+    def subscribe(self, subscriber: Subscriber, *, deltas: bool = False) -> Callable[[], None]:
+        """Receive every later event (with ``deltas``, each :class:`StepDelta` too); returns
+        a function that unsubscribes."""
         self._subscribers.append(subscriber)
-        return lambda: self._subscribers.remove(subscriber)
+        if deltas:
+            self._delta_subscribers.append(subscriber)
+        return lambda: self._drop(subscriber)
+
+    @property
+    def wants_deltas(self) -> bool:
+        """Whether a subscriber listens for replies as they are written."""
+        return bool(self._delta_subscribers)
 
     def emit(self, event: Event) -> None:
         if self.replaying and not event.replayed:
             event = msgspec.structs.replace(event, replayed=True)
         self.events.append(event)
-        for subscriber in tuple(self._subscribers):
+        for subscriber in tuple(self._subscribers):  # inline: the engine's hot path
             try:
                 subscriber(event)
             except Exception as error:
-                self._subscribers.remove(subscriber)
-                self.observer_errors.append(
-                    f"event subscriber {subscriber!r} raised {type(error).__name__}: {error}; "
-                    "it was unsubscribed"
-                )
+                self._failed(subscriber, error)
+
+    def emit_delta(self, delta: StepDelta) -> None:
+        """Deliver ``delta`` to the subscribers that asked for deltas (it is not stored)."""
+        for subscriber in tuple(self._delta_subscribers):
+            try:
+                subscriber(delta)
+            except Exception as error:
+                self._failed(subscriber, error)
+
+    def _failed(self, subscriber: Subscriber, error: Exception) -> None:
+        self._drop(subscriber)
+        self.observer_errors.append(
+            f"event subscriber {subscriber!r} raised {type(error).__name__}: {error}; "
+            "it was unsubscribed"
+        )
+
+    def _drop(self, subscriber: Subscriber) -> None:
+        self._subscribers.remove(subscriber)
+        if subscriber in self._delta_subscribers:
+            self._delta_subscribers.remove(subscriber)

@@ -42,6 +42,7 @@ from . import leases, rounds, tool_calls
 from .branches import Branch, BranchStatus
 from .clock import now, within
 from .core import Engine
+from .deltas import listen
 from .effects import (
     ArmBranchTimer,
     ArmConvergenceTimer,
@@ -406,6 +407,8 @@ class Runner:
                 return branch.question is not None  # a spent budget's question to ask
             request = begun.request
             request.report_retry = self._report_retry
+            stream = engine.stream
+            deltas = listen(stream, engine.run_id, request) if stream.wants_deltas else None
             before = len(request.messages)
             failure: OrchestraError | None = None
             self.steps_in_flight += 1
@@ -425,6 +428,8 @@ class Runner:
                 failure = _as_step_error(branch.agent, error)
             finally:
                 self.steps_in_flight -= 1
+                if deltas is not None:
+                    deltas.close()
             duration = time.perf_counter() - started
             added = tuple(request.messages[before:])
             if failure is None:

@@ -11,12 +11,15 @@ from rich.spinner import Spinner
 from rich.text import Text
 from rich.tree import Tree
 
+from orchestra.models.secrets import redact
 from orchestra.text import printable
 
 from .view import BUSY, BranchStatus, BranchView, FanOutView, RunState, RunView
 
 NOTE_LIMIT = 120
 """Characters of an error, a pause reason or a question shown in a run's block."""
+WRITING_SHOWN = 100
+"""Characters of the end of a reply being written shown on its branch's row."""
 
 _SPINNER = Spinner("dots")
 _STYLES = {
@@ -82,6 +85,21 @@ def branch_label(branch: BranchView, at: float) -> Text:
     return _one_row(label)
 
 
+def writing_row(branch: BranchView) -> Text | None:
+    """The row under a branch whose model is writing its reply: the end of the text so far,
+    on one line, with keys redacted. Only up to its last whitespace: a word still being
+    written may be the first half of a key, which :func:`redact` would not know yet."""
+    settled = redact(branch.writing)
+    cut_at = max(settled.rfind(space) for space in (" ", "\n", "\t"))
+    words = " ".join(settled[: max(cut_at, 0)].split())
+    if not words:
+        return None
+    shown = words[-WRITING_SHOWN:]
+    if len(shown) < len(words):
+        shown = "…" + shown
+    return _one_row(Text("✎ " + printable(shown, one_line=True), style="italic dim"))
+
+
 def _one_row(label: Text) -> Text:
     """A row that stays one row on a narrow terminal (cut with "…"): the area's height is
     what it was bounded to."""
@@ -108,6 +126,9 @@ def _left_out_label(fan_out: FanOutView) -> Text:
 
 
 def _grow(tree: Tree, view: RunView, branch: BranchView, at: float) -> None:
+    writing = writing_row(branch) if branch.writing else None
+    if writing is not None:
+        tree.add(writing)
     for fan_out, children in view.children(branch):
         node = tree.add(_fan_out_label(fan_out))
         if fan_out.outcome is not None:

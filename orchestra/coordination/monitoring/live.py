@@ -127,6 +127,13 @@ class LiveDisplay:
         if empty:
             self._release()
 
+    def fold(self, view: RunView, delta: ev.StepDelta) -> None:
+        """A piece of a reply being written, folded into ``view``: nothing else to do (it
+        prints no line, and its run is attached by the step it belongs to), and there are
+        many of them."""
+        with self._lock:
+            view(delta)
+
     def stop(self, view: RunView, outcome: str) -> None:
         """The run stopped without an event saying so (cancelled, halted): its block is
         finished with ``outcome`` (printed once, final, above the area) as an ended run's is."""
@@ -370,9 +377,9 @@ def _fitting(runs: int, height: int) -> tuple[int, int]:
 
 
 class LiveWatch:
-    """A run's subscriber: its events folded into its view on ``display``; at VERBOSE, or
-    with ``show_actions``, its status lines handed over to scroll above the area. Replayed events (a resumed run catching
-    up) are folded but neither printed nor shown: the run joins the display with its first
+    """A run's subscriber (deltas included: the reply being written is shown): its events
+    folded into its view on ``display``; at VERBOSE, or with ``show_actions``, its status
+    lines handed over to scroll above the area. Replayed events (a resumed run catching up) are folded but neither printed nor shown: the run joins the display with its first
     event that is news, so a finished session read back draws nothing."""
 
     def __init__(
@@ -384,6 +391,9 @@ class LiveWatch:
         self.scrolls = config.verbosity >= VerbosityLevel.VERBOSE or config.show_actions
 
     def __call__(self, event: ev.Event) -> None:
+        if type(event) is ev.StepDelta:
+            self.display.fold(self.view, event)
+            return
         if event.replayed:
             self.view(event)
             return

@@ -63,6 +63,12 @@ _ENDED = frozenset(
 )
 
 
+WRITING_KEPT = 2000
+"""Characters of a reply being written a branch's view keeps: many more than a display shows,
+so a key the window cuts in half lies far left of what is shown (and a whole one is redacted
+before it is shown)."""
+
+
 @dataclass
 class BranchView:
     """One branch. ``working`` is the seconds it spent in steps and tool calls, not counting
@@ -86,6 +92,10 @@ class BranchView:
     question: str | None = None
     fan_outs: list[str] = field(default_factory=list)
     tools_open: int = 0
+    writing: str = ""
+    """The end (``WRITING_KEPT`` characters) of the reply its model is writing, as streamed
+    (``StepDelta``); empty between steps."""
+    writing_attempt: int = 0
 
     @property
     def tokens(self) -> int:
@@ -240,7 +250,7 @@ def _take(view: RunView, copied: RunView, branch: BranchView, budget: list[int])
     line, and the summary's, kept back while its children are drawn; the last child may
     take it)."""
     copied.branches[branch.branch_id] = _copied(branch)
-    budget[0] -= 1
+    budget[0] -= 2 if branch.writing else 1  # the reply being written has a row of its own
     for fan_out_id in branch.fan_outs:
         fan_out = view.fan_outs[fan_out_id]
         converged = fan_out.outcome is not None
@@ -297,12 +307,31 @@ def _step_started(view: RunView, event: ev.StepStarted) -> None:
     branch.step = event.step
     branch.status = BranchStatus.MODEL if event.agent in view.model_agents else BranchStatus.STEP
     branch.busy_since = event.at
+    branch.writing, branch.writing_attempt = "", 0
+
+
+def _delta(view: RunView, event: ev.StepDelta) -> None:
+    """A piece of the reply being written: kept at the end of what was written, or starting
+    it afresh when it is of a later attempt (the model call was retried)."""
+    branch = view.branches.get(event.branch_id)
+    if branch is None or branch.step != event.step or branch.status not in BUSY:
+        return  # a piece of no step in flight
+    written = branch.writing if event.attempt == branch.writing_attempt else ""
+    branch.writing = (written + event.text)[-WRITING_KEPT:]
+    branch.writing_attempt = event.attempt
+
+
+def _step_over(view: RunView, event: ev.StepFailed | ev.ActionRejected) -> None:
+    branch = view.branches.get(event.branch_id)
+    if branch is not None:
+        branch.writing = ""
 
 
 def _step_completed(view: RunView, event: ev.StepCompleted) -> None:
     branch = view.branches[event.branch_id]
     branch.status = BranchStatus.RUNNING
     branch.busy_since = None
+    branch.writing = ""
     branch.working += event.duration
     branch.steps += 1
     branch.step = event.step
@@ -321,6 +350,7 @@ def _retried(view: RunView, event: ev.ModelCallRetried) -> None:
 
 def _rejected(view: RunView, event: ev.ActionRejected) -> None:
     view.branches[event.branch_id].rejected += 1
+    _step_over(view, event)
 
 
 def _handed_over(view: RunView, event: ev.WorkHandedOver) -> None:
@@ -411,6 +441,7 @@ def _ended(branch: BranchView, status: BranchStatus, view: RunView) -> None:
     branch.status = status
     branch.busy_since = None
     branch.tools_open = 0
+    branch.writing = ""
 
 
 def _branch_completed(view: RunView, event: ev.BranchCompleted) -> None:
@@ -457,7 +488,9 @@ _FOLDS: dict[type[ev.Event], Callable[[RunView, Any], None]] = {
     ev.RunStarted: _run_started,
     ev.BranchCreated: _branch_created,
     ev.StepStarted: _step_started,
+    ev.StepDelta: _delta,
     ev.StepCompleted: _step_completed,
+    ev.StepFailed: _step_over,
     ev.ModelCallRetried: _retried,
     ev.ActionRejected: _rejected,
     ev.WorkHandedOver: _handed_over,

@@ -1,0 +1,230 @@
+"""The adapters' streams: real server-sent events over loopback through the official SDKs
+(OpenAI Chat Completions, Anthropic Messages), and the bundled SmolLM2 run in-process.
+
+:class:`ScriptedHTTPServer` sends a scripted reply as the SSE stream the API sends (event by
+event, chunked), or cuts it off mid-way; nothing of the SDKs' stream parsing is mocked. Each
+run listens through ``Orchestra.stream``, so the models stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from helpers import FAST, HANDOFF, SOLO, llm, quiet
+from servers import ScriptedHTTPServer, chat_stream, messages_stream
+from test_anthropic_adapter import config as anthropic_config
+from test_anthropic_adapter import invoke_use, reply
+from test_anthropic_adapter import text as block
+from test_local_model import OCEAN, asking, info, smollm
+from test_openai_adapter import chat, invoke_call, tool_calls
+from test_openai_adapter import config as openai_config
+
+from orchestra import AgentRegistry, Orchestra, OrchestraResult, ScriptedModel
+from orchestra.coordination.engine import events as ev
+from orchestra.models.base import Message
+from orchestra.models.local import LocalModel
+
+WAIT = 60.0  # real sockets, SDK imports and a real model on the CPU: only a hang should reach it
+REPLY = "Paris is the capital of France."
+
+
+async def streamed(
+    topology: Any, agents: list[Any], **options: Any
+) -> tuple[list[ev.Event], OrchestraResult]:
+    seen: list[ev.Event] = []
+
+    async def consume() -> OrchestraResult | None:
+        async with Orchestra.stream(
+            "capital of France?",
+            topology,
+            agent_registry=AgentRegistry(agents),
+            execution_config=quiet(),
+            error_config=FAST,
+            **options,
+        ) as events:
+            async for event in events:
+                seen.append(event)
+        return events.result
+
+    result = await asyncio.wait_for(consume(), WAIT)
+    assert result is not None
+    return seen, result
+
+
+def texts(events: list[ev.Event], attempt: int | None = None) -> list[str]:
+    return [
+        event.text
+        for event in events
+        if isinstance(event, ev.StepDelta) and attempt in (None, event.attempt)
+    ]
+
+
+def completed(events: list[ev.Event]) -> ev.StepCompleted:
+    return next(event for event in events if isinstance(event, ev.StepCompleted))
+
+
+# ---- OpenAI Chat Completions ------------------------------------------------------------------
+
+
+async def test_openai_text_arrives_in_its_chunks_with_the_usage_of_the_last(
+    server: ScriptedHTTPServer,
+) -> None:
+    server.script(chat_stream(chat({"role": "assistant", "content": REPLY}).body, size=4))
+    events, result = await streamed(SOLO, [llm("Solo", openai_config(server))])
+    assert result.success, result.error
+    assert texts(events) == [REPLY[i : i + 4] for i in range(0, len(REPLY), 4)]
+    assert result.final_response == REPLY
+    step = completed(events)
+    assert (step.prompt_tokens, step.completion_tokens, step.finish_reason) == (12, 7, "stop")
+    (request,) = server.requests
+    assert request["stream"] is True
+    assert request["stream_options"] == {"include_usage": True}
+
+
+async def test_openai_a_streamed_tool_call_hands_over_once_whole(
+    server: ScriptedHTTPServer,
+) -> None:
+    handoff = tool_calls(invoke_call("c1", "Worker", "find the capital")).body
+    server.script(chat_stream(handoff, size=6))
+    worker = llm("Worker", ScriptedModel([REPLY]))
+    events, result = await streamed(HANDOFF, [llm("Hub", openai_config(server)), worker])
+    assert result.success, result.error
+    assert result.final_response == REPLY
+    assert [e.target for e in events if isinstance(e, ev.WorkHandedOver)] == ["Worker"]
+    assert completed(events).finish_reason == "tool_calls"
+
+
+async def test_openai_a_stream_cut_off_is_retried_and_its_text_starts_again(
+    server: ScriptedHTTPServer,
+) -> None:
+    whole = chat({"role": "assistant", "content": REPLY}).body
+    server.script(chat_stream(whole, size=4, cut_after=3), chat_stream(whole, size=4))
+    events, result = await streamed(SOLO, [llm("Solo", openai_config(server))])
+    assert result.success, result.error
+    assert result.final_response == REPLY
+    assert "".join(texts(events, attempt=0)) == REPLY[:8]  # two pieces, then the cut
+    assert "".join(texts(events, attempt=1)) == REPLY
+    (retried,) = [e for e in events if isinstance(e, ev.ModelCallRetried)]
+    assert retried.attempt == 1
+    assert len(server.requests) == 2
+
+
+async def test_openai_nobody_listening_is_one_plain_request(server: ScriptedHTTPServer) -> None:
+    server.script(chat({"role": "assistant", "content": REPLY}))
+    result = await asyncio.wait_for(
+        Orchestra.run(
+            "t",
+            SOLO,
+            agent_registry=AgentRegistry([llm("Solo", openai_config(server))]),
+            execution_config=quiet(),
+        ),
+        WAIT,
+    )
+    assert result.success and result.final_response == REPLY
+    assert "stream" not in server.requests[0]
+
+
+# ---- Anthropic Messages -------------------------------------------------------------------------
+
+
+async def test_anthropic_text_arrives_in_its_deltas_with_the_usage_of_the_message(
+    server: ScriptedHTTPServer,
+) -> None:
+    server.script(messages_stream(reply(block(REPLY)).body, size=5))
+    events, result = await streamed(SOLO, [llm("Solo", anthropic_config(server))])
+    assert result.success, result.error
+    assert texts(events) == [REPLY[i : i + 5] for i in range(0, len(REPLY), 5)]
+    assert result.final_response == REPLY
+    step = completed(events)
+    assert (step.prompt_tokens, step.completion_tokens, step.finish_reason) == (21, 8, "end_turn")
+    assert server.requests[0]["stream"] is True
+
+
+async def test_anthropic_a_streamed_tool_use_hands_over_once_whole(
+    server: ScriptedHTTPServer,
+) -> None:
+    handoff = reply(block("Handing over."), invoke_use("t1", "Worker", "find the capital"))
+    server.script(messages_stream(handoff.body, size=7))
+    worker = llm("Worker", ScriptedModel([REPLY]))
+    events, result = await streamed(HANDOFF, [llm("Hub", anthropic_config(server)), worker])
+    assert result.success, result.error
+    assert "".join(texts(events)).startswith("Handing over.")
+    assert [e.target for e in events if isinstance(e, ev.WorkHandedOver)] == ["Worker"]
+    assert result.final_response == REPLY
+
+
+async def test_anthropic_a_stream_cut_off_is_retried_and_its_text_starts_again(
+    server: ScriptedHTTPServer,
+) -> None:
+    whole = reply(block(REPLY)).body
+    server.script(messages_stream(whole, size=5, cut_after=4), messages_stream(whole, size=5))
+    events, result = await streamed(SOLO, [llm("Solo", anthropic_config(server))])
+    assert result.success, result.error
+    assert result.final_response == REPLY
+    assert "".join(texts(events, attempt=0)) == REPLY[:10]  # start, block start, two deltas
+    assert "".join(texts(events, attempt=1)) == REPLY
+    assert len([e for e in events if isinstance(e, ev.ModelCallRetried)]) == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "retried"), [("overloaded_error", True), ("invalid_request_error", False)]
+)
+async def test_anthropic_an_error_event_mid_stream_is_retried_when_it_passes(
+    server: ScriptedHTTPServer, kind: str, retried: bool
+) -> None:
+    """Anthropic reports overload part-way through a stream as an ``error`` event (the HTTP
+    status was already 200): retried like a 529; an error that does not pass fails the step."""
+    whole = reply(block(REPLY)).body
+    failing = messages_stream(whole, size=5)
+    assert failing.events is not None
+    failing.events[4:] = [("error", {"type": "error", "error": {"type": kind, "message": "no"}})]
+    server.script(failing, messages_stream(whole, size=5))
+    events, result = await streamed(SOLO, [llm("Solo", anthropic_config(server))])
+    assert result.success is retried
+    assert len([e for e in events if isinstance(e, ev.ModelCallRetried)]) == int(retried)
+    if retried:
+        assert result.final_response == REPLY
+    else:
+        assert "the stream failed: invalid_request_error: no" in (result.error or "")
+
+
+# ---- the local model ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "step",
+    [pytest.param(asking(), id="json-action"), pytest.param(info(can_finish=True), id="text")],
+)
+async def test_local_streams_the_reply_complete_gives_with_the_same_usage(step: Any) -> None:
+    model = LocalModel(smollm(max_tokens=64))
+    whole = await model.complete(OCEAN, step)
+    pieces: list[str] = []
+    streamed_reply = await model.stream(OCEAN, step, pieces.append)
+    assert len(pieces) > 3
+    assert "".join(pieces) == streamed_reply.content == whole.content
+    assert streamed_reply.usage == whole.usage
+
+
+async def test_local_pieces_reach_the_loop_in_order_before_the_reply() -> None:
+    """Handed over from the worker thread: each piece is told on the event loop's thread, all
+    of them before ``stream`` returns."""
+    loop_thread: list[bool] = []
+    pieces: list[str] = []
+    model = LocalModel(smollm(max_tokens=24))
+
+    def on_delta(text: str) -> None:
+        loop_thread.append(asyncio.get_running_loop() is not None)
+        pieces.append(text)
+
+    question = [Message("user", "Name three colours.")]
+    reply_ = await model.stream(question, info(can_finish=True), on_delta)
+    assert pieces and all(loop_thread)
+    assert "".join(pieces) == reply_.content
+
+
+async def test_local_a_run_listened_to_streams_its_answer() -> None:
+    events, result = await streamed(SOLO, [llm("Solo", smollm(max_tokens=24))])
+    assert result.success, result.error
+    assert "".join(texts(events)) == result.final_response
