@@ -5,19 +5,32 @@ answer, go on after a raise and fail with a refusal.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import final, invoke, llm, of, quiet, run
+from storage_backends import close_backend, open_backend
 from test_budgets import TWO_LOOPS, budgeted, failures
 from test_engine_core import step
+from test_session_runs import Unanswering
 
-from orchestra import CommunicationConfig, ExecutionConfig, FunctionModel, ScriptedUser
-from orchestra.agents.contract import Action
+from orchestra import (
+    AgentRegistry,
+    CommunicationConfig,
+    ExecutionConfig,
+    FunctionModel,
+    ScriptedUser,
+)
+from orchestra.agents.contract import Action, StepOutcome
+from orchestra.communication import CommunicationManager
 from orchestra.coordination.config import Budget
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.orchestra import OrchestraInstance
+from orchestra.coordination.state import StateManager
 from orchestra.errors import BranchTimeoutError, UserInputError
 from orchestra.models import Message, StepInfo
 from orchestra.models.base import ModelReply
@@ -162,3 +175,74 @@ def test_an_asking_branch_that_ends_another_way_hands_its_question_on() -> None:
     ]
     engine.apply(inp.UserAnswer(at=9.0, branch_id="b2", answer="no"))
     assert failures(engine)["b2"] == ("BudgetExceededError", SPENT.replace("1", "2"))
+
+
+NESTED = {
+    "nodes": ["Hub", "A", "B", "X", "Y"],
+    "edges": [
+        "Hub -> A",
+        "Hub -> B",
+        "A -> Hub",
+        "B -> Hub",
+        "A -> X",
+        "A -> Y",
+        "X -> A",
+        "Y -> A",
+    ],
+    "entry_point": "Hub",
+    "exit_points": ["Hub"],
+}
+
+
+def test_an_asking_branch_cancelled_hands_its_question_to_one_that_waits_elsewhere() -> None:
+    """X (b3, in A's fan-out) asks about the run's steps and B (b2, in Hub's) waits for that
+    answer; Y's return settles A's fan-out ("any") and cancels X: B asks the question now."""
+    config = ExecutionConfig(budget=Budget(max_steps=3), convergence_policy="any")
+    engine = budgeted(NESTED, config)
+    step(engine, "b0", 0.0, 1.0, Action.invoke_parallel([("A", "a"), ("B", "b")]))
+    step(engine, "b1", 1.0, 1.0, Action.invoke_parallel([("X", "x"), ("Y", "y")]))
+    engine.apply(inp.StepBegin(at=2.0, branch_id="b4"))
+    engine.apply(inp.StepBegin(at=2.0, branch_id="b3"))
+    engine.apply(inp.StepBegin(at=2.0, branch_id="b2"))
+    question = engine.branches["b3"].question
+    assert question is not None and engine.branches["b2"].question == question
+    engine.apply(
+        inp.StepResult(
+            at=3.0,
+            branch_id="b4",
+            outcome=StepOutcome(action=Action.final("y"), by_code=True),
+            messages=(),
+            duration=1.0,
+        )
+    )
+    assert engine.branches["b3"].outcome == "cancelled"
+    asked = [e for e in engine.stream.events if type(e) is ev.UserInputRequested]
+    assert [e.branch_id for e in asked] == ["b3", "b2"]
+    engine.apply(inp.UserAnswer(at=4.0, branch_id="b2", answer="10"))
+    assert engine.branches["b2"].status == "running"
+
+
+async def test_a_resumed_run_asks_the_open_question_once_again(tmp_path: Path) -> None:
+    """Paused while b1 asks and b2 and b3 wait for its answer: the resumed run (rebuilt from
+    its log) asks that question once, and its raise lets all three go on."""
+    asked = asyncio.Event()
+    storage = open_backend("sqlite", tmp_path)
+    sessions = StateManager(storage)
+    try:
+        model = fanning()
+        agents = AgentRegistry([llm(name, model) for name in ("Hub", "A", "B", "C")])
+        config = quiet(budget=Budget(max_steps=1))
+        waiting = CommunicationManager(Unanswering(asked))
+        first = OrchestraInstance(FAN, agents, config, waiting, sessions)
+        running = asyncio.ensure_future(first.execute("go", {"session_id": "s"}))
+        await asyncio.wait_for(asked.wait(), 5)
+        assert await first.pause_session("s")
+        assert (await running).metadata["paused"]
+        user = ScriptedUser(["10"])
+        second = OrchestraInstance(FAN, agents, config, CommunicationManager(user), sessions)
+        result = await asyncio.wait_for(second.resume_session("s"), 5)
+        assert result.success, result.error
+        assert result.final_response == "all done"
+        assert len(user.questions) == 1
+    finally:
+        close_backend(storage)
