@@ -143,3 +143,28 @@ async def test_a_spent_budget_is_counted_once_per_question() -> None:
         await raised_once(metrics_collector=metrics)
         assert metrics.get_metric("budget_exceeded") == 1
         assert metrics.get_metric("budget_exceeded", scope="run", limit="max_steps") == 1
+
+
+async def test_a_branch_budget_s_events_are_on_its_branch_span(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """Each branch may take one step: A, B and C take theirs; Hub's second (on their results)
+    is stopped by b0's budget, and the user's 'no' fails it."""
+    provider, exporter = spans
+    model = fanning()
+    config = quiet(
+        branch_budget=Budget(max_steps=1), tracing=TracingConfig(tracer_provider=provider)
+    )
+    result = await run(
+        "go",
+        FAN,
+        [llm(name, model) for name in ("Hub", "A", "B", "C")],
+        config=config,
+        communication_config=CommunicationConfig(channel=ScriptedUser(["no"])),
+    )
+    assert not result.success
+    found = {s.name: s for s in exporter.get_finished_spans()}
+    workflow_events = [e.name for e in found["invoke_workflow"].events]
+    assert "orchestra.budget_spent" not in workflow_events
+    spent = [e for e in found["branch b0"].events if e.name == "orchestra.budget_spent"]
+    assert [dict(e.attributes or {})["orchestra.budget.scope"] for e in spent] == ["branch b0"]
