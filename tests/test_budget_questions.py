@@ -246,3 +246,36 @@ async def test_a_resumed_run_asks_the_open_question_once_again(tmp_path: Path) -
         assert len(user.questions) == 1
     finally:
         close_backend(storage)
+
+
+SPOKES = {
+    "nodes": ["Hub", "A", "B", "C"],
+    "edges": ["Hub -> A", "Hub -> B", "Hub -> C", "A -> Hub", "B -> Hub", "C -> Hub"],
+    "entry_point": "Hub",
+    "exit_points": ["Hub"],
+}
+
+
+def test_branches_cancelled_together_hand_no_question_to_each_other() -> None:
+    """b1 (A) asks, b2 (B) waits; C's return settles Hub's fan-out ("any"), which cancels
+    both: the question is not handed on to b2, which is being cancelled too (it was, and b2
+    asked it for a moment)."""
+    config = ExecutionConfig(budget=Budget(max_steps=2), convergence_policy="any")
+    engine = budgeted(SPOKES, config)
+    step(engine, "b0", 0.0, 1.0, Action.invoke_parallel([("A", "a"), ("B", "b"), ("C", "c")]))
+    engine.apply(inp.StepBegin(at=1.0, branch_id="b3"))
+    engine.apply(inp.StepBegin(at=1.0, branch_id="b1"))
+    engine.apply(inp.StepBegin(at=1.0, branch_id="b2"))
+    assert engine.branches["b2"].question == engine.branches["b1"].question
+    engine.apply(
+        inp.StepResult(
+            at=2.0,
+            branch_id="b3",
+            outcome=StepOutcome(action=Action.final("c"), by_code=True),
+            messages=(),
+            duration=1.0,
+        )
+    )
+    assert [engine.branches[b].outcome for b in ("b1", "b2")] == ["cancelled", "cancelled"]
+    asked = [e.branch_id for e in engine.stream.events if type(e) is ev.UserInputRequested]
+    assert asked == ["b1"]

@@ -17,7 +17,9 @@ the same). A budget that is not one branch's (the run's, an agent's) is asked ab
 branch it stops while another branch's question about the same limit is open waits for that
 answer (its ``BudgetSpent`` names that question; no question of its own is put to the user),
 and goes on after a raise or fails with the asking branch; should the asking branch end
-another way (its ``branch_timeout``, cancelled), the next waiting branch asks the question. The time a branch stands at a budget question is not its working time: it is left
+another way (its ``branch_timeout``, cancelled), the next waiting branch asks the question.
+
+The time a branch stands at a budget question is not its working time: it is left
 out of its branch budget's ``max_duration`` (an agent's duration is its steps' own), and out of
 the run's only while every working branch of the run stands at one (a sibling that works keeps
 the run's clock going). A wait ends with its answer, with its branch (whatever ended it) and
@@ -395,7 +397,7 @@ def _settle(
     """The branches waiting for the asker's answer take it too: they go on to the step the
     budget stopped (checked again there), or fail with the asker's ``error``."""
     for branch in _waiting(engine, question_id, asker):
-        if branch.ended:  # the asker's failure ended it (a fan-out that failed)
+        if branch.ended:  # a failure before it ended it (its fan-out failed)
             continue
         branch.question = None
         branch.status = BranchStatus.RUNNING
@@ -414,14 +416,25 @@ def _settle(
             lifecycle.fail(engine, branch, error)
 
 
+def _doomed(branch: Branch) -> bool:
+    """Whether a fan-out the branch belongs to (its own, or one above it) has settled: a
+    branch that has not ended is then being cancelled with the rest of it."""
+    fan_out = branch.fan_out
+    while fan_out is not None:
+        if fan_out.settled:
+            return True
+        fan_out = fan_out.parent.fan_out
+    return False
+
+
 def dropped(engine: Engine, branch: Branch, error: OrchestraError | None) -> None:
     """The branch ended (failed with ``error``, or cancelled) while it asked a budget question:
     the branches waiting for that answer fail with the budget's error when that is why it
-    failed (no answer in time, no channel), and otherwise the first of them asks the question
-    itself."""
+    failed (no answer in time, no channel), and otherwise the first of them not being
+    cancelled with it asks the question itself."""
     question = branch.question
-    if question is None or not is_question(question[0]) or engine.error is not None:
-        return
+    if question is None or not is_question(question[0]) or engine.error or engine.finished:
+        return  # (a run that stops cancels every branch: nobody is left to ask)
     if _book(engine).askers.get(question[0]) != branch.id:
         return
     waiting = _waiting(engine, question[0], branch)
@@ -431,7 +444,9 @@ def dropped(engine: Engine, branch: Branch, error: OrchestraError | None) -> Non
         for other in waiting:
             lifecycle.fail(engine, other, error)
         return
-    heir = waiting[0]
+    heir = next((other for other in waiting if not _doomed(other)), None)
+    if heir is None:
+        return
     engine.stream.emit(
         ev.UserInputRequested(
             run_id=engine.run_id,
