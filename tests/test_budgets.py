@@ -35,7 +35,7 @@ from orchestra.communication import CommunicationManager
 from orchestra.coordination.config import Budget, ErrorHandlingConfig
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine import inputs as inp
-from orchestra.coordination.engine.budgets import configured
+from orchestra.coordination.engine.budget_limits import configured
 from orchestra.coordination.engine.core import Engine
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
@@ -417,21 +417,6 @@ def test_an_answer_raises_the_budget_it_was_asked_about_and_no_other() -> None:
     }
 
 
-def test_no_fails_the_branch_even_when_another_answer_raised_its_budget() -> None:
-    """Both asked about the run's steps: A raises them to 10 and takes its step; B's 'no'
-    fails B (the budget is no longer spent, but B's user said no: it used to go on)."""
-    engine = budgeted(TWO_LOOPS, ExecutionConfig(budget=Budget(max_steps=2)))
-    step(engine, "b1", 1.0, 1.0, Action.invoke("X", "x"))
-    step(engine, "b2", 1.0, 1.0, Action.invoke("Y", "y"))
-    asks(engine, "b1", 3.0)
-    asks(engine, "b2", 3.0)
-    engine.apply(inp.UserAnswer(at=4.0, branch_id="b1", answer=10))
-    step(engine, "b1", 4.0, 1.0, Action.final("x done"))
-    engine.apply(inp.UserAnswer(at=5.0, branch_id="b2", answer="no"))
-    assert raised(engine) == [("run", "max_steps", 10.0)]
-    assert list(failures(engine)) == ["b2"]
-
-
 @pytest.mark.parametrize("answer", ["2.5", 4.5, "lots"])
 def test_a_step_or_token_limit_is_raised_only_by_a_whole_number(answer: Any) -> None:
     engine = both_asked()
@@ -489,19 +474,18 @@ def test_the_wait_for_one_budget_is_not_working_time_for_the_branch_budget() -> 
 
 
 def test_a_sibling_that_works_keeps_the_run_clock_going() -> None:
-    """b1's question about the run's steps is left open while b2's is answered: b2's work
-    counts for the run's max_duration=10 (the open question used to stop the run's clock for
-    good); only the second both stood waiting is left out."""
-    config = ExecutionConfig(budget=Budget(max_steps=2, max_duration=10))
+    """b1's question about agent A's steps is left open while b2 works: b2's work counts for
+    the run's max_duration=10 (the open question used to stop the run's clock for good)."""
+    config = ExecutionConfig(
+        budget=Budget(max_duration=10), agent_budgets={"A": Budget(max_steps=1)}
+    )
     engine = budgeted(TWO_LOOPS, config)
     step(engine, "b1", 0.0, 1.0, Action.invoke("X", "x"))
-    step(engine, "b2", 0.0, 1.0, Action.invoke("Y", "y"))
-    asks(engine, "b1", 1.0)
-    asks(engine, "b2", 1.0)
-    engine.apply(inp.UserAnswer(at=2.0, branch_id="b2", answer="100"))
-    for at in range(2, 11):
-        step(engine, "b2", float(at), 1.0, Action.invoke("Y", "y") if at % 2 else Action.final("y"))
-    assert asks(engine, "b2", 11.0).startswith(
+    step(engine, "b1", 1.0, 1.0, Action.final("x done"))
+    assert asks(engine, "b1", 2.0).startswith("The agent 'A' budget's max_steps=1 is spent")
+    for at in range(10):
+        step(engine, "b2", float(at), 1.0, Action.final("y") if at % 2 else Action.invoke("Y", "y"))
+    assert asks(engine, "b2", 10.0).startswith(
         "The run budget's max_duration=10 s is spent (10 s used)"
     )
 

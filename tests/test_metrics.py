@@ -103,6 +103,7 @@ async def test_every_metric_after_a_run(metrics: MetricsCollector) -> None:
         "model_call_seconds": 5,  # each reply used, rejected or retried
         "tool_call_seconds": 1,
         "convergence_wait_seconds": 1,
+        "budget_exceeded": 0,
     }
     assert {name: metrics.get_metric(name) for name in expected} == expected
     assert metrics.get_metric("cost_usd") == pytest.approx(0.75)

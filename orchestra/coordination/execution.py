@@ -95,7 +95,8 @@ async def _execute(
     claim(session_id)
     writer = None
     try:
-        writer, _ = await state_manager.open(session_id)
+        writer, log = await state_manager.open(session_id)
+        _check_last_run(log)
         runner.journal = Journal(writer)
         try:
             runner.start(first)  # nothing runs until the header is durable
@@ -114,6 +115,22 @@ async def _execute(
         await _abandon(writer, session_id)
         raise
     return await _drive(runner, writer, session_id)
+
+
+def _check_last_run(log: SessionLog | None) -> None:
+    """A session's runs are separate conversations, one after another: a new run follows a
+    finished one, never one that may still go on (paused, or cut off by a crash), which
+    ``resume_session`` would no longer reach."""
+    if log is None or log.last_run is None or log.last_run.finished:
+        return
+    last = log.last_run
+    steps = f"{last.steps} step{'' if last.steps == 1 else 's'}"
+    state = f"paused after {steps}" if last.ended else f"cut off by a crash after {steps}"
+    raise SessionError(
+        f"session {log.session_id!r}: its last run is {state}; "
+        f"resume_session({log.session_id!r}) continues it (a new run would leave it behind for "
+        "good), or start the new run under another session_id"
+    )
 
 
 async def _resume(

@@ -17,7 +17,7 @@ from orchestra.communication.channels import CommunicationManager, Question
 from .config import ConvergencePolicy, ErrorHandlingConfig, ExecutionConfig, StatusConfig
 from .engine import events as ev
 from .engine import inputs as inp
-from .engine.budgets import configured
+from .engine.budget_limits import configured
 from .engine.clock import now
 from .engine.convergence import check_node_policies
 from .engine.core import Engine

@@ -13,7 +13,13 @@ starts with ``budget-``), recorded with what it asks about in a ``BudgetSpent`` 
 that is a number above the spend shown raises exactly that limit, anything else (or no answer
 in time) fails the branch with that budget's :class:`BudgetExceededError`. A run with no user
 channel fails at once (the runner reports the error as the branch's failure, so replay decides
-the same). The time a branch stands at a budget question is not its working time: it is left
+the same). A budget that is not one branch's (the run's, an agent's) is asked about once: a
+branch it stops while another branch's question about the same limit is open waits for that
+answer (its ``BudgetSpent`` names that question; no question of its own is put to the user),
+and goes on after a raise or fails with the asking branch; should the asking branch end
+another way (its ``branch_timeout``, cancelled), the next waiting branch asks the question.
+
+The time a branch stands at a budget question is not its working time: it is left
 out of its branch budget's ``max_duration`` (an agent's duration is its steps' own), and out of
 the run's only while every working branch of the run stands at one (a sibling that works keeps
 the run's clock going). A wait ends with its answer, with its branch (whatever ended it) and
@@ -26,11 +32,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from orchestra.coordination.config import Budget, ExecutionConfig
-from orchestra.coordination.topology import BudgetRule, Rule
 from orchestra.errors import (
     BudgetExceededError,
-    ConfigurationError,
     OrchestraError,
     UserInputError,
     budget_amount,
@@ -38,7 +41,8 @@ from orchestra.errors import (
 
 from . import events as ev
 from . import lifecycle, moves
-from .branches import Branch
+from .branches import Branch, BranchStatus
+from .budget_limits import Limits
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -56,54 +60,6 @@ class Spend:
     duration: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """A run's budgets as (field, limit) pairs, by scope: read once from its config (its
-    topology's ``budget(...)`` rules already in it), with where each limit was set, by
-    (budget, field) (``"branch"`` stands for every branch's): what its error tells the user
-    to change."""
-
-    run: tuple[tuple[str, float], ...]
-    branch: tuple[tuple[str, float], ...]
-    agents: dict[str, tuple[tuple[str, float], ...]]
-    sources: dict[tuple[str, str], str]
-
-    @classmethod
-    def of(cls, config: ExecutionConfig, rules: Iterable[BudgetRule]) -> Limits:
-        agents = {name: _pairs(budget) for name, budget in config.agent_budgets.items()}
-        return cls(
-            _pairs(config.budget), _pairs(config.branch_budget), agents, _sources(config, rules)
-        )
-
-
-def _pairs(budget: Budget | None) -> tuple[tuple[str, float], ...]:
-    return () if budget is None else tuple(budget.limits().items())
-
-
-def _sources(config: ExecutionConfig, rules: Iterable[BudgetRule]) -> dict[tuple[str, str], str]:
-    """Where each limit of the config was set: the ``budget(...)`` rule whose limit holds (the
-    lower of rule and config, see :func:`configured`), else its ``ExecutionConfig`` field."""
-    found = tuple(rules)
-    scopes = [
-        ("run", "run", "ExecutionConfig.budget", config.budget),
-        ("branch", "branch", "ExecutionConfig.branch_budget", config.branch_budget),
-    ]
-    scopes += [
-        (f"agent {name!r}", name, f"ExecutionConfig.agent_budgets[{name!r}]", budget)
-        for name, budget in config.agent_budgets.items()
-    ]
-    sources: dict[tuple[str, str], str] = {}
-    for name, scope, field_name, budget in scopes:
-        for limit, allowed in _pairs(budget):
-            holding = (
-                r for r in found if r.scope == scope and dict(r.limits).get(limit) == allowed
-            )
-            rule = next(holding, None)
-            where = f"the topology rule {rule.to_text()}" if rule else f"{field_name}.{limit}"
-            sources[(name, limit)] = f"in {where}"
-    return sources
-
-
 @dataclass(slots=True)
 class Book:
     """The spend and raised limits read from a run's events so far (``seen`` of them)."""
@@ -115,6 +71,7 @@ class Book:
     agents: dict[str, Spend] = field(default_factory=dict)
     raised: dict[tuple[str, str], float] = field(default_factory=dict)
     asked: dict[str, Overrun] = field(default_factory=dict)  # by question id
+    askers: dict[str, str] = field(default_factory=dict)  # the branch that asks, by question id
     # each branch's waits at budget questions, (asked, ended; None: not yet), and the spans
     # during which every working branch waited: what duration budgets leave out
     waits: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)
@@ -215,12 +172,21 @@ def _created(book: Book, event: Any) -> None:
 
 
 def _asked(book: Book, event: Any) -> None:
-    """A budget question: what it asks about, and the start of its branch's wait."""
-    book.asked[event.question_id] = Overrun(
-        event.budget, event.limit, event.allowed, event.spent, event.source
-    )
+    """A budget question (or a branch joining one asked before): what it asks about, and the
+    start of its branch's wait."""
+    if event.question_id not in book.asked:
+        book.asked[event.question_id] = Overrun(
+            event.budget, event.limit, event.allowed, event.spent, event.source
+        )
+        book.askers[event.question_id] = event.branch_id
     book.waits.setdefault(event.branch_id, []).append((event.at, None))
     _restate(book, event.at)
+
+
+def _handed_over(book: Book, event: Any) -> None:
+    """A budget question asked again by a branch that waited for it: that branch asks now."""
+    if event.question_id in book.askers:
+        book.askers[event.question_id] = event.branch_id
 
 
 def _wait_over(book: Book, event: Any) -> None:
@@ -272,6 +238,7 @@ _FOLDS: dict[type[ev.Event], Callable[[Book, Any], None]] = {
     ev.BudgetRaised: _raised,
     ev.BranchCreated: _created,
     ev.BudgetSpent: _asked,
+    ev.UserInputRequested: _handed_over,
     ev.UserInputReceived: _wait_over,
     ev.BranchCompleted: _ended,
     ev.BranchFailed: _ended,
@@ -303,44 +270,6 @@ class Overrun:
 
 WHOLE = ("max_tokens", "max_steps")
 """The limits only a whole number raises."""
-
-
-def configured(
-    config: ExecutionConfig, rules: Iterable[Rule], agents: Iterable[str]
-) -> ExecutionConfig:
-    """The run's config with its topology's ``budget(...)`` rules added (where both set a
-    limit, the lower one holds, as for ``max_steps``); a ConfigurationError for an
-    ``agent_budgets`` entry naming no agent of the topology."""
-    known = set(agents)
-    for name in config.agent_budgets:
-        if name not in known:
-            raise ConfigurationError(
-                f"ExecutionConfig agent_budgets[{name!r}]: no agent {name!r} in the topology "
-                f"(its agents: {', '.join(sorted(known))})"
-            )
-    found = [rule for rule in rules if isinstance(rule, BudgetRule)]
-    if not found:
-        return config
-    run, branch, per_agent = config.budget, config.branch_budget, dict(config.agent_budgets)
-    for rule in found:
-        if rule.scope == "run":
-            run = _lower(run, rule.budget())
-        elif rule.scope == "branch":
-            branch = _lower(branch, rule.budget())
-        else:
-            per_agent[rule.scope] = _lower(per_agent.get(rule.scope), rule.budget())
-    return config.model_copy(
-        update={"budget": run, "branch_budget": branch, "agent_budgets": per_agent}
-    )
-
-
-def _lower(given: Budget | None, rule: Budget) -> Budget:
-    if given is None:
-        return rule
-    limits = given.limits()
-    for name, value in rule.limits().items():
-        limits[name] = min(value, limits.get(name, value))
-    return Budget.model_validate(limits)
 
 
 def overrun(engine: Engine, branch: Branch) -> Overrun | None:
@@ -397,12 +326,13 @@ def _book(engine: Engine) -> Book:
 
 def stop(engine: Engine, branch: Branch) -> bool:
     """Whether a spent budget stops the branch's next step: it then waits at the step
-    boundary for the user's answer to whether to raise it."""
+    boundary for the user's answer to whether to raise it (to a question already open about
+    the same limit, if another branch asks one)."""
     found = overrun(engine, branch)
     if found is None:
         return False
-    question_id = moves.next_question_id(engine, QUESTION_PREFIX)
-    text = found.question(branch.agent)
+    shared = _open_question(engine, found)
+    question_id = shared[0] if shared else moves.next_question_id(engine, QUESTION_PREFIX)
     engine.stream.emit(
         ev.BudgetSpent(
             run_id=engine.run_id,
@@ -416,8 +346,118 @@ def stop(engine: Engine, branch: Branch) -> bool:
             source=found.source,
         )
     )
-    moves.ask(engine, branch, question_id, text)
+    if shared is None:
+        moves.ask(engine, branch, question_id, found.question(branch.agent))
+    else:
+        branch.question = shared
+        branch.status = BranchStatus.WAITING_USER
     return True
+
+
+def _open_question(engine: Engine, found: Overrun) -> tuple[str, str] | None:
+    """The open question of another branch about ``found``'s limit, for a budget not of one
+    branch: what a branch it stops waits for instead of asking again."""
+    if found.budget.startswith("branch "):
+        return None
+    book = _book(engine)
+    for question_id, asker in book.askers.items():
+        about = book.asked[question_id]
+        if about.budget != found.budget or about.limit != found.limit:
+            continue
+        branch = engine.branches[asker]
+        if not branch.ended and branch.question is not None and branch.question[0] == question_id:
+            return branch.question
+    return None
+
+
+def waits_for_another(engine: Engine, branch: Branch) -> bool:
+    """Whether the branch's question is a budget question another branch asks (the runner
+    does not ask it again: the engine lets the branch go on, or fails it, with that one)."""
+    question = branch.question
+    if question is None or not is_question(question[0]):
+        return False
+    return _book(engine).askers.get(question[0]) != branch.id
+
+
+def _waiting(engine: Engine, question_id: str, asker: Branch) -> list[Branch]:
+    """The branches other than ``asker`` waiting for the budget question ``question_id``."""
+    return [
+        branch
+        for branch in engine.branches.values()
+        if branch is not asker
+        and not branch.ended
+        and branch.question is not None
+        and branch.question[0] == question_id
+    ]
+
+
+def _settle(
+    engine: Engine, question_id: str, asker: Branch, answer: Any, error: OrchestraError | None
+) -> None:
+    """The branches waiting for the asker's answer take it too: they go on to the step the
+    budget stopped (checked again there), or fail with the asker's ``error``."""
+    for branch in _waiting(engine, question_id, asker):
+        if branch.ended:  # a failure before it ended it (its fan-out failed)
+            continue
+        branch.question = None
+        branch.status = BranchStatus.RUNNING
+        engine.stream.emit(
+            ev.UserInputReceived(
+                run_id=engine.run_id,
+                at=engine.now,
+                branch_id=branch.id,
+                question_id=question_id,
+                answer=answer,
+            )
+        )
+        if error is None:
+            lifecycle.spawn(engine, branch)
+        else:
+            lifecycle.fail(engine, branch, error)
+
+
+def _doomed(branch: Branch) -> bool:
+    """Whether a fan-out the branch belongs to (its own, or one above it) has settled: a
+    branch that has not ended is then being cancelled with the rest of it."""
+    fan_out = branch.fan_out
+    while fan_out is not None:
+        if fan_out.settled:
+            return True
+        fan_out = fan_out.parent.fan_out
+    return False
+
+
+def dropped(engine: Engine, branch: Branch, error: OrchestraError | None) -> None:
+    """The branch ended (failed with ``error``, or cancelled) while it asked a budget question:
+    the branches waiting for that answer fail with the budget's error when that is why it
+    failed (no answer in time, no channel), and otherwise the first of them not being
+    cancelled with it asks the question itself."""
+    question = branch.question
+    if question is None or not is_question(question[0]) or engine.error or engine.finished:
+        return  # (a run that stops cancels every branch: nobody is left to ask)
+    if _book(engine).askers.get(question[0]) != branch.id:
+        return
+    waiting = _waiting(engine, question[0], branch)
+    if not waiting:
+        return
+    if isinstance(error, BudgetExceededError):
+        for other in waiting:
+            lifecycle.fail(engine, other, error)
+        return
+    heir = next((other for other in waiting if not _doomed(other)), None)
+    if heir is None:
+        return
+    engine.stream.emit(
+        ev.UserInputRequested(
+            run_id=engine.run_id,
+            at=engine.now,
+            branch_id=heir.id,
+            agent=heir.agent,
+            question_id=question[0],
+            question=question[1],
+        )
+    )
+    lifecycle.spawn(engine, heir)
 
 
 def is_question(question_id: str) -> bool:
@@ -441,10 +481,17 @@ def answered(engine: Engine, branch: Branch, question_id: str, answer: Any) -> N
     allowed = _number(answer, whole=found.limit in WHOLE)
     if allowed is None or allowed <= found.spent:
         lifecycle.fail(engine, branch, found.error())
+        _settle(engine, question_id, branch, answer, found.error())
         return
-    book = _book(engine)
-    if allowed <= book.raised.get((found.budget, found.limit), found.allowed):
-        return  # another answer raised it further already
+    _raise(engine, branch, found, allowed)
+    _settle(engine, question_id, branch, answer, None)
+
+
+def _raise(engine: Engine, branch: Branch, found: Overrun, allowed: float) -> None:
+    """The limit ``found`` is about is now ``allowed`` (unless another answer raised it
+    further already)."""
+    if allowed <= _book(engine).raised.get((found.budget, found.limit), found.allowed):
+        return
     engine.stream.emit(
         ev.BudgetRaised(
             run_id=engine.run_id,

@@ -187,6 +187,7 @@ def mark_failed(engine: Engine, branch: Branch, error: OrchestraError) -> None:
             error=str(error),
         )
     )
+    _question_dropped(engine, branch, error)
 
 
 def cancel(engine: Engine, branch: Branch) -> None:
@@ -204,6 +205,16 @@ def cancel(engine: Engine, branch: Branch) -> None:
             outcome="cancelled",
         )
     )
+    _question_dropped(engine, branch, None)
+
+
+def _question_dropped(engine: Engine, branch: Branch, error: OrchestraError | None) -> None:
+    """A branch that ends while it asks the user leaves its question: a budget question other
+    branches wait for is theirs to settle (see ``budgets.dropped``)."""
+    if branch.question is not None:
+        from . import budgets  # imported here: budgets builds on this module
+
+        budgets.dropped(engine, branch, error)
 
 
 def mark_settled(engine: Engine, fan_out: FanOut) -> None:

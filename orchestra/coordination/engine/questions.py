@@ -42,7 +42,11 @@ class OpenQuestions:
 
     async def ask(self, runner: Runner, branch: Branch) -> bool:
         """Ask the branch's question and take the answer in; False when it was not asked (the
-        branch should stop) or a pause withdrew it (it is asked again on resume)."""
+        branch should stop) or a pause withdrew it (it is asked again on resume). A branch
+        waiting for a budget question another branch asks stops here: the engine lets it go
+        on (or fails it) with that answer."""
+        if budgets.waits_for_another(runner.engine, branch):
+            return False
         if runner.journal is not None and not await runner.gate(branch, runner.journal):
             return False
         assert branch.question is not None

@@ -66,7 +66,8 @@ def _spinner_frame(at: float) -> str:
 
 def branch_label(branch: BranchView, at: float) -> Text:
     """A branch's line: its id, agent, status (a spinner while a call is in flight), step,
-    working time, tokens and cost."""
+    working time, tokens and cost; what it failed with, or what it asks the user (a spent
+    budget: which, and whose answer it waits for)."""
     status = branch.status
     label = Text.assemble((branch.branch_id, "bold"), " ", _text(branch.agent), "  ")
     if status in BUSY:
@@ -78,7 +79,7 @@ def branch_label(branch: BranchView, at: float) -> Text:
     label.append(f"  step {branch.step} · {figures}", style="dim")
     if branch.retries or branch.rejected:
         label.append(f" · {branch.retries} retried, {branch.rejected} rejected", style="yellow")
-    note = branch.error if status is BranchStatus.FAILED else branch.question
+    note = branch.error if status is BranchStatus.FAILED else branch.budget or branch.question
     if note and status in (BranchStatus.FAILED, BranchStatus.USER):
         label.append(": ")
         label.append_text(_text(note, _STYLES[status]))
@@ -149,6 +150,9 @@ def _headline(view: RunView, at: float) -> Text:
         line.append_text(_text(note, _RUN_STYLES[state]))
     if view.round > 1:
         line.append(f" · round {view.round}")
+    if view.budget and not view.ended:
+        line.append(" · ")
+        line.append_text(_text(view.budget, "yellow"))
     line.append(f" · {view.steps} steps · {_figures(view.tokens, view.cost_usd, view.elapsed(at))}")
     return _one_row(line)
 

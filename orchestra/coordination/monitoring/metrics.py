@@ -77,6 +77,12 @@ SPECS: dict[str, _Spec] = {
     "runs": _Spec(
         Counter, ("outcome",), "Runs stopped: succeeded, failed, paused, cancelled or halted"
     ),
+    "budget_exceeded": _Spec(
+        Counter,
+        ("scope", "limit"),
+        "Spent budgets that stopped a run's work (once per question to the user), by scope "
+        "(run, branch or agent) and limit",
+    ),
     "active_branches": _Spec(Gauge, (), "Branches open in active runs"),
     "step_seconds": _Spec(Histogram, ("agent",), "Agent step latency", buckets=CALL_BUCKETS),
     "model_call_seconds": _Spec(

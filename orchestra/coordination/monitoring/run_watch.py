@@ -56,6 +56,7 @@ class RunWatch:
         "active",
         "agents",
         "branches",
+        "budget_questions",
         "calls",
         "collector",
         "failed_steps",
@@ -73,6 +74,7 @@ class RunWatch:
         self.active = False
         self.branches: set[str] = set()
         self.calls = ModelCalls()  # the model call in flight on each branch (live events only)
+        self.budget_questions: set[str] = set()  # asked about spent budgets (replayed too)
         # each branch's last failure event, when it was a failed step (its error counted): the
         # agent and error type, so its branch's failure for that same error is not counted again
         self.failed_steps: dict[str, tuple[str, str]] = {}
@@ -236,6 +238,17 @@ def _run_paused(watch: RunWatch, event: ev.RunPaused) -> None:
     watch.end(event, "paused")
 
 
+def _budget_spent(watch: RunWatch, event: ev.BudgetSpent) -> None:
+    """A spent budget, counted once per question (the branches that wait for another's
+    answer are not counted again), by scope (run, branch or agent: not which one) and limit."""
+    if event.question_id in watch.budget_questions:
+        return
+    watch.budget_questions.add(event.question_id)
+    if not event.replayed:
+        scope = event.budget.split(" ", 1)[0]
+        watch.collector.series("budget_exceeded", (scope, event.limit)).inc()
+
+
 _HANDLERS: dict[type[ev.Event], Callable[[RunWatch, Any], None]] = {
     ev.RunStarted: RunWatch.start,
     ev.RunResumed: RunWatch.start,
@@ -252,4 +265,5 @@ _HANDLERS: dict[type[ev.Event], Callable[[RunWatch, Any], None]] = {
     ev.ToolCallCompleted: _tool_call,
     ev.FanOutStarted: _fan_out,
     ev.ConvergenceReached: _converged,
+    ev.BudgetSpent: _budget_spent,
 }

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from orchestra.agents.contract import Action, ActionKind
 from orchestra.coordination.config import StatusConfig, VerbosityLevel
 from orchestra.coordination.engine import events as ev
+from orchestra.errors import budget_amount
 from orchestra.models.secrets import redact
 from orchestra.text import cut, printable
 
@@ -34,7 +35,8 @@ status line (the rest is cut, saying how much)."""
 
 
 class StatusPrinter:
-    """Prints what a run does: at NORMAL a line per step and per branch end; at VERBOSE also
+    """Prints what a run does: at NORMAL a line per step, per branch end and per spent or
+    raised budget (a budget stops the run until the user answers); at VERBOSE also
     rejected replies, retried model calls, fan-outs, convergence and questions. QUIET prints
     nothing.
 
@@ -96,6 +98,18 @@ def _line(event: ev.Event, config: StatusConfig) -> str | None:
         return f"[{event.run_id}] run paused{reason} after {event.total_steps} steps"
     if isinstance(event, ev.RunResumed):
         return f"[{event.run_id}] run resumed"
+    if isinstance(event, ev.BudgetSpent):
+        return (
+            f"[{event.run_id}] {event.branch_id:>6}: the {event.budget} budget's {event.limit}="
+            f"{budget_amount(event.limit, event.allowed)} is spent "
+            f"({budget_amount(event.limit, event.spent)} used): stopped before its next step "
+            f"(question {event.question_id})"
+        )
+    if isinstance(event, ev.BudgetRaised):
+        return (
+            f"[{event.run_id}] {event.branch_id:>6}: the user raised the {event.budget} "
+            f"budget's {event.limit} to {budget_amount(event.limit, event.allowed)}"
+        )
     if not verbose:
         return None
     if isinstance(event, ev.ActionRejected):

@@ -511,6 +511,26 @@ def _user_input(tracer: RunTracer, event: ev.UserInputRequested | ev.UserInputRe
         span.add_event("orchestra.user_input_received", content, _ns(event.at))
 
 
+def _budget(tracer: RunTracer, event: ev.BudgetSpent | ev.BudgetRaised) -> None:
+    """A budget spent or raised, on the span of its scope: the run's for the run's budget,
+    else the branch's it stopped (or whose answer raised it)."""
+    span = tracer.run if event.budget == "run" else tracer.branches.get(event.branch_id)
+    if span is None:
+        return
+    attributes: dict[str, str | float] = {
+        "orchestra.budget.scope": event.budget,
+        "orchestra.budget.limit": event.limit,
+        "orchestra.budget.allowed": event.allowed,
+        "orchestra.branch.id": event.branch_id,
+    }
+    if isinstance(event, ev.BudgetSpent):
+        attributes["orchestra.budget.spent"] = event.spent
+        attributes["orchestra.question.id"] = event.question_id
+        span.add_event("orchestra.budget_spent", attributes, _ns(event.at))
+    else:
+        span.add_event("orchestra.budget_raised", attributes, _ns(event.at))
+
+
 _HANDLERS: dict[type[ev.Event], Callable[[RunTracer, Any], None]] = {
     ev.RunStarted: _run_started,
     ev.RunResumed: _run_resumed,
@@ -529,4 +549,6 @@ _HANDLERS: dict[type[ev.Event], Callable[[RunTracer, Any], None]] = {
     ev.RunCompleted: _run_completed,
     ev.UserInputRequested: _user_input,
     ev.UserInputReceived: _user_input,
+    ev.BudgetSpent: _budget,
+    ev.BudgetRaised: _budget,
 }

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestra.coordination.engine import events as ev
+from orchestra.errors import budget_amount
 
 
 class BranchStatus(StrEnum):
@@ -90,6 +91,7 @@ class BranchView:
     rejected: int = 0
     error: str | None = None
     question: str | None = None
+    budget: str | None = None  # the spent budget it stands at, and whose answer it waits for
     fan_outs: list[str] = field(default_factory=list)
     tools_open: int = 0
     writing: str = ""
@@ -153,6 +155,8 @@ class RunView:
     asking: int = 0  # branches waiting for the user
     round: int = 1  # the round of a conversation with follow-ups
     offered: bool = False  # the round ended and a follow-up is offered
+    budget: str | None = None  # the run's spent budget, until a raise (or the run's end)
+    budget_askers: dict[str, str] = field(default_factory=dict)  # by question id: who asks
     ran: float = 0.0  # seconds run before ``running_since`` (earlier stretches of a resumed run)
     running_since: float | None = None
     last_at: float = 0.0
@@ -399,10 +403,19 @@ def _tool_completed(view: RunView, event: ev.ToolCallCompleted) -> None:
         branch.status = BranchStatus.RUNNING
 
 
+def _waits_for_user(view: RunView, branch: BranchView) -> None:
+    if branch.status is not BranchStatus.USER:
+        branch.status = BranchStatus.USER
+        view.asking += 1
+
+
 def _asked(view: RunView, event: ev.UserInputRequested) -> None:
     branch = view.branches[event.branch_id]
-    branch.status, branch.question = BranchStatus.USER, event.question
-    view.asking += 1
+    _waits_for_user(view, branch)
+    branch.question = event.question
+    if event.question_id in view.budget_askers:  # the branch that asked it ended: this one asks
+        view.budget_askers[event.question_id] = event.branch_id
+        branch.budget = (branch.budget or "").partition("; ")[0]
 
 
 def _round_completed(view: RunView, event: ev.RoundCompleted) -> None:
@@ -422,9 +435,30 @@ def _answered(view: RunView, event: ev.UserInputReceived) -> None:
         if view.state is RunState.RUNNING:
             view.running_since = event.at
     branch = view.branches[event.branch_id]
+    branch.budget = None
     if branch.status is BranchStatus.USER:
         branch.status, branch.question = BranchStatus.RUNNING, None
         view.asking -= 1
+
+
+def _budget_spent(view: RunView, event: ev.BudgetSpent) -> None:
+    """A spent budget stops the branch: it waits for the user's answer to its question, or
+    (a budget another branch asks about) for that branch's answer."""
+    branch = view.branches[event.branch_id]
+    _waits_for_user(view, branch)
+    spent = (
+        f"{event.budget} budget's {event.limit}={budget_amount(event.limit, event.allowed)} "
+        f"spent ({budget_amount(event.limit, event.spent)} used)"
+    )
+    asker = view.budget_askers.setdefault(event.question_id, event.branch_id)
+    branch.budget = spent if asker == event.branch_id else f"{spent}; waits for {asker}'s answer"
+    if event.budget == "run":
+        view.budget = spent
+
+
+def _budget_raised(view: RunView, event: ev.BudgetRaised) -> None:
+    if event.budget == "run":
+        view.budget = None
 
 
 def _ended(branch: BranchView, status: BranchStatus, view: RunView) -> None:
@@ -480,7 +514,7 @@ def _resumed(view: RunView, event: ev.RunResumed) -> None:
 
 def _completed(view: RunView, event: ev.RunCompleted) -> None:
     view.state = RunState.SUCCEEDED if event.success else RunState.FAILED
-    view.error = event.error
+    view.error, view.budget = event.error, None
     _stopped(view, event.duration)
 
 
@@ -503,6 +537,8 @@ _FOLDS: dict[type[ev.Event], Callable[[RunView, Any], None]] = {
     ev.UserInputReceived: _answered,
     ev.RoundCompleted: _round_completed,
     ev.RoundStarted: _round_started,
+    ev.BudgetSpent: _budget_spent,
+    ev.BudgetRaised: _budget_raised,
     ev.BranchCompleted: _branch_completed,
     ev.BranchFailed: _branch_failed,
     ev.PauseRequested: _pause_requested,
