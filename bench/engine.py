@@ -1,5 +1,6 @@
 """Engine overhead: µs per agent step (watched in no way, by the status display, by a
-MetricsCollector, by tracing), 1000-way fan-out wall time, ping-pong scaling.
+MetricsCollector, by tracing, through ``Orchestra.stream``), µs per follow-up round of a
+conversation, 1000-way fan-out wall time, ping-pong scaling.
 
 Run: ``.venv/bin/python bench/engine.py`` (after ``python3 dev.py test`` or ``demo`` made the
 venv). Prints a table and rewrites the "Engine" section of ``bench/results.md``.
@@ -20,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestra.agents import Agent, AgentRegistry, FunctionAgent
-from orchestra.coordination.config import Budget, ExecutionConfig, StatusConfig, TracingConfig
+from orchestra.communication import ScriptedUser
+from orchestra.coordination.config import (
+    Budget,
+    CommunicationConfig,
+    ExecutionConfig,
+    StatusConfig,
+    TracingConfig,
+)
 from orchestra.coordination.monitoring import MetricsCollector
 from orchestra.coordination.orchestra import Orchestra
 from orchestra.coordination.topology import Topology
@@ -39,9 +47,11 @@ async def chain_run(
     steps: int,
     metrics: MetricsCollector | None = None,
     config: ExecutionConfig = QUIET,
+    streamed: bool = False,
 ) -> tuple[float, int]:
     """A ring of 10 LLM agents on zero-latency models, handing work on ``steps`` times
-    (counted by ``metrics`` when given; ``config`` says what else watches it)."""
+    (counted by ``metrics`` when given; ``config`` says what else watches it; ``streamed``:
+    through ``Orchestra.stream``, every event drained, each reply streamed in deltas)."""
     names = [f"A{i}" for i in range(CHAIN)]
     successor = dict(zip(names, names[1:] + names[:1], strict=True))
     budget = {"left": steps}
@@ -62,18 +72,46 @@ async def chain_run(
 
     model = FunctionModel(decide)
     registry = AgentRegistry([Agent(n, model, register=False) for n in names])
+    arguments: dict[str, Any] = {
+        "agent_registry": registry,
+        "execution_config": config,
+        "max_steps": steps + CHAIN + 1,
+        "metrics_collector": metrics,
+    }
     started = time.perf_counter()
-    result = await Orchestra.run(
-        "bench",
-        ring_topology(names),
-        agent_registry=registry,
-        execution_config=config,
-        max_steps=steps + CHAIN + 1,
-        metrics_collector=metrics,
-    )
+    if streamed:
+        async with Orchestra.stream("bench", ring_topology(names), **arguments) as events:
+            async for _ in events:
+                pass
+        result = events.result
+        assert result is not None
+    else:
+        result = await Orchestra.run("bench", ring_topology(names), **arguments)
     elapsed = time.perf_counter() - started
     assert result.success, result.error
     return elapsed, result.total_steps
+
+
+async def conversation_run(rounds: int) -> float:
+    """One agent answering a task and then ``rounds`` follow-ups from a scripted user: the
+    wall time per follow-up round (each a step, a question and its journaled answer)."""
+    model = FunctionModel(
+        lambda messages, info: {"next_action": "final_response", "action_input": {"response": "ok"}}
+    )
+    registry = AgentRegistry([Agent("Chat", model, register=False)])
+    user = ScriptedUser([f"follow-up {n}" for n in range(rounds)])
+    started = time.perf_counter()
+    result = await Orchestra.run(
+        "bench",
+        {"nodes": ["Chat"], "edges": []},
+        agent_registry=registry,
+        execution_config=QUIET,
+        communication_config=CommunicationConfig(channel=user),
+        allow_follow_ups=True,
+    )
+    elapsed = time.perf_counter() - started
+    assert result.success and len(result.follow_ups) == rounds, result.error
+    return elapsed / (rounds + 1)
 
 
 async def same(item: Any, context: Any) -> Any:
@@ -267,6 +305,21 @@ def main() -> None:
             f"{per_step(spans):.1f} µs/step",
         )
     )
+    drained = best_of(5, lambda: chain_run(steps, streamed=True))
+    rows.append(
+        (
+            "the same through Orchestra.stream (every event and delta drained)",
+            f"{per_step(drained):.1f} µs/step",
+        )
+    )
+    for rounds in (10, 500):
+        chat = best_of(5, lambda rounds=rounds: conversation_run(rounds))
+        rows.append(
+            (
+                f"a conversation of {rounds} follow-ups (1 agent, scripted user), per round",
+                f"{min(chat) * 1e6:.1f} µs/round",
+            )
+        )
     functions = best_of(5, lambda: function_chain_run(steps))
     per_step_fn = min(elapsed / count for elapsed, count in functions) * 1e6
     rows.append((f"10-agent function chain, {steps} steps", f"{per_step_fn:.1f} µs/step"))
