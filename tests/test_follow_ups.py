@@ -36,7 +36,8 @@ from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import FileStorageBackend, StateManager
 from orchestra.coordination.state.records import decode, dumps, encode, loads
 from orchestra.coordination.state.values import from_plain, to_plain
-from orchestra.models import Message, StepInfo
+from orchestra.models import Message, StepInfo, ToolCall
+from orchestra.models.protocol import reply_from_tool_calls
 
 SOLO = {"nodes": ["User", "Tutor"], "edges": ["User -> Tutor", "Tutor -> User"]}
 TWO_ENTRIES = {
@@ -550,14 +551,9 @@ async def test_an_agents_question_times_out_on_its_own_timeout() -> None:
     assert "blue" in result.final_response
 
 
-async def test_a_model_asking_with_a_bad_timeout_is_steered() -> None:
-    replies = iter(
-        [
-            {"next_action": "ask_user", "action_input": {"question": "ok?", "timeout": -3}},
-            {"next_action": "ask_user", "action_input": {"question": "ok?", "timeout": 5}},
-            final("done"),
-        ]
-    )
+async def test_a_models_question_has_the_channels_timeout_whatever_it_writes() -> None:
+    """Per-question timeouts are set by code: a model's ask_user carrying a "timeout" (which
+    no prompt or schema tells it of) is asked with the channel's, whatever the value."""
     asked: list[Question] = []
 
     class User:
@@ -565,17 +561,29 @@ async def test_a_model_asking_with_a_bad_timeout_is_steered() -> None:
             asked.append(question)
             return "yes"
 
+    def model(messages: Sequence[Message], info: StepInfo) -> Any:
+        if any(message.content.startswith("[The user answered]") for message in messages):
+            return final("done")
+        return {"next_action": "ask_user", "action_input": {"question": "ok?", "timeout": -3}}
+
     result = await run(
         "task",
         {"nodes": ["User", "Asker"], "edges": ["User -> Asker", "Asker -> User"]},
-        [llm("Asker", FunctionModel(lambda messages, info: next(replies)))],
+        [llm("Asker", FunctionModel(model))],
         communication_config=channel_of(User()),
     )
 
     assert result.success, result.error
-    rejected = of(result, ev.ActionRejected)
-    assert "timeout must be a positive number of seconds, got -3" in rejected[0].problem
-    assert [(q.text, q.timeout, q.kind) for q in asked] == [("ok?", 5, "agent")]
+    assert of(result, ev.ActionRejected) == []
+    assert [(q.text, q.timeout, q.kind) for q in asked] == [("ok?", None, "agent")]
+
+
+def test_a_native_ask_user_call_carries_no_timeout() -> None:
+    call = ToolCall("ask_user", {"question": "ok?", "timeout": 10**400}, "call_1")
+
+    reply = reply_from_tool_calls(None, [call], None)
+
+    assert reply.action == {"next_action": "ask_user", "action_input": {"question": "ok?"}}
 
 
 async def test_code_asking_with_a_bad_timeout_fails_its_branch() -> None:
@@ -587,14 +595,14 @@ async def test_code_asking_with_a_bad_timeout_fails_its_branch() -> None:
     )
 
     assert not result.success
-    assert "timeout must be a positive number of seconds, got 0" in (result.error or "")
+    assert "timeout must be a positive, finite number of seconds, got 0" in (result.error or "")
 
 
 def test_an_action_keeps_its_timeout_in_the_log() -> None:
     action = Action.ask_user("ok?", timeout=2.5)
 
     assert from_plain(loads(dumps(to_plain(action)))) == action
-    assert action.to_protocol() == {
+    assert action.to_protocol() == {  # the protocol a model writes has no timeout
         "next_action": "ask_user",
-        "action_input": {"question": "ok?", "timeout": 2.5},
+        "action_input": {"question": "ok?"},
     }
