@@ -133,18 +133,19 @@ async def test_a_blank_answer_ends_the_conversation(answer: Any) -> None:
 
 async def test_an_unanswered_offer_times_out_and_the_conversation_ends() -> None:
     """Nobody answers: the offer's own timeout ends the conversation, successfully (never the
-    channel's on_user_timeout failure). The wait is not working time, and the root's
-    branch_timeout, shorter than the wait, does not run during it."""
+    channel's on_user_timeout failure). The root's branch_timeout, shorter than the wait, does
+    not run during it, and the wait is no working time: the run's and the root's durations
+    are their spans less exactly the span from the offer to its end (read from the events'
+    times, so no comparison with a real wait)."""
     channel = ProgrammaticChannel()
-    offer_timeout = 0.3
 
     result = await run(
         "explain",
         SOLO,
         [llm("Tutor", FunctionModel(Tutor()))],
-        config=quiet(branch_timeout=0.05),
+        config=quiet(branch_timeout=0.1),
         allow_follow_ups=True,
-        follow_up_timeout=offer_timeout,
+        follow_up_timeout=0.3,
         communication_config=CommunicationConfig(
             channel=channel, user_timeout=0.01, on_user_timeout="fail"
         ),
@@ -153,9 +154,17 @@ async def test_an_unanswered_offer_times_out_and_the_conversation_ends() -> None
     assert result.success, result.error
     assert result.final_response == "answer 1"
     assert result.follow_ups == []
-    # the run waited at least the offer's timeout, none of which counts as working time
-    assert result.total_duration < offer_timeout
-    assert result.branch_results[0].duration < offer_timeout
+    (started,) = of(result, ev.RunStarted)
+    (offered,) = of(result, ev.UserInputRequested)
+    (ended,) = of(result, ev.UserInputReceived)
+    (completed,) = of(result, ev.RunCompleted)
+    (created,) = of(result, ev.BranchCreated)
+    (finished,) = of(result, ev.BranchCompleted)
+    wait = ended.at - offered.at
+    assert wait > 0
+    assert result.total_duration == pytest.approx(completed.at - started.at - wait, abs=1e-9)
+    root = result.branch_results[0].duration
+    assert root == pytest.approx(finished.at - created.at - wait, abs=1e-9)
 
 
 async def test_the_runs_timeout_rule_counts_each_round_and_never_the_wait() -> None:
@@ -340,7 +349,11 @@ async def test_a_run_budget_spans_every_round() -> None:
 async def test_no_channel_means_no_follow_ups_and_one_warning() -> None:
     with pytest.warns(UserWarning, match="no user channel") as warned:
         result = await run(
-            "explain", SOLO, [llm("Tutor", FunctionModel(Tutor()))], allow_follow_ups=True
+            "explain",
+            SOLO,
+            [llm("Tutor", FunctionModel(Tutor()))],
+            allow_follow_ups=True,
+            communication_config=CommunicationConfig(terminal=False),
         )
 
     assert len([w for w in warned if "follow-ups" in str(w.message)]) == 1
