@@ -263,12 +263,12 @@ def result_of(engine: Engine, session_id: str) -> OrchestraResult:
         metadata["follow_ups"] = engine.follow_ups_note
     final_response = root.result if success and root is not None else None
     follow_ups = _follow_ups(engine, metadata)
-    if "first_round" not in metadata:  # a run without follow-ups: its one round
+    if "first_round" not in metadata:  # a run without follow-ups: its one round (its time is
+        # total_duration, kept out of metadata, which a resumed run has in common with its live one)
         metadata["first_round"] = {
             "task": next((e.task for e in engine.stream.events if isinstance(e, RunStarted)), None),
             "response": final_response,
             "steps": engine.steps,
-            "duration": engine.elapsed,
             "success": success,
             "error": error,
         }
