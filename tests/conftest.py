@@ -72,3 +72,11 @@ def clean_global_registry() -> Iterator[None]:
     AgentRegistry.default().clear()
     yield
     AgentRegistry.default().clear()
+
+
+@pytest.fixture(autouse=True)
+def no_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No run in this process asks on the terminal by default, even under ``pytest -s`` on
+    one: a test that means to has its own channel (the command line's tests run it on a
+    pseudo-terminal of their own, in a subprocess)."""
+    monkeypatch.setattr("orchestra.coordination.orchestra.user_channel", lambda: None)

@@ -47,3 +47,11 @@ def right(data: Any, context: Mapping[str, Any]) -> Action:
 def tutor(data: Any, context: Mapping[str, Any]) -> Action:
     """Answers each round (the task, then each follow-up) with what it was asked, as it is."""
     return Action.final(f"Tutor on {data}")
+
+
+LONG = 5_000
+
+
+def long_tutor(data: Any, context: Mapping[str, Any]) -> Action:
+    """Answers each round at length, its last words naming what it was asked."""
+    return Action.final(f"START {'x' * LONG} END-OF {data}")

@@ -753,7 +753,7 @@ async def test_bad_node_convergence_policy_is_configuration_error_naming_node() 
         pytest.param(
             {"follow_up_timeout": -5},
             ConfigurationError,
-            "follow_up_timeout must be a positive number of seconds, got -5",
+            "follow_up_timeout must be a positive, finite number of seconds, got -5",
             id="follow-up-timeout-negative",
         ),
         pytest.param(
@@ -806,7 +806,9 @@ def test_config_validation_names_the_field(build: Any, field: str) -> None:
 
 async def test_ask_user_without_channel_is_user_input_error() -> None:
     a, model = scripted("A", ask("Which city?"), final("unused"))
-    result = await run("task", TALKER, [a])
+    result = await run(
+        "task", TALKER, [a], communication_config=CommunicationConfig(terminal=False)
+    )
 
     assert_failed(
         result, "UserInputError", "agent 'A' asked the user 'Which city?'", "no user channel"

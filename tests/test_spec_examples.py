@@ -152,8 +152,9 @@ async def test_complex_execution(
     Agent("FinanceAnalyst", ScriptedModel([final("finance: rates fall")]))
     Agent("Reporter", ScriptedModel(["markets are up"]))
 
-    # Complex execution with all options, as written: no channel is given and the test's input
-    # is no terminal, so follow-ups are not offered (a warning says so, the result too).
+    # Complex execution with all options, as written: no channel is given and the tests run
+    # with no terminal (conftest's no_terminal), so follow-ups are not offered (a warning says
+    # so, the result too).
     with pytest.warns(UserWarning, match="no user channel"):
         result = await complex_execution()
 

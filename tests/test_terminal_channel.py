@@ -336,7 +336,9 @@ async def test_a_channels_own_timeout_fails_the_branch_naming_the_question(
 def test_a_timeout_choice_other_than_fail_or_default_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="on_user_timeout must be 'fail' or 'default'"):
         CommunicationManager(ProgrammaticChannel(), on_user_timeout="ignore")  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="user_timeout must be > 0 seconds, got 0"):
+    with pytest.raises(
+        ConfigurationError, match="user_timeout must be a positive, finite number of seconds, got 0"
+    ):
         TerminalChannel(0, io.StringIO(), user_timeout=0)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -17,6 +18,7 @@ from typing import Any, NoReturn
 
 from orchestra.models.base import Message, StepInfo, ToolCall, Usage, with_unique_ids
 from orchestra.models.retry import DeltaReport, RetryPolicy, RetryReport
+from orchestra.text import cut
 
 PROTOCOL_HINT = (
     'reply with one JSON object {"next_action": ..., "action_input": ...} where next_action is '
@@ -127,8 +129,6 @@ class Action:
             body = {"response": self.response}
         elif self.kind is ActionKind.ASK_USER:
             body = {"question": self.question}
-            if self.timeout is not None:
-                body["timeout"] = self.timeout
         else:
             body = [
                 {
@@ -148,16 +148,20 @@ class Action:
         return self.kind.value
 
 
-def timeout_problem(timeout: object) -> str | None:
-    """What is wrong with an ask_user ``timeout`` (None when it is fine: absent, or a positive
-    finite number of seconds)."""
+def timeout_problem(timeout: object, name: str = "ask_user's timeout") -> str | None:
+    """What is wrong with a time limit called ``name`` (None when it is fine: absent, or a
+    positive, finite number of seconds). The one check of every timeout a caller gives: an
+    integer too large for a float is refused here, never an OverflowError where it is used."""
     if timeout is None:
         return None
+    wrong = f"{name} must be a positive, finite number of seconds, got "
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        return f"ask_user's timeout must be a positive number of seconds, got {timeout!r}"
-    if not 0 < timeout < float("inf"):
-        return f"ask_user's timeout must be a positive number of seconds, got {timeout!r}"
-    return None
+        return f"{wrong}{type(timeout).__name__} {cut(repr(timeout), 80)}"
+    try:
+        seconds = float(timeout)
+    except OverflowError:
+        return f"{wrong}an integer of {int(timeout).bit_length()} bits, too large for a float"
+    return None if 0 < seconds < math.inf else f"{wrong}{timeout!r}"
 
 
 def render(value: Any) -> str:

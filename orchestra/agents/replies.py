@@ -25,7 +25,7 @@ from typing import Any
 from orchestra.models.base import ToolCall
 from orchestra.models.protocol import UnreadableJSON, check_nesting, read_json
 
-from .contract import PROTOCOL_HINT, Action, ActionKind, Invocation, timeout_problem
+from .contract import PROTOCOL_HINT, Action, ActionKind, Invocation
 
 
 class ActionParseError(ValueError):
@@ -120,11 +120,7 @@ def _action(data: Mapping[str, Any]) -> Action:
         question = body.get("question") if isinstance(body, Mapping) else body
         if not isinstance(question, str) or not question.strip():
             raise ActionParseError('ask_user needs action_input {"question": "<non-empty text>"}')
-        timeout = body.get("timeout") if isinstance(body, Mapping) else None
-        problem = timeout_problem(timeout)
-        if problem is not None:
-            raise ActionParseError(problem)
-        return Action(kind, question=question, timeout=timeout)
+        return Action(kind, question=question)
     calls = tuple(_tool_call(item, index) for index, item in enumerate(_items(body, kind)))
     return Action(kind, tool_calls=calls)
 

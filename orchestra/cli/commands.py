@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import warnings
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple, NoReturn
@@ -19,6 +20,7 @@ from orchestra.coordination.config import (
     StatusConfig,
     VerbosityLevel,
 )
+from orchestra.coordination.engine.rounds import NO_CHANNEL
 from orchestra.coordination.monitoring.live import close_displays
 from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_session_id
 from orchestra.coordination.results import OrchestraResult
@@ -100,6 +102,9 @@ Verbose = Annotated[
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show nothing while the run works.")]
+
+
+NOT_OFFERED = "Follow-ups are not offered: standard input (or the screen) is no terminal."
 
 
 def _level(verbose: bool, quiet: bool) -> VerbosityLevel:
@@ -206,6 +211,8 @@ def _finish(
         close_displays()
         fail(error, 1)
     close_displays()
+    if result.metadata.get("follow_ups") == NO_CHANNEL:  # a resume, with no terminal
+        say(NOT_OFFERED)
     print_result(result, output, None if kept is None else kept.resume)
     if result.metadata.get("paused"):
         if kept is not None:
@@ -247,7 +254,7 @@ def _execute(
     workflow = _load(workflow_path, max_tokens, allowed_modules)
     channel = user_channel()
     if follow_up_timeout is not None and channel is None:
-        say("Follow-ups are not offered: standard input (or the screen) is no terminal.")
+        say(NOT_OFFERED)
         follow_up_timeout = None
     chosen = task if task is not None else workflow.task
     if chosen is None:
@@ -321,11 +328,13 @@ def _resume(
         )
         again = resume_command(resume_with, session, store)
         status = None if verbosity is None else StatusConfig.from_verbosity(verbosity)
-        _finish(
-            instance.resume_session(session, extra, status=status),
-            Kept(manager, session, again),
-            output,
-        )
+        with warnings.catch_warnings():  # said as `run` says it (NOT_OFFERED), not as Python does
+            warnings.filterwarnings("ignore", f".*follow-ups are {NO_CHANNEL}", UserWarning)
+            _finish(
+                instance.resume_session(session, extra, status=status),
+                Kept(manager, session, again),
+                output,
+            )
 
 
 def _json_object(text: str, option: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from orchestra.agents.contract import render
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.topology import Topology
 from orchestra.text import printable
@@ -54,21 +55,40 @@ def _preview(text: str) -> str:
     return "\n".join(lines[:PREVIEW_LINES]) if len(lines) > PREVIEW_LINES else head
 
 
-def _print_response(text: str, output: Path | None, again: str | None) -> None:
+def _print_response(result: OrchestraResult, output: Path | None, again: str | None) -> None:
     """The final response, previewed when long; the whole of it is written to ``output`` when
-    one was given, else the line under it says how to get it (``again``: the command that
-    shows a kept session's result)."""
+    one was given (with follow-ups, every round: its question, then its response), else the
+    line under it says how to get it (``again``: the command that shows a kept session's
+    result)."""
+    text = result.get_final_response_as_text()
+    rounds = 1 + len(result.follow_ups)
+    saved = text if rounds == 1 else _conversation(result)
     if output is not None:
-        _save(output, text)
-    shown = _panel(text, "Final response")
+        _save(output, saved)
+    title = "Final response" if rounds == 1 else f"Final response (round {rounds} of {rounds})"
+    shown = _panel(text, title)
     if output is not None:
-        say(f"The whole response ({len(text):,} characters) is in {escape(str(output))}")
-    elif shown < len(text):
-        where = f"{again} --output FILE" if again else "run again with --output FILE"
+        what = "response" if rounds == 1 else f"conversation ({rounds} rounds)"
+        say(f"The whole {what} ({len(saved):,} characters) is in {escape(str(output))}")
+        return
+    where = f"{again} --output FILE" if again else "run again with --output FILE"
+    if shown < len(text):
         say(
             f"{len(text) - shown:,} more characters not shown ({len(text):,} in all); "
             f"the whole response: {escape(where)}"
         )
+    if rounds > 1:
+        say(f"Every round of the conversation ({rounds} rounds): {escape(where)}")
+
+
+def _conversation(result: OrchestraResult) -> str:
+    """Every round of a conversation as text: the question, then the response."""
+    parts = []
+    for item in result.get_conversation():
+        number = item["round"]
+        parts.append(f"# Round {number}: question\n\n{render(item['question'])}\n")
+        parts.append(f"# Round {number}: response\n\n{render(item['response'])}\n")
+    return "\n".join(parts)
 
 
 def _panel(text: str, title: str, style: str = "") -> int:
@@ -125,7 +145,7 @@ def print_result(
     result: OrchestraResult, output: Path | None = None, again: str | None = None
 ) -> None:
     if result.success:
-        _print_response(result.get_final_response_as_text(), output, again)
+        _print_response(result, output, again)
     elif result.metadata.get("paused"):
         reason = str(result.metadata.get("pause_reason") or "no reason given")
         _bounded_panel(reason, "Paused", "yellow")

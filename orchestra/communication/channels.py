@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from orchestra.agents.contract import timeout_problem
 from orchestra.errors import ConfigurationError, UserInputError
 
 
@@ -140,6 +141,9 @@ class CommunicationManager:
     ) -> None:
         if channel is not None and not isinstance(channel, UserChannel):
             raise TypeError(f"channel must have an async ask(question) method, got {channel!r}")
+        problem = timeout_problem(user_timeout, "CommunicationManager user_timeout")
+        if problem is not None:
+            raise ConfigurationError(problem)
         if on_user_timeout not in ("fail", "default"):
             raise ConfigurationError(
                 f"on_user_timeout must be 'fail' or 'default', got {on_user_timeout!r}"

@@ -10,8 +10,9 @@ file descriptor, never by a blocking read, and the prompt is written from a work
 a slow terminal never stalls the run's other branches. The question's text comes from a model:
 it is shown as text, its control characters as escapes (:func:`orchestra.text.printable`).
 
-A follow-up offer (a run with ``allow_follow_ups``) shows the round's response the same way,
-then asks for a follow-up: an empty line, or Ctrl-D, ends the conversation.
+A follow-up offer (a run with ``allow_follow_ups``) shows the round's whole response the same
+way (it is the run's product: never cut), then asks for a follow-up within the time it has: an
+empty line, or Ctrl-D, ends the conversation.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import termios
 import weakref
 from typing import TextIO
 
-from orchestra.agents.contract import render
+from orchestra.agents.contract import render, timeout_problem
 from orchestra.errors import ConfigurationError, UserInputError
 from orchestra.text import printable
 
@@ -35,18 +36,29 @@ BLOCK = '"""'
 """A line holding only this starts a multi-line answer, and the next one ends it."""
 
 QUESTION_CHARS = 4_000
-"""How much of a question is shown: a screenful, not a flood."""
+"""How much of an agent's question is shown: a screenful, not a flood."""
 
 
 def user_channel() -> TerminalChannel | None:
     """The terminal, when the process's input is one and so is a stream to show questions on
     (standard error, where the status display writes, else standard output): the channel of a
-    run given none. Input from a pipe or a file, or a prompt that would go into a file, is no
-    one to ask: None (an agent's question then fails its branch; follow-ups are not offered)."""
-    if not sys.stdin.isatty():
+    run given none. Input from a pipe or a file, a prompt that would go into a file, or a
+    stream that is missing or closed (``sys.stdin`` is None when the process started with its
+    input closed) is no one to ask: None (an agent's question then fails its branch; follow-ups
+    are not offered)."""
+    if not _is_terminal(sys.stdin):
         return None
-    screen = next((stream for stream in (sys.stderr, sys.stdout) if stream.isatty()), None)
+    screen = next((stream for stream in (sys.stderr, sys.stdout) if _is_terminal(stream)), None)
     return None if screen is None else TerminalChannel(output=screen)
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    """Whether ``stream`` is open on a terminal (False for None, a closed stream, or an object
+    standing in for one that has no file descriptor)."""
+    try:
+        return stream is not None and not stream.closed and stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 class TerminalChannel:
@@ -61,10 +73,9 @@ class TerminalChannel:
         output: TextIO | None = None,
         user_timeout: float | None = None,
     ) -> None:
-        if user_timeout is not None and not user_timeout > 0:
-            raise ConfigurationError(
-                f"TerminalChannel user_timeout must be > 0 seconds, got {user_timeout}"
-            )
+        problem = timeout_problem(user_timeout, "TerminalChannel user_timeout")
+        if problem is not None:
+            raise ConfigurationError(problem)
         self._fd = sys.stdin.fileno() if input_fd is None else input_fd
         self._output = output
         self.user_timeout = user_timeout
@@ -86,7 +97,7 @@ class TerminalChannel:
         try:
             async with reader.turn():
                 note = reader.withdrawn
-                await self._write(note + self._prompt(question, reader.asked))
+                await self._write(note + self._prompt(question, reader.asked, seconds))
                 reader.discard_stale()
                 return await self._answer_within(question, reader, seconds, outcome)
         finally:
@@ -108,22 +119,20 @@ class TerminalChannel:
             raise
         except TimeoutError:
             if limit.expired():
+                assert seconds is not None  # only a limit expires
                 reader.stale = True
-                label = question.id.rsplit(":", 1)[-1]
-                await self._write(
-                    f"\n(no answer to question {label} within {seconds:g}s: {outcome}; "
-                    "what was typed for it is not taken)\n"
-                )
+                await self._write(_expired(question, seconds, outcome))
             raise
 
-    def _prompt(self, question: Question, asked: int) -> str:
+    def _prompt(self, question: Question, asked: int, seconds: float | None) -> str:
         label = question.id.rsplit(":", 1)[-1]
         queued = f" ({asked - 1} more waiting)" if asked > 1 else ""
-        if question.follow_up:
-            response = printable(render(question.response), QUESTION_CHARS)
+        if question.follow_up:  # the round's answer is the run's product: shown whole
+            response = printable(render(question.response))
+            limit = "" if seconds is None else f" ({seconds:g} s to answer)"
             return (
                 f"\n{response}\n\n? Follow-up ({label}){queued}: ask more, or press Enter on an "
-                f"empty line (or Ctrl-D) to finish\n> "
+                f"empty line (or Ctrl-D) to finish{limit}\n> "
             )
         text = printable(question.text, QUESTION_CHARS)
         return (
@@ -258,6 +267,20 @@ def _reader(fd: int) -> _Reader:
     if reader is None:
         reader = _READERS[key] = _Reader(fd)
     return reader
+
+
+def _expired(question: Question, seconds: float, outcome: str) -> str:
+    """What the screen says when ``question`` got no answer within ``seconds``."""
+    if question.follow_up:
+        return (
+            f"\n(the conversation ended: no follow-up came within {seconds:g} s; what was typed "
+            "for it is not taken)\n"
+        )
+    label = question.id.rsplit(":", 1)[-1]
+    return (
+        f"\n(no answer to question {label} within {seconds:g}s: {outcome}; "
+        "what was typed for it is not taken)\n"
+    )
 
 
 def _set(ready: asyncio.Future[None]) -> None:

@@ -279,8 +279,12 @@ class ErrorHandlingConfig(_Config):
 class CommunicationConfig(_Config):
     """How the ``User`` node is reached.
 
-    ``channel`` answers ``ask_user`` questions; by default a programmatic channel that code and
-    tests answer. ``user_timeout`` bounds how long a branch waits for an answer (a channel's
+    ``channel`` answers ``ask_user`` questions and follow-up offers. With none, ``terminal``
+    says whether the run asks on the terminal when the process has one (standard input, and
+    standard error or output, are terminals: :func:`~orchestra.communication.user_channel`);
+    ``terminal=False`` means no user at all, whatever the process runs on (a server, a batch
+    job, a test run with ``pytest -s``): an agent's question fails its branch and follow-ups
+    are not offered. ``user_timeout`` bounds how long a branch waits for an answer (a channel's
     own ``user_timeout`` attribute, such as :class:`TerminalChannel`'s, takes its place).
     ``on_user_timeout`` says what an unanswered question does: ``"fail"`` fails the asking
     branch with a :class:`UserInputError` naming the question and the time limit;
@@ -289,6 +293,7 @@ class CommunicationConfig(_Config):
     """
 
     channel: Any = None
+    terminal: bool = True
     user_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     on_user_timeout: Literal["fail", "default"] = "fail"
     default_answer: str = ""

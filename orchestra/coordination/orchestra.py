@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from orchestra.agents.contract import timeout_problem
 from orchestra.agents.registry import AgentRegistry
 from orchestra.communication.channels import CommunicationManager, UserChannel
 from orchestra.communication.terminal import user_channel
@@ -24,6 +25,7 @@ from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig, S
 from .engine import inputs as inp
 from .engine.clock import now
 from .engine.events import Subscriber
+from .engine.rounds import NO_CHANNEL
 from .results import BranchResult, OrchestraResult, failed_before_start
 from .sessions import LIVE, claim, let_go
 from .state.backends import check_session_id
@@ -207,7 +209,9 @@ def _launcher(
     context = dict(context or {})
     session_id = _session_id(context)
     communication = communication_config or CommunicationConfig()
-    channel = communication.channel if communication.channel is not None else user_channel()
+    channel = communication.channel
+    if channel is None and communication.terminal:
+        channel = user_channel()
     _warn_if_no_follow_ups(allow_follow_ups, channel, stacklevel=3)
 
     async def launch(listener: Subscriber | None) -> OrchestraResult:
@@ -265,7 +269,11 @@ class OrchestraInstance:
         self.topology = Topology.coerce(topology)
         self.agent_registry = agent_registry
         self.config = initial_config or ExecutionConfig()
-        self.communication = communication_manager or CommunicationManager(user_channel())
+        self.communication = (  # one given is used as it is: without a channel, no user
+            communication_manager
+            if communication_manager is not None
+            else CommunicationManager(user_channel())
+        )
         self.state_manager = state_manager
         self.metrics_collector = metrics_collector
 
@@ -340,12 +348,24 @@ class OrchestraInstance:
         included), with the settings it was started with; ``additional_context`` is added to
         what every agent sees, ``status`` (default: the run's own) says what is printed. A
         session whose last run already finished is not run again: its result is returned as
-        it was (the caller may have crashed before it saw it)."""
+        it was (the caller may have crashed before it saw it). A conversation resumed while it
+        waits for a follow-up, by an instance with no user channel, is not offered one: it ends
+        with its last response, as a run started without a channel does (a UserWarning says
+        so)."""
         _require(additional_context, dict, "additional_context")
         _require(status, StatusConfig, "status")
         setup = self._setup(None, 100)
         sessions = self._sessions()
-        return await execution.resume(setup, session_id, sessions, additional_context, status)
+        result = await execution.resume(setup, session_id, sessions, additional_context, status)
+        if setup.communication.channel is None and result.metadata.get("follow_ups") == NO_CHANNEL:
+            warnings.warn(
+                f"session {session_id!r}: follow-ups are {NO_CHANNEL} (pass "
+                "communication_manager=CommunicationManager(channel), or resume on a terminal): "
+                "the conversation ended with its last response",
+                UserWarning,
+                stacklevel=2,
+            )
+        return result
 
     async def get_result(self, session_id: str) -> OrchestraResult | None:
         """The result of the session's last run, as its log records it (the result that run
@@ -451,10 +471,6 @@ async def _checkpoint(
     return checkpoint_id
 
 
-NO_CHANNEL = "not offered: the run has no user channel"
-"""``metadata["follow_ups"]`` of a run that asked for follow-ups and had nobody to offer them to."""
-
-
 def _offer_follow_ups(setup: wiring.Setup, allow: bool, timeout: float) -> None:
     """Follow-ups for the run, when asked for: offered on its user channel, or, with none (no
     channel given, and no terminal), not offered: the run ends after its first round and its
@@ -462,7 +478,7 @@ def _offer_follow_ups(setup: wiring.Setup, allow: bool, timeout: float) -> None:
     if not allow:
         return
     if setup.communication.channel is not None:
-        setup.follow_up_timeout = float(timeout)
+        setup.follow_up_timeout = float(timeout)  # checked: finite
     else:
         setup.follow_ups_note = NO_CHANNEL
 
@@ -484,11 +500,8 @@ def _warn_if_no_follow_ups(allow: bool, channel: UserChannel | None, stacklevel:
 def _check_follow_ups(allow_follow_ups: object, follow_up_timeout: object) -> None:
     if not isinstance(allow_follow_ups, bool):
         raise TypeError(f"allow_follow_ups must be a bool, got {type(allow_follow_ups).__name__}")
-    if (
-        isinstance(follow_up_timeout, bool)
-        or not isinstance(follow_up_timeout, int | float)
-        or not follow_up_timeout > 0
-    ):
-        raise ConfigurationError(
-            f"follow_up_timeout must be a positive number of seconds, got {follow_up_timeout!r}"
-        )
+    problem = timeout_problem(follow_up_timeout, "follow_up_timeout")
+    if problem is None and follow_up_timeout is None:  # None is no limit to an agent's question
+        problem = "follow_up_timeout must be a positive, finite number of seconds, got None"
+    if problem is not None:
+        raise ConfigurationError(problem)

@@ -19,6 +19,7 @@ from .engine.events import (
     BranchFailed,
     Event,
     ModelCallRetried,
+    RunStarted,
     StepCompleted,
     StepStarted,
 )
@@ -121,8 +122,9 @@ class OrchestraResult:
 
     def get_conversation(self) -> list[dict[str, Any]]:
         """Every round of the run, in order: ``{"round", "question", "response"}``, the first
-        round's question being the task (its round is ``metadata["first_round"]``). A run
-        without follow-ups has one round: its task and final response."""
+        round's question being the task (its round is ``metadata["first_round"]``, with or
+        without follow-ups). A run without follow-ups has one round: its task and final
+        response (a run that could not start has no task: its question is None)."""
         first = self.metadata.get("first_round")
         if first is None:
             return [{"round": 1, "question": None, "response": self.final_response}]
@@ -259,10 +261,20 @@ def result_of(engine: Engine, session_id: str) -> OrchestraResult:
         metadata["observer_errors"] = list(engine.stream.observer_errors)
     if engine.follow_ups_note is not None:
         metadata["follow_ups"] = engine.follow_ups_note
+    final_response = root.result if success and root is not None else None
     follow_ups = _follow_ups(engine, metadata)
+    if "first_round" not in metadata:  # a run without follow-ups: its one round (its time is
+        # total_duration, kept out of metadata, which a resumed run has in common with its live one)
+        metadata["first_round"] = {
+            "task": next((e.task for e in engine.stream.events if isinstance(e, RunStarted)), None),
+            "response": final_response,
+            "steps": engine.steps,
+            "success": success,
+            "error": error,
+        }
     return OrchestraResult(
         success=success,
-        final_response=root.result if success and root is not None else None,
+        final_response=final_response,
         branch_results=[_branch_result(b, engine) for b in engine.branches.values()],
         total_steps=engine.steps,
         total_duration=engine.elapsed,

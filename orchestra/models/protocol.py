@@ -220,10 +220,7 @@ def reply_from_tool_calls(
         elif call.name == FINAL:
             action = {"next_action": FINAL, "action_input": {"response": arguments.get("response")}}
         else:
-            asked = {"question": arguments.get("question")}
-            if "timeout" in arguments:
-                asked["timeout"] = arguments["timeout"]
-            action = {"next_action": ASK, "action_input": asked}
+            action = {"next_action": ASK, "action_input": {"question": arguments.get("question")}}
     return ModelReply(
         content=content, action=action, usage=usage, tool_calls=own, native_calls=native
     )

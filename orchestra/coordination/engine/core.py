@@ -191,6 +191,7 @@ class Engine:
             self.root = lifecycle.new_branch(self, USER, None)
             items = [(entry, task_input, False) for entry in entries]
             convergence.fan_out(self, self.root, USER, frozenset({USER}), items)
+            rounds.entered(self, self.root)
 
     def _pause_request(self, item: inp.PauseRequest) -> None:
         self.pause_reason = item.reason

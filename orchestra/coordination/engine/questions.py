@@ -55,6 +55,13 @@ class OpenQuestions:
             # no one to ask: the budget is a hard one
             runner.fail_branch(branch, budgets.asked(runner.engine, question_id).error())
             return True
+        if runner.communication.channel is None and rounds.is_question(question_id):
+            # resumed with no one to offer it to: as at a start without a channel, not offered
+            answer = inp.UserAnswer(
+                at=now(), branch_id=branch.id, answer=None, error=rounds.NO_CHANNEL
+            )
+            runner.feed(answer)
+            return True
         question = self._question(runner, branch, question_id, text)
         waiting = asyncio.ensure_future(runner.communication.ask(question))
         self._asking[branch] = waiting

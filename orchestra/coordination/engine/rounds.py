@@ -33,11 +33,18 @@ QUESTION_PREFIX = "f"
 
 QUESTION = "Any follow-up? (an empty answer ends the conversation)"
 
+NO_CHANNEL = "not offered: the run has no user channel"
+"""``metadata["follow_ups"]`` of a run that asked for follow-ups and had nobody to offer them
+to: at its start, or when it was resumed, waiting for one, with no channel (the journaled
+answer None then carries it as its ``error``, so a replay ends the same way)."""
+
 
 @dataclass(slots=True)
 class Round:
     """One round: its ``question`` (the run's task for the first), when it began and at which
-    of the run's step counts, and once it ended, its ``response`` and own ``steps``."""
+    of the run's step counts, and once it ended, its ``response`` and own ``steps``. With
+    several entries, ``entries`` is the id of the fan-out from the user that started the
+    entry agents' branches (a convergence node's later fan-out from the user is not it)."""
 
     number: int
     question: Any
@@ -46,6 +53,7 @@ class Round:
     response: Any = None
     steps: int = 0
     ended_at: float | None = None
+    entries: str | None = None  # with several entries: the fan-out that started them
 
 
 @dataclass(slots=True)
@@ -67,6 +75,14 @@ def begin(engine: Engine, timeout: float | None, task: Any) -> None:
     """The run starts its first round (with follow-ups on)."""
     if timeout is not None:
         engine.follow_ups = Conversation(timeout, [Round(1, task, engine.now, 0)])
+
+
+def entered(engine: Engine, root: Branch) -> None:
+    """The root has just fanned the round's question out to the entries: the fan-out whose
+    branches the next round's entry agents go on from."""
+    state = engine.follow_ups
+    if state is not None and root.waiting_on is not None:
+        state.current.entries = root.waiting_on.id
 
 
 def is_question(question_id: str) -> bool:
@@ -122,7 +138,9 @@ def answered(engine: Engine, root: Branch, answer: Any, error: str | None) -> No
     assert state is not None and state.waiting_since is not None
     engine.gaps.append((state.waiting_since, engine.now))
     state.waiting_since = None
-    if error is not None:
+    if error == NO_CHANNEL:
+        engine.follow_ups_note = error
+    elif error is not None:
         state.error = error
     if answer is None or (isinstance(answer, str) and not answer.strip()):
         lifecycle.end(engine, root, BranchStatus.COMPLETED, "finished", state.current.response)
@@ -136,17 +154,19 @@ def answered(engine: Engine, root: Branch, answer: Any, error: str | None) -> No
         )
     )
     engine.effects.append(RoundBegun(root.id))
+    root.transfers = None  # like max_steps, loop detection counts each round afresh
     follow_up = StepInput(InputKind.FOLLOW_UP, answer, USER)
     entries = engine.analysis.entries
     if len(entries) == 1:
         lifecycle.enter(engine, root, entries[0], follow_up)
         return
-    earlier = _entry_branches(engine, root)
+    earlier = _entry_branches(engine, state.rounds[-2])
     root.agent = USER
     items = [(entry, follow_up, False) for entry in entries]
     convergence.fan_out(engine, root, USER, frozenset({USER}), items)
+    entered(engine, root)
     assert root.waiting_on is not None
-    for child in root.waiting_on.children:  # each entry agent goes on in its conversation
+    for child in root.waiting_on.children:  # each entry agent goes on in its conversations
         before = earlier.get(child.agent)
         if before is not None:
             child.conversations = {
@@ -154,9 +174,11 @@ def answered(engine: Engine, root: Branch, answer: Any, error: str | None) -> No
             }
 
 
-def _entry_branches(engine: Engine, root: Branch) -> dict[str, Branch]:
-    """The branches the root's last fan-out from the user started, by their entry agent."""
-    for fan_out in reversed(engine.fan_outs.values()):
-        if fan_out.parent is root and fan_out.source == USER:
-            return {child.agent: child for child in fan_out.children}
-    return {}
+def _entry_branches(engine: Engine, last: Round) -> dict[str, Branch]:
+    """The branches that the last round's fan-out to the entries started, by the entry agent
+    each began at (a branch may have ended at another agent, one its entry handed over to):
+    each holds the conversations of every agent it reached."""
+    fan_out = engine.fan_outs.get(last.entries) if last.entries is not None else None
+    if fan_out is None:
+        return {}
+    return {child.visited[0]: child for child in fan_out.children if child.visited}

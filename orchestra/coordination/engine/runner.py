@@ -272,7 +272,10 @@ class Runner:
         self._disarm(effect.fan_out_id)
 
     def _on_round_over(self, effect: RoundOver) -> None:
+        """The root waits for a follow-up: no timer runs and no pooled agent is held meanwhile
+        (its conversations live in the branch; the next round leases again)."""
         self._disarm(effect.branch_id)
+        leases.give_all_back(self.agents, self.engine.branches[effect.branch_id])
         if self._run_limit is not None:
             self._run_limit.reschedule(None)
 
