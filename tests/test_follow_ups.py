@@ -3,65 +3,32 @@
 After the root's final response the user channel is offered a follow-up; a blank answer or the
 timeout ends the conversation, anything else starts a round at the entry agent(s), in the
 conversations they already have. Each round is durable: a pause or a crash while a follow-up is
-awaited resumes waiting for the same question, and a rebuilt result equals the live one.
-Agents' questions with a timeout of their own are here too (they share the channel's path).
+awaited resumes waiting for the same question (tests/test_follow_up_sessions.py), and a rebuilt
+result equals the live one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
-from helpers import crash_copy, final, fn, llm, of, quiet, run
+from follow_up_kit import SOLO, TWO_ENTRIES, Tutor, channel_of
+from helpers import final, fn, llm, of, quiet, run
 
-from orchestra import Action, AgentRegistry, FunctionModel
+from orchestra import Action, FunctionModel
 from orchestra.communication import (
-    CommunicationManager,
     ProgrammaticChannel,
     Question,
     ScriptedUser,
 )
-from orchestra.coordination.config import Budget, CommunicationConfig, ErrorHandlingConfig
+from orchestra.coordination.config import Budget, CommunicationConfig
 from orchestra.coordination.engine import events as ev
-from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.monitoring.view import BranchStatus as ViewStatus
 from orchestra.coordination.monitoring.view import RunState, RunView
-from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.results import OrchestraResult
-from orchestra.coordination.state import FileStorageBackend, StateManager
-from orchestra.coordination.state.records import decode, dumps, encode, loads
-from orchestra.coordination.state.values import from_plain, to_plain
-from orchestra.models import Message, StepInfo, ToolCall
-from orchestra.models.protocol import reply_from_tool_calls
-
-SOLO = {"nodes": ["User", "Tutor"], "edges": ["User -> Tutor", "Tutor -> User"]}
-TWO_ENTRIES = {
-    "nodes": ["User", "Tech", "Finance"],
-    "edges": ["User -> Tech", "User -> Finance", "Tech -> User", "Finance -> User"],
-}
-
-
-def channel_of(user: Any) -> CommunicationConfig:
-    return CommunicationConfig(channel=user)
-
-
-class Tutor:
-    """A model that answers each round with its number (counted in the conversation it is
-    shown, so a resumed run's model answers as the live one's did), and keeps what it saw."""
-
-    def __init__(self) -> None:
-        self.seen: list[list[str]] = []
-
-    def __call__(self, messages: Sequence[Message], info: StepInfo) -> Any:
-        shown = [message.content for message in messages]
-        self.seen.append(shown)
-        rounds = sum(text.startswith(("[Task]", "[Follow-up from the user]")) for text in shown)
-        return final(f"answer {rounds}")
+from orchestra.models import Message, StepInfo
 
 
 async def test_two_follow_ups_go_on_in_the_agents_conversation() -> None:
@@ -384,238 +351,3 @@ async def test_a_channel_failing_on_the_offer_ends_the_conversation_successfully
 
 
 # ---- durable conversations ---------------------------------------------------------------------
-
-
-def tutor_instance(storage: FileStorageBackend, user: Any, tutor: Tutor) -> OrchestraInstance:
-    return OrchestraInstance(
-        SOLO,
-        agent_registry=AgentRegistry([llm("Tutor", FunctionModel(tutor))]),
-        initial_config=quiet(),
-        communication_manager=CommunicationManager(user),
-        state_manager=StateManager(storage, auto_save_interval=0),
-    )
-
-
-async def test_a_rebuilt_result_equals_the_live_one(tmp_path: Path) -> None:
-    instance = tutor_instance(
-        FileStorageBackend(str(tmp_path)), ScriptedUser(["why?", ""]), Tutor()
-    )
-
-    live = await instance.execute("explain", {"session_id": "talk"}, allow_follow_ups=True)
-    rebuilt = await instance.get_result("talk")
-    again = await instance.resume_session("talk")  # finished: returned as it was
-
-    assert live.success, live.error
-    assert len(live.follow_ups) == 1
-    assert rebuilt == live
-    assert again == live
-
-
-async def test_a_pause_during_the_wait_asks_the_same_question_again(tmp_path: Path) -> None:
-    channel = ProgrammaticChannel()
-    tutor = Tutor()
-    instance = tutor_instance(FileStorageBackend(str(tmp_path)), channel, tutor)
-    running = asyncio.create_task(
-        instance.execute("explain", {"session_id": "talk"}, allow_follow_ups=True)
-    )
-    offered = await asyncio.wait_for(channel.next_question(), 5)
-    assert await instance.pause_session("talk", "lunch")
-    paused = await asyncio.wait_for(running, 5)
-    assert paused.metadata["paused"] is True
-    assert paused.metadata["first_round"]["response"] == "answer 1"
-
-    resuming = asyncio.create_task(instance.resume_session("talk"))
-    again = await asyncio.wait_for(channel.next_question(), 5)
-    assert again.id.rsplit(":", 1)[-1] == offered.id.rsplit(":", 1)[-1] == "f1"
-    assert (again.kind, again.response) == ("follow_up", "answer 1")
-    channel.answer(again.id, "why?")
-    last = await asyncio.wait_for(channel.next_question(), 5)
-    channel.answer(last.id, "")
-    result = await asyncio.wait_for(resuming, 5)
-
-    assert result.success, result.error
-    assert [item.question for item in result.follow_ups] == ["why?"]
-    assert len(tutor.seen) == 2  # the answer was applied once: one more round, one more step
-    assert await instance.get_result("talk") == result
-    # the pause lay inside the wait: its time is left out of the run's once, not twice
-    rounds = result.metadata["first_round"]["duration"] + result.follow_ups[0].duration
-    assert result.total_duration >= rounds - 1e-9
-
-
-async def test_a_crash_during_the_wait_resumes_waiting(tmp_path: Path) -> None:
-    """The log as a kill -9 leaves it while the user is offered a follow-up: a resume offers
-    the same question again, and the conversation ends as the uninterrupted one did."""
-    storage = FileStorageBackend(str(tmp_path))
-    instance = tutor_instance(storage, ScriptedUser(["why?", ""]), Tutor())
-    whole = await instance.execute("explain", {"session_id": "whole"}, allow_follow_ups=True)
-    lines = await storage.read("whole")
-    records = [loads(line) for line in lines]
-    first_answer = next(n for n, record in enumerate(records) if record["t"] == "answer")
-    await crash_copy(storage, "whole", "cut", first_answer)
-
-    user = ScriptedUser(["why?", ""])
-    resumed = await tutor_instance(storage, user, Tutor()).resume_session("cut")
-
-    assert resumed.success, resumed.error
-    assert [q.id.rsplit(":", 1)[-1] for q in user.questions] == ["f1", "f2"]
-    assert resumed.follow_ups[0].final_response == whole.follow_ups[0].final_response
-    assert resumed.get_conversation() == whole.get_conversation()
-
-
-async def test_a_crash_while_a_several_entry_run_waits_resumes_waiting(tmp_path: Path) -> None:
-    """The root of a run with several entries waits at User, with no agent of its own: a
-    resume still asks its follow-up again, and the next round fans out to the entries."""
-
-    def analyst(messages: Sequence[Message], info: StepInfo) -> Any:
-        rounds = sum(m.content.startswith(("[Task]", "[Follow-up")) for m in messages)
-        return final(f"{info.agent_name} {rounds}")
-
-    def instance(user: Any) -> OrchestraInstance:
-        return OrchestraInstance(
-            TWO_ENTRIES,
-            agent_registry=AgentRegistry(
-                [llm("Tech", FunctionModel(analyst)), llm("Finance", FunctionModel(analyst))]
-            ),
-            initial_config=quiet(),
-            communication_manager=CommunicationManager(user),
-            state_manager=StateManager(storage, auto_save_interval=0),
-        )
-
-    storage = FileStorageBackend(str(tmp_path))
-    whole = await instance(ScriptedUser(["bonds?", ""])).execute(
-        "markets?", {"session_id": "whole"}, allow_follow_ups=True
-    )
-    records = [loads(line) for line in await storage.read("whole")]
-    first_answer = next(n for n, record in enumerate(records) if record["t"] == "answer")
-    await crash_copy(storage, "whole", "cut", first_answer)
-
-    user = ScriptedUser(["bonds?", ""])
-    resumed = await instance(user).resume_session("cut")
-
-    assert resumed.success, resumed.error
-    assert [q.id.rsplit(":", 1)[-1] for q in user.questions] == ["f1", "f2"]
-    assert [item["response"] for item in resumed.final_response] == ["Tech 2", "Finance 2"]
-    assert resumed.get_conversation() == whole.get_conversation()
-
-
-def test_a_run_header_written_before_follow_ups_reads() -> None:
-    """Records of releases before follow-ups lack their fields: they read as "off"; and a run
-    without follow-ups writes its header and answers as those releases did."""
-    old = {
-        "t": "run",
-        "s": 1,
-        "format": 2,
-        "at": 1.0,
-        "task": "t",
-        "context": {},
-        "max_steps": 5,
-        "config": loads(encode(_header(), 1))["config"],
-        "error_config": {},
-        "topology": ["fingerprint 2"],
-    }
-
-    read = decode(old)
-
-    assert isinstance(read, inp.RunStart)
-    assert (read.follow_up_timeout, read.follow_ups_note) == (None, None)
-    assert read == _header()
-    assert "follow_up_timeout" not in loads(encode(_header(), 1))
-    on = msgspec.structs.replace(_header(), follow_up_timeout=30.0)
-    assert decode(loads(encode(on, 1))) == on
-    answer = {"t": "answer", "s": 2, "at": 2.0, "branch_id": "b0", "answer": "x"}
-    assert decode(answer) == inp.UserAnswer(at=2.0, branch_id="b0", answer="x")
-
-
-def _header() -> inp.RunStart:
-    return inp.RunStart(
-        at=1.0,
-        task="t",
-        context={},
-        max_steps=5,
-        config=quiet(),
-        error_config=ErrorHandlingConfig(),
-        topology=("fingerprint 2",),
-    )
-
-
-# ---- an agent's question with a timeout of its own ----------------------------------------------
-
-
-async def test_an_agents_question_times_out_on_its_own_timeout() -> None:
-    def asker(value: Any, ctx: Any) -> Any:
-        if value == "task":
-            return Action.ask_user("Which colour?", timeout=0.05)
-        return f"got {value}"
-
-    result = await run(
-        "task",
-        {"nodes": ["User", "Asker"], "edges": ["User -> Asker", "Asker -> User"]},
-        [fn("Asker", asker)],
-        communication_config=CommunicationConfig(
-            channel=ProgrammaticChannel(),
-            user_timeout=600,
-            on_user_timeout="default",
-            default_answer="blue",
-        ),
-    )
-
-    assert result.success, result.error
-    assert "did not answer within 0.05s" in result.final_response
-    assert "blue" in result.final_response
-
-
-async def test_a_models_question_has_the_channels_timeout_whatever_it_writes() -> None:
-    """Per-question timeouts are set by code: a model's ask_user carrying a "timeout" (which
-    no prompt or schema tells it of) is asked with the channel's, whatever the value."""
-    asked: list[Question] = []
-
-    class User:
-        async def ask(self, question: Question) -> Any:
-            asked.append(question)
-            return "yes"
-
-    def model(messages: Sequence[Message], info: StepInfo) -> Any:
-        if any(message.content.startswith("[The user answered]") for message in messages):
-            return final("done")
-        return {"next_action": "ask_user", "action_input": {"question": "ok?", "timeout": -3}}
-
-    result = await run(
-        "task",
-        {"nodes": ["User", "Asker"], "edges": ["User -> Asker", "Asker -> User"]},
-        [llm("Asker", FunctionModel(model))],
-        communication_config=channel_of(User()),
-    )
-
-    assert result.success, result.error
-    assert of(result, ev.ActionRejected) == []
-    assert [(q.text, q.timeout, q.kind) for q in asked] == [("ok?", None, "agent")]
-
-
-def test_a_native_ask_user_call_carries_no_timeout() -> None:
-    call = ToolCall("ask_user", {"question": "ok?", "timeout": 10**400}, "call_1")
-
-    reply = reply_from_tool_calls(None, [call], None)
-
-    assert reply.action == {"next_action": "ask_user", "action_input": {"question": "ok?"}}
-
-
-async def test_code_asking_with_a_bad_timeout_fails_its_branch() -> None:
-    result = await run(
-        "task",
-        {"nodes": ["User", "Asker"], "edges": ["User -> Asker", "Asker -> User"]},
-        [fn("Asker", lambda value, ctx: Action.ask_user("ok?", timeout=0))],
-        communication_config=channel_of(ScriptedUser(["yes"])),
-    )
-
-    assert not result.success
-    assert "timeout must be a positive, finite number of seconds, got 0" in (result.error or "")
-
-
-def test_an_action_keeps_its_timeout_in_the_log() -> None:
-    action = Action.ask_user("ok?", timeout=2.5)
-
-    assert from_plain(loads(dumps(to_plain(action)))) == action
-    assert action.to_protocol() == {  # the protocol a model writes has no timeout
-        "next_action": "ask_user",
-        "action_input": {"question": "ok?"},
-    }
