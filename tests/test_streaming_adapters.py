@@ -23,6 +23,7 @@ from test_openai_adapter import config as openai_config
 
 from orchestra import AgentRegistry, Orchestra, OrchestraResult, ScriptedModel
 from orchestra.coordination.engine import events as ev
+from orchestra.models import local
 from orchestra.models.base import Message
 from orchestra.models.local import LocalModel
 
@@ -193,18 +194,61 @@ async def test_anthropic_an_error_event_mid_stream_is_retried_when_it_passes(
 # ---- the local model ----------------------------------------------------------------------------
 
 
+EMOJI = [  # its first tokens are parts of one character: no text comes until the whole one
+    Message("user", "Write one word: ¿Qué tal? 日本語 emoji 🎉🎉🎉 repeat the emoji 5 times")
+]
+
+
 @pytest.mark.parametrize(
-    "step",
-    [pytest.param(asking(), id="json-action"), pytest.param(info(can_finish=True), id="text")],
+    ("question", "step", "max_tokens"),
+    [
+        pytest.param(OCEAN, asking(), 64, id="json-action"),
+        pytest.param(OCEAN, info(can_finish=True), 64, id="text"),
+        pytest.param(EMOJI, info(can_finish=True), 7, id="multi-byte-first"),
+        pytest.param(EMOJI, asking(), 96, id="multi-byte-json"),
+    ],
 )
-async def test_local_streams_the_reply_complete_gives_with_the_same_usage(step: Any) -> None:
-    model = LocalModel(smollm(max_tokens=64))
-    whole = await model.complete(OCEAN, step)
+async def test_local_streams_the_reply_complete_gives_with_the_same_usage(
+    question: list[Message], step: Any, max_tokens: int
+) -> None:
+    """Usage is counted from the tokens generated, not from when the first text came (an
+    emoji's tokens give text only once all of them are in: they were counted as prompt)."""
+    model = LocalModel(smollm(max_tokens=max_tokens))
+    whole = await model.complete(question, step)
     pieces: list[str] = []
-    streamed_reply = await model.stream(OCEAN, step, pieces.append)
-    assert len(pieces) > 3
+    streamed_reply = await model.stream(question, step, pieces.append)
+    assert pieces
     assert "".join(pieces) == streamed_reply.content == whole.content
     assert streamed_reply.usage == whole.usage
+
+
+async def ask(model: LocalModel, how: str, question: list[Message]) -> tuple[Any, ...]:
+    step = asking()
+    reply_ = await (
+        model.complete(question, step)
+        if how == "complete"
+        else model.stream(question, step, lambda text: None)
+    )
+    return reply_.content, reply_.usage
+
+
+@pytest.mark.parametrize("how", ["complete", "stream"])
+async def test_local_a_reply_does_not_depend_on_the_calls_before_it(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared model's cache of an earlier prompt is not reused: a prompt evaluated in
+    other batches gave other greedy text (the demo's run changed with what ran before)."""
+    monkeypatch.setattr(local, "_loaded", {})  # a fresh model, loaded for this test alone
+    model = LocalModel(smollm(max_tokens=96))
+    try:
+        fresh = await ask(model, how, EMOJI)
+        await ask(model, how, OCEAN)
+        after_another = await ask(model, how, EMOJI)
+        again = await ask(model, how, EMOJI)
+    finally:
+        for llama, _ in local._loaded.values():
+            llama.close()
+    assert after_another == again == fresh
 
 
 async def test_local_pieces_reach_the_loop_in_order_before_the_reply() -> None:
