@@ -253,9 +253,9 @@ class OpenAIChatModel:
         _SAID_NO_USAGE.add(seen)
         server = redact(self.config.base_url) if self.config.base_url else "the OpenAI API"
         _log.warning(
-            "openai model %r: %s reports no token usage (a streamed reply: it ignores "
-            "stream_options.include_usage); its replies count 0 tokens in budgets, metrics and "
-            "cost: ModelConfig(stream=False) keeps the model on plain requests",
+            "openai model %r: %s reports no token usage (a streamed reply has none when the "
+            "server ignores stream_options.include_usage); its replies count 0 tokens in "
+            "budgets, metrics and cost. ModelConfig(stream=False) keeps it on plain requests",
             self.config.name,
             server,
         )
