@@ -53,12 +53,22 @@ def pieces(text: str, size: int) -> list[str]:
 
 
 def chat_stream(
-    completion: dict[str, Any], size: int = 5, cut_after: int | None = None
+    completion: dict[str, Any],
+    size: int = 5,
+    cut_after: int | None = None,
+    names: str = "first",
+    usage: bool = True,
 ) -> Scripted:
     """A Chat Completions reply (the body a non-streamed request gets) as the stream a request
     with ``stream: true`` and ``include_usage`` gets: the role, the text in pieces of ``size``
     characters, each tool call's name and then its arguments in pieces, the finish reason, a
-    last chunk with the usage and no choices, and ``[DONE]``."""
+    last chunk with the usage and no choices (none when not ``usage``: a server that ignores
+    ``include_usage``), and ``[DONE]``.
+
+    ``names`` says how a tool call's id and name come, as servers differ: ``"first"`` both in
+    its first chunk (OpenAI); ``"later"`` the id first and the name in the next chunk;
+    ``"pieces"`` the name in pieces of 3 characters; ``"every"`` id and whole name again in
+    every chunk of the call."""
     choice = completion["choices"][0]
     message = choice["message"]
 
@@ -70,22 +80,35 @@ def chat_stream(
     events = [chunk({"role": "assistant", "content": ""})]
     events += [chunk({"content": piece}) for piece in pieces(message.get("content") or "", size)]
     for index, call in enumerate(message.get("tool_calls") or []):
-        function = call["function"]
-        start = {"index": index, "id": call["id"], "type": "function"}
-        events.append(
-            chunk(
-                {"tool_calls": [{**start, "function": {"name": function["name"], "arguments": ""}}]}
-            )
-        )
         events += [
-            chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-            for piece in pieces(function["arguments"], size)
+            chunk({"tool_calls": [{"index": index, **part}]})
+            for part in _call_parts(call, size, names)
         ]
     events.append(chunk({}, choice["finish_reason"]))
-    usage = {key: completion[key] for key in ("id", "created", "model")}
-    usage.update(object="chat.completion.chunk", choices=[], usage=completion.get("usage"))
-    events += [(None, usage), (None, "[DONE]")]
+    if usage:
+        last = {key: completion[key] for key in ("id", "created", "model")}
+        last.update(object="chat.completion.chunk", choices=[], usage=completion.get("usage"))
+        events.append((None, last))
+    events.append((None, "[DONE]"))
     return Scripted(200, events=events, cut_after=cut_after)
+
+
+def _call_parts(call: dict[str, Any], size: int, names: str) -> list[dict[str, Any]]:
+    """The pieces of one streamed tool call (without their index), see :func:`chat_stream`."""
+    name, arguments = call["function"]["name"], call["function"]["arguments"]
+    head = {"id": call["id"], "type": "function"}
+    if names == "later":
+        parts = [{**head, "function": {"arguments": ""}}, {"function": {"name": name}}]
+    elif names == "pieces":
+        parts = [{**head, "function": {"name": name[:3], "arguments": ""}}]
+        parts += [{"function": {"name": piece}} for piece in pieces(name[3:], 3)]
+    else:
+        parts = [{**head, "function": {"name": name, "arguments": ""}}]
+    again = {**head, "function": {"name": name}} if names == "every" else {"function": {}}
+    return parts + [
+        {**again, "function": {**again["function"], "arguments": piece}}
+        for piece in pieces(arguments, size)
+    ]
 
 
 def messages_stream(

@@ -9,20 +9,22 @@ run listens through ``Orchestra.stream``, so the models stream.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 from helpers import FAST, HANDOFF, SOLO, llm, quiet
-from servers import ScriptedHTTPServer, chat_stream, messages_stream
+from servers import Scripted, ScriptedHTTPServer, chat_stream, messages_stream
 from test_anthropic_adapter import config as anthropic_config
 from test_anthropic_adapter import invoke_use, reply
 from test_anthropic_adapter import text as block
 from test_local_model import OCEAN, asking, info, smollm
-from test_openai_adapter import chat, invoke_call, tool_calls
+from test_openai_adapter import MODEL, chat, final_call, invoke_call, tool_calls
 from test_openai_adapter import config as openai_config
 
 from orchestra import AgentRegistry, Orchestra, OrchestraResult, ScriptedModel
 from orchestra.coordination.engine import events as ev
+from orchestra.models import local, openai_chat
 from orchestra.models.base import Message
 from orchestra.models.local import LocalModel
 
@@ -53,11 +55,15 @@ async def streamed(
     return seen, result
 
 
-def texts(events: list[ev.Event], attempt: int | None = None) -> list[str]:
+def texts(
+    events: list[ev.Event], attempt: int | None = None, agent: str | None = None
+) -> list[str]:
     return [
         event.text
         for event in events
-        if isinstance(event, ev.StepDelta) and attempt in (None, event.attempt)
+        if isinstance(event, ev.StepDelta)
+        and attempt in (None, event.attempt)
+        and agent in (None, event.agent)
     ]
 
 
@@ -83,17 +89,115 @@ async def test_openai_text_arrives_in_its_chunks_with_the_usage_of_the_last(
     assert request["stream_options"] == {"include_usage": True}
 
 
+@pytest.mark.parametrize("names", ["first", "later", "pieces", "every"])
 async def test_openai_a_streamed_tool_call_hands_over_once_whole(
-    server: ScriptedHTTPServer,
+    server: ScriptedHTTPServer, names: str
 ) -> None:
+    """Its arguments stream as they come (in the "tools" format, the action's JSON is there);
+    its id and name are put together from their pieces however the server sends them."""
     handoff = tool_calls(invoke_call("c1", "Worker", "find the capital")).body
-    server.script(chat_stream(handoff, size=6))
+    server.script(chat_stream(handoff, size=6, names=names))
     worker = llm("Worker", ScriptedModel([REPLY]))
     events, result = await streamed(HANDOFF, [llm("Hub", openai_config(server)), worker])
     assert result.success, result.error
     assert result.final_response == REPLY
     assert [e.target for e in events if isinstance(e, ev.WorkHandedOver)] == ["Worker"]
     assert completed(events).finish_reason == "tool_calls"
+    arguments = handoff["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert texts(events, agent="Hub") == [arguments[i : i + 6] for i in range(0, len(arguments), 6)]
+
+
+async def test_openai_a_final_answer_by_tool_call_streams_its_arguments(
+    server: ScriptedHTTPServer,
+) -> None:
+    answer = tool_calls(final_call("c1", REPLY)).body
+    server.script(chat_stream(answer, size=8, names="pieces"))
+    events, result = await streamed(SOLO, [llm("Solo", openai_config(server))])
+    assert result.success, result.error
+    assert result.final_response == REPLY
+    assert "".join(texts(events)) == json.dumps({"response": REPLY})
+
+
+ECHOED_KEY = "sk-proj-9f2c6e0d71ab4c3d8e7f"
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        ({"type": "server_error", "code": None}, True),  # OpenAI's own
+        ({"type": "tokens", "code": "rate_limit_exceeded"}, True),
+        ({"type": "InternalServerError", "code": 503}, True),  # vLLM's
+        ({"type": "invalid_request_error", "code": None}, False),
+        ({"type": "BadRequestError", "code": 400}, False),
+    ],
+)
+async def test_openai_an_error_chunk_mid_stream_is_classified_as_its_status_would_be(
+    server: ScriptedHTTPServer, error: dict[str, Any], retried: bool
+) -> None:
+    """``data: {"error": ...}`` part-way through a stream (the status was 200): retried when
+    the same error as an HTTP status is, else the step fails with the API's message."""
+    whole = chat({"role": "assistant", "content": REPLY}).body
+    failing = chat_stream(whole, size=4)
+    assert failing.events is not None
+    failing.events[3:] = [(None, {"error": {"message": f"no {ECHOED_KEY}", **error}})]
+    server.script(failing, chat_stream(whole, size=4))
+    events, result = await streamed(SOLO, [llm("Solo", openai_config(server))])
+    assert result.success is retried
+    assert len([e for e in events if isinstance(e, ev.ModelCallRetried)]) == int(retried)
+    if retried:
+        assert result.final_response == REPLY
+    else:
+        assert f"the stream failed: {error['type']}: no" in (result.error or "")
+        assert "malformed" not in (result.error or "")
+        assert ECHOED_KEY not in (result.error or "")  # a server may echo the key it was sent
+
+
+async def test_openai_a_server_refusing_stream_options_is_asked_without_from_then_on(
+    server: ScriptedHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(openai_chat, "_REFUSE_STREAM_OPTIONS", set())
+    refusal = {"message": "Unrecognized request argument supplied: stream_options"}
+    whole = chat({"role": "assistant", "content": REPLY}).body
+    server.script(
+        Scripted(400, {"error": {**refusal, "type": "invalid_request_error"}}),
+        chat_stream(whole, size=4),
+        chat_stream(whole, size=4),
+    )
+    for _ in range(2):
+        events, result = await streamed(SOLO, [llm("Solo", openai_config(server))])
+        assert result.success, result.error
+        assert "".join(texts(events)) == result.final_response == REPLY
+        assert completed(events).prompt_tokens == 12
+    assert [request.get("stream_options") for request in server.requests] == [
+        {"include_usage": True},
+        None,
+        None,
+    ]
+
+
+async def test_openai_a_stream_without_usage_counts_none_and_says_so_once(
+    server: ScriptedHTTPServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(openai_chat, "_SAID_NO_USAGE", set())
+    whole = chat({"role": "assistant", "content": REPLY}).body
+    server.script(chat_stream(whole, usage=False), chat_stream(whole, usage=False))
+    for _ in range(2):
+        events, result = await streamed(SOLO, [llm("Solo", openai_config(server))])
+        assert result.success, result.error
+        step = completed(events)
+        assert (step.prompt_tokens, step.completion_tokens) == (0, 0)
+    (said,) = [r.getMessage() for r in caplog.records if "no token usage" in r.getMessage()]
+    assert server.url in said and repr(MODEL) in said
+
+
+async def test_openai_stream_false_keeps_the_model_on_plain_requests(
+    server: ScriptedHTTPServer,
+) -> None:
+    server.script(chat({"role": "assistant", "content": REPLY}))
+    events, result = await streamed(SOLO, [llm("Solo", openai_config(server, stream=False))])
+    assert result.success and result.final_response == REPLY
+    assert texts(events) == []
+    assert "stream" not in server.requests[0]
 
 
 async def test_openai_a_stream_cut_off_is_retried_and_its_text_starts_again(
@@ -150,7 +254,8 @@ async def test_anthropic_a_streamed_tool_use_hands_over_once_whole(
     worker = llm("Worker", ScriptedModel([REPLY]))
     events, result = await streamed(HANDOFF, [llm("Hub", anthropic_config(server)), worker])
     assert result.success, result.error
-    assert "".join(texts(events)).startswith("Handing over.")
+    tool_input = {"invocations": [{"agent_name": "Worker", "request": "find the capital"}]}
+    assert "".join(texts(events, agent="Hub")) == "Handing over." + json.dumps(tool_input)
     assert [e.target for e in events if isinstance(e, ev.WorkHandedOver)] == ["Worker"]
     assert result.final_response == REPLY
 
@@ -193,18 +298,61 @@ async def test_anthropic_an_error_event_mid_stream_is_retried_when_it_passes(
 # ---- the local model ----------------------------------------------------------------------------
 
 
+EMOJI = [  # its first tokens are parts of one character: no text comes until the whole one
+    Message("user", "Write one word: ¿Qué tal? 日本語 emoji 🎉🎉🎉 repeat the emoji 5 times")
+]
+
+
 @pytest.mark.parametrize(
-    "step",
-    [pytest.param(asking(), id="json-action"), pytest.param(info(can_finish=True), id="text")],
+    ("question", "step", "max_tokens"),
+    [
+        pytest.param(OCEAN, asking(), 64, id="json-action"),
+        pytest.param(OCEAN, info(can_finish=True), 64, id="text"),
+        pytest.param(EMOJI, info(can_finish=True), 7, id="multi-byte-first"),
+        pytest.param(EMOJI, asking(), 96, id="multi-byte-json"),
+    ],
 )
-async def test_local_streams_the_reply_complete_gives_with_the_same_usage(step: Any) -> None:
-    model = LocalModel(smollm(max_tokens=64))
-    whole = await model.complete(OCEAN, step)
+async def test_local_streams_the_reply_complete_gives_with_the_same_usage(
+    question: list[Message], step: Any, max_tokens: int
+) -> None:
+    """Usage is counted from the tokens generated, not from when the first text came (an
+    emoji's tokens give text only once all of them are in: they were counted as prompt)."""
+    model = LocalModel(smollm(max_tokens=max_tokens))
+    whole = await model.complete(question, step)
     pieces: list[str] = []
-    streamed_reply = await model.stream(OCEAN, step, pieces.append)
-    assert len(pieces) > 3
+    streamed_reply = await model.stream(question, step, pieces.append)
+    assert pieces
     assert "".join(pieces) == streamed_reply.content == whole.content
     assert streamed_reply.usage == whole.usage
+
+
+async def ask(model: LocalModel, how: str, question: list[Message]) -> tuple[Any, ...]:
+    step = asking()
+    reply_ = await (
+        model.complete(question, step)
+        if how == "complete"
+        else model.stream(question, step, lambda text: None)
+    )
+    return reply_.content, reply_.usage
+
+
+@pytest.mark.parametrize("how", ["complete", "stream"])
+async def test_local_a_reply_does_not_depend_on_the_calls_before_it(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared model's cache of an earlier prompt is not reused: a prompt evaluated in
+    other batches gave other greedy text (the demo's run changed with what ran before)."""
+    monkeypatch.setattr(local, "_loaded", {})  # a fresh model, loaded for this test alone
+    model = LocalModel(smollm(max_tokens=96))
+    try:
+        fresh = await ask(model, how, EMOJI)
+        await ask(model, how, OCEAN)
+        after_another = await ask(model, how, EMOJI)
+        again = await ask(model, how, EMOJI)
+    finally:
+        for llama, _ in local._loaded.values():
+            llama.close()
+    assert after_another == again == fresh
 
 
 async def test_local_pieces_reach_the_loop_in_order_before_the_reply() -> None:

@@ -64,6 +64,16 @@ def to_anthropic(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]
     return "\n\n".join(system), turns
 
 
+def _written(event: Any) -> str:
+    """The piece of the reply a stream event writes: text, or part of a tool call's input."""
+    if event.type != "content_block_delta":
+        return ""
+    delta = event.delta
+    if delta.type == "text_delta":
+        return str(delta.text)
+    return str(delta.partial_json) if delta.type == "input_json_delta" else ""
+
+
 def _result(call_id: str | None, content: str) -> dict[str, Any]:
     return {"type": "tool_result", "tool_use_id": call_id, "content": content}
 
@@ -127,8 +137,9 @@ class AnthropicModel:
         self, messages: Sequence[Message], info: StepInfo, on_delta: DeltaSink
     ) -> ModelReply:
         """The reply ``complete`` would give, asked for as a stream (the SDK's
-        ``messages.stream``, which puts the message together): each piece of its text goes to
-        ``on_delta`` as it arrives."""
+        ``messages.stream``, which puts the message together): each piece of its text, and of
+        its tool calls' input JSON (an action, in the "tools" format), goes to ``on_delta`` as
+        it arrives."""
         body = self.request(messages, info)
         return await call_sdk(
             self._anthropic,
@@ -140,8 +151,10 @@ class AnthropicModel:
 
     async def _streamed(self, body: dict[str, Any], on_delta: DeltaSink) -> Any:
         async with self._client.messages.stream(**body) as stream:
-            async for text in stream.text_stream:
-                on_delta(text)
+            async for event in stream:
+                text = _written(event)
+                if text:
+                    on_delta(text)
             try:
                 message = await stream.get_final_message()
             except AssertionError:  # the SDK's way of saying no message_start came

@@ -57,6 +57,10 @@ class ModelConfig(BaseModel):
     object constrained by a schema, as llama.cpp's servers take it) or ``"text"`` (the JSON
     protocol in plain text, unconstrained). The default suits the provider: tools for openai
     and anthropic, json_object for local.
+
+    ``stream`` (on by default) lets the model stream its reply while someone listens for
+    replies as they are written (docs/models.md, "Streaming"); ``stream=False`` keeps it on
+    plain requests even then, for a server whose streams fail or report no usage.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -71,6 +75,7 @@ class ModelConfig(BaseModel):
     action_format: ActionFormat | None = None
     # strict: 7.0, "7" and True are mistakes, not seeds; 4294967295 is llama.cpp's "random"
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
+    stream: bool = Field(default=True, strict=True)
 
     @field_validator("seed")
     @classmethod

@@ -104,6 +104,7 @@ def _generate(path: Path, body: dict[str, Any]) -> Any:
     """One completion, in a worker thread, holding the model's lock."""
     model, lock = load(path)
     with lock:
+        model.reset()  # see _generate_streaming
         return model.create_chat_completion(**body)
 
 
@@ -112,32 +113,67 @@ def _generate_streaming(
 ) -> dict[str, Any]:
     """One completion as :func:`_generate` returns it, generated as a stream whose pieces of
     text go to ``hand_over`` (from this worker thread) as they come; ``stop`` ends it early
-    (its caller has gone). llama.cpp's stream reports no usage, so it is read from the model:
-    the prompt's tokens are those evaluated when the first piece comes (the prompt, and no
-    generated token yet); each generated token after that is evaluated, but for the one that
-    ended the reply (an end-of-generation token, not counted, or the one that reached
+    (its caller has gone).
+
+    Every call starts from an empty context (``reset``): llama.cpp would otherwise reuse the
+    cached part of the prompt that the previous call shared, and a prompt evaluated in other
+    batches gives slightly different logits, so greedy decoding could write another reply
+    depending on what ran before. That also makes the prompt the first batch evaluated.
+    llama.cpp's stream reports no usage, so it is counted here as ``complete`` counts it: the
+    prompt's tokens are those of the first ``eval`` (the first piece of text may come only
+    after several generated tokens: a character of several tokens, text held back while it
+    may start a stop sequence); each generated token after that is evaluated, but for the one
+    that ended the reply (an end-of-generation token, not counted, or the one that reached
     ``max_tokens``, counted)."""
     model, lock = load(path)
     with lock:
-        pieces: list[str] = []
-        prompt, finish = 0, None
-        for index, chunk in enumerate(model.create_chat_completion(**body, stream=True)):
-            if index == 0:
-                prompt = model.n_tokens
-            choice = chunk["choices"][0]
-            text = choice["delta"].get("content")
-            if text:
-                pieces.append(text)
-                hand_over(text)
-            finish = choice.get("finish_reason") or finish
-            if stop.is_set():
-                break
+        model.reset()
+        evaluated: list[int] = []
+        model.eval = _counting(model.eval, evaluated)  # this instance, while the lock is held
+        try:
+            pieces, finish = _drain(
+                model.create_chat_completion(**body, stream=True), hand_over, stop
+            )
+        finally:
+            del model.eval  # the class's own again
+        prompt = evaluated[0] if evaluated else 0
         completion = model.n_tokens - prompt + (finish == "length")
     message = {"role": "assistant", "content": "".join(pieces)}
     return {
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion},
     }
+
+
+def _counting(
+    evaluate: Callable[[Sequence[int]], None], counts: list[int]
+) -> Callable[[Sequence[int]], None]:
+    """``evaluate``, noting how many tokens each call evaluates."""
+
+    def counted(tokens: Sequence[int]) -> None:
+        counts.append(len(tokens))
+        evaluate(tokens)
+
+    return counted
+
+
+def _drain(
+    chunks: Any, hand_over: Callable[[str], None], stop: threading.Event
+) -> tuple[list[str], str | None]:
+    """The pieces of text of a llama.cpp chat stream, each handed over as it comes, and its
+    finish reason; stops early once ``stop`` is set."""
+    pieces: list[str] = []
+    finish = None
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        text = choice["delta"].get("content")
+        if text:
+            pieces.append(text)
+            hand_over(text)
+        finish = choice.get("finish_reason") or finish
+        if stop.is_set():
+            break
+    return pieces, finish
 
 
 class LocalModel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from .protocol import (
     read_json,
     reply_from_tool_calls,
 )
-from .sdk_calls import call_sdk
+from .sdk_calls import call_sdk, error_text
 from .secrets import redact
 
 
@@ -158,9 +159,7 @@ class OpenAIChatModel:
         )
 
     async def _streamed(self, body: dict[str, Any], on_delta: DeltaSink) -> StreamedChat:
-        chunks = await self._client.chat.completions.create(
-            **body, stream=True, stream_options={"include_usage": True}
-        )
+        chunks = await self._open_stream(body)
         streamed = StreamedChat()
         async with chunks:
             async for chunk in chunks:
@@ -175,6 +174,22 @@ class OpenAIChatModel:
                 retryable=True,
             )
         return streamed
+
+    async def _open_stream(self, body: dict[str, Any]) -> Any:
+        """The stream, asked to end with the usage (``include_usage``); asked again without
+        when the server refuses that option (older compatible servers and Azure API versions
+        answer 400 naming it), and never again for this base URL in this process."""
+        where = self.config.base_url or ""
+        if where not in _REFUSE_STREAM_OPTIONS:
+            try:
+                return await self._client.chat.completions.create(
+                    **body, stream=True, stream_options={"include_usage": True}
+                )
+            except self._openai.BadRequestError as error:
+                if "stream_options" not in error_text(error):
+                    raise
+            _REFUSE_STREAM_OPTIONS.add(where)  # out of the handler: the error holds the key
+        return await self._client.chat.completions.create(**body, stream=True)
 
     def _reply(self, response: Any) -> ModelReply:
         message = response.choices[0].message
@@ -210,6 +225,8 @@ class OpenAIChatModel:
             usage = Usage(
                 prompt, completion, cost_usd("openai", self.config.name, prompt, completion), finish
             )
+        elif usage is not None:
+            self._no_usage()
         if not tool_calls:
             return ModelReply(content=content, usage=usage)
         calls = []
@@ -227,6 +244,28 @@ class OpenAIChatModel:
             )
         return reply_from_tool_calls(content, calls, usage)
 
+    def _no_usage(self) -> None:
+        """Said once per model and server: a reply that came with no usage counts 0 tokens,
+        which budgets, metrics and cost then read as if measured."""
+        seen = (self.config.base_url, self.config.name)
+        if seen in _SAID_NO_USAGE:
+            return
+        _SAID_NO_USAGE.add(seen)
+        server = redact(self.config.base_url) if self.config.base_url else "the OpenAI API"
+        _log.warning(
+            "openai model %r: %s reports no token usage (a streamed reply has none when the "
+            "server ignores stream_options.include_usage); its replies count 0 tokens in "
+            "budgets, metrics and cost. ModelConfig(stream=False) keeps it on plain requests",
+            self.config.name,
+            server,
+        )
+
+
+_REFUSE_STREAM_OPTIONS: set[str] = set()
+"""The base URLs ("" for OpenAI's own) whose server refused ``stream_options``."""
+_SAID_NO_USAGE: set[tuple[str | None, str]] = set()
+_log = logging.getLogger(__name__)
+
 
 class StreamedChat:
     """A streamed reply put together from its chunks: the text, each tool call by its index
@@ -243,7 +282,8 @@ class StreamedChat:
         self.usage: tuple[int | None, int | None] | None = None
 
     def add(self, chunk: Any) -> str:
-        """Take ``chunk`` in; returns the text it adds."""
+        """Take ``chunk`` in; returns the text it adds: its content, and the pieces of its tool
+        calls' arguments (the JSON of an action, in the "tools" format, is written there)."""
         if chunk.usage is not None:
             self.usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
         text = ""
@@ -255,17 +295,29 @@ class StreamedChat:
                 text = delta.content
                 self.content.append(text)
             for call in delta.tool_calls or ():
-                self._add_call(call)
+                text += self._add_call(call)
             if choice.finish_reason is not None:
                 self.finish_reason = choice.finish_reason
         return text
 
-    def _add_call(self, call: Any) -> None:
+    def _add_call(self, call: Any) -> str:
+        """Take a piece of a tool call in, as the SDK's own accumulator does: its id, name and
+        arguments are each the concatenation of their pieces at its index (some servers send
+        the id first and the name later, or the name in pieces); returns its arguments' piece."""
         function = call.function
-        known = self.calls.get(call.index)
-        if known is None:
-            known = self.calls[call.index] = (call.id, (function and function.name) or "", [])
-        elif call.id and not known[0]:
-            known = self.calls[call.index] = (call.id, known[1], known[2])
-        if function is not None and function.arguments:
-            known[2].append(function.arguments)
+        call_id, name, arguments = self.calls.get(call.index, (None, "", []))
+        call_id = _joined(call_id or "", call.id) or None
+        name = _joined(name, function and function.name)
+        piece = (function and function.arguments) or ""
+        if piece:
+            arguments.append(piece)
+        self.calls[call.index] = (call_id, name, arguments)
+        return piece
+
+
+def _joined(known: str, piece: str | None) -> str:
+    """``known`` and the next ``piece`` of it; a piece that is all of ``known`` again (some
+    servers repeat the whole id or name in every chunk) adds nothing."""
+    if not piece or piece == known:
+        return known
+    return known + piece

@@ -62,12 +62,14 @@ async def complete_with_retries(
     """Call the model; retry retryable API errors up to ``policy.max_retries`` times.
 
     A non-retryable error (bad request, authentication, context too long) is raised at once.
-    With ``on_delta``, a model that can stream (a ``stream`` method) is asked to, and each
-    piece of text is reported with its attempt's number; without, or for a model that cannot,
-    ``complete`` is called as ever.
+    With ``on_delta``, a model that can stream (a ``stream`` method, and no
+    ``ModelConfig(stream=False)``) is asked to, and each piece of text is reported with its
+    attempt's number; without, or for a model that cannot, ``complete`` is called as ever.
     """
     stream: Callable[..., Awaitable[ModelReply]] | None = (
-        getattr(model, "stream", None) if on_delta is not None else None
+        getattr(model, "stream", None)
+        if on_delta is not None and getattr(getattr(model, "config", None), "stream", True)
+        else None
     )
     attempt = 0
     while True:

@@ -20,9 +20,21 @@ from .protocol import beyond_reader
 from .secrets import redact
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 529})  # 529: Anthropic's "overloaded"
-RETRYABLE_IN_STREAM = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
-"""The error types of an error event inside a stream (Anthropic's ``event: error``) that
-trying again may help: those of the statuses above."""
+STATUS_OF_ERROR_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "server_error": 500,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+"""The HTTP status each error type (OpenAI's and Anthropic's ``type`` or ``code``) comes with
+on a plain request: an error event inside a stream names only its type, and is classified as
+the same error given as a status would be."""
 
 
 def is_retryable(status: int) -> bool:
@@ -31,14 +43,30 @@ def is_retryable(status: int) -> bool:
 
 def _in_stream(error: Any) -> bool:
     """Whether an APIStatusError is an error event inside a stream that began well: it comes
-    with the stream's own status, a success."""
+    with the stream's own status, a success (Anthropic's ``event: error``)."""
     return bool(error.status_code < 400)
 
 
-def _retryable_in_stream(error: Any) -> bool:
+def _error_detail(error: Any) -> dict[str, Any] | None:
+    """The ``{"type", "message", ...}`` an API error's body carries: OpenAI's SDK gives an
+    error chunk of a stream (``data: {"error": {...}}``) as the body itself, Anthropic's
+    wraps it as ``{"type": "error", "error": {...}}``."""
     body = getattr(error, "body", None)
-    detail = body.get("error") if isinstance(body, dict) else None
-    return isinstance(detail, dict) and detail.get("type") in RETRYABLE_IN_STREAM
+    detail = body.get("error", body) if isinstance(body, dict) else None
+    return detail if isinstance(detail, dict) and "message" in detail else None
+
+
+def status_of(detail: dict[str, Any]) -> int | None:
+    """The HTTP status an error of this detail has on a plain request: its ``code`` when that
+    is one (vLLM's error chunks), else that of its type or code (:data:`STATUS_OF_ERROR_TYPE`);
+    None for a type not known."""
+    code = detail.get("code")
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
+        return code
+    for name in (detail.get("type"), code):
+        if isinstance(name, str) and name in STATUS_OF_ERROR_TYPE:
+            return STATUS_OF_ERROR_TYPE[name]
+    return None
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -105,11 +133,18 @@ async def _outcome(
             redact(message), provider=provider, model=config.name, retryable=retryable, **extra
         )
 
+    def stream_failure(error: Any, detail: dict[str, Any]) -> ModelAPIError:
+        """An error event part-way through a streamed reply: retryable as the same error given
+        as an HTTP status is."""
+        status = status_of(detail)
+        retryable = status is not None and is_retryable(status)
+        return failure(f"the stream failed: {error_text(error)}", retryable)
+
     try:
         response = await request()
     except sdk.APIStatusError as error:
-        if _in_stream(error):  # an error event part-way through a streamed reply
-            return failure(f"the stream failed: {error_text(error)}", _retryable_in_stream(error))
+        if _in_stream(error):
+            return stream_failure(error, _error_detail(error) or {})
         return failure(
             error_text(error),
             is_retryable(error.status_code),
@@ -127,6 +162,9 @@ async def _outcome(
             return unreadable
         return failure(f"malformed response: {str(error)[:500]}", False)
     except sdk.APIError as error:
+        detail = _error_detail(error)
+        if detail is not None and not isinstance(error, sdk.APIResponseValidationError):
+            return stream_failure(error, detail)  # OpenAI's error chunk
         return failure(f"malformed response: {str(error)[:500]}", False)
     try:
         return parse(response)
