@@ -279,3 +279,47 @@ def test_branches_cancelled_together_hand_no_question_to_each_other() -> None:
     assert [engine.branches[b].outcome for b in ("b1", "b2")] == ["cancelled", "cancelled"]
     asked = [e.branch_id for e in engine.stream.events if type(e) is ev.UserInputRequested]
     assert asked == ["b1"]
+
+
+# ---- a log written before the rule replays as it ran ----
+
+DATA = Path(__file__).parent / "data"
+
+
+def per_branch_instance(sessions: StateManager, user: ScriptedUser) -> OrchestraInstance:
+    """The run tests/data/format2-budget-questions-per-branch.jsonl was written by (a release
+    in which each branch asked its own budget question): FAN with the run's max_steps=1 and
+    convergence "any", the user answering "no", "10", "10"."""
+    model = fanning()
+    agents = AgentRegistry([llm(name, model) for name in ("Hub", "A", "B", "C")])
+    config = quiet(budget=Budget(max_steps=1), convergence_policy="any")
+    return OrchestraInstance(FAN, agents, config, CommunicationManager(user), sessions)
+
+
+async def test_a_log_written_before_questions_were_shared_reads_back_as_it_ran(
+    tmp_path: Path,
+) -> None:
+    """Each of b1, b2, b3 asked its own question there: b1 was refused, b2 and b3 raised, and
+    the run succeeded. Read back with the shared rule, b2's and b3's answers were dropped and
+    its stored result turned to a failure; a new run of the same workflow shares (one "no"
+    stops all three)."""
+    storage = open_backend("sqlite", tmp_path)
+    try:
+        lines = (DATA / "format2-budget-questions-per-branch.jsonl").read_text().splitlines()
+        await storage.append("old", lines, durable=True, after=0)
+        sessions = StateManager(storage, auto_save_interval=0)
+        stored = await per_branch_instance(sessions, ScriptedUser([])).get_result("old")
+        assert stored is not None and stored.success, stored and stored.error
+        assert stored.final_response == "all done" and stored.total_steps == 3
+        spent = [(e.branch_id, e.question_id) for e in of(stored, ev.BudgetSpent)]
+        assert spent == [("b1", "budget-q1"), ("b2", "budget-q2"), ("b3", "budget-q3")]
+        assert [e.branch_id for e in of(stored, ev.UserInputRequested)] == ["b1", "b2", "b3"]
+
+        user = ScriptedUser(["no", "10", "10"])
+        new = await per_branch_instance(sessions, user).execute("go", {"session_id": "new"})
+        assert not new.success and len(user.questions) == 1
+        assert {e.question_id for e in of(new, ev.BudgetSpent)} == {"budget-q1"}
+        log = await sessions.load("new")
+        assert log.last_run is not None and log.last_run.start.shared_budget_questions
+    finally:
+        close_backend(storage)

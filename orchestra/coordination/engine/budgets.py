@@ -356,8 +356,10 @@ def stop(engine: Engine, branch: Branch) -> bool:
 
 def _open_question(engine: Engine, found: Overrun) -> tuple[str, str] | None:
     """The open question of another branch about ``found``'s limit, for a budget not of one
-    branch: what a branch it stops waits for instead of asking again."""
-    if found.budget.startswith("branch "):
+    branch: what a branch it stops waits for instead of asking again. (None in a run logged
+    before that rule, whose ``RunStart`` does not set it: each branch asked, and its log
+    replays as it ran.)"""
+    if not engine.shared_budget_questions or found.budget.startswith("branch "):
         return None
     book = _book(engine)
     for question_id, asker in book.askers.items():
