@@ -31,7 +31,7 @@ from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
-from orchestra.errors import BranchTimeoutError, UserInputError
+from orchestra.errors import BranchTimeoutError, ToolError, UserInputError
 from orchestra.models import Message, StepInfo
 from orchestra.models.base import ModelReply
 
@@ -161,8 +161,9 @@ def test_the_answer_times_out_and_every_waiting_branch_fails_with_the_budget_err
 
 
 def test_an_asking_branch_that_ends_another_way_hands_its_question_on() -> None:
-    """b1's own branch_timeout ends it while it asks: b2, which waited for that answer, asks
-    the same question now (it used to wait for good)."""
+    """b1 fails while it asks (a branch_timeout, as the engine core is told: in a live run the
+    root's, started first, runs out first): b2, which waited for that answer and which the
+    failure leaves running ("any"), asks the same question now (it used to wait for good)."""
     engine = both_stopped()
     question = engine.branches["b1"].question
     timeout = BranchTimeoutError("branch_timeout", "branch b1 exceeded branch_timeout=5s")
@@ -279,6 +280,49 @@ def test_branches_cancelled_together_hand_no_question_to_each_other() -> None:
     assert [engine.branches[b].outcome for b in ("b1", "b2")] == ["cancelled", "cancelled"]
     asked = [e.branch_id for e in engine.stream.events if type(e) is ev.UserInputRequested]
     assert asked == ["b1"]
+
+
+def spokes_failing(policy: str) -> tuple[Any, list[str]]:
+    """SPOKES, the run's max_steps=1 spent: b1 (A) asks, b2 (B) and b3 (C) wait; b1 fails
+    (its branch_timeout, as the engine is told): the effects of that failure."""
+    config = ExecutionConfig(budget=Budget(max_steps=1), convergence_policy=policy)
+    engine = budgeted(SPOKES, config)
+    step(engine, "b0", 0.0, 1.0, Action.invoke_parallel([("A", "a"), ("B", "b"), ("C", "c")]))
+    for branch in ("b1", "b2", "b3"):
+        engine.apply(inp.StepBegin(at=1.0, branch_id=branch))
+    timeout = BranchTimeoutError("branch_timeout", "branch b1 exceeded branch_timeout=5s")
+    effects = engine.apply(inp.BranchFailure(at=8.0, branch_id="b1", error=timeout))
+    return engine, [f"{type(e).__name__}:{getattr(e, 'branch_id', '')}" for e in effects]
+
+
+def nested_failing(policy: str) -> tuple[Any, list[str]]:
+    """NESTED, the run's max_steps=3 spent by Y's step: X (b3, in A's fan-out) asks and B (b2,
+    in Hub's) waits; Y's step fails, which fails A's fan-out (cancelling X), then A, then
+    Hub's fan-out (cancelling B): a cascade a live run goes through."""
+    config = ExecutionConfig(budget=Budget(max_steps=3), convergence_policy=policy)
+    engine = budgeted(NESTED, config)
+    step(engine, "b0", 0.0, 1.0, Action.invoke_parallel([("A", "a"), ("B", "b")]))
+    step(engine, "b1", 1.0, 1.0, Action.invoke_parallel([("X", "x"), ("Y", "y")]))
+    for branch in ("b4", "b3", "b2"):
+        engine.apply(inp.StepBegin(at=2.0, branch_id=branch))
+    broken = ToolError("Y's lookup failed")
+    effects = engine.apply(
+        inp.StepError(at=3.0, branch_id="b4", error=broken, messages=(), duration=1.0)
+    )
+    return engine, [f"{type(e).__name__}:{getattr(e, 'branch_id', '')}" for e in effects]
+
+
+@pytest.mark.parametrize("failing", [spokes_failing, nested_failing], ids=["asker", "cascade"])
+def test_a_failure_hands_no_question_to_a_branch_it_cancels(failing: Any) -> None:
+    """Convergence "all": the failure fails the fan-out(s), which cancel every waiting branch.
+    The question went to one of them first (a UserInputRequested and a Spawn for a branch
+    cancelled in the same breath: a question nobody was asked, in the log, trace and view)."""
+    engine, effects = failing("all")
+    asked = [e.branch_id for e in engine.stream.events if type(e) is ev.UserInputRequested]
+    assert len(asked) == 1  # the asker's own
+    assert not [effect for effect in effects if effect.startswith("Spawn")], effects
+    assert engine.finished and engine.error is not None
+    assert all(branch.ended for branch in engine.branches.values())
 
 
 # ---- a log written before the rule replays as it ran ----

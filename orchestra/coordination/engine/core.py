@@ -85,6 +85,7 @@ class Engine:
         self.spawned = 0  # how many times a branch was given work (see Branch.ready)
         self.budget_book: budgets.Book | None = None  # read from the events when first needed
         self.shared_budget_questions = False  # the run's rule (its RunStart): see budgets.stop
+        self.dropped_questions: list[tuple[str, str]] = []  # see budgets.hand_over
         self.follow_ups: rounds.Conversation | None = None  # with follow-ups on: the rounds
         self.follow_ups_note: str | None = None  # why follow-ups asked for are not offered
         self.finished = False
@@ -128,6 +129,8 @@ class Engine:
         else:
             self.last_at = self.now  # a clock that stepped back never makes time run backwards
         self._handlers[type(item)](item)
+        if self.dropped_questions:
+            budgets.hand_over(self)
         effects, self.effects = self.effects, []
         return effects
 
