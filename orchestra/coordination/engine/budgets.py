@@ -80,9 +80,13 @@ class Book:
     waits: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)
     stood: list[tuple[float, float | None]] = field(default_factory=list)
     # the branches not ended, their parents, and how many of each one's children are not ended
-    # (a branch with such children waits for them and does no work of its own)
+    # (a branch with such children waits for them and does no work of its own); how many
+    # branches work (are not ended, without such children), and how many of those stand at a
+    # budget question: kept as each event is folded, so whether the run stands is O(1)
     live: dict[str, str | None] = field(default_factory=dict)
     children: dict[str, int] = field(default_factory=dict)
+    working: int = 0
+    standing: int = 0
 
     def catch_up(self, events: list[ev.Event]) -> None:
         """Take in the events emitted since the last look."""
@@ -169,7 +173,9 @@ def waited(
 def _created(book: Book, event: Any) -> None:
     parent = event.parent_branch_id
     book.live[event.branch_id] = parent
+    _count(book, event.branch_id, 1)
     if parent is not None:
+        _count(book, parent, -1)
         book.children[parent] = book.children.get(parent, 0) + 1
     _restate(book, event.at)
 
@@ -182,7 +188,11 @@ def _asked(book: Book, event: Any) -> None:
             event.budget, event.limit, event.allowed, event.spent, event.source
         )
         book.askers[event.question_id] = event.branch_id
-    book.waits.setdefault(event.branch_id, []).append((event.at, None))
+    branch = event.branch_id
+    waits = book.waits.setdefault(branch, [])
+    _count(book, branch, -1)
+    waits.append((event.at, None))
+    _count(book, branch, 1)
     _restate(book, event.at)
 
 
@@ -194,23 +204,36 @@ def _handed_over(book: Book, event: Any) -> None:
 
 def _wait_over(book: Book, event: Any) -> None:
     """The branch's budget question was answered, or the branch failed waiting for it."""
-    _close(book.waits.get(event.branch_id), event.at)
+    _close_wait(book, event.branch_id, event.at)
     _restate(book, event.at)
 
 
 def _ended(book: Book, event: Any) -> None:
     """A branch ended, however (completed, returned, cancelled, failed): its wait ends."""
-    _close(book.waits.get(event.branch_id), event.at)
-    parent = book.live.pop(event.branch_id, None)
+    branch = event.branch_id
+    _close_wait(book, branch, event.at)
+    if branch not in book.live:
+        return
+    _count(book, branch, -1)
+    parent = book.live.pop(branch)
     if parent is not None:
         book.children[parent] -= 1
+        _count(book, parent, 1)
     _restate(book, event.at)
 
 
 def _run_over(book: Book, event: Any) -> None:
     for waits in book.waits.values():
         _close(waits, event.at)
+    book.standing = 0
     _close(book.stood, event.at)
+
+
+def _close_wait(book: Book, branch: str, at: float) -> None:
+    """The branch's wait, if open, ends at ``at``."""
+    _count(book, branch, -1)
+    _close(book.waits.get(branch), at)
+    _count(book, branch, 1)
 
 
 def _close(waits: list[tuple[float, float | None]] | None, at: float) -> None:
@@ -218,11 +241,19 @@ def _close(waits: list[tuple[float, float | None]] | None, at: float) -> None:
         waits[-1] = (waits[-1][0], at)
 
 
+def _count(book: Book, branch: str, sign: int) -> None:
+    """Take a working branch out of the counts of working and standing branches (``sign``
+    -1), or put it in as it now stands (1): on each side of a change to either."""
+    if branch in book.live and not book.children.get(branch):
+        book.working += sign
+        if _open(book.waits.get(branch)):
+            book.standing += sign
+
+
 def _restate(book: Book, at: float) -> None:
     """Open or close the run's standing span: whether every working branch (one not ended,
     without children not ended) now stands at a budget question."""
-    working = [b for b in book.live if not book.children.get(b)]
-    stands = bool(working) and all(_open(book.waits.get(b)) for b in working)
+    stands = book.working > 0 and book.standing == book.working
     if stands and not _open(book.stood):
         book.stood.append((at, None))
     elif not stands:
