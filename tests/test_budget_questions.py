@@ -14,7 +14,7 @@ import pytest
 from helpers import final, invoke, llm, of, quiet, run
 from storage_backends import close_backend, open_backend
 from test_budgets import TWO_LOOPS, budgeted, failures
-from test_engine_core import step
+from test_engine_core import engine_for, step
 from test_session_runs import Unanswering
 
 from orchestra import (
@@ -31,6 +31,8 @@ from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
+from orchestra.coordination.state.snapshots import capture, restore
+from orchestra.coordination.state.snapshots import read as read_snapshot
 from orchestra.errors import BranchTimeoutError, ToolError, UserInputError
 from orchestra.models import Message, StepInfo
 from orchestra.models.base import ModelReply
@@ -367,3 +369,18 @@ async def test_a_log_written_before_questions_were_shared_reads_back_as_it_ran(
         assert log.last_run is not None and log.last_run.start.shared_budget_questions
     finally:
         close_backend(storage)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_snapshot_keeps_the_rule_the_run_was_started_with(shared: bool) -> None:
+    """A run resumed from its snapshot decides as the live run did: the snapshot holds the
+    rule of the run's header (a snapshot written before the rule holds none: False)."""
+    config = ExecutionConfig(budget=Budget(max_steps=2), convergence_policy="any")
+    engine = budgeted(TWO_LOOPS, config, shared=shared)
+    data = capture(engine, 1, 0.0, compress=False)
+    assert data is not None
+    snapshot = read_snapshot(data, "s")
+    assert snapshot is not None
+    restored = engine_for(TWO_LOOPS)
+    restore(restored, snapshot, "s")
+    assert restored.shared_budget_questions is shared
