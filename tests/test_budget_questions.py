@@ -14,7 +14,7 @@ import pytest
 from helpers import final, invoke, llm, of, quiet, run
 from storage_backends import close_backend, open_backend
 from test_budgets import TWO_LOOPS, budgeted, failures
-from test_engine_core import step
+from test_engine_core import engine_for, step
 from test_session_runs import Unanswering
 
 from orchestra import (
@@ -31,7 +31,9 @@ from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
-from orchestra.errors import BranchTimeoutError, UserInputError
+from orchestra.coordination.state.snapshots import capture, restore
+from orchestra.coordination.state.snapshots import read as read_snapshot
+from orchestra.errors import BranchTimeoutError, ToolError, UserInputError
 from orchestra.models import Message, StepInfo
 from orchestra.models.base import ModelReply
 
@@ -161,8 +163,9 @@ def test_the_answer_times_out_and_every_waiting_branch_fails_with_the_budget_err
 
 
 def test_an_asking_branch_that_ends_another_way_hands_its_question_on() -> None:
-    """b1's own branch_timeout ends it while it asks: b2, which waited for that answer, asks
-    the same question now (it used to wait for good)."""
+    """b1 fails while it asks (a branch_timeout, as the engine core is told: in a live run the
+    root's, started first, runs out first): b2, which waited for that answer and which the
+    failure leaves running ("any"), asks the same question now (it used to wait for good)."""
     engine = both_stopped()
     question = engine.branches["b1"].question
     timeout = BranchTimeoutError("branch_timeout", "branch b1 exceeded branch_timeout=5s")
@@ -279,3 +282,105 @@ def test_branches_cancelled_together_hand_no_question_to_each_other() -> None:
     assert [engine.branches[b].outcome for b in ("b1", "b2")] == ["cancelled", "cancelled"]
     asked = [e.branch_id for e in engine.stream.events if type(e) is ev.UserInputRequested]
     assert asked == ["b1"]
+
+
+def spokes_failing(policy: str) -> tuple[Any, list[str]]:
+    """SPOKES, the run's max_steps=1 spent: b1 (A) asks, b2 (B) and b3 (C) wait; b1 fails
+    (its branch_timeout, as the engine is told): the effects of that failure."""
+    config = ExecutionConfig(budget=Budget(max_steps=1), convergence_policy=policy)
+    engine = budgeted(SPOKES, config)
+    step(engine, "b0", 0.0, 1.0, Action.invoke_parallel([("A", "a"), ("B", "b"), ("C", "c")]))
+    for branch in ("b1", "b2", "b3"):
+        engine.apply(inp.StepBegin(at=1.0, branch_id=branch))
+    timeout = BranchTimeoutError("branch_timeout", "branch b1 exceeded branch_timeout=5s")
+    effects = engine.apply(inp.BranchFailure(at=8.0, branch_id="b1", error=timeout))
+    return engine, [f"{type(e).__name__}:{getattr(e, 'branch_id', '')}" for e in effects]
+
+
+def nested_failing(policy: str) -> tuple[Any, list[str]]:
+    """NESTED, the run's max_steps=3 spent by Y's step: X (b3, in A's fan-out) asks and B (b2,
+    in Hub's) waits; Y's step fails, which fails A's fan-out (cancelling X), then A, then
+    Hub's fan-out (cancelling B): a cascade a live run goes through."""
+    config = ExecutionConfig(budget=Budget(max_steps=3), convergence_policy=policy)
+    engine = budgeted(NESTED, config)
+    step(engine, "b0", 0.0, 1.0, Action.invoke_parallel([("A", "a"), ("B", "b")]))
+    step(engine, "b1", 1.0, 1.0, Action.invoke_parallel([("X", "x"), ("Y", "y")]))
+    for branch in ("b4", "b3", "b2"):
+        engine.apply(inp.StepBegin(at=2.0, branch_id=branch))
+    broken = ToolError("Y's lookup failed")
+    effects = engine.apply(
+        inp.StepError(at=3.0, branch_id="b4", error=broken, messages=(), duration=1.0)
+    )
+    return engine, [f"{type(e).__name__}:{getattr(e, 'branch_id', '')}" for e in effects]
+
+
+@pytest.mark.parametrize("failing", [spokes_failing, nested_failing], ids=["asker", "cascade"])
+def test_a_failure_hands_no_question_to_a_branch_it_cancels(failing: Any) -> None:
+    """Convergence "all": the failure fails the fan-out(s), which cancel every waiting branch.
+    The question went to one of them first (a UserInputRequested and a Spawn for a branch
+    cancelled in the same breath: a question nobody was asked, in the log, trace and view)."""
+    engine, effects = failing("all")
+    asked = [e.branch_id for e in engine.stream.events if type(e) is ev.UserInputRequested]
+    assert len(asked) == 1  # the asker's own
+    assert not [effect for effect in effects if effect.startswith("Spawn")], effects
+    assert engine.finished and engine.error is not None
+    assert all(branch.ended for branch in engine.branches.values())
+
+
+# ---- a log written before the rule replays as it ran ----
+
+DATA = Path(__file__).parent / "data"
+
+
+def per_branch_instance(sessions: StateManager, user: ScriptedUser) -> OrchestraInstance:
+    """The run tests/data/format2-budget-questions-per-branch.jsonl was written by (a release
+    in which each branch asked its own budget question): FAN with the run's max_steps=1 and
+    convergence "any", the user answering "no", "10", "10"."""
+    model = fanning()
+    agents = AgentRegistry([llm(name, model) for name in ("Hub", "A", "B", "C")])
+    config = quiet(budget=Budget(max_steps=1), convergence_policy="any")
+    return OrchestraInstance(FAN, agents, config, CommunicationManager(user), sessions)
+
+
+async def test_a_log_written_before_questions_were_shared_reads_back_as_it_ran(
+    tmp_path: Path,
+) -> None:
+    """Each of b1, b2, b3 asked its own question there: b1 was refused, b2 and b3 raised, and
+    the run succeeded. Read back with the shared rule, b2's and b3's answers were dropped and
+    its stored result turned to a failure; a new run of the same workflow shares (one "no"
+    stops all three)."""
+    storage = open_backend("sqlite", tmp_path)
+    try:
+        lines = (DATA / "format2-budget-questions-per-branch.jsonl").read_text().splitlines()
+        await storage.append("old", lines, durable=True, after=0)
+        sessions = StateManager(storage, auto_save_interval=0)
+        stored = await per_branch_instance(sessions, ScriptedUser([])).get_result("old")
+        assert stored is not None and stored.success, stored and stored.error
+        assert stored.final_response == "all done" and stored.total_steps == 3
+        spent = [(e.branch_id, e.question_id) for e in of(stored, ev.BudgetSpent)]
+        assert spent == [("b1", "budget-q1"), ("b2", "budget-q2"), ("b3", "budget-q3")]
+        assert [e.branch_id for e in of(stored, ev.UserInputRequested)] == ["b1", "b2", "b3"]
+
+        user = ScriptedUser(["no", "10", "10"])
+        new = await per_branch_instance(sessions, user).execute("go", {"session_id": "new"})
+        assert not new.success and len(user.questions) == 1
+        assert {e.question_id for e in of(new, ev.BudgetSpent)} == {"budget-q1"}
+        log = await sessions.load("new")
+        assert log.last_run is not None and log.last_run.start.shared_budget_questions
+    finally:
+        close_backend(storage)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_snapshot_keeps_the_rule_the_run_was_started_with(shared: bool) -> None:
+    """A run resumed from its snapshot decides as the live run did: the snapshot holds the
+    rule of the run's header (a snapshot written before the rule holds none: False)."""
+    config = ExecutionConfig(budget=Budget(max_steps=2), convergence_policy="any")
+    engine = budgeted(TWO_LOOPS, config, shared=shared)
+    data = capture(engine, 1, 0.0, compress=False)
+    assert data is not None
+    snapshot = read_snapshot(data, "s")
+    assert snapshot is not None
+    restored = engine_for(TWO_LOOPS)
+    restore(restored, snapshot, "s")
+    assert restored.shared_budget_questions is shared

@@ -351,7 +351,9 @@ TWO_LOOPS = {
 }
 
 
-def budgeted(topology: dict[str, Any], config: ExecutionConfig) -> Engine:
+def budgeted(topology: dict[str, Any], config: ExecutionConfig, shared: bool = True) -> Engine:
+    """An engine started with ``config`` (``shared``: a spent budget asked about once, as a
+    new run decides; False: each branch asks, as a run logged before that rule did)."""
     engine = engine_for(topology)
     engine.apply(
         inp.RunStart(
@@ -362,6 +364,7 @@ def budgeted(topology: dict[str, Any], config: ExecutionConfig) -> Engine:
             config=config,
             error_config=ErrorHandlingConfig(),
             topology=(),
+            shared_budget_questions=shared,
         )
     )
     return engine

@@ -2,26 +2,29 @@
 are separate conversations. An agent remembers nothing from an earlier run of the session (its
 conversation starts empty); what carries over is what the caller passes in the context. With a
 state manager the session's log keeps every run, ``get_result`` gives the latest run's result,
-and a new run follows only a finished one.
+and a new run supersedes one that did not finish.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import final, llm, quiet
+from helpers import final, fn, llm, quiet
+from services import output_of
 from storage_backends import close_backend, open_backend
 
-from orchestra import AgentRegistry, FunctionModel, Orchestra
+from orchestra import AgentRegistry, FunctionModel, Orchestra, ScriptedUser
 from orchestra.communication import CommunicationManager
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
+from orchestra.coordination.state.backends import another_writer
 from orchestra.errors import SessionError
 from orchestra.models import Message, StepInfo
 from orchestra.models.base import ModelReply
@@ -232,10 +235,17 @@ class Unanswering:
         await asyncio.Event().wait()
 
 
-async def test_a_new_run_does_not_bury_a_paused_one(tmp_path: Path) -> None:
-    """The session's last run is paused: a new run with its session_id is refused, naming the
-    session and how to go on (it used to start, and resume_session could no longer reach the
-    paused run)."""
+def solo(step: Callable[[Any, Any], Awaitable[str]], sessions: StateManager) -> OrchestraInstance:
+    """A one-agent workflow whose agent's step is ``step``, its runs kept in ``sessions``."""
+    agents = AgentRegistry([fn("Solo", step)])
+    return OrchestraInstance({"nodes": ["Solo"], "edges": []}, agents, quiet(), None, sessions)
+
+
+async def test_a_new_run_supersedes_a_paused_one(tmp_path: Path) -> None:
+    """The session's last run is paused: a new run with its session_id runs, and its result
+    names the run it superseded (a new run used to be refused, and before that to bury the
+    paused run unsaid). The earlier run stays in the log; resume_session and get_result act
+    on the new one."""
     storage = open_backend("file", tmp_path)
     sessions = StateManager(storage)
     try:
@@ -246,15 +256,110 @@ async def test_a_new_run_does_not_bury_a_paused_one(tmp_path: Path) -> None:
         running = asyncio.ensure_future(instance.execute("first", {"session_id": SESSION}))
         await asyncio.wait_for(asked.wait(), 5)
         assert await instance.pause_session(SESSION)
-        await running
-        with pytest.raises(SessionError) as refused:  # (bounded: a second run would wait)
-            await asyncio.wait_for(instance.execute("second", {"session_id": SESSION}), 5)
-        assert str(refused.value) == (
-            f"session {SESSION!r}: its last run is paused after 1 step; "
-            f"resume_session({SESSION!r}) continues it (a new run would leave it behind for "
-            "good), or start the new run under another session_id"
-        )
+        assert (await running).metadata["paused"]
+        answering = CommunicationManager(ScriptedUser(["yes"]))
+        again = OrchestraInstance(ASKING, agents, quiet(), answering, sessions)
+        second = await asyncio.wait_for(again.execute("second", {"session_id": SESSION}), 5)
+        assert second.success and second.final_response == "answered", second.error
+        earlier = {"run": 1, "steps": 1, "paused": True}
+        assert second.metadata["superseded_run"] == earlier
         log = await sessions.load(SESSION)
-        assert [run.start.task for run in log.runs] == ["first"]
+        assert [run.start.task for run in log.runs] == ["first", "second"]
+        assert log.runs[0].end is not None and log.runs[0].end.paused  # kept as it was
+        resumed = await again.resume_session(SESSION)  # the new run: finished, returned
+        stored = await again.get_result(SESSION)
+        for result in (resumed, stored):
+            assert result is not None and result.final_response == "answered"
+            assert result.metadata["superseded_run"] == earlier
+        assert len((await sessions.load(SESSION)).runs) == 2  # neither ran anything again
     finally:
+        close_backend(storage)
+
+
+async def test_a_new_run_after_a_cancelled_one_runs(durable: StateManager) -> None:
+    """A chat app's request cancelled mid-run (a dropped connection, a wait_for timing out):
+    the next request on the conversation's session_id runs (it used to be refused for good,
+    the cancelled run taken for one cut off by a crash)."""
+    started = asyncio.Event()
+
+    async def endless(task: Any, context: Any) -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    first = solo(endless, durable)
+    running = asyncio.ensure_future(first.execute("first", {"session_id": SESSION}))
+    await asyncio.wait_for(started.wait(), 5)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    second = solo(quick, durable)
+    result = await asyncio.wait_for(second.execute("second", {"session_id": SESSION}), 5)
+    assert result.success and result.final_response == "done second", result.error
+    assert result.metadata["superseded_run"] == {"run": 1, "steps": 0, "paused": False}
+    resumed = await asyncio.wait_for(second.resume_session(SESSION), 5)
+    assert resumed.final_response == "done second"
+
+
+async def quick(task: Any, context: Any) -> str:
+    return f"done {task}"
+
+
+# ---- a run in progress in another process ----
+
+TESTS = Path(__file__).parent
+
+
+async def other_process_writer(root: str) -> None:
+    """Run SESSION on SQLite under ``root``, saying so once its step is in flight (its header
+    is durable by then: the session's writer lock is held) and ending it at a line on stdin."""
+
+    async def held(task: Any, context: Any) -> str:
+        print("working", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        return "finished there"
+
+    storage = open_backend("sqlite", Path(root))
+    instance = solo(held, StateManager(storage, auto_save_interval=0))
+    result = await instance.execute("there", {"session_id": SESSION})
+    print(result.final_response, flush=True)
+    close_backend(storage)
+
+
+async def test_a_run_in_progress_in_another_process_is_refused_by_its_writer_lock(
+    tmp_path: Path,
+) -> None:
+    """The run that process holds is not taken for one cut off by a crash (the error said so,
+    and sent the user to a resume that was refused): a new run here meets the storage's
+    refusal of a second writer, and the run there finishes undisturbed."""
+    code = (
+        f"import asyncio, sys; sys.path.insert(0, {str(TESTS)!r}); import test_session_runs "
+        f"as t; asyncio.run(t.other_process_writer({str(tmp_path)!r}))"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    storage = open_backend("sqlite", tmp_path)
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert line == b"working\n", line
+        here = solo(quick, StateManager(storage, auto_save_interval=0))
+        with pytest.raises(SessionError) as refused:
+            await asyncio.wait_for(here.execute("here", {"session_id": SESSION}), 10)
+        assert str(refused.value) == str(another_writer(SESSION))
+        process.stdin.write(b"\n")
+        output = await output_of(process, 30)
+        assert process.returncode == 0 and output == "finished there\n", output
+        log = await StateManager(storage).load(SESSION)
+        assert [run.start.task for run in log.runs] == ["there"] and log.runs[0].finished
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
         close_backend(storage)

@@ -96,7 +96,6 @@ async def _execute(
     writer = None
     try:
         writer, log = await state_manager.open(session_id)
-        _check_last_run(log)
         runner.journal = Journal(writer)
         try:
             runner.start(first)  # nothing runs until the header is durable
@@ -114,23 +113,28 @@ async def _execute(
     except BaseException:
         await _abandon(writer, session_id)
         raise
-    return await _drive(runner, writer, session_id)
+    return _noted(await _drive(runner, writer, session_id), log, started=False)
 
 
-def _check_last_run(log: SessionLog | None) -> None:
-    """A session's runs are separate conversations, one after another: a new run follows a
-    finished one, never one that may still go on (paused, or cut off by a crash), which
-    ``resume_session`` would no longer reach."""
-    if log is None or log.last_run is None or log.last_run.finished:
-        return
-    last = log.last_run
-    steps = f"{last.steps} step{'' if last.steps == 1 else 's'}"
-    state = f"paused after {steps}" if last.ended else f"cut off by a crash after {steps}"
-    raise SessionError(
-        f"session {log.session_id!r}: its last run is {state}; "
-        f"resume_session({log.session_id!r}) continues it (a new run would leave it behind for "
-        "good), or start the new run under another session_id"
-    )
+def _superseded(log: SessionLog | None, started: bool) -> dict[str, Any] | None:
+    """The run a session's latest run superseded (``started``: the latest is in ``log``; else
+    it is about to be): the one before it, had that one not finished (paused, cancelled, cut
+    off by a crash, or restored to a checkpoint taken in it). It stays in the log, with its
+    checkpoints, but is no longer resumed: the result names it (its number among the
+    session's runs, from 1), so it is not left behind unsaid."""
+    runs = [] if log is None else log.runs[:-1] if started else log.runs
+    if not runs or runs[-1].finished:
+        return None
+    earlier = runs[-1]
+    return {"run": len(runs), "steps": earlier.steps, "paused": earlier.ended}
+
+
+def _noted(result: OrchestraResult, log: SessionLog | None, started: bool) -> OrchestraResult:
+    """The result, with the run it superseded in ``metadata["superseded_run"]``, if any."""
+    earlier = _superseded(log, started)
+    if earlier is not None:
+        result.metadata["superseded_run"] = earlier
+    return result
 
 
 async def _resume(
@@ -147,7 +151,7 @@ async def _resume(
         engine, runner = await _rebuilt(setup, log, state_manager, status)
         if log.last_run is not None and log.last_run.finished:
             await let_go(session_id, None)
-            return result_of(engine, session_id)
+            return _noted(result_of(engine, session_id), log, started=True)
         writer = SessionWriter(state_manager, session_id, log.length)
         runner.journal = Journal(writer)
         extra = dict(additional_context or {})
@@ -162,7 +166,7 @@ async def _resume(
     except BaseException:
         await _abandon(writer, session_id)
         raise
-    return await _drive(runner, writer, session_id)
+    return _noted(await _drive(runner, writer, session_id), log, started=True)
 
 
 async def stored_result(
@@ -173,7 +177,7 @@ async def stored_result(
     if log.last_run is None or not log.last_run.ended:
         return None
     engine, _ = await _rebuilt(setup, log, state_manager, _SILENT)
-    return result_of(engine, log.session_id)
+    return _noted(result_of(engine, log.session_id), log, started=True)
 
 
 async def _rebuilt(

@@ -168,6 +168,7 @@ def first_input(setup: Setup, task: Any, context: dict[str, Any]) -> inp.RunStar
         topology=topology_fingerprint(setup.analysis),
         follow_up_timeout=setup.follow_up_timeout,
         follow_ups_note=setup.follow_ups_note,
+        shared_budget_questions=True,
     )
 
 

@@ -17,7 +17,10 @@ the same). A budget that is not one branch's (the run's, an agent's) is asked ab
 branch it stops while another branch's question about the same limit is open waits for that
 answer (its ``BudgetSpent`` names that question; no question of its own is put to the user),
 and goes on after a raise or fails with the asking branch; should the asking branch end
-another way (its ``branch_timeout``, cancelled), the next waiting branch asks the question.
+another way (cancelled with its fan-out), the first waiting branch still running once the
+input that ended it is applied whole asks the question (:func:`hand_over`). A run whose
+``RunStart`` does not set ``shared_budget_questions`` (logged before that rule) has each branch
+ask its own question, as it did.
 
 The time a branch stands at a budget question is not its working time: it is left
 out of its branch budget's ``max_duration`` (an agent's duration is its steps' own), and out of
@@ -77,9 +80,13 @@ class Book:
     waits: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)
     stood: list[tuple[float, float | None]] = field(default_factory=list)
     # the branches not ended, their parents, and how many of each one's children are not ended
-    # (a branch with such children waits for them and does no work of its own)
+    # (a branch with such children waits for them and does no work of its own); how many
+    # branches work (are not ended, without such children), and how many of those stand at a
+    # budget question: kept as each event is folded, so whether the run stands is O(1)
     live: dict[str, str | None] = field(default_factory=dict)
     children: dict[str, int] = field(default_factory=dict)
+    working: int = 0
+    standing: int = 0
 
     def catch_up(self, events: list[ev.Event]) -> None:
         """Take in the events emitted since the last look."""
@@ -166,7 +173,9 @@ def waited(
 def _created(book: Book, event: Any) -> None:
     parent = event.parent_branch_id
     book.live[event.branch_id] = parent
+    _count(book, event.branch_id, 1)
     if parent is not None:
+        _count(book, parent, -1)
         book.children[parent] = book.children.get(parent, 0) + 1
     _restate(book, event.at)
 
@@ -179,7 +188,11 @@ def _asked(book: Book, event: Any) -> None:
             event.budget, event.limit, event.allowed, event.spent, event.source
         )
         book.askers[event.question_id] = event.branch_id
-    book.waits.setdefault(event.branch_id, []).append((event.at, None))
+    branch = event.branch_id
+    waits = book.waits.setdefault(branch, [])
+    _count(book, branch, -1)
+    waits.append((event.at, None))
+    _count(book, branch, 1)
     _restate(book, event.at)
 
 
@@ -191,23 +204,36 @@ def _handed_over(book: Book, event: Any) -> None:
 
 def _wait_over(book: Book, event: Any) -> None:
     """The branch's budget question was answered, or the branch failed waiting for it."""
-    _close(book.waits.get(event.branch_id), event.at)
+    _close_wait(book, event.branch_id, event.at)
     _restate(book, event.at)
 
 
 def _ended(book: Book, event: Any) -> None:
     """A branch ended, however (completed, returned, cancelled, failed): its wait ends."""
-    _close(book.waits.get(event.branch_id), event.at)
-    parent = book.live.pop(event.branch_id, None)
+    branch = event.branch_id
+    _close_wait(book, branch, event.at)
+    if branch not in book.live:
+        return
+    _count(book, branch, -1)
+    parent = book.live.pop(branch)
     if parent is not None:
         book.children[parent] -= 1
+        _count(book, parent, 1)
     _restate(book, event.at)
 
 
 def _run_over(book: Book, event: Any) -> None:
     for waits in book.waits.values():
         _close(waits, event.at)
+    book.standing = 0
     _close(book.stood, event.at)
+
+
+def _close_wait(book: Book, branch: str, at: float) -> None:
+    """The branch's wait, if open, ends at ``at``."""
+    _count(book, branch, -1)
+    _close(book.waits.get(branch), at)
+    _count(book, branch, 1)
 
 
 def _close(waits: list[tuple[float, float | None]] | None, at: float) -> None:
@@ -215,11 +241,19 @@ def _close(waits: list[tuple[float, float | None]] | None, at: float) -> None:
         waits[-1] = (waits[-1][0], at)
 
 
+def _count(book: Book, branch: str, sign: int) -> None:
+    """Take a working branch out of the counts of working and standing branches (``sign``
+    -1), or put it in as it now stands (1): on each side of a change to either."""
+    if branch in book.live and not book.children.get(branch):
+        book.working += sign
+        if _open(book.waits.get(branch)):
+            book.standing += sign
+
+
 def _restate(book: Book, at: float) -> None:
     """Open or close the run's standing span: whether every working branch (one not ended,
     without children not ended) now stands at a budget question."""
-    working = [b for b in book.live if not book.children.get(b)]
-    stands = bool(working) and all(_open(book.waits.get(b)) for b in working)
+    stands = book.working > 0 and book.standing == book.working
     if stands and not _open(book.stood):
         book.stood.append((at, None))
     elif not stands:
@@ -356,8 +390,10 @@ def stop(engine: Engine, branch: Branch) -> bool:
 
 def _open_question(engine: Engine, found: Overrun) -> tuple[str, str] | None:
     """The open question of another branch about ``found``'s limit, for a budget not of one
-    branch: what a branch it stops waits for instead of asking again."""
-    if found.budget.startswith("branch "):
+    branch: what a branch it stops waits for instead of asking again. (None in a run logged
+    before that rule, whose ``RunStart`` does not set it: each branch asked, and its log
+    replays as it ran.)"""
+    if not engine.shared_budget_questions or found.budget.startswith("branch "):
         return None
     book = _book(engine)
     for question_id, asker in book.askers.items():
@@ -379,24 +415,20 @@ def waits_for_another(engine: Engine, branch: Branch) -> bool:
     return _book(engine).askers.get(question[0]) != branch.id
 
 
-def _waiting(engine: Engine, question_id: str, asker: Branch) -> list[Branch]:
-    """The branches other than ``asker`` waiting for the budget question ``question_id``."""
+def _waiting(engine: Engine, question_id: str) -> list[Branch]:
+    """The branches not ended that wait for the budget question ``question_id`` (the one that
+    asks it is not among them once its answer came, or it ended)."""
     return [
         branch
         for branch in engine.branches.values()
-        if branch is not asker
-        and not branch.ended
-        and branch.question is not None
-        and branch.question[0] == question_id
+        if not branch.ended and branch.question is not None and branch.question[0] == question_id
     ]
 
 
-def _settle(
-    engine: Engine, question_id: str, asker: Branch, answer: Any, error: OrchestraError | None
-) -> None:
+def _settle(engine: Engine, question_id: str, answer: Any, error: OrchestraError | None) -> None:
     """The branches waiting for the asker's answer take it too: they go on to the step the
     budget stopped (checked again there), or fail with the asker's ``error``."""
-    for branch in _waiting(engine, question_id, asker):
+    for branch in _waiting(engine, question_id):
         if branch.ended:  # a failure before it ended it (its fan-out failed)
             continue
         branch.question = None
@@ -416,48 +448,47 @@ def _settle(
             lifecycle.fail(engine, branch, error)
 
 
-def _doomed(branch: Branch) -> bool:
-    """Whether a fan-out the branch belongs to (its own, or one above it) has settled: a
-    branch that has not ended is then being cancelled with the rest of it."""
-    fan_out = branch.fan_out
-    while fan_out is not None:
-        if fan_out.settled:
-            return True
-        fan_out = fan_out.parent.fan_out
-    return False
-
-
 def dropped(engine: Engine, branch: Branch, error: OrchestraError | None) -> None:
     """The branch ended (failed with ``error``, or cancelled) while it asked a budget question:
     the branches waiting for that answer fail with the budget's error when that is why it
-    failed (no answer in time, no channel), and otherwise the first of them not being
-    cancelled with it asks the question itself."""
+    failed (no answer in time, no channel); otherwise the question is handed over once the
+    input that ended it has been applied whole (see :func:`hand_over`)."""
     question = branch.question
     if question is None or not is_question(question[0]) or engine.error or engine.finished:
         return  # (a run that stops cancels every branch: nobody is left to ask)
     if _book(engine).askers.get(question[0]) != branch.id:
         return
-    waiting = _waiting(engine, question[0], branch)
-    if not waiting:
-        return
     if isinstance(error, BudgetExceededError):
-        for other in waiting:
+        for other in _waiting(engine, question[0]):
             lifecycle.fail(engine, other, error)
         return
-    heir = next((other for other in waiting if not _doomed(other)), None)
-    if heir is None:
+    engine.dropped_questions.append(question)
+
+
+def hand_over(engine: Engine) -> None:
+    """Each budget question whose asker ended during the input just applied goes to the first
+    branch still waiting for it, which asks it now. Only now: a failure cancels the branches
+    it dooms (its fan-out's, those under it) after its asker ended, and a question handed to
+    one of them would be put to the user for nothing. (Live and replayed alike: this runs at
+    the end of ``Engine.apply``.)"""
+    questions, engine.dropped_questions = engine.dropped_questions, []
+    if engine.error or engine.finished:
         return
-    engine.stream.emit(
-        ev.UserInputRequested(
-            run_id=engine.run_id,
-            at=engine.now,
-            branch_id=heir.id,
-            agent=heir.agent,
-            question_id=question[0],
-            question=question[1],
+    for question_id, text in questions:
+        heir = next(iter(_waiting(engine, question_id)), None)
+        if heir is None:
+            continue
+        engine.stream.emit(
+            ev.UserInputRequested(
+                run_id=engine.run_id,
+                at=engine.now,
+                branch_id=heir.id,
+                agent=heir.agent,
+                question_id=question_id,
+                question=text,
+            )
         )
-    )
-    lifecycle.spawn(engine, heir)
+        lifecycle.spawn(engine, heir)
 
 
 def is_question(question_id: str) -> bool:
@@ -481,10 +512,10 @@ def answered(engine: Engine, branch: Branch, question_id: str, answer: Any) -> N
     allowed = _number(answer, whole=found.limit in WHOLE)
     if allowed is None or allowed <= found.spent:
         lifecycle.fail(engine, branch, found.error())
-        _settle(engine, question_id, branch, answer, found.error())
+        _settle(engine, question_id, answer, found.error())
         return
     _raise(engine, branch, found, allowed)
-    _settle(engine, question_id, branch, answer, None)
+    _settle(engine, question_id, answer, None)
 
 
 def _raise(engine: Engine, branch: Branch, found: Overrun, allowed: float) -> None:

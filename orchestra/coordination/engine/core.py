@@ -84,6 +84,8 @@ class Engine:
         self.questions_asked = 0
         self.spawned = 0  # how many times a branch was given work (see Branch.ready)
         self.budget_book: budgets.Book | None = None  # read from the events when first needed
+        self.shared_budget_questions = False  # the run's rule (its RunStart): see budgets.stop
+        self.dropped_questions: list[tuple[str, str]] = []  # see budgets.hand_over
         self.follow_ups: rounds.Conversation | None = None  # with follow-ups on: the rounds
         self.follow_ups_note: str | None = None  # why follow-ups asked for are not offered
         self.finished = False
@@ -127,6 +129,8 @@ class Engine:
         else:
             self.last_at = self.now  # a clock that stepped back never makes time run backwards
         self._handlers[type(item)](item)
+        if self.dropped_questions:
+            budgets.hand_over(self)
         effects, self.effects = self.effects, []
         return effects
 
@@ -172,6 +176,7 @@ class Engine:
         self.max_steps = item.max_steps
         self.started_at = item.at
         self.follow_ups_note = item.follow_ups_note
+        self.shared_budget_questions = item.shared_budget_questions
         rounds.begin(self, item.follow_up_timeout, item.task)
         entries = self.analysis.entries
         self.stream.emit(

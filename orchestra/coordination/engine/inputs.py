@@ -46,6 +46,10 @@ class RunStart(Record, frozen=True, kw_only=True):
     # why they were asked for and not offered (absent from logs written before follow-ups)
     follow_up_timeout: float | None = None
     follow_ups_note: str | None = None
+    # whether a spent run or agent budget is asked about once, other branches it stops waiting
+    # for that answer (see engine/budgets.py); a log written before that rule reads as False,
+    # each branch asking its own question, so it replays as it ran
+    shared_budget_questions: bool = False
 
 
 class StepBegin(Record, frozen=True, kw_only=True):

@@ -162,6 +162,7 @@ class _Run:
     root: str | None
     follow_ups: Conversation | None = None
     follow_ups_note: str | None = None
+    shared_budget_questions: bool = False  # (a snapshot taken before the rule reads as False)
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,7 @@ def _state_of(engine: Engine) -> dict[str, Any]:
         root=engine.root.id if engine.root else None,
         follow_ups=engine.follow_ups,
         follow_ups_note=engine.follow_ups_note,
+        shared_budget_questions=engine.shared_budget_questions,
     )
     events = tuple(
         {"type": type(event).__name__, **shape(type(event)).encode(event)}
@@ -347,6 +349,7 @@ def _restore(engine: Engine, data: dict[str, Any]) -> None:
     engine.checkpoint_ids = list(run.checkpoint_ids)
     engine.config, engine.error_config = run.config, run.error_config
     engine.follow_ups, engine.follow_ups_note = run.follow_ups, run.follow_ups_note
+    engine.shared_budget_questions = run.shared_budget_questions
     engine.branches = branches
     engine.fan_outs = fan_outs
     engine.root = _known(branches, run.root)
