@@ -33,7 +33,6 @@ from orchestra.errors import (
     ConditionError,
     LimitExceededError,
     OrchestraError,
-    StepLimitError,
 )
 from orchestra.models.base import Message, StepInfo, ToolSpec
 
@@ -305,7 +304,7 @@ class Engine:
         reopened = branch.step_open
         if not reopened:
             if rounds.steps_in_round(self) >= self.max_steps:
-                self._stop(self._step_limit(branch), branch)
+                self._stop(rounds.step_limit_error(self, branch), branch)
                 return
             config = self.config
             if (config.budget or config.branch_budget or config.agent_budgets) and budgets.stop(
@@ -353,17 +352,6 @@ class Engine:
         )
         request = StepRequest(branch.input, messages, info, self.shared_context, self.error_config)
         self.effects.append(TakeStep(branch.id, request))
-
-    def _step_limit(self, branch: Branch) -> StepLimitError:
-        state = self.follow_ups
-        reached = f"round {state.current.number} of the conversation" if state else "the run"
-        return StepLimitError(
-            "max_steps",
-            f"{reached} reached max_steps={self.max_steps} (every agent step of every "
-            f"branch counts, steering retries included"
-            f"{'; each round has max_steps of its own' if state else ''}); branch "
-            f"{branch.id} was about to run {branch.agent!r}",
-        )
 
     def _permissions(self, agent: str, can_finish: bool, caller: str | None) -> Permissions:
         key = (agent, can_finish, caller)

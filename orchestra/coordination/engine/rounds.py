@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestra.agents.contract import InputKind, StepInput
 from orchestra.coordination.topology import USER
+from orchestra.errors import StepLimitError
 
 from . import convergence, lifecycle, moves
 from . import events as ev
@@ -94,6 +95,19 @@ def steps_in_round(engine: Engine) -> int:
     ``max_steps`` bounds."""
     state = engine.follow_ups
     return engine.steps - (state.current.first_step if state is not None else 0)
+
+
+def step_limit_error(engine: Engine, branch: Branch) -> StepLimitError:
+    """What stops a branch at ``max_steps``: the run's limit, or with follow-ups its round's."""
+    state = engine.follow_ups
+    reached = f"round {state.current.number} of the conversation" if state else "the run"
+    return StepLimitError(
+        "max_steps",
+        f"{reached} reached max_steps={engine.max_steps} (every agent step of every "
+        f"branch counts, steering retries included"
+        f"{'; each round has max_steps of its own' if state else ''}); branch "
+        f"{branch.id} was about to run {branch.agent!r}",
+    )
 
 
 def waiting(engine: Engine) -> bool:
