@@ -110,8 +110,10 @@ class Orchestra:
 
         Never raises for a workflow problem (invalid topology, missing agent, a failed branch,
         a limit reached): the result has ``success=False`` and an ``error`` naming the cause.
-        Raises TypeError / ConfigurationError for misuse of the API itself. With a
-        ``state_manager`` the run is a durable session, ``context["session_id"]`` naming it.
+        Raises TypeError / ConfigurationError for misuse of the API itself, and SessionError
+        when its session cannot be kept (a run of it in progress, here or in another process;
+        storage failing for good). With a ``state_manager`` the run is a durable session,
+        ``context["session_id"]`` naming it.
         A ``metrics_collector`` counts what the run does (docs/observability.md).
         """
         launch = _launcher(
