@@ -182,9 +182,9 @@ async def test_the_user_raises_a_spent_budget_and_the_run_goes_on() -> None:
     assert result.success, result.error
     assert result.final_response == "done" and model.call_count == 5
     assert [question.text for question in user.questions] == [
-        "The run budget's max_tokens=250 is spent (300 used) before 'Critic''s next step. "
+        "The run budget's max_tokens=250 is spent (300 used) before agent 'Critic' takes its next step. "
         "Reply with a higher max_tokens (a whole number) to go on, or 'no' to stop.",
-        "The run budget's max_tokens=400 is spent (400 used) before 'Writer''s next step. "
+        "The run budget's max_tokens=400 is spent (400 used) before agent 'Writer' takes its next step. "
         "Reply with a higher max_tokens (a whole number) to go on, or 'no' to stop.",
     ]
     raised = [(e.budget, e.limit, e.allowed) for e in of(result, ev.BudgetRaised)]

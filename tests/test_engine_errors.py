@@ -822,7 +822,10 @@ async def test_scripted_user_out_of_answers() -> None:
     result = await run("task", TALKER, [a], communication_config=CommunicationConfig(channel=user))
 
     assert_failed(
-        result, "UserInputError", "ScriptedUser has no answer left for 'A'", "'Which day?'"
+        result,
+        "UserInputError",
+        "ScriptedUser has no answer left for the question of agent 'A'",
+        "'Which day?'",
     )
     assert model.calls[1].messages[-1].content == "[The user answered]\nParis"
     assert [q.text for q in user.questions] == ["Which city?", "Which day?"]
@@ -852,7 +855,10 @@ async def test_user_timeout_is_user_input_error() -> None:
     result = await run("task", TALKER, [a], communication_config=communication)
 
     assert_failed(
-        result, "UserInputError", "did not answer 'A''s question within 0.05s", "Which city?"
+        result,
+        "UserInputError",
+        "did not answer the question of agent 'A' within 0.05s (CommunicationConfig.user_timeout;",
+        "Which city?",
     )
     assert channel.pending == []
 

@@ -46,6 +46,28 @@ async def test_an_agents_question_times_out_on_its_own_timeout() -> None:
     assert "blue" in result.final_response
 
 
+async def test_an_expired_question_timeout_is_named_as_the_question_s_own() -> None:
+    """The error named ``user_timeout`` although the question's own limit had expired (the
+    run's was 600 s): the user would raise the wrong setting."""
+
+    def asker(value: Any, ctx: Any) -> Any:
+        return Action.ask_user("Which colour?", timeout=0.05)
+
+    result = await run(
+        "task",
+        {"nodes": ["User", "Asker"], "edges": ["User -> Asker", "Asker -> User"]},
+        [fn("Asker", asker)],
+        communication_config=CommunicationConfig(channel=ProgrammaticChannel(), user_timeout=600),
+    )
+
+    assert not result.success
+    assert result.error is not None
+    assert (
+        "the user did not answer the question of agent 'Asker' within 0.05s "
+        "(the question's own timeout; question " in result.error
+    ), result.error
+
+
 async def test_a_models_question_has_the_channels_timeout_whatever_it_writes() -> None:
     """Per-question timeouts are set by code: a model's ask_user carrying a "timeout" (which
     no prompt or schema tells it of) is asked with the channel's, whatever the value."""

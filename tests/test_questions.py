@@ -138,7 +138,8 @@ async def test_a_channel_raising_fails_only_the_asking_branch() -> None:
     assert asker is not None
     assert asker.error_type == "UserInputError"
     assert asker.error == (
-        "the user channel failed on 'Asker''s question 'which one?': ConnectionError: UI went away"
+        "the user channel failed on the question of agent 'Asker' ('which one?'): "
+        "ConnectionError: UI went away"
     )
     heading, _, body = hub.calls[1].messages[-1].content.partition("\n")
     assert heading == "[Results of the parallel branches you started]"

@@ -249,7 +249,7 @@ async def test_a_channel_that_cancels_its_own_question_fails_the_branch_not_the_
         )
     )
     assert not result.success and result.metadata["error_type"] == "UserInputError"
-    assert "cancelled 'A''s question '?' itself" in (result.error or "")
+    assert "cancelled the question of agent 'A' itself: '?'" in (result.error or "")
 
 
 async def test_storage_failing_to_let_go_after_a_complete_log_does_not_fail_the_run(

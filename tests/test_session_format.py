@@ -317,7 +317,7 @@ async def test_an_answer_that_cannot_be_stored_fails_the_asking_branch(storage: 
     )
     result = await wait(orchestra.execute("go", context={"session_id": "answered"}))
     assert result.metadata["error_type"] == UserInputError.__name__
-    assert result.error is not None and "'Asker''s question 'which?'" in result.error
+    assert result.error is not None and "agent 'Asker' ('which?')" in result.error
     assert "Opaque" in result.error
 
 

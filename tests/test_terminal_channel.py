@@ -326,8 +326,9 @@ async def test_a_channels_own_timeout_fails_the_branch_naming_the_question(
         os.close(read)
         os.close(write)
     assert not result.success
-    assert "did not answer 'A''s question within 0.05s (user_timeout; question s:" in str(
-        result.error
+    assert (
+        "did not answer the question of agent 'A' within 0.05s (TerminalChannel user_timeout; question s:"
+        in str(result.error)
     )
     rebuilt = await instance.get_result("s")
     assert rebuilt is not None and str(rebuilt.error) == str(result.error)

@@ -57,11 +57,13 @@ class ProgrammaticChannel:
     """
 
     def __init__(self) -> None:
-        self._questions: asyncio.Queue[Question] | None = None
+        # each question with the future its answer goes to: one done before the question is
+        # handed out was withdrawn (or answered by id already), and is skipped; by the future,
+        # not the id, since a question asked again after a resume has the id it had
+        self._questions: asyncio.Queue[tuple[Question, asyncio.Future[Any]]] | None = None
         self._waiting: dict[str, asyncio.Future[Any]] = {}
-        self._withdrawn: set[str] = set()
 
-    def _queue(self) -> asyncio.Queue[Question]:
+    def _queue(self) -> asyncio.Queue[tuple[Question, asyncio.Future[Any]]]:
         if self._questions is None:
             self._questions = asyncio.Queue()
         return self._questions
@@ -69,22 +71,20 @@ class ProgrammaticChannel:
     async def ask(self, question: Question) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[question.id] = future
-        self._queue().put_nowait(question)
+        self._queue().put_nowait((question, future))
         try:
             return await future
         finally:
-            self._waiting.pop(question.id, None)
-            if future.cancelled() or not future.done():
-                self._withdrawn.add(question.id)  # its branch stopped waiting: don't hand it out
+            if self._waiting.get(question.id) is future:
+                del self._waiting[question.id]
+            future.cancel()  # its branch stopped waiting: don't hand it out
 
     async def next_question(self) -> Question:
         """The next question still waiting for an answer (withdrawn ones are skipped)."""
         while True:
-            question = await self._queue().get()
-            if question.id in self._withdrawn:
-                self._withdrawn.discard(question.id)
-                continue
-            return question
+            question, future = await self._queue().get()
+            if not future.done():
+                return question
 
     @property
     def pending(self) -> list[str]:
@@ -115,8 +115,8 @@ class ScriptedUser:
             return None
         if not self._answers:
             raise UserInputError(
-                f"ScriptedUser has no answer left for {question.agent!r}'s question "
-                f"{question.text!r}"
+                f"ScriptedUser has no answer left for the question of agent "
+                f"{question.agent!r}: {question.text!r}"
             )
         return self._answers.pop(0)
 
@@ -188,6 +188,14 @@ class CommunicationManager:
         assert seconds is not None  # only a limit expires
         return self._timed_out(question, seconds)
 
+    def _limit_name(self, question: Question) -> str:
+        """Which limit bounds ``question``, in the words that set it, for its timeout error."""
+        if question.timeout is not None:
+            return "the question's own timeout"
+        if isinstance(getattr(self.channel, "user_timeout", None), int | float):
+            return f"{type(self.channel).__name__} user_timeout"
+        return "CommunicationConfig.user_timeout"
+
     def _outcome(self, question: Question) -> str:
         """What an unanswered question does, in the user's words."""
         if question.follow_up:
@@ -207,7 +215,7 @@ class CommunicationManager:
                 f"answer: {self.default_answer})"
             )
         raise UserInputError(
-            f"the user did not answer {question.agent!r}'s question within {seconds:g}s "
-            f"(user_timeout; question {question.id}, branch {question.branch_id}): "
-            f"{question.text!r}"
+            f"the user did not answer the question of agent {question.agent!r} within "
+            f"{seconds:g}s ({self._limit_name(question)}; question {question.id}, branch "
+            f"{question.branch_id}): {question.text!r}"
         )

@@ -96,7 +96,7 @@ async def _execute(
     writer = None
     try:
         writer, log = await state_manager.open(session_id)
-        runner.journal = Journal(writer)
+        runner.journal = Journal(writer, run_at=writer.length + 1)  # the header comes next
         try:
             runner.start(first)  # nothing runs until the header is durable
         except RecordTooLargeError as error:
@@ -149,11 +149,13 @@ async def _resume(
     try:
         log = await state_manager.load(session_id)
         engine, runner = await _rebuilt(setup, log, state_manager, status)
-        if log.last_run is not None and log.last_run.finished:
+        run = log.last_run
+        assert run is not None  # _rebuilt refuses a session with no run
+        if run.finished:
             await let_go(session_id, None)
             return _noted(result_of(engine, session_id), log, started=True)
         writer = SessionWriter(state_manager, session_id, log.length)
-        runner.journal = Journal(writer)
+        runner.journal = Journal(writer, run_at=run.header.position)
         extra = dict(additional_context or {})
         try:
             runner.resume(inp.RunResume(at=now(), context=extra))

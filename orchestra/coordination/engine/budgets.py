@@ -297,8 +297,8 @@ class Overrun:
         whole = " (a whole number)" if self.limit in WHOLE else ""
         return (
             f"The {self.budget} budget's {self.limit}={budget_amount(self.limit, self.allowed)} "
-            f"is spent ({budget_amount(self.limit, self.spent)} used) before {agent!r}'s next "
-            f"step. Reply with a higher {self.limit}{whole} to go on, or 'no' to stop."
+            f"is spent ({budget_amount(self.limit, self.spent)} used) before agent {agent!r} "
+            f"takes its next step. Reply with a higher {self.limit}{whole} to go on, or 'no' to stop."
         )
 
 

@@ -2,6 +2,10 @@
 answer is journaled as it arrives; a pause withdraws the questions still open (they are asked
 again on resume), and a channel that fails, or cancels a question itself, fails only the
 asking branch.
+
+Whatever the session's ``auto_save_interval``, its log is durable before a question is put
+to the user, and again once an answer is taken in: a crash while a person thinks, or right
+after they answered, loses neither their answer nor the paid work the question stands on.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ class OpenQuestions:
     """The questions of one run waiting for answers, by the branch that asked."""
 
     def __init__(self) -> None:
-        self._token = uuid.uuid4().hex[:12]  # question ids stay unique across runs
+        # names a run that has no log (it cannot be resumed), so its question ids stay unique
+        self._token = uuid.uuid4().hex[:12]
         self._asking: dict[Branch, asyncio.Future[Any]] = {}
 
     def withdraw(self) -> list[asyncio.Future[Any]]:
@@ -47,7 +52,8 @@ class OpenQuestions:
         on (or fails it) with that answer."""
         if budgets.waits_for_another(runner.engine, branch):
             return False
-        if runner.journal is not None and not await runner.gate(branch, runner.journal):
+        journal = runner.journal
+        if journal is not None and not await runner.gate(branch, journal, everything=True):
             return False
         assert branch.question is not None
         question_id, text = branch.question
@@ -73,26 +79,27 @@ class OpenQuestions:
             if runner.pausing:
                 return False  # withdrawn by the pause
             failure: OrchestraError = UserInputError(
-                f"the user channel cancelled {branch.agent!r}'s question {text!r} itself"
+                f"the user channel cancelled the question of agent {branch.agent!r} itself: {text!r}"
             )
         except OrchestraError as error:
             failure = error
         except Exception as error:
             failure = UserInputError(
                 redact(
-                    f"the user channel failed on {branch.agent!r}'s question {text!r}: "
-                    f"{type(error).__name__}: {error}"
+                    f"the user channel failed on the question of agent {branch.agent!r} "
+                    f"({text!r}): {type(error).__name__}: {error}"
                 )
             )
         else:
             try:
                 runner.feed(inp.UserAnswer(at=now(), branch_id=branch.id, answer=answer))
-                return True
             except UnstorableValueError as error:
                 failure = UserInputError(
-                    f"the answer to {branch.agent!r}'s question {text!r} is {error}, which the "
-                    "session log cannot store"
+                    f"the answer to the question of agent {branch.agent!r} ({text!r}) is "
+                    f"{error}, which the session log cannot store"
                 )
+            else:
+                return journal is None or await runner.durable(journal.flush)
         finally:
             self._asking.pop(branch, None)
         if question.follow_up:  # no follow-up to be had: the conversation ends, successfully
@@ -104,9 +111,13 @@ class OpenQuestions:
 
     def _question(self, runner: Runner, branch: Branch, question_id: str, text: str) -> Question:
         """The question as its channel gets it: a follow-up offer with the round's response and
-        the conversation's timeout, an agent's with the timeout it asked with, if any."""
+        the conversation's timeout, an agent's with the timeout it asked with, if any. Its id
+        comes from the log (the session, its run's header position, the engine's question id),
+        so the question asked again after a resume has the id it had, and no other run's
+        question on the channel shares it."""
         run_id = runner.engine.run_id
-        asked_id = f"{run_id}:{self._token}:{question_id}"
+        run = self._token if runner.journal is None else f"r{runner.journal.run_at}"
+        asked_id = f"{run_id}:{run}:{question_id}"
         state = runner.engine.follow_ups
         if state is not None and rounds.is_question(question_id):
             return Question(

@@ -63,6 +63,8 @@ from .questions import OpenQuestions, really_cancelled
 class Journal(Protocol):
     """Where a durable run records its inputs (``orchestra.coordination.state.journal``)."""
 
+    run_at: int  # the position of the run's header in its session's log
+
     def record(self, item: inp.Record, due: bool) -> None:
         """Record ``item``; raise (``UnstorableValueError``) if it cannot be stored. A due
         record must be durable before the run's next effect on the world."""
@@ -523,11 +525,13 @@ class Runner:
                 branch.leases[name] = lease
         return lease
 
-    async def gate(self, branch: Branch, journal: Journal) -> bool:
-        """Before an effect on the world: wait until what it depends on is durable. False when,
-        meanwhile, the branch should stop (the run ended, halted or is pausing, the branch
-        ended)."""
-        return await self.durable(journal.gate) and self._may_go_on(branch)
+    async def gate(self, branch: Branch, journal: Journal, everything: bool = False) -> bool:
+        """Before an effect on the world: wait until what it depends on is durable (with
+        ``everything``, all recorded so far, whatever the policy: before a question to the
+        user). False when, meanwhile, the branch should stop (the run ended, halted or is
+        pausing, the branch ended)."""
+        wait = journal.flush if everything else journal.gate
+        return await self.durable(wait) and self._may_go_on(branch)
 
     async def durable(self, wait: Callable[[], Awaitable[None]]) -> bool:
         """``wait`` for records to be durable. A storage failure is retried a few times; if it

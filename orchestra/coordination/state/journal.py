@@ -12,10 +12,12 @@ from .manager import SessionWriter
 
 
 class Journal:
-    """Records one run's inputs through the session's writer."""
+    """Records one run's inputs through the session's writer. ``run_at`` is the position of
+    the run's header in the session log: what names the run durably (its questions' ids)."""
 
-    def __init__(self, writer: SessionWriter) -> None:
+    def __init__(self, writer: SessionWriter, run_at: int) -> None:
         self.writer = writer
+        self.run_at = run_at
 
     def record(self, item: Record, due: bool) -> None:
         """Record an input; a due one must be durable before the run's next effect on the
@@ -32,5 +34,7 @@ class Journal:
             await self.writer.settled()
 
     async def flush(self) -> None:
-        """Everything recorded so far is durable (whatever the policy) when this returns."""
+        """Everything recorded so far is durable (whatever the policy) when this returns: before
+        the user is asked anything, and once an answer is taken in, since a person's answer,
+        and the work the question stands on, must never be lost to a crash."""
         await self.writer.flush()

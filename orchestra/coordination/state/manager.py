@@ -9,8 +9,10 @@ exactly: the state is a fold over the log.
 
 Durability: with ``auto_save_interval=0`` every record is written and fsync'd before the engine
 acts on it, so each completed step is durable before the next starts. With a positive interval,
-records are buffered and flushed (and fsync'd) every ``auto_save_interval`` seconds and when a
-run ends or pauses: at most that many seconds of work can be lost in a crash.
+records are buffered and flushed (and fsync'd) every ``auto_save_interval`` seconds, when a
+run ends or pauses, before the user is asked anything and once an answer is taken in
+(``engine/questions.py``): at most that many seconds of work can be lost in a crash, and never
+a person's answer.
 
 Checkpoints are named positions in the log (O(1): one record). Restoring one appends a
 ``restore`` record: the session's history continues from that position, and the abandoned
