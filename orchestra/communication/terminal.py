@@ -149,8 +149,13 @@ class TerminalChannel:
                 f"empty line (or Ctrl-D) to finish{limit}\n> "
             )
         text = printable(question.text, QUESTION_CHARS)
+        who = (  # a budget question is the engine's, on the budget's behalf
+            f"Budget question before {question.agent}'s next step"
+            if question.kind == "budget"
+            else f"{question.agent} asks"
+        )
         return (
-            f"\n? {question.agent} asks (branch {question.branch_id}, question {label}){queued}:\n"
+            f"\n? {who} (branch {question.branch_id}, question {label}){queued}:\n"
             f"  {text}\n"
             f"  (Enter sends one line; a line of {BLOCK} starts and ends several)\n> "
         )
