@@ -13,6 +13,7 @@ topology:                                # any topology dict form
   edges: [User -> Planner, Planner <-> Researcher, Planner -> User]
 execution: {max_steps: 30, step_timeout: 60}
 error_handling: {max_retries: 3}
+communication: {user_timeout: 120, on_user_timeout: default, default_answer: "go on"}
 task: What should we research?           # default for --task
 context: {audience: engineers}
 ```
@@ -30,7 +31,7 @@ import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -45,7 +46,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from orchestra.agents import Agent, AgentRegistry, BaseAgent, FunctionAgent
-from orchestra.coordination.config import ErrorHandlingConfig, ExecutionConfig
+from orchestra.coordination.config import (
+    CommunicationConfig,
+    ErrorHandlingConfig,
+    ExecutionConfig,
+)
 from orchestra.coordination.state.backends import check_session_id
 from orchestra.coordination.topology import Topology
 from orchestra.errors import (
@@ -91,11 +96,29 @@ class AgentSpec(_Spec):
         return self
 
 
+class CommunicationSpec(_Spec):
+    """How long a question to the user may wait, and what an unanswered one does: the
+    :class:`CommunicationConfig` fields a file may set (its channel is the terminal)."""
+
+    user_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    on_user_timeout: Literal["fail", "default"] = "fail"
+    default_answer: str = ""
+
+    def config(self, channel: Any, user_timeout: float | None = None) -> CommunicationConfig:
+        """The run's communication config: these settings, ``channel``, and ``user_timeout``
+        (the command line's) in place of the file's when given."""
+        settings = self.model_dump()
+        if user_timeout is not None:
+            settings["user_timeout"] = user_timeout
+        return CommunicationConfig(channel=channel, **settings)
+
+
 class WorkflowSpec(_Spec):
     agents: list[AgentSpec] = Field(min_length=1)
     topology: dict[str, Any]
     execution: dict[str, Any] = Field(default_factory=dict)
     error_handling: dict[str, Any] = Field(default_factory=dict)
+    communication: CommunicationSpec = Field(default_factory=lambda: CommunicationSpec())
     task: str | dict[str, Any] | None = None
     context: dict[str, Any] = Field(default_factory=dict)
 
@@ -111,6 +134,7 @@ class Workflow:
     max_steps: int
     task: str | dict[str, Any] | None
     context: dict[str, Any] = field(default_factory=dict)
+    communication: CommunicationSpec = field(default_factory=CommunicationSpec)
 
 
 DEFAULT_MAX_STEPS = 100
@@ -151,7 +175,7 @@ def load_workflow(
     except ValidationError as error:
         raise WorkflowError(locate.validation(error, prefix=("execution", "max_steps"))) from None
     try:
-        config = ExecutionConfig(**execution)
+        config = ExecutionConfig(**{**execution, "settings_file": str(path)})
         errors = ErrorHandlingConfig(**spec.error_handling)
     except ValidationError as error:
         section = "execution" if "ExecutionConfig" in error.title else "error_handling"
@@ -171,6 +195,7 @@ def load_workflow(
         max_steps=max_steps,
         task=spec.task,
         context=spec.context,
+        communication=spec.communication,
     )
 
 

@@ -210,6 +210,9 @@ class ScriptedHTTPServer:
                 self.send_response(reply.status)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("transfer-encoding", "chunked")
+                # said, as HTTP/1.1 asks of a server that closes: a client that pooled the
+                # connection would send its next request on it as it is closed
+                self.send_header("connection", "close")
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.end_headers()

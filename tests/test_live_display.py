@@ -175,6 +175,31 @@ def test_a_question_prints_the_blocks_once_and_takes_the_area_down() -> None:
     display.close()
 
 
+def test_the_area_stays_down_until_the_last_waiting_question_is_answered() -> None:
+    """Two branches asked at once: the first answer drew the run's block again, after the
+    second question's prompt (the user typed under a box)."""
+    console, out = tty_console()
+    display = LiveDisplay(console, auto_refresh=False, clock=lambda: 2.0)
+    watch = LiveWatch(NORMAL, display, "r", {"A"})
+    for event in opened():
+        watch(event)
+    watch(
+        ev.BranchCreated(**base(branch_id="b1", agent="A", parent_branch_id=None, fan_out_id=None))
+    )
+    watch(asked())
+    watch(ev.UserInputRequested(**base(branch_id="b1", agent="A", question_id="q2", question="?")))
+    display.refresh()
+    parked = out.getvalue()
+    assert "run r · waiting for the user" in plain(parked)
+    watch(ev.UserInputReceived(**base(branch_id="b0", question_id="q", answer="blue")))
+    display.refresh()
+    assert out.getvalue() == parked  # the second prompt is on screen: nothing drawn after it
+    watch(ev.UserInputReceived(**base(branch_id="b1", question_id="q2", answer="up")))
+    display.refresh()
+    assert "run r · running" in plain(out.getvalue()[len(parked) :])  # drawn again
+    display.close()
+
+
 async def test_the_user_channel_is_asked_once_the_area_is_down(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -9,6 +9,7 @@ run listens through ``Orchestra.stream``, so the models stream.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 from typing import Any
 
@@ -69,6 +70,22 @@ def texts(
 
 def completed(events: list[ev.Event]) -> ev.StepCompleted:
     return next(event for event in events if isinstance(event, ev.StepCompleted))
+
+
+def test_the_scripted_server_says_it_closes_a_streamed_reply(server: ScriptedHTTPServer) -> None:
+    """The test server closes the connection after a stream: it says so (``Connection:
+    close``), else a client pooling the connection may send its next request on it as it
+    closes ("Server disconnected without sending a response", a flake of every test and the
+    bench that makes two streamed calls)."""
+    server.script(chat_stream(chat({"role": "assistant", "content": REPLY}).body))
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
+    try:
+        connection.request("POST", "/v1/chat/completions", body=b'{"stream": true}')
+        response = connection.getresponse()
+        response.read()
+        assert response.getheader("connection") == "close"
+    finally:
+        connection.close()
 
 
 # ---- OpenAI Chat Completions ------------------------------------------------------------------

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from orchestra import Action, AgentRegistry, TerminalChannel
 from orchestra.communication import CommunicationManager, ProgrammaticChannel, Question
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
+from orchestra.coordination.wiring import _AskWhenCleared
 from orchestra.errors import ConfigurationError, UserInputError
 
 WAIT = 60  # pexpect's bound on each expected output: a hang fails, it never paces the test
@@ -216,6 +218,31 @@ def test_the_prompt_stays_on_screen_with_the_live_view(tmp_path: Path) -> None:
     assert "answer='Ada'" in output
 
 
+def test_a_queued_question_is_the_last_thing_on_screen_with_the_live_view(tmp_path: Path) -> None:
+    """Two branches ask at once with the live view on: once the first is answered, the second's
+    prompt was followed by the run's block drawn again (the user typed under a box)."""
+    flow(tmp_path, PARALLEL_FLOW)
+    child = spawn(tmp_path, "run", "flow.yaml", "--no-store", term="xterm")
+    child.expect(PROMPT)
+    first = child.match.group(1)
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)  # the block before the prompt
+    child.expect("> ")
+    if all(f"{agent}  waiting for the user" in drawn for agent in ("Left", "Right")):
+        assert child.before.startswith(" (1 more waiting):"), repr(child.before)
+    child.sendline(f"for {first}")
+    child.expect(PROMPT)
+    second = child.match.group(1)
+    child.expect("> ")
+    child.sendline(f"for {second}")
+    child.expect(f"for {second}\r\n")
+    assert child.before == "", repr(child.before)  # nothing between the prompt and the echo
+    output, code = ended(child)
+    assert code == 0, output
+    assert "waiting for the user" not in output  # no block drawn while the second waited
+    flat = " ".join(output.split())
+    assert f"{first} heard 'for {first}'" in flat and f"{second} heard 'for {second}'" in flat
+
+
 # ---- the channel itself, on a pipe ------------------------------------------------------------
 
 
@@ -269,6 +296,26 @@ async def test_queued_questions_are_asked_in_turn(pipe: tuple[int, int]) -> None
     assert await asyncio.wait_for(asks[1], WAIT) == "two\nlines"
     assert await asyncio.wait_for(asks[2], WAIT) == "three"
     assert "A3 asks (branch b3, question q3):" in shown.getvalue()
+
+
+async def test_questions_held_up_by_the_live_view_count_as_waiting(pipe: tuple[int, int]) -> None:
+    """Two questions asked at once wait together for the live view's area to come down: the
+    first prompt was built before the second reached the channel, and never said it waits."""
+    read, write = pipe
+    shown = io.StringIO()
+    both = threading.Barrier(2)  # each wait ends once both questions are held up in it
+
+    def cleared() -> None:
+        both.wait(WAIT)
+
+    manager = _AskWhenCleared(CommunicationManager(TerminalChannel(read, shown)), cleared)
+    asks = [asyncio.create_task(manager.ask(question(n, agent=f"A{n}"))) for n in (1, 2)]
+    await prompts(shown, 1)
+    assert "(1 more waiting):" in shown.getvalue()
+    os.write(write, b"one\ntwo\n")
+    answers = [await asyncio.wait_for(ask, WAIT) for ask in asks]
+    assert sorted(answers) == ["one", "two"]  # (either may be shown first)
+    assert shown.getvalue().count("more waiting") == 1  # the second is the last
 
 
 async def test_input_that_ends_before_an_answer_is_a_user_input_error(

@@ -15,7 +15,6 @@ from rich.markup import escape
 from orchestra.communication import CommunicationManager
 from orchestra.communication.terminal import user_channel
 from orchestra.coordination.config import (
-    CommunicationConfig,
     ExecutionConfig,
     StatusConfig,
     VerbosityLevel,
@@ -166,6 +165,23 @@ PAUSED = 3  # the exit code of a run that paused (resume it)
 INTERRUPTED = 130
 
 
+UserTimeout = Annotated[
+    float | None,
+    typer.Option(
+        "--user-timeout",
+        min=0.001,
+        help="Seconds an agent's question (or a budget's) waits for an answer; the workflow "
+        "file's communication.on_user_timeout says what an unanswered one does (default: the "
+        "file's communication.user_timeout, else no limit).",
+    ),
+]
+
+
+def _timeout_options(user_timeout: float | None) -> list[str]:
+    """The --user-timeout option again, for the command that resumes the session."""
+    return [] if user_timeout is None else ["--user-timeout", f"{user_timeout:g}"]
+
+
 def _load(
     workflow_path: Path, max_tokens: int | None, allowed_modules: list[str] | None = None
 ) -> Workflow:
@@ -248,8 +264,10 @@ def _execute(
     output: Path | None,
     allowed_modules: list[str] | None = None,
     follow_up_timeout: float | None = None,
+    user_timeout: float | None = None,
 ) -> None:
-    """Run the workflow; ``follow_up_timeout`` (None: no follow-ups) makes it a conversation."""
+    """Run the workflow; ``follow_up_timeout`` (None: no follow-ups) makes it a conversation;
+    ``user_timeout`` (the command line's) bounds a question in place of the file's."""
     check_output(output, workflow_path, store)
     workflow = _load(workflow_path, max_tokens, allowed_modules)
     channel = user_channel()
@@ -270,7 +288,7 @@ def _execute(
             agent_registry=workflow.registry,
             context=context,
             execution_config=_status(workflow, verbosity),
-            communication_config=CommunicationConfig(channel=channel),
+            communication_config=workflow.communication.config(channel, user_timeout),
             error_config=workflow.error_handling,
             max_steps=workflow.max_steps,
             state_manager=manager,
@@ -305,6 +323,7 @@ def _resume(
     resume_with: list[str],
     output: Path | None,
     allowed_modules: list[str] | None = None,
+    user_timeout: float | None = None,
 ) -> None:
     extra = _json_object(context, "--context") if context is not None else None
     session = _checked_session(session)
@@ -320,10 +339,16 @@ def _resume(
             fail(f"session {session!r} has no run to resume", 1)
         if state in ("finished", "failed"):  # its result is shown again, nothing is run
             say(f"Session {session}'s last run {state}: its result, as stored (nothing is run)")
+        asking = workflow.communication.config(user_channel(), user_timeout)
         instance = OrchestraInstance(
             workflow.topology,
             agent_registry=workflow.registry,
-            communication_manager=CommunicationManager(user_channel()),
+            communication_manager=CommunicationManager(
+                asking.channel,
+                asking.user_timeout,
+                on_user_timeout=asking.on_user_timeout,
+                default_answer=asking.default_answer,
+            ),
             state_manager=manager,
         )
         again = resume_command(resume_with, session, store)
@@ -362,11 +387,18 @@ def run(
     allow_module: AllowModule = None,
     follow_ups: FollowUps = False,
     follow_up_timeout: FollowUpTimeout = 60.0,
+    user_timeout: UserTimeout = None,
 ) -> None:
     """Run a workflow file: its agents, topology and execution settings. The run is a durable
     session (see --store): if it is interrupted, `orchestra resume` goes on from its last step
     (a conversation too: its follow-ups are asked again)."""
-    command = ["orchestra", "resume", str(workflow), *_allow_options(allow_module)]
+    command = [
+        "orchestra",
+        "resume",
+        str(workflow),
+        *_allow_options(allow_module),
+        *_timeout_options(user_timeout),
+    ]
     kept = None if no_store else store
     _execute(
         workflow,
@@ -379,6 +411,7 @@ def run(
         output,
         allow_module,
         follow_up_timeout if follow_ups else None,
+        user_timeout,
     )
 
 
@@ -395,13 +428,22 @@ def resume(
     store: Store = DEFAULT_STORE,
     output: Output = None,
     allow_module: AllowModule = None,
+    user_timeout: UserTimeout = None,
 ) -> None:
     """Go on with an interrupted or paused session from its last completed step (a session
     whose last run ended shows its stored result). It shows as much as the run was started
     with, unless --verbose or --quiet says otherwise."""
-    command = ["orchestra", "resume", str(workflow), *_allow_options(allow_module)]
+    command = [
+        "orchestra",
+        "resume",
+        str(workflow),
+        *_allow_options(allow_module),
+        *_timeout_options(user_timeout),
+    ]
     level = _resumed_level(verbose, quiet)
-    _resume(workflow, session, context, level, None, store, command, output, allow_module)
+    _resume(
+        workflow, session, context, level, None, store, command, output, allow_module, user_timeout
+    )
 
 
 def _allow_options(modules: list[str] | None) -> list[str]:
@@ -423,6 +465,7 @@ def demo(
     store: Store = DEFAULT_STORE,
     no_store: NoStore = False,
     output: Output = None,
+    user_timeout: UserTimeout = None,
 ) -> None:
     """Run the bundled research-and-report workflow on the default model (offline unless
     ORCHESTRA_MODEL, OPENAI_API_KEY, ANTHROPIC_API_KEY or ORCHESTRA_BASE_URL say otherwise)."""
@@ -435,14 +478,34 @@ def demo(
     if topologies:
         for title, topology in _demo_topologies().items():
             show_topology(title, topology)
-    command = ["orchestra", "demo", "--resume"]
+    command = ["orchestra", "demo", *_timeout_options(user_timeout), "--resume"]
     if resume is not None:
         level = _resumed_level(verbose, quiet)
-        _resume(DEMO_FLOW, resume, None, level, DEMO_MAX_TOKENS, store, command, output)
+        _resume(
+            DEMO_FLOW,
+            resume,
+            None,
+            level,
+            DEMO_MAX_TOKENS,
+            store,
+            command,
+            output,
+            user_timeout=user_timeout,
+        )
     else:
         kept = None if no_store else store
         level = _level(verbose, quiet)
-        _execute(DEMO_FLOW, task, level, DEMO_MAX_TOKENS, kept, None, command, output)
+        _execute(
+            DEMO_FLOW,
+            task,
+            level,
+            DEMO_MAX_TOKENS,
+            kept,
+            None,
+            command,
+            output,
+            user_timeout=user_timeout,
+        )
 
 
 def _load_topology_file(path: Path) -> Any:

@@ -15,9 +15,10 @@ from orchestra.errors import ConfigurationError, UserInputError
 class Question:
     """A question to the user. ``id`` is unique across runs sharing a channel.
 
-    ``kind`` is ``"agent"`` (an agent asks, ``agent`` names it) or ``"follow_up"`` (a round of
-    a conversation ended with ``response``, its final response, which a channel shows before
-    asking; an answer of None or blank text ends the conversation). ``timeout``: the seconds
+    ``kind`` is ``"agent"`` (an agent asks, ``agent`` names it), ``"budget"`` (the engine asks,
+    a budget being spent before ``agent``'s next step, whether to raise it) or ``"follow_up"``
+    (a round of a conversation ended with ``response``, its final response, which a channel
+    shows before asking; an answer of None or blank text ends the conversation). ``timeout``: the seconds
     this question may wait, in place of the channel's or the run's ``user_timeout``."""
 
     id: str
@@ -25,7 +26,7 @@ class Question:
     branch_id: str
     agent: str
     text: str
-    kind: Literal["agent", "follow_up"] = "agent"
+    kind: Literal["agent", "budget", "follow_up"] = "agent"
     timeout: float | None = None
     response: Any = None
 

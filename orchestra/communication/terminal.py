@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import os
 import select
 import sys
 import termios
 import weakref
+from collections.abc import Iterator
 from typing import TextIO
 
 from orchestra.agents.contract import render, timeout_problem
@@ -80,6 +82,18 @@ class TerminalChannel:
         self._output = output
         self.user_timeout = user_timeout
 
+    @contextlib.contextmanager
+    def coming(self) -> Iterator[None]:
+        """A question on its way to this channel (held up while the live status display takes
+        its area down) counts among those waiting, so the prompt shown meanwhile says so: two
+        questions asked at once are both counted before either prompt is shown."""
+        reader = _reader(self._fd)
+        reader.asked += 1
+        try:
+            yield
+        finally:
+            reader.asked -= 1
+
     async def ask(self, question: Question) -> str | None:
         """The user's answer to ``question``, once the questions before it are answered (None:
         no follow-up)."""
@@ -135,8 +149,13 @@ class TerminalChannel:
                 f"empty line (or Ctrl-D) to finish{limit}\n> "
             )
         text = printable(question.text, QUESTION_CHARS)
+        who = (  # a budget question is the engine's, on the budget's behalf
+            f"Budget question before {question.agent}'s next step"
+            if question.kind == "budget"
+            else f"{question.agent} asks"
+        )
         return (
-            f"\n? {question.agent} asks (branch {question.branch_id}, question {label}){queued}:\n"
+            f"\n? {who} (branch {question.branch_id}, question {label}){queued}:\n"
             f"  {text}\n"
             f"  (Enter sends one line; a line of {BLOCK} starts and ends several)\n> "
         )

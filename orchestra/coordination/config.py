@@ -229,6 +229,9 @@ class ExecutionConfig(_Config):
     ``tracing`` (a :class:`TracingConfig`, or True/False) says whether the run is traced.
     Budgets (:class:`Budget`) bound what is spent: ``budget`` by the whole run,
     ``branch_budget`` by each branch, ``agent_budgets`` by each agent named (over the run).
+    ``settings_file``: the workflow file these settings were read from (set by
+    :func:`~orchestra.workflow.load_workflow`): an error about a limit set there names the
+    file's key to change, not this class's field.
     """
 
     convergence_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -243,6 +246,7 @@ class ExecutionConfig(_Config):
     budget: Budget | None = None
     branch_budget: Budget | None = None
     agent_budgets: dict[str, Budget] = Field(default_factory=dict)
+    settings_file: str | None = None
 
     @field_validator("convergence_policy", mode="before")
     @classmethod

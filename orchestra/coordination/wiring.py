@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from orchestra.agents.lookup import find_agents
 from orchestra.agents.pool import AgentPool
 from orchestra.agents.registry import AgentRegistry
 from orchestra.communication.channels import CommunicationManager, Question
+from orchestra.communication.terminal import TerminalChannel
 
 from .config import ConvergencePolicy, ErrorHandlingConfig, ExecutionConfig, StatusConfig
 from .engine import events as ev
@@ -227,7 +229,8 @@ class _AskWhenCleared(CommunicationManager):
     down for the question (``cleared``, a wait run off the event loop that ends once that frame
     is out, or at once when nothing draws): a channel that
     prompts on the terminal writes where no frame erases the prompt or what the user types.
-    The manager the run was given answers (a subclass's own ``ask`` included)."""
+    The manager the run was given answers (a subclass's own ``ask`` included). A question held
+    up here already counts among those a terminal's prompt says are waiting."""
 
     def __init__(self, manager: CommunicationManager, cleared: Callable[[], None]) -> None:
         super().__init__(manager.channel, manager.user_timeout)
@@ -235,5 +238,10 @@ class _AskWhenCleared(CommunicationManager):
         self.cleared = cleared
 
     async def ask(self, question: Question) -> Any:
-        await asyncio.to_thread(self.cleared)
+        channel = self.manager.channel
+        coming: AbstractContextManager[None] = (
+            channel.coming() if isinstance(channel, TerminalChannel) else nullcontext()
+        )
+        with coming:  # counted until the channel counts it itself: no await in between
+            await asyncio.to_thread(self.cleared)
         return await self.manager.ask(question)

@@ -40,16 +40,24 @@ def _pairs(budget: Budget | None) -> tuple[tuple[str, float], ...]:
 
 def _sources(config: ExecutionConfig, rules: Iterable[BudgetRule]) -> dict[tuple[str, str], str]:
     """Where each limit of the config was set: the ``budget(...)`` rule whose limit holds (the
-    lower of rule and config, see :func:`configured`), else its ``ExecutionConfig`` field."""
+    lower of rule and config, see :func:`configured`), else its ``ExecutionConfig`` field, or
+    the key under ``execution:`` of the workflow file it was read from."""
     found = tuple(rules)
+    if config.settings_file is None:
+        fields = ("ExecutionConfig.budget", "ExecutionConfig.branch_budget")
+        agent_field = "ExecutionConfig.agent_budgets[{!r}]"
+    else:
+        fields = ("execution.budget", "execution.branch_budget")
+        agent_field = "execution.agent_budgets.{}"
     scopes = [
-        ("run", "run", "ExecutionConfig.budget", config.budget),
-        ("branch", "branch", "ExecutionConfig.branch_budget", config.branch_budget),
+        ("run", "run", fields[0], config.budget),
+        ("branch", "branch", fields[1], config.branch_budget),
     ]
     scopes += [
-        (f"agent {name!r}", name, f"ExecutionConfig.agent_budgets[{name!r}]", budget)
+        (f"agent {name!r}", name, agent_field.format(name), budget)
         for name, budget in config.agent_budgets.items()
     ]
+    file = "" if config.settings_file is None else f" of {config.settings_file}"
     sources: dict[tuple[str, str], str] = {}
     for name, scope, field_name, budget in scopes:
         for limit, allowed in _pairs(budget):
@@ -57,7 +65,7 @@ def _sources(config: ExecutionConfig, rules: Iterable[BudgetRule]) -> dict[tuple
                 r for r in found if r.scope == scope and dict(r.limits).get(limit) == allowed
             )
             rule = next(holding, None)
-            where = f"the topology rule {rule.to_text()}" if rule else f"{field_name}.{limit}"
+            where = f"the topology rule {rule.to_text()}" if rule else f"{field_name}.{limit}{file}"
             sources[(name, limit)] = f"in {where}"
     return sources
 

@@ -136,6 +136,7 @@ class OpenQuestions:
             branch_id=branch.id,
             agent=branch.agent,
             text=text,
+            kind="budget" if budgets.is_question(question_id) else "agent",
             timeout=branch.question_timeout,
         )
 

@@ -13,7 +13,9 @@ only once its final block is out (:meth:`LiveDisplay.settle`, awaited off the lo
 so whatever the caller prints next starts on a clean line below it.
 
 While any attached run waits for the user, the blocks are printed once and the area is taken
-down until news for that run (the answer, its end), and its user channel is asked only then
+down until no attached run waits any more (every question answered, or its run ended: a
+question queued behind another is shown with no frame drawn after its prompt), and a run's user
+channel is asked only once the area is down
 (:meth:`LiveDisplay.cleared`): a prompt and what the user types stay on screen. While runs are
 attached, ``sys.stdout`` and ``sys.stderr``, where they write to the display's terminal, are
 replaced (on the thread attaching a run, never the drawing thread, and put back only if still
@@ -112,8 +114,8 @@ class LiveDisplay:
                 self._views[key] = view
             if view.ended and self._views.pop(key, None) is not None:
                 self._finished.append((key, view.snapshot(MAX_ROWS)))
-            if key in self._parked and (view.ended or view.asking < asking):
-                self._parked.clear()  # news for a run the user answers: draw again
+            if self._parked and not any(run.asking for run in self._views.values()):
+                self._parked.clear()  # every question answered: draw again
             if self.auto_refresh and self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="orchestra-live", daemon=True
