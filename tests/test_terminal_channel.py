@@ -326,7 +326,9 @@ async def test_input_that_ends_before_an_answer_is_a_user_input_error(
     os.write(write, b'"""\nunfinished')
     os.close(write)
     assert await asyncio.wait_for(channel.ask(question(1)), WAIT) == "unfinished"
-    with pytest.raises(UserInputError, match=r"input ended before 'A''s question 'run:token:q2'"):
+    with pytest.raises(
+        UserInputError, match=r"input ended before the question 'run:token:q2' of agent 'A'"
+    ):
         await asyncio.wait_for(channel.ask(question(2)), WAIT)
 
 
@@ -460,7 +462,9 @@ async def test_ctrl_d_ends_a_block_and_the_next_question_is_asked(pty: tuple[int
     third = asyncio.create_task(channel.ask(question(3)))
     await prompts(shown, 3)
     os.write(keyboard, CTRL_D)  # at an empty prompt: this question gets no answer
-    with pytest.raises(UserInputError, match=r"no answer \(Ctrl-D at an empty prompt\) to 'A''s"):
+    with pytest.raises(
+        UserInputError, match=r"no answer \(Ctrl-D at an empty prompt\) to the question"
+    ):
         await asyncio.wait_for(third, WAIT)
     fourth = asyncio.create_task(channel.ask(question(4)))
     await prompts(shown, 4)

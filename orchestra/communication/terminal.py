@@ -166,7 +166,7 @@ class TerminalChannel:
         if first is None and question.follow_up:
             return None  # Ctrl-D, or the input's end: no follow-up
         if first is None:
-            where = f"{question.agent!r}'s question {question.id!r} (branch {question.branch_id})"
+            where = f"the question {question.id!r} of agent {question.agent!r} (branch {question.branch_id})"
             raise UserInputError(
                 f"the terminal's input ended before {where} was answered"
                 if reader.ended
