@@ -29,6 +29,7 @@ from orchestra.coordination.engine import events as ev
 from orchestra.models import local, openai_chat
 from orchestra.models.base import Message
 from orchestra.models.local import LocalModel
+from orchestra.models.local_prefix import PrefixStates
 
 WAIT = 60.0  # real sockets, SDK imports and a real model on the CPU: only a hang should reach it
 REPLY = "Paris is the capital of France."
@@ -408,6 +409,28 @@ async def test_local_turns_kept_from_an_earlier_call_are_not_evaluated_again(
     assert usage_again == usage
     assert 0 < again < 8
     assert lake == lake_usage.prompt_tokens - (usage.prompt_tokens - again)
+
+
+def test_local_kept_states_stay_within_their_budget(
+    fresh_model: Callable[[], LocalModel],
+) -> None:
+    """The least recently used states go first; a state larger than the budget is not kept."""
+    llama, _ = local.load(fresh_model().path)
+    chat = (
+        "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    tokens = llama.tokenize(chat.format(PROTOCOL.content).encode(), special=True)
+    end = llama.token_eos()  # SmolLM2's "<|im_end|>": it ends each turn
+    _, user_turn = (index + 1 for index, token in enumerate(tokens) if token == end)
+    one_state = 30_000 * user_turn  # SmolLM2-135M keeps about 23 KB a token
+    kept = PrefixStates(llama, budget=one_state)
+    kept.prepare(tokens)
+    assert list(kept._states) == [tuple(tokens[:user_turn])]
+    assert kept._size <= one_state
+    assert llama.n_tokens == user_turn
+    none_kept = PrefixStates(llama, budget=one_state // 10)
+    none_kept.prepare(tokens)
+    assert not none_kept._states and none_kept._size == 0
 
 
 async def test_local_pieces_reach_the_loop_in_order_before_the_reply() -> None:
