@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import random
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from orchestra.coordination.engine import events as ev
 from orchestra.models import local, openai_chat
 from orchestra.models.base import Message
 from orchestra.models.local import LocalModel
+from orchestra.models.local_prefix import PrefixStates
 
 WAIT = 60.0  # real sockets, SDK imports and a real model on the CPU: only a hang should reach it
 REPLY = "Paris is the capital of France."
@@ -353,23 +356,98 @@ async def ask(model: LocalModel, how: str, question: list[Message]) -> tuple[Any
     return reply_.content, reply_.usage
 
 
-@pytest.mark.parametrize("how", ["complete", "stream"])
-async def test_local_a_reply_does_not_depend_on_the_calls_before_it(
-    how: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The shared model's cache of an earlier prompt is not reused: a prompt evaluated in
-    other batches gave other greedy text (the demo's run changed with what ran before)."""
-    monkeypatch.setattr(local, "_loaded", {})  # a fresh model, loaded for this test alone
-    model = LocalModel(smollm(max_tokens=96))
-    try:
-        fresh = await ask(model, how, EMOJI)
-        await ask(model, how, OCEAN)
-        after_another = await ask(model, how, EMOJI)
-        again = await ask(model, how, EMOJI)
-    finally:
-        for llama, _ in local._loaded.values():
+PROTOCOL = Message("system", "You are Helper. " + "Answer briefly, in one JSON object. " * 12)
+SEA = [PROTOCOL, Message("user", "What is the sea?")]
+LAKE = [*SEA, Message("assistant", "Salt water."), Message("user", "And a lake?")]
+COLOURS = [PROTOCOL, Message("user", "Name three colours.")]
+QUESTIONS = {"sea": SEA, "lake": LAKE, "colours": COLOURS, "ocean": OCEAN, "emoji": EMOJI}
+
+
+@pytest.fixture
+def fresh_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], LocalModel]]:
+    """Makes the bundled model, loaded anew each time (no state kept from any call); the
+    models it loaded are closed after the test."""
+    loaded: list[dict[Any, Any]] = []
+
+    def make() -> LocalModel:
+        monkeypatch.setattr(local, "_loaded", {})
+        loaded.append(local._loaded)
+        return LocalModel(smollm(max_tokens=24))
+
+    yield make
+    for models in loaded:
+        for llama, _ in models.values():
             llama.close()
-    assert after_another == again == fresh
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_local_a_reply_does_not_depend_on_the_calls_before_it(
+    seed: int, fresh_model: Callable[[], LocalModel]
+) -> None:
+    """A reply is the one a fresh model gives its prompt, whatever was asked before and
+    however (streamed or not). llama.cpp's own reuse of its cache evaluated a prompt's shared
+    part in the batches of the call before, and greedy decoding wrote other text; the turns
+    kept from earlier calls (a system prompt, a conversation that goes on) must not."""
+    calls = [(name, how) for name in QUESTIONS for how in ("complete", "stream")]
+    fresh = {call: await ask(fresh_model(), call[1], QUESTIONS[call[0]]) for call in calls}
+    model = fresh_model()
+    random.Random(seed).shuffle(calls)
+    warm = {call: await ask(model, call[1], QUESTIONS[call[0]]) for call in calls}
+    assert warm == fresh
+    assert all(fresh[name, "stream"] == fresh[name, "complete"] for name in QUESTIONS)
+
+
+async def test_local_turns_kept_from_an_earlier_call_are_not_evaluated_again(
+    fresh_model: Callable[[], LocalModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt asked again evaluates only the reply's header after its last turn, and a
+    conversation gone on only its new turns; usage still counts the whole prompt. (Each call
+    evaluated its whole prompt: a 506-token one asked again took 3.7 s instead of 0.2 s.)"""
+    model = fresh_model()
+    llama, _ = local.load(model.path)
+    counts: list[int] = []
+    evaluate = llama.eval
+
+    def counted(tokens: list[int]) -> None:
+        counts.append(len(tokens))
+        evaluate(tokens)
+
+    async def evaluated(question: list[Message]) -> tuple[int, Any]:
+        """The prompt tokens the call evaluated, and its usage."""
+        counts.clear()
+        usage = (await model.complete(question, asking())).usage
+        return sum(counts) - (llama.n_tokens - usage.prompt_tokens), usage
+
+    monkeypatch.setattr(llama, "eval", counted)
+    first, usage = await evaluated(SEA)
+    again, usage_again = await evaluated(SEA)
+    lake, lake_usage = await evaluated(LAKE)
+    assert first == usage.prompt_tokens > 100
+    assert usage_again == usage
+    assert 0 < again < 8
+    assert lake == lake_usage.prompt_tokens - (usage.prompt_tokens - again)
+
+
+def test_local_kept_states_stay_within_their_budget(
+    fresh_model: Callable[[], LocalModel],
+) -> None:
+    """The least recently used states go first; a state larger than the budget is not kept."""
+    llama, _ = local.load(fresh_model().path)
+    chat = (
+        "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    tokens = llama.tokenize(chat.format(PROTOCOL.content).encode(), special=True)
+    end = llama.token_eos()  # SmolLM2's "<|im_end|>": it ends each turn
+    _, user_turn = (index + 1 for index, token in enumerate(tokens) if token == end)
+    one_state = 30_000 * user_turn  # SmolLM2-135M keeps about 23 KB a token
+    kept = PrefixStates(llama, budget=one_state)
+    kept.prepare(tokens)
+    assert list(kept._states) == [tuple(tokens[:user_turn])]
+    assert kept._size <= one_state
+    assert llama.n_tokens == user_turn
+    none_kept = PrefixStates(llama, budget=one_state // 10)
+    none_kept.prepare(tokens)
+    assert not none_kept._states and none_kept._size == 0
 
 
 async def test_local_pieces_reach_the_loop_in_order_before_the_reply() -> None:

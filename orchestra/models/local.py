@@ -20,7 +20,8 @@ import json
 import re
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from orchestra.errors import ConfigurationError, ModelAPIError
 
 from .base import DeltaSink, Message, ModelReply, StepInfo, Usage
 from .config import ModelConfig, missing_extra
+from .local_prefix import PrefixStates
 from .openai_chat import to_chat_messages
 from .protocol import action_schema, answer_only
 
@@ -103,8 +105,7 @@ def _turn(path: Path) -> asyncio.Lock:
 def _generate(path: Path, body: dict[str, Any]) -> Any:
     """One completion, in a worker thread, holding the model's lock."""
     model, lock = load(path)
-    with lock:
-        model.reset()  # see _generate_streaming
+    with lock, _prompt_prepared(model, []):
         return model.create_chat_completion(**body)
 
 
@@ -115,28 +116,21 @@ def _generate_streaming(
     text go to ``hand_over`` (from this worker thread) as they come; ``stop`` ends it early
     (its caller has gone).
 
-    Every call starts from an empty context (``reset``): llama.cpp would otherwise reuse the
-    cached part of the prompt that the previous call shared, and a prompt evaluated in other
-    batches gives slightly different logits, so greedy decoding could write another reply
-    depending on what ran before. That also makes the prompt the first batch evaluated.
     llama.cpp's stream reports no usage, so it is counted here as ``complete`` counts it: the
-    prompt's tokens are those of the first ``eval`` (the first piece of text may come only
-    after several generated tokens: a character of several tokens, text held back while it
-    may start a stop sequence); each generated token after that is evaluated, but for the one
-    that ended the reply (an end-of-generation token, not counted, or the one that reached
+    prompt's tokens are those the reply was generated from (not when the first piece of text
+    came: a character of several tokens, text held back while it may start a stop sequence,
+    come after several generated tokens; nor those evaluated, part of the prompt may come from
+    a kept state); each generated token after that is in the context, but for the one that
+    ended the reply (an end-of-generation token, not counted, or the one that reached
     ``max_tokens``, counted)."""
     model, lock = load(path)
+    prompts: list[int] = []
     with lock:
-        model.reset()
-        evaluated: list[int] = []
-        model.eval = _counting(model.eval, evaluated)  # this instance, while the lock is held
-        try:
+        with _prompt_prepared(model, prompts):
             pieces, finish = _drain(
                 model.create_chat_completion(**body, stream=True), hand_over, stop
             )
-        finally:
-            del model.eval  # the class's own again
-        prompt = evaluated[0] if evaluated else 0
+        prompt = prompts[0] if prompts else 0
         completion = model.n_tokens - prompt + (finish == "length")
     message = {"role": "assistant", "content": "".join(pieces)}
     return {
@@ -145,16 +139,31 @@ def _generate_streaming(
     }
 
 
-def _counting(
-    evaluate: Callable[[Sequence[int]], None], counts: list[int]
-) -> Callable[[Sequence[int]], None]:
-    """``evaluate``, noting how many tokens each call evaluates."""
+@contextmanager
+def _prompt_prepared(model: Any, prompts: list[int]) -> Iterator[None]:
+    """While the model's lock is held: each prompt llama.cpp generates from (its length noted
+    in ``prompts``) is first evaluated up to its last whole turn as a fresh model would
+    evaluate it, or restored from a state kept from an earlier call (see
+    :mod:`.local_prefix`), so a reply depends on its prompt and settings alone, never on the
+    calls before it, and a prompt sharing turns with an earlier one evaluates only the rest."""
+    states = _prefixes.get(model)
+    if states is None:
+        states = _prefixes[model] = PrefixStates(model)
+    generate = model.generate
 
-    def counted(tokens: Sequence[int]) -> None:
-        counts.append(len(tokens))
-        evaluate(tokens)
+    def prepared(tokens: Sequence[int], **options: Any) -> Any:
+        prompts.append(len(tokens))
+        states.prepare(tokens)
+        return generate(tokens, **options)
 
-    return counted
+    model.generate = prepared  # this instance, while the lock is held
+    try:
+        yield
+    finally:
+        del model.generate  # the class's own again
+
+
+_prefixes: weakref.WeakKeyDictionary[Any, PrefixStates] = weakref.WeakKeyDictionary()
 
 
 def _drain(
