@@ -91,8 +91,8 @@ def test_the_bundled_model_decodes_greedily_with_a_fixed_seed_unless_told_otherw
 
 
 async def test_the_bundled_model_gives_the_same_reply_to_the_same_prompt() -> None:
-    """By default, with another prompt in between (llama.cpp keeps the previous prompt's
-    cache and reuses what it shares): a plain answer and a constrained action."""
+    """By default, with another prompt in between (whose kept turn states must not change
+    this prompt's evaluation): a plain answer and a constrained action."""
     model = LocalModel(ModelConfig(provider="local", name="smollm2", max_tokens=32))
     solar = [Message("user", "Tell me about solar power.")]
     replies = [
