@@ -29,7 +29,7 @@ from .engine.runner import Runner
 from .results import OrchestraResult, result_of
 from .sessions import LIVE, LiveRun, claim, let_go
 from .state.journal import Journal
-from .state.manager import RunLog, SessionLog, SessionWriter, StateManager
+from .state.manager import RunLog, SessionLog, SessionWriter, StateManager, run_name
 from .state.replay import rebuild
 from .state.snapshots import capture as capture_snapshot
 from .wiring import FINGERPRINT, Setup, build, fingerprint_matches, first_input
@@ -96,7 +96,7 @@ async def _execute(
     writer = None
     try:
         writer, log = await state_manager.open(session_id)
-        runner.journal = Journal(writer, run_at=writer.length + 1)  # the header comes next
+        runner.journal = Journal(writer, run=run_name(writer.length + 1))  # the header is next
         try:
             runner.start(first)  # nothing runs until the header is durable
         except RecordTooLargeError as error:
@@ -155,7 +155,7 @@ async def _resume(
             await let_go(session_id, None)
             return _noted(result_of(engine, session_id), log, started=True)
         writer = SessionWriter(state_manager, session_id, log.length)
-        runner.journal = Journal(writer, run_at=run.header.position)
+        runner.journal = Journal(writer, run=run.name)
         extra = dict(additional_context or {})
         try:
             runner.resume(inp.RunResume(at=now(), context=extra))
