@@ -88,6 +88,7 @@ async def _execute(
     state_manager: StateManager | None,
 ) -> OrchestraResult:
     _, runner = build(setup, session_id, setup.config.status)
+    runner.engine.settings_file = setup.config.settings_file
     first = first_input(setup, task, context)
     if state_manager is None:
         runner.start(first)
@@ -186,7 +187,8 @@ async def _rebuilt(
     setup: Setup, log: SessionLog, state_manager: StateManager, status: StatusConfig | None
 ) -> tuple[Engine, Runner]:
     """The session's last run, rebuilt with the settings it was started with (its printed
-    status too, unless ``status`` is given)."""
+    status too, unless ``status`` is given); its budget errors name the keys of the workflow
+    file this resume was given, if any (the log keeps no file name: it may have moved)."""
     session_id = log.session_id
     run = log.last_run
     if run is None:
@@ -194,6 +196,7 @@ async def _rebuilt(
     _check_topology(setup, run, session_id)
     start = run.start
     provider = setup.config.tracing.tracer_provider  # an object the log does not keep
+    settings_file = setup.config.settings_file  # nor this: the file this resume was given
     setup.config, setup.error_config, setup.max_steps = (
         start.config,
         start.error_config,
@@ -203,6 +206,7 @@ async def _rebuilt(
         tracing = start.config.tracing.model_copy(update={"tracer_provider": provider})
         setup.config = start.config.model_copy(update={"tracing": tracing})
     engine, runner = build(setup, session_id, status or start.config.status)
+    engine.settings_file = settings_file
     rebuild(engine, run, await state_manager.read_snapshot(session_id), session_id)
     return engine, runner
 
