@@ -31,7 +31,7 @@ import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -96,21 +96,8 @@ class AgentSpec(_Spec):
         return self
 
 
-class CommunicationSpec(_Spec):
-    """How long a question to the user may wait, and what an unanswered one does: the
-    :class:`CommunicationConfig` fields a file may set (its channel is the terminal)."""
-
-    user_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    on_user_timeout: Literal["fail", "default"] = "fail"
-    default_answer: str = ""
-
-    def config(self, channel: Any, user_timeout: float | None = None) -> CommunicationConfig:
-        """The run's communication config: these settings, ``channel``, and ``user_timeout``
-        (the command line's) in place of the file's when given."""
-        settings = self.model_dump()
-        if user_timeout is not None:
-            settings["user_timeout"] = user_timeout
-        return CommunicationConfig(channel=channel, **settings)
+# what a file says under ``communication:`` (its channel is the command line's terminal)
+_COMMUNICATION_KEYS = ("user_timeout", "on_user_timeout", "default_answer")
 
 
 class WorkflowSpec(_Spec):
@@ -118,7 +105,7 @@ class WorkflowSpec(_Spec):
     topology: dict[str, Any]
     execution: dict[str, Any] = Field(default_factory=dict)
     error_handling: dict[str, Any] = Field(default_factory=dict)
-    communication: CommunicationSpec = Field(default_factory=lambda: CommunicationSpec())
+    communication: dict[str, Any] = Field(default_factory=dict)
     task: str | dict[str, Any] | None = None
     context: dict[str, Any] = Field(default_factory=dict)
 
@@ -134,7 +121,23 @@ class Workflow:
     max_steps: int
     task: str | dict[str, Any] | None
     context: dict[str, Any] = field(default_factory=dict)
-    communication: CommunicationSpec = field(default_factory=CommunicationSpec)
+    communication: CommunicationConfig = field(default_factory=CommunicationConfig)
+
+    def communication_config(
+        self, channel: Any, user_timeout: float | None = None
+    ) -> CommunicationConfig:
+        """The run's communication config: the file's settings, ``channel``, and
+        ``user_timeout`` (the command line's ``--user-timeout``) in place of the file's when
+        given, with where the limit that holds was set (its timeout error names it)."""
+        settings = self.communication.model_dump(exclude={"channel", "user_timeout_source"})
+        if user_timeout is not None:
+            settings["user_timeout"] = user_timeout
+            source: str | None = "--user-timeout"
+        elif self.communication.user_timeout is not None:
+            source = f"communication.user_timeout of {self.execution.settings_file}"
+        else:
+            source = None
+        return CommunicationConfig(channel=channel, user_timeout_source=source, **settings)
 
 
 DEFAULT_MAX_STEPS = 100
@@ -175,11 +178,12 @@ def load_workflow(
     except ValidationError as error:
         raise WorkflowError(locate.validation(error, prefix=("execution", "max_steps"))) from None
     try:
-        config = ExecutionConfig(**{**execution, "settings_file": str(path)})
+        config = ExecutionConfig(**execution).read_from(str(path))
         errors = ErrorHandlingConfig(**spec.error_handling)
     except ValidationError as error:
         section = "execution" if "ExecutionConfig" in error.title else "error_handling"
         raise WorkflowError(locate.validation(error, prefix=(section,))) from None
+    communication = _communication(spec, locate)
     if allowed is not None:
         for where, reference in _references(spec):
             _check_allowed(reference, allowed, locate.at(where))
@@ -195,8 +199,25 @@ def load_workflow(
         max_steps=max_steps,
         task=spec.task,
         context=spec.context,
-        communication=spec.communication,
+        communication=communication,
     )
+
+
+def _communication(spec: WorkflowSpec, locate: Locator) -> CommunicationConfig:
+    """The file's ``communication:`` settings, checked as strictly as ``CommunicationConfig``
+    checks them from Python (``true`` or ``"60"`` is no number of seconds); the channel and
+    whether there is one are the command line's to choose, not the file's."""
+    for key in spec.communication:
+        if key not in _COMMUNICATION_KEYS:
+            raise WorkflowError(
+                f"{locate.at(('communication', key))}: not a setting a workflow file may give "
+                f"(it may give {', '.join(_COMMUNICATION_KEYS)}; the command line chooses the "
+                "channel)"
+            )
+    try:
+        return CommunicationConfig(**spec.communication)
+    except ValidationError as error:
+        raise WorkflowError(locate.validation(error, prefix=("communication",))) from None
 
 
 def _check_names(spec: WorkflowSpec, locate: Locator) -> None:

@@ -25,6 +25,7 @@ from orchestra import AgentRegistry, FunctionModel, ScriptedModel
 from orchestra.communication import CommunicationManager, ProgrammaticChannel
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import FileStorageBackend, StateManager
+from orchestra.errors import UserInputError
 
 WORKFLOW = Path(__file__).with_name("question_crash_workflow.py")
 WAIT = 5.0  # each run here takes well under a second; a hang fails after WAIT
@@ -127,6 +128,57 @@ async def test_a_question_asked_again_after_a_pause_has_the_id_it_had(tmp_path: 
     again = await asyncio.wait_for(channel.next_question(), WAIT)
     assert again.id == offered.id
     channel.answer(offered.id, "")
+    result = await asyncio.wait_for(resuming, WAIT)
+    assert result.success, result.error
+
+
+def trip_planner(message_text: str) -> Any:
+    """Asks for a city, then for a hotel in it, then is done."""
+    if "Paris" in message_text:
+        return final("done") if "Ritz" in message_text else ask("Which Paris hotel?")
+    if "Rome" in message_text:
+        return final("done") if "Hassler" in message_text else ask("Which Rome hotel?")
+    return ask("Which city?")
+
+
+async def test_a_question_asked_after_a_restore_never_has_an_abandoned_questions_id(
+    tmp_path: Path,
+) -> None:
+    """The restore rewound the engine's question counter but not the run's name, so the
+    question asked after it ('Which Rome hotel?') had the abandoned one's id ('Which Paris
+    hotel?'), and a client's late answer to the abandoned question landed on it."""
+    channel = ProgrammaticChannel()
+    model = FunctionModel(lambda messages, _: trip_planner(" ".join(map(str, messages))))
+    instance = OrchestraInstance(
+        {"nodes": ["A"], "edges": ["A -> User"]},
+        agent_registry=AgentRegistry([llm("A", model)]),
+        initial_config=quiet(),
+        communication_manager=CommunicationManager(channel),
+        state_manager=StateManager(FileStorageBackend(str(tmp_path)), auto_save_interval=30),
+    )
+    running = asyncio.create_task(instance.execute("plan a trip", {"session_id": "trip"}))
+    city = await asyncio.wait_for(channel.next_question(), WAIT)
+    checkpoint = await instance.create_checkpoint("trip", "before-city")
+    channel.answer(city.id, "Paris")
+    abandoned = await asyncio.wait_for(channel.next_question(), WAIT)
+    assert await instance.pause_session("trip")
+    await asyncio.wait_for(running, WAIT)
+    assert await instance.restore_checkpoint(checkpoint)
+
+    resuming = asyncio.create_task(instance.resume_session("trip"))
+    city_again = await asyncio.wait_for(channel.next_question(), WAIT)
+    assert city_again.id != city.id
+    channel.answer(city_again.id, "Rome")
+    hotel = await asyncio.wait_for(channel.next_question(), WAIT)
+    assert hotel.text == "Which Rome hotel?"
+    assert hotel.id != abandoned.id
+    with pytest.raises(UserInputError, match=f"no pending question '{abandoned.id}'"):
+        channel.answer(abandoned.id, "Ritz")
+    assert await instance.pause_session("trip")  # a pause after the restore keeps the name
+    await asyncio.wait_for(resuming, WAIT)
+    resuming = asyncio.create_task(instance.resume_session("trip"))
+    assert (await asyncio.wait_for(channel.next_question(), WAIT)).id == hotel.id
+    channel.answer(hotel.id, "Hassler")
     result = await asyncio.wait_for(resuming, WAIT)
     assert result.success, result.error
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import warnings
 from collections.abc import Coroutine
 from pathlib import Path
@@ -165,11 +166,19 @@ PAUSED = 3  # the exit code of a run that paused (resume it)
 INTERRUPTED = 130
 
 
+def _finite(seconds: float | None) -> float | None:
+    """``inf`` (or ``1e400``) passes ``min=``, and reached the run's config as a traceback."""
+    if seconds is not None and not math.isfinite(seconds):
+        raise typer.BadParameter(f"{seconds} is not a finite number of seconds")
+    return seconds
+
+
 UserTimeout = Annotated[
     float | None,
     typer.Option(
         "--user-timeout",
         min=0.001,
+        callback=_finite,
         help="Seconds an agent's question (or a budget's) waits for an answer; the workflow "
         "file's communication.on_user_timeout says what an unanswered one does (default: the "
         "file's communication.user_timeout, else no limit).",
@@ -288,7 +297,7 @@ def _execute(
             agent_registry=workflow.registry,
             context=context,
             execution_config=_status(workflow, verbosity),
-            communication_config=workflow.communication.config(channel, user_timeout),
+            communication_config=workflow.communication_config(channel, user_timeout),
             error_config=workflow.error_handling,
             max_steps=workflow.max_steps,
             state_manager=manager,
@@ -339,15 +348,17 @@ def _resume(
             fail(f"session {session!r} has no run to resume", 1)
         if state in ("finished", "failed"):  # its result is shown again, nothing is run
             say(f"Session {session}'s last run {state}: its result, as stored (nothing is run)")
-        asking = workflow.communication.config(user_channel(), user_timeout)
+        asking = workflow.communication_config(user_channel(), user_timeout)
         instance = OrchestraInstance(
             workflow.topology,
             agent_registry=workflow.registry,
+            initial_config=workflow.execution,  # its file names the limits (the log keeps none)
             communication_manager=CommunicationManager(
                 asking.channel,
                 asking.user_timeout,
                 on_user_timeout=asking.on_user_timeout,
                 default_answer=asking.default_answer,
+                user_timeout_source=asking.user_timeout_source,
             ),
             state_manager=manager,
         )

@@ -130,7 +130,9 @@ class CommunicationManager:
     branch) or is answered with ``default_answer``, the agent told that the user did not answer
     (``"default"``). A question's own ``timeout`` takes the place of both. A follow-up offer
     that times out ends the conversation (the answer None): never a failure, never the
-    default. The runner journals each outcome like any answer or failure."""
+    default. The runner journals each outcome like any answer or failure. ``user_timeout_source``
+    names where ``user_timeout`` was set (a workflow file's key, a command-line option) in a
+    timed-out question's error."""
 
     def __init__(
         self,
@@ -139,6 +141,7 @@ class CommunicationManager:
         *,
         on_user_timeout: Literal["fail", "default"] = "fail",
         default_answer: str = "",
+        user_timeout_source: str | None = None,
     ) -> None:
         if channel is not None and not isinstance(channel, UserChannel):
             raise TypeError(f"channel must have an async ask(question) method, got {channel!r}")
@@ -153,6 +156,7 @@ class CommunicationManager:
         self.user_timeout = user_timeout
         self.on_user_timeout = on_user_timeout
         self.default_answer = default_answer
+        self.user_timeout_source = user_timeout_source or "CommunicationConfig.user_timeout"
 
     def timeout(self) -> float | None:
         """How long a question may wait for its answer (None: as long as it takes)."""
@@ -195,7 +199,7 @@ class CommunicationManager:
             return "the question's own timeout"
         if isinstance(getattr(self.channel, "user_timeout", None), int | float):
             return f"{type(self.channel).__name__} user_timeout"
-        return "CommunicationConfig.user_timeout"
+        return self.user_timeout_source
 
     def _outcome(self, question: Question) -> str:
         """What an unanswered question does, in the user's words."""

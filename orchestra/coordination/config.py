@@ -30,7 +30,15 @@ from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class _Config(BaseModel):
@@ -229,9 +237,9 @@ class ExecutionConfig(_Config):
     ``tracing`` (a :class:`TracingConfig`, or True/False) says whether the run is traced.
     Budgets (:class:`Budget`) bound what is spent: ``budget`` by the whole run,
     ``branch_budget`` by each branch, ``agent_budgets`` by each agent named (over the run).
-    ``settings_file``: the workflow file these settings were read from (set by
-    :func:`~orchestra.workflow.load_workflow`): an error about a limit set there names the
-    file's key to change, not this class's field.
+    :attr:`settings_file` is the workflow file these settings were read from (set by
+    :func:`~orchestra.workflow.load_workflow`, see :meth:`read_from`): an error about a limit
+    set there names the file's key to change, not this class's field.
     """
 
     convergence_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -246,7 +254,30 @@ class ExecutionConfig(_Config):
     budget: Budget | None = None
     branch_budget: Budget | None = None
     agent_budgets: dict[str, Budget] = Field(default_factory=dict)
-    settings_file: str | None = None
+    # not a field: no way to set it but reading a file, and never stored in a session's log
+    # (an absolute path is private, and a moved file made it stale on resume)
+    _settings_file: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_before(cls, data: Any, info: ValidationInfo) -> Any:
+        """A session log written before the file's name was kept out of it stores it in the
+        run's config: read there (only), it is dropped."""
+        stored = isinstance(info.context, dict) and info.context.get("stored") is True
+        if stored and isinstance(data, dict) and "settings_file" in data:
+            return {key: value for key, value in data.items() if key != "settings_file"}
+        return data
+
+    @property
+    def settings_file(self) -> str | None:
+        """The workflow file these settings were read from (None: set in Python)."""
+        return self._settings_file
+
+    def read_from(self, settings_file: str | None) -> ExecutionConfig:
+        """These settings, as read from ``settings_file`` (a limit's error names its key)."""
+        copy = self.model_copy()
+        copy._settings_file = settings_file
+        return copy
 
     @field_validator("convergence_policy", mode="before")
     @classmethod
@@ -294,6 +325,9 @@ class CommunicationConfig(_Config):
     branch with a :class:`UserInputError` naming the question and the time limit;
     ``"default"`` answers it with ``default_answer``, in words that tell the agent the user
     did not answer. Either outcome is journaled, so a resumed or replayed run decides the same.
+    ``user_timeout_source`` says where ``user_timeout`` was set, in the words of whoever set it
+    (``"--user-timeout"``, ``"communication.user_timeout of flow.yaml"``), for the error of a
+    question that ran out of time; None names this class's field.
     """
 
     channel: Any = None
@@ -301,3 +335,4 @@ class CommunicationConfig(_Config):
     user_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     on_user_timeout: Literal["fail", "default"] = "fail"
     default_answer: str = ""
+    user_timeout_source: str | None = None

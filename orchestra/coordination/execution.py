@@ -29,7 +29,7 @@ from .engine.runner import Runner
 from .results import OrchestraResult, result_of
 from .sessions import LIVE, LiveRun, claim, let_go
 from .state.journal import Journal
-from .state.manager import RunLog, SessionLog, SessionWriter, StateManager
+from .state.manager import RunLog, SessionLog, SessionWriter, StateManager, run_name
 from .state.replay import rebuild
 from .state.snapshots import capture as capture_snapshot
 from .wiring import FINGERPRINT, Setup, build, fingerprint_matches, first_input
@@ -88,6 +88,7 @@ async def _execute(
     state_manager: StateManager | None,
 ) -> OrchestraResult:
     _, runner = build(setup, session_id, setup.config.status)
+    runner.engine.settings_file = setup.config.settings_file
     first = first_input(setup, task, context)
     if state_manager is None:
         runner.start(first)
@@ -96,7 +97,7 @@ async def _execute(
     writer = None
     try:
         writer, log = await state_manager.open(session_id)
-        runner.journal = Journal(writer, run_at=writer.length + 1)  # the header comes next
+        runner.journal = Journal(writer, run=run_name(writer.length + 1))  # the header is next
         try:
             runner.start(first)  # nothing runs until the header is durable
         except RecordTooLargeError as error:
@@ -155,7 +156,7 @@ async def _resume(
             await let_go(session_id, None)
             return _noted(result_of(engine, session_id), log, started=True)
         writer = SessionWriter(state_manager, session_id, log.length)
-        runner.journal = Journal(writer, run_at=run.header.position)
+        runner.journal = Journal(writer, run=run.name)
         extra = dict(additional_context or {})
         try:
             runner.resume(inp.RunResume(at=now(), context=extra))
@@ -186,7 +187,8 @@ async def _rebuilt(
     setup: Setup, log: SessionLog, state_manager: StateManager, status: StatusConfig | None
 ) -> tuple[Engine, Runner]:
     """The session's last run, rebuilt with the settings it was started with (its printed
-    status too, unless ``status`` is given)."""
+    status too, unless ``status`` is given); its budget errors name the keys of the workflow
+    file this resume was given, if any (the log keeps no file name: it may have moved)."""
     session_id = log.session_id
     run = log.last_run
     if run is None:
@@ -194,6 +196,7 @@ async def _rebuilt(
     _check_topology(setup, run, session_id)
     start = run.start
     provider = setup.config.tracing.tracer_provider  # an object the log does not keep
+    settings_file = setup.config.settings_file  # nor this: the file this resume was given
     setup.config, setup.error_config, setup.max_steps = (
         start.config,
         start.error_config,
@@ -203,6 +206,7 @@ async def _rebuilt(
         tracing = start.config.tracing.model_copy(update={"tracer_provider": provider})
         setup.config = start.config.model_copy(update={"tracing": tracing})
     engine, runner = build(setup, session_id, status or start.config.status)
+    engine.settings_file = settings_file
     rebuild(engine, run, await state_manager.read_snapshot(session_id), session_id)
     return engine, runner
 

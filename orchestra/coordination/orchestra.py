@@ -229,6 +229,7 @@ def _launcher(
                     communication.user_timeout,
                     on_user_timeout=communication.on_user_timeout,
                     default_answer=communication.default_answer,
+                    user_timeout_source=communication.user_timeout_source,
                 ),
                 max_steps,
             )

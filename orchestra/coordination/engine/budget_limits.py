@@ -27,23 +27,27 @@ class Limits:
     sources: dict[tuple[str, str], str]
 
     @classmethod
-    def of(cls, config: ExecutionConfig, rules: Iterable[BudgetRule]) -> Limits:
+    def of(
+        cls, config: ExecutionConfig, rules: Iterable[BudgetRule], settings_file: str | None = None
+    ) -> Limits:
+        """``settings_file``: the workflow file the config was read from, if any."""
         agents = {name: _pairs(budget) for name, budget in config.agent_budgets.items()}
-        return cls(
-            _pairs(config.budget), _pairs(config.branch_budget), agents, _sources(config, rules)
-        )
+        sources = _sources(config, rules, settings_file)
+        return cls(_pairs(config.budget), _pairs(config.branch_budget), agents, sources)
 
 
 def _pairs(budget: Budget | None) -> tuple[tuple[str, float], ...]:
     return () if budget is None else tuple(budget.limits().items())
 
 
-def _sources(config: ExecutionConfig, rules: Iterable[BudgetRule]) -> dict[tuple[str, str], str]:
+def _sources(
+    config: ExecutionConfig, rules: Iterable[BudgetRule], settings_file: str | None
+) -> dict[tuple[str, str], str]:
     """Where each limit of the config was set: the ``budget(...)`` rule whose limit holds (the
     lower of rule and config, see :func:`configured`), else its ``ExecutionConfig`` field, or
     the key under ``execution:`` of the workflow file it was read from."""
     found = tuple(rules)
-    if config.settings_file is None:
+    if settings_file is None:
         fields = ("ExecutionConfig.budget", "ExecutionConfig.branch_budget")
         agent_field = "ExecutionConfig.agent_budgets[{!r}]"
     else:
@@ -57,7 +61,7 @@ def _sources(config: ExecutionConfig, rules: Iterable[BudgetRule]) -> dict[tuple
         (f"agent {name!r}", name, agent_field.format(name), budget)
         for name, budget in config.agent_budgets.items()
     ]
-    file = "" if config.settings_file is None else f" of {config.settings_file}"
+    file = "" if settings_file is None else f" of {settings_file}"
     sources: dict[tuple[str, str], str] = {}
     for name, scope, field_name, budget in scopes:
         for limit, allowed in _pairs(budget):

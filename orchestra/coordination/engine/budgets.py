@@ -350,7 +350,7 @@ def _book(engine: Engine) -> Book:
     book = engine.budget_book
     if book is None:
         book = engine.budget_book = Book(
-            limits=Limits.of(engine.config, engine.analysis.budget_rules)
+            limits=Limits.of(engine.config, engine.analysis.budget_rules, engine.settings_file)
         )
     events = engine.stream.events
     if book.seen != len(events):

@@ -76,6 +76,9 @@ class Engine:
         # what agents and edge conditions see of it: a read-only copy (see SharedContext)
         self.shared_context = SharedContext()
         self.config = ExecutionConfig()
+        # the workflow file the settings were read from, for budget errors to name its keys:
+        # the one this process was given (not journaled: the log keeps no file name)
+        self.settings_file: str | None = None
         self.error_config = ErrorHandlingConfig()
         self.max_steps = 0
         self.steps = 0

@@ -112,11 +112,12 @@ class OpenQuestions:
     def _question(self, runner: Runner, branch: Branch, question_id: str, text: str) -> Question:
         """The question as its channel gets it: a follow-up offer with the round's response and
         the conversation's timeout, an agent's with the timeout it asked with, if any. Its id
-        comes from the log (the session, its run's header position, the engine's question id),
-        so the question asked again after a resume has the id it had, and no other run's
-        question on the channel shares it."""
+        comes from the log (the session, its run's name there, the engine's question id), so the
+        question asked again after a resume has the id it had, and no other run's question on
+        the channel shares it, nor a question asked after its run went back to a checkpoint
+        (the name holds the restore's position)."""
         run_id = runner.engine.run_id
-        run = self._token if runner.journal is None else f"r{runner.journal.run_at}"
+        run = self._token if runner.journal is None else runner.journal.run
         asked_id = f"{run_id}:{run}:{question_id}"
         state = runner.engine.follow_ups
         if state is not None and rounds.is_question(question_id):

@@ -63,7 +63,7 @@ from .questions import OpenQuestions, really_cancelled
 class Journal(Protocol):
     """Where a durable run records its inputs (``orchestra.coordination.state.journal``)."""
 
-    run_at: int  # the position of the run's header in its session's log
+    run: str  # the run's name in its session's log (RunLog.name): its questions' ids hold it
 
     def record(self, item: inp.Record, due: bool) -> None:
         """Record ``item``; raise (``UnstorableValueError``) if it cannot be stored. A due

@@ -374,7 +374,7 @@ def _enum(kind: type[enum.Enum]) -> tuple[Encoder, Decoder]:
 def _model(kind: type[BaseModel]) -> tuple[Encoder, Decoder]:
     def decode(data: Any) -> Any:
         try:
-            return kind.model_validate(as_object(data))
+            return kind.model_validate(as_object(data), context={"stored": True})
         except (ValidationError, ValueError, TypeError, OverflowError) as error:
             raise Unreadable(f"not a valid {kind.__name__}: {error}") from None
 

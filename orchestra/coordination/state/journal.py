@@ -12,12 +12,12 @@ from .manager import SessionWriter
 
 
 class Journal:
-    """Records one run's inputs through the session's writer. ``run_at`` is the position of
-    the run's header in the session log: what names the run durably (its questions' ids)."""
+    """Records one run's inputs through the session's writer. ``run`` names the run durably
+    in the session log (:attr:`RunLog.name`): its questions' ids hold it."""
 
-    def __init__(self, writer: SessionWriter, run_at: int) -> None:
+    def __init__(self, writer: SessionWriter, run: str) -> None:
         self.writer = writer
-        self.run_at = run_at
+        self.run = run
 
     def record(self, item: Record, due: bool) -> None:
         """Record an input; a due one must be durable before the run's next effect on the

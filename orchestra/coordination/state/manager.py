@@ -54,6 +54,15 @@ class RunLog:
     header: Entry
     entries: list[Entry] = field(default_factory=list)
     end: inp.RunEnd | None = None  # how it last stopped, unless it went on after that
+    restored_at: int | None = None  # the latest restore that took it back to a checkpoint
+
+    @property
+    def name(self) -> str:
+        """The run's name in its session, for its questions' ids: its header's position, and
+        the latest restore's once its history forked (``r1.x9``), so an abandoned question's
+        id is never a later one's, while a pause or a crash leaves the name as it was."""
+        name = run_name(self.header.position)
+        return name if self.restored_at is None else f"{name}.x{self.restored_at}"
 
     @property
     def start(self) -> inp.RunStart:
@@ -372,7 +381,7 @@ def _fold(session_id: str, entries: list[Entry]) -> SessionLog:
             if kind not in (inp.Checkpoint.KIND, inp.Restore.KIND):
                 raise SessionCorruptedError(f"session {session_id!r}: records before its first run")
         elif kind == inp.Restore.KIND:
-            continue
+            runs[-1].restored_at = entry.position
         elif kind == inp.Checkpoint.KIND and (
             runs[-1].end is not None or entry.record.at_rest  # type: ignore[attr-defined]
         ):
@@ -386,6 +395,11 @@ def _fold(session_id: str, entries: list[Entry]) -> SessionLog:
             run.entries.append(entry)
     positions = frozenset(entry.position for entry in effective)
     return SessionLog(session_id, len(entries), runs, checkpoints, positions)
+
+
+def run_name(header_at: int) -> str:
+    """The name of the run whose header is at ``header_at`` in its session's log."""
+    return f"r{header_at}"
 
 
 def parse_checkpoint_id(checkpoint_id: str) -> tuple[str, str]:
