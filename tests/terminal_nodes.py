@@ -3,6 +3,7 @@ by import path)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,21 +28,30 @@ def hub(data: Any, context: Mapping[str, Any]) -> Action:
     return Action.final(f"hub got {data!r}")
 
 
-def _side(name: str, data: Any) -> Action:
+_BOTH_ASK: asyncio.Barrier | None = None
+
+
+async def _side(name: str, data: Any) -> Action:
+    """Left's or Right's step: the two questions are asked together (each side, on the event
+    loop, waits for the other before asking), so both exist before the live view's first
+    frame without one: the tests of what is on screen then do not depend on timing."""
+    global _BOTH_ASK
     text = str(data)
     if text.startswith(ASK):
+        _BOTH_ASK = _BOTH_ASK or asyncio.Barrier(2)
+        await _BOTH_ASK.wait()
         return Action.ask_user(text.removeprefix(ASK))
     return Action.final(f"{name} heard {text!r}")
 
 
-def left(data: Any, context: Mapping[str, Any]) -> Action:
-    """Asks its question; given the answer, answers the hub with it, named."""
-    return _side("Left", data)
+async def left(data: Any, context: Mapping[str, Any]) -> Action:
+    """Asks its question (with Right's); given the answer, answers the hub with it, named."""
+    return await _side("Left", data)
 
 
-def right(data: Any, context: Mapping[str, Any]) -> Action:
-    """Asks its question; given the answer, answers the hub with it, named."""
-    return _side("Right", data)
+async def right(data: Any, context: Mapping[str, Any]) -> Action:
+    """Asks its question (with Left's); given the answer, answers the hub with it, named."""
+    return await _side("Right", data)
 
 
 def tutor(data: Any, context: Mapping[str, Any]) -> Action:

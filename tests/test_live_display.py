@@ -7,6 +7,7 @@ stopped, and two runs with one session id get a block each."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import sys
@@ -28,8 +29,9 @@ from orchestra import (
     CommunicationConfig,
     ExecutionConfig,
     ScriptedModel,
+    TerminalChannel,
 )
-from orchestra.communication.channels import CommunicationManager, Question
+from orchestra.communication.channels import CommunicationManager, ProgrammaticChannel, Question
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.monitoring import blocks
 from orchestra.coordination.monitoring.live import SETTLE_SECONDS, LiveDisplay, LiveWatch
@@ -152,6 +154,33 @@ def asked(question: str = "which colour?") -> ev.Event:
     )
 
 
+class Prompt:
+    """A question on the terminal the display draws on, as ``wiring._AskWhenCleared`` holds
+    one: entered before its prompt is written, left once it is answered; each time the
+    display shows the prompt again, ``AGAIN`` is written to the terminal. Questions on one
+    input share the function that does it (``like``), as a ``TerminalChannel``'s do."""
+
+    AGAIN = "PROMPT-AGAIN> "
+
+    def __init__(self, watch: LiveWatch, like: Prompt | None = None) -> None:
+        self.watch = watch
+        self.display = watch.display
+        self.held = contextlib.ExitStack()
+        self.shown_again = 0
+        self.again = self._again if like is None else like.again
+
+    def _again(self) -> None:
+        self.shown_again += 1
+        self.display.console.file.write(self.AGAIN)
+
+    def ask(self) -> Prompt:
+        self.held.enter_context(self.watch.prompting(self.again))
+        return self
+
+    def answered(self) -> None:
+        self.held.close()
+
+
 def test_a_question_prints_the_blocks_once_and_takes_the_area_down() -> None:
     """Each frame erased the prompt a terminal channel had written and the characters the
     user typed."""
@@ -163,6 +192,7 @@ def test_a_question_prints_the_blocks_once_and_takes_the_area_down() -> None:
     display.refresh()
     assert "run r · running" in plain(out.getvalue())
     watch(asked())
+    prompt = Prompt(watch).ask()
     display.refresh()
     parked = out.getvalue()
     assert erased(parked) and "run r · waiting for the user" in plain(parked)
@@ -170,6 +200,7 @@ def test_a_question_prints_the_blocks_once_and_takes_the_area_down() -> None:
     display.refresh()
     assert out.getvalue() == parked  # no frame over the prompt and the answer
     watch(ev.UserInputReceived(**base(branch_id="b0", question_id="q", answer="blue")))
+    prompt.answered()
     display.refresh()
     assert "run r · running" in plain(out.getvalue()[len(parked) :])  # drawn again
     display.close()
@@ -188,20 +219,23 @@ def test_the_area_stays_down_until_the_last_waiting_question_is_answered() -> No
     )
     watch(asked())
     watch(ev.UserInputRequested(**base(branch_id="b1", agent="A", question_id="q2", question="?")))
+    first, second = Prompt(watch).ask(), Prompt(watch).ask()
     display.refresh()
     parked = out.getvalue()
     assert "run r · waiting for the user" in plain(parked)
     watch(ev.UserInputReceived(**base(branch_id="b0", question_id="q", answer="blue")))
+    first.answered()
     display.refresh()
     assert out.getvalue() == parked  # the second prompt is on screen: nothing drawn after it
     watch(ev.UserInputReceived(**base(branch_id="b1", question_id="q2", answer="up")))
+    second.answered()
     display.refresh()
     assert "run r · running" in plain(out.getvalue()[len(parked) :])  # drawn again
     display.close()
 
 
 async def test_the_user_channel_is_asked_once_the_area_is_down(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, pipe_terminal: tuple[int, int]
 ) -> None:
     """The channel was asked at once: its prompt raced the frame that took the area down."""
     console, out = tty_console()
@@ -209,7 +243,7 @@ async def test_the_user_channel_is_asked_once_the_area_is_down(
     watching(monkeypatch, display)
     seen: list[str] = []
 
-    class Terminal:
+    class Terminal(TerminalChannel):
         async def ask(self, question: Question) -> Any:
             seen.append(out.getvalue())  # what is on the terminal when the prompt is written
             return "blue"
@@ -220,11 +254,45 @@ async def test_the_user_channel_is_asked_once_the_area_is_down(
         {"nodes": ["A"], "edges": ["A -> User"]},
         [llm("A", model)],
         config=ExecutionConfig(status=NORMAL),
-        communication_config=CommunicationConfig(channel=Terminal()),
+        communication_config=CommunicationConfig(channel=Terminal(pipe_terminal[0])),
     )
     assert result.success, result.error
     (before_prompt,) = seen
     assert "waiting for the user" in plain(before_prompt) and erased(before_prompt)
+
+
+async def test_a_question_on_another_channel_is_shown_in_the_area_and_leaves_it_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finding 3: a run waiting on a channel that is not the terminal (code, a web client)
+    took the area down, so no other run on the terminal was drawn until it was answered."""
+    console, out = tty_console()
+    display = LiveDisplay(console, auto_refresh=False, clock=lambda: 2.0)
+    watching(monkeypatch, display)
+    channel = ProgrammaticChannel()
+    frames: list[str] = []
+
+    async def answer() -> None:
+        question = await asyncio.wait_for(channel.next_question(), WAIT)
+        display.refresh()  # a frame while the question waits
+        frames.append(out.getvalue())
+        channel.answer(question.id, "blue")
+
+    model = ScriptedModel([ask("Which colour?"), final("you said it")])
+    answering = asyncio.create_task(answer())
+    result = await run(
+        "t",
+        {"nodes": ["A"], "edges": ["A -> User"]},
+        [llm("A", model)],
+        config=ExecutionConfig(status=NORMAL),
+        communication_config=CommunicationConfig(channel=channel),
+    )
+    await answering
+    assert result.success, result.error
+    (frame,) = frames
+    assert "waiting for the user" in plain(frame) and not erased(frame)  # the area is up
+    assert display._prompts == {}
+    display.close()
 
 
 @pytest.fixture
@@ -425,27 +493,77 @@ async def test_the_run_s_own_communication_manager_answers_on_a_terminal(
     assert manager.asked == ["Which colour?"]
 
 
-def test_while_a_run_waits_for_the_user_another_settles_and_asks_at_once() -> None:
-    """While one run's question held the area down, no frame was drawn, so another run's
-    return waited the whole settle bound for its block, and its question waited for a frame
-    that never came."""
-    console, _ = tty_console()
+def test_while_a_run_waits_for_the_user_another_ends_in_order_above_the_prompt() -> None:
+    """Finding 3: while one run's question held the area down, nothing was drawn, another
+    run's final block included: its return did not wait for the block, so what its caller
+    printed next came out before it (or the block not at all, the question never answered).
+    Now the block is out, then the prompt shown again, before that run returns; and a
+    question asked meanwhile needs no frame (the area is down already)."""
+    console, out = tty_console()
     display = LiveDisplay(console, clock=lambda: 2.0)  # its own drawing thread
     asking = LiveWatch(NORMAL, display, "r", {"A"})
     for event in opened():
         asking(event)
     asking(asked())
-    assert display.cleared(asking.view)  # parked: the prompt is on screen
+    first = Prompt(asking).ask()
+    assert display.cleared()  # parked: the prompt goes on screen
+    out.write("PROMPT r> ")
     other = LiveWatch(NORMAL, display, "s", {"A"})
     for event in opened():
         other(msgspec.structs.replace(event, run_id="s"))
     other(msgspec.structs.replace(asked(), run_id="s"))
-    assert display.cleared(other.view)  # the area is down already
+    second = Prompt(other, like=first).ask()
+    assert display.cleared()  # the area is down already
     ended = ev.RunCompleted(**base(at=3.0, success=True, error=None, total_steps=0, duration=2.0))
     third = LiveWatch(NORMAL, display, "t", {"A"})
     for event in [*opened(), ended]:
         third(msgspec.structs.replace(event, run_id="t"))
-    assert display.settle(third.view, timeout=WAIT)  # its block comes after the answer
+    assert display.settle(third.view, timeout=WAIT)  # returned once its block is out
+    after = plain(out.getvalue().split("PROMPT r> ")[-1])
+    assert after.startswith("\n╭─ run t · succeeded")  # on a line of its own
+    assert after.endswith(Prompt.AGAIN)  # then the prompt, once (both share one terminal)
+    assert first.shown_again == 1
+    assert "run s" not in after and "run r" not in after  # no progress frame under the prompt
+    first.answered()
+    second.answered()
+    display.close()
+
+
+def test_a_run_stopped_while_another_asks_leaves_the_area_down() -> None:
+    """Finding 1: run r asked (the area came down), then run s; stopping r (cancelled,
+    paused, a storage failure) brought the area back while s's prompt was on screen, its
+    blocks drawn below that prompt."""
+    console, out = tty_console()
+    display = LiveDisplay(console, auto_refresh=False, clock=lambda: 2.0)
+    r = LiveWatch(NORMAL, display, "r", {"A"})
+    for event in opened():
+        r(event)
+    r(asked())
+    r_prompt = Prompt(r).ask()
+    display.refresh()  # the area down, r's prompt on screen
+    s = LiveWatch(NORMAL, display, "s", {"A"})
+    for event in opened():
+        s(msgspec.structs.replace(event, run_id="s"))
+    s(msgspec.structs.replace(asked("s's question?"), run_id="s"))
+    s_prompt = Prompt(s, like=r_prompt).ask()
+    display.refresh()
+    out.write("PROMPT s> ")  # s's prompt is the last thing on screen
+    display.stop(r.view, "cancelled")
+    r_prompt.answered()  # its question withdrawn
+    display.refresh()
+    display.refresh()
+    after = plain(out.getvalue().split("PROMPT s> ")[-1])
+    assert "run r · cancelled" in after and after.endswith(Prompt.AGAIN)
+    assert "run s" not in after  # no frame under s's prompt
+    assert r_prompt.shown_again == 1
+    s(
+        msgspec.structs.replace(
+            ev.UserInputReceived(**base(branch_id="b0", question_id="q", answer="x")), run_id="s"
+        )
+    )
+    s_prompt.answered()
+    display.refresh()
+    assert "run s · running" in plain(out.getvalue().split(Prompt.AGAIN)[-1])  # drawn again
     display.close()
 
 
@@ -499,12 +617,14 @@ def test_a_question_waits_for_the_frame_that_takes_the_area_down_however_slow() 
         watch(event)
     terminal.open.clear()  # the next frames stall
     watch(asked())
+    prompt = Prompt(watch).ask()
     cleared: list[bool] = []
-    waiter = threading.Thread(target=lambda: cleared.append(display.cleared(watch.view)))
+    waiter = threading.Thread(target=lambda: cleared.append(display.cleared()))
     waiter.start()
     waiter.join(SETTLE_SECONDS + 0.5)
     assert waiter.is_alive()  # still waiting for the frame, past the old one-second bound
     terminal.open.set()
     waiter.join(WAIT)
     assert cleared == [True]
+    prompt.answered()
     display.close()

@@ -22,7 +22,7 @@ import pytest
 from helpers import TESTS, fn, quiet, run_cli
 
 from orchestra import Action, AgentRegistry, TerminalChannel
-from orchestra.communication import CommunicationManager, ProgrammaticChannel, Question
+from orchestra.communication import CommunicationManager, ProgrammaticChannel, Question, terminal
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.wiring import _AskWhenCleared
@@ -227,8 +227,8 @@ def test_a_queued_question_is_the_last_thing_on_screen_with_the_live_view(tmp_pa
     first = child.match.group(1)
     drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)  # the block before the prompt
     child.expect("> ")
-    if all(f"{agent}  waiting for the user" in drawn for agent in ("Left", "Right")):
-        assert child.before.startswith(" (1 more waiting):"), repr(child.before)
+    assert all(f"{agent}  waiting for the user" in drawn for agent in ("Left", "Right")), drawn
+    assert child.before.startswith(" (1 more waiting):"), repr(child.before)
     child.sendline(f"for {first}")
     child.expect(PROMPT)
     second = child.match.group(1)
@@ -241,6 +241,31 @@ def test_a_queued_question_is_the_last_thing_on_screen_with_the_live_view(tmp_pa
     assert "waiting for the user" not in output  # no block drawn while the second waited
     flat = " ".join(output.split())
     assert f"{first} heard 'for {first}'" in flat and f"{second} heard 'for {second}'" in flat
+
+
+def test_another_runs_end_is_shown_in_order_above_the_prompt_shown_again(
+    tmp_path: Path,
+) -> None:
+    """Finding 3: while one run's question waited on the terminal, another run in the process
+    ended and nothing of it was drawn: its final block came out only after the answer, after
+    what its caller printed once it returned. Now the block is printed below the prompt, the
+    prompt is shown again, and only then does that run return; the answer still works."""
+    signal = tmp_path / "signal"
+    os.mkfifo(signal)
+    child = spawn(tmp_path, term="xterm", argv=["-m", "terminal_two_runs", str(signal)])
+    child.expect(PROMPT)
+    child.expect("> ")
+    signal.write_text("go")  # run 'other' ends while the question waits
+    child.expect("OTHER RETURNED")
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)
+    assert shown.startswith("\r\n╭─ run other · succeeded"), repr(shown)  # off the prompt's line
+    assert "Other  ✓ done" in shown
+    assert shown.endswith("? Asker asks (branch b0, question q1) still waits:\r\n> "), repr(shown)
+    assert "run asker" not in shown  # no progress frame under the prompt
+    child.sendline("Ada")
+    output, code = ended(child)
+    assert code == 0, output
+    assert "ASKER RETURNED \"answer='Ada'\"" in output
 
 
 # ---- the channel itself, on a pipe ------------------------------------------------------------
@@ -281,6 +306,32 @@ async def test_the_channel_reads_lines_without_blocking_the_loop(pipe: tuple[int
     assert await asyncio.wait_for(answer, WAIT) == "déjà vu"
 
 
+async def test_the_prompt_shown_again_says_who_asks_and_where_to_type(
+    pipe: tuple[int, int],
+) -> None:
+    """What the live view calls after printing another run's end below a prompt: the waiting
+    question's label and a fresh ``> `` (saying so inside a block); nothing once answered."""
+    read, write = pipe
+    shown = io.StringIO()
+    channel = TerminalChannel(read, shown)
+    answer = asyncio.create_task(channel.ask(question(1)))
+    await prompts(shown, 1)
+    again = channel.prompt_again
+    assert again == TerminalChannel(read, io.StringIO()).prompt_again  # one per input
+    await asyncio.to_thread(again)
+    assert shown.getvalue().endswith("? A asks (branch b1, question q1) still waits:\n> ")
+    os.write(write, b'"""\nfirst\n')
+    while not terminal._reader(read).in_block:  # the block begun
+        await asyncio.sleep(0)
+    await asyncio.to_thread(again)
+    assert shown.getvalue().endswith('still waits:\n  (in a block: a line of """ ends it)\n> ')
+    os.write(write, b'"""\n')
+    assert await asyncio.wait_for(answer, WAIT) == "first"
+    before = shown.getvalue()
+    await asyncio.to_thread(again)
+    assert shown.getvalue() == before
+
+
 async def test_queued_questions_are_asked_in_turn(pipe: tuple[int, int]) -> None:
     read, write = pipe
     shown = io.StringIO()
@@ -305,10 +356,15 @@ async def test_questions_held_up_by_the_live_view_count_as_waiting(pipe: tuple[i
     shown = io.StringIO()
     both = threading.Barrier(2)  # each wait ends once both questions are held up in it
 
-    def cleared() -> None:
-        both.wait(WAIT)
+    class Screen:
+        def prompting(self, reshow: object) -> contextlib.nullcontext[None]:
+            return contextlib.nullcontext()
 
-    manager = _AskWhenCleared(CommunicationManager(TerminalChannel(read, shown)), cleared)
+        def cleared(self) -> bool:
+            both.wait(WAIT)
+            return True
+
+    manager = _AskWhenCleared(CommunicationManager(TerminalChannel(read, shown)), Screen())
     asks = [asyncio.create_task(manager.ask(question(n, agent=f"A{n}"))) for n in (1, 2)]
     await prompts(shown, 1)
     assert "(1 more waiting):" in shown.getvalue()

@@ -24,8 +24,9 @@ import os
 import select
 import sys
 import termios
+import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from orchestra.agents.contract import render, timeout_problem
@@ -82,6 +83,14 @@ class TerminalChannel:
         self._output = output
         self.user_timeout = user_timeout
 
+    @property
+    def prompt_again(self) -> Callable[[], None]:
+        """What shows the prompt of the question on screen again (a no-op when none is), for
+        the live status display to call after it printed a run's end below that prompt. One
+        function for every channel reading this input, equal whichever channel gives it, so
+        the prompt is shown once. Called off the event loop."""
+        return _reader(self._fd).show_again
+
     @contextlib.contextmanager
     def coming(self) -> Iterator[None]:
         """A question on its way to this channel (held up while the live status display takes
@@ -112,8 +121,12 @@ class TerminalChannel:
             async with reader.turn():
                 note = reader.withdrawn
                 await self._write(note + self._prompt(question, reader.asked, seconds))
+                reader.showing = (self._output or sys.stderr, _again(question))
                 reader.discard_stale()
-                return await self._answer_within(question, reader, seconds, outcome)
+                try:
+                    return await self._answer_within(question, reader, seconds, outcome)
+                finally:
+                    reader.showing, reader.in_block = None, False
         finally:
             reader.asked -= 1
 
@@ -149,13 +162,8 @@ class TerminalChannel:
                 f"empty line (or Ctrl-D) to finish{limit}\n> "
             )
         text = printable(question.text, QUESTION_CHARS)
-        who = (  # a budget question is the engine's, on the budget's behalf
-            f"Budget question before {question.agent}'s next step"
-            if question.kind == "budget"
-            else f"{question.agent} asks"
-        )
         return (
-            f"\n? {who} (branch {question.branch_id}, question {label}){queued}:\n"
+            f"\n? {_who(question)} (branch {question.branch_id}, question {label}){queued}:\n"
             f"  {text}\n"
             f"  (Enter sends one line; a line of {BLOCK} starts and ends several)\n> "
         )
@@ -174,6 +182,7 @@ class TerminalChannel:
             )
         if first.strip() != BLOCK:
             return first
+        reader.in_block = True
         lines: list[str] = []
         while (line := await reader.line()) is not None and line.strip() != BLOCK:
             lines.append(line)
@@ -206,6 +215,10 @@ class _Reader:
         self.stale = False  # a question gave up while typed for: drop that input
         self.withdrawn = ""  # the note for a question withdrawn on screen, said with the next
         self.answer_ended = False  # a Ctrl-D ended the answer being typed
+        # the question on screen: where its prompt went and the line that shows it again; and
+        # whether its answer is a block being typed (read on the live display's thread)
+        self.showing: tuple[TextIO, str] | None = None
+        self.in_block = False
         self._ended = False
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""  # read, not yet taken as a line
@@ -221,6 +234,17 @@ class _Reader:
     @property
     def ended(self) -> bool:
         return self._ended
+
+    def show_again(self) -> None:
+        """The prompt of the question on screen shown again, below what was printed since
+        (what the user had typed stays in the terminal's line buffer until Enter)."""
+        showing, in_block = self.showing, self.in_block
+        if showing is None:
+            return
+        output, again = showing
+        if in_block:
+            again = again.removesuffix("> ") + f"  (in a block: a line of {BLOCK} ends it)\n> "
+        _write(output, again)
 
     def begin_answer(self) -> None:
         """A question is shown: a Ctrl-D typed for the one before counts no more."""
@@ -302,11 +326,35 @@ def _expired(question: Question, seconds: float, outcome: str) -> str:
     )
 
 
+def _again(question: Question) -> str:
+    """The prompt of ``question`` shown again: who asks and where to type."""
+    label = question.id.rsplit(":", 1)[-1]
+    if question.follow_up:
+        return (
+            f"? Follow-up ({label}) still waits: ask more, or press Enter on an empty line "
+            "(or Ctrl-D) to finish\n> "
+        )
+    return f"? {_who(question)} (branch {question.branch_id}, question {label}) still waits:\n> "
+
+
+def _who(question: Question) -> str:
+    """Who asks ``question``: its agent, or the engine on a budget's behalf."""
+    if question.kind == "budget":
+        return f"Budget question before {question.agent}'s next step"
+    return f"{question.agent} asks"
+
+
 def _set(ready: asyncio.Future[None]) -> None:
     if not ready.done():
         ready.set_result(None)
 
 
+_WRITING = threading.Lock()
+"""One write at a time: a prompt (from a worker thread) and a prompt shown again (from the
+live display's thread) never interleave."""
+
+
 def _write(output: TextIO, text: str) -> None:
-    output.write(text)
-    output.flush()
+    with _WRITING:
+        output.write(text)
+        output.flush()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestra.agents.base import BaseAgent
 from orchestra.agents.lookup import find_agents
@@ -203,8 +203,10 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
         stream.subscribe(tracer)
         setup.on_stop.append(tracer.stop)
     communication = setup.communication
-    if isinstance(status_subscriber, LiveWatch):
-        communication = _AskWhenCleared(communication, status_subscriber.cleared)
+    if isinstance(status_subscriber, LiveWatch) and isinstance(
+        communication.channel, TerminalChannel
+    ):
+        communication = _AskWhenCleared(communication, status_subscriber)
     tools = {
         name: (agent.instances[0] if isinstance(agent, AgentPool) else agent).tool_specs
         for name, agent in setup.agents.items()
@@ -224,24 +226,34 @@ def build(setup: Setup, session_id: str, status: StatusConfig) -> tuple[Engine, 
     return engine, runner
 
 
-class _AskWhenCleared(CommunicationManager):
-    """A run's communication manager, asked once the live status display has taken its area
-    down for the question (``cleared``, a wait run off the event loop that ends once that frame
-    is out, or at once when nothing draws): a channel that
-    prompts on the terminal writes where no frame erases the prompt or what the user types.
-    The manager the run was given answers (a subclass's own ``ask`` included). A question held
-    up here already counts among those a terminal's prompt says are waiting."""
+class _Screen(Protocol):
+    """What a question on the terminal needs of the live status display (a run's
+    :class:`~.monitoring.live.LiveWatch`)."""
 
-    def __init__(self, manager: CommunicationManager, cleared: Callable[[], None]) -> None:
+    def prompting(self, reshow: Callable[[], None]) -> AbstractContextManager[None]: ...
+
+    def cleared(self) -> bool: ...
+
+
+class _AskWhenCleared(CommunicationManager):
+    """A run's communication manager when its channel is the terminal the live status display
+    draws on: each question is asked once the display has taken its area down for it
+    (``screen.cleared``, a wait run off the event loop that ends once that frame is out, or at
+    once when nothing draws), and the area stays down until it is answered or given up
+    (``screen.prompting``): no frame erases the prompt or what the user types. The manager the
+    run was given answers (a subclass's own ``ask`` included). A question held up here already
+    counts among those a terminal's prompt says are waiting. Questions on another channel
+    never take the area down: they are not wrapped."""
+
+    def __init__(self, manager: CommunicationManager, screen: _Screen) -> None:
         super().__init__(manager.channel, manager.user_timeout)
         self.manager = manager
-        self.cleared = cleared
+        self.screen = screen
 
     async def ask(self, question: Question) -> Any:
         channel = self.manager.channel
-        coming: AbstractContextManager[None] = (
-            channel.coming() if isinstance(channel, TerminalChannel) else nullcontext()
-        )
-        with coming:  # counted until the channel counts it itself: no await in between
-            await asyncio.to_thread(self.cleared)
-        return await self.manager.ask(question)
+        assert isinstance(channel, TerminalChannel)  # only such a manager is wrapped
+        with self.screen.prompting(channel.prompt_again):
+            with channel.coming():  # counted until the channel counts it itself
+                await asyncio.to_thread(self.screen.cleared)
+            return await self.manager.ask(question)

@@ -12,13 +12,17 @@ rest). When its last run has finished it erases the area and its thread ends; a 
 only once its final block is out (:meth:`LiveDisplay.settle`, awaited off the loop and bounded),
 so whatever the caller prints next starts on a clean line below it.
 
-While any attached run waits for the user, the blocks are printed once and the area is taken
-down until no attached run waits any more (every question answered, or its run ended: a
-question queued behind another is shown with no frame drawn after its prompt), and a run's user
-channel is asked only once the area is down
-(:meth:`LiveDisplay.cleared`): a prompt and what the user types stay on screen. While runs are
-attached, ``sys.stdout`` and ``sys.stderr``, where they write to the display's terminal, are
-replaced (on the thread attaching a run, never the drawing thread, and put back only if still
+While a question is asked on this terminal (:meth:`LiveDisplay.prompting`, entered for a run
+whose channel is a ``TerminalChannel``), the blocks are printed once and the area is taken down
+until no question on the terminal is left (every one answered or given up: a question queued
+behind another is shown with no frame drawn after its prompt), and the channel is asked only
+once the area is down (:meth:`LiveDisplay.cleared`): a prompt and what the user types stay on
+screen. Meanwhile no progress frame is drawn, but a run's final block and VERBOSE's lines still
+are, in order and before that run returns, followed by the waiting question's prompt shown
+again. A run waiting on another channel (code, a web client) is one more state in the area.
+
+While runs are attached, ``sys.stdout`` and ``sys.stderr``, where they write to the display's
+terminal, are replaced (on the thread attaching a run, never the drawing thread, and put back only if still
 in place) by a :class:`_Proxy` whose lines wait for the next frame and are printed above the
 area; rich's own redirection is off, because it swaps the streams from the drawing thread and
 draws on whichever thread prints. Writes at the fd level (a subprocess, a C library) cannot be
@@ -32,11 +36,12 @@ docs/observability.md, "Status display").
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, TextIO
 
 from rich.console import Console, Group
@@ -93,7 +98,12 @@ class LiveDisplay:
         self._lines: list[str] = []
         self._partial: list[str] = []  # what the program wrote after its last newline while
         # the area was up, in the pieces it wrote
-        self._parked: set[int] = set()  # the runs waiting for the user when the area came down
+        # the questions on (or on their way to) this terminal, by the function that shows the
+        # prompt on screen again; the runs that ask here (by id(view)); and whether the frame
+        # that took the area down for them is out
+        self._prompts: dict[Callable[[], None], int] = {}
+        self._asks_here: set[int] = set()
+        self._down = False
         self._frames = [0, 0]  # frames begun, frames out
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -105,7 +115,6 @@ class LiveDisplay:
         print above the live area (VERBOSE); the engine's path: no drawing here."""
         key = id(view)
         with self._lock:
-            asking = view.asking
             view(event)
             if line is not None:
                 self._lines.append(line)
@@ -114,8 +123,7 @@ class LiveDisplay:
                 self._views[key] = view
             if view.ended and self._views.pop(key, None) is not None:
                 self._finished.append((key, view.snapshot(MAX_ROWS)))
-            if self._parked and not any(run.asking for run in self._views.values()):
-                self._parked.clear()  # every question answered: draw again
+                self._asks_here.discard(key)
             if self.auto_refresh and self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="orchestra-live", daemon=True
@@ -124,7 +132,7 @@ class LiveDisplay:
             empty = not self._views
         if attached:
             self._capture()
-        if view.ended or view.asking > asking:  # drawn at once: before a prompt is written
+        if view.ended:
             self._wake.set()
         if empty:
             self._release()
@@ -142,9 +150,9 @@ class LiveDisplay:
         key = id(view)
         with self._lock:
             view.stop(outcome, self.clock())
-            self._parked.discard(key)
             if self._views.pop(key, None) is not None:
                 self._finished.append((key, view.snapshot(MAX_ROWS)))
+            self._asks_here.discard(key)
             empty = not self._views
         self._wake.set()
         if empty:
@@ -161,22 +169,49 @@ class LiveDisplay:
         with self._drawn:
             if self._thread is None:  # nothing would draw it
                 return self._settled(key)
-            # while a run waits for the user nothing is drawn (its prompt is on screen): the
-            # block comes out after the answer, and waiting for it would stall this run
-            return self._drawn.wait_for(lambda: self._settled(key) or bool(self._parked), timeout)
+            # with a question on screen the block is still printed (above the prompt, shown
+            # again): what the caller prints next comes after it
+            return self._drawn.wait_for(lambda: self._settled(key), timeout)
 
-    def cleared(self, view: RunView) -> bool:
-        """Wait until the frame that took the area down for ``view``'s question is out (its
-        block printed above): a user channel asked only then writes its prompt where no frame
-        erases it. However long a frame takes (a question may wait anyway); False, at once,
-        when nothing will draw one: no drawing thread, or the terminal's fd points elsewhere."""
-        key = id(view)
+    @contextlib.contextmanager
+    def prompting(self, view: RunView, reshow: Callable[[], None]) -> Iterator[None]:
+        """A question of ``view``'s run asked on this terminal, from before its prompt is
+        written until it is answered or given up: the next frame takes the area down (the
+        blocks printed once above), and no progress frame is drawn until no such question is
+        left and no attached run that asks here shows a branch waiting for the user (the
+        answer taken in: no frame drawn in between shows the question still waiting).
+        ``reshow`` shows the prompt of the question on screen again; it is called (once per
+        frame, on the drawing thread) after a run's final block or lines are printed
+        meanwhile. Entered and left on the event loop: a lock held for microseconds."""
+        with self._lock:
+            self._prompts[reshow] = self._prompts.get(reshow, 0) + 1
+            if id(view) in self._views:
+                self._asks_here.add(id(view))
+        self._wake.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._prompts.pop(reshow) - 1
+                if left:
+                    self._prompts[reshow] = left
+            self._wake.set()
+
+    def _prompting(self) -> bool:
+        """Whether the area is to be down for questions on the terminal (under the lock)."""
+        return bool(self._prompts) or any(self._views[key].asking for key in self._asks_here)
+
+    def cleared(self) -> bool:
+        """Wait (inside :meth:`prompting`) until the frame that took the area down is out: a
+        channel asked only then writes its prompt where no frame erases it. However long a
+        frame takes (a question may wait anyway); False, at once, when nothing will draw one:
+        no drawing thread, or the terminal's fd points elsewhere."""
         self._wake.set()
         with self._drawn:
             if self._thread is None:  # nothing would draw it
                 return False
-            while not self._drawn.wait_for(  # parked: the area is down already
-                lambda: bool(self._parked) or not (key in self._views and view.asking),
+            while not self._drawn.wait_for(
+                lambda: self._down,
                 SETTLE_SECONDS,  # only how often the checks below are made
             ):
                 if self._thread is None or _terminal(self.console.file) != self.terminal:
@@ -194,32 +229,54 @@ class LiveDisplay:
 
     def refresh(self) -> None:
         """Draw one frame: the waiting lines and finished blocks above the area, the attached
-        runs in it; the area is erased once no run is attached, and while a run waits for the
-        user (its block printed once above: the prompt and what the user types stay on
-        screen). No frame while the terminal's fd points elsewhere (a library silencing its
+        runs in it; the area is erased once no run is attached, and while a question is asked
+        on the terminal (the blocks printed once above: the prompt and what the user types
+        stay on screen; after that only lines and finished blocks, then the prompt shown
+        again). No frame while the terminal's fd points elsewhere (a library silencing its
         output with ``dup2``): what it would have printed waits for the next."""
         height = self.console.height
         with self._drawing:
             if _terminal(self.console.file) != self.terminal:
                 return
             with self._lock:
-                if self._parked:
+                prompting = self._prompting()
+                parked = prompting and self._down
+                if parked and not (self._lines or self._finished):
                     return
                 lines, self._lines = self._lines, []
                 finished, self._finished = self._finished, []
-                runs, rows = _fitting(len(self._views), height)
+                runs, rows = _fitting(0 if parked else len(self._views), height)
                 chosen = list(itertools.islice(self._views.items(), runs))
                 shown = [view.snapshot(rows) for _, view in chosen]
-                hidden = len(self._views) - len(shown)
-                waiting = {key for key, view in self._views.items() if view.asking}
+                hidden = 0 if parked else len(self._views) - len(shown)
+                reshow = list(self._prompts) if parked else []
                 self._frames[0] += 1
             try:
-                self._draw(lines, [view for _, view in finished], shown, hidden, waiting)
+                ended = [view for _, view in finished]
+                if parked:
+                    self._above_prompt(lines, ended, reshow)
+                else:
+                    self._draw(lines, ended, shown, hidden, prompting)
             finally:
                 with self._drawn:
-                    self._parked |= waiting
+                    self._down = prompting and self._prompting()
                     self._frames[1] += 1
                     self._drawn.notify_all()
+
+    def _above_prompt(
+        self, lines: list[str], finished: list[RunView], reshow: list[Callable[[], None]]
+    ) -> None:
+        """With the area down for a question: what scrolls printed below its prompt (on a line
+        of its own: the cursor is after the prompt, or after what the user typed), then the
+        prompt shown again, so the user sees where to type."""
+        at = self.clock()
+        self.console.print()
+        for line in lines:
+            self.console.print(Text(line), soft_wrap=True)
+        for view in finished:
+            self.console.print(run_block(view, at))
+        for again in reshow:
+            again()
 
     def _draw(
         self,
@@ -227,7 +284,7 @@ class LiveDisplay:
         finished: list[RunView],
         shown: list[RunView],
         hidden: int,
-        waiting: set[int],
+        prompting: bool,
     ) -> None:
         if self._live is None and not (lines or finished or shown):
             return
@@ -240,7 +297,7 @@ class LiveDisplay:
         blocks = [run_block(view, at) for view in shown]
         if hidden:
             blocks.append(Text(f"… and {hidden} more runs", style="dim"))
-        if not waiting and shown:
+        if not prompting and shown:
             live.update(Group(*blocks), refresh=True)
             return
         for block in blocks:  # printed once, final until the next news
@@ -283,7 +340,7 @@ class LiveDisplay:
         with self._lock:
             self._finished += [(key, view.snapshot(MAX_ROWS)) for key, view in self._views.items()]
             self._views.clear()
-            self._parked.clear()
+            self._asks_here.clear()
             thread = self._thread
         self._wake.set()
         if thread is not None:
@@ -407,10 +464,15 @@ class LiveWatch:
         (registered with the run's setup by ``wiring.build``)."""
         self.display.stop(self.view, outcome)
 
-    def cleared(self) -> None:
-        """Block until the area is down for the run's question (called off the event
-        loop before its user channel is asked; see ``wiring.build``)."""
-        self.display.cleared(self.view)
+    def prompting(self, reshow: Callable[[], None]) -> contextlib.AbstractContextManager[None]:
+        """The run's question on the terminal (see :meth:`LiveDisplay.prompting`; held by
+        ``wiring._AskWhenCleared`` from before its prompt until its answer)."""
+        return self.display.prompting(self.view, reshow)
+
+    def cleared(self) -> bool:
+        """Block, inside :meth:`prompting`, until the area is down (called off the event loop
+        before the run's user channel is asked)."""
+        return self.display.cleared()
 
     def settle(self) -> None:
         """Block (bounded) until the run's final block is out (registered with the run's setup
