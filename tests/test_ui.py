@@ -129,13 +129,17 @@ async def test_each_session_is_summarised_with_its_state(store: Path) -> None:
     assert "out of sequence" in found["damaged"]["error"]
 
 
-async def test_a_long_task_is_cut(tmp_path: Path) -> None:
+async def test_a_long_task_is_cut_and_a_key_in_it_redacted(tmp_path: Path) -> None:
     backend = SQLiteStorageBackend(tmp_path / "s.db")
     manager = StateManager(backend, auto_save_interval=0)
     await (await write(manager, "long", start("word " * 1000), end())).close()
+    key = "sk-proj-" + "a1B2c3D4" * 6
+    await (await write(manager, "keyed", start(f"use {key} please"), end())).close()
     backend.close()
-    task = (await summaries_of(tmp_path / "s.db"))["long"]["task"]
+    found = await summaries_of(tmp_path / "s.db")
+    task = found["long"]["task"]
     assert task.startswith("word word") and task.endswith("(4,880 more characters)")
+    assert key not in found["keyed"]["task"] and found["keyed"]["task"].startswith("use ")
 
 
 @pytest.fixture

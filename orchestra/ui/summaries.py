@@ -16,6 +16,7 @@ from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import RunLog, SessionLog, run_state
 from orchestra.errors import OrchestraError
+from orchestra.models.secrets import redact
 from orchestra.text import printable
 
 TASK_CHARS = 120
@@ -123,9 +124,11 @@ def _asking(run: RunLog) -> bool:
 
 
 def _text(value: Any, limit: int) -> str:
-    """Text for the page: a string as it is, anything else as its ``str``, cut to ``limit``
-    characters, control characters escaped (the page shows it with ``textContent``)."""
-    return printable(value if isinstance(value, str) else str(value), limit, one_line=True)
+    """Text for the page: a string as it is, anything else as its ``str``, key-shaped strings
+    redacted (before the cut, so no half of a key is left), cut to ``limit`` characters,
+    control characters escaped (the page shows it with ``textContent``)."""
+    text = value if isinstance(value, str) else str(value)
+    return printable(redact(text), limit, one_line=True)
 
 
 def _iso(at: float) -> str:
