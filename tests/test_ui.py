@@ -91,6 +91,8 @@ async def store(tmp_path: Path) -> AsyncIterator[Path]:
         await write(manager, "asking", start(), BEGIN, step(Action.ask_user("which one?"))),
     ]
     await backend.append("damaged", ['{"s": 7, "t": "run"}'], durable=True, after=0)
+    await (await write(manager, "bad-step", start())).close()  # then a step no step is like:
+    await backend.append("bad-step", ['{"s": 2, "t": "step", "at": 1}'], durable=True, after=1)
     try:
         yield path
     finally:
@@ -118,6 +120,7 @@ async def test_each_session_is_summarised_with_its_state(store: Path) -> None:
         "running": "running",
         "asking": "waiting for the user",
         "damaged": "damaged",
+        "bad-step": "damaged",
     }
     done = found["done"]
     assert done["task"] == "write a poem"
@@ -127,6 +130,9 @@ async def test_each_session_is_summarised_with_its_state(store: Path) -> None:
     assert found["crashed"]["cost_usd"] is None  # no price known
     assert found["failed"]["error"] == "boom"
     assert "out of sequence" in found["damaged"]["error"]
+    assert found["bad-step"]["error"].startswith(  # read only to count its tokens: still named
+        "session 'bad-step': record 2 (step) cannot be read: fields 'branch_id'"
+    )
 
 
 async def test_a_long_task_is_cut_and_a_key_in_it_redacted(tmp_path: Path) -> None:
@@ -174,7 +180,7 @@ async def test_the_api_lists_the_sessions_as_json_with_untrusted_text_as_data(
     assert response.headers["content-type"] == "application/json"
     assert response.headers["x-content-type-options"] == "nosniff"
     listed = {item["id"]: item for item in response.json()}
-    assert len(listed) == 7
+    assert len(listed) == 8
     assert listed["failed"]["task"] == HOSTILE  # a JSON string, never markup
 
 
@@ -220,7 +226,7 @@ async def test_beyond_loopback_every_request_needs_the_token(store: Path) -> Non
         wrong = await client.get("/api/sessions", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         bearer = await client.get("/api/sessions", headers={"Authorization": f"Bearer {token}"})
-        assert bearer.status_code == 200 and len(bearer.json()) == 7
+        assert bearer.status_code == 200 and len(bearer.json()) == 8
 
 
 async def test_the_token_in_the_address_is_traded_for_a_strict_cookie(store: Path) -> None:

@@ -15,7 +15,9 @@ from orchestra.agents.contract import ActionKind
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import RunLog, SessionLog, run_state
-from orchestra.errors import OrchestraError
+from orchestra.coordination.state.records import Entry
+from orchestra.coordination.state.values import Unreadable
+from orchestra.errors import OrchestraError, SessionCorruptedError
 from orchestra.models.secrets import redact
 from orchestra.text import printable
 
@@ -59,10 +61,10 @@ async def _summary(
 
 def _summarised(log: SessionLog, held: bool) -> SessionSummary:
     run = log.last_run
-    tokens, cost = _usage(log)
+    tokens, cost = _usage(log)  # before the state: a record it cannot read makes it damaged
     status = run_state(log)
     if held:
-        status = "waiting for the user" if run and _asking(run) else "running"
+        status = "waiting for the user" if run and _asking(run, log.session_id) else "running"
     error = run.end.error if run and run.end and not run.end.success else None
     first = log.runs[0].start if log.runs else None
     return SessionSummary(
@@ -99,7 +101,7 @@ def _usage(log: SessionLog) -> tuple[int, float | None]:
         for entry in run.entries:
             if entry.kind != inp.StepResult.KIND:
                 continue
-            usage = entry.record.outcome.usage  # type: ignore[attr-defined]
+            usage = _record(entry, log.session_id).outcome.usage  # type: ignore[attr-defined]
             if usage is not None:
                 tokens += usage.total_tokens
                 if usage.cost_usd is not None:
@@ -107,11 +109,11 @@ def _usage(log: SessionLog) -> tuple[int, float | None]:
     return tokens, cost
 
 
-def _asking(run: RunLog) -> bool:
+def _asking(run: RunLog, session_id: str) -> bool:
     """Whether a branch's latest step asked the user and no answer came in since."""
     asking: set[str] = set()
     for entry in run.entries:
-        record = entry.record
+        record = _record(entry, session_id)
         if isinstance(record, inp.StepResult):
             action = record.outcome.action
             if action is not None and action.kind is ActionKind.ASK_USER:
@@ -121,6 +123,17 @@ def _asking(run: RunLog) -> bool:
         elif isinstance(record, inp.UserAnswer | inp.StepBegin | inp.BranchFailure):
             asking.discard(record.branch_id)
     return bool(asking)
+
+
+def _record(entry: Entry, session_id: str) -> inp.Record:
+    """The entry's record (read on first use), or damage that names where it lies."""
+    try:
+        return entry.record
+    except (Unreadable, RecursionError) as error:
+        raise SessionCorruptedError(
+            f"session {session_id!r}: record {entry.position} ({entry.kind[:40]}) cannot be "
+            f"read: {error}"
+        ) from None
 
 
 def _text(value: Any, limit: int) -> str:
