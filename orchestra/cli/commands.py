@@ -35,6 +35,7 @@ from orchestra.workflow_source import WorkflowError, read_source
 
 from .store import DEFAULT_STORE, Store, open_store, resume_command, sessions_app, state_of
 from .terminal import check_output, console, fail, print_result, say, show_topology
+from .ui import ui_command
 
 app = typer.Typer(
     help="Orchestra: durable, fast, observable multi-agent workflows.",
@@ -42,6 +43,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(sessions_app, name="sessions")
+app.command("ui")(ui_command)
 
 
 def _demo_topologies() -> dict[str, Topology]:

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
-from orchestra.coordination.state.manager import SessionLog
+from orchestra.coordination.state.manager import run_state
 from orchestra.errors import (
     ConfigurationError,
     OrchestraError,
@@ -69,18 +69,6 @@ async def state_of(manager: StateManager, session: str) -> str | None:
         return None
     except SessionError as error:
         fail(error, 1)
-
-
-def run_state(log: SessionLog) -> str:
-    """Finished, failed, paused or interrupted: how the last run in a session's log stands."""
-    run = log.last_run
-    if run is None:
-        return "without a run"
-    if run.end is None:
-        return "interrupted"
-    if run.end.paused:
-        return "paused"
-    return "finished" if run.end.success else "failed"
 
 
 def resume_command(base: list[str], session: str, store: Path) -> str:

@@ -99,6 +99,21 @@ class SessionLog:
         return self.runs[-1] if self.runs else None
 
 
+def run_state(log: SessionLog) -> str:
+    """Finished, failed, paused or interrupted: how the last run in a session's log stands
+    (a run in progress reads as interrupted: only storage knows whether a writer holds it).
+    One wording for every reader of a store: ``orchestra sessions list`` and the web
+    inspector."""
+    run = log.last_run
+    if run is None:
+        return "without a run"
+    if run.end is None:
+        return "interrupted"
+    if run.end.paused:
+        return "paused"
+    return "finished" if run.end.success else "failed"
+
+
 class SessionWriter:
     """Appends one session's records, durably at once or in timed batches."""
 
@@ -410,4 +425,4 @@ def parse_checkpoint_id(checkpoint_id: str) -> tuple[str, str]:
     return check_session_id(session_id), checkpoint_id
 
 
-__all__ = ["RunLog", "SessionError", "SessionLog", "SessionWriter", "StateManager"]
+__all__ = ["RunLog", "SessionError", "SessionLog", "SessionWriter", "StateManager", "run_state"]

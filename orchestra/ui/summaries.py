@@ -1,0 +1,148 @@
+"""The sessions list as plain data: one summary per session in a store, read from its log.
+
+Every reader of a store names a session's state alike: :func:`run_state` is the command line's
+wording, and a run that a writer holds now is running (waiting for the user while a question it
+asked has no answer yet). A session whose log cannot be read is listed as damaged, with why:
+one bad session never hides the others.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, TypedDict
+
+from orchestra.agents.contract import ActionKind
+from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.state import SQLiteStorageBackend, StateManager
+from orchestra.coordination.state.manager import RunLog, SessionLog, run_state
+from orchestra.coordination.state.records import Entry
+from orchestra.coordination.state.values import Unreadable
+from orchestra.errors import OrchestraError, SessionCorruptedError
+from orchestra.models.secrets import redact
+from orchestra.text import printable
+
+TASK_CHARS = 120
+"""Characters of a session's task a summary keeps (the rest is cut, saying how much)."""
+ERROR_CHARS = 300
+"""Characters of an error a summary keeps."""
+
+
+class SessionSummary(TypedDict):
+    """One row of the sessions list (JSON as it is: ``GET /api/sessions``)."""
+
+    id: str
+    status: str
+    task: str
+    started: str | None  # ISO 8601, UTC
+    runs: int
+    steps: int
+    tokens: int
+    cost_usd: float | None
+    error: str | None
+
+
+async def session_summaries(
+    manager: StateManager, backend: SQLiteStorageBackend
+) -> list[SessionSummary]:
+    """Every session in the store, in the store's order. The backend reads on its own worker
+    thread, so this never blocks the event loop."""
+    return [await _summary(manager, backend, session) for session in await manager.list_sessions()]
+
+
+async def _summary(
+    manager: StateManager, backend: SQLiteStorageBackend, session_id: str
+) -> SessionSummary:
+    try:
+        log = await manager.load(session_id)
+        return _summarised(log, await backend.held(session_id))
+    except (OrchestraError, KeyError, TypeError, ValueError) as error:
+        return _damaged(session_id, error)
+
+
+def _summarised(log: SessionLog, held: bool) -> SessionSummary:
+    run = log.last_run
+    tokens, cost = _usage(log)  # before the state: a record it cannot read makes it damaged
+    status = run_state(log)
+    if held:
+        status = "waiting for the user" if run and _asking(run, log.session_id) else "running"
+    error = run.end.error if run and run.end and not run.end.success else None
+    first = log.runs[0].start if log.runs else None
+    return SessionSummary(
+        id=log.session_id,
+        status=status,
+        task=_text(first.task, TASK_CHARS) if first else "",
+        started=_iso(first.at) if first else None,
+        runs=len(log.runs),
+        steps=sum(r.steps for r in log.runs),
+        tokens=tokens,
+        cost_usd=cost,
+        error=_text(error, ERROR_CHARS) if error else None,
+    )
+
+
+def _damaged(session_id: str, error: Exception) -> SessionSummary:
+    return SessionSummary(
+        id=session_id,
+        status="damaged",
+        task="",
+        started=None,
+        runs=0,
+        steps=0,
+        tokens=0,
+        cost_usd=None,
+        error=_text(str(error), ERROR_CHARS),
+    )
+
+
+def _usage(log: SessionLog) -> tuple[int, float | None]:
+    """Tokens and cost (None: no price known) of every step on the session's history."""
+    tokens, cost = 0, None
+    for run in log.runs:
+        for entry in run.entries:
+            if entry.kind != inp.StepResult.KIND:
+                continue
+            usage = _record(entry, log.session_id).outcome.usage  # type: ignore[attr-defined]
+            if usage is not None:
+                tokens += usage.total_tokens
+                if usage.cost_usd is not None:
+                    cost = (cost or 0.0) + usage.cost_usd
+    return tokens, cost
+
+
+def _asking(run: RunLog, session_id: str) -> bool:
+    """Whether a branch's latest step asked the user and no answer came in since."""
+    asking: set[str] = set()
+    for entry in run.entries:
+        record = _record(entry, session_id)
+        if isinstance(record, inp.StepResult):
+            action = record.outcome.action
+            if action is not None and action.kind is ActionKind.ASK_USER:
+                asking.add(record.branch_id)
+            else:
+                asking.discard(record.branch_id)
+        elif isinstance(record, inp.UserAnswer | inp.StepBegin | inp.BranchFailure):
+            asking.discard(record.branch_id)
+    return bool(asking)
+
+
+def _record(entry: Entry, session_id: str) -> inp.Record:
+    """The entry's record (read on first use), or damage that names where it lies."""
+    try:
+        return entry.record
+    except (Unreadable, RecursionError) as error:
+        raise SessionCorruptedError(
+            f"session {session_id!r}: record {entry.position} ({entry.kind[:40]}) cannot be "
+            f"read: {error}"
+        ) from None
+
+
+def _text(value: Any, limit: int) -> str:
+    """Text for the page: a string as it is, anything else as its ``str``, key-shaped strings
+    redacted (before the cut, so no half of a key is left), cut to ``limit`` characters,
+    control characters escaped (the page shows it with ``textContent``)."""
+    text = value if isinstance(value, str) else str(value)
+    return printable(redact(text), limit, one_line=True)
+
+
+def _iso(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="seconds")
