@@ -1,12 +1,14 @@
 """The web inspector's first increment (docs/ui.md): the sessions list as JSON and as a page,
 each session's state named as the command line names it, a damaged one listed with its error,
-the page safe with untrusted text, and a token on every request when bound beyond loopback."""
+the page safe with untrusted text, the summaries built off the event loop, and a token on
+every API request, loopback included."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,16 +23,19 @@ from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.models.base import Usage
-from orchestra.ui.app import COOKIE, create_app, is_loopback
+from orchestra.ui import summaries
+from orchestra.ui.app import allowed_hosts, create_app
 from orchestra.ui.summaries import session_summaries
 
 T = 1_700_000_000.0
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+TOKEN = "s3cret-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def start(task: Any = "write a poem") -> inp.RunStart:
+def start(task: Any = "write a poem", at: float = T) -> inp.RunStart:
     return inp.RunStart(
-        at=T,
+        at=at,
         task=task,
         context={},
         max_steps=10,
@@ -102,12 +107,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Path]:
 
 
 async def summaries_of(path: Path) -> dict[str, dict[str, Any]]:
-    backend = SQLiteStorageBackend(path)
-    try:
-        found = await session_summaries(StateManager(backend, auto_save_interval=0), backend)
-    finally:
-        backend.close()
-    return {summary["id"]: dict(summary) for summary in found}
+    return {summary["id"]: dict(summary) for summary in await session_summaries(path)}
 
 
 async def test_each_session_is_summarised_with_its_state(store: Path) -> None:
@@ -148,28 +148,54 @@ async def test_a_long_task_is_cut_and_a_key_in_it_redacted(tmp_path: Path) -> No
     assert key not in found["keyed"]["task"] and found["keyed"]["task"].startswith("use ")
 
 
+async def test_any_failure_in_one_session_makes_it_damaged_not_the_list(tmp_path: Path) -> None:
+    """A start time out of any calendar's range (OverflowError, not a ValueError) once made
+    the whole list a 500."""
+    backend = SQLiteStorageBackend(tmp_path / "s.db")
+    manager = StateManager(backend, auto_save_interval=0)
+    await (await write(manager, "victim", start(at=1e20), end())).close()
+    await (await write(manager, "fine", start(), end())).close()
+    backend.close()
+    found = await summaries_of(tmp_path / "s.db")
+    assert found["fine"]["status"] == "finished"
+    assert found["victim"]["status"] == "damaged"
+    assert found["victim"]["error"].startswith("session 'victim': OverflowError")
+
+
+async def test_the_summaries_are_built_off_the_event_loop(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first summary waits until the event loop lets it go: were it built on the loop,
+    the loop could not, and the wait would run out."""
+    entered, release = threading.Event(), threading.Event()
+    waits: list[bool] = []
+    summarised = summaries._summarised
+
+    def held_up(log: Any, held: bool) -> Any:
+        if not waits:
+            entered.set()
+            waits.append(release.wait(10))
+        return summarised(log, held)
+
+    monkeypatch.setattr(summaries, "_summarised", held_up)
+    building = asyncio.create_task(session_summaries(store))
+    assert await asyncio.to_thread(entered.wait, 10)
+    release.set()  # the loop goes on while the worker builds
+    assert len(await building) == 8
+    assert waits == [True]
+
+
 @pytest.fixture
 async def client(store: Path) -> AsyncIterator[httpx2.AsyncClient]:
-    async with client_of(store, None, "http://127.0.0.1:8765") as found:
+    async with client_of(store, "http://127.0.0.1:8765") as found:
+        found.headers.update(BEARER)
         yield found
 
 
-def client_of(store: Path, token: str | None, base: str) -> Any:
-    """A client of the app in this process (its lifespan run, so its store is closed)."""
-    app = create_app(store, token)
-
-    class Running:
-        async def __aenter__(self) -> httpx2.AsyncClient:
-            self.lifespan = app.router.lifespan_context(app)
-            await self.lifespan.__aenter__()
-            self.client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url=base)
-            return self.client
-
-        async def __aexit__(self, *exc: object) -> None:
-            await self.client.aclose()
-            await self.lifespan.__aexit__(None, None, None)
-
-    return Running()
+def client_of(store: Path, base: str, bound: str = "127.0.0.1") -> httpx2.AsyncClient:
+    """A client of the app in this process, bound (as the command would be) to ``bound``."""
+    app = create_app(store, TOKEN, allowed_hosts(bound))
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url=base)
 
 
 async def test_the_api_lists_the_sessions_as_json_with_untrusted_text_as_data(
@@ -182,6 +208,20 @@ async def test_the_api_lists_the_sessions_as_json_with_untrusted_text_as_data(
     listed = {item["id"]: item for item in response.json()}
     assert len(listed) == 8
     assert listed["failed"]["task"] == HOSTILE  # a JSON string, never markup
+
+
+async def test_an_unexpected_error_is_a_500_with_the_headers_and_no_detail(
+    client: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(_: Path) -> list[Any]:
+        raise RuntimeError("private task text")
+
+    monkeypatch.setattr("orchestra.ui.app.session_summaries", broken)
+    failed = await client.get("/api/sessions")
+    assert failed.status_code == 500
+    assert failed.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'self'" in failed.headers["content-security-policy"]
+    assert "private" not in failed.text and "error" in failed.json()
 
 
 async def test_the_page_and_its_script_come_with_a_strict_policy(
@@ -203,49 +243,54 @@ async def test_the_page_and_its_script_come_with_a_strict_policy(
     assert "textContent" in script.text
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script.text
+    # the token: from the fragment, kept for the tab, out of the address bar, sent as Bearer
+    for use in ("location.hash", "sessionStorage", "history.replaceState", "Bearer "):
+        assert use in script.text
 
 
-async def test_bound_to_loopback_only_loopback_host_names_are_answered(store: Path) -> None:
+async def test_only_the_bound_host_is_answered(store: Path) -> None:
     """A page elsewhere that rebinds its own name to 127.0.0.1 sends its own name as Host."""
     for base in ("http://127.0.0.1:8765", "http://localhost:1", "http://[::1]:8765"):
-        async with client_of(store, None, base) as client:
-            assert (await client.get("/api/sessions")).status_code == 200
-    async with client_of(store, None, "http://evil.example:8765") as client:
-        refused = await client.get("/api/sessions")
-    assert refused.status_code == 403
-    assert refused.headers["x-content-type-options"] == "nosniff"
+        async with client_of(store, base) as client:
+            assert (await client.get("/api/sessions", headers=BEARER)).status_code == 200
+    for host in ("evil.example:8765", "[::1]evil.com:80", "127.0.0.1.evil.com", "localhost."):
+        async with client_of(store, "http://127.0.0.1:8765") as client:
+            refused = await client.get("/api/sessions", headers={**BEARER, "Host": host})
+        assert refused.status_code == 403, host
+        assert refused.headers["x-content-type-options"] == "nosniff"
+    async with client_of(store, "http://192.0.2.7:8765", bound="192.0.2.7") as client:
+        assert (await client.get("/api/sessions", headers=BEARER)).status_code == 200
+        assert (await client.get("/", headers={"Host": "localhost"})).status_code == 403
+    async with client_of(store, "http://example.net:8765", bound="0.0.0.0") as client:
+        assert (await client.get("/api/sessions", headers=BEARER)).status_code == 200
 
 
-async def test_beyond_loopback_every_request_needs_the_token(store: Path) -> None:
-    token = "s3cret-token"
-    async with client_of(store, token, "http://192.0.2.7:8765") as client:
-        for path in ("/", "/api/sessions", "/static/sessions.js", "/?token=wrong"):
-            refused = await client.get(path)
-            assert refused.status_code == 401, path
-            assert token not in refused.text
-        wrong = await client.get("/api/sessions", headers={"Authorization": "Bearer nope"})
-        assert wrong.status_code == 401
-        bearer = await client.get("/api/sessions", headers={"Authorization": f"Bearer {token}"})
+async def test_any_loopback_address_bound_is_answered(store: Path) -> None:
+    """Bound to 127.0.0.2, a browser sends ``Host: 127.0.0.2:PORT``: once refused (403)."""
+    async with client_of(store, "http://127.0.0.2:8765", bound="127.0.0.2") as client:
+        assert (await client.get("/api/sessions", headers=BEARER)).status_code == 200
+    async with client_of(store, "http://[::1]:8765", bound="0:0:0:0:0:0:0:1") as client:
+        assert (await client.get("/api/sessions", headers=BEARER)).status_code == 200
+    assert allowed_hosts("127.0.0.2") == {"127.0.0.2", "127.0.0.1", "localhost", "[::1]"}
+    assert allowed_hosts("192.168.1.4") == {"192.168.1.4"}
+    assert allowed_hosts("::") is None
+
+
+async def test_every_api_request_needs_the_token_loopback_included(store: Path) -> None:
+    """Any local user could otherwise read every session. No cookie and no ``?token=``: the
+    page and its files hold no data and are served without it."""
+    async with client_of(store, "http://127.0.0.1:8765") as client:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Cookie": f"token={TOKEN}"}):
+            refused = await client.get("/api/sessions", headers=headers)
+            assert refused.status_code == 401
+            assert TOKEN not in refused.text
+        assert (await client.get(f"/api/sessions?token={TOKEN}")).status_code == 401
+        page = await client.get(f"/?token={TOKEN}")
+        assert page.status_code == 200 and "set-cookie" not in page.headers
+        assert (await client.get("/static/sessions.js")).status_code == 200
+        bearer = await client.get("/api/sessions", headers=BEARER)
         assert bearer.status_code == 200 and len(bearer.json()) == 8
-
-
-async def test_the_token_in_the_address_is_traded_for_a_strict_cookie(store: Path) -> None:
-    token = "s3cret-token"
-    async with client_of(store, token, "http://192.0.2.7:8765") as client:
-        landing = await client.get(f"/?token={token}")
-        assert landing.status_code == 303 and landing.headers["location"] == "/"
-        cookie = landing.headers["set-cookie"].lower()
-        assert f"{COOKIE}={token}".lower() in cookie
-        assert "httponly" in cookie and "samesite=strict" in cookie
-        client.cookies.set(COOKIE, token)
-        assert (await client.get("/")).status_code == 200
-        assert (await client.get("/api/sessions")).status_code == 200
-        assert (await client.get("/api/sessions?token=ignored")).status_code == 200
-
-
-def test_loopback_is_told_apart_from_other_addresses() -> None:
-    assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"))
-    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.4", "example.com"))
+        assert "set-cookie" not in bearer.headers
 
 
 # ---- the command ---------------------------------------------------------------------------
@@ -283,8 +328,15 @@ async def test_ui_serves_the_sessions_over_loopback(store: Path) -> None:
         line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 60)
         found = re.search(r"listening on (http://127\.0\.0\.1:\d+/)", line)
         assert found, line
+        opened = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 60)
+        token = re.search(r"open (http://127\.0\.0\.1:\d+/)#token=(\S+)", opened)
+        assert token and token.group(1) == found.group(1), opened
         async with httpx2.AsyncClient(base_url=found.group(1), trust_env=False) as client:
-            response = await client.get("/api/sessions", timeout=30)
+            refused = await client.get("/api/sessions", timeout=30)
+            response = await client.get(
+                "/api/sessions", headers={"Authorization": f"Bearer {token.group(2)}"}, timeout=30
+            )
+        assert refused.status_code == 401
         assert response.status_code == 200
         assert {item["id"] for item in response.json()} >= {"done", "asking", "damaged"}
     finally:

@@ -17,31 +17,29 @@ from .terminal import fail, say
 def ui_command(
     store: Store = DEFAULT_STORE,
     host: Annotated[
-        str, typer.Option(help="The address to listen on; any but loopback needs a token.")
+        str, typer.Option(help="The address to listen on (loopback by default).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The port to listen on (0: any free one).")] = 8765,
 ) -> None:
-    """Serve the web inspector: the sessions in the store, in a page on this machine.
-    Bound to any address but loopback, it prints a token that every request must carry."""
+    """Serve the web inspector: the sessions in the store, in a page on this machine. It
+    prints the address to open, with the token every request for data must carry."""
     try:  # the ui extra: the rest of the command line works without it
         import uvicorn
 
-        from orchestra.ui.app import create_app, is_loopback
+        from orchestra.ui.app import allowed_hosts, create_app
     except ImportError as error:
         fail(f"orchestra ui needs the ui extra ({error}): pip install 'orchestra[ui]'", 2)
     if not store.is_file():
         fail(f"no session store at {store} (a run started with --store makes one)", 2)
     listening = _bind(host, port)
-    token = None if is_loopback(host) else secrets.token_urlsafe(32)
+    token = secrets.token_urlsafe(32)
     bound = listening.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     address = f"http://{shown}:{bound}/"
     say(f"orchestra ui: listening on {address} (store {store}); Ctrl-C stops it")
-    if token is not None:
-        say(f"open {address}?token={token} (every request needs this token)")
-    config = uvicorn.Config(
-        create_app(store, token), log_level="warning", access_log=False, lifespan="on"
-    )
+    say(f"open {address}#token={token}")
+    app = create_app(store, token, allowed_hosts(host))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     uvicorn.Server(config).run(sockets=[listening])
 
 

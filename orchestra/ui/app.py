@@ -1,20 +1,24 @@
 """The web inspector's Starlette app: the sessions list, as JSON and as a page.
 
-Safe from the start. Every response carries a strict Content-Security-Policy (scripts only
-from this server's files, none inline) and ``nosniff``; the page renders model, tool and user
-text with DOM text APIs only. Bound to loopback, requests must name a loopback host (a web
-page elsewhere cannot reach it by rebinding a name of its own to 127.0.0.1); bound to any
-other address, every request needs the token printed at start: ``Authorization: Bearer``, or
-``?token=`` once on the page's address, which trades it for an HttpOnly, SameSite=Strict
-cookie. Nothing here changes a session yet: there is no state-changing route.
+Safe from the start. Every response, an unexpected error's 500 included, carries a strict
+Content-Security-Policy (scripts only from this server's files, none inline) and ``nosniff``;
+the page renders model, tool and user text with DOM text APIs only. Every ``/api/`` request
+needs the token made at start, loopback included (any local user could otherwise read every
+session), as ``Authorization: Bearer``: the printed address carries it in its fragment
+(``#token=``), which a browser never sends to a server, a log or a Referer; the page's script
+keeps it in ``sessionStorage``. The page and its static files hold no data and need no token.
+No cookie, so no other service on the host's other ports ever sees the token. Requests must
+name the host the server is bound to (for loopback: any loopback name), so a web page elsewhere
+cannot reach it by rebinding a name of its own. Nothing here changes a session yet: there is
+no state-changing route.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import ipaddress
-from collections.abc import AsyncIterator
+import logging
+import re
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -25,19 +29,17 @@ from starlette.responses import (
     FileResponse,
     JSONResponse,
     PlainTextResponse,
-    RedirectResponse,
     Response,
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.errors import OrchestraError
 
 from .summaries import session_summaries
 
 STATIC = Path(__file__).resolve().parent / "static"
-COOKIE = "orchestra_ui_token"
+LOG = logging.getLogger(__name__)
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -45,38 +47,35 @@ HEADERS = {
         "frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",  # a ?token= address is never sent on
+    "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::[0-9]{1,5})?")
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address, as given to ``--host``) is this machine only."""
-    if host == "localhost":
-        return True
+def allowed_hosts(bound: str) -> frozenset[str] | None:
+    """The host names a request may give when the server is bound to ``bound``: its own
+    canonical form, and every loopback name for a loopback address; None (any: the token
+    alone guards it) for an unspecified address such as ``0.0.0.0``, which any name reaches."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(bound.strip("[]"))
     except ValueError:
-        return False
+        name = bound.lower()
+        return LOOPBACK_NAMES | {name} if name == "localhost" else frozenset({name})
+    if address.is_unspecified:
+        return None
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return LOOPBACK_NAMES | {shown} if address.is_loopback else frozenset({shown})
 
 
-def create_app(store: Path, token: str | None) -> Starlette:
-    """The app over the SQLite store at ``store``; ``token`` None: loopback only (requests
-    must name a loopback host), else the token every request must carry."""
-    backend = SQLiteStorageBackend(store)
-    manager = StateManager(backend, auto_save_interval=0)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            backend.close()
+def create_app(store: Path, token: str, hosts: frozenset[str] | None) -> Starlette:
+    """The app over the SQLite store at ``store``; ``token``: the token every ``/api/``
+    request must carry; ``hosts``: the Host names it answers (None: any)."""
 
     async def sessions(_: Request) -> Response:
         try:
-            return JSONResponse(await session_summaries(manager, backend))
+            return JSONResponse(await session_summaries(store))
         except OrchestraError as error:
             return JSONResponse({"error": str(error)}, status_code=500)
 
@@ -89,59 +88,62 @@ def create_app(store: Path, token: str | None) -> Starlette:
             Route("/api/sessions", sessions),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
-        middleware=[Middleware(Guard, token=token)],
-        lifespan=lifespan,
+        middleware=[Middleware(Guard, token=token, hosts=hosts)],
     )
 
 
 class Guard(BaseHTTPMiddleware):
     """Lets a request through only as the module's docstring says, and adds :data:`HEADERS`
-    to every response, refusals included."""
+    to every response, refusals and unexpected errors included."""
 
-    def __init__(self, app: object, token: str | None) -> None:
+    def __init__(self, app: object, token: str, hosts: frozenset[str] | None) -> None:
         super().__init__(app)  # type: ignore[arg-type]
         self.token = token
+        self.hosts = hosts
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         response = self._refusal(request)
         if response is None:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as error:  # answered here, so with the headers
+                # its type only: its text may quote a session's data
+                LOG.error("orchestra ui: %s failed: %s", request.url.path, type(error).__name__)
+                response = JSONResponse({"error": "the server failed; see its log"}, 500)
         response.headers.update(HEADERS)
         return response
 
     def _refusal(self, request: Request) -> Response | None:
         """The response that turns the request away (None: it may go on)."""
-        token = self.token
-        if token is None:
-            if _host_name(request.headers.get("host", "")) in LOOPBACK_NAMES:
-                return None
-            return PlainTextResponse("this inspector answers loopback addresses only", 403)
-        if _carries(request, token):
+        if self.hosts is not None and _host_name(request.headers.get("host", "")) not in self.hosts:
+            return PlainTextResponse("this inspector answers its own address only", 403)
+        if not request.url.path.startswith("/api/") or _carries(request, self.token):
             return None
-        offered = request.query_params.get("token")
-        if request.url.path == "/" and offered is not None and _matches(offered, token):
-            redirect = RedirectResponse("/", status_code=303)
-            redirect.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
-            return redirect
         return PlainTextResponse(
-            "a token is needed: open the address `orchestra ui` printed, or send "
-            "'Authorization: Bearer TOKEN'",
+            "a token is needed: open the address `orchestra ui` printed (with its #token=), "
+            "or send 'Authorization: Bearer TOKEN'",
             401,
         )
 
 
-def _host_name(header: str) -> str:
-    """The host a ``Host`` header names, without its port (``[::1]:8765`` -> ``[::1]``)."""
-    if header.startswith("["):
-        return header.partition("]")[0].lower() + "]"
-    return header.rsplit(":", 1)[0].lower()
+def _host_name(header: str) -> str | None:
+    """The host a ``Host`` header names, without its port (``[::1]:8765`` -> ``[::1]``), an
+    IPv6 address in its canonical form; None for a malformed header (``[::1]evil.com``)."""
+    found = _HOST.fullmatch(header.lower())
+    if found is None:
+        return None
+    name = found.group(1)
+    if not name.startswith("["):
+        return name
+    try:
+        return f"[{ipaddress.IPv6Address(name[1:-1])}]"
+    except ValueError:
+        return None
 
 
 def _carries(request: Request, token: str) -> bool:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and _matches(value.strip(), token):
-        return True
-    return _matches(request.cookies.get(COOKIE, ""), token)
+    return scheme.lower() == "bearer" and _matches(value.strip(), token)
 
 
 def _matches(offered: str, token: str) -> bool:

@@ -4,11 +4,17 @@ Every reader of a store names a session's state alike: :func:`run_state` is the 
 wording, and a run that a writer holds now is running (waiting for the user while a question it
 asked has no answer yet). A session whose log cannot be read is listed as damaged, with why:
 one bad session never hides the others.
+
+All of it (the reads, decoding, parsing, redaction) runs on a worker thread with its own event
+loop and its own connection to the store: a store of many large sessions never holds up the
+server's event loop, nor any other request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+from pathlib import Path
 from typing import Any, TypedDict
 
 from orchestra.agents.contract import ActionKind
@@ -41,12 +47,20 @@ class SessionSummary(TypedDict):
     error: str | None
 
 
-async def session_summaries(
-    manager: StateManager, backend: SQLiteStorageBackend
-) -> list[SessionSummary]:
-    """Every session in the store, in the store's order. The backend reads on its own worker
-    thread, so this never blocks the event loop."""
-    return [await _summary(manager, backend, session) for session in await manager.list_sessions()]
+async def session_summaries(store: Path) -> list[SessionSummary]:
+    """Every session in the SQLite store at ``store``, in the store's order, built wholly on a
+    worker thread (see the module's docstring)."""
+    return await asyncio.to_thread(asyncio.run, _summaries(store))
+
+
+async def _summaries(store: Path) -> list[SessionSummary]:
+    """Run on the worker thread's own loop, over a connection of its own (closed after)."""
+    backend = SQLiteStorageBackend(store)
+    try:
+        manager = StateManager(backend, auto_save_interval=0)
+        return [await _summary(manager, backend, s) for s in await manager.list_sessions()]
+    finally:
+        backend.close()
 
 
 async def _summary(
@@ -55,7 +69,7 @@ async def _summary(
     try:
         log = await manager.load(session_id)
         return _summarised(log, await backend.held(session_id))
-    except (OrchestraError, KeyError, TypeError, ValueError) as error:
+    except Exception as error:  # a read-only view: any failure is this session's damage only
         return _damaged(session_id, error)
 
 
@@ -81,6 +95,10 @@ def _summarised(log: SessionLog, held: bool) -> SessionSummary:
 
 
 def _damaged(session_id: str, error: Exception) -> SessionSummary:
+    """The row of a session that cannot be summarised, its error naming the session."""
+    reason = str(error) if isinstance(error, OrchestraError) else f"{type(error).__name__}: {error}"
+    if f"{session_id!r}" not in reason:
+        reason = f"session {session_id!r}: {reason}"
     return SessionSummary(
         id=session_id,
         status="damaged",
@@ -90,7 +108,7 @@ def _damaged(session_id: str, error: Exception) -> SessionSummary:
         steps=0,
         tokens=0,
         cost_usd=None,
-        error=_text(str(error), ERROR_CHARS),
+        error=_text(reason, ERROR_CHARS),
     )
 
 

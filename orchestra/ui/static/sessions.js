@@ -2,6 +2,17 @@
 // untrusted: it is put in the page with textContent only, never parsed as HTML.
 "use strict";
 
+// The token comes in the address's fragment (#token=..., never sent to a server); it is kept
+// for this tab only and taken out of the address bar, so it is not bookmarked or shared.
+function token() {
+  const offered = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (offered) {
+    sessionStorage.setItem("orchestra-ui-token", offered);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("orchestra-ui-token") || "";
+}
+
 function cell(row, text, className) {
   const td = document.createElement("td");
   td.textContent = text === null || text === undefined ? "" : String(text);
@@ -34,7 +45,15 @@ function render(sessions) {
 async function load() {
   const note = document.getElementById("note");
   try {
-    const response = await fetch("/api/sessions", { credentials: "same-origin" });
+    const response = await fetch("/api/sessions", {
+      headers: { Authorization: "Bearer " + token() },
+      credentials: "omit",
+    });
+    const type = response.headers.get("content-type") || "";
+    if (!type.startsWith("application/json")) {
+      note.textContent = "The server answered " + response.status + ": " + (await response.text());
+      return;
+    }
     const data = await response.json();
     if (!response.ok) {
       note.textContent = "The store could not be read: " + data.error;
