@@ -16,6 +16,7 @@ import httpx2
 import pytest
 from helpers import start_cli
 
+from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import run_state
@@ -26,6 +27,7 @@ from orchestra.workflow import load_workflow
 TOKEN = "s3cret-token"
 BASE = "http://127.0.0.1:8765"
 JSON = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+T = 1_700_000_000.0
 WAIT = 60  # a bound on each wait: a hang fails the test, it never paces it
 
 ASKER = """\
@@ -222,15 +224,22 @@ async def test_a_session_another_process_runs_is_not_acted_on_here(
     await ended(host, "calm")
     backend = SQLiteStorageBackend(host.store)
     writer, _ = await StateManager(backend, auto_save_interval=0).open("calm")
-    await writer.flush()
-    backend._hold("calm")  # what its first append does
+    at = writer.length
+    writer.record(inp.Checkpoint(at=T, checkpoint_id="calm@x", name="x", position=at, at_rest=True))
+    await writer.flush()  # its first append holds the session until the writer closes
     try:
         pause = await post(client, "/api/sessions/calm/pause", {})
         assert pause.status_code == 409
         assert "session 'calm' is not run by this inspector" in pause.json()["error"]
-        delete = await post(client, "/api/sessions/calm/delete", {})
-        assert delete.status_code == 409
-        assert "being run by another process" in delete.json()["error"]
+        for action, body in [
+            ("delete", {}),
+            ("resume", {}),
+            ("checkpoint", {}),
+            ("restore", {"checkpoint": "calm@x"}),
+        ]:
+            refused = await post(client, f"/api/sessions/calm/{action}", body)
+            assert refused.status_code == 409, (action, refused.text)
+            assert "being run by another process" in refused.json()["error"]
     finally:
         await writer.close()
         backend.close()

@@ -200,7 +200,10 @@ class RunHost:
                 f"session {session_id!r} is not run by this inspector ({state}); a run of "
                 "another process is paused there"
             )
-        await self._keeper.pause_session(session_id, reason)
+        if not await self._keeper.pause_session(session_id, reason):
+            raise SessionError(
+                f"session {session_id!r}: its run is starting or ending; ask again in a moment"
+            )
         await asyncio.wait([running])
 
     async def resume(self, session_id: str, workflow: str | None) -> str:
@@ -250,11 +253,13 @@ class RunHost:
         self._bump()
 
     async def close(self) -> None:
-        """Pause every hosted run (its log lets a resume go on with it), then let go of the
-        store."""
-        for session_id in list(self._runs):
-            await self._keeper.pause_session(session_id, STOPPED)
-        await asyncio.gather(*self._runs.values(), return_exceptions=True)
+        """Pause every hosted run (its log lets a resume go on with it; one caught starting or
+        ending is cancelled, which loses no durable step), then let go of the store."""
+        runs = dict(self._runs)
+        for session_id, run in runs.items():
+            if not await self._keeper.pause_session(session_id, STOPPED):
+                run.cancel()  # starting or ending: its log keeps every durable step
+        await asyncio.gather(*runs.values(), return_exceptions=True)
         await asyncio.to_thread(self._backend.close)
 
     # ---- helpers ----------------------------------------------------------------------------
