@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from helpers import start_cli
+from helpers import run_cli, start_cli
 
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.orchestra import OrchestraInstance
@@ -339,3 +339,26 @@ async def test_demo_ui_serves_its_run_and_stops_on_ctrl_c(tmp_path: Path) -> Non
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_ui_names_a_workflow_file_at_fault(tmp_path: Path) -> None:
+    """A workflow file is loaded before the server starts: a mistake in it, or two files of one
+    name, is said plainly (exit code 2), nothing served."""
+    store = tmp_path / "sessions.db"
+    store.write_bytes(b"")  # a store file: the command checks it is there first
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "flow.yaml").write_text(OTHER)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(OTHER.replace("topology", "topolgy"))
+    twice = run_cli(
+        "ui", "--store", str(store), "--port", "0",
+        "--workflow", str(tmp_path / "a" / "flow.yaml"),
+        "--workflow", str(tmp_path / "b" / "flow.yaml"),
+    )  # fmt: skip
+    assert twice.returncode == 2
+    assert "two workflow files are named 'flow'" in twice.stdout
+    bad = run_cli("ui", "--store", str(store), "--port", "0", "--workflow", str(broken))
+    assert bad.returncode == 2
+    assert "broken.yaml" in bad.stdout and "topolgy" in bad.stdout
