@@ -362,3 +362,9 @@ def test_ui_names_a_workflow_file_at_fault(tmp_path: Path) -> None:
     bad = run_cli("ui", "--store", str(store), "--port", "0", "--workflow", str(broken))
     assert bad.returncode == 2
     assert "broken.yaml" in bad.stdout and "topolgy" in bad.stdout
+
+
+def test_demo_ui_refuses_options_it_cannot_honour(tmp_path: Path) -> None:
+    refused = run_cli("demo", "--ui", "--no-store", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "--ui runs the demo in the web inspector" in refused.stdout + refused.stderr

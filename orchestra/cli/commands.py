@@ -482,9 +482,10 @@ def demo(
             "--resume goes on with a session: --task and --no-store do not apply"
         )
     if ui:
-        if resume is not None or no_store:
+        if resume is not None or no_store or output is not None or user_timeout is not None:
             raise typer.BadParameter(
-                "--ui keeps the run in the store: it takes no --resume or --no-store"
+                "--ui runs the demo in the web inspector, kept in the store: it takes no "
+                "--resume, --no-store, --output or --user-timeout"
             )
         demo_ui(task, store, host, port, open_page)
         return

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS
+from orchestra.errors import OrchestraError
 from orchestra.workflow import Workflow
 
 from .store import DEFAULT_STORE, Store
@@ -85,7 +86,11 @@ def serve(
 
     async def serving() -> None:
         if first is not None:
-            session = await run_host.start_run(*first, None)
+            try:
+                session = await run_host.start_run(*first, None)
+            except OrchestraError as error:
+                await run_host.close()
+                fail(error, 1)
             say(f"started session {session}")
         say(f"open {address}#token={token}")
         if open_browser:
