@@ -30,12 +30,15 @@ from orchestra.coordination.topology import Edge, PatternConfig, Topology
 from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS
 from orchestra.errors import InvalidSessionIdError, OrchestraError, TopologyError
 from orchestra.models.defaults import default_model_config
-from orchestra.workflow import Workflow, load_workflow
+from orchestra.workflow import Workflow
 from orchestra.workflow_source import WorkflowError, read_source
 
 from .store import DEFAULT_STORE, Store, open_store, resume_command, sessions_app, state_of
 from .terminal import check_output, console, fail, print_result, say, show_topology
-from .ui import ui_command
+from .ui import Host as UiHost
+from .ui import Port as UiPort
+from .ui import demo_ui, ui_command
+from .workflows import AllowModule, load
 
 app = typer.Typer(
     help="Orchestra: durable, fast, observable multi-agent workflows.",
@@ -132,16 +135,6 @@ Output = Annotated[
 ]
 
 
-AllowModule = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--allow-module",
-        help="Import only from this module and the modules below it (repeatable): for a "
-        "workflow file you do not trust, whose function and tools name code that will run.",
-    ),
-]
-
-
 FollowUps = Annotated[
     bool,
     typer.Option(
@@ -191,17 +184,6 @@ UserTimeout = Annotated[
 def _timeout_options(user_timeout: float | None) -> list[str]:
     """The --user-timeout option again, for the command that resumes the session."""
     return [] if user_timeout is None else ["--user-timeout", f"{user_timeout:g}"]
-
-
-def _load(
-    workflow_path: Path, max_tokens: int | None, allowed_modules: list[str] | None = None
-) -> Workflow:
-    try:
-        return load_workflow(
-            workflow_path, max_tokens=max_tokens, allowed_modules=allowed_modules or None
-        )
-    except OrchestraError as error:
-        fail(error, 2)
 
 
 def _checked_session(session: str) -> str:
@@ -280,7 +262,7 @@ def _execute(
     """Run the workflow; ``follow_up_timeout`` (None: no follow-ups) makes it a conversation;
     ``user_timeout`` (the command line's) bounds a question in place of the file's."""
     check_output(output, workflow_path, store)
-    workflow = _load(workflow_path, max_tokens, allowed_modules)
+    workflow = load(workflow_path, max_tokens, allowed_modules)
     channel = user_channel()
     if follow_up_timeout is not None and channel is None:
         say(NOT_OFFERED)
@@ -339,7 +321,7 @@ def _resume(
     extra = _json_object(context, "--context") if context is not None else None
     session = _checked_session(session)
     check_output(output, workflow_path, store)
-    workflow = _load(workflow_path, max_tokens, allowed_modules)
+    workflow = load(workflow_path, max_tokens, allowed_modules)
     if not store.exists():
         fail(f"no session store at {store}", 1)
     with open_store(store) as (manager, _):
@@ -479,13 +461,34 @@ def demo(
     no_store: NoStore = False,
     output: Output = None,
     user_timeout: UserTimeout = None,
+    ui: Annotated[
+        bool,
+        typer.Option(
+            "--ui", help="Run it in the web inspector (see `orchestra ui`), in the store."
+        ),
+    ] = False,
+    host: UiHost = "127.0.0.1",
+    port: UiPort = 8765,
+    open_page: Annotated[
+        bool, typer.Option("--open", help="With --ui: open the page in a browser.")
+    ] = False,
 ) -> None:
     """Run the bundled research-and-report workflow on the default model (offline unless
-    ORCHESTRA_MODEL, OPENAI_API_KEY, ANTHROPIC_API_KEY or ORCHESTRA_BASE_URL say otherwise)."""
+    ORCHESTRA_MODEL, OPENAI_API_KEY, ANTHROPIC_API_KEY or ORCHESTRA_BASE_URL say otherwise).
+    With --ui, the web inspector serves the store with the demo workflow, one run of it
+    started; it runs until Ctrl-C."""
     if resume is not None and (task is not None or no_store):
         raise typer.BadParameter(
             "--resume goes on with a session: --task and --no-store do not apply"
         )
+    if ui:
+        if resume is not None or no_store or output is not None or user_timeout is not None:
+            raise typer.BadParameter(
+                "--ui runs the demo in the web inspector, kept in the store: it takes no "
+                "--resume, --no-store, --output or --user-timeout"
+            )
+        demo_ui(task, store, host, port, open_page)
+        return
     model = default_model_config()
     console.print(f"Default model: {model.provider}:{model.name}", highlight=False, markup=False)
     if topologies:

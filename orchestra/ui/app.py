@@ -9,8 +9,8 @@ session), as ``Authorization: Bearer``: the printed address carries it in its fr
 keeps it in ``sessionStorage``. The page and its static files hold no data and need no token.
 No cookie, so no other service on the host's other ports ever sees the token. Requests must
 name the host the server is bound to (for loopback: any loopback name), so a web page elsewhere
-cannot reach it by rebinding a name of its own. Nothing here changes a session yet: there is
-no state-changing route.
+cannot reach it by rebinding a name of its own. The routes that change a session (``actions``)
+refuse cross-site requests besides.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import hmac
 import ipaddress
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -36,6 +39,8 @@ from starlette.staticfiles import StaticFiles
 
 from orchestra.errors import OrchestraError
 
+from .actions import action_routes
+from .host import RunHost
 from .summaries import session_summaries
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -69,9 +74,12 @@ def allowed_hosts(bound: str) -> frozenset[str] | None:
     return LOOPBACK_NAMES | {shown} if address.is_loopback else frozenset({shown})
 
 
-def create_app(store: Path, token: str, hosts: frozenset[str] | None) -> Starlette:
+def create_app(
+    store: Path, token: str, hosts: frozenset[str] | None, host: RunHost | None = None
+) -> Starlette:
     """The app over the SQLite store at ``store``; ``token``: the token every ``/api/``
-    request must carry; ``hosts``: the Host names it answers (None: any)."""
+    request must carry; ``hosts``: the Host names it answers (None: any); ``host``: the runs
+    it hosts and acts on (none: it only shows sessions), closed when the app stops."""
 
     async def sessions(_: Request) -> Response:
         try:
@@ -86,10 +94,25 @@ def create_app(store: Path, token: str, hosts: frozenset[str] | None) -> Starlet
         routes=[
             Route("/", page),
             Route("/api/sessions", sessions),
+            *(action_routes(host) if host is not None else []),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=[Middleware(Guard, token=token, hosts=hosts)],
+        lifespan=None if host is None else _closing(host),
     )
+
+
+def _closing(host: RunHost) -> Any:
+    """The app's lifespan: when it stops, the host pauses its runs and lets go of the store."""
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await host.close()
+
+    return lifespan
 
 
 class Guard(BaseHTTPMiddleware):

@@ -1,0 +1,366 @@
+"""Runs hosted by the web inspector: started, answered, paused, resumed, checkpointed, restored
+and deleted from the page, in the inspector's own process and event loop.
+
+The host keeps sessions in the inspector's store through a StateManager of its own over its
+own SQLite connection, every step durable at once (``auto_save_interval=0``): the page, the
+command line and any other process see each step as soon as it is taken, and a run the
+inspector hosted is never lost with it. Closing the host (the server stopping) pauses every
+hosted run: its log lets the inspector, or ``orchestra resume``, go on with it. Questions go
+to a web channel, where the page finds them per session and answers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from orchestra.communication import CommunicationManager, ProgrammaticChannel, Question
+from orchestra.coordination.config import StatusConfig, VerbosityLevel
+from orchestra.coordination.engine.events import StepStarted
+from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_session_id
+from orchestra.coordination.results import OrchestraResult
+from orchestra.coordination.state import SQLiteStorageBackend, StateManager
+from orchestra.coordination.state.backends import check_session_id
+from orchestra.coordination.state.manager import SessionLog, parse_checkpoint_id, run_state
+from orchestra.coordination.streaming import RunStream
+from orchestra.coordination.topology import Topology
+from orchestra.coordination.wiring import fingerprint_matches
+from orchestra.errors import (
+    ConfigurationError,
+    SessionError,
+    SessionNotFoundError,
+    UserInputError,
+)
+from orchestra.models.secrets import redact
+from orchestra.text import printable
+from orchestra.workflow import Workflow
+
+LOG = logging.getLogger(__name__)
+STOPPED = "the inspector stopped"  # the pause reason of a run hosted when it stops
+TEXT_LIMIT = 2_000
+QUIET = StatusConfig.from_verbosity(
+    VerbosityLevel.QUIET
+)  # the page shows hosted runs  # a question's text, as the page is sent it
+
+
+class WebChannel(ProgrammaticChannel):
+    """The page's user channel: a ProgrammaticChannel that also keeps each waiting question,
+    so the page can find those of one session (a question's ``run_id`` is its session id), and
+    says when one is asked or stops waiting."""
+
+    def __init__(self, changed: Any) -> None:
+        super().__init__()
+        self._asked: dict[str, Question] = {}
+        self._changed = changed
+
+    async def ask(self, question: Question) -> Any:
+        self._asked[question.id] = question
+        self._changed()
+        try:
+            return await super().ask(question)
+        finally:
+            if self._asked.get(question.id) is question:
+                del self._asked[question.id]
+            self._changed()
+
+    def waiting(self, session_id: str) -> list[Question]:
+        """The questions of ``session_id`` waiting for an answer, in the order asked."""
+        return [question for question in self._asked.values() if question.run_id == session_id]
+
+
+class RunHost:
+    """Hosts runs of ``workflows`` (by name) over the store at ``store``. ``version`` grows on
+    every change the store does not show (a question asked or no longer waiting, a hosted run
+    started or stopped); :meth:`changed` waits for the next."""
+
+    def __init__(self, store: Path, workflows: dict[str, Workflow]) -> None:
+        self.store = store
+        self.workflows = dict(workflows)
+        self.version = 0
+        self._bumped = asyncio.Event()
+        self._backend = SQLiteStorageBackend(store)
+        self.manager = StateManager(self._backend, auto_save_interval=0)
+        self.channel = WebChannel(self._bump)
+        self._runs: dict[str, asyncio.Task[OrchestraResult]] = {}
+        self._instances = {name: self._instance(flow) for name, flow in workflows.items()}
+        # checkpoint, restore, delete and pause read no topology: this one is never run
+        self._keeper = self._instance(None)
+
+    def _instance(self, workflow: Workflow | None) -> OrchestraInstance:
+        """An instance running ``workflow``'s sessions with its settings, its questions on
+        the web channel; for None, one that only acts on sessions at rest (never run)."""
+        if workflow is None:
+            return OrchestraInstance(
+                Topology(nodes=["Inspector"], edges=[]),
+                communication_manager=CommunicationManager(self.channel),
+                state_manager=self.manager,
+            )
+        asking = workflow.communication_config(self.channel)
+        return OrchestraInstance(
+            workflow.topology,
+            agent_registry=workflow.registry,
+            initial_config=workflow.execution,  # its file names the limits (the log keeps none)
+            communication_manager=CommunicationManager(
+                asking.channel,
+                asking.user_timeout,
+                on_user_timeout=asking.on_user_timeout,
+                default_answer=asking.default_answer,
+                user_timeout_source=asking.user_timeout_source,
+            ),
+            state_manager=self.manager,
+        )
+
+    def _bump(self) -> None:
+        self.version += 1
+        bumped, self._bumped = self._bumped, asyncio.Event()
+        bumped.set()
+
+    async def changed(self, seen: int) -> int:
+        """The version, once it is not ``seen`` (at once when it is not already)."""
+        while self.version == seen:
+            await self._bumped.wait()
+        return self.version
+
+    # ---- what the GET side reads ------------------------------------------------------------
+
+    def hosts(self, session_id: str) -> bool:
+        """Whether a run of this inspector is running the session now."""
+        return session_id in self._runs
+
+    def questions(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's questions waiting on the page, as the page is sent them."""
+        return [
+            {
+                "id": question.id,
+                "branch": question.branch_id,
+                "agent": question.agent,
+                "text": printable(redact(question.text), TEXT_LIMIT),
+                "kind": question.kind,
+            }
+            for question in self.channel.waiting(session_id)
+        ]
+
+    def workflow_list(self) -> list[dict[str, str | None]]:
+        """The workflows runs can be started from, each with its default task."""
+        return [
+            {"name": name, "task": _task_text(flow.task)} for name, flow in self.workflows.items()
+        ]
+
+    # ---- acting on sessions -----------------------------------------------------------------
+
+    async def start_run(self, workflow: str, task: str | None, session: str | None) -> str:
+        """Start a run of ``workflow`` (its file's task when ``task`` is None) in a new
+        session, or ``session`` when given (one with no run on the way); returns its id."""
+        flow = self._workflow(workflow)
+        chosen = task if task is not None else flow.task
+        if chosen is None:
+            raise ConfigurationError(f"workflow {workflow!r} has no task: give one")
+        session_id = check_session_id(session) if session is not None else new_session_id()
+        await self._check_startable(session_id)
+        context = {**flow.context, "session_id": session_id}
+        stream = Orchestra.stream(
+            chosen,
+            flow.topology,
+            agent_registry=flow.registry,
+            context=context,
+            execution_config=flow.execution.model_copy(update={"status": QUIET}),
+            communication_config=flow.communication_config(self.channel),
+            error_config=flow.error_handling,
+            max_steps=flow.max_steps,
+            state_manager=self.manager,
+        )
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        running = self._host(session_id, _streamed(stream, recorded))
+        either: list[asyncio.Future[Any]] = [recorded, running]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        failed = running.exception() if running.done() and not running.cancelled() else None
+        if failed is not None:  # it did not start (another writer took the session): say why
+            raise failed
+        return session_id
+
+    async def answer(self, session_id: str, question_id: str, answer: str) -> None:
+        """Answer one of the session's waiting questions."""
+        if question_id not in {question.id for question in self.channel.waiting(session_id)}:
+            raise UserInputError(
+                f"session {session_id!r} has no question {question_id!r} waiting for an answer "
+                "here (answered already, withdrawn, or of a run this inspector does not host)"
+            )
+        self.channel.answer(question_id, answer)
+
+    async def pause(self, session_id: str, reason: str | None) -> None:
+        """Pause a hosted run; returns once it stopped (steps in flight finish first)."""
+        running = self._runs.get(session_id)
+        if running is None:
+            state = await self._state(session_id)
+            raise SessionError(
+                f"session {session_id!r} is not run by this inspector ({state}); a run of "
+                "another process is paused there"
+            )
+        if not await self._keeper.pause_session(session_id, reason):
+            raise SessionError(
+                f"session {session_id!r}: its run is starting or ending; ask again in a moment"
+            )
+        await asyncio.wait([running])
+
+    async def resume(self, session_id: str, workflow: str | None) -> str:
+        """Go on with a paused or interrupted session, with ``workflow`` or (None) the one
+        whose topology the session's last run was recorded with; returns the workflow's name."""
+        log = await self._load(session_id)
+        await self._check_free(session_id)
+        state = run_state(log)
+        if state not in ("paused", "interrupted"):
+            raise SessionError(f"session {session_id!r} is {state}: there is nothing to resume")
+        name = self._matching(log, workflow)
+        self._host(session_id, self._instances[name].resume_session(session_id, status=QUIET))
+        return name
+
+    async def checkpoint(self, session_id: str, name: str | None) -> str:
+        """Name the session's current position, through its run's writer when it runs here."""
+        await self._load(session_id)
+        if session_id not in self._runs:
+            await self._check_free(session_id)
+        return await self._keeper.create_checkpoint(session_id, name)
+
+    async def restore(self, session_id: str, checkpoint_id: str) -> None:
+        """Send the session back to the checkpoint: a resume goes on from there."""
+        await self._load(session_id)
+        try:
+            owner, _ = parse_checkpoint_id(checkpoint_id)
+        except SessionError:
+            owner = None
+        if owner != session_id:
+            raise ConfigurationError(
+                f"{checkpoint_id!r} is not a checkpoint of session {session_id!r} "
+                f"(its ids are {session_id}@NAME)"
+            )
+        await self._check_free(session_id)
+        if not await self._keeper.restore_checkpoint(checkpoint_id):
+            raise SessionNotFoundError(
+                f"session {session_id!r} has no checkpoint {checkpoint_id!r} on its history"
+            )
+        self._bump()
+
+    async def delete(self, session_id: str) -> None:
+        """Delete the session's log and snapshot; a session being run is not deleted."""
+        await self._load(session_id)
+        await self._check_free(session_id)
+        if not await self._keeper.delete_session(session_id):
+            raise SessionNotFoundError(f"no session {session_id!r} in {self.store}")
+        self._bump()
+
+    async def close(self) -> None:
+        """Pause every hosted run (its log lets a resume go on with it; one caught starting or
+        ending is cancelled, which loses no durable step), then let go of the store."""
+        runs = dict(self._runs)
+        for session_id, run in runs.items():
+            if not await self._keeper.pause_session(session_id, STOPPED):
+                run.cancel()  # starting or ending: its log keeps every durable step
+        await asyncio.gather(*runs.values(), return_exceptions=True)
+        await asyncio.to_thread(self._backend.close)
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _workflow(self, name: str) -> Workflow:
+        found = self.workflows.get(name)
+        if found is None:
+            given = ", ".join(sorted(self.workflows)) or "none: start it with --workflow FILE"
+            raise ConfigurationError(f"no workflow {name!r} in this inspector (it has {given})")
+        return found
+
+    def _matching(self, log: SessionLog, named: str | None) -> str:
+        """The workflow to resume ``log`` with: ``named``, checked, or the first whose
+        topology the last run was recorded with."""
+        run = log.last_run
+        assert run is not None  # run_state said paused or interrupted
+        recorded = run.start.topology
+        if named is not None:
+            if not fingerprint_matches(recorded, self._workflow(named).topology.analyze()):
+                raise ConfigurationError(
+                    f"workflow {named!r} is not the one session {log.session_id!r} was run "
+                    "with: its topology differs from the one the session recorded"
+                )
+            return named
+        for name, flow in sorted(self.workflows.items()):
+            if fingerprint_matches(recorded, flow.topology.analyze()):
+                return name
+        raise ConfigurationError(
+            f"no workflow of this inspector has the topology session {log.session_id!r} was "
+            "run with; start the inspector with --workflow FILE naming the file it was run from"
+        )
+
+    def _host(
+        self, session_id: str, run: Coroutine[Any, Any, OrchestraResult]
+    ) -> asyncio.Task[OrchestraResult]:
+        task = asyncio.ensure_future(run)
+        self._runs[session_id] = task
+        task.add_done_callback(lambda done: self._ended(session_id, done))
+        self._bump()
+        return task
+
+    def _ended(self, session_id: str, task: asyncio.Task[OrchestraResult]) -> None:
+        if self._runs.get(session_id) is task:
+            del self._runs[session_id]
+        if not task.cancelled() and task.exception() is not None:
+            # its type only: its text may quote the session's data
+            LOG.error(
+                "orchestra ui: the run of session %r failed: %s",
+                session_id,
+                type(task.exception()).__name__,
+            )
+        self._bump()
+
+    async def _load(self, session_id: str) -> SessionLog:
+        """The session's log; SessionNotFoundError naming it when there is none."""
+        try:
+            return await self.manager.load(check_session_id(session_id))
+        except SessionNotFoundError:
+            raise SessionNotFoundError(f"no session {session_id!r} in {self.store}") from None
+
+    async def _state(self, session_id: str) -> str:
+        return run_state(await self._load(session_id))
+
+    async def _check_free(self, session_id: str) -> None:
+        """SessionError when a run holds the session: here, or in another process."""
+        if session_id in self._runs:
+            raise SessionError(f"session {session_id!r} is running here; pause it first")
+        if await self._backend.held(session_id):
+            raise SessionError(
+                f"session {session_id!r} is being run by another process; stop or pause it there"
+            )
+
+    async def _check_startable(self, session_id: str) -> None:
+        """A new run may go into a session free of writers with no run on the way (a paused
+        or interrupted one is resumed instead)."""
+        await self._check_free(session_id)
+        try:
+            state = await self._state(session_id)
+        except SessionNotFoundError:
+            return
+        if state in ("paused", "interrupted"):
+            raise SessionError(
+                f"session {session_id!r} has a run {state} on the way: resume it (or delete "
+                "the session to start afresh)"
+            )
+
+
+async def _streamed(stream: RunStream, recorded: asyncio.Future[None]) -> OrchestraResult:
+    """The run's result; ``recorded`` is set at its first step, which begins only once the
+    run's first record is durable: from then on the store shows the session."""
+    async with stream as events:
+        async for event in events:
+            if not recorded.done() and isinstance(event, StepStarted):
+                recorded.set_result(None)
+    assert stream.result is not None  # a block left at its end: the run ended
+    return stream.result
+
+
+def _task_text(task: str | dict[str, Any] | None) -> str | None:
+    """A workflow's default task as the page shows it (a structured one as its JSON)."""
+    if task is None:
+        return None
+    text = task if isinstance(task, str) else json.dumps(task)
+    return printable(redact(text), TEXT_LIMIT)
