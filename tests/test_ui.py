@@ -25,9 +25,9 @@ from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.models.base import Usage
-from orchestra.ui import summaries
+from orchestra.ui import catalog
 from orchestra.ui.app import allowed_hosts, create_app
-from orchestra.ui.summaries import session_summaries
+from orchestra.ui.catalog import Catalog
 
 T = 1_700_000_000.0
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
@@ -112,6 +112,15 @@ async def summaries_of(path: Path) -> dict[str, dict[str, Any]]:
     return {summary["id"]: dict(summary) for summary in await session_summaries(path)}
 
 
+async def session_summaries(path: Path) -> list[dict[str, Any]]:
+    """The sessions list, as the app's catalog builds it."""
+    found = Catalog(path)
+    try:
+        return await found.sessions(None)
+    finally:
+        found.close()
+
+
 async def test_each_session_is_summarised_with_its_state(store: Path) -> None:
     found = await summaries_of(store)
     assert {key: value["status"] for key, value in found.items()} == {
@@ -171,7 +180,7 @@ async def test_the_summaries_are_built_off_the_event_loop(
     the loop could not, and the wait would run out."""
     entered, release = threading.Event(), threading.Event()
     waits: list[bool] = []
-    summarised = summaries._summarised
+    summarised = catalog.summarised
 
     def held_up(log: Any, held: bool) -> Any:
         if not waits:
@@ -179,7 +188,7 @@ async def test_the_summaries_are_built_off_the_event_loop(
             waits.append(release.wait(10))
         return summarised(log, held)
 
-    monkeypatch.setattr(summaries, "_summarised", held_up)
+    monkeypatch.setattr(catalog, "summarised", held_up)
     building = asyncio.create_task(session_summaries(store))
     assert await asyncio.to_thread(entered.wait, 10)
     release.set()  # the loop goes on while the worker builds

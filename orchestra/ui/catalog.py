@@ -24,7 +24,7 @@ from orchestra.coordination.state.records import Entry
 from orchestra.errors import SessionCorruptedError, SessionNotFoundError
 
 from .fold import Fold
-from .summaries import _damaged, _summarised
+from .summaries import damaged, summarised
 from .views import RunHostView, SessionView, session_view, step_detail
 
 T = TypeVar("T")
@@ -146,14 +146,14 @@ class Catalog:
 
 def _summary_of(session_id: str, read: _Read, held: bool) -> dict[str, Any]:
     if read.log is None:
-        return dict(_damaged(session_id, read.error or SessionCorruptedError("unreadable")))
+        return dict(damaged(session_id, read.error or SessionCorruptedError("unreadable")))
     try:
-        return dict(_summarised(read.log, held))
+        return dict(summarised(read.log, held))
     except Exception as error:  # as the summaries do: any failure is the session's damage
-        return dict(_damaged(session_id, error))
+        return dict(damaged(session_id, error))
 
 
 def _as_damage(session_id: str, error: Exception) -> SessionCorruptedError:
     """The error a view of a damaged session answers with: it names the session (and, from
     the readers, the record at fault); never a traceback."""
-    return SessionCorruptedError(_damaged(session_id, error)["error"] or "damaged")
+    return SessionCorruptedError(damaged(session_id, error)["error"] or "damaged")

@@ -5,20 +5,16 @@ wording, and a run that a writer holds now is running (waiting for the user whil
 asked has no answer yet). A session whose log cannot be read is listed as damaged, with why:
 one bad session never hides the others.
 
-All of it (the reads, decoding, parsing, redaction) runs on a worker thread with its own event
-loop and its own connection to the store: a store of many large sessions never holds up the
-server's event loop, nor any other request.
+The catalog (``catalog.py``) builds them off the event loop, and again only for a session
+whose log grew or whose writer came or went.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-from pathlib import Path
 from typing import TypedDict
 
 from orchestra.coordination.engine import inputs as inp
-from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import SessionLog, run_state
 from orchestra.errors import OrchestraError
 
@@ -45,33 +41,7 @@ class SessionSummary(TypedDict):
     error: str | None
 
 
-async def session_summaries(store: Path) -> list[SessionSummary]:
-    """Every session in the SQLite store at ``store``, in the store's order, built wholly on a
-    worker thread (see the module's docstring)."""
-    return await asyncio.to_thread(asyncio.run, _summaries(store))
-
-
-async def _summaries(store: Path) -> list[SessionSummary]:
-    """Run on the worker thread's own loop, over a connection of its own (closed after)."""
-    backend = SQLiteStorageBackend(store)
-    try:
-        manager = StateManager(backend, auto_save_interval=0)
-        return [await _summary(manager, backend, s) for s in await manager.list_sessions()]
-    finally:
-        backend.close()
-
-
-async def _summary(
-    manager: StateManager, backend: SQLiteStorageBackend, session_id: str
-) -> SessionSummary:
-    try:
-        log = await manager.load(session_id)
-        return _summarised(log, await backend.held(session_id))
-    except Exception as error:  # a read-only view: any failure is this session's damage only
-        return _damaged(session_id, error)
-
-
-def _summarised(log: SessionLog, held: bool) -> SessionSummary:
+def summarised(log: SessionLog, held: bool) -> SessionSummary:
     run = log.last_run
     tokens, cost = _usage(log)  # before the state: a record it cannot read makes it damaged
     status = run_state(log)
@@ -92,7 +62,7 @@ def _summarised(log: SessionLog, held: bool) -> SessionSummary:
     )
 
 
-def _damaged(session_id: str, error: Exception) -> SessionSummary:
+def damaged(session_id: str, error: Exception) -> SessionSummary:
     """The row of a session that cannot be summarised, its error naming the session."""
     reason = str(error) if isinstance(error, OrchestraError) else f"{type(error).__name__}: {error}"
     if f"{session_id!r}" not in reason:
