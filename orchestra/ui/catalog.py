@@ -128,9 +128,9 @@ class Catalog:
         return session_view(fold, summary, host)
 
     async def _fold(self, session_id: str) -> Fold:
-        if session_id not in await self._backend.list_sessions():
+        lengths = await self._lengths()  # empty when the index is damaged: listed instead
+        if session_id not in (lengths or await self._backend.list_sessions()):
             raise SessionNotFoundError(f"no session {session_id!r} in {self.store}")
-        lengths = await self._lengths()
         read = await self._session(session_id, lengths.get(session_id))
         held = await self._backend.held(session_id)
         if read.error is not None:

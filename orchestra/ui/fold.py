@@ -110,6 +110,7 @@ class Fold:
         self.log = log
         self.runs: list[RunView] = []
         self.branches: dict[tuple[str, str], _Branch] = {}
+        self._children: dict[tuple[str, str], list[_Branch]] = {}  # by (run, parent)
         self.steps: list[Step] = []
         self.restores: list[tuple[int, str, int]] = []  # (its position, checkpoint, back to)
         self._ghosts: dict[tuple[str, str], Step] = {}  # abandoned steps in flight
@@ -199,6 +200,8 @@ class Fold:
                     ended=None,
                 )
             )
+            if record.parent is not None:
+                self._children.setdefault((run, record.parent), []).append(branch)
         self._children_settled(run, record.branch_id, record.at)
         _mark(branch.view, "running", None)
         branch.question = None
@@ -208,11 +211,9 @@ class Fold:
 
     def _children_settled(self, run: str, parent: str, at: float) -> None:
         """A branch steps again once its fan-out settled: children still at work ended."""
-        for child in self.branches.values():
-            view = child.view
-            mine = view["run"] == run and view["parent"] == parent
-            if mine and view["state"] == "running" and child.open is None:
-                _mark(view, "done", at)
+        for child in self._children.get((run, parent), ()):
+            if child.view["state"] == "running" and child.open is None:
+                _mark(child.view, "done", at)
 
     def _step(self, run: str, position: int, record: inp.StepBegin) -> Step:
         return Step(
