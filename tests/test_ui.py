@@ -6,6 +6,7 @@ every API request, loopback included."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import uvicorn
 from helpers import run_cli, start_cli
 
 from orchestra.agents.contract import Action, StepOutcome
@@ -23,9 +25,9 @@ from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.models.base import Usage
-from orchestra.ui import summaries
+from orchestra.ui import catalog
 from orchestra.ui.app import allowed_hosts, create_app
-from orchestra.ui.summaries import session_summaries
+from orchestra.ui.catalog import Catalog
 
 T = 1_700_000_000.0
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
@@ -110,6 +112,15 @@ async def summaries_of(path: Path) -> dict[str, dict[str, Any]]:
     return {summary["id"]: dict(summary) for summary in await session_summaries(path)}
 
 
+async def session_summaries(path: Path) -> list[dict[str, Any]]:
+    """The sessions list, as the app's catalog builds it."""
+    found = Catalog(path)
+    try:
+        return await found.sessions(None)
+    finally:
+        found.close()
+
+
 async def test_each_session_is_summarised_with_its_state(store: Path) -> None:
     found = await summaries_of(store)
     assert {key: value["status"] for key, value in found.items()} == {
@@ -169,7 +180,7 @@ async def test_the_summaries_are_built_off_the_event_loop(
     the loop could not, and the wait would run out."""
     entered, release = threading.Event(), threading.Event()
     waits: list[bool] = []
-    summarised = summaries._summarised
+    summarised = catalog.summarised
 
     def held_up(log: Any, held: bool) -> Any:
         if not waits:
@@ -177,7 +188,7 @@ async def test_the_summaries_are_built_off_the_event_loop(
             waits.append(release.wait(10))
         return summarised(log, held)
 
-    monkeypatch.setattr(summaries, "_summarised", held_up)
+    monkeypatch.setattr(catalog, "summarised", held_up)
     building = asyncio.create_task(session_summaries(store))
     assert await asyncio.to_thread(entered.wait, 10)
     release.set()  # the loop goes on while the worker builds
@@ -213,10 +224,10 @@ async def test_the_api_lists_the_sessions_as_json_with_untrusted_text_as_data(
 async def test_an_unexpected_error_is_a_500_with_the_headers_and_no_detail(
     client: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(_: Path) -> list[Any]:
+    async def broken(*_: Any) -> list[Any]:
         raise RuntimeError("private task text")
 
-    monkeypatch.setattr("orchestra.ui.app.session_summaries", broken)
+    monkeypatch.setattr("orchestra.ui.catalog.Catalog.sessions", broken)
     failed = await client.get("/api/sessions")
     assert failed.status_code == 500
     assert failed.headers["x-content-type-options"] == "nosniff"
@@ -357,3 +368,105 @@ async def test_a_session_a_real_run_wrote_is_listed(tmp_path: Path) -> None:
         1,
         1,
     )
+
+
+# ---- a session's page and live updates (docs/ui.md) ------------------------------------------
+
+
+async def test_a_session_s_view_and_step_as_json_absent_and_damaged_named(
+    client: httpx2.AsyncClient,
+) -> None:
+    view = (await client.get("/api/sessions/asking")).json()
+    assert view["summary"]["status"] == "waiting for the user" and view["version"] == 3
+    [question] = view["questions"]
+    assert (question["text"], question["answerable"]) == ("which one?", False)
+    position = view["steps"][0]["position"]
+    detail = await client.get(f"/api/sessions/asking/steps/{position}")
+    assert detail.status_code == 200 and detail.json()["action"]["kind"] == "ask_user"
+    absent = await client.get("/api/sessions/nowhere")
+    assert absent.status_code == 404 and "'nowhere'" in absent.json()["error"]
+    no_step = await client.get("/api/sessions/asking/steps/99")
+    assert no_step.status_code == 404 and "record 99" in no_step.json()["error"]
+    damaged = await client.get("/api/sessions/bad-step")
+    assert damaged.status_code == 422
+    assert damaged.json()["error"].startswith("session 'bad-step': record 2 (step)")
+    assert damaged.headers["x-content-type-options"] == "nosniff"
+    rows = {row["id"]: row for row in (await client.get("/api/sessions")).json()}
+    assert rows["asking"]["version"] == 3 and rows["asking"]["hosted"] is False
+    assert (await client.get("/api/events", headers={"Authorization": ""})).status_code == 401
+
+
+class Host:
+    """A stand-in for the inspector's RunHost (the protocol the read side uses)."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.asked: list[dict[str, Any]] = []
+
+    def hosts(self, session_id: str) -> bool:
+        return session_id == "live"
+
+    def questions(self, session_id: str) -> list[dict[str, Any]]:
+        return self.asked if session_id == "live" else []
+
+
+async def events_of(response: httpx2.Response) -> AsyncIterator[tuple[str, Any]]:
+    """The (event, data) pairs of a Server-Sent Events stream, as they arrive."""
+    name, data = "", ""
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif not line and name:
+            yield name, json.loads(data)
+            name, data = "", ""
+
+
+async def test_live_events_send_the_state_then_each_change(store: Path) -> None:
+    """Over a real server: the state at once, then an event when another writer appends (a
+    run in another process) and when the host changes what the store does not show; the
+    store watcher stops once its last client left."""
+    backend = SQLiteStorageBackend(store)
+    manager = StateManager(backend, auto_save_interval=0)
+    await (await write(manager, "live", start(), BEGIN)).close()
+    host = Host()
+    app = create_app(store, TOKEN, allowed_hosts("127.0.0.1"), host)
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    base = f"http://127.0.0.1:{listening.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[listening]))
+    try:
+        async with (
+            httpx2.AsyncClient(base_url=base, trust_env=False, timeout=60) as client,
+            client.stream("GET", "/api/events?session=live", headers=BEARER) as response,
+        ):
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = events_of(response)
+            first = dict([await anext(events), await anext(events)])
+            assert first["session"]["version"] == 2 and first["session"]["active"] == []
+            live = {row["id"]: row for row in first["sessions"]}["live"]
+            assert (live["hosted"], live["version"]) == (True, 2)
+            writer, _ = await manager.open("live")
+            writer.record(step(Action.final("done")))
+            await writer.flush()
+            name, data = await anext(events)
+            while name != "session":  # the list changed too
+                name, data = await anext(events)
+            assert data["version"] == 3 and data["steps"][0]["action"] == "final_response"
+            host.asked.append(
+                {"id": "live:r1:q1", "branch": "b0", "agent": "A", "text": "?", "kind": "agent"}
+            )
+            host.version += 1
+            name, data = await anext(events)
+            while name != "session":
+                name, data = await anext(events)
+            assert data["questions"][0]["answerable"] is True
+            await writer.close()
+    finally:
+        server.should_exit = True
+        await serving
+        backend.close()
+    assert app.state.watcher._thread is None

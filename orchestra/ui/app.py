@@ -6,7 +6,9 @@ the page renders model, tool and user text with DOM text APIs only. Every ``/api
 needs the token made at start, loopback included (any local user could otherwise read every
 session), as ``Authorization: Bearer``: the printed address carries it in its fragment
 (``#token=``), which a browser never sends to a server, a log or a Referer; the page's script
-keeps it in ``sessionStorage``. The page and its static files hold no data and need no token.
+keeps it in ``sessionStorage`` (the live stream, ``/api/events``, is read with ``fetch`` for the
+same reason: ``EventSource`` cannot send the header). The page and its static files hold no
+data and need no token.
 No cookie, so no other service on the host's other ports ever sees the token. Requests must
 name the host the server is bound to (for loopback: any loopback name), so a web page elsewhere
 cannot reach it by rebinding a name of its own. The routes that change a session (``actions``)
@@ -19,7 +21,7 @@ import hmac
 import ipaddress
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,15 +35,18 @@ from starlette.responses import (
     JSONResponse,
     PlainTextResponse,
     Response,
+    StreamingResponse,
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from orchestra.errors import OrchestraError
+from orchestra.errors import OrchestraError, SessionCorruptedError, SessionNotFoundError
 
 from .actions import action_routes
+from .catalog import Catalog
 from .host import RunHost
-from .summaries import session_summaries
+from .live import Build, StoreWatcher, event_stream
+from .views import RunHostView
 
 STATIC = Path(__file__).resolve().parent / "static"
 LOG = logging.getLogger(__name__)
@@ -75,31 +80,66 @@ def allowed_hosts(bound: str) -> frozenset[str] | None:
 
 
 def create_app(
-    store: Path, token: str, hosts: frozenset[str] | None, host: RunHost | None = None
+    store: Path, token: str, hosts: frozenset[str] | None, host: RunHostView | None = None
 ) -> Starlette:
     """The app over the SQLite store at ``store``; ``token``: the token every ``/api/``
     request must carry; ``hosts``: the Host names it answers (None: any); ``host``: the runs
-    it hosts and acts on (none: it only shows sessions), closed when the app stops."""
+    this process hosts, if any (their questions are answerable)."""
+    catalog = Catalog(store)
+    watcher = StoreWatcher(store, host)
 
     async def sessions(_: Request) -> Response:
-        try:
-            return JSONResponse(await session_summaries(store))
-        except OrchestraError as error:
-            return JSONResponse({"error": str(error)}, status_code=500)
+        return await _answer(catalog.sessions(host))
+
+    async def session(request: Request) -> Response:
+        return await _answer(catalog.view(request.path_params["session"], host))
+
+    async def step(request: Request) -> Response:
+        found = request.path_params
+        return await _answer(catalog.step(found["session"], found["position"]))
+
+    async def events(request: Request) -> Response:
+        parts: list[tuple[str, Build]] = [("sessions", lambda: catalog.sessions(host))]
+        watched = request.query_params.get("session")
+        if watched is not None:
+            parts.append(("session", lambda: catalog.view(watched, host)))
+        return StreamingResponse(
+            event_stream(watcher, parts),
+            media_type="text/event-stream",
+            headers={"X-Accel-Buffering": "no"},
+        )
 
     async def page(_: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", page),
             Route("/api/sessions", sessions),
-            *(action_routes(host) if host is not None else []),
+            Route("/api/sessions/{session}", session),
+            Route("/api/sessions/{session}/steps/{position:int}", step),
+            Route("/api/events", events),
+            *(action_routes(host) if isinstance(host, RunHost) else []),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=[Middleware(Guard, token=token, hosts=hosts)],
-        lifespan=None if host is None else _closing(host),
+        lifespan=_closing(host) if isinstance(host, RunHost) else None,
     )
+    app.state.watcher = watcher
+    return app
+
+
+async def _answer(building: Awaitable[Any]) -> Response:
+    """What was built, as JSON; a session that is absent a 404 and a damaged one a 422, each
+    with the error naming it (and the record at fault)."""
+    try:
+        return JSONResponse(await building)
+    except SessionNotFoundError as error:
+        return JSONResponse({"error": str(error)}, status_code=404)
+    except SessionCorruptedError as error:
+        return JSONResponse({"error": str(error)}, status_code=422)
+    except OrchestraError as error:  # a bad session id, a store that cannot be read
+        return JSONResponse({"error": str(error)}, status_code=400)
 
 
 def _closing(host: RunHost) -> Any:

@@ -5,27 +5,21 @@ wording, and a run that a writer holds now is running (waiting for the user whil
 asked has no answer yet). A session whose log cannot be read is listed as damaged, with why:
 one bad session never hides the others.
 
-All of it (the reads, decoding, parsing, redaction) runs on a worker thread with its own event
-loop and its own connection to the store: a store of many large sessions never holds up the
-server's event loop, nor any other request.
+The catalog (``catalog.py``) builds them off the event loop, and again only for a session
+whose log grew or whose writer came or went.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
-from orchestra.agents.contract import ActionKind
 from orchestra.coordination.engine import inputs as inp
-from orchestra.coordination.state import SQLiteStorageBackend, StateManager
-from orchestra.coordination.state.manager import RunLog, SessionLog, run_state
-from orchestra.coordination.state.records import Entry
-from orchestra.coordination.state.values import Unreadable
-from orchestra.errors import OrchestraError, SessionCorruptedError
-from orchestra.models.secrets import redact
-from orchestra.text import printable
+from orchestra.coordination.state.manager import SessionLog, run_state
+from orchestra.errors import OrchestraError
+
+from .fold import Fold
+from .shown import record_of, shown
 
 TASK_CHARS = 120
 """Characters of a session's task a summary keeps (the rest is cut, saying how much)."""
@@ -47,54 +41,28 @@ class SessionSummary(TypedDict):
     error: str | None
 
 
-async def session_summaries(store: Path) -> list[SessionSummary]:
-    """Every session in the SQLite store at ``store``, in the store's order, built wholly on a
-    worker thread (see the module's docstring)."""
-    return await asyncio.to_thread(asyncio.run, _summaries(store))
-
-
-async def _summaries(store: Path) -> list[SessionSummary]:
-    """Run on the worker thread's own loop, over a connection of its own (closed after)."""
-    backend = SQLiteStorageBackend(store)
-    try:
-        manager = StateManager(backend, auto_save_interval=0)
-        return [await _summary(manager, backend, s) for s in await manager.list_sessions()]
-    finally:
-        backend.close()
-
-
-async def _summary(
-    manager: StateManager, backend: SQLiteStorageBackend, session_id: str
-) -> SessionSummary:
-    try:
-        log = await manager.load(session_id)
-        return _summarised(log, await backend.held(session_id))
-    except Exception as error:  # a read-only view: any failure is this session's damage only
-        return _damaged(session_id, error)
-
-
-def _summarised(log: SessionLog, held: bool) -> SessionSummary:
+def summarised(log: SessionLog, held: bool) -> SessionSummary:
     run = log.last_run
     tokens, cost = _usage(log)  # before the state: a record it cannot read makes it damaged
     status = run_state(log)
     if held:
-        status = "waiting for the user" if run and _asking(run, log.session_id) else "running"
+        status = "waiting for the user" if _asking(log) else "running"
     error = run.end.error if run and run.end and not run.end.success else None
     first = log.runs[0].start if log.runs else None
     return SessionSummary(
         id=log.session_id,
         status=status,
-        task=_text(first.task, TASK_CHARS) if first else "",
+        task=shown(first.task, TASK_CHARS) if first else "",
         started=_iso(first.at) if first else None,
         runs=len(log.runs),
         steps=sum(r.steps for r in log.runs),
         tokens=tokens,
         cost_usd=cost,
-        error=_text(error, ERROR_CHARS) if error else None,
+        error=shown(error, ERROR_CHARS) if error else None,
     )
 
 
-def _damaged(session_id: str, error: Exception) -> SessionSummary:
+def damaged(session_id: str, error: Exception) -> SessionSummary:
     """The row of a session that cannot be summarised, its error naming the session."""
     reason = str(error) if isinstance(error, OrchestraError) else f"{type(error).__name__}: {error}"
     if f"{session_id!r}" not in reason:
@@ -108,7 +76,7 @@ def _damaged(session_id: str, error: Exception) -> SessionSummary:
         steps=0,
         tokens=0,
         cost_usd=None,
-        error=_text(reason, ERROR_CHARS),
+        error=shown(reason, ERROR_CHARS),
     )
 
 
@@ -119,7 +87,7 @@ def _usage(log: SessionLog) -> tuple[int, float | None]:
         for entry in run.entries:
             if entry.kind != inp.StepResult.KIND:
                 continue
-            usage = _record(entry, log.session_id).outcome.usage  # type: ignore[attr-defined]
+            usage = record_of(entry, log.session_id).outcome.usage  # type: ignore[attr-defined]
             if usage is not None:
                 tokens += usage.total_tokens
                 if usage.cost_usd is not None:
@@ -127,39 +95,13 @@ def _usage(log: SessionLog) -> tuple[int, float | None]:
     return tokens, cost
 
 
-def _asking(run: RunLog, session_id: str) -> bool:
-    """Whether a branch's latest step asked the user and no answer came in since."""
-    asking: set[str] = set()
-    for entry in run.entries:
-        record = _record(entry, session_id)
-        if isinstance(record, inp.StepResult):
-            action = record.outcome.action
-            if action is not None and action.kind is ActionKind.ASK_USER:
-                asking.add(record.branch_id)
-            else:
-                asking.discard(record.branch_id)
-        elif isinstance(record, inp.UserAnswer | inp.StepBegin | inp.BranchFailure):
-            asking.discard(record.branch_id)
-    return bool(asking)
-
-
-def _record(entry: Entry, session_id: str) -> inp.Record:
-    """The entry's record (read on first use), or damage that names where it lies."""
-    try:
-        return entry.record
-    except (Unreadable, RecursionError) as error:
-        raise SessionCorruptedError(
-            f"session {session_id!r}: record {entry.position} ({entry.kind[:40]}) cannot be "
-            f"read: {error}"
-        ) from None
-
-
-def _text(value: Any, limit: int) -> str:
-    """Text for the page: a string as it is, anything else as its ``str``, key-shaped strings
-    redacted (before the cut, so no half of a key is left), cut to ``limit`` characters,
-    control characters escaped (the page shows it with ``textContent``)."""
-    text = value if isinstance(value, str) else str(value)
-    return printable(redact(text), limit, one_line=True)
+def _asking(log: SessionLog) -> bool:
+    """Whether the last run waits for the user, per its log: an agent's question, a follow-up
+    offer after a round's response (see ``fold``)."""
+    run = log.last_run
+    if run is None:
+        return False
+    return bool(Fold(log, [run.header, *run.entries], held=True).questions())
 
 
 def _iso(at: float) -> str:

@@ -406,7 +406,15 @@ class Runner:
         try:
             if self.pausing or engine.finished or branch.ended:
                 return False
-            effects = self.feed(inp.StepBegin(at=now(), branch_id=branch.id), due=False)
+            forked = branch.parent if branch.steps == 0 else None  # said on its first step
+            begin = inp.StepBegin(
+                at=now(),
+                branch_id=branch.id,
+                agent=branch.agent,
+                parent=forked.id if forked is not None else None,
+                fan_out=branch.fan_out.id if forked is not None and branch.fan_out else None,
+            )
+            effects = self.feed(begin, due=False)
             begun = effects[-1] if effects else None  # the engine's last effect: take the step
             if type(begun) is not TakeStep:
                 return branch.question is not None  # a spent budget's question to ask

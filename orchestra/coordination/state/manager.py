@@ -321,6 +321,13 @@ class StateManager:
         lines = await self.storage.read(check_session_id(session_id))
         return _fold(session_id, _read_records(session_id, lines))
 
+    async def load_all(self, session_id: str) -> tuple[SessionLog, list[Entry]]:
+        """The session's effective history, as :meth:`load` gives it, and every record of its
+        log besides, the history restores abandoned included (a viewer shows both)."""
+        lines = await self.storage.read(check_session_id(session_id))
+        entries = _read_records(session_id, lines)
+        return _fold(session_id, entries), entries
+
     async def read_snapshot(self, session_id: str) -> Snapshot | None:
         """The session's snapshot (SessionCorruptedError when it is damaged), if it has one."""
         data = await self.storage.read_snapshot(check_session_id(session_id))

@@ -19,9 +19,9 @@ from orchestra.errors import (
 from .backends import (
     check_session_id,
     frame,
-    lock_writer,
+    lock_session,
+    session_held,
     stale_writer,
-    try_shared_lock,
     unframe,
 )
 from .worker import BlockingWorker
@@ -38,6 +38,10 @@ _APPEND = (  # one statement: only when the session holds exactly `after` record
 _SESSIONS = (  # by the index, else (it is damaged) by the table
     "SELECT DISTINCT session FROM appends ORDER BY session",
     "SELECT DISTINCT session FROM appends NOT INDEXED",
+)
+_LENGTHS = (  # each session's last append, found by the index
+    "SELECT session, first + count - 1 FROM appends WHERE (session, first) IN "
+    "(SELECT session, MAX(first) FROM appends GROUP BY session)"
 )
 _FIND = "SELECT 1 FROM appends WHERE session = ? LIMIT 1"
 _SCAN = "SELECT 1 FROM appends NOT INDEXED WHERE session = ? LIMIT 1"  # the table, not the index
@@ -233,7 +237,7 @@ class SQLiteStorageBackend:
         while True:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                lock_writer(session_id, descriptor)
+                lock_session(session_id, descriptor)
                 if _same_file(descriptor, path):
                     self._writing[session_id] = descriptor
                     return
@@ -267,7 +271,7 @@ class SQLiteStorageBackend:
         except FileNotFoundError:
             return False
         try:
-            return not try_shared_lock(descriptor)
+            return session_held(descriptor)
         finally:
             os.close(descriptor)
 
@@ -315,6 +319,11 @@ class SQLiteStorageBackend:
         when that is damaged, what the table holds: never an id no session could have (a
         damaged page's garbage); ``damage`` says whether the file is sound."""
         return await self._run(_readable_sessions)
+
+    async def lengths(self) -> dict[str, int]:
+        """How many records each session's log holds, read from the index and each session's
+        last append only (no log is read): what a viewer compares to know which changed."""
+        return dict(await self._run(lambda db: db.execute(_LENGTHS).fetchall()))
 
     async def delete(self, session_id: str) -> bool:
         check_session_id(session_id)

@@ -20,7 +20,7 @@ _ENTITIES = {
 }
 
 
-def _label(text: str) -> str:
+def mermaid_label(text: str) -> str:
     """``text`` as the inside of a quoted Mermaid string that shows ``text``, on one line.
 
     A quote ends the string and a line break the statement; Mermaid reads ``#name;`` and
@@ -39,7 +39,7 @@ def _printable(char: str) -> str:
 def _arrow(edge: Edge, both_ways: bool) -> str:
     condition = describe_condition(edge.condition)
     arrow = "<-->" if both_ways else "-->"
-    return f'{arrow}|"{_label(condition)}"|' if condition else arrow
+    return f'{arrow}|"{mermaid_label(condition)}"|' if condition else arrow
 
 
 def render_mermaid(topology: Topology) -> str:
@@ -56,7 +56,7 @@ def render_mermaid(topology: Topology) -> str:
     ids = {name: f"n{index}" for index, name in enumerate(topology.node_names)}
     lines = ["flowchart TD"]
     for name, node_id in ids.items():
-        text = _label(name)
+        text = mermaid_label(name)
         if name == USER:
             lines.append(f'    {node_id}(("{text}"))')
         elif analysis and analysis.is_convergence_point(name):

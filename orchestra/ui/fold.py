@@ -1,0 +1,437 @@
+"""A stored session's records folded into runs, branches, steps and open questions: what the
+inspector shows of it, read from the log alone.
+
+No topology code is needed or imported: a ``StepBegin`` says whose step it is and, on a forked
+branch's first step, its parent branch and fan-out (logs written before that say neither: their
+steps have no agent and every branch hangs from none). Records a restore abandoned (those after
+its checkpoint, before the restore) still show, marked abandoned, and change no branch's state.
+
+A branch's state follows its records: a step begun is ``running``; an ``ask_user`` result, or
+the root's final response in a run that offers follow-ups, is ``waiting for the user`` until
+the answer; a tool call ``waiting for tools`` until its results are in; a final response of a
+forked branch ``done``; a step error or a branch failure ``failed`` (unless it steps again).
+A parent branch that steps again after its fan-out has settled ended its children that were
+still at work (they arrived, or were cancelled): they are ``done``. A run's end settles the
+rest: ``done`` when it succeeded, ``stopped`` otherwise (or paused; a resume puts them back).
+
+A budget question is no record of its own (the branch stops at its step's begin); its answer
+shows that the begin took no step, and that step is dropped then. While it waits, it looks
+like a step in flight: this fold cannot tell the two apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+from orchestra.agents.contract import ActionKind
+from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.state.manager import SessionLog, run_name
+from orchestra.coordination.state.records import Entry
+
+from .shown import record_of, shown
+
+TEXT_CHARS = 2000
+"""Characters of a task, question or error a view keeps."""
+ROOT = "b0"
+"""The id of a run's first branch (its root)."""
+_WAITING = frozenset({"running", "waiting for the user", "waiting for tools"})
+
+
+class RunView(TypedDict):
+    name: str
+    task: str
+    started: float
+    ended: float | None
+    state: str
+
+
+class BranchView(TypedDict):
+    id: str
+    run: str
+    parent: str | None
+    fan_out: str | None
+    agent: str | None
+    state: str
+    started: float
+    ended: float | None
+
+
+class StepView(TypedDict):
+    position: int
+    run: str
+    branch: str
+    agent: str | None
+    started: float
+    duration: float | None
+    action: str | None
+    targets: list[str]
+    tokens: int
+    cost_usd: float | None
+    error: str | None
+    abandoned: bool
+
+
+class QuestionView(TypedDict):
+    id: str
+    branch: str
+    agent: str
+    text: str
+    kind: str
+    answerable: bool
+
+
+@dataclass(slots=True)
+class Step:
+    """A step as folded, with the records its detail is read from."""
+
+    view: StepView
+    result: inp.StepResult | inp.StepError | None = None
+    retries: list[inp.ModelRetry] = field(default_factory=list)
+    tools: list[inp.ToolResult] = field(default_factory=list)
+    void: bool = False  # its begin took no step (a budget question stopped it)
+
+
+@dataclass(slots=True)
+class _Branch:
+    view: BranchView
+    open: Step | None = None  # its step in flight
+    last: Step | None = None  # its latest step
+    question: tuple[str, str, str] | None = None  # (id, text, kind) waiting for an answer
+    before_end: str | None = None  # its state when its run ended (a resume restores it)
+
+
+class Fold:
+    """The fold of ``entries`` (a session's records, in log order) over ``log``, the history
+    they make; ``held``: whether a writer holds the session now (its last run is running)."""
+
+    def __init__(self, log: SessionLog, entries: list[Entry], held: bool) -> None:
+        self.session_id = log.session_id
+        self.log = log
+        self.runs: list[RunView] = []
+        self.branches: dict[tuple[str, str], _Branch] = {}
+        self._children: dict[tuple[str, str], list[_Branch]] = {}  # by (run, parent)
+        self.steps: list[Step] = []
+        self.restores: list[tuple[int, str, int]] = []  # (its position, checkpoint, back to)
+        self._ghosts: dict[tuple[str, str], Step] = {}  # abandoned steps in flight
+        self._asked: dict[str, int] = {}  # questions each run asked, by run
+        self._rounds: dict[str, int] = {}  # final responses of each run's root
+        self._run_of: dict[int, str] = {}
+        self._names: dict[str, str] = {}  # run -> its name for question ids (restores in it)
+        for run in log.runs:
+            name = run_name(run.header.position)
+            self._names[name] = run.name
+            self._run_of.update((entry.position, name) for entry in run.entries)
+        self._fold(entries)
+        self._settle(held)
+
+    def _fold(self, entries: list[Entry]) -> None:
+        current: str | None = None
+        positions = self.log.positions
+        for entry in entries:
+            kind = entry.kind
+            if kind == inp.RunStart.KIND:
+                current = run_name(entry.position)
+                self._run(entry, entry.position not in positions)
+            elif kind == inp.Restore.KIND:
+                restore: inp.Restore = entry.record  # type: ignore[assignment]
+                self.restores.append((entry.position, restore.checkpoint_id, restore.position))
+            elif kind in _IGNORED or current is None:
+                continue
+            elif entry.position in positions:
+                self._apply(self._run_of.get(entry.position, current), entry)
+            else:
+                self._ghost(current, entry)
+
+    def _run(self, entry: Entry, abandoned: bool) -> None:
+        start: inp.RunStart = entry.record  # type: ignore[assignment]
+        self.runs.append(
+            RunView(
+                name=run_name(entry.position),
+                task=shown(start.task, TEXT_CHARS),
+                started=start.at,
+                ended=None,
+                state="abandoned" if abandoned else "interrupted",
+            )
+        )
+
+    def _apply(self, run: str, entry: Entry) -> None:
+        record = record_of(entry, self.session_id)
+        if isinstance(record, inp.RunEnd | inp.RunResume):
+            self._run_event(run, record)
+            return
+        branch_id = getattr(record, "branch_id", None)
+        if branch_id is None:
+            return
+        if isinstance(record, inp.StepBegin):
+            self._begin(run, entry.position, record)
+            return
+        branch = self.branches.get((run, branch_id))
+        if branch is None:
+            return
+        if isinstance(record, inp.StepResult):
+            self._result(run, branch, record)
+        elif isinstance(record, inp.StepError):
+            self._failed_step(branch, record, shown(record.error, TEXT_CHARS))
+        elif isinstance(record, inp.ModelRetry) and branch.open is not None:
+            branch.open.retries.append(record)
+        elif isinstance(record, inp.ToolResult) and branch.last is not None:
+            branch.last.tools.append(record)
+        elif isinstance(record, inp.ToolsDone):
+            branch.view["state"] = "waiting for the user" if branch.question else "running"
+        elif isinstance(record, inp.UserAnswer):
+            self._answered(branch)
+        elif isinstance(record, inp.BranchFailure | inp.RunAbort):
+            self._failed(branch, record.at, shown(record.error, TEXT_CHARS))
+
+    def _begin(self, run: str, position: int, record: inp.StepBegin) -> None:
+        key = (run, record.branch_id)
+        branch = self.branches.get(key)
+        if branch is None:
+            branch = self.branches[key] = _Branch(
+                BranchView(
+                    id=record.branch_id,
+                    run=run,
+                    parent=record.parent,
+                    fan_out=record.fan_out,
+                    agent=record.agent,
+                    state="running",
+                    started=record.at,
+                    ended=None,
+                )
+            )
+            if record.parent is not None:
+                self._children.setdefault((run, record.parent), []).append(branch)
+        self._children_settled(run, record.branch_id, record.at)
+        _mark(branch.view, "running", None)
+        branch.question = None
+        if branch.open is None:  # else: a step cut short by a crash, begun again
+            branch.open = branch.last = self._step(run, position, record)
+            self.steps.append(branch.open)
+
+    def _children_settled(self, run: str, parent: str, at: float) -> None:
+        """A branch steps again once its fan-out settled: children still at work ended."""
+        for child in self._children.get((run, parent), ()):
+            if child.view["state"] == "running" and child.open is None:
+                _mark(child.view, "done", at)
+
+    def _step(self, run: str, position: int, record: inp.StepBegin) -> Step:
+        return Step(
+            StepView(
+                position=position,
+                run=run,
+                branch=record.branch_id,
+                agent=record.agent,
+                started=record.at,
+                duration=None,
+                action=None,
+                targets=[],
+                tokens=0,
+                cost_usd=None,
+                error=None,
+                abandoned=False,
+            )
+        )
+
+    def _result(self, run: str, branch: _Branch, record: inp.StepResult) -> None:
+        step = branch.open
+        branch.open = None
+        if step is not None:
+            _finish(step, record)
+        action = record.outcome.action
+        kind = action.kind if action is not None else None
+        view = branch.view
+        if kind is ActionKind.ASK_USER:
+            asked = self._asked[run] = self._asked.get(run, 0) + 1
+            branch.question = (f"q{asked}", action.question if action else "", "agent")
+            view["state"] = "waiting for the user"
+        elif kind is ActionKind.CALL_TOOL:
+            view["state"] = "waiting for tools"
+        elif kind is ActionKind.FINAL and view["id"] == ROOT:
+            self._round_over(run, branch, record.at)
+        elif kind is ActionKind.FINAL:
+            _mark(view, "done", record.at)
+        if action is not None and action.tool_calls:  # they run first, then the action
+            view["state"] = "waiting for tools"
+
+    def _round_over(self, run: str, branch: _Branch, at: float) -> None:
+        """The root's final response: the run's round is over; a follow-up is awaited when
+        the run offers them."""
+        rounds = self._rounds[run] = self._rounds.get(run, 0) + 1
+        start = self._start(run)
+        if start is not None and start.follow_up_timeout is not None and not start.follow_ups_note:
+            branch.question = (f"f{rounds}", "Any follow-up?", "follow_up")
+            branch.view["state"] = "waiting for the user"
+        else:
+            _mark(branch.view, "done", at)
+
+    def _start(self, run: str) -> inp.RunStart | None:
+        for found in self.log.runs:
+            if run_name(found.header.position) == run:
+                return found.start
+        return None
+
+    def _answered(self, branch: _Branch) -> None:
+        if branch.question is None and branch.open is not None:  # a budget question's answer
+            branch.open.void = True
+            branch.open = None
+        branch.question = None
+        if branch.view["state"] == "waiting for the user":
+            branch.view["state"] = "running"
+
+    def _failed_step(self, branch: _Branch, record: inp.StepError, error: str) -> None:
+        step = branch.open
+        branch.open = None
+        if step is not None:
+            _finish(step, record)
+            step.view["error"] = error
+        _mark(branch.view, "failed", record.at)
+
+    def _failed(self, branch: _Branch, at: float, error: str) -> None:
+        if branch.open is not None:
+            branch.open.view["error"] = error
+            branch.open = None
+        branch.question = None
+        _mark(branch.view, "failed", at)
+
+    def _run_event(self, run: str, record: inp.RunEnd | inp.RunResume) -> None:
+        for branch in self.branches.values():
+            view = branch.view
+            if view["run"] != run:
+                continue
+            if isinstance(record, inp.RunResume):
+                if branch.before_end is not None:
+                    _mark(view, branch.before_end, None)
+                    branch.before_end = None
+            elif view["state"] in _WAITING:
+                branch.before_end = view["state"]
+                branch.open = None
+                settled = "done" if record.success and not record.paused else "stopped"
+                _mark(view, settled, record.at)
+
+    def _ghost(self, run: str, entry: Entry) -> None:
+        """A record a restore abandoned: its steps show, greyed; nothing else changes."""
+        record = record_of(entry, self.session_id)
+        branch_id = getattr(record, "branch_id", None)
+        if branch_id is None:
+            return
+        key = (run, branch_id)
+        if isinstance(record, inp.StepBegin):
+            if key not in self._ghosts:
+                step = self._ghosts[key] = self._step(run, entry.position, record)
+                step.view["abandoned"] = True
+                self.steps.append(step)
+                if key not in self.branches:
+                    self._begin_abandoned(run, record)
+        elif isinstance(record, inp.StepResult | inp.StepError) and key in self._ghosts:
+            _finish(self._ghosts.pop(key), record)
+
+    def _begin_abandoned(self, run: str, record: inp.StepBegin) -> None:
+        self._begin(run, -1, record)
+        branch = self.branches[(run, record.branch_id)]
+        self.steps.pop()
+        branch.open = branch.last = None
+        branch.view["state"] = "abandoned"
+
+    def _settle(self, held: bool) -> None:
+        """Each run's state; the branches of a last run cut off by a crash stopped."""
+        states = {run_name(run.header.position): _run_state(run.end) for run in self.log.runs}
+        last = self.log.last_run
+        last_name = run_name(last.header.position) if last is not None else None
+        for view in self.runs:
+            name = view["name"]
+            if name in states:
+                view["state"] = states[name]
+                found = next(r for r in self.log.runs if run_name(r.header.position) == name)
+                view["ended"] = found.end.at if found.end is not None else None
+            if name == last_name and view["state"] == "interrupted" and held:
+                view["state"] = "running"
+        if last is not None and last.end is None and not held:
+            for branch in self.branches.values():
+                if branch.view["run"] == last_name and branch.view["state"] in _WAITING:
+                    branch.view["state"] = "stopped"
+        self.steps = [step for step in self.steps if not step.void]
+
+    @property
+    def running(self) -> str | None:
+        """The last run's name while it has not stopped (running, or cut off by a crash)."""
+        last = self.log.last_run
+        return run_name(last.header.position) if last is not None and last.end is None else None
+
+    def questions(self) -> list[QuestionView]:
+        """The questions the last run waits on, per its log (answerable: none, here)."""
+        run = self.running
+        found = []
+        for branch in self.branches.values():
+            if branch.view["run"] != run or branch.question is None:
+                continue
+            question_id, text, kind = branch.question
+            found.append(
+                QuestionView(
+                    id=f"{self.session_id}:{self._names.get(run, run)}:{question_id}",
+                    branch=branch.view["id"],
+                    agent=(branch.last.view["agent"] if branch.last else None) or "",
+                    text=shown(text, TEXT_CHARS, one_line=False),
+                    kind=kind,
+                    answerable=False,
+                )
+            )
+        return found
+
+    def active(self) -> list[str]:
+        """The agents of the last run with a step in flight or waiting for the user or tools."""
+        run = self.running
+        agents: dict[str, None] = {}
+        for branch in self.branches.values():
+            view = branch.view
+            at_work = view["state"] != "running" or branch.open is not None
+            if view["run"] == run and view["state"] in _WAITING and at_work and branch.last:
+                agents[branch.last.view["agent"] or ""] = None
+        agents.pop("", None)
+        return list(agents)
+
+
+_IGNORED = frozenset({inp.Checkpoint.KIND, inp.ToolStart.KIND})
+
+
+def _mark(view: BranchView, state: str, ended: float | None) -> None:
+    view["state"] = state
+    view["ended"] = ended
+
+
+def _finish(step: Step, record: inp.StepResult | inp.StepError) -> None:
+    step.result = record
+    view = step.view
+    view["duration"] = record.duration
+    if isinstance(record, inp.StepError):
+        view["error"] = shown(record.error, TEXT_CHARS)
+        return
+    outcome = record.outcome
+    action = outcome.action
+    if action is not None:
+        parallel = action.kind is ActionKind.INVOKE and len(action.invocations) > 1
+        view["action"] = "parallel_invoke" if parallel else str(action.kind)
+        view["targets"] = _targets(action)
+    elif outcome.problem is not None:
+        view["error"] = shown(outcome.problem, TEXT_CHARS)
+    usage = outcome.usage
+    if usage is not None:
+        view["tokens"] = usage.total_tokens
+        view["cost_usd"] = usage.cost_usd
+
+
+def _targets(action: Any) -> list[str]:
+    """The agents an invocation goes to, or the tools a call runs."""
+    if action.kind is ActionKind.INVOKE:
+        return [shown(item.agent_name, 200) for item in action.invocations]
+    if action.kind is ActionKind.CALL_TOOL:
+        return [shown(call.name, 200) for call in action.tool_calls]
+    return []
+
+
+def _run_state(end: inp.RunEnd | None) -> str:
+    if end is None:
+        return "interrupted"
+    if end.paused:
+        return "paused"
+    return "finished" if end.success else "failed"
