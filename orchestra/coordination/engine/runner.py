@@ -28,14 +28,12 @@ from orchestra.errors import (
     InternalError,
     ModelAPIError,
     OrchestraError,
-    RecordTooLargeError,
     RunTimeoutError,
     SessionCorruptedError,
     StepTimeoutError,
     UnstorableValueError,
 )
 from orchestra.models.base import Message
-from orchestra.models.secrets import redact
 
 from . import inputs as inp
 from . import leases, rounds, tool_calls
@@ -58,6 +56,7 @@ from .effects import (
 )
 from .lifecycle import turn_over
 from .questions import OpenQuestions, really_cancelled
+from .step_errors import as_step_error, unstorable_step
 
 
 class Journal(Protocol):
@@ -438,7 +437,7 @@ class Runner:
             except (KeyboardInterrupt, SystemExit):
                 raise  # the process is to stop: not one step's failure
             except BaseException as error:  # GeneratorExit too: left alone, the run would hang
-                failure = _as_step_error(branch.agent, error)
+                failure = as_step_error(branch.agent, error)
             finally:
                 self.steps_in_flight -= 1
                 if deltas is not None:
@@ -467,7 +466,7 @@ class Runner:
         try:
             self.feed(item)
         except UnstorableValueError as error:
-            self._step_failed(branch, _unstorable_step(branch, error), added, duration)
+            self._step_failed(branch, unstorable_step(branch, error), added, duration)
 
     def _step_failed(
         self, branch: Branch, error: OrchestraError, added: tuple[Message, ...], duration: float
@@ -581,27 +580,3 @@ class Runner:
 STORAGE_RETRY_DELAYS = (0.05, 0.25, 1.0)
 """Seconds between retries of a write that storage failed (a dropped connection, a busy
 database) before a durable run gives up and halts."""
-
-
-def _as_step_error(agent: str, error: BaseException) -> OrchestraError:
-    """What a step that raised failed with: Orchestra's own errors as they are; any other's text
-    with the API keys it carries redacted (it goes into the log, the events and the result)."""
-    if isinstance(error, OrchestraError):
-        return error
-    failure = AgentStepError(redact(f"agent {agent!r} raised {type(error).__name__}: {error}"))
-    failure.__cause__ = error
-    return failure
-
-
-def _unstorable_step(branch: Branch, error: UnstorableValueError) -> UnstorableValueError:
-    """Why a step whose outcome the log cannot hold is refused, and what to do about it."""
-    if isinstance(error, RecordTooLargeError):
-        return RecordTooLargeError(
-            f"agent {branch.agent!r} (branch {branch.id}) returned too much to store, so the "
-            f"step is refused: {error}"
-        )
-    return UnstorableValueError(
-        f"agent {branch.agent!r} (branch {branch.id}) returned {error}; the session log "
-        "cannot store it, so the step is refused. Return JSON-compatible data, or "
-        "register the type: orchestra.coordination.state.register_type(...)"
-    )
