@@ -5,6 +5,7 @@ Playwright's own (they end when the page shows what is expected)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -365,3 +366,40 @@ def test_the_controls_post_json_to_the_contract_routes(
         ("/api/sessions/s1/pause", {"reason": None}),
         ("/api/sessions/s1/restore", {"checkpoint": "c1"}),
     ]
+
+
+def test_the_list_is_kept_from_the_event_stream(page: Page, server: Server) -> None:
+    """Server-Sent Events read with fetch() (the Bearer header): comments skipped, CRLF line
+    ends read; what the stream brings wins over the first request's answer."""
+    streamed = [{**listed, "id": "streamed", "task": HOSTILE} for listed in [LISTED]]
+    body = (
+        ": keep-alive\r\n\r\nevent: sessions\r\ndata: "
+        + json.dumps(streamed)
+        + "\r\n\r\nevent: other\ndata: {}\n\n"
+    )
+    authorised: list[str | None] = []
+
+    def stream(route: Route) -> None:
+        authorised.append(route.request.headers.get("authorization"))
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+    page.route(re.compile(r".*/api/events$"), stream)
+    page.goto(server.page_url)
+    expect(rows(page)).to_have_count(1)
+    expect(rows(page).first).to_have_attribute("data-session", "streamed")
+    expect(rows(page).first.locator("td").nth(2)).to_have_text(HOSTILE)
+    assert authorised[0] == f"Bearer {server.token}"
+    assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+LISTED: dict[str, Any] = {
+    "status": "finished",
+    "started": "2023-11-14T22:13:20+00:00",
+    "runs": 1,
+    "steps": 0,
+    "tokens": 0,
+    "cost_usd": None,
+    "error": None,
+    "hosted": False,
+    "version": 2,
+}

@@ -6,6 +6,7 @@ import { element, follow, getJSON, money, postJSON } from "./api.js";
 import { confirmDelete, liveStatus, report, sessionLink } from "./page.js";
 
 let sessions = [];
+let streamed = 0; // lists the stream brought: a request answered after one is already stale
 
 function shown() {
   const status = document.getElementById("status-filter").value;
@@ -71,7 +72,8 @@ function update(list) {
 }
 
 function refresh() {
-  return getJSON("/api/sessions").then(update, report);
+  const before = streamed;
+  return getJSON("/api/sessions").then((list) => before === streamed && update(list), report);
 }
 
 async function offerWorkflows() {
@@ -120,5 +122,11 @@ export function showList(signal) {
   }
   refresh();
   offerWorkflows();
-  follow("/api/events", (name, data) => name === "sessions" && update(data), liveStatus, signal);
+  const streamedList = (name, data) => {
+    if (name === "sessions") {
+      streamed += 1;
+      update(data);
+    }
+  };
+  follow("/api/events", streamedList, liveStatus, signal);
 }

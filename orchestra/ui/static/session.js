@@ -10,6 +10,7 @@ import { confirmDelete, liveStatus, report } from "./page.js";
 import { drawTimeline } from "./timeline.js";
 
 let session = null; // the id of the session shown
+let streamed = 0; // views the stream brought: a request answered after one is already stale
 
 function route(action) {
   return "/api/sessions/" + encodeURIComponent(session) + "/" + action;
@@ -113,7 +114,17 @@ export function showSession(id, signal) {
   }
   document.getElementById("step-detail").hidden = true;
   document.getElementById("session-title").textContent = "Session " + id;
-  getJSON("/api/sessions/" + encodeURIComponent(id)).then(render, report);
+  const before = streamed;
+  getJSON("/api/sessions/" + encodeURIComponent(id)).then(
+    (view) => before === streamed && !signal.aborted && render(view),
+    report,
+  );
   const path = "/api/events?session=" + encodeURIComponent(id);
-  follow(path, (name, data) => name === "session" && render(data), liveStatus, signal);
+  const streamedView = (name, data) => {
+    if (name === "session") {
+      streamed += 1;
+      render(data);
+    }
+  };
+  follow(path, streamedView, liveStatus, signal);
 }
