@@ -59,14 +59,16 @@ class Server:
 
 @contextmanager
 def ui_server(store: Path, *args: str) -> Iterator[Server]:
-    """``orchestra ui --store STORE --port 0 ARGS`` until the block ends."""
+    """``orchestra ui --store STORE --port 0 ARGS`` until the block ends, once it printed the
+    address to open."""
     process = start_cli("ui", "--store", str(store), "--port", "0", *args, cwd=store.parent)
     try:
         assert process.stdout is not None
-        listening = process.stdout.readline()
-        opened = process.stdout.readline()
-        found = re.search(r"open (http://\S+/)#token=(\S+)", opened)
-        assert found, listening + opened
+        said = [process.stdout.readline()]  # "listening on ...", "started session ...", "open ..."
+        while said[-1] and not said[-1].startswith("open "):
+            said.append(process.stdout.readline())
+        found = re.search(r"open (http://\S+/)#token=(\S+)", said[-1])
+        assert found, said
         yield Server(found.group(1), found.group(2), process)
     finally:
         process.terminate()

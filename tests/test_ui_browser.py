@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from browser import Server, launch, ui_server, write_sessions
-from helpers import start_cli
+from helpers import run_cli, start_cli
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
@@ -166,6 +166,112 @@ def test_a_real_session_page_draws_its_graph(page: Page, server: Server) -> None
     page.locator("tr[data-session=alpha] a").click()
     expect(page.locator("#graph svg")).to_be_visible()
     expect(page.locator("#session-title")).to_have_text("Session alpha")
+
+
+# ---- acting on a run the inspector hosts (orchestra ui --workflow): end to end -------------
+
+ASKER = """\
+agents: [{name: Asker, function: 'terminal_nodes:asker'}]
+topology: {nodes: [User, Asker], edges: [User -> Asker, Asker -> User]}
+task: "ASK: What is your name?"
+"""
+
+
+@pytest.fixture
+def acting(store: Path, tmp_path: Path) -> Iterator[Server]:
+    """An inspector hosting runs of the asking workflow, ``asker``."""
+    if "--workflow" not in run_cli("ui", "--help").stdout:
+        pytest.skip("orchestra ui has no --workflow yet")
+    flow = tmp_path / "asker.yaml"
+    flow.write_text(ASKER)
+    with ui_server(store, "--workflow", str(flow)) as running:
+        yield running
+
+
+@pytest.fixture
+def hosted(page: Page, acting: Server) -> Server:
+    """:func:`acting`, with the session page's data."""
+    needs(page, acting, "/api/sessions/alpha")
+    return acting
+
+
+def test_a_run_is_started_from_the_list(page: Page, acting: Server) -> None:
+    page.goto(acting.page_url)
+    expect(page.locator("#workflow option")).to_have_text(["asker"])
+    expect(page.locator("#run-task")).to_have_attribute("placeholder", "ASK: What is your name?")
+    page.fill("#run-session", "talk")
+    page.click("#start-run button[type=submit]")
+    expect(page.locator("#session-title")).to_have_text("Session talk")
+    page.go_back()
+    expect(page.locator("tr[data-session=talk] td").nth(1)).to_have_text("waiting for the user")
+
+
+def test_delete_after_confirming_removes_the_session(page: Page, acting: Server) -> None:
+    page.goto(acting.page_url)
+    page.locator("tr[data-session=beta] button", has_text="Delete").click()
+    with page.expect_response(lambda r: r.url.endswith("/api/sessions/beta/delete")) as sent:
+        page.locator("dialog#confirm button", has_text="Delete").click()
+    assert sent.value.status == 200
+    expect(page.locator("tr[data-session=beta]")).to_have_count(0)
+    expect(rows(page)).to_have_count(2)
+
+
+def start_asking(page: Page, server: Server) -> Any:
+    """A run of ``asker`` started from the list's form as session ``talk``; its question."""
+    page.goto(server.page_url)
+    expect(page.locator("#start-run")).to_be_visible()
+    page.select_option("#workflow", "asker")
+    page.fill("#run-session", "talk")
+    page.click("#start-run button[type=submit]")
+    expect(page.locator("#session-title")).to_have_text("Session talk")
+    return asked(page)
+
+
+def asked(page: Page) -> Any:
+    question = page.locator("#questions .question")
+    expect(question).to_have_count(1)
+    expect(question.locator("pre")).to_have_text("What is your name?")
+    return question
+
+
+def answer(page: Page, question: Any, text: str) -> None:
+    question.locator("textarea").fill(text)
+    question.locator("button", has_text="Answer").click()
+    expect(page.locator("#session-summary")).to_contain_text("finished")
+    expect(page.locator("#questions .question")).to_have_count(0)
+    page.locator("#timeline rect.step").last.click()
+    expect(page.locator("#step-detail")).to_contain_text(f"answer={text!r}")
+
+
+def test_a_question_is_answered_in_the_page(page: Page, hosted: Server) -> None:
+    answer(page, start_asking(page, hosted), "Ann")
+    expect(page.locator("#graph svg")).to_be_visible()
+    assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+def test_a_run_is_paused_then_resumed_in_the_page(page: Page, hosted: Server) -> None:
+    start_asking(page, hosted)
+    page.click("#pause")
+    expect(page.locator("#session-summary")).to_contain_text("paused")
+    expect(page.locator("#questions .question")).to_have_count(0)  # withdrawn till resumed
+    page.click("#resume")
+    answer(page, asked(page), "Bo")
+
+
+def test_a_restore_forks_the_history_and_a_resume_goes_on_from_it(
+    page: Page, hosted: Server
+) -> None:
+    question = start_asking(page, hosted)
+    page.fill("#checkpoint-name", "asked")
+    page.click("#checkpoint")
+    expect(page.locator("#checkpoints li", has_text="asked")).to_have_count(1)
+    answer(page, question, "Ann")
+    page.locator("#checkpoints li", has_text="asked").locator("button").click()
+    expect(page.locator("#session-summary")).to_contain_text("interrupted")
+    expect(page.locator("#checkpoints li.restore")).to_have_count(1)
+    expect(page.locator("#timeline rect.step.abandoned").first).to_be_visible()
+    page.click("#resume")
+    answer(page, asked(page), "Cy")
 
 
 # ---- the session page against the contract's data (docs/ui.md), served by the test --------
