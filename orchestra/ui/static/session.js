@@ -47,14 +47,17 @@ function answerForm(question) {
   return form;
 }
 
-// Questions are kept by id across updates, so an answer being typed survives them.
+// Questions are kept across updates, so an answer being typed survives them; one that became
+// answerable (its run now hosted here) is drawn again, with its answer box.
 function questions(list) {
   const box = document.getElementById("questions");
-  const kept = new Map([...box.children].map((node) => [node.dataset.question, node]));
+  const kept = new Map([...box.children].map((node) => [node.dataset.key, node]));
   const shown = list.map((q) => {
-    if (kept.has(q.id)) return kept.get(q.id);
+    const key = JSON.stringify([q.id, q.answerable]);
+    if (kept.has(key)) return kept.get(key);
     const item = element("div", null, "question");
     item.dataset.question = q.id;
+    item.dataset.key = key;
     item.append(element("p", `${q.agent} asks (${q.kind}, branch ${q.branch}):`), element("pre", q.text));
     item.append(q.answerable ? answerForm(q) : element("p", "answered where the run is running", "hint"));
     return item;
