@@ -531,3 +531,20 @@ LISTED: dict[str, Any] = {
     "hosted": False,
     "version": 2,
 }
+
+
+def test_a_question_that_becomes_answerable_gets_its_answer_box(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """A question first seen in the log alone, then waited for by a run hosted here (a
+    resume): the box-less one drawn first was once kept, so it could not be answered."""
+    shown_only = {**VIEW, "questions": [{**VIEW["questions"][0], "answerable": False}]}
+    body = "".join(f"event: session\ndata: {json.dumps(view)}\n\n" for view in (shown_only, VIEW))
+    page.route(
+        re.compile(r".*/api/events\?session=s1$"),
+        lambda route: route.fulfill(headers={"Content-Type": "text/event-stream"}, body=body),
+    )
+    open_session(page, server)
+    question = page.locator("#questions [data-question=q1]")
+    expect(question.locator("textarea")).to_have_count(1)
+    expect(question).to_have_count(1)
