@@ -548,3 +548,21 @@ def test_a_question_that_becomes_answerable_gets_its_answer_box(
     question = page.locator("#questions [data-question=q1]")
     expect(question.locator("textarea")).to_have_count(1)
     expect(question).to_have_count(1)
+
+
+def test_the_graph_marks_the_latest_active_nodes_when_updates_come_while_it_is_drawn(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """Two views in a row while Mermaid still loads: the draw in flight once marked the first
+    view's active nodes, stale, once it was done."""
+    later = {**VIEW, "active": ["Worker", "Other"]}
+    body = "".join(f"event: session\ndata: {json.dumps(view)}\n\n" for view in (VIEW, later))
+    page.route(  # once: the page's reconnection draws no more
+        re.compile(r".*/api/events\?session=s1$"),
+        lambda route: route.fulfill(headers={"Content-Type": "text/event-stream"}, body=body),
+        times=1,
+    )
+    open_session(page, server)
+    active = page.locator("#graph svg g.node.active")
+    expect(active).to_have_count(2)
+    expect(active).to_contain_text(["Worker", "Other"])

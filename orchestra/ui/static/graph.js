@@ -26,11 +26,13 @@ function mermaidLoaded() {
   return loading;
 }
 
-let drawn = null; // the source of the diagram now in the page
+let drawn = null; // the source of the diagram now in the page (or being drawn)
+let marked = { nodeIds: {}, active: [] }; // the latest nodes to mark: a draw in flight uses them
 
 // Draws ``graph.mermaid`` into ``box`` unless that very diagram is there already, then marks
-// the nodes of the agents in ``active``.
+// the nodes of the agents in ``active`` (the latest asked for, when updates came meanwhile).
 export async function drawGraph(box, graph, active) {
+  marked = { nodeIds: graph.node_ids || {}, active };
   if (graph.mermaid !== drawn) {
     drawn = graph.mermaid;
     const mermaid = await mermaidLoaded();
@@ -40,7 +42,7 @@ export async function drawGraph(box, graph, active) {
     box.replaceChildren(source);
     await mermaid.run({ nodes: [source] });
   }
-  highlight(box, graph.node_ids || {}, new Set(active));
+  highlight(box, marked.nodeIds, new Set(marked.active));
 }
 
 // Mermaid names a flowchart node's group "flowchart-<id>-<n>"; the ids are the safe ones

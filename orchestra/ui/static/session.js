@@ -77,6 +77,9 @@ function checkpoints(view) {
   for (const r of view.restores) {
     items.push(element("li", `restored to ${r.checkpoint} at record ${r.position} (back to ${r.to})`, "restore"));
   }
+  if (items.length === 0) {
+    items.push(element("li", "none yet", "hint"));
+  }
   document.getElementById("checkpoints").replaceChildren(...items);
 }
 
