@@ -164,31 +164,34 @@ def _program(environment: Path, name: str) -> Path:
     return environment / "bin" / name
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+"""The browser the browser tests drive through Playwright (Debian's package: no
+``playwright install`` download); tests/test_ui_browser.py reads the same path."""
+
+
 def ensure_test_servers() -> None:
     """The session tests run real Redis and PostgreSQL servers (started by the tests on
-    loopback); install the Debian packages when they are missing."""
-    have_redis = shutil.which("redis-server") is not None
-    have_postgres = bool(glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb"))
-    if have_redis and have_postgres:
+    loopback), the web inspector's tests a real Chromium; install the Debian packages when
+    they are missing."""
+    missing = []
+    if shutil.which("redis-server") is None:
+        missing.append("redis-server")
+    if not (glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb")):
+        missing.append("postgresql")
+    if not CHROMIUM.exists():
+        missing.append("chromium")
+    if not missing:
         return
     if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
         sys.exit(
-            "[dev] the tests need redis-server and PostgreSQL; install them (Debian: "
-            "apt-get install redis-server postgresql) or run as root to let dev.py do it"
+            "[dev] the tests need redis-server, PostgreSQL and Chromium; install them (Debian: "
+            f"apt-get install {' '.join(missing)}) or run as root to let dev.py do it"
         )
-    print("[dev] installing redis-server and postgresql (Debian packages)", flush=True)
+    print(f"[dev] installing {', '.join(missing)} (Debian packages)", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(
-        [
-            "apt-get",
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "redis-server",
-            "postgresql",
-        ],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
         check=True,
         env=env,
     )

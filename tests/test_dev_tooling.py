@@ -94,3 +94,19 @@ def test_loopback_is_reached_past_an_http_proxy(monkeypatch: pytest.MonkeyPatch)
         server.script(Scripted(200, {"ok": True}))
         with services.LOOPBACK.open(server.url + "/v1/ping", data=b"{}", timeout=10) as answer:
             assert answer.status == 200
+
+
+def test_a_missing_chromium_is_installed_with_what_else_is_missing(
+    dev: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The browser tests drive Debian's Chromium: installed (as root) like the servers, alone
+    when they are there; without root, the message names the packages to install."""
+    commands = pip(monkeypatch, fails=False)
+    monkeypatch.setattr(dev, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setattr(dev.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(dev.os, "geteuid", lambda: 0)
+    dev.ensure_test_servers()
+    assert commands[-1][-2:] == ["--no-install-recommends", "chromium"]
+    monkeypatch.setattr(dev.os, "geteuid", lambda: 1000)
+    with pytest.raises(SystemExit, match="apt-get install chromium"):
+        dev.ensure_test_servers()

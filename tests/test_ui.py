@@ -26,7 +26,7 @@ from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.models.base import Usage
 from orchestra.ui import catalog
-from orchestra.ui.app import allowed_hosts, create_app
+from orchestra.ui.app import STATIC, allowed_hosts, create_app
 from orchestra.ui.catalog import Catalog
 
 T = 1_700_000_000.0
@@ -241,22 +241,39 @@ async def test_the_page_and_its_script_come_with_a_strict_policy(
     page = await client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     policy = page.headers["content-security-policy"]
-    assert "default-src 'self'" in policy and "script-src 'self'" in policy
-    assert "unsafe-inline" not in policy
+    assert "default-src 'self'" in policy and "script-src 'self';" in policy
+    # only styles may be inline (Mermaid styles its SVG so): no script, inline or evaluated
+    assert "unsafe" not in policy.replace("style-src 'self' 'unsafe-inline';", "")
     assert page.headers["x-content-type-options"] == "nosniff"
     assert "<script>" not in page.text  # no inline script: only <script src=...>
-    sources = re.findall(r'<script src="([^"]+)"', page.text)
-    assert sources == ["/static/sessions.js"]
-    script = await client.get(sources[0])
-    assert script.status_code == 200
-    assert "javascript" in script.headers["content-type"]
-    assert script.headers["content-security-policy"] == policy
-    assert "textContent" in script.text
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
-        assert sink not in script.text
+    sources = re.findall(r'<script type="module" src="([^"]+)"', page.text)
+    assert sources == ["/static/main.js"]
+    scripts = sorted(path.name for path in STATIC.glob("*.js"))  # the vendored Mermaid aside
+    assert scripts == [
+        "api.js",
+        "detail.js",
+        "graph.js",
+        "list.js",
+        "main.js",
+        "page.js",
+        "session.js",
+        "timeline.js",
+    ]
+    texts = []
+    for name in scripts:
+        script = await client.get(f"/static/{name}")
+        assert script.status_code == 200
+        assert "javascript" in script.headers["content-type"]
+        assert script.headers["content-security-policy"] == policy
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in script.text, (name, sink)
+        texts.append(script.text)
+    assert "textContent" in "".join(texts)
     # the token: from the fragment, kept for the tab, out of the address bar, sent as Bearer
     for use in ("location.hash", "sessionStorage", "history.replaceState", "Bearer "):
-        assert use in script.text
+        assert use in texts[0]  # api.js
+    vendored = await client.get("/static/vendor/mermaid.min.js")
+    assert vendored.status_code == 200 and "javascript" in vendored.headers["content-type"]
 
 
 async def test_only_the_bound_host_is_answered(store: Path) -> None:
@@ -298,7 +315,7 @@ async def test_every_api_request_needs_the_token_loopback_included(store: Path) 
         assert (await client.get(f"/api/sessions?token={TOKEN}")).status_code == 401
         page = await client.get(f"/?token={TOKEN}")
         assert page.status_code == 200 and "set-cookie" not in page.headers
-        assert (await client.get("/static/sessions.js")).status_code == 200
+        assert (await client.get("/static/main.js")).status_code == 200
         bearer = await client.get("/api/sessions", headers=BEARER)
         assert bearer.status_code == 200 and len(bearer.json()) == 8
         assert "set-cookie" not in bearer.headers

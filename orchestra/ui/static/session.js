@@ -1,0 +1,136 @@
+// A session's page: its summary, controls (pause, resume, checkpoint, delete), pending
+// questions with an answer box, the topology graph, checkpoints with restore, and the branch
+// timeline whose steps open in the detail panel. Kept live from the server's event stream.
+"use strict";
+
+import { element, follow, getJSON, money, postJSON } from "./api.js";
+import { showStep } from "./detail.js";
+import { drawGraph, forgetGraph } from "./graph.js";
+import { confirmDelete, liveStatus, report } from "./page.js";
+import { drawTimeline } from "./timeline.js";
+
+let session = null; // the id of the session shown
+let streamed = 0; // views the stream brought: a request answered after one is already stale
+
+function route(action) {
+  return "/api/sessions/" + encodeURIComponent(session) + "/" + action;
+}
+
+function act(action, body) {
+  return postJSON(route(action), body).catch(report);
+}
+
+function summary(view) {
+  const s = view.summary;
+  const parts = [s.status, s.task ? "task: " + s.task : "", `${s.steps} steps`, `${s.tokens} tokens`];
+  if (s.cost_usd !== null) parts.push(money(s.cost_usd));
+  if (s.error) parts.push("error: " + s.error);
+  document.getElementById("session-summary").textContent = parts.filter(Boolean).join(" · ");
+  const running = s.status === "running" || s.status === "waiting for the user";
+  document.getElementById("pause").disabled = !(running && s.hosted);
+  document.getElementById("resume").disabled = !(s.status === "paused" || s.status === "interrupted");
+  document.getElementById("delete").disabled = running;
+}
+
+function answerForm(question) {
+  const form = element("form", null, "answer");
+  const box = element("textarea");
+  box.setAttribute("aria-label", "answer to " + question.agent);
+  const send = element("button", "Answer");
+  send.type = "submit";
+  form.append(box, send);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send.disabled = true;
+    act("answer", { question: question.id, answer: box.value }).finally(() => (send.disabled = false));
+  });
+  return form;
+}
+
+// Questions are kept across updates, so an answer being typed survives them; one that became
+// answerable (its run now hosted here) is drawn again, with its answer box.
+function questions(list) {
+  const box = document.getElementById("questions");
+  const kept = new Map([...box.children].map((node) => [node.dataset.key, node]));
+  const shown = list.map((q) => {
+    const key = JSON.stringify([q.id, q.answerable]);
+    if (kept.has(key)) return kept.get(key);
+    const item = element("div", null, "question");
+    item.dataset.question = q.id;
+    item.dataset.key = key;
+    item.append(element("p", `${q.agent} asks (${q.kind}, branch ${q.branch}):`), element("pre", q.text));
+    item.append(q.answerable ? answerForm(q) : element("p", "answered where the run is running", "hint"));
+    return item;
+  });
+  box.replaceChildren(...shown);
+}
+
+function checkpoints(view) {
+  const items = view.checkpoints.map((c) => {
+    const item = element("li", `${c.name} (at step ${c.position})`, c.abandoned ? "abandoned" : "");
+    const restore = element("button", "Restore");
+    restore.type = "button";
+    restore.addEventListener("click", () => act("restore", { checkpoint: c.id }));
+    item.append(" ", restore);
+    return item;
+  });
+  for (const r of view.restores) {
+    items.push(element("li", `restored to ${r.checkpoint} at record ${r.position} (back to ${r.to})`, "restore"));
+  }
+  if (items.length === 0) {
+    items.push(element("li", "none yet", "hint"));
+  }
+  document.getElementById("checkpoints").replaceChildren(...items);
+}
+
+function render(view) {
+  summary(view);
+  questions(view.questions);
+  checkpoints(view);
+  const total = view.steps_total;
+  document.getElementById("steps-note").textContent =
+    total > view.steps.length ? `the latest ${view.steps.length} of ${total} steps` : `${total} steps`;
+  drawTimeline(document.getElementById("timeline"), view, (position) =>
+    showStep(document.getElementById("step-detail"), session, position),
+  );
+  drawGraph(document.getElementById("graph"), view.graph, view.active).catch(report);
+}
+
+let wired = false;
+
+function wire() {
+  wired = true;
+  document.getElementById("pause").addEventListener("click", () => act("pause", { reason: null }));
+  document.getElementById("resume").addEventListener("click", () => act("resume", { workflow: null }));
+  document.getElementById("checkpoint").addEventListener("click", () => {
+    const name = document.getElementById("checkpoint-name").value.trim();
+    act("checkpoint", { name: name === "" ? null : name });
+  });
+  document.getElementById("delete").addEventListener("click", () =>
+    confirmDelete(session).then((deleted) => deleted && (location.hash = ""), report),
+  );
+}
+
+export function showSession(id, signal) {
+  if (!wired) wire();
+  session = id;
+  forgetGraph();
+  for (const box of ["questions", "graph", "checkpoints", "timeline"]) {
+    document.getElementById(box).replaceChildren();
+  }
+  document.getElementById("step-detail").hidden = true;
+  document.getElementById("session-title").textContent = "Session " + id;
+  const before = streamed;
+  getJSON("/api/sessions/" + encodeURIComponent(id)).then(
+    (view) => before === streamed && !signal.aborted && render(view),
+    report,
+  );
+  const path = "/api/events?session=" + encodeURIComponent(id);
+  const streamedView = (name, data) => {
+    if (name === "session") {
+      streamed += 1;
+      render(data);
+    }
+  };
+  follow(path, streamedView, liveStatus, signal);
+}
