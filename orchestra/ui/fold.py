@@ -9,7 +9,8 @@ its checkpoint, before the restore) still show, marked abandoned, and change no 
 A branch's state follows its records: a step begun is ``running``; an ``ask_user`` result, or
 the root's final response in a run that offers follow-ups, is ``waiting for the user`` until
 the answer; a tool call ``waiting for tools`` until its results are in; a final response of a
-forked branch ``done``; a step error or a branch failure ``failed`` (unless it steps again).
+forked branch ``done``, unless its begin said whom it ``returns_to`` (a called agent's answer
+to its caller, which steps next on the same branch: it ends no branch and no round); a step error or a branch failure ``failed`` (unless it steps again).
 A parent branch that steps again after its fan-out has settled ended its children that were
 still at work (they arrived, or were cancelled): they are ``done``. A run's end settles the
 rest: ``done`` when it succeeded, ``stopped`` otherwise (or paused; a resume puts them back).
@@ -99,6 +100,7 @@ class _Branch:
     last: Step | None = None  # its latest step
     question: tuple[str, str, str] | None = None  # (id, text, kind) waiting for an answer
     before_end: str | None = None  # its state when its run ended (a resume restores it)
+    returns_to: str | None = None  # the caller its current step's final response returns to
 
 
 class Fold:
@@ -205,6 +207,7 @@ class Fold:
         self._children_settled(run, record.branch_id, record.at)
         _mark(branch.view, "running", None)
         branch.question = None
+        branch.returns_to = record.returns_to
         if branch.open is None:  # else: a step cut short by a crash, begun again
             branch.open = branch.last = self._step(run, position, record)
             self.steps.append(branch.open)
@@ -247,10 +250,11 @@ class Fold:
             view["state"] = "waiting for the user"
         elif kind is ActionKind.CALL_TOOL:
             view["state"] = "waiting for tools"
-        elif kind is ActionKind.FINAL and view["id"] == ROOT:
-            self._round_over(run, branch, record.at)
-        elif kind is ActionKind.FINAL:
-            _mark(view, "done", record.at)
+        elif kind is ActionKind.FINAL and branch.returns_to is None:  # else: a call returns
+            if view["id"] == ROOT:
+                self._round_over(run, branch, record.at)
+            else:
+                _mark(view, "done", record.at)
         if action is not None and action.tool_calls:  # they run first, then the action
             view["state"] = "waiting for tools"
 

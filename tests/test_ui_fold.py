@@ -1,0 +1,115 @@
+"""The inspector's fold where the log alone once could not say what happened (docs/ui.md, "A
+session's page: what it shows"): a called agent's answer to its caller is no end of a branch or
+of a round (``StepBegin.returns_to``), a budget question uses up a question number, a step in
+flight is seen by another reader while its model call runs, and a failed fan-out's branches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import WAIT, final, invoke, llm
+from test_ui_views import USAGE, Store, scripted
+
+from orchestra import FunctionModel, ProgrammaticChannel
+from orchestra.coordination.engine import inputs as inp
+from orchestra.models.base import ModelReply, StepInfo
+
+CALL = {"nodes": ["A", "B"], "edges": ["A <-> B"], "entry_point": "A"}
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    found = Store(tmp_path / "sessions.db")
+    try:
+        yield found
+    finally:
+        found.catalog.close()
+        found.backend.close()
+
+
+class Caller:
+    """A calls B, B answers A, and A's second model call waits on ``gate`` (``entered`` is set
+    once it does): B's answer is in the log, A's last step is not."""
+
+    def __init__(self, last: dict[str, Any] | None = None) -> None:
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.last = last or final("A's answer")
+
+    async def reply(self, messages: list[Any], info: StepInfo) -> ModelReply:
+        if info.agent_name == "B":
+            return ModelReply(action=final("B's answer to A"), usage=USAGE)
+        if len(messages) <= 2:
+            return ModelReply(action=invoke(("B", "go")), usage=USAGE)
+        self.entered.set()
+        await self.gate.wait()
+        return ModelReply(action=self.last, usage=USAGE)
+
+    def agents(self) -> list[Any]:
+        model = FunctionModel(self.reply)
+        return [llm("A", model), llm("B", model)]
+
+
+@pytest.mark.parametrize("follow_ups", [False, True])
+async def test_a_called_agents_answer_ends_no_branch_and_no_round(
+    store: Store, follow_ups: bool
+) -> None:
+    """B's final response returns to A (the begin says so): b0 still runs, no follow-up is
+    offered while A works, and the follow-up later offered has the channel's id."""
+    caller, channel = Caller(), ProgrammaticChannel()
+    instance = store.instance(CALL, *caller.agents(), channel=channel)
+    running = asyncio.create_task(
+        instance.execute("t", {"session_id": "call"}, allow_follow_ups=follow_ups)
+    )
+    try:
+        await asyncio.wait_for(caller.entered.wait(), WAIT)
+        begins = [r for r in await store.records("call") if r["t"] == inp.StepBegin.KIND]
+        assert [(r["agent"], r.get("returns_to")) for r in begins] == [("A", None), ("B", "A")]
+        view = await store.view("call")
+        assert [b["state"] for b in view["branches"]] == ["running"]
+        assert view["questions"] == [] and view["summary"]["status"] == "running"
+        [row] = await store.catalog.sessions(None)
+        assert row["status"] == "running"
+        caller.gate.set()
+        if follow_ups:
+            offer = await asyncio.wait_for(channel.next_question(), WAIT)
+            [question] = (await store.view("call"))["questions"]
+            assert (question["id"], question["agent"]) == (offer.id, "A")
+            channel.answer(offer.id, "")
+        assert (await asyncio.wait_for(running, WAIT)).success
+    finally:
+        running.cancel()
+    assert [b["state"] for b in (await store.view("call"))["branches"]] == ["done"]
+
+
+async def test_a_forked_branch_that_calls_an_agent_is_not_done_at_its_answer(
+    store: Store,
+) -> None:
+    caller = Caller(last=invoke(("D", "a")))
+    topology = {
+        "nodes": ["S", "A", "B", "C", "D"],
+        "edges": ["S -> A", "S -> C", "A <-> B", "A -> D", "C -> D"],
+        "rules": ["parallel(A, C)"],
+    }
+    others = [
+        llm("S", scripted(invoke(("A", "a"), ("C", "c")))),
+        llm("C", scripted(invoke(("D", "c")))),
+        llm("D", scripted(final("both"))),
+    ]
+    instance = store.instance(topology, *others, *caller.agents())
+    running = asyncio.create_task(instance.execute("t", {"session_id": "fork"}))
+    try:
+        await asyncio.wait_for(caller.entered.wait(), WAIT)
+        view = await store.view("fork")
+        [forked] = [b for b in view["branches"] if b["agent"] == "A"]
+        assert forked["state"] == "running"
+        caller.gate.set()
+        assert (await asyncio.wait_for(running, WAIT)).success
+    finally:
+        running.cancel()
+    [forked] = [b for b in (await store.view("fork"))["branches"] if b["agent"] == "A"]
+    assert forked["state"] == "done"
