@@ -6,7 +6,8 @@ flight is seen by another reader while its model call runs, and a failed fan-out
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,12 @@ from test_ui_views import USAGE, Store, scripted
 
 from orchestra import FunctionModel, ProgrammaticChannel
 from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.state import (
+    FileStorageBackend,
+    SQLiteStorageBackend,
+    StateManager,
+    segments,
+)
 from orchestra.models.base import ModelReply, StepInfo
 
 CALL = {"nodes": ["A", "B"], "edges": ["A <-> B"], "entry_point": "A"}
@@ -113,3 +120,84 @@ async def test_a_forked_branch_that_calls_an_agent_is_not_done_at_its_answer(
         running.cancel()
     [forked] = [b for b in (await store.view("fork"))["branches"] if b["agent"] == "A"]
     assert forked["state"] == "done"
+
+
+class Watched(SQLiteStorageBackend):
+    """A SQLite store that tells when an append not made durable (a step shown early) is in."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.shown: list[dict[str, Any]] = []
+        self.showing = asyncio.Event()
+
+    def append(
+        self, session_id: str, records: Sequence[str], durable: bool, after: int
+    ) -> Awaitable[None]:
+        written = super().append(session_id, records, durable, after)
+        return written if durable else self._shown(written, records)
+
+    async def _shown(self, written: Awaitable[None], records: Sequence[str]) -> None:
+        await written
+        self.shown.extend(json.loads(line) for line in records)
+        self.showing.set()
+
+
+async def test_a_step_in_flight_is_seen_by_another_reader_while_its_model_call_runs(
+    tmp_path: Path,
+) -> None:
+    """The begin of B's step is written (not made durable) while B's model call is held: a
+    second reader's view has the step running and B active."""
+    path = tmp_path / "sessions.db"
+    store = Store(path)
+    store.backend.close()
+    store.backend = Watched(path)
+    store.sessions = StateManager(store.backend, auto_save_interval=0)
+    gate = asyncio.Event()
+
+    async def reply(messages: list[Any], info: StepInfo) -> ModelReply:
+        if info.agent_name == "A":
+            return ModelReply(action=invoke(("B", "go")), usage=USAGE)
+        await gate.wait()
+        return ModelReply(action=final("b"), usage=USAGE)
+
+    model = FunctionModel(reply)
+    topology = {"nodes": ["A", "B"], "edges": ["A -> B"]}
+    instance = store.instance(topology, llm("A", model), llm("B", model))
+    running = asyncio.create_task(instance.execute("t", {"session_id": "live"}))
+    try:
+        while not any(r["t"] == "begin" and r.get("agent") == "B" for r in store.backend.shown):
+            await asyncio.wait_for(store.backend.showing.wait(), WAIT)
+            store.backend.showing.clear()
+        view = await store.view("live")
+        assert [(s["agent"], s["action"], s["duration"]) for s in view["steps"]] == [
+            ("A", "invoke_agent", view["steps"][0]["duration"]),
+            ("B", None, None),
+        ]
+        assert view["active"] == ["B"] and view["branches"][0]["state"] == "running"
+        gate.set()
+        assert (await asyncio.wait_for(running, WAIT)).success
+    finally:
+        running.cancel()
+        store.catalog.close()
+        store.backend.close()
+    assert (await store.sessions.load("live")).last_run.end is not None  # type: ignore[union-attr]
+
+
+async def test_on_the_file_store_a_durable_append_after_one_shown_early_syncs_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A durable append synced only its own range (``RWF_DSYNC``): a begin written before it,
+    not made durable, could then be lost to a crash behind a result that was kept."""
+    synced: list[int] = []
+    monkeypatch.setattr(segments, "sync_data", synced.append)
+    backend = FileStorageBackend(tmp_path / "sessions")
+    try:
+        await backend.append("s", ["begin"], durable=False, after=0)
+        assert synced == []
+        await backend.append("s", ["step"], durable=True, after=1)
+        assert len(synced) == 1  # the whole file, the begin with it
+        await backend.append("s", ["begin 2"], durable=False, after=2)
+        await backend.release("s")  # closing the segment makes it durable too
+        assert len(synced) == 2
+    finally:
+        await backend.release("s")
