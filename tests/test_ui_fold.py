@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import WAIT, final, invoke, llm
+from helpers import WAIT, ask, final, invoke, llm, quiet
 from test_ui_views import USAGE, Store, scripted
 
-from orchestra import FunctionModel, ProgrammaticChannel
+from orchestra import AgentRegistry, FunctionModel, ProgrammaticChannel
+from orchestra.communication import CommunicationManager
+from orchestra.coordination.config import Budget
 from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import (
     FileStorageBackend,
     SQLiteStorageBackend,
@@ -201,3 +204,36 @@ async def test_on_the_file_store_a_durable_append_after_one_shown_early_syncs_bo
         assert len(synced) == 2
     finally:
         await backend.release("s")
+
+
+async def test_an_agent_question_after_a_budget_question_has_the_channels_id(
+    store: Store,
+) -> None:
+    """The budget question (``budget-q2``) uses up a number, as the engine counts: the next
+    agent question is ``q3`` in the view as on the channel (the log shows the budget question
+    once answered: a begin answered with no step between)."""
+    channel = ProgrammaticChannel()
+    agent = llm("A", scripted(ask("q one?"), ask("q two?"), final("done")))
+    instance = OrchestraInstance(
+        {"nodes": ["A"], "edges": ["A -> User"]},
+        AgentRegistry([agent]),
+        quiet(budget=Budget(max_steps=1)),
+        CommunicationManager(channel),
+        store.sessions,
+    )
+    running = asyncio.create_task(instance.execute("t", {"session_id": "budget"}))
+    seen = []
+    try:
+        for answer in ("ok", "10", "ok"):
+            question = await asyncio.wait_for(channel.next_question(), WAIT)
+            view = await store.view("budget")
+            seen.append((question.id, [q["id"] for q in view["questions"]]))
+            channel.answer(question.id, answer)
+        assert (await asyncio.wait_for(running, WAIT)).success
+    finally:
+        running.cancel()
+    assert seen == [
+        ("budget:r1:q1", ["budget:r1:q1"]),
+        ("budget:r1:budget-q2", []),  # not seen while pending (docs/ui.md)
+        ("budget:r1:q3", ["budget:r1:q3"]),
+    ]

@@ -16,12 +16,17 @@ still at work (they arrived, or were cancelled): they are ``done``. A run's end 
 rest: ``done`` when it succeeded, ``stopped`` otherwise (or paused; a resume puts them back).
 
 A budget question is no record of its own (the branch stops at its step's begin); its answer
-shows that the begin took no step, and that step is dropped then. While it waits, it looks
-like a step in flight: this fold cannot tell the two apart.
+shows that the begin took no step, and that step is dropped then. It uses up a question number
+as the engine counts (``budget-q2``, then ``q3``), so an agent question is numbered by the
+questions, agent and answered budget ones, at or before its step: the id its channel gave.
+While a budget question waits, it looks like a step in flight: this fold cannot tell the two
+apart, so it is not listed, and an agent question another branch asks meanwhile is numbered one
+too low until that answer is in.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right, insort
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -99,6 +104,7 @@ class _Branch:
     open: Step | None = None  # its step in flight
     last: Step | None = None  # its latest step
     question: tuple[str, str, str] | None = None  # (id, text, kind) waiting for an answer
+    asked_at: int = 0  # the position of the step that asked its agent question
     before_end: str | None = None  # its state when its run ended (a resume restores it)
     returns_to: str | None = None  # the caller its current step's final response returns to
 
@@ -116,7 +122,7 @@ class Fold:
         self.steps: list[Step] = []
         self.restores: list[tuple[int, str, int]] = []  # (its position, checkpoint, back to)
         self._ghosts: dict[tuple[str, str], Step] = {}  # abandoned steps in flight
-        self._asked: dict[str, int] = {}  # questions each run asked, by run
+        self._asked: dict[str, list[int]] = {}  # by run: where each question it numbered was
         self._rounds: dict[str, int] = {}  # final responses of each run's root
         self._run_of: dict[int, str] = {}
         self._names: dict[str, str] = {}  # run -> its name for question ids (restores in it)
@@ -172,7 +178,7 @@ class Fold:
         if branch is None:
             return
         if isinstance(record, inp.StepResult):
-            self._result(run, branch, record)
+            self._result(run, branch, record, entry.position)
         elif isinstance(record, inp.StepError):
             self._failed_step(branch, record, shown(record.error, TEXT_CHARS))
         elif isinstance(record, inp.ModelRetry) and branch.open is not None:
@@ -182,7 +188,7 @@ class Fold:
         elif isinstance(record, inp.ToolsDone):
             branch.view["state"] = "waiting for the user" if branch.question else "running"
         elif isinstance(record, inp.UserAnswer):
-            self._answered(branch)
+            self._answered(run, branch)
         elif isinstance(record, inp.BranchFailure | inp.RunAbort):
             self._failed(branch, record.at, shown(record.error, TEXT_CHARS))
 
@@ -236,7 +242,7 @@ class Fold:
             )
         )
 
-    def _result(self, run: str, branch: _Branch, record: inp.StepResult) -> None:
+    def _result(self, run: str, branch: _Branch, record: inp.StepResult, position: int) -> None:
         step = branch.open
         branch.open = None
         if step is not None:
@@ -245,8 +251,11 @@ class Fold:
         kind = action.kind if action is not None else None
         view = branch.view
         if kind is ActionKind.ASK_USER:
-            asked = self._asked[run] = self._asked.get(run, 0) + 1
-            branch.question = (f"q{asked}", action.question if action else "", "agent")
+            insort(self._asked.setdefault(run, []), position)
+            branch.question, branch.asked_at = (
+                ("q", action.question if action else "", "agent"),
+                position,
+            )
             view["state"] = "waiting for the user"
         elif kind is ActionKind.CALL_TOOL:
             view["state"] = "waiting for tools"
@@ -275,8 +284,9 @@ class Fold:
                 return found.start
         return None
 
-    def _answered(self, branch: _Branch) -> None:
+    def _answered(self, run: str, branch: _Branch) -> None:
         if branch.question is None and branch.open is not None:  # a budget question's answer
+            insort(self._asked.setdefault(run, []), branch.open.view["position"])
             branch.open.void = True
             branch.open = None
         branch.question = None
@@ -370,6 +380,8 @@ class Fold:
             if branch.view["run"] != run or branch.question is None:
                 continue
             question_id, text, kind = branch.question
+            if kind == "agent":  # numbered as the engine numbers it, budget questions included
+                question_id = f"q{bisect_right(self._asked.get(run or '', []), branch.asked_at)}"
             found.append(
                 QuestionView(
                     id=f"{self.session_id}:{self._names.get(run, run)}:{question_id}",
