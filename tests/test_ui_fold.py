@@ -237,3 +237,39 @@ async def test_an_agent_question_after_a_budget_question_has_the_channels_id(
         ("budget:r1:budget-q2", []),  # not seen while pending (docs/ui.md)
         ("budget:r1:q3", ["budget:r1:q3"]),
     ]
+
+
+async def test_a_failed_fan_out_fails_its_parent_and_lists_the_cancelled_sibling(
+    store: Store,
+) -> None:
+    """As the engine reports it: S's branch failed with its fan-out; B's branch, cancelled
+    (begun or not, its log has no step of it taken), is listed, stopped."""
+    held = asyncio.Event()
+
+    async def reply(messages: list[Any], info: StepInfo) -> ModelReply:
+        if info.agent_name == "S":
+            return ModelReply(action=invoke(("A", "l"), ("B", "r")), usage=USAGE)
+        if info.agent_name == "B":
+            await held.wait()  # never set: cancelled when the fan-out fails
+        raise RuntimeError("A broke")
+
+    model = FunctionModel(reply)
+    topology = {
+        "nodes": ["S", "A", "B"],
+        "edges": ["S -> A", "S -> B", "A -> S", "B -> S"],
+        "entry_point": "S",
+        "exit_points": ["S"],
+        "rules": ["parallel(A, B)"],
+    }
+    instance = store.instance(topology, *(llm(name, model) for name in ("S", "A", "B")))
+    result = await asyncio.wait_for(instance.execute("go", {"session_id": "failed"}), WAIT)
+    assert not result.success
+    engine = {b.branch_id: str(b.status) for b in result.branch_results}
+    view = await store.view("failed")
+    shown = {b["id"]: (b["parent"], b["fan_out"], b["agent"], b["state"]) for b in view["branches"]}
+    assert shown == {
+        "b0": (None, None, "S", "failed"),
+        "b1": ("b0", "f1", "A", "failed"),
+        "b2": ("b0", "f1", "B", "stopped"),
+    }
+    assert engine == {"b0": "failed", "b1": "failed", "b2": "cancelled"}

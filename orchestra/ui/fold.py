@@ -13,7 +13,10 @@ forked branch ``done``, unless its begin said whom it ``returns_to`` (a called a
 to its caller, which steps next on the same branch: it ends no branch and no round); a step error or a branch failure ``failed`` (unless it steps again).
 A parent branch that steps again after its fan-out has settled ended its children that were
 still at work (they arrived, or were cancelled): they are ``done``. A run's end settles the
-rest: ``done`` when it succeeded, ``stopped`` otherwise (or paused; a resume puts them back).
+rest: ``done`` when it succeeded, ``stopped`` otherwise (or paused; a resume puts them back),
+but ``failed`` for a branch that waited on a fan-out a child of which failed, as the engine
+says. A fan-out's branches are all listed from the first of them to begin, those that never
+begin (cancelled when the fan-out failed) included.
 
 A budget question is no record of its own (the branch stops at its step's begin); its answer
 shows that the begin took no step, and that step is dropped then. It uses up a question number
@@ -119,6 +122,7 @@ class Fold:
         self.runs: list[RunView] = []
         self.branches: dict[tuple[str, str], _Branch] = {}
         self._children: dict[tuple[str, str], list[_Branch]] = {}  # by (run, parent)
+        self._fan_outs: set[tuple[str, str]] = set()  # (run, fan-out) whose children are known
         self.steps: list[Step] = []
         self.restores: list[tuple[int, str, int]] = []  # (its position, checkpoint, back to)
         self._ghosts: dict[tuple[str, str], Step] = {}  # abandoned steps in flight
@@ -173,6 +177,8 @@ class Fold:
             return
         if isinstance(record, inp.StepBegin):
             self._begin(run, entry.position, record)
+            if record.parent is not None and record.fan_out is not None:
+                self._siblings(run, record, record.parent, record.fan_out)
             return
         branch = self.branches.get((run, branch_id))
         if branch is None:
@@ -217,6 +223,40 @@ class Fold:
         if branch.open is None:  # else: a step cut short by a crash, begun again
             branch.open = branch.last = self._step(run, position, record)
             self.steps.append(branch.open)
+
+    def _siblings(self, run: str, record: inp.StepBegin, parent: str, fan_out: str) -> None:
+        """The other branches of the fan-out its first child to begin belongs to, listed
+        before they begin (one cancelled when the fan-out failed never does). The engine makes
+        a fan-out's branches in one go, in the order of the parent's invocations, so their ids
+        follow each other: known from one child whose agent is invoked once."""
+        if (run, fan_out) in self._fan_outs:
+            return
+        self._fan_outs.add((run, fan_out))
+        forked = self.branches.get((run, parent))
+        step = forked.last if forked is not None else None
+        if step is None or step.view["action"] != "parallel_invoke":
+            return
+        targets = step.view["targets"]
+        number = record.branch_id.removeprefix("b")
+        if targets.count(record.agent or "") != 1 or not number.isdigit():
+            return
+        first = int(number) - targets.index(record.agent or "")
+        for offset, agent in enumerate(targets):
+            key = (run, f"b{first + offset}")
+            if key not in self.branches:
+                self.branches[key] = sibling = _Branch(
+                    BranchView(
+                        id=key[1],
+                        run=run,
+                        parent=parent,
+                        fan_out=fan_out,
+                        agent=agent,
+                        state="running",
+                        started=record.at,
+                        ended=None,
+                    )
+                )
+                self._children.setdefault((run, parent), []).append(sibling)
 
     def _children_settled(self, run: str, parent: str, at: float) -> None:
         """A branch steps again once its fan-out settled: children still at work ended."""
@@ -320,8 +360,17 @@ class Fold:
             elif view["state"] in _WAITING:
                 branch.before_end = view["state"]
                 branch.open = None
-                settled = "done" if record.success and not record.paused else "stopped"
-                _mark(view, settled, record.at)
+                _mark(view, self._ended(run, view["id"], record), record.at)
+
+    def _ended(self, run: str, branch: str, end: inp.RunEnd) -> str:
+        """A branch at work when its run ended: ``failed`` when the run failed while it
+        waited on a fan-out a child of which failed (as the engine reports it)."""
+        if end.success and not end.paused:
+            return "done"
+        children = self._children.get((run, branch), ())
+        if not end.paused and any(child.view["state"] == "failed" for child in children):
+            return "failed"
+        return "stopped"
 
     def _ghost(self, run: str, entry: Entry) -> None:
         """A record a restore abandoned: its steps show, greyed; nothing else changes."""
