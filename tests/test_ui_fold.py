@@ -17,7 +17,7 @@ from test_ui_views import USAGE, Store, scripted
 
 from orchestra import AgentRegistry, FunctionModel, ProgrammaticChannel
 from orchestra.communication import CommunicationManager
-from orchestra.coordination.config import Budget
+from orchestra.coordination.config import Budget, ErrorHandlingConfig
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import (
@@ -273,3 +273,51 @@ async def test_a_failed_fan_out_fails_its_parent_and_lists_the_cancelled_sibling
         "b2": ("b0", "f1", "B", "stopped"),
     }
     assert engine == {"b0": "failed", "b1": "failed", "b2": "cancelled"}
+
+
+async def test_the_list_asks_the_store_once_and_probes_writers_only_where_one_may_be(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lengths list the sessions (no second scan of the index), and whether a writer
+    holds a session is asked again only of a session whose log grew or that one held."""
+    solo = store.instance({"nodes": ["A"], "edges": []}, llm("A", scripted(final("x"))))
+    assert (await asyncio.wait_for(solo.execute("t", {"session_id": "a"}), WAIT)).success
+    writer, _ = await store.sessions.open("b")
+    start = inp.RunStart(
+        at=1.0,
+        task="b",
+        context={},
+        max_steps=5,
+        config=quiet(),
+        error_config=ErrorHandlingConfig(),
+        topology=("A",),
+    )
+    writer.record(start)
+    await writer.flush()  # b's writer holds it from here on
+    backend = store.catalog._backend
+    asked: list[str] = []
+    held, listed = backend.held, backend.list_sessions
+
+    async def counted_held(session_id: str) -> bool:
+        asked.append(session_id)
+        return await held(session_id)
+
+    async def counted_list() -> list[str]:
+        asked.append("list")
+        return await listed()
+
+    monkeypatch.setattr(backend, "held", counted_held)
+    monkeypatch.setattr(backend, "list_sessions", counted_list)
+    rows = await store.catalog.sessions(None)
+    assert [(r["id"], r["status"]) for r in rows] == [("a", "finished"), ("b", "running")]
+    assert sorted(asked) == ["a", "b"]
+    asked.clear()
+    await store.catalog.sessions(None)
+    assert asked == ["b"]  # a: neither grown nor held
+    await writer.close()
+    asked.clear()
+    [_, row] = await store.catalog.sessions(None)
+    assert asked == ["b"] and row["status"] == "interrupted"
+    asked.clear()
+    await store.catalog.sessions(None)
+    assert asked == []
