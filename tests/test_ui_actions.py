@@ -341,6 +341,59 @@ async def test_demo_ui_serves_its_run_and_stops_on_ctrl_c(tmp_path: Path) -> Non
             server.wait()
 
 
+async def drained(lines: AsyncIterator[str]) -> None:
+    async for _ in lines:
+        pass
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+async def test_one_signal_stops_the_server_with_a_page_listening(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """The page always holds /api/events open, and uvicorn waits for open responses before
+    it shuts down: the stream ends as the server begins to exit, so one Ctrl-C (or SIGTERM)
+    stops it cleanly and its hosted run is paused."""
+    (tmp_path / "asker.yaml").write_text(ASKER)
+    (tmp_path / "s.db").touch()  # an empty SQLite database
+    server = start_cli(
+        *("ui", "--store", str(tmp_path / "s.db"), "--port", "0"),
+        *("--workflow", str(tmp_path / "asker.yaml")),
+        cwd=tmp_path,
+        stderr=True,
+    )
+    try:
+        assert server.stdout is not None and server.stderr is not None
+        line = ""
+        while not line.startswith("open "):
+            line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), WAIT)
+            assert line
+        opened = re.search(r"open (http://127\.0\.0\.1:\d+/)#token=(\S+)", line)
+        assert opened, line
+        bearer = {"Authorization": f"Bearer {opened.group(2)}"}
+        async with httpx2.AsyncClient(
+            base_url=opened.group(1), headers=bearer, trust_env=False, timeout=WAIT
+        ) as client:
+            started = await client.post("/api/runs", json={"workflow": "asker", "session": "cc"})
+            assert started.status_code == 200, started.text
+            async with client.stream("GET", "/api/events?session=cc") as events:
+                lines = events.aiter_lines()
+                async for data in lines:  # until the page would show the question
+                    if data.startswith("data: ") and '"questions":[{' in data:
+                        break
+                server.send_signal(stop)
+                await asyncio.wait_for(drained(lines), WAIT)  # it ends: the server is exiting
+        code = await asyncio.to_thread(server.wait, WAIT)
+        errors = server.stderr.read()
+        assert code in (130, -stop), errors  # as every command's Ctrl-C; SIGTERM kills
+        assert "Traceback" not in errors and "Error" not in errors, errors
+        log = await StateManager(SQLiteStorageBackend(tmp_path / "s.db")).load("cc")
+        assert run_state(log) == "paused"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
 def test_ui_names_a_workflow_file_at_fault(tmp_path: Path) -> None:
     """A workflow file is loaded before the server starts: a mistake in it, or two files of one
     name, is said plainly (exit code 2), nothing served."""
