@@ -147,6 +147,68 @@ async def test_a_paused_run_is_resumed_with_the_workflow_it_was_run_with(
     assert await final(host, "talk") == "answer='Bo'"
 
 
+async def test_of_two_resumes_at_once_exactly_one_goes_on_and_stays_hosted(
+    host: RunHost, client: httpx2.AsyncClient
+) -> None:
+    """A double click on "resume": the session is claimed before the first await, so the
+    second is refused, and the run that goes on stays the host's (paused, deleted, closed)."""
+    await post(client, "/api/runs", {"workflow": "asker", "session": "talk"})
+    await question(host, "talk")
+    await post(client, "/api/sessions/talk/pause", {})
+    both = await asyncio.gather(
+        post(client, "/api/sessions/talk/resume", {}),
+        post(client, "/api/sessions/talk/resume", {}),
+    )
+    assert sorted(response.status_code for response in both) == [200, 409], both
+    [refused] = [response for response in both if response.status_code == 409]
+    assert "session 'talk'" in refused.json()["error"]
+    await question(host, "talk")
+    assert host.hosts("talk")
+    paused = await post(client, "/api/sessions/talk/pause", {})
+    assert paused.status_code == 200, paused.text
+    assert run_state(await host.manager.load("talk")) == "paused"
+
+
+async def test_of_two_starts_in_one_session_at_once_exactly_one_goes_on(
+    host: RunHost, client: httpx2.AsyncClient
+) -> None:
+    start = {"workflow": "asker", "session": "dup"}
+    both = await asyncio.gather(post(client, "/api/runs", start), post(client, "/api/runs", start))
+    assert sorted(response.status_code for response in both) == [200, 409], both
+    [refused] = [response for response in both if response.status_code == 409]
+    assert "session 'dup'" in refused.json()["error"]
+    await question(host, "dup")
+    assert host.hosts("dup")
+    await host.close()  # the run that went on is the one closing pauses
+    assert run_state(await StateManager(SQLiteStorageBackend(host.store)).load("dup")) == "paused"
+
+
+async def test_a_second_answer_is_told_the_question_was_answered_already(
+    host: RunHost, client: httpx2.AsyncClient
+) -> None:
+    """A double click on "answer": the second gets the host's own 409 naming the session,
+    listing that session's waiting questions only."""
+    await post(client, "/api/runs", {"workflow": "asker", "session": "dup"})
+    await post(client, "/api/runs", {"workflow": "asker", "session": "else"})
+    asked = await question(host, "dup")
+    await question(host, "else")
+    body = {"question": asked["id"], "answer": "Ann"}
+    both = await asyncio.gather(
+        post(client, "/api/sessions/dup/answer", body),
+        post(client, "/api/sessions/dup/answer", body),
+    )
+    assert [response.status_code for response in both] == [200, 409], both
+    assert both[1].json()["error"] == (
+        f"session 'dup': question {asked['id']!r} was answered already "
+        "(none of its questions is waiting)"
+    )
+    assert await ended(host, "dup") == "finished"
+    again = await post(client, "/api/sessions/dup/answer", body)
+    assert again.status_code == 409 and "answered already" in again.json()["error"]
+    elsewhere = await post(client, "/api/sessions/else/answer", body)
+    assert elsewhere.status_code == 404, elsewhere.text  # not a question of that session
+
+
 async def test_resume_refuses_a_workflow_of_another_topology_naming_it(
     host: RunHost, client: httpx2.AsyncClient
 ) -> None:
