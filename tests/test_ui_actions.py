@@ -246,6 +246,29 @@ async def test_checkpoint_restore_and_resume_fork_the_history(
     assert await final(host, "talk") == "answer='Cy'"
 
 
+async def test_a_checkpoint_the_page_lists_is_restored_by_the_id_it_lists(
+    host: RunHost, client: httpx2.AsyncClient
+) -> None:
+    """A name whose id the page could not give back (long, multi-line, key-like) is refused
+    with 400 naming the field; an accepted one is listed verbatim and restored by that id."""
+    await post(client, "/api/runs", {"workflow": "asker", "session": "talk"})
+    await question(host, "talk")
+    await post(client, "/api/sessions/talk/pause", {})
+    key = "sk-ant-api03-" + "A1b2C3d4" * 6
+    for name in ("x" * 129, "line\nbreak", f"key {key}"):
+        made = await post(client, "/api/sessions/talk/checkpoint", {"name": name})
+        assert made.status_code == 400, made.text
+        assert "checkpoint_name" in made.json()["error"] and key not in made.text
+    name = f"before lunch @12:30 {'y' * 108}"  # 128 characters
+    made = await post(client, "/api/sessions/talk/checkpoint", {"name": name})
+    assert made.json() == {"checkpoint": f"talk@{name}"}
+    view = (await client.get("/api/sessions/talk")).json()
+    [listed] = view["checkpoints"]
+    assert listed["id"] == f"talk@{name}"
+    restored = await post(client, "/api/sessions/talk/restore", {"checkpoint": listed["id"]})
+    assert restored.status_code == 200, restored.text
+
+
 async def test_a_session_at_rest_is_checkpointed_and_restored_without_a_hosted_run(
     tmp_path: Path, host: RunHost, client: httpx2.AsyncClient
 ) -> None:
