@@ -75,9 +75,12 @@ def ui_server(store: Path, *args: str) -> Iterator[Server]:
         process.wait(timeout=30)
 
 
-def write_sessions(store: Path, tasks: dict[str, object], *, ended: bool = True) -> None:
-    """A run with no step for each session id in ``tasks``, with that task: finished, or
-    (``ended`` false) cut off as a crash leaves it (``interrupted``)."""
+def write_sessions(
+    store: Path, tasks: dict[str, object], *, ended: bool = True, topology: tuple[str, ...] = ("A",)
+) -> None:
+    """A run with no step for each session id in ``tasks``, with that task and ``topology``
+    (its fingerprint): finished, or (``ended`` false) cut off as a crash leaves it
+    (``interrupted``)."""
 
     async def write() -> None:
         backend = SQLiteStorageBackend(store)
@@ -85,7 +88,7 @@ def write_sessions(store: Path, tasks: dict[str, object], *, ended: bool = True)
         try:
             for session, task in tasks.items():
                 writer, _ = await manager.open(session)
-                writer.record(started(task))
+                writer.record(started(task, topology))
                 if ended:
                     writer.record(inp.RunEnd(at=T + 2, paused=False, success=True, error=None))
                 await writer.flush()
@@ -98,7 +101,7 @@ def write_sessions(store: Path, tasks: dict[str, object], *, ended: bool = True)
         worker.submit(lambda: asyncio.run(write())).result()
 
 
-def started(task: object) -> inp.RunStart:
+def started(task: object, topology: tuple[str, ...] = ("A",)) -> inp.RunStart:
     return inp.RunStart(
         at=T,
         task=task,
@@ -106,5 +109,5 @@ def started(task: object) -> inp.RunStart:
         max_steps=10,
         config=ExecutionConfig(),
         error_config=ErrorHandlingConfig(),
-        topology=("A",),
+        topology=topology,
     )

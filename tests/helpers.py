@@ -201,13 +201,14 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
         )
 
 
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    """``orchestra ARGS`` started, with pipes to its stdin and stdout (stderr: discarded)."""
+def start_cli(*args: str, cwd: Path, stderr: bool = False) -> subprocess.Popen[str]:
+    """``orchestra ARGS`` started, with pipes to its stdin and stdout, and to its stderr when
+    ``stderr`` is true (else it is discarded)."""
     return subprocess.Popen(
         _cli(args),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if stderr else subprocess.DEVNULL,
         text=True,
         cwd=cwd,
         env=_CLI_ENV,

@@ -238,11 +238,22 @@ def test_any_condition_label_draws_one_line_per_edge_that_shows_the_label(
         ("#quot; <br>", "#35;quot; #lt;br#gt;"),
         ("`md`", "#96;md#96;"),
         ("x\r\u2028y", "x#13;#8232;y"),
+        (
+            "%%{init: {'theme':'forest'}}%%",
+            "#37;#37;#123;init: #123;'theme':'forest'#125;#125;#37;#37;",
+        ),
     ],
 )
 def test_characters_mermaid_reads_are_written_as_entities(label: str, written: str) -> None:
     chart = Topology(["A", "B"], [Edge("A", "B", {"condition": label})]).to_mermaid()
     assert f'|"{written}"|' in chart
+
+
+def test_a_condition_cannot_carry_a_mermaid_directive() -> None:
+    """Mermaid obeys ``%%{init: ...}%%`` anywhere in its text, a quoted label included."""
+    directive = "%%{init: {'theme':'forest','fontFamily':'x'}}%%"
+    chart = Topology(["A", "B"], [Edge("A", "B", {"condition": directive})]).to_mermaid()
+    assert "%" not in chart and "{init" not in chart
 
 
 def test_node_names_with_quotes_are_rejected_before_drawing() -> None:

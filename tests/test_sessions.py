@@ -598,6 +598,24 @@ async def test_a_checkpoint_name_may_hold_an_at_sign(storage: Storage) -> None:
     assert await pipeline.orchestra.restore_checkpoint(checkpoint_id)
 
 
+KEY = "sk-ant-api03-" + "A1b2C3d4" * 6
+
+
+@pytest.mark.parametrize(
+    "name", ["x" * 129, "line\nbreak", f"key {KEY}", " padded", "%%{init: {}}%%"]
+)
+async def test_a_checkpoint_name_its_id_could_not_be_given_back_with_is_refused(
+    storage: Storage, name: str
+) -> None:
+    """Ids are shown redacted, escaped and cut: a name that would change there is refused,
+    the error naming the argument and quoting no secret."""
+    pipeline = PausablePipeline(storage)
+    await pipeline.paused("named")
+    with pytest.raises(ConfigurationError, match="checkpoint_name") as refused:
+        await pipeline.orchestra.create_checkpoint("named", name)
+    assert KEY not in str(refused.value) and "\n" not in str(refused.value)
+
+
 # ---- 4. Orchestra.run with a state manager -------------------------------------------------
 
 

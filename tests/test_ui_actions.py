@@ -147,6 +147,68 @@ async def test_a_paused_run_is_resumed_with_the_workflow_it_was_run_with(
     assert await final(host, "talk") == "answer='Bo'"
 
 
+async def test_of_two_resumes_at_once_exactly_one_goes_on_and_stays_hosted(
+    host: RunHost, client: httpx2.AsyncClient
+) -> None:
+    """A double click on "resume": the session is claimed before the first await, so the
+    second is refused, and the run that goes on stays the host's (paused, deleted, closed)."""
+    await post(client, "/api/runs", {"workflow": "asker", "session": "talk"})
+    await question(host, "talk")
+    await post(client, "/api/sessions/talk/pause", {})
+    both = await asyncio.gather(
+        post(client, "/api/sessions/talk/resume", {}),
+        post(client, "/api/sessions/talk/resume", {}),
+    )
+    assert sorted(response.status_code for response in both) == [200, 409], both
+    [refused] = [response for response in both if response.status_code == 409]
+    assert "session 'talk'" in refused.json()["error"]
+    await question(host, "talk")
+    assert host.hosts("talk")
+    paused = await post(client, "/api/sessions/talk/pause", {})
+    assert paused.status_code == 200, paused.text
+    assert run_state(await host.manager.load("talk")) == "paused"
+
+
+async def test_of_two_starts_in_one_session_at_once_exactly_one_goes_on(
+    host: RunHost, client: httpx2.AsyncClient
+) -> None:
+    start = {"workflow": "asker", "session": "dup"}
+    both = await asyncio.gather(post(client, "/api/runs", start), post(client, "/api/runs", start))
+    assert sorted(response.status_code for response in both) == [200, 409], both
+    [refused] = [response for response in both if response.status_code == 409]
+    assert "session 'dup'" in refused.json()["error"]
+    await question(host, "dup")
+    assert host.hosts("dup")
+    await host.close()  # the run that went on is the one closing pauses
+    assert run_state(await StateManager(SQLiteStorageBackend(host.store)).load("dup")) == "paused"
+
+
+async def test_a_second_answer_is_told_the_question_was_answered_already(
+    host: RunHost, client: httpx2.AsyncClient
+) -> None:
+    """A double click on "answer": the second gets the host's own 409 naming the session,
+    listing that session's waiting questions only."""
+    await post(client, "/api/runs", {"workflow": "asker", "session": "dup"})
+    await post(client, "/api/runs", {"workflow": "asker", "session": "else"})
+    asked = await question(host, "dup")
+    await question(host, "else")
+    body = {"question": asked["id"], "answer": "Ann"}
+    both = await asyncio.gather(
+        post(client, "/api/sessions/dup/answer", body),
+        post(client, "/api/sessions/dup/answer", body),
+    )
+    assert [response.status_code for response in both] == [200, 409], both
+    assert both[1].json()["error"] == (
+        f"session 'dup': question {asked['id']!r} was answered already "
+        "(none of its questions is waiting)"
+    )
+    assert await ended(host, "dup") == "finished"
+    again = await post(client, "/api/sessions/dup/answer", body)
+    assert again.status_code == 409 and "answered already" in again.json()["error"]
+    elsewhere = await post(client, "/api/sessions/else/answer", body)
+    assert elsewhere.status_code == 404, elsewhere.text  # not a question of that session
+
+
 async def test_resume_refuses_a_workflow_of_another_topology_naming_it(
     host: RunHost, client: httpx2.AsyncClient
 ) -> None:
@@ -182,6 +244,29 @@ async def test_checkpoint_restore_and_resume_fork_the_history(
     await post(client, "/api/sessions/talk/answer", {"question": again["id"], "answer": "Cy"})
     assert await ended(host, "talk") == "finished"
     assert await final(host, "talk") == "answer='Cy'"
+
+
+async def test_a_checkpoint_the_page_lists_is_restored_by_the_id_it_lists(
+    host: RunHost, client: httpx2.AsyncClient
+) -> None:
+    """A name whose id the page could not give back (long, multi-line, key-like) is refused
+    with 400 naming the field; an accepted one is listed verbatim and restored by that id."""
+    await post(client, "/api/runs", {"workflow": "asker", "session": "talk"})
+    await question(host, "talk")
+    await post(client, "/api/sessions/talk/pause", {})
+    key = "sk-ant-api03-" + "A1b2C3d4" * 6
+    for name in ("x" * 129, "line\nbreak", f"key {key}"):
+        made = await post(client, "/api/sessions/talk/checkpoint", {"name": name})
+        assert made.status_code == 400, made.text
+        assert "checkpoint_name" in made.json()["error"] and key not in made.text
+    name = f"before lunch @12:30 {'y' * 108}"  # 128 characters
+    made = await post(client, "/api/sessions/talk/checkpoint", {"name": name})
+    assert made.json() == {"checkpoint": f"talk@{name}"}
+    view = (await client.get("/api/sessions/talk")).json()
+    [listed] = view["checkpoints"]
+    assert listed["id"] == f"talk@{name}"
+    restored = await post(client, "/api/sessions/talk/restore", {"checkpoint": listed["id"]})
+    assert restored.status_code == 200, restored.text
 
 
 async def test_a_session_at_rest_is_checkpointed_and_restored_without_a_hosted_run(
@@ -335,6 +420,59 @@ async def test_demo_ui_serves_its_run_and_stops_on_ctrl_c(tmp_path: Path) -> Non
         assert await asyncio.to_thread(server.wait, WAIT) == 130  # as every command's Ctrl-C
         log = await StateManager(SQLiteStorageBackend(tmp_path / "s.db")).load(started.group(1))
         assert run_state(log) in ("paused", "finished")  # paused as the server stopped, never cut
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+async def drained(lines: AsyncIterator[str]) -> None:
+    async for _ in lines:
+        pass
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+async def test_one_signal_stops_the_server_with_a_page_listening(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """The page always holds /api/events open, and uvicorn waits for open responses before
+    it shuts down: the stream ends as the server begins to exit, so one Ctrl-C (or SIGTERM)
+    stops it cleanly and its hosted run is paused."""
+    (tmp_path / "asker.yaml").write_text(ASKER)
+    (tmp_path / "s.db").touch()  # an empty SQLite database
+    server = start_cli(
+        *("ui", "--store", str(tmp_path / "s.db"), "--port", "0"),
+        *("--workflow", str(tmp_path / "asker.yaml")),
+        cwd=tmp_path,
+        stderr=True,
+    )
+    try:
+        assert server.stdout is not None and server.stderr is not None
+        line = ""
+        while not line.startswith("open "):
+            line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), WAIT)
+            assert line
+        opened = re.search(r"open (http://127\.0\.0\.1:\d+/)#token=(\S+)", line)
+        assert opened, line
+        bearer = {"Authorization": f"Bearer {opened.group(2)}"}
+        async with httpx2.AsyncClient(
+            base_url=opened.group(1), headers=bearer, trust_env=False, timeout=WAIT
+        ) as client:
+            started = await client.post("/api/runs", json={"workflow": "asker", "session": "cc"})
+            assert started.status_code == 200, started.text
+            async with client.stream("GET", "/api/events?session=cc") as events:
+                lines = events.aiter_lines()
+                async for data in lines:  # until the page would show the question
+                    if data.startswith("data: ") and '"questions":[{' in data:
+                        break
+                server.send_signal(stop)
+                await asyncio.wait_for(drained(lines), WAIT)  # it ends: the server is exiting
+        code = await asyncio.to_thread(server.wait, WAIT)
+        errors = server.stderr.read()
+        assert code in (130, -stop), errors  # as every command's Ctrl-C; SIGTERM kills
+        assert "Traceback" not in errors and "Error" not in errors, errors
+        log = await StateManager(SQLiteStorageBackend(tmp_path / "s.db")).load("cc")
+        assert run_state(log) == "paused"
     finally:
         if server.poll() is None:
             server.kill()

@@ -190,6 +190,30 @@ def test_a_real_session_page_draws_its_graph(server: Server, page: Page) -> None
     expect(page.locator("#session-title")).to_have_text("Session alpha")
 
 
+DIRECTIVE = "%%{init: {'theme':'dark'}}%%"
+PAGE_FILL = "rgb(236, 236, 255)"  # a node's fill in the page's theme (Mermaid's "default")
+
+
+def node_fill(page: Page) -> str:
+    shape = page.locator("#graph svg g.node:not(.active)").first.locator("rect, path").first
+    return str(shape.evaluate("(shape) => getComputedStyle(shape).fill"))
+
+
+def test_a_directive_in_a_stored_node_name_is_shown_as_text(store: Path, page: Page) -> None:
+    """A stored fingerprint is data: a Mermaid directive in a node name is drawn as the
+    name's text and leaves the page's theme as it is."""
+    name = f"A{DIRECTIVE}"
+    write_sessions(store, {"styled": "draw it"}, topology=(name,))
+    with ui_server(store) as server:
+        needs(server, "/api/sessions/styled")
+        page.goto(server.page_url)
+        page.locator("tr[data-session=styled] a").click()
+        expect(page.locator("#graph svg g.node")).to_have_count(1)
+        shown = page.locator("#graph svg g.node").text_content() or ""
+        assert shown.replace(" ", "") == name.replace(" ", "")  # its words: tspans of their own
+        assert node_fill(page) == PAGE_FILL
+
+
 # ---- acting on a run the inspector hosts (orchestra ui --workflow): end to end -------------
 
 ASKER = """\
@@ -440,6 +464,19 @@ def test_the_session_page_draws_the_graph_with_the_active_node(
     expect(active).to_have_count(1)
     expect(active).to_contain_text("Hub")
     assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+def test_a_directive_reaching_mermaid_changes_nothing_the_page_set(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """Should a directive get past the server's escaping, the page's Mermaid ignores it."""
+    VIEW["graph"]["mermaid"] = f"{DIRECTIVE}\n{CHART}"
+    try:
+        open_session(page, server)
+        expect(page.locator("#graph svg g.node")).to_have_count(3)
+        assert node_fill(page) == PAGE_FILL
+    finally:
+        VIEW["graph"]["mermaid"] = CHART
 
 
 def test_the_timeline_draws_lanes_fan_outs_and_abandoned_steps(

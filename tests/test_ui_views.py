@@ -383,3 +383,20 @@ def test_node_names_cannot_write_mermaid_syntax() -> None:
     assert lines[4].startswith('    n0 -->|"') and lines[4].endswith('"| n1')
     assert "#124;" in lines[4] and "#quot;x#quot;" in lines[4]
     assert graph["entries"] == ["B"] and graph["exits"] == [evil]
+
+
+def test_a_stored_node_name_or_condition_cannot_carry_a_mermaid_directive() -> None:
+    """A stored fingerprint is data: a directive in it would reconfigure the page's Mermaid."""
+    evil = "B%%{init: {'theme':'dark','themeCSS':'.node{display:none}'}}%%"
+    graph = session_graph(
+        (
+            FINGERPRINT,
+            f"edges A -> {evil}",
+            "entries A",
+            "node A",
+            f"node {evil}",
+            f"condition A -> {evil} {evil}",
+        )
+    )
+    assert "%" not in graph["mermaid"] and "{init" not in graph["mermaid"]
+    assert graph["node_ids"][evil] == "n1"

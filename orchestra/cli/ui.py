@@ -31,6 +31,10 @@ Workflows = Annotated[
 ]
 
 
+GRACE_SECONDS = 2
+"""How long a stopping server waits for open responses (the live streams end at once) before
+it cancels them and pauses its hosted runs."""
+
 Host = Annotated[str, typer.Option(help="The address to listen on (loopback by default).")]
 Port = Annotated[int, typer.Option(help="The port to listen on (0: any free one).")]
 
@@ -69,7 +73,7 @@ def serve(
     try:  # the ui extra: the rest of the command line works without it
         import uvicorn
 
-        from orchestra.ui.app import allowed_hosts, create_app
+        from orchestra.ui.app import InspectorServer, allowed_hosts, create_app
         from orchestra.ui.host import RunHost
     except ImportError as error:
         fail(f"orchestra ui needs the ui extra ({error}): pip install 'orchestra[ui]'", 2)
@@ -81,8 +85,14 @@ def serve(
     say(f"orchestra ui: listening on {address} (store {store}); Ctrl-C stops it")
     run_host = RunHost(store, workflows)
     app = create_app(store, token, allowed_hosts(host), run_host)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACE_SECONDS,
+    )
+    server = InspectorServer(app, config)
 
     async def serving() -> None:
         if first is not None:

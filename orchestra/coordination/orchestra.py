@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 import warnings
@@ -19,6 +20,8 @@ from orchestra.errors import (
     SessionError,
     SessionNotFoundError,
 )
+from orchestra.models.secrets import redact
+from orchestra.text import printable
 
 from . import execution, wiring
 from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig, StatusConfig
@@ -37,6 +40,8 @@ if TYPE_CHECKING:  # prometheus-client is imported only by those who collect met
     from .monitoring.metrics import MetricsCollector
 
 __all__ = ["BranchResult", "Orchestra", "OrchestraInstance", "OrchestraResult", "RunStream"]
+
+_CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 _.@:\-]{0,126}[A-Za-z0-9_.@:\-])?")
 
 
 def _require(value: object, kind: type | tuple[type, ...], name: str) -> None:
@@ -386,6 +391,8 @@ class OrchestraInstance:
         """Name the session's current position; returns the id ``restore_checkpoint`` takes.
         A running session gets the checkpoint from its own writer (and its result lists it)."""
         _require(checkpoint_name, str, "checkpoint_name")
+        if checkpoint_name:  # None or "": a name made from the position
+            _check_checkpoint_name(checkpoint_name)
         live = LIVE.get(session_id)
         if live is not None and live.writer is not None:
             return await _checkpoint(
@@ -446,6 +453,20 @@ class OrchestraInstance:
             return await manager.delete_session(session_id)
         finally:
             await let_go(session_id, None)
+
+
+def _check_checkpoint_name(name: str) -> None:
+    """ConfigurationError for a name whose checkpoint id could not be shown and given back as
+    it is (a page shows ids redacted, escaped and cut): a name is 1-128 letters, digits,
+    spaces (not at either end), '_', '-', '.', '@' or ':', starting with a letter or digit,
+    and nothing shaped like a secret key."""
+    if _CHECKPOINT_NAME.fullmatch(name) and redact(name) == name:
+        return
+    raise ConfigurationError(
+        f"checkpoint_name {printable(redact(name), 60, one_line=True)!r} is not allowed: use "
+        "1-128 letters, digits, spaces, '_', '-', '.', '@' or ':', starting with a letter or "
+        "digit, and no secret key"
+    )
 
 
 async def _checkpoint(

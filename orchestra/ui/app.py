@@ -17,15 +17,19 @@ refuse cross-site requests besides.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
@@ -140,6 +144,26 @@ async def _answer(building: Awaitable[Any]) -> Response:
         return JSONResponse({"error": str(error)}, status_code=422)
     except OrchestraError as error:  # a bad session id, a store that cannot be read
         return JSONResponse({"error": str(error)}, status_code=400)
+
+
+class InspectorServer(uvicorn.Server):
+    """The uvicorn server of an inspector ``app``: as it begins to exit (Ctrl-C, SIGTERM) it
+    ends the app's live streams, since uvicorn waits for every open response to finish before
+    the app's shutdown (where the host pauses its runs), and a stream never finishes."""
+
+    def __init__(self, app: Starlette, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.watcher: StoreWatcher = app.state.watcher
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self.loop is not None:  # a signal handler: the watcher is stopped on the loop
+            self.loop.call_soon_threadsafe(self.watcher.stop)
 
 
 def _closing(host: RunHost) -> Any:

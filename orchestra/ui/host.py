@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +51,19 @@ QUIET = StatusConfig.from_verbosity(
 class WebChannel(ProgrammaticChannel):
     """The page's user channel: a ProgrammaticChannel that also keeps each waiting question,
     so the page can find those of one session (a question's ``run_id`` is its session id), and
-    says when one is asked or stops waiting."""
+    says when one is asked or stops waiting. An answered question stops waiting at once (not
+    when its branch next runs), and is remembered as answered until asked again (after a resume
+    it has the id it had), so a second answer is told so."""
 
     def __init__(self, changed: Any) -> None:
         super().__init__()
         self._asked: dict[str, Question] = {}
+        self._answered: dict[str, str] = {}  # each answered question's session
         self._changed = changed
 
     async def ask(self, question: Question) -> Any:
         self._asked[question.id] = question
+        self._answered.pop(question.id, None)
         self._changed()
         try:
             return await super().ask(question)
@@ -66,6 +71,17 @@ class WebChannel(ProgrammaticChannel):
             if self._asked.get(question.id) is question:
                 del self._asked[question.id]
             self._changed()
+
+    def answer(self, question_id: str, answer: Any) -> None:
+        super().answer(question_id, answer)
+        asked = self._asked.pop(question_id, None)
+        if asked is not None:
+            self._answered[question_id] = asked.run_id
+        self._changed()
+
+    def answered(self, session_id: str, question_id: str) -> bool:
+        """Whether the session's question was answered (and not asked again since)."""
+        return self._answered.get(question_id) == session_id
 
     def waiting(self, session_id: str) -> list[Question]:
         """The questions of ``session_id`` waiting for an answer, in the order asked."""
@@ -86,6 +102,7 @@ class RunHost:
         self.manager = StateManager(self._backend, auto_save_interval=0)
         self.channel = WebChannel(self._bump)
         self._runs: dict[str, asyncio.Task[OrchestraResult]] = {}
+        self._starting: set[str] = set()  # sessions a start or resume has claimed (see _claimed)
         self._instances = {name: self._instance(flow) for name, flow in workflows.items()}
         # checkpoint, restore, delete and pause read no topology: this one is never run
         self._keeper = self._instance(None)
@@ -160,10 +177,14 @@ class RunHost:
         if chosen is None:
             raise ConfigurationError(f"workflow {workflow!r} has no task: give one")
         session_id = check_session_id(session) if session is not None else new_session_id()
+        with self._claimed(session_id):
+            return await self._start(session_id, flow, chosen)
+
+    async def _start(self, session_id: str, flow: Workflow, task: str | dict[str, Any]) -> str:
         await self._check_startable(session_id)
         context = {**flow.context, "session_id": session_id}
         stream = Orchestra.stream(
-            chosen,
+            task,
             flow.topology,
             agent_registry=flow.registry,
             context=context,
@@ -184,12 +205,19 @@ class RunHost:
 
     async def answer(self, session_id: str, question_id: str, answer: str) -> None:
         """Answer one of the session's waiting questions."""
-        if question_id not in {question.id for question in self.channel.waiting(session_id)}:
+        waiting = [question.id for question in self.channel.waiting(session_id)]
+        still = f"waiting: {', '.join(waiting)}" if waiting else "none of its questions is waiting"
+        if question_id in waiting:
+            self.channel.answer(question_id, answer)
+        elif self.channel.answered(session_id, question_id):
+            raise SessionError(
+                f"session {session_id!r}: question {question_id!r} was answered already ({still})"
+            )
+        else:
             raise UserInputError(
                 f"session {session_id!r} has no question {question_id!r} waiting for an answer "
-                "here (answered already, withdrawn, or of a run this inspector does not host)"
+                f"here (withdrawn, or of a run this inspector does not host; {still})"
             )
-        self.channel.answer(question_id, answer)
 
     async def pause(self, session_id: str, reason: str | None) -> None:
         """Pause a hosted run; returns once it stopped (steps in flight finish first)."""
@@ -209,14 +237,15 @@ class RunHost:
     async def resume(self, session_id: str, workflow: str | None) -> str:
         """Go on with a paused or interrupted session, with ``workflow`` or (None) the one
         whose topology the session's last run was recorded with; returns the workflow's name."""
-        log = await self._load(session_id)
-        await self._check_free(session_id)
-        state = run_state(log)
-        if state not in ("paused", "interrupted"):
-            raise SessionError(f"session {session_id!r} is {state}: there is nothing to resume")
-        name = self._matching(log, workflow)
-        self._host(session_id, self._instances[name].resume_session(session_id, status=QUIET))
-        return name
+        with self._claimed(session_id):
+            log = await self._load(session_id)
+            await self._check_unheld(session_id)
+            state = run_state(log)
+            if state not in ("paused", "interrupted"):
+                raise SessionError(f"session {session_id!r} is {state}: there is nothing to resume")
+            name = self._matching(log, workflow)
+            self._host(session_id, self._instances[name].resume_session(session_id, status=QUIET))
+            return name
 
     async def checkpoint(self, session_id: str, name: str | None) -> str:
         """Name the session's current position, through its run's writer when it runs here."""
@@ -292,9 +321,26 @@ class RunHost:
             "run with; start the inspector with --workflow FILE naming the file it was run from"
         )
 
+    @contextmanager
+    def _claimed(self, session_id: str) -> Iterator[None]:
+        """The session claimed for a start or resume until the block ends: checked and taken
+        before their first await, so of two at once (a double click) exactly one goes on, and
+        the other is refused naming the session."""
+        self._check_idle(session_id)
+        self._starting.add(session_id)
+        try:
+            yield
+        finally:
+            self._starting.discard(session_id)
+
     def _host(
         self, session_id: str, run: Coroutine[Any, Any, OrchestraResult]
     ) -> asyncio.Task[OrchestraResult]:
+        """``run`` as the session's hosted run; never in place of one still going."""
+        going = self._runs.get(session_id)
+        if going is not None and not going.done():
+            run.close()
+            raise SessionError(f"session {session_id!r} is running here already")
         task = asyncio.ensure_future(run)
         self._runs[session_id] = task
         task.add_done_callback(lambda done: self._ended(session_id, done))
@@ -325,8 +371,20 @@ class RunHost:
 
     async def _check_free(self, session_id: str) -> None:
         """SessionError when a run holds the session: here, or in another process."""
+        self._check_idle(session_id)
+        await self._check_unheld(session_id)
+
+    def _check_idle(self, session_id: str) -> None:
+        """SessionError when a run of this inspector holds the session, or is starting in it."""
         if session_id in self._runs:
             raise SessionError(f"session {session_id!r} is running here; pause it first")
+        if session_id in self._starting:
+            raise SessionError(
+                f"session {session_id!r} is being started or resumed here; wait for it"
+            )
+
+    async def _check_unheld(self, session_id: str) -> None:
+        """SessionError when a run of another process holds the session."""
         if await self._backend.held(session_id):
             raise SessionError(
                 f"session {session_id!r} is being run by another process; stop or pause it there"
@@ -335,7 +393,7 @@ class RunHost:
     async def _check_startable(self, session_id: str) -> None:
         """A new run may go into a session free of writers with no run on the way (a paused
         or interrupted one is resumed instead)."""
-        await self._check_free(session_id)
+        await self._check_unheld(session_id)
         try:
             state = await self._state(session_id)
         except SessionNotFoundError:

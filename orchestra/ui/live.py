@@ -10,6 +10,8 @@ the catalog) and writes at its own pace, and one that fell behind sends only the
 A disconnect ends the client's generator, which stops listening; the last to leave stops the
 thread. A run that dies without a word (its process killed) changes nothing the watcher sees:
 its session shows as interrupted at the next change, or when the page is loaded again.
+When the server begins to exit it stops the watcher (:meth:`StoreWatcher.stop`), which ends
+every stream: the server waits for open responses to finish before it shuts down.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ class StoreWatcher:
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.stopping = False
+
+    def stop(self) -> None:
+        """End every stream, and any begun later: the server is exiting, and waits for every
+        open response to finish first (a stream never would)."""
+        self.stopping = True
+        self._wake()
 
     @contextmanager
     def listening(self) -> Iterator[asyncio.Event]:
@@ -113,10 +122,11 @@ async def event_stream(
     watcher: StoreWatcher, parts: list[tuple[str, Build]]
 ) -> AsyncIterator[bytes]:
     """The SSE body: each of ``parts`` (an event name, and how to build its data) sent at
-    once, then again whenever what it builds changed; a keep-alive comment when all is still."""
+    once, then again whenever what it builds changed; a keep-alive comment when all is still.
+    It ends when the watcher stops (the server is exiting)."""
     sent: dict[str, str] = {}
     with watcher.listening() as changed:
-        while True:
+        while not watcher.stopping:
             changed.clear()  # before building: a change while it builds wakes it again
             for name, build in parts:
                 data = await _built(build)

@@ -16,6 +16,9 @@ _ENTITIES = {
     ">": "#gt;",
     "|": "#124;",
     "`": "#96;",
+    "%": "#37;",
+    "{": "#123;",
+    "}": "#125;",
     "\n": "<br>",
 }
 
@@ -25,9 +28,11 @@ def mermaid_label(text: str) -> str:
 
     A quote ends the string and a line break the statement; Mermaid reads ``#name;`` and
     ``#code;`` as entities and a label as HTML, and a backtick after the opening quote starts
-    a markdown string. So those characters, and ``|`` (which delimits edge text), are written
-    as entities, a newline as ``<br>``, and any other character that is not printable (a
-    carriage return, a line or paragraph separator, a control) as its numeric entity.
+    a markdown string. Mermaid also obeys a ``%%{init: ...}%%`` directive found anywhere in
+    the text, even inside a quoted label, and lets it change its configuration (theme, CSS).
+    So those characters, ``|`` (which delimits edge text), ``%``, ``{`` and ``}`` are written as
+    entities, a newline as ``<br>``, and any other character that is not printable (a carriage
+    return, a line or paragraph separator, a control) as its numeric entity.
     """
     return "".join(_ENTITIES.get(char) or _printable(char) for char in text)
 
