@@ -10,7 +10,8 @@ A branch's state follows its records: a step begun is ``running``; an ``ask_user
 the root's final response in a run that offers follow-ups, is ``waiting for the user`` until
 the answer; a tool call ``waiting for tools`` until its results are in; a final response of a
 forked branch ``done``, unless its begin said whom it ``returns_to`` (a called agent's answer
-to its caller, which steps next on the same branch: it ends no branch and no round); a step error or a branch failure ``failed`` (unless it steps again).
+to its caller, which steps next on the same branch: it ends no branch and no round); a step
+error or a branch failure ``failed`` (unless it steps again).
 A parent branch that steps again after its fan-out has settled ended its children that were
 still at work (they arrived, or were cancelled): they are ``done``. A run's end settles the
 rest: ``done`` when it succeeded, ``stopped`` otherwise (or paused; a resume puts them back),
@@ -292,10 +293,8 @@ class Fold:
         view = branch.view
         if kind is ActionKind.ASK_USER:
             insort(self._asked.setdefault(run, []), position)
-            branch.question, branch.asked_at = (
-                ("q", action.question if action else "", "agent"),
-                position,
-            )
+            branch.question = ("q", action.question if action else "", "agent")
+            branch.asked_at = position
             view["state"] = "waiting for the user"
         elif kind is ActionKind.CALL_TOOL:
             view["state"] = "waiting for tools"
