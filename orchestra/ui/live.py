@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -35,12 +36,14 @@ this, and the time to rebuild what it shows)."""
 KEEP_ALIVE_SECONDS = 15.0
 """A comment line this often keeps proxies and the page's reader from giving up."""
 
+log = logging.getLogger(__name__)
+
 
 class StoreWatcher:
     """Wakes every listener when the store at ``store`` (or ``host``) changes (see module)."""
 
     def __init__(self, store: Path, host: RunHostView | None) -> None:
-        self.store = store
+        self.store = store.absolute()  # a relative path has no file URI (and cwd may change)
         self.host = host
         self._listeners: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
         self._guard = threading.Lock()
@@ -76,18 +79,26 @@ class StoreWatcher:
                     self._thread = None
 
     def _watch(self, stop: threading.Event) -> None:
+        """Poll until stopped. An error (whatever raised it) is logged and the store asked
+        again at the next poll, over a new connection: a watcher that died would leave every
+        client of the server without another event."""
         connection: sqlite3.Connection | None = None
         seen: tuple[int | None, int | None] = (None, None)
-        try:
-            while not stop.wait(POLL_SECONDS):
+        while not stop.wait(POLL_SECONDS):
+            try:
                 connection = connection or _connect(self.store)
                 now = (_data_version(connection), self.host.version if self.host else None)
-                if now != seen:
-                    seen = now
-                    self._wake()
-        finally:
-            if connection is not None:
-                connection.close()
+            except Exception as error:
+                log.warning(
+                    "the store watcher failed (%s: %s); it tries again", type(error).__name__, error
+                )
+                _closed(connection)
+                connection = None
+                continue
+            if now != seen:
+                seen = now
+                self._wake()
+        _closed(connection)
 
     def _wake(self) -> None:
         with self._guard:
@@ -103,6 +114,12 @@ def _connect(store: Path) -> sqlite3.Connection | None:
         return sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True, check_same_thread=False)
     except sqlite3.Error:
         return None
+
+
+def _closed(connection: sqlite3.Connection | None) -> None:
+    if connection is not None:
+        with suppress(sqlite3.Error):
+            connection.close()
 
 
 def _data_version(connection: sqlite3.Connection | None) -> int | None:
