@@ -8,6 +8,7 @@ import asyncio
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -17,7 +18,8 @@ from test_ui import BEGIN, events_of, start, step, write
 from orchestra.agents.contract import Action
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.ui import live
-from orchestra.ui.live import StoreWatcher
+from orchestra.ui.catalog import Catalog
+from orchestra.ui.live import StoreWatcher, event_stream
 
 HEARD_WITHIN = live.KEEP_ALIVE_SECONDS / 2
 """A change reaches a client in about 0.1 s; without a watcher, only at the next keep-alive."""
@@ -83,3 +85,34 @@ async def test_the_watcher_outlives_an_error_and_still_wakes_its_listeners(
     finally:
         backend.close()
     assert not failures and "OSError" in caplog.text
+
+
+async def test_each_part_is_built_once_per_change_whatever_the_clients(tmp_path: Path) -> None:
+    """Five clients: the sessions list is built at most once for each change the watcher saw
+    (it once was built by every client at every change), and each client is sent the same
+    bytes."""
+    store = tmp_path / "sessions.db"
+    backend = SQLiteStorageBackend(store)
+    manager = StateManager(backend, auto_save_interval=0)
+    await (await write(manager, "s", start())).close()
+    watcher, catalog = StoreWatcher(store, None), Catalog(store)
+    builds = 0
+
+    async def sessions() -> list[dict[str, Any]]:
+        nonlocal builds
+        builds += 1
+        return await catalog.sessions(None)
+
+    streams = [event_stream(watcher, [("sessions", "sessions", sessions)]) for _ in range(5)]
+    try:
+        first = {await anext(stream) for stream in streams}
+        await (await write(manager, "s", BEGIN)).close()
+        then = {await asyncio.wait_for(anext(stream), WAIT) for stream in streams}
+        assert len(first) == len(then) == 1 and first != then
+        assert b'"version":2' in then.pop()
+        assert builds <= watcher.generation
+    finally:
+        for stream in streams:
+            await stream.aclose()
+        catalog.close()
+        backend.close()
