@@ -14,6 +14,7 @@ from helpers import run_cli, start_cli
 from storage_backends import sqlite_store_damaged_at
 
 from orchestra.coordination.state import SQLiteStorageBackend
+from orchestra.coordination.state.records import FORMAT
 
 
 def test_demo_runs_the_research_workflow_offline_on_the_bundled_model() -> None:
@@ -201,7 +202,7 @@ def test_a_damaged_or_unreadable_session_is_named_not_a_traceback(tmp_path: Path
         backend = SQLiteStorageBackend(store)
         try:
             lines = await backend.read("ok")
-            later = [lines[0].replace('"format":2', '"format":9'), *lines[1:]]
+            later = [lines[0].replace(f'"format":{FORMAT}', '"format":9'), *lines[1:]]
             await backend.append("later", later, durable=True, after=0)
         finally:
             backend.close()

@@ -7,8 +7,12 @@ that instant was refused as if another writer held the session. Now the probe on
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import threading
 from pathlib import Path
+
+import pytest
 
 from orchestra.coordination.state import SQLiteStorageBackend
 from orchestra.errors import SessionError
@@ -76,5 +80,32 @@ async def test_held_sees_a_writer_of_another_backend_and_not_after_its_release(
         await writer.release("s")
         assert not await prober.held("s")
     finally:
+        writer.close()
+        prober.close()
+
+
+async def test_a_writer_of_the_release_before_is_seen_and_excludes_this_ones(
+    tmp_path: Path,
+) -> None:
+    """That release's writer took a ``flock`` only (which OFD locks do not see): ``held`` still
+    says so, a writer of this release is refused, and this release's writer refuses it."""
+    store = tmp_path / "store.db"
+    writer, prober = SQLiteStorageBackend(store), SQLiteStorageBackend(store)
+    locks = store.with_name("store.db.locks")
+    locks.mkdir()
+    old = os.open(locks / "s", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(old, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the release before held it
+        assert await prober.held("s")
+        with pytest.raises(SessionError, match="another process"):
+            await writer.append("s", ["r0"], durable=False, after=0)
+        os.close(old)
+        assert not await prober.held("s")
+        await writer.append("s", ["r0"], durable=False, after=0)
+        old = os.open(locks / "s", os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(old, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(old)
         writer.close()
         prober.close()

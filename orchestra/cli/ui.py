@@ -70,6 +70,7 @@ def serve(
 ) -> None:
     """Serve the inspector over ``store`` with runs of ``workflows`` hosted, ``first`` (a
     workflow's name and task) started at once, the page opened in a browser when asked."""
+    store = store.resolve()  # once: every reader of it (host, catalog, watcher) the same file
     try:  # the ui extra: the rest of the command line works without it
         import uvicorn
 

@@ -103,10 +103,12 @@ def create_app(
         return await _answer(catalog.step(found["session"], found["position"]))
 
     async def events(request: Request) -> Response:
-        parts: list[tuple[str, Build]] = [("sessions", lambda: catalog.sessions(host))]
+        parts: list[tuple[str, str, Build]] = [
+            ("sessions", "sessions", lambda: catalog.sessions(host))
+        ]
         watched = request.query_params.get("session")
         if watched is not None:
-            parts.append(("session", lambda: catalog.view(watched, host)))
+            parts.append((f"session {watched}", "session", lambda: catalog.view(watched, host)))
         return StreamingResponse(
             event_stream(watcher, parts),
             media_type="text/event-stream",

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
+from orchestra.coordination.state.backends import check_session_id
 from orchestra.coordination.state.manager import SessionLog
 from orchestra.coordination.state.records import Entry
-from orchestra.errors import SessionCorruptedError, SessionNotFoundError
+from orchestra.errors import InvalidSessionIdError, SessionCorruptedError, SessionNotFoundError
 
 from .fold import Fold
 from .summaries import damaged, summarised
@@ -38,6 +39,7 @@ class _Read:
     log: SessionLog | None = None
     entries: list[Entry] | None = None
     error: Exception | None = None
+    held: bool | None = None  # whether a writer held it when last asked (None: not asked)
     # each built for whether a writer held the session (a crash changes that, not the log)
     summary: tuple[bool, dict[str, Any]] | None = None
     fold: tuple[bool, Fold] | None = None
@@ -81,21 +83,25 @@ class Catalog:
         return await asyncio.to_thread(run)
 
     async def _sessions(self, host: RunHostView | None) -> list[dict[str, Any]]:
-        found = await self._backend.list_sessions()
         lengths = await self._lengths()
+        found = sorted(lengths) if lengths else await self._backend.list_sessions()
         for gone in set(self._read) - set(found):
             del self._read[gone]
         rows = []
         for session_id in found:
-            read = await self._session(session_id, lengths.get(session_id))
+            read = await self._session(session_id, (lengths or {}).get(session_id))
             rows.append(await self._summary(session_id, read, host))
         return rows
 
-    async def _lengths(self) -> dict[str, int]:
+    async def _lengths(self) -> dict[str, int] | None:
+        """Each session's length, which lists them too (one query on the index); None when the
+        index is damaged or holds an id no session can have (a damaged page's garbage): then
+        the sessions are listed as the backend finds them, and each is read (and named) anew."""
         try:
-            return await self._backend.lengths()
-        except SessionCorruptedError:  # a damaged index: every session read (and named) anew
-            return {}
+            lengths = await self._backend.lengths()
+        except SessionCorruptedError:
+            return None
+        return lengths if all(map(_valid_id, lengths)) else None
 
     async def _session(self, session_id: str, length: int | None) -> _Read:
         """The session as read at ``length`` records (None: unknown, read it again)."""
@@ -115,11 +121,19 @@ class Catalog:
     async def _summary(
         self, session_id: str, read: _Read, host: RunHostView | None
     ) -> dict[str, Any]:
-        held = await self._backend.held(session_id)
+        held = await self._held(session_id, read)
         if read.summary is None or read.summary[0] != held:
             read.summary = (held, _summary_of(session_id, read, held))
         hosted = host.hosts(session_id) if host is not None else False
         return {**read.summary[1], "hosted": hosted, "version": read.length or 0}
+
+    async def _held(self, session_id: str, read: _Read) -> bool:
+        """Whether a writer holds the session: asked of the store only when its log grew since
+        (a new ``_Read``) or a writer held it (a writer takes its lock with its first append,
+        so one that came has grown the log; one that left, a crash, grows nothing)."""
+        if read.held is None or read.held:
+            read.held = await self._backend.held(session_id)
+        return read.held
 
     async def _view(self, session_id: str, host: RunHostView | None) -> SessionView:
         fold = await self._fold(session_id)
@@ -128,11 +142,11 @@ class Catalog:
         return session_view(fold, summary, host)
 
     async def _fold(self, session_id: str) -> Fold:
-        lengths = await self._lengths()  # empty when the index is damaged: listed instead
+        lengths = await self._lengths()  # None when the index is damaged: listed instead
         if session_id not in (lengths or await self._backend.list_sessions()):
             raise SessionNotFoundError(f"no session {session_id!r} in {self.store}")
-        read = await self._session(session_id, lengths.get(session_id))
-        held = await self._backend.held(session_id)
+        read = await self._session(session_id, (lengths or {}).get(session_id))
+        held = await self._held(session_id, read)
         if read.error is not None:
             raise _as_damage(session_id, read.error)
         if read.fold is None or read.fold[0] != held:
@@ -151,6 +165,14 @@ def _summary_of(session_id: str, read: _Read, held: bool) -> dict[str, Any]:
         return dict(summarised(read.log, held))
     except Exception as error:  # as the summaries do: any failure is the session's damage
         return dict(damaged(session_id, error))
+
+
+def _valid_id(session_id: str) -> bool:
+    try:
+        check_session_id(session_id)
+    except InvalidSessionIdError:
+        return False
+    return True
 
 
 def _as_damage(session_id: str, error: Exception) -> SessionCorruptedError:

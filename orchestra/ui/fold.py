@@ -9,18 +9,28 @@ its checkpoint, before the restore) still show, marked abandoned, and change no 
 A branch's state follows its records: a step begun is ``running``; an ``ask_user`` result, or
 the root's final response in a run that offers follow-ups, is ``waiting for the user`` until
 the answer; a tool call ``waiting for tools`` until its results are in; a final response of a
-forked branch ``done``; a step error or a branch failure ``failed`` (unless it steps again).
+forked branch ``done``, unless its begin said whom it ``returns_to`` (a called agent's answer
+to its caller, which steps next on the same branch: it ends no branch and no round); a step
+error or a branch failure ``failed`` (unless it steps again).
 A parent branch that steps again after its fan-out has settled ended its children that were
 still at work (they arrived, or were cancelled): they are ``done``. A run's end settles the
-rest: ``done`` when it succeeded, ``stopped`` otherwise (or paused; a resume puts them back).
+rest: ``done`` when it succeeded, ``stopped`` otherwise (or paused; a resume puts them back),
+but ``failed`` for a branch that waited on a fan-out a child of which failed, as the engine
+says. A fan-out's branches are all listed from the first of them to begin, those that never
+begin (cancelled when the fan-out failed) included.
 
 A budget question is no record of its own (the branch stops at its step's begin); its answer
-shows that the begin took no step, and that step is dropped then. While it waits, it looks
-like a step in flight: this fold cannot tell the two apart.
+shows that the begin took no step, and that step is dropped then. It uses up a question number
+as the engine counts (``budget-q2``, then ``q3``), so an agent question is numbered by the
+questions, agent and answered budget ones, at or before its step: the id its channel gave.
+While a budget question waits, it looks like a step in flight: this fold cannot tell the two
+apart, so it is not listed, and an agent question another branch asks meanwhile is numbered one
+too low until that answer is in.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right, insort
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -98,7 +108,9 @@ class _Branch:
     open: Step | None = None  # its step in flight
     last: Step | None = None  # its latest step
     question: tuple[str, str, str] | None = None  # (id, text, kind) waiting for an answer
+    asked_at: int = 0  # the position of the step that asked its agent question
     before_end: str | None = None  # its state when its run ended (a resume restores it)
+    returns_to: str | None = None  # the caller its current step's final response returns to
 
 
 class Fold:
@@ -111,10 +123,11 @@ class Fold:
         self.runs: list[RunView] = []
         self.branches: dict[tuple[str, str], _Branch] = {}
         self._children: dict[tuple[str, str], list[_Branch]] = {}  # by (run, parent)
+        self._fan_outs: set[tuple[str, str]] = set()  # (run, fan-out) whose children are known
         self.steps: list[Step] = []
         self.restores: list[tuple[int, str, int]] = []  # (its position, checkpoint, back to)
         self._ghosts: dict[tuple[str, str], Step] = {}  # abandoned steps in flight
-        self._asked: dict[str, int] = {}  # questions each run asked, by run
+        self._asked: dict[str, list[int]] = {}  # by run: where each question it numbered was
         self._rounds: dict[str, int] = {}  # final responses of each run's root
         self._run_of: dict[int, str] = {}
         self._names: dict[str, str] = {}  # run -> its name for question ids (restores in it)
@@ -165,12 +178,14 @@ class Fold:
             return
         if isinstance(record, inp.StepBegin):
             self._begin(run, entry.position, record)
+            if record.parent is not None and record.fan_out is not None:
+                self._siblings(run, record, record.parent, record.fan_out)
             return
         branch = self.branches.get((run, branch_id))
         if branch is None:
             return
         if isinstance(record, inp.StepResult):
-            self._result(run, branch, record)
+            self._result(run, branch, record, entry.position)
         elif isinstance(record, inp.StepError):
             self._failed_step(branch, record, shown(record.error, TEXT_CHARS))
         elif isinstance(record, inp.ModelRetry) and branch.open is not None:
@@ -180,7 +195,7 @@ class Fold:
         elif isinstance(record, inp.ToolsDone):
             branch.view["state"] = "waiting for the user" if branch.question else "running"
         elif isinstance(record, inp.UserAnswer):
-            self._answered(branch)
+            self._answered(run, branch)
         elif isinstance(record, inp.BranchFailure | inp.RunAbort):
             self._failed(branch, record.at, shown(record.error, TEXT_CHARS))
 
@@ -205,9 +220,44 @@ class Fold:
         self._children_settled(run, record.branch_id, record.at)
         _mark(branch.view, "running", None)
         branch.question = None
+        branch.returns_to = record.returns_to
         if branch.open is None:  # else: a step cut short by a crash, begun again
             branch.open = branch.last = self._step(run, position, record)
             self.steps.append(branch.open)
+
+    def _siblings(self, run: str, record: inp.StepBegin, parent: str, fan_out: str) -> None:
+        """The other branches of the fan-out its first child to begin belongs to, listed
+        before they begin (one cancelled when the fan-out failed never does). The engine makes
+        a fan-out's branches in one go, in the order of the parent's invocations, so their ids
+        follow each other: known from one child whose agent is invoked once."""
+        if (run, fan_out) in self._fan_outs:
+            return
+        self._fan_outs.add((run, fan_out))
+        forked = self.branches.get((run, parent))
+        step = forked.last if forked is not None else None
+        if step is None or step.view["action"] != "parallel_invoke":
+            return
+        targets = step.view["targets"]
+        number = record.branch_id.removeprefix("b")
+        if targets.count(record.agent or "") != 1 or not number.isdigit():
+            return
+        first = int(number) - targets.index(record.agent or "")
+        for offset, agent in enumerate(targets):
+            key = (run, f"b{first + offset}")
+            if key not in self.branches:
+                self.branches[key] = sibling = _Branch(
+                    BranchView(
+                        id=key[1],
+                        run=run,
+                        parent=parent,
+                        fan_out=fan_out,
+                        agent=agent,
+                        state="running",
+                        started=record.at,
+                        ended=None,
+                    )
+                )
+                self._children.setdefault((run, parent), []).append(sibling)
 
     def _children_settled(self, run: str, parent: str, at: float) -> None:
         """A branch steps again once its fan-out settled: children still at work ended."""
@@ -233,7 +283,7 @@ class Fold:
             )
         )
 
-    def _result(self, run: str, branch: _Branch, record: inp.StepResult) -> None:
+    def _result(self, run: str, branch: _Branch, record: inp.StepResult, position: int) -> None:
         step = branch.open
         branch.open = None
         if step is not None:
@@ -242,15 +292,17 @@ class Fold:
         kind = action.kind if action is not None else None
         view = branch.view
         if kind is ActionKind.ASK_USER:
-            asked = self._asked[run] = self._asked.get(run, 0) + 1
-            branch.question = (f"q{asked}", action.question if action else "", "agent")
+            insort(self._asked.setdefault(run, []), position)
+            branch.question = ("q", action.question if action else "", "agent")
+            branch.asked_at = position
             view["state"] = "waiting for the user"
         elif kind is ActionKind.CALL_TOOL:
             view["state"] = "waiting for tools"
-        elif kind is ActionKind.FINAL and view["id"] == ROOT:
-            self._round_over(run, branch, record.at)
-        elif kind is ActionKind.FINAL:
-            _mark(view, "done", record.at)
+        elif kind is ActionKind.FINAL and branch.returns_to is None:  # else: a call returns
+            if view["id"] == ROOT:
+                self._round_over(run, branch, record.at)
+            else:
+                _mark(view, "done", record.at)
         if action is not None and action.tool_calls:  # they run first, then the action
             view["state"] = "waiting for tools"
 
@@ -271,8 +323,9 @@ class Fold:
                 return found.start
         return None
 
-    def _answered(self, branch: _Branch) -> None:
+    def _answered(self, run: str, branch: _Branch) -> None:
         if branch.question is None and branch.open is not None:  # a budget question's answer
+            insort(self._asked.setdefault(run, []), branch.open.view["position"])
             branch.open.void = True
             branch.open = None
         branch.question = None
@@ -306,8 +359,17 @@ class Fold:
             elif view["state"] in _WAITING:
                 branch.before_end = view["state"]
                 branch.open = None
-                settled = "done" if record.success and not record.paused else "stopped"
-                _mark(view, settled, record.at)
+                _mark(view, self._ended(run, view["id"], record), record.at)
+
+    def _ended(self, run: str, branch: str, end: inp.RunEnd) -> str:
+        """A branch at work when its run ended: ``failed`` when the run failed while it
+        waited on a fan-out a child of which failed (as the engine reports it)."""
+        if end.success and not end.paused:
+            return "done"
+        children = self._children.get((run, branch), ())
+        if not end.paused and any(child.view["state"] == "failed" for child in children):
+            return "failed"
+        return "stopped"
 
     def _ghost(self, run: str, entry: Entry) -> None:
         """A record a restore abandoned: its steps show, greyed; nothing else changes."""
@@ -366,6 +428,8 @@ class Fold:
             if branch.view["run"] != run or branch.question is None:
                 continue
             question_id, text, kind = branch.question
+            if kind == "agent":  # numbered as the engine numbers it, budget questions included
+                question_id = f"q{bisect_right(self._asked.get(run or '', []), branch.asked_at)}"
             found.append(
                 QuestionView(
                     id=f"{self.session_id}:{self._names.get(run, run)}:{question_id}",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -35,18 +36,22 @@ this, and the time to rebuild what it shows)."""
 KEEP_ALIVE_SECONDS = 15.0
 """A comment line this often keeps proxies and the page's reader from giving up."""
 
+log = logging.getLogger(__name__)
+
 
 class StoreWatcher:
     """Wakes every listener when the store at ``store`` (or ``host``) changes (see module)."""
 
     def __init__(self, store: Path, host: RunHostView | None) -> None:
-        self.store = store
+        self.store = store.absolute()  # a relative path has no file URI (and cwd may change)
         self.host = host
         self._listeners: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.stopping = False
+        self.generation = 0  # counts the changes seen (and each start of the thread)
+        self._parts: dict[str, tuple[int, asyncio.Future[bytes]]] = {}
 
     def stop(self) -> None:
         """End every stream, and any begun later: the server is exiting, and waits for every
@@ -61,6 +66,7 @@ class StoreWatcher:
         with self._guard:
             self._listeners[changed] = asyncio.get_running_loop()
             if self._thread is None:
+                self.generation += 1  # what changed while nobody listened was not seen
                 self._stop = threading.Event()
                 self._thread = threading.Thread(
                     target=self._watch, args=(self._stop,), name="orchestra-ui-watch", daemon=True
@@ -74,23 +80,46 @@ class StoreWatcher:
                 if not self._listeners and self._thread is not None:
                     self._stop.set()
                     self._thread = None
+                    self._parts.clear()
+
+    async def part(self, key: str, name: str, build: Build) -> bytes:
+        """The event ``name`` with what ``build`` makes, as sent: built once per change seen
+        (per ``generation``) whoever asks, every client sent the same bytes. A build begun
+        after a change reads the store as that change left it; a later change bumps the
+        generation, and the next ask builds again. (Each client's build, per change, once
+        made the list's cost grow with the clients as well as the sessions.)"""
+        generation = self.generation
+        found = self._parts.get(key)
+        if found is None or found[0] != generation:
+            self._parts = {k: v for k, v in self._parts.items() if v[0] == generation}
+            found = self._parts[key] = (generation, asyncio.ensure_future(_built(name, build)))
+        return await asyncio.shield(found[1])  # a client that leaves cancels nobody's build
 
     def _watch(self, stop: threading.Event) -> None:
+        """Poll until stopped. An error (whatever raised it) is logged and the store asked
+        again at the next poll, over a new connection: a watcher that died would leave every
+        client of the server without another event."""
         connection: sqlite3.Connection | None = None
         seen: tuple[int | None, int | None] = (None, None)
-        try:
-            while not stop.wait(POLL_SECONDS):
+        while not stop.wait(POLL_SECONDS):
+            try:
                 connection = connection or _connect(self.store)
                 now = (_data_version(connection), self.host.version if self.host else None)
-                if now != seen:
-                    seen = now
-                    self._wake()
-        finally:
-            if connection is not None:
-                connection.close()
+            except Exception as error:
+                log.warning(
+                    "the store watcher failed (%s: %s); it tries again", type(error).__name__, error
+                )
+                _closed(connection)
+                connection = None
+                continue
+            if now != seen:
+                seen = now
+                self._wake()
+        _closed(connection)
 
     def _wake(self) -> None:
         with self._guard:
+            self.generation += 1
             listeners = list(self._listeners.items())
         for event, loop in listeners:
             with suppress(RuntimeError):  # its loop is closed: it is leaving
@@ -103,6 +132,12 @@ def _connect(store: Path) -> sqlite3.Connection | None:
         return sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True, check_same_thread=False)
     except sqlite3.Error:
         return None
+
+
+def _closed(connection: sqlite3.Connection | None) -> None:
+    if connection is not None:
+        with suppress(sqlite3.Error):
+            connection.close()
 
 
 def _data_version(connection: sqlite3.Connection | None) -> int | None:
@@ -119,31 +154,32 @@ Build = Callable[[], Awaitable[Any]]
 
 
 async def event_stream(
-    watcher: StoreWatcher, parts: list[tuple[str, Build]]
+    watcher: StoreWatcher, parts: list[tuple[str, str, Build]]
 ) -> AsyncIterator[bytes]:
-    """The SSE body: each of ``parts`` (an event name, and how to build its data) sent at
-    once, then again whenever what it builds changed; a keep-alive comment when all is still.
-    It ends when the watcher stops (the server is exiting)."""
-    sent: dict[str, str] = {}
+    """The SSE body: each of ``parts`` (what it is, shared by every client that sends the
+    same; its event name; how to build its data) sent at once, then again whenever what it
+    builds changed; a keep-alive comment when all is still. It ends when the watcher stops
+    (the server is exiting)."""
+    sent: dict[str, bytes] = {}
     with watcher.listening() as changed:
         while not watcher.stopping:
             changed.clear()  # before building: a change while it builds wakes it again
-            for name, build in parts:
-                data = await _built(build)
-                if sent.get(name) != data:
-                    sent[name] = data
-                    yield f"event: {name}\ndata: {data}\n\n".encode()
+            for key, name, build in parts:
+                message = await watcher.part(key, name, build)
+                if sent.get(name) != message:
+                    sent[name] = message
+                    yield message
             try:
                 await asyncio.wait_for(changed.wait(), KEEP_ALIVE_SECONDS)
             except TimeoutError:
                 yield b": keep-alive\n\n"
 
 
-async def _built(build: Build) -> str:
-    """The part's data as one line of JSON; an error (the session deleted, damaged) as
-    ``{"error": ...}``, so the page says why rather than the stream ending."""
+async def _built(name: str, build: Build) -> bytes:
+    """The event ``name``, its data one line of JSON; an error (the session deleted, damaged)
+    as ``{"error": ...}``, so the page says why rather than the stream ending."""
     try:
         value = await build()
     except OrchestraError as error:
         value = {"error": str(error)}
-    return json.dumps(value, separators=(",", ":"))
+    return f"event: {name}\ndata: {json.dumps(value, separators=(',', ':'))}\n\n".encode()

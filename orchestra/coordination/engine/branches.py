@@ -84,6 +84,13 @@ class Branch:
     def ended(self) -> bool:
         return self.status in ENDED
 
+    @property
+    def returns_to(self) -> str | None:
+        """The caller its agent's final response goes back to (None: that response ends the
+        branch, or the run's round): what its steps' log says, so a viewer tells the two apart."""
+        frame = self.call_stack[-1] if self.call_stack else None
+        return frame.caller if frame is not None and not frame.returns_to_fan_out else None
+
 
 @dataclass(slots=True, eq=False)
 class FanOut:

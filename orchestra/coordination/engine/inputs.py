@@ -56,15 +56,18 @@ class StepBegin(Record, frozen=True, kw_only=True):
     """A branch's next step began (or a step cut short by a crash began again).
 
     The rest says, for readers of the log only (the engine knows it already and ignores it),
-    whose step it is and, on a forked branch's first step, where the branch came from: so a
-    viewer folds a stored session into branches and steps without the topology's code. All
-    three are absent (None) from logs written before they were recorded."""
+    whose step it is, on a forked branch's first step where the branch came from, and, when
+    the agent was called, the caller its final response returns to (a return, not the end of
+    the branch or of the run's round): so a viewer folds a stored session into branches and
+    steps without the topology's code. All are absent (None) from logs written before they
+    were recorded, and ``returns_to`` from every step not taken by a called agent."""
 
     KIND: ClassVar[str] = "begin"
     branch_id: str
     agent: str | None = None  # the agent taking the step
     parent: str | None = None  # the branch it was forked from (a branch's first step only)
     fan_out: str | None = None  # the fan-out that forked it (a branch's first step only)
+    returns_to: str | None = None  # the caller a final response goes back to (a call's step)
 
 
 class StepResult(Record, frozen=True, kw_only=True):

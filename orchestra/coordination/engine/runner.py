@@ -412,6 +412,7 @@ class Runner:
                 agent=branch.agent,
                 parent=forked.id if forked is not None else None,
                 fan_out=branch.fan_out.id if forked is not None and branch.fan_out else None,
+                returns_to=branch.returns_to,
             )
             effects = self.feed(begin, due=False)
             begun = effects[-1] if effects else None  # the engine's last effect: take the step

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import re
 import struct
 import zlib
@@ -89,17 +90,19 @@ def another_writer(session_id: str) -> SessionError:
 
 
 def lock_session(session_id: str, descriptor: int) -> None:
-    """Take a session's writer lock on its lock file, opened for reading and writing: as
-    :func:`lock_writer` does, but an open-file-description lock (``F_OFD_SETLK``, Linux) where
-    there is one, so that :func:`session_held` can ask about it without taking a lock itself.
+    """Take a session's writer locks on its lock file, opened for reading and writing: the
+    ``flock`` :func:`lock_writer` takes, as the release before took it alone (so a writer of
+    either release refuses the other), and, where there is one (Linux), an open-file-description
+    lock (``F_OFD_SETLK``) that :func:`session_held` can ask about without taking a lock itself.
     A probe that took a shared ``flock`` for a moment made a writer trying its exclusive lock at
     that instant fail as if another writer held the session (a race test: 343 in 2000); a
     test lock (``F_OFD_GETLK``) contends with nothing, and needs no retry or wait to be right.
-    Like ``flock``, an OFD lock belongs to the open file, not the process: a second backend
-    object in the same process is refused too, and closing another descriptor of the file (a
-    probe's) releases nothing."""
+    (A probe of the release before still takes that shared ``flock``: while both releases work
+    on one store, its probes can refuse a writer of this one as before.) Both locks belong to
+    the open file, not the process: a second backend object in the same process is refused
+    too, and closing another descriptor of the file (a probe's) releases nothing."""
+    lock_writer(session_id, descriptor)
     if _OFD_SETLK is None:
-        lock_writer(session_id, descriptor)
         return
     try:
         fcntl.fcntl(descriptor, _OFD_SETLK, _flock(fcntl.F_WRLCK))
@@ -110,9 +113,12 @@ def lock_session(session_id: str, descriptor: int) -> None:
 
 
 def session_held(descriptor: int) -> bool:
-    """Whether a writer holds the lock :func:`lock_session` takes, asked without locking.
-    Where there are no OFD locks, a shared ``flock`` taken (and kept until the file is closed)
-    shows it, at the cost of the race the function above avoids; no locks at all: False."""
+    """Whether a writer holds the locks :func:`lock_session` takes, asked without locking: its
+    OFD lock, or a ``flock`` alone (a writer of the release before), which the kernel lists in
+    ``/proc/locks`` (only the locks of this PID namespace: a writer of the release before in
+    another container is not seen). Where there are no OFD locks, a shared ``flock`` taken (and
+    kept until the file is closed) shows a writer, at the cost of the race the function above
+    avoids; no locks at all: False."""
     if _OFD_GETLK is None:
         if fcntl is None:
             return False
@@ -123,7 +129,23 @@ def session_held(descriptor: int) -> bool:
         return False
     found = fcntl.fcntl(descriptor, _OFD_GETLK, _flock(fcntl.F_RDLCK))
     kind: int = struct.unpack(_FLOCK, found)[0]
-    return kind != fcntl.F_UNLCK
+    return kind != fcntl.F_UNLCK or _flocked(descriptor)
+
+
+def _flocked(descriptor: int) -> bool:
+    """Whether ``/proc/locks`` lists a ``flock`` held on the open file's inode (lines such as
+    ``3: FLOCK  ADVISORY  WRITE 4242 fe:00:2852690 0 EOF``; a waiter's has ``->`` first)."""
+    info = os.fstat(descriptor)
+    inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as listing:
+            return any(_flock_on(line.split(), inode) for line in listing)
+    except OSError:
+        return False
+
+
+def _flock_on(fields: list[str], inode: str) -> bool:
+    return len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode
 
 
 _OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None) if fcntl else None

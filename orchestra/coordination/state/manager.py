@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +115,13 @@ def run_state(log: SessionLog) -> str:
     return "finished" if run.end.success else "failed"
 
 
+SHOW_AFTER = 0.05
+"""Seconds a record that is not due (a step's begin, a model retry) waits, with the 'every
+step' policy, before it is written anyway, without waiting for durability: readers of the
+store (``orchestra sessions``, the web inspector) then see a step in flight while its model
+call runs. A step that ends sooner writes its begin with its result, as one append."""
+
+
 class SessionWriter:
     """Appends one session's records, durably at once or in timed batches."""
 
@@ -132,16 +140,41 @@ class SessionWriter:
         self.snapshot_source: Callable[[int, float], bytes | None] | None = None
         self._last_at: float | None = None  # the time of the last record this writer queued
         self.flush_error: BaseException | None = None
+        self._shower: asyncio.TimerHandle | None = None  # writes what waited SHOW_AFTER
+        self._queued_at = 0.0  # when the oldest record still queued was queued (monotonic)
 
     def record(self, item: inp.Record) -> int:
         """Queue a record; returns its position (1-based) in the session log. A record that
         cannot be written (``UnstorableValueError``) raises here and takes no position."""
         line = records.encode(item, self.length + 1)
         records.check_size(line, self.session_id, self.length + 1)
+        if not self._buffer:
+            self._queued_at = time.monotonic()
         self._buffer.append(line)
         self.length += 1
         self._last_at = item.at
+        if self._shower is None and self.manager.auto_save_interval == 0:
+            self._show_in(SHOW_AFTER)
         return self.length
+
+    def _show_in(self, delay: float) -> None:
+        """Look again, in ``delay`` seconds, for records queued too long (one timer for the
+        writer, armed only while records are queued: a fast chain of steps pays nothing)."""
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing is shown early
+            self._shower = asyncio.get_running_loop().call_later(delay, self._show)
+
+    def _show(self) -> None:
+        """Write what has been queued for :data:`SHOW_AFTER` (a step's begin, waiting for its
+        result): durably if any of it is due, else not (a begin lost to a crash is a step begun
+        again; one a later durable record follows is as durable as that record)."""
+        self._shower = None
+        if not self._buffer or self._retry is not None or self._refused is not None:
+            return
+        waited = time.monotonic() - self._queued_at
+        if waited < SHOW_AFTER or self._writing is not None:
+            self._show_in(max(SHOW_AFTER - waited, 0.005))
+            return
+        self._start_append(durable=self._written < self._due)
 
     def commit(self) -> None:
         """Mark everything queued so far as due before the next effect the run has on the
@@ -181,7 +214,7 @@ class SessionWriter:
                 continue
             await (writing if isinstance(writing, Completion) else asyncio.shield(writing))
 
-    def _start_append(self) -> asyncio.Future[None]:
+    def _start_append(self, durable: bool = True) -> asyncio.Future[None]:
         """Send the failed append again, alone and as it was (it may have been stored, with
         only the answer lost: storage recognises an exact repeat), else all that is queued."""
         lines, self._retry = self._retry, None
@@ -190,7 +223,7 @@ class SessionWriter:
         try:
             writing = asyncio.ensure_future(
                 self.manager.storage.append(
-                    self.session_id, lines, durable=True, after=self._written
+                    self.session_id, lines, durable=durable, after=self._written
                 )
             )
         except BaseException:
@@ -258,6 +291,9 @@ class SessionWriter:
         await self.manager.storage.release(self.session_id)
 
     async def _stop_flusher(self) -> None:
+        if self._shower is not None:
+            self._shower.cancel()
+            self._shower = None
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)

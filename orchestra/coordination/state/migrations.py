@@ -7,6 +7,11 @@ JSON has no type for. Its records are lifted field by field; their time becomes 
 so durations in a run's format-1 part read as 0. A value stored in that serialised form is
 never loaded (loading it could run code): a record holding one is refused, and the session is
 reported damaged. A value format 1 kept as its text stays that text.
+
+Format 2 differs from format 3 only in fields format 3 added, which a format-2 record lacks and
+reads as absent: ``StepBegin``'s ``agent``, ``parent``, ``fan_out`` and ``returns_to``. Its
+records are read as they are; the version was bumped so that a release that reads format 2
+says a log written now is of a newer format, not damaged (it refuses fields it does not know).
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ def from_format_1(record: dict[str, Any]) -> dict[str, Any]:
     if kind == "run":
         lifted["format"] = record.get("format")
     return lifted
+
+
+def from_format_2(record: dict[str, Any]) -> dict[str, Any]:
+    """A format-2 record is a format-3 record without the fields format 3 added."""
+    return record
 
 
 def _value(data: Any) -> Any:

@@ -24,8 +24,10 @@ from . import migrations
 from .codec import Shape, shape
 from .values import TAG, Unreadable, Unstorable, from_plain, register_plain, to_plain
 
-FORMAT = 2
-"""The log format this release writes. Bump it (and add a migration) when records change."""
+FORMAT = 3
+"""The log format this release writes. Bump it (and add a migration) when records change:
+a release refuses fields it does not know as damage, so a record that gains one is read by an
+older release only as a newer format, which it names (``SessionFormatError``)."""
 
 MAX_RECORD_CHARS = 64 * 1024 * 1024
 """The longest record (characters of its JSON line) a log takes or reads: a larger one is
@@ -36,7 +38,7 @@ snapshot's limit (``snapshots.MAX_BYTES``), which holds every record's content."
 KINDS: dict[str, type[inp.Record]] = {kind.KIND: kind for kind in inp.RECORD_TYPES}
 _SHAPES: dict[type[inp.Record], Shape] = {kind: shape(kind) for kind in inp.RECORD_TYPES}
 
-_MIGRATIONS = {1: migrations.from_format_1}
+_MIGRATIONS = {1: migrations.from_format_1, 2: migrations.from_format_2}
 """format -> function(record) -> record, lifting a record of that format by one version."""
 
 
@@ -189,6 +191,11 @@ def upgrade(record: dict[str, Any], found_format: int, session_id: str) -> dict[
             break
         record = migrate(record)
         version += 1
+    if found_format > FORMAT:
+        raise SessionFormatError(
+            f"session {session_id!r} was written in log format {found_format} by a newer "
+            f"release; this one reads formats up to {FORMAT}: upgrade orchestra to read it"
+        )
     if version != FORMAT:
         raise SessionFormatError(
             f"session {session_id!r} was written in log format {found_format}; this release "

@@ -167,6 +167,10 @@ class Segment:
         self.records = records
         self.lock = threading.Lock()
         self.closed = False
+        # a write not made durable is in it: the next durable one syncs the whole file, not
+        # its own range, and so does sealing or closing it (a later durable append, in the next
+        # segment, must never stand behind records a crash could lose)
+        self.unsynced = False
 
     @classmethod
     def create(cls, session_id: str, path: Path, first: int) -> Segment:
@@ -253,19 +257,21 @@ class Segment:
         return True
 
     def _write(self, data: bytes, durable: bool, grew: bool) -> None:
-        if durable and not grew and _WRITE_DSYNC:  # write and sync the range: one call
+        if durable and not grew and not self.unsynced and _WRITE_DSYNC:  # write, sync the range
             _check_written(os.pwritev(self.descriptor, [data], self.end, _WRITE_DSYNC), data)
-        else:  # the new zeros and the file size become durable along with the records
+        else:  # the new zeros, the file size, earlier writes: durable along with the records
             _check_written(os.pwrite(self.descriptor, data, self.end), data)
             if durable:
                 sync_data(self.descriptor)
+        self.unsynced = not durable
 
     def seal(self, durable: bool) -> None:
         """A full segment loses its padding before the next one starts."""
         os.ftruncate(self.descriptor, self.end)
         self.allocated = self.end
-        if durable:
+        if durable or self.unsynced:
             sync_data(self.descriptor)
+            self.unsynced = False
 
     def mark(self) -> Mark:
         start = max(0, self.end - MARK_BYTES)
@@ -279,7 +285,11 @@ class Segment:
     def close_locked(self) -> None:
         if not self.closed:
             self.closed = True
-            os.close(self.descriptor)  # releases the file lock too
+            try:
+                if self.unsynced:
+                    sync_data(self.descriptor)
+            finally:
+                os.close(self.descriptor)  # releases the file lock too
 
 
 @contextlib.contextmanager
