@@ -96,6 +96,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Path]:
     held = [
         await write(manager, "running", start(), BEGIN),
         await write(manager, "asking", start(), BEGIN, step(Action.ask_user("which one?"))),
+        # its run ended, its writer not let go yet: the log, not the lock, says how it stands
+        await write(manager, "ending", start(), BEGIN, step(Action.final("ok")), end()),
+        await write(manager, "pausing", start(), end(paused=True)),
     ]
     await backend.append("damaged", ['{"s": 7, "t": "run"}'], durable=True, after=0)
     await (await write(manager, "bad-step", start())).close()  # then a step no step is like:
@@ -130,6 +133,8 @@ async def test_each_session_is_summarised_with_its_state(store: Path) -> None:
         "crashed": "interrupted",
         "running": "running",
         "asking": "waiting for the user",
+        "ending": "finished",
+        "pausing": "paused",
         "damaged": "damaged",
         "bad-step": "damaged",
     }
@@ -192,7 +197,7 @@ async def test_the_summaries_are_built_off_the_event_loop(
     building = asyncio.create_task(session_summaries(store))
     assert await asyncio.to_thread(entered.wait, 10)
     release.set()  # the loop goes on while the worker builds
-    assert len(await building) == 8
+    assert len(await building) == 10
     assert waits == [True]
 
 
@@ -217,7 +222,7 @@ async def test_the_api_lists_the_sessions_as_json_with_untrusted_text_as_data(
     assert response.headers["content-type"] == "application/json"
     assert response.headers["x-content-type-options"] == "nosniff"
     listed = {item["id"]: item for item in response.json()}
-    assert len(listed) == 8
+    assert len(listed) == 10
     assert listed["failed"]["task"] == HOSTILE  # a JSON string, never markup
 
 
@@ -317,7 +322,7 @@ async def test_every_api_request_needs_the_token_loopback_included(store: Path) 
         assert page.status_code == 200 and "set-cookie" not in page.headers
         assert (await client.get("/static/main.js")).status_code == 200
         bearer = await client.get("/api/sessions", headers=BEARER)
-        assert bearer.status_code == 200 and len(bearer.json()) == 8
+        assert bearer.status_code == 200 and len(bearer.json()) == 10
         assert "set-cookie" not in bearer.headers
 
 

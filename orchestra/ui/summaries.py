@@ -45,7 +45,7 @@ def summarised(log: SessionLog, held: bool) -> SessionSummary:
     run = log.last_run
     tokens, cost = _usage(log)  # before the state: a record it cannot read makes it damaged
     status = run_state(log)
-    if held:
+    if held and status == "interrupted":  # a run with no end, and a writer holds it: going on
         status = "waiting for the user" if _asking(log) else "running"
     error = run.end.error if run and run.end and not run.end.success else None
     first = log.runs[0].start if log.runs else None
