@@ -136,11 +136,12 @@ function laneText(branch, agents) {
   return `${branch.run} ${branch.id} ${names.join(" → ")} (${branch.state})`;
 }
 
+// A lane's label, cut to the labels' column; the whole of it is the lane's tooltip.
 function laneLabel(text, lane, width) {
-  const label = svg("text", { x: 4, y: AXIS + lane * LANE + LANE / 2 + 4, class: "lane-label" });
-  label.textContent = fitted(text, width - 8);
-  label.appendChild(svg("title", {}, text));
-  return label;
+  const group = svg("g", { class: "lane" });
+  const y = AXIS + lane * LANE + LANE / 2 + 4;
+  group.append(svg("title", {}, text), svg("text", { x: 4, y, class: "lane-label" }, fitted(text, width - 8)));
+  return group;
 }
 
 function describe(step, ordinal, total) {
