@@ -485,13 +485,14 @@ def test_timeline_blocks_say_what_they_are_and_open_from_the_keyboard(
         *VIEW["steps"][:4],
         step(6, "b0", "Closer", "ask_user"),
         step(7, "b0", "Tidy", None, duration=0.5),
+        step(8, "b0", "Hub", "ask_user"),  # back to Hub: each agent is listed once
     ]
-    serve_view(page, {**VIEW, "steps": steps, "steps_total": 6})
+    serve_view(page, {**VIEW, "steps": steps, "steps_total": 7})
     open_session(page, server)
     timeline = page.locator("#timeline svg")
     worker = timeline.locator("rect[data-position='3']")
     expect(worker.locator("title")).to_have_text(
-        "Step 2 of 6 (record 3): Worker · final_response · latency 0.50 s · 15 tokens"
+        "Step 2 of 7 (record 3): Worker · final_response · latency 0.50 s · 15 tokens"
     )
     lane = timeline.locator("g.lane").first
     expect(lane.locator("title")).to_have_text("r1 b0 Hub → Closer → Tidy (waiting for the user)")
@@ -500,7 +501,7 @@ def test_timeline_blocks_say_what_they_are_and_open_from_the_keyboard(
     expect(page.locator("#timeline-legend")).to_contain_text("dashed: running now")
     worker.focus()
     page.keyboard.press("Enter")
-    expect(page.locator("#step-detail h2")).to_have_text("Step 2 of 6 · Worker")
+    expect(page.locator("#step-detail h2")).to_have_text("Step 2 of 7 · Worker")
 
 
 def test_the_timeline_stays_readable_for_500_steps(
@@ -519,8 +520,31 @@ def test_the_timeline_stays_readable_for_500_steps(
     assert min(widths) >= 14
     lefts = blocks.evaluate_all("(all) => all.map((b) => b.getBBox().x)")
     assert lefts == sorted(lefts) and len(set(lefts)) == 500  # in time order, none on another
-    box = page.locator("#timeline")
-    assert box.evaluate("(b) => b.scrollWidth > b.clientWidth")
+    scrolled = page.locator("#timeline .timeline-scroll")
+    assert scrolled.evaluate("(b) => b.scrollWidth > b.clientWidth")
+    # it shows the latest steps, its lanes' labels still in sight
+    expect(blocks.last).to_be_in_viewport()
+    expect(page.locator("#timeline text.lane-label")).to_be_in_viewport()
+
+
+def test_a_long_pause_is_cut_out_of_the_timeline(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """An hour between two steps (a question answered later) is drawn as a narrow break, not
+    an hour's width of nothing with the steps squeezed at either end."""
+    steps = [step(1, "b0", "Hub", "ask_user"), step(2, "b0", "Hub", "ask_user")]
+    steps.append(step(3600, "b0", "Hub", "final_response"))
+    serve_view(page, {**VIEW, "branches": [VIEW["branches"][0]], "steps": steps, "steps_total": 3})
+    open_session(page, server)
+    pause = page.locator("#timeline g.break")
+    expect(pause).to_have_count(1)
+    expect(pause.locator("title")).to_have_text("nothing ran for 59 min 57.5 s")
+    scrolled = page.locator("#timeline .timeline-scroll")
+    assert scrolled.evaluate("(b) => b.scrollWidth <= b.clientWidth")
+    widths = page.locator("#timeline rect.step").evaluate_all(
+        "(all) => all.map((b) => b.getBBox().width)"
+    )
+    assert min(widths) > 50  # the steps take the room the pause does not
 
 
 def test_a_short_timeline_takes_its_pane_s_width(
@@ -529,7 +553,9 @@ def test_a_short_timeline_takes_its_pane_s_width(
     open_session(page, server)
     expect(page.locator("#timeline rect.step")).to_have_count(5)
     box = page.locator("#timeline")
-    drawn = box.evaluate("(b) => b.querySelector('svg').getBoundingClientRect().width")
+    drawn = box.evaluate(
+        "(b) => [...b.querySelectorAll('svg')].reduce((w, s) => w + s.getBoundingClientRect().width, 0)"
+    )
     assert drawn >= box.evaluate("(b) => b.clientWidth") - 40
 
 

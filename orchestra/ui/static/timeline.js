@@ -19,7 +19,13 @@ const ORDER_COLUMN = { min: 26, max: 160 }; // a step's column when drawn by ord
 const MAX_WIDTH = 40000; // a very long run is scaled down to this rather than drawn wider
 const CHAR = 6.5; // about one character of the 11px text
 const LABEL = { min: 120, max: 300 };
+const PAD = 12; // room at either end of the steps' chart
 const TICK_SPACING = 80; // px between the time scale's ticks, at least
+const TICK_CHAR = 5.5; // about one character of the scale's 10px text
+const BREAK = 24; // px a long pause is drawn as
+// A pause is cut out of the time scale when nothing ran for this long: 5 typical steps, and
+// at least 2 s (a pause between quick code steps is shown as it was).
+const IDLE = { typicals: 5, least: 2 };
 // One glyph per kind of step; the legend under the timeline (index.html) says the same.
 const GLYPHS = {
   invoke_agent: "→",
@@ -62,9 +68,23 @@ function median(values) {
   return sorted[Math.floor(sorted.length / 2)];
 }
 
-// Each step's x and width in the plot (0 at its left edge), and the time scale's ticks: by
-// time when any step has a duration, each lane's blocks pushed apart where a short step was
-// widened to stay readable; else one column per step in the order taken.
+// The stretches of time when some step ran: steps' spans merged, a pause longer than
+// ``idle`` (a user thinking over a question, a run resumed the next day) splitting them.
+function busy(spans, idle) {
+  const sorted = [...spans].sort((a, b) => a.from - b.from);
+  const stretches = [{ ...sorted[0] }];
+  for (const span of sorted.slice(1)) {
+    const last = stretches[stretches.length - 1];
+    if (span.from - last.to > idle) stretches.push({ ...span });
+    else last.to = Math.max(last.to, span.to);
+  }
+  return stretches;
+}
+
+// Each step's x and width in the plot (0 at its left edge), the time scale's ticks and the
+// pauses cut out of it: by time when any step has a duration (each lane's blocks pushed
+// apart where a short step was widened to stay readable, a long pause drawn as a narrow
+// break); else one column per step in the order taken.
 function layout(numberedSteps, available) {
   const steps = numberedSteps.map((n) => n.step);
   const known = steps.filter((s) => s.duration !== null).map((s) => s.duration);
@@ -73,60 +93,99 @@ function layout(numberedSteps, available) {
   if (known.length === 0 || end <= start) {
     const column = Math.min(ORDER_COLUMN.max, Math.max(ORDER_COLUMN.min, available / steps.length));
     const places = steps.map((_, index) => ({ x: index * column + GAP, width: column - 2 * GAP }));
-    return { places, width: steps.length * column, ticks: null };
+    return { places, width: steps.length * column, ticks: null, breaks: [] };
   }
-  const span = end - start;
-  const typical = median(known.filter((d) => d > 0)) || span / steps.length;
-  const scale = Math.min(Math.max(available / span, MIN_BLOCK / typical), MAX_WIDTH / span);
+  const typical = median(known.filter((d) => d > 0)) || (end - start) / steps.length;
+  const spans = steps.map((s) => ({ from: s.started, to: s.duration === null ? end : s.started + s.duration }));
+  const stretches = busy(spans, Math.max(IDLE.least, IDLE.typicals * typical));
+  const active = stretches.reduce((sum, t) => sum + Math.max(t.to - t.from, typical), 0);
+  const room = available - (stretches.length - 1) * BREAK;
+  const scale = Math.min(Math.max(room / active, MIN_BLOCK / typical), MAX_WIDTH / active);
+  let offset = 0;
+  for (const stretch of stretches) {
+    stretch.x = offset;
+    offset += Math.max(stretch.to - stretch.from, typical) * scale + BREAK;
+  }
+  const at = (time) => {
+    const stretch = stretches.filter((t) => t.from <= time).pop() || stretches[0];
+    return stretch.x + (time - stretch.from) * scale;
+  };
   const laneEnds = new Map();
-  const places = steps.map((step) => {
+  const places = steps.map((step, index) => {
     const key = laneKey(step.run, step.branch);
-    const x = Math.max((step.started - start) * scale, (laneEnds.get(key) ?? -GAP) + GAP);
-    const drawn = step.duration === null ? end - step.started : step.duration;
-    const width = Math.max(MIN_BLOCK, drawn * scale);
+    const x = Math.max(at(step.started), (laneEnds.get(key) ?? -GAP) + GAP);
+    const width = Math.max(MIN_BLOCK, (spans[index].to - step.started) * scale);
     laneEnds.set(key, x + width);
     return { x, width };
   });
-  const width = Math.max(span * scale, ...places.map((p) => p.x + p.width));
-  return { places, width, ticks: ticks(span, scale) };
+  const breaks = stretches.slice(1).map((t, i) => ({ x: t.x - BREAK, paused: t.from - stretches[i].to }));
+  const width = Math.max(offset - BREAK, ...places.map((p) => p.x + p.width));
+  return { places, width, ticks: ticks(stretches, start, scale), breaks };
 }
 
-// Round times (0.1 s, 0.2 s, 0.5 s, 1 s, ...) at least TICK_SPACING pixels apart.
-function ticks(span, scale) {
+// Round times since the first step (0.1 s, 0.2 s, 0.5 s, 1 s, ...) at least TICK_SPACING
+// pixels apart, in each busy stretch.
+function ticks(stretches, start, scale) {
   const wanted = TICK_SPACING / scale;
   const power = 10 ** Math.floor(Math.log10(wanted));
   const every = [1, 2, 5, 10].map((m) => m * power).find((t) => t >= wanted);
   const digits = Math.max(0, -Math.floor(Math.log10(every)));
   const made = [];
-  for (let t = 0; t <= span + every / 2; t += every) {
-    made.push({ x: t * scale, label: t.toFixed(digits) + " s" });
+  for (const stretch of stretches) {
+    const first = Math.ceil((stretch.from - start) / every - 1e-9) * every;
+    for (let t = first; start + t <= stretch.to; t += every) {
+      made.push({ x: stretch.x + (start + t - stretch.from) * scale, label: since(t, digits) });
+    }
   }
   return made;
 }
 
-function axis(ticks, left, height) {
-  const group = svg("g", { class: "axis", "aria-hidden": "true" });
+// "1.5 s", or "12 min 30 s" past a minute.
+function since(seconds, digits) {
+  if (seconds < 60) return seconds.toFixed(digits) + " s";
+  const minutes = Math.floor(seconds / 60);
+  return `${minutes} min ${(seconds - minutes * 60).toFixed(Math.min(digits, 1))} s`;
+}
+
+// The time scale on top; each pause cut out is a break marked "⋯", its length its tooltip.
+function axis(plan, left, width, height) {
+  const { ticks } = plan;
+  const group = svg("g", { class: "axis" });
   if (ticks === null) {
     group.append(svg("text", { x: left, y: AXIS - 6 }, "in the order taken (no durations recorded)"));
     return group;
   }
+  let free = 0; // where the last label ended: a tick's label that would overlap it is left out
   for (const tick of ticks) {
     const x = left + tick.x;
     group.append(svg("line", { x1: x, x2: x, y1: AXIS - 4, y2: height }));
-    group.append(svg("text", { x: x + 2, y: AXIS - 6 }, tick.label));
+    const end = x + tick.label.length * TICK_CHAR + 8;
+    if (x < free || end > width) continue; // nor one past the chart's edge
+    group.append(svg("text", { x: x + 2, y: AXIS - 6, "aria-hidden": "true" }, tick.label));
+    free = end;
+  }
+  for (const pause of plan.breaks) {
+    const mark = svg("g", { class: "break" });
+    const x = left + pause.x + BREAK / 2;
+    mark.append(
+      svg("title", {}, `nothing ran for ${since(pause.paused, 1)}`),
+      svg("rect", { x: left + pause.x + 2, y: 0, width: BREAK - 4, height }),
+      svg("text", { x: x - 5, y: AXIS - 6 }, "⋯"),
+    );
+    group.append(mark);
   }
   return group;
 }
 
-// The agents each lane's steps went through, in order (a branch hands its turn on: the
-// Coordinator invokes the Writer on the same branch).
+// The agents each lane's steps went through, each once, in the order first seen (a branch
+// hands its turn on: the Coordinator invokes the Writer on the same branch).
 function laneAgents(steps) {
   const agents = new Map();
   for (const step of steps) {
     const key = laneKey(step.run, step.branch);
     if (!agents.has(key)) agents.set(key, []);
     const seen = agents.get(key);
-    if (step.agent && seen[seen.length - 1] !== step.agent) seen.push(step.agent);
+    if (step.agent && !seen.includes(step.agent)) seen.push(step.agent);
   }
   return agents;
 }
@@ -221,8 +280,27 @@ function links(branches, placed, laneY) {
   return drawn;
 }
 
-// Draws ``view``'s branches and steps into ``box`` (as wide as the box, or wider, scrolled);
-// a click or Enter on a step calls onPick(position).
+// The lanes' labels: a column of their own, which stays put while the steps scroll.
+function labels(texts, width, height) {
+  const column = svg("svg", { class: "timeline lanes", width: Math.ceil(width), height });
+  texts.forEach((text, lane) => column.appendChild(laneLabel(text, lane, width)));
+  return column;
+}
+
+// The steps' chart in ``box``'s scrolled part, which keeps its place across redraws; it
+// follows the latest steps while it shows the end (and at first).
+function scrolled(box, chart) {
+  const before = box.querySelector(".timeline-scroll");
+  const atEnd = !before || before.scrollLeft + before.clientWidth >= before.scrollWidth - 2;
+  const kept = before ? before.scrollLeft : 0;
+  const scroller = document.createElement("div");
+  scroller.className = "timeline-scroll";
+  scroller.appendChild(chart);
+  return { scroller, place: () => (scroller.scrollLeft = atEnd ? scroller.scrollWidth : kept) };
+}
+
+// Draws ``view``'s branches and steps into ``box``: the lanes' labels, then the steps as wide
+// as the rest of the box, or wider, scrolled; a click or Enter on a step calls onPick(position).
 export function drawTimeline(box, view, onPick) {
   const steps = numbered(view);
   const lanes = new Map(view.branches.map((b, index) => [laneKey(b.run, b.id), index]));
@@ -238,25 +316,26 @@ export function drawTimeline(box, view, onPick) {
   const chart = svg("svg", { class: "timeline", role: "group", "aria-label": "branch timeline" });
   const blocks = [];
   const placed = new Map();
-  let width = left + 10;
+  let width = PAD;
   if (steps.length > 0) {
-    const plan = layout(steps, Math.max(box.clientWidth - left - 20, 100));
+    const plan = layout(steps, Math.max(box.clientWidth - left - 2 * PAD - 4, 100));
     steps.forEach((numberedStep, index) => {
       const { step } = numberedStep;
       const at = plan.places[index];
       const y = laneY(step.run, step.branch) - BLOCK_HEIGHT / 2;
-      const area = { x: left + at.x, y, width: at.width, height: BLOCK_HEIGHT };
+      const area = { x: PAD + at.x, y, width: at.width, height: BLOCK_HEIGHT };
       const key = laneKey(step.run, step.branch);
       if (!placed.has(key)) placed.set(key, []);
       placed.get(key).push({ position: step.position, box: area });
       blocks.push(...block(numberedStep, view.steps_total, area, onPick));
     });
-    chart.appendChild(axis(plan.ticks, left, height));
-    width = left + plan.width + 10;
+    width = PAD + plan.width + PAD;
+    chart.appendChild(axis(plan, PAD, width, height));
   }
   chart.setAttribute("width", String(Math.ceil(width)));
   chart.setAttribute("height", String(height));
-  texts.forEach((text, lane) => chart.appendChild(laneLabel(text, lane, left)));
   chart.append(...links(view.branches, placed, laneY), ...blocks);
-  box.replaceChildren(chart);
+  const { scroller, place } = scrolled(box, chart);
+  box.replaceChildren(labels(texts, left, height), scroller);
+  place();
 }
