@@ -550,13 +550,19 @@ def test_a_long_pause_is_cut_out_of_the_timeline(
 def test_a_short_timeline_takes_its_pane_s_width(
     server: Server, page: Page, posts: list[tuple[str, Any]]
 ) -> None:
+    """...and is drawn again to the new width when the window narrows."""
+    page.set_viewport_size({"width": 1400, "height": 800})
     open_session(page, server)
     expect(page.locator("#timeline rect.step")).to_have_count(5)
     box = page.locator("#timeline")
-    drawn = box.evaluate(
-        "(b) => [...b.querySelectorAll('svg')].reduce((w, s) => w + s.getBoundingClientRect().width, 0)"
-    )
-    assert drawn >= box.evaluate("(b) => b.clientWidth") - 40
+    drawn = "(b) => [...b.querySelectorAll('svg')].reduce((w, s) => w + s.getBoundingClientRect().width, 0)"
+    assert box.evaluate(drawn) >= box.evaluate("(b) => b.clientWidth") - 40
+    last = page.locator("#timeline rect[data-position='6']")
+    wide = last.get_attribute("x") or ""
+    page.set_viewport_size({"width": 600, "height": 800})
+    expect(last).not_to_have_attribute("x", wide)
+    assert float(last.get_attribute("x") or "") < float(wide)
+    assert box.evaluate(drawn) <= box.evaluate("(b) => b.clientWidth") + 1
 
 
 def test_the_step_detail_follows_the_step_it_shows(

@@ -117,12 +117,13 @@ function render(view) {
   drawGraph(document.getElementById("graph"), view.graph, view.active).catch(report);
 }
 
-// The timeline takes its pane's width: drawn again when that width changes.
+// The timeline takes its pane's width: drawn again when that width changes (not while the
+// page is hidden: the list is shown).
 function followWidth() {
   const box = document.getElementById("timeline");
   let width = box.clientWidth;
   new ResizeObserver(() => {
-    if (box.clientWidth !== width && latest !== null) {
+    if (box.clientWidth !== width && box.clientWidth > 0 && latest !== null) {
       width = box.clientWidth;
       drawSteps(latest);
     }
