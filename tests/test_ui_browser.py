@@ -706,6 +706,23 @@ def test_a_question_that_becomes_answerable_gets_its_answer_box(
     expect(question).to_have_count(1)
 
 
+def test_a_session_deleted_while_shown_is_said_and_the_page_stays_live(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """The stream sends ``{"error": ...}`` for a session deleted while watched: once read as a
+    view, it threw, and the page said it was not live."""
+    gone = {"error": "session 's1' was deleted"}
+    body = "".join(f"event: session\ndata: {json.dumps(view)}\n\n" for view in (VIEW, gone))
+    page.route(
+        re.compile(r".*/api/events\?session=s1$"),
+        lambda route: route.fulfill(headers={"Content-Type": "text/event-stream"}, body=body),
+    )
+    open_session(page, server)
+    expect(page.locator("#note")).to_have_text("session 's1' was deleted")
+    expect(page.locator("#live")).not_to_contain_text("not live")
+    expect(page.locator("#timeline rect.step")).to_have_count(5)  # the last view still shown
+
+
 def test_the_graph_marks_the_latest_active_nodes_when_updates_come_while_it_is_drawn(
     server: Server, page: Page, posts: list[tuple[str, Any]]
 ) -> None:

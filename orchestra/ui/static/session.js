@@ -164,7 +164,9 @@ export function showSession(id, signal) {
   );
   const path = "/api/events?session=" + encodeURIComponent(id);
   const streamedView = (name, data) => {
-    if (name === "session") {
+    if (name === "session" && "error" in data) {
+      report(new Error(data.error)); // deleted or damaged while shown: said, the stream goes on
+    } else if (name === "session") {
       streamed += 1;
       render(data);
     }
