@@ -498,13 +498,169 @@ def test_a_step_opens_in_the_detail_panel_as_text(
     open_session(page, server)
     page.locator("#timeline rect[data-position='3']").click()
     detail = page.locator("#step-detail")
-    expect(detail.locator("h2")).to_have_text("Step 3")
+    expect(detail.locator("h2")).to_have_text("Step 2 of 5 · Worker")  # its ordinal, not record 3
+    expect(detail).to_contain_text("3 in the session's log")
     expect(detail).to_contain_text('search({"q": "<b>x</b>"})')
     expect(detail).to_contain_text("attempt 1: rate limited")
     expect(detail).to_contain_text("$0.0021")
     expect(detail.locator("pre", has_text=HOSTILE)).to_have_count(2)  # message and tool result
     assert page.locator("#step-detail img, #step-detail b, #questions img").count() == 0
     assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+def serve_view(page: Page, view: dict[str, Any]) -> None:
+    """``view`` as session s1's, over the :func:`posts` fixture's (the latest route wins)."""
+    page.route(re.compile(r".*/api/sessions/s1$"), lambda route: route.fulfill(json=view))
+
+
+def test_timeline_blocks_say_what_they_are_and_open_from_the_keyboard(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """A block's tooltip names its agent, action, latency and tokens; its lane lists every agent
+    the branch went through; a code step (no action, finished) is not drawn as running."""
+    steps = [
+        *VIEW["steps"][:4],
+        step(6, "b0", "Closer", "ask_user"),
+        step(7, "b0", "Tidy", None, duration=0.5),
+        step(8, "b0", "Hub", "ask_user"),  # back to Hub: each agent is listed once
+    ]
+    serve_view(page, {**VIEW, "steps": steps, "steps_total": 7})
+    open_session(page, server)
+    timeline = page.locator("#timeline svg")
+    worker = timeline.locator("rect[data-position='3']")
+    expect(worker.locator("title")).to_have_text(
+        "Step 2 of 7 (record 3): Worker · final_response · latency 0.50 s · 15 tokens"
+    )
+    lane = timeline.locator("g.lane").first
+    expect(lane.locator("title")).to_have_text("r1 b0 Hub → Closer → Tidy (waiting for the user)")
+    expect(lane.locator("text.lane-label")).to_contain_text("r1 b0 Hub → Closer → Tidy")
+    expect(timeline.locator("rect[data-position='7']")).to_have_class("step code")
+    expect(page.locator("#timeline-legend")).to_contain_text("dashed: running now")
+    worker.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#step-detail h2")).to_have_text("Step 2 of 7 · Worker")
+
+
+def test_the_timeline_stays_readable_for_500_steps(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """500 steps of half a second: placed by time, each block wide enough to see and click,
+    the timeline scrolled sideways rather than squeezed."""
+    steps = [step(n, "b0", "Hub", "invoke_agent") for n in range(1, 501)]
+    serve_view(
+        page, {**VIEW, "branches": [VIEW["branches"][0]], "steps": steps, "steps_total": 500}
+    )
+    open_session(page, server)
+    blocks = page.locator("#timeline rect.step")
+    expect(blocks).to_have_count(500)
+    widths = blocks.evaluate_all("(all) => all.map((b) => b.getBBox().width)")
+    assert min(widths) >= 14
+    lefts = blocks.evaluate_all("(all) => all.map((b) => b.getBBox().x)")
+    assert lefts == sorted(lefts) and len(set(lefts)) == 500  # in time order, none on another
+    scrolled = page.locator("#timeline .timeline-scroll")
+    assert scrolled.evaluate("(b) => b.scrollWidth > b.clientWidth")
+    # it shows the latest steps, its lanes' labels still in sight
+    expect(blocks.last).to_be_in_viewport()
+    expect(page.locator("#timeline text.lane-label")).to_be_in_viewport()
+
+
+def test_a_long_pause_is_cut_out_of_the_timeline(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """An hour between two steps (a question answered later) is drawn as a narrow break, not
+    an hour's width of nothing with the steps squeezed at either end."""
+    steps = [step(1, "b0", "Hub", "ask_user"), step(2, "b0", "Hub", "ask_user")]
+    steps.append(step(3600, "b0", "Hub", "final_response"))
+    serve_view(page, {**VIEW, "branches": [VIEW["branches"][0]], "steps": steps, "steps_total": 3})
+    open_session(page, server)
+    pause = page.locator("#timeline g.break")
+    expect(pause).to_have_count(1)
+    expect(pause.locator("title")).to_have_text("nothing ran for 59 min 57.5 s")
+    scrolled = page.locator("#timeline .timeline-scroll")
+    assert scrolled.evaluate("(b) => b.scrollWidth <= b.clientWidth")
+    widths = page.locator("#timeline rect.step").evaluate_all(
+        "(all) => all.map((b) => b.getBBox().width)"
+    )
+    assert min(widths) > 50  # the steps take the room the pause does not
+
+
+def test_a_short_timeline_takes_its_pane_s_width(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """...and is drawn again to the new width when the window narrows."""
+    page.set_viewport_size({"width": 1400, "height": 800})
+    open_session(page, server)
+    expect(page.locator("#timeline rect.step")).to_have_count(5)
+    box = page.locator("#timeline")
+    drawn = "(b) => [...b.querySelectorAll('svg')].reduce((w, s) => w + s.getBoundingClientRect().width, 0)"
+    assert box.evaluate(drawn) >= box.evaluate("(b) => b.clientWidth") - 40
+    last = page.locator("#timeline rect[data-position='6']")
+    wide = last.get_attribute("x") or ""
+    page.set_viewport_size({"width": 600, "height": 800})
+    expect(last).not_to_have_attribute("x", wide)
+    assert float(last.get_attribute("x") or "") < float(wide)
+    assert box.evaluate(drawn) <= box.evaluate("(b) => b.clientWidth") + 1
+
+
+def test_the_step_detail_follows_the_step_it_shows(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """The panel shows step 3 while it runs; when the session's view says it finished, the
+    panel shows it finished without a click."""
+    running = {**VIEW, "steps": [step(3, "b1", "Worker", None)], "steps_total": 1}
+    finished = {**VIEW, "steps": [step(3, "b1", "Worker", "final_response")], "steps_total": 1}
+    details = [{**DETAIL, "duration": None, "action": None, "tool_results": []}]
+    held: list[Route] = []
+    serve_view(page, running)
+    page.route(re.compile(r".*/api/sessions/s1/steps/3$"), lambda r: r.fulfill(json=details[-1]))
+    page.route(
+        re.compile(r".*/api/events\?session=s1$"), lambda route: held.append(route)
+    )  # answered below
+    open_session(page, server)
+    page.locator("#timeline rect[data-position='3']").click()
+    detail = page.locator("#step-detail")
+    expect(detail).to_contain_text("none yet: the step is running")
+    details.append(DETAIL)
+    body = f"event: session\ndata: {json.dumps(finished)}\n\n"
+    held[0].fulfill(headers={"Content-Type": "text/event-stream"}, body=body)
+    expect(detail).to_contain_text("search(")
+    expect(detail.locator("dd").nth(4)).to_have_text("0.50 s")
+
+
+def test_the_pages_load_with_no_console_error(server: Server, page: Page) -> None:
+    """The list and a session's page: no failed request (the favicon is served) and no error."""
+    needs(server, "/api/sessions/alpha")
+    said: list[str] = []
+    page.on("console", lambda m: m.type == "error" and said.append(m.text))
+    page.on("pageerror", lambda error: said.append(str(error)))
+    failed: list[str] = []
+    page.on("response", lambda r: r.status >= 400 and failed.append(r.url))
+    page.goto(server.page_url)
+    expect(rows(page)).to_have_count(3)
+    page.locator("tr[data-session=alpha] a").click()
+    expect(page.locator("#graph svg")).to_be_visible()
+    expect(page.locator("#session-status")).to_have_text("finished")
+    icon = page.request.get(server.url + "static/favicon.svg")
+    assert icon.status == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert said == [] and failed == []
+
+
+def test_the_list_shows_an_unknown_cost_as_a_dash_and_a_long_error_in_a_tooltip(
+    server: Server, page: Page
+) -> None:
+    error = "ToolError: " + "x" * 300
+    listed = [{**LISTED, "id": "long", "task": "t", "status": "failed", "error": error}]
+    body = f"event: sessions\ndata: {json.dumps(listed)}\n\n"
+    page.route(
+        re.compile(r".*/api/events$"),
+        lambda route: route.fulfill(headers={"Content-Type": "text/event-stream"}, body=body),
+    )
+    page.goto(server.page_url)
+    expect(rows(page)).to_have_count(1)
+    cells = rows(page).first.locator("td")
+    expect(cells.nth(7)).to_have_text("—")
+    expect(cells.nth(8)).to_have_attribute("title", error)
+    assert cells.nth(8).evaluate("(c) => c.getBoundingClientRect().width") < 400
 
 
 def test_the_controls_post_json_to_the_contract_routes(
@@ -585,6 +741,23 @@ def test_a_question_that_becomes_answerable_gets_its_answer_box(
     question = page.locator("#questions [data-question=q1]")
     expect(question.locator("textarea")).to_have_count(1)
     expect(question).to_have_count(1)
+
+
+def test_a_session_deleted_while_shown_is_said_and_the_page_stays_live(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """The stream sends ``{"error": ...}`` for a session deleted while watched: once read as a
+    view, it threw, and the page said it was not live."""
+    gone = {"error": "session 's1' was deleted"}
+    body = "".join(f"event: session\ndata: {json.dumps(view)}\n\n" for view in (VIEW, gone))
+    page.route(
+        re.compile(r".*/api/events\?session=s1$"),
+        lambda route: route.fulfill(headers={"Content-Type": "text/event-stream"}, body=body),
+    )
+    open_session(page, server)
+    expect(page.locator("#note")).to_have_text("session 's1' was deleted")
+    expect(page.locator("#live")).not_to_contain_text("not live")
+    expect(page.locator("#timeline rect.step")).to_have_count(5)  # the last view still shown
 
 
 def test_the_graph_marks_the_latest_active_nodes_when_updates_come_while_it_is_drawn(

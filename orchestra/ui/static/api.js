@@ -138,10 +138,19 @@ export function element(tag, text, className) {
   return made;
 }
 
+// A cost in dollars; "—" when it is unknown (no price for the model: scripted and local ones).
 export function money(cost) {
-  return cost === null || cost === undefined ? "" : "$" + cost.toFixed(4);
+  return cost === null || cost === undefined ? "—" : "$" + cost.toFixed(4);
 }
 
 export function seconds(value) {
   return value === null || value === undefined ? "" : value.toFixed(2) + " s";
+}
+
+// A view's steps in the log's order, each with its ordinal in the session ({step, ordinal}):
+// the view holds the latest 500 of ``steps_total``, so the first may be far from 1.
+export function numbered(view) {
+  const steps = [...view.steps].sort((a, b) => a.position - b.position);
+  const before = view.steps_total - steps.length;
+  return steps.map((step, index) => ({ step, ordinal: before + index + 1 }));
 }

@@ -27,6 +27,14 @@ function deleteButton(session) {
   return button;
 }
 
+// An error can be long (a traceback's last line, a damaged log's reason): one short line in
+// the list, the whole text in the cell's tooltip.
+function errorCell(error) {
+  const cell = element("td", error, "error-text");
+  if (error) cell.setAttribute("title", error);
+  return cell;
+}
+
 function row(session) {
   const tr = element("tr");
   tr.dataset.session = session.id;
@@ -43,7 +51,7 @@ function row(session) {
     element("td", session.steps),
     element("td", session.tokens),
     element("td", money(session.cost_usd)),
-    element("td", session.error),
+    errorCell(session.error),
     actions,
   );
   return tr;

@@ -1,16 +1,28 @@
 // A session's page: its summary, controls (pause, resume, checkpoint, delete), pending
 // questions with an answer box, the topology graph, checkpoints with restore, and the branch
-// timeline whose steps open in the detail panel. Kept live from the server's event stream.
+// timeline whose steps open in the detail panel (which follows the step it shows). Kept live
+// from the server's event stream; the timeline is drawn again when its pane's width changes.
 "use strict";
 
 import { element, follow, getJSON, money, postJSON } from "./api.js";
-import { showStep } from "./detail.js";
+import { forgetStep, refreshStep, showStep } from "./detail.js";
 import { drawGraph, forgetGraph } from "./graph.js";
 import { confirmDelete, liveStatus, report } from "./page.js";
 import { drawTimeline } from "./timeline.js";
 
 let session = null; // the id of the session shown
 let streamed = 0; // views the stream brought: a request answered after one is already stale
+let latest = null; // the view drawn last: a resize draws the timeline again from it
+// The badge's class per status: its colour (the status is always written in it too).
+const BADGES = {
+  running: "status-running",
+  "waiting for the user": "status-waiting",
+  finished: "status-finished",
+  failed: "status-failed",
+  damaged: "status-damaged",
+  paused: "status-paused",
+  interrupted: "status-interrupted",
+};
 
 function route(action) {
   return "/api/sessions/" + encodeURIComponent(session) + "/" + action;
@@ -22,10 +34,12 @@ function act(action, body) {
 
 function summary(view) {
   const s = view.summary;
-  const parts = [s.status, s.task ? "task: " + s.task : "", `${s.steps} steps`, `${s.tokens} tokens`];
-  if (s.cost_usd !== null) parts.push(money(s.cost_usd));
+  const badge = document.getElementById("session-status");
+  badge.textContent = s.status;
+  badge.className = "badge " + (BADGES[s.status] || "");
+  const parts = [s.task ? "task: " + s.task : "", `${s.steps} steps`, `${s.tokens} tokens`, "cost " + money(s.cost_usd)];
   if (s.error) parts.push("error: " + s.error);
-  document.getElementById("session-summary").textContent = parts.filter(Boolean).join(" · ");
+  document.getElementById("session-facts").textContent = parts.filter(Boolean).join(" · ");
   const running = s.status === "running" || s.status === "waiting for the user";
   document.getElementById("pause").disabled = !(running && s.hosted);
   document.getElementById("resume").disabled = !(s.status === "paused" || s.status === "interrupted");
@@ -83,23 +97,44 @@ function checkpoints(view) {
   document.getElementById("checkpoints").replaceChildren(...items);
 }
 
+function drawSteps(view) {
+  const detail = document.getElementById("step-detail");
+  drawTimeline(document.getElementById("timeline"), view, (position) =>
+    showStep(detail, session, view, position),
+  );
+}
+
 function render(view) {
+  latest = view;
   summary(view);
   questions(view.questions);
   checkpoints(view);
   const total = view.steps_total;
   document.getElementById("steps-note").textContent =
     total > view.steps.length ? `the latest ${view.steps.length} of ${total} steps` : `${total} steps`;
-  drawTimeline(document.getElementById("timeline"), view, (position) =>
-    showStep(document.getElementById("step-detail"), session, position),
-  );
+  drawSteps(view);
+  refreshStep(document.getElementById("step-detail"), session, view);
   drawGraph(document.getElementById("graph"), view.graph, view.active).catch(report);
+}
+
+// The timeline takes its pane's width: drawn again when that width changes (not while the
+// page is hidden: the list is shown).
+function followWidth() {
+  const box = document.getElementById("timeline");
+  let width = box.clientWidth;
+  new ResizeObserver(() => {
+    if (box.clientWidth !== width && box.clientWidth > 0 && latest !== null) {
+      width = box.clientWidth;
+      drawSteps(latest);
+    }
+  }).observe(box);
 }
 
 let wired = false;
 
 function wire() {
   wired = true;
+  followWidth();
   document.getElementById("pause").addEventListener("click", () => act("pause", { reason: null }));
   document.getElementById("resume").addEventListener("click", () => act("resume", { workflow: null }));
   document.getElementById("checkpoint").addEventListener("click", () => {
@@ -114,11 +149,13 @@ function wire() {
 export function showSession(id, signal) {
   if (!wired) wire();
   session = id;
+  latest = null;
   forgetGraph();
   for (const box of ["questions", "graph", "checkpoints", "timeline"]) {
     document.getElementById(box).replaceChildren();
   }
-  document.getElementById("step-detail").hidden = true;
+  forgetStep(document.getElementById("step-detail"));
+  document.getElementById("session-status").textContent = "";
   document.getElementById("session-title").textContent = "Session " + id;
   const before = streamed;
   getJSON("/api/sessions/" + encodeURIComponent(id)).then(
@@ -127,7 +164,9 @@ export function showSession(id, signal) {
   );
   const path = "/api/events?session=" + encodeURIComponent(id);
   const streamedView = (name, data) => {
-    if (name === "session") {
+    if (name === "session" && "error" in data) {
+      report(new Error(data.error)); // deleted or damaged while shown: said, the stream goes on
+    } else if (name === "session") {
       streamed += 1;
       render(data);
     }
