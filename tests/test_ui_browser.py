@@ -776,3 +776,17 @@ def test_the_graph_marks_the_latest_active_nodes_when_updates_come_while_it_is_d
     active = page.locator("#graph svg g.node.active")
     expect(active).to_have_count(2)
     expect(active).to_contain_text(["Worker", "Other"])
+
+
+def test_a_session_with_no_run_shows_no_graph_and_no_error(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """``graph`` is null for a session whose log holds no run: the page read its ``node_ids``
+    and showed "Cannot read properties of null"."""
+    empty = {**VIEW, "graph": None, "active": [], "runs": [], "branches": [], "steps": []}
+    serve_view(page, {**empty, "steps_total": 0, "questions": [], "checkpoints": []})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    open_session(page, server)
+    expect(page.locator("#graph")).to_contain_text("no topology to draw")
+    assert errors == []

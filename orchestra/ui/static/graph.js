@@ -43,6 +43,15 @@ let marked = { nodeIds: {}, active: [] }; // the latest nodes to mark: a draw in
 // Draws ``graph.mermaid`` into ``box`` unless that very diagram is there already, then marks
 // the nodes of the agents in ``active`` (the latest asked for, when updates came meanwhile).
 export async function drawGraph(box, graph, active) {
+  if (!graph) {
+    // a session with no run yet has no topology to draw
+    drawn = null;
+    const none = document.createElement("p");
+    none.className = "muted";
+    none.textContent = "no run yet: no topology to draw";
+    box.replaceChildren(none);
+    return;
+  }
   marked = { nodeIds: graph.node_ids || {}, active };
   if (graph.mermaid !== drawn) {
     drawn = graph.mermaid;
