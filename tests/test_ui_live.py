@@ -116,3 +116,29 @@ async def test_each_part_is_built_once_per_change_whatever_the_clients(tmp_path:
             await stream.aclose()
         catalog.close()
         backend.close()
+
+
+async def test_a_writer_gone_without_a_word_is_seen_within_about_a_second(tmp_path: Path) -> None:
+    """A run whose process was killed changes nothing in the store: its session read
+    ``running`` to every page until some other change came (the watcher now asks, every
+    ``WRITERS_SECONDS``, whether the writers it saw are still there)."""
+    store = tmp_path / "sessions.db"
+    backend = SQLiteStorageBackend(store)
+    manager = StateManager(backend, auto_save_interval=0)
+    writer = await write(manager, "s", start(), BEGIN)  # held, as a run in progress holds it
+    catalog = Catalog(store)
+    watcher = StoreWatcher(store, None, catalog.writer_gone)
+    stream = event_stream(watcher, [("sessions", "sessions", lambda: catalog.sessions(None))])
+    try:
+        assert b'"status":"running"' in await anext(stream)
+        writer.record(step(Action.final("ok")))  # a change it sees, so it has looked since
+        await writer.flush()
+        assert b'"version":3' in await asyncio.wait_for(anext(stream), WAIT)
+        await backend.release("s")  # as the kernel lets go of a killed process's lock
+        then = await asyncio.wait_for(anext(stream), WAIT)
+        assert b'"status":"interrupted"' in then
+    finally:
+        await stream.aclose()
+        await writer.close()
+        catalog.close()
+        backend.close()

@@ -90,7 +90,7 @@ def create_app(
     request must carry; ``hosts``: the Host names it answers (None: any); ``host``: the runs
     this process hosts, if any (their questions are answerable)."""
     catalog = Catalog(store)
-    watcher = StoreWatcher(store, host)
+    watcher = StoreWatcher(store, host, catalog.writer_gone)
 
     async def sessions(_: Request) -> Response:
         return await _answer(catalog.sessions(host))

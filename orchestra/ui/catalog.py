@@ -54,6 +54,7 @@ class Catalog:
         self._manager = StateManager(self._backend, auto_save_interval=0)
         self._read: dict[str, _Read] = {}
         self._lock = threading.Lock()
+        self._held_last: frozenset[str] = frozenset()  # held at the last list (see writer_gone)
 
     async def sessions(self, host: RunHostView | None) -> list[dict[str, Any]]:
         """Every session's summary, with ``hosted`` and ``version`` (its log's length)."""
@@ -91,7 +92,21 @@ class Catalog:
         for session_id in found:
             read = await self._session(session_id, (lengths or {}).get(session_id))
             rows.append(await self._summary(session_id, read, host))
+        self._held_last = frozenset(s for s, read in self._read.items() if read.held)
         return rows
+
+    def writer_gone(self) -> bool:
+        """Whether a session a writer held at the last list has lost it: a run that ended
+        without a word (its process killed) changes nothing in the store, so the watcher asks
+        this now and then (blocking: on its own thread), and the list shows the session
+        interrupted within a second rather than at the next change."""
+        for session_id in self._held_last:
+            try:
+                if not self._backend.held_now(session_id):
+                    return True
+            except (OSError, InvalidSessionIdError):
+                return True
+        return False
 
     async def _lengths(self) -> dict[str, int] | None:
         """Each session's length, which lists them too (one query on the index); None when the

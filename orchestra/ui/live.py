@@ -8,8 +8,10 @@ while a client listens. It wakes every listener by setting its own event (never 
 client), so a slow client holds up nobody: each rebuilds its state (off the event loop, through
 the catalog) and writes at its own pace, and one that fell behind sends only the latest state.
 A disconnect ends the client's generator, which stops listening; the last to leave stops the
-thread. A run that dies without a word (its process killed) changes nothing the watcher sees:
-its session shows as interrupted at the next change, or when the page is loaded again.
+thread. A run that dies without a word (its process killed) changes nothing in the store, so
+every :data:`WRITERS_SECONDS` the watcher also asks whether a session that a writer held at the
+last build lost it (``writers_gone``: the catalog's probe, which takes no lock), and wakes the
+listeners when one did: the session shows as interrupted within about that.
 When the server begins to exit it stops the watcher (:meth:`StoreWatcher.stop`), which ends
 every stream: the server waits for open responses to finish before it shuts down.
 """
@@ -33,6 +35,8 @@ from .views import RunHostView
 POLL_SECONDS = 0.05
 """How often the store is asked whether it changed (an event reaches the page within about
 this, and the time to rebuild what it shows)."""
+WRITERS_SECONDS = 1.0
+"""How often the watcher asks whether a writer it saw went away without a word (a crash)."""
 KEEP_ALIVE_SECONDS = 15.0
 """A comment line this often keeps proxies and the page's reader from giving up."""
 
@@ -42,9 +46,15 @@ log = logging.getLogger(__name__)
 class StoreWatcher:
     """Wakes every listener when the store at ``store`` (or ``host``) changes (see module)."""
 
-    def __init__(self, store: Path, host: RunHostView | None) -> None:
+    def __init__(
+        self,
+        store: Path,
+        host: RunHostView | None,
+        writers_gone: Callable[[], bool] | None = None,
+    ) -> None:
         self.store = store.absolute()  # a relative path has no file URI (and cwd may change)
         self.host = host
+        self.writers_gone = writers_gone
         self._listeners: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -101,10 +111,15 @@ class StoreWatcher:
         client of the server without another event."""
         connection: sqlite3.Connection | None = None
         seen: tuple[int | None, int | None] = (None, None)
+        polls_per_probe = max(1, round(WRITERS_SECONDS / POLL_SECONDS))
+        polls = 0
         while not stop.wait(POLL_SECONDS):
+            polls += 1
             try:
                 connection = connection or _connect(self.store)
                 now = (_data_version(connection), self.host.version if self.host else None)
+                if polls % polls_per_probe == 0 and self.writers_gone and self.writers_gone():
+                    self._wake()
             except Exception as error:
                 log.warning(
                     "the store watcher failed (%s: %s); it tries again", type(error).__name__, error

@@ -263,6 +263,12 @@ class SQLiteStorageBackend:
         check_session_id(session_id)
         return await self._worker.call(self._held, session_id)
 
+    def held_now(self, session_id: str) -> bool:
+        """:meth:`held`, answered on the calling thread (it opens the session's lock file and
+        asks about its lock, taking none): for a thread of the caller's own, never an event
+        loop's."""
+        return self._held(check_session_id(session_id))
+
     def _held(self, session_id: str) -> bool:
         if session_id in self._writing:
             return True
