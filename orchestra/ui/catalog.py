@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
-from orchestra.coordination.state.backends import check_session_id
+from orchestra.coordination.state.backends import valid_session_id
 from orchestra.coordination.state.manager import SessionLog
 from orchestra.coordination.state.records import Entry
 from orchestra.errors import InvalidSessionIdError, SessionCorruptedError, SessionNotFoundError
@@ -116,7 +116,7 @@ class Catalog:
             lengths = await self._backend.lengths()
         except SessionCorruptedError:
             return None
-        return lengths if all(map(_valid_id, lengths)) else None
+        return lengths if all(map(valid_session_id, lengths)) else None
 
     async def _session(self, session_id: str, length: int | None) -> _Read:
         """The session as read at ``length`` records (None: unknown, read it again)."""
@@ -180,14 +180,6 @@ def _summary_of(session_id: str, read: _Read, held: bool) -> dict[str, Any]:
         return dict(summarised(read.log, held))
     except Exception as error:  # as the summaries do: any failure is the session's damage
         return dict(damaged(session_id, error))
-
-
-def _valid_id(session_id: str) -> bool:
-    try:
-        check_session_id(session_id)
-    except InvalidSessionIdError:
-        return False
-    return True
 
 
 def _as_damage(session_id: str, error: Exception) -> SessionCorruptedError:

@@ -49,6 +49,16 @@ def check_session_id(session_id: object) -> str:
     return session_id
 
 
+def valid_session_id(session_id: object) -> bool:
+    """Whether ``session_id`` is one a session can have (:func:`check_session_id`, as a test):
+    an id read from a store's index may be a damaged page's garbage."""
+    try:
+        check_session_id(session_id)
+    except InvalidSessionIdError:
+        return False
+    return True
+
+
 def frame(record: str) -> str:
     return f"{zlib.crc32(record.encode()):08x} {record}\n"
 

@@ -11,7 +11,6 @@ from typing import TypeVar
 
 from orchestra.errors import (
     ConfigurationError,
-    InvalidSessionIdError,
     SessionCorruptedError,
     SessionNotFoundError,
 )
@@ -23,6 +22,7 @@ from .backends import (
     session_held,
     stale_writer,
     unframe,
+    valid_session_id,
 )
 from .worker import BlockingWorker
 
@@ -405,7 +405,7 @@ def _readable_sessions(db: sqlite3.Connection) -> list[str]:
         sound = True
         try:
             for (session,) in db.execute(query):
-                if _valid_id(session):
+                if valid_session_id(session):
                     found.add(session)
                 else:
                     sound = False
@@ -416,14 +416,6 @@ def _readable_sessions(db: sqlite3.Connection) -> list[str]:
         if sound:
             break
     return sorted(found)
-
-
-def _valid_id(session: object) -> bool:
-    try:
-        check_session_id(session)
-    except InvalidSessionIdError:
-        return False
-    return True
 
 
 def _same_file(descriptor: int, path: Path) -> bool:
