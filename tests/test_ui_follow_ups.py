@@ -83,7 +83,12 @@ async def test_a_conversation_started_from_the_page_goes_round_by_round_until_en
     second = await offer(host, after=first["id"])
     assert second["response"] == "Tutor on why?"  # round 2 ran at the entry agent
     view = (await client.get("/api/sessions/talk")).json()
-    assert [step["agent"] for step in view["steps"]] == ["Tutor", "Tutor"]
+    # the same run and branch: round 2 goes on in the conversation, not in a new run
+    assert [(step["run"], step["branch"], step["agent"]) for step in view["steps"]] == [
+        ("r1", "b0", "Tutor"),
+        ("r1", "b0", "Tutor"),
+    ]
+    assert len(view["runs"]) == 1
     assert view["steps"][-1]["action"] == "final_response"
     ending = await post(
         client, "/api/sessions/talk/answer", {"question": second["id"], "answer": ""}

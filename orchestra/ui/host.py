@@ -197,7 +197,8 @@ class RunHost:
     async def _start(
         self, session_id: str, flow: Workflow, task: str | dict[str, Any], talk: dict[str, Any]
     ) -> str:
-        """Start the run (``talk``: its follow-up arguments) once its first record is durable."""
+        """Start the run (``talk``: its follow-up arguments); returns once its first record is
+        durable."""
         await self._check_startable(session_id)
         context = {**flow.context, "session_id": session_id}
         stream = Orchestra.stream(
