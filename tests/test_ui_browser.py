@@ -320,6 +320,50 @@ def test_a_restore_forks_the_history_and_a_resume_goes_on_from_it(
     answer(page, asked(page), "Cy")
 
 
+TUTOR = """\
+agents: [{name: Tutor, function: 'terminal_nodes:tutor'}]
+topology: {nodes: [User, Tutor], edges: [User -> Tutor, Tutor -> User]}
+task: explain
+"""
+
+
+@pytest.fixture
+def tutoring(store: Path, tmp_path: Path) -> Iterator[Server]:
+    """An inspector hosting runs of the answering workflow, ``tutor``."""
+    flow = tmp_path / "tutor.yaml"
+    flow.write_text(TUTOR)
+    with ui_server(store, "--workflow", str(flow)) as running:
+        yield running
+
+
+def offered(page: Page, response: str) -> Any:
+    """The session's one question, once it is the follow-up offer of ``response``."""
+    question = page.locator("#questions .question")
+    expect(question).to_have_count(1)
+    expect(question.locator("pre.response")).to_have_text(response)
+    return question
+
+
+def test_a_conversation_is_started_answered_and_ended_in_the_page(
+    tutoring: Server, page: Page
+) -> None:
+    page.goto(tutoring.page_url)
+    page.fill("#run-session", "talk")
+    page.check("#run-follow-ups")
+    page.click("#start-run button[type=submit]")
+    expect(page.locator("#session-title")).to_have_text("Session talk")
+    first = offered(page, "Tutor on explain")
+    expect(first).to_contain_text("follow_up")
+    first.locator("textarea").fill("why?")
+    first.locator("button", has_text="Answer").click()
+    second = offered(page, "Tutor on why?")
+    second.locator("button", has_text="End the conversation").click()
+    expect(page.locator("#session-summary")).to_contain_text("finished")
+    expect(page.locator("#questions .question")).to_have_count(0)
+    expect(page.locator("#timeline rect.step")).to_have_count(2)
+    assert page.dialogs == []  # type: ignore[attr-defined]
+
+
 # ---- the session page against the contract's data (docs/ui.md), served by the test --------
 
 CHART = 'flowchart TD\n    n0["Hub"]\n    n1(["Worker"])\n    n2(["Other"])\n    n0 --> n1\n    n0 --> n2\n'

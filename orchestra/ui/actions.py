@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from orchestra.agents.contract import timeout_problem
 from orchestra.errors import (
     InvalidSessionIdError,
     OrchestraError,
@@ -124,14 +125,28 @@ def _required(body: Body, field: str) -> str:
     """The body's ``field``, which must be a string."""
     value = body.get(field)
     if not isinstance(value, str):
-        raise Refused(400, f"field {field!r} must be a string, got {json.dumps(value)[:60]}")
+        raise Refused(400, f"field {field!r} must be a string, got {_shown(value)}")
     return value
 
 
 async def _start(host: RunHost, body: Body) -> Body:
     workflow = _required(body, "workflow")
-    session = await host.start_run(workflow, _optional(body, "task"), _optional(body, "session"))
+    follow_ups = body.get("follow_ups", False)
+    if not isinstance(follow_ups, bool):
+        raise Refused(400, f"field 'follow_ups' must be true or false, got {_shown(follow_ups)}")
+    seconds = body.get("follow_up_timeout")
+    problem = timeout_problem(seconds, "field 'follow_up_timeout'")  # the library's own check
+    if problem is not None:
+        raise Refused(400, problem)
+    session = await host.start_run(
+        workflow, _optional(body, "task"), _optional(body, "session"), follow_ups, seconds
+    )
     return {"session": session}
+
+
+def _shown(value: Any) -> str:
+    """A wrong field's value, as an error quotes it: its JSON, cut short."""
+    return json.dumps(value)[:60]
 
 
 async def _answer(host: RunHost, session_id: str, body: Body) -> Body:

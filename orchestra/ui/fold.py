@@ -89,6 +89,7 @@ class QuestionView(TypedDict):
     text: str
     kind: str
     answerable: bool
+    response: str | None  # a follow-up offer's: the round's final response (from its host)
 
 
 @dataclass(slots=True)
@@ -438,6 +439,7 @@ class Fold:
                     text=shown(text, TEXT_CHARS, one_line=False),
                     kind=kind,
                     answerable=False,
+                    response=None,
                 )
             )
         return found

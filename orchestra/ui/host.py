@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from orchestra.agents.contract import render
 from orchestra.communication import CommunicationManager, ProgrammaticChannel, Question
 from orchestra.coordination.config import StatusConfig, VerbosityLevel
 from orchestra.coordination.engine.events import StepStarted
@@ -42,10 +43,9 @@ from orchestra.workflow import Workflow
 
 LOG = logging.getLogger(__name__)
 STOPPED = "the inspector stopped"  # the pause reason of a run hosted when it stops
-TEXT_LIMIT = 2_000
-QUIET = StatusConfig.from_verbosity(
-    VerbosityLevel.QUIET
-)  # the page shows hosted runs  # a question's text, as the page is sent it
+TEXT_LIMIT = 2_000  # a question's text, as the page is sent it
+RESPONSE_LIMIT = 20_000  # a follow-up offer's response, as a step's detail keeps a message
+QUIET = StatusConfig.from_verbosity(VerbosityLevel.QUIET)  # the page shows hosted runs
 
 
 class WebChannel(ProgrammaticChannel):
@@ -157,6 +157,7 @@ class RunHost:
                 "agent": question.agent,
                 "text": printable(redact(question.text), TEXT_LIMIT),
                 "kind": question.kind,
+                "response": _response_text(question),
             }
             for question in self.channel.waiting(session_id)
         ]
@@ -169,18 +170,35 @@ class RunHost:
 
     # ---- acting on sessions -----------------------------------------------------------------
 
-    async def start_run(self, workflow: str, task: str | None, session: str | None) -> str:
+    async def start_run(
+        self,
+        workflow: str,
+        task: str | None,
+        session: str | None,
+        follow_ups: bool = False,
+        follow_up_timeout: float | None = None,
+    ) -> str:
         """Start a run of ``workflow`` (its file's task when ``task`` is None) in a new
-        session, or ``session`` when given (one with no run on the way); returns its id."""
+        session, or ``session`` when given (one with no run on the way); returns its id. With
+        ``follow_ups`` the run is a conversation: each round's final response is offered on
+        the page for a follow-up, waiting ``follow_up_timeout`` seconds (None: the library's
+        default) for one."""
         flow = self._workflow(workflow)
         chosen = task if task is not None else flow.task
         if chosen is None:
             raise ConfigurationError(f"workflow {workflow!r} has no task: give one")
         session_id = check_session_id(session) if session is not None else new_session_id()
+        talk: dict[str, Any] = {"allow_follow_ups": follow_ups}
+        if follow_up_timeout is not None:  # else the library's default, set in one place
+            talk["follow_up_timeout"] = follow_up_timeout
         with self._claimed(session_id):
-            return await self._start(session_id, flow, chosen)
+            return await self._start(session_id, flow, chosen, talk)
 
-    async def _start(self, session_id: str, flow: Workflow, task: str | dict[str, Any]) -> str:
+    async def _start(
+        self, session_id: str, flow: Workflow, task: str | dict[str, Any], talk: dict[str, Any]
+    ) -> str:
+        """Start the run (``talk``: its follow-up arguments); returns once its first record is
+        durable."""
         await self._check_startable(session_id)
         context = {**flow.context, "session_id": session_id}
         stream = Orchestra.stream(
@@ -193,6 +211,7 @@ class RunHost:
             error_config=flow.error_handling,
             max_steps=flow.max_steps,
             state_manager=self.manager,
+            **talk,
         )
         recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         running = self._host(session_id, _streamed(stream, recorded))
@@ -414,6 +433,14 @@ async def _streamed(stream: RunStream, recorded: asyncio.Future[None]) -> Orches
                 recorded.set_result(None)
     assert stream.result is not None  # a block left at its end: the run ended
     return stream.result
+
+
+def _response_text(question: Question) -> str | None:
+    """A follow-up offer's response (the round's final response) as the page is sent it;
+    None for any other question."""
+    if not question.follow_up or question.response is None:
+        return None
+    return printable(redact(render(question.response)), RESPONSE_LIMIT)
 
 
 def _task_text(task: str | dict[str, Any] | None) -> str | None:

@@ -37,7 +37,8 @@ class RunHostView(Protocol):
 
     def questions(self, session_id: str) -> list[dict[str, Any]]:
         """The questions pending on the host's channel for the session:
-        ``{"id", "branch", "agent", "text", "kind"}`` each."""
+        ``{"id", "branch", "agent", "text", "kind", "response"}`` each (``response``: a
+        follow-up offer's, the round's final response; else None)."""
 
 
 class CheckpointView(TypedDict):
@@ -99,6 +100,7 @@ def _questions(fold: Fold, host: RunHostView | None) -> list[QuestionView]:
         if mine is not None:
             question["id"] = str(mine.get("id"))
             question["answerable"] = True
+            question["response"] = _response(mine)
     for mine in hosted.values():
         found.append(
             QuestionView(
@@ -108,9 +110,16 @@ def _questions(fold: Fold, host: RunHostView | None) -> list[QuestionView]:
                 text=shown(mine.get("text") or "", TEXT_CHARS, one_line=False),
                 kind=str(mine.get("kind") or "agent"),
                 answerable=True,
+                response=_response(mine),
             )
         )
     return found
+
+
+def _response(hosted: dict[str, Any]) -> str | None:
+    """A hosted follow-up offer's response, as a step's detail shows a message."""
+    response = hosted.get("response")
+    return None if response is None else shown(str(response), MESSAGE_CHARS, one_line=False)
 
 
 def _checkpoints(fold: Fold) -> list[CheckpointView]:

@@ -111,6 +111,7 @@ async function startRun(event) {
       workflow: document.getElementById("workflow").value,
       task: task === "" ? null : task,
       session: session === "" ? null : session,
+      follow_ups: document.getElementById("run-follow-ups").checked,
     });
     location.hash = "session=" + encodeURIComponent(started.session);
   } catch (error) {

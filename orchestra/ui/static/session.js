@@ -53,11 +53,21 @@ function answerForm(question) {
   const send = element("button", "Answer");
   send.type = "submit";
   form.append(box, send);
+  const reply = (text) => {
+    send.disabled = true;
+    act("answer", { question: question.id, answer: text }).finally(() => (send.disabled = false));
+  };
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    send.disabled = true;
-    act("answer", { question: question.id, answer: box.value }).finally(() => (send.disabled = false));
+    reply(box.value);
   });
+  if (question.kind === "follow_up") {
+    // an empty answer ends a conversation
+    const end = element("button", "End the conversation");
+    end.type = "button";
+    end.addEventListener("click", () => reply(""));
+    form.append(end);
+  }
   return form;
 }
 
@@ -73,6 +83,7 @@ function questions(list) {
     item.dataset.question = q.id;
     item.dataset.key = key;
     item.append(element("p", `${q.agent} asks (${q.kind}, branch ${q.branch}):`), element("pre", q.text));
+    if (q.response !== null && q.response !== undefined) item.append(element("pre", q.response, "response"));
     item.append(q.answerable ? answerForm(q) : element("p", "answered where the run is running", "hint"));
     return item;
   });
