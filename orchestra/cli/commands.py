@@ -13,7 +13,6 @@ from typing import Annotated, Any, NamedTuple, NoReturn
 import typer
 from rich.markup import escape
 
-from orchestra.communication import CommunicationManager
 from orchestra.communication.terminal import user_channel
 from orchestra.coordination.config import (
     ExecutionConfig,
@@ -337,13 +336,7 @@ def _resume(
             workflow.topology,
             agent_registry=workflow.registry,
             initial_config=workflow.execution,  # its file names the limits (the log keeps none)
-            communication_manager=CommunicationManager(
-                asking.channel,
-                asking.user_timeout,
-                on_user_timeout=asking.on_user_timeout,
-                default_answer=asking.default_answer,
-                user_timeout_source=asking.user_timeout_source,
-            ),
+            communication_manager=asking.manager(),
             state_manager=manager,
         )
         again = resume_command(resume_with, session, store)

@@ -40,6 +40,8 @@ from pydantic import (
     model_validator,
 )
 
+from orchestra.communication.channels import CommunicationManager
+
 
 class _Config(BaseModel):
     # strict: see the module's docstring
@@ -336,3 +338,15 @@ class CommunicationConfig(_Config):
     on_user_timeout: Literal["fail", "default"] = "fail"
     default_answer: str = ""
     user_timeout_source: str | None = None
+
+    def manager(self, channel: Any = None) -> CommunicationManager:
+        """What a run asks through: ``channel`` (None: this config's own), with this config's
+        time limit and what an unanswered question does (one place that turns the settings
+        into the manager, for ``Orchestra.run``, the command line and the web inspector)."""
+        return CommunicationManager(
+            channel if channel is not None else self.channel,
+            self.user_timeout,
+            on_user_timeout=self.on_user_timeout,
+            default_answer=self.default_answer,
+            user_timeout_source=self.user_timeout_source,
+        )

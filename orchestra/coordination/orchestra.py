@@ -229,13 +229,7 @@ def _launcher(
                 agent_registry,
                 execution_config or ExecutionConfig(),
                 error_config or ErrorHandlingConfig(),
-                CommunicationManager(
-                    channel,
-                    communication.user_timeout,
-                    on_user_timeout=communication.on_user_timeout,
-                    default_answer=communication.default_answer,
-                    user_timeout_source=communication.user_timeout_source,
-                ),
+                communication.manager(channel),
                 max_steps,
             )
         except OrchestraError as error:

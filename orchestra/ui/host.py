@@ -121,13 +121,7 @@ class RunHost:
             workflow.topology,
             agent_registry=workflow.registry,
             initial_config=workflow.execution,  # its file names the limits (the log keeps none)
-            communication_manager=CommunicationManager(
-                asking.channel,
-                asking.user_timeout,
-                on_user_timeout=asking.on_user_timeout,
-                default_answer=asking.default_answer,
-                user_timeout_source=asking.user_timeout_source,
-            ),
+            communication_manager=asking.manager(),
             state_manager=self.manager,
         )
 
