@@ -335,6 +335,23 @@ def test_ui_names_a_store_that_does_not_exist(tmp_path: Path) -> None:
     assert "no session store at" in result.stdout + result.stderr
 
 
+async def test_ui_with_a_workflow_makes_the_store_of_a_fresh_project(tmp_path: Path) -> None:
+    """Its workflows are there to start runs, the first of a project included: the store is
+    made as ``orchestra run --store`` makes it (a watch-only inspector refuses, above)."""
+    (tmp_path / "flow.yaml").write_text(
+        "agents: [{name: A, function: 'flow_nodes:shout'}]\ntopology: {nodes: [A]}\n"
+    )
+    server = start_cli("ui", "--workflow", "flow.yaml", "--port", "0", cwd=tmp_path)
+    try:
+        assert server.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 60)
+        assert "listening on http://127.0.0.1:" in line, line
+        assert (tmp_path / ".orchestra" / "sessions.db").is_file()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 @pytest.fixture
 def busy_port() -> Iterator[int]:
     taken = socket.socket()

@@ -383,6 +383,7 @@ def step(position: int, branch: str, agent: str, action: str | None, **more: Any
         "cost_usd": None,
         "error": None,
         "abandoned": False,
+        "cut_off": False,
         **more,
     }
 
@@ -644,6 +645,89 @@ def test_a_short_timeline_takes_its_pane_s_width(
     expect(last).not_to_have_attribute("x", wide)
     assert float(last.get_attribute("x") or "") < float(wide)
     assert box.evaluate(drawn) <= box.evaluate("(b) => b.clientWidth") + 1
+
+
+def test_code_steps_and_one_slow_step_fit_the_pane(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """Sub-millisecond code steps around one 3 s step: every block of this short session lies
+    inside its pane, the fan-out and convergence in view (not 40,000 px wide, scrolled to its
+    end)."""
+    page.set_viewport_size({"width": 1100, "height": 800})
+    quick = 0.0001
+    steps = [
+        step(2, "b0", "Hub", "parallel_invoke", duration=quick, targets=["Worker", "Other"]),
+        step(3, "b1", "Worker", "final_response", duration=3.0),
+        step(4, "b2", "Other", "ask_user", duration=quick),
+        step(5, "b2", "Other", "final_response", duration=quick, started=1_700_000_005.5),
+        step(6, "b0", "Hub", "final_response", duration=quick, started=1_700_000_006.0),
+    ]
+    for taken in steps[:3]:
+        taken["started"] = 1_700_000_003.0 + taken["position"] * quick
+    serve_view(page, {**VIEW, "steps": steps})
+    open_session(page, server)
+    blocks = page.locator("#timeline rect.step")
+    expect(blocks).to_have_count(5)
+    scroller = page.locator("#timeline .timeline-scroll")
+    pane = scroller.evaluate("(b) => [b.scrollWidth, b.clientWidth]")
+    assert pane[0] <= pane[1], pane
+    boxes = blocks.evaluate_all("(all) => all.map((b) => [b.getBBox().x, b.getBBox().width])")
+    assert all(x >= 0 and x + width <= pane[1] for x, width in boxes), (boxes, pane)
+    expect(page.locator("#timeline path.fan-out")).to_have_count(2)
+    expect(page.locator("#timeline path.converge")).to_have_count(2)
+
+
+def test_a_cut_off_step_is_drawn_and_detailed_as_cut_off_not_running(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """A step whose run ended first (``cut_off``) has its own look, in the legend too, and its
+    detail says cut off; a step running now is still drawn running."""
+    cut = step(3, "b1", "Worker", None, cut_off=True)
+    serve_view(page, {**VIEW, "steps": [*VIEW["steps"][:1], cut, step(6, "b0", "Hub", None)]})
+    page.route(
+        re.compile(r".*/api/sessions/s1/steps/3$"),
+        lambda r: r.fulfill(json={**DETAIL, "duration": None, "action": None, "cut_off": True}),
+    )
+    open_session(page, server)
+    timeline = page.locator("#timeline svg")
+    expect(timeline.locator("rect[data-position='3']")).to_have_class("step cut-off")
+    expect(timeline.locator("rect[data-position='6']")).to_have_class("step in-progress")
+    expect(timeline.locator("rect[data-position='3'] title")).to_contain_text(
+        "cut off · latency: cut off"
+    )
+    expect(page.locator("#timeline-legend")).to_contain_text("cut off")
+    page.locator("#timeline rect[data-position='3']").click()
+    detail = page.locator("#step-detail")
+    expect(detail).to_contain_text("none: the step was cut off before it returned")
+    expect(detail.locator("dd").nth(4)).to_have_text("cut off")
+
+
+def test_the_labels_say_resume_record_and_no_text(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """A question of a session nobody runs (interrupted) says to Resume; a checkpoint names the
+    record it keeps; an assistant turn of tool calls alone says it has no text."""
+    asking = {**VIEW["questions"][0], "answerable": False}
+    serve_view(
+        page,
+        {
+            **VIEW,
+            "summary": {**VIEW["summary"], "status": "interrupted", "hosted": False},
+            "questions": [asking],
+        },
+    )
+    silent = {"role": "assistant", "content": ""}
+    page.route(
+        re.compile(r".*/api/sessions/s1/steps/3$"),
+        lambda r: r.fulfill(json={**DETAIL, "messages": [*DETAIL["messages"], silent]}),
+    )
+    open_session(page, server)
+    expect(page.locator("#questions .hint")).to_contain_text("Resume")
+    expect(page.locator("#checkpoints li").first).to_contain_text("before (at record 3)")
+    page.locator("#timeline rect[data-position='3']").click()
+    expect(page.locator("#step-detail .message.assistant")).to_contain_text(
+        "(no text: tool calls only)"
+    )
 
 
 def test_the_step_detail_follows_the_step_it_shows(

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import started
 from helpers import WAIT, ask, final, invoke, llm, quiet
 from test_ui_views import USAGE, Store, scripted
 
 from orchestra import AgentRegistry, FunctionModel, ProgrammaticChannel
+from orchestra.agents.contract import Action, StepOutcome
 from orchestra.communication import CommunicationManager
 from orchestra.coordination.config import Budget, ErrorHandlingConfig
 from orchestra.coordination.engine import inputs as inp
@@ -26,7 +28,7 @@ from orchestra.coordination.state import (
     StateManager,
     segments,
 )
-from orchestra.models.base import ModelReply, StepInfo
+from orchestra.models.base import Message, ModelReply, StepInfo
 
 CALL = {"nodes": ["A", "B"], "edges": ["A <-> B"], "entry_point": "A"}
 
@@ -177,6 +179,7 @@ async def test_a_step_in_flight_is_seen_by_another_reader_while_its_model_call_r
             ("B", None, None),
         ]
         assert view["active"] == ["B"] and view["branches"][0]["state"] == "running"
+        assert not view["steps"][1]["cut_off"]  # in flight: its session is held
         gate.set()
         assert (await asyncio.wait_for(running, WAIT)).success
     finally:
@@ -321,3 +324,85 @@ async def test_the_list_asks_the_store_once_and_probes_writers_only_where_one_ma
     asked.clear()
     await store.catalog.sessions(None)
     assert asked == []
+
+
+T = 1_700_000_000.0
+
+
+def begun(at: float, branch: str = "b0", agent: str = "A") -> inp.StepBegin:
+    return inp.StepBegin(at=T + at, branch_id=branch, agent=agent)
+
+
+def answered(at: float, duration: float, branch: str = "b0") -> inp.StepResult:
+    outcome = StepOutcome(action=Action.final("done"))
+    reply = (Message("assistant", "done"),)
+    return inp.StepResult(
+        at=T + at, branch_id=branch, outcome=outcome, messages=reply, duration=duration
+    )
+
+
+async def logged(store: Store, session: str, *runs: list[inp.Record]) -> None:
+    """Records written as processes write them: each list by a writer of its own, which lets go
+    of the session after it (as a killed process does, when its list has no end)."""
+    for records in runs:
+        writer, _ = await store.sessions.open(session)
+        for record in records:
+            writer.record(record)
+        await writer.flush()
+        await writer.close()
+
+
+ENDED = inp.RunEnd(at=T + 9, paused=False, success=False, error="Bad broke")
+
+
+@pytest.mark.parametrize("end", [[ENDED], []], ids=["failed", "killed"])
+async def test_a_step_whose_run_ended_or_was_killed_is_cut_off_not_running(
+    store: Store, end: list[inp.Record]
+) -> None:
+    """A fan-out's Slow had begun when its run failed (or its process was killed): its step
+    has no result and is not in flight, so it is cut off, and its detail says so."""
+    fan_out = [
+        started("fan", ("Hub", "Slow", "Bad")),
+        begun(1, agent="Hub"),
+        inp.StepResult(
+            at=T + 2,
+            branch_id="b0",
+            outcome=StepOutcome(action=Action.invoke_parallel([("Slow", "s"), ("Bad", "b")])),
+            messages=(),
+            duration=1.0,
+        ),
+        inp.StepBegin(at=T + 3, branch_id="b1", agent="Slow", parent="b0", fan_out="f1"),
+    ]
+    await logged(store, "cut", fan_out + end)
+    view = await store.view("cut")
+    hub, slow = view["steps"]
+    assert (hub["cut_off"], slow["agent"], slow["duration"], slow["cut_off"]) == (
+        False,
+        "Slow",
+        None,
+        True,
+    )
+    assert (await store.catalog.step("cut", slow["position"]))["cut_off"] is True
+
+
+async def test_a_step_begun_again_after_a_crash_is_a_new_step_at_its_own_position(
+    store: Store,
+) -> None:
+    """Begin, crash, resume, begin, result: the first attempt stays, cut off; the second is a
+    step of its own at the later time, with the result, and its position has a detail."""
+    first = [started("chain"), begun(1)]
+    again = [inp.RunResume(at=T + 100, context={}), begun(101), answered(103, 1.5)]
+    ended = [inp.RunEnd(at=T + 104, paused=False, success=True, error=None)]
+    await logged(store, "crashed", first, again + ended)
+    view = await store.view("crashed")
+    cut, redone = view["steps"]
+    assert (cut["started"], cut["duration"], cut["cut_off"]) == (T + 1, None, True)
+    assert (redone["started"], redone["duration"], redone["action"], redone["cut_off"]) == (
+        T + 101,
+        1.5,
+        "final_response",
+        False,
+    )
+    assert redone["position"] > cut["position"] and view["steps_total"] == 2
+    detail = await store.catalog.step("crashed", redone["position"])
+    assert (detail["action"]["kind"], detail["cut_off"]) == ("final_response", False)

@@ -16,6 +16,7 @@ from helpers import WAIT, ask, final, fn, invoke, llm, quiet
 
 from orchestra import (
     AgentRegistry,
+    FunctionModel,
     ProgrammaticChannel,
     ScriptedModel,
     ScriptedUser,
@@ -244,6 +245,50 @@ async def test_a_follow_up_awaited_is_a_question_and_the_session_waits(store: St
     finally:
         running.cancel()
     assert (await store.view("chat"))["questions"] == []
+
+
+async def test_a_plain_reply_is_the_final_response_the_engine_took_it_as(store: Store) -> None:
+    """A model's reply with no action is taken as its final response (the engine's own rule):
+    so it is shown, its text the content; a code step that returned a value has no action."""
+    chain = {"nodes": ["C", "A"], "edges": ["C -> A"]}
+    agents = [
+        fn("C", lambda value, context: "routed on"),
+        llm("A", FunctionModel(lambda messages, info: f"plain {HOSTILE}")),
+    ]
+    result = await store.instance(chain, *agents).execute("say it", {"session_id": "plain"})
+    assert result.success, result.error
+    view = await store.view("plain")
+    code, model = view["steps"]
+    assert (code["agent"], code["action"]) == ("C", None)
+    assert (model["agent"], model["action"]) == ("A", "final_response")
+    assert (await store.catalog.step("plain", code["position"]))["action"] is None
+    action = (await store.catalog.step("plain", model["position"]))["action"]
+    assert (action["kind"], action["content"]) == ("final_response", f"plain {HOSTILE}")
+
+
+async def test_the_detail_names_a_fan_out_and_a_tool_only_turn_as_the_view_does(
+    store: Store,
+) -> None:
+    """A fan-out is ``parallel_invoke`` in the step's detail as in its view entry (one naming);
+    an assistant turn made of tool calls alone has empty content, not the JSON word null."""
+    await fanned_out(store)
+    [first, *_] = (await store.view("fan"))["steps"]
+    fan = (await store.catalog.step("fan", first["position"]))["action"]
+    assert (fan["kind"], fan["targets"]) == ("parallel_invoke", ["A", "B"])
+
+    def lookup(q: str) -> str:
+        return f"found {q}"
+
+    calls = ModelReply(tool_calls=(ToolCall("lookup", {"q": "x"}, "c1"),), usage=USAGE)
+    agent = llm(
+        "A", ScriptedModel([calls, ModelReply(action=final("done"), usage=USAGE)]), tools=[lookup]
+    )
+    solo = store.instance({"nodes": ["A"], "edges": []}, agent)
+    assert (await solo.execute("look", {"session_id": "tools"})).success
+    [called, *_] = (await store.view("tools"))["steps"]
+    detail = await store.catalog.step("tools", called["position"])
+    contents = [m["content"] for m in detail["messages"] if m["role"] == "assistant"]
+    assert contents == [""], detail["messages"]  # no text: the page says it called tools
 
 
 async def test_a_failed_step_names_its_error_redacted(store: Store) -> None:

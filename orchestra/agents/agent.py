@@ -180,7 +180,7 @@ class Agent(BaseAgent):
             request.report_retry,
             request.on_delta,
         )
-        text = reply.content if reply.content is not None else render(reply.action)
+        text = _text_of(reply)
         problem, action = reply.problem, None
         if problem is None:
             try:
@@ -216,6 +216,14 @@ REJECTED_REPLY_KEPT = 10_000
 The model is shown its reply when it is steered, and a few thousand characters show what went
 wrong; a garbage reply of megabytes, kept whole, would fill the model's context and the log
 (a record holds the reply twice: a 34 MB one failed its step as too large to store)."""
+
+
+def _text_of(reply: ModelReply) -> str:
+    """The reply as text kept in the conversation: its content, else its action as JSON; a
+    reply of tool calls alone has none (empty, not the JSON word ``null``)."""
+    if reply.content is not None:
+        return reply.content
+    return "" if reply.action is None else render(reply.action)
 
 
 def _kept_of_rejected(text: str) -> str:

@@ -250,6 +250,17 @@ class StepOutcome:
     by_code: bool = False
 
 
+def reply_action(outcome: StepOutcome) -> Action | None:
+    """The action a step stands for: the one it set; for a model's usable reply with none, a
+    final response with the reply as its content (the engine takes it so where the agent may
+    finish, and steers it where it may not); None for code that returned a value (routed
+    along its edges) or an unusable reply. One rule for the engine and for a reader of the log,
+    which keeps ``by_code`` and so can tell a plain reply from a value."""
+    if outcome.action is not None or outcome.by_code or outcome.problem is not None:
+        return outcome.action
+    return Action.final(outcome.reply)
+
+
 def as_taken(outcome: StepOutcome) -> StepOutcome:
     """The outcome as the run records and takes it: each tool call with an id of its own (a
     result is matched to its call by id; an agent building calls by hand may give none, or one

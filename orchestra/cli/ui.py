@@ -17,7 +17,7 @@ from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS
 from orchestra.errors import OrchestraError
 from orchestra.workflow import Workflow
 
-from .store import DEFAULT_STORE, Store
+from .store import DEFAULT_STORE, Store, open_store
 from .terminal import fail, say
 from .workflows import AllowModule, load
 
@@ -50,14 +50,23 @@ def ui_command(
     they can be answered, paused, resumed, checkpointed, restored and deleted (and runs of the
     --workflow files started). It prints the address to open, with the token every request
     for data must carry."""
-    if not store.is_file():
+    if not store.is_file() and not workflow:
         fail(f"no session store at {store} (a run started with --store makes one)", 2)
     flows = {}
     for path in workflow or []:
         if path.stem in flows:
             fail(f"two workflow files are named {path.stem!r}: give each a name of its own", 2)
         flows[path.stem] = load(path, None, allow_module)
+    if not store.is_file():
+        _create(store)
     serve(store, host, port, flows, None)
+
+
+def _create(store: Path) -> None:
+    """An empty store, as ``orchestra run --store`` makes one: an inspector given workflows
+    starts a fresh project's first run (one that only watches has nothing to show without one)."""
+    with open_store(store) as (_, backend):
+        asyncio.run(backend.list_sessions())
 
 
 def serve(

@@ -19,6 +19,11 @@ but ``failed`` for a branch that waited on a fan-out a child of which failed, as
 says. A fan-out's branches are all listed from the first of them to begin, those that never
 begin (cancelled when the fan-out failed) included.
 
+A step with no result that is not in flight now was cut off (``cut_off``): its run ended (it
+failed, or paused) or was killed, or a restore went back to before its result. A branch whose
+step a crash or a restore cut off begins it again after the ``RunResume``: that is a new step,
+at its own position, and the cut-off one stays.
+
 A budget question is no record of its own (the branch stops at its step's begin); its answer
 shows that the begin took no step, and that step is dropped then. It uses up a question number
 as the engine counts (``budget-q2``, then ``q3``), so an agent question is numbered by the
@@ -32,9 +37,9 @@ from __future__ import annotations
 
 from bisect import bisect_right, insort
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import TypedDict
 
-from orchestra.agents.contract import ActionKind
+from orchestra.agents.contract import Action, ActionKind, reply_action
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.state.manager import SessionLog, run_name
 from orchestra.coordination.state.records import Entry
@@ -80,6 +85,7 @@ class StepView(TypedDict):
     cost_usd: float | None
     error: str | None
     abandoned: bool
+    cut_off: bool
 
 
 class QuestionView(TypedDict):
@@ -222,9 +228,8 @@ class Fold:
         _mark(branch.view, "running", None)
         branch.question = None
         branch.returns_to = record.returns_to
-        if branch.open is None:  # else: a step cut short by a crash, begun again
-            branch.open = branch.last = self._step(run, position, record)
-            self.steps.append(branch.open)
+        branch.open = branch.last = self._step(run, position, record)
+        self.steps.append(branch.open)
 
     def _siblings(self, run: str, record: inp.StepBegin, parent: str, fan_out: str) -> None:
         """The other branches of the fan-out its first child to begin belongs to, listed
@@ -281,6 +286,7 @@ class Fold:
                 cost_usd=None,
                 error=None,
                 abandoned=False,
+                cut_off=False,
             )
         )
 
@@ -289,7 +295,7 @@ class Fold:
         branch.open = None
         if step is not None:
             _finish(step, record)
-        action = record.outcome.action
+        action = reply_action(record.outcome)
         kind = action.kind if action is not None else None
         view = branch.view
         if kind is ActionKind.ASK_USER:
@@ -354,6 +360,7 @@ class Fold:
             if view["run"] != run:
                 continue
             if isinstance(record, inp.RunResume):
+                branch.open = None  # a step a crash or a restore cut off: it begins again
                 if branch.before_end is not None:
                     _mark(view, branch.before_end, None)
                     branch.before_end = None
@@ -397,7 +404,8 @@ class Fold:
         branch.view["state"] = "abandoned"
 
     def _settle(self, held: bool) -> None:
-        """Each run's state; the branches of a last run cut off by a crash stopped."""
+        """Each run's state; the branches of a last run cut off by a crash stopped; each step
+        with no result and not in flight now ``cut_off``."""
         states = {run_name(run.header.position): _run_state(run.end) for run in self.log.runs}
         last = self.log.last_run
         last_name = run_name(last.header.position) if last is not None else None
@@ -414,6 +422,14 @@ class Fold:
                 if branch.view["run"] == last_name and branch.view["state"] in _WAITING:
                     branch.view["state"] = "stopped"
         self.steps = [step for step in self.steps if not step.void]
+        in_flight = {id(b.open) for b in self.branches.values() if self._in_flight(b, held)}
+        for step in self.steps:  # with no result, not in flight: a run's end, a crash, a restore
+            step.view["cut_off"] = step.result is None and id(step) not in in_flight
+
+    def _in_flight(self, branch: _Branch, held: bool) -> bool:
+        """Whether the branch's open step is running now: in the last run, while a writer
+        holds the session and that run has not ended."""
+        return held and branch.open is not None and branch.view["run"] == self.running
 
     @property
     def running(self) -> str | None:
@@ -473,11 +489,10 @@ def _finish(step: Step, record: inp.StepResult | inp.StepError) -> None:
         view["error"] = shown(record.error, TEXT_CHARS)
         return
     outcome = record.outcome
-    action = outcome.action
+    action = reply_action(outcome)
     if action is not None:
-        parallel = action.kind is ActionKind.INVOKE and len(action.invocations) > 1
-        view["action"] = "parallel_invoke" if parallel else str(action.kind)
-        view["targets"] = _targets(action)
+        view["action"] = action_name(action)
+        view["targets"] = action_targets(action)
     elif outcome.problem is not None:
         view["error"] = shown(outcome.problem, TEXT_CHARS)
     usage = outcome.usage
@@ -486,7 +501,14 @@ def _finish(step: Step, record: inp.StepResult | inp.StepError) -> None:
         view["cost_usd"] = usage.cost_usd
 
 
-def _targets(action: Any) -> list[str]:
+def action_name(action: Action) -> str:
+    """An action's kind as the inspector names it: a fan-out (several invocations) is a
+    ``parallel_invoke``, which the engine takes as an ``invoke_agent`` of several agents."""
+    parallel = action.kind is ActionKind.INVOKE and len(action.invocations) > 1
+    return "parallel_invoke" if parallel else str(action.kind)
+
+
+def action_targets(action: Action) -> list[str]:
     """The agents an invocation goes to, or the tools a call runs."""
     if action.kind is ActionKind.INVOKE:
         return [shown(item.agent_name, 200) for item in action.invocations]

@@ -12,10 +12,20 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol, TypedDict
 
+from orchestra.agents.contract import ActionKind, reply_action
 from orchestra.coordination.engine import inputs as inp
 from orchestra.errors import SessionNotFoundError
 
-from .fold import TEXT_CHARS, BranchView, Fold, QuestionView, RunView, StepView
+from .fold import (
+    TEXT_CHARS,
+    BranchView,
+    Fold,
+    QuestionView,
+    RunView,
+    StepView,
+    action_name,
+    action_targets,
+)
 from .graph import Graph, session_graph
 from .shown import shown
 
@@ -178,17 +188,20 @@ def step_detail(fold: Fold, position: int) -> dict[str, Any]:
         "cost_usd": view["cost_usd"],
         "error": view["error"],
         "abandoned": view["abandoned"],
+        "cut_off": view["cut_off"],
     }
 
 
 def _action(result: inp.StepResult) -> dict[str, Any] | None:
-    action = result.outcome.action
+    """The action the step stands for (a model's plain reply: its final response), named as
+    the view names it; None for a code step that returned a value, or an unusable reply."""
+    action = reply_action(result.outcome)
     if action is None:
         return None
-    content = action.response if action.kind == "final_response" else action.question or None
+    content = action.response if action.kind is ActionKind.FINAL else action.question or None
     return {
-        "kind": str(action.kind),
-        "targets": list(_step_targets(result)),
+        "kind": action_name(action),
+        "targets": action_targets(action),
         "content": None
         if content is None
         else shown(_plain(content), MESSAGE_CHARS, one_line=False),
@@ -201,15 +214,6 @@ def _action(result: inp.StepResult) -> dict[str, Any] | None:
             for call in action.tool_calls
         ],
     }
-
-
-def _step_targets(result: inp.StepResult) -> list[str]:
-    action = result.outcome.action
-    if action is None:
-        return []
-    return [shown(i.agent_name, 200) for i in action.invocations] or [
-        shown(c.name, 200) for c in action.tool_calls
-    ]
 
 
 def _tool_result(record: inp.ToolResult) -> dict[str, Any]:

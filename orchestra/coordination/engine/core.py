@@ -24,6 +24,7 @@ from orchestra.agents.contract import (
     StepInput,
     StepOutcome,
     StepRequest,
+    reply_action,
     tool_result_messages,
 )
 from orchestra.coordination.config import ConvergencePolicy, ErrorHandlingConfig, ExecutionConfig
@@ -425,13 +426,11 @@ class Engine:
                         self, branch, no_route_error(self.analysis, agent, outcome.value)
                     )
                 return action
-            if action is None:
-                if not allowed.can_finish:
-                    steering.steer(
-                        self, branch, f"the reply has no action; {PROTOCOL_HINT}", outcome
-                    )
-                    return None
-                action = Action.final(outcome.reply)
+            if action is None and not allowed.can_finish:
+                steering.steer(self, branch, f"the reply has no action; {PROTOCOL_HINT}", outcome)
+                return None
+            action = reply_action(outcome)  # a plain reply: its final response
+            assert action is not None  # a model's usable reply always stands for one
             by_model = not outcome.by_code
             problem = action_problem(
                 self.analysis, agent, action, allowed, self.shared_context, by_model

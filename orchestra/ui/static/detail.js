@@ -15,16 +15,21 @@ function section(title, ...children) {
   return part;
 }
 
+// A message's text; an assistant turn of tool calls alone has none, which is said.
 function messages(list) {
   return list.map((m) => {
     const item = element("div", null, "message " + m.role);
-    item.append(element("span", m.role, "role"), element("pre", m.content));
+    const text = m.content ? element("pre", m.content) : element("p", "(no text: tool calls only)", "hint");
+    item.append(element("span", m.role, "role"), text);
     return item;
   });
 }
 
-function action(found) {
+// What the step stands for; with no action: cut off, a code step's value, or still running.
+function action(found, step) {
   if (!found) {
+    if (step.cut_off) return [element("p", "none: the step was cut off before it returned")];
+    if (step.duration !== null) return [element("p", "none: a code step that returned a value")];
     return [element("p", "none yet: the step is running")];
   }
   const parts = [element("p", found.kind + (found.targets.length ? " → " + found.targets.join(", ") : ""))];
@@ -54,7 +59,7 @@ function facts(step) {
     ["run / branch", step.run + " / " + step.branch],
     ["record", `${step.position} in the session's log`],
     ["started", new Date(step.started * 1000).toISOString()],
-    ["latency", step.duration === null ? "running" : seconds(step.duration)],
+    ["latency", step.duration !== null ? seconds(step.duration) : step.cut_off ? "cut off" : "running"],
     ["tokens", `${step.tokens.total} (${step.tokens.prompt} prompt, ${step.tokens.completion} completion)`],
     ["cost", money(step.cost_usd)],
   ];
@@ -96,7 +101,7 @@ async function load(box, session, position, where) {
     parts.push(section("Retries", ...step.retries.map((r) => element("pre", `attempt ${r.attempt}: ${r.error}`))));
   }
   parts.push(section("Messages", ...messages(step.messages)));
-  parts.push(section("Action", ...action(step.action)));
+  parts.push(section("Action", ...action(step.action, step)));
   if (step.tool_results.length) parts.push(section("Tool results", ...toolResults(step.tool_results)));
   box.replaceChildren(...parts);
 }

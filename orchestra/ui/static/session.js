@@ -71,20 +71,29 @@ function answerForm(question) {
   return form;
 }
 
+// Why a question has no answer box here: a run of another process waits for it, or none runs
+// (the session was interrupted, or restored): Resume, and the run asks it again.
+function unanswerable(view) {
+  const running = ["running", "waiting for the user"].includes(view.summary.status);
+  return running ? "answered where the run is running" : "no run is running it: Resume the session to answer it";
+}
+
 // Questions are kept across updates, so an answer being typed survives them; one that became
-// answerable (its run now hosted here) is drawn again, with its answer box.
-function questions(list) {
+// answerable (its run now hosted here), or whose hint changed, is drawn again.
+function questions(view) {
+  const hint = unanswerable(view);
+  const list = view.questions;
   const box = document.getElementById("questions");
   const kept = new Map([...box.children].map((node) => [node.dataset.key, node]));
   const shown = list.map((q) => {
-    const key = JSON.stringify([q.id, q.answerable]);
+    const key = JSON.stringify([q.id, q.answerable, hint]);
     if (kept.has(key)) return kept.get(key);
     const item = element("div", null, "question");
     item.dataset.question = q.id;
     item.dataset.key = key;
     item.append(element("p", `${q.agent} asks (${q.kind}, branch ${q.branch}):`), element("pre", q.text));
     if (q.response !== null && q.response !== undefined) item.append(element("pre", q.response, "response"));
-    item.append(q.answerable ? answerForm(q) : element("p", "answered where the run is running", "hint"));
+    item.append(q.answerable ? answerForm(q) : element("p", hint, "hint"));
     return item;
   });
   box.replaceChildren(...shown);
@@ -92,7 +101,7 @@ function questions(list) {
 
 function checkpoints(view) {
   const items = view.checkpoints.map((c) => {
-    const item = element("li", `${c.name} (at step ${c.position})`, c.abandoned ? "abandoned" : "");
+    const item = element("li", `${c.name} (at record ${c.position})`, c.abandoned ? "abandoned" : "");
     const restore = element("button", "Restore");
     restore.type = "button";
     restore.addEventListener("click", () => act("restore", { checkpoint: c.id }));
@@ -118,7 +127,7 @@ function drawSteps(view) {
 function render(view) {
   latest = view;
   summary(view);
-  questions(view.questions);
+  questions(view);
   checkpoints(view);
   const total = view.steps_total;
   document.getElementById("steps-note").textContent =

@@ -35,6 +35,7 @@ const GLYPHS = {
   call_tool: "⚙",
   code: "ƒ",
   "in-progress": "…",
+  "cut-off": "✂",
 };
 
 function svg(tag, attributes, text) {
@@ -50,10 +51,12 @@ function laneKey(run, branch) {
   return run + "/" + branch;
 }
 
-// What kind of block a step is: its action; with none, running (no duration yet) or a code
-// step that returned a value.
+// What kind of block a step is: its action; with none, cut off (its run ended, was killed or
+// restored first), running (no duration yet) or a code step that returned a value.
 function kind(step) {
-  return step.action || (step.duration === null ? "in-progress" : "code");
+  if (step.action) return step.action;
+  if (step.cut_off) return "cut-off";
+  return step.duration === null ? "in-progress" : "code";
 }
 
 // ``text`` cut to ``width`` pixels, with an ellipsis when cut.
@@ -81,11 +84,22 @@ function busy(spans, idle) {
   return stretches;
 }
 
+// Where each step ends in time: its duration's end; a step cut off at its run's end (else at
+// its start: a crash says not when); a step in flight, at the latest step's end.
+function spanOf(step, end, ended) {
+  if (step.duration !== null) return { from: step.started, to: step.started + step.duration };
+  if (!step.cut_off) return { from: step.started, to: end };
+  const stop = ended.get(step.run);
+  return { from: step.started, to: stop !== null && stop !== undefined && stop >= step.started ? stop : step.started };
+}
+
 // Each step's x and width in the plot (0 at its left edge), the time scale's ticks and the
 // pauses cut out of it: by time when any step has a duration (each lane's blocks pushed
 // apart where a short step was widened to stay readable, a long pause drawn as a narrow
-// break); else one column per step in the order taken.
-function layout(numberedSteps, available) {
+// break); else one column per step in the order taken. The steps fit the pane when their
+// blocks can (the scale narrowed by what widened blocks add); only a lane of more blocks than
+// fit is drawn wider, each typical step a readable block, and scrolled.
+function layout(numberedSteps, available, ended) {
   const steps = numberedSteps.map((n) => n.step);
   const known = steps.filter((s) => s.duration !== null).map((s) => s.duration);
   const start = Math.min(...steps.map((s) => s.started));
@@ -96,11 +110,31 @@ function layout(numberedSteps, available) {
     return { places, width: steps.length * column, ticks: null, breaks: [] };
   }
   const typical = median(known.filter((d) => d > 0)) || (end - start) / steps.length;
-  const spans = steps.map((s) => ({ from: s.started, to: s.duration === null ? end : s.started + s.duration }));
+  const spans = steps.map((s) => spanOf(s, end, ended));
   const stretches = busy(spans, Math.max(IDLE.least, IDLE.typicals * typical));
   const active = stretches.reduce((sum, t) => sum + Math.max(t.to - t.from, typical), 0);
   const room = available - (stretches.length - 1) * BREAK;
-  const scale = Math.min(Math.max(room / active, MIN_BLOCK / typical), MAX_WIDTH / active);
+  let scale = room / active;
+  let plan = placed(steps, spans, stretches, scale, typical);
+  for (let tries = 0; tries < 3 && plan.width > available + 0.5; tries++) {
+    const narrower = (room - (plan.width - plan.timed)) / active;
+    if (narrower <= 0) break;
+    scale = narrower;
+    plan = placed(steps, spans, stretches, scale, typical);
+  }
+  if (plan.width > available + 0.5) {
+    // a step no longer than the time each step has on average is drawn MIN_BLOCK wide
+    const readable = median(known.map((d) => Math.max(d, active / steps.length)));
+    scale = Math.min(Math.max(room / active, MIN_BLOCK / readable), MAX_WIDTH / active);
+    plan = placed(steps, spans, stretches, scale, typical);
+  }
+  const breaks = stretches.slice(1).map((t, i) => ({ x: t.x - BREAK, paused: t.from - stretches[i].to }));
+  return { places: plan.places, width: plan.width, ticks: ticks(stretches, start, scale), breaks };
+}
+
+// The steps placed at ``scale`` px a second: each stretch's x (set on it), each block's x and
+// width, the plot's width and its timed part's (what the stretches take).
+function placed(steps, spans, stretches, scale, typical) {
   let offset = 0;
   for (const stretch of stretches) {
     stretch.x = offset;
@@ -118,9 +152,8 @@ function layout(numberedSteps, available) {
     laneEnds.set(key, x + width);
     return { x, width };
   });
-  const breaks = stretches.slice(1).map((t, i) => ({ x: t.x - BREAK, paused: t.from - stretches[i].to }));
-  const width = Math.max(offset - BREAK, ...places.map((p) => p.x + p.width));
-  return { places, width, ticks: ticks(stretches, start, scale), breaks };
+  const timed = offset - BREAK;
+  return { places, timed, width: Math.max(timed, ...places.map((p) => p.x + p.width)) };
 }
 
 // Round times since the first step (0.1 s, 0.2 s, 0.5 s, 1 s, ...) at least TICK_SPACING
@@ -203,15 +236,21 @@ function laneLabel(text, lane, width) {
   return group;
 }
 
+function latency(step) {
+  if (step.duration !== null) return "latency " + seconds(step.duration);
+  return step.cut_off ? "latency: cut off" : "latency: running";
+}
+
 function describe(step, ordinal, total) {
   const what = {
     "in-progress": "running",
+    "cut-off": "cut off",
     code: "code step (returned a value)",
   }[kind(step)] || step.action + (step.targets.length ? " → " + step.targets.join(", ") : "");
   const parts = [
     `Step ${ordinal} of ${total} (record ${step.position}): ${step.agent || "unknown agent"}`,
     what,
-    step.duration === null ? "latency: running" : "latency " + seconds(step.duration),
+    latency(step),
     `${step.tokens} tokens`,
   ];
   if (step.cost_usd !== null) parts.push("$" + step.cost_usd.toFixed(4));
@@ -318,7 +357,8 @@ export function drawTimeline(box, view, onPick) {
   const placed = new Map();
   let width = PAD;
   if (steps.length > 0) {
-    const plan = layout(steps, Math.max(box.clientWidth - left - 2 * PAD - 4, 100));
+    const ended = new Map(view.runs.map((r) => [r.name, r.ended]));
+    const plan = layout(steps, Math.max(box.clientWidth - left - 2 * PAD - 4, 100), ended);
     steps.forEach((numberedStep, index) => {
       const { step } = numberedStep;
       const at = plan.places[index];
