@@ -266,6 +266,25 @@ async def test_a_plain_reply_is_the_final_response_the_engine_took_it_as(store: 
     assert (action["kind"], action["content"]) == ("final_response", f"plain {HOSTILE}")
 
 
+async def test_a_plain_reply_the_engine_steered_is_no_final_response(store: Store) -> None:
+    """A plain reply where its agent may not finish (no exit, not called) is steered, asked
+    again: it was shown as a final response and its branch as done, though the run went on
+    (and here failed, the agent never answering otherwise)."""
+    chain = {"nodes": ["A", "B"], "edges": ["A -> B"]}
+    agents = [
+        llm("A", FunctionModel(lambda messages, info: "just words")),
+        llm("B", FunctionModel(lambda messages, info: "unused")),
+    ]
+    result = await store.instance(chain, *agents).execute("say it", {"session_id": "steered"})
+    assert not result.success
+    view = await store.view("steered")
+    assert view["steps"] and all(s["action"] is None for s in view["steps"])
+    assert all("may not finish here" in (s["error"] or "") for s in view["steps"])
+    assert view["branches"][0]["state"] != "done"
+    detail = await store.catalog.step("steered", view["steps"][0]["position"])
+    assert detail["action"] is None
+
+
 async def test_the_detail_names_a_fan_out_and_a_tool_only_turn_as_the_view_does(
     store: Store,
 ) -> None:

@@ -250,15 +250,15 @@ class StepOutcome:
     by_code: bool = False
 
 
-def reply_action(outcome: StepOutcome) -> Action | None:
+def reply_action(outcome: StepOutcome, may_finish: bool) -> Action | None:
     """The action a step stands for: the one it set; for a model's usable reply with none, a
-    final response with the reply as its content (the engine takes it so where the agent may
-    finish, and steers it where it may not); None for code that returned a value (routed
+    final response with the reply as its content where the agent ``may_finish`` (None where it
+    may not: the engine steers it, asking again); None for code that returned a value (routed
     along its edges) or an unusable reply. One rule for the engine and for a reader of the log,
     which keeps ``by_code`` and so can tell a plain reply from a value."""
     if outcome.action is not None or outcome.by_code or outcome.problem is not None:
         return outcome.action
-    return Action.final(outcome.reply)
+    return Action.final(outcome.reply) if may_finish else None
 
 
 def as_taken(outcome: StepOutcome) -> StepOutcome:

@@ -44,8 +44,11 @@ from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.state.manager import SessionLog, run_name
 from orchestra.coordination.state.records import Entry
 
+from .graph import exits_of
 from .shown import record_of, shown
 
+NOT_FINISHING = "the reply has no action, and its agent may not finish here: it was asked again"
+"""A step's error when a plain reply was steered (its agent is no exit, and was not called)."""
 TEXT_CHARS = 2000
 """Characters of a task, question or error a view keeps."""
 ROOT = "b0"
@@ -107,6 +110,9 @@ class Step:
     retries: list[inp.ModelRetry] = field(default_factory=list)
     tools: list[inp.ToolResult] = field(default_factory=list)
     void: bool = False  # its begin took no step (a budget question stopped it)
+    # whether its agent may finish (it was called, or is an exit): a plain reply is then its
+    # final response, else the engine steered it (see contract.reply_action)
+    may_finish: bool = True
 
 
 @dataclass(slots=True)
@@ -229,6 +235,7 @@ class Fold:
         branch.question = None
         branch.returns_to = record.returns_to
         branch.open = branch.last = self._step(run, position, record)
+        branch.open.may_finish = record.returns_to is not None or self._exit(run, record.agent)
         self.steps.append(branch.open)
 
     def _siblings(self, run: str, record: inp.StepBegin, parent: str, fan_out: str) -> None:
@@ -295,7 +302,7 @@ class Fold:
         branch.open = None
         if step is not None:
             _finish(step, record)
-        action = reply_action(record.outcome)
+        action = reply_action(record.outcome, step.may_finish if step is not None else True)
         kind = action.kind if action is not None else None
         view = branch.view
         if kind is ActionKind.ASK_USER:
@@ -323,6 +330,13 @@ class Fold:
             branch.view["state"] = "waiting for the user"
         else:
             _mark(branch.view, "done", at)
+
+    def _exit(self, run: str, agent: str | None) -> bool:
+        """Whether ``agent`` is an exit of the run's topology (unknown, for a log that names no
+        exits or no agent: taken as one, as before the log said)."""
+        start = self._start(run)
+        exits = exits_of(start.topology) if start is not None else None
+        return exits is None or agent is None or agent in exits
 
     def _start(self, run: str) -> inp.RunStart | None:
         for found in self.log.runs:
@@ -489,12 +503,14 @@ def _finish(step: Step, record: inp.StepResult | inp.StepError) -> None:
         view["error"] = shown(record.error, TEXT_CHARS)
         return
     outcome = record.outcome
-    action = reply_action(outcome)
+    action = reply_action(outcome, step.may_finish)
     if action is not None:
         view["action"] = action_name(action)
         view["targets"] = action_targets(action)
     elif outcome.problem is not None:
         view["error"] = shown(outcome.problem, TEXT_CHARS)
+    elif not outcome.by_code:
+        view["error"] = NOT_FINISHING
     usage = outcome.usage
     if usage is not None:
         view["tokens"] = usage.total_tokens

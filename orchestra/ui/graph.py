@@ -34,6 +34,14 @@ class Graph(TypedDict):
     node_ids: dict[str, str]
 
 
+def exits_of(fingerprint: tuple[str, ...]) -> frozenset[str] | None:
+    """The exit nodes a run's topology ``fingerprint`` names; None for a format-1 fingerprint,
+    which names none (any agent may then be taken to finish)."""
+    if fingerprint[:1] != (FINGERPRINT,):
+        return None
+    return frozenset(line[5:] for line in fingerprint[1:] if line.startswith("exit "))
+
+
 def session_graph(fingerprint: tuple[str, ...]) -> Graph:
     """The graph a run's topology ``fingerprint`` describes, drawn as a Mermaid flowchart."""
     nodes: list[str] = []

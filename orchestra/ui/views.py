@@ -175,7 +175,7 @@ def step_detail(fold: Fold, position: int) -> dict[str, Any]:
             {"role": str(m.role), "content": shown(m.content, MESSAGE_CHARS, one_line=False)}
             for m in (result.messages if result is not None else ())
         ],
-        "action": _action(result) if isinstance(result, inp.StepResult) else None,
+        "action": _action(result, step.may_finish) if isinstance(result, inp.StepResult) else None,
         "tool_results": [_tool_result(r) for r in step.tools],
         "retries": [
             {"attempt": r.attempt, "error": shown(r.error, TEXT_CHARS)} for r in step.retries
@@ -192,10 +192,11 @@ def step_detail(fold: Fold, position: int) -> dict[str, Any]:
     }
 
 
-def _action(result: inp.StepResult) -> dict[str, Any] | None:
-    """The action the step stands for (a model's plain reply: its final response), named as
-    the view names it; None for a code step that returned a value, or an unusable reply."""
-    action = reply_action(result.outcome)
+def _action(result: inp.StepResult, may_finish: bool) -> dict[str, Any] | None:
+    """The action the step stands for (a model's plain reply: its final response, where its
+    agent ``may_finish``), named as the view names it; None for a code step that returned a
+    value, an unusable reply, or a plain one the engine steered."""
+    action = reply_action(result.outcome, may_finish)
     if action is None:
         return None
     content = action.response if action.kind is ActionKind.FINAL else action.question or None

@@ -426,11 +426,10 @@ class Engine:
                         self, branch, no_route_error(self.analysis, agent, outcome.value)
                     )
                 return action
-            if action is None and not allowed.can_finish:
+            action = reply_action(outcome, allowed.can_finish)  # a plain reply: its final response
+            if action is None:  # where the agent may not finish
                 steering.steer(self, branch, f"the reply has no action; {PROTOCOL_HINT}", outcome)
                 return None
-            action = reply_action(outcome)  # a plain reply: its final response
-            assert action is not None  # a model's usable reply always stands for one
             by_model = not outcome.by_code
             problem = action_problem(
                 self.analysis, agent, action, allowed, self.shared_context, by_model
