@@ -199,6 +199,7 @@ def test_common_key_patterns_are_redacted(text: str, kept: str) -> None:
         "github_pat_11ABCDEFG0" + "x" * 40,
         "AKIAIOSFODNN7EXAMPLE",
         "xoxb-1234567890-abcdefghij",
+        "sk-admin-" + "a1B2c3D4e5" * 3,
         "AIzaSyA" + "b" * 32,
         "hf_" + "Abcdefghij" * 3 + "kl",
         "sk-proj-" + "Z" * 40,  # a plain rest: the prefix alone says it is a key
@@ -213,7 +214,17 @@ def test_keys_with_a_prefix_no_prose_has_are_redacted_however_plain(key: str) ->
 
 @pytest.mark.parametrize(
     "prose",
-    ["the ghp_ prefix", "AKIA is AWS's prefix", "hf_hub_download failed", "sk-proj-x"],
+    [
+        "the ghp_ prefix",
+        "AKIA is AWS's prefix",
+        "hf_hub_download failed",
+        "sk-proj-x",
+        # words after the prefixes: slugs and names, not keys
+        "see xoxo-gossip-girl-season-one-recap",
+        "the sk-ant-colony-simulation-project repository",
+        "sk-admin-dashboard-settings-page",
+        "hf_hub_download_and_cache_the_model_files",
+    ],
 )
 def test_the_prefixes_alone_are_prose(prose: str) -> None:
     assert redact(prose) == prose

@@ -60,16 +60,16 @@ _ALWAYS = (
     # a long run of "sk-sk-..." was tried from each of its words to its end, and 240 KB of it
     # took 73 s)
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,31}://)[^/\s@:]*:[^/\s@]*@"), rf"\1{REDACTED}@"),
-    # keys whose prefix no prose has, however plain their rest: OpenAI's project, service
-    # account and admin keys and Anthropic's (sk-proj-, sk-svcacct-, sk-admin-, sk-ant-),
-    # GitHub's tokens (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_), AWS access key ids (AKIA,
-    # ASIA), Slack's (xoxb-, xoxp-, ...), Google's API keys (AIza) and Hugging Face's (hf_)
+    # keys whose prefix no prose has, however plain their rest: OpenAI's project and service
+    # account keys (sk-proj-, sk-svcacct-), GitHub's tokens (ghp_, gho_, ghu_, ghs_, ghr_,
+    # github_pat_), AWS access key ids (AKIA, ASIA), Slack's (xoxb-, xoxp-, ...: digits
+    # first), Google's API keys (AIza)
     (
         re.compile(
-            r"\b(?:sk-(?:proj|svcacct|admin|ant)-[A-Za-z0-9_-]{20,}"
+            r"\b(?:sk-(?:proj|svcacct)-[A-Za-z0-9_-]{20,}"
             r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,}"
-            r"|(?:AKIA|ASIA)[A-Z0-9]{16}\b|xox[abposr]-[A-Za-z0-9-]{10,}"
-            r"|AIza[0-9A-Za-z_-]{35}|hf_[A-Za-z0-9]{30,})"
+            r"|(?:AKIA|ASIA)[A-Z0-9]{16}\b|xox[abposr]-\d{6,}-[A-Za-z0-9-]{6,}"
+            r"|AIza[0-9A-Za-z_-]{35})"
         ),
         REDACTED,
     ),
@@ -78,6 +78,8 @@ _SHAPED = (
     (re.compile(rf"(?i)\b(bearer\s+)({_TOKEN})"), MIN_BEARER_TOKEN),
     # OpenAI's sk-..., sk-proj-..., Anthropic's sk-ant-...
     (re.compile(r"\b()(sk-[A-Za-z0-9_-]+)"), len("sk-") + MIN_SK_KEY),
+    # Hugging Face's hf_... (hf_hub_download_and_cache is a name, not a key)
+    (re.compile(r"\b()(hf_[A-Za-z0-9_]+)"), len("hf_") + MIN_SK_KEY),
     # a field named for a key, or an authorization without its scheme: "api_key: field
     # required" and "authorization: denied" are prose, "api_key=9f2c6e0d71ab" is a key
     (
