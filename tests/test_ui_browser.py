@@ -384,6 +384,7 @@ def step(position: int, branch: str, agent: str, action: str | None, **more: Any
         "error": None,
         "abandoned": False,
         "cut_off": False,
+        "cut_at": None,
         **more,
     }
 
@@ -918,3 +919,23 @@ def test_a_session_with_no_run_shows_no_graph_and_no_error(
     open_session(page, server)
     expect(page.locator("#graph")).to_contain_text("no topology to draw")
     assert errors == []
+
+
+def test_a_step_cut_off_by_a_pause_is_drawn_to_the_pause_not_the_runs_end(
+    server: Server, page: Page, posts: list[tuple[str, Any]]
+) -> None:
+    """A step a pause cut off was drawn up to its run's end, after a resume hours later: one
+    block over the whole pause (no break cut out of it), every other step squeezed."""
+    t = 1_700_000_000.0
+    steps = [
+        step(2, "b0", "Hub", "invoke_agent", started=t, duration=1.0),
+        step(3, "b0", "Worker", None, started=t + 1, cut_off=True, cut_at=t + 2),
+        step(6, "b0", "Worker", "final_response", started=t + 9000, duration=1.0),
+    ]
+    run = {**VIEW["runs"][0], "ended": t + 9001, "state": "finished"}
+    serve_view(page, {**VIEW, "steps": steps, "steps_total": 3, "runs": [run]})
+    open_session(page, server)
+    timeline = page.locator("#timeline svg")
+    cut = float(timeline.locator("rect[data-position='3']").get_attribute("width") or 0)
+    done = float(timeline.locator("rect[data-position='6']").get_attribute("width") or 0)
+    assert cut <= 2 * done, (cut, done)

@@ -383,6 +383,8 @@ async def test_a_step_whose_run_ended_or_was_killed_is_cut_off_not_running(
         True,
     )
     assert (await store.catalog.step("cut", slow["position"]))["cut_off"] is True
+    assert slow["cut_at"] == (T + 9 if end else T + 3)  # its run's end; else the last record
+    assert hub["cut_at"] is None
 
 
 async def test_a_step_begun_again_after_a_crash_is_a_new_step_at_its_own_position(
@@ -404,5 +406,24 @@ async def test_a_step_begun_again_after_a_crash_is_a_new_step_at_its_own_positio
         False,
     )
     assert redone["position"] > cut["position"] and view["steps_total"] == 2
+    assert (cut["cut_at"], redone["cut_at"]) == (T + 1, None)  # the last record before the crash
     detail = await store.catalog.step("crashed", redone["position"])
     assert (detail["action"]["kind"], detail["cut_off"]) == ("final_response", False)
+
+
+async def test_a_step_cut_off_by_a_pause_ends_at_the_pause_not_the_runs_end(
+    store: Store,
+) -> None:
+    """The timeline drew a step a pause cut off up to its run's end, after the resume: one
+    block over the whole pause, every later step squeezed (``cut_at`` says when it was cut)."""
+    paused = [
+        started("paused"),
+        begun(1),
+        inp.RunEnd(at=T + 5, paused=True, success=False, error=None),
+    ]
+    again = [inp.RunResume(at=T + 5000, context={}), begun(5001), answered(5002, 1.0)]
+    ended = [inp.RunEnd(at=T + 5003, paused=False, success=True, error=None)]
+    await logged(store, "pauses", paused, again + ended)
+    cut, redone = (await store.view("pauses"))["steps"]
+    assert (cut["cut_off"], cut["cut_at"]) == (True, T + 5)
+    assert (redone["cut_off"], redone["cut_at"]) == (False, None)

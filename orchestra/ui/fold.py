@@ -89,6 +89,7 @@ class StepView(TypedDict):
     error: str | None
     abandoned: bool
     cut_off: bool
+    cut_at: float | None  # when it was cut off: its run's end, or the last record before a crash
 
 
 class QuestionView(TypedDict):
@@ -139,6 +140,7 @@ class Fold:
         self._fan_outs: set[tuple[str, str]] = set()  # (run, fan-out) whose children are known
         self.steps: list[Step] = []
         self.restores: list[tuple[int, str, int]] = []  # (its position, checkpoint, back to)
+        self._last_at = 0.0  # the time of the latest record on the history folded so far
         self._ghosts: dict[tuple[str, str], Step] = {}  # abandoned steps in flight
         self._asked: dict[str, list[int]] = {}  # by run: where each question it numbered was
         self._rounds: dict[str, int] = {}  # final responses of each run's root
@@ -166,6 +168,7 @@ class Fold:
                 continue
             elif entry.position in positions:
                 self._apply(self._run_of.get(entry.position, current), entry)
+                self._last_at = max(self._last_at, entry.at)
             else:
                 self._ghost(current, entry)
 
@@ -294,6 +297,7 @@ class Fold:
                 error=None,
                 abandoned=False,
                 cut_off=False,
+                cut_at=None,
             )
         )
 
@@ -373,6 +377,11 @@ class Fold:
             view = branch.view
             if view["run"] != run:
                 continue
+            if branch.open is not None and branch.open.view["cut_at"] is None:
+                # cut off: at the run's end, or, after a crash, by the last record before it
+                branch.open.view["cut_at"] = (
+                    self._last_at if isinstance(record, inp.RunResume) else record.at
+                )
             if isinstance(record, inp.RunResume):
                 branch.open = None  # a step a crash or a restore cut off: it begins again
                 if branch.before_end is not None:
@@ -438,7 +447,12 @@ class Fold:
         self.steps = [step for step in self.steps if not step.void]
         in_flight = {id(b.open) for b in self.branches.values() if self._in_flight(b, held)}
         for step in self.steps:  # with no result, not in flight: a run's end, a crash, a restore
-            step.view["cut_off"] = step.result is None and id(step) not in in_flight
+            shown_step = step.view
+            shown_step["cut_off"] = step.result is None and id(step) not in in_flight
+            if not shown_step["cut_off"]:
+                shown_step["cut_at"] = None
+            elif shown_step["cut_at"] is None:  # a crash not resumed: the last record tells most
+                shown_step["cut_at"] = max(self._last_at, shown_step["started"])
 
     def _in_flight(self, branch: _Branch, held: bool) -> bool:
         """Whether the branch's open step is running now: in the last run, while a writer

@@ -84,12 +84,13 @@ function busy(spans, idle) {
   return stretches;
 }
 
-// Where each step ends in time: its duration's end; a step cut off at its run's end (else at
-// its start: a crash says not when); a step in flight, at the latest step's end.
-function spanOf(step, end, ended) {
+// Where each step ends in time: its duration's end; a step cut off when it was (``cut_at``: its
+// run's end, or the last record before a crash; a pause and the resume after it are not part
+// of it); a step in flight, at the latest step's end.
+function spanOf(step, end) {
   if (step.duration !== null) return { from: step.started, to: step.started + step.duration };
   if (!step.cut_off) return { from: step.started, to: end };
-  const stop = ended.get(step.run);
+  const stop = step.cut_at;
   return { from: step.started, to: stop !== null && stop !== undefined && stop >= step.started ? stop : step.started };
 }
 
@@ -99,7 +100,7 @@ function spanOf(step, end, ended) {
 // break); else one column per step in the order taken. The steps fit the pane when their
 // blocks can (the scale narrowed by what widened blocks add); only a lane of more blocks than
 // fit is drawn wider, each typical step a readable block, and scrolled.
-function layout(numberedSteps, available, ended) {
+function layout(numberedSteps, available) {
   const steps = numberedSteps.map((n) => n.step);
   const known = steps.filter((s) => s.duration !== null).map((s) => s.duration);
   const start = Math.min(...steps.map((s) => s.started));
@@ -110,7 +111,7 @@ function layout(numberedSteps, available, ended) {
     return { places, width: steps.length * column, ticks: null, breaks: [] };
   }
   const typical = median(known.filter((d) => d > 0)) || (end - start) / steps.length;
-  const spans = steps.map((s) => spanOf(s, end, ended));
+  const spans = steps.map((s) => spanOf(s, end));
   const stretches = busy(spans, Math.max(IDLE.least, IDLE.typicals * typical));
   const active = stretches.reduce((sum, t) => sum + Math.max(t.to - t.from, typical), 0);
   const room = available - (stretches.length - 1) * BREAK;
@@ -357,8 +358,7 @@ export function drawTimeline(box, view, onPick) {
   const placed = new Map();
   let width = PAD;
   if (steps.length > 0) {
-    const ended = new Map(view.runs.map((r) => [r.name, r.ended]));
-    const plan = layout(steps, Math.max(box.clientWidth - left - 2 * PAD - 4, 100), ended);
+    const plan = layout(steps, Math.max(box.clientWidth - left - 2 * PAD - 4, 100));
     steps.forEach((numberedStep, index) => {
       const { step } = numberedStep;
       const at = plan.places[index];
