@@ -5,18 +5,24 @@ Playwright's own (they end when the page shows what is expected)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from browser import Server, launch, ui_server, write_sessions
-from helpers import run_cli, start_cli
+from helpers import final, run_cli, start_cli
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+
+from orchestra import Agent, AgentRegistry, FunctionModel, Orchestra
+from orchestra.coordination.state import SQLiteStorageBackend, StateManager
+from orchestra.models.base import ModelReply
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 
@@ -939,3 +945,47 @@ def test_a_step_cut_off_by_a_pause_is_drawn_to_the_pause_not_the_runs_end(
     cut = float(timeline.locator("rect[data-position='3']").get_attribute("width") or 0)
     done = float(timeline.locator("rect[data-position='6']").get_attribute("width") or 0)
     assert cut <= 2 * done, (cut, done)
+
+
+def hostile_session(store: Path) -> None:
+    """A real run in ``store``: a model whose reply is markup and script, asked a task that is
+    too, its final response the same."""
+
+    async def run() -> None:
+        backend = SQLiteStorageBackend(store)
+        registry = AgentRegistry()
+        model = FunctionModel(lambda messages, info: ModelReply(action=final(HOSTILE)))
+        registry.register(Agent("A", model, register=False))
+        try:
+            result = await Orchestra.run(
+                HOSTILE,
+                {"nodes": ["A"], "edges": []},
+                agent_registry=registry,
+                context={"session_id": "evil"},
+                state_manager=StateManager(backend, auto_save_interval=0),
+            )
+            assert result.success, result.error
+        finally:
+            backend.close()
+
+    with ThreadPoolExecutor(1) as worker:  # sync Playwright keeps a loop running on this thread
+        worker.submit(lambda: asyncio.run(run())).result()
+
+
+def test_a_model_reply_of_markup_and_script_is_shown_as_text_end_to_end(
+    store: Path, page: Page
+) -> None:
+    """A real run's model reply ``<script>…<img onerror=…>``, read from the store by the real
+    server, shows as text in the session page and the step's detail: no dialog, no element."""
+    hostile_session(store)
+    with ui_server(store) as server:
+        page.goto(server.page_url)
+        page.locator("tr[data-session=evil] a").click()
+        expect(page.locator("#session-title")).to_have_text("Session evil")
+        page.locator("#timeline rect.step").first.click()
+        detail = page.locator("#step-detail")
+        expect(detail.locator("pre", has_text=HOSTILE).first).to_be_visible()
+        assert detail.locator("pre", has_text=HOSTILE).count() >= 2  # the task in, the reply out
+        assert page.locator("#step-detail img, #step-detail script, main img").count() == 0
+        assert page.dialogs == []  # type: ignore[attr-defined]
+        page.close()  # its live stream ends before the server stops
