@@ -175,3 +175,22 @@ async def test_tools_then_ask_user_asks_the_user() -> None:
     assert looked_up == ["x"]  # the tool ran, once, before the question
     assert [q.text for q in user.questions] == ["which one?"]
     assert len(model.calls) == 2
+
+
+async def test_a_channel_answered_by_id_alone_keeps_only_the_questions_still_waiting() -> None:
+    """A ProgrammaticChannel whose questions are answered by id (a web page, a service) and
+    never taken out with next_question once kept every question it was asked: a long-lived
+    inspector's channel grew by one entry per question for ever. A question still waiting is
+    handed out as before, however many answered ones came and went meanwhile."""
+    channel = ProgrammaticChannel()
+    waiting = asyncio.ensure_future(channel.ask(Question("long", "run", "b0", "A", "still?")))
+    await asyncio.sleep(0)  # it is asked
+    for number in range(1000):
+        asking = asyncio.ensure_future(channel.ask(Question(f"q{number}", "run", "b1", "A", "?")))
+        await asyncio.sleep(0)
+        channel.answer(f"q{number}", "yes")
+        assert await asking == "yes"
+    assert len(channel._questions) < 50
+    assert (await channel.next_question()).id == "long"
+    channel.answer("long", "done")
+    assert await waiting == "done"

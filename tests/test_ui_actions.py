@@ -16,12 +16,14 @@ import httpx2
 import pytest
 from helpers import run_cli, start_cli
 
+from orchestra.communication.channels import Question
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import run_state
+from orchestra.ui import host as host_module
 from orchestra.ui.app import allowed_hosts, create_app
-from orchestra.ui.host import STOPPED, RunHost
+from orchestra.ui.host import STOPPED, RunHost, WebChannel
 from orchestra.workflow import load_workflow
 
 TOKEN = "s3cret-token"
@@ -506,3 +508,19 @@ def test_demo_ui_refuses_options_it_cannot_honour(tmp_path: Path) -> None:
     refused = run_cli("demo", "--ui", "--no-store", cwd=tmp_path)
     assert refused.returncode == 2
     assert "--ui runs the demo in the web inspector" in refused.stdout + refused.stderr
+
+
+async def test_the_web_channel_remembers_a_bounded_number_of_answered_questions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each answered question was remembered for the life of the inspector; the oldest now go
+    once ``ANSWERED_KEPT`` are kept (a late second answer to one of them is told it waits for
+    no answer, rather than that it was answered)."""
+    monkeypatch.setattr(host_module, "ANSWERED_KEPT", 3)
+    channel = WebChannel(lambda: None)
+    for number in range(5):
+        asking = asyncio.ensure_future(channel.ask(Question(f"q{number}", "s", "b0", "A", "?")))
+        await asyncio.sleep(0)  # it is asked
+        channel.answer(f"q{number}", "yes")
+        assert await asking == "yes"
+    assert [channel.answered("s", f"q{n}") for n in range(5)] == [False, False, True, True, True]

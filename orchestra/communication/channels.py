@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -61,18 +62,24 @@ class ProgrammaticChannel:
         # each question with the future its answer goes to: one done before the question is
         # handed out was withdrawn (or answered by id already), and is skipped; by the future,
         # not the id, since a question asked again after a resume has the id it had
-        self._questions: asyncio.Queue[tuple[Question, asyncio.Future[Any]]] | None = None
+        self._questions: deque[tuple[Question, asyncio.Future[Any]]] = deque()
+        self._arrived: asyncio.Event | None = None  # made on the loop of the first to wait
         self._waiting: dict[str, asyncio.Future[Any]] = {}
 
-    def _queue(self) -> asyncio.Queue[tuple[Question, asyncio.Future[Any]]]:
-        if self._questions is None:
-            self._questions = asyncio.Queue()
-        return self._questions
+    def _hand_out(self, question: Question, future: asyncio.Future[Any]) -> None:
+        """Queue the question for :meth:`next_question`. Those no longer waiting are dropped
+        once they outnumber the waiting ones: a channel answered by id alone (a web page, a
+        service), which never takes questions out, once kept every question it was asked."""
+        if len(self._questions) > 2 * len(self._waiting) + 16:
+            self._questions = deque(item for item in self._questions if not item[1].done())
+        self._questions.append((question, future))
+        if self._arrived is not None:
+            self._arrived.set()
 
     async def ask(self, question: Question) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[question.id] = future
-        self._queue().put_nowait((question, future))
+        self._hand_out(question, future)
         try:
             return await future
         finally:
@@ -83,9 +90,14 @@ class ProgrammaticChannel:
     async def next_question(self) -> Question:
         """The next question still waiting for an answer (withdrawn ones are skipped)."""
         while True:
-            question, future = await self._queue().get()
-            if not future.done():
-                return question
+            while self._questions:
+                question, future = self._questions.popleft()
+                if not future.done():
+                    return question
+            if self._arrived is None:
+                self._arrived = asyncio.Event()
+            self._arrived.clear()
+            await self._arrived.wait()
 
     @property
     def pending(self) -> list[str]:

@@ -48,6 +48,10 @@ RESPONSE_LIMIT = 20_000  # a follow-up offer's response, as a step's detail keep
 QUIET = StatusConfig.from_verbosity(VerbosityLevel.QUIET)  # the page shows hosted runs
 
 
+ANSWERED_KEPT = 1000
+"""Answered questions a web channel remembers, to tell a second answer it came too late."""
+
+
 class WebChannel(ProgrammaticChannel):
     """The page's user channel: a ProgrammaticChannel that also keeps each waiting question,
     so the page can find those of one session (a question's ``run_id`` is its session id), and
@@ -77,6 +81,8 @@ class WebChannel(ProgrammaticChannel):
         asked = self._asked.pop(question_id, None)
         if asked is not None:
             self._answered[question_id] = asked.run_id
+            if len(self._answered) > ANSWERED_KEPT:  # the oldest goes: a long-lived inspector
+                del self._answered[next(iter(self._answered))]
         self._changed()
 
     def answered(self, session_id: str, question_id: str) -> bool:
