@@ -322,6 +322,8 @@ def test_a_restore_forks_the_history_and_a_resume_goes_on_from_it(
     expect(page.locator("#session-summary")).to_contain_text("interrupted")
     expect(page.locator("#checkpoints li.restore")).to_have_count(1)
     expect(page.locator("#timeline rect.step.abandoned").first).to_be_visible()
+    # the header's count is of the history; it says the timeline's others are abandoned
+    expect(page.locator("#session-facts")).to_contain_text("abandoned or cut off")
     page.click("#resume")
     answer(page, asked(page), "Cy")
 

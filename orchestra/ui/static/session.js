@@ -37,7 +37,10 @@ function summary(view) {
   const badge = document.getElementById("session-status");
   badge.textContent = s.status;
   badge.className = "badge " + (BADGES[s.status] || "");
-  const parts = [s.task ? "task: " + s.task : "", `${s.steps} steps`, `${s.tokens} tokens`, "cost " + money(s.cost_usd)];
+  // the summary counts the steps on the session's history; the timeline also shows those a
+  // restore abandoned, so the header says how many of those there are
+  const aside = view.steps_total > s.steps ? ` (and ${view.steps_total - s.steps} abandoned or cut off)` : "";
+  const parts = [s.task ? "task: " + s.task : "", `${s.steps} steps${aside}`, `${s.tokens} tokens`, "cost " + money(s.cost_usd)];
   if (s.error) parts.push("error: " + s.error);
   document.getElementById("session-facts").textContent = parts.filter(Boolean).join(" · ");
   const running = s.status === "running" || s.status === "waiting for the user";
