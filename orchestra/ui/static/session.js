@@ -39,7 +39,8 @@ function summary(view) {
   badge.className = "badge " + (BADGES[s.status] || "");
   // the summary counts the steps on the session's history; the timeline also shows those a
   // restore abandoned, so the header says how many of those there are
-  const aside = view.steps_total > s.steps ? ` (and ${view.steps_total - s.steps} abandoned or cut off)` : "";
+  const others = view.steps.filter((step) => step.abandoned || step.cut_off).length;
+  const aside = others > 0 ? ` (and ${others} abandoned or cut off)` : "";
   const parts = [s.task ? "task: " + s.task : "", `${s.steps} steps${aside}`, `${s.tokens} tokens`, "cost " + money(s.cost_usd)];
   if (s.error) parts.push("error: " + s.error);
   document.getElementById("session-facts").textContent = parts.filter(Boolean).join(" · ");
