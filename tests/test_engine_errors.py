@@ -915,6 +915,22 @@ async def test_error_routing_hands_the_error_report_to_the_error_handler() -> No
     assert fallback_model.calls == []
 
 
+async def test_an_instance_runs_with_the_error_config_it_was_given() -> None:
+    """``OrchestraInstance(..., error_config=...)``: its runs route errors as ``Orchestra.run``
+    does with the same config (an instance once always ran with the default, no routing)."""
+    agents, reports, _ = _pattern_4_agents()
+    instance = OrchestraInstance(
+        PATTERN_4,
+        agent_registry=AgentRegistry(agents),
+        initial_config=quiet(),
+        error_config=ErrorHandlingConfig(enable_error_routing=True),
+    )
+    result = await asyncio.wait_for(instance.execute("Process with error recovery"), 10)
+    assert result.success, result.error
+    assert result.final_response == "recovered from AgentStepError"
+    assert len(reports) == 1
+
+
 async def test_without_error_routing_the_pattern_4_run_fails() -> None:
     agents, reports, _ = _pattern_4_agents()
     result = await run("Process with error recovery", PATTERN_4, agents)

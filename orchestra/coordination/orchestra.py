@@ -250,7 +250,9 @@ class OrchestraInstance:
     running one at the next step boundary; ``resume_session`` continues a paused or crashed
     one — in this process or a new one, from its log; checkpoints name positions in a session's
     log, and restoring one sends the session back there (the abandoned future is kept). A
-    ``metrics_collector`` counts what every run it starts or resumes does.
+    ``metrics_collector`` counts what every run it starts or resumes does; ``error_config``
+    (as ``Orchestra.run`` takes it) how the runs it starts handle failures (a resumed run keeps
+    the one its log recorded).
     """
 
     def __init__(
@@ -261,6 +263,7 @@ class OrchestraInstance:
         communication_manager: CommunicationManager | None = None,
         state_manager: StateManager | None = None,
         metrics_collector: MetricsCollector | None = None,
+        error_config: ErrorHandlingConfig | None = None,
     ) -> None:
         _check_topology(topology)
         _require(agent_registry, AgentRegistry, "agent_registry")
@@ -268,6 +271,7 @@ class OrchestraInstance:
         _require(communication_manager, CommunicationManager, "communication_manager")
         _require(state_manager, StateManager, "state_manager")
         _require_collector(metrics_collector)
+        _require(error_config, ErrorHandlingConfig, "error_config")
         self.topology = Topology.coerce(topology)
         self.agent_registry = agent_registry
         self.config = initial_config or ExecutionConfig()
@@ -278,13 +282,14 @@ class OrchestraInstance:
         )
         self.state_manager = state_manager
         self.metrics_collector = metrics_collector
+        self.error_config = error_config or ErrorHandlingConfig()
 
     def _setup(self, config: ExecutionConfig | None, max_steps: int) -> wiring.Setup:
         setup = wiring.prepare(
             self.topology,
             self.agent_registry,
             config or self.config,
-            ErrorHandlingConfig(),
+            self.error_config,
             self.communication,
             max_steps,
         )
