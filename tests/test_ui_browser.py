@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 
 import pytest
 from browser import Server, launch, ui_server, write_sessions
-from helpers import final, run_cli, start_cli
+from helpers import final, start_cli
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from orchestra import Agent, AgentRegistry, FunctionModel, Orchestra
@@ -133,24 +131,11 @@ def test_without_the_token_a_non_loopback_server_refuses(exposed: Server, page: 
 # ---- live updates and the session page: the server's side is issue 14's DATA and ACTIONS ----
 
 
-def needs(server: Server, path: str) -> None:
-    """Skips a test of a route this server does not have yet (its part of issue 14 not merged):
-    Starlette's plain-text 404, not a JSON one naming what is absent."""
-    request = urllib.request.Request(server.url + path.lstrip("/"), headers=bearer(server))
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            answer.read(1)
-    except urllib.error.HTTPError as refused:
-        if refused.code == 404 and "application/json" not in refused.headers["content-type"]:
-            pytest.skip(f"the server has no {path} yet")
-
-
 def bearer(server: Server) -> dict[str, str]:
     return {"Authorization": f"Bearer {server.token}"}
 
 
 def test_the_list_follows_a_run_of_another_process(server: Server, page: Page) -> None:
-    needs(server, "/api/events")
     flow = server_flow(server, "flow_nodes:wait_for_a_line")
     page.goto(server.page_url)
     expect(rows(page)).to_have_count(3)
@@ -189,7 +174,6 @@ def server_flow(server: Server, function: str) -> Path:
 
 
 def test_a_real_session_page_draws_its_graph(server: Server, page: Page) -> None:
-    needs(server, "/api/sessions/alpha")
     page.goto(server.page_url)
     page.locator("tr[data-session=alpha] a").click()
     expect(page.locator("#graph svg")).to_be_visible()
@@ -211,7 +195,6 @@ def test_a_directive_in_a_stored_node_name_is_shown_as_text(store: Path, page: P
     name = f"A{DIRECTIVE}"
     write_sessions(store, {"styled": "draw it"}, topology=(name,))
     with ui_server(store) as server:
-        needs(server, "/api/sessions/styled")
         page.goto(server.page_url)
         page.locator("tr[data-session=styled] a").click()
         expect(page.locator("#graph svg g.node")).to_have_count(1)
@@ -232,19 +215,10 @@ task: "ASK: What is your name?"
 @pytest.fixture
 def acting(store: Path, tmp_path: Path) -> Iterator[Server]:
     """An inspector hosting runs of the asking workflow, ``asker``."""
-    if "--workflow" not in run_cli("ui", "--help").stdout:
-        pytest.skip("orchestra ui has no --workflow yet")
     flow = tmp_path / "asker.yaml"
     flow.write_text(ASKER)
     with ui_server(store, "--workflow", str(flow)) as running:
         yield running
-
-
-@pytest.fixture
-def hosted(acting: Server, page: Page) -> Server:
-    """:func:`acting`, with the session page's data."""
-    needs(acting, "/api/sessions/alpha")
-    return acting
 
 
 def test_a_run_is_started_from_the_list(acting: Server, page: Page) -> None:
@@ -295,14 +269,14 @@ def answer(page: Page, question: Any, text: str) -> None:
     expect(page.locator("#step-detail")).to_contain_text(f"answer={text!r}")
 
 
-def test_a_question_is_answered_in_the_page(hosted: Server, page: Page) -> None:
-    answer(page, start_asking(page, hosted), "Ann")
+def test_a_question_is_answered_in_the_page(acting: Server, page: Page) -> None:
+    answer(page, start_asking(page, acting), "Ann")
     expect(page.locator("#graph svg")).to_be_visible()
     assert page.dialogs == []  # type: ignore[attr-defined]
 
 
-def test_a_run_is_paused_then_resumed_in_the_page(hosted: Server, page: Page) -> None:
-    start_asking(page, hosted)
+def test_a_run_is_paused_then_resumed_in_the_page(acting: Server, page: Page) -> None:
+    start_asking(page, acting)
     page.click("#pause")
     expect(page.locator("#session-summary")).to_contain_text("paused")
     expect(page.locator("#questions .question")).to_have_count(0)  # withdrawn till resumed
@@ -311,9 +285,9 @@ def test_a_run_is_paused_then_resumed_in_the_page(hosted: Server, page: Page) ->
 
 
 def test_a_restore_forks_the_history_and_a_resume_goes_on_from_it(
-    hosted: Server, page: Page
+    acting: Server, page: Page
 ) -> None:
-    question = start_asking(page, hosted)
+    question = start_asking(page, acting)
     page.fill("#checkpoint-name", "asked")
     page.click("#checkpoint")
     expect(page.locator("#checkpoints li", has_text="asked")).to_have_count(1)
@@ -766,7 +740,6 @@ def test_the_step_detail_follows_the_step_it_shows(
 
 def test_the_pages_load_with_no_console_error(server: Server, page: Page) -> None:
     """The list and a session's page: no failed request (the favicon is served) and no error."""
-    needs(server, "/api/sessions/alpha")
     said: list[str] = []
     page.on("console", lambda m: m.type == "error" and said.append(m.text))
     page.on("pageerror", lambda error: said.append(str(error)))
