@@ -9,6 +9,7 @@ import asyncio
 import re
 import signal
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,18 @@ async def host(tmp_path: Path) -> AsyncIterator[RunHost]:
         await found.close()
 
 
-@pytest.fixture
-async def client(host: RunHost) -> AsyncIterator[httpx2.AsyncClient]:
+@asynccontextmanager
+async def client_of(host: RunHost) -> AsyncIterator[httpx2.AsyncClient]:
+    """A client of the app over ``host``, in this process, sending JSON with the token."""
     app = create_app(host.store, TOKEN, allowed_hosts("127.0.0.1"), host)
     transport = httpx2.ASGITransport(app=app)
     async with httpx2.AsyncClient(transport=transport, base_url=BASE, headers=JSON) as found:
+        yield found
+
+
+@pytest.fixture
+async def client(host: RunHost) -> AsyncIterator[httpx2.AsyncClient]:
+    async with client_of(host) as found:
         yield found
 
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import httpx2
 import pytest
-from test_ui_actions import BASE, JSON, TOKEN, ended, post, question, until
+from test_ui_actions import client_of, ended, post, question, until
 
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.results import OrchestraResult
-from orchestra.ui.app import allowed_hosts, create_app
 from orchestra.ui.host import RunHost
 from orchestra.workflow import load_workflow
 
@@ -39,9 +38,7 @@ async def host(tmp_path: Path) -> AsyncIterator[RunHost]:
 
 @pytest.fixture
 async def client(host: RunHost) -> AsyncIterator[httpx2.AsyncClient]:
-    app = create_app(host.store, TOKEN, allowed_hosts("127.0.0.1"), host)
-    transport = httpx2.ASGITransport(app=app)
-    async with httpx2.AsyncClient(transport=transport, base_url=BASE, headers=JSON) as found:
+    async with client_of(host) as found:
         yield found
 
 
