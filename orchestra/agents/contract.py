@@ -165,10 +165,14 @@ def timeout_problem(timeout: object, name: str = "ask_user's timeout") -> str | 
 
 
 def render(value: Any) -> str:
-    """Text for a model: strings as they are, anything else as JSON."""
+    """Text for a model (or a page): strings as they are, anything else as JSON where it can be
+    (a value JSON cannot write, such as a dict keyed by tuples: its ``str``)."""
     if isinstance(value, str):
         return value
-    return json.dumps(value, ensure_ascii=False, default=str)
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return str(value)
 
 
 def tool_result_messages(results: list[dict[str, Any]]) -> list[Message]:

@@ -12,7 +12,6 @@ to a web channel, where the page finds them per session and answers them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -37,9 +36,9 @@ from orchestra.errors import (
     SessionNotFoundError,
     UserInputError,
 )
-from orchestra.models.secrets import redact
-from orchestra.text import printable
 from orchestra.workflow import Workflow
+
+from .shown import shown
 
 LOG = logging.getLogger(__name__)
 STOPPED = "the inspector stopped"  # the pause reason of a run hosted when it stops
@@ -155,7 +154,7 @@ class RunHost:
                 "id": question.id,
                 "branch": question.branch_id,
                 "agent": question.agent,
-                "text": printable(redact(question.text), TEXT_LIMIT),
+                "text": shown(question.text, TEXT_LIMIT, one_line=False),
                 "kind": question.kind,
                 "response": _response_text(question),
             }
@@ -440,12 +439,11 @@ def _response_text(question: Question) -> str | None:
     None for any other question."""
     if not question.follow_up or question.response is None:
         return None
-    return printable(redact(render(question.response)), RESPONSE_LIMIT)
+    return shown(render(question.response), RESPONSE_LIMIT, one_line=False)
 
 
 def _task_text(task: str | dict[str, Any] | None) -> str | None:
     """A workflow's default task as the page shows it (a structured one as its JSON)."""
     if task is None:
         return None
-    text = task if isinstance(task, str) else json.dumps(task)
-    return printable(redact(text), TEXT_LIMIT)
+    return shown(render(task), TEXT_LIMIT, one_line=False)

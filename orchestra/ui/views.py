@@ -9,10 +9,9 @@ when the log does not show them (a budget question, which is no record of its ow
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol, TypedDict
 
-from orchestra.agents.contract import ActionKind, reply_action
+from orchestra.agents.contract import ActionKind, render, reply_action
 from orchestra.coordination.engine import inputs as inp
 from orchestra.errors import SessionNotFoundError
 
@@ -205,12 +204,12 @@ def _action(result: inp.StepResult, may_finish: bool) -> dict[str, Any] | None:
         "targets": action_targets(action),
         "content": None
         if content is None
-        else shown(_plain(content), MESSAGE_CHARS, one_line=False),
+        else shown(render(content), MESSAGE_CHARS, one_line=False),
         "tool_calls": [
             {
                 "id": shown(call.call_id, 200),
                 "name": shown(call.name, 200),
-                "arguments": shown(_plain(dict(call.arguments)), MESSAGE_CHARS, one_line=False),
+                "arguments": shown(render(dict(call.arguments)), MESSAGE_CHARS, one_line=False),
             }
             for call in action.tool_calls
         ],
@@ -222,16 +221,6 @@ def _tool_result(record: inp.ToolResult) -> dict[str, Any]:
         "call_id": shown(record.call_id, 200),
         "name": shown(record.name, 200),
         "ok": record.ok,
-        "result": shown(_plain(record.result), MESSAGE_CHARS, one_line=False),
+        "result": shown(render(record.result), MESSAGE_CHARS, one_line=False),
         "duration": record.duration,
     }
-
-
-def _plain(value: Any) -> str:
-    """A value as text: a string as it is, anything else as JSON where it can be."""
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError, RecursionError):
-        return str(value)
