@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from helpers import final, fn, llm, quiet
+from helpers import FAST, final, fn, llm, quiet
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
@@ -34,9 +34,11 @@ from orchestra import (
 )
 from orchestra.communication.channels import CommunicationManager
 from orchestra.coordination.config import StatusConfig
+from orchestra.coordination.engine import events as ev
 from orchestra.coordination.results import OrchestraResult, result_of
 from orchestra.coordination.state import records
 from orchestra.coordination.wiring import Setup, build, prepare
+from orchestra.errors import ModelAPIError
 from orchestra.models import Message, StepInfo
 from orchestra.temporal import Hosting, start_input, worker
 from orchestra.temporal.protocol import WORKFLOW_NAME, Outcome, RecordsPage
@@ -150,6 +152,20 @@ def _stalling() -> tuple[Topology, list[Any]]:
     ]
 
 
+FLAKY: list[int] = []  # the flaky model's calls: every first one of a step fails in passing
+
+
+def _flaky(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+    FLAKY.append(len(FLAKY))
+    if len(FLAKY) % 2:
+        raise ModelAPIError("busy", provider="test", model="m", status=503, retryable=True)
+    return final("after a retry")
+
+
+def _retrying() -> tuple[Topology, list[Any]]:
+    return Topology(nodes=["Flaky"], edges=[]), [llm("Flaky", FunctionModel(_flaky))]
+
+
 def _failing() -> tuple[Topology, list[Any]]:
     def breaks(value: Any, context: Any) -> Any:
         raise RuntimeError(f"cannot handle {value}")
@@ -201,6 +217,7 @@ WORKFLOWS: dict[str, Callable[[], tuple[Topology, list[Any]]]] = {
     "fan_out": _fan_out,
     "tools": _tools,
     "stalling": _stalling,
+    "retrying": _retrying,
     "failing": _failing,
     "asking": _asking,
     "pausing": _pausing,
@@ -389,6 +406,19 @@ async def test_a_lost_non_idempotent_tool_call_is_in_doubt_not_run_again(hosted:
     assert "tool 'stall'" in (result.error or "")
     assert "it is not idempotent, so it is not run again" in (result.error or "")
     assert RAN == ["stall"]
+
+
+async def test_a_model_retry_in_the_activity_is_recorded_as_embedded(hosted: Hosted) -> None:
+    """A model call retried inside the step activity (the agent's own retry, not Temporal's)
+    is reported back and recorded after the step, its status as its type."""
+    FLAKY.clear()
+    result, lines = await _same_as_embedded(hosted, "retrying", "try", FAST)
+    assert result.final_response == "after a retry"
+    [retried] = [event for event in result.events if isinstance(event, ev.ModelCallRetried)]
+    assert (retried.agent, retried.attempt, retried.error_type) == ("Flaky", 1, "503")
+    assert "busy" in retried.error
+    kinds = [records.loads(line)["t"] for line in lines]
+    assert kinds.index("retry") < kinds.index("step")
 
 
 async def test_an_agent_failure_is_routed_on_error_as_embedded(hosted: Hosted) -> None:

@@ -25,7 +25,13 @@ from orchestra.coordination.engine.tool_calls import ToolFailed
 from orchestra.coordination.state import records
 from orchestra.coordination.state.codec import decode_error, shape
 from orchestra.coordination.state.values import from_plain, to_plain
-from orchestra.errors import ModelAPIError, ToolInDoubtError, UserInputError
+from orchestra.errors import (
+    AgentStepError,
+    ModelAPIError,
+    ToolError,
+    ToolInDoubtError,
+    UserInputError,
+)
 from orchestra.models.base import ToolCall, ToolSpec
 from orchestra.models.secrets import redact
 
@@ -201,7 +207,12 @@ class ActivityAgent(BaseAgent):
             "branch_id": request.info.branch_id,
             "request": STEP_CALL.encode(call),
         }
-        answer = await self._activity(STEP_ACTIVITY, payload, self._retry)
+        try:
+            answer = await self._activity(STEP_ACTIVITY, payload, self._retry)
+        except ActivityError as error:
+            raise AgentStepError(
+                f"agent {self.name!r}: its step could not be run on Temporal ({_why(error)})"
+            ) from None
         _report_retries(request, answer.get("retries", []))
         request.messages.extend(MESSAGE.decode(item) for item in answer.get("messages", []))
         if "error" in answer:
@@ -222,10 +233,19 @@ class ActivityAgent(BaseAgent):
         except ActivityError as error:
             if not idempotent and isinstance(error.cause, TimeoutError):
                 raise ToolInDoubtError(f"tool {call.name!r}: its attempt was lost") from None
-            raise
+            raise ToolError(
+                f"tool {call.name!r} (agent {self.name!r}) could not be run on Temporal "
+                f"({_why(error)})"
+            ) from None
         if not answer["ok"]:
             raise ToolFailed(answer["result"])
         return from_plain(answer["result"])
+
+
+def _why(error: ActivityError) -> str:
+    """What failed the activity (its last attempt's failure, a timeout), API keys redacted."""
+    cause = error.cause or error
+    return redact(f"{type(cause).__name__}: {cause}")
 
 
 def _report_retries(request: StepRequest, retries: list[dict[str, Any]]) -> None:
