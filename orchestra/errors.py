@@ -243,6 +243,12 @@ class SessionFormatError(SessionError):
     """A session was written in a log format this release cannot read or migrate."""
 
 
+class WorkflowVersionError(SessionError):
+    """A Temporal session was started with a workflow (topology and agents' tools) that no
+    worker on its task queue hosts now: it is refused, naming the session and the versions,
+    instead of being replayed against a changed workflow."""
+
+
 class UnstorableValueError(SessionError):
     """A value a durable run produced has no stored form (its type has no codec), so it is
     refused where it was produced, before anything is lost; the message names the type."""

@@ -1,0 +1,9 @@
+"""Sessions as Temporal workflows (the optional extra ``orchestra[temporal]``): workers host
+workflows and their agents (``Hosting``, ``worker``); the embedded engine runs inside each
+session's workflow."""
+
+from .hosting import Hosting, version_of
+from .protocol import WORKFLOW_NAME, start_input
+from .worker import run_worker, worker
+
+__all__ = ["WORKFLOW_NAME", "Hosting", "run_worker", "start_input", "version_of", "worker"]
