@@ -1044,3 +1044,16 @@ def test_a_server_namespace_must_match_whole(namespace: str) -> None:
     """``'ns\\n'`` passed ``re.match(...$)`` and named Redis keys and PostgreSQL tables."""
     with pytest.raises(ConfigurationError, match="namespace"):
         check_namespace(namespace)
+
+
+async def test_a_new_backends_first_calls_may_come_at_once(storage: Storage) -> None:
+    """The first calls of a backend object, made at the same time for different sessions (a
+    worker taking up several sessions at once): each succeeds. PostgreSQL handed its pool to
+    the second caller before the first had made the tables ("relation ... does not exist")."""
+    names = [f"s{n}" for n in range(6)]
+    await asyncio.gather(
+        *(storage.append(name, [step(1)], durable=True, after=0) for name in names)
+    )
+    for name in names:
+        await storage.release(name)
+        assert await storage.read(name) == [step(1)]
