@@ -23,7 +23,7 @@ from test_sessions import wait
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.state import FileStorageBackend, StateManager
 from orchestra.coordination.state.manager import SessionWriter, run_state
-from orchestra.coordination.state.records import decode, loads
+from orchestra.coordination.state.records import decode, encode, loads
 from orchestra.errors import SessionError
 from orchestra.temporal.mirror import MirrorBatch, StoreMirror
 
@@ -136,6 +136,22 @@ async def test_a_gap_is_refused(storage: Storage, tmp_path: Path) -> None:
     assert await storage.read("s") == log
 
 
+async def test_a_paused_run_goes_on_where_it_paused(storage: Storage, tmp_path: Path) -> None:
+    """A workflow run that paused and was resumed goes on in the log after its pause, even
+    for a mirror that never saw the run (a run that finished cannot: that would be a gap)."""
+    log = await embedded_log(tmp_path, "s")
+    [journal] = journals(log)
+    paused = inp.RunEnd(at=2.0, paused=True, success=False, error=None)
+    resumed = inp.RunResume(at=3.0, context={"more": 1})
+    more = [encode(paused, 2), encode(resumed, 3), *journal[1:]]
+    manager = StateManager(storage)
+    await StoreMirror(manager).append("s", "run-1", 0, [journal[0], more[0]])
+    await StoreMirror(manager).append("s", "run-1", 2, more[1:])
+    loaded = await manager.load("s")
+    assert [entry.kind for entry in loaded.runs[0].entries][:3] == ["end", "resume", "begin"]
+    assert len(await storage.read("s")) == 1 + len(more)
+
+
 async def test_a_second_workflow_run_appends_a_new_run(storage: Storage, tmp_path: Path) -> None:
     """A session's next workflow run (started after the first finished) is mirrored after the
     first, as an embedded second run is written: the same log, read back as the latest run."""
@@ -212,20 +228,27 @@ def first_of(log: list[str]) -> inp.RunStart:
     return header
 
 
-async def test_the_local_activity_mirrors_and_refuses_a_gap(tmp_path: Path) -> None:
-    """``orchestra.mirror`` as the workflow runs it: a batch in, and a gap refused without
-    retries (a SessionError, named as such), the session named."""
+async def test_the_local_activity_retries_only_a_refusal_that_passes(tmp_path: Path) -> None:
+    """``orchestra.mirror`` as the workflow runs it: a batch goes in; a gap fails it for good
+    (no retry can fill it); a session another writer holds fails it for a retry (the writer
+    lets go, its lease expires); each names the session."""
     log = await embedded_log(tmp_path, "s")
     [journal] = journals(log)
-    storage = FileStorageBackend(tmp_path / "store")
+    storage, other = FileStorageBackend(tmp_path / "store"), FileStorageBackend(tmp_path / "store")
     try:
         mirror = StoreMirror(StateManager(storage))
         environment = ActivityEnvironment()
         await environment.run(mirror.activity, MirrorBatch("s", "run-1", 0, journal[:5]))
         with pytest.raises(ApplicationError, match=r"session 's'.*gap") as refused:
             await environment.run(mirror.activity, MirrorBatch("s", "run-1", 7, journal[7:]))
-        assert refused.value.non_retryable and refused.value.type == "SessionError"
+        assert refused.value.non_retryable and refused.value.type == "SessionCorruptedError"
+        await other.append("s", [log[5]], durable=True, after=5)  # and holds it
+        with pytest.raises(ApplicationError, match=r"session 's' is being written") as held:
+            await environment.run(mirror.activity, MirrorBatch("s", "run-1", 6, journal[6:]))
+        assert not held.value.non_retryable and held.value.type == "SessionError"
+        await other.release("s")
         await environment.run(mirror.activity, MirrorBatch("s", "run-1", 5, journal[5:]))
         assert await storage.read("s") == log
     finally:
         storage.close()
+        other.close()

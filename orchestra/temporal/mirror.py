@@ -48,7 +48,13 @@ from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.state import StateManager
 from orchestra.coordination.state.backends import check_session_id
 from orchestra.coordination.state.records import loads
-from orchestra.errors import SessionError, SessionNotFoundError
+from orchestra.errors import (
+    ConfigurationError,
+    OrchestraError,
+    SessionCorruptedError,
+    SessionError,
+    SessionNotFoundError,
+)
 
 MIRROR_ACTIVITY = "orchestra.mirror"
 RUNS_KEPT = 4096  # workflow runs whose place in the store a mirror remembers (least recent go)
@@ -94,9 +100,10 @@ class StoreMirror:
 
     async def append(self, session_id: str, key: str, start: int, lines: list[str]) -> None:
         """Write lines ``start..`` of workflow run ``key``'s journal into session
-        ``session_id``'s log, skipping the ones it holds already; ``SessionError`` (naming
-        the session) for a gap, for a store that holds other records where these go, and
-        when the store refuses the writer (another writes the session)."""
+        ``session_id``'s log, skipping the ones it holds already. Refused, naming the
+        session: a gap, or a log that holds other records where these go
+        (``SessionCorruptedError``); the store refusing the writer while another writes the
+        session (its usual ``SessionError``)."""
         check_session_id(session_id)
         split = _checked(session_id, key, start, lines)
         if not split:
@@ -161,7 +168,7 @@ class StoreMirror:
                 return _Place(len(stored), len(stored))  # a new run, after the ones before
             base = mine[-1]
             if base != headers[-1]:
-                raise SessionError(
+                raise SessionCorruptedError(
                     f"{where}: the store holds a later run (record {headers[-1] + 1}) after "
                     "this one's: another writer took the session over"
                 )
@@ -173,14 +180,14 @@ class StoreMirror:
         if start > held:
             raise _gap(where, start, held)
         if start == held and start > 0 and _finished(stored[-1]):
-            raise SessionError(
+            raise SessionCorruptedError(
                 f"{where}: the session's latest run in the store finished (record "
                 f"{len(stored)}) and the batch starts at line {start} of a journal: this "
                 "run's header was never mirrored (a gap)"
             )
         for n, expected in enumerate(split[: held - start]):
             if _body(stored[base + start + n]) != expected:
-                raise SessionError(
+                raise SessionCorruptedError(
                     f"{where}: record {base + start + n + 1} of the log is not line "
                     f"{start + n} of the run's journal: the log holds another run's records "
                     "there"
@@ -195,39 +202,45 @@ class StoreMirror:
     @activity.defn(name=MIRROR_ACTIVITY)
     async def activity(self, batch: MirrorBatch) -> None:
         """``orchestra.mirror``, the local activity the workflow runs (bound to this mirror).
-        A ``SessionError`` (a gap, a store that holds other records, a session another writer
-        holds) fails it without a retry, naming the session: the lines stay pending in the
-        workflow, which may send them again later; other failures (a lost connection) are
-        retried."""
+        Its failures name the session. The store refusing the writer (a plain
+        ``SessionError``: another writer holds the session, an embedded run or a worker whose
+        lease has not expired yet) passes, so it is retried; the rest do not (a
+        ``SessionCorruptedError``: a gap, a log holding other records where these go, a
+        batch that is no journal; bad arguments): they fail it without a retry, and the
+        workflow goes on without its mirror, or sends the lines again later (each is
+        written once however often it is sent)."""
         try:
             await self.append(batch.session_id, batch.key, batch.start, list(batch.lines))
-        except SessionError as error:
+        except OrchestraError as error:
             raise ApplicationError(
-                str(error), type=type(error).__name__, non_retryable=True
+                str(error), type=type(error).__name__, non_retryable=type(error) is not SessionError
             ) from None
 
 
 def _checked(session_id: str, key: str, start: int, lines: list[str]) -> list[tuple[str, str]]:
-    """The lines as (kind, the line after its position); a ``SessionError`` naming the
-    session and the line for a batch that is not a run's journal."""
+    """The lines as (kind, the line after its position); refused naming the session: bad
+    arguments (``ConfigurationError``), a line that does not belong where it is in a run's
+    journal (``SessionCorruptedError``)."""
     where = f"session {session_id!r}: workflow run {key!r}"
     if not isinstance(key, str) or not key:
-        raise SessionError(f"session {session_id!r}: the workflow run's key {key!r} is no id")
+        raise ConfigurationError(f"session {session_id!r}: the workflow run's key {key!r} is no id")
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise SessionError(f"{where}: the batch's start {start!r} is no index")
+        raise ConfigurationError(f"{where}: the batch's start {start!r} is no index")
     if not isinstance(lines, list):
-        raise SessionError(f"{where}: the batch's lines are a {type(lines).__name__}, no list")
+        raise ConfigurationError(
+            f"{where}: the batch's lines are a {type(lines).__name__}, no list"
+        )
     split = []
     for index, line in enumerate(lines, start=start):
         found = _body(line) if isinstance(line, str) else None
         if found is None:
-            raise SessionError(f"{where}: line {index} of its journal is not a record")
+            raise SessionCorruptedError(f"{where}: line {index} of its journal is not a record")
         kind = found[0]
         if (kind == inp.RunStart.KIND) != (index == 0):
             what = "is not its run header" if index == 0 else "is a second run header"
-            raise SessionError(f"{where}: line {index} of its journal {what}")
+            raise SessionCorruptedError(f"{where}: line {index} of its journal {what}")
         if kind in _NOT_ON_TEMPORAL:
-            raise SessionError(
+            raise SessionCorruptedError(
                 f"{where}: line {index} of its journal is a {kind} record; checkpoints are "
                 "not supported on Temporal yet"
             )
@@ -255,8 +268,8 @@ def _finished(line: str) -> bool:
     return isinstance(data, dict) and data.get("paused") is False
 
 
-def _gap(where: str, start: int, held: int) -> SessionError:
-    return SessionError(
+def _gap(where: str, start: int, held: int) -> SessionCorruptedError:
+    return SessionCorruptedError(
         f"{where}: the batch starts at line {start} of the run's journal, but the store holds "
         f"its lines up to {held} only (a gap: lines {held}..{start - 1} were never mirrored)"
     )
