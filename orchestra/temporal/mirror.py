@@ -12,14 +12,20 @@ each record must be written once whatever is repeated.
 How a workflow run's records are found in the store: by its header. The header line is the
 same on every attempt and every replay (the client made it; it holds the client's time of the
 start), and two runs of one session have different ones, so the run's records begin at the
-stored ``run`` record whose line, its position left aside, is the header. A batch that starts
-later than the header (``start > 0``) belongs to the session's latest run in the store: a
-session runs as one workflow at a time (its id is the session's), and this batch's header was
-mirrored by an earlier call, whose completion the workflow's history holds. What the batch
-repeats of the store must be the same records, and a batch that would only follow a finished
-run is a gap (that run is another's: this run's header is missing). Keeping the key in the
-store instead would need a field the log format does not have (older releases would read the
-log as damaged); the header marks the run as well, at no cost.
+stored ``run`` record whose line, its position left aside, is the header. (Two runs started
+from the very same start input, as a workflow retry policy or a reset would start them, would
+share a header: the second is refused where its records differ from the first's. Neither is
+used for sessions.) A batch that starts later than the header (``start > 0``) belongs to
+the session's latest run in the store: a session runs as one workflow at a time (its id is
+the session's), and this batch's header was mirrored by an earlier call, whose completion the
+workflow's history holds. What the batch repeats of the store must be the same records, and
+a batch that would only follow a finished run is a gap (that run is another's: this run's
+header is missing). Keeping the key in the store instead would need a field the log format
+does not have (older releases would read the log as damaged); the header marks the run as
+well, at no cost.
+
+Failures: ``orchestra.mirror`` is retried when the store refused the writer (that passes);
+a gap or a log holding other records is not (see :meth:`StoreMirror.activity`).
 
 Positions: the journal numbers its lines from 1 as if the run were alone in the session; the
 mirror writes each at its place in the session's log (after the runs before it, as an embedded
