@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from storage_backends import (
     Storage,
     close_backend,
+    close_connections,
     first_segment,
     open_backend,
     sqlite_store_damaged_at,
@@ -1057,6 +1058,7 @@ async def test_a_new_backends_first_calls_may_come_at_once(storage: Storage) -> 
     for name in names:
         await storage.release(name)
         assert await storage.read(name) == [step(1)]
+    await close_connections(storage)
 
 
 async def test_a_released_segment_is_taken_up_where_it_was_left(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from storage_backends import Storage, close_backend, open_backend
+from storage_backends import Storage, close_backend, close_connections, open_backend
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from test_replay import exactly, fan_out_instance
@@ -187,6 +187,7 @@ async def test_sessions_are_mirrored_concurrently(storage: Storage, tmp_path: Pa
     )
     for name in names:
         assert await storage.read(name) == logs[name]
+    await close_connections(storage)
 
 
 async def test_a_session_an_embedded_writer_holds_is_refused(
