@@ -190,6 +190,25 @@ async def test_sessions_are_mirrored_concurrently(storage: Storage, tmp_path: Pa
     await close_connections(storage)
 
 
+async def test_overlapping_calls_for_one_run_write_each_record_once(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """Calls for one run that overlap in time (an attempt timed out while its append was
+    under way, and its retry) are taken one after the other: each record once."""
+    log = await embedded_log(tmp_path, "s")
+    [journal] = journals(log)
+    mirror = StoreMirror(StateManager(storage))
+    await asyncio.gather(
+        mirror.append("s", "run-1", 0, journal[:6]),
+        mirror.append("s", "run-1", 0, journal[:6]),
+        StoreMirror(StateManager(storage)).append("s", "run-1", 0, journal[:2]),
+    )
+    await asyncio.gather(
+        mirror.append("s", "run-1", 6, journal[6:]), mirror.append("s", "run-1", 3, journal[3:])
+    )
+    assert await storage.read("s") == log
+
+
 async def test_a_session_an_embedded_writer_holds_is_refused(
     storage: Storage, backend_kind: str, tmp_path: Path
 ) -> None:

@@ -63,6 +63,7 @@ from orchestra.errors import (
 )
 
 MIRROR_ACTIVITY = "orchestra.mirror"
+ATTEMPTS = 3  # appends a call makes while other writers append to its run at the same time
 RUNS_KEPT = 4096  # workflow runs whose place in the store a mirror remembers (least recent go)
 
 _PREFIX = re.compile(r'\{"t":"([a-z_]{1,40})","s":([0-9]{1,18}),')
@@ -128,20 +129,25 @@ class StoreMirror:
         self, session_id: str, key: str, start: int, split: list[tuple[str, str]]
     ) -> None:
         """Append where this mirror last left the run, if it knows that place and the batch
-        does not start beyond it; when the store holds something else there (another worker
-        took the run over meanwhile, say), read the log and append once more."""
+        does not start beyond it, else where the log says. When the store holds something
+        else there (another worker appended to the run meanwhile: one that took it over, or
+        one still finishing a call the workflow gave up on), the log is read again and the
+        rest appended; a refusal that persists (another writer holds the session) is raised."""
         place = self._places.pop((session_id, key), None)
-        if place is not None and place.length >= place.base + start:
+        if place is not None and place.length < place.base + start:
+            place = None  # the batch starts beyond what this mirror knows of the log
+        for attempt in range(ATTEMPTS):
+            if place is None:
+                place = await self._find(session_id, key, start, split)
             try:
                 await self._write(session_id, place, start, split)
             except SessionError:
-                pass  # not where this mirror left it: read the log
+                if attempt == ATTEMPTS - 1:
+                    raise
+                place = None
             else:
                 self._remember(session_id, key, place)
                 return
-        place = await self._find(session_id, key, start, split)
-        await self._write(session_id, place, start, split)
-        self._remember(session_id, key, place)
 
     async def _write(
         self, session_id: str, place: _Place, start: int, split: list[tuple[str, str]]
