@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from helpers import run_cli
 from storage_backends import Storage, close_backend, close_connections, open_backend
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -21,7 +22,7 @@ from test_replay import exactly, fan_out_instance
 from test_sessions import wait
 
 from orchestra.coordination.engine import inputs as inp
-from orchestra.coordination.state import FileStorageBackend, StateManager
+from orchestra.coordination.state import FileStorageBackend, SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import SessionWriter, run_state
 from orchestra.coordination.state.records import decode, encode, loads
 from orchestra.errors import SessionError
@@ -87,6 +88,25 @@ async def test_a_mirrored_run_is_the_embedded_runs_log(storage: Storage, tmp_pat
         source.close()
     assert "s" in await storage.list_sessions()
     assert run_state(await StateManager(storage).load("s")) == "finished"
+
+
+async def test_the_command_line_lists_a_mirrored_session(tmp_path: Path) -> None:
+    """``orchestra sessions list`` over the store sees the session's two runs, finished."""
+    log = await embedded_log(tmp_path, "s", runs=2)
+    storage = SQLiteStorageBackend(tmp_path / "mirror.db")
+    try:
+        mirror = StoreMirror(StateManager(storage))
+        for number, journal in enumerate(journals(log), start=1):
+            await mirror_in_batches(mirror, "s", f"run-{number}", journal, (3,))
+    finally:
+        storage.close()
+    listed = await asyncio.to_thread(
+        run_cli, "sessions", "list", "--store", str(tmp_path / "mirror.db")
+    )
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if " s " in line)
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert (cells[:3], cells[-1]) == (["s", "finished", "2"], "research")
 
 
 async def test_repeated_batches_are_written_once(storage: Storage, tmp_path: Path) -> None:
