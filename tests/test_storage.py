@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from storage_backends import (
     Storage,
     close_backend,
+    close_connections,
     first_segment,
     open_backend,
     sqlite_store_damaged_at,
@@ -1044,3 +1045,49 @@ def test_a_server_namespace_must_match_whole(namespace: str) -> None:
     """``'ns\\n'`` passed ``re.match(...$)`` and named Redis keys and PostgreSQL tables."""
     with pytest.raises(ConfigurationError, match="namespace"):
         check_namespace(namespace)
+
+
+async def test_a_new_backends_first_calls_may_come_at_once(storage: Storage) -> None:
+    """The first calls of a backend object, made at the same time for different sessions (a
+    worker taking up several sessions at once): each succeeds. PostgreSQL handed its pool to
+    the second caller before the first had made the tables ("relation ... does not exist")."""
+    names = [f"s{n}" for n in range(6)]
+    await asyncio.gather(
+        *(storage.append(name, [step(1)], durable=True, after=0) for name in names)
+    )
+    for name in names:
+        await storage.release(name)
+        assert await storage.read(name) == [step(1)]
+    await close_connections(storage)
+
+
+async def test_a_released_segment_is_taken_up_where_it_was_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that releases the session after each append (the Temporal store mirror)
+    read its last segment whole again at every append, a cost that grew with the session;
+    unless another writer appended meanwhile, which is still seen."""
+    read_whole: list[str] = []
+    reopen = files.Segment.reopen
+
+    def counted(session_id: str, path: Path) -> files.Segment:
+        read_whole.append(session_id)
+        return reopen(session_id, path)
+
+    monkeypatch.setattr(files.Segment, "reopen", counted)
+    storage, other = FileStorageBackend(tmp_path / "state"), FileStorageBackend(tmp_path / "state")
+    try:
+        for number in range(1, 6):
+            await storage.append("mirrored", [step(number)], durable=True, after=number - 1)
+            await storage.release("mirrored")
+        assert read_whole == []
+        await other.append("mirrored", [step(6)], durable=True, after=5)
+        await other.release("mirrored")
+        with pytest.raises(SessionError, match="'mirrored'"):
+            await storage.append("mirrored", [step(60)], durable=True, after=5)
+        assert read_whole == ["mirrored", "mirrored"]  # the other writer's, and this one's
+        await storage.append("mirrored", [step(7)], durable=True, after=6)
+        assert await storage.read("mirrored") == [step(n) for n in range(1, 8)]
+    finally:
+        storage.close()
+        other.close()

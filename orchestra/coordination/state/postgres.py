@@ -11,6 +11,7 @@ server, checked in the same atomic step as each append (see :mod:`.leases`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,17 +48,31 @@ class PostgresStorageBackend:
         self.snapshots = f"{namespace}_snapshot"
         self.writers = f"{namespace}_writer"
         self._pools = PerLoop()
+        self._making = PerLoop()  # the lock its first callers on a loop take to make a pool
         self._leases = Leases(lease_seconds, self._renew)
 
     def __repr__(self) -> str:
         return f"PostgresStorageBackend(table={self.table!r})"
 
     async def _pool(self) -> Any:
+        """The pool of the running event loop, made (with the tables) by its first caller.
+        The calls that come while it is being made wait for it: a pool handed out before its
+        tables existed failed their first statements (``relation ... does not exist``), and
+        each one made a pool of its own besides."""
         pool = self._pools.get()
         if pool is None:
-            import asyncpg
+            making = self._making.get() or self._making.put(asyncio.Lock())
+            async with making:
+                pool = self._pools.get()
+                if pool is None:
+                    pool = self._pools.put(await self._new_pool())
+        return pool
 
-            pool = self._pools.put(await asyncpg.create_pool(self.dsn, min_size=1, max_size=4))
+    async def _new_pool(self) -> Any:
+        import asyncpg
+
+        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
+        try:
             async with pool.acquire() as connection:
                 await connection.execute(
                     f"CREATE TABLE IF NOT EXISTS {self.table} (session TEXT NOT NULL, "
@@ -71,6 +86,9 @@ class PostgresStorageBackend:
                     f"CREATE TABLE IF NOT EXISTS {self.writers} (session TEXT PRIMARY KEY, "
                     "holder TEXT NOT NULL, expires TIMESTAMPTZ NOT NULL)"
                 )
+        except BaseException:
+            await pool.close()
+            raise
         return pool
 
     async def append(
