@@ -13,6 +13,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,8 +42,9 @@ from orchestra import (
 from orchestra.communication.channels import CommunicationManager
 from orchestra.coordination.config import StatusConfig
 from orchestra.coordination.engine import events as ev
+from orchestra.coordination.execution import stored_result
 from orchestra.coordination.results import OrchestraResult, result_of
-from orchestra.coordination.state import records
+from orchestra.coordination.state import SQLiteStorageBackend, StateManager, records
 from orchestra.coordination.wiring import Setup, build, prepare
 from orchestra.errors import ModelAPIError
 from orchestra.models import Message, StepInfo
@@ -580,3 +582,46 @@ class _NeverAsked:
 
     async def ask(self, question: Any) -> Any:
         raise AssertionError("asked on the client")
+
+
+async def test_a_worker_with_a_store_copies_each_session_log_into_it(
+    hosted: Hosted, tmp_path: Path
+) -> None:
+    """A worker given a store mirrors every session's journal there as it runs: the stored
+    log is the workflow's journal, record for record, and reads back as the same result (so
+    the inspector, ``orchestra sessions`` and ``get_result`` see it); a session paused on
+    the way is copied through its pause and resume, and its history replays with the mirror's
+    calls in it."""
+    GATE["entered"], GATE["go"] = asyncio.Event(), asyncio.Event()
+    queue = f"{QUEUE}-mirrored"
+    store = StateManager(SQLiteStorageBackend(tmp_path / "sessions.db"))
+    session_id = _session("mirrored")
+    setup = _setup(hosted, "pausing")
+    async with worker(hosted.client, queue, hosted.hosting, store=store):
+        start = start_input(setup, "copied", {"session_id": session_id}, session_id, 10.0)
+        handle = await hosted.client.start_workflow(
+            WORKFLOW_NAME, start, id=session_id, task_queue=queue, result_type=dict
+        )
+        await asyncio.wait_for(GATE["entered"].wait(), WAIT)
+        await handle.signal("pause", "to be resumed")
+        GATE["go"].set()
+
+        async def paused() -> bool:
+            page: RecordsPage = await handle.query("records", 0, result_type=dict)
+            return page["state"] == "paused"
+
+        await _poll(paused, "the pause")
+        await handle.signal("resume", {})
+        await asyncio.wait_for(handle.result(), WAIT)
+        lines = await _lines(handle)
+        log, entries = await store.load_all(session_id)
+        assert [entry.kind for entry in entries] == [records.loads(line)["t"] for line in lines]
+        stored = await stored_result(setup, log, store)
+        assert stored is not None
+        assert _comparable(stored) == _comparable(_replica(setup, session_id, lines))
+        assert stored.success
+        history = await handle.fetch_history()
+    replayed = await replayer(hosted.hosting).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
+    assert replayed.replay_failure is None

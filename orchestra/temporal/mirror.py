@@ -288,3 +288,15 @@ def _gap(where: str, start: int, held: int) -> SessionCorruptedError:
 
 
 __all__ = ["MIRROR_ACTIVITY", "MirrorBatch", "StoreMirror"]
+
+
+@activity.defn(name=MIRROR_ACTIVITY)
+async def no_store(batch: MirrorBatch) -> None:
+    """``orchestra.mirror`` on a worker given no store: a session started on a worker that
+    had one goes on calling it wherever it runs, and here there is nowhere to copy to (said
+    in the worker's log)."""
+    activity.logger.warning(
+        "session %r: records %d.. of its log are not copied: this worker has no store",
+        batch.session_id,
+        batch.start + 1,
+    )

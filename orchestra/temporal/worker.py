@@ -19,38 +19,50 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
+from orchestra.coordination.state import StateManager
+
 from .activities import Activities
 from .hosting import Hosting
-from .workflow import HOSTING, SessionWorkflow
+from .mirror import StoreMirror, no_store
+from .workflow import HOSTING, MIRRORING, SessionWorkflow
 
 
 class _Hosts(Interceptor):
-    """Gives this worker's workflows its hosting (an extern function: per worker, no global)."""
+    """Gives this worker's workflows its hosting, and whether it mirrors their logs into a
+    store (extern functions: per worker, no global)."""
 
-    def __init__(self, hosting: Hosting) -> None:
+    def __init__(self, hosting: Hosting, mirroring: bool) -> None:
         self.hosting = hosting
+        self.mirroring = mirroring
 
     def workflow_interceptor_class(
         self, input: WorkflowInterceptorClassInput
     ) -> type[WorkflowInboundInterceptor] | None:
         input.unsafe_extern_functions[HOSTING] = lambda: self.hosting
+        input.unsafe_extern_functions[MIRRORING] = lambda: self.mirroring
         return None
 
 
 @contextlib.asynccontextmanager
 async def worker(
-    client: Client, task_queue: str, hosting: Hosting, *, store: Any = None
+    client: Client, task_queue: str, hosting: Hosting, *, store: StateManager | None = None
 ) -> AsyncIterator[Worker]:
     """A worker for ``task_queue`` hosting ``hosting``'s workflows, polling until the block
-    exits (then it finishes the activities it runs and stops)."""
+    exits (then it finishes the activities it runs and stops). With a ``store``, the log of
+    every session this worker starts is copied into it as the session runs (``mirror.py``), so the inspector,
+    ``orchestra sessions`` and ``get_result`` over that store see it: give every worker of a
+    task queue one store (a shared Redis or PostgreSQL one across machines). A worker with
+    none copies nothing, not even for a session started on one that had a store."""
     activities = Activities(hosting)
+    mirror = no_store if store is None else StoreMirror(store).activity
+    served: list[Any] = [activities.step, activities.tool, mirror]
     running = Worker(
         client,
         task_queue=task_queue,
         workflows=[SessionWorkflow],
-        activities=[activities.step, activities.tool],
+        activities=served,
         workflow_runner=UnsandboxedWorkflowRunner(),
-        interceptors=[_Hosts(hosting)],
+        interceptors=[_Hosts(hosting, mirroring=store is not None)],
     )
     async with running:
         yield running
@@ -62,12 +74,12 @@ def replayer(hosting: Hosting) -> Replayer:
     return Replayer(
         workflows=[SessionWorkflow],
         workflow_runner=UnsandboxedWorkflowRunner(),
-        interceptors=[_Hosts(hosting)],
+        interceptors=[_Hosts(hosting, mirroring=False)],
     )
 
 
 async def run_worker(
-    client: Client, task_queue: str, hosting: Hosting, *, store: Any = None
+    client: Client, task_queue: str, hosting: Hosting, *, store: StateManager | None = None
 ) -> None:
     """Run a worker until cancelled, or until the process gets SIGTERM."""
     stop = asyncio.Event()

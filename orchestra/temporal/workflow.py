@@ -12,11 +12,14 @@ than replaying it against another workflow.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from orchestra.communication.channels import CommunicationManager
 from orchestra.coordination.engine import events as ev
@@ -28,6 +31,7 @@ from orchestra.coordination.state.manager import run_name
 from orchestra.coordination.state.values import Unreadable
 
 from .hosting import Hosted, Hosting
+from .mirror import MIRROR_ACTIVITY, MirrorBatch
 from .protocol import (
     ANSWER_UPDATE,
     PAGE_CHARS,
@@ -48,6 +52,21 @@ from .seams import ActivityAgent, RecordsJournal, WorkflowChannel, WorkflowClock
 HOSTING = "orchestra.hosting"
 """The extern function (``workflow.extern_functions()``) a worker gives its workflows: it
 returns the worker's ``Hosting``."""
+
+MIRRORING = "orchestra.mirroring"
+"""The extern function that says whether the worker mirrors session logs into a store."""
+
+MIRROR_PATCH = "orchestra-mirror"
+"""The marker a session's history holds when the worker that started it had a store: the
+session's log is copied for as long as it runs, whichever worker runs it next (one with no
+store answers the copy calls without copying), and one started without a store is never
+copied. So workers with and without a store may share a task queue: no replay differs."""
+
+MIRROR_GIVE_UP = timedelta(minutes=10)
+"""How long one mirror call is retried (the store down, another writer holding the session)
+before this run stops mirroring: the session goes on, its store copy stops there."""
+
+_MIRROR_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=5))
 
 VERSION_ERROR = "WorkflowVersionError"
 """The type of the ``ApplicationError`` a session whose version is not hosted fails with."""
@@ -82,6 +101,7 @@ class SessionWorkflow:
         journal = RecordsJournal(session_id, run_name(1), self._lines)
         runner = self._runner_for(engine, hosted, header, start, journal)
         runner.start(header)
+        mirror = asyncio.create_task(self._mirror(session_id)) if _mirrored() else None
         while await self._drive(runner):
             self._state = "paused"
             await workflow.wait_condition(lambda: self._resume is not None)
@@ -90,7 +110,44 @@ class SessionWorkflow:
             runner = self._runner_for(engine, hosted, header, start, journal)
             runner.resume(inp.RunResume(at=_CLOCK.now(), context=context))
         self._state = "finished"
+        if mirror is not None:
+            await mirror
         return Outcome(records=len(self._lines), state="finished")
+
+    async def _mirror(self, session_id: str) -> None:
+        """Copy the journal into the worker's session store as it grows (``mirror.py``): one
+        local activity at a time, each with every line not sent yet, until the run finished
+        and all is sent. A call that keeps failing (past ``MIRROR_GIVE_UP``, or refused for
+        good: the store holds other records there) ends the copying, said in the worker's
+        log; the session itself goes on (its history is the durable journal)."""
+        key = workflow.info().run_id
+        sent = 0
+        while True:
+            await workflow.wait_condition(self._unsent(sent))
+            if len(self._lines) == sent:
+                return
+            batch = MirrorBatch(session_id, key, sent, self._lines[sent:])
+            try:
+                await workflow.execute_local_activity(
+                    MIRROR_ACTIVITY,
+                    batch,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    schedule_to_close_timeout=MIRROR_GIVE_UP,
+                    retry_policy=_MIRROR_RETRY,
+                )
+            except ActivityError as error:
+                workflow.logger.warning(
+                    "session %r: its log is no longer copied into the store, from record %d on: %s",
+                    session_id,
+                    sent + 1,
+                    error.cause or error,
+                )
+                return
+            sent += len(batch.lines)
+
+    def _unsent(self, sent: int) -> Callable[[], bool]:
+        """Whether the journal has lines past ``sent``, or the run finished."""
+        return lambda: len(self._lines) > sent or self._state == "finished"
 
     def _runner_for(
         self,
@@ -204,6 +261,15 @@ def _hosted(start: StartInput, session_id: str) -> Hosted:
             non_retryable=True,
         )
     return hosted
+
+
+def _mirrored() -> bool:
+    """Whether this session's log is copied into a store (see ``MIRROR_PATCH``): decided by
+    the worker that starts it and kept in its history (``workflow.patched``, asked only where
+    its answer is the history's: a worker with no store starting a session records nothing)."""
+    if _extern(MIRRORING)() or workflow.unsafe.is_replaying():
+        return workflow.patched(MIRROR_PATCH)
+    return False
 
 
 def _extern(name: str) -> Callable[[], Any]:
