@@ -243,6 +243,12 @@ class SessionFormatError(SessionError):
     """A session was written in a log format this release cannot read or migrate."""
 
 
+class WorkflowVersionError(SessionError):
+    """A session on Temporal was started with a workflow (topology and tools) that no worker on
+    its task queue hosts any more: refused by the workflow, never replayed against other code;
+    the message names the session, its version, the versions hosted and what to do."""
+
+
 class UnstorableValueError(SessionError):
     """A value a durable run produced has no stored form (its type has no codec), so it is
     refused where it was produced, before anything is lost; the message names the type."""

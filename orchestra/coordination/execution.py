@@ -45,7 +45,7 @@ async def execute(
     state_manager: StateManager | None,
 ) -> OrchestraResult:
     """A new run; with a state manager, a new run of the session ``session_id``."""
-    async with _stopping(setup):
+    async with stopping(setup):
         return await _execute(setup, task, context, session_id, state_manager)
 
 
@@ -59,12 +59,12 @@ async def resume(
     """Rebuild the session's last run from its log and continue it (printing as the run was
     started to, unless ``status`` says otherwise); a run that already finished is not run
     again: its result is returned as it was."""
-    async with _stopping(setup):
+    async with stopping(setup):
         return await _resume(setup, session_id, state_manager, additional_context, status)
 
 
 @contextlib.asynccontextmanager
-async def _stopping(setup: Setup) -> AsyncIterator[None]:
+async def stopping(setup: Setup) -> AsyncIterator[None]:
     """However the run stops here (it ends or pauses, its task is cancelled, storage halts it,
     it fails to start), its observers hear of it: a run cancelled or halted emits no event.
     It returns (or raises) once they have shown its end: what the caller prints next comes
@@ -100,21 +100,25 @@ async def _execute(
         runner.journal = Journal(writer, run=run_name(writer.length + 1))  # the header is next
         try:
             runner.start(first)  # nothing runs until the header is durable
-        except RecordTooLargeError as error:
-            raise ConfigurationError(
-                f"the task or context is too large to store: {error}"
-            ) from None
         except UnstorableValueError as error:
-            raise ConfigurationError(
-                f"session {session_id!r}: the task or context holds {error}, which a session "
-                "cannot store; pass JSON-compatible data or register the type "
-                "(orchestra.coordination.state.register_type)"
-            ) from None
+            raise unstorable_start(error, session_id) from None
         await _started(runner, writer)
     except BaseException:
         await _abandon(writer, session_id)
         raise
     return _noted(await _drive(runner, writer, session_id), log, started=False)
+
+
+def unstorable_start(error: UnstorableValueError, session_id: str) -> ConfigurationError:
+    """What a run whose header cannot be stored raises: its task or context is too large, or
+    holds a value a session cannot store (an embedded session, or any run on Temporal)."""
+    if isinstance(error, RecordTooLargeError):
+        return ConfigurationError(f"the task or context is too large to store: {error}")
+    return ConfigurationError(
+        f"session {session_id!r}: the task or context holds {error}, which a session "
+        "cannot store; pass JSON-compatible data or register the type "
+        "(orchestra.coordination.state.register_type)"
+    )
 
 
 def _superseded(log: SessionLog | None, started: bool) -> dict[str, Any] | None:
@@ -318,4 +322,4 @@ def _halted(session_id: str, error: Exception) -> OrchestraError:
     return halted
 
 
-__all__ = ["execute", "resume", "stored_result"]
+__all__ = ["execute", "resume", "stopping", "stored_result", "unstorable_start"]
