@@ -100,25 +100,21 @@ async def _execute(
         runner.journal = Journal(writer, run=run_name(writer.length + 1))  # the header is next
         try:
             runner.start(first)  # nothing runs until the header is durable
+        except RecordTooLargeError as error:
+            raise ConfigurationError(
+                f"the task or context is too large to store: {error}"
+            ) from None
         except UnstorableValueError as error:
-            raise unstorable_start(error, session_id) from None
+            raise ConfigurationError(
+                f"session {session_id!r}: the task or context holds {error}, which a session "
+                "cannot store; pass JSON-compatible data or register the type "
+                "(orchestra.coordination.state.register_type)"
+            ) from None
         await _started(runner, writer)
     except BaseException:
         await _abandon(writer, session_id)
         raise
     return _noted(await _drive(runner, writer, session_id), log, started=False)
-
-
-def unstorable_start(error: UnstorableValueError, session_id: str) -> ConfigurationError:
-    """What a run whose header cannot be stored raises: its task or context is too large, or
-    holds a value a session cannot store (an embedded session, or any run on Temporal)."""
-    if isinstance(error, RecordTooLargeError):
-        return ConfigurationError(f"the task or context is too large to store: {error}")
-    return ConfigurationError(
-        f"session {session_id!r}: the task or context holds {error}, which a session "
-        "cannot store; pass JSON-compatible data or register the type "
-        "(orchestra.coordination.state.register_type)"
-    )
 
 
 def _superseded(log: SessionLog | None, started: bool) -> dict[str, Any] | None:
@@ -322,4 +318,4 @@ def _halted(session_id: str, error: Exception) -> OrchestraError:
     return halted
 
 
-__all__ = ["execute", "resume", "stopping", "stored_result", "unstorable_start"]
+__all__ = ["execute", "resume", "stopping", "stored_result"]

@@ -20,24 +20,20 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestra.agents.contract import timeout_problem
-from orchestra.communication.channels import CommunicationManager
 from orchestra.coordination.config import StatusConfig, VerbosityLevel
-from orchestra.coordination.execution import stopping, unstorable_start
+from orchestra.coordination.execution import stopping
 from orchestra.coordination.results import OrchestraResult, result_of
-from orchestra.coordination.state import records
 from orchestra.coordination.state.values import Unstorable, to_plain
-from orchestra.coordination.wiring import Setup, build, first_input, topology_fingerprint
+from orchestra.coordination.wiring import Setup, build
 from orchestra.errors import (
     ConfigurationError,
     SessionError,
     SessionNotFoundError,
-    UnstorableValueError,
 )
 from orchestra.models.secrets import redact
 
 from . import protocol
 from .follow import Follower, failed
-from .hosting import version_of
 
 _ADDRESS = re.compile(r"[^\s:/]+:[0-9]{1,5}")
 _SILENT = StatusConfig.from_verbosity(VerbosityLevel.QUIET)
@@ -124,7 +120,7 @@ class TemporalExecutor:
         """A new run of the session ``session_id`` as a workflow, followed to its end (or
         pause)."""
         async with stopping(setup):
-            start = _start_input(setup, task, context, session_id, self.heartbeat_timeout)
+            start = protocol.start_input(setup, task, context, session_id, self.heartbeat_timeout)
             client = await self.client()
             engine, _ = build(setup, session_id, setup.config.status)
             engine.settings_file = setup.config.settings_file
@@ -230,36 +226,6 @@ async def _caught_up(
         return await follower.catch_up()
     finally:
         stream.replaying = False
-
-
-def _start_input(
-    setup: Setup, task: Any, context: dict[str, Any], session_id: str, heartbeat: float
-) -> protocol.StartInput:
-    """The workflow's start: the run's header (its first record, as a session log holds it),
-    the version of the workflow it runs, and how questions to the user are timed."""
-    try:
-        header = records.encode(first_input(setup, task, context), 1)
-        records.check_size(header, session_id, 1)
-    except UnstorableValueError as error:
-        raise unstorable_start(error, session_id) from None
-    return protocol.StartInput(
-        version=version_of(setup),
-        fingerprint=list(topology_fingerprint(setup.analysis)),
-        header=header,
-        communication=_communication(setup.communication),
-        heartbeat_timeout=heartbeat,
-    )
-
-
-def _communication(manager: CommunicationManager) -> dict[str, Any]:
-    """How the workflow times questions (it applies the limit; the client's channel only
-    answers)."""
-    return {
-        "user_timeout": manager.timeout(),
-        "on_user_timeout": manager.on_user_timeout,
-        "default_answer": manager.default_answer,
-        "has_channel": manager.channel is not None,
-    }
 
 
 __all__ = ["TemporalExecutor"]

@@ -16,7 +16,12 @@ import contextlib
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowQueryFailedError
+from temporalio.client import (
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
@@ -57,6 +62,7 @@ class Follower:
         self.channel = channel
         self.next = 0  # the index of the next journal line to apply
         self._relayed: dict[str, asyncio.Task[None]] = {}  # by question id
+        self._answered: set[str] = set()  # taken by the workflow: never asked again
 
     async def catch_up(self) -> str:
         """Apply every line the workflow's journal holds now; its state (running, paused or
@@ -77,20 +83,22 @@ class Follower:
 
     async def follow(self) -> str:
         """Apply the workflow's lines as they come until it has paused or finished (every
-        line applied); its state then. The workflow failing is raised (``failed``), a version
-        it is not hosted with as ``WorkflowVersionError``."""
+        line applied, one at least: a workflow just signalled to resume may still say it is
+        paused); its state then. The workflow failing is raised (:func:`failed`), a version it
+        is not hosted with as ``WorkflowVersionError``."""
         ended = asyncio.ensure_future(self.handle.result())
+        since = self.next
         delay = FAST
         try:
             while True:
-                if ended.done():
-                    failure = ended.exception()
-                    if failure is not None:
-                        raise failed(self.handle.id, failure)
+                failure = ended.exception() if ended.done() else None
+                if failure is not None:
+                    raise failed(self.handle.id, failure)
                 answer = await self._records()
                 fresh = answer is not None and self._applied(answer)
-                if answer is not None and not fresh and answer["state"] != "running":
-                    return str(answer["state"])
+                state = None if answer is None else str(answer["state"])
+                if state is not None and state != "running" and not fresh and self.next > since:
+                    return state
                 if self.channel is not None:
                     await self._relay_questions()
                 delay = FAST if fresh else min(delay * 2, SLOW)
@@ -137,7 +145,7 @@ class Follower:
                 task.cancel()
                 del self._relayed[question_id]
         for question_id, item in open_now.items():
-            if question_id not in self._relayed:
+            if question_id not in self._relayed and question_id not in self._answered:
                 self._relayed[question_id] = asyncio.ensure_future(self._relay(item))
 
     async def _relay(self, item: dict[str, Any]) -> None:
@@ -159,8 +167,9 @@ class Follower:
         except Exception as problem:
             error = redact(f"{type(problem).__name__}: {problem}")
         payload = {"question_id": question.id, "answer": answer, "error": error}
-        with contextlib.suppress(RPCError, ApplicationError):
-            await self.handle.execute_update(protocol.ANSWER_UPDATE, payload)
+        with contextlib.suppress(RPCError, WorkflowUpdateFailedError):
+            if await self.handle.execute_update(protocol.ANSWER_UPDATE, payload):
+                self._answered.add(question.id)
 
     async def _withdraw_all(self) -> None:
         tasks = list(self._relayed.values())
@@ -194,7 +203,7 @@ def failed(session_id: str, failure: BaseException) -> OrchestraError:
     """What the caller gets for a workflow that failed: ``WorkflowVersionError`` when no worker
     hosts the workflow it was started with, a ``SessionError`` naming the cause otherwise."""
     cause = failure.cause if isinstance(failure, WorkflowFailureError) else failure
-    if isinstance(cause, ApplicationError) and cause.type == protocol.VERSION_ERROR:
+    if isinstance(cause, ApplicationError) and cause.type == WorkflowVersionError.__name__:
         return WorkflowVersionError(cause.message)
     error = SessionError(
         f"session {session_id!r}: its Temporal workflow failed ({type(cause).__name__}: "

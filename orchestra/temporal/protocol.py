@@ -1,26 +1,161 @@
-"""Names and payload shapes shared by the client and the workflow (provisional: the client's
-view of the contract, until the workflow's side lands)."""
+"""What the Temporal client, the session workflow and its activities say to each other: names
+and payload shapes, all plain JSON (nothing pickled: a payload is data, read by explicit
+rules). Values a session stores cross as its log stores them (``state/records.py``,
+``state/codec.py``, ``state/values.py``): what a session log can hold can cross, and nothing
+else.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypedDict
+
+from orchestra.agents.contract import StepInput
+from orchestra.coordination.config import ErrorHandlingConfig
+from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.state import records
+from orchestra.coordination.state.codec import shape
+from orchestra.coordination.wiring import Setup, first_input, topology_fingerprint
+from orchestra.errors import ConfigurationError, RecordTooLargeError, UnstorableValueError
+from orchestra.models.base import Message, StepInfo
+
+from .hosting import version_of
 
 WORKFLOW_NAME = "orchestra.session"
+"""The workflow type of a session; its workflow id is the session id."""
+
+STEP_ACTIVITY = "orchestra.step"
+TOOL_ACTIVITY = "orchestra.tool"
+MIRROR_ACTIVITY = "orchestra.mirror"
+
 RECORDS_QUERY = "records"
 QUESTIONS_QUERY = "questions"
 ANSWER_UPDATE = "answer"
 PAUSE_SIGNAL = "pause"
 RESUME_SIGNAL = "resume"
-VERSION_ERROR = "WorkflowVersionError"
+
+PAGE_CHARS = 1_000_000
+"""About the most characters of records one ``records`` query answers (at least one record):
+a query's answer is a Temporal payload, which the server bounds."""
+
+State = Literal["running", "paused", "finished"]
+
+
+@dataclass
+class Communication:
+    """The client's user-channel settings, which the workflow's communication manager applies
+    (its timeouts are workflow timers: deterministic). ``has_channel``: whether anyone answers
+    questions (without, an agent's question fails its branch, as embedded)."""
+
+    user_timeout: float | None
+    on_user_timeout: Literal["fail", "default"]
+    default_answer: str
+    has_channel: bool
 
 
 @dataclass
 class StartInput:
-    """What a session's workflow is started with."""
+    """A session workflow's input. ``header`` is the run's first record (``RunStart``) as its
+    log line: the workflow feeds it as it is. ``version`` (``version_of``) says which hosted
+    workflow runs it; ``fingerprint`` is its topology's, for the error that says what changed
+    when a worker does not host it."""
 
     version: str
     fingerprint: list[str]
     header: str
-    communication: dict[str, Any]
+    communication: Communication
     heartbeat_timeout: float
+
+
+class RecordsPage(TypedDict):
+    """The ``records(since)`` query's answer: the journal's lines from index ``since`` (0-based)
+    on, ``next`` the index to ask from next time, and where the workflow stands."""
+
+    lines: list[str]
+    next: int
+    state: State
+
+
+class OpenQuestion(TypedDict):
+    """One open question, as the ``questions`` query lists it. ``response_line``: a follow-up
+    offer's response as JSON text of its plain form (``values.to_plain``), else None."""
+
+    id: str
+    branch_id: str
+    agent: str
+    text: str
+    kind: Literal["agent", "budget", "follow_up"]
+    timeout: float | None
+    response_line: str | None
+
+
+class Answer(TypedDict):
+    """The ``answer`` update's argument: the answer in its plain form (``values.to_plain``),
+    or ``error``, the text ``"<type>: <message>"`` of the client's channel failing."""
+
+    question_id: str
+    answer: Any
+    error: str | None
+
+
+class Outcome(TypedDict):
+    """The workflow's result, returned once its run finished."""
+
+    records: int
+    state: State
+
+
+@dataclass
+class StepCall:
+    """What of a ``StepRequest`` crosses to the step activity (the rest is the runner's)."""
+
+    input: StepInput
+    messages: list[Message]
+    info: StepInfo
+    context: dict[str, Any]
+    retry: ErrorHandlingConfig | None = None
+
+
+STEP_CALL = shape(StepCall)
+MESSAGE = shape(Message)
+
+
+def start_input(
+    setup: Setup,
+    task: Any,
+    context: dict[str, Any],
+    session_id: str,
+    heartbeat_timeout: float,
+) -> StartInput:
+    """The input that starts session ``session_id`` as a workflow: its header recorded now, on
+    the client, as an embedded run records it. A task or context the log cannot store is a
+    ``ConfigurationError`` naming the session, before anything starts."""
+    header = _header(first_input(setup, task, context), session_id)
+    manager = setup.communication
+    return StartInput(
+        version=version_of(setup),
+        fingerprint=list(topology_fingerprint(setup.analysis)),
+        header=header,
+        communication=Communication(
+            user_timeout=manager.timeout(),
+            on_user_timeout=manager.on_user_timeout,
+            default_answer=manager.default_answer,
+            has_channel=manager.channel is not None,
+        ),
+        heartbeat_timeout=heartbeat_timeout,
+    )
+
+
+def _header(first: inp.RunStart, session_id: str) -> str:
+    try:
+        line = records.encode(first, 1)
+        records.check_size(line, session_id, 1)
+    except RecordTooLargeError as error:
+        raise ConfigurationError(f"the task or context is too large to store: {error}") from None
+    except UnstorableValueError as error:
+        raise ConfigurationError(
+            f"session {session_id!r}: the task or context holds {error}, which a session "
+            "cannot store; pass JSON-compatible data or register the type "
+            "(orchestra.coordination.state.register_type)"
+        ) from None
+    return line
