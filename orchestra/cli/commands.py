@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import warnings
@@ -33,7 +34,15 @@ from orchestra.workflow import Workflow
 from orchestra.workflow_source import WorkflowError, read_source
 
 from .store import DEFAULT_STORE, Store, open_store, resume_command, sessions_app, state_of
-from .temporal import Namespace, TaskQueue, Temporal, executor_for, refuse_store, worker_command
+from .temporal import (
+    Namespace,
+    TaskQueue,
+    Temporal,
+    executor_for,
+    exiting_at_once,
+    refuse_store,
+    worker_command,
+)
 from .terminal import check_output, console, fail, print_result, say, show_topology
 from .ui import Host as UiHost
 from .ui import Port as UiPort
@@ -410,20 +419,21 @@ def run(
         source = ctx.get_parameter_source("store")
         refuse_store(source is not None and source.name == "COMMANDLINE")
         executor, kept = executor_for(temporal, task_queue, namespace), None
-    _execute(
-        workflow,
-        task,
-        _level(verbose, quiet),
-        None,
-        kept,
-        session,
-        command,
-        output,
-        allow_module,
-        follow_up_timeout if follow_ups else None,
-        user_timeout,
-        executor,
-    )
+    with exiting_at_once() if executor is not None else contextlib.nullcontext():
+        _execute(
+            workflow,
+            task,
+            _level(verbose, quiet),
+            None,
+            kept,
+            session,
+            command,
+            output,
+            allow_module,
+            follow_up_timeout if follow_ups else None,
+            user_timeout,
+            executor,
+        )
 
 
 @app.command()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -47,9 +49,7 @@ TaskQueue = Annotated[
     ),
 ]
 
-Namespace = Annotated[
-    str, typer.Option("--namespace", help="The Temporal namespace.")
-]
+Namespace = Annotated[str, typer.Option("--namespace", help="The Temporal namespace.")]
 
 Modules = Annotated[
     list[str] | None,
@@ -92,6 +92,23 @@ def executor_for(address: str, task_queue: str, namespace: str) -> TemporalExecu
         return TemporalExecutor(address, task_queue, namespace=namespace)
     except OrchestraError as error:
         fail(error, 1)
+
+
+@contextlib.contextmanager
+def exiting_at_once() -> Iterator[None]:
+    """Once the command is done (normally or by ``typer.Exit``), its output flushed, the
+    process exits without the interpreter's teardown: temporalio's Rust threads can outlive
+    it and abort the process ("Fatal Python error: PyGILState_Release", temporalio/sdk-python
+    issue 300), turning a clean exit into a crash."""
+    try:
+        yield
+    except typer.Exit as done:
+        code = done.exit_code
+    else:
+        code = 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def refuse_store(store_given: bool) -> None:
@@ -172,7 +189,7 @@ def worker_command(
         fail("nothing to host: give workflow files, or --module with a `hosting`", 1)
     executor = executor_for(temporal, task_queue, namespace)
     hosting, hosted = _hosting(files or [], module or [], allow_module)
-    with _opened(store) as manager:
+    with exiting_at_once(), _opened(store) as manager:
         try:
             asyncio.run(_serve(executor, hosting, hosted, manager))
         except OrchestraError as error:
