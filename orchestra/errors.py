@@ -244,9 +244,9 @@ class SessionFormatError(SessionError):
 
 
 class WorkflowVersionError(SessionError):
-    """A session on Temporal was started with a workflow (topology and tools) that no worker on
-    its task queue hosts any more: refused by the workflow, never replayed against other code;
-    the message names the session, its version, the versions hosted and what to do."""
+    """A Temporal session was started with a workflow (topology and agents' tools) that no
+    worker on its task queue hosts now: it is refused, naming the session and the versions,
+    instead of being replayed against a changed workflow."""
 
 
 class UnstorableValueError(SessionError):

@@ -43,7 +43,7 @@ from orchestra.errors import (
     SessionNotFoundError,
     WorkflowVersionError,
 )
-from orchestra.temporal import TemporalExecutor
+from orchestra.temporal import Hosting, TemporalExecutor, worker
 
 ON_TEMPORAL = 60.0
 """Seconds a run on Temporal may take before the test fails (only a hang reaches it)."""
@@ -87,8 +87,6 @@ async def hosted(
 ) -> AsyncIterator[TemporalExecutor]:
     """A worker on a task queue of its own hosting ``topology`` with ``agents``, and an
     executor submitting to it."""
-    from orchestra.temporal import Hosting, worker  # type: ignore[attr-defined]
-
     queue = f"test-{uuid.uuid4().hex}"
     hosting = Hosting()
     hosting.add(topology, AgentRegistry(list(agents)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from orchestra.errors import OrchestraError
 
@@ -19,6 +19,32 @@ def now() -> float:
     """Wall-clock seconds that never step back within a process: the wall clock read once,
     then advanced by the monotonic clock."""
     return _WALL_AT_START + time.perf_counter()
+
+
+class Clock(Protocol):
+    """What the runner reads time from: the embedded runner the process's clocks; inside a
+    Temporal workflow its deterministic time (``orchestra.temporal``), so a replayed workflow
+    stamps its inputs as the first execution did. Given to the runner, never found in a
+    context variable: nothing on the hot path pays for a lookup."""
+
+    def now(self) -> float:
+        """Seconds since the epoch that never step back: an input's ``at``."""
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin, for durations (a step's, a tool call's)."""
+
+
+class WallClock:
+    """The process's clocks: :func:`now` and ``time.perf_counter``."""
+
+    __slots__ = ()
+
+    now = staticmethod(now)
+    monotonic = staticmethod(time.perf_counter)
+
+
+WALL: Clock = WallClock()
+"""The embedded runner's clock."""
 
 
 def working_time(start: float, end: float, gaps: Iterable[tuple[float, float]]) -> float:

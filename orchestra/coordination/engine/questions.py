@@ -21,7 +21,6 @@ from orchestra.models.secrets import redact
 from . import budgets, rounds
 from . import inputs as inp
 from .branches import Branch
-from .clock import now
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -64,7 +63,7 @@ class OpenQuestions:
         if runner.communication.channel is None and rounds.is_question(question_id):
             # resumed with no one to offer it to: as at a start without a channel, not offered
             answer = inp.UserAnswer(
-                at=now(), branch_id=branch.id, answer=None, error=rounds.NO_CHANNEL
+                at=runner.clock.now(), branch_id=branch.id, answer=None, error=rounds.NO_CHANNEL
             )
             runner.feed(answer)
             return True
@@ -92,7 +91,9 @@ class OpenQuestions:
             )
         else:
             try:
-                runner.feed(inp.UserAnswer(at=now(), branch_id=branch.id, answer=answer))
+                runner.feed(
+                    inp.UserAnswer(at=runner.clock.now(), branch_id=branch.id, answer=answer)
+                )
             except UnstorableValueError as error:
                 failure = UserInputError(
                     f"the answer to the question of agent {branch.agent!r} ({text!r}) is "
@@ -104,7 +105,9 @@ class OpenQuestions:
             self._asking.pop(branch, None)
         if question.follow_up:  # no follow-up to be had: the conversation ends, successfully
             why = redact(f"{type(failure).__name__}: {failure}")
-            runner.feed(inp.UserAnswer(at=now(), branch_id=branch.id, answer=None, error=why))
+            runner.feed(
+                inp.UserAnswer(at=runner.clock.now(), branch_id=branch.id, answer=None, error=why)
+            )
         else:
             runner.fail_branch(branch, failure)
         return True

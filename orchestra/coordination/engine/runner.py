@@ -11,7 +11,6 @@ the core returns. A replayed log is those same inputs applied again.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -38,7 +37,7 @@ from orchestra.models.base import Message
 from . import inputs as inp
 from . import leases, rounds, tool_calls
 from .branches import Branch, BranchStatus
-from .clock import now, within
+from .clock import WALL, Clock, within
 from .core import Engine
 from .deltas import listen
 from .effects import (
@@ -88,8 +87,10 @@ class Runner:
         run_timeout: float | None,
         max_agents: int | None,
         journal: Journal | None = None,
+        clock: Clock = WALL,
     ) -> None:
         self.engine = engine
+        self.clock = clock  # every input's time, and the steps' durations
         self.agents = agents
         self.communication = communication
         self.step_timeout = step_timeout
@@ -192,7 +193,7 @@ class Runner:
         ``RunPaused`` emitted): nobody hears of an end a crash could still undo. Not applied
         when storage failed for good meanwhile (the run halted, as a crash would have)."""
         success, error = self.engine.outcome()
-        item = inp.RunEnd(at=now(), paused=paused, success=success, error=error)
+        item = inp.RunEnd(at=self.clock.now(), paused=paused, success=success, error=error)
         if self.journal is not None:
             self.journal.record(item, due=True)
         if durable is not None:
@@ -205,7 +206,7 @@ class Runner:
         no new step starts, open questions are withdrawn (they are asked again on resume).
         Returns the questions being withdrawn: once they are done, the channel has let go of
         them (an answer given after that is refused, not taken and then lost)."""
-        self.feed(inp.PauseRequest(at=now(), reason=reason), due=False)
+        self.feed(inp.PauseRequest(at=self.clock.now(), reason=reason), due=False)
         self.pausing = True
         self._pause_requested.set()
         withdrawn = self.questions.withdraw()
@@ -214,7 +215,9 @@ class Runner:
 
     def checkpoint(self, checkpoint_id: str, name: str, position: int) -> None:
         self.feed(
-            inp.Checkpoint(at=now(), checkpoint_id=checkpoint_id, name=name, position=position)
+            inp.Checkpoint(
+                at=self.clock.now(), checkpoint_id=checkpoint_id, name=name, position=position
+            )
         )
 
     def _maybe_paused(self, ending: asyncio.Task[None] | None) -> None:
@@ -340,13 +343,15 @@ class Runner:
         self._timers.pop(fan_out_id, None)
         if self.engine.fan_outs[fan_out_id].settled or self.engine.finished:
             return
-        self.feed(inp.ConvergenceTimeout(at=now(), fan_out_id=fan_out_id))
+        self.feed(inp.ConvergenceTimeout(at=self.clock.now(), fan_out_id=fan_out_id))
 
     def fail_branch(self, branch: Branch, error: OrchestraError) -> None:
-        self.feed(inp.BranchFailure(at=now(), branch_id=branch.id, error=error))
+        self.feed(inp.BranchFailure(at=self.clock.now(), branch_id=branch.id, error=error))
 
     def _abort(self, error: OrchestraError, branch: Branch | None) -> None:
-        item = inp.RunAbort(at=now(), error=error, branch_id=branch.id if branch else None)
+        item = inp.RunAbort(
+            at=self.clock.now(), error=error, branch_id=branch.id if branch else None
+        )
         try:
             self.feed(item)
         except Exception:  # the journal itself failed: stop all the same (storage halts it)
@@ -407,7 +412,7 @@ class Runner:
                 return False
             forked = branch.parent if branch.steps == 0 else None  # said on its first step
             begin = inp.StepBegin(
-                at=now(),
+                at=self.clock.now(),
                 branch_id=branch.id,
                 agent=branch.agent,
                 parent=forked.id if forked is not None else None,
@@ -425,7 +430,7 @@ class Runner:
             before = len(request.messages)
             failure: OrchestraError | None = None
             self.steps_in_flight += 1
-            started = time.perf_counter()
+            started = self.clock.monotonic()
             try:
                 if self.step_timeout is None:
                     outcome = await agent.step(request)
@@ -443,7 +448,7 @@ class Runner:
                 self.steps_in_flight -= 1
                 if deltas is not None:
                     deltas.close()
-            duration = time.perf_counter() - started
+            duration = self.clock.monotonic() - started
             added = tuple(request.messages[before:])
             if failure is None:
                 self._step_done(branch, outcome, added, duration)
@@ -458,7 +463,7 @@ class Runner:
         self, branch: Branch, outcome: StepOutcome, added: tuple[Message, ...], duration: float
     ) -> None:
         item = inp.StepResult(
-            at=now(),
+            at=self.clock.now(),
             branch_id=branch.id,
             outcome=as_taken(outcome),
             messages=added,
@@ -467,7 +472,9 @@ class Runner:
         try:
             self.feed(item)
         except UnstorableValueError as error:
-            self._step_failed(branch, unstorable_step(branch, error), added, duration)
+            self._step_failed(
+                branch, unstorable_step(branch.agent, branch.id, error), added, duration
+            )
 
     def _step_failed(
         self, branch: Branch, error: OrchestraError, added: tuple[Message, ...], duration: float
@@ -475,7 +482,7 @@ class Runner:
         """The step failed: recorded with the messages it added to the conversation, or
         without them when they hold what the log cannot store (its error says what)."""
         item = inp.StepError(
-            at=now(), branch_id=branch.id, error=error, messages=added, duration=duration
+            at=self.clock.now(), branch_id=branch.id, error=error, messages=added, duration=duration
         )
         try:
             self.feed(item)
@@ -489,7 +496,7 @@ class Runner:
     ) -> None:
         error_type = str(error.status) if error.status is not None else type(error).__name__
         item = inp.ModelRetry(
-            at=now(),
+            at=self.clock.now(),
             branch_id=branch_id,
             attempt=attempt,
             delay=delay,

@@ -11,8 +11,6 @@ from orchestra.errors import (
 )
 from orchestra.models.secrets import redact
 
-from .branches import Branch
-
 
 def as_step_error(agent: str, error: BaseException) -> OrchestraError:
     """What a step that raised failed with: Orchestra's own errors as they are; any other's text
@@ -24,15 +22,18 @@ def as_step_error(agent: str, error: BaseException) -> OrchestraError:
     return failure
 
 
-def unstorable_step(branch: Branch, error: UnstorableValueError) -> UnstorableValueError:
-    """Why a step whose outcome the log cannot hold is refused, and what to do about it."""
+def unstorable_step(
+    agent: str, branch_id: str, error: UnstorableValueError
+) -> UnstorableValueError:
+    """Why a step whose outcome the log cannot hold is refused, and what to do about it (said
+    by the runner, or by a Temporal step activity, whose outcome crosses as the log stores it)."""
     if isinstance(error, RecordTooLargeError):
         return RecordTooLargeError(
-            f"agent {branch.agent!r} (branch {branch.id}) returned too much to store, so the "
+            f"agent {agent!r} (branch {branch_id}) returned too much to store, so the "
             f"step is refused: {error}"
         )
     return UnstorableValueError(
-        f"agent {branch.agent!r} (branch {branch.id}) returned {error}; the session log "
+        f"agent {agent!r} (branch {branch_id}) returned {error}; the session log "
         "cannot store it, so the step is refused. Return JSON-compatible data, or "
         "register the type: orchestra.coordination.state.register_type(...)"
     )

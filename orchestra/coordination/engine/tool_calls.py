@@ -5,7 +5,6 @@ and as it returns, a call already journaled never run twice.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -18,7 +17,7 @@ from orchestra.models.secrets import redact
 
 from . import inputs as inp
 from .branches import Branch
-from .clock import now, within
+from .clock import within
 from .questions import really_cancelled
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ async def run_pending(runner: Runner, branch: Branch) -> bool:
         agent = await runner.agent_for(branch)
     if agent is None or not await _run_all(runner, branch, agent):
         return False
-    runner.feed(inp.ToolsDone(at=now(), branch_id=branch.id))
+    runner.feed(inp.ToolsDone(at=runner.clock.now(), branch_id=branch.id))
     return True
 
 
@@ -55,7 +54,11 @@ async def _run_all(runner: Runner, branch: Branch, agent: BaseAgent) -> bool:
 
 
 async def _run_one(runner: Runner, branch: Branch, agent: BaseAgent, call: ToolCall) -> bool:
-    runner.feed(inp.ToolStart(at=now(), branch_id=branch.id, call_id=call.call_id, name=call.name))
+    runner.feed(
+        inp.ToolStart(
+            at=runner.clock.now(), branch_id=branch.id, call_id=call.call_id, name=call.name
+        )
+    )
     journal = runner.journal
     if journal is not None:
         # whatever the policy, a non-idempotent tool's start must be durable first: a lost
@@ -63,21 +66,24 @@ async def _run_one(runner: Runner, branch: Branch, agent: BaseAgent, call: ToolC
         wait = journal.gate if agent.is_idempotent(call.name) else journal.flush
         if not await runner.durable(wait):
             return False
-    started = time.perf_counter()
+    started = runner.clock.monotonic()
     try:
         result, ok = await _call(runner, agent, call), True
     except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
         raise  # the process is to stop, or the branch's task is cancelled (see _call)
+    except ToolInDoubtError:  # its attempt was lost (a Temporal worker died running it)
+        runner.fail_branch(branch, _in_doubt(branch, call))
+        return False
     except BaseException as error:  # GeneratorExit too: left alone, the run would hang
-        result, ok = redact(f"{type(error).__name__}: {error}"), False  # a key it carries
+        result, ok = failure_text(error), False
     item = inp.ToolResult(
-        at=now(),
+        at=runner.clock.now(),
         branch_id=branch.id,
         call_id=call.call_id,
         name=call.name,
         ok=ok,
         result=result,
-        duration=time.perf_counter() - started,
+        duration=runner.clock.monotonic() - started,
     )
     try:
         runner.feed(item)
@@ -106,6 +112,23 @@ async def _call(runner: Runner, agent: BaseAgent, call: ToolCall) -> Any:
         raise ToolError(
             f"tool {call.name!r} (agent {agent.name!r}) raised CancelledError"
         ) from None
+
+
+class ToolFailed(Exception):
+    """A tool's failure reported from where it ran (a Temporal worker): ``text`` is what
+    :func:`failure_text` made of it there."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def failure_text(error: BaseException) -> str:
+    """What a tool's failure is recorded as: its type and message, any API key it carries
+    redacted."""
+    if isinstance(error, ToolFailed):
+        return error.text
+    return redact(f"{type(error).__name__}: {error}")
 
 
 def _in_doubt(branch: Branch, call: ToolCall) -> ToolInDoubtError:

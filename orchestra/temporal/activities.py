@@ -1,0 +1,168 @@
+"""The step and tool activities: where a session's agents really run, on a worker that hosts
+its workflow. What they return crosses as the session log stores it; an agent's or a tool's
+own failure is an answer (recorded by the workflow as embedded), never an activity failure:
+only what Temporal should retry (a lost worker, a timeout) fails the activity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from orchestra.agents.base import BaseAgent
+from orchestra.agents.contract import SharedContext, StepOutcome, StepRequest, as_taken
+from orchestra.agents.pool import AgentPool
+from orchestra.coordination.engine.questions import really_cancelled
+from orchestra.coordination.engine.step_errors import as_step_error, unstorable_step
+from orchestra.coordination.engine.tool_calls import failure_text
+from orchestra.coordination.state.codec import encode_error, shape
+from orchestra.coordination.state.values import Unstorable, to_plain
+from orchestra.errors import AgentStepError, ModelAPIError, OrchestraError
+from orchestra.models.base import Message, ToolCall
+
+from .hosting import Hosted, Hosting
+from .protocol import MESSAGE, STEP_ACTIVITY, STEP_CALL, TOOL_ACTIVITY, StepCall
+
+_OUTCOME = shape(StepOutcome)
+_TOOL_CALL = shape(ToolCall)
+
+
+class Activities:
+    """The activities of a worker, bound to what it hosts."""
+
+    def __init__(self, hosting: Hosting) -> None:
+        self.hosting = hosting
+
+    def _agent(self, version: str, name: str) -> BaseAgent | AgentPool:
+        hosted: Hosted | None = self.hosting.get(version)
+        if hosted is None or name not in hosted.setup.agents:
+            raise ApplicationError(
+                f"this worker does not host agent {name!r} of workflow version {version} (it "
+                f"hosts: {', '.join(self.hosting.versions) or 'none'})",
+                type="WorkflowVersionError",
+                non_retryable=True,
+            )
+        return hosted.setup.agents[name]
+
+    @activity.defn(name=STEP_ACTIVITY)
+    async def step(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One agent step: ``{outcome, messages, retries}``, or ``{error, messages, retries}``
+        when the agent failed (the error the runner records for it embedded)."""
+        name, branch_id = payload["agent"], payload["branch_id"]
+        found = self._agent(payload["version"], name)
+        call: StepCall = STEP_CALL.decode(payload["request"])
+        retries: list[dict[str, Any]] = []
+        request = StepRequest(
+            input=call.input,
+            messages=call.messages,
+            info=call.info,
+            context=SharedContext(call.context),
+            retry=call.retry,
+            report_retry=lambda _branch, _agent, attempt, delay, error: retries.append(
+                _retry(attempt, delay, error)
+            ),
+        )
+        before = len(request.messages)
+        failure: OrchestraError | None = None
+        async with _heartbeating(), _leased(found) as agent:
+            try:
+                outcome = await agent.step(request)
+            except asyncio.CancelledError:
+                if really_cancelled():
+                    raise  # the workflow cancelled it (its step_timeout, a pause, the run's end)
+                failure = AgentStepError(f"agent {name!r} raised CancelledError")
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as error:
+                failure = as_step_error(name, error)
+        answer: dict[str, Any] = {
+            "messages": _messages(request.messages[before:]),
+            "retries": retries,
+        }
+        if failure is None:
+            try:
+                answer["outcome"] = _OUTCOME.encode(as_taken(outcome))
+            except Unstorable as unstorable:
+                failure = unstorable_step(name, branch_id, unstorable.error())
+        if failure is not None:
+            answer["error"] = encode_error(failure)
+        return answer
+
+    @activity.defn(name=TOOL_ACTIVITY)
+    async def tool(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One tool call: ``{ok, result}``; the tool's own failure is ``ok=False`` with its
+        text as embedded, a result the log cannot store is refused as embedded."""
+        found = self._agent(payload["version"], payload["agent"])
+        call: ToolCall = _TOOL_CALL.decode(payload["call"])
+        async with _heartbeating(), _leased(found) as agent:
+            try:
+                result = await agent.call_tool(call)
+            except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+                raise
+            except BaseException as error:
+                return {"ok": False, "result": failure_text(error)}
+        try:
+            return {"ok": True, "result": to_plain(result)}
+        except Unstorable as unstorable:
+            refused = f"the tool returned {unstorable.error()}, which the session log cannot store"
+            return {"ok": False, "result": refused}
+
+
+def _retry(attempt: int, delay: float, error: ModelAPIError) -> dict[str, Any]:
+    return {
+        "attempt": attempt,
+        "delay": delay,
+        "error": encode_error(error),
+        "status": error.status,
+    }
+
+
+def _messages(added: list[Message]) -> list[dict[str, Any]]:
+    """The messages a step added, as the log stores them (none when one cannot be stored: the
+    step is recorded without them, as embedded)."""
+    try:
+        return [MESSAGE.encode(message) for message in added]
+    except Unstorable:
+        return []
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating() -> AsyncIterator[None]:
+    """Heartbeat every third of the heartbeat timeout while the call runs, so a worker that
+    dies is noticed within it (and the workflow's cancel reaches the call)."""
+    timeout = activity.info().heartbeat_timeout
+    if timeout is None:
+        yield
+        return
+    interval = timeout.total_seconds() / 3
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(interval)
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+
+
+@contextlib.asynccontextmanager
+async def _leased(found: BaseAgent | AgentPool) -> AsyncIterator[BaseAgent]:
+    """The agent; a pool's instance leased for the call."""
+    if not isinstance(found, AgentPool):
+        yield found
+        return
+    instance = await found.acquire()
+    try:
+        yield instance
+    finally:
+        found.release(instance)

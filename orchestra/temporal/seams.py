@@ -1,0 +1,235 @@
+"""The four seams the embedded runner is given inside a session workflow: its clock, its
+agents, its journal and its user channel. The ``Runner`` itself is unchanged: it runs the
+same steps, timers and questions, and the seams make them deterministic (workflow time,
+activities, a journal kept in the workflow, questions answered by updates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, TimeoutError
+
+from orchestra.agents.base import BaseAgent
+from orchestra.agents.contract import StepOutcome, StepRequest
+from orchestra.communication.channels import Question
+from orchestra.coordination.config import ErrorHandlingConfig
+from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.engine.tool_calls import ToolFailed
+from orchestra.coordination.state import records
+from orchestra.coordination.state.codec import decode_error, shape
+from orchestra.coordination.state.values import from_plain, to_plain
+from orchestra.errors import ModelAPIError, ToolInDoubtError, UserInputError
+from orchestra.models.base import ToolCall, ToolSpec
+from orchestra.models.secrets import redact
+
+from .protocol import MESSAGE, STEP_ACTIVITY, STEP_CALL, TOOL_ACTIVITY, OpenQuestion, StepCall
+
+_OUTCOME = shape(StepOutcome)
+_TOOL_CALL = shape(ToolCall)
+NO_STEP_TIMEOUT = 3600.0
+"""An activity's start-to-close timeout where the run sets no ``step_timeout`` (seconds)."""
+
+
+class WorkflowClock:
+    """Workflow time: the same on every replay of the workflow."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        return workflow.now().timestamp()
+
+    def monotonic(self) -> float:
+        return workflow.time()
+
+
+class RecordsJournal:
+    """The run's records as their log lines, kept in the workflow (Temporal's history is the
+    durable journal: everything the workflow did is in it before anything else happens, so
+    ``gate`` and ``flush`` return at once). The client reads the lines by query."""
+
+    def __init__(self, session_id: str, run: str, lines: list[str]) -> None:
+        self.session_id = session_id
+        self.run = run
+        self.lines = lines
+
+    def record(self, item: inp.Record, due: bool) -> None:
+        """The record as the next line (``UnstorableValueError`` when it cannot be stored, as a
+        session log refuses it: the runner handles that as embedded)."""
+        position = len(self.lines) + 1
+        line = records.encode(item, position)
+        records.check_size(line, self.session_id, position)
+        self.lines.append(line)
+
+    async def gate(self) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+
+class WorkflowChannel:
+    """The run's user channel: each question waits in a table of open questions (the
+    ``questions`` query lists them) until the ``answer`` update answers it. The communication
+    manager around it applies the client's ``user_timeout`` with workflow timers."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[Question, asyncio.Future[Any]]] = {}
+
+    async def ask(self, question: Question) -> Any:
+        waiting: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._open[question.id] = (question, waiting)
+        try:
+            return await waiting
+        finally:
+            self._open.pop(question.id, None)
+
+    def answer(self, question_id: str, answer: Any, error: str | None) -> bool:
+        """Answer an open question; False when it is not open (answered, withdrawn, timed out)."""
+        found = self._open.get(question_id)
+        if found is None or found[1].done():
+            return False
+        question, waiting = found
+        if error is not None:
+            waiting.set_exception(
+                UserInputError(
+                    redact(
+                        f"the user channel failed on the question of agent {question.agent!r} "
+                        f"({question.text!r}): {error}"
+                    )
+                )
+            )
+        else:
+            waiting.set_result(from_plain(answer))
+        return True
+
+    def listed(self) -> list[OpenQuestion]:
+        return [
+            OpenQuestion(
+                id=question.id,
+                branch_id=question.branch_id,
+                agent=question.agent,
+                text=question.text,
+                kind=question.kind,
+                timeout=question.timeout,
+                response_line=(
+                    None if question.response is None else json.dumps(to_plain(question.response))
+                ),
+            )
+            for question, waiting in self._open.values()
+            if not waiting.done()
+        ]
+
+
+class ActivityAgent(BaseAgent):
+    """An agent of the hosted workflow, as the workflow sees it: its steps and tool calls run
+    as activities on whichever worker hosts the workflow (a pool's instance is leased there,
+    for the call)."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        tools: tuple[ToolSpec, ...],
+        idempotent: frozenset[str],
+        step_timeout: float | None,
+        heartbeat_timeout: float,
+        errors: ErrorHandlingConfig,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self._tools = tools
+        self._idempotent = idempotent
+        self._start_to_close = timedelta(seconds=step_timeout or NO_STEP_TIMEOUT)
+        self._heartbeat = timedelta(seconds=heartbeat_timeout)
+        initial = max(errors.retry_initial_delay, 0.1)
+        self._retry = RetryPolicy(
+            initial_interval=timedelta(seconds=initial),
+            maximum_interval=timedelta(seconds=max(errors.retry_max_delay, initial)),
+            backoff_coefficient=2.0,
+            maximum_attempts=errors.max_retries + 1,
+        )
+        self._once = RetryPolicy(maximum_attempts=1)
+
+    @property
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        return self._tools
+
+    def is_idempotent(self, tool: str) -> bool:
+        return tool in self._idempotent
+
+    async def step(self, request: StepRequest) -> StepOutcome:
+        """The step, run by the step activity; its model retries reported as they were made
+        there, the messages it added appended here, its failure raised as the agent's."""
+        retry = request.retry if isinstance(request.retry, ErrorHandlingConfig) else None
+        call = StepCall(
+            input=request.input,
+            messages=list(request.messages),
+            info=request.info,
+            context=dict(request.context),
+            retry=retry,
+        )
+        payload = {
+            "version": self.version,
+            "agent": self.name,
+            "branch_id": request.info.branch_id,
+            "request": STEP_CALL.encode(call),
+        }
+        answer: dict[str, Any] = await workflow.execute_activity(
+            STEP_ACTIVITY,
+            payload,
+            start_to_close_timeout=self._start_to_close,
+            heartbeat_timeout=self._heartbeat,
+            retry_policy=self._retry,
+        )
+        _report_retries(request, answer.get("retries", []))
+        request.messages.extend(MESSAGE.decode(item) for item in answer.get("messages", []))
+        if "error" in answer:
+            raise decode_error(answer["error"])
+        outcome: StepOutcome = _OUTCOME.decode(answer["outcome"])
+        return outcome
+
+    async def call_tool(self, call: ToolCall) -> Any:
+        """The tool's result, from the tool activity; its own failure raised as a ``ToolError``
+        text (as embedded); a non-idempotent call whose attempt was lost (its worker died, it
+        timed out) is in doubt: it is never run again."""
+        idempotent = call.name in self._idempotent
+        payload = {"version": self.version, "agent": self.name, "call": _TOOL_CALL.encode(call)}
+        try:
+            answer: dict[str, Any] = await workflow.execute_activity(
+                TOOL_ACTIVITY,
+                payload,
+                start_to_close_timeout=self._start_to_close,
+                heartbeat_timeout=self._heartbeat,
+                retry_policy=self._retry if idempotent else self._once,
+            )
+        except ActivityError as error:
+            if not idempotent and isinstance(error.cause, TimeoutError):
+                raise ToolInDoubtError(f"tool {call.name!r}: its attempt was lost") from None
+            raise
+        if not answer["ok"]:
+            raise ToolFailed(answer["result"])
+        return from_plain(answer["result"])
+
+
+def _report_retries(request: StepRequest, retries: list[dict[str, Any]]) -> None:
+    """Each model retry the step made, as the runner hears it embedded (``report_retry``)."""
+    report = request.report_retry
+    if report is None:
+        return
+    for item in retries:
+        error = decode_error(item["error"])
+        if isinstance(error, ModelAPIError):
+            error.status = item.get("status")
+            report(
+                request.info.branch_id,
+                request.info.agent_name,
+                item["attempt"],
+                item["delay"],
+                error,
+            )

@@ -1,0 +1,226 @@
+"""A session as a Temporal workflow: the embedded ``Runner`` drives the engine inside it,
+given workflow time, agents that run as activities, a journal kept in the workflow and a
+channel answered by updates (``seams.py``). The client follows the run by querying its
+records, and applies them to an engine of its own.
+
+The workflow is not sandboxed: it is made deterministic explicitly (nothing in it reads the
+process's clock, does I/O or draws random numbers; the engine's stream has no subscribers
+here). Every run and replay first looks up the version the session was started with among
+what this worker hosts, and refuses it (``WorkflowVersionError``, failing the workflow) rather
+than replaying it against another workflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+from orchestra.communication.channels import CommunicationManager
+from orchestra.coordination.engine import events as ev
+from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.engine.core import Engine
+from orchestra.coordination.engine.runner import Runner
+from orchestra.coordination.state import records
+from orchestra.coordination.state.manager import run_name
+from orchestra.coordination.state.values import Unreadable
+
+from .hosting import Hosted, Hosting
+from .protocol import (
+    ANSWER_UPDATE,
+    PAGE_CHARS,
+    PAUSE_SIGNAL,
+    QUESTIONS_QUERY,
+    RECORDS_QUERY,
+    RESUME_SIGNAL,
+    WORKFLOW_NAME,
+    Answer,
+    OpenQuestion,
+    Outcome,
+    RecordsPage,
+    StartInput,
+    State,
+)
+from .seams import ActivityAgent, RecordsJournal, WorkflowChannel, WorkflowClock
+
+HOSTING = "orchestra.hosting"
+"""The extern function (``workflow.extern_functions()``) a worker gives its workflows: it
+returns the worker's ``Hosting``."""
+
+VERSION_ERROR = "WorkflowVersionError"
+"""The type of the ``ApplicationError`` a session whose version is not hosted fails with."""
+
+_CLOCK = WorkflowClock()
+_NOT_ASKED = object()
+
+
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
+class SessionWorkflow:
+    """One session's run (and its resumes after pauses), until it finishes."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._state: State = "running"
+        self._channel = WorkflowChannel()
+        self._runner: Runner | None = None
+        self._pause: object = _NOT_ASKED  # a pause asked for before the run was driven
+        self._resume: dict[str, Any] | None = None
+
+    @workflow.run
+    async def run(self, start: StartInput) -> Outcome:
+        session_id = workflow.info().workflow_id
+        hosted = _hosted(start, session_id)
+        header = _header(start.header, session_id)
+        engine = Engine(
+            run_id=session_id,
+            analysis=hosted.setup.analysis,
+            tools=hosted.tools,
+            stream=ev.EventStream(),
+        )
+        journal = RecordsJournal(session_id, run_name(1), self._lines)
+        runner = self._runner_for(engine, hosted, header, start, journal)
+        runner.start(header)
+        while await self._drive(runner):
+            self._state = "paused"
+            await workflow.wait_condition(lambda: self._resume is not None)
+            context, self._resume = self._resume or {}, None
+            self._state = "running"
+            runner = self._runner_for(engine, hosted, header, start, journal)
+            runner.resume(inp.RunResume(at=_CLOCK.now(), context=context))
+        self._state = "finished"
+        return Outcome(records=len(self._lines), state="finished")
+
+    def _runner_for(
+        self,
+        engine: Engine,
+        hosted: Hosted,
+        header: inp.RunStart,
+        start: StartInput,
+        journal: RecordsJournal,
+    ) -> Runner:
+        """A runner over ``engine`` with the settings the run was started with, its agents
+        running as activities."""
+        config = header.config
+        agents = {
+            name: ActivityAgent(
+                name,
+                hosted.version,
+                hosted.tools[name],
+                hosted.idempotent[name],
+                config.step_timeout,
+                start.heartbeat_timeout,
+                header.error_config,
+            )
+            for name in hosted.setup.agents
+        }
+        talk = start.communication
+        communication = CommunicationManager(
+            self._channel if talk.has_channel else None,
+            talk.user_timeout,
+            on_user_timeout=talk.on_user_timeout,
+            default_answer=talk.default_answer,
+        )
+        return Runner(
+            engine,
+            agents,
+            communication,
+            step_timeout=config.step_timeout,
+            branch_timeout=config.branch_timeout,
+            convergence_timeout=config.convergence_timeout,
+            run_timeout=hosted.setup.analysis.timeout,
+            max_agents=hosted.setup.analysis.max_agents,
+            journal=journal,
+            clock=_CLOCK,
+        )
+
+    async def _drive(self, runner: Runner) -> bool:
+        """Drive the run until it stops; whether it paused (a pause asked for before it was
+        driven takes effect first)."""
+        self._runner = runner
+        if self._pause is not _NOT_ASKED:
+            reason, self._pause = self._pause, _NOT_ASKED
+            runner.pause(reason if isinstance(reason, str) else None)
+        try:
+            await runner.drive()
+        finally:
+            self._runner = None
+        paused = runner.pausing and not runner.engine.finished
+        await runner.end(paused, None)
+        return paused
+
+    @workflow.query(name=RECORDS_QUERY)
+    def records(self, since: int) -> RecordsPage:
+        lines: list[str] = []
+        size = 0
+        for line in self._lines[max(since, 0) :]:
+            if lines and size + len(line) > PAGE_CHARS:
+                break
+            lines.append(line)
+            size += len(line)
+        return RecordsPage(lines=lines, next=max(since, 0) + len(lines), state=self._state)
+
+    @workflow.query(name=QUESTIONS_QUERY)
+    def questions(self) -> list[OpenQuestion]:
+        return self._channel.listed()
+
+    @workflow.update(name=ANSWER_UPDATE)
+    def answer(self, answer: Answer) -> bool:
+        return self._channel.answer(
+            answer["question_id"], answer.get("answer"), answer.get("error")
+        )
+
+    @workflow.signal(name=PAUSE_SIGNAL)
+    def pause(self, reason: str | None) -> None:
+        """Pause at the next step boundary (nothing when paused or pausing already)."""
+        runner = self._runner
+        if runner is None:
+            if self._state == "running":
+                self._pause = reason
+        elif not runner.pausing:
+            runner.pause(reason)
+
+    @workflow.signal(name=RESUME_SIGNAL)
+    def resume(self, context: dict[str, Any]) -> None:
+        """Go on with a paused run, with ``context`` added (nothing unless it is paused)."""
+        if self._state == "paused":
+            self._resume = dict(context)
+
+
+def _hosted(start: StartInput, session_id: str) -> Hosted:
+    """The hosted workflow the session was started with, or the workflow fails (not its task:
+    a replay against another workflow would fail the same way forever)."""
+    hosting: Hosting = _extern(HOSTING)()
+    hosted = hosting.get(start.version)
+    if hosted is None:
+        raise ApplicationError(
+            hosting.refusal(session_id, start.version, start.fingerprint),
+            type=VERSION_ERROR,
+            non_retryable=True,
+        )
+    return hosted
+
+
+def _extern(name: str) -> Callable[[], Any]:
+    return workflow.extern_functions()[name]
+
+
+def _header(line: str, session_id: str) -> inp.RunStart:
+    """The run's header, as the client recorded it."""
+    try:
+        header = records.decode(records.loads(line))
+    except (Unreadable, ValueError) as error:
+        raise ApplicationError(
+            f"session {session_id!r}: its start input's header cannot be read: {error}",
+            type="SessionCorruptedError",
+            non_retryable=True,
+        ) from None
+    if not isinstance(header, inp.RunStart):
+        raise ApplicationError(
+            f"session {session_id!r}: its start input's header is a {header.KIND!r} record, "
+            "not a run's start",
+            type="SessionCorruptedError",
+            non_retryable=True,
+        )
+    return header

@@ -1,0 +1,429 @@
+"""A session as a Temporal workflow (``orchestra.temporal``): the workflow side.
+
+One in-process worker per module, on the session's dev server (the ``temporal_server``
+fixture); a raw temporalio client starts each session with ``start_input``, as the executor
+does. The records the workflow journals, applied to a fresh engine, give the result an
+embedded run of the same workflow gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from helpers import final, fn, llm, quiet
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+
+from orchestra import (
+    Action,
+    AgentRegistry,
+    ErrorHandlingConfig,
+    FunctionModel,
+    Orchestra,
+    Topology,
+    tool,
+)
+from orchestra.communication.channels import CommunicationManager
+from orchestra.coordination.config import StatusConfig
+from orchestra.coordination.results import OrchestraResult, result_of
+from orchestra.coordination.state import records
+from orchestra.coordination.wiring import Setup, build, prepare
+from orchestra.models import Message, StepInfo
+from orchestra.temporal import Hosting, start_input, worker
+from orchestra.temporal.protocol import WORKFLOW_NAME, Outcome, RecordsPage
+from orchestra.temporal.worker import replayer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+QUEUE = "orchestra-workflow-tests"
+WAIT = 20.0  # seconds a session may take before the test fails (only a hang reaches it)
+
+GATE: dict[str, asyncio.Event] = {}  # the paused test's step waits on these
+RAN: list[str] = []  # tool calls, as they ran
+
+
+# ---- the workflows the worker hosts ---------------------------------------------------------
+
+
+def _chain() -> tuple[Topology, list[Any]]:
+    return Topology(nodes=["A", "B", "C"], edges=["A -> B", "B -> C"]), [
+        fn("A", lambda value, context: f"{value}+a"),
+        fn("B", lambda value, context: f"{value}+b"),
+        fn("C", lambda value, context: Action.final(f"{value}+c")),
+    ]
+
+
+def _fan_out() -> tuple[Topology, list[Any]]:
+    def hub(value: Any, context: Any) -> Any:
+        if isinstance(value, list):
+            return Action.final(sorted(item["response"] for item in value))
+        return Action.invoke_parallel([("S1", value), ("S2", value), ("S3", value)])
+
+    def spoke(name: str) -> Any:
+        return fn(name, lambda value, context: Action.final(f"{name}:{value}"))
+
+    topology = Topology(
+        nodes=["Hub", "S1", "S2", "S3"],
+        edges=["Hub <-> S1", "Hub <-> S2", "Hub <-> S3"],
+        rules=["parallel(S1, S2, S3)"],
+        entry_point="Hub",
+    )
+    return topology, [fn("Hub", hub), spoke("S1"), spoke("S2"), spoke("S3")]
+
+
+@tool(idempotent=True)
+def look_up(key: str) -> str:
+    """Look a key up.
+
+    Args:
+        key: what to look up
+    """
+    RAN.append(f"look_up {key}")
+    return f"value of {key}"
+
+
+@tool
+def charge(amount: int) -> str:
+    """Charge a card (not idempotent).
+
+    Args:
+        amount: how much
+    """
+    RAN.append(f"charge {amount}")
+    if amount < 0:
+        raise ValueError(f"cannot charge {amount}")
+    return f"charged {amount}"
+
+
+def _cashier(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+    if messages[-1].role == "tool":
+        return final(" | ".join(m.content for m in messages if m.role == "tool"))
+    return {
+        "next_action": "call_tool",
+        "action_input": [
+            {"name": "look_up", "arguments": {"key": "price"}},
+            {"name": "charge", "arguments": {"amount": 5}},
+            {"name": "charge", "arguments": {"amount": -1}},
+        ],
+    }
+
+
+def _tools() -> tuple[Topology, list[Any]]:
+    return Topology(nodes=["Cashier"], edges=[]), [
+        llm("Cashier", FunctionModel(_cashier), tools=[look_up, charge])
+    ]
+
+
+def _failing() -> tuple[Topology, list[Any]]:
+    def breaks(value: Any, context: Any) -> Any:
+        raise RuntimeError(f"cannot handle {value}")
+
+    def fixer(value: Any, context: Any) -> Any:
+        return Action.final(f"fixed: {value['failed_agent']} said {value['error']}")
+
+    return Topology(nodes=["Breaks", "Fixer"], edges=["Breaks -> Fixer"]), [
+        fn("Breaks", breaks),
+        fn("Fixer", fixer),
+    ]
+
+
+def _asking() -> tuple[Topology, list[Any]]:
+    def asker(value: Any, context: Any) -> Any:
+        if isinstance(value, str) and value.startswith("task"):
+            return Action.ask_user("which colour?")
+        return Action.final(f"colour {value}")
+
+    return Topology(nodes=["User", "Asker"], edges=["User -> Asker", "Asker -> User"]), [
+        fn("Asker", asker)
+    ]
+
+
+def _pausing() -> tuple[Topology, list[Any]]:
+    async def slow(value: Any, context: Any) -> Any:
+        GATE["entered"].set()
+        await GATE["go"].wait()
+        return f"{value}+slow"
+
+    def after(value: Any, context: Any) -> Any:
+        return Action.final(f"{value}+after({context.get('extra')})")
+
+    return Topology(nodes=["Slow", "After"], edges=["Slow -> After"]), [
+        fn("Slow", slow),
+        fn("After", after),
+    ]
+
+
+WORKFLOWS: dict[str, Callable[[], tuple[Topology, list[Any]]]] = {
+    "chain": _chain,
+    "fan_out": _fan_out,
+    "tools": _tools,
+    "failing": _failing,
+    "asking": _asking,
+    "pausing": _pausing,
+}
+ROUTED = ErrorHandlingConfig(enable_error_routing=True)
+
+
+@dataclasses.dataclass
+class Hosted:
+    client: Client
+    hosting: Hosting
+    setups: dict[str, tuple[Topology, AgentRegistry]]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def hosted(temporal_server: str) -> AsyncIterator[Hosted]:
+    client = await Client.connect(temporal_server)
+    hosting = Hosting()
+    setups = {}
+    for name, make in WORKFLOWS.items():
+        topology, agents = make()
+        registry = AgentRegistry(agents)
+        hosting.add(topology, registry)
+        setups[name] = (topology, registry)
+    async with worker(client, QUEUE, hosting):
+        yield Hosted(client, hosting, setups)
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _setup(
+    hosted: Hosted,
+    name: str,
+    errors: ErrorHandlingConfig | None = None,
+    communication: CommunicationManager | None = None,
+) -> Setup:
+    topology, registry = hosted.setups[name]
+    return prepare(
+        topology,
+        registry,
+        quiet(),
+        errors or ErrorHandlingConfig(),
+        communication or CommunicationManager(),
+        100,
+    )
+
+
+async def _start(
+    hosted: Hosted, setup: Setup, task: Any, session_id: str
+) -> WorkflowHandle[Any, Outcome]:
+    start = start_input(setup, task, {"session_id": session_id}, session_id, 10.0)
+    return await hosted.client.start_workflow(
+        WORKFLOW_NAME, start, id=session_id, task_queue=QUEUE, result_type=dict
+    )
+
+
+def _session(label: str) -> str:
+    return f"wf-{label}-{uuid.uuid4().hex[:8]}"
+
+
+async def _lines(handle: WorkflowHandle[Any, Any]) -> list[str]:
+    """Every record the workflow journaled, page by page."""
+    lines: list[str] = []
+    while True:
+        page: RecordsPage = await handle.query("records", len(lines), result_type=dict)
+        lines += page["lines"]
+        if not page["lines"]:
+            return lines
+
+
+def _replica(setup: Setup, session_id: str, lines: list[str]) -> OrchestraResult:
+    """The result of the records applied to a fresh engine, as the client's replica does."""
+    engine, _ = build(setup, session_id, StatusConfig.from_verbosity(0))
+    for line in lines:
+        engine.apply(records.decode(records.loads(line)))  # type: ignore[arg-type]
+    return result_of(engine, session_id)
+
+
+def _comparable(result: OrchestraResult) -> dict[str, Any]:
+    """What two runs of one workflow share (not their times)."""
+    return {
+        "success": result.success,
+        "final_response": result.final_response,
+        "error": result.error,
+        "steps": result.total_steps,
+        "metadata": result.metadata,
+        "branches": [dataclasses.replace(branch, duration=0.0) for branch in result.branch_results],
+    }
+
+
+async def _embedded(hosted: Hosted, name: str, task: Any, **options: Any) -> OrchestraResult:
+    topology, registry = hosted.setups[name]
+    return await asyncio.wait_for(
+        Orchestra.run(
+            task,
+            topology,
+            agent_registry=registry,
+            execution_config=quiet(),
+            context={"session_id": "embedded"},
+            **options,
+        ),
+        WAIT,
+    )
+
+
+async def _poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check()`` holds (the workflow runs in its own time)."""
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _same_as_embedded(
+    hosted: Hosted, name: str, task: Any, errors: ErrorHandlingConfig | None = None
+) -> tuple[OrchestraResult, list[str]]:
+    session_id = _session(name)
+    setup = _setup(hosted, name, errors)
+    handle = await _start(hosted, setup, task, session_id)
+    outcome = await asyncio.wait_for(handle.result(), WAIT)
+    lines = await _lines(handle)
+    assert outcome == {"records": len(lines), "state": "finished"}
+    on_temporal = _replica(setup, session_id, lines)
+    options = {} if errors is None else {"error_config": errors}
+    embedded = await _embedded(hosted, name, task, **options)
+    on_temporal.session_id = embedded.session_id
+    assert _comparable(on_temporal) == _comparable(embedded)
+    return on_temporal, lines
+
+
+# ---- the tests ------------------------------------------------------------------------------
+
+
+async def test_a_chain_on_temporal_gives_the_embedded_result(hosted: Hosted) -> None:
+    result, lines = await _same_as_embedded(hosted, "chain", "task")
+    assert result.success, result.error
+    assert result.final_response == "task+a+b+c"
+    assert [records.loads(line)["t"] for line in lines][:2] == ["run", "begin"]
+    assert records.loads(lines[-1])["t"] == "end"
+
+
+async def test_a_fan_out_converges_on_temporal_as_embedded(hosted: Hosted) -> None:
+    result, _ = await _same_as_embedded(hosted, "fan_out", "go")
+    assert result.final_response == ["S1:go", "S2:go", "S3:go"]
+
+
+async def test_tool_calls_run_as_activities_once_each(hosted: Hosted) -> None:
+    RAN.clear()
+    result, lines = await _same_as_embedded(hosted, "tools", "buy")
+    assert result.success, result.error
+    assert result.final_response == (
+        "ok: value of price | ok: charged 5 | error: ValueError: cannot charge -1"
+    )
+    # each call ran once on Temporal and once embedded
+    assert sorted(RAN) == sorted(["look_up price", "charge 5", "charge -1"] * 2)
+    assert [records.loads(line)["t"] for line in lines].count("tool_done") == 3
+
+
+async def test_an_agent_failure_is_routed_on_error_as_embedded(hosted: Hosted) -> None:
+    result, _ = await _same_as_embedded(hosted, "failing", "job", ROUTED)
+    assert result.success, result.error
+    assert result.final_response == (
+        "fixed: Breaks said agent 'Breaks' raised RuntimeError: cannot handle job"
+    )
+
+
+async def test_a_question_is_answered_by_update(hosted: Hosted) -> None:
+    session_id = _session("asking")
+    setup = _setup(hosted, "asking", communication=CommunicationManager(_NeverAsked()))
+    handle = await _start(hosted, setup, "task", session_id)
+    asked: list[dict[str, Any]] = []
+
+    async def question_open() -> bool:
+        asked[:] = await handle.query("questions", result_type=list)
+        return bool(asked)
+
+    await _poll(question_open, "the question")
+    [question] = asked
+    assert (question["agent"], question["text"], question["kind"]) == (
+        "Asker",
+        "which colour?",
+        "agent",
+    )
+    answer = {"question_id": question["id"], "answer": "blue", "error": None}
+    assert await handle.execute_update("answer", answer, result_type=bool) is True
+    assert await handle.execute_update("answer", answer, result_type=bool) is False
+    await asyncio.wait_for(handle.result(), WAIT)
+    result = _replica(setup, session_id, await _lines(handle))
+    assert result.final_response == "colour blue"
+
+
+async def test_pause_then_resume_by_signal(hosted: Hosted) -> None:
+    GATE["entered"], GATE["go"] = asyncio.Event(), asyncio.Event()
+    session_id = _session("pausing")
+    setup = _setup(hosted, "pausing")
+    handle = await _start(hosted, setup, "t", session_id)
+    await asyncio.wait_for(GATE["entered"].wait(), WAIT)
+    await handle.signal("pause", "lunch")
+    GATE["go"].set()  # the step in flight finishes; no new step starts
+
+    async def paused() -> bool:
+        page = await handle.query("records", 0, result_type=dict)
+        return bool(page["state"] == "paused")
+
+    await _poll(paused, "the pause")
+    lines = await _lines(handle)
+    kinds = [records.loads(line)["t"] for line in lines]
+    assert kinds[-1] == "end" and records.loads(lines[-1])["paused"] is True
+    assert "pause" in kinds
+    assert _replica(setup, session_id, lines).metadata["pause_reason"] == "lunch"
+    await handle.signal("resume", {"extra": 7})
+    assert await asyncio.wait_for(handle.result(), WAIT) == {
+        "records": len(await _lines(handle)),
+        "state": "finished",
+    }
+    result = _replica(setup, session_id, await _lines(handle))
+    assert result.success, result.error
+    assert result.final_response == "t+slow+after(7)"
+
+
+async def test_a_version_not_hosted_fails_the_workflow_naming_it(hosted: Hosted) -> None:
+    """The chain's topology with one more edge: a changed workflow file. The workflow fails at
+    once (no task retried forever), its error naming the session, both versions and the
+    edge that changed."""
+    _, registry = hosted.setups["chain"]
+    changed = Topology(nodes=["A", "B", "C"], edges=["A -> B", "B -> C", "A -> C"])
+    setup = prepare(changed, registry, quiet(), ErrorHandlingConfig(), CommunicationManager(), 100)
+    session_id = _session("changed")
+    handle = await _start(hosted, setup, "task", session_id)
+    with pytest.raises(WorkflowFailureError) as failed:
+        await asyncio.wait_for(handle.result(), WAIT)
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "WorkflowVersionError"
+    started = start_input(setup, "task", {}, session_id, 10.0).version
+    assert f"session {session_id!r}" in cause.message
+    assert f"workflow version {started}" in cause.message
+    assert all(version in cause.message for version in hosted.hosting.versions)
+    assert "edges A -> B, C" in cause.message
+    assert "run a worker that hosts the workflow file this session started with" in (
+        cause.message.lower()
+    )
+    assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
+
+
+async def test_a_replay_of_the_history_is_deterministic(hosted: Hosted) -> None:
+    session_id = _session("replayed")
+    setup = _setup(hosted, "fan_out")
+    handle = await _start(hosted, setup, "again", session_id)
+    await asyncio.wait_for(handle.result(), WAIT)
+    history = await handle.fetch_history()
+    replayed = await replayer(hosted.hosting).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
+    assert replayed.replay_failure is None
+
+
+class _NeverAsked:
+    """A channel for the client's setup: on Temporal the workflow asks through updates."""
+
+    async def ask(self, question: Any) -> Any:
+        raise AssertionError("asked on the client")
