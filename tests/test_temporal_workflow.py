@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from helpers import final, fn, llm, quiet
+from helpers import FAST, final, fn, llm, quiet
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from orchestra import (
     Action,
     AgentRegistry,
+    CommunicationConfig,
     ErrorHandlingConfig,
+    ExecutionConfig,
     FunctionModel,
     Orchestra,
     Topology,
@@ -31,9 +34,11 @@ from orchestra import (
 )
 from orchestra.communication.channels import CommunicationManager
 from orchestra.coordination.config import StatusConfig
+from orchestra.coordination.engine import events as ev
 from orchestra.coordination.results import OrchestraResult, result_of
 from orchestra.coordination.state import records
 from orchestra.coordination.wiring import Setup, build, prepare
+from orchestra.errors import ModelAPIError
 from orchestra.models import Message, StepInfo
 from orchestra.temporal import Hosting, start_input, worker
 from orchestra.temporal.protocol import WORKFLOW_NAME, Outcome, RecordsPage
@@ -43,9 +48,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 QUEUE = "orchestra-workflow-tests"
 WAIT = 20.0  # seconds a session may take before the test fails (only a hang reaches it)
+HEARTBEAT = 1.0  # the heartbeat timeout of the session whose tool stops its worker
 
 GATE: dict[str, asyncio.Event] = {}  # the paused test's step waits on these
 RAN: list[str] = []  # tool calls, as they ran
+STARTED: list[WorkflowHandle[Any, Any]] = []  # every session the module started: replayed last
 
 
 # ---- the workflows the worker hosts ---------------------------------------------------------
@@ -120,6 +127,45 @@ def _tools() -> tuple[Topology, list[Any]]:
     ]
 
 
+@tool
+async def stall(seconds: float) -> str:
+    """Hold the worker's event loop (not idempotent): a worker that stopped answering.
+
+    Args:
+        seconds: how long
+    """
+    RAN.append("stall")
+    time.sleep(seconds)  # blocks the loop: no heartbeat goes out, as if the worker were lost
+    return "stalled"
+
+
+def _staller(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+    if messages[-1].role == "tool":
+        return final(messages[-1].content)
+    call = {"name": "stall", "arguments": {"seconds": 2 * HEARTBEAT}}
+    return {"next_action": "call_tool", "action_input": [call]}
+
+
+def _stalling() -> tuple[Topology, list[Any]]:
+    return Topology(nodes=["Staller"], edges=[]), [
+        llm("Staller", FunctionModel(_staller), tools=[stall])
+    ]
+
+
+FLAKY: list[int] = []  # the flaky model's calls: every first one of a step fails in passing
+
+
+def _flaky(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+    FLAKY.append(len(FLAKY))
+    if len(FLAKY) % 2:
+        raise ModelAPIError("busy", provider="test", model="m", status=503, retryable=True)
+    return final("after a retry")
+
+
+def _retrying() -> tuple[Topology, list[Any]]:
+    return Topology(nodes=["Flaky"], edges=[]), [llm("Flaky", FunctionModel(_flaky))]
+
+
 def _failing() -> tuple[Topology, list[Any]]:
     def breaks(value: Any, context: Any) -> Any:
         raise RuntimeError(f"cannot handle {value}")
@@ -159,13 +205,23 @@ def _pausing() -> tuple[Topology, list[Any]]:
     ]
 
 
+def _hanging() -> tuple[Topology, list[Any]]:
+    async def hang(value: Any, context: Any) -> Any:
+        await asyncio.Event().wait()
+
+    return Topology(nodes=["Hang"], edges=[]), [fn("Hang", hang)]
+
+
 WORKFLOWS: dict[str, Callable[[], tuple[Topology, list[Any]]]] = {
     "chain": _chain,
     "fan_out": _fan_out,
     "tools": _tools,
+    "stalling": _stalling,
+    "retrying": _retrying,
     "failing": _failing,
     "asking": _asking,
     "pausing": _pausing,
+    "hanging": _hanging,
 }
 ROUTED = ErrorHandlingConfig(enable_error_routing=True)
 
@@ -199,12 +255,13 @@ def _setup(
     name: str,
     errors: ErrorHandlingConfig | None = None,
     communication: CommunicationManager | None = None,
+    config: ExecutionConfig | None = None,
 ) -> Setup:
     topology, registry = hosted.setups[name]
     return prepare(
         topology,
         registry,
-        quiet(),
+        config or quiet(),
         errors or ErrorHandlingConfig(),
         communication or CommunicationManager(),
         100,
@@ -212,12 +269,14 @@ def _setup(
 
 
 async def _start(
-    hosted: Hosted, setup: Setup, task: Any, session_id: str
+    hosted: Hosted, setup: Setup, task: Any, session_id: str, heartbeat: float = 10.0
 ) -> WorkflowHandle[Any, Outcome]:
-    start = start_input(setup, task, {"session_id": session_id}, session_id, 10.0)
-    return await hosted.client.start_workflow(
+    start = start_input(setup, task, {"session_id": session_id}, session_id, heartbeat)
+    handle: WorkflowHandle[Any, Outcome] = await hosted.client.start_workflow(
         WORKFLOW_NAME, start, id=session_id, task_queue=QUEUE, result_type=dict
     )
+    STARTED.append(handle)
+    return handle
 
 
 def _session(label: str) -> str:
@@ -254,14 +313,16 @@ def _comparable(result: OrchestraResult) -> dict[str, Any]:
     }
 
 
-async def _embedded(hosted: Hosted, name: str, task: Any, **options: Any) -> OrchestraResult:
+async def _embedded(
+    hosted: Hosted, name: str, task: Any, config: ExecutionConfig, **options: Any
+) -> OrchestraResult:
     topology, registry = hosted.setups[name]
     return await asyncio.wait_for(
         Orchestra.run(
             task,
             topology,
             agent_registry=registry,
-            execution_config=quiet(),
+            execution_config=config,
             context={"session_id": "embedded"},
             **options,
         ),
@@ -279,17 +340,25 @@ async def _poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
 
 
 async def _same_as_embedded(
-    hosted: Hosted, name: str, task: Any, errors: ErrorHandlingConfig | None = None
+    hosted: Hosted,
+    name: str,
+    task: Any,
+    errors: ErrorHandlingConfig | None = None,
+    communication: CommunicationConfig | None = None,
+    config: ExecutionConfig | None = None,
 ) -> tuple[OrchestraResult, list[str]]:
     session_id = _session(name)
-    setup = _setup(hosted, name, errors)
+    manager = None if communication is None else communication.manager()
+    setup = _setup(hosted, name, errors, manager, config)
     handle = await _start(hosted, setup, task, session_id)
     outcome = await asyncio.wait_for(handle.result(), WAIT)
     lines = await _lines(handle)
     assert outcome == {"records": len(lines), "state": "finished"}
     on_temporal = _replica(setup, session_id, lines)
-    options = {} if errors is None else {"error_config": errors}
-    embedded = await _embedded(hosted, name, task, **options)
+    options: dict[str, Any] = {} if errors is None else {"error_config": errors}
+    if communication is not None:
+        options["communication_config"] = communication
+    embedded = await _embedded(hosted, name, task, config or quiet(), **options)
     on_temporal.session_id = embedded.session_id
     assert _comparable(on_temporal) == _comparable(embedded)
     return on_temporal, lines
@@ -323,6 +392,35 @@ async def test_tool_calls_run_as_activities_once_each(hosted: Hosted) -> None:
     assert [records.loads(line)["t"] for line in lines].count("tool_done") == 3
 
 
+async def test_a_lost_non_idempotent_tool_call_is_in_doubt_not_run_again(hosted: Hosted) -> None:
+    """The tool's worker stops heartbeating: its attempt times out on the server and is not
+    retried (the tool is not idempotent); its branch fails as an embedded resume fails it."""
+    RAN.clear()
+    session_id = _session("stalling")
+    setup = _setup(hosted, "stalling")
+    handle = await _start(hosted, setup, "go", session_id, heartbeat=HEARTBEAT)
+    await asyncio.wait_for(handle.result(), WAIT)
+    result = _replica(setup, session_id, await _lines(handle))
+    assert not result.success
+    assert result.metadata["error_type"] == "ToolInDoubtError"
+    assert "tool 'stall'" in (result.error or "")
+    assert "it is not idempotent, so it is not run again" in (result.error or "")
+    assert RAN == ["stall"]
+
+
+async def test_a_model_retry_in_the_activity_is_recorded_as_embedded(hosted: Hosted) -> None:
+    """A model call retried inside the step activity (the agent's own retry, not Temporal's)
+    is reported back and recorded after the step, its status as its type."""
+    FLAKY.clear()
+    result, lines = await _same_as_embedded(hosted, "retrying", "try", FAST)
+    assert result.final_response == "after a retry"
+    [retried] = [event for event in result.events if isinstance(event, ev.ModelCallRetried)]
+    assert (retried.agent, retried.attempt, retried.error_type) == ("Flaky", 1, "503")
+    assert "busy" in retried.error
+    kinds = [records.loads(line)["t"] for line in lines]
+    assert kinds.index("retry") < kinds.index("step")
+
+
 async def test_an_agent_failure_is_routed_on_error_as_embedded(hosted: Hosted) -> None:
     result, _ = await _same_as_embedded(hosted, "failing", "job", ROUTED)
     assert result.success, result.error
@@ -354,6 +452,27 @@ async def test_a_question_is_answered_by_update(hosted: Hosted) -> None:
     await asyncio.wait_for(handle.result(), WAIT)
     result = _replica(setup, session_id, await _lines(handle))
     assert result.final_response == "colour blue"
+
+
+async def test_an_unanswered_question_times_out_in_the_workflow_as_embedded(
+    hosted: Hosted,
+) -> None:
+    """The client's user_timeout and on_user_timeout apply inside the workflow (a workflow
+    timer): nobody answers, the default answer is taken, as embedded."""
+    silent = CommunicationConfig(
+        channel=_Silent(), user_timeout=0.2, on_user_timeout="default", default_answer="grey"
+    )
+    result, _ = await _same_as_embedded(hosted, "asking", "task", communication=silent)
+    assert result.success, result.error
+    assert "grey" in result.final_response
+
+
+async def test_a_step_over_its_timeout_fails_in_the_workflow_as_embedded(hosted: Hosted) -> None:
+    """The run's step_timeout is a workflow timer: the step's activity is cancelled and the
+    branch fails with the StepTimeoutError an embedded run records."""
+    result, _ = await _same_as_embedded(hosted, "hanging", "x", config=quiet(step_timeout=0.3))
+    assert not result.success
+    assert result.metadata["error_type"] == "StepTimeoutError"
 
 
 async def test_pause_then_resume_by_signal(hosted: Hosted) -> None:
@@ -411,15 +530,24 @@ async def test_a_version_not_hosted_fails_the_workflow_naming_it(hosted: Hosted)
 
 
 async def test_a_replay_of_the_history_is_deterministic(hosted: Hosted) -> None:
+    """Each session's history, replayed by a fresh worker, makes the same commands (no
+    non-determinism error): the runner reads workflow time and nothing else of the world."""
     session_id = _session("replayed")
     setup = _setup(hosted, "fan_out")
     handle = await _start(hosted, setup, "again", session_id)
     await asyncio.wait_for(handle.result(), WAIT)
-    history = await handle.fetch_history()
-    replayed = await replayer(hosted.hosting).replay_workflow(
-        history, raise_on_replay_failure=False
-    )
-    assert replayed.replay_failure is None
+    check = replayer(hosted.hosting)
+    for started in STARTED:  # with the sessions the other tests ran: questions, pauses, timers
+        history = await started.fetch_history()
+        replayed = await check.replay_workflow(history, raise_on_replay_failure=False)
+        assert replayed.replay_failure is None, started.id
+
+
+class _Silent:
+    """A user who never answers."""
+
+    async def ask(self, question: Any) -> Any:
+        await asyncio.Event().wait()
 
 
 class _NeverAsked:

@@ -20,11 +20,18 @@ from orchestra.agents.contract import StepOutcome, StepRequest
 from orchestra.communication.channels import Question
 from orchestra.coordination.config import ErrorHandlingConfig
 from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.engine.questions import really_cancelled
 from orchestra.coordination.engine.tool_calls import ToolFailed
 from orchestra.coordination.state import records
 from orchestra.coordination.state.codec import decode_error, shape
 from orchestra.coordination.state.values import from_plain, to_plain
-from orchestra.errors import ModelAPIError, ToolInDoubtError, UserInputError
+from orchestra.errors import (
+    AgentStepError,
+    ModelAPIError,
+    ToolError,
+    ToolInDoubtError,
+    UserInputError,
+)
 from orchestra.models.base import ToolCall, ToolSpec
 from orchestra.models.secrets import redact
 
@@ -163,6 +170,26 @@ class ActivityAgent(BaseAgent):
     def is_idempotent(self, tool: str) -> bool:
         return tool in self._idempotent
 
+    async def _activity(
+        self, name: str, payload: dict[str, Any], retry: RetryPolicy
+    ) -> dict[str, Any]:
+        """The activity's answer. When the runner cancels the call (its step_timeout, a pause,
+        the run's end), the activity is cancelled and the call raises ``CancelledError``, as
+        an embedded step does: the activity's cancellation is not the agent's failure."""
+        try:
+            answer: dict[str, Any] = await workflow.execute_activity(
+                name,
+                payload,
+                start_to_close_timeout=self._start_to_close,
+                heartbeat_timeout=self._heartbeat,
+                retry_policy=retry,
+            )
+        except ActivityError:
+            if really_cancelled():
+                raise asyncio.CancelledError from None
+            raise
+        return answer
+
     async def step(self, request: StepRequest) -> StepOutcome:
         """The step, run by the step activity; its model retries reported as they were made
         there, the messages it added appended here, its failure raised as the agent's."""
@@ -180,13 +207,12 @@ class ActivityAgent(BaseAgent):
             "branch_id": request.info.branch_id,
             "request": STEP_CALL.encode(call),
         }
-        answer: dict[str, Any] = await workflow.execute_activity(
-            STEP_ACTIVITY,
-            payload,
-            start_to_close_timeout=self._start_to_close,
-            heartbeat_timeout=self._heartbeat,
-            retry_policy=self._retry,
-        )
+        try:
+            answer = await self._activity(STEP_ACTIVITY, payload, self._retry)
+        except ActivityError as error:
+            raise AgentStepError(
+                f"agent {self.name!r}: its step could not be run on Temporal ({_why(error)})"
+            ) from None
         _report_retries(request, answer.get("retries", []))
         request.messages.extend(MESSAGE.decode(item) for item in answer.get("messages", []))
         if "error" in answer:
@@ -201,20 +227,25 @@ class ActivityAgent(BaseAgent):
         idempotent = call.name in self._idempotent
         payload = {"version": self.version, "agent": self.name, "call": _TOOL_CALL.encode(call)}
         try:
-            answer: dict[str, Any] = await workflow.execute_activity(
-                TOOL_ACTIVITY,
-                payload,
-                start_to_close_timeout=self._start_to_close,
-                heartbeat_timeout=self._heartbeat,
-                retry_policy=self._retry if idempotent else self._once,
+            answer = await self._activity(
+                TOOL_ACTIVITY, payload, self._retry if idempotent else self._once
             )
         except ActivityError as error:
             if not idempotent and isinstance(error.cause, TimeoutError):
                 raise ToolInDoubtError(f"tool {call.name!r}: its attempt was lost") from None
-            raise
+            raise ToolError(
+                f"tool {call.name!r} (agent {self.name!r}) could not be run on Temporal "
+                f"({_why(error)})"
+            ) from None
         if not answer["ok"]:
             raise ToolFailed(answer["result"])
         return from_plain(answer["result"])
+
+
+def _why(error: ActivityError) -> str:
+    """What failed the activity (its last attempt's failure, a timeout), API keys redacted."""
+    cause = error.cause or error
+    return redact(f"{type(cause).__name__}: {cause}")
 
 
 def _report_retries(request: StepRequest, retries: list[dict[str, Any]]) -> None:
