@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import test_engine_scenarios as scenarios
+from follow_up_kit import SOLO, Tutor
 from helpers import WAIT, fn, llm, quiet, run
 from temporalio.client import Client
 
@@ -30,6 +31,7 @@ from orchestra import (
     Orchestra,
     OrchestraResult,
     ProgrammaticChannel,
+    ScriptedUser,
     Topology,
 )
 from orchestra.agents.base import BaseAgent
@@ -212,6 +214,40 @@ async def test_a_question_is_answered_through_the_clients_programmatic_channel(
     assert channel.pending == []
     received = [e for e in result.events if isinstance(e, ev.UserInputReceived)]
     assert [(e.branch_id, e.answer) for e in received] == [("b0", "Ada")]
+
+
+async def test_a_conversation_on_temporal_gives_the_embedded_result(client: Client) -> None:
+    """Follow-up offers, each relayed with its round's response, until the user has nothing
+    more to ask (None ends the conversation): the same conversation, the same result."""
+    results, offers = [], []
+    for on_temporal in (False, True):
+        user = ScriptedUser(["and then?", "and after that?"])  # then None: no more
+        agents = [llm("Tutor", FunctionModel(Tutor()))]
+        options: dict[str, Any] = {
+            "allow_follow_ups": True,
+            "communication_config": CommunicationConfig(channel=user),
+        }
+        if on_temporal:
+            async with hosted(client, SOLO, agents) as executor:
+                result = await run(
+                    "explain", SOLO, agents, wait=ON_TEMPORAL, executor=executor, **options
+                )
+        else:
+            result = await run("explain", SOLO, agents, **options)
+        results.append(result)
+        offers.append([(q.kind, q.agent, q.response) for q in user.questions])
+    embedded, on_temporal = results
+    assert len(embedded.follow_ups) == 2
+    assert comparable(on_temporal) == comparable(embedded)
+    assert (
+        offers[1]
+        == offers[0]
+        == [
+            ("follow_up", "Tutor", "answer 1"),
+            ("follow_up", "Tutor", "answer 2"),
+            ("follow_up", "Tutor", "answer 3"),
+        ]
+    )
 
 
 PAIR = Topology(nodes=["First", "Second"], edges=["First -> Second"])
