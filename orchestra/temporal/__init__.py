@@ -1,6 +1,6 @@
 """Sessions as Temporal workflows (the optional extra ``orchestra[temporal]``): workers host
 workflows and their agents (``Hosting``, ``worker``); the embedded engine runs inside each
-session's workflow; clients submit and follow sessions with ``TemporalExecutor``."""
+session's workflow; clients submit and follow sessions (``TemporalExecutor``)."""
 
 from .executor import TemporalExecutor
 from .hosting import Hosting, version_of
