@@ -344,6 +344,18 @@ async def test_orchestra_run_submits_to_a_worker_and_prints_the_result(
     worker.stop()
 
 
+def test_the_worker_refuses_a_workflow_file_with_a_mistake_as_run_does(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(FLOW.replace("flow_nodes:shout", "flow_nodes:nope"))
+    result = run_cli("worker", "--temporal", "127.0.0.1:7233", str(flow))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.startswith(f"{flow}:2: agents[0].function:")
+    assert "worker ready" not in result.stdout
+    missing = run_cli("worker", "--temporal", "127.0.0.1:7233", str(tmp_path / "missing.yaml"))
+    assert missing.returncode == 2, missing.stdout + missing.stderr
+    assert "missing.yaml" in missing.stdout and "Traceback" not in missing.stdout + missing.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -361,7 +373,6 @@ async def test_orchestra_run_submits_to_a_worker_and_prints_the_result(
             ["worker", "--temporal", "ADDRESS", "--module", "flow_nodes"],
             "--module flow_nodes: it has no `hosting`",
         ),
-        (["worker", "--temporal", "ADDRESS", "MISSING"], "MISSING"),
         (
             ["run", "FLOW", "--temporal", "ADDRESS", "--store", "x.db"],
             "--store does not apply with --temporal",
@@ -379,9 +390,8 @@ def test_the_temporal_commands_refuse_what_they_cannot_do_in_one_line(
         "ADDRESS": temporal_server,
         "UNREACHABLE": f"127.0.0.1:{port}",
         "FLOW": str(flow),
-        "MISSING": str(tmp_path / "missing.yaml"),
     }
-    says = says.replace("UNREACHABLE", names["UNREACHABLE"]).replace("MISSING", names["MISSING"])
+    says = says.replace("UNREACHABLE", names["UNREACHABLE"])
     result = run_cli(*(names.get(arg, arg) for arg in args))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr

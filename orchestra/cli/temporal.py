@@ -25,7 +25,7 @@ from orchestra.errors import OrchestraError
 
 from .store import open_store
 from .terminal import fail, say
-from .workflows import AllowModule
+from .workflows import AllowModule, load
 
 if TYPE_CHECKING:
     from orchestra.temporal import Hosting, TemporalExecutor
@@ -124,15 +124,17 @@ def refuse_store(store_given: bool) -> None:
 def _hosting(
     files: list[Path], modules: list[str], allow_modules: list[str] | None
 ) -> tuple[Hosting, list[tuple[str, str]]]:
-    """What the worker hosts, and a (where from, version) pair per hosted workflow. A file or
-    module that cannot be hosted ends the command (exit code 1) naming it."""
+    """What the worker hosts, and a (where from, version) pair per hosted workflow. A file
+    with a mistake ends the command as `orchestra run` ends (exit code 2); a module that cannot
+    be hosted ends it with exit code 1, naming it."""
     from orchestra.temporal import Hosting
 
     hosting = Hosting()
     hosted: list[tuple[str, str]] = []
     for path in files:
+        workflow = load(path, None, allow_modules)
         try:
-            hosted.append((str(path), hosting.add_file(path, allow_modules or ())))
+            hosted.append((str(path), hosting.add(workflow.topology, workflow.registry)))
         except OrchestraError as error:
             fail(error, 1)
     for name in modules:
