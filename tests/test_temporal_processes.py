@@ -30,6 +30,7 @@ from services import free_ports
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 from test_temporal_executor import comparable
+from test_terminal_channel import ASKER_FLOW, PROMPT, ended, flow, spawn
 
 from orchestra import AgentRegistry, Orchestra, OrchestraResult, Topology
 from orchestra.errors import WorkflowVersionError
@@ -342,6 +343,32 @@ async def test_orchestra_run_submits_to_a_worker_and_prints_the_result(
     assert "run succeeded" in result.stderr
     assert output.read_text() == "HELLO!"
     worker.stop()
+
+
+def answered_on_the_terminal(folder: Path, address: str, queue: str) -> tuple[str, int]:
+    """``orchestra run --temporal`` on a pseudo-terminal: the agent's question is asked there
+    and answered."""
+    child = spawn(
+        folder, "run", "flow.yaml", "--quiet", "--temporal", address, "--task-queue", queue
+    )
+    child.expect(PROMPT)
+    assert child.match.groups() == ("Asker", "b0", "q1")
+    child.expect("> ")
+    child.sendline("Ada Lovelace")
+    return ended(child)
+
+
+async def test_orchestra_run_on_temporal_asks_the_agents_question_on_the_terminal(
+    workers: Callable[..., Worker], tmp_path: Path, temporal_server: str
+) -> None:
+    queue = f"ask-{uuid.uuid4().hex}"
+    flow(tmp_path, ASKER_FLOW)
+    await workers("--task-queue", queue, str(tmp_path / "flow.yaml")).ready()
+    output, code = await asyncio.to_thread(
+        answered_on_the_terminal, tmp_path, temporal_server, queue
+    )
+    assert code == 0, output
+    assert "answer='Ada Lovelace'" in output
 
 
 def test_the_worker_refuses_a_workflow_file_with_a_mistake_as_run_does(tmp_path: Path) -> None:
