@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from helpers import FAST, final, fn, llm, quiet
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 
 from orchestra import (
@@ -40,7 +46,7 @@ from orchestra.coordination.state import records
 from orchestra.coordination.wiring import Setup, build, prepare
 from orchestra.errors import ModelAPIError
 from orchestra.models import Message, StepInfo
-from orchestra.temporal import Hosting, start_input, worker
+from orchestra.temporal import Hosting, run_worker, start_input, worker
 from orchestra.temporal.protocol import WORKFLOW_NAME, Outcome, RecordsPage
 from orchestra.temporal.worker import replayer
 
@@ -446,6 +452,10 @@ async def test_a_question_is_answered_by_update(hosted: Hosted) -> None:
         "which colour?",
         "agent",
     )
+    unreadable = {"question_id": question["id"], "answer": {"__o__": "nothing"}, "error": None}
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update("answer", unreadable, result_type=bool)
+    assert "an answer that cannot be read" in str(refused.value.cause)
     answer = {"question_id": question["id"], "answer": "blue", "error": None}
     assert await handle.execute_update("answer", answer, result_type=bool) is True
     assert await handle.execute_update("answer", answer, result_type=bool) is False
@@ -527,6 +537,21 @@ async def test_a_version_not_hosted_fails_the_workflow_naming_it(hosted: Hosted)
         cause.message.lower()
     )
     assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
+
+
+async def test_run_worker_serves_until_cancelled(hosted: Hosted) -> None:
+    queue = f"{QUEUE}-run-worker"
+    serving = asyncio.create_task(run_worker(hosted.client, queue, hosted.hosting))
+    session_id = _session("run-worker")
+    setup = _setup(hosted, "chain")
+    start = start_input(setup, "task", {"session_id": session_id}, session_id, 10.0)
+    outcome = await hosted.client.execute_workflow(
+        WORKFLOW_NAME, start, id=session_id, task_queue=queue, result_type=dict
+    )
+    assert outcome["state"] == "finished"
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(serving, WAIT)
 
 
 async def test_a_replay_of_the_history_is_deterministic(hosted: Hosted) -> None:

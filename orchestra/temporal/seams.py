@@ -13,7 +13,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 from orchestra.agents.base import BaseAgent
 from orchestra.agents.contract import StepOutcome, StepRequest
@@ -24,7 +24,7 @@ from orchestra.coordination.engine.questions import really_cancelled
 from orchestra.coordination.engine.tool_calls import ToolFailed
 from orchestra.coordination.state import records
 from orchestra.coordination.state.codec import decode_error, shape
-from orchestra.coordination.state.values import from_plain, to_plain
+from orchestra.coordination.state.values import Unreadable, from_plain, to_plain
 from orchestra.errors import (
     AgentStepError,
     ModelAPIError,
@@ -35,7 +35,15 @@ from orchestra.errors import (
 from orchestra.models.base import ToolCall, ToolSpec
 from orchestra.models.secrets import redact
 
-from .protocol import MESSAGE, STEP_ACTIVITY, STEP_CALL, TOOL_ACTIVITY, OpenQuestion, StepCall
+from .protocol import (
+    MESSAGE,
+    STEP_ACTIVITY,
+    STEP_CALL,
+    TOOL_ACTIVITY,
+    Answer,
+    OpenQuestion,
+    StepCall,
+)
 
 _OUTCOME = shape(StepOutcome)
 _TOOL_CALL = shape(ToolCall)
@@ -112,7 +120,7 @@ class WorkflowChannel:
                 )
             )
         else:
-            waiting.set_result(from_plain(answer))
+            waiting.set_result(answer)
         return True
 
     def listed(self) -> list[OpenQuestion]:
@@ -131,6 +139,23 @@ class WorkflowChannel:
             for question, waiting in self._open.values()
             if not waiting.done()
         ]
+
+
+def read_answer(answer: Answer) -> tuple[str, Any, str | None]:
+    """The ``answer`` update's question id, answer (read back from its plain form) and error;
+    an ``ApplicationError`` naming what is wrong when it is not one (that fails the update;
+    any other exception would fail the workflow task, on every replay)."""
+    try:
+        question_id, error = answer["question_id"], answer.get("error")
+        if type(question_id) is not str or not (error is None or type(error) is str):
+            raise Unreadable("question_id must be text and error text or null")
+        return question_id, from_plain(answer.get("answer")), error
+    except (Unreadable, KeyError, TypeError, RecursionError) as problem:
+        raise ApplicationError(
+            f"an answer that cannot be read ({type(problem).__name__}: {problem})",
+            type="UserInputError",
+            non_retryable=True,
+        ) from None
 
 
 class ActivityAgent(BaseAgent):
