@@ -7,6 +7,8 @@ import re
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -34,3 +36,12 @@ def test_readme_python_examples_run() -> None:
 
 def test_engine_guide_opening_example_runs() -> None:
     run_block(python_blocks(ROOT / "docs" / "engine.md")[0], "docs/engine.md")
+
+
+def test_scale_out_guide_example_runs_on_temporal(
+    temporal_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/scale-out.md's one-machine example: a worker and a client on a real dev server."""
+    monkeypatch.setenv("TEMPORAL_ADDRESS", temporal_server)
+    (block,) = [b for b in python_blocks(ROOT / "docs" / "scale-out.md") if "TEMPORAL_ADDRESS" in b]
+    exec(compile(block, "docs/scale-out.md", "exec"), {})
