@@ -45,7 +45,7 @@ async def execute(
     state_manager: StateManager | None,
 ) -> OrchestraResult:
     """A new run; with a state manager, a new run of the session ``session_id``."""
-    async with _stopping(setup):
+    async with stopping(setup):
         return await _execute(setup, task, context, session_id, state_manager)
 
 
@@ -59,12 +59,12 @@ async def resume(
     """Rebuild the session's last run from its log and continue it (printing as the run was
     started to, unless ``status`` says otherwise); a run that already finished is not run
     again: its result is returned as it was."""
-    async with _stopping(setup):
+    async with stopping(setup):
         return await _resume(setup, session_id, state_manager, additional_context, status)
 
 
 @contextlib.asynccontextmanager
-async def _stopping(setup: Setup) -> AsyncIterator[None]:
+async def stopping(setup: Setup) -> AsyncIterator[None]:
     """However the run stops here (it ends or pauses, its task is cancelled, storage halts it,
     it fails to start), its observers hear of it: a run cancelled or halted emits no event.
     It returns (or raises) once they have shown its end: what the caller prints next comes
@@ -318,4 +318,4 @@ def _halted(session_id: str, error: Exception) -> OrchestraError:
     return halted
 
 
-__all__ = ["execute", "resume", "stored_result"]
+__all__ = ["execute", "resume", "stopping", "stored_result"]

@@ -37,6 +37,8 @@ from .streaming import RunStream
 from .topology import Topology
 
 if TYPE_CHECKING:  # prometheus-client is imported only by those who collect metrics
+    from orchestra.temporal import TemporalExecutor  # temporalio: only by those who use it
+
     from .monitoring.metrics import MetricsCollector
 
 __all__ = ["BranchResult", "Orchestra", "OrchestraInstance", "OrchestraResult", "RunStream"]
@@ -59,6 +61,21 @@ def _require_collector(value: object) -> None:
         from .monitoring.metrics import MetricsCollector
 
         _require(value, MetricsCollector, "metrics_collector")
+
+
+def _require_executor(value: object, state_manager: object) -> None:
+    """A TemporalExecutor or None (temporalio, an optional extra, is imported only when one is
+    given); with one, the session log is the workers' to keep, not the caller's."""
+    if value is None:
+        return
+    from orchestra.temporal import TemporalExecutor
+
+    _require(value, TemporalExecutor, "executor")
+    if state_manager is not None:
+        raise ConfigurationError(
+            "state_manager cannot be given with an executor: on Temporal the session log is "
+            "kept by the workers (`worker(..., store=)`)"
+        )
 
 
 def _check_run_arguments(
@@ -109,6 +126,8 @@ class Orchestra:
         allow_follow_ups: bool = False,
         follow_up_timeout: float = 60.0,
         metrics_collector: MetricsCollector | None = None,
+        *,
+        executor: TemporalExecutor | None = None,
         **kwargs: Any,
     ) -> OrchestraResult:
         """Run ``task`` through ``topology`` and return what happened.
@@ -119,7 +138,9 @@ class Orchestra:
         when its session cannot be kept (a run of it in progress, here or in another process;
         storage failing for good). With a ``state_manager`` the run is a durable session,
         ``context["session_id"]`` naming it.
-        A ``metrics_collector`` counts what the run does (docs/observability.md).
+        A ``metrics_collector`` counts what the run does (docs/observability.md). With an
+        ``executor`` (``orchestra.temporal.TemporalExecutor``) the run is a session on Temporal,
+        run by its workers (docs/scale-out.md); cancelling this call leaves it running there.
         """
         launch = _launcher(
             "run",
@@ -135,6 +156,7 @@ class Orchestra:
             allow_follow_ups,
             follow_up_timeout,
             metrics_collector,
+            executor,
             kwargs,
         )
         return await launch(None)
@@ -154,6 +176,8 @@ class Orchestra:
         allow_follow_ups: bool = False,
         follow_up_timeout: float = 60.0,
         metrics_collector: MetricsCollector | None = None,
+        *,
+        executor: TemporalExecutor | None = None,
         **kwargs: Any,
     ) -> RunStream:
         """The run :meth:`run` makes, as its events: ``async with Orchestra.stream(...) as
@@ -177,6 +201,7 @@ class Orchestra:
                 allow_follow_ups,
                 follow_up_timeout,
                 metrics_collector,
+                executor,
                 kwargs,
             )
         )
@@ -196,6 +221,7 @@ def _launcher(
     allow_follow_ups: Any,
     follow_up_timeout: Any,
     metrics_collector: Any,
+    executor: TemporalExecutor | None,
     kwargs: Mapping[str, Any],
 ) -> Callable[[Subscriber | None], Awaitable[OrchestraResult]]:
     """The arguments of ``Orchestra.run`` (or ``stream``) checked now (TypeError or
@@ -213,6 +239,7 @@ def _launcher(
     _require(state_manager, StateManager, "state_manager")
     _check_follow_ups(allow_follow_ups, follow_up_timeout)
     _require_collector(metrics_collector)
+    _require_executor(executor, state_manager)
     context = dict(context or {})
     session_id = _session_id(context)
     communication = communication_config or CommunicationConfig()
@@ -238,6 +265,8 @@ def _launcher(
         _offer_follow_ups(setup, allow_follow_ups, follow_up_timeout)
         if listener is not None:
             setup.listeners.append(listener)
+        if executor is not None:
+            return await executor.execute(setup, task, context, session_id)
         return await execution.execute(setup, task, context, session_id, state_manager)
 
     return launch
@@ -264,6 +293,8 @@ class OrchestraInstance:
         state_manager: StateManager | None = None,
         metrics_collector: MetricsCollector | None = None,
         error_config: ErrorHandlingConfig | None = None,
+        *,
+        executor: TemporalExecutor | None = None,
     ) -> None:
         _check_topology(topology)
         _require(agent_registry, AgentRegistry, "agent_registry")
@@ -272,6 +303,7 @@ class OrchestraInstance:
         _require(state_manager, StateManager, "state_manager")
         _require_collector(metrics_collector)
         _require(error_config, ErrorHandlingConfig, "error_config")
+        _require_executor(executor, state_manager)
         self.topology = Topology.coerce(topology)
         self.agent_registry = agent_registry
         self.config = initial_config or ExecutionConfig()
@@ -283,6 +315,7 @@ class OrchestraInstance:
         self.state_manager = state_manager
         self.metrics_collector = metrics_collector
         self.error_config = error_config or ErrorHandlingConfig()
+        self.executor = executor
 
     def _setup(self, config: ExecutionConfig | None, max_steps: int) -> wiring.Setup:
         setup = wiring.prepare(
@@ -297,6 +330,11 @@ class OrchestraInstance:
         return setup
 
     def _sessions(self) -> StateManager:
+        if self.executor is not None:
+            raise ConfigurationError(
+                "sessions on Temporal are listed and kept by the workers' store "
+                "(`worker(..., store=)`): open it with a StateManager"
+            )
         if self.state_manager is None:
             raise ConfigurationError(
                 "sessions need a state_manager: OrchestraInstance(..., state_manager=StateManager(...))"
@@ -326,6 +364,8 @@ class OrchestraInstance:
             return failed_before_start(error, session_id, time.perf_counter() - started)
         _warn_if_no_follow_ups(allow_follow_ups, setup.communication.channel, stacklevel=2)
         _offer_follow_ups(setup, allow_follow_ups, follow_up_timeout)
+        if self.executor is not None:
+            return await self.executor.execute(setup, task, context, session_id)
         return await execution.execute(setup, task, context, session_id, self.state_manager)
 
     async def pause_session(self, session_id: str, reason: str | None = None) -> bool:
@@ -335,6 +375,8 @@ class OrchestraInstance:
         progress here. Open questions to the user are withdrawn before it returns: an answer
         given after it is refused by the channel (the question is asked again on resume)."""
         _require(reason, str, "reason")
+        if self.executor is not None:
+            return await self.executor.pause(check_session_id(session_id), reason)
         live = LIVE.get(session_id)
         if live is None:
             return False
@@ -362,8 +404,13 @@ class OrchestraInstance:
         _require(additional_context, dict, "additional_context")
         _require(status, StatusConfig, "status")
         setup = self._setup(None, 100)
-        sessions = self._sessions()
-        result = await execution.resume(setup, session_id, sessions, additional_context, status)
+        if self.executor is not None:
+            result = await self.executor.resume(
+                setup, check_session_id(session_id), additional_context, status
+            )
+        else:
+            sessions = self._sessions()
+            result = await execution.resume(setup, session_id, sessions, additional_context, status)
         if setup.communication.channel is None and result.metadata.get("follow_ups") == NO_CHANNEL:
             warnings.warn(
                 f"session {session_id!r}: follow-ups are {NO_CHANNEL} (pass "
@@ -378,7 +425,10 @@ class OrchestraInstance:
         """The result of the session's last run, as its log records it (the result that run
         returned, or would have: a paused run's included), rebuilt without running anything.
         None when the session has no run that stopped: none at all, or one still in progress
-        or cut off by a crash (``resume_session`` continues it)."""
+        or cut off by a crash (``resume_session`` continues it). On Temporal: as the workflow's
+        records give it (None while it runs)."""
+        if self.executor is not None:
+            return await self.executor.result(self._setup(None, 100), check_session_id(session_id))
         manager = self._sessions()
         try:  # loaded, not asked: exists() can miss a session that a damaged store hides
             log = await manager.load(check_session_id(session_id))
@@ -390,6 +440,7 @@ class OrchestraInstance:
         """Name the session's current position; returns the id ``restore_checkpoint`` takes.
         A running session gets the checkpoint from its own writer (and its result lists it)."""
         _require(checkpoint_name, str, "checkpoint_name")
+        self._no_checkpoints_on_temporal(session_id)
         if checkpoint_name:  # None or "": a name made from the position
             _check_checkpoint_name(checkpoint_name)
         live = LIVE.get(session_id)
@@ -414,6 +465,7 @@ class OrchestraInstance:
         does not exist) or one on such an abandoned branch."""
         if not isinstance(checkpoint_id, str):
             raise TypeError(f"checkpoint_id must be str, got {type(checkpoint_id).__name__}")
+        self._no_checkpoints_on_temporal(checkpoint_id.partition("@")[0])
         manager = self._sessions()
         try:
             session_id, _ = parse_checkpoint_id(checkpoint_id)
@@ -439,6 +491,14 @@ class OrchestraInstance:
             return True
         finally:
             await let_go(session_id, writer.close() if writer is not None else None)
+
+    def _no_checkpoints_on_temporal(self, session_id: str) -> None:
+        if self.executor is not None:
+            raise ConfigurationError(
+                f"session {printable(redact(session_id), 80, one_line=True)!r} runs on "
+                "Temporal: checkpoints (create_checkpoint, restore_checkpoint) are not "
+                "supported on Temporal yet"
+            )
 
     async def list_sessions(self) -> list[str]:
         return await self._sessions().list_sessions()

@@ -8,11 +8,14 @@ shortens the way: restoring it and applying the records after it gives the same 
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestra.coordination.engine.core import Engine
+from orchestra.coordination.engine.inputs import Record
 from orchestra.errors import SessionCorruptedError
 
 from .manager import RunLog
-from .records import Entry
+from .records import Entry, decode, loads
 from .snapshots import Snapshot, restore
 from .values import Unreadable
 
@@ -38,19 +41,43 @@ def _stands_for(snapshot: Snapshot, entries: list[Entry]) -> bool:
     return taken_at is not None and taken_at.at == snapshot.at
 
 
+def apply_line(engine: Engine, position: int, line: str, session_id: str) -> None:
+    """One record line, as a run's journal wrote it (``records.encode``), applied to
+    ``engine``: how a client follows a run that a Temporal worker drives."""
+    data: Any = None
+    try:
+        data = loads(line)
+        if type(data) is not dict:
+            raise Unreadable("a line that is no JSON object")
+        record = decode(data)
+    except (ValueError, RecursionError) as error:  # Unreadable is a ValueError
+        kind = str(data.get("t")) if type(data) is dict else "?"
+        raise _unreadable(session_id, position, kind, error) from None
+    _applied(engine, record, position, record.KIND, session_id)
+
+
 def _apply(engine: Engine, entry: Entry, session_id: str) -> None:
     try:
         record = entry.record
     except (Unreadable, RecursionError) as error:
-        raise SessionCorruptedError(
-            f"session {session_id!r}: record {entry.position} ({entry.kind[:40]}) cannot be "
-            f"read: {error}"
-        ) from None
+        raise _unreadable(session_id, entry.position, entry.kind, error) from None
+    _applied(engine, record, entry.position, entry.kind, session_id)
+
+
+def _unreadable(
+    session_id: str, position: int, kind: str, error: Exception
+) -> SessionCorruptedError:
+    return SessionCorruptedError(
+        f"session {session_id!r}: record {position} ({kind[:40]}) cannot be read: {error}"
+    )
+
+
+def _applied(engine: Engine, record: Record, position: int, kind: str, session_id: str) -> None:
     try:
         engine.apply(record)  # type: ignore[arg-type]
     except Exception as error:  # a record the live run could not have applied: the log's fault
         raise SessionCorruptedError(
-            f"session {session_id!r}: record {entry.position} ({entry.kind}) does not "
+            f"session {session_id!r}: record {position} ({kind}) does not "
             f"fit the run being rebuilt ({type(error).__name__}: {error}); was the topology "
             "or the agents' code changed?"
         ) from None

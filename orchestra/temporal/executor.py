@@ -1,0 +1,231 @@
+"""``TemporalExecutor``: where ``Orchestra.run`` and ``OrchestraInstance`` run sessions when
+they are given one — each session a Temporal workflow (id: the session id) that workers run.
+
+The client starts the workflow with the run's header (its task, context and settings, as the
+session log's first record) and follows it (:mod:`.follow`): the result it returns is built
+from the records the workflow journaled, as an embedded run's is from its engine. Cancelling
+the client's call stops the following, not the session: the workflow is durable and goes on
+(``OrchestraInstance.pause_session`` pauses it; ``resume_session`` follows it again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from orchestra.agents.contract import timeout_problem
+from orchestra.coordination.config import StatusConfig, VerbosityLevel
+from orchestra.coordination.execution import stopping
+from orchestra.coordination.results import OrchestraResult, result_of
+from orchestra.coordination.state.values import Unstorable, to_plain
+from orchestra.coordination.wiring import Setup, build
+from orchestra.errors import (
+    ConfigurationError,
+    SessionError,
+    SessionNotFoundError,
+)
+from orchestra.models.secrets import redact
+
+from . import protocol
+from .follow import Follower, failed
+
+_ADDRESS = re.compile(r"[^\s:/]+:[0-9]{1,5}")
+_SILENT = StatusConfig.from_verbosity(VerbosityLevel.QUIET)
+_RUNNING = WorkflowExecutionStatus.RUNNING
+
+
+class TemporalExecutor:
+    """Runs sessions on a Temporal cluster: ``client`` is a connected ``temporalio`` Client or
+    the address ("host:port") of the cluster's frontend, connected to (in ``namespace``) when
+    first needed, once, on the event loop that needs it; ``task_queue`` is the queue the
+    workers poll; ``heartbeat_timeout`` the seconds after which a step or tool whose worker
+    stopped heartbeating (killed, cut off) is run again elsewhere."""
+
+    def __init__(
+        self,
+        client: Client | str,
+        task_queue: str = "orchestra",
+        *,
+        namespace: str = "default",
+        heartbeat_timeout: float = 30.0,
+    ) -> None:
+        if not isinstance(client, Client | str):
+            raise TypeError(
+                f"client must be a temporalio Client or an address 'host:port', "
+                f"got {type(client).__name__}"
+            )
+        if isinstance(client, str) and not _ADDRESS.fullmatch(client):
+            raise ConfigurationError(
+                f"the Temporal address must be 'host:port', got {redact(client)[:100]!r}"
+            )
+        for name, value in (("task_queue", task_queue), ("namespace", namespace)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be str, got {type(value).__name__}")
+            if not value.strip():
+                raise ConfigurationError(f"{name} must not be empty")
+        problem = timeout_problem(heartbeat_timeout, "heartbeat_timeout")
+        if problem is not None:
+            raise ConfigurationError(problem)
+        self.address = client if isinstance(client, str) else None
+        self.task_queue = task_queue
+        self.namespace = client.namespace if isinstance(client, Client) else namespace
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self._given = client if isinstance(client, Client) else None
+        self._connecting: asyncio.Task[Client] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        where = self.address or "a client"
+        return f"TemporalExecutor({where!r}, task_queue={self.task_queue!r})"
+
+    async def client(self) -> Client:
+        """The client: the one given, or one connected to the address on this event loop (a
+        failed connection is tried again by the next call). SessionError when the cluster
+        cannot be reached."""
+        if self._given is not None:
+            return self._given
+        loop = asyncio.get_running_loop()
+        if self._connecting is None or self._loop is not loop:
+            self._loop = loop
+            self._connecting = loop.create_task(self._connect())
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        except SessionError:
+            if self._connecting is connecting:
+                self._connecting = None
+            raise
+
+    async def _connect(self) -> Client:
+        assert self.address is not None
+        try:
+            return await Client.connect(self.address, namespace=self.namespace)
+        except RuntimeError as error:  # what temporalio raises for a failed connection
+            raise SessionError(
+                f"cannot connect to Temporal at {self.address} (namespace "
+                f"{self.namespace!r}): {redact(str(error))}"
+            ) from None
+
+    # ---- what Orchestra and OrchestraInstance call ---------------------------------------------
+
+    async def execute(
+        self, setup: Setup, task: Any, context: dict[str, Any], session_id: str
+    ) -> OrchestraResult:
+        """A new run of the session ``session_id`` as a workflow, followed to its end (or
+        pause)."""
+        async with stopping(setup):
+            start = protocol.start_input(setup, task, context, session_id, self.heartbeat_timeout)
+            client = await self.client()
+            engine, _ = build(setup, session_id, setup.config.status)
+            engine.settings_file = setup.config.settings_file
+            try:
+                started = await client.start_workflow(
+                    protocol.WORKFLOW_NAME, start, id=session_id, task_queue=self.task_queue
+                )
+            except WorkflowAlreadyStartedError:
+                raise SessionError(
+                    f"session {session_id!r} has a run in progress on Temporal; pause it, or "
+                    "follow it with OrchestraInstance.resume_session"
+                ) from None
+            except RPCError as error:
+                raise self._unreachable(session_id, error) from None
+            handle = client.get_workflow_handle(session_id, run_id=started.result_run_id)
+            await Follower(handle, engine, setup.communication.channel).follow()
+            return result_of(engine, session_id)
+
+    async def pause(self, session_id: str, reason: str | None) -> bool:
+        """Ask the session's workflow to pause at its next step boundary; False when it has no
+        run in progress."""
+        handle = (await self.client()).get_workflow_handle(session_id)
+        if await self._status(handle) is not _RUNNING:
+            return False
+        await handle.signal(protocol.PAUSE_SIGNAL, reason)
+        return True
+
+    async def resume(
+        self,
+        setup: Setup,
+        session_id: str,
+        additional_context: Mapping[str, Any] | None,
+        status: StatusConfig | None,
+    ) -> OrchestraResult:
+        """Follow the session's workflow again: a paused one is resumed (with
+        ``additional_context``), a running one followed (its client went away), a finished
+        one's result returned as it was."""
+        async with stopping(setup):
+            try:
+                extra = to_plain(dict(additional_context or {}))
+            except Unstorable as error:
+                raise ConfigurationError(
+                    f"session {session_id!r}: additional_context holds {error.error()}, which "
+                    "a session cannot store"
+                ) from None
+            handle = (await self.client()).get_workflow_handle(session_id)
+            state = await self._status(handle)
+            if state is None:
+                raise SessionNotFoundError(f"no session {session_id!r} on Temporal to resume")
+            engine, _ = build(setup, session_id, status or setup.config.status)
+            engine.settings_file = setup.config.settings_file
+            follower = Follower(handle, engine, setup.communication.channel)
+            if await _caught_up(follower, handle, state) == "finished":
+                return result_of(engine, session_id)
+            await handle.signal(protocol.RESUME_SIGNAL, extra)
+            await follower.follow()
+            return result_of(engine, session_id)
+
+    async def result(self, setup: Setup, session_id: str) -> OrchestraResult | None:
+        """The result of the session's run as its workflow's records give it (a paused run's
+        included); None when there is no such session, or its run is still going."""
+        handle = (await self.client()).get_workflow_handle(session_id)
+        state = await self._status(handle)
+        if state is None:
+            return None
+        engine, _ = build(setup, session_id, _SILENT)
+        follower = Follower(handle, engine, None)
+        if await _caught_up(follower, handle, state) == "running":
+            return None
+        return result_of(engine, session_id)
+
+    async def _status(self, handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus | None:
+        """The workflow's status (None when there is none by that id)."""
+        try:
+            described = await handle.describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise self._unreachable(handle.id, error) from None
+        return described.status
+
+    def _unreachable(self, session_id: str, error: RPCError) -> SessionError:
+        return SessionError(
+            f"session {session_id!r}: Temporal refused the request on task queue "
+            f"{self.task_queue!r} ({error.status.name}: {redact(error.message)})"
+        )
+
+
+async def _caught_up(
+    follower: Follower, handle: WorkflowHandle[Any, Any], state: WorkflowExecutionStatus | None
+) -> str:
+    """Every record the workflow holds applied to the follower's replica, marked replayed
+    (its events happened before); the workflow's state then. A workflow that failed (refused
+    for its version, say) raises as it failed."""
+    if state is not _RUNNING and state is not WorkflowExecutionStatus.COMPLETED:
+        try:
+            await handle.result()
+        except Exception as error:
+            raise failed(handle.id, error) from None
+    stream = follower.engine.stream
+    stream.replaying = True
+    try:
+        return await follower.catch_up()
+    finally:
+        stream.replaying = False
+
+
+__all__ = ["TemporalExecutor"]

@@ -1,0 +1,216 @@
+"""The client's side of a session on Temporal: following its workflow.
+
+The workflow journals every engine input as a record line (the session log's own lines); the
+client reads them with the ``records`` query and applies them, in order, to a replica engine
+built as an embedded run builds its own (``wiring.build``): the status display, metrics,
+tracing and ``Orchestra.stream`` listeners hear the events an embedded run emits, and the
+result is ``result_of(replica)``, equal to an embedded run's by construction. Questions the
+workflow asks are relayed to the client's own user channel, and the answers sent back as
+``answer`` updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import (
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+
+from orchestra.communication.channels import Question, UserChannel
+from orchestra.coordination.engine.core import Engine
+from orchestra.coordination.state import records
+from orchestra.coordination.state.replay import apply_line
+from orchestra.coordination.state.values import Unreadable, Unstorable, from_plain, to_plain
+from orchestra.errors import OrchestraError, SessionError, WorkflowVersionError
+from orchestra.models.secrets import redact
+
+from . import protocol
+
+FAST = 0.02
+"""Seconds between two ``records`` queries while lines keep coming."""
+
+SLOW = 0.25
+"""The longest wait between two queries of a session that is quiet (a long step, a question)."""
+
+QUERY_TIMEOUT = 10.0
+"""Seconds one query may take: a workflow no worker serves yet answers none (tried again)."""
+
+CATCH_UP_TRIES = 3
+"""Queries with no answer before a catch-up (reading a session's state) gives up."""
+
+_QUERY_TIMEOUT = timedelta(seconds=QUERY_TIMEOUT)
+
+
+class Follower:
+    """Follows one run of a session's workflow into ``engine`` (the replica), relaying its
+    questions to ``channel`` (None: the workflow knows there is none and never asks)."""
+
+    def __init__(
+        self, handle: WorkflowHandle[Any, Any], engine: Engine, channel: UserChannel | None
+    ) -> None:
+        self.handle = handle
+        self.engine = engine
+        self.channel = channel
+        self.next = 0  # the index of the next journal line to apply
+        self._relayed: dict[str, asyncio.Task[None]] = {}  # by question id
+        self._answered: set[str] = set()  # taken by the workflow: never asked again
+
+    async def catch_up(self) -> str:
+        """Apply every line the workflow's journal holds now; its state (running, paused or
+        finished) as of the last answer. SessionError when no worker answers."""
+        unanswered = 0
+        while True:
+            answer = await self._records()
+            if answer is None:
+                unanswered += 1
+                if unanswered == CATCH_UP_TRIES:
+                    raise SessionError(
+                        f"session {self.handle.id!r}: no worker answered for its Temporal "
+                        "workflow; run a worker that hosts its workflow on its task queue"
+                    )
+                continue
+            if not self._applied(answer):
+                return str(answer["state"])
+
+    async def follow(self) -> str:
+        """Apply the workflow's lines as they come until it has paused or finished (every
+        line applied, one at least: a workflow just signalled to resume may still say it is
+        paused); its state then. The workflow failing is raised (:func:`failed`), a version it
+        is not hosted with as ``WorkflowVersionError``."""
+        ended = asyncio.ensure_future(self.handle.result())
+        since = self.next
+        delay = FAST
+        try:
+            while True:
+                failure = ended.exception() if ended.done() else None
+                if failure is not None:
+                    raise failed(self.handle.id, failure)
+                answer = await self._records()
+                fresh = answer is not None and self._applied(answer)
+                state = None if answer is None else str(answer["state"])
+                if state is not None and state != "running" and not fresh and self.next > since:
+                    return state
+                if self.channel is not None:
+                    await self._relay_questions()
+                delay = FAST if fresh else min(delay * 2, SLOW)
+                await asyncio.wait([ended], timeout=delay)
+        finally:
+            ended.cancel()
+            await self._withdraw_all()
+
+    async def _records(self) -> dict[str, Any] | None:
+        """The journal's lines from ``next`` on (None when the query got no answer: no worker
+        serves the workflow yet, or one is being replaced; waited for and tried again)."""
+        try:
+            answer = await self.handle.query(
+                protocol.RECORDS_QUERY, self.next, rpc_timeout=_QUERY_TIMEOUT
+            )
+        except (RPCError, WorkflowQueryFailedError):
+            await asyncio.sleep(SLOW)
+            return None
+        return dict(answer)
+
+    def _applied(self, answer: dict[str, Any]) -> bool:
+        """Apply the answer's lines to the replica; whether it had any."""
+        lines: list[str] = answer["lines"]
+        for line in lines:
+            self.next += 1  # a record's position in the log: 1-based
+            apply_line(self.engine, self.next, line, self.handle.id)
+        self.next = int(answer["next"])
+        return bool(lines)
+
+    async def _relay_questions(self) -> None:
+        """Ask the channel the workflow's open questions not asked yet; withdraw the ones it
+        no longer has (answered elsewhere, timed out, withdrawn by a pause). Asked for only
+        while a branch of the replica waits for an answer, or a relayed one is open."""
+        asking = any(branch.question is not None for branch in self.engine.branches.values())
+        if not asking and not self._relayed:
+            return
+        try:
+            found = await self.handle.query(protocol.QUESTIONS_QUERY, rpc_timeout=_QUERY_TIMEOUT)
+        except (RPCError, WorkflowQueryFailedError):
+            return  # asked again on the next round
+        open_now = {item["id"]: item for item in found}
+        for question_id, task in list(self._relayed.items()):
+            if question_id not in open_now or task.done():
+                task.cancel()
+                del self._relayed[question_id]
+        for question_id, item in open_now.items():
+            if question_id not in self._relayed and question_id not in self._answered:
+                self._relayed[question_id] = asyncio.ensure_future(self._relay(item))
+
+    async def _relay(self, item: dict[str, Any]) -> None:
+        """Ask the channel one question and send its answer (or the channel's failure) to
+        the workflow; no time limit here: the workflow applies it."""
+        assert self.channel is not None
+        question = _question(self.handle.id, item)
+        answer: Any = None
+        error: str | None = None
+        try:
+            answer = to_plain(await self.channel.ask(question))
+        except Unstorable as problem:
+            error = (
+                f"the answer to the question of agent {question.agent!r} ({question.text!r}) "
+                f"is {problem}, which the session log cannot store"
+            )
+        except OrchestraError as problem:
+            error = str(problem)
+        except Exception as problem:
+            error = redact(f"{type(problem).__name__}: {problem}")
+        payload = {"question_id": question.id, "answer": answer, "error": error}
+        with contextlib.suppress(RPCError, WorkflowUpdateFailedError):
+            if await self.handle.execute_update(protocol.ANSWER_UPDATE, payload):
+                self._answered.add(question.id)
+
+    async def _withdraw_all(self) -> None:
+        tasks = list(self._relayed.values())
+        self._relayed.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _question(session_id: str, item: dict[str, Any]) -> Question:
+    """A question of the ``questions`` query as the channel gets it."""
+    response_line = item.get("response_line")
+    try:
+        response = None if response_line is None else from_plain(records.loads(response_line))
+    except (ValueError, Unreadable):
+        response = None
+    return Question(
+        id=item["id"],
+        run_id=session_id,
+        branch_id=item["branch_id"],
+        agent=item["agent"],
+        text=item["text"],
+        kind=item["kind"],
+        timeout=item.get("timeout"),
+        response=response,
+    )
+
+
+def failed(session_id: str, failure: BaseException) -> OrchestraError:
+    """What the caller gets for a workflow that failed: ``WorkflowVersionError`` when no worker
+    hosts the workflow it was started with, a ``SessionError`` naming the cause otherwise."""
+    cause = failure.cause if isinstance(failure, WorkflowFailureError) else failure
+    if isinstance(cause, ApplicationError) and cause.type == WorkflowVersionError.__name__:
+        return WorkflowVersionError(cause.message)
+    error = SessionError(
+        f"session {session_id!r}: its Temporal workflow failed ({type(cause).__name__}: "
+        f"{redact(str(cause))})"
+    )
+    error.__cause__ = failure
+    return error
+
+
+__all__ = ["FAST", "SLOW", "Follower", "failed"]
