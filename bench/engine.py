@@ -344,8 +344,8 @@ def main() -> None:
     report("Engine", "", rows)
 
 
-def report(section: str, note: str, rows: list[tuple[str, str]]) -> None:
-    """Print a benchmark's table and rewrite its section of bench/results.md."""
+def report(section: str, note: str, rows: list[tuple[str, str]], write: bool = True) -> None:
+    """Print a benchmark's table and (``write``) rewrite its section of bench/results.md."""
     machine = (
         f"{platform.python_implementation()} {platform.python_version()} on "
         f"{platform.machine()}, {platform.system()}"
@@ -354,7 +354,8 @@ def report(section: str, note: str, rows: list[tuple[str, str]]) -> None:
     print(f"{section} benchmark ({machine}){note}")
     for name, value in rows:
         print(f"  {name.ljust(width)}  {value}")
-    write_results(section, machine, rows)
+    if write:
+        write_results(section, machine, rows)
 
 
 def write_results(section: str, machine: str, rows: list[tuple[str, str]]) -> None:

