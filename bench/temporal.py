@@ -249,7 +249,7 @@ class QueryCount:
             self.count += 1
             return await original(handle, *args, **kwargs)
 
-        WorkflowHandle.query = counted  # type: ignore[method-assign]
+        WorkflowHandle.query = counted  # type: ignore[method-assign, assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
