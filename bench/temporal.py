@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from engine import QUIET, report  # type: ignore[import-not-found]
-from services import start_temporal, stop  # type: ignore[import-not-found]
+from services import ready_then_drained, start_temporal, stop  # type: ignore[import-not-found]
 from temporal_worker import READY, chain, fan_out  # type: ignore[import-not-found]
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
@@ -48,8 +48,6 @@ from orchestra.temporal import TemporalExecutor, start_input
 from orchestra.temporal.protocol import RECORDS_QUERY, WORKFLOW_NAME
 
 WORKER = Path(__file__).resolve().with_name("temporal_worker.py")
-WORKER_START = 120.0
-"""Seconds a worker process may take to poll (imports, connecting); only a broken one takes it."""
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -129,7 +127,7 @@ def watched(server: int | None, processes: list[subprocess.Popen[str]]) -> dict[
 
 def cpu_text(shares: dict[str, float]) -> str:
     parts = [f"{name} {share * 100:.0f}%" for name, share in shares.items()]
-    return f"CPU: {', '.join(parts)} (of {os.cpu_count()} CPUs: {os.cpu_count() or 1}00%)"
+    return f"CPU: {', '.join(parts)} (of {(os.cpu_count() or 1) * 100}%)"
 
 
 @contextlib.contextmanager
@@ -149,25 +147,11 @@ def workers(
     ]
     try:
         for process in processes:
-            _wait_ready(process)
+            ready_then_drained(process, READY, "a bench worker")
         yield processes
     finally:
         for process in processes:
             stop(process)
-
-
-def _wait_ready(process: subprocess.Popen[str]) -> None:
-    """Wait (on the process's own output, with a deadline) until the worker says it polls."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + WORKER_START
-    seen: list[str] = []
-    for line in process.stdout:  # ends when the process exits
-        if line.strip() == READY:
-            return
-        seen.append(line)
-        if time.monotonic() > deadline:
-            break
-    raise RuntimeError("a bench worker did not start:\n" + "".join(seen[-30:]))
 
 
 # ---- sessions -------------------------------------------------------------------------------
@@ -403,8 +387,8 @@ async def concurrent_sessions(
         f"{sessions} concurrent sessions of {steps} steps, {workers} worker(s) "
         f"({cpu_text(shares)})",
         f"{sessions / elapsed:.1f} sessions/s, {sessions * steps / elapsed:.0f} steps/s, "
-        f"step p50 {percentile(latencies, 0.5) * 1e3:.0f} ms, "
-        f"p99 {percentile(latencies, 0.99) * 1e3:.0f} ms ({elapsed:.1f} s)",
+        f"step (StepBegin to StepResult) p50 {percentile(latencies, 0.5) * 1e3:.0f} ms, "
+        f"p99 {percentile(latencies, 0.99) * 1e3:.0f} ms; {elapsed:.1f} s in all",
     )
 
 

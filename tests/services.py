@@ -96,9 +96,15 @@ def start_temporal(in_memory: bool = False) -> tuple[subprocess.Popen[str], str,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    _wait_for(process, "Temporal Server:", "temporal server start-dev")
-    threading.Thread(target=_drain_lines, args=(process,), daemon=True).start()
+    ready_then_drained(process, "Temporal Server:", "temporal server start-dev")
     return process, f"127.0.0.1:{port}", folder
+
+
+def ready_then_drained(process: subprocess.Popen[str], ready: str, name: str) -> None:
+    """Wait until the process prints ``ready``, then read what it still writes in a thread of
+    its own, so a full pipe never stops it."""
+    _wait_for(process, ready, name)
+    threading.Thread(target=_drain_lines, args=(process,), daemon=True).start()
 
 
 def _drain_lines(process: subprocess.Popen[str]) -> None:
