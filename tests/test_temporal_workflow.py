@@ -17,8 +17,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from helpers import final, fn, llm, quiet
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from helpers import FAST, final, fn, llm, quiet
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 
 from orchestra import (
@@ -34,11 +40,13 @@ from orchestra import (
 )
 from orchestra.communication.channels import CommunicationManager
 from orchestra.coordination.config import StatusConfig
+from orchestra.coordination.engine import events as ev
 from orchestra.coordination.results import OrchestraResult, result_of
 from orchestra.coordination.state import records
 from orchestra.coordination.wiring import Setup, build, prepare
+from orchestra.errors import ModelAPIError
 from orchestra.models import Message, StepInfo
-from orchestra.temporal import Hosting, start_input, worker
+from orchestra.temporal import Hosting, run_worker, start_input, worker
 from orchestra.temporal.protocol import WORKFLOW_NAME, Outcome, RecordsPage
 from orchestra.temporal.worker import replayer
 
@@ -150,6 +158,20 @@ def _stalling() -> tuple[Topology, list[Any]]:
     ]
 
 
+FLAKY: list[int] = []  # the flaky model's calls: every first one of a step fails in passing
+
+
+def _flaky(messages: Sequence[Message], info: StepInfo) -> dict[str, Any]:
+    FLAKY.append(len(FLAKY))
+    if len(FLAKY) % 2:
+        raise ModelAPIError("busy", provider="test", model="m", status=503, retryable=True)
+    return final("after a retry")
+
+
+def _retrying() -> tuple[Topology, list[Any]]:
+    return Topology(nodes=["Flaky"], edges=[]), [llm("Flaky", FunctionModel(_flaky))]
+
+
 def _failing() -> tuple[Topology, list[Any]]:
     def breaks(value: Any, context: Any) -> Any:
         raise RuntimeError(f"cannot handle {value}")
@@ -201,6 +223,7 @@ WORKFLOWS: dict[str, Callable[[], tuple[Topology, list[Any]]]] = {
     "fan_out": _fan_out,
     "tools": _tools,
     "stalling": _stalling,
+    "retrying": _retrying,
     "failing": _failing,
     "asking": _asking,
     "pausing": _pausing,
@@ -391,6 +414,19 @@ async def test_a_lost_non_idempotent_tool_call_is_in_doubt_not_run_again(hosted:
     assert RAN == ["stall"]
 
 
+async def test_a_model_retry_in_the_activity_is_recorded_as_embedded(hosted: Hosted) -> None:
+    """A model call retried inside the step activity (the agent's own retry, not Temporal's)
+    is reported back and recorded after the step, its status as its type."""
+    FLAKY.clear()
+    result, lines = await _same_as_embedded(hosted, "retrying", "try", FAST)
+    assert result.final_response == "after a retry"
+    [retried] = [event for event in result.events if isinstance(event, ev.ModelCallRetried)]
+    assert (retried.agent, retried.attempt, retried.error_type) == ("Flaky", 1, "503")
+    assert "busy" in retried.error
+    kinds = [records.loads(line)["t"] for line in lines]
+    assert kinds.index("retry") < kinds.index("step")
+
+
 async def test_an_agent_failure_is_routed_on_error_as_embedded(hosted: Hosted) -> None:
     result, _ = await _same_as_embedded(hosted, "failing", "job", ROUTED)
     assert result.success, result.error
@@ -416,6 +452,10 @@ async def test_a_question_is_answered_by_update(hosted: Hosted) -> None:
         "which colour?",
         "agent",
     )
+    unreadable = {"question_id": question["id"], "answer": {"__o__": "nothing"}, "error": None}
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update("answer", unreadable, result_type=bool)
+    assert "an answer that cannot be read" in str(refused.value.cause)
     answer = {"question_id": question["id"], "answer": "blue", "error": None}
     assert await handle.execute_update("answer", answer, result_type=bool) is True
     assert await handle.execute_update("answer", answer, result_type=bool) is False
@@ -497,6 +537,21 @@ async def test_a_version_not_hosted_fails_the_workflow_naming_it(hosted: Hosted)
         cause.message.lower()
     )
     assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
+
+
+async def test_run_worker_serves_until_cancelled(hosted: Hosted) -> None:
+    queue = f"{QUEUE}-run-worker"
+    serving = asyncio.create_task(run_worker(hosted.client, queue, hosted.hosting))
+    session_id = _session("run-worker")
+    setup = _setup(hosted, "chain")
+    start = start_input(setup, "task", {"session_id": session_id}, session_id, 10.0)
+    outcome = await hosted.client.execute_workflow(
+        WORKFLOW_NAME, start, id=session_id, task_queue=queue, result_type=dict
+    )
+    assert outcome["state"] == "finished"
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(serving, WAIT)
 
 
 async def test_a_replay_of_the_history_is_deterministic(hosted: Hosted) -> None:

@@ -64,11 +64,19 @@ class Hosting:
     def __init__(self) -> None:
         self._hosted: dict[str, Hosted] = {}
 
-    def add(self, topology: Topology | dict[str, Any], registry: AgentRegistry | None) -> str:
-        """Host ``topology`` with its agents from ``registry`` (None: the default registry);
-        its version. A topology or agent that is wrong is an OrchestraError naming it."""
+    def add(
+        self, topology: Topology | dict[str, Any], agent_registry: AgentRegistry | None = None
+    ) -> str:
+        """Host ``topology`` with its agents from ``agent_registry`` (None: the default
+        registry); its version. A topology or agent that is wrong is an OrchestraError naming
+        it."""
         setup = prepare(
-            topology, registry, ExecutionConfig(), ErrorHandlingConfig(), CommunicationManager(), 1
+            topology,
+            agent_registry,
+            ExecutionConfig(),
+            ErrorHandlingConfig(),
+            CommunicationManager(),
+            1,
         )
         version = version_of(setup)
         agents = {name: _sample(agent) for name, agent in setup.agents.items()}

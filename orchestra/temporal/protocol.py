@@ -1,5 +1,5 @@
 """What the Temporal client, the session workflow and its activities say to each other: names
-and payload shapes, all plain JSON (nothing pickled: a payload is data, read by explicit
+and payload shapes, all plain JSON (no object serialization: a payload is data, read by explicit
 rules). Values a session stores cross as its log stores them (``state/records.py``,
 ``state/codec.py``, ``state/values.py``): what a session log can hold can cross, and nothing
 else.

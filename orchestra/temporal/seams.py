@@ -13,7 +13,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 from orchestra.agents.base import BaseAgent
 from orchestra.agents.contract import StepOutcome, StepRequest
@@ -24,12 +24,26 @@ from orchestra.coordination.engine.questions import really_cancelled
 from orchestra.coordination.engine.tool_calls import ToolFailed
 from orchestra.coordination.state import records
 from orchestra.coordination.state.codec import decode_error, shape
-from orchestra.coordination.state.values import from_plain, to_plain
-from orchestra.errors import ModelAPIError, ToolInDoubtError, UserInputError
+from orchestra.coordination.state.values import Unreadable, from_plain, to_plain
+from orchestra.errors import (
+    AgentStepError,
+    ModelAPIError,
+    ToolError,
+    ToolInDoubtError,
+    UserInputError,
+)
 from orchestra.models.base import ToolCall, ToolSpec
 from orchestra.models.secrets import redact
 
-from .protocol import MESSAGE, STEP_ACTIVITY, STEP_CALL, TOOL_ACTIVITY, OpenQuestion, StepCall
+from .protocol import (
+    MESSAGE,
+    STEP_ACTIVITY,
+    STEP_CALL,
+    TOOL_ACTIVITY,
+    Answer,
+    OpenQuestion,
+    StepCall,
+)
 
 _OUTCOME = shape(StepOutcome)
 _TOOL_CALL = shape(ToolCall)
@@ -106,7 +120,7 @@ class WorkflowChannel:
                 )
             )
         else:
-            waiting.set_result(from_plain(answer))
+            waiting.set_result(answer)
         return True
 
     def listed(self) -> list[OpenQuestion]:
@@ -125,6 +139,23 @@ class WorkflowChannel:
             for question, waiting in self._open.values()
             if not waiting.done()
         ]
+
+
+def read_answer(answer: Answer) -> tuple[str, Any, str | None]:
+    """The ``answer`` update's question id, answer (read back from its plain form) and error;
+    an ``ApplicationError`` naming what is wrong when it is not one (that fails the update;
+    any other exception would fail the workflow task, on every replay)."""
+    try:
+        question_id, error = answer["question_id"], answer.get("error")
+        if type(question_id) is not str or not (error is None or type(error) is str):
+            raise Unreadable("question_id must be text and error text or null")
+        return question_id, from_plain(answer.get("answer")), error
+    except (Unreadable, KeyError, TypeError, RecursionError) as problem:
+        raise ApplicationError(
+            f"an answer that cannot be read ({type(problem).__name__}: {problem})",
+            type="UserInputError",
+            non_retryable=True,
+        ) from None
 
 
 class ActivityAgent(BaseAgent):
@@ -201,7 +232,12 @@ class ActivityAgent(BaseAgent):
             "branch_id": request.info.branch_id,
             "request": STEP_CALL.encode(call),
         }
-        answer = await self._activity(STEP_ACTIVITY, payload, self._retry)
+        try:
+            answer = await self._activity(STEP_ACTIVITY, payload, self._retry)
+        except ActivityError as error:
+            raise AgentStepError(
+                f"agent {self.name!r}: its step could not be run on Temporal ({_why(error)})"
+            ) from None
         _report_retries(request, answer.get("retries", []))
         request.messages.extend(MESSAGE.decode(item) for item in answer.get("messages", []))
         if "error" in answer:
@@ -222,10 +258,19 @@ class ActivityAgent(BaseAgent):
         except ActivityError as error:
             if not idempotent and isinstance(error.cause, TimeoutError):
                 raise ToolInDoubtError(f"tool {call.name!r}: its attempt was lost") from None
-            raise
+            raise ToolError(
+                f"tool {call.name!r} (agent {self.name!r}) could not be run on Temporal "
+                f"({_why(error)})"
+            ) from None
         if not answer["ok"]:
             raise ToolFailed(answer["result"])
         return from_plain(answer["result"])
+
+
+def _why(error: ActivityError) -> str:
+    """What failed the activity (its last attempt's failure, a timeout), API keys redacted."""
+    cause = error.cause or error
+    return redact(f"{type(cause).__name__}: {cause}")
 
 
 def _report_retries(request: StepRequest, retries: list[dict[str, Any]]) -> None:

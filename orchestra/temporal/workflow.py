@@ -43,7 +43,7 @@ from .protocol import (
     StartInput,
     State,
 )
-from .seams import ActivityAgent, RecordsJournal, WorkflowChannel, WorkflowClock
+from .seams import ActivityAgent, RecordsJournal, WorkflowChannel, WorkflowClock, read_answer
 
 HOSTING = "orchestra.hosting"
 """The extern function (``workflow.extern_functions()``) a worker gives its workflows: it
@@ -167,9 +167,13 @@ class SessionWorkflow:
 
     @workflow.update(name=ANSWER_UPDATE)
     def answer(self, answer: Answer) -> bool:
-        return self._channel.answer(
-            answer["question_id"], answer.get("answer"), answer.get("error")
-        )
+        question_id, value, error = read_answer(answer)
+        return self._channel.answer(question_id, value, error)
+
+    @answer.validator
+    def _readable(self, answer: Answer) -> None:
+        """An answer that cannot be read is refused before it reaches the history."""
+        read_answer(answer)
 
     @workflow.signal(name=PAUSE_SIGNAL)
     def pause(self, reason: str | None) -> None:
