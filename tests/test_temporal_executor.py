@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import test_engine_scenarios as scenarios
+from follow_up_kit import SOLO, Tutor
 from helpers import WAIT, fn, llm, quiet, run
 from temporalio.client import Client
 
@@ -30,6 +31,7 @@ from orchestra import (
     Orchestra,
     OrchestraResult,
     ProgrammaticChannel,
+    ScriptedUser,
     Topology,
 )
 from orchestra.agents.base import BaseAgent
@@ -61,9 +63,11 @@ ORDERED_BY_ONE_LOOP = {
     # Embedded, one event loop fixes it: a branch that sets an event in its code, or fails at
     # once, is heard of before the sibling it lets go on. On Temporal each step is an
     # activity and their completions reach the workflow in any order: a policy met (or failed)
-    # before a sibling's result cancels that sibling, so the results differ from run to run.
+    # before a sibling's result cancels that sibling, so the results differ from run to run;
+    # and nested fan-outs number their branches in the order their parents' steps ended.
     "test_a_sibling_branch_completes_while_another_waits_for_the_user",
     "test_a_slow_branch_does_not_delay_an_unrelated_fast_one",
+    "test_three_level_hierarchy_with_nested_fan_outs",
     "test_policy_all_failure_cancels_siblings_still_running",
     "test_policy_all_one_failure_fails_the_parent_and_keeps_the_siblings",
     "test_policy_any_one_failure_still_succeeds",
@@ -210,6 +214,40 @@ async def test_a_question_is_answered_through_the_clients_programmatic_channel(
     assert channel.pending == []
     received = [e for e in result.events if isinstance(e, ev.UserInputReceived)]
     assert [(e.branch_id, e.answer) for e in received] == [("b0", "Ada")]
+
+
+async def test_a_conversation_on_temporal_gives_the_embedded_result(client: Client) -> None:
+    """Follow-up offers, each relayed with its round's response, until the user has nothing
+    more to ask (None ends the conversation): the same conversation, the same result."""
+    results, offers = [], []
+    for on_temporal in (False, True):
+        user = ScriptedUser(["and then?", "and after that?"])  # then None: no more
+        agents = [llm("Tutor", FunctionModel(Tutor()))]
+        options: dict[str, Any] = {
+            "allow_follow_ups": True,
+            "communication_config": CommunicationConfig(channel=user),
+        }
+        if on_temporal:
+            async with hosted(client, SOLO, agents) as executor:
+                result = await run(
+                    "explain", SOLO, agents, wait=ON_TEMPORAL, executor=executor, **options
+                )
+        else:
+            result = await run("explain", SOLO, agents, **options)
+        results.append(result)
+        offers.append([(q.kind, q.agent, q.response) for q in user.questions])
+    embedded, on_temporal = results
+    assert len(embedded.follow_ups) == 2
+    assert comparable(on_temporal) == comparable(embedded)
+    assert (
+        offers[1]
+        == offers[0]
+        == [
+            ("follow_up", "Tutor", "answer 1"),
+            ("follow_up", "Tutor", "answer 2"),
+            ("follow_up", "Tutor", "answer 3"),
+        ]
+    )
 
 
 PAIR = Topology(nodes=["First", "Second"], edges=["First -> Second"])
