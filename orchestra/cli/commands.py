@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import warnings
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, NoReturn
 
 import typer
 from rich.markup import escape
@@ -33,11 +34,23 @@ from orchestra.workflow import Workflow
 from orchestra.workflow_source import WorkflowError, read_source
 
 from .store import DEFAULT_STORE, Store, open_store, resume_command, sessions_app, state_of
+from .temporal import (
+    Namespace,
+    TaskQueue,
+    Temporal,
+    executor_for,
+    exiting_at_once,
+    refuse_store,
+    worker_command,
+)
 from .terminal import check_output, console, fail, print_result, say, show_topology
 from .ui import Host as UiHost
 from .ui import Port as UiPort
 from .ui import demo_ui, ui_command
 from .workflows import AllowModule, load
+
+if TYPE_CHECKING:
+    from orchestra.temporal import TemporalExecutor
 
 app = typer.Typer(
     help="Orchestra: durable, fast, observable multi-agent workflows.",
@@ -46,6 +59,7 @@ app = typer.Typer(
 )
 app.add_typer(sessions_app, name="sessions")
 app.command("ui")(ui_command)
+app.command("worker")(worker_command)
 
 
 def _demo_topologies() -> dict[str, Topology]:
@@ -257,9 +271,11 @@ def _execute(
     allowed_modules: list[str] | None = None,
     follow_up_timeout: float | None = None,
     user_timeout: float | None = None,
+    executor: TemporalExecutor | None = None,
 ) -> None:
     """Run the workflow; ``follow_up_timeout`` (None: no follow-ups) makes it a conversation;
-    ``user_timeout`` (the command line's) bounds a question in place of the file's."""
+    ``user_timeout`` (the command line's) bounds a question in place of the file's;
+    ``executor`` runs it on Temporal (whose workers keep its log: ``store`` is None)."""
     check_output(output, workflow_path, store)
     workflow = load(workflow_path, max_tokens, allowed_modules)
     channel = user_channel()
@@ -286,8 +302,12 @@ def _execute(
             state_manager=manager,
             allow_follow_ups=follow_up_timeout is not None,
             follow_up_timeout=follow_up_timeout or 60.0,
+            executor=executor,
         )
 
+    if executor is not None:
+        session_id = context.setdefault("session_id", new_session_id())
+        say(f"Session {session_id}, on Temporal ({escape(repr(executor))})")
     if store is None:
         _finish(run(None), None, output)
         return
@@ -376,10 +396,16 @@ def run(
     follow_ups: FollowUps = False,
     follow_up_timeout: FollowUpTimeout = 60.0,
     user_timeout: UserTimeout = None,
+    temporal: Temporal = None,
+    task_queue: TaskQueue = "orchestra",
+    namespace: Namespace = "default",
+    *,
+    ctx: typer.Context,
 ) -> None:
     """Run a workflow file: its agents, topology and execution settings. The run is a durable
     session (see --store): if it is interrupted, `orchestra resume` goes on from its last step
-    (a conversation too: its follow-ups are asked again)."""
+    (a conversation too: its follow-ups are asked again). With --temporal it is a session on
+    Temporal, run by the workers (`orchestra worker`) hosting the file."""
     command = [
         "orchestra",
         "resume",
@@ -388,19 +414,26 @@ def run(
         *_timeout_options(user_timeout),
     ]
     kept = None if no_store else store
-    _execute(
-        workflow,
-        task,
-        _level(verbose, quiet),
-        None,
-        kept,
-        session,
-        command,
-        output,
-        allow_module,
-        follow_up_timeout if follow_ups else None,
-        user_timeout,
-    )
+    executor = None
+    if temporal is not None:
+        source = ctx.get_parameter_source("store")
+        refuse_store(source is not None and source.name == "COMMANDLINE")
+        executor, kept = executor_for(temporal, task_queue, namespace), None
+    with exiting_at_once() if executor is not None else contextlib.nullcontext():
+        _execute(
+            workflow,
+            task,
+            _level(verbose, quiet),
+            None,
+            kept,
+            session,
+            command,
+            output,
+            allow_module,
+            follow_up_timeout if follow_ups else None,
+            user_timeout,
+            executor,
+        )
 
 
 @app.command()

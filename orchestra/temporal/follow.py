@@ -199,12 +199,24 @@ def _question(session_id: str, item: dict[str, Any]) -> Question:
     )
 
 
+NONDETERMINISM = "[TMPRL1100]"
+"""Temporal's code for a history that a worker's workflow did not replay as it ran."""
+
+
 def failed(session_id: str, failure: BaseException) -> OrchestraError:
     """What the caller gets for a workflow that failed: ``WorkflowVersionError`` when no worker
     hosts the workflow it was started with, a ``SessionError`` naming the cause otherwise."""
     cause = failure.cause if isinstance(failure, WorkflowFailureError) else failure
     if isinstance(cause, ApplicationError) and cause.type == WorkflowVersionError.__name__:
         return WorkflowVersionError(cause.message)
+    if isinstance(cause, ApplicationError) and NONDETERMINISM in cause.message:
+        return WorkflowVersionError(
+            f"session {session_id!r} failed: the worker that took it up mid-run does not run "
+            "the workflow it was started with (its log names the versions); Temporal says: "
+            f"{redact(cause.message)}. Keep a worker hosting the workflow file a session "
+            "started with on its task queue until the session ends; sessions started from now "
+            "on use the new file"
+        )
     error = SessionError(
         f"session {session_id!r}: its Temporal workflow failed ({type(cause).__name__}: "
         f"{redact(str(cause))})"

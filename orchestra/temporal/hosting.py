@@ -98,6 +98,12 @@ class Hosting:
         loaded = load_workflow(Path(path), allowed_modules=list(allow_modules) or None)
         return self.add(loaded.topology, loaded.registry)
 
+    def include(self, other: Hosting) -> list[str]:
+        """Host every workflow ``other`` hosts too (a worker hosting several files and
+        modules); their versions."""
+        self._hosted.update(other._hosted)
+        return other.versions
+
     def get(self, version: str) -> Hosted | None:
         return self._hosted.get(version)
 

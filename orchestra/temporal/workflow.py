@@ -12,6 +12,7 @@ than replaying it against another workflow.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -52,11 +53,18 @@ returns the worker's ``Hosting``."""
 VERSION_ERROR = "WorkflowVersionError"
 """The type of the ``ApplicationError`` a session whose version is not hosted fails with."""
 
+_LOG = logging.getLogger(__name__)
 _CLOCK = WorkflowClock()
 _NOT_ASKED = object()
 
 
-@workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
+@workflow.defn(
+    name=WORKFLOW_NAME,
+    sandboxed=False,
+    # A history this worker cannot replay (a session started with a workflow it does not
+    # host, refused mid-run) fails the session: its tasks would fail the same way forever.
+    failure_exception_types=[workflow.NondeterminismError],
+)
 class SessionWorkflow:
     """One session's run (and its resumes after pauses), until it finishes."""
 
@@ -194,15 +202,16 @@ class SessionWorkflow:
 
 def _hosted(start: StartInput, session_id: str) -> Hosted:
     """The hosted workflow the session was started with, or the workflow fails (not its task:
-    a replay against another workflow would fail the same way forever)."""
+    a replay against another workflow would fail the same way forever). Refused mid-run, its
+    history holds commands this failure does not match: Temporal fails it as non-deterministic,
+    with its own message, so the refusal is also said in the worker's log (even on replay,
+    where ``workflow.logger`` says nothing)."""
     hosting: Hosting = _extern(HOSTING)()
     hosted = hosting.get(start.version)
     if hosted is None:
-        raise ApplicationError(
-            hosting.refusal(session_id, start.version, start.fingerprint),
-            type=VERSION_ERROR,
-            non_retryable=True,
-        )
+        refusal = hosting.refusal(session_id, start.version, start.fingerprint)
+        _LOG.error("%s: %s", VERSION_ERROR, refusal)
+        raise ApplicationError(refusal, type=VERSION_ERROR, non_retryable=True)
     return hosted
 
 
