@@ -132,22 +132,32 @@ def cpu_text(shares: dict[str, float]) -> str:
 
 @contextlib.contextmanager
 def workers(
-    address: str, queue: str, count: int, chains: list[int], counters: Path | None = None
+    address: str, queue: str, count: int, counters: Path | None = None
 ) -> Iterator[list[subprocess.Popen[str]]]:
-    """``count`` worker processes polling ``queue``, each hosting the bench's workflows; stopped
-    (SIGTERM: they finish what they run and, with ``counters``, write them) on exit."""
-    command = [sys.executable, str(WORKER), "--address", address, "--queue", queue]
-    for length in chains:
-        command += ["--chain", str(length)]
-    if counters is not None:
-        command += ["--counters", str(counters)]
+    """``count`` worker processes polling ``queue``, hosting the bench's workflows:
+    ``orchestra worker`` processes, or (``counters``) one of ``temporal_worker.py`` that counts
+    and writes its counters there. Stopped on exit (SIGTERM: they finish what they run)."""
+    if counters is None:
+        command = [sys.executable, "-m", "orchestra", "worker", "--temporal", address]
+        command += ["--task-queue", queue, "--module", "temporal_worker"]
+        ready = "worker ready on task queue"
+    else:
+        command = [sys.executable, str(WORKER), address, queue, str(counters)]
+        ready = READY
+    path = os.pathsep.join(filter(None, (str(WORKER.parent), os.environ.get("PYTHONPATH"))))
     processes = [
-        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONPATH": path, "COLUMNS": "200"},
+        )
         for _ in range(count)
     ]
     try:
         for process in processes:
-            ready_then_drained(process, READY, "a bench worker")
+            ready_then_drained(process, ready, "a bench worker")
         yield processes
     finally:
         for process in processes:
@@ -329,7 +339,7 @@ async def chain_rows(server: Server, sizes: Sizes, embedded: float) -> list[tupl
     queue = f"bench-chain-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as folder:
         counted = Path(folder) / "counters.json"
-        with workers(address, queue, 1, [length], counters=counted) as processes:
+        with workers(address, queue, 1, counters=counted) as processes:
             client = await Client.connect(address)
             await awaited_chain(client, queue, length)  # warm: connections, caches
             meter = CpuMeter(watched(server.pid, processes))
@@ -338,7 +348,7 @@ async def chain_rows(server: Server, sizes: Sizes, embedded: float) -> list[tupl
             split = await history_split(awaited[-1][1], length)
         totals = json.loads(counted.read_text())  # written as the worker stopped
     # a worker of its own: each query is a workflow activation in the worker
-    with workers(address, queue, 1, [length]), QueryCount() as queries:
+    with workers(address, queue, 1), QueryCount() as queries:
         executor = TemporalExecutor(client, queue)
         followed = [await followed_chain(executor, length) for _ in range(sizes.chain_runs)]
     best_awaited = min(seconds for seconds, _ in awaited)
@@ -410,7 +420,7 @@ async def sessions_rows(server: Server, sizes: Sizes) -> list[tuple[str, str]]:
     rows = []
     for count, sessions in sizes.sessions.items():
         queue = f"bench-many-{uuid.uuid4().hex[:8]}"
-        with workers(address, queue, count, [sizes.session_steps]) as processes:
+        with workers(address, queue, count) as processes:
             client = await Client.connect(address)
             pids = watched(server.pid, processes)
             rows.append(
@@ -447,7 +457,7 @@ async def fan_out_rows(server: Server, sizes: Sizes, embedded: float) -> list[tu
     children, rows = sizes.fan_out, []
     for count in sizes.fan_out_workers:
         queue = f"bench-fan-{uuid.uuid4().hex[:8]}"
-        with workers(server.address, queue, count, []) as processes:
+        with workers(server.address, queue, count) as processes:
             executor = TemporalExecutor(await Client.connect(server.address), queue)
             meter = CpuMeter(watched(server.pid, processes))
             walls = [await fan_out_wall(children, executor) for _ in range(sizes.fan_out_runs)]

@@ -1,18 +1,17 @@
-"""A worker process for ``bench/temporal.py``: hosts the bench's workflows (chains of function
-agents, a hub fanning out to a worker) on a task queue of a Temporal server, until SIGTERM.
+"""The bench's workflows (chains of function agents, a hub fanning out to a worker), hosted
+by the worker processes of ``bench/temporal.py``: ``orchestra worker --module temporal_worker``
+(with bench/ on the path) hosts ``hosting``. The bench builds its embedded runs and its
+client's setups from the same functions, so the client's version of each is the one hosted.
 
-The same module builds them for the bench's embedded runs and for the client's setups, so the
-client's version of each workflow is the one hosted here. With ``--counters PATH`` it times
-what runs in the worker (each workflow activation's thread CPU, ``Engine.apply``, the journal,
-the step activity) and writes the totals to PATH as JSON when it stops.
-
-Run: ``python bench/temporal_worker.py --address HOST:PORT --queue Q --chain 50 --chain 5``.
-It prints ``ready`` once it polls.
+Run as a script, ``python bench/temporal_worker.py ADDRESS QUEUE COUNTERS``, it is such a
+worker that also times what runs in it (each workflow activation's thread CPU,
+``Engine.apply``, the journal, the step activity) and writes the totals to the file COUNTERS
+as JSON when SIGTERM stops it (``orchestra worker`` exits without the interpreter's teardown:
+nothing of its own runs after). It prints ``ready`` once it polls.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import itertools
@@ -27,6 +26,10 @@ from typing import Any
 from orchestra.agents import AgentRegistry, FunctionAgent
 from orchestra.agents.contract import Action
 from orchestra.coordination.topology import Topology
+from orchestra.temporal import Hosting
+
+CHAINS = (50, 5, 3)
+"""The chain lengths the bench runs (``--quick``: 5 and 3)."""
 
 READY = "ready"
 
@@ -116,16 +119,24 @@ def count_in_worker() -> Counters:
     return counters
 
 
-async def serve(address: str, queue: str, chains: list[int]) -> None:
-    from temporalio.client import Client
-
-    from orchestra.temporal import Hosting, worker
-
-    client = await Client.connect(address)
+def hosted() -> Hosting:
+    """Every chain of ``CHAINS`` and the fan-out."""
     hosting = Hosting()
-    for length in chains:
+    for length in CHAINS:
         hosting.add(*chain(length))
     hosting.add(*fan_out())
+    return hosting
+
+
+hosting = hosted()
+
+
+async def serve(address: str, queue: str) -> None:
+    from temporalio.client import Client
+
+    from orchestra.temporal import worker
+
+    client = await Client.connect(address)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with worker(client, queue, hosting):
@@ -134,17 +145,11 @@ async def serve(address: str, queue: str, chains: list[int]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--address", required=True)
-    parser.add_argument("--queue", required=True)
-    parser.add_argument("--chain", type=int, action="append", default=[])
-    parser.add_argument("--counters", type=Path)
-    arguments = parser.parse_args()
-    counters = count_in_worker() if arguments.counters else None
-    asyncio.run(serve(arguments.address, arguments.queue, arguments.chain))
-    if counters is not None:
-        arguments.counters.write_text(json.dumps(counters.totals))
+    address, queue, counters_file = sys.argv[1:]
+    counters = count_in_worker()
+    asyncio.run(serve(address, queue))
+    Path(counters_file).write_text(json.dumps(counters.totals))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
