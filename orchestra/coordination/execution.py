@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from orchestra.errors import (
@@ -98,23 +98,30 @@ async def _execute(
     try:
         writer, log = await state_manager.open(session_id)
         runner.journal = Journal(writer, run=run_name(writer.length + 1))  # the header is next
-        try:
+        with storable_start(session_id):
             runner.start(first)  # nothing runs until the header is durable
-        except RecordTooLargeError as error:
-            raise ConfigurationError(
-                f"the task or context is too large to store: {error}"
-            ) from None
-        except UnstorableValueError as error:
-            raise ConfigurationError(
-                f"session {session_id!r}: the task or context holds {error}, which a session "
-                "cannot store; pass JSON-compatible data or register the type "
-                "(orchestra.coordination.state.register_type)"
-            ) from None
         await _started(runner, writer)
     except BaseException:
         await _abandon(writer, session_id)
         raise
     return _noted(await _drive(runner, writer, session_id), log, started=False)
+
+
+@contextlib.contextmanager
+def storable_start(session_id: str) -> Iterator[None]:
+    """A run's header that its session cannot store (too large, or holding a value the log
+    cannot write) is the caller's ``ConfigurationError``, naming the session: the run is not
+    started, here or on Temporal."""
+    try:
+        yield
+    except RecordTooLargeError as error:
+        raise ConfigurationError(f"the task or context is too large to store: {error}") from None
+    except UnstorableValueError as error:
+        raise ConfigurationError(
+            f"session {session_id!r}: the task or context holds {error}, which a session "
+            "cannot store; pass JSON-compatible data or register the type "
+            "(orchestra.coordination.state.register_type)"
+        ) from None
 
 
 def _superseded(log: SessionLog | None, started: bool) -> dict[str, Any] | None:

@@ -13,10 +13,10 @@ from typing import Any, Literal, TypedDict
 from orchestra.agents.contract import StepInput
 from orchestra.coordination.config import ErrorHandlingConfig
 from orchestra.coordination.engine import inputs as inp
+from orchestra.coordination.execution import storable_start
 from orchestra.coordination.state import records
 from orchestra.coordination.state.codec import shape
 from orchestra.coordination.wiring import Setup, first_input, topology_fingerprint
-from orchestra.errors import ConfigurationError, RecordTooLargeError, UnstorableValueError
 from orchestra.models.base import Message, StepInfo
 
 from .hosting import version_of
@@ -147,15 +147,7 @@ def start_input(
 
 
 def _header(first: inp.RunStart, session_id: str) -> str:
-    try:
+    with storable_start(session_id):
         line = records.encode(first, 1)
         records.check_size(line, session_id, 1)
-    except RecordTooLargeError as error:
-        raise ConfigurationError(f"the task or context is too large to store: {error}") from None
-    except UnstorableValueError as error:
-        raise ConfigurationError(
-            f"session {session_id!r}: the task or context holds {error}, which a session "
-            "cannot store; pass JSON-compatible data or register the type "
-            "(orchestra.coordination.state.register_type)"
-        ) from None
     return line
