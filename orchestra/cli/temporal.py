@@ -213,8 +213,9 @@ async def _serve(
     hosted: list[tuple[str, str]],
     store: StateManager | None,
 ) -> None:
-    """Poll until SIGINT or SIGTERM; then the worker shuts down (its running activities are
-    cancelled and run again by another worker)."""
+    """Poll until SIGINT or SIGTERM; then the worker shuts down (its running activities may
+    finish for the worker's shutdown grace; then they are cancelled, and another worker runs
+    a cancelled step again)."""
     from orchestra.temporal import worker
 
     client = await executor.client()

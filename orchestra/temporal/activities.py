@@ -25,8 +25,9 @@ from orchestra.coordination.state.values import Unstorable, to_plain
 from orchestra.errors import AgentStepError, ModelAPIError, OrchestraError
 from orchestra.models.base import Message, ToolCall
 
+from . import protocol
 from .hosting import Hosted, Hosting
-from .protocol import MESSAGE, STEP_ACTIVITY, STEP_CALL, TOOL_ACTIVITY, StepCall
+from .protocol import MESSAGE, STEP_ACTIVITY, STEP_CALL, TOOL_ACTIVITY, StepCall, pack, unpack
 
 _OUTCOME = shape(StepOutcome)
 _TOOL_CALL = shape(ToolCall)
@@ -50,9 +51,11 @@ class Activities:
         return hosted.setup.agents[name]
 
     @activity.defn(name=STEP_ACTIVITY)
-    async def step(self, payload: dict[str, Any]) -> dict[str, Any]:
+    async def step(self, data: bytes) -> bytes:
         """One agent step: ``{outcome, messages, retries}``, or ``{error, messages, retries}``
-        when the agent failed (the error the runner records for it embedded)."""
+        when the agent failed (the error the runner records for it embedded), packed; an
+        answer over the payload limit is the step's failure, naming its size."""
+        payload = _read(data)
         name, branch_id = payload["agent"], payload["branch_id"]
         found = self._agent(payload["version"], name)
         call: StepCall = STEP_CALL.decode(payload["request"])
@@ -91,12 +94,23 @@ class Activities:
                 failure = unstorable_step(name, branch_id, unstorable.error())
         if failure is not None:
             answer["error"] = encode_error(failure)
-        return answer
+        packed = pack(answer)
+        if len(packed) <= protocol.PAYLOAD_LIMIT:
+            return packed
+        too_large = AgentStepError(
+            f"session {activity.info().workflow_id!r}: agent {name!r} (branch {branch_id}): "
+            f"its step's answer is {len(packed)} bytes packed, over Temporal's payload limit "
+            f"of {protocol.PAYLOAD_LIMIT} bytes"
+        )
+        return pack({"messages": [], "retries": retries, "error": encode_error(too_large)})
 
     @activity.defn(name=TOOL_ACTIVITY)
-    async def tool(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """One tool call: ``{ok, result}``; the tool's own failure is ``ok=False`` with its
-        text as embedded, a result the log cannot store is refused as embedded."""
+    async def tool(self, data: bytes) -> bytes:
+        """One tool call: ``{ok, result}``, packed; the tool's own failure is ``ok=False`` with
+        its text as embedded, a result the log cannot store is refused as embedded; a result
+        over the payload limit is ``{ok: False, too_large: size}`` (the tool ran: the workflow
+        decides what that means for it)."""
+        payload = _read(data)
         found = self._agent(payload["version"], payload["agent"])
         call: ToolCall = _TOOL_CALL.decode(payload["call"])
         async with _heartbeating(), _leased(found) as agent:
@@ -105,12 +119,26 @@ class Activities:
             except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
                 raise
             except BaseException as error:
-                return {"ok": False, "result": failure_text(error)}
+                return pack({"ok": False, "result": failure_text(error)})
         try:
-            return {"ok": True, "result": to_plain(result)}
+            packed = pack({"ok": True, "result": to_plain(result)})
         except Unstorable as unstorable:
             refused = f"the tool returned {unstorable.error()}, which the session log cannot store"
-            return {"ok": False, "result": refused}
+            return pack({"ok": False, "result": refused})
+        if len(packed) > protocol.PAYLOAD_LIMIT:
+            return pack({"ok": False, "too_large": len(packed)})
+        return packed
+
+
+def _read(data: bytes) -> dict[str, Any]:
+    """A packed payload; one that cannot be read fails the activity for good (retrying it
+    would read the same bytes)."""
+    try:
+        return unpack(data)
+    except ValueError as error:
+        raise ApplicationError(
+            str(error), type="SessionCorruptedError", non_retryable=True
+        ) from None
 
 
 def _retry(attempt: int, delay: float, error: ModelAPIError) -> dict[str, Any]:
@@ -133,13 +161,15 @@ def _messages(added: list[Message]) -> list[dict[str, Any]]:
 
 @contextlib.asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
-    """Heartbeat every third of the heartbeat timeout while the call runs, so a worker that
-    dies is noticed within it (and the workflow's cancel reaches the call)."""
+    """Heartbeat every quarter of the heartbeat timeout while the call runs, so a worker that
+    dies is noticed within it (and the workflow's cancel reaches the call); the worker sends
+    them on at least every ``HEARTBEAT_THROTTLE`` (``worker.py``), so a live worker's beats
+    reach the server with half the timeout to spare."""
     timeout = activity.info().heartbeat_timeout
     if timeout is None:
         yield
         return
-    interval = timeout.total_seconds() / 3
+    interval = timeout.total_seconds() / 4
 
     async def beat() -> None:
         while True:

@@ -7,8 +7,11 @@ else.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
+
+import zstandard
 
 from orchestra.agents.contract import StepInput
 from orchestra.coordination.config import ErrorHandlingConfig
@@ -38,7 +41,38 @@ PAGE_CHARS = 1_000_000
 """About the most characters of records one ``records`` query answers (at least one record):
 a query's answer is a Temporal payload, which the server bounds."""
 
+PAYLOAD_LIMIT = 1_900_000
+"""The most bytes a step's or a tool's packed payload (``pack``) may have: Temporal refuses a
+payload over 2 MiB (2,097,152 bytes), and the rest is headroom for its envelope."""
+
+_UNPACKED_LIMIT = 256 * 1024 * 1024
+"""The most bytes a packed payload may expand to: more is refused, never allocated."""
+
 State = Literal["running", "paused", "finished"]
+
+
+def pack(payload: dict[str, Any]) -> bytes:
+    """A step's or tool's payload as it crosses: its JSON, compressed with zstandard, so a
+    conversation shipped with every step costs its history (and the 2 MiB payload limit) a
+    fraction of its text. Deterministic: the same payload packs to the same bytes on replay.
+    Bytes inside our protocol, not a data converter: a user's own ``Client`` keeps its own."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return zstandard.ZstdCompressor(level=3).compress(text.encode())
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    """A payload ``pack`` made (``ValueError`` when it is not one: bad frame, too big to expand,
+    not a JSON object)."""
+    try:
+        size = zstandard.frame_content_size(data)
+        if size < 0 or size > _UNPACKED_LIMIT:
+            raise ValueError(f"a packed payload that would expand to {size} bytes")
+        payload = json.loads(zstandard.ZstdDecompressor().decompress(data))
+    except zstandard.ZstdError as error:
+        raise ValueError(f"a packed payload that cannot be read ({error})") from None
+    if not isinstance(payload, dict):
+        raise ValueError("a packed payload that is not a JSON object")
+    return payload
 
 
 @dataclass

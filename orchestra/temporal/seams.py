@@ -13,7 +13,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from orchestra.agents.base import BaseAgent
 from orchestra.agents.contract import StepOutcome, StepRequest
@@ -35,6 +35,7 @@ from orchestra.errors import (
 from orchestra.models.base import ToolCall, ToolSpec
 from orchestra.models.secrets import redact
 
+from . import protocol
 from .protocol import (
     MESSAGE,
     STEP_ACTIVITY,
@@ -43,12 +44,25 @@ from .protocol import (
     Answer,
     OpenQuestion,
     StepCall,
+    pack,
+    unpack,
 )
 
 _OUTCOME = shape(StepOutcome)
 _TOOL_CALL = shape(ToolCall)
-NO_STEP_TIMEOUT = 3600.0
-"""An activity's start-to-close timeout where the run sets no ``step_timeout`` (seconds)."""
+NO_STEP_TIMEOUT = timedelta(days=30)
+"""An activity's start-to-close timeout where the run sets no ``step_timeout``: practically
+none (Temporal wants one); a lost worker is noticed by the heartbeat timeout instead."""
+
+LOST_ATTEMPTS = 10
+"""How many times a step or an idempotent tool call is started before its loss (its worker
+died or stopped, its heartbeat timed out) fails it: Temporal's retries of a lost call,
+independent of ``max_retries`` (the model's retries, made inside each attempt)."""
+
+HISTORY_BYTES = 40 * 1024 * 1024
+HISTORY_EVENTS = 40_000
+"""Past either, no step or tool call is scheduled any more: the run ends with an error naming
+the session, before Temporal terminates the workflow (at 50 MiB or 51,200 events)."""
 
 
 class WorkflowClock:
@@ -177,14 +191,14 @@ class ActivityAgent(BaseAgent):
         self.version = version
         self._tools = tools
         self._idempotent = idempotent
-        self._start_to_close = timedelta(seconds=step_timeout or NO_STEP_TIMEOUT)
+        self._start_to_close = timedelta(seconds=step_timeout) if step_timeout else NO_STEP_TIMEOUT
         self._heartbeat = timedelta(seconds=heartbeat_timeout)
         initial = max(errors.retry_initial_delay, 0.1)
         self._retry = RetryPolicy(
             initial_interval=timedelta(seconds=initial),
             maximum_interval=timedelta(seconds=max(errors.retry_max_delay, initial)),
             backoff_coefficient=2.0,
-            maximum_attempts=errors.max_retries + 1,
+            maximum_attempts=LOST_ATTEMPTS,
         )
         self._once = RetryPolicy(maximum_attempts=1)
 
@@ -196,24 +210,34 @@ class ActivityAgent(BaseAgent):
         return tool in self._idempotent
 
     async def _activity(
-        self, name: str, payload: dict[str, Any], retry: RetryPolicy
+        self, name: str, payload: dict[str, Any], retry: RetryPolicy, what: str
     ) -> dict[str, Any]:
         """The activity's answer. When the runner cancels the call (its step_timeout, a pause,
         the run's end), the activity is cancelled and the call raises ``CancelledError``, as
-        an embedded step does: the activity's cancellation is not the agent's failure."""
+        an embedded step does: the activity's cancellation is not the agent's failure. Not
+        scheduled (``AgentStepError`` naming ``what``) when the history is near Temporal's
+        limits or the packed payload over its payload limit: both deterministic."""
+        _check_history(what)
+        data = pack(payload)
+        if len(data) > protocol.PAYLOAD_LIMIT:
+            raise AgentStepError(
+                f"session {workflow.info().workflow_id!r}: {what}: its input is {len(data)} "
+                f"bytes packed, over Temporal's payload limit of {protocol.PAYLOAD_LIMIT} bytes"
+            )
         try:
-            answer: dict[str, Any] = await workflow.execute_activity(
+            answer: bytes = await workflow.execute_activity(
                 name,
-                payload,
+                data,
                 start_to_close_timeout=self._start_to_close,
                 heartbeat_timeout=self._heartbeat,
                 retry_policy=retry,
+                result_type=bytes,
             )
         except ActivityError:
             if really_cancelled():
                 raise asyncio.CancelledError from None
             raise
-        return answer
+        return unpack(answer)
 
     async def step(self, request: StepRequest) -> StepOutcome:
         """The step, run by the step activity; its model retries reported as they were made
@@ -232,8 +256,9 @@ class ActivityAgent(BaseAgent):
             "branch_id": request.info.branch_id,
             "request": STEP_CALL.encode(call),
         }
+        what = f"agent {self.name!r} (branch {request.info.branch_id})"
         try:
-            answer = await self._activity(STEP_ACTIVITY, payload, self._retry)
+            answer = await self._activity(STEP_ACTIVITY, payload, self._retry, what)
         except ActivityError as error:
             raise AgentStepError(
                 f"agent {self.name!r}: its step could not be run on Temporal ({_why(error)})"
@@ -247,24 +272,50 @@ class ActivityAgent(BaseAgent):
 
     async def call_tool(self, call: ToolCall) -> Any:
         """The tool's result, from the tool activity; its own failure raised as a ``ToolError``
-        text (as embedded); a non-idempotent call whose attempt was lost (its worker died, it
-        timed out) is in doubt: it is never run again."""
+        text (as embedded). A non-idempotent call whose attempt failed once it may have started
+        (its worker died or stopped, it timed out, was cancelled, its result was too large) is
+        in doubt: it is never run again."""
         idempotent = call.name in self._idempotent
         payload = {"version": self.version, "agent": self.name, "call": _TOOL_CALL.encode(call)}
+        what = f"tool {call.name!r} (agent {self.name!r})"
         try:
             answer = await self._activity(
-                TOOL_ACTIVITY, payload, self._retry if idempotent else self._once
+                TOOL_ACTIVITY, payload, self._retry if idempotent else self._once, what
             )
         except ActivityError as error:
-            if not idempotent and isinstance(error.cause, TimeoutError):
+            if not idempotent and not _refused(error):
                 raise ToolInDoubtError(f"tool {call.name!r}: its attempt was lost") from None
+            raise ToolError(f"{what} could not be run on Temporal ({_why(error)})") from None
+        if "too_large" in answer:
+            if not idempotent:
+                raise ToolInDoubtError(f"tool {call.name!r}: its result was too large to return")
             raise ToolError(
-                f"tool {call.name!r} (agent {self.name!r}) could not be run on Temporal "
-                f"({_why(error)})"
-            ) from None
+                f"{what} ran, but its result is {answer['too_large']} bytes packed, over "
+                f"Temporal's payload limit of {protocol.PAYLOAD_LIMIT} bytes: too large to return"
+            )
         if not answer["ok"]:
             raise ToolFailed(answer["result"])
         return from_plain(answer["result"])
+
+
+def _refused(error: ActivityError) -> bool:
+    """Whether the worker refused the call before running it (it does not host the agent)."""
+    cause = error.cause
+    return isinstance(cause, ApplicationError) and cause.type == "WorkflowVersionError"
+
+
+def _check_history(what: str) -> None:
+    """Refuse to schedule ``what`` once the workflow's history is near Temporal's limits
+    (``HISTORY_BYTES``, ``HISTORY_EVENTS``); the history's size at this task is the same on
+    every replay."""
+    info = workflow.info()
+    size, events = info.get_current_history_size(), info.get_current_history_length()
+    if size > HISTORY_BYTES or events > HISTORY_EVENTS:
+        raise AgentStepError(
+            f"session {info.workflow_id!r}: {what} is not run: the session's Temporal history "
+            f"holds {size} bytes in {events} events, near Temporal's limits (this run stops at "
+            f"{HISTORY_BYTES} bytes or {HISTORY_EVENTS} events); start a new session to go on"
+        )
 
 
 def _why(error: ActivityError) -> str:

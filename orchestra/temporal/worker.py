@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -25,6 +26,14 @@ from .activities import Activities
 from .hosting import Hosting
 from .mirror import StoreMirror, no_store
 from .workflow import HOSTING, MIRRORING, SessionWorkflow
+
+SHUTDOWN_GRACE = 10.0
+"""Seconds a stopping worker lets the calls it runs finish before it cancels them."""
+
+HEARTBEAT_THROTTLE = timedelta(seconds=0.5)
+"""The longest a worker holds back an activity's heartbeat (temporalio's throttle, otherwise
+0.8 x the heartbeat timeout, which leaves a live call a fifth of the timeout to spare): with
+a beat every quarter of the timeout, a heartbeat timeout of 1 s or more keeps half of it."""
 
 
 class _Hosts(Interceptor):
@@ -45,10 +54,17 @@ class _Hosts(Interceptor):
 
 @contextlib.asynccontextmanager
 async def worker(
-    client: Client, task_queue: str, hosting: Hosting, *, store: StateManager | None = None
+    client: Client,
+    task_queue: str,
+    hosting: Hosting,
+    *,
+    store: StateManager | None = None,
+    shutdown_grace: float = SHUTDOWN_GRACE,
 ) -> AsyncIterator[Worker]:
     """A worker for ``task_queue`` hosting ``hosting``'s workflows, polling until the block
-    exits (then it finishes the activities it runs and stops). With a ``store``, the log of
+    exits; then it stops taking work and lets the calls it runs finish, for up to
+    ``shutdown_grace`` seconds, before it cancels them (a step cancelled so runs again
+    elsewhere; a non-idempotent tool cancelled so is in doubt). With a ``store``, the log of
     every session this worker starts is copied into it as the session runs (``mirror.py``), so the inspector,
     ``orchestra sessions`` and ``get_result`` over that store see it: give every worker of a
     task queue one store (a shared Redis or PostgreSQL one across machines). A worker with
@@ -63,6 +79,8 @@ async def worker(
         activities=served,
         workflow_runner=UnsandboxedWorkflowRunner(),
         interceptors=[_Hosts(hosting, mirroring=store is not None)],
+        graceful_shutdown_timeout=timedelta(seconds=shutdown_grace),
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
     async with running:
         yield running

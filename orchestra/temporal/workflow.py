@@ -20,7 +20,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError, FailureError
 
 from orchestra.communication.channels import CommunicationManager
 from orchestra.coordination.engine import events as ev
@@ -143,7 +143,7 @@ class SessionWorkflow:
                     schedule_to_close_timeout=MIRROR_GIVE_UP,
                     retry_policy=_MIRROR_RETRY,
                 )
-            except ActivityError as error:
+            except FailureError as error:  # a local activity's failure may come as its own
                 workflow.logger.warning(
                     "session %r: its log is no longer copied into the store, from record %d on: %s",
                     session_id,
