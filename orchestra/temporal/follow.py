@@ -109,12 +109,19 @@ class Follower:
 
     async def _records(self) -> dict[str, Any] | None:
         """The journal's lines from ``next`` on (None when the query got no answer: no worker
-        serves the workflow yet, or one is being replaced; waited for and tried again)."""
+        serves the workflow yet, or one is being replaced; waited for and tried again). A
+        worker that refuses the session (it does not host its version) is raised as
+        ``WorkflowVersionError``: the session waits on Temporal for a worker that hosts it,
+        and this call stops following it."""
         try:
             answer = await self.handle.query(
                 protocol.RECORDS_QUERY, self.next, rpc_timeout=_QUERY_TIMEOUT
             )
-        except (RPCError, WorkflowQueryFailedError):
+        except WorkflowQueryFailedError as error:
+            refused(self.handle.id, error)
+            await asyncio.sleep(SLOW)
+            return None
+        except RPCError:
             await asyncio.sleep(SLOW)
             return None
         return dict(answer)
@@ -199,8 +206,13 @@ def _question(session_id: str, item: dict[str, Any]) -> Question:
     )
 
 
-NONDETERMINISM = "[TMPRL1100]"
-"""Temporal's code for a history that a worker's workflow did not replay as it ran."""
+def refused(session_id: str, error: WorkflowQueryFailedError) -> None:
+    """Raise ``WorkflowVersionError`` when the worker that answered the query refuses the
+    session for its version (its text, as the worker's log says it)."""
+    marker = f"{WorkflowVersionError.__name__}: "
+    if marker in error.message:
+        refusal = error.message[error.message.index(marker) + len(marker) :]
+        raise WorkflowVersionError(redact(refusal)) from None
 
 
 def failed(session_id: str, failure: BaseException) -> OrchestraError:
@@ -209,14 +221,6 @@ def failed(session_id: str, failure: BaseException) -> OrchestraError:
     cause = failure.cause if isinstance(failure, WorkflowFailureError) else failure
     if isinstance(cause, ApplicationError) and cause.type == WorkflowVersionError.__name__:
         return WorkflowVersionError(cause.message)
-    if isinstance(cause, ApplicationError) and NONDETERMINISM in cause.message:
-        return WorkflowVersionError(
-            f"session {session_id!r} failed: the worker that took it up mid-run does not run "
-            "the workflow it was started with (its log names the versions); Temporal says: "
-            f"{redact(cause.message)}. Keep a worker hosting the workflow file a session "
-            "started with on its task queue until the session ends; sessions started from now "
-            "on use the new file"
-        )
     error = SessionError(
         f"session {session_id!r}: its Temporal workflow failed ({type(cause).__name__}: "
         f"{redact(str(cause))})"

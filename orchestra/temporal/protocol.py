@@ -159,3 +159,11 @@ def _header(first: inp.RunStart, session_id: str) -> str:
             "(orchestra.coordination.state.register_type)"
         ) from None
     return line
+
+
+def activity_queue(task_queue: str, version: str) -> str:
+    """The task queue of a hosted workflow's steps and tool calls: only workers hosting that
+    version poll it, so a step is never handed to a worker that would have to refuse it (one
+    lost with its worker is retried on another that hosts it), and a session waiting for such
+    a worker loses nothing meanwhile."""
+    return f"{task_queue}@{version}"

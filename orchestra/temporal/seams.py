@@ -43,6 +43,7 @@ from .protocol import (
     Answer,
     OpenQuestion,
     StepCall,
+    activity_queue,
 )
 
 _OUTCOME = shape(StepOutcome)
@@ -208,6 +209,7 @@ class ActivityAgent(BaseAgent):
                 start_to_close_timeout=self._start_to_close,
                 heartbeat_timeout=self._heartbeat,
                 retry_policy=retry,
+                task_queue=activity_queue(workflow.info().task_queue, self.version),
             )
         except ActivityError:
             if really_cancelled():

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator
-from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import (
@@ -24,6 +23,7 @@ from orchestra.coordination.state import StateManager
 from .activities import Activities
 from .hosting import Hosting
 from .mirror import StoreMirror, no_store
+from .protocol import activity_queue
 from .workflow import HOSTING, MIRRORING, SessionWorkflow
 
 
@@ -48,24 +48,38 @@ async def worker(
     client: Client, task_queue: str, hosting: Hosting, *, store: StateManager | None = None
 ) -> AsyncIterator[Worker]:
     """A worker for ``task_queue`` hosting ``hosting``'s workflows, polling until the block
-    exits (then it finishes the activities it runs and stops). With a ``store``, the log of
-    every session this worker starts is copied into it as the session runs (``mirror.py``), so the inspector,
-    ``orchestra sessions`` and ``get_result`` over that store see it: give every worker of a
-    task queue one store (a shared Redis or PostgreSQL one across machines). A worker with
-    none copies nothing, not even for a session started on one that had a store."""
+    exits (then it finishes the activities it runs and stops). Sessions' workflows come from
+    ``task_queue``; each hosted version's steps and tool calls from a queue of their own
+    (``activity_queue``), so they reach only workers that host that version. What ``hosting``
+    holds when the block starts is what the worker serves.
+
+    With a ``store``, the log of every session this worker starts is copied into it as the
+    session runs (``mirror.py``), so the inspector, ``orchestra sessions`` and ``get_result``
+    over that store see it: give the workers of a task queue one store (a shared Redis or
+    PostgreSQL one across machines). A worker with none copies nothing, not even for a
+    session started on one that had a store."""
     activities = Activities(hosting)
     mirror = no_store if store is None else StoreMirror(store).activity
-    served: list[Any] = [activities.step, activities.tool, mirror]
-    running = Worker(
+    sessions = Worker(
         client,
         task_queue=task_queue,
         workflows=[SessionWorkflow],
-        activities=served,
+        activities=[mirror],
         workflow_runner=UnsandboxedWorkflowRunner(),
         interceptors=[_Hosts(hosting, mirroring=store is not None)],
     )
-    async with running:
-        yield running
+    steps = [
+        Worker(
+            client,
+            task_queue=activity_queue(task_queue, version),
+            activities=[activities.step, activities.tool],
+        )
+        for version in hosting.versions
+    ]
+    async with contextlib.AsyncExitStack() as running:
+        for each in (sessions, *steps):
+            await running.enter_async_context(each)
+        yield sessions
 
 
 def replayer(hosting: Hosting) -> Replayer:
