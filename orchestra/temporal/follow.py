@@ -17,6 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
@@ -33,7 +35,7 @@ from orchestra.coordination.state.values import Unreadable, Unstorable, from_pla
 from orchestra.errors import OrchestraError, SessionError, WorkflowVersionError
 from orchestra.models.secrets import redact
 
-from . import protocol
+from . import protocol, routing
 
 FAST = 0.02
 """Seconds between two ``records`` queries while lines keep coming."""
@@ -49,15 +51,23 @@ CATCH_UP_TRIES = 3
 
 _QUERY_TIMEOUT = timedelta(seconds=QUERY_TIMEOUT)
 
+NO_POLLER = "no poller seen"
+"""What Temporal answers a query with when no worker polls the workflow's task queue."""
+
 
 class Follower:
     """Follows one run of a session's workflow into ``engine`` (the replica), relaying its
     questions to ``channel`` (None: the workflow knows there is none and never asks)."""
 
     def __init__(
-        self, handle: WorkflowHandle[Any, Any], engine: Engine, channel: UserChannel | None
+        self,
+        handle: WorkflowHandle[Any, Any],
+        engine: Engine,
+        channel: UserChannel | None,
+        client: Client,
     ) -> None:
         self.handle = handle
+        self.client = client
         self.engine = engine
         self.channel = channel
         self.next = 0  # the index of the next journal line to apply
@@ -121,10 +131,26 @@ class Follower:
             refused(self.handle.id, error)
             await asyncio.sleep(SLOW)
             return None
-        except RPCError:
+        except RPCError as error:
+            await self._still_hosted(error)
             await asyncio.sleep(SLOW)
             return None
         return dict(answer)
+
+    async def _still_hosted(self, unanswered: RPCError) -> None:
+        """Raise ``WorkflowVersionError`` when the running session's version queue has no
+        worker any more: Temporal answered the query so ("no poller seen"), or lists none that
+        polled lately. The session stays running on Temporal, nothing lost; a worker hosting
+        its version goes on with it. Temporal not answering this either: asked next round."""
+        try:
+            described = await self.handle.describe()
+            if described.status is not WorkflowExecutionStatus.RUNNING:
+                return
+            queue = described.task_queue
+            if NO_POLLER in unanswered.message or not await routing.polled(self.client, queue):
+                raise routing.not_hosted_now(self.handle.id, queue)
+        except RPCError:
+            return
 
     def _applied(self, answer: dict[str, Any]) -> bool:
         """Apply the answer's lines to the replica; whether it had any."""

@@ -161,9 +161,15 @@ def _header(first: inp.RunStart, session_id: str) -> str:
     return line
 
 
-def activity_queue(task_queue: str, version: str) -> str:
-    """The task queue of a hosted workflow's steps and tool calls: only workers hosting that
-    version poll it, so a step is never handed to a worker that would have to refuse it (one
-    lost with its worker is retried on another that hosts it), and a session waiting for such
-    a worker loses nothing meanwhile."""
+def version_queue(task_queue: str, version: str) -> str:
+    """The task queue of a hosted workflow version's sessions (their workflow tasks, steps and
+    tool calls) on ``task_queue``: only workers hosting that version poll it, so old and new
+    workers share a base queue safely during an upgrade, and a session no worker hosts any
+    more waits there, with nothing taken from it, for one that does."""
     return f"{task_queue}@{version}"
+
+
+def base_queue(queue: str) -> tuple[str, str]:
+    """The base task queue and the version of a version's queue (``version_queue``)."""
+    base, _, version = queue.rpartition("@")
+    return base, version

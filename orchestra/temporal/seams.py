@@ -43,7 +43,6 @@ from .protocol import (
     Answer,
     OpenQuestion,
     StepCall,
-    activity_queue,
 )
 
 _OUTCOME = shape(StepOutcome)
@@ -209,7 +208,6 @@ class ActivityAgent(BaseAgent):
                 start_to_close_timeout=self._start_to_close,
                 heartbeat_timeout=self._heartbeat,
                 retry_policy=retry,
-                task_queue=activity_queue(workflow.info().task_queue, self.version),
             )
         except ActivityError:
             if really_cancelled():

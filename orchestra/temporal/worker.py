@@ -19,11 +19,12 @@ from temporalio.worker import (
 )
 
 from orchestra.coordination.state import StateManager
+from orchestra.errors import ConfigurationError
 
 from .activities import Activities
 from .hosting import Hosting
 from .mirror import StoreMirror, no_store
-from .protocol import activity_queue
+from .protocol import version_queue
 from .workflow import HOSTING, MIRRORING, SessionWorkflow
 
 
@@ -46,40 +47,39 @@ class _Hosts(Interceptor):
 @contextlib.asynccontextmanager
 async def worker(
     client: Client, task_queue: str, hosting: Hosting, *, store: StateManager | None = None
-) -> AsyncIterator[Worker]:
+) -> AsyncIterator[list[Worker]]:
     """A worker for ``task_queue`` hosting ``hosting``'s workflows, polling until the block
-    exits (then it finishes the activities it runs and stops). Sessions' workflows come from
-    ``task_queue``; each hosted version's steps and tool calls from a queue of their own
-    (``activity_queue``), so they reach only workers that host that version. What ``hosting``
-    holds when the block starts is what the worker serves.
+    exits (then it finishes the activities it runs and stops). Each hosted version is served
+    on a queue of its own (``version_queue``: its sessions' workflow tasks, steps and tool
+    calls), one temporalio ``Worker`` per version sharing the client: a worker is never
+    handed a session it does not host, so workers of different releases share ``task_queue``
+    safely. What ``hosting`` holds when the block starts is what the worker serves.
 
     With a ``store``, the log of every session this worker starts is copied into it as the
     session runs (``mirror.py``), so the inspector, ``orchestra sessions`` and ``get_result``
     over that store see it: give the workers of a task queue one store (a shared Redis or
     PostgreSQL one across machines). A worker with none copies nothing, not even for a
     session started on one that had a store."""
+    if not hosting.versions:
+        raise ConfigurationError(f"a worker on task queue {task_queue!r} hosts no workflow")
     activities = Activities(hosting)
     mirror = no_store if store is None else StoreMirror(store).activity
-    sessions = Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[SessionWorkflow],
-        activities=[mirror],
-        workflow_runner=UnsandboxedWorkflowRunner(),
-        interceptors=[_Hosts(hosting, mirroring=store is not None)],
-    )
-    steps = [
+    hosts = _Hosts(hosting, mirroring=store is not None)
+    serving = [
         Worker(
             client,
-            task_queue=activity_queue(task_queue, version),
-            activities=[activities.step, activities.tool],
+            task_queue=version_queue(task_queue, version),
+            workflows=[SessionWorkflow],
+            activities=[activities.step, activities.tool, mirror],
+            workflow_runner=UnsandboxedWorkflowRunner(),
+            interceptors=[hosts],
         )
         for version in hosting.versions
     ]
     async with contextlib.AsyncExitStack() as running:
-        for each in (sessions, *steps):
+        for each in serving:
             await running.enter_async_context(each)
-        yield sessions
+        yield serving
 
 
 def replayer(hosting: Hosting) -> Replayer:
