@@ -43,10 +43,11 @@ WAIT = 90.0
 killed worker's step runs again after its heartbeat timeout, and its workflow task once the
 server gives up on the killed worker's sticky queue."""
 
-HEARTBEAT = 6.0
-"""The steps' heartbeat timeout: a worker is found dead this long after it was killed. Wide
-enough that a live worker waiting at a gate on a loaded 2-CPU machine (a second worker
-booting beside it) never misses a heartbeat before the kill."""
+HEARTBEAT = 10.0
+"""The steps' heartbeat timeout: a killed worker is found dead this long after the kill. Wide
+enough that a live worker waiting at a gate never misses one before the kill on a loaded
+2-CPU machine (a second worker booting beside it): temporalio sends heartbeats at most every
+0.8 x the timeout, which leaves 2 s here (0.4 s with 2 s)."""
 
 
 class Worker:
