@@ -457,6 +457,10 @@ def test_the_worker_refuses_a_workflow_file_with_a_mistake_as_run_does(tmp_path:
             "--store does not apply with --temporal",
         ),
         (["run", "FLOW", "--temporal", "UNREACHABLE"], "cannot connect to Temporal at UNREACHABLE"),
+        (
+            ["run", "FLOW", "--temporal", "ADDRESS", "--task-queue", "nobody"],
+            "no worker on task queue 'nobody' hosts",
+        ),
     ],
 )
 def test_the_temporal_commands_refuse_what_they_cannot_do_in_one_line(
