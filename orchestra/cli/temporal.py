@@ -244,9 +244,8 @@ async def _say_unhosted(client: Client, task_queue: str, hosting: Hosting) -> No
     try:
         unhosted = await unhosted_sessions(client, task_queue, hosting)
     except RPCError as error:
-        say(
-            f"cannot list the running sessions of task queue {escape(task_queue)}: {escape(redact(str(error)))}"
-        )
+        why = escape(redact(str(error)))
+        say(f"cannot list the running sessions of task queue {escape(task_queue)}: {why}")
         return
     for version, sessions in sorted(unhosted.items()):
         say(
