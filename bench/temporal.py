@@ -47,7 +47,7 @@ from orchestra.coordination.state import records
 from orchestra.coordination.topology import Topology
 from orchestra.coordination.wiring import Setup, prepare
 from orchestra.temporal import TemporalExecutor, start_input
-from orchestra.temporal.protocol import RECORDS_QUERY, WORKFLOW_NAME
+from orchestra.temporal.protocol import RECORDS_QUERY, WORKFLOW_NAME, version_queue
 
 WORKER = Path(__file__).resolve().with_name("temporal_worker.py")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -183,7 +183,11 @@ async def started(
     session_id = f"{label}-{uuid.uuid4().hex[:12]}"
     start = start_input(setup, task, {"session_id": session_id}, session_id, 30.0)
     return await client.start_workflow(
-        WORKFLOW_NAME, start, id=session_id, task_queue=queue, result_type=dict
+        WORKFLOW_NAME,
+        start,
+        id=session_id,
+        task_queue=version_queue(queue, start.version),
+        result_type=dict,
     )
 
 

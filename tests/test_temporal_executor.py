@@ -23,6 +23,7 @@ import test_engine_scenarios as scenarios
 from follow_up_kit import SOLO, Tutor
 from helpers import WAIT, fn, llm, quiet, run
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from orchestra import (
     AgentRegistry,
@@ -367,7 +368,7 @@ async def test_a_changed_workflow_is_refused_with_a_version_error(client: Client
     }
     async with hosted(client, PAIR, agents) as executor:
         session_id = f"versioned-{uuid.uuid4().hex[:8]}"
-        with pytest.raises(WorkflowVersionError, match=session_id):
+        with pytest.raises(WorkflowVersionError, match=session_id) as refused:
             await run(
                 "job",
                 changed,
@@ -376,6 +377,11 @@ async def test_a_changed_workflow_is_refused_with_a_version_error(client: Client
                 executor=executor,
                 context={"session_id": session_id},
             )
+        assert f"no worker on task queue {executor.task_queue!r} hosts" in str(refused.value)
+        assert "nothing was started" in str(refused.value)
+        with pytest.raises(RPCError) as missing:  # refused before anything started
+            await client.get_workflow_handle(session_id).describe()
+        assert missing.value.status is RPCStatusCode.NOT_FOUND
 
 
 # ---- arguments -------------------------------------------------------------------------------

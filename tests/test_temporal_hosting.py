@@ -68,7 +68,10 @@ def test_a_refusal_names_the_session_the_versions_and_what_changed() -> None:
     hosting = Hosting()
     hosted = hosting.add(TOPOLOGY, AgentRegistry([fn("Clerk", str), fn("Done", str)]))
     started = ["fingerprint 2", "node Clerk", "node Done", "edges Clerk -> Done, Clerk"]
-    message = hosting.refusal("s1", "0123456789abcdef", started)
+    message = hosting.refusal("s1", "0123456789abcdef", started, running=True)
     assert "session 's1'" in message and "0123456789abcdef" in message and hosted in message
     assert "-edges Clerk -> Done, Clerk" in message
     assert "+edges Clerk -> Done" in message
+    assert "The session waits" in message and "to finish it" in message
+    new = hosting.refusal("s1", "0123456789abcdef", started, running=False)
+    assert "start the session again" in new and "waits" not in new

@@ -35,7 +35,7 @@ from orchestra.errors import SessionCorruptedError
 from orchestra.models import Message, StepInfo
 from orchestra.temporal import Hosting, protocol, seams, start_input, worker
 from orchestra.temporal.mirror import StoreMirror
-from orchestra.temporal.protocol import WORKFLOW_NAME, RecordsPage
+from orchestra.temporal.protocol import WORKFLOW_NAME, RecordsPage, version_queue
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -205,7 +205,11 @@ async def _start(
     session_id = f"lim-{name}-{uuid.uuid4().hex[:8]}"
     start = start_input(setup, "go", {"session_id": session_id}, session_id, HEARTBEAT)
     handle = await client.start_workflow(
-        WORKFLOW_NAME, start, id=session_id, task_queue=queue, result_type=dict
+        WORKFLOW_NAME,
+        start,
+        id=session_id,
+        task_queue=version_queue(queue, start.version),
+        result_type=dict,
     )
 
     def replica(lines: list[str]) -> OrchestraResult:

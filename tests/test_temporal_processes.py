@@ -33,6 +33,7 @@ from test_temporal_executor import comparable
 from test_terminal_channel import ASKER_FLOW, PROMPT, ended, flow, spawn
 
 from orchestra import AgentRegistry, Orchestra, OrchestraResult, Topology
+from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.errors import WorkflowVersionError
 from orchestra.temporal import TemporalExecutor
 from orchestra.workflow import load_workflow
@@ -42,7 +43,11 @@ WAIT = 90.0
 killed worker's step runs again after its heartbeat timeout, and its workflow task once the
 server gives up on the killed worker's sticky queue."""
 
-HEARTBEAT = 2.0
+HEARTBEAT = 10.0
+"""The steps' heartbeat timeout: a killed worker is found dead this long after the kill. Wide
+enough that a live worker waiting at a gate never misses one before the kill on a loaded
+2-CPU machine (a second worker booting beside it): temporalio sends heartbeats at most every
+0.8 x the timeout, which leaves 2 s here (0.4 s with 2 s)."""
 
 
 class Worker:
@@ -249,9 +254,13 @@ def submitted(path: Path, address: str, queue: str, session: str) -> asyncio.Tas
     return asyncio.ensure_future(run)
 
 
-async def test_a_worker_on_a_changed_file_refuses_the_sessions_it_cannot_run(
+async def test_a_worker_on_a_changed_file_never_takes_the_old_sessions(
     workers: Callable[..., Worker], tmp_path: Path, temporal_server: str
 ) -> None:
+    """Sessions are routed by version: a worker restarted on a changed file polls its new
+    version's queue only. The client following an old session is told at once that no worker
+    hosts it now; the session stays running, untouched (no task failed, nothing in the new
+    worker's log but its startup note), and a worker hosting the old file finishes it."""
     queue = f"changed-{uuid.uuid4().hex}"
     gates, flow = tmp_path / "gates", tmp_path / "flow.yaml"
     flow.write_text(V1)
@@ -267,17 +276,34 @@ async def test_a_worker_on_a_changed_file_refuses_the_sessions_it_cannot_run(
 
     with pytest.raises(WorkflowVersionError) as refused:
         await asyncio.wait_for(running, WAIT)
-    assert session in str(refused.value)
-    assert "Keep a worker hosting the workflow file a session started with" in str(refused.value)
-    refusal = f"session {session!r} was started with workflow version {v1}"
-    assert refusal in on_v2.text() and f"it hosts: {v2}" in on_v2.text()
+    message = str(refused.value)
+    assert f"session {session!r} runs workflow version {v1}" in message
+    assert f"no worker on task queue {queue!r} hosts it now" in message
+    assert "it goes on from its last step" in message
 
     client = await Client.connect(temporal_server)
     handle = client.get_workflow_handle(session)
-    assert (await handle.describe()).status is WorkflowExecutionStatus.FAILED
+    assert (await handle.describe()).status is WorkflowExecutionStatus.RUNNING  # kept, not failed
     events = [event.event_type async for event in handle.fetch_history_events()]
-    assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in events  # no replay crash loop
-    assert "Failing workflow task" not in on_v2.text()
+    assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in events  # never handed to v2
+    [note] = [line for line in on_v2.text().splitlines() if session in line]
+    assert f"1 running session(s) of task queue {queue} use workflow version {v1}" in note
+    assert "TMPRL1100" not in on_v2.text() and "WorkflowVersionError" not in on_v2.text()
+
+    old = tmp_path / "flow-v1.yaml"
+    old.write_text(V1)
+    (gates / "open").touch()
+    await workers("--task-queue", queue, str(old), str(flow)).ready()
+    workflow = load_workflow(old)
+    instance = OrchestraInstance(
+        workflow.topology,
+        agent_registry=workflow.registry,
+        initial_config=quiet(),
+        executor=TemporalExecutor(temporal_server, queue, heartbeat_timeout=HEARTBEAT),
+    )
+    finished = await asyncio.wait_for(instance.resume_session(session), WAIT)
+    assert finished.success, finished.error
+    assert finished.final_response == "go+intake+gate+publish"  # v1's path: nothing was lost
 
 
 async def test_a_worker_hosting_both_files_finishes_the_old_sessions_and_runs_new_ones(
@@ -304,6 +330,32 @@ async def test_a_worker_hosting_both_files_finishes_the_old_sessions_and_runs_ne
     assert (await asyncio.wait_for(started_on_v2, WAIT)).final_response == (
         "go+intake+gate+review+publish"
     )
+
+
+async def test_old_and_new_workers_on_one_queue_each_run_their_own_sessions(
+    workers: Callable[..., Worker], tmp_path: Path, temporal_server: str
+) -> None:
+    """A rolling upgrade: a worker not yet upgraded (v1) and an upgraded one (v1 and v2) poll
+    one base queue while sessions of both versions run; each session runs only on workers
+    hosting its version, so every one finishes with its own version's result."""
+    queue = f"rolling-{uuid.uuid4().hex}"
+    gates, old, new = tmp_path / "gates", tmp_path / "flow-v1.yaml", tmp_path / "flow.yaml"
+    old.write_text(V1)
+    new.write_text(V2)
+    (gates / "open").touch()
+    on_v1 = await workers("--task-queue", queue, str(old)).ready()
+    await workers("--task-queue", queue, str(old), str(new)).ready()
+    sessions = [
+        submitted(path, temporal_server, queue, f"rolling-{uuid.uuid4().hex}")
+        for path in (old, new)
+        for _ in range(4)
+    ]
+    results = await asyncio.wait_for(asyncio.gather(*sessions), WAIT)
+    assert all(result.success for result in results), [result.error for result in results]
+    assert [result.final_response for result in results] == (
+        ["go+intake+gate+publish"] * 4 + ["go+intake+gate+review+publish"] * 4
+    )
+    assert "WorkflowVersionError" not in on_v1.text()
 
 
 # ---- the command line --------------------------------------------------------------------------
@@ -405,6 +457,10 @@ def test_the_worker_refuses_a_workflow_file_with_a_mistake_as_run_does(tmp_path:
             "--store does not apply with --temporal",
         ),
         (["run", "FLOW", "--temporal", "UNREACHABLE"], "cannot connect to Temporal at UNREACHABLE"),
+        (
+            ["run", "FLOW", "--temporal", "ADDRESS", "--task-queue", "nobody"],
+            "no worker on task queue 'nobody' hosts",
+        ),
     ],
 )
 def test_the_temporal_commands_refuse_what_they_cannot_do_in_one_line(

@@ -49,7 +49,7 @@ from orchestra.coordination.wiring import Setup, build, prepare
 from orchestra.errors import ModelAPIError
 from orchestra.models import Message, StepInfo
 from orchestra.temporal import Hosting, run_worker, start_input, worker
-from orchestra.temporal.protocol import WORKFLOW_NAME, Outcome, RecordsPage
+from orchestra.temporal.protocol import WORKFLOW_NAME, Outcome, RecordsPage, version_queue
 from orchestra.temporal.worker import replayer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -277,11 +277,21 @@ def _setup(
 
 
 async def _start(
-    hosted: Hosted, setup: Setup, task: Any, session_id: str, heartbeat: float = 10.0
+    hosted: Hosted,
+    setup: Setup,
+    task: Any,
+    session_id: str,
+    heartbeat: float = 10.0,
+    version: str | None = None,
 ) -> WorkflowHandle[Any, Outcome]:
+    """The session started on the queue of its version (or of ``version``: misrouted)."""
     start = start_input(setup, task, {"session_id": session_id}, session_id, heartbeat)
     handle: WorkflowHandle[Any, Outcome] = await hosted.client.start_workflow(
-        WORKFLOW_NAME, start, id=session_id, task_queue=QUEUE, result_type=dict
+        WORKFLOW_NAME,
+        start,
+        id=session_id,
+        task_queue=version_queue(QUEUE, version or start.version),
+        result_type=dict,
     )
     STARTED.append(handle)
     return handle
@@ -517,14 +527,17 @@ async def test_pause_then_resume_by_signal(hosted: Hosted) -> None:
 
 
 async def test_a_version_not_hosted_fails_the_workflow_naming_it(hosted: Hosted) -> None:
-    """The chain's topology with one more edge: a changed workflow file. The workflow fails at
-    once (no task retried forever), its error naming the session, both versions and the
-    edge that changed."""
+    """The chain's topology with one more edge: a changed workflow file, its session started
+    by hand on the queue of another version (the executor routes each session to its own
+    version's queue: this is the safety net). The workflow fails at once (no task retried
+    forever), its error naming the session, both versions and the edge that changed."""
     _, registry = hosted.setups["chain"]
     changed = Topology(nodes=["A", "B", "C"], edges=["A -> B", "B -> C", "A -> C"])
     setup = prepare(changed, registry, quiet(), ErrorHandlingConfig(), CommunicationManager(), 100)
     session_id = _session("changed")
-    handle = await _start(hosted, setup, "task", session_id)
+    chain = start_input(_setup(hosted, "chain"), "task", {}, "chain", 10.0).version
+    handle = await _start(hosted, setup, "task", session_id, version=chain)
+    STARTED.remove(handle)  # a replayer not hosting its version refuses it, as a worker does
     with pytest.raises(WorkflowFailureError) as failed:
         await asyncio.wait_for(handle.result(), WAIT)
     cause = failed.value.cause
@@ -535,9 +548,7 @@ async def test_a_version_not_hosted_fails_the_workflow_naming_it(hosted: Hosted)
     assert f"workflow version {started}" in cause.message
     assert all(version in cause.message for version in hosted.hosting.versions)
     assert "edges A -> B, C" in cause.message
-    assert "run a worker that hosts the workflow file this session started with" in (
-        cause.message.lower()
-    )
+    assert "start the session again" in cause.message
     assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
 
 
@@ -548,7 +559,11 @@ async def test_run_worker_serves_until_cancelled(hosted: Hosted) -> None:
     setup = _setup(hosted, "chain")
     start = start_input(setup, "task", {"session_id": session_id}, session_id, 10.0)
     outcome = await hosted.client.execute_workflow(
-        WORKFLOW_NAME, start, id=session_id, task_queue=queue, result_type=dict
+        WORKFLOW_NAME,
+        start,
+        id=session_id,
+        task_queue=version_queue(queue, start.version),
+        result_type=dict,
     )
     assert outcome["state"] == "finished"
     serving.cancel()
@@ -600,7 +615,11 @@ async def test_a_worker_with_a_store_copies_each_session_log_into_it(
     async with worker(hosted.client, queue, hosted.hosting, store=store):
         start = start_input(setup, "copied", {"session_id": session_id}, session_id, 10.0)
         handle = await hosted.client.start_workflow(
-            WORKFLOW_NAME, start, id=session_id, task_queue=queue, result_type=dict
+            WORKFLOW_NAME,
+            start,
+            id=session_id,
+            task_queue=version_queue(queue, start.version),
+            result_type=dict,
         )
         await asyncio.wait_for(GATE["entered"].wait(), WAIT)
         await handle.signal("pause", "to be resumed")

@@ -28,6 +28,8 @@ from .terminal import fail, say
 from .workflows import AllowModule, load
 
 if TYPE_CHECKING:
+    from temporalio.client import Client
+
     from orchestra.temporal import Hosting, TemporalExecutor
 
 Temporal = Annotated[
@@ -221,6 +223,7 @@ async def _serve(
     client = await executor.client()
     for source, version in hosted:
         say(f"hosting {escape(source)} (version {version})")
+    await _say_unhosted(client, executor.task_queue, hosting)
     async with (
         _until_stopped() as stopped,
         worker(client, executor.task_queue, hosting, store=store),
@@ -228,6 +231,29 @@ async def _serve(
         say(f"worker ready on task queue {escape(executor.task_queue)}")
         await stopped.wait()
     say("worker stopped")
+
+
+async def _say_unhosted(client: Client, task_queue: str, hosting: Hosting) -> None:
+    """Say, per version this worker does not host, the sessions of ``task_queue`` still
+    running it (they wait for a worker hosting the file they started with); best effort: a
+    visibility error is one line."""
+    from temporalio.service import RPCError
+
+    from orchestra.models.secrets import redact
+    from orchestra.temporal.routing import unhosted_sessions
+
+    try:
+        unhosted = await unhosted_sessions(client, task_queue, hosting)
+    except RPCError as error:
+        why = escape(redact(str(error)))
+        say(f"cannot list the running sessions of task queue {escape(task_queue)}: {why}")
+        return
+    for version, sessions in sorted(unhosted.items()):
+        say(
+            f"{len(sessions)} running session(s) of task queue {escape(task_queue)} use "
+            f"workflow version {version}, which this worker does not host (a worker hosting "
+            f"the file they started with finishes them): {escape(', '.join(sorted(sessions)))}"
+        )
 
 
 @contextlib.asynccontextmanager

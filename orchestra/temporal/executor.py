@@ -32,7 +32,7 @@ from orchestra.errors import (
 )
 from orchestra.models.secrets import redact
 
-from . import protocol
+from . import protocol, routing
 from .follow import Follower, failed
 
 _ADDRESS = re.compile(r"[^\s:/]+:[0-9]{1,5}")
@@ -117,16 +117,20 @@ class TemporalExecutor:
     async def execute(
         self, setup: Setup, task: Any, context: dict[str, Any], session_id: str
     ) -> OrchestraResult:
-        """A new run of the session ``session_id`` as a workflow, followed to its end (or
-        pause)."""
+        """A new run of the session ``session_id`` as a workflow on its version's task queue
+        (``protocol.version_queue``), followed to its end (or pause). ``WorkflowVersionError``
+        when no worker polls that queue (within ``routing.POLLER_WAIT``): nothing starts."""
         async with stopping(setup):
             start = protocol.start_input(setup, task, context, session_id, self.heartbeat_timeout)
             client = await self.client()
+            queue = protocol.version_queue(self.task_queue, start.version)
             engine, _ = build(setup, session_id, setup.config.status)
             engine.settings_file = setup.config.settings_file
             try:
+                if not await routing.polled(client, queue, routing.POLLER_WAIT):
+                    raise routing.not_started(session_id, start.version, self.task_queue)
                 started = await client.start_workflow(
-                    protocol.WORKFLOW_NAME, start, id=session_id, task_queue=self.task_queue
+                    protocol.WORKFLOW_NAME, start, id=session_id, task_queue=queue
                 )
             except WorkflowAlreadyStartedError:
                 raise SessionError(
@@ -136,7 +140,7 @@ class TemporalExecutor:
             except RPCError as error:
                 raise self._unreachable(session_id, error) from None
             handle = client.get_workflow_handle(session_id, run_id=started.result_run_id)
-            await Follower(handle, engine, setup.communication.channel).follow()
+            await Follower(handle, engine, setup.communication.channel, client).follow()
             return result_of(engine, session_id)
 
     async def pause(self, session_id: str, reason: str | None) -> bool:
@@ -166,13 +170,14 @@ class TemporalExecutor:
                     f"session {session_id!r}: additional_context holds {error.error()}, which "
                     "a session cannot store"
                 ) from None
-            handle = (await self.client()).get_workflow_handle(session_id)
+            client = await self.client()
+            handle = client.get_workflow_handle(session_id)
             state = await self._status(handle)
             if state is None:
                 raise SessionNotFoundError(f"no session {session_id!r} on Temporal to resume")
             engine, _ = build(setup, session_id, status or setup.config.status)
             engine.settings_file = setup.config.settings_file
-            follower = Follower(handle, engine, setup.communication.channel)
+            follower = Follower(handle, engine, setup.communication.channel, client)
             if await _caught_up(follower, handle, state) == "finished":
                 return result_of(engine, session_id)
             await handle.signal(protocol.RESUME_SIGNAL, extra)
@@ -182,12 +187,13 @@ class TemporalExecutor:
     async def result(self, setup: Setup, session_id: str) -> OrchestraResult | None:
         """The result of the session's run as its workflow's records give it (a paused run's
         included); None when there is no such session, or its run is still going."""
-        handle = (await self.client()).get_workflow_handle(session_id)
+        client = await self.client()
+        handle = client.get_workflow_handle(session_id)
         state = await self._status(handle)
         if state is None:
             return None
         engine, _ = build(setup, session_id, _SILENT)
-        follower = Follower(handle, engine, None)
+        follower = Follower(handle, engine, None, client)
         if await _caught_up(follower, handle, state) == "running":
             return None
         return result_of(engine, session_id)

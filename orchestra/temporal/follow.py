@@ -17,6 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
@@ -33,7 +35,7 @@ from orchestra.coordination.state.values import Unreadable, Unstorable, from_pla
 from orchestra.errors import OrchestraError, SessionError, WorkflowVersionError
 from orchestra.models.secrets import redact
 
-from . import protocol
+from . import protocol, routing
 
 FAST = 0.02
 """Seconds between two ``records`` queries while lines keep coming."""
@@ -49,15 +51,23 @@ CATCH_UP_TRIES = 3
 
 _QUERY_TIMEOUT = timedelta(seconds=QUERY_TIMEOUT)
 
+NO_POLLER = "no poller seen"
+"""What Temporal answers a query with when no worker polls the workflow's task queue."""
+
 
 class Follower:
     """Follows one run of a session's workflow into ``engine`` (the replica), relaying its
     questions to ``channel`` (None: the workflow knows there is none and never asks)."""
 
     def __init__(
-        self, handle: WorkflowHandle[Any, Any], engine: Engine, channel: UserChannel | None
+        self,
+        handle: WorkflowHandle[Any, Any],
+        engine: Engine,
+        channel: UserChannel | None,
+        client: Client,
     ) -> None:
         self.handle = handle
+        self.client = client
         self.engine = engine
         self.channel = channel
         self.next = 0  # the index of the next journal line to apply
@@ -109,15 +119,38 @@ class Follower:
 
     async def _records(self) -> dict[str, Any] | None:
         """The journal's lines from ``next`` on (None when the query got no answer: no worker
-        serves the workflow yet, or one is being replaced; waited for and tried again)."""
+        serves the workflow yet, or one is being replaced; waited for and tried again). A
+        worker that refuses the session (it does not host its version) is raised as
+        ``WorkflowVersionError``: the session waits on Temporal for a worker that hosts it,
+        and this call stops following it."""
         try:
             answer = await self.handle.query(
                 protocol.RECORDS_QUERY, self.next, rpc_timeout=_QUERY_TIMEOUT
             )
-        except (RPCError, WorkflowQueryFailedError):
+        except WorkflowQueryFailedError as error:
+            refused(self.handle.id, error)
+            await asyncio.sleep(SLOW)
+            return None
+        except RPCError as error:
+            await self._still_hosted(error)
             await asyncio.sleep(SLOW)
             return None
         return dict(answer)
+
+    async def _still_hosted(self, unanswered: RPCError) -> None:
+        """Raise ``WorkflowVersionError`` when the running session's version queue has no
+        worker any more: Temporal answered the query so ("no poller seen"), or lists none that
+        polled lately. The session stays running on Temporal, nothing lost; a worker hosting
+        its version goes on with it. Temporal not answering this either: asked next round."""
+        try:
+            described = await self.handle.describe()
+            if described.status is not WorkflowExecutionStatus.RUNNING:
+                return
+            queue = described.task_queue
+            if NO_POLLER in unanswered.message or not await routing.polled(self.client, queue):
+                raise routing.not_hosted_now(self.handle.id, queue)
+        except RPCError:
+            return
 
     def _applied(self, answer: dict[str, Any]) -> bool:
         """Apply the answer's lines to the replica; whether it had any."""
@@ -199,8 +232,13 @@ def _question(session_id: str, item: dict[str, Any]) -> Question:
     )
 
 
-NONDETERMINISM = "[TMPRL1100]"
-"""Temporal's code for a history that a worker's workflow did not replay as it ran."""
+def refused(session_id: str, error: WorkflowQueryFailedError) -> None:
+    """Raise ``WorkflowVersionError`` when the worker that answered the query refuses the
+    session for its version (its text, as the worker's log says it)."""
+    marker = f"{WorkflowVersionError.__name__}: "
+    if marker in error.message:
+        refusal = error.message[error.message.index(marker) + len(marker) :]
+        raise WorkflowVersionError(redact(refusal)) from None
 
 
 def failed(session_id: str, failure: BaseException) -> OrchestraError:
@@ -209,14 +247,6 @@ def failed(session_id: str, failure: BaseException) -> OrchestraError:
     cause = failure.cause if isinstance(failure, WorkflowFailureError) else failure
     if isinstance(cause, ApplicationError) and cause.type == WorkflowVersionError.__name__:
         return WorkflowVersionError(cause.message)
-    if isinstance(cause, ApplicationError) and NONDETERMINISM in cause.message:
-        return WorkflowVersionError(
-            f"session {session_id!r} failed: the worker that took it up mid-run does not run "
-            "the workflow it was started with (its log names the versions); Temporal says: "
-            f"{redact(cause.message)}. Keep a worker hosting the workflow file a session "
-            "started with on its task queue until the session ends; sessions started from now "
-            "on use the new file"
-        )
     error = SessionError(
         f"session {session_id!r}: its Temporal workflow failed ({type(cause).__name__}: "
         f"{redact(str(cause))})"

@@ -111,9 +111,10 @@ class Hosting:
     def versions(self) -> list[str]:
         return sorted(self._hosted)
 
-    def refusal(self, session_id: str, version: str, fingerprint: list[str]) -> str:
+    def refusal(self, session_id: str, version: str, fingerprint: list[str], running: bool) -> str:
         """Why session ``session_id`` (started with ``version``, of topology ``fingerprint``)
-        cannot run here, and what to do."""
+        cannot run here, and what to do: for a session ``running`` already, it waits for a
+        worker that hosts its version; a new one failed."""
         hosted = ", ".join(self.versions) or "none"
         message = (
             f"session {session_id!r} was started with workflow version {version}, which this "
@@ -122,9 +123,15 @@ class Hosting:
         differences = self._differences(fingerprint)
         if differences:
             message += f"; the workflow with the same nodes differs in: {differences}"
+        if running:
+            return (
+                f"{message}. The session waits, with every step it took kept: run a worker "
+                "that hosts the workflow file it started with on this task queue to finish it "
+                "(sessions started from now on use the new file)"
+            )
         return (
-            f"{message}. Run a worker that hosts the workflow file this session started with, "
-            "on this task queue, to finish it; sessions started from now on use the new file"
+            f"{message}. Run a worker that hosts this workflow file on this task queue, then "
+            "start the session again"
         )
 
     def _differences(self, fingerprint: list[str]) -> str:

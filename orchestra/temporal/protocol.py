@@ -185,3 +185,17 @@ def _header(first: inp.RunStart, session_id: str) -> str:
         line = records.encode(first, 1)
         records.check_size(line, session_id, 1)
     return line
+
+
+def version_queue(task_queue: str, version: str) -> str:
+    """The task queue of a hosted workflow version's sessions (their workflow tasks, steps and
+    tool calls) on ``task_queue``: only workers hosting that version poll it, so old and new
+    workers share a base queue safely during an upgrade, and a session no worker hosts any
+    more waits there, with nothing taken from it, for one that does."""
+    return f"{task_queue}@{version}"
+
+
+def base_queue(queue: str) -> tuple[str, str]:
+    """The base task queue and the version of a version's queue (``version_queue``)."""
+    base, _, version = queue.rpartition("@")
+    return base, version

@@ -8,7 +8,6 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import (
@@ -21,10 +20,12 @@ from temporalio.worker import (
 )
 
 from orchestra.coordination.state import StateManager
+from orchestra.errors import ConfigurationError
 
 from .activities import Activities
 from .hosting import Hosting
 from .mirror import StoreMirror, no_store
+from .protocol import version_queue
 from .workflow import HOSTING, MIRRORING, SessionWorkflow
 
 SHUTDOWN_GRACE = 10.0
@@ -60,30 +61,43 @@ async def worker(
     *,
     store: StateManager | None = None,
     shutdown_grace: float = SHUTDOWN_GRACE,
-) -> AsyncIterator[Worker]:
+) -> AsyncIterator[list[Worker]]:
     """A worker for ``task_queue`` hosting ``hosting``'s workflows, polling until the block
     exits; then it stops taking work and lets the calls it runs finish, for up to
     ``shutdown_grace`` seconds, before it cancels them (a step cancelled so runs again
-    elsewhere; a non-idempotent tool cancelled so is in doubt). With a ``store``, the log of
-    every session this worker starts is copied into it as the session runs (``mirror.py``), so the inspector,
-    ``orchestra sessions`` and ``get_result`` over that store see it: give every worker of a
-    task queue one store (a shared Redis or PostgreSQL one across machines). A worker with
-    none copies nothing, not even for a session started on one that had a store."""
+    elsewhere; a non-idempotent tool cancelled so is in doubt). Each hosted version is served
+    on a queue of its own (``version_queue``: its sessions' workflow tasks, steps and tool
+    calls), one temporalio ``Worker`` per version sharing the client: a worker is never
+    handed a session it does not host, so workers of different releases share ``task_queue``
+    safely. What ``hosting`` holds when the block starts is what the worker serves.
+
+    With a ``store``, the log of every session this worker starts is copied into it as the
+    session runs (``mirror.py``), so the inspector, ``orchestra sessions`` and ``get_result``
+    over that store see it: give the workers of a task queue one store (a shared Redis or
+    PostgreSQL one across machines). A worker with none copies nothing, not even for a
+    session started on one that had a store."""
+    if not hosting.versions:
+        raise ConfigurationError(f"a worker on task queue {task_queue!r} hosts no workflow")
     activities = Activities(hosting)
     mirror = no_store if store is None else StoreMirror(store).activity
-    served: list[Any] = [activities.step, activities.tool, mirror]
-    running = Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[SessionWorkflow],
-        activities=served,
-        workflow_runner=UnsandboxedWorkflowRunner(),
-        interceptors=[_Hosts(hosting, mirroring=store is not None)],
-        graceful_shutdown_timeout=timedelta(seconds=shutdown_grace),
-        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
-    )
-    async with running:
-        yield running
+    hosts = _Hosts(hosting, mirroring=store is not None)
+    serving = [
+        Worker(
+            client,
+            task_queue=version_queue(task_queue, version),
+            workflows=[SessionWorkflow],
+            activities=[activities.step, activities.tool, mirror],
+            workflow_runner=UnsandboxedWorkflowRunner(),
+            interceptors=[hosts],
+            graceful_shutdown_timeout=timedelta(seconds=shutdown_grace),
+            max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        )
+        for version in hosting.versions
+    ]
+    async with contextlib.AsyncExitStack() as running:
+        for each in serving:
+            await running.enter_async_context(each)
+        yield serving
 
 
 def replayer(hosting: Hosting) -> Replayer:

@@ -77,13 +77,7 @@ _CLOCK = WorkflowClock()
 _NOT_ASKED = object()
 
 
-@workflow.defn(
-    name=WORKFLOW_NAME,
-    sandboxed=False,
-    # A history this worker cannot replay (a session started with a workflow it does not
-    # host, refused mid-run) fails the session: its tasks would fail the same way forever.
-    failure_exception_types=[workflow.NondeterminismError],
-)
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
 class SessionWorkflow:
     """One session's run (and its resumes after pauses), until it finishes."""
 
@@ -257,17 +251,28 @@ class SessionWorkflow:
             self._resume = dict(context)
 
 
+class VersionRefused(Exception):
+    """A worker refusing a session already running that it does not host the version of: its
+    workflow task fails (Temporal tries it again, on whichever worker polls next), so the
+    session waits, with nothing taken from it, for a worker that hosts its version. Not an
+    ``ApplicationError``: that would fail the session, and its history holds commands such a
+    failure does not match (Temporal would call the replay non-deterministic)."""
+
+
 def _hosted(start: StartInput, session_id: str) -> Hosted:
-    """The hosted workflow the session was started with, or the workflow fails (not its task:
-    a replay against another workflow would fail the same way forever). Refused mid-run, its
-    history holds commands this failure does not match: Temporal fails it as non-deterministic,
-    with its own message, so the refusal is also said in the worker's log (even on replay,
-    where ``workflow.logger`` says nothing)."""
+    """The hosted workflow the session was started with. One this worker does not host is
+    refused with ``WorkflowVersionError``'s text, said in the worker's log too: a new session
+    fails at once (a client started it with a workflow no worker hosts); one already running
+    is left as it is for a worker that hosts it (``VersionRefused``), and its follower reads
+    the refusal from its failing queries."""
     hosting: Hosting = _extern(HOSTING)()
     hosted = hosting.get(start.version)
     if hosted is None:
-        refusal = hosting.refusal(session_id, start.version, start.fingerprint)
+        running = workflow.unsafe.is_replaying()
+        refusal = hosting.refusal(session_id, start.version, start.fingerprint, running)
         _LOG.error("%s: %s", VERSION_ERROR, refusal)
+        if running:
+            raise VersionRefused(f"{VERSION_ERROR}: {refusal}")
         raise ApplicationError(refusal, type=VERSION_ERROR, non_retryable=True)
     return hosted
 
