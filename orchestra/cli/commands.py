@@ -26,6 +26,7 @@ from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_s
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import StateManager
 from orchestra.coordination.state.backends import check_session_id
+from orchestra.coordination.state.manager import ON_TEMPORAL
 from orchestra.coordination.topology import Edge, PatternConfig, Topology
 from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS
 from orchestra.errors import InvalidSessionIdError, OrchestraError, TopologyError
@@ -315,6 +316,13 @@ def _execute(
     again = resume_command(resume_with, session_id, store)
     with open_store(store) as (manager, _):
         state = asyncio.run(state_of(manager, session_id))
+        if state == ON_TEMPORAL:
+            fail(
+                f"session {session_id!r} has a run on Temporal on the way; follow it with "
+                f"orchestra resume {workflow_path} {session_id} --temporal "
+                "HOST:PORT --task-queue QUEUE",
+                1,
+            )
         if state in ("interrupted", "paused"):
             fail(
                 f"session {session_id!r} has a run {state} on the way; go on with it: {again} "

@@ -120,7 +120,15 @@ class TemporalExecutor:
         """A new run of the session ``session_id`` as a workflow, followed to its end (or
         pause)."""
         async with stopping(setup):
-            start = protocol.start_input(setup, task, context, session_id, self.heartbeat_timeout)
+            start = protocol.start_input(
+                setup,
+                task,
+                context,
+                session_id,
+                self.heartbeat_timeout,
+                task_queue=self.task_queue,
+                namespace=self.namespace,
+            )
             client = await self.client()
             engine, _ = build(setup, session_id, setup.config.status)
             engine.settings_file = setup.config.settings_file
