@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from helpers import WAIT, fn, quiet, run_cli
+from helpers import WAIT, fn, quiet, run_cli, start_cli
 from temporalio.client import Client
+from test_temporal_processes import WAIT as PROCESS_WAIT
+from test_temporal_processes import Worker, until, workers  # noqa: F401 (the fixture)
 
 from orchestra import AgentRegistry, Topology
 from orchestra.communication.channels import CommunicationManager
@@ -30,7 +33,7 @@ FLOW = "agents: [{name: A, function: 'flow_nodes:shout'}, {name: B, function: 'f
 WHERE = {"kind": "temporal", "task_queue": "q1", "namespace": "default"}
 
 
-async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+async def polled(condition: Callable[[], Awaitable[bool]], what: str) -> None:
     """Poll ``condition`` until it holds (the mirror writes in the background)."""
     deadline = asyncio.get_running_loop().time() + WAIT
     while not await condition():
@@ -139,7 +142,7 @@ async def test_a_mirrored_session_reads_as_on_temporal_while_its_workers_run_it(
             async def mirrored() -> bool:
                 return session_id in await store.list_sessions()
 
-            await until(mirrored, "the header's copy in the store")
+            await polled(mirrored, "the header's copy in the store")
             log = await store.load(session_id)
             assert log.last_run is not None
             assert log.last_run.start.executor == {
@@ -159,8 +162,100 @@ async def test_a_mirrored_session_reads_as_on_temporal_while_its_workers_run_it(
             async def finished() -> bool:
                 return run_state(await store.load(session_id)) == "finished"
 
-            await until(finished, "the run's end in the store")
+            await polled(finished, "the run's end in the store")
         stored = await here.resume_session(session_id)  # a finished run's result, as stored
         assert stored.final_response == "job first second"
     finally:
         backend.close()
+
+
+# ---- the command line follows a session on Temporal again ------------------------------------
+
+GATED = """\
+agents:
+  - {name: Gate, function: "temporal_flows:gate_node"}
+  - {name: A, function: "flow_nodes:shout"}
+topology: {nodes: [Gate, A], edges: [Gate -> A]}
+task: hello
+"""
+
+
+async def test_ctrl_c_leaves_the_session_on_temporal_and_resume_follows_it_again(
+    workers: Callable[..., Worker],  # noqa: F811 (the fixture)
+    tmp_path: Path,
+    temporal_server: str,
+) -> None:
+    queue, session_id = f"cli-{uuid.uuid4().hex}", f"away-{uuid.uuid4().hex[:8]}"
+    flow = tmp_path / "gated.yaml"
+    flow.write_text(GATED)
+    await workers("--task-queue", queue, str(flow)).ready()
+    connect = ("--temporal", temporal_server, "--task-queue", queue)
+    following = start_cli("run", str(flow), "--session", session_id, *connect, cwd=tmp_path)
+    starts = tmp_path / "gates" / "starts"
+    await until(lambda: starts.exists() and "Gate started" in starts.read_text(), "the gate")
+    again = (
+        f"orchestra resume {flow} {session_id} --temporal {temporal_server} --task-queue {queue}"
+    )
+
+    twice = await asyncio.to_thread(run_cli, "run", str(flow), "--session", session_id, *connect)
+    assert twice.returncode == 1, twice.stdout + twice.stderr
+    said = " ".join(twice.stdout.split())
+    assert (
+        f"session '{session_id}' has a run in progress on Temporal; follow it with: {again}" in said
+    )
+    assert "OrchestraInstance" not in said
+
+    following.send_signal(signal.SIGINT)
+    out, _ = await asyncio.to_thread(following.communicate, timeout=PROCESS_WAIT)
+    assert following.returncode == 130, out
+    said = " ".join(out.split())
+    assert f"Interrupted: session {session_id} goes on on Temporal" in said
+    assert f"Follow it again with: {again}" in said
+    assert f"temporal workflow terminate -w {session_id}" in said
+
+    (tmp_path / "gates" / "open").touch()
+    followed = await asyncio.to_thread(
+        run_cli, "resume", str(flow), session_id, *connect, "--output", str(tmp_path / "out")
+    )
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    assert (tmp_path / "out").read_text() == "HELLO+GATE!"
+    assert starts.read_text().count("Gate started") == 1  # followed, not run again
+
+
+# ---- TLS and API keys --------------------------------------------------------------------------
+
+
+async def test_the_connection_options_reach_the_cluster(temporal_server: str) -> None:
+    """The plain dev server takes a client with an API key and no TLS (it checks no key); the
+    same frontend asked for TLS is one clear line naming it, without the key."""
+    plain = TemporalExecutor(temporal_server, tls=False, api_key="k-plain-1234")
+    assert (await plain.client()).service_client.config.api_key == "k-plain-1234"
+    secured = TemporalExecutor(temporal_server, api_key="k-secret-5678")  # a key: TLS
+    with pytest.raises(SessionError) as refused:
+        await asyncio.wait_for(secured.client(), WAIT * 3)
+    said = str(refused.value)
+    assert said.startswith(f"cannot connect to Temporal at {temporal_server}")
+    assert "TLS" in said and "\n" not in said and "k-secret-5678" not in said
+
+
+def test_the_commands_take_tls_and_an_api_key_from_the_environment(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(GATED)
+    unset = run_cli(
+        "run",
+        str(flow),
+        "--task",
+        "hi",
+        "--temporal",
+        "127.0.0.1:1",
+        "--api-key-env",
+        "ORCHESTRA_TEST_NO_SUCH_KEY",
+    )
+    assert unset.returncode == 1, unset.stdout + unset.stderr
+    assert (
+        "--api-key-env ORCHESTRA_TEST_NO_SUCH_KEY: the environment variable is not set"
+        in unset.stdout
+    )
+    for command in ("run", "resume", "worker"):
+        helped = run_cli(command, "--help")
+        assert "--tls" in helped.stdout and "--api-key-env" in helped.stdout, command
