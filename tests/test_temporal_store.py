@@ -27,6 +27,8 @@ from orchestra.coordination.state.manager import ON_TEMPORAL, run_state
 from orchestra.errors import SessionError
 from orchestra.temporal import Hosting, TemporalExecutor, worker
 from orchestra.ui.catalog import Catalog
+from orchestra.ui.host import RunHost
+from orchestra.workflow import load_workflow
 
 PAIR = Topology(nodes=["First", "Second"], edges=["First -> Second"])
 FLOW = "agents: [{name: A, function: 'flow_nodes:shout'}, {name: B, function: 'flow_nodes:shout'}]\ntopology: {nodes: [A, B], edges: [A -> B]}\n"
@@ -259,3 +261,35 @@ def test_the_commands_take_tls_and_an_api_key_from_the_environment(tmp_path: Pat
     for command in ("run", "resume", "worker"):
         helped = run_cli(command, "--help")
         assert "--tls" in helped.stdout and "--api-key-env" in helped.stdout, command
+
+
+async def test_the_inspector_refuses_to_resume_a_paused_session_on_temporal(
+    tmp_path: Path,
+) -> None:
+    """Paused on Temporal, the session waits for its workflow's resume signal: the
+    inspector's Resume (enabled for any paused session) must not run it here."""
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(FLOW)
+    store = tmp_path / "sessions.db"
+    done = await asyncio.to_thread(
+        run_cli, "run", str(flow), "--task", "hi", "--session", "done", "--store", str(store)
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    backend = SQLiteStorageBackend(store)
+    try:
+        lines = await backend.read("done")
+        header, end = json.loads(lines[0]), json.loads(lines[-1])
+        header["executor"] = WHERE
+        end.update(paused=True, success=False)
+        paused = [json.dumps(header), *lines[1:-1], json.dumps(end)]
+        await backend.append("held", paused, durable=True, after=0)
+    finally:
+        backend.close()
+    host = RunHost(store, {"flow": load_workflow(flow)})
+    try:
+        assert run_state(await host.manager.load("held")) == "paused"
+        with pytest.raises(SessionError, match=r"'held' runs on Temporal \(task queue 'q1'"):
+            await host.resume("held", None)
+        assert await host.manager.storage.read("held") == paused  # nothing ran here
+    finally:
+        await host.close()
