@@ -243,6 +243,11 @@ class SessionFormatError(SessionError):
     """A session was written in a log format this release cannot read or migrate."""
 
 
+class SessionRunningError(SessionError):
+    """A new run was asked of a session whose run is still going on elsewhere (on Temporal):
+    it is followed, not started again; the command line says how to follow it."""
+
+
 class WorkflowVersionError(SessionError):
     """A Temporal session was started with a workflow (topology and agents' tools) that no
     worker on its task queue hosts now: it is refused, naming the session and the versions,

@@ -60,11 +60,11 @@ async def test_a_log_written_now_is_a_newer_format_to_the_release_before(
 ) -> None:
     lines = await written(sessions, "now")
     stored = [json.loads(line) for line in lines]
-    assert {r["format"] for r in stored if "format" in r} == {records.FORMAT} == {3}
+    assert {r["format"] for r in stored if "format" in r} == {records.FORMAT} == {4}
     assert any(r.get("returns_to") == "A" for r in stored if r["t"] == inp.StepBegin.KIND)
-    monkeypatch.setattr(records, "FORMAT", 2)  # as the release before reads it
-    monkeypatch.setattr(manager, "FORMAT", 2)
-    with pytest.raises(SessionFormatError, match="'now' was written in log format 3 by a newer"):
+    monkeypatch.setattr(records, "FORMAT", 3)  # as the release before reads it
+    monkeypatch.setattr(manager, "FORMAT", 3)
+    with pytest.raises(SessionFormatError, match="'now' was written in log format 4 by a newer"):
         manager._read_records("now", lines)
 
 
@@ -88,7 +88,7 @@ async def test_a_format_2_log_loads_resumes_and_is_viewed(
     resumed = await asyncio.wait_for(instance(sessions).resume_session("cut"), WAIT)
     assert resumed.success, resumed.error
     formats = [json.loads(line).get("format") for line in await sessions.storage.read("cut")]
-    assert [f for f in formats if f is not None] == [2, 3]  # its header, then the resume
+    assert [f for f in formats if f is not None] == [2, 4]  # its header, then the resume
     catalog = Catalog(tmp_path / "sessions.db")
     try:
         view = await catalog.view("cut", None)
@@ -100,3 +100,24 @@ async def test_a_format_2_log_loads_resumes_and_is_viewed(
         ("B", "final_response", False),  # by this release, which names its agent
     ]
     assert view["summary"]["status"] == "finished"
+
+
+async def test_a_format_3_log_loads_and_resumes(sessions: StateManager) -> None:
+    """As the release before wrote it: format 3 in its header, which has no ``executor``
+    (format 4's): it reads as a run of this process, interrupted, and resumes here."""
+    lines = await written(sessions, "now")
+    older = []
+    for line in lines:
+        record = json.loads(line)
+        if "format" in record:
+            record["format"] = 3
+        older.append(json.dumps(record, separators=(",", ":")))
+    await sessions.storage.append("full", older, durable=True, after=0)
+    await crash_copy(sessions.storage, "full", "cut", 4)
+    cut = await sessions.load("cut")
+    assert cut.last_run is not None and cut.last_run.start.executor is None
+    assert manager.run_state(cut) == "interrupted"
+    resumed = await asyncio.wait_for(instance(sessions).resume_session("cut"), WAIT)
+    assert resumed.success, resumed.error
+    formats = [json.loads(line).get("format") for line in await sessions.storage.read("cut")]
+    assert [f for f in formats if f is not None] == [3, 4]

@@ -9,7 +9,7 @@ import math
 import warnings
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -21,29 +21,38 @@ from orchestra.coordination.config import (
     VerbosityLevel,
 )
 from orchestra.coordination.engine.rounds import NO_CHANNEL
-from orchestra.coordination.monitoring.live import close_displays
 from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_session_id
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import StateManager
 from orchestra.coordination.state.backends import check_session_id
+from orchestra.coordination.state.manager import ON_TEMPORAL
 from orchestra.coordination.topology import Edge, PatternConfig, Topology
 from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS
-from orchestra.errors import InvalidSessionIdError, OrchestraError, TopologyError
+from orchestra.errors import (
+    InvalidSessionIdError,
+    TopologyError,
+)
 from orchestra.models.defaults import default_model_config
 from orchestra.workflow import Workflow
 from orchestra.workflow_source import WorkflowError, read_source
 
+from .ending import NOT_OFFERED, Followed, Kept, finish
 from .store import DEFAULT_STORE, Store, open_store, resume_command, sessions_app, state_of
 from .temporal import (
+    ApiKeyEnv,
+    Following,
     Namespace,
     TaskQueue,
     Temporal,
+    Tls,
+    connect_options,
     executor_for,
     exiting_at_once,
+    follow_command,
     refuse_store,
     worker_command,
 )
-from .terminal import check_output, console, fail, print_result, say, show_topology
+from .terminal import check_output, console, fail, say, show_topology
 from .ui import Host as UiHost
 from .ui import Port as UiPort
 from .ui import demo_ui, ui_command
@@ -122,9 +131,6 @@ Verbose = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show nothing while the run works.")]
 
 
-NOT_OFFERED = "Follow-ups are not offered: standard input (or the screen) is no terminal."
-
-
 def _level(verbose: bool, quiet: bool) -> VerbosityLevel:
     """The level the flags choose (NORMAL with neither)."""
     if verbose and quiet:
@@ -168,12 +174,6 @@ FollowUpTimeout = Annotated[
 ]
 
 
-PAUSED = 3  # the exit code of a run that paused (resume it)
-
-
-INTERRUPTED = 130
-
-
 def _finite(seconds: float | None) -> float | None:
     """``inf`` (or ``1e400``) passes ``min=``, and reached the run's config as a traceback."""
     if seconds is not None and not math.isfinite(seconds):
@@ -210,55 +210,6 @@ def _status(workflow: Workflow, verbosity: VerbosityLevel) -> ExecutionConfig:
     return workflow.execution.model_copy(update={"status": StatusConfig.from_verbosity(verbosity)})
 
 
-class Kept(NamedTuple):
-    """A run's session: where it is kept, and the command that takes it up again."""
-
-    manager: StateManager
-    session: str
-    resume: str
-
-
-def _finish(
-    run: Coroutine[Any, Any, OrchestraResult], kept: Kept | None, output: Path | None
-) -> None:
-    """Run to the end and report (the whole final response written to ``output``, when one is
-    given); when the run can be taken up again, say how. The live status area is gone before
-    anything more is printed."""
-    try:
-        result = asyncio.run(run)
-    except KeyboardInterrupt:
-        close_displays()
-        _interrupted(kept)
-    except OrchestraError as error:
-        close_displays()
-        fail(error, 1)
-    close_displays()
-    if result.metadata.get("follow_ups") == NO_CHANNEL:  # a resume, with no terminal
-        say(NOT_OFFERED)
-    print_result(result, output, None if kept is None else kept.resume)
-    if result.metadata.get("paused"):
-        if kept is not None:
-            say(f"Resume with: {escape(kept.resume)}")
-        raise typer.Exit(PAUSED)
-    if not result.success:
-        raise typer.Exit(1)
-
-
-def _interrupted(kept: Kept | None) -> NoReturn:
-    """Ctrl-C: say what the log holds, so the advice fits (the run may have been stopped
-    before its first record, or after its last)."""
-    state = asyncio.run(state_of(kept.manager, kept.session)) if kept is not None else None
-    if kept is None:
-        say("Interrupted.")
-    elif state is None:
-        say("Interrupted before the run was recorded: there is nothing to resume.")
-    elif state in ("finished", "failed"):
-        say(f"Interrupted as the run ended: it {state} (see `orchestra sessions list`).")
-    else:
-        say(f"Interrupted. Resume with: {escape(kept.resume)}")
-    raise typer.Exit(INTERRUPTED)
-
-
 def _execute(
     workflow_path: Path,
     task: str | None,
@@ -272,10 +223,12 @@ def _execute(
     follow_up_timeout: float | None = None,
     user_timeout: float | None = None,
     executor: TemporalExecutor | None = None,
+    connect: list[str] | None = None,
 ) -> None:
     """Run the workflow; ``follow_up_timeout`` (None: no follow-ups) makes it a conversation;
     ``user_timeout`` (the command line's) bounds a question in place of the file's;
-    ``executor`` runs it on Temporal (whose workers keep its log: ``store`` is None)."""
+    ``executor`` runs it on Temporal (whose workers keep its log: ``store`` is None), reached
+    again with the ``connect`` options."""
     check_output(output, workflow_path, store)
     workflow = load(workflow_path, max_tokens, allowed_modules)
     channel = user_channel()
@@ -305,16 +258,25 @@ def _execute(
             executor=executor,
         )
 
+    followed = None
     if executor is not None:
         session_id = context.setdefault("session_id", new_session_id())
         say(f"Session {session_id}, on Temporal ({escape(repr(executor))})")
+        followed = Followed(session_id, follow_command(resume_with, session_id, connect or []))
     if store is None:
-        _finish(run(None), None, output)
+        finish(run(None), None, output, followed)
         return
     session_id = context.setdefault("session_id", new_session_id())
     again = resume_command(resume_with, session_id, store)
     with open_store(store) as (manager, _):
         state = asyncio.run(state_of(manager, session_id))
+        if state == ON_TEMPORAL:
+            fail(
+                f"session {session_id!r} has a run on Temporal on the way; follow it with "
+                f"orchestra resume {workflow_path} {session_id} --temporal "
+                "HOST:PORT --task-queue QUEUE",
+                1,
+            )
         if state in ("interrupted", "paused"):
             fail(
                 f"session {session_id!r} has a run {state} on the way; go on with it: {again} "
@@ -322,7 +284,7 @@ def _execute(
                 1,
             )
         say(f"Session {session_id}, kept in {escape(str(store))}")
-        _finish(run(manager), Kept(manager, session_id, again), output)
+        finish(run(manager), Kept(manager, session_id, again), output)
 
 
 def _resume(
@@ -337,6 +299,7 @@ def _resume(
     allowed_modules: list[str] | None = None,
     user_timeout: float | None = None,
 ) -> None:
+    """Resume the session embedded, from its log in ``store``."""
     extra = _json_object(context, "--context") if context is not None else None
     session = _checked_session(session)
     check_output(output, workflow_path, store)
@@ -363,11 +326,45 @@ def _resume(
         status = None if verbosity is None else StatusConfig.from_verbosity(verbosity)
         with warnings.catch_warnings():  # said as `run` says it (NOT_OFFERED), not as Python does
             warnings.filterwarnings("ignore", f".*follow-ups are {NO_CHANNEL}", UserWarning)
-            _finish(
+            finish(
                 instance.resume_session(session, extra, status=status),
                 Kept(manager, session, again),
                 output,
             )
+
+
+def _resume_on_temporal(
+    workflow_path: Path,
+    session: str,
+    context: str | None,
+    verbosity: VerbosityLevel | None,
+    output: Path | None,
+    allowed_modules: list[str] | None,
+    user_timeout: float | None,
+    executor: TemporalExecutor,
+    again: str,
+) -> None:
+    """Follow the session on Temporal again: a paused run is resumed, a running one followed,
+    a finished one's result shown as it was (``executor.resume``)."""
+    extra = _json_object(context, "--context") if context is not None else None
+    session = _checked_session(session)
+    check_output(output, workflow_path, None)
+    workflow = load(workflow_path, None, allowed_modules)
+    instance = OrchestraInstance(
+        workflow.topology,
+        agent_registry=workflow.registry,
+        initial_config=workflow.execution,
+        communication_manager=workflow.communication_config(user_channel(), user_timeout).manager(),
+        executor=executor,
+    )
+    status = None if verbosity is None else StatusConfig.from_verbosity(verbosity)
+    say(f"Session {session}, on Temporal ({escape(repr(executor))})")
+    finish(
+        instance.resume_session(session, extra, status=status),
+        None,
+        output,
+        Followed(session, again),
+    )
 
 
 def _json_object(text: str, option: str) -> dict[str, Any]:
@@ -399,6 +396,8 @@ def run(
     temporal: Temporal = None,
     task_queue: TaskQueue = "orchestra",
     namespace: Namespace = "default",
+    tls: Tls = False,
+    api_key_env: ApiKeyEnv = None,
     *,
     ctx: typer.Context,
 ) -> None:
@@ -414,11 +413,12 @@ def run(
         *_timeout_options(user_timeout),
     ]
     kept = None if no_store else store
-    executor = None
+    executor, connect = None, None
     if temporal is not None:
         source = ctx.get_parameter_source("store")
         refuse_store(source is not None and source.name == "COMMANDLINE")
-        executor, kept = executor_for(temporal, task_queue, namespace), None
+        executor = executor_for(temporal, task_queue, namespace, tls, api_key_env)
+        connect, kept = connect_options(temporal, task_queue, namespace, tls, api_key_env), None
     with exiting_at_once() if executor is not None else contextlib.nullcontext():
         _execute(
             workflow,
@@ -433,6 +433,7 @@ def run(
             follow_up_timeout if follow_ups else None,
             user_timeout,
             executor,
+            connect,
         )
 
 
@@ -450,10 +451,18 @@ def resume(
     output: Output = None,
     allow_module: AllowModule = None,
     user_timeout: UserTimeout = None,
+    temporal: Following = None,
+    task_queue: TaskQueue = "orchestra",
+    namespace: Namespace = "default",
+    tls: Tls = False,
+    api_key_env: ApiKeyEnv = None,
+    *,
+    ctx: typer.Context,
 ) -> None:
     """Go on with an interrupted or paused session from its last completed step (a session
     whose last run ended shows its stored result). It shows as much as the run was started
-    with, unless --verbose or --quiet says otherwise."""
+    with, unless --verbose or --quiet says otherwise. With --temporal, a session on Temporal
+    is followed again (and resumed when paused)."""
     command = [
         "orchestra",
         "resume",
@@ -462,6 +471,26 @@ def resume(
         *_timeout_options(user_timeout),
     ]
     level = _resumed_level(verbose, quiet)
+    if temporal is not None:
+        source = ctx.get_parameter_source("store")
+        refuse_store(source is not None and source.name == "COMMANDLINE")
+        executor = executor_for(temporal, task_queue, namespace, tls, api_key_env)
+        again = follow_command(
+            command, session, connect_options(temporal, task_queue, namespace, tls, api_key_env)
+        )
+        with exiting_at_once():
+            _resume_on_temporal(
+                workflow,
+                session,
+                context,
+                level,
+                output,
+                allow_module,
+                user_timeout,
+                executor,
+                again,
+            )
+        return
     _resume(
         workflow, session, context, level, None, store, command, output, allow_module, user_timeout
     )

@@ -83,7 +83,8 @@ sessions_app = typer.Typer(help="The sessions kept in a store: list them, delete
 @sessions_app.command("list")
 def list_sessions(store: Store = DEFAULT_STORE) -> None:
     """Each session with the state of its last run: running (here or in another process),
-    interrupted or paused (these two can be resumed), finished or failed."""
+    interrupted or paused (these two can be resumed), on Temporal (its workers run it: follow
+    it with `orchestra resume FILE SESSION --temporal HOST:PORT`), finished or failed."""
     if not store.exists():
         console.print(f"No sessions: no store at {store}", highlight=False, markup=False)
         return

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import shlex
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -43,6 +44,16 @@ Temporal = Annotated[
     ),
 ]
 
+Following = Annotated[
+    str | None,
+    typer.Option(
+        "--temporal",
+        metavar="HOST:PORT",
+        help="The session runs on Temporal (`orchestra run --temporal`): follow it again "
+        "from this cluster's frontend, resuming it when it is paused.",
+    ),
+]
+
 TaskQueue = Annotated[
     str,
     typer.Option(
@@ -52,6 +63,25 @@ TaskQueue = Annotated[
 ]
 
 Namespace = Annotated[str, typer.Option("--namespace", help="The Temporal namespace.")]
+
+Tls = Annotated[
+    bool,
+    typer.Option(
+        "--tls",
+        help="Connect to the Temporal frontend over TLS (as Temporal Cloud needs; on by "
+        "default with --api-key-env).",
+    ),
+]
+
+ApiKeyEnv = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key-env",
+        metavar="NAME",
+        help="Authenticate to Temporal with the API key in this environment variable (the "
+        "key itself is never given on the command line, printed or logged).",
+    ),
+]
 
 Modules = Annotated[
     list[str] | None,
@@ -84,16 +114,46 @@ def _needs_temporal() -> None:
         fail("Temporal needs the temporalio package: pip install 'orchestra[temporal]'", 1)
 
 
-def executor_for(address: str, task_queue: str, namespace: str) -> TemporalExecutor:
-    """The executor ``orchestra run --temporal`` submits with; a bad address or queue ends
-    the command (exit code 1) naming it."""
+def executor_for(
+    address: str, task_queue: str, namespace: str, tls: bool, api_key_env: str | None
+) -> TemporalExecutor:
+    """The executor ``orchestra run --temporal`` submits with; a bad address or queue, or an
+    API key variable that is not set, ends the command (exit code 1) naming it."""
     _needs_temporal()
     from orchestra.temporal import TemporalExecutor
 
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            fail(f"--api-key-env {api_key_env}: the environment variable is not set", 1)
     try:
-        return TemporalExecutor(address, task_queue, namespace=namespace)
+        return TemporalExecutor(
+            address, task_queue, namespace=namespace, tls=tls or None, api_key=api_key
+        )
     except OrchestraError as error:
         fail(error, 1)
+
+
+def follow_command(base: list[str], session: str, connect: list[str]) -> str:
+    """The command that follows a session on Temporal again (and resumes it when paused):
+    ``orchestra resume FILE SESSION --temporal HOST:PORT ...``, ready to copy."""
+    return shlex.join([*base, session, *connect])
+
+
+def connect_options(
+    address: str, task_queue: str, namespace: str, tls: bool, api_key_env: str | None
+) -> list[str]:
+    """The options that reach the same cluster and task queue again (the API key by the
+    name of its variable)."""
+    options = ["--temporal", address, "--task-queue", task_queue]
+    if namespace != "default":
+        options += ["--namespace", namespace]
+    if tls:
+        options.append("--tls")
+    if api_key_env is not None:
+        options += ["--api-key-env", api_key_env]
+    return options
 
 
 @contextlib.contextmanager
@@ -182,6 +242,8 @@ def worker_command(
     store: WorkerStore = None,
     allow_module: AllowModule = None,
     module: Modules = None,
+    tls: Tls = False,
+    api_key_env: ApiKeyEnv = None,
 ) -> None:
     """Host workflows on a Temporal task queue: run the steps and tool calls of the sessions
     submitted to it (`orchestra run --temporal`, or `executor=TemporalExecutor(...)`) until
@@ -191,7 +253,7 @@ def worker_command(
     _needs_temporal()
     if not files and not module:
         fail("nothing to host: give workflow files, or --module with a `hosting`", 1)
-    executor = executor_for(temporal, task_queue, namespace)
+    executor = executor_for(temporal, task_queue, namespace, tls, api_key_env)
     hosting, hosted = _hosting(files or [], module or [], allow_module)
     with exiting_at_once(), _opened(store) as manager:
         try:

@@ -156,6 +156,7 @@ async def _resume(
     writer = None
     try:
         log = await state_manager.load(session_id)
+        check_here(log)
         engine, runner = await _rebuilt(setup, log, state_manager, status)
         run = log.last_run
         assert run is not None  # _rebuilt refuses a session with no run
@@ -177,6 +178,26 @@ async def _resume(
         await _abandon(writer, session_id)
         raise
     return _noted(await _drive(runner, writer, session_id), log, started=True)
+
+
+def check_here(log: SessionLog) -> None:
+    """SessionError when the session's last run is on Temporal and not finished: its workers
+    run it (and write this log), so taking it up here would run its steps twice. The error
+    says how to follow it (or resume it, paused) there instead."""
+    run = log.last_run
+    where = run.start.executor if run is not None and not run.finished else None
+    if where is None:
+        return
+    queue, namespace = where.get("task_queue", "?"), where.get("namespace", "default")
+    session_id = log.session_id
+    raise SessionError(
+        f"session {session_id!r} runs on Temporal (task queue {queue!r}, namespace "
+        f"{namespace!r}): its workers run it, so it is not resumed here; follow it, or resume "
+        f"it when paused, with `orchestra resume FILE {session_id} --temporal HOST:PORT "
+        f"--task-queue {queue} --namespace {namespace}`, or with "
+        f"OrchestraInstance(..., executor=TemporalExecutor('HOST:PORT', {queue!r}, "
+        f"namespace={namespace!r})).resume_session({session_id!r})"
+    )
 
 
 async def stored_result(

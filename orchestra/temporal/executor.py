@@ -17,7 +17,7 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from orchestra.agents.contract import timeout_problem
 from orchestra.coordination.config import StatusConfig, VerbosityLevel
@@ -29,6 +29,7 @@ from orchestra.errors import (
     ConfigurationError,
     SessionError,
     SessionNotFoundError,
+    SessionRunningError,
 )
 from orchestra.models.secrets import redact
 
@@ -45,7 +46,10 @@ class TemporalExecutor:
     the address ("host:port") of the cluster's frontend, connected to (in ``namespace``) when
     first needed, once, on the event loop that needs it; ``task_queue`` is the queue the
     workers poll; ``heartbeat_timeout`` the seconds after which a step or tool whose worker
-    stopped heartbeating (killed, cut off) is run again elsewhere."""
+    stopped heartbeating (killed, cut off) is run again elsewhere. ``tls`` and ``api_key`` go
+    to ``Client.connect`` as they are (a cluster such as Temporal Cloud: ``tls=True`` or a
+    ``TLSConfig`` with client certificates, and/or an API key; with a key and no ``tls``, TLS
+    is used); the key never reaches a log, record or error."""
 
     def __init__(
         self,
@@ -54,6 +58,8 @@ class TemporalExecutor:
         *,
         namespace: str = "default",
         heartbeat_timeout: float = 30.0,
+        tls: bool | TLSConfig | None = None,
+        api_key: str | None = None,
     ) -> None:
         if not isinstance(client, Client | str):
             raise TypeError(
@@ -77,6 +83,7 @@ class TemporalExecutor:
         self.namespace = client.namespace if isinstance(client, Client) else namespace
         self.heartbeat_timeout = float(heartbeat_timeout)
         self._given = client if isinstance(client, Client) else None
+        self._tls, self._api_key = tls, api_key
         self._connecting: asyncio.Task[Client] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -105,11 +112,17 @@ class TemporalExecutor:
     async def _connect(self) -> Client:
         assert self.address is not None
         try:
-            return await Client.connect(self.address, namespace=self.namespace)
+            return await Client.connect(
+                self.address, namespace=self.namespace, tls=self._tls, api_key=self._api_key
+            )
         except RuntimeError as error:  # what temporalio raises for a failed connection
+            said = redact(str(error))
+            if self._api_key:
+                said = said.replace(self._api_key, "[redacted]")
             raise SessionError(
                 f"cannot connect to Temporal at {self.address} (namespace "
-                f"{self.namespace!r}): {redact(str(error))}"
+                f"{self.namespace!r}{', TLS' if self._tls or self._api_key else ''}): "
+                f"{' '.join(said.split())}"
             ) from None
 
     # ---- what Orchestra and OrchestraInstance call ---------------------------------------------
@@ -121,7 +134,15 @@ class TemporalExecutor:
         (``protocol.version_queue``), followed to its end (or pause). ``WorkflowVersionError``
         when no worker polls that queue (within ``routing.POLLER_WAIT``): nothing starts."""
         async with stopping(setup):
-            start = protocol.start_input(setup, task, context, session_id, self.heartbeat_timeout)
+            start = protocol.start_input(
+                setup,
+                task,
+                context,
+                session_id,
+                self.heartbeat_timeout,
+                task_queue=self.task_queue,
+                namespace=self.namespace,
+            )
             client = await self.client()
             queue = protocol.version_queue(self.task_queue, start.version)
             engine, _ = build(setup, session_id, setup.config.status)
@@ -133,7 +154,7 @@ class TemporalExecutor:
                     protocol.WORKFLOW_NAME, start, id=session_id, task_queue=queue
                 )
             except WorkflowAlreadyStartedError:
-                raise SessionError(
+                raise SessionRunningError(
                     f"session {session_id!r} has a run in progress on Temporal; pause it, or "
                     "follow it with OrchestraInstance.resume_session"
                 ) from None

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
+import msgspec
 import zstandard
 
 from orchestra.agents.contract import StepInput
@@ -160,11 +161,18 @@ def start_input(
     context: dict[str, Any],
     session_id: str,
     heartbeat_timeout: float,
+    *,
+    task_queue: str = "orchestra",
+    namespace: str = "default",
 ) -> StartInput:
     """The input that starts session ``session_id`` as a workflow: its header recorded now, on
-    the client, as an embedded run records it. A task or context the log cannot store is a
-    ``ConfigurationError`` naming the session, before anything starts."""
-    header = _header(first_input(setup, task, context), session_id)
+    the client, as an embedded run records it, marked as run on Temporal (``executor``: where,
+    so the log a worker keeps never reads as an interrupted run to resume here). A task or
+    context the log cannot store is a ``ConfigurationError`` naming the session, before
+    anything starts."""
+    where = {"kind": "temporal", "task_queue": task_queue, "namespace": namespace}
+    first = msgspec.structs.replace(first_input(setup, task, context), executor=where)
+    header = _header(first, session_id)
     manager = setup.communication
     return StartInput(
         version=version_of(setup),

@@ -41,7 +41,7 @@ from typing import TypedDict
 
 from orchestra.agents.contract import Action, ActionKind, reply_action
 from orchestra.coordination.engine import inputs as inp
-from orchestra.coordination.state.manager import SessionLog, run_name
+from orchestra.coordination.state.manager import ON_TEMPORAL, RunLog, SessionLog, run_name
 from orchestra.coordination.state.records import Entry
 
 from .graph import exits_of
@@ -429,7 +429,7 @@ class Fold:
     def _settle(self, held: bool) -> None:
         """Each run's state; the branches of a last run cut off by a crash stopped; each step
         with no result and not in flight now ``cut_off``."""
-        states = {run_name(run.header.position): _run_state(run.end) for run in self.log.runs}
+        states = {run_name(run.header.position): _run_state(run) for run in self.log.runs}
         last = self.log.last_run
         last_name = run_name(last.header.position) if last is not None else None
         for view in self.runs:
@@ -547,9 +547,10 @@ def action_targets(action: Action) -> list[str]:
     return []
 
 
-def _run_state(end: inp.RunEnd | None) -> str:
+def _run_state(run: RunLog) -> str:
+    end = run.end
     if end is None:
-        return "interrupted"
+        return "interrupted" if run.start.executor is None else ON_TEMPORAL
     if end.paused:
         return "paused"
     return "finished" if end.success else "failed"

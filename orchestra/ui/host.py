@@ -22,11 +22,17 @@ from orchestra.agents.contract import render
 from orchestra.communication import CommunicationManager, ProgrammaticChannel, Question
 from orchestra.coordination.config import StatusConfig, VerbosityLevel
 from orchestra.coordination.engine.events import StepStarted
+from orchestra.coordination.execution import check_here
 from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_session_id
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.backends import check_session_id
-from orchestra.coordination.state.manager import SessionLog, parse_checkpoint_id, run_state
+from orchestra.coordination.state.manager import (
+    ON_TEMPORAL,
+    SessionLog,
+    parse_checkpoint_id,
+    run_state,
+)
 from orchestra.coordination.streaming import RunStream
 from orchestra.coordination.topology import Topology
 from orchestra.coordination.wiring import fingerprint_matches
@@ -258,6 +264,7 @@ class RunHost:
         with self._claimed(session_id):
             log = await self._load(session_id)
             await self._check_unheld(session_id)
+            check_here(log)
             state = run_state(log)
             if state not in ("paused", "interrupted"):
                 raise SessionError(f"session {session_id!r} is {state}: there is nothing to resume")
@@ -416,7 +423,7 @@ class RunHost:
             state = await self._state(session_id)
         except SessionNotFoundError:
             return
-        if state in ("paused", "interrupted"):
+        if state in ("paused", "interrupted", ON_TEMPORAL):
             raise SessionError(
                 f"session {session_id!r} has a run {state} on the way: resume it (or delete "
                 "the session to start afresh)"

@@ -50,6 +50,11 @@ class RunStart(Record, frozen=True, kw_only=True):
     # for that answer (see engine/budgets.py); a log written before that rule reads as False,
     # each branch asking its own question, so it replays as it ran
     shared_budget_questions: bool = False
+    # where the run runs when not in the process that wrote this header: for a session on
+    # Temporal, {"kind": "temporal", "task_queue": ..., "namespace": ...} (its workers run it and
+    # keep this log), so readers of a store show it running there and an embedded resume
+    # refuses it (it would run it twice); None (absent before log format 4): here
+    executor: dict[str, str] | None = None
 
 
 class StepBegin(Record, frozen=True, kw_only=True):

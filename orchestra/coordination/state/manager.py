@@ -100,16 +100,21 @@ class SessionLog:
         return self.runs[-1] if self.runs else None
 
 
+ON_TEMPORAL = "on Temporal"
+"""The state of a session's run that Temporal workers run (its header says so) and that has
+not ended: its log is theirs to write, never an interrupted run to resume here."""
+
+
 def run_state(log: SessionLog) -> str:
-    """Finished, failed, paused or interrupted: how the last run in a session's log stands
-    (a run in progress reads as interrupted: only storage knows whether a writer holds it).
-    One wording for every reader of a store: ``orchestra sessions list`` and the web
-    inspector."""
+    """Finished, failed, paused, interrupted or on Temporal: how the last run in a session's
+    log stands (a run in progress here reads as interrupted: only storage knows whether a
+    writer holds it). One wording for every reader of a store: ``orchestra sessions list``
+    and the web inspector."""
     run = log.last_run
     if run is None:
         return "without a run"
     if run.end is None:
-        return "interrupted"
+        return "interrupted" if run.start.executor is None else ON_TEMPORAL
     if run.end.paused:
         return "paused"
     return "finished" if run.end.success else "failed"

@@ -12,6 +12,8 @@ Format 2 differs from format 3 only in fields format 3 added, which a format-2 r
 reads as absent: ``StepBegin``'s ``agent``, ``parent``, ``fan_out`` and ``returns_to``. Its
 records are read as they are; the version was bumped so that a release that reads format 2
 says a log written now is of a newer format, not damaged (it refuses fields it does not know).
+Format 3 differs from format 4 in the same way: format 4 added ``RunStart``'s ``executor`` (where
+a session on Temporal runs), which a format-3 header lacks and reads as absent (run here).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def from_format_1(record: dict[str, Any]) -> dict[str, Any]:
 
 def from_format_2(record: dict[str, Any]) -> dict[str, Any]:
     """A format-2 record is a format-3 record without the fields format 3 added."""
+    return record
+
+
+def from_format_3(record: dict[str, Any]) -> dict[str, Any]:
+    """A format-3 record is a format-4 record without the field format 4 added."""
     return record
 
 

@@ -24,7 +24,7 @@ from . import migrations
 from .codec import Shape, shape
 from .values import TAG, Unreadable, Unstorable, from_plain, register_plain, to_plain
 
-FORMAT = 3
+FORMAT = 4
 """The log format this release writes. Bump it (and add a migration) when records change:
 a release refuses fields it does not know as damage, so a record that gains one is read by an
 older release only as a newer format, which it names (``SessionFormatError``)."""
@@ -38,7 +38,11 @@ snapshot's limit (``snapshots.MAX_BYTES``), which holds every record's content."
 KINDS: dict[str, type[inp.Record]] = {kind.KIND: kind for kind in inp.RECORD_TYPES}
 _SHAPES: dict[type[inp.Record], Shape] = {kind: shape(kind) for kind in inp.RECORD_TYPES}
 
-_MIGRATIONS = {1: migrations.from_format_1, 2: migrations.from_format_2}
+_MIGRATIONS = {
+    1: migrations.from_format_1,
+    2: migrations.from_format_2,
+    3: migrations.from_format_3,
+}
 """format -> function(record) -> record, lifting a record of that format by one version."""
 
 

@@ -22,6 +22,7 @@ const BADGES = {
   damaged: "status-damaged",
   paused: "status-paused",
   interrupted: "status-interrupted",
+  "on Temporal": "status-running",
 };
 
 function route(action) {
@@ -44,7 +45,8 @@ function summary(view) {
   const parts = [s.task ? "task: " + s.task : "", `${s.steps} steps${aside}`, `${s.tokens} tokens`, "cost " + money(s.cost_usd)];
   if (s.error) parts.push("error: " + s.error);
   document.getElementById("session-facts").textContent = parts.filter(Boolean).join(" · ");
-  const running = s.status === "running" || s.status === "waiting for the user";
+  // a run on Temporal: its workers run it and write its log (it is not resumed or deleted here)
+  const running = ["running", "waiting for the user", "on Temporal"].includes(s.status);
   document.getElementById("pause").disabled = !(running && s.hosted);
   document.getElementById("resume").disabled = !(s.status === "paused" || s.status === "interrupted");
   document.getElementById("delete").disabled = running;
