@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import test_engine_scenarios as scenarios
-from helpers import ask, final, fn, llm, quiet
+from helpers import ask, final, fn, llm, quiet, run
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 from test_temporal_executor import ON_TEMPORAL, PAIR, hosted, waiting_pair
 
 from orchestra import (
     AgentRegistry,
+    CommunicationConfig,
     ErrorHandlingConfig,
     FunctionModel,
     ProgrammaticChannel,
@@ -243,3 +245,60 @@ async def test_an_answer_whose_update_fails_once_is_sent_again_not_asked_again(
     assert channel.pending == []
     assert result.final_response == "Hello, Ada"
     assert queried == {"records"}
+
+
+class Timed:
+    """A TimedChannel (as the terminal is) that answers at once, noting how it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def ask(self, question: Any) -> str:
+        self.calls.append(("ask",))
+        return "Ada"
+
+    async def ask_within(self, question: Any, seconds: float | None, outcome: str) -> str:
+        self.calls.append(("ask_within", seconds, outcome))
+        return "Ada"
+
+
+class Silent:
+    """A channel with a time limit of its own that never answers."""
+
+    user_timeout = 0.5
+
+    async def ask(self, question: Any) -> str:
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+
+@pytest.mark.parametrize("kind", ["timed", "silent"])
+async def test_the_clients_channel_keeps_its_timing_contract(client: Client, kind: str) -> None:
+    """A TimedChannel is asked with its limit and what happens at its end, and a timed-out
+    question's error names the limit as embedded (the channel's own user_timeout)."""
+    outcomes, calls = [], []
+    for on_temporal in (False, True):
+        channel = Timed() if kind == "timed" else Silent()
+        config = CommunicationConfig(
+            channel=channel, user_timeout=30, on_user_timeout="default", default_answer="Bob"
+        )
+        if kind == "silent":
+            config = CommunicationConfig(channel=channel)
+        agents = [llm("Asker", FunctionModel(scenarios.greeter))]
+        options: dict[str, Any] = {"communication_config": config}
+        if on_temporal:
+            async with hosted(client, ASKER, agents) as executor:
+                result = await run(
+                    "greet", ASKER, agents, wait=ON_TEMPORAL, executor=executor, **options
+                )
+        else:
+            result = await run("greet", ASKER, agents, **options)
+        error = re.sub(r"question \S+,", "question ?,", result.error or "")
+        outcomes.append((result.final_response, error))
+        calls.append(getattr(channel, "calls", None))
+    assert outcomes[1] == outcomes[0]
+    assert calls[1] == calls[0]
+    if kind == "silent":
+        assert "Silent user_timeout" in str(outcomes[0][1])
+    else:
+        assert calls[0] == [("ask_within", 30, "the agent goes on with the default answer ('Bob')")]

@@ -145,7 +145,7 @@ class TemporalExecutor:
             except RPCError as error:
                 raise self._unreachable(session_id, error) from None
             handle = client.get_workflow_handle(session_id, run_id=started.result_run_id)
-            await self._follow(Follower(handle, engine, setup.communication.channel))
+            await self._follow(Follower(handle, engine, setup.communication))
             return result_of(engine, session_id)
 
     async def pause(self, session_id: str, reason: str | None) -> bool:
@@ -197,7 +197,7 @@ class TemporalExecutor:
                 raise SessionNotFoundError(f"no session {session_id!r} on Temporal to resume")
             engine, _ = build(setup, session_id, status or setup.config.status)
             engine.settings_file = setup.config.settings_file
-            follower = Follower(handle, engine, setup.communication.channel)
+            follower = Follower(handle, engine, setup.communication)
             if await _caught_up(follower, handle, state) == "finished":
                 return result_of(engine, session_id)
             talk = protocol.communication_of(setup)

@@ -26,7 +26,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from orchestra.communication.channels import Question, UserChannel
+from orchestra.communication.channels import CommunicationManager, Question, TimedChannel
 from orchestra.coordination.engine.core import Engine
 from orchestra.coordination.state import records
 from orchestra.coordination.state.replay import apply_line
@@ -59,14 +59,19 @@ _QUERY_TIMEOUT = timedelta(seconds=QUERY_TIMEOUT)
 
 class Follower:
     """Follows one run of a session's workflow into ``engine`` (the replica), relaying its
-    questions to ``channel`` (None: the workflow knows there is none and never asks)."""
+    questions to the channel of ``communication`` (None, or no channel: the workflow knows
+    there is none and never asks)."""
 
     def __init__(
-        self, handle: WorkflowHandle[Any, Any], engine: Engine, channel: UserChannel | None
+        self,
+        handle: WorkflowHandle[Any, Any],
+        engine: Engine,
+        communication: CommunicationManager | None,
     ) -> None:
         self.handle = handle
         self.engine = engine
-        self.channel = channel
+        self.communication = communication
+        self.channel = None if communication is None else communication.channel
         self.next = 0  # the index of the next journal line to apply
         self._relayed: dict[str, asyncio.Task[None]] = {}  # by question id
         self._answered: set[str] = set()  # taken by the workflow: never asked again
@@ -197,13 +202,17 @@ class Follower:
 
     async def _relay(self, item: dict[str, Any]) -> None:
         """Ask the channel one question and send its answer (or the channel's failure) to
-        the workflow; no time limit here: the workflow applies it."""
-        assert self.channel is not None
+        the workflow. The workflow applies the time limit; a :class:`TimedChannel` (the
+        terminal) is asked through the client's manager, as embedded, so its user sees the
+        limit and what happens at its end."""
+        assert self.channel is not None and self.communication is not None
         question = _question(self.handle.id, item)
+        timed = isinstance(self.channel, TimedChannel)
         answer: Any = None
         error: str | None = None
         try:
-            answer = to_plain(await self.channel.ask(question))
+            asked = self.communication if timed else self.channel
+            answer = to_plain(await asked.ask(question))
         except Unstorable as problem:
             error = (
                 f"the answer to the question of agent {question.agent!r} ({question.text!r}) "
@@ -254,7 +263,8 @@ class Follower:
 
 
 def _question(session_id: str, item: dict[str, Any]) -> Question:
-    """A question of the ``questions`` query as the channel gets it."""
+    """An open question (as the records page and the ``questions`` query list it) as the
+    channel gets it."""
     response_line = item.get("response_line")
     try:
         response = None if response_line is None else from_plain(records.loads(response_line))

@@ -48,12 +48,15 @@ State = Literal["running", "paused", "finished"]
 class Communication:
     """The client's user-channel settings, which the workflow's communication manager applies
     (its timeouts are workflow timers: deterministic). ``has_channel``: whether anyone answers
-    questions (without, an agent's question fails its branch, as embedded)."""
+    questions (without, an agent's question fails its branch, as embedded);
+    ``user_timeout_source`` where ``user_timeout`` was set, for a timed-out question's error
+    (None: the configuration's key)."""
 
     user_timeout: float | None
     on_user_timeout: Literal["fail", "default"]
     default_answer: str
     has_channel: bool
+    user_timeout_source: str | None = None
 
 
 @dataclass
@@ -161,6 +164,7 @@ def communication_of(setup: Setup) -> Communication:
         on_user_timeout=manager.on_user_timeout,
         default_answer=manager.default_answer,
         has_channel=manager.channel is not None,
+        user_timeout_source=manager.timeout_source(),
     )
 
 

@@ -189,6 +189,7 @@ class SessionWorkflow:
             talk.user_timeout,
             on_user_timeout=talk.on_user_timeout,
             default_answer=talk.default_answer,
+            user_timeout_source=talk.user_timeout_source,
         )
         return Runner(
             engine,
