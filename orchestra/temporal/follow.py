@@ -108,7 +108,7 @@ class Follower:
                 failure = ended.exception() if ended.done() else None
                 if failure is not None:
                     raise failed(self.handle.id, failure)
-                answer = await self._records()
+                answer = await self._records(ended)
                 if answer is None and ended.done():
                     unanswered += 1
                     if unanswered == CATCH_UP_TRIES:
@@ -131,7 +131,12 @@ class Follower:
         given from now on is refused by it; one already given is still sent) and relay no
         more."""
         self._held = True
-        tasks = [task for key, task in self._relayed.items() if key not in self._sending]
+        here = asyncio.current_task()  # a channel may pause while it asks: not waited for
+        tasks = [
+            task
+            for key, task in self._relayed.items()
+            if key not in self._sending and task is not here
+        ]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -145,15 +150,22 @@ class Follower:
         finally:
             woken.cancel()
 
-    async def _records(self) -> dict[str, Any] | None:
+    async def _records(self, ended: asyncio.Future[Any] | None = None) -> dict[str, Any] | None:
         """The journal's lines from ``next`` on (None when the query got no answer: no worker
         serves the workflow yet, or one is being replaced; waited for and tried again). A
-        query the workflow failed to answer, and a workflow Temporal no longer has, raise."""
+        query the workflow failed to answer, and a workflow Temporal no longer has, raise;
+        the workflow's own failure first when it fails (``ended``: its result), as a workflow
+        refused mid-run fails its queries too."""
         try:
             answer = await self.handle.query(
                 protocol.RECORDS_QUERY, self.next, rpc_timeout=_QUERY_TIMEOUT
             )
         except WorkflowQueryFailedError as error:
+            if ended is not None:
+                await asyncio.wait([ended], timeout=QUERY_TIMEOUT)
+                failure = ended.exception() if ended.done() else None
+                if failure is not None:
+                    raise failed(self.handle.id, failure) from None
             raise SessionError(
                 f"session {self.handle.id!r}: its Temporal workflow failed to answer for its "
                 f"records from record {self.next + 1} on ({redact(str(error))})"
