@@ -149,8 +149,32 @@ async def test_a_resume_sent_while_the_run_pauses_is_applied_once_it_paused(
     assert resumed.final_response == "job first second more"
 
 
-async def _signalled(client: Client, session_id: str, name: str) -> None:
-    """Wait until the workflow's history holds a signal ``name``."""
+async def test_a_pause_sent_while_a_resume_waits_is_for_the_resumed_run(client: Client) -> None:
+    started, go_on = asyncio.Event(), asyncio.Event()
+    agents = waiting_pair(started, go_on)
+    async with hosted(client, PAIR, agents) as executor:
+        runs = instance(PAIR, agents, executor)
+        session_id = f"again-{uuid.uuid4().hex[:8]}"
+        running = asyncio.create_task(runs.execute("job", {"session_id": session_id}))
+        await asyncio.wait_for(started.wait(), ON_TEMPORAL)
+        assert await runs.pause_session(session_id, "lunch")
+        resuming = asyncio.create_task(runs.resume_session(session_id))
+        await _signalled(client, session_id, "resume")
+        assert await runs.pause_session(session_id, "again")
+        await _signalled(client, session_id, "pause", times=2)
+        go_on.set()
+        paused = await asyncio.wait_for(resuming, ON_TEMPORAL)
+        await asyncio.wait_for(running, ON_TEMPORAL)
+        assert paused.metadata["paused"] is True
+        assert paused.metadata["pause_reason"] == "again"
+        resumed = await asyncio.wait_for(
+            runs.resume_session(session_id, {"extra": "more"}), ON_TEMPORAL
+        )
+    assert resumed.final_response == "job first second more"
+
+
+async def _signalled(client: Client, session_id: str, name: str, times: int = 1) -> None:
+    """Wait until the workflow's history holds ``times`` signals ``name``."""
     handle = client.get_workflow_handle(session_id)
     async with asyncio.timeout(ON_TEMPORAL):
         while True:
@@ -160,7 +184,7 @@ async def _signalled(client: Client, session_id: str, name: str) -> None:
                 for event in history.events
                 if event.HasField("workflow_execution_signaled_event_attributes")
             ]
-            if name in signals:
+            if signals.count(name) >= times:
                 return
             await asyncio.sleep(0.05)
 

@@ -254,10 +254,9 @@ class SessionWorkflow:
         """Pause at the next step boundary (nothing when paused or pausing already); asked
         while a resume waits to be applied, it is for the resumed run."""
         runner = self._runner
-        if runner is None:
-            if self._state == "running" or self._resume is not None:
-                self._pause = reason
-        elif not runner.pausing:
+        if self._resume is not None or (runner is None and self._state == "running"):
+            self._pause = reason  # for the run driven next
+        elif runner is not None and not runner.pausing:
             runner.pause(reason)
 
     @workflow.signal(name=RESUME_SIGNAL)
@@ -266,7 +265,8 @@ class SessionWorkflow:
         resuming client's ``talk`` says (None: as before); nothing unless it is paused or
         pausing (kept then, applied once it has paused)."""
         runner = self._runner
-        if self._state == "paused" or (runner is not None and runner.pausing):
+        pausing = self._pause is not _NOT_ASKED or (runner is not None and runner.pausing)
+        if self._state == "paused" or pausing:
             self._resume = dict(context)
             self._talk = talk or self._talk
 
