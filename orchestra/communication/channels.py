@@ -209,6 +209,11 @@ class CommunicationManager:
         """Which limit bounds ``question``, in the words that set it, for its timeout error."""
         if question.timeout is not None:
             return "the question's own timeout"
+        return self.timeout_source()
+
+    def timeout_source(self) -> str:
+        """Where :meth:`timeout` was set, in the words that set it (a Temporal session's
+        workflow names it as the client does)."""
         if isinstance(getattr(self.channel, "user_timeout", None), int | float):
             return f"{type(self.channel).__name__} user_timeout"
         return self.user_timeout_source

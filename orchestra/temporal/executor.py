@@ -13,9 +13,15 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
@@ -34,11 +40,13 @@ from orchestra.errors import (
 from orchestra.models.secrets import redact
 
 from . import protocol, routing
-from .follow import Follower, failed
+from .follow import QUERY_TIMEOUT, Follower, failed
 
 _ADDRESS = re.compile(r"[^\s:/]+:[0-9]{1,5}")
 _SILENT = StatusConfig.from_verbosity(VerbosityLevel.QUIET)
 _RUNNING = WorkflowExecutionStatus.RUNNING
+_PAST_END = 2**62  # a records query from here answers no lines: only the state
+_STATE_TIMEOUT = timedelta(seconds=QUERY_TIMEOUT)
 
 
 class TemporalExecutor:
@@ -86,6 +94,7 @@ class TemporalExecutor:
         self._tls, self._api_key = tls, api_key
         self._connecting: asyncio.Task[Client] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._following: dict[str, set[Follower]] = {}  # by session id: what pause holds
 
     def __repr__(self) -> str:
         where = self.address or "a client"
@@ -161,17 +170,33 @@ class TemporalExecutor:
             except RPCError as error:
                 raise self._unreachable(session_id, error) from None
             handle = client.get_workflow_handle(session_id, run_id=started.result_run_id)
-            await Follower(handle, engine, setup.communication.channel, client).follow()
+            await self._follow(Follower(handle, engine, setup.communication, client))
             return result_of(engine, session_id)
 
     async def pause(self, session_id: str, reason: str | None) -> bool:
         """Ask the session's workflow to pause at its next step boundary; False when it has no
-        run in progress."""
+        run in progress (finished, or paused already). The questions this executor relayed to
+        its channel are withdrawn before it returns (an answer given to it later is refused);
+        one answered through another client may still be taken until the workflow has seen
+        the pause."""
         handle = (await self.client()).get_workflow_handle(session_id)
-        if await self._status(handle) is not _RUNNING:
+        if await self._status(handle) is not _RUNNING or await _paused(handle):
             return False
         await handle.signal(protocol.PAUSE_SIGNAL, reason)
+        for follower in list(self._following.get(session_id, ())):
+            await follower.hold()
         return True
+
+    async def _follow(self, follower: Follower) -> None:
+        """Follow the session's run, known to ``pause`` meanwhile."""
+        following = self._following.setdefault(follower.handle.id, set())
+        following.add(follower)
+        try:
+            await follower.follow()
+        finally:
+            following.discard(follower)
+            if not following:
+                del self._following[follower.handle.id]
 
     async def resume(
         self,
@@ -198,11 +223,12 @@ class TemporalExecutor:
                 raise SessionNotFoundError(f"no session {session_id!r} on Temporal to resume")
             engine, _ = build(setup, session_id, status or setup.config.status)
             engine.settings_file = setup.config.settings_file
-            follower = Follower(handle, engine, setup.communication.channel, client)
+            follower = Follower(handle, engine, setup.communication, client)
             if await _caught_up(follower, handle, state) == "finished":
                 return result_of(engine, session_id)
-            await handle.signal(protocol.RESUME_SIGNAL, extra)
-            await follower.follow()
+            talk = protocol.communication_of(setup)
+            await handle.signal(protocol.RESUME_SIGNAL, args=[extra, talk])
+            await self._follow(follower)
             return result_of(engine, session_id)
 
     async def result(self, setup: Setup, session_id: str) -> OrchestraResult | None:
@@ -234,6 +260,16 @@ class TemporalExecutor:
             f"session {session_id!r}: Temporal refused the request on task queue "
             f"{self.task_queue!r} ({error.status.name}: {redact(error.message)})"
         )
+
+
+async def _paused(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the session's running workflow says it is paused (False when no worker answers:
+    the pause is asked for)."""
+    try:
+        page = await handle.query(protocol.RECORDS_QUERY, _PAST_END, rpc_timeout=_STATE_TIMEOUT)
+    except (RPCError, WorkflowQueryFailedError):
+        return False
+    return bool(page["state"] == "paused")
 
 
 async def _caught_up(

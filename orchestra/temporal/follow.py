@@ -12,7 +12,7 @@ workflow asks are relayed to the client's own user channel, and the answers sent
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -23,16 +23,22 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
-from orchestra.communication.channels import Question, UserChannel
+from orchestra.communication.channels import CommunicationManager, Question, TimedChannel
 from orchestra.coordination.engine.core import Engine
 from orchestra.coordination.state import records
 from orchestra.coordination.state.replay import apply_line
 from orchestra.coordination.state.values import Unreadable, Unstorable, from_plain, to_plain
-from orchestra.errors import OrchestraError, SessionError, WorkflowVersionError
+from orchestra.errors import (
+    OrchestraError,
+    SessionError,
+    SessionNotFoundError,
+    WorkflowVersionError,
+)
 from orchestra.models.secrets import redact
 
 from . import protocol, routing
@@ -40,8 +46,9 @@ from . import protocol, routing
 FAST = 0.02
 """Seconds between two ``records`` queries while lines keep coming."""
 
-SLOW = 0.25
-"""The longest wait between two queries of a session that is quiet (a long step, a question)."""
+SLOW = 1.0
+"""The longest wait between two queries of a session that is quiet (a long step, a question):
+one ``records`` query a second per followed session while nothing happens."""
 
 QUERY_TIMEOUT = 10.0
 """Seconds one query may take: a workflow no worker serves yet answers none (tried again)."""
@@ -57,22 +64,28 @@ NO_POLLER = "no poller seen"
 
 class Follower:
     """Follows one run of a session's workflow into ``engine`` (the replica), relaying its
-    questions to ``channel`` (None: the workflow knows there is none and never asks)."""
+    questions to the channel of ``communication`` (None, or no channel: the workflow knows
+    there is none and never asks)."""
 
     def __init__(
         self,
         handle: WorkflowHandle[Any, Any],
         engine: Engine,
-        channel: UserChannel | None,
+        communication: CommunicationManager | None,
         client: Client,
     ) -> None:
         self.handle = handle
         self.client = client
         self.engine = engine
-        self.channel = channel
+        self.communication = communication
+        self.channel = None if communication is None else communication.channel
         self.next = 0  # the index of the next journal line to apply
         self._relayed: dict[str, asyncio.Task[None]] = {}  # by question id
         self._answered: set[str] = set()  # taken by the workflow: never asked again
+        self._open: set[str] = set()  # the workflow's open questions, as last heard
+        self._sending: set[str] = set()  # answered by the channel, being sent
+        self._held = False  # a pause was asked for: no question is relayed any more
+        self._woken = asyncio.Event()  # an answer was taken: poll again at once
 
     async def catch_up(self) -> str:
         """Apply every line the workflow's journal holds now; its state (running, paused or
@@ -83,10 +96,7 @@ class Follower:
             if answer is None:
                 unanswered += 1
                 if unanswered == CATCH_UP_TRIES:
-                    raise SessionError(
-                        f"session {self.handle.id!r}: no worker answered for its Temporal "
-                        "workflow; run a worker that hosts its workflow on its task queue"
-                    )
+                    raise self._no_worker(finished=False)
                 continue
             if not self._applied(answer):
                 return str(answer["state"])
@@ -99,39 +109,84 @@ class Follower:
         ended = asyncio.ensure_future(self.handle.result())
         since = self.next
         delay = FAST
+        unanswered = 0  # queries with no answer since the workflow's result came
         try:
             while True:
                 failure = ended.exception() if ended.done() else None
                 if failure is not None:
                     raise failed(self.handle.id, failure)
-                answer = await self._records()
+                answer = await self._records(ended)
+                if answer is None and ended.done():
+                    unanswered += 1
+                    if unanswered == CATCH_UP_TRIES:
+                        raise self._no_worker(finished=True)
                 fresh = answer is not None and self._applied(answer)
                 state = None if answer is None else str(answer["state"])
                 if state is not None and state != "running" and not fresh and self.next > since:
                     return state
-                if self.channel is not None:
-                    await self._relay_questions()
-                delay = FAST if fresh else min(delay * 2, SLOW)
-                await asyncio.wait([ended], timeout=delay)
+                if self.channel is not None and answer is not None:
+                    self._relay_questions(answer["questions"])
+                delay = FAST if fresh or self._woken.is_set() else min(delay * 2, SLOW)
+                self._woken.clear()
+                await self._wait(ended, delay)
         finally:
             ended.cancel()
             await self._withdraw_all()
 
-    async def _records(self) -> dict[str, Any] | None:
+    async def hold(self) -> None:
+        """A pause was asked for: withdraw the questions relayed to the channel (an answer
+        given from now on is refused by it; one already given is still sent) and relay no
+        more."""
+        self._held = True
+        here = asyncio.current_task()  # a channel may pause while it asks: not waited for
+        tasks = [
+            task
+            for key, task in self._relayed.items()
+            if key not in self._sending and task is not here
+        ]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _wait(self, ended: asyncio.Future[Any], delay: float) -> None:
+        """Wait ``delay`` seconds, less when the workflow ends or the channel answers."""
+        woken = asyncio.ensure_future(self._woken.wait())
+        try:
+            await asyncio.wait([ended, woken], timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+
+    async def _records(self, ended: asyncio.Future[Any] | None = None) -> dict[str, Any] | None:
         """The journal's lines from ``next`` on (None when the query got no answer: no worker
         serves the workflow yet, or one is being replaced; waited for and tried again). A
         worker that refuses the session (it does not host its version) is raised as
-        ``WorkflowVersionError``: the session waits on Temporal for a worker that hosts it,
-        and this call stops following it."""
+        ``WorkflowVersionError``, and so is a running session whose version no worker polls any
+        more: the session waits on Temporal for a worker that hosts it, and this call stops
+        following it. A query the workflow failed to answer, and a workflow Temporal no longer
+        has, raise; the workflow's own failure first when it fails (``ended``: its result), as
+        a workflow refused mid-run fails its queries too."""
         try:
             answer = await self.handle.query(
                 protocol.RECORDS_QUERY, self.next, rpc_timeout=_QUERY_TIMEOUT
             )
         except WorkflowQueryFailedError as error:
             refused(self.handle.id, error)
-            await asyncio.sleep(SLOW)
-            return None
+            if ended is not None:
+                await asyncio.wait([ended], timeout=QUERY_TIMEOUT)
+                failure = ended.exception() if ended.done() else None
+                if failure is not None:
+                    raise failed(self.handle.id, failure) from None
+            raise SessionError(
+                f"session {self.handle.id!r}: its Temporal workflow failed to answer for its "
+                f"records from record {self.next + 1} on ({redact(str(error))})"
+            ) from None
         except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                raise SessionNotFoundError(
+                    f"session {self.handle.id!r}: Temporal no longer has its workflow (a "
+                    "closed workflow is kept for its namespace's retention period)"
+                ) from None
             await self._still_hosted(error)
             await asyncio.sleep(SLOW)
             return None
@@ -152,6 +207,13 @@ class Follower:
         except RPCError:
             return
 
+    def _no_worker(self, finished: bool) -> SessionError:
+        said = " finished, but" if finished else ":"
+        return SessionError(
+            f"session {self.handle.id!r}{said} no worker answered for its Temporal workflow; "
+            "run a worker that hosts its workflow on its task queue"
+        )
+
     def _applied(self, answer: dict[str, Any]) -> bool:
         """Apply the answer's lines to the replica; whether it had any."""
         lines: list[str] = answer["lines"]
@@ -161,35 +223,35 @@ class Follower:
         self.next = int(answer["next"])
         return bool(lines)
 
-    async def _relay_questions(self) -> None:
-        """Ask the channel the workflow's open questions not asked yet; withdraw the ones it
-        no longer has (answered elsewhere, timed out, withdrawn by a pause). Asked for only
-        while a branch of the replica waits for an answer, or a relayed one is open."""
-        asking = any(branch.question is not None for branch in self.engine.branches.values())
-        if not asking and not self._relayed:
-            return
-        try:
-            found = await self.handle.query(protocol.QUESTIONS_QUERY, rpc_timeout=_QUERY_TIMEOUT)
-        except (RPCError, WorkflowQueryFailedError):
-            return  # asked again on the next round
+    def _relay_questions(self, found: list[dict[str, Any]]) -> None:
+        """Ask the channel the workflow's open questions (``found``, from the records page)
+        not asked yet; withdraw the ones it no longer has (answered elsewhere, timed out,
+        withdrawn by a pause). None is asked once a pause was asked for (:meth:`hold`)."""
         open_now = {item["id"]: item for item in found}
+        self._open = set(open_now)
         for question_id, task in list(self._relayed.items()):
             if question_id not in open_now or task.done():
                 task.cancel()
                 del self._relayed[question_id]
+        if self._held:
+            return
         for question_id, item in open_now.items():
             if question_id not in self._relayed and question_id not in self._answered:
                 self._relayed[question_id] = asyncio.ensure_future(self._relay(item))
 
     async def _relay(self, item: dict[str, Any]) -> None:
         """Ask the channel one question and send its answer (or the channel's failure) to
-        the workflow; no time limit here: the workflow applies it."""
-        assert self.channel is not None
+        the workflow. The workflow applies the time limit; a :class:`TimedChannel` (the
+        terminal) is asked through the client's manager, as embedded, so its user sees the
+        limit and what happens at its end."""
+        assert self.channel is not None and self.communication is not None
         question = _question(self.handle.id, item)
+        timed = isinstance(self.channel, TimedChannel)
         answer: Any = None
         error: str | None = None
         try:
-            answer = to_plain(await self.channel.ask(question))
+            asked = self.communication if timed else self.channel
+            answer = to_plain(await asked.ask(question))
         except Unstorable as problem:
             error = (
                 f"the answer to the question of agent {question.agent!r} ({question.text!r}) "
@@ -199,10 +261,36 @@ class Follower:
             error = str(problem)
         except Exception as problem:
             error = redact(f"{type(problem).__name__}: {problem}")
-        payload = {"question_id": question.id, "answer": answer, "error": error}
-        with contextlib.suppress(RPCError, WorkflowUpdateFailedError):
-            if await self.handle.execute_update(protocol.ANSWER_UPDATE, payload):
-                self._answered.add(question.id)
+        self._sending.add(question.id)
+        try:
+            await self._send({"question_id": question.id, "answer": answer, "error": error})
+        finally:
+            self._sending.discard(question.id)
+
+    async def _send(self, payload: dict[str, Any]) -> None:
+        """Send an answer with the ``answer`` update, tried again (with the same update id:
+        taken once) while the update gets no answer and the question is open; an answer the
+        workflow refuses (unreadable) is dropped: the question is asked again."""
+        question_id = payload["question_id"]
+        update_id = f"{question_id}/{uuid.uuid4().hex}"  # asked again after a resume: new id
+        delay = FAST
+        while True:
+            try:
+                taken = await self.handle.execute_update(
+                    protocol.ANSWER_UPDATE, payload, id=update_id, rpc_timeout=_QUERY_TIMEOUT
+                )
+            except WorkflowUpdateFailedError:
+                return
+            except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                if question_id not in self._open:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SLOW)
+                continue
+            if taken:
+                self._answered.add(question_id)
+                self._woken.set()
+            return
 
     async def _withdraw_all(self) -> None:
         tasks = list(self._relayed.values())
@@ -214,7 +302,8 @@ class Follower:
 
 
 def _question(session_id: str, item: dict[str, Any]) -> Question:
-    """A question of the ``questions`` query as the channel gets it."""
+    """An open question (as the records page and the ``questions`` query list it) as the
+    channel gets it."""
     response_line = item.get("response_line")
     try:
         response = None if response_line is None else from_plain(records.loads(response_line))

@@ -38,9 +38,11 @@ ANSWER_UPDATE = "answer"
 PAUSE_SIGNAL = "pause"
 RESUME_SIGNAL = "resume"
 
-PAGE_CHARS = 1_000_000
-"""About the most characters of records one ``records`` query answers (at least one record):
-a query's answer is a Temporal payload, which the server bounds."""
+PAGE_BYTES = 1_500_000
+"""About the most bytes of records one ``records`` query answers (at least one record),
+counted as they cross: each line JSON-encoded again (``json.dumps``, ASCII only, as temporalio
+encodes the answer), where a non-ASCII character takes 6 bytes and a quote 2. A query's answer
+is a Temporal payload, which gRPC bounds at 4 MB."""
 
 PAYLOAD_LIMIT = 1_900_000
 """The most bytes a step's or a tool's packed payload (``pack``) may have: Temporal refuses a
@@ -80,12 +82,15 @@ def unpack(data: bytes) -> dict[str, Any]:
 class Communication:
     """The client's user-channel settings, which the workflow's communication manager applies
     (its timeouts are workflow timers: deterministic). ``has_channel``: whether anyone answers
-    questions (without, an agent's question fails its branch, as embedded)."""
+    questions (without, an agent's question fails its branch, as embedded);
+    ``user_timeout_source`` where ``user_timeout`` was set, for a timed-out question's error
+    (None: the configuration's key)."""
 
     user_timeout: float | None
     on_user_timeout: Literal["fail", "default"]
     default_answer: str
     has_channel: bool
+    user_timeout_source: str | None = None
 
 
 @dataclass
@@ -102,15 +107,6 @@ class StartInput:
     heartbeat_timeout: float
 
 
-class RecordsPage(TypedDict):
-    """The ``records(since)`` query's answer: the journal's lines from index ``since`` (0-based)
-    on, ``next`` the index to ask from next time, and where the workflow stands."""
-
-    lines: list[str]
-    next: int
-    state: State
-
-
 class OpenQuestion(TypedDict):
     """One open question, as the ``questions`` query lists it. ``response_line``: a follow-up
     offer's response as JSON text of its plain form (``values.to_plain``), else None."""
@@ -122,6 +118,23 @@ class OpenQuestion(TypedDict):
     kind: Literal["agent", "budget", "follow_up"]
     timeout: float | None
     response_line: str | None
+
+
+class RecordsPage(TypedDict):
+    """The ``records(since)`` query's answer: the journal's lines from index ``since`` (0-based)
+    on, ``next`` the index to ask from next time, where the workflow stands, and its open
+    questions (what the ``questions`` query lists: one query a round follows a session)."""
+
+    lines: list[str]
+    next: int
+    state: State
+    questions: list[OpenQuestion]
+
+
+def encoded_size(value: Any) -> int:
+    """The bytes ``value`` takes in a query's answer (``json.dumps``, ASCII only, as
+    temporalio encodes payloads)."""
+    return len(json.dumps(value))
 
 
 class Answer(TypedDict):
@@ -173,18 +186,26 @@ def start_input(
     where = {"kind": "temporal", "task_queue": task_queue, "namespace": namespace}
     first = msgspec.structs.replace(first_input(setup, task, context), executor=where)
     header = _header(first, session_id)
-    manager = setup.communication
     return StartInput(
         version=version_of(setup),
         fingerprint=list(topology_fingerprint(setup.analysis)),
         header=header,
-        communication=Communication(
-            user_timeout=manager.timeout(),
-            on_user_timeout=manager.on_user_timeout,
-            default_answer=manager.default_answer,
-            has_channel=manager.channel is not None,
-        ),
+        communication=communication_of(setup),
         heartbeat_timeout=heartbeat_timeout,
+    )
+
+
+def communication_of(setup: Setup) -> Communication:
+    """The client's user-channel settings, as the session's workflow applies them: sent when
+    the session starts, and again with each ``resume`` (the resuming client's own, as an
+    embedded resume uses the resuming instance's channel)."""
+    manager = setup.communication
+    return Communication(
+        user_timeout=manager.timeout(),
+        on_user_timeout=manager.on_user_timeout,
+        default_answer=manager.default_answer,
+        has_channel=manager.channel is not None,
+        user_timeout_source=manager.timeout_source(),
     )
 
 

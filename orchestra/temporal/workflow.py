@@ -35,18 +35,20 @@ from .hosting import Hosted, Hosting
 from .mirror import MIRROR_ACTIVITY, MirrorBatch
 from .protocol import (
     ANSWER_UPDATE,
-    PAGE_CHARS,
+    PAGE_BYTES,
     PAUSE_SIGNAL,
     QUESTIONS_QUERY,
     RECORDS_QUERY,
     RESUME_SIGNAL,
     WORKFLOW_NAME,
     Answer,
+    Communication,
     OpenQuestion,
     Outcome,
     RecordsPage,
     StartInput,
     State,
+    encoded_size,
 )
 from .seams import ActivityAgent, RecordsJournal, WorkflowChannel, WorkflowClock, read_answer
 
@@ -88,6 +90,7 @@ class SessionWorkflow:
         self._runner: Runner | None = None
         self._pause: object = _NOT_ASKED  # a pause asked for before the run was driven
         self._resume: dict[str, Any] | None = None
+        self._talk: Communication | None = None  # the last resume's channel settings
 
     @workflow.run
     async def run(self, start: StartInput) -> Outcome:
@@ -174,12 +177,13 @@ class SessionWorkflow:
             )
             for name in hosted.setup.agents
         }
-        talk = start.communication
+        talk = self._talk or start.communication
         communication = CommunicationManager(
             self._channel if talk.has_channel else None,
             talk.user_timeout,
             on_user_timeout=talk.on_user_timeout,
             default_answer=talk.default_answer,
+            user_timeout_source=talk.user_timeout_source,
         )
         return Runner(
             engine,
@@ -211,14 +215,19 @@ class SessionWorkflow:
 
     @workflow.query(name=RECORDS_QUERY)
     def records(self, since: int) -> RecordsPage:
+        questions = self._channel.listed()
         lines: list[str] = []
-        size = 0
+        size = encoded_size(questions)
         for line in self._lines[max(since, 0) :]:
-            if lines and size + len(line) > PAGE_CHARS:
+            line_size = encoded_size(line)
+            if lines and size + line_size > PAGE_BYTES:
                 break
             lines.append(line)
-            size += len(line)
-        return RecordsPage(lines=lines, next=max(since, 0) + len(lines), state=self._state)
+            size += line_size
+        start = max(since, 0)
+        return RecordsPage(
+            lines=lines, next=start + len(lines), state=self._state, questions=questions
+        )
 
     @workflow.query(name=QUESTIONS_QUERY)
     def questions(self) -> list[OpenQuestion]:
@@ -236,19 +245,24 @@ class SessionWorkflow:
 
     @workflow.signal(name=PAUSE_SIGNAL)
     def pause(self, reason: str | None) -> None:
-        """Pause at the next step boundary (nothing when paused or pausing already)."""
+        """Pause at the next step boundary (nothing when paused or pausing already); asked
+        while a resume waits to be applied, it is for the resumed run."""
         runner = self._runner
-        if runner is None:
-            if self._state == "running":
-                self._pause = reason
-        elif not runner.pausing:
+        if self._resume is not None or (runner is None and self._state == "running"):
+            self._pause = reason  # for the run driven next
+        elif runner is not None and not runner.pausing:
             runner.pause(reason)
 
     @workflow.signal(name=RESUME_SIGNAL)
-    def resume(self, context: dict[str, Any]) -> None:
-        """Go on with a paused run, with ``context`` added (nothing unless it is paused)."""
-        if self._state == "paused":
+    def resume(self, context: dict[str, Any], talk: Communication | None = None) -> None:
+        """Go on with a paused run, with ``context`` added, answering its questions as the
+        resuming client's ``talk`` says (None: as before); nothing unless it is paused or
+        pausing (kept then, applied once it has paused)."""
+        runner = self._runner
+        pausing = self._pause is not _NOT_ASKED or (runner is not None and runner.pausing)
+        if self._state == "paused" or pausing:
             self._resume = dict(context)
+            self._talk = talk or self._talk
 
 
 class VersionRefused(Exception):
