@@ -540,13 +540,12 @@ def remarks(before: str, after: str) -> str:
         "SDK's and ours) about 1 ms of worker CPU: the rest is the server and the waits between "
         "the processes. Following a session (Orchestra.run with an executor) costs about one "
         "records query a step (the client polls every 20 ms while records come, backing off to "
-        "250 ms). Concurrent sessions are bounded by the server: it uses the most CPU of the "
+        "1 s when the session is quiet). Concurrent sessions are bounded by the server: it uses the most CPU of the "
         "processes measured (the CPUs being all busy), and 2 or 4 workers carry no more than "
-        "1; on a SQLite file every history write waits for the "
-        "disk, which cuts the rate 4 to 5 times at lower CPU. A fan-out is one workflow: each "
+        "1; on a SQLite file every history write also waits for the "
+        "disk (compare its rows with the in-memory ones). A fan-out is one workflow: each "
         "branch's result is a workflow task of that one workflow, one after another, so its "
-        "wall time grows with its branches (about 10 ms a branch at 100 to 600 branches here), "
-        "and more workers do not shorten it."
+        "wall time grows with its branches, and more workers do not shorten it."
     )
 
 
