@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestra.agents.contract import Action
+from orchestra.coordination.topology import Edge, PatternConfig, Topology
 
 DEMO_FLOW = Path(__file__).with_name("flows") / "research.yaml"
 DEMO_MAX_TOKENS = 160  # keeps the offline model's demo to seconds
@@ -29,3 +30,44 @@ def coordinate(work: Any, context: Mapping[str, Any]) -> Action:
             ("PaperResearcher", f"Research academic findings: {work}"),
         ]
     )
+
+
+def spec_topologies() -> dict[str, Topology]:
+    """The topologies of the API page's examples, each in the form the page writes it."""
+    return {
+        "One node (dict form)": Topology.from_dict({"nodes": ["Summarizer"], "edges": []}),
+        "Hub and spoke, parallel spokes": PatternConfig.hub_and_spoke(
+            hub="Coordinator",
+            spokes=["TechAnalyst", "FinanceAnalyst", "Reporter"],
+            parallel_spokes=True,
+        ),
+        "Pipeline (ETL)": PatternConfig.pipeline(
+            stages=[
+                {"name": "extract", "agents": ["Extractor"]},
+                {"name": "transform", "agents": ["Transformer"]},
+                {"name": "load", "agents": ["Loader"]},
+            ]
+        ),
+        "Pattern 1: conditional execution": Topology(
+            nodes=["Validator", "ProcessorA", "ProcessorB", "Finalizer"],
+            edges=[
+                "Validator -> ProcessorA",
+                "Validator -> ProcessorB",
+                Edge("ProcessorA", "Finalizer", metadata={"condition": "valid"}),
+                Edge("ProcessorB", "Finalizer", metadata={"condition": "invalid"}),
+            ],
+        ),
+        "Pattern 4: error recovery": Topology.from_dict(
+            {
+                "nodes": ["User", "MainProcessor", "ErrorHandler", "Fallback"],
+                "edges": [
+                    "User -> MainProcessor",
+                    "MainProcessor -> User",
+                    "MainProcessor -> ErrorHandler",
+                    "ErrorHandler -> User",
+                    "ErrorHandler -> Fallback",
+                    "Fallback -> User",
+                ],
+            }
+        ),
+    }

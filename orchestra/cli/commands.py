@@ -26,8 +26,8 @@ from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import StateManager
 from orchestra.coordination.state.backends import check_session_id
 from orchestra.coordination.state.manager import ON_TEMPORAL
-from orchestra.coordination.topology import Edge, PatternConfig, Topology
-from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS
+from orchestra.coordination.topology import Topology
+from orchestra.demo import DEMO_FLOW, DEMO_MAX_TOKENS, spec_topologies
 from orchestra.errors import (
     InvalidSessionIdError,
     TopologyError,
@@ -69,47 +69,6 @@ app = typer.Typer(
 app.add_typer(sessions_app, name="sessions")
 app.command("ui")(ui_command)
 app.command("worker")(worker_command)
-
-
-def _demo_topologies() -> dict[str, Topology]:
-    """The topologies of the API page's examples, each in the form the page writes it."""
-    return {
-        "One node (dict form)": Topology.from_dict({"nodes": ["Summarizer"], "edges": []}),
-        "Hub and spoke, parallel spokes": PatternConfig.hub_and_spoke(
-            hub="Coordinator",
-            spokes=["TechAnalyst", "FinanceAnalyst", "Reporter"],
-            parallel_spokes=True,
-        ),
-        "Pipeline (ETL)": PatternConfig.pipeline(
-            stages=[
-                {"name": "extract", "agents": ["Extractor"]},
-                {"name": "transform", "agents": ["Transformer"]},
-                {"name": "load", "agents": ["Loader"]},
-            ]
-        ),
-        "Pattern 1: conditional execution": Topology(
-            nodes=["Validator", "ProcessorA", "ProcessorB", "Finalizer"],
-            edges=[
-                "Validator -> ProcessorA",
-                "Validator -> ProcessorB",
-                Edge("ProcessorA", "Finalizer", metadata={"condition": "valid"}),
-                Edge("ProcessorB", "Finalizer", metadata={"condition": "invalid"}),
-            ],
-        ),
-        "Pattern 4: error recovery": Topology.from_dict(
-            {
-                "nodes": ["User", "MainProcessor", "ErrorHandler", "Fallback"],
-                "edges": [
-                    "User -> MainProcessor",
-                    "MainProcessor -> User",
-                    "MainProcessor -> ErrorHandler",
-                    "ErrorHandler -> User",
-                    "ErrorHandler -> Fallback",
-                    "Fallback -> User",
-                ],
-            }
-        ),
-    }
 
 
 NoStore = Annotated[
@@ -547,7 +506,7 @@ def demo(
     model = default_model_config()
     console.print(f"Default model: {model.provider}:{model.name}", highlight=False, markup=False)
     if topologies:
-        for title, topology in _demo_topologies().items():
+        for title, topology in spec_topologies().items():
             show_topology(title, topology)
     command = ["orchestra", "demo", *_timeout_options(user_timeout), "--resume"]
     if resume is not None:
