@@ -438,11 +438,15 @@ class OrchestraInstance:
 
     async def create_checkpoint(self, session_id: str, checkpoint_name: str | None = None) -> str:
         """Name the session's current position; returns the id ``restore_checkpoint`` takes.
-        A running session gets the checkpoint from its own writer (and its result lists it)."""
+        A running session gets the checkpoint from its own writer (and its result lists it);
+        on Temporal, from its workflow (docs/scale-out.md)."""
         _require(checkpoint_name, str, "checkpoint_name")
-        self._no_checkpoints_on_temporal(session_id)
         if checkpoint_name:  # None or "": a name made from the position
-            _check_checkpoint_name(checkpoint_name)
+            check_checkpoint_name(checkpoint_name)
+        if self.executor is not None:
+            return await self.executor.checkpoint(
+                self._setup(None, 100), check_session_id(session_id), checkpoint_name or None
+            )
         live = LIVE.get(session_id)
         if live is not None and live.writer is not None:
             return await _checkpoint(
@@ -465,7 +469,8 @@ class OrchestraInstance:
         does not exist) or one on such an abandoned branch."""
         if not isinstance(checkpoint_id, str):
             raise TypeError(f"checkpoint_id must be str, got {type(checkpoint_id).__name__}")
-        self._no_checkpoints_on_temporal(checkpoint_id.partition("@")[0])
+        if self.executor is not None:
+            return await self.executor.restore(self._setup(None, 100), checkpoint_id)
         manager = self._sessions()
         try:
             session_id, _ = parse_checkpoint_id(checkpoint_id)
@@ -492,14 +497,6 @@ class OrchestraInstance:
         finally:
             await let_go(session_id, writer.close() if writer is not None else None)
 
-    def _no_checkpoints_on_temporal(self, session_id: str) -> None:
-        if self.executor is not None:
-            raise ConfigurationError(
-                f"session {printable(redact(session_id), 80, one_line=True)!r} runs on "
-                "Temporal: checkpoints (create_checkpoint, restore_checkpoint) are not "
-                "supported on Temporal yet"
-            )
-
     async def list_sessions(self) -> list[str]:
         return await self._sessions().list_sessions()
 
@@ -514,7 +511,7 @@ class OrchestraInstance:
             await let_go(session_id, None)
 
 
-def _check_checkpoint_name(name: str) -> None:
+def check_checkpoint_name(name: str) -> None:
     """ConfigurationError for a name whose checkpoint id could not be shown and given back as
     it is (a page shows ids redacted, escaped and cut): a name is 1-128 letters, digits,
     spaces (not at either end), '_', '-', '.', '@' or ':', starting with a letter or digit,

@@ -359,8 +359,7 @@ class StateManager:
 
     async def load(self, session_id: str) -> SessionLog:
         """Read and check a session's log; SessionNotFoundError / SessionCorruptedError."""
-        lines = await self.storage.read(check_session_id(session_id))
-        return _fold(session_id, _read_records(session_id, lines))
+        return fold(session_id, await self.storage.read(check_session_id(session_id)))
 
     async def load_all(self, session_id: str) -> tuple[SessionLog, list[Entry]]:
         """The session's effective history, as :meth:`load` gives it, and every record of its
@@ -379,6 +378,13 @@ class StateManager:
 
     async def delete_session(self, session_id: str) -> bool:
         return await self.storage.delete(check_session_id(session_id))
+
+
+def fold(session_id: str, lines: list[str]) -> SessionLog:
+    """A session's effective history from its log's lines, as :meth:`StateManager.load` reads
+    it from storage: how a Temporal workflow's journal (the same lines) is read, by the
+    workflow restoring a checkpoint and by the client rebuilding its replica."""
+    return _fold(session_id, _read_records(session_id, lines))
 
 
 def _read_records(session_id: str, lines: list[str]) -> list[Entry]:
