@@ -10,6 +10,7 @@ session reads as the embedded session's log.
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import FileStorageBackend, SQLiteStorageBackend, StateManager
 from orchestra.errors import ConfigurationError, SessionError
 from orchestra.temporal import Hosting, TemporalExecutor, worker
+from orchestra.temporal.protocol import pack_lines, unpack_lines
 from orchestra.temporal.worker import replayer
 
 PAIR = Topology(nodes=["First", "Second"], edges=["First -> Second"])
@@ -195,6 +197,7 @@ async def checkpoint_in_flight(
     pair.go_on.set()
     said: list[Any] = [taken, await asyncio.wait_for(running, ON_TEMPORAL)]
     said.append(await instance.restore_checkpoint(taken))
+    said.append(await instance.get_result(session_id))  # None: restored into a run in progress
     said.append(await instance.restore_checkpoint(f"{session_id}@no such"))
     said.append(await instance.restore_checkpoint("no checkpoint id"))
     said.append(await instance.restore_checkpoint(f"missing-{uuid.uuid4().hex[:8]}@x"))
@@ -214,7 +217,7 @@ async def test_a_checkpoint_in_flight_is_restored_while_paused_as_embedded(
         assert pair.firsts == firsts_here == 2  # the step in flight at the checkpoint runs again
         assert _comparable(there) == _comparable(here)
         assert here[0].startswith(f"{session_id}@checkpoint-")
-        assert here[2:6] == [True, False, False, False]
+        assert here[2:7] == [True, None, False, False, False]
         assert here[-1].final_response == "job first second again"
         assert here[-1].checkpoint_ids == []  # its record is after the position it names
         with pytest.raises(SessionError, match="no session"):
@@ -224,3 +227,13 @@ async def test_a_checkpoint_in_flight_is_restored_while_paused_as_embedded(
         history = await client.get_workflow_handle(session_id).fetch_history()
     replayed = await replayer(hosting).replay_workflow(history, raise_on_replay_failure=False)
     assert replayed.replay_failure is None
+
+
+def test_a_closed_runs_journal_crosses_packed_within_one_payload() -> None:
+    lines = ['{"t":"run","s":1}', '{"t":"end","s":2}']
+    assert unpack_lines(pack_lines(lines)) == lines
+    with pytest.raises(ValueError, match="base64"):
+        unpack_lines("not base64!")
+    noise = random.Random(0).randbytes(2_000_000).hex()  # compresses to about half: too big
+    with pytest.raises(ConfigurationError, match=r"journal is [0-9]+ bytes packed, over"):
+        pack_lines([noise])

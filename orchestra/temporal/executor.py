@@ -11,6 +11,7 @@ the client's call stops the following, not the session: the workflow is durable 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 from collections.abc import Mapping
@@ -239,7 +240,8 @@ class TemporalExecutor:
 
     async def result(self, setup: Setup, session_id: str) -> OrchestraResult | None:
         """The result of the session's run as its workflow's records give it (a paused run's
-        included); None when there is no such session, or its run is still going."""
+        included); None when there is no such session, or its run is still going (or, as
+        embedded, was restored to a checkpoint taken while it went on, and not resumed)."""
         client = await self.client()
         handle = client.get_workflow_handle(session_id)
         state = await self._status(handle)
@@ -247,8 +249,8 @@ class TemporalExecutor:
             return None
         engine, _ = build(setup, session_id, _SILENT)
         follower = Follower(handle, engine, None, client)
-        if await _caught_up(follower, handle, state) == "running":
-            return None
+        if await _caught_up(follower, handle, state) == "running" or engine.stopped_at is None:
+            return None  # running, or restored to a checkpoint in a run that had not stopped
         return result_of(engine, session_id)
 
     async def checkpoint(self, setup: Setup, session_id: str, name: str | None) -> str:
@@ -273,6 +275,7 @@ class TemporalExecutor:
                     raise self._refused(session_id, "checkpoint", error) from None
             except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
                 raise self._no_answer(session_id, "checkpoint") from None
+            state = await self._closing(handle)  # the run ended meanwhile: named at its end
         follower = Follower(handle, build(setup, session_id, _SILENT)[0], None, client)
         lines = await self._closed_journal(follower, state)
         name = name or f"checkpoint-{len(lines) + 1}"
@@ -323,6 +326,12 @@ class TemporalExecutor:
             return False  # on a branch of history a restore abandoned
         await self._continue(handle, lines, checkpoint_id, restore=True)
         return True
+
+    async def _closing(self, handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus | None:
+        """The workflow's status once it has closed (its run over, its store copy drained)."""
+        with contextlib.suppress(Exception):  # how it closed is read from its status
+            await handle.result()
+        return await self._status(handle)
 
     async def _closed_journal(
         self, follower: Follower, state: WorkflowExecutionStatus | None
