@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,11 +26,18 @@ from test_temporal_executor import ON_TEMPORAL, comparable
 from orchestra import AgentRegistry, Topology
 from orchestra.agents.base import BaseAgent
 from orchestra.communication.channels import CommunicationManager
+from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.execution import stored_result
 from orchestra.coordination.orchestra import OrchestraInstance
-from orchestra.coordination.state import FileStorageBackend, SQLiteStorageBackend, StateManager
+from orchestra.coordination.state import (
+    FileStorageBackend,
+    SQLiteStorageBackend,
+    StateManager,
+    records,
+)
 from orchestra.errors import ConfigurationError, SessionError
 from orchestra.temporal import Hosting, TemporalExecutor, worker
+from orchestra.temporal.follow import Follower
 from orchestra.temporal.protocol import pack_lines, unpack_lines
 from orchestra.temporal.worker import replayer
 
@@ -237,3 +245,14 @@ def test_a_closed_runs_journal_crosses_packed_within_one_payload() -> None:
     noise = random.Random(0).randbytes(2_000_000).hex()  # compresses to about half: too big
     with pytest.raises(ConfigurationError, match=r"journal is [0-9]+ bytes packed, over"):
         pack_lines([noise])
+
+
+def test_a_restore_met_while_following_stops_the_follower() -> None:
+    """The replica cannot take a restore record as one more input (it cuts the history back):
+    a follower meeting one says so, naming the session and the record."""
+    handle: Any = SimpleNamespace(id="s1")
+    follower = Follower(handle, None, None, None)  # type: ignore[arg-type]
+    follower.next = 8  # records 1..8 applied
+    line = records.encode(inp.Restore(at=1.0, position=3, checkpoint_id="s1@c"), 9)
+    with pytest.raises(SessionError, match=r"'s1' was restored .*record 9\): resume_session"):
+        follower._applied({"lines": [line], "next": 9})

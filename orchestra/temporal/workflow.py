@@ -111,14 +111,13 @@ class SessionWorkflow:
     async def run(self, start: StartInput) -> Outcome:
         session_id = workflow.info().workflow_id
         self._hosted = hosted = _hosted(start, session_id)
-        self._header = header = _header(start.header, session_id)
+        header = _header(start.header, session_id)
         self._engine = self._fresh_engine()
         self._journal = journal = RecordsJournal(session_id, run_name(1), self._lines)
-        runner = None
+        runner, paused = None, False
         if start.continuation is None:
             runner = self._runner_for(self._engine, hosted, header, start, journal)
             runner.start(header)
-            paused = True  # driven first
         else:
             paused = self._continue(start.continuation)
         self._ready = True
