@@ -181,6 +181,14 @@ async def test_a_finished_session_is_restored_and_resumed_as_embedded(
         assert sorted(mirrored.checkpoints) == sorted(log.checkpoints)
         copied = await stored_result(on_temporal._setup(None, 100), mirrored, store)
         assert copied is not None and comparable(copied) == comparable(here[-1])
+        keeper = OrchestraInstance(PAIR, AgentRegistry(pair.agents()), state_manager=store)
+        with pytest.raises(SessionError, match=r"runs on Temporal.*executor=TemporalExecutor"):
+            await keeper.create_checkpoint(session_id)  # the copy is not the workflow's journal
+        with pytest.raises(SessionError, match=r"runs on Temporal.*restore_checkpoint"):
+            await keeper.restore_checkpoint(here[1])
+        assert [e.kind for e in (await store.load_all(session_id))[1]] == [
+            e.kind for e in mirrored_entries
+        ]
         await _all_runs_listed(client, session_id, 5)  # the first, 2 restores, a checkpoint
         histories = await _histories(client, session_id)
     check = replayer(hosting)

@@ -458,6 +458,7 @@ class OrchestraInstance:
             writer, log = await self._sessions().open(session_id)
             if log is None:
                 raise SessionError(f"no session {session_id!r} to checkpoint")
+            execution.check_kept_here(log)
             return await _checkpoint(writer, session_id, checkpoint_name, None)
         finally:
             await let_go(session_id, writer.close() if writer is not None else None)
@@ -483,6 +484,7 @@ class OrchestraInstance:
                 log = await manager.load(session_id)
             except SessionNotFoundError:
                 return False
+            execution.check_kept_here(log)
             entry = log.checkpoints.get(checkpoint_id)
             if entry is None:
                 return False
