@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 import warnings
@@ -20,8 +19,6 @@ from orchestra.errors import (
     SessionError,
     SessionNotFoundError,
 )
-from orchestra.models.secrets import redact
-from orchestra.text import printable
 
 from . import execution, wiring
 from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig, StatusConfig
@@ -32,7 +29,12 @@ from .engine.rounds import NO_CHANNEL
 from .results import BranchResult, OrchestraResult, failed_before_start
 from .sessions import LIVE, claim, let_go
 from .state.backends import check_session_id
-from .state.manager import SessionWriter, StateManager, parse_checkpoint_id
+from .state.manager import (
+    SessionWriter,
+    StateManager,
+    check_checkpoint_name,
+    parse_checkpoint_id,
+)
 from .streaming import RunStream
 from .topology import Topology
 
@@ -42,8 +44,6 @@ if TYPE_CHECKING:  # prometheus-client is imported only by those who collect met
     from .monitoring.metrics import MetricsCollector
 
 __all__ = ["BranchResult", "Orchestra", "OrchestraInstance", "OrchestraResult", "RunStream"]
-
-_CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 _.@:\-]{0,126}[A-Za-z0-9_.@:\-])?")
 
 
 def _require(value: object, kind: type | tuple[type, ...], name: str) -> None:
@@ -511,20 +511,6 @@ class OrchestraInstance:
             return await manager.delete_session(session_id)
         finally:
             await let_go(session_id, None)
-
-
-def check_checkpoint_name(name: str) -> None:
-    """ConfigurationError for a name whose checkpoint id could not be shown and given back as
-    it is (a page shows ids redacted, escaped and cut): a name is 1-128 letters, digits,
-    spaces (not at either end), '_', '-', '.', '@' or ':', starting with a letter or digit,
-    and nothing shaped like a secret key."""
-    if _CHECKPOINT_NAME.fullmatch(name) and redact(name) == name:
-        return
-    raise ConfigurationError(
-        f"checkpoint_name {printable(redact(name), 60, one_line=True)!r} is not allowed: use "
-        "1-128 letters, digits, spaces, '_', '-', '.', '@' or ':', starting with a letter or "
-        "digit, and no secret key"
-    )
 
 
 async def _checkpoint(

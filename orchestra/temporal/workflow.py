@@ -27,9 +27,8 @@ from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.engine.core import Engine
 from orchestra.coordination.engine.runner import Runner
-from orchestra.coordination.orchestra import check_checkpoint_name
 from orchestra.coordination.state import records
-from orchestra.coordination.state.manager import fold, run_name
+from orchestra.coordination.state.manager import check_checkpoint_name, fold, run_name
 from orchestra.coordination.state.replay import rebuild
 from orchestra.coordination.state.values import Unreadable
 from orchestra.errors import ConfigurationError, OrchestraError, SessionCorruptedError
