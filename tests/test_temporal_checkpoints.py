@@ -247,12 +247,12 @@ async def test_a_checkpoint_in_flight_is_restored_while_paused_as_embedded(
 
 def test_a_closed_runs_journal_crosses_packed_within_one_payload() -> None:
     lines = ['{"t":"run","s":1}', '{"t":"end","s":2}']
-    assert unpack_lines(pack_lines(lines)) == lines
+    assert unpack_lines(pack_lines(lines, "s1")) == lines
     with pytest.raises(ValueError, match="base64"):
         unpack_lines("not base64!")
     noise = random.Random(0).randbytes(2_000_000).hex()  # compresses to about half: too big
-    with pytest.raises(ConfigurationError, match=r"journal is [0-9]+ bytes packed, over"):
-        pack_lines([noise])
+    with pytest.raises(ConfigurationError, match=r"'s1': its journal is [0-9]+ bytes packed"):
+        pack_lines([noise], "s1")
 
 
 def test_a_restore_met_while_following_stops_the_follower() -> None:

@@ -365,7 +365,9 @@ class TemporalExecutor:
         session_id = handle.id
         client = await self.client()
         previous = await _start_of(client, handle)
-        continuation = protocol.Continuation(protocol.pack_lines(lines), checkpoint, restore)
+        continuation = protocol.Continuation(
+            protocol.pack_lines(lines, session_id), checkpoint, restore
+        )
         start = dataclasses.replace(previous, continuation=continuation)
         queue = protocol.version_queue(self.task_queue, start.version)
         try:

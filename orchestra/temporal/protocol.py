@@ -133,15 +133,16 @@ class Continuation:
     restore: bool
 
 
-def pack_lines(lines: list[str]) -> str:
+def pack_lines(lines: list[str], session_id: str) -> str:
     """A journal's lines as they cross in a ``Continuation``: packed (``pack``) and base64,
     so the start input stays JSON. ``ConfigurationError`` naming the session when they do not
     fit in one Temporal payload."""
     packed = pack({"lines": lines})
     if len(packed) > PAYLOAD_LIMIT:
         raise ConfigurationError(
-            f"the session's journal is {len(packed)} bytes packed, over the {PAYLOAD_LIMIT} "
-            "a Temporal payload may carry: its closed run cannot be continued by a new one"
+            f"session {session_id!r}: its journal is {len(packed)} bytes packed, over the "
+            f"{PAYLOAD_LIMIT} a Temporal payload may carry: its closed run cannot go on in a "
+            "new run of its workflow (no checkpoint taken, nothing restored)"
         )
     return base64.b64encode(packed).decode("ascii")
 
