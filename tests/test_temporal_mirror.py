@@ -292,3 +292,43 @@ async def test_the_local_activity_retries_only_a_refusal_that_passes(tmp_path: P
     finally:
         storage.close()
         other.close()
+
+
+async def test_checkpoints_of_a_later_run_are_placed_in_the_sessions_log(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """A checkpoint and a restore journaled by a session's second workflow run name positions
+    of that run's journal (counted from its header); in the store they name the same records
+    at their place in the session's log, as the embedded session's log does."""
+    source = FileStorageBackend(tmp_path / "source")
+    try:
+        for _ in range(2):
+            result = await wait(
+                fan_out_instance(source).execute("research", context={"session_id": "s"})
+            )
+            assert result.success, result.error
+        instance = fan_out_instance(source)
+        taken = await instance.create_checkpoint("s", "done")
+        assert await instance.restore_checkpoint(taken)
+        log = await source.read("s")
+    finally:
+        source.close()
+    first, second = journals(log)
+    base = len(first)
+    second = [_journal_position(line, -base) for line in second]
+    assert [loads(line)["position"] for line in second[-2:]] == [len(second) - 2] * 2
+    mirror = StoreMirror(StateManager(storage))
+    await mirror_in_batches(mirror, "s", "run-1", first, (5,))
+    await mirror_in_batches(mirror, "s", "run-2", second, (3,))
+    await StoreMirror(StateManager(storage)).append("s", "run-2", 0, second)  # a repeat
+    assert await storage.read("s") == log
+    assert "s@done" in (await StateManager(storage).load("s")).checkpoints
+
+
+def _journal_position(line: str, by: int) -> str:
+    """A checkpoint's or restore's line with its position moved ``by`` (others as they are)."""
+    data = loads(line)
+    if data["t"] not in (inp.Checkpoint.KIND, inp.Restore.KIND):
+        return line
+    record = decode(data)
+    return encode(msgspec.structs.replace(record, position=record.position + by), data["s"])

@@ -200,6 +200,24 @@ def check_here(log: SessionLog) -> None:
     )
 
 
+def check_kept_here(log: SessionLog) -> None:
+    """SessionError when the session's last run ran on Temporal: its workflow's journal is its
+    log, and this store holds the copy its workers write. A checkpoint or a restore written
+    here would be in no journal (and would stop the copy where the two differ): the error
+    says how to take or restore it through the workflow."""
+    run = log.last_run
+    where = run.start.executor if run is not None else None
+    if where is None:
+        return
+    queue, namespace = where.get("task_queue", "?"), where.get("namespace", "default")
+    raise SessionError(
+        f"session {log.session_id!r} runs on Temporal (task queue {queue!r}, namespace "
+        f"{namespace!r}): its workflow takes and restores its checkpoints, and this store "
+        "holds a copy; use OrchestraInstance(..., executor=TemporalExecutor('HOST:PORT', "
+        f"{queue!r}, namespace={namespace!r})).create_checkpoint or restore_checkpoint"
+    )
+
+
 async def stored_result(
     setup: Setup, log: SessionLog, state_manager: StateManager
 ) -> OrchestraResult | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 import warnings
@@ -20,8 +19,6 @@ from orchestra.errors import (
     SessionError,
     SessionNotFoundError,
 )
-from orchestra.models.secrets import redact
-from orchestra.text import printable
 
 from . import execution, wiring
 from .config import CommunicationConfig, ErrorHandlingConfig, ExecutionConfig, StatusConfig
@@ -32,7 +29,12 @@ from .engine.rounds import NO_CHANNEL
 from .results import BranchResult, OrchestraResult, failed_before_start
 from .sessions import LIVE, claim, let_go
 from .state.backends import check_session_id
-from .state.manager import SessionWriter, StateManager, parse_checkpoint_id
+from .state.manager import (
+    SessionWriter,
+    StateManager,
+    check_checkpoint_name,
+    parse_checkpoint_id,
+)
 from .streaming import RunStream
 from .topology import Topology
 
@@ -42,8 +44,6 @@ if TYPE_CHECKING:  # prometheus-client is imported only by those who collect met
     from .monitoring.metrics import MetricsCollector
 
 __all__ = ["BranchResult", "Orchestra", "OrchestraInstance", "OrchestraResult", "RunStream"]
-
-_CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 _.@:\-]{0,126}[A-Za-z0-9_.@:\-])?")
 
 
 def _require(value: object, kind: type | tuple[type, ...], name: str) -> None:
@@ -438,11 +438,15 @@ class OrchestraInstance:
 
     async def create_checkpoint(self, session_id: str, checkpoint_name: str | None = None) -> str:
         """Name the session's current position; returns the id ``restore_checkpoint`` takes.
-        A running session gets the checkpoint from its own writer (and its result lists it)."""
+        A running session gets the checkpoint from its own writer (and its result lists it);
+        on Temporal, from its workflow (docs/scale-out.md)."""
         _require(checkpoint_name, str, "checkpoint_name")
-        self._no_checkpoints_on_temporal(session_id)
         if checkpoint_name:  # None or "": a name made from the position
-            _check_checkpoint_name(checkpoint_name)
+            check_checkpoint_name(checkpoint_name)
+        if self.executor is not None:
+            return await self.executor.checkpoint(
+                self._setup(None, 100), check_session_id(session_id), checkpoint_name or None
+            )
         live = LIVE.get(session_id)
         if live is not None and live.writer is not None:
             return await _checkpoint(
@@ -454,6 +458,7 @@ class OrchestraInstance:
             writer, log = await self._sessions().open(session_id)
             if log is None:
                 raise SessionError(f"no session {session_id!r} to checkpoint")
+            execution.check_kept_here(log)
             return await _checkpoint(writer, session_id, checkpoint_name, None)
         finally:
             await let_go(session_id, writer.close() if writer is not None else None)
@@ -465,7 +470,8 @@ class OrchestraInstance:
         does not exist) or one on such an abandoned branch."""
         if not isinstance(checkpoint_id, str):
             raise TypeError(f"checkpoint_id must be str, got {type(checkpoint_id).__name__}")
-        self._no_checkpoints_on_temporal(checkpoint_id.partition("@")[0])
+        if self.executor is not None:
+            return await self.executor.restore(self._setup(None, 100), checkpoint_id)
         manager = self._sessions()
         try:
             session_id, _ = parse_checkpoint_id(checkpoint_id)
@@ -478,6 +484,7 @@ class OrchestraInstance:
                 log = await manager.load(session_id)
             except SessionNotFoundError:
                 return False
+            execution.check_kept_here(log)
             entry = log.checkpoints.get(checkpoint_id)
             if entry is None:
                 return False
@@ -492,14 +499,6 @@ class OrchestraInstance:
         finally:
             await let_go(session_id, writer.close() if writer is not None else None)
 
-    def _no_checkpoints_on_temporal(self, session_id: str) -> None:
-        if self.executor is not None:
-            raise ConfigurationError(
-                f"session {printable(redact(session_id), 80, one_line=True)!r} runs on "
-                "Temporal: checkpoints (create_checkpoint, restore_checkpoint) are not "
-                "supported on Temporal yet"
-            )
-
     async def list_sessions(self) -> list[str]:
         return await self._sessions().list_sessions()
 
@@ -512,20 +511,6 @@ class OrchestraInstance:
             return await manager.delete_session(session_id)
         finally:
             await let_go(session_id, None)
-
-
-def _check_checkpoint_name(name: str) -> None:
-    """ConfigurationError for a name whose checkpoint id could not be shown and given back as
-    it is (a page shows ids redacted, escaped and cut): a name is 1-128 letters, digits,
-    spaces (not at either end), '_', '-', '.', '@' or ':', starting with a letter or digit,
-    and nothing shaped like a secret key."""
-    if _CHECKPOINT_NAME.fullmatch(name) and redact(name) == name:
-        return
-    raise ConfigurationError(
-        f"checkpoint_name {printable(redact(name), 60, one_line=True)!r} is not allowed: use "
-        "1-128 letters, digits, spaces, '_', '-', '.', '@' or ':', starting with a letter or "
-        "digit, and no secret key"
-    )
 
 
 async def _checkpoint(

@@ -11,6 +11,8 @@ the client's call stops the following, not the session: the workflow is durable 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import re
 from collections.abc import Mapping
 from datetime import timedelta
@@ -21,18 +23,23 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from orchestra.agents.contract import timeout_problem
 from orchestra.coordination.config import StatusConfig, VerbosityLevel
 from orchestra.coordination.execution import stopping
 from orchestra.coordination.results import OrchestraResult, result_of
+from orchestra.coordination.state.manager import fold, parse_checkpoint_id
 from orchestra.coordination.state.values import Unstorable, to_plain
 from orchestra.coordination.wiring import Setup, build
 from orchestra.errors import (
     ConfigurationError,
+    OrchestraError,
     SessionError,
     SessionNotFoundError,
     SessionRunningError,
@@ -233,7 +240,8 @@ class TemporalExecutor:
 
     async def result(self, setup: Setup, session_id: str) -> OrchestraResult | None:
         """The result of the session's run as its workflow's records give it (a paused run's
-        included); None when there is no such session, or its run is still going."""
+        included); None when there is no such session, or its run is still going (or, as
+        embedded, was restored to a checkpoint taken while it went on, and not resumed)."""
         client = await self.client()
         handle = client.get_workflow_handle(session_id)
         state = await self._status(handle)
@@ -241,9 +249,160 @@ class TemporalExecutor:
             return None
         engine, _ = build(setup, session_id, _SILENT)
         follower = Follower(handle, engine, None, client)
-        if await _caught_up(follower, handle, state) == "running":
-            return None
+        if await _caught_up(follower, handle, state) == "running" or engine.stopped_at is None:
+            return None  # running, or restored to a checkpoint in a run that had not stopped
         return result_of(engine, session_id)
+
+    async def checkpoint(self, setup: Setup, session_id: str, name: str | None) -> str:
+        """Name the session's current position, as embedded: a run in progress or paused
+        journals the checkpoint itself (the ``checkpoint`` update); a run that is over (its
+        workflow closed) gets it in a new run of its workflow that carries its journal, names
+        its end and closes at once. SessionError when there is no such session, or its
+        workflow did not complete (failed, terminated)."""
+        client = await self.client()
+        handle = client.get_workflow_handle(session_id)
+        state = await self._status(handle)
+        if state is None:
+            raise SessionError(f"no session {session_id!r} on Temporal to checkpoint")
+        if state is _RUNNING:
+            try:
+                taken = await handle.execute_update(
+                    protocol.CHECKPOINT_UPDATE, name, rpc_timeout=_STATE_TIMEOUT
+                )
+                return str(taken)
+            except WorkflowUpdateFailedError as error:
+                if _failure_type(error) != protocol.CLOSED:
+                    raise self._refused(session_id, "checkpoint", error) from None
+            except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                raise self._no_answer(session_id, "checkpoint") from None
+            state = await self._closing(handle)  # the run ended meanwhile: named at its end
+        follower = Follower(handle, build(setup, session_id, _SILENT)[0], None, client)
+        lines = await self._closed_journal(follower, state)
+        name = name or f"checkpoint-{len(lines) + 1}"
+        continued = await self._continue(handle, lines, name, restore=False)
+        try:
+            await continued.result()
+        except Exception as error:
+            raise failed(session_id, error) from None
+        return f"{session_id}@{name}"
+
+    async def restore(self, setup: Setup, checkpoint_id: str) -> bool:
+        """Send the session back to the checkpoint, as embedded; the next ``resume_session``
+        goes on from there. A paused run is restored in its workflow (the ``restore``
+        update); one that is over in a new run of its workflow that carries its journal and
+        waits, paused, for the resume. A run in progress is refused (``SessionRunningError``:
+        pause it first). False for an id that names no checkpoint of the session's journal
+        (the latest workflow run's, which carries every run it went on from) or one on an
+        abandoned branch of history."""
+        try:
+            session_id, _ = parse_checkpoint_id(checkpoint_id)
+        except OrchestraError:
+            return False
+        client = await self.client()
+        handle = client.get_workflow_handle(session_id)
+        state = await self._status(handle)
+        if state is None:
+            return False
+        if state is _RUNNING:
+            try:
+                restored = await handle.execute_update(
+                    protocol.RESTORE_UPDATE, checkpoint_id, rpc_timeout=_STATE_TIMEOUT
+                )
+                return bool(restored)
+            except WorkflowUpdateFailedError as error:
+                if _failure_type(error) == protocol.NOT_PAUSED:
+                    raise SessionRunningError(_failure_text(error)) from None
+                raise self._refused(session_id, "restore", error) from None
+            except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                raise self._no_answer(session_id, "restore") from None
+        follower = Follower(handle, build(setup, session_id, _SILENT)[0], None, client)
+        lines = await self._closed_journal(follower, state)
+        log = fold(session_id, lines)
+        entry = log.checkpoints.get(checkpoint_id)
+        if entry is None:
+            return False
+        position: int = entry.record.position  # type: ignore[attr-defined]
+        if position and position not in log.positions:
+            return False  # on a branch of history a restore abandoned
+        await self._continue(handle, lines, checkpoint_id, restore=True)
+        return True
+
+    async def _closing(self, handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus | None:
+        """The workflow's status once it has closed (its run over, its store copy drained)."""
+        with contextlib.suppress(Exception):  # how it closed is read from its status
+            await handle.result()
+        return await self._status(handle)
+
+    async def _closed_journal(
+        self, follower: Follower, state: WorkflowExecutionStatus | None
+    ) -> list[str]:
+        """The journal of the session's closed workflow run. SessionError when it did not
+        complete (failed, terminated, timed out): its journal ends nowhere a run stopped."""
+        if state is not WorkflowExecutionStatus.COMPLETED:
+            session_id = follower.handle.id
+            said = state.name.lower() if state is not None else "unknown"
+            raise SessionError(
+                f"session {session_id!r}: its Temporal workflow is {said}, not completed: its "
+                "checkpoints cannot be taken or restored"
+            )
+        lines, _ = await follower.journal()
+        return lines
+
+    async def _continue(
+        self,
+        handle: WorkflowHandle[Any, Any],
+        lines: list[str],
+        checkpoint: str,
+        *,
+        restore: bool,
+    ) -> WorkflowHandle[Any, Any]:
+        """A new run of the session's closed workflow (its id may be used again:
+        ``ALLOW_DUPLICATE``, said explicitly) that goes on from ``lines``, its last run's
+        journal, with the version and settings that run was started with: it runs where that
+        version is hosted, as the session always has (``protocol.Continuation`` says what it
+        does with ``checkpoint``). ``SessionRunningError`` when another client started one
+        first."""
+        session_id = handle.id
+        client = await self.client()
+        previous = await _start_of(client, handle)
+        continuation = protocol.Continuation(
+            protocol.pack_lines(lines, session_id), checkpoint, restore
+        )
+        start = dataclasses.replace(previous, continuation=continuation)
+        queue = protocol.version_queue(self.task_queue, start.version)
+        try:
+            if not await routing.polled(client, queue, routing.POLLER_WAIT):
+                raise routing.not_started(session_id, start.version, self.task_queue)
+            started = await client.start_workflow(
+                protocol.WORKFLOW_NAME,
+                start,
+                id=session_id,
+                task_queue=queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            )
+        except WorkflowAlreadyStartedError:
+            raise SessionRunningError(
+                f"session {session_id!r} has a run in progress on Temporal: another client "
+                "went on with it meanwhile"
+            ) from None
+        except RPCError as error:
+            raise self._unreachable(session_id, error) from None
+        return client.get_workflow_handle(session_id, run_id=started.result_run_id)
+
+    def _refused(
+        self, session_id: str, what: str, error: WorkflowUpdateFailedError
+    ) -> SessionError:
+        return SessionError(
+            f"session {session_id!r}: its Temporal workflow refused the {what} "
+            f"({_failure_text(error)})"
+        )
+
+    def _no_answer(self, session_id: str, what: str) -> SessionError:
+        return SessionError(
+            f"session {session_id!r}: no worker answered for its Temporal workflow (the "
+            f"{what} was not made); run a worker that hosts its workflow on task queue "
+            f"{self.task_queue!r}"
+        )
 
     async def _status(self, handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus | None:
         """The workflow's status (None when there is none by that id)."""
@@ -270,6 +429,25 @@ async def _paused(handle: WorkflowHandle[Any, Any]) -> bool:
     except (RPCError, WorkflowQueryFailedError):
         return False
     return bool(page["state"] == "paused")
+
+
+async def _start_of(client: Client, handle: WorkflowHandle[Any, Any]) -> protocol.StartInput:
+    """The start input of the session's latest workflow run (its first history event)."""
+    async for event in handle.fetch_history_events(page_size=1):
+        payloads = event.workflow_execution_started_event_attributes.input.payloads
+        [start] = await client.data_converter.decode(payloads, [protocol.StartInput])
+        return start  # type: ignore[no-any-return]
+    raise SessionError(f"session {handle.id!r}: its Temporal workflow has no history")
+
+
+def _failure_type(error: WorkflowUpdateFailedError) -> str | None:
+    cause = error.cause
+    return cause.type if isinstance(cause, ApplicationError) else None
+
+
+def _failure_text(error: WorkflowUpdateFailedError) -> str:
+    cause = error.cause
+    return redact(cause.message if isinstance(cause, ApplicationError) else str(cause))
 
 
 async def _caught_up(

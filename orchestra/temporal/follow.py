@@ -29,9 +29,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestra.communication.channels import CommunicationManager, Question, TimedChannel
+from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.engine.core import Engine
 from orchestra.coordination.state import records
-from orchestra.coordination.state.replay import apply_line
+from orchestra.coordination.state.manager import fold
+from orchestra.coordination.state.replay import apply_line, rebuild
 from orchestra.coordination.state.values import Unreadable, Unstorable, from_plain, to_plain
 from orchestra.errors import (
     OrchestraError,
@@ -57,6 +59,8 @@ CATCH_UP_TRIES = 3
 """Queries with no answer before a catch-up (reading a session's state) gives up."""
 
 _QUERY_TIMEOUT = timedelta(seconds=QUERY_TIMEOUT)
+_RESTORE = f'{{"t":"{inp.Restore.KIND}",'
+_CHECKPOINT = f'{{"t":"{inp.Checkpoint.KIND}",'
 
 NO_POLLER = "no poller seen"
 """What Temporal answers a query with when no worker polls the workflow's task queue."""
@@ -88,8 +92,22 @@ class Follower:
         self._woken = asyncio.Event()  # an answer was taken: poll again at once
 
     async def catch_up(self) -> str:
-        """Apply every line the workflow's journal holds now; its state (running, paused or
-        finished) as of the last answer. SessionError when no worker answers."""
+        """Bring the replica to where the workflow's journal leaves the session: its effective
+        history rebuilt (``state.manager.fold``: a restore cuts it back to its checkpoint, a
+        checkpoint taken at rest is no input of the run), as an embedded resume rebuilds it
+        from the log; the workflow's state (running, paused or finished) as of the last
+        answer. SessionError when no worker answers."""
+        lines, state = await self.journal()
+        if lines:
+            run = fold(self.handle.id, lines).last_run
+            if run is not None:
+                rebuild(self.engine, run, None, self.handle.id)
+        return state
+
+    async def journal(self) -> tuple[list[str], str]:
+        """Every line the workflow's journal holds now, from ``next`` on (``next`` moved past
+        them, nothing applied), and the workflow's state as of the last answer."""
+        lines: list[str] = []
         unanswered = 0
         while True:
             answer = await self._records()
@@ -98,8 +116,10 @@ class Follower:
                 if unanswered == CATCH_UP_TRIES:
                     raise self._no_worker(finished=False)
                 continue
-            if not self._applied(answer):
-                return str(answer["state"])
+            if not answer["lines"]:
+                return lines, str(answer["state"])
+            lines.extend(answer["lines"])
+            self.next = int(answer["next"])
 
     async def follow(self) -> str:
         """Apply the workflow's lines as they come until it has paused or finished (every
@@ -215,10 +235,20 @@ class Follower:
         )
 
     def _applied(self, answer: dict[str, Any]) -> bool:
-        """Apply the answer's lines to the replica; whether it had any."""
+        """Apply the answer's lines to the replica; whether it had any. A checkpoint taken at
+        rest is no input of the run (a rebuild skips it too); a restore while the run is
+        followed is refused: the replica would have to be rebuilt (``resume_session`` follows
+        the restored run)."""
         lines: list[str] = answer["lines"]
         for line in lines:
             self.next += 1  # a record's position in the log: 1-based
+            if line.startswith(_RESTORE):
+                raise SessionError(
+                    f"session {self.handle.id!r} was restored to a checkpoint while it was "
+                    f"followed (record {self.next}): resume_session follows it from there"
+                )
+            if line.startswith(_CHECKPOINT) and records.loads(line).get("at_rest") is True:
+                continue
             apply_line(self.engine, self.next, line, self.handle.id)
         self.next = int(answer["next"])
         return bool(lines)

@@ -47,13 +47,14 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import msgspec
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.state import StateManager
 from orchestra.coordination.state.backends import check_session_id
-from orchestra.coordination.state.records import loads
+from orchestra.coordination.state.records import decode, encode, loads
 from orchestra.errors import (
     ConfigurationError,
     OrchestraError,
@@ -69,8 +70,9 @@ RUNS_KEPT = 4096  # workflow runs whose place in the store a mirror remembers (l
 _PREFIX = re.compile(r'\{"t":"([a-z_]{1,40})","s":([0-9]{1,18}),')
 """How every record line begins (``records.encode`` writes ``t`` then ``s``, compactly)."""
 
-_NOT_ON_TEMPORAL = frozenset((inp.Checkpoint.KIND, inp.Restore.KIND))
-"""Records that name positions in the log: checkpoints are not supported on Temporal yet."""
+_POSITIONED = frozenset((inp.Checkpoint.KIND, inp.Restore.KIND))
+"""Records that name a position in the log: a journal's position is written at its place in
+the session's log (``_shifted``)."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ class StoreMirror:
         held = place.length - place.base - start
         first = place.length + 1
         records = [
-            f'{{"t":"{kind}","s":{first + n},{body}' for n, (kind, body) in enumerate(split[held:])
+            f'{{"t":"{kind}","s":{first + n},{body}'
+            for n, (kind, body) in enumerate(_shifted(split[held:], place.base))
         ]
         if records:
             await self.state_manager.storage.append(
@@ -197,7 +200,7 @@ class StoreMirror:
                 f"{len(stored)}) and the batch starts at line {start} of a journal: this "
                 "run's header was never mirrored (a gap)"
             )
-        for n, expected in enumerate(split[: held - start]):
+        for n, expected in enumerate(_shifted(split[: held - start], base)):
             if _body(stored[base + start + n]) != expected:
                 raise SessionCorruptedError(
                     f"{where}: record {base + start + n + 1} of the log is not line "
@@ -251,13 +254,33 @@ def _checked(session_id: str, key: str, start: int, lines: list[str]) -> list[tu
         if (kind == inp.RunStart.KIND) != (index == 0):
             what = "is not its run header" if index == 0 else "is a second run header"
             raise SessionCorruptedError(f"{where}: line {index} of its journal {what}")
-        if kind in _NOT_ON_TEMPORAL:
-            raise SessionCorruptedError(
-                f"{where}: line {index} of its journal is a {kind} record; checkpoints are "
-                "not supported on Temporal yet"
-            )
         split.append(found)
     return split
+
+
+def _shifted(split: list[tuple[str, str]], base: int) -> list[tuple[str, str]]:
+    """The lines as they read at their place in the session's log, ``base`` records after
+    its start: a checkpoint's or a restore's position, which its journal counts from the
+    run's header, counted from the log's start (as an embedded run of the session, after the
+    ones before it, would have written it)."""
+    if base == 0:
+        return split
+    return [
+        (kind, _shift(kind, body, base)) if kind in _POSITIONED else (kind, body)
+        for kind, body in split
+    ]
+
+
+def _shift(kind: str, body: str, base: int) -> str:
+    try:
+        record = decode(loads(f'{{"t":"{kind}","s":1,{body}'))
+    except ValueError as error:  # Unreadable is one
+        raise SessionCorruptedError(f"a {kind} record that cannot be read: {error}") from None
+    position: int = record.position  # type: ignore[attr-defined]
+    moved = encode(msgspec.structs.replace(record, position=position + base), 1)
+    found = _body(moved)
+    assert found is not None  # encode writes the prefix _body reads
+    return found[1]
 
 
 def _kind(line: str) -> str | None:

@@ -7,6 +7,8 @@ else.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
@@ -21,6 +23,7 @@ from orchestra.coordination.execution import storable_start
 from orchestra.coordination.state import records
 from orchestra.coordination.state.codec import shape
 from orchestra.coordination.wiring import Setup, first_input, topology_fingerprint
+from orchestra.errors import ConfigurationError
 from orchestra.models.base import Message, StepInfo
 
 from .hosting import version_of
@@ -37,6 +40,14 @@ QUESTIONS_QUERY = "questions"
 ANSWER_UPDATE = "answer"
 PAUSE_SIGNAL = "pause"
 RESUME_SIGNAL = "resume"
+CHECKPOINT_UPDATE = "checkpoint"
+RESTORE_UPDATE = "restore"
+
+NOT_PAUSED = "SessionRunningError"
+"""The type of the failure of a ``restore`` update sent to a session that is not paused."""
+
+CLOSED = "SessionClosed"
+"""The type of the failure of a ``checkpoint`` update sent to a run that finished meanwhile."""
 
 PAGE_BYTES = 1_500_000
 """About the most bytes of records one ``records`` query answers (at least one record),
@@ -105,6 +116,46 @@ class StartInput:
     header: str
     communication: Communication
     heartbeat_timeout: float
+    continuation: Continuation | None = None
+
+
+@dataclass
+class Continuation:
+    """What a new run of a session whose workflow closed goes on from: the closed run's
+    journal (``journal``: its lines, ``pack_lines``), then either a checkpoint named
+    ``checkpoint`` at its end (``restore`` False: the run journals it and closes at once) or a
+    restore to the checkpoint whose id is ``checkpoint`` (the run journals the restore and
+    waits, paused, for a ``resume``). A closed workflow is never reopened: its journal is
+    carried to the next run of the same workflow id."""
+
+    journal: str
+    checkpoint: str
+    restore: bool
+
+
+def pack_lines(lines: list[str], session_id: str) -> str:
+    """A journal's lines as they cross in a ``Continuation``: packed (``pack``) and base64,
+    so the start input stays JSON. ``ConfigurationError`` naming the session when they do not
+    fit in one Temporal payload."""
+    packed = pack({"lines": lines})
+    if len(packed) > PAYLOAD_LIMIT:
+        raise ConfigurationError(
+            f"session {session_id!r}: its journal is {len(packed)} bytes packed, over the "
+            f"{PAYLOAD_LIMIT} a Temporal payload may carry: its closed run cannot go on in a "
+            "new run of its workflow (no checkpoint taken, nothing restored)"
+        )
+    return base64.b64encode(packed).decode("ascii")
+
+
+def unpack_lines(text: str) -> list[str]:
+    """The lines ``pack_lines`` packed (``ValueError`` when it did not)."""
+    try:
+        lines = unpack(base64.b64decode(text, validate=True)).get("lines")
+    except binascii.Error as error:
+        raise ValueError(f"a packed journal that is no base64 ({error})") from None
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise ValueError("a packed journal whose lines are not a list of strings")
+    return lines
 
 
 class OpenQuestion(TypedDict):

@@ -28,27 +28,35 @@ from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.engine.core import Engine
 from orchestra.coordination.engine.runner import Runner
 from orchestra.coordination.state import records
-from orchestra.coordination.state.manager import run_name
+from orchestra.coordination.state.manager import check_checkpoint_name, fold, run_name
+from orchestra.coordination.state.replay import rebuild
 from orchestra.coordination.state.values import Unreadable
+from orchestra.errors import ConfigurationError, OrchestraError, SessionCorruptedError
 
 from .hosting import Hosted, Hosting
 from .mirror import MIRROR_ACTIVITY, MirrorBatch
 from .protocol import (
     ANSWER_UPDATE,
+    CHECKPOINT_UPDATE,
+    CLOSED,
+    NOT_PAUSED,
     PAGE_BYTES,
     PAUSE_SIGNAL,
     QUESTIONS_QUERY,
     RECORDS_QUERY,
+    RESTORE_UPDATE,
     RESUME_SIGNAL,
     WORKFLOW_NAME,
     Answer,
     Communication,
+    Continuation,
     OpenQuestion,
     Outcome,
     RecordsPage,
     StartInput,
     State,
     encoded_size,
+    unpack_lines,
 )
 from .seams import ActivityAgent, RecordsJournal, WorkflowChannel, WorkflowClock, read_answer
 
@@ -83,41 +91,118 @@ _NOT_ASKED = object()
 class SessionWorkflow:
     """One session's run (and its resumes after pauses), until it finishes."""
 
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, start: StartInput) -> None:
         self._lines: list[str] = []
-        self._state: State = "running"
+        going_on = start.continuation
+        # a run that restores a checkpoint waits for its resume from the first: a resume sent
+        # at once (in the same workflow task as the start) is kept, not dropped
+        self._state: State = "paused" if going_on is not None and going_on.restore else "running"
         self._channel = WorkflowChannel()
         self._runner: Runner | None = None
         self._pause: object = _NOT_ASKED  # a pause asked for before the run was driven
         self._resume: dict[str, Any] | None = None
         self._talk: Communication | None = None  # the last resume's channel settings
+        self._finished = False  # restored to where the run had finished: nothing to resume
+        self._ready = False  # the run has set up its engine and journal: updates may use them
 
     @workflow.run
     async def run(self, start: StartInput) -> Outcome:
         session_id = workflow.info().workflow_id
-        hosted = _hosted(start, session_id)
+        self._hosted = hosted = _hosted(start, session_id)
         header = _header(start.header, session_id)
-        engine = Engine(
-            run_id=session_id,
-            analysis=hosted.setup.analysis,
-            tools=hosted.tools,
-            stream=ev.EventStream(),
-        )
-        journal = RecordsJournal(session_id, run_name(1), self._lines)
-        runner = self._runner_for(engine, hosted, header, start, journal)
-        runner.start(header)
+        self._engine = self._fresh_engine()
+        self._journal = journal = RecordsJournal(session_id, run_name(1), self._lines)
+        runner, paused = None, False
+        if start.continuation is None:
+            runner = self._runner_for(self._engine, hosted, header, start, journal)
+            runner.start(header)
+        else:
+            paused = self._continue(start.continuation)
+        self._ready = True
         mirror = asyncio.create_task(self._mirror(session_id)) if _mirrored() else None
-        while await self._drive(runner):
+        if runner is not None:
+            paused = await self._drive(runner)
+        while paused:
             self._state = "paused"
             await workflow.wait_condition(lambda: self._resume is not None)
             context, self._resume = self._resume or {}, None
+            if self._finished:
+                break
             self._state = "running"
-            runner = self._runner_for(engine, hosted, header, start, journal)
+            runner = self._runner_for(self._engine, hosted, header, start, journal)
             runner.resume(inp.RunResume(at=_CLOCK.now(), context=context))
+            paused = await self._drive(runner)
         self._state = "finished"
         if mirror is not None:
             await mirror
         return Outcome(records=len(self._lines), state="finished")
+
+    def _fresh_engine(self) -> Engine:
+        return Engine(
+            run_id=workflow.info().workflow_id,
+            analysis=self._hosted.setup.analysis,
+            tools=self._hosted.tools,
+            stream=ev.EventStream(),
+        )
+
+    def _continue(self, going_on: Continuation) -> bool:
+        """A new run of a session whose workflow closed: its journal is the closed run's,
+        then a checkpoint named at its end (the run is over at once: False) or a restore
+        (whether the restored run waits for a resume: False when it had finished there)."""
+        session_id = workflow.info().workflow_id
+        try:
+            self._lines.extend(unpack_lines(going_on.journal))
+        except ValueError as error:
+            raise _refused(
+                session_id, f"the journal it goes on from cannot be read: {error}"
+            ) from None
+        if not going_on.restore:
+            self._journal.record(self._at_rest(going_on.checkpoint), due=True)
+            return False
+        if not self._restore(going_on.checkpoint):
+            raise _refused(session_id, f"no checkpoint {going_on.checkpoint!r} to restore")
+        return not self._finished
+
+    def _at_rest(self, name: str) -> inp.Checkpoint:
+        """A checkpoint at the journal's end, taken while no run is in progress (paused, or
+        over): a name for a position, no input of the run (as embedded, ``at_rest``)."""
+        return inp.Checkpoint(
+            at=_CLOCK.now(),
+            checkpoint_id=f"{workflow.info().workflow_id}@{name}",
+            name=name,
+            position=len(self._lines),
+            at_rest=True,
+        )
+
+    def _restore(self, checkpoint_id: str) -> bool:
+        """Send the run back to the checkpoint, as embedded ``restore_checkpoint`` does: a
+        ``restore`` record in the journal (what followed the checkpoint stays there, an
+        abandoned branch of history), and the engine rebuilt from the history as it now
+        reads (``state.manager.fold``); False, and nothing done, for an id that names no
+        checkpoint of this journal or one on an abandoned branch."""
+        session_id = workflow.info().workflow_id
+        try:
+            log = fold(session_id, self._lines)
+            entry = log.checkpoints.get(checkpoint_id)
+            if entry is None:
+                return False
+            position: int = entry.record.position  # type: ignore[attr-defined]
+            if position and position not in log.positions:
+                return False
+            at = _CLOCK.now()
+            self._journal.record(
+                inp.Restore(at=at, position=position, checkpoint_id=checkpoint_id), due=True
+            )
+            run = fold(session_id, self._lines).last_run
+            if run is None:
+                raise SessionCorruptedError(f"checkpoint {checkpoint_id!r} is before its run")
+            engine = self._fresh_engine()
+            rebuild(engine, run, None, session_id)
+        except OrchestraError as error:
+            raise _refused(session_id, str(error)) from None
+        self._engine, self._journal.run, self._finished = engine, run.name, run.finished
+        return True
 
     async def _mirror(self, session_id: str) -> None:
         """Copy the journal into the worker's session store as it grows (``mirror.py``): one
@@ -243,6 +328,56 @@ class SessionWorkflow:
         """An answer that cannot be read is refused before it reaches the history."""
         read_answer(answer)
 
+    @workflow.update(name=CHECKPOINT_UPDATE)
+    async def checkpoint(self, name: str | None) -> str:
+        """Name the run's current position (``name`` None: one made from it); the checkpoint's
+        id. Journaled as embedded: through the runner while the run goes on (an input of the
+        run), at rest while it is paused. Refused (``CLOSED``) once the run is over: the
+        client names the closed run's end in a new run of the workflow instead."""
+        await workflow.wait_condition(self._steady)
+        if self._state == "finished":
+            raise ApplicationError(
+                f"session {workflow.info().workflow_id!r}: its run is over", type=CLOSED
+            )
+        name = name or f"checkpoint-{len(self._lines) + 1}"
+        checkpoint_id = f"{workflow.info().workflow_id}@{name}"
+        if self._runner is not None:
+            self._runner.checkpoint(checkpoint_id, name, len(self._lines))
+        else:
+            self._journal.record(self._at_rest(name), due=True)
+        return checkpoint_id
+
+    @checkpoint.validator
+    def _named(self, name: str | None) -> None:
+        """A name the client would refuse is refused before it reaches the history."""
+        if name is not None and not isinstance(name, str):
+            raise ApplicationError(f"checkpoint_name {name!r} is no string")
+        if name:
+            try:
+                check_checkpoint_name(name)
+            except ConfigurationError as error:
+                raise ApplicationError(str(error)) from None
+
+    def _steady(self) -> bool:
+        """Whether the run is set up and either driven or not running (paused, over)."""
+        return self._ready and (self._runner is not None or self._state != "running")
+
+    @workflow.update(name=RESTORE_UPDATE)
+    async def restore(self, checkpoint_id: str) -> bool:
+        """Send the paused run back to the checkpoint (``_restore``); the next ``resume``
+        goes on from there. Refused (``NOT_PAUSED``) unless the run is paused, with no resume
+        on the way: a run in progress is paused first."""
+        if not isinstance(checkpoint_id, str):
+            raise ApplicationError(f"checkpoint_id {checkpoint_id!r} is no string")
+        await workflow.wait_condition(lambda: self._ready)
+        if self._state != "paused" or self._resume is not None:
+            raise ApplicationError(
+                f"session {workflow.info().workflow_id!r} is running on Temporal: pause it "
+                "(OrchestraInstance.pause_session) before restoring a checkpoint",
+                type=NOT_PAUSED,
+            )
+        return self._restore(checkpoint_id)
+
     @workflow.signal(name=PAUSE_SIGNAL)
     def pause(self, reason: str | None) -> None:
         """Pause at the next step boundary (nothing when paused or pausing already); asked
@@ -289,6 +424,13 @@ def _hosted(start: StartInput, session_id: str) -> Hosted:
             raise VersionRefused(f"{VERSION_ERROR}: {refusal}")
         raise ApplicationError(refusal, type=VERSION_ERROR, non_retryable=True)
     return hosted
+
+
+def _refused(session_id: str, why: str) -> ApplicationError:
+    """The failure of a run, or of an update, that cannot go on from what it was given."""
+    return ApplicationError(
+        f"session {session_id!r}: {why}", type="SessionCorruptedError", non_retryable=True
+    )
 
 
 def _mirrored() -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from orchestra.errors import (
     SessionFormatError,
     SessionNotFoundError,
 )
+from orchestra.models.secrets import redact
+from orchestra.text import printable
 
 from . import records
 from .backends import StorageBackend, check_session_id
@@ -99,6 +102,8 @@ class SessionLog:
     def last_run(self) -> RunLog | None:
         return self.runs[-1] if self.runs else None
 
+
+_CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 _.@:\-]{0,126}[A-Za-z0-9_.@:\-])?")
 
 ON_TEMPORAL = "on Temporal"
 """The state of a session's run that Temporal workers run (its header says so) and that has
@@ -359,8 +364,7 @@ class StateManager:
 
     async def load(self, session_id: str) -> SessionLog:
         """Read and check a session's log; SessionNotFoundError / SessionCorruptedError."""
-        lines = await self.storage.read(check_session_id(session_id))
-        return _fold(session_id, _read_records(session_id, lines))
+        return fold(session_id, await self.storage.read(check_session_id(session_id)))
 
     async def load_all(self, session_id: str) -> tuple[SessionLog, list[Entry]]:
         """The session's effective history, as :meth:`load` gives it, and every record of its
@@ -379,6 +383,13 @@ class StateManager:
 
     async def delete_session(self, session_id: str) -> bool:
         return await self.storage.delete(check_session_id(session_id))
+
+
+def fold(session_id: str, lines: list[str]) -> SessionLog:
+    """A session's effective history from its log's lines, as :meth:`StateManager.load` reads
+    it from storage: how a Temporal workflow's journal (the same lines) is read, by the
+    workflow restoring a checkpoint and by the client rebuilding its replica."""
+    return _fold(session_id, _read_records(session_id, lines))
 
 
 def _read_records(session_id: str, lines: list[str]) -> list[Entry]:
@@ -463,6 +474,20 @@ def _fold(session_id: str, entries: list[Entry]) -> SessionLog:
 def run_name(header_at: int) -> str:
     """The name of the run whose header is at ``header_at`` in its session's log."""
     return f"r{header_at}"
+
+
+def check_checkpoint_name(name: str) -> None:
+    """ConfigurationError for a name whose checkpoint id could not be shown and given back as
+    it is (a page shows ids redacted, escaped and cut): a name is 1-128 letters, digits,
+    spaces (not at either end), '_', '-', '.', '@' or ':', starting with a letter or digit,
+    and nothing shaped like a secret key."""
+    if _CHECKPOINT_NAME.fullmatch(name) and redact(name) == name:
+        return
+    raise ConfigurationError(
+        f"checkpoint_name {printable(redact(name), 60, one_line=True)!r} is not allowed: use "
+        "1-128 letters, digits, spaces, '_', '-', '.', '@' or ':', starting with a letter or "
+        "digit, and no secret key"
+    )
 
 
 def parse_checkpoint_id(checkpoint_id: str) -> tuple[str, str]:
