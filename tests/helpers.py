@@ -42,6 +42,7 @@ from orchestra import (
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import StateManager
+from orchestra.coordination.streaming import RunStream
 from orchestra.models import Message, StepInfo
 from orchestra.models.config import ModelConfig
 
@@ -97,23 +98,86 @@ async def run(
     *,
     config: ExecutionConfig | None = None,
     wait: float = WAIT,
+    heard: Heard | None = None,
     **options: Any,
 ) -> OrchestraResult:
     """Orchestra.run with only ``agents`` registered and ``config`` (by default quiet).
 
     ``options`` go to Orchestra.run as they are. The run is bounded by ``wait`` seconds, so a
-    broken engine fails the test with a TimeoutError instead of hanging it.
+    broken engine fails the test with a TimeoutError instead of hanging it. With ``heard`` the
+    run is made as ``Orchestra.stream`` makes it, and ``heard`` hears its events (its gates
+    open as they come).
     """
-    return await asyncio.wait_for(
-        Orchestra.run(
-            task,
-            topology,
-            agent_registry=AgentRegistry(agents),
-            execution_config=quiet() if config is None else config,
-            **options,
-        ),
-        wait,
-    )
+    arguments = (task, topology, AgentRegistry(agents))
+    execution_config = quiet() if config is None else config
+    if heard is None:
+        running = Orchestra.run(*arguments, execution_config=execution_config, **options)
+        return await asyncio.wait_for(running, wait)
+    stream = Orchestra.stream(*arguments, execution_config=execution_config, **options)
+    return await asyncio.wait_for(heard.follow(stream), wait)
+
+
+class Heard:
+    """A run's events as the engine whose result it is hears them, to order concurrent
+    branches explicitly: a branch that must end after another waits, in its agent, until the
+    run has heard of the other's result (:meth:`until`).
+
+    Waiting for the other agent's code to return would not do: on Temporal a step is an
+    activity, and its result reaches the workflow some time after the code returned, in any
+    order with its siblings'. The engine heard here is the run's own when embedded, and the
+    client's replica on Temporal, which hears an event only once the workflow has journaled
+    the input it came from — so a branch let go by it ends after the workflow applied what it
+    waited for, on either executor. Given to :func:`run` as ``heard=``; one run each."""
+
+    def __init__(self) -> None:
+        self._events: list[ev.Event] = []
+        self._waiting: list[tuple[Callable[[ev.Event], bool], str, asyncio.Future[None]]] = []
+        self._ended = False
+
+    async def until(self, kind: type[ev.Event] | tuple[type[ev.Event], ...], **fields: Any) -> None:
+        """Return once the run has heard an event of ``kind`` (a type, or any of a tuple)
+        whose attributes match ``fields``; raise AssertionError when it ends without (a gate
+        never outlives its run)."""
+
+        def matches(event: ev.Event) -> bool:
+            return isinstance(event, kind) and all(
+                getattr(event, name, None) == value for name, value in fields.items()
+            )
+
+        awaited = f"{kind} with {fields}"
+        if any(matches(event) for event in self._events):
+            return
+        if self._ended:
+            raise AssertionError(f"the run ended without {awaited}")
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((matches, awaited, future))
+        await future
+
+    async def ended(self, *agents: str) -> None:
+        """Return once the run has heard the branch of each of ``agents`` end (completed or
+        failed)."""
+        for agent in agents:
+            await self.until((ev.BranchCompleted, ev.BranchFailed), agent=agent)
+
+    async def follow(self, stream: RunStream) -> OrchestraResult:
+        """Hear the events of ``stream``'s run until it ends; its result."""
+        try:
+            async with stream as events:
+                async for event in events:
+                    self._hear(event)
+        finally:
+            self._ended = True
+            for _, awaited, future in self._waiting:
+                if not future.done():
+                    future.set_exception(AssertionError(f"the run ended without {awaited}"))
+        assert events.result is not None
+        return events.result
+
+    def _hear(self, event: ev.Event) -> None:
+        self._events.append(event)
+        for matches, _, future in self._waiting:
+            if not future.done() and matches(event):
+                future.set_result(None)
 
 
 def invoke(*items: tuple[str, Any], label: str | None = None) -> dict[str, Any]:

@@ -2,8 +2,11 @@
 
 Agents are driven by ScriptedModel / FunctionModel (LLM agents) and FunctionAgent (code).
 Synchronisation between branches uses asyncio events and futures, never sleeps; a sleep
-appears only where an agent simulates slow work. Every scenario checks the final response,
-success, and the status of every branch of the run.
+appears only where an agent simulates slow work. Where the outcome depends on which of
+concurrent branches ends first, the order is explicit: the branch that must end later waits
+until the run has heard of the earlier one's result (``Heard``), so the scenario means the
+same on any executor (test_temporal_executor.py runs each on Temporal too). Every scenario
+checks the final response, success, and the status of every branch of the run.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from helpers import WAIT, ask, final, fn, invoke, llm, of, quiet, run, spokes, statuses
+from helpers import WAIT, Heard, ask, final, fn, invoke, llm, of, quiet, run, spokes, statuses
 
 from orchestra import (
     Action,
@@ -209,24 +212,35 @@ async def test_hub_and_spoke_parallel_hub_receives_results_labelled_by_agent() -
 
 TREE = {"CEO": ["CTO", "CFO"], "CTO": ["Dev1", "Dev2"], "CFO": ["Acc1", "Acc2"]}
 
+FANS_OUT_AFTER = {"CFO": "CTO"}
+"""Branches are numbered as fan-outs start: CFO's reports are numbered after CTO's."""
 
-def org_member(messages: Sequence[Message], info: StepInfo) -> Any:
-    """Managers fan out to all their reports, then answer with what came back; workers answer."""
-    heading, body = heading_and_body(messages[-1])
-    name = info.agent_name
-    if not info.parallel_groups:  # a worker: its only peer is its manager
-        return final(f"{name} did {body}")
-    if heading.startswith("[Results"):
-        return final({name: [item["response"] for item in json.loads(body)]})
-    [children] = info.parallel_groups  # its reports (its own manager is a peer too)
-    return invoke(*((child, f"{body}/{child}") for child in children))
+
+def org_member(heard: Heard) -> Callable[[Sequence[Message], StepInfo], Any]:
+    """Managers fan out to all their reports (each once the run has heard the fan-out of the
+    manager it follows), then answer with what came back; workers answer."""
+
+    async def reply(messages: Sequence[Message], info: StepInfo) -> Any:
+        heading, body = heading_and_body(messages[-1])
+        name = info.agent_name
+        if not info.parallel_groups:  # a worker: its only peer is its manager
+            return final(f"{name} did {body}")
+        if heading.startswith("[Results"):
+            return final({name: [item["response"] for item in json.loads(body)]})
+        if name in FANS_OUT_AFTER:
+            await heard.until(ev.FanOutStarted, source=FANS_OUT_AFTER[name])
+        [children] = info.parallel_groups  # its reports (its own manager is a peer too)
+        return invoke(*((child, f"{body}/{child}") for child in children))
+
+    return reply
 
 
 async def test_three_level_hierarchy_with_nested_fan_outs() -> None:
     topology = PatternConfig.hierarchical(TREE)
     names = ["CEO", "CTO", "CFO", "Dev1", "Dev2", "Acc1", "Acc2"]
-    model = FunctionModel(org_member)
-    result = await run("plan", topology, [llm(name, model) for name in names])
+    heard = Heard()
+    model = FunctionModel(org_member(heard))
+    result = await run("plan", topology, [llm(name, model) for name in names], heard=heard)
     assert result.success, result.error
     assert result.final_response == {
         "CEO": [
@@ -248,11 +262,12 @@ async def test_three_level_hierarchy_with_nested_fan_outs() -> None:
             assert by_agent[worker].result == f"{worker} did plan/{manager}/{worker}"
     assert model.call_count == 2 + 2 * 2 + 4  # root and managers twice each, workers once
     fan_outs = of(result, ev.FanOutStarted)
-    assert sorted(e.targets for e in fan_outs) == [
-        ("Acc1", "Acc2"),
-        ("CTO", "CFO"),
-        ("Dev1", "Dev2"),
+    assert [(e.branch_id, e.targets) for e in fan_outs] == [
+        (ceo, ("CTO", "CFO")),
+        (by_agent["CTO"].branch_id, ("Dev1", "Dev2")),
+        (by_agent["CFO"].branch_id, ("Acc1", "Acc2")),
     ]
+    assert [by_agent[name].branch_id for name in names] == [f"b{i}" for i in range(7)]
 
 
 # ---- 4. convergence point ------------------------------------------------------------------
@@ -379,9 +394,24 @@ def boom(value: Any, ctx: Any) -> Any:
     raise RuntimeError(f"W2 cannot handle {value!r}")
 
 
-def w2_failing() -> list[BaseAgent]:
-    """Hub fans out to W1, W2 and W3: W1 and W3 answer at once, W2 raises."""
-    return three_workers(w1=lambda x, c: "W1 ok", w2=boom, w3=lambda x, c: "W3 ok")
+def after(heard: Heard, *agents: str, then: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    """Code that does ``then`` once the run has heard the branches of ``agents`` end: it
+    ends after them, whichever executor runs it."""
+
+    async def gated(value: Any, ctx: Any) -> Any:
+        await heard.ended(*agents)
+        return then(value, ctx)
+
+    return gated
+
+
+def w2_failing(heard: Heard) -> list[BaseAgent]:
+    """Hub fans out to W1, W2 and W3, which end in that order: W1 and W3 answer, W2 raises."""
+    return three_workers(
+        w1=lambda x, c: "W1 ok",
+        w2=after(heard, "W1", then=boom),
+        w3=after(heard, "W2", then=lambda x, c: "W3 ok"),
+    )
 
 
 def assert_w2_failure_tolerated(result: OrchestraResult) -> None:
@@ -402,27 +432,21 @@ def assert_w2_failure_tolerated(result: OrchestraResult) -> None:
 
 
 async def test_policy_all_one_failure_fails_the_parent_and_keeps_the_siblings() -> None:
-    others_done = asyncio.Event()
-    done: list[str] = []
+    heard = Heard()
 
-    def ok(name: str) -> Callable[[Any, Any], Any]:
-        def worker(value: Any, ctx: Any) -> Any:
-            done.append(name)
-            if len(done) == 2:
-                others_done.set()
-            return f"{name} ok"
-
-        return worker
-
-    async def fails_last(value: Any, ctx: Any) -> Any:
-        await asyncio.wait_for(others_done.wait(), WAIT)
+    def broke(value: Any, ctx: Any) -> Any:
         raise RuntimeError("W2 broke")
 
     result = await run(
         "job",
         spokes("W1", "W2", "W3"),
-        three_workers(w1=ok("W1"), w2=fails_last, w3=ok("W3")),
+        three_workers(
+            w1=lambda x, c: "W1 ok",
+            w2=after(heard, "W1", "W3", then=broke),  # fails last
+            w3=lambda x, c: "W3 ok",
+        ),
         config=quiet(convergence_policy="all"),
+        heard=heard,
     )
     assert not result.success
     assert result.final_response is None
@@ -443,16 +467,23 @@ async def test_policy_all_one_failure_fails_the_parent_and_keeps_the_siblings() 
 
 
 async def test_policy_all_failure_cancels_siblings_still_running() -> None:
+    heard = Heard()
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def running_forever(value: Any, ctx: Any) -> Any:
         await never
         return "never"
 
+    async def fails_while_w3_runs(value: Any, ctx: Any) -> Any:
+        await heard.ended("W1")
+        await heard.until(ev.StepStarted, agent="W3")
+        return boom(value, ctx)
+
     result = await run(
         "job",
         spokes("W1", "W2", "W3"),
-        three_workers(w1=lambda x, c: "W1 ok", w2=boom, w3=running_forever),
+        three_workers(w1=lambda x, c: "W1 ok", w2=fails_while_w3_runs, w3=running_forever),
+        heard=heard,
     )
     assert not result.success
     assert result.final_response is None
@@ -467,19 +498,16 @@ async def test_policy_all_failure_cancels_siblings_still_running() -> None:
     assert [(e.outcome, e.succeeded, e.failed, e.cancelled) for e in reached] == [
         ("failed", 1, 1, 1)
     ]
+    w3 = result.get_branch_by_id("b3")
+    assert w3 is not None and w3.step_count == 1  # cancelled in its step
 
 
 async def test_policy_any_one_failure_still_succeeds() -> None:
-    w2_failed = asyncio.Event()
+    heard = Heard()
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def fails_first(value: Any, ctx: Any) -> Any:
-        w2_failed.set()
         raise RuntimeError("W2 broke")
-
-    async def after_the_failure(value: Any, ctx: Any) -> Any:
-        await asyncio.wait_for(w2_failed.wait(), WAIT)
-        return "W1 ok"
 
     async def slow_forever(value: Any, ctx: Any) -> Any:
         await never  # cancelled once the policy is met
@@ -488,8 +516,11 @@ async def test_policy_any_one_failure_still_succeeds() -> None:
     result = await run(
         "job",
         spokes("W1", "W2", "W3"),
-        three_workers(w1=after_the_failure, w2=fails_first, w3=slow_forever),
+        three_workers(
+            w1=after(heard, "W2", then=lambda x, c: "W1 ok"), w2=fails_first, w3=slow_forever
+        ),
         config=quiet(convergence_policy="any"),
+        heard=heard,
     )
     assert result.success, result.error
     assert result.final_response == [
@@ -508,13 +539,19 @@ async def test_policy_any_one_failure_still_succeeds() -> None:
 
 async def test_policy_ratio_half_with_one_of_three_failing_succeeds() -> None:
     config = quiet(convergence_policy=0.5)
-    result = await run("job", spokes("W1", "W2", "W3"), w2_failing(), config=config)
+    heard = Heard()
+    result = await run(
+        "job", spokes("W1", "W2", "W3"), w2_failing(heard), config=config, heard=heard
+    )
     assert_w2_failure_tolerated(result)
 
 
 async def test_policy_k3_proceed_resumes_the_parent_with_the_failed_item() -> None:
     config = quiet(convergence_policy=ConvergencePolicy(k=3, on_insufficient="proceed"))
-    result = await run("job", spokes("W1", "W2", "W3"), w2_failing(), config=config)
+    heard = Heard()
+    result = await run(
+        "job", spokes("W1", "W2", "W3"), w2_failing(heard), config=config, heard=heard
+    )
     assert_w2_failure_tolerated(result)
     assert "W2 cannot handle 'job'" in result.final_response[1]["error"]
     assert [e.outcome for e in of(result, ev.ConvergenceReached)] == ["proceed"]
@@ -526,11 +563,15 @@ async def test_policy_from_the_callers_node_metadata_overrides_the_run_default()
         edges=["Hub <-> W1", "Hub <-> W2", "Hub <-> W3"],
         entry_point="Hub",
     )
-    result = await run("job", topology, w2_failing(), config=quiet(convergence_policy="all"))
+    heard = Heard()
+    result = await run(
+        "job", topology, w2_failing(heard), config=quiet(convergence_policy="all"), heard=heard
+    )
     assert_w2_failure_tolerated(result)
 
 
 async def test_policy_from_a_convergence_points_node_metadata() -> None:
+    heard = Heard()
     joined: list[Any] = []
 
     def join(items: Any, ctx: Any) -> Any:
@@ -556,10 +597,11 @@ async def test_policy_from_a_convergence_points_node_metadata() -> None:
         [
             fn("A", lambda x, c: x),
             fn("B", lambda x, c: "from B"),
-            fn("C", fail_c),
-            fn("E", lambda x, c: "from E"),
+            fn("C", after(heard, "B", then=fail_c)),
+            fn("E", after(heard, "C", then=lambda x, c: "from E")),
             fn("D", join),
         ],
+        heard=heard,
     )
     assert result.success, result.error
     assert result.final_response == ["B", "E"]
@@ -586,6 +628,7 @@ async def test_policy_from_a_star_centers_node_metadata() -> None:
     def fail_p2(value: Any, ctx: Any) -> Any:
         raise RuntimeError("P2 broke")
 
+    heard = Heard()
     center = Node("Center", metadata={"convergence_policy": ConvergencePolicy(k=2)})
     result = await run(
         "t",
@@ -593,9 +636,10 @@ async def test_policy_from_a_star_centers_node_metadata() -> None:
         [
             fn("Center", lambda items, c: [item["status"] for item in items]),
             fn("P1", lambda x, c: "p1"),
-            fn("P2", fail_p2),
-            fn("P3", lambda x, c: "p3"),
+            fn("P2", after(heard, "P1", then=fail_p2)),
+            fn("P3", after(heard, "P2", then=lambda x, c: "p3")),
         ],
+        heard=heard,
     )
     assert result.success, result.error
     assert result.final_response == ["completed", "completed", "failed"]
@@ -616,15 +660,17 @@ async def test_same_topology_without_the_node_policy_fails_on_the_default_all() 
         "nodes": ["A", "B", "C", "D"],
         "edges": ["A -> B", "A -> C", "B -> D", "C -> D"],
     }
+    heard = Heard()
     result = await run(
         "x",
         topology,
         [
             fn("A", lambda x, c: x),
             fn("B", lambda x, c: "from B"),
-            fn("C", fail_c),
+            fn("C", after(heard, "B", then=fail_c)),
             fn("D", lambda x, c: x),
         ],
+        heard=heard,
     )
     assert not result.success
     assert result.final_response is None
@@ -717,18 +763,15 @@ async def test_ask_user_answered_by_a_scripted_user() -> None:
 
 async def test_a_sibling_branch_completes_while_another_waits_for_the_user() -> None:
     channel = ProgrammaticChannel()
-    question_seen = asyncio.Event()
-    worker_done = asyncio.Event()
+    heard = Heard()
 
     async def worker(value: Any, ctx: Any) -> Any:
-        await asyncio.wait_for(question_seen.wait(), WAIT)  # runs while Asker waits
-        worker_done.set()
+        await heard.until(ev.UserInputRequested, agent="Asker")  # runs while Asker waits
         return "worked"
 
     async def user() -> None:
         question = await asyncio.wait_for(channel.next_question(), WAIT)
-        question_seen.set()
-        await asyncio.wait_for(worker_done.wait(), WAIT)
+        await heard.ended("Worker")
         channel.answer(question.id, "Ada")
 
     topology = {
@@ -747,6 +790,7 @@ async def test_a_sibling_branch_completes_while_another_waits_for_the_user() -> 
             fn("Worker", worker),
         ],
         communication_config=CommunicationConfig(channel=channel),
+        heard=heard,
     )
     await answering
     assert result.success, result.error
@@ -765,16 +809,12 @@ async def test_a_sibling_branch_completes_while_another_waits_for_the_user() -> 
 
 
 async def test_a_slow_branch_does_not_delay_an_unrelated_fast_one() -> None:
-    fast_path_done = asyncio.Event()
+    heard = Heard()
 
     async def slow(value: Any, ctx: Any) -> Any:
         await asyncio.sleep(0.01)  # slow work
-        await asyncio.wait_for(fast_path_done.wait(), WAIT)  # ...that outlasts the fast path
+        await heard.ended("Fast2")  # ...that outlasts the fast path
         return "slow result"
-
-    def fast_end(value: Any, ctx: Any) -> Any:
-        fast_path_done.set()
-        return f"{value} -> fast2"
 
     topology = {
         "nodes": ["Hub", "Slow", "Fast", "Fast2"],
@@ -787,8 +827,9 @@ async def test_a_slow_branch_does_not_delay_an_unrelated_fast_one() -> None:
             fn("Hub", lambda x, c: x),  # both edges hold: code fans out to Slow and Fast
             fn("Slow", slow),
             fn("Fast", lambda x, c: f"{x} -> fast"),
-            fn("Fast2", fast_end),
+            fn("Fast2", lambda x, c: f"{x} -> fast2"),
         ],
+        heard=heard,
     )
     assert result.success, result.error
     # Every branch finished at an exit, so the workflow's answer collects them all.

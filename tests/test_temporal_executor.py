@@ -4,7 +4,11 @@ fixture) and an in-process worker hosting the same topology and agents.
 
 The engine's scenario tests (test_engine_scenarios.py) are run twice each, embedded and on
 Temporal, and must give equal results: their own checks hold on both, and the results agree
-in everything but timing.
+in everything but timing. A scenario whose outcome depends on which of concurrent branches
+ends first orders them explicitly (``helpers.Heard``: a branch waits, in its agent, until the
+run has heard the earlier one's result); the in-process worker runs its activities on this
+test's event loop, so such a gate hears the client's replica, which hears a result only once
+the workflow has journaled it.
 """
 
 from __future__ import annotations
@@ -59,27 +63,6 @@ LEFT_OUT = {
     "test_fan_out_of_a_thousand_children_delivers_every_result",
 }
 
-ORDERED_BY_ONE_LOOP = {
-    # Scenarios whose outcome depends on which of concurrent branches' results comes first.
-    # Embedded, one event loop fixes it: a branch that sets an event in its code, or fails at
-    # once, is heard of before the sibling it lets go on. On Temporal each step is an
-    # activity and their completions reach the workflow in any order: a policy met (or failed)
-    # before a sibling's result cancels that sibling, so the results differ from run to run;
-    # and nested fan-outs number their branches in the order their parents' steps ended.
-    "test_a_sibling_branch_completes_while_another_waits_for_the_user",
-    "test_a_slow_branch_does_not_delay_an_unrelated_fast_one",
-    "test_three_level_hierarchy_with_nested_fan_outs",
-    "test_policy_all_failure_cancels_siblings_still_running",
-    "test_policy_all_one_failure_fails_the_parent_and_keeps_the_siblings",
-    "test_policy_any_one_failure_still_succeeds",
-    "test_policy_from_a_convergence_points_node_metadata",
-    "test_policy_from_a_star_centers_node_metadata",
-    "test_policy_from_the_callers_node_metadata_overrides_the_run_default",
-    "test_policy_k3_proceed_resumes_the_parent_with_the_failed_item",
-    "test_policy_ratio_half_with_one_of_three_failing_succeeds",
-    "test_same_topology_without_the_node_policy_fails_on_the_default_all",
-}
-
 
 @pytest.fixture
 async def client(temporal_server: str) -> Client:
@@ -105,7 +88,7 @@ async def hosted(
 def scenario_cases() -> Iterator[Any]:
     """Every scenario of test_engine_scenarios.py (each parameter set of a parametrized one)."""
     for name, function in sorted(vars(scenarios).items()):
-        if not name.startswith("test_") or name in LEFT_OUT | ORDERED_BY_ONE_LOOP:
+        if not name.startswith("test_") or name in LEFT_OUT:
             continue
         marks = [m for m in getattr(function, "pytestmark", []) if m.name == "parametrize"]
         if not marks:
