@@ -49,8 +49,8 @@ def test_every_module_imports_on_its_own() -> None:
         "        failed.append(f'{name}: {type(error).__name__}: {error}')\n"
         "print('\\n'.join(failed))\n"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    run = subprocess.run(  # the limit only catches a hang: a loaded 2-CPU machine took 2 min
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "", run.stdout
