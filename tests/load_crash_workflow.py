@@ -21,6 +21,10 @@ MODE:
   finished returns its stored result and writes nothing) and prints, as JSON, each session's
   state before the resume, its summary after, and whether a finished one's log kept its length.
 
+``run`` and ``resume`` also write, to ROOT/calls-MODE, a line as each step's agent starts
+(``start SESSION KEY``) and one as it returns its decision (``done SESSION KEY``), written at
+once (a SIGKILL loses none): the test tells from them which steps were durable at the kill.
+
 ``run`` and ``resume`` run under a soft limit of 1024 open files (``RLIMIT_NOFILE``): a
 backend that needs a descriptor per running session fails them.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import resource
 import sys
@@ -46,6 +51,12 @@ from orchestra.coordination.state.manager import run_state
 OPEN_FILES = 1024
 MODE, SESSIONS = sys.argv[1], int(sys.argv[2])
 taken: dict[str, Any] = {"steps": 0, "sessions": set(), "finished": 0, "tripped": False}
+ledger = {"calls": -1}  # the descriptor of ROOT/calls-MODE
+
+
+def note(line: str) -> None:
+    if ledger["calls"] >= 0:
+        os.write(ledger["calls"], line.encode() + b"\n")
 
 
 def session_id(number: int) -> str:
@@ -68,8 +79,9 @@ def trip() -> None:
         print("tripped", flush=True)
 
 
-async def watch(number: int) -> None:
-    """Count a step about to be taken; trip, and later stall, the ``run`` mode."""
+async def watch(number: int, key: str) -> None:
+    """Note a step about to be taken; count it, trip, and later stall, the ``run`` mode."""
+    note(f"start {number} {key}")
     if MODE != "run":
         return
     taken["steps"] += 1
@@ -90,22 +102,33 @@ async def hub(item: Any, context: Any) -> Action:
         number, rounds = results[0]["session"], results[0]["widths"]
         done = results[0]["round"] + 1
         values = sorted({value for result in results for value in result["values"]})
-    await watch(number)
+    key = f"hub{done}"
+    await watch(number, key)
     if done == len(rounds):
-        return Action.final({"session": number, "values": values})
-    return Action.invoke_parallel(
-        (
-            "Worker",
-            {"session": number, "widths": rounds, "round": done, "lane": lane, "values": values},
+        action = Action.final({"session": number, "values": values})
+    else:
+        action = Action.invoke_parallel(
+            (
+                "Worker",
+                {
+                    "session": number,
+                    "widths": rounds,
+                    "round": done,
+                    "lane": lane,
+                    "values": values,
+                },
+            )
+            for lane in range(rounds[done])
         )
-        for lane in range(rounds[done])
-    )
+    note(f"done {number} {key}")
+    return action
 
 
 async def worker(item: dict[str, Any], context: Any) -> dict[str, Any]:
-    await watch(item["session"])
-    mark = f"s{item['session']}r{item['round']}l{item['lane']}"
-    return {**item, "values": [*item["values"], mark]}
+    number, key = item["session"], f"r{item['round']}l{item['lane']}"
+    await watch(number, key)
+    note(f"done {number} {key}")
+    return {**item, "values": [*item["values"], f"s{number}{key}"]}
 
 
 def instance(state_manager: StateManager | None) -> OrchestraInstance:
@@ -180,7 +203,9 @@ async def main() -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     soft = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    storage = open_backend(sys.argv[3], Path(sys.argv[4]))
+    root = Path(sys.argv[4])
+    ledger["calls"] = os.open(root / f"calls-{MODE}", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    storage = open_backend(sys.argv[3], root)
     manager = StateManager(storage, auto_save_interval=0)
     try:
         if MODE == "run":

@@ -9,6 +9,11 @@ It is killed once it has taken ``TRIP`` steps (of about 5500), every session has
 ``FINISHED`` sessions have finished; steps stall from ``STALL`` on, so the kill always finds
 sessions in flight, with appends of many sessions still being written. Sessions that finished
 before the kill are resumed too: they give their stored result and their log is left as it was.
+
+Equal results alone would not show a lost record (the agents decide as they did: a step lost is
+simply taken again), so both processes note each step's agent starting and returning: a step
+that returned before a step that depends on it started was durable (the runner starts a step
+only once the records it depends on are), and the resume must not take it again.
 """
 
 from __future__ import annotations
@@ -70,6 +75,30 @@ async def run_until_tripped(backend: str, root: Path) -> None:
     assert process.returncode == -signal.SIGKILL
 
 
+def acknowledged(calls: list[str]) -> set[tuple[str, str]]:
+    """The steps (session, key) that returned before a step that depends on them started: a
+    round's workers (``r{k}l{lane}``) before the hub's next step (``hub{k+1}``), and a hub's step
+    (``hub{k}``) before a worker of the round it made (``r{k}l0``, ...). A step starts only once
+    the records it depends on are durable (steps of parallel branches do not wait for each
+    other: that is not a durability the runner promises)."""
+    returned: set[tuple[str, str]] = set()
+    durable: set[tuple[str, str]] = set()
+    for line in calls:
+        what, session, key = line.split()
+        if what == "done":
+            returned.add((session, key))
+        elif key.startswith("hub"):
+            workers = f"r{int(key[3:]) - 1}l"
+            durable.update(s for s in returned if s[0] == session and s[1].startswith(workers))
+        else:
+            durable.update({(session, "hub" + key[1 : key.index("l")])} & returned)
+    return durable
+
+
+def started(calls: list[str]) -> set[tuple[str, str]]:
+    return {(session, key) for what, session, key in map(str.split, calls) if what == "start"}
+
+
 async def resume_all(backend: str, root: Path) -> dict[str, Any]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -116,3 +145,8 @@ async def test_sigkill_under_load_then_resuming_every_session_loses_nothing(
         assert resumed["results"][name] == expected, f"{backend}: session {name}"
     assert sorted(resumed["kept"]) == finished
     assert all(resumed["kept"].values()), f"a finished session's log changed: {resumed['kept']}"
+    before = (tmp_path / "calls-run").read_text().splitlines()
+    after = started((tmp_path / "calls-resume").read_text().splitlines())
+    taken_again = acknowledged(before) & after
+    assert not taken_again, f"{backend}: durable steps taken again: {sorted(taken_again)[:10]}"
+    assert started(before) & after, "no step in flight at the kill was taken again"
