@@ -67,6 +67,7 @@ MIN_STEPS = 2000
 SETTINGS = {"durable": 0.0, "buffered": 1.0}  # auto_save_interval
 FSYNC_SECONDS = 1.0
 FD_EVERY = 0.02  # seconds between two counts of the open files
+ROW_LIMIT = 300.0  # seconds a row may take: one that takes longer is reported as stopped
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -207,12 +208,16 @@ def fsync_rate(folder: Path, threads: int, seconds: float) -> float:
 
 
 def measure(row: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, __file__, "--row", json.dumps(row)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, __file__, "--row", json.dumps(row)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=ROW_LIMIT,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after {ROW_LIMIT:.0f} s"}
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         return {"error": f"exit {done.returncode}: {done.stderr.strip()[-200:]}"}
