@@ -1,0 +1,43 @@
+"""``bench/load.py --quick``: the load benchmark's smoke run (4 sessions at once, with no
+persistence and on the file backend and SQLite, durable and buffered). It must run to its end
+and print every row, each measured, none failed; a quick run writes nothing into
+bench/results.md."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench" / "load.py"
+RESULTS = ROOT / "bench" / "results.md"
+RUN = 600.0  # seconds the smoke run may take before the test fails (only a hang reaches it)
+
+
+def test_the_load_bench_runs_quick() -> None:
+    written = RESULTS.read_bytes()
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=RUN,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.strip() for line in done.stdout.splitlines() if line.startswith("  ")]
+    expected = [
+        "machine: fdatasync/s, 4 KiB in place, 1 thread(s)",
+        "machine: fdatasync/s, 4 KiB in place, 8 thread(s)",
+        "no persistence: 4 at once",
+        "file, durable: 4 at once",
+        "file, buffered: 4 at once",
+        "sqlite, durable: 4 at once",
+        "sqlite, buffered: 4 at once",
+    ]
+    assert [row[: len(start)] for row, start in zip(rows, expected, strict=True)] == expected
+    for row in rows[2:]:
+        assert "steps/s" in row and "KiB/session" in row and "open files" in row, row
+    assert RESULTS.read_bytes() == written
