@@ -259,7 +259,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
             _cli(args),
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,  # a hang guard: `demo --topologies` took 123 s on a loaded 2-CPU machine
             cwd=cwd or empty,
             env=_CLI_ENV,
         )
