@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from orchestra.errors import (
     ConfigurationError,
@@ -27,6 +27,16 @@ from .backends import (
 from .worker import BlockingWorker
 
 T = TypeVar("T")
+
+
+class _Append(NamedTuple):
+    """One append, as queued for the backend's thread."""
+
+    session: str
+    after: int
+    length: int  # records
+    lines: str
+    durable: bool
 
 
 _TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -203,29 +213,87 @@ class SQLiteStorageBackend:
     ) -> Awaitable[None]:
         check_session_id(session_id)
         lines = "".join(frame(record) for record in records)
-        work = (session_id, after, len(records), lines, durable)
-        return self._worker.submit(self._locked, self._append, work, session_id)
+        work = _Append(session_id, after, len(records), lines, durable)
+        return self._worker.submit_grouped(self._append_group, work, len(lines))
 
-    def _append(
+    def _append_group(self, group: list[_Append]) -> list[BaseException | None]:
+        """Store the appends queued together (group commit): one alone in a transaction of its
+        own, as ever, so a lone session pays nothing more; several in one transaction, so one
+        sync makes them all durable. Each append's row is one statement, which SQLite applies
+        whole or not at all, so an append refused (a stale or another writer) leaves nothing
+        and fails alone while the others commit; a failed commit fails them all alike."""
+        with self._lock:  # against close() from another thread
+            try:
+                db = self._db()
+                if len(group) == 1:
+                    work = group[0]
+                    self._synchronous_mode(db, work.durable)
+                    self._append(db, work)
+                    return [None]
+                self._synchronous_mode(db, any(work.durable for work in group))
+                db.execute("BEGIN IMMEDIATE")
+            except BaseException as error:
+                return [self._failure(work.session, error) for work in group]
+            return self._commit(db, group)
+
+    def _commit(self, db: sqlite3.Connection, group: list[_Append]) -> list[BaseException | None]:
+        errors: list[BaseException | None] = []
+        for work in group:
+            try:
+                self._append(db, work)
+            except BaseException as error:
+                if not db.in_transaction:  # SQLite rolled all back (a full disk, say)
+                    return self._failed(db, group, errors, error)
+                errors.append(self._failure(work.session, error))
+            else:
+                errors.append(None)
+        try:
+            db.execute("COMMIT")
+        except BaseException as error:
+            return self._failed(db, group, errors, error)
+        return errors
+
+    def _failed(
         self,
         db: sqlite3.Connection,
-        session_id: str,
-        after: int,
-        count: int,
-        lines: str,
-        durable: bool,
-    ) -> None:
-        if not count:
+        group: list[_Append],
+        errors: list[BaseException | None],
+        error: BaseException,
+    ) -> list[BaseException | None]:
+        """The group's transaction failed: every append not refused on its own fails with the
+        same error (none is stored; the writer sends it again, and an exact repeat of one that
+        was stored after all is recognised)."""
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if isinstance(error, sqlite3.Error) and not _is_damage(error):
+            error = type(error)(
+                f"the session store {self.path} could not commit {len(group)} appends "
+                f"together: {error}"
+            )
+        errors += [None] * (len(group) - len(errors))
+        return [
+            mine if mine is not None else self._failure(work.session, error)
+            for work, mine in zip(group, errors, strict=True)
+        ]
+
+    def _failure(self, session_id: str, error: BaseException) -> BaseException:
+        """An append's error as ``_locked`` would raise it: damage named for the session."""
+        if isinstance(error, sqlite3.Error) and _is_damage(error):
+            return self._damaged(session_id, str(error))
+        return error
+
+    def _append(self, db: sqlite3.Connection, work: _Append) -> None:
+        if not work.length:
             return
-        self._hold(session_id)
-        self._synchronous_mode(db, durable)
-        if db.execute(_APPEND, (session_id, after, count, lines)).rowcount == 1:
+        self._hold(work.session)
+        if db.execute(_APPEND, (work.session, work.after, work.length, work.lines)).rowcount == 1:
             return
         stored = db.execute(
-            "SELECT records FROM appends WHERE session = ? AND first = ?", (session_id, after + 1)
+            "SELECT records FROM appends WHERE session = ? AND first = ?",
+            (work.session, work.after + 1),
         ).fetchone()
-        if stored is None or stored[0] != lines:  # else: a retry of an append that was stored
-            raise stale_writer(session_id, after)
+        if stored is None or stored[0] != work.lines:  # else: a retry of an append that was stored
+            raise stale_writer(work.session, work.after)
 
     def _hold(self, session_id: str) -> None:
         """Take the session's writer lock, unless this backend holds it already. The lock file
