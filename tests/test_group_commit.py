@@ -46,6 +46,26 @@ asyncio.run(main())
 """
 
 
+DESCRIPTORS = """
+import asyncio, resource, sys
+from orchestra.coordination.state import SQLiteStorageBackend
+
+async def main():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64 if sys.argv[2] == "hard" else hard))
+    storage = SQLiteStorageBackend(sys.argv[1])
+    outcomes = await asyncio.gather(
+        *(storage.append(f"s{n}", ["r"], durable=True, after=0) for n in range(100)),
+        return_exceptions=True,
+    )
+    failed = [str(outcome) for outcome in outcomes if outcome is not None]
+    print(len(failed), failed[0] if failed else "-")
+    print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard)
+
+asyncio.run(main())
+"""
+
+
 def record(session_id: str, number: int) -> str:
     return json.dumps({"t": "step", "session": session_id, "s": number})
 
@@ -257,6 +277,35 @@ def test_a_kill_9_loses_no_acknowledged_append_of_200_concurrent_sessions(
             storage.close()
 
     asyncio.run(check())
+
+
+def descriptors(path: Path, limit: str) -> list[str]:
+    """What a process that may open 64 files reports after 100 sessions' first appends."""
+    done = subprocess.run(
+        [sys.executable, "-c", DESCRIPTORS, str(path), limit],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.splitlines()
+
+
+def test_running_more_sessions_than_the_soft_limit_on_open_files_allows_raises_it(
+    tmp_path: Path,
+) -> None:
+    """Each running session holds its lock file open: past the soft limit, it is raised."""
+    assert descriptors(tmp_path / "state.db", "soft") == ["0 -", "True"]
+
+
+def test_past_the_hard_limit_on_open_files_an_append_says_what_to_do(tmp_path: Path) -> None:
+    failed, error = descriptors(tmp_path / "state.db", "hard")[0].split(" ", 1)
+    assert int(failed) > 0
+    assert error.startswith("[Errno 24] session 's")
+    assert error.endswith(
+        "no file descriptor is left for its writer lock (each running session holds one): "
+        "raise the process's limit on open files (ulimit -n)"
+    )
 
 
 class TestGrouping:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -25,6 +26,11 @@ from .backends import (
     valid_session_id,
 )
 from .worker import BlockingWorker
+
+try:
+    import resource
+except ImportError:  # not POSIX: the limit on open files is the system's
+    resource = None  # type: ignore[assignment]
 
 T = TypeVar("T")
 
@@ -303,7 +309,7 @@ class SQLiteStorageBackend:
         path = self._lock_path(session_id)
         path.parent.mkdir(exist_ok=True)
         while True:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            descriptor = _open_lock(session_id, path)
             try:
                 lock_session(session_id, descriptor)
                 if _same_file(descriptor, path):
@@ -484,6 +490,42 @@ def _readable_sessions(db: sqlite3.Connection) -> list[str]:
         if sound:
             break
     return sorted(found)
+
+
+def _open_lock(session_id: str, path: Path) -> int:
+    """Open a session's lock file. Each running session holds one open, so a process running
+    about a thousand sessions at once reaches the usual soft limit of 1024 open files: then the
+    soft limit is raised to the hard one (as Go's runtime does at start) and the file opened
+    again; past the hard limit, the error says which session and what to do."""
+    for retry in (False, True):
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            if error.errno != errno.EMFILE:
+                raise
+            if retry or not _more_descriptors():
+                break
+    raise OSError(
+        errno.EMFILE,
+        f"session {session_id!r}: no file descriptor is left for its writer lock (each running "
+        "session holds one): raise the process's limit on open files (ulimit -n)",
+    )
+
+
+def _more_descriptors() -> bool:
+    """Raise the soft limit on open files to the hard one (where that is unlimited, to
+    65536); whether it was lower."""
+    if resource is None:
+        return False
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):  # the system allows less (macOS: OPEN_MAX)
+        return False
+    return True
 
 
 def _same_file(descriptor: int, path: Path) -> bool:
