@@ -108,12 +108,8 @@ class BlockingWorker:
         group = [first]
         size = 0
         following: _Job | None = None
-        while len(group) < GROUP_JOBS:
-            try:
-                following = self._jobs.get_nowait()
-            except queue.Empty:
-                following = None
-                break
+        while len(group) < GROUP_JOBS and not self._jobs.empty():  # this thread alone takes
+            following = self._jobs.get_nowait()
             size += following[1][1] if following[4] else 0
             if following[0] != run or size > GROUP_SIZE:
                 break
