@@ -24,7 +24,9 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from orchestra.coordination.state import SQLiteStorageBackend, worker
+from orchestra.coordination.engine.inputs import PauseRequest
+from orchestra.coordination.state import SQLiteStorageBackend, StateManager, worker
+from orchestra.coordination.state.manager import SessionWriter
 from orchestra.coordination.state.worker import BlockingWorker
 from orchestra.errors import SessionError, SessionNotFoundError
 
@@ -239,6 +241,31 @@ async def test_a_failed_commit_fails_every_append_of_its_group_and_a_retry_store
     assert await outcomes(appends()) == [None, None, None]  # the writer sends each again
     for name in names:
         assert await storage.read(name) == [record(name, 1)]
+
+
+async def test_session_writers_resend_a_group_whose_commit_answer_was_lost(
+    storage: SQLiteStorageBackend,
+) -> None:
+    """The group was committed but the commit's answer was lost: each writer sends its append
+    again, alone and as it was, before its newer records; each record is stored once."""
+    await failing(storage, "after")
+    manager = StateManager(storage, auto_save_interval=0)
+    writers = [SessionWriter(manager, name, 0) for name in ("a", "b", "c")]
+    with held(storage._worker):
+        for writer in writers:
+            writer.record(PauseRequest(at=1.0, reason="first"))
+            writer.commit()
+    errors = await outcomes([writer.settled() for writer in writers])
+    assert {str(error) for error in errors} == {
+        f"the session store {storage.path} could not commit 3 appends together: "
+        "database or disk is full"
+    }
+    for writer in writers:
+        writer.record(PauseRequest(at=2.0, reason="second"))
+    await asyncio.gather(*(writer.flush() for writer in writers))
+    for name in ("a", "b", "c"):
+        reasons = [json.loads(line)["reason"] for line in await storage.read(name)]
+        assert reasons == ["first", "second"]
 
 
 def test_a_kill_9_loses_no_acknowledged_append_of_200_concurrent_sessions(

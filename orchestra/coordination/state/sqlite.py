@@ -74,7 +74,9 @@ class SQLiteStorageBackend:
     first): measured, that commits faster than a table clustered on the key, whose pages of
     large rows split often. One statement inserts the row and checks that the session holds
     the records its writer expects. WAL journal; a durable append commits with
-    ``synchronous=FULL``. Calls run one at a time on the backend's own thread (see ``worker``).
+    ``synchronous=FULL``. Calls run one at a time on the backend's own thread (see ``worker``);
+    appends of many sessions found queued there together commit in one transaction, one sync
+    (group commit: ``_append_group``).
 
     A session's writer holds a lock file (``<database>.locks/<session>``) from its first append
     until it is released, so a second process cannot take up a session that is running. A file
@@ -272,10 +274,12 @@ class SQLiteStorageBackend:
         if db.in_transaction:
             db.execute("ROLLBACK")
         if isinstance(error, sqlite3.Error) and not _is_damage(error):
+            cause = error
             error = type(error)(
                 f"the session store {self.path} could not commit {len(group)} appends "
                 f"together: {error}"
             )
+            error.__cause__ = cause
         errors += [None] * (len(group) - len(errors))
         return [
             mine if mine is not None else self._failure(work.session, error)
