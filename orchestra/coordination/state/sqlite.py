@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from orchestra.errors import (
     ConfigurationError,
@@ -26,7 +27,22 @@ from .backends import (
 )
 from .worker import BlockingWorker
 
+try:
+    import resource
+except ImportError:  # not POSIX: the limit on open files is the system's
+    resource = None  # type: ignore[assignment]
+
 T = TypeVar("T")
+
+
+class _Append(NamedTuple):
+    """One append, as queued for the backend's thread."""
+
+    session: str
+    after: int
+    length: int  # records
+    lines: str
+    durable: bool
 
 
 _TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -58,7 +74,9 @@ class SQLiteStorageBackend:
     first): measured, that commits faster than a table clustered on the key, whose pages of
     large rows split often. One statement inserts the row and checks that the session holds
     the records its writer expects. WAL journal; a durable append commits with
-    ``synchronous=FULL``. Calls run one at a time on the backend's own thread (see ``worker``).
+    ``synchronous=FULL``. Calls run one at a time on the backend's own thread (see ``worker``);
+    appends of many sessions found queued there together commit in one transaction, one sync
+    (group commit: ``_append_group``).
 
     A session's writer holds a lock file (``<database>.locks/<session>``) from its first append
     until it is released, so a second process cannot take up a session that is running. A file
@@ -203,29 +221,89 @@ class SQLiteStorageBackend:
     ) -> Awaitable[None]:
         check_session_id(session_id)
         lines = "".join(frame(record) for record in records)
-        work = (session_id, after, len(records), lines, durable)
-        return self._worker.submit(self._locked, self._append, work, session_id)
+        work = _Append(session_id, after, len(records), lines, durable)
+        return self._worker.submit_grouped(self._append_group, work, len(lines))
 
-    def _append(
+    def _append_group(self, group: list[_Append]) -> list[BaseException | None]:
+        """Store the appends queued together (group commit): one alone in a transaction of its
+        own, as ever, so a lone session pays nothing more; several in one transaction, so one
+        sync makes them all durable. Each append's row is one statement, which SQLite applies
+        whole or not at all, so an append refused (a stale or another writer) leaves nothing
+        and fails alone while the others commit; a failed commit fails them all alike."""
+        with self._lock:  # against close() from another thread
+            try:
+                db = self._db()
+                if len(group) == 1:
+                    work = group[0]
+                    self._synchronous_mode(db, work.durable)
+                    self._append(db, work)
+                    return [None]
+                self._synchronous_mode(db, any(work.durable for work in group))
+                db.execute("BEGIN IMMEDIATE")
+            except BaseException as error:
+                return [self._failure(work.session, error) for work in group]
+            return self._commit(db, group)
+
+    def _commit(self, db: sqlite3.Connection, group: list[_Append]) -> list[BaseException | None]:
+        errors: list[BaseException | None] = []
+        for work in group:
+            try:
+                self._append(db, work)
+            except BaseException as error:
+                if not db.in_transaction:  # SQLite rolled all back (a full disk, say)
+                    return self._failed(db, group, errors, error)
+                errors.append(self._failure(work.session, error))
+            else:
+                errors.append(None)
+        try:
+            db.execute("COMMIT")
+        except BaseException as error:
+            return self._failed(db, group, errors, error)
+        return errors
+
+    def _failed(
         self,
         db: sqlite3.Connection,
-        session_id: str,
-        after: int,
-        count: int,
-        lines: str,
-        durable: bool,
-    ) -> None:
-        if not count:
+        group: list[_Append],
+        errors: list[BaseException | None],
+        error: BaseException,
+    ) -> list[BaseException | None]:
+        """The group's transaction failed: every append not refused on its own fails with the
+        same error (none is stored; the writer sends it again, and an exact repeat of one that
+        was stored after all is recognised)."""
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if isinstance(error, sqlite3.Error) and not _is_damage(error):
+            cause = error
+            error = type(error)(
+                f"the session store {self.path} could not commit {len(group)} appends "
+                f"together: {error}"
+            )
+            error.__cause__ = cause
+        errors += [None] * (len(group) - len(errors))
+        return [
+            mine if mine is not None else self._failure(work.session, error)
+            for work, mine in zip(group, errors, strict=True)
+        ]
+
+    def _failure(self, session_id: str, error: BaseException) -> BaseException:
+        """An append's error as ``_locked`` would raise it: damage named for the session."""
+        if isinstance(error, sqlite3.Error) and _is_damage(error):
+            return self._damaged(session_id, str(error))
+        return error
+
+    def _append(self, db: sqlite3.Connection, work: _Append) -> None:
+        if not work.length:
             return
-        self._hold(session_id)
-        self._synchronous_mode(db, durable)
-        if db.execute(_APPEND, (session_id, after, count, lines)).rowcount == 1:
+        self._hold(work.session)
+        if db.execute(_APPEND, (work.session, work.after, work.length, work.lines)).rowcount == 1:
             return
         stored = db.execute(
-            "SELECT records FROM appends WHERE session = ? AND first = ?", (session_id, after + 1)
+            "SELECT records FROM appends WHERE session = ? AND first = ?",
+            (work.session, work.after + 1),
         ).fetchone()
-        if stored is None or stored[0] != lines:  # else: a retry of an append that was stored
-            raise stale_writer(session_id, after)
+        if stored is None or stored[0] != work.lines:  # else: a retry of an append that was stored
+            raise stale_writer(work.session, work.after)
 
     def _hold(self, session_id: str) -> None:
         """Take the session's writer lock, unless this backend holds it already. The lock file
@@ -235,7 +313,7 @@ class SQLiteStorageBackend:
         path = self._lock_path(session_id)
         path.parent.mkdir(exist_ok=True)
         while True:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            descriptor = _open_lock(session_id, path)
             try:
                 lock_session(session_id, descriptor)
                 if _same_file(descriptor, path):
@@ -416,6 +494,42 @@ def _readable_sessions(db: sqlite3.Connection) -> list[str]:
         if sound:
             break
     return sorted(found)
+
+
+def _open_lock(session_id: str, path: Path) -> int:
+    """Open a session's lock file. Each running session holds one open, so a process running
+    about a thousand sessions at once reaches the usual soft limit of 1024 open files: then the
+    soft limit is raised to the hard one (as Go's runtime does at start) and the file opened
+    again; past the hard limit, the error says which session and what to do."""
+    for retry in (False, True):
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            if error.errno != errno.EMFILE:
+                raise
+            if retry or not _more_descriptors():
+                break
+    raise OSError(
+        errno.EMFILE,
+        f"session {session_id!r}: no file descriptor is left for its writer lock (each running "
+        "session holds one): raise the process's limit on open files (ulimit -n)",
+    )
+
+
+def _more_descriptors() -> bool:
+    """Raise the soft limit on open files to the hard one (where that is unlimited, to
+    65536); whether it was lower."""
+    if resource is None:
+        return False
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):  # the system allows less (macOS: OPEN_MAX)
+        return False
+    return True
 
 
 def _same_file(descriptor: int, path: Path) -> bool:
