@@ -53,6 +53,11 @@ from .routing import (
     route_value,
 )
 
+_UNSET_CONFIG = ExecutionConfig()
+_UNSET_ERROR_CONFIG = ErrorHandlingConfig()
+"""An engine's settings until its RunStart gives the run's (both frozen: one pair serves every
+engine, not a pydantic validation per run)."""
+
 
 class Engine:
     """One run's state machine: decisions, hand-overs, fan-outs and convergence."""
@@ -76,11 +81,11 @@ class Engine:
         self.context: dict[str, Any] = {}
         # what agents and edge conditions see of it: a read-only copy (see SharedContext)
         self.shared_context = SharedContext()
-        self.config = ExecutionConfig()
+        self.config = _UNSET_CONFIG
         # the workflow file the settings were read from, for budget errors to name its keys:
         # the one this process was given (not journaled: the log keeps no file name)
         self.settings_file: str | None = None
-        self.error_config = ErrorHandlingConfig()
+        self.error_config = _UNSET_ERROR_CONFIG
         self.max_steps = 0
         self.steps = 0
         self.invocations: Counter[str] = Counter()
