@@ -279,6 +279,7 @@ async def _drive(runner: Runner, writer: SessionWriter | None, session_id: str) 
     if writer is not None or session_id not in LIVE:  # a durable run's entry is never taken
         LIVE[session_id] = live
     engine = runner.engine
+    snapshotted = writer  # kept: ``writer`` is set to None once its closing is under way
     if writer is not None:
         compress = writer.manager.compression
 
@@ -310,6 +311,8 @@ async def _drive(runner: Runner, writer: SessionWriter | None, session_id: str) 
             raise _halted(session_id, runner.halted)
         return result_of(engine, session_id)
     finally:
+        if snapshotted is not None:  # the run holds the writer: no cycle left to the collector
+            snapshotted.snapshot_source = None
         if writer is not None:  # an error or a cancel: the writer is closed all the same
             await let_go(session_id, writer.close() if runner.halted is None else writer.abandon())
 

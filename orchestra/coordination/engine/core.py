@@ -53,6 +53,11 @@ from .routing import (
     route_value,
 )
 
+_UNSET_CONFIG = ExecutionConfig()
+_UNSET_ERROR_CONFIG = ErrorHandlingConfig()
+"""An engine's settings until its RunStart gives the run's (both frozen: one pair serves every
+engine, not a pydantic validation per run)."""
+
 
 class Engine:
     """One run's state machine: decisions, hand-overs, fan-outs and convergence."""
@@ -76,11 +81,11 @@ class Engine:
         self.context: dict[str, Any] = {}
         # what agents and edge conditions see of it: a read-only copy (see SharedContext)
         self.shared_context = SharedContext()
-        self.config = ExecutionConfig()
+        self.config = _UNSET_CONFIG
         # the workflow file the settings were read from, for budget errors to name its keys:
         # the one this process was given (not journaled: the log keeps no file name)
         self.settings_file: str | None = None
-        self.error_config = ErrorHandlingConfig()
+        self.error_config = _UNSET_ERROR_CONFIG
         self.max_steps = 0
         self.steps = 0
         self.invocations: Counter[str] = Counter()
@@ -106,24 +111,6 @@ class Engine:
         self._tools = tools
         self._allowed: dict[tuple[str, bool, str | None], Permissions] = {}
         self._policies: dict[tuple[str, bool], ConvergencePolicy] = {}
-        self._handlers: dict[type[inp.Record], Callable[[Any], None]] = {
-            inp.RunStart: self._start,
-            inp.StepBegin: self._begin_step,
-            inp.StepResult: self._step_result,
-            inp.StepError: self._step_error,
-            inp.ModelRetry: self._model_retry,
-            inp.ToolStart: self._tool_start,
-            inp.ToolResult: self._tool_result,
-            inp.ToolsDone: self._tools_done,
-            inp.UserAnswer: self._user_answer,
-            inp.BranchFailure: self._branch_failure,
-            inp.ConvergenceTimeout: self._convergence_timeout,
-            inp.RunAbort: self._abort,
-            inp.PauseRequest: self._pause_request,
-            inp.RunEnd: self._end,
-            inp.RunResume: self._resume,
-            inp.Checkpoint: self._checkpoint,
-        }
 
     def apply(self, item: inp.Input) -> list[Effect]:
         """Apply one input; the effects the runner must carry out (in order)."""
@@ -131,7 +118,7 @@ class Engine:
             self.last_at, self.now = self.now, item.at
         else:
             self.last_at = self.now  # a clock that stepped back never makes time run backwards
-        self._handlers[type(item)](item)
+        _HANDLERS[type(item)](self, item)
         if self.dropped_questions:
             budgets.hand_over(self)
         effects, self.effects = self.effects, []
@@ -589,3 +576,25 @@ class Engine:
         fan_out = self.fan_outs[item.fan_out_id]
         if not self.finished and not fan_out.settled:
             convergence.settle(self, fan_out, timed_out=True)
+
+
+_HANDLERS: dict[type[inp.Record], Callable[[Engine, Any], None]] = {
+    inp.RunStart: Engine._start,
+    inp.StepBegin: Engine._begin_step,
+    inp.StepResult: Engine._step_result,
+    inp.StepError: Engine._step_error,
+    inp.ModelRetry: Engine._model_retry,
+    inp.ToolStart: Engine._tool_start,
+    inp.ToolResult: Engine._tool_result,
+    inp.ToolsDone: Engine._tools_done,
+    inp.UserAnswer: Engine._user_answer,
+    inp.BranchFailure: Engine._branch_failure,
+    inp.ConvergenceTimeout: Engine._convergence_timeout,
+    inp.RunAbort: Engine._abort,
+    inp.PauseRequest: Engine._pause_request,
+    inp.RunEnd: Engine._end,
+    inp.RunResume: Engine._resume,
+    inp.Checkpoint: Engine._checkpoint,
+}
+"""How the engine applies each kind of input: one table for every run (a table of bound methods
+per engine would be a reference cycle, leaving each finished run to the garbage collector)."""

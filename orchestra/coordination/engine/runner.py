@@ -110,18 +110,6 @@ class Runner:
         self.questions = OpenQuestions()
         self._held: list[str] | None = None  # branches to start once the run is driven
         self._held_timers: list[tuple[str, float, Callable[[str], None], str]] = []
-        self._effect_handlers: dict[type, Callable[[Any], None] | None] = {
-            Spawn: self._on_spawn,
-            ArmBranchTimer: self._on_arm_branch,
-            LetGo: self._on_let_go,
-            Cancel: self._on_cancel,
-            ArmConvergenceTimer: self._on_arm_fan_out,
-            Disarm: self._on_disarm,
-            RoundOver: self._on_round_over,
-            RoundBegun: self._on_round_begun,
-            RunFinished: self._on_finished,
-            TakeStep: None,  # the step is run by the caller that began it (_one_step)
-        }
 
     def feed(self, item: inp.Input, due: bool = True) -> list[Effect]:
         """What happened: journal it (a session's log), apply it, carry out its effects.
@@ -246,11 +234,10 @@ class Runner:
     # ---- effects -----------------------------------------------------------------------------
 
     def _carry_out(self, effects: list[Effect]) -> None:
-        handlers = self._effect_handlers
         for effect in effects:
-            handler = handlers[type(effect)]
+            handler = _EFFECT_HANDLERS[type(effect)]
             if handler is not None:
-                handler(effect)
+                handler(self, effect)
 
     def _on_spawn(self, effect: Spawn) -> None:
         self._spawn(effect.branch_id)
@@ -588,3 +575,20 @@ class Runner:
 STORAGE_RETRY_DELAYS = (0.05, 0.25, 1.0)
 """Seconds between retries of a write that storage failed (a dropped connection, a busy
 database) before a durable run gives up and halts."""
+
+
+_EFFECT_HANDLERS: dict[type, Callable[[Runner, Any], None] | None] = {
+    Spawn: Runner._on_spawn,
+    ArmBranchTimer: Runner._on_arm_branch,
+    LetGo: Runner._on_let_go,
+    Cancel: Runner._on_cancel,
+    ArmConvergenceTimer: Runner._on_arm_fan_out,
+    Disarm: Runner._on_disarm,
+    RoundOver: Runner._on_round_over,
+    RoundBegun: Runner._on_round_begun,
+    RunFinished: Runner._on_finished,
+    TakeStep: None,  # the step is run by the caller that began it (_one_step)
+}
+"""How the runner carries out each kind of effect: one table for every run (a table of bound
+methods per runner would be a reference cycle, leaving each finished run to the garbage
+collector)."""
