@@ -35,7 +35,6 @@ from .hosting import Hosted, Hosting
 from .mirror import MIRROR_ACTIVITY, MirrorBatch
 from .protocol import (
     ANSWER_UPDATE,
-    PAGE_BYTES,
     PAUSE_SIGNAL,
     QUESTIONS_QUERY,
     RECORDS_QUERY,
@@ -48,9 +47,16 @@ from .protocol import (
     RecordsPage,
     StartInput,
     State,
-    encoded_size,
+    records_page,
 )
-from .seams import ActivityAgent, RecordsJournal, WorkflowChannel, WorkflowClock, read_answer
+from .seams import (
+    ActivityAgent,
+    RecordsJournal,
+    TaskBytes,
+    WorkflowChannel,
+    WorkflowClock,
+    read_answer,
+)
 
 HOSTING = "orchestra.hosting"
 """The extern function (``workflow.extern_functions()``) a worker gives its workflows: it
@@ -91,6 +97,7 @@ class SessionWorkflow:
         self._pause: object = _NOT_ASKED  # a pause asked for before the run was driven
         self._resume: dict[str, Any] | None = None
         self._talk: Communication | None = None  # the last resume's channel settings
+        self._task_bytes = TaskBytes()
 
     @workflow.run
     async def run(self, start: StartInput) -> Outcome:
@@ -174,6 +181,7 @@ class SessionWorkflow:
                 config.step_timeout,
                 start.heartbeat_timeout,
                 header.error_config,
+                self._task_bytes,
             )
             for name in hosted.setup.agents
         }
@@ -214,20 +222,8 @@ class SessionWorkflow:
         return paused
 
     @workflow.query(name=RECORDS_QUERY)
-    def records(self, since: int) -> RecordsPage:
-        questions = self._channel.listed()
-        lines: list[str] = []
-        size = encoded_size(questions)
-        for line in self._lines[max(since, 0) :]:
-            line_size = encoded_size(line)
-            if lines and size + line_size > PAGE_BYTES:
-                break
-            lines.append(line)
-            size += line_size
-        start = max(since, 0)
-        return RecordsPage(
-            lines=lines, next=start + len(lines), state=self._state, questions=questions
-        )
+    def records(self, since: int, offset: int = 0) -> RecordsPage:
+        return records_page(self._lines, since, offset, self._state, self._channel.listed())
 
     @workflow.query(name=QUESTIONS_QUERY)
     def questions(self) -> list[OpenQuestion]:
