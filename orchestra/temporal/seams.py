@@ -246,8 +246,10 @@ class ActivityAgent(BaseAgent):
         self, name: str, payload: dict[str, Any], retry: RetryPolicy, what: str
     ) -> dict[str, Any]:
         """The activity's answer. When the runner cancels the call (its step_timeout, a pause,
-        the run's end), the activity is cancelled and the call raises ``CancelledError``, as
-        an embedded step does: the activity's cancellation is not the agent's failure. Not
+        the run's end, the worker dropping the session from its cache: its tasks are
+        cancelled, and the activity's handle ends with temporalio's own error then), the call
+        raises ``CancelledError``, as an embedded step does: not the agent's failure (which
+        the runner would record, and go on from, in a session being dropped). Not
         scheduled (``AgentStepError`` naming ``what``) when the history is near Temporal's
         limits or the packed payload over its payload limit: both deterministic. Scheduled
         in a later workflow task when this one has no room for it (``TaskBytes``)."""
@@ -258,8 +260,8 @@ class ActivityAgent(BaseAgent):
                 f"session {workflow.info().workflow_id!r}: {what}: its input is {len(data)} "
                 f"bytes packed, over Temporal's payload limit of {protocol.PAYLOAD_LIMIT} bytes"
             )
-        await self._task_bytes.room(len(data))
         try:
+            await self._task_bytes.room(len(data))
             answer: bytes = await workflow.execute_activity(
                 name,
                 data,
@@ -268,8 +270,8 @@ class ActivityAgent(BaseAgent):
                 retry_policy=retry,
                 result_type=bytes,
             )
-        except ActivityError:
-            if really_cancelled():
+        except BaseException as error:
+            if not isinstance(error, GeneratorExit) and really_cancelled():
                 raise asyncio.CancelledError from None
             raise
         return unpack(answer)
