@@ -107,10 +107,11 @@ class Activities:
 
     @activity.defn(name=TOOL_ACTIVITY)
     async def tool(self, data: bytes) -> bytes:
-        """One tool call: ``{ok, result}``, packed; the tool's own failure is ``ok=False`` with
-        its text as embedded, a result the log cannot store is refused as embedded; a result
-        over the payload limit is ``{ok: False, too_large: size}`` (the tool ran: the workflow
-        decides what that means for it)."""
+        """One tool call: ``{ok, result}``, packed; the tool's own failure (a CancelledError
+        it raised itself included) is ``ok=False`` with its text as embedded, cut to fit the
+        payload limit; a result the log cannot store is refused as embedded; a result over the
+        payload limit is ``{ok: False, too_large: size}`` (the tool ran: the workflow decides
+        what that means for it). Only a cancel of the call itself fails the activity."""
         payload = _read(data)
         name = payload["agent"]
         found = self._agent(payload["version"], name)

@@ -116,15 +116,17 @@ def _code_digest(code: CodeType) -> str:
 
 @dataclass(frozen=True)
 class Hosted:
-    """One hosted workflow: its setup (analysis and agents), tools and fingerprint."""
+    """One hosted workflow: its setup (analysis and agents), tools and fingerprint; where it
+    came from (a file, a module) and what its agents are (``_identity``), to refuse another
+    workflow of its version."""
 
     version: str
     setup: Setup
     tools: dict[str, tuple[ToolSpec, ...]]
     idempotent: dict[str, frozenset[str]]
     fingerprint: tuple[str, ...]
-    source: str = "a topology added in code"
-    identity: str = ""
+    source: str
+    identity: str
 
 
 class Hosting:
@@ -165,7 +167,7 @@ class Hosting:
                 for name, agent in agents.items()
             },
             fingerprint=topology_fingerprint(setup.analysis),
-            source=source or Hosted.source,
+            source=source or "a topology added in code",
             identity=_identity(setup),
         )
         self._check(hosted)
