@@ -141,6 +141,11 @@ class Workflow:
 
 
 DEFAULT_MAX_STEPS = 100
+
+WORKFLOW_KEY = "workflow"
+"""The topology ``metadata`` key that names a workflow: a file's name without its suffix
+unless the file's topology sets it. It tells workflows of one shape apart on Temporal (it is
+part of their version: ``orchestra.temporal.version_of``); nothing else reads it."""
 _MAX_STEPS: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(strict=True, gt=0)])
 
 
@@ -172,6 +177,7 @@ def load_workflow(
         topology.validate()
     except TopologyError as error:
         raise WorkflowError(f"{locate.at(('topology',))}: {error}") from None
+    topology.metadata.setdefault(WORKFLOW_KEY, path.stem)
     execution = dict(spec.execution)
     try:
         max_steps = _MAX_STEPS.validate_python(execution.pop("max_steps", DEFAULT_MAX_STEPS))

@@ -290,7 +290,8 @@ async def test_a_worker_on_a_changed_file_never_takes_the_old_sessions(
     assert f"1 running session(s) of task queue {queue} use workflow version {v1}" in note
     assert "TMPRL1100" not in on_v2.text() and "WorkflowVersionError" not in on_v2.text()
 
-    old = tmp_path / "flow-v1.yaml"
+    old = tmp_path / "v1" / "flow.yaml"  # the workflow's name (its file's) is part of its version
+    old.parent.mkdir()
     old.write_text(V1)
     (gates / "open").touch()
     await workers("--task-queue", queue, str(old), str(flow)).ready()

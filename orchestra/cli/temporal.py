@@ -196,11 +196,16 @@ def _hosting(
     for path in files:
         workflow = load(path, None, allow_modules)
         try:
-            hosted.append((str(path), hosting.add(workflow.topology, workflow.registry)))
+            version = hosting.add(workflow.topology, workflow.registry, source=str(path))
         except OrchestraError as error:
             fail(error, 1)
+        hosted.append((str(path), version))
     for name in modules:
-        hosted.extend((name, version) for version in hosting.include(_module_hosting(name)))
+        try:
+            versions = hosting.include(_module_hosting(name), source=f"module {name}")
+        except OrchestraError as error:
+            fail(error, 1)
+        hosted.extend((name, version) for version in versions)
     return hosting, hosted
 
 

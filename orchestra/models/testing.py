@@ -121,12 +121,12 @@ class FunctionModel:
         if not callable(fn):
             raise TypeError(f"FunctionModel needs a callable, got {fn!r}")
         self.chunk_size = check_chunk_size(chunk_size)
-        self._fn = fn
+        self.fn = fn
         self.call_count = 0
 
     async def complete(self, messages: Sequence[Message], info: StepInfo) -> ModelReply:
         self.call_count += 1
-        value = self._fn(messages, info)
+        value = self.fn(messages, info)
         if inspect.isawaitable(value):
             value = await value
         return as_reply(value, "a FunctionModel function")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from temporalio import activity
@@ -22,7 +22,7 @@ from orchestra.coordination.engine.step_errors import as_step_error, unstorable_
 from orchestra.coordination.engine.tool_calls import failure_text
 from orchestra.coordination.state.codec import encode_error, shape
 from orchestra.coordination.state.values import Unstorable, to_plain
-from orchestra.errors import AgentStepError, ModelAPIError, OrchestraError
+from orchestra.errors import AgentStepError, ModelAPIError, OrchestraError, ToolError
 from orchestra.models.base import Message, ToolCall
 
 from . import protocol
@@ -94,40 +94,74 @@ class Activities:
                 failure = unstorable_step(name, branch_id, unstorable.error())
         if failure is not None:
             answer["error"] = encode_error(failure)
-        packed = pack(answer)
-        if len(packed) <= protocol.PAYLOAD_LIMIT:
-            return packed
-        too_large = AgentStepError(
-            f"session {activity.info().workflow_id!r}: agent {name!r} (branch {branch_id}): "
-            f"its step's answer is {len(packed)} bytes packed, over Temporal's payload limit "
-            f"of {protocol.PAYLOAD_LIMIT} bytes"
-        )
-        return pack({"messages": [], "retries": retries, "error": encode_error(too_large)})
+
+        def too_large(size: int) -> dict[str, Any]:
+            error = AgentStepError(
+                f"session {activity.info().workflow_id!r}: agent {name!r} (branch {branch_id}): "
+                f"its step's answer is {size} bytes packed, over Temporal's payload limit of "
+                f"{protocol.PAYLOAD_LIMIT} bytes"
+            )
+            return {"messages": [], "retries": retries, "error": encode_error(error)}
+
+        return _fitting(answer, too_large)
 
     @activity.defn(name=TOOL_ACTIVITY)
     async def tool(self, data: bytes) -> bytes:
-        """One tool call: ``{ok, result}``, packed; the tool's own failure is ``ok=False`` with
-        its text as embedded, a result the log cannot store is refused as embedded; a result
-        over the payload limit is ``{ok: False, too_large: size}`` (the tool ran: the workflow
-        decides what that means for it)."""
+        """One tool call: ``{ok, result}``, packed; the tool's own failure (a CancelledError
+        it raised itself included) is ``ok=False`` with its text as embedded, cut to fit the
+        payload limit; a result the log cannot store is refused as embedded; a result over the
+        payload limit is ``{ok: False, too_large: size}`` (the tool ran: the workflow decides
+        what that means for it). Only a cancel of the call itself fails the activity."""
         payload = _read(data)
-        found = self._agent(payload["version"], payload["agent"])
+        name = payload["agent"]
+        found = self._agent(payload["version"], name)
         call: ToolCall = _TOOL_CALL.decode(payload["call"])
         async with _heartbeating(), _leased(found) as agent:
             try:
                 result = await agent.call_tool(call)
-            except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+            except asyncio.CancelledError:
+                if really_cancelled():
+                    raise  # the workflow cancelled it (its step_timeout, a pause, the run's end)
+                cancelled = ToolError(f"tool {call.name!r} (agent {name!r}) raised CancelledError")
+                return _failed(failure_text(cancelled))
+            except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as error:
-                return pack({"ok": False, "result": failure_text(error)})
+                return _failed(failure_text(error))
         try:
-            packed = pack({"ok": True, "result": to_plain(result)})
+            plain = to_plain(result)
         except Unstorable as unstorable:
-            refused = f"the tool returned {unstorable.error()}, which the session log cannot store"
-            return pack({"ok": False, "result": refused})
-        if len(packed) > protocol.PAYLOAD_LIMIT:
-            return pack({"ok": False, "too_large": len(packed)})
+            return _failed(
+                f"the tool returned {unstorable.error()}, which the session log cannot store"
+            )
+        return _fitting(
+            {"ok": True, "result": plain}, lambda size: {"ok": False, "too_large": size}
+        )
+
+
+def _failed(text: str) -> bytes:
+    """A tool's failure as its answer: its text, cut to fit the payload limit when it is over
+    (the head kept, the bytes cut said): the call ran and failed, which the model is told, as
+    embedded, never an activity failure (run again, or in doubt)."""
+    encoded = text.encode()
+    room = protocol.PAYLOAD_LIMIT // 2  # text that does not compress packs to about its size
+    if len(encoded) > room:
+        head = encoded[:room].decode(errors="ignore")
+        text = (
+            f"{head} [... {len(encoded) - room} more bytes cut: the failure's text is "
+            f"{len(encoded)} bytes, over Temporal's payload limit]"
+        )
+    return pack({"ok": False, "result": text})
+
+
+def _fitting(answer: dict[str, Any], instead: Callable[[int], dict[str, Any]]) -> bytes:
+    """``answer`` packed when it is within Temporal's payload limit, else what ``instead``
+    makes of its packed size (small): every answer of an activity is checked here, so none
+    fails its activity for its size (Temporal would run it again, or call it in doubt)."""
+    packed = pack(answer)
+    if len(packed) <= protocol.PAYLOAD_LIMIT:
         return packed
+    return pack(instead(len(packed)))
 
 
 def _read(data: bytes) -> dict[str, Any]:

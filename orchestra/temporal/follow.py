@@ -84,6 +84,8 @@ class Follower:
         self.communication = communication
         self.channel = None if communication is None else communication.channel
         self.next = 0  # the index of the next journal line to apply
+        self.offset = 0  # where the next part of a line read in parts starts
+        self._parts: list[str] = []  # the parts of that line read so far
         self._relayed: dict[str, asyncio.Task[None]] = {}  # by question id
         self._answered: set[str] = set()  # taken by the workflow: never asked again
         self._open: set[str] = set()  # the workflow's open questions, as last heard
@@ -188,7 +190,7 @@ class Follower:
         a workflow refused mid-run fails its queries too."""
         try:
             answer = await self.handle.query(
-                protocol.RECORDS_QUERY, self.next, rpc_timeout=_QUERY_TIMEOUT
+                protocol.RECORDS_QUERY, args=[self.next, self.offset], rpc_timeout=_QUERY_TIMEOUT
             )
         except WorkflowQueryFailedError as error:
             refused(self.handle.id, error)
@@ -235,11 +237,19 @@ class Follower:
         )
 
     def _applied(self, answer: dict[str, Any]) -> bool:
-        """Apply the answer's lines to the replica; whether it had any. A checkpoint taken at
+        """Apply the answer's lines to the replica (a line read in parts once its last part
+        came: ``protocol.RecordsPage``); whether it had any, or a part. A checkpoint taken at
         rest is no input of the run (a rebuild skips it too); a restore while the run is
         followed is refused: the replica would have to be rebuilt (``resume_session`` follows
         the restored run)."""
         lines: list[str] = answer["lines"]
+        part = answer.get("part")
+        if part is not None:
+            self._parts.append(part)
+            self.offset = int(answer["offset"])
+            if int(answer["next"]) == self.next:
+                return True
+            lines, self._parts = ["".join(self._parts)], []
         for line in lines:
             self.next += 1  # a record's position in the log: 1-based
             if line.startswith(_RESTORE):

@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 import msgspec
 import zstandard
@@ -49,11 +49,13 @@ NOT_PAUSED = "SessionRunningError"
 CLOSED = "SessionClosed"
 """The type of the failure of a ``checkpoint`` update sent to a run that finished meanwhile."""
 
-PAGE_BYTES = 1_500_000
-"""About the most bytes of records one ``records`` query answers (at least one record),
-counted as they cross: each line JSON-encoded again (``json.dumps``, ASCII only, as temporalio
-encodes the answer), where a non-ASCII character takes 6 bytes and a quote 2. A query's answer
-is a Temporal payload, which gRPC bounds at 4 MB."""
+PAGE_BYTES = 1_000_000
+"""The most bytes of records one ``records`` query answers, counted as they cross: each line
+JSON-encoded again (``json.dumps``, ASCII only, as temporalio encodes the answer), where a
+non-ASCII character takes 6 bytes and a quote 2. A query's answer is a Temporal payload, which
+the server bounds at 2 MiB; it may ride on a workflow task's completion, which gRPC bounds at
+4 MiB with the activities the task schedules (``seams.TASK_BYTES``). A line longer than a page
+crosses in parts (``RecordsPage``)."""
 
 PAYLOAD_LIMIT = 1_900_000
 """The most bytes a step's or a tool's packed payload (``pack``) may have: Temporal refuses a
@@ -172,14 +174,65 @@ class OpenQuestion(TypedDict):
 
 
 class RecordsPage(TypedDict):
-    """The ``records(since)`` query's answer: the journal's lines from index ``since`` (0-based)
-    on, ``next`` the index to ask from next time, where the workflow stands, and its open
-    questions (what the ``questions`` query lists: one query a round follows a session)."""
+    """The ``records(since, offset=0)`` query's answer: the journal's lines from index
+    ``since`` (0-based) on, ``next`` the index to ask from next time, where the workflow
+    stands, and its open questions (what the ``questions`` query lists: one query a round
+    follows a session).
+
+    A line too long for a page (a large tool result, a fan-out of a large document) crosses
+    in parts, so a session log holds nothing a client cannot read: the answer then has no
+    ``lines`` but ``part``, the line's characters from ``offset`` on (as many as fit), and
+    ``offset``, where its next part starts (asked for with the same ``since``). The last part
+    has ``next = since + 1`` and ``offset`` 0; the reader joins the parts into the line. A
+    reader that never passes ``offset`` gets whole lines as long as they fit a page."""
 
     lines: list[str]
     next: int
     state: State
     questions: list[OpenQuestion]
+    part: NotRequired[str]
+    offset: NotRequired[int]
+
+
+def records_page(
+    journal: list[str], since: int, offset: int, state: State, questions: list[OpenQuestion]
+) -> RecordsPage:
+    """The ``records`` query's answer over ``journal`` (see ``RecordsPage``): whole lines from
+    ``since`` while they fit ``PAGE_BYTES``, or a part of the line at ``since`` when it alone
+    does not (or ``offset`` asks for its next part)."""
+    start = max(since, 0)
+    budget = PAGE_BYTES - encoded_size(questions)
+    page = RecordsPage(lines=[], next=start, state=state, questions=questions)
+    size = 0
+    for line in journal[start:] if offset <= 0 else ():
+        line_size = encoded_size(line)
+        if size + line_size > budget:
+            break
+        page["lines"].append(line)
+        size += line_size
+    page["next"] = start + len(page["lines"])
+    if page["lines"] or start >= len(journal):
+        return page
+    line = journal[start]
+    begin = max(offset, 0)
+    end = begin + _fitting_chars(line, begin, budget)
+    page["part"], page["offset"] = line[begin:end], end
+    if end >= len(line):
+        page["next"], page["offset"] = start + 1, 0
+    return page
+
+
+def _fitting_chars(line: str, begin: int, budget: int) -> int:
+    """How many characters of ``line`` from ``begin`` on fit ``budget`` bytes as they cross
+    (one at least, so every part moves on): from as many as the budget has bytes, fewer in
+    proportion while they take more."""
+    count = min(max(budget, 1), len(line) - begin)
+    while count > 1:
+        size = encoded_size(line[begin : begin + count])
+        if size <= budget:
+            break
+        count = max(1, min(count - 1, count * budget // size))
+    return count
 
 
 def encoded_size(value: Any) -> int:

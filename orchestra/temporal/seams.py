@@ -65,6 +65,37 @@ HISTORY_EVENTS = 40_000
 the session, before Temporal terminates the workflow (at 50 MiB or 51,200 events)."""
 
 
+TASK_BYTES = 2_000_000
+"""The most bytes of activity inputs one workflow task schedules: one completion of the task
+carries them all, with the answer of a ``records`` query asked meanwhile (up to
+``protocol.PAGE_BYTES``), and gRPC refuses a message over 4 MiB (Temporal terminates the
+session). A fan-out of a large document schedules its branches' steps over several tasks."""
+
+
+class TaskBytes:
+    """The bytes of activity inputs scheduled in the current workflow task (its history
+    length tells it apart: the same on every replay), shared by a session's agents."""
+
+    def __init__(self) -> None:
+        self._task = -1
+        self._bytes = 0
+
+    async def room(self, size: int) -> None:
+        """Wait until the current workflow task has room for ``size`` more bytes (a task with
+        none scheduled yet always has): a short timer moves the call to a later task."""
+        while True:
+            task = workflow.info().get_current_history_length()
+            if task != self._task:
+                self._task, self._bytes = task, 0
+            if self._bytes == 0 or self._bytes + size <= TASK_BYTES:
+                self._bytes += size
+                return
+            await workflow.sleep(_NEXT_TASK)
+
+
+_NEXT_TASK = timedelta(milliseconds=1)
+
+
 class WorkflowClock:
     """Workflow time: the same on every replay of the workflow."""
 
@@ -186,8 +217,10 @@ class ActivityAgent(BaseAgent):
         step_timeout: float | None,
         heartbeat_timeout: float,
         errors: ErrorHandlingConfig,
+        task_bytes: TaskBytes,
     ) -> None:
         self.name = name
+        self._task_bytes = task_bytes
         self.version = version
         self._tools = tools
         self._idempotent = idempotent
@@ -213,10 +246,13 @@ class ActivityAgent(BaseAgent):
         self, name: str, payload: dict[str, Any], retry: RetryPolicy, what: str
     ) -> dict[str, Any]:
         """The activity's answer. When the runner cancels the call (its step_timeout, a pause,
-        the run's end), the activity is cancelled and the call raises ``CancelledError``, as
-        an embedded step does: the activity's cancellation is not the agent's failure. Not
+        the run's end, the worker dropping the session from its cache: its tasks are
+        cancelled, and the activity's handle ends with temporalio's own error then), the call
+        raises ``CancelledError``, as an embedded step does: not the agent's failure (which
+        the runner would record, and go on from, in a session being dropped). Not
         scheduled (``AgentStepError`` naming ``what``) when the history is near Temporal's
-        limits or the packed payload over its payload limit: both deterministic."""
+        limits or the packed payload over its payload limit: both deterministic. Scheduled
+        in a later workflow task when this one has no room for it (``TaskBytes``)."""
         _check_history(what)
         data = pack(payload)
         if len(data) > protocol.PAYLOAD_LIMIT:
@@ -225,6 +261,7 @@ class ActivityAgent(BaseAgent):
                 f"bytes packed, over Temporal's payload limit of {protocol.PAYLOAD_LIMIT} bytes"
             )
         try:
+            await self._task_bytes.room(len(data))
             answer: bytes = await workflow.execute_activity(
                 name,
                 data,
@@ -233,8 +270,8 @@ class ActivityAgent(BaseAgent):
                 retry_policy=retry,
                 result_type=bytes,
             )
-        except ActivityError:
-            if really_cancelled():
+        except BaseException as error:
+            if not isinstance(error, GeneratorExit) and really_cancelled():
                 raise asyncio.CancelledError from None
             raise
         return unpack(answer)

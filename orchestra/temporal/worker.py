@@ -97,7 +97,18 @@ async def worker(
     async with contextlib.AsyncExitStack() as running:
         for each in serving:
             await running.enter_async_context(each)
-        yield serving
+        try:
+            yield serving
+        finally:
+            await _stop(serving)
+
+
+async def _stop(serving: list[Worker]) -> None:
+    """Stop every version's worker at once: all stop taking work together, and their running
+    calls share one grace (one at a time, a worker hosting N versions would go on taking
+    work on the others, and take up to N graces to stop). Each ``Worker``'s own exit then
+    finds it stopped."""
+    await asyncio.gather(*(each.shutdown() for each in serving))
 
 
 def replayer(hosting: Hosting) -> Replayer:

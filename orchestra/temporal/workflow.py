@@ -40,7 +40,6 @@ from .protocol import (
     CHECKPOINT_UPDATE,
     CLOSED,
     NOT_PAUSED,
-    PAGE_BYTES,
     PAUSE_SIGNAL,
     QUESTIONS_QUERY,
     RECORDS_QUERY,
@@ -55,10 +54,17 @@ from .protocol import (
     RecordsPage,
     StartInput,
     State,
-    encoded_size,
+    records_page,
     unpack_lines,
 )
-from .seams import ActivityAgent, RecordsJournal, WorkflowChannel, WorkflowClock, read_answer
+from .seams import (
+    ActivityAgent,
+    RecordsJournal,
+    TaskBytes,
+    WorkflowChannel,
+    WorkflowClock,
+    read_answer,
+)
 
 HOSTING = "orchestra.hosting"
 """The extern function (``workflow.extern_functions()``) a worker gives its workflows: it
@@ -105,6 +111,7 @@ class SessionWorkflow:
         self._talk: Communication | None = None  # the last resume's channel settings
         self._finished = False  # restored to where the run had finished: nothing to resume
         self._ready = False  # the run has set up its engine and journal: updates may use them
+        self._task_bytes = TaskBytes()
 
     @workflow.run
     async def run(self, start: StartInput) -> Outcome:
@@ -259,6 +266,7 @@ class SessionWorkflow:
                 config.step_timeout,
                 start.heartbeat_timeout,
                 header.error_config,
+                self._task_bytes,
             )
             for name in hosted.setup.agents
         }
@@ -299,20 +307,8 @@ class SessionWorkflow:
         return paused
 
     @workflow.query(name=RECORDS_QUERY)
-    def records(self, since: int) -> RecordsPage:
-        questions = self._channel.listed()
-        lines: list[str] = []
-        size = encoded_size(questions)
-        for line in self._lines[max(since, 0) :]:
-            line_size = encoded_size(line)
-            if lines and size + line_size > PAGE_BYTES:
-                break
-            lines.append(line)
-            size += line_size
-        start = max(since, 0)
-        return RecordsPage(
-            lines=lines, next=start + len(lines), state=self._state, questions=questions
-        )
+    def records(self, since: int, offset: int = 0) -> RecordsPage:
+        return records_page(self._lines, since, offset, self._state, self._channel.listed())
 
     @workflow.query(name=QUESTIONS_QUERY)
     def questions(self) -> list[OpenQuestion]:

@@ -155,3 +155,16 @@ def really_cancelled() -> bool:
     code it ran, which is that code's failure)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def abandoned(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Whether this coroutine, of a run driven on ``loop``, is being closed unfinished outside
+    it: its loop is gone (a Temporal worker dropping a session from its cache lets its
+    coroutines be collected, each closed with GeneratorExit, whenever the collector runs, in
+    whichever loop runs then). Nothing may be recorded, timed or awaited then: the session
+    goes on where its history says, on whichever worker runs it next."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    return loop is not None and running is not loop

@@ -54,7 +54,7 @@ from .effects import (
     TakeStep,
 )
 from .lifecycle import turn_over
-from .questions import OpenQuestions, really_cancelled
+from .questions import OpenQuestions, abandoned, really_cancelled
 from .step_errors import as_step_error, unstorable_step
 
 
@@ -106,6 +106,7 @@ class Runner:
         self.pausing = False
         self._pause_requested = asyncio.Event()  # wakes what waits on others (a pooled agent)
         self.halted: Exception | None = None  # storage failed: the run stopped as if it crashed
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop driving the run
         self.steps_in_flight = 0
         self.questions = OpenQuestions()
         self._held: list[str] | None = None  # branches to start once the run is driven
@@ -167,6 +168,7 @@ class Runner:
 
     async def drive(self) -> None:
         """Run until the run ends (or pauses, or storage halts it)."""
+        self.loop = asyncio.get_running_loop()
         held, self._held = self._held or [], None
         for branch_id in held:
             self._spawn(branch_id)
@@ -229,7 +231,10 @@ class Runner:
             self._abort(error, None)
         finally:
             self._run_limit = None
-            await self._shutdown()
+            if not abandoned(
+                self.loop
+            ):  # closed unfinished, its loop gone: nothing left to wait for
+                await self._shutdown()
 
     # ---- effects -----------------------------------------------------------------------------
 
@@ -375,10 +380,11 @@ class Runner:
             leases.give_all_back(
                 self.agents, branch
             )  # a branch that stops working (waits, ends) lends nothing
-            current = asyncio.current_task()
-            if self._tasks.get(branch.id) is current:
-                del self._tasks[branch.id]
-            self._maybe_paused(ending=current)
+            if not abandoned(self.loop):
+                current = asyncio.current_task()
+                if self._tasks.get(branch.id) is current:
+                    del self._tasks[branch.id]
+                self._maybe_paused(ending=current)
 
     def _may_go_on(self, branch: Branch) -> bool:
         return not (self.engine.finished or self.pausing or self.halted is not None or branch.ended)
@@ -430,6 +436,8 @@ class Runner:
             except (KeyboardInterrupt, SystemExit):
                 raise  # the process is to stop: not one step's failure
             except BaseException as error:  # GeneratorExit too: left alone, the run would hang
+                if abandoned(self.loop):
+                    raise  # closed unfinished, its loop gone: nothing to record
                 failure = as_step_error(branch.agent, error)
             finally:
                 self.steps_in_flight -= 1

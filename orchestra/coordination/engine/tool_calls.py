@@ -18,7 +18,7 @@ from orchestra.models.secrets import redact
 from . import inputs as inp
 from .branches import Branch
 from .clock import within
-from .questions import really_cancelled
+from .questions import abandoned, really_cancelled
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -75,6 +75,8 @@ async def _run_one(runner: Runner, branch: Branch, agent: BaseAgent, call: ToolC
         runner.fail_branch(branch, _in_doubt(branch, call))
         return False
     except BaseException as error:  # GeneratorExit too: left alone, the run would hang
+        if abandoned(runner.loop):
+            raise  # closed unfinished, its loop gone: nothing to record
         result, ok = failure_text(error), False
     item = inp.ToolResult(
         at=runner.clock.now(),
