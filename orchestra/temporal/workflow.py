@@ -50,7 +50,14 @@ from .protocol import (
     State,
     encoded_size,
 )
-from .seams import ActivityAgent, RecordsJournal, WorkflowChannel, WorkflowClock, read_answer
+from .seams import (
+    ActivityAgent,
+    ClientTimed,
+    RecordsJournal,
+    WorkflowChannel,
+    WorkflowClock,
+    read_answer,
+)
 
 HOSTING = "orchestra.hosting"
 """The extern function (``workflow.extern_functions()``) a worker gives its workflows: it
@@ -178,8 +185,9 @@ class SessionWorkflow:
             for name in hosted.setup.agents
         }
         talk = self._talk or start.communication
+        channel = ClientTimed(self._channel) if talk.client_timed else self._channel
         communication = CommunicationManager(
-            self._channel if talk.has_channel else None,
+            channel if talk.has_channel else None,
             talk.user_timeout,
             on_user_timeout=talk.on_user_timeout,
             default_answer=talk.default_answer,
