@@ -21,6 +21,7 @@ from orchestra.coordination.config import (
     VerbosityLevel,
 )
 from orchestra.coordination.engine.rounds import NO_CHANNEL
+from orchestra.coordination.execution import closed_on_temporal
 from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_session_id
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import StateManager
@@ -235,7 +236,7 @@ def _execute(
             fail(
                 f"session {session_id!r} has a run on Temporal on the way; follow it with "
                 f"orchestra resume {workflow_path} {session_id} --temporal "
-                "HOST:PORT --task-queue QUEUE",
+                f"HOST:PORT --task-queue QUEUE. {closed_on_temporal(session_id)}",
                 1,
             )
         if state in ("interrupted", "paused"):
