@@ -22,6 +22,7 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
@@ -250,18 +251,37 @@ class TemporalExecutor:
             state = await _caught_up(follower, handle, described.status)
             if state == "finished":
                 return result_of(engine, session_id)
-            if state == "running" and extra:
-                raise SessionRunningError(
-                    f"session {session_id!r} is running on Temporal, so its additional context "
-                    "cannot be taken: pause it first to add context, then resume it with the "
-                    "context once it has paused"
-                )
-            if state == "paused":
-                talk = protocol.communication_of(setup)
-                await handle.signal(protocol.RESUME_SIGNAL, args=[extra, talk])
+            await self._resumed(handle, state, extra, protocol.communication_of(setup))
             self.on_temporal.add(session_id)
             await self._follow(follower)
             return result_of(engine, session_id)
+
+    async def _resumed(
+        self,
+        handle: WorkflowHandle[Any, Any],
+        state: str,
+        extra: dict[str, Any],
+        talk: protocol.Communication,
+    ) -> None:
+        """Send the resume (a run still pausing keeps it too). Context for a session that
+        runs goes as the update that says whether it was kept: ``SessionRunningError`` when it
+        was not (the run is neither paused nor pausing), rather than the context dropped."""
+        if state != "running" or not extra:
+            await handle.signal(protocol.RESUME_SIGNAL, args=[extra, talk])
+            return
+        try:
+            kept = await handle.execute_update(
+                protocol.RESUME_UPDATE, args=[extra, talk], result_type=bool
+            )
+        except WorkflowUpdateFailedError as error:
+            raise failed(handle.id, error.cause or error) from None
+        except RPCError as error:
+            raise self._unreachable(handle.id, error) from None
+        if not kept:
+            raise SessionRunningError(
+                f"session {handle.id!r} is running on Temporal, so its additional context was "
+                "not taken: pause it first to add context, then resume it with the context"
+            )
 
     async def result(self, setup: Setup, session_id: str) -> OrchestraResult | None:
         """The result of the session's run as its workflow's records give it (a paused run's

@@ -38,6 +38,9 @@ QUESTIONS_QUERY = "questions"
 ANSWER_UPDATE = "answer"
 PAUSE_SIGNAL = "pause"
 RESUME_SIGNAL = "resume"
+RESUME_UPDATE = "resume_kept"
+"""The ``resume`` signal as an update answering whether the workflow kept it (paused, or
+pausing): what a client sends with additional context to a session that may be running."""
 
 PAGE_BYTES = 1_500_000
 """About the most bytes of records one ``records`` query answers (at least one record),

@@ -40,6 +40,7 @@ from .protocol import (
     QUESTIONS_QUERY,
     RECORDS_QUERY,
     RESUME_SIGNAL,
+    RESUME_UPDATE,
     WORKFLOW_NAME,
     Answer,
     Communication,
@@ -266,11 +267,22 @@ class SessionWorkflow:
         """Go on with a paused run, with ``context`` added, answering its questions as the
         resuming client's ``talk`` says (None: as before); nothing unless it is paused or
         pausing (kept then, applied once it has paused)."""
+        self._kept(context, talk)
+
+    @workflow.update(name=RESUME_UPDATE)
+    def resume_kept(self, context: dict[str, Any], talk: Communication | None = None) -> bool:
+        """The ``resume`` signal, answering whether it was kept: a client resuming a running
+        session with context learns that its context was not taken."""
+        return self._kept(context, talk)
+
+    def _kept(self, context: dict[str, Any], talk: Communication | None) -> bool:
         runner = self._runner
         pausing = self._pause is not _NOT_ASKED or (runner is not None and runner.pausing)
         if self._state == "paused" or pausing:
             self._resume = dict(context)
             self._talk = talk or self._talk
+            return True
+        return False
 
 
 class VersionRefused(Exception):
