@@ -230,8 +230,9 @@ class TemporalExecutor:
         status: StatusConfig | None,
     ) -> OrchestraResult:
         """Follow the session's workflow again: a paused one is resumed (with
-        ``additional_context``), a running one followed (its client went away), a finished
-        one's result returned as it was."""
+        ``additional_context``), a running one followed (its client went away; context for it
+        is ``SessionRunningError`` unless it is pausing), a finished one's result returned as
+        it was. ``WorkflowVersionError`` first when ``setup`` is not the session's version."""
         async with stopping(setup):
             try:
                 extra = to_plain(dict(additional_context or {}))
