@@ -174,8 +174,10 @@ async def test_a_pause_sent_while_a_resume_waits_is_for_the_resumed_run(client: 
 
 
 async def _signalled(client: Client, session_id: str, name: str, times: int = 1) -> None:
-    """Wait until the workflow's history holds ``times`` signals ``name``."""
+    """Wait until the workflow's history holds ``times`` signals (or accepted updates)
+    ``name`` (a resume with context for a run not yet paused is the ``resume_kept`` update)."""
     handle = client.get_workflow_handle(session_id)
+    names = {name, "resume_kept"} if name == "resume" else {name}
     async with asyncio.timeout(ON_TEMPORAL):
         while True:
             history = await handle.fetch_history()
@@ -183,8 +185,12 @@ async def _signalled(client: Client, session_id: str, name: str, times: int = 1)
                 event.workflow_execution_signaled_event_attributes.signal_name
                 for event in history.events
                 if event.HasField("workflow_execution_signaled_event_attributes")
+            ] + [
+                event.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
+                for event in history.events
+                if event.HasField("workflow_execution_update_accepted_event_attributes")
             ]
-            if signals.count(name) >= times:
+            if sum(signals.count(each) for each in names) >= times:
                 return
             await asyncio.sleep(0.05)
 

@@ -104,10 +104,18 @@ def test_a_session_on_temporal_is_listed_so_and_never_resumed_here(tmp_path: Pat
     assert "session 'away' runs on Temporal (task queue 'q1', namespace 'default')" in said
     assert "orchestra resume FILE away --temporal HOST:PORT --task-queue q1" in said
     assert "Traceback" not in resumed.stdout + resumed.stderr
+    way_out = (  # the workflow may have been terminated: the store cannot tell
+        "If Temporal closed its workflow without ending the run (terminated, cancelled or "
+        "timed out: `temporal workflow describe -w away` says), nothing runs it, and this "
+        "store cannot tell: start it again with `orchestra run --temporal`, or delete it "
+        "(`orchestra sessions delete away`)"
+    )
+    assert way_out in said
 
     again = run_cli("run", str(flow), "--task", "hi", "--session", "away", "--store", str(store))
     assert again.returncode == 1, again.stdout + again.stderr
     assert f"orchestra resume {flow} away --temporal" in " ".join(again.stdout.split())
+    assert way_out in " ".join(again.stdout.split())
     assert stored_lines(store, "away") == lines  # nothing was run, nothing written
 
 

@@ -21,6 +21,7 @@ from orchestra.coordination.config import (
     VerbosityLevel,
 )
 from orchestra.coordination.engine.rounds import NO_CHANNEL
+from orchestra.coordination.execution import closed_on_temporal
 from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_session_id
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import StateManager
@@ -49,6 +50,7 @@ from .temporal import (
     executor_for,
     exiting_at_once,
     follow_command,
+    following,
     refuse_store,
     worker_command,
 )
@@ -221,7 +223,8 @@ def _execute(
     if executor is not None:
         session_id = context.setdefault("session_id", new_session_id())
         say(f"Session {session_id}, on Temporal ({escape(repr(executor))})")
-        followed = Followed(session_id, follow_command(resume_with, session_id, connect or []))
+        again = follow_command(resume_with, session_id, connect or [])
+        followed = following(executor, session_id, again, connect or [], resuming=False)
     if store is None:
         finish(run(None), None, output, followed)
         return
@@ -233,7 +236,7 @@ def _execute(
             fail(
                 f"session {session_id!r} has a run on Temporal on the way; follow it with "
                 f"orchestra resume {workflow_path} {session_id} --temporal "
-                "HOST:PORT --task-queue QUEUE",
+                f"HOST:PORT --task-queue QUEUE. {closed_on_temporal(session_id)}",
                 1,
             )
         if state in ("interrupted", "paused"):
@@ -301,7 +304,7 @@ def _resume_on_temporal(
     allowed_modules: list[str] | None,
     user_timeout: float | None,
     executor: TemporalExecutor,
-    again: str,
+    again: Followed,
 ) -> None:
     """Follow the session on Temporal again: a paused run is resumed, a running one followed,
     a finished one's result shown as it was (``executor.resume``)."""
@@ -322,7 +325,7 @@ def _resume_on_temporal(
         instance.resume_session(session, extra, status=status),
         None,
         output,
-        Followed(session, again),
+        again,
     )
 
 
@@ -434,8 +437,9 @@ def resume(
         source = ctx.get_parameter_source("store")
         refuse_store(source is not None and source.name == "COMMANDLINE")
         executor = executor_for(temporal, task_queue, namespace, tls, api_key_env)
-        again = follow_command(
-            command, session, connect_options(temporal, task_queue, namespace, tls, api_key_env)
+        connect = connect_options(temporal, task_queue, namespace, tls, api_key_env)
+        again = following(
+            executor, session, follow_command(command, session, connect), connect, resuming=True
         )
         with exiting_at_once():
             _resume_on_temporal(

@@ -5,7 +5,7 @@ Temporal, where it goes on without the command)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
@@ -38,10 +38,15 @@ class Kept(NamedTuple):
 
 
 class Followed(NamedTuple):
-    """A session on Temporal, and the command that follows it again."""
+    """A session on Temporal: the command that follows it again, the one that stops it, whether
+    it goes on there now (started, resumed or found running by this command) and whether this
+    command resumes it (a paused one stays paused until the resume is sent)."""
 
     session: str
     command: str
+    terminate: str
+    goes_on: Callable[[], bool]
+    resuming: bool
 
 
 def finish(
@@ -63,7 +68,7 @@ def finish(
         interrupted(kept)
     except SessionRunningError as error:
         close_displays()
-        if followed is None:
+        if followed is None or followed.resuming:  # a resume's: it says what to do
             fail(error, 1)
         fail(
             f"session {followed.session!r} has a run in progress on Temporal; follow it "
@@ -87,14 +92,23 @@ def finish(
 
 
 def left_on_temporal(followed: Followed) -> NoReturn:
-    """Ctrl-C while following a session on Temporal: the session goes on there."""
-    say(
-        escape(
-            f"Interrupted: session {followed.session} goes on on Temporal. Follow it again "
-            f"with: {followed.command} (stop it with: temporal workflow terminate "
-            f"-w {followed.session})"
+    """Ctrl-C while following a session on Temporal: the session goes on there, unless it was
+    interrupted before it started (nothing runs) or before its resume was sent (it stays as
+    it was)."""
+    session = followed.session
+    if followed.goes_on():
+        said = (
+            f"Interrupted: session {session} goes on on Temporal. Follow it again with: "
+            f"{followed.command} (stop it with: {followed.terminate})"
         )
-    )
+    elif followed.resuming:
+        said = (
+            f"Interrupted before session {session} was resumed on Temporal: it stays as it "
+            f"was. Resume it with: {followed.command}"
+        )
+    else:
+        said = f"Interrupted before session {session} started on Temporal: nothing runs."
+    say(escape(said))
     raise typer.Exit(INTERRUPTED)
 
 

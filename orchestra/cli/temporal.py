@@ -24,6 +24,7 @@ from rich.markup import escape
 from orchestra.coordination.state import StateManager
 from orchestra.errors import OrchestraError
 
+from .ending import Followed
 from .store import open_store
 from .terminal import fail, say
 from .workflows import AllowModule, load
@@ -139,6 +140,40 @@ def follow_command(base: list[str], session: str, connect: list[str]) -> str:
     """The command that follows a session on Temporal again (and resumes it when paused):
     ``orchestra resume FILE SESSION --temporal HOST:PORT ...``, ready to copy."""
     return shlex.join([*base, session, *connect])
+
+
+def following(
+    executor: TemporalExecutor, session: str, command: str, connect: list[str], resuming: bool
+) -> Followed:
+    """What a Ctrl-C says of ``session``, followed on Temporal by ``executor``: ``command``
+    follows it again (``connect``: the options that reach its cluster)."""
+    return Followed(
+        session,
+        command,
+        terminate_command(session, connect),
+        lambda: session in executor.on_temporal,
+        resuming,
+    )
+
+
+def terminate_command(session: str, connect: list[str]) -> str:
+    """The ``temporal`` CLI's command that stops ``session`` on the cluster that ``connect``
+    (``connect_options``) reaches: its address, namespace, TLS, and API key by its variable."""
+    options = ["--namespace", "default"]
+    given = iter(connect)
+    for option in given:
+        if option == "--temporal":
+            options += ["--address", next(given)]
+        elif option == "--namespace":
+            options[1] = next(given)
+        elif option == "--tls":
+            options.append("--tls")
+        elif option == "--api-key-env":
+            options += ["--api-key", f'"${next(given)}"']
+        elif option == "--task-queue":
+            next(given)
+    quoted = [item if item.startswith('"$') else shlex.quote(item) for item in options]
+    return " ".join(["temporal workflow terminate -w", shlex.quote(session), *quoted])
 
 
 def connect_options(

@@ -189,10 +189,10 @@ class CommunicationManager:
                 "or output) to answer; from Python, pass "
                 "communication_config=CommunicationConfig(channel=...)"
             )
-        seconds = question.timeout if question.timeout is not None else self.timeout()
+        seconds = self.limit(question)
         if seconds is not None and isinstance(self.channel, TimedChannel):
             try:
-                return await self.channel.ask_within(question, seconds, self._outcome(question))
+                return await self.channel.ask_within(question, seconds, self.outcome(question))
             except TimeoutError:
                 return self._timed_out(question, seconds)
         limit = asyncio.timeout(seconds)
@@ -218,7 +218,11 @@ class CommunicationManager:
             return f"{type(self.channel).__name__} user_timeout"
         return self.user_timeout_source
 
-    def _outcome(self, question: Question) -> str:
+    def limit(self, question: Question) -> float | None:
+        """The seconds ``question`` may wait: its own timeout, else :meth:`timeout`."""
+        return question.timeout if question.timeout is not None else self.timeout()
+
+    def outcome(self, question: Question) -> str:
         """What an unanswered question does, in the user's words."""
         if question.follow_up:
             return "the conversation ends"

@@ -196,7 +196,19 @@ def check_here(log: SessionLog) -> None:
         f"it when paused, with `orchestra resume FILE {session_id} --temporal HOST:PORT "
         f"--task-queue {queue} --namespace {namespace}`, or with "
         f"OrchestraInstance(..., executor=TemporalExecutor('HOST:PORT', {queue!r}, "
-        f"namespace={namespace!r})).resume_session({session_id!r})"
+        f"namespace={namespace!r})).resume_session({session_id!r}). {closed_on_temporal(session_id)}"
+    )
+
+
+def closed_on_temporal(session_id: str) -> str:
+    """What a store reader says of a run on Temporal with no end in its log: Temporal may have
+    closed its workflow without ending the run (terminated, cancelled, timed out), which
+    nobody could write here."""
+    return (
+        "If Temporal closed its workflow without ending the run (terminated, cancelled or "
+        "timed out: `temporal workflow describe -w "
+        f"{session_id}` says), nothing runs it, and this store cannot tell: start it again "
+        f"with `orchestra run --temporal`, or delete it (`orchestra sessions delete {session_id}`)"
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowQueryFailedError,
@@ -48,6 +49,7 @@ from orchestra.models.secrets import redact
 
 from . import protocol, routing
 from .follow import QUERY_TIMEOUT, Follower, failed
+from .hosting import version_of
 
 _ADDRESS = re.compile(r"[^\s:/]+:[0-9]{1,5}")
 _SILENT = StatusConfig.from_verbosity(VerbosityLevel.QUIET)
@@ -102,6 +104,10 @@ class TemporalExecutor:
         self._connecting: asyncio.Task[Client] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._following: dict[str, set[Follower]] = {}  # by session id: what pause holds
+        self.on_temporal: set[str] = set()
+        """The sessions this executor started, resumed or found running on Temporal: they go
+        on there without it (what a Ctrl-C leaves behind; any other session it was asked for
+        was not started, or stays paused)."""
 
     def __repr__(self) -> str:
         where = self.address or "a client"
@@ -177,8 +183,25 @@ class TemporalExecutor:
             except RPCError as error:
                 raise self._unreachable(session_id, error) from None
             handle = client.get_workflow_handle(session_id, run_id=started.result_run_id)
+            self.on_temporal.add(session_id)
+            await self._taken(handle, start.version)
             await self._follow(Follower(handle, engine, setup.communication, client))
             return result_of(engine, session_id)
+
+    async def _taken(self, handle: WorkflowHandle[Any, Any], version: str) -> None:
+        """Wait for a worker to take the new session's first workflow task; none within
+        ``routing.FIRST_TASK_WAIT`` (its version's last worker stopped a moment ago, and
+        Temporal still lists it polling), the workflow, in which nothing ran, is terminated
+        and the session refused with ``WorkflowVersionError``."""
+        try:
+            if await routing.took_first_task(handle, routing.FIRST_TASK_WAIT):
+                return
+            await handle.terminate(reason="no worker took its first workflow task")
+        except RPCError as error:
+            raise self._unreachable(handle.id, error) from None
+        self.on_temporal.discard(handle.id)
+        why = f"no worker took its first task within {routing.FIRST_TASK_WAIT:g} s"
+        raise routing.not_started(handle.id, version, self.task_queue, why)
 
     async def pause(self, session_id: str, reason: str | None) -> bool:
         """Ask the session's workflow to pause at its next step boundary; False when it has no
@@ -213,8 +236,9 @@ class TemporalExecutor:
         status: StatusConfig | None,
     ) -> OrchestraResult:
         """Follow the session's workflow again: a paused one is resumed (with
-        ``additional_context``), a running one followed (its client went away), a finished
-        one's result returned as it was."""
+        ``additional_context``), a running one followed (its client went away; context for it
+        is ``SessionRunningError`` unless it is pausing), a finished one's result returned as
+        it was. ``WorkflowVersionError`` first when ``setup`` is not the session's version."""
         async with stopping(setup):
             try:
                 extra = to_plain(dict(additional_context or {}))
@@ -225,18 +249,46 @@ class TemporalExecutor:
                 ) from None
             client = await self.client()
             handle = client.get_workflow_handle(session_id)
-            state = await self._status(handle)
-            if state is None:
+            described = await self._described(handle, setup)
+            if described is None:
                 raise SessionNotFoundError(f"no session {session_id!r} on Temporal to resume")
             engine, _ = build(setup, session_id, status or setup.config.status)
             engine.settings_file = setup.config.settings_file
             follower = Follower(handle, engine, setup.communication, client)
-            if await _caught_up(follower, handle, state) == "finished":
+            state = await _caught_up(follower, handle, described.status)
+            if state == "finished":
                 return result_of(engine, session_id)
-            talk = protocol.communication_of(setup)
-            await handle.signal(protocol.RESUME_SIGNAL, args=[extra, talk])
+            await self._resumed(handle, state, extra, protocol.communication_of(setup))
+            self.on_temporal.add(session_id)
             await self._follow(follower)
             return result_of(engine, session_id)
+
+    async def _resumed(
+        self,
+        handle: WorkflowHandle[Any, Any],
+        state: str,
+        extra: dict[str, Any],
+        talk: protocol.Communication,
+    ) -> None:
+        """Send the resume (a run still pausing keeps it too). Context for a session that
+        runs goes as the update that says whether it was kept: ``SessionRunningError`` when it
+        was not (the run is neither paused nor pausing), rather than the context dropped."""
+        if state != "running" or not extra:
+            await handle.signal(protocol.RESUME_SIGNAL, args=[extra, talk])
+            return
+        try:
+            kept = await handle.execute_update(
+                protocol.RESUME_UPDATE, args=[extra, talk], result_type=bool
+            )
+        except WorkflowUpdateFailedError as error:
+            raise failed(handle.id, error.cause or error) from None
+        except RPCError as error:
+            raise self._unreachable(handle.id, error) from None
+        if not kept:
+            raise SessionRunningError(
+                f"session {handle.id!r} is running on Temporal, so its additional context was "
+                "not taken: pause it first to add context, then resume it with the context"
+            )
 
     async def result(self, setup: Setup, session_id: str) -> OrchestraResult | None:
         """The result of the session's run as its workflow's records give it (a paused run's
@@ -244,12 +296,15 @@ class TemporalExecutor:
         embedded, was restored to a checkpoint taken while it went on, and not resumed)."""
         client = await self.client()
         handle = client.get_workflow_handle(session_id)
-        state = await self._status(handle)
-        if state is None:
+        described = await self._described(handle, setup)
+        if described is None:
             return None
         engine, _ = build(setup, session_id, _SILENT)
         follower = Follower(handle, engine, None, client)
-        if await _caught_up(follower, handle, state) == "running" or engine.stopped_at is None:
+        if (
+            await _caught_up(follower, handle, described.status) == "running"
+            or engine.stopped_at is None
+        ):
             return None  # running, or restored to a checkpoint in a run that had not stopped
         return result_of(engine, session_id)
 
@@ -406,13 +461,32 @@ class TemporalExecutor:
 
     async def _status(self, handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus | None:
         """The workflow's status (None when there is none by that id)."""
+        described = await self._describe(handle)
+        return None if described is None else described.status
+
+    async def _describe(
+        self, handle: WorkflowHandle[Any, Any]
+    ) -> WorkflowExecutionDescription | None:
+        """The workflow as Temporal describes it (None when there is none by that id)."""
         try:
-            described = await handle.describe()
+            return await handle.describe()
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise self._unreachable(handle.id, error) from None
-        return described.status
+
+    async def _described(
+        self, handle: WorkflowHandle[Any, Any], setup: Setup
+    ) -> WorkflowExecutionDescription | None:
+        """The session's workflow, described, once it is known to run the version of
+        ``setup`` (``WorkflowVersionError`` naming both versions otherwise: nothing is sent to
+        it, and no record is given to agents it does not have)."""
+        described = await self._describe(handle)
+        if described is not None:
+            differs = routing.version_differs(handle.id, described.task_queue, version_of(setup))
+            if differs is not None:
+                raise differs
+        return described
 
     def _unreachable(self, session_id: str, error: RPCError) -> SessionError:
         return SessionError(

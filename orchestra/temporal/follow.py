@@ -25,7 +25,8 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
+from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestra.communication.channels import CommunicationManager, Question, TimedChannel
@@ -44,6 +45,7 @@ from orchestra.errors import (
 from orchestra.models.secrets import redact
 
 from . import protocol, routing
+from .protocol import Answer
 
 FAST = 0.02
 """Seconds between two ``records`` queries while lines keep coming."""
@@ -61,6 +63,13 @@ CATCH_UP_TRIES = 3
 _QUERY_TIMEOUT = timedelta(seconds=QUERY_TIMEOUT)
 _RESTORE = f'{{"t":"{inp.Restore.KIND}",'
 _CHECKPOINT = f'{{"t":"{inp.Checkpoint.KIND}",'
+
+CLOSED = {
+    TerminatedError: "terminated",
+    CancelledError: "cancelled",
+    WorkflowTimeoutError: "timed out",
+}
+"""How Temporal closed a session's workflow that did not end its run, by the failure it gives."""
 
 NO_POLLER = "no poller seen"
 """What Temporal answers a query with when no worker polls the workflow's task queue."""
@@ -281,17 +290,28 @@ class Follower:
 
     async def _relay(self, item: dict[str, Any]) -> None:
         """Ask the channel one question and send its answer (or the channel's failure) to
-        the workflow. The workflow applies the time limit; a :class:`TimedChannel` (the
-        terminal) is asked through the client's manager, as embedded, so its user sees the
-        limit and what happens at its end."""
+        the workflow. The workflow applies the time limit, unless the channel is a
+        :class:`TimedChannel` (the terminal): that one owns it, as embedded (it counts it
+        from when its user sees the question, and says what happens at its end), and its
+        timeout is sent as such (``timed_out``): the workflow decides the outcome."""
         assert self.channel is not None and self.communication is not None
         question = _question(self.handle.id, item)
-        timed = isinstance(self.channel, TimedChannel)
+        seconds = self.communication.limit(question)
+        channel = self.channel
+        timed = isinstance(channel, TimedChannel) and seconds is not None
         answer: Any = None
         error: str | None = None
+        timed_out = False
         try:
-            asked = self.communication if timed else self.channel
-            answer = to_plain(await asked.ask(question))
+            if isinstance(channel, TimedChannel) and timed:
+                outcome = self.communication.outcome(question)
+                answer = to_plain(await channel.ask_within(question, seconds, outcome))
+            else:
+                answer = to_plain(await channel.ask(question))
+        except TimeoutError as problem:
+            timed_out = timed
+            if not timed:
+                error = redact(f"{type(problem).__name__}: {problem}")
         except Unstorable as problem:
             error = (
                 f"the answer to the question of agent {question.agent!r} ({question.text!r}) "
@@ -303,11 +323,14 @@ class Follower:
             error = redact(f"{type(problem).__name__}: {problem}")
         self._sending.add(question.id)
         try:
-            await self._send({"question_id": question.id, "answer": answer, "error": error})
+            payload: Answer = {"question_id": question.id, "answer": answer, "error": error}
+            if timed_out:
+                payload["timed_out"] = True
+            await self._send(payload)
         finally:
             self._sending.discard(question.id)
 
-    async def _send(self, payload: dict[str, Any]) -> None:
+    async def _send(self, payload: Answer) -> None:
         """Send an answer with the ``answer`` update, tried again (with the same update id:
         taken once) while the update gets no answer and the question is open; an answer the
         workflow refuses (unreadable) is dropped: the question is asked again."""
@@ -376,6 +399,15 @@ def failed(session_id: str, failure: BaseException) -> OrchestraError:
     cause = failure.cause if isinstance(failure, WorkflowFailureError) else failure
     if isinstance(cause, ApplicationError) and cause.type == WorkflowVersionError.__name__:
         return WorkflowVersionError(cause.message)
+    closed = CLOSED.get(type(cause))
+    if closed is not None:
+        error = SessionError(
+            f"session {session_id!r} was {closed} on Temporal before its run ended "
+            f"({redact(str(cause)) or 'no reason given'}): nothing runs it any more; start it "
+            "again with `orchestra run --temporal` (a new session), or delete it"
+        )
+        error.__cause__ = failure
+        return error
     error = SessionError(
         f"session {session_id!r}: its Temporal workflow failed ({type(cause).__name__}: "
         f"{redact(str(cause))})"

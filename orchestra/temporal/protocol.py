@@ -17,6 +17,7 @@ import msgspec
 import zstandard
 
 from orchestra.agents.contract import StepInput
+from orchestra.communication.channels import TimedChannel
 from orchestra.coordination.config import ErrorHandlingConfig
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.execution import storable_start
@@ -42,6 +43,9 @@ PAUSE_SIGNAL = "pause"
 RESUME_SIGNAL = "resume"
 CHECKPOINT_UPDATE = "checkpoint"
 RESTORE_UPDATE = "restore"
+RESUME_UPDATE = "resume_kept"
+"""The ``resume`` signal as an update answering whether the workflow kept it (paused, or
+pausing): what a client sends with additional context to a session that may be running."""
 
 NOT_PAUSED = "SessionRunningError"
 """The type of the failure of a ``restore`` update sent to a session that is not paused."""
@@ -104,6 +108,18 @@ class Communication:
     default_answer: str
     has_channel: bool
     user_timeout_source: str | None = None
+    client_timed: bool = False
+    """The client's channel applies the limit itself (a ``TimedChannel``: the terminal counts
+    it from when its user sees the question, one at a time): the client reports a timeout
+    with the ``answer`` update (``timed_out``), and the workflow keeps only a backstop timer
+    (``CLIENT_LIMIT_BACKSTOP`` past the limit) for a client that went away."""
+
+
+CLIENT_LIMIT_BACKSTOP = 3600.0
+"""Seconds past a question's limit after which the workflow times it out itself when the
+client's channel owns the limit (``Communication.client_timed``) and reported nothing: room
+for the questions queued before it on the client's screen, and for a client that went away
+to be followed again."""
 
 
 @dataclass
@@ -243,11 +259,13 @@ def encoded_size(value: Any) -> int:
 
 class Answer(TypedDict):
     """The ``answer`` update's argument: the answer in its plain form (``values.to_plain``),
-    or ``error``, the text ``"<type>: <message>"`` of the client's channel failing."""
+    or ``error``, the text ``"<type>: <message>"`` of the client's channel failing, or
+    ``timed_out`` (a client whose channel owns the limit: its user did not answer in time)."""
 
     question_id: str
     answer: Any
     error: str | None
+    timed_out: NotRequired[bool]
 
 
 class Outcome(TypedDict):
@@ -310,6 +328,7 @@ def communication_of(setup: Setup) -> Communication:
         default_answer=manager.default_answer,
         has_channel=manager.channel is not None,
         user_timeout_source=manager.timeout_source(),
+        client_timed=isinstance(manager.channel, TimedChannel),
     )
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
+from temporalio.api.enums.v1 import EventType, TaskQueueKind, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 
 from orchestra.errors import WorkflowVersionError
 
@@ -28,6 +29,12 @@ LIVE = timedelta(seconds=90)
 """How recently a worker must have polled a queue to count as polling it: Temporal lists a
 poller for minutes after its worker stopped, and a live idle worker polls again about every
 minute (its long polls)."""
+
+FIRST_TASK_WAIT = 30.0
+"""Seconds a session just started waits for a worker to take its first workflow task: a worker
+that stopped less than ``LIVE`` ago still counts as polling, so a session of a version no live
+worker hosts is started; none taking it within this, it is terminated (nothing ran in it)
+and refused. Generous: workers busy with many sessions take new ones late."""
 
 LISTED = 1000
 """The most running sessions ``unhosted_sessions`` reads."""
@@ -53,13 +60,45 @@ async def polled(client: Client, queue: str, wait: float = 0.0) -> bool:
         await asyncio.sleep(0.1)
 
 
-def not_started(session_id: str, version: str, task_queue: str) -> WorkflowVersionError:
-    """A new session whose version no worker hosts: refused before anything starts."""
+async def took_first_task(handle: WorkflowHandle[Any, Any], wait: float) -> bool:
+    """Whether a worker took the just-started workflow's first task within ``wait`` seconds
+    (its history, long-polled: no waiting past the event). Raises temporalio's ``RPCError``
+    when Temporal refuses."""
+    events = handle.fetch_history_events(wait_new_event=True)
+    try:
+        async with asyncio.timeout(wait):
+            async for event in events:
+                if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+                    return True
+    except TimeoutError:
+        return False
+    return False  # the workflow closed before any task started (terminated meanwhile)
+
+
+def not_started(
+    session_id: str, version: str, task_queue: str, why: str | None = None
+) -> WorkflowVersionError:
+    """A new session whose version no worker hosts: refused, nothing run. ``why``: what showed
+    it (by default: no worker polls its version's queue)."""
+    why = why or f"none polls {task_queue}@{version} after {POLLER_WAIT:g} s"
     return WorkflowVersionError(
         f"session {session_id!r} runs workflow version {version}, which no worker on task "
-        f"queue {task_queue!r} hosts (none polls {task_queue}@{version} after "
-        f"{POLLER_WAIT:g} s); nothing was started: run `orchestra worker` with its workflow "
-        "file on that task queue, then start the session again"
+        f"queue {task_queue!r} hosts ({why}); nothing was started: run `orchestra worker` "
+        "with its workflow file on that task queue, then start the session again"
+    )
+
+
+def version_differs(session_id: str, queue: str, version: str) -> WorkflowVersionError | None:
+    """The error for following a session (its workflow on task queue ``queue``) with a
+    workflow of another version than the one it started with; None when they agree (or the
+    queue names no version)."""
+    _, started = base_queue(queue)
+    if not started or started == version:
+        return None
+    return WorkflowVersionError(
+        f"session {session_id!r} runs workflow version {started}, and this workflow is version "
+        f"{version} (its topology, agents or tools differ); nothing was sent to it: follow it "
+        "with the workflow file it started with"
     )
 
 
@@ -91,4 +130,13 @@ async def unhosted_sessions(
     return found
 
 
-__all__ = ["POLLER_WAIT", "not_hosted_now", "not_started", "polled", "unhosted_sessions"]
+__all__ = [
+    "FIRST_TASK_WAIT",
+    "POLLER_WAIT",
+    "not_hosted_now",
+    "not_started",
+    "polled",
+    "took_first_task",
+    "unhosted_sessions",
+    "version_differs",
+]

@@ -149,13 +149,17 @@ class WorkflowChannel:
         finally:
             self._open.pop(question.id, None)
 
-    def answer(self, question_id: str, answer: Any, error: str | None) -> bool:
-        """Answer an open question; False when it is not open (answered, withdrawn, timed out)."""
+    def answer(self, question_id: str, answer: Any, error: str | TimeoutError | None) -> bool:
+        """Answer an open question (``error``: the client's channel failed, or, a
+        ``TimeoutError``, its limit passed); False when it is not open (answered, withdrawn,
+        timed out)."""
         found = self._open.get(question_id)
         if found is None or found[1].done():
             return False
         question, waiting = found
-        if error is not None:
+        if isinstance(error, TimeoutError):
+            waiting.set_exception(TimeoutError())
+        elif error is not None:
             waiting.set_exception(
                 UserInputError(
                     redact(
@@ -186,14 +190,40 @@ class WorkflowChannel:
         ]
 
 
-def read_answer(answer: Answer) -> tuple[str, Any, str | None]:
-    """The ``answer`` update's question id, answer (read back from its plain form) and error;
-    an ``ApplicationError`` naming what is wrong when it is not one (that fails the update;
-    any other exception would fail the workflow task, on every replay)."""
+class ClientTimed:
+    """The run's channel when the client's owns the time limit (``Communication.client_timed``:
+    the terminal, which counts it from when its user sees the question): a
+    ``TimedChannel`` to the communication manager, so the limit is not counted here from the
+    ask; the client reports the timeout (``answer`` with ``timed_out``), which the manager
+    turns into the embedded outcome. A backstop (``CLIENT_LIMIT_BACKSTOP`` past the limit)
+    times the question out here if no client reports."""
+
+    def __init__(self, channel: WorkflowChannel) -> None:
+        self._channel = channel
+
+    async def ask(self, question: Question) -> Any:
+        return await self._channel.ask(question)
+
+    async def ask_within(self, question: Question, seconds: float | None, outcome: str) -> Any:
+        backstop = None if seconds is None else seconds + protocol.CLIENT_LIMIT_BACKSTOP
+        async with asyncio.timeout(backstop):
+            return await self._channel.ask(question)
+
+
+def read_answer(answer: Answer) -> tuple[str, Any, str | TimeoutError | None]:
+    """The ``answer`` update's question id, answer (read back from its plain form) and error
+    (a ``TimeoutError`` for ``timed_out``); an ``ApplicationError`` naming what is wrong when
+    it is not one (that fails the update; any other exception would fail the workflow task, on
+    every replay)."""
     try:
         question_id, error = answer["question_id"], answer.get("error")
+        timed_out = answer.get("timed_out", False)
         if type(question_id) is not str or not (error is None or type(error) is str):
             raise Unreadable("question_id must be text and error text or null")
+        if type(timed_out) is not bool:
+            raise Unreadable("timed_out must be true or false")
+        if timed_out:
+            return question_id, None, TimeoutError()
         return question_id, from_plain(answer.get("answer")), error
     except (Unreadable, KeyError, TypeError, RecursionError) as problem:
         raise ApplicationError(

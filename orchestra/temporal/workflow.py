@@ -45,6 +45,7 @@ from .protocol import (
     RECORDS_QUERY,
     RESTORE_UPDATE,
     RESUME_SIGNAL,
+    RESUME_UPDATE,
     WORKFLOW_NAME,
     Answer,
     Communication,
@@ -59,6 +60,7 @@ from .protocol import (
 )
 from .seams import (
     ActivityAgent,
+    ClientTimed,
     RecordsJournal,
     TaskBytes,
     WorkflowChannel,
@@ -271,8 +273,9 @@ class SessionWorkflow:
             for name in hosted.setup.agents
         }
         talk = self._talk or start.communication
+        channel = ClientTimed(self._channel) if talk.client_timed else self._channel
         communication = CommunicationManager(
-            self._channel if talk.has_channel else None,
+            channel if talk.has_channel else None,
             talk.user_timeout,
             on_user_timeout=talk.on_user_timeout,
             default_answer=talk.default_answer,
@@ -389,11 +392,22 @@ class SessionWorkflow:
         """Go on with a paused run, with ``context`` added, answering its questions as the
         resuming client's ``talk`` says (None: as before); nothing unless it is paused or
         pausing (kept then, applied once it has paused)."""
+        self._kept(context, talk)
+
+    @workflow.update(name=RESUME_UPDATE)
+    def resume_kept(self, context: dict[str, Any], talk: Communication | None = None) -> bool:
+        """The ``resume`` signal, answering whether it was kept: a client resuming a running
+        session with context learns that its context was not taken."""
+        return self._kept(context, talk)
+
+    def _kept(self, context: dict[str, Any], talk: Communication | None) -> bool:
         runner = self._runner
         pausing = self._pause is not _NOT_ASKED or (runner is not None and runner.pausing)
         if self._state == "paused" or pausing:
             self._resume = dict(context)
             self._talk = talk or self._talk
+            return True
+        return False
 
 
 class VersionRefused(Exception):

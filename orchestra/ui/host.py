@@ -22,7 +22,7 @@ from orchestra.agents.contract import render
 from orchestra.communication import CommunicationManager, ProgrammaticChannel, Question
 from orchestra.coordination.config import StatusConfig, VerbosityLevel
 from orchestra.coordination.engine.events import StepStarted
-from orchestra.coordination.execution import check_here
+from orchestra.coordination.execution import check_here, closed_on_temporal
 from orchestra.coordination.orchestra import Orchestra, OrchestraInstance, new_session_id
 from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
@@ -423,7 +423,12 @@ class RunHost:
             state = await self._state(session_id)
         except SessionNotFoundError:
             return
-        if state in ("paused", "interrupted", ON_TEMPORAL):
+        if state == ON_TEMPORAL:
+            raise SessionError(
+                f"session {session_id!r} has a run on Temporal on the way: its workers run it. "
+                f"{closed_on_temporal(session_id)}"
+            )
+        if state in ("paused", "interrupted"):
             raise SessionError(
                 f"session {session_id!r} has a run {state} on the way: resume it (or delete "
                 "the session to start afresh)"

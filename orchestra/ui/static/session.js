@@ -22,8 +22,14 @@ const BADGES = {
   damaged: "status-damaged",
   paused: "status-paused",
   interrupted: "status-interrupted",
-  "on Temporal": "status-running",
+  "on Temporal": "status-temporal",
 };
+// what the store cannot tell of a run on Temporal with no end in its log
+const ON_TEMPORAL =
+  "Its workers run it on Temporal, or Temporal closed its workflow without ending the run " +
+  "(terminated, cancelled or timed out), which this store cannot tell: `temporal workflow " +
+  "describe -w SESSION` says. A closed one: start it again with `orchestra run --temporal`, " +
+  "or delete it.";
 
 function route(action) {
   return "/api/sessions/" + encodeURIComponent(session) + "/" + action;
@@ -38,6 +44,7 @@ function summary(view) {
   const badge = document.getElementById("session-status");
   badge.textContent = s.status;
   badge.className = "badge " + (BADGES[s.status] || "");
+  badge.title = s.status === "on Temporal" ? ON_TEMPORAL.replace("SESSION", session) : "";
   // the summary counts the steps on the session's history; the timeline also shows those a
   // restore abandoned, so the header says how many of those there are
   const others = view.steps.filter((step) => step.abandoned || step.cut_off).length;
@@ -45,8 +52,9 @@ function summary(view) {
   const parts = [s.task ? "task: " + s.task : "", `${s.steps} steps${aside}`, `${s.tokens} tokens`, "cost " + money(s.cost_usd)];
   if (s.error) parts.push("error: " + s.error);
   document.getElementById("session-facts").textContent = parts.filter(Boolean).join(" · ");
-  // a run on Temporal: its workers run it and write its log (it is not resumed or deleted here)
-  const running = ["running", "waiting for the user", "on Temporal"].includes(s.status);
+  // a run on Temporal: its workers run it and write its log (it is not resumed here); it may
+  // have been closed there (terminated), which this store cannot tell: it may be deleted
+  const running = ["running", "waiting for the user"].includes(s.status);
   document.getElementById("pause").disabled = !(running && s.hosted);
   document.getElementById("resume").disabled = !(s.status === "paused" || s.status === "interrupted");
   document.getElementById("delete").disabled = running;
