@@ -50,7 +50,8 @@ class FileStorageBackend:
     ``segments``), plus a snapshot file each.
 
     A durable append is one ``pwrite`` into space grown ahead of it and one sync of that range,
-    with no file size to update. The blocking work runs on a small set of threads: each session
+    with no file size to update; appends of many sessions due at once share one sync of the
+    backend's journal instead (group commit: see ``wal``). The blocking work runs on a small set of threads: each session
     always on the same one (its appends stay in order), and sessions on different ones do not
     wait for each other's fsyncs. At most ``OPEN_SEGMENTS`` segment files stay open; one closed
     to stay within that is taken up again where it was left, without being read whole."""

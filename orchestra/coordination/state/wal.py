@@ -106,6 +106,7 @@ class GroupCommit:
         self._pending: list[Pending] = []
         self._syncing = 0  # syncs under way: an append due now joins the next batch
         self._running = False  # the committer thread
+        self._settling = 0  # threads waiting in settle()
         self._io = threading.Lock()  # of the journal file: a commit or a checkpoint at a time
         self._journal: JournalFile | None = None
         self._named: dict[bytes, int] = {}  # segments the journal names: path -> inode
@@ -121,9 +122,12 @@ class GroupCommit:
             return True
 
     def done(self) -> None:
+        """A sync is over: the committer may go on (woken only when it has work, or someone
+        waits in :meth:`settle`: a lone session's steps wake no thread)."""
         with self._changed:
             self._syncing -= 1
-            self._changed.notify_all()
+            if self._pending or self._settling:
+                self._changed.notify_all()
 
     def queue(self, pending: Pending) -> None:
         with self._changed:
@@ -205,8 +209,12 @@ class GroupCommit:
     def settle(self) -> None:
         """Wait until nothing is queued or being committed, then checkpoint."""
         with self._changed:
-            while self._pending or self._syncing:
-                self._changed.wait()
+            self._settling += 1
+            try:
+                while self._pending or self._syncing:
+                    self._changed.wait()
+            finally:
+                self._settling -= 1
         self.checkpoint()
 
 
