@@ -153,7 +153,7 @@ class FileStorageBackend:
             if group is not None:
                 group.done()
 
-    def _undo(self, pending: Pending, error: OSError) -> BaseException:
+    def _undo(self, pending: Pending, error: Exception) -> BaseException:
         """(On the journal's thread.) The journal failed to hold an append: it is zeroed in
         its segment, as a failed write is, and its writer gets the error; when that cannot be
         done, the session must be read again before it takes another append."""

@@ -97,7 +97,7 @@ class GroupCommit:
     """The journal of one backend object and the thread that commits batches to it."""
 
     def __init__(
-        self, directory: Path, boot: str, undo: Callable[[Pending, OSError], BaseException]
+        self, directory: Path, boot: str, undo: Callable[[Pending, Exception], BaseException]
     ) -> None:
         self.directory = directory
         self._boot = boot
@@ -110,7 +110,6 @@ class GroupCommit:
         self._io = threading.Lock()  # of the journal file: a commit or a checkpoint at a time
         self._journal: JournalFile | None = None
         self._named: dict[bytes, int] = {}  # segments the journal names: path -> inode
-        self.batches = 0  # journal syncs, for tests and benchmarks
 
     def claim(self) -> bool:
         """Whether an append due now may sync its own segment: no sync under way, nothing
@@ -152,12 +151,20 @@ class GroupCommit:
                     batch, self._pending = self._pending, []
                     self._syncing += 1
             if batch is None:
-                self.checkpoint()
+                self._checkpoint_or_keep()
                 continue
             try:
-                self._commit(batch)
+                full = self._commit(batch)
             finally:
                 self.done()
+            if full:
+                self._checkpoint_or_keep()
+
+    def _checkpoint_or_keep(self) -> None:
+        """A checkpoint that fails (a segment's sync) leaves the journal as it was: what it
+        holds stays durable there, and the next checkpoint tries again."""
+        with contextlib.suppress(OSError):
+            self.checkpoint()
 
     def _wait_for_batch(self) -> bool:
         """(Under ``_changed``.) Whether a batch is ready; False after ``IDLE_CHECKPOINT``
@@ -167,23 +174,23 @@ class GroupCommit:
                 return False
         return True
 
-    def _commit(self, batch: list[Pending]) -> None:
+    def _commit(self, batch: list[Pending]) -> bool:
+        """Make a batch durable in the journal and acknowledge it (or undo it and pass the
+        error on); whether the journal is full."""
         body = b"".join(_encode(pending.redo) for pending in batch)
         try:
             with self._io:
                 self._file().append(body)
-                self.batches += 1
                 for pending in batch:
                     self._named[pending.redo.relative] = pending.redo.inode
                 full = self._file().end > JOURNAL_BYTES
-        except OSError as error:
+        except Exception as error:  # a write or sync that failed, a journal not created
             for pending in batch:
                 _settle(pending, self._undo(pending, error))
-            return
+            return False
         for pending in batch:
             _settle(pending, None)
-        if full:
-            self.checkpoint()
+        return full
 
     def _file(self) -> JournalFile:
         if self._journal is None:
@@ -310,10 +317,10 @@ def recovery_lock(folder: Path) -> Iterator[None]:
 def recover(directory: Path, boot: str) -> None:
     """Take up every journal in ``directory`` whose owner is gone (see the module's docstring)."""
     folder = directory / JOURNALS
-    if not folder.is_dir():
-        return
+    if not _journals(folder) or not os.access(folder, os.W_OK):
+        return  # none left; or a reader that may not write, which reads what is there
     with recovery_lock(folder):
-        for path in sorted([*folder.glob("*.wal"), *folder.glob("*.new")]):
+        for path in _journals(folder):
             with _orphan(path) as descriptor:
                 if descriptor is None:
                     continue
@@ -321,6 +328,11 @@ def recover(directory: Path, boot: str) -> None:
                     _take_up(directory, descriptor, boot)
                 path.unlink()
         fsync_directory(folder)
+
+
+def _journals(folder: Path) -> list[Path]:
+    """The journals in ``folder``, and new ones not yet named as such."""
+    return sorted([*folder.glob("*.wal"), *folder.glob("*.new")]) if folder.is_dir() else []
 
 
 @contextlib.contextmanager
