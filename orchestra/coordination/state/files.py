@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from orchestra.errors import (
     ConfigurationError,
@@ -35,6 +35,7 @@ from .segments import (
     segment_name,
     sync_data,
 )
+from .wal import BEFORE_BYTES, GroupCommit, Pending, boot_id, fsync_directory, recover
 from .worker import BlockingWorker
 
 SEGMENT_BYTES = 4 * 1024 * 1024  # a segment takes no more appends once it holds this much
@@ -49,7 +50,8 @@ class FileStorageBackend:
     ``segments``), plus a snapshot file each.
 
     A durable append is one ``pwrite`` into space grown ahead of it and one sync of that range,
-    with no file size to update. The blocking work runs on a small set of threads: each session
+    with no file size to update; appends of many sessions due at once share one sync of the
+    backend's journal instead (group commit: see ``wal``). The blocking work runs on a small set of threads: each session
     always on the same one (its appends stay in order), and sessions on different ones do not
     wait for each other's fsyncs. At most ``OPEN_SEGMENTS`` segment files stay open; one closed
     to stay within that is taken up again where it was left, without being read whole."""
@@ -68,6 +70,11 @@ class FileStorageBackend:
         self._open: OrderedDict[str, Segment] = OrderedDict()
         self._marks: OrderedDict[str, Mark] = OrderedDict()
         self._guard = threading.Lock()  # of _open and _marks, which every worker thread uses
+        boot = boot_id()
+        self._group = None if boot is None else GroupCommit(self.directory, boot, self._undo)
+        self._boot = boot
+        self._recovered = boot is None  # journals left by backends now gone are taken up
+        self._recovering = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FileStorageBackend({str(self.directory)!r})"
@@ -78,7 +85,21 @@ class FileStorageBackend:
     def _submit(self, session_id: str, work: Callable[..., T], *args: object) -> asyncio.Future[T]:
         folder = self._folder(session_id)
         worker = self._workers[hash(session_id) % SHARDS]
+        if not self._recovered:
+            return worker.submit(self._after_recovery, work, session_id, folder, *args)
         return worker.submit(work, session_id, folder, *args)
+
+    def _after_recovery(self, work: Callable[..., T], *args: object) -> T:
+        self._recover()
+        return work(*args)
+
+    def _recover(self) -> None:
+        """Before this backend reads or writes anything: take up the journals of backends
+        now gone (see ``wal``), once."""
+        with self._recovering:
+            if not self._recovered and self._boot is not None:
+                recover(self.directory, self._boot)
+            self._recovered = True
 
     async def _call(self, session_id: str, work: Callable[..., T], *args: object) -> T:
         return await self._submit(session_id, work, *args)
@@ -86,13 +107,16 @@ class FileStorageBackend:
     def append(
         self, session_id: str, records: Sequence[str], durable: bool, after: int
     ) -> Awaitable[None]:
-        return self._submit(session_id, self._append, list(records), durable, after)
+        writing = self._submit(session_id, self._append, list(records), durable, after)
+        return cast("Awaitable[None]", writing)
 
     def _append(
         self, session_id: str, folder: Path, records: list[str], durable: bool, after: int
-    ) -> None:
+    ) -> Pending | None:
+        """Store an append; a durable one due while another sync is under way is written
+        without one and left to the journal (``Pending``: acknowledged once it holds it)."""
         if not records:
-            return
+            return None
         data = encode_append(records)
         while True:
             segment = self._segment(session_id, folder, len(data), durable, after)
@@ -101,15 +125,44 @@ class FileStorageBackend:
                     continue
                 if segment.records != after:
                     self._compare(session_id, folder, records, after)
-                    return
-                if segment.append(data, len(records), durable):
-                    return
+                    return None
+                group = self._group if durable else None
+                if group is not None and not group.claim():
+                    written, redo = segment.append_unsynced(
+                        f"{folder.name}/{segment.path.name}".encode(),
+                        data,
+                        len(records),
+                        BEFORE_BYTES,
+                    )
+                    if written:
+                        return Pending(group, session_id, segment, redo, segment.end)
+                elif self._append_syncing(segment, data, len(records), durable, group):
+                    return None
             break
         self._forget(session_id)
-        raise SessionError(
-            f"session {session_id!r}: an append failed and could not be undone; resume the "
-            "session to go on from what its log holds"
-        )
+        raise _not_undone(session_id)
+
+    @staticmethod
+    def _append_syncing(
+        segment: Segment, data: bytes, count: int, durable: bool, group: GroupCommit | None
+    ) -> bool:
+        """The append syncs its own segment (when durable): nothing else was under way."""
+        try:
+            return segment.append(data, count, durable)
+        finally:
+            if group is not None:
+                group.done()
+
+    def _undo(self, pending: Pending, error: Exception) -> BaseException:
+        """(On the journal's thread.) The journal failed to hold an append: it is zeroed in
+        its segment, as a failed write is, and its writer gets the error; when that cannot be
+        done, the session must be read again before it takes another append."""
+        segment = pending.segment
+        with segment.lock:
+            if not segment.closed and segment.end == pending.end and segment.undo(pending.redo):
+                return error
+        self._forget(pending.session_id)
+        return _not_undone(pending.session_id)
 
     def _compare(self, session_id: str, folder: Path, records: list[str], after: int) -> None:
         """The session does not hold ``after`` records: fine for a retry of an append that
@@ -162,9 +215,9 @@ class FileStorageBackend:
         segment = Segment.create(session_id, folder / segment_name(first), first)
         try:
             if durable:
-                _fsync_directory(folder)
+                fsync_directory(folder)
                 if first == 1:
-                    _fsync_directory(self.directory)
+                    fsync_directory(self.directory)
         except BaseException:
             segment.close()
             segment.path.unlink(missing_ok=True)
@@ -262,10 +315,16 @@ class FileStorageBackend:
 
     async def exists(self, session_id: str) -> bool:
         folder = self._folder(session_id)
-        return await asyncio.to_thread(lambda: any(folder.glob("log-*.seg")))
+
+        def found() -> bool:
+            self._recover()
+            return any(folder.glob("log-*.seg"))
+
+        return await asyncio.to_thread(found)
 
     async def list_sessions(self) -> list[str]:
         def names() -> list[str]:
+            self._recover()
             if not self.directory.is_dir():
                 return []
             return sorted(p.name for p in self.directory.iterdir() if any(p.glob("log-*.seg")))
@@ -281,12 +340,21 @@ class FileStorageBackend:
         self._forget(session_id)
         if not folder.is_dir():
             return False
+        if self._group is not None and self._group.names(folder.name):
+            self._group.settle()  # never replayed into a session of this name made later
         segments = sorted(folder.glob("log-*.seg"))
         with hold_segment(session_id, segments[-1]) if segments else contextlib.nullcontext():
             for path in folder.iterdir():
                 path.unlink()
             folder.rmdir()
         return True
+
+
+def _not_undone(session_id: str) -> SessionError:
+    return SessionError(
+        f"session {session_id!r}: an append failed and could not be undone; resume the "
+        "session to go on from what its log holds"
+    )
 
 
 def _write_snapshot(session_id: str, folder: Path, data: bytes) -> None:
@@ -298,7 +366,7 @@ def _write_snapshot(session_id: str, folder: Path, data: bytes) -> None:
         handle.flush()
         sync_data(handle.fileno())
     os.replace(temporary, folder / "snapshot.bin")
-    _fsync_directory(folder)
+    fsync_directory(folder)
 
 
 def _make_folder(session_id: str, folder: Path) -> None:
@@ -345,11 +413,3 @@ def _not_a_directory_error(directory: Path, in_the_way: Path) -> ConfigurationEr
 def _read_snapshot(session_id: str, folder: Path) -> bytes | None:
     path = folder / "snapshot.bin"
     return path.read_bytes() if path.exists() else None
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -48,6 +48,7 @@ SECTOR = 512  # the smallest unit a disk writes whole (see the module's docstrin
 _WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux: a write that is durable when it returns
 _FULL_FSYNC = getattr(fcntl, "F_FULLFSYNC", None)  # macOS: fsync leaves data in the drive's cache
 _HEADER = re.compile(rb"\n@([0-9a-f]+) ([0-9a-f]{8})\n")
+SEGMENT_NAME = re.compile(r"log-[0-9]{12}\.seg")
 
 
 def encode_append(records: Sequence[str]) -> bytes:
@@ -143,6 +144,22 @@ def _sectors_whole(content: bytes, start: int, stop: int, lost: bool) -> bool:
 
 
 @dataclass(frozen=True)
+class Redo:
+    """What the journal holds of a durable append written without a sync: ``data`` at
+    ``offset`` of the segment (this append, and any not made durable before it there), the
+    bytes ``before`` it; and how to undo the write (where it began, the records before it)."""
+
+    relative: bytes  # the segment's path in the backend's directory
+    inode: int
+    offset: int
+    before: bytes
+    data: bytes
+    undo_end: int
+    undo_records: int
+    undo_unsynced: bool
+
+
+@dataclass(frozen=True)
 class Mark:
     """Where a segment closed only to keep the number of open files down left off: enough to
     take it up again without reading it whole, unless another writer has been there since."""
@@ -171,6 +188,8 @@ class Segment:
         # its own range, and so does sealing or closing it (a later durable append, in the next
         # segment, must never stand behind records a crash could lose)
         self.unsynced = False
+        self.durable_end = end  # what lies before is durable, or in the backend's journal
+        self.inode = os.fstat(descriptor).st_ino
 
     @classmethod
     def create(cls, session_id: str, path: Path, first: int) -> Segment:
@@ -187,8 +206,10 @@ class Segment:
             data = path.read_bytes()
             parsed = parse(session_id, path.name, data, last=True)
             if parsed.end < parsed.content_end:
-                _fill_zeros(descriptor, parsed.end, parsed.content_end - parsed.end)
-                sync_data(descriptor)
+                fill_zeros(descriptor, parsed.end, parsed.content_end - parsed.end)
+            # what another writer left may be durable only in its journal: this writer's
+            # appends must not stand on it (nor its journal be needed once this one's is)
+            sync_data(descriptor)
         except BaseException:
             os.close(descriptor)
             raise
@@ -238,7 +259,7 @@ class Segment:
             self._write(data, durable, grew)
         except OSError:
             try:
-                _fill_zeros(self.descriptor, self.end, len(data))
+                fill_zeros(self.descriptor, self.end, len(data))
                 sync_data(self.descriptor)
             except OSError:
                 return False
@@ -247,23 +268,63 @@ class Segment:
         self.records += count
         return True
 
+    def append_unsynced(
+        self, relative: bytes, data: bytes, count: int, before: int
+    ) -> tuple[bool, Redo]:
+        """Write a durable append without syncing it, for the backend's journal to make
+        durable: (whether it was written or undone, as :meth:`append`), and what the journal
+        must hold: this append, any not made durable before it in this segment, and up to
+        ``before`` bytes ahead of them."""
+        kept = min(before, self.durable_end)
+        earlier = os.pread(
+            self.descriptor, self.end - self.durable_end + kept, self.durable_end - kept
+        )
+        redo = Redo(
+            relative,
+            self.inode,
+            self.durable_end,
+            earlier[:kept],
+            earlier[kept:] + data,
+            self.end,
+            self.records,
+            self.unsynced,
+        )
+        if not self.append(data, count, durable=False):
+            return False, redo
+        self.unsynced, self.durable_end = False, self.end
+        return True, redo
+
+    def undo(self, redo: Redo) -> bool:
+        """Zero an append the journal failed to hold again, as :meth:`append` does a failed
+        write; False when even that failed."""
+        try:
+            fill_zeros(self.descriptor, redo.undo_end, self.end - redo.undo_end)
+            sync_data(self.descriptor)
+        except OSError:
+            return False
+        self.end, self.records, self.unsynced = redo.undo_end, redo.undo_records, redo.undo_unsynced
+        self.durable_end = redo.offset
+        return True
+
     def _grow(self, needed: int) -> bool:
         if needed <= self.allocated:
             return False
         chunk = min(max(self.allocated, GROWTH_MIN), GROWTH_MAX)
         grown = max(needed, self.allocated + chunk)
-        _fill_zeros(self.descriptor, self.allocated, grown - self.allocated)
+        fill_zeros(self.descriptor, self.allocated, grown - self.allocated)
         self.allocated = grown
         return True
 
     def _write(self, data: bytes, durable: bool, grew: bool) -> None:
         if durable and not grew and not self.unsynced and _WRITE_DSYNC:  # write, sync the range
-            _check_written(os.pwritev(self.descriptor, [data], self.end, _WRITE_DSYNC), data)
+            check_written(os.pwritev(self.descriptor, [data], self.end, _WRITE_DSYNC), data)
         else:  # the new zeros, the file size, earlier writes: durable along with the records
-            _check_written(os.pwrite(self.descriptor, data, self.end), data)
+            check_written(os.pwrite(self.descriptor, data, self.end), data)
             if durable:
                 sync_data(self.descriptor)
         self.unsynced = not durable
+        if durable:
+            self.durable_end = self.end + len(data)
 
     def seal(self, durable: bool) -> None:
         """A full segment loses its padding before the next one starts."""
@@ -272,6 +333,7 @@ class Segment:
         if durable or self.unsynced:
             sync_data(self.descriptor)
             self.unsynced = False
+            self.durable_end = self.end
 
     def mark(self) -> Mark:
         start = max(0, self.end - MARK_BYTES)
@@ -321,11 +383,11 @@ def _identity(descriptor: int) -> tuple[int, int, int, int, int]:
     return (found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_dev)
 
 
-def _fill_zeros(descriptor: int, offset: int, length: int) -> None:
+def fill_zeros(descriptor: int, offset: int, length: int) -> None:
     zeros = bytes(length)
-    _check_written(os.pwrite(descriptor, zeros, offset), zeros)
+    check_written(os.pwrite(descriptor, zeros, offset), zeros)
 
 
-def _check_written(written: int, data: bytes) -> None:
+def check_written(written: int, data: bytes) -> None:
     if written != len(data):
         raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")

@@ -98,7 +98,18 @@ class BlockingWorker:
             except BaseException as error:  # handed to the awaiting coroutine
                 settle_soon(loop, future, None, error)
             else:
-                settle_soon(loop, future, result, None)
+                if isinstance(result, Deferred):
+                    result.hand(loop, future)
+                else:
+                    settle_soon(loop, future, result, None)
+
+
+class Deferred:
+    """What a job returns when its outcome is not known yet: the worker hands it the future
+    to settle later (a group commit settles many appends with one sync), and goes on."""
+
+    def hand(self, loop: asyncio.AbstractEventLoop, future: Completion[Any]) -> None:
+        raise NotImplementedError
 
     def _run_group(self, first: _Job) -> _Job | None:
         """Run ``first`` with the grouped jobs queued right behind it for the same function;

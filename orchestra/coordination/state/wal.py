@@ -1,0 +1,480 @@
+"""The file backend's write-ahead journal: one sync for the durable appends of many sessions.
+
+Separate files cannot share a sync, and a session is a folder of segment files, so without
+help a hundred sessions due at once pay a hundred syncs. Group commit: a durable append due
+while a sync is already under way is written into its segment without one (the page cache,
+which outlives a killed process but not a crashed machine), and queued. When the sync under
+way ends, one record describing every append queued meanwhile (its segment, that file's inode,
+the offset, the bytes just before it and its own bytes: physical redo, which may be applied
+any number of times) is appended to the backend's journal file with one write-and-sync; only
+then is any of them acknowledged. A batch is whatever was queued when the committer got to it:
+no timer, and an append due when nothing is under way (a lone session) skips the journal and
+syncs its own segment, exactly as before, so a lone session pays nothing for it.
+
+Checkpoint: when the journal passes ``JOURNAL_BYTES``, or the committer has had nothing to do
+for ``IDLE_CHECKPOINT`` seconds, it syncs every segment the journal names and starts the
+journal afresh (a new generation in its header: older records no longer count).
+
+Recovery: each backend object writes a journal of its own, ``<directory>/.journal/*.wal``,
+and holds an ``flock`` on it while it lives. The first call of a backend takes up every
+journal whose owner is gone, before it reads or writes anything (one recovery at a time, under
+``.journal/recovery.lock``). The journal's header holds the kernel's boot id: written since the
+machine last started, the page cache still holds every write it names, and those segments are
+only synced; written before, each record is written into its segment again, where the bytes
+just before it are as recorded and its own range holds only its bytes or zeros (a segment
+since deleted, or replaced by one holding other bytes, is left alone). Then the journal is
+deleted. Where there is no boot id (not Linux), there is no journal: each durable append syncs
+its own segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backends import valid_session_id
+from .segments import SECTOR, SEGMENT_NAME, Redo, Segment, check_written, fill_zeros, sync_data
+from .worker import Completion, Deferred
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no boot id either, so no journal
+    fcntl = None  # type: ignore[assignment]
+
+from orchestra.threads import settle_soon
+
+JOURNALS = (
+    ".journal"  # the folder of journals in a backend's directory (no session id starts with '.')
+)
+JOURNAL_BYTES = 4 * 1024 * 1024  # a journal is checkpointed once it holds this much
+IDLE_CHECKPOINT = 1.0  # seconds without a batch after which the journal is checkpointed
+BEFORE_BYTES = 64  # of the segment before a record's bytes, checked before it is replayed
+GROWTH = 1024 * 1024  # a journal grows by this much of zeros at a time (no size to sync)
+_MAGIC = b"orchestra journal 1\n"
+_HEADER = struct.Struct("<36sQI")  # boot id, generation, checksum of both
+_FRAME = struct.Struct("<IIQ")  # body length, checksum of generation and body, generation
+_ENTRY = struct.Struct("<HHQQI")  # path length, before length, inode, offset, data length
+_START = len(_MAGIC) + _HEADER.size  # where the first frame begins
+_WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str | None:
+    """The kernel's id of the running boot (Linux); None where there is none."""
+    try:
+        found = _BOOT_ID.read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    return found if len(found) == 36 and fcntl is not None else None
+
+
+@dataclass(eq=False)
+class Pending(Deferred):
+    """A durable append in its segment, acknowledged once the journal holds it."""
+
+    group: GroupCommit
+    session_id: str
+    segment: Segment
+    redo: Redo
+    end: int  # the segment's end after it
+    loop: Any = None
+    future: Completion[Any] | None = field(default=None, repr=False)
+
+    def hand(self, loop: Any, future: Completion[Any]) -> None:
+        self.loop, self.future = loop, future
+        self.group.queue(self)
+
+
+class GroupCommit:
+    """The journal of one backend object and the thread that commits batches to it."""
+
+    def __init__(
+        self, directory: Path, boot: str, undo: Callable[[Pending, Exception], BaseException]
+    ) -> None:
+        self.directory = directory
+        self._boot = boot
+        self._undo = undo
+        self._changed = threading.Condition(threading.Lock())
+        self._pending: list[Pending] = []
+        self._syncing = 0  # syncs under way: an append due now joins the next batch
+        self._running = False  # the committer thread
+        self._settling = 0  # threads waiting in settle()
+        self._io = threading.Lock()  # of the journal file: a commit or a checkpoint at a time
+        self._journal: JournalFile | None = None
+        self._named: dict[bytes, int] = {}  # segments the journal names: path -> inode
+
+    def claim(self) -> bool:
+        """Whether an append due now may sync its own segment: no sync under way, nothing
+        queued. If so, :meth:`done` must follow its sync."""
+        with self._changed:
+            if self._syncing or self._pending:
+                return False
+            self._syncing += 1
+            return True
+
+    def done(self) -> None:
+        """A sync is over: the committer may go on (woken only when it has work, or someone
+        waits in :meth:`settle`: a lone session's steps wake no thread)."""
+        with self._changed:
+            self._syncing -= 1
+            if self._pending or self._settling:
+                self._changed.notify_all()
+
+    def queue(self, pending: Pending) -> None:
+        with self._changed:
+            self._pending.append(pending)
+            if not self._running:
+                self._running = True
+                threading.Thread(
+                    target=self._commit_batches, name="orchestra-journal", daemon=True
+                ).start()
+            self._changed.notify_all()
+
+    def _commit_batches(self) -> None:
+        """Commit what is queued once no sync is under way; checkpoint when idle."""
+        while True:
+            with self._changed:
+                if not self._wait_for_batch():
+                    if not self._named:
+                        self._running = False
+                        return
+                    batch = None
+                else:
+                    batch, self._pending = self._pending, []
+                    self._syncing += 1
+            if batch is None:
+                self._checkpoint_or_keep()
+                continue
+            try:
+                full = self._commit(batch)
+            finally:
+                self.done()
+            if full:
+                self._checkpoint_or_keep()
+
+    def _checkpoint_or_keep(self) -> None:
+        """A checkpoint that fails (a segment's sync) leaves the journal as it was: what it
+        holds stays durable there, and the next checkpoint tries again."""
+        with contextlib.suppress(OSError):
+            self.checkpoint()
+
+    def _wait_for_batch(self) -> bool:
+        """(Under ``_changed``.) Whether a batch is ready; False after ``IDLE_CHECKPOINT``
+        seconds of nothing queued."""
+        while not self._pending or self._syncing:
+            if not self._changed.wait(IDLE_CHECKPOINT) and not self._pending:
+                return False
+        return True
+
+    def _commit(self, batch: list[Pending]) -> bool:
+        """Make a batch durable in the journal and acknowledge it (or undo it and pass the
+        error on); whether the journal is full."""
+        body = b"".join(_encode(pending.redo) for pending in batch)
+        try:
+            with self._io:
+                self._file().append(body)
+                for pending in batch:
+                    self._named[pending.redo.relative] = pending.redo.inode
+                full = self._file().end > JOURNAL_BYTES
+        except Exception as error:  # a write or sync that failed, a journal not created
+            for pending in batch:
+                _settle(pending, self._undo(pending, error))
+            return False
+        for pending in batch:
+            _settle(pending, None)
+        return full
+
+    def _file(self) -> JournalFile:
+        if self._journal is None:
+            self._journal = JournalFile.create(self.directory / JOURNALS, self._boot)
+        return self._journal
+
+    def checkpoint(self) -> None:
+        """Sync every segment the journal names, then start it afresh."""
+        with self._io:
+            if not self._named or self._journal is None:
+                return
+            for relative, inode in self._named.items():
+                _sync_segment(self.directory, relative, inode)
+            self._journal.restart()
+            self._named.clear()
+
+    def names(self, folder: str) -> bool:
+        """Whether the journal names a segment of the session in ``folder``."""
+        prefix = folder.encode() + b"/"
+        with self._io:
+            return any(relative.startswith(prefix) for relative in self._named)
+
+    def settle(self) -> None:
+        """Wait until nothing is queued or being committed, then checkpoint."""
+        with self._changed:
+            self._settling += 1
+            try:
+                while self._pending or self._syncing:
+                    self._changed.wait()
+            finally:
+                self._settling -= 1
+        self.checkpoint()
+
+
+def _encode(redo: Redo) -> bytes:
+    sizes = (len(redo.relative), len(redo.before), redo.inode, redo.offset, len(redo.data))
+    return _ENTRY.pack(*sizes) + redo.relative + redo.before + redo.data
+
+
+def _settle(pending: Pending, error: BaseException | None) -> None:
+    if pending.future is not None:
+        settle_soon(pending.loop, pending.future, None, error)
+
+
+class JournalFile:
+    """A journal: a header (magic, boot id, generation), then frames of redo records, then
+    zeros. A frame is whole (its checksum matches) and of the header's generation, or it and
+    everything after it never counted."""
+
+    def __init__(self, descriptor: int, boot: str) -> None:
+        self.descriptor = descriptor
+        self.boot = boot
+        self.generation = 0
+        self.end = _START
+        self.allocated = 0
+
+    @classmethod
+    def create(cls, folder: Path, boot: str) -> JournalFile:
+        """A new journal, locked as this backend's, its header and name durable before use."""
+        with recovery_lock(folder):
+            name = f"{os.getpid()}-{secrets.token_hex(8)}"
+            temporary = folder / f"{name}.new"
+            descriptor = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                journal = cls(descriptor, boot)
+                journal.restart()
+                os.rename(temporary, folder / f"{name}.wal")
+                fsync_directory(folder)
+            except BaseException:
+                os.close(descriptor)
+                temporary.unlink(missing_ok=True)
+                raise
+        return journal
+
+    def restart(self) -> None:
+        """A new generation: what the journal held no longer counts."""
+        self.generation += 1
+        self.end = _START
+        self._grow(_START)
+        checked = self.boot.encode() + struct.pack("<Q", self.generation)
+        header = _MAGIC + _HEADER.pack(self.boot.encode(), self.generation, zlib.crc32(checked))
+        self._write(header, 0, grew=True)
+
+    def append(self, body: bytes) -> None:
+        generation = struct.pack("<Q", self.generation)
+        frame = _FRAME.pack(len(body), zlib.crc32(generation + body), self.generation) + body
+        grew = self._grow(self.end + len(frame))
+        self._write(frame, self.end, grew)
+        self.end += len(frame)
+
+    def _grow(self, needed: int) -> bool:
+        if needed <= self.allocated:
+            return False
+        grown = needed + GROWTH
+        fill_zeros(self.descriptor, self.allocated, grown - self.allocated)
+        self.allocated = grown
+        return True
+
+    def _write(self, data: bytes, offset: int, grew: bool) -> None:
+        if _WRITE_DSYNC and not grew:
+            check_written(os.pwritev(self.descriptor, [data], offset, _WRITE_DSYNC), data)
+        else:
+            check_written(os.pwrite(self.descriptor, data, offset), data)
+            sync_data(self.descriptor)
+
+
+@contextlib.contextmanager
+def recovery_lock(folder: Path) -> Iterator[None]:
+    """Held while journals are created or taken up: one recovery at a time, and none while a
+    new journal is not yet locked by its owner."""
+    created = not folder.is_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    if created:
+        fsync_directory(folder.parent)
+    descriptor = os.open(folder / "recovery.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def recover(directory: Path, boot: str) -> None:
+    """Take up every journal in ``directory`` whose owner is gone (see the module's docstring)."""
+    folder = directory / JOURNALS
+    if not _journals(folder) or not os.access(folder, os.W_OK):
+        return  # none left; or a reader that may not write, which reads what is there
+    with recovery_lock(folder):
+        for path in _journals(folder):
+            with _orphan(path) as descriptor:
+                if descriptor is None:
+                    continue
+                if path.suffix == ".wal":
+                    _take_up(directory, descriptor, boot)
+                path.unlink()
+        fsync_directory(folder)
+
+
+def _journals(folder: Path) -> list[Path]:
+    """The journals in ``folder``, and new ones not yet named as such."""
+    return sorted([*folder.glob("*.wal"), *folder.glob("*.new")]) if folder.is_dir() else []
+
+
+@contextlib.contextmanager
+def _orphan(path: Path) -> Iterator[int | None]:
+    """The journal open and locked, or None while its owner lives (holds its lock)."""
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+        else:
+            yield descriptor
+    finally:
+        os.close(descriptor)
+
+
+def _take_up(directory: Path, descriptor: int, boot: str) -> None:
+    """Sync the segments a journal names, replaying its records first when it was written
+    before the machine last started."""
+    size = os.fstat(descriptor).st_size
+    data = os.pread(descriptor, size, 0)
+    written_in = _read_header(data)
+    if written_in is None:
+        return
+    journal_boot, generation = written_in
+    open_segments: dict[bytes, int | None] = {}
+    try:
+        for redo in read_records(data, generation):
+            if redo.relative not in open_segments:
+                open_segments[redo.relative] = _open_segment(directory, redo.relative, redo.inode)
+            segment = open_segments[redo.relative]
+            if segment is not None and journal_boot != boot:
+                replay(segment, redo)
+        for segment in open_segments.values():
+            if segment is not None:
+                sync_data(segment)
+    finally:
+        for segment in open_segments.values():
+            if segment is not None:
+                os.close(segment)
+
+
+def _read_header(data: bytes) -> tuple[str, int] | None:
+    """(boot id, generation) of a journal; None when its header was never written whole (a
+    journal created and never used)."""
+    if not data.startswith(_MAGIC) or len(data) < _START:
+        return None
+    boot, generation, checksum = _HEADER.unpack_from(data, len(_MAGIC))
+    if zlib.crc32(boot + struct.pack("<Q", generation)) != checksum:
+        return None
+    return boot.decode("ascii", errors="replace"), generation
+
+
+def read_records(data: bytes, generation: int) -> Iterator[Redo]:
+    """The redo records of a journal's whole frames of ``generation``, in order."""
+    offset = _START
+    while offset + _FRAME.size <= len(data):
+        length, checksum, found = _FRAME.unpack_from(data, offset)
+        body = data[offset + _FRAME.size : offset + _FRAME.size + length]
+        if found != generation or len(body) != length or length == 0:
+            return
+        if zlib.crc32(struct.pack("<Q", generation) + body) != checksum:
+            return
+        yield from _entries(body)
+        offset += _FRAME.size + length
+
+
+def _entries(body: bytes) -> Iterator[Redo]:
+    offset = 0
+    while offset < len(body):
+        named, kept, inode, at, length = _ENTRY.unpack_from(body, offset)
+        offset += _ENTRY.size
+        relative = body[offset : offset + named]
+        before = body[offset + named : offset + named + kept]
+        data = body[offset + named + kept : offset + named + kept + length]
+        offset += named + kept + length
+        yield Redo(relative, inode, at, before, data, 0, 0, False)
+
+
+def _segment_path(directory: Path, relative: bytes) -> Path | None:
+    """The segment a record names, if the name is one (never a path out of the directory)."""
+    session, _, name = relative.decode("utf-8", errors="replace").partition("/")
+    if not valid_session_id(session) or not SEGMENT_NAME.fullmatch(name):
+        return None
+    return directory / session / name
+
+
+def _open_segment(directory: Path, relative: bytes, inode: int) -> int | None:
+    """The segment open for writing, if it is still the file the journal wrote to."""
+    path = _segment_path(directory, relative)
+    if path is None:
+        return None
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    if os.fstat(descriptor).st_ino != inode:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def replay(descriptor: int, redo: Redo) -> bool:
+    """Write a record's bytes into its segment again where they belong and were lost; whether
+    it was written. Where the bytes before it differ, or its range holds other bytes than its
+    own or zeros (sector by sector: a disk writes a sector whole or not at all), the segment
+    is not the one the record was written to, and is left alone."""
+    start = redo.offset - len(redo.before)
+    if redo.before and os.pread(descriptor, len(redo.before), start) != redo.before:
+        return False
+    found = os.pread(descriptor, len(redo.data), redo.offset)
+    if found == redo.data:
+        return False
+    found += bytes(len(redo.data) - len(found))
+    for sector in range(redo.offset - redo.offset % SECTOR, redo.offset + len(found), SECTOR):
+        first, last = max(sector - redo.offset, 0), sector + SECTOR - redo.offset
+        share = found[first:last]
+        if share != redo.data[first:last] and share.count(0) != len(share):
+            return False
+    check_written(os.pwrite(descriptor, redo.data, redo.offset), redo.data)
+    return True
+
+
+def _sync_segment(directory: Path, relative: bytes, inode: int) -> None:
+    """Sync a segment the journal names (through a descriptor of its own: the backend may
+    have closed its own), unless it is gone or another file now."""
+    descriptor = _open_segment(directory, relative, inode)
+    if descriptor is not None:
+        try:
+            sync_data(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

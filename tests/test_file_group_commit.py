@@ -1,0 +1,366 @@
+"""Group commit in the file backend (``wal``): durable appends of many sessions due at once
+share one sync of the backend's journal, and what the journal acknowledged survives a killed
+process and a lost page cache (an OS crash), replayed by the next backend, never into another
+session.
+
+A lost page cache is simulated by zeroing, in the segments, what a batch wrote after its
+journal sync (or cutting the file back), as a machine that stopped would leave them; another
+boot by the boot id the backend reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import pytest
+from hypothesis import strategies as st
+
+from orchestra.coordination.state import FileStorageBackend, files, wal
+from orchestra.coordination.state.segments import SECTOR, Redo, encode_append, parse
+
+pytestmark = pytest.mark.skipif(wal.boot_id() is None, reason="no boot id: no journal here")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.001)
+
+
+class Syncs:
+    """Counts the syncs made: ``fdatasync``, ``fsync`` and writes that sync (``RWF_DSYNC``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        for name in ("fdatasync", "fsync"):
+            monkeypatch.setattr(os, name, self._counting(getattr(os, name)))
+        pwritev = os.pwritev
+
+        def counted_pwritev(descriptor: int, buffers: Any, offset: int, flags: int = 0) -> int:
+            if flags & os.RWF_DSYNC:
+                self.count += 1
+            return pwritev(descriptor, buffers, offset, flags)
+
+        monkeypatch.setattr(os, "pwritev", counted_pwritev)
+
+    def _counting(self, function: Callable[[int], None]) -> Callable[[int], None]:
+        def counted(descriptor: int) -> None:
+            self.count += 1
+            function(descriptor)
+
+        return counted
+
+
+def records(session: int, first: int, count: int) -> list[str]:
+    return [f'{{"s":{session},"n":{n}}}' for n in range(first, first + count)]
+
+
+async def batch(
+    backend: FileStorageBackend, sessions: int, after: int
+) -> list[BaseException | None]:
+    """One durable append to each session, all due while a sync is under way (claimed here),
+    so that they make one batch: committed once that sync is done."""
+    group = backend._group
+    assert group is not None
+    await asyncio.to_thread(wait_for, group.claim, "the syncs under way to end")
+    appends = [
+        asyncio.ensure_future(backend.append(f"s{n}", records(n, after, 2), True, after))
+        for n in range(sessions)
+    ]
+    try:
+        await asyncio.to_thread(
+            wait_for, lambda: len(group._pending) == sessions, "the batch to be queued"
+        )
+    finally:
+        group.done()
+    return await asyncio.gather(*appends, return_exceptions=True)
+
+
+async def start_sessions(backend: FileStorageBackend, sessions: int) -> None:
+    await asyncio.gather(
+        *(backend.append(f"s{n}", records(n, 0, 1), True, 0) for n in range(sessions))
+    )
+
+
+async def test_appends_due_together_share_one_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 40)
+    syncs = Syncs(monkeypatch)
+    assert not any(await batch(backend, 40, 1))
+    assert syncs.count == 1  # the journal's, for all 40
+    for n in range(40):
+        assert await backend.read(f"s{n}") == records(n, 0, 3)
+
+
+async def test_many_sessions_appending_at_once_need_fewer_syncs_than_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a hold: 100 sessions, each appending as soon as its last append is durable."""
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 100)
+    syncs = Syncs(monkeypatch)
+
+    async def run(session: int) -> None:
+        for after in range(1, 11):
+            await backend.append(f"s{session}", records(session, after, 1), True, after)
+
+    await asyncio.gather(*(run(n) for n in range(100)))
+    assert syncs.count <= 1000 // 2
+    for n in range(100):
+        assert await backend.read(f"s{n}") == records(n, 0, 11)
+
+
+def orphan(backend: FileStorageBackend) -> Path:
+    """Leave the backend's journal as a process that died would: its lock released."""
+    group = backend._group
+    assert group is not None and group._journal is not None
+    os.close(group._journal.descriptor)
+    group._journal = None
+    (journal,) = (backend.directory / wal.JOURNALS).glob("*.wal")
+    return journal
+
+
+def lose_page_cache(folder: Path, ends: dict[str, int], cut: bool) -> None:
+    """What an OS crash leaves of writes that were never synced to a segment: zeros (the
+    space was grown ahead), or a file cut back to the size it had."""
+    for session, end in ends.items():
+        (segment,) = (folder / session).glob("log-*.seg")
+        if cut:
+            os.truncate(segment, end)
+        else:
+            with open(segment, "r+b") as handle:
+                handle.seek(end)
+                handle.write(bytes(segment.stat().st_size - end))
+
+
+def ends_now(backend: FileStorageBackend, sessions: int) -> dict[str, int]:
+    return {f"s{n}": backend._open[f"s{n}"].end for n in range(sessions)}
+
+
+@pytest.mark.parametrize("cut", [False, True])
+async def test_after_an_os_crash_the_journal_is_replayed_into_the_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: bool
+) -> None:
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 30)
+    before = ends_now(backend, 30)
+    assert not any(await batch(backend, 30, 1))
+    journal = orphan(backend)
+    backend.close()
+    lose_page_cache(tmp_path, before, cut)
+    for session in before:  # the batch is gone from the segments
+        assert in_segment(tmp_path, session) == records(int(session[1:]), 0, 1)
+    monkeypatch.setattr(files, "boot_id", lambda: "another-boot-0000-0000-000000000000")
+    reopened = FileStorageBackend(tmp_path)
+    for n in range(30):
+        assert await reopened.read(f"s{n}") == records(n, 0, 3)
+    assert not journal.exists()
+    await reopened.append("s0", records(0, 3, 1), True, 3)  # and the log goes on
+    assert await reopened.read("s0") == records(0, 0, 4)
+
+
+def _journaled(backend: FileStorageBackend) -> set[str]:
+    group = backend._group
+    assert group is not None
+    return {relative.decode().partition("/")[0] for relative in group._named}
+
+
+def in_segment(directory: Path, session: str) -> list[str]:
+    """The session's records as its segment holds them, no journal taken up."""
+    (path,) = (directory / session).glob("log-*.seg")
+    return parse(session, path.name, path.read_bytes(), last=True).records
+
+
+async def test_a_journal_left_in_the_same_boot_is_synced_not_replayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed process's page cache survives: the segments its journal names are synced,
+    and nothing is written into them (zeroed here, they stay so: the journal's data unread)."""
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 10)
+    before = ends_now(backend, 10)
+    assert not any(await batch(backend, 10, 1))
+    named = _journaled(backend)
+    journal = orphan(backend)
+    backend.close()
+    lose_page_cache(tmp_path, {session: before[session] for session in named}, cut=False)
+    syncs = Syncs(monkeypatch)
+    reopened = FileStorageBackend(tmp_path)
+    for session in named:
+        assert await reopened.read(session) == records(int(session[1:]), 0, 1)
+    assert syncs.count >= len(named) == 10
+    assert not journal.exists()
+
+
+@pytest.mark.parametrize("boot", ["same", "another"])
+async def test_a_stale_journal_is_never_replayed_into_a_session_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, boot: str
+) -> None:
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 5)
+    assert not any(await batch(backend, 5, 1))
+    group = backend._group
+    assert group is not None and group._journal is not None
+    (journal,) = (tmp_path / wal.JOURNALS).glob("*.wal")
+    stale = journal.read_bytes()
+    assert await backend.delete("s3")  # the journal named it: checkpointed first
+    assert not any(b"s3/" in relative for relative in group._named)
+    again = [f'{{"again":{n}}}' for n in range(3)]
+    await backend.append("s3", again, True, 0)
+    backend.close()
+    orphan(backend)
+    journal.unlink()
+    (tmp_path / wal.JOURNALS / "stale.wal").write_bytes(stale)
+    if boot == "another":
+        monkeypatch.setattr(files, "boot_id", lambda: "another-boot-0000-0000-000000000000")
+    reopened = FileStorageBackend(tmp_path)
+    assert await reopened.read("s3") == again
+    assert await reopened.read("s4") == records(4, 0, 3)
+
+
+async def test_a_failed_journal_sync_undoes_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing of a batch the journal did not hold stays in the segments, and each writer
+    gets the error; sent again, the appends are stored (not taken as already stored)."""
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 6)
+    failing = True
+    append = wal.JournalFile.append
+
+    def fail(journal: wal.JournalFile, body: bytes) -> None:
+        if failing:
+            raise OSError(5, "Input/output error")
+        append(journal, body)
+
+    monkeypatch.setattr(wal.JournalFile, "append", fail)
+    outcomes = await batch(backend, 6, 1)
+    assert all(isinstance(outcome, OSError) for outcome in outcomes)
+    failed = range(6)
+    for n in failed:
+        assert await backend.read(f"s{n}") == records(n, 0, 1)
+    failing = False
+    for n in failed:
+        await backend.append(f"s{n}", records(n, 1, 2), True, 1)
+    for n in range(6):
+        assert await backend.read(f"s{n}") == records(n, 0, 3)
+
+
+async def test_a_thousand_sessions_hold_at_most_the_open_segments_and_the_journal(
+    tmp_path: Path,
+) -> None:
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    backend = FileStorageBackend(tmp_path)
+    await backend.append("warm", ["x"], True, 0)
+    baseline = open_files()
+
+    async def run(session: int) -> None:
+        for after in range(3):
+            await backend.append(f"s{session}", records(session, after, 1), True, after)
+
+    await asyncio.gather(*(run(n) for n in range(1000)))
+    assert open_files() <= baseline + files.OPEN_SEGMENTS + 1  # + the journal
+    assert await backend.read("s999") == records(999, 0, 3)
+
+
+CHILD = """
+import asyncio, sys
+from orchestra.coordination.state import FileStorageBackend
+
+async def main(directory):
+    backend = FileStorageBackend(directory)
+    async def run(session):
+        after = 0
+        while True:
+            await backend.append(f"s{session}", [f"{session}-{after}"], True, after)
+            after += 1
+            sys.stdout.write(f"{session} {after}\\n")
+            sys.stdout.flush()
+    await asyncio.gather(*(run(n) for n in range(200)))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_kill_9_loses_no_acknowledged_append_of_200_sessions(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert child.stdout is not None
+    acknowledged: dict[int, int] = {}
+    for lines, line in enumerate(child.stdout, 1):
+        session, count = map(int, line.split())
+        acknowledged[session] = count
+        if lines == 3000:
+            child.send_signal(signal.SIGKILL)
+            break
+    for line in child.stdout:  # acknowledged before the kill, still in the pipe
+        session, count = map(int, line.split())
+        acknowledged[session] = count
+    assert child.wait() == -signal.SIGKILL
+    assert list((tmp_path / wal.JOURNALS).glob("*.wal"))  # left behind, taken up below
+    backend = FileStorageBackend(tmp_path)
+    stored = asyncio.run(_read_all(backend, sorted(acknowledged)))
+    for session, count in acknowledged.items():
+        found = stored[session]
+        assert len(found) >= count, f"session {session}: {count} acknowledged, {len(found)} found"
+        assert found == [f"{session}-{n}" for n in range(len(found))]
+    assert not list((tmp_path / wal.JOURNALS).glob("*.wal"))
+
+
+async def _read_all(backend: FileStorageBackend, sessions: list[int]) -> dict[int, list[str]]:
+    return {session: await backend.read(f"s{session}") for session in sessions}
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(
+    sizes=st.lists(st.integers(1, 1500), min_size=1, max_size=8),
+    lost=st.sets(st.integers(0, 40)),
+    twice=st.booleans(),
+)
+def test_replay_restores_any_lost_sectors_and_is_idempotent(
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int], lost: set[int], twice: bool
+) -> None:
+    """Appends journaled one after another; a crash keeps any subset of the segment's
+    sectors; replaying every record (once or twice) gives back the whole segment."""
+    path = tmp_path_factory.mktemp("replay") / "log-000000000001.seg"
+    content = b""
+    redos = []
+    for number, size in enumerate(sizes):
+        data = encode_append([chr(ord("a") + number % 26) * size])
+        before = content[-wal.BEFORE_BYTES :]
+        redos.append(Redo(b"s/x", 0, len(content), before, data, 0, 0, False))
+        content += data
+    crashed = bytearray(content + bytes(SECTOR))
+    for sector in lost:
+        crashed[sector * SECTOR : (sector + 1) * SECTOR] = bytes(
+            len(crashed[sector * SECTOR : (sector + 1) * SECTOR])
+        )
+    path.write_bytes(bytes(crashed))
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        for _ in range(2 if twice else 1):
+            for redo in redos:
+                wal.replay(descriptor, redo)
+    finally:
+        os.close(descriptor)
+    assert path.read_bytes()[: len(content)] == content
