@@ -103,14 +103,6 @@ class BlockingWorker:
                 else:
                     settle_soon(loop, future, result, None)
 
-
-class Deferred:
-    """What a job returns when its outcome is not known yet: the worker hands it the future
-    to settle later (a group commit settles many appends with one sync), and goes on."""
-
-    def hand(self, loop: asyncio.AbstractEventLoop, future: Completion[Any]) -> None:
-        raise NotImplementedError
-
     def _run_group(self, first: _Job) -> _Job | None:
         """Run ``first`` with the grouped jobs queued right behind it for the same function;
         returns the job that ended the group (another kind, or one past its bounds), if any,
@@ -133,6 +125,14 @@ class Deferred:
         for (_, _, loop, future, _), error in zip(group, errors, strict=True):
             settle_soon(loop, future, None, error)
         return following
+
+
+class Deferred:
+    """What a job returns when its outcome is not known yet: the worker hands it the future
+    to settle later (a group commit settles many appends with one sync), and goes on."""
+
+    def hand(self, loop: asyncio.AbstractEventLoop, future: Completion[Any]) -> None:
+        raise NotImplementedError
 
 
 class Completion(asyncio.Future[T]):
