@@ -3,7 +3,8 @@
 A ``namespace`` lets several applications (or tests) share one server. Connection pools are
 created per event loop: a backend object may serve runs on different loops. Durability is the
 server's: an append returns once it committed, as durable as the server's
-``synchronous_commit`` makes it.
+``synchronous_commit`` makes it. The appends of many sessions share commits (one WAL flush):
+those queued while one is in flight go together in the next transaction (see :mod:`.batching`).
 
 One writer at a time, across processes and machines: a session's writer holds a lease on the
 server, checked in the same atomic step as each append (see :mod:`.leases`).

@@ -3,7 +3,8 @@
 A ``namespace`` lets several applications (or tests) share one server. Clients are created per
 event loop: a backend object may serve runs on different loops. Durability is the server's: an
 append returns once Redis acknowledged it (with ``appendonly yes`` and ``appendfsync always``
-it fsyncs before acknowledging).
+it fsyncs before acknowledging). The appends of many sessions share round trips: those queued
+while one is in flight go together in the next, as a pipeline (see :mod:`.batching`).
 
 One writer at a time, across processes and machines: a session's writer holds a lease on the
 server, checked in the same atomic step as each append (see :mod:`.leases`).
