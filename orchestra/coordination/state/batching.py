@@ -31,6 +31,7 @@ class _Queue(Generic[Item, Result]):
     def __init__(self) -> None:
         self.busy = False
         self.waiting: list[tuple[Item, asyncio.Future[Result]]] = []
+        self.sender: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
 
 
 class Batches(Generic[Item, Result]):
@@ -60,7 +61,7 @@ class Batches(Generic[Item, Result]):
     def _hand_on(self, queue: _Queue[Item, Result]) -> None:
         """After a round trip: a task sends what queued meanwhile (the caller returns now)."""
         if queue.waiting:
-            asyncio.get_running_loop().create_task(self._drain(queue))
+            queue.sender = asyncio.get_running_loop().create_task(self._drain(queue))
         else:
             queue.busy = False
 
@@ -72,7 +73,7 @@ class Batches(Generic[Item, Result]):
                 if batch:
                     await self._send_batch(batch)
         finally:
-            queue.busy = False
+            queue.busy, queue.sender = False, None
             for _, future in queue.waiting:  # cancelled (the loop closing): nothing was sent
                 future.cancel()
             queue.waiting = []
