@@ -18,6 +18,7 @@ import pytest
 from storage_backends import Storage, close_connections, open_backend
 
 from orchestra.coordination.state import RedisStorageBackend
+from orchestra.coordination.state.batching import Batches
 from orchestra.errors import SessionError
 
 SESSIONS = 12
@@ -146,3 +147,27 @@ async def test_a_batch_sent_after_the_redis_script_cache_was_flushed_is_stored_o
     for s in ids:
         assert await storage.read(s) == [record(s, 1)]
     await close_connections(storage)
+
+
+async def test_an_append_cancelled_while_it_waits_for_a_batch_is_not_sent() -> None:
+    """Its writer sends it again as it was (see ``SessionWriter``): sent now, it would go twice."""
+    released = asyncio.Event()
+    sent: list[list[str]] = []
+
+    async def send(batch: list[str]) -> list[str | Exception]:
+        sent.append(batch)
+        await released.wait()
+        return [item.upper() for item in batch]
+
+    batches: Batches[str, str] = Batches(send)
+    first = asyncio.ensure_future(batches.submit("a"))
+    while not sent:
+        await asyncio.sleep(0)
+    second, third = (asyncio.ensure_future(batches.submit(item)) for item in "bc")
+    while len(batches._queues.get().waiting) < 2:
+        await asyncio.sleep(0)
+    third.cancel()
+    released.set()
+    assert (await first, await second) == ("A", "B")
+    assert third.cancelled()
+    assert sent == [["a"], ["b"]]
