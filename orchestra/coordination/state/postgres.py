@@ -3,7 +3,8 @@
 A ``namespace`` lets several applications (or tests) share one server. Connection pools are
 created per event loop: a backend object may serve runs on different loops. Durability is the
 server's: an append returns once it committed, as durable as the server's
-``synchronous_commit`` makes it.
+``synchronous_commit`` makes it. The appends of many sessions share commits (one WAL flush):
+those queued while one is in flight go together in the next transaction (see :mod:`.batching`).
 
 One writer at a time, across processes and machines: a session's writer holds a lease on the
 server, checked in the same atomic step as each append (see :mod:`.leases`).
@@ -15,7 +16,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from orchestra.errors import ConfigurationError, SessionNotFoundError
+from orchestra.errors import ConfigurationError, SessionError, SessionNotFoundError
 
 from .backends import (
     PerLoop,
@@ -26,7 +27,11 @@ from .backends import (
     stale_writer,
     unframe,
 )
+from .batching import Batches
 from .leases import LEASE_SECONDS, Leases, abandoned
+
+_Append = tuple[str, list[str], int]
+"""An append: its session, its records' lines, and how many records it expects before them."""
 
 
 class PostgresStorageBackend:
@@ -50,6 +55,7 @@ class PostgresStorageBackend:
         self._pools = PerLoop()
         self._making = PerLoop()  # the lock its first callers on a loop take to make a pool
         self._leases = Leases(lease_seconds, self._renew)
+        self._appends: Batches[_Append, bool] = Batches(self._send_appends)
 
     def __repr__(self) -> str:
         return f"PostgresStorageBackend(table={self.table!r})"
@@ -99,48 +105,74 @@ class PostgresStorageBackend:
             return
         lines = [frame(record)[:-1] for record in records]
         pool = await self._pool()
-        if not await self._append(pool, session_id, lines, after):
+        if not await self._appends.submit((session_id, lines, after)):
             if not await self._take_over(pool, session_id):
                 raise another_writer(session_id)
             if not await self._append(pool, session_id, lines, after):
                 raise another_writer(session_id)
         self._leases.hold(session_id)
 
+    async def _send_appends(self, batch: list[_Append]) -> list[bool | Exception]:
+        """One commit (one WAL flush) for the batch: a lone append in a transaction of its
+        own, several in one transaction, each in a savepoint of its own, so that one refused
+        (or failed on the server) is rolled back alone. An error that leaves the transaction
+        unfinished (a lost connection) fails them all, and none is stored."""
+        import asyncpg
+
+        pool = await self._pool()
+        if len(batch) == 1:
+            return [await self._append(pool, *batch[0])]
+        results: list[bool | Exception] = []
+        async with pool.acquire() as connection, connection.transaction():
+            for session_id, lines, after in batch:
+                try:
+                    async with connection.transaction():
+                        results.append(await self._append_in(connection, session_id, lines, after))
+                except (SessionError, asyncpg.PostgresError) as error:
+                    results.append(error)
+        return results
+
     async def _append(self, pool: Any, session_id: str, lines: list[str], after: int) -> bool:
+        """One compare-and-append in a transaction of its own."""
+        async with pool.acquire() as connection, connection.transaction():
+            return await self._append_in(connection, session_id, lines, after)
+
+    async def _append_in(
+        self, connection: Any, session_id: str, lines: list[str], after: int
+    ) -> bool:
         """One compare-and-append under the session's lease; False when another holds it."""
         leases = self._leases
-        async with pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
-            claimed, held = await connection.fetchrow(
-                f"WITH claim AS (INSERT INTO {self.writers} AS held (session, holder, expires) "
-                "VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) "
-                "ON CONFLICT (session) DO UPDATE SET holder = EXCLUDED.holder, "
-                "expires = EXCLUDED.expires WHERE held.holder = EXCLUDED.holder "
-                "OR held.expires < clock_timestamp() RETURNING 1) "
-                "SELECT EXISTS (SELECT 1 FROM claim), "
-                f"(SELECT COALESCE(MAX(seq), 0) FROM {self.table} WHERE session = $1)",
-                session_id,
-                leases.token,
-                leases.seconds,
-            )  # one round trip: the lease taken or renewed, and the records held
-            if not claimed:
-                return False
-            if held == after:
-                await connection.executemany(
-                    f"INSERT INTO {self.table} (session, seq, line) VALUES ($1, $2, $3)",
-                    [(session_id, after + n, line) for n, line in enumerate(lines, start=1)],
-                )
-                return True
-            stored = await connection.fetch(
-                f"SELECT line FROM {self.table} WHERE session = $1 AND seq > $2 AND seq <= $3 "
-                "ORDER BY seq",
-                session_id,
-                after,
-                after + len(lines),
+        await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
+        claimed, held = await connection.fetchrow(
+            f"WITH claim AS (INSERT INTO {self.writers} AS held (session, holder, expires) "
+            "VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) "
+            "ON CONFLICT (session) DO UPDATE SET holder = EXCLUDED.holder, "
+            "expires = EXCLUDED.expires WHERE held.holder = EXCLUDED.holder "
+            "OR held.expires < clock_timestamp() RETURNING 1) "
+            "SELECT EXISTS (SELECT 1 FROM claim), "
+            f"(SELECT COALESCE(MAX(seq), 0) FROM {self.table} WHERE session = $1)",
+            session_id,
+            leases.token,
+            leases.seconds,
+        )  # one round trip: the lease taken or renewed, and the records held
+        if not claimed:
+            return False
+        if held == after:
+            await connection.executemany(
+                f"INSERT INTO {self.table} (session, seq, line) VALUES ($1, $2, $3)",
+                [(session_id, after + n, line) for n, line in enumerate(lines, start=1)],
             )
-            if [row["line"] for row in stored] != lines:  # else: a retry of a stored append
-                raise stale_writer(session_id, after)
             return True
+        stored = await connection.fetch(
+            f"SELECT line FROM {self.table} WHERE session = $1 AND seq > $2 AND seq <= $3 "
+            "ORDER BY seq",
+            session_id,
+            after,
+            after + len(lines),
+        )
+        if [row["line"] for row in stored] != lines:  # else: a retry of a stored append
+            raise stale_writer(session_id, after)
+        return True
 
     async def _take_over(self, pool: Any, session_id: str) -> bool:
         """Take the lease of a holder that died on this machine."""

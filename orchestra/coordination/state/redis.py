@@ -3,7 +3,8 @@
 A ``namespace`` lets several applications (or tests) share one server. Clients are created per
 event loop: a backend object may serve runs on different loops. Durability is the server's: an
 append returns once Redis acknowledged it (with ``appendonly yes`` and ``appendfsync always``
-it fsyncs before acknowledging).
+it fsyncs before acknowledging). The appends of many sessions share round trips: those queued
+while one is in flight go together in the next, as a pipeline (see :mod:`.batching`).
 
 One writer at a time, across processes and machines: a session's writer holds a lease on the
 server, checked in the same atomic step as each append (see :mod:`.leases`).
@@ -12,6 +13,7 @@ server, checked in the same atomic step as each append (see :mod:`.leases`).
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +28,11 @@ from .backends import (
     stale_writer,
     unframe,
 )
+from .batching import Batches
 from .leases import LEASE_SECONDS, Leases, abandoned
+
+_Append = tuple[list[str], list[Any]]
+"""An append's script call: its keys and arguments."""
 
 _APPEND = """
 local holder = redis.call('GET', KEYS[3])
@@ -61,6 +67,8 @@ return ok
 """Compare-and-append, atomic on the server: the records go in only when the list holds
 exactly ``after`` of them (a retry finding them stored already succeeds), and only for the
 holder of the session's lease (or when nobody holds it), which it takes or renews."""
+
+_APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -114,6 +122,7 @@ class RedisStorageBackend:
         self._clients = PerLoop()
         self._scripts = PerLoop()
         self._leases = Leases(lease_seconds, self._renew)
+        self._appends: Batches[_Append, int] = Batches(self._send_appends)
 
     def __repr__(self) -> str:
         return f"RedisStorageBackend({self.url!r}, namespace={self.namespace!r})"
@@ -147,7 +156,7 @@ class RedisStorageBackend:
         lines = [frame(record)[:-1] for record in records]
         leases = self._leases
         args = [session_id, after, leases.token, leases.milliseconds, *lines]
-        done = await self._run(_APPEND, keys, args)
+        done = await self._appends.submit((keys, args))
         if done == -1 and await self._take_over(session_id):
             done = await self._run(_APPEND, keys, args)
         if done == -1:
@@ -155,6 +164,32 @@ class RedisStorageBackend:
         if not done:
             raise stale_writer(session_id, after)
         leases.hold(session_id)
+
+    async def _send_appends(self, batch: list[_Append]) -> list[int | Exception]:
+        """One round trip: a lone append as a script call, several as a pipeline of them (not
+        a transaction: each script is atomic, and each answers for itself). Those the server
+        refused as ``NOSCRIPT`` (its script cache was flushed) did not run: they are sent
+        again once the script is loaded."""
+        if len(batch) == 1:
+            return [await self._run(_APPEND, *batch[0])]
+        from redis.exceptions import NoScriptError
+
+        client = self._client()
+        replies = await self._pipeline(client, batch)
+        unloaded = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unloaded:
+            await client.script_load(_APPEND)
+            again = await self._pipeline(client, [batch[n] for n in unloaded])
+            for n, reply in zip(unloaded, again, strict=True):
+                replies[n] = reply
+        return replies
+
+    @staticmethod
+    async def _pipeline(client: Any, batch: list[_Append]) -> list[Any]:
+        pipeline = client.pipeline(transaction=False)
+        for keys, args in batch:
+            pipeline.evalsha(_APPEND_SHA, len(keys), *keys, *args)
+        return list(await pipeline.execute(raise_on_error=False))
 
     async def _take_over(self, session_id: str) -> bool:
         """Take the lease of a holder that died on this machine."""
