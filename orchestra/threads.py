@@ -25,7 +25,7 @@ import functools
 import inspect
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
@@ -175,6 +175,27 @@ def settle_soon(
     it is done by then (given up)."""
     with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for this result
         loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def settle_all_soon(
+    outcomes: Iterable[
+        tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Any, BaseException | None]
+    ],
+) -> None:
+    """:func:`settle_soon` for many futures at once (a group commit's appends): one wake-up of
+    each loop for all of its futures, not one each (every ``call_soon_threadsafe`` writes to the
+    loop's self-pipe: a system call, and a turn of the loop, per future)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+    for loop, future, result, error in outcomes:
+        by_loop.setdefault(loop, []).append((future, result, error))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these
+            loop.call_soon_threadsafe(_settle_each, settled)
+
+
+def _settle_each(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in settled:
+        _settle(future, result, error)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from orchestra.threads import settle_soon
+from orchestra.threads import settle_all_soon, settle_soon
 
 T = TypeVar("T")
 IDLE_SECONDS = 5.0
@@ -122,8 +122,10 @@ class BlockingWorker:
             errors = run([job[1][0] for job in group])
         except BaseException as failure:  # every item's outcome
             errors = [failure] * len(group)
-        for (_, _, loop, future, _), error in zip(group, errors, strict=True):
-            settle_soon(loop, future, None, error)
+        settle_all_soon(
+            (loop, future, None, error)
+            for (_, _, loop, future, _), error in zip(group, errors, strict=True)
+        )
         return following
 
 
