@@ -127,9 +127,10 @@ class Follower:
                 if unanswered == CATCH_UP_TRIES:
                     raise self._no_worker(finished=False)
                 continue
-            if not answer["lines"]:
+            whole = self._whole_lines(answer)
+            if whole is None:
                 return lines, str(answer["state"])
-            lines.extend(answer["lines"])
+            lines.extend(whole)
             self.next = int(answer["next"])
 
     async def follow(self) -> str:
@@ -251,14 +252,9 @@ class Follower:
         rest is no input of the run (a rebuild skips it too); a restore while the run is
         followed is refused: the replica would have to be rebuilt (``resume_session`` follows
         the restored run)."""
-        lines: list[str] = answer["lines"]
-        part = answer.get("part")
-        if part is not None:
-            self._parts.append(part)
-            self.offset = int(answer["offset"])
-            if int(answer["next"]) == self.next:
-                return True
-            lines, self._parts = ["".join(self._parts)], []
+        lines = self._whole_lines(answer)
+        if lines is None:
+            return False
         for line in lines:
             self.next += 1  # a record's position in the log: 1-based
             if line.startswith(_RESTORE):
@@ -270,7 +266,22 @@ class Follower:
                 continue
             apply_line(self.engine, self.next, line, self.handle.id)
         self.next = int(answer["next"])
-        return bool(lines)
+        return True
+
+    def _whole_lines(self, answer: dict[str, Any]) -> list[str] | None:
+        """The whole lines an answer completes: its lines, or the line read in parts once its
+        last part came (``protocol.RecordsPage``; none before that); None when it brought
+        nothing, neither a line nor a part."""
+        part = answer.get("part")
+        if part is None:
+            lines: list[str] = answer["lines"]
+            return lines or None
+        self._parts.append(part)
+        self.offset = int(answer["offset"])
+        if int(answer["next"]) == self.next:
+            return []
+        joined, self._parts = "".join(self._parts), []
+        return [joined]
 
     def _relay_questions(self, found: list[dict[str, Any]]) -> None:
         """Ask the channel the workflow's open questions (``found``, from the records page)
