@@ -9,6 +9,7 @@ first: everything submitted meanwhile is queued when the thread gets to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sqlite3
@@ -191,7 +192,8 @@ async def test_a_session_another_writer_holds_fails_alone_in_its_group(
 
 class FailingCommit(sqlite3.Connection):
     """A connection whose next COMMIT fails as a full disk does: before committing, or (the
-    answer lost) after."""
+    answer lost) after; with "rollback", before committing, and the ROLLBACK after it fails too
+    (a failing disk)."""
 
     fail: str | None = None
 
@@ -200,7 +202,12 @@ class FailingCommit(sqlite3.Connection):
             fail, self.fail = self.fail, None
             if fail == "after":
                 super().execute(sql, *args)
+            if fail == "rollback":
+                self.fail = "ROLLBACK"
             raise sqlite3.OperationalError("database or disk is full")
+        if sql == "ROLLBACK" and self.fail == "ROLLBACK":
+            self.fail = None
+            raise sqlite3.OperationalError("disk I/O error")
         return super().execute(sql, *args)
 
 
@@ -241,6 +248,80 @@ async def test_a_failed_commit_fails_every_append_of_its_group_and_a_retry_store
     assert await outcomes(appends()) == [None, None, None]  # the writer sends each again
     for name in names:
         assert await storage.read(name) == [record(name, 1)]
+
+
+def committed(path: Path) -> list[str]:
+    """The sessions whose appends another connection finds committed in the file."""
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        return [row[0] for row in reader.execute("SELECT session FROM appends ORDER BY session")]
+
+
+async def test_a_group_whose_rollback_fails_too_leaves_no_transaction_open(
+    storage: SQLiteStorageBackend,
+) -> None:
+    """COMMIT fails, then ROLLBACK fails: the group reports the COMMIT's error, and the store
+    drops the connection (SQLite discards the transaction), so a later append is committed
+    when it is acknowledged, not left inside a transaction nobody commits."""
+    await failing(storage, "rollback")
+    with held(storage._worker):
+        calls = [storage.append(name, [record(name, 1)], durable=True, after=0) for name in "ab"]
+    errors = await outcomes(calls)
+    assert {str(error) for error in errors} == {
+        f"the session store {storage.path} could not commit 2 appends together: "
+        "database or disk is full"
+    }
+    await storage.append("lone", [record("lone", 1)], durable=True, after=0)
+    assert committed(storage.path) == ["lone"]
+    with held(storage._worker):
+        calls = [storage.append(name, [record(name, 1)], durable=True, after=0) for name in "ab"]
+    assert await outcomes(calls) == [None, None]
+    assert committed(storage.path) == ["a", "b", "lone"]
+
+
+async def test_no_append_runs_inside_a_transaction_left_open(
+    storage: SQLiteStorageBackend,
+) -> None:
+    """Whatever left the connection inside a transaction, the next append is committed."""
+    await storage.exists("opened")
+    assert storage._connection is not None
+    storage._connection.execute("BEGIN IMMEDIATE")
+    await storage.append("lone", [record("lone", 1)], durable=True, after=0)
+    assert committed(storage.path) == ["lone"]
+
+
+class Synchronous:
+    """The ``synchronous`` mode each COMMIT ran under, from the statements SQLite traces."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.commits: list[str] = []
+
+    def __call__(self, statement: str) -> None:
+        words = statement.replace("=", " ").split()
+        if words[:2] == ["PRAGMA", "synchronous"]:
+            self.mode = words[2]
+        elif words[0] == "COMMIT":
+            self.commits.append(self.mode)
+
+
+@pytest.mark.parametrize("durable", [[False, True, False], [False, False, False]])
+async def test_a_group_holding_a_durable_append_commits_with_synchronous_full(
+    storage: SQLiteStorageBackend, durable: list[bool]
+) -> None:
+    """The OS-crash half of the promise, which a kill -9 test cannot see: a group with any
+    durable append syncs as a durable append alone does (FULL); one with none need not."""
+    await storage.exists("opened")
+    assert storage._connection is not None
+    trace = Synchronous(storage._synchronous)
+    storage._connection.set_trace_callback(trace)
+    names = ["a", "b", "c"]
+    with held(storage._worker):
+        calls = [
+            storage.append(name, [record(name, 1)], durable=sync, after=0)
+            for name, sync in zip(names, durable, strict=True)
+        ]
+    assert await outcomes(calls) == [None, None, None]
+    assert trace.commits == ["FULL" if any(durable) else "NORMAL"]
 
 
 async def test_session_writers_resend_a_group_whose_commit_answer_was_lost(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import sqlite3
 import threading
@@ -33,6 +35,8 @@ except ImportError:  # not POSIX: the limit on open files is the system's
     resource = None  # type: ignore[assignment]
 
 T = TypeVar("T")
+
+_LOG = logging.getLogger(__name__)
 
 
 class _Append(NamedTuple):
@@ -104,9 +108,34 @@ class SQLiteStorageBackend:
         return f"SQLiteStorageBackend({str(self.path)!r})"
 
     def _db(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self._connection = self._open()
-        return self._connection
+        """The connection, never inside a transaction: one a failure left open (nothing in it
+        was acknowledged) is rolled back first, so no later statement runs in it and is
+        acknowledged without being committed."""
+        connection = self._connection
+        if connection is not None and connection.in_transaction:
+            self._roll_back(connection)
+            connection = self._connection
+        if connection is None:
+            connection = self._connection = self._open()
+        return connection
+
+    def _roll_back(self, db: sqlite3.Connection) -> None:
+        """Roll back the open transaction. When even that fails (a failing disk), close the
+        connection, which makes SQLite discard the transaction: the next call opens the file
+        again. The caller reports the error that made it roll back, not this one."""
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        """Close the connection and forget what was known of it (writer locks are kept)."""
+        if self._connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.close()
+            self._connection = None
+            self._synchronous = ""
+            self._damage = None
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -272,7 +301,7 @@ class SQLiteStorageBackend:
         same error (none is stored; the writer sends it again, and an exact repeat of one that
         was stored after all is recognised)."""
         if db.in_transaction:
-            db.execute("ROLLBACK")
+            self._roll_back(db)
         if isinstance(error, sqlite3.Error) and not _is_damage(error):
             cause = error
             error = type(error)(
@@ -434,7 +463,7 @@ class SQLiteStorageBackend:
             db.execute("COMMIT")
         except BaseException as error:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                self._roll_back(db)
             if isinstance(error, sqlite3.Error) and _is_damage(error):
                 raise self._damaged(session_id, f"{error}; nothing of it was deleted") from None
             raise
@@ -463,11 +492,7 @@ class SQLiteStorageBackend:
         with self._lock:
             for session_id in list(self._writing):
                 self._let_go(session_id)
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-                self._synchronous = ""
-                self._damage = None
+            self._disconnect()
 
 
 def _is_damage(error: sqlite3.Error) -> bool:
