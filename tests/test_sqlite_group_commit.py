@@ -50,15 +50,17 @@ asyncio.run(main())
 
 
 DESCRIPTORS = """
-import asyncio, resource, sys
+import asyncio, logging, resource, sys
 from orchestra.coordination.state import SQLiteStorageBackend
+
+logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
 
 async def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64 if sys.argv[2] == "hard" else hard))
     storage = SQLiteStorageBackend(sys.argv[1])
     outcomes = await asyncio.gather(
-        *(storage.append(f"s{n}", ["r"], durable=True, after=0) for n in range(100)),
+        *(storage.append(f"s{n}", ["r"], durable=True, after=0) for n in range(int(sys.argv[3]))),
         return_exceptions=True,
     )
     failed = [str(outcome) for outcome in outcomes if outcome is not None]
@@ -387,27 +389,43 @@ def test_a_kill_9_loses_no_acknowledged_append_of_200_concurrent_sessions(
     asyncio.run(check())
 
 
-def descriptors(path: Path, limit: str) -> list[str]:
-    """What a process that may open 64 files reports after 100 sessions' first appends."""
+def descriptors(path: Path, limit: str, sessions: int = 100) -> tuple[list[str], list[str]]:
+    """What a process that may open 64 files reports after ``sessions``' first appends, and
+    what it logs."""
     done = subprocess.run(
-        [sys.executable, "-c", DESCRIPTORS, str(path), limit],
+        [sys.executable, "-c", DESCRIPTORS, str(path), limit, str(sessions)],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    return done.stdout.splitlines()
+    return done.stdout.splitlines(), done.stderr.splitlines()
+
+
+RAISED = "orchestra.coordination.state.sqlite INFO raised the soft limit on open files from 64 to "
 
 
 def test_running_more_sessions_than_the_soft_limit_on_open_files_allows_raises_it(
     tmp_path: Path,
 ) -> None:
     """Each running session holds its lock file open: past the soft limit, it is raised."""
-    assert descriptors(tmp_path / "state.db", "soft") == ["0 -", "True"]
+    printed, logged = descriptors(tmp_path / "state.db", "soft")
+    assert printed == ["0 -", "True"]
+    assert [line.startswith(RAISED) for line in logged] == [True]  # once
+
+
+def test_the_soft_limit_is_raised_once_half_of_it_is_in_use(tmp_path: Path) -> None:
+    """Before anything runs out: 40 sessions under a soft limit of 64 never meet EMFILE, but
+    their locks fill half of it, so a model's socket or SQLite itself would be next."""
+    printed, logged = descriptors(tmp_path / "state.db", "soft", sessions=40)
+    assert printed == ["0 -", "True"]
+    assert len(logged) == 1
+    assert logged[0].startswith(RAISED)
+    assert "child processes started from now on inherit it" in logged[0]
 
 
 def test_past_the_hard_limit_on_open_files_an_append_says_what_to_do(tmp_path: Path) -> None:
-    failed, error = descriptors(tmp_path / "state.db", "hard")[0].split(" ", 1)
+    failed, error = descriptors(tmp_path / "state.db", "hard")[0][0].split(" ", 1)
     assert int(failed) > 0
     assert error.startswith("[Errno 24] session 's")
     assert error.endswith(

@@ -37,6 +37,7 @@ except ImportError:  # not POSIX: the limit on open files is the system's
 T = TypeVar("T")
 
 _LOG = logging.getLogger(__name__)
+_LIMIT_RAISED = threading.Event()  # the soft limit on open files was raised (or tried) once
 
 
 class _Append(NamedTuple):
@@ -343,6 +344,7 @@ class SQLiteStorageBackend:
         path.parent.mkdir(exist_ok=True)
         while True:
             descriptor = _open_lock(session_id, path)
+            _make_room(descriptor)
             try:
                 lock_session(session_id, descriptor)
                 if _same_file(descriptor, path):
@@ -522,17 +524,15 @@ def _readable_sessions(db: sqlite3.Connection) -> list[str]:
 
 
 def _open_lock(session_id: str, path: Path) -> int:
-    """Open a session's lock file. Each running session holds one open, so a process running
-    about a thousand sessions at once reaches the usual soft limit of 1024 open files: then the
-    soft limit is raised to the hard one (as Go's runtime does at start) and the file opened
-    again; past the hard limit, the error says which session and what to do."""
+    """Open a session's lock file (each running session holds one open); past the limit on
+    open files, the error says which session and what to do."""
     for retry in (False, True):
         try:
             return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             if error.errno != errno.EMFILE:
                 raise
-            if retry or not _more_descriptors():
+            if retry or not _more_descriptors("it ran out"):
                 break
     raise OSError(
         errno.EMFILE,
@@ -541,11 +541,26 @@ def _open_lock(session_id: str, path: Path) -> int:
     )
 
 
-def _more_descriptors() -> bool:
-    """Raise the soft limit on open files to the hard one (where that is unlimited, to
-    65536); whether it was lower."""
-    if resource is None:
+def _make_room(descriptor: int) -> None:
+    """Once a writer lock's descriptor shows half the soft limit on open files in use (a new
+    descriptor is the lowest free one, so all those below it are open), raise the soft limit
+    to the hard one, before a model's socket, a tool's file or SQLite itself runs out: a
+    process running about a thousand sessions at once under the usual soft limit of 1024
+    would. Counting descriptors, not locks, sees every backend and every other user."""
+    if _LIMIT_RAISED.is_set() or resource is None:
+        return
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and descriptor >= soft // 2:
+        _more_descriptors(f"{descriptor + 1} files are open")
+
+
+def _more_descriptors(why: str) -> bool:
+    """Raise the soft limit on open files to the hard one (where that is unlimited, to 65536),
+    once in the process's life; whether it was raised now. Logged, as child processes started
+    from then on inherit the raised limit."""
+    if resource is None or _LIMIT_RAISED.is_set():
         return False
+    _LIMIT_RAISED.set()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = 65536 if hard == resource.RLIM_INFINITY else hard
     if soft == resource.RLIM_INFINITY or soft >= target:
@@ -554,6 +569,14 @@ def _more_descriptors() -> bool:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (OSError, ValueError):  # the system allows less (macOS: OPEN_MAX)
         return False
+    _LOG.info(
+        "raised the soft limit on open files from %d to %d, as %s (each running session holds "
+        "one for its writer lock); child processes started from now on inherit it: raise "
+        "`ulimit -n` before starting to avoid this",
+        soft,
+        target,
+        why,
+    )
     return True
 
 
