@@ -24,10 +24,13 @@ its memory and open files are its own. What a row reports:
   sessions; buffered or with no persistence, from one step's start to the next's. Times are the
   events' own (``at``, the engine's clock), read from each run's result once it returned:
   nothing watches the runs while they run.
-- **peak RSS**: the process's high-water mark (``ru_maxrss``); **per session**: that less the
-  RSS before the sessions started (after one warm-up session), over the sessions at once.
-- **open files**: the most entries of ``/proc/self/fd`` seen by a thread that counts them every
-  20 ms while the row runs.
+- **lifetime peak RSS**: the process's high-water mark (``ru_maxrss``), imports and the warm-up
+  included. **KiB/session**: the row's own cost: the most resident memory sampled while the
+  sessions run (``/proc/self/statm``) less the resident memory just before they start (after
+  imports, one warm-up session and a full collection), over the sessions at once. Sampled, so a
+  peak shorter than a sample's interval can be missed.
+- **open files**: the most entries of ``/proc/self/fd`` counted just before the sessions start,
+  every 20 ms while they run and just after they end (so a row shorter than 20 ms is counted).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ STEPS = 20
 MIN_STEPS = 2000
 SETTINGS = {"durable": 0.0, "buffered": 1.0}  # auto_save_interval
 FSYNC_SECONDS = 1.0
-FD_EVERY = 0.02  # seconds between two counts of the open files
+SAMPLE_EVERY = 0.02  # seconds between two counts of the open files and resident memory
 ROW_LIMIT = 300.0  # seconds a row may take: one that takes longer is reported as stopped
 
 
@@ -82,17 +85,29 @@ def parse(argv: list[str]) -> argparse.Namespace:
 # ---- one row, in a process of its own -----------------------------------------------------------
 
 
-class OpenFiles(threading.Thread):
-    """Counts this process's open file descriptors every :data:`FD_EVERY` s; ``peak`` the most."""
+class Sampler(threading.Thread):
+    """Counts this process's open file descriptors and resident memory when it starts, every
+    :data:`SAMPLE_EVERY` s and when stopped; ``files`` and ``resident`` are the most seen."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak = 0
+        self.files = 0
+        self.resident = 0
         self.done = threading.Event()
 
+    def sample(self) -> None:
+        self.files = max(self.files, len(os.listdir("/proc/self/fd")))
+        self.resident = max(self.resident, resident_kib())
+
     def run(self) -> None:
-        while not self.done.wait(FD_EVERY):
-            self.peak = max(self.peak, len(os.listdir("/proc/self/fd")))
+        self.sample()
+        while not self.done.wait(SAMPLE_EVERY):
+            self.sample()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+        self.sample()
 
 
 def latencies(result: Any, returned: float) -> list[float]:
@@ -135,13 +150,12 @@ async def load(manager: StateManager | None, row: dict[str, Any]) -> dict[str, A
     await session(f"{row['prefix']}-warm-up", manager, row["steps"])
     gc.collect()
     before = resident_kib()
-    files = OpenFiles()
-    files.start()
+    sampler = Sampler()
+    sampler.start()
     cpu, started = time.process_time(), time.perf_counter()
     slots = await asyncio.gather(*(slot(number) for number in range(row["sessions"])))
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    files.done.set()
-    files.join()
+    sampler.stop()
     steps = sum(taken for taken, _ in slots)
     spans = sorted(span for _, times in slots for span in times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -151,8 +165,8 @@ async def load(manager: StateManager | None, row: dict[str, Any]) -> dict[str, A
         "p50_ms": percentile(spans, 0.5) * 1e3,
         "p99_ms": percentile(spans, 0.99) * 1e3,
         "peak_mib": peak / 1024,
-        "kib_per_session": (peak - before) / row["sessions"],
-        "files": files.peak,
+        "kib_per_session": (sampler.resident - before) / row["sessions"],
+        "files": sampler.files,
     }
 
 
@@ -231,7 +245,7 @@ def describe(found: dict[str, Any]) -> str:
     return (
         f"{found['steps_per_s']:,.0f} steps/s, CPU {found['cpu_us']:.0f} µs/step, "
         f"latency p50 {found['p50_ms']:.2f} ms p99 {found['p99_ms']:.2f} ms, "
-        f"peak RSS {found['peak_mib']:.0f} MiB ({found['kib_per_session']:.0f} KiB/session), "
+        f"{found['kib_per_session']:.0f} KiB/session (lifetime peak RSS {found['peak_mib']:.0f} MiB), "
         f"{found['files']} open files"
     )
 

@@ -6,6 +6,7 @@ bench/results.md."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,5 +40,33 @@ def test_the_load_bench_runs_quick() -> None:
     ]
     assert [row[: len(start)] for row, start in zip(rows, expected, strict=True)] == expected
     for row in rows[2:]:
-        assert "steps/s" in row and "KiB/session" in row and "open files" in row, row
+        assert "steps/s" in row and "KiB/session" in row, row
+        files = re.search(r"(\d+) open files", row)
+        assert files is not None and int(files[1]) >= 3, row  # stdio alone, however short the row
     assert RESULTS.read_bytes() == written
+
+
+SAMPLED = """
+import load
+sampler = load.Sampler()
+sampler.start()
+sampler.stop()
+print(sampler.files, sampler.resident)
+"""
+
+
+def test_a_row_shorter_than_the_sampling_interval_is_still_counted() -> None:
+    """The sampler counts when it starts and when it is stopped, not only every 20 ms: stopped
+    at once, it has seen stdio's descriptors and the process's resident memory."""
+    done = subprocess.run(
+        [sys.executable, "-c", SAMPLED],
+        capture_output=True,
+        text=True,
+        timeout=RUN,
+        cwd=ROOT / "bench",
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+    )
+    files, resident = map(int, done.stdout.split())
+    assert files >= 3
+    assert resident > 0

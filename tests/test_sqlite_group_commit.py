@@ -9,6 +9,7 @@ first: everything submitted meanwhile is queued when the thread gets to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sqlite3
@@ -49,15 +50,17 @@ asyncio.run(main())
 
 
 DESCRIPTORS = """
-import asyncio, resource, sys
+import asyncio, logging, resource, sys
 from orchestra.coordination.state import SQLiteStorageBackend
+
+logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
 
 async def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64 if sys.argv[2] == "hard" else hard))
     storage = SQLiteStorageBackend(sys.argv[1])
     outcomes = await asyncio.gather(
-        *(storage.append(f"s{n}", ["r"], durable=True, after=0) for n in range(100)),
+        *(storage.append(f"s{n}", ["r"], durable=True, after=0) for n in range(int(sys.argv[3]))),
         return_exceptions=True,
     )
     failed = [str(outcome) for outcome in outcomes if outcome is not None]
@@ -191,7 +194,8 @@ async def test_a_session_another_writer_holds_fails_alone_in_its_group(
 
 class FailingCommit(sqlite3.Connection):
     """A connection whose next COMMIT fails as a full disk does: before committing, or (the
-    answer lost) after."""
+    answer lost) after; with "rollback", before committing, and the ROLLBACK after it fails too
+    (a failing disk)."""
 
     fail: str | None = None
 
@@ -200,7 +204,12 @@ class FailingCommit(sqlite3.Connection):
             fail, self.fail = self.fail, None
             if fail == "after":
                 super().execute(sql, *args)
+            if fail == "rollback":
+                self.fail = "ROLLBACK"
             raise sqlite3.OperationalError("database or disk is full")
+        if sql == "ROLLBACK" and self.fail == "ROLLBACK":
+            self.fail = None
+            raise sqlite3.OperationalError("disk I/O error")
         return super().execute(sql, *args)
 
 
@@ -241,6 +250,80 @@ async def test_a_failed_commit_fails_every_append_of_its_group_and_a_retry_store
     assert await outcomes(appends()) == [None, None, None]  # the writer sends each again
     for name in names:
         assert await storage.read(name) == [record(name, 1)]
+
+
+def committed(path: Path) -> list[str]:
+    """The sessions whose appends another connection finds committed in the file."""
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        return [row[0] for row in reader.execute("SELECT session FROM appends ORDER BY session")]
+
+
+async def test_a_group_whose_rollback_fails_too_leaves_no_transaction_open(
+    storage: SQLiteStorageBackend,
+) -> None:
+    """COMMIT fails, then ROLLBACK fails: the group reports the COMMIT's error, and the store
+    drops the connection (SQLite discards the transaction), so a later append is committed
+    when it is acknowledged, not left inside a transaction nobody commits."""
+    await failing(storage, "rollback")
+    with held(storage._worker):
+        calls = [storage.append(name, [record(name, 1)], durable=True, after=0) for name in "ab"]
+    errors = await outcomes(calls)
+    assert {str(error) for error in errors} == {
+        f"the session store {storage.path} could not commit 2 appends together: "
+        "database or disk is full"
+    }
+    await storage.append("lone", [record("lone", 1)], durable=True, after=0)
+    assert committed(storage.path) == ["lone"]
+    with held(storage._worker):
+        calls = [storage.append(name, [record(name, 1)], durable=True, after=0) for name in "ab"]
+    assert await outcomes(calls) == [None, None]
+    assert committed(storage.path) == ["a", "b", "lone"]
+
+
+async def test_no_append_runs_inside_a_transaction_left_open(
+    storage: SQLiteStorageBackend,
+) -> None:
+    """Whatever left the connection inside a transaction, the next append is committed."""
+    await storage.exists("opened")
+    assert storage._connection is not None
+    storage._connection.execute("BEGIN IMMEDIATE")
+    await storage.append("lone", [record("lone", 1)], durable=True, after=0)
+    assert committed(storage.path) == ["lone"]
+
+
+class Synchronous:
+    """The ``synchronous`` mode each COMMIT ran under, from the statements SQLite traces."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.commits: list[str] = []
+
+    def __call__(self, statement: str) -> None:
+        words = statement.replace("=", " ").split()
+        if words[:2] == ["PRAGMA", "synchronous"]:
+            self.mode = words[2]
+        elif words[0] == "COMMIT":
+            self.commits.append(self.mode)
+
+
+@pytest.mark.parametrize("durable", [[False, True, False], [False, False, False]])
+async def test_a_group_holding_a_durable_append_commits_with_synchronous_full(
+    storage: SQLiteStorageBackend, durable: list[bool]
+) -> None:
+    """The OS-crash half of the promise, which a kill -9 test cannot see: a group with any
+    durable append syncs as a durable append alone does (FULL); one with none need not."""
+    await storage.exists("opened")
+    assert storage._connection is not None
+    trace = Synchronous(storage._synchronous)
+    storage._connection.set_trace_callback(trace)
+    names = ["a", "b", "c"]
+    with held(storage._worker):
+        calls = [
+            storage.append(name, [record(name, 1)], durable=sync, after=0)
+            for name, sync in zip(names, durable, strict=True)
+        ]
+    assert await outcomes(calls) == [None, None, None]
+    assert trace.commits == ["FULL" if any(durable) else "NORMAL"]
 
 
 async def test_session_writers_resend_a_group_whose_commit_answer_was_lost(
@@ -306,27 +389,43 @@ def test_a_kill_9_loses_no_acknowledged_append_of_200_concurrent_sessions(
     asyncio.run(check())
 
 
-def descriptors(path: Path, limit: str) -> list[str]:
-    """What a process that may open 64 files reports after 100 sessions' first appends."""
+def descriptors(path: Path, limit: str, sessions: int = 100) -> tuple[list[str], list[str]]:
+    """What a process that may open 64 files reports after ``sessions``' first appends, and
+    what it logs."""
     done = subprocess.run(
-        [sys.executable, "-c", DESCRIPTORS, str(path), limit],
+        [sys.executable, "-c", DESCRIPTORS, str(path), limit, str(sessions)],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    return done.stdout.splitlines()
+    return done.stdout.splitlines(), done.stderr.splitlines()
+
+
+RAISED = "orchestra.coordination.state.sqlite INFO raised the soft limit on open files from 64 to "
 
 
 def test_running_more_sessions_than_the_soft_limit_on_open_files_allows_raises_it(
     tmp_path: Path,
 ) -> None:
     """Each running session holds its lock file open: past the soft limit, it is raised."""
-    assert descriptors(tmp_path / "state.db", "soft") == ["0 -", "True"]
+    printed, logged = descriptors(tmp_path / "state.db", "soft")
+    assert printed == ["0 -", "True"]
+    assert [line.startswith(RAISED) for line in logged] == [True]  # once
+
+
+def test_the_soft_limit_is_raised_once_half_of_it_is_in_use(tmp_path: Path) -> None:
+    """Before anything runs out: 40 sessions under a soft limit of 64 never meet EMFILE, but
+    their locks fill half of it, so a model's socket or SQLite itself would be next."""
+    printed, logged = descriptors(tmp_path / "state.db", "soft", sessions=40)
+    assert printed == ["0 -", "True"]
+    assert len(logged) == 1
+    assert logged[0].startswith(RAISED)
+    assert "child processes started from now on inherit it" in logged[0]
 
 
 def test_past_the_hard_limit_on_open_files_an_append_says_what_to_do(tmp_path: Path) -> None:
-    failed, error = descriptors(tmp_path / "state.db", "hard")[0].split(" ", 1)
+    failed, error = descriptors(tmp_path / "state.db", "hard")[0][0].split(" ", 1)
     assert int(failed) > 0
     assert error.startswith("[Errno 24] session 's")
     assert error.endswith(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import sqlite3
 import threading
@@ -33,6 +35,9 @@ except ImportError:  # not POSIX: the limit on open files is the system's
     resource = None  # type: ignore[assignment]
 
 T = TypeVar("T")
+
+_LOG = logging.getLogger(__name__)
+_LIMIT_RAISED = threading.Event()  # the soft limit on open files was raised (or tried) once
 
 
 class _Append(NamedTuple):
@@ -104,9 +109,34 @@ class SQLiteStorageBackend:
         return f"SQLiteStorageBackend({str(self.path)!r})"
 
     def _db(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self._connection = self._open()
-        return self._connection
+        """The connection, never inside a transaction: one a failure left open (nothing in it
+        was acknowledged) is rolled back first, so no later statement runs in it and is
+        acknowledged without being committed."""
+        connection = self._connection
+        if connection is not None and connection.in_transaction:
+            self._roll_back(connection)
+            connection = self._connection
+        if connection is None:
+            connection = self._connection = self._open()
+        return connection
+
+    def _roll_back(self, db: sqlite3.Connection) -> None:
+        """Roll back the open transaction. When even that fails (a failing disk), close the
+        connection, which makes SQLite discard the transaction: the next call opens the file
+        again. The caller reports the error that made it roll back, not this one."""
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        """Close the connection and forget what was known of it (writer locks are kept)."""
+        if self._connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.close()
+            self._connection = None
+            self._synchronous = ""
+            self._damage = None
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -272,7 +302,7 @@ class SQLiteStorageBackend:
         same error (none is stored; the writer sends it again, and an exact repeat of one that
         was stored after all is recognised)."""
         if db.in_transaction:
-            db.execute("ROLLBACK")
+            self._roll_back(db)
         if isinstance(error, sqlite3.Error) and not _is_damage(error):
             cause = error
             error = type(error)(
@@ -314,6 +344,7 @@ class SQLiteStorageBackend:
         path.parent.mkdir(exist_ok=True)
         while True:
             descriptor = _open_lock(session_id, path)
+            _make_room(descriptor)
             try:
                 lock_session(session_id, descriptor)
                 if _same_file(descriptor, path):
@@ -434,7 +465,7 @@ class SQLiteStorageBackend:
             db.execute("COMMIT")
         except BaseException as error:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                self._roll_back(db)
             if isinstance(error, sqlite3.Error) and _is_damage(error):
                 raise self._damaged(session_id, f"{error}; nothing of it was deleted") from None
             raise
@@ -463,11 +494,7 @@ class SQLiteStorageBackend:
         with self._lock:
             for session_id in list(self._writing):
                 self._let_go(session_id)
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-                self._synchronous = ""
-                self._damage = None
+            self._disconnect()
 
 
 def _is_damage(error: sqlite3.Error) -> bool:
@@ -497,17 +524,15 @@ def _readable_sessions(db: sqlite3.Connection) -> list[str]:
 
 
 def _open_lock(session_id: str, path: Path) -> int:
-    """Open a session's lock file. Each running session holds one open, so a process running
-    about a thousand sessions at once reaches the usual soft limit of 1024 open files: then the
-    soft limit is raised to the hard one (as Go's runtime does at start) and the file opened
-    again; past the hard limit, the error says which session and what to do."""
+    """Open a session's lock file (each running session holds one open); past the limit on
+    open files, the error says which session and what to do."""
     for retry in (False, True):
         try:
             return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             if error.errno != errno.EMFILE:
                 raise
-            if retry or not _more_descriptors():
+            if retry or not _more_descriptors("it ran out"):
                 break
     raise OSError(
         errno.EMFILE,
@@ -516,11 +541,26 @@ def _open_lock(session_id: str, path: Path) -> int:
     )
 
 
-def _more_descriptors() -> bool:
-    """Raise the soft limit on open files to the hard one (where that is unlimited, to
-    65536); whether it was lower."""
-    if resource is None:
+def _make_room(descriptor: int) -> None:
+    """Once a writer lock's descriptor shows half the soft limit on open files in use (a new
+    descriptor is the lowest free one, so all those below it are open), raise the soft limit
+    to the hard one, before a model's socket, a tool's file or SQLite itself runs out: a
+    process running about a thousand sessions at once under the usual soft limit of 1024
+    would. Counting descriptors, not locks, sees every backend and every other user."""
+    if _LIMIT_RAISED.is_set() or resource is None:
+        return
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and descriptor >= soft // 2:
+        _more_descriptors(f"{descriptor + 1} files are open")
+
+
+def _more_descriptors(why: str) -> bool:
+    """Raise the soft limit on open files to the hard one (where that is unlimited, to 65536),
+    once in the process's life; whether it was raised now. Logged, as child processes started
+    from then on inherit the raised limit."""
+    if resource is None or _LIMIT_RAISED.is_set():
         return False
+    _LIMIT_RAISED.set()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = 65536 if hard == resource.RLIM_INFINITY else hard
     if soft == resource.RLIM_INFINITY or soft >= target:
@@ -529,6 +569,14 @@ def _more_descriptors() -> bool:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (OSError, ValueError):  # the system allows less (macOS: OPEN_MAX)
         return False
+    _LOG.info(
+        "raised the soft limit on open files from %d to %d, as %s (each running session holds "
+        "one for its writer lock); child processes started from now on inherit it: raise "
+        "`ulimit -n` before starting to avoid this",
+        soft,
+        target,
+        why,
+    )
     return True
 
 
