@@ -127,7 +127,10 @@ class StartInput:
     """A session workflow's input. ``header`` is the run's first record (``RunStart``) as its
     log line: the workflow feeds it as it is. ``version`` (``version_of``) says which hosted
     workflow runs it; ``fingerprint`` is its topology's, for the error that says what changed
-    when a worker does not host it."""
+    when a worker does not host it. ``base`` is how many records the session's log held
+    before this workflow run's journal (its earlier runs' records: a run that goes on from a
+    closed one carries that one's base with its journal), so a default checkpoint name counts
+    the session's records, as embedded, not this run's."""
 
     version: str
     fingerprint: list[str]
@@ -135,6 +138,7 @@ class StartInput:
     communication: Communication
     heartbeat_timeout: float
     continuation: Continuation | None = None
+    base: int = 0
 
 
 @dataclass
@@ -315,6 +319,12 @@ def start_input(
         communication=communication_of(setup),
         heartbeat_timeout=heartbeat_timeout,
     )
+
+
+def checkpoint_name(name: str | None, base: int, journal_length: int) -> str:
+    """The checkpoint's name: ``name``, or one made from its position in the session's log
+    (the records before the workflow run, ``base``, and the run's journal), as embedded."""
+    return name or f"checkpoint-{base + journal_length + 1}"
 
 
 def communication_of(setup: Setup) -> Communication:

@@ -55,6 +55,7 @@ from .protocol import (
     RecordsPage,
     StartInput,
     State,
+    checkpoint_name,
     records_page,
     unpack_lines,
 )
@@ -102,6 +103,7 @@ class SessionWorkflow:
     @workflow.init
     def __init__(self, start: StartInput) -> None:
         self._lines: list[str] = []
+        self._base = start.base
         going_on = start.continuation
         # a run that restores a checkpoint waits for its resume from the first: a resume sent
         # at once (in the same workflow task as the start) is kept, not dropped
@@ -338,7 +340,7 @@ class SessionWorkflow:
             raise ApplicationError(
                 f"session {workflow.info().workflow_id!r}: its run is over", type=CLOSED
             )
-        name = name or f"checkpoint-{len(self._lines) + 1}"
+        name = checkpoint_name(name, self._base, len(self._lines))
         checkpoint_id = f"{workflow.info().workflow_id}@{name}"
         if self._runner is not None:
             self._runner.checkpoint(checkpoint_id, name, len(self._lines))
