@@ -295,6 +295,11 @@ class Follower:
         from when its user sees the question, and says what happens at its end), and its
         timeout is sent as such (``timed_out``): the workflow decides the outcome."""
         assert self.channel is not None and self.communication is not None
+        if item.get("parted"):
+            whole = await _question_text(self.handle, item["id"])
+            if whole is None:
+                return  # answered, withdrawn or timed out while its text was read
+            item = whole
         question = _question(self.handle.id, item)
         seconds = self.communication.limit(question)
         channel = self.channel
@@ -362,6 +367,32 @@ class Follower:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _question_text(handle: Any, question_id: str) -> dict[str, Any] | None:
+    """An open question listed without its text (``OpenQuestion.parted``: too large for a
+    records page), read whole in parts (the ``question`` query); None once it is no longer
+    open. A query with no answer (a worker being replaced) is asked again."""
+    text, offset = "", 0
+    while True:
+        try:
+            answer = await handle.query(
+                protocol.QUESTION_QUERY, args=[question_id, offset], rpc_timeout=_QUERY_TIMEOUT
+            )
+        except WorkflowQueryFailedError:
+            return None  # the workflow failed: following it says so
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return None
+            await asyncio.sleep(FAST)  # no worker answered this time: asked again
+            continue
+        if not answer["open"] or (offset and not answer["part"]):
+            return None
+        text += str(answer["part"])
+        offset = int(answer["offset"])
+        if offset == 0:
+            whole: dict[str, Any] = records.loads(text)
+            return whole
 
 
 def _question(session_id: str, item: dict[str, Any]) -> Question:

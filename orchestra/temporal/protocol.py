@@ -38,6 +38,7 @@ MIRROR_ACTIVITY = "orchestra.mirror"
 
 RECORDS_QUERY = "records"
 QUESTIONS_QUERY = "questions"
+QUESTION_QUERY = "question"
 ANSWER_UPDATE = "answer"
 PAUSE_SIGNAL = "pause"
 RESUME_SIGNAL = "resume"
@@ -54,6 +55,9 @@ CLOSED = "SessionClosed"
 """The type of the failure of a ``checkpoint`` update sent to a run that finished meanwhile."""
 
 PAGE_BYTES = 1_000_000
+QUESTION_BYTES = PAGE_BYTES // 4
+"""Of a records page, what its open questions may take whole: the ones past it are listed
+without their text (``OpenQuestion.parted``), which the follower reads in parts."""
 """The most bytes of records one ``records`` query answers, counted as they cross: each line
 JSON-encoded again (``json.dumps``, ASCII only, as temporalio encodes the answer), where a
 non-ASCII character takes 6 bytes and a quote 2. A query's answer is a Temporal payload, which
@@ -182,7 +186,9 @@ def unpack_lines(text: str) -> list[str]:
 
 class OpenQuestion(TypedDict):
     """One open question, as the ``questions`` query lists it. ``response_line``: a follow-up
-    offer's response as JSON text of its plain form (``values.to_plain``), else None."""
+    offer's response as JSON text of its plain form (``values.to_plain``), else None.
+    ``parted``: a records page lists it without its text and response (they did not fit its
+    share, ``QUESTION_BYTES``); the ``question`` query gives it whole, in parts."""
 
     id: str
     branch_id: str
@@ -191,6 +197,18 @@ class OpenQuestion(TypedDict):
     kind: Literal["agent", "budget", "follow_up"]
     timeout: float | None
     response_line: str | None
+    parted: NotRequired[bool]
+
+
+class QuestionPart(TypedDict):
+    """The ``question(question_id, offset)`` query's answer: the open question's JSON text
+    (``json.dumps`` of its ``OpenQuestion``) from ``offset`` on, as many characters as fit a
+    page, and ``offset``, where the next part starts (0 after the last); ``open`` False, and
+    nothing else, once the question is no longer open."""
+
+    open: bool
+    part: str
+    offset: int
 
 
 class RecordsPage(TypedDict):
@@ -221,8 +239,9 @@ def records_page(
     ``since`` while they fit ``PAGE_BYTES``, or a part of the line at ``since`` when it alone
     does not (or ``offset`` asks for its next part)."""
     start = max(since, 0)
-    budget = PAGE_BYTES - encoded_size(questions)
-    page = RecordsPage(lines=[], next=start, state=state, questions=questions)
+    listed = bounded(questions)
+    budget = PAGE_BYTES - encoded_size(listed)
+    page = RecordsPage(lines=[], next=start, state=state, questions=listed)
     size = 0
     for line in journal[start:] if offset <= 0 else ():
         line_size = encoded_size(line)
@@ -240,6 +259,40 @@ def records_page(
     if end >= len(line):
         page["next"], page["offset"] = start + 1, 0
     return page
+
+
+def bounded(questions: list[OpenQuestion]) -> list[OpenQuestion]:
+    """The open questions as a records page lists them: whole while they fit
+    ``QUESTION_BYTES``, the rest without their text and response (``parted``), so a page
+    always fits however large the questions are."""
+    listed: list[OpenQuestion] = []
+    size = 0
+    for question in questions:
+        size += encoded_size(question)
+        if size > QUESTION_BYTES:
+            question = OpenQuestion(
+                id=question["id"],
+                branch_id=question["branch_id"],
+                agent=question["agent"],
+                text="",
+                kind=question["kind"],
+                timeout=question["timeout"],
+                response_line=None,
+                parted=True,
+            )
+        listed.append(question)
+    return listed
+
+
+def question_part(questions: list[OpenQuestion], question_id: str, offset: int) -> QuestionPart:
+    """The ``question`` query's answer over the open ``questions`` (see ``QuestionPart``)."""
+    found = [question for question in questions if question["id"] == question_id]
+    if not found:
+        return QuestionPart(open=False, part="", offset=0)
+    text = json.dumps(found[0])
+    begin = max(offset, 0)
+    end = begin + _fitting_chars(text, begin, PAGE_BYTES)
+    return QuestionPart(open=True, part=text[begin:end], offset=end if end < len(text) else 0)
 
 
 def _fitting_chars(line: str, begin: int, budget: int) -> int:

@@ -41,6 +41,7 @@ from .protocol import (
     CLOSED,
     NOT_PAUSED,
     PAUSE_SIGNAL,
+    QUESTION_QUERY,
     QUESTIONS_QUERY,
     RECORDS_QUERY,
     RESTORE_UPDATE,
@@ -52,10 +53,13 @@ from .protocol import (
     Continuation,
     OpenQuestion,
     Outcome,
+    QuestionPart,
     RecordsPage,
     StartInput,
     State,
+    bounded,
     checkpoint_name,
+    question_part,
     records_page,
     unpack_lines,
 )
@@ -317,7 +321,11 @@ class SessionWorkflow:
 
     @workflow.query(name=QUESTIONS_QUERY)
     def questions(self) -> list[OpenQuestion]:
-        return self._channel.listed()
+        return bounded(self._channel.listed())
+
+    @workflow.query(name=QUESTION_QUERY)
+    def question(self, question_id: str, offset: int = 0) -> QuestionPart:
+        return question_part(self._channel.listed(), question_id, offset)
 
     @workflow.update(name=ANSWER_UPDATE)
     def answer(self, answer: Answer) -> bool:
