@@ -350,3 +350,66 @@ async def test_a_timed_channels_timeout_gives_the_embedded_outcome(client: Clien
         )
     assert errors[1] == errors[0]
     assert any("did not answer the question of agent" in error for error in errors[0])
+
+
+class GoneTerminal:
+    """A TimedChannel whose user never answers (``shown`` once it shows the question)."""
+
+    def __init__(self) -> None:
+        self.shown = asyncio.Event()
+
+    async def ask(self, question: Any) -> str:
+        raise AssertionError("a timed channel is asked within its limit")
+
+    async def ask_within(self, question: Any, seconds: float | None, outcome: str) -> str:
+        self.shown.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+
+class Silent:
+    """A plain channel whose user never answers."""
+
+    async def ask(self, question: Any) -> str:
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+
+async def test_a_timed_client_that_went_away_leaves_the_limit_to_the_workflow(
+    client: Client,
+) -> None:
+    """The session's first client (the terminal: its channel owns the limit) shows the
+    question and is interrupted; a plain-channel client follows it. The question times out
+    at its 1 s limit, with the outcome an embedded run gives, not an hour later."""
+    topology = Topology(nodes=["A"], edges=["A -> User", "User -> A"])
+    agents = [llm("A", FunctionModel(asker))]
+    config = CommunicationConfig(channel=Silent(), user_timeout=1, on_user_timeout="fail")
+    embedded = await run("x", topology, agents, wait=ON_TEMPORAL, communication_config=config)
+    async with hosted(client, topology, agents) as executor:
+        session_id = f"gone-{uuid.uuid4().hex[:8]}"
+        terminal = GoneTerminal()
+        first = OrchestraInstance(
+            topology,
+            AgentRegistry(agents),
+            quiet(),
+            CommunicationManager(terminal, user_timeout=1, on_user_timeout="fail"),
+            executor=executor,
+        )
+        running = asyncio.create_task(first.execute("x", {"session_id": session_id}))
+        await asyncio.wait_for(terminal.shown.wait(), ON_TEMPORAL)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        second = OrchestraInstance(
+            topology,
+            AgentRegistry(agents),
+            quiet(),
+            CommunicationManager(Silent(), user_timeout=1, on_user_timeout="fail"),
+            executor=executor,
+        )
+        followed = await asyncio.wait_for(second.resume_session(session_id), ON_TEMPORAL)
+    said = [
+        (result.success, re.sub(r"question \S+,", "question ?,", str(result.error)))
+        for result in (embedded, followed)
+    ]
+    assert said[1] == said[0] and not said[0][0], said

@@ -293,7 +293,10 @@ class Follower:
         the workflow. The workflow applies the time limit, unless the channel is a
         :class:`TimedChannel` (the terminal): that one owns it, as embedded (it counts it
         from when its user sees the question, and says what happens at its end), and its
-        timeout is sent as such (``timed_out``): the workflow decides the outcome."""
+        timeout is sent as such (``timed_out``): the workflow decides the outcome. Such a
+        channel claims the question while it shows it (``claim``), so the workflow leaves
+        the limit to it; the claim is released if this client stops asking (Ctrl-C, pause),
+        and the workflow applies the limit itself again."""
         assert self.channel is not None and self.communication is not None
         if item.get("parted"):
             whole = await _question_text(self.handle, item["id"])
@@ -302,8 +305,23 @@ class Follower:
             item = whole
         question = _question(self.handle.id, item)
         seconds = self.communication.limit(question)
+        timed = isinstance(self.channel, TimedChannel) and seconds is not None
+        if not timed:
+            await self._asked(question, seconds, timed=False)
+            return
+        if not await self._claim(question.id, True):
+            return  # answered, withdrawn or timed out meanwhile
+        try:
+            await self._asked(question, seconds, timed=True)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._claim(question.id, False))
+            raise
+
+    async def _asked(self, question: Question, seconds: float | None, *, timed: bool) -> None:
+        """Ask the channel ``question`` (within ``seconds`` when it owns the limit: ``timed``)
+        and send the workflow its answer, its failure or its timeout."""
         channel = self.channel
-        timed = isinstance(channel, TimedChannel) and seconds is not None
+        assert self.communication is not None and channel is not None
         answer: Any = None
         error: str | None = None
         timed_out = False
@@ -334,6 +352,22 @@ class Follower:
             await self._send(payload)
         finally:
             self._sending.discard(question.id)
+
+    async def _claim(self, question_id: str, claimed: bool) -> bool:
+        """Claim the question for this client's channel, which owns its time limit, or
+        release the claim (the ``claim`` update): False when the workflow no longer has it
+        open. A claim that gets no answer is not made: the workflow then applies the limit
+        itself, from the ask, and this channel's timer applies it too."""
+        try:
+            return bool(
+                await self.handle.execute_update(
+                    protocol.CLAIM_UPDATE, args=[question_id, claimed], rpc_timeout=_QUERY_TIMEOUT
+                )
+            )
+        except WorkflowUpdateFailedError:
+            return True  # a workflow from before claims: it keeps the backstop anyway
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            return True
 
     async def _send(self, payload: Answer) -> None:
         """Send an answer with the ``answer`` update, tried again (with the same update id:

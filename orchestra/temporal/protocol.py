@@ -45,6 +45,11 @@ RESUME_SIGNAL = "resume"
 CHECKPOINT_UPDATE = "checkpoint"
 RESTORE_UPDATE = "restore"
 RESUME_UPDATE = "resume_kept"
+CLAIM_UPDATE = "claim"
+"""A following client whose channel owns the time limit (a ``TimedChannel``) claims each
+question it shows (``claim(question_id, True)``: whether it is still open) and releases its
+claims when it goes away (``claim(question_id, False)``); a question no client holds a claim
+on is timed out by the workflow at its limit, as embedded."""
 """The ``resume`` signal as an update answering whether the workflow kept it (paused, or
 pausing): what a client sends with additional context to a session that may be running."""
 
@@ -116,7 +121,10 @@ class Communication:
     """The client's channel applies the limit itself (a ``TimedChannel``: the terminal counts
     it from when its user sees the question, one at a time): the client reports a timeout
     with the ``answer`` update (``timed_out``), and the workflow keeps only a backstop timer
-    (``CLIENT_LIMIT_BACKSTOP`` past the limit) for a client that went away."""
+    (``CLIENT_LIMIT_BACKSTOP`` past the limit) for a client that went away. That holds for
+    a question such a client claimed (``CLAIM_UPDATE``): one that no client claimed within
+    its limit (the terminal went away, or a plain channel follows) is timed out by the
+    workflow at the limit."""
 
 
 CLIENT_LIMIT_BACKSTOP = 3600.0

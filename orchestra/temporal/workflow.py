@@ -38,6 +38,7 @@ from .mirror import MIRROR_ACTIVITY, MirrorBatch
 from .protocol import (
     ANSWER_UPDATE,
     CHECKPOINT_UPDATE,
+    CLAIM_UPDATE,
     CLOSED,
     NOT_PAUSED,
     PAUSE_SIGNAL,
@@ -326,6 +327,15 @@ class SessionWorkflow:
     @workflow.query(name=QUESTION_QUERY)
     def question(self, question_id: str, offset: int = 0) -> QuestionPart:
         return question_part(self._channel.listed(), question_id, offset)
+
+    @workflow.update(name=CLAIM_UPDATE)
+    def claim(self, question_id: str, claimed: bool = True) -> bool:
+        """A following client whose channel owns the time limit shows the question (the
+        workflow keeps only its backstop for it), or went away (``claimed`` False: the limit
+        applies here again); False when the question is no longer open."""
+        if not isinstance(question_id, str) or not isinstance(claimed, bool):
+            raise ApplicationError(f"a claim that cannot be read: {question_id!r}, {claimed!r}")
+        return self._channel.claim(question_id, claimed)
 
     @workflow.update(name=ANSWER_UPDATE)
     def answer(self, answer: Answer) -> bool:
