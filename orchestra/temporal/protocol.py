@@ -128,6 +128,11 @@ class Communication:
 
 
 CLIENT_LIMIT_BACKSTOP = 3600.0
+CLAIM_GRACE = 5.0
+"""Seconds past a question's limit that the workflow of a session followed by a client whose
+channel owns the limit waits for its claim before it times the question out itself: room for
+the claim to arrive under load, so that client's own timing (from when it shows the question)
+decides, as embedded."""
 """Seconds past a question's limit after which the workflow times it out itself when the
 client's channel owns the limit (``Communication.client_timed``) and reported nothing: room
 for the questions queued before it on the client's screen, and for a client that went away

@@ -246,9 +246,8 @@ class ClientTimed:
         try:
             while not asking.done():
                 claimed = self._channel.claimed(question.id)
-                left = (limit + protocol.CLIENT_LIMIT_BACKSTOP if claimed else limit) - (
-                    workflow.time()
-                )
+                grace = protocol.CLIENT_LIMIT_BACKSTOP if claimed else protocol.CLAIM_GRACE
+                left = limit + grace - workflow.time()
                 if left <= 0:
                     raise TimeoutError()
                 with contextlib.suppress(TimeoutError):
