@@ -264,3 +264,41 @@ def test_a_restore_met_while_following_stops_the_follower() -> None:
     line = records.encode(inp.Restore(at=1.0, position=3, checkpoint_id="s1@c"), 9)
     with pytest.raises(SessionError, match=r"'s1' was restored .*record 9\): resume_session"):
         follower._applied({"lines": [line], "next": 9})
+
+
+async def runs_of_one_session(
+    instance: OrchestraInstance, pair: Pair, session_id: str
+) -> list[Any]:
+    """Two runs of one session, each with a checkpoint named by default at its end; the
+    second run's end restored (its workflow run closes at once), then at once a third run and
+    one more default checkpoint."""
+    pair.go_on.set()
+    said: list[Any] = [await instance.execute("one", {"session_id": session_id})]
+    said.append(await instance.create_checkpoint(session_id))
+    said.append(await instance.execute("two", {"session_id": session_id}))
+    said.append(await instance.create_checkpoint(session_id))
+    said.append(await instance.restore_checkpoint(said[-1]))
+    said.append(await instance.execute("three", {"session_id": session_id}))
+    said.append(await instance.create_checkpoint(session_id))
+    return said
+
+
+async def test_default_checkpoint_names_count_the_sessions_records_across_runs(
+    client: Client, tmp_path: Path
+) -> None:
+    pair = Pair()
+    session_id = f"runs-{uuid.uuid4().hex[:8]}"
+    async with instances(client, tmp_path, pair) as (embedded, on_temporal, _, store):
+        here = await runs_of_one_session(embedded, pair, session_id)
+        there = await runs_of_one_session(on_temporal, pair, session_id)
+        assert _comparable(there) == _comparable(here)
+        assert len({here[1], here[3], here[6]}) == 3  # one id each, as embedded
+        assert [here[n].final_response for n in (0, 2, 5)] == [
+            "job first second None".replace("job", word) for word in ("one", "two", "three")
+        ]
+        # the first run's checkpoint is in an earlier workflow run: refused, never another's
+        assert await on_temporal.restore_checkpoint(here[1]) is False
+        mirrored = await store.load(session_id)
+        assert sorted(mirrored.checkpoints) == sorted(
+            (await embedded.state_manager.load(session_id)).checkpoints  # type: ignore[union-attr]
+        )

@@ -19,6 +19,7 @@ import typer
 from helpers import ask, final, fn, invoke, llm, quiet, run
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
 from test_temporal_executor import ON_TEMPORAL, PAIR, hosted, waiting_pair
 
 from orchestra import (
@@ -93,7 +94,10 @@ async def test_a_file_of_another_version_is_refused_before_anything_is_sent(
         sent = await signals(client, session_id)
         wrong = instance(OTHER, others, executor)
         mine, theirs = version(PAIR, agents), version(OTHER, others)
-        named = rf"'{session_id}' runs workflow version {mine}.*this workflow is version {theirs}"
+        named = (
+            rf"'{session_id}' runs workflow version {mine}.*this workflow is version {theirs} "
+            r"\(its name, the file's stem or metadata 'workflow', or its topology"
+        )  # a renamed copy of the file is another version too: the message says it may be that
         with pytest.raises(WorkflowVersionError, match=named):
             await wrong.resume_session(session_id)
         with pytest.raises(WorkflowVersionError, match=named):
@@ -157,6 +161,44 @@ async def test_a_session_no_live_worker_takes_is_terminated_and_refused(
     described = await client.get_workflow_handle(session_id).describe()
     assert described.status is WorkflowExecutionStatus.TERMINATED
     assert session_id not in executor.on_temporal
+
+
+async def test_a_session_interrupted_in_the_first_task_wait_is_terminated(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while no worker takes the new session's first task (its version's only worker
+    just stopped): the workflow is terminated, and the session is not said to go on."""
+    monkeypatch.setattr(routing, "FIRST_TASK_WAIT", 600.0)
+    agents = [fn("First", lambda x, c: x), fn("Second", lambda x, c: x)]
+    queue = f"test-{uuid.uuid4().hex}"
+    hosting = Hosting()
+    hosting.add(PAIR, AgentRegistry(agents))
+    executor = TemporalExecutor(client, queue)
+    runs = instance(PAIR, agents, executor)
+    async with worker(client, queue, hosting):
+        done = await asyncio.wait_for(runs.execute("job", {"session_id": "x"}), ON_TEMPORAL)
+        assert done.success
+    session_id = f"cut-{uuid.uuid4().hex[:8]}"
+    waiting = asyncio.create_task(runs.execute("job", {"session_id": session_id}))
+    handle = client.get_workflow_handle(session_id)
+    deadline = asyncio.get_running_loop().time() + ON_TEMPORAL
+    while not await started(handle):
+        assert asyncio.get_running_loop().time() < deadline, "the workflow was never started"
+        await asyncio.sleep(0.1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert (await handle.describe()).status is WorkflowExecutionStatus.TERMINATED
+    assert session_id not in executor.on_temporal
+
+
+async def started(handle: Any) -> bool:
+    """Whether the workflow exists (its start was accepted)."""
+    try:
+        await handle.describe()
+    except RPCError:
+        return False
+    return True
 
 
 async def test_a_session_interrupted_before_it_started_is_not_said_to_go_on(
@@ -308,3 +350,66 @@ async def test_a_timed_channels_timeout_gives_the_embedded_outcome(client: Clien
         )
     assert errors[1] == errors[0]
     assert any("did not answer the question of agent" in error for error in errors[0])
+
+
+class GoneTerminal:
+    """A TimedChannel whose user never answers (``shown`` once it shows the question)."""
+
+    def __init__(self) -> None:
+        self.shown = asyncio.Event()
+
+    async def ask(self, question: Any) -> str:
+        raise AssertionError("a timed channel is asked within its limit")
+
+    async def ask_within(self, question: Any, seconds: float | None, outcome: str) -> str:
+        self.shown.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+
+class Silent:
+    """A plain channel whose user never answers."""
+
+    async def ask(self, question: Any) -> str:
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+
+async def test_a_timed_client_that_went_away_leaves_the_limit_to_the_workflow(
+    client: Client,
+) -> None:
+    """The session's first client (the terminal: its channel owns the limit) shows the
+    question and is interrupted; a plain-channel client follows it. The question times out
+    at its 1 s limit, with the outcome an embedded run gives, not an hour later."""
+    topology = Topology(nodes=["A"], edges=["A -> User", "User -> A"])
+    agents = [llm("A", FunctionModel(asker))]
+    config = CommunicationConfig(channel=Silent(), user_timeout=1, on_user_timeout="fail")
+    embedded = await run("x", topology, agents, wait=ON_TEMPORAL, communication_config=config)
+    async with hosted(client, topology, agents) as executor:
+        session_id = f"gone-{uuid.uuid4().hex[:8]}"
+        terminal = GoneTerminal()
+        first = OrchestraInstance(
+            topology,
+            AgentRegistry(agents),
+            quiet(),
+            CommunicationManager(terminal, user_timeout=1, on_user_timeout="fail"),
+            executor=executor,
+        )
+        running = asyncio.create_task(first.execute("x", {"session_id": session_id}))
+        await asyncio.wait_for(terminal.shown.wait(), ON_TEMPORAL)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        second = OrchestraInstance(
+            topology,
+            AgentRegistry(agents),
+            quiet(),
+            CommunicationManager(Silent(), user_timeout=1, on_user_timeout="fail"),
+            executor=executor,
+        )
+        followed = await asyncio.wait_for(second.resume_session(session_id), ON_TEMPORAL)
+    said = [
+        (result.success, re.sub(r"question \S+,", "question ?,", str(result.error)))
+        for result in (embedded, followed)
+    ]
+    assert said[1] == said[0] and not said[0][0], said

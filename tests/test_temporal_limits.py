@@ -21,13 +21,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from helpers import final, fn, llm, quiet
+from helpers import ask, final, fn, llm, quiet
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
+from test_temporal_executor import hosted
 
 from orchestra import Action, AgentRegistry, ErrorHandlingConfig, FunctionModel, Topology, tool
 from orchestra.communication.channels import CommunicationManager
 from orchestra.coordination.config import StatusConfig
+from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.results import OrchestraResult, result_of
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager, records
 from orchestra.coordination.wiring import build, prepare
@@ -433,3 +435,89 @@ async def test_a_store_that_refuses_the_copy_does_not_fail_the_session(
         f"session {handle.id!r}: its log is no longer copied into the store" in record.message
         for record in caplog.records
     )
+
+
+# ---- open questions too large for a records page ---------------------------------------------
+
+
+class _Approver:
+    """A plain channel that answers yes, keeping each question's text."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def ask(self, question: Any) -> str:
+        self.asked.append(question.text)
+        return "yes"
+
+
+@pytest.mark.parametrize(("count", "char"), [(2_100_000, "a"), (400_000, "\u6f22")])
+async def test_a_question_too_large_for_a_records_page_is_shown_and_answered_as_embedded(
+    client: Client, count: int, char: str
+) -> None:
+    """The question crosses as more than a query may answer (2.1 MB, or 400 K characters that
+    take 6 bytes each as JSON): a records page lists it without its text, which the follower
+    reads in parts; the channel is asked the whole question, and the run ends as embedded."""
+    draft = "Approve this draft? " + char * count
+
+    def asker(messages: Sequence[Message], info: StepInfo) -> Any:
+        if len(messages) > 2:
+            return final(f"got: {messages[-1].content}"[-40:])
+        return ask(draft)
+
+    topology = Topology(nodes=["A"], edges=["A -> User", "User -> A"])
+    agents = [llm("A", FunctionModel(asker))]
+    said = []
+    for executor in (None, "temporal"):
+        channel = _Approver()
+        if executor is None:
+            here = OrchestraInstance(
+                topology, AgentRegistry(agents), quiet(), CommunicationManager(channel)
+            )
+            said.append((await here.execute("x", {})).final_response)
+        else:
+            async with hosted(client, topology, agents) as on_temporal:
+                there = OrchestraInstance(
+                    topology,
+                    AgentRegistry(agents),
+                    quiet(),
+                    CommunicationManager(channel),
+                    executor=on_temporal,
+                )
+                said.append((await asyncio.wait_for(there.execute("x", {}), 120)).final_response)
+        assert channel.asked == [draft]
+    assert said[0] == said[1] and said[0].endswith("yes")
+
+
+async def test_open_questions_take_a_bounded_share_of_every_records_page() -> None:
+    """Eight branches each asking with 300 KB: every page fits, whatever the questions; those
+    past their share are listed without their text, and read whole in parts."""
+    questions = [
+        protocol.OpenQuestion(
+            id=f"q{n}",
+            branch_id=f"b{n}",
+            agent="Reviewer",
+            text=f"Review {n}: " + "d" * 300_000,
+            kind="agent",
+            timeout=None,
+            response_line=None,
+        )
+        for n in range(8)
+    ]
+    page = protocol.records_page(["x" * 3_000_000], 0, 0, "running", questions)
+    assert protocol.encoded_size(page) <= protocol.PAGE_BYTES + 1000
+    listed = page["questions"]
+    assert [item["id"] for item in listed] == [item["id"] for item in questions]
+    parted = [item for item in listed if item.get("parted")]
+    assert parted and all(item["text"] == "" for item in parted)
+    assert "part" in page and len(page["part"]) > 500_000  # the line still moves on
+    for item in parted:
+        text, offset = "", 0
+        while True:
+            part = protocol.question_part(questions, item["id"], offset)
+            assert part["open"] and protocol.encoded_size(part) <= protocol.PAGE_BYTES + 100
+            text, offset = text + part["part"], part["offset"]
+            if offset == 0:
+                break
+        assert records.loads(text) == next(q for q in questions if q["id"] == item["id"])
+    assert protocol.question_part(questions, "gone", 0) == {"open": False, "part": "", "offset": 0}

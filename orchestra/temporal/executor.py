@@ -154,7 +154,9 @@ class TemporalExecutor:
     ) -> OrchestraResult:
         """A new run of the session ``session_id`` as a workflow on its version's task queue
         (``protocol.version_queue``), followed to its end (or pause). ``WorkflowVersionError``
-        when no worker polls that queue (within ``routing.POLLER_WAIT``): nothing starts."""
+        when no worker polls that queue (within ``routing.POLLER_WAIT``): nothing starts. A
+        session that ran before goes on counting its records where its last run left them
+        (``StartInput.base``)."""
         async with stopping(setup):
             start = protocol.start_input(
                 setup,
@@ -166,6 +168,7 @@ class TemporalExecutor:
                 namespace=self.namespace,
             )
             client = await self.client()
+            start = dataclasses.replace(start, base=await self._base(setup, client, session_id))
             queue = protocol.version_queue(self.task_queue, start.version)
             engine, _ = build(setup, session_id, setup.config.status)
             engine.settings_file = setup.config.settings_file
@@ -176,30 +179,58 @@ class TemporalExecutor:
                     protocol.WORKFLOW_NAME, start, id=session_id, task_queue=queue
                 )
             except WorkflowAlreadyStartedError:
-                raise SessionRunningError(
-                    f"session {session_id!r} has a run in progress on Temporal; pause it, or "
-                    "follow it with OrchestraInstance.resume_session"
-                ) from None
+                raise await self._in_progress(client, session_id) from None
             except RPCError as error:
                 raise self._unreachable(session_id, error) from None
             handle = client.get_workflow_handle(session_id, run_id=started.result_run_id)
-            self.on_temporal.add(session_id)
             await self._taken(handle, start.version)
+            self.on_temporal.add(session_id)
             await self._follow(Follower(handle, engine, setup.communication, client))
             return result_of(engine, session_id)
 
+    async def _base(self, setup: Setup, client: Client, session_id: str) -> int:
+        """How many records the session's log holds before a new workflow run: its latest
+        run's base and journal (0 for a new session, or a running one, which is refused)."""
+        handle = client.get_workflow_handle(session_id)
+        state = await self._status(handle)
+        if state is None or state is _RUNNING:
+            return 0
+        previous = await _start_of(client, handle)
+        if state is WorkflowExecutionStatus.COMPLETED:
+            outcome = await handle.result()
+            return previous.base + int(outcome["records"])
+        follower = Follower(handle, build(setup, session_id, _SILENT)[0], None, client)
+        lines, _ = await follower.journal()  # it did not complete: its journal says how far
+        return previous.base + len(lines)
+
+    async def _in_progress(self, client: Client, session_id: str) -> SessionRunningError:
+        """The error for a new run of a session whose workflow is running: paused, or not."""
+        if await _paused(client.get_workflow_handle(session_id)):
+            return SessionRunningError(
+                f"session {session_id!r} is paused on Temporal: resume it with "
+                "OrchestraInstance.resume_session (or restore one of its checkpoints first)"
+            )
+        return SessionRunningError(
+            f"session {session_id!r} has a run in progress on Temporal; pause it, or "
+            "follow it with OrchestraInstance.resume_session"
+        )
+
     async def _taken(self, handle: WorkflowHandle[Any, Any], version: str) -> None:
-        """Wait for a worker to take the new session's first workflow task; none within
+        """Wait for a worker to take the new workflow run's first task; none within
         ``routing.FIRST_TASK_WAIT`` (its version's last worker stopped a moment ago, and
         Temporal still lists it polling), the workflow, in which nothing ran, is terminated
-        and the session refused with ``WorkflowVersionError``."""
+        and the session refused with ``WorkflowVersionError``. Cancelled meanwhile (Ctrl-C),
+        it is terminated too: no run is left that no worker may ever take."""
         try:
             if await routing.took_first_task(handle, routing.FIRST_TASK_WAIT):
                 return
             await handle.terminate(reason="no worker took its first workflow task")
+        except asyncio.CancelledError:
+            with contextlib.suppress(RPCError):
+                await asyncio.shield(handle.terminate(reason="its client was interrupted"))
+            raise
         except RPCError as error:
             raise self._unreachable(handle.id, error) from None
-        self.on_temporal.discard(handle.id)
         why = f"no worker took its first task within {routing.FIRST_TASK_WAIT:g} s"
         raise routing.not_started(handle.id, version, self.task_queue, why)
 
@@ -333,8 +364,9 @@ class TemporalExecutor:
             state = await self._closing(handle)  # the run ended meanwhile: named at its end
         follower = Follower(handle, build(setup, session_id, _SILENT)[0], None, client)
         lines = await self._closed_journal(follower, state)
-        name = name or f"checkpoint-{len(lines) + 1}"
-        continued = await self._continue(handle, lines, name, restore=False)
+        previous = await _start_of(client, handle)
+        name = protocol.checkpoint_name(name, previous.base, len(lines))
+        continued = await self._continue(handle, previous, lines, name, restore=False)
         try:
             await continued.result()
         except Exception as error:
@@ -379,7 +411,10 @@ class TemporalExecutor:
         position: int = entry.record.position  # type: ignore[attr-defined]
         if position and position not in log.positions:
             return False  # on a branch of history a restore abandoned
-        await self._continue(handle, lines, checkpoint_id, restore=True)
+        previous = await _start_of(client, handle)
+        continued = await self._continue(handle, previous, lines, checkpoint_id, restore=True)
+        if await _run_state(continued) != "paused":
+            await self._closing(continued)  # restored to where the run had finished
         return True
 
     async def _closing(self, handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus | None:
@@ -406,6 +441,7 @@ class TemporalExecutor:
     async def _continue(
         self,
         handle: WorkflowHandle[Any, Any],
+        previous: protocol.StartInput,
         lines: list[str],
         checkpoint: str,
         *,
@@ -413,13 +449,12 @@ class TemporalExecutor:
     ) -> WorkflowHandle[Any, Any]:
         """A new run of the session's closed workflow (its id may be used again:
         ``ALLOW_DUPLICATE``, said explicitly) that goes on from ``lines``, its last run's
-        journal, with the version and settings that run was started with: it runs where that
-        version is hosted, as the session always has (``protocol.Continuation`` says what it
-        does with ``checkpoint``). ``SessionRunningError`` when another client started one
-        first."""
+        journal, with the version and settings that run was started with (``previous``): it
+        runs where that version is hosted, as the session always has (``protocol.Continuation``
+        says what it does with ``checkpoint``), once a worker took its first task (``_taken``).
+        ``SessionRunningError`` when another client started one first."""
         session_id = handle.id
         client = await self.client()
-        previous = await _start_of(client, handle)
         continuation = protocol.Continuation(
             protocol.pack_lines(lines, session_id), checkpoint, restore
         )
@@ -442,7 +477,9 @@ class TemporalExecutor:
             ) from None
         except RPCError as error:
             raise self._unreachable(session_id, error) from None
-        return client.get_workflow_handle(session_id, run_id=started.result_run_id)
+        continued = client.get_workflow_handle(session_id, run_id=started.result_run_id)
+        await self._taken(continued, start.version)
+        return continued
 
     def _refused(
         self, session_id: str, what: str, error: WorkflowUpdateFailedError
@@ -498,11 +535,16 @@ class TemporalExecutor:
 async def _paused(handle: WorkflowHandle[Any, Any]) -> bool:
     """Whether the session's running workflow says it is paused (False when no worker answers:
     the pause is asked for)."""
+    return await _run_state(handle) == "paused"
+
+
+async def _run_state(handle: WorkflowHandle[Any, Any]) -> str | None:
+    """Where the session's workflow says its run stands (None when no worker answers)."""
     try:
         page = await handle.query(protocol.RECORDS_QUERY, _PAST_END, rpc_timeout=_STATE_TIMEOUT)
     except (RPCError, WorkflowQueryFailedError):
-        return False
-    return bool(page["state"] == "paused")
+        return None
+    return str(page["state"])
 
 
 async def _start_of(client: Client, handle: WorkflowHandle[Any, Any]) -> protocol.StartInput:

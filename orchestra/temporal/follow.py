@@ -304,12 +304,35 @@ class Follower:
         the workflow. The workflow applies the time limit, unless the channel is a
         :class:`TimedChannel` (the terminal): that one owns it, as embedded (it counts it
         from when its user sees the question, and says what happens at its end), and its
-        timeout is sent as such (``timed_out``): the workflow decides the outcome."""
+        timeout is sent as such (``timed_out``): the workflow decides the outcome. Such a
+        channel claims the question while it shows it (``claim``), so the workflow leaves
+        the limit to it; the claim is released if this client stops asking (Ctrl-C, pause),
+        and the workflow applies the limit itself again."""
         assert self.channel is not None and self.communication is not None
+        if item.get("parted"):
+            whole = await _question_text(self.handle, item["id"])
+            if whole is None:
+                return  # answered, withdrawn or timed out while its text was read
+            item = whole
         question = _question(self.handle.id, item)
         seconds = self.communication.limit(question)
+        timed = isinstance(self.channel, TimedChannel) and seconds is not None
+        if not timed:
+            await self._asked(question, seconds, timed=False)
+            return
+        if not await self._claim(question.id, True):
+            return  # answered, withdrawn or timed out meanwhile
+        try:
+            await self._asked(question, seconds, timed=True)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._claim(question.id, False))
+            raise
+
+    async def _asked(self, question: Question, seconds: float | None, *, timed: bool) -> None:
+        """Ask the channel ``question`` (within ``seconds`` when it owns the limit: ``timed``)
+        and send the workflow its answer, its failure or its timeout."""
         channel = self.channel
-        timed = isinstance(channel, TimedChannel) and seconds is not None
+        assert self.communication is not None and channel is not None
         answer: Any = None
         error: str | None = None
         timed_out = False
@@ -340,6 +363,22 @@ class Follower:
             await self._send(payload)
         finally:
             self._sending.discard(question.id)
+
+    async def _claim(self, question_id: str, claimed: bool) -> bool:
+        """Claim the question for this client's channel, which owns its time limit, or
+        release the claim (the ``claim`` update): False when the workflow no longer has it
+        open. A claim that gets no answer is not made: the workflow then applies the limit
+        itself, from the ask, and this channel's timer applies it too."""
+        try:
+            return bool(
+                await self.handle.execute_update(
+                    protocol.CLAIM_UPDATE, args=[question_id, claimed], rpc_timeout=_QUERY_TIMEOUT
+                )
+            )
+        except WorkflowUpdateFailedError:
+            return True  # a workflow from before claims: it keeps the backstop anyway
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            return True
 
     async def _send(self, payload: Answer) -> None:
         """Send an answer with the ``answer`` update, tried again (with the same update id:
@@ -373,6 +412,32 @@ class Follower:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _question_text(handle: Any, question_id: str) -> dict[str, Any] | None:
+    """An open question listed without its text (``OpenQuestion.parted``: too large for a
+    records page), read whole in parts (the ``question`` query); None once it is no longer
+    open. A query with no answer (a worker being replaced) is asked again."""
+    text, offset = "", 0
+    while True:
+        try:
+            answer = await handle.query(
+                protocol.QUESTION_QUERY, args=[question_id, offset], rpc_timeout=_QUERY_TIMEOUT
+            )
+        except WorkflowQueryFailedError:
+            return None  # the workflow failed: following it says so
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return None
+            await asyncio.sleep(FAST)  # no worker answered this time: asked again
+            continue
+        if not answer["open"] or (offset and not answer["part"]):
+            return None
+        text += str(answer["part"])
+        offset = int(answer["offset"])
+        if offset == 0:
+            whole: dict[str, Any] = records.loads(text)
+            return whole
 
 
 def _question(session_id: str, item: dict[str, Any]) -> Question:

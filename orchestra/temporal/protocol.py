@@ -38,12 +38,18 @@ MIRROR_ACTIVITY = "orchestra.mirror"
 
 RECORDS_QUERY = "records"
 QUESTIONS_QUERY = "questions"
+QUESTION_QUERY = "question"
 ANSWER_UPDATE = "answer"
 PAUSE_SIGNAL = "pause"
 RESUME_SIGNAL = "resume"
 CHECKPOINT_UPDATE = "checkpoint"
 RESTORE_UPDATE = "restore"
 RESUME_UPDATE = "resume_kept"
+CLAIM_UPDATE = "claim"
+"""A following client whose channel owns the time limit (a ``TimedChannel``) claims each
+question it shows (``claim(question_id, True)``: whether it is still open) and releases its
+claims when it goes away (``claim(question_id, False)``); a question no client holds a claim
+on is timed out by the workflow at its limit, as embedded."""
 """The ``resume`` signal as an update answering whether the workflow kept it (paused, or
 pausing): what a client sends with additional context to a session that may be running."""
 
@@ -54,6 +60,9 @@ CLOSED = "SessionClosed"
 """The type of the failure of a ``checkpoint`` update sent to a run that finished meanwhile."""
 
 PAGE_BYTES = 1_000_000
+QUESTION_BYTES = PAGE_BYTES // 4
+"""Of a records page, what its open questions may take whole: the ones past it are listed
+without their text (``OpenQuestion.parted``), which the follower reads in parts."""
 """The most bytes of records one ``records`` query answers, counted as they cross: each line
 JSON-encoded again (``json.dumps``, ASCII only, as temporalio encodes the answer), where a
 non-ASCII character takes 6 bytes and a quote 2. A query's answer is a Temporal payload, which
@@ -112,10 +121,18 @@ class Communication:
     """The client's channel applies the limit itself (a ``TimedChannel``: the terminal counts
     it from when its user sees the question, one at a time): the client reports a timeout
     with the ``answer`` update (``timed_out``), and the workflow keeps only a backstop timer
-    (``CLIENT_LIMIT_BACKSTOP`` past the limit) for a client that went away."""
+    (``CLIENT_LIMIT_BACKSTOP`` past the limit) for a client that went away. That holds for
+    a question such a client claimed (``CLAIM_UPDATE``): one that no client claimed within
+    its limit (the terminal went away, or a plain channel follows) is timed out by the
+    workflow at the limit."""
 
 
 CLIENT_LIMIT_BACKSTOP = 3600.0
+CLAIM_GRACE = 5.0
+"""Seconds past a question's limit that the workflow of a session followed by a client whose
+channel owns the limit waits for its claim before it times the question out itself: room for
+the claim to arrive under load, so that client's own timing (from when it shows the question)
+decides, as embedded."""
 """Seconds past a question's limit after which the workflow times it out itself when the
 client's channel owns the limit (``Communication.client_timed``) and reported nothing: room
 for the questions queued before it on the client's screen, and for a client that went away
@@ -127,7 +144,10 @@ class StartInput:
     """A session workflow's input. ``header`` is the run's first record (``RunStart``) as its
     log line: the workflow feeds it as it is. ``version`` (``version_of``) says which hosted
     workflow runs it; ``fingerprint`` is its topology's, for the error that says what changed
-    when a worker does not host it."""
+    when a worker does not host it. ``base`` is how many records the session's log held
+    before this workflow run's journal (its earlier runs' records: a run that goes on from a
+    closed one carries that one's base with its journal), so a default checkpoint name counts
+    the session's records, as embedded, not this run's."""
 
     version: str
     fingerprint: list[str]
@@ -135,6 +155,7 @@ class StartInput:
     communication: Communication
     heartbeat_timeout: float
     continuation: Continuation | None = None
+    base: int = 0
 
 
 @dataclass
@@ -178,7 +199,9 @@ def unpack_lines(text: str) -> list[str]:
 
 class OpenQuestion(TypedDict):
     """One open question, as the ``questions`` query lists it. ``response_line``: a follow-up
-    offer's response as JSON text of its plain form (``values.to_plain``), else None."""
+    offer's response as JSON text of its plain form (``values.to_plain``), else None.
+    ``parted``: a records page lists it without its text and response (they did not fit its
+    share, ``QUESTION_BYTES``); the ``question`` query gives it whole, in parts."""
 
     id: str
     branch_id: str
@@ -187,6 +210,18 @@ class OpenQuestion(TypedDict):
     kind: Literal["agent", "budget", "follow_up"]
     timeout: float | None
     response_line: str | None
+    parted: NotRequired[bool]
+
+
+class QuestionPart(TypedDict):
+    """The ``question(question_id, offset)`` query's answer: the open question's JSON text
+    (``json.dumps`` of its ``OpenQuestion``) from ``offset`` on, as many characters as fit a
+    page, and ``offset``, where the next part starts (0 after the last); ``open`` False, and
+    nothing else, once the question is no longer open."""
+
+    open: bool
+    part: str
+    offset: int
 
 
 class RecordsPage(TypedDict):
@@ -217,8 +252,9 @@ def records_page(
     ``since`` while they fit ``PAGE_BYTES``, or a part of the line at ``since`` when it alone
     does not (or ``offset`` asks for its next part)."""
     start = max(since, 0)
-    budget = PAGE_BYTES - encoded_size(questions)
-    page = RecordsPage(lines=[], next=start, state=state, questions=questions)
+    listed = bounded(questions)
+    budget = PAGE_BYTES - encoded_size(listed)
+    page = RecordsPage(lines=[], next=start, state=state, questions=listed)
     size = 0
     for line in journal[start:] if offset <= 0 else ():
         line_size = encoded_size(line)
@@ -236,6 +272,40 @@ def records_page(
     if end >= len(line):
         page["next"], page["offset"] = start + 1, 0
     return page
+
+
+def bounded(questions: list[OpenQuestion]) -> list[OpenQuestion]:
+    """The open questions as a records page lists them: whole while they fit
+    ``QUESTION_BYTES``, the rest without their text and response (``parted``), so a page
+    always fits however large the questions are."""
+    listed: list[OpenQuestion] = []
+    size = 0
+    for question in questions:
+        size += encoded_size(question)
+        if size > QUESTION_BYTES:
+            question = OpenQuestion(
+                id=question["id"],
+                branch_id=question["branch_id"],
+                agent=question["agent"],
+                text="",
+                kind=question["kind"],
+                timeout=question["timeout"],
+                response_line=None,
+                parted=True,
+            )
+        listed.append(question)
+    return listed
+
+
+def question_part(questions: list[OpenQuestion], question_id: str, offset: int) -> QuestionPart:
+    """The ``question`` query's answer over the open ``questions`` (see ``QuestionPart``)."""
+    found = [question for question in questions if question["id"] == question_id]
+    if not found:
+        return QuestionPart(open=False, part="", offset=0)
+    text = json.dumps(found[0])
+    begin = max(offset, 0)
+    end = begin + _fitting_chars(text, begin, PAGE_BYTES)
+    return QuestionPart(open=True, part=text[begin:end], offset=end if end < len(text) else 0)
 
 
 def _fitting_chars(line: str, begin: int, budget: int) -> int:
@@ -315,6 +385,12 @@ def start_input(
         communication=communication_of(setup),
         heartbeat_timeout=heartbeat_timeout,
     )
+
+
+def checkpoint_name(name: str | None, base: int, journal_length: int) -> str:
+    """The checkpoint's name: ``name``, or one made from its position in the session's log
+    (the records before the workflow run, ``base``, and the run's journal), as embedded."""
+    return name or f"checkpoint-{base + journal_length + 1}"
 
 
 def communication_of(setup: Setup) -> Communication:

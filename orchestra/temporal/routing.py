@@ -97,8 +97,9 @@ def version_differs(session_id: str, queue: str, version: str) -> WorkflowVersio
         return None
     return WorkflowVersionError(
         f"session {session_id!r} runs workflow version {started}, and this workflow is version "
-        f"{version} (its topology, agents or tools differ); nothing was sent to it: follow it "
-        "with the workflow file it started with"
+        f"{version} (its name, the file's stem or metadata 'workflow', or its topology, "
+        "agents or tools differ); nothing was sent to it: follow it with the workflow file it "
+        "started with, under the name it had"
     )
 
 

@@ -7,7 +7,9 @@ activities, a journal kept in the workflow, questions answered by updates).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -94,6 +96,9 @@ class TaskBytes:
 
 
 _NEXT_TASK = timedelta(milliseconds=1)
+QUESTION_CLAIMS = "question-claims"
+"""The patch (``workflow.patched``) under which a question's limit applies in the workflow
+unless a client that owns it claimed the question."""
 
 
 class WorkflowClock:
@@ -140,6 +145,7 @@ class WorkflowChannel:
 
     def __init__(self) -> None:
         self._open: dict[str, tuple[Question, asyncio.Future[Any]]] = {}
+        self._claimed: set[str] = set()
 
     async def ask(self, question: Question) -> Any:
         waiting: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -148,6 +154,22 @@ class WorkflowChannel:
             return await waiting
         finally:
             self._open.pop(question.id, None)
+            self._claimed.discard(question.id)
+
+    def claim(self, question_id: str, claimed: bool) -> bool:
+        """A client whose channel owns the time limit shows the question (``claimed``), or
+        no longer does (it went away); False when the question is not open."""
+        found = self._open.get(question_id)
+        if found is None or found[1].done():
+            return False
+        if claimed:
+            self._claimed.add(question_id)
+        else:
+            self._claimed.discard(question_id)
+        return True
+
+    def claimed(self, question_id: str) -> bool:
+        return question_id in self._claimed
 
     def answer(self, question_id: str, answer: Any, error: str | TimeoutError | None) -> bool:
         """Answer an open question (``error``: the client's channel failed, or, a
@@ -204,10 +226,37 @@ class ClientTimed:
     async def ask(self, question: Question) -> Any:
         return await self._channel.ask(question)
 
+    def _changed(
+        self, asking: asyncio.Future[Any], question_id: str, claimed: bool
+    ) -> Callable[[], bool]:
+        """Whether the question was answered, or its claim changed from ``claimed``."""
+        return lambda: asking.done() or self._channel.claimed(question_id) != claimed
+
     async def ask_within(self, question: Question, seconds: float | None, outcome: str) -> Any:
-        backstop = None if seconds is None else seconds + protocol.CLIENT_LIMIT_BACKSTOP
-        async with asyncio.timeout(backstop):
+        """The question's answer; a ``TimeoutError`` at its limit unless a client whose channel
+        owns the limit holds a claim on it (the backstop applies then): the client that
+        started the session may be gone (its claims released), and a plain channel follow."""
+        if seconds is None:
             return await self._channel.ask(question)
+        if not workflow.patched(QUESTION_CLAIMS):  # a history from before claims
+            async with asyncio.timeout(seconds + protocol.CLIENT_LIMIT_BACKSTOP):
+                return await self._channel.ask(question)
+        limit = workflow.time() + seconds
+        asking = asyncio.ensure_future(self._channel.ask(question))
+        try:
+            while not asking.done():
+                claimed = self._channel.claimed(question.id)
+                grace = protocol.CLIENT_LIMIT_BACKSTOP if claimed else protocol.CLAIM_GRACE
+                left = limit + grace - workflow.time()
+                if left <= 0:
+                    raise TimeoutError()
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(
+                        self._changed(asking, question.id, claimed), timeout=left
+                    )
+            return asking.result()
+        finally:
+            asking.cancel()
 
 
 def read_answer(answer: Answer) -> tuple[str, Any, str | TimeoutError | None]:

@@ -38,9 +38,11 @@ from .mirror import MIRROR_ACTIVITY, MirrorBatch
 from .protocol import (
     ANSWER_UPDATE,
     CHECKPOINT_UPDATE,
+    CLAIM_UPDATE,
     CLOSED,
     NOT_PAUSED,
     PAUSE_SIGNAL,
+    QUESTION_QUERY,
     QUESTIONS_QUERY,
     RECORDS_QUERY,
     RESTORE_UPDATE,
@@ -52,9 +54,13 @@ from .protocol import (
     Continuation,
     OpenQuestion,
     Outcome,
+    QuestionPart,
     RecordsPage,
     StartInput,
     State,
+    bounded,
+    checkpoint_name,
+    question_part,
     records_page,
     unpack_lines,
 )
@@ -102,6 +108,7 @@ class SessionWorkflow:
     @workflow.init
     def __init__(self, start: StartInput) -> None:
         self._lines: list[str] = []
+        self._base = start.base
         going_on = start.continuation
         # a run that restores a checkpoint waits for its resume from the first: a resume sent
         # at once (in the same workflow task as the start) is kept, not dropped
@@ -315,7 +322,20 @@ class SessionWorkflow:
 
     @workflow.query(name=QUESTIONS_QUERY)
     def questions(self) -> list[OpenQuestion]:
-        return self._channel.listed()
+        return bounded(self._channel.listed())
+
+    @workflow.query(name=QUESTION_QUERY)
+    def question(self, question_id: str, offset: int = 0) -> QuestionPart:
+        return question_part(self._channel.listed(), question_id, offset)
+
+    @workflow.update(name=CLAIM_UPDATE)
+    def claim(self, question_id: str, claimed: bool = True) -> bool:
+        """A following client whose channel owns the time limit shows the question (the
+        workflow keeps only its backstop for it), or went away (``claimed`` False: the limit
+        applies here again); False when the question is no longer open."""
+        if not isinstance(question_id, str) or not isinstance(claimed, bool):
+            raise ApplicationError(f"a claim that cannot be read: {question_id!r}, {claimed!r}")
+        return self._channel.claim(question_id, claimed)
 
     @workflow.update(name=ANSWER_UPDATE)
     def answer(self, answer: Answer) -> bool:
@@ -338,7 +358,7 @@ class SessionWorkflow:
             raise ApplicationError(
                 f"session {workflow.info().workflow_id!r}: its run is over", type=CLOSED
             )
-        name = name or f"checkpoint-{len(self._lines) + 1}"
+        name = checkpoint_name(name, self._base, len(self._lines))
         checkpoint_id = f"{workflow.info().workflow_id}@{name}"
         if self._runner is not None:
             self._runner.checkpoint(checkpoint_id, name, len(self._lines))
