@@ -739,6 +739,34 @@ async def test_stopping_a_renewal_whose_call_swallows_the_cancel_still_returns()
     assert calls == 1
 
 
+async def test_stopping_a_flusher_whose_snapshot_swallows_the_cancel_still_returns(
+    tmp_path: Path,
+) -> None:
+    """As with a lease's renewal (above): a buffered writer closing must not wait for good for
+    a flusher whose snapshot write answered the cancel (redis-py, 1000 buffered sessions)."""
+    storage = SQLiteStorageBackend(tmp_path / "s.db")
+    writer = SessionWriter(StateManager(storage, 0.003), "s", 0)
+    writer.snapshot_source = lambda length, at: b"state"
+    writer.record(PauseRequest(at=1.0, reason="flushed"))
+    writing = asyncio.Event()
+    calls = 0
+
+    async def write_snapshot(session_id: str, data: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        writing.set()
+        if calls > 1:  # flushing on after the stop: waits, so the close times out
+            await asyncio.Event().wait()
+        with contextlib.suppress(asyncio.CancelledError):  # as the driver did
+            await asyncio.Event().wait()
+
+    storage.write_snapshot = write_snapshot  # type: ignore[method-assign]
+    writer.start()
+    await asyncio.wait_for(writing.wait(), 10)
+    await asyncio.wait_for(writer.close(), 10)
+    assert calls == 1
+
+
 async def plant_lease(storage: Storage, session_id: str, holder: str, expires_in: float) -> None:
     """As if ``holder`` held the session's lease, for ``expires_in`` seconds (or expired)."""
     if isinstance(storage, RedisStorageBackend):
