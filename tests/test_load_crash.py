@@ -118,18 +118,7 @@ async def resume_all(backend: str, root: Path) -> dict[str, Any]:
     return resumed
 
 
-REDIS_POOL = pytest.mark.xfail(
-    strict=True,
-    reason="issue 16: the Redis backend's client (redis.asyncio.from_url) has redis-py's "
-    "default pool of 100 connections, and a call past 100 at once raises MaxConnectionsError "
-    "out of execute() instead of waiting for a connection",
-)
-
-
-@pytest.mark.parametrize(
-    "backend",
-    [pytest.param(kind, marks=REDIS_POOL) if kind == "redis" else kind for kind in BACKENDS],
-)
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_sigkill_under_load_then_resuming_every_session_loses_nothing(
     backend: str, tmp_path: Path, reference: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:

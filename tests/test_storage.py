@@ -9,6 +9,7 @@ an ``os`` write function that fails the way a disk does (after or without writin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import json
@@ -713,6 +714,57 @@ async def test_a_dropped_backend_stops_renewing_its_leases() -> None:
     del dropped
     gc.collect()
     await asyncio.wait_for(keeping, 5)
+
+
+async def test_stopping_a_renewal_whose_call_swallows_the_cancel_still_returns() -> None:
+    """A driver may answer a call it was cancelled in (redis-py did, 100 sessions on a loop):
+    the renewal must end all the same, else closing the session waits for it for good."""
+    renewing = asyncio.Event()
+    calls = 0
+
+    async def renew(session_id: str) -> bool:
+        nonlocal calls
+        calls += 1
+        renewing.set()
+        if calls > 1:  # renewing on after the stop: waits, so the stop times out
+            await asyncio.Event().wait()
+        with contextlib.suppress(asyncio.CancelledError):  # as the driver did
+            await asyncio.Event().wait()
+        return True
+
+    mine = leases.Leases(0.003, renew)
+    mine.hold("s")
+    await asyncio.wait_for(renewing.wait(), 10)
+    await asyncio.wait_for(mine.stop("s"), 10)
+    assert calls == 1
+
+
+async def test_stopping_a_flusher_whose_snapshot_swallows_the_cancel_still_returns(
+    tmp_path: Path,
+) -> None:
+    """As with a lease's renewal (above): a buffered writer closing must not wait for good for
+    a flusher whose snapshot write answered the cancel (redis-py, 1000 buffered sessions)."""
+    storage = SQLiteStorageBackend(tmp_path / "s.db")
+    writer = SessionWriter(StateManager(storage, 0.003), "s", 0)
+    writer.snapshot_source = lambda length, at: b"state"
+    writer.record(PauseRequest(at=1.0, reason="flushed"))
+    writing = asyncio.Event()
+    calls = 0
+
+    async def write_snapshot(session_id: str, data: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        writing.set()
+        if calls > 1:  # flushing on after the stop: waits, so the close times out
+            await asyncio.Event().wait()
+        with contextlib.suppress(asyncio.CancelledError):  # as the driver did
+            await asyncio.Event().wait()
+
+    storage.write_snapshot = write_snapshot  # type: ignore[method-assign]
+    writer.start()
+    await asyncio.wait_for(writing.wait(), 10)
+    await asyncio.wait_for(writer.close(), 10)
+    assert calls == 1
 
 
 async def plant_lease(storage: Storage, session_id: str, holder: str, expires_in: float) -> None:

@@ -75,7 +75,14 @@ class Leases:
                 _keep(weakref.ref(self), session_id), name=f"orchestra-lease-{session_id}"
             )
 
+    def renewing(self, session_id: str, task: asyncio.Task[None] | None) -> bool:
+        """Whether ``task`` is still the one keeping the session's lease (not stopped, not
+        replaced)."""
+        return self._renewing.get(session_id) is task
+
     async def stop(self, session_id: str) -> None:
+        """Stop renewing the session's lease; returns once no renewal is under way (so a
+        release that follows cannot be undone by one)."""
         task = self._renewing.pop(session_id, None)
         if task is None:
             return
@@ -86,10 +93,16 @@ class Leases:
 
 async def _keep(leases: weakref.ref[Leases], session_id: str) -> None:
     """Renew a lease every third of its time; held weakly, so that a backend dropped without
-    releasing its sessions stops renewing (its leases then expire)."""
+    releasing its sessions stops renewing (its leases then expire).
+
+    It ends when ``stop`` cancels it, and also on seeing, after each renewal, that it is no
+    longer the session's renewer: a driver may swallow the cancel and answer the call
+    (redis-py was seen to, with many sessions on one loop), and the task would then renew on
+    for good, and ``stop``, waiting for it, would never return."""
+    me = asyncio.current_task()
     while True:
         found = leases()
-        if found is None:
+        if found is None or not found.renewing(session_id, me):
             return
         seconds, renew = found.seconds, found._renew
         del found

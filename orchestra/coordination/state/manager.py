@@ -265,8 +265,10 @@ class SessionWriter:
 
     async def _flush_every(self, interval: float) -> None:
         """Every ``interval``: flush, then snapshot. A failure (a lost connection, say) is kept
-        in ``flush_error`` and retried at the next tick; closing the writer raises it."""
-        while True:
+        in ``flush_error`` and retried at the next tick; closing the writer raises it. Ends
+        once stopped even if its cancel was lost (a driver may swallow it: see ``_keep`` in
+        :mod:`.leases`)."""
+        while self._flusher is asyncio.current_task():
             await asyncio.sleep(interval)
             try:
                 await self.snapshot()
@@ -304,10 +306,10 @@ class SessionWriter:
         if self._shower is not None:
             self._shower.cancel()
             self._shower = None
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
 
     async def close(self) -> None:
         """Stop the periodic flusher, write everything still queued, and let storage release

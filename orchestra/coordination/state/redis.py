@@ -31,6 +31,14 @@ from .backends import (
 from .batching import Batches
 from .leases import LEASE_SECONDS, Leases, abandoned
 
+MAX_CONNECTIONS = 64
+"""Connections a backend object opens to the server per event loop. A call that finds them
+all busy waits for one (up to :data:`CONNECTION_WAIT` seconds) rather than opening more: a
+thousand sessions on one loop need a few connections, not one each (their appends share
+round trips anyway), and the server's and the process's descriptors stay bounded."""
+
+CONNECTION_WAIT = 60.0
+
 _Append = tuple[list[str], list[Any]]
 """An append's script call: its keys and arguments."""
 
@@ -132,7 +140,13 @@ class RedisStorageBackend:
         if client is None:
             import redis.asyncio
 
-            client = self._clients.put(redis.asyncio.from_url(self.url, decode_responses=True))
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=CONNECTION_WAIT,
+                decode_responses=True,
+            )
+            client = self._clients.put(redis.asyncio.Redis(connection_pool=pool))
         return client
 
     def _key(self, session_id: str) -> str:
