@@ -11,6 +11,7 @@ boot by the boot id the backend reads.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 
 from orchestra.coordination.state import FileStorageBackend, files, wal
 from orchestra.coordination.state.segments import SECTOR, Redo, encode_append, parse
+from orchestra.errors import SessionError
 
 pytestmark = pytest.mark.skipif(wal.boot_id() is None, reason="no boot id: no journal here")
 
@@ -221,8 +223,8 @@ async def test_a_stale_journal_is_never_replayed_into_a_session_made_again(
     assert not any(b"s3/" in relative for relative in group._named)
     again = [f'{{"again":{n}}}' for n in range(3)]
     await backend.append("s3", again, True, 0)
-    backend.close()
     orphan(backend)
+    backend.close()
     journal.unlink()
     (tmp_path / wal.JOURNALS / "stale.wal").write_bytes(stale)
     if boot == "another":
@@ -364,3 +366,125 @@ def test_replay_restores_any_lost_sectors_and_is_idempotent(
     finally:
         os.close(descriptor)
     assert path.read_bytes()[: len(content)] == content
+
+
+class OpenLimit:
+    """Segment opens fail as at the descriptor limit (``EMFILE``) while ``failing``; counts
+    the segments open at once (``most``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.failing = True
+        self.open: set[int] = set()
+        self.most = 0
+        real_open, real_close = os.open, os.close
+
+        def opening(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            segment = str(path).endswith(".seg")
+            if segment and self.failing:
+                raise OSError(errno.EMFILE, "Too many open files", str(path))
+            descriptor = real_open(path, flags, *args, **kwargs)
+            if segment:
+                self.open.add(descriptor)
+                self.most = max(self.most, len(self.open))
+            return descriptor
+
+        def closing(descriptor: int) -> None:
+            self.open.discard(descriptor)
+            real_close(descriptor)
+
+        monkeypatch.setattr(os, "open", opening)
+        monkeypatch.setattr(os, "close", closing)
+
+
+async def test_a_checkpoint_that_cannot_open_a_segment_keeps_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 5)
+    assert not any(await batch(backend, 5, 1))
+    group = backend._group
+    assert group is not None and group._journal is not None
+    generation = group._journal.generation
+    limit = OpenLimit(monkeypatch)
+    with pytest.raises(OSError, match="Too many open files"):
+        group.checkpoint()
+    assert len(group._named) == 5 and group._journal.generation == generation
+    limit.failing = False
+    group.checkpoint()
+    assert not group._named
+
+
+async def test_recovery_that_cannot_open_a_segment_fails_and_keeps_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an OS crash, a segment that cannot be opened (no descriptor left) is not taken
+    for one deleted: the recovery fails naming the journal and the segment, the journal
+    stays, and the next try replays every record, one segment open at a time."""
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 30)
+    before = ends_now(backend, 30)
+    assert not any(await batch(backend, 30, 1))
+    journal = orphan(backend)
+    backend.close()
+    lose_page_cache(tmp_path, before, cut=False)
+    monkeypatch.setattr(files, "boot_id", lambda: "another-boot-0000-0000-000000000000")
+    limit = OpenLimit(monkeypatch)
+    reopened = FileStorageBackend(tmp_path)
+    with pytest.raises(SessionError, match=f"{journal}.*segment s[0-9]+/log-"):
+        await reopened.read("s0")
+    assert journal.exists()
+    limit.failing = False
+    for n in range(30):
+        assert await reopened.read(f"s{n}") == records(n, 0, 3)
+    assert not journal.exists()
+    assert limit.most == 1
+
+
+async def queued_first_append(backend: FileStorageBackend, session: str, record: str) -> None:
+    """A session's first append, made durable by the backend's journal (a batch of one)."""
+    group = backend._group
+    assert group is not None
+    await asyncio.to_thread(wait_for, group.claim, "the syncs under way to end")
+    append = asyncio.ensure_future(backend.append(session, [record], True, 0))
+    try:
+        await asyncio.to_thread(wait_for, lambda: len(group._pending) == 1, "the append queued")
+    finally:
+        group.done()
+    await append
+
+
+async def test_a_dead_backends_journal_is_never_replayed_into_a_session_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed backend's journal names X; a live backend deletes X and makes it again (the
+    file system may reuse the segment's inode); after an OS crash X holds its new record."""
+    live = FileStorageBackend(tmp_path)
+    await live.append("other", ["o"], True, 0)  # its recovery done
+    dead = FileStorageBackend(tmp_path)
+    await queued_first_append(dead, "X", '{"old":1}')
+    dead_journal = orphan(dead)
+    dead.close()
+    assert await live.delete("X")
+    assert not dead_journal.exists()  # taken up before the folder went
+    await queued_first_append(live, "X", '{"new":1}')
+    orphan(live)
+    live.close()
+    os.truncate(tmp_path / "X" / "log-000000000001.seg", 0)  # the unsynced bytes lost
+    monkeypatch.setattr(files, "boot_id", lambda: "another-boot-0000-0000-000000000000")
+    assert await FileStorageBackend(tmp_path).read("X") == ['{"new":1}']
+
+
+async def test_close_checkpoints_and_removes_the_journal(tmp_path: Path) -> None:
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    baseline = open_files()
+    for number in range(5):
+        backend = FileStorageBackend(tmp_path / str(number))
+        await start_sessions(backend, 5)
+        assert not any(await batch(backend, 5, 1))
+        backend.close()
+        assert not list((tmp_path / str(number) / wal.JOURNALS).glob("*.wal"))
+    assert open_files() <= baseline
+    await batch(backend, 5, 3)  # and a closed backend goes on, with a journal again
+    assert await backend.read("s0") == records(0, 0, 5)

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestra.errors import SessionError
+
 from .backends import valid_session_id
 from .segments import SECTOR, SEGMENT_NAME, Redo, Segment, check_written, fill_zeros, sync_data
 from .worker import Completion, Deferred
@@ -207,11 +209,31 @@ class GroupCommit:
             self._journal.restart()
             self._named.clear()
 
+    def close(self) -> None:
+        """Checkpoint and remove the journal, releasing its descriptor and lock; a journal
+        whose checkpoint fails is closed but left for the next backend to take up. A later
+        append starts a new one."""
+        self.settle_quietly()
+        with self._io:
+            journal, self._journal = self._journal, None
+            if journal is None:
+                return
+            try:
+                if not self._named:
+                    (self.directory / JOURNALS / journal.name).unlink(missing_ok=True)
+            finally:
+                os.close(journal.descriptor)
+
     def names(self, folder: str) -> bool:
         """Whether the journal names a segment of the session in ``folder``."""
         prefix = folder.encode() + b"/"
         with self._io:
             return any(relative.startswith(prefix) for relative in self._named)
+
+    def settle_quietly(self) -> None:
+        """:meth:`settle`, a failed checkpoint leaving the journal as it was."""
+        with contextlib.suppress(OSError):
+            self.settle()
 
     def settle(self) -> None:
         """Wait until nothing is queued or being committed, then checkpoint."""
@@ -240,8 +262,9 @@ class JournalFile:
     zeros. A frame is whole (its checksum matches) and of the header's generation, or it and
     everything after it never counted."""
 
-    def __init__(self, descriptor: int, boot: str) -> None:
+    def __init__(self, descriptor: int, boot: str, name: str) -> None:
         self.descriptor = descriptor
+        self.name = name  # in the folder of journals
         self.boot = boot
         self.generation = 0
         self.end = _START
@@ -256,7 +279,7 @@ class JournalFile:
             descriptor = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                journal = cls(descriptor, boot)
+                journal = cls(descriptor, boot, f"{name}.wal")
                 journal.restart()
                 os.rename(temporary, folder / f"{name}.wal")
                 fsync_directory(folder)
@@ -325,7 +348,7 @@ def recover(directory: Path, boot: str) -> None:
                 if descriptor is None:
                     continue
                 if path.suffix == ".wal":
-                    _take_up(directory, descriptor, boot)
+                    _take_up(directory, path, descriptor, boot)
                 path.unlink()
         fsync_directory(folder)
 
@@ -354,30 +377,45 @@ def _orphan(path: Path) -> Iterator[int | None]:
         os.close(descriptor)
 
 
-def _take_up(directory: Path, descriptor: int, boot: str) -> None:
+def _take_up(directory: Path, journal: Path, descriptor: int, boot: str) -> None:
     """Sync the segments a journal names, replaying its records first when it was written
-    before the machine last started."""
+    before the machine last started: one segment at a time (a journal of thousands of
+    sessions needs no more than one descriptor). A segment that cannot be opened for another
+    reason than being gone fails the recovery, naming both, and the journal is kept."""
     size = os.fstat(descriptor).st_size
     data = os.pread(descriptor, size, 0)
     written_in = _read_header(data)
     if written_in is None:
         return
     journal_boot, generation = written_in
-    open_segments: dict[bytes, int | None] = {}
+    by_segment: dict[tuple[bytes, int], list[Redo]] = {}
+    for redo in read_records(data, generation):
+        by_segment.setdefault((redo.relative, redo.inode), []).append(redo)
+    for (relative, inode), redos in by_segment.items():
+        try:
+            _redo_segment(directory, relative, inode, redos, journal_boot != boot)
+        except OSError as error:
+            raise SessionError(
+                f"cannot take up the journal {journal} left by a backend now gone: its "
+                f"segment {relative.decode(errors='replace')} could not be synced ({error}); "
+                "the journal is kept and taken up again by the next backend to start"
+            ) from error
+
+
+def _redo_segment(
+    directory: Path, relative: bytes, inode: int, redos: list[Redo], replaying: bool
+) -> None:
+    """Replay (when ``replaying``) a segment's records in order, then sync it."""
+    segment = _open_segment(directory, relative, inode)
+    if segment is None:
+        return
     try:
-        for redo in read_records(data, generation):
-            if redo.relative not in open_segments:
-                open_segments[redo.relative] = _open_segment(directory, redo.relative, redo.inode)
-            segment = open_segments[redo.relative]
-            if segment is not None and journal_boot != boot:
+        if replaying:
+            for redo in redos:
                 replay(segment, redo)
-        for segment in open_segments.values():
-            if segment is not None:
-                sync_data(segment)
+        sync_data(segment)
     finally:
-        for segment in open_segments.values():
-            if segment is not None:
-                os.close(segment)
+        os.close(segment)
 
 
 def _read_header(data: bytes) -> tuple[str, int] | None:
@@ -426,13 +464,15 @@ def _segment_path(directory: Path, relative: bytes) -> Path | None:
 
 
 def _open_segment(directory: Path, relative: bytes, inode: int) -> int | None:
-    """The segment open for writing, if it is still the file the journal wrote to."""
+    """The segment open for writing, if it is still the file the journal wrote to; None when
+    it is gone. Any other failure to open it (no descriptor left, no permission) is raised:
+    the journal must then be kept, since it may hold the only durable copy of the bytes."""
     path = _segment_path(directory, relative)
     if path is None:
         return None
     try:
         descriptor = os.open(path, os.O_RDWR)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     if os.fstat(descriptor).st_ino != inode:
         os.close(descriptor)
