@@ -344,8 +344,8 @@ class FileStorageBackend:
             return False
         if self._boot is not None:  # never replayed into a session of this name made later:
             recover(self.directory, self._boot)  # journals of backends now gone are taken up,
-        if self._group is not None and self._group.names(folder.name):
-            self._group.settle()  # and this one's checkpointed
+        if self._group is not None and self._group.names_unidentified(folder.name):
+            self._group.settle()  # and this one's checkpointed where inodes can be mistaken
         segments = sorted(folder.glob("log-*.seg"))
         with hold_segment(session_id, segments[-1]) if segments else contextlib.nullcontext():
             for path in folder.iterdir():

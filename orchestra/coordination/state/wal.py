@@ -4,26 +4,30 @@ Separate files cannot share a sync, and a session is a folder of segment files, 
 help a hundred sessions due at once pay a hundred syncs. Group commit: a durable append due
 while a sync is already under way is written into its segment without one (the page cache,
 which outlives a killed process but not a crashed machine), and queued. When the sync under
-way ends, one record describing every append queued meanwhile (its segment, that file's inode,
-the offset, the bytes just before it and its own bytes: physical redo, which may be applied
+way ends, one record describing every append queued meanwhile (its segment, that file's inode
+number and generation, the offset, the bytes just before it and its own bytes: physical redo, which may be applied
 any number of times) is appended to the backend's journal file with one write-and-sync; only
 then is any of them acknowledged. A batch is whatever was queued when the committer got to it:
 no timer, and an append due when nothing is under way (a lone session) skips the journal and
-syncs its own segment, exactly as before, so a lone session pays nothing for it.
+syncs its own segment, as before, so a lone session's steps pay nothing for it.
 
 Checkpoint: when the journal passes ``JOURNAL_BYTES``, or the committer has had nothing to do
 for ``IDLE_CHECKPOINT`` seconds, it syncs every segment the journal names and starts the
-journal afresh (a new generation in its header: older records no longer count).
+journal afresh (a new generation in its header: older records no longer count). Only a segment
+that is gone counts as needing no sync: any other failure to open one (no descriptor left)
+keeps the journal as it was, for the next checkpoint.
 
 Recovery: each backend object writes a journal of its own, ``<directory>/.journal/*.wal``,
 and holds an ``flock`` on it while it lives. The first call of a backend takes up every
 journal whose owner is gone, before it reads or writes anything (one recovery at a time, under
 ``.journal/recovery.lock``). The journal's header holds the kernel's boot id: written since the
 machine last started, the page cache still holds every write it names, and those segments are
-only synced; written before, each record is written into its segment again, where the bytes
-just before it are as recorded and its own range holds only its bytes or zeros (a segment
-since deleted, or replaced by one holding other bytes, is left alone). Then the journal is
-deleted. Where there is no boot id (not Linux), there is no journal: each durable append syncs
+only synced; written before, each record is written into its segment again, where the file
+is the one written to (inode number and generation: see ``inode_generation``), the bytes just
+before it are as recorded and its own range holds only its bytes or zeros (a segment since
+deleted, or replaced, is left alone). One segment at a time; one that cannot be opened for
+another reason than being gone fails the recovery, and the journal is kept. Then the journal
+is deleted. Deleting a session takes up dead journals too. Where there is no boot id (not Linux), there is no journal: each durable append syncs
 its own segment.
 """
 
@@ -43,7 +47,16 @@ from typing import Any
 from orchestra.errors import SessionError
 
 from .backends import valid_session_id
-from .segments import SECTOR, SEGMENT_NAME, Redo, Segment, check_written, fill_zeros, sync_data
+from .segments import (
+    SECTOR,
+    SEGMENT_NAME,
+    Redo,
+    Segment,
+    check_written,
+    fill_zeros,
+    inode_generation,
+    sync_data,
+)
 from .worker import Completion, Deferred
 
 try:
@@ -60,10 +73,12 @@ JOURNAL_BYTES = 4 * 1024 * 1024  # a journal is checkpointed once it holds this 
 IDLE_CHECKPOINT = 1.0  # seconds without a batch after which the journal is checkpointed
 BEFORE_BYTES = 64  # of the segment before a record's bytes, checked before it is replayed
 GROWTH = 1024 * 1024  # a journal grows by this much of zeros at a time (no size to sync)
-_MAGIC = b"orchestra journal 1\n"
+_MAGIC = b"orchestra journal 2\n"
 _HEADER = struct.Struct("<36sQI")  # boot id, generation, checksum of both
 _FRAME = struct.Struct("<IIQ")  # body length, checksum of generation and body, generation
-_ENTRY = struct.Struct("<HHQQI")  # path length, before length, inode, offset, data length
+_ENTRY = struct.Struct(
+    "<HHQIQI"
+)  # path length, before length, inode, generation, offset, data length
 _START = len(_MAGIC) + _HEADER.size  # where the first frame begins
 _WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -111,7 +126,7 @@ class GroupCommit:
         self._settling = 0  # threads waiting in settle()
         self._io = threading.Lock()  # of the journal file: a commit or a checkpoint at a time
         self._journal: JournalFile | None = None
-        self._named: dict[bytes, int] = {}  # segments the journal names: path -> inode
+        self._named: dict[bytes, tuple[int, int]] = {}  # segments named: path -> inode, generation
 
     def claim(self) -> bool:
         """Whether an append due now may sync its own segment: no sync under way, nothing
@@ -184,7 +199,10 @@ class GroupCommit:
             with self._io:
                 self._file().append(body)
                 for pending in batch:
-                    self._named[pending.redo.relative] = pending.redo.inode
+                    self._named[pending.redo.relative] = (
+                        pending.redo.inode,
+                        pending.redo.generation,
+                    )
                 full = self._file().end > JOURNAL_BYTES
         except Exception as error:  # a write or sync that failed, a journal not created
             for pending in batch:
@@ -204,8 +222,8 @@ class GroupCommit:
         with self._io:
             if not self._named or self._journal is None:
                 return
-            for relative, inode in self._named.items():
-                _sync_segment(self.directory, relative, inode)
+            for relative, identity in self._named.items():
+                _sync_segment(self.directory, relative, identity)
             self._journal.restart()
             self._named.clear()
 
@@ -224,11 +242,15 @@ class GroupCommit:
             finally:
                 os.close(journal.descriptor)
 
-    def names(self, folder: str) -> bool:
-        """Whether the journal names a segment of the session in ``folder``."""
+    def names_unidentified(self, folder: str) -> bool:
+        """Whether the journal names a segment of the session in ``folder`` whose inode has
+        no generation: a file made in its place could then be taken for it."""
         prefix = folder.encode() + b"/"
         with self._io:
-            return any(relative.startswith(prefix) for relative in self._named)
+            return any(
+                relative.startswith(prefix) and not generation
+                for relative, (_, generation) in self._named.items()
+            )
 
     def settle_quietly(self) -> None:
         """:meth:`settle`, a failed checkpoint leaving the journal as it was."""
@@ -248,8 +270,8 @@ class GroupCommit:
 
 
 def _encode(redo: Redo) -> bytes:
-    sizes = (len(redo.relative), len(redo.before), redo.inode, redo.offset, len(redo.data))
-    return _ENTRY.pack(*sizes) + redo.relative + redo.before + redo.data
+    sizes = (len(redo.relative), len(redo.before), redo.inode, redo.generation, redo.offset)
+    return _ENTRY.pack(*sizes, len(redo.data)) + redo.relative + redo.before + redo.data
 
 
 def _settle(pending: Pending, error: BaseException | None) -> None:
@@ -388,12 +410,13 @@ def _take_up(directory: Path, journal: Path, descriptor: int, boot: str) -> None
     if written_in is None:
         return
     journal_boot, generation = written_in
-    by_segment: dict[tuple[bytes, int], list[Redo]] = {}
+    by_segment: dict[tuple[bytes, tuple[int, int]], list[Redo]] = {}
     for redo in read_records(data, generation):
-        by_segment.setdefault((redo.relative, redo.inode), []).append(redo)
-    for (relative, inode), redos in by_segment.items():
+        identity = (redo.inode, redo.generation)
+        by_segment.setdefault((redo.relative, identity), []).append(redo)
+    for (relative, identity), redos in by_segment.items():
         try:
-            _redo_segment(directory, relative, inode, redos, journal_boot != boot)
+            _redo_segment(directory, relative, identity, redos, journal_boot != boot)
         except OSError as error:
             raise SessionError(
                 f"cannot take up the journal {journal} left by a backend now gone: its "
@@ -403,10 +426,14 @@ def _take_up(directory: Path, journal: Path, descriptor: int, boot: str) -> None
 
 
 def _redo_segment(
-    directory: Path, relative: bytes, inode: int, redos: list[Redo], replaying: bool
+    directory: Path,
+    relative: bytes,
+    identity: tuple[int, int],
+    redos: list[Redo],
+    replaying: bool,
 ) -> None:
     """Replay (when ``replaying``) a segment's records in order, then sync it."""
-    segment = _open_segment(directory, relative, inode)
+    segment = _open_segment(directory, relative, identity)
     if segment is None:
         return
     try:
@@ -446,13 +473,13 @@ def read_records(data: bytes, generation: int) -> Iterator[Redo]:
 def _entries(body: bytes) -> Iterator[Redo]:
     offset = 0
     while offset < len(body):
-        named, kept, inode, at, length = _ENTRY.unpack_from(body, offset)
+        named, kept, inode, generation, at, length = _ENTRY.unpack_from(body, offset)
         offset += _ENTRY.size
         relative = body[offset : offset + named]
         before = body[offset + named : offset + named + kept]
         data = body[offset + named + kept : offset + named + kept + length]
         offset += named + kept + length
-        yield Redo(relative, inode, at, before, data, 0, 0, False)
+        yield Redo(relative, inode, generation, at, before, data, 0, 0, False)
 
 
 def _segment_path(directory: Path, relative: bytes) -> Path | None:
@@ -463,7 +490,7 @@ def _segment_path(directory: Path, relative: bytes) -> Path | None:
     return directory / session / name
 
 
-def _open_segment(directory: Path, relative: bytes, inode: int) -> int | None:
+def _open_segment(directory: Path, relative: bytes, identity: tuple[int, int]) -> int | None:
     """The segment open for writing, if it is still the file the journal wrote to; None when
     it is gone. Any other failure to open it (no descriptor left, no permission) is raised:
     the journal must then be kept, since it may hold the only durable copy of the bytes."""
@@ -474,7 +501,7 @@ def _open_segment(directory: Path, relative: bytes, inode: int) -> int | None:
         descriptor = os.open(path, os.O_RDWR)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    if os.fstat(descriptor).st_ino != inode:
+    if (os.fstat(descriptor).st_ino, inode_generation(descriptor)) != identity:
         os.close(descriptor)
         return None
     return descriptor
@@ -501,10 +528,10 @@ def replay(descriptor: int, redo: Redo) -> bool:
     return True
 
 
-def _sync_segment(directory: Path, relative: bytes, inode: int) -> None:
+def _sync_segment(directory: Path, relative: bytes, identity: tuple[int, int]) -> None:
     """Sync a segment the journal names (through a descriptor of its own: the backend may
     have closed its own), unless it is gone or another file now."""
-    descriptor = _open_segment(directory, relative, inode)
+    descriptor = _open_segment(directory, relative, identity)
     if descriptor is not None:
         try:
             sync_data(descriptor)
