@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -407,10 +408,11 @@ async def test_a_checkpoint_that_cannot_open_a_segment_keeps_the_journal(
     limit = OpenLimit(monkeypatch)
     with pytest.raises(OSError, match="Too many open files"):
         group.checkpoint()
-    assert len(group._named) == 5 and group._journal.generation == generation
+    ((kept, named),) = group._retired  # not started afresh: its records still count
+    assert len(named) == 5 and kept.generation == generation
     limit.failing = False
     group.checkpoint()
-    assert not group._named
+    assert not group._named and not group._retired and kept.generation == generation + 1
 
 
 async def test_recovery_that_cannot_open_a_segment_fails_and_keeps_the_journal(
@@ -534,3 +536,67 @@ def test_a_segment_made_again_on_the_same_inode_is_not_the_one_journaled(tmp_pat
     found = wal._open_segment(tmp_path, b"X/log-000000000001.seg", (inode, generation))
     assert found is not None
     os.close(found)
+
+
+async def test_batches_are_committed_while_a_checkpoint_syncs_the_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint syncing its segments (held here) holds up no commit: batches go to
+    another journal meanwhile; once it is done, that journal alone names segments."""
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 5)
+    assert not any(await batch(backend, 5, 1))
+    group = backend._group
+    assert group is not None
+    syncing, go_on = threading.Event(), threading.Event()
+    sync_segment = wal._sync_segment
+
+    def held(*args: Any) -> None:
+        syncing.set()
+        go_on.wait()
+        sync_segment(*args)
+
+    monkeypatch.setattr(wal, "_sync_segment", held)
+    checkpoint = threading.Thread(target=group.checkpoint)
+    checkpoint.start()
+    try:
+        await asyncio.to_thread(wait_for, syncing.is_set, "the checkpoint to sync")
+        committing = asyncio.ensure_future(batch(backend, 5, 3))
+        await asyncio.to_thread(wait_for, committing.done, "the batch to be committed")
+        assert not any(committing.result())
+    finally:
+        go_on.set()
+        checkpoint.join()
+    assert not group._retired and _journaled(backend) == {f"s{n}" for n in range(5)}
+    assert len(list((tmp_path / wal.JOURNALS).glob("*.wal"))) == 2  # the other, spare
+    for n in range(5):
+        assert await backend.read(f"s{n}") == records(n, 0, 5)
+
+
+async def test_a_retired_journal_is_replayed_before_the_one_that_followed_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OS crash while a checkpoint syncs a retired journal's segments: the batch committed
+    to the next journal meanwhile stands on bytes only the retired one restores."""
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 5)
+    before = ends_now(backend, 5)
+    assert not any(await batch(backend, 5, 1))
+    group = backend._group
+    assert group is not None
+    with group._retiring:
+        group._switch()  # and the process dies before the segments are synced
+    assert not any(await batch(backend, 5, 3))
+    ((retired, _),) = group._retired
+    assert group._journal is not None
+    for journal, name in ((group._journal, "0-later.wal"), (retired, "1-earlier.wal")):
+        path = tmp_path / wal.JOURNALS / journal.name
+        path.rename(path.with_name(name))  # the later one first by name
+        os.close(journal.descriptor)
+    group._journal, group._retired, group._named = None, [], {}
+    backend.close()
+    lose_page_cache(tmp_path, before, cut=False)
+    monkeypatch.setattr(files, "boot_id", lambda: "another-boot-0000-0000-000000000000")
+    reopened = FileStorageBackend(tmp_path)
+    for n in range(5):
+        assert await reopened.read(f"s{n}") == records(n, 0, 5)

@@ -34,6 +34,7 @@ its own segment.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import struct
@@ -82,6 +83,8 @@ _ENTRY = struct.Struct(
 _START = len(_MAGIC) + _HEADER.size  # where the first frame begins
 _WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_GENERATIONS = itertools.count(1)  # of the journals of this process (see JournalFile.restart)
+Named = dict[bytes, tuple[int, int]]  # the segments a journal names: path -> inode, generation
 
 
 def boot_id() -> str | None:
@@ -124,9 +127,12 @@ class GroupCommit:
         self._syncing = 0  # syncs under way: an append due now joins the next batch
         self._running = False  # the committer thread
         self._settling = 0  # threads waiting in settle()
-        self._io = threading.Lock()  # of the journal file: a commit or a checkpoint at a time
-        self._journal: JournalFile | None = None
-        self._named: dict[bytes, tuple[int, int]] = {}  # segments named: path -> inode, generation
+        self._io = threading.Lock()  # of the journals and what they name
+        self._journal: JournalFile | None = None  # the one batches are committed to
+        self._named: Named = {}  # the segments it names
+        self._retired: list[tuple[JournalFile, Named]] = []  # their segments not yet synced
+        self._spare: JournalFile | None = None  # a retired one started afresh, for the next
+        self._retiring = threading.Lock()  # held while retired journals are checkpointed
 
     def claim(self) -> bool:
         """Whether an append due now may sync its own segment: no sync under way, nothing
@@ -160,7 +166,7 @@ class GroupCommit:
         while True:
             with self._changed:
                 if not self._wait_for_batch():
-                    if not self._named:
+                    if not self._named and not self._retired:
                         self._running = False
                         return
                     batch = None
@@ -178,10 +184,22 @@ class GroupCommit:
                 self._checkpoint_or_keep()
 
     def _checkpoint_or_keep(self) -> None:
-        """A checkpoint that fails (a segment's sync) leaves the journal as it was: what it
-        holds stays durable there, and the next checkpoint tries again."""
-        with contextlib.suppress(OSError):
-            self.checkpoint()
+        """Checkpoint on a thread of its own, so batches go on being committed meanwhile
+        (unless one is under way already). One that fails (a segment's sync) keeps the
+        retired journal as it was: what it holds stays durable there, and the next
+        checkpoint tries again."""
+        if self._retiring.acquire(blocking=False):
+            threading.Thread(
+                target=self._checkpoint_aside, name="orchestra-checkpoint", daemon=True
+            ).start()
+
+    def _checkpoint_aside(self) -> None:
+        try:
+            with contextlib.suppress(OSError):
+                self._switch()
+                self._retire()
+        finally:
+            self._retiring.release()
 
     def _wait_for_batch(self) -> bool:
         """(Under ``_changed``.) Whether a batch is ready; False after ``IDLE_CHECKPOINT``
@@ -213,34 +231,66 @@ class GroupCommit:
         return full
 
     def _file(self) -> JournalFile:
+        """(Under ``_io``.)"""
+        if self._journal is None:
+            self._journal, self._spare = self._spare, None
         if self._journal is None:
             self._journal = JournalFile.create(self.directory / JOURNALS, self._boot)
         return self._journal
 
     def checkpoint(self) -> None:
-        """Sync every segment the journal names, then start it afresh."""
+        """Sync every segment the journal names (after any checkpoint under way), then start
+        it afresh; batches are committed to another journal meanwhile."""
+        with self._retiring:
+            self._switch()
+            self._retire()
+
+    def _switch(self) -> None:
+        """(Under ``_retiring``.) Retire the journal: batches go to the spare (or a new one)."""
         with self._io:
-            if not self._named or self._journal is None:
-                return
-            for relative, identity in self._named.items():
+            if self._journal is not None and self._named:
+                self._retired.append((self._journal, self._named))
+                self._journal, self._named = None, {}
+
+    def _retire(self) -> None:
+        """(Under ``_retiring``.) Sync the segments each retired journal names, one at a
+        time, then start it afresh: the spare, or removed when there is one."""
+        while self._retired:
+            journal, named = self._retired[0]
+            for relative, identity in named.items():
                 _sync_segment(self.directory, relative, identity)
-            self._journal.restart()
-            self._named.clear()
+            journal.restart()
+            with self._io:
+                self._retired.pop(0)
+                spare = self._spare is None
+                if spare:
+                    self._spare = journal
+            if not spare:
+                self._remove(journal)
+
+    def _remove(self, journal: JournalFile) -> None:
+        """A journal that names nothing: gone, its descriptor and lock released."""
+        try:
+            (self.directory / JOURNALS / journal.name).unlink(missing_ok=True)
+        finally:
+            os.close(journal.descriptor)
 
     def close(self) -> None:
         """Checkpoint and remove the journal, releasing its descriptor and lock; a journal
         whose checkpoint fails is closed but left for the next backend to take up. A later
         append starts a new one."""
         self.settle_quietly()
-        with self._io:
-            journal, self._journal = self._journal, None
-            if journal is None:
-                return
-            try:
-                if not self._named:
-                    (self.directory / JOURNALS / journal.name).unlink(missing_ok=True)
-            finally:
+        with self._retiring, self._io:
+            kept = [journal for journal, _ in self._retired]
+            if self._journal is not None and self._named:
+                kept.append(self._journal)
+            for journal in kept:
                 os.close(journal.descriptor)
+            for unused in (self._journal, self._spare):
+                if unused is not None and unused not in kept:
+                    self._remove(unused)
+            self._journal = self._spare = None
+            self._named, self._retired = {}, []
 
     def names_unidentified(self, folder: str) -> bool:
         """Whether the journal names a segment of the session in ``folder`` whose inode has
@@ -249,7 +299,8 @@ class GroupCommit:
         with self._io:
             return any(
                 relative.startswith(prefix) and not generation
-                for relative, (_, generation) in self._named.items()
+                for named in (self._named, *(named for _, named in self._retired))
+                for relative, (_, generation) in named.items()
             )
 
     def settle_quietly(self) -> None:
@@ -312,8 +363,9 @@ class JournalFile:
         return journal
 
     def restart(self) -> None:
-        """A new generation: what the journal held no longer counts."""
-        self.generation += 1
+        """A new generation: what the journal held no longer counts. Generations grow across
+        the process's journals, so a backend's are taken up in the order it used them."""
+        self.generation = next(_GENERATIONS)
         self.end = _START
         self._grow(_START)
         checked = self.boot.encode() + struct.pack("<Q", self.generation)
@@ -365,7 +417,7 @@ def recover(directory: Path, boot: str) -> None:
     if not _journals(folder) or not os.access(folder, os.W_OK):
         return  # none left; or a reader that may not write, which reads what is there
     with recovery_lock(folder):
-        for path in _journals(folder):
+        for path in sorted(_journals(folder), key=_generation):
             with _orphan(path) as descriptor:
                 if descriptor is None:
                     continue
@@ -373,6 +425,18 @@ def recover(directory: Path, boot: str) -> None:
                     _take_up(directory, path, descriptor, boot)
                 path.unlink()
         fsync_directory(folder)
+
+
+def _generation(path: Path) -> int:
+    """A journal's generation: a backend retires a journal and commits to another while it
+    syncs the segments the first one names, so a record of the second may stand on bytes a
+    record of the first restores: replayed after it."""
+    try:
+        with open(path, "rb") as handle:
+            found = _read_header(handle.read(_START))
+    except OSError:
+        return 0
+    return 0 if found is None else found[1]
 
 
 def _journals(folder: Path) -> list[Path]:
