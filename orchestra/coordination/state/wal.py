@@ -5,17 +5,18 @@ help a hundred sessions due at once pay a hundred syncs. Group commit: a durable
 while a sync is already under way is written into its segment without one (the page cache,
 which outlives a killed process but not a crashed machine), and queued. When the sync under
 way ends, one record describing every append queued meanwhile (its segment, that file's inode
-number and generation, the offset, the bytes just before it and its own bytes: physical redo, which may be applied
-any number of times) is appended to the backend's journal file with one write-and-sync; only
-then is any of them acknowledged. A batch is whatever was queued when the committer got to it:
+number and generation, the offset, the bytes just before it and its own bytes: physical redo,
+which may be applied any number of times) is appended to the backend's journal file with one
+write-and-sync; only then is any of them acknowledged. A batch is whatever was queued when the committer got to it:
 no timer, and an append due when nothing is under way (a lone session) skips the journal and
 syncs its own segment, as before, so a lone session's steps pay nothing for it.
 
 Checkpoint: when the journal passes ``JOURNAL_BYTES``, or the committer has had nothing to do
 for ``IDLE_CHECKPOINT`` seconds, it syncs every segment the journal names and starts the
-journal afresh (a new generation in its header: older records no longer count). Only a segment
-that is gone counts as needing no sync: any other failure to open one (no descriptor left)
-keeps the journal as it was, for the next checkpoint.
+journal afresh (a new generation in its header: older records no longer count); batches go to
+a second journal meanwhile (see :meth:`GroupCommit.checkpoint`). Only a segment that is gone
+counts as needing no sync: any other failure to open one (no descriptor left) keeps the journal
+as it was, for the next checkpoint.
 
 Recovery: each backend object writes a journal of its own, ``<directory>/.journal/*.wal``,
 and holds an ``flock`` on it while it lives. The first call of a backend takes up every
@@ -27,8 +28,8 @@ is the one written to (inode number and generation: see ``inode_generation``), t
 before it are as recorded and its own range holds only its bytes or zeros (a segment since
 deleted, or replaced, is left alone). One segment at a time; one that cannot be opened for
 another reason than being gone fails the recovery, and the journal is kept. Then the journal
-is deleted. Deleting a session takes up dead journals too. Where there is no boot id (not Linux), there is no journal: each durable append syncs
-its own segment.
+is deleted. Deleting a session takes up dead journals too. Where there is no boot id (not
+Linux), there is no journal: each durable append syncs its own segment.
 """
 
 from __future__ import annotations
@@ -77,9 +78,8 @@ GROWTH = 1024 * 1024  # a journal grows by this much of zeros at a time (no size
 _MAGIC = b"orchestra journal 2\n"
 _HEADER = struct.Struct("<36sQI")  # boot id, generation, checksum of both
 _FRAME = struct.Struct("<IIQ")  # body length, checksum of generation and body, generation
-_ENTRY = struct.Struct(
-    "<HHQIQI"
-)  # path length, before length, inode, generation, offset, data length
+# path length, before length, inode, inode generation, offset, data length
+_ENTRY = struct.Struct("<HHQIQI")
 _START = len(_MAGIC) + _HEADER.size  # where the first frame begins
 _WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
