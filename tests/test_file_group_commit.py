@@ -412,7 +412,7 @@ async def test_a_checkpoint_that_cannot_open_a_segment_keeps_the_journal(
     assert len(named) == 5 and kept.generation == generation
     limit.failing = False
     group.checkpoint()
-    assert not group._named and not group._retired and kept.generation == generation + 1
+    assert not group._named and not group._retired and kept.generation > generation
 
 
 async def test_recovery_that_cannot_open_a_segment_fails_and_keeps_the_journal(
