@@ -369,17 +369,18 @@ def test_replay_restores_any_lost_sectors_and_is_idempotent(
 
 
 class OpenLimit:
-    """Segment opens fail as at the descriptor limit (``EMFILE``) while ``failing``; counts
-    the segments open at once (``most``)."""
+    """Opens of segments under ``directory`` fail as at the descriptor limit (``EMFILE``)
+    while ``failing``; counts those open at once (``most``). Other tests' threads, still
+    checkpointing, are left alone."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
         self.failing = True
         self.open: set[int] = set()
         self.most = 0
         real_open, real_close = os.open, os.close
 
         def opening(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-            segment = str(path).endswith(".seg")
+            segment = str(path).startswith(str(directory)) and str(path).endswith(".seg")
             if segment and self.failing:
                 raise OSError(errno.EMFILE, "Too many open files", str(path))
             descriptor = real_open(path, flags, *args, **kwargs)
@@ -405,7 +406,7 @@ async def test_a_checkpoint_that_cannot_open_a_segment_keeps_the_journal(
     group = backend._group
     assert group is not None and group._journal is not None
     generation = group._journal.generation
-    limit = OpenLimit(monkeypatch)
+    limit = OpenLimit(monkeypatch, tmp_path)
     with pytest.raises(OSError, match="Too many open files"):
         group.checkpoint()
     ((kept, named),) = group._retired  # not started afresh: its records still count
@@ -429,7 +430,7 @@ async def test_recovery_that_cannot_open_a_segment_fails_and_keeps_the_journal(
     backend.close()
     lose_page_cache(tmp_path, before, cut=False)
     monkeypatch.setattr(files, "boot_id", lambda: "another-boot-0000-0000-000000000000")
-    limit = OpenLimit(monkeypatch)
+    limit = OpenLimit(monkeypatch, tmp_path)
     reopened = FileStorageBackend(tmp_path)
     with pytest.raises(SessionError, match=f"{journal}.*segment s[0-9]+/log-"):
         await reopened.read("s0")
