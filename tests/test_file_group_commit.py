@@ -11,10 +11,12 @@ boot by the boot id the backend reads.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,7 @@ from hypothesis import strategies as st
 
 from orchestra.coordination.state import FileStorageBackend, files, wal
 from orchestra.coordination.state.segments import SECTOR, Redo, encode_append, parse
+from orchestra.errors import SessionError
 
 pytestmark = pytest.mark.skipif(wal.boot_id() is None, reason="no boot id: no journal here")
 
@@ -217,12 +220,11 @@ async def test_a_stale_journal_is_never_replayed_into_a_session_made_again(
     assert group is not None and group._journal is not None
     (journal,) = (tmp_path / wal.JOURNALS).glob("*.wal")
     stale = journal.read_bytes()
-    assert await backend.delete("s3")  # the journal named it: checkpointed first
-    assert not any(b"s3/" in relative for relative in group._named)
+    assert await backend.delete("s3")
     again = [f'{{"again":{n}}}' for n in range(3)]
     await backend.append("s3", again, True, 0)
-    backend.close()
     orphan(backend)
+    backend.close()
     journal.unlink()
     (tmp_path / wal.JOURNALS / "stale.wal").write_bytes(stale)
     if boot == "another":
@@ -275,7 +277,7 @@ async def test_a_thousand_sessions_hold_at_most_the_open_segments_and_the_journa
             await backend.append(f"s{session}", records(session, after, 1), True, after)
 
     await asyncio.gather(*(run(n) for n in range(1000)))
-    assert open_files() <= baseline + files.OPEN_SEGMENTS + 1  # + the journal
+    assert open_files() <= baseline + files.OPEN_SEGMENTS + 2  # + the journal and its spare
     assert await backend.read("s999") == records(999, 0, 3)
 
 
@@ -348,7 +350,7 @@ def test_replay_restores_any_lost_sectors_and_is_idempotent(
     for number, size in enumerate(sizes):
         data = encode_append([chr(ord("a") + number % 26) * size])
         before = content[-wal.BEFORE_BYTES :]
-        redos.append(Redo(b"s/x", 0, len(content), before, data, 0, 0, False))
+        redos.append(Redo(b"s/x", 0, 0, len(content), before, data, 0, 0, False))
         content += data
     crashed = bytearray(content + bytes(SECTOR))
     for sector in lost:
@@ -364,3 +366,238 @@ def test_replay_restores_any_lost_sectors_and_is_idempotent(
     finally:
         os.close(descriptor)
     assert path.read_bytes()[: len(content)] == content
+
+
+class OpenLimit:
+    """Opens of segments under ``directory`` fail as at the descriptor limit (``EMFILE``)
+    while ``failing``; counts those open at once (``most``). Other tests' threads, still
+    checkpointing, are left alone."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+        self.failing = True
+        self.open: set[int] = set()
+        self.most = 0
+        real_open, real_close = os.open, os.close
+
+        def opening(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            segment = str(path).startswith(str(directory)) and str(path).endswith(".seg")
+            if segment and self.failing:
+                raise OSError(errno.EMFILE, "Too many open files", str(path))
+            descriptor = real_open(path, flags, *args, **kwargs)
+            if segment:
+                self.open.add(descriptor)
+                self.most = max(self.most, len(self.open))
+            return descriptor
+
+        def closing(descriptor: int) -> None:
+            self.open.discard(descriptor)
+            real_close(descriptor)
+
+        monkeypatch.setattr(os, "open", opening)
+        monkeypatch.setattr(os, "close", closing)
+
+
+async def test_a_checkpoint_that_cannot_open_a_segment_keeps_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 5)
+    assert not any(await batch(backend, 5, 1))
+    group = backend._group
+    assert group is not None and group._journal is not None
+    generation = group._journal.generation
+    limit = OpenLimit(monkeypatch, tmp_path)
+    with pytest.raises(OSError, match="Too many open files"):
+        group.checkpoint()
+    ((kept, named),) = group._retired  # not started afresh: its records still count
+    assert len(named) == 5 and kept.generation == generation
+    limit.failing = False
+    group.checkpoint()
+    assert not group._named and not group._retired and kept.generation > generation
+
+
+async def test_recovery_that_cannot_open_a_segment_fails_and_keeps_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an OS crash, a segment that cannot be opened (no descriptor left) is not taken
+    for one deleted: the recovery fails naming the journal and the segment, the journal
+    stays, and the next try replays every record, one segment open at a time."""
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 30)
+    before = ends_now(backend, 30)
+    assert not any(await batch(backend, 30, 1))
+    journal = orphan(backend)
+    backend.close()
+    lose_page_cache(tmp_path, before, cut=False)
+    monkeypatch.setattr(files, "boot_id", lambda: "another-boot-0000-0000-000000000000")
+    limit = OpenLimit(monkeypatch, tmp_path)
+    reopened = FileStorageBackend(tmp_path)
+    with pytest.raises(SessionError, match=f"{journal}.*segment s[0-9]+/log-"):
+        await reopened.read("s0")
+    assert journal.exists()
+    limit.failing = False
+    for n in range(30):
+        assert await reopened.read(f"s{n}") == records(n, 0, 3)
+    assert not journal.exists()
+    assert limit.most == 1
+
+
+async def queued_first_append(backend: FileStorageBackend, session: str, record: str) -> None:
+    """A session's first append, made durable by the backend's journal (a batch of one)."""
+    group = backend._group
+    assert group is not None
+    await asyncio.to_thread(wait_for, group.claim, "the syncs under way to end")
+    append = asyncio.ensure_future(backend.append(session, [record], True, 0))
+    try:
+        await asyncio.to_thread(wait_for, lambda: len(group._pending) == 1, "the append queued")
+    finally:
+        group.done()
+    await append
+
+
+async def test_a_dead_backends_journal_is_never_replayed_into_a_session_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed backend's journal names X; a live backend deletes X and makes it again (the
+    file system may reuse the segment's inode); after an OS crash X holds its new record."""
+    live = FileStorageBackend(tmp_path)
+    await live.append("other", ["o"], True, 0)  # its recovery done
+    dead = FileStorageBackend(tmp_path)
+    await queued_first_append(dead, "X", '{"old":1}')
+    dead_journal = orphan(dead)
+    dead.close()
+    assert await live.delete("X")
+    assert not dead_journal.exists()  # taken up before the folder went
+    await queued_first_append(live, "X", '{"new":1}')
+    orphan(live)
+    live.close()
+    os.truncate(tmp_path / "X" / "log-000000000001.seg", 0)  # the unsynced bytes lost
+    monkeypatch.setattr(files, "boot_id", lambda: "another-boot-0000-0000-000000000000")
+    assert await FileStorageBackend(tmp_path).read("X") == ['{"new":1}']
+
+
+async def test_close_checkpoints_and_removes_the_journal(tmp_path: Path) -> None:
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    baseline = open_files()
+    for number in range(5):
+        backend = FileStorageBackend(tmp_path / str(number))
+        await start_sessions(backend, 5)
+        assert not any(await batch(backend, 5, 1))
+        backend.close()
+        assert not list((tmp_path / str(number) / wal.JOURNALS).glob("*.wal"))
+    assert open_files() <= baseline
+    await batch(backend, 5, 3)  # and a closed backend goes on, with a journal again
+    assert await backend.read("s0") == records(0, 0, 5)
+
+
+async def test_a_live_backends_journal_is_never_replayed_into_a_session_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another live backend's journal names X when X is deleted and made again (its segment
+    likely on the same inode); an OS crash before that journal's checkpoint: replayed first,
+    its record is still not written into the new X (the inode's generation differs)."""
+    probe = os.open(tmp_path / "probe", os.O_RDWR | os.O_CREAT)
+    generation = wal.inode_generation(probe)
+    os.close(probe)
+    if generation == 0:
+        pytest.skip("no inode generations on this file system")
+    other = FileStorageBackend(tmp_path)
+    await queued_first_append(other, "X", '{"old":1}')
+    await other.release("X")
+    live = FileStorageBackend(tmp_path)
+    assert await live.delete("X")
+    await queued_first_append(live, "X", '{"new":1}')
+    for backend, name in ((other, "0-first.wal"), (live, "1-then.wal")):  # both killed
+        group = backend._group
+        assert group is not None and group._journal is not None
+        journal = tmp_path / wal.JOURNALS / group._journal.name
+        journal.rename(journal.with_name(name))  # the other's taken up first
+        os.close(group._journal.descriptor)
+        group._journal = None
+        backend.close()
+    os.truncate(tmp_path / "X" / "log-000000000001.seg", 0)  # the unsynced bytes lost
+    monkeypatch.setattr(files, "boot_id", lambda: "another-boot-0000-0000-000000000000")
+    assert await FileStorageBackend(tmp_path).read("X") == ['{"new":1}']
+
+
+def test_a_segment_made_again_on_the_same_inode_is_not_the_one_journaled(tmp_path: Path) -> None:
+    """The inode number alone is not the file: one made where a deleted one was may reuse
+    it (ext4 does at once), with another generation."""
+    (tmp_path / "X").mkdir()
+    path = tmp_path / "X" / "log-000000000001.seg"
+    path.write_bytes(b"")
+    descriptor = os.open(path, os.O_RDONLY)
+    inode, generation = os.fstat(descriptor).st_ino, wal.inode_generation(descriptor)
+    os.close(descriptor)
+    if generation == 0:
+        pytest.skip("no inode generations on this file system")
+    assert wal._open_segment(tmp_path, b"X/log-000000000001.seg", (inode, generation ^ 1)) is None
+    found = wal._open_segment(tmp_path, b"X/log-000000000001.seg", (inode, generation))
+    assert found is not None
+    os.close(found)
+
+
+async def test_batches_are_committed_while_a_checkpoint_syncs_the_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint syncing its segments (held here) holds up no commit: batches go to
+    another journal meanwhile; once it is done, that journal alone names segments."""
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 5)
+    assert not any(await batch(backend, 5, 1))
+    group = backend._group
+    assert group is not None
+    syncing, go_on = threading.Event(), threading.Event()
+    sync_segment = wal._sync_segment
+
+    def held(*args: Any) -> None:
+        syncing.set()
+        go_on.wait()
+        sync_segment(*args)
+
+    monkeypatch.setattr(wal, "_sync_segment", held)
+    checkpoint = threading.Thread(target=group.checkpoint)
+    checkpoint.start()
+    try:
+        await asyncio.to_thread(wait_for, syncing.is_set, "the checkpoint to sync")
+        committing = asyncio.ensure_future(batch(backend, 5, 3))
+        await asyncio.to_thread(wait_for, committing.done, "the batch to be committed")
+        assert not any(committing.result())
+    finally:
+        go_on.set()
+        checkpoint.join()
+    assert not group._retired and _journaled(backend) == {f"s{n}" for n in range(5)}
+    assert len(list((tmp_path / wal.JOURNALS).glob("*.wal"))) == 2  # the other, spare
+    for n in range(5):
+        assert await backend.read(f"s{n}") == records(n, 0, 5)
+
+
+async def test_a_retired_journal_is_replayed_before_the_one_that_followed_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OS crash while a checkpoint syncs a retired journal's segments: the batch committed
+    to the next journal meanwhile stands on bytes only the retired one restores."""
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 5)
+    before = ends_now(backend, 5)
+    assert not any(await batch(backend, 5, 1))
+    group = backend._group
+    assert group is not None
+    with group._retiring:
+        group._switch()  # and the process dies before the segments are synced
+    assert not any(await batch(backend, 5, 3))
+    ((retired, _),) = group._retired
+    assert group._journal is not None
+    for journal, name in ((group._journal, "0-later.wal"), (retired, "1-earlier.wal")):
+        path = tmp_path / wal.JOURNALS / journal.name
+        path.rename(path.with_name(name))  # the later one first by name
+        os.close(journal.descriptor)
+    group._journal, group._retired, group._named = None, [], {}
+    backend.close()
+    lose_page_cache(tmp_path, before, cut=False)
+    monkeypatch.setattr(files, "boot_id", lambda: "another-boot-0000-0000-000000000000")
+    reopened = FileStorageBackend(tmp_path)
+    for n in range(5):
+        assert await reopened.read(f"s{n}") == records(n, 0, 5)

@@ -270,13 +270,15 @@ class FileStorageBackend:
         return await self._call(session_id, _read_snapshot)
 
     def close(self) -> None:
-        """Close the open segment files (a later append opens its segment again); a write in
-        flight finishes first."""
+        """Close the open segment files and the journal, checkpointed and removed (a later
+        append opens them again); a write in flight finishes first."""
         with self._guard:
             for segment in self._open.values():
                 segment.close()
             self._open.clear()
             self._marks.clear()
+        if self._group is not None:
+            self._group.close()
 
     async def release(self, session_id: str) -> None:
         """Close the session's segment, so its lock no longer keeps other writers out, and
@@ -340,8 +342,10 @@ class FileStorageBackend:
         self._forget(session_id)
         if not folder.is_dir():
             return False
-        if self._group is not None and self._group.names(folder.name):
-            self._group.settle()  # never replayed into a session of this name made later
+        if self._boot is not None:  # never replayed into a session of this name made later:
+            recover(self.directory, self._boot)  # journals of backends now gone are taken up,
+        if self._group is not None and self._group.names_unidentified(folder.name):
+            self._group.settle()  # and this one's checkpointed where inodes can be mistaken
         segments = sorted(folder.glob("log-*.seg"))
         with hold_segment(session_id, segments[-1]) if segments else contextlib.nullcontext():
             for path in folder.iterdir():

@@ -24,7 +24,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import platform
 import re
+import struct
+import sys
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
@@ -46,7 +49,13 @@ MARK_BYTES = 64  # of a segment's last append, kept to recognise the segment whe
 CHECKED_AHEAD = 64 * 1024  # zeros after the mark checked to be zeros still, when taking it up
 SECTOR = 512  # the smallest unit a disk writes whole (see the module's docstring)
 _WRITE_DSYNC = getattr(os, "RWF_DSYNC", 0)  # Linux: a write that is durable when it returns
-_FULL_FSYNC = getattr(fcntl, "F_FULLFSYNC", None)  # macOS: fsync leaves data in the drive's cache
+_FULL_FSYNC = getattr(fcntl, "F_FULLFSYNC", None)
+# _IOR('v', 1, long) as Linux encodes it on these machines (others encode it differently)
+_GET_VERSION = (
+    (2 << 30) | (struct.calcsize("l") << 16) | (ord("v") << 8) | 1
+    if sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64", "i686", "riscv64")
+    else None
+)  # macOS: fsync leaves data in the drive's cache
 _HEADER = re.compile(rb"\n@([0-9a-f]+) ([0-9a-f]{8})\n")
 SEGMENT_NAME = re.compile(r"log-[0-9]{12}\.seg")
 
@@ -151,6 +160,7 @@ class Redo:
 
     relative: bytes  # the segment's path in the backend's directory
     inode: int
+    generation: int  # the inode's (see ``inode_generation``)
     offset: int
     before: bytes
     data: bytes
@@ -190,6 +200,7 @@ class Segment:
         self.unsynced = False
         self.durable_end = end  # what lies before is durable, or in the backend's journal
         self.inode = os.fstat(descriptor).st_ino
+        self.generation = inode_generation(descriptor)
 
     @classmethod
     def create(cls, session_id: str, path: Path, first: int) -> Segment:
@@ -282,6 +293,7 @@ class Segment:
         redo = Redo(
             relative,
             self.inode,
+            self.generation,
             self.durable_end,
             earlier[:kept],
             earlier[kept:] + data,
@@ -376,6 +388,20 @@ def sync_data(descriptor: int) -> None:
         except OSError:
             pass
     getattr(os, "fdatasync", os.fsync)(descriptor)
+
+
+def inode_generation(descriptor: int) -> int:
+    """The inode's generation number (``FS_IOC_GETVERSION``): ext4, XFS and Btrfs give a file
+    made where a deleted one was, reusing its inode number, another one, so the journal never
+    takes the one for the other. 0 where there is none: another system, or a file system
+    without it (tmpfs, whose files no crash leaves behind anyway)."""
+    if _GET_VERSION is None:
+        return 0
+    try:
+        found = fcntl.ioctl(descriptor, _GET_VERSION, bytes(8))
+    except OSError:
+        return 0
+    return int.from_bytes(found[:4], sys.byteorder)
 
 
 def _identity(descriptor: int) -> tuple[int, int, int, int, int]:
