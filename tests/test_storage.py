@@ -1143,3 +1143,13 @@ async def test_a_released_segment_is_taken_up_where_it_was_left(
     finally:
         storage.close()
         other.close()
+
+
+async def test_a_redis_urls_password_never_reaches_an_error(redis_server: str) -> None:
+    """The backend's repr is in its errors (a missing session's, say): a password in its URL
+    is masked there."""
+    storage = RedisStorageBackend(redis_server.replace("redis://", "redis://:s3cr3t-pw@"), "pw")
+    assert "s3cr3t-pw" not in repr(storage)
+    with pytest.raises(Exception) as raised:
+        await storage.read("absent")
+    assert "s3cr3t-pw" not in str(raised.value)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestra.errors import ConfigurationError, SessionNotFoundError
+from orchestra.models.secrets import redact
 
 from .backends import (
     PerLoop,
@@ -133,7 +134,8 @@ class RedisStorageBackend:
         self._appends: Batches[_Append, int] = Batches(self._send_appends)
 
     def __repr__(self) -> str:
-        return f"RedisStorageBackend({self.url!r}, namespace={self.namespace!r})"
+        """Shown in errors (``SessionNotFoundError``) and logs: the URL's password masked."""
+        return f"RedisStorageBackend({redact(self.url)!r}, namespace={self.namespace!r})"
 
     def _client(self) -> Any:
         client = self._clients.get()
