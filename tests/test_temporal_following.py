@@ -319,6 +319,17 @@ async def test_a_question_queued_behind_another_keeps_its_limit_on_temporal(
     assert outcomes[1] == outcomes[0]
 
 
+def _either_asker(error: str) -> str:
+    """An error with the question's id, and, in the fan-out's error, which of the two askers'
+    timeouts it names, left out: A and B ask at the same moment, so which question the channel
+    shows (and times out) first is a race, on Temporal as embedded with real models."""
+    error = re.sub(r"question \S+,", "question ?,", error)
+    if not error.startswith("the fan-out from"):
+        return error
+    error = re.sub(r"\bb\d\b", "b?", re.sub(r"\((A|B)\)", "(?)", error))
+    return re.sub(r"(agent |name for )'?(A|B)\b'?", r"\1?", error)
+
+
 async def test_a_timed_channels_timeout_gives_the_embedded_outcome(client: Client) -> None:
     """The client's channel times the question out (its user never answers): the branch
     fails with the error an embedded run gives, and no sooner than the channel said."""
@@ -343,11 +354,7 @@ async def test_a_timed_channels_timeout_gives_the_embedded_outcome(client: Clien
                 )
         else:
             result = await run("x", TWO_ASK, agents, wait=ON_TEMPORAL, communication_config=config)
-        errors.append(
-            sorted(
-                re.sub(r"question \S+,", "question ?,", str(b.error)) for b in result.branch_results
-            )
-        )
+        errors.append(sorted(_either_asker(str(b.error)) for b in result.branch_results))
     assert errors[1] == errors[0]
     assert any("did not answer the question of agent" in error for error in errors[0])
 
