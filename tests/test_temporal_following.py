@@ -320,12 +320,11 @@ async def test_a_question_queued_behind_another_keeps_its_limit_on_temporal(
 
 
 def _either_asker(error: str) -> str:
-    """An error with the question's id, and, in the fan-out's error, which of the two askers'
-    timeouts it names, left out: A and B ask at the same moment, so which question the channel
-    shows (and times out) first is a race, on Temporal as embedded with real models."""
+    """An error with the question's id, and which of the two askers it names, left out: A and B
+    ask at the same moment, so which question the channel shows (and times out) first, failing
+    its branch and the fan-out while the other is cancelled, is a race, on Temporal as embedded
+    with real models."""
     error = re.sub(r"question \S+,", "question ?,", error)
-    if not error.startswith("the fan-out from"):
-        return error
     error = re.sub(r"\bb\d\b", "b?", re.sub(r"\((A|B)\)", "(?)", error))
     return re.sub(r"(agent |name for )'?(A|B)\b'?", r"\1?", error)
 
