@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -263,11 +264,12 @@ async def test_a_failed_journal_sync_undoes_the_batch(
 
 
 async def test_a_thousand_sessions_hold_at_most_the_open_segments_and_the_journal(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def open_files() -> int:
         return len(os.listdir("/proc/self/fd"))
 
+    monkeypatch.setattr(files, "open_segment_limit", lambda: files.OPEN_SEGMENTS)  # ulimit 1024
     backend = FileStorageBackend(tmp_path)
     await backend.append("warm", ["x"], True, 0)
     baseline = open_files()
@@ -279,6 +281,76 @@ async def test_a_thousand_sessions_hold_at_most_the_open_segments_and_the_journa
     await asyncio.gather(*(run(n) for n in range(1000)))
     assert open_files() <= baseline + files.OPEN_SEGMENTS + 2  # + the journal and its spare
     assert await backend.read("s999") == records(999, 0, 3)
+
+
+SEGMENTS_OPEN = """
+import asyncio, logging, os, resource, sys
+from orchestra.coordination.state import FileStorageBackend
+
+logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+
+async def main():
+    hard = int(sys.argv[2]) if sys.argv[2] != "unchanged" else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    storage = FileStorageBackend(sys.argv[1])
+
+    async def session(name):
+        for after in range(3):
+            await storage.append(name, [f"{name}:{after}"], durable=True, after=after)
+
+    await asyncio.gather(*(session(f"s{n}") for n in range(300)))
+    print(len(storage._open), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    assert await storage.read("s299") == ["s299:0", "s299:1", "s299:2"]
+
+asyncio.run(main())
+"""
+
+
+def segments_open(tmp_path: Path, hard: str) -> tuple[list[str], list[str]]:
+    done = subprocess.run(
+        [sys.executable, "-c", SEGMENTS_OPEN, str(tmp_path / "state"), hard],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.split(), done.stderr.splitlines()
+
+
+def test_more_sessions_than_segments_kept_open_raise_the_soft_limit_once(tmp_path: Path) -> None:
+    """300 sessions under a soft limit of 1024 pass the 256 segments kept open: rather than
+    reopen a segment on every append, the backend raises the soft limit to the hard one."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 4 * 300:
+        pytest.skip(f"the hard limit on open files ({hard}) leaves no room to raise the soft one")
+    (kept, soft), logged = segments_open(tmp_path, "unchanged")
+    assert int(kept) == 300
+    assert int(soft) == (65536 if hard == resource.RLIM_INFINITY else hard)
+    assert len(logged) == 1
+    assert logged[0].startswith(
+        "orchestra.coordination.state.files INFO raised the soft limit on open files from 1024 to "
+    )
+    assert "(each running session holds one for its segment)" in logged[0]
+
+
+def test_with_no_room_to_raise_the_limit_segments_are_closed_and_taken_up_again(
+    tmp_path: Path,
+) -> None:
+    (kept, soft), logged = segments_open(tmp_path, "1024")
+    assert (int(kept), int(soft)) == (files.OPEN_SEGMENTS, 1024)
+    assert logged == []
+
+
+@pytest.mark.parametrize(
+    ("soft", "kept"),
+    [(256, 256), (1024, 256), (4096, 1024), (20000, 5000), (1 << 20, 8192), (-1, 8192)],
+)
+def test_the_open_segments_are_a_quarter_of_the_limit_on_open_files(
+    monkeypatch: pytest.MonkeyPatch, soft: int, kept: int
+) -> None:
+    soft = resource.RLIM_INFINITY if soft == -1 else soft
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (soft, resource.RLIM_INFINITY))
+    assert files.open_segment_limit() == kept
 
 
 CHILD = """

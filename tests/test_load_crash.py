@@ -6,7 +6,8 @@ The sessions differ (``load_crash_workflow.py``: seeded rounds of seeded width),
 stored in, or read back from, the wrong session would show in a result. The process runs under a
 soft limit of 1024 open files. The SQLite backend raises it itself once half is in use (its
 writer locks: docs/sessions.md, the limit on open files), so for SQLite this proves nothing;
-the other backends never raise it: 1000 of their sessions at once must fit under it.
+for the others the hard limit is 1024 too (the file backend would raise the soft one rather
+than reopen segments): 1000 of their sessions at once must fit under it.
 It is killed once it has taken ``TRIP`` steps (of about 5500), every session has taken one and
 ``FINISHED`` sessions have finished; steps stall from ``STALL`` on, so the kill always finds
 sessions in flight, with appends of many sessions still being written. Sessions that finished

@@ -815,7 +815,7 @@ async def test_closing_while_appends_are_in_flight_loses_and_misplaces_nothing(
 async def test_threads_and_open_files_stay_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(files, "OPEN_SEGMENTS", 3)
+    monkeypatch.setattr(files, "open_segment_limit", lambda: 3)
     storage = FileStorageBackend(tmp_path / "state")
     names = [f"s{number}" for number in range(12)]
     before = threading.active_count()
@@ -836,7 +836,7 @@ async def test_a_segment_closed_to_save_files_is_taken_up_where_it_was_left(
 ) -> None:
     """With more sessions appending than segments kept open, each append used to read its
     session's last segment whole again (up to 4 MiB) to find where it ends."""
-    monkeypatch.setattr(files, "OPEN_SEGMENTS", 3)
+    monkeypatch.setattr(files, "open_segment_limit", lambda: 3)
     read_whole: list[str] = []
     reopen = files.Segment.reopen
 
@@ -861,7 +861,7 @@ async def test_a_segment_closed_to_save_files_is_taken_up_where_it_was_left(
 async def test_a_segment_another_writer_appended_to_meanwhile_is_read_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(files, "OPEN_SEGMENTS", 1)
+    monkeypatch.setattr(files, "open_segment_limit", lambda: 1)
     storage, other = FileStorageBackend(tmp_path / "state"), FileStorageBackend(tmp_path / "state")
     try:
         await storage.append("left", [step(1)], durable=True, after=0)
@@ -883,7 +883,7 @@ async def test_a_session_started_anew_by_another_writer_refuses_the_old_one(
 ) -> None:
     """The new segment file may get the old one's inode and size: what the closed segment's
     mark remembers of its last append tells them apart."""
-    monkeypatch.setattr(files, "OPEN_SEGMENTS", 1)
+    monkeypatch.setattr(files, "open_segment_limit", lambda: 1)
     storage, other = FileStorageBackend(tmp_path / "state"), FileStorageBackend(tmp_path / "state")
     try:
         await storage.append("anew", [step(1), step(2), step(3)], durable=True, after=0)
@@ -902,7 +902,7 @@ async def test_a_session_started_anew_by_another_writer_refuses_the_old_one(
 async def test_an_append_torn_by_another_writer_behind_a_closed_segment_is_cleared(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(files, "OPEN_SEGMENTS", 1)
+    monkeypatch.setattr(files, "open_segment_limit", lambda: 1)
     storage = FileStorageBackend(tmp_path / "state")
     try:
         await storage.append("torn", [step(1), step(2)], durable=True, after=0)

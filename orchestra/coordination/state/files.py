@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import stat
 import threading
@@ -25,6 +26,7 @@ from orchestra.errors import (
 )
 
 from .backends import check_session_id, stale_writer
+from .descriptors import raise_soft_limit, soft_limit
 from .segments import (
     Mark,
     Segment,
@@ -40,9 +42,11 @@ from .worker import BlockingWorker
 
 SEGMENT_BYTES = 4 * 1024 * 1024  # a segment takes no more appends once it holds this much
 SHARDS = 8  # threads doing the blocking work of one backend
-OPEN_SEGMENTS = 256  # segment files kept open (the least recently used one is closed)
+OPEN_SEGMENTS = 256  # segment files kept open at least (the least recently used one is closed)
+MOST_OPEN_SEGMENTS = 8192  # and at most, whatever the limit on open files
 MARKS = 4096  # closed segments remembered, to be taken up again without reading them whole
 T = TypeVar("T")
+_LOG = logging.getLogger(__name__)
 
 
 class FileStorageBackend:
@@ -53,8 +57,9 @@ class FileStorageBackend:
     with no file size to update; appends of many sessions due at once share one sync of the
     backend's journal instead (group commit: see ``wal``). The blocking work runs on a small set of threads: each session
     always on the same one (its appends stay in order), and sessions on different ones do not
-    wait for each other's fsyncs. At most ``OPEN_SEGMENTS`` segment files stay open; one closed
-    to stay within that is taken up again where it was left, without being read whole."""
+    wait for each other's fsyncs. At most :func:`open_segment_limit` segment files stay open;
+    one closed to stay within that is taken up again where it was left, without being read
+    whole."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         if not hasattr(os, "pwrite"):
@@ -68,6 +73,8 @@ class FileStorageBackend:
             raise _not_a_directory_error(self.directory, in_the_way)
         self._workers = [BlockingWorker(f"orchestra-files-{n}") for n in range(SHARDS)]
         self._open: OrderedDict[str, Segment] = OrderedDict()
+        self._open_limit = open_segment_limit()
+        self._limit_raised = False  # this backend asked for more open files once
         self._marks: OrderedDict[str, Mark] = OrderedDict()
         self._guard = threading.Lock()  # of _open and _marks, which every worker thread uses
         boot = boot_id()
@@ -192,7 +199,7 @@ class FileStorageBackend:
         return segment
 
     def _last_segment(self, session_id: str, folder: Path, durable: bool, after: int) -> Segment:
-        segments = sorted(folder.glob("log-*.seg")) if folder.is_dir() else []
+        segments = _segment_paths(folder)
         if not segments:
             if after:  # nothing is created for a writer whose session is gone
                 raise stale_writer(session_id, after)
@@ -231,8 +238,19 @@ class FileStorageBackend:
         with self._guard:
             self._open[session_id] = segment
             self._open.move_to_end(session_id)
-            if len(self._open) > OPEN_SEGMENTS:
+            if len(self._open) > self._open_limit and not self._more_open_segments():
                 self._close_one_idle(keep=session_id)
+
+    def _more_open_segments(self) -> bool:
+        """(Under the guard.) More sessions run than segments are kept open: before each
+        append starts reopening its segment, the soft limit on open files is raised (once, see
+        ``descriptors``); whether that made room."""
+        if self._limit_raised:
+            return False
+        self._limit_raised = True
+        raise_soft_limit(f"{len(self._open)} sessions' segments are open", _LOG, "its segment")
+        self._open_limit = open_segment_limit()
+        return len(self._open) <= self._open_limit
 
     def _close_one_idle(self, keep: str) -> None:
         """Close the least recently used segment that is not being written (never waiting
@@ -301,7 +319,7 @@ class FileStorageBackend:
         return await self._call(session_id, self._read)
 
     def _read(self, session_id: str, folder: Path) -> list[str]:
-        segments = sorted(folder.glob("log-*.seg")) if folder.is_dir() else []
+        segments = _segment_paths(folder)
         if not segments:
             raise SessionNotFoundError(f"no session {session_id!r} in {self.directory}")
         records: list[str] = []
@@ -352,6 +370,30 @@ class FileStorageBackend:
                 path.unlink()
             folder.rmdir()
         return True
+
+
+def open_segment_limit() -> int:
+    """How many segment files a backend keeps open: a quarter of the process's soft limit on
+    open files (sockets, tools and other backends need the rest), within ``OPEN_SEGMENTS`` and
+    ``MOST_OPEN_SEGMENTS``. Each running session past it costs a reopen per append (a session
+    taken up again from its mark: a handful of system calls), so the first time a backend
+    passes it, it raises the soft limit to the hard one."""
+    soft = soft_limit()
+    if soft is None:
+        return MOST_OPEN_SEGMENTS
+    return min(max(OPEN_SEGMENTS, soft // 4), MOST_OPEN_SEGMENTS)
+
+
+def _segment_paths(folder: Path) -> list[Path]:
+    """A session's segment files in order; none when it has no folder (one listing: this runs
+    for every append of a session whose segment was closed)."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [
+        folder / name for name in sorted(names) if name.startswith("log-") and name.endswith(".seg")
+    ]
 
 
 def _not_undone(session_id: str) -> SessionError:

@@ -27,17 +27,12 @@ from .backends import (
     unframe,
     valid_session_id,
 )
+from .descriptors import raise_soft_limit, soft_limit, soft_limit_raised
 from .worker import BlockingWorker
-
-try:
-    import resource
-except ImportError:  # not POSIX: the limit on open files is the system's
-    resource = None  # type: ignore[assignment]
 
 T = TypeVar("T")
 
 _LOG = logging.getLogger(__name__)
-_LIMIT_RAISED = threading.Event()  # the soft limit on open files was raised (or tried) once
 
 
 class _Append(NamedTuple):
@@ -547,37 +542,15 @@ def _make_room(descriptor: int) -> None:
     to the hard one, before a model's socket, a tool's file or SQLite itself runs out: a
     process running about a thousand sessions at once under the usual soft limit of 1024
     would. Counting descriptors, not locks, sees every backend and every other user."""
-    if _LIMIT_RAISED.is_set() or resource is None:
+    if soft_limit_raised():
         return
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft != resource.RLIM_INFINITY and descriptor >= soft // 2:
+    soft = soft_limit()
+    if soft is not None and descriptor >= soft // 2:
         _more_descriptors(f"{descriptor + 1} files are open")
 
 
 def _more_descriptors(why: str) -> bool:
-    """Raise the soft limit on open files to the hard one (where that is unlimited, to 65536),
-    once in the process's life; whether it was raised now. Logged, as child processes started
-    from then on inherit the raised limit."""
-    if resource is None or _LIMIT_RAISED.is_set():
-        return False
-    _LIMIT_RAISED.set()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = 65536 if hard == resource.RLIM_INFINITY else hard
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return False
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (OSError, ValueError):  # the system allows less (macOS: OPEN_MAX)
-        return False
-    _LOG.info(
-        "raised the soft limit on open files from %d to %d, as %s (each running session holds "
-        "one for its writer lock); child processes started from now on inherit it: raise "
-        "`ulimit -n` before starting to avoid this",
-        soft,
-        target,
-        why,
-    )
-    return True
+    return raise_soft_limit(why, _LOG, "its writer lock")
 
 
 def _same_file(descriptor: int, path: Path) -> bool:
