@@ -16,10 +16,12 @@ server, checked in the same atomic step as each append (see :mod:`.leases`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from orchestra.errors import ConfigurationError, SessionNotFoundError
+from orchestra.models.secrets import url_without_credentials
 
 from .backends import (
     PerLoop,
@@ -29,6 +31,7 @@ from .backends import (
     frame,
     stale_writer,
     unframe,
+    unreachable,
 )
 from .batching import Batches
 from .leases import LEASE_SECONDS, Leases, abandoned
@@ -116,6 +119,15 @@ async def _as_left(connection: Any) -> None:
     reset (``RESET ALL``, ``UNLISTEN *``...) cost a round trip after every call."""
 
 
+def _server(dsn: str) -> str:
+    """The server a DSN names, without its user and password: a URL's host, port, database and
+    options, or a keyword DSN's ``host``, ``port`` and ``dbname``."""
+    if "://" in dsn:
+        return url_without_credentials(dsn)
+    kept = ("host", "port", "dbname")
+    return " ".join(part for part in dsn.split() if part.partition("=")[0] in kept)
+
+
 class PostgresStorageBackend:
     """Sessions in a PostgreSQL table ``{namespace}_log``, their writers' leases in
     ``{namespace}_writer`` (created on first use). Needs ``pip install 'orchestra[postgres]'``
@@ -140,7 +152,27 @@ class PostgresStorageBackend:
         self._appends: Batches[_Append, int] = Batches(self._send_appends)
 
     def __repr__(self) -> str:
-        return f"PostgresStorageBackend(table={self.table!r})"
+        """Shown in errors and logs: the server without credentials."""
+        return f"PostgresStorageBackend({_server(self.dsn)!r}, table={self.table!r})"
+
+    @contextmanager
+    def _answering(self, doing: str) -> Iterator[None]:
+        """A call's connection failure (refused, lost, timed out, its credentials refused, the
+        server starting or full) as a clear error naming what was being done and the server.
+        Not an append's: a writer sends a failed append again, and takes a ``SessionError``
+        from it for a refusal."""
+        import asyncpg
+
+        try:
+            yield
+        except (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.TooManyConnectionsError,
+        ) as error:
+            raise unreachable(doing, repr(self), error) from error
 
     async def _pool(self) -> Any:
         """The pool of the running event loop, made (with the tables) by its first caller.
@@ -283,34 +315,38 @@ class PostgresStorageBackend:
         """Give up the session's lease: another writer may take the session up at once."""
         check_session_id(session_id)
         await self._leases.stop(session_id)
-        pool = await self._pool()
-        await pool.execute(
-            f"DELETE FROM {self.writers} WHERE session = $1 AND holder = $2",
-            session_id,
-            self._leases.token,
-        )
+        with self._answering(f"release session {session_id!r}"):
+            pool = await self._pool()
+            await pool.execute(
+                f"DELETE FROM {self.writers} WHERE session = $1 AND holder = $2",
+                session_id,
+                self._leases.token,
+            )
 
     async def read(self, session_id: str) -> list[str]:
         check_session_id(session_id)
-        pool = await self._pool()
-        rows = await pool.fetch(
-            f"SELECT seq, line FROM {self.table} WHERE session = $1 ORDER BY seq", session_id
-        )
+        with self._answering(f"read session {session_id!r}"):
+            pool = await self._pool()
+            rows = await pool.fetch(
+                f"SELECT seq, line FROM {self.table} WHERE session = $1 ORDER BY seq", session_id
+            )
         if not rows:
             raise SessionNotFoundError(f"no session {session_id!r} in {self!r}")
         return [unframe(session_id, f"record {row['seq']}", row["line"]) for row in rows]
 
     async def exists(self, session_id: str) -> bool:
         check_session_id(session_id)
-        pool = await self._pool()
-        found = await pool.fetchval(
-            f"SELECT 1 FROM {self.table} WHERE session = $1 LIMIT 1", session_id
-        )
+        with self._answering(f"look for session {session_id!r}"):
+            pool = await self._pool()
+            found = await pool.fetchval(
+                f"SELECT 1 FROM {self.table} WHERE session = $1 LIMIT 1", session_id
+            )
         return found is not None
 
     async def list_sessions(self) -> list[str]:
-        pool = await self._pool()
-        rows = await pool.fetch(f"SELECT DISTINCT session FROM {self.table} ORDER BY session")
+        with self._answering("list the sessions"):
+            pool = await self._pool()
+            rows = await pool.fetch(f"SELECT DISTINCT session FROM {self.table} ORDER BY session")
         return [row["session"] for row in rows]
 
     async def delete(self, session_id: str) -> bool:
@@ -319,7 +355,10 @@ class PostgresStorageBackend:
         another writer holds the session's lease."""
         check_session_id(session_id)
         await self._leases.stop(session_id)
-        pool = await self._pool()
+        with self._answering(f"delete session {session_id!r}"):
+            return await self._delete(await self._pool(), session_id)
+
+    async def _delete(self, pool: Any, session_id: str) -> bool:
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
             holder = await connection.fetchval(
@@ -338,18 +377,20 @@ class PostgresStorageBackend:
 
     async def write_snapshot(self, session_id: str, data: bytes) -> None:
         check_session_id(session_id)
-        pool = await self._pool()
-        await pool.execute(
-            f"INSERT INTO {self.snapshots} (session, data) VALUES ($1, $2) "
-            "ON CONFLICT (session) DO UPDATE SET data = EXCLUDED.data",
-            session_id,
-            data,
-        )
+        with self._answering(f"store a snapshot of session {session_id!r}"):
+            pool = await self._pool()
+            await pool.execute(
+                f"INSERT INTO {self.snapshots} (session, data) VALUES ($1, $2) "
+                "ON CONFLICT (session) DO UPDATE SET data = EXCLUDED.data",
+                session_id,
+                data,
+            )
 
     async def read_snapshot(self, session_id: str) -> bytes | None:
         check_session_id(session_id)
-        pool = await self._pool()
-        data = await pool.fetchval(
-            f"SELECT data FROM {self.snapshots} WHERE session = $1", session_id
-        )
+        with self._answering(f"read the snapshot of session {session_id!r}"):
+            pool = await self._pool()
+            data = await pool.fetchval(
+                f"SELECT data FROM {self.snapshots} WHERE session = $1", session_id
+            )
         return bytes(data) if data is not None else None
