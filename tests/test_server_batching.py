@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from storage_backends import Storage, close_connections, open_backend
 
-from orchestra.coordination.state import RedisStorageBackend
+from orchestra.coordination.state import PostgresStorageBackend, RedisStorageBackend
 from orchestra.coordination.state.batching import Batches
 from orchestra.errors import SessionError
 
@@ -171,3 +171,91 @@ async def test_an_append_cancelled_while_it_waits_for_a_batch_is_not_sent() -> N
     assert (await first, await second) == ("A", "B")
     assert third.cancelled()
     assert sent == [["a"], ["b"]]
+
+
+async def test_a_postgres_append_and_a_batch_of_them_are_one_round_trip_each(
+    postgres_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted on the wire: every statement each pool connection sends (asyncpg's query
+    logger: a transaction's ``BEGIN`` and ``COMMIT``, a savepoint, the pool's reset of a
+    connection handed back, each count). A lone append is one statement, and so is a batch of
+    them, a stale one among them refused alone; before, each append cost its transaction's
+    five or six, and each of a batch five more."""
+    import asyncpg
+
+    statements: list[str] = []
+    create_pool = asyncpg.create_pool
+
+    def logged_pool(*args: Any, **kwargs: Any) -> Any:
+        async def log(connection: Any) -> None:
+            connection.add_query_logger(lambda logged: statements.append(logged.query))
+
+        return create_pool(*args, init=log, **kwargs)
+
+    monkeypatch.setattr(asyncpg, "create_pool", logged_pool)
+    storage = open_backend("postgres", tmp_path)
+    await warm(storage)
+    await asyncio.sleep(0)  # the logger's calls are scheduled with call_soon
+    statements.clear()
+    await storage.append("warm", [record("warm", 2), record("warm", 3)], durable=True, after=1)
+    await asyncio.sleep(0)
+    assert len(statements) == 1
+    ids = [f"s{n}" for n in range(SESSIONS)]
+    # a batch too, for its connection's first use (asyncpg asks the server about array types)
+    await asyncio.gather(*(storage.append(s, [record(s, 1)], durable=True, after=0) for s in ids))
+    sizes = count_round_trips(storage)
+    await asyncio.sleep(0)
+    statements.clear()
+    stale = ids[5]
+    results = await asyncio.gather(
+        *(
+            storage.append(s, [record(s, 2)], durable=True, after=0 if s == stale else 1)
+            for s in ids
+        ),
+        return_exceptions=True,
+    )
+    await asyncio.sleep(0)
+    assert sizes == [1, SESSIONS - 1]
+    assert len(statements) == 2, "\n---\n".join(statements)
+    assert isinstance(results[5], SessionError)
+    assert [r for n, r in enumerate(results) if n != 5] == [None] * (SESSIONS - 1)
+    assert await storage.read(stale) == [record(stale, 1)]
+    await close_connections(storage)
+
+
+async def test_a_postgres_append_the_server_fails_in_a_batch_fails_alone_with_its_error(
+    postgres_server: str, tmp_path: Path
+) -> None:
+    """Rolled back alone on the server (its subtransaction), answering with the server's error
+    as asyncpg raises it (not a refusal: its writer may send it again); the others commit."""
+    import asyncpg
+
+    storage = open_backend("postgres", tmp_path)
+    assert isinstance(storage, PostgresStorageBackend)
+    await warm(storage)
+    pool = await storage._pool()
+    await pool.execute(
+        f"ALTER TABLE {storage.table} ADD CONSTRAINT unwanted CHECK (line NOT LIKE '%unwanted%')"
+    )
+    ids = [f"s{n}" for n in range(SESSIONS)]
+    failing = ids[3]
+    results = await asyncio.gather(
+        *(
+            storage.append(
+                s,
+                [record(s, 1), record("unwanted" if s == failing else s, 2)],
+                durable=True,
+                after=0,
+            )
+            for s in ids
+        ),
+        return_exceptions=True,
+    )
+    error = results[3]
+    assert isinstance(error, asyncpg.CheckViolationError) and "unwanted" in str(error)
+    assert [r for n, r in enumerate(results) if n != 3] == [None] * (SESSIONS - 1)
+    assert not await storage.exists(failing)
+    for s in ids:
+        if s != failing:
+            assert await storage.read(s) == [record(s, 1), record(s, 2)]
+    await close_connections(storage)

@@ -14,6 +14,7 @@ import errno
 import gc
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -1153,3 +1154,42 @@ async def test_a_redis_urls_password_never_reaches_an_error(redis_server: str) -
     with pytest.raises(Exception) as raised:
         await storage.read("absent")
     assert "s3cr3t-pw" not in str(raised.value)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound, then closed."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return int(listener.getsockname()[1])
+
+
+SERVER_CALLS: list[tuple[str, Callable[[Any], Any]]] = [
+    ("look for session 'down'", lambda storage: storage.exists("down")),
+    ("read session 'down'", lambda storage: storage.read("down")),
+    ("list the sessions", lambda storage: storage.list_sessions()),
+    ("delete session 'down'", lambda storage: storage.delete("down")),
+    ("release session 'down'", lambda storage: storage.release("down")),
+    ("store a snapshot of session 'down'", lambda storage: storage.write_snapshot("down", b"x")),
+    ("read the snapshot of session 'down'", lambda storage: storage.read_snapshot("down")),
+]
+
+
+@pytest.mark.parametrize(("doing", "call"), SERVER_CALLS, ids=[d for d, _ in SERVER_CALLS])
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+async def test_a_server_that_does_not_answer_is_a_clear_error_naming_the_call_and_server(
+    kind: str, doing: str, call: Callable[[Any], Any]
+) -> None:
+    """Not the driver's own ``ConnectionError`` (or ``OSError``) from deep inside: a
+    ``SessionError`` that says what was being done, on which server (its password masked)."""
+    port = closed_port()
+    storage: RedisStorageBackend | PostgresStorageBackend
+    if kind == "redis":
+        storage = RedisStorageBackend(f"redis://:s3cr3t-pw@127.0.0.1:{port}/0", "down")
+    else:
+        storage = PostgresStorageBackend(f"postgresql://me:s3cr3t-pw@127.0.0.1:{port}/db", "down")
+    with pytest.raises(SessionError) as raised:
+        await call(storage)
+    message = str(raised.value)
+    assert message.startswith(f"could not {doing}: {storage!r} failed to answer")
+    assert f"127.0.0.1:{port}" in message and "s3cr3t-pw" not in message
+    await close_connections(storage)

@@ -29,6 +29,7 @@ from orchestra.errors import (
     SessionCorruptedError,
     SessionError,
 )
+from orchestra.models.secrets import redact
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
@@ -77,6 +78,13 @@ def stale_writer(session_id: str, after: int) -> SessionError:
         f"session {session_id!r} does not hold the {after} records its writer expected: another "
         "writer appended to it, or it was deleted"
     )
+
+
+def unreachable(doing: str, server: str, error: BaseException) -> SessionError:
+    """A server backend's call that failed for its connection (refused, lost, timed out, or
+    its credentials refused): what was being done and the server (its repr: no password; nor
+    in the driver's words, masked as every error text is)."""
+    return SessionError(f"could not {doing}: {server} failed to answer ({redact(str(error))})")
 
 
 def lock_writer(session_id: str, descriptor: int) -> None:

@@ -5,6 +5,9 @@ created per event loop: a backend object may serve runs on different loops. Dura
 server's: an append returns once it committed, as durable as the server's
 ``synchronous_commit`` makes it. The appends of many sessions share commits (one WAL flush):
 those queued while one is in flight go together in the next transaction (see :mod:`.batching`).
+An append, or a batch of them, is one statement and one round trip: a function on the server
+(made with the tables) does the compare-and-append, so no append waits on a round trip while
+it holds its session's lock.
 
 One writer at a time, across processes and machines: a session's writer holds a lease on the
 server, checked in the same atomic step as each append (see :mod:`.leases`).
@@ -13,10 +16,12 @@ server, checked in the same atomic step as each append (see :mod:`.leases`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from orchestra.errors import ConfigurationError, SessionError, SessionNotFoundError
+from orchestra.errors import ConfigurationError, SessionNotFoundError
+from orchestra.models.secrets import url_without_credentials
 
 from .backends import (
     PerLoop,
@@ -26,12 +31,101 @@ from .backends import (
     frame,
     stale_writer,
     unframe,
+    unreachable,
 )
 from .batching import Batches
 from .leases import LEASE_SECONDS, Leases, abandoned
 
 _Append = tuple[str, list[str], int]
 """An append: its session, its records' lines, and how many records it expects before them."""
+
+_STORED, _TAKEN, _STALE = 1, 0, -1
+"""A compare-and-append's outcomes: stored (or found stored: an exact retry), refused for the
+lease another writer holds, refused for records another writer appended (or a delete)."""
+
+_APPEND = """
+CREATE OR REPLACE FUNCTION {table}_append(
+  sid TEXT, expected BIGINT, new_lines TEXT[], token TEXT, secs FLOAT8
+) RETURNS INT LANGUAGE plpgsql AS $$
+DECLARE
+  held BIGINT;
+BEGIN
+  PERFORM pg_advisory_xact_lock(hashtext(sid));
+  SELECT COALESCE(MAX(seq), 0) INTO held FROM {table} WHERE session = sid;
+  IF held <> expected AND new_lines IS DISTINCT FROM ARRAY(
+    SELECT line FROM {table}
+    WHERE session = sid AND seq > expected AND seq <= expected + cardinality(new_lines)
+    ORDER BY seq
+  ) THEN
+    PERFORM 1 FROM {writers}
+    WHERE session = sid AND holder <> token AND expires >= clock_timestamp();
+    RETURN CASE WHEN FOUND THEN 0 ELSE -1 END;
+  END IF;
+  INSERT INTO {writers} AS w (session, holder, expires)
+  VALUES (sid, token, clock_timestamp() + make_interval(secs => secs))
+  ON CONFLICT (session) DO UPDATE SET holder = EXCLUDED.holder, expires = EXCLUDED.expires
+  WHERE w.holder = EXCLUDED.holder OR w.expires < clock_timestamp();
+  IF NOT FOUND THEN
+    RETURN 0;
+  END IF;
+  IF held = expected THEN
+    INSERT INTO {table} (session, seq, line)
+    SELECT sid, expected + n, line FROM unnest(new_lines) WITH ORDINALITY AS u(line, n);
+  END IF;
+  RETURN 1;
+END $$
+"""
+"""Compare-and-append, atomic on the server under the session's advisory lock (each statement
+of a function sees what committed before it: what the lock's previous holder wrote): the
+records go in only when the session holds exactly ``expected`` records (a retry finding them
+stored already succeeds), and only for the holder of the session's lease (or when nobody
+holds it, or it expired), which it takes or renews. A refused append changes nothing; one
+refused while another holds the lease says so (``0``: a holder that died may be taken over)."""
+
+_APPENDS = """
+CREATE OR REPLACE FUNCTION {table}_appends(
+  sids TEXT[], expecteds BIGINT[], counts INT[], all_lines TEXT[], token TEXT, secs FLOAT8,
+  OUT outcomes INT[], OUT codes TEXT[], OUT messages TEXT[]
+) LANGUAGE plpgsql AS $$
+DECLARE
+  start_at INT := 1;
+BEGIN
+  outcomes := array_fill(NULL::INT, ARRAY[cardinality(sids)]);
+  codes := array_fill(NULL::TEXT, ARRAY[cardinality(sids)]);
+  messages := codes;
+  FOR i IN 1 .. cardinality(sids) LOOP
+    BEGIN
+      outcomes[i] := {table}_append(
+        sids[i], expecteds[i], all_lines[start_at : start_at + counts[i] - 1], token, secs
+      );
+    EXCEPTION WHEN OTHERS THEN
+      outcomes[i] := NULL;
+      codes[i] := SQLSTATE;
+      messages[i] := SQLERRM;
+    END;
+    start_at := start_at + counts[i];
+  END LOOP;
+END $$
+"""
+"""Many compare-and-appends in one statement: each in a subtransaction of its own (a block
+with an exception handler), so that one that fails on the server is rolled back alone and
+answers with its error (``codes``, ``messages``); the others are committed together."""
+
+
+async def _as_left(connection: Any) -> None:
+    """A connection handed back to the pool is kept as it is (asyncpg still ends a transaction
+    left open): the backend changes no session state (no settings, cursors, listeners or
+    session-level locks: its advisory locks end with their transactions), and the default
+    reset (``RESET ALL``, ``UNLISTEN *``...) cost a round trip after every call."""
+
+
+def _server(dsn: str) -> str:
+    """The server a DSN names, without its user and password: a URL's host, port, database and
+    options, or a keyword DSN's ``host``, ``port`` and ``dbname``."""
+    if "://" in dsn:
+        return url_without_credentials(dsn)
+    kept = ("host", "port", "dbname")
+    return " ".join(part for part in dsn.split() if part.partition("=")[0] in kept)
 
 
 class PostgresStorageBackend:
@@ -55,10 +149,30 @@ class PostgresStorageBackend:
         self._pools = PerLoop()
         self._making = PerLoop()  # the lock its first callers on a loop take to make a pool
         self._leases = Leases(lease_seconds, self._renew)
-        self._appends: Batches[_Append, bool] = Batches(self._send_appends)
+        self._appends: Batches[_Append, int] = Batches(self._send_appends)
 
     def __repr__(self) -> str:
-        return f"PostgresStorageBackend(table={self.table!r})"
+        """Shown in errors and logs: the server without credentials."""
+        return f"PostgresStorageBackend({_server(self.dsn)!r}, table={self.table!r})"
+
+    @contextmanager
+    def _answering(self, doing: str) -> Iterator[None]:
+        """A call's connection failure (refused, lost, timed out, its credentials refused, the
+        server starting or full) as a clear error naming what was being done and the server.
+        Not an append's: a writer sends a failed append again, and takes a ``SessionError``
+        from it for a refusal."""
+        import asyncpg
+
+        try:
+            yield
+        except (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.TooManyConnectionsError,
+        ) as error:
+            raise unreachable(doing, repr(self), error) from error
 
     async def _pool(self) -> Any:
         """The pool of the running event loop, made (with the tables) by its first caller.
@@ -77,9 +191,13 @@ class PostgresStorageBackend:
     async def _new_pool(self) -> Any:
         import asyncpg
 
-        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
+        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, reset=_as_left)
         try:
-            async with pool.acquire() as connection:
+            async with pool.acquire() as connection, connection.transaction():
+                # one process at a time: two that made the tables or functions at once failed
+                await connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1), 0)", self.table
+                )
                 await connection.execute(
                     f"CREATE TABLE IF NOT EXISTS {self.table} (session TEXT NOT NULL, "
                     "seq BIGINT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (session, seq))"
@@ -92,6 +210,9 @@ class PostgresStorageBackend:
                     f"CREATE TABLE IF NOT EXISTS {self.writers} (session TEXT PRIMARY KEY, "
                     "holder TEXT NOT NULL, expires TIMESTAMPTZ NOT NULL)"
                 )
+                names = {"table": self.table, "writers": self.writers}
+                await connection.execute(_APPEND.format_map(names))
+                await connection.execute(_APPENDS.format_map(names))
         except BaseException:
             await pool.close()
             raise
@@ -104,75 +225,61 @@ class PostgresStorageBackend:
         if not records:
             return
         lines = [frame(record)[:-1] for record in records]
-        pool = await self._pool()
-        if not await self._appends.submit((session_id, lines, after)):
+        await self._pool()
+        outcome = await self._appends.submit((session_id, lines, after))
+        if outcome == _TAKEN:
+            pool = await self._pool()
             if not await self._take_over(pool, session_id):
                 raise another_writer(session_id)
-            if not await self._append(pool, session_id, lines, after):
-                raise another_writer(session_id)
+            outcome = await self._append(pool, session_id, lines, after)
+        if outcome == _TAKEN:
+            raise another_writer(session_id)
+        if outcome == _STALE:
+            raise stale_writer(session_id, after)
         self._leases.hold(session_id)
 
-    async def _send_appends(self, batch: list[_Append]) -> list[bool | Exception]:
-        """One commit (one WAL flush) for the batch: a lone append in a transaction of its
-        own, several in one transaction, each in a savepoint of its own, so that one refused
-        (or failed on the server) is rolled back alone. An error that leaves the transaction
-        unfinished (a lost connection) fails them all, and none is stored."""
+    async def _send_appends(self, batch: list[_Append]) -> list[int | Exception]:
+        """One statement, one round trip and one commit (one WAL flush) for the batch: a lone
+        append calls the compare-and-append function, several call it through the batch
+        function, each in a subtransaction of its own on the server, so that one that fails
+        there is rolled back alone; a refused one changes nothing. An error that leaves the
+        statement unfinished (a lost connection) fails them all, and none is stored."""
         import asyncpg
 
         pool = await self._pool()
         if len(batch) == 1:
             return [await self._append(pool, *batch[0])]
-        results: list[bool | Exception] = []
-        async with pool.acquire() as connection, connection.transaction():
-            for session_id, lines, after in batch:
-                try:
-                    async with connection.transaction():
-                        results.append(await self._append_in(connection, session_id, lines, after))
-                except (SessionError, asyncpg.PostgresError) as error:
-                    results.append(error)
+        order = sorted(range(len(batch)), key=lambda n: batch[n][0])  # locks in one order
+        sent = [batch[n] for n in order]
+        outcomes, codes, messages = await pool.fetchrow(
+            f"SELECT * FROM {self.table}_appends($1, $2, $3, $4, $5, $6)",
+            [session_id for session_id, _, _ in sent],
+            [after for _, _, after in sent],
+            [len(lines) for _, lines, _ in sent],
+            [line for _, lines, _ in sent for line in lines],
+            self._leases.token,
+            self._leases.seconds,
+        )
+        results: list[int | Exception] = [0] * len(batch)
+        for n, outcome, code, message in zip(order, outcomes, codes, messages, strict=True):
+            results[n] = (
+                outcome
+                if code is None
+                else asyncpg.PostgresError.new({"C": code, "M": message, "S": "ERROR"})
+            )
         return results
 
-    async def _append(self, pool: Any, session_id: str, lines: list[str], after: int) -> bool:
-        """One compare-and-append in a transaction of its own."""
-        async with pool.acquire() as connection, connection.transaction():
-            return await self._append_in(connection, session_id, lines, after)
-
-    async def _append_in(
-        self, connection: Any, session_id: str, lines: list[str], after: int
-    ) -> bool:
-        """One compare-and-append under the session's lease; False when another holds it."""
-        leases = self._leases
-        await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
-        claimed, held = await connection.fetchrow(
-            f"WITH claim AS (INSERT INTO {self.writers} AS held (session, holder, expires) "
-            "VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) "
-            "ON CONFLICT (session) DO UPDATE SET holder = EXCLUDED.holder, "
-            "expires = EXCLUDED.expires WHERE held.holder = EXCLUDED.holder "
-            "OR held.expires < clock_timestamp() RETURNING 1) "
-            "SELECT EXISTS (SELECT 1 FROM claim), "
-            f"(SELECT COALESCE(MAX(seq), 0) FROM {self.table} WHERE session = $1)",
-            session_id,
-            leases.token,
-            leases.seconds,
-        )  # one round trip: the lease taken or renewed, and the records held
-        if not claimed:
-            return False
-        if held == after:
-            await connection.executemany(
-                f"INSERT INTO {self.table} (session, seq, line) VALUES ($1, $2, $3)",
-                [(session_id, after + n, line) for n, line in enumerate(lines, start=1)],
-            )
-            return True
-        stored = await connection.fetch(
-            f"SELECT line FROM {self.table} WHERE session = $1 AND seq > $2 AND seq <= $3 "
-            "ORDER BY seq",
+    async def _append(self, pool: Any, session_id: str, lines: list[str], after: int) -> int:
+        """One compare-and-append, in a statement (a transaction) of its own."""
+        outcome: int = await pool.fetchval(
+            f"SELECT {self.table}_append($1, $2, $3, $4, $5)",
             session_id,
             after,
-            after + len(lines),
+            lines,
+            self._leases.token,
+            self._leases.seconds,
         )
-        if [row["line"] for row in stored] != lines:  # else: a retry of a stored append
-            raise stale_writer(session_id, after)
-        return True
+        return outcome
 
     async def _take_over(self, pool: Any, session_id: str) -> bool:
         """Take the lease of a holder that died on this machine."""
@@ -208,34 +315,38 @@ class PostgresStorageBackend:
         """Give up the session's lease: another writer may take the session up at once."""
         check_session_id(session_id)
         await self._leases.stop(session_id)
-        pool = await self._pool()
-        await pool.execute(
-            f"DELETE FROM {self.writers} WHERE session = $1 AND holder = $2",
-            session_id,
-            self._leases.token,
-        )
+        with self._answering(f"release session {session_id!r}"):
+            pool = await self._pool()
+            await pool.execute(
+                f"DELETE FROM {self.writers} WHERE session = $1 AND holder = $2",
+                session_id,
+                self._leases.token,
+            )
 
     async def read(self, session_id: str) -> list[str]:
         check_session_id(session_id)
-        pool = await self._pool()
-        rows = await pool.fetch(
-            f"SELECT seq, line FROM {self.table} WHERE session = $1 ORDER BY seq", session_id
-        )
+        with self._answering(f"read session {session_id!r}"):
+            pool = await self._pool()
+            rows = await pool.fetch(
+                f"SELECT seq, line FROM {self.table} WHERE session = $1 ORDER BY seq", session_id
+            )
         if not rows:
             raise SessionNotFoundError(f"no session {session_id!r} in {self!r}")
         return [unframe(session_id, f"record {row['seq']}", row["line"]) for row in rows]
 
     async def exists(self, session_id: str) -> bool:
         check_session_id(session_id)
-        pool = await self._pool()
-        found = await pool.fetchval(
-            f"SELECT 1 FROM {self.table} WHERE session = $1 LIMIT 1", session_id
-        )
+        with self._answering(f"look for session {session_id!r}"):
+            pool = await self._pool()
+            found = await pool.fetchval(
+                f"SELECT 1 FROM {self.table} WHERE session = $1 LIMIT 1", session_id
+            )
         return found is not None
 
     async def list_sessions(self) -> list[str]:
-        pool = await self._pool()
-        rows = await pool.fetch(f"SELECT DISTINCT session FROM {self.table} ORDER BY session")
+        with self._answering("list the sessions"):
+            pool = await self._pool()
+            rows = await pool.fetch(f"SELECT DISTINCT session FROM {self.table} ORDER BY session")
         return [row["session"] for row in rows]
 
     async def delete(self, session_id: str) -> bool:
@@ -244,7 +355,10 @@ class PostgresStorageBackend:
         another writer holds the session's lease."""
         check_session_id(session_id)
         await self._leases.stop(session_id)
-        pool = await self._pool()
+        with self._answering(f"delete session {session_id!r}"):
+            return await self._delete(await self._pool(), session_id)
+
+    async def _delete(self, pool: Any, session_id: str) -> bool:
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", session_id)
             holder = await connection.fetchval(
@@ -263,18 +377,20 @@ class PostgresStorageBackend:
 
     async def write_snapshot(self, session_id: str, data: bytes) -> None:
         check_session_id(session_id)
-        pool = await self._pool()
-        await pool.execute(
-            f"INSERT INTO {self.snapshots} (session, data) VALUES ($1, $2) "
-            "ON CONFLICT (session) DO UPDATE SET data = EXCLUDED.data",
-            session_id,
-            data,
-        )
+        with self._answering(f"store a snapshot of session {session_id!r}"):
+            pool = await self._pool()
+            await pool.execute(
+                f"INSERT INTO {self.snapshots} (session, data) VALUES ($1, $2) "
+                "ON CONFLICT (session) DO UPDATE SET data = EXCLUDED.data",
+                session_id,
+                data,
+            )
 
     async def read_snapshot(self, session_id: str) -> bytes | None:
         check_session_id(session_id)
-        pool = await self._pool()
-        data = await pool.fetchval(
-            f"SELECT data FROM {self.snapshots} WHERE session = $1", session_id
-        )
+        with self._answering(f"read the snapshot of session {session_id!r}"):
+            pool = await self._pool()
+            data = await pool.fetchval(
+                f"SELECT data FROM {self.snapshots} WHERE session = $1", session_id
+            )
         return bytes(data) if data is not None else None

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from orchestra.errors import ConfigurationError, SessionNotFoundError
@@ -28,6 +29,7 @@ from .backends import (
     frame,
     stale_writer,
     unframe,
+    unreachable,
 )
 from .batching import Batches
 from .leases import LEASE_SECONDS, Leases, abandoned
@@ -220,22 +222,38 @@ class RedisStorageBackend:
         keys = [self._lease_key(session_id)]
         return bool(await self._run(_RENEW, keys, [self._leases.token, self._leases.milliseconds]))
 
+    @contextmanager
+    def _answering(self, doing: str) -> Iterator[None]:
+        """A call's connection failure (refused, lost, timed out, its password refused) as a
+        clear error naming what was being done and the server. Not an append's: a writer sends
+        a failed append again, and takes a ``SessionError`` from it for a refusal."""
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        try:
+            yield
+        except (ConnectionError, TimeoutError) as error:
+            raise unreachable(doing, repr(self), error) from error
+
     async def release(self, session_id: str) -> None:
         """Give up the session's lease: another writer may take the session up at once."""
         await self._leases.stop(session_id)
-        await self._run(_RELEASE, [self._lease_key(session_id)], [self._leases.token])
+        with self._answering(f"release session {session_id!r}"):
+            await self._run(_RELEASE, [self._lease_key(session_id)], [self._leases.token])
 
     async def read(self, session_id: str) -> list[str]:
-        lines = await self._client().lrange(self._key(session_id), 0, -1)
+        with self._answering(f"read session {session_id!r}"):
+            lines = await self._client().lrange(self._key(session_id), 0, -1)
         if not lines:
             raise SessionNotFoundError(f"no session {session_id!r} in {self!r}")
         return [unframe(session_id, f"record {n}", line) for n, line in enumerate(lines, start=1)]
 
     async def exists(self, session_id: str) -> bool:
-        return bool(await self._client().exists(self._key(session_id)))
+        with self._answering(f"look for session {session_id!r}"):
+            return bool(await self._client().exists(self._key(session_id)))
 
     async def list_sessions(self) -> list[str]:
-        return sorted(await self._client().smembers(f"{self.namespace}:sessions"))
+        with self._answering("list the sessions"):
+            return sorted(await self._client().smembers(f"{self.namespace}:sessions"))
 
     async def delete(self, session_id: str) -> bool:
         """Refused while another writer holds the session's lease."""
@@ -246,9 +264,10 @@ class RedisStorageBackend:
             self._lease_key(session_id),
         ]
         await self._leases.stop(session_id)
-        holder = await self._client().get(self._lease_key(session_id))
-        gone = holder if abandoned(holder) else ""
-        removed = await self._run(_DELETE, keys, [session_id, self._leases.token, gone])
+        with self._answering(f"delete session {session_id!r}"):
+            holder = await self._client().get(self._lease_key(session_id))
+            gone = holder if abandoned(holder) else ""
+            removed = await self._run(_DELETE, keys, [session_id, self._leases.token, gone])
         if removed == -1:
             raise another_writer(session_id)
         return bool(removed)
@@ -257,8 +276,12 @@ class RedisStorageBackend:
         return f"{self.namespace}:snapshot:{check_session_id(session_id)}"
 
     async def write_snapshot(self, session_id: str, data: bytes) -> None:
-        await self._client().set(self._snapshot_key(session_id), base64.b64encode(data).decode())
+        key, stored = self._snapshot_key(session_id), base64.b64encode(data).decode()
+        with self._answering(f"store a snapshot of session {session_id!r}"):
+            await self._client().set(key, stored)
 
     async def read_snapshot(self, session_id: str) -> bytes | None:
-        stored = await self._client().get(self._snapshot_key(session_id))
+        key = self._snapshot_key(session_id)
+        with self._answering(f"read the snapshot of session {session_id!r}"):
+            stored = await self._client().get(key)
         return base64.b64decode(stored) if stored is not None else None
