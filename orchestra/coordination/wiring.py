@@ -29,6 +29,7 @@ from .monitoring.live import LiveWatch, status_watch
 from .monitoring.tracing_switch import tracing_on
 from .topology import Topology, TopologyAnalysis
 from .topology.analysis import PLAIN_CACHE_SIZE, PlainKey, plain_analysis
+from .topology.shared import shared_topology
 
 if TYPE_CHECKING:  # prometheus-client is imported only by those who collect metrics
     from .monitoring.metrics import MetricsCollector
@@ -80,8 +81,10 @@ def prepare(
     communication: CommunicationManager,
     max_steps: int,
 ) -> Setup:
-    """Check the topology and find every agent (OrchestraError naming what is wrong)."""
-    topo = Topology.coerce(topology)
+    """Check the topology and find every agent (OrchestraError naming what is wrong). A
+    topology dict becomes a topology shared by the runs of equal plain dicts: the run only
+    reads it."""
+    topo = topology if isinstance(topology, Topology) else shared_topology(topology)
     analysis = topo.analyze()
     check_node_policies(analysis)
     attached = {name: topo.node(name).agent for name in analysis.agents}
