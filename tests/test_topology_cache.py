@@ -99,6 +99,16 @@ def test_a_topology_changed_after_its_analysis_is_analysed_anew() -> None:
     assert topology.analyze().entries == ("B",)
 
 
+def test_a_node_metadata_changed_in_place_after_the_analysis_is_in_its_fingerprint() -> None:
+    topology = Topology.from_dict(RING)
+    analysis = topology.analyze()
+    plain = topology_fingerprint(analysis)
+    topology.node("B").metadata["convergence_policy"] = "any"  # no mutator: the same analysis
+    assert topology.analyze() is analysis
+    changed = topology_fingerprint(analysis)
+    assert changed != plain and any(line.startswith("policy B") for line in changed)
+
+
 def test_an_invalid_plain_topology_is_refused_at_each_analysis_as_uncached() -> None:
     data = {"nodes": ["A", "B"], "edges": ["A -> B", "B -> A"]}
     with pytest.raises(TopologyError) as expected:

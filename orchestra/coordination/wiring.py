@@ -112,9 +112,8 @@ def topology_fingerprint(analysis: TopologyAnalysis) -> tuple[str, ...]:
     reads alike (a policy as ``"any"`` or ``{"k": 1}``, ``parallel`` agents in another order,
     an entry point given or inferred) have one fingerprint. (Other metadata, free for users,
     may change.) A plain topology's (no metadata) is kept with its analysis's shape."""
-    if analysis.shape is not None:
-        return _plain_fingerprint(analysis.shape)
-    return _fingerprint(analysis)
+    shape = analysis.plain_shape
+    return _fingerprint(analysis) if shape is None else _plain_fingerprint(shape)
 
 
 @lru_cache(maxsize=PLAIN_CACHE_SIZE)

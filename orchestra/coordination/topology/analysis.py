@@ -128,6 +128,18 @@ class TopologyAnalysis:
             _out_edges={k: tuple(v) for k, v in out_edges.items()},
         )
 
+    @property
+    def plain_shape(self) -> PlainKey | None:
+        """:attr:`shape`, while this analysis's nodes and edges still have no metadata (a
+        node's metadata dict changed in place after the analysis is read as it now is)."""
+        if self.shape is None:
+            return None
+        if any(node.metadata for node in self._nodes.values()):
+            return None
+        if any(edge.metadata for edge in self._edges.values()):
+            return None
+        return self.shape
+
     # ---- single-node questions ---------------------------------------------------------------
 
     @property
