@@ -226,8 +226,8 @@ def plain_key(topology: Topology) -> PlainKey | None:
     """Everything the analysis of ``topology`` reads, as an immutable value, when no node or
     edge has metadata (which may hold anything, mutable values included: such a topology is
     analysed afresh, as is one with a rule of a class of its own). Rules are frozen values,
-    kept with their reprs so that rules equal but for a number's type (``timeout(1)``,
-    ``timeout(1.0)``) never share an analysis."""
+    kept with their reprs so that rules equal but for a number's type (``Timeout(1)``,
+    ``Timeout(1.0)``) never share an analysis."""
     nodes, edges, rules = topology.nodes, topology.edges, topology.rules
     if any(node.metadata for node in nodes) or any(edge.metadata for edge in edges):
         return None
