@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestra.agents.base import BaseAgent
@@ -27,6 +28,8 @@ from .engine.runner import Runner
 from .monitoring.live import LiveWatch, status_watch
 from .monitoring.tracing_switch import tracing_on
 from .topology import Topology, TopologyAnalysis
+from .topology.analysis import PLAIN_CACHE_SIZE, PlainKey, plain_analysis
+from .topology.shared import shared_topology
 
 if TYPE_CHECKING:  # prometheus-client is imported only by those who collect metrics
     from .monitoring.metrics import MetricsCollector
@@ -78,8 +81,10 @@ def prepare(
     communication: CommunicationManager,
     max_steps: int,
 ) -> Setup:
-    """Check the topology and find every agent (OrchestraError naming what is wrong)."""
-    topo = Topology.coerce(topology)
+    """Check the topology and find every agent (OrchestraError naming what is wrong). A
+    topology dict becomes a topology shared by the runs of equal plain dicts: the run only
+    reads it."""
+    topo = topology if isinstance(topology, Topology) else shared_topology(topology)
     analysis = topo.analyze()
     check_node_policies(analysis)
     attached = {name: topo.node(name).agent for name in analysis.agents}
@@ -106,7 +111,17 @@ def topology_fingerprint(analysis: TopologyAnalysis) -> tuple[str, ...]:
     the entries in order and the exits. Two topologies written differently that the engine
     reads alike (a policy as ``"any"`` or ``{"k": 1}``, ``parallel`` agents in another order,
     an entry point given or inferred) have one fingerprint. (Other metadata, free for users,
-    may change.)"""
+    may change.) A plain topology's (no metadata) is kept with its analysis's shape."""
+    shape = analysis.plain_shape
+    return _fingerprint(analysis) if shape is None else _plain_fingerprint(shape)
+
+
+@lru_cache(maxsize=PLAIN_CACHE_SIZE)
+def _plain_fingerprint(shape: PlainKey) -> tuple[str, ...]:
+    return _fingerprint(plain_analysis(shape))
+
+
+def _fingerprint(analysis: TopologyAnalysis) -> tuple[str, ...]:
     lines = [f"node {name}" for name in analysis.node_names]
     for name in analysis.node_names:
         node = analysis.node(name)

@@ -2,21 +2,37 @@
 
 Built by :meth:`Topology.analyze` from a valid topology. Nothing here changes after
 construction: the engine may share one analysis between any number of concurrent runs.
+
+A run's setup analyses its topology, and a service starting many short runs often builds the
+same topology afresh for each (from a dict, or a function that makes it). The analysis of a
+*plain* topology (no node or edge metadata: only names, edges, rules, entry and exits) is a
+function of those values alone, so it is kept, by that immutable value, in a small bounded
+cache (:func:`plain_key`); each topology still gets its own nodes and edges in its analysis.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 from orchestra.errors import TopologyError
 
 from .model import USER, Edge, Node
-from .rules import BudgetRule, MaxAgents, MaxSteps, Parallel, PingPong, Timeout
+from .rules import BudgetRule, MaxAgents, MaxSteps, Parallel, PingPong, Rule, Timeout
 from .topology import Topology
 from .validation import Structure, inspect_structure
+
+PlainKey = tuple[  # a plain topology's shape: see plain_key
+    tuple[str, ...],  # nodes, in order
+    tuple[tuple[str, str], ...],  # directed edges, in order
+    tuple[Rule, ...],
+    tuple[str, ...],  # the rules' reprs
+    str | None,  # entry point
+    tuple[str, ...],  # exit points
+]
 
 
 @dataclass(frozen=True)
@@ -49,9 +65,21 @@ class TopologyAnalysis:
     _out_edges: Mapping[str, tuple[Edge, ...]]
     _user_facing: frozenset[str]
     _parallel_membership: Mapping[str, frozenset[int]]
+    shape: PlainKey | None = field(default=None, compare=False, repr=False)
+    """The topology's :func:`plain_key` when it is plain: analyses with equal shapes are alike
+    but for the identity of their nodes' and edges' objects (None: not plain)."""
 
     @classmethod
     def build(cls, topology: Topology) -> TopologyAnalysis:
+        """The analysis of ``topology`` (TopologyError naming every problem when invalid); a
+        plain topology's from the cache, bound to its own node and edge objects."""
+        key = plain_key(topology)
+        if key is None:
+            return cls._inspect(topology)
+        return plain_analysis(key)._bound(topology)
+
+    @classmethod
+    def _inspect(cls, topology: Topology) -> TopologyAnalysis:
         structure = inspect_structure(topology)
         if structure.problems:
             raise TopologyError(structure.problems)
@@ -85,6 +113,32 @@ class TopologyAnalysis:
             _user_facing=frozenset(structure.user_sources),
             _parallel_membership={k: frozenset(v) for k, v in membership.items()},
         )
+
+    def _bound(self, topology: Topology) -> TopologyAnalysis:
+        """This analysis of a plain topology, for ``topology`` of the same shape: its nodes and
+        edges are the objects ``node`` and ``edge`` give (all of its edges: it is valid)."""
+        out_edges: dict[str, list[Edge]] = {name: [] for name in topology.node_names}
+        edges = topology.edges
+        for edge in edges:
+            out_edges[edge.source].append(edge)
+        return replace(
+            self,
+            _nodes={node.name: node for node in topology.nodes},
+            _edges={edge.key: edge for edge in edges},
+            _out_edges={k: tuple(v) for k, v in out_edges.items()},
+        )
+
+    @property
+    def plain_shape(self) -> PlainKey | None:
+        """:attr:`shape`, while this analysis's nodes and edges still have no metadata (a
+        node's metadata dict changed in place after the analysis is read as it now is)."""
+        if self.shape is None:
+            return None
+        if any(node.metadata for node in self._nodes.values()):
+            return None
+        if any(edge.metadata for edge in self._edges.values()):
+            return None
+        return self.shape
 
     # ---- single-node questions ---------------------------------------------------------------
 
@@ -160,6 +214,43 @@ class TopologyAnalysis:
             "parallel_groups": [list(group) for group in self.parallel_groups],
             "calls": sorted(f"{s} -> {t}" for (s, t) in self._edges if self.is_call(s, t)),
         }
+
+
+PLAIN_CACHE_SIZE = 256
+"""Plain topologies whose analysis is kept (the least recently used goes first)."""
+
+_RULE_TYPES = frozenset({MaxSteps, Timeout, MaxAgents, Parallel, PingPong, BudgetRule})
+
+
+def plain_key(topology: Topology) -> PlainKey | None:
+    """Everything the analysis of ``topology`` reads, as an immutable value, when no node or
+    edge has metadata (which may hold anything, mutable values included: such a topology is
+    analysed afresh, as is one with a rule of a class of its own). Rules are frozen values,
+    kept with their reprs so that rules equal but for a number's type (``Timeout(1)``,
+    ``Timeout(1.0)``) never share an analysis."""
+    nodes, edges, rules = topology.nodes, topology.edges, topology.rules
+    if any(node.metadata for node in nodes) or any(edge.metadata for edge in edges):
+        return None
+    if any(type(rule) not in _RULE_TYPES for rule in rules):  # a subclass may hold anything
+        return None
+    return (
+        tuple(node.name for node in nodes),
+        tuple(edge.key for edge in edges),
+        rules,
+        tuple(map(repr, rules)),
+        topology.entry_point,
+        topology.exit_points,
+    )
+
+
+@lru_cache(maxsize=PLAIN_CACHE_SIZE)
+def plain_analysis(key: PlainKey) -> TopologyAnalysis:
+    """The analysis of the plain topology ``key`` stands for, built from a topology of its own
+    (the cache keeps no user's topology, node, edge or agent alive, and sees none change; only
+    names and rules, immutable values). An invalid one raises and is not kept."""
+    names, edges, rules, _, entry, exits = key
+    private = Topology(names, edges, rules, entry_point=entry, exit_points=exits)
+    return replace(TopologyAnalysis._inspect(private), shape=key)
 
 
 def _convergence_points(structure: Structure) -> dict[str, frozenset[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
 from orchestra.errors import TopologyError
@@ -38,11 +39,18 @@ def check_name(name: object, where: str) -> str:
         raise TopologyError.single(
             "invalid_name", repr(name), f"{where}: node names are strings, got {name!r}"
         )
-    if not _NAME_PATTERN.fullmatch(name):
+    if not (_known_name(name) if type(name) is str else _NAME_PATTERN.fullmatch(name)):
         raise TopologyError.single(
             "invalid_name", name, f"{where}: {name!r} is not a valid node name; {NAME_RULE}"
         )
     return name
+
+
+@lru_cache(maxsize=4096)
+def _known_name(name: str) -> bool:
+    """Whether a ``str`` is a valid name, remembered: every topology a run builds checks each
+    of its names several times (a string cannot change; a subclass of str is checked anew)."""
+    return _NAME_PATTERN.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

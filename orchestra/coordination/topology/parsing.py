@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from orchestra.errors import TopologyError, TopologyProblem
@@ -29,6 +30,19 @@ def _problem(kind: str, subject: str, message: str) -> TopologyError:
 
 def parse_edge_text(text: str) -> tuple[str, str, bool]:
     """Split ``"A -> B"`` / ``"A <-> B"`` into ``(source, target, bidirectional)``."""
+    if type(text) is str:  # a subclass of str is parsed anew
+        return _parsed_edge_text(text)
+    return _parse_edge_text(text)
+
+
+@lru_cache(maxsize=4096)
+def _parsed_edge_text(text: str) -> tuple[str, str, bool]:
+    """A parse remembered: topologies built afresh for each run parse the same edges again
+    (an error is raised each time, not remembered)."""
+    return _parse_edge_text(text)
+
+
+def _parse_edge_text(text: str) -> tuple[str, str, bool]:
     arrows = _ARROW.findall(text)
     if len(arrows) != 1:
         what = "no arrow" if not arrows else f"{len(arrows)} arrows"

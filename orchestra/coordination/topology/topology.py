@@ -31,6 +31,22 @@ def _collect(problems: list[TopologyProblem], action: Callable[[], T]) -> T | No
         return None
 
 
+def _collect_each(
+    problems: list[TopologyProblem],
+    insert: Callable[[Any, str], object],
+    items: list[Any],
+    field: str,
+) -> None:
+    """``insert`` each item (``where`` it is: ``field[index]``), recording every item's
+    problems (as :func:`_collect`, with no closure made per item: topologies are often built
+    for each run)."""
+    for index, item in enumerate(items):
+        try:
+            insert(item, f"{field}[{index}]")
+        except TopologyError as error:
+            problems.extend(error.problems)
+
+
 class Topology:
     """Which agent may hand work to which, plus the rules the run obeys.
 
@@ -59,10 +75,8 @@ class Topology:
         node_items = _collect(problems, partial(_as_list, nodes, "nodes")) or []
         edge_items = _collect(problems, partial(_as_list, edges, "edges")) or []
         rule_items = _collect(problems, partial(_as_list, rules, "rules")) or []
-        for index, node in enumerate(node_items):
-            _collect(problems, partial(self._insert_node, node, f"nodes[{index}]"))
-        for index, edge in enumerate(edge_items):
-            _collect(problems, partial(self._insert_edge, edge, f"edges[{index}]"))
+        _collect_each(problems, self._insert_node, node_items, "nodes")
+        _collect_each(problems, self._insert_edge, edge_items, "edges")
         for rule in rule_items:
             parsed = _collect(problems, partial(coerce_rule, rule))
             if parsed is not None:
@@ -264,11 +278,11 @@ class Topology:
 
     def _insert_edge(self, item: EdgeLike, where: str) -> tuple[Edge, ...]:
         if isinstance(item, Edge):
-            declared = item
-        else:
+            directed = item.directed()
+        else:  # the directed edges made at once (an Edge's fields, checked once)
             source, target, metadata, both = coerce_edge_fields(item, where)
-            declared = Edge(source, target, metadata, bidirectional=both)
-        directed = declared.directed()
+            forward = Edge(source, target, metadata)
+            directed = (forward, Edge(target, source, metadata)) if both else (forward,)
         for edge in directed:
             if edge.key in self._edges:
                 raise TopologyError.single(
@@ -276,7 +290,7 @@ class Topology:
                 )
         for edge in directed:
             self._edges[edge.key] = edge
-        if USER in declared.key and USER not in self._nodes:
+        if USER in directed[0].key and USER not in self._nodes:
             self._nodes[USER] = Node(USER)
         return directed
 
