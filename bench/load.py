@@ -75,7 +75,11 @@ ROW_LIMIT = 300.0  # seconds a row may take: one that takes longer is reported a
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (the rows with no persistence always run)")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma-separated (the rows with no persistence always run)",
+    )
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="sessions at once")
     parser.add_argument("--quick", action="store_true", help="a smoke run; writes nothing")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # one row, in the process it runs in
