@@ -4,8 +4,10 @@ durable (``auto_save_interval=0``) or buffered (``auto_save_interval=1``); and, 
 many ``fdatasync`` calls a second this machine does from one thread and from 8.
 
 Run: ``.venv/bin/python bench/load.py`` (``--backends file,sqlite``, ``--sizes 1,100`` choose;
+``--steps 200``: longer sessions, for the steady state without sessions being made and ended;
 ``--quick``: tiny sizes on the file backend and SQLite, for the smoke test, writing nothing).
-Prints a table and rewrites the "Load" section of ``bench/results.md``.
+Prints a table and rewrites the "Load" section of ``bench/results.md`` ("Load, 200-step
+sessions" with ``--steps 200``).
 
 A row keeps N sessions running at once: N slots, each running sessions of ``STEPS`` steps one
 after another, enough of them for the row to take at least ``MIN_STEPS`` steps (1 session at a
@@ -81,6 +83,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="comma-separated (the rows with no persistence always run)",
     )
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="sessions at once")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=STEPS,
+        help=f"steps a session (default {STEPS}: its making and ending weigh in; more: the steady state)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run; writes nothing")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # one row, in the process it runs in
     return parser.parse_args(argv)
@@ -288,7 +296,7 @@ def main(argv: list[str]) -> None:
     unknown = set(kinds) - set(BACKENDS)
     if unknown:
         sys.exit(f"unknown backend(s) {', '.join(sorted(unknown))}: choose from {BACKENDS}")
-    steps, least = (5, 20) if options.quick else (STEPS, MIN_STEPS)
+    steps, least = (5, 20) if options.quick else (options.steps, MIN_STEPS)
     folder = Path(tempfile.mkdtemp(prefix="orchestra-load-"))
     servers: list[tuple[Any, ...]] = []
     addresses = {"redis": "", "postgres": ""}
@@ -317,7 +325,8 @@ def main(argv: list[str]) -> None:
             stop(*server)
         shutil.rmtree(folder, ignore_errors=True)
     note = f", 10-agent ring, sessions of {steps} steps, at least {least} steps a row"
-    report("Load", note, rows, write=not options.quick, remarks=REMARKS)
+    section = "Load" if steps == STEPS else f"Load, {steps}-step sessions"
+    report(section, note, rows, write=not options.quick, remarks=REMARKS)
 
 
 REMARKS = (
