@@ -133,6 +133,7 @@ async def test_a_batch_is_acknowledged_with_one_wake_up_of_the_event_loop(
     outcomes = await batch(backend, 40, 3)
     assert all(isinstance(outcome, OSError) for outcome in outcomes)
     assert len(wake_ups) == 2
+    backend.close()  # its journal thread must not outlive the test (it holds files open)
 
 
 def _fail() -> None:
