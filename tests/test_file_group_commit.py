@@ -110,6 +110,37 @@ async def test_appends_due_together_share_one_sync(
         assert await backend.read(f"s{n}") == records(n, 0, 3)
 
 
+async def test_a_batch_is_acknowledged_with_one_wake_up_of_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal's thread hands a committed batch's outcomes to the event loop at once: one
+    ``call_soon_threadsafe`` (a write to the loop's self-pipe, a turn of the loop) for all of
+    its appends, not one each, and so for a failed batch's errors."""
+    backend = FileStorageBackend(tmp_path)
+    await start_sessions(backend, 40)
+    loop = asyncio.get_running_loop()
+    wake_ups: list[Any] = []
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(callback, "__module__", None) == "orchestra.threads":
+            wake_ups.append(callback)
+        return call_soon_threadsafe(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+    assert not any(await batch(backend, 40, 1))
+    assert len(wake_ups) == 1
+    monkeypatch.setattr(wal.JournalFile, "append", lambda journal, body: _fail())
+    outcomes = await batch(backend, 40, 3)
+    assert all(isinstance(outcome, OSError) for outcome in outcomes)
+    assert len(wake_ups) == 2
+    backend.close()  # its journal thread must not outlive the test (it holds files open)
+
+
+def _fail() -> None:
+    raise OSError(5, "Input/output error")
+
+
 async def test_many_sessions_appending_at_once_need_fewer_syncs_than_appends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from orchestra.coordination.state import (
     leases,
     segments,
 )
+from orchestra.coordination.state import manager as manager_module
 from orchestra.coordination.state.backends import check_namespace, check_session_id
 from orchestra.coordination.state.manager import SessionWriter
 from orchestra.coordination.state.segments import SECTOR, encode_append
@@ -111,6 +113,36 @@ async def test_a_writer_refused_by_storage_stays_refused(storage: Storage) -> No
     await first.flush()
     reasons = [json.loads(line)["reason"] for line in await storage.read("two")]
     assert reasons == ["first", "first"]
+
+
+@pytest.mark.parametrize("backend_kind", ["file", "sqlite"])
+async def test_commit_alone_sends_what_is_due_after_an_append_that_ended_unawaited(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append is accounted for when it is next looked at, not by a callback of its own
+    (a turn of the event loop less a step): one that ended while nobody awaited it (its run
+    folding the step in memory) is taken into account by the next commit, which sends the
+    records due since at once, in order, with nobody awaiting them (nor the timer that shows
+    a step in flight, put off here). The embedded backends answer a read after the appends
+    queued before it, so a read that finds an append stored finds it ended too."""
+    monkeypatch.setattr(manager_module, "SHOW_AFTER", 3600.0)
+    writer = SessionWriter(StateManager(storage, 0), "unawaited", 0)
+    reasons = ["one", "two", "three"]
+    for number, reason in enumerate(reasons, start=1):
+        writer.record(PauseRequest(at=float(number), reason=reason))
+        writer.commit()
+        await stored(storage, "unawaited", number)
+    assert not writer.unsettled
+    await writer.close()
+    assert [json.loads(line)["reason"] for line in await storage.read("unawaited")] == reasons
+
+
+async def stored(storage: Storage, session_id: str, count: int) -> None:
+    """Return once storage holds ``count`` records of the session (polled, with a deadline)."""
+    deadline = time.monotonic() + 30
+    while not await storage.exists(session_id) or len(await storage.read(session_id)) < count:
+        assert time.monotonic() < deadline, f"{session_id}: {count} records never stored"
+        await asyncio.sleep(0.001)
 
 
 async def test_a_lost_answer_is_retried_alone_before_newer_records(storage: Storage) -> None:

@@ -178,10 +178,11 @@ class SessionWriter:
         result): durably if any of it is due, else not (a begin lost to a crash is a step begun
         again; one a later durable record follows is as durable as that record)."""
         self._shower = None
+        idle = self._idle()
         if not self._buffer or self._retry is not None or self._refused is not None:
             return
         waited = time.monotonic() - self._queued_at
-        if waited < SHOW_AFTER or self._writing is not None:
+        if waited < SHOW_AFTER or not idle:
             self._show_in(max(SHOW_AFTER - waited, 0.005))
             return
         self._start_append(durable=self._written < self._due)
@@ -193,11 +194,23 @@ class SessionWriter:
         durability: only its effects do."""
         if self.manager.auto_save_interval == 0:
             self._due = self.length
-            if self._writing is None and self._written < self._due and self._refused is None:
+            if self._written < self._due and self._idle() and self._refused is None:
                 self._start_append()
+
+    def _idle(self) -> bool:
+        """Whether no append is in flight, once one that has finished is accounted for. A
+        finished append is accounted for when next looked at (here, or by whoever awaits it),
+        not by a callback of its own: that was one more turn of the event loop per append."""
+        writing = self._writing
+        if writing is not None and writing.done():
+            self._appended(writing)
+        return self._writing is None
 
     @property
     def unsettled(self) -> bool:
+        """Whether records marked by ``commit`` are not yet known to be durable."""
+        if self._written < self._due:
+            self._idle()
         return self._written < self._due
 
     async def settled(self) -> None:
@@ -219,10 +232,15 @@ class SessionWriter:
             writing = self._writing
             if writing is None:
                 writing = self._start_append()
-            elif writing.done():  # finished, but its callback has not run yet: account now
+            elif writing.done():
                 self._appended(writing)
                 continue
-            await (writing if isinstance(writing, Completion) else asyncio.shield(writing))
+            try:
+                await (writing if isinstance(writing, Completion) else asyncio.shield(writing))
+            except BaseException:
+                if writing.done():  # it failed (else this caller was cancelled)
+                    self._appended(writing)
+                raise
 
     def _start_append(self, durable: bool = True) -> asyncio.Future[None]:
         """Send the failed append again, alone and as it was (it may have been stored, with
@@ -231,21 +249,19 @@ class SessionWriter:
         if lines is None:
             lines, self._buffer = self._buffer, []
         try:
-            writing = asyncio.ensure_future(
-                self.manager.storage.append(
-                    self.session_id, lines, durable=durable, after=self._written
-                )
+            writing = self.manager.storage.append(
+                self.session_id, lines, durable=durable, after=self._written
             )
+            if not isinstance(writing, asyncio.Future):  # a coroutine: started now, as a task
+                writing = asyncio.ensure_future(writing)
         except BaseException:
             self._retry = lines
             raise
         self._writing, self._in_flight = writing, (lines, self._written + len(lines))
-        writing.add_done_callback(self._appended)
         return writing
 
     def _appended(self, writing: asyncio.Future[None]) -> None:
-        """Account for a finished append, once: from its done callback or from whoever meets
-        it finished first."""
+        """Account for a finished append, once: by whoever meets it finished first."""
         if self._writing is not writing:
             return
         self._writing = None

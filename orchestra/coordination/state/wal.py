@@ -66,7 +66,7 @@ try:
 except ImportError:  # not POSIX: no boot id either, so no journal
     fcntl = None  # type: ignore[assignment]
 
-from orchestra.threads import settle_soon
+from orchestra.threads import settle_all_soon
 
 JOURNALS = (
     ".journal"  # the folder of journals in a backend's directory (no session id starts with '.')
@@ -223,11 +223,9 @@ class GroupCommit:
                     )
                 full = self._file().end > JOURNAL_BYTES
         except Exception as error:  # a write or sync that failed, a journal not created
-            for pending in batch:
-                _settle(pending, self._undo(pending, error))
+            _settle(batch, [self._undo(pending, error) for pending in batch])
             return False
-        for pending in batch:
-            _settle(pending, None)
+        _settle(batch, [None] * len(batch))
         return full
 
     def _file(self) -> JournalFile:
@@ -325,9 +323,14 @@ def _encode(redo: Redo) -> bytes:
     return _ENTRY.pack(*sizes, len(redo.data)) + redo.relative + redo.before + redo.data
 
 
-def _settle(pending: Pending, error: BaseException | None) -> None:
-    if pending.future is not None:
-        settle_soon(pending.loop, pending.future, None, error)
+def _settle(batch: list[Pending], errors: list[BaseException | None]) -> None:
+    """Acknowledge a batch: one wake-up of each event loop for all of its appends, not one
+    each (a system call and a turn of the loop per append: with 100 sessions, one a step)."""
+    settle_all_soon(
+        (pending.loop, pending.future, None, error)
+        for pending, error in zip(batch, errors, strict=True)
+        if pending.future is not None
+    )
 
 
 class JournalFile:
