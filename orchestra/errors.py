@@ -243,6 +243,12 @@ class SessionFormatError(SessionError):
     """A session was written in a log format this release cannot read or migrate."""
 
 
+class StorageUnavailableError(SessionError):
+    """The server a session is stored on did not answer (down, refusing connections or the
+    credentials, the connection lost): transient, unlike the store refusing the call, so it is
+    worth trying again; the message names what was being done and the server."""
+
+
 class SessionRunningError(SessionError):
     """A new run was asked of a session whose run is still going on elsewhere (on Temporal):
     it is followed, not started again; the command line says how to follow it."""

@@ -42,7 +42,7 @@ from orchestra.coordination.topology.conditions import condition_holds
 from orchestra.errors import ConfigurationError
 from orchestra.models import Message, StepInfo, secrets
 from orchestra.models.config import ModelConfig
-from orchestra.models.secrets import REDACTED, redact
+from orchestra.models.secrets import REDACTED, redact, url_without_credentials
 
 MODEL = "leaky-model"
 WAIT = 60.0  # real sockets and the SDKs' first import: only a hang should reach it
@@ -184,6 +184,10 @@ async def test_a_model_api_error_keeps_no_sdk_exception_that_holds_the_request(
         ("got x-api-key: not-a-pattern-key", "got x-api-key: [REDACTED]"),
         ('{"x-api-key": "quoted-key-1"}', '{"x-api-key": "[REDACTED]"}'),
         ("cannot reach https://me:pw@host/v1", "cannot reach https://[REDACTED]@host/v1"),
+        (
+            "at postgresql://h/db?sslpassword=k3y-pass&a=1",
+            "at postgresql://h/db?sslpassword=[REDACTED]&a=1",
+        ),
         ("ask-me-anything, task-42, risk-free", "ask-me-anything, task-42, risk-free"),
         ("HTTP 500: internal", "HTTP 500: internal"),
     ],
@@ -526,6 +530,13 @@ def test_reprs_mask_base_url_credentials_and_dumps_leave_them_out() -> None:
     )
     assert config.model_dump()["base_url"] == "https://proxy.example/v1?api-version=2"
     assert config.base_url == CREDENTIAL_URL
+
+
+def test_a_url_keeps_no_parameter_named_as_a_password() -> None:
+    """PostgreSQL's ``sslpassword`` (a client key's passphrase) and any other ``...password``
+    are left out, as ``password`` is; a parameter that merely holds the word is kept."""
+    url = "postgresql://db:5432/app?sslpassword=a&password=b&PGPASSWORD=c&password_hint=d&x=e"
+    assert url_without_credentials(url) == "postgresql://db:5432/app?password_hint=d&x=e"
 
 
 @pytest.mark.parametrize("unit", ["sk-", "a-", "a.", "x://", "&a_", "Bearer a"])

@@ -65,6 +65,7 @@ from orchestra.errors import (
     SessionCorruptedError,
     SessionError,
     SessionNotFoundError,
+    StorageUnavailableError,
     UnstorableValueError,
 )
 
@@ -1212,14 +1213,14 @@ async def test_a_server_that_does_not_answer_is_a_clear_error_naming_the_call_an
     kind: str, doing: str, call: Callable[[Any], Any]
 ) -> None:
     """Not the driver's own ``ConnectionError`` (or ``OSError``) from deep inside: a
-    ``SessionError`` that says what was being done, on which server (its password masked)."""
+    ``StorageUnavailableError`` (a ``SessionError``, transient) that says what was being done, on which server (its password masked)."""
     port = closed_port()
     storage: RedisStorageBackend | PostgresStorageBackend
     if kind == "redis":
         storage = RedisStorageBackend(f"redis://:s3cr3t-pw@127.0.0.1:{port}/0", "down")
     else:
         storage = PostgresStorageBackend(f"postgresql://me:s3cr3t-pw@127.0.0.1:{port}/db", "down")
-    with pytest.raises(SessionError) as raised:
+    with pytest.raises(StorageUnavailableError) as raised:
         await call(storage)
     message = str(raised.value)
     assert message.startswith(f"could not {doing}: {storage!r} failed to answer")

@@ -20,12 +20,18 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from test_replay import exactly, fan_out_instance
 from test_sessions import wait
+from test_storage import closed_port
 
 from orchestra.coordination.engine import inputs as inp
-from orchestra.coordination.state import FileStorageBackend, SQLiteStorageBackend, StateManager
+from orchestra.coordination.state import (
+    FileStorageBackend,
+    PostgresStorageBackend,
+    SQLiteStorageBackend,
+    StateManager,
+)
 from orchestra.coordination.state.manager import SessionWriter, run_state
 from orchestra.coordination.state.records import decode, encode, loads
-from orchestra.errors import SessionError
+from orchestra.errors import SessionError, StorageUnavailableError
 from orchestra.temporal.mirror import MirrorBatch, StoreMirror
 
 _POSITION = re.compile(r'^(\{"t":"[a-z_]+","s":)[0-9]+,')
@@ -292,6 +298,19 @@ async def test_the_local_activity_retries_only_a_refusal_that_passes(tmp_path: P
     finally:
         storage.close()
         other.close()
+
+
+async def test_the_local_activity_retries_a_store_whose_server_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    """An outage (a ``StorageUnavailableError``, a ``SessionError`` of its own kind) passes:
+    the server may answer the retry."""
+    [journal] = journals(await embedded_log(tmp_path, "s"))
+    storage = PostgresStorageBackend(f"postgresql://127.0.0.1:{closed_port()}/db", "down")
+    mirror = StoreMirror(StateManager(storage))
+    with pytest.raises(ApplicationError, match=r"session 's'.*failed to answer") as down:
+        await ActivityEnvironment().run(mirror.activity, MirrorBatch("s", "run-1", 0, journal))
+    assert not down.value.non_retryable and down.value.type == StorageUnavailableError.__name__
 
 
 async def test_checkpoints_of_a_later_run_are_placed_in_the_sessions_log(

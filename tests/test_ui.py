@@ -24,6 +24,7 @@ from orchestra.coordination.config import ErrorHandlingConfig, ExecutionConfig
 from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import SessionWriter
+from orchestra.errors import StorageUnavailableError
 from orchestra.models.base import Usage
 from orchestra.ui import catalog
 from orchestra.ui.app import STATIC, allowed_hosts, create_app
@@ -238,6 +239,20 @@ async def test_an_unexpected_error_is_a_500_with_the_headers_and_no_detail(
     assert failed.headers["x-content-type-options"] == "nosniff"
     assert "default-src 'self'" in failed.headers["content-security-policy"]
     assert "private" not in failed.text and "error" in failed.json()
+
+
+async def test_a_store_whose_server_does_not_answer_is_a_503_naming_it(
+    client: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage is worth trying again (a 503), not a refusal of the request (a 4xx)."""
+
+    async def down(*_: Any) -> list[Any]:
+        raise StorageUnavailableError("could not list the sessions: db:5432 failed to answer")
+
+    monkeypatch.setattr("orchestra.ui.catalog.Catalog.sessions", down)
+    failed = await client.get("/api/sessions")
+    assert failed.status_code == 503
+    assert failed.json() == {"error": "could not list the sessions: db:5432 failed to answer"}
 
 
 async def test_the_page_and_its_script_come_with_a_strict_policy(

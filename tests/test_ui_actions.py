@@ -22,6 +22,7 @@ from orchestra.coordination.engine import inputs as inp
 from orchestra.coordination.orchestra import OrchestraInstance
 from orchestra.coordination.state import SQLiteStorageBackend, StateManager
 from orchestra.coordination.state.manager import run_state
+from orchestra.errors import SessionError, StorageUnavailableError
 from orchestra.ui import host as host_module
 from orchestra.ui.app import allowed_hosts, create_app
 from orchestra.ui.host import STOPPED, RunHost, WebChannel
@@ -110,6 +111,27 @@ async def final(host: RunHost, session: str) -> str:
 
 async def post(client: httpx2.AsyncClient, path: str, body: Any) -> httpx2.Response:
     return await client.post(path, json=body)
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (StorageUnavailableError("could not read session 'talk': db failed to answer"), 503),
+        (SessionError("session 'talk' is being written by another process"), 409),
+    ],
+    ids=["outage", "refusal"],
+)
+async def test_an_action_the_stores_server_did_not_answer_is_a_503_not_a_conflict(
+    client: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch, error: Exception, status: int
+) -> None:
+    """An outage is worth trying again; a refusal by the store (another writer) is a 409."""
+
+    async def failing(*_: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(RunHost, "pause", failing)
+    answered = await post(client, "/api/sessions/talk/pause", {})
+    assert answered.status_code == status and answered.json() == {"error": str(error)}
 
 
 async def test_a_run_started_from_the_page_is_answered_there_and_finishes(

@@ -37,10 +37,11 @@ _VALUE = r"[^\s\"',;&)}]+"
 _TOKEN = r"[A-Za-z0-9._~+/=-]+"
 _CREDENTIAL_PARAMETER = (
     r"(?:key|api[_-]?key|x-api-key|(?:access|refresh|id|auth)_token|token|client_secret|secret"
-    r"|password|passwd|sig|signature)"
+    r"|\w*password|passwd|sig|signature)"
 )
 """Query parameters that hold credentials by their name (not ``page_token`` or ``sort_key``,
-which hold none)."""
+which hold none); any ``...password`` (PostgreSQL's ``sslpassword``, a client key's
+passphrase)."""
 _CREDENTIAL_NAME = re.compile(rf"(?i){_CREDENTIAL_PARAMETER}")
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+|[a-z]?\d{1,3}[a-z]?")
 

@@ -61,6 +61,7 @@ from orchestra.errors import (
     SessionCorruptedError,
     SessionError,
     SessionNotFoundError,
+    StorageUnavailableError,
 )
 
 MIRROR_ACTIVITY = "orchestra.mirror"
@@ -219,7 +220,8 @@ class StoreMirror:
         """``orchestra.mirror``, the local activity the workflow runs (bound to this mirror).
         Its failures name the session. The store refusing the writer (a plain
         ``SessionError``: another writer holds the session, an embedded run or a worker whose
-        lease has not expired yet) passes, so it is retried; the rest do not (a
+        lease has not expired yet) passes, so it is retried, as does its server not answering
+        (a ``StorageUnavailableError``); the rest do not (a
         ``SessionCorruptedError``: a gap, a log holding other records where these go, a
         batch that is no journal; bad arguments): they fail it without a retry, and the
         workflow goes on without its mirror, or sends the lines again later (each is
@@ -228,7 +230,9 @@ class StoreMirror:
             await self.append(batch.session_id, batch.key, batch.start, list(batch.lines))
         except OrchestraError as error:
             raise ApplicationError(
-                str(error), type=type(error).__name__, non_retryable=type(error) is not SessionError
+                str(error),
+                type=type(error).__name__,
+                non_retryable=type(error) not in (SessionError, StorageUnavailableError),
             ) from None
 
 

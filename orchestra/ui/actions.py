@@ -26,6 +26,7 @@ from orchestra.errors import (
     OrchestraError,
     SessionError,
     SessionNotFoundError,
+    StorageUnavailableError,
     UserInputError,
 )
 
@@ -111,6 +112,8 @@ async def _body(request: Request) -> Body:
 def _status(error: OrchestraError) -> int:
     if isinstance(error, SessionNotFoundError | UserInputError):
         return 404
+    if isinstance(error, StorageUnavailableError):
+        return 503
     if isinstance(error, SessionError) and not isinstance(error, InvalidSessionIdError):
         return 409
     return 400

@@ -44,7 +44,12 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from orchestra.errors import OrchestraError, SessionCorruptedError, SessionNotFoundError
+from orchestra.errors import (
+    OrchestraError,
+    SessionCorruptedError,
+    SessionNotFoundError,
+    StorageUnavailableError,
+)
 
 from .actions import action_routes
 from .catalog import Catalog
@@ -136,14 +141,17 @@ def create_app(
 
 
 async def _answer(building: Awaitable[Any]) -> Response:
-    """What was built, as JSON; a session that is absent a 404 and a damaged one a 422, each
-    with the error naming it (and the record at fault)."""
+    """What was built, as JSON; a session that is absent a 404, a damaged one a 422 and a
+    store's server that did not answer a 503 (worth trying again), each with the error naming
+    it (and the record at fault, or the server)."""
     try:
         return JSONResponse(await building)
     except SessionNotFoundError as error:
         return JSONResponse({"error": str(error)}, status_code=404)
     except SessionCorruptedError as error:
         return JSONResponse({"error": str(error)}, status_code=422)
+    except StorageUnavailableError as error:
+        return JSONResponse({"error": str(error)}, status_code=503)
     except OrchestraError as error:  # a bad session id, a store that cannot be read
         return JSONResponse({"error": str(error)}, status_code=400)
 

@@ -28,6 +28,7 @@ from orchestra.errors import (
     InvalidSessionIdError,
     SessionCorruptedError,
     SessionError,
+    StorageUnavailableError,
 )
 from orchestra.models.secrets import redact
 
@@ -80,11 +81,13 @@ def stale_writer(session_id: str, after: int) -> SessionError:
     )
 
 
-def unreachable(doing: str, server: str, error: BaseException) -> SessionError:
+def unreachable(doing: str, server: str, error: BaseException) -> StorageUnavailableError:
     """A server backend's call that failed for its connection (refused, lost, timed out, or
     its credentials refused): what was being done and the server (its repr: no password; nor
     in the driver's words, masked as every error text is)."""
-    return SessionError(f"could not {doing}: {server} failed to answer ({redact(str(error))})")
+    return StorageUnavailableError(
+        f"could not {doing}: {server} failed to answer ({redact(str(error))})"
+    )
 
 
 def lock_writer(session_id: str, descriptor: int) -> None:

@@ -44,7 +44,7 @@ _STORED, _TAKEN, _STALE = 1, 0, -1
 lease another writer holds, refused for records another writer appended (or a delete)."""
 
 _APPEND = """
-CREATE OR REPLACE FUNCTION {table}_append(
+CREATE FUNCTION {table}_append_v1(
   sid TEXT, expected BIGINT, new_lines TEXT[], token TEXT, secs FLOAT8
 ) RETURNS INT LANGUAGE plpgsql AS $$
 DECLARE
@@ -83,7 +83,7 @@ holds it, or it expired), which it takes or renews. A refused append changes not
 refused while another holds the lease says so (``0``: a holder that died may be taken over)."""
 
 _APPENDS = """
-CREATE OR REPLACE FUNCTION {table}_appends(
+CREATE FUNCTION {table}_appends_v1(
   sids TEXT[], expecteds BIGINT[], counts INT[], all_lines TEXT[], token TEXT, secs FLOAT8,
   OUT outcomes INT[], OUT codes TEXT[], OUT messages TEXT[]
 ) LANGUAGE plpgsql AS $$
@@ -95,7 +95,7 @@ BEGIN
   messages := codes;
   FOR i IN 1 .. cardinality(sids) LOOP
     BEGIN
-      outcomes[i] := {table}_append(
+      outcomes[i] := {table}_append_v1(
         sids[i], expecteds[i], all_lines[start_at : start_at + counts[i] - 1], token, secs
       );
     EXCEPTION WHEN OTHERS THEN
@@ -119,13 +119,23 @@ async def _as_left(connection: Any) -> None:
     reset (``RESET ALL``, ``UNLISTEN *``...) cost a round trip after every call."""
 
 
-def _server(dsn: str) -> str:
-    """The server a DSN names, without its user and password: a URL's host, port, database and
-    options, or a keyword DSN's ``host``, ``port`` and ``dbname``."""
-    if "://" in dsn:
-        return url_without_credentials(dsn)
-    kept = ("host", "port", "dbname")
-    return " ".join(part for part in dsn.split() if part.partition("=")[0] in kept)
+def _connection_failure(error: BaseException) -> BaseException | None:
+    """The connection's failure ``error`` is, or None for the server refusing the statement
+    (or a fault here). A connection lost inside a transaction surfaces as the
+    ``InterfaceError`` of its closing ("the underlying connection is closed"), raised while
+    the loss itself is handled: the loss is the failure."""
+    import asyncpg
+
+    failures = (
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError,
+    )
+    if isinstance(error, asyncpg.InterfaceError) and error.__context__ is not None:
+        return _connection_failure(error.__context__)
+    return error if isinstance(error, failures) else None
 
 
 class PostgresStorageBackend:
@@ -153,7 +163,9 @@ class PostgresStorageBackend:
 
     def __repr__(self) -> str:
         """Shown in errors and logs: the server without credentials."""
-        return f"PostgresStorageBackend({_server(self.dsn)!r}, table={self.table!r})"
+        return (
+            f"PostgresStorageBackend({url_without_credentials(self.dsn)!r}, table={self.table!r})"
+        )
 
     @contextmanager
     def _answering(self, doing: str) -> Iterator[None]:
@@ -161,18 +173,13 @@ class PostgresStorageBackend:
         server starting or full) as a clear error naming what was being done and the server.
         Not an append's: a writer sends a failed append again, and takes a ``SessionError``
         from it for a refusal."""
-        import asyncpg
-
         try:
             yield
-        except (
-            OSError,
-            asyncpg.PostgresConnectionError,
-            asyncpg.InvalidAuthorizationSpecificationError,
-            asyncpg.CannotConnectNowError,
-            asyncpg.TooManyConnectionsError,
-        ) as error:
-            raise unreachable(doing, repr(self), error) from error
+        except Exception as error:
+            failure = _connection_failure(error)
+            if failure is None:
+                raise
+            raise unreachable(doing, repr(self), failure) from error
 
     async def _pool(self) -> Any:
         """The pool of the running event loop, made (with the tables) by its first caller.
@@ -193,30 +200,58 @@ class PostgresStorageBackend:
 
         pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, reset=_as_left)
         try:
-            async with pool.acquire() as connection, connection.transaction():
-                # one process at a time: two that made the tables or functions at once failed
-                await connection.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext($1), 0)", self.table
-                )
-                await connection.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self.table} (session TEXT NOT NULL, "
-                    "seq BIGINT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (session, seq))"
-                )
-                await connection.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self.snapshots} "
-                    "(session TEXT PRIMARY KEY, data BYTEA NOT NULL)"
-                )
-                await connection.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self.writers} (session TEXT PRIMARY KEY, "
-                    "holder TEXT NOT NULL, expires TIMESTAMPTZ NOT NULL)"
-                )
-                names = {"table": self.table, "writers": self.writers}
-                await connection.execute(_APPEND.format_map(names))
-                await connection.execute(_APPENDS.format_map(names))
+            async with pool.acquire() as connection:
+                if await self._missing(connection):
+                    await self._make(connection)
         except BaseException:
             await pool.close()
             raise
         return pool
+
+    async def _missing(self, connection: Any) -> list[str]:
+        """The store's tables and functions not in the schema it makes them in: none once the
+        store is made, and then a pool runs no DDL, so a role granted only the tables' rows
+        (no ``CREATE`` on the schema, owning nothing) uses a store another role made."""
+        tables = [self.table, self.snapshots, self.writers]
+        functions = [f"{self.table}_append_v1", f"{self.table}_appends_v1"]
+        found = await connection.fetch(
+            "SELECT relname AS name FROM pg_class WHERE relname = ANY($1) "
+            "AND relnamespace = current_schema()::regnamespace "
+            "UNION SELECT proname FROM pg_proc WHERE proname = ANY($2) "
+            "AND pronamespace = current_schema()::regnamespace",
+            tables,
+            functions,
+        )
+        there = {row["name"] for row in found}
+        return [name for name in [*tables, *functions] if name not in there]
+
+    async def _make(self, connection: Any) -> None:
+        """Make what is missing, one process at a time (two that made the tables or functions
+        at once failed). Functions are made only when absent, never replaced: replacing one
+        takes owning it, which any other role using the store lacks. A function changed by a
+        later release gets a new versioned name (``_v2``), so old and new run side by side."""
+        async with connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1), 0)", self.table)
+            missing = await self._missing(connection)  # as the lock's last holder left them
+            await connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} (session TEXT NOT NULL, "
+                "seq BIGINT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (session, seq))"
+            )
+            await connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.snapshots} "
+                "(session TEXT PRIMARY KEY, data BYTEA NOT NULL)"
+            )
+            await connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.writers} (session TEXT PRIMARY KEY, "
+                "holder TEXT NOT NULL, expires TIMESTAMPTZ NOT NULL)"
+            )
+            names = {"table": self.table, "writers": self.writers}
+            for function, text in (
+                (f"{self.table}_append_v1", _APPEND),
+                (f"{self.table}_appends_v1", _APPENDS),
+            ):
+                if function in missing:
+                    await connection.execute(text.format_map(names))
 
     async def append(
         self, session_id: str, records: Sequence[str], durable: bool, after: int
@@ -252,7 +287,7 @@ class PostgresStorageBackend:
         order = sorted(range(len(batch)), key=lambda n: batch[n][0])  # locks in one order
         sent = [batch[n] for n in order]
         outcomes, codes, messages = await pool.fetchrow(
-            f"SELECT * FROM {self.table}_appends($1, $2, $3, $4, $5, $6)",
+            f"SELECT * FROM {self.table}_appends_v1($1, $2, $3, $4, $5, $6)",
             [session_id for session_id, _, _ in sent],
             [after for _, _, after in sent],
             [len(lines) for _, lines, _ in sent],
@@ -272,7 +307,7 @@ class PostgresStorageBackend:
     async def _append(self, pool: Any, session_id: str, lines: list[str], after: int) -> int:
         """One compare-and-append, in a statement (a transaction) of its own."""
         outcome: int = await pool.fetchval(
-            f"SELECT {self.table}_append($1, $2, $3, $4, $5)",
+            f"SELECT {self.table}_append_v1($1, $2, $3, $4, $5)",
             session_id,
             after,
             lines,
