@@ -704,3 +704,80 @@ async def test_a_retired_journal_is_replayed_before_the_one_that_followed_it(
     reopened = FileStorageBackend(tmp_path)
     for n in range(5):
         assert await reopened.read(f"s{n}") == records(n, 0, 5)
+
+
+async def test_the_open_segments_are_a_share_of_the_process_not_of_each_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four backends in one process hold the process's share (8 here), not four of them: a
+    backend past it closes its own least recently used segment, so each keeps at least the one
+    it appends to (at most one more per backend; before, 8 each: 32)."""
+    monkeypatch.setattr(files, "open_segment_limit", lambda: 8)
+    backends = [FileStorageBackend(tmp_path / f"tenant{n}") for n in range(4)]
+    try:
+        for backend in backends:
+            for session in range(10):
+                await backend.append(f"s{session}", records(session, 0, 1), True, 0)
+        assert sum(len(backend._open) for backend in backends) <= 8 + 3
+        for backend in backends:
+            assert await backend.read("s0") == records(0, 0, 1)
+    finally:
+        for backend in backends:
+            backend.close()
+
+
+EXHAUSTED = """
+import asyncio, resource, sys
+from orchestra.coordination.state import FileStorageBackend
+
+async def main():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    storage = FileStorageBackend(sys.argv[1])
+    outcomes = await asyncio.gather(
+        *(storage.append(f"s{n}", ["r"], durable=True, after=0) for n in range(100)),
+        return_exceptions=True,
+    )
+    failed = [str(outcome) for outcome in outcomes if outcome is not None]
+    print(len(failed) > 0, failed[0] if failed else "-")
+
+asyncio.run(main())
+"""
+
+
+def test_past_the_limit_on_open_files_an_append_names_its_session_and_what_to_do(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", EXHAUSTED, str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    failed, error = done.stdout.strip().split(" ", 1)
+    assert failed == "True"
+    assert error.startswith("[Errno 24] session 's")
+    assert error.endswith(
+        "no file descriptor is left to open its segment (each running session holds one): "
+        "raise the process's limit on open files (ulimit -n)"
+    )
+
+
+async def test_a_stray_file_named_like_a_segment_is_not_taken_for_one(tmp_path: Path) -> None:
+    """``log-old.seg`` is no segment: reading ignores it, and a delete still sees the lock of
+    the session's real last segment (before, it checked the stray one and deleted a session
+    another writer was appending to, whose next append was then acknowledged and lost)."""
+    writer, other = FileStorageBackend(tmp_path), FileStorageBackend(tmp_path)
+    try:
+        await writer.append("s1", records(1, 0, 1), True, 0)
+        (tmp_path / "s1" / "log-old.seg").write_bytes(b"")
+        assert await other.read("s1") == records(1, 0, 1)
+        assert await other.exists("s1")
+        assert await other.list_sessions() == ["s1"]
+        with pytest.raises(SessionError, match="s1"):
+            await other.delete("s1")
+        await writer.append("s1", records(1, 1, 1), True, 1)
+        assert await other.read("s1") == records(1, 0, 2)
+    finally:
+        writer.close()
+        other.close()

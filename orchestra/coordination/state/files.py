@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -28,6 +29,7 @@ from orchestra.errors import (
 from .backends import check_session_id, stale_writer
 from .descriptors import raise_soft_limit, soft_limit
 from .segments import (
+    SEGMENT_NAME,
     Mark,
     Segment,
     encode_append,
@@ -73,8 +75,7 @@ class FileStorageBackend:
             raise _not_a_directory_error(self.directory, in_the_way)
         self._workers = [BlockingWorker(f"orchestra-files-{n}") for n in range(SHARDS)]
         self._open: OrderedDict[str, Segment] = OrderedDict()
-        self._open_limit = open_segment_limit()
-        self._limit_raised = False  # this backend asked for more open files once
+        _PROCESS.limit = open_segment_limit()
         self._marks: OrderedDict[str, Mark] = OrderedDict()
         self._guard = threading.Lock()  # of _open and _marks, which every worker thread uses
         boot = boot_id()
@@ -126,7 +127,7 @@ class FileStorageBackend:
             return None
         data = encode_append(records)
         while True:
-            segment = self._segment(session_id, folder, len(data), durable, after)
+            segment = self._open_segment(session_id, folder, len(data), durable, after)
             with segment.lock:
                 if segment.closed:  # by close(), or to keep the number of open files down
                     continue
@@ -176,6 +177,23 @@ class FileStorageBackend:
         was stored, else another writer got there first."""
         if self._read(session_id, folder)[after : after + len(records)] != records:
             raise stale_writer(session_id, after)
+
+    def _open_segment(
+        self, session_id: str, folder: Path, incoming: int, durable: bool, after: int
+    ) -> Segment:
+        """:meth:`_segment`; past the limit on open files, an error that names the session
+        and says what to do (not the bare ``EMFILE``)."""
+        try:
+            return self._segment(session_id, folder, incoming, durable, after)
+        except OSError as error:
+            if error.errno != errno.EMFILE:
+                raise
+            raise OSError(
+                errno.EMFILE,
+                f"session {session_id!r}: no file descriptor is left to open its segment "
+                "(each running session holds one): raise the process's limit on open files "
+                "(ulimit -n)",
+            ) from error
 
     def _segment(
         self, session_id: str, folder: Path, incoming: int, durable: bool, after: int
@@ -236,21 +254,11 @@ class FileStorageBackend:
         """Closing happens under the guard: a segment is closed (its file lock released)
         before it leaves ``_open``, so its session never finds itself locked out by it."""
         with self._guard:
+            replaced = self._open.get(session_id)
             self._open[session_id] = segment
             self._open.move_to_end(session_id)
-            if len(self._open) > self._open_limit and not self._more_open_segments():
+            if replaced is None and _PROCESS.opened(1) and not _PROCESS.more():
                 self._close_one_idle(keep=session_id)
-
-    def _more_open_segments(self) -> bool:
-        """(Under the guard.) More sessions run than segments are kept open: before each
-        append starts reopening its segment, the soft limit on open files is raised (once, see
-        ``descriptors``); whether that made room."""
-        if self._limit_raised:
-            return False
-        self._limit_raised = True
-        raise_soft_limit(f"{len(self._open)} sessions' segments are open", _LOG, "its segment")
-        self._open_limit = open_segment_limit()
-        return len(self._open) <= self._open_limit
 
     def _close_one_idle(self, keep: str) -> None:
         """Close the least recently used segment that is not being written (never waiting
@@ -264,6 +272,7 @@ class FileStorageBackend:
                 finally:
                     segment.lock.release()
                 del self._open[name]
+                _PROCESS.opened(-1)
                 return
 
     def _keep_mark(self, session_id: str, mark: Mark) -> None:
@@ -280,6 +289,7 @@ class FileStorageBackend:
             if segment is not None:
                 segment.close()
                 del self._open[session_id]
+                _PROCESS.opened(-1)
 
     async def write_snapshot(self, session_id: str, data: bytes) -> None:
         await self._call(session_id, _write_snapshot, data)
@@ -293,6 +303,7 @@ class FileStorageBackend:
         with self._guard:
             for segment in self._open.values():
                 segment.close()
+            _PROCESS.opened(-len(self._open))
             self._open.clear()
             self._marks.clear()
         if self._group is not None:
@@ -310,6 +321,7 @@ class FileStorageBackend:
             segment = self._open.pop(session_id, None)
             if segment is None:
                 return
+            _PROCESS.opened(-1)
             with segment.lock:
                 if not segment.closed and segment.end > 0:
                     self._keep_mark(session_id, segment.mark())
@@ -338,7 +350,7 @@ class FileStorageBackend:
 
         def found() -> bool:
             self._recover()
-            return any(folder.glob("log-*.seg"))
+            return bool(_segment_paths(folder))
 
         return await asyncio.to_thread(found)
 
@@ -347,7 +359,7 @@ class FileStorageBackend:
             self._recover()
             if not self.directory.is_dir():
                 return []
-            return sorted(p.name for p in self.directory.iterdir() if any(p.glob("log-*.seg")))
+            return sorted(p.name for p in self.directory.iterdir() if _segment_paths(p))
 
         return await asyncio.to_thread(names)
 
@@ -364,7 +376,7 @@ class FileStorageBackend:
             recover(self.directory, self._boot)  # journals of backends now gone are taken up,
         if self._group is not None and self._group.names_unidentified(folder.name):
             self._group.settle()  # and this one's checkpointed where inodes can be mistaken
-        segments = sorted(folder.glob("log-*.seg"))
+        segments = _segment_paths(folder)
         with hold_segment(session_id, segments[-1]) if segments else contextlib.nullcontext():
             for path in folder.iterdir():
                 path.unlink()
@@ -372,16 +384,48 @@ class FileStorageBackend:
         return True
 
 
+class _OpenSegments:
+    """The segment files open in this process, every file backend's together: the share of the
+    limit on open files they may hold is the process's, however many backends it makes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.limit = OPEN_SEGMENTS  # set by each backend made (the limit may have changed)
+        self._raised = False
+
+    def opened(self, change: int) -> bool:
+        """Count ``change`` more (or fewer) open; whether the count is now past the limit."""
+        with self._lock:
+            self.count += change
+            return self.count > self.limit
+
+    def more(self) -> bool:
+        """Past the limit: before each append starts reopening its segment, the soft limit on
+        open files is raised (once in the process's life, see ``descriptors``); whether that
+        made room."""
+        with self._lock:
+            if self._raised:
+                return False
+            self._raised = True
+            raise_soft_limit(f"{self.count} sessions' segments are open", _LOG, "its segment")
+            self.limit = open_segment_limit()
+            return self.count <= self.limit
+
+
 def open_segment_limit() -> int:
-    """How many segment files a backend keeps open: a quarter of the process's soft limit on
-    open files (sockets, tools and other backends need the rest), within ``OPEN_SEGMENTS`` and
-    ``MOST_OPEN_SEGMENTS``. Each running session past it costs a reopen per append (a session
-    taken up again from its mark: a handful of system calls), so the first time a backend
-    passes it, it raises the soft limit to the hard one."""
+    """How many segment files the file backends of this process keep open: a quarter of its
+    soft limit on open files (sockets, tools and SQLite need the rest), within ``OPEN_SEGMENTS``
+    and ``MOST_OPEN_SEGMENTS``. Each running session past it costs a reopen per append (a
+    session taken up again from its mark: a handful of system calls), so the first time the
+    process passes it, the soft limit is raised to the hard one."""
     soft = soft_limit()
     if soft is None:
         return MOST_OPEN_SEGMENTS
     return min(max(OPEN_SEGMENTS, soft // 4), MOST_OPEN_SEGMENTS)
+
+
+_PROCESS = _OpenSegments()
 
 
 def _segment_paths(folder: Path) -> list[Path]:
@@ -391,9 +435,7 @@ def _segment_paths(folder: Path) -> list[Path]:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [
-        folder / name for name in sorted(names) if name.startswith("log-") and name.endswith(".seg")
-    ]
+    return [folder / name for name in sorted(names) if SEGMENT_NAME.fullmatch(name)]
 
 
 def _not_undone(session_id: str) -> SessionError:
