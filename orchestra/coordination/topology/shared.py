@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from .model import CACHED_PARTS_LIMIT, cacheable
+from .model import CACHED_PARTS_LIMIT, CACHED_TEXT_LIMIT, cacheable
 from .topology import Topology
 
 SHARED_CACHE_SIZE = 256
@@ -38,8 +38,10 @@ def dict_key(data: Mapping[str, Any]) -> DictKey | None:
     for name, value in data.items():
         if name in _LISTS and type(value) in (list, tuple):
             items += len(value)
-            if items > CACHED_PARTS_LIMIT or not all(map(cacheable, value)):
+            if items > CACHED_PARTS_LIMIT:
                 return None
+            if not all(type(item) is str and len(item) <= CACHED_TEXT_LIMIT for item in value):
+                return None  # as cacheable(), inline: a dict is read at each run
             parts.append((name, tuple(value)))
         elif name == "entry_point" and (value is None or cacheable(value)):
             parts.append((name, value))
