@@ -23,7 +23,7 @@ from typing import Any
 
 from orchestra.errors import TopologyError
 
-from .model import CACHED_PARTS_LIMIT, USER, Edge, Node, cacheable
+from .model import CACHED_PARTS_LIMIT, CACHED_TEXT_LIMIT, USER, Edge, Node, cacheable
 from .rules import BudgetRule, MaxAgents, MaxSteps, Parallel, PingPong, Rule, Timeout
 from .topology import Topology
 from .validation import Structure, inspect_structure
@@ -238,11 +238,15 @@ def plain_key(topology: Topology) -> PlainKey | None:
     nodes, edges, rules = topology.nodes, topology.edges, topology.rules
     if len(nodes) + len(edges) > CACHED_PARTS_LIMIT:
         return None
-    if not all(cacheable(node.name) and not node.metadata for node in nodes):
+    limit = CACHED_TEXT_LIMIT  # names checked as cacheable() does, inline: read at each run
+    if not all(
+        type(node.name) is str and len(node.name) <= limit and not node.metadata for node in nodes
+    ):
         return None
     if not all(
-        cacheable(edge.source) and cacheable(edge.target) and not edge.metadata for edge in edges
-    ):
+        type(edge.source) is str and type(edge.target) is str and not edge.metadata
+        for edge in edges
+    ):  # their lengths: an endpoint that is no node's name makes it invalid (never kept)
         return None
     entry, exits = topology.entry_point, topology.exit_points
     if not ((entry is None or cacheable(entry)) and all(map(cacheable, exits))):
