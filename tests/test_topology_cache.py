@@ -6,9 +6,13 @@ differ, and bounded (thousands of topologies built in a loop do not stay alive).
 from __future__ import annotations
 
 import asyncio
+import enum
 import gc
 import itertools
+import json
+import tracemalloc
 import weakref
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -16,7 +20,13 @@ from helpers import final, invoke, quiet
 
 from orchestra import Agent, AgentRegistry, Orchestra, ScriptedModel
 from orchestra.coordination.topology import Timeout, Topology, TopologyAnalysis
-from orchestra.coordination.topology.analysis import PLAIN_CACHE_SIZE, plain_analysis
+from orchestra.coordination.topology.analysis import PLAIN_CACHE_SIZE, plain_analysis, plain_key
+from orchestra.coordination.topology.model import (
+    CACHED_PARTS_LIMIT,
+    CACHED_TEXT_LIMIT,
+    _known_name,
+)
+from orchestra.coordination.topology.rules import BudgetRule, Parallel
 from orchestra.coordination.topology.shared import SHARED_CACHE_SIZE, shared_topology
 from orchestra.coordination.wiring import topology_fingerprint
 from orchestra.errors import TopologyError
@@ -184,3 +194,160 @@ def test_thousands_of_topologies_built_in_a_loop_do_not_stay_alive() -> None:
     alive = [ref for ref in kept if ref() is not None]
     assert len(alive) <= SHARED_CACHE_SIZE  # the shared topologies of the latest dicts
     assert plain_analysis.cache_info().currsize <= PLAIN_CACHE_SIZE
+
+
+class Role(str, enum.Enum):  # noqa: UP042 -- the case found: str() gives "Role.A"
+    """Names equal to the plain names ``A``, ``B``, ``C`` (and hashing alike), of another type."""
+
+    A = "A"
+    B = "B"
+    C = "C"
+
+
+def role_topology() -> Topology:
+    return Topology([Role.A, Role.B, Role.C], [(Role.A, Role.B), (Role.A, Role.C)])
+
+
+def str_topology() -> Topology:
+    return Topology(["A", "B", "C"], ["A -> B", "A -> C"])
+
+
+PLAIN_FINGERPRINT = (  # as the previous version recorded it: a session of it must resume
+    "fingerprint 2",
+    "edges A -> B, C",
+    "entries A",
+    "exit B",
+    "exit C",
+    "node A",
+    "node B",
+    "node C",
+)
+
+
+@pytest.mark.parametrize("first", [role_topology, str_topology])
+def test_names_equal_to_plain_ones_but_of_another_type_never_share_an_analysis(
+    first: Any,
+) -> None:
+    first().analyze()  # whichever the process analysed first decides nothing for the other
+    for make, kind in ((str_topology, str), (role_topology, Role), (str_topology, str)):
+        topology = make()
+        analysis = topology.analyze()
+        assert [type(name) for name in analysis.agents] == [kind] * 3
+        assert [type(name) for name in analysis.node_names] == [kind] * 3
+        assert topology_fingerprint(analysis) == uncached_fingerprint(topology)
+    assert topology_fingerprint(str_topology().analyze()) == PLAIN_FINGERPRINT
+    assert plain_key(role_topology()) is None
+
+
+class Name(str):
+    """A plain subclass of str: equal to, hashing, printing and repr'd as the plain name."""
+
+
+def test_rule_names_of_another_type_never_share_an_analysis() -> None:
+    def make(kind: type[str]) -> Topology:
+        return Topology(
+            ["A", "B", "C"],
+            ["A -> B", "A -> C"],
+            [Parallel((kind("B"), kind("C"))), BudgetRule(kind("B"), ((kind("max_tokens"), 10),))],
+        )
+
+    make(Name).analyze()
+    plain = make(str).analyze()
+    assert [type(name) for name in plain.parallel_groups[0]] == [str, str]
+    assert type(plain.budget_rules[0].scope) is str
+    assert type(plain.budget_rules[0].limits[0][0]) is str
+    named = make(Name).analyze()
+    assert type(named.parallel_groups[0][0]) is Name
+    assert type(named.budget_rules[0].limits[0][0]) is Name
+
+
+def test_a_budget_whose_limits_are_lists_as_read_from_json_is_analysed_and_run() -> None:
+    limits = json.loads('[["max_tokens", 100]]')
+    data = {"nodes": ["A", "B"], "edges": ["A -> B"], "entry_point": "A"}
+    for _ in range(2):
+        topology = Topology.from_dict(data)
+        topology.add_rule(BudgetRule("run", limits))
+        analysis = topology.analyze()
+        assert analysis == fresh(topology)
+        assert topology_fingerprint(analysis) == uncached_fingerprint(topology)
+        assert analysis.budget_rules[0].budget().max_tokens == 100
+    assert asyncio.run(run_path(topology, chain("A", "B"))) == ["A", "B"]
+
+
+def test_long_names_and_rejected_ones_are_not_kept() -> None:
+    long_name = "N" * (CACHED_TEXT_LIMIT + 1)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for number in range(50):  # untrusted input: 50 rejected dicts with a 100 KB name each
+            rejected = f"{number}" + "x" * 100_000 + "!"
+            with pytest.raises(TopologyError):
+                shared_topology({"nodes": [rejected], "edges": []})
+            with pytest.raises(TopologyError):
+                Topology([f"{number}!"])  # short and rejected: never kept either
+        del rejected
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 1_000_000  # kept, they were 5 MB
+    names = _known_name.cache_info().currsize
+    with pytest.raises(TopologyError):
+        Topology(["short but rejected!"])
+    assert _known_name.cache_info().currsize == names
+    for data in (
+        {"nodes": [long_name, "B"], "edges": [f"{long_name} -> B"]},
+        {"nodes": ["A", "B"], "edges": ["A -> B"], "entry_point": "A" * (CACHED_TEXT_LIMIT + 1)},
+    ):
+        assert shared_topology(data) is not shared_topology(data)
+    assert plain_key(Topology([long_name, "B"], [f"{long_name} -> B"])) is None
+
+
+def test_a_big_topology_is_analysed_afresh_and_its_dict_not_kept() -> None:
+    names = [f"N{number}" for number in range(CACHED_PARTS_LIMIT)]
+    data = {"nodes": names, "edges": [f"{a} -> {b}" for a, b in itertools.pairwise(names)]}
+    built = shared_topology(data)
+    assert shared_topology(data) is not built
+    assert plain_key(built) is None
+    analysis = built.analyze()
+    assert analysis.shape is None and analysis == fresh(built)
+    assert topology_fingerprint(analysis) == uncached_fingerprint(built)
+    small = {"nodes": names[:10], "edges": data["edges"][:9]}
+    assert shared_topology(small) is shared_topology(small)
+    assert plain_key(shared_topology(small)) is not None
+
+
+def test_no_two_analyses_share_a_mapping_one_of_them_may_change() -> None:
+    def make() -> Topology:
+        return Topology(["A", "B", "C", "D"], ["A -> B", "A -> C", "B -> D", "C -> D"])
+
+    one, other = make().analyze(), make().analyze()
+    assert one.shape == other.shape is not None
+    for name in (
+        "convergence_points",
+        "_nodes",
+        "_edges",
+        "_successors",
+        "_predecessors",
+        "_out_edges",
+        "_parallel_membership",
+    ):
+        mine, theirs = getattr(one, name), getattr(other, name)
+        assert mine is not theirs or type(mine) is MappingProxyType, name
+    with pytest.raises(TypeError):
+        del one.convergence_points["D"]  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        one._successors["A"] = ()  # type: ignore[index]
+    assert dict(make().analyze().convergence_points) == {"D": frozenset({"A"})}
+    assert make().analyze().successors("A") == ("B", "C")
+
+
+@pytest.mark.parametrize("metadata", [["x"], "x"])
+def test_a_two_way_edge_with_invalid_metadata_is_named_as_written(metadata: Any) -> None:
+    edge = {"source": "A", "target": "B", "bidirectional": True, "metadata": metadata}
+    with pytest.raises(TopologyError) as refused:
+        Topology(["A", "B"], [edge])
+    assert [(p.kind, p.subject, p.message) for p in refused.value.problems] == [
+        ("invalid_metadata", "A <-> B", "edge 'A <-> B': metadata must be a mapping")
+    ]

@@ -1,7 +1,9 @@
 """What the engine asks of a topology, computed once so every question is a dictionary lookup.
 
 Built by :meth:`Topology.analyze` from a valid topology. Nothing here changes after
-construction: the engine may share one analysis between any number of concurrent runs.
+construction (its mappings are read-only views: a cached analysis's are shared by every
+topology of its shape): the engine may share one analysis between any number of concurrent
+runs.
 
 A run's setup analyses its topology, and a service starting many short runs often builds the
 same topology afresh for each (from a dict, or a function that makes it). The analysis of a
@@ -16,11 +18,12 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 from orchestra.errors import TopologyError
 
-from .model import USER, Edge, Node
+from .model import CACHED_PARTS_LIMIT, CACHED_TEXT_LIMIT, USER, Edge, Node, cacheable
 from .rules import BudgetRule, MaxAgents, MaxSteps, Parallel, PingPong, Rule, Timeout
 from .topology import Topology
 from .validation import Structure, inspect_structure
@@ -98,7 +101,7 @@ class TopologyAnalysis:
             agents=structure.agents,
             entries=structure.entries,
             exits=structure.exits,
-            convergence_points=_convergence_points(structure),
+            convergence_points=MappingProxyType(_convergence_points(structure)),
             parallel_groups=groups,
             max_steps=max_steps.steps if isinstance(max_steps, MaxSteps) else None,
             timeout=timeout.seconds if isinstance(timeout, Timeout) else None,
@@ -107,11 +110,13 @@ class TopologyAnalysis:
             budget_rules=tuple(rule for rule in topology.rules if isinstance(rule, BudgetRule)),
             _nodes={node.name: node for node in topology.nodes},
             _edges=dict(structure.edges),
-            _successors={k: tuple(v) for k, v in structure.successors.items()},
-            _predecessors={k: tuple(v) for k, v in structure.predecessors.items()},
+            _successors=MappingProxyType({k: tuple(v) for k, v in structure.successors.items()}),
+            _predecessors=MappingProxyType(
+                {k: tuple(v) for k, v in structure.predecessors.items()}
+            ),
             _out_edges={k: tuple(v) for k, v in out_edges.items()},
             _user_facing=frozenset(structure.user_sources),
-            _parallel_membership={k: frozenset(v) for k, v in membership.items()},
+            _parallel_membership=MappingProxyType({k: frozenset(v) for k, v in membership.items()}),
         )
 
     def _bound(self, topology: Topology) -> TopologyAnalysis:
@@ -227,11 +232,26 @@ def plain_key(topology: Topology) -> PlainKey | None:
     edge has metadata (which may hold anything, mutable values included: such a topology is
     analysed afresh, as is one with a rule of a class of its own). Rules are frozen values,
     kept with their reprs so that rules equal but for a number's type (``Timeout(1)``,
-    ``Timeout(1.0)``) never share an analysis."""
+    ``Timeout(1.0)``) never share an analysis. Every name must be a short exact ``str``: a
+    subclass (a ``str`` Enum member) is equal to the plain name and hashes alike, but its
+    analysis and fingerprint are not the plain name's. A big topology is analysed afresh."""
     nodes, edges, rules = topology.nodes, topology.edges, topology.rules
-    if any(node.metadata for node in nodes) or any(edge.metadata for edge in edges):
+    if len(nodes) + len(edges) > CACHED_PARTS_LIMIT:
         return None
-    if any(type(rule) not in _RULE_TYPES for rule in rules):  # a subclass may hold anything
+    limit = CACHED_TEXT_LIMIT  # names checked as cacheable() does, inline: read at each run
+    if not all(
+        type(node.name) is str and len(node.name) <= limit and not node.metadata for node in nodes
+    ):
+        return None
+    if not all(
+        type(edge.source) is str and type(edge.target) is str and not edge.metadata
+        for edge in edges
+    ):  # their lengths: an endpoint that is no node's name makes it invalid (never kept)
+        return None
+    entry, exits = topology.entry_point, topology.exit_points
+    if not ((entry is None or cacheable(entry)) and all(map(cacheable, exits))):
+        return None
+    if not all(_plain_rule(rule) for rule in rules):
         return None
     return (
         tuple(node.name for node in nodes),
@@ -241,6 +261,29 @@ def plain_key(topology: Topology) -> PlainKey | None:
         topology.entry_point,
         topology.exit_points,
     )
+
+
+def _plain_rule(rule: Rule) -> bool:
+    """Whether ``rule`` may be part of a cache's key: one of ours (a subclass may hold
+    anything), hashable (a budget's limits may be lists, as read from JSON), naming agents
+    and limits by exact ``str``."""
+    if type(rule) not in _RULE_TYPES:
+        return False
+    try:
+        hash(rule)
+    except TypeError:
+        return False
+    if isinstance(rule, Parallel):
+        return all(map(cacheable, rule.agents))
+    if isinstance(rule, BudgetRule):
+        return cacheable(rule.scope) and all(
+            type(pair) is tuple
+            and len(pair) == 2
+            and cacheable(pair[0])
+            and type(pair[1]) in (int, float)
+            for pair in rule.limits
+        )
+    return True
 
 
 @lru_cache(maxsize=PLAIN_CACHE_SIZE)

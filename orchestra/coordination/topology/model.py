@@ -39,18 +39,41 @@ def check_name(name: object, where: str) -> str:
         raise TopologyError.single(
             "invalid_name", repr(name), f"{where}: node names are strings, got {name!r}"
         )
-    if not (_known_name(name) if type(name) is str else _NAME_PATTERN.fullmatch(name)):
+    try:
+        if type(name) is str and len(name) <= CACHED_TEXT_LIMIT:  # as cacheable(), inline
+            _known_name(name)
+        elif not _NAME_PATTERN.fullmatch(name):
+            raise ValueError(name)
+    except ValueError:
         raise TopologyError.single(
             "invalid_name", name, f"{where}: {name!r} is not a valid node name; {NAME_RULE}"
-        )
+        ) from None
     return name
 
 
+CACHED_TEXT_LIMIT = 128
+"""The longest name or edge text the topology caches keep (a longer one is read anew each
+time: what a cache holds stays small whatever a client sends)."""
+
+CACHED_PARTS_LIMIT = 128
+"""The most nodes and edges (a dict: list items) of a topology the topology caches keep: the
+setup they save only counts for small topologies, and a big one is not held in memory."""
+
+
+def cacheable(text: object) -> bool:
+    """Whether the caches may keep ``text``: an exact ``str`` (a subclass, equal to a str of
+    the same characters, may differ in its type, repr or format: it is read anew) no longer
+    than :data:`CACHED_TEXT_LIMIT`."""
+    return type(text) is str and len(text) <= CACHED_TEXT_LIMIT
+
+
 @lru_cache(maxsize=4096)
-def _known_name(name: str) -> bool:
-    """Whether a ``str`` is a valid name, remembered: every topology a run builds checks each
-    of its names several times (a string cannot change; a subclass of str is checked anew)."""
-    return _NAME_PATTERN.fullmatch(name) is not None
+def _known_name(name: str) -> None:
+    """Return if ``name`` is valid, remembered: every topology a run builds checks each of its
+    names several times (a string cannot change). An invalid one raises ValueError, which the
+    cache does not keep, so a rejected name is never held."""
+    if not _NAME_PATTERN.fullmatch(name):
+        raise ValueError(name)
 
 
 @dataclass(frozen=True)

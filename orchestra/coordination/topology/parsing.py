@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestra.errors import TopologyError, TopologyProblem
 
-from .model import NamedAgent, Node, check_name
+from .model import NamedAgent, Node, cacheable, check_name
 
 _ARROW = re.compile(r"<->|->")
 EDGE_SYNTAX = "edges are written 'A -> B' (one way) or 'A <-> B' (both ways)"
@@ -30,7 +30,7 @@ def _problem(kind: str, subject: str, message: str) -> TopologyError:
 
 def parse_edge_text(text: str) -> tuple[str, str, bool]:
     """Split ``"A -> B"`` / ``"A <-> B"`` into ``(source, target, bidirectional)``."""
-    if type(text) is str:  # a subclass of str is parsed anew
+    if cacheable(text):
         return _parsed_edge_text(text)
     return _parse_edge_text(text)
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+from .model import CACHED_PARTS_LIMIT, CACHED_TEXT_LIMIT, cacheable
 from .topology import Topology
 
 SHARED_CACHE_SIZE = 256
@@ -28,16 +29,21 @@ DictKey = tuple[tuple[str, "str | tuple[str, ...] | None"], ...]
 def dict_key(data: Mapping[str, Any]) -> DictKey | None:
     """The plain dict ``data`` as an immutable value: its keys in order, each list as a tuple
     of its strings; None for any other dict (an agent object, a mapping, metadata, an unknown
-    key: built afresh, and an error reported as ever)."""
+    key, a string the caches do not keep, more than :data:`CACHED_PARTS_LIMIT` list items:
+    built afresh, and an error reported as ever)."""
     if type(data) is not dict:
         return None
     parts: list[tuple[str, str | tuple[str, ...] | None]] = []
+    items = 0
     for name, value in data.items():
         if name in _LISTS and type(value) in (list, tuple):
-            if not all(type(item) is str for item in value):
+            items += len(value)
+            if items > CACHED_PARTS_LIMIT:
                 return None
+            if not all(type(item) is str and len(item) <= CACHED_TEXT_LIMIT for item in value):
+                return None  # as cacheable(), inline: a dict is read at each run
             parts.append((name, tuple(value)))
-        elif name == "entry_point" and (value is None or type(value) is str):
+        elif name == "entry_point" and (value is None or cacheable(value)):
             parts.append((name, value))
         elif not (name == "metadata" and (value is None or (type(value) is dict and not value))):
             return None

@@ -279,10 +279,10 @@ class Topology:
     def _insert_edge(self, item: EdgeLike, where: str) -> tuple[Edge, ...]:
         if isinstance(item, Edge):
             directed = item.directed()
-        else:  # the directed edges made at once (an Edge's fields, checked once)
+        else:  # a one-way edge is made once; a two-way one is checked as the user wrote it
             source, target, metadata, both = coerce_edge_fields(item, where)
-            forward = Edge(source, target, metadata)
-            directed = (forward, Edge(target, source, metadata)) if both else (forward,)
+            declared = Edge(source, target, metadata, bidirectional=both)
+            directed = declared.directed() if both else (declared,)
         for edge in directed:
             if edge.key in self._edges:
                 raise TopologyError.single(
