@@ -311,6 +311,7 @@ async def test_the_local_activity_retries_a_store_whose_server_does_not_answer(
     with pytest.raises(ApplicationError, match=r"session 's'.*failed to answer") as down:
         await ActivityEnvironment().run(mirror.activity, MirrorBatch("s", "run-1", 0, journal))
     assert not down.value.non_retryable and down.value.type == StorageUnavailableError.__name__
+    assert "could not release" not in str(down.value)  # what failed first, not the clean-up
 
 
 async def test_checkpoints_of_a_later_run_are_placed_in_the_sessions_log(

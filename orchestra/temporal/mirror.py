@@ -42,6 +42,7 @@ read of the log; when the store turns out to hold something else, the log is rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import weakref
 from collections import OrderedDict
@@ -125,8 +126,11 @@ class StoreMirror:
             storage = self.state_manager.storage
             try:
                 await self._append(session_id, key, start, split)
-            finally:
-                await storage.release(session_id)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the first failure is the one to report
+                    await storage.release(session_id)
+                raise
+            await storage.release(session_id)
 
     async def _append(
         self, session_id: str, key: str, start: int, split: list[tuple[str, str]]
