@@ -137,7 +137,7 @@ async def test_a_batch_sent_after_the_redis_script_cache_was_flushed_is_stored_o
     async def flushed_first(batch: list[Any]) -> list[Any]:
         sizes.append(len(batch))
         if len(batch) > 1:
-            await storage._client().script_flush()
+            await (await storage._client()).script_flush()
         return await send(batch)
 
     batches._send = flushed_first

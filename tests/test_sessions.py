@@ -89,7 +89,7 @@ async def flip_byte(storage: Storage, session_id: str, number: int) -> None:
         segment.write_text("\n".join(lines))
         return
     if isinstance(storage, RedisStorageBackend):
-        client = storage._client()
+        client = await storage._client()
         key = storage._key(session_id)
         await client.lset(key, number - 1, flipped(await client.lindex(key, number - 1)))
         return

@@ -10,12 +10,14 @@ records it held were never acknowledged as durable. The backends: ``files`` and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
 import struct
+import weakref
 import zlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 try:
@@ -232,10 +234,16 @@ def check_namespace(namespace: str) -> str:
 
 
 class PerLoop:
-    """One client per running event loop (drivers bind their connections to a loop)."""
+    """One client per running event loop (drivers bind their connections to a loop). The
+    loops are held weakly: one that is gone takes its entry with it."""
 
     def __init__(self) -> None:
-        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def get(self) -> Any:
         return self._clients.get(asyncio.get_running_loop())
@@ -243,3 +251,30 @@ class PerLoop:
     def put(self, client: Any) -> Any:
         self._clients[asyncio.get_running_loop()] = client
         return client
+
+    async def put_closed_at_end(self, client: Any, close: Callable[[Any], Awaitable[None]]) -> Any:
+        """:meth:`put`, and ``close(client)`` once the loop ends: ``asyncio.run`` closes a
+        loop's async generators before it closes the loop, so one started here runs
+        ``close`` then, while the loop still runs. Without it, each ``asyncio.run`` that used
+        the backend left its connections open until the process ended."""
+        loop = asyncio.get_running_loop()
+        self._clients[loop] = client
+        closer = _closed_at_end(self._clients, loop, client, close)
+        self._closers[loop] = closer
+        await anext(closer)
+        return client
+
+
+async def _closed_at_end(
+    clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any],
+    loop: asyncio.AbstractEventLoop,
+    client: Any,
+    close: Callable[[Any], Awaitable[None]],
+) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        if clients.get(loop) is client:
+            del clients[loop]
+        with contextlib.suppress(Exception):  # a connection already lost: nothing to close
+            await close(client)

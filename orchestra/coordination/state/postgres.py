@@ -138,6 +138,9 @@ def _connection_failure(error: BaseException) -> BaseException | None:
     return error if isinstance(error, failures) else None
 
 
+POOL_CLOSE_SECONDS = 5.0  # for a loop's pool to close, as the loop ends, before it is dropped
+
+
 class PostgresStorageBackend:
     """Sessions in a PostgreSQL table ``{namespace}_log``, their writers' leases in
     ``{namespace}_writer`` (created on first use). Needs ``pip install 'orchestra[postgres]'``
@@ -192,7 +195,7 @@ class PostgresStorageBackend:
             async with making:
                 pool = self._pools.get()
                 if pool is None:
-                    pool = self._pools.put(await self._new_pool())
+                    pool = await self._pools.put_closed_at_end(await self._new_pool(), _close_pool)
         return pool
 
     async def _new_pool(self) -> Any:
@@ -429,3 +432,12 @@ class PostgresStorageBackend:
                 f"SELECT data FROM {self.snapshots} WHERE session = $1", session_id
             )
         return bytes(data) if data is not None else None
+
+
+async def _close_pool(pool: Any) -> None:
+    """As the pool's loop ends: its connections closed, or dropped when one is not given back
+    in time (a task cancelled while holding it)."""
+    try:
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
+    except (TimeoutError, OSError):
+        pool.terminate()

@@ -139,7 +139,8 @@ class RedisStorageBackend:
         """Shown in errors (``SessionNotFoundError``) and logs: the URL's password masked."""
         return f"RedisStorageBackend({redact(self.url)!r}, namespace={self.namespace!r})"
 
-    def _client(self) -> Any:
+    async def _client(self) -> Any:
+        """The running loop's client, its connections closed as the loop ends."""
         client = self._clients.get()
         if client is None:
             import redis.asyncio
@@ -150,7 +151,9 @@ class RedisStorageBackend:
                 timeout=CONNECTION_WAIT,
                 decode_responses=True,
             )
-            client = self._clients.put(redis.asyncio.Redis(connection_pool=pool))
+            client = await self._clients.put_closed_at_end(
+                redis.asyncio.Redis(connection_pool=pool), _close_client
+            )
         return client
 
     def _key(self, session_id: str) -> str:
@@ -160,7 +163,7 @@ class RedisStorageBackend:
         return f"{self.namespace}:writer:{check_session_id(session_id)}"
 
     async def _run(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        client = self._client()
+        client = await self._client()
         scripts = self._scripts.get() or self._scripts.put({})
         script = scripts.get(source) or scripts.setdefault(source, client.register_script(source))
         return await script(keys=keys, args=args, client=client)
@@ -192,7 +195,7 @@ class RedisStorageBackend:
             return [await self._run(_APPEND, *batch[0])]
         from redis.exceptions import NoScriptError
 
-        client = self._client()
+        client = await self._client()
         replies = await self._pipeline(client, batch)
         unloaded = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if unloaded:
@@ -212,7 +215,8 @@ class RedisStorageBackend:
     async def _take_over(self, session_id: str) -> bool:
         """Take the lease of a holder that died on this machine."""
         key = self._lease_key(session_id)
-        holder = await self._client().get(key)
+        client = await self._client()
+        holder = await client.get(key)
         if not abandoned(holder):
             return False
         leases = self._leases
@@ -242,18 +246,21 @@ class RedisStorageBackend:
 
     async def read(self, session_id: str) -> list[str]:
         with self._answering(f"read session {session_id!r}"):
-            lines = await self._client().lrange(self._key(session_id), 0, -1)
+            client = await self._client()
+            lines = await client.lrange(self._key(session_id), 0, -1)
         if not lines:
             raise SessionNotFoundError(f"no session {session_id!r} in {self!r}")
         return [unframe(session_id, f"record {n}", line) for n, line in enumerate(lines, start=1)]
 
     async def exists(self, session_id: str) -> bool:
         with self._answering(f"look for session {session_id!r}"):
-            return bool(await self._client().exists(self._key(session_id)))
+            client = await self._client()
+            return bool(await client.exists(self._key(session_id)))
 
     async def list_sessions(self) -> list[str]:
         with self._answering("list the sessions"):
-            return sorted(await self._client().smembers(f"{self.namespace}:sessions"))
+            client = await self._client()
+            return sorted(await client.smembers(f"{self.namespace}:sessions"))
 
     async def delete(self, session_id: str) -> bool:
         """Refused while another writer holds the session's lease."""
@@ -265,7 +272,8 @@ class RedisStorageBackend:
         ]
         await self._leases.stop(session_id)
         with self._answering(f"delete session {session_id!r}"):
-            holder = await self._client().get(self._lease_key(session_id))
+            client = await self._client()
+            holder = await client.get(self._lease_key(session_id))
             gone = holder if abandoned(holder) else ""
             removed = await self._run(_DELETE, keys, [session_id, self._leases.token, gone])
         if removed == -1:
@@ -278,10 +286,16 @@ class RedisStorageBackend:
     async def write_snapshot(self, session_id: str, data: bytes) -> None:
         key, stored = self._snapshot_key(session_id), base64.b64encode(data).decode()
         with self._answering(f"store a snapshot of session {session_id!r}"):
-            await self._client().set(key, stored)
+            client = await self._client()
+            await client.set(key, stored)
 
     async def read_snapshot(self, session_id: str) -> bytes | None:
         key = self._snapshot_key(session_id)
         with self._answering(f"read the snapshot of session {session_id!r}"):
-            stored = await self._client().get(key)
+            client = await self._client()
+            stored = await client.get(key)
         return base64.b64decode(stored) if stored is not None else None
+
+
+async def _close_client(client: Any) -> None:
+    await client.aclose(close_connection_pool=True)
