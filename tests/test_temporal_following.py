@@ -33,6 +33,7 @@ from orchestra.cli import ending
 from orchestra.cli.temporal import terminate_command
 from orchestra.communication.channels import CommunicationManager
 from orchestra.coordination.orchestra import OrchestraInstance
+from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.wiring import prepare
 from orchestra.errors import SessionError, SessionRunningError, WorkflowVersionError
 from orchestra.models import Message, StepInfo
@@ -287,21 +288,20 @@ class OneAtATime:
             return "Ada"
 
 
-async def test_a_question_queued_behind_another_keeps_its_limit_on_temporal(
-    client: Client,
-) -> None:
-    """Two branches ask at once; each is answered 1.5 s after it is shown, within its 2 s
-    limit: embedded, both go on. The second one was asked 3 s before its answer: on Temporal
-    too it goes on, as the client's channel owns the limit."""
-    outcomes = []
+async def _two_askers_both_ways(
+    client: Client, answer_after: float, limit: float
+) -> list[tuple[OrchestraResult, OneAtATime]]:
+    """``TWO_ASK`` run embedded, then on Temporal, each with a channel of its own that answers
+    ``answer_after`` seconds after a question is shown, and a ``limit`` on every question."""
+    runs = []
     for on_temporal in (False, True):
         agents = [
             llm("Hub", FunctionModel(hub)),
             llm("A", FunctionModel(asker)),
             llm("B", FunctionModel(asker)),
         ]
-        channel = OneAtATime(1.5)
-        config = CommunicationConfig(channel=channel, user_timeout=2)
+        channel = OneAtATime(answer_after)
+        config = CommunicationConfig(channel=channel, user_timeout=limit)
         if on_temporal:
             async with hosted(client, TWO_ASK, agents) as executor:
                 result = await run(
@@ -314,7 +314,20 @@ async def test_a_question_queued_behind_another_keeps_its_limit_on_temporal(
                 )
         else:
             result = await run("x", TWO_ASK, agents, wait=ON_TEMPORAL, communication_config=config)
-        outcomes.append((result.success, result.error, sorted(channel.calls)))
+        runs.append((result, channel))
+    return runs
+
+
+async def test_a_question_queued_behind_another_keeps_its_limit_on_temporal(
+    client: Client,
+) -> None:
+    """Two branches ask at once; each is answered 1.5 s after it is shown, within its 2 s
+    limit: embedded, both go on. The second one was asked 3 s before its answer: on Temporal
+    too it goes on, as the client's channel owns the limit."""
+    outcomes = [
+        (result.success, result.error, sorted(channel.calls))
+        for result, channel in await _two_askers_both_ways(client, answer_after=1.5, limit=2)
+    ]
     assert outcomes[0][0], outcomes[0]
     assert outcomes[1] == outcomes[0]
 
@@ -332,28 +345,10 @@ def _either_asker(error: str) -> str:
 async def test_a_timed_channels_timeout_gives_the_embedded_outcome(client: Client) -> None:
     """The client's channel times the question out (its user never answers): the branch
     fails with the error an embedded run gives, and no sooner than the channel said."""
-    errors = []
-    for on_temporal in (False, True):
-        agents = [
-            llm("Hub", FunctionModel(hub)),
-            llm("A", FunctionModel(asker)),
-            llm("B", FunctionModel(asker)),
-        ]
-        channel = OneAtATime(60)
-        config = CommunicationConfig(channel=channel, user_timeout=0.5)
-        if on_temporal:
-            async with hosted(client, TWO_ASK, agents) as executor:
-                result = await run(
-                    "x",
-                    TWO_ASK,
-                    agents,
-                    wait=ON_TEMPORAL,
-                    executor=executor,
-                    communication_config=config,
-                )
-        else:
-            result = await run("x", TWO_ASK, agents, wait=ON_TEMPORAL, communication_config=config)
-        errors.append(sorted(_either_asker(str(b.error)) for b in result.branch_results))
+    errors = [
+        sorted(_either_asker(str(b.error)) for b in result.branch_results)
+        for result, _ in await _two_askers_both_ways(client, answer_after=60, limit=0.5)
+    ]
     assert errors[1] == errors[0]
     assert any("did not answer the question of agent" in error for error in errors[0])
 
