@@ -265,6 +265,25 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
         )
 
 
+def quick_bench_rows(script: str, *args: str) -> list[str]:
+    """The rows of the table ``bench/<script> --quick ARGS`` prints, once it exited 0 and
+    left bench/results.md as it was (a quick run writes nothing)."""
+    root = TESTS.parent
+    results = root / "bench" / "results.md"
+    written = results.read_bytes()
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / script), "--quick", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,  # a hang guard: the smoke runs take seconds
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert results.read_bytes() == written
+    return [line.strip() for line in done.stdout.splitlines() if line.startswith("  ")]
+
+
 def start_cli(*args: str, cwd: Path, stderr: bool = False) -> subprocess.Popen[str]:
     """``orchestra ARGS`` started, with pipes to its stdin and stdout, and to its stderr when
     ``stderr`` is true (else it is discarded)."""

@@ -4,29 +4,11 @@ run writes nothing into bench/results.md."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench" / "temporal.py"
-RESULTS = ROOT / "bench" / "results.md"
-RUN = 600.0  # seconds the smoke run may take before the test fails (only a hang reaches it)
+from helpers import quick_bench_rows
 
 
 def test_the_temporal_bench_runs_quick_against_a_given_server(temporal_server: str) -> None:
-    written = RESULTS.read_bytes()
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--temporal", temporal_server],
-        capture_output=True,
-        text=True,
-        timeout=RUN,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = [line.strip() for line in done.stdout.splitlines() if line.startswith("  ")]
+    rows = quick_bench_rows("temporal.py", "--temporal", temporal_server)
     expected = [
         "embedded: 5-step function chain",
         "embedded: 20-way fan-out of function steps (wall)",
@@ -40,4 +22,3 @@ def test_the_temporal_bench_runs_quick_against_a_given_server(temporal_server: s
     ]
     assert [row[: len(start)] for row, start in zip(rows, expected, strict=True)] == expected
     assert "ms/step" in rows[2] and "sessions/s" in rows[6] and "x embedded" in rows[8]
-    assert RESULTS.read_bytes() == written
