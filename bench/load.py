@@ -56,13 +56,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from engine import QUIET, report, ring_topology  # type: ignore[import-not-found]
+from engine import report  # type: ignore[import-not-found]
 from services import start_postgres, start_redis, stop  # type: ignore[import-not-found]
-from state import NAMES, backends, ring_registry  # type: ignore[import-not-found]
+from state import backends, ring_run  # type: ignore[import-not-found]
 
 from orchestra.coordination.engine import events as ev
 from orchestra.coordination.engine.clock import now
-from orchestra.coordination.orchestra import Orchestra
 from orchestra.coordination.state import StateManager
 
 BACKENDS = ["file", "sqlite", "redis", "postgres"]
@@ -133,17 +132,8 @@ def latencies(result: Any, returned: float) -> list[float]:
 
 
 async def session(name: str, manager: StateManager | None, steps: int) -> tuple[int, list[float]]:
-    result = await Orchestra.run(
-        "bench",
-        ring_topology(NAMES),
-        agent_registry=ring_registry(steps),
-        context={"session_id": name},
-        execution_config=QUIET,
-        state_manager=manager,
-        max_steps=steps + len(NAMES) + 1,
-    )
+    result = await ring_run(steps, manager, name)
     returned = now()
-    assert result.success, result.error
     return result.total_steps, latencies(result, returned)
 
 

@@ -29,6 +29,7 @@ from services import start_postgres, start_redis, stop  # type: ignore[import-no
 
 from orchestra.agents import Agent, AgentRegistry
 from orchestra.coordination.orchestra import Orchestra
+from orchestra.coordination.results import OrchestraResult
 from orchestra.coordination.state import (
     FileStorageBackend,
     PostgresStorageBackend,
@@ -65,8 +66,8 @@ def ring_registry(steps: int) -> AgentRegistry:
     return AgentRegistry([Agent(name, model, register=False) for name in NAMES])
 
 
-async def timed_run(steps: int, manager: StateManager | None, session: str) -> float:
-    started = time.perf_counter()
+async def ring_run(steps: int, manager: StateManager | None, session: str) -> OrchestraResult:
+    """One session of ``steps`` steps round the ring, which must succeed."""
     result = await Orchestra.run(
         "bench",
         ring_topology(NAMES),
@@ -77,6 +78,12 @@ async def timed_run(steps: int, manager: StateManager | None, session: str) -> f
         max_steps=steps + len(NAMES) + 1,
     )
     assert result.success, result.error
+    return result
+
+
+async def timed_run(steps: int, manager: StateManager | None, session: str) -> float:
+    started = time.perf_counter()
+    result = await ring_run(steps, manager, session)
     return (time.perf_counter() - started) / result.total_steps
 
 
