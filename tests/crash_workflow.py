@@ -26,6 +26,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from helpers import timing_free
+
 from orchestra import (
     Agent,
     AgentRegistry,
@@ -130,21 +132,10 @@ def instance() -> OrchestraInstance:
 
 
 def summary(result: OrchestraResult) -> dict[str, Any]:
-    """What the run did, in a form that does not depend on timing: steps and invocations per
-    agent, each branch's outcome, and each branch's decisions (the branches interleave, so
-    the trace is compared per branch)."""
-    metrics = result.get_metrics()
-    trace = [(t["branch_id"], t["agent"], t["action"]) for t in result.get_execution_trace()]
+    """What the run did, in a form that does not depend on timing (``timing_free``), with
+    each tool call's outcome and the events an uninterrupted run has too."""
     return {
-        "steps": result.total_steps,
-        "agents": {
-            name: [row["steps"], row["invocations"]] for name, row in metrics["agents"].items()
-        },
-        "branches": sorted(
-            [b.branch_id, b.status, b.step_count, b.agents, b.parent_branch_id]
-            for b in result.branch_results
-        ),
-        "trace": sorted(trace),
+        **timing_free(result),
         "tools": sorted(
             (e.branch_id, e.tool, e.ok)
             for e in result.events

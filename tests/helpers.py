@@ -265,6 +265,25 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
         )
 
 
+def timing_free(result: OrchestraResult) -> dict[str, Any]:
+    """What a run did, in a form that does not depend on timing: its steps, steps and
+    invocations per agent, each branch's outcome, and each branch's decisions (branches
+    interleave, so the trace is compared per branch): what the crash tests compare."""
+    metrics = result.get_metrics()
+    trace = [(t["branch_id"], t["agent"], t["action"]) for t in result.get_execution_trace()]
+    return {
+        "steps": result.total_steps,
+        "agents": {
+            name: [row["steps"], row["invocations"]] for name, row in metrics["agents"].items()
+        },
+        "branches": sorted(
+            [b.branch_id, b.status, b.step_count, b.agents, b.parent_branch_id]
+            for b in result.branch_results
+        ),
+        "trace": sorted(trace),
+    }
+
+
 def quick_bench_rows(script: str, *args: str) -> list[str]:
     """The rows of the table ``bench/<script> --quick ARGS`` prints, once it exited 0 and
     left bench/results.md as it was (a quick run writes nothing)."""
