@@ -249,11 +249,11 @@ class SessionWriter:
         if lines is None:
             lines, self._buffer = self._buffer, []
         try:
-            writing = self.manager.storage.append(
-                self.session_id, lines, durable=durable, after=self._written
+            writing = asyncio.ensure_future(  # a backend's future as it is; a coroutine, a task
+                self.manager.storage.append(
+                    self.session_id, lines, durable=durable, after=self._written
+                )
             )
-            if not isinstance(writing, asyncio.Future):  # a coroutine: started now, as a task
-                writing = asyncio.ensure_future(writing)
         except BaseException:
             self._retry = lines
             raise
